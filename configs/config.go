@@ -1,0 +1,356 @@
+// Package configs owns every setting of the gateway: one root Config of nested structs, read from
+// a YAML file and then from GATEWAY_* environment variables (the environment wins), completed with
+// defaults and checked by Validate, whose errors name the key. Nothing else reads the environment.
+package configs
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+// Defaults.
+const (
+	DefaultAddr            = ":8080"
+	DefaultBroker          = BrokerMemory
+	DefaultNATSURL         = "nats://127.0.0.1:4222"
+	DefaultRedisAddr       = "127.0.0.1:6379"
+	DefaultKafkaBrokers    = "127.0.0.1:9092"
+	DefaultTopicPrefix     = "ws"
+	DefaultMaxFrameSize    = 64 << 10
+	DefaultSendBuffer      = 256
+	DefaultWriteTimeout    = 10 * time.Second
+	DefaultPingInterval    = 25 * time.Second
+	DefaultPublishTimeout  = 5 * time.Second
+	DefaultHistorySize     = 1000
+	DefaultHistoryTTL      = 10 * time.Minute
+	DefaultMaxReplay       = 1000
+	DefaultDedupeWindow    = 2 * time.Minute
+	DefaultDrainPeriod     = 10 * time.Second
+	DefaultRetryAttempts   = 3
+	DefaultRetryInitial    = 50 * time.Millisecond
+	DefaultRetryMaxElapsed = 3 * time.Second
+	DefaultLogLevel        = "info"
+	DefaultLogFormat       = "text"
+)
+
+// Broker names.
+const (
+	BrokerMemory    = "memory"
+	BrokerNATS      = "nats"
+	BrokerJetStream = "jetstream"
+	BrokerRedis     = "redis"
+	BrokerKafka     = "kafka"
+)
+
+// Config is the root of all settings. The yaml tag is the key in the file; the env tag, after the
+// GATEWAY_ prefix (and the prefixes of enclosing structs), is the environment variable.
+type Config struct {
+	Addr        string `yaml:"addr" env:"ADDR"`                 // listen address
+	NodeID      string `yaml:"node_id" env:"NODE_ID"`           // unique in the cluster; default host name + random suffix
+	Broker      string `yaml:"broker" env:"BROKER"`             // memory, nats, jetstream, redis or kafka
+	TopicPrefix string `yaml:"topic_prefix" env:"TOPIC_PREFIX"` // prefix of every broker name the gateway uses
+
+	NATS      NATSConfig      `yaml:"nats" envPrefix:"NATS_"`
+	JetStream JetStreamConfig `yaml:"jetstream" envPrefix:"JETSTREAM_"`
+	Redis     RedisConfig     `yaml:"redis" envPrefix:"REDIS_"`
+	Kafka     KafkaConfig     `yaml:"kafka" envPrefix:"KAFKA_"`
+
+	Auth      AuthConfig      `yaml:"auth"`
+	API       APIConfig       `yaml:"api"`
+	WebSocket WebSocketConfig `yaml:"websocket"`
+	History   HistoryConfig   `yaml:"history" envPrefix:"HISTORY_"`
+	Router    RouterConfig    `yaml:"router" envPrefix:"ROUTER_"`
+	Drain     DrainConfig     `yaml:"drain" envPrefix:"DRAIN_"`
+	Log       LogConfig       `yaml:"log" envPrefix:"LOG_"`
+
+	// Development is set by Load when the node runs on the embedded default with no
+	// configuration at all; it then makes up a JWT secret and says so.
+	Development bool `yaml:"-" env:"-"`
+}
+
+// NATSConfig is for the nats and jetstream brokers.
+type NATSConfig struct {
+	URL string `yaml:"url" env:"URL"` // comma-separated server URLs
+}
+
+// JetStreamConfig bounds the stream the jetstream broker creates.
+type JetStreamConfig struct {
+	MaxAge     time.Duration `yaml:"max_age" env:"MAX_AGE"`                   // default 24h
+	MaxBytes   int64         `yaml:"max_bytes" env:"MAX_BYTES"`               // default 1 GiB
+	Replicas   int           `yaml:"replicas" env:"REPLICAS"`                 // default 1
+	DupeWindow time.Duration `yaml:"duplicate_window" env:"DUPLICATE_WINDOW"` // default 2m
+}
+
+// RedisConfig is for the redis broker.
+type RedisConfig struct {
+	Addr     string `yaml:"addr" env:"ADDR"`
+	Password string `yaml:"password" env:"PASSWORD"`
+	DB       int    `yaml:"db" env:"DB"`
+	Shards   int    `yaml:"shards" env:"SHARDS"`   // channel streams every node reads; default 16
+	MaxLen   int64  `yaml:"max_len" env:"MAX_LEN"` // approximate entries kept per stream; default 100000
+}
+
+// KafkaConfig is for the kafka broker.
+type KafkaConfig struct {
+	Brokers    []string      `yaml:"brokers" env:"BROKERS"`
+	Partitions int           `yaml:"partitions" env:"PARTITIONS"`                 // partitions of the channel topic; default 16
+	Retention  time.Duration `yaml:"retention" env:"RETENTION"`                   // default 24h
+	Replicas   int           `yaml:"replication_factor" env:"REPLICATION_FACTOR"` // default 1
+}
+
+// AuthConfig says who may connect and what they may do.
+type AuthConfig struct {
+	JWTSecret        string   `yaml:"jwt_secret" env:"JWT_SECRET"`               // HS256 key
+	JWTPublicKey     string   `yaml:"jwt_public_key" env:"JWT_PUBLIC_KEY"`       // path of a PEM public key (RS256, ES256, EdDSA)
+	AllowAnonymous   bool     `yaml:"allow_anonymous" env:"ALLOW_ANONYMOUS"`     // connect without a token, user id empty
+	PublicChannels   []string `yaml:"public_channels" env:"PUBLIC_CHANNELS"`     // channels anyone may subscribe to ("news", "room:*")
+	AnonymousPublish []string `yaml:"anonymous_publish" env:"ANONYMOUS_PUBLISH"` // channels anonymous clients may publish to
+}
+
+// APIConfig is the HTTP API for services.
+type APIConfig struct {
+	Key string `yaml:"key" env:"API_KEY"` // bearer key; empty turns the API off
+}
+
+// WebSocketConfig sets the client connections.
+type WebSocketConfig struct {
+	AllowedOrigins []string      `yaml:"allowed_origins" env:"ALLOWED_ORIGINS"`  // "*" allows all; empty: same host only
+	MaxFrameSize   int64         `yaml:"max_frame_size" env:"WS_MAX_FRAME_SIZE"` // bytes; larger frames close with 1009
+	SendBuffer     int           `yaml:"send_buffer" env:"WS_SEND_BUFFER"`       // frames queued per connection before it counts as slow
+	WriteTimeout   time.Duration `yaml:"write_timeout" env:"WS_WRITE_TIMEOUT"`
+	PingInterval   time.Duration `yaml:"ping_interval" env:"WS_PING_INTERVAL"`
+	PublishTimeout time.Duration `yaml:"publish_timeout" env:"WS_PUBLISH_TIMEOUT"` // longest wait for the broker before `unavailable`
+}
+
+// HistoryConfig bounds what the embedded broker keeps per channel and what one subscribe replays.
+type HistoryConfig struct {
+	Size      int           `yaml:"size" env:"SIZE"`             // messages kept per channel (memory broker)
+	TTL       time.Duration `yaml:"ttl" env:"TTL"`               // how long they are kept (memory broker)
+	MaxReplay int           `yaml:"max_replay" env:"MAX_REPLAY"` // most messages one subscribe replays; beyond, recovered:false
+}
+
+// RouterConfig sets the Watermill router's middleware.
+type RouterConfig struct {
+	DedupeWindow    time.Duration `yaml:"dedupe_window" env:"DEDUPE_WINDOW"`
+	RetryAttempts   int           `yaml:"retry_attempts" env:"RETRY_ATTEMPTS"` // broker publish attempts after the first
+	RetryInitial    time.Duration `yaml:"retry_initial" env:"RETRY_INITIAL"`
+	RetryMaxElapsed time.Duration `yaml:"retry_max_elapsed" env:"RETRY_MAX_ELAPSED"`
+}
+
+// DrainConfig sets the shutdown on SIGTERM.
+type DrainConfig struct {
+	Period time.Duration `yaml:"period" env:"PERIOD"` // disconnects are spread over it
+}
+
+// LogConfig sets the structured log.
+type LogConfig struct {
+	Level  string `yaml:"level" env:"LEVEL"`   // debug, info, warn, error
+	Format string `yaml:"format" env:"FORMAT"` // text or json
+}
+
+// SetDefaults fills every zero setting with its default.
+func (c *Config) SetDefaults() {
+	setDefault(&c.Addr, DefaultAddr)
+	setDefault(&c.Broker, DefaultBroker)
+	setDefault(&c.TopicPrefix, DefaultTopicPrefix)
+	if c.NodeID == "" {
+		c.NodeID = defaultNodeID()
+	}
+	setDefault(&c.NATS.URL, DefaultNATSURL)
+	setDefault(&c.JetStream.MaxAge, 24*time.Hour)
+	setDefault(&c.JetStream.MaxBytes, 1<<30)
+	setDefault(&c.JetStream.Replicas, 1)
+	setDefault(&c.JetStream.DupeWindow, DefaultDedupeWindow)
+	setDefault(&c.Redis.Addr, DefaultRedisAddr)
+	setDefault(&c.Redis.Shards, 16)
+	setDefault(&c.Redis.MaxLen, 100000)
+	if len(c.Kafka.Brokers) == 0 {
+		c.Kafka.Brokers = strings.Split(DefaultKafkaBrokers, ",")
+	}
+	setDefault(&c.Kafka.Partitions, 16)
+	setDefault(&c.Kafka.Retention, 24*time.Hour)
+	setDefault(&c.Kafka.Replicas, 1)
+	setDefault(&c.WebSocket.MaxFrameSize, DefaultMaxFrameSize)
+	setDefault(&c.WebSocket.SendBuffer, DefaultSendBuffer)
+	setDefault(&c.WebSocket.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&c.WebSocket.PingInterval, DefaultPingInterval)
+	setDefault(&c.WebSocket.PublishTimeout, DefaultPublishTimeout)
+	setDefault(&c.History.Size, DefaultHistorySize)
+	setDefault(&c.History.TTL, DefaultHistoryTTL)
+	setDefault(&c.History.MaxReplay, DefaultMaxReplay)
+	setDefault(&c.Router.DedupeWindow, DefaultDedupeWindow)
+	setDefault(&c.Router.RetryAttempts, DefaultRetryAttempts)
+	setDefault(&c.Router.RetryInitial, DefaultRetryInitial)
+	setDefault(&c.Router.RetryMaxElapsed, DefaultRetryMaxElapsed)
+	setDefault(&c.Drain.Period, DefaultDrainPeriod)
+	setDefault(&c.Log.Level, DefaultLogLevel)
+	setDefault(&c.Log.Format, DefaultLogFormat)
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+func defaultNodeID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "node"
+	}
+	return host + "-" + randomSuffix()
+}
+
+// KeyError is a setting that is not valid: Key is its YAML path, Env its variable.
+type KeyError struct {
+	Key, Env, Reason string
+}
+
+func (e *KeyError) Error() string {
+	return fmt.Sprintf("invalid setting %s (%s): %s", e.Key, e.Env, e.Reason)
+}
+
+func bad(key, env, format string, args ...any) error {
+	return &KeyError{Key: key, Env: "GATEWAY_" + env, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Validate checks every setting and returns the first that is wrong, naming its key.
+func (c *Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return bad("addr", "ADDR", "%q is not host:port", c.Addr)
+	}
+	if c.NodeID == "" || len(c.NodeID) > 64 || strings.ContainsAny(c.NodeID, " \t\n") {
+		return bad("node_id", "NODE_ID", "must be 1 to 64 characters without spaces")
+	}
+	switch c.Broker {
+	case BrokerMemory, BrokerNATS, BrokerJetStream, BrokerRedis, BrokerKafka:
+	default:
+		return bad("broker", "BROKER", "%q is not one of memory, nats, jetstream, redis, kafka", c.Broker)
+	}
+	if c.TopicPrefix == "" || len(c.TopicPrefix) > 32 || strings.Trim(c.TopicPrefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
+		return bad("topic_prefix", "TOPIC_PREFIX", "%q must be 1 to 32 of [A-Za-z0-9-]", c.TopicPrefix)
+	}
+	switch c.Broker {
+	case BrokerNATS, BrokerJetStream:
+		if strings.TrimSpace(c.NATS.URL) == "" {
+			return bad("nats.url", "NATS_URL", "must not be empty")
+		}
+	case BrokerRedis:
+		if _, _, err := net.SplitHostPort(c.Redis.Addr); err != nil {
+			return bad("redis.addr", "REDIS_ADDR", "%q is not host:port", c.Redis.Addr)
+		}
+		if c.Redis.Shards < 1 || c.Redis.Shards > 1024 {
+			return bad("redis.shards", "REDIS_SHARDS", "must be between 1 and 1024")
+		}
+	case BrokerKafka:
+		for _, b := range c.Kafka.Brokers {
+			if _, _, err := net.SplitHostPort(strings.TrimSpace(b)); err != nil {
+				return bad("kafka.brokers", "KAFKA_BROKERS", "%q is not host:port", b)
+			}
+		}
+		if c.Kafka.Partitions < 1 || c.Kafka.Partitions > 1024 {
+			return bad("kafka.partitions", "KAFKA_PARTITIONS", "must be between 1 and 1024")
+		}
+	}
+	if c.Auth.JWTSecret != "" && len(c.Auth.JWTSecret) < 16 {
+		return bad("auth.jwt_secret", "JWT_SECRET", "must be at least 16 bytes")
+	}
+	if c.Auth.JWTPublicKey != "" {
+		if _, err := os.Stat(c.Auth.JWTPublicKey); err != nil {
+			return bad("auth.jwt_public_key", "JWT_PUBLIC_KEY", "cannot read %q: %v", c.Auth.JWTPublicKey, errors.Unwrap(err))
+		}
+	}
+	if c.Auth.JWTSecret == "" && c.Auth.JWTPublicKey == "" && !c.Auth.AllowAnonymous && !c.Development {
+		return bad("auth.jwt_secret", "JWT_SECRET", "no way to authenticate clients: set a JWT secret, a JWT public key (GATEWAY_JWT_PUBLIC_KEY) or GATEWAY_ALLOW_ANONYMOUS=true")
+	}
+	for _, p := range c.Auth.PublicChannels {
+		if !validPattern(p) {
+			return bad("auth.public_channels", "PUBLIC_CHANNELS", "%q is not a channel name or a prefix ending in *", p)
+		}
+	}
+	for _, p := range c.Auth.AnonymousPublish {
+		if !validPattern(p) {
+			return bad("auth.anonymous_publish", "ANONYMOUS_PUBLISH", "%q is not a channel name or a prefix ending in *", p)
+		}
+	}
+	if c.API.Key != "" && len(c.API.Key) < 16 {
+		return bad("api.key", "API_KEY", "must be at least 16 characters")
+	}
+	for _, o := range c.WebSocket.AllowedOrigins {
+		if o != "*" && !strings.Contains(o, "://") {
+			return bad("websocket.allowed_origins", "ALLOWED_ORIGINS", "%q must be * or an origin like https://example.com", o)
+		}
+	}
+	if c.WebSocket.MaxFrameSize < 1024 || c.WebSocket.MaxFrameSize > 64<<20 {
+		return bad("websocket.max_frame_size", "WS_MAX_FRAME_SIZE", "must be between 1024 and 67108864 bytes")
+	}
+	if c.WebSocket.SendBuffer < 8 || c.WebSocket.SendBuffer > 1<<16 {
+		return bad("websocket.send_buffer", "WS_SEND_BUFFER", "must be between 8 and 65536 frames")
+	}
+	if c.WebSocket.WriteTimeout < time.Millisecond {
+		return bad("websocket.write_timeout", "WS_WRITE_TIMEOUT", "must be positive")
+	}
+	if c.WebSocket.PingInterval < 100*time.Millisecond {
+		return bad("websocket.ping_interval", "WS_PING_INTERVAL", "must be at least 100ms")
+	}
+	if c.WebSocket.PublishTimeout < time.Millisecond {
+		return bad("websocket.publish_timeout", "WS_PUBLISH_TIMEOUT", "must be positive")
+	}
+	if c.History.Size < 0 {
+		return bad("history.size", "HISTORY_SIZE", "must not be negative")
+	}
+	if c.History.TTL < 0 {
+		return bad("history.ttl", "HISTORY_TTL", "must not be negative")
+	}
+	if c.History.MaxReplay < 1 {
+		return bad("history.max_replay", "HISTORY_MAX_REPLAY", "must be at least 1")
+	}
+	if c.Router.DedupeWindow < time.Second {
+		return bad("router.dedupe_window", "ROUTER_DEDUPE_WINDOW", "must be at least 1s")
+	}
+	if c.Router.RetryAttempts < 0 || c.Router.RetryAttempts > 100 {
+		return bad("router.retry_attempts", "ROUTER_RETRY_ATTEMPTS", "must be between 0 and 100")
+	}
+	if c.Drain.Period < 0 {
+		return bad("drain.period", "DRAIN_PERIOD", "must not be negative")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "LOG_LEVEL", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return bad("log.format", "LOG_FORMAT", "%q is not text or json", c.Log.Format)
+	}
+	return nil
+}
+
+// validPattern reports whether p is a channel name, or a prefix of one followed by '*'.
+func validPattern(p string) bool {
+	name := strings.TrimSuffix(p, "*")
+	if name == "" {
+		return p == "*"
+	}
+	return ValidChannel(name) || name == "$user"
+}
+
+// ValidChannel reports whether name matches ^[A-Za-z0-9_:.\-]{1,128}$.
+func ValidChannel(name string) bool {
+	if len(name) == 0 || len(name) > 128 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == ':' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

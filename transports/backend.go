@@ -1,0 +1,64 @@
+// Package transports defines how a gateway node talks to a message broker.
+//
+// A Backend is a Watermill publisher and subscriber over logical topic names (see topics.go); each
+// broker package (memory, nats, jetstream, redis, kafka) maps those names to legal broker names
+// under the configured prefix. Backends that keep channel history also implement History, which
+// is what makes resuming after a reconnect possible. The conformance suite every backend runs is
+// in package transporttest.
+package transports
+
+import (
+	"context"
+	"errors"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Backend connects one gateway node (or one service) to a broker.
+//
+// All methods are safe for concurrent use. Close is idempotent and bounded in time; after Close,
+// Publish fails with ErrClosed and every subscription channel is closed.
+type Backend interface {
+	// Publish sends messages to a logical topic and returns once the broker has accepted all of
+	// them (an error means some may not have been). Messages are not modified.
+	Publish(topic string, messages ...*message.Message) error
+
+	// Subscribe delivers every message published to topic after Subscribe returned (fan-out:
+	// each subscription of each node receives all of them), in publish order per topic.
+	// The next message is sent only after the previous one was acked; a nacked message is
+	// delivered again. Messages of channel topics carry MetaPosition when the backend keeps
+	// history. The channel is closed when ctx is done or the backend is closed.
+	Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error)
+
+	// SubscribeGroup delivers each message of topic to only one of the subscriptions that share
+	// group, across all nodes (competing consumers): how services consume TopicInbound.
+	// Messages published while no member of the group was subscribed are delivered when one
+	// subscribes, as far as the broker retains them.
+	SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error)
+
+	// Ping reports whether the broker is reachable now.
+	Ping(ctx context.Context) error
+
+	// Close releases the broker clients the backend owns.
+	Close() error
+}
+
+// History is implemented by backends that keep the messages of channel topics for a while, so a
+// client can resume from a Position on any node.
+type History interface {
+	// Replay returns, oldest first, the messages of a channel topic published after since, at
+	// most limit of them, each carrying MetaPosition. complete is true when the result holds
+	// every message after since: the history still reaches back to since (same epoch, not
+	// trimmed past it) and there were no more than limit of them.
+	Replay(ctx context.Context, topic string, since Position, limit int) (msgs []*message.Message, complete bool, err error)
+
+	// Last returns the position of the newest message of a channel topic, or the zero position of
+	// the current epoch when there is none, so that Replay(Last()) returns what comes next.
+	Last(ctx context.Context, topic string) (Position, error)
+}
+
+// ErrClosed is returned by a backend that was closed.
+var ErrClosed = errors.New("transports: backend closed")
+
+// ErrUnavailable wraps errors of a broker that cannot be reached.
+var ErrUnavailable = errors.New("broker unavailable")
