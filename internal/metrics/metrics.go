@@ -1,0 +1,61 @@
+// Package metrics holds the Prometheus collectors of one gateway node. Each node has its own
+// registry, so several nodes can run in one process (tests) without clashing.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the node's collectors. The zero value is not usable; use New.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Connections     prometheus.Gauge
+	Subscriptions   prometheus.Gauge
+	FramesIn        prometheus.Counter
+	FramesOut       prometheus.Counter
+	Published       *prometheus.CounterVec // by kind: publish, send, api
+	Delivered       prometheus.Counter
+	SlowDisconnects prometheus.Counter
+	Rejected        *prometheus.CounterVec // client frames answered with an error, by code
+	BrokerErrors    prometheus.Counter
+	DeliveryLatency prometheus.Histogram
+	Disconnects     *prometheus.CounterVec // by code
+	UpgradesRefused *prometheus.CounterVec // by status
+}
+
+// New registers every collector, plus the Go and process collectors, in a new registry.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { r.MustRegister(c) }
+	m := &Metrics{
+		Registry:        r,
+		Connections:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_connections", Help: "Open WebSocket connections."}),
+		Subscriptions:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_subscriptions", Help: "Channel subscriptions of open connections."}),
+		FramesIn:        prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_in_total", Help: "Frames received from clients."}),
+		FramesOut:       prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_frames_out_total", Help: "Frames written to clients."}),
+		Published:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_messages_published_total", Help: "Messages accepted by the broker, by kind (publish, send, api)."}, []string{"kind"}),
+		Delivered:       prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_messages_delivered_total", Help: "Messages queued to client connections."}),
+		SlowDisconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_slow_consumer_disconnects_total", Help: "Connections closed because their send buffer was full (no message is dropped silently)."}),
+		Rejected:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_frames_rejected_total", Help: "Client frames answered with an error, by code."}, []string{"code"}),
+		BrokerErrors:    prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_broker_errors_total", Help: "Failed broker operations (publish, subscribe, replay)."}),
+		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gateway_delivery_latency_seconds", Help: "From publish to queueing on the connection.", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}),
+		Disconnects:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_disconnects_total", Help: "Connections closed by the server, by disconnect code."}, []string{"code"}),
+		UpgradesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_upgrades_refused_total", Help: "WebSocket upgrades refused, by HTTP status."}, []string{"status"}),
+	}
+	for _, c := range []prometheus.Collector{m.Connections, m.Subscriptions, m.FramesIn, m.FramesOut, m.Published, m.Delivered,
+		m.SlowDisconnects, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		f(c)
+	}
+	return m
+}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}

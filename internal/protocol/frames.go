@@ -1,0 +1,289 @@
+// Package protocol is the wire format between clients and the gateway (PROTOCOL.md section 3):
+// decoding client frames, with every check that answers bad_request, and encoding server frames.
+package protocol
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode/utf8"
+)
+
+// Client frame types.
+const (
+	TypeSubscribe   = "subscribe"
+	TypeUnsubscribe = "unsubscribe"
+	TypePublish     = "publish"
+	TypeSend        = "send"
+	TypePing        = "ping"
+)
+
+// UserChannel is the reserved name of a connection's own user channel.
+const UserChannel = "$user"
+
+// Limits of client-chosen strings.
+const (
+	MaxIDLen       = 64
+	MaxMsgIDLen    = 64
+	MaxChannelLen  = 128
+	MaxPositionLen = 256
+)
+
+// Error codes.
+const (
+	CodeBadRequest   = "bad_request"
+	CodeUnauthorized = "unauthorized"
+	CodeForbidden    = "forbidden"
+	CodeNotFound     = "not_found"
+	CodeTooLarge     = "too_large"
+	CodeRateLimited  = "rate_limited"
+	CodeUnavailable  = "unavailable"
+	CodeInternal     = "internal"
+)
+
+// Disconnect codes.
+const (
+	DisconnectShutdown     = "shutdown"
+	DisconnectSlowConsumer = "slow_consumer"
+	DisconnectTokenExpired = "token_expired"
+	DisconnectPolicy       = "policy"
+)
+
+// Error is an error the protocol reports to a client with a code.
+type Error struct {
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Errorf makes an *Error.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// CodeOf returns the protocol code of err: its own when it is an *Error, else fallback.
+func CodeOf(err error, fallback string) (code, msg string) {
+	var pe *Error
+	if errors.As(err, &pe) {
+		return pe.Code, pe.Message
+	}
+	return fallback, err.Error()
+}
+
+// Frame is a decoded client frame.
+type Frame struct {
+	Type    string          `json:"type"`
+	ID      string          `json:"id"`
+	Channel string          `json:"channel"`
+	Since   *string         `json:"since"`
+	Data    json.RawMessage `json:"data"`
+	MsgID   string          `json:"msg_id"`
+}
+
+// Decode parses one client frame and checks it. On error the returned frame still carries the
+// id when one could be read, so the error can answer it.
+func Decode(b []byte) (*Frame, *Error) {
+	var f Frame
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return &f, Errorf(CodeBadRequest, "a frame must be a JSON object")
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		// Recover the id for the reply if the object is at least partly readable.
+		var partial struct {
+			ID json.RawMessage `json:"id"`
+		}
+		if json.Unmarshal(b, &partial) == nil {
+			var id string
+			if json.Unmarshal(partial.ID, &id) == nil && validID(id) {
+				f = Frame{ID: id}
+			} else {
+				f = Frame{}
+			}
+		} else {
+			f = Frame{}
+		}
+		return &f, Errorf(CodeBadRequest, "invalid frame: %s", jsonReason(err))
+	}
+	if !validID(f.ID) {
+		f.ID = ""
+		return &f, Errorf(CodeBadRequest, "id must be a string of at most %d characters", MaxIDLen)
+	}
+	switch f.Type {
+	case TypeSubscribe, TypeUnsubscribe:
+		if err := checkChannel(f.Channel); err != nil {
+			return &f, err
+		}
+		if f.Since != nil && len(*f.Since) > MaxPositionLen {
+			return &f, Errorf(CodeBadRequest, "since is too long")
+		}
+	case TypePublish:
+		if err := checkChannel(f.Channel); err != nil {
+			return &f, err
+		}
+		if f.Channel == UserChannel {
+			return &f, Errorf(CodeForbidden, "no client may publish to $user")
+		}
+		if err := checkData(f); err != nil {
+			return &f, err
+		}
+	case TypeSend:
+		if err := checkData(f); err != nil {
+			return &f, err
+		}
+	case TypePing:
+	case "":
+		return &f, Errorf(CodeBadRequest, "type is required")
+	default:
+		return &f, Errorf(CodeBadRequest, "unknown type %q", truncate(f.Type, 32))
+	}
+	if len(f.MsgID) > MaxMsgIDLen || !utf8.ValidString(f.MsgID) {
+		return &f, Errorf(CodeBadRequest, "msg_id must be at most %d characters", MaxMsgIDLen)
+	}
+	return &f, nil
+}
+
+func validID(id string) bool { return len(id) <= MaxIDLen && utf8.ValidString(id) }
+
+func checkData(f Frame) *Error {
+	if len(f.Data) == 0 {
+		return Errorf(CodeBadRequest, "data is required")
+	}
+	return nil
+}
+
+func checkChannel(ch string) *Error {
+	if ch == "" {
+		return Errorf(CodeBadRequest, "channel is required")
+	}
+	if ch == UserChannel || ValidChannel(ch) {
+		return nil
+	}
+	return Errorf(CodeBadRequest, "channel must match ^[A-Za-z0-9_:.\\-]{1,128}$")
+}
+
+// ValidChannel reports whether name matches ^[A-Za-z0-9_:.\-]{1,128}$.
+func ValidChannel(name string) bool {
+	if len(name) == 0 || len(name) > MaxChannelLen {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == ':' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func jsonReason(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return "malformed JSON at offset " + strconv.FormatInt(se.Offset, 10)
+	case errors.As(err, &te):
+		return "field " + te.Field + " has the wrong type"
+	}
+	return "malformed JSON"
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// Server frames.
+
+// Welcome is the first frame of a connection.
+type Welcome struct {
+	Type    string `json:"type"`
+	Session string `json:"session"`
+	Node    string `json:"node"`
+	User    string `json:"user"`
+}
+
+// Subscribed answers subscribe.
+type Subscribed struct {
+	Type      string `json:"type"`
+	ID        string `json:"id"`
+	Channel   string `json:"channel"`
+	Position  string `json:"position"`
+	Recovered bool   `json:"recovered"`
+}
+
+// Reply answers unsubscribe (Channel), publish and send (MsgID), ping.
+type Reply struct {
+	Type    string `json:"type"`
+	ID      string `json:"id"`
+	Channel string `json:"channel,omitempty"`
+	MsgID   string `json:"msg_id,omitempty"`
+}
+
+// ErrorFrame reports an error; ID is set when it answers a frame.
+type ErrorFrame struct {
+	Type    string `json:"type"`
+	ID      string `json:"id,omitempty"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Disconnect is sent just before the server closes a connection.
+type Disconnect struct {
+	Type      string `json:"type"`
+	Code      string `json:"code"`
+	Reason    string `json:"reason"`
+	Reconnect bool   `json:"reconnect"`
+}
+
+// From says which client published a channel message.
+type From struct {
+	User    string `json:"user"`
+	Session string `json:"session"`
+}
+
+// Message is a message delivered to a client: on a channel (Channel, Position, From), or
+// addressed to the session or to everyone (To).
+type Message struct {
+	Type     string          `json:"type"`
+	Channel  string          `json:"channel,omitempty"`
+	To       string          `json:"to,omitempty"`
+	ID       string          `json:"id"`
+	Position string          `json:"position,omitempty"`
+	Data     json.RawMessage `json:"data"`
+	Encoding string          `json:"encoding,omitempty"`
+	From     *From           `json:"from,omitempty"`
+}
+
+// SetPayload puts a payload in Data: as-is when it is valid JSON, else as a base64 string with
+// Encoding "base64".
+func (m *Message) SetPayload(p []byte) {
+	if len(p) > 0 && json.Valid(p) {
+		m.Data = p
+		return
+	}
+	s := base64.StdEncoding.EncodeToString(p)
+	m.Data = json.RawMessage(strconv.Quote(s))
+	m.Encoding = "base64"
+}
+
+// Encode marshals a server frame. Server frames are plain structs, so this cannot fail for them;
+// a failure is a programming error reported as an internal error frame.
+func Encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		b, _ = json.Marshal(ErrorFrame{Type: "error", Code: CodeInternal, Message: "cannot encode frame"})
+	}
+	return b
+}
+
+// ErrorReply encodes an error frame for err answering id (empty when it answers no frame).
+func ErrorReply(id string, err *Error) []byte {
+	return Encode(ErrorFrame{Type: "error", ID: id, Code: err.Code, Message: err.Message})
+}
