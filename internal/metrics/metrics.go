@@ -52,6 +52,16 @@ func New() *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
+	// Label values that exist from the start, so dashboards see zeros rather than nothing.
+	for _, kind := range []string{"publish", "send", "api"} {
+		m.Published.WithLabelValues(kind)
+	}
+	for _, code := range []string{"shutdown", "slow_consumer", "token_expired", "policy"} {
+		m.Disconnects.WithLabelValues(code)
+	}
+	for _, code := range []string{"bad_request", "forbidden", "not_found", "rate_limited", "unavailable", "internal"} {
+		m.Rejected.WithLabelValues(code)
+	}
 	return m
 }
 

@@ -1,0 +1,32 @@
+package gateway
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/memory"
+)
+
+// NewBackend builds the broker backend the configuration names.
+func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, error) {
+	switch cfg.Broker {
+	case configs.BrokerMemory:
+		broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL})
+		return &ownedMemory{Backend: broker.Node(cfg.TopicPrefix), broker: broker}, nil
+	}
+	return nil, fmt.Errorf("broker %q is not available in this build", cfg.Broker)
+}
+
+// ownedMemory is a memory node that owns its broker (the embedded default of a lone node).
+type ownedMemory struct {
+	*memory.Backend
+	broker *memory.Broker
+}
+
+func (o *ownedMemory) Close() error {
+	err := o.Backend.Close()
+	o.broker.Close()
+	return err
+}

@@ -1,0 +1,273 @@
+// Package gateway assembles one node of the WebSocket gateway from its configuration: the broker
+// backend (transports/...), the WebSocket hub (transports/ws), the Watermill router and its
+// middleware (router), the product's handlers (handlers) and the HTTP server.
+//
+// A Go program can build its own gateway with its own middleware:
+//
+//	g, err := gateway.New(cfg, gateway.WithLogger(log), gateway.WithMiddleware(myMiddleware))
+//	...
+//	err = g.Run(ctx) // serves until ctx ends, then drains
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/handlers"
+	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/router"
+	"github.com/wsgateway/gateway/router/middleware"
+	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/ws"
+)
+
+// Option changes how New builds a node.
+type Option func(*options)
+
+type options struct {
+	log        *slog.Logger
+	backend    transports.Backend
+	dedupe     middleware.DedupeStore
+	middleware []message.HandlerMiddleware
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithBackend uses b instead of building the configured broker backend; the node closes it.
+func WithBackend(b transports.Backend) Option { return func(o *options) { o.backend = b } }
+
+// WithDedupeStore sets where msg_id keys are kept (default: in memory).
+func WithDedupeStore(s middleware.DedupeStore) Option { return func(o *options) { o.dedupe = s } }
+
+// WithMiddleware adds router middleware, run on every message after the built-in outer chain
+// (see package router), in the order given.
+func WithMiddleware(m ...message.HandlerMiddleware) Option {
+	return func(o *options) { o.middleware = append(o.middleware, m...) }
+}
+
+// Gateway is one node.
+type Gateway struct {
+	cfg     *configs.Config
+	log     *slog.Logger
+	backend transports.Backend
+	feed    *transports.Feed
+	inbox   *transports.Inbox
+	hub     *ws.Hub
+	router  *message.Router
+	metrics *metrics.Metrics
+	mux     *http.ServeMux
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New builds a node. It starts nothing; Run does.
+func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
+	o := options{}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
+	log := o.log.With("node_id", cfg.NodeID)
+	if o.dedupe == nil {
+		o.dedupe = middleware.NewMemoryDedupe()
+	}
+	verifier, err := newVerifier(cfg)
+	if err != nil {
+		return nil, err
+	}
+	backend := o.backend
+	if backend == nil {
+		if backend, err = NewBackend(cfg, log); err != nil {
+			return nil, err
+		}
+	}
+	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux()}
+	g.feed = transports.NewFeed(backend)
+	g.inbox = transports.NewInbox()
+
+	deps := handlers.Deps{
+		NodeID:         cfg.NodeID,
+		History:        g.feed,
+		Inbox:          g.inbox,
+		Backend:        backend,
+		Verifier:       verifier,
+		AllowAnonymous: cfg.Auth.AllowAnonymous,
+		PublicChannels: cfg.Auth.PublicChannels,
+		AnonPublish:    cfg.Auth.AnonymousPublish,
+		MaxReplay:      cfg.History.MaxReplay,
+		PublishTimeout: cfg.WebSocket.PublishTimeout,
+		APIKey:         cfg.API.Key,
+		Metrics:        g.metrics,
+		Log:            log,
+	}
+	g.hub = ws.NewHub(ws.Config{
+		MaxFrameSize: cfg.WebSocket.MaxFrameSize,
+		SendBuffer:   cfg.WebSocket.SendBuffer,
+		WriteTimeout: cfg.WebSocket.WriteTimeout,
+		PingInterval: cfg.WebSocket.PingInterval,
+		CheckOrigin:  originChecker(cfg.WebSocket.AllowedOrigins),
+	}, g.feed, g.metrics, log)
+	deps.Hub = g.hub
+	sessions := handlers.NewSessions(deps)
+	g.hub.SetHandler(sessions)
+
+	rh := handlers.NewRouter(deps)
+	g.router, err = router.New(
+		router.Sources{Inbox: g.inbox, Feed: g.feed, Direct: backend},
+		router.Handlers{Inbound: rh.Inbound, Channel: rh.Channel, Direct: rh.Direct, Authorize: sessions.Authorize, DedupeKey: handlers.DedupeKey},
+		router.Options{
+			Dedupe:          o.dedupe,
+			DedupeWindow:    cfg.Router.DedupeWindow,
+			DedupeHold:      cfg.WebSocket.PublishTimeout,
+			RetryAttempts:   cfg.Router.RetryAttempts,
+			RetryInitial:    cfg.Router.RetryInitial,
+			RetryMaxElapsed: cfg.Router.RetryMaxElapsed,
+			CloseTimeout:    cfg.WebSocket.PublishTimeout + 5*time.Second,
+			Extra:           o.middleware,
+		}, log)
+	if err != nil {
+		_ = backend.Close()
+		return nil, err
+	}
+	handlers.NewHTTP(deps, g.hub, backend.Ping).Routes(g.mux)
+	return g, nil
+}
+
+func newVerifier(cfg *configs.Config) (*auth.Verifier, error) {
+	var pem []byte
+	if cfg.Auth.JWTPublicKey != "" {
+		var err error
+		if pem, err = os.ReadFile(cfg.Auth.JWTPublicKey); err != nil {
+			return nil, &configs.KeyError{Key: "auth.jwt_public_key", Env: "GATEWAY_JWT_PUBLIC_KEY", Reason: err.Error()}
+		}
+	}
+	if cfg.Auth.JWTSecret == "" && pem == nil {
+		return nil, nil
+	}
+	v, err := auth.NewVerifier([]byte(cfg.Auth.JWTSecret), pem)
+	if err != nil {
+		return nil, &configs.KeyError{Key: "auth.jwt_public_key", Env: "GATEWAY_JWT_PUBLIC_KEY", Reason: err.Error()}
+	}
+	return v, nil
+}
+
+// originChecker allows browsers from the listed origins ("*": any); with none, only pages served
+// from the same host. Clients that send no Origin (not browsers) are always allowed.
+func originChecker(allowed []string) func(r *http.Request) bool {
+	set := map[string]bool{}
+	for _, o := range allowed {
+		set[strings.ToLower(strings.TrimRight(o, "/"))] = true
+	}
+	return func(r *http.Request) bool {
+		origin := r.Header.Get("Origin")
+		if origin == "" || set["*"] {
+			return true
+		}
+		if len(set) > 0 {
+			return set[strings.ToLower(origin)]
+		}
+		u, err := url.Parse(origin)
+		return err == nil && strings.EqualFold(u.Host, r.Host)
+	}
+}
+
+// Handler is the node's HTTP handler (for tests and for embedding in another server).
+func (g *Gateway) Handler() http.Handler { return g.mux }
+
+// Metrics are the node's collectors.
+func (g *Gateway) Metrics() *metrics.Metrics { return g.metrics }
+
+// Start starts the router and returns once it runs. Run calls it; tests that serve Handler
+// themselves call it directly.
+func (g *Gateway) Start(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- g.router.Run(context.WithoutCancel(ctx)) }()
+	select {
+	case <-g.router.Running():
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("router: %w", err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run serves on the configured address until ctx ends, then drains and closes.
+func (g *Gateway) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", g.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", g.cfg.Addr, err)
+	}
+	return g.Serve(ctx, ln)
+}
+
+// Serve is Run on a listener of the caller's.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	if err := g.Start(ctx); err != nil {
+		ln.Close()
+		_ = g.Close()
+		return err
+	}
+	srv := &http.Server{Handler: g.mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug)}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	g.log.Info("gateway listening", "addr", ln.Addr().String(), "broker", g.cfg.Broker)
+	select {
+	case err := <-errc:
+		_ = g.Close()
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	g.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return g.Close()
+}
+
+// Drain turns /readyz to 503, refuses new connections, and disconnects every session with
+// "shutdown", spread over the drain period; it returns when they are gone (or the period plus the
+// write timeout has passed). Messages a client sent before its disconnect are acked or refused
+// before the router closes.
+func (g *Gateway) Drain() {
+	g.log.Info("draining", "sessions", g.hub.Len(), "period", g.cfg.Drain.Period)
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.Drain.Period+g.cfg.WebSocket.WriteTimeout+time.Second)
+	defer cancel()
+	g.hub.Drain(ctx, g.cfg.Drain.Period)
+}
+
+// Close stops the node at once: connections, router, broker. Safe to call twice.
+func (g *Gateway) Close() error {
+	g.closeOnce.Do(func() {
+		g.hub.Close()
+		_ = g.inbox.Close()
+		var errs []error
+		if err := g.router.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("router: %w", err))
+		}
+		_ = g.feed.Close()
+		if err := g.backend.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("backend: %w", err))
+		}
+		g.closeErr = errors.Join(errs...)
+	})
+	return g.closeErr
+}

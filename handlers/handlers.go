@@ -1,0 +1,83 @@
+// Package handlers holds the product's logic: what a client frame does (Sessions), the router
+// handlers between the node and the broker (Inbound, Channel, Direct), and the HTTP endpoints
+// (upgrade, publish API, health). It declares the small interfaces it needs where it uses them.
+package handlers
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/ws"
+)
+
+// Hub is what the handlers need of the WebSocket hub.
+type Hub interface {
+	Join(ctx context.Context, c *ws.Conn, channel string) error
+	Leave(c *ws.Conn, channel string) bool
+	Deliver(channel string, pos transports.Position, frame []byte) int
+	Session(id string) (*ws.Conn, bool)
+	Broadcast(frame []byte) int
+}
+
+// History is what the handlers need to resume a channel (transports.Feed).
+type History interface {
+	Last(ctx context.Context, channel string) (transports.Position, error)
+	Replay(ctx context.Context, channel string, since transports.Position, limit int) ([]*message.Message, bool, error)
+}
+
+// Submitter hands a message to the router and waits for its outcome (transports.Inbox).
+type Submitter interface {
+	Submit(ctx context.Context, msg *message.Message) error
+}
+
+// Deps are everything the handlers share.
+type Deps struct {
+	NodeID         string
+	Hub            Hub
+	History        History
+	Inbox          Submitter
+	Backend        transports.Backend
+	Verifier       *auth.Verifier // nil: anonymous only
+	AllowAnonymous bool
+	PublicChannels []string // patterns anyone may subscribe to
+	AnonPublish    []string // patterns anonymous clients may publish to
+	MaxReplay      int
+	PublishTimeout time.Duration
+	APIKey         string
+	Metrics        *metrics.Metrics
+	Log            *slog.Logger
+}
+
+// Message kinds on MetaKind.
+const (
+	KindPublish = "publish" // a client published to a channel
+	KindSend    = "send"    // a client sent to the services
+	KindAPI     = "api"     // the HTTP API published
+)
+
+// Targets on MetaTarget of submitted messages.
+const (
+	TargetChannel  = "channel"
+	TargetUser     = "user"
+	TargetSession  = "session"
+	TargetAll      = "all"
+	TargetServices = "services"
+)
+
+// ctxClaims carries a client's claims on the messages it submits, for Authorize.
+type ctxClaims struct{}
+
+func withClaims(ctx context.Context, c *auth.Claims) context.Context {
+	return context.WithValue(ctx, ctxClaims{}, c)
+}
+
+func claimsOf(ctx context.Context) (*auth.Claims, bool) {
+	c, ok := ctx.Value(ctxClaims{}).(*auth.Claims)
+	return c, ok
+}

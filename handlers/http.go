@@ -1,0 +1,219 @@
+package handlers
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/ws"
+)
+
+// Acceptor upgrades a request to a WebSocket connection (ws.Hub).
+type Acceptor interface {
+	Accept(w http.ResponseWriter, r *http.Request, id ws.Identity) error
+	Draining() bool
+}
+
+// HTTP serves the node's HTTP endpoints.
+type HTTP struct {
+	d        Deps
+	acceptor Acceptor
+	ready    func(ctx context.Context) error
+}
+
+// NewHTTP makes the HTTP endpoints. ready reports whether the node can serve (broker reachable).
+func NewHTTP(d Deps, acceptor Acceptor, ready func(ctx context.Context) error) *HTTP {
+	return &HTTP{d: d, acceptor: acceptor, ready: ready}
+}
+
+// Routes registers every endpoint on mux.
+func (h *HTTP) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /ws", h.Upgrade)
+	mux.HandleFunc("POST /api/publish", h.Publish)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", h.Ready)
+	mux.Handle("GET /metrics", h.d.Metrics.Handler())
+}
+
+// Ready answers 200 while the broker is reachable and the node accepts connections.
+func (h *HTTP) Ready(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	if h.acceptor.Draining() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "draining\n")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := h.ready(ctx); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "broker unreachable\n")
+		return
+	}
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+// Upgrade authenticates the request and hands it to the hub. Every refusal happens before the
+// upgrade, as an HTTP status with a JSON error body.
+func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
+	if h.acceptor.Draining() {
+		h.refuse(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "node is shutting down")
+		return
+	}
+	claims, err := h.authenticate(r)
+	if err != nil {
+		h.refuse(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
+		return
+	}
+	id := ws.Identity{Session: watermill.NewUUID(), User: claims.User, Value: NewState(claims)}
+	if err := h.acceptor.Accept(w, r, id); err != nil {
+		h.d.Metrics.UpgradesRefused.WithLabelValues("upgrade").Inc()
+		h.d.Log.Debug("upgrade failed", "error", err)
+	}
+}
+
+func (h *HTTP) authenticate(r *http.Request) (*auth.Claims, error) {
+	token := auth.TokenFromRequest(r)
+	if token == "" {
+		if h.d.AllowAnonymous {
+			return &auth.Claims{}, nil
+		}
+		return nil, errors.New("a token is required")
+	}
+	if h.d.Verifier == nil {
+		return nil, errors.New("tokens are not accepted by this node")
+	}
+	return h.d.Verifier.Verify(token)
+}
+
+func (h *HTTP) refuse(w http.ResponseWriter, status int, code, msg string) {
+	h.d.Metrics.UpgradesRefused.WithLabelValues(strconv.Itoa(status)).Inc()
+	writeError(w, status, code, msg)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}
+
+// publishRequest is the body of POST /api/publish.
+type publishRequest struct {
+	Data      json.RawMessage `json:"data"`
+	MsgID     string          `json:"msg_id"`
+	Channel   *string         `json:"channel"`
+	User      *string         `json:"user"`
+	Session   *string         `json:"session"`
+	Broadcast bool            `json:"broadcast"`
+}
+
+// maxAPIBody bounds a publish request.
+const maxAPIBody = 1 << 20
+
+// Publish is POST /api/publish: it publishes through the broker, so a target on any node is reached.
+func (h *HTTP) Publish(w http.ResponseWriter, r *http.Request) {
+	if h.d.APIKey == "" {
+		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "the HTTP API is off (no API key configured)")
+		return
+	}
+	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(key), []byte(h.d.APIKey)) != 1 {
+		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "a valid API key is required")
+		return
+	}
+	var req publishRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAPIBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "body over 1 MiB")
+			return
+		}
+		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "body must be a JSON object: "+err.Error())
+		return
+	}
+	msg, perr := apiMessage(&req)
+	if perr != nil {
+		writeError(w, http.StatusBadRequest, perr.Code, perr.Message)
+		return
+	}
+	msg.Metadata.Set(transports.MetaNode, h.d.NodeID)
+	ctx, cancel := context.WithTimeout(r.Context(), h.d.PublishTimeout)
+	defer cancel()
+	if err := h.d.Inbox.Submit(ctx, msg); err != nil {
+		var pe *protocol.Error
+		if errors.As(err, &pe) && pe.Code == protocol.CodeBadRequest {
+			writeError(w, http.StatusBadRequest, pe.Code, pe.Message)
+			return
+		}
+		writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "the broker did not accept the message: "+err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]string{"id": msg.UUID, "msg_id": msg.Metadata.Get(transports.MetaMsgID)})
+}
+
+// apiMessage checks a publish request and makes its message.
+func apiMessage(req *publishRequest) (*message.Message, *protocol.Error) {
+	if len(req.Data) == 0 {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "data is required")
+	}
+	if len(req.MsgID) > protocol.MaxMsgIDLen {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "msg_id must be at most %d characters", protocol.MaxMsgIDLen)
+	}
+	targets := 0
+	for _, set := range []bool{req.Channel != nil, req.User != nil, req.Session != nil, req.Broadcast} {
+		if set {
+			targets++
+		}
+	}
+	if targets != 1 {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "exactly one target is required: channel, user, session or broadcast")
+	}
+	msg := message.NewMessage(watermill.NewUUID(), []byte(req.Data))
+	md := msg.Metadata
+	md.Set(transports.MetaKind, KindAPI)
+	md.Set(transports.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+	if req.MsgID != "" {
+		md.Set(transports.MetaMsgID, req.MsgID)
+	}
+	switch {
+	case req.Channel != nil:
+		if !protocol.ValidChannel(*req.Channel) {
+			return nil, protocol.Errorf(protocol.CodeBadRequest, "channel must match ^[A-Za-z0-9_:.\\-]{1,128}$")
+		}
+		md.Set(transports.MetaTarget, TargetChannel)
+		md.Set(transports.MetaChannel, *req.Channel)
+	case req.User != nil:
+		if *req.User == "" || len(*req.User) > 256 {
+			return nil, protocol.Errorf(protocol.CodeBadRequest, "user must be 1 to 256 bytes")
+		}
+		md.Set(transports.MetaTarget, TargetUser)
+		md.Set(transports.MetaUser, *req.User)
+	case req.Session != nil:
+		if *req.Session == "" || len(*req.Session) > 128 {
+			return nil, protocol.Errorf(protocol.CodeBadRequest, "session must be 1 to 128 bytes")
+		}
+		md.Set(transports.MetaTarget, TargetSession)
+		md.Set(transports.MetaSession, *req.Session)
+	default:
+		md.Set(transports.MetaTarget, TargetAll)
+	}
+	return msg, nil
+}

@@ -1,0 +1,128 @@
+package handlers
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/transports"
+)
+
+// Router handlers between the node and the broker.
+type Router struct {
+	d Deps
+}
+
+// NewRouter makes the router handlers.
+func NewRouter(d Deps) *Router { return &Router{d: d} }
+
+// Inbound publishes what a client or the API submitted to the broker topic of its target. Its
+// error, after the retry middleware gave up, reaches the client as `unavailable`.
+func (r *Router) Inbound(msg *message.Message) error {
+	md := msg.Metadata
+	var topic string
+	switch md.Get(transports.MetaTarget) {
+	case TargetChannel:
+		topic = transports.ChannelTopic(md.Get(transports.MetaChannel))
+	case TargetUser:
+		ch := transports.UserChannel(md.Get(transports.MetaUser))
+		md.Set(transports.MetaChannel, ch)
+		topic = transports.ChannelTopic(ch)
+	case TargetSession, TargetAll:
+		topic = transports.TopicDirect
+	case TargetServices:
+		topic = transports.TopicInbound
+	default:
+		return protocol.Errorf(protocol.CodeBadRequest, "unknown target %q", md.Get(transports.MetaTarget))
+	}
+	out := message.NewMessage(msg.UUID, msg.Payload)
+	for k, v := range md {
+		out.Metadata.Set(k, v)
+	}
+	if err := r.d.Backend.Publish(topic, out); err != nil {
+		r.d.Metrics.BrokerErrors.Inc()
+		return fmt.Errorf("%w: %w", transports.ErrUnavailable, err)
+	}
+	r.d.Metrics.Published.WithLabelValues(md.Get(transports.MetaKind)).Inc()
+	return nil
+}
+
+// Channel delivers a channel message from the broker to the local subscribers of its channel,
+// encoding the frame once for all of them.
+func (r *Router) Channel(msg *message.Message) error {
+	channel := msg.Metadata.Get(transports.MetaChannel)
+	clientName := channel
+	if strings.HasPrefix(channel, transports.UserChannelPrefix) {
+		clientName = protocol.UserChannel
+	}
+	frame, pos := channelFrame(msg, channel, clientName)
+	if n := r.d.Hub.Deliver(channel, pos, frame); n > 0 {
+		r.d.Metrics.Delivered.Add(float64(n))
+		r.observeLatency(msg)
+	}
+	return nil
+}
+
+// Direct delivers a message addressed to one session (if it is on this node) or to everyone.
+func (r *Router) Direct(msg *message.Message) error {
+	f := protocol.Message{Type: "message", ID: messageID(msg, transports.Position{})}
+	f.SetPayload(msg.Payload)
+	var n int
+	switch msg.Metadata.Get(transports.MetaTarget) {
+	case TargetSession:
+		c, ok := r.d.Hub.Session(msg.Metadata.Get(transports.MetaSession))
+		if !ok {
+			return nil
+		}
+		f.To = TargetSession
+		if c.Send(protocol.Encode(f)) {
+			n = 1
+		}
+	case TargetAll:
+		f.To = TargetAll
+		n = r.d.Hub.Broadcast(protocol.Encode(f))
+	default:
+		r.d.Log.Warn("direct message without a valid target dropped", "message_uuid", msg.UUID, "target", msg.Metadata.Get(transports.MetaTarget))
+		return nil
+	}
+	if n > 0 {
+		r.d.Metrics.Delivered.Add(float64(n))
+		r.observeLatency(msg)
+	}
+	return nil
+}
+
+func (r *Router) observeLatency(msg *message.Message) {
+	if ns, err := strconv.ParseInt(msg.Metadata.Get(transports.MetaSentAt), 10, 64); err == nil {
+		r.d.Metrics.DeliveryLatency.Observe(time.Since(time.Unix(0, ns)).Seconds())
+	}
+}
+
+// channelFrame encodes a channel message for clients. channel is the node's name, clientName
+// the one the client subscribed with ($user for a user's channel).
+func channelFrame(msg *message.Message, channel, clientName string) ([]byte, transports.Position) {
+	pos, _ := transports.ParsePosition(msg.Metadata.Get(transports.MetaPosition))
+	f := protocol.Message{Type: "message", Channel: clientName, ID: messageID(msg, pos), Position: pos.ForChannel(channel)}
+	f.SetPayload(msg.Payload)
+	if msg.Metadata.Get(transports.MetaKind) == KindPublish {
+		f.From = &protocol.From{User: msg.Metadata.Get(transports.MetaUser), Session: msg.Metadata.Get(transports.MetaSession)}
+	}
+	return protocol.Encode(f), pos
+}
+
+// messageID is the message's UUID; a message emitted without one (a broker CLI) gets an id
+// derived from its position, the same on every node.
+func messageID(msg *message.Message, pos transports.Position) string {
+	if msg.UUID != "" {
+		return msg.UUID
+	}
+	if !pos.IsZero() {
+		return "p:" + pos.String()
+	}
+	return watermill.NewUUID()
+}

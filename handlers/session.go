@@ -1,0 +1,260 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/ws"
+)
+
+// Sessions implements ws.Handler: the protocol of one client connection.
+type Sessions struct {
+	d Deps
+}
+
+// NewSessions makes the connection handler.
+func NewSessions(d Deps) *Sessions { return &Sessions{d: d} }
+
+var _ ws.Handler = (*Sessions)(nil)
+
+// state is what a connection carries (ws.Conn.Value).
+type state struct {
+	claims *auth.Claims
+	mu     sync.Mutex
+	expiry *time.Timer
+}
+
+func stateOf(c *ws.Conn) *state { return c.Value.(*state) }
+
+// NewState is the per-connection value to give ws.Hub.Accept for these claims.
+func NewState(claims *auth.Claims) any { return &state{claims: claims} }
+
+// Open sends the welcome frame and arms the token expiry.
+func (s *Sessions) Open(c *ws.Conn) {
+	st := stateOf(c)
+	c.Send(protocol.Encode(protocol.Welcome{Type: "welcome", Session: c.ID, Node: s.d.NodeID, User: c.User}))
+	if exp := st.claims.ExpiresAt; !exp.IsZero() {
+		st.mu.Lock()
+		st.expiry = time.AfterFunc(time.Until(exp), func() {
+			c.Disconnect(protocol.DisconnectTokenExpired, "token expired", true)
+		})
+		st.mu.Unlock()
+	}
+}
+
+// Close stops the expiry timer; the hub already left every channel.
+func (s *Sessions) Close(c *ws.Conn) {
+	st := stateOf(c)
+	st.mu.Lock()
+	if st.expiry != nil {
+		st.expiry.Stop()
+	}
+	st.mu.Unlock()
+}
+
+// Frame handles one client frame. It runs on the connection's read goroutine, so frames of one
+// connection are handled in order and a publish is acked before the next frame is read.
+func (s *Sessions) Frame(c *ws.Conn, data []byte) {
+	f, perr := protocol.Decode(data)
+	if perr != nil {
+		s.fail(c, f.ID, perr)
+		return
+	}
+	var err error
+	switch f.Type {
+	case protocol.TypePing:
+		c.Send(protocol.Encode(protocol.Reply{Type: "pong", ID: f.ID}))
+	case protocol.TypeSubscribe:
+		err = s.subscribe(c, f)
+	case protocol.TypeUnsubscribe:
+		err = s.unsubscribe(c, f)
+	case protocol.TypePublish, protocol.TypeSend:
+		err = s.publish(c, f)
+	}
+	if err != nil {
+		code, msg := protocol.CodeOf(err, protocol.CodeInternal)
+		s.fail(c, f.ID, &protocol.Error{Code: code, Message: msg})
+	}
+}
+
+func (s *Sessions) fail(c *ws.Conn, id string, err *protocol.Error) {
+	s.d.Metrics.Rejected.WithLabelValues(err.Code).Inc()
+	c.Send(protocol.ErrorReply(id, err))
+}
+
+// channelName maps a client's channel name to the node's: $user becomes the user's channel.
+func channelName(c *ws.Conn, name string) (string, error) {
+	if name != protocol.UserChannel {
+		return name, nil
+	}
+	if c.User == "" {
+		return "", protocol.Errorf(protocol.CodeForbidden, "anonymous connections have no $user channel")
+	}
+	return transports.UserChannel(c.User), nil
+}
+
+func (s *Sessions) canSubscribe(c *ws.Conn, name string) bool {
+	if name == protocol.UserChannel {
+		return true
+	}
+	claims := stateOf(c).claims
+	if claims.HasChannels {
+		return auth.Match(claims.Channels, name) || auth.Match(s.d.PublicChannels, name)
+	}
+	return auth.Match(s.d.PublicChannels, name)
+}
+
+func (s *Sessions) subscribe(c *ws.Conn, f *protocol.Frame) error {
+	if !s.canSubscribe(c, f.Channel) {
+		return protocol.Errorf(protocol.CodeForbidden, "not allowed to subscribe to %s", f.Channel)
+	}
+	channel, err := channelName(c, f.Channel)
+	if err != nil {
+		return err
+	}
+	var since transports.Position
+	resume := f.Since != nil && *f.Since != ""
+	if resume {
+		if since, err = transports.ParseClientPosition(channel, *f.Since); err != nil {
+			return protocol.Errorf(protocol.CodeBadRequest, "since: %v", err)
+		}
+	}
+	if c.Subscribed(channel) {
+		return protocol.Errorf(protocol.CodeBadRequest, "already subscribed to %s", f.Channel)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.d.PublishTimeout)
+	defer cancel()
+	if err := s.d.Hub.Join(ctx, c, channel); err != nil {
+		return unavailable("subscribe", err)
+	}
+	// From here live messages of the channel are held for c until Activate.
+	cut, recovered, err := s.replay(ctx, c, channel, f.Channel, since, resume)
+	if err != nil {
+		s.d.Hub.Leave(c, channel)
+		return unavailable("replay", err)
+	}
+	reply := protocol.Encode(protocol.Subscribed{Type: "subscribed", ID: f.ID, Channel: f.Channel,
+		Position: cut.ForChannel(channel), Recovered: recovered})
+	c.Activate(channel, cut, reply)
+	return nil
+}
+
+// replay sends what the channel had after since (when resuming and the history reaches back)
+// and returns the position after which live messages are new to the client.
+func (s *Sessions) replay(ctx context.Context, c *ws.Conn, channel, clientName string, since transports.Position, resume bool) (transports.Position, bool, error) {
+	if resume {
+		msgs, complete, err := s.d.History.Replay(ctx, channel, since, s.d.MaxReplay)
+		if err != nil {
+			return since, false, err
+		}
+		if complete {
+			cut := since
+			for _, m := range msgs {
+				frame, pos := channelFrame(m, channel, clientName)
+				c.Send(frame)
+				cut = pos
+			}
+			return cut, true, nil
+		}
+	}
+	cut, err := s.d.History.Last(ctx, channel)
+	return cut, false, err
+}
+
+func (s *Sessions) unsubscribe(c *ws.Conn, f *protocol.Frame) error {
+	channel, err := channelName(c, f.Channel)
+	if err != nil {
+		return err
+	}
+	if !s.d.Hub.Leave(c, channel) {
+		return protocol.Errorf(protocol.CodeNotFound, "not subscribed to %s", f.Channel)
+	}
+	c.Send(protocol.Encode(protocol.Reply{Type: "unsubscribed", ID: f.ID, Channel: f.Channel}))
+	return nil
+}
+
+func (s *Sessions) publish(c *ws.Conn, f *protocol.Frame) error {
+	msgID := f.MsgID
+	if msgID == "" {
+		msgID = watermill.NewUUID()
+	}
+	msg := message.NewMessage(watermill.NewUUID(), []byte(f.Data))
+	md := msg.Metadata
+	md.Set(transports.MetaUser, c.User)
+	md.Set(transports.MetaSession, c.ID)
+	md.Set(transports.MetaNode, s.d.NodeID)
+	md.Set(transports.MetaMsgID, msgID)
+	md.Set(transports.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+	if f.Type == protocol.TypePublish {
+		md.Set(transports.MetaKind, KindPublish)
+		md.Set(transports.MetaTarget, TargetChannel)
+		md.Set(transports.MetaChannel, f.Channel)
+	} else {
+		md.Set(transports.MetaKind, KindSend)
+		md.Set(transports.MetaTarget, TargetServices)
+	}
+	ctx, cancel := context.WithTimeout(withClaims(context.Background(), stateOf(c).claims), s.d.PublishTimeout)
+	defer cancel()
+	if err := s.d.Inbox.Submit(ctx, msg); err != nil {
+		return unavailable("publish", err)
+	}
+	c.Send(protocol.Encode(protocol.Reply{Type: "ack", ID: f.ID, MsgID: msgID}))
+	return nil
+}
+
+// unavailable keeps protocol errors as they are and turns anything else into `unavailable`.
+func unavailable(what string, err error) error {
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return protocol.Errorf(protocol.CodeUnavailable, "%s: the broker did not answer in time", what)
+	}
+	return protocol.Errorf(protocol.CodeUnavailable, "%s: %v", what, err)
+}
+
+// Authorize is the router's auth check for submitted messages: a client publishes only where its
+// token (or, for anonymous clients, the configuration) allows. API messages carry no claims.
+func (s *Sessions) Authorize(msg *message.Message) error {
+	claims, ok := claimsOf(msg.Context())
+	if !ok || msg.Metadata.Get(transports.MetaKind) != KindPublish {
+		return nil
+	}
+	ch := msg.Metadata.Get(transports.MetaChannel)
+	if ch == protocol.UserChannel || ch == "" || (ch[0] == '$') {
+		return protocol.Errorf(protocol.CodeForbidden, "no client may publish to %s", ch)
+	}
+	allowed := claims.Publish
+	if claims.User == "" {
+		allowed = s.d.AnonPublish
+	}
+	if !auth.Match(allowed, ch) {
+		return protocol.Errorf(protocol.CodeForbidden, "not allowed to publish to %s", ch)
+	}
+	return nil
+}
+
+// DedupeKey keys a submitted message by its sender and msg_id ("" when it has no msg_id).
+func DedupeKey(msg *message.Message) string {
+	id := msg.Metadata.Get(transports.MetaMsgID)
+	if id == "" {
+		return ""
+	}
+	if msg.Metadata.Get(transports.MetaKind) == KindAPI {
+		return "api\x00" + id
+	}
+	if user := msg.Metadata.Get(transports.MetaUser); user != "" {
+		return "u\x00" + user + "\x00" + id
+	}
+	return "s\x00" + msg.Metadata.Get(transports.MetaSession) + "\x00" + id // anonymous
+}

@@ -1,0 +1,159 @@
+package transports
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// FeedTopic is the only topic a Feed serves to the router.
+const FeedTopic = "feed"
+
+// Feed merges the broker subscriptions of the channels that have local subscribers into one
+// Watermill subscription that the node's router consumes. Open subscribes one channel on the
+// backend (the hub calls it for a channel's first local subscriber) and the returned stop ends it.
+//
+// For backends without History it stamps each message with a position of its own (an epoch
+// unique to this Feed and a per-channel counter), so clients always see positions; resuming from
+// them answers recovered:false on any other node or after a restart.
+type Feed struct {
+	backend Backend
+	history History // nil when the backend keeps none
+	epoch   string
+
+	out     chan *message.Message
+	done    chan struct{}
+	closeMu sync.Once
+	wg      sync.WaitGroup
+
+	mu       sync.Mutex
+	counters map[string]*atomic.Uint64
+	cancels  map[*context.CancelFunc]struct{}
+	taken    bool
+}
+
+// NewFeed makes a Feed over backend.
+func NewFeed(backend Backend) *Feed {
+	h, _ := backend.(History)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return &Feed{backend: backend, history: h, epoch: "l" + hex.EncodeToString(b[:]),
+		out: make(chan *message.Message), done: make(chan struct{}),
+		counters: map[string]*atomic.Uint64{}, cancels: map[*context.CancelFunc]struct{}{}}
+}
+
+// Subscribe implements message.Subscriber for the router: it returns the merged channel. It may
+// be called once, with FeedTopic. The returned channel closes when ctx ends.
+func (f *Feed) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if topic != FeedTopic || f.taken {
+		return nil, errors.New("feed: only one subscription to the feed topic")
+	}
+	f.taken = true
+	return relay(ctx, f.out), nil
+}
+
+// Open subscribes channel on the backend and forwards its messages to the merged channel.
+func (f *Feed) Open(channel string) (func(), error) {
+	select {
+	case <-f.done:
+		return nil, ErrClosed
+	default:
+	}
+	topic := ChannelTopic(channel)
+	ctx, cancel := context.WithCancel(context.Background())
+	in, err := f.backend.Subscribe(ctx, topic)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	counter := f.counter(channel)
+	f.mu.Lock()
+	select {
+	case <-f.done: // closed meanwhile
+		f.mu.Unlock()
+		cancel()
+		return nil, ErrClosed
+	default:
+	}
+	f.cancels[&cancel] = struct{}{}
+	f.mu.Unlock()
+	stop := func() {
+		cancel()
+		f.mu.Lock()
+		delete(f.cancels, &cancel)
+		f.mu.Unlock()
+	}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for m := range in {
+			m.Metadata.Set(MetaChannel, channel)
+			if f.history == nil {
+				m.Metadata.Set(MetaPosition, Position{Epoch: f.epoch, Lo: counter.Add(1)}.String())
+			}
+			select {
+			case f.out <- m:
+			case <-f.done:
+				m.Nack()
+				cancel()
+			}
+		}
+	}()
+	return stop, nil
+}
+
+func (f *Feed) counter(channel string) *atomic.Uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.counters[channel]
+	if c == nil {
+		c = new(atomic.Uint64)
+		f.counters[channel] = c
+	}
+	return c
+}
+
+// Last returns the position of the newest message of channel: from the backend's history, or
+// this Feed's own counter.
+func (f *Feed) Last(ctx context.Context, channel string) (Position, error) {
+	if f.history != nil {
+		return f.history.Last(ctx, ChannelTopic(channel))
+	}
+	return Position{Epoch: f.epoch, Lo: f.counter(channel).Load()}, nil
+}
+
+// Replay returns what channel had after since, from the backend's history; without one it
+// returns nothing and complete only when since is this Feed's own latest position.
+func (f *Feed) Replay(ctx context.Context, channel string, since Position, limit int) ([]*message.Message, bool, error) {
+	if f.history != nil {
+		msgs, complete, err := f.history.Replay(ctx, ChannelTopic(channel), since, limit)
+		for _, m := range msgs {
+			m.Metadata.Set(MetaChannel, channel)
+		}
+		return msgs, complete, err
+	}
+	last, _ := f.Last(ctx, channel)
+	return nil, since == last, nil
+}
+
+// Close stops forwarding. The router must be closed before (it owns the merged channel's
+// consumer); the backend subscriptions end with their contexts. Safe to call twice.
+func (f *Feed) Close() error {
+	f.closeMu.Do(func() {
+		f.mu.Lock()
+		close(f.done)
+		for c := range f.cancels {
+			(*c)()
+		}
+		f.mu.Unlock()
+	})
+	f.wg.Wait()
+	return nil
+}

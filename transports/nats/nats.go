@@ -1,0 +1,440 @@
+// Package nats is the core NATS broker: at-most-once, no history.
+//
+// Every logical topic is one subject under the prefix (see Subject). A node holds one NATS
+// subscription per Subscribe call, so the server routes a channel's messages only to the nodes
+// that have a local subscriber on it; SubscribeGroup is a NATS queue group. Metadata travels in
+// NATS headers, the payload as the message body, exactly as watermill-nats' NATSMarshaler
+// writes them, so `nats pub` can talk to the gateway. Nothing is stored on the server: the
+// backend does not implement transports.History and resuming clients get recovered:false.
+package nats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
+	"github.com/ThreeDotsLabs/watermill/message"
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/wsgateway/gateway/transports"
+)
+
+// Defaults of Config.
+const (
+	DefaultPrefix          = "ws"
+	DefaultTimeout         = 5 * time.Second
+	DefaultReconnectWait   = 2 * time.Second
+	DefaultReconnectJitter = time.Second
+	DefaultPingInterval    = 20 * time.Second
+)
+
+// Config connects a node to NATS.
+type Config struct {
+	// URL lists the servers, comma-separated ("nats://127.0.0.1:4222"). Required by New.
+	URL string
+	// Prefix starts every subject and queue group the backend uses (GATEWAY_TOPIC_PREFIX):
+	// one or more tokens of [A-Za-z0-9_-] separated by dots. Default "ws".
+	Prefix string
+	// Name is the connection name the server shows (the node id). Optional.
+	Name string
+	// Timeout bounds the dial of one server and each wait for the server's confirmation in
+	// Publish, Subscribe and Ping. Default 5s.
+	Timeout time.Duration
+	// ReconnectWait is the pause before the server list is tried again after every server
+	// failed; ReconnectJitter adds up to that much at random so nodes do not come back in step.
+	// Defaults 2s and 1s. The client reconnects forever.
+	ReconnectWait   time.Duration
+	ReconnectJitter time.Duration
+	// PingInterval is how often the client pings the server; two unanswered pings drop the
+	// connection, which then reconnects. Default 20s.
+	PingInterval time.Duration
+	// Options are more nats.go options (credentials, TLS), applied after the backend's own (a
+	// ClosedHandler given here makes Close wait Timeout for a signal that does not come).
+	Options []natsgo.Option
+}
+
+func (c *Config) setDefaults() {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.ReconnectWait == 0 {
+		c.ReconnectWait = DefaultReconnectWait
+	}
+	if c.ReconnectJitter == 0 {
+		c.ReconnectJitter = DefaultReconnectJitter
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = DefaultPingInterval
+	}
+}
+
+// Validate checks the settings, naming the one that is wrong.
+func (c *Config) Validate() error {
+	if strings.TrimSpace(c.URL) == "" {
+		return errors.New("nats: Config.URL must not be empty")
+	}
+	return c.validateRest()
+}
+
+// validateRest checks everything but URL (NewWithConn has no use for it).
+func (c *Config) validateRest() error {
+	for _, tok := range strings.Split(c.Prefix, ".") {
+		if tok == "" || strings.Trim(tok, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != "" {
+			return fmt.Errorf("nats: Config.Prefix %q must be tokens of [A-Za-z0-9_-] separated by dots", c.Prefix)
+		}
+	}
+	if c.Timeout < time.Millisecond {
+		return errors.New("nats: Config.Timeout must be at least 1ms")
+	}
+	if c.ReconnectWait < time.Millisecond {
+		return errors.New("nats: Config.ReconnectWait must be at least 1ms (no tight reconnect loop)")
+	}
+	if c.ReconnectJitter < 0 {
+		return errors.New("nats: Config.ReconnectJitter must not be negative")
+	}
+	if c.PingInterval < 100*time.Millisecond {
+		return errors.New("nats: Config.PingInterval must be at least 100ms")
+	}
+	return nil
+}
+
+// Subject is the NATS subject of a logical topic under prefix: "<prefix>.ch.<SafeName(channel)>"
+// for a channel topic (the channel is one token, whatever dots it has), otherwise "<prefix>."
+// followed by the topic's dot-separated parts, each mapped with transports.SafeName
+// ("ws.direct", "ws.inbound", "ws.events"). The mapping is injective and never yields wildcards.
+func Subject(prefix, topic string) string {
+	if ch, ok := transports.ChannelOf(topic); ok {
+		return prefix + ".ch." + transports.SafeName(ch)
+	}
+	parts := strings.Split(topic, ".")
+	for i, p := range parts {
+		parts[i] = transports.SafeName(p)
+	}
+	return prefix + "." + strings.Join(parts, ".")
+}
+
+// QueueGroup is the NATS queue group of a SubscribeGroup group: "<prefix>.<SafeName(group)>".
+func QueueGroup(prefix, group string) string {
+	return prefix + "." + transports.SafeName(group)
+}
+
+// Backend is one node's connection to NATS. Safe for concurrent use.
+type Backend struct {
+	cfg         Config
+	nc          *natsgo.Conn
+	owned       bool          // Close closes nc
+	connClosed  chan struct{} // closed by the ClosedHandler of an owned connection
+	pub         *wmnats.Publisher
+	unmarshaler wmnats.Unmarshaler
+	logger      *slog.Logger
+
+	ctx    context.Context // cancelled by Close; ends every subscription
+	cancel context.CancelFunc
+
+	mu     sync.Mutex // guards closed and wg.Add against Close
+	closed bool
+	wg     sync.WaitGroup // one per subscription goroutine
+}
+
+var _ transports.Backend = (*Backend)(nil)
+
+// New connects to cfg.URL and returns a Backend that owns the connection. A server that is
+// down at start is not an error: the client keeps trying (ReconnectWait plus jitter between
+// rounds), Ping reports it and Publish fails with transports.ErrUnavailable meanwhile.
+func New(cfg Config, logger *slog.Logger) (*Backend, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	connClosed := make(chan struct{})
+	opts := []natsgo.Option{
+		natsgo.Name(cfg.Name),
+		natsgo.Timeout(cfg.Timeout),
+		natsgo.RetryOnFailedConnect(true),
+		natsgo.MaxReconnects(-1),
+		natsgo.ReconnectWait(cfg.ReconnectWait),
+		natsgo.ReconnectJitter(cfg.ReconnectJitter, cfg.ReconnectJitter),
+		// No buffering while disconnected: Publish must fail, not pretend the broker took it.
+		natsgo.ReconnectBufSize(-1),
+		natsgo.PingInterval(cfg.PingInterval),
+		natsgo.MaxPingsOutstanding(2),
+		natsgo.ConnectHandler(func(nc *natsgo.Conn) {
+			logger.Info("nats connected", "server", nc.ConnectedUrlRedacted())
+		}),
+		natsgo.DisconnectErrHandler(func(nc *natsgo.Conn, err error) {
+			if !nc.IsClosed() { // Close reports a disconnect too
+				logger.Warn("nats disconnected, reconnecting", "error", err)
+			}
+		}),
+		natsgo.ReconnectHandler(func(nc *natsgo.Conn) {
+			logger.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+		natsgo.ErrorHandler(func(_ *natsgo.Conn, sub *natsgo.Subscription, err error) {
+			if sub != nil {
+				logger.Warn("nats subscription error", "subject", sub.Subject, "error", err)
+				return
+			}
+			logger.Warn("nats error", "error", err)
+		}),
+		natsgo.ClosedHandler(func(*natsgo.Conn) { close(connClosed) }),
+	}
+	nc, err := natsgo.Connect(cfg.URL, append(opts, cfg.Options...)...)
+	if err != nil {
+		return nil, fmt.Errorf("nats: connect: %w", err)
+	}
+	b, err := newBackend(nc, cfg, logger)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	b.owned, b.connClosed = true, connClosed
+	return b, nil
+}
+
+// NewWithConn returns a Backend over a connection the caller owns and closes (after the
+// Backend). cfg.URL is ignored. For Publish to fail fast during an outage the connection should
+// not buffer while reconnecting (nats.ReconnectBufSize(-1)); the Backend also checks its status.
+func NewWithConn(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Backend, error) {
+	cfg.setDefaults()
+	if err := cfg.validateRest(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return newBackend(nc, cfg, logger)
+}
+
+func newBackend(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Backend, error) {
+	marshaler := &wmnats.NATSMarshaler{}
+	pub, err := wmnats.NewPublisherWithNatsConn(nc, wmnats.PublisherPublishConfig{
+		Marshaler:         marshaler,
+		SubjectCalculator: wmnats.DefaultSubjectCalculator,
+		JetStream:         wmnats.JetStreamConfig{Disabled: true},
+	}, watermill.NewSlogLogger(logger))
+	if err != nil {
+		return nil, fmt.Errorf("nats: publisher: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Backend{
+		cfg:         cfg,
+		nc:          nc,
+		pub:         pub,
+		unmarshaler: marshaler,
+		logger:      logger,
+		ctx:         ctx,
+		cancel:      cancel,
+	}, nil
+}
+
+func (b *Backend) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// unavailable wraps err as transports.ErrUnavailable, unless the backend was closed or err is
+// about the message rather than the broker.
+func (b *Backend) unavailable(what string, err error) error {
+	switch {
+	case b.isClosed():
+		return transports.ErrClosed
+	case errors.Is(err, natsgo.ErrMaxPayload), errors.Is(err, natsgo.ErrBadSubject),
+		errors.Is(err, natsgo.ErrHeadersNotSupported), errors.Is(err, natsgo.ErrBadQueueName):
+		return fmt.Errorf("nats: %s: %w", what, err)
+	default:
+		return fmt.Errorf("%w: nats: %s: %w", transports.ErrUnavailable, what, err)
+	}
+}
+
+// Publish implements transports.Backend: one PUB per message through watermill-nats, then one
+// PING/PONG round trip, so that nil means the server has read every message. While the client
+// is not connected it fails at once with transports.ErrUnavailable.
+func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
+	if b.isClosed() {
+		return transports.ErrClosed
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	if st := b.nc.Status(); st != natsgo.CONNECTED {
+		return fmt.Errorf("%w: nats connection is %s", transports.ErrUnavailable, st)
+	}
+	subject := Subject(b.cfg.Prefix, topic)
+	if err := b.pub.Publish(subject, msgs...); err != nil {
+		return b.unavailable("publish to "+subject, err)
+	}
+	if err := b.nc.FlushTimeout(b.cfg.Timeout); err != nil {
+		return b.unavailable("confirm publish to "+subject, err)
+	}
+	return nil
+}
+
+// Subscribe implements transports.Backend with one plain NATS subscription, ended when ctx is
+// done. Every subscription of every node gets every message.
+func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	return b.subscribe(ctx, topic, "")
+}
+
+// SubscribeGroup implements transports.Backend with a NATS queue group named by QueueGroup.
+// Core NATS keeps nothing: what is published while no member is subscribed is lost.
+func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+	return b.subscribe(ctx, topic, QueueGroup(b.cfg.Prefix, group))
+}
+
+// subscribe reads with nats.go directly and decodes with watermill-nats' NATSMarshaler. The
+// watermill-nats subscriber does not fit core NATS here: it drops a nacked message (Nack needs a
+// JetStream reply subject), never confirms its SUB with a flush, and can send on its closed
+// output channel when a subscription ends while a message is being handed over.
+func (b *Backend) subscribe(ctx context.Context, topic, queue string) (<-chan *message.Message, error) {
+	subject := Subject(b.cfg.Prefix, topic)
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, transports.ErrClosed
+	}
+	sub, err := b.nc.QueueSubscribeSync(subject, queue)
+	if err != nil {
+		b.mu.Unlock()
+		return nil, b.unavailable("subscribe to "+subject, err)
+	}
+	b.wg.Add(1)
+	b.mu.Unlock()
+
+	// Wait until the server has the interest, so what is published next is delivered. While
+	// disconnected there is no server to ask: nats.go sends the SUB again when it reconnects.
+	if b.nc.Status() == natsgo.CONNECTED {
+		if err := b.nc.FlushTimeout(b.cfg.Timeout); err != nil && b.nc.Status() == natsgo.CONNECTED {
+			_ = sub.Unsubscribe()
+			b.wg.Done()
+			return nil, b.unavailable("confirm subscription to "+subject, err)
+		}
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(b.ctx, cancel)
+	out := make(chan *message.Message)
+	go func() {
+		defer b.wg.Done()
+		defer close(out)
+		defer cancel()
+		defer stop()
+		defer func() { _ = sub.Unsubscribe() }()
+		b.run(sctx, sub, out, b.logger.With("topic", topic, "subject", subject))
+	}()
+	return out, nil
+}
+
+// run hands the subscription's messages to out one at a time until ctx is done.
+func (b *Backend) run(ctx context.Context, sub *natsgo.Subscription, out chan<- *message.Message, log *slog.Logger) {
+	for {
+		nm, err := sub.NextMsgWithContext(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, natsgo.ErrSlowConsumer):
+			log.Warn("nats dropped messages of a slow subscription")
+			continue
+		case errors.Is(err, natsgo.ErrNoResponders):
+			// An empty message with a 503 status line: nats.go consumed it; not ours to end on.
+			log.Warn("nats message dropped: no-responders status")
+			continue
+		case err != nil:
+			log.Warn("nats subscription ended", "error", err)
+			return
+		}
+		msg, err := b.unmarshaler.Unmarshal(nm)
+		if err != nil {
+			log.Warn("nats message dropped: cannot decode headers", "error", err.Error())
+			continue
+		}
+		if !deliver(ctx, msg, out) {
+			return
+		}
+	}
+}
+
+// deliver sends copies of msg to out until one is acked; a nack sends it again.
+func deliver(ctx context.Context, msg *message.Message, out chan<- *message.Message) bool {
+	for {
+		c := msg.Copy()
+		c.SetContext(ctx)
+		select {
+		case out <- c:
+		case <-ctx.Done():
+			return false
+		}
+		select {
+		case <-c.Acked():
+			return true
+		case <-c.Nacked():
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// Ping implements transports.Backend: the connection is up and the server answers a PING.
+func (b *Backend) Ping(ctx context.Context) error {
+	if b.isClosed() {
+		return transports.ErrClosed
+	}
+	if st := b.nc.Status(); st != natsgo.CONNECTED {
+		return fmt.Errorf("%w: nats connection is %s", transports.ErrUnavailable, st)
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
+	defer cancel()
+	if err := b.nc.FlushWithContext(ctx); err != nil {
+		return b.unavailable("ping", err)
+	}
+	return nil
+}
+
+// Close ends every subscription and closes the connection if the Backend owns it. Safe to call
+// twice; bounded by Config.Timeout.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.mu.Unlock()
+	b.cancel()
+
+	done := make(chan struct{})
+	go func() {
+		b.wg.Wait()
+		close(done)
+	}()
+	deadline := time.NewTimer(b.cfg.Timeout)
+	defer deadline.Stop()
+	select {
+	case <-done:
+	case <-deadline.C:
+		b.logger.Warn("nats subscriptions did not stop in time", "timeout", b.cfg.Timeout)
+	}
+	if b.owned {
+		b.nc.Close()
+		// Wait for the client's callback goroutine to report the close, so nothing logs after.
+		wait := time.NewTimer(b.cfg.Timeout)
+		defer wait.Stop()
+		select {
+		case <-b.connClosed:
+		case <-wait.C:
+		}
+	}
+	return nil
+}
