@@ -7,6 +7,7 @@ import (
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
+	"github.com/wsgateway/gateway/transports/nats"
 )
 
 // NewBackend builds the broker backend the configuration names.
@@ -15,6 +16,8 @@ func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, erro
 	case configs.BrokerMemory:
 		broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL})
 		return &ownedMemory{Backend: broker.Node(cfg.TopicPrefix), broker: broker}, nil
+	case configs.BrokerNATS:
+		return nats.New(nats.Config{URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID, Timeout: cfg.WebSocket.PublishTimeout}, log)
 	}
 	return nil, fmt.Errorf("broker %q is not available in this build", cfg.Broker)
 }
