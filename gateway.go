@@ -114,6 +114,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		MaxReplay:      cfg.History.MaxReplay,
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
 		APIKey:         cfg.API.Key,
+		DedupeWindow:   cfg.Router.DedupeWindow,
 		Metrics:        g.metrics,
 		Log:            log,
 	}

@@ -5,8 +5,12 @@ package handlers
 
 import (
 	"context"
+	"crypto/sha256"
 	"log/slog"
+	"sync"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -50,6 +54,7 @@ type Deps struct {
 	MaxReplay      int
 	PublishTimeout time.Duration
 	APIKey         string
+	DedupeWindow   time.Duration
 	Metrics        *metrics.Metrics
 	Log            *slog.Logger
 }
@@ -69,6 +74,46 @@ const (
 	TargetAll      = "all"
 	TargetServices = "services"
 )
+
+// IdempotentUUID is the message UUID for an idempotency key: the same key gives the same UUID on
+// every node, which is how nodes recognise a repeated msg_id that reached two of them.
+func IdempotentUUID(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	sum[6] = sum[6]&0x0f | 0x50 // version 5 layout (name-based, SHA)
+	sum[8] = sum[8]&0x3f | 0x80
+	return uuid.UUID(sum[:16]).String()
+}
+
+// recent remembers message UUIDs for between one and two windows, so a node delivers a message
+// carrying the same idempotency key once even when it was published twice (through two nodes).
+type recent struct {
+	mu      sync.Mutex
+	window  time.Duration
+	cur     map[string]struct{}
+	prev    map[string]struct{}
+	rotated time.Time
+}
+
+func newRecent(window time.Duration) *recent {
+	return &recent{window: window, cur: map[string]struct{}{}, prev: map[string]struct{}{}, rotated: time.Now()}
+}
+
+// seen reports whether id was seen within the window, and remembers it.
+func (r *recent) seen(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now := time.Now(); now.Sub(r.rotated) > r.window {
+		r.prev, r.cur, r.rotated = r.cur, make(map[string]struct{}, len(r.cur)), now
+	}
+	if _, ok := r.cur[id]; ok {
+		return true
+	}
+	if _, ok := r.prev[id]; ok {
+		return true
+	}
+	r.cur[id] = struct{}{}
+	return false
+}
 
 // ctxClaims carries a client's claims on the messages it submits, for Authorize.
 type ctxClaims struct{}

@@ -192,6 +192,8 @@ func apiMessage(req *publishRequest) (*message.Message, *protocol.Error) {
 	md.Set(transports.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
 	if req.MsgID != "" {
 		md.Set(transports.MetaMsgID, req.MsgID)
+		md.Set(transports.MetaIdempotent, "1")
+		msg.UUID = IdempotentUUID(DedupeKey(msg))
 	}
 	switch {
 	case req.Channel != nil:

@@ -15,11 +15,17 @@ import (
 
 // Router handlers between the node and the broker.
 type Router struct {
-	d Deps
+	d      Deps
+	recent *recent
 }
 
 // NewRouter makes the router handlers.
-func NewRouter(d Deps) *Router { return &Router{d: d} }
+func NewRouter(d Deps) *Router { return &Router{d: d, recent: newRecent(d.DedupeWindow)} }
+
+// duplicate reports whether msg repeats an idempotency key this node delivered already.
+func (r *Router) duplicate(msg *message.Message) bool {
+	return msg.Metadata.Get(transports.MetaIdempotent) == "1" && r.recent.seen(msg.UUID)
+}
 
 // Inbound publishes what a client or the API submitted to the broker topic of its target. Its
 // error, after the retry middleware gave up, reaches the client as `unavailable`.
@@ -55,6 +61,9 @@ func (r *Router) Inbound(msg *message.Message) error {
 // Channel delivers a channel message from the broker to the local subscribers of its channel,
 // encoding the frame once for all of them.
 func (r *Router) Channel(msg *message.Message) error {
+	if r.duplicate(msg) {
+		return nil
+	}
 	channel := msg.Metadata.Get(transports.MetaChannel)
 	clientName := channel
 	if strings.HasPrefix(channel, transports.UserChannelPrefix) {
@@ -70,6 +79,9 @@ func (r *Router) Channel(msg *message.Message) error {
 
 // Direct delivers a message addressed to one session (if it is on this node) or to everyone.
 func (r *Router) Direct(msg *message.Message) error {
+	if r.duplicate(msg) {
+		return nil
+	}
 	f := protocol.Message{Type: "message", ID: messageID(msg, transports.Position{})}
 	f.SetPayload(msg.Payload)
 	var n int

@@ -158,10 +158,17 @@ func (s *Sessions) replay(ctx context.Context, c *ws.Conn, channel, clientName s
 		}
 		if complete {
 			cut := since
+			sent := map[string]bool{} // a msg_id published through two nodes is in the history twice
 			for _, m := range msgs {
 				frame, pos := channelFrame(m, channel, clientName)
-				c.Send(frame)
 				cut = pos
+				if m.Metadata.Get(transports.MetaIdempotent) == "1" {
+					if sent[m.UUID] {
+						continue
+					}
+					sent[m.UUID] = true
+				}
+				c.Send(frame)
 			}
 			return cut, true, nil
 		}
@@ -183,11 +190,11 @@ func (s *Sessions) unsubscribe(c *ws.Conn, f *protocol.Frame) error {
 }
 
 func (s *Sessions) publish(c *ws.Conn, f *protocol.Frame) error {
-	msgID := f.MsgID
+	msgID, id := f.MsgID, watermill.NewUUID()
 	if msgID == "" {
-		msgID = watermill.NewUUID()
+		msgID = id
 	}
-	msg := message.NewMessage(watermill.NewUUID(), []byte(f.Data))
+	msg := message.NewMessage(id, []byte(f.Data))
 	md := msg.Metadata
 	md.Set(transports.MetaUser, c.User)
 	md.Set(transports.MetaSession, c.ID)
@@ -201,6 +208,10 @@ func (s *Sessions) publish(c *ws.Conn, f *protocol.Frame) error {
 	} else {
 		md.Set(transports.MetaKind, KindSend)
 		md.Set(transports.MetaTarget, TargetServices)
+	}
+	if f.MsgID != "" {
+		msg.UUID = IdempotentUUID(DedupeKey(msg))
+		md.Set(transports.MetaIdempotent, "1")
 	}
 	ctx, cancel := context.WithTimeout(withClaims(context.Background(), stateOf(c).claims), s.d.PublishTimeout)
 	defer cancel()

@@ -31,6 +31,9 @@ const (
 	MetaSentAt   = "sent_at"   // unix nanoseconds when the gateway or SDK published it (latency metric)
 	MetaEncoding = "encoding"  // "base64" when the payload is not JSON (informational)
 	MetaSig      = "signature" // reserved for signed service messages
+	// MetaIdempotent is "1" when the message's UUID derives from a client's or service's msg_id,
+	// so the same msg_id through two nodes yields the same UUID and nodes deliver it once.
+	MetaIdempotent = "idempotent"
 )
 
 // UserChannelPrefix starts the internal channel name of a user's personal channel ($user).
