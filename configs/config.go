@@ -199,9 +199,19 @@ func setDefault[T comparable](v *T, def T) {
 }
 
 func defaultNodeID() string {
-	host, err := os.Hostname()
-	if err != nil || host == "" {
+	host, _ := os.Hostname()
+	return nodeIDFor(host)
+}
+
+// nodeIDFor is host plus a random suffix, within the 64 characters Validate allows (host names
+// reach 64 characters themselves).
+func nodeIDFor(host string) string {
+	if host == "" {
 		host = "node"
+	}
+	const maxHost = 64 - 1 - 6 // "-" and the 6 hex digits of the suffix
+	if len(host) > maxHost {
+		host = host[:maxHost]
 	}
 	return host + "-" + randomSuffix()
 }
@@ -221,7 +231,7 @@ func bad(key, env, format string, args ...any) error {
 
 // Validate checks every setting and returns the first that is wrong, naming its key.
 func (c *Config) Validate() error {
-	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+	if !hostPort(c.Addr) {
 		return bad("addr", "ADDR", "%q is not host:port", c.Addr)
 	}
 	if c.NodeID == "" || len(c.NodeID) > 64 || strings.ContainsAny(c.NodeID, " \t\n") {
@@ -241,7 +251,7 @@ func (c *Config) Validate() error {
 			return bad("nats.url", "NATS_URL", "must not be empty")
 		}
 	case BrokerRedis:
-		if _, _, err := net.SplitHostPort(c.Redis.Addr); err != nil {
+		if !hostPort(c.Redis.Addr) {
 			return bad("redis.addr", "REDIS_ADDR", "%q is not host:port", c.Redis.Addr)
 		}
 		if c.Redis.Shards < 1 || c.Redis.Shards > 1024 {
@@ -249,7 +259,7 @@ func (c *Config) Validate() error {
 		}
 	case BrokerKafka:
 		for _, b := range c.Kafka.Brokers {
-			if _, _, err := net.SplitHostPort(strings.TrimSpace(b)); err != nil {
+			if !hostPort(strings.TrimSpace(b)) {
 				return bad("kafka.brokers", "KAFKA_BROKERS", "%q is not host:port", b)
 			}
 		}
@@ -330,6 +340,17 @@ func (c *Config) Validate() error {
 		return bad("log.format", "LOG_FORMAT", "%q is not text or json", c.Log.Format)
 	}
 	return nil
+}
+
+// hostPort reports whether s is host:port with a port that is a number from 0 to 65535 or a
+// service name, so a wrong port is refused here rather than when the node listens or dials.
+func hostPort(s string) bool {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return false
+	}
+	_, err = net.LookupPort("tcp", port)
+	return err == nil
 }
 
 // validPattern reports whether p is a channel name, or a prefix of one followed by '*'.

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
+	"sort"
 	"strings"
 
 	"github.com/caarlos0/env/v11"
@@ -37,9 +39,10 @@ func Load(path string, environ []string) (*Config, error) {
 		}
 	}
 	if err := env.ParseWithOptions(cfg, env.Options{Prefix: EnvPrefix, Environment: vars}); err != nil {
-		return nil, envError(err)
+		return nil, envError(err, vars)
 	}
 	cfg.Development = path == "" && len(vars) == 0
+	cfg.trimLists()
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -47,23 +50,87 @@ func Load(path string, environ []string) (*Config, error) {
 	return cfg, nil
 }
 
-// Parse decodes YAML into cfg, refusing unknown keys.
+// Parse decodes YAML into cfg, refusing unknown keys. The error is one line.
 func Parse(raw []byte, cfg *Config) error {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if errors.As(err, &te) && len(te.Errors) > 0 {
+			// "yaml: unmarshal errors:\n  line 1: ...\n  line 3: ..." on one line.
+			return errors.New(strings.Join(te.Errors, "; "))
+		}
 		return err
 	}
 	return nil
 }
 
-// envError keeps the first of caarlos0/env's aggregated errors, which names the variable.
-func envError(err error) error {
+// envError turns a failure of caarlos0/env into a *KeyError naming the variable and its key.
+// caarlos0/env's parse errors name only the Go field (several fields are called Addr or
+// Replicas), so the variable at fault is found by parsing each one alone, in name order.
+func envError(err error, vars map[string]string) error {
+	names := make([]string, 0, len(vars))
+	for k := range vars {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	keys := map[string]string{}
+	envKeys(reflect.TypeOf(Config{}), EnvPrefix, "", keys)
+	for _, name := range names {
+		e := env.ParseWithOptions(&Config{}, env.Options{Prefix: EnvPrefix, Environment: map[string]string{name: vars[name]}})
+		if e == nil {
+			continue
+		}
+		key := keys[name]
+		if key == "" {
+			key = name
+		}
+		reason := firstEnvError(e).Error()
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			reason = fmt.Sprintf("cannot parse %q as %s", vars[name], pe.Type)
+		}
+		return &KeyError{Key: key, Env: name, Reason: reason}
+	}
+	return fmt.Errorf("invalid environment: %w", firstEnvError(err))
+}
+
+// firstEnvError keeps the first of caarlos0/env's aggregated errors.
+func firstEnvError(err error) error {
 	var agg env.AggregateError
 	if errors.As(err, &agg) && len(agg.Errors) > 0 {
-		return fmt.Errorf("invalid environment: %w", agg.Errors[0])
+		return agg.Errors[0]
 	}
-	return fmt.Errorf("invalid environment: %w", err)
+	return err
+}
+
+// envKeys maps every environment variable of the struct type t to its YAML key, following the
+// same tags as caarlos0/env (env, envPrefix) and the YAML decoder (yaml).
+func envKeys(t reflect.Type, envPrefix, yamlPrefix string, out map[string]string) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		y, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if y == "-" || !f.IsExported() {
+			continue
+		}
+		if f.Type.Kind() == reflect.Struct {
+			envKeys(f.Type, envPrefix+f.Tag.Get("envPrefix"), yamlPrefix+y+".", out)
+			continue
+		}
+		if e := f.Tag.Get("env"); e != "" && e != "-" {
+			out[envPrefix+e] = yamlPrefix + y
+		}
+	}
+}
+
+// trimLists drops the spaces around the entries of list settings, so that
+// "https://a.example, https://b.example" means two origins rather than one with a leading space.
+func (c *Config) trimLists() {
+	for _, l := range [][]string{c.Kafka.Brokers, c.Auth.PublicChannels, c.Auth.AnonymousPublish, c.WebSocket.AllowedOrigins} {
+		for i := range l {
+			l[i] = strings.TrimSpace(l[i])
+		}
+	}
 }
 
 func randomSuffix() string {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -93,21 +94,8 @@ func Decode(b []byte) (*Frame, *Error) {
 		return &f, Errorf(CodeBadRequest, "a frame must be a JSON object")
 	}
 	if err := json.Unmarshal(b, &f); err != nil {
-		// Recover the id for the reply if the object is at least partly readable.
-		var partial struct {
-			ID json.RawMessage `json:"id"`
-		}
-		if json.Unmarshal(b, &partial) == nil {
-			var id string
-			if json.Unmarshal(partial.ID, &id) == nil && validID(id) {
-				f = Frame{ID: id}
-			} else {
-				f = Frame{}
-			}
-		} else {
-			f = Frame{}
-		}
-		return &f, Errorf(CodeBadRequest, "invalid frame: %s", jsonReason(err))
+		// Answer with the id if it can be read before the object goes wrong.
+		return &Frame{ID: recoverID(b)}, Errorf(CodeBadRequest, "invalid frame: %s", jsonReason(err))
 	}
 	if !validID(f.ID) {
 		f.ID = ""
@@ -145,6 +133,39 @@ func Decode(b []byte) (*Frame, *Error) {
 		return &f, Errorf(CodeBadRequest, "msg_id must be at most %d characters", MaxMsgIDLen)
 	}
 	return &f, nil
+}
+
+// recoverID reads the top-level members of a JSON object that does not decode as a Frame, up to
+// the first syntax error, and returns the last valid string id among them ("" when none). Keys
+// match case-insensitively, as they do for json.Unmarshal.
+func recoverID(b []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	id := ""
+	for {
+		t, err := dec.Token()
+		if err != nil {
+			return id
+		}
+		key, ok := t.(string)
+		if !ok { // the closing '}'
+			return id
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return id
+		}
+		if strings.EqualFold(key, "id") {
+			var s string
+			if json.Unmarshal(v, &s) == nil && validID(s) {
+				id = s
+			} else {
+				id = ""
+			}
+		}
+	}
 }
 
 func validID(id string) bool { return len(id) <= MaxIDLen && utf8.ValidString(id) }
@@ -264,8 +285,11 @@ type Message struct {
 // SetPayload puts a payload in Data: as-is when it is valid JSON, else as a base64 string with
 // Encoding "base64".
 func (m *Message) SetPayload(p []byte) {
-	if len(p) > 0 && json.Valid(p) {
+	// json.Valid accepts invalid UTF-8 inside strings, but a text frame must be UTF-8, so such a
+	// payload goes as base64 too, and keeps its exact bytes.
+	if len(p) > 0 && utf8.Valid(p) && json.Valid(p) {
 		m.Data = p
+		m.Encoding = ""
 		return
 	}
 	s := base64.StdEncoding.EncodeToString(p)

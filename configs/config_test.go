@@ -1,0 +1,602 @@
+package configs
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// secret is a valid JWT secret (16 bytes), so that Validate has a way to authenticate clients.
+const secret = "GATEWAY_JWT_SECRET=0123456789abcdef"
+
+// writeFile writes content to a file in a fresh temporary directory and returns its path.
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Load("", nil)
+	if err != nil {
+		t.Fatalf("Load with nothing: %v", err)
+	}
+	if !cfg.Development {
+		t.Error("Development is false with no file and no environment")
+	}
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "node"
+	}
+	if len(cfg.NodeID) == 0 || len(cfg.NodeID) > 64 || !strings.HasPrefix(cfg.NodeID, host[:min(len(host), 57)]+"-") {
+		t.Errorf("NodeID = %q, want the host name %q plus a suffix", cfg.NodeID, host)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"Addr", cfg.Addr, DefaultAddr},
+		{"Broker", cfg.Broker, DefaultBroker},
+		{"TopicPrefix", cfg.TopicPrefix, DefaultTopicPrefix},
+		{"NATS.URL", cfg.NATS.URL, DefaultNATSURL},
+		{"JetStream.MaxAge", cfg.JetStream.MaxAge, 24 * time.Hour},
+		{"JetStream.MaxBytes", cfg.JetStream.MaxBytes, int64(1 << 30)},
+		{"JetStream.Replicas", cfg.JetStream.Replicas, 1},
+		{"JetStream.DupeWindow", cfg.JetStream.DupeWindow, DefaultDedupeWindow},
+		{"Redis.Addr", cfg.Redis.Addr, DefaultRedisAddr},
+		{"Redis.Password", cfg.Redis.Password, ""},
+		{"Redis.DB", cfg.Redis.DB, 0},
+		{"Redis.Shards", cfg.Redis.Shards, 16},
+		{"Redis.MaxLen", cfg.Redis.MaxLen, int64(100000)},
+		{"Kafka.Brokers", cfg.Kafka.Brokers, strings.Split(DefaultKafkaBrokers, ",")},
+		{"Kafka.Partitions", cfg.Kafka.Partitions, 16},
+		{"Kafka.Retention", cfg.Kafka.Retention, 24 * time.Hour},
+		{"Kafka.Replicas", cfg.Kafka.Replicas, 1},
+		{"Auth.JWTSecret", cfg.Auth.JWTSecret, ""},
+		{"Auth.JWTPublicKey", cfg.Auth.JWTPublicKey, ""},
+		{"Auth.AllowAnonymous", cfg.Auth.AllowAnonymous, false},
+		{"Auth.PublicChannels", len(cfg.Auth.PublicChannels), 0},
+		{"Auth.AnonymousPublish", len(cfg.Auth.AnonymousPublish), 0},
+		{"API.Key", cfg.API.Key, ""},
+		{"WebSocket.AllowedOrigins", len(cfg.WebSocket.AllowedOrigins), 0},
+		{"WebSocket.MaxFrameSize", cfg.WebSocket.MaxFrameSize, int64(DefaultMaxFrameSize)},
+		{"WebSocket.SendBuffer", cfg.WebSocket.SendBuffer, DefaultSendBuffer},
+		{"WebSocket.WriteTimeout", cfg.WebSocket.WriteTimeout, DefaultWriteTimeout},
+		{"WebSocket.PingInterval", cfg.WebSocket.PingInterval, DefaultPingInterval},
+		{"WebSocket.PublishTimeout", cfg.WebSocket.PublishTimeout, DefaultPublishTimeout},
+		{"History.Size", cfg.History.Size, DefaultHistorySize},
+		{"History.TTL", cfg.History.TTL, DefaultHistoryTTL},
+		{"History.MaxReplay", cfg.History.MaxReplay, DefaultMaxReplay},
+		{"Router.DedupeWindow", cfg.Router.DedupeWindow, DefaultDedupeWindow},
+		{"Router.RetryAttempts", cfg.Router.RetryAttempts, DefaultRetryAttempts},
+		{"Router.RetryInitial", cfg.Router.RetryInitial, DefaultRetryInitial},
+		{"Router.RetryMaxElapsed", cfg.Router.RetryMaxElapsed, DefaultRetryMaxElapsed},
+		{"Drain.Period", cfg.Drain.Period, DefaultDrainPeriod},
+		{"Log.Level", cfg.Log.Level, DefaultLogLevel},
+		{"Log.Format", cfg.Log.Format, DefaultLogFormat},
+	}
+	for _, c := range checks {
+		if !reflect.DeepEqual(c.got, c.want) {
+			t.Errorf("%s = %#v, want %#v", c.name, c.got, c.want)
+		}
+	}
+}
+
+// TestDevelopment: only the embedded default with no configuration at all is development.
+func TestDevelopment(t *testing.T) {
+	tests := []struct {
+		name    string
+		file    string // YAML content; no file when empty
+		environ []string
+		dev     bool
+	}{
+		{name: "nothing", dev: true},
+		{name: "other variables only", environ: []string{"HOME=/root", "PATH=/bin", "GATEWAYX=1", "gateway_addr=:1"}, dev: true},
+		{name: "a gateway variable", environ: []string{secret}},
+		{name: "a file", file: "broker: memory\n", environ: []string{secret}},
+		{name: "an empty file", file: "# nothing\n", environ: []string{secret}},
+		{name: "anonymous", environ: []string{"GATEWAY_ALLOW_ANONYMOUS=true"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := ""
+			if tt.file != "" {
+				path = writeFile(t, "gateway.yaml", tt.file)
+			}
+			cfg, err := Load(path, tt.environ)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Development != tt.dev {
+				t.Fatalf("Development = %v, want %v", cfg.Development, tt.dev)
+			}
+		})
+	}
+}
+
+func TestEnvBeatsFile(t *testing.T) {
+	path := writeFile(t, "gateway.yaml", `
+addr: ":9000"
+node_id: from-file
+broker: redis
+topic_prefix: file
+redis:
+  addr: "redis-file:6379"
+  shards: 8
+auth:
+  jwt_secret: "file-secret-0123456789"
+  allow_anonymous: true
+  public_channels: [news, "room:*"]
+websocket:
+  allowed_origins: ["https://file.example"]
+  send_buffer: 64
+  write_timeout: 3s
+log:
+  level: debug
+`)
+	cfg, err := Load(path, []string{
+		"GATEWAY_ADDR=:9001",
+		"GATEWAY_REDIS_ADDR=redis-env:6380",
+		"GATEWAY_JWT_SECRET=env-secret-0123456789",
+		"GATEWAY_ALLOW_ANONYMOUS=false",
+		"GATEWAY_PUBLIC_CHANNELS=lobby",
+		"GATEWAY_WS_WRITE_TIMEOUT=7s",
+		"GATEWAY_TOPIC_PREFIX=", // empty: does not override the file
+		"OTHER_ADDR=:1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		// From the environment.
+		{"Addr", cfg.Addr, ":9001"},
+		{"Redis.Addr", cfg.Redis.Addr, "redis-env:6380"},
+		{"Auth.JWTSecret", cfg.Auth.JWTSecret, "env-secret-0123456789"},
+		{"Auth.AllowAnonymous", cfg.Auth.AllowAnonymous, false},
+		{"Auth.PublicChannels", cfg.Auth.PublicChannels, []string{"lobby"}},
+		{"WebSocket.WriteTimeout", cfg.WebSocket.WriteTimeout, 7 * time.Second},
+		// From the file.
+		{"NodeID", cfg.NodeID, "from-file"},
+		{"Broker", cfg.Broker, BrokerRedis},
+		{"TopicPrefix", cfg.TopicPrefix, "file"},
+		{"Redis.Shards", cfg.Redis.Shards, 8},
+		{"WebSocket.AllowedOrigins", cfg.WebSocket.AllowedOrigins, []string{"https://file.example"}},
+		{"WebSocket.SendBuffer", cfg.WebSocket.SendBuffer, 64},
+		{"Log.Level", cfg.Log.Level, "debug"},
+		// Defaults.
+		{"Log.Format", cfg.Log.Format, DefaultLogFormat},
+		{"Redis.MaxLen", cfg.Redis.MaxLen, int64(100000)},
+		{"Development", cfg.Development, false},
+	}
+	for _, c := range checks {
+		if !reflect.DeepEqual(c.got, c.want) {
+			t.Errorf("%s = %#v, want %#v", c.name, c.got, c.want)
+		}
+	}
+}
+
+// TestContractEnv: every variable of PROTOCOL.md section 1 reaches its setting.
+func TestContractEnv(t *testing.T) {
+	pub := writeFile(t, "jwt.pub", "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n")
+	tests := []struct {
+		env   string
+		noSec bool // do not add the JWT secret
+		got   func(*Config) any
+		want  any
+	}{
+		{env: "GATEWAY_ADDR=127.0.0.1:9999", got: func(c *Config) any { return c.Addr }, want: "127.0.0.1:9999"},
+		{env: "GATEWAY_ADDR=[::1]:8443", got: func(c *Config) any { return c.Addr }, want: "[::1]:8443"},
+		{env: "GATEWAY_NODE_ID=node-a.eu-1", got: func(c *Config) any { return c.NodeID }, want: "node-a.eu-1"},
+		{env: "GATEWAY_BROKER=memory", got: func(c *Config) any { return c.Broker }, want: BrokerMemory},
+		{env: "GATEWAY_BROKER=nats", got: func(c *Config) any { return c.Broker }, want: BrokerNATS},
+		{env: "GATEWAY_BROKER=jetstream", got: func(c *Config) any { return c.Broker }, want: BrokerJetStream},
+		{env: "GATEWAY_BROKER=redis", got: func(c *Config) any { return c.Broker }, want: BrokerRedis},
+		{env: "GATEWAY_BROKER=kafka", got: func(c *Config) any { return c.Broker }, want: BrokerKafka},
+		{env: "GATEWAY_NATS_URL=nats://a:4222,nats://b:4222", got: func(c *Config) any { return c.NATS.URL }, want: "nats://a:4222,nats://b:4222"},
+		{env: "GATEWAY_REDIS_ADDR=redis.internal:6380", got: func(c *Config) any { return c.Redis.Addr }, want: "redis.internal:6380"},
+		{env: "GATEWAY_KAFKA_BROKERS=k1:9092", got: func(c *Config) any { return c.Kafka.Brokers }, want: []string{"k1:9092"}},
+		{env: "GATEWAY_KAFKA_BROKERS=k1:9092,k2:9093,k3:9094", got: func(c *Config) any { return c.Kafka.Brokers }, want: []string{"k1:9092", "k2:9093", "k3:9094"}},
+		{env: "GATEWAY_KAFKA_BROKERS=k1:9092, k2:9093", got: func(c *Config) any { return c.Kafka.Brokers }, want: []string{"k1:9092", "k2:9093"}},
+		{env: "GATEWAY_TOPIC_PREFIX=test-Run-42", got: func(c *Config) any { return c.TopicPrefix }, want: "test-Run-42"},
+		{env: "GATEWAY_JWT_SECRET=abcdefghijklmnopqrstuvwxyz", noSec: true, got: func(c *Config) any { return c.Auth.JWTSecret }, want: "abcdefghijklmnopqrstuvwxyz"},
+		{env: "GATEWAY_JWT_PUBLIC_KEY=" + pub, noSec: true, got: func(c *Config) any { return c.Auth.JWTPublicKey }, want: pub},
+		{env: "GATEWAY_API_KEY=0123456789abcdef0123", got: func(c *Config) any { return c.API.Key }, want: "0123456789abcdef0123"},
+		{env: "GATEWAY_ALLOW_ANONYMOUS=true", noSec: true, got: func(c *Config) any { return c.Auth.AllowAnonymous }, want: true},
+		{env: "GATEWAY_ALLOW_ANONYMOUS=1", noSec: true, got: func(c *Config) any { return c.Auth.AllowAnonymous }, want: true},
+		{env: "GATEWAY_ALLOW_ANONYMOUS=false", got: func(c *Config) any { return c.Auth.AllowAnonymous }, want: false},
+		{env: "GATEWAY_ALLOWED_ORIGINS=*", got: func(c *Config) any { return c.WebSocket.AllowedOrigins }, want: []string{"*"}},
+		{env: "GATEWAY_ALLOWED_ORIGINS=https://a.example,http://localhost:3000", got: func(c *Config) any { return c.WebSocket.AllowedOrigins }, want: []string{"https://a.example", "http://localhost:3000"}},
+		{env: "GATEWAY_ALLOWED_ORIGINS=https://a.example, https://b.example", got: func(c *Config) any { return c.WebSocket.AllowedOrigins }, want: []string{"https://a.example", "https://b.example"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.env, func(t *testing.T) {
+			environ := []string{tt.env}
+			if !tt.noSec {
+				environ = append(environ, secret)
+			}
+			cfg, err := Load("", environ)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tt.got(cfg); !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("got %#v, want %#v", got, tt.want)
+			}
+			if cfg.Development {
+				t.Fatal("Development with a GATEWAY_ variable set")
+			}
+		})
+	}
+}
+
+// TestOtherEnv: the variables beyond the contract reach their settings too.
+func TestOtherEnv(t *testing.T) {
+	cfg, err := Load("", []string{
+		secret,
+		"GATEWAY_JETSTREAM_MAX_AGE=1h",
+		"GATEWAY_JETSTREAM_MAX_BYTES=2048",
+		"GATEWAY_JETSTREAM_REPLICAS=3",
+		"GATEWAY_JETSTREAM_DUPLICATE_WINDOW=30s",
+		"GATEWAY_REDIS_PASSWORD=pw",
+		"GATEWAY_REDIS_DB=2",
+		"GATEWAY_REDIS_SHARDS=4",
+		"GATEWAY_REDIS_MAX_LEN=500",
+		"GATEWAY_KAFKA_PARTITIONS=6",
+		"GATEWAY_KAFKA_RETENTION=72h",
+		"GATEWAY_KAFKA_REPLICATION_FACTOR=2",
+		"GATEWAY_PUBLIC_CHANNELS=news,room:*",
+		"GATEWAY_ANONYMOUS_PUBLISH=guest:*",
+		"GATEWAY_WS_MAX_FRAME_SIZE=1048576",
+		"GATEWAY_WS_SEND_BUFFER=32",
+		"GATEWAY_WS_WRITE_TIMEOUT=2s",
+		"GATEWAY_WS_PING_INTERVAL=500ms",
+		"GATEWAY_WS_PUBLISH_TIMEOUT=1500ms",
+		"GATEWAY_HISTORY_SIZE=10",
+		"GATEWAY_HISTORY_TTL=1m",
+		"GATEWAY_HISTORY_MAX_REPLAY=20",
+		"GATEWAY_ROUTER_DEDUPE_WINDOW=5m",
+		"GATEWAY_ROUTER_RETRY_ATTEMPTS=7",
+		"GATEWAY_ROUTER_RETRY_INITIAL=10ms",
+		"GATEWAY_ROUTER_RETRY_MAX_ELAPSED=1s",
+		"GATEWAY_DRAIN_PERIOD=30s",
+		"GATEWAY_LOG_LEVEL=warn",
+		"GATEWAY_LOG_FORMAT=json",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := *cfg
+	want.JetStream = JetStreamConfig{MaxAge: time.Hour, MaxBytes: 2048, Replicas: 3, DupeWindow: 30 * time.Second}
+	want.Redis = RedisConfig{Addr: DefaultRedisAddr, Password: "pw", DB: 2, Shards: 4, MaxLen: 500}
+	want.Kafka = KafkaConfig{Brokers: []string{DefaultKafkaBrokers}, Partitions: 6, Retention: 72 * time.Hour, Replicas: 2}
+	want.Auth.PublicChannels = []string{"news", "room:*"}
+	want.Auth.AnonymousPublish = []string{"guest:*"}
+	want.WebSocket = WebSocketConfig{MaxFrameSize: 1 << 20, SendBuffer: 32, WriteTimeout: 2 * time.Second,
+		PingInterval: 500 * time.Millisecond, PublishTimeout: 1500 * time.Millisecond}
+	want.History = HistoryConfig{Size: 10, TTL: time.Minute, MaxReplay: 20}
+	want.Router = RouterConfig{DedupeWindow: 5 * time.Minute, RetryAttempts: 7, RetryInitial: 10 * time.Millisecond, RetryMaxElapsed: time.Second}
+	want.Drain = DrainConfig{Period: 30 * time.Second}
+	want.Log = LogConfig{Level: "warn", Format: "json"}
+	if !reflect.DeepEqual(*cfg, want) {
+		t.Fatalf("got  %+v\nwant %+v", *cfg, want)
+	}
+}
+
+func TestFileErrors(t *testing.T) {
+	tests := []struct {
+		name, file, want string
+	}{
+		{"unknown key", "adress: \":8080\"\n", "field adress not found"},
+		{"unknown nested key", "websocket:\n  max_frame: 1024\n", "field max_frame not found"},
+		{"unknown section", "rabbitmq:\n  url: amqp://x\n", "field rabbitmq not found"},
+		{"development is not a key", "development: true\n", "field development not found"},
+		{"malformed", "addr: [\n", "yaml"},
+		{"bad indentation", "auth:\n  jwt_secret: a\n allow_anonymous: true\n", "yaml"},
+		{"tab indentation", "auth:\n\tjwt_secret: a\n", "yaml"},
+		{"wrong type", "websocket:\n  send_buffer: lots\n", "cannot unmarshal"},
+		{"list for a string", "addr: [a, b]\n", "cannot unmarshal"},
+		{"string for a list", "kafka:\n  brokers: a:1\n", "cannot unmarshal"},
+		{"bad duration", "drain:\n  period: soon\n", "cannot unmarshal"},
+		{"duration without unit", "drain:\n  period: 10\n", "cannot unmarshal"},
+		{"bad bool", "auth:\n  allow_anonymous: maybe\n", "cannot unmarshal"},
+		{"not a mapping", "- a\n- b\n", "cannot unmarshal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeFile(t, "gateway.yaml", tt.file)
+			_, err := Load(path, []string{secret})
+			if err == nil {
+				t.Fatal("Load accepted the file")
+			}
+			if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("error %q does not name the file and contain %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error %q is more than one line", err)
+			}
+		})
+	}
+	t.Run("missing file", func(t *testing.T) {
+		_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"), []string{secret})
+		if !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("error %v, want not exist", err)
+		}
+	})
+}
+
+// TestValidate: each rule refuses with a *KeyError naming the key and its variable.
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name    string
+		file    string   // YAML content, for values the environment cannot express
+		environ []string // the JWT secret is added unless noSec
+		noSec   bool
+		key     string
+	}{
+		{name: "addr without port", environ: []string{"GATEWAY_ADDR=8080"}, key: "addr"},
+		{name: "addr bad port", environ: []string{"GATEWAY_ADDR=:99999"}, key: "addr"},
+		{name: "addr port not a number", environ: []string{"GATEWAY_ADDR=:eighty"}, key: "addr"},
+		{name: "addr bad brackets", environ: []string{"GATEWAY_ADDR=[::1:8080"}, key: "addr"},
+		{name: "node id with space", environ: []string{"GATEWAY_NODE_ID=node one"}, key: "node_id"},
+		{name: "node id 65 chars", environ: []string{"GATEWAY_NODE_ID=" + strings.Repeat("n", 65)}, key: "node_id"},
+		{name: "bad broker name", environ: []string{"GATEWAY_BROKER=rabbitmq"}, key: "broker"},
+		{name: "broker name wrong case", environ: []string{"GATEWAY_BROKER=NATS"}, key: "broker"},
+		{name: "prefix with dot", environ: []string{"GATEWAY_TOPIC_PREFIX=ws.test"}, key: "topic_prefix"},
+		{name: "prefix with underscore", environ: []string{"GATEWAY_TOPIC_PREFIX=ws_test"}, key: "topic_prefix"},
+		{name: "prefix with star", environ: []string{"GATEWAY_TOPIC_PREFIX=*"}, key: "topic_prefix"},
+		{name: "prefix with space inside", environ: []string{"GATEWAY_TOPIC_PREFIX=a b"}, key: "topic_prefix"},
+		{name: "prefix 33 chars", environ: []string{"GATEWAY_TOPIC_PREFIX=" + strings.Repeat("p", 33)}, key: "topic_prefix"},
+		{name: "nats url blank", file: "broker: nats\nnats:\n  url: \" \"\n", key: "nats.url"},
+		{name: "jetstream url blank", file: "broker: jetstream\nnats:\n  url: \" \"\n", key: "nats.url"},
+		{name: "redis addr without port", environ: []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_ADDR=redis"}, key: "redis.addr"},
+		{name: "redis shards too many", environ: []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_SHARDS=1025"}, key: "redis.shards"},
+		{name: "redis shards negative", environ: []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_SHARDS=-1"}, key: "redis.shards"},
+		{name: "kafka broker without port", environ: []string{"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=k1:9092,k2"}, key: "kafka.brokers"},
+		{name: "kafka empty broker", environ: []string{"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=k1:9092,"}, key: "kafka.brokers"},
+		{name: "kafka partitions", environ: []string{"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_PARTITIONS=2000"}, key: "kafka.partitions"},
+		{name: "short JWT secret", environ: []string{"GATEWAY_JWT_SECRET=short"}, noSec: true, key: "auth.jwt_secret"},
+		{name: "missing public key file", environ: []string{"GATEWAY_JWT_PUBLIC_KEY=" + filepath.Join(dir, "missing.pem")}, noSec: true, key: "auth.jwt_public_key"},
+		{name: "no auth with a variable set", environ: []string{"GATEWAY_BROKER=memory"}, noSec: true, key: "auth.jwt_secret"},
+		{name: "no auth with a file", file: "broker: memory\n", noSec: true, key: "auth.jwt_secret"},
+		{name: "no auth, anonymous off", environ: []string{"GATEWAY_ALLOW_ANONYMOUS=false"}, noSec: true, key: "auth.jwt_secret"},
+		{name: "bad public channel", environ: []string{"GATEWAY_PUBLIC_CHANNELS=news,room *"}, key: "auth.public_channels"},
+		{name: "public channel star inside", environ: []string{"GATEWAY_PUBLIC_CHANNELS=ro*om"}, key: "auth.public_channels"},
+		{name: "public channel empty entry", environ: []string{"GATEWAY_PUBLIC_CHANNELS=news,,room"}, key: "auth.public_channels"},
+		{name: "public channel 129 chars", file: "auth:\n  public_channels: [" + strings.Repeat("c", 129) + "]\n", key: "auth.public_channels"},
+		{name: "bad anonymous publish", environ: []string{"GATEWAY_ANONYMOUS_PUBLISH=a/b"}, key: "auth.anonymous_publish"},
+		{name: "short api key", environ: []string{"GATEWAY_API_KEY=123"}, key: "api.key"},
+		{name: "bad origin", environ: []string{"GATEWAY_ALLOWED_ORIGINS=example.com"}, key: "websocket.allowed_origins"},
+		{name: "bad second origin", environ: []string{"GATEWAY_ALLOWED_ORIGINS=https://a.example,b.example"}, key: "websocket.allowed_origins"},
+		{name: "frame size too small", environ: []string{"GATEWAY_WS_MAX_FRAME_SIZE=1023"}, key: "websocket.max_frame_size"},
+		{name: "frame size too large", environ: []string{"GATEWAY_WS_MAX_FRAME_SIZE=67108865"}, key: "websocket.max_frame_size"},
+		{name: "frame size negative", environ: []string{"GATEWAY_WS_MAX_FRAME_SIZE=-1"}, key: "websocket.max_frame_size"},
+		{name: "send buffer too small", environ: []string{"GATEWAY_WS_SEND_BUFFER=7"}, key: "websocket.send_buffer"},
+		{name: "send buffer too large", environ: []string{"GATEWAY_WS_SEND_BUFFER=65537"}, key: "websocket.send_buffer"},
+		{name: "write timeout negative", environ: []string{"GATEWAY_WS_WRITE_TIMEOUT=-1s"}, key: "websocket.write_timeout"},
+		{name: "write timeout below 1ms", environ: []string{"GATEWAY_WS_WRITE_TIMEOUT=1us"}, key: "websocket.write_timeout"},
+		{name: "ping interval too short", environ: []string{"GATEWAY_WS_PING_INTERVAL=50ms"}, key: "websocket.ping_interval"},
+		{name: "publish timeout negative", environ: []string{"GATEWAY_WS_PUBLISH_TIMEOUT=-5s"}, key: "websocket.publish_timeout"},
+		{name: "negative history size", environ: []string{"GATEWAY_HISTORY_SIZE=-1"}, key: "history.size"},
+		{name: "negative history ttl", environ: []string{"GATEWAY_HISTORY_TTL=-1m"}, key: "history.ttl"},
+		{name: "negative max replay", environ: []string{"GATEWAY_HISTORY_MAX_REPLAY=-1"}, key: "history.max_replay"},
+		{name: "dedupe window too short", environ: []string{"GATEWAY_ROUTER_DEDUPE_WINDOW=500ms"}, key: "router.dedupe_window"},
+		{name: "retry attempts negative", environ: []string{"GATEWAY_ROUTER_RETRY_ATTEMPTS=-1"}, key: "router.retry_attempts"},
+		{name: "retry attempts too many", environ: []string{"GATEWAY_ROUTER_RETRY_ATTEMPTS=101"}, key: "router.retry_attempts"},
+		{name: "negative drain period", environ: []string{"GATEWAY_DRAIN_PERIOD=-1s"}, key: "drain.period"},
+		{name: "bad log level", environ: []string{"GATEWAY_LOG_LEVEL=verbose"}, key: "log.level"},
+		{name: "log level wrong case", environ: []string{"GATEWAY_LOG_LEVEL=INFO"}, key: "log.level"},
+		{name: "bad log format", environ: []string{"GATEWAY_LOG_FORMAT=xml"}, key: "log.format"},
+		// Broker settings are only checked for their broker.
+		{name: "redis addr unchecked for memory", environ: []string{"GATEWAY_REDIS_ADDR=redis"}},
+		{name: "kafka brokers unchecked for nats", environ: []string{"GATEWAY_BROKER=nats", "GATEWAY_KAFKA_BROKERS=k1"}},
+		// Edges that are valid.
+		{name: "exactly 16-byte secret", environ: []string{"GATEWAY_JWT_SECRET=0123456789abcdef"}, noSec: true},
+		{name: "anonymous only", environ: []string{"GATEWAY_ALLOW_ANONYMOUS=true"}, noSec: true},
+		{name: "frame size bounds", environ: []string{"GATEWAY_WS_MAX_FRAME_SIZE=1024"}},
+		{name: "send buffer bounds", environ: []string{"GATEWAY_WS_SEND_BUFFER=65536"}},
+		{name: "addr service name", environ: []string{"GATEWAY_ADDR=localhost:http"}},
+		{name: "public channel patterns", environ: []string{"GATEWAY_PUBLIC_CHANNELS=*,room:*,$user,news"}},
+		{name: "node id 64 chars", environ: []string{"GATEWAY_NODE_ID=" + strings.Repeat("n", 64)}},
+		{name: "prefix 32 chars", environ: []string{"GATEWAY_TOPIC_PREFIX=" + strings.Repeat("p", 32)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := ""
+			if tt.file != "" {
+				path = writeFile(t, "gateway.yaml", tt.file)
+			}
+			environ := tt.environ
+			if !tt.noSec {
+				environ = append([]string{secret}, environ...)
+			}
+			cfg, err := Load(path, environ)
+			if tt.key == "" {
+				if err != nil {
+					t.Fatalf("Load: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Load accepted it: %+v", cfg)
+			}
+			var ke *KeyError
+			if !errors.As(err, &ke) {
+				t.Fatalf("error %v (%T) is not a *KeyError", err, err)
+			}
+			wantEnv := "GATEWAY_" + envOf(t, ke.Key)
+			if ke.Key != tt.key || ke.Env != wantEnv {
+				t.Fatalf("error names %s (%s), want %s (%s): %v", ke.Key, ke.Env, tt.key, wantEnv, err)
+			}
+			if msg := err.Error(); !strings.Contains(msg, tt.key) || !strings.Contains(msg, wantEnv) || strings.Contains(msg, "\n") || ke.Reason == "" {
+				t.Fatalf("error %q is not one line naming %s and %s with a reason", msg, tt.key, wantEnv)
+			}
+		})
+	}
+}
+
+// envOf is the variable of a YAML key, without GATEWAY_, from the struct tags.
+func envOf(t *testing.T, key string) string {
+	t.Helper()
+	keys := map[string]string{}
+	envKeys(reflect.TypeOf(Config{}), "", "", keys)
+	for env, k := range keys {
+		if k == key {
+			return env
+		}
+	}
+	t.Fatalf("no variable for key %s", key)
+	return ""
+}
+
+// TestBadEnvValue: a variable that does not parse gives a *KeyError naming it.
+func TestBadEnvValue(t *testing.T) {
+	tests := []struct {
+		environ  []string
+		env, key string
+	}{
+		{[]string{"GATEWAY_WS_MAX_FRAME_SIZE=abc"}, "GATEWAY_WS_MAX_FRAME_SIZE", "websocket.max_frame_size"},
+		{[]string{"GATEWAY_ALLOW_ANONYMOUS=maybe"}, "GATEWAY_ALLOW_ANONYMOUS", "auth.allow_anonymous"},
+		{[]string{"GATEWAY_WS_SEND_BUFFER=1.5"}, "GATEWAY_WS_SEND_BUFFER", "websocket.send_buffer"},
+		{[]string{"GATEWAY_DRAIN_PERIOD=10"}, "GATEWAY_DRAIN_PERIOD", "drain.period"},
+		{[]string{"GATEWAY_HISTORY_TTL=forever"}, "GATEWAY_HISTORY_TTL", "history.ttl"},
+		{[]string{"GATEWAY_REDIS_DB=zero"}, "GATEWAY_REDIS_DB", "redis.db"},
+		{[]string{"GATEWAY_REDIS_MAX_LEN=99999999999999999999"}, "GATEWAY_REDIS_MAX_LEN", "redis.max_len"},
+		// Fields called Replicas exist twice: the right one is named.
+		{[]string{"GATEWAY_JETSTREAM_REPLICAS=x"}, "GATEWAY_JETSTREAM_REPLICAS", "jetstream.replicas"},
+		{[]string{"GATEWAY_KAFKA_REPLICATION_FACTOR=x"}, "GATEWAY_KAFKA_REPLICATION_FACTOR", "kafka.replication_factor"},
+		// Two bad variables: the first by name.
+		{[]string{"GATEWAY_WS_SEND_BUFFER=x", "GATEWAY_LOG_LEVEL=debug", "GATEWAY_DRAIN_PERIOD=x"}, "GATEWAY_DRAIN_PERIOD", "drain.period"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.env, func(t *testing.T) {
+			_, err := Load("", append([]string{secret}, tt.environ...))
+			if err == nil {
+				t.Fatal("Load accepted it")
+			}
+			var ke *KeyError
+			if !errors.As(err, &ke) || ke.Env != tt.env || ke.Key != tt.key {
+				t.Fatalf("error %v does not name %s (%s)", err, tt.env, tt.key)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error %q is more than one line", err)
+			}
+		})
+	}
+}
+
+// TestNodeIDFor: the default node id stays valid with the longest host names.
+func TestNodeIDFor(t *testing.T) {
+	for _, host := range []string{"", "h", strings.Repeat("h", 57), strings.Repeat("h", 58), strings.Repeat("h", 64), strings.Repeat("h", 255)} {
+		id := nodeIDFor(host)
+		cfg := &Config{NodeID: id, Auth: AuthConfig{JWTSecret: "0123456789abcdef"}}
+		cfg.SetDefaults()
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("host of %d chars: node id %q: %v", len(host), id, err)
+		}
+	}
+	if a, b := nodeIDFor("h"), nodeIDFor("h"); a == b {
+		t.Errorf("two node ids are both %q", a)
+	}
+}
+
+// TestSetDefaultsKeepsValues: SetDefaults fills only zero settings.
+func TestSetDefaultsKeepsValues(t *testing.T) {
+	cfg := &Config{Addr: ":1", NodeID: "n", Broker: BrokerKafka, Kafka: KafkaConfig{Brokers: []string{"k:1"}}, History: HistoryConfig{Size: -1}}
+	cfg.SetDefaults()
+	if cfg.Addr != ":1" || cfg.NodeID != "n" || cfg.Broker != BrokerKafka || !reflect.DeepEqual(cfg.Kafka.Brokers, []string{"k:1"}) || cfg.History.Size != -1 {
+		t.Fatalf("SetDefaults overwrote a setting: %+v", cfg)
+	}
+}
+
+// TestExamples loads every example file, so they never drift from Config: each must validate,
+// name its broker as its file name, and document every variable.
+func TestExamples(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("examples", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, f := range files {
+		got = append(got, strings.TrimSuffix(filepath.Base(f), ".yaml"))
+	}
+	sort.Strings(got)
+	want := []string{BrokerJetStream, BrokerKafka, BrokerMemory, BrokerNATS, BrokerRedis}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("examples %v, want one per broker %v", got, want)
+	}
+	keys := map[string]string{}
+	envKeys(reflect.TypeOf(Config{}), EnvPrefix, "", keys)
+	for _, f := range files {
+		broker := strings.TrimSuffix(filepath.Base(f), ".yaml")
+		t.Run(broker, func(t *testing.T) {
+			cfg, err := Load(f, []string{secret})
+			if err != nil {
+				t.Fatalf("Load(%s): %v", f, err)
+			}
+			if cfg.Broker != broker {
+				t.Errorf("broker = %q, want %q", cfg.Broker, broker)
+			}
+			if cfg.Development {
+				t.Error("Development with a file")
+			}
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for env, key := range keys {
+				if !strings.Contains(string(raw), env) {
+					t.Errorf("%s does not document %s (%s)", f, key, env)
+				}
+				// The key itself, possibly commented out, under its section.
+				leaf := key[strings.LastIndex(key, ".")+1:]
+				if !strings.Contains(string(raw), " "+leaf+":") && !strings.Contains(string(raw), "\n"+leaf+":") {
+					t.Errorf("%s does not show key %s", f, key)
+				}
+			}
+		})
+	}
+}
+
+// TestEnvKeys: the variable-to-key map used in error messages and by TestExamples holds exactly
+// the variables caarlos0/env reads.
+func TestEnvKeys(t *testing.T) {
+	params, err := env.GetFieldParamsWithOptions(&Config{}, env.Options{Prefix: EnvPrefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, p := range params {
+		want = append(want, p.Key)
+	}
+	keys := map[string]string{}
+	envKeys(reflect.TypeOf(Config{}), EnvPrefix, "", keys)
+	var got []string
+	for k := range keys {
+		got = append(got, k)
+	}
+	sort.Strings(want)
+	sort.Strings(got)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("envKeys has\n%v\ncaarlos0/env reads\n%v", got, want)
+	}
+	for _, name := range []string{"GATEWAY_ADDR", "GATEWAY_NODE_ID", "GATEWAY_BROKER", "GATEWAY_NATS_URL", "GATEWAY_REDIS_ADDR",
+		"GATEWAY_KAFKA_BROKERS", "GATEWAY_TOPIC_PREFIX", "GATEWAY_JWT_SECRET", "GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_API_KEY",
+		"GATEWAY_ALLOW_ANONYMOUS", "GATEWAY_ALLOWED_ORIGINS"} {
+		if keys[name] == "" {
+			t.Errorf("contract variable %s is not read", name)
+		}
+	}
+}
