@@ -4,15 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/wsgateway/gateway"
@@ -697,4 +700,56 @@ func TestDrain(t *testing.T) {
 	if spread := last.Sub(first); spread < 100*time.Millisecond {
 		t.Fatalf("disconnects spread over %v only", spread)
 	}
+}
+
+// failingBackend refuses every publish, like a broker that is down.
+type failingBackend struct {
+	transports.Backend
+	fails atomic.Int64
+}
+
+func (f *failingBackend) Publish(string, ...*message.Message) error {
+	f.fails.Add(1)
+	return errors.New("connection refused")
+}
+
+func TestBrokerDownAnswersUnavailable(t *testing.T) {
+	broker := memory.NewBroker(memory.Config{})
+	t.Cleanup(broker.Close)
+	fb := &failingBackend{Backend: broker.Node("down")}
+	n := startNode(t, testConfig(t, "GATEWAY_ROUTER_RETRY_ATTEMPTS=2", "GATEWAY_ROUTER_RETRY_INITIAL=1ms"), gateway.WithBackend(fb))
+	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
+	c.Send(`{"type":"publish","id":"p","channel":"x","data":1,"msg_id":"k"}`)
+	if f := c.Expect("error"); f.Str("code") != "unavailable" || f.Str("id") != "p" {
+		t.Fatalf("publish with the broker down %v", f)
+	}
+	if got := fb.fails.Load(); got != 3 {
+		t.Fatalf("broker publish tried %d times, want 1 + 2 retries", got)
+	}
+	// The failed attempt did not keep the msg_id: a retry is not taken for a duplicate.
+	c.Send(`{"type":"publish","id":"p2","channel":"x","data":1,"msg_id":"k"}`)
+	if f := c.Expect("error"); f.Str("code") != "unavailable" || fb.fails.Load() != 6 {
+		t.Fatalf("retry of the same msg_id %v after %d attempts", f, fb.fails.Load())
+	}
+	if status, _ := apiPublish(t, n.URL, map[string]any{"channel": "x", "data": 1}); status != 503 {
+		t.Fatalf("api publish with the broker down: %d", status)
+	}
+}
+
+func TestPanicInMiddlewareAnswersInternal(t *testing.T) {
+	explode := func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			if msg.Metadata.Get(transports.MetaChannel) == "boom" {
+				panic("operator middleware bug")
+			}
+			return h(msg)
+		}
+	}
+	n := startNode(t, testConfig(t), gateway.WithMiddleware(explode))
+	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
+	c.Send(`{"type":"publish","id":"p","channel":"boom","data":1}`)
+	if f := c.Expect("error"); f.Str("code") != "internal" || f.Str("id") != "p" {
+		t.Fatalf("panic %v", f)
+	}
+	c.Publish("fine", 1, "") // the node and the connection carry on
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/protocol"
@@ -227,6 +228,10 @@ func unavailable(what string, err error) error {
 	var pe *protocol.Error
 	if errors.As(err, &pe) {
 		return pe
+	}
+	var panicked wmw.RecoveredPanicError
+	if errors.As(err, &panicked) {
+		return protocol.Errorf(protocol.CodeInternal, "%s failed inside the node", what)
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return protocol.Errorf(protocol.CodeUnavailable, "%s: the broker did not answer in time", what)
