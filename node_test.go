@@ -753,3 +753,26 @@ func TestPanicInMiddlewareAnswersInternal(t *testing.T) {
 	}
 	c.Publish("fine", 1, "") // the node and the connection carry on
 }
+
+// A replay longer than the send buffer paces itself to the client rather than counting it slow.
+func TestLongReplayIsPaced(t *testing.T) {
+	n := startNode(t, testConfig(t, "GATEWAY_WS_SEND_BUFFER=16"))
+	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
+	start := c.Subscribe("long").Str("position")
+	c.Conn.Close() // gone, like a client that lost its connection
+	const total = 300
+	pub, _ := wstest.Dial(t, n.URL, allowAll(t, "writer"))
+	for i := 0; i < total; i++ {
+		pub.Publish("long", i, "")
+	}
+	r, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
+	r.Send(map[string]any{"type": "subscribe", "id": "r", "channel": "long", "since": start})
+	for i := 0; i < total; i++ {
+		if m := r.Expect("message"); m.Data() != fmt.Sprint(i) {
+			t.Fatalf("replayed %v, want %d", m, i)
+		}
+	}
+	if s := r.Expect("subscribed"); !s.Bool("recovered") {
+		t.Fatalf("subscribed %v", s)
+	}
+}

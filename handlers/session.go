@@ -169,7 +169,7 @@ func (s *Sessions) replay(ctx context.Context, c *ws.Conn, channel, clientName s
 					}
 					sent[m.UUID] = true
 				}
-				c.Send(frame)
+				c.SendWait(frame)
 			}
 			return cut, true, nil
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/olahol/melody"
 
@@ -30,8 +31,9 @@ type Conn struct {
 	User  string // user id ("" for anonymous)
 	Value any    // the handler's data for this connection
 
-	queued  atomic.Int64 // frames handed to melody and not yet written
-	closing atomic.Bool  // a disconnect was sent or the socket is gone: send nothing more
+	queued  atomic.Int64  // frames handed to melody and not yet written
+	closing atomic.Bool   // a disconnect was sent or the socket is gone: send nothing more
+	room    chan struct{} // signalled whenever a queued frame was written
 
 	mu   sync.Mutex
 	subs map[string]*sub
@@ -64,6 +66,25 @@ func (c *Conn) Send(frame []byte) bool {
 		return false
 	}
 	return true
+}
+
+// SendWait is Send for bulk sending (a replay): it first waits, at most the write timeout, until
+// the queue is below half full, so a long replay paces itself to the client instead of counting
+// it as slow. A client that does not read within the write timeout is still disconnected.
+func (c *Conn) SendWait(frame []byte) bool {
+	limit := int64(c.hub.cfg.SendBuffer / 2)
+	if c.queued.Load() >= limit {
+		t := time.NewTimer(c.hub.cfg.WriteTimeout)
+		defer t.Stop()
+		for c.queued.Load() >= limit && !c.closing.Load() {
+			select {
+			case <-c.room:
+			case <-t.C:
+				return c.Send(frame)
+			}
+		}
+	}
+	return c.Send(frame)
 }
 
 func (c *Conn) slow() {

@@ -123,6 +123,10 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	mel.HandleSentMessage(func(s *melody.Session, _ []byte) {
 		if c := connOf(s); c != nil {
 			c.queued.Add(-1)
+			select {
+			case c.room <- struct{}{}:
+			default:
+			}
 			h.metrics.FramesOut.Inc()
 		}
 	})
@@ -143,7 +147,7 @@ type Identity struct {
 
 // Accept upgrades the request and serves the connection until it ends.
 func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, id Identity) error {
-	c := &Conn{hub: h, ID: id.Session, User: id.User, Value: id.Value, subs: map[string]*sub{}}
+	c := &Conn{hub: h, ID: id.Session, User: id.User, Value: id.Value, subs: map[string]*sub{}, room: make(chan struct{}, 1)}
 	return h.m.HandleRequestWithKeys(w, r, map[string]any{connKey: c})
 }
 
