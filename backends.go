@@ -6,6 +6,7 @@ import (
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/jetstream"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/nats"
 )
@@ -16,6 +17,12 @@ func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, erro
 	case configs.BrokerMemory:
 		broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL})
 		return &ownedMemory{Backend: broker.Node(cfg.TopicPrefix), broker: broker}, nil
+	case configs.BrokerJetStream:
+		return jetstream.New(jetstream.Config{
+			URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID,
+			MaxAge: cfg.JetStream.MaxAge, MaxBytes: cfg.JetStream.MaxBytes, Replicas: cfg.JetStream.Replicas,
+			DuplicateWindow: cfg.JetStream.DupeWindow, PublishTimeout: cfg.WebSocket.PublishTimeout,
+		}, log)
 	case configs.BrokerNATS:
 		return nats.New(nats.Config{URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID, Timeout: cfg.WebSocket.PublishTimeout}, log)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/jetstream"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/nats"
 	"github.com/wsgateway/gateway/transports/transporttest"
@@ -44,6 +45,18 @@ var clusterBackends = []clusterBackend{
 		}
 		return func(t *testing.T, prefix string) transports.Backend {
 			b, err := nats.New(nats.Config{URL: "nats://127.0.0.1:4222", Prefix: prefix}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+	}},
+	{name: "jetstream", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Backend {
+		if !reachable("127.0.0.1:4222") {
+			t.Skip("no NATS server on 127.0.0.1:4222 (scripts/test.sh starts one)")
+		}
+		return func(t *testing.T, prefix string) transports.Backend {
+			b, err := jetstream.New(jetstream.Config{URL: "nats://127.0.0.1:4222", Prefix: prefix, MaxAge: time.Hour}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

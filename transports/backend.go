@@ -52,8 +52,9 @@ type History interface {
 	// trimmed past it) and there were no more than limit of them.
 	Replay(ctx context.Context, topic string, since Position, limit int) (msgs []*message.Message, complete bool, err error)
 
-	// Last returns the position of the newest message of a channel topic, or the zero position of
-	// the current epoch when there is none, so that Replay(Last()) returns what comes next.
+	// Last returns the position of the newest message of a channel topic, or, when there is none,
+	// a position of the current epoch before anything that comes next (the zero position, or any
+	// later cut point), so that Replay(Last()) returns what comes next.
 	Last(ctx context.Context, topic string) (Position, error)
 }
 

@@ -16,7 +16,7 @@ import (
 // JetStream stream sequence (Lo), a Redis stream entry id (Hi = milliseconds, Lo = sequence), a
 // Kafka partition offset (Epoch names the topic and partition, Lo = offset).
 type Position struct {
-	Epoch string // [A-Za-z0-9_-]*, see SafeName
+	Epoch string // [A-Za-z0-9-]*: ParsePosition rejects what SafeName would change, '_' included
 	Hi    uint64
 	Lo    uint64
 }

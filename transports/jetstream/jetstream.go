@@ -1,0 +1,549 @@
+// Package jetstream is the NATS JetStream broker: channel topics are kept in a bounded stream, so
+// a client can resume from a position on any node (transports.History).
+//
+// Names on the broker, under Config.Prefix (P):
+//
+//	stream SafeName(P)_channels   subjects P.ch.>              every channel topic, with history
+//	stream SafeName(P)_inbound    subjects P.inbound, P.events what services consume
+//	core subject P.direct                                      TopicDirect (fan-out, no history)
+//	subject P.ch.SafeName(channel)                             one channel topic
+//
+// Publishing goes through watermill-nats (pkg/nats, JetStream on, auto-provisioning off: the
+// streams are created by the backend, and every publish carries Nats-Msg-Id = the message UUID so
+// the stream drops a retried duplicate). A node reads a channel's subject only while it has a local
+// subscriber, through an ordered consumer filtered on that subject; services compete through a
+// durable consumer per group. docs/brokers/jetstream.md describes the names, the encoding, the cost
+// of a message and what is left on the broker.
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsgateway/gateway/transports"
+)
+
+// Defaults of Config.
+const (
+	DefaultURL              = "nats://127.0.0.1:4222"
+	DefaultPrefix           = "ws"
+	DefaultMaxAge           = 24 * time.Hour
+	DefaultMaxBytes         = 1 << 30
+	DefaultReplicas         = 1
+	DefaultDuplicateWindow  = 2 * time.Minute
+	DefaultPublishTimeout   = 5 * time.Second
+	DefaultAckWait          = 30 * time.Second
+	DefaultHeartbeat        = 5 * time.Second
+	DefaultReconnectWait    = time.Second
+	DefaultMaxReconnectWait = 15 * time.Second
+	DefaultCheckInterval    = 30 * time.Second
+)
+
+// Config of the jetstream backend. The zero value of every field means its default.
+type Config struct {
+	URL    string // nats.url: comma-separated server URLs; default DefaultURL
+	Prefix string // topic_prefix: first token of every subject and stream name; default "ws"
+	Name   string // connection name the server shows (the node id); optional
+
+	// Retention of both streams (jetstream.max_age, jetstream.max_bytes); the oldest messages are
+	// dropped first. MaxMsgs (default 0, no limit) caps the message count, mostly for tests.
+	MaxAge   time.Duration
+	MaxBytes int64
+	MaxMsgs  int64
+	// Replicas of the streams in a cluster (jetstream.replicas); default 1.
+	Replicas int
+	// DuplicateWindow (jetstream.duplicate_window): a message published again with the same UUID
+	// within it is stored once; default 2m, at most MaxAge.
+	DuplicateWindow time.Duration
+
+	// PublishTimeout bounds the wait for the PubAck of each message and every other request.
+	PublishTimeout time.Duration
+	// AckWait is how long a service group's consumer waits for an ack before redelivering.
+	AckWait time.Duration
+	// Heartbeat is the idle heartbeat of a channel subscription's consumer: a subscription whose
+	// consumer vanished (broker restart) is recreated after two missed heartbeats.
+	Heartbeat time.Duration
+	// ReconnectWait is the first delay between reconnect attempts; it doubles up to
+	// MaxReconnectWait, with jitter.
+	ReconnectWait    time.Duration
+	MaxReconnectWait time.Duration
+	// CheckInterval is how often the node checks that its streams still exist (and recreates
+	// them); they are also checked on every reconnect.
+	CheckInterval time.Duration
+
+	// Options are extra nats.go options (credentials, TLS), applied after the backend's own.
+	Options []nats.Option
+}
+
+func (c *Config) setDefaults() {
+	set := func(p *time.Duration, d time.Duration) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	if c.URL == "" {
+		c.URL = DefaultURL
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = DefaultMaxBytes
+	}
+	if c.Replicas == 0 {
+		c.Replicas = DefaultReplicas
+	}
+	set(&c.MaxAge, DefaultMaxAge)
+	set(&c.DuplicateWindow, min(DefaultDuplicateWindow, c.MaxAge))
+	set(&c.PublishTimeout, DefaultPublishTimeout)
+	set(&c.AckWait, DefaultAckWait)
+	set(&c.Heartbeat, DefaultHeartbeat)
+	set(&c.ReconnectWait, DefaultReconnectWait)
+	set(&c.MaxReconnectWait, max(DefaultMaxReconnectWait, c.ReconnectWait))
+	set(&c.CheckInterval, DefaultCheckInterval)
+}
+
+// Validate checks a Config after defaults were applied.
+func (c *Config) Validate() error {
+	switch {
+	case strings.TrimSpace(c.URL) == "":
+		return errors.New("jetstream: nats.url must not be empty")
+	case c.Prefix == "" || strings.Trim(c.Prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != "":
+		return fmt.Errorf("jetstream: topic_prefix %q must be made of [A-Za-z0-9_-]", c.Prefix)
+	case c.MaxAge < 0:
+		return fmt.Errorf("jetstream: jetstream.max_age (%v) must not be negative", c.MaxAge)
+	case c.MaxBytes < 0:
+		return fmt.Errorf("jetstream: jetstream.max_bytes (%d) must not be negative", c.MaxBytes)
+	case c.MaxMsgs < 0:
+		return fmt.Errorf("jetstream: MaxMsgs (%d) must not be negative", c.MaxMsgs)
+	case c.Replicas < 1 || c.Replicas > 5:
+		return fmt.Errorf("jetstream: jetstream.replicas (%d) must be 1 to 5", c.Replicas)
+	case c.DuplicateWindow < 0 || c.DuplicateWindow > c.MaxAge:
+		return fmt.Errorf("jetstream: jetstream.duplicate_window (%v) must be between 0 and jetstream.max_age (%v)", c.DuplicateWindow, c.MaxAge)
+	case c.PublishTimeout <= 0 || c.AckWait <= 0 || c.Heartbeat <= 0 || c.ReconnectWait <= 0 || c.CheckInterval <= 0:
+		return errors.New("jetstream: PublishTimeout, AckWait, Heartbeat, ReconnectWait and CheckInterval must be positive")
+	case c.MaxReconnectWait < c.ReconnectWait:
+		return fmt.Errorf("jetstream: MaxReconnectWait (%v) must not be below ReconnectWait (%v)", c.MaxReconnectWait, c.ReconnectWait)
+	}
+	return nil
+}
+
+// Backend is one node's connection to NATS JetStream. Safe for concurrent use.
+type Backend struct {
+	cfg    Config
+	log    *slog.Logger
+	nc     *nats.Conn
+	ownsNC bool
+	js     jetstream.JetStream // stream management, channel subscriptions, history
+
+	pubJS   *wmnats.Publisher // channel and service topics: JetStream, waits for the PubAck
+	pubCore *wmnats.Publisher // TopicDirect: core NATS
+	wmLog   watermill.LoggerAdapter
+
+	channels, inbound string // stream names
+	codec             *codec
+
+	ready   atomic.Bool // both streams exist
+	kick    chan struct{}
+	lineMu  sync.Mutex
+	epochs  map[string]streamEpoch   // stream name -> what the node last saw of it
+	lineage map[string]chan struct{} // stream name -> closed when the stream was found recreated
+
+	ctx       context.Context // cancelled by Close
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+	subMu     sync.Mutex     // orders wg.Add of a new subscription before Close's wait
+	wg        sync.WaitGroup // the keeper and every subscription
+}
+
+var (
+	_ transports.Backend = (*Backend)(nil)
+	_ transports.History = (*Backend)(nil)
+)
+
+// New connects to NATS and provisions the streams. The broker may be down: New still returns a
+// Backend that reconnects by itself (with backoff), reports ErrUnavailable from Ping and Publish
+// meanwhile, and creates the streams once it is connected. A nil logger discards.
+func New(cfg Config, logger *slog.Logger) (*Backend, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	b := newBackend(cfg, logger)
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.CustomReconnectDelay(b.reconnectDelay),
+		nats.ReconnectBufSize(-1), // fail publishes at once while disconnected instead of buffering
+		nats.Timeout(2 * time.Second),
+		nats.PingInterval(10 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.ConnectHandler(func(c *nats.Conn) { b.onConnect(c, "connected") }),
+		nats.ReconnectHandler(func(c *nats.Conn) { b.onConnect(c, "reconnected") }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if b.ctx.Err() == nil {
+				b.log.Warn("jetstream: disconnected from nats", "error", err)
+			}
+		}),
+	}
+	nc, err := nats.Connect(cfg.URL, append(opts, cfg.Options...)...)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: connect: %w", err)
+	}
+	if err := b.start(nc, true); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// NewWithConn uses an existing connection, which the Backend does not close. The connection
+// should have been made with nats.ReconnectBufSize(-1), or a publish during an outage waits
+// PublishTimeout before it fails. Reconnects are noticed through the connection's reconnect
+// handler (chained with the one already set).
+func NewWithConn(nc *nats.Conn, cfg Config, logger *slog.Logger) (*Backend, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	b := newBackend(cfg, logger)
+	prev := nc.Opts.ReconnectedCB
+	nc.SetReconnectHandler(func(c *nats.Conn) {
+		if prev != nil {
+			prev(c)
+		}
+		b.onConnect(c, "reconnected")
+	})
+	if err := b.start(nc, false); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func newBackend(cfg Config, logger *slog.Logger) *Backend {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Backend{
+		cfg:      cfg,
+		log:      logger,
+		wmLog:    watermill.NewSlogLogger(logger),
+		channels: transports.SafeName(cfg.Prefix) + "_channels",
+		inbound:  transports.SafeName(cfg.Prefix) + "_inbound",
+		kick:     make(chan struct{}, 1),
+		epochs:   map[string]streamEpoch{},
+		lineage:  map[string]chan struct{}{},
+		ctx:      ctx,
+		cancel:   cancel,
+	}
+	b.codec = &codec{b: b}
+	return b
+}
+
+func (b *Backend) start(nc *nats.Conn, owns bool) error {
+	b.nc, b.ownsNC = nc, owns
+	var err error
+	if b.js, err = jetstream.New(nc, jetstream.WithDefaultTimeout(b.cfg.PublishTimeout)); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	// Auto-provisioning stays off: it names the stream after the topic (a dotted subject is not a
+	// legal stream name) and asks for the stream's info before every publish.
+	pubCfg := wmnats.PublisherPublishConfig{
+		Marshaler:         b.codec,
+		SubjectCalculator: wmnats.DefaultSubjectCalculator,
+		JetStream: wmnats.JetStreamConfig{
+			TrackMsgId:     true,
+			ConnectOptions: []nats.JSOpt{nats.MaxWait(b.cfg.PublishTimeout)},
+		},
+	}
+	if b.pubJS, err = wmnats.NewPublisherWithNatsConn(nc, pubCfg, b.wmLog); err != nil {
+		return fmt.Errorf("jetstream: publisher: %w", err)
+	}
+	pubCfg.JetStream = wmnats.JetStreamConfig{Disabled: true}
+	if b.pubCore, err = wmnats.NewPublisherWithNatsConn(nc, pubCfg, b.wmLog); err != nil {
+		return fmt.Errorf("jetstream: publisher: %w", err)
+	}
+	if nc.IsConnected() {
+		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
+		err := b.ensureStreams(ctx)
+		cancel()
+		if err != nil {
+			b.log.Warn("jetstream: streams not ready yet, will retry", "error", err)
+		}
+	}
+	b.wg.Add(1)
+	go b.keep()
+	return nil
+}
+
+// reconnectDelay doubles from ReconnectWait to MaxReconnectWait, with ±20% jitter.
+func (b *Backend) reconnectDelay(attempts int) time.Duration {
+	d := b.cfg.ReconnectWait
+	for i := 1; i < attempts && d < b.cfg.MaxReconnectWait; i++ {
+		d *= 2
+	}
+	d = min(d, b.cfg.MaxReconnectWait)
+	return d - d/5 + rand.N(d*2/5+1)
+}
+
+// onConnect runs on nats.go's callback goroutine, possibly before New has set b.nc.
+func (b *Backend) onConnect(nc *nats.Conn, what string) {
+	if b.ctx.Err() != nil {
+		return
+	}
+	b.log.Info("jetstream: "+what+" to nats", "url", nc.ConnectedUrlRedacted())
+	b.signal()
+}
+
+func (b *Backend) signal() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// keep provisions (creates or updates) the streams when the connection comes (back) or a publish
+// found a stream missing, and checks them every CheckInterval, so a stream deleted or lost by the
+// broker is recreated and a recreated stream is noticed.
+func (b *Backend) keep() {
+	defer b.wg.Done()
+	failures := 0
+	for {
+		wait := b.cfg.CheckInterval
+		if !b.ready.Load() {
+			wait = min(b.cfg.ReconnectWait<<min(failures, 5), b.cfg.MaxReconnectWait)
+		}
+		t := time.NewTimer(wait)
+		kicked := false
+		select {
+		case <-b.ctx.Done():
+			t.Stop()
+			return
+		case <-b.kick:
+			kicked = true
+		case <-t.C:
+		}
+		t.Stop()
+		if !b.nc.IsConnected() {
+			b.ready.Store(false)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
+		var err error
+		if kicked || !b.ready.Load() {
+			err = b.ensureStreams(ctx)
+		} else {
+			err = b.checkStreams(ctx)
+		}
+		cancel()
+		switch {
+		case err == nil:
+			failures = 0
+		case b.ctx.Err() != nil:
+			return
+		default:
+			failures++
+			if failures == 1 {
+				b.log.Warn("jetstream: cannot provision streams, retrying", "error", err)
+			}
+		}
+	}
+}
+
+// streamConfigs are the two streams of the prefix.
+func (b *Backend) streamConfigs() []jetstream.StreamConfig {
+	base := jetstream.StreamConfig{
+		Retention:  jetstream.LimitsPolicy,
+		Discard:    jetstream.DiscardOld,
+		MaxAge:     b.cfg.MaxAge,
+		MaxBytes:   b.cfg.MaxBytes,
+		MaxMsgs:    b.cfg.MaxMsgs,
+		Duplicates: b.cfg.DuplicateWindow,
+		Replicas:   b.cfg.Replicas,
+		Storage:    jetstream.FileStorage,
+	}
+	if base.MaxMsgs == 0 {
+		base.MaxMsgs = -1
+	}
+	ch, in := base, base
+	ch.Name, ch.Subjects = b.channels, []string{b.cfg.Prefix + ".ch.>"}
+	ch.Description = "wsgateway channel topics of prefix " + b.cfg.Prefix
+	in.Name, in.Subjects = b.inbound, []string{b.subjectInbound(), b.subjectEvents()}
+	in.Description = "wsgateway service topics of prefix " + b.cfg.Prefix
+	return []jetstream.StreamConfig{ch, in}
+}
+
+// ensureStreams creates or updates both streams. A stream that exists but cannot be updated to
+// our settings is used as it is, with a warning.
+func (b *Backend) ensureStreams(ctx context.Context) error {
+	for _, sc := range b.streamConfigs() {
+		s, err := b.js.CreateOrUpdateStream(ctx, sc)
+		if err != nil {
+			var apiErr *jetstream.APIError
+			if !errors.As(err, &apiErr) {
+				b.ready.Store(false)
+				return fmt.Errorf("stream %s: %w", sc.Name, err)
+			}
+			if s, err = b.js.Stream(ctx, sc.Name); err != nil {
+				b.ready.Store(false)
+				return fmt.Errorf("stream %s: %w", sc.Name, err)
+			}
+			b.log.Warn("jetstream: stream exists with other settings, using it as it is", "stream", sc.Name, "error", apiErr)
+		}
+		b.noteStream(s.CachedInfo())
+	}
+	if !b.ready.Swap(true) {
+		b.log.Info("jetstream: streams ready", "streams", b.channels+","+b.inbound)
+	}
+	return nil
+}
+
+// checkStreams is the periodic check: a stream info each (no update, which in a cluster goes
+// through the meta group); a missing stream is created again.
+func (b *Backend) checkStreams(ctx context.Context) error {
+	for _, name := range []string{b.channels, b.inbound} {
+		s, err := b.js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			b.log.Warn("jetstream: stream is gone, creating it again", "stream", name)
+			return b.ensureStreams(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", name, err)
+		}
+		b.noteStream(s.CachedInfo())
+	}
+	return nil
+}
+
+// Subjects of the logical topics.
+
+func (b *Backend) subjectInbound() string { return b.cfg.Prefix + "." + transports.TopicInbound }
+func (b *Backend) subjectEvents() string  { return b.cfg.Prefix + "." + transports.TopicEvents }
+func (b *Backend) subjectDirect() string  { return b.cfg.Prefix + "." + transports.TopicDirect }
+
+// route maps a logical topic to its subject and to the stream that keeps it ("" for core NATS).
+func (b *Backend) route(topic string) (subject, stream string, err error) {
+	if ch, ok := transports.ChannelOf(topic); ok {
+		return b.cfg.Prefix + ".ch." + transports.SafeName(ch), b.channels, nil
+	}
+	switch topic {
+	case transports.TopicInbound:
+		return b.subjectInbound(), b.inbound, nil
+	case transports.TopicEvents:
+		return b.subjectEvents(), b.inbound, nil
+	case transports.TopicDirect:
+		return b.subjectDirect(), "", nil
+	}
+	return "", "", fmt.Errorf("jetstream: unknown topic %q", topic)
+}
+
+func (b *Backend) closed() bool { return b.ctx.Err() != nil }
+
+// unavailable wraps err in transports.ErrUnavailable unless the broker answered it (an API error
+// such as a rejected message is not an outage).
+func unavailable(what string, err error) error {
+	var apiErr *nats.APIError
+	var apiErr2 *jetstream.APIError
+	if errors.As(err, &apiErr) || errors.As(err, &apiErr2) || errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, errBadHeader) {
+		return fmt.Errorf("jetstream: %s: %w", what, err)
+	}
+	return fmt.Errorf("jetstream: %s: %w: %w", what, transports.ErrUnavailable, err)
+}
+
+func (b *Backend) checkUp() error {
+	if b.closed() {
+		return transports.ErrClosed
+	}
+	if st := b.nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("jetstream: %w: connection %s", transports.ErrUnavailable, st)
+	}
+	return nil
+}
+
+// Publish implements transports.Backend: on a stream it returns after the PubAck of every
+// message (at most PublishTimeout each); on TopicDirect after a round trip proving the server
+// has the messages.
+func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
+	if err := b.checkUp(); err != nil {
+		return err
+	}
+	subject, stream, err := b.route(topic)
+	if err != nil {
+		return err
+	}
+	if stream == "" {
+		if err := b.pubCore.Publish(subject, msgs...); err != nil {
+			return unavailable("publish", err)
+		}
+		if err := b.nc.FlushTimeout(b.cfg.PublishTimeout); err != nil {
+			return unavailable("publish", err)
+		}
+		return nil
+	}
+	if !b.ready.Load() {
+		b.signal()
+		return fmt.Errorf("jetstream: %w: streams not provisioned yet", transports.ErrUnavailable)
+	}
+	if err := b.pubJS.Publish(subject, msgs...); err != nil {
+		if errors.Is(err, nats.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+			b.signal() // the stream is gone: let the keeper recreate it
+		}
+		return unavailable("publish", err)
+	}
+	return nil
+}
+
+// Ping implements transports.Backend: connected, streams provisioned, and a round trip.
+func (b *Backend) Ping(ctx context.Context) error {
+	if err := b.checkUp(); err != nil {
+		return err
+	}
+	if !b.ready.Load() {
+		b.signal()
+		return fmt.Errorf("jetstream: %w: streams not provisioned yet", transports.ErrUnavailable)
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
+	defer cancel()
+	if err := b.nc.FlushWithContext(ctx); err != nil {
+		return unavailable("ping", err)
+	}
+	return nil
+}
+
+// Close ends every subscription (deleting their consumers when the broker is reachable) and
+// closes the connection when the Backend made it. Bounded by about PublishTimeout; safe to call
+// twice.
+func (b *Backend) Close() error {
+	b.closeOnce.Do(func() {
+		b.subMu.Lock()
+		b.cancel()
+		b.subMu.Unlock()
+		done := make(chan struct{})
+		go func() { b.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(b.cfg.PublishTimeout + time.Second):
+			b.log.Warn("jetstream: subscriptions slow to stop, closing the connection")
+		}
+		if b.ownsNC {
+			b.nc.Close()
+		}
+		<-done // everything fails fast once the connection is closed
+	})
+	return nil
+}

@@ -1,0 +1,386 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsgateway/gateway/transports"
+)
+
+// Subscribe implements transports.Backend.
+//
+// On a stream (channel topics, TopicInbound, TopicEvents) it creates, before returning, an
+// ordered consumer filtered on the topic's subject that starts after the stream's last message;
+// it is deleted when ctx ends and expires by itself (InactiveThreshold) if the node dies. On
+// TopicDirect it is a core NATS subscription, flushed before returning.
+func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	return b.subscribe(ctx, topic, "")
+}
+
+// SubscribeGroup implements transports.Backend. On a stream, members of a group share a durable
+// push consumer named SafeName(group)__SafeName(topic) with a deliver group: it starts with the
+// messages published after it was first created and keeps its place while no member is
+// subscribed, until the stream drops the messages. It is never deleted by the gateway. On
+// TopicDirect it is a core NATS queue group (nothing is kept).
+func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+	if group == "" {
+		return nil, errors.New("jetstream: empty group")
+	}
+	return b.subscribe(ctx, topic, group)
+}
+
+// sub is one Subscribe or SubscribeGroup call. It hands out what an upstream (the broker-side
+// subscription) delivers, and replaces the upstream when the stream it reads is recreated.
+type sub struct {
+	b                      *Backend
+	topic, subject, stream string
+	group                  string
+	ctx                    context.Context // the caller's, also cancelled by Close
+	out                    chan *message.Message
+	log                    *slog.Logger
+}
+
+// upstream is a running broker-side subscription of a sub.
+type upstream interface {
+	// stop ends it; once it returns nothing more is sent to the sub's channel.
+	stop()
+}
+
+func (b *Backend) subscribe(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+	if b.closed() {
+		return nil, transports.ErrClosed
+	}
+	subject, stream, err := b.route(topic)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.checkUp(); err != nil {
+		return nil, err
+	}
+	if stream != "" && !b.ready.Load() {
+		b.signal()
+		return nil, fmt.Errorf("jetstream: %w: streams not provisioned yet", transports.ErrUnavailable)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	s := &sub{
+		b: b, topic: topic, subject: subject, stream: stream, group: group, ctx: sctx,
+		out: make(chan *message.Message),
+		log: b.log.With("topic", topic, "group", group),
+	}
+	lineage := b.lineageChanged(stream)
+	up, err := s.open(false)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	b.subMu.Lock()
+	if b.closed() {
+		b.subMu.Unlock()
+		up.stop()
+		cancel()
+		return nil, transports.ErrClosed
+	}
+	b.wg.Add(1)
+	b.subMu.Unlock()
+	stopOnClose := context.AfterFunc(b.ctx, cancel)
+	go func() {
+		defer b.wg.Done()
+		defer close(s.out)
+		defer cancel()
+		defer stopOnClose()
+		s.run(up, lineage)
+	}()
+	return s.out, nil
+}
+
+// open starts an upstream. After the stream was recreated (again), it reads the new stream from its
+// start: all of it was published after the subscriber's last message from the old one.
+func (s *sub) open(again bool) (upstream, error) {
+	if s.stream != "" && s.group == "" {
+		return s.openOrdered(again)
+	}
+	return s.openAdapter(again)
+}
+
+// run keeps the sub going until its context ends.
+func (s *sub) run(up upstream, lineage <-chan struct{}) {
+	for {
+		select {
+		case <-s.ctx.Done():
+			up.stop()
+			return
+		case <-lineage:
+		}
+		// The stream was recreated: the consumer went with it, and an ordered consumer would go on
+		// from a sequence of the old stream.
+		up.stop()
+		delay := 250 * time.Millisecond
+		for {
+			lineage = s.b.lineageChanged(s.stream)
+			var err error
+			if up, err = s.open(true); err == nil {
+				break
+			}
+			s.log.Warn("jetstream: cannot resubscribe after the stream was recreated, retrying", "error", err)
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			delay = min(2*delay, 5*time.Second)
+		}
+	}
+}
+
+// deliver hands m to the subscriber, one copy at a time, until one is acked (true) or ctx ends
+// (false). A nack hands it again when local, else it returns false so the caller nacks it to
+// the broker.
+func (s *sub) deliver(ctx context.Context, m *message.Message, local bool) bool {
+	for {
+		c := m.Copy()
+		c.SetContext(ctx)
+		select {
+		case s.out <- c:
+		case <-ctx.Done():
+			return false
+		}
+		select {
+		case <-c.Acked():
+			return true
+		case <-c.Nacked():
+			if !local {
+				return false
+			}
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// Fan-out on a stream: an ordered consumer of the nats.go jetstream package, not the watermill
+// adapter. The adapter's JetStream subscriber is nats.go's older push API, whose ordered consumer,
+// when it is recreated (broker restart, missed heartbeats) before it delivered a first message,
+// starts again at stream sequence 1 and so replays the channel's whole history to a live
+// subscriber; a plain ephemeral push consumer does not come back after a broker restart at all.
+
+type orderedUp struct {
+	cancel context.CancelFunc
+	cc     jetstream.ConsumeContext
+	cons   jetstream.Consumer
+	s      *sub
+
+	mu      sync.Mutex // held while a message is being delivered
+	stopped bool
+}
+
+// consumerTimes are the pull expiry and inactive threshold of ordered consumers.
+func (b *Backend) consumerTimes() (expiry, inactive time.Duration) {
+	expiry = max(30*time.Second, 3*b.cfg.Heartbeat)
+	return expiry, 2 * expiry
+}
+
+func (s *sub) openOrdered(again bool) (upstream, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.b.cfg.PublishTimeout)
+	defer cancel()
+	info, _, err := s.b.streamInfo(ctx, s.stream)
+	if err != nil {
+		return nil, err
+	}
+	// After the stream's last message, rather than DeliverNew: when the consumer is recreated
+	// before it delivered anything it starts here again, not at the broker's "new".
+	start := info.State.LastSeq + 1
+	if again {
+		start = max(info.State.FirstSeq, 1)
+	}
+	expiry, inactive := s.b.consumerTimes()
+	cons, err := s.b.js.OrderedConsumer(ctx, s.stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects:    []string{s.subject},
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       start,
+		InactiveThreshold: inactive,
+	})
+	if err != nil {
+		return nil, unavailable("subscribe", err)
+	}
+	dctx, dcancel := context.WithCancel(s.ctx)
+	u := &orderedUp{cancel: dcancel, cons: cons, s: s}
+	u.cc, err = cons.Consume(func(m jetstream.Msg) {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if !u.stopped {
+			s.deliver(dctx, s.b.codec.fromJetStream(m), true)
+		}
+	},
+		jetstream.PullMaxMessages(64),
+		jetstream.PullExpiry(expiry),
+		jetstream.PullHeartbeat(s.b.cfg.Heartbeat),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if s.ctx.Err() == nil {
+				s.log.Debug("jetstream: channel consumer", "error", err)
+			}
+		}))
+	if err != nil {
+		dcancel()
+		u.deleteConsumer()
+		return nil, unavailable("subscribe", err)
+	}
+	return u, nil
+}
+
+func (u *orderedUp) stop() {
+	u.cancel()
+	u.cc.Stop()
+	u.mu.Lock()
+	u.stopped = true
+	u.mu.Unlock()
+	u.deleteConsumer()
+}
+
+func (u *orderedUp) deleteConsumer() {
+	if !u.s.b.nc.IsConnected() {
+		return // it expires by itself
+	}
+	info := u.cons.CachedInfo()
+	if info == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), u.s.b.cfg.PublishTimeout)
+	defer cancel()
+	_ = u.s.b.js.DeleteConsumer(ctx, u.s.stream, info.Name)
+}
+
+// Groups, and TopicDirect: the watermill-nats subscriber.
+
+type adapterUp struct {
+	nc     *nats.Conn
+	gate   *gate
+	cancel context.CancelFunc // the adapter's context
+	dstop  context.CancelFunc // deliveries in progress
+	done   chan struct{}
+	wait   time.Duration
+}
+
+func (s *sub) durableName() string {
+	return transports.SafeName(s.group) + "__" + transports.SafeName(s.topic)
+}
+
+// ensureDurable creates the group's consumer unless it exists. Creating it here, rather than
+// letting nats.go do it on subscribe, keeps nats.go from deleting it when the subscription ends.
+func (s *sub) ensureDurable(ctx context.Context, durable string, again bool) error {
+	policy := jetstream.DeliverNewPolicy
+	if again {
+		policy = jetstream.DeliverAllPolicy
+	}
+	cfg := jetstream.ConsumerConfig{
+		Durable:        durable,
+		Description:    "wsgateway group " + s.group,
+		DeliverSubject: s.b.cfg.Prefix + ".grp." + durable,
+		DeliverGroup:   durable,
+		FilterSubject:  s.subject,
+		DeliverPolicy:  policy,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        s.b.cfg.AckWait,
+		MaxDeliver:     -1,
+	}
+	_, err := s.b.js.CreateOrUpdatePushConsumer(ctx, s.stream, cfg)
+	var apiErr *jetstream.APIError
+	if err != nil && errors.As(err, &apiErr) {
+		// An older server, or settings that cannot change: use the consumer as it is.
+		if _, err2 := s.b.js.PushConsumer(ctx, s.stream, durable); err2 == nil {
+			s.log.Warn("jetstream: group consumer exists with other settings, using it as it is", "consumer", durable, "error", err)
+			return nil
+		}
+	}
+	return err
+}
+
+func (s *sub) openAdapter(again bool) (upstream, error) {
+	g := newGate()
+	cfg := wmnats.SubscriberSubscriptionConfig{
+		Unmarshaler:       &codec{b: s.b, gate: g},
+		SubscribersCount:  1,
+		AckWaitTimeout:    s.b.cfg.AckWait,
+		CloseTimeout:      s.b.cfg.PublishTimeout,
+		SubscribeTimeout:  s.b.cfg.PublishTimeout,
+		SubjectCalculator: wmnats.DefaultSubjectCalculator,
+	}
+	if s.stream == "" {
+		cfg.JetStream.Disabled = true
+		if s.group != "" {
+			cfg.QueueGroupPrefix = s.durableName()
+		}
+	} else {
+		durable := s.durableName()
+		ctx, cancel := context.WithTimeout(s.ctx, s.b.cfg.PublishTimeout)
+		err := s.ensureDurable(ctx, durable, again)
+		cancel()
+		if err != nil {
+			return nil, unavailable("subscribe", err)
+		}
+		cfg.QueueGroupPrefix = durable
+		cfg.JetStream = wmnats.JetStreamConfig{
+			DurablePrefix:     durable,
+			DurableCalculator: func(prefix, _ string) string { return prefix },
+			SubscribeOptions:  []nats.SubOpt{nats.BindStream(s.stream), nats.ManualAck(), nats.AckExplicit()},
+			ConnectOptions:    []nats.JSOpt{nats.MaxWait(s.b.cfg.PublishTimeout)},
+			AckAsync:          true,
+		}
+	}
+	wsub, err := wmnats.NewSubscriberWithNatsConn(s.b.nc, cfg, quietLogger{s.b.wmLog})
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: subscriber: %w", err)
+	}
+	actx, acancel := context.WithCancel(context.Background())
+	ch, err := wsub.Subscribe(actx, s.subject)
+	if err != nil {
+		acancel()
+		return nil, unavailable("subscribe", err)
+	}
+	dctx, dcancel := context.WithCancel(s.ctx)
+	u := &adapterUp{nc: s.b.nc, gate: g, cancel: acancel, dstop: dcancel, done: make(chan struct{}), wait: s.b.cfg.PublishTimeout}
+	go func() {
+		defer close(u.done)
+		for m := range ch {
+			if !g.leave() {
+				m.Nack()
+				continue
+			}
+			// On a stream a nack goes back to the broker, which may hand the message to another
+			// member; core NATS has no redelivery, so it is handed again here.
+			if s.deliver(dctx, m, s.stream == "") {
+				m.Ack()
+			} else {
+				m.Nack()
+			}
+		}
+	}()
+	if s.stream == "" {
+		// The SUB must have reached the server before Subscribe returns.
+		if err := s.b.nc.FlushTimeout(s.b.cfg.PublishTimeout); err != nil {
+			u.stop()
+			return nil, unavailable("subscribe", err)
+		}
+	}
+	return u, nil
+}
+
+func (u *adapterUp) stop() {
+	u.dstop()
+	u.gate.closeAndWait()
+	u.cancel()
+	<-u.done
+	// Once the server has the UNSUB it stops pushing to this member; a message pushed before
+	// that is dropped by nats.go and redelivered by the broker after AckWait.
+	if u.nc.IsConnected() {
+		_ = u.nc.FlushTimeout(u.wait)
+	}
+}
