@@ -9,6 +9,7 @@ import (
 	"github.com/wsgateway/gateway/transports/jetstream"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/nats"
+	"github.com/wsgateway/gateway/transports/redis"
 )
 
 // NewBackend builds the broker backend the configuration names.
@@ -22,6 +23,11 @@ func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, erro
 			URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID,
 			MaxAge: cfg.JetStream.MaxAge, MaxBytes: cfg.JetStream.MaxBytes, Replicas: cfg.JetStream.Replicas,
 			DuplicateWindow: cfg.JetStream.DupeWindow, PublishTimeout: cfg.WebSocket.PublishTimeout,
+		}, log)
+	case configs.BrokerRedis:
+		return redis.New(redis.Config{
+			Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
+			Shards: cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, Timeout: cfg.WebSocket.PublishTimeout,
 		}, log)
 	case configs.BrokerNATS:
 		return nats.New(nats.Config{URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID, Timeout: cfg.WebSocket.PublishTimeout}, log)

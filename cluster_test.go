@@ -13,6 +13,7 @@ import (
 	"github.com/wsgateway/gateway/transports/jetstream"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/nats"
+	"github.com/wsgateway/gateway/transports/redis"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
@@ -57,6 +58,18 @@ var clusterBackends = []clusterBackend{
 		}
 		return func(t *testing.T, prefix string) transports.Backend {
 			b, err := jetstream.New(jetstream.Config{URL: "nats://127.0.0.1:4222", Prefix: prefix, MaxAge: time.Hour}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+	}},
+	{name: "redis", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Backend {
+		if !reachable("127.0.0.1:6379") {
+			t.Skip("no Redis server on 127.0.0.1:6379 (scripts/test.sh starts one)")
+		}
+		return func(t *testing.T, prefix string) transports.Backend {
+			b, err := redis.New(redis.Config{Addr: "127.0.0.1:6379", Prefix: prefix, Shards: 4, MaxLen: 10000}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -774,5 +775,58 @@ func TestLongReplayIsPaced(t *testing.T) {
 	}
 	if s := r.Expect("subscribed"); !s.Bool("recovered") {
 		t.Fatalf("subscribed %v", s)
+	}
+}
+
+// killable lets a test end the backend's channel subscriptions, as a backend does when it gives
+// one up (a Redis reader overtaken by trimming, a broker that dropped the consumer).
+type killable struct {
+	*memory.Backend
+	mu    sync.Mutex
+	kills []context.CancelFunc
+}
+
+func (k *killable) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	k.mu.Lock()
+	k.kills = append(k.kills, cancel)
+	k.mu.Unlock()
+	return k.Backend.Subscribe(ctx, topic)
+}
+
+func (k *killable) killAll() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, kill := range k.kills {
+		kill()
+	}
+}
+
+func TestLostBrokerSubscriptionMakesClientsResume(t *testing.T) {
+	broker := memory.NewBroker(memory.Config{HistorySize: 100})
+	t.Cleanup(broker.Close)
+	kb := &killable{Backend: broker.Node("lost")}
+	n := startNode(t, testConfig(t), gateway.WithBackend(kb))
+	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
+	c.Subscribe("news")
+	mustAPIPublish(t, n.URL, map[string]any{"channel": "news", "data": 1})
+	last := c.Expect("message").Str("position")
+
+	kb.killAll()
+	if f := c.Expect("disconnect"); f.Str("code") != "resubscribe" || !f.Bool("reconnect") {
+		t.Fatalf("disconnect %v", f)
+	}
+	mustAPIPublish(t, n.URL, map[string]any{"channel": "news", "data": 2})
+	r, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
+	r.Send(map[string]any{"type": "subscribe", "id": "r", "channel": "news", "since": last})
+	if m := r.Expect("message"); m.Data() != "2" {
+		t.Fatalf("replayed %v", m)
+	}
+	if s := r.Expect("subscribed"); !s.Bool("recovered") {
+		t.Fatalf("subscribed %v", s)
+	}
+	mustAPIPublish(t, n.URL, map[string]any{"channel": "news", "data": 3})
+	if m := r.Expect("message"); m.Data() != "3" {
+		t.Fatalf("live after the new subscription %v", m)
 	}
 }

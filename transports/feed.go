@@ -59,8 +59,9 @@ func (f *Feed) Subscribe(ctx context.Context, topic string) (<-chan *message.Mes
 	return relay(ctx, f.out), nil
 }
 
-// Open subscribes channel on the backend and forwards its messages to the merged channel.
-func (f *Feed) Open(channel string) (func(), error) {
+// Open subscribes channel on the backend and forwards its messages to the merged channel. When
+// the backend ends the subscription by itself (not through stop, nor Close), lost is called.
+func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	select {
 	case <-f.done:
 		return nil, ErrClosed
@@ -103,6 +104,13 @@ func (f *Feed) Open(channel string) (func(), error) {
 			case <-f.done:
 				m.Nack()
 				cancel()
+			}
+		}
+		select {
+		case <-ctx.Done(): // stopped, or the feed closed
+		default:
+			if lost != nil {
+				lost()
 			}
 		}
 	}()

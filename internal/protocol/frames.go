@@ -51,6 +51,9 @@ const (
 	DisconnectSlowConsumer = "slow_consumer"
 	DisconnectTokenExpired = "token_expired"
 	DisconnectPolicy       = "policy"
+	// DisconnectResubscribe (an extension) tells a client to reconnect and resume: the node lost
+	// its broker subscription of a channel the client was on.
+	DisconnectResubscribe = "resubscribe"
 )
 
 // Error is an error the protocol reports to a client with a code.

@@ -34,9 +34,11 @@ type Handler interface {
 
 // Interest opens the broker subscription of a channel: the hub calls Open when a channel gets
 // its first local subscriber and the returned stop when it loses its last one. Open must return
-// only once the subscription is established.
+// only once the subscription is established. If the subscription ends by itself (the broker or
+// the backend gave it up), the Interest calls lost, and the hub disconnects the channel's local
+// subscribers so that they resume from their positions rather than silently miss messages.
 type Interest interface {
-	Open(channel string) (stop func(), err error)
+	Open(channel string, lost func()) (stop func(), err error)
 }
 
 // Config sets the connections. See configs.WebSocketConfig for the meaning of each field.
@@ -85,6 +87,11 @@ type entry struct {
 	ready chan struct{} // closed once the broker subscription is open (or failed)
 	err   error
 	stop  func()
+}
+
+func (e *entry) has(c *Conn) bool {
+	_, ok := e.conns[c]
+	return ok
 }
 
 // NewHub makes a hub. It starts nothing: connections arrive through Accept, once SetHandler
@@ -240,7 +247,7 @@ func (h *Hub) Join(ctx context.Context, c *Conn, channel string) error {
 	h.metrics.Subscriptions.Inc()
 
 	if first {
-		stop, err := h.interest.Open(channel)
+		stop, err := h.interest.Open(channel, func() { h.lost(channel, e) })
 		sh.mu.Lock()
 		e.stop, e.err = stop, err
 		if err != nil && sh.channels[channel] == e {
@@ -279,7 +286,7 @@ func (h *Hub) Leave(c *Conn, channel string) bool {
 	h.metrics.Subscriptions.Dec()
 	e := sh.channels[channel]
 	var stop func()
-	if e != nil {
+	if e != nil && e.has(c) {
 		delete(e.conns, c)
 		if len(e.conns) == 0 {
 			delete(sh.channels, channel)
@@ -295,6 +302,25 @@ func (h *Hub) Leave(c *Conn, channel string) bool {
 		stop()
 	}
 	return true
+}
+
+// lost handles a broker subscription that ended by itself: its subscribers are disconnected
+// (they resume from their positions) and the next subscriber opens a new one.
+func (h *Hub) lost(channel string, e *entry) {
+	sh := h.shard(channel)
+	sh.mu.Lock()
+	if sh.channels[channel] == e {
+		delete(sh.channels, channel)
+	}
+	conns := make([]*Conn, 0, len(e.conns))
+	for c := range e.conns {
+		conns = append(conns, c)
+	}
+	sh.mu.Unlock()
+	h.log.Warn("broker subscription lost; its subscribers will resume", "channel", channel, "sessions", len(conns))
+	for _, c := range conns {
+		c.Disconnect(protocol.DisconnectResubscribe, "the node lost its broker subscription; resume", true)
+	}
 }
 
 // Deliver queues frame, the encoded message at pos on channel, to every local subscriber. It

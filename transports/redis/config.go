@@ -1,0 +1,120 @@
+package redis
+
+import (
+	"fmt"
+	"net"
+	"time"
+)
+
+// Defaults of Config. A zero field takes its default.
+const (
+	DefaultAddr               = "127.0.0.1:6379"
+	DefaultPrefix             = "ws"
+	DefaultShards             = 16
+	DefaultMaxLen             = 100000
+	DefaultReadCount          = 256
+	DefaultBlockTimeout       = 2 * time.Second
+	DefaultTimeout            = 5 * time.Second
+	DefaultSubscriptionBuffer = 1024
+	DefaultReplayCount        = 512
+
+	maxShards = 1024
+)
+
+// Config is the redis backend's configuration. The gateway maps its redis.* settings and
+// topic_prefix onto it; every zero value is replaced by the default named beside it.
+type Config struct {
+	Addr     string // host:port of the Redis server; default 127.0.0.1:6379 (redis.addr)
+	Password string // AUTH password; empty for none (redis.password)
+	DB       int    // database number (redis.db)
+
+	// Prefix starts every key the backend uses ("<prefix>:ch:<shard>", "<prefix>:direct", ...);
+	// default "ws" (topic_prefix).
+	Prefix string
+	// Shards is the number of channel streams every node reads; a channel lives on shard
+	// fnv32a(channel) % Shards. Every node and service must use the same value. Default 16,
+	// at most 1024 (redis.shards).
+	Shards int
+	// MaxLen is how many entries, approximately, each stream keeps (XADD MAXLEN ~); it bounds
+	// the history a client can resume from. Default 100000 (redis.max_len).
+	MaxLen int64
+
+	// ReadCount is how many entries one XREAD takes per stream in one round trip; default 256
+	// (MaxLen when smaller), at most MaxLen.
+	ReadCount int64
+	// BlockTimeout is how long one XREAD waits for new entries before asking again; default 2 s.
+	// With a client passed to NewFromClient, Close may wait this long for the reader to return.
+	BlockTimeout time.Duration
+	// Timeout bounds each Publish, the setup of each Subscribe, Replay and Last; default 5 s.
+	Timeout time.Duration
+	// SubscriptionBuffer is how many read entries may wait for one subscription's consumer;
+	// when it stays full for a quarter of a second the subscription is closed. Default 1024.
+	SubscriptionBuffer int
+	// ReplayCount is how many entries one XRANGE takes while Replay scans a shard; default 512.
+	ReplayCount int64
+}
+
+func (c *Config) setDefaults() {
+	if c.Addr == "" {
+		c.Addr = DefaultAddr
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.Shards == 0 {
+		c.Shards = DefaultShards
+	}
+	if c.MaxLen == 0 {
+		c.MaxLen = DefaultMaxLen
+	}
+	if c.ReadCount == 0 {
+		c.ReadCount = min(DefaultReadCount, max(c.MaxLen, 1))
+	}
+	if c.BlockTimeout == 0 {
+		c.BlockTimeout = DefaultBlockTimeout
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.SubscriptionBuffer == 0 {
+		c.SubscriptionBuffer = DefaultSubscriptionBuffer
+	}
+	if c.ReplayCount == 0 {
+		c.ReplayCount = DefaultReplayCount
+	}
+}
+
+// Validate checks a Config after defaults were applied, naming the setting at fault.
+func (c *Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return fmt.Errorf("redis.addr: %q is not host:port", c.Addr)
+	}
+	if c.DB < 0 {
+		return fmt.Errorf("redis.db: %d is negative", c.DB)
+	}
+	if c.Shards < 1 || c.Shards > maxShards {
+		return fmt.Errorf("redis.shards: %d is not between 1 and %d", c.Shards, maxShards)
+	}
+	if c.MaxLen < 1 {
+		return fmt.Errorf("redis.max_len: %d must be positive", c.MaxLen)
+	}
+	if c.ReadCount < 1 {
+		return fmt.Errorf("redis read count: %d must be positive", c.ReadCount)
+	}
+	if c.ReadCount > c.MaxLen {
+		return fmt.Errorf("redis read count: %d exceeds redis.max_len %d", c.ReadCount, c.MaxLen)
+	}
+	if c.BlockTimeout < time.Millisecond {
+		return fmt.Errorf("redis block timeout: %v is below 1ms", c.BlockTimeout)
+	}
+	if c.Timeout <= 0 {
+		return fmt.Errorf("redis timeout: %v must be positive", c.Timeout)
+	}
+	if c.SubscriptionBuffer < 1 {
+		return fmt.Errorf("redis subscription buffer: %d must be positive", c.SubscriptionBuffer)
+	}
+	if c.ReplayCount < 1 {
+		return fmt.Errorf("redis replay count: %d must be positive", c.ReplayCount)
+	}
+	return nil
+}

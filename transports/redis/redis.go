@@ -1,0 +1,512 @@
+// Package redis is the Redis Streams backend.
+//
+// Channel topics live on a fixed number of shard streams ("<prefix>:ch:<n>", n =
+// fnv32a(channel) % Shards) that every node reads with one XREAD loop, routing each entry by its
+// channel field to the node's local subscriptions; the entry id is the message's position, so
+// any node can replay a channel from the shard (History). Other topics are one stream each
+// ("<prefix>:inbound", "<prefix>:direct", "<prefix>:events"): SubscribeGroup consumes them with
+// watermill-redisstream consumer groups, Subscribe reads them in fan-out from the current end.
+// Every stream is trimmed with XADD MAXLEN ~ MaxLen. docs/brokers/redis.md has the entry format
+// services write with redis-cli, and the costs.
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
+	"github.com/ThreeDotsLabs/watermill/message"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/transports"
+)
+
+// pingTimeout bounds Ping.
+const pingTimeout = 2 * time.Second
+
+// Backend is a gateway node's (or a service's) connection to Redis. Safe for concurrent use.
+type Backend struct {
+	cfg    Config
+	client goredis.UniversalClient
+	owned  bool // Close closes client
+	logger *slog.Logger
+	wlog   watermill.LoggerAdapter
+
+	shardKeys   []string
+	shardEpochs []string
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	quiet  atomic.Bool // set by Close: silences the Watermill goroutines Close cannot wait for
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	startMu sync.Mutex // serializes the start of readers
+
+	mu      sync.Mutex
+	closed  bool
+	readers map[string]*reader // "" for the channel reader, else a topic's stream key
+}
+
+var (
+	_ transports.Backend = (*Backend)(nil)
+	_ transports.History = (*Backend)(nil)
+)
+
+// New connects to the Redis server of cfg. It does not fail when the server is down: go-redis
+// connects on first use and again after every failure, and Ping reports the state.
+func New(cfg Config, logger *slog.Logger) (*Backend, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	client := goredis.NewClient(&goredis.Options{
+		Addr:     cfg.Addr,
+		Password: cfg.Password,
+		DB:       cfg.DB,
+		// Deadlines of our contexts reach the socket: Publish fails within Timeout even when
+		// the server does not answer.
+		ContextTimeoutEnabled: true,
+		// One dial attempt per try: go-redis already retries the command (MaxRetries), and a
+		// refused connection should fail a call in well under Timeout.
+		DialerRetries:   1,
+		DisableIdentity: true,
+	})
+	return newBackend(cfg, client, true, logger), nil
+}
+
+// NewFromClient uses an existing client, which Close leaves open; cfg's Addr, Password and DB are
+// ignored. Enable the client's ContextTimeoutEnabled so that Timeout bounds socket I/O too.
+func NewFromClient(client goredis.UniversalClient, cfg Config, logger *slog.Logger) (*Backend, error) {
+	if client == nil {
+		return nil, errors.New("redis: nil client")
+	}
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return newBackend(cfg, client, false, logger), nil
+}
+
+func newBackend(cfg Config, client goredis.UniversalClient, owned bool, logger *slog.Logger) *Backend {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	b := &Backend{cfg: cfg, client: client, owned: owned, logger: logger, readers: map[string]*reader{}}
+	b.wlog = quietLogger{watermill.NewSlogLogger(logger), &b.quiet}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	for n := range cfg.Shards {
+		key := ShardKey(cfg.Prefix, n)
+		b.shardKeys = append(b.shardKeys, key)
+		b.shardEpochs = append(b.shardEpochs, ShardEpoch(cfg.Prefix, n))
+	}
+	return b
+}
+
+// route is where a logical topic lives.
+type route struct {
+	key     string // stream key
+	channel string // channel name, for channel topics
+	isCh    bool
+	epoch   string // Epoch of positions on this stream (other topics: only in derived UUIDs)
+}
+
+func (b *Backend) route(topic string) route {
+	if channel, ok := transports.ChannelOf(topic); ok {
+		n := Shard(channel, b.cfg.Shards)
+		return route{key: b.shardKeys[n], channel: channel, isCh: true, epoch: b.shardEpochs[n]}
+	}
+	return route{key: TopicKey(b.cfg.Prefix, topic), epoch: epochBase(b.cfg.Prefix) + "-" + transports.SafeName(topic)}
+}
+
+func (b *Backend) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// track counts a goroutine about to start, unless the backend is closed.
+func (b *Backend) track() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false
+	}
+	b.wg.Add(1)
+	return true
+}
+
+// Publish implements transports.Backend: one XADD per message, all of them pipelined in one
+// round trip, bounded by Config.Timeout.
+//
+// It uses go-redis rather than redisstream's Publisher: that one writes one XADD per message
+// with the message's own context (no timeout can be set without modifying the caller's
+// messages), and its Marshaller only sees the stream key, not the channel each entry must name.
+func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
+	if b.isClosed() {
+		return transports.ErrClosed
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	rt := b.route(topic)
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+	defer cancel()
+	args := func(m *message.Message) *goredis.XAddArgs {
+		return &goredis.XAddArgs{Stream: rt.key, MaxLen: b.cfg.MaxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)}
+	}
+	var err error
+	if len(msgs) == 1 {
+		err = b.client.XAdd(ctx, args(msgs[0])).Err()
+	} else {
+		_, err = b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			for _, m := range msgs {
+				p.XAdd(ctx, args(m))
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		return b.wrap("publish to "+rt.key, err)
+	}
+	return nil
+}
+
+// Subscribe implements transports.Backend. Channel topics are served by the node's channel
+// reader, other topics by a fan-out reader of their stream; the subscription receives the
+// entries added after Subscribe looked up the stream's last id, which it does before returning.
+func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if b.isClosed() {
+		return nil, transports.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rt := b.route(topic)
+	r, err := b.readerFor(rt)
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
+	ids, err := b.lastIDs(lctx, []string{rt.key})
+	cancel()
+	if err != nil {
+		return nil, b.wrap("subscribe to "+rt.key, err)
+	}
+	after, err := parseID(ids[0])
+	if err != nil {
+		return nil, err
+	}
+	s := &subscription{r: r, key: rt.channel, after: after, ctx: ctx,
+		queue: make(chan *message.Message, b.cfg.SubscriptionBuffer),
+		out:   make(chan *message.Message), kill: make(chan struct{}), gone: make(chan struct{})}
+	if !b.track() {
+		return nil, transports.ErrClosed
+	}
+	r.add(s)
+	go s.run()
+	return s.out, nil
+}
+
+// readerFor returns the running reader of rt's streams, starting it from the streams' current
+// last ids if needed.
+func (b *Backend) readerFor(rt route) (*reader, error) {
+	name, keys, epochs := rt.key, []string{rt.key}, []string{rt.epoch}
+	if rt.isCh {
+		name, keys, epochs = "", b.shardKeys, b.shardEpochs
+	}
+	b.startMu.Lock()
+	defer b.startMu.Unlock()
+	b.mu.Lock()
+	r := b.readers[name]
+	b.mu.Unlock()
+	if r != nil {
+		return r, nil
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+	defer cancel()
+	ids, err := b.lastIDs(ctx, keys)
+	if err != nil {
+		return nil, b.wrap("start reading "+keys[0], err)
+	}
+	r = newReader(b, keys, epochs, ids, rt.isCh)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, transports.ErrClosed
+	}
+	b.readers[name] = r
+	b.wg.Add(1)
+	go r.run()
+	return r, nil
+}
+
+// lastIDs returns the id of the newest entry of each stream ("0-0" when empty or missing), in
+// one round trip. Every entry added later has a greater id.
+func (b *Backend) lastIDs(ctx context.Context, keys []string) ([]string, error) {
+	cmds := make([]*goredis.XMessageSliceCmd, len(keys))
+	_, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.XRevRangeN(ctx, k, "+", "-", 1)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(keys))
+	for i, c := range cmds {
+		ids[i] = "0-0"
+		if msgs := c.Val(); len(msgs) > 0 {
+			ids[i] = msgs[0].ID
+		}
+	}
+	return ids, nil
+}
+
+// SubscribeGroup implements transports.Backend with a Redis consumer group named group on the
+// topic's stream, through watermill-redisstream (pending entries of a vanished member are
+// claimed by the others after a minute; idle members are removed after ten minutes). The group is
+// created, if new, at the stream's current end before SubscribeGroup returns; from then on the
+// group keeps its place, so what is published while no member runs is delivered later, as far as
+// MaxLen keeps it. When the group vanishes (Redis restarted without persistence, or XGROUP
+// DESTROY), it is created again from the start of the stream and consumption goes on. Channel
+// topics are not supported: their shard streams hold many channels.
+func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+	if b.isClosed() {
+		return nil, transports.ErrClosed
+	}
+	if transports.IsChannelTopic(topic) {
+		return nil, fmt.Errorf("redis: SubscribeGroup on channel topic %q: channels share shard streams, use Subscribe", topic)
+	}
+	if group == "" {
+		return nil, errors.New("redis: SubscribeGroup needs a group name")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rt := b.route(topic)
+	if err := b.createGroup(ctx, rt.key, group, "$"); err != nil {
+		return nil, err
+	}
+	sctx, stop := context.WithCancel(ctx)
+	stopAfter := context.AfterFunc(b.ctx, stop)
+	in, end, err := b.groupAttempt(sctx, rt.key, group)
+	if err == nil && !b.track() {
+		end()
+		err = transports.ErrClosed
+	}
+	if err != nil {
+		stopAfter()
+		stop()
+		return nil, err
+	}
+	out := make(chan *message.Message)
+	go func() {
+		defer b.wg.Done()
+		defer close(out)
+		defer stopAfter()
+		for {
+			for m := range in {
+				select {
+				case out <- m: // the same message: its ack reaches redisstream
+				case <-sctx.Done(): // left pending in the group, claimed by another member
+				}
+			}
+			end()
+			if sctx.Err() != nil {
+				return
+			}
+			if in, end = b.regroup(sctx, rt.key, group); in == nil {
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// groupAttempt starts a redisstream subscriber of group. end stops it and waits until in is
+// closed. in also closes by itself when Redis answers NOGROUP: the group is gone.
+func (b *Backend) groupAttempt(ctx context.Context, key, group string) (in <-chan *message.Message, end func(), err error) {
+	actx, cancel := context.WithCancel(ctx)
+	sub, err := redisstream.NewSubscriber(redisstream.SubscriberConfig{
+		Client:                        sharedClient{b.client},
+		Unmarshaller:                  codec{},
+		ConsumerGroup:                 group,
+		OldestId:                      "$",
+		BlockTime:                     b.cfg.BlockTimeout,
+		DisableIndefiniteInitialBlock: true,
+		ShouldStopOnReadErrors: func(err error) bool {
+			if goredis.HasErrorPrefix(err, "NOGROUP") {
+				cancel() // also ends an XACK retry loop that would never succeed
+				return true
+			}
+			return actx.Err() != nil || errors.Is(err, goredis.ErrClosed)
+		},
+	}, b.wlog)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	in, err = sub.Subscribe(actx, key)
+	if err != nil {
+		cancel()
+		_ = sub.Close()
+		return nil, nil, b.wrap("subscribe group "+group+" on "+key, err)
+	}
+	return in, func() { cancel(); _ = sub.Close() }, nil
+}
+
+// regroup creates group again, from the start of the stream (after a restart without
+// persistence the stream holds only what was published since), and subscribes it, backing off
+// while Redis is unreachable. It returns nil when ctx ends first.
+func (b *Backend) regroup(ctx context.Context, key, group string) (<-chan *message.Message, func()) {
+	b.logger.Warn("redis: consumer group vanished, creating it again", "stream", key, "group", group)
+	for fails := 0; ; fails++ {
+		t := time.NewTimer(min(backoffMin<<min(fails, 10), backoffMax))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil
+		}
+		err := b.createGroup(ctx, key, group, "0")
+		if err == nil {
+			var in <-chan *message.Message
+			var end func()
+			if in, end, err = b.groupAttempt(ctx, key, group); err == nil {
+				return in, end
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		b.logger.Debug("redis: creating consumer group failed, retrying", "stream", key, "group", group, "error", err)
+	}
+}
+
+// createGroup creates group on stream key (and the stream) at id, unless it exists.
+func (b *Backend) createGroup(ctx context.Context, key, group, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
+	defer cancel()
+	err := b.client.XGroupCreateMkStream(ctx, key, group, id).Err()
+	if err != nil && !goredis.HasErrorPrefix(err, "BUSYGROUP") {
+		return b.wrap("create group "+group+" on "+key, err)
+	}
+	return nil
+}
+
+// Ping implements transports.Backend: a PING bounded by 2 s.
+func (b *Backend) Ping(ctx context.Context) error {
+	if b.isClosed() {
+		return transports.ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, pingTimeout)
+	defer cancel()
+	if err := b.client.Ping(ctx).Err(); err != nil {
+		return b.wrap("ping", err)
+	}
+	return nil
+}
+
+// Close ends every subscription and reader, and closes the client when New made it. Safe to
+// call twice.
+func (b *Backend) Close() error {
+	var err error
+	b.once.Do(func() {
+		b.mu.Lock()
+		b.closed = true
+		b.mu.Unlock()
+		b.quiet.Store(true)
+		b.cancel()
+		if b.owned {
+			err = b.client.Close() // also ends the XREADs blocked on it
+		}
+		done := make(chan struct{})
+		go func() {
+			b.wg.Wait()
+			close(done)
+		}()
+		limit := b.cfg.BlockTimeout + b.cfg.Timeout
+		select {
+		case <-done:
+		case <-time.After(limit):
+			b.logger.Error("redis: backend goroutines still running after Close", "waited", limit)
+		}
+	})
+	return err
+}
+
+// wrap makes err a backend error: ErrClosed after Close, ErrUnavailable when Redis could not be
+// reached or cannot serve now, else the Redis error as it is.
+func (b *Backend) wrap(op string, err error) error {
+	if b.isClosed() || errors.Is(err, goredis.ErrClosed) {
+		return fmt.Errorf("redis: %s: %w", op, transports.ErrClosed)
+	}
+	if unavailable(err) {
+		return fmt.Errorf("redis: %s: %w: %w", op, transports.ErrUnavailable, err)
+	}
+	return fmt.Errorf("redis: %s: %w", op, err)
+}
+
+func unavailable(err error) bool {
+	var rerr goredis.Error
+	if !errors.As(err, &rerr) {
+		return true // network error, timeout, full pool
+	}
+	msg := rerr.Error()
+	for _, p := range []string{"LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "OOM", "BUSY ", "NOAUTH", "WRONGPASS", "NOPERM"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// sharedClient hands the backend's client to redisstream, whose Subscriber.Close closes the
+// client it was given: the backend closes it itself.
+type sharedClient struct{ goredis.UniversalClient }
+
+func (sharedClient) Close() error { return nil }
+
+// quietLogger drops what Watermill logs after Close: redisstream's read goroutines are not
+// waited for by its Subscriber.Close and may log once more while they notice the end.
+type quietLogger struct {
+	watermill.LoggerAdapter
+	quiet *atomic.Bool
+}
+
+func (l quietLogger) Error(msg string, err error, f watermill.LogFields) {
+	if !l.quiet.Load() {
+		l.LoggerAdapter.Error(msg, err, f)
+	}
+}
+
+func (l quietLogger) Info(msg string, f watermill.LogFields) {
+	if !l.quiet.Load() {
+		l.LoggerAdapter.Info(msg, f)
+	}
+}
+
+func (l quietLogger) Debug(msg string, f watermill.LogFields) {
+	if !l.quiet.Load() {
+		l.LoggerAdapter.Debug(msg, f)
+	}
+}
+
+func (l quietLogger) Trace(msg string, f watermill.LogFields) {
+	if !l.quiet.Load() {
+		l.LoggerAdapter.Trace(msg, f)
+	}
+}
+
+func (l quietLogger) With(f watermill.LogFields) watermill.LoggerAdapter {
+	return quietLogger{l.LoggerAdapter.With(f), l.quiet}
+}
