@@ -68,6 +68,7 @@ type Gateway struct {
 	inbox   *transports.Inbox
 	hub     *ws.Hub
 	router  *message.Router
+	events  *handlers.Events // nil when disabled
 	metrics *metrics.Metrics
 	mux     *http.ServeMux
 
@@ -126,7 +127,10 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		CheckOrigin:  originChecker(cfg.WebSocket.AllowedOrigins),
 	}, g.feed, g.metrics, log)
 	deps.Hub = g.hub
-	sessions := handlers.NewSessions(deps)
+	if !cfg.Events.Disabled {
+		g.events = handlers.NewEvents(deps, cfg.Events.Queue)
+	}
+	sessions := handlers.NewSessions(deps, g.events)
 	g.hub.SetHandler(sessions)
 
 	rh := handlers.NewRouter(deps)
@@ -202,6 +206,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 	go func() { errc <- g.router.Run(context.WithoutCancel(ctx)) }()
 	select {
 	case <-g.router.Running():
+		g.events.Start() // ends when Close closes the events
 		return nil
 	case err := <-errc:
 		return fmt.Errorf("router: %w", err)
@@ -259,6 +264,7 @@ func (g *Gateway) Drain() {
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
 		g.hub.Close()
+		g.events.Close(2 * time.Second) // the disconnected events of the drain, while the router runs
 		_ = g.inbox.Close()
 		var errs []error
 		if err := g.router.Close(); err != nil {

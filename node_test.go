@@ -830,3 +830,46 @@ func TestLostBrokerSubscriptionMakesClientsResume(t *testing.T) {
 		t.Fatalf("live after the new subscription %v", m)
 	}
 }
+
+func TestLifecycleEvents(t *testing.T) {
+	broker := memory.NewBroker(memory.Config{})
+	t.Cleanup(broker.Close)
+	n := startNode(t, testConfig(t, "GATEWAY_NODE_ID=ev-node"), gateway.WithBackend(broker.Node("ev")))
+	service := broker.Node("ev")
+	defer service.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, err := service.SubscribeGroup(ctx, transports.TopicEvents, "presence")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, w := wstest.Dial(t, n.URL, allowAll(t, "alice"))
+	c.Subscribe("room")
+	c.Send(`{"type":"unsubscribe","id":"u","channel":"room"}`)
+	c.Expect("unsubscribed")
+	c.Conn.Close()
+	want := []string{"connected", "subscribed:room", "unsubscribed:room", "disconnected"}
+	for i, w2 := range want {
+		select {
+		case m := <-events:
+			m.Ack()
+			var ev struct{ Type, User, Session, Node, Channel, Reason string }
+			if err := json.Unmarshal(m.Payload, &ev); err != nil {
+				t.Fatal(err)
+			}
+			got := ev.Type
+			if ev.Channel != "" {
+				got += ":" + ev.Channel
+			}
+			if got != w2 || ev.User != "alice" || ev.Session != w.Str("session") || ev.Node != "ev-node" ||
+				m.Metadata.Get("session") != ev.Session {
+				t.Fatalf("event %d: %s %+v, want %s", i, m.Payload, m.Metadata, w2)
+			}
+			if ev.Type == "disconnected" && ev.Reason == "" {
+				t.Fatalf("disconnected without a reason: %s", m.Payload)
+			}
+		case <-time.After(wstest.Timeout):
+			t.Fatalf("no event %s", w2)
+		}
+	}
+}

@@ -30,6 +30,7 @@ const (
 	DefaultMaxReplay       = 1000
 	DefaultDedupeWindow    = 2 * time.Minute
 	DefaultDrainPeriod     = 10 * time.Second
+	DefaultEventsQueue     = 10000
 	DefaultRetryAttempts   = 3
 	DefaultRetryInitial    = 50 * time.Millisecond
 	DefaultRetryMaxElapsed = 3 * time.Second
@@ -65,6 +66,7 @@ type Config struct {
 	History   HistoryConfig   `yaml:"history" envPrefix:"HISTORY_"`
 	Router    RouterConfig    `yaml:"router" envPrefix:"ROUTER_"`
 	Drain     DrainConfig     `yaml:"drain" envPrefix:"DRAIN_"`
+	Events    EventsConfig    `yaml:"events" envPrefix:"EVENTS_"`
 	Log       LogConfig       `yaml:"log" envPrefix:"LOG_"`
 
 	// Development is set by Load when the node runs on the embedded default with no
@@ -146,6 +148,12 @@ type DrainConfig struct {
 	Period time.Duration `yaml:"period" env:"PERIOD"` // disconnects are spread over it
 }
 
+// EventsConfig sets the connection lifecycle events published for services.
+type EventsConfig struct {
+	Disabled bool `yaml:"disabled" env:"DISABLED"` // publish no lifecycle events
+	Queue    int  `yaml:"queue" env:"QUEUE"`       // events waiting for the broker before new ones are dropped; default 10000
+}
+
 // LogConfig sets the structured log.
 type LogConfig struct {
 	Level  string `yaml:"level" env:"LEVEL"`   // debug, info, warn, error
@@ -187,6 +195,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Router.RetryInitial, DefaultRetryInitial)
 	setDefault(&c.Router.RetryMaxElapsed, DefaultRetryMaxElapsed)
 	setDefault(&c.Drain.Period, DefaultDrainPeriod)
+	setDefault(&c.Events.Queue, DefaultEventsQueue)
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	setDefault(&c.Log.Format, DefaultLogFormat)
 }
@@ -325,6 +334,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Router.RetryAttempts < 0 || c.Router.RetryAttempts > 100 {
 		return bad("router.retry_attempts", "ROUTER_RETRY_ATTEMPTS", "must be between 0 and 100")
+	}
+	if c.Events.Queue < 1 || c.Events.Queue > 1<<20 {
+		return bad("events.queue", "EVENTS_QUEUE", "must be between 1 and 1048576")
 	}
 	if c.Drain.Period < 0 {
 		return bad("drain.period", "DRAIN_PERIOD", "must not be negative")

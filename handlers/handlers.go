@@ -73,6 +73,7 @@ const (
 	TargetSession  = "session"
 	TargetAll      = "all"
 	TargetServices = "services"
+	TargetEvents   = "events"
 )
 
 // IdempotentUUID is the message UUID for an idempotency key: the same key gives the same UUID on

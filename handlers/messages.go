@@ -43,6 +43,8 @@ func (r *Router) Inbound(msg *message.Message) error {
 		topic = transports.TopicDirect
 	case TargetServices:
 		topic = transports.TopicInbound
+	case TargetEvents:
+		topic = transports.TopicEvents
 	default:
 		return protocol.Errorf(protocol.CodeBadRequest, "unknown target %q", md.Get(transports.MetaTarget))
 	}

@@ -19,11 +19,12 @@ import (
 
 // Sessions implements ws.Handler: the protocol of one client connection.
 type Sessions struct {
-	d Deps
+	d      Deps
+	events *Events // nil: lifecycle events disabled
 }
 
-// NewSessions makes the connection handler.
-func NewSessions(d Deps) *Sessions { return &Sessions{d: d} }
+// NewSessions makes the connection handler; events may be nil.
+func NewSessions(d Deps, events *Events) *Sessions { return &Sessions{d: d, events: events} }
 
 var _ ws.Handler = (*Sessions)(nil)
 
@@ -43,6 +44,7 @@ func NewState(claims *auth.Claims) any { return &state{claims: claims} }
 func (s *Sessions) Open(c *ws.Conn) {
 	st := stateOf(c)
 	c.Send(protocol.Encode(protocol.Welcome{Type: "welcome", Session: c.ID, Node: s.d.NodeID, User: c.User}))
+	s.events.Emit(Event{Type: EventConnected, User: c.User, Session: c.ID})
 	if exp := st.claims.ExpiresAt; !exp.IsZero() {
 		st.mu.Lock()
 		st.expiry = time.AfterFunc(time.Until(exp), func() {
@@ -60,6 +62,7 @@ func (s *Sessions) Close(c *ws.Conn) {
 		st.expiry.Stop()
 	}
 	st.mu.Unlock()
+	s.events.Emit(Event{Type: EventDisconnected, User: c.User, Session: c.ID, Reason: c.Reason()})
 }
 
 // Frame handles one client frame. It runs on the connection's read goroutine, so frames of one
@@ -146,6 +149,7 @@ func (s *Sessions) subscribe(c *ws.Conn, f *protocol.Frame) error {
 	reply := protocol.Encode(protocol.Subscribed{Type: "subscribed", ID: f.ID, Channel: f.Channel,
 		Position: cut.ForChannel(channel), Recovered: recovered})
 	c.Activate(channel, cut, reply)
+	s.events.Emit(Event{Type: EventSubscribed, User: c.User, Session: c.ID, Channel: channel})
 	return nil
 }
 
@@ -187,6 +191,7 @@ func (s *Sessions) unsubscribe(c *ws.Conn, f *protocol.Frame) error {
 		return protocol.Errorf(protocol.CodeNotFound, "not subscribed to %s", f.Channel)
 	}
 	c.Send(protocol.Encode(protocol.Reply{Type: "unsubscribed", ID: f.ID, Channel: f.Channel}))
+	s.events.Emit(Event{Type: EventUnsubscribed, User: c.User, Session: c.ID, Channel: channel})
 	return nil
 }
 

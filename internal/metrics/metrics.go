@@ -26,6 +26,7 @@ type Metrics struct {
 	DeliveryLatency prometheus.Histogram
 	Disconnects     *prometheus.CounterVec // by code
 	UpgradesRefused *prometheus.CounterVec // by status
+	EventsDropped   prometheus.Counter
 }
 
 // New registers every collector, plus the Go and process collectors, in a new registry.
@@ -45,10 +46,11 @@ func New() *Metrics {
 		BrokerErrors:    prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_broker_errors_total", Help: "Failed broker operations (publish, subscribe, replay)."}),
 		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gateway_delivery_latency_seconds", Help: "From publish to queueing on the connection.", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}),
 		Disconnects:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_disconnects_total", Help: "Connections closed by the server, by disconnect code."}, []string{"code"}),
+		EventsDropped:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_dropped_total", Help: "Lifecycle events not published (queue full or broker refused)."}),
 		UpgradesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_upgrades_refused_total", Help: "WebSocket upgrades refused, by HTTP status."}, []string{"status"}),
 	}
 	for _, c := range []prometheus.Collector{m.Connections, m.Subscriptions, m.FramesIn, m.FramesOut, m.Published, m.Delivered,
-		m.SlowDisconnects, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused,
+		m.SlowDisconnects, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

@@ -34,6 +34,7 @@ type Conn struct {
 	queued  atomic.Int64  // frames handed to melody and not yet written
 	closing atomic.Bool   // a disconnect was sent or the socket is gone: send nothing more
 	room    chan struct{} // signalled whenever a queued frame was written
+	reason  atomic.Value  // string: the disconnect code the server sent, if it closed the connection
 
 	mu   sync.Mutex
 	subs map[string]*sub
@@ -100,6 +101,7 @@ func (c *Conn) Disconnect(code, reason string, reconnect bool) {
 	if c.s == nil || !c.closing.CompareAndSwap(false, true) {
 		return
 	}
+	c.reason.Store(code)
 	c.hub.metrics.Disconnects.WithLabelValues(code).Inc()
 	frame := protocol.Encode(protocol.Disconnect{Type: "disconnect", Code: code, Reason: reason, Reconnect: reconnect})
 	c.queued.Add(1)
@@ -116,6 +118,15 @@ func (c *Conn) Disconnect(code, reason string, reconnect bool) {
 		closeCode = closeTokenError
 	}
 	_ = c.s.CloseWithMsg(melody.FormatCloseMessage(closeCode, code))
+}
+
+// Reason is the disconnect code the server closed the connection with, or "closed" when the
+// client (or the network) ended it.
+func (c *Conn) Reason() string {
+	if r, ok := c.reason.Load().(string); ok {
+		return r
+	}
+	return "closed"
 }
 
 // Closing reports whether the connection is closing or closed.

@@ -1,0 +1,129 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/transports"
+)
+
+// Lifecycle event types, published on transports.TopicEvents.
+const (
+	EventConnected    = "connected"
+	EventDisconnected = "disconnected"
+	EventSubscribed   = "subscribed"
+	EventUnsubscribed = "unsubscribed"
+)
+
+// Event is the JSON payload of a lifecycle event (docs/services.md).
+type Event struct {
+	Type    string    `json:"type"`
+	User    string    `json:"user"`
+	Session string    `json:"session"`
+	Node    string    `json:"node"`
+	Channel string    `json:"channel,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+// Events publishes connection lifecycle events through the router (so they pass the same
+// middleware and retries as everything else) without making connections wait: Emit queues,
+// one goroutine (Run) submits. When the queue is full an event is dropped and counted.
+type Events struct {
+	d       Deps
+	q       chan Event
+	mu      sync.Mutex
+	shut    bool
+	running bool
+	done    chan struct{}
+}
+
+// NewEvents makes the publisher with a queue of size events; nil when size is 0 (disabled).
+func NewEvents(d Deps, size int) *Events {
+	if size == 0 {
+		return nil
+	}
+	return &Events{d: d, q: make(chan Event, size), done: make(chan struct{})}
+}
+
+// Emit queues an event. Safe on a nil *Events (disabled) and after Close.
+func (e *Events) Emit(ev Event) {
+	if e == nil {
+		return
+	}
+	ev.Node, ev.At = e.d.NodeID, time.Now().UTC()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.shut {
+		return
+	}
+	select {
+	case e.q <- ev:
+	default:
+		e.d.Metrics.EventsDropped.Inc()
+	}
+}
+
+// Start starts the goroutine that submits queued events until Close. Safe on a nil *Events.
+func (e *Events) Start() {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.shut && !e.running {
+		e.running = true
+		go e.run()
+	}
+}
+
+func (e *Events) run() {
+	defer close(e.done)
+	for ev := range e.q {
+		payload, _ := json.Marshal(ev)
+		msg := message.NewMessage(watermill.NewUUID(), payload)
+		md := msg.Metadata
+		md.Set(transports.MetaKind, "event")
+		md.Set(transports.MetaTarget, TargetEvents)
+		md.Set(transports.MetaUser, ev.User)
+		md.Set(transports.MetaSession, ev.Session)
+		md.Set(transports.MetaNode, ev.Node)
+		md.Set(transports.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+		if ev.Channel != "" {
+			md.Set(transports.MetaChannel, ev.Channel)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), e.d.PublishTimeout)
+		if err := e.d.Inbox.Submit(ctx, msg); err != nil {
+			e.d.Metrics.EventsDropped.Inc()
+			e.d.Log.Debug("lifecycle event not published", "type", ev.Type, "session_id", ev.Session, "error", err)
+		}
+		cancel()
+	}
+}
+
+// Close stops accepting events and waits, at most timeout, for the queue to be submitted.
+func (e *Events) Close(timeout time.Duration) {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	if !e.shut {
+		e.shut = true
+		close(e.q)
+	}
+	running := e.running
+	e.mu.Unlock()
+	if !running {
+		return
+	}
+	select {
+	case <-e.done:
+	case <-time.After(timeout):
+	}
+}
