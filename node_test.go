@@ -709,8 +709,10 @@ type failingBackend struct {
 	fails atomic.Int64
 }
 
-func (f *failingBackend) Publish(string, ...*message.Message) error {
-	f.fails.Add(1)
+func (f *failingBackend) Publish(topic string, _ ...*message.Message) error {
+	if transports.IsChannelTopic(topic) {
+		f.fails.Add(1)
+	}
 	return errors.New("connection refused")
 }
 
