@@ -7,6 +7,7 @@ import (
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/jetstream"
+	"github.com/wsgateway/gateway/transports/kafka"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/nats"
 	"github.com/wsgateway/gateway/transports/redis"
@@ -29,10 +30,16 @@ func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, erro
 			Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
 			Shards: cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, Timeout: cfg.WebSocket.PublishTimeout,
 		}, log)
+	case configs.BrokerKafka:
+		return kafka.New(kafka.Config{
+			Brokers: cfg.Kafka.Brokers, Prefix: cfg.TopicPrefix, Partitions: cfg.Kafka.Partitions,
+			Retention: cfg.Kafka.Retention, ReplicationFactor: cfg.Kafka.Replicas, ClientID: cfg.NodeID,
+			PublishTimeout: cfg.WebSocket.PublishTimeout,
+		}, log)
 	case configs.BrokerNATS:
 		return nats.New(nats.Config{URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID, Timeout: cfg.WebSocket.PublishTimeout}, log)
 	}
-	return nil, fmt.Errorf("broker %q is not available in this build", cfg.Broker)
+	return nil, fmt.Errorf("unknown broker %q", cfg.Broker)
 }
 
 // ownedMemory is a memory node that owns its broker (the embedded default of a lone node).

@@ -7,10 +7,15 @@ import (
 	"testing"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/transports"
+
 	"github.com/wsgateway/gateway/transports/jetstream"
+	"github.com/wsgateway/gateway/transports/kafka"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/nats"
 	"github.com/wsgateway/gateway/transports/redis"
@@ -57,10 +62,11 @@ var clusterBackends = []clusterBackend{
 			t.Skip("no NATS server on 127.0.0.1:4222 (scripts/test.sh starts one)")
 		}
 		return func(t *testing.T, prefix string) transports.Backend {
-			b, err := jetstream.New(jetstream.Config{URL: "nats://127.0.0.1:4222", Prefix: prefix, MaxAge: time.Hour}, nil)
+			b, err := jetstream.New(jetstream.Config{URL: "nats://127.0.0.1:4222", Prefix: prefix, MaxAge: time.Hour, MaxBytes: 16 << 20}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { deleteStreams(t, prefix) })
 			return b
 		}
 	}},
@@ -70,6 +76,21 @@ var clusterBackends = []clusterBackend{
 		}
 		return func(t *testing.T, prefix string) transports.Backend {
 			b, err := redis.New(redis.Config{Addr: "127.0.0.1:6379", Prefix: prefix, Shards: 4, MaxLen: 10000}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+	}},
+	{name: "kafka", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Backend {
+		// A real Kafka-protocol broker, in process.
+		c, err := kfake.NewCluster(kfake.NumBrokers(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return func(t *testing.T, prefix string) transports.Backend {
+			b, err := kafka.New(kafka.Config{Brokers: c.ListenAddrs(), Prefix: prefix, Partitions: 4}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -88,7 +109,32 @@ func cluster(t *testing.T, cb clusterBackend, n int) []*node {
 		cfg := testConfig(t, "GATEWAY_NODE_ID=n"+strconv.Itoa(i+1))
 		nodes[i] = startNode(t, cfg, gateway.WithBackend(newBackend(t, prefix)))
 	}
+	// Like a load balancer, wait until every node is ready (JetStream provisions its streams).
+	for _, n := range nodes {
+		wstest.WaitFor(t, func() error {
+			if s := readyStatus(n.URL); s != 200 {
+				return fmt.Errorf("node %s: /readyz %d", n.URL, s)
+			}
+			return nil
+		})
+	}
 	return nodes
+}
+
+// deleteStreams removes the JetStream streams a test made on the shared server.
+func deleteStreams(t *testing.T, prefix string) {
+	nc, err := natsgo.Connect("nats://127.0.0.1:4222")
+	if err != nil {
+		return
+	}
+	defer nc.Close()
+	js, err := nc.JetStream()
+	if err != nil {
+		return
+	}
+	for _, suffix := range []string{"_channels", "_inbound"} {
+		_ = js.DeleteStream(transports.SafeName(prefix) + suffix)
+	}
 }
 
 func TestCluster(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 // JetStream stream sequence (Lo), a Redis stream entry id (Hi = milliseconds, Lo = sequence), a
 // Kafka partition offset (Epoch names the topic and partition, Lo = offset).
 type Position struct {
-	Epoch string // [A-Za-z0-9-]*: ParsePosition rejects what SafeName would change, '_' included
+	Epoch string // [A-Za-z0-9_-]*
 	Hi    uint64
 	Lo    uint64
 }
@@ -50,7 +50,7 @@ func ParsePosition(s string) (Position, error) {
 }
 
 func parsePositionParts(parts []string) (Position, error) {
-	if SafeName(parts[0]) != parts[0] && parts[0] != "" {
+	if !validEpoch(parts[0]) {
 		return Position{}, ErrBadPosition
 	}
 	hi, err := strconv.ParseUint(parts[1], 10, 64)
@@ -62,6 +62,17 @@ func parsePositionParts(parts []string) (Position, error) {
 		return Position{}, ErrBadPosition
 	}
 	return Position{Epoch: parts[0], Hi: hi, Lo: lo}, nil
+}
+
+// validEpoch reports whether s is made only of [A-Za-z0-9_-] (empty is valid).
+func validEpoch(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // ForChannel is the opaque form given to clients: the String form plus a checksum of the channel

@@ -1,0 +1,225 @@
+package kafka
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/transports"
+)
+
+// partitionFor is the partition of <prefix>.channels that holds channel: what sarama's default
+// hash partitioner (NewHashPartitioner) picks for key = channel, and what librdkafka's "fnv1a"
+// partitioner picks (kcat -X topic.partitioner=fnv1a): FNV-1a 32 of the key, as an int32,
+// modulo the partition count, made non-negative.
+func partitionFor(channel string, partitions int) int32 {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(channel))
+	p := int32(h.Sum32()) % int32(partitions)
+	if p < 0 {
+		p = -p
+	}
+	return p
+}
+
+// epochOf names the history lineage of one partition: the topic (each byte outside [A-Za-z0-9-]
+// as '-'), the partition and the first 8 bytes of the topic id in hex (none when the broker is
+// older than Kafka 2.8), so a re-created topic is a new epoch. ParsePosition takes only epochs
+// that SafeName leaves as they are, hence no '_' and no '.'.
+func epochOf(topic string, partition int32, id string) string {
+	tag := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, topic)
+	e := fmt.Sprintf("%s-%d", tag, partition)
+	if id != "" {
+		e += "-" + id
+	}
+	return e
+}
+
+func (b *Backend) topicID(topic string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.topicIDs[topic]
+}
+
+// refreshTopicID asks the cluster for the id of topic (one metadata round trip) and remembers it.
+func (b *Backend) refreshTopicID(c *conn, topic string) (string, error) {
+	ids, err := b.refreshTopicIDs(c, topic)
+	if err != nil {
+		return "", err
+	}
+	return ids[topic], nil
+}
+
+// refreshTopicIDs asks the cluster for the ids of topics in one metadata round trip, remembers
+// them and tells the readers of topics whose id changed (the topic was re-created).
+func (b *Backend) refreshTopicIDs(c *conn, topics ...string) (map[string]string, error) {
+	md, err := c.admin.DescribeTopics(topics)
+	if err != nil {
+		return nil, err
+	}
+	ids := make(map[string]string, len(md))
+	for _, t := range md {
+		if !errors.Is(t.Err, sarama.ErrNoError) {
+			if errors.Is(t.Err, sarama.ErrUnknownTopicOrPartition) {
+				b.kickTopics()
+			}
+			return nil, fmt.Errorf("metadata of %s: %w", t.Name, t.Err)
+		}
+		id := ""
+		if t.Uuid != (sarama.Uuid{}) {
+			id = hex.EncodeToString(t.Uuid[:8])
+		}
+		ids[t.Name] = id
+	}
+	var changed []*reader
+	b.mu.Lock()
+	for _, topic := range topics {
+		id, ok := ids[topic]
+		if !ok {
+			b.mu.Unlock()
+			return nil, fmt.Errorf("metadata of %s: missing from the answer", topic)
+		}
+		if old, known := b.topicIDs[topic]; known && old != id {
+			if r := b.readers[topic]; r != nil {
+				changed = append(changed, r)
+			}
+		}
+		b.topicIDs[topic] = id
+	}
+	b.mu.Unlock()
+	for _, r := range changed {
+		b.log.Warn("kafka topic was re-created: a new history epoch", "topic", r.topic)
+		r.lineageChanged()
+	}
+	return ids, nil
+}
+
+// locate returns the partition of channel and the current epoch of that partition.
+func (b *Backend) locate(c *conn, channel string) (int32, string, error) {
+	kt := b.names.channels
+	id, err := b.refreshTopicID(c, kt)
+	if err != nil {
+		return 0, "", err
+	}
+	parts, err := c.client.Partitions(kt)
+	if err != nil {
+		return 0, "", err
+	}
+	if len(parts) == 0 {
+		return 0, "", fmt.Errorf("topic %s has no partitions", kt)
+	}
+	p := partitionFor(channel, len(parts))
+	return p, epochOf(kt, p, id), nil
+}
+
+// Last implements transports.History: the high watermark of the channel's partition (a metadata
+// and a list-offsets round trip). It may be the position of a message of another channel of the
+// same partition; Replay from it returns what comes next all the same.
+func (b *Backend) Last(ctx context.Context, topic string) (transports.Position, error) {
+	channel, ok := transports.ChannelOf(topic)
+	if !ok {
+		return transports.Position{}, fmt.Errorf("kafka: %q is not a channel topic", topic)
+	}
+	c, err := b.ready(ctx, b.cfg.OperationTimeout)
+	if err != nil {
+		return transports.Position{}, err
+	}
+	p, epoch, err := b.locate(c, channel)
+	if err != nil {
+		return transports.Position{}, fmt.Errorf("%w: kafka last of %s: %w", transports.ErrUnavailable, topic, err)
+	}
+	newest, err := c.client.GetOffset(b.names.channels, p, sarama.OffsetNewest)
+	if err != nil {
+		return transports.Position{}, fmt.Errorf("%w: kafka last of %s: %w", transports.ErrUnavailable, topic, err)
+	}
+	return transports.Position{Epoch: epoch, Lo: uint64(newest)}, nil
+}
+
+// Replay implements transports.History. It reads the channel's partition from since up to its
+// high watermark as of the call and keeps the records of this channel: the cost is the traffic
+// of the whole partition since that position, bounded by OperationTimeout.
+func (b *Backend) Replay(ctx context.Context, topic string, since transports.Position, limit int) ([]*message.Message, bool, error) {
+	channel, ok := transports.ChannelOf(topic)
+	if !ok {
+		return nil, false, fmt.Errorf("kafka: %q is not a channel topic", topic)
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.OperationTimeout)
+	defer cancel()
+	c, err := b.ready(ctx, b.cfg.OperationTimeout)
+	if err != nil {
+		return nil, false, err
+	}
+	unavailable := func(err error) error {
+		return fmt.Errorf("%w: kafka replay of %s: %w", transports.ErrUnavailable, topic, err)
+	}
+	p, epoch, err := b.locate(c, channel)
+	if err != nil {
+		return nil, false, unavailable(err)
+	}
+	if since.Epoch != epoch || since.Hi != 0 || since.Lo > 1<<62 {
+		return nil, false, nil // another lineage (or another partition count): no wrong replay
+	}
+	consumer, err := sarama.NewConsumerFromClient(c.client)
+	if err != nil {
+		return nil, false, unavailable(err)
+	}
+	defer func() { _ = consumer.Close() }()
+	// ConsumePartition checks the offset against the partition's oldest and newest offsets:
+	// out of range means retention deleted records after since (or since is from the future).
+	pc, err := consumer.ConsumePartition(b.names.channels, p, int64(since.Lo))
+	if errors.Is(err, sarama.ErrOffsetOutOfRange) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, unavailable(err)
+	}
+	defer func() { _ = pc.Close() }()
+	end := pc.HighWaterMarkOffset() // as of the call (or a little later: only more records)
+	if int64(since.Lo) >= end {
+		return nil, true, nil
+	}
+	var msgs []*message.Message
+	errs := pc.Errors()
+	for {
+		select {
+		case km, ok := <-pc.Messages():
+			if !ok {
+				return nil, false, nil // stopped: retention deleted the rest meanwhile
+			}
+			if km.Offset >= end {
+				return msgs, true, nil
+			}
+			if channelOf(km) == channel {
+				if len(msgs) >= limit {
+					return msgs, false, nil
+				}
+				msgs = append(msgs, toMessage(km, epoch, channel))
+			}
+			if km.Offset >= end-1 {
+				return msgs, true, nil
+			}
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			if errors.Is(err, sarama.ErrOffsetOutOfRange) {
+				return nil, false, nil
+			}
+			b.log.Debug("kafka replay fetch error", "topic", topic, "error", err)
+		case <-ctx.Done():
+			return nil, false, unavailable(ctx.Err())
+		}
+	}
+}

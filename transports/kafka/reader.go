@@ -1,0 +1,488 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/transports"
+)
+
+// nackDelay is how long a nacked message waits before it is delivered again.
+const nackDelay = 100 * time.Millisecond
+
+// reader reads every partition of one Kafka topic, without a consumer group, from the newest
+// offsets at its start, and hands each record to the local subscriptions of its key: the channel
+// for <prefix>.channels, "" for the other topics.
+//
+// It uses sarama's consumer rather than watermill-kafka's Subscriber because it must know the
+// offset it starts from and resume from the next offset after an error: the Subscriber restarts
+// from Offsets.Initial (a gap) and leaves a partition stopped by an out-of-range offset dead.
+//
+// Why a Subscribe is established when it returns: the partition consumers start (at the newest
+// offset of each partition, asked of the broker) before the first Subscribe returns, so every
+// record produced later is read. A record is handed out only after looking up the map under
+// r.mu, and a record produced after Subscribe returned was fetched after the subscription was
+// put in that map, so it finds it. Each Subscribe also asks the broker for the high watermark
+// of the partitions it reads (the channel's partition: one round trip) before it registers, and
+// skips older records: the reader may still be behind, and what was published before Subscribe
+// was called must not reach the new subscription.
+type reader struct {
+	b       *Backend
+	topic   string
+	demux   bool // key records by channel
+	history bool // records carry positions
+
+	startMu sync.Mutex
+	started bool
+	parts   []int32 // partitions read, set at start
+	closed  bool
+
+	mu      sync.Mutex
+	subs    map[string]map[*subscription]struct{}
+	changed chan struct{}       // closed (and replaced) when the topic's id changed
+	strays  map[string]struct{} // channels seen on a partition not theirs (logged once)
+}
+
+// lineageChanged makes every partition consumer check the topic id and start over on a new
+// topic.
+func (r *reader) lineageChanged() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+func (r *reader) changes() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
+}
+
+// subscription is one Subscribe: a bounded queue drained by its run loop.
+type subscription struct {
+	r      *reader
+	key    string
+	q      *queue
+	from   map[int32]int64 // per partition, the first offset this subscription takes...
+	fromID string          // ...in the topic of this id (a re-created topic is read whole)
+}
+
+func (r *reader) subscribe(ctx context.Context, key string) (<-chan *message.Message, error) {
+	parts, err := r.start(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c := r.b.current()
+	if r.demux {
+		parts = []int32{partitionFor(key, len(parts))}
+	}
+	fromID := r.b.topicID(r.topic)
+	from := make(map[int32]int64, len(parts))
+	for _, p := range parts {
+		if from[p], err = c.client.GetOffset(r.topic, p, sarama.OffsetNewest); err != nil {
+			return nil, fmt.Errorf("%w: kafka subscribe to %s: %w", transports.ErrUnavailable, r.topic, err)
+		}
+	}
+	s := &subscription{r: r, key: key, q: newQueue(r.b.cfg.SubscriptionBuffer), from: from, fromID: fromID}
+	r.mu.Lock()
+	set := r.subs[key]
+	if set == nil {
+		set = map[*subscription]struct{}{}
+		r.subs[key] = set
+	}
+	set[s] = struct{}{}
+	r.mu.Unlock()
+	out := make(chan *message.Message)
+	if !r.b.goTrack(func() { s.run(ctx, out) }) {
+		r.remove(s)
+		return nil, transports.ErrClosed
+	}
+	return out, nil
+}
+
+// start starts a partition consumer on every partition at its newest offset, once, and returns
+// the partitions.
+func (r *reader) start(ctx context.Context) ([]int32, error) {
+	r.startMu.Lock()
+	defer r.startMu.Unlock()
+	if r.closed {
+		return nil, transports.ErrClosed
+	}
+	if r.started {
+		return r.parts, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.b.cfg.OperationTimeout)
+	defer cancel()
+	c, err := r.b.ready(ctx, r.b.cfg.OperationTimeout)
+	if err != nil {
+		return nil, err
+	}
+	unavailable := func(err error) error {
+		return fmt.Errorf("%w: kafka subscribe to %s: %w", transports.ErrUnavailable, r.topic, err)
+	}
+	changed := r.changes() // before the id is read: a change after it is seen
+	parts, err := c.client.Partitions(r.topic)
+	if err == nil && len(parts) == 0 {
+		err = errors.New("no partitions")
+	}
+	if err != nil {
+		r.b.kickTopics()
+		return nil, unavailable(err)
+	}
+	consumer := c.consumer
+	type started struct {
+		p    int32
+		pc   sarama.PartitionConsumer
+		next int64
+	}
+	all := make([]started, 0, len(parts))
+	for _, p := range parts {
+		next, err := c.client.GetOffset(r.topic, p, sarama.OffsetNewest) // (control client)
+		var pc sarama.PartitionConsumer
+		if err == nil {
+			pc, err = consumer.ConsumePartition(r.topic, p, next)
+		}
+		if err != nil {
+			for _, s := range all {
+				_ = s.pc.Close()
+			}
+			return nil, unavailable(err)
+		}
+		all = append(all, started{p, pc, next})
+	}
+	id := r.b.topicID(r.topic)
+	r.parts = parts // before the goroutines that read it
+	for _, s := range all {
+		if !r.b.goTrack(func() { r.consume(consumer, s.p, s.pc, s.next, id, changed) }) {
+			_ = s.pc.Close() // the goroutines already started close their own
+		}
+	}
+	r.started = true
+	if r.b.isClosed() {
+		return nil, transports.ErrClosed
+	}
+	return parts, nil
+}
+
+// close keeps a start that comes after Close from starting anything.
+func (r *reader) close() {
+	r.startMu.Lock()
+	defer r.startMu.Unlock()
+	r.closed = true
+}
+
+// consume reads one partition until the backend closes, starting over after the partition
+// consumer stopped by itself or the topic was re-created.
+func (r *reader) consume(consumer sarama.Consumer, p int32, pc sarama.PartitionConsumer, next int64, id string, changed <-chan struct{}) {
+	log := r.b.log.With("topic", r.topic, "partition", p)
+	for pc != nil {
+		epoch := ""
+		if r.history {
+			epoch = epochOf(r.topic, p, id)
+		}
+		if r.b.topicID(r.topic) != id {
+			changed = closedChan // the id changed while this consumer started
+		}
+		msgs, errs := pc.Messages(), pc.Errors()
+		for msgs != nil {
+			select {
+			case <-r.b.done:
+				_ = pc.Close()
+				return
+			case <-changed:
+				msgs = nil
+			case err, ok := <-errs:
+				if !ok {
+					errs = nil
+					continue
+				}
+				log.Debug("kafka fetch error", "error", err)
+				if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+					r.b.kickTopics()
+				}
+			case km, ok := <-msgs:
+				if !ok {
+					msgs = nil
+					continue
+				}
+				next = km.Offset + 1
+				r.dispatch(km, id, epoch)
+			}
+		}
+		// sarama stops a partition consumer by itself only when its offset is out of range:
+		// retention deleted what was not read yet, or the topic was re-created or truncated.
+		_ = pc.Close()
+		changed = r.changes()
+		pc, next, id = r.resume(consumer, p, next, id, log)
+	}
+}
+
+// closedChan is a closed channel.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// resume starts the partition again, with backoff until it works or the backend closes.
+func (r *reader) resume(consumer sarama.Consumer, p int32, next int64, id string, log *slog.Logger) (sarama.PartitionConsumer, int64, string) {
+	bo := backoff{min: 200 * time.Millisecond, max: 5 * time.Second}
+	for {
+		pc, start, newID, err := r.restartAt(consumer, p, next, id, log)
+		if err == nil {
+			log.Info("kafka partition consumer resumed", "offset", start)
+			return pc, start, newID
+		}
+		if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+			r.b.kickTopics()
+		}
+		d := bo.next()
+		log.Warn("kafka partition consumer not resumed", "error", err, "retry_in", d)
+		if !sleep(d, r.b.done) {
+			return nil, 0, id
+		}
+	}
+}
+
+// restartAt starts a partition consumer where reading should go on after next.
+func (r *reader) restartAt(consumer sarama.Consumer, p int32, next int64, id string, log *slog.Logger) (sarama.PartitionConsumer, int64, string, error) {
+	c := r.b.current()
+	newID, err := r.b.refreshTopicID(c, r.topic)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	oldest, err := c.client.GetOffset(r.topic, p, sarama.OffsetOldest)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	newest, err := c.client.GetOffset(r.topic, p, sarama.OffsetNewest)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	start := next
+	switch {
+	case newID != id:
+		start = oldest // a new topic: all of it was written after this reader started
+	case next > newest:
+		start = newest // truncated: what is left was read already
+	case next < oldest:
+		start = oldest
+		log.Warn("kafka retention deleted records this node had not read yet", "from", next, "to", oldest)
+	}
+	pc, err := consumer.ConsumePartition(r.topic, p, start)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	return pc, start, newID, nil
+}
+
+// dispatch hands a record to the subscriptions of its key. A subscription whose queue is full
+// holds up this partition for at most SlowTimeout; then it is closed (after delivering what it
+// holds) and the partition goes on: a stuck subscriber never blocks the others for long, and a
+// fast one that is only behind for a moment loses nothing.
+func (r *reader) dispatch(km *sarama.ConsumerMessage, id, epoch string) {
+	key := ""
+	if r.demux {
+		key = channelOf(km)
+	}
+	r.mu.Lock()
+	if r.demux && partitionFor(key, len(r.parts)) != km.Partition {
+		// Replay looks for a channel on its own partition only: delivering this live would
+		// hand out positions that no replay can resume from.
+		if _, seen := r.strays[key]; !seen && len(r.strays) < 1000 {
+			r.strays[key] = struct{}{}
+			r.b.log.Warn("kafka record of a channel on another partition dropped: produce with key = channel and the FNV-1a partitioner",
+				"topic", r.topic, "channel", key, "partition", km.Partition, "want_partition", partitionFor(key, len(r.parts)))
+		}
+		r.mu.Unlock()
+		return
+	}
+	set := r.subs[key]
+	var targets []*subscription
+	for s := range set {
+		if from, ok := s.from[km.Partition]; ok && km.Offset < from && s.fromID == id {
+			continue // published before this subscription
+		}
+		targets = append(targets, s)
+	}
+	r.mu.Unlock()
+	if len(targets) == 0 {
+		return
+	}
+	msg := toMessage(km, epoch, key)
+	for _, s := range targets {
+		if !s.q.push(msg, r.b.cfg.SlowTimeout, r.b.done) {
+			r.remove(s)
+			s.q.close()
+			r.b.log.Warn("kafka subscription too slow, closed", "topic", r.topic, "channel", key,
+				"buffer", r.b.cfg.SubscriptionBuffer, "waited", r.b.cfg.SlowTimeout)
+		}
+	}
+}
+
+func (r *reader) remove(s *subscription) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if set := r.subs[s.key]; set != nil {
+		delete(set, s)
+		if len(set) == 0 {
+			delete(r.subs, s.key)
+		}
+	}
+}
+
+func (s *subscription) run(ctx context.Context, out chan<- *message.Message) {
+	defer close(out)
+	defer s.q.close() // a dispatch waiting for room gives up at once
+	defer s.r.remove(s)
+	for {
+		m, ok := s.q.pop(ctx, s.r.b.done)
+		if !ok {
+			return
+		}
+		if !deliver(ctx, out, m, s.r.b.done, nil) {
+			return
+		}
+	}
+}
+
+// deliver hands copies of m to out until one is acked (a nack delivers it again after
+// nackDelay); false when ctx or a stop channel ended first.
+func deliver(ctx context.Context, out chan<- *message.Message, m *message.Message, stop1, stop2 <-chan struct{}) bool {
+	for {
+		select { // an ended session or subscription must not win the race with a ready reader
+		case <-ctx.Done():
+			return false
+		case <-stop1:
+			return false
+		case <-stop2:
+			return false
+		default:
+		}
+		c := m.Copy()
+		c.SetContext(ctx)
+		select {
+		case out <- c:
+		case <-ctx.Done():
+			return false
+		case <-stop1:
+			return false
+		case <-stop2:
+			return false
+		}
+		select {
+		case <-c.Acked():
+			return true
+		case <-c.Nacked():
+			if !sleep(nackDelay, ctx.Done(), stop1, stop2) {
+				return false
+			}
+		case <-ctx.Done():
+			return false
+		case <-stop1:
+			return false
+		case <-stop2:
+			return false
+		}
+	}
+}
+
+// queue is a bounded FIFO with one consumer.
+type queue struct {
+	mu     sync.Mutex
+	items  []*message.Message
+	limit  int
+	closed bool
+	signal chan struct{} // capacity 1: something was pushed, or the queue closed
+	space  chan struct{} // capacity 1: something was taken, or the queue closed
+}
+
+func newQueue(limit int) *queue {
+	return &queue{limit: limit, signal: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+}
+
+func notify(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// push adds m, waiting at most wait for room; false when there was none. A closed queue takes
+// nothing and reports true.
+func (q *queue) push(m *message.Message, wait time.Duration, stop <-chan struct{}) bool {
+	var timeout <-chan time.Time
+	for {
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return true
+		}
+		if len(q.items) < q.limit {
+			q.items = append(q.items, m)
+			if len(q.items) < q.limit {
+				notify(q.space) // pass a wake-up on to another waiting pusher
+			}
+			q.mu.Unlock()
+			notify(q.signal)
+			return true
+		}
+		q.mu.Unlock()
+		if timeout == nil {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-q.space:
+		case <-timeout:
+			q.mu.Lock()
+			full := len(q.items) >= q.limit && !q.closed
+			q.mu.Unlock()
+			if !full {
+				continue
+			}
+			return false
+		case <-stop:
+			return true
+		}
+	}
+}
+
+// close lets pop return what is queued, then report the end; pushes become no-ops.
+func (q *queue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	notify(q.signal)
+	notify(q.space)
+}
+
+func (q *queue) pop(ctx context.Context, stop <-chan struct{}) (*message.Message, bool) {
+	for {
+		q.mu.Lock()
+		if len(q.items) > 0 {
+			m := q.items[0]
+			q.items[0] = nil
+			q.items = q.items[1:]
+			q.mu.Unlock()
+			notify(q.space)
+			return m, true
+		}
+		closed := q.closed
+		q.mu.Unlock()
+		if closed {
+			return nil, false
+		}
+		select {
+		case <-q.signal:
+		case <-ctx.Done():
+			return nil, false
+		case <-stop:
+			return nil, false
+		}
+	}
+}
