@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"log/slog"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/jetstream"
 	"github.com/wsgateway/gateway/transports/kafka"
@@ -40,6 +43,17 @@ func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, erro
 		return nats.New(nats.Config{URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID, Timeout: cfg.WebSocket.PublishTimeout}, log)
 	}
 	return nil, fmt.Errorf("unknown broker %q", cfg.Broker)
+}
+
+// dedupeStore is where msg_id keys are kept: Redis (shared by the nodes) with the redis broker or
+// when asked, else this node's memory. (With jetstream, the stream's duplicate window also drops
+// a msg_id published through two nodes, since its message UUID derives from the key.)
+func dedupeStore(cfg *configs.Config) (middleware.DedupeStore, []func() error, error) {
+	if cfg.Router.DedupeStore == "redis" || cfg.Router.DedupeStore == "auto" && cfg.Broker == configs.BrokerRedis {
+		client := goredis.NewClient(&goredis.Options{Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB})
+		return middleware.NewRedisDedupe(client, cfg.TopicPrefix), []func() error{client.Close}, nil
+	}
+	return middleware.NewMemoryDedupe(), nil, nil
 }
 
 // ownedMemory is a memory node that owns its broker (the embedded default of a lone node).

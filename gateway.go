@@ -28,6 +28,7 @@ import (
 	"github.com/wsgateway/gateway/handlers"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/router"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
@@ -72,6 +73,7 @@ type Gateway struct {
 	metrics *metrics.Metrics
 	mux     *http.ServeMux
 
+	closers   []func() error // what New opened besides the backend (a dedupe store's client)
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -86,12 +88,19 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		o.log = slog.New(slog.DiscardHandler)
 	}
 	log := o.log.With("node_id", cfg.NodeID)
-	if o.dedupe == nil {
-		o.dedupe = middleware.NewMemoryDedupe()
-	}
 	verifier, err := newVerifier(cfg)
 	if err != nil {
 		return nil, err
+	}
+	keys, err := signing.ParseKeys(cfg.Router.SigningKeys)
+	if err != nil {
+		return nil, &configs.KeyError{Key: "router.signing_keys", Env: "GATEWAY_ROUTER_SIGNING_KEYS", Reason: err.Error()}
+	}
+	var closers []func() error
+	if o.dedupe == nil {
+		if o.dedupe, closers, err = dedupeStore(cfg); err != nil {
+			return nil, err
+		}
 	}
 	backend := o.backend
 	if backend == nil {
@@ -99,7 +108,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 			return nil, err
 		}
 	}
-	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux()}
+	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux(), closers: closers}
 	g.feed = transports.NewFeed(backend)
 	g.inbox = transports.NewInbox()
 
@@ -116,6 +125,8 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
 		APIKey:         cfg.API.Key,
 		DedupeWindow:   cfg.Router.DedupeWindow,
+		Limits:         cfg.Limits,
+		Signatures:     keys,
 		Metrics:        g.metrics,
 		Log:            log,
 	}
@@ -136,22 +147,31 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 	rh := handlers.NewRouter(deps)
 	g.router, err = router.New(
 		router.Sources{Inbox: g.inbox, Feed: g.feed, Direct: backend},
-		router.Handlers{Inbound: rh.Inbound, Channel: rh.Channel, Direct: rh.Direct, Authorize: sessions.Authorize, DedupeKey: handlers.DedupeKey},
+		router.Handlers{Inbound: rh.Inbound, Channel: rh.Channel, Direct: rh.Direct, Authorize: sessions.Authorize,
+			DedupeKey: handlers.DedupeKey, RateLimiters: handlers.RateLimiters},
 		router.Options{
-			Dedupe:          o.dedupe,
-			DedupeWindow:    cfg.Router.DedupeWindow,
-			DedupeHold:      cfg.WebSocket.PublishTimeout,
-			RetryAttempts:   cfg.Router.RetryAttempts,
-			RetryInitial:    cfg.Router.RetryInitial,
-			RetryMaxElapsed: cfg.Router.RetryMaxElapsed,
-			CloseTimeout:    cfg.WebSocket.PublishTimeout + 5*time.Second,
-			Extra:           o.middleware,
+			Dedupe:           o.dedupe,
+			DedupeWindow:     cfg.Router.DedupeWindow,
+			DedupeHold:       cfg.WebSocket.PublishTimeout,
+			RetryAttempts:    cfg.Router.RetryAttempts,
+			RetryInitial:     cfg.Router.RetryInitial,
+			RetryMaxElapsed:  cfg.Router.RetryMaxElapsed,
+			Timeout:          cfg.Router.Timeout,
+			BreakerFailures:  cfg.Router.BreakerFailures,
+			BreakerOpenFor:   cfg.Router.BreakerOpenFor,
+			PoisonTopic:      cfg.Router.PoisonTopic,
+			Publish:          func(topic string, m *message.Message) error { return backend.Publish(topic, m) },
+			Signatures:       keys,
+			RequireSignature: cfg.Router.RequireSignature,
+			Metrics:          g.metrics,
+			CloseTimeout:     cfg.WebSocket.PublishTimeout + 5*time.Second,
+			Extra:            o.middleware,
 		}, log)
 	if err != nil {
 		_ = backend.Close()
 		return nil, err
 	}
-	handlers.NewHTTP(deps, g.hub, backend.Ping).Routes(g.mux)
+	handlers.NewHTTP(deps, g.hub, sessions, backend.Ping).Routes(g.mux)
 	return g, nil
 }
 
@@ -273,6 +293,9 @@ func (g *Gateway) Close() error {
 		_ = g.feed.Close()
 		if err := g.backend.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("backend: %w", err))
+		}
+		for _, c := range g.closers {
+			_ = c()
 		}
 		g.closeErr = errors.Join(errs...)
 	})

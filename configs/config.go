@@ -65,6 +65,7 @@ type Config struct {
 	WebSocket WebSocketConfig `yaml:"websocket"`
 	History   HistoryConfig   `yaml:"history" envPrefix:"HISTORY_"`
 	Router    RouterConfig    `yaml:"router" envPrefix:"ROUTER_"`
+	Limits    LimitsConfig    `yaml:"limits" envPrefix:"LIMITS_"`
 	Drain     DrainConfig     `yaml:"drain" envPrefix:"DRAIN_"`
 	Events    EventsConfig    `yaml:"events" envPrefix:"EVENTS_"`
 	Log       LogConfig       `yaml:"log" envPrefix:"LOG_"`
@@ -137,10 +138,27 @@ type HistoryConfig struct {
 
 // RouterConfig sets the Watermill router's middleware.
 type RouterConfig struct {
-	DedupeWindow    time.Duration `yaml:"dedupe_window" env:"DEDUPE_WINDOW"`
-	RetryAttempts   int           `yaml:"retry_attempts" env:"RETRY_ATTEMPTS"` // broker publish attempts after the first
-	RetryInitial    time.Duration `yaml:"retry_initial" env:"RETRY_INITIAL"`
-	RetryMaxElapsed time.Duration `yaml:"retry_max_elapsed" env:"RETRY_MAX_ELAPSED"`
+	DedupeWindow     time.Duration `yaml:"dedupe_window" env:"DEDUPE_WINDOW"`
+	DedupeStore      string        `yaml:"dedupe_store" env:"DEDUPE_STORE"`     // auto (redis with the redis broker, else memory), memory or redis
+	RetryAttempts    int           `yaml:"retry_attempts" env:"RETRY_ATTEMPTS"` // broker publish attempts after the first
+	RetryInitial     time.Duration `yaml:"retry_initial" env:"RETRY_INITIAL"`
+	RetryMaxElapsed  time.Duration `yaml:"retry_max_elapsed" env:"RETRY_MAX_ELAPSED"`
+	Timeout          time.Duration `yaml:"timeout" env:"TIMEOUT"`                     // longest one broker publish attempt may take; default publish_timeout
+	PoisonTopic      string        `yaml:"poison_topic" env:"POISON_TOPIC"`           // logical topic for what failed for good; empty: none
+	BreakerFailures  int           `yaml:"breaker_failures" env:"BREAKER_FAILURES"`   // consecutive failed publishes that open the circuit breaker; default 20
+	BreakerOpenFor   time.Duration `yaml:"breaker_open_for" env:"BREAKER_OPEN_FOR"`   // how long it stays open before one trial; default 5s
+	SigningKeys      []string      `yaml:"signing_keys" env:"SIGNING_KEYS"`           // "id:secret" HMAC keys; the first signs, all verify
+	RequireSignature bool          `yaml:"require_signature" env:"REQUIRE_SIGNATURE"` // drop unsigned service messages to the poison topic
+}
+
+// LimitsConfig bounds what one client may do.
+type LimitsConfig struct {
+	PublishRate        float64 `yaml:"publish_rate" env:"PUBLISH_RATE"`           // publish/send per second per connection; 0: no limit
+	PublishBurst       int     `yaml:"publish_burst" env:"PUBLISH_BURST"`         // default: the rate rounded up, at least 1
+	UserPublishRate    float64 `yaml:"user_publish_rate" env:"USER_PUBLISH_RATE"` // per user, over all its connections on a node; 0: no limit
+	UserPublishBurst   int     `yaml:"user_publish_burst" env:"USER_PUBLISH_BURST"`
+	ConnectionsPerNode int     `yaml:"connections_per_node" env:"CONNECTIONS_PER_NODE"` // 0: no limit; beyond, upgrades get 503
+	ConnectionsPerUser int     `yaml:"connections_per_user" env:"CONNECTIONS_PER_USER"` // on one node; 0: no limit; beyond, upgrades get 429
 }
 
 // DrainConfig sets the shutdown on SIGTERM.
@@ -194,6 +212,16 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Router.RetryAttempts, DefaultRetryAttempts)
 	setDefault(&c.Router.RetryInitial, DefaultRetryInitial)
 	setDefault(&c.Router.RetryMaxElapsed, DefaultRetryMaxElapsed)
+	setDefault(&c.Router.DedupeStore, "auto")
+	setDefault(&c.Router.Timeout, c.WebSocket.PublishTimeout)
+	setDefault(&c.Router.BreakerFailures, 20)
+	setDefault(&c.Router.BreakerOpenFor, 5*time.Second)
+	if c.Limits.PublishRate > 0 && c.Limits.PublishBurst == 0 {
+		c.Limits.PublishBurst = max(1, int(c.Limits.PublishRate+0.999))
+	}
+	if c.Limits.UserPublishRate > 0 && c.Limits.UserPublishBurst == 0 {
+		c.Limits.UserPublishBurst = max(1, int(c.Limits.UserPublishRate+0.999))
+	}
 	setDefault(&c.Drain.Period, DefaultDrainPeriod)
 	setDefault(&c.Events.Queue, DefaultEventsQueue)
 	setDefault(&c.Log.Level, DefaultLogLevel)
@@ -331,6 +359,35 @@ func (c *Config) Validate() error {
 	}
 	if c.Router.DedupeWindow < time.Second {
 		return bad("router.dedupe_window", "ROUTER_DEDUPE_WINDOW", "must be at least 1s")
+	}
+	switch c.Router.DedupeStore {
+	case "auto", "memory", "redis":
+	default:
+		return bad("router.dedupe_store", "ROUTER_DEDUPE_STORE", "%q is not auto, memory or redis", c.Router.DedupeStore)
+	}
+	if c.Router.Timeout < time.Millisecond {
+		return bad("router.timeout", "ROUTER_TIMEOUT", "must be positive")
+	}
+	if c.Router.BreakerFailures < 1 {
+		return bad("router.breaker_failures", "ROUTER_BREAKER_FAILURES", "must be at least 1")
+	}
+	if c.Router.PoisonTopic != "" && !ValidChannel(c.Router.PoisonTopic) {
+		return bad("router.poison_topic", "ROUTER_POISON_TOPIC", "%q must match [A-Za-z0-9_:.-]{1,128}", c.Router.PoisonTopic)
+	}
+	for _, k := range c.Router.SigningKeys {
+		id, secret, ok := strings.Cut(k, ":")
+		if !ok || id == "" || len(secret) < 16 {
+			return bad("router.signing_keys", "ROUTER_SIGNING_KEYS", "entries must be id:secret with a secret of at least 16 bytes")
+		}
+	}
+	if c.Router.RequireSignature && len(c.Router.SigningKeys) == 0 {
+		return bad("router.require_signature", "ROUTER_REQUIRE_SIGNATURE", "needs router.signing_keys")
+	}
+	if c.Limits.PublishRate < 0 || c.Limits.UserPublishRate < 0 || c.Limits.PublishBurst < 0 || c.Limits.UserPublishBurst < 0 {
+		return bad("limits.publish_rate", "LIMITS_PUBLISH_RATE", "rates and bursts must not be negative")
+	}
+	if c.Limits.ConnectionsPerNode < 0 || c.Limits.ConnectionsPerUser < 0 {
+		return bad("limits.connections_per_node", "LIMITS_CONNECTIONS_PER_NODE", "connection limits must not be negative")
 	}
 	if c.Router.RetryAttempts < 0 || c.Router.RetryAttempts > 100 {
 		return bad("router.retry_attempts", "ROUTER_RETRY_ATTEMPTS", "must be between 0 and 100")

@@ -270,6 +270,20 @@ func TestOtherEnv(t *testing.T) {
 		"GATEWAY_ROUTER_RETRY_ATTEMPTS=7",
 		"GATEWAY_ROUTER_RETRY_INITIAL=10ms",
 		"GATEWAY_ROUTER_RETRY_MAX_ELAPSED=1s",
+		"GATEWAY_ROUTER_DEDUPE_STORE=redis",
+		"GATEWAY_ROUTER_TIMEOUT=3s",
+		"GATEWAY_ROUTER_POISON_TOPIC=poison",
+		"GATEWAY_ROUTER_BREAKER_FAILURES=3",
+		"GATEWAY_ROUTER_BREAKER_OPEN_FOR=2s",
+		"GATEWAY_ROUTER_SIGNING_KEYS=k2:0123456789abcdefXYZ, k1:0123456789abcdefOLD",
+		"GATEWAY_ROUTER_REQUIRE_SIGNATURE=true",
+		"GATEWAY_LIMITS_PUBLISH_RATE=2.5",
+		"GATEWAY_LIMITS_USER_PUBLISH_RATE=10",
+		"GATEWAY_LIMITS_USER_PUBLISH_BURST=20",
+		"GATEWAY_LIMITS_CONNECTIONS_PER_NODE=1000",
+		"GATEWAY_LIMITS_CONNECTIONS_PER_USER=5",
+		"GATEWAY_EVENTS_DISABLED=true",
+		"GATEWAY_EVENTS_QUEUE=50",
 		"GATEWAY_DRAIN_PERIOD=30s",
 		"GATEWAY_LOG_LEVEL=warn",
 		"GATEWAY_LOG_FORMAT=json",
@@ -286,7 +300,11 @@ func TestOtherEnv(t *testing.T) {
 	want.WebSocket = WebSocketConfig{MaxFrameSize: 1 << 20, SendBuffer: 32, WriteTimeout: 2 * time.Second,
 		PingInterval: 500 * time.Millisecond, PublishTimeout: 1500 * time.Millisecond}
 	want.History = HistoryConfig{Size: 10, TTL: time.Minute, MaxReplay: 20}
-	want.Router = RouterConfig{DedupeWindow: 5 * time.Minute, RetryAttempts: 7, RetryInitial: 10 * time.Millisecond, RetryMaxElapsed: time.Second}
+	want.Router = RouterConfig{DedupeWindow: 5 * time.Minute, RetryAttempts: 7, RetryInitial: 10 * time.Millisecond, RetryMaxElapsed: time.Second,
+		DedupeStore: "redis", Timeout: 3 * time.Second, PoisonTopic: "poison", BreakerFailures: 3, BreakerOpenFor: 2 * time.Second,
+		SigningKeys: []string{"k2:0123456789abcdefXYZ", "k1:0123456789abcdefOLD"}, RequireSignature: true}
+	want.Limits = LimitsConfig{PublishRate: 2.5, PublishBurst: 3, UserPublishRate: 10, UserPublishBurst: 20, ConnectionsPerNode: 1000, ConnectionsPerUser: 5}
+	want.Events = EventsConfig{Disabled: true, Queue: 50}
 	want.Drain = DrainConfig{Period: 30 * time.Second}
 	want.Log = LogConfig{Level: "warn", Format: "json"}
 	if !reflect.DeepEqual(*cfg, want) {

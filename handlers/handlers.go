@@ -14,7 +14,9 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/ws"
@@ -55,6 +57,8 @@ type Deps struct {
 	PublishTimeout time.Duration
 	APIKey         string
 	DedupeWindow   time.Duration
+	Limits         configs.LimitsConfig
+	Signatures     *signing.Keys // sign what the node publishes for clients; nil: no signing
 	Metrics        *metrics.Metrics
 	Log            *slog.Logger
 }
@@ -116,14 +120,15 @@ func (r *recent) seen(id string) bool {
 	return false
 }
 
-// ctxClaims carries a client's claims on the messages it submits, for Authorize.
-type ctxClaims struct{}
+// ctxState carries a client's connection state (claims, limiters) on the messages it submits,
+// for Authorize and RateLimit.
+type ctxState struct{}
 
-func withClaims(ctx context.Context, c *auth.Claims) context.Context {
-	return context.WithValue(ctx, ctxClaims{}, c)
+func withState(ctx context.Context, st *state) context.Context {
+	return context.WithValue(ctx, ctxState{}, st)
 }
 
-func claimsOf(ctx context.Context) (*auth.Claims, bool) {
-	c, ok := ctx.Value(ctxClaims{}).(*auth.Claims)
-	return c, ok
+func stateFrom(ctx context.Context) (*state, bool) {
+	st, ok := ctx.Value(ctxState{}).(*state)
+	return st, ok
 }

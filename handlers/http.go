@@ -30,12 +30,13 @@ type Acceptor interface {
 type HTTP struct {
 	d        Deps
 	acceptor Acceptor
+	sessions *Sessions
 	ready    func(ctx context.Context) error
 }
 
 // NewHTTP makes the HTTP endpoints. ready reports whether the node can serve (broker reachable).
-func NewHTTP(d Deps, acceptor Acceptor, ready func(ctx context.Context) error) *HTTP {
-	return &HTTP{d: d, acceptor: acceptor, ready: ready}
+func NewHTTP(d Deps, acceptor Acceptor, sessions *Sessions, ready func(ctx context.Context) error) *HTTP {
+	return &HTTP{d: d, acceptor: acceptor, sessions: sessions, ready: ready}
 }
 
 // Routes registers every endpoint on mux.
@@ -80,7 +81,18 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 		return
 	}
-	id := ws.Identity{Session: watermill.NewUUID(), User: claims.User, Value: NewState(claims)}
+	value, done, err := h.sessions.Admit(claims)
+	if err != nil {
+		le := err.(*LimitError)
+		code := protocol.CodeUnavailable
+		if le.Status == http.StatusTooManyRequests {
+			code = protocol.CodeRateLimited
+		}
+		h.refuse(w, le.Status, code, le.Reason)
+		return
+	}
+	defer done()
+	id := ws.Identity{Session: watermill.NewUUID(), User: claims.User, Value: value}
 	if err := h.acceptor.Accept(w, r, id); err != nil {
 		h.d.Metrics.UpgradesRefused.WithLabelValues("upgrade").Inc()
 		h.d.Log.Debug("upgrade failed", "error", err)

@@ -52,6 +52,9 @@ func (r *Router) Inbound(msg *message.Message) error {
 	for k, v := range md {
 		out.Metadata.Set(k, v)
 	}
+	if transports.IsChannelTopic(topic) || topic == transports.TopicDirect {
+		r.d.Signatures.Sign(topic, out)
+	}
 	if err := r.d.Backend.Publish(topic, out); err != nil {
 		r.d.Metrics.BrokerErrors.Inc()
 		return fmt.Errorf("%w: %w", transports.ErrUnavailable, err)

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"golang.org/x/time/rate"
 	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/wsgateway/gateway/internal/auth"
@@ -21,28 +23,66 @@ import (
 type Sessions struct {
 	d      Deps
 	events *Events // nil: lifecycle events disabled
+	users  *users
 }
 
 // NewSessions makes the connection handler; events may be nil.
-func NewSessions(d Deps, events *Events) *Sessions { return &Sessions{d: d, events: events} }
+func NewSessions(d Deps, events *Events) *Sessions {
+	return &Sessions{d: d, events: events, users: newUsers(d.Limits)}
+}
 
 var _ ws.Handler = (*Sessions)(nil)
 
 // state is what a connection carries (ws.Conn.Value).
 type state struct {
-	claims *auth.Claims
-	mu     sync.Mutex
-	expiry *time.Timer
+	claims  *auth.Claims
+	limiter *rate.Limiter // publishes of this connection; nil: no limit
+	user    *userState    // shared by the user's connections on this node
+	opened  atomic.Bool   // Open ran: Close releases the reservation
+	freed   atomic.Bool   // the reservation was released
+	mu      sync.Mutex
+	expiry  *time.Timer
 }
 
 func stateOf(c *ws.Conn) *state { return c.Value.(*state) }
 
-// NewState is the per-connection value to give ws.Hub.Accept for these claims.
-func NewState(claims *auth.Claims) any { return &state{claims: claims} }
+// LimitError refuses a connection before the upgrade.
+type LimitError struct {
+	Status int
+	Reason string
+}
+
+func (e *LimitError) Error() string { return e.Reason }
+
+// Admit decides whether a client with these claims may connect now (connection limits) and
+// returns the per-connection value to give ws.Hub.Accept. Done must be called once the
+// connection attempt is over: it releases the reservation when the connection never opened.
+func (s *Sessions) Admit(claims *auth.Claims) (value any, done func(), err error) {
+	us, limit := s.users.reserve(claims.User)
+	switch limit {
+	case limitNode:
+		return nil, nil, &LimitError{Status: 503, Reason: "this node holds the most connections it may"}
+	case limitUser:
+		return nil, nil, &LimitError{Status: 429, Reason: "too many connections for this user"}
+	}
+	st := &state{claims: claims, user: us, limiter: s.users.connLimiter()}
+	return st, func() {
+		if !st.opened.Load() {
+			s.release(st)
+		}
+	}, nil
+}
+
+func (s *Sessions) release(st *state) {
+	if st.freed.CompareAndSwap(false, true) {
+		s.users.release(st.user)
+	}
+}
 
 // Open sends the welcome frame and arms the token expiry.
 func (s *Sessions) Open(c *ws.Conn) {
 	st := stateOf(c)
+	st.opened.Store(true)
 	c.Send(protocol.Encode(protocol.Welcome{Type: "welcome", Session: c.ID, Node: s.d.NodeID, User: c.User}))
 	s.events.Emit(Event{Type: EventConnected, User: c.User, Session: c.ID})
 	if exp := st.claims.ExpiresAt; !exp.IsZero() {
@@ -62,6 +102,7 @@ func (s *Sessions) Close(c *ws.Conn) {
 		st.expiry.Stop()
 	}
 	st.mu.Unlock()
+	s.release(st)
 	s.events.Emit(Event{Type: EventDisconnected, User: c.User, Session: c.ID, Reason: c.Reason()})
 }
 
@@ -219,7 +260,7 @@ func (s *Sessions) publish(c *ws.Conn, f *protocol.Frame) error {
 		msg.UUID = IdempotentUUID(DedupeKey(msg))
 		md.Set(transports.MetaIdempotent, "1")
 	}
-	ctx, cancel := context.WithTimeout(withClaims(context.Background(), stateOf(c).claims), s.d.PublishTimeout)
+	ctx, cancel := context.WithTimeout(withState(context.Background(), stateOf(c)), s.d.PublishTimeout)
 	defer cancel()
 	if err := s.d.Inbox.Submit(ctx, msg); err != nil {
 		return unavailable("publish", err)
@@ -247,10 +288,11 @@ func unavailable(what string, err error) error {
 // Authorize is the router's auth check for submitted messages: a client publishes only where its
 // token (or, for anonymous clients, the configuration) allows. API messages carry no claims.
 func (s *Sessions) Authorize(msg *message.Message) error {
-	claims, ok := claimsOf(msg.Context())
+	st, ok := stateFrom(msg.Context())
 	if !ok || msg.Metadata.Get(transports.MetaKind) != KindPublish {
 		return nil
 	}
+	claims := st.claims
 	ch := msg.Metadata.Get(transports.MetaChannel)
 	if ch == protocol.UserChannel || ch == "" || (ch[0] == '$') {
 		return protocol.Errorf(protocol.CodeForbidden, "no client may publish to %s", ch)
@@ -263,6 +305,23 @@ func (s *Sessions) Authorize(msg *message.Message) error {
 		return protocol.Errorf(protocol.CodeForbidden, "not allowed to publish to %s", ch)
 	}
 	return nil
+}
+
+// RateLimiters are the limiters a submitted message counts against: its connection's and its
+// user's (none for the API and lifecycle events).
+func RateLimiters(msg *message.Message) []*rate.Limiter {
+	st, ok := stateFrom(msg.Context())
+	if !ok {
+		return nil
+	}
+	var out []*rate.Limiter
+	if st.limiter != nil {
+		out = append(out, st.limiter)
+	}
+	if st.user != nil && st.user.limiter != nil {
+		out = append(out, st.user.limiter)
+	}
+	return out
 }
 
 // DedupeKey keys a submitted message by its sender and msg_id ("" when it has no msg_id).

@@ -1,20 +1,27 @@
-// Package router builds the node's Watermill router and its middleware chain, in one order:
+// Package router builds the node's Watermill router and its middleware chain, in one order.
 //
 // Every handler (router level, outermost first):
 //  1. Outcome: the final error of a client's message becomes that client's error frame.
 //  2. Recoverer: a panic in a handler becomes an error (the node stays up).
 //  3. CorrelationID: every message carries a correlation id through the chain.
-//  4. the operator's middleware, in the order given (Options.Extra).
+//  4. Observe: messages and handling time by handler and outcome (Prometheus).
+//  5. the operator's middleware, in the order given (gateway.WithMiddleware).
 //
-// The inbound handler (client publish/send and API publishes -> broker) adds:
-//  5. Authorize: a client publishes only where its token allows.
-//  6. Dedupe: a msg_id accepted within the window is acked again but not published again; keys
+// The inbound handler (client publish/send, API publishes, lifecycle events -> broker) adds:
+//  6. Authorize: a client publishes only where its token allows.
+//  7. RateLimit: per connection and per user (`rate_limited`).
+//  8. Dedupe: a msg_id accepted within the window is acked again but not published again; keys
 //     are kept only after success, so a failed attempt can be retried.
-//  7. Retry: broker publishes are retried with exponential backoff and jitter; protocol errors
-//     (forbidden, bad_request) are not retried.
+//  9. Poison: what still fails after the retries is copied to the poison topic with the reason
+//     (the client still gets `unavailable`).
+//  10. CircuitBreaker: after many consecutive broker failures, fail fast for a while.
+//  11. Retry: exponential backoff with jitter, max attempts and elapsed time; protocol errors
+//     (forbidden, rate_limited, ...) are not retried.
+//  12. Timeout: bounds one attempt.
 //
-// Then the handler itself. Deliveries from the broker (channel feed, direct topic) go through
-// 1-4 only.
+// The channel and direct handlers (broker -> clients) add, when signatures are required:
+//  6. VerifySignature: a service message without a valid HMAC signature is dropped to the poison
+//     topic and counted, never delivered.
 package router
 
 import (
@@ -25,8 +32,12 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/sony/gobreaker"
+	"golang.org/x/time/rate"
 
+	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
 )
@@ -47,23 +58,32 @@ type Sources struct {
 
 // Handlers are the product's logic (package handlers).
 type Handlers struct {
-	Inbound   message.NoPublishHandlerFunc
-	Channel   message.NoPublishHandlerFunc
-	Direct    message.NoPublishHandlerFunc
-	Authorize func(*message.Message) error
-	DedupeKey func(*message.Message) string
+	Inbound      message.NoPublishHandlerFunc
+	Channel      message.NoPublishHandlerFunc
+	Direct       message.NoPublishHandlerFunc
+	Authorize    func(*message.Message) error
+	DedupeKey    func(*message.Message) string
+	RateLimiters func(*message.Message) []*rate.Limiter
 }
 
 // Options set the chain.
 type Options struct {
-	Dedupe          middleware.DedupeStore
-	DedupeWindow    time.Duration
-	DedupeHold      time.Duration // how long an attempt holds its key
-	RetryAttempts   int
-	RetryInitial    time.Duration
-	RetryMaxElapsed time.Duration
-	CloseTimeout    time.Duration
-	Extra           []message.HandlerMiddleware
+	Dedupe           middleware.DedupeStore
+	DedupeWindow     time.Duration
+	DedupeHold       time.Duration // how long an attempt holds its key
+	RetryAttempts    int
+	RetryInitial     time.Duration
+	RetryMaxElapsed  time.Duration
+	Timeout          time.Duration
+	BreakerFailures  int
+	BreakerOpenFor   time.Duration
+	PoisonTopic      string // logical topic; empty: no poison queue
+	Publish          func(topic string, msg *message.Message) error
+	Signatures       *signing.Keys // with RequireSignature, service messages must be signed
+	RequireSignature bool
+	Metrics          *metrics.Metrics
+	CloseTimeout     time.Duration
+	Extra            []message.HandlerMiddleware
 }
 
 // New builds the router; the caller runs it (Run) and closes it (Close).
@@ -73,13 +93,29 @@ func New(src Sources, h Handlers, opt Options, log *slog.Logger) (*message.Route
 	if err != nil {
 		return nil, err
 	}
-	r.AddMiddleware(middleware.Outcome, wmw.Recoverer, wmw.CorrelationID)
+	r.AddMiddleware(middleware.Outcome, wmw.Recoverer, wmw.CorrelationID,
+		middleware.Observe(opt.Metrics.RouterHandled, opt.Metrics.RouterDuration))
 	r.AddMiddleware(opt.Extra...)
 
 	inbound := r.AddConsumerHandler(HandlerInbound, transports.InboxTopic, src.Inbox, h.Inbound)
-	inbound.AddMiddleware(
+	chain := []message.HandlerMiddleware{
 		middleware.Authorize(h.Authorize),
+		middleware.RateLimit(h.RateLimiters),
 		middleware.Dedupe(opt.Dedupe, opt.DedupeWindow, opt.DedupeHold, h.DedupeKey),
+	}
+	if opt.PoisonTopic != "" {
+		chain = append(chain, middleware.Poison(opt.PoisonTopic, opt.Publish, opt.Metrics.Poisoned))
+	}
+	breaker := wmw.NewCircuitBreaker(gobreaker.Settings{
+		Name:        "broker-publish",
+		Timeout:     opt.BreakerOpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(opt.BreakerFailures) },
+		IsSuccessful: func(err error) bool {
+			var pe *protocol.Error // a refusal of the client's is not a broker failure
+			return err == nil || errors.As(err, &pe) && pe.Code != protocol.CodeUnavailable
+		},
+	})
+	chain = append(chain, breaker.Middleware,
 		wmw.Retry{
 			MaxRetries:          opt.RetryAttempts,
 			InitialInterval:     opt.RetryInitial,
@@ -92,9 +128,25 @@ func New(src Sources, h Handlers, opt Options, log *slog.Logger) (*message.Route
 				return !errors.As(p.Err, &pe)
 			},
 		}.Middleware,
+		middleware.Timeout(opt.Timeout),
 	)
-	r.AddConsumerHandler(HandlerChannel, transports.FeedTopic, src.Feed, h.Channel)
-	r.AddConsumerHandler(HandlerDirect, transports.TopicDirect, src.Direct, h.Direct)
+	inbound.AddMiddleware(chain...)
+
+	channel := r.AddConsumerHandler(HandlerChannel, transports.FeedTopic, src.Feed, h.Channel)
+	direct := r.AddConsumerHandler(HandlerDirect, transports.TopicDirect, src.Direct, h.Direct)
+	if opt.RequireSignature {
+		quarantine := func(msg *message.Message, reason string) {
+			if opt.PoisonTopic != "" {
+				middleware.Quarantine(opt.PoisonTopic, opt.Publish, opt.Metrics.Poisoned, msg, reason)
+			}
+		}
+		channel.AddMiddleware(middleware.VerifySignature(opt.Signatures, func(m *message.Message) string {
+			return transports.ChannelTopic(m.Metadata.Get(transports.MetaChannel))
+		}, opt.Metrics.Unsigned, quarantine, log))
+		direct.AddMiddleware(middleware.VerifySignature(opt.Signatures, func(*message.Message) string {
+			return transports.TopicDirect
+		}, opt.Metrics.Unsigned, quarantine, log))
+	}
 	return r, nil
 }
 

@@ -27,6 +27,10 @@ type Metrics struct {
 	Disconnects     *prometheus.CounterVec // by code
 	UpgradesRefused *prometheus.CounterVec // by status
 	EventsDropped   prometheus.Counter
+	RouterHandled   *prometheus.CounterVec   // by handler and outcome
+	RouterDuration  *prometheus.HistogramVec // by handler
+	Poisoned        prometheus.Counter
+	Unsigned        prometheus.Counter
 }
 
 // New registers every collector, plus the Go and process collectors, in a new registry.
@@ -46,11 +50,15 @@ func New() *Metrics {
 		BrokerErrors:    prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_broker_errors_total", Help: "Failed broker operations (publish, subscribe, replay)."}),
 		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gateway_delivery_latency_seconds", Help: "From publish to queueing on the connection.", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}),
 		Disconnects:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_disconnects_total", Help: "Connections closed by the server, by disconnect code."}, []string{"code"}),
+		RouterHandled:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_router_messages_total", Help: "Messages handled by the router, by handler and outcome."}, []string{"handler", "outcome"}),
+		RouterDuration:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "gateway_router_handling_seconds", Help: "Time a router handler took, middleware included.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)}, []string{"handler"}),
+		Poisoned:        prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_poisoned_total", Help: "Messages sent to the poison topic."}),
+		Unsigned:        prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_signature_rejected_total", Help: "Service messages dropped for a missing or wrong signature."}),
 		EventsDropped:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_dropped_total", Help: "Lifecycle events not published (queue full or broker refused)."}),
 		UpgradesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_upgrades_refused_total", Help: "WebSocket upgrades refused, by HTTP status."}, []string{"status"}),
 	}
 	for _, c := range []prometheus.Collector{m.Connections, m.Subscriptions, m.FramesIn, m.FramesOut, m.Published, m.Delivered,
-		m.SlowDisconnects, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped,
+		m.SlowDisconnects, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped, m.RouterHandled, m.RouterDuration, m.Poisoned, m.Unsigned,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

@@ -1,0 +1,82 @@
+package handlers
+
+import (
+	"sync"
+
+	"golang.org/x/time/rate"
+
+	"github.com/wsgateway/gateway/configs"
+)
+
+// users counts the connections of each user on this node (for limits.connections_per_user) and
+// holds the rate limiter they share (limits.user_publish_rate).
+type users struct {
+	limits configs.LimitsConfig
+	mu     sync.Mutex
+	byID   map[string]*userState
+	total  int
+}
+
+type userState struct {
+	id      string
+	conns   int
+	limiter *rate.Limiter
+}
+
+func newUsers(l configs.LimitsConfig) *users {
+	return &users{limits: l, byID: map[string]*userState{}}
+}
+
+// Limit reasons of reserve.
+const (
+	limitNode = "node"
+	limitUser = "user"
+)
+
+// reserve counts one more connection of user, unless a limit is reached (it then returns which).
+func (u *users) reserve(user string) (*userState, string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.limits.ConnectionsPerNode > 0 && u.total >= u.limits.ConnectionsPerNode {
+		return nil, limitNode
+	}
+	us := u.byID[user]
+	if us == nil {
+		us = &userState{id: user}
+		if u.limits.UserPublishRate > 0 && user != "" {
+			us.limiter = rate.NewLimiter(rate.Limit(u.limits.UserPublishRate), u.limits.UserPublishBurst)
+		}
+		u.byID[user] = us
+	}
+	if u.limits.ConnectionsPerUser > 0 && user != "" && us.conns >= u.limits.ConnectionsPerUser {
+		if us.conns == 0 {
+			delete(u.byID, user)
+		}
+		return nil, limitUser
+	}
+	us.conns++
+	u.total++
+	return us, ""
+}
+
+// release gives back what reserve counted. Safe with nil.
+func (u *users) release(us *userState) {
+	if us == nil {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	us.conns--
+	u.total--
+	if us.conns == 0 {
+		delete(u.byID, us.id)
+	}
+}
+
+// connLimiter is the publish limiter of one connection, nil without a limit.
+func (u *users) connLimiter() *rate.Limiter {
+	if u.limits.PublishRate <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(u.limits.PublishRate), u.limits.PublishBurst)
+}
