@@ -16,8 +16,8 @@ import (
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/auth"
-	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/ws"
 )

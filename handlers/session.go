@@ -10,8 +10,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"golang.org/x/time/rate"
 	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"golang.org/x/time/rate"
 
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/protocol"

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"runtime"
+	"slices"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is the outcome of a run; it is printed as a table and written as JSON.
+type Report struct {
+	Options        ReportOptions `json:"options"`
+	Started        time.Time     `json:"started"`
+	ConnectSeconds float64       `json:"connect_seconds"`
+
+	Opened           int64            `json:"connections_opened"`
+	Failed           int64            `json:"connections_failed"`
+	Subscribed       int64            `json:"subscribed"`
+	SubscribeFailed  int64            `json:"subscribe_failed"`
+	ConnectErrors    map[string]int64 `json:"connect_errors,omitempty"`
+	ClosedEarly      int64            `json:"connections_closed_during_run"`
+	Disconnects      map[string]int64 `json:"disconnects_by_code,omitempty"`
+	HoldSeconds      float64          `json:"hold_seconds"`
+	PublishSeconds   float64          `json:"publish_seconds,omitempty"`
+	Published        int64            `json:"published"`
+	PublishRate      float64          `json:"publish_rate"`
+	PublishErrors    int64            `json:"publish_errors"`
+	PublishErrKinds  map[string]int64 `json:"publish_errors_by_kind,omitempty"`
+	PublishSkipped   int64            `json:"publish_skipped"`
+	Expected         int64            `json:"deliveries_expected"`
+	Received         int64            `json:"deliveries_received"`
+	Lost             int64            `json:"deliveries_lost"`
+	Extra            int64            `json:"deliveries_extra"`
+	LossRatio        float64          `json:"loss_ratio"`
+	DeliveriesPerSec float64          `json:"deliveries_per_second"`
+	OtherFrames      int64            `json:"other_frames"`
+	ClientCPUMillis  float64          `json:"client_cpu_ms"`
+	ClientCPUPer1000 float64          `json:"client_cpu_ms_per_1000_deliveries,omitempty"`
+	Latency          LatencyReport    `json:"latency_ms"`
+	Server           *ServerReport    `json:"server,omitempty"`
+	Host             *HostReport      `json:"host,omitempty"`
+	Notes            []string         `json:"notes,omitempty"`
+}
+
+// ReportOptions are the settings a report was made with (no secrets).
+type ReportOptions struct {
+	URL          string  `json:"url"`
+	Conns        int     `json:"conns"`
+	Channels     int     `json:"channels"`
+	Rate         float64 `json:"rate"`
+	Publishers   int     `json:"publishers"`
+	DurationSec  float64 `json:"duration_seconds"`
+	PayloadBytes int     `json:"payload_bytes"`
+	Idle         bool    `json:"idle"`
+	Ramp         float64 `json:"ramp"`
+	SourceIPs    int     `json:"source_ips"`
+	PID          int     `json:"pid,omitempty"`
+}
+
+// LatencyReport holds latency percentiles in milliseconds, from the payload's publish time to
+// receipt (histogram resolution 1/64 of the value).
+type LatencyReport struct {
+	Count uint64  `json:"count"`
+	Mean  float64 `json:"mean"`
+	P50   float64 `json:"p50"`
+	P90   float64 `json:"p90"`
+	P99   float64 `json:"p99"`
+	P999  float64 `json:"p999"`
+	Max   float64 `json:"max"`
+}
+
+// ServerReport is what /proc said about the server process.
+type ServerReport struct {
+	PID               int     `json:"pid"`
+	RSSStartKiB       int64   `json:"rss_start_kib"`
+	RSSConnectedKiB   int64   `json:"rss_connected_kib"`
+	RSSEndKiB         int64   `json:"rss_end_of_run_kib"`
+	RSSClosedKiB      int64   `json:"rss_after_close_kib"`
+	PerConnKiB        float64 `json:"rss_per_connection_kib"`
+	PerConnEndKiB     float64 `json:"rss_per_connection_end_of_run_kib"`
+	CPUMillis         float64 `json:"cpu_ms"`
+	CPUPer1000Deliver float64 `json:"cpu_ms_per_1000_deliveries,omitempty"`
+	CPUCoresUsed      float64 `json:"cpu_cores_used"`
+}
+
+// HostReport is the whole machine's CPU while measuring, to tell a quiet machine from a shared
+// one: Others is what neither the server (given -pid) nor wsbench used.
+type HostReport struct {
+	Cores        int     `json:"cores"`
+	BusyCores    float64 `json:"busy_cores"`
+	WsbenchCores float64 `json:"wsbench_cores"`
+	ServerCores  float64 `json:"server_cores,omitempty"`
+	OtherCores   float64 `json:"other_cores"`
+}
+
+func (r *Report) fillHost(busy, wall time.Duration) {
+	if busy <= 0 || wall <= 0 {
+		return
+	}
+	h := &HostReport{Cores: runtime.NumCPU(), BusyCores: busy.Seconds() / wall.Seconds(), WsbenchCores: r.ClientCPUMillis / 1000 / wall.Seconds()}
+	if r.Server != nil {
+		h.ServerCores = r.Server.CPUCoresUsed
+	}
+	h.OtherCores = max(0, h.BusyCores-h.WsbenchCores-h.ServerCores)
+	r.Host = h
+}
+
+func reportOptions(o options) ReportOptions {
+	return ReportOptions{URL: o.URL, Conns: o.Conns, Channels: o.Channels, Rate: o.Rate, Publishers: o.Publishers,
+		DurationSec: o.Duration.Seconds(), PayloadBytes: o.Payload, Idle: o.Idle, Ramp: o.Ramp, SourceIPs: o.SourceIPs, PID: o.PID}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// fill completes rep from the counters; s0..s3 are the server samples at start, connected,
+// end of the run, after closing.
+func (b *bench) fill(rep *Report, pubDur, holdDur, clientCPU time.Duration, s0, s1, s2, s3 procSample) {
+	rep.Opened = b.opened.Load()
+	rep.Failed = b.failed.Load()
+	rep.Subscribed = b.subscribed.Load()
+	rep.SubscribeFailed = b.subFailed.Load()
+	rep.ClosedEarly = b.closedEarly.Load()
+	rep.HoldSeconds = holdDur.Seconds()
+	rep.PublishSeconds = pubDur.Seconds()
+	rep.Published = b.published.Load()
+	rep.PublishErrors = b.pubErrors.Load()
+	rep.PublishSkipped = b.pubSkipped.Load()
+	if pubDur > 0 {
+		rep.PublishRate = float64(rep.Published) / pubDur.Seconds()
+	}
+	rep.Expected = b.expected.Load()
+	for i := range b.shards {
+		rep.Received += b.shards[i].received.Load()
+		rep.OtherFrames += b.shards[i].other.Load()
+	}
+	if rep.Expected > rep.Received {
+		rep.Lost = rep.Expected - rep.Received
+	} else {
+		rep.Extra = rep.Received - rep.Expected
+	}
+	if rep.Expected > 0 {
+		rep.LossRatio = float64(rep.Lost) / float64(rep.Expected)
+	}
+	if holdDur > 0 {
+		rep.DeliveriesPerSec = float64(rep.Received) / holdDur.Seconds()
+		if pubDur > 0 {
+			rep.DeliveriesPerSec = float64(rep.Received) / pubDur.Seconds()
+		}
+	}
+	rep.ClientCPUMillis = ms(clientCPU)
+	if rep.Received > 0 {
+		rep.ClientCPUPer1000 = rep.ClientCPUMillis / (float64(rep.Received) / 1000)
+	}
+	h := b.mergedHist()
+	rep.Latency = LatencyReport{Count: h.Count(), Mean: ms(h.Mean()), P50: ms(h.Quantile(0.50)), P90: ms(h.Quantile(0.90)),
+		P99: ms(h.Quantile(0.99)), P999: ms(h.Quantile(0.999)), Max: ms(h.Max())}
+	b.mu.Lock()
+	rep.ConnectErrors = maps.Clone(b.connErrors)
+	rep.Disconnects = maps.Clone(b.disconnects)
+	rep.PublishErrKinds = maps.Clone(b.pubErrKinds)
+	b.mu.Unlock()
+	if b.o.PID > 0 && !s0.At.IsZero() {
+		sr := &ServerReport{PID: b.o.PID, RSSStartKiB: s0.RSSKiB, RSSConnectedKiB: s1.RSSKiB, RSSEndKiB: s2.RSSKiB, RSSClosedKiB: s3.RSSKiB}
+		if rep.Subscribed > 0 && !s1.At.IsZero() {
+			sr.PerConnKiB = float64(s1.RSSKiB-s0.RSSKiB) / float64(rep.Subscribed)
+			if !s2.At.IsZero() {
+				sr.PerConnEndKiB = float64(s2.RSSKiB-s0.RSSKiB) / float64(rep.Subscribed)
+			}
+		}
+		if !s1.At.IsZero() && !s2.At.IsZero() {
+			cpu := s2.CPU - s1.CPU
+			sr.CPUMillis = ms(cpu)
+			if wall := s2.At.Sub(s1.At); wall > 0 {
+				sr.CPUCoresUsed = cpu.Seconds() / wall.Seconds()
+			}
+			if rep.Received > 0 {
+				sr.CPUPer1000Deliver = sr.CPUMillis / (float64(rep.Received) / 1000)
+			}
+		}
+		rep.Server = sr
+	}
+}
+
+// printTable writes the report as a two-column table.
+func printTable(w io.Writer, r *Report) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, args...)) }
+	o := r.Options
+	mode := fmt.Sprintf("%.0f msg/s for %gs, payload %d B, %d publishers", o.Rate, o.DurationSec, o.PayloadBytes, o.Publishers)
+	if o.Idle {
+		mode = fmt.Sprintf("idle, held %gs", o.DurationSec)
+	}
+	row("target", "%s", o.URL)
+	row("run", "%d conns on %d channel(s), %s", o.Conns, o.Channels, mode)
+	row("connections", "opened %d, failed %d, subscribed %d, subscribe failed %d (%.1fs)", r.Opened, r.Failed, r.Subscribed, r.SubscribeFailed, r.ConnectSeconds)
+	for _, k := range slices.Sorted(maps.Keys(r.ConnectErrors)) {
+		row("  connect error", "%d × %s", r.ConnectErrors[k], k)
+	}
+	row("closed during run", "%d", r.ClosedEarly)
+	for _, k := range slices.Sorted(maps.Keys(r.Disconnects)) {
+		row("  disconnect", "%d × %s", r.Disconnects[k], k)
+	}
+	if !o.Idle {
+		row("published", "%d (%.1f/s), errors %d, skipped (publishers busy) %d", r.Published, r.PublishRate, r.PublishErrors, r.PublishSkipped)
+		for _, k := range slices.Sorted(maps.Keys(r.PublishErrKinds)) {
+			row("  publish error", "%d × %s", r.PublishErrKinds[k], k)
+		}
+		row("deliveries", "expected %d, received %d, lost %d (%.4f%%; missing at the end of -grace), extra %d", r.Expected, r.Received, r.Lost, 100*r.LossRatio, r.Extra)
+		row("deliveries/s", "%.0f", r.DeliveriesPerSec)
+		l := r.Latency
+		row("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  mean %.2f  (n=%d)", l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean, l.Count)
+	}
+	if r.ClientCPUPer1000 > 0 {
+		row("wsbench cpu", "%.0f ms while measuring (%.2f ms per 1000 deliveries)", r.ClientCPUMillis, r.ClientCPUPer1000)
+	}
+	if r.OtherFrames > 0 {
+		row("other frames", "%d", r.OtherFrames)
+	}
+	if s := r.Server; s != nil {
+		row("server pid", "%d", s.PID)
+		row("server rss MiB", "start %.1f, connected %.1f, end of run %.1f, after close %.1f",
+			kib2mib(s.RSSStartKiB), kib2mib(s.RSSConnectedKiB), kib2mib(s.RSSEndKiB), kib2mib(s.RSSClosedKiB))
+		row("server rss/conn KiB", "%.1f when connected, %.1f at end of run", s.PerConnKiB, s.PerConnEndKiB)
+		row("server cpu", "%.0f ms (%.2f cores)", s.CPUMillis, s.CPUCoresUsed)
+		if s.CPUPer1000Deliver > 0 {
+			row("server cpu/1000 deliveries", "%.2f ms", s.CPUPer1000Deliver)
+		}
+	}
+	if h := r.Host; h != nil && r.Server == nil {
+		row("host cpu (cores busy)", "%.2f of %d: wsbench %.2f, everything else (server included) %.2f", h.BusyCores, h.Cores, h.WsbenchCores, h.OtherCores)
+	} else if h != nil {
+		row("host cpu (cores busy)", "%.2f of %d: server %.2f, wsbench %.2f, other processes %.2f", h.BusyCores, h.Cores, h.ServerCores, h.WsbenchCores, h.OtherCores)
+	}
+	for _, n := range r.Notes {
+		row("note", "%s", n)
+	}
+	_ = tw.Flush()
+}
+
+func kib2mib(k int64) float64 { return float64(k) / 1024 }
+
+// writeJSON writes the report to path.
+func writeJSON(path string, r *Report) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
