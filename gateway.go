@@ -28,6 +28,7 @@ import (
 	"github.com/wsgateway/gateway/handlers"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/internal/protocol"
 	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/router"
 	"github.com/wsgateway/gateway/router/middleware"
@@ -43,6 +44,7 @@ type options struct {
 	backend    transports.Backend
 	dedupe     middleware.DedupeStore
 	middleware []message.HandlerMiddleware
+	handlers   []extraHandler
 }
 
 // WithLogger sets the logger (default: discard).
@@ -59,6 +61,26 @@ func WithDedupeStore(s middleware.DedupeStore) Option { return func(o *options) 
 func WithMiddleware(m ...message.HandlerMiddleware) Option {
 	return func(o *options) { o.middleware = append(o.middleware, m...) }
 }
+
+// WithHandler adds a router handler of the operator's: it consumes topic (a logical topic, see
+// package transports) from the node's broker, fan-out (every node receives everything), through
+// the same router-level middleware as the built-in handlers.
+func WithHandler(name, topic string, h message.NoPublishHandlerFunc) Option {
+	return func(o *options) { o.handlers = append(o.handlers, extraHandler{name, topic, h}) }
+}
+
+type extraHandler struct {
+	name, topic string
+	h           message.NoPublishHandlerFunc
+}
+
+// Refuse is the error a middleware returns to refuse a client's message: the client gets an
+// error frame with code (bad_request, forbidden, rate_limited, unavailable, ...) and msg.
+func Refuse(code, msg string) error { return protocol.Errorf(code, "%s", msg) }
+
+// HandlerInbound names the router handler of what clients and the API submit
+// (message.HandlerNameFromCtx), for middleware that concerns only those.
+const HandlerInbound = router.HandlerInbound
 
 // Gateway is one node.
 type Gateway struct {
@@ -170,6 +192,9 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 	if err != nil {
 		_ = backend.Close()
 		return nil, err
+	}
+	for _, eh := range o.handlers {
+		g.router.AddConsumerHandler(eh.name, eh.topic, backend, eh.h)
 	}
 	handlers.NewHTTP(deps, g.hub, sessions, backend.Ping).Routes(g.mux)
 	return g, nil

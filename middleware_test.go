@@ -1,8 +1,11 @@
 package gateway_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -221,4 +224,47 @@ func TestRateAndConnectionLimits(t *testing.T) {
 		c.Conn.Close()
 		return nil
 	})
+}
+
+func TestBatchPublish(t *testing.T) {
+	n := startNode(t, testConfig(t))
+	c, w := wstest.Dial(t, n.URL, allowAll(t, "alice"))
+	c.Subscribe("a")
+	c.Subscribe("$user")
+	post := func(body any) *http.Response {
+		b, _ := json.Marshal(body)
+		req, _ := http.NewRequest("POST", n.URL+"/api/batch", bytes.NewReader(b))
+		req.Header.Set("Authorization", "Bearer "+testAPIKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	if resp := post(map[string]any{"messages": []any{}}); resp.StatusCode != 400 {
+		t.Fatalf("empty batch: %d", resp.StatusCode)
+	}
+	resp := post(map[string]any{"messages": []map[string]any{
+		{"channel": "a", "data": 1},
+		{"channel": "bad channel", "data": 2},
+		{"user": "alice", "data": 3},
+		{"session": w.Str("session"), "data": 4},
+	}})
+	var res struct {
+		Results []struct {
+			ID    string
+			Error *struct{ Code string }
+		}
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&res)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(res.Results) != 4 || res.Results[0].ID == "" || res.Results[1].Error == nil ||
+		res.Results[1].Error.Code != "bad_request" || res.Results[2].ID == "" || res.Results[3].ID == "" {
+		t.Fatalf("batch: %d %+v", resp.StatusCode, res)
+	}
+	for _, want := range []string{"1", "3", "4"} {
+		if m := c.Expect("message"); m.Data() != want {
+			t.Fatalf("got %v, want %s", m, want)
+		}
+	}
 }

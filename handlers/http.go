@@ -43,6 +43,7 @@ func NewHTTP(d Deps, acceptor Acceptor, sessions *Sessions, ready func(ctx conte
 func (h *HTTP) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /ws", h.Upgrade)
 	mux.HandleFunc("POST /api/publish", h.Publish)
+	mux.HandleFunc("POST /api/batch", h.Batch)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "ok\n")
@@ -137,48 +138,104 @@ type publishRequest struct {
 // maxAPIBody bounds a publish request.
 const maxAPIBody = 1 << 20
 
-// Publish is POST /api/publish: it publishes through the broker, so a target on any node is reached.
-func (h *HTTP) Publish(w http.ResponseWriter, r *http.Request) {
+// apiAuth checks the API key; it answers and returns false when the call may not go on.
+func (h *HTTP) apiAuth(w http.ResponseWriter, r *http.Request) bool {
 	if h.d.APIKey == "" {
 		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "the HTTP API is off (no API key configured)")
-		return
+		return false
 	}
 	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || subtle.ConstantTimeCompare([]byte(key), []byte(h.d.APIKey)) != 1 {
 		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "a valid API key is required")
-		return
+		return false
 	}
-	var req publishRequest
+	return true
+}
+
+// decodeBody reads a JSON body of at most maxAPIBody into v, answering 400 or 413 when it cannot.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAPIBody))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := dec.Decode(v); err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "body over 1 MiB")
-			return
+			return false
 		}
 		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "body must be a JSON object: "+err.Error())
-		return
+		return false
 	}
-	msg, perr := apiMessage(&req)
+	return true
+}
+
+// publishOne checks and submits one publish request; it returns the message and, on failure,
+// the HTTP status and protocol error.
+func (h *HTTP) publishOne(ctx context.Context, req *publishRequest) (*message.Message, int, *protocol.Error) {
+	msg, perr := apiMessage(req)
 	if perr != nil {
-		writeError(w, http.StatusBadRequest, perr.Code, perr.Message)
-		return
+		return nil, http.StatusBadRequest, perr
 	}
 	msg.Metadata.Set(transports.MetaNode, h.d.NodeID)
-	ctx, cancel := context.WithTimeout(r.Context(), h.d.PublishTimeout)
+	ctx, cancel := context.WithTimeout(ctx, h.d.PublishTimeout)
 	defer cancel()
 	if err := h.d.Inbox.Submit(ctx, msg); err != nil {
 		var pe *protocol.Error
 		if errors.As(err, &pe) && pe.Code == protocol.CodeBadRequest {
-			writeError(w, http.StatusBadRequest, pe.Code, pe.Message)
-			return
+			return nil, http.StatusBadRequest, pe
 		}
-		writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "the broker did not accept the message: "+err.Error())
+		return nil, http.StatusServiceUnavailable, protocol.Errorf(protocol.CodeUnavailable, "the broker did not accept the message: %v", err)
+	}
+	return msg, http.StatusOK, nil
+}
+
+// Publish is POST /api/publish: it publishes through the broker, so a target on any node is reached.
+func (h *HTTP) Publish(w http.ResponseWriter, r *http.Request) {
+	var req publishRequest
+	if !h.apiAuth(w, r) || !decodeBody(w, r, &req) {
+		return
+	}
+	msg, status, perr := h.publishOne(r.Context(), &req)
+	if perr != nil {
+		writeError(w, status, perr.Code, perr.Message)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]string{"id": msg.UUID, "msg_id": msg.Metadata.Get(transports.MetaMsgID)})
+}
+
+// maxBatch bounds the messages of one batch.
+const maxBatch = 1000
+
+// Batch is POST /api/batch (an extension): {"messages":[<publish body>, ...]} published in order;
+// 200 with one result per message, {"id","msg_id"} or {"error":{"code","message"}}, so that a
+// refused message does not hide what was accepted.
+func (h *HTTP) Batch(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Messages []publishRequest `json:"messages"`
+	}
+	if !h.apiAuth(w, r) || !decodeBody(w, r, &req) {
+		return
+	}
+	if len(req.Messages) == 0 || len(req.Messages) > maxBatch {
+		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "messages must hold 1 to 1000 publish requests")
+		return
+	}
+	type result struct {
+		ID    string            `json:"id,omitempty"`
+		MsgID string            `json:"msg_id,omitempty"`
+		Error map[string]string `json:"error,omitempty"`
+	}
+	results := make([]result, len(req.Messages))
+	for i := range req.Messages {
+		msg, _, perr := h.publishOne(r.Context(), &req.Messages[i])
+		if perr != nil {
+			results[i].Error = map[string]string{"code": perr.Code, "message": perr.Message}
+			continue
+		}
+		results[i] = result{ID: msg.UUID, MsgID: msg.Metadata.Get(transports.MetaMsgID)}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"results": results})
 }
 
 // apiMessage checks a publish request and makes its message.
