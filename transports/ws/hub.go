@@ -182,11 +182,10 @@ func (h *Hub) onConnect(s *melody.Session) {
 	h.sessions[c.ID] = c
 	h.sessMu.Unlock()
 	h.metrics.Connections.Inc()
+	h.handler.Open(c) // the welcome frame comes first, even on a node that started draining
 	if h.Draining() {
 		c.Disconnect(protocol.DisconnectShutdown, "node is shutting down", true)
-		return
 	}
-	h.handler.Open(c)
 }
 
 func (h *Hub) onDisconnect(s *melody.Session) {

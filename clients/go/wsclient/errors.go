@@ -1,0 +1,87 @@
+package wsclient
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Error codes of `error` frames (docs/protocol.md section 3).
+const (
+	CodeBadRequest   = "bad_request"
+	CodeUnauthorized = "unauthorized"
+	CodeForbidden    = "forbidden"
+	CodeNotFound     = "not_found"
+	CodeTooLarge     = "too_large"
+	CodeRateLimited  = "rate_limited"
+	CodeUnavailable  = "unavailable"
+	CodeInternal     = "internal"
+)
+
+// Disconnect codes of `disconnect` frames.
+const (
+	DisconnectShutdown     = "shutdown"
+	DisconnectSlowConsumer = "slow_consumer"
+	DisconnectTokenExpired = "token_expired"
+	DisconnectPolicy       = "policy"
+	// DisconnectResubscribe (an extension of this gateway): the node lost its broker
+	// subscription of a channel; the client reconnects and resumes like after any break.
+	DisconnectResubscribe = "resubscribe"
+)
+
+var (
+	// ErrClosed is returned by every call on a closed Client, and by Err after Close.
+	ErrClosed = errors.New("wsclient: client closed")
+	// ErrNotSubscribed is returned by Unsubscribe for a channel the client is not subscribed to.
+	ErrNotSubscribed = errors.New("wsclient: not subscribed")
+	// ErrAlreadySubscribed is returned by Subscribe for a channel the client is subscribed to.
+	ErrAlreadySubscribed = errors.New("wsclient: already subscribed")
+	// ErrUnsubscribed is what Subscription.Err returns after Unsubscribe.
+	ErrUnsubscribed = errors.New("wsclient: unsubscribed")
+	// ErrAckTimeout is wrapped by the error of a publish whose last attempt got no reply in
+	// Options.AckTimeout.
+	ErrAckTimeout = errors.New("wsclient: no reply in time")
+	// ErrConnectionLost is wrapped by the error of a publish whose last attempt was cut by the
+	// loss of the connection.
+	ErrConnectionLost = errors.New("wsclient: connection lost")
+)
+
+// Error is an `error` frame of the server answering a request.
+type Error struct {
+	Code    string // CodeForbidden, CodeBadRequest, ...
+	Message string
+}
+
+func (e *Error) Error() string { return "wsclient: " + e.Code + ": " + e.Message }
+
+// retryable reports whether a request refused with code may succeed when sent again.
+func retryable(code string) bool {
+	return code == CodeUnavailable || code == CodeRateLimited
+}
+
+// DisconnectError is a `disconnect` frame of the server: the reason a connection ended. With
+// Reconnect false the client stops and Client.Err returns it.
+type DisconnectError struct {
+	Code      string // DisconnectShutdown, DisconnectSlowConsumer, ...
+	Reason    string
+	Reconnect bool
+}
+
+func (e *DisconnectError) Error() string {
+	return fmt.Sprintf("wsclient: disconnected by the server: %s (%s, reconnect %v)", e.Code, e.Reason, e.Reconnect)
+}
+
+// HandshakeError is a refused WebSocket upgrade: the HTTP status and the error the gateway put
+// in the body ({"error":{"code","message"}}), when it did.
+type HandshakeError struct {
+	URL     string
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *HandshakeError) Error() string {
+	if e.Code != "" {
+		return fmt.Sprintf("wsclient: upgrade refused by %s: %d %s: %s", e.URL, e.Status, e.Code, e.Message)
+	}
+	return fmt.Sprintf("wsclient: upgrade refused by %s: status %d", e.URL, e.Status)
+}

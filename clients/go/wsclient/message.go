@@ -1,0 +1,90 @@
+package wsclient
+
+import (
+	"encoding/base64"
+	"encoding/json"
+)
+
+// Message is a message from the server: on a subscribed channel (Channel, Position, From), or
+// addressed to this session or to everyone (To).
+type Message struct {
+	Channel  string // the channel as subscribed ("$user" for the user channel); "" for To messages
+	ID       string // the message's unique id
+	Position string // opaque position in the channel (what a resume starts after); "" for To messages
+	// Data is the payload when it is JSON (as the server embedded it); nil when the server sent
+	// it base64-encoded because it was not JSON.
+	Data json.RawMessage
+	// Bytes is the payload exactly as published: the JSON text of Data, or the decoded bytes of
+	// a base64 payload.
+	Bytes []byte
+	// Binary is true when the payload came base64-encoded ("encoding":"base64").
+	Binary bool
+	From   *From  // who published it; nil when a service did
+	To     string // "session" or "all" for messages not on a channel
+	// Gap is true on the first message after a resubscription the server could not recover
+	// (recovered:false): messages may be missing before this one.
+	Gap bool
+}
+
+// Decode unmarshals the JSON payload into v.
+func (m Message) Decode(v any) error { return json.Unmarshal(m.Bytes, v) }
+
+// From is the client that published a message.
+type From struct {
+	User    string `json:"user"`
+	Session string `json:"session"`
+}
+
+// frame is any frame from the server.
+type frame struct {
+	Type      string          `json:"type"`
+	ID        string          `json:"id"`
+	Channel   string          `json:"channel"`
+	Position  string          `json:"position"`
+	Recovered bool            `json:"recovered"`
+	Data      json.RawMessage `json:"data"`
+	Encoding  string          `json:"encoding"`
+	From      *From           `json:"from"`
+	To        string          `json:"to"`
+	MsgID     string          `json:"msg_id"`
+	Code      string          `json:"code"`
+	Message   string          `json:"message"`
+	Reason    string          `json:"reason"`
+	Reconnect bool            `json:"reconnect"`
+	Session   string          `json:"session"`
+	Node      string          `json:"node"`
+	User      string          `json:"user"`
+}
+
+func (f *frame) message() Message {
+	m := Message{Channel: f.Channel, ID: f.ID, Position: f.Position, From: f.From, To: f.To}
+	if f.Encoding == "base64" {
+		var s string
+		if json.Unmarshal(f.Data, &s) == nil {
+			if b, err := base64.StdEncoding.DecodeString(s); err == nil {
+				m.Bytes, m.Binary = b, true
+				return m
+			}
+		}
+	}
+	m.Data, m.Bytes = f.Data, f.Data
+	return m
+}
+
+// outFrame is a frame to the server.
+type outFrame struct {
+	Type    string          `json:"type"`
+	ID      string          `json:"id,omitempty"`
+	Channel string          `json:"channel,omitempty"`
+	Since   string          `json:"since,omitempty"`
+	Data    json.RawMessage `json:"data,omitempty"`
+	MsgID   string          `json:"msg_id,omitempty"`
+}
+
+func encode(f outFrame) []byte {
+	b, err := json.Marshal(f)
+	if err != nil { // Data is checked before: cannot happen
+		panic("wsclient: encode frame: " + err.Error())
+	}
+	return b
+}

@@ -1,0 +1,319 @@
+package wsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// Subscription is the client's subscription to one channel. It lasts across reconnections until
+// Unsubscribe, Close, or a resubscription the server refuses (Err says why).
+type Subscription struct {
+	c       *Client
+	channel string
+	msgs    chan Message
+	ready   chan struct{} // closed by the first `subscribed`
+	stop    chan struct{} // closed when the subscription ends
+
+	// sentOn is the connection the last subscribe frame went on (guarded by c.mu).
+	sentOn *conn
+
+	mu        sync.Mutex
+	last      string // position of the last message delivered (or of the last `subscribed`)
+	confirmed bool
+	recovered bool
+	gap       bool // the next message follows a resubscription that did not recover
+	err       error
+
+	closeOnce sync.Once
+	sendMu    sync.Mutex // held by the reader while it delivers
+	closed    bool
+}
+
+// SubscribeOption changes a Subscribe.
+type SubscribeOption func(*subscribeOptions)
+
+type subscribeOptions struct {
+	since  string
+	buffer int
+}
+
+// WithSince resumes from a position the application kept (Message.Position or
+// Subscription.Position of an earlier run): the server first replays what came after it.
+// Subscription.Recovered tells whether it could.
+func WithSince(position string) SubscribeOption {
+	return func(o *subscribeOptions) { o.since = position }
+}
+
+// WithBuffer sets the capacity of the subscription's channel (default Options.BufferSize).
+func WithBuffer(n int) SubscribeOption {
+	return func(o *subscribeOptions) {
+		if n > 0 {
+			o.buffer = n
+		}
+	}
+}
+
+// Channel is the subscribed channel.
+func (s *Subscription) Channel() string { return s.channel }
+
+// Messages delivers the channel's messages in order. It is closed when the subscription ends.
+// The reader waits while it is full (see the package documentation on back-pressure).
+func (s *Subscription) Messages() <-chan Message { return s.msgs }
+
+// Position is the position of the last message delivered on Messages (or, before any, the one
+// the server gave when subscribing): what a resubscription resumes after.
+func (s *Subscription) Position() string { s.mu.Lock(); defer s.mu.Unlock(); return s.last }
+
+// Recovered is the `recovered` of the latest `subscribed` reply: after a resubscription (or a
+// Subscribe WithSince), whether the server replayed everything that was missed.
+func (s *Subscription) Recovered() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.recovered }
+
+// Done is closed when the subscription has ended.
+func (s *Subscription) Done() <-chan struct{} { return s.stop }
+
+// Err is why the subscription ended (ErrUnsubscribed, ErrClosed, an *Error of a refused
+// resubscription, ...); nil while it lasts.
+func (s *Subscription) Err() error {
+	select {
+	case <-s.stop:
+	default:
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Unsubscribe ends the subscription (Client.Unsubscribe of its channel).
+func (s *Subscription) Unsubscribe(ctx context.Context) error {
+	s.c.mu.Lock()
+	mine := s.c.subs[s.channel] == s
+	s.c.mu.Unlock()
+	if !mine {
+		return ErrNotSubscribed
+	}
+	return s.c.Unsubscribe(ctx, s.channel)
+}
+
+// accept applies the position of a message about to be delivered: false for a duplicate.
+func (s *Subscription) accept(m *Message) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m.Position != "" {
+		if seen(m.Position, s.last) {
+			return false
+		}
+		s.last = m.Position
+	}
+	if s.gap {
+		m.Gap, s.gap = true, false
+	}
+	return true
+}
+
+func (s *Subscription) deliver(m Message, closing <-chan struct{}) {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	if s.closed {
+		return
+	}
+	select {
+	case s.msgs <- m:
+	case <-s.stop:
+	case <-closing:
+	}
+}
+
+// confirm applies a `subscribed` reply to a subscribe sent with since; it reports whether it
+// was the first.
+func (s *Subscription) confirm(since, pos string, recovered bool) (first bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Adopt the server's position unless it is before what was delivered already.
+	if cmp, ok := comparePositions(pos, s.last); pos != "" && (!ok || cmp >= 0) {
+		s.last = pos
+	}
+	first = !s.confirmed
+	s.recovered = recovered
+	if !recovered && (!first || since != "") {
+		s.gap = true
+	}
+	if first {
+		s.confirmed = true
+		close(s.ready)
+	}
+	return first
+}
+
+func (s *Subscription) isConfirmed() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.confirmed }
+
+// close ends the subscription: its channel is closed once the reader is out of deliver.
+func (s *Subscription) close(err error) {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		if s.err == nil {
+			s.err = err
+		}
+		s.mu.Unlock()
+		close(s.stop)
+		s.sendMu.Lock()
+		s.closed = true
+		close(s.msgs)
+		s.sendMu.Unlock()
+	})
+}
+
+// Subscribe subscribes to channel ("$user" for the user's own channel) and returns once the
+// server confirmed it. The subscription is renewed on every reconnection, resuming after the
+// last message delivered. It fails with an *Error when the server refuses (CodeForbidden, ...),
+// and with ErrAlreadySubscribed when the client is subscribed to channel already. While the
+// client is disconnected it waits for the connection (bounded by ctx).
+func (c *Client) Subscribe(ctx context.Context, channel string, opts ...SubscribeOption) (*Subscription, error) {
+	o := subscribeOptions{buffer: c.opts.BufferSize}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	s := &Subscription{c: c, channel: channel, msgs: make(chan Message, o.buffer), ready: make(chan struct{}),
+		stop: make(chan struct{}), last: o.since}
+	c.mu.Lock()
+	if c.closed || c.ctx.Err() != nil {
+		c.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if c.subs[channel] != nil {
+		c.mu.Unlock()
+		return nil, ErrAlreadySubscribed
+	}
+	c.subs[channel] = s
+	cn := c.conn
+	if cn != nil {
+		s.sentOn = cn
+	}
+	c.mu.Unlock()
+	if cn != nil {
+		c.sendSubscribe(cn, s, false)
+	}
+	select {
+	case <-s.ready:
+		return s, nil
+	case <-s.stop:
+		select {
+		case <-s.ready:
+			return s, nil // confirmed, then ended at once: the channel is closed, Err says why
+		default:
+		}
+		return nil, s.Err()
+	case <-ctx.Done():
+		c.remove(s)
+		s.close(ctx.Err())
+		return nil, ctx.Err()
+	case <-c.ctx.Done():
+		c.remove(s)
+		s.close(ErrClosed)
+		return nil, ErrClosed
+	}
+}
+
+// sendSubscribe sends the subscribe frame of s on cn, with since = its position. The reader
+// calls it with fromReader, when it must not wait for the writer.
+func (c *Client) sendSubscribe(cn *conn, s *Subscription, fromReader bool) {
+	id := c.nextID()
+	since := s.Position()
+	cn.expectFn(id, func(f *frame) { c.subscribed(cn, s, since, f) })
+	b := encode(outFrame{Type: "subscribe", ID: id, Channel: s.channel, Since: since})
+	var ok bool
+	if fromReader {
+		ok = cn.tryEnqueue(b)
+	} else {
+		ok = cn.enqueue(c.ctx, b)
+	}
+	if !ok {
+		cn.forget(id) // the next connection subscribes again
+	}
+}
+
+// subscribed handles the reply to a subscribe, on the reader goroutine.
+func (c *Client) subscribed(cn *conn, s *Subscription, since string, f *frame) {
+	c.mu.Lock()
+	current := c.subs[s.channel] == s
+	c.mu.Unlock()
+	if !current { // unsubscribed (or given up) meanwhile
+		if f.Type == "subscribed" {
+			cn.tryEnqueue(encode(outFrame{Type: "unsubscribe", ID: c.nextID(), Channel: s.channel}))
+		}
+		return
+	}
+	if f.Type == "subscribed" {
+		if first := s.confirm(since, f.Position, f.Recovered); !first {
+			c.log.Info("resubscribed", "channel", s.channel, "recovered", f.Recovered, "node", cn.welcome.node)
+			if c.opts.OnResubscribed != nil {
+				c.opts.OnResubscribed(s.channel, f.Recovered)
+			}
+		}
+		return
+	}
+	e := &Error{Code: f.Code, Message: f.Message}
+	if f.Type != "error" {
+		e = &Error{Code: CodeInternal, Message: fmt.Sprintf("subscribe answered by %q", f.Type)}
+	}
+	if s.isConfirmed() {
+		switch {
+		case e.Code == CodeBadRequest && since != "":
+			// The server cannot resume from since: subscribe afresh, which reports
+			// recovered:false to the application.
+			c.log.Warn("resume refused; subscribing without since", "channel", s.channel, "error", e)
+			s.mu.Lock()
+			s.last = ""
+			s.mu.Unlock()
+			c.sendSubscribe(cn, s, true)
+			return
+		case retryable(e.Code) || e.Code == CodeInternal:
+			// Try again on a new connection, after the reconnect backoff.
+			cn.close(fmt.Errorf("resubscribe %s: %w", s.channel, e))
+			return
+		}
+		c.log.Warn("resubscribe refused; the subscription ends", "channel", s.channel, "error", e)
+	}
+	c.remove(s)
+	s.close(e)
+}
+
+// remove forgets s if it is still the subscription of its channel.
+func (c *Client) remove(s *Subscription) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.subs[s.channel] == s {
+		delete(c.subs, s.channel)
+	}
+}
+
+// Unsubscribe ends the subscription to channel: its Messages channel is closed at once, and the
+// server is told (when connected). A message already in the channel's buffer stays readable.
+func (c *Client) Unsubscribe(ctx context.Context, channel string) error {
+	c.mu.Lock()
+	s := c.subs[channel]
+	if s == nil {
+		closed := c.closed || c.ctx.Err() != nil
+		c.mu.Unlock()
+		if closed {
+			return ErrClosed
+		}
+		return ErrNotSubscribed
+	}
+	delete(c.subs, channel)
+	cn := c.conn
+	sent := cn != nil && s.sentOn == cn
+	c.mu.Unlock()
+	s.close(ErrUnsubscribed)
+	if !sent || cn.isDone() {
+		return nil // the next connection will not subscribe it
+	}
+	_, err := c.roundTrip(ctx, cn, outFrame{Type: "unsubscribe", Channel: channel})
+	var e *Error
+	if err == nil || errors.Is(err, ErrConnectionLost) || errors.Is(err, ErrClosed) || (errors.As(err, &e) && e.Code == CodeNotFound) {
+		return nil
+	}
+	return err
+}
