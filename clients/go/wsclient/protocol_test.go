@@ -107,7 +107,7 @@ func (fc *fakeConn) expect(typ string) obj {
 }
 
 func msg(channel, pos string, data any) obj {
-	return obj{"type": "message", "channel": channel, "id": "id-" + pos, "position": pos, "data": data}
+	return obj{"type": "message", "channel": channel, "id": fmt.Sprintf("id-%s-%v", pos, data), "position": pos, "data": data}
 }
 
 // subscribeAsync runs Subscribe in a goroutine; the result comes on the returned channel.
@@ -460,4 +460,20 @@ func TestDisconnectFrames(t *testing.T) {
 	if fs.n.Load() != 2 {
 		t.Fatalf("%d connections", fs.n.Load())
 	}
+}
+
+// A message id seen recently is a repeat even at another position: one msg_id published through
+// two nodes is two broker entries with one id.
+func TestRepeatedIDDropped(t *testing.T) {
+	fs := newFakeServer(t)
+	c := dial(t, wsclient.Options{URL: fs.URL, MinBackoff: 10 * time.Millisecond})
+	fc := fs.next(t)
+	res := subscribeAsync(c, "ch")
+	f := fc.expect("subscribe")
+	fc.send(obj{"type": "subscribed", "id": f["id"], "channel": "ch", "position": "e:0:0:cc", "recovered": false})
+	sub := recvResult(t, res).get(t)
+	fc.send(obj{"type": "message", "channel": "ch", "id": "same", "position": "e:0:1:cc", "data": 1})
+	fc.send(obj{"type": "message", "channel": "ch", "id": "same", "position": "e:0:2:cc", "data": 1})
+	fc.send(obj{"type": "message", "channel": "ch", "id": "other", "position": "e:0:3:cc", "data": 2})
+	expectData(t, sub.Messages(), "1", "2")
 }

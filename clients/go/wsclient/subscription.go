@@ -25,6 +25,11 @@ type Subscription struct {
 	recovered bool
 	gap       bool // the next message follows a resubscription that did not recover
 	err       error
+	// recent are the ids of the last recentIDs messages delivered: a message published twice
+	// with one msg_id (through two nodes) has one id, and may reach a client once live and once
+	// in a replay after a reconnect.
+	recent  map[string]struct{}
+	recentQ []string
 
 	closeOnce sync.Once
 	sendMu    sync.Mutex // held by the reader while it delivers
@@ -97,6 +102,9 @@ func (s *Subscription) Unsubscribe(ctx context.Context) error {
 	return s.c.Unsubscribe(ctx, s.channel)
 }
 
+// recentIDs is how many message ids a subscription remembers to drop repeats.
+const recentIDs = 1024
+
 // accept applies the position of a message about to be delivered: false for a duplicate.
 func (s *Subscription) accept(m *Message) bool {
 	s.mu.Lock()
@@ -106,6 +114,20 @@ func (s *Subscription) accept(m *Message) bool {
 			return false
 		}
 		s.last = m.Position
+	}
+	if m.ID != "" {
+		if _, dup := s.recent[m.ID]; dup {
+			return false
+		}
+		if s.recent == nil {
+			s.recent = make(map[string]struct{}, recentIDs)
+		}
+		if len(s.recentQ) == recentIDs {
+			delete(s.recent, s.recentQ[0])
+			s.recentQ = s.recentQ[1:]
+		}
+		s.recent[m.ID] = struct{}{}
+		s.recentQ = append(s.recentQ, m.ID)
 	}
 	if s.gap {
 		m.Gap, s.gap = true, false

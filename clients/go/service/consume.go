@@ -1,0 +1,268 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/transports"
+)
+
+// Kinds of consumed messages (Inbound.Kind).
+const (
+	KindPublish = "publish" // a client published to a channel
+	KindSend    = "send"    // a client sent to the services
+	KindAPI     = "api"     // the HTTP API published
+	// KindService ("service") is what a Service emits.
+)
+
+// Inbound is a message a client (or the API, or a service) sent: the Watermill message with
+// typed accessors for the metadata of docs/services.md. Ack or Nack every one.
+type Inbound struct {
+	*message.Message
+	svc *Service
+}
+
+// User is the sender's user id ("" for an anonymous client); on a message to a user's channel,
+// the user addressed.
+func (m *Inbound) User() string { return m.Metadata.Get(transports.MetaUser) }
+
+// Session is the sender's session, the one Reply answers.
+func (m *Inbound) Session() string { return m.Metadata.Get(transports.MetaSession) }
+
+// Node is the gateway node that accepted the message from its client.
+func (m *Inbound) Node() string { return m.Metadata.Get(transports.MetaNode) }
+
+// Channel is the channel of a channel message ("$user:<id>" for a user's channel); "" for a send.
+func (m *Inbound) Channel() string { return m.Metadata.Get(transports.MetaChannel) }
+
+// MsgID is the idempotency key: the client's msg_id, or one the node made when it gave none.
+func (m *Inbound) MsgID() string { return m.Metadata.Get(transports.MetaMsgID) }
+
+// Kind is "send", "publish", "api" or "service".
+func (m *Inbound) Kind() string { return m.Metadata.Get(transports.MetaKind) }
+
+// Target is how the message was addressed: "services" for a send, "channel", "user", ...
+func (m *Inbound) Target() string { return m.Metadata.Get(transports.MetaTarget) }
+
+// Position is the broker position of a channel message ("" when the backend keeps no history).
+func (m *Inbound) Position() string { return m.Metadata.Get(transports.MetaPosition) }
+
+// Idempotent reports whether the UUID derives from the msg_id (the client gave one), so the same
+// message published through two nodes has the same UUID.
+func (m *Inbound) Idempotent() bool { return m.Metadata.Get(transports.MetaIdempotent) == "1" }
+
+// SentAt is when the node (or API, or service) published it; zero when unknown.
+func (m *Inbound) SentAt() time.Time { return unixNanos(m.Metadata.Get(transports.MetaSentAt)) }
+
+// Data is the payload: the client's "data" as JSON.
+func (m *Inbound) Data() []byte { return m.Payload }
+
+// Reply emits data to the sender's session (ToSession(m.Session())). It fails with ErrNoSession
+// when the message has no sender session.
+func (m *Inbound) Reply(ctx context.Context, data any, opts ...EmitOption) (string, error) {
+	session := m.Session()
+	if session == "" {
+		return "", ErrNoSession
+	}
+	return m.svc.ToSession(ctx, session, data, opts...)
+}
+
+// Inbound consumes what clients send to the services (`send` frames), as competing consumers:
+// each message goes to one of the subscriptions sharing group, in this process or another. The
+// channel closes when ctx ends or the Service is closed. Messages sent while no member of the
+// group was subscribed are delivered as far as the broker keeps them (core NATS keeps nothing).
+func (s *Service) Inbound(ctx context.Context, group string) (<-chan *Inbound, error) {
+	if group == "" {
+		return nil, fmt.Errorf("%w: group is required", ErrInvalid)
+	}
+	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
+		return s.backend.SubscribeGroup(ctx, transports.TopicInbound, group)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("service: consume inbound as %q: %w", group, err)
+	}
+	return relay(s, ctx, in, s.wrap), nil
+}
+
+// ChannelMessages consumes everything published to channel (clients' `publish`, API and service
+// emits) from now on, fan-out: every subscription, of every replica, gets every message. channel
+// is a channel name or a user's channel ("$user:<id>", transports.UserChannel). A message with a
+// msg_id published through two nodes may arrive twice with the same UUID (Idempotent).
+func (s *Service) ChannelMessages(ctx context.Context, channel string) (<-chan *Inbound, error) {
+	user, isUser := strings.CutPrefix(channel, transports.UserChannelPrefix)
+	if !configs.ValidChannel(channel) && !(isUser && user != "" && len(user) <= MaxUserLen) {
+		return nil, fmt.Errorf("%w: channel %q must match ^[A-Za-z0-9_:.\\-]{1,128}$ or be $user:<id>", ErrInvalid, channel)
+	}
+	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
+		return s.backend.Subscribe(ctx, transports.ChannelTopic(channel))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("service: consume channel %q: %w", channel, err)
+	}
+	return relay(s, ctx, in, s.wrap), nil
+}
+
+func (s *Service) wrap(m *message.Message) (*Inbound, bool) {
+	return &Inbound{Message: m, svc: s}, true
+}
+
+// EventType is the kind of a lifecycle event.
+type EventType string
+
+// Lifecycle event types.
+const (
+	EventConnected    EventType = "connected"
+	EventDisconnected EventType = "disconnected"
+	EventSubscribed   EventType = "subscribed"
+	EventUnsubscribed EventType = "unsubscribed"
+)
+
+// Event is a connection lifecycle event, decoded from the JSON payload described in the package
+// documentation. Ack or Nack every one.
+type Event struct {
+	Type    EventType `json:"type"`
+	User    string    `json:"user"`
+	Session string    `json:"session"`
+	Node    string    `json:"node"`
+	Channel string    `json:"channel,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+	At      time.Time `json:"at"`
+
+	msg *message.Message
+}
+
+// Message is the Watermill message the event came in.
+func (e *Event) Message() *message.Message { return e.msg }
+
+// Ack acknowledges the event.
+func (e *Event) Ack() bool { return e.msg.Ack() }
+
+// Nack has the event delivered again.
+func (e *Event) Nack() bool { return e.msg.Nack() }
+
+// DecodeEvent decodes an event payload. "at" is an RFC 3339 time or a number of unix nanoseconds.
+func DecodeEvent(payload []byte) (*Event, error) {
+	var raw struct {
+		Type    EventType       `json:"type"`
+		User    string          `json:"user"`
+		Session string          `json:"session"`
+		Node    string          `json:"node"`
+		Channel string          `json:"channel"`
+		Reason  string          `json:"reason"`
+		At      json.RawMessage `json:"at"`
+	}
+	if err := json.Unmarshal(payload, &raw); err != nil {
+		return nil, fmt.Errorf("event payload: %w", err)
+	}
+	if raw.Type == "" {
+		return nil, errors.New("event payload: no type")
+	}
+	e := &Event{Type: raw.Type, User: raw.User, Session: raw.Session, Node: raw.Node, Channel: raw.Channel, Reason: raw.Reason}
+	if len(raw.At) > 0 && string(raw.At) != "null" {
+		if raw.At[0] == '"' {
+			if err := json.Unmarshal(raw.At, &e.At); err != nil {
+				return nil, fmt.Errorf("event payload: at: %w", err)
+			}
+		} else {
+			var ns int64
+			if err := json.Unmarshal(raw.At, &ns); err != nil {
+				return nil, fmt.Errorf("event payload: at: %w", err)
+			}
+			e.At = time.Unix(0, ns).UTC()
+		}
+	}
+	return e, nil
+}
+
+// Events consumes connection lifecycle events as competing consumers of group: each event goes
+// to one of the subscriptions sharing group. An event whose payload does not decode is logged,
+// acked and skipped.
+func (s *Service) Events(ctx context.Context, group string) (<-chan *Event, error) {
+	if group == "" {
+		return nil, fmt.Errorf("%w: group is required", ErrInvalid)
+	}
+	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
+		return s.backend.SubscribeGroup(ctx, transports.TopicEvents, group)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("service: consume events as %q: %w", group, err)
+	}
+	return relay(s, ctx, in, func(m *message.Message) (*Event, bool) {
+		e, err := DecodeEvent(m.Payload)
+		if err != nil {
+			s.log.Warn("lifecycle event skipped", "message_uuid", m.UUID, "error", err)
+			return nil, false
+		}
+		e.msg = m
+		return e, true
+	}), nil
+}
+
+func (s *Service) subscribe(ctx context.Context, sub func(context.Context) (<-chan *message.Message, error)) (<-chan *message.Message, error) {
+	if s.isClosed() {
+		return nil, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return sub(ctx)
+}
+
+// relay hands what in delivers, wrapped, to the returned channel until in closes, ctx ends or the
+// Service closes. A message wrap refuses is acked; one nobody took is nacked.
+func relay[T any](s *Service, ctx context.Context, in <-chan *message.Message, wrap func(*message.Message) (T, bool)) <-chan T {
+	out := make(chan T)
+	if !s.track() {
+		close(out)
+		return out
+	}
+	go func() {
+		defer s.wg.Done()
+		defer close(out)
+		for {
+			var m *message.Message
+			var ok bool
+			select {
+			case m, ok = <-in:
+				if !ok {
+					return
+				}
+			case <-ctx.Done():
+				return
+			case <-s.done:
+				return
+			}
+			v, keep := wrap(m)
+			if !keep {
+				m.Ack()
+				continue
+			}
+			select {
+			case out <- v:
+			case <-ctx.Done():
+				m.Nack()
+				return
+			case <-s.done:
+				m.Nack()
+				return
+			}
+		}
+	}()
+	return out
+}
+
+func unixNanos(s string) time.Time {
+	ns, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}

@@ -1,0 +1,144 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/wsgateway/gateway"
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/internal/signing"
+	"github.com/wsgateway/gateway/transports"
+)
+
+// Errors of the SDK. Broker failures are returned wrapped, as the backend reports them
+// (transports.ErrUnavailable, transports.ErrClosed).
+var (
+	// ErrClosed is returned after Close. It is transports.ErrClosed.
+	ErrClosed = transports.ErrClosed
+	// ErrInvalid is wrapped by every error about an argument: a bad channel, user, session,
+	// msg_id, data or metadata key. Nothing was published.
+	ErrInvalid = errors.New("service: invalid argument")
+	// ErrNoSession is returned by Reply for a message that has no sender session (published by
+	// the HTTP API or a service).
+	ErrNoSession = errors.New("service: the message has no sender session to reply to")
+)
+
+// Service is a connection of one service to the gateway's broker. Safe for concurrent use.
+type Service struct {
+	backend transports.Backend
+	log     *slog.Logger
+	keys    *signing.Keys // nil: emits are not signed
+
+	mu     sync.Mutex
+	closed bool
+	done   chan struct{}
+	wg     sync.WaitGroup // relay goroutines
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Option changes how New and NewWithBackend make a Service.
+type Option func(*options)
+
+type options struct {
+	signingKeys []string
+}
+
+// WithSigningKeys signs every emitted message with HMAC keys given as "id:secret" entries, the
+// first one signing, like the gateway's router.signing_keys (GATEWAY_ROUTER_SIGNING_KEYS); nodes
+// with router.require_signature drop unsigned service messages. New uses the configuration's keys
+// unless this option is given; none (no option, no keys) means unsigned.
+func WithSigningKeys(entries ...string) Option {
+	return func(o *options) { o.signingKeys = entries }
+}
+
+// New connects to the broker that cfg names, building the backend exactly as a gateway node does
+// (gateway.NewBackend), so the same GATEWAY_* settings and topic prefix reach the same topics, and
+// signs what it emits with cfg's router.signing_keys. logger may be nil (discard). With the memory
+// broker the Service owns a broker of its own, which reaches no gateway: see NewWithBackend.
+func New(cfg *configs.Config, logger *slog.Logger, opts ...Option) (*Service, error) {
+	if cfg == nil {
+		return nil, fmt.Errorf("%w: nil config", ErrInvalid)
+	}
+	opts = append([]Option{WithSigningKeys(cfg.Router.SigningKeys...)}, opts...)
+	o := collect(opts)
+	keys, err := signing.ParseKeys(o.signingKeys)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	logger = orDiscard(logger)
+	b, err := gateway.NewBackend(cfg, logger)
+	if err != nil {
+		return nil, fmt.Errorf("service: broker %s: %w", cfg.Broker, err)
+	}
+	return &Service{backend: b, log: logger, keys: keys, done: make(chan struct{})}, nil
+}
+
+// NewWithBackend makes a Service over b, which it owns: Close closes b. Use it to share an
+// in-process memory broker with a gateway node (broker.Node(prefix) for each). It fails only on
+// malformed signing keys.
+func NewWithBackend(b transports.Backend, logger *slog.Logger, opts ...Option) (*Service, error) {
+	if b == nil {
+		return nil, fmt.Errorf("%w: nil backend", ErrInvalid)
+	}
+	keys, err := signing.ParseKeys(collect(opts).signingKeys)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return &Service{backend: b, log: orDiscard(logger), keys: keys, done: make(chan struct{})}, nil
+}
+
+func collect(opts []Option) options {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+func orDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}
+
+// Backend is the broker backend the Service uses, for what the SDK does not cover.
+func (s *Service) Backend() transports.Backend { return s.backend }
+
+// Close ends every subscription (their channels close; a message handed to no one is nacked) and
+// closes the backend. Safe to call more than once; later calls return the first result.
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		close(s.done)
+		s.mu.Unlock()
+		s.closeErr = s.backend.Close()
+		s.wg.Wait()
+	})
+	return s.closeErr
+}
+
+// track registers a relay goroutine; false once the Service is closed.
+func (s *Service) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Service) isClosed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
