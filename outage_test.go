@@ -56,7 +56,7 @@ func TestBrokerOutage(t *testing.T) {
 	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
 	c.Subscribe("news")
 	c.Send(`{"type":"publish","id":"before","channel":"news","data":1}`)
-	c.ExpectAll("ack", "message")
+	last := c.ExpectAll("ack", "message")["message"].Str("position")
 
 	srv.Shutdown()
 	srv.WaitForShutdown()
@@ -66,9 +66,19 @@ func TestBrokerOutage(t *testing.T) {
 		}
 		return nil
 	})
+	// Core NATS drops what is published while a node is cut off, so the node tells its
+	// subscribers to resume (they will learn recovered:false) rather than let them miss it.
+	if f := c.Expect("disconnect"); f.Str("code") != "resubscribe" || !f.Bool("reconnect") {
+		t.Fatalf("subscriber during the outage %v", f)
+	}
+	c, _ = wstest.Dial(t, n.URL, allowAll(t, "alice"))
 	c.Send(`{"type":"publish","id":"during","channel":"news","data":2}`)
 	if f := c.Expect("error"); f.Str("code") != "unavailable" || f.Str("id") != "during" {
 		t.Fatalf("publish during the outage %v", f)
+	}
+	c.Send(`{"type":"subscribe","id":"again","channel":"news","since":"` + last + `"}`)
+	if f := c.Expect("subscribed"); f.Bool("recovered") {
+		t.Fatalf("resubscribe on core NATS claims recovery: %v", f)
 	}
 	if s := readyStatus(n.URL); s != 503 {
 		t.Fatalf("/readyz %d", s)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -19,8 +20,10 @@ const FeedTopic = "feed"
 // backend (the hub calls it for a channel's first local subscriber) and the returned stop ends it.
 //
 // For backends without History it stamps each message with a position of its own (an epoch
-// unique to this Feed and a per-channel counter), so clients always see positions; resuming from
-// them answers recovered:false on any other node or after a restart.
+// unique to this Feed and to the channel's current broker subscription, and a counter), so
+// clients always see positions; resuming from them answers recovered:false on any other node,
+// after a restart, and after the subscription was lost or reopened (messages may have passed
+// unseen meanwhile).
 type Feed struct {
 	backend Backend
 	history History // nil when the backend keeps none
@@ -32,7 +35,7 @@ type Feed struct {
 	wg      sync.WaitGroup
 
 	mu       sync.Mutex
-	counters map[string]*atomic.Uint64
+	counters map[string]*localSeq
 	cancels  map[*context.CancelFunc]struct{}
 	taken    bool
 }
@@ -44,7 +47,7 @@ func NewFeed(backend Backend) *Feed {
 	_, _ = rand.Read(b[:])
 	return &Feed{backend: backend, history: h, epoch: "l" + hex.EncodeToString(b[:]),
 		out: make(chan *message.Message), done: make(chan struct{}),
-		counters: map[string]*atomic.Uint64{}, cancels: map[*context.CancelFunc]struct{}{}}
+		counters: map[string]*localSeq{}, cancels: map[*context.CancelFunc]struct{}{}}
 }
 
 // Subscribe implements message.Subscriber for the router: it returns the merged channel. It may
@@ -74,7 +77,7 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 		cancel()
 		return nil, err
 	}
-	counter := f.counter(channel)
+	counter := f.reopen(channel)
 	f.mu.Lock()
 	select {
 	case <-f.done: // closed meanwhile
@@ -97,7 +100,7 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 		for m := range in {
 			m.Metadata.Set(MetaChannel, channel)
 			if f.history == nil {
-				m.Metadata.Set(MetaPosition, Position{Epoch: f.epoch, Lo: counter.Add(1)}.String())
+				m.Metadata.Set(MetaPosition, Position{Epoch: counter.epoch, Lo: counter.n.Add(1)}.String())
 			}
 			select {
 			case f.out <- m:
@@ -117,12 +120,33 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	return stop, nil
 }
 
-func (f *Feed) counter(channel string) *atomic.Uint64 {
+// localSeq numbers the messages of one broker subscription of a channel (no History).
+type localSeq struct {
+	epoch string
+	gen   uint64
+	n     atomic.Uint64
+}
+
+// reopen starts a new local numbering for channel: its positions cannot be resumed from the
+// previous subscription's.
+func (f *Feed) reopen(channel string) *localSeq {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var gen uint64
+	if old := f.counters[channel]; old != nil {
+		gen = old.gen + 1
+	}
+	c := &localSeq{epoch: f.epoch + "-" + strconv.FormatUint(gen, 10), gen: gen}
+	f.counters[channel] = c
+	return c
+}
+
+func (f *Feed) counter(channel string) *localSeq {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := f.counters[channel]
 	if c == nil {
-		c = new(atomic.Uint64)
+		c = &localSeq{epoch: f.epoch + "-0"}
 		f.counters[channel] = c
 	}
 	return c
@@ -134,7 +158,8 @@ func (f *Feed) Last(ctx context.Context, channel string) (Position, error) {
 	if f.history != nil {
 		return f.history.Last(ctx, ChannelTopic(channel))
 	}
-	return Position{Epoch: f.epoch, Lo: f.counter(channel).Load()}, nil
+	c := f.counter(channel)
+	return Position{Epoch: c.epoch, Lo: c.n.Load()}, nil
 }
 
 // Replay returns what channel had after since, from the backend's history; without one it

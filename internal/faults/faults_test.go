@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -13,11 +14,13 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/wsgateway/gateway/clients/go/wsclient"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/nodetest"
+	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
@@ -71,9 +74,13 @@ var brokers = []broker{
 	}},
 }
 
-// cluster starts n node processes on one broker namespace.
-func cluster(t *testing.T, b broker, n int) []*nodetest.Node {
-	env := append(b.env(t), "GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t), "GATEWAY_JWT_SECRET="+secret,
+// cluster starts n node processes on one broker namespace; extra adds settings.
+func cluster(t *testing.T, b broker, n int, extra ...string) []*nodetest.Node {
+	prefix := transporttest.Prefix(t)
+	if b.name == "jetstream" { // the shared server keeps streams: remove this test's
+		t.Cleanup(func() { deleteStreams(prefix) })
+	}
+	env := append(append(b.env(t), extra...), "GATEWAY_TOPIC_PREFIX="+prefix, "GATEWAY_JWT_SECRET="+secret,
 		"GATEWAY_API_KEY="+apiKey, "GATEWAY_DRAIN_PERIOD=500ms", "GATEWAY_LOG_LEVEL=warn", "GATEWAY_EVENTS_DISABLED=true")
 	nodes := make([]*nodetest.Node, n)
 	for i := range nodes {
@@ -83,7 +90,9 @@ func cluster(t *testing.T, b broker, n int) []*nodetest.Node {
 }
 
 func publish(base string, seq int) error {
-	body, _ := json.Marshal(map[string]any{"channel": "feed", "data": seq})
+	// The padding makes a client that does not read back up into the node quickly.
+	data := map[string]any{"seq": seq, "pad": strings.Repeat("x", 8192)}
+	body, _ := json.Marshal(map[string]any{"channel": "feed", "data": data, "msg_id": fmt.Sprintf("m%d", seq)})
 	req, _ := http.NewRequest("POST", base+"/api/publish", bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+apiKey)
 	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
@@ -99,12 +108,11 @@ func publish(base string, seq int) error {
 
 // reader is one resuming client and what it received.
 type reader struct {
-	c      *wsclient.Client
-	mu     sync.Mutex
-	got    []int
-	gaps   int // resubscriptions the server could not recover
-	resub  time.Time
-	stalls chan struct{} // closed when the reader may read (a slow consumer waits for it)
+	c     *wsclient.Client
+	mu    sync.Mutex
+	got   []int
+	gaps  int // resubscriptions the server could not recover
+	resub time.Time
 }
 
 func (r *reader) snapshot() ([]int, int) {
@@ -115,12 +123,11 @@ func (r *reader) snapshot() ([]int, int) {
 
 // startReaders connects n clients, spread over the nodes (each lists them all, from its own),
 // and subscribes them to "feed"; they read in the background until the test ends.
-func startReaders(t *testing.T, nodes []*nodetest.Node, n int, dialer func(i int) *websocket.Dialer) []*reader {
+func startReaders(t *testing.T, nodes []*nodetest.Node, n int) []*reader {
 	readers := make([]*reader, n)
 	var wg sync.WaitGroup
 	for i := range readers {
-		r := &reader{stalls: make(chan struct{})}
-		close(r.stalls)
+		r := &reader{}
 		readers[i] = r
 		urls := make([]string, len(nodes))
 		for j := range nodes {
@@ -136,9 +143,6 @@ func startReaders(t *testing.T, nodes []*nodetest.Node, n int, dialer func(i int
 					r.gaps++
 				}
 			}}
-		if dialer != nil {
-			opts.Dialer = dialer(i)
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		c, err := wsclient.Dial(ctx, opts)
 		if err != nil {
@@ -155,12 +159,11 @@ func startReaders(t *testing.T, nodes []*nodetest.Node, n int, dialer func(i int
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			<-r.stalls
 			for m := range sub.Messages() {
-				var seq int
-				_ = json.Unmarshal(m.Data, &seq)
+				var d struct{ Seq int }
+				_ = json.Unmarshal(m.Data, &d)
 				r.mu.Lock()
-				r.got = append(r.got, seq)
+				r.got = append(r.got, d.Seq)
 				r.mu.Unlock()
 			}
 		}()
@@ -242,7 +245,7 @@ func TestNodeKilled(t *testing.T) {
 	for _, b := range brokers {
 		t.Run(b.name, func(t *testing.T) {
 			nodes := cluster(t, b, 3)
-			readers := startReaders(t, nodes, 30, nil)
+			readers := startReaders(t, nodes, 30)
 			var killed time.Time
 			const total = 300
 			publishAll(t, nodes[2].URL, 0, total, map[int]func(){100: func() {
@@ -285,7 +288,7 @@ func TestRollingRestart(t *testing.T) {
 		}
 		t.Run(b.name, func(t *testing.T) {
 			nodes := cluster(t, b, 3)
-			readers := startReaders(t, nodes, 15, nil)
+			readers := startReaders(t, nodes, 15)
 			const total = 240
 			roll := func(n *nodetest.Node) func() {
 				return func() {
@@ -301,5 +304,153 @@ func TestRollingRestart(t *testing.T) {
 			publishAll(t, nodes[0].URL, total/2, total, map[int]func(){total/2 + 40: roll(nodes[2])})
 			checkComplete(t, readers, total, true)
 		})
+	}
+}
+
+// A client that stops reading is disconnected as a slow consumer before the node's memory grows,
+// and once it reads again and resumes from its last position it has every message.
+func TestSlowConsumerResumes(t *testing.T) {
+	for _, b := range brokers {
+		if !b.history {
+			continue
+		}
+		t.Run(b.name, func(t *testing.T) {
+			nodes := cluster(t, b, 2, "GATEWAY_WS_SEND_BUFFER=8")
+			tok, _ := auth.SignHS256([]byte(secret), "slow", time.Hour, []string{"*"}, nil)
+			slow := rawDial(t, nodes[0].URL, tok, 64<<10)
+			slow.send(t, `{"type":"subscribe","id":"s","channel":"feed"}`)
+			slow.until(t, "subscribed")
+			// Publish until the node gives up on the client that does not read (bounded).
+			total := 0
+			for ; total < 3000 && metric(t, nodes[0].URL, "gateway_slow_consumer_disconnects_total") == 0; total++ {
+				publishAll(t, nodes[1].URL, total, total+1, nil)
+			}
+			if total == 3000 {
+				t.Fatal("the client that does not read was never disconnected")
+			}
+			publishAll(t, nodes[1].URL, total, total+20, nil) // more while it is away
+			total += 20
+			// It reads what it was sent, down to the disconnect, then resumes on the other node.
+			var got []int
+			last := ""
+			for {
+				f := slow.next(t)
+				if f["type"] == "disconnect" {
+					if f["code"] != "slow_consumer" {
+						t.Fatalf("disconnect %v", f)
+					}
+					break
+				}
+				if f["type"] == "message" {
+					got = append(got, seqOf(f))
+					last, _ = f["position"].(string)
+				}
+			}
+			again := rawDial(t, nodes[1].URL, tok, 0)
+			sub, _ := json.Marshal(map[string]any{"type": "subscribe", "id": "r", "channel": "feed", "since": last})
+			again.send(t, string(sub))
+			for len(got) < total {
+				f := again.next(t)
+				switch f["type"] {
+				case "message":
+					got = append(got, seqOf(f))
+				case "subscribed":
+					if f["recovered"] != true {
+						t.Fatalf("resume after a slow-consumer disconnect: %v", f)
+					}
+				}
+			}
+			for i, v := range got {
+				if v != i {
+					t.Fatalf("message %d is %d", i, v)
+				}
+			}
+		})
+	}
+}
+
+// raw is a bare WebSocket client that reads only when told to.
+type raw struct{ c *websocket.Conn }
+
+func rawDial(t *testing.T, base, tok string, readBuffer int) *raw {
+	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok && readBuffer > 0 {
+			_ = tc.SetReadBuffer(readBuffer)
+		}
+		return c, err
+	}}
+	c, _, err := d.Dial("ws"+strings.TrimPrefix(base, "http")+"/ws?token="+tok, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	r := &raw{c}
+	r.until(t, "welcome")
+	return r
+}
+
+func (r *raw) send(t *testing.T, s string) {
+	if err := r.c.WriteMessage(websocket.TextMessage, []byte(s)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *raw) next(t *testing.T) map[string]any {
+	_ = r.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, b, err := r.c.ReadMessage()
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	var f map[string]any
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (r *raw) until(t *testing.T, typ string) map[string]any {
+	for {
+		if f := r.next(t); f["type"] == typ {
+			return f
+		}
+	}
+}
+
+func seqOf(f map[string]any) int {
+	d, _ := f["data"].(map[string]any)
+	v, _ := d["seq"].(float64)
+	return int(v)
+}
+
+// metric reads a counter from a node's /metrics.
+func metric(t *testing.T, base, name string) int {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return int(f)
+		}
+	}
+	return 0
+}
+
+// deleteStreams removes the JetStream streams of a prefix from the shared server.
+func deleteStreams(prefix string) {
+	nc, err := natsgo.Connect("nats://127.0.0.1:4222")
+	if err != nil {
+		return
+	}
+	defer nc.Close()
+	if js, err := nc.JetStream(); err == nil {
+		for _, suffix := range []string{"_channels", "_inbound"} {
+			_ = js.DeleteStream(transports.SafeName(prefix) + suffix)
+		}
 	}
 }

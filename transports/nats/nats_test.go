@@ -76,6 +76,7 @@ func TestConformance(t *testing.T) {
 	url := serverURL(srv)
 	t.Cleanup(func() { stopServer(srv) })
 	transporttest.Run(t, transporttest.Features{
+		EndsOnDisconnect: true,
 		RestartBroker: func(t *testing.T) {
 			stopServer(srv)
 			srv = startServer(t, port) // same port: the clients reconnect to the URL they know
@@ -93,7 +94,7 @@ func TestConformanceLocalServer(t *testing.T) {
 		t.Skipf("no nats-server on %s: %v", addr, err)
 	}
 	_ = conn.Close()
-	transporttest.Run(t, transporttest.Features{}, func(t *testing.T, prefix string) transports.Backend {
+	transporttest.Run(t, transporttest.Features{EndsOnDisconnect: true}, func(t *testing.T, prefix string) transports.Backend {
 		return newNode(t, "nats://"+addr, prefix)
 	})
 }

@@ -79,6 +79,10 @@ func (m *Inbound) Reply(ctx context.Context, data any, opts ...EmitOption) (stri
 // each message goes to one of the subscriptions sharing group, in this process or another. The
 // channel closes when ctx ends or the Service is closed. Messages sent while no member of the
 // group was subscribed are delivered as far as the broker keeps them (core NATS keeps nothing).
+//
+// Inbound, ChannelMessages and Events wait while the broker is unavailable (the backend reports
+// transports.ErrUnavailable: not connected yet, JetStream streams not provisioned yet), subscribing
+// again with backoff until they succeed or ctx ends; other errors return at once.
 func (s *Service) Inbound(ctx context.Context, group string) (<-chan *Inbound, error) {
 	if group == "" {
 		return nil, fmt.Errorf("%w: group is required", ErrInvalid)
@@ -206,15 +210,55 @@ func (s *Service) Events(ctx context.Context, group string) (<-chan *Event, erro
 	}), nil
 }
 
+// subscribe calls sub until it succeeds, waiting while the backend reports the broker unavailable
+// (transports.ErrUnavailable: not connected yet, streams not provisioned yet), with backoff, until
+// ctx ends. Any other error is returned at once.
 func (s *Service) subscribe(ctx context.Context, sub func(context.Context) (<-chan *message.Message, error)) (<-chan *message.Message, error) {
-	if s.isClosed() {
-		return nil, ErrClosed
+	delay := subscribeRetryMin
+	var last error // the last unavailable error
+	gaveUp := func(err error) error {
+		if last == nil {
+			return err
+		}
+		return fmt.Errorf("%w (gave up: %w)", last, err)
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
+	for {
+		if s.isClosed() {
+			return nil, ErrClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, gaveUp(err)
+		}
+		ch, err := sub(ctx)
+		if err == nil {
+			return ch, nil
+		}
+		if !errors.Is(err, transports.ErrUnavailable) {
+			return nil, err
+		}
+		if last == nil {
+			s.log.Warn("broker unavailable, subscribing again until it is back", "error", err)
+		}
+		last = err
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, gaveUp(ctx.Err())
+		case <-s.done:
+			t.Stop()
+			return nil, ErrClosed
+		}
+		delay = min(delay*2, subscribeRetryMax)
 	}
-	return sub(ctx)
 }
+
+// Backoff of subscribe while the broker is unavailable.
+const (
+	subscribeRetryMin = 20 * time.Millisecond
+	subscribeRetryMax = 2 * time.Second
+)
 
 // relay hands what in delivers, wrapped, to the returned channel until in closes, ctx ends or the
 // Service closes. A message wrap refuses is acked; one nobody took is nacked.

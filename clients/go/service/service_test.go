@@ -10,10 +10,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/clients/go/service"
@@ -663,6 +666,88 @@ func TestClose(t *testing.T) {
 	}
 }
 
+// deleteStreams removes the JetStream streams of prefix when the test ends, so that tests do not
+// fill the server (each stream reserves its max_bytes).
+func deleteStreams(t *testing.T, prefix string) {
+	t.Cleanup(func() {
+		nc, err := nats.Connect("nats://127.0.0.1:4222")
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		for _, name := range []string{"_channels", "_inbound"} {
+			_ = js.DeleteStream(ctx, transports.SafeName(prefix)+name)
+		}
+	})
+}
+
+// flaky fails SubscribeGroup with failure until fails is used up.
+type flaky struct {
+	transports.Backend
+	mu      sync.Mutex
+	fails   int
+	failure error
+	calls   int
+}
+
+func (f *flaky) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+	f.mu.Lock()
+	f.calls++
+	if f.fails != 0 {
+		f.fails--
+		f.mu.Unlock()
+		return nil, f.failure
+	}
+	f.mu.Unlock()
+	return f.Backend.SubscribeGroup(ctx, topic, group)
+}
+
+// TestSubscribeWaitsForTheBroker: consuming waits while the backend reports the broker
+// unavailable (a JetStream backend whose streams are not provisioned yet), and no longer than ctx.
+func TestSubscribeWaitsForTheBroker(t *testing.T) {
+	c := newCluster(t)
+	unavailable := fmt.Errorf("test: %w: streams not provisioned yet", transports.ErrUnavailable)
+	fb := &flaky{Backend: c.broker.Node(c.prefix), fails: 3, failure: unavailable}
+	svc, err := service.NewWithBackend(fb, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	in, err := svc.Inbound(ctx(t), "late")
+	if err != nil || fb.calls != 4 {
+		t.Fatalf("inbound after 3 failures: %v (%d calls)", err, fb.calls)
+	}
+	cl, _ := c.dial("alice")
+	cl.Send(`{"type":"send","id":"s","data":1,"msg_id":"w"}`)
+	if m := receive(t, in); m.MsgID() != "w" {
+		t.Fatalf("got %v", m.Metadata)
+	} else {
+		m.Ack()
+	}
+	// Always unavailable: gives up when ctx ends.
+	fb.mu.Lock()
+	fb.fails = -1
+	fb.mu.Unlock()
+	short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := svc.Events(short, "g"); !errors.Is(err, transports.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("events while unavailable: %v", err)
+	}
+	// Other errors are returned at once.
+	fb.mu.Lock()
+	fb.fails, fb.failure, fb.calls = 1, errors.New("refused"), 0
+	fb.mu.Unlock()
+	if _, err := svc.Inbound(ctx(t), "g"); err == nil || errors.Is(err, transports.ErrUnavailable) || fb.calls != 1 {
+		t.Fatalf("inbound on another error: %v (%d calls)", err, fb.calls)
+	}
+}
+
 func reachable(addr string) bool {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
@@ -686,9 +771,13 @@ func TestNew(t *testing.T) {
 			if !reachable(tc.addr) {
 				t.Skipf("no %s server on %s", tc.broker, tc.addr)
 			}
-			cfg := testConfig(t, "GATEWAY_BROKER="+tc.broker, "GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t),
+			prefix := transporttest.Prefix(t)
+			if tc.broker == "jetstream" {
+				deleteStreams(t, prefix)
+			}
+			cfg := testConfig(t, "GATEWAY_BROKER="+tc.broker, "GATEWAY_TOPIC_PREFIX="+prefix,
 				"GATEWAY_NATS_URL=nats://"+tc.addr, "GATEWAY_REDIS_ADDR="+tc.addr, "GATEWAY_REDIS_SHARDS=2",
-				"GATEWAY_WS_PUBLISH_TIMEOUT=20s", "GATEWAY_JETSTREAM_MAX_AGE=1h")
+				"GATEWAY_WS_PUBLISH_TIMEOUT=20s", "GATEWAY_JETSTREAM_MAX_AGE=1h", "GATEWAY_JETSTREAM_MAX_BYTES=16777216")
 			url := startNode(t, cfg)
 			svc, err := service.New(cfg, nil)
 			if err != nil {

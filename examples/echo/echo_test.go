@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsgateway/gateway"
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/wstest"
+	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/transporttest"
+)
+
+const (
+	testSecret = "test-secret-0123456789abcdef"
+	// wait bounds every wait (the machine may be loaded).
+	wait = 60 * time.Second
+)
+
+// syncBuffer is a bytes.Buffer safe for the command's logger and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// command runs the echo command until the test ends; it returns the address ready reported.
+func command(t *testing.T, args []string, env ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	readyc := make(chan string, 1)
+	exited := make(chan struct{})
+	code := -1
+	go func() {
+		defer close(exited)
+		code = run(ctx, args, env, &logs, func(addr string) { readyc <- addr })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-exited:
+			if code != 0 {
+				t.Errorf("echo exited with %d\n%s", code, logs.String())
+			}
+		case <-time.After(wait):
+			t.Errorf("echo did not stop in time\n%s", logs.String())
+		}
+	})
+	select {
+	case addr := <-readyc:
+		return addr
+	case <-exited:
+		t.Fatalf("echo exited before it was ready")
+	case <-time.After(wait):
+		t.Fatalf("echo not ready in time\n%s", logs.String())
+	}
+	return ""
+}
+
+// deleteStreams removes the JetStream streams of prefix when the test ends, so that tests do not
+// fill the server (each stream reserves its max_bytes).
+func deleteStreams(t *testing.T, prefix string) {
+	t.Cleanup(func() {
+		nc, err := nats.Connect("nats://127.0.0.1:4222")
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		for _, name := range []string{"_channels", "_inbound"} {
+			_ = js.DeleteStream(ctx, transports.SafeName(prefix)+name)
+		}
+	})
+}
+
+func dial(t *testing.T, base, user string) (*wstest.Client, string) {
+	t.Helper()
+	tok, err := auth.SignHS256([]byte(testSecret), user, time.Hour, []string{"*"}, []string{"*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, w := wstest.Dial(t, base, tok)
+	return c, w.Str("session")
+}
+
+// checkEcho sends from alice and expects the echo on alice's session only.
+func checkEcho(t *testing.T, base string) {
+	t.Helper()
+	alice, _ := dial(t, base, "alice")
+	bob, _ := dial(t, base, "bob")
+	alice2, _ := dial(t, base, "alice") // the same user on another connection gets nothing
+	alice.Send(`{"type":"send","id":"s1","data":{"hello":"world"},"msg_id":"k1"}`)
+	frames := alice.ExpectAll("ack", "message") // the echo may overtake the ack
+	if ack := frames["ack"]; ack.Str("id") != "s1" || ack.Str("msg_id") != "k1" {
+		t.Fatalf("ack %v", ack)
+	}
+	if m := frames["message"]; m.Str("to") != "session" || m.Data() != `{"echo":{"hello":"world"},"from":"alice"}` {
+		t.Fatalf("echo %v", m)
+	}
+	bob.Send(`{"type":"send","id":"s2","data":"plain"}`)
+	if m := bob.ExpectAll("ack", "message")["message"]; m.Data() != `{"echo":"plain","from":"bob"}` {
+		t.Fatalf("echo %v", m)
+	}
+	for _, c := range []*wstest.Client{alice, bob, alice2} {
+		c.Send(`{"type":"ping","id":"end"}`)
+		if f := c.Next(); f.Str("type") != "pong" {
+			t.Fatalf("unexpected frame %v", f)
+		}
+	}
+}
+
+// TestEchoEmbedded runs `echo -embedded`: a gateway node and the service in one process, on the
+// memory broker.
+func TestEchoEmbedded(t *testing.T) {
+	addr := command(t, []string{"-embedded"}, "GATEWAY_ADDR=127.0.0.1:0", "GATEWAY_JWT_SECRET="+testSecret,
+		"GATEWAY_DRAIN_PERIOD=100ms", "GATEWAY_LOG_LEVEL=debug")
+	checkEcho(t, "http://"+addr)
+}
+
+// TestEchoNATS runs the echo command as a separate service against a gateway node on NATS, both
+// configured by the same GATEWAY_* environment.
+func TestEchoNATS(t *testing.T) {
+	for _, broker := range []string{"nats", "jetstream"} {
+		t.Run(broker, func(t *testing.T) {
+			if c, err := net.DialTimeout("tcp", "127.0.0.1:4222", time.Second); err != nil {
+				t.Skip("no NATS server on 127.0.0.1:4222")
+			} else {
+				c.Close()
+			}
+			prefix := transporttest.Prefix(t)
+			deleteStreams(t, prefix)
+			env := []string{"GATEWAY_BROKER=" + broker, "GATEWAY_NATS_URL=nats://127.0.0.1:4222",
+				"GATEWAY_TOPIC_PREFIX=" + prefix, "GATEWAY_JWT_SECRET=" + testSecret,
+				"GATEWAY_WS_PUBLISH_TIMEOUT=20s", "GATEWAY_DRAIN_PERIOD=100ms",
+				"GATEWAY_JETSTREAM_MAX_AGE=1h", "GATEWAY_JETSTREAM_MAX_BYTES=16777216"}
+			cfg, err := configs.Load("", env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, err := gateway.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			defer cancel()
+			if err := g.Start(ctx); err != nil {
+				_ = g.Close()
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(g.Handler())
+			t.Cleanup(func() {
+				srv.CloseClientConnections()
+				srv.Close()
+				_ = g.Close()
+			})
+			command(t, nil, env...)
+			checkEcho(t, srv.URL)
+		})
+	}
+}
+
+func TestEchoNeedsABrokerItCanShare(t *testing.T) {
+	var logs syncBuffer
+	code := run(context.Background(), nil, []string{"GATEWAY_JWT_SECRET=" + testSecret}, &logs, nil)
+	if code != 2 || !strings.Contains(logs.String(), "-embedded") {
+		t.Fatalf("exit %d, output %s", code, logs.String())
+	}
+	if code := run(context.Background(), []string{"-bogus"}, nil, &logs, nil); code != 2 {
+		t.Fatalf("unknown flag: exit %d", code)
+	}
+	if code := run(context.Background(), nil, []string{"GATEWAY_BROKER=bogus"}, &logs, nil); code != 2 {
+		t.Fatalf("bad setting: exit %d", code)
+	}
+}
