@@ -25,7 +25,7 @@ const (
 	MetaSession  = "session"   // session id of the client that sent it; target of a session message
 	MetaNode     = "node"      // node that accepted it from a client
 	MetaMsgID    = "msg_id"    // idempotency key
-	MetaKind     = "kind"      // "publish" or "send" for client messages on TopicInbound
+	MetaKind     = "kind"      // "publish", "send", "api", "service" (the Go SDK) or "event"
 	MetaTarget   = "target"    // on TopicDirect: "session" or "all"
 	MetaPosition = "position"  // set by backends with history on consumed channel messages
 	MetaSentAt   = "sent_at"   // unix nanoseconds when the gateway or SDK published it (latency metric)
