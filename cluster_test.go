@@ -271,7 +271,7 @@ func testClusterOrder(t *testing.T, cb clusterBackend) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%s: %d messages through 3 nodes in order in %v (%.0f msg/s, one publisher acking each)",
+	t.Logf("%s: %d messages through 3 nodes in order in %v (%.0f msg/s, one publishing connection, acked)",
 		cb.name, total, time.Since(start).Round(time.Millisecond), total/time.Since(start).Seconds())
 }
 

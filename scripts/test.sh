@@ -47,3 +47,6 @@ go vet ./...
 go test -race -count=1 -timeout 25m "$@" ./...
 # The one test that cannot run under -race (a data race inside the embedded nats-server).
 go test -count=1 -run 'TestRecreatedStreamGroup' ./transports/jetstream/
+# The cluster tests once more without -race: at full speed brokers deliver in bursts the race
+# detector's slowness hides.
+go test -count=1 -run 'TestCluster' .

@@ -51,16 +51,24 @@ type heldFrame struct {
 	frame []byte
 }
 
-// Send queues one frame. A connection whose queue is full is disconnected as a slow consumer
-// (it can resume) rather than losing the frame silently. Send reports whether it was queued.
+// slowGrace is how long Send waits for room in a full queue before it counts the connection
+// as slow: a broker that delivers in batches (Kafka) can outrun a healthy writer for a moment.
+const slowGrace = 100 * time.Millisecond
+
+// Send queues one frame. A connection whose queue stays full for slowGrace is disconnected as a
+// slow consumer (it can resume) rather than losing the frame silently. Send reports whether it
+// was queued.
 func (c *Conn) Send(frame []byte) bool {
 	if c.closing.Load() || c.s == nil {
 		return false
 	}
 	if c.queued.Add(1) > int64(c.hub.cfg.SendBuffer) {
 		c.queued.Add(-1)
-		c.slow()
-		return false
+		if !c.waitRoom(int64(c.hub.cfg.SendBuffer), slowGrace) {
+			c.slow()
+			return false
+		}
+		c.queued.Add(1)
 	}
 	if err := c.s.Write(frame); err != nil {
 		c.queued.Add(-1)
@@ -69,22 +77,31 @@ func (c *Conn) Send(frame []byte) bool {
 	return true
 }
 
+// waitRoom waits until fewer than limit frames are queued, at most d; false if they still are.
+func (c *Conn) waitRoom(limit int64, d time.Duration) bool {
+	if c.queued.Load() < limit {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for c.queued.Load() >= limit {
+		if c.closing.Load() {
+			return false
+		}
+		select {
+		case <-c.room:
+		case <-t.C:
+			return c.queued.Load() < limit
+		}
+	}
+	return true
+}
+
 // SendWait is Send for bulk sending (a replay): it first waits, at most the write timeout, until
 // the queue is below half full, so a long replay paces itself to the client instead of counting
 // it as slow. A client that does not read within the write timeout is still disconnected.
 func (c *Conn) SendWait(frame []byte) bool {
-	limit := int64(c.hub.cfg.SendBuffer / 2)
-	if c.queued.Load() >= limit {
-		t := time.NewTimer(c.hub.cfg.WriteTimeout)
-		defer t.Stop()
-		for c.queued.Load() >= limit && !c.closing.Load() {
-			select {
-			case <-c.room:
-			case <-t.C:
-				return c.Send(frame)
-			}
-		}
-	}
+	c.waitRoom(int64(c.hub.cfg.SendBuffer/2), c.hub.cfg.WriteTimeout)
 	return c.Send(frame)
 }
 
