@@ -161,7 +161,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 	}, g.feed, g.metrics, log)
 	deps.Hub = g.hub
 	if !cfg.Events.Disabled {
-		g.events = handlers.NewEvents(deps, cfg.Events.Queue)
+		g.events = handlers.NewEvents(deps, cfg.Events.Queue, cfg.Events.Heartbeat)
 	}
 	sessions := handlers.NewSessions(deps, g.events)
 	g.hub.SetHandler(sessions)

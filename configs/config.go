@@ -170,6 +170,9 @@ type DrainConfig struct {
 type EventsConfig struct {
 	Disabled bool `yaml:"disabled" env:"DISABLED"` // publish no lifecycle events
 	Queue    int  `yaml:"queue" env:"QUEUE"`       // events waiting for the broker before new ones are dropped; default 10000
+	// Heartbeat is how often the node publishes a node_alive event, so services notice a node
+	// that died without saying goodbye; default 5s.
+	Heartbeat time.Duration `yaml:"heartbeat" env:"HEARTBEAT"`
 }
 
 // LogConfig sets the structured log.
@@ -224,6 +227,7 @@ func (c *Config) SetDefaults() {
 	}
 	setDefault(&c.Drain.Period, DefaultDrainPeriod)
 	setDefault(&c.Events.Queue, DefaultEventsQueue)
+	setDefault(&c.Events.Heartbeat, 5*time.Second)
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	setDefault(&c.Log.Format, DefaultLogFormat)
 }
@@ -391,6 +395,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Router.RetryAttempts < 0 || c.Router.RetryAttempts > 100 {
 		return bad("router.retry_attempts", "ROUTER_RETRY_ATTEMPTS", "must be between 0 and 100")
+	}
+	if c.Events.Heartbeat < 10*time.Millisecond {
+		return bad("events.heartbeat", "EVENTS_HEARTBEAT", "must be at least 10ms")
 	}
 	if c.Events.Queue < 1 || c.Events.Queue > 1<<20 {
 		return bad("events.queue", "EVENTS_QUEUE", "must be between 1 and 1048576")

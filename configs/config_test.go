@@ -284,6 +284,7 @@ func TestOtherEnv(t *testing.T) {
 		"GATEWAY_LIMITS_CONNECTIONS_PER_USER=5",
 		"GATEWAY_EVENTS_DISABLED=true",
 		"GATEWAY_EVENTS_QUEUE=50",
+		"GATEWAY_EVENTS_HEARTBEAT=2s",
 		"GATEWAY_DRAIN_PERIOD=30s",
 		"GATEWAY_LOG_LEVEL=warn",
 		"GATEWAY_LOG_FORMAT=json",
@@ -304,7 +305,7 @@ func TestOtherEnv(t *testing.T) {
 		DedupeStore: "redis", Timeout: 3 * time.Second, PoisonTopic: "poison", BreakerFailures: 3, BreakerOpenFor: 2 * time.Second,
 		SigningKeys: []string{"k2:0123456789abcdefXYZ", "k1:0123456789abcdefOLD"}, RequireSignature: true}
 	want.Limits = LimitsConfig{PublishRate: 2.5, PublishBurst: 3, UserPublishRate: 10, UserPublishBurst: 20, ConnectionsPerNode: 1000, ConnectionsPerUser: 5}
-	want.Events = EventsConfig{Disabled: true, Queue: 50}
+	want.Events = EventsConfig{Disabled: true, Queue: 50, Heartbeat: 2 * time.Second}
 	want.Drain = DrainConfig{Period: 30 * time.Second}
 	want.Log = LogConfig{Level: "warn", Format: "json"}
 	if !reflect.DeepEqual(*cfg, want) {

@@ -19,6 +19,11 @@ const (
 	EventDisconnected = "disconnected"
 	EventSubscribed   = "subscribed"
 	EventUnsubscribed = "unsubscribed"
+	// EventNodeAlive is the node's heartbeat: a service that stops hearing it knows the node died
+	// and that its sessions are gone, though no disconnected event came (see the SDK's Presence).
+	EventNodeAlive = "node_alive"
+	// EventNodeStopped says the node shut down cleanly (after its sessions' disconnected events).
+	EventNodeStopped = "node_stopped"
 )
 
 // Event is the JSON payload of a lifecycle event (docs/services.md).
@@ -36,20 +41,25 @@ type Event struct {
 // middleware and retries as everything else) without making connections wait: Emit queues,
 // one goroutine (Run) submits. When the queue is full an event is dropped and counted.
 type Events struct {
-	d       Deps
-	q       chan Event
-	mu      sync.Mutex
-	shut    bool
-	running bool
-	done    chan struct{}
+	d         Deps
+	q         chan Event
+	heartbeat time.Duration // 0: none
+	mu        sync.Mutex
+	shut      bool
+	running   bool
+	done      chan struct{}
+	stopBeat  chan struct{}
+	beatDone  chan struct{}
 }
 
-// NewEvents makes the publisher with a queue of size events; nil when size is 0 (disabled).
-func NewEvents(d Deps, size int) *Events {
+// NewEvents makes the publisher with a queue of size events and a heartbeat every heartbeat
+// (0: none); nil when size is 0 (disabled).
+func NewEvents(d Deps, size int, heartbeat time.Duration) *Events {
 	if size == 0 {
 		return nil
 	}
-	return &Events{d: d, q: make(chan Event, size), done: make(chan struct{})}
+	return &Events{d: d, q: make(chan Event, size), heartbeat: heartbeat, done: make(chan struct{}),
+		stopBeat: make(chan struct{}), beatDone: make(chan struct{})}
 }
 
 // Emit queues an event. Safe on a nil *Events (disabled) and after Close.
@@ -80,6 +90,27 @@ func (e *Events) Start() {
 	if !e.shut && !e.running {
 		e.running = true
 		go e.run()
+		go e.beat()
+	}
+}
+
+// beat emits the heartbeat until Close.
+func (e *Events) beat() {
+	defer close(e.beatDone)
+	if e.heartbeat <= 0 {
+		<-e.stopBeat
+		return
+	}
+	t := time.NewTicker(e.heartbeat)
+	defer t.Stop()
+	e.Emit(Event{Type: EventNodeAlive})
+	for {
+		select {
+		case <-t.C:
+			e.Emit(Event{Type: EventNodeAlive})
+		case <-e.stopBeat:
+			return
+		}
 	}
 }
 
@@ -113,11 +144,18 @@ func (e *Events) Close(timeout time.Duration) {
 		return
 	}
 	e.mu.Lock()
+	running := e.running
+	e.mu.Unlock()
+	if running {
+		close(e.stopBeat)
+		<-e.beatDone
+		e.Emit(Event{Type: EventNodeStopped})
+	}
+	e.mu.Lock()
 	if !e.shut {
 		e.shut = true
 		close(e.q)
 	}
-	running := e.running
 	e.mu.Unlock()
 	if !running {
 		return

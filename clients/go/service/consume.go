@@ -127,6 +127,10 @@ const (
 	EventDisconnected EventType = "disconnected"
 	EventSubscribed   EventType = "subscribed"
 	EventUnsubscribed EventType = "unsubscribed"
+	// EventNodeAlive is a node's heartbeat (no user or session); EventNodeStopped its clean
+	// shutdown. Presence uses them to notice nodes that died without a word.
+	EventNodeAlive   EventType = "node_alive"
+	EventNodeStopped EventType = "node_stopped"
 )
 
 // Event is a connection lifecycle event, decoded from the JSON payload described in the package
@@ -146,11 +150,21 @@ type Event struct {
 // Message is the Watermill message the event came in.
 func (e *Event) Message() *message.Message { return e.msg }
 
-// Ack acknowledges the event.
-func (e *Event) Ack() bool { return e.msg.Ack() }
+// Ack acknowledges the event (nothing for one Presence made up).
+func (e *Event) Ack() bool {
+	if e.msg == nil {
+		return true
+	}
+	return e.msg.Ack()
+}
 
-// Nack has the event delivered again.
-func (e *Event) Nack() bool { return e.msg.Nack() }
+// Nack has the event delivered again (nothing for one Presence made up).
+func (e *Event) Nack() bool {
+	if e.msg == nil {
+		return false
+	}
+	return e.msg.Nack()
+}
 
 // DecodeEvent decodes an event payload. "at" is an RFC 3339 time or a number of unix nanoseconds.
 func DecodeEvent(payload []byte) (*Event, error) {

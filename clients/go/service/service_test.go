@@ -561,6 +561,10 @@ func TestEventsFromGateway(t *testing.T) {
 	} {
 		e := receive(t, events)
 		e.Ack()
+		for e.Type == service.EventNodeAlive { // the node's heartbeat
+			e = receive(t, events)
+			e.Ack()
+		}
 		if e.Type != w.Type || e.Channel != w.Channel || e.Reason != w.Reason || e.User != "alice" || e.Session != session ||
 			e.Node != "node-a" || e.At.Before(before) {
 			t.Fatalf("event %+v, want %+v", e, w)
