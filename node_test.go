@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +21,7 @@ import (
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
@@ -36,7 +36,6 @@ const (
 type node struct {
 	*gateway.Gateway
 	URL string
-	srv *httptest.Server
 }
 
 // testConfig is a valid configuration for tests; env adds GATEWAY_* settings.
@@ -58,22 +57,8 @@ func testConfig(t testing.TB, env ...string) *configs.Config {
 // startNode starts a node with cfg; opts may share a backend between nodes.
 func startNode(t testing.TB, cfg *configs.Config, opts ...gateway.Option) *node {
 	t.Helper()
-	g, err := gateway.New(cfg, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), wstest.Timeout)
-	defer cancel()
-	if err := g.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(g.Handler())
-	t.Cleanup(func() {
-		srv.CloseClientConnections()
-		srv.Close()
-		_ = g.Close()
-	})
-	return &node{Gateway: g, URL: srv.URL, srv: srv}
+	g, url := nodetest.InProcess(t, cfg, opts...)
+	return &node{Gateway: g, URL: url}
 }
 
 func token(t testing.TB, sub string, ttl time.Duration, channels, publish []string) string {

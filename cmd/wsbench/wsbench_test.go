@@ -4,15 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/internal/nodetest"
 )
 
 func TestHistogramBuckets(t *testing.T) {
@@ -241,25 +240,13 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, url := nodetest.InProcess(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := g.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(g.Handler())
-	t.Cleanup(func() {
-		srv.CloseClientConnections()
-		srv.Close()
-		_ = g.Close()
-	})
 
 	t.Run("OneChannel", func(t *testing.T) {
 		o := defaults()
-		o.URL, o.Secret, o.APIKey = srv.URL, secret, apiKey
+		o.URL, o.Secret, o.APIKey = url, secret, apiKey
 		o.Conns, o.Channels, o.Rate, o.Duration = 20, 1, 50, 2*time.Second
 		o.PID = syscallGetpid() // the gateway runs in this process
 		rep, err := run(ctx, o)
@@ -299,7 +286,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		var progress strings.Builder
 		o := defaults()
-		o.URL, o.Token, o.APIKey = srv.URL, tok, apiKey
+		o.URL, o.Token, o.APIKey = url, tok, apiKey
 		o.Conns, o.Channels, o.Rate, o.Duration, o.Ramp = 12, 4, 40, time.Second, 100
 		o.Progress = &lockedWriter{w: &progress}
 		rep, err := run(ctx, o)
@@ -317,7 +304,7 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("IdleAndRefused", func(t *testing.T) {
 		o := defaults()
-		o.URL, o.Secret = srv.URL, "wrong-secret"
+		o.URL, o.Secret = url, "wrong-secret"
 		o.Conns, o.Idle, o.Duration = 3, true, 100*time.Millisecond
 		rep, err := run(ctx, o)
 		if err != nil {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +22,7 @@ import (
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/handlers"
 	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
@@ -61,23 +61,8 @@ type cluster struct {
 // startNode starts a gateway node on cfg with backend b, served by an httptest server.
 func startNode(t *testing.T, cfg *configs.Config, opts ...gateway.Option) string {
 	t.Helper()
-	g, err := gateway.New(cfg, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	if err := g.Start(ctx); err != nil {
-		_ = g.Close()
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(g.Handler())
-	t.Cleanup(func() {
-		srv.CloseClientConnections()
-		srv.Close()
-		_ = g.Close()
-	})
-	return srv.URL
+	_, url := nodetest.InProcess(t, cfg, opts...)
+	return url
 }
 
 func newCluster(t *testing.T, env ...string) *cluster {
