@@ -199,8 +199,12 @@ func (h *HTTP) Publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, perr.Code, perr.Message)
 		return
 	}
+	out := map[string]string{"id": msg.UUID}
+	if id := msg.Metadata.Get(transports.MetaMsgID); id != "" {
+		out["msg_id"] = id
+	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]string{"id": msg.UUID, "msg_id": msg.Metadata.Get(transports.MetaMsgID)})
+	_ = json.NewEncoder(w).Encode(out)
 }
 
 // maxBatch bounds the messages of one batch.
