@@ -1,0 +1,919 @@
+import { GatewayError, retryable } from './errors.js';
+import { comparePositions, seen } from './position.js';
+import type {
+  Ack,
+  ClientOptions,
+  DirectMessage,
+  Disconnect,
+  EventMap,
+  Message,
+  State,
+  Subscribed,
+  WebSocketConstructor,
+  WebSocketLike,
+  Welcome,
+} from './types.js';
+
+/** Defaults of ClientOptions. */
+export const defaults = {
+  minReconnectDelay: 250,
+  maxReconnectDelay: 10_000,
+  ackTimeout: 10_000,
+  maxAttempts: 5,
+  handshakeTimeout: 10_000,
+  pingInterval: 20_000,
+  maxFrameSize: 64 << 10,
+} as const;
+
+/** How many message ids a subscription remembers to drop repeats. */
+const recentIDs = 1024;
+
+const channelPattern = /^[A-Za-z0-9_:.\-]{1,128}$/;
+
+const OPEN = 1;
+
+// Any frame from the server.
+interface InFrame {
+  type: string;
+  id?: string;
+  channel?: string;
+  position?: string;
+  recovered?: boolean;
+  data?: unknown;
+  encoding?: string;
+  from?: { user?: string; session?: string };
+  to?: string;
+  msg_id?: string;
+  code?: string;
+  message?: string;
+  reason?: string;
+  reconnect?: boolean;
+  session?: string;
+  node?: string;
+  user?: string;
+}
+
+type Timer = ReturnType<typeof setTimeout>;
+
+// The success reply of a request, and how many attempts it took.
+interface Reply {
+  frame: InFrame;
+  attempts: number;
+}
+
+// A reply handler: called with the reply, or with null when the connection ended first.
+type ReplyHandler = (f: InFrame | null) => void;
+
+// One WebSocket connection (or connection attempt).
+class Conn {
+  readonly pending = new Map<string, ReplyHandler>();
+  welcome?: Welcome;
+  disc?: Disconnect;
+  ended = false;
+  openedAt = 0; // when the welcome frame came
+  lastRecv = 0;
+  handshakeTimer?: Timer;
+  pingTimer?: ReturnType<typeof setInterval>;
+  pongTimer?: Timer;
+
+  constructor(
+    readonly ws: WebSocketLike,
+    readonly url: string,
+  ) {}
+}
+
+// One subscription, alive across reconnections until unsubscribe or close.
+class Sub {
+  last: string; // position of the last message delivered (or of the last `subscribed`)
+  confirmed = false;
+  recovered = false;
+  sentOn?: Conn; // the connection the last subscribe frame went on
+  readonly recent = new Set<string>();
+  // The promise of subscribe(), until the first `subscribed`.
+  first?: { resolve: (s: Subscribed) => void; reject: (e: GatewayError) => void; timer?: Timer };
+
+  constructor(
+    readonly channel: string,
+    since: string,
+  ) {
+    this.last = since;
+  }
+
+  // accept applies a message about to be delivered: false for a duplicate.
+  accept(position: string, id: string): boolean {
+    if (position) {
+      if (this.last && seen(position, this.last)) return false;
+      this.last = position;
+    }
+    if (id) {
+      if (this.recent.has(id)) return false;
+      this.recent.add(id);
+      if (this.recent.size > recentIDs) {
+        this.recent.delete(this.recent.values().next().value as string);
+      }
+    }
+    return true;
+  }
+}
+
+// A publish, send, ping or unsubscribe: sent until a reply (or too many attempts).
+class Request {
+  attempts = 0;
+  done = false;
+  current?: { conn: Conn; id: string };
+  timer?: Timer; // ack timeout of the current attempt
+  retryTimer?: Timer; // delay before the next attempt after `unavailable` / `rate_limited`
+  lastCode = 'timeout'; // why the last attempt failed
+  lastWhy = '';
+
+  constructor(
+    readonly frame: Record<string, unknown>, // without id
+    readonly expect: string, // the type of the success reply
+    readonly maxAttempts: number,
+    readonly resolve: (reply: Reply) => void,
+    readonly reject: (e: GatewayError) => void,
+    // unsubscribe: a lost connection or `not_found` means done (the next connection will not
+    // subscribe the channel again).
+    readonly lossIsSuccess = false,
+  ) {}
+}
+
+function toNumber(v: number | undefined, def: number, name: string): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) {
+    throw new TypeError(`@wsgateway/client: option ${name} must be a number >= 0, got ${String(v)}`);
+  }
+  return v;
+}
+
+/**
+ * normalizeURL turns what the application gave into the URL of the WebSocket endpoint: http(s)
+ * becomes ws(s), a relative URL is resolved against the page (in a browser), and `/ws` is
+ * appended to a path that does not end with it.
+ */
+export function normalizeURL(raw: string): string {
+  if (typeof raw !== 'string' || raw === '') {
+    throw new TypeError('@wsgateway/client: url must be a non-empty string');
+  }
+  let u: URL;
+  try {
+    const base = (globalThis as any).location?.href as string | undefined;
+    u = base ? new URL(raw, base) : new URL(raw);
+  } catch {
+    throw new TypeError(`@wsgateway/client: url ${JSON.stringify(raw)} is not a valid URL`);
+  }
+  switch (u.protocol) {
+    case 'http:':
+      u.protocol = 'ws:';
+      break;
+    case 'https:':
+      u.protocol = 'wss:';
+      break;
+    case 'ws:':
+    case 'wss:':
+      break;
+    default:
+      throw new TypeError(`@wsgateway/client: url ${JSON.stringify(raw)}: scheme must be ws, wss, http or https`);
+  }
+  const path = u.pathname.replace(/\/+$/, '');
+  u.pathname = path.endsWith('/ws') ? path : path + '/ws';
+  u.hash = '';
+  return u.toString();
+}
+
+function newMsgID(): string {
+  const b = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(b);
+  let s = '';
+  for (const x of b) s += x.toString(16).padStart(2, '0');
+  return s;
+}
+
+const encoder = new TextEncoder();
+
+/** Reports an exception of an application's listener without breaking the client. */
+function report(err: unknown): void {
+  const g = globalThis as any;
+  if (typeof g.reportError === 'function') {
+    g.reportError(err);
+  } else {
+    setTimeout(() => {
+      throw err;
+    }, 0);
+  }
+}
+
+/**
+ * A connection to the gateway that survives connection losses: it reconnects with jittered
+ * backoff, resubscribes every channel from the last position seen, and sends a publish or send
+ * again (same msg_id) until it is acked.
+ */
+export class Client {
+  private readonly WS: WebSocketConstructor;
+  private readonly urlOpt: ClientOptions['url'];
+  private readonly tokenOpt: ClientOptions['token'];
+  private readonly minDelay: number;
+  private readonly maxDelay: number;
+  private readonly ackTimeout: number;
+  private readonly maxAttempts: number;
+  private readonly handshakeTimeout: number;
+  private readonly pingInterval: number;
+  private readonly maxFrameSize: number;
+
+  private _state: State = 'disconnected';
+  private info?: Welcome;
+  private conn?: Conn; // the current connection or attempt
+  private live = false; // conn got its welcome
+  private started = false;
+  private closed = false;
+  private attempt = 0; // reconnect attempts since the last reset (for the backoff)
+  private urlIndex = 0;
+  private connectSeq = 0; // invalidates an attempt waiting for its token
+  private reconnectTimer?: Timer;
+  private frameSeq = 0;
+  private readonly subs = new Map<string, Sub>();
+  private readonly queue = new Set<Request>(); // requests waiting for a live connection
+  private readonly requests = new Set<Request>(); // every request not done
+  private readonly listeners = new Map<keyof EventMap, Set<(...args: any[]) => void>>();
+
+  constructor(opts: ClientOptions) {
+    if (!opts || typeof opts !== 'object') throw new TypeError('@wsgateway/client: options are required');
+    const ws = opts.WebSocket ?? (globalThis as any).WebSocket;
+    if (typeof ws !== 'function') {
+      throw new TypeError(
+        '@wsgateway/client: no WebSocket: pass the WebSocket option (on Node 20, or run node with --experimental-websocket)',
+      );
+    }
+    this.WS = ws;
+    const u = opts.url;
+    if (Array.isArray(u)) {
+      if (u.length === 0) throw new TypeError('@wsgateway/client: url is an empty array');
+      u.forEach((x) => normalizeURL(x));
+      this.urlOpt = [...u];
+    } else if (typeof u === 'string') {
+      normalizeURL(u);
+      this.urlOpt = u;
+    } else if (typeof u === 'function') {
+      this.urlOpt = u;
+    } else {
+      throw new TypeError('@wsgateway/client: url is required (a string, an array of strings or a function)');
+    }
+    const t = opts.token;
+    if (t !== undefined && typeof t !== 'string' && typeof t !== 'function') {
+      throw new TypeError('@wsgateway/client: token must be a string or a function');
+    }
+    this.tokenOpt = t;
+    this.minDelay = toNumber(opts.minReconnectDelay, defaults.minReconnectDelay, 'minReconnectDelay');
+    this.maxDelay = Math.max(this.minDelay, toNumber(opts.maxReconnectDelay, defaults.maxReconnectDelay, 'maxReconnectDelay'));
+    this.ackTimeout = toNumber(opts.ackTimeout, defaults.ackTimeout, 'ackTimeout');
+    this.maxAttempts = Math.max(1, Math.floor(toNumber(opts.maxAttempts, defaults.maxAttempts, 'maxAttempts')));
+    this.handshakeTimeout = toNumber(opts.handshakeTimeout, defaults.handshakeTimeout, 'handshakeTimeout');
+    this.pingInterval = toNumber(opts.pingInterval, defaults.pingInterval, 'pingInterval');
+    this.maxFrameSize = toNumber(opts.maxFrameSize, defaults.maxFrameSize, 'maxFrameSize');
+  }
+
+  /** The connection state. */
+  get state(): State {
+    return this._state;
+  }
+  /** The session id of the current (or last) connection. */
+  get session(): string | undefined {
+    return this.info?.session;
+  }
+  /** The id of the node of the current (or last) connection. */
+  get node(): string | undefined {
+    return this.info?.node;
+  }
+  /** The user id the server gave the connection (the token's `sub`; '' when anonymous). */
+  get user(): string | undefined {
+    return this.info?.user;
+  }
+
+  /** Starts connecting, and keeps reconnecting until close(). Calling it again does nothing. */
+  connect(): void {
+    if (this.closed || this.started) return;
+    this.started = true;
+    void this.open();
+  }
+
+  /**
+   * Closes the connection for good: every pending promise rejects with code `closed`, and so does
+   * every later call. Calling it again does nothing.
+   */
+  close(): void {
+    this.shutdown(new GatewayError('closed', 'client closed'));
+  }
+
+  /**
+   * Subscribes to channel (`$user` for the user's own channel) and resolves once the server
+   * confirmed it. The subscription is renewed on every reconnection, resuming after the last
+   * message seen. `since` resumes from a position kept by the application. Rejects with the
+   * server's error (`forbidden`, ...), `bad_request` when already subscribed, `timeout` when
+   * the server did not answer in ackTimeout. While disconnected it waits for the connection.
+   */
+  subscribe(channel: string, opts: { since?: string } = {}): Promise<Subscribed> {
+    if (this.closed) return Promise.reject(new GatewayError('closed', 'client closed'));
+    if (typeof channel !== 'string' || (channel !== '$user' && !channelPattern.test(channel))) {
+      return Promise.reject(
+        new GatewayError('bad_request', `invalid channel ${JSON.stringify(channel)}: must match ${channelPattern} or be $user`),
+      );
+    }
+    const since = opts?.since ?? '';
+    if (typeof since !== 'string') return Promise.reject(new GatewayError('bad_request', 'since must be a string'));
+    if (this.subs.has(channel)) {
+      return Promise.reject(new GatewayError('bad_request', `already subscribed to ${channel}`));
+    }
+    const sub = new Sub(channel, since);
+    this.subs.set(channel, sub);
+    const p = new Promise<Subscribed>((resolve, reject) => {
+      sub.first = { resolve, reject };
+    });
+    if (this.live && this.conn) this.sendSubscribe(this.conn, sub);
+    return p;
+  }
+
+  /**
+   * Ends the subscription to channel: no more `message` events for it, and the server is told
+   * (when connected). Rejects with `not_found` when not subscribed. A subscribe() still waiting
+   * for its confirmation rejects with `closed`.
+   */
+  unsubscribe(channel: string): Promise<void> {
+    if (this.closed) return Promise.reject(new GatewayError('closed', 'client closed'));
+    const sub = this.subs.get(channel);
+    if (!sub) return Promise.reject(new GatewayError('not_found', `not subscribed to ${channel}`));
+    this.subs.delete(channel);
+    this.settleFirst(sub, new GatewayError('closed', `unsubscribed from ${channel}`));
+    if (!this.live || !this.conn || sub.sentOn !== this.conn) return Promise.resolve();
+    return this.request({ type: 'unsubscribe', channel }, 'unsubscribed', 1, true).then(() => undefined);
+  }
+
+  /**
+   * Publishes data (any JSON value) on channel and resolves once the server acked it. Without
+   * opts.msgId the client makes one; every attempt carries the same msg_id, so the server
+   * delivers the message once however often it is sent. It is sent again after a lost
+   * connection, a missing ack (ackTimeout) or an `unavailable` / `rate_limited` refusal, up to
+   * maxAttempts times; other refusals (`forbidden`, ...) reject at once.
+   */
+  publish(channel: string, data: unknown, opts: { msgId?: string } = {}): Promise<Ack> {
+    if (typeof channel !== 'string' || channel === '') {
+      return Promise.reject(new GatewayError('bad_request', 'channel must be a non-empty string'));
+    }
+    return this.submit({ type: 'publish', channel }, data, opts?.msgId);
+  }
+
+  /** Sends data to the services (never to clients) and resolves once acked; retried like publish. */
+  send(data: unknown, opts: { msgId?: string } = {}): Promise<Ack> {
+    return this.submit({ type: 'send' }, data, opts?.msgId);
+  }
+
+  /** Sends a `ping` and resolves on its `pong`. */
+  ping(): Promise<void> {
+    return this.request({ type: 'ping' }, 'pong', this.maxAttempts).then(() => undefined);
+  }
+
+  /** The position of the last message seen on channel (or of its subscription): what a resume starts after. */
+  position(channel: string): string | undefined {
+    return this.subs.get(channel)?.last || undefined;
+  }
+
+  /** Adds a listener; returns the function that removes it. */
+  on<K extends keyof EventMap>(ev: K, f: EventMap[K]): () => void {
+    if (typeof f !== 'function') throw new TypeError('@wsgateway/client: listener must be a function');
+    let set = this.listeners.get(ev);
+    if (!set) this.listeners.set(ev, (set = new Set()));
+    const fn = f as (...args: any[]) => void;
+    set.add(fn);
+    return () => {
+      set.delete(fn);
+    };
+  }
+
+  // ---- events ------------------------------------------------------------------------------
+
+  private emit<K extends keyof EventMap>(ev: K, ...args: Parameters<EventMap[K]>): void {
+    const set = this.listeners.get(ev);
+    if (!set) return;
+    for (const f of [...set]) {
+      try {
+        f(...args);
+      } catch (err) {
+        report(err);
+      }
+    }
+  }
+
+  private setState(s: State): void {
+    const prev = this._state;
+    if (prev === s) return;
+    this._state = s;
+    this.emit('state', s, prev);
+  }
+
+  // ---- connections -------------------------------------------------------------------------
+
+  private nextURL(): string {
+    const u = this.urlOpt;
+    if (typeof u === 'function') return normalizeURL(u());
+    if (Array.isArray(u)) return normalizeURL(u[this.urlIndex++ % u.length]);
+    return normalizeURL(u);
+  }
+
+  // open makes one connection attempt.
+  private async open(): Promise<void> {
+    this.reconnectTimer = undefined;
+    if (this.closed) return;
+    this.setState('connecting');
+    const seq = ++this.connectSeq;
+    let url: string;
+    try {
+      url = this.nextURL();
+    } catch (err) {
+      this.emit('error', new GatewayError('bad_request', `cannot connect: ${errText(err)}`));
+      this.attemptFailed({ code: 'connect_failed', reason: errText(err), reconnect: true });
+      return;
+    }
+    let token = '';
+    try {
+      if (typeof this.tokenOpt === 'function') {
+        token = await this.tokenOpt();
+        if (this.closed || seq !== this.connectSeq) return;
+        if (typeof token !== 'string') throw new TypeError(`the token function returned ${typeof token}, not a string`);
+      } else if (typeof this.tokenOpt === 'string') {
+        token = this.tokenOpt;
+      }
+    } catch (err) {
+      if (this.closed || seq !== this.connectSeq) return;
+      this.emit('error', new GatewayError('unauthorized', `cannot connect: the token function failed: ${errText(err)}`));
+      this.attemptFailed({ code: 'connect_failed', reason: errText(err), reconnect: true });
+      return;
+    }
+    let full = url;
+    if (token) {
+      const u = new URL(url);
+      u.searchParams.set('token', token);
+      full = u.toString();
+    }
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(full);
+    } catch (err) {
+      this.attemptFailed({ code: 'connect_failed', reason: `${url}: ${errText(err)}`, reconnect: true });
+      return;
+    }
+    const conn = new Conn(ws, url);
+    this.conn = conn;
+    this.live = false;
+    conn.handshakeTimer = setTimeout(
+      () => this.end(conn, `no welcome from ${url} within ${this.handshakeTimeout} ms`),
+      this.handshakeTimeout,
+    );
+    ws.onmessage = (ev) => this.onData(conn, ev.data);
+    ws.onclose = (ev) => this.end(conn, closeText(url, ev));
+    ws.onerror = () => this.end(conn, `${url}: connection failed or broke`);
+  }
+
+  // attemptFailed schedules the next attempt after one that failed before its socket existed.
+  private attemptFailed(d: Disconnect): void {
+    this.emit('disconnect', d);
+    if (this.closed) return;
+    this.schedule(this.backoff(this.attempt++));
+  }
+
+  private schedule(delay: number): void {
+    if (this.closed || this.reconnectTimer !== undefined) return;
+    this.reconnectTimer = setTimeout(() => void this.open(), delay);
+  }
+
+  // backoff is the delay before attempt n: random in [0, min(max, min*2^n)).
+  private backoff(n: number): number {
+    const d = Math.min(this.maxDelay, this.minDelay * 2 ** Math.min(n, 30));
+    return Math.random() * d;
+  }
+
+  private onData(conn: Conn, raw: unknown): void {
+    if (conn.ended || conn !== this.conn) return;
+    conn.lastRecv = Date.now();
+    let text: string;
+    if (typeof raw === 'string') text = raw;
+    else if (raw instanceof ArrayBuffer || ArrayBuffer.isView(raw)) text = new TextDecoder().decode(raw as ArrayBuffer);
+    else return;
+    let f: InFrame;
+    try {
+      f = JSON.parse(text);
+    } catch {
+      this.emit('error', new GatewayError('internal', `frame from the server is not JSON: ${text.slice(0, 200)}`));
+      return;
+    }
+    if (!f || typeof f !== 'object' || typeof f.type !== 'string') return;
+    switch (f.type) {
+      case 'welcome':
+        if (!conn.welcome) this.activate(conn, f);
+        return;
+      case 'disconnect':
+        conn.disc = { code: String(f.code ?? ''), reason: f.reason, reconnect: f.reconnect === true };
+        return;
+      case 'message':
+        if (conn.welcome) this.onMessage(f);
+        return;
+    }
+    if (!conn.welcome) return;
+    const h = f.id !== undefined ? conn.pending.get(f.id) : undefined;
+    if (h) {
+      conn.pending.delete(f.id as string);
+      h(f);
+      return;
+    }
+    if (f.type === 'error') {
+      this.emit('error', new GatewayError(String(f.code ?? 'internal'), f.message));
+    }
+  }
+
+  // activate makes conn the live connection: resubscribes every channel, sends what waited.
+  private activate(conn: Conn, f: InFrame): void {
+    clearTimeout(conn.handshakeTimer);
+    const w: Welcome = { session: String(f.session ?? ''), node: String(f.node ?? ''), user: String(f.user ?? '') };
+    conn.welcome = w;
+    conn.openedAt = Date.now();
+    this.info = w;
+    this.live = true;
+    if (this.pingInterval > 0) {
+      conn.pingTimer = setInterval(() => this.keepalive(conn), this.pingInterval);
+    }
+    this.setState('connected');
+    if (conn !== this.conn) return;
+    this.emit('welcome', { ...w });
+    for (const sub of [...this.subs.values()]) {
+      if (conn !== this.conn) return;
+      if (sub.sentOn !== conn && this.subs.get(sub.channel) === sub) this.sendSubscribe(conn, sub);
+    }
+    const waiting = [...this.queue];
+    this.queue.clear();
+    for (const r of waiting) {
+      if (conn !== this.conn) {
+        this.queue.add(r);
+        continue;
+      }
+      this.dispatch(r);
+    }
+  }
+
+  private keepalive(conn: Conn): void {
+    if (conn.ended) return;
+    const sentAt = Date.now();
+    if (!this.write(conn, { type: 'ping', id: 'keepalive' }) || conn.pongTimer !== undefined) return;
+    conn.pongTimer = setTimeout(() => {
+      conn.pongTimer = undefined;
+      if (conn.lastRecv < sentAt) this.end(conn, `no answer to a ping within ${this.ackTimeout} ms`);
+    }, this.ackTimeout);
+  }
+
+  // write sends a frame on conn; false when conn is not open.
+  private write(conn: Conn, frame: Record<string, unknown>): boolean {
+    if (conn.ended || conn.ws.readyState !== OPEN) return false;
+    try {
+      conn.ws.send(JSON.stringify(frame));
+      return true;
+    } catch (err) {
+      // Ended after the caller undid what it had prepared for this frame.
+      queueMicrotask(() => this.end(conn, `send failed: ${errText(err)}`));
+      return false;
+    }
+  }
+
+  // end finishes conn (once): pending replies fail, and the client reconnects unless told not to.
+  private end(conn: Conn, why: string): void {
+    if (conn.ended) return;
+    conn.ended = true;
+    const current = conn === this.conn;
+    clearTimeout(conn.handshakeTimer);
+    clearInterval(conn.pingTimer);
+    clearTimeout(conn.pongTimer);
+    const ws = conn.ws;
+    ws.onmessage = ws.onclose = ws.onerror = ws.onopen = null;
+    try {
+      ws.close(1000);
+    } catch {
+      // closing or closed already
+    }
+    const wasLive = conn.welcome !== undefined;
+    if (current) {
+      this.conn = undefined;
+      this.live = false;
+    }
+    const handlers = [...conn.pending.values()];
+    conn.pending.clear();
+    for (const h of handlers) h(null);
+    if (this.closed || !current) return;
+    const d: Disconnect = conn.disc ?? { code: wasLive ? 'connection_lost' : 'connect_failed', reason: why, reconnect: true };
+    this.emit('disconnect', { ...d });
+    if (this.closed) return;
+    if (!d.reconnect) {
+      this.shutdown(new GatewayError('closed', `disconnected by the server: ${d.code}${d.reason ? ` (${d.reason})` : ''}`));
+      return;
+    }
+    let delay: number;
+    if (conn.disc) {
+      // shutdown, slow_consumer, token_expired, resubscribe: at once, spread by the jitter.
+      this.attempt = 0;
+      delay = Math.random() * this.minDelay;
+    } else {
+      if (wasLive && Date.now() - conn.openedAt >= this.maxDelay) this.attempt = 0;
+      delay = this.backoff(this.attempt++);
+    }
+    if (wasLive) this.setState('disconnected');
+    this.schedule(delay);
+  }
+
+  // shutdown closes the client for good.
+  private shutdown(err: GatewayError): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.connectSeq++;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    const conn = this.conn;
+    if (conn) this.end(conn, 'client closed');
+    for (const sub of this.subs.values()) this.settleFirst(sub, err);
+    this.subs.clear();
+    for (const r of [...this.requests]) this.finish(r, undefined, err);
+    this.queue.clear();
+    this.setState('closed');
+  }
+
+  // ---- subscriptions -----------------------------------------------------------------------
+
+  private sendSubscribe(conn: Conn, sub: Sub): void {
+    const id = this.nextID();
+    const since = sub.last;
+    sub.sentOn = conn;
+    const frame: Record<string, unknown> = { type: 'subscribe', id, channel: sub.channel };
+    if (since) frame.since = since;
+    conn.pending.set(id, (f) => this.onSubscribeReply(conn, sub, since, f));
+    if (!this.write(conn, frame)) {
+      conn.pending.delete(id);
+      sub.sentOn = undefined; // the next connection subscribes it
+      return;
+    }
+    if (sub.first && !sub.first.timer) {
+      const first = sub.first;
+      first.timer = setTimeout(() => {
+        first.timer = undefined;
+        if (sub.first !== first) return;
+        if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+        // A late `subscribed` finds the subscription gone and unsubscribes.
+        this.settleFirst(sub, new GatewayError('timeout', `no answer to subscribe ${sub.channel} within ${this.ackTimeout} ms`));
+      }, this.ackTimeout);
+    }
+  }
+
+  private onSubscribeReply(conn: Conn, sub: Sub, since: string, f: InFrame | null): void {
+    if (f === null) {
+      // Connection lost before the reply: the next connection subscribes again; the wait of
+      // subscribe() starts over there.
+      if (sub.first?.timer) {
+        clearTimeout(sub.first.timer);
+        sub.first.timer = undefined;
+      }
+      return;
+    }
+    if (this.subs.get(sub.channel) !== sub) {
+      // Unsubscribed (or given up) meanwhile.
+      if (f.type === 'subscribed' && this.live && this.conn === conn) {
+        const id = this.nextID();
+        conn.pending.set(id, () => {});
+        this.write(conn, { type: 'unsubscribe', id, channel: sub.channel });
+      }
+      return;
+    }
+    if (f.type === 'subscribed') {
+      const pos = String(f.position ?? '');
+      const cmp = comparePositions(pos, sub.last);
+      if (pos && (cmp === undefined || cmp >= 0)) sub.last = pos;
+      sub.recovered = f.recovered === true;
+      sub.confirmed = true;
+      const s: Subscribed = { channel: sub.channel, position: pos, recovered: sub.recovered };
+      const first = sub.first;
+      if (first) {
+        sub.first = undefined;
+        clearTimeout(first.timer);
+        first.resolve({ ...s });
+      }
+      this.emit('subscribed', s);
+      return;
+    }
+    const e =
+      f.type === 'error'
+        ? new GatewayError(String(f.code ?? 'internal'), f.message)
+        : new GatewayError('internal', `subscribe answered by ${JSON.stringify(f.type)}`);
+    if (sub.confirmed) {
+      if (e.code === 'bad_request' && since) {
+        // The server cannot resume from since: subscribe afresh, which says recovered:false.
+        sub.last = '';
+        this.sendSubscribe(conn, sub);
+        return;
+      }
+      if (retryable(e.code) || e.code === 'internal') {
+        // Try again on a new connection, after the reconnect delay.
+        this.end(conn, `resubscribe ${sub.channel}: ${e.message}`);
+        return;
+      }
+    }
+    // Refused: the subscription ends.
+    this.subs.delete(sub.channel);
+    if (sub.first) {
+      this.settleFirst(sub, e);
+    } else {
+      this.emit('error', new GatewayError(e.code, `resubscribe ${sub.channel} refused; the subscription ended: ${e.message}`));
+    }
+  }
+
+  private settleFirst(sub: Sub, err: GatewayError): void {
+    const first = sub.first;
+    if (!first) return;
+    sub.first = undefined;
+    clearTimeout(first.timer);
+    first.reject(err);
+  }
+
+  private onMessage(f: InFrame): void {
+    if (f.to !== undefined || !f.channel) {
+      const m: DirectMessage = { to: String(f.to ?? ''), id: String(f.id ?? ''), data: f.data };
+      if (f.encoding === 'base64') m.encoding = 'base64';
+      this.emit('direct', m);
+      return;
+    }
+    const sub = this.subs.get(f.channel);
+    if (!sub) return;
+    const position = String(f.position ?? '');
+    const id = String(f.id ?? '');
+    if (!sub.accept(position, id)) return;
+    const m: Message = { channel: f.channel, id, position, data: f.data };
+    if (f.from) {
+      m.from = String(f.from.user ?? '');
+      m.fromSession = String(f.from.session ?? '');
+    }
+    if (f.encoding === 'base64') m.encoding = 'base64';
+    this.emit('message', m);
+  }
+
+  // ---- requests ----------------------------------------------------------------------------
+
+  private nextID(): string {
+    return String(++this.frameSeq);
+  }
+
+  private submit(frame: Record<string, unknown>, data: unknown, msgId: string | undefined): Promise<Ack> {
+    if (this.closed) return Promise.reject(new GatewayError('closed', 'client closed'));
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(data);
+    } catch (err) {
+      return Promise.reject(new GatewayError('bad_request', `data cannot be encoded as JSON: ${errText(err)}`));
+    }
+    if (json === undefined) {
+      return Promise.reject(new GatewayError('bad_request', `data cannot be encoded as JSON (${typeof data})`));
+    }
+    if (msgId !== undefined && (typeof msgId !== 'string' || msgId === '' || msgId.length > 64)) {
+      return Promise.reject(new GatewayError('bad_request', 'msgId must be a string of 1 to 64 characters'));
+    }
+    const f = { ...frame, data: JSON.parse(json) as unknown, msg_id: msgId ?? newMsgID() };
+    if (this.maxFrameSize > 0) {
+      const n = encoder.encode(JSON.stringify({ ...f, id: '9007199254740991' })).length;
+      if (n > this.maxFrameSize) {
+        return Promise.reject(new GatewayError('too_large', `frame of ${n} bytes, over the limit of ${this.maxFrameSize}`));
+      }
+    }
+    return this.request(f, 'ack', this.maxAttempts).then((r) => ({
+      msg_id: String(r.frame.msg_id || f.msg_id),
+      attempts: r.attempts,
+    }));
+  }
+
+  // request sends frame until its reply of type expect comes (or the attempts run out).
+  private request(frame: Record<string, unknown>, expect: string, maxAttempts: number, lossIsSuccess = false): Promise<Reply> {
+    if (this.closed) return Promise.reject(new GatewayError('closed', 'client closed'));
+    return new Promise<Reply>((resolve, reject) => {
+      const r = new Request(frame, expect, maxAttempts, resolve, reject, lossIsSuccess);
+      this.requests.add(r);
+      this.dispatch(r);
+    });
+  }
+
+  // dispatch sends the next attempt of r, or queues it until a connection is live.
+  private dispatch(r: Request): void {
+    if (r.done) return;
+    const conn = this.conn;
+    if (!this.live || !conn) {
+      this.queue.add(r);
+      return;
+    }
+    const id = this.nextID();
+    const prev = r.current;
+    // Everything is in place before the write, which may answer at once.
+    conn.pending.set(id, (f) => this.onReply(r, conn, id, f));
+    r.attempts++;
+    r.current = { conn, id };
+    clearTimeout(r.timer);
+    r.timer = setTimeout(() => this.onTimeout(r, id), this.ackTimeout);
+    if (!this.write(conn, { ...r.frame, id })) {
+      // Not handed over: not an attempt.
+      conn.pending.delete(id);
+      clearTimeout(r.timer);
+      r.timer = undefined;
+      r.attempts--;
+      r.current = prev;
+      if (!r.done) this.queue.add(r);
+    }
+  }
+
+  private onTimeout(r: Request, id: string): void {
+    if (r.done || r.current?.id !== id) return;
+    r.timer = undefined;
+    r.lastCode = 'timeout';
+    r.lastWhy = `no reply within ${this.ackTimeout} ms`;
+    this.retry(r);
+  }
+
+  private onReply(r: Request, conn: Conn, id: string, f: InFrame | null): void {
+    if (r.done || this.closed) return;
+    if (f === null) {
+      // The connection ended; only the loss of the current attempt matters.
+      if (r.current?.conn !== conn || r.current.id !== id) return;
+      clearTimeout(r.timer);
+      r.timer = undefined;
+      if (r.lossIsSuccess) {
+        this.finish(r, { type: r.expect });
+        return;
+      }
+      r.lastCode = 'unavailable';
+      r.lastWhy = 'connection lost before the reply';
+      this.retry(r);
+      return;
+    }
+    if (f.type === r.expect) {
+      this.finish(r, f);
+      return;
+    }
+    if (r.current?.id !== id) return; // an old attempt's refusal: the current one decides
+    if (f.type === 'error') {
+      const e = new GatewayError(String(f.code ?? 'internal'), f.message);
+      if (r.lossIsSuccess && e.code === 'not_found') {
+        this.finish(r, { type: r.expect });
+        return;
+      }
+      if (!retryable(e.code)) {
+        this.finish(r, undefined, e);
+        return;
+      }
+      clearTimeout(r.timer);
+      r.timer = undefined;
+      r.lastCode = e.code;
+      r.lastWhy = String(f.message ?? '');
+      if (r.attempts >= r.maxAttempts) {
+        this.finish(r, undefined, this.gaveUp(r));
+        return;
+      }
+      // unavailable, rate_limited: wait before sending again.
+      r.retryTimer = setTimeout(() => {
+        r.retryTimer = undefined;
+        this.dispatch(r);
+      }, this.backoff(r.attempts));
+      return;
+    }
+    this.finish(r, undefined, new GatewayError('internal', `${r.frame.type} answered by ${JSON.stringify(f.type)}`));
+  }
+
+  private retry(r: Request): void {
+    if (r.attempts >= r.maxAttempts) {
+      this.finish(r, undefined, this.gaveUp(r));
+      return;
+    }
+    this.dispatch(r);
+  }
+
+  private gaveUp(r: Request): GatewayError {
+    const n = r.attempts;
+    return new GatewayError(r.lastCode, `${r.frame.type} gave up after ${n} attempt${n === 1 ? '' : 's'}; the last: ${r.lastWhy}`);
+  }
+
+  private finish(r: Request, frame: InFrame | undefined, err?: GatewayError): void {
+    if (r.done) return;
+    r.done = true;
+    clearTimeout(r.timer);
+    clearTimeout(r.retryTimer);
+    this.queue.delete(r);
+    this.requests.delete(r);
+    if (err || !frame) r.reject(err ?? new GatewayError('internal', 'no reply'));
+    else r.resolve({ frame, attempts: r.attempts });
+  }
+}
+
+function errText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function closeText(url: string, ev: { code?: number; reason?: string } | undefined): string {
+  const code = ev?.code;
+  const reason = ev?.reason;
+  return `${url}: closed${code ? ` with code ${code}` : ''}${reason ? ` (${reason})` : ''}`;
+}

@@ -1,0 +1,16 @@
+export { Client, defaults, normalizeURL } from './client.js';
+export { GatewayError, ErrorCodes } from './errors.js';
+export { comparePositions } from './position.js';
+export type {
+  Ack,
+  ClientOptions,
+  DirectMessage,
+  Disconnect,
+  EventMap,
+  Message,
+  State,
+  Subscribed,
+  WebSocketConstructor,
+  WebSocketLike,
+  Welcome,
+} from './types.js';

@@ -1,0 +1,128 @@
+import type { GatewayError } from './errors.js';
+
+/**
+ * The connection state. A client goes disconnected -> connecting -> connected, back to
+ * disconnected when a connection ends (connecting again after the reconnect delay), and ends
+ * closed (close(), or a server `disconnect` with `reconnect: false`).
+ */
+export type State = 'disconnected' | 'connecting' | 'connected' | 'closed';
+
+/** The part of the WebSocket API the client uses (browsers', Node's, or the `ws` package's). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((ev: any) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code?: number; reason?: string }) => void) | null;
+  onerror: ((ev: any) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** A WebSocket constructor: `new WebSocket(url)`. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface ClientOptions {
+  /**
+   * The gateway's WebSocket endpoint, `ws(s)://host/ws` (`http(s)://` is turned into `ws(s)://`,
+   * and `/ws` is appended when the path does not end with it; in a browser a relative URL such as
+   * `/ws` is resolved against the page). An array is tried in turn, moving to the next URL on
+   * each connection attempt; a function is called before each attempt.
+   */
+  url: string | string[] | (() => string);
+  /**
+   * The connection token (a JWT), sent as `?token=` (browsers cannot set headers on a WebSocket).
+   * A function is called before every (re)connect, so an expiring token can be refreshed.
+   */
+  token?: string | (() => string | Promise<string>);
+  /** The WebSocket constructor; default `globalThis.WebSocket` (Node 20: `--experimental-websocket`). */
+  WebSocket?: any;
+  /** Smallest reconnect delay, ms (default 250). Delays are random in [0, d) ("full jitter"), d doubling per failure. */
+  minReconnectDelay?: number;
+  /** Largest reconnect delay, ms (default 10000). */
+  maxReconnectDelay?: number;
+  /** How long one attempt of a request waits for its reply, ms (default 10000). */
+  ackTimeout?: number;
+  /** How many times publish/send/ping are sent (same msg_id) before their promise rejects (default 5). */
+  maxAttempts?: number;
+  /** Longest wait for the upgrade and the welcome frame of a connection attempt, ms (default 10000). */
+  handshakeTimeout?: number;
+  /**
+   * How often the client pings the server, ms (default 20000; 0 turns it off). A connection that
+   * does not answer within `ackTimeout` is considered dead and replaced.
+   */
+  pingInterval?: number;
+  /** publish/send refuse (`too_large`) a frame over this many bytes (default 65536, the server's default; 0: no check). */
+  maxFrameSize?: number;
+}
+
+/** A message on a subscribed channel. */
+export interface Message {
+  /** The channel as subscribed (`$user` for the user channel). */
+  channel: string;
+  /** The message's unique id. */
+  id: string;
+  /** Opaque position in the channel: what a resume (`since`) starts after. */
+  position: string;
+  /** The payload: the JSON value published, or a base64 string when `encoding` is `base64`. */
+  data: unknown;
+  /** The user id of the client that published it; absent when a service did. */
+  from?: string;
+  /** The session id of the client that published it; absent when a service did. */
+  fromSession?: string;
+  /** `base64` when the payload was not JSON and `data` is its base64 encoding. */
+  encoding?: 'base64';
+}
+
+/** A message addressed to this session (`to: 'session'`) or to every connection (`to: 'all'`); not resumable. */
+export interface DirectMessage {
+  to: string;
+  id: string;
+  data: unknown;
+  encoding?: 'base64';
+}
+
+/** The server's confirmation of a subscription (the first, and every automatic resubscribe). */
+export interface Subscribed {
+  channel: string;
+  /** The channel's position when subscribed. */
+  position: string;
+  /** True when `since` was given and everything after it was replayed; false: messages may be missing. */
+  recovered: boolean;
+}
+
+/** The server's acceptance of a publish or send (the broker has the message). */
+export interface Ack {
+  /** The idempotency key the message was sent with. */
+  msg_id: string;
+  /** How many times it was sent. */
+  attempts: number;
+}
+
+export interface Welcome {
+  session: string;
+  node: string;
+  user: string;
+}
+
+/** Why a connection ended (or a connection attempt failed). */
+export interface Disconnect {
+  /**
+   * The code of the server's `disconnect` frame (`shutdown`, `slow_consumer`, `token_expired`,
+   * `policy`, `resubscribe`), or, set by the client: `connection_lost` (an established connection
+   * ended without one), `connect_failed` (an attempt failed before the welcome frame).
+   */
+  code: string;
+  reason?: string;
+  /** Whether the client reconnects. */
+  reconnect: boolean;
+}
+
+export interface EventMap {
+  message: (m: Message) => void;
+  state: (s: State, prev: State) => void;
+  subscribed: (s: Subscribed) => void;
+  welcome: (w: Welcome) => void;
+  disconnect: (d: Disconnect) => void;
+  error: (e: GatewayError) => void;
+  direct: (m: DirectMessage) => void;
+}

@@ -1,0 +1,334 @@
+// The client against a scripted fake WebSocket: what a real gateway does not do on demand
+// (disconnect with reconnect:false, duplicates at a resume seam, refusals, silent connections).
+import assert from 'node:assert/strict';
+import { afterEach, describe, test } from 'node:test';
+
+import { Client, GatewayError, comparePositions, normalizeURL } from '../dist/index.js';
+import { collect, eventually, nextEvent, rejection } from './helpers.mjs';
+
+/** A fake server: every `new WebSocket(url)` is a socket the test drives. */
+function fakeServer() {
+  const server = {
+    sockets: [],
+    frames: [], // every frame any client sent, parsed
+    onFrame: null, // (socket, frame) => void
+  };
+  server.WebSocket = class FakeWebSocket {
+    constructor(url) {
+      this.url = url;
+      this.readyState = 0;
+      this.sent = [];
+      this.onopen = this.onmessage = this.onclose = this.onerror = null;
+      server.sockets.push(this);
+    }
+    send(text) {
+      if (this.readyState !== 1) throw new Error('not open');
+      const f = JSON.parse(text);
+      this.sent.push(f);
+      server.frames.push(f);
+      server.onFrame?.(this, f);
+    }
+    close() {
+      if (this.readyState === 3) return;
+      this.readyState = 3;
+      queueMicrotask(() => this.onclose?.({ code: 1000 }));
+    }
+    // The server's side.
+    accept(welcome = {}) {
+      this.readyState = 1;
+      this.onopen?.({});
+      this.push({ type: 'welcome', session: 's' + server.sockets.length, node: 'n1', user: 'u1', ...welcome });
+    }
+    push(frame) {
+      this.onmessage?.({ data: JSON.stringify(frame) });
+    }
+    drop(code = 1006) {
+      if (this.readyState === 3) return;
+      this.readyState = 3;
+      this.onclose?.({ code });
+    }
+  };
+  server.last = () => server.sockets.at(-1);
+  server.socket = (n) => eventually(() => server.sockets[n - 1], `connection attempt ${n}`);
+  return server;
+}
+
+const clients = new Set();
+function client(server, opts = {}) {
+  const c = new Client({ url: 'ws://gw.test/ws', WebSocket: server.WebSocket, minReconnectDelay: 1, maxReconnectDelay: 5, ...opts });
+  clients.add(c);
+  return c;
+}
+
+// Answers subscribe frames with `subscribed` at the given position, and ping frames.
+function answer(server, positions = {}) {
+  server.onFrame = (ws, f) => {
+    if (f.type === 'subscribe') {
+      ws.push({ type: 'subscribed', id: f.id, channel: f.channel, position: positions[f.channel] ?? 'e:0:0:c', recovered: !!f.since });
+    } else if (f.type === 'ping' && f.id !== 'keepalive') {
+      ws.push({ type: 'pong', id: f.id });
+    }
+  };
+}
+
+afterEach(() => {
+  for (const c of clients) c.close();
+  clients.clear();
+});
+
+describe('protocol details (fake WebSocket)', () => {
+  test('uses the WebSocket option, sends the token as ?token=, and tries the URLs in turn', async () => {
+    const server = fakeServer();
+    let n = 0;
+    const c = client(server, { url: ['http://h1.test:81', 'wss://h2.test/base/'], token: () => `t${++n}` });
+    c.connect();
+    const s1 = await server.socket(1);
+    assert.equal(s1.url, 'ws://h1.test:81/ws?token=t1');
+    s1.drop();
+    const s2 = await server.socket(2);
+    assert.equal(s2.url, 'wss://h2.test/base/ws?token=t2');
+    s2.drop();
+    const s3 = await server.socket(3);
+    assert.equal(s3.url, 'ws://h1.test:81/ws?token=t3');
+    assert.equal(normalizeURL('https://x.test/a/ws'), 'wss://x.test/a/ws');
+    assert.throws(() => new Client({ url: 'ftp://x.test' }), TypeError);
+    assert.throws(() => new Client({ url: [], WebSocket: server.WebSocket }), TypeError);
+    assert.throws(() => new Client({ url: 'ws://x.test', WebSocket: server.WebSocket, ackTimeout: -1 }), /ackTimeout/);
+  });
+
+  test('a disconnect with reconnect:false stops the client', async () => {
+    const server = fakeServer();
+    const c = client(server, { minReconnectDelay: 0, maxReconnectDelay: 0 });
+    c.connect();
+    const ws = await server.socket(1);
+    ws.accept();
+    const pending = c.publish('room', 1); // never acked
+    const states = collect(c, 'state');
+    const disconnect = nextEvent(c, 'disconnect');
+    ws.push({ type: 'disconnect', code: 'policy', reason: 'banned', reconnect: false });
+    ws.drop(1008);
+    assert.deepEqual(await disconnect, { code: 'policy', reason: 'banned', reconnect: false });
+    const err = await rejection(pending);
+    assert.ok(err instanceof GatewayError);
+    assert.equal(err.code, 'closed');
+    assert.deepEqual(states, ['closed']);
+    // A reconnect would have been due after 0 ms: a 20 ms timer fires after it would have.
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(server.sockets.length, 1);
+    c.connect();
+    assert.equal(server.sockets.length, 1);
+  });
+
+  test('a disconnect with reconnect:true and a lost connection both reconnect', async () => {
+    const server = fakeServer();
+    answer(server);
+    const c = client(server);
+    const states = collect(c, 'state');
+    const disconnects = collect(c, 'disconnect');
+    c.connect();
+    (await server.socket(1)).accept();
+    server.last().push({ type: 'disconnect', code: 'shutdown', reason: 'draining', reconnect: true });
+    server.last().drop(1001);
+    (await server.socket(2)).accept();
+    server.last().drop();
+    (await server.socket(3)).accept();
+    await c.ping();
+    assert.deepEqual(
+      disconnects.map((d) => [d.code, d.reconnect]),
+      [
+        ['shutdown', true],
+        ['connection_lost', true],
+      ],
+    );
+    assert.deepEqual(states, ['connecting', 'connected', 'disconnected', 'connecting', 'connected', 'disconnected', 'connecting', 'connected']);
+  });
+
+  test('messages already delivered on a channel are dropped (by id and by position)', async () => {
+    const server = fakeServer();
+    answer(server, { room: 'e:0:0:c' });
+    const c = client(server);
+    const got = collect(c);
+    const subscribed = collect(c, 'subscribed');
+    c.connect();
+    (await server.socket(1)).accept();
+    await c.subscribe('room');
+    const msg = (id, lo, data) => ({ type: 'message', channel: 'room', id, position: `e:0:${lo}:c`, data });
+    const ws = server.last();
+    ws.push(msg('m1', 1, 1));
+    ws.push(msg('m1', 1, 1)); // the same again
+    ws.push(msg('m0', 0, 0)); // an older position
+    ws.push(msg('m2', 2, 2));
+    ws.push({ ...msg('m2', 9, 2), position: 'other-epoch:0:9:c' }); // same id, position not comparable
+    ws.push({ type: 'message', channel: 'not-subscribed', id: 'x', position: 'e:0:5:c', data: 'x' });
+    assert.deepEqual(
+      got.map((m) => m.id),
+      ['m1', 'm2'],
+    );
+    // Resume seam: after a reconnect the server replays from `since`, and a message the client
+    // saw live may come again.
+    ws.drop();
+    const ws2 = await server.socket(2);
+    ws2.accept();
+    await eventually(() => ws2.sent.some((f) => f.type === 'subscribe'), 'the resubscribe');
+    const sub = ws2.sent.find((f) => f.type === 'subscribe');
+    assert.equal(sub.since, 'other-epoch:0:9:c');
+    ws2.push(msg('m2', 2, 2));
+    ws2.push(msg('m3', 3, 3));
+    assert.deepEqual(
+      got.map((m) => m.id),
+      ['m1', 'm2', 'm3'],
+    );
+    assert.deepEqual(
+      subscribed.map((s) => s.recovered),
+      [false, true],
+    );
+  });
+
+  test('a resume the server cannot do (bad_request) resubscribes without since', async () => {
+    const server = fakeServer();
+    const c = client(server);
+    server.onFrame = (ws, f) => {
+      if (f.type !== 'subscribe') return;
+      if (f.since) ws.push({ type: 'error', id: f.id, code: 'bad_request', message: 'bad since' });
+      else ws.push({ type: 'subscribed', id: f.id, channel: f.channel, position: 'e:0:7:c', recovered: false });
+    };
+    c.connect();
+    (await server.socket(1)).accept();
+    await c.subscribe('room');
+    server.last().push({ type: 'message', channel: 'room', id: 'm8', position: 'e:0:8:c', data: 8 });
+    const again = nextEvent(c, 'subscribed');
+    server.last().drop();
+    (await server.socket(2)).accept();
+    assert.deepEqual(await again, { channel: 'room', position: 'e:0:7:c', recovered: false });
+    assert.deepEqual(
+      server.last().sent.map((f) => [f.type, f.since]),
+      [
+        ['subscribe', 'e:0:8:c'],
+        ['subscribe', undefined],
+      ],
+    );
+  });
+
+  test('a refused resubscribe ends the subscription with an error event', async () => {
+    const server = fakeServer();
+    let refuse = false;
+    server.onFrame = (ws, f) => {
+      if (f.type !== 'subscribe') return;
+      if (refuse) ws.push({ type: 'error', id: f.id, code: 'forbidden', message: 'not any more' });
+      else ws.push({ type: 'subscribed', id: f.id, channel: f.channel, position: 'e:0:1:c', recovered: false });
+    };
+    const c = client(server);
+    c.connect();
+    (await server.socket(1)).accept();
+    await c.subscribe('room');
+    refuse = true;
+    const error = nextEvent(c, 'error');
+    server.last().drop();
+    (await server.socket(2)).accept();
+    const e = await error;
+    assert.ok(e instanceof GatewayError);
+    assert.equal(e.code, 'forbidden');
+    assert.equal(c.position('room'), undefined);
+    assert.equal((await rejection(c.unsubscribe('room'))).code, 'not_found');
+  });
+
+  test('a publish never acked rejects with timeout after maxAttempts attempts of one msg_id', async () => {
+    const server = fakeServer();
+    const c = client(server, { ackTimeout: 15, maxAttempts: 3 });
+    c.connect();
+    (await server.socket(1)).accept();
+    const err = await rejection(c.publish('room', { a: 1 }));
+    assert.ok(err instanceof GatewayError);
+    assert.equal(err.code, 'timeout');
+    const pubs = server.frames.filter((f) => f.type === 'publish');
+    assert.equal(pubs.length, 3);
+    assert.equal(new Set(pubs.map((f) => f.msg_id)).size, 1);
+    assert.equal(new Set(pubs.map((f) => f.id)).size, 3);
+    assert.deepEqual(pubs[0].data, { a: 1 });
+  });
+
+  test('unavailable is retried, forbidden is not; a late ack of an earlier attempt counts', async () => {
+    const server = fakeServer();
+    const c = client(server, { ackTimeout: 1000, maxAttempts: 4 });
+    let n = 0;
+    server.onFrame = (ws, f) => {
+      if (f.type !== 'publish') return;
+      n++;
+      if (f.channel === 'busy' && n === 1) ws.push({ type: 'error', id: f.id, code: 'unavailable', message: 'broker slow' });
+      else if (f.channel === 'busy') ws.push({ type: 'ack', id: f.id, msg_id: f.msg_id });
+      else ws.push({ type: 'error', id: f.id, code: 'forbidden', message: 'no' });
+    };
+    c.connect();
+    (await server.socket(1)).accept();
+    const ack = await c.publish('busy', 1);
+    assert.equal(ack.attempts, 2);
+    n = 0;
+    assert.equal((await rejection(c.publish('closed-room', 1))).code, 'forbidden');
+    assert.equal(n, 1);
+
+    // The first attempt times out, the second is sent; then the ack of the first arrives.
+    const held = [];
+    server.onFrame = (ws, f) => f.type === 'send' && held.push(f);
+    const slow = new Client({ url: 'ws://gw.test/ws', WebSocket: server.WebSocket, ackTimeout: 20 });
+    clients.add(slow);
+    slow.connect();
+    const ws = await server.socket(2);
+    ws.accept();
+    const p = slow.send('x');
+    await eventually(() => held.length === 2, 'a second attempt');
+    ws.push({ type: 'ack', id: held[0].id, msg_id: held[0].msg_id });
+    assert.deepEqual(await p, { msg_id: held[0].msg_id, attempts: 2 });
+  });
+
+  test('no welcome in time, or no answer to the keepalive ping: the connection is replaced', async () => {
+    const server = fakeServer();
+    const c = client(server, { handshakeTimeout: 20, pingInterval: 10, ackTimeout: 20 });
+    const disconnects = collect(c, 'disconnect');
+    c.connect();
+    const s1 = await server.socket(1);
+    s1.readyState = 1;
+    s1.onopen?.({}); // open, but silent
+    const s2 = await server.socket(2);
+    assert.equal(s1.readyState, 3, 'the silent connection was closed');
+    s2.accept(); // then silent: the keepalive ping is not answered
+    await eventually(() => s2.sent.some((f) => f.type === 'ping' && f.id === 'keepalive'), 'a keepalive ping');
+    await server.socket(3);
+    assert.equal(s2.readyState, 3);
+    assert.deepEqual(
+      disconnects.map((d) => d.code),
+      ['connect_failed', 'connection_lost'],
+    );
+    assert.match(disconnects[1].reason, /ping/);
+  });
+
+  test('messages addressed to the session or to all are direct events; base64 payloads say so', async () => {
+    const server = fakeServer();
+    answer(server);
+    const c = client(server);
+    const direct = collect(c, 'direct');
+    const got = collect(c);
+    c.connect();
+    (await server.socket(1)).accept();
+    await c.subscribe('bin');
+    const ws = server.last();
+    ws.push({ type: 'message', to: 'session', id: 'd1', data: { hi: 1 } });
+    ws.push({ type: 'message', to: 'all', id: 'd2', data: 'AAE=', encoding: 'base64' });
+    ws.push({ type: 'message', channel: 'bin', id: 'b1', position: 'e:0:1:c', data: 'AAE=', encoding: 'base64' });
+    assert.deepEqual(direct, [
+      { to: 'session', id: 'd1', data: { hi: 1 } },
+      { to: 'all', id: 'd2', data: 'AAE=', encoding: 'base64' },
+    ]);
+    assert.deepEqual(got, [{ channel: 'bin', id: 'b1', position: 'e:0:1:c', data: 'AAE=', encoding: 'base64' }]);
+  });
+
+  test('positions compare within one epoch and channel only', () => {
+    assert.equal(comparePositions('e:1:2:c', 'e:1:3:c'), -1);
+    assert.equal(comparePositions('e:2:0:c', 'e:1:9:c'), 1);
+    assert.equal(comparePositions('e:18446744073709551615:0:c', 'e:18446744073709551614:9:c'), 1);
+    assert.equal(comparePositions('e:1:2:c', 'e:1:2:c'), 0);
+    assert.equal(comparePositions('e:1:2:c', 'f:1:2:c'), undefined);
+    assert.equal(comparePositions('e:1:2:c', 'e:1:2:d'), undefined);
+    assert.equal(comparePositions('17-3', 'e:1:2:c'), undefined);
+    assert.equal(comparePositions('e:x:2:c', 'e:1:2:c'), undefined);
+  });
+});
