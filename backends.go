@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"log/slog"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -20,7 +21,12 @@ import (
 func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, error) {
 	switch cfg.Broker {
 	case configs.BrokerMemory:
-		broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL})
+		broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL,
+			Bounds: func(topic string) (int, time.Duration) {
+				channel, _ := transports.ChannelOf(topic)
+				size, ttl, _ := cfg.History.Bounds(channel)
+				return size, ttl
+			}})
 		return &ownedMemory{Backend: broker.Node(cfg.TopicPrefix), broker: broker}, nil
 	case configs.BrokerJetStream:
 		return jetstream.New(jetstream.Config{

@@ -11,6 +11,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -94,6 +96,10 @@ type Gateway struct {
 	events  *handlers.Events // nil when disabled
 	metrics *metrics.Metrics
 	mux     *http.ServeMux
+	tls     *tls.Config // nil: plain HTTP
+	admin   admin
+
+	routerRan atomic.Bool // Start ran the router: Close must close it
 
 	closers   []func() error // what New opened besides the backend (a dedupe store's client)
 	closeOnce sync.Once
@@ -118,6 +124,10 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 	if err != nil {
 		return nil, &configs.KeyError{Key: "router.signing_keys", Env: "GATEWAY_ROUTER_SIGNING_KEYS", Reason: err.Error()}
 	}
+	serverTLS, err := newServerTLS(cfg.TLS, log)
+	if err != nil {
+		return nil, err
+	}
 	var closers []func() error
 	if o.dedupe == nil {
 		if o.dedupe, closers, err = dedupeStore(cfg); err != nil {
@@ -130,7 +140,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 			return nil, err
 		}
 	}
-	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux(), closers: closers}
+	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers}
 	g.feed = transports.NewFeed(backend)
 	g.inbox = transports.NewInbox()
 
@@ -144,6 +154,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		PublicChannels: cfg.Auth.PublicChannels,
 		AnonPublish:    cfg.Auth.AnonymousPublish,
 		MaxReplay:      cfg.History.MaxReplay,
+		HistoryBounds:  historyBounds(cfg.History),
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
 		APIKey:         cfg.API.Key,
 		DedupeWindow:   cfg.Router.DedupeWindow,
@@ -238,16 +249,29 @@ func originChecker(allowed []string) func(r *http.Request) bool {
 	}
 }
 
-// Handler is the node's HTTP handler (for tests and for embedding in another server).
+// Handler is the node's HTTP handler (for tests and for embedding in another server). It has
+// no pprof: that is served only by the admin listener (admin.addr).
 func (g *Gateway) Handler() http.Handler { return g.mux }
 
 // Metrics are the node's collectors.
 func (g *Gateway) Metrics() *metrics.Metrics { return g.metrics }
 
-// Start starts the router and returns once it runs. Run calls it; tests that serve Handler
-// themselves call it directly.
+// Start starts the admin listener (when admin.addr is set) and the router, and returns once the
+// router runs. Run calls it; tests that serve Handler themselves call it directly.
 func (g *Gateway) Start(ctx context.Context) error {
+	if err := g.startAdmin(); err != nil {
+		return err
+	}
+	if err := g.startRouter(ctx); err != nil {
+		g.closeAdmin()
+		return err
+	}
+	return nil
+}
+
+func (g *Gateway) startRouter(ctx context.Context) error {
 	errc := make(chan error, 1)
+	g.routerRan.Store(true)
 	go func() { errc <- g.router.Run(context.WithoutCancel(ctx)) }()
 	select {
 	case <-g.router.Running():
@@ -269,18 +293,20 @@ func (g *Gateway) Run(ctx context.Context) error {
 	return g.Serve(ctx, ln)
 }
 
-// Serve is Run on a listener of the caller's.
+// Serve is Run on a listener of the caller's (plain TCP: Serve adds the configured TLS).
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	if err := g.Start(ctx); err != nil {
 		ln.Close()
 		_ = g.Close()
 		return err
 	}
-	srv := &http.Server{Handler: g.mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
-		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelDebug)}
+	srv := g.httpServer(g.mux)
+	if g.tls != nil {
+		ln = tls.NewListener(ln, g.tls)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	g.log.Info("gateway listening", "addr", ln.Addr().String(), "broker", g.cfg.Broker)
+	g.log.Info("gateway listening", "addr", ln.Addr().String(), "broker", g.cfg.Broker, "tls", g.tls != nil)
 	select {
 	case err := <-errc:
 		_ = g.Close()
@@ -305,15 +331,18 @@ func (g *Gateway) Drain() {
 	g.hub.Drain(ctx, g.cfg.Drain.Period)
 }
 
-// Close stops the node at once: connections, router, broker. Safe to call twice.
+// Close stops the node at once: connections, router, broker, admin listener. Safe to call twice.
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
 		g.hub.Close()
 		g.events.Close(2 * time.Second) // the disconnected events of the drain, while the router runs
 		_ = g.inbox.Close()
 		var errs []error
-		if err := g.router.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("router: %w", err))
+		// A router that never ran would wait its whole close timeout for handlers that never start.
+		if g.routerRan.Load() {
+			if err := g.router.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("router: %w", err))
+			}
 		}
 		_ = g.feed.Close()
 		if err := g.backend.Close(); err != nil {
@@ -322,7 +351,19 @@ func (g *Gateway) Close() error {
 		for _, c := range g.closers {
 			_ = c()
 		}
+		g.closeAdmin() // last: pprof and metrics stay up through the drain and the shutdown
 		g.closeErr = errors.Join(errs...)
 	})
 	return g.closeErr
+}
+
+// historyBounds is the per-pattern history rule of a channel (history.channels).
+func historyBounds(h configs.HistoryConfig) func(channel string) (int, time.Duration) {
+	if len(h.Channels) == 0 {
+		return nil
+	}
+	return func(channel string) (int, time.Duration) {
+		size, ttl, _ := h.Bounds(channel)
+		return size, ttl
+	}
 }

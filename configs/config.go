@@ -4,6 +4,9 @@
 package configs
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -36,6 +39,9 @@ const (
 	DefaultRetryMaxElapsed = 3 * time.Second
 	DefaultLogLevel        = "info"
 	DefaultLogFormat       = "text"
+
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 120 * time.Second
 )
 
 // Broker names.
@@ -69,6 +75,9 @@ type Config struct {
 	Drain     DrainConfig     `yaml:"drain" envPrefix:"DRAIN_"`
 	Events    EventsConfig    `yaml:"events" envPrefix:"EVENTS_"`
 	Log       LogConfig       `yaml:"log" envPrefix:"LOG_"`
+	TLS       TLSConfig       `yaml:"tls" envPrefix:"TLS_"`
+	HTTP      HTTPConfig      `yaml:"http" envPrefix:"HTTP_"`
+	Admin     AdminConfig     `yaml:"admin" envPrefix:"ADMIN_"`
 
 	// Development is set by Load when the node runs on the embedded default with no
 	// configuration at all; it then makes up a JWT secret and says so.
@@ -129,11 +138,16 @@ type WebSocketConfig struct {
 	PublishTimeout time.Duration `yaml:"publish_timeout" env:"WS_PUBLISH_TIMEOUT"` // longest wait for the broker before `unavailable`
 }
 
-// HistoryConfig bounds what the embedded broker keeps per channel and what one subscribe replays.
+// HistoryConfig bounds what the embedded broker keeps per channel, what one subscribe replays,
+// and, per channel pattern, how far back a resume may reach on any broker.
 type HistoryConfig struct {
 	Size      int           `yaml:"size" env:"SIZE"`             // messages kept per channel (memory broker)
 	TTL       time.Duration `yaml:"ttl" env:"TTL"`               // how long they are kept (memory broker)
 	MaxReplay int           `yaml:"max_replay" env:"MAX_REPLAY"` // most messages one subscribe replays; beyond, recovered:false
+	// Channels bounds history per channel pattern (count and age); the first matching rule wins.
+	// On the memory broker it sets what is kept; on the others it bounds what a resume may reach
+	// (the broker's own retention stays the outer bound). See HistoryRule.
+	Channels []HistoryRule `yaml:"channels" env:"CHANNELS"`
 }
 
 // RouterConfig sets the Watermill router's middleware.
@@ -179,6 +193,25 @@ type EventsConfig struct {
 type LogConfig struct {
 	Level  string `yaml:"level" env:"LEVEL"`   // debug, info, warn, error
 	Format string `yaml:"format" env:"FORMAT"` // text or json
+}
+
+// TLSConfig turns on TLS on the listener (https and wss) when both files are set.
+type TLSConfig struct {
+	CertFile string `yaml:"cert_file" env:"CERT_FILE"` // PEM certificate chain, leaf first
+	KeyFile  string `yaml:"key_file" env:"KEY_FILE"`   // PEM private key of the leaf
+}
+
+// HTTPConfig sets the timeouts of the HTTP server of the listener (WebSocket connections, once
+// upgraded, are kept alive by pings and websocket.write_timeout instead).
+type HTTPConfig struct {
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout" env:"READ_HEADER_TIMEOUT"` // longest wait for a request's headers; default 10s
+	IdleTimeout       time.Duration `yaml:"idle_timeout" env:"IDLE_TIMEOUT"`               // keep-alive connection idle before it is closed; default 120s
+}
+
+// AdminConfig is the optional admin listener: net/http/pprof under /debug/pprof/ and /metrics,
+// on an address of its own, never on the main listener.
+type AdminConfig struct {
+	Addr string `yaml:"addr" env:"ADDR"` // host:port; empty: no admin listener
 }
 
 // SetDefaults fills every zero setting with its default.
@@ -230,6 +263,8 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Events.Heartbeat, 5*time.Second)
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	setDefault(&c.Log.Format, DefaultLogFormat)
+	setDefault(&c.HTTP.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	setDefault(&c.HTTP.IdleTimeout, DefaultIdleTimeout)
 }
 
 func setDefault[T comparable](v *T, def T) {
@@ -361,6 +396,9 @@ func (c *Config) Validate() error {
 	if c.History.MaxReplay < 1 {
 		return bad("history.max_replay", "HISTORY_MAX_REPLAY", "must be at least 1")
 	}
+	if err := c.History.validateRules(); err != nil {
+		return err
+	}
 	if c.Router.DedupeWindow < time.Second {
 		return bad("router.dedupe_window", "ROUTER_DEDUPE_WINDOW", "must be at least 1s")
 	}
@@ -415,7 +453,97 @@ func (c *Config) Validate() error {
 	default:
 		return bad("log.format", "LOG_FORMAT", "%q is not text or json", c.Log.Format)
 	}
+	return c.validateServer()
+}
+
+// validateServer checks the listener's settings: TLS, HTTP timeouts and the admin listener.
+func (c *Config) validateServer() error {
+	if err := c.TLS.validate(); err != nil {
+		return err
+	}
+	if c.HTTP.ReadHeaderTimeout < time.Millisecond {
+		return bad("http.read_header_timeout", "HTTP_READ_HEADER_TIMEOUT", "must be positive")
+	}
+	if c.HTTP.IdleTimeout < time.Millisecond {
+		return bad("http.idle_timeout", "HTTP_IDLE_TIMEOUT", "must be positive")
+	}
+	if c.Admin.Addr != "" {
+		if !hostPort(c.Admin.Addr) {
+			return bad("admin.addr", "ADMIN_ADDR", "%q is not host:port", c.Admin.Addr)
+		}
+		if sameListener(c.Admin.Addr, c.Addr) {
+			return bad("admin.addr", "ADMIN_ADDR", "%q is the main listener's address %q: the admin listener must have a port of its own", c.Admin.Addr, c.Addr)
+		}
+	}
 	return nil
+}
+
+// validate checks that the certificate and key are both set or both empty, readable, and a pair.
+func (t TLSConfig) validate() error {
+	switch {
+	case t.CertFile == "" && t.KeyFile == "":
+		return nil
+	case t.KeyFile == "":
+		return bad("tls.key_file", "TLS_KEY_FILE", "must be set together with tls.cert_file")
+	case t.CertFile == "":
+		return bad("tls.cert_file", "TLS_CERT_FILE", "must be set together with tls.key_file")
+	}
+	certPEM, err := os.ReadFile(t.CertFile)
+	if err != nil {
+		return bad("tls.cert_file", "TLS_CERT_FILE", "cannot read %q: %v", t.CertFile, errors.Unwrap(err))
+	}
+	keyPEM, err := os.ReadFile(t.KeyFile)
+	if err != nil {
+		return bad("tls.key_file", "TLS_KEY_FILE", "cannot read %q: %v", t.KeyFile, errors.Unwrap(err))
+	}
+	if _, err := LoadCertificate(certPEM, keyPEM); err != nil {
+		return err
+	}
+	return nil
+}
+
+// LoadCertificate parses a PEM certificate chain and its private key; the error is a *KeyError
+// naming tls.cert_file or tls.key_file.
+func LoadCertificate(certPEM, keyPEM []byte) (tls.Certificate, error) {
+	var certs int
+	for rest := certPEM; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return tls.Certificate{}, bad("tls.cert_file", "TLS_CERT_FILE", "certificate %d: %v", certs+1, err)
+		}
+		certs++
+	}
+	if certs == 0 {
+		return tls.Certificate{}, bad("tls.cert_file", "TLS_CERT_FILE", "holds no PEM CERTIFICATE block")
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, bad("tls.key_file", "TLS_KEY_FILE", "not the private key of tls.cert_file: %v", err)
+	}
+	return cert, nil
+}
+
+// sameListener reports whether listening on a would take b's port: the same port (0 excepted,
+// a random one) on the same host or on all interfaces.
+func sameListener(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	na, err1 := net.LookupPort("tcp", pa)
+	nb, err2 := net.LookupPort("tcp", pb)
+	if err1 != nil || err2 != nil || na != nb || na == 0 {
+		return false
+	}
+	wildcard := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return wildcard(ha) || wildcard(hb) || strings.EqualFold(ha, hb)
 }
 
 // hostPort reports whether s is host:port with a port that is a number from 0 to 65535 or a

@@ -366,6 +366,13 @@ func TestValidate(t *testing.T) {
 		key     string
 	}{
 		{name: "addr without port", environ: []string{"GATEWAY_ADDR=8080"}, key: "addr"},
+		{name: "history rule bad pattern", environ: []string{"GATEWAY_HISTORY_CHANNELS=a:*=3,t!=5"}, key: "history.channels"},
+		{name: "history rule star inside", environ: []string{"GATEWAY_HISTORY_CHANNELS=a*b=5"}, key: "history.channels"},
+		{name: "history rule without bounds", environ: []string{"GATEWAY_HISTORY_CHANNELS=a:*=/"}, key: "history.channels"},
+		{name: "history rule negative size", file: "history:\n  channels:\n    - {pattern: a, size: -1}\n", key: "history.channels"},
+		{name: "history rule negative ttl", file: "history:\n  channels:\n    - {pattern: a, ttl: -1s}\n", key: "history.channels"},
+		{name: "history rule without pattern", file: "history:\n  channels:\n    - {size: 3}\n", key: "history.channels"},
+		{name: "history rules good", environ: []string{"GATEWAY_HISTORY_CHANNELS=a:*=3,*=/1h,$user=2/5m,exact=1"}},
 		{name: "addr bad port", environ: []string{"GATEWAY_ADDR=:99999"}, key: "addr"},
 		{name: "addr port not a number", environ: []string{"GATEWAY_ADDR=:eighty"}, key: "addr"},
 		{name: "addr bad brackets", environ: []string{"GATEWAY_ADDR=[::1:8080"}, key: "addr"},
@@ -491,6 +498,9 @@ func TestBadEnvValue(t *testing.T) {
 		{[]string{"GATEWAY_WS_SEND_BUFFER=1.5"}, "GATEWAY_WS_SEND_BUFFER", "websocket.send_buffer"},
 		{[]string{"GATEWAY_DRAIN_PERIOD=10"}, "GATEWAY_DRAIN_PERIOD", "drain.period"},
 		{[]string{"GATEWAY_HISTORY_TTL=forever"}, "GATEWAY_HISTORY_TTL", "history.ttl"},
+		{[]string{"GATEWAY_HISTORY_CHANNELS=chat:*"}, "GATEWAY_HISTORY_CHANNELS", "history.channels"},
+		{[]string{"GATEWAY_HISTORY_CHANNELS=chat:*=many"}, "GATEWAY_HISTORY_CHANNELS", "history.channels"},
+		{[]string{"GATEWAY_HISTORY_CHANNELS=chat:*=5/forever"}, "GATEWAY_HISTORY_CHANNELS", "history.channels"},
 		{[]string{"GATEWAY_REDIS_DB=zero"}, "GATEWAY_REDIS_DB", "redis.db"},
 		{[]string{"GATEWAY_REDIS_MAX_LEN=99999999999999999999"}, "GATEWAY_REDIS_MAX_LEN", "redis.max_len"},
 		// Fields called Replicas exist twice: the right one is named.
@@ -617,5 +627,50 @@ func TestEnvKeys(t *testing.T) {
 		if keys[name] == "" {
 			t.Errorf("contract variable %s is not read", name)
 		}
+	}
+}
+
+// TestHistoryRules: history.channels from YAML (mapping and short form) and from the
+// environment, and which rule bounds which channel.
+func TestHistoryRules(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "h.yaml")
+	yaml := "history:\n  channels:\n    - pattern: \"chat:vip\"\n      size: 50000\n    - {pattern: \"chat:*\", size: 5000, ttl: 168h}\n    - \"ticker:*=10/1m\"\n    - \"$user=/1h\"\n    - \"*=100\"\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path, []string{secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		channel string
+		size    int
+		ttl     time.Duration
+	}{
+		{"chat:vip", 50000, 0},
+		{"chat:lobby", 5000, 168 * time.Hour},
+		{"ticker:eur", 10, time.Minute},
+		{"$user:alice", 0, time.Hour},
+		{"news", 100, 0},
+		{"chat", 100, 0}, // "chat:*" needs the colon
+	} {
+		size, ttl, ok := cfg.History.Bounds(tt.channel)
+		if !ok || size != tt.size || ttl != tt.ttl {
+			t.Errorf("Bounds(%q) = %d, %v, %v; want %d, %v, true", tt.channel, size, ttl, ok, tt.size, tt.ttl)
+		}
+	}
+	// The environment replaces the file's list; "*" does not match users' channels.
+	cfg, err = Load(path, []string{secret, "GATEWAY_HISTORY_CHANNELS=ticker:*=/30s, *=7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if size, ttl, ok := cfg.History.Bounds("ticker:x"); !ok || size != 0 || ttl != 30*time.Second {
+		t.Errorf("env rule ticker:*: %d %v %v", size, ttl, ok)
+	}
+	if size, _, ok := cfg.History.Bounds("chat:lobby"); !ok || size != 7 {
+		t.Errorf("env rule *: %d %v", size, ok)
+	}
+	if _, _, ok := cfg.History.Bounds("$user:bob"); ok {
+		t.Error(`"*" matches a user's channel`)
 	}
 }

@@ -89,6 +89,9 @@ func envError(err error, vars map[string]string) error {
 		var pe env.ParseError
 		if errors.As(e, &pe) {
 			reason = fmt.Sprintf("cannot parse %q as %s", vars[name], pe.Type)
+			if pe.Err != nil {
+				reason += ": " + pe.Err.Error()
+			}
 		}
 		return &KeyError{Key: key, Env: name, Reason: reason}
 	}

@@ -54,6 +54,9 @@ type Deps struct {
 	PublicChannels []string // patterns anyone may subscribe to
 	AnonPublish    []string // patterns anonymous clients may publish to
 	MaxReplay      int
+	// HistoryBounds gives the count and age a resume of channel may reach back (history.channels);
+	// zero for no bound of its own. Nil: none.
+	HistoryBounds  func(channel string) (size int, ttl time.Duration)
 	PublishTimeout time.Duration
 	APIKey         string
 	DedupeWindow   time.Duration

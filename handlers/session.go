@@ -198,9 +198,19 @@ func (s *Sessions) subscribe(c *ws.Conn, f *protocol.Frame) error {
 // and returns the position after which live messages are new to the client.
 func (s *Sessions) replay(ctx context.Context, c *ws.Conn, channel, clientName string, since transports.Position, resume bool) (transports.Position, bool, error) {
 	if resume {
-		msgs, complete, err := s.d.History.Replay(ctx, channel, since, s.d.MaxReplay)
+		limit, ttl := s.d.MaxReplay, time.Duration(0)
+		if s.d.HistoryBounds != nil {
+			var size int
+			if size, ttl = s.d.HistoryBounds(channel); size > 0 && size < limit {
+				limit = size // more missed than the channel's rule keeps: not recoverable
+			}
+		}
+		msgs, complete, err := s.d.History.Replay(ctx, channel, since, limit)
 		if err != nil {
 			return since, false, err
+		}
+		if complete && ttl > 0 && len(msgs) > 0 && tooOld(msgs[0], ttl) {
+			complete = false // the first missed message is past the channel's age bound
 		}
 		if complete {
 			cut := since
@@ -337,4 +347,19 @@ func DedupeKey(msg *message.Message) string {
 		return "u\x00" + user + "\x00" + id
 	}
 	return "s\x00" + msg.Metadata.Get(transports.MetaSession) + "\x00" + id // anonymous
+}
+
+// tooOld reports whether the broker stored m longer ago than ttl. A message without a stored
+// time (a backend that does not say) falls back to when the gateway or SDK published it, and
+// counts as young when neither is known.
+func tooOld(m *message.Message, ttl time.Duration) bool {
+	var at time.Time
+	if ms, err := strconv.ParseInt(m.Metadata.Get(transports.MetaStoredAt), 10, 64); err == nil {
+		at = time.UnixMilli(ms)
+	} else if ns, err := strconv.ParseInt(m.Metadata.Get(transports.MetaSentAt), 10, 64); err == nil {
+		at = time.Unix(0, ns)
+	} else {
+		return false
+	}
+	return time.Since(at) > ttl
 }

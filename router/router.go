@@ -32,6 +32,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker"
 	"golang.org/x/time/rate"
 
@@ -116,7 +117,7 @@ func New(src Sources, h Handlers, opt Options, log *slog.Logger) (*message.Route
 		},
 	})
 	chain = append(chain, breaker.Middleware,
-		wmw.Retry{
+		countRetries(wmw.Retry{
 			MaxRetries:          opt.RetryAttempts,
 			InitialInterval:     opt.RetryInitial,
 			MaxInterval:         opt.RetryMaxElapsed,
@@ -127,7 +128,7 @@ func New(src Sources, h Handlers, opt Options, log *slog.Logger) (*message.Route
 				var pe *protocol.Error
 				return !errors.As(p.Err, &pe)
 			},
-		}.Middleware,
+		}.Middleware, opt.Metrics.RouterRetries),
 		middleware.Timeout(opt.Timeout),
 	)
 	inbound.AddMiddleware(chain...)
@@ -165,4 +166,19 @@ func (l quietLogger) Error(msg string, err error, fields watermill.LogFields) {
 
 func (l quietLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
 	return quietLogger{l.LoggerAdapter.With(fields)}
+}
+
+// countRetries is the retry middleware, counting every attempt after the first of a message.
+func countRetries(retry message.HandlerMiddleware, retries prometheus.Counter) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			attempts := 0
+			return retry(func(m *message.Message) ([]*message.Message, error) {
+				if attempts++; attempts > 1 {
+					retries.Inc()
+				}
+				return h(m)
+			})(msg)
+		}
+	}
 }

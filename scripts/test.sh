@@ -2,7 +2,8 @@
 # Runs every test of the project on this machine: starts (or installs, on Debian) the NATS and
 # Redis servers the broker tests talk to when they are not already listening, then runs vet,
 # gofmt and the whole suite under the race detector. Kafka tests need nothing: they start an
-# in-process Kafka-protocol broker (kfake).
+# in-process Kafka-protocol broker (kfake). Then the JavaScript client's tests and the chat demo's
+# headless-Chromium test (each script installs Node.js or Chromium when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,3 +51,6 @@ go test -count=1 -run 'TestRecreatedStreamGroup' ./transports/jetstream/
 # The cluster tests once more without -race: at full speed brokers deliver in bursts the race
 # detector's slowness hides.
 go test -count=1 -run 'TestCluster' .
+# The JavaScript client against real nodes, then the chat demo in headless Chromium.
+./scripts/test-js.sh
+./scripts/test-browser.sh

@@ -29,6 +29,7 @@ const (
 	MetaTarget   = "target"    // on TopicDirect: "session" or "all"
 	MetaPosition = "position"  // set by backends with history on consumed channel messages
 	MetaSentAt   = "sent_at"   // unix nanoseconds when the gateway or SDK published it (latency metric)
+	MetaStoredAt = "stored_at" // unix milliseconds when the broker stored it, on replayed channel messages (history age)
 	MetaEncoding = "encoding"  // "base64" when the payload is not JSON (informational)
 	MetaSig      = "signature" // reserved for signed service messages
 	// MetaIdempotent is "1" when the message's UUID derives from a client's or service's msg_id,

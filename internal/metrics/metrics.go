@@ -30,6 +30,7 @@ type Metrics struct {
 	RouterHandled   *prometheus.CounterVec   // by handler and outcome
 	RouterDuration  *prometheus.HistogramVec // by handler
 	Poisoned        prometheus.Counter
+	RouterRetries   prometheus.Counter // broker publish attempts after the first
 	Unsigned        prometheus.Counter
 }
 
@@ -53,12 +54,13 @@ func New() *Metrics {
 		RouterHandled:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_router_messages_total", Help: "Messages handled by the router, by handler and outcome."}, []string{"handler", "outcome"}),
 		RouterDuration:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "gateway_router_handling_seconds", Help: "Time a router handler took, middleware included.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)}, []string{"handler"}),
 		Poisoned:        prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_poisoned_total", Help: "Messages sent to the poison topic."}),
+		RouterRetries:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_router_retries_total", Help: "Broker publishes of the inbound handler attempted again after a failure."}),
 		Unsigned:        prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_signature_rejected_total", Help: "Service messages dropped for a missing or wrong signature."}),
 		EventsDropped:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_dropped_total", Help: "Lifecycle events not published (queue full or broker refused)."}),
 		UpgradesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_upgrades_refused_total", Help: "WebSocket upgrades refused, by HTTP status."}, []string{"status"}),
 	}
 	for _, c := range []prometheus.Collector{m.Connections, m.Subscriptions, m.FramesIn, m.FramesOut, m.Published, m.Delivered,
-		m.SlowDisconnects, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped, m.RouterHandled, m.RouterDuration, m.Poisoned, m.Unsigned,
+		m.SlowDisconnects, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped, m.RouterHandled, m.RouterDuration, m.Poisoned, m.RouterRetries, m.Unsigned,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

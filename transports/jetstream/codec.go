@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
@@ -86,10 +87,15 @@ func (c *codec) Unmarshal(nm *nats.Msg) (*message.Message, error) {
 func (c *codec) fromJetStream(m jetstream.Msg) *message.Message {
 	var stream string
 	var seq uint64
+	var stored time.Time
 	if md, err := m.Metadata(); err == nil {
-		stream, seq = md.Stream, md.Sequence.Stream
+		stream, seq, stored = md.Stream, md.Sequence.Stream, md.Timestamp
 	}
-	return c.decode(m.Headers(), m.Data(), stream, seq)
+	msg := c.decode(m.Headers(), m.Data(), stream, seq)
+	if !stored.IsZero() && msg.Metadata.Get(transports.MetaPosition) != "" {
+		msg.Metadata.Set(transports.MetaStoredAt, strconv.FormatInt(stored.UnixMilli(), 10))
+	}
+	return msg
 }
 
 func (c *codec) decode(hdr nats.Header, data []byte, stream string, seq uint64) *message.Message {

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -693,6 +694,9 @@ func toMessage(km *sarama.ConsumerMessage, epoch, channel string) *message.Messa
 	}
 	if epoch != "" {
 		msg.Metadata.Set(transports.MetaPosition, transports.Position{Epoch: epoch, Lo: uint64(km.Offset) + 1}.String())
+		if !km.Timestamp.IsZero() {
+			msg.Metadata.Set(transports.MetaStoredAt, strconv.FormatInt(km.Timestamp.UnixMilli(), 10))
+		}
 		if msg.Metadata.Get(transports.MetaChannel) == "" {
 			msg.Metadata.Set(transports.MetaChannel, channel)
 		}

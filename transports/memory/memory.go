@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"strconv"
 	"sync"
 	"time"
 
@@ -22,6 +23,11 @@ import (
 type Config struct {
 	HistorySize int           // messages kept per channel; 0 keeps none
 	HistoryTTL  time.Duration // how long a message is kept; 0 keeps it until pushed out by size
+
+	// Bounds, when set, gives the size and TTL of one channel topic's history (a size of 0 or less
+	// and a TTL of 0 fall back to HistorySize and HistoryTTL). It is called once per topic, with the
+	// logical topic name, when the topic is first used.
+	Bounds func(topic string) (size int, ttl time.Duration)
 }
 
 // Broker is an in-process broker. Safe for concurrent use.
@@ -58,7 +64,8 @@ func (b *Broker) Close() {
 	}
 }
 
-func (b *Broker) topic(name string, history bool) (*topic, bool) {
+// topic returns the topic of this name (prefixed), of logical topic logical, creating it.
+func (b *Broker) topic(name, logical string) (*topic, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -66,7 +73,18 @@ func (b *Broker) topic(name string, history bool) (*topic, bool) {
 	}
 	t := b.topics[name]
 	if t == nil {
-		t = &topic{groups: map[string]*queue{}, history: history}
+		t = &topic{groups: map[string]*queue{}, history: transports.IsChannelTopic(logical),
+			size: b.cfg.HistorySize, ttl: b.cfg.HistoryTTL}
+		if t.history && b.cfg.Bounds != nil {
+			if size, ttl := b.cfg.Bounds(logical); size > 0 || ttl > 0 {
+				if size > 0 {
+					t.size = size
+				}
+				if ttl > 0 {
+					t.ttl = ttl
+				}
+			}
+		}
 		b.topics[name] = t
 	}
 	return t, true
@@ -88,7 +106,9 @@ type topic struct {
 	mu      sync.Mutex
 	seq     uint64
 	history bool
-	log     []stored // oldest first
+	size    int           // history bounds of this topic
+	ttl     time.Duration // 0: no age limit
+	log     []stored      // oldest first
 	subs    []*queue
 	groups  map[string]*queue
 }
@@ -106,13 +126,13 @@ func (t *topic) close() {
 }
 
 // trim drops what is over the size or older than the TTL. t.mu is held.
-func (t *topic) trim(cfg Config, now time.Time) {
+func (t *topic) trim(now time.Time) {
 	drop := 0
-	if over := len(t.log) - cfg.HistorySize; over > 0 {
+	if over := len(t.log) - t.size; over > 0 {
 		drop = over
 	}
-	if cfg.HistoryTTL > 0 {
-		for drop < len(t.log) && now.Sub(t.log[drop].at) > cfg.HistoryTTL {
+	if t.ttl > 0 {
+		for drop < len(t.log) && now.Sub(t.log[drop].at) > t.ttl {
 			drop++
 		}
 	}
@@ -153,7 +173,7 @@ func (n *Backend) Publish(topicName string, msgs ...*message.Message) error {
 	if n.closed() {
 		return transports.ErrClosed
 	}
-	t, ok := n.broker.topic(n.name(topicName), transports.IsChannelTopic(topicName))
+	t, ok := n.broker.topic(n.name(topicName), topicName)
 	if !ok {
 		return transports.ErrClosed
 	}
@@ -165,9 +185,9 @@ func (n *Backend) Publish(topicName string, msgs ...*message.Message) error {
 		c := m.Copy()
 		if t.history {
 			c.Metadata.Set(transports.MetaPosition, transports.Position{Epoch: n.broker.epoch, Lo: t.seq}.String())
-			if n.broker.cfg.HistorySize > 0 {
+			if t.size > 0 {
 				t.log = append(t.log, stored{msg: c, seq: t.seq, at: now})
-				t.trim(n.broker.cfg, now)
+				t.trim(now)
 			}
 		}
 		for _, q := range t.subs {
@@ -185,7 +205,7 @@ func (n *Backend) Subscribe(ctx context.Context, topicName string) (<-chan *mess
 	if n.closed() {
 		return nil, transports.ErrClosed
 	}
-	t, ok := n.broker.topic(n.name(topicName), transports.IsChannelTopic(topicName))
+	t, ok := n.broker.topic(n.name(topicName), topicName)
 	if !ok {
 		return nil, transports.ErrClosed
 	}
@@ -215,7 +235,7 @@ func (n *Backend) SubscribeGroup(ctx context.Context, topicName, group string) (
 	if n.closed() {
 		return nil, transports.ErrClosed
 	}
-	t, ok := n.broker.topic(n.name(topicName), transports.IsChannelTopic(topicName))
+	t, ok := n.broker.topic(n.name(topicName), topicName)
 	if !ok {
 		return nil, transports.ErrClosed
 	}
@@ -240,13 +260,13 @@ func (n *Backend) Replay(_ context.Context, topicName string, since transports.P
 	if n.closed() {
 		return nil, false, transports.ErrClosed
 	}
-	t, ok := n.broker.topic(n.name(topicName), transports.IsChannelTopic(topicName))
+	t, ok := n.broker.topic(n.name(topicName), topicName)
 	if !ok {
 		return nil, false, transports.ErrClosed
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.trim(n.broker.cfg, n.broker.now())
+	t.trim(n.broker.now())
 	if since.Epoch != n.broker.epoch || since.Hi != 0 || since.Lo > t.seq {
 		return nil, false, nil
 	}
@@ -266,13 +286,14 @@ func (n *Backend) Replay(_ context.Context, topicName string, since transports.P
 	msgs := make([]*message.Message, len(rest))
 	for i, s := range rest {
 		msgs[i] = s.msg.Copy()
+		msgs[i].Metadata.Set(transports.MetaStoredAt, strconv.FormatInt(s.at.UnixMilli(), 10))
 	}
 	return msgs, complete, nil
 }
 
 // Last implements transports.History.
 func (n *Backend) Last(_ context.Context, topicName string) (transports.Position, error) {
-	t, ok := n.broker.topic(n.name(topicName), transports.IsChannelTopic(topicName))
+	t, ok := n.broker.topic(n.name(topicName), topicName)
 	if !ok || n.closed() {
 		return transports.Position{}, transports.ErrClosed
 	}

@@ -44,3 +44,52 @@ func TestHistoryBounds(t *testing.T) {
 		t.Fatal("replay from one before the oldest kept message claims to be complete")
 	}
 }
+
+// TestBoundsPerTopic: Config.Bounds gives one channel topic its own size and TTL, and the others
+// keep HistorySize and HistoryTTL.
+func TestBoundsPerTopic(t *testing.T) {
+	broker := memory.NewBroker(memory.Config{HistorySize: 100, Bounds: func(topic string) (int, time.Duration) {
+		if topic == transports.ChannelTopic("small") {
+			return 2, 0
+		}
+		if topic == transports.ChannelTopic("brief") {
+			return 0, time.Nanosecond
+		}
+		return 0, 0
+	}})
+	t.Cleanup(broker.Close)
+	n := broker.Node("p")
+	defer n.Close()
+	kept := func(channel string) int {
+		t.Helper()
+		topic := transports.ChannelTopic(channel)
+		start, _ := n.Last(t.Context(), topic)
+		for i := 0; i < 5; i++ {
+			if err := n.Publish(topic, transporttest.NewMessage("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		last, _ := n.Last(t.Context(), topic)
+		for back := 1; back <= 5; back++ {
+			since := last
+			since.Lo -= uint64(back)
+			if _, complete, _ := n.Replay(t.Context(), topic, since, 100); !complete {
+				return back - 1
+			}
+		}
+		if _, complete, _ := n.Replay(t.Context(), topic, start, 100); !complete {
+			t.Fatalf("%s: every message is kept but the replay from the start is not complete", channel)
+		}
+		return 5
+	}
+	if got := kept("small"); got != 2 {
+		t.Errorf("channel small keeps %d messages, want 2", got)
+	}
+	if got := kept("other"); got != 5 {
+		t.Errorf("channel other keeps %d messages, want all 5 (HistorySize 100)", got)
+	}
+	// A TTL of 1 ns: by the time of the replay every message is older.
+	if got := kept("brief"); got != 0 {
+		t.Errorf("channel brief keeps %d messages, want 0", got)
+	}
+}

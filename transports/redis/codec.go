@@ -97,6 +97,7 @@ func decodeAt(values map[string]any, epoch string, id streamID, position bool) *
 	}
 	if position {
 		m.Metadata.Set(transports.MetaPosition, pos)
+		m.Metadata.Set(transports.MetaStoredAt, strconv.FormatUint(id.ms, 10))
 	}
 	return m
 }

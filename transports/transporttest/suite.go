@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -469,6 +470,11 @@ func (s *suite) testHistory(t *testing.T) {
 	}
 	checkSeq(t, "replay after the third", msgs, seq("h", 10)[3:])
 	for i, m := range msgs {
+		// The broker's storage time, for history bounds by age (a minute of clock skew allowed).
+		ms, err := strconv.ParseInt(m.Metadata.Get(transports.MetaStoredAt), 10, 64)
+		if at := time.UnixMilli(ms); err != nil || time.Since(at) > time.Minute || time.Until(at) > time.Minute {
+			t.Fatalf("replayed message %d: %s %q is not the time it was stored", i, transports.MetaStoredAt, m.Metadata.Get(transports.MetaStoredAt))
+		}
 		if m.Metadata.Get(transports.MetaPosition) != pos[3+i].String() || m.UUID != live[3+i].UUID {
 			t.Fatalf("replayed message %d: position %q uuid %s, live had %q %s", i,
 				m.Metadata.Get(transports.MetaPosition), m.UUID, pos[3+i], live[3+i].UUID)
