@@ -6,8 +6,15 @@
 #   docker run --rm -p 8080:8080 wsgateway/gateway          # development mode: prints a made-up secret and a token
 #   docker run --rm -p 8080:8080 -e GATEWAY_JWT_SECRET=... -e GATEWAY_BROKER=nats -e GATEWAY_NATS_URL=nats://nats:4222 wsgateway/gateway
 #
-# The image sets no GATEWAY_* variable on purpose: with none set, the node starts in development
-# mode exactly like `go run ./cmd/gateway`; with any set, it is configured by the environment.
+# The same file builds the example service (examples/echo) as a second image, from the stage named
+# echo; building the gateway (the default, last stage) neither compiles nor ships it:
+#
+#   docker build --target echo -t wsgateway/echo .
+#   docker run --rm -e GATEWAY_BROKER=nats -e GATEWAY_NATS_URL=nats://nats:4222 -e GATEWAY_JWT_SECRET=... wsgateway/echo
+#
+# The gateway image sets no GATEWAY_* variable on purpose: with none set, the node starts in
+# development mode exactly like `go run ./cmd/gateway`; with any set, it is configured by the
+# environment. The echo image reads the very same GATEWAY_* settings as the gateways it serves.
 #
 # Why the final stage is Alpine and not distroless or scratch: an image HEALTHCHECK (and a compose
 # healthcheck, which also runs inside the container) needs a program in the image that asks
@@ -33,10 +40,37 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
     CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
     go build -trimpath -ldflags "-s -w" -o /out/gateway ./cmd/gateway
 
-# ---- run
-FROM alpine:${ALPINE_VERSION}
+# ---- build-echo: the example service, the same way. A stage of its own, which only the echo
+# target needs, so that `docker build .` does not compile it; it shares the module and build
+# caches (and the packages compiled for the gateway) with the stage above.
+FROM build AS build-echo
+ARG TARGETOS
+ARG TARGETARCH
+RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
+    go build -trimpath -ldflags "-s -w" -o /out/echo-service ./examples/echo
+
+# ---- runtime: what both images start from, Alpine and the non-root user.
+FROM alpine:${ALPINE_VERSION} AS runtime
 RUN addgroup -S -g 10001 gateway \
     && adduser -S -D -H -u 10001 -G gateway -s /sbin/nologin gateway
+
+# ---- echo: the example service's image (`--target echo`). The binary is echo-service, not echo,
+# which would shadow busybox's echo in the shell.
+FROM runtime AS echo
+COPY --from=build-echo /out/echo-service /usr/local/bin/echo-service
+USER 10001:10001
+# SIGTERM: the service stops consuming and exits 0.
+STOPSIGNAL SIGTERM
+# /healthz (served with -health-addr, see CMD) is 200 while the service consumes its group and the
+# broker answers, 503 otherwise.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["wget", "-q", "-T", "2", "-O", "/dev/null", "http://127.0.0.1:8081/healthz"]
+ENTRYPOINT ["/usr/local/bin/echo-service"]
+CMD ["-health-addr", ":8081"]
+
+# ---- run: the gateway image, the last stage and so the default target.
+FROM runtime AS gateway
 COPY --from=build /out/gateway /usr/local/bin/gateway
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without a passwd lookup.
 USER 10001:10001

@@ -1,10 +1,14 @@
 package deploy
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go/ast"
 	"go/build"
+	"go/parser"
+	"go/token"
 	"net"
 	"net/url"
 	"os"
@@ -31,12 +35,16 @@ const (
 	dockerignorePath = ".dockerignore"
 	nginxConfPath    = "deploy/nginx.conf"
 	gatewayMain      = "./cmd/gateway"
+	echoMain         = "./examples/echo" // the example service that docker-compose.yml runs
 	nginxConfTarget  = "/etc/nginx/nginx.conf"
 )
 
 // httpShutdownTimeout is how long cmd/gateway waits for the HTTP server after a drain
 // (gateway.Serve); a stop grace period must cover the drain plus this.
 const httpShutdownTimeout = 5 * time.Second
+
+// composeStopGrace is compose's stop_grace_period when none is set.
+const composeStopGrace = 10 * time.Second
 
 // ----------------------------------------------------------------------------- the tests
 
@@ -126,8 +134,8 @@ func TestComposeServices(t *testing.T) {
 // environment (names, values, configs.Load), its broker, its healthcheck and its stop grace period.
 func TestComposeGateways(t *testing.T) {
 	p := loadCompose(t)
-	df := loadDockerfile(t)
-	bin := df.gatewayBinary(t)
+	df := p.df
+	gwBuild := df.buildStage(t)
 	gws := p.gateways()
 	if len(gws) == 0 {
 		t.Fatalf("%s has no gateway service", composePath)
@@ -138,21 +146,20 @@ func TestComposeGateways(t *testing.T) {
 	for _, name := range gws {
 		s := p.Services[name]
 		t.Run(name, func(t *testing.T) {
-			// Image: built from the repository's Dockerfile, or the image such a build tags.
-			if s.Build != nil {
-				ctx := filepath.Clean(s.Build.Context)
-				if ctx != "." {
-					t.Errorf("build context is %q, want the repository root %q", s.Build.Context, ".")
-				}
-				if f := s.Build.Dockerfile; f != "" && filepath.Clean(f) != dockerfilePath {
-					t.Errorf("build dockerfile is %q, want %q", f, dockerfilePath)
-				}
-			} else if !built[s.Image] {
-				t.Errorf("image %q is not built from %s by any service of %s", s.Image, dockerfilePath, composePath)
+			// Image: built from the repository's Dockerfile, or the image such a build tags; a
+			// stage (build target) whose image holds the gateway.
+			checkBuildSpec(t, s, built)
+			st, err := p.imageStage(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bin := df.binaryIn(st, gwBuild)
+			if bin == "" {
+				t.Fatalf("runs the image of stage %s of %s, which holds no gateway binary (go build %s)", st.label(), dockerfilePath, gatewayMain)
 			}
 
 			// Entrypoint and command: the gateway binary, with flags it knows and that serve.
-			entry := df.entrypoint
+			entry := st.img.entrypoint
 			if s.Entrypoint.set {
 				if s.Entrypoint.shell {
 					t.Errorf("entrypoint %q is in shell form: the gateway would not be PID 1 and would miss SIGTERM", strings.Join(s.Entrypoint.items, " "))
@@ -166,7 +173,7 @@ func TestComposeGateways(t *testing.T) {
 			if s.Command.set {
 				args = append(args, s.Command.items...)
 			} else {
-				args = append(args, df.cmd...)
+				args = append(args, st.img.cmd...)
 			}
 			if err := checkGatewayArgs(args, s); err != nil {
 				t.Error(err)
@@ -174,13 +181,7 @@ func TestComposeGateways(t *testing.T) {
 
 			// Environment: only GATEWAY_* names that configs reads, values with defaults.
 			env, environ := s.interpolatedEnv(t)
-			for _, k := range sortedKeys(env) {
-				if !strings.HasPrefix(k, configs.EnvPrefix) {
-					t.Errorf("environment %s: the gateway reads only %s* variables", k, configs.EnvPrefix)
-				} else if !valid[k] {
-					t.Errorf("environment %s: not a variable of the configs package (see configs/config.go)", k)
-				}
-			}
+			checkEnvNames(t, env, valid)
 			broker := env["GATEWAY_BROKER"]
 			if !slices.Contains(brokerNames(), broker) {
 				t.Errorf("GATEWAY_BROKER=%q: want one of %v, set explicitly", broker, brokerNames())
@@ -210,21 +211,21 @@ func TestComposeGateways(t *testing.T) {
 			}
 			hc := s.Healthcheck
 			if hc == nil {
-				hc = df.healthcheck
+				hc = st.img.healthcheck
 			}
 			if hc == nil {
 				t.Error("no healthcheck, neither in the service nor in the Dockerfile")
 			} else {
 				u := healthURL(hc.Test.items)
-				if u == nil || u.Path != "/readyz" || u.Port() != port {
+				if u == nil || u.Path != "/readyz" || u.Port() != port || !isLoopback(u.Hostname()) {
 					t.Errorf("healthcheck %q does not ask http://127.0.0.1:%s/readyz", hc.Test.items, port)
 				}
-				if tool := hc.tool(); tool != "" && df.finalIsShellless() {
-					t.Errorf("healthcheck runs %s, but the final image %s has no programs besides the gateway", tool, df.final().base)
+				if tool := hc.tool(); tool != "" && !df.hasTool(st, tool) {
+					t.Errorf("healthcheck runs %s, which the image of stage %s (FROM %s) does not have", tool, st.label(), st.root())
 				}
 			}
-			if !slices.Contains(df.expose, port) && len(s.Expose) == 0 {
-				t.Errorf("port %s is neither in the Dockerfile's EXPOSE %v nor in expose", port, df.expose)
+			if !slices.Contains(st.img.expose, port) && len(s.Expose) == 0 {
+				t.Errorf("port %s is neither in the Dockerfile's EXPOSE %v nor in expose", port, st.img.expose)
 			}
 
 			// Stop grace period: covers the drain (gateway.Drain waits up to period + write
@@ -248,16 +249,139 @@ func TestComposeGateways(t *testing.T) {
 	}
 }
 
+// TestComposeEchoServices checks each example service (examples/echo) against the code: the
+// Dockerfile stage that holds its binary, flags echo defines, its environment (GATEWAY_* names
+// that configs reads, configs.Load, a broker that a separate process can share), its broker, a
+// healthcheck on the address echo is told to serve /healthz on, its stop grace period and restart.
+func TestComposeEchoServices(t *testing.T) {
+	p := loadCompose(t)
+	df := p.df
+	eb := df.buildOf(t, echoMain)
+	echoes := p.echoes()
+	if len(echoes) == 0 {
+		t.Fatalf("%s runs no echo service (%s, the example service)", composePath, echoMain)
+	}
+	flags := echoFlags(t)
+	healthPath := echoHealthPath(t)
+	valid := gatewayEnvNames()
+	built := p.builtImages()
+	for _, name := range echoes {
+		s := p.Services[name]
+		t.Run(name, func(t *testing.T) {
+			// Image: a stage (build target) of the repository's Dockerfile that holds echo.
+			checkBuildSpec(t, s, built)
+			st, err := p.imageStage(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bin := df.binaryIn(st, eb)
+			if bin == "" {
+				t.Fatalf("runs the image of stage %s of %s, which holds no echo binary (go build %s): build.target must name the stage that copies it", st.label(), dockerfilePath, echoMain)
+			}
+
+			// Entrypoint and command: the echo binary, with flags examples/echo defines.
+			entry := st.img.entrypoint
+			if s.Entrypoint.set {
+				if s.Entrypoint.shell {
+					t.Errorf("entrypoint %q is in shell form: echo would not be PID 1 and would miss SIGTERM", strings.Join(s.Entrypoint.items, " "))
+				}
+				entry = s.Entrypoint.items
+			}
+			if len(entry) == 0 || entry[0] != bin {
+				t.Errorf("entrypoint %q does not start the echo binary %s that stage %s of %s installs", entry, bin, st.label(), dockerfilePath)
+			}
+			args := slices.Clone(entry[min(1, len(entry)):])
+			if s.Command.set {
+				args = append(args, s.Command.items...)
+			} else {
+				args = append(args, st.img.cmd...)
+			}
+			healthAddr, err := checkEchoArgs(args, s, flags)
+			if err != nil {
+				t.Error(err)
+			}
+
+			// Environment: the gateway's settings, which echo reads with configs.Load.
+			env, environ := s.interpolatedEnv(t)
+			checkEnvNames(t, env, valid)
+			cfg, err := configs.Load("", environ)
+			if err != nil {
+				t.Fatalf("configs.Load with the service's environment: %v", err)
+			}
+			if cfg.Development {
+				t.Error("configs.Load ran in development mode: set GATEWAY_BROKER like the gateways'")
+			}
+			if cfg.Broker == configs.BrokerMemory || !slices.Contains(brokerNames(), cfg.Broker) {
+				t.Fatalf("GATEWAY_BROKER=%q: echo, a separate process, needs a broker it shares with the gateways (it exits 2 on memory)", env["GATEWAY_BROKER"])
+			}
+			checkBrokerAddress(t, p, s, cfg)
+
+			// Healthcheck: /healthz on the address given with -health-addr.
+			hc := s.Healthcheck
+			if hc == nil {
+				hc = st.img.healthcheck
+			}
+			switch {
+			case hc == nil:
+				t.Error("no healthcheck, neither in the service nor in the Dockerfile")
+			case healthAddr == "":
+				t.Errorf("no -health-addr in %q: echo serves no %s for the healthcheck %q", args, healthPath, hc.Test.items)
+			default:
+				host, port, err := net.SplitHostPort(healthAddr)
+				if err != nil {
+					t.Fatalf("-health-addr %q: %v", healthAddr, err)
+				}
+				if host != "" && host != "0.0.0.0" && host != "::" && !isLoopback(host) {
+					t.Errorf("-health-addr %s: the healthcheck runs in the container and asks 127.0.0.1", healthAddr)
+				}
+				if u := healthURL(hc.Test.items); u == nil || u.Path != healthPath || u.Port() != port || !isLoopback(u.Hostname()) {
+					t.Errorf("healthcheck %q does not ask http://127.0.0.1:%s%s (-health-addr %s)", hc.Test.items, port, healthPath, healthAddr)
+				}
+				if tool := hc.tool(); tool != "" && !df.hasTool(st, tool) {
+					t.Errorf("healthcheck runs %s, which the image of stage %s (FROM %s) does not have", tool, st.label(), st.root())
+				}
+			}
+
+			// Stop grace period: SIGTERM stops the consumer, the broker client and the health
+			// endpoint; keep at least compose's default for that.
+			grace := composeStopGrace
+			if s.StopGracePeriod != "" {
+				v, err := interpolate(s.StopGracePeriod)
+				if err == nil {
+					grace, err = time.ParseDuration(v)
+				}
+				if err != nil {
+					t.Fatalf("stop_grace_period %q: %v", s.StopGracePeriod, err)
+				}
+			}
+			if grace < composeStopGrace {
+				t.Errorf("stop_grace_period %v is below compose's default %v: echo would be killed while it closes its broker client", grace, composeStopGrace)
+			}
+			// echo exits 1 when the broker ends its subscription: without a restart policy the
+			// profile would lose its service for good.
+			if r, _ := interpolate(s.Restart); r == "" || r == "no" {
+				t.Errorf("restart %q: echo exits 1 when the broker ends its subscription; restart it (on-failure, unless-stopped)", s.Restart)
+			}
+		})
+	}
+}
+
 // TestComposeProfiles checks each profile as a cluster: one broker and consistent settings for
-// its gateways, a load balancer in front of more than one, and nginx.conf naming exactly them.
+// its gateways, the example service on the same broker and topic prefix (unless the broker is the
+// embedded one), a load balancer in front of more than one gateway, and nginx.conf naming exactly them.
 func TestComposeProfiles(t *testing.T) {
 	p := loadCompose(t)
 	conf := loadNginx(t)
 	for _, ctx := range p.profiles() {
-		var gws, lbs []string
+		var gws, lbs, echoes []string
 		for _, name := range p.gateways() {
 			if p.Services[name].activeIn(ctx) {
 				gws = append(gws, name)
+			}
+		}
+		for _, name := range p.echoes() {
+			if p.Services[name].activeIn(ctx) {
+				echoes = append(echoes, name)
 			}
 		}
 		for _, name := range p.names() {
@@ -266,6 +390,9 @@ func TestComposeProfiles(t *testing.T) {
 			}
 		}
 		if len(gws) == 0 {
+			if len(echoes) > 0 {
+				t.Errorf("profile %q runs %v but no gateway: nothing would reach them", ctx, echoes)
+			}
 			continue
 		}
 		t.Run("profile="+ctx, func(t *testing.T) {
@@ -296,6 +423,39 @@ func TestComposeProfiles(t *testing.T) {
 			}
 			if first.Broker == configs.BrokerMemory && len(gws) > 1 {
 				t.Errorf("%d gateways %v on the memory broker: it lives inside one process and cannot cluster", len(gws), gws)
+			}
+
+			// The example service consumes what these gateways publish: same broker, same
+			// topic prefix, same broker settings (a JetStream stream or Kafka topic is created
+			// by whoever comes first), and signs its replies with the keys they verify.
+			switch {
+			case first.Broker == configs.BrokerMemory && len(echoes) > 0:
+				t.Errorf("%v next to %s on the memory broker: its broker lives inside %s, no other process reaches it", echoes, gws[0], gws[0])
+			case first.Broker != configs.BrokerMemory && len(echoes) == 0:
+				t.Errorf("profile %q has no echo service (%s): every cluster profile runs the example service", ctx, echoMain)
+			}
+			for _, name := range echoes {
+				_, environ := p.Services[name].interpolatedEnv(t)
+				c, err := configs.Load("", environ)
+				if err != nil {
+					t.Errorf("%s: %v", name, err)
+					continue
+				}
+				for _, f := range []struct {
+					what string
+					a, b any
+				}{
+					{"GATEWAY_BROKER", first.Broker, c.Broker},
+					{"broker address", brokerAddress(first), brokerAddress(c)},
+					{"GATEWAY_TOPIC_PREFIX", first.TopicPrefix, c.TopicPrefix},
+					{"broker settings (GATEWAY_NATS_*, _JETSTREAM_*, _REDIS_*, _KAFKA_*)",
+						[]any{first.NATS, first.JetStream, first.Redis, first.Kafka}, []any{c.NATS, c.JetStream, c.Redis, c.Kafka}},
+					{"GATEWAY_ROUTER_SIGNING_KEYS", first.Router.SigningKeys, c.Router.SigningKeys},
+				} {
+					if !reflect.DeepEqual(f.a, f.b) {
+						t.Errorf("%s and its profile's gateways (%s) differ in %s (%v, %v): it would not serve their clients", name, gws[0], f.what, f.b, f.a)
+					}
+				}
 			}
 
 			if len(gws) == 1 && len(lbs) == 0 {
@@ -434,30 +594,34 @@ func TestNginxConf(t *testing.T) {
 	}
 }
 
-// TestDockerfile checks the image: a static ./cmd/gateway build, run by a non-root user.
+// TestDockerfile checks the images: static builds of ./cmd/gateway and ./examples/echo, run by a
+// non-root user; the last stage (the default target) is the gateway's image, and the echo image
+// is a stage of its own that the gateway's does not need.
 func TestDockerfile(t *testing.T) {
 	df := loadDockerfile(t)
 	if len(df.stages) < 2 {
 		t.Fatalf("%s has %d stage(s), want a multi-stage build", dockerfilePath, len(df.stages))
 	}
+	for _, b := range df.goBuilds() {
+		if base := b.stage.root(); !strings.HasPrefix(base, "golang:") {
+			t.Errorf("go build %s: stage %s is FROM %s, want golang:<go version>", b.pkg, b.stage.label(), base)
+		} else {
+			checkGoImage(t, strings.TrimPrefix(base, "golang:"))
+		}
+		if !b.cgoOff {
+			t.Errorf("go build %s does not run with CGO_ENABLED=0 (the binary would not be static)", b.pkg)
+		}
+		if !b.trimpath {
+			t.Errorf("go build %s lacks -trimpath", b.pkg)
+		}
+		if !strings.Contains(" "+b.ldflags+" ", " -s ") || !strings.Contains(" "+b.ldflags+" ", " -w ") {
+			t.Errorf("go build %s -ldflags %q, want -s -w", b.pkg, b.ldflags)
+		}
+		if !slices.Contains([]string{gatewayMain, echoMain}, b.pkg) {
+			t.Errorf("go build builds %q, want %s or %s", b.pkg, gatewayMain, echoMain)
+		}
+	}
 	b := df.buildStage(t)
-	if !strings.HasPrefix(b.stage.base, "golang:") {
-		t.Errorf("builder stage is FROM %s, want golang:<go version>", b.stage.base)
-	} else {
-		checkGoImage(t, strings.TrimPrefix(b.stage.base, "golang:"))
-	}
-	if !b.cgoOff {
-		t.Error("go build does not run with CGO_ENABLED=0 (the binary would not be static)")
-	}
-	if !b.trimpath {
-		t.Error("go build lacks -trimpath")
-	}
-	if !strings.Contains(" "+b.ldflags+" ", " -s ") || !strings.Contains(" "+b.ldflags+" ", " -w ") {
-		t.Errorf("go build -ldflags %q, want -s -w", b.ldflags)
-	}
-	if b.pkg != gatewayMain {
-		t.Errorf("go build builds %q, want %s", b.pkg, gatewayMain)
-	}
 
 	final := df.final()
 	if final == b.stage {
@@ -493,29 +657,84 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("ENV %s in the image: any GATEWAY_* variable turns off the development mode of a bare `docker run`", in.args)
 		}
 	}
+
+	// The example service: its own target, which `docker build .` neither builds nor ships.
+	eb := df.buildOf(t, echoMain)
+	if bin := df.binaryIn(final, eb); bin != "" {
+		t.Errorf("the gateway image (final stage) also holds the echo binary %s", bin)
+	}
+	if slices.Contains(df.needs(final), eb.stage) {
+		t.Errorf("the final stage needs stage %s, which compiles %s: `docker build .` would compile the example too", eb.stage.label(), echoMain)
+	}
+	flags := echoFlags(t)
+	healthPath := echoHealthPath(t)
+	var targets []string
+	for _, st := range df.stages {
+		bin := df.binaryIn(st, eb)
+		if st == final || st.name == "" || bin == "" || len(st.img.entrypoint) == 0 || st.img.entrypoint[0] != bin {
+			continue
+		}
+		targets = append(targets, st.name)
+		if path.Base(bin) == "echo" {
+			t.Errorf("stage %s: the binary %s shadows the shell's echo; name it otherwise", st.name, bin)
+		}
+		if u := st.lastInChain("USER"); u == nil {
+			t.Errorf("stage %s has no USER: echo would run as root", st.name)
+		} else if user, _, _ := strings.Cut(strings.TrimSpace(u.args), ":"); user == "" || user == "root" || user == "0" {
+			t.Errorf("stage %s: USER %s is root", st.name, u.args)
+		}
+		healthAddr, err := checkEchoArgs(slices.Concat(st.img.entrypoint[1:], st.img.cmd), nil, flags)
+		if err != nil {
+			t.Errorf("stage %s: %v", st.name, err)
+		}
+		if hc := st.img.healthcheck; hc != nil {
+			_, port, _ := net.SplitHostPort(healthAddr)
+			if u := healthURL(hc.Test.items); healthAddr == "" || u == nil || u.Path != healthPath || u.Port() != port {
+				t.Errorf("stage %s: HEALTHCHECK %q does not ask %s on the -health-addr %q that CMD %q gives", st.name, hc.Test.items, healthPath, healthAddr, st.img.cmd)
+			}
+			if tool := hc.tool(); tool != "" && !df.hasTool(st, tool) {
+				t.Errorf("stage %s: HEALTHCHECK runs %s, which its image (FROM %s) does not have", st.name, tool, st.root())
+			}
+		}
+		for s := st; s != nil; s = s.parent {
+			for _, in := range s.instrs {
+				if in.cmd == "ENV" && strings.Contains(in.args, configs.EnvPrefix) {
+					t.Errorf("stage %s: ENV %s: echo takes its GATEWAY_* settings from where it runs, like the gateways it serves", st.name, in.args)
+				}
+			}
+		}
+	}
+	if len(targets) == 0 {
+		t.Errorf("no named stage (a --target) has the ENTRYPOINT of the echo binary that go build %s writes", echoMain)
+	}
 }
 
-// TestDockerignore checks that the build context keeps everything `go build ./cmd/gateway` reads.
+// TestDockerignore checks that the build context keeps everything each `go build` of the
+// Dockerfile (./cmd/gateway, ./examples/echo) reads.
 func TestDockerignore(t *testing.T) {
 	ig, err := parseDockerignore(string(readFile(t, dockerignorePath)))
 	if err != nil {
 		t.Fatalf("%s: %v", dockerignorePath, err)
 	}
-	need := []string{"go.mod", "go.sum"}
-	files, err := gatewaySources()
-	if err != nil {
-		t.Fatal(err)
+	builds := loadDockerfile(t).goBuilds()
+	if len(builds) == 0 {
+		t.Fatalf("%s has no go build", dockerfilePath)
 	}
-	if len(files) < 5 {
-		t.Fatalf("found only %d source files of %s: the import walk is broken", len(files), gatewayMain)
-	}
-	need = append(need, files...)
-	for _, f := range need {
-		if ig.excludes(f) {
-			t.Errorf("%s excludes %s, which go build %s needs", dockerignorePath, f, gatewayMain)
+	for _, b := range builds {
+		files, err := goSources(b.pkg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(files) < 5 {
+			t.Fatalf("found only %d source files of %s: the import walk is broken", len(files), b.pkg)
+		}
+		for _, f := range append([]string{"go.mod", "go.sum"}, files...) {
+			if ig.excludes(f) {
+				t.Errorf("%s excludes %s, which go build %s needs", dockerignorePath, f, b.pkg)
+			}
 		}
 	}
-	for _, f := range []string{".git/HEAD", "docker-compose.yml", "deploy/nginx.conf", "configs/config_test.go"} {
+	for _, f := range []string{".git/HEAD", "docker-compose.yml", "deploy/nginx.conf", "configs/config_test.go", "clients/js/package.json", "examples/echo/echo_test.go"} {
 		if !ig.excludes(f) {
 			t.Errorf("%s does not exclude %s (not needed by the build; it only busts the cache)", dockerignorePath, f)
 		}
@@ -542,11 +761,7 @@ func checkGatewayArgs(args []string, s *service) error {
 				i++
 				val = args[i]
 			}
-			mounted := false
-			for _, v := range s.Volumes {
-				mounted = mounted || v.Target == val || strings.HasPrefix(val, strings.TrimSuffix(v.Target, "/")+"/")
-			}
-			if !mounted {
+			if !mounts(s, val) {
 				return fmt.Errorf("-config %s: no volume mounts that file", val)
 			}
 		case "check-config", "token":
@@ -556,6 +771,196 @@ func checkGatewayArgs(args []string, s *service) error {
 		}
 	}
 	return nil
+}
+
+// checkBuildSpec checks that the service builds from the repository's Dockerfile, or runs an image
+// that another service of the file builds so.
+func checkBuildSpec(t *testing.T, s *service, built map[string]bool) {
+	t.Helper()
+	if s.Build != nil {
+		ctx := filepath.Clean(s.Build.Context)
+		if ctx != "." {
+			t.Errorf("build context is %q, want the repository root %q", s.Build.Context, ".")
+		}
+		if f := s.Build.Dockerfile; f != "" && filepath.Clean(f) != dockerfilePath {
+			t.Errorf("build dockerfile is %q, want %q", f, dockerfilePath)
+		}
+	} else if !built[s.Image] {
+		t.Errorf("image %q is not built from %s by any service of %s", s.Image, dockerfilePath, composePath)
+	}
+}
+
+// checkEnvNames checks that every name is a GATEWAY_* variable the configs package reads.
+func checkEnvNames(t *testing.T, env map[string]string, valid map[string]bool) {
+	t.Helper()
+	for _, k := range sortedKeys(env) {
+		if !strings.HasPrefix(k, configs.EnvPrefix) {
+			t.Errorf("environment %s: the gateway's configuration reads only %s* variables", k, configs.EnvPrefix)
+		} else if !valid[k] {
+			t.Errorf("environment %s: not a variable of the configs package (see configs/config.go)", k)
+		}
+	}
+}
+
+// isLoopback reports whether host names the container itself.
+func isLoopback(host string) bool {
+	return host == "127.0.0.1" || host == "localhost" || host == "::1"
+}
+
+// mounts reports whether a volume of the service (nil: none) holds file.
+func mounts(s *service, file string) bool {
+	if s == nil {
+		return false
+	}
+	for _, v := range s.Volumes {
+		if v.Target == file || strings.HasPrefix(file, strings.TrimSuffix(v.Target, "/")+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// checkEchoArgs accepts the arguments with which examples/echo serves the service's cluster:
+// flags it defines (flags: name -> boolean), -config FILE with FILE mounted, a non-empty -group,
+// and not -embedded, which runs a gateway of its own on an in-process broker instead. It returns
+// the -health-addr value.
+func checkEchoArgs(args []string, s *service, flags map[string]bool) (healthAddr string, err error) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" || !strings.HasPrefix(a, "-") || a == "-" {
+			return "", fmt.Errorf("argument %q: %s takes no positional arguments (it exits 2)", a, echoMain)
+		}
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		isBool, ok := flags[name]
+		if !ok {
+			return "", fmt.Errorf("flag %s is not one of %s's (it defines %v)", a, echoMain, sortedKeys(flags))
+		}
+		if !isBool && !hasVal {
+			if i+1 >= len(args) {
+				return "", fmt.Errorf("flag %s without a value", a)
+			}
+			i++
+			val = args[i]
+		}
+		switch name {
+		case "embedded":
+			if on, err := strconv.ParseBool(cmp.Or(val, "true")); err != nil || on {
+				return "", fmt.Errorf("flag %s: echo would run a gateway of its own on an in-process broker, and answer none of the cluster's clients", a)
+			}
+		case "config":
+			if !mounts(s, val) {
+				return "", fmt.Errorf("-config %s: no volume mounts that file", val)
+			}
+		case "group":
+			if val == "" {
+				return "", errors.New("-group is empty (echo exits 2)")
+			}
+		case "health-addr":
+			healthAddr = val
+		}
+	}
+	return healthAddr, nil
+}
+
+// echoSources parses the non-test Go files of examples/echo.
+func echoSources(t *testing.T) []*ast.File {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(repoRoot, filepath.FromSlash(strings.TrimPrefix(echoMain, "./")), "*.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fset := token.NewFileSet()
+	var files []*ast.File
+	for _, p := range paths {
+		if strings.HasSuffix(p, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, p, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	if len(files) == 0 {
+		t.Fatalf("no Go file in %s", echoMain)
+	}
+	return files
+}
+
+// echoFlags are the command-line flags examples/echo defines (name -> boolean), read from its
+// source: the calls fs.String("name", ...), fs.Bool, fs.DurationVar(&v, "name", ...) and so on.
+func echoFlags(t *testing.T) map[string]bool {
+	t.Helper()
+	// method -> index of the name argument, number of arguments
+	defs := map[string][2]int{"Func": {0, 3}, "BoolFunc": {0, 3}, "Var": {1, 3}, "TextVar": {1, 4}}
+	for _, k := range []string{"String", "Bool", "Int", "Int64", "Uint", "Uint64", "Float64", "Duration"} {
+		defs[k] = [2]int{0, 3}
+		defs[k+"Var"] = [2]int{1, 4}
+	}
+	flags := map[string]bool{}
+	for _, f := range echoSources(t) {
+		ast.Inspect(f, func(n ast.Node) bool {
+			call, ok := n.(*ast.CallExpr)
+			if !ok {
+				return true
+			}
+			sel, ok := call.Fun.(*ast.SelectorExpr)
+			if !ok {
+				return true
+			}
+			if _, ok := sel.X.(*ast.Ident); !ok {
+				return true
+			}
+			def, ok := defs[sel.Sel.Name]
+			if !ok || len(call.Args) != def[1] {
+				return true
+			}
+			lit, ok := call.Args[def[0]].(*ast.BasicLit)
+			if !ok || lit.Kind != token.STRING {
+				return true
+			}
+			name, err := strconv.Unquote(lit.Value)
+			if err != nil {
+				return true
+			}
+			flags[name] = strings.HasPrefix(sel.Sel.Name, "Bool")
+			return true
+		})
+	}
+	for _, want := range []string{"group", "health-addr"} {
+		if _, ok := flags[want]; !ok {
+			t.Fatalf("%s defines no -%s flag (found %v): the source walk is broken, or the flag is gone", echoMain, want, sortedKeys(flags))
+		}
+	}
+	return flags
+}
+
+// echoHealthPath is the path examples/echo serves with -health-addr: its healthPath constant.
+func echoHealthPath(t *testing.T) string {
+	t.Helper()
+	for _, f := range echoSources(t) {
+		for _, d := range f.Decls {
+			g, ok := d.(*ast.GenDecl)
+			if !ok || g.Tok != token.CONST {
+				continue
+			}
+			for _, spec := range g.Specs {
+				v := spec.(*ast.ValueSpec)
+				for i, n := range v.Names {
+					if n.Name != "healthPath" || i >= len(v.Values) {
+						continue
+					}
+					if lit, ok := v.Values[i].(*ast.BasicLit); ok && lit.Kind == token.STRING {
+						if s, err := strconv.Unquote(lit.Value); err == nil && strings.HasPrefix(s, "/") {
+							return s
+						}
+					}
+				}
+			}
+		}
+	}
+	t.Fatalf("%s has no string constant healthPath (the path -health-addr serves)", echoMain)
+	return ""
 }
 
 // checkBrokerAddress checks that the broker the gateway is configured for is a service of the
@@ -840,7 +1245,16 @@ func brokerAddress(c *configs.Config) string {
 
 type project struct {
 	Services map[string]*service `yaml:"services"`
+
+	df    *dockerfile       // the repository's Dockerfile, which builds the images of the services below
+	roles map[string]string // service -> roleGateway or roleEcho, for those that run such an image
 }
+
+// The roles of the services that run an image of the repository's Dockerfile.
+const (
+	roleGateway = "gateway"
+	roleEcho    = "echo"
+)
 
 type service struct {
 	Image           string       `yaml:"image"`
@@ -852,6 +1266,7 @@ type service struct {
 	DependsOn       dependsOn    `yaml:"depends_on"`
 	Healthcheck     *healthcheck `yaml:"healthcheck"`
 	StopGracePeriod string       `yaml:"stop_grace_period"`
+	Restart         string       `yaml:"restart"`
 	Ports           []portSpec   `yaml:"ports"`
 	Expose          []string     `yaml:"expose"`
 	Volumes         []volumeSpec `yaml:"volumes"`
@@ -874,7 +1289,81 @@ func loadCompose(t *testing.T) *project {
 		}
 		s.name = name
 	}
+	p.df = loadDockerfile(t)
+	p.classify()
 	return &p
+}
+
+// classify sets the role of each service that builds from the repository, runs an image built so,
+// or is configured with GATEWAY_* variables: echo when it starts a binary that a stage of the
+// Dockerfile copies from the go build of ./examples/echo, or runs the image of a stage that holds
+// echo and not the gateway; gateway otherwise (and the gateway checks then say what is wrong).
+func (p *project) classify() {
+	p.roles = map[string]string{}
+	var echoBuild, gwBuild *goBuild
+	for _, b := range p.df.goBuilds() {
+		switch b.pkg {
+		case echoMain:
+			echoBuild = b
+		case gatewayMain:
+			gwBuild = b
+		}
+	}
+	echoBins := map[string]bool{}
+	for _, st := range p.df.stages {
+		if echoBuild == nil {
+			break
+		}
+		if bin := p.df.binaryIn(st, echoBuild); bin != "" {
+			echoBins[bin] = true
+		}
+	}
+	built := p.builtImages()
+	for _, name := range p.names() {
+		s := p.Services[name]
+		ours := s.Build != nil || (s.Image != "" && built[s.Image])
+		for k := range s.Environment {
+			ours = ours || strings.HasPrefix(k, configs.EnvPrefix)
+		}
+		if !ours {
+			continue
+		}
+		st, err := p.imageStage(s)
+		entry := s.Entrypoint.items
+		if !s.Entrypoint.set && err == nil {
+			entry = st.img.entrypoint
+		}
+		switch {
+		case len(entry) > 0 && echoBins[entry[0]]:
+			p.roles[name] = roleEcho
+		case err == nil && echoBuild != nil && p.df.binaryIn(st, echoBuild) != "" && (gwBuild == nil || p.df.binaryIn(st, gwBuild) == ""):
+			p.roles[name] = roleEcho // the echo image, whatever it is told to start
+		default:
+			p.roles[name] = roleGateway
+		}
+	}
+}
+
+// imageStage is the Dockerfile stage whose image the service runs: its build target (the last
+// stage when none is given), or that of the service that builds its image.
+func (p *project) imageStage(s *service) (*stage, error) {
+	b := s.Build
+	if b == nil {
+		for _, name := range p.names() {
+			if o := p.Services[name]; o.Build != nil && o.Image == s.Image {
+				b = o.Build
+				break
+			}
+		}
+		if b == nil {
+			return nil, fmt.Errorf("image %q is not built from %s by any service of %s", s.Image, dockerfilePath, composePath)
+		}
+	}
+	st := p.df.target(b.Target)
+	if st == nil {
+		return nil, fmt.Errorf("build target %q is not a stage of %s", b.Target, dockerfilePath)
+	}
+	return st, nil
 }
 
 func (p *project) names() []string { return sortedKeys(p.Services) }
@@ -890,17 +1379,16 @@ func (p *project) profiles() []string {
 	return sortedKeys(set)
 }
 
-// gateways are the services that run the gateway image.
-func (p *project) gateways() []string {
-	built := p.builtImages()
+// gateways are the services that run the gateway.
+func (p *project) gateways() []string { return p.withRole(roleGateway) }
+
+// echoes are the services that run the example service, examples/echo.
+func (p *project) echoes() []string { return p.withRole(roleEcho) }
+
+func (p *project) withRole(role string) []string {
 	var out []string
 	for _, name := range p.names() {
-		s := p.Services[name]
-		isGW := s.Build != nil || (s.Image != "" && built[s.Image])
-		for k := range s.Environment {
-			isGW = isGW || strings.HasPrefix(k, configs.EnvPrefix)
-		}
-		if isGW {
+		if p.roles[name] == role {
 			out = append(out, name)
 		}
 	}
@@ -998,6 +1486,7 @@ func (s *service) interpolatedEnv(t *testing.T) (map[string]string, []string) {
 type buildSpec struct {
 	Context    string `yaml:"context"`
 	Dockerfile string `yaml:"dockerfile"`
+	Target     string `yaml:"target"`
 }
 
 func (b *buildSpec) UnmarshalYAML(n *yaml.Node) error {
@@ -1297,8 +1786,9 @@ func walkStrings(v any, where string, f func(where, s string)) {
 // ----------------------------------------------------------------------------- Dockerfile
 
 type dockerfile struct {
-	stages      []*stage
-	entrypoint  []string // exec form of the final stage's ENTRYPOINT
+	stages []*stage
+	// The final stage's image configuration (the image `docker build .` makes).
+	entrypoint  []string // exec form of ENTRYPOINT
 	cmd         []string
 	expose      []string
 	healthcheck *healthcheck
@@ -1306,7 +1796,18 @@ type dockerfile struct {
 
 type stage struct {
 	base, name string
+	index      int
+	parent     *stage // the earlier stage FROM names; nil when FROM names an image
 	instrs     []instr
+	img        imageConfig // what the stage's image runs, with what it inherits from parent
+}
+
+// imageConfig is the part of an image's configuration the tests check.
+type imageConfig struct {
+	entrypoint  []string
+	cmd         []string
+	expose      []string
+	healthcheck *healthcheck
 }
 
 type instr struct {
@@ -1322,13 +1823,109 @@ func (s *stage) last(cmd string) *instr {
 	return nil
 }
 
+// lastInChain is the stage's last cmd instruction, or its parent stage's.
+func (s *stage) lastInChain(cmd string) *instr {
+	for st := s; st != nil; st = st.parent {
+		if in := st.last(cmd); in != nil {
+			return in
+		}
+	}
+	return nil
+}
+
+// root is the image the stage starts from, through the stages it is FROM.
+func (s *stage) root() string {
+	for s.parent != nil {
+		s = s.parent
+	}
+	return s.base
+}
+
+// label names the stage in messages.
+func (s *stage) label() string {
+	if s.name != "" {
+		return s.name
+	}
+	return "#" + strconv.Itoa(s.index)
+}
+
+// shellless reports whether the stage's image has no programs of its own to run a healthcheck with.
+func (s *stage) shellless() bool {
+	b := s.root()
+	return b == "scratch" || strings.Contains(b, "distroless")
+}
+
+// busyboxTools are the programs of an Alpine image a healthcheck can run (busybox applets).
+var busyboxTools = []string{"wget", "nc", "sh", "/bin/sh"}
+
+// hasTool reports whether program can run in the stage's image: one the Dockerfile copies into
+// it, or one its base image has (for Alpine, busybox's; other bases are trusted).
+func (d *dockerfile) hasTool(st *stage, program string) bool {
+	for s := st; s != nil; s = s.parent {
+		for _, c := range d.copies(s) {
+			if c.dst == program || path.Base(c.dst) == program {
+				return true
+			}
+		}
+	}
+	switch b := st.root(); {
+	case b == "scratch" || strings.Contains(b, "distroless"):
+		return false
+	case strings.HasPrefix(b, "alpine"):
+		return slices.Contains(busyboxTools, program) || slices.Contains(busyboxTools, path.Base(program))
+	}
+	return true
+}
+
 func (d *dockerfile) final() *stage { return d.stages[len(d.stages)-1] }
 
 // finalIsShellless reports whether the final image has no programs of its own to run a
 // healthcheck with.
-func (d *dockerfile) finalIsShellless() bool {
-	b := d.final().base
-	return b == "scratch" || strings.Contains(b, "distroless")
+func (d *dockerfile) finalIsShellless() bool { return d.final().shellless() }
+
+// stageRef is the stage a --from, FROM or --target names: its name or its index.
+func (d *dockerfile) stageRef(ref string) *stage {
+	for _, st := range d.stages {
+		if st.name != "" && strings.EqualFold(st.name, ref) {
+			return st
+		}
+	}
+	if i, err := strconv.Atoi(ref); err == nil && i >= 0 && i < len(d.stages) {
+		return d.stages[i]
+	}
+	return nil
+}
+
+// target is the stage `docker build --target ref` builds; "" is the final stage.
+func (d *dockerfile) target(ref string) *stage {
+	if ref == "" {
+		return d.final()
+	}
+	for _, st := range d.stages {
+		if strings.EqualFold(st.name, ref) {
+			return st
+		}
+	}
+	return nil
+}
+
+// needs is every stage building st needs: st, the stages it is FROM and those it copies from,
+// transitively.
+func (d *dockerfile) needs(st *stage) []*stage {
+	var out []*stage
+	var visit func(s *stage)
+	visit = func(s *stage) {
+		if s == nil || slices.Contains(out, s) {
+			return
+		}
+		out = append(out, s)
+		visit(s.parent)
+		for _, c := range d.copies(s) {
+			visit(c.from)
+		}
+	}
+	visit(st)
+	return out
 }
 
 func loadDockerfile(t *testing.T) *dockerfile {
@@ -1377,11 +1974,22 @@ func parseDockerfile(src string) (*dockerfile, error) {
 			if len(fields) == 0 {
 				return nil, errors.New("FROM without an image")
 			}
-			st := &stage{base: argRef.ReplaceAllStringFunc(fields[0], func(m string) string {
+			st := &stage{index: len(d.stages), base: argRef.ReplaceAllStringFunc(fields[0], func(m string) string {
 				return globalArgs[argRef.FindStringSubmatch(m)[1]]
 			})}
-			if len(fields) == 3 && strings.EqualFold(fields[1], "AS") {
-				st.name = fields[2]
+			switch {
+			case len(fields) == 3 && strings.EqualFold(fields[1], "AS"):
+				st.name = strings.ToLower(fields[2])
+				if d.target(st.name) != nil {
+					return nil, fmt.Errorf("two stages are named %s", st.name)
+				}
+			case len(fields) != 1:
+				return nil, fmt.Errorf("FROM %s: want FROM IMAGE [AS NAME]", args)
+			}
+			for _, prev := range d.stages {
+				if prev.name != "" && strings.EqualFold(prev.name, st.base) {
+					st.parent = prev
+				}
 			}
 			d.stages = append(d.stages, st)
 			continue
@@ -1399,23 +2007,47 @@ func parseDockerfile(src string) (*dockerfile, error) {
 	if len(d.stages) == 0 {
 		return nil, errors.New("no FROM")
 	}
-	final := d.final()
-	for _, in := range final.instrs {
+	for _, st := range d.stages {
+		if err := d.resolveImage(st); err != nil {
+			return nil, fmt.Errorf("stage %s: %w", st.label(), err)
+		}
+	}
+	final := d.final().img
+	d.entrypoint, d.cmd, d.expose, d.healthcheck = final.entrypoint, final.cmd, final.expose, final.healthcheck
+	return d, nil
+}
+
+// resolveImage sets st.img from its parent stage's and its own instructions, as Docker does: a
+// stage's ENTRYPOINT drops the CMD it inherited.
+func (d *dockerfile) resolveImage(st *stage) error {
+	var img imageConfig
+	if st.parent != nil {
+		img = st.parent.img
+		img.entrypoint = slices.Clone(img.entrypoint)
+		img.cmd = slices.Clone(img.cmd)
+		img.expose = slices.Clone(img.expose)
+	}
+	ownCmd := false
+	for _, in := range st.instrs {
 		switch in.cmd {
 		case "ENTRYPOINT":
-			d.entrypoint = nil
-			if err := json.Unmarshal([]byte(in.args), &d.entrypoint); err != nil {
-				return nil, fmt.Errorf("ENTRYPOINT %s is not in exec form: the gateway would not get SIGTERM as PID 1", in.args)
+			img.entrypoint = nil
+			if err := json.Unmarshal([]byte(in.args), &img.entrypoint); err != nil {
+				return fmt.Errorf("ENTRYPOINT %s is not in exec form: the program would not get SIGTERM as PID 1", in.args)
+			}
+			if !ownCmd {
+				img.cmd = nil
 			}
 		case "CMD":
-			d.cmd = nil
-			if err := json.Unmarshal([]byte(in.args), &d.cmd); err != nil {
-				d.cmd = strings.Fields(in.args)
+			ownCmd = true
+			img.cmd = nil
+			if err := json.Unmarshal([]byte(in.args), &img.cmd); err != nil {
+				img.cmd = strings.Fields(in.args)
 			}
 		case "EXPOSE":
 			for _, p := range strings.Fields(in.args) {
 				p, _, _ = strings.Cut(p, "/")
-				d.expose = append(d.expose, p)
+				img.expose = append(img.expose, p)
 			}
 		case "HEALTHCHECK":
 			fields := strings.Fields(in.args)
@@ -1423,7 +2055,7 @@ func parseDockerfile(src string) (*dockerfile, error) {
 				fields = fields[1:]
 			}
 			if len(fields) == 0 || strings.ToUpper(fields[0]) != "CMD" {
-				d.healthcheck = nil // HEALTHCHECK NONE
+				img.healthcheck = nil // HEALTHCHECK NONE
 				continue
 			}
 			rest := strings.TrimSpace(in.args[strings.Index(in.args, fields[0])+len(fields[0]):])
@@ -1434,13 +2066,55 @@ func parseDockerfile(src string) (*dockerfile, error) {
 			} else {
 				hc.Test = stringList{set: true, shell: true, items: strings.Fields(rest)}
 			}
-			d.healthcheck = hc
+			img.healthcheck = hc
 		}
 	}
-	return d, nil
+	st.img = img
+	return nil
 }
 
-// goBuild is the `go build` of the gateway in the Dockerfile.
+// copyInstr is a COPY of the stage: src from the stage from (nil: the build context or an image) to dst.
+type copyInstr struct {
+	fromRef  string
+	from     *stage
+	src, dst string
+}
+
+// copies are the stage's COPY instructions of one source.
+func (d *dockerfile) copies(st *stage) []copyInstr {
+	var out []copyInstr
+	for _, in := range st.instrs {
+		if in.cmd != "COPY" {
+			continue
+		}
+		var c copyInstr
+		var paths []string
+		for _, w := range shellWords(in.args) {
+			if v, ok := strings.CutPrefix(w, "--from="); ok {
+				c.fromRef = v
+			} else if !strings.HasPrefix(w, "--") {
+				paths = append(paths, w)
+			}
+		}
+		if len(paths) != 2 {
+			continue
+		}
+		if c.fromRef != "" {
+			if from := d.stageRef(c.fromRef); from != nil && from.index < st.index {
+				c.from = from
+			}
+		}
+		c.src, c.dst = path.Clean(paths[0]), paths[1]
+		if strings.HasSuffix(c.dst, "/") {
+			c.dst += path.Base(c.src)
+		}
+		c.dst = path.Clean(c.dst)
+		out = append(out, c)
+	}
+	return out
+}
+
+// goBuild is a `go build` of a main package in the Dockerfile.
 type goBuild struct {
 	stage    *stage
 	out, pkg string
@@ -1449,93 +2123,122 @@ type goBuild struct {
 	trimpath bool
 }
 
-func (d *dockerfile) buildStage(t *testing.T) *goBuild {
-	t.Helper()
-	for _, st := range d.stages[:len(d.stages)-1] {
+// goBuilds are the Dockerfile's `go build` commands, in order (several in one RUN too).
+func (d *dockerfile) goBuilds() []*goBuild {
+	isSep := func(w string) bool { return w == "&&" || w == ";" || w == "||" || w == "|" }
+	var out []*goBuild
+	for _, st := range d.stages {
 		for _, in := range st.instrs {
 			if in.cmd != "RUN" || !strings.Contains(in.args, "go build") {
 				continue
 			}
 			words := shellWords(in.args)
-			i := 0
-			for i+1 < len(words) && (words[i] != "go" || words[i+1] != "build") {
+			start := 0 // first word of the current command
+			for i := 0; i+1 < len(words); i++ {
+				if isSep(words[i]) {
+					start = i + 1
+					continue
+				}
+				if words[i] != "go" || words[i+1] != "build" {
+					continue
+				}
+				b := &goBuild{stage: st}
+				// Environment assignments on the same command line, or ENV in the stage (or those it is FROM).
+				for _, w := range words[start:i] {
+					b.cgoOff = b.cgoOff || w == "CGO_ENABLED=0"
+				}
+				for s := st; s != nil; s = s.parent {
+					for _, e := range s.instrs {
+						b.cgoOff = b.cgoOff || (e.cmd == "ENV" && strings.Contains(e.args, "CGO_ENABLED=0"))
+					}
+				}
+				args := words[i+2:]
+				for k := 0; k < len(args) && !isSep(args[k]); k++ {
+					switch a := args[k]; {
+					case a == "-trimpath":
+						b.trimpath = true
+					case a == "-o" && k+1 < len(args):
+						k++
+						b.out = args[k]
+					case a == "-ldflags" && k+1 < len(args):
+						k++
+						b.ldflags = args[k]
+					case strings.HasPrefix(a, "-ldflags="):
+						b.ldflags = strings.TrimPrefix(a, "-ldflags=")
+					case strings.HasPrefix(a, "-o="):
+						b.out = strings.TrimPrefix(a, "-o=")
+					case !strings.HasPrefix(a, "-"):
+						b.pkg = a
+					}
+				}
+				out = append(out, b)
 				i++
 			}
-			if i+1 >= len(words) {
-				continue
-			}
-			b := &goBuild{stage: st}
-			// Environment assignments on the same command line, or ENV in the stage.
-			for _, w := range words[:i] {
-				b.cgoOff = b.cgoOff || w == "CGO_ENABLED=0"
-			}
-			for _, e := range st.instrs {
-				b.cgoOff = b.cgoOff || (e.cmd == "ENV" && strings.Contains(e.args, "CGO_ENABLED=0"))
-			}
-			args := words[i+2:]
-			for k := 0; k < len(args); k++ {
-				a := args[k]
-				if a == "&&" || a == ";" || a == "||" || a == "|" {
-					break
-				}
-				switch {
-				case a == "-trimpath":
-					b.trimpath = true
-				case a == "-o" && k+1 < len(args):
-					k++
-					b.out = args[k]
-				case a == "-ldflags" && k+1 < len(args):
-					k++
-					b.ldflags = args[k]
-				case strings.HasPrefix(a, "-ldflags="):
-					b.ldflags = strings.TrimPrefix(a, "-ldflags=")
-				case strings.HasPrefix(a, "-o="):
-					b.out = strings.TrimPrefix(a, "-o=")
-				case !strings.HasPrefix(a, "-"):
-					b.pkg = a
-				}
-			}
-			return b
 		}
 	}
-	t.Fatalf("%s: no RUN go build in a stage before the final one", dockerfilePath)
-	return nil
+	return out
+}
+
+// buildOf is the go build of the main package pkg (./cmd/gateway).
+func (d *dockerfile) buildOf(t *testing.T, pkg string) *goBuild {
+	t.Helper()
+	var found []*goBuild
+	for _, b := range d.goBuilds() {
+		if b.pkg == pkg {
+			found = append(found, b)
+		}
+	}
+	switch {
+	case len(found) == 0:
+		t.Fatalf("%s: no RUN go build of %s", dockerfilePath, pkg)
+	case len(found) > 1:
+		t.Fatalf("%s: %d go builds of %s, want one", dockerfilePath, len(found), pkg)
+	case found[0].out == "":
+		t.Fatalf("%s: go build %s has no -o", dockerfilePath, pkg)
+	case found[0].stage == d.final():
+		t.Fatalf("%s: go build %s runs in the final stage: the image would hold the Go toolchain", dockerfilePath, pkg)
+	}
+	return found[0]
+}
+
+// buildStage is the go build of the gateway.
+func (d *dockerfile) buildStage(t *testing.T) *goBuild {
+	t.Helper()
+	return d.buildOf(t, gatewayMain)
+}
+
+// binaryIn is where the image of stage st holds the binary that b writes ("" when it does not):
+// a COPY --from a stage that ran b (or is FROM one that did), into st or a stage st is FROM.
+func (d *dockerfile) binaryIn(st *stage, b *goBuild) string {
+	for s := st; s != nil; s = s.parent {
+		if s == b.stage {
+			return b.out // built right there (no multi-stage)
+		}
+		cs := d.copies(s)
+		for i := len(cs) - 1; i >= 0; i-- {
+			c := cs[i]
+			if c.from == nil || c.src != path.Clean(b.out) {
+				continue
+			}
+			for f := c.from; f != nil; f = f.parent {
+				if f == b.stage {
+					return c.dst
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // gatewayBinary is where the final stage puts the binary that the builder's go build writes.
 func (d *dockerfile) gatewayBinary(t *testing.T) string {
 	t.Helper()
 	b := d.buildStage(t)
-	if b.out == "" {
-		t.Fatalf("%s: go build has no -o", dockerfilePath)
+	bin := d.binaryIn(d.final(), b)
+	if bin == "" {
+		t.Fatalf("%s: the final stage does not COPY --from=%s %s", dockerfilePath, b.stage.label(), b.out)
 	}
-	idx := slices.Index(d.stages, b.stage)
-	for _, in := range d.final().instrs {
-		if in.cmd != "COPY" {
-			continue
-		}
-		words := shellWords(in.args)
-		var from string
-		var paths []string
-		for _, w := range words {
-			if v, ok := strings.CutPrefix(w, "--from="); ok {
-				from = v
-			} else if !strings.HasPrefix(w, "--") {
-				paths = append(paths, w)
-			}
-		}
-		fromBuilder := from != "" && (from == b.stage.name || from == strconv.Itoa(idx))
-		if !fromBuilder || len(paths) != 2 || path.Clean(paths[0]) != path.Clean(b.out) {
-			continue
-		}
-		dst := paths[1]
-		if strings.HasSuffix(dst, "/") {
-			dst += path.Base(b.out)
-		}
-		return dst
-	}
-	t.Fatalf("%s: the final stage does not COPY --from=%s %s", dockerfilePath, b.stage.name, b.out)
-	return ""
+	return bin
 }
 
 // shellWords splits a shell command line into words, honouring quotes.
@@ -1639,9 +2342,9 @@ func (rules dockerignoreRules) excludes(file string) bool {
 	return excluded
 }
 
-// gatewaySources lists, relative to the repository root, go.mod's module's Go files (and embedded
-// files) that building ./cmd/gateway for linux without cgo reads.
-func gatewaySources() ([]string, error) {
+// goSources lists, relative to the repository root, go.mod's module's Go files (and embedded
+// files) that building the main package main (./cmd/gateway) for linux without cgo reads.
+func goSources(main string) ([]string, error) {
 	mod := ""
 	raw, err := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
 	if err != nil {
@@ -1692,7 +2395,7 @@ func gatewaySources() ([]string, error) {
 		}
 		return nil
 	}
-	if err := visit(strings.TrimPrefix(gatewayMain, "./")); err != nil {
+	if err := visit(strings.TrimPrefix(main, "./")); err != nil {
 		return nil, err
 	}
 	for i, f := range files {

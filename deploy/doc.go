@@ -4,8 +4,10 @@
 //   - nginx.conf (the load balancer of docker compose), the repository's Dockerfile,
 //     .dockerignore and docker-compose.yml (compose_test.go): every GATEWAY_* variable is one the
 //     configs package reads and passes configs.Load, each broker address names a service of the
-//     same compose profile, the load balancer names every gateway and upgrades WebSockets, and
-//     the image builds ./cmd/gateway for a non-root user;
+//     same compose profile, the load balancer names every gateway and upgrades WebSockets, each
+//     cluster profile runs the example service (examples/echo) with its gateways' broker, topic
+//     prefix and flags echo defines, and the images build ./cmd/gateway and ./examples/echo for
+//     a non-root user;
 //   - k8s/, Kubernetes manifests with a kustomization (k8s_test.go): the Deployment's environment,
 //     image, user, probes, resources and grace period against the code and the Dockerfile, and
 //     the Service, PodDisruptionBudget, HorizontalPodAutoscaler and broker around it;

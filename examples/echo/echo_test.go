@@ -3,10 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,10 +19,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsgateway/gateway"
+	"github.com/wsgateway/gateway/clients/go/service"
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
@@ -45,17 +52,17 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// command runs the echo command until the test ends; it returns the address ready reported.
-func command(t *testing.T, args []string, env ...string) string {
+// command runs the echo command until the test ends; it returns the addresses ready reported.
+func command(t *testing.T, args []string, env ...string) addrs {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs syncBuffer
-	readyc := make(chan string, 1)
+	readyc := make(chan addrs, 1)
 	exited := make(chan struct{})
 	code := -1
 	go func() {
 		defer close(exited)
-		code = run(ctx, args, env, &logs, func(addr string) { readyc <- addr })
+		code = run(ctx, args, env, &logs, func(a addrs) { readyc <- a })
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -76,7 +83,7 @@ func command(t *testing.T, args []string, env ...string) string {
 	case <-time.After(wait):
 		t.Fatalf("echo not ready in time\n%s", logs.String())
 	}
-	return ""
+	return addrs{}
 }
 
 // deleteStreams removes the JetStream streams of prefix when the test ends, so that tests do not
@@ -139,9 +146,12 @@ func checkEcho(t *testing.T, base string) {
 // TestEchoEmbedded runs `echo -embedded`: a gateway node and the service in one process, on the
 // memory broker.
 func TestEchoEmbedded(t *testing.T) {
-	addr := command(t, []string{"-embedded"}, "GATEWAY_ADDR=127.0.0.1:0", "GATEWAY_JWT_SECRET="+testSecret,
+	at := command(t, []string{"-embedded"}, "GATEWAY_ADDR=127.0.0.1:0", "GATEWAY_JWT_SECRET="+testSecret,
 		"GATEWAY_DRAIN_PERIOD=100ms", "GATEWAY_LOG_LEVEL=debug")
-	checkEcho(t, "http://"+addr)
+	if at.health != "" {
+		t.Errorf("health endpoint at %s without -health-addr", at.health)
+	}
+	checkEcho(t, "http://"+at.gateway)
 }
 
 // TestEchoNATS runs the echo command as a separate service against a gateway node on NATS, both
@@ -180,8 +190,9 @@ func TestEchoNATS(t *testing.T) {
 				srv.Close()
 				_ = g.Close()
 			})
-			command(t, nil, env...)
+			at := command(t, []string{"-health-addr", "127.0.0.1:0"}, env...)
 			checkEcho(t, srv.URL)
+			expectHealth(t, at.health, http.StatusOK, "ok\n")
 		})
 	}
 }
@@ -197,5 +208,133 @@ func TestEchoNeedsABrokerItCanShare(t *testing.T) {
 	}
 	if code := run(context.Background(), nil, []string{"GATEWAY_BROKER=bogus"}, &logs, nil); code != 2 {
 		t.Fatalf("bad setting: exit %d", code)
+	}
+	for _, args := range [][]string{{"extra"}, {"-group", ""}} {
+		if code := run(context.Background(), args, []string{"GATEWAY_BROKER=nats"}, &logs, nil); code != 2 {
+			t.Errorf("%q: exit %d", args, code)
+		}
+	}
+}
+
+// getHealth asks GET /healthz at addr.
+func getHealth(t *testing.T, addr, path string) (int, string) {
+	t.Helper()
+	client := &http.Client{Timeout: wait}
+	resp, err := client.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+func expectHealth(t *testing.T, addr string, status int, body string) {
+	t.Helper()
+	if addr == "" {
+		t.Fatal("no health address reported")
+	}
+	if code, got := getHealth(t, addr, healthPath); code != status || got != body {
+		t.Errorf("GET %s: %d %q, want %d %q", healthPath, code, got, status, body)
+	}
+}
+
+// TestEchoHealthEndpoint runs echo with -health-addr: /healthz is 200 once it consumes, other
+// paths are not served, and the endpoint is gone once echo stopped.
+func TestEchoHealthEndpoint(t *testing.T) {
+	var at addrs
+	t.Run("running", func(t *testing.T) {
+		at = command(t, []string{"-embedded", "-health-addr", "127.0.0.1:0"}, "GATEWAY_ADDR=127.0.0.1:0",
+			"GATEWAY_JWT_SECRET="+testSecret, "GATEWAY_DRAIN_PERIOD=100ms")
+		expectHealth(t, at.health, http.StatusOK, "ok\n")
+		if code, _ := getHealth(t, at.health, "/readyz"); code != http.StatusNotFound {
+			t.Errorf("GET /readyz on the health address: %d, want 404", code)
+		}
+		checkEcho(t, "http://"+at.gateway) // the health endpoint is not the gateway's listener
+	})
+	// The subtest's cleanup stopped echo, and with it the endpoint.
+	if c, err := net.DialTimeout("tcp", at.health, time.Second); err == nil {
+		c.Close()
+		t.Errorf("health endpoint %s still accepts connections after echo stopped", at.health)
+	}
+}
+
+// pingSwitch is a backend whose broker can be made unreachable.
+type pingSwitch struct {
+	transports.Backend
+	down atomic.Bool
+}
+
+func (p *pingSwitch) Ping(ctx context.Context) error {
+	if p.down.Load() {
+		return errors.New("broker down")
+	}
+	return p.Backend.Ping(ctx)
+}
+
+// TestHealthStates checks each answer of /healthz: starting, consuming, broker unreachable,
+// stopped consuming.
+func TestHealthStates(t *testing.T) {
+	h := &health{}
+	probe := func(status int, body string) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, healthPath, nil))
+		if rec.Code != status || rec.Body.String() != body {
+			t.Errorf("%d %q, want %d %q", rec.Code, rec.Body.String(), status, body)
+		}
+	}
+	probe(http.StatusServiceUnavailable, "starting\n")
+
+	broker := memory.NewBroker(memory.Config{})
+	defer broker.Close()
+	b := &pingSwitch{Backend: broker.Node("health")}
+	svc, err := service.NewWithBackend(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stopped, err := start(ctx, svc, "echo", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.consuming(svc, stopped)
+	probe(http.StatusOK, "ok\n")
+
+	b.down.Store(true)
+	probe(http.StatusServiceUnavailable, "broker unreachable\n")
+	b.down.Store(false)
+	probe(http.StatusOK, "ok\n")
+
+	cancel() // the consumer stops
+	select {
+	case <-stopped:
+	case <-time.After(wait):
+		t.Fatal("the consumer did not stop")
+	}
+	probe(http.StatusServiceUnavailable, "not consuming\n")
+}
+
+// TestHealthAddrErrors: a malformed -health-addr is a usage error (2), one that cannot be listened
+// on a failure (1), both before anything consumes.
+func TestHealthAddrErrors(t *testing.T) {
+	env := []string{"GATEWAY_JWT_SECRET=" + testSecret, "GATEWAY_ADDR=127.0.0.1:0"}
+	var logs syncBuffer
+	if code := run(context.Background(), []string{"-embedded", "-health-addr", "8081"}, env, &logs, nil); code != 2 || !strings.Contains(logs.String(), "-health-addr") {
+		t.Errorf("-health-addr 8081: exit %d, output %s", code, logs.String())
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	logs = syncBuffer{}
+	if code := run(context.Background(), []string{"-embedded", "-health-addr", busy.Addr().String()}, env, &logs, nil); code != 1 || !strings.Contains(logs.String(), "-health-addr") {
+		t.Errorf("-health-addr on a port in use: exit %d, output %s", code, logs.String())
 	}
 }

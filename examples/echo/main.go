@@ -6,7 +6,7 @@
 //
 // Usage:
 //
-//	echo [-config FILE] [-group echo] [-embedded]
+//	echo [-config FILE] [-group echo] [-embedded] [-health-addr ADDR]
 //
 // Settings are the gateway's (a YAML file and GATEWAY_* variables, see configs), so the service
 // finds the gateway's broker and topic prefix with the very same environment:
@@ -25,6 +25,9 @@
 //	go run ./examples/echo -embedded
 //	websocat 'ws://localhost:8080/ws?token=<printed token>'
 //	{"type":"send","id":"1","data":{"hello":"world"}}
+//
+// With -health-addr (e.g. :8081), echo serves GET /healthz there: 200 while it consumes its group
+// and the broker answers, 503 otherwise; the container image and docker-compose.yml probe it.
 //
 // SIGINT or SIGTERM stop it.
 package main
@@ -57,34 +60,70 @@ func main() {
 	os.Exit(code)
 }
 
+// addrs is what run reports once it is ready.
+type addrs struct {
+	gateway string // where the embedded gateway listens (-embedded only)
+	health  string // where /healthz is served (-health-addr only)
+}
+
 // run is the command. ready, when not nil, is called once the service consumes its group (and,
-// with -embedded, the gateway listens, on addr); it returns when ctx ends: 0 after a clean stop,
-// 1 on a failure, 2 on a usage or configuration error.
-func run(ctx context.Context, args, environ []string, stderr io.Writer, ready func(addr string)) int {
+// with -embedded, the gateway listens); it returns when ctx ends: 0 after a clean stop, 1 on a
+// failure, 2 on a usage or configuration error.
+func run(ctx context.Context, args, environ []string, stderr io.Writer, ready func(addrs)) int {
 	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "YAML configuration file (the gateway's)")
 	group := fs.String("group", "echo", "consumer group: each send is answered by one member")
 	embedded := fs.Bool("embedded", false, "run a gateway node in this process, on the in-process memory broker")
+	healthAddr := fs.String("health-addr", "", "serve GET "+healthPath+" on this address (e.g. :8081): 200 while the service consumes, 503 otherwise; off when empty")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if ready == nil {
-		ready = func(string) {}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "echo: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *group == "" {
+		fmt.Fprintln(stderr, "echo: -group must not be empty")
+		return 2
+	}
+	if *healthAddr != "" {
+		if _, _, err := net.SplitHostPort(*healthAddr); err != nil {
+			fmt.Fprintf(stderr, "echo: -health-addr %q: %v\n", *healthAddr, err)
+			return 2
+		}
 	}
 	cfg, err := configs.Load(*path, environ)
 	if err != nil {
 		fmt.Fprintln(stderr, "echo:", err)
 		return 2
 	}
-	log := newLogger(cfg.Log, stderr)
-	if *embedded {
-		return runEmbedded(ctx, cfg, *group, log, stderr, ready)
-	}
-	if cfg.Broker == configs.BrokerMemory {
+	if !*embedded && cfg.Broker == configs.BrokerMemory {
 		fmt.Fprintln(stderr, "echo: the memory broker lives inside one process and cannot reach a gateway in another: "+
 			"run with -embedded, or set GATEWAY_BROKER (nats, jetstream, redis, kafka) like the gateway's")
 		return 2
+	}
+	log := newLogger(cfg.Log, stderr)
+	hl := &health{}
+	var at addrs
+	if *healthAddr != "" {
+		stopHealth, bound, err := serveHealth(*healthAddr, hl, log)
+		if err != nil {
+			fmt.Fprintf(stderr, "echo: -health-addr: %v\n", err)
+			return 1
+		}
+		defer stopHealth()
+		at.health = bound
+		log.Info("health endpoint listening", "addr", bound, "path", healthPath)
+	}
+	report := func(gateway string) {
+		if ready != nil {
+			at.gateway = gateway
+			ready(at)
+		}
+	}
+	if *embedded {
+		return runEmbedded(ctx, cfg, *group, log, stderr, hl, report)
 	}
 	svc, err := service.New(cfg, log)
 	if err != nil {
@@ -97,8 +136,9 @@ func run(ctx context.Context, args, environ []string, stderr io.Writer, ready fu
 		log.Error("echo cannot consume", "error", err)
 		return 1
 	}
+	hl.consuming(svc, stopped)
 	log.Info("echo service ready", "broker", cfg.Broker, "topic_prefix", cfg.TopicPrefix, "group", *group)
-	ready("")
+	report("")
 	<-stopped
 	if ctx.Err() == nil {
 		log.Error("echo stopped: the broker ended the subscription")
@@ -109,7 +149,7 @@ func run(ctx context.Context, args, environ []string, stderr io.Writer, ready fu
 }
 
 // runEmbedded runs a gateway node and the echo service on one in-process memory broker.
-func runEmbedded(ctx context.Context, cfg *configs.Config, group string, log *slog.Logger, stderr io.Writer, ready func(string)) int {
+func runEmbedded(ctx context.Context, cfg *configs.Config, group string, log *slog.Logger, stderr io.Writer, hl *health, ready func(string)) int {
 	if cfg.Broker != configs.BrokerMemory {
 		log.Warn("-embedded runs on the in-process memory broker: the configured broker is not used", "broker", cfg.Broker)
 		cfg.Broker = configs.BrokerMemory
@@ -142,6 +182,7 @@ func runEmbedded(ctx context.Context, cfg *configs.Config, group string, log *sl
 		log.Error("echo cannot consume", "error", err)
 		return 1
 	}
+	hl.consuming(svc, stopped)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		_ = g.Close()
