@@ -167,6 +167,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		MaxFrameSize: cfg.WebSocket.MaxFrameSize,
 		SendBuffer:   cfg.WebSocket.SendBuffer,
 		WriteTimeout: cfg.WebSocket.WriteTimeout,
+		WriteDelay:   cfg.WebSocket.WriteDelay,
 		PingInterval: cfg.WebSocket.PingInterval,
 		CheckOrigin:  originChecker(cfg.WebSocket.AllowedOrigins),
 	}, g.feed, g.metrics, log)

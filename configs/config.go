@@ -134,6 +134,7 @@ type WebSocketConfig struct {
 	MaxFrameSize   int64         `yaml:"max_frame_size" env:"WS_MAX_FRAME_SIZE"` // bytes; larger frames close with 1009
 	SendBuffer     int           `yaml:"send_buffer" env:"WS_SEND_BUFFER"`       // frames queued per connection before it counts as slow
 	WriteTimeout   time.Duration `yaml:"write_timeout" env:"WS_WRITE_TIMEOUT"`
+	WriteDelay     time.Duration `yaml:"write_delay" env:"WS_WRITE_DELAY"` // least time between two writes to one connection (0: none)
 	PingInterval   time.Duration `yaml:"ping_interval" env:"WS_PING_INTERVAL"`
 	PublishTimeout time.Duration `yaml:"publish_timeout" env:"WS_PUBLISH_TIMEOUT"` // longest wait for the broker before `unavailable`
 }
@@ -380,6 +381,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WebSocket.WriteTimeout < time.Millisecond {
 		return bad("websocket.write_timeout", "WS_WRITE_TIMEOUT", "must be positive")
+	}
+	if c.WebSocket.WriteDelay < 0 || c.WebSocket.WriteDelay > time.Second {
+		return bad("websocket.write_delay", "WS_WRITE_DELAY", "must be between 0 and 1s")
 	}
 	if c.WebSocket.PingInterval < 100*time.Millisecond {
 		return bad("websocket.ping_interval", "WS_PING_INTERVAL", "must be at least 100ms")

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,7 +19,9 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/gorilla/websocket"
+
+	"github.com/wsgateway/gateway/clients/go/service"
+	"github.com/wsgateway/gateway/configs"
 )
 
 const shards = 16
@@ -34,10 +38,8 @@ type shard struct {
 // bench is the state of one run.
 type bench struct {
 	o       options
-	wsURL   string
+	wsURL   *url.URL
 	pubURL  string
-	dialer  websocket.Dialer
-	pool    sync.Pool // read buffers
 	shards  [shards]shard
 	subsPer []atomic.Int64 // subscribed connections per channel index
 
@@ -52,7 +54,9 @@ type bench struct {
 	pubErrKinds map[string]int64
 
 	connsMu sync.Mutex
-	conns   []*websocket.Conn
+	conns   []*conn // open connections, for closeAll; nil once it ran
+	epoll   *epollReaders
+	svc     *service.Service // -publish broker
 
 	rateMu sync.Mutex
 	last   rateState // of the previous progress line
@@ -72,6 +76,9 @@ func run(ctx context.Context, o options) (*Report, error) {
 	b, err := newBench(o)
 	if err != nil {
 		return nil, err
+	}
+	if b.svc != nil {
+		defer b.svc.Close()
 	}
 	rep := &Report{Options: reportOptions(o), Started: time.Now()}
 	var s0, s1, s2, s3 procSample
@@ -153,20 +160,34 @@ func newBench(o options) (*bench, error) {
 	ws.Path = strings.TrimRight(ws.Path, "/") + "/ws"
 	b := &bench{
 		o:           o,
-		wsURL:       ws.String(),
+		wsURL:       &ws,
 		pubURL:      base + "/api/publish",
 		subsPer:     make([]atomic.Int64, o.Channels),
 		connErrors:  map[string]int64{},
 		disconnects: map[string]int64{},
 		pubErrKinds: map[string]int64{},
-		conns:       make([]*websocket.Conn, 0, o.Conns),
+		conns:       make([]*conn, 0, o.Conns),
 	}
-	b.pool.New = func() any { s := make([]byte, 0, 1024); return &s }
-	b.dialer = websocket.Dialer{
-		HandshakeTimeout: 15 * time.Second,
-		ReadBufferSize:   1024,
-		WriteBufferSize:  512,
-		WriteBufferPool:  &sync.Pool{},
+	if o.Publish == publishBroker && !o.Idle {
+		cfg, err := configs.Load(o.Config, brokerEnviron(os.Environ()))
+		if err != nil {
+			return nil, fmt.Errorf("-publish broker: gateway configuration: %w", err)
+		}
+		if cfg.Broker == configs.BrokerMemory {
+			return nil, errors.New("-publish broker: the gateway's broker is memory, inside the gateway process; set GATEWAY_BROKER (nats, jetstream, redis, kafka) and its address as for the gateway, or publish with -publish http")
+		}
+		svc, err := service.New(cfg, nil)
+		if err != nil {
+			return nil, fmt.Errorf("-publish broker: %w", err)
+		}
+		b.svc = svc
+	}
+	if o.Reader == readerEpoll {
+		e, err := newEpollReaders(b, o.Readers)
+		if err != nil {
+			return nil, fmt.Errorf("-reader epoll: %w", err)
+		}
+		b.epoll = e
 	}
 	return b, nil
 }
@@ -223,11 +244,11 @@ loop:
 		go func(i int, token string) {
 			defer readers.Done()
 			c, ok := b.open(cctx, i, token)
+			if ok {
+				b.startReader(c, readers)
+			}
 			<-sem
 			pending.Done()
-			if ok {
-				b.read(c, i)
-			}
 		}(i, token)
 	}
 	if tokenErr != nil {
@@ -254,134 +275,214 @@ func sourceAddr(i, n int) *net.TCPAddr {
 	return &net.TCPAddr{IP: ip}
 }
 
+// conn is one connection of the run. Its parser and state belong to whoever reads it: the
+// goroutine that opens it, then its reader (its own goroutine, or an epoll worker).
+type conn struct {
+	i     int
+	nc    net.Conn // nil once an epoll worker owns the socket
+	fd    int      // the socket, with the epoll reader
+	sh    *shard
+	p     frameParser
+	state connState
+	seen  int  // frames read while subscribing
+	dead  bool // the epoll worker closed it (read by closeAll once the workers stopped)
+	wbuf  []byte
+}
+
+type connState uint8
+
+const (
+	stateWelcome connState = iota
+	stateSubscribing
+	stateLive
+)
+
+// errOpened stops the frame loop of open once the connection is subscribed.
+var errOpened = errors.New("subscribed")
+
+// openError is why opening a connection failed, as counted in the report.
+type openError struct {
+	kind       string
+	subscribed bool // the upgrade succeeded (counts as "subscribe failed", not "failed")
+}
+
+func (e *openError) Error() string { return e.kind }
+
 // open dials connection i, reads the welcome and subscribes. On success the connection is
-// registered for closeAll and counted as subscribed.
-func (b *bench) open(ctx context.Context, i int, token string) (*websocket.Conn, bool) {
-	d := b.dialer
-	nd := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1}
+// registered for closeAll and counted as subscribed; its reader is not started yet.
+func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
+	var local *net.TCPAddr
 	if b.o.SourceIPs > 0 {
-		nd.LocalAddr = sourceAddr(i, b.o.SourceIPs)
+		local = sourceAddr(i, b.o.SourceIPs)
 	}
-	d.NetDialContext = nd.DialContext
-	var h http.Header
-	if token != "" {
-		h = http.Header{"Authorization": {"Bearer " + token}}
-	}
-	c, resp, err := d.DialContext(ctx, b.wsURL, h)
+	nc, rest, err := dialWS(ctx, b.wsURL, token, local, 15*time.Second)
 	if err != nil {
 		b.failed.Add(1)
-		kind := err.Error()
-		if resp != nil {
-			kind = "http " + strconv.Itoa(resp.StatusCode)
-		}
-		b.countErr(b.connErrors, shorten(kind))
+		b.countErr(b.connErrors, shorten(err.Error()))
 		return nil, false
 	}
 	b.opened.Add(1)
+	c := &conn{i: i, nc: nc, fd: -1, sh: &b.shards[i%shards]}
 	if !b.register(c) {
-		c.Close()
-		return nil, false
-	}
-	fail := func(kind string) (*websocket.Conn, bool) {
-		b.subFailed.Add(1)
-		b.countErr(b.connErrors, shorten(kind))
-		c.Close()
+		nc.Close()
 		return nil, false
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
-	_ = c.SetReadDeadline(deadline)
-	_, msg, err := c.ReadMessage()
-	if err != nil {
-		return fail("welcome: " + err.Error())
-	}
-	if t := frameType(msg); string(t) != "welcome" {
-		return fail("first frame " + string(t))
-	}
-	ch := b.o.channelOf(i)
-	sub := `{"type":"subscribe","id":"s","channel":` + strconv.Quote(ch) + `}`
-	if err := c.WriteMessage(websocket.TextMessage, []byte(sub)); err != nil {
-		return fail("subscribe: " + err.Error())
-	}
-	for n := 0; n < 1000; n++ { // frames before "subscribed": other traffic on the channel
-		_, msg, err := c.ReadMessage()
-		if err != nil {
-			return fail("subscribe: " + err.Error())
-		}
-		switch string(frameType(msg)) {
-		case "subscribed":
-			_ = c.SetReadDeadline(time.Time{})
-			b.subscribed.Add(1)
-			b.subsPer[i%b.o.Channels].Add(1)
-			return c, true
-		case "error":
-			return fail("subscribe refused: " + string(stringField(msg, keyCode)))
-		case "disconnect":
-			return fail("disconnect: " + string(stringField(msg, keyCode)))
+	_ = nc.SetReadDeadline(deadline)
+	buf := make([]byte, 4096)
+	err = c.p.feed(rest, func(op byte, p []byte) error { return b.frame(c, op, p) })
+	for err == nil {
+		var n int
+		n, err = nc.Read(buf)
+		if n > 0 {
+			if ferr := c.p.feed(buf[:n], func(op byte, p []byte) error { return b.frame(c, op, p) }); ferr != nil {
+				err = ferr
+			}
 		}
 	}
-	return fail("no subscribed reply")
+	if err != errOpened && c.state != stateLive {
+		kind := err.Error()
+		var oe *openError
+		if errors.As(err, &oe) {
+			kind = oe.kind
+		} else if c.state == stateWelcome {
+			kind = "welcome: " + kind
+		} else {
+			kind = "subscribe: " + kind
+		}
+		b.subFailed.Add(1)
+		b.countErr(b.connErrors, shorten(kind))
+		nc.Close()
+		return nil, false
+	}
+	_ = nc.SetReadDeadline(time.Time{})
+	return c, true
 }
 
-// read consumes connection i's frames until it is closed, counting deliveries and latencies.
-func (b *bench) read(c *websocket.Conn, i int) {
-	sh := &b.shards[i%shards]
-	bufp := b.pool.Get().(*[]byte)
-	defer b.pool.Put(bufp)
+// frame handles one frame of connection c: the welcome and the subscribe reply while it opens,
+// then deliveries, disconnects and pings.
+func (b *bench) frame(c *conn, op byte, p []byte) error {
+	switch op {
+	case opPing:
+		return c.write(opPong, p)
+	case opClose:
+		_ = c.write(opClose, p) // answer the close; the server closes the socket
+		return errServerClosed
+	case opText, opBinary:
+	default:
+		return nil
+	}
+	switch c.state {
+	case stateWelcome:
+		if t := frameType(p); string(t) != "welcome" {
+			return &openError{kind: "first frame " + string(t)}
+		}
+		ch := b.o.channelOf(c.i)
+		sub := `{"type":"subscribe","id":"s","channel":` + strconv.Quote(ch) + `}`
+		if err := c.write(opText, []byte(sub)); err != nil {
+			return &openError{kind: "subscribe: " + err.Error()}
+		}
+		c.state = stateSubscribing
+		return nil
+	case stateSubscribing:
+		switch string(frameType(p)) {
+		case "subscribed":
+			c.state = stateLive
+			b.subscribed.Add(1)
+			b.subsPer[c.i%b.o.Channels].Add(1)
+			return errOpened
+		case "error":
+			return &openError{kind: "subscribe refused: " + string(stringField(p, keyCode))}
+		case "disconnect":
+			return &openError{kind: "disconnect: " + string(stringField(p, keyCode))}
+		}
+		if c.seen++; c.seen > 1000 { // frames before "subscribed": other traffic on the channel
+			return &openError{kind: "no subscribed reply"}
+		}
+		return nil
+	}
+	now := time.Now().UnixNano()
+	typ := frameType(p)
+	switch {
+	case bytes.Equal(typ, []byte("message")):
+		t, ok := payloadTime(p)
+		if !ok {
+			c.sh.other.Add(1)
+			return nil
+		}
+		if b.measuring.Load() {
+			c.sh.received.Add(1)
+			c.sh.hist.Record(time.Duration(now - t))
+		}
+	case bytes.Equal(typ, []byte("disconnect")):
+		b.countErr(b.disconnects, string(stringField(p, keyCode)))
+	default:
+		c.sh.other.Add(1)
+	}
+	return nil
+}
+
+var errServerClosed = errors.New("closed by the server")
+
+// write sends one client frame: from the opening goroutine or the connection's reader, never
+// both at once.
+func (c *conn) write(op byte, p []byte) error {
+	c.wbuf = appendClientFrame(c.wbuf[:0], op, p)
+	if c.nc != nil {
+		_ = c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, err := c.nc.Write(c.wbuf)
+		return err
+	}
+	return writeFD(c.fd, c.wbuf)
+}
+
+// startReader hands a subscribed connection to its reader.
+func (b *bench) startReader(c *conn, readers *sync.WaitGroup) {
+	if b.epoll != nil {
+		if err := b.epoll.add(c); err != nil {
+			b.countErr(b.connErrors, "epoll: "+shorten(err.Error()))
+		}
+		return
+	}
+	readers.Add(1)
+	go func() {
+		defer readers.Done()
+		b.read(c)
+	}()
+}
+
+// read consumes connection c's frames on its own goroutine until it is closed.
+func (b *bench) read(c *conn) {
+	buf := make([]byte, 4096)
+	fn := func(op byte, p []byte) error { return b.frame(c, op, p) }
 	for {
-		_, r, err := c.NextReader()
-		if err != nil {
-			if b.measuring.Load() {
-				b.closedEarly.Add(1)
+		n, err := c.nc.Read(buf)
+		if n > 0 {
+			if ferr := c.p.feed(buf[:n], fn); ferr != nil {
+				err = ferr
 			}
+		}
+		if err != nil {
+			b.ended(c, err)
 			return
 		}
-		buf, err := readAll(r, (*bufp)[:0])
-		*bufp = buf
-		if err != nil {
-			continue // the next NextReader reports the broken connection
-		}
-		now := time.Now().UnixNano()
-		typ := frameType(buf)
-		switch {
-		case bytes.Equal(typ, []byte("message")):
-			t, ok := payloadTime(buf)
-			if !ok {
-				sh.other.Add(1)
-				continue
-			}
-			if b.measuring.Load() {
-				sh.received.Add(1)
-				sh.hist.Record(time.Duration(now - t))
-			}
-		case bytes.Equal(typ, []byte("disconnect")):
-			b.countErr(b.disconnects, string(stringField(buf, keyCode)))
-		default:
-			sh.other.Add(1)
-		}
 	}
 }
 
-// readAll reads r into buf, growing it as needed.
-func readAll(r io.Reader, buf []byte) ([]byte, error) {
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
+// ended records a connection that closed before closeAll.
+func (b *bench) ended(c *conn, err error) {
+	if b.measuring.Load() {
+		b.closedEarly.Add(1)
+	}
+	if errors.Is(err, errFrame) {
+		b.countErr(b.connErrors, "malformed frame from the server")
 	}
 }
 
-func (b *bench) register(c *websocket.Conn) bool {
+func (b *bench) register(c *conn) bool {
 	b.connsMu.Lock()
 	defer b.connsMu.Unlock()
 	if b.conns == nil { // closeAll ran
@@ -391,13 +492,22 @@ func (b *bench) register(c *websocket.Conn) bool {
 	return true
 }
 
+// closeAll stops the readers and closes every connection.
 func (b *bench) closeAll() {
 	b.connsMu.Lock()
 	conns := b.conns
 	b.conns = nil
 	b.connsMu.Unlock()
+	if b.epoll != nil {
+		b.epoll.stop() // the workers own the sockets until they have stopped
+	}
 	for _, c := range conns {
-		_ = c.Close()
+		switch {
+		case c.nc != nil:
+			_ = c.nc.Close()
+		case c.fd >= 0 && !c.dead:
+			closeFD(c.fd)
+		}
 	}
 }
 
@@ -428,17 +538,10 @@ func (b *bench) publish(ctx context.Context) {
 	o := b.o
 	pctx, cancel := context.WithTimeout(ctx, o.Duration)
 	defer cancel()
-	client := &http.Client{
-		Timeout: 10 * time.Second,
-		Transport: &http.Transport{
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-			MaxIdleConns:        o.Publishers,
-			MaxIdleConnsPerHost: o.Publishers,
-			IdleConnTimeout:     30 * time.Second,
-			DisableCompression:  true,
-		},
+	send := b.httpPublisher()
+	if b.svc != nil {
+		send = b.brokerPublisher()
 	}
-	defer client.CloseIdleConnections()
 	names := make([]string, o.Channels)
 	for c := range names {
 		names[c] = o.channelName(c)
@@ -449,11 +552,11 @@ func (b *bench) publish(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var body []byte
+			var buf []byte
 			for seq := range tokens {
 				c := int(seq % uint64(len(names)))
-				body = appendPublishBody(body[:0], names[c], time.Now().UnixNano(), seq, o.Payload)
-				if err := b.post(ctx, client, body); err != nil {
+				var err error
+				if buf, err = send(ctx, buf[:0], names[c], seq); err != nil {
 					b.pubErrors.Add(1)
 					b.countErr(b.pubErrKinds, shorten(err.Error()))
 					continue
@@ -488,6 +591,54 @@ issue:
 	tick.Stop()
 	close(tokens)
 	wg.Wait() // each post is bounded by the client timeout
+}
+
+// brokerEnviron is the environment the gateway's configuration is read from for -publish
+// broker. Only the broker settings matter to a publisher, so when no way to authenticate clients
+// is set (which the configuration insists on for a node), anonymous clients are allowed.
+func brokerEnviron(env []string) []string {
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "GATEWAY_JWT_SECRET", "GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_ALLOW_ANONYMOUS":
+			return env
+		}
+	}
+	return append(env[:len(env):len(env)], "GATEWAY_ALLOW_ANONYMOUS=true")
+}
+
+// publishFunc publishes message seq to channel, using buf for its bytes (returned for reuse).
+type publishFunc func(ctx context.Context, buf []byte, channel string, seq uint64) ([]byte, error)
+
+// httpPublisher publishes through POST /api/publish on keep-alive connections.
+func (b *bench) httpPublisher() publishFunc {
+	client := &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			MaxIdleConns:        b.o.Publishers,
+			MaxIdleConnsPerHost: b.o.Publishers,
+			IdleConnTimeout:     30 * time.Second,
+			DisableCompression:  true,
+		},
+	}
+	return func(ctx context.Context, buf []byte, channel string, seq uint64) ([]byte, error) {
+		buf = appendPublishBody(buf, channel, time.Now().UnixNano(), seq, b.o.Payload)
+		return buf, b.post(ctx, client, buf)
+	}
+}
+
+// brokerPublisher publishes straight to the gateway's broker with the service SDK: the message
+// the gateway's HTTP API would publish (same topic, metadata and signature), without the node's
+// HTTP server, router and inbound path.
+func (b *bench) brokerPublisher() publishFunc {
+	return func(ctx context.Context, buf []byte, channel string, seq uint64) ([]byte, error) {
+		buf = appendPayload(buf, time.Now().UnixNano(), seq, b.o.Payload)
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_, err := b.svc.ToChannel(pctx, channel, json.RawMessage(buf))
+		return buf, err
+	}
 }
 
 // post sends one publish request.

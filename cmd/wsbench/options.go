@@ -20,6 +20,8 @@ type options struct {
 	Token         string        // one token for every connection
 	Secret        string        // HS256 secret to mint a token per connection
 	APIKey        string        // key of POST /api/publish
+	Publish       string        // "http" (POST /api/publish) or "broker" (straight to the broker, GATEWAY_* settings)
+	Config        string        // with -publish broker: the gateway's YAML configuration file (optional)
 	Rate          float64       // messages/s published, over all channels
 	Publishers    int           // HTTP publishing goroutines
 	Duration      time.Duration // publishing time, or holding time with Idle
@@ -33,6 +35,8 @@ type options struct {
 	Timeout       time.Duration // hard cap of the whole run (0: derived from the others)
 	JSON          string        // write the report here
 	Quiet         bool          // no progress lines
+	Reader        string        // "epoll" (a few goroutines read every socket) or "goroutine" (one per connection)
+	Readers       int           // epoll reader goroutines
 	Progress      io.Writer     // where progress lines go (nil: none)
 }
 
@@ -40,6 +44,12 @@ const (
 	maxConns     = 1_000_000
 	maxPayload   = 60 << 10 // below the gateway's default 64 KiB frame limit
 	maxSourceIPs = 65_000
+
+	publishHTTP   = "http"
+	publishBroker = "broker"
+
+	readerEpoll     = "epoll"
+	readerGoroutine = "goroutine"
 )
 
 // defaults are the flag defaults.
@@ -50,6 +60,8 @@ func defaults() options {
 		Channels:      1,
 		ChannelPrefix: "bench",
 		Publishers:    4,
+		Publish:       publishHTTP,
+		Readers:       1,
 		Duration:      10 * time.Second,
 		Payload:       128,
 		MaxInflight:   64,
@@ -74,7 +86,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.Token, "token", "", "one JWT used by every connection")
 	fs.StringVar(&o.Secret, "secret", "", "HS256 `secret` (GATEWAY_JWT_SECRET) to mint a token per connection: sub=bench-<i>, channels [\"*\"]")
 	fs.StringVar(&o.APIKey, "api-key", "", "API `key` (GATEWAY_API_KEY) for POST /api/publish")
-	fs.Float64Var(&o.Rate, "rate", 0, "messages per second published through POST /api/publish, round-robin over the channels")
+	fs.Float64Var(&o.Rate, "rate", 0, "messages per second published (see -publish), round-robin over the channels")
+	fs.StringVar(&o.Publish, "publish", o.Publish, "`how` to publish: http (POST /api/publish, needs -api-key) or broker (straight to the gateway's broker, configured by the same GATEWAY_* environment as the gateway: GATEWAY_BROKER, GATEWAY_NATS_URL, GATEWAY_REDIS_ADDR, GATEWAY_TOPIC_PREFIX, signing keys...; not the embedded memory broker)")
 	fs.IntVar(&o.Publishers, "publishers", o.Publishers, "HTTP publishing goroutines")
 	fs.DurationVar(&o.Duration, "duration", o.Duration, "how long to publish (or, with -idle, to hold the connections)")
 	fs.IntVar(&o.Payload, "payload", o.Payload, "payload size in `bytes` (JSON {\"t\":…,\"seq\":…,\"pad\":\"…\"})")
@@ -87,6 +100,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.Timeout, "timeout", 0, "hard cap of the whole run (0: connect budget + duration + grace + 10s)")
 	fs.StringVar(&o.JSON, "json", "", "write the final report as JSON to `FILE`")
 	fs.BoolVar(&o.Quiet, "quiet", false, "no progress line every second")
+	fs.StringVar(&o.Config, "config", "", "with -publish broker: the gateway's YAML configuration `file` (GATEWAY_* variables apply on top, as for the gateway)")
+	fs.StringVar(&o.Reader, "reader", "", "`how` to read the connections: epoll (a few goroutines with an epoll set each; Linux, plain http) or goroutine (one per connection, like most clients); default epoll where it works")
+	fs.IntVar(&o.Readers, "readers", o.Readers, "epoll reader goroutines (each reads its share of the connections on one core at most)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -136,8 +152,33 @@ func (o *options) normalize() error {
 	if !o.Idle && o.Rate == 0 {
 		bad("-rate is required (or -idle)")
 	}
-	if o.Rate > 0 && o.APIKey == "" {
-		bad("-rate needs -api-key")
+	switch o.Publish {
+	case publishHTTP:
+		if o.Rate > 0 && o.APIKey == "" {
+			bad("-rate needs -api-key (or -publish broker)")
+		}
+	case publishBroker:
+	default:
+		bad("-publish must be http or broker, not %q", o.Publish)
+	}
+	switch o.Reader {
+	case "":
+		o.Reader = readerGoroutine
+		if epollAvailable && err == nil && u.Scheme == "http" {
+			o.Reader = readerEpoll
+		}
+	case readerGoroutine:
+	case readerEpoll:
+		if !epollAvailable {
+			bad("-reader epoll works only on Linux")
+		} else if err == nil && u.Scheme != "http" {
+			bad("-reader epoll reads plain sockets: use it with an http -url, or -reader goroutine")
+		}
+	default:
+		bad("-reader must be epoll or goroutine, not %q", o.Reader)
+	}
+	if o.Readers < 1 || o.Readers > 64 {
+		bad("-readers must be 1 to 64")
 	}
 	if o.Publishers < 1 || o.Publishers > 256 {
 		bad("-publishers must be 1 to 256")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -15,6 +16,7 @@ type procSample struct {
 	At     time.Time
 	RSSKiB int64         // VmRSS
 	CPU    time.Duration // utime + stime
+	SyscW  int64         // write(2)-family calls so far (syscw of /proc/PID/io); -1 when unreadable
 }
 
 // clockTick is USER_HZ, the unit of utime and stime in /proc/PID/stat: 100 on every Linux
@@ -35,8 +37,26 @@ func sampleProc(pid int) (procSample, error) {
 	if err != nil {
 		return s, err
 	}
-	s.CPU, err = parseStatCPU(stat)
-	return s, err
+	if s.CPU, err = parseStatCPU(stat); err != nil {
+		return s, err
+	}
+	s.SyscW = -1 // /proc/PID/io needs the right to trace the process (same user, or root)
+	if io, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid)); err == nil {
+		if v, err := parseSyscW(io); err == nil {
+			s.SyscW = v
+		}
+	}
+	return s, nil
+}
+
+// parseSyscW returns syscw from the text of /proc/PID/io.
+func parseSyscW(io []byte) (int64, error) {
+	for _, line := range bytes.Split(io, []byte{'\n'}) {
+		if rest, ok := bytes.CutPrefix(line, []byte("syscw:")); ok {
+			return strconv.ParseInt(string(bytes.TrimSpace(rest)), 10, 64)
+		}
+	}
+	return 0, errors.New("no syscw line in /proc/PID/io")
 }
 
 // parseVmRSS returns VmRSS in KiB from the text of /proc/PID/status.
@@ -106,6 +126,30 @@ func hostCPU() (busy time.Duration, ok bool) {
 	}
 	d, err := parseHostCPU(b)
 	return d, err == nil
+}
+
+// hostCores is the machine's CPU count from /proc/stat (runtime.NumCPU counts only the CPUs
+// this process may run on, one under taskset -c 1), or NumCPU where /proc/stat is unreadable.
+func hostCores() int {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return runtime.NumCPU()
+	}
+	if n := countCPULines(b); n > 0 {
+		return n
+	}
+	return runtime.NumCPU()
+}
+
+// countCPULines counts the per-CPU lines (cpu0, cpu1, ...) of /proc/stat.
+func countCPULines(stat []byte) int {
+	n := 0
+	for _, line := range bytes.Split(stat, []byte{'\n'}) {
+		if len(line) > 3 && bytes.HasPrefix(line, []byte("cpu")) && line[3] >= '0' && line[3] <= '9' {
+			n++
+		}
+	}
+	return n
 }
 
 // parseHostCPU parses the "cpu" line of /proc/stat.

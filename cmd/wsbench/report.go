@@ -6,7 +6,6 @@ import (
 	"io"
 	"maps"
 	"os"
-	"runtime"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -60,6 +59,8 @@ type ReportOptions struct {
 	Ramp         float64 `json:"ramp"`
 	SourceIPs    int     `json:"source_ips"`
 	PID          int     `json:"pid,omitempty"`
+	Publish      string  `json:"publish"`
+	Reader       string  `json:"reader"`
 }
 
 // LatencyReport holds latency percentiles in milliseconds, from the payload's publish time to
@@ -86,6 +87,9 @@ type ServerReport struct {
 	CPUMillis         float64 `json:"cpu_ms"`
 	CPUPer1000Deliver float64 `json:"cpu_ms_per_1000_deliveries,omitempty"`
 	CPUCoresUsed      float64 `json:"cpu_cores_used"`
+	// WritesPer1000 is the server's write(2)/writev(2) calls per 1,000 deliveries while measuring
+	// (syscw of /proc/PID/io): how well it coalesces frames into socket writes.
+	WritesPer1000 float64 `json:"write_syscalls_per_1000_deliveries,omitempty"`
 }
 
 // HostReport is the whole machine's CPU while measuring, to tell a quiet machine from a shared
@@ -102,7 +106,7 @@ func (r *Report) fillHost(busy, wall time.Duration) {
 	if busy <= 0 || wall <= 0 {
 		return
 	}
-	h := &HostReport{Cores: runtime.NumCPU(), BusyCores: busy.Seconds() / wall.Seconds(), WsbenchCores: r.ClientCPUMillis / 1000 / wall.Seconds()}
+	h := &HostReport{Cores: hostCores(), BusyCores: busy.Seconds() / wall.Seconds(), WsbenchCores: r.ClientCPUMillis / 1000 / wall.Seconds()}
 	if r.Server != nil {
 		h.ServerCores = r.Server.CPUCoresUsed
 	}
@@ -112,7 +116,8 @@ func (r *Report) fillHost(busy, wall time.Duration) {
 
 func reportOptions(o options) ReportOptions {
 	return ReportOptions{URL: o.URL, Conns: o.Conns, Channels: o.Channels, Rate: o.Rate, Publishers: o.Publishers,
-		DurationSec: o.Duration.Seconds(), PayloadBytes: o.Payload, Idle: o.Idle, Ramp: o.Ramp, SourceIPs: o.SourceIPs, PID: o.PID}
+		DurationSec: o.Duration.Seconds(), PayloadBytes: o.Payload, Idle: o.Idle, Ramp: o.Ramp, SourceIPs: o.SourceIPs, PID: o.PID,
+		Publish: o.Publish, Reader: o.Reader}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -180,6 +185,9 @@ func (b *bench) fill(rep *Report, pubDur, holdDur, clientCPU time.Duration, s0, 
 			}
 			if rep.Received > 0 {
 				sr.CPUPer1000Deliver = sr.CPUMillis / (float64(rep.Received) / 1000)
+				if s1.SyscW >= 0 && s2.SyscW >= s1.SyscW {
+					sr.WritesPer1000 = float64(s2.SyscW-s1.SyscW) / (float64(rep.Received) / 1000)
+				}
 			}
 		}
 		rep.Server = sr
@@ -191,12 +199,12 @@ func printTable(w io.Writer, r *Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, args...)) }
 	o := r.Options
-	mode := fmt.Sprintf("%.0f msg/s for %gs, payload %d B, %d publishers", o.Rate, o.DurationSec, o.PayloadBytes, o.Publishers)
+	mode := fmt.Sprintf("%.0f msg/s for %gs, payload %d B, %d publishers (%s)", o.Rate, o.DurationSec, o.PayloadBytes, o.Publishers, o.Publish)
 	if o.Idle {
 		mode = fmt.Sprintf("idle, held %gs", o.DurationSec)
 	}
 	row("target", "%s", o.URL)
-	row("run", "%d conns on %d channel(s), %s", o.Conns, o.Channels, mode)
+	row("run", "%d conns on %d channel(s), %s, %s reader", o.Conns, o.Channels, mode, o.Reader)
 	row("connections", "opened %d, failed %d, subscribed %d, subscribe failed %d (%.1fs)", r.Opened, r.Failed, r.Subscribed, r.SubscribeFailed, r.ConnectSeconds)
 	for _, k := range slices.Sorted(maps.Keys(r.ConnectErrors)) {
 		row("  connect error", "%d × %s", r.ConnectErrors[k], k)
@@ -229,6 +237,9 @@ func printTable(w io.Writer, r *Report) {
 		row("server cpu", "%.0f ms (%.2f cores)", s.CPUMillis, s.CPUCoresUsed)
 		if s.CPUPer1000Deliver > 0 {
 			row("server cpu/1000 deliveries", "%.2f ms", s.CPUPer1000Deliver)
+		}
+		if s.WritesPer1000 > 0 {
+			row("server writes/1000 deliv.", "%.0f write syscalls", s.WritesPer1000)
 		}
 	}
 	if h := r.Host; h != nil && r.Server == nil {

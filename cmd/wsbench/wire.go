@@ -159,6 +159,9 @@ func (f *frameParser) feed(p []byte, fn func(op byte, payload []byte) error) err
 					if err != nil {
 						return err
 					}
+					if p[0]&0x0f >= opClose && n > 125 {
+						return errFrame // control frames are short
+					}
 					if int64(len(p)-hl) >= n {
 						if err := fn(p[0]&0x0f, p[hl:hl+int(n)]); err != nil {
 							return err

@@ -161,6 +161,15 @@ func TestProcParsing(t *testing.T) {
 	if _, err := parseStatCPU([]byte("1 (x) S 1")); err == nil {
 		t.Fatal("no error for a short stat")
 	}
+	if w, err := parseSyscW([]byte("rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4567\nread_bytes: 0\n")); err != nil || w != 4567 {
+		t.Fatalf("syscw %d %v", w, err)
+	}
+	if _, err := parseSyscW([]byte("rchar: 1\n")); err == nil {
+		t.Fatal("no error without syscw")
+	}
+	if n := countCPULines([]byte("cpu  1 2 3\ncpu0 1 2 3\ncpu1 4 5 6\nintr 7\n")); n != 2 {
+		t.Fatalf("%d cpu lines, want 2", n)
+	}
 	busy, err := parseHostCPU([]byte("cpu  100 5 50 9000 7 3 2 1 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"))
 	if err != nil || busy != 161*clockTick {
 		t.Fatalf("host busy %v %v", busy, err)

@@ -2,6 +2,7 @@ package ws
 
 import (
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,23 +28,43 @@ const (
 type Conn struct {
 	hub   *Hub
 	s     *melody.Session
+	fc    *flushConn
 	ID    string // session id
 	User  string // user id ("" for anonymous)
 	Value any    // the handler's data for this connection
 
-	queued  atomic.Int64  // frames handed to melody and not yet written
+	queued  atomic.Int64  // frames queued and not yet handed to the socket: the lead and pending
+	waiters atomic.Int32  // Sends waiting for room
 	closing atomic.Bool   // a disconnect was sent or the socket is gone: send nothing more
-	room    chan struct{} // signalled whenever a queued frame was written
+	room    chan struct{} // signalled when a frame was written while a Send waits
 	reason  atomic.Value  // string: the disconnect code the server sent, if it closed the connection
+	opened  chan error    // Accept waits on it: nil once open, or the upgrade's error
+
+	// The send queue. The first frame of a burst, the lead, goes through melody's queue; the
+	// frames queued behind it wait in pending, and melody's write goroutine writes them itself
+	// once the lead is written (sent). pending holds memory only while the connection is behind.
+	qmu       sync.Mutex
+	lead      bool   // a frame is in melody's queue or being written
+	pending   ring   // frames behind the lead (or, with a write delay, waiting for it), in order
+	closeMsg  []byte // close frame to hand melody once pending is written (a disconnect is in it)
+	lastLead  int64  // with a write delay: the delay clock's tick when the last lead was handed over
+	scheduled bool   // with a write delay: the clock will hand over the first pending frame
 
 	mu   sync.Mutex
 	subs map[string]*sub
 }
 
+func newConn(h *Hub, id Identity) *Conn {
+	c := &Conn{hub: h, ID: id.Session, User: id.User, Value: id.Value, subs: map[string]*sub{}, room: make(chan struct{}, 1)}
+	c.fc = &flushConn{timeout: h.cfg.WriteTimeout}
+	c.lastLead = math.MinInt64 / 2 // long ago: the first frame goes out at once
+	return c
+}
+
 // sub is the state of one channel subscription of a connection.
 type sub struct {
-	live bool
-	held []heldFrame // what arrived while the subscription was replaying
+	live atomic.Bool // set (under Conn.mu) once the replay ended and held frames were sent
+	held []heldFrame // what arrived while the subscription was replaying, under Conn.mu
 }
 
 type heldFrame struct {
@@ -55,26 +76,169 @@ type heldFrame struct {
 // as slow: a broker that delivers in batches (Kafka) can outrun a healthy writer for a moment.
 const slowGrace = 100 * time.Millisecond
 
-// Send queues one frame. A connection whose queue stays full for slowGrace is disconnected as a
-// slow consumer (it can resume) rather than losing the frame silently. Send reports whether it
-// was queued.
+// Send queues one frame. A connection whose queue stays full (SendBuffer frames) for slowGrace
+// is disconnected as a slow consumer (it can resume) rather than losing the frame silently.
+// Send reports whether it was queued.
 func (c *Conn) Send(frame []byte) bool {
 	if c.closing.Load() || c.s == nil {
 		return false
 	}
-	if c.queued.Add(1) > int64(c.hub.cfg.SendBuffer) {
-		c.queued.Add(-1)
-		if !c.waitRoom(int64(c.hub.cfg.SendBuffer), slowGrace) {
+	limit := int64(c.hub.cfg.SendBuffer)
+	c.qmu.Lock()
+	if c.queued.Load() >= limit {
+		c.qmu.Unlock()
+		if !c.waitRoom(limit, slowGrace) {
 			c.slow()
 			return false
 		}
-		c.queued.Add(1)
+		c.qmu.Lock()
 	}
-	if err := c.s.Write(frame); err != nil {
-		c.queued.Add(-1)
+	if c.closing.Load() { // a disconnect is queued: nothing goes after it
+		c.qmu.Unlock()
 		return false
 	}
+	ok := c.enqueue(frame)
+	c.qmu.Unlock()
+	return ok
+}
+
+// enqueue queues frame behind what is queued; c.qmu is held.
+func (c *Conn) enqueue(frame []byte) bool {
+	switch d := c.hub.delay; {
+	case c.lead:
+		c.pending.push(frame)
+	case c.pending.len() == 0 && (d == nil || d.due(c.lastLead)):
+		if !c.handOver(frame) {
+			return false
+		}
+	default: // with a write delay, the connection wrote less than a delay ago: wait for the clock
+		c.pending.push(frame)
+		if !c.scheduled {
+			c.scheduled = true
+			d.schedule(c)
+		}
+	}
+	c.queued.Add(1)
 	return true
+}
+
+// handOver gives melody frame as the lead; c.qmu is held. melody reports a full or closed queue
+// to the error handler, which takes no lock of the connection; its queue holds at most a lead, a
+// disconnect and a close frame.
+func (c *Conn) handOver(frame []byte) bool {
+	if err := c.s.Write(frame); err != nil {
+		return false
+	}
+	c.lead = true
+	if d := c.hub.delay; d != nil {
+		c.lastLead = d.now()
+	}
+	return true
+}
+
+// kick hands the first pending frame over as the lead, at tick now of the write-delay clock. It
+// reports whether c is to be kicked again later (it wrote less than a delay ago).
+func (c *Conn) kick(now int64) (later bool) {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.lead || c.pending.len() == 0 { // already on its way, or the connection ended
+		c.scheduled = false
+		return false
+	}
+	if now-c.lastLead < c.hub.delay.ticks {
+		return true
+	}
+	c.scheduled = false
+	if !c.handOver(c.pending.pop()) {
+		c.queued.Add(-int64(c.pending.len()) - 1)
+		c.pending = ring{}
+	}
+	return false
+}
+
+// sent is melody's report, on its write goroutine, that the lead was written. That goroutine
+// then writes the frames queued behind it, straight into the socket's buffer, and flushes them
+// (one write for up to maxCoalesce bytes), until none is left; frames queued meanwhile are
+// written in the same round.
+func (c *Conn) sent() {
+	c.queued.Add(-1)
+	n := 1
+	for {
+		c.qmu.Lock()
+		if c.pending.len() == 0 && n == 1 {
+			// A lone frame: it was not held back (nothing was queued behind it when it was
+			// written, or the connection ended since), so there is nothing to flush.
+			c.endBurst()
+			c.qmu.Unlock()
+			break
+		}
+		if c.pending.len() == 0 {
+			c.qmu.Unlock()
+			if err := c.fc.flushAll(); err != nil {
+				c.writeFailed()
+				break
+			}
+			c.qmu.Lock()
+			if c.pending.len() == 0 { // still nothing: the burst is over
+				c.endBurst()
+				c.qmu.Unlock()
+				break
+			}
+		}
+		frame := c.pending.pop()
+		c.qmu.Unlock()
+		if err := c.fc.writeFrame(frame); err != nil {
+			c.writeFailed()
+			break
+		}
+		c.queued.Add(-1)
+		n++
+		if c.waiters.Load() > 0 {
+			select {
+			case c.room <- struct{}{}:
+			default:
+			}
+		}
+	}
+	c.hub.metrics.FramesOut.Add(float64(n))
+	if c.waiters.Load() > 0 {
+		select {
+		case c.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// endBurst marks the lead written and nothing queued behind it, and hands melody the close frame
+// a disconnect left behind; c.qmu is held.
+func (c *Conn) endBurst() {
+	c.lead = false
+	if c.closeMsg != nil {
+		_ = c.s.CloseWithMsg(c.closeMsg)
+		c.closeMsg = nil
+	}
+}
+
+// writeFailed ends a connection whose socket refused a write (the client is gone, or did not
+// read within the write timeout): nothing more is sent, and closing the socket ends melody's
+// loops.
+func (c *Conn) writeFailed() {
+	c.closing.Store(true)
+	c.qmu.Lock()
+	c.queued.Add(-int64(c.pending.len()))
+	c.pending = ring{}
+	c.qmu.Unlock()
+	_ = c.s.WebsocketConnection().Close()
+}
+
+// more reports whether another frame is queued behind the one being written (flushConn).
+func (c *Conn) more() bool { return c.queued.Load() > 1 }
+
+// idle reports whether everything queued to c was written to the socket.
+func (c *Conn) idle() bool {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return !c.lead && c.queued.Load() == 0
 }
 
 // waitRoom waits until fewer than limit frames are queued, at most d; false if they still are.
@@ -82,6 +246,8 @@ func (c *Conn) waitRoom(limit int64, d time.Duration) bool {
 	if c.queued.Load() < limit {
 		return true
 	}
+	c.waiters.Add(1)
+	defer c.waiters.Add(-1)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for c.queued.Load() >= limit {
@@ -113,7 +279,8 @@ func (c *Conn) slow() {
 	c.Disconnect(protocol.DisconnectSlowConsumer, "send buffer full", true)
 }
 
-// Disconnect sends a disconnect frame and closes the connection; later calls do nothing.
+// Disconnect queues a disconnect frame, behind what is queued, and closes the connection after
+// it; later calls do nothing.
 func (c *Conn) Disconnect(code, reason string, reconnect bool) {
 	if c.s == nil || !c.closing.CompareAndSwap(false, true) {
 		return
@@ -121,8 +288,6 @@ func (c *Conn) Disconnect(code, reason string, reconnect bool) {
 	c.reason.Store(code)
 	c.hub.metrics.Disconnects.WithLabelValues(code).Inc()
 	frame := protocol.Encode(protocol.Disconnect{Type: "disconnect", Code: code, Reason: reason, Reconnect: reconnect})
-	c.queued.Add(1)
-	_ = c.s.Write(frame)
 	closeCode := closeNormal
 	switch code {
 	case protocol.DisconnectShutdown:
@@ -134,7 +299,61 @@ func (c *Conn) Disconnect(code, reason string, reconnect bool) {
 	case protocol.DisconnectTokenExpired:
 		closeCode = closeTokenError
 	}
-	_ = c.s.CloseWithMsg(melody.FormatCloseMessage(closeCode, code))
+	closeMsg := melody.FormatCloseMessage(closeCode, code)
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.lead || c.pending.len() > 0 { // behind what is queued; the close once it is written
+		c.pending.push(frame)
+		c.queued.Add(1)
+		c.closeMsg = closeMsg
+		return
+	}
+	if c.s.Write(frame) == nil { // melody's queue has room for these two
+		c.lead = true
+		c.queued.Add(1)
+	}
+	_ = c.s.CloseWithMsg(closeMsg)
+}
+
+// dropQueue forgets what is still queued, once the connection ended.
+func (c *Conn) dropQueue() {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	c.queued.Add(-int64(c.pending.len()))
+	c.pending = ring{}
+	c.closeMsg = nil
+}
+
+// ring is a FIFO of frames that grows as needed and gives its memory back once empty.
+type ring struct {
+	buf  [][]byte
+	head int
+	n    int
+}
+
+func (r *ring) len() int { return r.n }
+
+func (r *ring) push(b []byte) {
+	if r.n == len(r.buf) {
+		nb := make([][]byte, max(16, 2*len(r.buf)))
+		for i := range r.n {
+			nb[i] = r.buf[(r.head+i)%len(r.buf)]
+		}
+		r.buf, r.head = nb, 0
+	}
+	r.buf[(r.head+r.n)%len(r.buf)] = b
+	r.n++
+}
+
+func (r *ring) pop() []byte {
+	b := r.buf[r.head]
+	r.buf[r.head] = nil
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+	if r.n == 0 {
+		*r = ring{} // caught up: give the memory back
+	}
+	return b
 }
 
 // Reason is the disconnect code the server closed the connection with, or "closed" when the
@@ -157,10 +376,12 @@ func (c *Conn) Subscribed(channel string) bool {
 	return ok
 }
 
-func (c *Conn) addSub(channel string) {
+func (c *Conn) addSub(channel string) *sub {
+	s := &sub{}
 	c.mu.Lock()
-	c.subs[channel] = &sub{}
+	c.subs[channel] = s
 	c.mu.Unlock()
+	return s
 }
 
 func (c *Conn) removeSub(channel string) bool {
@@ -183,15 +404,14 @@ func (c *Conn) channels() []string {
 	return out
 }
 
-// deliver queues a channel frame, or holds it while the subscription replays.
-func (c *Conn) deliver(channel string, pos transports.Position, frame []byte) bool {
-	c.mu.Lock()
-	s := c.subs[channel]
-	if s == nil {
-		c.mu.Unlock()
-		return false
+// deliver queues a channel frame for subscription s, or holds it while s replays. The hub
+// calls it under the channel's shard lock, so s is still c's subscription.
+func (c *Conn) deliver(s *sub, pos transports.Position, frame []byte) bool {
+	if s.live.Load() { // live for good: Activate sent what was held before setting it
+		return c.Send(frame)
 	}
-	if !s.live {
+	c.mu.Lock()
+	if !s.live.Load() {
 		if len(s.held) >= c.hub.cfg.SendBuffer {
 			c.mu.Unlock()
 			c.slow()
@@ -226,5 +446,5 @@ func (c *Conn) Activate(channel string, after transports.Position, first []byte)
 		c.Send(h.frame)
 	}
 	s.held = nil
-	s.live = true
+	s.live.Store(true)
 }

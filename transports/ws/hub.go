@@ -47,13 +47,29 @@ type Config struct {
 	SendBuffer   int
 	WriteTimeout time.Duration
 	PingInterval time.Duration
+	// WriteDelay, when above 0, is the least time between two socket writes to one connection:
+	// what is queued meanwhile goes out together. A connection that wrote nothing for that long
+	// still gets its next frame at once. It trades latency (at most WriteDelay) for fewer writes.
+	WriteDelay time.Duration
 	// CheckOrigin decides whether a browser's Origin is allowed; nil means same host only.
 	CheckOrigin func(r *http.Request) bool
 }
 
-// reserve is room kept in melody's buffer above SendBuffer, for the disconnect and close frames
-// and for deliveries racing with the decision that a connection is slow.
-const reserve = 64
+// melodyQueue is the size of melody's send queue (a channel allocated for every session): it
+// holds a connection's lead frame, a disconnect frame and a close frame at most (Conn.enqueue).
+const melodyQueue = 4
+
+// Socket buffers. gorilla's read buffer only needs to hold a frame header and small frames
+// (larger ones are read through it in pieces). Its write buffers come from a pool, taken for one
+// frame and given back: an idle connection holds none. (gorilla writes a frame larger than its
+// buffer in two parts, through a slice it allocates; the pool's buffers are large enough for
+// most frames.)
+const (
+	readBufferSize  = 256
+	writeBufferSize = 4096
+)
+
+var writeBufferPool sync.Pool
 
 const shardCount = 64
 
@@ -74,6 +90,8 @@ type Hub struct {
 
 	drainMu  sync.Mutex
 	draining bool
+
+	delay *delayClock // nil without a write delay
 }
 
 type shard struct {
@@ -83,34 +101,92 @@ type shard struct {
 
 // entry is one channel with local subscribers.
 type entry struct {
-	conns map[*Conn]struct{}
-	ready chan struct{} // closed once the broker subscription is open (or failed)
-	err   error
-	stop  func()
+	members []member      // the local subscribers, in a slice that Deliver walks
+	index   map[*Conn]int // position of each in members, once there are more than smallEntry
+	ready   chan struct{} // closed once the broker subscription is open (or failed)
+	err     error
+	stop    func()
 }
 
-func (e *entry) has(c *Conn) bool {
-	_, ok := e.conns[c]
-	return ok
+// member is a subscriber of a channel with its subscription, so that delivering needs no lookup.
+type member struct {
+	c *Conn
+	s *sub
 }
 
-// NewHub makes a hub. It starts nothing: connections arrive through Accept, once SetHandler
-// has been called.
+// smallEntry is how many subscribers a channel has before it keeps an index of them.
+const smallEntry = 8
+
+func (e *entry) find(c *Conn) int {
+	if e.index != nil {
+		if i, ok := e.index[c]; ok {
+			return i
+		}
+		return -1
+	}
+	for i, m := range e.members {
+		if m.c == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func (e *entry) add(c *Conn, s *sub) {
+	if i := e.find(c); i >= 0 {
+		e.members[i].s = s
+		return
+	}
+	e.members = append(e.members, member{c: c, s: s})
+	switch {
+	case e.index != nil:
+		e.index[c] = len(e.members) - 1
+	case len(e.members) > smallEntry:
+		e.index = make(map[*Conn]int, 2*len(e.members))
+		for i, m := range e.members {
+			e.index[m.c] = i
+		}
+	}
+}
+
+func (e *entry) remove(c *Conn) bool {
+	i := e.find(c)
+	if i < 0 {
+		return false
+	}
+	last := len(e.members) - 1
+	e.members[i] = e.members[last]
+	e.members[last] = member{}
+	e.members = e.members[:last]
+	if e.index != nil {
+		delete(e.index, c)
+		if i < last {
+			e.index[e.members[i].c] = i
+		}
+	}
+	return true
+}
+
+// NewHub makes a hub. Connections arrive through Accept, once SetHandler has been called. With a
+// write delay it starts the clock that hands delayed frames over; Close stops it.
 func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger) *Hub {
 	h := &Hub{cfg: cfg, interest: interest, log: log, metrics: m, seed: maphash.MakeSeed(), sessions: map[string]*Conn{}}
+	if cfg.WriteDelay > 0 {
+		h.delay = startDelayClock(cfg.WriteDelay)
+	}
 	for i := range h.shards {
 		h.shards[i].channels = map[string]*entry{}
 	}
 	mel := melody.New()
 	mel.Config.MaxMessageSize = cfg.MaxFrameSize
-	mel.Config.MessageBufferSize = cfg.SendBuffer + reserve
+	mel.Config.MessageBufferSize = melodyQueue
 	mel.Config.WriteWait = cfg.WriteTimeout
 	mel.Config.PingPeriod = cfg.PingInterval
 	mel.Config.PongWait = cfg.PingInterval*2 + cfg.WriteTimeout
 	mel.Upgrader = &websocket.Upgrader{
-		ReadBufferSize:  1024,
-		WriteBufferSize: 1024,
-		WriteBufferPool: &sync.Pool{},
+		ReadBufferSize:  readBufferSize,
+		WriteBufferSize: writeBufferSize,
+		WriteBufferPool: &writeBufferPool,
 		CheckOrigin:     cfg.CheckOrigin,
 	}
 	mel.HandleConnect(h.onConnect)
@@ -118,7 +194,7 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	mel.HandleMessage(func(s *melody.Session, b []byte) {
 		if c := connOf(s); c != nil {
 			h.metrics.FramesIn.Inc()
-			h.handler.Frame(c, b)
+			h.frame(c, b)
 		}
 	})
 	mel.HandleMessageBinary(func(s *melody.Session, _ []byte) {
@@ -129,17 +205,27 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	})
 	mel.HandleSentMessage(func(s *melody.Session, _ []byte) {
 		if c := connOf(s); c != nil {
-			c.queued.Add(-1)
-			select {
-			case c.room <- struct{}{}:
-			default:
-			}
-			h.metrics.FramesOut.Inc()
+			c.sent()
 		}
 	})
 	mel.HandleError(h.onError)
 	h.m = mel
 	return h
+}
+
+// frame has the handler read one client frame. It runs on a goroutine of its own while the
+// connection's read goroutine waits for it, so frames are still handled one at a time and in
+// order: decoding and answering a frame (JSON, subscribing) needs a deep stack, and a goroutine
+// keeps the largest stack it ever needed, so doing that work on the read goroutine would grow
+// the stack every idle connection holds (from 4 to 8 KiB). The transient goroutine's stack goes
+// back to the runtime when it ends.
+func (h *Hub) frame(c *Conn, b []byte) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.handler.Frame(c, b)
+	}()
+	<-done
 }
 
 // SetHandler sets the protocol handler; call it before the first Accept.
@@ -152,10 +238,21 @@ type Identity struct {
 	Value   any // the handler's per-connection data (claims)
 }
 
-// Accept upgrades the request and serves the connection until it ends.
+// Accept upgrades the request and returns once the connection is open (or the upgrade failed);
+// the connection is served on a goroutine of its own until it ends. Returning lets net/http
+// drop what it keeps for a request (its buffered reader and writers, some 8-10 KiB) for the
+// life of the connection.
 func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, id Identity) error {
-	c := &Conn{hub: h, ID: id.Session, User: id.User, Value: id.Value, subs: map[string]*sub{}, room: make(chan struct{}, 1)}
-	return h.m.HandleRequestWithKeys(w, r, map[string]any{connKey: c})
+	c := newConn(h, id)
+	c.opened = make(chan error, 1)
+	go func() {
+		err := h.m.HandleRequestWithKeys(&hijacker{ResponseWriter: w, fc: c.fc}, r, map[string]any{connKey: c})
+		select {
+		case c.opened <- err: // the upgrade failed (or the connection was never opened)
+		default:
+		}
+	}()
+	return <-c.opened
 }
 
 // Draining reports whether Drain has begun.
@@ -167,17 +264,19 @@ func (h *Hub) Draining() bool {
 
 const connKey = "conn"
 
+// connOf is the Conn of a session. Its Keys are set when melody makes it and never changed
+// (the hub never calls Set), so they are read without melody's lock.
 func connOf(s *melody.Session) *Conn {
-	v, ok := s.Get(connKey)
-	if !ok {
-		return nil
-	}
-	return v.(*Conn)
+	c, _ := s.Keys[connKey].(*Conn)
+	return c
 }
 
 func (h *Hub) onConnect(s *melody.Session) {
 	c := connOf(s)
 	c.s = s
+	c.fc.more = c.more // from now on writes are frames: coalesce them
+	s.Request = nil    // nothing reads it; keeping it would keep its headers and context
+	defer func() { c.opened <- nil }()
 	h.sessMu.Lock()
 	h.sessions[c.ID] = c
 	h.sessMu.Unlock()
@@ -191,6 +290,7 @@ func (h *Hub) onConnect(s *melody.Session) {
 func (h *Hub) onDisconnect(s *melody.Session) {
 	c := connOf(s)
 	c.closing.Store(true)
+	c.dropQueue()
 	for _, ch := range c.channels() {
 		h.Leave(c, ch)
 	}
@@ -207,12 +307,11 @@ func (h *Hub) onError(s *melody.Session, err error) {
 		return
 	}
 	if errors.Is(err, melody.ErrMessageBufferFull) {
-		if c.closing.Load() {
-			// Even the disconnect frame found no room: close the socket itself.
-			_ = s.WebsocketConnection().Close()
-			return
-		}
-		c.slow()
+		// Cannot happen: the Conn's own queue keeps melody's below its size. melody reports it
+		// synchronously from a write made under the Conn's queue lock, so no Disconnect here:
+		// close the socket itself.
+		h.log.Error("melody's send queue overflowed; closing the connection", "session_id", c.ID)
+		_ = s.WebsocketConnection().Close()
 		return
 	}
 	if !errors.Is(err, melody.ErrWriteClosed) && !websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived) {
@@ -237,11 +336,10 @@ func (h *Hub) Join(ctx context.Context, c *Conn, channel string) error {
 	e := sh.channels[channel]
 	first := e == nil
 	if first {
-		e = &entry{conns: map[*Conn]struct{}{}, ready: make(chan struct{})}
+		e = &entry{ready: make(chan struct{})}
 		sh.channels[channel] = e
 	}
-	e.conns[c] = struct{}{}
-	c.addSub(channel)
+	e.add(c, c.addSub(channel))
 	sh.mu.Unlock()
 	h.metrics.Subscriptions.Inc()
 
@@ -285,9 +383,8 @@ func (h *Hub) Leave(c *Conn, channel string) bool {
 	h.metrics.Subscriptions.Dec()
 	e := sh.channels[channel]
 	var stop func()
-	if e != nil && e.has(c) {
-		delete(e.conns, c)
-		if len(e.conns) == 0 {
+	if e != nil && e.remove(c) {
+		if len(e.members) == 0 {
 			delete(sh.channels, channel)
 			select {
 			case <-e.ready:
@@ -311,9 +408,9 @@ func (h *Hub) lost(channel string, e *entry) {
 	if sh.channels[channel] == e {
 		delete(sh.channels, channel)
 	}
-	conns := make([]*Conn, 0, len(e.conns))
-	for c := range e.conns {
-		conns = append(conns, c)
+	conns := make([]*Conn, 0, len(e.members))
+	for _, m := range e.members {
+		conns = append(conns, m.c)
 	}
 	sh.mu.Unlock()
 	h.log.Warn("broker subscription lost; its subscribers will resume", "channel", channel, "sessions", len(conns))
@@ -333,8 +430,8 @@ func (h *Hub) Deliver(channel string, pos transports.Position, frame []byte) int
 		return 0
 	}
 	n := 0
-	for c := range e.conns {
-		if c.deliver(channel, pos, frame) {
+	for _, m := range e.members {
+		if m.c.deliver(m.s, pos, frame) {
 			n++
 		}
 	}
@@ -432,10 +529,14 @@ func (h *Hub) closeAll() {
 	}
 }
 
-// Close closes every remaining connection at once. Safe to call twice.
+// Close closes every remaining connection at once and stops the write-delay clock. Safe to call
+// twice.
 func (h *Hub) Close() {
 	h.drainMu.Lock()
 	h.draining = true
 	h.drainMu.Unlock()
 	h.closeAll()
+	if h.delay != nil {
+		h.delay.stop()
+	}
 }

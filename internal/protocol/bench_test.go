@@ -1,0 +1,79 @@
+package protocol
+
+import (
+	"strings"
+	"testing"
+)
+
+// The codec benchmarks: encoding the message frame a node fans out (once per message per node)
+// and decoding the frames clients send. Run with
+//
+//	go test -run '^$' -bench . -benchmem ./internal/protocol
+
+// payload128 is a 128-byte JSON payload, the size the load tool publishes.
+var payload128 = []byte(`{"t":1764230400000000000,"seq":123456,"pad":"` + strings.Repeat("x", 128-47) + `"}`)
+
+func benchMessage() Message {
+	return Message{Type: "message", Channel: "bench", ID: "0f8fad5b-d9cb-469f-a165-70867728950e",
+		Position: "17:3fa1c2", From: &From{User: "user-1", Session: "9b2a5c1e-7a4e-4f0e-8b39-0f9c1b7f2d11"}}
+}
+
+func TestPayload128(t *testing.T) {
+	if len(payload128) != 128 {
+		t.Fatalf("payload is %d bytes, want 128", len(payload128))
+	}
+}
+
+// BenchmarkEncodeMessage is the whole per-message encoding on the delivery path: the payload
+// checked (JSON and UTF-8) and put in the frame, and the frame marshalled.
+func BenchmarkEncodeMessage(b *testing.B) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(payload128)))
+	for b.Loop() {
+		m := benchMessage()
+		m.SetPayload(payload128)
+		if len(Encode(m)) == 0 {
+			b.Fatal("empty frame")
+		}
+	}
+}
+
+// BenchmarkEncodeMessageBinary encodes a payload that is not JSON (sent as base64).
+func BenchmarkEncodeMessageBinary(b *testing.B) {
+	bin := make([]byte, 128)
+	for i := range bin {
+		bin[i] = byte(i * 7)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(bin)))
+	for b.Loop() {
+		m := benchMessage()
+		m.SetPayload(bin)
+		if len(Encode(m)) == 0 {
+			b.Fatal("empty frame")
+		}
+	}
+}
+
+// BenchmarkDecodePublish decodes and checks a client's publish frame with a 128-byte payload.
+func BenchmarkDecodePublish(b *testing.B) {
+	in := []byte(`{"type":"publish","id":"42","channel":"room:42","msg_id":"m-1","data":` + string(payload128) + `}`)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(in)))
+	for b.Loop() {
+		if _, err := Decode(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDecodeSubscribe decodes a subscribe frame with a resume position.
+func BenchmarkDecodeSubscribe(b *testing.B) {
+	in := []byte(`{"type":"subscribe","id":"7","channel":"room:42","since":"17:3fa1c2"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

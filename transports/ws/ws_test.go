@@ -1,0 +1,525 @@
+package ws
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/transports"
+)
+
+// recConn records what reaches the socket.
+type recConn struct {
+	net.Conn  // nil: only the methods below are used
+	mu        sync.Mutex
+	writes    [][]byte
+	deadlines []time.Time
+}
+
+func (r *recConn) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.writes = append(r.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+func (r *recConn) SetWriteDeadline(t time.Time) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.deadlines = append(r.deadlines, t)
+	return nil
+}
+
+func (r *recConn) joined() []byte { return bytes.Join(r.writes, nil) }
+
+// frame is an unmasked text frame with a payload of n bytes of b.
+func frame(n int, b byte) []byte {
+	var h []byte
+	switch {
+	case n > 65535:
+		h = []byte{0x81, 127, 0, 0, 0, 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+	case n > 125:
+		h = []byte{0x81, 126, byte(n >> 8), byte(n)}
+	default:
+		h = []byte{0x81, byte(n)}
+	}
+	return append(h, bytes.Repeat([]byte{b}, n)...)
+}
+
+func TestFrameLen(t *testing.T) {
+	for _, n := range []int{0, 1, 125, 126, 300, 65535, 65536, 100_000} {
+		if got := frameLen(frame(n, 'x')); got != len(frame(n, 'x')) {
+			t.Errorf("payload %d: frameLen %d, want %d", n, got, len(frame(n, 'x')))
+		}
+	}
+	for _, p := range [][]byte{nil, {0x81}, {0x81, 126, 1}, {0x81, 127, 0, 0}} {
+		if got := frameLen(p); got != 0 {
+			t.Errorf("incomplete header %v: frameLen %d, want 0", p, got)
+		}
+	}
+}
+
+func TestFlushConnPassesThroughUntilOpen(t *testing.T) {
+	rec := &recConn{}
+	f := &flushConn{Conn: rec}
+	dl := time.Now().Add(time.Minute)
+	_ = f.SetWriteDeadline(dl)
+	_, _ = f.Write([]byte("HTTP/1.1 101 Switching Protocols\r\n\r\n"))
+	if len(rec.writes) != 1 || len(rec.deadlines) != 1 || !rec.deadlines[0].Equal(dl) {
+		t.Fatalf("handshake: %d writes, deadlines %v; want it written at once with its deadline", len(rec.writes), rec.deadlines)
+	}
+}
+
+func TestFlushConnCoalescesWhileMoreIsQueued(t *testing.T) {
+	rec := &recConn{}
+	var more atomic.Bool
+	f := &flushConn{Conn: rec, more: more.Load}
+	var want []byte
+	write := func(p []byte) {
+		t.Helper()
+		if n, err := f.Write(p); err != nil || n != len(p) {
+			t.Fatalf("Write: %d, %v", n, err)
+		}
+		want = append(want, p...)
+	}
+
+	// Nothing queued behind: each frame goes out at once.
+	write(frame(10, 'a'))
+	write(frame(20, 'b'))
+	if len(rec.writes) != 2 {
+		t.Fatalf("%d socket writes for 2 lone frames, want 2", len(rec.writes))
+	}
+
+	// Frames queued behind: held until the last one, then one write.
+	more.Store(true)
+	write(frame(30, 'c'))
+	write(frame(300, 'd'))
+	if len(rec.writes) != 2 {
+		t.Fatalf("frames were written while more were queued: %d writes", len(rec.writes))
+	}
+	more.Store(false)
+	write(frame(5, 'e'))
+	if len(rec.writes) != 3 {
+		t.Fatalf("%d socket writes, want 3", len(rec.writes))
+	}
+
+	// A frame gorilla hands over in two parts is not flushed in the middle.
+	big := frame(1000, 'f')
+	_ = f.SetWriteDeadline(time.Now().Add(time.Hour))
+	write(big[:200])
+	if len(rec.writes) != 3 {
+		t.Fatal("half a frame was written")
+	}
+	write(big[200:])
+	if len(rec.writes) != 4 {
+		t.Fatalf("%d socket writes, want 4", len(rec.writes))
+	}
+
+	// A frame that does not fit with what is held: everything still goes out in order.
+	more.Store(true)
+	write(frame(100, 'g'))
+	huge := frame(maxCoalesce, 'h')
+	more.Store(false)
+	write(huge)
+
+	if !bytes.Equal(rec.joined(), want) {
+		t.Fatal("the socket did not get the frames' bytes in order")
+	}
+	if f.socketWrites() != int64(4+1) { // the last flush is one call (writev on a TCP socket)
+		t.Fatalf("socketWrites %d, want 5", f.socketWrites())
+	}
+	if f.buf != nil {
+		t.Fatal("the buffer is held after a flush")
+	}
+	// Each write carries the deadline gorilla set last.
+	if len(rec.deadlines) != int(f.socketWrites()) {
+		t.Fatalf("%d deadlines set for %d writes", len(rec.deadlines), f.socketWrites())
+	}
+}
+
+// TestFlushConnOwnFrames: frames the hub writes itself go into the same buffer as gorilla's, in
+// order, and out with flushAll; a large one goes out at once with what is held.
+func TestFlushConnOwnFrames(t *testing.T) {
+	rec := &recConn{}
+	var more atomic.Bool
+	more.Store(true)
+	f := &flushConn{Conn: rec, more: more.Load, timeout: time.Minute}
+	var want []byte
+	gorilla := frame(300, 'a')
+	if _, err := f.Write(gorilla[:100]); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.writeFrame([]byte("x")); err == nil {
+		t.Fatal("writeFrame inside one of gorilla's frames succeeded")
+	}
+	if _, err := f.Write(gorilla[100:]); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, gorilla...)
+	for i, n := range []int{10, 200, 70_000, 5} {
+		p := bytes.Repeat([]byte{byte('b' + i)}, n)
+		if err := f.writeFrame(p); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, frame(n, byte('b'+i))...)
+	}
+	if f.socketWrites() != 1 { // the 70,000-byte frame went out with the three before it (writev)
+		t.Fatalf("%d socket writes before flushAll, want 1", f.socketWrites())
+	}
+	if err := f.flushAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.flushAll(); err != nil || f.socketWrites() != 2 {
+		t.Fatalf("flushAll: %d writes (%v), want 2", f.socketWrites(), err)
+	}
+	if !bytes.Equal(rec.joined(), want) {
+		t.Fatal("the socket did not get the frames' bytes in order")
+	}
+	for _, d := range rec.deadlines { // the write timeout from each write
+		if until := time.Until(d); until < 50*time.Second || until > time.Minute {
+			t.Fatalf("deadline in %v, want about the timeout (1m)", until)
+		}
+	}
+}
+
+// client is a gorilla client of a test hub, with the hub's side of its connection.
+type client struct {
+	ws   *websocket.Conn
+	conn *Conn
+}
+
+func dialHub(t *testing.T, h *Hub, url string) client {
+	t.Helper()
+	before := map[*Conn]bool{}
+	for _, c := range h.conns() {
+		before[c] = true
+	}
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(url, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	h.waitConns(t, len(before)+1)
+	for _, c := range h.conns() {
+		if !before[c] {
+			return client{ws: ws, conn: c}
+		}
+	}
+	t.Fatal("no new connection")
+	return client{}
+}
+
+func (cl client) read(t *testing.T) []byte {
+	t.Helper()
+	_ = cl.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, b, err := cl.ws.ReadMessage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestQueuedFramesArriveWholeInOrderAndCoalesced queues frames of every size to a client that
+// does not read yet, so that they pile up (socket buffers, then the connection's queue), then
+// reads them: all arrive, whole and in order, the disconnect frame and the close last, and the
+// connection wrote them in fewer socket writes than frames.
+func TestQueuedFramesArriveWholeInOrderAndCoalesced(t *testing.T) {
+	h := newTestHub(t, Config{SendBuffer: 4096, WriteTimeout: 20 * time.Second})
+	srv := h.serve(t)
+	cl := dialHub(t, h, srv.URL)
+	sizes := []int{10, 200, 300, 1000, 8 << 10, 40 << 10}
+	const n = 1500 // ~12 MB: more than loopback socket buffers hold
+	for i := range n {
+		p := fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, strings.Repeat("x", sizes[i%len(sizes)]))
+		if !cl.conn.Send([]byte(p)) {
+			t.Fatalf("Send %d refused", i)
+		}
+	}
+	cl.conn.Disconnect(protocol.DisconnectShutdown, "bye", true)
+	for i := range n {
+		var m struct {
+			I   int    `json:"i"`
+			Pad string `json:"pad"`
+		}
+		if err := json.Unmarshal(cl.read(t), &m); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if m.I != i || len(m.Pad) != sizes[i%len(sizes)] {
+			t.Fatalf("frame %d: got i=%d with %d bytes of padding", i, m.I, len(m.Pad))
+		}
+	}
+	var d protocol.Disconnect
+	if err := json.Unmarshal(cl.read(t), &d); err != nil || d.Type != "disconnect" || d.Code != protocol.DisconnectShutdown {
+		t.Fatalf("after the frames: %+v, %v; want disconnect shutdown", d, err)
+	}
+	_, _, err := cl.ws.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != closeGoingAway {
+		t.Fatalf("then %v; want close %d", err, closeGoingAway)
+	}
+	if w := cl.conn.fc.socketWrites(); w >= n {
+		t.Fatalf("%d frames took %d socket writes; a backlog should share writes", n+1, w)
+	} else {
+		t.Logf("%d frames in %d socket writes", n+1, w)
+	}
+}
+
+// TestSlowConsumerGetsItsFramesThenDisconnect: a client that does not read is disconnected as
+// slow once its queue stays full; what was queued before still arrives, in order, then the
+// disconnect frame and the close.
+func TestSlowConsumerGetsItsFramesThenDisconnect(t *testing.T) {
+	h := newTestHub(t, Config{SendBuffer: 16, WriteTimeout: 20 * time.Second})
+	srv := h.serve(t)
+	cl := dialHub(t, h, srv.URL)
+	payload := strings.Repeat("y", 64<<10)
+	sent := 0
+	for ; sent < 1000; sent++ {
+		if !cl.conn.Send([]byte(fmt.Sprintf(`{"i":%d,"pad":"%s"}`, sent, payload))) {
+			break
+		}
+	}
+	if sent == 1000 {
+		t.Fatal("a client that reads nothing was never counted slow")
+	}
+	if r := cl.conn.Reason(); r != protocol.DisconnectSlowConsumer {
+		t.Fatalf("reason %q, want slow_consumer", r)
+	}
+	if cl.conn.Send([]byte(`{"late":true}`)) {
+		t.Fatal("Send accepted a frame after the disconnect")
+	}
+	for i := range sent {
+		var m struct {
+			I int `json:"i"`
+		}
+		if err := json.Unmarshal(cl.read(t), &m); err != nil || m.I != i {
+			t.Fatalf("frame %d: i=%d, %v", i, m.I, err)
+		}
+	}
+	var d protocol.Disconnect
+	if err := json.Unmarshal(cl.read(t), &d); err != nil || d.Code != protocol.DisconnectSlowConsumer || !d.Reconnect {
+		t.Fatalf("after %d frames: %+v, %v; want disconnect slow_consumer", sent, d, err)
+	}
+	_, _, err := cl.ws.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != closeTryLater {
+		t.Fatalf("then %v; want close %d", err, closeTryLater)
+	}
+}
+
+// TestAcceptReturnsWhileTheConnectionLives: the HTTP handler returns once the connection is
+// open (so net/http can free the request's buffers) and the connection keeps working.
+func TestAcceptReturnsWhileTheConnectionLives(t *testing.T) {
+	h := newTestHub(t, Config{})
+	var returned atomic.Int64
+	var acceptErr atomic.Value
+	srv := httptestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h.Accept(w, r, Identity{Session: r.URL.Query().Get("s")}); err != nil {
+			acceptErr.Store(err)
+		}
+		returned.Add(1)
+	}))
+	t.Cleanup(h.Close)
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/?s=a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for returned.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("Accept did not return while the connection is open")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c, ok := h.Session("a")
+	if !ok {
+		t.Fatal("the connection is not in the hub")
+	}
+	if err := h.Join(context.Background(), c, "news"); err != nil {
+		t.Fatal(err)
+	}
+	c.Activate("news", transports.Position{}, nil)
+	if n := h.Deliver("news", transports.Position{Lo: 1}, []byte(`{"type":"message"}`)); n != 1 {
+		t.Fatalf("delivered to %d", n)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, b, err := ws.ReadMessage(); err != nil || string(b) != `{"type":"message"}` {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	if v := acceptErr.Load(); v != nil {
+		t.Fatalf("Accept: %v", v)
+	}
+
+	// A request that is not an upgrade gets gorilla's error from Accept.
+	resp, err := http.Get(srv.URL + "/?s=b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("plain GET: status %d, want 400", resp.StatusCode)
+	}
+	for acceptErr.Load() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("Accept of a plain GET returned no error")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestQueueMemoryIsReleased: once a connection caught up, its overflow queue holds no memory.
+func TestQueueMemoryIsReleased(t *testing.T) {
+	h := newTestHub(t, Config{SendBuffer: 1024, WriteTimeout: 20 * time.Second})
+	srv := h.serve(t)
+	cl := dialHub(t, h, srv.URL)
+	for i := range 500 {
+		cl.conn.Send([]byte(fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, strings.Repeat("z", 32<<10))))
+	}
+	for range 500 {
+		cl.read(t)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !cl.conn.idle() {
+		if time.Now().After(deadline) {
+			t.Fatal("the queue never emptied")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cl.conn.qmu.Lock()
+	defer cl.conn.qmu.Unlock()
+	if cl.conn.pending.buf != nil || cl.conn.lead {
+		t.Fatalf("after catching up: pending holds %d slots, lead %v", len(cl.conn.pending.buf), cl.conn.lead)
+	}
+	cl.conn.fc.mu.Lock()
+	defer cl.conn.fc.mu.Unlock()
+	if cl.conn.fc.buf != nil {
+		t.Fatal("after catching up: the socket's buffer is held")
+	}
+}
+
+func TestRing(t *testing.T) {
+	var r ring
+	next, want := 0, 0
+	for round := range 50 {
+		for range round % 37 {
+			r.push([]byte{byte(next)})
+			next++
+		}
+		for range round % 23 {
+			if r.len() == 0 {
+				break
+			}
+			if b := r.pop(); int(b[0]) != want%256 {
+				t.Fatalf("popped %d, want %d", b[0], want%256)
+			}
+			want++
+		}
+	}
+	for r.len() > 0 {
+		if b := r.pop(); int(b[0]) != want%256 {
+			t.Fatalf("popped %d, want %d", b[0], want%256)
+		}
+		want++
+	}
+	if want != next || r.buf != nil {
+		t.Fatalf("popped %d of %d; buffer kept: %v", want, next, r.buf != nil)
+	}
+}
+
+// TestEntryMembers: the channel's subscriber list stays exact through joins, re-joins and leaves
+// in any order, below and above the size where it keeps an index.
+func TestEntryMembers(t *testing.T) {
+	h := newTestHub(t, Config{})
+	var e entry
+	conns := make([]*Conn, 40)
+	want := map[*Conn]*sub{}
+	for i := range conns {
+		conns[i] = h.detachedConn(fmt.Sprint(i))
+	}
+	check := func() {
+		t.Helper()
+		if len(e.members) != len(want) {
+			t.Fatalf("%d members, want %d", len(e.members), len(want))
+		}
+		for i, m := range e.members {
+			if want[m.c] != m.s {
+				t.Fatalf("member %d has the wrong subscription", i)
+			}
+			if j := e.find(m.c); j != i {
+				t.Fatalf("find says %d for member %d", j, i)
+			}
+		}
+	}
+	for i, c := range conns {
+		s := &sub{}
+		e.add(c, s)
+		want[c] = s
+		if i%3 == 0 { // joined again: the new subscription replaces the old
+			s2 := &sub{}
+			e.add(c, s2)
+			want[c] = s2
+		}
+		check()
+	}
+	for i := range conns {
+		c := conns[(i*7)%len(conns)]
+		if !e.remove(c) {
+			t.Fatalf("remove %d: not a member", i)
+		}
+		delete(want, c)
+		if e.remove(c) {
+			t.Fatal("removed twice")
+		}
+		check()
+	}
+}
+
+// TestWriteDelayCoalesces: with a write delay, a connection's first frame goes out at once, and
+// frames queued less than a delay after a write wait for the delay and go out together, in one
+// socket write; a disconnect queued behind them still comes after them.
+func TestWriteDelayCoalesces(t *testing.T) {
+	h := newTestHub(t, Config{WriteDelay: 500 * time.Millisecond})
+	srv := h.serve(t)
+	cl := dialHub(t, h, srv.URL)
+	w0 := cl.conn.fc.socketWrites()
+	cl.conn.Send([]byte(`{"n":0}`))
+	if b := cl.read(t); string(b) != `{"n":0}` {
+		t.Fatalf("first frame: %s", b)
+	}
+	if w := cl.conn.fc.socketWrites() - w0; w != 1 {
+		t.Fatalf("first frame took %d socket writes", w)
+	}
+	for i := 1; i <= 3; i++ { // well within the delay after the first write
+		cl.conn.Send([]byte(fmt.Sprintf(`{"n":%d}`, i)))
+	}
+	cl.conn.Disconnect(protocol.DisconnectShutdown, "bye", true)
+	for i := 1; i <= 3; i++ {
+		if b := cl.read(t); string(b) != fmt.Sprintf(`{"n":%d}`, i) {
+			t.Fatalf("frame %d: %s", i, b)
+		}
+	}
+	if b := cl.read(t); !strings.Contains(string(b), `"disconnect"`) {
+		t.Fatalf("after the frames: %s, want the disconnect", b)
+	}
+	_, _, err := cl.ws.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != closeGoingAway {
+		t.Fatalf("then %v; want close %d", err, closeGoingAway)
+	}
+	// The first frame, then the three and the disconnect together, then the close frame.
+	if w := cl.conn.fc.socketWrites() - w0; w != 3 {
+		t.Fatalf("%d socket writes, want 3", w)
+	}
+}
