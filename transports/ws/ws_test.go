@@ -490,7 +490,7 @@ func TestEntryMembers(t *testing.T) {
 // frames queued less than a delay after a write wait for the delay and go out together, in one
 // socket write; a disconnect queued behind them still comes after them.
 func TestWriteDelayCoalesces(t *testing.T) {
-	h := newTestHub(t, Config{WriteDelay: 500 * time.Millisecond})
+	h := newTestHub(t, Config{WriteDelay: 2 * time.Second}) // long: the three Sends below must come within it, even on a loaded machine
 	srv := h.serve(t)
 	cl := dialHub(t, h, srv.URL)
 	w0 := cl.conn.fc.socketWrites()
