@@ -774,11 +774,20 @@ type killable struct {
 }
 
 func (k *killable) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	return k.Backend.Subscribe(k.killableContext(ctx), topic)
+}
+
+// SubscribeFunc is the subscription the Feed uses (transports.Handoff).
+func (k *killable) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
+	return k.Backend.SubscribeFunc(k.killableContext(ctx), topic, deliver, ended)
+}
+
+func (k *killable) killableContext(ctx context.Context) context.Context {
 	ctx, cancel := context.WithCancel(ctx)
 	k.mu.Lock()
 	k.kills = append(k.kills, cancel)
 	k.mu.Unlock()
-	return k.Backend.Subscribe(ctx, topic)
+	return ctx
 }
 
 func (k *killable) killAll() {

@@ -63,3 +63,15 @@ var ErrClosed = errors.New("transports: backend closed")
 
 // ErrUnavailable wraps errors of a broker that cannot be reached.
 var ErrUnavailable = errors.New("broker unavailable")
+
+// Handoff is implemented by backends whose subscriptions can hand each message of a topic to a
+// function on the backend's own goroutine, so that the Feed needs no goroutine of its own per
+// channel (a node holds one subscription per channel with local subscribers: thousands).
+type Handoff interface {
+	// SubscribeFunc delivers the messages of topic to deliver, one at a time and in order, like
+	// Subscribe: the next one only after the previous was acked (a nacked one comes again).
+	// deliver returns false when it did not take the message (the subscriber is going away);
+	// the subscription then ends. ended is called once, on the backend's goroutine, when the
+	// subscription ends, through ctx or by itself.
+	SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error
+}

@@ -72,12 +72,42 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	}
 	topic := ChannelTopic(channel)
 	ctx, cancel := context.WithCancel(context.Background())
-	in, err := f.backend.Subscribe(ctx, topic)
+	counter := f.reopen(channel)
+	// forward hands one message of the channel to the router; false once the feed closed.
+	forward := func(m *message.Message) bool {
+		m.Metadata.Set(MetaChannel, channel)
+		if f.history == nil {
+			m.Metadata.Set(MetaPosition, Position{Epoch: counter.epoch, Lo: counter.n.Add(1)}.String())
+		}
+		select {
+		case f.out <- m:
+			return true
+		case <-f.done:
+			m.Nack()
+			cancel()
+			return false
+		}
+	}
+	ended := func() {
+		select {
+		case <-ctx.Done(): // stopped, or the feed closed
+		default:
+			if lost != nil {
+				lost()
+			}
+		}
+	}
+	var in <-chan *message.Message
+	var err error
+	if h, ok := f.backend.(Handoff); ok {
+		err = h.SubscribeFunc(ctx, topic, forward, ended) // no goroutine of the Feed's own
+	} else {
+		in, err = f.backend.Subscribe(ctx, topic)
+	}
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	counter := f.reopen(channel)
 	f.mu.Lock()
 	select {
 	case <-f.done: // closed meanwhile
@@ -94,29 +124,16 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 		delete(f.cancels, &cancel)
 		f.mu.Unlock()
 	}
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		for m := range in {
-			m.Metadata.Set(MetaChannel, channel)
-			if f.history == nil {
-				m.Metadata.Set(MetaPosition, Position{Epoch: counter.epoch, Lo: counter.n.Add(1)}.String())
+	if in != nil {
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			for m := range in {
+				forward(m) // once the feed closed, it nacks what still comes
 			}
-			select {
-			case f.out <- m:
-			case <-f.done:
-				m.Nack()
-				cancel()
-			}
-		}
-		select {
-		case <-ctx.Done(): // stopped, or the feed closed
-		default:
-			if lost != nil {
-				lost()
-			}
-		}
-	}()
+			ended()
+		}()
+	}
 	return stop, nil
 }
 

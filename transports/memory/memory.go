@@ -155,6 +155,7 @@ type Backend struct {
 var (
 	_ transports.Backend = (*Backend)(nil)
 	_ transports.History = (*Backend)(nil)
+	_ transports.Handoff = (*Backend)(nil)
 )
 
 func (n *Backend) name(topic string) string { return n.prefix + "/" + topic }
@@ -202,22 +203,41 @@ func (n *Backend) Publish(topicName string, msgs ...*message.Message) error {
 
 // Subscribe implements transports.Backend.
 func (n *Backend) Subscribe(ctx context.Context, topicName string) (<-chan *message.Message, error) {
+	out := make(chan *message.Message)
+	deliver := func(m *message.Message) bool {
+		select {
+		case out <- m:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-n.done:
+			return false
+		}
+	}
+	if err := n.SubscribeFunc(ctx, topicName, deliver, func() { close(out) }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SubscribeFunc implements transports.Handoff: the subscription's one goroutine calls deliver.
+func (n *Backend) SubscribeFunc(ctx context.Context, topicName string, deliver func(*message.Message) bool, ended func()) error {
 	if n.closed() {
-		return nil, transports.ErrClosed
+		return transports.ErrClosed
 	}
 	t, ok := n.broker.topic(n.name(topicName), topicName)
 	if !ok {
-		return nil, transports.ErrClosed
+		return transports.ErrClosed
 	}
 	q := newQueue()
 	t.mu.Lock()
 	t.subs = append(t.subs, q)
 	t.mu.Unlock()
-	out := make(chan *message.Message)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		q.run(ctx, n.done, out)
+		defer ended()
+		q.run(ctx, n.done, deliver)
 		t.mu.Lock()
 		for i, s := range t.subs {
 			if s == q {
@@ -227,7 +247,7 @@ func (n *Backend) Subscribe(ctx context.Context, topicName string) (<-chan *mess
 		}
 		t.mu.Unlock()
 	}()
-	return out, nil
+	return nil
 }
 
 // SubscribeGroup implements transports.Backend. Members of a group share one queue.
@@ -250,7 +270,17 @@ func (n *Backend) SubscribeGroup(ctx context.Context, topicName, group string) (
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		q.run(ctx, n.done, out)
+		defer close(out)
+		q.run(ctx, n.done, func(m *message.Message) bool {
+			select {
+			case out <- m:
+				return true
+			case <-ctx.Done():
+				return false
+			case <-n.done:
+				return false
+			}
+		})
 	}()
 	return out, nil
 }
@@ -366,10 +396,10 @@ func (q *queue) unpop(m *message.Message) {
 	q.items = append([]*message.Message{m}, q.items...)
 }
 
-// run hands items to out one at a time, each only after the previous was acked; a nacked item
-// goes back to the front of the queue.
-func (q *queue) run(ctx context.Context, done <-chan struct{}, out chan<- *message.Message) {
-	defer close(out)
+// run hands items to deliver one at a time, each only after the previous was acked; a nacked
+// item goes back to the front of the queue. It returns when ctx ends, done closes, the queue
+// closes, or deliver refuses an item.
+func (q *queue) run(ctx context.Context, done <-chan struct{}, deliver func(*message.Message) bool) {
 	for {
 		m, wait, open := q.pop()
 		if m == nil {
@@ -387,12 +417,7 @@ func (q *queue) run(ctx context.Context, done <-chan struct{}, out chan<- *messa
 		}
 		c := m.Copy()
 		c.SetContext(ctx)
-		select {
-		case out <- c:
-		case <-ctx.Done():
-			q.unpop(m)
-			return
-		case <-done:
+		if !deliver(c) {
 			q.unpop(m)
 			return
 		}

@@ -501,6 +501,15 @@ func TestWriteDelayCoalesces(t *testing.T) {
 	if w := cl.conn.fc.socketWrites() - w0; w != 1 {
 		t.Fatalf("first frame took %d socket writes", w)
 	}
+	// melody reports the first frame written (the connection idle again) only after the client
+	// may have read it: frames sent before that would queue behind it rather than wait the delay.
+	deadline := time.Now().Add(10 * time.Second)
+	for !cl.conn.idle() {
+		if time.Now().After(deadline) {
+			t.Fatal("the first frame is never reported written")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	for i := 1; i <= 3; i++ { // well within the delay after the first write
 		cl.conn.Send([]byte(fmt.Sprintf(`{"n":%d}`, i)))
 	}
