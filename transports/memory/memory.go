@@ -93,7 +93,9 @@ func (b *Broker) topic(name, logical string) (*topic, bool) {
 // Node returns a Backend for one node of this broker. Closing it ends its own subscriptions
 // only. prefix namespaces topics, like a topic prefix on a real broker.
 func (b *Broker) Node(prefix string) *Backend {
-	return &Backend{broker: b, prefix: prefix, done: make(chan struct{})}
+	n := &Backend{broker: b, prefix: prefix, done: make(chan struct{})}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	return n
 }
 
 type stored struct {
@@ -149,6 +151,8 @@ type Backend struct {
 
 	closeOnce sync.Once
 	done      chan struct{}
+	ctx       context.Context // cancelled with done: ends the SubscribeFunc subscriptions
+	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 }
 
@@ -208,9 +212,7 @@ func (n *Backend) Subscribe(ctx context.Context, topicName string) (<-chan *mess
 		select {
 		case out <- m:
 			return true
-		case <-ctx.Done():
-			return false
-		case <-n.done:
+		case <-m.Context().Done(): // the subscription ended: by ctx, the node or the broker
 			return false
 		}
 	}
@@ -220,7 +222,8 @@ func (n *Backend) Subscribe(ctx context.Context, topicName string) (<-chan *mess
 	return out, nil
 }
 
-// SubscribeFunc implements transports.Handoff: the subscription's one goroutine calls deliver.
+// SubscribeFunc implements transports.Handoff. The subscription holds no goroutine while it has
+// nothing to deliver: a publish starts one, which calls deliver until the queue is empty.
 func (n *Backend) SubscribeFunc(ctx context.Context, topicName string, deliver func(*message.Message) bool, ended func()) error {
 	if n.closed() {
 		return transports.ErrClosed
@@ -229,25 +232,85 @@ func (n *Backend) SubscribeFunc(ctx context.Context, topicName string, deliver f
 	if !ok {
 		return transports.ErrClosed
 	}
-	q := newQueue()
+	h := &handoff{n: n, t: t, q: newQueue(), deliver: deliver, ended: ended}
+	h.ctx, h.cancel = context.WithCancel(ctx)
+	h.q.drain = h.start
+	h.q.onClose = h.cancel // the broker closed
+	n.wg.Add(1)            // done when the subscription ends
 	t.mu.Lock()
-	t.subs = append(t.subs, q)
+	t.subs = append(t.subs, h.q)
 	t.mu.Unlock()
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		defer ended()
-		q.run(ctx, n.done, deliver)
-		t.mu.Lock()
-		for i, s := range t.subs {
-			if s == q {
-				t.subs = append(t.subs[:i], t.subs[i+1:]...)
-				break
-			}
-		}
-		t.mu.Unlock()
-	}()
+	h.stopNode = context.AfterFunc(n.ctx, h.cancel) // the node closed
+	context.AfterFunc(h.ctx, h.end)
 	return nil
+}
+
+// handoff is a subscription of SubscribeFunc.
+type handoff struct {
+	n        *Backend
+	t        *topic
+	q        *queue
+	ctx      context.Context
+	cancel   context.CancelFunc
+	stopNode func() bool
+	deliver  func(*message.Message) bool
+	ended    func()
+	running  sync.WaitGroup // the drain goroutine, while one runs
+}
+
+// start runs drain on a goroutine of the node; queue.push calls it with the queue's lock held
+// while the subscription, not ended yet (the queue is open), keeps the WaitGroup above zero.
+func (h *handoff) start() {
+	h.n.wg.Add(1)
+	h.running.Add(1)
+	go h.drain()
+}
+
+// drain delivers what is queued, one at a time, each after the previous was acked, on a
+// goroutine that queue.push started (q.busy); it returns when the queue is empty.
+func (h *handoff) drain() {
+	defer h.n.wg.Done()
+	defer h.running.Done()
+	for {
+		m, ok := h.q.take()
+		if !ok {
+			return
+		}
+		c := m.Copy()
+		c.SetContext(h.ctx)
+		if !h.deliver(c) {
+			h.q.unpop(m)
+			h.q.idle()
+			h.cancel() // the subscriber is going away
+			return
+		}
+		select {
+		case <-c.Acked():
+		case <-c.Nacked():
+			h.q.unpop(m)
+		case <-h.ctx.Done():
+			h.q.unpop(m)
+			h.q.idle()
+			return
+		}
+	}
+}
+
+// end ends the subscription once its context is done.
+func (h *handoff) end() {
+	h.q.close()      // no drain starts after this
+	h.running.Wait() // and the last one has returned: ended comes after every delivery
+	h.stopNode()
+	h.t.mu.Lock()
+	for i, s := range h.t.subs {
+		if s == h.q {
+			h.t.subs = append(h.t.subs[:i], h.t.subs[i+1:]...)
+			break
+		}
+	}
+	h.t.mu.Unlock()
+	h.ended()
+	h.n.wg.Done()
 }
 
 // SubscribeGroup implements transports.Backend. Members of a group share one queue.
@@ -342,7 +405,10 @@ func (n *Backend) Ping(context.Context) error {
 
 // Close ends this node's subscriptions. Safe to call twice.
 func (n *Backend) Close() error {
-	n.closeOnce.Do(func() { close(n.done) })
+	n.closeOnce.Do(func() {
+		close(n.done)
+		n.cancel()
+	})
 	n.wg.Wait()
 	return nil
 }
@@ -353,6 +419,12 @@ type queue struct {
 	items  []*message.Message
 	signal chan struct{} // closed and replaced whenever items are added or the queue closes
 	closed bool
+
+	// A SubscribeFunc queue has no run loop: push starts drain on a goroutine when it is not
+	// busy, and onClose ends the subscription when the broker closes the queue.
+	drain   func()
+	busy    bool
+	onClose func()
 }
 
 func newQueue() *queue { return &queue{signal: make(chan struct{})} }
@@ -364,8 +436,37 @@ func (q *queue) push(m *message.Message) {
 		return
 	}
 	q.items = append(q.items, m)
+	if q.drain != nil {
+		if !q.busy {
+			q.busy = true
+			q.drain()
+		}
+		return
+	}
 	close(q.signal)
 	q.signal = make(chan struct{})
+}
+
+// take pops the next item for drain, or marks the queue idle (and reports false) when there is
+// none or it closed.
+func (q *queue) take() (*message.Message, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed || len(q.items) == 0 {
+		q.busy = false
+		return nil, false
+	}
+	m := q.items[0]
+	q.items[0] = nil
+	q.items = q.items[1:]
+	return m, true
+}
+
+// idle marks drain finished with items left (the subscription is ending).
+func (q *queue) idle() {
+	q.mu.Lock()
+	q.busy = false
+	q.mu.Unlock()
 }
 
 func (q *queue) close() {
@@ -374,6 +475,9 @@ func (q *queue) close() {
 	if !q.closed {
 		q.closed = true
 		close(q.signal)
+		if q.onClose != nil {
+			q.onClose()
+		}
 	}
 }
 
