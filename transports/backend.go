@@ -66,7 +66,9 @@ var ErrUnavailable = errors.New("broker unavailable")
 
 // Handoff is implemented by backends whose subscriptions can hand each message of a topic to a
 // function on the backend's own goroutine, so that the Feed needs no goroutine of its own per
-// channel (a node holds one subscription per channel with local subscribers: thousands).
+// channel (a node holds one subscription per channel with local subscribers: thousands). A
+// wrapper that embeds such a backend and changes Subscribe must change SubscribeFunc too: the
+// Feed uses SubscribeFunc when it is there.
 type Handoff interface {
 	// SubscribeFunc delivers the messages of topic to deliver, one at a time and in order, like
 	// Subscribe: the next one only after the previous was acked (a nacked one comes again).
