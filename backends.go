@@ -24,8 +24,7 @@ func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, erro
 		broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL,
 			Bounds: func(topic string) (int, time.Duration) {
 				channel, _ := transports.ChannelOf(topic)
-				size, ttl, _ := cfg.History.Bounds(channel)
-				return size, ttl
+				return cfg.History.Bounds(channel)
 			}})
 		return &ownedMemory{Backend: broker.Node(cfg.TopicPrefix), broker: broker}, nil
 	case configs.BrokerJetStream:

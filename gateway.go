@@ -154,7 +154,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		PublicChannels: cfg.Auth.PublicChannels,
 		AnonPublish:    cfg.Auth.AnonymousPublish,
 		MaxReplay:      cfg.History.MaxReplay,
-		HistoryBounds:  historyBounds(cfg.History),
+		HistoryBounds:  cfg.History.Bounds,
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
 		APIKey:         cfg.API.Key,
 		DedupeWindow:   cfg.Router.DedupeWindow,
@@ -356,15 +356,4 @@ func (g *Gateway) Close() error {
 		g.closeErr = errors.Join(errs...)
 	})
 	return g.closeErr
-}
-
-// historyBounds is the per-pattern history rule of a channel (history.channels).
-func historyBounds(h configs.HistoryConfig) func(channel string) (int, time.Duration) {
-	if len(h.Channels) == 0 {
-		return nil
-	}
-	return func(channel string) (int, time.Duration) {
-		size, ttl, _ := h.Bounds(channel)
-		return size, ttl
-	}
 }

@@ -64,15 +64,15 @@ func (r HistoryRule) Matches(channel string) bool {
 	}
 }
 
-// Bounds returns the history bounds of channel from the first rule that matches it; ok is false
-// when none does.
-func (h HistoryConfig) Bounds(channel string) (size int, ttl time.Duration, ok bool) {
+// Bounds returns the history bounds of channel from the first rule that matches it; zero for
+// what no rule bounds (every rule sets at least one of the two).
+func (h HistoryConfig) Bounds(channel string) (size int, ttl time.Duration) {
 	for _, r := range h.Channels {
 		if r.Matches(channel) {
-			return r.Size, r.TTL, true
+			return r.Size, r.TTL
 		}
 	}
-	return 0, 0, false
+	return 0, 0
 }
 
 func (h HistoryConfig) validateRules() error {

@@ -147,34 +147,8 @@ func TestComposeGateways(t *testing.T) {
 		s := p.Services[name]
 		t.Run(name, func(t *testing.T) {
 			// Image: built from the repository's Dockerfile, or the image such a build tags; a
-			// stage (build target) whose image holds the gateway.
-			checkBuildSpec(t, s, built)
-			st, err := p.imageStage(s)
-			if err != nil {
-				t.Fatal(err)
-			}
-			bin := df.binaryIn(st, gwBuild)
-			if bin == "" {
-				t.Fatalf("runs the image of stage %s of %s, which holds no gateway binary (go build %s)", st.label(), dockerfilePath, gatewayMain)
-			}
-
-			// Entrypoint and command: the gateway binary, with flags it knows and that serve.
-			entry := st.img.entrypoint
-			if s.Entrypoint.set {
-				if s.Entrypoint.shell {
-					t.Errorf("entrypoint %q is in shell form: the gateway would not be PID 1 and would miss SIGTERM", strings.Join(s.Entrypoint.items, " "))
-				}
-				entry = s.Entrypoint.items
-			}
-			if len(entry) == 0 || entry[0] != bin {
-				t.Errorf("entrypoint %q does not start the gateway binary %s that %s installs", entry, bin, dockerfilePath)
-			}
-			args := slices.Clone(entry[min(1, len(entry)):])
-			if s.Command.set {
-				args = append(args, s.Command.items...)
-			} else {
-				args = append(args, st.img.cmd...)
-			}
+			// stage (build target) whose image holds the gateway, started in exec form.
+			st, args := serviceCommand(t, p, s, built, gwBuild, "gateway")
 			if err := checkGatewayArgs(args, s); err != nil {
 				t.Error(err)
 			}
@@ -231,16 +205,7 @@ func TestComposeGateways(t *testing.T) {
 			// Stop grace period: covers the drain (gateway.Drain waits up to period + write
 			// timeout + 1s), then the HTTP server's shutdown.
 			need := cfg.Drain.Period + cfg.WebSocket.WriteTimeout + time.Second + httpShutdownTimeout
-			grace := 10 * time.Second // compose's default
-			if s.StopGracePeriod != "" {
-				v, err := interpolate(s.StopGracePeriod)
-				if err == nil {
-					grace, err = time.ParseDuration(v)
-				}
-				if err != nil {
-					t.Fatalf("stop_grace_period %q: %v", s.StopGracePeriod, err)
-				}
-			}
+			grace := stopGrace(t, s)
 			if grace < need {
 				t.Errorf("stop_grace_period %v is shorter than the drain can take (%v = drain period %v + write timeout %v + 1s + HTTP shutdown %v): the node would be killed mid-drain",
 					grace, need, cfg.Drain.Period, cfg.WebSocket.WriteTimeout, httpShutdownTimeout)
@@ -268,34 +233,9 @@ func TestComposeEchoServices(t *testing.T) {
 	for _, name := range echoes {
 		s := p.Services[name]
 		t.Run(name, func(t *testing.T) {
-			// Image: a stage (build target) of the repository's Dockerfile that holds echo.
-			checkBuildSpec(t, s, built)
-			st, err := p.imageStage(s)
-			if err != nil {
-				t.Fatal(err)
-			}
-			bin := df.binaryIn(st, eb)
-			if bin == "" {
-				t.Fatalf("runs the image of stage %s of %s, which holds no echo binary (go build %s): build.target must name the stage that copies it", st.label(), dockerfilePath, echoMain)
-			}
-
-			// Entrypoint and command: the echo binary, with flags examples/echo defines.
-			entry := st.img.entrypoint
-			if s.Entrypoint.set {
-				if s.Entrypoint.shell {
-					t.Errorf("entrypoint %q is in shell form: echo would not be PID 1 and would miss SIGTERM", strings.Join(s.Entrypoint.items, " "))
-				}
-				entry = s.Entrypoint.items
-			}
-			if len(entry) == 0 || entry[0] != bin {
-				t.Errorf("entrypoint %q does not start the echo binary %s that stage %s of %s installs", entry, bin, st.label(), dockerfilePath)
-			}
-			args := slices.Clone(entry[min(1, len(entry)):])
-			if s.Command.set {
-				args = append(args, s.Command.items...)
-			} else {
-				args = append(args, st.img.cmd...)
-			}
+			// Image: a stage (build target) of the repository's Dockerfile that holds echo,
+			// started in exec form, with flags examples/echo defines.
+			st, args := serviceCommand(t, p, s, built, eb, "echo")
 			healthAddr, err := checkEchoArgs(args, s, flags)
 			if err != nil {
 				t.Error(err)
@@ -344,16 +284,7 @@ func TestComposeEchoServices(t *testing.T) {
 
 			// Stop grace period: SIGTERM stops the consumer, the broker client and the health
 			// endpoint; keep at least compose's default for that.
-			grace := composeStopGrace
-			if s.StopGracePeriod != "" {
-				v, err := interpolate(s.StopGracePeriod)
-				if err == nil {
-					grace, err = time.ParseDuration(v)
-				}
-				if err != nil {
-					t.Fatalf("stop_grace_period %q: %v", s.StopGracePeriod, err)
-				}
-			}
+			grace := stopGrace(t, s)
 			if grace < composeStopGrace {
 				t.Errorf("stop_grace_period %v is below compose's default %v: echo would be killed while it closes its broker client", grace, composeStopGrace)
 			}
@@ -771,6 +702,54 @@ func checkGatewayArgs(args []string, s *service) error {
 		}
 	}
 	return nil
+}
+
+// serviceCommand resolves the Dockerfile stage whose image service s runs (checking its build
+// spec), checks that the entrypoint starts, in exec form, the binary that build b installs in
+// that image, and returns the stage and the arguments the binary gets. what names the program.
+func serviceCommand(t *testing.T, p *project, s *service, built map[string]bool, b *goBuild, what string) (*stage, []string) {
+	t.Helper()
+	checkBuildSpec(t, s, built)
+	st, err := p.imageStage(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := p.df.binaryIn(st, b)
+	if bin == "" {
+		t.Fatalf("runs the image of stage %s of %s, which holds no %s binary (go build %s): build.target must name the stage that copies it", st.label(), dockerfilePath, what, b.pkg)
+	}
+	entry := st.img.entrypoint
+	if s.Entrypoint.set {
+		if s.Entrypoint.shell {
+			t.Errorf("entrypoint %q is in shell form: the %s would not be PID 1 and would miss SIGTERM", strings.Join(s.Entrypoint.items, " "), what)
+		}
+		entry = s.Entrypoint.items
+	}
+	if len(entry) == 0 || entry[0] != bin {
+		t.Errorf("entrypoint %q does not start the %s binary %s that stage %s of %s installs", entry, what, bin, st.label(), dockerfilePath)
+	}
+	args := slices.Clone(entry[min(1, len(entry)):])
+	if s.Command.set {
+		return st, append(args, s.Command.items...)
+	}
+	return st, append(args, st.img.cmd...)
+}
+
+// stopGrace is the service's stop_grace_period, or compose's default.
+func stopGrace(t *testing.T, s *service) time.Duration {
+	t.Helper()
+	if s.StopGracePeriod == "" {
+		return composeStopGrace
+	}
+	v, err := interpolate(s.StopGracePeriod)
+	grace := time.Duration(0)
+	if err == nil {
+		grace, err = time.ParseDuration(v)
+	}
+	if err != nil {
+		t.Fatalf("stop_grace_period %q: %v", s.StopGracePeriod, err)
+	}
+	return grace
 }
 
 // checkBuildSpec checks that the service builds from the repository's Dockerfile, or runs an image

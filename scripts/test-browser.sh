@@ -11,29 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-apt_install() {
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "test-browser.sh: installing $*"
-    if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq >/dev/null 2>&1 || true; APT_UPDATED=1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-  else
-    echo "test-browser.sh: $* missing and cannot be installed here (need root and apt-get)" >&2
-    return 1
-  fi
-}
+. scripts/lib.sh
 
 command -v go >/dev/null 2>&1 || { echo "test-browser.sh: go is required" >&2; exit 1; }
 
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  apt_install nodejs npm
-fi
-node_major=$(node -p 'process.versions.node.split(".")[0]')
-if [ "$node_major" -lt 20 ]; then
-  echo "test-browser.sh: node $(node --version) is too old: the client and playwright-core need node >= 20" >&2
-  exit 1
-fi
+ensure_node
 
 export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 if [ ! -x "$CHROMIUM" ]; then
@@ -41,11 +23,8 @@ if [ ! -x "$CHROMIUM" ]; then
 fi
 
 export REDIS_ADDR="${REDIS_ADDR:-127.0.0.1:6379}"
-if [ "$REDIS_ADDR" = 127.0.0.1:6379 ] && ! listening 6379; then
-  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
-  for _ in $(seq 1 100); do listening 6379 && break; sleep 0.1; done
-  listening 6379 || { echo "test-browser.sh: redis-server did not start on 6379" >&2; exit 1; }
+if [ "$REDIS_ADDR" = 127.0.0.1:6379 ]; then
+  ensure_redis
 fi
 
 # The JS client: the test builds it when clients/js/dist is missing; build it here when its sources

@@ -7,22 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "test-js.sh: installing nodejs and npm"
-    apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
-  else
-    echo "test-js.sh: node and npm are needed (and cannot be installed here: need root and apt-get)" >&2
-    exit 1
-  fi
-fi
-
-# The tests use Node's WebSocket (node --experimental-websocket: Node 20.10 or later).
-if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 10) ? 0 : 1)'; then
-  echo "test-js.sh: Node.js $(node --version) is too old: the client's tests need 20.10 or later" >&2
-  exit 1
-fi
+. scripts/lib.sh
+ensure_node
 
 redis="${GATEWAY_REDIS_ADDR:-127.0.0.1:6379}"
 if ! (exec 3<>"/dev/tcp/${redis%:*}/${redis##*:}") 2>/dev/null; then

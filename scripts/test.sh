@@ -7,30 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+. scripts/lib.sh
 
-apt_install() {
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "test.sh: installing $*"
-    if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq >/dev/null 2>&1 || true; APT_UPDATED=1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-  else
-    echo "test.sh: $* missing and cannot be installed here (need root and apt-get)" >&2
-    return 1
-  fi
-}
-
-wait_port() {
-  for _ in $(seq 1 100); do listening "$1" && return 0; sleep 0.1; done
-  echo "test.sh: nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
-
-if ! listening 6379; then
-  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
-  wait_port 6379
-fi
+ensure_redis
 
 if ! listening 4222; then
   command -v nats-server >/dev/null 2>&1 || apt_install nats-server

@@ -39,6 +39,23 @@ func environ(env ...string) []string {
 	return append(out, env...)
 }
 
+// start runs the binary with environ(env...) and returns it, its stderr and its exit status (sent
+// once it exits); the process is killed when the test ends.
+func start(t *testing.T, bin string, env ...string) (*exec.Cmd, *bytes.Buffer, <-chan error) {
+	t.Helper()
+	cmd := exec.Command(bin)
+	cmd.Env = environ(env...)
+	logs := &bytes.Buffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return cmd, logs, exited
+}
+
 func freeAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -86,16 +103,7 @@ func TestBinary(t *testing.T) {
 	t.Run("SIGTERMDrainsAndExits0", func(t *testing.T) {
 		addr := freeAddr(t)
 		secret := "0123456789abcdef0123456789"
-		cmd := exec.Command(bin)
-		cmd.Env = environ("GATEWAY_ADDR="+addr, "GATEWAY_JWT_SECRET="+secret, "GATEWAY_DRAIN_PERIOD=300ms")
-		var logs bytes.Buffer
-		cmd.Stderr = &logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		t.Cleanup(func() { _ = cmd.Process.Kill() })
+		cmd, logs, exited := start(t, bin, "GATEWAY_ADDR="+addr, "GATEWAY_JWT_SECRET="+secret, "GATEWAY_DRAIN_PERIOD=300ms")
 		base := "http://" + addr
 		wstest.WaitFor(t, func() error {
 			resp, err := http.Get(base + "/readyz")

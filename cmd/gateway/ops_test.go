@@ -56,17 +56,8 @@ func TestBinaryServerSettings(t *testing.T) {
 
 	t.Run("TLSAndAdmin", func(t *testing.T) {
 		addr, admin := freeAddr(t), freeAddr(t)
-		cmd := exec.Command(bin)
-		cmd.Env = environ(secret, "GATEWAY_ADDR="+addr, "GATEWAY_ADMIN_ADDR="+admin, "GATEWAY_DRAIN_PERIOD=100ms",
+		cmd, logs, exited := start(t, bin, secret, "GATEWAY_ADDR="+addr, "GATEWAY_ADMIN_ADDR="+admin, "GATEWAY_DRAIN_PERIOD=100ms",
 			"GATEWAY_TLS_CERT_FILE="+cert.CertFile, "GATEWAY_TLS_KEY_FILE="+cert.KeyFile)
-		var logs bytes.Buffer
-		cmd.Stderr = &logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		t.Cleanup(func() { _ = cmd.Process.Kill() })
 		client := &http.Client{Timeout: wstest.Timeout, Transport: &http.Transport{TLSClientConfig: cert.ClientConfig()}}
 		status := func(url string) (int, error) {
 			resp, err := client.Get(url)

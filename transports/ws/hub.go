@@ -90,6 +90,8 @@ type Hub struct {
 
 	drainMu  sync.Mutex
 	draining bool
+	closed   bool           // Close was called: Accept refuses
+	served   sync.WaitGroup // the goroutines Accept starts, one per connection; Close waits for them
 
 	delay *delayClock // nil without a write delay
 }
@@ -243,9 +245,17 @@ type Identity struct {
 // drop what it keeps for a request (its buffered reader and writers, some 8-10 KiB) for the
 // life of the connection.
 func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, id Identity) error {
+	h.drainMu.Lock()
+	if h.closed {
+		h.drainMu.Unlock()
+		return errHubClosed
+	}
+	h.served.Add(1)
+	h.drainMu.Unlock()
 	c := newConn(h, id)
 	c.opened = make(chan error, 1)
 	go func() {
+		defer h.served.Done()
 		err := h.m.HandleRequestWithKeys(&hijacker{ResponseWriter: w, fc: c.fc}, r, map[string]any{connKey: c})
 		select {
 		case c.opened <- err: // the upgrade failed (or the connection was never opened)
@@ -529,14 +539,19 @@ func (h *Hub) closeAll() {
 	}
 }
 
-// Close closes every remaining connection at once and stops the write-delay clock. Safe to call
-// twice.
+// Close closes every remaining connection at once, waits until their goroutines have ended and
+// stops the write-delay clock. Connections still upgrading are told to go (drain) as they open.
+// Safe to call twice.
 func (h *Hub) Close() {
 	h.drainMu.Lock()
 	h.draining = true
+	h.closed = true
 	h.drainMu.Unlock()
 	h.closeAll()
+	h.served.Wait()
 	if h.delay != nil {
 		h.delay.stop()
 	}
 }
+
+var errHubClosed = errors.New("ws: the hub is closed")

@@ -1,5 +1,6 @@
 // Test helpers: a real gateway binary run as processes, tokens, a TCP proxy that can hold or cut
 // a connection, and waiting with deadlines.
+import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -313,4 +314,18 @@ function frameParser(onText) {
       if (opcode === 1) onText(payload.toString('utf8'));
     }
   };
+}
+
+// deliveredOnce checks that the publish acked as ack went out twice through proxy p (the retry
+// kept its msg_id) and that the messages got holds data once: a sentinel published after it
+// arrives right behind it.
+export async function deliveredOnce(c, p, ack, got, room, data) {
+  const attempts = p.sent.filter((f) => f.type === 'publish' && f.msg_id === ack.msg_id);
+  assert.equal(attempts.length, 2);
+  await c.publish(room, 'sentinel');
+  await eventually(() => got.some((m) => m.data === 'sentinel'), 'the sentinel');
+  assert.deepEqual(
+    got.map((m) => m.data),
+    [data, 'sentinel'],
+  );
 }
