@@ -36,6 +36,7 @@ func (b *Backend) noteStream(info *jetstream.StreamInfo) string {
 	name := info.Config.Name
 	b.lineMu.Lock()
 	defer b.lineMu.Unlock()
+	b.spans[name] = retentionSpan(info.State)
 	old, known := b.epochs[name]
 	if known && old.created.Equal(info.Created) {
 		return old.epoch
@@ -51,6 +52,24 @@ func (b *Backend) noteStream(info *jetstream.StreamInfo) string {
 		}
 	}
 	return e.epoch
+}
+
+// retentionSpan is how much time a stream's messages span, from the oldest kept to the newest:
+// about how long a message stays before retention drops it, once the stream is full.
+func retentionSpan(st jetstream.StreamState) time.Duration {
+	if st.Msgs < 2 {
+		return 0
+	}
+	return st.LastTime.Sub(st.FirstTime)
+}
+
+// streamSpan is the retentionSpan of the stream's info the node fetched last (every
+// CheckInterval at least), and whether there is one.
+func (b *Backend) streamSpan(stream string) (time.Duration, bool) {
+	b.lineMu.Lock()
+	defer b.lineMu.Unlock()
+	span, ok := b.spans[stream]
+	return span, ok
 }
 
 // cachedEpoch is the last known epoch of a stream, "" when none is known yet.

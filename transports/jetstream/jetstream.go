@@ -161,6 +161,7 @@ type Backend struct {
 	lineMu  sync.Mutex
 	epochs  map[string]streamEpoch   // stream name -> what the node last saw of it
 	lineage map[string]chan struct{} // stream name -> closed when the stream was found recreated
+	spans   map[string]time.Duration // stream name -> retentionSpan of its last info
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -248,6 +249,7 @@ func newBackend(cfg Config, logger *slog.Logger) *Backend {
 		kick:     make(chan struct{}, 1),
 		epochs:   map[string]streamEpoch{},
 		lineage:  map[string]chan struct{}{},
+		spans:    map[string]time.Duration{},
 		ctx:      ctx,
 		cancel:   cancel,
 	}

@@ -245,6 +245,48 @@ func TestReplayAfterTrim(t *testing.T) {
 	}
 }
 
+// TestConsumerOvertaken: when retention drops messages a node's channel consumer had not been
+// sent yet (the node is not reading), the subscription is closed rather than continued past the
+// gap, so its clients resume (and learn what was lost) instead of silently missing messages.
+func TestConsumerOvertaken(t *testing.T) {
+	br := startBroker(t)
+	cfg := testConfig(br.url(), transporttest.Prefix(t))
+	cfg.MaxMsgs = 10
+	n := newNode(t, cfg)
+	topic := transports.ChannelTopic("lag")
+	ch, err := n.Subscribe(t.Context(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nobody reads ch: the consumer is sent at most a pull's worth (64), the rest waits on the
+	// stream, which keeps the last 10.
+	batch := make([]*message.Message, 200)
+	for i := range batch {
+		batch[i] = transporttest.NewMessage(strconv.Itoa(i))
+	}
+	if err := n.Publish(topic, batch...); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(10 * time.Second)
+	for i := 0; ; i++ {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				if i >= len(batch) {
+					t.Fatalf("closed after all %d messages", i)
+				}
+				return
+			}
+			if want := strconv.Itoa(i); string(m.Payload) != want {
+				t.Fatalf("message %d is %q: a gap was delivered", i, m.Payload)
+			}
+			m.Ack()
+		case <-deadline:
+			t.Fatal("the subscription went on while its stream was trimmed under the consumer")
+		}
+	}
+}
+
 // TestRecreatedStream deletes the channel stream under a running node: the node recreates it,
 // positions of the old stream are refused, and a live subscription goes on with the new one.
 func TestRecreatedStream(t *testing.T) {

@@ -53,6 +53,8 @@ type sub struct {
 type upstream interface {
 	// stop ends it; once it returns nothing more is sent to the sub's channel.
 	stop()
+	// lost is closed when it cannot go on without a gap (nil: never).
+	lost() <-chan struct{}
 }
 
 func (b *Backend) subscribe(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
@@ -111,11 +113,15 @@ func (s *sub) open(again bool) (upstream, error) {
 	return s.openAdapter(again)
 }
 
-// run keeps the sub going until its context ends.
+// run keeps the sub going until its context ends, or until its upstream is lost: the sub's
+// channel is then closed, so the Feed reports the subscription lost and its clients resume.
 func (s *sub) run(up upstream, lineage <-chan struct{}) {
 	for {
 		select {
 		case <-s.ctx.Done():
+			up.stop()
+			return
+		case <-up.lost():
 			up.stop()
 			return
 		case <-lineage:
@@ -173,14 +179,25 @@ func (s *sub) deliver(ctx context.Context, m *message.Message, local bool) bool 
 // subscriber; a plain ephemeral push consumer does not come back after a broker restart at all.
 
 type orderedUp struct {
+	ctx    context.Context // ends with stop
 	cancel context.CancelFunc
 	cc     jetstream.ConsumeContext
 	cons   jetstream.Consumer
 	s      *sub
+	gap    chan struct{} // closed when the stream dropped messages before they were delivered
 
 	mu      sync.Mutex // held while a message is being delivered
 	stopped bool
+	// What was delivered last (at open: the start, as if delivered at once): its stream
+	// sequence, the broker's timestamp of it, and when the sub took it.
+	last           uint64
+	lastTS, lastAt time.Time
 }
+
+// overtakeMargin bounds, with how late the previous message was taken, the time in which the
+// stream could have dropped messages this consumer had not been sent yet (a pull request on its
+// way, a full client buffer being worked through).
+const overtakeMargin = time.Second
 
 // consumerTimes are the pull expiry and inactive threshold of ordered consumers.
 func (b *Backend) consumerTimes() (expiry, inactive time.Duration) {
@@ -212,13 +229,24 @@ func (s *sub) openOrdered(again bool) (upstream, error) {
 		return nil, unavailable("subscribe", err)
 	}
 	dctx, dcancel := context.WithCancel(s.ctx)
-	u := &orderedUp{cancel: dcancel, cons: cons, s: s}
+	now := time.Now()
+	u := &orderedUp{ctx: dctx, cancel: dcancel, cons: cons, s: s, gap: make(chan struct{}),
+		last: start - 1, lastTS: now, lastAt: now}
 	u.cc, err = cons.Consume(func(m jetstream.Msg) {
 		u.mu.Lock()
 		defer u.mu.Unlock()
-		if !u.stopped {
-			s.deliver(dctx, s.b.codec.fromJetStream(m), true)
+		if u.stopped {
+			return
 		}
+		if !u.continuous(m) {
+			u.stopped = true
+			if dctx.Err() == nil { // not stopping already
+				close(u.gap)
+			}
+			return
+		}
+		s.deliver(dctx, s.b.codec.fromJetStream(m), true)
+		u.lastAt = time.Now()
 	},
 		jetstream.PullMaxMessages(64),
 		jetstream.PullExpiry(expiry),
@@ -235,6 +263,48 @@ func (s *sub) openOrdered(again bool) (upstream, error) {
 	}
 	return u, nil
 }
+
+// continuous reports whether m can be delivered after what was delivered before: false when the
+// stream's retention may have dropped messages of the channel in between before this consumer was
+// sent them. JetStream moves a consumer past dropped messages without a word, so a jump in stream
+// sequence is checked against the stream's first sequence, when it could matter: when the time
+// in which the consumer could not have been sent a message (how late the previous one was taken,
+// plus overtakeMargin) is a quarter or more of the span of the stream's messages. A healthy node
+// on a stream that keeps minutes or more never asks; a quiet channel's last message being old
+// does not make it ask. A message is never delivered past a gap that was found.
+func (u *orderedUp) continuous(m jetstream.Msg) bool {
+	md, err := m.Metadata()
+	if err != nil {
+		return true // not a JetStream message: the codec says so
+	}
+	prev, risk := u.last, overtakeMargin+max(0, u.lastAt.Sub(u.lastTS))
+	u.last, u.lastTS = md.Sequence.Stream, md.Timestamp
+	if md.Sequence.Stream <= prev+1 {
+		return true
+	}
+	if span, ok := u.s.b.streamSpan(u.s.stream); ok && 4*risk < span {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(u.ctx, u.s.b.cfg.PublishTimeout)
+	defer cancel()
+	info, _, err := u.s.b.streamInfo(ctx, u.s.stream)
+	if u.ctx.Err() != nil {
+		return false // stopping: nothing is delivered anymore
+	}
+	if err != nil {
+		u.s.log.Warn("jetstream: cannot check the stream for dropped messages, closing the channel subscription; its clients resume",
+			"after", prev, "next", md.Sequence.Stream, "error", err)
+		return false
+	}
+	if info.State.FirstSeq <= prev+1 {
+		return true
+	}
+	u.s.log.Warn("jetstream: the stream dropped messages this node had not read yet, closing the channel subscription; its clients resume",
+		"after", prev, "next", md.Sequence.Stream, "first", info.State.FirstSeq)
+	return false
+}
+
+func (u *orderedUp) lost() <-chan struct{} { return u.gap }
 
 func (u *orderedUp) stop() {
 	u.cancel()
@@ -372,6 +442,8 @@ func (s *sub) openAdapter(again bool) (upstream, error) {
 	}
 	return u, nil
 }
+
+func (u *adapterUp) lost() <-chan struct{} { return nil }
 
 func (u *adapterUp) stop() {
 	u.dstop()
