@@ -57,6 +57,7 @@ type Backend struct {
 
 var (
 	_ transports.Backend = (*Backend)(nil)
+	_ transports.Handoff = (*Backend)(nil)
 	_ transports.History = (*Backend)(nil)
 )
 
@@ -183,36 +184,55 @@ func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
 // reader, other topics by a fan-out reader of their stream; the subscription receives the
 // entries added after Subscribe looked up the stream's last id, which it does before returning.
 func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	out := make(chan *message.Message)
+	deliver := func(m *message.Message) bool {
+		select {
+		case out <- m:
+			return true
+		case <-m.Context().Done(): // the subscription ended: by ctx, the node, or the reader
+			return false
+		}
+	}
+	if err := b.SubscribeFunc(ctx, topic, deliver, func() { close(out) }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SubscribeFunc implements transports.Handoff, as Subscribe does. The subscription holds no
+// goroutine and no buffer while it has nothing to deliver: the reader queues entries on it, and
+// the first one queued while none runs starts a goroutine that delivers until the queue is empty.
+func (b *Backend) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
 	if b.isClosed() {
-		return nil, transports.ErrClosed
+		return transports.ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return err
 	}
 	rt := b.route(topic)
 	r, err := b.readerFor(rt)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	lctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	ids, err := b.lastIDs(lctx, []string{rt.key})
 	cancel()
 	if err != nil {
-		return nil, b.wrap("subscribe to "+rt.key, err)
+		return b.wrap("subscribe to "+rt.key, err)
 	}
 	after, err := parseID(ids[0])
 	if err != nil {
-		return nil, err
+		return err
 	}
-	s := &subscription{r: r, key: rt.channel, after: after, ctx: ctx,
-		queue: make(chan *message.Message, b.cfg.SubscriptionBuffer),
-		out:   make(chan *message.Message), kill: make(chan struct{}), gone: make(chan struct{})}
-	if !b.track() {
-		return nil, transports.ErrClosed
+	if !b.track() { // done when the subscription ends
+		return transports.ErrClosed
 	}
+	s := &subscription{r: r, key: rt.channel, after: after, deliver: deliver, ended: ended}
+	s.ctx, s.cancel = context.WithCancel(ctx)
 	r.add(s)
-	go s.run()
-	return s.out, nil
+	s.stopNode = context.AfterFunc(b.ctx, s.cancel) // the node closed
+	context.AfterFunc(s.ctx, s.end)
+	return nil
 }
 
 // readerFor returns the running reader of rt's streams, starting it from the streams' current
