@@ -55,6 +55,10 @@ type Config struct {
 	// PingInterval is how often the client pings the server; two unanswered pings drop the
 	// connection, which then reconnects. Default 20s.
 	PingInterval time.Duration
+	// PendingLimit is how many messages a fan-out subscription may have waiting for its consumer
+	// before nats.go drops them (slow consumer), which ends the subscription. Default nats.go's
+	// (524288 messages, and 64 MiB).
+	PendingLimit int
 	// Options are more nats.go options (credentials, TLS), applied after the backend's own (a
 	// ClosedHandler given here makes Close wait Timeout for a signal that does not come).
 	Options []natsgo.Option
@@ -101,6 +105,9 @@ func (c *Config) validateRest() error {
 	}
 	if c.ReconnectJitter < 0 {
 		return errors.New("nats: Config.ReconnectJitter must not be negative")
+	}
+	if c.PendingLimit < 0 {
+		return errors.New("nats: Config.PendingLimit must not be negative")
 	}
 	if c.PingInterval < 100*time.Millisecond {
 		return errors.New("nats: Config.PingInterval must be at least 100ms")
@@ -167,7 +174,10 @@ func (b *Backend) currentLink() context.Context {
 	return b.link
 }
 
-var _ transports.Backend = (*Backend)(nil)
+var (
+	_ transports.Backend = (*Backend)(nil)
+	_ transports.Handoff = (*Backend)(nil)
+)
 
 // New connects to cfg.URL and returns a Backend that owns the connection. A server that is
 // down at start is not an error: the client keeps trying (ReconnectWait plus jitter between
@@ -313,19 +323,149 @@ func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
 	return nil
 }
 
-// Subscribe implements transports.Backend with one plain NATS subscription, ended when ctx is
-// done. Every subscription of every node gets every message.
+// Subscribe implements transports.Backend with one plain NATS subscription (SubscribeFunc),
+// ended when ctx is done. Every subscription of every node gets every message.
 func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	return b.subscribe(ctx, topic, "")
+	out := make(chan *message.Message)
+	deliver := func(m *message.Message) bool {
+		select {
+		case out <- m:
+			return true
+		case <-m.Context().Done(): // the subscription ended: by ctx, the node, or the connection
+			return false
+		}
+	}
+	if err := b.SubscribeFunc(ctx, topic, deliver, func() { close(out) }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SubscribeFunc implements transports.Handoff with one asynchronous nats.go subscription: its
+// callback, on nats.go's goroutine for the subscription, decodes each message and hands it to
+// deliver, the next only after an ack (a nack hands it again). No goroutine or buffer of the
+// backend's own: nats.go keeps what waits in a list. The subscription ends when ctx is done, the
+// node closes, the connection to the server is lost (core NATS drops what is published
+// meanwhile, see Backend.link), or nats.go dropped messages of it because it fell too far behind
+// (slow consumer): its consumer resumes then and learns what was lost, instead of missing it.
+func (b *Backend) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
+	subject := Subject(b.cfg.Prefix, topic)
+	h := &handoff{b: b, deliver: deliver, log: b.logger.With("topic", topic, "subject", subject)}
+	h.ctx, h.cancel = context.WithCancel(ctx)
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		h.cancel()
+		return transports.ErrClosed
+	}
+	h.mu.Lock() // no message is handled before h.sub is set
+	sub, err := b.nc.Subscribe(subject, h.onMsg)
+	if err != nil {
+		h.mu.Unlock()
+		b.mu.Unlock()
+		h.cancel()
+		return b.unavailable("subscribe to "+subject, err)
+	}
+	h.sub = sub
+	h.mu.Unlock()
+	if b.cfg.PendingLimit > 0 {
+		_ = sub.SetPendingLimits(b.cfg.PendingLimit, natsgo.DefaultSubPendingBytesLimit)
+	}
+	b.wg.Add(1) // done when the subscription ends
+	b.mu.Unlock()
+
+	// Wait until the server has the interest, so what is published next is delivered. While
+	// disconnected there is no server to ask: nats.go sends the SUB again when it reconnects.
+	if b.nc.Status() == natsgo.CONNECTED {
+		if err := b.nc.FlushTimeout(b.cfg.Timeout); err != nil && b.nc.Status() == natsgo.CONNECTED {
+			h.cancel()
+			h.stop()
+			b.wg.Done()
+			return b.unavailable("confirm subscription to "+subject, err)
+		}
+	}
+	stopNode := context.AfterFunc(b.ctx, h.cancel)
+	stopLink := context.AfterFunc(b.currentLink(), h.cancel)
+	context.AfterFunc(h.ctx, func() {
+		h.stop()
+		stopNode()
+		stopLink()
+		ended()
+		b.wg.Done()
+	})
+	return nil
+}
+
+// handoff is a subscription of SubscribeFunc.
+type handoff struct {
+	b       *Backend
+	ctx     context.Context
+	cancel  context.CancelFunc
+	deliver func(*message.Message) bool
+	log     *slog.Logger
+
+	mu      sync.Mutex // held while a message is handled
+	sub     *natsgo.Subscription
+	stopped bool
+}
+
+// onMsg is the subscription's callback.
+func (h *handoff) onMsg(nm *natsgo.Msg) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped || h.ctx.Err() != nil {
+		return
+	}
+	if n, _ := h.sub.Dropped(); n > 0 {
+		h.log.Warn("nats dropped messages of a slow subscription; ending it so that its clients resume", "dropped", n)
+		h.cancel()
+		return
+	}
+	if len(nm.Data) == 0 && nm.Header.Get("Status") == "503" {
+		return // a no-responders status, not a publication
+	}
+	msg, err := h.b.unmarshaler.Unmarshal(nm)
+	if err != nil {
+		h.log.Warn("nats message dropped: cannot decode headers", "error", err.Error())
+		return
+	}
+	for {
+		c := msg.Copy()
+		c.SetContext(h.ctx)
+		if !h.deliver(c) {
+			h.cancel() // the subscriber is going away
+			return
+		}
+		select {
+		case <-c.Acked():
+			return
+		case <-c.Nacked(): // handed again
+		case <-h.ctx.Done():
+			return
+		}
+	}
+}
+
+// stop unsubscribes and waits for the message being handled, if any: nothing is delivered after
+// it returns.
+func (h *handoff) stop() {
+	_ = h.sub.Unsubscribe()
+	h.mu.Lock()
+	h.stopped = true
+	h.mu.Unlock()
 }
 
 // SubscribeGroup implements transports.Backend with a NATS queue group named by QueueGroup.
 // Core NATS keeps nothing: what is published while no member is subscribed is lost.
 func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+	if group == "" {
+		return nil, errors.New("nats: empty group")
+	}
 	return b.subscribe(ctx, topic, QueueGroup(b.cfg.Prefix, group))
 }
 
-// subscribe reads with nats.go directly and decodes with watermill-nats' NATSMarshaler. The
+// subscribe is SubscribeGroup's: a queue subscription that nats.go buffers, read by a goroutine
+// of its own. It reads with nats.go directly and decodes with watermill-nats' NATSMarshaler. The
 // watermill-nats subscriber does not fit core NATS here: it drops a nacked message (Nack needs a
 // JetStream reply subject), never confirms its SUB with a flush, and can send on its closed
 // output channel when a subscription ends while a message is being handed over.
@@ -356,17 +496,12 @@ func (b *Backend) subscribe(ctx context.Context, topic, queue string) (<-chan *m
 
 	sctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(b.ctx, cancel)
-	stopLink := func() bool { return false }
-	if queue == "" { // fan-out subscriptions end with the connection (see Backend.link)
-		stopLink = context.AfterFunc(b.currentLink(), cancel)
-	}
 	out := make(chan *message.Message)
 	go func() {
 		defer b.wg.Done()
 		defer close(out)
 		defer cancel()
 		defer stop()
-		defer stopLink()
 		defer func() { _ = sub.Unsubscribe() }()
 		b.run(sctx, sub, out, b.logger.With("topic", topic, "subject", subject))
 	}()

@@ -134,6 +134,7 @@ func TestConfigValidate(t *testing.T) {
 		{"space", nats.Config{URL: "nats://h:1", Prefix: "a b"}, false},
 		{"negative timeout", nats.Config{URL: "nats://h:1", Timeout: -time.Second}, false},
 		{"tight reconnect", nats.Config{URL: "nats://h:1", ReconnectWait: time.Nanosecond}, false},
+		{"negative pending limit", nats.Config{URL: "nats://h:1", PendingLimit: -1}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := nats.New(tc.cfg, nil)
@@ -246,6 +247,49 @@ func TestNackRedelivers(t *testing.T) {
 	again.Ack()
 	if m := next(); string(m.Payload) != "b" {
 		t.Fatalf("after the ack got %q, want b", m.Payload)
+	}
+}
+
+// TestSlowSubscriptionEnds: when nats.go drops messages of a subscription whose consumer fell
+// too far behind (slow consumer), the subscription ends, so that its clients resume and learn
+// what was lost, instead of going on past the gap.
+func TestSlowSubscriptionEnds(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	b, err := nats.New(nats.Config{URL: serverURL(srv), Prefix: transporttest.Prefix(t), PendingLimit: 10}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	topic := transports.ChannelTopic("slow")
+	ch, err := b.Subscribe(t.Context(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nobody reads ch: the first message waits for its consumer, 10 more wait in nats.go, and
+	// the rest are dropped.
+	for i := range 50 {
+		if err := b.Publish(topic, transporttest.NewMessage(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.After(10 * time.Second)
+	for i := 0; ; i++ {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				if i >= 50 {
+					t.Fatalf("closed after all %d messages", i)
+				}
+				return
+			}
+			if want := strconv.Itoa(i); string(m.Payload) != want {
+				t.Fatalf("message %d is %q: a gap was delivered", i, m.Payload)
+			}
+			m.Ack()
+		case <-deadline:
+			t.Fatal("the subscription went on after nats.go dropped messages of it")
+		}
 	}
 }
 
