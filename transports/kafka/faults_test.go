@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -272,6 +273,57 @@ func TestHistoryLost(t *testing.T) {
 	})
 	if _, complete, err := b.Replay(t.Context(), topic, pos[1], 100); err != nil || complete {
 		t.Fatalf("replay from the old topic: complete %v, err %v", complete, err)
+	}
+}
+
+// TestReaderOvertaken: when retention deletes records of a partition that the node has not read
+// yet (its reader is held up by a subscriber that does not read), the subscriptions fed by that
+// partition deliver what they hold, then close, rather than go on past the gap.
+func TestReaderOvertaken(t *testing.T) {
+	cl := newCluster(t)
+	b := newBackend(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t),
+		SubscriptionBuffer: 5, SlowTimeout: time.Minute})
+	topic := transports.ChannelTopic("t")
+	ch := subscribe(t, b, topic)
+	// Nobody reads ch: the partition's dispatch waits for room, and sarama holds at most its
+	// channel buffer and one fetch (1 MiB) of what follows; the rest stays on the broker.
+	const n = 3000
+	payload := strings.Repeat("x", 1000)
+	batch := make([]*message.Message, 100)
+	for i := 0; i < n; i += len(batch) {
+		for j := range batch {
+			batch[j] = transporttest.NewMessage(fmt.Sprintf("%d %s", i+j, payload))
+		}
+		if err := b.Publish(topic, batch...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin, err := sarama.NewClusterAdmin(cl.addrs(), sarama.NewConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	// What retention does: the log now starts after the last record.
+	if err := admin.DeleteRecords(b.names.channels, map[int32]int64{partitionFor("t", DefaultPartitions): n}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(30 * time.Second)
+	for i := 0; ; i++ {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				if i == 0 || i >= n {
+					t.Fatalf("closed after %d of %d messages", i, n)
+				}
+				return
+			}
+			if got, _, _ := strings.Cut(string(m.Payload), " "); got != strconv.Itoa(i) {
+				t.Fatalf("message %d is %q: a gap was delivered", i, got)
+			}
+			m.Ack()
+		case <-deadline:
+			t.Fatal("the subscription went on while retention deleted records its reader had not read")
+		}
 	}
 }
 

@@ -270,7 +270,9 @@ func (r *reader) restartAt(consumer sarama.Consumer, p int32, next int64, id str
 		start = newest // truncated: what is left was read already
 	case next < oldest:
 		start = oldest
-		log.Warn("kafka retention deleted records this node had not read yet", "from", next, "to", oldest)
+		log.Warn("kafka retention deleted records this node had not read yet; closing the partition's subscriptions, their consumers resume",
+			"from", next, "to", oldest)
+		r.lost(p)
 	}
 	pc, err := consumer.ConsumePartition(r.topic, p, start)
 	if err != nil {
@@ -320,6 +322,27 @@ func (r *reader) dispatch(km *sarama.ConsumerMessage, id, epoch string) {
 			r.b.log.Warn("kafka subscription too slow, closed", "topic", r.topic, "channel", key,
 				"buffer", r.b.cfg.SubscriptionBuffer, "waited", r.b.cfg.SlowTimeout)
 		}
+	}
+}
+
+// lost closes the subscriptions fed by partition p after retention deleted records of it that
+// the node had not read: each delivers what it holds, then its channel closes and its consumer
+// resumes from its position (Replay reports complete=false), instead of going on past the gap.
+func (r *reader) lost(p int32) {
+	r.mu.Lock()
+	var victims []*subscription
+	for key, set := range r.subs {
+		if r.demux && partitionFor(key, len(r.parts)) != p {
+			continue
+		}
+		for s := range set {
+			victims = append(victims, s)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range victims {
+		r.remove(s)
+		s.q.close()
 	}
 }
 
