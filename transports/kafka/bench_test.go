@@ -49,3 +49,27 @@ func BenchmarkChannelDelivery(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 }
+
+// BenchmarkReplay replays the 10 messages a client missed on one channel (kfake in process):
+// what every resume on Kafka costs the node, b.N times.
+func BenchmarkReplay(b *testing.B) {
+	cl := newCluster(b)
+	n := newBackend(b, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(b)})
+	topic := transports.ChannelTopic("bench")
+	since, err := n.Last(b.Context(), topic)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range 10 {
+		if err := n.Publish(topic, transporttest.NewMessage(`{"text":"hello"}`)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		msgs, complete, err := n.Replay(b.Context(), topic, since, 100)
+		if err != nil || !complete || len(msgs) != 10 {
+			b.Fatalf("replay: %d msgs, complete %v, err %v", len(msgs), complete, err)
+		}
+	}
+}

@@ -170,6 +170,130 @@ func (b *Backend) Replay(ctx context.Context, topic string, since transports.Pos
 	if since.Epoch != epoch || since.Hi != 0 || since.Lo > 1<<62 {
 		return nil, false, nil // another lineage (or another partition count): no wrong replay
 	}
+	if v := fetchVersion(c.client.Config().Version); v >= 4 {
+		msgs, complete, err := b.fetchReplay(ctx, c, p, int64(since.Lo), channel, epoch, limit, v)
+		if err != nil {
+			return nil, false, unavailable(err)
+		}
+		return msgs, complete, nil
+	}
+	return b.consumeReplay(ctx, c, p, since, channel, epoch, limit, topic)
+}
+
+// fetchReplay reads partition p from since with plain Fetch requests to its leader, up to the
+// high watermark of the first answer, and keeps the records of channel. A partition consumer
+// would cost a list-offsets round trip and sarama's 100 ms wait for more subscriptions before its
+// first fetch (partitionConsumersBatchTimeout), on every resume.
+func (b *Backend) fetchReplay(ctx context.Context, c *conn, p int32, since int64, channel, epoch string, limit int, version int16) ([]*message.Message, bool, error) {
+	topic := b.names.channels
+	broker, err := c.client.Leader(topic, p)
+	if err != nil {
+		return nil, false, err
+	}
+	cfg := c.client.Config()
+	size := cfg.Consumer.Fetch.Default
+	offset, end := since, int64(-1)
+	var msgs []*message.Message
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, false, err
+		}
+		req := &sarama.FetchRequest{MinBytes: 1, MaxWaitTime: 0, Version: version,
+			MaxBytes: cfg.Consumer.Fetch.MaxBytes, Isolation: sarama.ReadUncommitted, SessionEpoch: -1}
+		req.AddBlock(topic, p, offset, size, -1)
+		resp, err := broker.Fetch(req)
+		if err != nil {
+			return nil, false, err
+		}
+		block := resp.GetBlock(topic, p)
+		switch {
+		case block == nil:
+			return nil, false, sarama.ErrIncompleteResponse
+		case errors.Is(block.Err, sarama.ErrOffsetOutOfRange):
+			// Retention deleted records after since (or since is from the future).
+			return nil, false, nil
+		case !errors.Is(block.Err, sarama.ErrNoError):
+			if errors.Is(block.Err, sarama.ErrNotLeaderForPartition) {
+				_ = c.client.RefreshMetadata(topic)
+			}
+			return nil, false, block.Err
+		}
+		if end < 0 {
+			end = block.HighWaterMarkOffset // as of the first answer
+		}
+		if offset >= end {
+			return msgs, true, nil
+		}
+		moved := false
+		for _, records := range block.RecordsSet {
+			batch := records.RecordBatch
+			if batch == nil {
+				return nil, false, errors.New("kafka: a legacy message set in a record-batch fetch")
+			}
+			if batch.Control { // transaction markers: skipped, as the consumer does
+				if next := batch.FirstOffset + int64(batch.LastOffsetDelta) + 1; next > offset {
+					offset, moved = next, true
+				}
+				continue
+			}
+			for _, rec := range batch.Records {
+				at := batch.FirstOffset + rec.OffsetDelta
+				if at < offset {
+					continue
+				}
+				if at >= end {
+					return msgs, true, nil
+				}
+				ts := batch.FirstTimestamp.Add(rec.TimestampDelta)
+				if batch.LogAppendTime {
+					ts = batch.MaxTimestamp
+				}
+				km := &sarama.ConsumerMessage{Topic: topic, Partition: p, Key: rec.Key, Value: rec.Value,
+					Offset: at, Timestamp: ts, Headers: rec.Headers}
+				if channelOf(km) == channel {
+					if len(msgs) >= limit {
+						return msgs, false, nil
+					}
+					msgs = append(msgs, toMessage(km, epoch, channel))
+				}
+				offset, moved = at+1, true
+			}
+		}
+		if offset >= end {
+			return msgs, true, nil
+		}
+		if !moved { // a batch larger than the fetch size: ask for more, as the consumer does
+			if size >= 1<<30 {
+				return nil, false, fmt.Errorf("kafka: cannot read %s/%d at offset %d", topic, p, offset)
+			}
+			size *= 2
+		}
+	}
+}
+
+// fetchVersion is the Fetch request version for a Kafka version, as sarama's consumer picks it
+// (0 below 0.11: no record batches).
+func fetchVersion(v sarama.KafkaVersion) int16 {
+	switch {
+	case v.IsAtLeast(sarama.V2_1_0_0):
+		return 10
+	case v.IsAtLeast(sarama.V2_0_0_0):
+		return 8
+	case v.IsAtLeast(sarama.V1_1_0_0):
+		return 7
+	case v.IsAtLeast(sarama.V1_0_0_0):
+		return 6
+	case v.IsAtLeast(sarama.V0_11_0_0):
+		return 5
+	}
+	return 0
+}
+
+// consumeReplay is Replay through a partition consumer, for Kafka versions before 0.11.
+func (b *Backend) consumeReplay(ctx context.Context, c *conn, p int32, since transports.Position, channel, epoch string, limit int, topic string) ([]*message.Message, bool, error) {
+	unavailable := func(err error) error {
+		return fmt.Errorf("%w: kafka replay of %s: %w", transports.ErrUnavailable, topic, err)
+	}
 	consumer, err := sarama.NewConsumerFromClient(c.client)
 	if err != nil {
 		return nil, false, unavailable(err)
