@@ -390,11 +390,16 @@ func (b *Backend) streamConfigs() []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{ch, in}
 }
 
-// ensureStreams creates or updates both streams. A stream that exists but cannot be updated to
-// our settings is used as it is, with a warning.
+// ensureStreams creates both streams, or updates one whose settings differ. A stream that exists
+// but cannot be updated to our settings is used as it is, with a warning. Creating a stream that
+// exists with the same settings changes nothing on the server; an update always rewrites the
+// stream's configuration (and, in nats-server 2.15, races with consumers being created).
 func (b *Backend) ensureStreams(ctx context.Context) error {
 	for _, sc := range b.streamConfigs() {
-		s, err := b.js.CreateOrUpdateStream(ctx, sc)
+		s, err := b.js.CreateStream(ctx, sc)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			s, err = b.js.UpdateStream(ctx, sc)
+		}
 		if err != nil {
 			var apiErr *jetstream.APIError
 			if !errors.As(err, &apiErr) {

@@ -245,6 +245,33 @@ func TestReplayAfterTrim(t *testing.T) {
 	}
 }
 
+// TestStreamSettings: a node creates the streams with its settings; a node with the same settings
+// uses them as they are; a node with other settings updates them.
+func TestStreamSettings(t *testing.T) {
+	br := startBroker(t)
+	cfg := testConfig(br.url(), transporttest.Prefix(t))
+	cfg.MaxAge = time.Hour
+	a := newNode(t, cfg)
+	ctx := t.Context()
+	info := func() *jetstream.StreamInfo {
+		s, err := a.js.Stream(ctx, a.channels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo()
+	}
+	before := info()
+	newNode(t, cfg) // same settings
+	if after := info(); after.Config.MaxAge != time.Hour || !after.Created.Equal(before.Created) {
+		t.Fatalf("stream after a node with the same settings: max age %v, created %v (was %v)", after.Config.MaxAge, after.Created, before.Created)
+	}
+	cfg.MaxAge = 2 * time.Hour
+	newNode(t, cfg)
+	if got := info().Config.MaxAge; got != 2*time.Hour {
+		t.Fatalf("max age after a node with other settings: %v, want 2h", got)
+	}
+}
+
 // TestConsumerOvertaken: when retention drops messages a node's channel consumer had not been
 // sent yet (the node is not reading), the subscription is closed rather than continued past the
 // gap, so its clients resume (and learn what was lost) instead of silently missing messages.
@@ -267,24 +294,7 @@ func TestConsumerOvertaken(t *testing.T) {
 	if err := n.Publish(topic, batch...); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.After(10 * time.Second)
-	for i := 0; ; i++ {
-		select {
-		case m, ok := <-ch:
-			if !ok {
-				if i >= len(batch) {
-					t.Fatalf("closed after all %d messages", i)
-				}
-				return
-			}
-			if want := strconv.Itoa(i); string(m.Payload) != want {
-				t.Fatalf("message %d is %q: a gap was delivered", i, m.Payload)
-			}
-			m.Ack()
-		case <-deadline:
-			t.Fatal("the subscription went on while its stream was trimmed under the consumer")
-		}
-	}
+	transporttest.ReceiveUntilClosed(t, ch, len(batch), 10*time.Second)
 }
 
 // TestRecreatedStream deletes the channel stream under a running node: the node recreates it,
@@ -694,6 +704,13 @@ func TestRecreatedStreamGroup(t *testing.T) {
 		select {
 		case m := <-ch:
 			m.Ack()
+			if strings.HasPrefix(string(m.Payload), "old") {
+				// Groups are at-least-once: once, under load, the acked message of the deleted
+				// stream came once more after the recreation (probably the embedded server's
+				// race on this path, above). It is not a new message out of order.
+				t.Logf("%q again after the stream was recreated", m.Payload)
+				continue
+			}
 			if string(m.Payload) != first {
 				t.Fatalf("first message after the stream was recreated: %q, want %q", m.Payload, first)
 			}
