@@ -207,19 +207,7 @@ func (n *Backend) Publish(topicName string, msgs ...*message.Message) error {
 
 // Subscribe implements transports.Backend.
 func (n *Backend) Subscribe(ctx context.Context, topicName string) (<-chan *message.Message, error) {
-	out := make(chan *message.Message)
-	deliver := func(m *message.Message) bool {
-		select {
-		case out <- m:
-			return true
-		case <-m.Context().Done(): // the subscription ended: by ctx, the node or the broker
-			return false
-		}
-	}
-	if err := n.SubscribeFunc(ctx, topicName, deliver, func() { close(out) }); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return transports.SubscribeChan(ctx, n, topicName)
 }
 
 // SubscribeFunc implements transports.Handoff. The subscription holds no goroutine while it has
@@ -276,19 +264,13 @@ func (h *handoff) drain() {
 		if !ok {
 			return
 		}
-		c := m.Copy()
-		c.SetContext(h.ctx)
-		if !h.deliver(c) {
+		switch transports.HandOver(h.ctx, m, h.deliver) {
+		case transports.Refused:
 			h.q.unpop(m)
 			h.q.idle()
 			h.cancel() // the subscriber is going away
 			return
-		}
-		select {
-		case <-c.Acked():
-		case <-c.Nacked():
-			h.q.unpop(m)
-		case <-h.ctx.Done():
+		case transports.Ended:
 			h.q.unpop(m)
 			h.q.idle()
 			return

@@ -326,19 +326,7 @@ func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
 // Subscribe implements transports.Backend with one plain NATS subscription (SubscribeFunc),
 // ended when ctx is done. Every subscription of every node gets every message.
 func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	out := make(chan *message.Message)
-	deliver := func(m *message.Message) bool {
-		select {
-		case out <- m:
-			return true
-		case <-m.Context().Done(): // the subscription ended: by ctx, the node, or the connection
-			return false
-		}
-	}
-	if err := b.SubscribeFunc(ctx, topic, deliver, func() { close(out) }); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return transports.SubscribeChan(ctx, b, topic)
 }
 
 // SubscribeFunc implements transports.Handoff with one asynchronous nats.go subscription: its
@@ -429,20 +417,8 @@ func (h *handoff) onMsg(nm *natsgo.Msg) {
 		h.log.Warn("nats message dropped: cannot decode headers", "error", err.Error())
 		return
 	}
-	for {
-		c := msg.Copy()
-		c.SetContext(h.ctx)
-		if !h.deliver(c) {
-			h.cancel() // the subscriber is going away
-			return
-		}
-		select {
-		case <-c.Acked():
-			return
-		case <-c.Nacked(): // handed again
-		case <-h.ctx.Done():
-			return
-		}
+	if transports.HandOver(h.ctx, msg, h.deliver) == transports.Refused {
+		h.cancel() // the subscriber is going away
 	}
 }
 
@@ -531,28 +507,16 @@ func (b *Backend) run(ctx context.Context, sub *natsgo.Subscription, out chan<- 
 			log.Warn("nats message dropped: cannot decode headers", "error", err.Error())
 			continue
 		}
-		if !deliver(ctx, msg, out) {
+		send := func(c *message.Message) bool {
+			select {
+			case out <- c:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		if transports.HandOver(ctx, msg, send) != transports.Acked {
 			return
-		}
-	}
-}
-
-// deliver sends copies of msg to out until one is acked; a nack sends it again.
-func deliver(ctx context.Context, msg *message.Message, out chan<- *message.Message) bool {
-	for {
-		c := msg.Copy()
-		c.SetContext(ctx)
-		select {
-		case out <- c:
-		case <-ctx.Done():
-			return false
-		}
-		select {
-		case <-c.Acked():
-			return true
-		case <-c.Nacked():
-		case <-ctx.Done():
-			return false
 		}
 	}
 }

@@ -273,24 +273,7 @@ func TestSlowSubscriptionEnds(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.After(10 * time.Second)
-	for i := 0; ; i++ {
-		select {
-		case m, ok := <-ch:
-			if !ok {
-				if i >= 50 {
-					t.Fatalf("closed after all %d messages", i)
-				}
-				return
-			}
-			if want := strconv.Itoa(i); string(m.Payload) != want {
-				t.Fatalf("message %d is %q: a gap was delivered", i, m.Payload)
-			}
-			m.Ack()
-		case <-deadline:
-			t.Fatal("the subscription went on after nats.go dropped messages of it")
-		}
-	}
+	transporttest.ReceiveUntilClosed(t, ch, 50, 10*time.Second)
 }
 
 // cliExample is what docs/brokers/nats.md tells services to run, and the message each line

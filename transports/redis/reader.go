@@ -9,6 +9,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/wsgateway/gateway/transports"
 )
 
 // overflowWait is how long the reader waits for a subscription whose buffer is full before it
@@ -342,20 +344,12 @@ func (s *subscription) drain() {
 		if !ok {
 			return
 		}
-		for acked := false; !acked; {
-			c := m.Copy()
-			c.SetContext(s.ctx)
-			if !s.deliver(c) {
-				s.cancel() // the subscriber is going away
-				return
-			}
-			select {
-			case <-c.Acked():
-				acked = true
-			case <-c.Nacked(): // handed again
-			case <-s.ctx.Done():
-				return
-			}
+		switch transports.HandOver(s.ctx, m, s.deliver) {
+		case transports.Refused:
+			s.cancel() // the subscriber is going away
+			return
+		case transports.Ended:
+			return
 		}
 	}
 }

@@ -184,19 +184,7 @@ func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
 // reader, other topics by a fan-out reader of their stream; the subscription receives the
 // entries added after Subscribe looked up the stream's last id, which it does before returning.
 func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	out := make(chan *message.Message)
-	deliver := func(m *message.Message) bool {
-		select {
-		case out <- m:
-			return true
-		case <-m.Context().Done(): // the subscription ended: by ctx, the node, or the reader
-			return false
-		}
-	}
-	if err := b.SubscribeFunc(ctx, topic, deliver, func() { close(out) }); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return transports.SubscribeChan(ctx, b, topic)
 }
 
 // SubscribeFunc implements transports.Handoff, as Subscribe does. The subscription holds no

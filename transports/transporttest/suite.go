@@ -140,6 +140,33 @@ func Receive(t testing.TB, ch <-chan *message.Message, n int, timeout time.Durat
 	return out
 }
 
+// ReceiveUntilClosed reads ch, acking each message, until the backend closes it, and checks
+// that no message is missing before that point: the i-th payload, up to its first space, is i.
+// It is for subscriptions that must end rather than go on past a gap. It fails when ch closes
+// only after all total messages, or neither delivers nor closes within timeout. It returns how
+// many messages came.
+func ReceiveUntilClosed(t testing.TB, ch <-chan *message.Message, total int, timeout time.Duration) int {
+	t.Helper()
+	deadline := time.After(timeout)
+	for i := 0; ; i++ {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				if i >= total {
+					t.Fatalf("closed after all %d messages", i)
+				}
+				return i
+			}
+			if got, _, _ := strings.Cut(string(m.Payload), " "); got != strconv.Itoa(i) {
+				t.Fatalf("message %d is %q: a gap was delivered", i, got)
+			}
+			m.Ack()
+		case <-deadline:
+			t.Fatalf("after %d of %d messages the subscription neither closed nor went on within %v", i, total, timeout)
+		}
+	}
+}
+
 // expectNothingBefore publishes a sentinel on topic through b and checks that the next message on
 // ch is that sentinel: nothing unexpected was queued before it.
 func (s *suite) expectNothingBefore(t *testing.T, b transports.Backend, topic string, chans ...<-chan *message.Message) {

@@ -1,0 +1,56 @@
+package transports
+
+import (
+	"context"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Helpers for backends that implement Handoff.
+
+// Outcome is how HandOver ended.
+type Outcome int
+
+const (
+	Acked   Outcome = iota // a copy was acked
+	Refused                // deliver did not take a copy: the subscriber is going away
+	Ended                  // ctx ended first
+)
+
+// HandOver hands copies of m, each with ctx as its context, to deliver until one is acked; a
+// nacked copy is followed at once by another.
+func HandOver(ctx context.Context, m *message.Message, deliver func(*message.Message) bool) Outcome {
+	for {
+		c := m.Copy()
+		c.SetContext(ctx)
+		if !deliver(c) {
+			return Refused
+		}
+		select {
+		case <-c.Acked():
+			return Acked
+		case <-c.Nacked():
+		case <-ctx.Done():
+			return Ended
+		}
+	}
+}
+
+// SubscribeChan implements Backend.Subscribe with h's SubscribeFunc: the messages come on an
+// unbuffered channel that is closed when the subscription ends. It needs the contract HandOver
+// keeps: each message handed to deliver has the subscription's context, done once it ended.
+func SubscribeChan(ctx context.Context, h Handoff, topic string) (<-chan *message.Message, error) {
+	out := make(chan *message.Message)
+	deliver := func(m *message.Message) bool {
+		select {
+		case out <- m:
+			return true
+		case <-m.Context().Done(): // the subscription ended
+			return false
+		}
+	}
+	if err := h.SubscribeFunc(ctx, topic, deliver, func() { close(out) }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
