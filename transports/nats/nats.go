@@ -33,6 +33,7 @@ const (
 	DefaultReconnectWait   = 2 * time.Second
 	DefaultReconnectJitter = time.Second
 	DefaultPingInterval    = 20 * time.Second
+	DefaultPendingLimit    = 65536
 )
 
 // Config connects a node to NATS.
@@ -55,9 +56,9 @@ type Config struct {
 	// PingInterval is how often the client pings the server; two unanswered pings drop the
 	// connection, which then reconnects. Default 20s.
 	PingInterval time.Duration
-	// PendingLimit is how many messages a fan-out subscription may have waiting for its consumer
-	// before nats.go drops them (slow consumer), which ends the subscription. Default nats.go's
-	// (524288 messages, and 64 MiB).
+	// PendingLimit is how many messages a fan-out subscription may have waiting for its consumer;
+	// one more ends the subscription (slow consumer), so that its clients resume. Default
+	// DefaultPendingLimit.
 	PendingLimit int
 	// Options are more nats.go options (credentials, TLS), applied after the backend's own (a
 	// ClosedHandler given here makes Close wait Timeout for a signal that does not come).
@@ -79,6 +80,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PingInterval == 0 {
 		c.PingInterval = DefaultPingInterval
+	}
+	if c.PendingLimit == 0 {
+		c.PendingLimit = DefaultPendingLimit
 	}
 }
 
@@ -150,7 +154,13 @@ type Backend struct {
 
 	mu     sync.Mutex // guards closed and wg.Add against Close
 	closed bool
-	wg     sync.WaitGroup // one per subscription goroutine
+	wg     sync.WaitGroup // the dispatcher, and one per subscription and goroutine
+
+	// Fan-out subscriptions are nats.go channel subscriptions that share fan, read by one
+	// dispatcher goroutine, which queues each message on its subscription's relay.
+	fan     chan *natsgo.Msg
+	fanMu   sync.Mutex
+	fanSubs map[*natsgo.Subscription]*handoff
 
 	// link is cancelled when the connection to the server is lost: core NATS drops what is
 	// published meanwhile, so fan-out subscriptions end then, and the node tells its clients
@@ -221,6 +231,9 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 		natsgo.ErrorHandler(func(_ *natsgo.Conn, sub *natsgo.Subscription, err error) {
 			if sub != nil {
 				logger.Warn("nats subscription error", "subject", sub.Subject, "error", err)
+				if b := backendOf(); b != nil && errors.Is(err, natsgo.ErrSlowConsumer) {
+					b.dropped(sub)
+				}
 				return
 			}
 			logger.Warn("nats error", "error", err)
@@ -267,7 +280,7 @@ func newBackend(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Backend, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	link, linkCancel := context.WithCancel(context.Background())
-	return &Backend{
+	b := &Backend{
 		link:        link,
 		linkCancel:  linkCancel,
 		cfg:         cfg,
@@ -277,7 +290,12 @@ func newBackend(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Backend, err
 		logger:      logger,
 		ctx:         ctx,
 		cancel:      cancel,
-	}, nil
+		fan:         make(chan *natsgo.Msg, natsgo.DefaultMaxChanLen),
+		fanSubs:     map[*natsgo.Subscription]*handoff{},
+	}
+	b.wg.Add(1)
+	go b.dispatch()
+	return b, nil
 }
 
 func (b *Backend) isClosed() bool {
@@ -329,36 +347,39 @@ func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.
 	return transports.SubscribeChan(ctx, b, topic)
 }
 
-// SubscribeFunc implements transports.Handoff with one asynchronous nats.go subscription: its
-// callback, on nats.go's goroutine for the subscription, decodes each message and hands it to
-// deliver, the next only after an ack (a nack hands it again). No goroutine or buffer of the
-// backend's own: nats.go keeps what waits in a list. The subscription ends when ctx is done, the
-// node closes, the connection to the server is lost (core NATS drops what is published
-// meanwhile, see Backend.link), or nats.go dropped messages of it because it fell too far behind
-// (slow consumer): its consumer resumes then and learns what was lost, instead of missing it.
+// SubscribeFunc implements transports.Handoff with one nats.go subscription that delivers into
+// the node's shared channel: the node's one dispatcher goroutine queues each message on the
+// subscription's transports.Relay, which hands it to deliver, the next only after an ack (a
+// nack hands it again). An idle subscription holds no goroutine and no buffer. It ends when ctx
+// is done, the node closes, the connection to the server is lost (core NATS drops what is
+// published meanwhile, see Backend.link), or when it fell too far behind: PendingLimit messages
+// waiting for its consumer, or nats.go dropped messages of it (the node's dispatcher fell
+// behind). Its consumer then resumes and learns what was lost, instead of missing it.
 func (b *Backend) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
 	subject := Subject(b.cfg.Prefix, topic)
-	h := &handoff{b: b, deliver: deliver, log: b.logger.With("topic", topic, "subject", subject)}
+	h := &handoff{b: b, log: b.logger.With("topic", topic, "subject", subject)}
 	h.ctx, h.cancel = context.WithCancel(ctx)
+	h.relay = transports.NewRelay(h.ctx, h.cancel, deliver, b.cfg.PendingLimit, &b.wg)
+	// The connection this subscription starts on: if it is lost, even before the subscription is
+	// fully set up, the subscription ends (see Backend.link).
+	link := b.currentLink()
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		h.cancel()
 		return transports.ErrClosed
 	}
-	h.mu.Lock() // no message is handled before h.sub is set
-	sub, err := b.nc.Subscribe(subject, h.onMsg)
+	b.fanMu.Lock() // the dispatcher finds h for the first message already
+	sub, err := b.nc.ChanSubscribe(subject, b.fan)
 	if err != nil {
-		h.mu.Unlock()
+		b.fanMu.Unlock()
 		b.mu.Unlock()
 		h.cancel()
 		return b.unavailable("subscribe to "+subject, err)
 	}
 	h.sub = sub
-	h.mu.Unlock()
-	if b.cfg.PendingLimit > 0 {
-		_ = sub.SetPendingLimits(b.cfg.PendingLimit, natsgo.DefaultSubPendingBytesLimit)
-	}
+	b.fanSubs[sub] = h
+	b.fanMu.Unlock()
 	b.wg.Add(1) // done when the subscription ends
 	b.mu.Unlock()
 
@@ -373,7 +394,7 @@ func (b *Backend) SubscribeFunc(ctx context.Context, topic string, deliver func(
 		}
 	}
 	stopNode := context.AfterFunc(b.ctx, h.cancel)
-	stopLink := context.AfterFunc(b.currentLink(), h.cancel)
+	stopLink := context.AfterFunc(link, h.cancel)
 	context.AfterFunc(h.ctx, func() {
 		h.stop()
 		stopNode()
@@ -386,27 +407,49 @@ func (b *Backend) SubscribeFunc(ctx context.Context, topic string, deliver func(
 
 // handoff is a subscription of SubscribeFunc.
 type handoff struct {
-	b       *Backend
-	ctx     context.Context
-	cancel  context.CancelFunc
-	deliver func(*message.Message) bool
-	log     *slog.Logger
-
-	mu      sync.Mutex // held while a message is handled
-	sub     *natsgo.Subscription
-	stopped bool
+	b      *Backend
+	ctx    context.Context
+	cancel context.CancelFunc
+	relay  *transports.Relay
+	sub    *natsgo.Subscription
+	log    *slog.Logger
 }
 
-// onMsg is the subscription's callback.
-func (h *handoff) onMsg(nm *natsgo.Msg) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.stopped || h.ctx.Err() != nil {
+// dispatch hands each message of the shared channel to its subscription, until Close.
+func (b *Backend) dispatch() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case nm := <-b.fan:
+			b.fanMu.Lock()
+			h := b.fanSubs[nm.Sub]
+			b.fanMu.Unlock()
+			if h != nil { // else unsubscribed meanwhile
+				h.handle(nm)
+			}
+		}
+	}
+}
+
+// dropped ends the fan-out subscription sub, of which nats.go dropped messages (slow consumer).
+func (b *Backend) dropped(sub *natsgo.Subscription) {
+	b.fanMu.Lock()
+	h := b.fanSubs[sub]
+	b.fanMu.Unlock()
+	if h != nil {
+		h.end("nats dropped messages of this subscription (the node fell behind)")
+	}
+}
+
+// handle queues one message of the subscription on its relay.
+func (h *handoff) handle(nm *natsgo.Msg) {
+	if h.ctx.Err() != nil {
 		return
 	}
 	if n, _ := h.sub.Dropped(); n > 0 {
-		h.log.Warn("nats dropped messages of a slow subscription; ending it so that its clients resume", "dropped", n)
-		h.cancel()
+		h.end("nats dropped messages of this subscription (the node fell behind)")
 		return
 	}
 	if len(nm.Data) == 0 && nm.Header.Get("Status") == "503" {
@@ -417,18 +460,27 @@ func (h *handoff) onMsg(nm *natsgo.Msg) {
 		h.log.Warn("nats message dropped: cannot decode headers", "error", err.Error())
 		return
 	}
-	if transports.HandOver(h.ctx, msg, h.deliver) == transports.Refused {
-		h.cancel() // the subscriber is going away
+	if !h.relay.Offer(msg, 0) {
+		h.end(fmt.Sprintf("its consumer let %d messages wait", max(h.b.cfg.PendingLimit, 1)))
 	}
 }
 
-// stop unsubscribes and waits for the message being handled, if any: nothing is delivered after
-// it returns.
+// end ends the subscription after a loss, so that its clients resume.
+func (h *handoff) end(why string) {
+	if h.ctx.Err() == nil {
+		h.log.Warn("nats subscription ended so that its clients resume: " + why)
+		h.cancel()
+	}
+}
+
+// stop unsubscribes and waits for the message being delivered, if any: nothing is delivered
+// after it returns.
 func (h *handoff) stop() {
 	_ = h.sub.Unsubscribe()
-	h.mu.Lock()
-	h.stopped = true
-	h.mu.Unlock()
+	h.b.fanMu.Lock()
+	delete(h.b.fanSubs, h.sub)
+	h.b.fanMu.Unlock()
+	h.relay.Close()
 }
 
 // SubscribeGroup implements transports.Backend with a NATS queue group named by QueueGroup.

@@ -241,26 +241,17 @@ func (r *reader) misplaced(channel string, shard int) {
 		"channel", channel, "stream", r.keys[shard], "want_stream", r.keys[Shard(channel, len(r.keys))])
 }
 
-// subscription is one Subscribe or SubscribeFunc of a reader's topic. The reader queues entries
-// on it (offer); the first entry queued while no goroutine delivers starts one, which hands them
-// to deliver one at a time, the next only after an ack, and exits when the queue is empty. An
-// idle subscription holds no goroutine and no buffer.
+// subscription is one Subscribe or SubscribeFunc of a reader's topic: the reader offers it the
+// entries of its key, queued on a transports.Relay (no goroutine or buffer while idle).
 type subscription struct {
 	r        *reader
 	key      string   // channel, or "" for a whole stream
 	after    streamID // entries up to this id were added before Subscribe
 	ctx      context.Context
 	cancel   context.CancelFunc // ends the subscription (end runs then)
-	deliver  func(*message.Message) bool
+	relay    *transports.Relay
 	ended    func()
 	stopNode func() bool
-
-	mu      sync.Mutex
-	items   []*message.Message // queued, oldest first; at most Config.SubscriptionBuffer
-	busy    bool               // a drain goroutine runs
-	done    bool               // ended: nothing is queued or started anymore
-	space   chan struct{}      // closed when an entry is taken, for an offer waiting on a full queue
-	running sync.WaitGroup     // the drain goroutine, while one runs
 }
 
 // offer queues m. When the consumer is so far behind that the queue is full and stays full for
@@ -268,89 +259,10 @@ type subscription struct {
 // the reader for longer would stall every channel of the node, and skipping the message would be
 // a silent loss. The consumer resumes from the last position it handled.
 func (s *subscription) offer(m *message.Message) {
-	var t *time.Timer
-	for {
-		s.mu.Lock()
-		if s.done {
-			s.mu.Unlock()
-			return
-		}
-		if len(s.items) < s.r.b.cfg.SubscriptionBuffer {
-			s.items = append(s.items, m)
-			if !s.busy {
-				// The subscription's own count keeps the node's WaitGroup above zero until end,
-				// which sets done first.
-				s.busy = true
-				s.r.b.wg.Add(1)
-				s.running.Add(1)
-				go s.drain()
-			}
-			s.mu.Unlock()
-			if t != nil {
-				t.Stop()
-			}
-			return
-		}
-		if s.space == nil {
-			s.space = make(chan struct{})
-		}
-		space := s.space
-		s.mu.Unlock()
-		if t == nil {
-			t = time.NewTimer(overflowWait)
-		}
-		select {
-		case <-space:
-		case <-s.ctx.Done(): // ended, or the node closed
-			t.Stop()
-			return
-		case <-t.C:
-			s.close()
-			s.r.b.logger.Warn("redis: subscription closed, its consumer is too slow",
-				"stream", s.r.keys[0], "channel", s.key, "buffer", s.r.b.cfg.SubscriptionBuffer)
-			return
-		}
-	}
-}
-
-// take pops the next entry for drain, or marks drain finished (false) when there is none or
-// the subscription ended.
-func (s *subscription) take() (*message.Message, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.done || len(s.items) == 0 || s.ctx.Err() != nil {
-		s.busy = false
-		return nil, false
-	}
-	m := s.items[0]
-	s.items[0] = nil
-	s.items = s.items[1:]
-	if len(s.items) == 0 {
-		s.items = nil // an idle subscription keeps no array
-	}
-	if s.space != nil {
-		close(s.space)
-		s.space = nil
-	}
-	return m, true
-}
-
-// drain delivers what is queued, on the goroutine offer started.
-func (s *subscription) drain() {
-	defer s.r.b.wg.Done()
-	defer s.running.Done()
-	for {
-		m, ok := s.take()
-		if !ok {
-			return
-		}
-		switch transports.HandOver(s.ctx, m, s.deliver) {
-		case transports.Refused:
-			s.cancel() // the subscriber is going away
-			return
-		case transports.Ended:
-			return
-		}
+	if !s.relay.Offer(m, overflowWait) {
+		s.close()
+		s.r.b.logger.Warn("redis: subscription closed, its consumer is too slow",
+			"stream", s.r.keys[0], "channel", s.key, "buffer", s.r.b.cfg.SubscriptionBuffer)
 	}
 }
 
@@ -360,15 +272,7 @@ func (s *subscription) close() { s.cancel() }
 // end runs once the subscription's context is done: nothing is queued or delivered after it
 // starts, and ended comes after the last delivery.
 func (s *subscription) end() {
-	s.mu.Lock()
-	s.done = true
-	s.items = nil
-	if s.space != nil {
-		close(s.space)
-		s.space = nil
-	}
-	s.mu.Unlock()
-	s.running.Wait()
+	s.relay.Close()
 	s.r.remove(s)
 	s.stopNode()
 	s.ended()

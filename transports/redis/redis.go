@@ -215,8 +215,9 @@ func (b *Backend) SubscribeFunc(ctx context.Context, topic string, deliver func(
 	if !b.track() { // done when the subscription ends
 		return transports.ErrClosed
 	}
-	s := &subscription{r: r, key: rt.channel, after: after, deliver: deliver, ended: ended}
+	s := &subscription{r: r, key: rt.channel, after: after, ended: ended}
 	s.ctx, s.cancel = context.WithCancel(ctx)
+	s.relay = transports.NewRelay(s.ctx, s.cancel, deliver, b.cfg.SubscriptionBuffer, &b.wg)
 	r.add(s)
 	s.stopNode = context.AfterFunc(b.ctx, s.cancel) // the node closed
 	context.AfterFunc(s.ctx, s.end)

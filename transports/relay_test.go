@@ -1,0 +1,133 @@
+package transports
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// chanRelay is a relay whose deliver puts messages on a channel, as SubscribeChan does.
+func chanRelay(t *testing.T, limit int) (*Relay, <-chan *message.Message, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(t.Context())
+	out := make(chan *message.Message)
+	deliver := func(m *message.Message) bool {
+		select {
+		case out <- m:
+			return true
+		case <-m.Context().Done():
+			return false
+		}
+	}
+	r := NewRelay(ctx, cancel, deliver, limit, nil)
+	t.Cleanup(func() { cancel(); r.Close() })
+	return r, out, cancel
+}
+
+func next(t *testing.T, out <-chan *message.Message) *message.Message {
+	t.Helper()
+	select {
+	case m := <-out:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing delivered")
+		return nil
+	}
+}
+
+func TestRelayOrderAckNack(t *testing.T) {
+	r, out, _ := chanRelay(t, 10)
+	for i := range 3 {
+		if !r.Offer(message.NewMessage(strconv.Itoa(i), []byte(strconv.Itoa(i))), 0) {
+			t.Fatal("offer refused with room left")
+		}
+	}
+	m := next(t, out)
+	if string(m.Payload) != "0" {
+		t.Fatalf("first %q", m.Payload)
+	}
+	m.Nack()
+	if m = next(t, out); string(m.Payload) != "0" {
+		t.Fatalf("after a nack %q, want 0 again", m.Payload)
+	}
+	m.Ack()
+	for _, want := range []string{"1", "2"} {
+		if m = next(t, out); string(m.Payload) != want {
+			t.Fatalf("got %q, want %s", m.Payload, want)
+		}
+		m.Ack()
+	}
+	// The drain goroutine ended with the queue; the next offer starts another.
+	r.Offer(message.NewMessage("3", []byte("3")), 0)
+	if m = next(t, out); string(m.Payload) != "3" {
+		t.Fatalf("got %q, want 3", m.Payload)
+	}
+	m.Ack()
+}
+
+func TestRelayFull(t *testing.T) {
+	r, out, _ := chanRelay(t, 2)
+	// One message is being handed over (nobody reads out), two wait: the queue is full.
+	r.Offer(message.NewMessage("0", nil), 0)
+	first := next(t, out)
+	r.Offer(message.NewMessage("1", nil), 0)
+	r.Offer(message.NewMessage("2", nil), 0)
+	if r.Offer(message.NewMessage("3", nil), 0) {
+		t.Fatal("offer to a full queue without waiting accepted")
+	}
+	if r.Offer(message.NewMessage("3", nil), 20*time.Millisecond) {
+		t.Fatal("offer to a full queue that stays full accepted")
+	}
+	// Room comes while an offer waits: it is taken.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var ok bool
+	go func() {
+		defer wg.Done()
+		ok = r.Offer(message.NewMessage("3", nil), time.Minute)
+	}()
+	first.Ack() // the drain takes "1": room for one
+	wg.Wait()
+	if !ok {
+		t.Fatal("offer that got room refused")
+	}
+	for _, want := range []string{"1", "2", "3"} {
+		m := next(t, out)
+		if m.UUID != want {
+			t.Fatalf("got %s, want %s", m.UUID, want)
+		}
+		m.Ack()
+	}
+}
+
+func TestRelayClose(t *testing.T) {
+	r, out, cancel := chanRelay(t, 10)
+	r.Offer(message.NewMessage("0", nil), 0)
+	r.Offer(message.NewMessage("1", nil), 0)
+	next(t, out) // "0" is handed over; "1" waits
+	cancel()
+	r.Close() // returns once the drain has
+	select {
+	case m2 := <-out:
+		t.Fatalf("%s delivered after Close", m2.UUID)
+	default:
+	}
+	if !r.Offer(message.NewMessage("2", nil), 0) {
+		t.Fatal("a closed relay must take (and drop) what it is offered")
+	}
+}
+
+func TestRelayRefused(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	r := NewRelay(ctx, cancel, func(*message.Message) bool { return false }, 10, nil)
+	r.Offer(message.NewMessage("0", nil), 0)
+	select {
+	case <-ctx.Done(): // the relay ended the subscription
+	case <-time.After(10 * time.Second):
+		t.Fatal("a refused message did not end the subscription")
+	}
+	r.Close()
+}
