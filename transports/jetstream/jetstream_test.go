@@ -260,13 +260,23 @@ func TestStreamSettings(t *testing.T) {
 		}
 		return s.CachedInfo()
 	}
+	// New provisions the streams in the background: wait until a node has.
+	ready := func(n *Backend) {
+		transporttest.WaitFor(t, wait, func() error {
+			if !n.ready.Load() {
+				return errors.New("streams not provisioned yet")
+			}
+			return nil
+		})
+	}
+	ready(a)
 	before := info()
-	newNode(t, cfg) // same settings
+	ready(newNode(t, cfg)) // same settings
 	if after := info(); after.Config.MaxAge != time.Hour || !after.Created.Equal(before.Created) {
 		t.Fatalf("stream after a node with the same settings: max age %v, created %v (was %v)", after.Config.MaxAge, after.Created, before.Created)
 	}
 	cfg.MaxAge = 2 * time.Hour
-	newNode(t, cfg)
+	ready(newNode(t, cfg))
 	if got := info().Config.MaxAge; got != 2*time.Hour {
 		t.Fatalf("max age after a node with other settings: %v, want 2h", got)
 	}
