@@ -251,33 +251,31 @@ func TestStreamSettings(t *testing.T) {
 	br := startBroker(t)
 	cfg := testConfig(br.url(), transporttest.Prefix(t))
 	cfg.MaxAge = time.Hour
-	a := newNode(t, cfg)
 	ctx := t.Context()
-	info := func() *jetstream.StreamInfo {
-		s, err := a.js.Stream(ctx, a.channels)
+	// start runs a node until it provisioned the streams (New does it in the background, and
+	// once more when nats.go reports the connection), reads the channel stream, and closes it:
+	// nodes with other settings running side by side would each set their own.
+	start := func(cfg Config) *jetstream.StreamInfo {
+		n := newNode(t, cfg)
+		defer n.Close()
+		transporttest.WaitFor(t, wait, func() error {
+			if !n.ready.Load() || len(n.kick) > 0 {
+				return errors.New("streams not provisioned yet")
+			}
+			return nil
+		})
+		s, err := n.js.Stream(ctx, n.channels)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return s.CachedInfo()
 	}
-	// New provisions the streams in the background: wait until a node has.
-	ready := func(n *Backend) {
-		transporttest.WaitFor(t, wait, func() error {
-			if !n.ready.Load() {
-				return errors.New("streams not provisioned yet")
-			}
-			return nil
-		})
-	}
-	ready(a)
-	before := info()
-	ready(newNode(t, cfg)) // same settings
-	if after := info(); after.Config.MaxAge != time.Hour || !after.Created.Equal(before.Created) {
+	before := start(cfg)
+	if after := start(cfg); after.Config.MaxAge != time.Hour || !after.Created.Equal(before.Created) {
 		t.Fatalf("stream after a node with the same settings: max age %v, created %v (was %v)", after.Config.MaxAge, after.Created, before.Created)
 	}
 	cfg.MaxAge = 2 * time.Hour
-	ready(newNode(t, cfg))
-	if got := info().Config.MaxAge; got != 2*time.Hour {
+	if got := start(cfg).Config.MaxAge; got != 2*time.Hour {
 		t.Fatalf("max age after a node with other settings: %v, want 2h", got)
 	}
 }
