@@ -8,14 +8,15 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// Relay is the queue of a SubscribeFunc subscription that a shared reader feeds (one reader, or
-// one dispatcher, for many subscriptions, which must not wait long for any one of them). Offer
+// Relay is the queue of a SubscribeFunc subscription that something shared feeds (a reader or a
+// dispatcher for many subscriptions, or the memory broker's publish), which must not wait long
+// for any one subscriber. Offer
 // queues a message; the first one queued while the relay is idle starts a goroutine that hands
 // the queue to deliver, one message at a time (HandOver), and exits once the queue is empty. An
 // idle relay holds no goroutine and no buffer.
 //
-// Offer is called by one goroutine at a time (the reader); Close by any, once the subscription's
-// context is done. The relay ends the subscription itself (cancel) when deliver refuses a message.
+// Offer and Close may be called from any goroutine; call Close once the subscription's context
+// is done. The relay ends the subscription itself (cancel) when deliver refuses a message.
 type Relay struct {
 	ctx     context.Context    // the subscription's: done when it ends
 	cancel  context.CancelFunc // ends the subscription

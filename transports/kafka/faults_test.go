@@ -35,6 +35,7 @@ func TestConfigValidate(t *testing.T) {
 		{"replication", Config{Brokers: []string{"k:9092"}, ReplicationFactor: -2}, "kafka.replication_factor"},
 		{"retention", Config{Brokers: []string{"k:9092"}, Retention: -time.Hour}, "kafka.retention"},
 		{"version", Config{Brokers: []string{"k:9092"}, KafkaVersion: "x"}, "kafka version"},
+		{"version before headers", Config{Brokers: []string{"k:9092"}, KafkaVersion: "0.10.2.0"}, "0.11.0 or later"},
 		{"long prefix", Config{Brokers: []string{"k:9092"}, Prefix: string(make([]byte, 240))}, "topic_prefix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

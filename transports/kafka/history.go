@@ -170,14 +170,11 @@ func (b *Backend) Replay(ctx context.Context, topic string, since transports.Pos
 	if since.Epoch != epoch || since.Hi != 0 || since.Lo > 1<<62 {
 		return nil, false, nil // another lineage (or another partition count): no wrong replay
 	}
-	if v := fetchVersion(c.client.Config().Version); v >= 4 {
-		msgs, complete, err := b.fetchReplay(ctx, c, p, int64(since.Lo), channel, epoch, limit, v)
-		if err != nil {
-			return nil, false, unavailable(err)
-		}
-		return msgs, complete, nil
+	msgs, complete, err := b.fetchReplay(ctx, c, p, int64(since.Lo), channel, epoch, limit, fetchVersion(c.client.Config().Version))
+	if err != nil {
+		return nil, false, unavailable(err)
 	}
-	return b.consumeReplay(ctx, c, p, since, channel, epoch, limit, topic)
+	return msgs, complete, nil
 }
 
 // fetchReplay reads partition p from since with plain Fetch requests to its leader, up to the
@@ -271,8 +268,8 @@ func (b *Backend) fetchReplay(ctx context.Context, c *conn, p int32, since int64
 	}
 }
 
-// fetchVersion is the Fetch request version for a Kafka version, as sarama's consumer picks it
-// (0 below 0.11: no record batches).
+// fetchVersion is the Fetch request version for a Kafka version (0.11 or later: Config.Validate),
+// as sarama's consumer picks it.
 func fetchVersion(v sarama.KafkaVersion) int16 {
 	switch {
 	case v.IsAtLeast(sarama.V2_1_0_0):
@@ -283,67 +280,6 @@ func fetchVersion(v sarama.KafkaVersion) int16 {
 		return 7
 	case v.IsAtLeast(sarama.V1_0_0_0):
 		return 6
-	case v.IsAtLeast(sarama.V0_11_0_0):
-		return 5
 	}
-	return 0
-}
-
-// consumeReplay is Replay through a partition consumer, for Kafka versions before 0.11.
-func (b *Backend) consumeReplay(ctx context.Context, c *conn, p int32, since transports.Position, channel, epoch string, limit int, topic string) ([]*message.Message, bool, error) {
-	unavailable := func(err error) error {
-		return fmt.Errorf("%w: kafka replay of %s: %w", transports.ErrUnavailable, topic, err)
-	}
-	consumer, err := sarama.NewConsumerFromClient(c.client)
-	if err != nil {
-		return nil, false, unavailable(err)
-	}
-	defer func() { _ = consumer.Close() }()
-	// ConsumePartition checks the offset against the partition's oldest and newest offsets:
-	// out of range means retention deleted records after since (or since is from the future).
-	pc, err := consumer.ConsumePartition(b.names.channels, p, int64(since.Lo))
-	if errors.Is(err, sarama.ErrOffsetOutOfRange) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, unavailable(err)
-	}
-	defer func() { _ = pc.Close() }()
-	end := pc.HighWaterMarkOffset() // as of the call (or a little later: only more records)
-	if int64(since.Lo) >= end {
-		return nil, true, nil
-	}
-	var msgs []*message.Message
-	errs := pc.Errors()
-	for {
-		select {
-		case km, ok := <-pc.Messages():
-			if !ok {
-				return nil, false, nil // stopped: retention deleted the rest meanwhile
-			}
-			if km.Offset >= end {
-				return msgs, true, nil
-			}
-			if channelOf(km) == channel {
-				if len(msgs) >= limit {
-					return msgs, false, nil
-				}
-				msgs = append(msgs, toMessage(km, epoch, channel))
-			}
-			if km.Offset >= end-1 {
-				return msgs, true, nil
-			}
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			if errors.Is(err, sarama.ErrOffsetOutOfRange) {
-				return nil, false, nil
-			}
-			b.log.Debug("kafka replay fetch error", "topic", topic, "error", err)
-		case <-ctx.Done():
-			return nil, false, unavailable(ctx.Err())
-		}
-	}
+	return 5
 }

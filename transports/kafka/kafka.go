@@ -61,7 +61,7 @@ type Config struct {
 	Retention         time.Duration // retention.ms of the topics the backend creates (kafka.retention)
 	ReplicationFactor int           // of the topics the backend creates (kafka.replication_factor)
 
-	KafkaVersion string // protocol version sarama speaks, e.g. "3.6.0"; empty: sarama's default (2.8.0)
+	KafkaVersion string // protocol version sarama speaks, e.g. "3.6.0", 0.11.0 or later; empty: sarama's default (2.8.0)
 	ClientID     string
 
 	DialTimeout      time.Duration // one TCP connection attempt
@@ -139,8 +139,13 @@ func (c Config) Validate() error {
 		return fmt.Errorf("topic_prefix is too long: topic names would have %d characters, Kafka allows 249", n)
 	}
 	if c.KafkaVersion != "" {
-		if _, err := sarama.ParseKafkaVersion(c.KafkaVersion); err != nil {
+		v, err := sarama.ParseKafkaVersion(c.KafkaVersion)
+		if err != nil {
 			return fmt.Errorf("kafka version %q: %w", c.KafkaVersion, err)
+		}
+		if !v.IsAtLeast(sarama.V0_11_0_0) {
+			// Metadata travel as record headers, and Replay reads record batches.
+			return fmt.Errorf("kafka version %q: 0.11.0 or later is needed (record headers)", c.KafkaVersion)
 		}
 	}
 	for key, d := range map[string]time.Duration{"dial": c.DialTimeout, "publish": c.PublishTimeout, "operation": c.OperationTimeout, "slow": c.SlowTimeout} {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -111,8 +112,15 @@ type topic struct {
 	size    int           // history bounds of this topic
 	ttl     time.Duration // 0: no age limit
 	log     []stored      // oldest first
-	subs    []*queue
+	subs    []sink
 	groups  map[string]*queue
+}
+
+// sink is what a publish hands a topic's messages to: a group's queue, or a SubscribeFunc
+// subscription.
+type sink interface {
+	push(*message.Message)
+	close() // the broker closed
 }
 
 func (t *topic) close() {
@@ -220,72 +228,41 @@ func (n *Backend) SubscribeFunc(ctx context.Context, topicName string, deliver f
 	if !ok {
 		return transports.ErrClosed
 	}
-	h := &handoff{n: n, t: t, q: newQueue(), deliver: deliver, ended: ended}
+	h := &handoff{n: n, t: t, ended: ended}
 	h.ctx, h.cancel = context.WithCancel(ctx)
-	h.q.drain = h.start
-	h.q.onClose = h.cancel // the broker closed
-	n.wg.Add(1)            // done when the subscription ends
+	// Unbounded, as the broker's queues are: a publish never waits for a subscriber.
+	h.relay = transports.NewRelay(h.ctx, h.cancel, deliver, math.MaxInt, &n.wg)
+	n.wg.Add(1) // done when the subscription ends
 	t.mu.Lock()
-	t.subs = append(t.subs, h.q)
+	t.subs = append(t.subs, h)
 	t.mu.Unlock()
 	h.stopNode = context.AfterFunc(n.ctx, h.cancel) // the node closed
 	context.AfterFunc(h.ctx, h.end)
 	return nil
 }
 
-// handoff is a subscription of SubscribeFunc.
+// handoff is a subscription of SubscribeFunc: what is published is queued on its relay, whose
+// goroutine runs only while messages wait.
 type handoff struct {
 	n        *Backend
 	t        *topic
-	q        *queue
+	relay    *transports.Relay
 	ctx      context.Context
 	cancel   context.CancelFunc
 	stopNode func() bool
-	deliver  func(*message.Message) bool
 	ended    func()
-	running  sync.WaitGroup // the drain goroutine, while one runs
 }
 
-// start runs drain on a goroutine of the node; queue.push calls it with the queue's lock held
-// while the subscription, not ended yet (the queue is open), keeps the WaitGroup above zero.
-func (h *handoff) start() {
-	h.n.wg.Add(1)
-	h.running.Add(1)
-	go h.drain()
-}
+func (h *handoff) push(m *message.Message) { h.relay.Offer(m, 0) } // never full
+func (h *handoff) close()                  { h.cancel() }
 
-// drain delivers what is queued, one at a time, each after the previous was acked, on a
-// goroutine that queue.push started (q.busy); it returns when the queue is empty.
-func (h *handoff) drain() {
-	defer h.n.wg.Done()
-	defer h.running.Done()
-	for {
-		m, ok := h.q.take()
-		if !ok {
-			return
-		}
-		switch transports.HandOver(h.ctx, m, h.deliver) {
-		case transports.Refused:
-			h.q.unpop(m)
-			h.q.idle()
-			h.cancel() // the subscriber is going away
-			return
-		case transports.Ended:
-			h.q.unpop(m)
-			h.q.idle()
-			return
-		}
-	}
-}
-
-// end ends the subscription once its context is done.
+// end ends the subscription once its context is done: ended comes after every delivery.
 func (h *handoff) end() {
-	h.q.close()      // no drain starts after this
-	h.running.Wait() // and the last one has returned: ended comes after every delivery
+	h.relay.Close()
 	h.stopNode()
 	h.t.mu.Lock()
 	for i, s := range h.t.subs {
-		if s == h.q {
+		if s == sink(h) {
 			h.t.subs = append(h.t.subs[:i], h.t.subs[i+1:]...)
 			break
 		}
@@ -395,18 +372,12 @@ func (n *Backend) Close() error {
 	return nil
 }
 
-// queue is an unbounded FIFO drained by one or more run loops (one per group member).
+// queue is a group's unbounded FIFO, drained by one run loop per member.
 type queue struct {
 	mu     sync.Mutex
 	items  []*message.Message
 	signal chan struct{} // closed and replaced whenever items are added or the queue closes
 	closed bool
-
-	// A SubscribeFunc queue has no run loop: push starts drain on a goroutine when it is not
-	// busy, and onClose ends the subscription when the broker closes the queue.
-	drain   func()
-	busy    bool
-	onClose func()
 }
 
 func newQueue() *queue { return &queue{signal: make(chan struct{})} }
@@ -418,37 +389,8 @@ func (q *queue) push(m *message.Message) {
 		return
 	}
 	q.items = append(q.items, m)
-	if q.drain != nil {
-		if !q.busy {
-			q.busy = true
-			q.drain()
-		}
-		return
-	}
 	close(q.signal)
 	q.signal = make(chan struct{})
-}
-
-// take pops the next item for drain, or marks the queue idle (and reports false) when there is
-// none or it closed.
-func (q *queue) take() (*message.Message, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.closed || len(q.items) == 0 {
-		q.busy = false
-		return nil, false
-	}
-	m := q.items[0]
-	q.items[0] = nil
-	q.items = q.items[1:]
-	return m, true
-}
-
-// idle marks drain finished with items left (the subscription is ending).
-func (q *queue) idle() {
-	q.mu.Lock()
-	q.busy = false
-	q.mu.Unlock()
 }
 
 func (q *queue) close() {
@@ -457,9 +399,6 @@ func (q *queue) close() {
 	if !q.closed {
 		q.closed = true
 		close(q.signal)
-		if q.onClose != nil {
-			q.onClose()
-		}
 	}
 }
 

@@ -143,7 +143,7 @@ func QueueGroup(prefix, group string) string {
 type Backend struct {
 	cfg         Config
 	nc          *natsgo.Conn
-	owned       bool          // Close closes nc
+	owned       bool          // New made nc: Close closes it, and its handlers are ours
 	connClosed  chan struct{} // closed by the ClosedHandler of an owned connection
 	pub         *wmnats.Publisher
 	unmarshaler wmnats.Unmarshaler
@@ -244,13 +244,13 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nats: connect: %w", err)
 	}
-	b, err := newBackend(nc, cfg, logger)
+	b, err := newBackend(nc, cfg, logger, true)
 	created.Store(b)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	b.owned, b.connClosed = true, connClosed
+	b.connClosed = connClosed
 	return b, nil
 }
 
@@ -265,10 +265,11 @@ func NewWithConn(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Backend, er
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return newBackend(nc, cfg, logger)
+	return newBackend(nc, cfg, logger, false)
 }
 
-func newBackend(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Backend, error) {
+// newBackend: owned when New made nc (with the handlers above) and Close closes it.
+func newBackend(nc *natsgo.Conn, cfg Config, logger *slog.Logger, owned bool) (*Backend, error) {
 	marshaler := &wmnats.NATSMarshaler{}
 	pub, err := wmnats.NewPublisherWithNatsConn(nc, wmnats.PublisherPublishConfig{
 		Marshaler:         marshaler,
@@ -285,6 +286,7 @@ func newBackend(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Backend, err
 		linkCancel:  linkCancel,
 		cfg:         cfg,
 		nc:          nc,
+		owned:       owned,
 		pub:         pub,
 		unmarshaler: marshaler,
 		logger:      logger,
@@ -433,13 +435,16 @@ func (b *Backend) dispatch() {
 	}
 }
 
-// dropped ends the fan-out subscription sub, of which nats.go dropped messages (slow consumer).
+const whyDropped = "nats dropped messages of this subscription (the node fell behind)"
+
+// dropped ends the fan-out subscription sub, of which nats.go dropped messages (slow consumer):
+// the error handler of a connection New made reports it at once.
 func (b *Backend) dropped(sub *natsgo.Subscription) {
 	b.fanMu.Lock()
 	h := b.fanSubs[sub]
 	b.fanMu.Unlock()
 	if h != nil {
-		h.end("nats dropped messages of this subscription (the node fell behind)")
+		h.end(whyDropped)
 	}
 }
 
@@ -448,9 +453,11 @@ func (h *handoff) handle(nm *natsgo.Msg) {
 	if h.ctx.Err() != nil {
 		return
 	}
-	if n, _ := h.sub.Dropped(); n > 0 {
-		h.end("nats dropped messages of this subscription (the node fell behind)")
-		return
+	if !h.b.owned { // no error handler of ours reports drops: look at each message
+		if n, _ := h.sub.Dropped(); n > 0 {
+			h.end(whyDropped)
+			return
+		}
 	}
 	if len(nm.Data) == 0 && nm.Header.Get("Status") == "503" {
 		return // a no-responders status, not a publication
