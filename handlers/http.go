@@ -156,16 +156,22 @@ func (h *HTTP) apiAuth(w http.ResponseWriter, r *http.Request) bool {
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAPIBody))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "body over 1 MiB")
-			return false
+	err := dec.Decode(v)
+	if err == nil {
+		if _, next := dec.Token(); next != io.EOF {
+			err = errors.Join(errors.New("nothing may follow the object"), next)
 		}
-		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "body must be a JSON object: "+err.Error())
-		return false
 	}
-	return true
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "body over 1 MiB")
+	default:
+		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "body must be one JSON object: "+strings.ReplaceAll(err.Error(), "\n", ": "))
+	}
+	return false
 }
 
 // publishOne checks and submits one publish request; it returns the message and, on failure,
