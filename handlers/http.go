@@ -7,8 +7,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -144,8 +144,8 @@ func (h *HTTP) apiAuth(w http.ResponseWriter, r *http.Request) bool {
 		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "the HTTP API is off (no API key configured)")
 		return false
 	}
-	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(key), []byte(h.d.APIKey)) != 1 {
+	key := auth.BearerToken(r.Header) // the scheme in any case, like /ws
+	if key == "" || subtle.ConstantTimeCompare([]byte(key), []byte(h.d.APIKey)) != 1 {
 		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "a valid API key is required")
 		return false
 	}
@@ -160,6 +160,11 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "body over 1 MiB")
+			return false
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// http.read_timeout passed before the whole body came.
+			writeError(w, http.StatusRequestTimeout, protocol.CodeBadRequest, "the request body did not arrive in time")
 			return false
 		}
 		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "body must be a JSON object: "+err.Error())

@@ -299,7 +299,14 @@ func unavailable(what string, err error) error {
 // token (or, for anonymous clients, the configuration) allows. API messages carry no claims.
 func (s *Sessions) Authorize(msg *message.Message) error {
 	st, ok := stateFrom(msg.Context())
-	if !ok || msg.Metadata.Get(transports.MetaKind) != KindPublish {
+	if !ok {
+		return nil
+	}
+	switch msg.Metadata.Get(transports.MetaKind) {
+	case KindSend:
+		return s.authorizeSend(st.claims)
+	case KindPublish:
+	default:
 		return nil
 	}
 	claims := st.claims
@@ -313,6 +320,19 @@ func (s *Sessions) Authorize(msg *message.Message) error {
 	}
 	if !auth.Match(allowed, ch) {
 		return protocol.Errorf(protocol.CodeForbidden, "not allowed to publish to %s", ch)
+	}
+	return nil
+}
+
+// authorizeSend lets a client send to the services when its token says "send": true, or, for
+// tokens without the claim and anonymous clients, when auth.default_send is set.
+func (s *Sessions) authorizeSend(claims *auth.Claims) error {
+	allowed := s.d.DefaultSend
+	if claims.HasSend {
+		allowed = claims.Send
+	}
+	if !allowed {
+		return protocol.Errorf(protocol.CodeForbidden, "not allowed to send (the token has no \"send\": true)")
 	}
 	return nil
 }
