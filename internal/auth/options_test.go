@@ -305,3 +305,27 @@ func TestJWKSConfig(t *testing.T) {
 		t.Error("zero durations accepted")
 	}
 }
+
+// TestJWKSCloseStopsRefresh: the periodic refresh runs until Close, and not after it.
+func TestJWKSCloseStopsRefresh(t *testing.T) {
+	keys(t)
+	srv := newJWKSServer(t, false)
+	srv.serve(t, map[string]*rsa.PrivateKey{"k1": rsaKey})
+	const every = 20 * time.Millisecond
+	v, err := NewVerifier(nil, nil, JWKS(JWKSConfig{URL: srv.URL, Refresh: every, Timeout: time.Second, UnknownKIDEvery: time.Hour}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); srv.fetches.Load() < 3; time.Sleep(every) {
+		if time.Now().After(deadline) {
+			v.Close()
+			t.Fatalf("%d fetches: the refresh does not run", srv.fetches.Load())
+		}
+	}
+	v.Close()
+	closed := srv.fetches.Load()
+	time.Sleep(20 * every)                       // ten times as long as it took for three fetches before Close
+	if n := srv.fetches.Load() - closed; n > 1 { // one may have been under way
+		t.Fatalf("%d fetches after Close", n)
+	}
+}
