@@ -47,6 +47,9 @@ func TestTokenSettings(t *testing.T) {
 		if err != nil {
 			t.Fatal(err) // the JWKS URL alone is a way to authenticate
 		}
+		if cfg.Development {
+			t.Fatal("development mode with a JWKS URL configured")
+		}
 		check(t, cfg)
 	})
 	t.Run("File", func(t *testing.T) {
