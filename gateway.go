@@ -269,7 +269,9 @@ func originChecker(allowed []string) func(r *http.Request) bool {
 }
 
 // Handler is the node's HTTP handler (for tests and for embedding in another server). It has
-// no pprof: that is served only by the admin listener (admin.addr).
+// no pprof: that is served only by the admin listener (admin.addr). An answer sent before the
+// request's body was read closes the connection (see closeUnreadBodies); the embedding server
+// should bound reads itself, as Serve does with http.read_timeout.
 func (g *Gateway) Handler() http.Handler { return closeUnreadBodies(g.mux) }
 
 // Metrics are the node's collectors.

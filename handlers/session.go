@@ -296,7 +296,8 @@ func unavailable(what string, err error) error {
 }
 
 // Authorize is the router's auth check for submitted messages: a client publishes only where its
-// token (or, for anonymous clients, the configuration) allows. API messages carry no claims.
+// token (or, for anonymous clients, the configuration) allows, and sends to the services only when
+// its token's send claim (or, without one, auth.default_send) allows. API messages carry no claims.
 func (s *Sessions) Authorize(msg *message.Message) error {
 	st, ok := stateFrom(msg.Context())
 	if !ok {
