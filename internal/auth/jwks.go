@@ -100,6 +100,9 @@ func (j *jwks) key(t *jwt.Token) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errUnknownKey, err)
 	}
+	if set, ok := k.(jwt.VerificationKeySet); ok && len(set.Keys) == 0 {
+		return nil, errUnknownKey // a token without kid, and no key (yet)
+	}
 	return k, nil
 }
 

@@ -204,7 +204,9 @@ func jwksVerifier(t *testing.T, url string, timeout, unknownEvery time.Duration)
 func rsToken(t *testing.T, key *rsa.PrivateKey, kid string) string {
 	t.Helper()
 	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{"sub": "alice", "exp": time.Now().Add(time.Hour).Unix()})
-	tok.Header["kid"] = kid
+	if kid != "" {
+		tok.Header["kid"] = kid
+	}
 	s, err := tok.SignedString(key)
 	if err != nil {
 		t.Fatal(err)
@@ -243,6 +245,11 @@ func TestJWKSRotation(t *testing.T) {
 	}
 	// A token of a known kid signed by another key is not let through either.
 	wantRefused(t, v, rsToken(t, rsaKey, "k2"), "signature invalid")
+	// A token without kid is tried against every key of the set.
+	if _, err := v.Verify(rsToken(t, rsaKey2, "")); err != nil {
+		t.Fatalf("token without kid: %v", err)
+	}
+	wantRefused(t, v, rsToken(t, rsaKey, ""), "signature invalid")
 	// An HS256 token never reaches the JWKS keys.
 	wantRefused(t, v, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "exp": time.Now().Add(time.Hour).Unix()}), "algorithm not allowed")
 }
@@ -286,6 +293,12 @@ func TestJWKSDown(t *testing.T) {
 			t.Fatalf("cached key while the server is gone: %v", err)
 		}
 		wantRefused(t, v, rsToken(t, rsaKey2, "k2"), "unknown signing key")
+	})
+	t.Run("500, token without kid", func(t *testing.T) {
+		srv := newJWKSServer(t, false)
+		srv.down.Store(true)
+		v := jwksVerifier(t, srv.URL, 5*time.Second, time.Millisecond)
+		wantRefused(t, v, rsToken(t, rsaKey, ""), "unknown signing key")
 	})
 	t.Run("hangs", func(t *testing.T) {
 		srv := newJWKSServer(t, true)
