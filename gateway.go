@@ -86,18 +86,19 @@ const HandlerInbound = router.HandlerInbound
 
 // Gateway is one node.
 type Gateway struct {
-	cfg     *configs.Config
-	log     *slog.Logger
-	backend transports.Backend
-	feed    *transports.Feed
-	inbox   *transports.Inbox
-	hub     *ws.Hub
-	router  *message.Router
-	events  *handlers.Events // nil when disabled
-	metrics *metrics.Metrics
-	mux     *http.ServeMux
-	tls     *tls.Config // nil: plain HTTP
-	admin   admin
+	cfg      *configs.Config
+	log      *slog.Logger
+	backend  transports.Backend
+	feed     *transports.Feed
+	inbox    *transports.Inbox
+	hub      *ws.Hub
+	router   *message.Router
+	events   *handlers.Events // nil when disabled
+	metrics  *metrics.Metrics
+	mux      *http.ServeMux
+	tls      *tls.Config // nil: plain HTTP
+	admin    admin
+	verifier *auth.Verifier // nil without token keys; Close stops its JWKS refresh
 
 	routerRan atomic.Bool // Start ran the router: Close must close it
 
@@ -116,10 +117,16 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		o.log = slog.New(slog.DiscardHandler)
 	}
 	log := o.log.With("node_id", cfg.NodeID)
-	verifier, err := newVerifier(cfg)
+	verifier, err := newVerifier(cfg, log)
 	if err != nil {
 		return nil, err
 	}
+	built := false
+	defer func() {
+		if !built {
+			verifier.Close() // the JWKS refresh of a node that is not built
+		}
+	}()
 	keys, err := signing.ParseKeys(cfg.Router.SigningKeys)
 	if err != nil {
 		return nil, &configs.KeyError{Key: "router.signing_keys", Env: "GATEWAY_ROUTER_SIGNING_KEYS", Reason: err.Error()}
@@ -153,6 +160,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		AllowAnonymous: cfg.Auth.AllowAnonymous,
 		PublicChannels: cfg.Auth.PublicChannels,
 		AnonPublish:    cfg.Auth.AnonymousPublish,
+		DefaultSend:    cfg.Auth.DefaultSend,
 		MaxReplay:      cfg.History.MaxReplay,
 		HistoryBounds:  cfg.History.Bounds,
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
@@ -209,21 +217,31 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		g.router.AddConsumerHandler(eh.name, eh.topic, backend, eh.h)
 	}
 	handlers.NewHTTP(deps, g.hub, sessions, backend.Ping).Routes(g.mux)
+	g.verifier, built = verifier, true
 	return g, nil
 }
 
-func newVerifier(cfg *configs.Config) (*auth.Verifier, error) {
+// newVerifier builds the token verifier from the auth settings; nil when no key, public key or
+// JWKS URL is configured (anonymous clients only). With a JWKS URL it fetches the key set (at
+// most auth.jwks_timeout) and starts its refresh, which Verifier.Close stops.
+func newVerifier(cfg *configs.Config, log *slog.Logger) (*auth.Verifier, error) {
+	a := cfg.Auth
 	var pem []byte
-	if cfg.Auth.JWTPublicKey != "" {
+	if a.JWTPublicKey != "" {
 		var err error
-		if pem, err = os.ReadFile(cfg.Auth.JWTPublicKey); err != nil {
+		if pem, err = os.ReadFile(a.JWTPublicKey); err != nil {
 			return nil, &configs.KeyError{Key: "auth.jwt_public_key", Env: "GATEWAY_JWT_PUBLIC_KEY", Reason: err.Error()}
 		}
 	}
-	if cfg.Auth.JWTSecret == "" && pem == nil {
+	if a.JWTSecret == "" && pem == nil && a.JWKSURL == "" {
 		return nil, nil
 	}
-	v, err := auth.NewVerifier([]byte(cfg.Auth.JWTSecret), pem)
+	opts := []auth.Option{auth.RequireExp(a.ExpRequired()), auth.Audience(a.Audience...), auth.Issuer(a.Issuer)}
+	if a.JWKSURL != "" {
+		opts = append(opts, auth.JWKS(auth.JWKSConfig{URL: a.JWKSURL, Refresh: a.JWKSRefresh, Timeout: a.JWKSTimeout,
+			UnknownKIDEvery: configs.JWKSUnknownKIDEvery, Log: log}))
+	}
+	v, err := auth.NewVerifier([]byte(a.JWTSecret), pem, opts...)
 	if err != nil {
 		return nil, &configs.KeyError{Key: "auth.jwt_public_key", Env: "GATEWAY_JWT_PUBLIC_KEY", Reason: err.Error()}
 	}
@@ -251,8 +269,10 @@ func originChecker(allowed []string) func(r *http.Request) bool {
 }
 
 // Handler is the node's HTTP handler (for tests and for embedding in another server). It has
-// no pprof: that is served only by the admin listener (admin.addr).
-func (g *Gateway) Handler() http.Handler { return g.mux }
+// no pprof: that is served only by the admin listener (admin.addr). An answer sent before the
+// request's body was read closes the connection (see closeUnreadBodies); the embedding server
+// should bound reads itself, as Serve does with http.read_timeout.
+func (g *Gateway) Handler() http.Handler { return closeUnreadBodies(g.mux) }
 
 // Metrics are the node's collectors.
 func (g *Gateway) Metrics() *metrics.Metrics { return g.metrics }
@@ -301,7 +321,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		_ = g.Close()
 		return err
 	}
-	srv := g.httpServer(g.mux)
+	srv := g.httpServer(g.Handler())
 	if g.tls != nil {
 		ln = tls.NewListener(ln, g.tls)
 	}
@@ -352,7 +372,8 @@ func (g *Gateway) Close() error {
 		for _, c := range g.closers {
 			_ = c()
 		}
-		g.closeAdmin() // last: pprof and metrics stay up through the drain and the shutdown
+		g.verifier.Close() // the JWKS refresh
+		g.closeAdmin()     // last: pprof and metrics stay up through the drain and the shutdown
 		g.closeErr = errors.Join(errs...)
 	})
 	return g.closeErr

@@ -70,9 +70,14 @@ func token(t testing.TB, sub string, ttl time.Duration, channels, publish []stri
 	return tok
 }
 
-// allowAll is a token for user that may subscribe and publish anywhere.
+// allowAll is a token for user that may subscribe and publish anywhere, and send.
 func allowAll(t testing.TB, user string) string {
-	return token(t, user, time.Hour, []string{"*"}, []string{"*"})
+	t.Helper()
+	tok, err := auth.SignHS256([]byte(testSecret), user, time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }
 
 func apiPublish(t testing.TB, base string, body any) (int, map[string]any) {

@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wsgateway/gateway/configs"
@@ -28,10 +30,73 @@ func (g *Gateway) httpServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: g.cfg.HTTP.ReadHeaderTimeout,
-		IdleTimeout:       g.cfg.HTTP.IdleTimeout,
-		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+		// The whole request: a body sent slowly is cut off. A WebSocket connection is not bound
+		// by it: the upgrade clears the deadlines of the connection it takes over.
+		ReadTimeout: g.cfg.HTTP.ReadTimeout,
+		IdleTimeout: g.cfg.HTTP.IdleTimeout,
+		ErrorLog:    slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 	}
 }
+
+// closeUnreadBodies makes the answer to a request whose handler did not read its whole body
+// close the connection ("Connection: close"). Otherwise net/http reads up to 256 KiB of the
+// rest of the body before it sends the answer, so a refusal (401, 404, 405, 413) to a client
+// that sends its body slowly would wait for that body. A request without a body passes as is
+// (the WebSocket upgrade among them, whose ResponseWriter must stay a http.Hijacker).
+func closeUnreadBodies(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+			h.ServeHTTP(w, r)
+			return
+		}
+		body := &readBody{ReadCloser: r.Body, length: r.ContentLength}
+		r.Body = body
+		h.ServeHTTP(&closeIfUnread{ResponseWriter: w, body: body}, r)
+	})
+}
+
+// readBody notes when a request body has been read to its end.
+type readBody struct {
+	io.ReadCloser
+	length int64 // Content-Length; -1 when unknown (chunked)
+	read   atomic.Int64
+	done   atomic.Bool
+}
+
+func (b *readBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF || (b.length >= 0 && b.read.Add(int64(n)) >= b.length) {
+		b.done.Store(true)
+	}
+	return n, err
+}
+
+// closeIfUnread adds "Connection: close" to an answer sent before the body was read.
+type closeIfUnread struct {
+	http.ResponseWriter
+	body        *readBody
+	wroteHeader bool
+}
+
+func (w *closeIfUnread) WriteHeader(status int) {
+	if !w.wroteHeader {
+		w.wroteHeader = true
+		if !w.body.done.Load() {
+			w.Header().Set("Connection", "close")
+		}
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *closeIfUnread) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach the server's ResponseWriter.
+func (w *closeIfUnread) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // newServerTLS is the TLS configuration of the main listener, nil when tls.cert_file is not set.
 // HTTP/1.1 only: a WebSocket upgrade needs it, and a browser offered h2 could try WebSockets over

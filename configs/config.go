@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -41,7 +42,16 @@ const (
 	DefaultLogFormat       = "text"
 
 	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultReadTimeout       = 30 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
+
+	DefaultRequireExp  = true
+	DefaultJWKSRefresh = time.Hour
+	DefaultJWKSTimeout = 5 * time.Second
+	// JWKSUnknownKIDEvery is the least time between two JWKS fetches caused by tokens whose kid
+	// is not in the cached set (a key rotation); tokens with unknown kids in between are refused
+	// without a fetch, so they cannot make the node hammer the identity provider.
+	JWKSUnknownKIDEvery = 10 * time.Second
 )
 
 // Broker names.
@@ -121,6 +131,30 @@ type AuthConfig struct {
 	AllowAnonymous   bool     `yaml:"allow_anonymous" env:"ALLOW_ANONYMOUS"`     // connect without a token, user id empty
 	PublicChannels   []string `yaml:"public_channels" env:"PUBLIC_CHANNELS"`     // channels anyone may subscribe to ("news", "room:*")
 	AnonymousPublish []string `yaml:"anonymous_publish" env:"ANONYMOUS_PUBLISH"` // channels anonymous clients may publish to
+	// RequireExp refuses tokens without exp ("token has no expiry"); default true (nil: default).
+	RequireExp  *bool    `yaml:"require_exp" env:"REQUIRE_EXP"`
+	Audience    []string `yaml:"audience" env:"AUDIENCE"`         // when set, a token's aud must hold one of them
+	Issuer      string   `yaml:"issuer" env:"ISSUER"`             // when set, a token's iss must be it
+	DefaultSend bool     `yaml:"default_send" env:"DEFAULT_SEND"` // tokens without a send claim, and anonymous clients, may send
+	// JWKSURL is an identity provider's JWK Set (http or https), whose RS/PS/ES/EdDSA keys verify
+	// tokens; fetched at start, every JWKSRefresh, and on a token with an unknown kid.
+	JWKSURL     string        `yaml:"jwks_url" env:"JWKS_URL"`
+	JWKSRefresh time.Duration `yaml:"jwks_refresh" env:"JWKS_REFRESH"` // default 1h
+	JWKSTimeout time.Duration `yaml:"jwks_timeout" env:"JWKS_TIMEOUT"` // longest one fetch may take; default 5s
+}
+
+// CanAuthenticate reports whether any way to authenticate clients is configured: a JWT secret,
+// a JWT public key, a JWKS URL or anonymous access.
+func (a AuthConfig) CanAuthenticate() bool {
+	return a.JWTSecret != "" || a.JWTPublicKey != "" || a.JWKSURL != "" || a.AllowAnonymous
+}
+
+// ExpRequired is require_exp with its default applied.
+func (a AuthConfig) ExpRequired() bool {
+	if a.RequireExp == nil {
+		return DefaultRequireExp
+	}
+	return *a.RequireExp
 }
 
 // APIConfig is the HTTP API for services.
@@ -206,7 +240,10 @@ type TLSConfig struct {
 // upgraded, are kept alive by pings and websocket.write_timeout instead).
 type HTTPConfig struct {
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout" env:"READ_HEADER_TIMEOUT"` // longest wait for a request's headers; default 10s
-	IdleTimeout       time.Duration `yaml:"idle_timeout" env:"IDLE_TIMEOUT"`               // keep-alive connection idle before it is closed; default 120s
+	// ReadTimeout bounds the reading of a whole request, headers and body; default 30s. It does not
+	// apply to WebSocket connections once upgraded.
+	ReadTimeout time.Duration `yaml:"read_timeout" env:"READ_TIMEOUT"`
+	IdleTimeout time.Duration `yaml:"idle_timeout" env:"IDLE_TIMEOUT"` // keep-alive connection idle before it is closed; default 120s
 }
 
 // AdminConfig is the optional admin listener: net/http/pprof under /debug/pprof/ and /metrics,
@@ -266,6 +303,9 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Log.Format, DefaultLogFormat)
 	setDefault(&c.HTTP.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	setDefault(&c.HTTP.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&c.HTTP.ReadTimeout, DefaultReadTimeout)
+	setDefault(&c.Auth.JWKSRefresh, DefaultJWKSRefresh)
+	setDefault(&c.Auth.JWKSTimeout, DefaultJWKSTimeout)
 }
 
 func setDefault[T comparable](v *T, def T) {
@@ -352,8 +392,11 @@ func (c *Config) Validate() error {
 			return bad("auth.jwt_public_key", "JWT_PUBLIC_KEY", "cannot read %q: %v", c.Auth.JWTPublicKey, errors.Unwrap(err))
 		}
 	}
-	if c.Auth.JWTSecret == "" && c.Auth.JWTPublicKey == "" && !c.Auth.AllowAnonymous && !c.Development {
-		return bad("auth.jwt_secret", "JWT_SECRET", "no way to authenticate clients: set a JWT secret, a JWT public key (GATEWAY_JWT_PUBLIC_KEY) or GATEWAY_ALLOW_ANONYMOUS=true")
+	if err := c.Auth.validateTokens(); err != nil {
+		return err
+	}
+	if !c.Auth.CanAuthenticate() && !c.Development {
+		return bad("auth.jwt_secret", "JWT_SECRET", "no way to authenticate clients: set a JWT secret, a JWT public key (GATEWAY_JWT_PUBLIC_KEY), a JWKS URL (GATEWAY_JWKS_URL) or GATEWAY_ALLOW_ANONYMOUS=true")
 	}
 	for _, p := range c.Auth.PublicChannels {
 		if !validPattern(p) {
@@ -460,6 +503,31 @@ func (c *Config) Validate() error {
 	return c.validateServer()
 }
 
+// validateTokens checks the token settings: the JWKS URL and its durations, audience, issuer.
+func (a AuthConfig) validateTokens() error {
+	if a.JWKSURL != "" {
+		u, err := url.Parse(a.JWKSURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return bad("auth.jwks_url", "JWKS_URL", "%q is not an http:// or https:// URL", a.JWKSURL)
+		}
+	}
+	if a.JWKSRefresh < time.Second {
+		return bad("auth.jwks_refresh", "JWKS_REFRESH", "must be at least 1s")
+	}
+	if a.JWKSTimeout < time.Millisecond {
+		return bad("auth.jwks_timeout", "JWKS_TIMEOUT", "must be positive")
+	}
+	for _, aud := range a.Audience {
+		if aud == "" {
+			return bad("auth.audience", "AUDIENCE", "entries must not be empty")
+		}
+	}
+	if strings.TrimSpace(a.Issuer) != a.Issuer {
+		return bad("auth.issuer", "ISSUER", "%q has spaces around it", a.Issuer)
+	}
+	return nil
+}
+
 // validateServer checks the listener's settings: TLS, HTTP timeouts and the admin listener.
 func (c *Config) validateServer() error {
 	if err := c.TLS.validate(); err != nil {
@@ -470,6 +538,9 @@ func (c *Config) validateServer() error {
 	}
 	if c.HTTP.IdleTimeout < time.Millisecond {
 		return bad("http.idle_timeout", "HTTP_IDLE_TIMEOUT", "must be positive")
+	}
+	if c.HTTP.ReadTimeout < time.Millisecond {
+		return bad("http.read_timeout", "HTTP_READ_TIMEOUT", "must be positive")
 	}
 	if c.Admin.Addr != "" {
 		if !hostPort(c.Admin.Addr) {

@@ -53,6 +53,7 @@ type Deps struct {
 	AllowAnonymous bool
 	PublicChannels []string // patterns anyone may subscribe to
 	AnonPublish    []string // patterns anonymous clients may publish to
+	DefaultSend    bool     // tokens without a send claim, and anonymous clients, may send
 	MaxReplay      int
 	// HistoryBounds gives the count and age a resume of channel may reach back (history.channels);
 	// zero for no bound of its own. Nil: none.

@@ -7,8 +7,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -144,13 +144,16 @@ func (h *HTTP) apiAuth(w http.ResponseWriter, r *http.Request) bool {
 		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "the HTTP API is off (no API key configured)")
 		return false
 	}
-	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(key), []byte(h.d.APIKey)) != 1 {
+	key := auth.BearerToken(r.Header) // the scheme in any case, like /ws
+	if key == "" || subtle.ConstantTimeCompare([]byte(key), []byte(h.d.APIKey)) != 1 {
 		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "a valid API key is required")
 		return false
 	}
 	return true
 }
+
+// errNotOneObject refuses an API body with more after its JSON object.
+var errNotOneObject = errors.New("nothing may follow the object")
 
 // decodeBody reads a JSON body of at most maxAPIBody into v, answering 400 or 413 when it cannot.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
@@ -159,7 +162,10 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	err := dec.Decode(v)
 	if err == nil {
 		if _, next := dec.Token(); next != io.EOF {
-			err = errors.Join(errors.New("nothing may follow the object"), next)
+			err = errNotOneObject
+			if tooLarge := (*http.MaxBytesError)(nil); errors.As(next, &tooLarge) || errors.Is(next, os.ErrDeadlineExceeded) {
+				err = next
+			}
 		}
 	}
 	var tooLarge *http.MaxBytesError
@@ -168,8 +174,10 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 		return true
 	case errors.As(err, &tooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, protocol.CodeTooLarge, "body over 1 MiB")
+	case errors.Is(err, os.ErrDeadlineExceeded): // http.read_timeout passed before the whole body came
+		writeError(w, http.StatusRequestTimeout, protocol.CodeBadRequest, "the request body did not arrive in time")
 	default:
-		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "body must be one JSON object: "+strings.ReplaceAll(err.Error(), "\n", ": "))
+		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "body must be one JSON object: "+err.Error())
 	}
 	return false
 }

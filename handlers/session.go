@@ -296,10 +296,18 @@ func unavailable(what string, err error) error {
 }
 
 // Authorize is the router's auth check for submitted messages: a client publishes only where its
-// token (or, for anonymous clients, the configuration) allows. API messages carry no claims.
+// token (or, for anonymous clients, the configuration) allows, and sends to the services only when
+// its token's send claim (or, without one, auth.default_send) allows. API messages carry no claims.
 func (s *Sessions) Authorize(msg *message.Message) error {
 	st, ok := stateFrom(msg.Context())
-	if !ok || msg.Metadata.Get(transports.MetaKind) != KindPublish {
+	if !ok {
+		return nil
+	}
+	switch msg.Metadata.Get(transports.MetaKind) {
+	case KindSend:
+		return s.authorizeSend(st.claims)
+	case KindPublish:
+	default:
 		return nil
 	}
 	claims := st.claims
@@ -313,6 +321,19 @@ func (s *Sessions) Authorize(msg *message.Message) error {
 	}
 	if !auth.Match(allowed, ch) {
 		return protocol.Errorf(protocol.CodeForbidden, "not allowed to publish to %s", ch)
+	}
+	return nil
+}
+
+// authorizeSend lets a client send to the services when its token says "send": true, or, for
+// tokens without the claim and anonymous clients, when auth.default_send is set.
+func (s *Sessions) authorizeSend(claims *auth.Claims) error {
+	allowed := s.d.DefaultSend
+	if claims.HasSend {
+		allowed = claims.Send
+	}
+	if !allowed {
+		return protocol.Errorf(protocol.CodeForbidden, "not allowed to send (the token has no \"send\": true)")
 	}
 	return nil
 }

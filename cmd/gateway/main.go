@@ -47,7 +47,7 @@ func run() int {
 		return 0
 	}
 	if *token != "" {
-		t, err := auth.SignHS256([]byte(cfg.Auth.JWTSecret), *token, 24*time.Hour, []string{"*"}, []string{"*"})
+		t, err := auth.SignHS256([]byte(cfg.Auth.JWTSecret), *token, 24*time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "gateway: -token needs GATEWAY_JWT_SECRET:", err)
 			return 2
@@ -86,7 +86,7 @@ func newLogger(c configs.LogConfig) *slog.Logger {
 func developmentMode(cfg *configs.Config, log *slog.Logger) {
 	cfg.Auth.JWTSecret = randomHex(32)
 	cfg.API.Key = randomHex(16)
-	token, _ := auth.SignHS256([]byte(cfg.Auth.JWTSecret), "dev", 24*time.Hour, []string{"*"}, []string{"*"})
+	token, _ := auth.SignHS256([]byte(cfg.Auth.JWTSecret), "dev", 24*time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
 	log.Warn("DEVELOPMENT MODE: no configuration given, so this node made up a JWT secret and an API key; never run it like this in production",
 		"jwt_secret", cfg.Auth.JWTSecret, "api_key", cfg.API.Key)
 	fmt.Fprintf(os.Stderr, "\n  Try it:  websocat 'ws://localhost%s/ws?token=%s'\n  Publish: curl -H 'Authorization: Bearer %s' -d '{\"channel\":\"news\",\"data\":{\"hello\":\"world\"}}' http://localhost%s/api/publish\n\n",

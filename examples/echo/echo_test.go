@@ -109,7 +109,7 @@ func deleteStreams(t *testing.T, prefix string) {
 
 func dial(t *testing.T, base, user string) (*wstest.Client, string) {
 	t.Helper()
-	tok, err := auth.SignHS256([]byte(testSecret), user, time.Hour, []string{"*"}, []string{"*"})
+	tok, err := auth.SignHS256([]byte(testSecret), user, time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -191,7 +191,7 @@ func runEmbedded(ctx context.Context, cfg *configs.Config, group string, log *sl
 	}
 	addr := ln.Addr().String()
 	if cfg.Auth.JWTSecret != "" {
-		token, _ := auth.SignHS256([]byte(cfg.Auth.JWTSecret), "dev", 24*time.Hour, []string{"*"}, []string{"*"})
+		token, _ := auth.SignHS256([]byte(cfg.Auth.JWTSecret), "dev", 24*time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
 		_, port, _ := net.SplitHostPort(addr)
 		fmt.Fprintf(stderr, "\n  Connect: websocat 'ws://localhost:%s/ws?token=%s'\n  Then send: {\"type\":\"send\",\"id\":\"1\",\"data\":{\"hello\":\"world\"}}\n\n", port, token)
 	}

@@ -4,16 +4,18 @@
 // A token carries:
 //
 //   - sub (required): the user id;
-//   - exp (optional): honoured strictly, with no leeway;
+//   - exp (required unless RequireExp(false)): honoured strictly, with no leeway;
 //   - nbf, iat (optional): checked with a small clock-skew tolerance;
+//   - aud, iss: checked when an Audience or Issuer option is given;
 //   - channels (optional): patterns the connection may subscribe to;
-//   - publish (optional): patterns it may publish to.
+//   - publish (optional): patterns it may publish to;
+//   - send (optional): true or false, whether it may send to the services.
 //
 // Algorithms are pinned to the configured key type: HS256 for the shared
 // secret; RS256/RS384/RS512, ES256/ES384/ES512 (by curve) or EdDSA for the
-// public key. "none" is never accepted, and a token is only ever checked
-// against the key of its own algorithm family, so the RS/HS key-confusion
-// attack cannot work.
+// public key; RS*, PS*, ES* and EdDSA for the keys of a JWKS URL. "none" is
+// never accepted, and a token is only ever checked against a key of its own
+// algorithm family, so the RS/HS key-confusion attack cannot work.
 package auth
 
 import (
@@ -39,6 +41,10 @@ import (
 // ErrInvalidToken is wrapped by every error Verify returns.
 var ErrInvalidToken = errors.New("invalid token")
 
+// ErrNoExpiry is wrapped (together with ErrInvalidToken) by the error Verify
+// returns for a token without exp when exp is required.
+var ErrNoExpiry = errors.New("token has no expiry")
+
 // ErrExpired is wrapped (together with ErrInvalidToken) by the error Verify
 // returns for a token whose exp has passed.
 var ErrExpired = errors.New("token expired")
@@ -56,27 +62,73 @@ type Claims struct {
 	Channels    []string  // "channels" claim: patterns the connection may subscribe to
 	HasChannels bool      // whether the "channels" claim was present (without it, only public channels)
 	Publish     []string  // "publish" claim: patterns it may publish to; absent = none
+	Send        bool      // "send" claim: whether it may send to the services
+	HasSend     bool      // whether the "send" claim was present (without it, the node's default)
 	ExpiresAt   time.Time // zero when the token has no exp
 }
 
-// Verifier checks connection tokens. It is immutable once built and safe for
-// concurrent use.
+// Verifier checks connection tokens. Its settings are fixed once built; it is
+// safe for concurrent use. Close stops the JWKS refresh, if any.
 type Verifier struct {
-	secret  []byte           // HS256 key; nil when not configured
-	pub     crypto.PublicKey // *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey; nil when not configured
-	methods []string         // algorithms accepted, derived from the configured keys
-	parser  *jwt.Parser
-	now     func() time.Time // replaced in tests
+	secret     []byte           // HS256 key; nil when not configured
+	pub        crypto.PublicKey // *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey; nil when not configured
+	jwks       *jwks            // keys of a JWKS URL; nil when not configured
+	methods    []string         // algorithms accepted, derived from the configured keys
+	requireExp bool
+	parser     *jwt.Parser
+	now        func() time.Time // replaced in tests
+}
+
+// Option sets a Verifier's checks beyond its keys.
+type Option func(*verifierOptions)
+
+type verifierOptions struct {
+	requireExp bool
+	audience   []string
+	issuer     string
+	jwks       *JWKSConfig
+}
+
+// RequireExp says whether tokens without exp are refused (ErrNoExpiry); the
+// default is true.
+func RequireExp(require bool) Option {
+	return func(o *verifierOptions) { o.requireExp = require }
+}
+
+// Audience refuses tokens whose aud claim holds none of aud (no aud at all
+// included). Without it, aud is not checked.
+func Audience(aud ...string) Option {
+	return func(o *verifierOptions) { o.audience = aud }
+}
+
+// Issuer refuses tokens whose iss claim is not iss (no iss at all included).
+// Without it (or with ""), iss is not checked.
+func Issuer(iss string) Option {
+	return func(o *verifierOptions) { o.issuer = iss }
+}
+
+// JWKS adds the keys of a JWKS URL (see JWKSConfig).
+func JWKS(c JWKSConfig) Option {
+	return func(o *verifierOptions) { o.jwks = &c }
 }
 
 // NewVerifier accepts an HS256 secret, a PEM public key (RSA -> RS256/RS384/RS512,
-// ECDSA -> ES256/ES384/ES512 by curve, Ed25519 -> EdDSA), or both. At least one
-// is required. An empty secret counts as none.
+// ECDSA -> ES256/ES384/ES512 by curve, Ed25519 -> EdDSA), the JWKS option, or
+// any of them together. At least one is required. An empty secret counts as
+// none.
 //
 // The PEM may hold a "PUBLIC KEY" (PKIX), an "RSA PUBLIC KEY" (PKCS #1) or a
 // "CERTIFICATE" block; the first such block is used.
-func NewVerifier(secret []byte, publicKeyPEM []byte) (*Verifier, error) {
-	v := &Verifier{now: time.Now}
+//
+// With the JWKS option NewVerifier fetches the key set once (a failure is
+// logged, not returned: tokens are refused until a fetch succeeds) and starts
+// its refresh, which Close stops.
+func NewVerifier(secret []byte, publicKeyPEM []byte, opts ...Option) (*Verifier, error) {
+	o := verifierOptions{requireExp: true}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	v := &Verifier{now: time.Now, requireExp: o.requireExp}
 	if len(secret) > 0 {
 		v.secret = bytes.Clone(secret)
 		v.methods = append(v.methods, jwt.SigningMethodHS256.Alg())
@@ -93,16 +145,44 @@ func NewVerifier(secret []byte, publicKeyPEM []byte) (*Verifier, error) {
 		v.pub = pub
 		v.methods = append(v.methods, methods...)
 	}
-	if len(v.methods) == 0 {
-		return nil, errors.New("auth: neither a JWT secret nor a public key is configured")
+	if o.jwks != nil {
+		if err := o.jwks.check(); err != nil {
+			return nil, err
+		}
+		for _, m := range jwksMethods {
+			if !slices.Contains(v.methods, m) {
+				v.methods = append(v.methods, m)
+			}
+		}
 	}
-	v.parser = jwt.NewParser(
+	if len(v.methods) == 0 {
+		return nil, errors.New("auth: neither a JWT secret, a public key nor a JWKS URL is configured")
+	}
+	popts := []jwt.ParserOption{
 		jwt.WithValidMethods(v.methods),
 		jwt.WithLeeway(clockSkew), // for nbf/iat; exp is re-checked strictly below
 		jwt.WithIssuedAt(),
 		jwt.WithTimeFunc(func() time.Time { return v.now() }),
-	)
+	}
+	if len(o.audience) > 0 {
+		popts = append(popts, jwt.WithAudience(o.audience...))
+	}
+	if o.issuer != "" {
+		popts = append(popts, jwt.WithIssuer(o.issuer))
+	}
+	v.parser = jwt.NewParser(popts...)
+	if o.jwks != nil {
+		v.jwks = newJWKS(*o.jwks) // last: nothing to stop when an earlier check fails
+	}
 	return v, nil
+}
+
+// Close stops the JWKS refresh (nothing to do without a JWKS URL). Tokens
+// whose key is not cached any more are refused after it.
+func (v *Verifier) Close() {
+	if v != nil && v.jwks != nil {
+		v.jwks.close()
+	}
 }
 
 // parsePublicKey finds the first public key in a PEM document and returns it
@@ -162,6 +242,7 @@ type tokenClaims struct {
 	jwt.RegisteredClaims
 	Channels json.RawMessage `json:"channels,omitempty"`
 	Publish  json.RawMessage `json:"publish,omitempty"`
+	Send     json.RawMessage `json:"send,omitempty"`
 }
 
 // invalid builds the error returned for a refused token. reason is short and
@@ -170,43 +251,65 @@ func invalid(reason string) error {
 	return fmt.Errorf("%w: %s", ErrInvalidToken, reason)
 }
 
-var errExpired = fmt.Errorf("%w: %w", ErrInvalidToken, ErrExpired)
+var (
+	errExpired  = fmt.Errorf("%w: %w", ErrInvalidToken, ErrExpired)
+	errNoExpiry = fmt.Errorf("%w: %w", ErrInvalidToken, ErrNoExpiry)
+)
 
 // keyFor returns the key for the token's algorithm, and refuses any algorithm
 // whose family differs from the configured key (belt and braces on top of
 // WithValidMethods).
+//
+// An asymmetric token is checked against the configured public key when its
+// type fits and the token has no kid (or no JWKS URL is configured), and
+// against the JWKS keys otherwise. HMAC tokens never reach the JWKS.
 func (v *Verifier) keyFor(t *jwt.Token) (any, error) {
 	alg := t.Method.Alg()
 	if !slices.Contains(v.methods, alg) {
 		return nil, errors.New("algorithm not allowed")
 	}
-	switch t.Method.(type) {
-	case *jwt.SigningMethodHMAC:
+	if _, ok := t.Method.(*jwt.SigningMethodHMAC); ok {
 		if v.secret != nil && alg == jwt.SigningMethodHS256.Alg() {
 			return v.secret, nil
 		}
-	case *jwt.SigningMethodRSA:
-		if k, ok := v.pub.(*rsa.PublicKey); ok {
-			return k, nil
-		}
-	case *jwt.SigningMethodECDSA:
-		if k, ok := v.pub.(*ecdsa.PublicKey); ok {
-			return k, nil
-		}
-	case *jwt.SigningMethodEd25519:
-		if k, ok := v.pub.(ed25519.PublicKey); ok {
-			return k, nil
-		}
+		return nil, errors.New("algorithm not allowed")
+	}
+	_, hasKID := t.Header["kid"]
+	if k := v.staticKey(t.Method); k != nil && (v.jwks == nil || !hasKID) {
+		return k, nil
+	}
+	if v.jwks != nil && slices.Contains(jwksMethods, alg) {
+		return v.jwks.key(t)
 	}
 	return nil, errors.New("algorithm not allowed")
 }
 
+// staticKey is the configured public key when its type fits method, else nil.
+func (v *Verifier) staticKey(method jwt.SigningMethod) any {
+	switch method.(type) {
+	case *jwt.SigningMethodRSA:
+		if k, ok := v.pub.(*rsa.PublicKey); ok {
+			return k
+		}
+	case *jwt.SigningMethodECDSA:
+		if k, ok := v.pub.(*ecdsa.PublicKey); ok {
+			return k
+		}
+	case *jwt.SigningMethodEd25519:
+		if k, ok := v.pub.(ed25519.PublicKey); ok {
+			return k
+		}
+	}
+	return nil
+}
+
 // Verify parses and checks a token: signature, algorithm (allowed for the
-// configured key type only), exp (strictly), nbf and iat when present, sub
-// (required, non-empty), and the types of channels and publish (arrays of
-// strings when present; null counts as absent). Every error wraps
-// ErrInvalidToken, an expired token's also ErrExpired; the message is short
-// and safe to show a client.
+// configured key type only), exp (strictly; required unless RequireExp(false)),
+// nbf and iat when present, aud and iss when configured, sub (required,
+// non-empty), and the types of channels and publish (arrays of strings when
+// present; null counts as absent) and send (a boolean). Every error wraps
+// ErrInvalidToken, an expired token's also ErrExpired, a token without exp
+// ErrNoExpiry; the message is short and safe to show a client.
 func (v *Verifier) Verify(token string) (*Claims, error) {
 	if token == "" {
 		return nil, invalid("missing")
@@ -226,6 +329,9 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	if tc.ExpiresAt != nil && !v.now().Before(tc.ExpiresAt.Time) {
 		return nil, errExpired
 	}
+	if tc.ExpiresAt == nil && v.requireExp {
+		return nil, errNoExpiry
+	}
 	if tc.Subject == "" {
 		return nil, invalid("missing sub")
 	}
@@ -239,6 +345,15 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	if c.Publish, _, err = stringArray(tc.Publish); err != nil {
 		return nil, invalid("publish claim must be an array of strings")
 	}
+	switch string(bytes.TrimSpace(tc.Send)) {
+	case "", "null":
+	case "true":
+		c.Send, c.HasSend = true, true
+	case "false":
+		c.HasSend = true
+	default:
+		return nil, invalid("send claim must be true or false")
+	}
 	return c, nil
 }
 
@@ -246,6 +361,8 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 // is detailed and not meant for clients.
 func (v *Verifier) classify(t *jwt.Token, err error) error {
 	switch {
+	case errors.Is(err, errUnknownKey):
+		return invalid("unknown signing key")
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return invalid("malformed")
 	case errors.Is(err, jwt.ErrTokenUnverifiable):
@@ -263,6 +380,10 @@ func (v *Verifier) classify(t *jwt.Token, err error) error {
 		return invalid("not valid yet")
 	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
 		return invalid("issued in the future")
+	case errors.Is(err, jwt.ErrTokenInvalidAudience), errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && strings.Contains(err.Error(), "aud claim"):
+		return invalid("audience not accepted")
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer), errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && strings.Contains(err.Error(), "iss claim"):
+		return invalid("issuer not accepted")
 	}
 	return invalid("invalid claims")
 }
@@ -294,15 +415,23 @@ func stringArray(raw json.RawMessage) (list []string, present bool, err error) {
 // scheme in any case) or the "token" query parameter ("" if none). The header
 // wins when both are present.
 func TokenFromRequest(r *http.Request) string {
-	if scheme, rest, ok := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " "); ok && strings.EqualFold(scheme, "Bearer") {
-		if tok := strings.TrimSpace(rest); tok != "" {
-			return tok
-		}
+	if tok := BearerToken(r.Header); tok != "" {
+		return tok
 	}
 	if r.URL == nil {
 		return ""
 	}
 	return r.URL.Query().Get("token")
+}
+
+// BearerToken returns the credentials of "Authorization: Bearer <token>", the
+// scheme in any case (RFC 7235), or "" when the header is absent or of another
+// scheme.
+func BearerToken(h http.Header) string {
+	if scheme, rest, ok := strings.Cut(strings.TrimSpace(h.Get("Authorization")), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		return strings.TrimSpace(rest)
+	}
+	return ""
 }
 
 // Match reports whether channel matches one of patterns: exact match, or an
@@ -321,10 +450,18 @@ func Match(patterns []string, channel string) bool {
 	return false
 }
 
+// SignOption adds a claim to a token made by SignHS256.
+type SignOption func(claims map[string]any)
+
+// AllowSend writes the claim "send": true.
+func AllowSend() SignOption {
+	return func(c map[string]any) { c["send"] = true }
+}
+
 // SignHS256 makes an HS256 token (for the development mode and tests) with the
 // claims sub, exp (if ttl > 0), channels and publish (each omitted when nil;
-// an empty non-nil slice is written as []).
-func SignHS256(secret []byte, sub string, ttl time.Duration, channels, publish []string) (string, error) {
+// an empty non-nil slice is written as []), and those of opts.
+func SignHS256(secret []byte, sub string, ttl time.Duration, channels, publish []string, opts ...SignOption) (string, error) {
 	if len(secret) == 0 {
 		return "", errors.New("auth: empty HS256 secret")
 	}
@@ -340,6 +477,9 @@ func SignHS256(secret []byte, sub string, ttl time.Duration, channels, publish [
 	}
 	if publish != nil {
 		claims["publish"] = publish
+	}
+	for _, o := range opts {
+		o(claims)
 	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
 }

@@ -116,6 +116,10 @@ func newVerifier(t *testing.T, secret, pemKey []byte) *Verifier {
 func TestVerify(t *testing.T) {
 	keys(t)
 	hsV := newVerifier(t, hsSecret, nil)
+	hsNoExpV, err := NewVerifier(hsSecret, nil, RequireExp(false))
+	if err != nil {
+		t.Fatal(err)
+	}
 	rsV := newVerifier(t, nil, rsaPEM)
 	esV := newVerifier(t, nil, ecPEM)
 	es384V := newVerifier(t, nil, ec384PEM)
@@ -158,7 +162,9 @@ func TestVerify(t *testing.T) {
 		{"EdDSA ok", edV, sign(t, jwt.SigningMethodEdDSA, edKey, ok), want{user: "alice", exp: true}},
 		{"both keys: HS256 ok", bothV, hsTok, want{user: "alice", exp: true}},
 		{"both keys: RS256 ok", bothV, sign(t, jwt.SigningMethodRS256, rsaKey, ok), want{user: "alice", exp: true}},
-		{"no exp ok, ExpiresAt zero", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "bob"}), want{user: "bob"}},
+		{"no exp ok when not required, ExpiresAt zero", hsNoExpV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "bob"}), want{user: "bob"}},
+		{"no exp refused (required by default)", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "bob"}), want{err: ErrNoExpiry, reason: "token has no expiry"}},
+		{"no exp refused (RS256)", rsV, sign(t, jwt.SigningMethodRS256, rsaKey, jwt.MapClaims{"sub": "bob"}), want{err: ErrNoExpiry, reason: "token has no expiry"}},
 
 		// alg none and friends.
 		{"alg none refused (HS verifier)", hsV, noneTok, want{err: ErrInvalidToken, reason: "algorithm not allowed"}},
@@ -176,10 +182,10 @@ func TestVerify(t *testing.T) {
 		// Expiry and times.
 		{"expired refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "alice", "exp": past}), want{err: ErrExpired, reason: "expired"}},
 		{"expired refused (RS256)", rsV, sign(t, jwt.SigningMethodRS256, rsaKey, jwt.MapClaims{"sub": "alice", "exp": past}), want{err: ErrExpired, reason: "expired"}},
-		{"nbf in future refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "alice", "nbf": future}), want{err: ErrInvalidToken, reason: "not valid yet"}},
-		{"nbf in past ok", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "alice", "nbf": past}), want{user: "alice"}},
-		{"iat in future refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "alice", "iat": future}), want{err: ErrInvalidToken, reason: "issued in the future"}},
-		{"iat in past ok", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "alice", "iat": past}), want{user: "alice"}},
+		{"nbf in future refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "alice", "nbf": future}), want{err: ErrInvalidToken, reason: "not valid yet"}},
+		{"nbf in past ok", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "alice", "nbf": past}), want{user: "alice", exp: true}},
+		{"iat in future refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "alice", "iat": future}), want{err: ErrInvalidToken, reason: "issued in the future"}},
+		{"iat in past ok", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "alice", "iat": past}), want{user: "alice", exp: true}},
 		{"exp not a number refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "alice", "exp": "tomorrow"}), want{err: ErrInvalidToken, reason: "malformed"}},
 
 		// Wrong keys.
@@ -213,22 +219,22 @@ func TestVerify(t *testing.T) {
 		// sub.
 		{"missing sub", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future}), want{err: ErrInvalidToken, reason: "missing sub"}},
 		{"empty sub", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "", "exp": future}), want{err: ErrInvalidToken, reason: "missing sub"}},
-		{"sub not a string", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": 42}), want{err: ErrInvalidToken, reason: "malformed"}},
+		{"sub not a string", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": 42}), want{err: ErrInvalidToken, reason: "malformed"}},
 
 		// channels / publish.
-		{"channels absent", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a"}), want{user: "a"}},
-		{"channels null = absent", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "channels": nil}), want{user: "a"}},
-		{"channels empty", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "channels": []string{}}), want{user: "a", channels: []string{}, hasChannels: true}},
-		{"channels list", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "channels": []string{"room:*", "news"}}), want{user: "a", channels: []string{"room:*", "news"}, hasChannels: true}},
-		{"channels a string refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "channels": "room:*"}), want{err: ErrInvalidToken, reason: "channels claim must be an array of strings"}},
-		{"channels an object refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "channels": map[string]any{"room": true}}), want{err: ErrInvalidToken, reason: "channels claim"}},
-		{"channels a number refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "channels": 1}), want{err: ErrInvalidToken, reason: "channels claim"}},
-		{"channels with a number refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "channels": []any{"room", 1}}), want{err: ErrInvalidToken, reason: "channels claim"}},
-		{"channels with a null refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "channels": []any{"room", nil}}), want{err: ErrInvalidToken, reason: "channels claim"}},
-		{"publish list", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "publish": []string{"chat:*"}}), want{user: "a", publish: []string{"chat:*"}}},
-		{"publish empty", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "publish": []string{}}), want{user: "a", publish: []string{}}},
-		{"publish not an array refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "publish": "chat:*"}), want{err: ErrInvalidToken, reason: "publish claim must be an array of strings"}},
-		{"publish with a bool refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "a", "publish": []any{true}}), want{err: ErrInvalidToken, reason: "publish claim"}},
+		{"channels absent", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a"}), want{user: "a", exp: true}},
+		{"channels null = absent", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "channels": nil}), want{user: "a", exp: true}},
+		{"channels empty", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "channels": []string{}}), want{user: "a", channels: []string{}, hasChannels: true, exp: true}},
+		{"channels list", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "channels": []string{"room:*", "news"}}), want{user: "a", channels: []string{"room:*", "news"}, hasChannels: true, exp: true}},
+		{"channels a string refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "channels": "room:*"}), want{err: ErrInvalidToken, reason: "channels claim must be an array of strings"}},
+		{"channels an object refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "channels": map[string]any{"room": true}}), want{err: ErrInvalidToken, reason: "channels claim"}},
+		{"channels a number refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "channels": 1}), want{err: ErrInvalidToken, reason: "channels claim"}},
+		{"channels with a number refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "channels": []any{"room", 1}}), want{err: ErrInvalidToken, reason: "channels claim"}},
+		{"channels with a null refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "channels": []any{"room", nil}}), want{err: ErrInvalidToken, reason: "channels claim"}},
+		{"publish list", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "publish": []string{"chat:*"}}), want{user: "a", publish: []string{"chat:*"}, exp: true}},
+		{"publish empty", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "publish": []string{}}), want{user: "a", publish: []string{}, exp: true}},
+		{"publish not an array refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "publish": "chat:*"}), want{err: ErrInvalidToken, reason: "publish claim must be an array of strings"}},
+		{"publish with a bool refused", hsV, sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"exp": future, "sub": "a", "publish": []any{true}}), want{err: ErrInvalidToken, reason: "publish claim"}},
 		{"channels and publish", rsV, sign(t, jwt.SigningMethodRS256, rsaKey, jwt.MapClaims{"sub": "a", "exp": future, "channels": []string{"*"}, "publish": []string{"x"}}), want{user: "a", channels: []string{"*"}, hasChannels: true, publish: []string{"x"}, exp: true}},
 	}
 	for _, tc := range tests {
@@ -310,9 +316,9 @@ func TestVerifyTimeBoundaries(t *testing.T) {
 		{"at exp expired", base, tok(jwt.MapClaims{"exp": base.Unix()}), ErrExpired},
 		{"1s after exp expired (no leeway)", base.Add(time.Second), tok(jwt.MapClaims{"exp": base.Unix()}), ErrExpired},
 		{"1 day after exp expired", base.Add(24 * time.Hour), tok(jwt.MapClaims{"exp": base.Unix()}), ErrExpired},
-		{"nbf 2s ahead tolerated", base, tok(jwt.MapClaims{"nbf": base.Add(2 * time.Second).Unix()}), nil},
+		{"nbf 2s ahead tolerated", base, tok(jwt.MapClaims{"exp": base.Add(time.Hour).Unix(), "nbf": base.Add(2 * time.Second).Unix()}), nil},
 		{"nbf 1m ahead refused", base, tok(jwt.MapClaims{"nbf": base.Add(time.Minute).Unix()}), ErrInvalidToken},
-		{"iat 2s ahead tolerated", base, tok(jwt.MapClaims{"iat": base.Add(2 * time.Second).Unix()}), nil},
+		{"iat 2s ahead tolerated", base, tok(jwt.MapClaims{"exp": base.Add(time.Hour).Unix(), "iat": base.Add(2 * time.Second).Unix()}), nil},
 		{"iat 1m ahead refused", base, tok(jwt.MapClaims{"iat": base.Add(time.Minute).Unix()}), ErrInvalidToken},
 	}
 	for _, tc := range tests {
@@ -424,8 +430,8 @@ func TestNewVerifier(t *testing.T) {
 		pem []byte
 		tok string
 	}{
-		"PKCS1":       {pkcs1PEM, sign(t, jwt.SigningMethodRS256, rsaKey, jwt.MapClaims{"sub": "a"})},
-		"certificate": {certPEM, sign(t, jwt.SigningMethodEdDSA, edKey, jwt.MapClaims{"sub": "a"})},
+		"PKCS1":       {pkcs1PEM, sign(t, jwt.SigningMethodRS256, rsaKey, jwt.MapClaims{"sub": "a", "exp": time.Now().Add(time.Hour).Unix()})},
+		"certificate": {certPEM, sign(t, jwt.SigningMethodEdDSA, edKey, jwt.MapClaims{"sub": "a", "exp": time.Now().Add(time.Hour).Unix()})},
 	} {
 		if _, err := newVerifier(t, nil, tcase.pem).Verify(tcase.tok); err != nil {
 			t.Errorf("%s: Verify: %v", name, err)
@@ -434,7 +440,10 @@ func TestNewVerifier(t *testing.T) {
 }
 
 func TestSignHS256(t *testing.T) {
-	v := newVerifier(t, hsSecret, nil)
+	v, err := NewVerifier(hsSecret, nil, RequireExp(false)) // SignHS256 writes no exp when ttl is 0
+	if err != nil {
+		t.Fatal(err)
+	}
 	payloadOf := func(tok string) map[string]json.RawMessage {
 		parts := strings.Split(tok, ".")
 		if len(parts) != 3 {
@@ -593,11 +602,12 @@ func TestMatch(t *testing.T) {
 func TestVerifyConcurrent(t *testing.T) {
 	keys(t)
 	v := newVerifier(t, hsSecret, edPEM)
+	exp := time.Now().Add(time.Hour).Unix()
 	good := []string{
-		sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "h", "channels": []string{"a"}}),
-		sign(t, jwt.SigningMethodEdDSA, edKey, jwt.MapClaims{"sub": "e", "publish": []string{"b"}}),
+		sign(t, jwt.SigningMethodHS256, hsSecret, jwt.MapClaims{"sub": "h", "exp": exp, "channels": []string{"a"}}),
+		sign(t, jwt.SigningMethodEdDSA, edKey, jwt.MapClaims{"sub": "e", "exp": exp, "publish": []string{"b"}}),
 	}
-	bad := sign(t, jwt.SigningMethodEdDSA, edKey2, jwt.MapClaims{"sub": "x"})
+	bad := sign(t, jwt.SigningMethodEdDSA, edKey2, jwt.MapClaims{"sub": "x", "exp": exp})
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
 	for i := range 16 {

@@ -87,7 +87,7 @@ func (c *cluster) service(opts ...service.Option) *service.Service {
 
 func (c *cluster) dial(user string) (*wstest.Client, string) {
 	c.t.Helper()
-	tok, err := auth.SignHS256([]byte(testSecret), user, time.Hour, []string{"*"}, []string{"*"})
+	tok, err := auth.SignHS256([]byte(testSecret), user, time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -781,7 +781,7 @@ func TestNew(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tok, _ := auth.SignHS256([]byte(testSecret), "alice", time.Hour, []string{"*"}, []string{"*"})
+			tok, _ := auth.SignHS256([]byte(testSecret), "alice", time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
 			cl, w := wstest.Dial(t, url, tok)
 			cl.Subscribe("news")
 			cl.Send(`{"type":"send","id":"s","data":{"q":1},"msg_id":"n1"}`)

@@ -144,13 +144,14 @@ export async function apiPublish(node, body) {
 const b64url = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
 
 /**
- * token makes an HS256 connection token for sub. channels and publish default to everything;
- * ttl is in seconds.
+ * token makes an HS256 connection token for sub. channels and publish default to everything, send
+ * to true (the gateway refuses sends of tokens without "send": true by default); ttl is in seconds.
  */
-export function token(sub, { channels = ['*'], publish = ['*'], ttl = 3600 } = {}) {
+export function token(sub, { channels = ['*'], publish = ['*'], send = true, ttl = 3600 } = {}) {
   const claims = { sub, exp: Math.floor(Date.now() / 1000) + ttl };
   if (channels) claims.channels = channels;
   if (publish) claims.publish = publish;
+  if (send !== undefined) claims.send = send;
   const unsigned = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url(claims)}`;
   return `${unsigned}.${createHmac('sha256', secret).update(unsigned).digest('base64url')}`;
 }
