@@ -42,6 +42,9 @@ const (
 
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
+
+	// DefaultBrokerConnectTimeout 0: a starting node waits for its broker for ever.
+	DefaultBrokerConnectTimeout time.Duration = 0
 )
 
 // Broker names.
@@ -60,6 +63,9 @@ type Config struct {
 	NodeID      string `yaml:"node_id" env:"NODE_ID"`           // unique in the cluster; default host name + random suffix
 	Broker      string `yaml:"broker" env:"BROKER"`             // memory, nats, jetstream, redis or kafka
 	TopicPrefix string `yaml:"topic_prefix" env:"TOPIC_PREFIX"` // prefix of every broker name the gateway uses
+	// BrokerConnectTimeout is how long a starting node waits for its broker before it gives up
+	// (exit 1); 0 waits for ever, retrying with backoff while /readyz says 503.
+	BrokerConnectTimeout time.Duration `yaml:"broker_connect_timeout" env:"BROKER_CONNECT_TIMEOUT"`
 
 	NATS      NATSConfig      `yaml:"nats" envPrefix:"NATS_"`
 	JetStream JetStreamConfig `yaml:"jetstream" envPrefix:"JETSTREAM_"`
@@ -79,8 +85,11 @@ type Config struct {
 	HTTP      HTTPConfig      `yaml:"http" envPrefix:"HTTP_"`
 	Admin     AdminConfig     `yaml:"admin" envPrefix:"ADMIN_"`
 
-	// Development is set by Load when the node runs on the embedded default with no
-	// configuration at all; it then makes up a JWT secret and says so.
+	// Development is set by Load when no way to authenticate clients is configured
+	// (AuthConfig.Configured) and the broker is the embedded memory broker, where one node is
+	// the whole cluster: the node then makes up a JWT secret and says so. On a shared broker
+	// each node would make up its own secret and refuse the others' tokens, so there it is an
+	// error instead.
 	Development bool `yaml:"-" env:"-"`
 }
 
@@ -121,6 +130,13 @@ type AuthConfig struct {
 	AllowAnonymous   bool     `yaml:"allow_anonymous" env:"ALLOW_ANONYMOUS"`     // connect without a token, user id empty
 	PublicChannels   []string `yaml:"public_channels" env:"PUBLIC_CHANNELS"`     // channels anyone may subscribe to ("news", "room:*")
 	AnonymousPublish []string `yaml:"anonymous_publish" env:"ANONYMOUS_PUBLISH"` // channels anonymous clients may publish to
+}
+
+// Configured reports whether a way to authenticate clients is configured: a JWT secret, a JWT
+// public key, or anonymous connections. Without one, Load runs the memory broker in development
+// mode and Validate refuses every other broker. Every new way to authenticate belongs here.
+func (a AuthConfig) Configured() bool {
+	return a.JWTSecret != "" || a.JWTPublicKey != "" || a.AllowAnonymous
 }
 
 // APIConfig is the HTTP API for services.
@@ -302,6 +318,11 @@ func (e *KeyError) Error() string {
 	return fmt.Sprintf("invalid setting %s (%s): %s", e.Key, e.Env, e.Reason)
 }
 
+// noAuthReason says why a node without a way to authenticate clients is refused, and what to set.
+const noAuthReason = "no way to authenticate clients: set auth.jwt_secret (GATEWAY_JWT_SECRET), auth.jwt_public_key " +
+	"(GATEWAY_JWT_PUBLIC_KEY) or auth.allow_anonymous (GATEWAY_ALLOW_ANONYMOUS=true); development mode, which makes up " +
+	"a secret, runs only on the embedded memory broker (GATEWAY_BROKER=memory), since nodes sharing a broker would each make up their own"
+
 func bad(key, env, format string, args ...any) error {
 	return &KeyError{Key: key, Env: "GATEWAY_" + env, Reason: fmt.Sprintf(format, args...)}
 }
@@ -318,6 +339,9 @@ func (c *Config) Validate() error {
 	case BrokerMemory, BrokerNATS, BrokerJetStream, BrokerRedis, BrokerKafka:
 	default:
 		return bad("broker", "BROKER", "%q is not one of memory, nats, jetstream, redis, kafka", c.Broker)
+	}
+	if c.BrokerConnectTimeout < 0 {
+		return bad("broker_connect_timeout", "BROKER_CONNECT_TIMEOUT", "must not be negative (0 waits for ever)")
 	}
 	if c.TopicPrefix == "" || len(c.TopicPrefix) > 32 || strings.Trim(c.TopicPrefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
 		return bad("topic_prefix", "TOPIC_PREFIX", "%q must be 1 to 32 of [A-Za-z0-9-]", c.TopicPrefix)
@@ -352,8 +376,8 @@ func (c *Config) Validate() error {
 			return bad("auth.jwt_public_key", "JWT_PUBLIC_KEY", "cannot read %q: %v", c.Auth.JWTPublicKey, errors.Unwrap(err))
 		}
 	}
-	if c.Auth.JWTSecret == "" && c.Auth.JWTPublicKey == "" && !c.Auth.AllowAnonymous && !c.Development {
-		return bad("auth.jwt_secret", "JWT_SECRET", "no way to authenticate clients: set a JWT secret, a JWT public key (GATEWAY_JWT_PUBLIC_KEY) or GATEWAY_ALLOW_ANONYMOUS=true")
+	if !c.Auth.Configured() && !c.Development {
+		return bad("auth.jwt_secret", "JWT_SECRET", "%s", noAuthReason)
 	}
 	for _, p := range c.Auth.PublicChannels {
 		if !validPattern(p) {
