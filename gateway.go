@@ -31,7 +31,6 @@ import (
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/protocol"
-	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/router"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
@@ -116,18 +115,11 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		o.log = slog.New(slog.DiscardHandler)
 	}
 	log := o.log.With("node_id", cfg.NodeID)
-	verifier, err := newVerifier(cfg)
+	p, err := prepare(cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	keys, err := signing.ParseKeys(cfg.Router.SigningKeys)
-	if err != nil {
-		return nil, &configs.KeyError{Key: "router.signing_keys", Env: "GATEWAY_ROUTER_SIGNING_KEYS", Reason: err.Error()}
-	}
-	serverTLS, err := newServerTLS(cfg.TLS, log)
-	if err != nil {
-		return nil, err
-	}
+	verifier, keys, serverTLS := p.verifier, p.keys, p.tls
 	var closers []func() error
 	if o.dedupe == nil {
 		if o.dedupe, closers, err = dedupeStore(cfg); err != nil {
