@@ -99,6 +99,7 @@ type Gateway struct {
 	admin   admin
 
 	routerRan atomic.Bool // Start ran the router: Close must close it
+	started   atomic.Bool // Start returned: the broker answered and the router runs
 
 	closers   []func() error // what New opened besides the backend (a dedupe store's client)
 	closeOnce sync.Once
@@ -200,7 +201,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 	for _, eh := range o.handlers {
 		g.router.AddConsumerHandler(eh.name, eh.topic, backend, eh.h)
 	}
-	handlers.NewHTTP(deps, g.hub, sessions, backend.Ping).Routes(g.mux)
+	handlers.NewHTTP(deps, g.hub, sessions, g.ready).Routes(g.mux)
 	return g, nil
 }
 
@@ -249,16 +250,22 @@ func (g *Gateway) Handler() http.Handler { return g.mux }
 // Metrics are the node's collectors.
 func (g *Gateway) Metrics() *metrics.Metrics { return g.metrics }
 
-// Start starts the admin listener (when admin.addr is set) and the router, and returns once the
-// router runs. Run calls it; tests that serve Handler themselves call it directly.
+// Start starts the admin listener (when admin.addr is set), waits until the broker answers
+// (awaitBroker: for ever, or broker_connect_timeout), starts the router, and returns once it
+// runs. Run calls it; tests that serve Handler themselves call it directly.
 func (g *Gateway) Start(ctx context.Context) error {
 	if err := g.startAdmin(); err != nil {
+		return err
+	}
+	if err := g.awaitBroker(ctx); err != nil {
+		g.closeAdmin()
 		return err
 	}
 	if err := g.startRouter(ctx); err != nil {
 		g.closeAdmin()
 		return err
 	}
+	g.started.Store(true)
 	return nil
 }
 
@@ -286,20 +293,26 @@ func (g *Gateway) Run(ctx context.Context) error {
 	return g.Serve(ctx, ln)
 }
 
-// Serve is Run on a listener of the caller's (plain TCP: Serve adds the configured TLS).
+// Serve is Run on a listener of the caller's (plain TCP: Serve adds the configured TLS). It
+// serves /healthz, /readyz (503) and /metrics while Start waits for the broker, and everything
+// once it has started. When ctx ends before that, it closes the node and returns nil.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
-	if err := g.Start(ctx); err != nil {
-		ln.Close()
-		_ = g.Close()
-		return err
-	}
-	srv := g.httpServer(g.mux)
+	srv := g.httpServer(g.untilStarted(g.mux))
 	if g.tls != nil {
 		ln = tls.NewListener(ln, g.tls)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	g.log.Info("gateway listening", "addr", ln.Addr().String(), "broker", g.cfg.Broker, "tls", g.tls != nil)
+	if err := g.Start(ctx); err != nil {
+		_ = srv.Close()
+		<-errc
+		_ = g.Close()
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
+		return err
+	}
 	select {
 	case err := <-errc:
 		_ = g.Close()
