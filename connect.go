@@ -93,19 +93,35 @@ func (g *Gateway) ready(ctx context.Context) error {
 	return g.backend.Ping(ctx)
 }
 
-// untilStarted serves h once the node has started; before, it answers 503 `unavailable` to
-// everything but /healthz, /readyz and /metrics, so that no client connects to a node that
-// cannot reach its broker yet.
+// untilStarted serves h once the node has started. Before, /healthz, /readyz and /metrics are
+// served at once, and any other request waits for the start up to websocket.publish_timeout (a
+// start with the broker up takes milliseconds), then gets 503 `unavailable`: no client connects
+// to a node that cannot reach its broker yet.
 func (g *Gateway) untilStarted(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case g.started.Load(), r.URL.Path == "/healthz", r.URL.Path == "/readyz", r.URL.Path == "/metrics":
+		switch r.URL.Path {
+		case "/healthz", "/readyz", "/metrics":
 			h.ServeHTTP(w, r)
-		default:
+			return
+		}
+		t := time.NewTimer(g.cfg.WebSocket.PublishTimeout)
+		defer t.Stop()
+		select {
+		case <-g.startedc:
+			h.ServeHTTP(w, r)
+		case <-r.Context().Done():
+		case <-t.C:
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{
 				"code": "unavailable", "message": "node is starting: waiting for the broker"}})
 		}
 	})
+}
+
+// markStarted records that Start succeeded (once).
+func (g *Gateway) markStarted() {
+	if g.started.CompareAndSwap(false, true) {
+		close(g.startedc)
+	}
 }

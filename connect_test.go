@@ -146,7 +146,7 @@ func (s *serving) waitReady(t *testing.T) {
 func TestStartWaitsForTheBroker(t *testing.T) {
 	t.Run("redis", func(t *testing.T) {
 		port := freePort(t)
-		s := serve(t, "GATEWAY_BROKER=redis", "GATEWAY_REDIS_ADDR=127.0.0.1:"+strconv.Itoa(port), "GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t))
+		s := serve(t, "GATEWAY_WS_PUBLISH_TIMEOUT=300ms", "GATEWAY_BROKER=redis", "GATEWAY_REDIS_ADDR=127.0.0.1:"+strconv.Itoa(port), "GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t))
 		s.waitUnreachable(t)
 		redis := exec.Command("/usr/bin/redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 		if err := redis.Start(); err != nil {
@@ -158,7 +158,7 @@ func TestStartWaitsForTheBroker(t *testing.T) {
 	for _, broker := range []string{"nats", "jetstream"} {
 		t.Run(broker, func(t *testing.T) {
 			port := freePort(t)
-			s := serve(t, "GATEWAY_BROKER="+broker, fmt.Sprintf("GATEWAY_NATS_URL=nats://127.0.0.1:%d", port),
+			s := serve(t, "GATEWAY_WS_PUBLISH_TIMEOUT=300ms", "GATEWAY_BROKER="+broker, fmt.Sprintf("GATEWAY_NATS_URL=nats://127.0.0.1:%d", port),
 				"GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t), "GATEWAY_JETSTREAM_MAX_BYTES=16777216")
 			s.waitUnreachable(t)
 			srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true,
@@ -173,7 +173,7 @@ func TestStartWaitsForTheBroker(t *testing.T) {
 	}
 	t.Run("kafka", func(t *testing.T) {
 		port := freePort(t)
-		s := serve(t, "GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=127.0.0.1:"+strconv.Itoa(port),
+		s := serve(t, "GATEWAY_WS_PUBLISH_TIMEOUT=300ms", "GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=127.0.0.1:"+strconv.Itoa(port),
 			"GATEWAY_KAFKA_PARTITIONS=2", "GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t))
 		s.waitUnreachable(t)
 		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port))

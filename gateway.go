@@ -98,8 +98,9 @@ type Gateway struct {
 	tls     *tls.Config // nil: plain HTTP
 	admin   admin
 
-	routerRan atomic.Bool // Start ran the router: Close must close it
-	started   atomic.Bool // Start returned: the broker answered and the router runs
+	routerRan atomic.Bool   // Start ran the router: Close must close it
+	started   atomic.Bool   // Start returned: the broker answered and the router runs
+	startedc  chan struct{} // closed when started turns true
 
 	closers   []func() error // what New opened besides the backend (a dedupe store's client)
 	closeOnce sync.Once
@@ -133,7 +134,8 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 			return nil, err
 		}
 	}
-	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers}
+	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers,
+		startedc: make(chan struct{})}
 	g.feed = transports.NewFeed(backend)
 	g.inbox = transports.NewInbox()
 
@@ -265,7 +267,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 		g.closeAdmin()
 		return err
 	}
-	g.started.Store(true)
+	g.markStarted()
 	return nil
 }
 
