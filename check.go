@@ -11,12 +11,15 @@ import (
 
 // Check runs every check New makes of the configuration short of connecting to the broker: the
 // JWT keys (a public key that is PEM and public, a secret that is not the public key), the
-// router's signing keys, and the TLS certificate and key. -check-config calls it; New runs the
+// router's signing keys, the TLS certificate and key, and the broker package's own checks of its
+// settings (jetstream.replicas, kafka.retention, ...). -check-config calls it; New runs the
 // same code, so a configuration Check accepts is one New accepts. The error is a
 // *configs.KeyError naming the key.
 func Check(cfg *configs.Config) error {
-	_, err := prepare(cfg, slog.New(slog.DiscardHandler))
-	return err
+	if _, err := prepare(cfg, slog.New(slog.DiscardHandler)); err != nil {
+		return err
+	}
+	return checkBackend(cfg)
 }
 
 // prepared is what New builds from the configuration alone, before it connects to anything.

@@ -149,6 +149,17 @@ func TestBinary(t *testing.T) {
 				t.Errorf("%s: exit %d, output %q: want 2 and one line naming auth.jwt_public_key", name, code, out)
 			}
 		}
+		for key, env := range map[string][]string{ // checks of the broker packages
+			"jetstream.replicas":         {"GATEWAY_BROKER=jetstream", "GATEWAY_JETSTREAM_REPLICAS=9"},
+			"jetstream.duplicate_window": {"GATEWAY_BROKER=jetstream", "GATEWAY_JETSTREAM_DUPLICATE_WINDOW=48h"},
+			"kafka.retention":            {"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_RETENTION=-1h"},
+			"redis.max_len":              {"GATEWAY_BROKER=redis", "GATEWAY_REDIS_MAX_LEN=-5"},
+		} {
+			out, code := runBinary(t, bin, append(env, "GATEWAY_JWT_PUBLIC_KEY="+pub), "-check-config")
+			if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 2 || len(lines) != 1 || !strings.Contains(out, key) {
+				t.Errorf("%v: exit %d, output %q: want 2 and one line naming %s", env, code, out, key)
+			}
+		}
 		if out, code := runBinary(t, bin, []string{"GATEWAY_JWT_PUBLIC_KEY=" + pub}, "-check-config"); code != 0 {
 			t.Errorf("a good public key: exit %d, output %s", code, out)
 		}

@@ -112,6 +112,13 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Check applies the defaults to a copy of c and validates it, as New does, without connecting
+// (gateway.Check, for -check-config).
+func (c Config) Check() error {
+	c.setDefaults()
+	return c.Validate()
+}
+
 // Validate reports the first setting that cannot work, naming its key.
 func (c Config) Validate() error {
 	if len(c.Brokers) == 0 {
