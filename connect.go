@@ -25,13 +25,13 @@ const (
 var ErrBrokerUnreachable = errors.New("broker unreachable")
 
 // awaitBroker pings the broker until it answers, waiting between pings with exponential backoff
-// and jitter (connectRetryMin to connectRetryMax). It logs once that the broker is unreachable,
-// and once that it is reached. With broker_connect_timeout set it gives up after that long, with
+// and jitter (connectRetryMin to connectRetryMax). It logs once that the broker is unreachable
+// (when a retry failed too), and once that it is reached. With broker_connect_timeout set it gives up after that long, with
 // an error naming the broker and its address; it also returns when ctx ends.
 func (g *Gateway) awaitBroker(ctx context.Context) error {
 	broker, addr := g.cfg.Broker, brokerAddr(g.cfg)
 	start := time.Now()
-	delay, warned := connectRetryMin, false
+	delay, failures := connectRetryMin, 0
 	for {
 		err := g.backend.Ping(ctx)
 		if err == nil {
@@ -42,8 +42,9 @@ func (g *Gateway) awaitBroker(ctx context.Context) error {
 			return errors.Join(ctx.Err(), err)
 		}
 		timeout := g.cfg.BrokerConnectTimeout
-		if !warned {
-			warned = true
+		// The first failure may be a backend still setting up (JetStream provisions its streams
+		// in the background): say it when the first retry fails too.
+		if failures++; failures == 2 {
 			g.log.Warn("broker unreachable; retrying with backoff, /readyz answers 503 until it answers",
 				"broker", broker, "addr", addr, "error", err, "broker_connect_timeout", timeout)
 		}
