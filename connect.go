@@ -26,8 +26,9 @@ var ErrBrokerUnreachable = errors.New("broker unreachable")
 
 // awaitBroker pings the broker until it answers, waiting between pings with exponential backoff
 // and jitter (connectRetryMin to connectRetryMax). It logs once that the broker is unreachable
-// (when a retry failed too), and once that it is reached. With broker_connect_timeout set it gives up after that long, with
-// an error naming the broker and its address; it also returns when ctx ends.
+// (when a retry failed too), and once that it is reached. With broker_connect_timeout set it
+// gives up after that long, with an error naming the broker and its address; it also returns
+// when ctx ends.
 func (g *Gateway) awaitBroker(ctx context.Context) error {
 	broker, addr := g.cfg.Broker, brokerAddr(g.cfg)
 	start := time.Now()
@@ -56,14 +57,22 @@ func (g *Gateway) awaitBroker(ctx context.Context) error {
 			}
 			wait = min(wait, left)
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, wait) {
 			return ctx.Err()
-		case <-t.C:
 		}
 		delay = min(2*delay, connectRetryMax)
+	}
+}
+
+// sleep waits d, or until ctx ends (false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
