@@ -12,9 +12,9 @@
 #   docker build --target echo -t wsgateway/echo .
 #   docker run --rm -e GATEWAY_BROKER=nats -e GATEWAY_NATS_URL=nats://nats:4222 -e GATEWAY_JWT_SECRET=... wsgateway/echo
 #
-# The gateway image sets no GATEWAY_* variable on purpose: with none set, the node starts in
-# development mode exactly like `go run ./cmd/gateway`; with any set, it is configured by the
-# environment. The echo image reads the very same GATEWAY_* settings as the gateways it serves.
+# The gateway image sets no GATEWAY_* variable on purpose: with no JWT secret, public key or
+# anonymous access set, and the default memory broker, the node starts in development mode exactly
+# like `go run ./cmd/gateway`; otherwise it is configured by the environment. The echo image reads the very same GATEWAY_* settings as the gateways it serves.
 #
 # Why the final stage is Alpine and not distroless or scratch: an image HEALTHCHECK (and a compose
 # healthcheck, which also runs inside the container) needs a program in the image that asks

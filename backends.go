@@ -28,26 +28,58 @@ func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, erro
 			}})
 		return &ownedMemory{Backend: broker.Node(cfg.TopicPrefix), broker: broker}, nil
 	case configs.BrokerJetStream:
-		return jetstream.New(jetstream.Config{
-			URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID,
-			MaxAge: cfg.JetStream.MaxAge, MaxBytes: cfg.JetStream.MaxBytes, Replicas: cfg.JetStream.Replicas,
-			DuplicateWindow: cfg.JetStream.DupeWindow, PublishTimeout: cfg.WebSocket.PublishTimeout,
-		}, log)
+		return jetstream.New(jetstreamConfig(cfg), log)
 	case configs.BrokerRedis:
-		return redis.New(redis.Config{
-			Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
-			Shards: cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, Timeout: cfg.WebSocket.PublishTimeout,
-		}, log)
+		return redis.New(redisConfig(cfg), log)
 	case configs.BrokerKafka:
-		return kafka.New(kafka.Config{
-			Brokers: cfg.Kafka.Brokers, Prefix: cfg.TopicPrefix, Partitions: cfg.Kafka.Partitions,
-			Retention: cfg.Kafka.Retention, ReplicationFactor: cfg.Kafka.Replicas, ClientID: cfg.NodeID,
-			PublishTimeout: cfg.WebSocket.PublishTimeout,
-		}, log)
+		return kafka.New(kafkaConfig(cfg), log)
 	case configs.BrokerNATS:
-		return nats.New(nats.Config{URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID, Timeout: cfg.WebSocket.PublishTimeout}, log)
+		return nats.New(natsConfig(cfg), log)
 	}
 	return nil, fmt.Errorf("unknown broker %q", cfg.Broker)
+}
+
+// checkBackend makes the checks of the configured broker package's New (defaults, then
+// Validate) without connecting.
+func checkBackend(cfg *configs.Config) error {
+	switch cfg.Broker {
+	case configs.BrokerJetStream:
+		return jetstreamConfig(cfg).Check()
+	case configs.BrokerRedis:
+		return redisConfig(cfg).Check()
+	case configs.BrokerKafka:
+		return kafkaConfig(cfg).Check()
+	case configs.BrokerNATS:
+		return natsConfig(cfg).Check()
+	}
+	return nil
+}
+
+func jetstreamConfig(cfg *configs.Config) jetstream.Config {
+	return jetstream.Config{
+		URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID,
+		MaxAge: cfg.JetStream.MaxAge, MaxBytes: cfg.JetStream.MaxBytes, Replicas: cfg.JetStream.Replicas,
+		DuplicateWindow: cfg.JetStream.DupeWindow, PublishTimeout: cfg.WebSocket.PublishTimeout,
+	}
+}
+
+func redisConfig(cfg *configs.Config) redis.Config {
+	return redis.Config{
+		Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
+		Shards: cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, Timeout: cfg.WebSocket.PublishTimeout,
+	}
+}
+
+func kafkaConfig(cfg *configs.Config) kafka.Config {
+	return kafka.Config{
+		Brokers: cfg.Kafka.Brokers, Prefix: cfg.TopicPrefix, Partitions: cfg.Kafka.Partitions,
+		Retention: cfg.Kafka.Retention, ReplicationFactor: cfg.Kafka.Replicas, ClientID: cfg.NodeID,
+		PublishTimeout: cfg.WebSocket.PublishTimeout,
+	}
+}
+
+func natsConfig(cfg *configs.Config) nats.Config {
+	return nats.Config{URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID, Timeout: cfg.WebSocket.PublishTimeout}
 }
 
 // dedupeStore is where msg_id keys are kept: Redis (shared by the nodes) with the redis broker or

@@ -31,7 +31,6 @@ import (
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/protocol"
-	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/router"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
@@ -100,7 +99,9 @@ type Gateway struct {
 	admin    admin
 	verifier *auth.Verifier // nil without token keys; Close stops its JWKS refresh
 
-	routerRan atomic.Bool // Start ran the router: Close must close it
+	routerRan atomic.Bool   // Start ran the router: Close must close it
+	started   atomic.Bool   // Start returned: the broker answered and the router runs
+	startedc  chan struct{} // closed when started turns true
 
 	closers   []func() error // what New opened besides the backend (a dedupe store's client)
 	closeOnce sync.Once
@@ -117,24 +118,17 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		o.log = slog.New(slog.DiscardHandler)
 	}
 	log := o.log.With("node_id", cfg.NodeID)
-	verifier, err := newVerifier(cfg, log)
+	p, err := prepare(cfg, log)
 	if err != nil {
 		return nil, err
 	}
 	built := false
 	defer func() {
 		if !built {
-			verifier.Close() // the JWKS refresh of a node that is not built
+			p.verifier.Close() // the JWKS refresh of a node that is not built
 		}
 	}()
-	keys, err := signing.ParseKeys(cfg.Router.SigningKeys)
-	if err != nil {
-		return nil, &configs.KeyError{Key: "router.signing_keys", Env: "GATEWAY_ROUTER_SIGNING_KEYS", Reason: err.Error()}
-	}
-	serverTLS, err := newServerTLS(cfg.TLS, log)
-	if err != nil {
-		return nil, err
-	}
+	verifier, keys, serverTLS := p.verifier, p.keys, p.tls
 	var closers []func() error
 	if o.dedupe == nil {
 		if o.dedupe, closers, err = dedupeStore(cfg); err != nil {
@@ -147,7 +141,8 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 			return nil, err
 		}
 	}
-	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers}
+	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers,
+		startedc: make(chan struct{})}
 	g.feed = transports.NewFeed(backend)
 	g.inbox = transports.NewInbox()
 
@@ -216,7 +211,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 	for _, eh := range o.handlers {
 		g.router.AddConsumerHandler(eh.name, eh.topic, backend, eh.h)
 	}
-	handlers.NewHTTP(deps, g.hub, sessions, backend.Ping).Routes(g.mux)
+	handlers.NewHTTP(deps, g.hub, sessions, g.ready).Routes(g.mux)
 	g.verifier, built = verifier, true
 	return g, nil
 }
@@ -277,16 +272,22 @@ func (g *Gateway) Handler() http.Handler { return closeUnreadBodies(g.mux) }
 // Metrics are the node's collectors.
 func (g *Gateway) Metrics() *metrics.Metrics { return g.metrics }
 
-// Start starts the admin listener (when admin.addr is set) and the router, and returns once the
-// router runs. Run calls it; tests that serve Handler themselves call it directly.
+// Start starts the admin listener (when admin.addr is set), waits until the broker answers
+// (awaitBroker: for ever, or broker_connect_timeout), starts the router, and returns once it
+// runs. Run calls it; tests that serve Handler themselves call it directly.
 func (g *Gateway) Start(ctx context.Context) error {
 	if err := g.startAdmin(); err != nil {
+		return err
+	}
+	if err := g.awaitBroker(ctx); err != nil {
+		g.closeAdmin()
 		return err
 	}
 	if err := g.startRouter(ctx); err != nil {
 		g.closeAdmin()
 		return err
 	}
+	g.markStarted()
 	return nil
 }
 
@@ -314,20 +315,26 @@ func (g *Gateway) Run(ctx context.Context) error {
 	return g.Serve(ctx, ln)
 }
 
-// Serve is Run on a listener of the caller's (plain TCP: Serve adds the configured TLS).
+// Serve is Run on a listener of the caller's (plain TCP: Serve adds the configured TLS). It
+// serves /healthz, /readyz (503) and /metrics while Start waits for the broker, and everything
+// once it has started. When ctx ends before that, it closes the node and returns nil.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
-	if err := g.Start(ctx); err != nil {
-		ln.Close()
-		_ = g.Close()
-		return err
-	}
-	srv := g.httpServer(g.Handler())
+	srv := g.httpServer(closeUnreadBodies(g.untilStarted(g.mux)))
 	if g.tls != nil {
 		ln = tls.NewListener(ln, g.tls)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	g.log.Info("gateway listening", "addr", ln.Addr().String(), "broker", g.cfg.Broker, "tls", g.tls != nil)
+	if err := g.Start(ctx); err != nil {
+		_ = srv.Close()
+		<-errc
+		_ = g.Close()
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
+		return err
+	}
 	select {
 	case err := <-errc:
 		_ = g.Close()

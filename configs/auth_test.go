@@ -101,21 +101,21 @@ func TestTokenSettingsInvalid(t *testing.T) {
 		})
 	}
 	// Without any way to authenticate, the error mentions the JWKS URL as one.
-	_, err := configs.Load("", []string{"GATEWAY_BROKER=memory"})
+	_, err := configs.Load("", []string{"GATEWAY_BROKER=redis"})
 	var ke *configs.KeyError
 	if !errors.As(err, &ke) || ke.Key != "auth.jwt_secret" || !strings.Contains(ke.Reason, "GATEWAY_JWKS_URL") {
 		t.Fatalf("no auth: %v", err)
 	}
 }
 
-// TestCanAuthenticate: each way to authenticate counts, the JWKS URL included.
-func TestCanAuthenticate(t *testing.T) {
+// TestConfigured: each way to authenticate counts, the JWKS URL included.
+func TestConfigured(t *testing.T) {
 	for _, a := range []configs.AuthConfig{{JWTSecret: "s"}, {JWTPublicKey: "p"}, {JWKSURL: "https://idp/certs"}, {AllowAnonymous: true}} {
-		if !a.CanAuthenticate() {
+		if !a.Configured() {
 			t.Errorf("%+v cannot authenticate", a)
 		}
 	}
-	if (configs.AuthConfig{Audience: []string{"x"}, Issuer: "y"}).CanAuthenticate() {
+	if (configs.AuthConfig{Audience: []string{"x"}, Issuer: "y"}).Configured() {
 		t.Error("audience and issuer alone count as a way to authenticate")
 	}
 }

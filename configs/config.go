@@ -52,6 +52,8 @@ const (
 	// is not in the cached set (a key rotation); tokens with unknown kids in between are refused
 	// without a fetch, so they cannot make the node hammer the identity provider.
 	JWKSUnknownKIDEvery = 10 * time.Second
+	// DefaultBrokerConnectTimeout 0: a starting node waits for its broker for ever.
+	DefaultBrokerConnectTimeout time.Duration = 0
 )
 
 // Broker names.
@@ -70,6 +72,9 @@ type Config struct {
 	NodeID      string `yaml:"node_id" env:"NODE_ID"`           // unique in the cluster; default host name + random suffix
 	Broker      string `yaml:"broker" env:"BROKER"`             // memory, nats, jetstream, redis or kafka
 	TopicPrefix string `yaml:"topic_prefix" env:"TOPIC_PREFIX"` // prefix of every broker name the gateway uses
+	// BrokerConnectTimeout is how long a starting node waits for its broker before it gives up
+	// (exit 1); 0 waits for ever, retrying with backoff while /readyz says 503.
+	BrokerConnectTimeout time.Duration `yaml:"broker_connect_timeout" env:"BROKER_CONNECT_TIMEOUT"`
 
 	NATS      NATSConfig      `yaml:"nats" envPrefix:"NATS_"`
 	JetStream JetStreamConfig `yaml:"jetstream" envPrefix:"JETSTREAM_"`
@@ -89,8 +94,11 @@ type Config struct {
 	HTTP      HTTPConfig      `yaml:"http" envPrefix:"HTTP_"`
 	Admin     AdminConfig     `yaml:"admin" envPrefix:"ADMIN_"`
 
-	// Development is set by Load when the node runs on the embedded default with no
-	// configuration at all; it then makes up a JWT secret and says so.
+	// Development is set by Load when no way to authenticate clients is configured
+	// (AuthConfig.Configured) and the broker is the embedded memory broker, where one node is
+	// the whole cluster: the node then makes up a JWT secret and says so. On a shared broker
+	// each node would make up its own secret and refuse the others' tokens, so there it is an
+	// error instead.
 	Development bool `yaml:"-" env:"-"`
 }
 
@@ -143,18 +151,19 @@ type AuthConfig struct {
 	JWKSTimeout time.Duration `yaml:"jwks_timeout" env:"JWKS_TIMEOUT"` // longest one fetch may take; default 5s
 }
 
-// CanAuthenticate reports whether any way to authenticate clients is configured: a JWT secret,
-// a JWT public key, a JWKS URL or anonymous access.
-func (a AuthConfig) CanAuthenticate() bool {
-	return a.JWTSecret != "" || a.JWTPublicKey != "" || a.JWKSURL != "" || a.AllowAnonymous
-}
-
 // ExpRequired is require_exp with its default applied.
 func (a AuthConfig) ExpRequired() bool {
 	if a.RequireExp == nil {
 		return DefaultRequireExp
 	}
 	return *a.RequireExp
+}
+
+// Configured reports whether a way to authenticate clients is configured: a JWT secret, a JWT
+// public key, a JWKS URL, or anonymous connections. Without one, Load runs the memory broker in
+// development mode and Validate refuses every other broker. Every new way to authenticate belongs here.
+func (a AuthConfig) Configured() bool {
+	return a.JWTSecret != "" || a.JWTPublicKey != "" || a.JWKSURL != "" || a.AllowAnonymous
 }
 
 // APIConfig is the HTTP API for services.
@@ -342,6 +351,11 @@ func (e *KeyError) Error() string {
 	return fmt.Sprintf("invalid setting %s (%s): %s", e.Key, e.Env, e.Reason)
 }
 
+// noAuthReason says why a node without a way to authenticate clients is refused, and what to set.
+const noAuthReason = "no way to authenticate clients: set auth.jwt_secret (GATEWAY_JWT_SECRET), auth.jwt_public_key " +
+	"(GATEWAY_JWT_PUBLIC_KEY), auth.jwks_url (GATEWAY_JWKS_URL) or auth.allow_anonymous (GATEWAY_ALLOW_ANONYMOUS=true); development mode, which makes up " +
+	"a secret, runs only on the embedded memory broker (GATEWAY_BROKER=memory), since nodes sharing a broker would each make up their own"
+
 func bad(key, env, format string, args ...any) error {
 	return &KeyError{Key: key, Env: "GATEWAY_" + env, Reason: fmt.Sprintf(format, args...)}
 }
@@ -358,6 +372,9 @@ func (c *Config) Validate() error {
 	case BrokerMemory, BrokerNATS, BrokerJetStream, BrokerRedis, BrokerKafka:
 	default:
 		return bad("broker", "BROKER", "%q is not one of memory, nats, jetstream, redis, kafka", c.Broker)
+	}
+	if c.BrokerConnectTimeout < 0 {
+		return bad("broker_connect_timeout", "BROKER_CONNECT_TIMEOUT", "must not be negative (0 waits for ever)")
 	}
 	if c.TopicPrefix == "" || len(c.TopicPrefix) > 32 || strings.Trim(c.TopicPrefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
 		return bad("topic_prefix", "TOPIC_PREFIX", "%q must be 1 to 32 of [A-Za-z0-9-]", c.TopicPrefix)
@@ -395,8 +412,8 @@ func (c *Config) Validate() error {
 	if err := c.Auth.validateTokens(); err != nil {
 		return err
 	}
-	if !c.Auth.CanAuthenticate() && !c.Development {
-		return bad("auth.jwt_secret", "JWT_SECRET", "no way to authenticate clients: set a JWT secret, a JWT public key (GATEWAY_JWT_PUBLIC_KEY), a JWKS URL (GATEWAY_JWKS_URL) or GATEWAY_ALLOW_ANONYMOUS=true")
+	if !c.Auth.Configured() && !c.Development {
+		return bad("auth.jwt_secret", "JWT_SECRET", "%s", noAuthReason)
 	}
 	for _, p := range c.Auth.PublicChannels {
 		if !validPattern(p) {

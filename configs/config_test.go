@@ -92,7 +92,8 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
-// TestDevelopment: only the embedded default with no configuration at all is development.
+// TestDevelopment: development mode is the memory broker with no way to authenticate clients,
+// whatever else is set.
 func TestDevelopment(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -102,10 +103,14 @@ func TestDevelopment(t *testing.T) {
 	}{
 		{name: "nothing", dev: true},
 		{name: "other variables only", environ: []string{"HOME=/root", "PATH=/bin", "GATEWAYX=1", "gateway_addr=:1"}, dev: true},
-		{name: "a gateway variable", environ: []string{secret}},
-		{name: "a file", file: "broker: memory\n", environ: []string{secret}},
-		{name: "an empty file", file: "# nothing\n", environ: []string{secret}},
+		{name: "a JWT secret", environ: []string{secret}},
+		{name: "a file and a secret", file: "broker: memory\n", environ: []string{secret}},
+		{name: "an empty file and a secret", file: "# nothing\n", environ: []string{secret}},
 		{name: "anonymous", environ: []string{"GATEWAY_ALLOW_ANONYMOUS=true"}},
+		{name: "a public key", file: "auth:\n  jwt_public_key: " + writeFile(t, "pub.pem", "x") + "\n"},
+		{name: "only the address", environ: []string{"GATEWAY_ADDR=:8081"}, dev: true},
+		{name: "the memory broker named", environ: []string{"GATEWAY_BROKER=memory", "GATEWAY_API_KEY=0123456789abcdef"}, dev: true},
+		{name: "a file without auth", file: "addr: \":8081\"\n", dev: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -234,8 +239,8 @@ func TestContractEnv(t *testing.T) {
 			if got := tt.got(cfg); !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("got %#v, want %#v", got, tt.want)
 			}
-			if cfg.Development {
-				t.Fatal("Development with a GATEWAY_ variable set")
+			if cfg.Development && tt.noSec {
+				t.Fatal("Development with a way to authenticate set")
 			}
 		})
 	}
@@ -313,23 +318,28 @@ func TestOtherEnv(t *testing.T) {
 	}
 }
 
+// TestFileErrors: a YAML error is one line naming the file, the line and the key at fault.
 func TestFileErrors(t *testing.T) {
 	tests := []struct {
 		name, file, want string
 	}{
-		{"unknown key", "adress: \":8080\"\n", "field adress not found"},
-		{"unknown nested key", "websocket:\n  max_frame: 1024\n", "field max_frame not found"},
-		{"unknown section", "rabbitmq:\n  url: amqp://x\n", "field rabbitmq not found"},
-		{"development is not a key", "development: true\n", "field development not found"},
+		{"unknown key", "addres: \":8080\"\n", "line 1: unknown key addres (did you mean addr?)"},
+		{"unknown nested key", "websocket:\n  max_frame: 1024\n", "line 2: unknown key websocket.max_frame"},
+		{"unknown section", "rabbitmq:\n  url: amqp://x\n", "unknown key rabbitmq"},
+		{"development is not a key", "development: true\n", "unknown key development"},
 		{"malformed", "addr: [\n", "yaml"},
-		{"bad indentation", "auth:\n  jwt_secret: a\n allow_anonymous: true\n", "yaml"},
+		{"bad indentation", "auth:\n  jwt_secret: a\n allow_anonymous: true\n", `line 3 ("allow_anonymous: true")`},
 		{"tab indentation", "auth:\n\tjwt_secret: a\n", "yaml"},
-		{"wrong type", "websocket:\n  send_buffer: lots\n", "cannot unmarshal"},
-		{"list for a string", "addr: [a, b]\n", "cannot unmarshal"},
-		{"string for a list", "kafka:\n  brokers: a:1\n", "cannot unmarshal"},
-		{"bad duration", "drain:\n  period: soon\n", "cannot unmarshal"},
+		{"unclosed list on the line before", "addr: x\nwebsocket:\n  allowed_origins: [a, b\n  send_buffer: 9\n", `line 3 ("allowed_origins: [a, b")`},
+		{"unclosed mapping", "redis: {addr: x,\n  db: 1\n", `line 1 ("redis: {addr: x,")`},
+		{"wrong type", "websocket:\n  send_buffer: lots\n", "invalid setting websocket.send_buffer (GATEWAY_WS_SEND_BUFFER): line 2: cannot unmarshal"},
+		{"wrong type in a flow mapping", "redis: {max_len: big}\n", "invalid setting redis.max_len (GATEWAY_REDIS_MAX_LEN): line 1: cannot unmarshal !!str `big`"},
+		{"list for a string", "addr: [a, b]\n", "invalid setting addr (GATEWAY_ADDR)"},
+		{"string for a list", "kafka:\n  brokers: a:1\n", "invalid setting kafka.brokers"},
+		{"list item of the wrong type", "auth:\n  public_channels:\n    - a\n    - [b]\n", "invalid setting auth.public_channels (GATEWAY_PUBLIC_CHANNELS): line 4"},
+		{"bad duration", "drain:\n  period: soon\n", "invalid setting drain.period"},
 		{"duration without unit", "drain:\n  period: 10\n", "cannot unmarshal"},
-		{"bad bool", "auth:\n  allow_anonymous: maybe\n", "cannot unmarshal"},
+		{"bad bool", "auth:\n  allow_anonymous: maybe\n", "invalid setting auth.allow_anonymous"},
 		{"not a mapping", "- a\n- b\n", "cannot unmarshal"},
 	}
 	for _, tt := range tests {
@@ -395,9 +405,10 @@ func TestValidate(t *testing.T) {
 		{name: "kafka partitions", environ: []string{"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_PARTITIONS=2000"}, key: "kafka.partitions"},
 		{name: "short JWT secret", environ: []string{"GATEWAY_JWT_SECRET=short"}, noSec: true, key: "auth.jwt_secret"},
 		{name: "missing public key file", environ: []string{"GATEWAY_JWT_PUBLIC_KEY=" + filepath.Join(dir, "missing.pem")}, noSec: true, key: "auth.jwt_public_key"},
-		{name: "no auth with a variable set", environ: []string{"GATEWAY_BROKER=memory"}, noSec: true, key: "auth.jwt_secret"},
-		{name: "no auth with a file", file: "broker: memory\n", noSec: true, key: "auth.jwt_secret"},
-		{name: "no auth, anonymous off", environ: []string{"GATEWAY_ALLOW_ANONYMOUS=false"}, noSec: true, key: "auth.jwt_secret"},
+		{name: "no auth on redis", environ: []string{"GATEWAY_BROKER=redis"}, noSec: true, key: "auth.jwt_secret"},
+		{name: "no auth on nats, from a file", file: "broker: nats\n", noSec: true, key: "auth.jwt_secret"},
+		{name: "no auth on kafka, anonymous off", environ: []string{"GATEWAY_BROKER=kafka", "GATEWAY_ALLOW_ANONYMOUS=false"}, noSec: true, key: "auth.jwt_secret"},
+		{name: "negative broker connect timeout", environ: []string{"GATEWAY_BROKER_CONNECT_TIMEOUT=-1s"}, key: "broker_connect_timeout"},
 		{name: "bad public channel", environ: []string{"GATEWAY_PUBLIC_CHANNELS=news,room *"}, key: "auth.public_channels"},
 		{name: "public channel star inside", environ: []string{"GATEWAY_PUBLIC_CHANNELS=ro*om"}, key: "auth.public_channels"},
 		{name: "public channel empty entry", environ: []string{"GATEWAY_PUBLIC_CHANNELS=news,,room"}, key: "auth.public_channels"},
@@ -674,5 +685,43 @@ func TestHistoryRules(t *testing.T) {
 	}
 	if size, ttl := cfg.History.Bounds("$user:bob"); size != 0 || ttl != 0 {
 		t.Errorf(`"*" matches a user's channel: %d %v`, size, ttl)
+	}
+}
+
+// TestNoAuthOnASharedBroker: the refusal says what to set and why development mode is not used.
+func TestNoAuthOnASharedBroker(t *testing.T) {
+	_, err := Load("", []string{"GATEWAY_BROKER=jetstream", "GATEWAY_ADDR=:8081"})
+	var ke *KeyError
+	if !errors.As(err, &ke) || ke.Key != "auth.jwt_secret" {
+		t.Fatalf("error %v, want a *KeyError for auth.jwt_secret", err)
+	}
+	for _, want := range []string{"GATEWAY_JWT_SECRET", "GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_ALLOW_ANONYMOUS", "development mode", "memory broker"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+// TestUnknownVariables: GATEWAY_* variables that are no setting are reported, with the closest
+// known name when one is close; every variable Load reads is known.
+func TestUnknownVariables(t *testing.T) {
+	got := UnknownVariables([]string{"GATEWAY_REDIS_ADRESS=x", "GATEWAY_JWT_SECRETS=y", "GATEWAY_ADDR=:1",
+		"GATEWAY_WS_SEND_BUFFER=8", "GATEWAY_DEVELOPMENT=true", "GATEWAY_HISTORY_CHANNELS=*=1", "OTHER=1", "GATEWAY_BROKER_CONNECT_TIMEOUT=1s"})
+	want := []UnknownVariable{
+		{Name: "GATEWAY_DEVELOPMENT"},
+		{Name: "GATEWAY_JWT_SECRETS", Suggestion: "GATEWAY_JWT_SECRET"},
+		{Name: "GATEWAY_REDIS_ADRESS", Suggestion: "GATEWAY_REDIS_ADDR"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	keys := map[string]string{}
+	envKeys(reflect.TypeOf(Config{}), EnvPrefix, "", keys)
+	var all []string
+	for k := range keys {
+		all = append(all, k+"=x")
+	}
+	if u := UnknownVariables(all); len(u) != 0 {
+		t.Fatalf("known variables reported as unknown: %+v", u)
 	}
 }

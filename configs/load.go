@@ -41,26 +41,22 @@ func Load(path string, environ []string) (*Config, error) {
 	if err := env.ParseWithOptions(cfg, env.Options{Prefix: EnvPrefix, Environment: vars}); err != nil {
 		return nil, envError(err, vars)
 	}
-	cfg.Development = path == "" && len(vars) == 0
 	cfg.trimLists()
 	cfg.SetDefaults()
+	cfg.Development = cfg.Broker == BrokerMemory && !cfg.Auth.Configured()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	return cfg, nil
 }
 
-// Parse decodes YAML into cfg, refusing unknown keys. The error is one line.
+// Parse decodes YAML into cfg, refusing unknown keys. The error is one line and names the key
+// at fault (see yamlError).
 func Parse(raw []byte, cfg *Config) error {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		var te *yaml.TypeError
-		if errors.As(err, &te) && len(te.Errors) > 0 {
-			// "yaml: unmarshal errors:\n  line 1: ...\n  line 3: ..." on one line.
-			return errors.New(strings.Join(te.Errors, "; "))
-		}
-		return err
+		return yamlError(raw, err)
 	}
 	return nil
 }

@@ -585,7 +585,7 @@ func TestDockerfile(t *testing.T) {
 	}
 	for _, in := range final.instrs {
 		if in.cmd == "ENV" && strings.Contains(in.args, configs.EnvPrefix) {
-			t.Errorf("ENV %s in the image: any GATEWAY_* variable turns off the development mode of a bare `docker run`", in.args)
+			t.Errorf("ENV %s in the image: the image must set no GATEWAY_* variable (an auth or broker setting turns off the development mode of a bare `docker run`)", in.args)
 		}
 	}
 

@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -39,20 +40,22 @@ func run() int {
 		return 2
 	}
 	log := newLogger(cfg.Log)
+	gateway.SetLibraryLogger(log)
+	for _, u := range configs.UnknownVariables(os.Environ()) {
+		log.Warn("ignoring an environment variable that is no setting", "variable", u.Name, "did_you_mean", u.Suggestion)
+	}
+	if *token != "" {
+		return printToken(cfg, *token)
+	}
 	if cfg.Development {
 		developmentMode(cfg, log)
 	}
 	if *check {
-		fmt.Println("configuration is valid")
-		return 0
-	}
-	if *token != "" {
-		t, err := auth.SignHS256([]byte(cfg.Auth.JWTSecret), *token, 24*time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "gateway: -token needs GATEWAY_JWT_SECRET:", err)
+		if err := gateway.Check(cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "gateway:", err)
 			return 2
 		}
-		fmt.Println(t)
+		fmt.Println("configuration is valid")
 		return 0
 	}
 
@@ -81,16 +84,55 @@ func newLogger(c configs.LogConfig) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-// developmentMode runs the embedded default with no configuration at all: it makes up a JWT
-// secret and an API key, and says so loudly, with a token to try.
+// printToken prints a 24-hour token for user, signed with the configured JWT secret. Without a
+// secret it refuses: a token signed with a made-up one would be accepted by no node.
+func printToken(cfg *configs.Config, user string) int {
+	if cfg.Auth.JWTSecret == "" {
+		why := "-token signs with the JWT secret the nodes verify with, and none is set: export the same GATEWAY_JWT_SECRET (auth.jwt_secret) for the nodes and for -token"
+		if cfg.Development {
+			why += " (a node started without one makes up its own and prints a token for it)"
+		} else {
+			why += " (with only auth.jwt_public_key, sign tokens with the private key)"
+		}
+		fmt.Fprintln(os.Stderr, "gateway:", why)
+		return 2
+	}
+	t, err := auth.SignHS256([]byte(cfg.Auth.JWTSecret), user, 24*time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gateway: -token:", err)
+		return 2
+	}
+	fmt.Println(t)
+	return 0
+}
+
+// developmentMode runs the embedded memory broker with no way to authenticate configured: it
+// makes up a JWT secret (and an API key, unless one is set), and says so loudly, with a token to
+// try.
 func developmentMode(cfg *configs.Config, log *slog.Logger) {
 	cfg.Auth.JWTSecret = randomHex(32)
-	cfg.API.Key = randomHex(16)
+	if cfg.API.Key == "" {
+		cfg.API.Key = randomHex(16)
+	}
 	token, _ := auth.SignHS256([]byte(cfg.Auth.JWTSecret), "dev", 24*time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
-	log.Warn("DEVELOPMENT MODE: no configuration given, so this node made up a JWT secret and an API key; never run it like this in production",
+	log.Warn("DEVELOPMENT MODE: no way to authenticate clients is configured (GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY, GATEWAY_JWKS_URL or GATEWAY_ALLOW_ANONYMOUS), so this node made up a JWT secret and an API key; never run it like this in production",
 		"jwt_secret", cfg.Auth.JWTSecret, "api_key", cfg.API.Key)
-	fmt.Fprintf(os.Stderr, "\n  Try it:  websocat 'ws://localhost%s/ws?token=%s'\n  Publish: curl -H 'Authorization: Bearer %s' -d '{\"channel\":\"news\",\"data\":{\"hello\":\"world\"}}' http://localhost%s/api/publish\n\n",
-		cfg.Addr, token, cfg.API.Key, cfg.Addr)
+	base := localAddr(cfg.Addr)
+	fmt.Fprintf(os.Stderr, "\n  Try it:  websocat 'ws://%s/ws?token=%s'\n  Publish: curl -H 'Authorization: Bearer %s' -d '{\"channel\":\"news\",\"data\":{\"hello\":\"world\"}}' http://%s/api/publish\n\n",
+		base, token, cfg.API.Key, base)
+}
+
+// localAddr is how a client on this machine reaches the listen address addr: localhost for an
+// empty or wildcard host.
+func localAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func randomHex(n int) string {

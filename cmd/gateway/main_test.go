@@ -2,6 +2,10 @@ package main_test
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/http"
@@ -72,7 +76,7 @@ func TestBinary(t *testing.T) {
 	t.Run("InvalidSettingExits2WithOneLine", func(t *testing.T) {
 		for _, env := range [][]string{
 			{"GATEWAY_BROKER=bogus", "GATEWAY_JWT_SECRET=0123456789abcdef0123"},
-			{"GATEWAY_BROKER=memory"}, // configured, but no way to authenticate
+			{"GATEWAY_BROKER=redis"}, // a shared broker, but no way to authenticate
 			{"GATEWAY_WS_MAX_FRAME_SIZE=abc", "GATEWAY_ALLOW_ANONYMOUS=true"},
 		} {
 			cmd := exec.Command(bin)
@@ -97,6 +101,74 @@ func TestBinary(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "DEVELOPMENT MODE") || !strings.Contains(string(out), "configuration is valid") {
 			t.Fatalf("err %v, output %s", err, out)
+		}
+	})
+
+	t.Run("AddressAloneIsStillDevelopmentMode", func(t *testing.T) {
+		addr := freeAddr(t)
+		out, code := runBinary(t, bin, []string{"GATEWAY_ADDR=" + addr}, "-check-config")
+		if code != 0 || !strings.Contains(out, "DEVELOPMENT MODE") || !strings.Contains(out, "ws://"+addr+"/ws?token=") {
+			t.Fatalf("exit %d, output %s", code, out)
+		}
+	})
+
+	t.Run("TokenWithoutSecretIsRefused", func(t *testing.T) {
+		for _, env := range [][]string{nil, {"GATEWAY_ALLOW_ANONYMOUS=true"}} {
+			cmd := exec.Command(bin, "-token", "alice")
+			cmd.Env = environ(env...)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || stdout.Len() != 0 {
+				t.Fatalf("%v: exit %v, stdout %q: want status 2 and no token", env, err, stdout.String())
+			}
+			if !strings.Contains(stderr.String(), "GATEWAY_JWT_SECRET") {
+				t.Fatalf("%v: stderr %q does not say what to set", env, stderr.String())
+			}
+		}
+	})
+
+	t.Run("CheckConfigRunsTheChecksOfStart", func(t *testing.T) {
+		pub, priv := keyFiles(t)
+		pubPEM, err := os.ReadFile(pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		notPEM := filepath.Join(t.TempDir(), "key.txt")
+		if err := os.WriteFile(notPEM, []byte("not a key\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for name, env := range map[string][]string{
+			"secret is the public key": {"GATEWAY_JWT_PUBLIC_KEY=" + pub, "GATEWAY_JWT_SECRET=" + string(pubPEM)},
+			"private key as public":    {"GATEWAY_JWT_PUBLIC_KEY=" + priv},
+			"key file not PEM":         {"GATEWAY_JWT_PUBLIC_KEY=" + notPEM},
+		} {
+			out, code := runBinary(t, bin, env, "-check-config")
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if code != 2 || len(lines) != 1 || !strings.Contains(out, "auth.jwt_public_key") {
+				t.Errorf("%s: exit %d, output %q: want 2 and one line naming auth.jwt_public_key", name, code, out)
+			}
+		}
+		for key, env := range map[string][]string{ // checks of the broker packages
+			"jetstream.replicas":         {"GATEWAY_BROKER=jetstream", "GATEWAY_JETSTREAM_REPLICAS=9"},
+			"jetstream.duplicate_window": {"GATEWAY_BROKER=jetstream", "GATEWAY_JETSTREAM_DUPLICATE_WINDOW=48h"},
+			"kafka.retention":            {"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_RETENTION=-1h"},
+			"redis.max_len":              {"GATEWAY_BROKER=redis", "GATEWAY_REDIS_MAX_LEN=-5"},
+		} {
+			out, code := runBinary(t, bin, append(env, "GATEWAY_JWT_PUBLIC_KEY="+pub), "-check-config")
+			if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 2 || len(lines) != 1 || !strings.Contains(out, key) {
+				t.Errorf("%v: exit %d, output %q: want 2 and one line naming %s", env, code, out, key)
+			}
+		}
+		if out, code := runBinary(t, bin, []string{"GATEWAY_JWT_PUBLIC_KEY=" + pub}, "-check-config"); code != 0 {
+			t.Errorf("a good public key: exit %d, output %s", code, out)
+		}
+	})
+
+	t.Run("UnknownVariableIsWarnedAbout", func(t *testing.T) {
+		out, code := runBinary(t, bin, []string{"GATEWAY_ALLOW_ANONYMOUS=true", "GATEWAY_REDIS_ADRESS=x:1"}, "-check-config")
+		if code != 0 || !strings.Contains(out, "variable=GATEWAY_REDIS_ADRESS did_you_mean=GATEWAY_REDIS_ADDR") {
+			t.Fatalf("exit %d, output %s", code, out)
 		}
 	})
 
@@ -134,4 +206,38 @@ func TestBinary(t *testing.T) {
 			t.Fatal("the node did not exit after SIGTERM")
 		}
 	})
+}
+
+// runBinary runs the binary with args and environ(env...) and returns its combined output and
+// exit status.
+func runBinary(t *testing.T, bin string, env []string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = environ(env...)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
+// keyFiles writes an Ed25519 public key and its private key as PEM files.
+func keyFiles(t *testing.T) (pub, priv string) {
+	t.Helper()
+	pk, sk, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkix, _ := x509.MarshalPKIXPublicKey(pk)
+	pkcs8, _ := x509.MarshalPKCS8PrivateKey(sk)
+	dir := t.TempDir()
+	pub, priv = filepath.Join(dir, "pub.pem"), filepath.Join(dir, "priv.pem")
+	for path, b := range map[string]*pem.Block{pub: {Type: "PUBLIC KEY", Bytes: pkix}, priv: {Type: "PRIVATE KEY", Bytes: pkcs8}} {
+		if err := os.WriteFile(path, pem.EncodeToMemory(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pub, priv
 }

@@ -157,7 +157,7 @@ func runEmbedded(ctx context.Context, cfg *configs.Config, group string, log *sl
 	if cfg.Development {
 		cfg.Auth.JWTSecret = randomHex(32)
 		cfg.API.Key = randomHex(16)
-		log.Warn("DEVELOPMENT MODE: no configuration given, so this demo made up a JWT secret and an API key",
+		log.Warn("DEVELOPMENT MODE: no way to authenticate clients is configured, so this demo made up a JWT secret and an API key",
 			"jwt_secret", cfg.Auth.JWTSecret, "api_key", cfg.API.Key)
 	}
 	broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL})

@@ -116,6 +116,13 @@ func (c *Config) setDefaults() {
 	set(&c.CheckInterval, DefaultCheckInterval)
 }
 
+// Check applies the defaults to a copy of c and validates it, as New does, without connecting
+// (gateway.Check, for -check-config).
+func (c Config) Check() error {
+	c.setDefaults()
+	return c.Validate()
+}
+
 // Validate checks a Config after defaults were applied.
 func (c *Config) Validate() error {
 	switch {

@@ -112,6 +112,13 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Check applies the defaults to a copy of c and validates it, as New does, without connecting
+// (gateway.Check, for -check-config).
+func (c Config) Check() error {
+	c.setDefaults()
+	return c.Validate()
+}
+
 // Validate reports the first setting that cannot work, naming its key.
 func (c Config) Validate() error {
 	if len(c.Brokers) == 0 {
@@ -312,6 +319,7 @@ func (b *Backend) saramaConfig() *sarama.Config {
 func (b *Backend) connectLoop() {
 	var firstOnce sync.Once
 	bo := backoff{min: 200 * time.Millisecond, max: 10 * time.Second}
+	attempt := 0
 	for {
 		c, err := b.connect()
 		b.mu.Lock()
@@ -335,7 +343,11 @@ func (b *Backend) connectLoop() {
 			return
 		}
 		d := bo.next()
-		b.log.Warn("kafka unreachable, retrying", "error", err, "retry_in", d)
+		level := slog.LevelWarn
+		if attempt++; attempt > 1 {
+			level = slog.LevelDebug // said once; the rest is detail
+		}
+		b.log.Log(context.Background(), level, "kafka unreachable, retrying", "error", err, "retry_in", d, "attempt", attempt)
 		if !sleep(d, b.done) {
 			return
 		}

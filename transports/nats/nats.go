@@ -86,6 +86,13 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Check applies the defaults to a copy of c and validates it, as New does, without connecting
+// (gateway.Check, for -check-config).
+func (c Config) Check() error {
+	c.setDefaults()
+	return c.Validate()
+}
+
 // Validate checks the settings, naming the one that is wrong.
 func (c *Config) Validate() error {
 	if strings.TrimSpace(c.URL) == "" {

@@ -84,6 +84,13 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Check applies the defaults to a copy of c and validates it, as New does, without connecting
+// (gateway.Check, for -check-config).
+func (c Config) Check() error {
+	c.setDefaults()
+	return c.Validate()
+}
+
 // Validate checks a Config after defaults were applied, naming the setting at fault.
 func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {

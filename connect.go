@@ -1,0 +1,137 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/transports"
+)
+
+// Backoff between two pings of a broker that does not answer at start.
+const (
+	connectRetryMin = 100 * time.Millisecond
+	connectRetryMax = 5 * time.Second
+)
+
+// ErrBrokerUnreachable is wrapped by the error of Start (and Run) when the broker did not answer
+// within broker_connect_timeout.
+var ErrBrokerUnreachable = errors.New("broker unreachable")
+
+// awaitBroker pings the broker until it answers, waiting between pings with exponential backoff
+// and jitter (connectRetryMin to connectRetryMax). It logs once that the broker is unreachable
+// (when a retry failed too), and once that it is reached. With broker_connect_timeout set it
+// gives up after that long, with an error naming the broker and its address; it also returns
+// when ctx ends.
+func (g *Gateway) awaitBroker(ctx context.Context) error {
+	broker, addr := g.cfg.Broker, brokerAddr(g.cfg)
+	start := time.Now()
+	delay, failures := connectRetryMin, 0
+	for {
+		err := g.backend.Ping(ctx)
+		if err == nil {
+			g.log.Info("broker reachable", "broker", broker, "addr", addr, "waited", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		if errors.Is(err, transports.ErrClosed) || ctx.Err() != nil {
+			return errors.Join(ctx.Err(), err)
+		}
+		timeout := g.cfg.BrokerConnectTimeout
+		// The first failure may be a backend still setting up (JetStream provisions its streams
+		// in the background): say it when the first retry fails too.
+		if failures++; failures == 2 {
+			g.log.Warn("broker unreachable; retrying with backoff, /readyz answers 503 until it answers",
+				"broker", broker, "addr", addr, "error", err, "broker_connect_timeout", timeout)
+		}
+		wait := jitter(delay)
+		if timeout > 0 {
+			left := timeout - time.Since(start)
+			if left <= 0 {
+				return fmt.Errorf("%w: %s at %s did not answer within broker_connect_timeout %s: %v", ErrBrokerUnreachable, broker, addr, timeout, err)
+			}
+			wait = min(wait, left)
+		}
+		if !sleep(ctx, wait) {
+			return ctx.Err()
+		}
+		delay = min(2*delay, connectRetryMax)
+	}
+}
+
+// sleep waits d, or until ctx ends (false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// jitter is d plus or minus up to a fifth, so nodes restarted together do not ping in step.
+func jitter(d time.Duration) time.Duration {
+	return d + time.Duration(rand.Int64N(int64(d)*2/5+1)) - d/5
+}
+
+// brokerAddr is where the configured broker is, for log lines and errors.
+func brokerAddr(cfg *configs.Config) string {
+	switch cfg.Broker {
+	case configs.BrokerNATS, configs.BrokerJetStream:
+		return cfg.NATS.URL
+	case configs.BrokerRedis:
+		return cfg.Redis.Addr
+	case configs.BrokerKafka:
+		return strings.Join(cfg.Kafka.Brokers, ",")
+	}
+	return "in process"
+}
+
+// ready is /readyz's check: the node has started (the broker answered and the router runs) and
+// the broker answers now.
+func (g *Gateway) ready(ctx context.Context) error {
+	if !g.started.Load() {
+		return errors.New("starting: waiting for the broker")
+	}
+	return g.backend.Ping(ctx)
+}
+
+// untilStarted serves h once the node has started. Before, /healthz, /readyz and /metrics are
+// served at once, and any other request waits for the start up to websocket.publish_timeout (a
+// start with the broker up takes milliseconds), then gets 503 `unavailable`: no client connects
+// to a node that cannot reach its broker yet.
+func (g *Gateway) untilStarted(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/healthz", "/readyz", "/metrics":
+			h.ServeHTTP(w, r)
+			return
+		}
+		t := time.NewTimer(g.cfg.WebSocket.PublishTimeout)
+		defer t.Stop()
+		select {
+		case <-g.startedc:
+			h.ServeHTTP(w, r)
+		case <-r.Context().Done():
+		case <-t.C:
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{
+				"code": "unavailable", "message": "node is starting: waiting for the broker"}})
+		}
+	})
+}
+
+// markStarted records that Start succeeded (once).
+func (g *Gateway) markStarted() {
+	if g.started.CompareAndSwap(false, true) {
+		close(g.startedc)
+	}
+}
