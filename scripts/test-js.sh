@@ -19,7 +19,7 @@ fi
 bin_dir=$(mktemp -d)
 trap 'rm -rf "$bin_dir"' EXIT
 go build -o "$bin_dir/gateway" ./cmd/gateway
-export GATEWAY_BIN="$bin_dir/gateway"
+export WSGATEWAY_TEST_BIN="$bin_dir/gateway"
 
 cd clients/js
 npm ci --no-audit --no-fund

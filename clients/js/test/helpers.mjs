@@ -22,10 +22,10 @@ export function uniq(prefix) {
 let bin;
 let binDir;
 
-/** binary builds ./cmd/gateway once per test process (or uses $GATEWAY_BIN) and returns its path. */
+/** binary builds ./cmd/gateway once per test process (or uses $WSGATEWAY_TEST_BIN) and returns its path. */
 export function binary() {
   if (bin) return bin;
-  if (process.env.GATEWAY_BIN) return (bin = process.env.GATEWAY_BIN);
+  if (process.env.WSGATEWAY_TEST_BIN) return (bin = process.env.WSGATEWAY_TEST_BIN);
   binDir = mkdtempSync(path.join(tmpdir(), 'gateway-js-test-'));
   const out = path.join(binDir, 'gateway');
   execFileSync('go', ['build', '-o', out, './cmd/gateway'], { cwd: repoRoot, stdio: ['ignore', 'inherit', 'inherit'] });
