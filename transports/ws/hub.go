@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
@@ -196,6 +197,10 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	mel.HandleMessage(func(s *melody.Session, b []byte) {
 		if c := connOf(s); c != nil {
 			h.metrics.FramesIn.Inc()
+			if !utf8.Valid(b) { // RFC 6455 8.1: fail the connection with 1007
+				c.closeWith(closeInvalidData, reasonInvalidUTF8)
+				return
+			}
 			h.frame(c, b)
 		}
 	})

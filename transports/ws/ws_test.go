@@ -532,3 +532,40 @@ func TestWriteDelayCoalesces(t *testing.T) {
 		t.Fatalf("%d socket writes, want 3", w)
 	}
 }
+
+// recHandler records the frames handed to the protocol.
+type recHandler struct {
+	nopHandler
+	frames atomic.Int64
+}
+
+func (r *recHandler) Frame(*Conn, []byte) { r.frames.Add(1) }
+
+// TestInvalidUTF8ClosesWith1007: a text frame that is not UTF-8 (bytes 0xff 0xfe) fails the
+// connection with close code 1007 (RFC 6455) and never reaches the protocol, while a valid
+// frame before it does.
+func TestInvalidUTF8ClosesWith1007(t *testing.T) {
+	h := newTestHub(t, Config{})
+	rec := &recHandler{}
+	h.SetHandler(rec)
+	srv := h.serve(t)
+	cl := dialHub(t, h, srv.URL)
+	if err := cl.ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","id":"é"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.ws.WriteMessage(websocket.TextMessage, []byte{0xff, 0xfe}); err != nil {
+		t.Fatal(err)
+	}
+	_ = cl.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err := cl.ws.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != closeInvalidData || ce.Text != reasonInvalidUTF8 {
+		t.Fatalf("after invalid UTF-8: %v; want close %d %q", err, closeInvalidData, reasonInvalidUTF8)
+	}
+	if n := rec.frames.Load(); n != 1 {
+		t.Fatalf("the protocol got %d frames, want only the valid one", n)
+	}
+	if r := cl.conn.Reason(); r != reasonInvalidUTF8 {
+		t.Fatalf("reason %q", r)
+	}
+}
