@@ -282,6 +282,7 @@ func (c *Conn) slow() {
 		return
 	}
 	c.hub.metrics.SlowDisconnects.Inc()
+	c.hub.rlog.Info("slow_consumer", "slow consumer disconnected", "session_id", c.ID, "send_buffer", c.hub.cfg.SendBuffer)
 	c.Disconnect(protocol.DisconnectSlowConsumer, "send buffer full", true)
 }
 
@@ -300,7 +301,7 @@ func (c *Conn) Disconnect(code, reason string, reconnect bool) {
 		closeCode = closeGoingAway
 	case protocol.DisconnectSlowConsumer:
 		closeCode = closeTryLater
-	case protocol.DisconnectPolicy:
+	case protocol.DisconnectPolicy, protocol.DisconnectRateLimited:
 		closeCode = closePolicy
 	case protocol.DisconnectTokenExpired:
 		closeCode = closeTokenError
@@ -398,6 +399,13 @@ func (c *Conn) Subscribed(channel string) bool {
 	defer c.mu.Unlock()
 	_, ok := c.subs[channel]
 	return ok
+}
+
+// Subscriptions is how many channels c is subscribed to (live or replaying).
+func (c *Conn) Subscriptions() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.subs)
 }
 
 func (c *Conn) addSub(channel string) *sub {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -88,6 +89,7 @@ type Hub struct {
 	handler  Handler
 	interest Interest
 	log      *slog.Logger
+	rlog     *ratelog.Logger // slow-consumer disconnects
 	metrics  *metrics.Metrics
 	seed     maphash.Seed
 
@@ -183,7 +185,8 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	if cfg.CheckOrigin == nil {
 		cfg.CheckOrigin = sameHost
 	}
-	h := &Hub{cfg: cfg, interest: interest, log: log, metrics: m, seed: maphash.MakeSeed(), sessions: map[string]*Conn{}}
+	h := &Hub{cfg: cfg, interest: interest, log: log, rlog: ratelog.New(log, ratelog.DefaultInterval), metrics: m,
+		seed: maphash.MakeSeed(), sessions: map[string]*Conn{}}
 	if cfg.WriteDelay > 0 {
 		h.delay = startDelayClock(cfg.WriteDelay)
 	}

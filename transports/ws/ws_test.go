@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -281,6 +283,8 @@ func TestQueuedFramesArriveWholeInOrderAndCoalesced(t *testing.T) {
 // disconnect frame and the close.
 func TestSlowConsumerGetsItsFramesThenDisconnect(t *testing.T) {
 	h := newTestHub(t, Config{SendBuffer: 16, WriteTimeout: 20 * time.Second})
+	var logs bytes.Buffer // written by the Send below, on this goroutine
+	h.rlog = ratelog.New(slog.New(slog.NewTextHandler(&logs, nil)), time.Second)
 	srv := h.serve(t)
 	cl := dialHub(t, h, srv.URL)
 	payload := strings.Repeat("y", 64<<10)
@@ -298,6 +302,9 @@ func TestSlowConsumerGetsItsFramesThenDisconnect(t *testing.T) {
 	}
 	if cl.conn.Send([]byte(`{"late":true}`)) {
 		t.Fatal("Send accepted a frame after the disconnect")
+	}
+	if out := logs.String(); !strings.Contains(out, "level=INFO msg=\"slow consumer disconnected\" session_id=s1") {
+		t.Fatalf("the slow consumer was not logged at info: %q", out)
 	}
 	for i := range sent {
 		var m struct {

@@ -1,0 +1,64 @@
+package handlers
+
+import (
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/transports/ws"
+)
+
+// connLimits are the per-connection limiters of limits.*; a nil limiter is no limit. Each
+// rate.Limiter is safe for concurrent use.
+type connLimits struct {
+	publish   *rate.Limiter // publish and send frames (counted by the router's RateLimit)
+	subscribe *rate.Limiter // subscribe frames
+	strikes   *rate.Limiter // rate_limited answers; none left: the connection is disconnected
+}
+
+// newConnLimits makes the limiters of one connection from l.
+func newConnLimits(l configs.LimitsConfig) connLimits {
+	var cl connLimits
+	if l.PublishRate > 0 {
+		cl.publish = rate.NewLimiter(rate.Limit(l.PublishRate), l.PublishBurst)
+	}
+	if l.SubscribeRate > 0 {
+		cl.subscribe = rate.NewLimiter(rate.Limit(l.SubscribeRate), l.SubscribeBurst)
+	}
+	if l.RateLimitedDisconnect > 0 && l.RateLimitedWindow > 0 {
+		every := l.RateLimitedWindow / time.Duration(l.RateLimitedDisconnect)
+		cl.strikes = rate.NewLimiter(rate.Every(every), l.RateLimitedDisconnect)
+	}
+	return cl
+}
+
+// checkSubscribe applies the subscribe limits to a subscribe frame of c: the rate (every
+// subscribe frame counts, refused or not), then the count of subscriptions.
+func (s *Sessions) checkSubscribe(c *ws.Conn, st *state) error {
+	if l := st.limits.subscribe; l != nil && !l.Allow() {
+		return protocol.Errorf(protocol.CodeRateLimited, "too many subscribes; slow down")
+	}
+	if most := s.d.Limits.SubscriptionsPerConnection; most > 0 && c.Subscriptions() >= most {
+		return protocol.Errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d subscriptions", most)
+	}
+	return nil
+}
+
+// Log kinds of Sessions (ratelog).
+const logRateLimited = "rate_limited"
+
+// rateLimited follows a `rate_limited` answer to c: it is logged (at most once a second), and
+// takes one strike; a connection with none left is disconnected, behind the answer.
+func (s *Sessions) rateLimited(c *ws.Conn, frameType string) {
+	s.rlog.Info(logRateLimited, "frame rate limited", "session_id", c.ID, "frame", frameType)
+	st := stateOf(c)
+	if st.limits.strikes == nil || st.limits.strikes.Allow() {
+		return
+	}
+	s.rlog.Info(logAbuseDisconnect, "connection disconnected: it kept sending over its rate limits", "session_id", c.ID)
+	c.Disconnect(protocol.DisconnectRateLimited, "kept sending over the rate limits", false)
+}
+
+const logAbuseDisconnect = "rate_limited_disconnect"
