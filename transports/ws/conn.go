@@ -27,6 +27,9 @@ const (
 	closeInvalidData = 1007
 )
 
+// logSlowConsumer is the ratelog kind of slow-consumer disconnects.
+const logSlowConsumer = "slow_consumer"
+
 // reasonInvalidUTF8 is the close reason with closeInvalidData, and the connection's Reason.
 const reasonInvalidUTF8 = "invalid_utf8"
 
@@ -282,7 +285,7 @@ func (c *Conn) slow() {
 		return
 	}
 	c.hub.metrics.SlowDisconnects.Inc()
-	c.hub.rlog.Info("slow_consumer", "slow consumer disconnected", "session_id", c.ID, "send_buffer", c.hub.cfg.SendBuffer)
+	c.hub.rlog.Info(logSlowConsumer, "slow consumer disconnected", "session_id", c.ID, "send_buffer", c.hub.cfg.SendBuffer)
 	c.Disconnect(protocol.DisconnectSlowConsumer, "send buffer full", true)
 }
 

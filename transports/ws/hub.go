@@ -211,11 +211,13 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	mel.HandleMessage(func(s *melody.Session, b []byte) {
 		if c := connOf(s); c != nil {
 			h.metrics.FramesIn.Inc()
-			if !utf8.Valid(b) { // RFC 6455 8.1: fail the connection with 1007
+			switch {
+			case c.Closing(): // the server said goodbye (disconnect, failed frame): nothing more is acted on
+			case !utf8.Valid(b): // RFC 6455 8.1: fail the connection with 1007
 				c.closeWith(closeInvalidData, reasonInvalidUTF8)
-				return
+			default:
+				h.frame(c, b)
 			}
-			h.frame(c, b)
 		}
 	})
 	mel.HandleMessageBinary(func(s *melody.Session, _ []byte) {

@@ -550,7 +550,7 @@ func (r *recHandler) Frame(*Conn, []byte) { r.frames.Add(1) }
 
 // TestInvalidUTF8ClosesWith1007: a text frame that is not UTF-8 (bytes 0xff 0xfe) fails the
 // connection with close code 1007 (RFC 6455) and never reaches the protocol, while a valid
-// frame before it does.
+// frame before it does, and a valid frame after it does not.
 func TestInvalidUTF8ClosesWith1007(t *testing.T) {
 	h := newTestHub(t, Config{})
 	rec := &recHandler{}
@@ -560,8 +560,10 @@ func TestInvalidUTF8ClosesWith1007(t *testing.T) {
 	if err := cl.ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","id":"é"}`)); err != nil {
 		t.Fatal(err)
 	}
-	if err := cl.ws.WriteMessage(websocket.TextMessage, []byte{0xff, 0xfe}); err != nil {
-		t.Fatal(err)
+	for _, frame := range [][]byte{{0xff, 0xfe}, []byte(`{"type":"ping","id":"after"}`)} {
+		if err := cl.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+			t.Fatal(err)
+		}
 	}
 	_ = cl.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, _, err := cl.ws.ReadMessage()
@@ -569,8 +571,17 @@ func TestInvalidUTF8ClosesWith1007(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Code != closeInvalidData || ce.Text != reasonInvalidUTF8 {
 		t.Fatalf("after invalid UTF-8: %v; want close %d %q", err, closeInvalidData, reasonInvalidUTF8)
 	}
+	// Once the hub let the connection go, the server read everything up to the client's close
+	// (gorilla answers the server's close), the frame after the invalid one included.
+	deadline := time.Now().Add(10 * time.Second)
+	for h.Len() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection did not end")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if n := rec.frames.Load(); n != 1 {
-		t.Fatalf("the protocol got %d frames, want only the valid one", n)
+		t.Fatalf("the protocol got %d frames, want only the one before the invalid one", n)
 	}
 	if r := cl.conn.Reason(); r != reasonInvalidUTF8 {
 		t.Fatalf("reason %q", r)
