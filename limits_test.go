@@ -2,10 +2,14 @@ package gateway_test
 
 import (
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/wstest"
 )
@@ -87,21 +91,25 @@ func TestDefaultSubscribeRate(t *testing.T) {
 // TestPersistentAbuserIsDisconnected: with the default limits, a connection that keeps
 // publishing over its rate gets rate_limited answers, then, after
 // DefaultRateLimitedDisconnect of them, the disconnect frame rate_limited (reconnect false)
-// and close 1008.
+// and close 1008. The rate-limited frames are logged at info, one line a second at most.
 func TestPersistentAbuserIsDisconnected(t *testing.T) {
-	n := startNode(t, testConfig(t))
+	var logs logBuffer
+	start := time.Now()
+	n := startNode(t, testConfig(t), gateway.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	c, _ := wstest.Dial(t, n.URL, allowAll(t, "mallory"))
 	pub := func(i int) map[string]any {
 		return map[string]any{"type": "publish", "id": fmt.Sprint(i), "channel": "flood", "data": i}
 	}
-	acked, limited := 0, 0
+	acked, limited, writable := 0, 0, true
 	var disconnect wstest.Frame
 	for sent := 0; disconnect == nil; sent += 50 {
 		if sent > 100*configs.DefaultPublishBurst {
 			t.Fatalf("%d publishes, %d acked, %d rate_limited, never disconnected", sent, acked, limited)
 		}
-		for i := sent; i < sent+50; i++ {
-			c.Send(pub(i))
+		// Once the server disconnected, writes fail (it closed the socket): the disconnect
+		// frame is among the replies still to read.
+		for i := sent; i < sent+50 && writable; i++ {
+			writable = c.Conn.WriteJSON(pub(i)) == nil
 		}
 		for range 50 {
 			f, err := c.Read(wstest.Timeout)
@@ -137,5 +145,13 @@ func TestPersistentAbuserIsDisconnected(t *testing.T) {
 	}
 	if ce := c.Closed(); ce.Code != websocket.ClosePolicyViolation {
 		t.Fatalf("closed with %d, want 1008", ce.Code)
+	}
+	out := logs.String()
+	most := 1 + int(time.Since(start)/time.Second)
+	if got := strings.Count(out, `level=INFO msg="frame rate limited"`); got < 1 || got > most {
+		t.Fatalf("%d log lines for %d rate-limited frames, want 1 to %d:\n%s", got, limited, most, out)
+	}
+	if !strings.Contains(out, "connection disconnected: it kept sending over its rate limits") {
+		t.Fatalf("the disconnect was not logged:\n%s", out)
 	}
 }

@@ -47,7 +47,10 @@ func (s *Sessions) checkSubscribe(c *ws.Conn, st *state) error {
 }
 
 // Log kinds of Sessions (ratelog).
-const logRateLimited = "rate_limited"
+const (
+	logRateLimited     = "rate_limited"
+	logAbuseDisconnect = "rate_limited_disconnect"
+)
 
 // rateLimited follows a `rate_limited` answer to c: it is logged (at most once a second), and
 // takes one strike; a connection with none left is disconnected, behind the answer.
@@ -60,5 +63,3 @@ func (s *Sessions) rateLimited(c *ws.Conn, frameType string) {
 	s.rlog.Info(logAbuseDisconnect, "connection disconnected: it kept sending over its rate limits", "session_id", c.ID)
 	c.Disconnect(protocol.DisconnectRateLimited, "kept sending over the rate limits", false)
 }
-
-const logAbuseDisconnect = "rate_limited_disconnect"
