@@ -100,6 +100,8 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, ws.ErrOriginRefused):
 		h.refuse(w, r, http.StatusForbidden, protocol.CodeForbidden, "origin not allowed")
+	case errors.Is(err, ws.ErrHubClosed): // closed since the Draining check
+		h.refuse(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "node is shutting down")
 	case err != nil: // gorilla answered (not a WebSocket handshake...)
 		h.d.Metrics.UpgradesRefused.WithLabelValues("upgrade").Inc()
 		h.rlog.Info(logUpgrade, "upgrade refused", "error", err, "remote_addr", r.RemoteAddr)

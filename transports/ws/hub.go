@@ -272,7 +272,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, id Identity) error 
 	h.drainMu.Lock()
 	if h.closed {
 		h.drainMu.Unlock()
-		return errHubClosed
+		return ErrHubClosed
 	}
 	h.served.Add(1)
 	h.drainMu.Unlock()
@@ -602,4 +602,6 @@ func (h *Hub) Close() {
 	}
 }
 
-var errHubClosed = errors.New("ws: the hub is closed")
+// ErrHubClosed is returned by Accept, before anything was written, once the hub is closed: the
+// caller answers it (503).
+var ErrHubClosed = errors.New("ws: the hub is closed")
