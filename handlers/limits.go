@@ -15,7 +15,10 @@ import (
 type connLimits struct {
 	publish   *rate.Limiter // publish and send frames (counted by the router's RateLimit)
 	subscribe *rate.Limiter // subscribe frames
-	strikes   *rate.Limiter // rate_limited answers; none left: the connection is disconnected
+	// strikes counts rate_limited answers (none left: the connection is disconnected). It is
+	// made at the first one (most connections never get one) and used only by the
+	// connection's frames, which are handled one at a time.
+	strikes *rate.Limiter
 }
 
 // newConnLimits makes the limiters of one connection from l.
@@ -27,11 +30,16 @@ func newConnLimits(l configs.LimitsConfig) connLimits {
 	if l.SubscribeRate > 0 {
 		cl.subscribe = rate.NewLimiter(rate.Limit(l.SubscribeRate), l.SubscribeBurst)
 	}
-	if l.RateLimitedDisconnect > 0 && l.RateLimitedWindow > 0 {
-		every := l.RateLimitedWindow / time.Duration(l.RateLimitedDisconnect)
-		cl.strikes = rate.NewLimiter(rate.Every(every), l.RateLimitedDisconnect)
-	}
 	return cl
+}
+
+// newStrikes is a full strikes limiter for l, nil when a connection is never disconnected.
+func newStrikes(l configs.LimitsConfig) *rate.Limiter {
+	if l.RateLimitedDisconnect <= 0 || l.RateLimitedWindow <= 0 {
+		return nil
+	}
+	every := max(l.RateLimitedWindow/time.Duration(l.RateLimitedDisconnect), time.Nanosecond)
+	return rate.NewLimiter(rate.Every(every), l.RateLimitedDisconnect)
 }
 
 // checkSubscribe applies the subscribe limits to a subscribe frame of c: the rate (every
@@ -57,6 +65,9 @@ const (
 func (s *Sessions) rateLimited(c *ws.Conn, frameType string) {
 	s.rlog.Info(logRateLimited, "frame rate limited", "session_id", c.ID, "frame", frameType)
 	st := stateOf(c)
+	if st.limits.strikes == nil {
+		st.limits.strikes = newStrikes(s.d.Limits)
+	}
 	if st.limits.strikes == nil || st.limits.strikes.Allow() {
 		return
 	}
