@@ -34,7 +34,7 @@ import (
 var knownCodes = map[string]bool{
 	protocol.CodeBadRequest: true, protocol.CodeUnauthorized: true, protocol.CodeForbidden: true,
 	protocol.CodeNotFound: true, protocol.CodeTooLarge: true, protocol.CodeRateLimited: true,
-	protocol.CodeUnavailable: true, protocol.CodeInternal: true, "limit_exceeded": true,
+	protocol.CodeUnavailable: true, protocol.CodeInternal: true, protocol.CodeLimitExceeded: true,
 }
 
 // replyTypes are the frames that answer a client frame (one each).

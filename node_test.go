@@ -548,6 +548,8 @@ func TestOriginCheck(t *testing.T) {
 	host := strings.TrimPrefix(n.URL, "http://")
 	if _, resp, err := wstest.TryDial(t, n.URL, tok, http.Header{"Origin": {"https://evil.example"}}); err == nil || resp.StatusCode != 403 {
 		t.Fatalf("foreign origin accepted: %v", err)
+	} else {
+		expectJSONError(t, resp, "forbidden")
 	}
 	if _, _, err := wstest.TryDial(t, n.URL, tok, http.Header{"Origin": {"http://" + host}}); err != nil {
 		t.Fatalf("same-host origin refused: %v", err)
@@ -558,7 +560,18 @@ func TestOriginCheck(t *testing.T) {
 	}
 	if _, resp, err := wstest.TryDial(t, n2.URL, tok, http.Header{"Origin": {"https://other.example"}}); err == nil || resp.StatusCode != 403 {
 		t.Fatalf("unlisted origin accepted: %v", err)
+	} else {
+		expectJSONError(t, resp, "forbidden")
 	}
+	// A request that is not a WebSocket handshake gets the same JSON shape (gorilla's refusal).
+	resp, err := http.Get(n.URL + "/ws?token=" + tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 400 {
+		t.Fatalf("plain GET /ws: %d", resp.StatusCode)
+	}
+	expectJSONError(t, resp, "bad_request")
 }
 
 // smallBuffers dials with a small socket receive buffer, so a client that does not read backs up

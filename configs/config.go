@@ -54,6 +54,22 @@ const (
 	JWKSUnknownKIDEvery = 10 * time.Second
 	// DefaultBrokerConnectTimeout 0: a starting node waits for its broker for ever.
 	DefaultBrokerConnectTimeout time.Duration = 0
+	// Per-connection limits (limits.*), chosen so that a legitimate client never meets them: a
+	// chat client publishes about once a second, a game 30 to 60 times; wsclient resends its
+	// unacknowledged publishes at once after a reconnect; a dashboard subscribes hundreds of
+	// channels on connect, and a reconnect resubscribes everything at once.
+	DefaultPublishRate                = 100  // publish/send frames per second per connection
+	DefaultPublishBurst               = 1000 // taken at once: an outbox flushed after a reconnect
+	DefaultSubscriptionsPerConnection = 1024
+	DefaultSubscribeRate              = 50 // subscribe frames per second per connection
+	// DefaultSubscribeBurst is twice the subscriptions a connection may hold by default: it
+	// can subscribe everything, drop it all and subscribe it all again at once.
+	DefaultSubscribeBurst        = 2 * DefaultSubscriptionsPerConnection
+	DefaultRateLimitedDisconnect = 100 // rate_limited answers within the window before a disconnect
+	DefaultRateLimitedWindow     = 10 * time.Second
+
+	// NoLimit turns off a limit whose zero value means its default.
+	NoLimit = -1
 )
 
 // Broker names.
@@ -209,14 +225,24 @@ type RouterConfig struct {
 	RequireSignature bool          `yaml:"require_signature" env:"REQUIRE_SIGNATURE"` // drop unsigned service messages to the poison topic
 }
 
-// LimitsConfig bounds what one client may do.
+// LimitsConfig bounds what one client may do. Where 0 means the default, -1 (NoLimit) turns the
+// limit off.
 type LimitsConfig struct {
-	PublishRate        float64 `yaml:"publish_rate" env:"PUBLISH_RATE"`           // publish/send per second per connection; 0: no limit
-	PublishBurst       int     `yaml:"publish_burst" env:"PUBLISH_BURST"`         // default: the rate rounded up, at least 1
+	PublishRate        float64 `yaml:"publish_rate" env:"PUBLISH_RATE"`           // publish/send per second per connection; default 100; -1: no limit
+	PublishBurst       int     `yaml:"publish_burst" env:"PUBLISH_BURST"`         // default 1000 with the default rate, else the rate rounded up, at least 1
 	UserPublishRate    float64 `yaml:"user_publish_rate" env:"USER_PUBLISH_RATE"` // per user, over all its connections on a node; 0: no limit
 	UserPublishBurst   int     `yaml:"user_publish_burst" env:"USER_PUBLISH_BURST"`
 	ConnectionsPerNode int     `yaml:"connections_per_node" env:"CONNECTIONS_PER_NODE"` // 0: no limit; beyond, upgrades get 503
 	ConnectionsPerUser int     `yaml:"connections_per_user" env:"CONNECTIONS_PER_USER"` // on one node; 0: no limit; beyond, upgrades get 429
+	// SubscriptionsPerConnection: beyond it a subscribe gets `limit_exceeded` (the connection
+	// stays); default 1024; -1: no limit.
+	SubscriptionsPerConnection int     `yaml:"subscriptions_per_connection" env:"SUBSCRIPTIONS_PER_CONNECTION"`
+	SubscribeRate              float64 `yaml:"subscribe_rate" env:"SUBSCRIBE_RATE"`   // subscribe frames per second per connection; default 50; -1: no limit
+	SubscribeBurst             int     `yaml:"subscribe_burst" env:"SUBSCRIBE_BURST"` // default twice subscriptions_per_connection (2048); at least subscriptions_per_connection
+	// RateLimitedDisconnect: a connection answered `rate_limited` more often than this within
+	// RateLimitedWindow is disconnected (`rate_limited`, close 1008); default 100; -1: never.
+	RateLimitedDisconnect int           `yaml:"rate_limited_disconnect" env:"RATE_LIMITED_DISCONNECT"`
+	RateLimitedWindow     time.Duration `yaml:"rate_limited_window" env:"RATE_LIMITED_WINDOW"` // default 10s
 }
 
 // DrainConfig sets the shutdown on SIGTERM.
@@ -299,12 +325,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Router.Timeout, c.WebSocket.PublishTimeout)
 	setDefault(&c.Router.BreakerFailures, 20)
 	setDefault(&c.Router.BreakerOpenFor, 5*time.Second)
-	if c.Limits.PublishRate > 0 && c.Limits.PublishBurst == 0 {
-		c.Limits.PublishBurst = max(1, int(c.Limits.PublishRate+0.999))
-	}
-	if c.Limits.UserPublishRate > 0 && c.Limits.UserPublishBurst == 0 {
-		c.Limits.UserPublishBurst = max(1, int(c.Limits.UserPublishRate+0.999))
-	}
+	c.Limits.setDefaults()
 	setDefault(&c.Drain.Period, DefaultDrainPeriod)
 	setDefault(&c.Events.Queue, DefaultEventsQueue)
 	setDefault(&c.Events.Heartbeat, 5*time.Second)
@@ -315,6 +336,31 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.HTTP.ReadTimeout, DefaultReadTimeout)
 	setDefault(&c.Auth.JWKSRefresh, DefaultJWKSRefresh)
 	setDefault(&c.Auth.JWKSTimeout, DefaultJWKSTimeout)
+}
+
+// setDefaults fills the limits: the publish burst follows the rate unless the rate is the
+// default; the subscribe burst is twice the subscriptions a connection may hold.
+func (l *LimitsConfig) setDefaults() {
+	if l.PublishRate == 0 {
+		l.PublishRate = DefaultPublishRate
+		setDefault(&l.PublishBurst, DefaultPublishBurst)
+	}
+	if l.PublishRate > 0 && l.PublishBurst == 0 {
+		l.PublishBurst = max(1, int(l.PublishRate+0.999))
+	}
+	if l.UserPublishRate > 0 && l.UserPublishBurst == 0 {
+		l.UserPublishBurst = max(1, int(l.UserPublishRate+0.999))
+	}
+	setDefault(&l.SubscriptionsPerConnection, DefaultSubscriptionsPerConnection)
+	setDefault(&l.SubscribeRate, DefaultSubscribeRate)
+	if l.SubscribeBurst == 0 {
+		l.SubscribeBurst = DefaultSubscribeBurst
+		if l.SubscriptionsPerConnection > 0 {
+			l.SubscribeBurst = 2 * l.SubscriptionsPerConnection
+		}
+	}
+	setDefault(&l.RateLimitedDisconnect, DefaultRateLimitedDisconnect)
+	setDefault(&l.RateLimitedWindow, DefaultRateLimitedWindow)
 }
 
 func setDefault[T comparable](v *T, def T) {
@@ -489,11 +535,8 @@ func (c *Config) Validate() error {
 	if c.Router.RequireSignature && len(c.Router.SigningKeys) == 0 {
 		return bad("router.require_signature", "ROUTER_REQUIRE_SIGNATURE", "needs router.signing_keys")
 	}
-	if c.Limits.PublishRate < 0 || c.Limits.UserPublishRate < 0 || c.Limits.PublishBurst < 0 || c.Limits.UserPublishBurst < 0 {
-		return bad("limits.publish_rate", "LIMITS_PUBLISH_RATE", "rates and bursts must not be negative")
-	}
-	if c.Limits.ConnectionsPerNode < 0 || c.Limits.ConnectionsPerUser < 0 {
-		return bad("limits.connections_per_node", "LIMITS_CONNECTIONS_PER_NODE", "connection limits must not be negative")
+	if err := c.Limits.validate(); err != nil {
+		return err
 	}
 	if c.Router.RetryAttempts < 0 || c.Router.RetryAttempts > 100 {
 		return bad("router.retry_attempts", "ROUTER_RETRY_ATTEMPTS", "must be between 0 and 100")
@@ -541,6 +584,38 @@ func (a AuthConfig) validateTokens() error {
 	}
 	if strings.TrimSpace(a.Issuer) != a.Issuer {
 		return bad("auth.issuer", "ISSUER", "%q has spaces around it", a.Issuer)
+	}
+	return nil
+}
+
+// validate checks the limits: no negative value but -1 (NoLimit) where it turns a limit off, and
+// a subscribe burst that lets a client resubscribe everything it may hold at once.
+func (l LimitsConfig) validate() error {
+	offOrPositive := func(v float64) bool { return v == NoLimit || v > 0 }
+	switch {
+	case !offOrPositive(l.PublishRate):
+		return bad("limits.publish_rate", "LIMITS_PUBLISH_RATE", "must be positive, or -1 for no limit")
+	case l.PublishBurst < 0:
+		return bad("limits.publish_burst", "LIMITS_PUBLISH_BURST", "must not be negative")
+	case l.UserPublishRate < 0 && l.UserPublishRate != NoLimit:
+		return bad("limits.user_publish_rate", "LIMITS_USER_PUBLISH_RATE", "must not be negative (0 or -1: no limit)")
+	case l.UserPublishBurst < 0:
+		return bad("limits.user_publish_burst", "LIMITS_USER_PUBLISH_BURST", "must not be negative")
+	case l.ConnectionsPerNode < 0 || l.ConnectionsPerUser < 0:
+		return bad("limits.connections_per_node", "LIMITS_CONNECTIONS_PER_NODE", "connection limits must not be negative")
+	case !offOrPositive(float64(l.SubscriptionsPerConnection)):
+		return bad("limits.subscriptions_per_connection", "LIMITS_SUBSCRIPTIONS_PER_CONNECTION", "must be positive, or -1 for no limit")
+	case !offOrPositive(l.SubscribeRate):
+		return bad("limits.subscribe_rate", "LIMITS_SUBSCRIBE_RATE", "must be positive, or -1 for no limit")
+	case l.SubscribeBurst < 1:
+		return bad("limits.subscribe_burst", "LIMITS_SUBSCRIBE_BURST", "must be positive")
+	case l.SubscribeRate > 0 && l.SubscriptionsPerConnection > 0 && l.SubscribeBurst < l.SubscriptionsPerConnection:
+		return bad("limits.subscribe_burst", "LIMITS_SUBSCRIBE_BURST", "%d is below limits.subscriptions_per_connection (%d): a reconnecting client could not resubscribe everything at once",
+			l.SubscribeBurst, l.SubscriptionsPerConnection)
+	case !offOrPositive(float64(l.RateLimitedDisconnect)):
+		return bad("limits.rate_limited_disconnect", "LIMITS_RATE_LIMITED_DISCONNECT", "must be positive, or -1 to never disconnect")
+	case l.RateLimitedWindow < time.Millisecond:
+		return bad("limits.rate_limited_window", "LIMITS_RATE_LIMITED_WINDOW", "must be positive")
 	}
 	return nil
 }

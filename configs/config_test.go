@@ -81,6 +81,14 @@ func TestDefaults(t *testing.T) {
 		{"Router.RetryAttempts", cfg.Router.RetryAttempts, DefaultRetryAttempts},
 		{"Router.RetryInitial", cfg.Router.RetryInitial, DefaultRetryInitial},
 		{"Router.RetryMaxElapsed", cfg.Router.RetryMaxElapsed, DefaultRetryMaxElapsed},
+		{"Limits.PublishRate", cfg.Limits.PublishRate, float64(DefaultPublishRate)},
+		{"Limits.PublishBurst", cfg.Limits.PublishBurst, DefaultPublishBurst},
+		{"Limits.UserPublishRate", cfg.Limits.UserPublishRate, 0.0},
+		{"Limits.SubscriptionsPerConnection", cfg.Limits.SubscriptionsPerConnection, DefaultSubscriptionsPerConnection},
+		{"Limits.SubscribeRate", cfg.Limits.SubscribeRate, float64(DefaultSubscribeRate)},
+		{"Limits.SubscribeBurst", cfg.Limits.SubscribeBurst, DefaultSubscribeBurst},
+		{"Limits.RateLimitedDisconnect", cfg.Limits.RateLimitedDisconnect, DefaultRateLimitedDisconnect},
+		{"Limits.RateLimitedWindow", cfg.Limits.RateLimitedWindow, DefaultRateLimitedWindow},
 		{"Drain.Period", cfg.Drain.Period, DefaultDrainPeriod},
 		{"Log.Level", cfg.Log.Level, DefaultLogLevel},
 		{"Log.Format", cfg.Log.Format, DefaultLogFormat},
@@ -287,6 +295,10 @@ func TestOtherEnv(t *testing.T) {
 		"GATEWAY_LIMITS_USER_PUBLISH_BURST=20",
 		"GATEWAY_LIMITS_CONNECTIONS_PER_NODE=1000",
 		"GATEWAY_LIMITS_CONNECTIONS_PER_USER=5",
+		"GATEWAY_LIMITS_SUBSCRIPTIONS_PER_CONNECTION=10",
+		"GATEWAY_LIMITS_SUBSCRIBE_RATE=2",
+		"GATEWAY_LIMITS_RATE_LIMITED_DISCONNECT=7",
+		"GATEWAY_LIMITS_RATE_LIMITED_WINDOW=3s",
 		"GATEWAY_EVENTS_DISABLED=true",
 		"GATEWAY_EVENTS_QUEUE=50",
 		"GATEWAY_EVENTS_HEARTBEAT=2s",
@@ -309,7 +321,8 @@ func TestOtherEnv(t *testing.T) {
 	want.Router = RouterConfig{DedupeWindow: 5 * time.Minute, RetryAttempts: 7, RetryInitial: 10 * time.Millisecond, RetryMaxElapsed: time.Second,
 		DedupeStore: "redis", Timeout: 3 * time.Second, PoisonTopic: "poison", BreakerFailures: 3, BreakerOpenFor: 2 * time.Second,
 		SigningKeys: []string{"k2:0123456789abcdefXYZ", "k1:0123456789abcdefOLD"}, RequireSignature: true}
-	want.Limits = LimitsConfig{PublishRate: 2.5, PublishBurst: 3, UserPublishRate: 10, UserPublishBurst: 20, ConnectionsPerNode: 1000, ConnectionsPerUser: 5}
+	want.Limits = LimitsConfig{PublishRate: 2.5, PublishBurst: 3, UserPublishRate: 10, UserPublishBurst: 20, ConnectionsPerNode: 1000, ConnectionsPerUser: 5,
+		SubscriptionsPerConnection: 10, SubscribeRate: 2, SubscribeBurst: 20, RateLimitedDisconnect: 7, RateLimitedWindow: 3 * time.Second}
 	want.Events = EventsConfig{Disabled: true, Queue: 50, Heartbeat: 2 * time.Second}
 	want.Drain = DrainConfig{Period: 30 * time.Second}
 	want.Log = LogConfig{Level: "warn", Format: "json"}
@@ -451,6 +464,18 @@ func TestValidate(t *testing.T) {
 		{name: "public channel patterns", environ: []string{"GATEWAY_PUBLIC_CHANNELS=*,room:*,$user,news"}},
 		{name: "node id 64 chars", environ: []string{"GATEWAY_NODE_ID=" + strings.Repeat("n", 64)}},
 		{name: "prefix 32 chars", environ: []string{"GATEWAY_TOPIC_PREFIX=" + strings.Repeat("p", 32)}},
+		{name: "publish rate negative", environ: []string{"GATEWAY_LIMITS_PUBLISH_RATE=-2"}, key: "limits.publish_rate"},
+		{name: "publish rate off", environ: []string{"GATEWAY_LIMITS_PUBLISH_RATE=-1"}},
+		{name: "publish burst negative", environ: []string{"GATEWAY_LIMITS_PUBLISH_BURST=-1"}, key: "limits.publish_burst"},
+		{name: "user publish rate negative", environ: []string{"GATEWAY_LIMITS_USER_PUBLISH_RATE=-3"}, key: "limits.user_publish_rate"},
+		{name: "subscriptions negative", environ: []string{"GATEWAY_LIMITS_SUBSCRIPTIONS_PER_CONNECTION=-5"}, key: "limits.subscriptions_per_connection"},
+		{name: "subscriptions off", environ: []string{"GATEWAY_LIMITS_SUBSCRIPTIONS_PER_CONNECTION=-1", "GATEWAY_LIMITS_SUBSCRIBE_RATE=-1"}},
+		{name: "subscribe rate negative", environ: []string{"GATEWAY_LIMITS_SUBSCRIBE_RATE=-0.5"}, key: "limits.subscribe_rate"},
+		{name: "subscribe burst negative", environ: []string{"GATEWAY_LIMITS_SUBSCRIBE_BURST=-1"}, key: "limits.subscribe_burst"},
+		{name: "subscribe burst below subscriptions", environ: []string{"GATEWAY_LIMITS_SUBSCRIPTIONS_PER_CONNECTION=100", "GATEWAY_LIMITS_SUBSCRIBE_BURST=99"}, key: "limits.subscribe_burst"},
+		{name: "subscribe burst follows subscriptions", environ: []string{"GATEWAY_LIMITS_SUBSCRIPTIONS_PER_CONNECTION=5000"}},
+		{name: "rate limited disconnect negative", environ: []string{"GATEWAY_LIMITS_RATE_LIMITED_DISCONNECT=-7"}, key: "limits.rate_limited_disconnect"},
+		{name: "rate limited window negative", environ: []string{"GATEWAY_LIMITS_RATE_LIMITED_WINDOW=-1s"}, key: "limits.rate_limited_window"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/ws"
 )
@@ -32,11 +33,12 @@ type HTTP struct {
 	acceptor Acceptor
 	sessions *Sessions
 	ready    func(ctx context.Context) error
+	rlog     *ratelog.Logger // refused upgrades
 }
 
 // NewHTTP makes the HTTP endpoints. ready reports whether the node can serve (broker reachable).
 func NewHTTP(d Deps, acceptor Acceptor, sessions *Sessions, ready func(ctx context.Context) error) *HTTP {
-	return &HTTP{d: d, acceptor: acceptor, sessions: sessions, ready: ready}
+	return &HTTP{d: d, acceptor: acceptor, sessions: sessions, ready: ready, rlog: ratelog.New(d.Log, ratelog.DefaultInterval)}
 }
 
 // Routes registers every endpoint on mux.
@@ -74,12 +76,12 @@ func (h *HTTP) Ready(w http.ResponseWriter, r *http.Request) {
 // upgrade, as an HTTP status with a JSON error body.
 func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 	if h.acceptor.Draining() {
-		h.refuse(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "node is shutting down")
+		h.refuse(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "node is shutting down")
 		return
 	}
 	claims, err := h.authenticate(r)
 	if err != nil {
-		h.refuse(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
+		h.refuse(w, r, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 		return
 	}
 	value, done, err := h.sessions.Admit(claims)
@@ -89,16 +91,25 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 		if le.Status == http.StatusTooManyRequests {
 			code = protocol.CodeRateLimited
 		}
-		h.refuse(w, le.Status, code, le.Reason)
+		h.refuse(w, r, le.Status, code, le.Reason)
 		return
 	}
 	defer done()
 	id := ws.Identity{Session: watermill.NewUUID(), User: claims.User, Value: value}
-	if err := h.acceptor.Accept(w, r, id); err != nil {
+	err = h.acceptor.Accept(w, r, id)
+	switch {
+	case errors.Is(err, ws.ErrOriginRefused):
+		h.refuse(w, r, http.StatusForbidden, protocol.CodeForbidden, "origin not allowed")
+	case errors.Is(err, ws.ErrHubClosed): // closed since the Draining check
+		h.refuse(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "node is shutting down")
+	case err != nil: // gorilla answered (not a WebSocket handshake...)
 		h.d.Metrics.UpgradesRefused.WithLabelValues("upgrade").Inc()
-		h.d.Log.Debug("upgrade failed", "error", err)
+		h.rlog.Info(logUpgrade, "upgrade refused", "error", err, "remote_addr", r.RemoteAddr)
 	}
 }
+
+// logUpgrade is the ratelog kind of refused upgrades.
+const logUpgrade = "upgrade_refused"
 
 func (h *HTTP) authenticate(r *http.Request) (*auth.Claims, error) {
 	token := auth.TokenFromRequest(r)
@@ -114,15 +125,16 @@ func (h *HTTP) authenticate(r *http.Request) (*auth.Claims, error) {
 	return h.d.Verifier.Verify(token)
 }
 
-func (h *HTTP) refuse(w http.ResponseWriter, status int, code, msg string) {
+// refuse answers an upgrade with status and the JSON error, counts it and logs it (at most once a
+// second, without the URL, whose query may hold a token).
+func (h *HTTP) refuse(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
 	h.d.Metrics.UpgradesRefused.WithLabelValues(strconv.Itoa(status)).Inc()
+	h.rlog.Info(logUpgrade, "upgrade refused", "status", status, "code", code, "reason", msg, "remote_addr", r.RemoteAddr)
 	writeError(w, status, code, msg)
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+	protocol.WriteHTTPError(w, status, code, msg)
 }
 
 // publishRequest is the body of POST /api/publish.

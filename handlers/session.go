@@ -15,6 +15,7 @@ import (
 
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/ws"
 )
@@ -24,24 +25,25 @@ type Sessions struct {
 	d      Deps
 	events *Events // nil: lifecycle events disabled
 	users  *users
+	rlog   *ratelog.Logger // rate-limited frames and the disconnects they lead to
 }
 
 // NewSessions makes the connection handler; events may be nil.
 func NewSessions(d Deps, events *Events) *Sessions {
-	return &Sessions{d: d, events: events, users: newUsers(d.Limits)}
+	return &Sessions{d: d, events: events, users: newUsers(d.Limits), rlog: ratelog.New(d.Log, ratelog.DefaultInterval)}
 }
 
 var _ ws.Handler = (*Sessions)(nil)
 
 // state is what a connection carries (ws.Conn.Value).
 type state struct {
-	claims  *auth.Claims
-	limiter *rate.Limiter // publishes of this connection; nil: no limit
-	user    *userState    // shared by the user's connections on this node
-	opened  atomic.Bool   // Open ran: Close releases the reservation
-	freed   atomic.Bool   // the reservation was released
-	mu      sync.Mutex
-	expiry  *time.Timer
+	claims *auth.Claims
+	limits connLimits  // of this connection
+	user   *userState  // shared by the user's connections on this node
+	opened atomic.Bool // Open ran: Close releases the reservation
+	freed  atomic.Bool // the reservation was released
+	mu     sync.Mutex
+	expiry *time.Timer
 }
 
 func stateOf(c *ws.Conn) *state { return c.Value.(*state) }
@@ -65,7 +67,7 @@ func (s *Sessions) Admit(claims *auth.Claims) (value any, done func(), err error
 	case limitUser:
 		return nil, nil, &LimitError{Status: 429, Reason: "too many connections for this user"}
 	}
-	st := &state{claims: claims, user: us, limiter: s.users.connLimiter()}
+	st := &state{claims: claims, user: us, limits: newConnLimits(s.d.Limits)}
 	return st, func() {
 		if !st.opened.Load() {
 			s.release(st)
@@ -128,6 +130,9 @@ func (s *Sessions) Frame(c *ws.Conn, data []byte) {
 	if err != nil {
 		code, msg := protocol.CodeOf(err, protocol.CodeInternal)
 		s.fail(c, f.ID, &protocol.Error{Code: code, Message: msg})
+		if code == protocol.CodeRateLimited {
+			s.rateLimited(c, f.Type)
+		}
 	}
 }
 
@@ -159,6 +164,9 @@ func (s *Sessions) canSubscribe(c *ws.Conn, name string) bool {
 }
 
 func (s *Sessions) subscribe(c *ws.Conn, f *protocol.Frame) error {
+	if err := s.checkSubscribe(c, stateOf(c)); err != nil {
+		return err
+	}
 	if !s.canSubscribe(c, f.Channel) {
 		return protocol.Errorf(protocol.CodeForbidden, "not allowed to subscribe to %s", f.Channel)
 	}
@@ -346,8 +354,8 @@ func RateLimiters(msg *message.Message) []*rate.Limiter {
 		return nil
 	}
 	var out []*rate.Limiter
-	if st.limiter != nil {
-		out = append(out, st.limiter)
+	if st.limits.publish != nil {
+		out = append(out, st.limits.publish)
 	}
 	if st.user != nil && st.user.limiter != nil {
 		out = append(out, st.user.limiter)

@@ -72,11 +72,3 @@ func (u *users) release(us *userState) {
 		delete(u.byID, us.id)
 	}
 }
-
-// connLimiter is the publish limiter of one connection, nil without a limit.
-func (u *users) connLimiter() *rate.Limiter {
-	if u.limits.PublishRate <= 0 {
-		return nil
-	}
-	return rate.NewLimiter(rate.Limit(u.limits.PublishRate), u.limits.PublishBurst)
-}

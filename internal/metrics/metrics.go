@@ -68,10 +68,10 @@ func New() *Metrics {
 	for _, kind := range []string{"publish", "send", "api"} {
 		m.Published.WithLabelValues(kind)
 	}
-	for _, code := range []string{"shutdown", "slow_consumer", "token_expired", "policy"} {
+	for _, code := range []string{"shutdown", "slow_consumer", "token_expired", "policy", "rate_limited"} {
 		m.Disconnects.WithLabelValues(code)
 	}
-	for _, code := range []string{"bad_request", "forbidden", "not_found", "rate_limited", "unavailable", "internal"} {
+	for _, code := range []string{"bad_request", "forbidden", "not_found", "rate_limited", "limit_exceeded", "unavailable", "internal"} {
 		m.Rejected.WithLabelValues(code)
 	}
 	return m

@@ -43,6 +43,9 @@ const (
 	CodeRateLimited  = "rate_limited"
 	CodeUnavailable  = "unavailable"
 	CodeInternal     = "internal"
+	// CodeLimitExceeded (an extension) refuses a subscribe beyond
+	// limits.subscriptions_per_connection; the connection stays.
+	CodeLimitExceeded = "limit_exceeded"
 )
 
 // Disconnect codes.
@@ -54,6 +57,9 @@ const (
 	// DisconnectResubscribe (an extension) tells a client to reconnect and resume: the node lost
 	// its broker subscription of a channel the client was on.
 	DisconnectResubscribe = "resubscribe"
+	// DisconnectRateLimited (an extension, reconnect false, close 1008): the connection kept
+	// sending frames over its rate limits (limits.rate_limited_disconnect).
+	DisconnectRateLimited = "rate_limited"
 )
 
 // Error is an error the protocol reports to a client with a code.

@@ -22,7 +22,16 @@ const (
 	closeTryLater   = 1013
 	closeNormal     = 1000
 	closeTokenError = 4001
+	// closeInvalidData fails a connection that sent a text frame that is not UTF-8 (RFC 6455
+	// 8.1); no disconnect frame comes before it.
+	closeInvalidData = 1007
 )
+
+// logSlowConsumer is the ratelog kind of slow-consumer disconnects.
+const logSlowConsumer = "slow_consumer"
+
+// reasonInvalidUTF8 is the close reason with closeInvalidData, and the connection's Reason.
+const reasonInvalidUTF8 = "invalid_utf8"
 
 // Conn is one client connection. Its methods are safe for concurrent use.
 type Conn struct {
@@ -276,6 +285,7 @@ func (c *Conn) slow() {
 		return
 	}
 	c.hub.metrics.SlowDisconnects.Inc()
+	c.hub.rlog.Info(logSlowConsumer, "slow consumer disconnected", "session_id", c.ID, "send_buffer", c.hub.cfg.SendBuffer)
 	c.Disconnect(protocol.DisconnectSlowConsumer, "send buffer full", true)
 }
 
@@ -294,7 +304,7 @@ func (c *Conn) Disconnect(code, reason string, reconnect bool) {
 		closeCode = closeGoingAway
 	case protocol.DisconnectSlowConsumer:
 		closeCode = closeTryLater
-	case protocol.DisconnectPolicy:
+	case protocol.DisconnectPolicy, protocol.DisconnectRateLimited:
 		closeCode = closePolicy
 	case protocol.DisconnectTokenExpired:
 		closeCode = closeTokenError
@@ -311,6 +321,24 @@ func (c *Conn) Disconnect(code, reason string, reconnect bool) {
 	if c.s.Write(frame) == nil { // melody's queue has room for these two
 		c.lead = true
 		c.queued.Add(1)
+	}
+	_ = c.s.CloseWithMsg(closeMsg)
+}
+
+// closeWith closes the connection with a WebSocket close code and reason, behind what is queued,
+// without a disconnect frame: for a client that broke the WebSocket protocol itself (RFC 6455
+// says to fail the connection). Nothing is sent after it; later calls and Disconnects do nothing.
+func (c *Conn) closeWith(code int, reason string) {
+	if c.s == nil || !c.closing.CompareAndSwap(false, true) {
+		return
+	}
+	c.reason.Store(reason)
+	closeMsg := melody.FormatCloseMessage(code, reason)
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.lead || c.pending.len() > 0 { // the close once what is queued is written (endBurst)
+		c.closeMsg = closeMsg
+		return
 	}
 	_ = c.s.CloseWithMsg(closeMsg)
 }
@@ -374,6 +402,13 @@ func (c *Conn) Subscribed(channel string) bool {
 	defer c.mu.Unlock()
 	_, ok := c.subs[channel]
 	return ok
+}
+
+// Subscriptions is how many channels c is subscribed to (live or replaying).
+func (c *Conn) Subscriptions() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.subs)
 }
 
 func (c *Conn) addSub(channel string) *sub {

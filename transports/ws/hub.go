@@ -12,14 +12,18 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 
 	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -52,8 +56,13 @@ type Config struct {
 	// still gets its next frame at once. It trades latency (at most WriteDelay) for fewer writes.
 	WriteDelay time.Duration
 	// CheckOrigin decides whether a browser's Origin is allowed; nil means same host only.
+	// Accept refuses a request it does not allow with ErrOriginRefused, before answering it.
 	CheckOrigin func(r *http.Request) bool
 }
+
+// ErrOriginRefused is returned by Accept, before anything was written, for a request whose
+// Origin Config.CheckOrigin does not allow: the caller answers it (403).
+var ErrOriginRefused = errors.New("ws: origin not allowed")
 
 // melodyQueue is the size of melody's send queue (a channel allocated for every session): it
 // holds a connection's lead frame, a disconnect frame and a close frame at most (Conn.enqueue).
@@ -80,6 +89,7 @@ type Hub struct {
 	handler  Handler
 	interest Interest
 	log      *slog.Logger
+	rlog     *ratelog.Logger // slow-consumer disconnects
 	metrics  *metrics.Metrics
 	seed     maphash.Seed
 
@@ -172,7 +182,11 @@ func (e *entry) remove(c *Conn) bool {
 // NewHub makes a hub. Connections arrive through Accept, once SetHandler has been called. With a
 // write delay it starts the clock that hands delayed frames over; Close stops it.
 func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger) *Hub {
-	h := &Hub{cfg: cfg, interest: interest, log: log, metrics: m, seed: maphash.MakeSeed(), sessions: map[string]*Conn{}}
+	if cfg.CheckOrigin == nil {
+		cfg.CheckOrigin = sameHost
+	}
+	h := &Hub{cfg: cfg, interest: interest, log: log, rlog: ratelog.New(log, ratelog.DefaultInterval), metrics: m,
+		seed: maphash.MakeSeed(), sessions: map[string]*Conn{}}
 	if cfg.WriteDelay > 0 {
 		h.delay = startDelayClock(cfg.WriteDelay)
 	}
@@ -190,13 +204,20 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 		WriteBufferSize: writeBufferSize,
 		WriteBufferPool: &writeBufferPool,
 		CheckOrigin:     cfg.CheckOrigin,
+		Error:           upgradeError,
 	}
 	mel.HandleConnect(h.onConnect)
 	mel.HandleDisconnect(h.onDisconnect)
 	mel.HandleMessage(func(s *melody.Session, b []byte) {
 		if c := connOf(s); c != nil {
 			h.metrics.FramesIn.Inc()
-			h.frame(c, b)
+			switch {
+			case c.Closing(): // the server said goodbye (disconnect, failed frame): nothing more is acted on
+			case !utf8.Valid(b): // RFC 6455 8.1: fail the connection with 1007
+				c.closeWith(closeInvalidData, reasonInvalidUTF8)
+			default:
+				h.frame(c, b)
+			}
 		}
 	})
 	mel.HandleMessageBinary(func(s *melody.Session, _ []byte) {
@@ -245,10 +266,13 @@ type Identity struct {
 // drop what it keeps for a request (its buffered reader and writers, some 8-10 KiB) for the
 // life of the connection.
 func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, id Identity) error {
+	if !h.cfg.CheckOrigin(r) {
+		return ErrOriginRefused
+	}
 	h.drainMu.Lock()
 	if h.closed {
 		h.drainMu.Unlock()
-		return errHubClosed
+		return ErrHubClosed
 	}
 	h.served.Add(1)
 	h.drainMu.Unlock()
@@ -263,6 +287,30 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, id Identity) error 
 		}
 	}()
 	return <-c.opened
+}
+
+// sameHost allows requests without an Origin (not browsers) and pages served from the host
+// the request was sent to.
+func sameHost(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+// upgradeError answers a request gorilla cannot upgrade (not a WebSocket handshake, a wrong
+// version) with the JSON error body of every other refusal.
+func upgradeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+	code := protocol.CodeBadRequest
+	switch {
+	case status == http.StatusForbidden:
+		code = protocol.CodeForbidden
+	case status >= 500:
+		code = protocol.CodeInternal
+	}
+	protocol.WriteHTTPError(w, status, code, reason.Error())
 }
 
 // Draining reports whether Drain has begun.
@@ -554,4 +602,6 @@ func (h *Hub) Close() {
 	}
 }
 
-var errHubClosed = errors.New("ws: the hub is closed")
+// ErrHubClosed is returned by Accept, before anything was written, once the hub is closed: the
+// caller answers it (503).
+var ErrHubClosed = errors.New("ws: the hub is closed")

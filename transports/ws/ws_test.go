@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -281,6 +283,8 @@ func TestQueuedFramesArriveWholeInOrderAndCoalesced(t *testing.T) {
 // disconnect frame and the close.
 func TestSlowConsumerGetsItsFramesThenDisconnect(t *testing.T) {
 	h := newTestHub(t, Config{SendBuffer: 16, WriteTimeout: 20 * time.Second})
+	var logs bytes.Buffer // written by the Send below, on this goroutine
+	h.rlog = ratelog.New(slog.New(slog.NewTextHandler(&logs, nil)), time.Second)
 	srv := h.serve(t)
 	cl := dialHub(t, h, srv.URL)
 	payload := strings.Repeat("y", 64<<10)
@@ -298,6 +302,9 @@ func TestSlowConsumerGetsItsFramesThenDisconnect(t *testing.T) {
 	}
 	if cl.conn.Send([]byte(`{"late":true}`)) {
 		t.Fatal("Send accepted a frame after the disconnect")
+	}
+	if out := logs.String(); !strings.Contains(out, "level=INFO msg=\"slow consumer disconnected\" session_id=s1") {
+		t.Fatalf("the slow consumer was not logged at info: %q", out)
 	}
 	for i := range sent {
 		var m struct {
@@ -530,5 +537,53 @@ func TestWriteDelayCoalesces(t *testing.T) {
 	// The first frame, then the three and the disconnect together, then the close frame.
 	if w := cl.conn.fc.socketWrites() - w0; w != 3 {
 		t.Fatalf("%d socket writes, want 3", w)
+	}
+}
+
+// recHandler records the frames handed to the protocol.
+type recHandler struct {
+	nopHandler
+	frames atomic.Int64
+}
+
+func (r *recHandler) Frame(*Conn, []byte) { r.frames.Add(1) }
+
+// TestInvalidUTF8ClosesWith1007: a text frame that is not UTF-8 (bytes 0xff 0xfe) fails the
+// connection with close code 1007 (RFC 6455) and never reaches the protocol, while a valid
+// frame before it does, and a valid frame after it does not.
+func TestInvalidUTF8ClosesWith1007(t *testing.T) {
+	h := newTestHub(t, Config{})
+	rec := &recHandler{}
+	h.SetHandler(rec)
+	srv := h.serve(t)
+	cl := dialHub(t, h, srv.URL)
+	if err := cl.ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","id":"é"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, frame := range [][]byte{{0xff, 0xfe}, []byte(`{"type":"ping","id":"after"}`)} {
+		if err := cl.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = cl.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err := cl.ws.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != closeInvalidData || ce.Text != reasonInvalidUTF8 {
+		t.Fatalf("after invalid UTF-8: %v; want close %d %q", err, closeInvalidData, reasonInvalidUTF8)
+	}
+	// Once the hub let the connection go, the server read everything up to the client's close
+	// (gorilla answers the server's close), the frame after the invalid one included.
+	deadline := time.Now().Add(10 * time.Second)
+	for h.Len() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection did not end")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := rec.frames.Load(); n != 1 {
+		t.Fatalf("the protocol got %d frames, want only the one before the invalid one", n)
+	}
+	if r := cl.conn.Reason(); r != reasonInvalidUTF8 {
+		t.Fatalf("reason %q", r)
 	}
 }

@@ -15,6 +15,9 @@ const (
 	CodeRateLimited  = "rate_limited"
 	CodeUnavailable  = "unavailable"
 	CodeInternal     = "internal"
+	// CodeLimitExceeded (an extension of this gateway): a subscribe beyond the subscriptions
+	// one connection may hold; not retried.
+	CodeLimitExceeded = "limit_exceeded"
 )
 
 // Disconnect codes of `disconnect` frames.
@@ -26,6 +29,9 @@ const (
 	// DisconnectResubscribe (an extension of this gateway): the node lost its broker
 	// subscription of a channel; the client reconnects and resumes like after any break.
 	DisconnectResubscribe = "resubscribe"
+	// DisconnectRateLimited (an extension of this gateway, reconnect false): the connection kept
+	// sending over its rate limits.
+	DisconnectRateLimited = "rate_limited"
 )
 
 var (

@@ -31,6 +31,8 @@ export const ErrorCodes = {
   rateLimited: 'rate_limited',
   unavailable: 'unavailable',
   internal: 'internal',
+  /** An extension of this gateway: a subscribe beyond the subscriptions one connection may hold. */
+  limitExceeded: 'limit_exceeded',
   /** Set by the client: no reply in time. */
   timeout: 'timeout',
   /** Set by the client: the client closed before the call completed. */

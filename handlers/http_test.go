@@ -1,0 +1,44 @@
+package handlers
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/transports/ws"
+)
+
+// fakeAcceptor refuses every upgrade with err, writing nothing, as ws.Hub does before an upgrade.
+type fakeAcceptor struct{ err error }
+
+func (f fakeAcceptor) Accept(http.ResponseWriter, *http.Request, ws.Identity) error { return f.err }
+func (fakeAcceptor) Draining() bool                                                 { return false }
+
+// TestUpgradeRefusalsAnswerJSON: an upgrade the hub refuses before writing anything (an Origin
+// not allowed, a hub closed since the drain check) is answered with the status and the JSON
+// error body of every other refusal, never an empty 200.
+func TestUpgradeRefusalsAnswerJSON(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{ws.ErrOriginRefused, http.StatusForbidden, "forbidden"},
+		{ws.ErrHubClosed, http.StatusServiceUnavailable, "unavailable"},
+	} {
+		d := Deps{AllowAnonymous: true, Metrics: metrics.New(), Log: slog.New(slog.DiscardHandler)}
+		h := NewHTTP(d, fakeAcceptor{tc.err}, NewSessions(d, nil), nil)
+		rec := httptest.NewRecorder()
+		h.Upgrade(rec, httptest.NewRequest("GET", "/ws", nil))
+		var body struct {
+			Error struct{ Code, Message string }
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); rec.Code != tc.status || err != nil ||
+			rec.Header().Get("Content-Type") != "application/json" || body.Error.Code != tc.code {
+			t.Errorf("%v: %d %q %s, want %d application/json with code %s", tc.err, rec.Code, rec.Header().Get("Content-Type"), rec.Body, tc.status, tc.code)
+		}
+	}
+}

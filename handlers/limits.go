@@ -1,0 +1,76 @@
+package handlers
+
+import (
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/transports/ws"
+)
+
+// connLimits are the per-connection limiters of limits.*; a nil limiter is no limit. Each
+// rate.Limiter is safe for concurrent use.
+type connLimits struct {
+	publish   *rate.Limiter // publish and send frames (counted by the router's RateLimit)
+	subscribe *rate.Limiter // subscribe frames
+	// strikes counts rate_limited answers (none left: the connection is disconnected). It is
+	// made at the first one (most connections never get one) and used only by the
+	// connection's frames, which are handled one at a time.
+	strikes *rate.Limiter
+}
+
+// newConnLimits makes the limiters of one connection from l.
+func newConnLimits(l configs.LimitsConfig) connLimits {
+	var cl connLimits
+	if l.PublishRate > 0 {
+		cl.publish = rate.NewLimiter(rate.Limit(l.PublishRate), l.PublishBurst)
+	}
+	if l.SubscribeRate > 0 {
+		cl.subscribe = rate.NewLimiter(rate.Limit(l.SubscribeRate), l.SubscribeBurst)
+	}
+	return cl
+}
+
+// newStrikes is a full strikes limiter for l, nil when a connection is never disconnected.
+func newStrikes(l configs.LimitsConfig) *rate.Limiter {
+	if l.RateLimitedDisconnect <= 0 || l.RateLimitedWindow <= 0 {
+		return nil
+	}
+	every := max(l.RateLimitedWindow/time.Duration(l.RateLimitedDisconnect), time.Nanosecond)
+	return rate.NewLimiter(rate.Every(every), l.RateLimitedDisconnect)
+}
+
+// checkSubscribe applies the subscribe limits to a subscribe frame of c: the rate (every
+// subscribe frame counts, refused or not), then the count of subscriptions.
+func (s *Sessions) checkSubscribe(c *ws.Conn, st *state) error {
+	if l := st.limits.subscribe; l != nil && !l.Allow() {
+		return protocol.Errorf(protocol.CodeRateLimited, "too many subscribes; slow down")
+	}
+	if most := s.d.Limits.SubscriptionsPerConnection; most > 0 && c.Subscriptions() >= most {
+		return protocol.Errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d subscriptions", most)
+	}
+	return nil
+}
+
+// Log kinds of Sessions (ratelog).
+const (
+	logRateLimited     = "rate_limited"
+	logAbuseDisconnect = "rate_limited_disconnect"
+)
+
+// rateLimited follows a `rate_limited` answer to c: it is logged (at most once a second), and
+// takes one strike; a connection with none left is disconnected, behind the answer.
+func (s *Sessions) rateLimited(c *ws.Conn, frameType string) {
+	s.rlog.Info(logRateLimited, "frame rate limited", "session_id", c.ID, "frame", frameType)
+	st := stateOf(c)
+	if st.limits.strikes == nil {
+		st.limits.strikes = newStrikes(s.d.Limits)
+	}
+	if st.limits.strikes == nil || st.limits.strikes.Allow() {
+		return
+	}
+	s.rlog.Info(logAbuseDisconnect, "connection disconnected: it kept sending over its rate limits", "session_id", c.ID)
+	c.Disconnect(protocol.DisconnectRateLimited, "kept sending over the rate limits", false)
+}
