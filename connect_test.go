@@ -15,9 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/IBM/sarama"
 	"github.com/nats-io/nats-server/v2/server"
-	goredis "github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/wsgateway/gateway"
@@ -209,25 +207,5 @@ func TestBrokerConnectTimeout(t *testing.T) {
 				t.Fatalf("Serve: %v, want ErrBrokerUnreachable naming %s, its address and broker_connect_timeout", err, broker)
 			}
 		})
-	}
-}
-
-// TestLibraryLogsGoThroughSlog: go-redis's and sarama's own log lines reach the slog logger
-// given to SetLibraryLogger (at debug level), not the process's stderr.
-func TestLibraryLogsGoThroughSlog(t *testing.T) {
-	logs := &logBuffer{}
-	gateway.SetLibraryLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	t.Cleanup(func() { gateway.SetLibraryLogger(slog.New(slog.DiscardHandler)) })
-
-	client := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), DialerRetries: 1, MaxRetries: -1})
-	defer client.Close()
-	if err := client.Ping(context.Background()).Err(); err == nil {
-		t.Fatal("ping of a closed port succeeded")
-	}
-	sarama.Logger.Printf("hello from sarama")
-	for _, want := range []string{"library=go-redis", "failed to dial", "library=sarama", "hello from sarama"} {
-		if logs.count(want) == 0 {
-			t.Errorf("no %q in the slog output:\n%s", want, logs)
-		}
 	}
 }
