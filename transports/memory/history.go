@@ -55,18 +55,21 @@ func (l *ledger) reset() {
 	l.bytes.Store(0)
 }
 
-// add accounts for s, just kept by its topic (whose mu is held).
-func (l *ledger) add(s *stored) {
+// add accounts for messages just kept by their topic (whose mu is held), all of one TTL.
+func (l *ledger) add(kept []*stored) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	q := l.queues[s.t.ttl]
+	ttl := kept[0].t.ttl
+	q := l.queues[ttl]
 	if q == nil {
 		q = &ageQueue{}
-		l.queues[s.t.ttl] = q
+		l.queues[ttl] = q
 	}
-	q.items = append(q.items, s)
-	q.live++
-	l.bytes.Add(s.size)
+	q.items = append(q.items, kept...)
+	q.live += len(kept)
+	for _, s := range kept {
+		l.bytes.Add(s.size)
+	}
 }
 
 // remove accounts for messages their topic (whose mu is held) just dropped, all of one TTL.

@@ -362,7 +362,7 @@ func (n *Backend) Publish(topicName string, msgs ...*message.Message) error {
 // reports whether any was kept. t.mu is held.
 func (t *topic) publish(b *Broker, msgs []*message.Message) bool {
 	now := b.now()
-	kept := false
+	first := len(t.log)
 	for _, m := range msgs {
 		seq := b.seq.Add(1)
 		t.last = seq
@@ -370,14 +370,10 @@ func (t *topic) publish(b *Broker, msgs []*message.Message) bool {
 		if t.history {
 			c.Metadata.Set(transports.MetaPosition, transports.Position{Epoch: b.epoch, Lo: seq}.String())
 			if t.size > 0 {
-				s := &stored{msg: c, seq: seq, at: now, size: sizeOf(c), t: t}
-				t.log = append(t.log, s)
-				b.ledger.add(s)
-				kept = true
+				t.log = append(t.log, &stored{msg: c, seq: seq, at: now, size: sizeOf(c), t: t})
 			} else {
 				t.dropped = seq
 			}
-			t.trim(now, &b.ledger)
 		}
 		for _, q := range t.subs {
 			q.push(c)
@@ -386,7 +382,14 @@ func (t *topic) publish(b *Broker, msgs []*message.Message) bool {
 			q.push(c)
 		}
 	}
-	return kept
+	added := t.log[first:]
+	if len(added) > 0 {
+		b.ledger.add(added)
+	}
+	if t.history {
+		t.trim(now, &b.ledger)
+	}
+	return len(added) > 0
 }
 
 // Subscribe implements transports.Backend.
