@@ -1,9 +1,10 @@
 // Package memory is the embedded default broker: everything lives in the process.
 //
-// A Broker holds topics, their subscribers and a bounded history of every channel topic. Nodes
-// that share one Broker (tests, or several gateways in one process) form a cluster; separate
-// processes each have their own Broker, so positions from another process belong to another
-// epoch and resume answers recovered:false.
+// A Broker holds topics, their subscribers and a bounded history of every channel topic (per
+// channel by count and age, for all channels together by bytes); a topic's state is freed once it
+// has neither subscribers nor history left. Nodes that share one Broker (tests, or several
+// gateways in one process) form a cluster; separate processes each have their own Broker, so
+// positions from another process belong to another epoch and resume answers recovered:false.
 package memory
 
 import (
