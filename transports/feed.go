@@ -39,6 +39,7 @@ type Feed struct {
 	counters map[string]*localSeq // channel -> its open subscription's counter (no History)
 	opens    atomic.Uint64        // subscriptions opened: numbers the epochs of the counters
 	cancels  map[*context.CancelFunc]struct{}
+	peaks    [2]int // of counters and cancels (Shrink)
 	taken    bool
 }
 
@@ -95,8 +96,10 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 		cancel()
 		f.mu.Lock()
 		delete(f.cancels, &cancel)
+		f.cancels = Shrink(f.cancels, &f.peaks[1])
 		if counter != nil && f.counters[channel] == counter {
 			delete(f.counters, channel)
+			f.counters = Shrink(f.counters, &f.peaks[0])
 		}
 		f.mu.Unlock()
 	}
@@ -131,6 +134,7 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	}
 	if ctx.Err() == nil { // not ended already (then it released itself)
 		f.cancels[&cancel] = struct{}{}
+		f.cancels = Shrink(f.cancels, &f.peaks[1])
 	}
 	f.mu.Unlock()
 	stop := release
@@ -168,6 +172,7 @@ func (f *Feed) reopen(channel string) *localSeq {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.counters[channel] = c
+	f.counters = Shrink(f.counters, &f.peaks[0])
 	return c
 }
 

@@ -55,6 +55,7 @@ type Broker struct {
 
 	mu        sync.Mutex
 	topics    map[string]*topic
+	peak      int // most topics held since the map was made (transports.Shrink)
 	closed    bool
 	forgotten [forgetBuckets]uint64 // per hash of topic names: the newest message of a freed topic
 	seed      maphash.Seed
@@ -136,6 +137,7 @@ func (b *Broker) topic(name, logical string) (*topic, bool) {
 	if t == nil {
 		t = b.newTopic(name, logical)
 		b.topics[name] = t
+		b.topics = transports.Shrink(b.topics, &b.peak)
 	}
 	return t, true
 }
@@ -183,6 +185,7 @@ func (b *Broker) release(t *topic) {
 		return
 	}
 	delete(b.topics, t.name)
+	b.topics = transports.Shrink(b.topics, &b.peak)
 	t.freed = true
 	i := b.bucket(t.name)
 	b.forgotten[i] = max(b.forgotten[i], t.dropped)
