@@ -22,6 +22,7 @@ func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, erro
 	switch cfg.Broker {
 	case configs.BrokerMemory:
 		broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL,
+			MaxBytes: cfg.History.MaxBytes, // -1 (no bound) is below 1 too
 			Bounds: func(topic string) (int, time.Duration) {
 				channel, _ := transports.ChannelOf(topic)
 				return cfg.History.Bounds(channel)

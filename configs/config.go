@@ -31,6 +31,7 @@ const (
 	DefaultPublishTimeout  = 5 * time.Second
 	DefaultHistorySize     = 1000
 	DefaultHistoryTTL      = 10 * time.Minute
+	DefaultHistoryMaxBytes = 256 << 20
 	DefaultMaxReplay       = 1000
 	DefaultDedupeWindow    = 2 * time.Minute
 	DefaultDrainPeriod     = 10 * time.Second
@@ -204,6 +205,9 @@ type HistoryConfig struct {
 	Size      int           `yaml:"size" env:"SIZE"`             // messages kept per channel (memory broker)
 	TTL       time.Duration `yaml:"ttl" env:"TTL"`               // how long they are kept (memory broker)
 	MaxReplay int           `yaml:"max_replay" env:"MAX_REPLAY"` // most messages one subscribe replays; beyond, recovered:false
+	// MaxBytes bounds the history the memory broker keeps in all (payloads, ids and metadata);
+	// beyond it the oldest messages go first, across channels. -1: no bound.
+	MaxBytes int64 `yaml:"max_bytes" env:"MAX_BYTES"`
 	// Channels bounds history per channel pattern (count and age); the first matching rule wins.
 	// On the memory broker it sets what is kept; on the others it bounds what a resume may reach
 	// (the broker's own retention stays the outer bound). See HistoryRule.
@@ -317,6 +321,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.History.Size, DefaultHistorySize)
 	setDefault(&c.History.TTL, DefaultHistoryTTL)
 	setDefault(&c.History.MaxReplay, DefaultMaxReplay)
+	setDefault(&c.History.MaxBytes, DefaultHistoryMaxBytes)
 	setDefault(&c.Router.DedupeWindow, DefaultDedupeWindow)
 	setDefault(&c.Router.RetryAttempts, DefaultRetryAttempts)
 	setDefault(&c.Router.RetryInitial, DefaultRetryInitial)
@@ -505,6 +510,9 @@ func (c *Config) Validate() error {
 	}
 	if c.History.MaxReplay < 1 {
 		return bad("history.max_replay", "HISTORY_MAX_REPLAY", "must be at least 1")
+	}
+	if c.History.MaxBytes < -1 {
+		return bad("history.max_bytes", "HISTORY_MAX_BYTES", "must be a number of bytes, or -1 for no bound")
 	}
 	if err := c.History.validateRules(); err != nil {
 		return err

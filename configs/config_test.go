@@ -279,6 +279,7 @@ func TestOtherEnv(t *testing.T) {
 		"GATEWAY_HISTORY_SIZE=10",
 		"GATEWAY_HISTORY_TTL=1m",
 		"GATEWAY_HISTORY_MAX_REPLAY=20",
+		"GATEWAY_HISTORY_MAX_BYTES=1048576",
 		"GATEWAY_ROUTER_DEDUPE_WINDOW=5m",
 		"GATEWAY_ROUTER_RETRY_ATTEMPTS=7",
 		"GATEWAY_ROUTER_RETRY_INITIAL=10ms",
@@ -317,7 +318,7 @@ func TestOtherEnv(t *testing.T) {
 	want.Auth.AnonymousPublish = []string{"guest:*"}
 	want.WebSocket = WebSocketConfig{MaxFrameSize: 1 << 20, SendBuffer: 32, WriteTimeout: 2 * time.Second,
 		PingInterval: 500 * time.Millisecond, PublishTimeout: 1500 * time.Millisecond}
-	want.History = HistoryConfig{Size: 10, TTL: time.Minute, MaxReplay: 20}
+	want.History = HistoryConfig{Size: 10, TTL: time.Minute, MaxReplay: 20, MaxBytes: 1 << 20}
 	want.Router = RouterConfig{DedupeWindow: 5 * time.Minute, RetryAttempts: 7, RetryInitial: 10 * time.Millisecond, RetryMaxElapsed: time.Second,
 		DedupeStore: "redis", Timeout: 3 * time.Second, PoisonTopic: "poison", BreakerFailures: 3, BreakerOpenFor: 2 * time.Second,
 		SigningKeys: []string{"k2:0123456789abcdefXYZ", "k1:0123456789abcdefOLD"}, RequireSignature: true}

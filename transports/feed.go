@@ -23,7 +23,8 @@ const FeedTopic = "feed"
 // unique to this Feed and to the channel's current broker subscription, and a counter), so
 // clients always see positions; resuming from them answers recovered:false on any other node,
 // after a restart, and after the subscription was lost or reopened (messages may have passed
-// unseen meanwhile).
+// unseen meanwhile). The counter of a channel exists only while its subscription is open, so
+// a node keeps nothing for a channel it no longer subscribes.
 type Feed struct {
 	backend Backend
 	history History // nil when the backend keeps none
@@ -35,8 +36,10 @@ type Feed struct {
 	wg      sync.WaitGroup
 
 	mu       sync.Mutex
-	counters map[string]*localSeq
+	counters map[string]*localSeq // channel -> its open subscription's counter (no History)
+	opens    atomic.Uint64        // subscriptions opened: numbers the epochs of the counters
 	cancels  map[*context.CancelFunc]struct{}
+	peaks    [2]int // of counters and cancels (Shrink)
 	taken    bool
 }
 
@@ -72,7 +75,7 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	}
 	topic := ChannelTopic(channel)
 	ctx, cancel := context.WithCancel(context.Background())
-	counter := f.reopen(channel)
+	counter := f.reopen(channel) // nil with History
 	// forward hands one message of the channel to the router; false once the feed closed.
 	forward := func(m *message.Message) bool {
 		m.Metadata.Set(MetaChannel, channel)
@@ -88,10 +91,23 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 			return false
 		}
 	}
+	// release forgets the subscription: once stopped, or once the backend ended it.
+	release := func() {
+		cancel()
+		f.mu.Lock()
+		delete(f.cancels, &cancel)
+		f.cancels = Shrink(f.cancels, &f.peaks[1])
+		if counter != nil && f.counters[channel] == counter {
+			delete(f.counters, channel)
+			f.counters = Shrink(f.counters, &f.peaks[0])
+		}
+		f.mu.Unlock()
+	}
 	ended := func() {
 		select {
 		case <-ctx.Done(): // stopped, or the feed closed
 		default:
+			release()
 			if lost != nil {
 				lost()
 			}
@@ -105,25 +121,23 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 		in, err = f.backend.Subscribe(ctx, topic)
 	}
 	if err != nil {
-		cancel()
+		release()
 		return nil, err
 	}
 	f.mu.Lock()
 	select {
 	case <-f.done: // closed meanwhile
 		f.mu.Unlock()
-		cancel()
+		release()
 		return nil, ErrClosed
 	default:
 	}
-	f.cancels[&cancel] = struct{}{}
-	f.mu.Unlock()
-	stop := func() {
-		cancel()
-		f.mu.Lock()
-		delete(f.cancels, &cancel)
-		f.mu.Unlock()
+	if ctx.Err() == nil { // not ended already (then it released itself)
+		f.cancels[&cancel] = struct{}{}
+		f.cancels = Shrink(f.cancels, &f.peaks[1])
 	}
+	f.mu.Unlock()
+	stop := release
 	if in != nil {
 		f.wg.Add(1)
 		go func() {
@@ -140,42 +154,41 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 // localSeq numbers the messages of one broker subscription of a channel (no History).
 type localSeq struct {
 	epoch string
-	gen   uint64
 	n     atomic.Uint64
 }
 
-// reopen starts a new local numbering for channel: its positions cannot be resumed from the
-// previous subscription's.
-func (f *Feed) reopen(channel string) *localSeq {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var gen uint64
-	if old := f.counters[channel]; old != nil {
-		gen = old.gen + 1
-	}
-	c := &localSeq{epoch: f.epoch + "-" + strconv.FormatUint(gen, 10), gen: gen}
-	f.counters[channel] = c
-	return c
+// newEpoch returns an epoch no other subscription of this Feed has: positions of one
+// subscription cannot be resumed from another's.
+func (f *Feed) newEpoch() string {
+	return f.epoch + "-" + strconv.FormatUint(f.opens.Add(1), 10)
 }
 
-func (f *Feed) counter(channel string) *localSeq {
+// reopen starts a new local numbering for channel, when the backend keeps no history.
+func (f *Feed) reopen(channel string) *localSeq {
+	if f.history != nil {
+		return nil
+	}
+	c := &localSeq{epoch: f.newEpoch()}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c := f.counters[channel]
-	if c == nil {
-		c = &localSeq{epoch: f.epoch + "-0"}
-		f.counters[channel] = c
-	}
+	f.counters[channel] = c
+	f.counters = Shrink(f.counters, &f.peaks[0])
 	return c
 }
 
 // Last returns the position of the newest message of channel: from the backend's history, or
-// this Feed's own counter.
+// this Feed's own counter. Without history and without an open subscription of the channel it
+// is a position of an epoch never used, which no replay completes.
 func (f *Feed) Last(ctx context.Context, channel string) (Position, error) {
 	if f.history != nil {
 		return f.history.Last(ctx, ChannelTopic(channel))
 	}
-	c := f.counter(channel)
+	f.mu.Lock()
+	c := f.counters[channel]
+	f.mu.Unlock()
+	if c == nil {
+		return Position{Epoch: f.newEpoch()}, nil
+	}
 	return Position{Epoch: c.epoch, Lo: c.n.Load()}, nil
 }
 

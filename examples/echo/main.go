@@ -160,7 +160,7 @@ func runEmbedded(ctx context.Context, cfg *configs.Config, group string, log *sl
 		log.Warn("DEVELOPMENT MODE: no way to authenticate clients is configured, so this demo made up a JWT secret and an API key",
 			"jwt_secret", cfg.Auth.JWTSecret, "api_key", cfg.API.Key)
 	}
-	broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL})
+	broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL, MaxBytes: cfg.History.MaxBytes})
 	defer broker.Close()
 	g, err := gateway.New(cfg, gateway.WithLogger(log), gateway.WithBackend(broker.Node(cfg.TopicPrefix)))
 	if err != nil {

@@ -46,6 +46,7 @@ type reader struct {
 
 	mu      sync.Mutex
 	subs    map[string]map[*subscription]struct{}
+	peak    int                 // most keys subs held since it was made (transports.Shrink)
 	changed chan struct{}       // closed (and replaced) when the topic's id changed
 	strays  map[string]struct{} // channels seen on a partition not theirs (logged once)
 }
@@ -96,6 +97,7 @@ func (r *reader) subscribe(ctx context.Context, key string) (<-chan *message.Mes
 	if set == nil {
 		set = map[*subscription]struct{}{}
 		r.subs[key] = set
+		r.subs = transports.Shrink(r.subs, &r.peak)
 	}
 	set[s] = struct{}{}
 	r.mu.Unlock()
@@ -353,6 +355,7 @@ func (r *reader) remove(s *subscription) {
 		delete(set, s)
 		if len(set) == 0 {
 			delete(r.subs, s.key)
+			r.subs = transports.Shrink(r.subs, &r.peak)
 		}
 	}
 }

@@ -1,18 +1,22 @@
 // Package memory is the embedded default broker: everything lives in the process.
 //
-// A Broker holds topics, their subscribers and a bounded history of every channel topic. Nodes
-// that share one Broker (tests, or several gateways in one process) form a cluster; separate
-// processes each have their own Broker, so positions from another process belong to another
-// epoch and resume answers recovered:false.
+// A Broker holds topics, their subscribers and a bounded history of every channel topic (per
+// channel by count and age, for all channels together by bytes); a topic's state is freed once it
+// has neither subscribers nor history left. Nodes that share one Broker (tests, or several
+// gateways in one process) form a cluster; separate processes each have their own Broker, so
+// positions from another process belong to another epoch and resume answers recovered:false.
 package memory
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"hash/maphash"
 	"math"
+	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -25,31 +29,54 @@ type Config struct {
 	HistorySize int           // messages kept per channel; 0 keeps none
 	HistoryTTL  time.Duration // how long a message is kept; 0 keeps it until pushed out by size
 
+	// MaxBytes bounds the history of the whole broker, in bytes of payload, id and metadata:
+	// beyond it the oldest messages go first, whatever their channel. 0 or less: no bound.
+	MaxBytes int64
+
 	// Bounds, when set, gives the size and TTL of one channel topic's history (a size of 0 or less
-	// and a TTL of 0 fall back to HistorySize and HistoryTTL). It is called once per topic, with the
-	// logical topic name, when the topic is first used.
+	// and a TTL of 0 fall back to HistorySize and HistoryTTL). It is called with the logical topic
+	// name whenever the topic's state is made (on first use, and again after it was freed).
 	Bounds func(topic string) (size int, ttl time.Duration)
 }
 
 // Broker is an in-process broker. Safe for concurrent use.
+//
+// A topic's state exists only while it has a subscriber, a group, or history to keep: when the
+// last goes (unsubscribed, expired, evicted) the state is freed. Sequence numbers are taken from
+// one counter for the whole broker, so a topic made again never reuses a position of its earlier
+// life; forgotten remembers, per hash bucket of topic names, the newest message whose history went
+// with a freed topic, so a resume from before it answers incomplete (also, rarely, for another
+// topic of the same bucket: recovered:false where true would have been right, never the reverse).
 type Broker struct {
 	cfg   Config
 	epoch string
 	now   func() time.Time
+	seq   atomic.Uint64 // the last sequence number given to a message, of any topic
 
-	mu     sync.Mutex
-	topics map[string]*topic
-	closed bool
+	mu        sync.Mutex
+	topics    map[string]*topic
+	peak      int // most topics held since the map was made (transports.Shrink)
+	closed    bool
+	forgotten [forgetBuckets]uint64 // per hash of topic names: the newest message of a freed topic
+	seed      maphash.Seed
+	janitor   *janitor
+	janitorOn atomic.Bool // janitor is set
+
+	ledger ledger
 }
 
-// NewBroker returns an empty broker.
+// NewBroker returns an empty broker. It starts no goroutine: the one expiring history starts
+// with the first message kept with an age limit, and Close stops it.
 func NewBroker(cfg Config) *Broker {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	return &Broker{cfg: cfg, epoch: "m" + hex.EncodeToString(b[:]), now: time.Now, topics: map[string]*topic{}}
+	br := &Broker{cfg: cfg, epoch: "m" + hex.EncodeToString(b[:]), now: time.Now, topics: map[string]*topic{},
+		seed: maphash.MakeSeed()}
+	br.ledger.init()
+	return br
 }
 
-// Close closes every subscription of every node.
+// Close closes every subscription of every node and stops expiring history. Safe to call twice.
 func (b *Broker) Close() {
 	b.mu.Lock()
 	if b.closed {
@@ -59,13 +86,47 @@ func (b *Broker) Close() {
 	b.closed = true
 	topics := b.topics
 	b.topics = map[string]*topic{}
+	j := b.janitor
 	b.mu.Unlock()
+	if j != nil {
+		j.stop()
+	}
 	for _, t := range topics {
 		t.close()
 	}
+	b.ledger.reset()
 }
 
-// topic returns the topic of this name (prefixed), of logical topic logical, creating it.
+// HistoryBytes is the size of the history the broker keeps now, as MaxBytes counts it.
+func (b *Broker) HistoryBytes() int64 { return b.ledger.total() }
+
+// Topics is the number of topics whose state the broker holds now.
+func (b *Broker) Topics() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.topics)
+}
+
+// use calls fn with the topic of this name (prefixed), of logical topic logical, locked, making it
+// when there is none. It reports false when the broker is closed.
+func (b *Broker) use(name, logical string, fn func(t *topic)) bool {
+	for {
+		t, ok := b.topic(name, logical)
+		if !ok {
+			return false
+		}
+		t.mu.Lock()
+		if t.freed { // freed between the lookup and the lock: take the new one
+			t.mu.Unlock()
+			continue
+		}
+		fn(t)
+		t.mu.Unlock()
+		return true
+	}
+}
+
+// topic returns the topic of this name, making it.
 func (b *Broker) topic(name, logical string) (*topic, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -74,21 +135,60 @@ func (b *Broker) topic(name, logical string) (*topic, bool) {
 	}
 	t := b.topics[name]
 	if t == nil {
-		t = &topic{groups: map[string]*queue{}, history: transports.IsChannelTopic(logical),
-			size: b.cfg.HistorySize, ttl: b.cfg.HistoryTTL}
-		if t.history && b.cfg.Bounds != nil {
-			if size, ttl := b.cfg.Bounds(logical); size > 0 || ttl > 0 {
-				if size > 0 {
-					t.size = size
-				}
-				if ttl > 0 {
-					t.ttl = ttl
-				}
-			}
-		}
+		t = b.newTopic(name, logical)
 		b.topics[name] = t
+		b.topics = transports.Shrink(b.topics, &b.peak)
 	}
 	return t, true
+}
+
+// newTopic makes the state of a topic. b.mu is held.
+func (b *Broker) newTopic(name, logical string) *topic {
+	t := &topic{name: name, history: transports.IsChannelTopic(logical),
+		size: b.cfg.HistorySize, ttl: b.cfg.HistoryTTL}
+	// Every message of this topic comes after last; the ones of its earlier lives that are gone
+	// are at most b.forgotten.
+	t.last = b.seq.Load()
+	t.dropped = b.forgotten[b.bucket(name)]
+	if t.history && b.cfg.Bounds != nil {
+		if size, ttl := b.cfg.Bounds(logical); size > 0 || ttl > 0 {
+			if size > 0 {
+				t.size = size
+			}
+			if ttl > 0 {
+				t.ttl = ttl
+			}
+		}
+	}
+	return t
+}
+
+// forgetBuckets is the number of hash buckets of Broker.forgotten.
+const forgetBuckets = 1024
+
+func (b *Broker) bucket(name string) int { return int(maphash.String(b.seed, name) % forgetBuckets) }
+
+// lookup returns the topic of this name if it has state, and else its forgotten mark.
+func (b *Broker) lookup(name string) (*topic, uint64, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.topics[name], b.forgotten[b.bucket(name)], !b.closed
+}
+
+// release frees t's state if it has no subscriber, no group and no history left.
+func (b *Broker) release(t *topic) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.freed || !t.idle() || b.topics[t.name] != t {
+		return
+	}
+	delete(b.topics, t.name)
+	b.topics = transports.Shrink(b.topics, &b.peak)
+	t.freed = true
+	i := b.bucket(t.name)
+	b.forgotten[i] = max(b.forgotten[i], t.dropped)
 }
 
 // Node returns a Backend for one node of this broker. Closing it ends its own subscriptions
@@ -99,19 +199,26 @@ func (b *Broker) Node(prefix string) *Backend {
 	return n
 }
 
+// stored is one message of a topic's history.
 type stored struct {
-	msg *message.Message
-	seq uint64
-	at  time.Time
+	msg  *message.Message
+	seq  uint64
+	at   time.Time
+	size int64
+	t    *topic
+	gone atomic.Bool // dropped from t.log (set under t.mu; read by the ledger without it)
 }
 
 type topic struct {
+	name    string
 	mu      sync.Mutex
-	seq     uint64
+	freed   bool // no longer the broker's: look the name up again
+	last    uint64
+	dropped uint64 // the highest sequence number of a message of this channel no longer kept
 	history bool
 	size    int           // history bounds of this topic
 	ttl     time.Duration // 0: no age limit
-	log     []stored      // oldest first
+	log     []*stored     // oldest first
 	subs    []sink
 	groups  map[string]*queue
 }
@@ -122,6 +229,9 @@ type sink interface {
 	push(*message.Message)
 	close() // the broker closed
 }
+
+// idle reports whether the topic holds nothing worth keeping. t.mu is held.
+func (t *topic) idle() bool { return len(t.subs) == 0 && len(t.groups) == 0 && len(t.log) == 0 }
 
 func (t *topic) close() {
 	t.mu.Lock()
@@ -135,8 +245,24 @@ func (t *topic) close() {
 	t.subs = nil
 }
 
+// removeSub takes s out of t.subs, leaving no reference to it in the array. t.mu is held.
+func (t *topic) removeSub(s sink) {
+	for i, o := range t.subs {
+		if o == s {
+			last := len(t.subs) - 1
+			t.subs[i] = t.subs[last]
+			t.subs[last] = nil
+			t.subs = t.subs[:last]
+			if len(t.subs) == 0 {
+				t.subs = nil
+			}
+			return
+		}
+	}
+}
+
 // trim drops what is over the size or older than the TTL. t.mu is held.
-func (t *topic) trim(now time.Time) {
+func (t *topic) trim(now time.Time, l *ledger) {
 	drop := 0
 	if over := len(t.log) - t.size; over > 0 {
 		drop = over
@@ -146,10 +272,35 @@ func (t *topic) trim(now time.Time) {
 			drop++
 		}
 	}
-	if drop > 0 {
-		clear(t.log[:drop])
-		t.log = t.log[drop:]
+	t.drop(drop, l)
+}
+
+// drop drops the n oldest messages of the history. t.mu is held.
+func (t *topic) drop(n int, l *ledger) {
+	if n <= 0 {
+		return
 	}
+	gone := t.log[:n]
+	t.dropped = max(t.dropped, gone[n-1].seq)
+	l.remove(gone)
+	clear(gone)
+	t.log = t.log[n:]
+	if len(t.log) == 0 {
+		t.log = nil // an empty history keeps no array
+	}
+}
+
+// dropThrough drops the messages of the history up to s, if s is still in it. t.mu is held.
+func (t *topic) dropThrough(s *stored, l *ledger) {
+	if s.gone.Load() {
+		return
+	}
+	t.drop(t.after(s.seq), l)
+}
+
+// after returns the index in t.log of the first message after seq. t.mu is held.
+func (t *topic) after(seq uint64) int {
+	return sort.Search(len(t.log), func(i int) bool { return t.log[i].seq > seq })
 }
 
 // Backend is one node's view of a Broker.
@@ -186,21 +337,46 @@ func (n *Backend) Publish(topicName string, msgs ...*message.Message) error {
 	if n.closed() {
 		return transports.ErrClosed
 	}
-	t, ok := n.broker.topic(n.name(topicName), topicName)
+	b := n.broker
+	var (
+		t          *topic
+		kept, idle bool
+	)
+	ok := b.use(n.name(topicName), topicName, func(locked *topic) {
+		t = locked
+		kept = t.publish(b, msgs)
+		idle = t.idle()
+	})
 	if !ok {
 		return transports.ErrClosed
 	}
-	now := n.broker.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	if kept {
+		if t.ttl > 0 {
+			b.startJanitor()
+		}
+		b.evict()
+	}
+	if idle {
+		b.release(t)
+	}
+	return nil
+}
+
+// publish numbers msgs, keeps them in the history and hands them to the subscribers. It
+// reports whether any was kept. t.mu is held.
+func (t *topic) publish(b *Broker, msgs []*message.Message) bool {
+	now := b.now()
+	first := len(t.log)
 	for _, m := range msgs {
-		t.seq++
+		seq := b.seq.Add(1)
+		t.last = seq
 		c := m.Copy()
 		if t.history {
-			c.Metadata.Set(transports.MetaPosition, transports.Position{Epoch: n.broker.epoch, Lo: t.seq}.String())
+			c.Metadata.Set(transports.MetaPosition, transports.Position{Epoch: b.epoch, Lo: seq}.String())
 			if t.size > 0 {
-				t.log = append(t.log, stored{msg: c, seq: t.seq, at: now})
-				t.trim(now)
+				t.log = append(t.log, &stored{msg: c, seq: seq, at: now, size: sizeOf(c), t: t})
+			} else {
+				t.dropped = seq
 			}
 		}
 		for _, q := range t.subs {
@@ -210,7 +386,14 @@ func (n *Backend) Publish(topicName string, msgs ...*message.Message) error {
 			q.push(c)
 		}
 	}
-	return nil
+	added := t.log[first:]
+	if len(added) > 0 {
+		b.ledger.add(added)
+	}
+	if t.history {
+		t.trim(now, &b.ledger)
+	}
+	return len(added) > 0
 }
 
 // Subscribe implements transports.Backend.
@@ -224,18 +407,20 @@ func (n *Backend) SubscribeFunc(ctx context.Context, topicName string, deliver f
 	if n.closed() {
 		return transports.ErrClosed
 	}
-	t, ok := n.broker.topic(n.name(topicName), topicName)
-	if !ok {
-		return transports.ErrClosed
-	}
-	h := &handoff{n: n, t: t, ended: ended}
+	h := &handoff{n: n, ended: ended}
 	h.ctx, h.cancel = context.WithCancel(ctx)
 	// Unbounded, as the broker's queues are: a publish never waits for a subscriber.
 	h.relay = transports.NewRelay(h.ctx, h.cancel, deliver, math.MaxInt, &n.wg)
 	n.wg.Add(1) // done when the subscription ends
-	t.mu.Lock()
-	t.subs = append(t.subs, h)
-	t.mu.Unlock()
+	ok := n.broker.use(n.name(topicName), topicName, func(t *topic) {
+		h.t = t
+		t.subs = append(t.subs, h)
+	})
+	if !ok {
+		h.cancel()
+		n.wg.Done()
+		return transports.ErrClosed
+	}
 	h.stopNode = context.AfterFunc(n.ctx, h.cancel) // the node closed
 	context.AfterFunc(h.ctx, h.end)
 	return nil
@@ -256,18 +441,18 @@ type handoff struct {
 func (h *handoff) push(m *message.Message) { h.relay.Offer(m, 0) } // never full
 func (h *handoff) close()                  { h.cancel() }
 
-// end ends the subscription once its context is done: ended comes after every delivery.
+// end ends the subscription once its context is done: ended comes after every delivery. The
+// topic's state goes with its last subscriber unless it has history to keep.
 func (h *handoff) end() {
 	h.relay.Close()
 	h.stopNode()
 	h.t.mu.Lock()
-	for i, s := range h.t.subs {
-		if s == sink(h) {
-			h.t.subs = append(h.t.subs[:i], h.t.subs[i+1:]...)
-			break
-		}
-	}
+	h.t.removeSub(h)
+	idle := h.t.idle()
 	h.t.mu.Unlock()
+	if idle {
+		h.n.broker.release(h.t)
+	}
 	h.ended()
 	h.n.wg.Done()
 }
@@ -277,17 +462,19 @@ func (n *Backend) SubscribeGroup(ctx context.Context, topicName, group string) (
 	if n.closed() {
 		return nil, transports.ErrClosed
 	}
-	t, ok := n.broker.topic(n.name(topicName), topicName)
+	var q *queue
+	ok := n.broker.use(n.name(topicName), topicName, func(t *topic) {
+		if q = t.groups[group]; q == nil {
+			q = newQueue()
+			if t.groups == nil {
+				t.groups = map[string]*queue{}
+			}
+			t.groups[group] = q
+		}
+	})
 	if !ok {
 		return nil, transports.ErrClosed
 	}
-	t.mu.Lock()
-	q := t.groups[group]
-	if q == nil {
-		q = newQueue()
-		t.groups[group] = q
-	}
-	t.mu.Unlock()
 	out := make(chan *message.Message)
 	n.wg.Add(1)
 	go func() {
@@ -312,25 +499,42 @@ func (n *Backend) Replay(_ context.Context, topicName string, since transports.P
 	if n.closed() {
 		return nil, false, transports.ErrClosed
 	}
-	t, ok := n.broker.topic(n.name(topicName), topicName)
-	if !ok {
-		return nil, false, transports.ErrClosed
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.trim(n.broker.now())
-	if since.Epoch != n.broker.epoch || since.Hi != 0 || since.Lo > t.seq {
+	b := n.broker
+	if since.Epoch != b.epoch || since.Hi != 0 || since.Lo > b.seq.Load() {
 		return nil, false, nil
 	}
-	first := t.seq + 1 // oldest seq still retained
-	if len(t.log) > 0 {
-		first = t.log[0].seq
+	for {
+		t, forgotten, ok := b.lookup(n.name(topicName))
+		if !ok {
+			return nil, false, transports.ErrClosed
+		}
+		if t == nil {
+			// Nothing of the channel is kept; what it had is gone, all of it at most forgotten.
+			return nil, since.Lo >= forgotten, nil
+		}
+		t.mu.Lock()
+		if t.freed {
+			t.mu.Unlock()
+			continue
+		}
+		msgs, complete := t.replay(b, since, limit)
+		idle := t.idle()
+		t.mu.Unlock()
+		if idle {
+			b.release(t)
+		}
+		return msgs, complete, nil
 	}
-	if since.Lo+1 < first {
-		return nil, false, nil // trimmed past since
+}
+
+// replay returns copies of what the history has after since (at most limit) and whether that
+// is everything after it. t.mu is held.
+func (t *topic) replay(b *Broker, since transports.Position, limit int) ([]*message.Message, bool) {
+	t.trim(b.now(), &b.ledger)
+	if since.Lo < t.dropped {
+		return nil, false // trimmed past since
 	}
-	start := len(t.log) - int(t.seq-since.Lo)
-	rest := t.log[start:]
+	rest := t.log[t.after(since.Lo):]
 	complete := true
 	if len(rest) > limit {
 		rest, complete = rest[:limit], false
@@ -340,18 +544,36 @@ func (n *Backend) Replay(_ context.Context, topicName string, since transports.P
 		msgs[i] = s.msg.Copy()
 		msgs[i].Metadata.Set(transports.MetaStoredAt, strconv.FormatInt(s.at.UnixMilli(), 10))
 	}
-	return msgs, complete, nil
+	return msgs, complete
 }
 
-// Last implements transports.History.
+// Last implements transports.History. A channel without a message in its history gets the
+// broker's latest sequence number: whatever it receives next comes after it.
 func (n *Backend) Last(_ context.Context, topicName string) (transports.Position, error) {
-	t, ok := n.broker.topic(n.name(topicName), topicName)
-	if !ok || n.closed() {
+	if n.closed() {
 		return transports.Position{}, transports.ErrClosed
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return transports.Position{Epoch: n.broker.epoch, Lo: t.seq}, nil
+	b := n.broker
+	for {
+		t, _, ok := b.lookup(n.name(topicName))
+		if !ok {
+			return transports.Position{}, transports.ErrClosed
+		}
+		if t == nil {
+			return transports.Position{Epoch: b.epoch, Lo: b.seq.Load()}, nil
+		}
+		t.mu.Lock()
+		if t.freed {
+			t.mu.Unlock()
+			continue
+		}
+		last := t.last
+		if len(t.log) == 0 {
+			last = b.seq.Load() // read under t.mu: the topic's next message comes after it
+		}
+		t.mu.Unlock()
+		return transports.Position{Epoch: b.epoch, Lo: last}, nil
+	}
 }
 
 // Ping implements transports.Backend: the embedded broker is always reachable while open.

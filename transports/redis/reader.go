@@ -43,6 +43,7 @@ type reader struct {
 
 	mu   sync.Mutex
 	subs map[string][]*subscription // channel (or "") -> subscriptions; slices are copy-on-write
+	peak int                        // most keys subs held since it was made (transports.Shrink)
 }
 
 func newReader(b *Backend, keys, epochs, ids []string, channels bool) *reader {
@@ -58,6 +59,7 @@ func (r *reader) add(s *subscription) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.subs[s.key] = append(r.subs[s.key][:len(r.subs[s.key]):len(r.subs[s.key])], s)
+	r.subs = transports.Shrink(r.subs, &r.peak)
 }
 
 func (r *reader) remove(s *subscription) {
@@ -72,6 +74,7 @@ func (r *reader) remove(s *subscription) {
 	}
 	if len(kept) == 0 {
 		delete(r.subs, s.key)
+		r.subs = transports.Shrink(r.subs, &r.peak)
 	} else {
 		r.subs[s.key] = kept
 	}

@@ -109,6 +109,13 @@ type Hub struct {
 type shard struct {
 	mu       sync.RWMutex
 	channels map[string]*entry
+	peak     int // most channels held since the map was made (transports.Shrink)
+}
+
+// forget deletes channel's entry. sh.mu is held.
+func (sh *shard) forget(channel string) {
+	delete(sh.channels, channel)
+	sh.channels = transports.Shrink(sh.channels, &sh.peak)
 }
 
 // entry is one channel with local subscribers.
@@ -396,6 +403,7 @@ func (h *Hub) Join(ctx context.Context, c *Conn, channel string) error {
 	if first {
 		e = &entry{ready: make(chan struct{})}
 		sh.channels[channel] = e
+		sh.channels = transports.Shrink(sh.channels, &sh.peak)
 	}
 	e.add(c, c.addSub(channel))
 	sh.mu.Unlock()
@@ -406,7 +414,7 @@ func (h *Hub) Join(ctx context.Context, c *Conn, channel string) error {
 		sh.mu.Lock()
 		e.stop, e.err = stop, err
 		if err != nil && sh.channels[channel] == e {
-			delete(sh.channels, channel)
+			sh.forget(channel)
 		}
 		orphan := err == nil && sh.channels[channel] != e // every subscriber left meanwhile
 		close(e.ready)
@@ -443,7 +451,7 @@ func (h *Hub) Leave(c *Conn, channel string) bool {
 	var stop func()
 	if e != nil && e.remove(c) {
 		if len(e.members) == 0 {
-			delete(sh.channels, channel)
+			sh.forget(channel)
 			select {
 			case <-e.ready:
 				stop = e.stop // nil when the open failed
@@ -464,7 +472,7 @@ func (h *Hub) lost(channel string, e *entry) {
 	sh := h.shard(channel)
 	sh.mu.Lock()
 	if sh.channels[channel] == e {
-		delete(sh.channels, channel)
+		sh.forget(channel)
 	}
 	conns := make([]*Conn, 0, len(e.members))
 	for _, m := range e.members {

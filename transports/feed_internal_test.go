@@ -1,0 +1,134 @@
+package transports
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// quietBackend subscribes anything and delivers nothing; its subscriptions end with their context.
+type quietBackend struct{}
+
+func (quietBackend) Publish(string, ...*message.Message) error { return nil }
+func (quietBackend) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+	out := make(chan *message.Message)
+	context.AfterFunc(ctx, func() { close(out) })
+	return out, nil
+}
+func (b quietBackend) SubscribeGroup(ctx context.Context, topic, _ string) (<-chan *message.Message, error) {
+	return b.Subscribe(ctx, topic)
+}
+func (quietBackend) Ping(context.Context) error { return nil }
+func (quietBackend) Close() error               { return nil }
+
+// quietHistory is a quietBackend that also keeps (an empty) history.
+type quietHistory struct{ quietBackend }
+
+func (quietHistory) Replay(context.Context, string, Position, int) ([]*message.Message, bool, error) {
+	return nil, true, nil
+}
+func (quietHistory) Last(context.Context, string) (Position, error) { return Position{}, nil }
+
+// TestFeedKeepsNothingForClosedChannels: once the subscriptions of many channels are stopped,
+// the Feed holds no state for any of them, with or without the backend's history.
+func TestFeedKeepsNothingForClosedChannels(t *testing.T) {
+	for name, backend := range map[string]Backend{"history": quietHistory{}, "no history": quietBackend{}} {
+		t.Run(name, func(t *testing.T) {
+			f := NewFeed(backend)
+			defer f.Close()
+			for i := range 1000 {
+				stop, err := f.Open(fmt.Sprintf("room:%d", i), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				stop()
+			}
+			f.mu.Lock()
+			counters, cancels := len(f.counters), len(f.cancels)
+			f.mu.Unlock()
+			if counters != 0 || cancels != 0 {
+				t.Fatalf("after 1000 channels opened and stopped the feed holds %d counters and %d subscriptions, want none", counters, cancels)
+			}
+		})
+	}
+}
+
+// TestFeedReopenIsANewEpoch: without history, a channel's positions belong to its subscription:
+// after it was stopped and opened again (its counter freed meanwhile) a resume from the earlier
+// subscription's position is not complete, and one from the new subscription's is.
+func TestFeedReopenIsANewEpoch(t *testing.T) {
+	f := NewFeed(quietBackend{})
+	defer f.Close()
+	ctx := context.Background()
+	stop, err := f.Open("c", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := f.Last(ctx, "c")
+	if _, complete, _ := f.Replay(ctx, "c", first, 10); !complete {
+		t.Fatal("a resume from the open subscription's own last position is not complete")
+	}
+	stop()
+	if _, complete, _ := f.Replay(ctx, "c", first, 10); complete {
+		t.Fatal("a resume while the channel is not subscribed claims to be complete")
+	}
+	stop, err = f.Open("c", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	second, _ := f.Last(ctx, "c")
+	if second.Epoch == first.Epoch {
+		t.Fatalf("the reopened subscription has the epoch of the first, %q", first.Epoch)
+	}
+	if _, complete, _ := f.Replay(ctx, "c", first, 10); complete {
+		t.Fatal("a resume from the first subscription's position is complete after a reopen")
+	}
+	if _, complete, _ := f.Replay(ctx, "c", second, 10); !complete {
+		t.Fatal("a resume from the reopened subscription's position is not complete")
+	}
+}
+
+// TestFeedForgetsLostSubscription: a subscription the backend ends by itself calls lost and
+// leaves nothing behind in the Feed.
+func TestFeedForgetsLostSubscription(t *testing.T) {
+	b := &endingBackend{ends: make(chan struct{})}
+	f := NewFeed(b)
+	defer f.Close()
+	lost := make(chan struct{})
+	if _, err := f.Open("c", func() { close(lost) }); err != nil {
+		t.Fatal(err)
+	}
+	close(b.ends)
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("lost was not called")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.counters) != 0 || len(f.cancels) != 0 {
+		t.Fatalf("after a lost subscription the feed holds %d counters and %d subscriptions", len(f.counters), len(f.cancels))
+	}
+}
+
+// endingBackend's subscriptions end by themselves when ends closes.
+type endingBackend struct {
+	quietBackend
+	ends chan struct{}
+}
+
+func (b *endingBackend) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+	out := make(chan *message.Message)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-b.ends:
+		}
+		close(out)
+	}()
+	return out, nil
+}
