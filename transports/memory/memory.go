@@ -45,8 +45,10 @@ type Config struct {
 // last goes (unsubscribed, expired, evicted) the state is freed. Sequence numbers are taken from
 // one counter for the whole broker, so a topic made again never reuses a position of its earlier
 // life; forgotten remembers, per hash bucket of topic names, the newest message whose history went
-// with a freed topic, so a resume from before it answers incomplete (also, rarely, for another
-// topic of the same bucket: recovered:false where true would have been right, never the reverse).
+// with a freed topic, so a resume from before it answers incomplete. Another topic of the same
+// bucket answers so too: on a busy broker, whose buckets all hold recent marks, a resume of any
+// channel whose state was freed answers recovered:false even when it missed nothing (the safe
+// side: never true where a message was lost). A channel with a subscriber or history is exact.
 type Broker struct {
 	cfg   Config
 	epoch string
@@ -283,6 +285,9 @@ func (t *topic) drop(n int, l *ledger) {
 	gone := t.log[:n]
 	t.dropped = max(t.dropped, gone[n-1].seq)
 	l.remove(gone)
+	for _, s := range gone {
+		s.msg = nil // the ledger's age queue may point to s a while longer: not to its payload
+	}
 	clear(gone)
 	t.log = t.log[n:]
 	if len(t.log) == 0 {

@@ -195,6 +195,36 @@ func TestTTLFreesMemoryWithoutPublish(t *testing.T) {
 	})
 }
 
+// TestTrimmedHistoryFreesPayloads: messages trimmed by count leave the heap at once, though the
+// broker's age bookkeeping still lists them until their TTL: history.max_bytes and the count are
+// bounds of memory, not only of what a resume sees.
+func TestTrimmedHistoryFreesPayloads(t *testing.T) {
+	broker := memory.NewBroker(memory.Config{HistorySize: 10, HistoryTTL: time.Hour})
+	t.Cleanup(broker.Close)
+	n := broker.Node("p")
+	defer n.Close()
+	// Live messages ahead of the trimmed ones in the age bookkeeping, so that expiry, which
+	// frees from the oldest, cannot reach the trimmed ones.
+	for i := range 2000 {
+		if err := n.Publish(transports.ChannelTopic(fmt.Sprint("quiet:", i)), transporttest.NewMessage("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := liveHeap()
+	payload := strings.Repeat("x", 60<<10)
+	for range 300 {
+		if err := n.Publish(transports.ChannelTopic("trimmed"), transporttest.NewMessage(payload)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		if after := liveHeap(); after > before+4<<20 {
+			return fmt.Errorf("live heap %d B, %d B before 18 MB were published to a channel keeping 600 KB", after, before)
+		}
+		return nil
+	})
+}
+
 func liveHeap() uint64 {
 	runtime.GC()
 	var m runtime.MemStats
