@@ -2,15 +2,16 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/internal/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -34,7 +35,7 @@ func (g *Gateway) awaitBroker(ctx context.Context) error {
 	start := time.Now()
 	delay, failures := connectRetryMin, 0
 	for {
-		err := g.backend.Ping(ctx)
+		err := g.ping(ctx, start)
 		if err == nil {
 			g.log.Info("broker reachable", "broker", broker, "addr", addr, "waited", time.Since(start).Round(time.Millisecond))
 			return nil
@@ -64,6 +65,17 @@ func (g *Gateway) awaitBroker(ctx context.Context) error {
 	}
 }
 
+// ping pings the broker once, for at most the time broker_connect_timeout leaves (a broker
+// library's own timeouts may be longer).
+func (g *Gateway) ping(ctx context.Context, start time.Time) error {
+	if timeout := g.cfg.BrokerConnectTimeout; timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, max(timeout-time.Since(start), time.Millisecond))
+		defer cancel()
+	}
+	return g.backend.Ping(ctx)
+}
+
 // sleep waits d, or until ctx ends (false).
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
@@ -85,13 +97,30 @@ func jitter(d time.Duration) time.Duration {
 func brokerAddr(cfg *configs.Config) string {
 	switch cfg.Broker {
 	case configs.BrokerNATS, configs.BrokerJetStream:
-		return cfg.NATS.URL
+		return redactURLs(cfg.NATS.URL)
 	case configs.BrokerRedis:
 		return cfg.Redis.Addr
 	case configs.BrokerKafka:
 		return strings.Join(cfg.Kafka.Brokers, ",")
 	}
 	return "in process"
+}
+
+// redactURLs hides the credentials of comma-separated URLs (nats://user:pass@host), for logs.
+func redactURLs(list string) string {
+	urls := strings.Split(list, ",")
+	for i, u := range urls {
+		u = strings.TrimSpace(u)
+		if at := strings.LastIndex(u, "@"); at >= 0 {
+			start := 0
+			if scheme := strings.Index(u, "://"); scheme >= 0 && scheme < at {
+				start = scheme + 3
+			}
+			u = u[:start] + "xxxxx" + u[at:]
+		}
+		urls[i] = u
+	}
+	return strings.Join(urls, ",")
 }
 
 // ready is /readyz's check: the node has started (the broker answered and the router runs) and
@@ -121,10 +150,8 @@ func (g *Gateway) untilStarted(h http.Handler) http.Handler {
 			h.ServeHTTP(w, r)
 		case <-r.Context().Done():
 		case <-t.C:
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{
-				"code": "unavailable", "message": "node is starting: waiting for the broker"}})
+			g.metrics.UpgradesRefused.WithLabelValues(strconv.Itoa(http.StatusServiceUnavailable)).Inc()
+			protocol.WriteHTTPError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "node is starting: waiting for the broker")
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,5 +101,13 @@ func TestCertificateCheckInterval(t *testing.T) {
 	after, _ := c.get(nil)
 	if after != before {
 		t.Fatal("the certificate changed within the check interval")
+	}
+}
+
+// TestRedactURLs: broker URLs are logged and put in errors without their passwords.
+func TestRedactURLs(t *testing.T) {
+	got := redactURLs("nats://alice:s3cret@a:4222, nats://b:4222,bob:hunter2@c:4222")
+	if strings.Contains(got, "s3cret") || strings.Contains(got, "hunter2") || !strings.Contains(got, "nats://b:4222") || !strings.Contains(got, "@c:4222") {
+		t.Fatalf("redactURLs: %q", got)
 	}
 }

@@ -47,16 +47,20 @@ func run() int {
 	if *token != "" {
 		return printToken(cfg, *token)
 	}
-	if cfg.Development {
-		developmentMode(cfg, log)
-	}
 	if *check {
 		if err := gateway.Check(cfg); err != nil {
 			fmt.Fprintln(os.Stderr, "gateway:", err)
 			return 2
 		}
+		if cfg.Development {
+			fmt.Println("configuration is valid (development mode: the node will make up a JWT secret)")
+			return 0
+		}
 		fmt.Println("configuration is valid")
 		return 0
+	}
+	if cfg.Development {
+		developmentMode(cfg, log)
 	}
 
 	g, err := gateway.New(cfg, gateway.WithLogger(log))
@@ -111,15 +115,18 @@ func printToken(cfg *configs.Config, user string) int {
 // try.
 func developmentMode(cfg *configs.Config, log *slog.Logger) {
 	cfg.Auth.JWTSecret = randomHex(32)
+	attrs := []any{"jwt_secret", cfg.Auth.JWTSecret}
+	apiKey := "$GATEWAY_API_KEY" // an API key the operator set is never printed
 	if cfg.API.Key == "" {
 		cfg.API.Key = randomHex(16)
+		apiKey = cfg.API.Key
+		attrs = append(attrs, "api_key", apiKey)
 	}
 	token, _ := auth.SignHS256([]byte(cfg.Auth.JWTSecret), "dev", 24*time.Hour, []string{"*"}, []string{"*"}, auth.AllowSend())
-	log.Warn("DEVELOPMENT MODE: no way to authenticate clients is configured (GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY, GATEWAY_JWKS_URL or GATEWAY_ALLOW_ANONYMOUS), so this node made up a JWT secret and an API key; never run it like this in production",
-		"jwt_secret", cfg.Auth.JWTSecret, "api_key", cfg.API.Key)
+	log.Warn("DEVELOPMENT MODE: no way to authenticate clients is configured (GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY, GATEWAY_JWKS_URL or GATEWAY_ALLOW_ANONYMOUS), so this node made up a JWT secret (and an API key, unless one was set); never run it like this in production", attrs...)
 	base := localAddr(cfg.Addr)
-	fmt.Fprintf(os.Stderr, "\n  Try it:  websocat 'ws://%s/ws?token=%s'\n  Publish: curl -H 'Authorization: Bearer %s' -d '{\"channel\":\"news\",\"data\":{\"hello\":\"world\"}}' http://%s/api/publish\n\n",
-		base, token, cfg.API.Key, base)
+	fmt.Fprintf(os.Stderr, "\n  Try it:  websocat 'ws://%s/ws?token=%s'\n  Publish: curl -H \"Authorization: Bearer %s\" -d '{\"channel\":\"news\",\"data\":{\"hello\":\"world\"}}' http://%s/api/publish\n\n",
+		base, token, apiKey, base)
 }
 
 // localAddr is how a client on this machine reaches the listen address addr: localhost for an

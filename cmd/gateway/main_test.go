@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -96,19 +97,43 @@ func TestBinary(t *testing.T) {
 	})
 
 	t.Run("CheckConfigInDevelopmentMode", func(t *testing.T) {
-		cmd := exec.Command(bin, "-check-config")
-		cmd.Env = environ()
-		out, err := cmd.CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "DEVELOPMENT MODE") || !strings.Contains(string(out), "configuration is valid") {
-			t.Fatalf("err %v, output %s", err, out)
+		// It says so, and prints no secret: -check-config serves nothing.
+		out, code := runBinary(t, bin, nil, "-check-config")
+		if code != 0 || !strings.Contains(out, "development mode") || !strings.Contains(out, "configuration is valid") || strings.Contains(out, "jwt_secret") {
+			t.Fatalf("exit %d, output %s", code, out)
 		}
 	})
 
 	t.Run("AddressAloneIsStillDevelopmentMode", func(t *testing.T) {
 		addr := freeAddr(t)
 		out, code := runBinary(t, bin, []string{"GATEWAY_ADDR=" + addr}, "-check-config")
-		if code != 0 || !strings.Contains(out, "DEVELOPMENT MODE") || !strings.Contains(out, "ws://"+addr+"/ws?token=") {
+		if code != 0 || !strings.Contains(out, "development mode") {
 			t.Fatalf("exit %d, output %s", code, out)
+		}
+	})
+
+	t.Run("DevelopmentModePrintsNoKeyItWasGiven", func(t *testing.T) {
+		// The node prints a usable address and its made-up secret's token, but never an API key
+		// the operator set.
+		addr := freeAddr(t)
+		cmd := exec.Command(bin)
+		cmd.Env = environ("GATEWAY_ADDR="+addr, "GATEWAY_API_KEY=operator-set-key-0123456789")
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+		var out strings.Builder
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() && !strings.Contains(out.String(), "Publish:") {
+			out.WriteString(sc.Text() + "\n")
+		}
+		got := out.String()
+		if !strings.Contains(got, "ws://"+addr+"/ws?token=") || strings.Contains(got, "operator-set-key") || !strings.Contains(got, "$GATEWAY_API_KEY") {
+			t.Fatalf("development mode printed:\n%s", got)
 		}
 	})
 

@@ -77,13 +77,13 @@ func newJWKS(c JWKSConfig) *jwks {
 		RateLimitWaitMax: c.Timeout,
 		RefreshErrorHandlerFunc: func(u string) func(context.Context, error) {
 			return func(_ context.Context, err error) {
-				log.Warn("cannot fetch the JWKS; tokens signed with keys not cached are refused", "url", u, "error", err)
+				log.Warn("cannot fetch the JWKS; tokens signed with keys not cached are refused", "url", safeURL(u), "error", err)
 			}
 		},
 	})
 	if err != nil {
 		// Only a URL that does not parse fails here, and check refused it before.
-		log.Error("JWKS not usable", "url", c.URL, "error", err)
+		log.Error("JWKS not usable", "url", safeURL(c.URL), "error", err)
 		cancel()
 		return &jwks{cancel: cancel}
 	}
@@ -107,3 +107,13 @@ func (j *jwks) key(t *jwt.Token) (any, error) {
 }
 
 func (j *jwks) close() { j.cancel() }
+
+// safeURL is u for a log line: without user info and query, which may hold credentials.
+func safeURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	p.User, p.RawQuery, p.Fragment = nil, "", ""
+	return p.String()
+}
