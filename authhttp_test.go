@@ -362,3 +362,22 @@ func TestJWKSNode(t *testing.T) {
 		t.Fatalf("unknown kid: %q", msg)
 	}
 }
+
+// TestUpgradeWithABodyIsRefused: a handshake that announces a body is refused 400 with the JSON
+// error (not 500 because the body check wrapped away the connection's Hijacker).
+func TestUpgradeWithABodyIsRefused(t *testing.T) {
+	base := serveNode(t, testConfig(t))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	head := "GET /ws?token=" + allowAll(t, "body") + " HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 5\r\n\r\nhello"
+	if _, err := io.WriteString(conn, head); err != nil {
+		t.Fatal(err)
+	}
+	if resp := readAnswer(t, conn); resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("status %d (%s), want 400 with the JSON error", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}

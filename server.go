@@ -15,8 +15,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/internal/protocol"
 )
 
 // certCheckInterval is how often, at most, a TLS handshake looks whether the certificate or key
@@ -42,11 +45,16 @@ func (g *Gateway) httpServer(h http.Handler) *http.Server {
 // close the connection ("Connection: close"). Otherwise net/http reads up to 256 KiB of the
 // rest of the body before it sends the answer, so a refusal (401, 404, 405, 413) to a client
 // that sends its body slowly would wait for that body. A request without a body passes as is
-// (the WebSocket upgrade among them, whose ResponseWriter must stay a http.Hijacker).
+// (the WebSocket upgrade among them); an upgrade with a body is refused 400.
 func closeUnreadBodies(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 			h.ServeHTTP(w, r)
+			return
+		}
+		if websocket.IsWebSocketUpgrade(r) { // what follows its headers would be taken for frames
+			w.Header().Set("Connection", "close")
+			protocol.WriteHTTPError(w, http.StatusBadRequest, protocol.CodeBadRequest, "a WebSocket handshake carries no body")
 			return
 		}
 		body := &readBody{ReadCloser: r.Body, length: r.ContentLength}
