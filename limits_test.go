@@ -52,6 +52,11 @@ func TestSubscriptionLimit(t *testing.T) {
 	}
 	c.Send(`{"type":"ping","id":"still"}`)
 	c.Expect("pong")
+	// At the limit, a subscribe to a channel held already is still the duplicate it is.
+	c.Send(`{"type":"subscribe","id":"dup","channel":"many.1"}`)
+	if f := c.Next(); f.Str("code") != "bad_request" {
+		t.Fatalf("duplicate subscribe at the limit: %v, want bad_request", f)
+	}
 	c.Send(`{"type":"unsubscribe","id":"u","channel":"many.0"}`)
 	c.Expect("unsubscribed")
 	if f := c.Subscribe("again"); f.Str("channel") != "again" {
@@ -158,5 +163,23 @@ func TestPersistentAbuserIsDisconnected(t *testing.T) {
 	}
 	if !strings.Contains(out, "connection disconnected: it kept sending over its rate limits") {
 		t.Fatalf("the disconnect was not logged:\n%s", out)
+	}
+}
+
+// TestForbiddenPublishesAreRateLimited: publishes the token does not allow cost the rate too, so
+// a flood of them is answered rate_limited (and earns strikes), not forbidden for ever.
+func TestForbiddenPublishesAreRateLimited(t *testing.T) {
+	n := startNode(t, testConfig(t, "GATEWAY_LIMITS_PUBLISH_RATE=0.1", "GATEWAY_LIMITS_PUBLISH_BURST=5"))
+	c, _ := wstest.Dial(t, n.URL, token(t, "eve", time.Hour, []string{"*"}, nil)) // may publish nowhere
+	pub := func(i int) map[string]any {
+		return map[string]any{"type": "publish", "id": fmt.Sprint(i), "channel": "closed", "data": i}
+	}
+	var codes []string
+	for _, f := range batch(t, c, 0, 8, pub) {
+		codes = append(codes, f.Str("code"))
+	}
+	want := []string{"forbidden", "forbidden", "forbidden", "forbidden", "forbidden", "rate_limited", "rate_limited", "rate_limited"}
+	if fmt.Sprint(codes) != fmt.Sprint(want) {
+		t.Fatalf("answers %v, want %v", codes, want)
 	}
 }

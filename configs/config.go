@@ -343,15 +343,18 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Auth.JWKSTimeout, DefaultJWKSTimeout)
 }
 
-// setDefaults fills the limits: the publish burst follows the rate unless the rate is the
-// default; the subscribe burst is twice the subscriptions a connection may hold.
+// setDefaults fills the limits: the publish burst follows the rate, but is DefaultPublishBurst
+// with the default rate (given or not); the subscribe burst is twice the subscriptions a
+// connection may hold.
 func (l *LimitsConfig) setDefaults() {
-	if l.PublishRate == 0 {
-		l.PublishRate = DefaultPublishRate
-		setDefault(&l.PublishBurst, DefaultPublishBurst)
-	}
-	if l.PublishRate > 0 && l.PublishBurst == 0 {
-		l.PublishBurst = max(1, int(l.PublishRate+0.999))
+	setDefault(&l.PublishRate, DefaultPublishRate)
+	if l.PublishBurst == 0 {
+		switch {
+		case l.PublishRate == DefaultPublishRate: // written out or not, the same default
+			l.PublishBurst = DefaultPublishBurst
+		case l.PublishRate > 0:
+			l.PublishBurst = max(1, int(l.PublishRate+0.999))
+		}
 	}
 	if l.UserPublishRate > 0 && l.UserPublishBurst == 0 {
 		l.UserPublishBurst = max(1, int(l.UserPublishRate+0.999))

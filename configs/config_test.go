@@ -751,3 +751,20 @@ func TestUnknownVariables(t *testing.T) {
 		t.Fatalf("known variables reported as unknown: %+v", u)
 	}
 }
+
+// TestPublishBurstFollowsRate: the default rate written out keeps the default burst; another
+// rate without a burst gets a burst of one second's worth.
+func TestPublishBurstFollowsRate(t *testing.T) {
+	for _, tt := range []struct {
+		rate  string
+		burst int
+	}{{"100", DefaultPublishBurst}, {"2.5", 3}, {"500", 500}} {
+		cfg, err := Load("", []string{"GATEWAY_JWT_SECRET=0123456789abcdef0123", "GATEWAY_LIMITS_PUBLISH_RATE=" + tt.rate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Limits.PublishBurst != tt.burst {
+			t.Errorf("publish_rate %s: burst %d, want %d", tt.rate, cfg.Limits.PublishBurst, tt.burst)
+		}
+	}
+}

@@ -42,12 +42,17 @@ func newStrikes(l configs.LimitsConfig) *rate.Limiter {
 	return rate.NewLimiter(rate.Every(every), l.RateLimitedDisconnect)
 }
 
-// checkSubscribe applies the subscribe limits to a subscribe frame of c: the rate (every
-// subscribe frame counts, refused or not), then the count of subscriptions.
-func (s *Sessions) checkSubscribe(c *ws.Conn, st *state) error {
+// checkSubscribeRate applies the subscribe rate to a subscribe frame of c: every subscribe
+// frame counts, refused or not.
+func checkSubscribeRate(st *state) error {
 	if l := st.limits.subscribe; l != nil && !l.Allow() {
 		return protocol.Errorf(protocol.CodeRateLimited, "too many subscribes; slow down")
 	}
+	return nil
+}
+
+// checkSubscriptions refuses a new subscription of c beyond limits.subscriptions_per_connection.
+func (s *Sessions) checkSubscriptions(c *ws.Conn) error {
 	if most := s.d.Limits.SubscriptionsPerConnection; most > 0 && c.Subscriptions() >= most {
 		return protocol.Errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d subscriptions", most)
 	}

@@ -164,7 +164,7 @@ func (s *Sessions) canSubscribe(c *ws.Conn, name string) bool {
 }
 
 func (s *Sessions) subscribe(c *ws.Conn, f *protocol.Frame) error {
-	if err := s.checkSubscribe(c, stateOf(c)); err != nil {
+	if err := checkSubscribeRate(stateOf(c)); err != nil {
 		return err
 	}
 	if !s.canSubscribe(c, f.Channel) {
@@ -183,6 +183,9 @@ func (s *Sessions) subscribe(c *ws.Conn, f *protocol.Frame) error {
 	}
 	if c.Subscribed(channel) {
 		return protocol.Errorf(protocol.CodeBadRequest, "already subscribed to %s", f.Channel)
+	}
+	if err := s.checkSubscriptions(c); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.d.PublishTimeout)
 	defer cancel()

@@ -8,8 +8,9 @@
 //  5. the operator's middleware, in the order given (gateway.WithMiddleware).
 //
 // The inbound handler (client publish/send, API publishes, lifecycle events -> broker) adds:
-//  6. Authorize: a client publishes only where its token allows.
-//  7. RateLimit: per connection and per user (`rate_limited`).
+//  6. RateLimit: per connection and per user (`rate_limited`); before Authorize, so that
+//     refused frames cost the client its rate too.
+//  7. Authorize: a client publishes only where its token allows.
 //  8. Dedupe: a msg_id accepted within the window is acked again but not published again; keys
 //     are kept only after success, so a failed attempt can be retried.
 //  9. Poison: what still fails after the retries is copied to the poison topic with the reason
@@ -100,8 +101,8 @@ func New(src Sources, h Handlers, opt Options, log *slog.Logger) (*message.Route
 
 	inbound := r.AddConsumerHandler(HandlerInbound, transports.InboxTopic, src.Inbox, h.Inbound)
 	chain := []message.HandlerMiddleware{
+		middleware.RateLimit(h.RateLimiters), // first: a refused frame costs the client a token too
 		middleware.Authorize(h.Authorize),
-		middleware.RateLimit(h.RateLimiters),
 		middleware.Dedupe(opt.Dedupe, opt.DedupeWindow, opt.DedupeHold, h.DedupeKey),
 	}
 	if opt.PoisonTopic != "" {
