@@ -342,10 +342,11 @@ func TestFileErrors(t *testing.T) {
 		{"unknown section", "rabbitmq:\n  url: amqp://x\n", "unknown key rabbitmq"},
 		{"development is not a key", "development: true\n", "unknown key development"},
 		{"malformed", "addr: [\n", "yaml"},
-		{"bad indentation", "auth:\n  jwt_secret: a\n allow_anonymous: true\n", `line 3 ("allow_anonymous: true")`},
+		{"bad indentation", "auth:\n  jwt_secret: a\n allow_anonymous: true\n", `line 3 (key allow_anonymous)`},
 		{"tab indentation", "auth:\n\tjwt_secret: a\n", "yaml"},
-		{"unclosed list on the line before", "addr: x\nwebsocket:\n  allowed_origins: [a, b\n  send_buffer: 9\n", `line 3 ("allowed_origins: [a, b")`},
-		{"unclosed mapping", "redis: {addr: x,\n  db: 1\n", `line 1 ("redis: {addr: x,")`},
+		{"unclosed list on the line before", "addr: x\nwebsocket:\n  allowed_origins: [a, b\n  send_buffer: 9\n", `line 3 (key allowed_origins)`},
+		{"unclosed mapping", "redis: {addr: x,\n  db: 1\n", `line 1 (key redis)`},
+		{"a secret is not quoted back", "auth:\n  jwt_secret: \"s3cret-value\n  allow_anonymous: true\n", "(key jwt_secret)"},
 		{"wrong type", "websocket:\n  send_buffer: lots\n", "invalid setting websocket.send_buffer (GATEWAY_WS_SEND_BUFFER): line 2: cannot unmarshal"},
 		{"wrong type in a flow mapping", "redis: {max_len: big}\n", "invalid setting redis.max_len (GATEWAY_REDIS_MAX_LEN): line 1: cannot unmarshal !!str `big`"},
 		{"list for a string", "addr: [a, b]\n", "invalid setting addr (GATEWAY_ADDR)"},
@@ -368,6 +369,9 @@ func TestFileErrors(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Fatalf("error %q is more than one line", err)
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Fatalf("error %q quotes a secret", err)
 			}
 		})
 	}

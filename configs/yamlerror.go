@@ -19,7 +19,7 @@ var unknownField = regexp.MustCompile(`^field (\S+) not found in type `)
 
 // yamlError turns an error of the YAML decoder into one line that names the key at fault: a
 // *KeyError for a value of the wrong type, "unknown key" with the closest known key for a
-// misspelt one, and, for a syntax error, the line and its text (the decoder reports parser
+// misspelt one, and, for a syntax error, the line and its key, never its value (the decoder reports parser
 // errors one line too early: yaml.v3 prints the 0-based line of the parser's mark).
 func yamlError(raw []byte, err error) error {
 	var te *yaml.TypeError
@@ -67,11 +67,21 @@ func syntaxError(raw []byte, err error) error {
 	if line > len(lines) || strings.TrimSpace(lines[line-1]) == "" {
 		return fmt.Errorf("yaml: line %d: %s", line, reason)
 	}
-	text := strings.TrimSpace(lines[line-1])
-	if len(text) > 60 {
-		text = text[:60] + "…"
+	if key := lineKey(lines[line-1]); key != "" {
+		return fmt.Errorf("yaml: line %d (key %s): %s", line, key, reason)
 	}
-	return fmt.Errorf("yaml: line %d (%s): %s", line, strconv.Quote(text), reason)
+	return fmt.Errorf("yaml: line %d: %s", line, reason)
+}
+
+// lineKey is the key a YAML line starts with ("jwt_secret" of `  jwt_secret: "abc`), or "". Only
+// the key is ever quoted back: the rest of the line may be a secret.
+func lineKey(line string) string {
+	text := strings.TrimSpace(line)
+	key, _, ok := strings.Cut(text, ":")
+	if !ok || key == "" || strings.ContainsAny(key, "\"'{}[]#&*!|>%@` ") || strings.HasPrefix(key, "-") {
+		return ""
+	}
+	return key
 }
 
 // openingLine is, for a flow list or mapping the parser found unclosed (reason ends in ']' or
