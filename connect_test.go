@@ -143,10 +143,14 @@ func (s *serving) waitReady(t *testing.T) {
 // 503, says once that the broker is unreachable, and becomes ready when the broker comes up.
 func TestStartWaitsForTheBroker(t *testing.T) {
 	t.Run("redis", func(t *testing.T) {
+		bin, err := exec.LookPath("redis-server")
+		if err != nil {
+			t.Skip("no redis-server on PATH (scripts/test.sh installs it)")
+		}
 		port := freePort(t)
 		s := serve(t, "GATEWAY_WS_PUBLISH_TIMEOUT=300ms", "GATEWAY_BROKER=redis", "GATEWAY_REDIS_ADDR=127.0.0.1:"+strconv.Itoa(port), "GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t))
 		s.waitUnreachable(t)
-		redis := exec.Command("/usr/bin/redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+		redis := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 		if err := redis.Start(); err != nil {
 			t.Fatal(err)
 		}

@@ -243,8 +243,9 @@ type LimitsConfig struct {
 	SubscriptionsPerConnection int     `yaml:"subscriptions_per_connection" env:"SUBSCRIPTIONS_PER_CONNECTION"`
 	SubscribeRate              float64 `yaml:"subscribe_rate" env:"SUBSCRIBE_RATE"`   // subscribe frames per second per connection; default 50; -1: no limit
 	SubscribeBurst             int     `yaml:"subscribe_burst" env:"SUBSCRIBE_BURST"` // default twice subscriptions_per_connection (2048); at least subscriptions_per_connection
-	// RateLimitedDisconnect: a connection answered `rate_limited` more often than this within
-	// RateLimitedWindow is disconnected (`rate_limited`, close 1008); default 100; -1: never.
+	// RateLimitedDisconnect is the strikes of a connection: each `rate_limited` answer takes one,
+	// they come back at this many per RateLimitedWindow, and a connection answered `rate_limited`
+	// with none left is disconnected (`rate_limited`, close 1008); default 100; -1: never.
 	RateLimitedDisconnect int           `yaml:"rate_limited_disconnect" env:"RATE_LIMITED_DISCONNECT"`
 	RateLimitedWindow     time.Duration `yaml:"rate_limited_window" env:"RATE_LIMITED_WINDOW"` // default 10s
 }

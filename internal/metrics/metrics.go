@@ -68,7 +68,7 @@ func New() *Metrics {
 	for _, kind := range []string{"publish", "send", "api"} {
 		m.Published.WithLabelValues(kind)
 	}
-	for _, code := range []string{"shutdown", "slow_consumer", "token_expired", "policy", "rate_limited"} {
+	for _, code := range []string{"shutdown", "slow_consumer", "token_expired", "policy", "rate_limited", "invalid_utf8"} {
 		m.Disconnects.WithLabelValues(code)
 	}
 	for _, code := range []string{"bad_request", "forbidden", "not_found", "rate_limited", "limit_exceeded", "unavailable", "internal"} {

@@ -292,12 +292,6 @@ func (c *Conn) slow() {
 // Disconnect queues a disconnect frame, behind what is queued, and closes the connection after
 // it; later calls do nothing.
 func (c *Conn) Disconnect(code, reason string, reconnect bool) {
-	if c.s == nil || !c.closing.CompareAndSwap(false, true) {
-		return
-	}
-	c.reason.Store(code)
-	c.hub.metrics.Disconnects.WithLabelValues(code).Inc()
-	frame := protocol.Encode(protocol.Disconnect{Type: "disconnect", Code: code, Reason: reason, Reconnect: reconnect})
 	closeCode := closeNormal
 	switch code {
 	case protocol.DisconnectShutdown:
@@ -309,36 +303,38 @@ func (c *Conn) Disconnect(code, reason string, reconnect bool) {
 	case protocol.DisconnectTokenExpired:
 		closeCode = closeTokenError
 	}
-	closeMsg := melody.FormatCloseMessage(closeCode, code)
-	c.qmu.Lock()
-	defer c.qmu.Unlock()
-	if c.lead || c.pending.len() > 0 { // behind what is queued; the close once it is written
-		c.pending.push(frame)
-		c.queued.Add(1)
-		c.closeMsg = closeMsg
-		return
-	}
-	if c.s.Write(frame) == nil { // melody's queue has room for these two
-		c.lead = true
-		c.queued.Add(1)
-	}
-	_ = c.s.CloseWithMsg(closeMsg)
+	frame := protocol.Encode(protocol.Disconnect{Type: "disconnect", Code: code, Reason: reason, Reconnect: reconnect})
+	c.end(code, frame, melody.FormatCloseMessage(closeCode, code))
 }
 
 // closeWith closes the connection with a WebSocket close code and reason, behind what is queued,
 // without a disconnect frame: for a client that broke the WebSocket protocol itself (RFC 6455
 // says to fail the connection). Nothing is sent after it; later calls and Disconnects do nothing.
 func (c *Conn) closeWith(code int, reason string) {
+	c.end(reason, nil, melody.FormatCloseMessage(code, reason))
+}
+
+// end sends frame (none when nil) and then closeMsg behind what is queued, once: later calls do
+// nothing. reason is what Reason reports and the label of the disconnect metric.
+func (c *Conn) end(reason string, frame, closeMsg []byte) {
 	if c.s == nil || !c.closing.CompareAndSwap(false, true) {
 		return
 	}
 	c.reason.Store(reason)
-	closeMsg := melody.FormatCloseMessage(code, reason)
+	c.hub.metrics.Disconnects.WithLabelValues(reason).Inc()
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
-	if c.lead || c.pending.len() > 0 { // the close once what is queued is written (endBurst)
+	if c.lead || c.pending.len() > 0 { // behind what is queued; the close once it is written
+		if frame != nil {
+			c.pending.push(frame)
+			c.queued.Add(1)
+		}
 		c.closeMsg = closeMsg
 		return
+	}
+	if frame != nil && c.s.Write(frame) == nil { // melody's queue has room for these two
+		c.lead = true
+		c.queued.Add(1)
 	}
 	_ = c.s.CloseWithMsg(closeMsg)
 }
