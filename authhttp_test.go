@@ -2,7 +2,6 @@ package gateway_test
 
 import (
 	"bufio"
-	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/base64"
@@ -20,7 +19,6 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/wstest"
@@ -30,37 +28,13 @@ import (
 // it takes, far below forever (the failure these tests catch is an answer that never comes).
 const answerWait = 15 * time.Second
 
-// serveNode runs a node on a real listener with g.Serve (the configured HTTP server, timeouts
-// included) and returns its base URL; the node is drained and closed when the test ends.
+// serveNode runs a node with g.Serve (servedNode: the configured HTTP server, timeouts
+// included) and returns its base URL once it is ready.
 func serveNode(t *testing.T, cfg *configs.Config) string {
 	t.Helper()
-	g, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	base := "http://" + ln.Addr().String()
-	wstest.WaitFor(t, func() error {
-		resp, err := http.Get(base + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return errors.New(resp.Status)
-		}
-		return nil
-	})
+	_, addr := servedNode(t, cfg)
+	base := "http://" + addr
+	waitStatus(t, http.DefaultClient, base+"/readyz", http.StatusOK)
 	return base
 }
 

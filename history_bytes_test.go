@@ -25,22 +25,10 @@ func TestHistoryMaxBytes(t *testing.T) {
 		}
 		return before
 	}
-	resume := func(channel, since string) (replayed int, recovered bool) {
+	resume := func(channel, since string) (int, bool) {
 		t.Helper()
-		r, _ := wstest.Dial(t, n.URL, allowAll(t, "bob"))
-		defer r.Conn.Close()
-		r.Send(map[string]any{"type": "subscribe", "id": "r", "channel": channel, "since": since})
-		for {
-			f := r.Next()
-			switch f.Str("type") {
-			case "message":
-				replayed++
-			case "subscribed":
-				return replayed, f.Bool("recovered")
-			default:
-				t.Fatalf("resume of %s: unexpected frame %v", channel, f)
-			}
-		}
+		replayed, recovered := resumeOn(t, n.URL, "bob", channel, since)
+		return len(replayed), recovered
 	}
 	old := publish("old")
 	young := publish("young")

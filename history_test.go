@@ -54,22 +54,9 @@ func TestHistoryBoundsPerPattern(t *testing.T) {
 				return before, positions
 			}
 			// resume subscribes on node 2 from since and returns the replayed data and recovered.
-			resume := func(channel, since string) (replayed []string, recovered bool) {
+			resume := func(channel, since string) ([]string, bool) {
 				t.Helper()
-				r, _ := wstest.Dial(t, nodes[1].URL, allowAll(t, "alice"))
-				defer r.Conn.Close()
-				r.Send(map[string]any{"type": "subscribe", "id": "r", "channel": channel, "since": since})
-				for {
-					f := r.Next()
-					switch f.Str("type") {
-					case "message":
-						replayed = append(replayed, f.Data())
-					case "subscribed":
-						return replayed, f.Bool("recovered")
-					default:
-						t.Fatalf("resume of %s: unexpected frame %v", channel, f)
-					}
-				}
+				return resumeOn(t, nodes[1].URL, "alice", channel, since)
 			}
 
 			// Count: short:* keeps 3 for resuming; 3 missed are replayed, 4 are not.
@@ -111,5 +98,25 @@ func TestHistoryBoundsPerPattern(t *testing.T) {
 				return nil
 			})
 		})
+	}
+}
+
+// resumeOn subscribes a new connection of user on the node at base to channel from since, and
+// returns the data of the replayed messages and whether the reply said recovered.
+func resumeOn(t *testing.T, base, user, channel, since string) (replayed []string, recovered bool) {
+	t.Helper()
+	r, _ := wstest.Dial(t, base, allowAll(t, user))
+	defer r.Conn.Close()
+	r.Send(map[string]any{"type": "subscribe", "id": "r", "channel": channel, "since": since})
+	for {
+		f := r.Next()
+		switch f.Str("type") {
+		case "message":
+			replayed = append(replayed, f.Data())
+		case "subscribed":
+			return replayed, f.Bool("recovered")
+		default:
+			t.Fatalf("resume %s: %v", channel, f)
+		}
 	}
 }

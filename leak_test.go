@@ -174,24 +174,10 @@ func expectType(conn *websocket.Conn, typ string) error {
 func waitReleased(t *testing.T, n *node) {
 	t.Helper()
 	wstest.WaitFor(t, func() error {
-		conns, subs := gauge(n.Gateway, "gateway_connections"), gauge(n.Gateway, "gateway_subscriptions")
+		conns, subs := metricSum(n.Gateway, "gateway_connections"), metricSum(n.Gateway, "gateway_subscriptions")
 		if conns != 0 || subs != 0 {
 			return fmt.Errorf("the node still has %v connections and %v subscriptions", conns, subs)
 		}
 		return nil
 	})
-}
-
-func gauge(g *gateway.Gateway, name string) float64 {
-	mfs, _ := g.Metrics().Registry.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			var sum float64
-			for _, m := range mf.Metric {
-				sum += m.GetGauge().GetValue()
-			}
-			return sum
-		}
-	}
-	return 0
 }

@@ -182,7 +182,7 @@ func TestSignaturesRequired(t *testing.T) {
 	if got["message"].Data() != `"from a client"` {
 		t.Fatalf("client message %v", got)
 	}
-	if v := testutilCount(n, "gateway_signature_rejected_total"); v != 2 {
+	if v := metricSum(n.Gateway, "gateway_signature_rejected_total"); v != 2 {
 		t.Fatalf("%v messages rejected, want 2", v)
 	}
 }

@@ -599,7 +599,7 @@ func TestSlowConsumerIsDisconnected(t *testing.T) {
 	for ; sent < 2000; sent++ {
 		mustAPIPublish(t, n.URL, map[string]any{"channel": "firehose", "data": payload})
 		fast.Expect("message")
-		if testutilCount(n, "gateway_slow_consumer_disconnects_total") > 0 {
+		if metricSum(n.Gateway, "gateway_slow_consumer_disconnects_total") > 0 {
 			break
 		}
 	}
@@ -628,18 +628,19 @@ func TestSlowConsumerIsDisconnected(t *testing.T) {
 	fast.Expect("pong")
 }
 
-func testutilCount(n *node, name string) float64 {
-	mfs, _ := n.Metrics().Registry.Gather()
+// metricSum is the sum of the values (counters and gauges) of the metric name of node g.
+func metricSum(g *gateway.Gateway, name string) float64 {
+	mfs, _ := g.Metrics().Registry.Gather()
+	var sum float64
 	for _, mf := range mfs {
-		if mf.GetName() == name {
-			var sum float64
-			for _, m := range mf.Metric {
-				sum += m.GetCounter().GetValue()
-			}
-			return sum
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
-	return 0
+	return sum
 }
 
 func TestDrain(t *testing.T) {
