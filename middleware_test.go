@@ -16,6 +16,7 @@ import (
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/internal/wstest"
+	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/transporttest"
@@ -86,7 +87,7 @@ func TestPoisonTopicAndCircuitBreaker(t *testing.T) {
 		select {
 		case m := <-poison:
 			m.Ack()
-			if string(m.Payload) != `{"n":1}` || m.Metadata.Get("poison_reason") == "" || m.Metadata.Get("channel") != "doomed" {
+			if string(m.Payload) != `{"n":1}` || m.Metadata.Get(middleware.ReasonForPoisonedKey) == "" || m.Metadata.Get("channel") != "doomed" {
 				t.Fatalf("poisoned %q %v", m.Payload, m.Metadata)
 			}
 		case <-time.After(wstest.Timeout):

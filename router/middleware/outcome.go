@@ -1,5 +1,3 @@
-// Package middleware holds the gateway's own Watermill router middleware; the rest of the chain
-// comes from watermill's message/router/middleware. See package router for the order.
 package middleware
 
 import (
@@ -18,17 +16,5 @@ func Outcome(h message.HandlerFunc) message.HandlerFunc {
 			transports.RecordError(msg, err)
 		}
 		return out, err
-	}
-}
-
-// Authorize refuses a message when check returns an error, before anything else runs.
-func Authorize(check func(*message.Message) error) message.HandlerMiddleware {
-	return func(h message.HandlerFunc) message.HandlerFunc {
-		return func(msg *message.Message) ([]*message.Message, error) {
-			if err := check(msg); err != nil {
-				return nil, err
-			}
-			return h(msg)
-		}
 	}
 }
