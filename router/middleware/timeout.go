@@ -3,6 +3,7 @@ package middleware
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -11,29 +12,26 @@ import (
 // ErrTimeout is returned by Timeout when the handler did not finish in time.
 var ErrTimeout = errors.New("handler timed out")
 
-// Timeout bounds one run of the rest of the chain: after d it returns ErrTimeout (and the
-// message's context is cancelled) while the handler, which must respect bounded broker calls,
-// finishes in the background.
+// Timeout bounds one run of the rest of the chain (one attempt). The handler runs on the calling
+// goroutine with the message's context cancelled after d, so nothing of the attempt outlives
+// it; the handler must respect that context or bound its own broker calls (every backend bounds
+// a publish by websocket.publish_timeout, the default of d). A handler that fails once the
+// context is done returns ErrTimeout (with the handler's error as text), which the outer Retry
+// retries; one that succeeded returns its result even when late, since its message was
+// accepted. The message gets its own context back afterwards, for the next attempt.
 func Timeout(d time.Duration) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
-			ctx, cancel := context.WithTimeout(msg.Context(), d)
+			parent := msg.Context()
+			ctx, cancel := context.WithTimeout(parent, d)
 			defer cancel()
-			type result struct {
-				out []*message.Message
-				err error
+			msg.SetContext(ctx)
+			defer msg.SetContext(parent)
+			out, err := h(msg)
+			if err != nil && ctx.Err() != nil {
+				return nil, fmt.Errorf("%w: %v", ErrTimeout, err)
 			}
-			done := make(chan result, 1)
-			go func() {
-				out, err := h(msg)
-				done <- result{out, err}
-			}()
-			select {
-			case r := <-done:
-				return r.out, r.err
-			case <-ctx.Done():
-				return nil, ErrTimeout
-			}
+			return out, err
 		}
 	}
 }

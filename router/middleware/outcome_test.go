@@ -1,0 +1,58 @@
+package middleware_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/router/middleware"
+	"github.com/wsgateway/gateway/transports"
+)
+
+// submitThrough submits a message to an Inbox and handles it with h as the router would (nack
+// on error), returning what Submit returned.
+func submitThrough(t *testing.T, h func(*message.Message) ([]*message.Message, error)) error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	inbox := transports.NewInbox()
+	msgs, err := inbox.Subscribe(ctx, transports.InboxTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handled := make(chan struct{})
+	go func() {
+		defer close(handled)
+		m := <-msgs
+		if _, err := h(m); err != nil {
+			m.Nack()
+			return
+		}
+		m.Ack()
+	}()
+	err = inbox.Submit(ctx, newMsg("x"))
+	<-handled
+	return err
+}
+
+func TestOutcomeReportsTheFinalErrorToTheSubmitter(t *testing.T) {
+	refusal := protocol.Errorf(protocol.CodeForbidden, "no")
+	h := &counting{err: refusal}
+	if err := submitThrough(t, middleware.Outcome(h.handle)); !errors.Is(err, refusal) {
+		t.Fatalf("Submit returned %v, want the handler's %v", err, refusal)
+	}
+	// Without Outcome the submitter only learns that the message was nacked.
+	if err := submitThrough(t, h.handle); !errors.Is(err, transports.ErrNacked) {
+		t.Fatalf("Submit without Outcome returned %v, want ErrNacked", err)
+	}
+}
+
+func TestOutcomeLeavesAnAckedMessageAlone(t *testing.T) {
+	h := &counting{}
+	if err := submitThrough(t, middleware.Outcome(h.handle)); err != nil || h.calls != 1 {
+		t.Fatalf("Submit returned %v after %d handler calls, want nil after 1", err, h.calls)
+	}
+}
