@@ -18,7 +18,8 @@
 //  10. CircuitBreaker: after many consecutive broker failures, fail fast for a while.
 //  11. Retry: exponential backoff with jitter, max attempts and elapsed time; protocol errors
 //     (forbidden, rate_limited, ...) are not retried.
-//  12. Timeout: bounds one attempt.
+//  12. Timeout: bounds one attempt with a deadline on the message's context, on the calling
+//     goroutine (nothing of an attempt outlives it).
 //
 // The channel and direct handlers (broker -> clients) add, when signatures are required:
 //  6. VerifySignature: a service message without a valid HMAC signature is dropped to the poison
