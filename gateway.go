@@ -51,7 +51,8 @@ type options struct {
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithBackend uses b instead of building the configured broker backend; the node closes it.
+// WithBackend uses b instead of building the configured broker backend; the node closes it (New
+// too, when it fails).
 func WithBackend(b transports.Backend) Option { return func(o *options) { o.backend = b } }
 
 // WithDedupeStore sets where msg_id keys are kept (default: in memory).
@@ -108,8 +109,9 @@ type Gateway struct {
 	closeErr  error
 }
 
-// New builds a node. It starts nothing; Run does.
-func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
+// New builds a node. It starts nothing; Run does. When it fails it closes what it opened, and
+// a backend given with WithBackend too.
+func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	o := options{}
 	for _, opt := range opts {
 		opt(&o)
@@ -117,34 +119,47 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
+	// undo closes, in reverse order, what New opened, when it fails.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	if o.backend != nil {
+		undo = append(undo, func() { _ = o.backend.Close() })
+	}
+	if err := checkHandlerNames(o.handlers); err != nil {
+		return nil, err
+	}
 	log := o.log.With("node_id", cfg.NodeID)
 	p, err := prepare(cfg, log)
 	if err != nil {
-		return nil, err
+		return nil, err // prepare closed its verifier
 	}
-	built := false
-	defer func() {
-		if !built {
-			p.verifier.Close() // the JWKS refresh of a node that is not built
-		}
-	}()
+	undo = append(undo, p.verifier.Close) // the JWKS refresh
 	verifier, keys, serverTLS := p.verifier, p.keys, p.tls
 	var closers []func() error
 	if o.dedupe == nil {
 		if o.dedupe, closers, err = dedupeStore(cfg); err != nil {
 			return nil, err
 		}
+		undo = append(undo, func() { closeAll(closers) })
 	}
 	backend := o.backend
 	if backend == nil {
 		if backend, err = NewBackend(cfg, log); err != nil {
 			return nil, err
 		}
+		undo = append(undo, func() { _ = backend.Close() })
 	}
 	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers,
 		startedc: make(chan struct{})}
 	g.feed = transports.NewFeed(backend)
 	g.inbox = transports.NewInbox()
+	undo = append(undo, func() { _ = g.feed.Close() }, func() { _ = g.inbox.Close() })
 
 	deps := handlers.Deps{
 		NodeID:         cfg.NodeID,
@@ -174,6 +189,7 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 		PingInterval: cfg.WebSocket.PingInterval,
 		CheckOrigin:  originChecker(cfg.WebSocket.AllowedOrigins),
 	}, g.feed, g.metrics, log)
+	undo = append(undo, g.hub.Close) // the write-delay clock
 	deps.Hub = g.hub
 	if !cfg.Events.Disabled {
 		g.events = handlers.NewEvents(deps, cfg.Events.Queue, cfg.Events.Heartbeat)
@@ -205,15 +221,34 @@ func New(cfg *configs.Config, opts ...Option) (*Gateway, error) {
 			Extra:            o.middleware,
 		}, log)
 	if err != nil {
-		_ = backend.Close()
 		return nil, err
 	}
 	for _, eh := range o.handlers {
-		g.router.AddConsumerHandler(eh.name, eh.topic, backend, eh.h)
+		g.router.AddConsumerHandler(eh.name, eh.topic, backend, eh.h) // names checked: no panic
 	}
 	handlers.NewHTTP(deps, g.hub, sessions, g.ready).Routes(g.mux)
-	g.verifier, built = verifier, true
+	g.verifier = verifier
 	return g, nil
+}
+
+// checkHandlerNames refuses WithHandler names that are given twice or are a built-in handler's
+// (Watermill's AddConsumerHandler panics on them).
+func checkHandlerNames(hs []extraHandler) error {
+	seen := map[string]bool{router.HandlerInbound: true, router.HandlerChannel: true, router.HandlerDirect: true}
+	for _, h := range hs {
+		if seen[h.name] {
+			return fmt.Errorf("gateway: WithHandler %q: a router handler of that name exists", h.name)
+		}
+		seen[h.name] = true
+	}
+	return nil
+}
+
+// closeAll calls every closer, ignoring their errors (a node that is not built, or is closed).
+func closeAll(closers []func() error) {
+	for _, c := range closers {
+		_ = c()
+	}
 }
 
 // newVerifier builds the token verifier from the auth settings; nil when no key, public key or
@@ -376,9 +411,7 @@ func (g *Gateway) Close() error {
 		if err := g.backend.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("backend: %w", err))
 		}
-		for _, c := range g.closers {
-			_ = c()
-		}
+		closeAll(g.closers)
 		g.verifier.Close() // the JWKS refresh
 		g.closeAdmin()     // last: pprof and metrics stay up through the drain and the shutdown
 		g.closeErr = errors.Join(errs...)

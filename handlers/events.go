@@ -45,8 +45,10 @@ type Events struct {
 	q         chan Event
 	heartbeat time.Duration // 0: none
 	mu        sync.Mutex
-	shut      bool
+	shut      bool // the queue is closed: Emit drops
+	closing   bool // Close began: Start starts nothing
 	running   bool
+	closeOnce sync.Once
 	done      chan struct{}
 	stopBeat  chan struct{}
 	beatDone  chan struct{}
@@ -87,7 +89,7 @@ func (e *Events) Start() {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.shut && !e.running {
+	if !e.shut && !e.closing && !e.running {
 		e.running = true
 		go e.run()
 		go e.beat()
@@ -138,12 +140,18 @@ func (e *Events) run() {
 	}
 }
 
-// Close stops accepting events and waits, at most timeout, for the queue to be submitted.
+// Close stops accepting events and waits, at most timeout, for the queue to be submitted. Safe
+// on a nil *Events, to call twice and concurrently: a later call returns once the first is done.
 func (e *Events) Close(timeout time.Duration) {
 	if e == nil {
 		return
 	}
+	e.closeOnce.Do(func() { e.close(timeout) })
+}
+
+func (e *Events) close(timeout time.Duration) {
 	e.mu.Lock()
+	e.closing = true
 	running := e.running
 	e.mu.Unlock()
 	if running {

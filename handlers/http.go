@@ -86,12 +86,7 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 	}
 	value, done, err := h.sessions.Admit(claims)
 	if err != nil {
-		le := err.(*LimitError)
-		code := protocol.CodeUnavailable
-		if le.Status == http.StatusTooManyRequests {
-			code = protocol.CodeRateLimited
-		}
-		h.refuse(w, r, le.Status, code, le.Reason)
+		h.refuseAdmit(w, r, err)
 		return
 	}
 	defer done()
@@ -106,6 +101,21 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 		h.d.Metrics.UpgradesRefused.WithLabelValues("upgrade").Inc()
 		h.rlog.Info(logUpgrade, "upgrade refused", "error", err, "remote_addr", r.RemoteAddr)
 	}
+}
+
+// refuseAdmit answers an upgrade Admit refused: a *LimitError with its status (429:
+// rate_limited, else unavailable), any other error with 503 unavailable.
+func (h *HTTP) refuseAdmit(w http.ResponseWriter, r *http.Request, err error) {
+	var le *LimitError
+	if !errors.As(err, &le) {
+		h.refuse(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "the node cannot accept the connection now")
+		return
+	}
+	code := protocol.CodeUnavailable
+	if le.Status == http.StatusTooManyRequests {
+		code = protocol.CodeRateLimited
+	}
+	h.refuse(w, r, le.Status, code, le.Reason)
 }
 
 // logUpgrade is the ratelog kind of refused upgrades.

@@ -2,6 +2,8 @@ package handlers
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -39,6 +41,33 @@ func TestUpgradeRefusalsAnswerJSON(t *testing.T) {
 		if err := json.Unmarshal(rec.Body.Bytes(), &body); rec.Code != tc.status || err != nil ||
 			rec.Header().Get("Content-Type") != "application/json" || body.Error.Code != tc.code {
 			t.Errorf("%v: %d %q %s, want %d application/json with code %s", tc.err, rec.Code, rec.Header().Get("Content-Type"), rec.Body, tc.status, tc.code)
+		}
+	}
+}
+
+// TestRefuseAdmit: what Admit refuses is answered from its *LimitError, found through wrapping
+// too (429 rate_limited, 503 unavailable); any other error is 503 unavailable, not a panic.
+// Upgrade cannot reach the last case today (Admit returns only *LimitError), so refuseAdmit is
+// called directly.
+func TestRefuseAdmit(t *testing.T) {
+	d := Deps{Metrics: metrics.New(), Log: slog.New(slog.DiscardHandler)}
+	h := NewHTTP(d, fakeAcceptor{}, NewSessions(d, nil), nil)
+	for _, tc := range []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{&LimitError{Status: http.StatusTooManyRequests, Reason: "too many"}, http.StatusTooManyRequests, "rate_limited"},
+		{fmt.Errorf("admit: %w", &LimitError{Status: http.StatusServiceUnavailable, Reason: "full"}), http.StatusServiceUnavailable, "unavailable"},
+		{errors.New("something else"), http.StatusServiceUnavailable, "unavailable"},
+	} {
+		rec := httptest.NewRecorder()
+		h.refuseAdmit(rec, httptest.NewRequest("GET", "/ws", nil), tc.err)
+		var body struct {
+			Error struct{ Code, Message string }
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); rec.Code != tc.status || err != nil || body.Error.Code != tc.code {
+			t.Errorf("%v: %d %s, want %d with code %s", tc.err, rec.Code, rec.Body, tc.status, tc.code)
 		}
 	}
 }
