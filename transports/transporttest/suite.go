@@ -49,7 +49,16 @@ func Run(t *testing.T, f Features, newNode NewNode) {
 	if f.Timeout == 0 {
 		f.Timeout = 10 * time.Second
 	}
-	s := &suite{f: f, newNode: newNode}
+	// Every node answers Ping before a test uses it, as a gateway node waits for its broker
+	// before it serves: a backend may answer unavailable while it sets up (JetStream provisions
+	// its streams, and retries in the background when the first attempt fails).
+	ready := func(t *testing.T, prefix string) transports.Backend {
+		t.Helper()
+		b := newNode(t, prefix)
+		WaitFor(t, f.Timeout, func() error { return b.Ping(t.Context()) })
+		return b
+	}
+	s := &suite{f: f, newNode: ready}
 	tests := []struct {
 		name string
 		fn   func(t *testing.T)
