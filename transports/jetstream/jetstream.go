@@ -213,6 +213,7 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 		return nil, fmt.Errorf("jetstream: connect: %w", err)
 	}
 	if err := b.start(nc, true); err != nil {
+		b.cancel()
 		nc.Close()
 		return nil, err
 	}
@@ -237,6 +238,8 @@ func NewWithConn(nc *nats.Conn, cfg Config, logger *slog.Logger) (*Backend, erro
 		b.onConnect(c, "reconnected")
 	})
 	if err := b.start(nc, false); err != nil {
+		b.cancel()
+		nc.SetReconnectHandler(prev) // the caller's connection, as it was
 		return nil, err
 	}
 	return b, nil
