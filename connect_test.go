@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/wsgateway/gateway"
+	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
@@ -49,17 +50,6 @@ func (b *logBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-// freePort is a loopback TCP port nothing listens on (now).
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // serving is a node run by Serve on a listener of the test's.
@@ -147,7 +137,7 @@ func TestStartWaitsForTheBroker(t *testing.T) {
 		if err != nil {
 			t.Skip("no redis-server on PATH (scripts/test.sh installs it)")
 		}
-		port := freePort(t)
+		port := nodetest.FreePort(t)
 		s := serve(t, "GATEWAY_WS_PUBLISH_TIMEOUT=300ms", "GATEWAY_BROKER=redis", "GATEWAY_REDIS_ADDR=127.0.0.1:"+strconv.Itoa(port), "GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t))
 		s.waitUnreachable(t)
 		redis := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
@@ -159,7 +149,7 @@ func TestStartWaitsForTheBroker(t *testing.T) {
 	})
 	for _, broker := range []string{"nats", "jetstream"} {
 		t.Run(broker, func(t *testing.T) {
-			port := freePort(t)
+			port := nodetest.FreePort(t)
 			s := serve(t, "GATEWAY_WS_PUBLISH_TIMEOUT=300ms", "GATEWAY_BROKER="+broker, fmt.Sprintf("GATEWAY_NATS_URL=nats://127.0.0.1:%d", port),
 				"GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t), "GATEWAY_JETSTREAM_MAX_BYTES=16777216")
 			s.waitUnreachable(t)
@@ -174,7 +164,7 @@ func TestStartWaitsForTheBroker(t *testing.T) {
 		})
 	}
 	t.Run("kafka", func(t *testing.T) {
-		port := freePort(t)
+		port := nodetest.FreePort(t)
 		s := serve(t, "GATEWAY_WS_PUBLISH_TIMEOUT=300ms", "GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=127.0.0.1:"+strconv.Itoa(port),
 			"GATEWAY_KAFKA_PARTITIONS=2", "GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t))
 		s.waitUnreachable(t)
@@ -190,7 +180,7 @@ func TestStartWaitsForTheBroker(t *testing.T) {
 // TestBrokerConnectTimeout: with broker_connect_timeout set, a node whose broker never answers
 // gives up, and the error names the broker and its address.
 func TestBrokerConnectTimeout(t *testing.T) {
-	port := strconv.Itoa(freePort(t))
+	port := strconv.Itoa(nodetest.FreePort(t))
 	for broker, addr := range map[string]string{
 		"redis":     "GATEWAY_REDIS_ADDR=127.0.0.1:" + port,
 		"nats":      "GATEWAY_NATS_URL=nats://127.0.0.1:" + port,

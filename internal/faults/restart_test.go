@@ -22,14 +22,6 @@ type restartable struct {
 	start func(t *testing.T) (env []string, stop func(), restart func())
 }
 
-func freePort(t *testing.T) int {
-	addr := nodetest.FreeAddr(t)
-	_, port, _ := net.SplitHostPort(addr)
-	var p int
-	fmt.Sscan(port, &p)
-	return p
-}
-
 func natsServer(t *testing.T, port int, dir string) *server.Server {
 	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true, JetStream: true, StoreDir: dir})
 	if err != nil {
@@ -44,7 +36,7 @@ func natsServer(t *testing.T, port int, dir string) *server.Server {
 
 func ownNATS(broker string, extra ...string) func(t *testing.T) ([]string, func(), func()) {
 	return func(t *testing.T) ([]string, func(), func()) {
-		port, dir := freePort(t), t.TempDir()
+		port, dir := nodetest.FreePort(t), t.TempDir()
 		var mu sync.Mutex
 		s := natsServer(t, port, dir)
 		t.Cleanup(func() { mu.Lock(); s.Shutdown(); mu.Unlock() })
@@ -62,7 +54,7 @@ var restartables = []restartable{
 		if err != nil {
 			t.Skip("redis-server is not installed (scripts/test.sh installs it)")
 		}
-		port, dir := freePort(t), t.TempDir()
+		port, dir := nodetest.FreePort(t), t.TempDir()
 		var mu sync.Mutex
 		var cmd *exec.Cmd
 		start := func() {
@@ -93,7 +85,7 @@ var restartables = []restartable{
 		return []string{"GATEWAY_BROKER=redis", fmt.Sprintf("GATEWAY_REDIS_ADDR=127.0.0.1:%d", port), "GATEWAY_REDIS_SHARDS=4"}, stop, start
 	}},
 	{name: "kafka", start: func(t *testing.T) ([]string, func(), func()) {
-		port, dir := freePort(t), t.TempDir()
+		port, dir := nodetest.FreePort(t), t.TempDir()
 		var mu sync.Mutex
 		var c *kfake.Cluster
 		start := func() {
