@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/wsgateway/gateway/configs"
-	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 

@@ -16,7 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wsgateway/gateway"
-	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
 )

@@ -30,11 +30,11 @@ import (
 	"github.com/wsgateway/gateway/handlers"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/metrics"
-	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/router"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
-	"github.com/wsgateway/gateway/transports/ws"
+	"github.com/wsgateway/gateway/transports/websocket"
 )
 
 // Option changes how New builds a node.
@@ -91,7 +91,7 @@ type Gateway struct {
 	backend  transports.Backend
 	feed     *transports.Feed
 	inbox    *transports.Inbox
-	hub      *ws.Hub
+	hub      *websocket.Hub
 	router   *message.Router
 	events   *handlers.Events // nil when disabled
 	metrics  *metrics.Metrics
@@ -181,7 +181,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		Metrics:        g.metrics,
 		Log:            log,
 	}
-	g.hub = ws.NewHub(ws.Config{
+	g.hub = websocket.NewHub(websocket.Config{
 		MaxFrameSize: cfg.WebSocket.MaxFrameSize,
 		SendBuffer:   cfg.WebSocket.SendBuffer,
 		WriteTimeout: cfg.WebSocket.WriteTimeout,

@@ -19,7 +19,7 @@ import (
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/metrics"
-	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // certCheckInterval is how often, at most, a TLS handshake looks whether the certificate or key

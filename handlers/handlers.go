@@ -19,15 +19,15 @@ import (
 	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/transports"
-	"github.com/wsgateway/gateway/transports/ws"
+	"github.com/wsgateway/gateway/transports/websocket"
 )
 
 // Hub is what the handlers need of the WebSocket hub.
 type Hub interface {
-	Join(ctx context.Context, c *ws.Conn, channel string) error
-	Leave(c *ws.Conn, channel string) bool
+	Join(ctx context.Context, c *websocket.Conn, channel string) error
+	Leave(c *websocket.Conn, channel string) bool
 	Deliver(channel string, pos transports.Position, frame []byte) int
-	Session(id string) (*ws.Conn, bool)
+	Session(id string) (*websocket.Conn, bool)
 	Broadcast(frame []byte) int
 }
 

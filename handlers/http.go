@@ -15,15 +15,15 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/wsgateway/gateway/internal/auth"
-	"github.com/wsgateway/gateway/internal/protocol"
 	"github.com/wsgateway/gateway/internal/ratelog"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
-	"github.com/wsgateway/gateway/transports/ws"
+	"github.com/wsgateway/gateway/transports/websocket"
 )
 
-// Acceptor upgrades a request to a WebSocket connection (ws.Hub).
+// Acceptor upgrades a request to a WebSocket connection (websocket.Hub).
 type Acceptor interface {
-	Accept(w http.ResponseWriter, r *http.Request, id ws.Identity) error
+	Accept(w http.ResponseWriter, r *http.Request, id websocket.Identity) error
 	Draining() bool
 }
 
@@ -90,12 +90,12 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer done()
-	id := ws.Identity{Session: watermill.NewUUID(), User: claims.User, Value: value}
+	id := websocket.Identity{Session: watermill.NewUUID(), User: claims.User, Value: value}
 	err = h.acceptor.Accept(w, r, id)
 	switch {
-	case errors.Is(err, ws.ErrOriginRefused):
+	case errors.Is(err, websocket.ErrOriginRefused):
 		h.refuse(w, r, http.StatusForbidden, protocol.CodeForbidden, "origin not allowed")
-	case errors.Is(err, ws.ErrHubClosed): // closed since the Draining check
+	case errors.Is(err, websocket.ErrHubClosed): // closed since the Draining check
 		h.refuse(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "node is shutting down")
 	case err != nil: // gorilla answered (not a WebSocket handshake...)
 		h.d.Metrics.UpgradesRefused.WithLabelValues("upgrade").Inc()

@@ -10,14 +10,16 @@ import (
 	"testing"
 
 	"github.com/wsgateway/gateway/internal/metrics"
-	"github.com/wsgateway/gateway/transports/ws"
+	"github.com/wsgateway/gateway/transports/websocket"
 )
 
-// fakeAcceptor refuses every upgrade with err, writing nothing, as ws.Hub does before an upgrade.
+// fakeAcceptor refuses every upgrade with err, writing nothing, as websocket.Hub does before an upgrade.
 type fakeAcceptor struct{ err error }
 
-func (f fakeAcceptor) Accept(http.ResponseWriter, *http.Request, ws.Identity) error { return f.err }
-func (fakeAcceptor) Draining() bool                                                 { return false }
+func (f fakeAcceptor) Accept(http.ResponseWriter, *http.Request, websocket.Identity) error {
+	return f.err
+}
+func (fakeAcceptor) Draining() bool { return false }
 
 // TestUpgradeRefusalsAnswerJSON: an upgrade the hub refuses before writing anything (an Origin
 // not allowed, a hub closed since the drain check) is answered with the status and the JSON
@@ -28,8 +30,8 @@ func TestUpgradeRefusalsAnswerJSON(t *testing.T) {
 		status int
 		code   string
 	}{
-		{ws.ErrOriginRefused, http.StatusForbidden, "forbidden"},
-		{ws.ErrHubClosed, http.StatusServiceUnavailable, "unavailable"},
+		{websocket.ErrOriginRefused, http.StatusForbidden, "forbidden"},
+		{websocket.ErrHubClosed, http.StatusServiceUnavailable, "unavailable"},
 	} {
 		d := Deps{AllowAnonymous: true, Metrics: metrics.New(), Log: slog.New(slog.DiscardHandler)}
 		h := NewHTTP(d, fakeAcceptor{tc.err}, NewSessions(d, nil), nil)

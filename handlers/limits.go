@@ -6,8 +6,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/wsgateway/gateway/configs"
-	"github.com/wsgateway/gateway/internal/protocol"
-	"github.com/wsgateway/gateway/transports/ws"
+	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports/websocket"
 )
 
 // connLimits are the per-connection limiters of limits.*; a nil limiter is no limit. Each
@@ -52,7 +52,7 @@ func checkSubscribeRate(st *state) error {
 }
 
 // checkSubscriptions refuses a new subscription of c beyond limits.subscriptions_per_connection.
-func (s *Sessions) checkSubscriptions(c *ws.Conn) error {
+func (s *Sessions) checkSubscriptions(c *websocket.Conn) error {
 	if most := s.d.Limits.SubscriptionsPerConnection; most > 0 && c.Subscriptions() >= most {
 		return protocol.Errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d subscriptions", most)
 	}
@@ -67,7 +67,7 @@ const (
 
 // rateLimited follows a `rate_limited` answer to c: it is logged (at most once a second), and
 // takes one strike; a connection with none left is disconnected, behind the answer.
-func (s *Sessions) rateLimited(c *ws.Conn, frameType string) {
+func (s *Sessions) rateLimited(c *websocket.Conn, frameType string) {
 	s.rlog.Info(logRateLimited, "frame rate limited", "session_id", c.ID, "frame", frameType)
 	st := stateOf(c)
 	if st.limits.strikes == nil {

@@ -14,13 +14,13 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/wsgateway/gateway/internal/auth"
-	"github.com/wsgateway/gateway/internal/protocol"
 	"github.com/wsgateway/gateway/internal/ratelog"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
-	"github.com/wsgateway/gateway/transports/ws"
+	"github.com/wsgateway/gateway/transports/websocket"
 )
 
-// Sessions implements ws.Handler: the protocol of one client connection.
+// Sessions implements websocket.Handler: the protocol of one client connection.
 type Sessions struct {
 	d      Deps
 	events *Events // nil: lifecycle events disabled
@@ -33,9 +33,9 @@ func NewSessions(d Deps, events *Events) *Sessions {
 	return &Sessions{d: d, events: events, users: newUsers(d.Limits), rlog: ratelog.New(d.Log, ratelog.DefaultInterval)}
 }
 
-var _ ws.Handler = (*Sessions)(nil)
+var _ websocket.Handler = (*Sessions)(nil)
 
-// state is what a connection carries (ws.Conn.Value).
+// state is what a connection carries (websocket.Conn.Value).
 type state struct {
 	claims *auth.Claims
 	limits connLimits  // of this connection
@@ -46,7 +46,7 @@ type state struct {
 	expiry *time.Timer
 }
 
-func stateOf(c *ws.Conn) *state { return c.Value.(*state) }
+func stateOf(c *websocket.Conn) *state { return c.Value.(*state) }
 
 // LimitError refuses a connection before the upgrade.
 type LimitError struct {
@@ -57,7 +57,7 @@ type LimitError struct {
 func (e *LimitError) Error() string { return e.Reason }
 
 // Admit decides whether a client with these claims may connect now (connection limits) and
-// returns the per-connection value to give ws.Hub.Accept. Done must be called once the
+// returns the per-connection value to give websocket.Hub.Accept. Done must be called once the
 // connection attempt is over: it releases the reservation when the connection never opened.
 func (s *Sessions) Admit(claims *auth.Claims) (value any, done func(), err error) {
 	us, limit := s.users.reserve(claims.User)
@@ -82,7 +82,7 @@ func (s *Sessions) release(st *state) {
 }
 
 // Open sends the welcome frame and arms the token expiry.
-func (s *Sessions) Open(c *ws.Conn) {
+func (s *Sessions) Open(c *websocket.Conn) {
 	st := stateOf(c)
 	st.opened.Store(true)
 	c.Send(protocol.Encode(protocol.Welcome{Type: "welcome", Session: c.ID, Node: s.d.NodeID, User: c.User}))
@@ -97,7 +97,7 @@ func (s *Sessions) Open(c *ws.Conn) {
 }
 
 // Close stops the expiry timer; the hub already left every channel.
-func (s *Sessions) Close(c *ws.Conn) {
+func (s *Sessions) Close(c *websocket.Conn) {
 	st := stateOf(c)
 	st.mu.Lock()
 	if st.expiry != nil {
@@ -110,7 +110,7 @@ func (s *Sessions) Close(c *ws.Conn) {
 
 // Frame handles one client frame. It runs on the connection's read goroutine, so frames of one
 // connection are handled in order and a publish is acked before the next frame is read.
-func (s *Sessions) Frame(c *ws.Conn, data []byte) {
+func (s *Sessions) Frame(c *websocket.Conn, data []byte) {
 	f, perr := protocol.Decode(data)
 	if perr != nil {
 		s.fail(c, f.ID, perr)
@@ -136,13 +136,13 @@ func (s *Sessions) Frame(c *ws.Conn, data []byte) {
 	}
 }
 
-func (s *Sessions) fail(c *ws.Conn, id string, err *protocol.Error) {
+func (s *Sessions) fail(c *websocket.Conn, id string, err *protocol.Error) {
 	s.d.Metrics.Rejected.WithLabelValues(err.Code).Inc()
 	c.Send(protocol.ErrorReply(id, err))
 }
 
 // channelName maps a client's channel name to the node's: $user becomes the user's channel.
-func channelName(c *ws.Conn, name string) (string, error) {
+func channelName(c *websocket.Conn, name string) (string, error) {
 	if name != protocol.UserChannel {
 		return name, nil
 	}
@@ -152,7 +152,7 @@ func channelName(c *ws.Conn, name string) (string, error) {
 	return transports.UserChannel(c.User), nil
 }
 
-func (s *Sessions) canSubscribe(c *ws.Conn, name string) bool {
+func (s *Sessions) canSubscribe(c *websocket.Conn, name string) bool {
 	if name == protocol.UserChannel {
 		return true
 	}
@@ -163,7 +163,7 @@ func (s *Sessions) canSubscribe(c *ws.Conn, name string) bool {
 	return auth.Match(s.d.PublicChannels, name)
 }
 
-func (s *Sessions) subscribe(c *ws.Conn, f *protocol.Frame) error {
+func (s *Sessions) subscribe(c *websocket.Conn, f *protocol.Frame) error {
 	if err := checkSubscribeRate(stateOf(c)); err != nil {
 		return err
 	}
@@ -207,7 +207,7 @@ func (s *Sessions) subscribe(c *ws.Conn, f *protocol.Frame) error {
 
 // replay sends what the channel had after since (when resuming and the history reaches back)
 // and returns the position after which live messages are new to the client.
-func (s *Sessions) replay(ctx context.Context, c *ws.Conn, channel, clientName string, since transports.Position, resume bool) (transports.Position, bool, error) {
+func (s *Sessions) replay(ctx context.Context, c *websocket.Conn, channel, clientName string, since transports.Position, resume bool) (transports.Position, bool, error) {
 	if resume {
 		limit, ttl := s.d.MaxReplay, time.Duration(0)
 		if s.d.HistoryBounds != nil {
@@ -244,7 +244,7 @@ func (s *Sessions) replay(ctx context.Context, c *ws.Conn, channel, clientName s
 	return cut, false, err
 }
 
-func (s *Sessions) unsubscribe(c *ws.Conn, f *protocol.Frame) error {
+func (s *Sessions) unsubscribe(c *websocket.Conn, f *protocol.Frame) error {
 	channel, err := channelName(c, f.Channel)
 	if err != nil {
 		return err
@@ -257,7 +257,7 @@ func (s *Sessions) unsubscribe(c *ws.Conn, f *protocol.Frame) error {
 	return nil
 }
 
-func (s *Sessions) publish(c *ws.Conn, f *protocol.Frame) error {
+func (s *Sessions) publish(c *websocket.Conn, f *protocol.Frame) error {
 	msgID, id := f.MsgID, watermill.NewUUID()
 	if msgID == "" {
 		msgID = id

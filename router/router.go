@@ -39,8 +39,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/wsgateway/gateway/internal/metrics"
-	"github.com/wsgateway/gateway/internal/protocol"
 	"github.com/wsgateway/gateway/internal/signing"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
 )

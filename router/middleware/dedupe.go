@@ -6,7 +6,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // Claim is what a DedupeStore says of a key.

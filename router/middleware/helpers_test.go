@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // newMsg is a watermill message with a fresh UUID.

@@ -4,7 +4,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"golang.org/x/time/rate"
 
-	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // RateLimit refuses a message with `rate_limited` when one of the limiters limitersOf returns for

@@ -15,7 +15,7 @@ import (
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/handlers"
-	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 

@@ -1,4 +1,4 @@
-package ws
+package websocket
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
+	gws "github.com/gorilla/websocket"
 
 	"github.com/wsgateway/gateway/internal/metrics"
 )
@@ -93,7 +93,7 @@ type countingClient struct {
 
 func dialCounting(tb testing.TB, srv *httptest.Server) *countingClient {
 	tb.Helper()
-	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	c, _, err := gws.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package ws
+package websocket
 
 import (
 	"bytes"
@@ -15,10 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
+	gws "github.com/gorilla/websocket"
 
-	"github.com/wsgateway/gateway/internal/protocol"
 	"github.com/wsgateway/gateway/internal/ratelog"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -198,7 +198,7 @@ func TestFlushConnOwnFrames(t *testing.T) {
 
 // client is a gorilla client of a test hub, with the hub's side of its connection.
 type client struct {
-	ws   *websocket.Conn
+	ws   *gws.Conn
 	conn *Conn
 }
 
@@ -208,7 +208,7 @@ func dialHub(t *testing.T, h *Hub, url string) client {
 	for _, c := range h.conns() {
 		before[c] = true
 	}
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(url, "http"), nil)
+	ws, _, err := gws.DefaultDialer.Dial("ws"+strings.TrimPrefix(url, "http"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestQueuedFramesArriveWholeInOrderAndCoalesced(t *testing.T) {
 		t.Fatalf("after the frames: %+v, %v; want disconnect shutdown", d, err)
 	}
 	_, _, err := cl.ws.ReadMessage()
-	var ce *websocket.CloseError
+	var ce *gws.CloseError
 	if !errors.As(err, &ce) || ce.Code != closeGoingAway {
 		t.Fatalf("then %v; want close %d", err, closeGoingAway)
 	}
@@ -319,7 +319,7 @@ func TestSlowConsumerGetsItsFramesThenDisconnect(t *testing.T) {
 		t.Fatalf("after %d frames: %+v, %v; want disconnect slow_consumer", sent, d, err)
 	}
 	_, _, err := cl.ws.ReadMessage()
-	var ce *websocket.CloseError
+	var ce *gws.CloseError
 	if !errors.As(err, &ce) || ce.Code != closeTryLater {
 		t.Fatalf("then %v; want close %d", err, closeTryLater)
 	}
@@ -338,7 +338,7 @@ func TestAcceptReturnsWhileTheConnectionLives(t *testing.T) {
 		returned.Add(1)
 	}))
 	t.Cleanup(h.Close)
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/?s=a", nil)
+	ws, _, err := gws.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/?s=a", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -530,7 +530,7 @@ func TestWriteDelayCoalesces(t *testing.T) {
 		t.Fatalf("after the frames: %s, want the disconnect", b)
 	}
 	_, _, err := cl.ws.ReadMessage()
-	var ce *websocket.CloseError
+	var ce *gws.CloseError
 	if !errors.As(err, &ce) || ce.Code != closeGoingAway {
 		t.Fatalf("then %v; want close %d", err, closeGoingAway)
 	}
@@ -557,17 +557,17 @@ func TestInvalidUTF8ClosesWith1007(t *testing.T) {
 	h.SetHandler(rec)
 	srv := h.serve(t)
 	cl := dialHub(t, h, srv.URL)
-	if err := cl.ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","id":"é"}`)); err != nil {
+	if err := cl.ws.WriteMessage(gws.TextMessage, []byte(`{"type":"ping","id":"é"}`)); err != nil {
 		t.Fatal(err)
 	}
 	for _, frame := range [][]byte{{0xff, 0xfe}, []byte(`{"type":"ping","id":"after"}`)} {
-		if err := cl.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+		if err := cl.ws.WriteMessage(gws.TextMessage, frame); err != nil {
 			t.Fatal(err)
 		}
 	}
 	_ = cl.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, _, err := cl.ws.ReadMessage()
-	var ce *websocket.CloseError
+	var ce *gws.CloseError
 	if !errors.As(err, &ce) || ce.Code != closeInvalidData || ce.Text != reasonInvalidUTF8 {
 		t.Fatalf("after invalid UTF-8: %v; want close %d %q", err, closeInvalidData, reasonInvalidUTF8)
 	}

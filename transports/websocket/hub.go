@@ -4,7 +4,7 @@
 // connections, disconnects slow consumers instead of dropping their messages, and drains.
 //
 // What frames mean is not its business: a Handler (package handlers) reads and answers them.
-package ws
+package websocket
 
 import (
 	"context"
@@ -18,12 +18,12 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/gorilla/websocket"
+	gws "github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 
 	"github.com/wsgateway/gateway/internal/metrics"
-	"github.com/wsgateway/gateway/internal/protocol"
 	"github.com/wsgateway/gateway/internal/ratelog"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -206,7 +206,7 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	mel.Config.WriteWait = cfg.WriteTimeout
 	mel.Config.PingPeriod = cfg.PingInterval
 	mel.Config.PongWait = cfg.PingInterval*2 + cfg.WriteTimeout
-	mel.Upgrader = &websocket.Upgrader{
+	mel.Upgrader = &gws.Upgrader{
 		ReadBufferSize:  readBufferSize,
 		WriteBufferSize: writeBufferSize,
 		WriteBufferPool: &writeBufferPool,
@@ -379,7 +379,7 @@ func (h *Hub) onError(s *melody.Session, err error) {
 		_ = s.WebsocketConnection().Close()
 		return
 	}
-	if !errors.Is(err, melody.ErrWriteClosed) && !websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived) {
+	if !errors.Is(err, melody.ErrWriteClosed) && !gws.IsCloseError(err, gws.CloseNormalClosure, gws.CloseGoingAway, gws.CloseNoStatusReceived) {
 		h.log.Debug("connection error", "session_id", c.ID, "error", err)
 	}
 }

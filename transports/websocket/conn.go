@@ -1,4 +1,4 @@
-package ws
+package websocket
 
 import (
 	"errors"
@@ -9,7 +9,7 @@ import (
 
 	"github.com/olahol/melody"
 
-	"github.com/wsgateway/gateway/internal/protocol"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
