@@ -21,7 +21,7 @@ func Check(cfg *configs.Config) error {
 	if err != nil {
 		return err
 	}
-	return checkBackend(cfg)
+	return checkBroker(cfg)
 }
 
 // prepared is what New builds from the configuration alone, before it connects to anything.

@@ -22,12 +22,12 @@ import (
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
-// clusterBackend makes the backend of one node of a cluster whose nodes share prefix.
-type clusterBackend struct {
+// clusterBroker makes the broker of one node of a cluster whose nodes share prefix.
+type clusterBroker struct {
 	name    string
 	history bool // resume across nodes works
-	// setup returns the constructor of a node's backend, or skips the test.
-	setup func(t *testing.T) func(t *testing.T, prefix string) transports.Backend
+	// setup returns the constructor of a node's broker, or skips the test.
+	setup func(t *testing.T) func(t *testing.T, prefix string) transports.Broker
 }
 
 func reachable(addr string) bool {
@@ -39,17 +39,17 @@ func reachable(addr string) bool {
 	return true
 }
 
-var clusterBackends = []clusterBackend{
-	{name: "memory", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Backend {
+var clusterBrokers = []clusterBroker{
+	{name: "memory", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Broker {
 		broker := memory.NewBroker(memory.Config{HistorySize: 10000})
 		t.Cleanup(broker.Close)
-		return func(_ *testing.T, prefix string) transports.Backend { return broker.Node(prefix) }
+		return func(_ *testing.T, prefix string) transports.Broker { return broker.Node(prefix) }
 	}},
-	{name: "nats", setup: func(t *testing.T) func(*testing.T, string) transports.Backend {
+	{name: "nats", setup: func(t *testing.T) func(*testing.T, string) transports.Broker {
 		if !reachable("127.0.0.1:4222") {
 			t.Skip("no NATS server on 127.0.0.1:4222 (scripts/test.sh starts one)")
 		}
-		return func(t *testing.T, prefix string) transports.Backend {
+		return func(t *testing.T, prefix string) transports.Broker {
 			b, err := nats.New(nats.Config{URL: "nats://127.0.0.1:4222", Prefix: prefix}, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -57,11 +57,11 @@ var clusterBackends = []clusterBackend{
 			return b
 		}
 	}},
-	{name: "jetstream", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Backend {
+	{name: "jetstream", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Broker {
 		if !reachable("127.0.0.1:4222") {
 			t.Skip("no NATS server on 127.0.0.1:4222 (scripts/test.sh starts one)")
 		}
-		return func(t *testing.T, prefix string) transports.Backend {
+		return func(t *testing.T, prefix string) transports.Broker {
 			b, err := jetstream.New(jetstream.Config{URL: "nats://127.0.0.1:4222", Prefix: prefix, MaxAge: time.Hour, MaxBytes: 16 << 20}, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -70,11 +70,11 @@ var clusterBackends = []clusterBackend{
 			return b
 		}
 	}},
-	{name: "redis", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Backend {
+	{name: "redis", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Broker {
 		if !reachable("127.0.0.1:6379") {
 			t.Skip("no Redis server on 127.0.0.1:6379 (scripts/test.sh starts one)")
 		}
-		return func(t *testing.T, prefix string) transports.Backend {
+		return func(t *testing.T, prefix string) transports.Broker {
 			b, err := redis.New(redis.Config{Addr: "127.0.0.1:6379", Prefix: prefix, Shards: 4, MaxLen: 10000}, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -82,14 +82,14 @@ var clusterBackends = []clusterBackend{
 			return b
 		}
 	}},
-	{name: "kafka", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Backend {
+	{name: "kafka", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Broker {
 		// A real Kafka-protocol broker, in process.
 		c, err := kfake.NewCluster(kfake.NumBrokers(1))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(c.Close)
-		return func(t *testing.T, prefix string) transports.Backend {
+		return func(t *testing.T, prefix string) transports.Broker {
 			b, err := kafka.New(kafka.Config{Brokers: c.ListenAddrs(), Prefix: prefix, Partitions: 4}, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -100,14 +100,14 @@ var clusterBackends = []clusterBackend{
 }
 
 // cluster starts n nodes on one broker namespace.
-func cluster(t *testing.T, cb clusterBackend, n int) []*node {
+func cluster(t *testing.T, cb clusterBroker, n int) []*node {
 	t.Helper()
-	newBackend := cb.setup(t)
+	newBroker := cb.setup(t)
 	prefix := transporttest.Prefix(t)
 	nodes := make([]*node, n)
 	for i := range nodes {
 		cfg := testConfig(t, "GATEWAY_NODE_ID=n"+strconv.Itoa(i+1))
-		nodes[i] = startNode(t, cfg, gateway.WithBackend(newBackend(t, prefix)))
+		nodes[i] = startNode(t, cfg, gateway.WithBroker(newBroker(t, prefix)))
 	}
 	// Like a load balancer, wait until every node is ready (JetStream provisions its streams).
 	for _, n := range nodes {
@@ -138,7 +138,7 @@ func deleteStreams(t *testing.T, prefix string) {
 }
 
 func TestCluster(t *testing.T) {
-	for _, cb := range clusterBackends {
+	for _, cb := range clusterBrokers {
 		t.Run(cb.name, func(t *testing.T) {
 			t.Run("PublishReachesEveryNode", func(t *testing.T) { testClusterPublish(t, cb) })
 			t.Run("Targets", func(t *testing.T) { testClusterTargets(t, cb) })
@@ -163,7 +163,7 @@ func expectOnly(t *testing.T, c *wstest.Client, want string) wstest.Frame {
 	return m
 }
 
-func testClusterPublish(t *testing.T, cb clusterBackend) {
+func testClusterPublish(t *testing.T, cb clusterBroker) {
 	nodes := cluster(t, cb, 3)
 	var subs []*wstest.Client
 	for _, n := range nodes {
@@ -187,7 +187,7 @@ func testClusterPublish(t *testing.T, cb clusterBackend) {
 	}
 }
 
-func testClusterTargets(t *testing.T, cb clusterBackend) {
+func testClusterTargets(t *testing.T, cb clusterBroker) {
 	nodes := cluster(t, cb, 3)
 	var alices []*wstest.Client
 	var all []*wstest.Client
@@ -224,7 +224,7 @@ func testClusterTargets(t *testing.T, cb clusterBackend) {
 	}
 }
 
-func testClusterDedupe(t *testing.T, cb clusterBackend) {
+func testClusterDedupe(t *testing.T, cb clusterBroker) {
 	nodes := cluster(t, cb, 3)
 	sub, _ := wstest.Dial(t, nodes[2].URL, allowAll(t, "reader"))
 	sub.Subscribe("d")
@@ -240,7 +240,7 @@ func testClusterDedupe(t *testing.T, cb clusterBackend) {
 	expectOnly(t, sub, `"api"`)
 }
 
-func testClusterOrder(t *testing.T, cb clusterBackend) {
+func testClusterOrder(t *testing.T, cb clusterBroker) {
 	nodes := cluster(t, cb, 3)
 	sub, _ := wstest.Dial(t, nodes[2].URL, allowAll(t, "reader"))
 	sub.Subscribe("ordered")
@@ -275,7 +275,7 @@ func testClusterOrder(t *testing.T, cb clusterBackend) {
 		cb.name, total, time.Since(start).Round(time.Millisecond), total/time.Since(start).Seconds())
 }
 
-func testClusterResume(t *testing.T, cb clusterBackend) {
+func testClusterResume(t *testing.T, cb clusterBroker) {
 	nodes := cluster(t, cb, 2)
 	c, _ := wstest.Dial(t, nodes[0].URL, allowAll(t, "alice"))
 	c.Subscribe("r")

@@ -44,7 +44,7 @@ func (g *Gateway) awaitBroker(ctx context.Context) error {
 			return errors.Join(ctx.Err(), err)
 		}
 		timeout := g.cfg.BrokerConnectTimeout
-		// The first failure may be a backend still setting up (JetStream provisions its streams
+		// The first failure may be a broker still setting up (JetStream provisions its streams
 		// in the background): say it when the first retry fails too.
 		if failures++; failures == 2 {
 			g.log.Warn("broker unreachable; retrying with backoff, /readyz answers 503 until it answers",
@@ -73,7 +73,7 @@ func (g *Gateway) ping(ctx context.Context, start time.Time) error {
 		ctx, cancel = context.WithTimeout(ctx, max(timeout-time.Since(start), time.Millisecond))
 		defer cancel()
 	}
-	return g.backend.Ping(ctx)
+	return g.broker.Ping(ctx)
 }
 
 // sleep waits d, or until ctx ends (false).
@@ -129,7 +129,7 @@ func (g *Gateway) ready(ctx context.Context) error {
 	if !g.started.Load() {
 		return errors.New("starting: waiting for the broker")
 	}
-	return g.backend.Ping(ctx)
+	return g.broker.Ping(ctx)
 }
 
 // untilStarted serves h once the node has started. Before, /healthz, /readyz and /metrics are

@@ -203,8 +203,8 @@ func FuzzAPIBody(f *testing.F) {
 	}
 	broker := memory.NewBroker(memory.Config{HistorySize: 10})
 	f.Cleanup(broker.Close)
-	backend := broker.Node("fuzz")
-	n := startNode(f, testConfig(f), gateway.WithBackend(backend))
+	node := broker.Node("fuzz")
+	n := startNode(f, testConfig(f), gateway.WithBroker(node))
 	handler := n.Handler()
 	// A msg_id accepted before (by this process's node, within its dedupe window) is acked again
 	// but delivered once: only its first acceptance is looked for on the broker.
@@ -215,7 +215,7 @@ func FuzzAPIBody(f *testing.F) {
 			path = "/api/batch"
 		}
 		channels := publishedChannels(path, body)
-		subs := subscribeAll(t, backend, channels)
+		subs := subscribeAll(t, node, channels)
 		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+testAPIKey)
 		rec := httptest.NewRecorder()
@@ -336,7 +336,7 @@ func acceptedChannelIDs(path string, answer, body []byte) []channelID {
 }
 
 // subscribeAll subscribes each channel's topic on the broker until the test ends.
-func subscribeAll(t *testing.T, b transports.Backend, channels []string) map[string]<-chan *message.Message {
+func subscribeAll(t *testing.T, b transports.Broker, channels []string) map[string]<-chan *message.Message {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	subs := map[string]<-chan *message.Message{}

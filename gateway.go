@@ -1,5 +1,5 @@
 // Package gateway assembles one node of the WebSocket gateway from its configuration: the broker
-// backend (transports/...), the WebSocket hub (transports/ws), the Watermill router and its
+// broker (transports/...), the WebSocket hub (transports/ws), the Watermill router and its
 // middleware (router), the product's handlers (handlers) and the HTTP server.
 //
 // A Go program can build its own gateway with its own middleware:
@@ -42,7 +42,7 @@ type Option func(*options)
 
 type options struct {
 	log        *slog.Logger
-	backend    transports.Backend
+	broker    transports.Broker
 	dedupe     middleware.DedupeStore
 	middleware []message.HandlerMiddleware
 	handlers   []extraHandler
@@ -51,9 +51,9 @@ type options struct {
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithBackend uses b instead of building the configured broker backend; the node closes it (New
+// WithBroker uses b instead of building the configured broker broker; the node closes it (New
 // too, when it fails).
-func WithBackend(b transports.Backend) Option { return func(o *options) { o.backend = b } }
+func WithBroker(b transports.Broker) Option { return func(o *options) { o.broker = b } }
 
 // WithDedupeStore sets where msg_id keys are kept (default: in memory).
 func WithDedupeStore(s middleware.DedupeStore) Option { return func(o *options) { o.dedupe = s } }
@@ -88,7 +88,7 @@ const HandlerInbound = router.HandlerInbound
 type Gateway struct {
 	cfg      *configs.Config
 	log      *slog.Logger
-	backend  transports.Backend
+	broker  transports.Broker
 	feed     *transports.Feed
 	inbox    *transports.Inbox
 	hub      *websocket.Hub
@@ -104,13 +104,13 @@ type Gateway struct {
 	started   atomic.Bool   // Start returned: the broker answered and the router runs
 	startedc  chan struct{} // closed when started turns true
 
-	closers   []func() error // what New opened besides the backend (a dedupe store's client)
+	closers   []func() error // what New opened besides the broker (a dedupe store's client)
 	closeOnce sync.Once
 	closeErr  error
 }
 
 // New builds a node. It starts nothing; Run does. When it fails it closes what it opened, and
-// a backend given with WithBackend too.
+// a broker given with WithBroker too.
 func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	o := options{}
 	for _, opt := range opts {
@@ -128,8 +128,8 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 			}
 		}
 	}()
-	if o.backend != nil {
-		undo = append(undo, func() { _ = o.backend.Close() })
+	if o.broker != nil {
+		undo = append(undo, func() { _ = o.broker.Close() })
 	}
 	if err := checkHandlerNames(o.handlers); err != nil {
 		return nil, err
@@ -148,16 +148,16 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		}
 		undo = append(undo, func() { closeAll(closers) })
 	}
-	backend := o.backend
-	if backend == nil {
-		if backend, err = NewBackend(cfg, log); err != nil {
+	broker := o.broker
+	if broker == nil {
+		if broker, err = NewBroker(cfg, log); err != nil {
 			return nil, err
 		}
-		undo = append(undo, func() { _ = backend.Close() })
+		undo = append(undo, func() { _ = broker.Close() })
 	}
-	g := &Gateway{cfg: cfg, log: log, backend: backend, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers,
+	g := &Gateway{cfg: cfg, log: log, broker: broker, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers,
 		startedc: make(chan struct{})}
-	g.feed = transports.NewFeed(backend)
+	g.feed = transports.NewFeed(broker)
 	g.inbox = transports.NewInbox()
 	undo = append(undo, func() { _ = g.feed.Close() }, func() { _ = g.inbox.Close() })
 
@@ -165,7 +165,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		NodeID:         cfg.NodeID,
 		History:        g.feed,
 		Inbox:          g.inbox,
-		Backend:        backend,
+		Broker:        broker,
 		Verifier:       verifier,
 		AllowAnonymous: cfg.Auth.AllowAnonymous,
 		PublicChannels: cfg.Auth.PublicChannels,
@@ -199,7 +199,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 
 	rh := handlers.NewRouter(deps)
 	g.router, err = router.New(
-		router.Sources{Inbox: g.inbox, Feed: g.feed, Direct: backend},
+		router.Sources{Inbox: g.inbox, Feed: g.feed, Direct: broker},
 		router.Handlers{Inbound: rh.Inbound, Channel: rh.Channel, Direct: rh.Direct, Authorize: sessions.Authorize,
 			DedupeKey: handlers.DedupeKey, RateLimiters: handlers.RateLimiters},
 		router.Options{
@@ -213,7 +213,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 			BreakerFailures:  cfg.Router.BreakerFailures,
 			BreakerOpenFor:   cfg.Router.BreakerOpenFor,
 			PoisonTopic:      cfg.Router.PoisonTopic,
-			Publish:          func(topic string, m *message.Message) error { return backend.Publish(topic, m) },
+			Publish:          func(topic string, m *message.Message) error { return broker.Publish(topic, m) },
 			Signatures:       keys,
 			RequireSignature: cfg.Router.RequireSignature,
 			Metrics:          g.metrics,
@@ -224,7 +224,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		return nil, err
 	}
 	for _, eh := range o.handlers {
-		g.router.AddConsumerHandler(eh.name, eh.topic, backend, eh.h) // names checked: no panic
+		g.router.AddConsumerHandler(eh.name, eh.topic, broker, eh.h) // names checked: no panic
 	}
 	handlers.NewHTTP(deps, g.hub, sessions, g.ready).Routes(g.mux)
 	g.verifier = verifier
@@ -408,8 +408,8 @@ func (g *Gateway) Close() error {
 			}
 		}
 		_ = g.feed.Close()
-		if err := g.backend.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("backend: %w", err))
+		if err := g.broker.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("broker: %w", err))
 		}
 		closeAll(g.closers)
 		g.verifier.Close() // the JWKS refresh

@@ -11,24 +11,24 @@ import (
 )
 
 // TestHistoryBoundsPerPattern: history.channels bounds, per channel pattern, how many messages
-// (count) and how old (age) a resume may reach back, on every backend that keeps history; a
+// (count) and how old (age) a resume may reach back, on every broker that keeps history; a
 // resume beyond the bound answers recovered:false and replays nothing; channels that no rule
 // matches keep the broker's own bounds. Messages are published on one node and resumed on
 // another.
 func TestHistoryBoundsPerPattern(t *testing.T) {
-	for _, cb := range clusterBackends {
+	for _, cb := range clusterBrokers {
 		if !cb.history {
 			continue
 		}
 		t.Run(cb.name, func(t *testing.T) {
 			t.Parallel()
-			newBackend := cb.setup(t)
+			newBroker := cb.setup(t)
 			prefix := transporttest.Prefix(t)
 			rules := "GATEWAY_HISTORY_CHANNELS=short:*=3,stale:*=/200ms,young:*=/1h,$user=2"
 			var nodes [2]*node
 			for i := range nodes {
 				cfg := testConfig(t, "GATEWAY_NODE_ID=h"+strconv.Itoa(i+1), rules)
-				nodes[i] = startNode(t, cfg, gateway.WithBackend(newBackend(t, prefix)))
+				nodes[i] = startNode(t, cfg, gateway.WithBroker(newBroker(t, prefix)))
 				wstest.WaitFor(t, func() error {
 					if s := readyStatus(nodes[i].URL); s != 200 {
 						return fmt.Errorf("/readyz %d", s)

@@ -48,7 +48,7 @@ func TestChannelStateIsFreed(t *testing.T) {
 	if testing.Short() {
 		t.Skip("subscribes 80,000 channels per broker")
 	}
-	for _, cb := range clusterBackends {
+	for _, cb := range clusterBrokers {
 		t.Run(cb.name, func(t *testing.T) {
 			names := leakNames
 			if raceEnabled {
@@ -62,11 +62,11 @@ func TestChannelStateIsFreed(t *testing.T) {
 	}
 }
 
-func testChannelStateIsFreed(t *testing.T, cb clusterBackend, names int) {
+func testChannelStateIsFreed(t *testing.T, cb clusterBroker, names int) {
 	// Lifecycle events off: on Kafka they would pile up in the in-process broker's log, which
 	// this process's heap holds too.
 	cfg := testConfig(t, "GATEWAY_EVENTS_DISABLED=true")
-	n := startNode(t, cfg, gateway.WithBackend(cb.setup(t)(t, transporttest.Prefix(t))))
+	n := startNode(t, cfg, gateway.WithBroker(cb.setup(t)(t, transporttest.Prefix(t))))
 	wstest.WaitFor(t, func() error {
 		if s := readyStatus(n.URL); s != 200 {
 			return fmt.Errorf("/readyz %d", s)

@@ -21,9 +21,9 @@ import (
 	"github.com/wsgateway/gateway/transports/nats"
 )
 
-// natsBackend is a backend with goroutines of its own (the NATS connection's), so that goleak
+// natsBroker is a broker with goroutines of its own (the NATS connection's), so that goleak
 // sees it when nobody closes it.
-func natsBackend(t *testing.T) transports.Backend {
+func natsBroker(t *testing.T) transports.Broker {
 	t.Helper()
 	b, err := nats.New(nats.Config{URL: "nats://127.0.0.1:4222", Prefix: "lifecycle-" + watermill.NewShortUUID()}, nil)
 	if err != nil {
@@ -42,8 +42,8 @@ func emptyJWKS(t *testing.T) *httptest.Server {
 }
 
 // TestNewLeavesNothingRunningWhenItFails: New fails at each point where it can, after it opened
-// a JWKS refresh, a dedupe store's Redis client, a backend of its own or was given one with
-// WithBackend, and no goroutine is left behind.
+// a JWKS refresh, a dedupe store's Redis client, a broker of its own or was given one with
+// WithBroker, and no goroutine is left behind.
 func TestNewLeavesNothingRunningWhenItFails(t *testing.T) {
 	notAKey := filepath.Join(t.TempDir(), "key.pem")
 	if err := os.WriteFile(notAKey, []byte("not a PEM key"), 0o600); err != nil {
@@ -59,12 +59,12 @@ func TestNewLeavesNothingRunningWhenItFails(t *testing.T) {
 			cfg.TLS.CertFile, cfg.TLS.KeyFile = notAKey, notAKey
 			return nil
 		}},
-		{"router.signing_keys are invalid, with a backend of the caller's", func(t *testing.T, cfg *configs.Config, idp string) []gateway.Option {
+		{"router.signing_keys are invalid, with a broker of the caller's", func(t *testing.T, cfg *configs.Config, idp string) []gateway.Option {
 			cfg.Auth.JWKSURL = idp
 			cfg.Router.SigningKeys = []string{"no-secret"}
-			return []gateway.Option{gateway.WithBackend(natsBackend(t))}
+			return []gateway.Option{gateway.WithBroker(natsBroker(t))}
 		}},
-		{"the backend cannot be built after the Redis dedupe store", func(t *testing.T, cfg *configs.Config, idp string) []gateway.Option {
+		{"the broker cannot be built after the Redis dedupe store", func(t *testing.T, cfg *configs.Config, idp string) []gateway.Option {
 			cfg.Auth.JWKSURL = idp
 			cfg.Broker, cfg.Router.DedupeStore, cfg.Redis.Addr = configs.BrokerRedis, "redis", "no port"
 			return nil
@@ -72,11 +72,11 @@ func TestNewLeavesNothingRunningWhenItFails(t *testing.T) {
 		{"a WithHandler name is taken", func(t *testing.T, cfg *configs.Config, idp string) []gateway.Option {
 			cfg.Auth.JWKSURL = idp
 			cfg.WebSocket.WriteDelay = cfg.WebSocket.WriteTimeout // the hub's delay clock, were it built
-			return []gateway.Option{gateway.WithBackend(natsBackend(t)), gateway.WithHandler("mine", "events", nop),
+			return []gateway.Option{gateway.WithBroker(natsBroker(t)), gateway.WithHandler("mine", "events", nop),
 				gateway.WithHandler("mine", "events", nop)}
 		}},
 		{"a WithHandler name is a built-in handler's", func(t *testing.T, cfg *configs.Config, idp string) []gateway.Option {
-			return []gateway.Option{gateway.WithBackend(natsBackend(t)), gateway.WithHandler(gateway.HandlerInbound, "events", nop)}
+			return []gateway.Option{gateway.WithBroker(natsBroker(t)), gateway.WithHandler(gateway.HandlerInbound, "events", nop)}
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -96,7 +96,7 @@ func TestNewLeavesNothingRunningWhenItFails(t *testing.T) {
 }
 
 // TestCloseTwiceAndAfterAFailedStart: Close may be called twice, on a node that never started
-// and on one whose Start failed (its admin address taken; its backend closed), and leaves no
+// and on one whose Start failed (its admin address taken; its broker closed), and leaves no
 // goroutine behind.
 func TestCloseTwiceAndAfterAFailedStart(t *testing.T) {
 	for _, tc := range []struct {
@@ -113,10 +113,10 @@ func TestCloseTwiceAndAfterAFailedStart(t *testing.T) {
 			cfg.Admin.Addr = ln.Addr().String()
 			return nil
 		}},
-		{"the backend is closed", func(t *testing.T, cfg *configs.Config) []gateway.Option {
+		{"the broker is closed", func(t *testing.T, cfg *configs.Config) []gateway.Option {
 			b := memory.NewBroker(memory.Config{}).Node("closed")
 			_ = b.Close()
-			return []gateway.Option{gateway.WithBackend(b)}
+			return []gateway.Option{gateway.WithBroker(b)}
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

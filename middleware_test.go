@@ -22,29 +22,29 @@ import (
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
-// flakyBackend fails the first failures channel publishes, then works.
-type flakyBackend struct {
-	*memory.Backend
+// flakyBroker fails the first failures channel publishes, then works.
+type flakyBroker struct {
+	*memory.Node
 	failures atomic.Int64
 	attempts atomic.Int64
 }
 
-func (f *flakyBackend) Publish(topic string, msgs ...*message.Message) error {
+func (f *flakyBroker) Publish(topic string, msgs ...*message.Message) error {
 	if transports.IsChannelTopic(topic) {
 		f.attempts.Add(1)
 		if f.failures.Add(-1) >= 0 {
 			return errors.New("broker hiccup")
 		}
 	}
-	return f.Backend.Publish(topic, msgs...)
+	return f.Node.Publish(topic, msgs...)
 }
 
 func TestRetryOfAFlakyBroker(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{HistorySize: 10})
 	t.Cleanup(broker.Close)
-	fb := &flakyBackend{Backend: broker.Node("flaky")}
+	fb := &flakyBroker{Node: broker.Node("flaky")}
 	fb.failures.Store(2)
-	n := startNode(t, testConfig(t, "GATEWAY_ROUTER_RETRY_ATTEMPTS=3", "GATEWAY_ROUTER_RETRY_INITIAL=1ms"), gateway.WithBackend(fb))
+	n := startNode(t, testConfig(t, "GATEWAY_ROUTER_RETRY_ATTEMPTS=3", "GATEWAY_ROUTER_RETRY_INITIAL=1ms"), gateway.WithBroker(fb))
 	sub, _ := wstest.Dial(t, n.URL, allowAll(t, "bob"))
 	sub.Subscribe("f")
 	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
@@ -64,12 +64,12 @@ func TestRetryOfAFlakyBroker(t *testing.T) {
 func TestPoisonTopicAndCircuitBreaker(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{HistorySize: 10})
 	t.Cleanup(broker.Close)
-	fb := &flakyBackend{Backend: broker.Node("poison")}
+	fb := &flakyBroker{Node: broker.Node("poison")}
 	fb.failures.Store(1 << 30) // always
 	n := startNode(t, testConfig(t, "GATEWAY_ROUTER_RETRY_ATTEMPTS=1", "GATEWAY_ROUTER_RETRY_INITIAL=1ms",
 		"GATEWAY_ROUTER_POISON_TOPIC=poison", "GATEWAY_ROUTER_BREAKER_FAILURES=2", "GATEWAY_ROUTER_BREAKER_OPEN_FOR=1h",
 		"GATEWAY_EVENTS_DISABLED=true"), // events would share the open breaker and the poison topic
-		gateway.WithBackend(fb))
+		gateway.WithBroker(fb))
 	ops := broker.Node("poison")
 	defer ops.Close()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -119,8 +119,8 @@ func TestDedupeStoreInRedisAcrossNodes(t *testing.T) {
 	t.Cleanup(broker.Close)
 	prefix := transporttest.Prefix(t)
 	env := []string{"GATEWAY_ROUTER_DEDUPE_STORE=redis", "GATEWAY_TOPIC_PREFIX=" + prefix}
-	n1 := startNode(t, testConfig(t, env...), gateway.WithBackend(broker.Node(prefix)))
-	n2 := startNode(t, testConfig(t, env...), gateway.WithBackend(broker.Node(prefix)))
+	n1 := startNode(t, testConfig(t, env...), gateway.WithBroker(broker.Node(prefix)))
+	n2 := startNode(t, testConfig(t, env...), gateway.WithBroker(broker.Node(prefix)))
 	svc := broker.Node(prefix)
 	defer svc.Close()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -155,7 +155,7 @@ func TestSignaturesRequired(t *testing.T) {
 	t.Cleanup(broker.Close)
 	keys := []string{"k2:new-secret-0123456789", "k1:old-secret-0123456789"}
 	n := startNode(t, testConfig(t, "GATEWAY_ROUTER_SIGNING_KEYS="+keys[0]+","+keys[1], "GATEWAY_ROUTER_REQUIRE_SIGNATURE=true",
-		"GATEWAY_ROUTER_POISON_TOPIC=poison"), gateway.WithBackend(broker.Node("sig")))
+		"GATEWAY_ROUTER_POISON_TOPIC=poison"), gateway.WithBroker(broker.Node("sig")))
 	svc := broker.Node("sig")
 	defer svc.Close()
 	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))

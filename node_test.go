@@ -54,7 +54,7 @@ func testConfig(t testing.TB, env ...string) *configs.Config {
 	return cfg
 }
 
-// startNode starts a node with cfg; opts may share a backend between nodes.
+// startNode starts a node with cfg; opts may share a broker between nodes.
 func startNode(t testing.TB, cfg *configs.Config, opts ...gateway.Option) *node {
 	t.Helper()
 	g, url := nodetest.InProcess(t, cfg, opts...)
@@ -188,7 +188,7 @@ func TestSendReachesServicesOnly(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{HistorySize: 100})
 	t.Cleanup(broker.Close)
 	prefix := "send"
-	n := startNode(t, testConfig(t), gateway.WithBackend(broker.Node(prefix)))
+	n := startNode(t, testConfig(t), gateway.WithBroker(broker.Node(prefix)))
 	service := broker.Node(prefix)
 	defer service.Close()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -707,13 +707,13 @@ func TestDrain(t *testing.T) {
 	}
 }
 
-// failingBackend refuses every publish, like a broker that is down.
-type failingBackend struct {
-	transports.Backend
+// failingBroker refuses every publish, like a broker that is down.
+type failingBroker struct {
+	transports.Broker
 	fails atomic.Int64
 }
 
-func (f *failingBackend) Publish(topic string, _ ...*message.Message) error {
+func (f *failingBroker) Publish(topic string, _ ...*message.Message) error {
 	if transports.IsChannelTopic(topic) {
 		f.fails.Add(1)
 	}
@@ -723,8 +723,8 @@ func (f *failingBackend) Publish(topic string, _ ...*message.Message) error {
 func TestBrokerDownAnswersUnavailable(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{})
 	t.Cleanup(broker.Close)
-	fb := &failingBackend{Backend: broker.Node("down")}
-	n := startNode(t, testConfig(t, "GATEWAY_ROUTER_RETRY_ATTEMPTS=2", "GATEWAY_ROUTER_RETRY_INITIAL=1ms"), gateway.WithBackend(fb))
+	fb := &failingBroker{Broker: broker.Node("down")}
+	n := startNode(t, testConfig(t, "GATEWAY_ROUTER_RETRY_ATTEMPTS=2", "GATEWAY_ROUTER_RETRY_INITIAL=1ms"), gateway.WithBroker(fb))
 	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
 	c.Send(`{"type":"publish","id":"p","channel":"x","data":1,"msg_id":"k"}`)
 	if f := c.Expect("error"); f.Str("code") != "unavailable" || f.Str("id") != "p" {
@@ -784,21 +784,21 @@ func TestLongReplayIsPaced(t *testing.T) {
 	}
 }
 
-// killable lets a test end the backend's channel subscriptions, as a backend does when it gives
+// killable lets a test end the broker's channel subscriptions, as a broker does when it gives
 // one up (a Redis reader overtaken by trimming, a broker that dropped the consumer).
 type killable struct {
-	*memory.Backend
+	*memory.Node
 	mu    sync.Mutex
 	kills []context.CancelFunc
 }
 
 func (k *killable) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	return k.Backend.Subscribe(k.killableContext(ctx), topic)
+	return k.Node.Subscribe(k.killableContext(ctx), topic)
 }
 
 // SubscribeFunc is the subscription the Feed uses (transports.Handoff).
 func (k *killable) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
-	return k.Backend.SubscribeFunc(k.killableContext(ctx), topic, deliver, ended)
+	return k.Node.SubscribeFunc(k.killableContext(ctx), topic, deliver, ended)
 }
 
 func (k *killable) killableContext(ctx context.Context) context.Context {
@@ -820,8 +820,8 @@ func (k *killable) killAll() {
 func TestLostBrokerSubscriptionMakesClientsResume(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{HistorySize: 100})
 	t.Cleanup(broker.Close)
-	kb := &killable{Backend: broker.Node("lost")}
-	n := startNode(t, testConfig(t), gateway.WithBackend(kb))
+	kb := &killable{Node: broker.Node("lost")}
+	n := startNode(t, testConfig(t), gateway.WithBroker(kb))
 	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
 	c.Subscribe("news")
 	mustAPIPublish(t, n.URL, map[string]any{"channel": "news", "data": 1})
@@ -849,7 +849,7 @@ func TestLostBrokerSubscriptionMakesClientsResume(t *testing.T) {
 func TestLifecycleEvents(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{})
 	t.Cleanup(broker.Close)
-	n := startNode(t, testConfig(t, "GATEWAY_NODE_ID=ev-node"), gateway.WithBackend(broker.Node("ev")))
+	n := startNode(t, testConfig(t, "GATEWAY_NODE_ID=ev-node"), gateway.WithBroker(broker.Node("ev")))
 	service := broker.Node("ev")
 	defer service.Close()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -312,9 +312,9 @@ func TestAdminListenerBusy(t *testing.T) {
 func TestRouterRetriesCounted(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{})
 	t.Cleanup(broker.Close)
-	fb := &failingBackend{Backend: broker.Node("down")}
+	fb := &failingBroker{Broker: broker.Node("down")}
 	n := startNode(t, testConfig(t, "GATEWAY_ROUTER_RETRY_ATTEMPTS=2", "GATEWAY_ROUTER_RETRY_INITIAL=1ms",
-		"GATEWAY_EVENTS_DISABLED=true"), gateway.WithBackend(fb)) // no lifecycle events: only this publish fails
+		"GATEWAY_EVENTS_DISABLED=true"), gateway.WithBroker(fb)) // no lifecycle events: only this publish fails
 	if status, _ := apiPublish(t, n.URL, map[string]any{"channel": "x", "data": 1}); status != 503 {
 		t.Fatalf("api publish with the broker down: %d", status)
 	}

@@ -48,11 +48,11 @@ func TestBrokerOutage(t *testing.T) {
 	srv := startNATS(t, port)
 	t.Cleanup(func() { srv.Shutdown() })
 
-	backend, err := nats.New(nats.Config{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), Prefix: "outage", ReconnectWait: 100 * time.Millisecond, ReconnectJitter: 50 * time.Millisecond}, nil)
+	broker, err := nats.New(nats.Config{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), Prefix: "outage", ReconnectWait: 100 * time.Millisecond, ReconnectJitter: 50 * time.Millisecond}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := startNode(t, testConfig(t, "GATEWAY_WS_PUBLISH_TIMEOUT=2s", "GATEWAY_ROUTER_RETRY_MAX_ELAPSED=500ms"), gateway.WithBackend(backend))
+	n := startNode(t, testConfig(t, "GATEWAY_WS_PUBLISH_TIMEOUT=2s", "GATEWAY_ROUTER_RETRY_MAX_ELAPSED=500ms"), gateway.WithBroker(broker))
 	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
 	c.Subscribe("news")
 	c.Send(`{"type":"publish","id":"before","channel":"news","data":1}`)

@@ -48,7 +48,7 @@ type Deps struct {
 	Hub            Hub
 	History        History
 	Inbox          Submitter
-	Backend        transports.Backend
+	Broker        transports.Broker
 	Verifier       *auth.Verifier // nil: anonymous only
 	AllowAnonymous bool
 	PublicChannels []string // patterns anyone may subscribe to

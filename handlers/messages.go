@@ -55,7 +55,7 @@ func (r *Router) Inbound(msg *message.Message) error {
 	if transports.IsChannelTopic(topic) || topic == transports.TopicDirect {
 		r.d.Signatures.Sign(topic, out)
 	}
-	if err := r.d.Backend.Publish(topic, out); err != nil {
+	if err := r.d.Broker.Publish(topic, out); err != nil {
 		r.d.Metrics.BrokerErrors.Inc()
 		return fmt.Errorf("%w: %w", transports.ErrUnavailable, err)
 	}

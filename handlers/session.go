@@ -382,7 +382,7 @@ func DedupeKey(msg *message.Message) string {
 }
 
 // tooOld reports whether the broker stored m longer ago than ttl. A message without a stored
-// time (a backend that does not say) falls back to when the gateway or SDK published it, and
+// time (a broker that does not say) falls back to when the gateway or SDK published it, and
 // counts as young when neither is known.
 func tooOld(m *message.Message, ttl time.Duration) bool {
 	var at time.Time

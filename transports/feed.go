@@ -17,17 +17,17 @@ const FeedTopic = "feed"
 
 // Feed merges the broker subscriptions of the channels that have local subscribers into one
 // Watermill subscription that the node's router consumes. Open subscribes one channel on the
-// backend (the hub calls it for a channel's first local subscriber) and the returned stop ends it.
+// broker (the hub calls it for a channel's first local subscriber) and the returned stop ends it.
 //
-// For backends without History it stamps each message with a position of its own (an epoch
+// For brokers without History it stamps each message with a position of its own (an epoch
 // unique to this Feed and to the channel's current broker subscription, and a counter), so
 // clients always see positions; resuming from them answers recovered:false on any other node,
 // after a restart, and after the subscription was lost or reopened (messages may have passed
 // unseen meanwhile). The counter of a channel exists only while its subscription is open, so
 // a node keeps nothing for a channel it no longer subscribes.
 type Feed struct {
-	backend Backend
-	history History // nil when the backend keeps none
+	broker Broker
+	history History // nil when the broker keeps none
 	epoch   string
 
 	out     chan *message.Message
@@ -43,12 +43,12 @@ type Feed struct {
 	taken    bool
 }
 
-// NewFeed makes a Feed over backend.
-func NewFeed(backend Backend) *Feed {
-	h, _ := backend.(History)
+// NewFeed makes a Feed over broker.
+func NewFeed(broker Broker) *Feed {
+	h, _ := broker.(History)
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	return &Feed{backend: backend, history: h, epoch: "l" + hex.EncodeToString(b[:]),
+	return &Feed{broker: broker, history: h, epoch: "l" + hex.EncodeToString(b[:]),
 		out: make(chan *message.Message), done: make(chan struct{}),
 		counters: map[string]*localSeq{}, cancels: map[*context.CancelFunc]struct{}{}}
 }
@@ -65,8 +65,8 @@ func (f *Feed) Subscribe(ctx context.Context, topic string) (<-chan *message.Mes
 	return relay(ctx, f.out), nil
 }
 
-// Open subscribes channel on the backend and forwards its messages to the merged channel. When
-// the backend ends the subscription by itself (not through stop, nor Close), lost is called.
+// Open subscribes channel on the broker and forwards its messages to the merged channel. When
+// the broker ends the subscription by itself (not through stop, nor Close), lost is called.
 func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	select {
 	case <-f.done:
@@ -91,7 +91,7 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 			return false
 		}
 	}
-	// release forgets the subscription: once stopped, or once the backend ended it.
+	// release forgets the subscription: once stopped, or once the broker ended it.
 	release := func() {
 		cancel()
 		f.mu.Lock()
@@ -115,10 +115,10 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	}
 	var in <-chan *message.Message
 	var err error
-	if h, ok := f.backend.(Handoff); ok {
+	if h, ok := f.broker.(Handoff); ok {
 		err = h.SubscribeFunc(ctx, topic, forward, ended) // no goroutine of the Feed's own
 	} else {
-		in, err = f.backend.Subscribe(ctx, topic)
+		in, err = f.broker.Subscribe(ctx, topic)
 	}
 	if err != nil {
 		release()
@@ -163,7 +163,7 @@ func (f *Feed) newEpoch() string {
 	return f.epoch + "-" + strconv.FormatUint(f.opens.Add(1), 10)
 }
 
-// reopen starts a new local numbering for channel, when the backend keeps no history.
+// reopen starts a new local numbering for channel, when the broker keeps no history.
 func (f *Feed) reopen(channel string) *localSeq {
 	if f.history != nil {
 		return nil
@@ -176,7 +176,7 @@ func (f *Feed) reopen(channel string) *localSeq {
 	return c
 }
 
-// Last returns the position of the newest message of channel: from the backend's history, or
+// Last returns the position of the newest message of channel: from the broker's history, or
 // this Feed's own counter. Without history and without an open subscription of the channel it
 // is a position of an epoch never used, which no replay completes.
 func (f *Feed) Last(ctx context.Context, channel string) (Position, error) {
@@ -192,7 +192,7 @@ func (f *Feed) Last(ctx context.Context, channel string) (Position, error) {
 	return Position{Epoch: c.epoch, Lo: c.n.Load()}, nil
 }
 
-// Replay returns what channel had after since, from the backend's history; without one it
+// Replay returns what channel had after since, from the broker's history; without one it
 // returns nothing and complete only when since is this Feed's own latest position.
 func (f *Feed) Replay(ctx context.Context, channel string, since Position, limit int) ([]*message.Message, bool, error) {
 	if f.history != nil {
@@ -207,7 +207,7 @@ func (f *Feed) Replay(ctx context.Context, channel string, since Position, limit
 }
 
 // Close stops forwarding. The router must be closed before (it owns the merged channel's
-// consumer); the backend subscriptions end with their contexts. Safe to call twice.
+// consumer); the broker subscriptions end with their contexts. Safe to call twice.
 func (f *Feed) Close() error {
 	f.closeMu.Do(func() {
 		f.mu.Lock()

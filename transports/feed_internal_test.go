@@ -9,23 +9,23 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// quietBackend subscribes anything and delivers nothing; its subscriptions end with their context.
-type quietBackend struct{}
+// quietBroker subscribes anything and delivers nothing; its subscriptions end with their context.
+type quietBroker struct{}
 
-func (quietBackend) Publish(string, ...*message.Message) error { return nil }
-func (quietBackend) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+func (quietBroker) Publish(string, ...*message.Message) error { return nil }
+func (quietBroker) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
 	out := make(chan *message.Message)
 	context.AfterFunc(ctx, func() { close(out) })
 	return out, nil
 }
-func (b quietBackend) SubscribeGroup(ctx context.Context, topic, _ string) (<-chan *message.Message, error) {
+func (b quietBroker) SubscribeGroup(ctx context.Context, topic, _ string) (<-chan *message.Message, error) {
 	return b.Subscribe(ctx, topic)
 }
-func (quietBackend) Ping(context.Context) error { return nil }
-func (quietBackend) Close() error               { return nil }
+func (quietBroker) Ping(context.Context) error { return nil }
+func (quietBroker) Close() error               { return nil }
 
-// quietHistory is a quietBackend that also keeps (an empty) history.
-type quietHistory struct{ quietBackend }
+// quietHistory is a quietBroker that also keeps (an empty) history.
+type quietHistory struct{ quietBroker }
 
 func (quietHistory) Replay(context.Context, string, Position, int) ([]*message.Message, bool, error) {
 	return nil, true, nil
@@ -33,11 +33,11 @@ func (quietHistory) Replay(context.Context, string, Position, int) ([]*message.M
 func (quietHistory) Last(context.Context, string) (Position, error) { return Position{}, nil }
 
 // TestFeedKeepsNothingForClosedChannels: once the subscriptions of many channels are stopped,
-// the Feed holds no state for any of them, with or without the backend's history.
+// the Feed holds no state for any of them, with or without the broker's history.
 func TestFeedKeepsNothingForClosedChannels(t *testing.T) {
-	for name, backend := range map[string]Backend{"history": quietHistory{}, "no history": quietBackend{}} {
+	for name, broker := range map[string]Broker{"history": quietHistory{}, "no history": quietBroker{}} {
 		t.Run(name, func(t *testing.T) {
-			f := NewFeed(backend)
+			f := NewFeed(broker)
 			defer f.Close()
 			for i := range 1000 {
 				stop, err := f.Open(fmt.Sprintf("room:%d", i), nil)
@@ -60,7 +60,7 @@ func TestFeedKeepsNothingForClosedChannels(t *testing.T) {
 // after it was stopped and opened again (its counter freed meanwhile) a resume from the earlier
 // subscription's position is not complete, and one from the new subscription's is.
 func TestFeedReopenIsANewEpoch(t *testing.T) {
-	f := NewFeed(quietBackend{})
+	f := NewFeed(quietBroker{})
 	defer f.Close()
 	ctx := context.Background()
 	stop, err := f.Open("c", nil)
@@ -92,10 +92,10 @@ func TestFeedReopenIsANewEpoch(t *testing.T) {
 	}
 }
 
-// TestFeedForgetsLostSubscription: a subscription the backend ends by itself calls lost and
+// TestFeedForgetsLostSubscription: a subscription the broker ends by itself calls lost and
 // leaves nothing behind in the Feed.
 func TestFeedForgetsLostSubscription(t *testing.T) {
-	b := &endingBackend{ends: make(chan struct{})}
+	b := &endingBroker{ends: make(chan struct{})}
 	f := NewFeed(b)
 	defer f.Close()
 	lost := make(chan struct{})
@@ -115,13 +115,13 @@ func TestFeedForgetsLostSubscription(t *testing.T) {
 	}
 }
 
-// endingBackend's subscriptions end by themselves when ends closes.
-type endingBackend struct {
-	quietBackend
+// endingBroker's subscriptions end by themselves when ends closes.
+type endingBroker struct {
+	quietBroker
 	ends chan struct{}
 }
 
-func (b *endingBackend) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+func (b *endingBroker) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
 	out := make(chan *message.Message)
 	go func() {
 		select {

@@ -6,7 +6,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// Helpers for backends that implement Handoff.
+// Helpers for brokers that implement Handoff.
 
 // Outcome is how HandOver ended.
 type Outcome int
@@ -36,7 +36,7 @@ func HandOver(ctx context.Context, m *message.Message, deliver func(*message.Mes
 	}
 }
 
-// SubscribeChan implements Backend.Subscribe with h's SubscribeFunc: the messages come on an
+// SubscribeChan implements Broker.Subscribe with h's SubscribeFunc: the messages come on an
 // unbuffered channel that is closed when the subscription ends. It needs the contract HandOver
 // keeps: each message handed to deliver has the subscription's context, done once it ended.
 func SubscribeChan(ctx context.Context, h Handoff, topic string) (<-chan *message.Message, error) {

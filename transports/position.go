@@ -12,7 +12,7 @@ import (
 // ordered by (Hi, Lo); positions of different epochs are not comparable (the history was lost or
 // comes from another broker).
 //
-// Each backend fills it from what the broker assigns: the memory backend's counter (Lo), a
+// Each broker fills it from what the broker assigns: the memory broker's counter (Lo), a
 // JetStream stream sequence (Lo), a Redis stream entry id (Hi = milliseconds, Lo = sequence), a
 // Kafka partition offset (Epoch names the topic and partition, Lo = offset).
 type Position struct {

@@ -22,7 +22,7 @@ type Relay struct {
 	cancel  context.CancelFunc // ends the subscription
 	deliver func(*message.Message) bool
 	limit   int             // messages queued at most
-	wg      *sync.WaitGroup // the backend's, if any: counts the running drain too
+	wg      *sync.WaitGroup // the broker's, if any: counts the running drain too
 
 	mu      sync.Mutex
 	items   []*message.Message // oldest first

@@ -4,7 +4,7 @@ import (
 	"strings"
 )
 
-// Logical topics. A backend maps each to a broker name under its prefix (see SafeName).
+// Logical topics. A broker maps each to a broker name under its prefix (see SafeName).
 const (
 	// TopicInbound carries what clients publish and send, for services (competing consumers).
 	TopicInbound = "inbound"
@@ -27,7 +27,7 @@ const (
 	MetaMsgID    = "msg_id"    // idempotency key
 	MetaKind     = "kind"      // "publish", "send", "api", "service" (the Go SDK) or "event"
 	MetaTarget   = "target"    // on TopicDirect: "session" or "all"
-	MetaPosition = "position"  // set by backends with history on consumed channel messages
+	MetaPosition = "position"  // set by brokers with history on consumed channel messages
 	MetaSentAt   = "sent_at"   // unix nanoseconds when the gateway or SDK published it (latency metric)
 	MetaStoredAt = "stored_at" // unix milliseconds when the broker stored it, on replayed channel messages (history age)
 	MetaEncoding = "encoding"  // "base64" when the payload is not JSON (informational)

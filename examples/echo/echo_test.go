@@ -262,9 +262,9 @@ func TestEchoHealthEndpoint(t *testing.T) {
 	}
 }
 
-// pingSwitch is a backend whose broker can be made unreachable.
+// pingSwitch is a broker whose broker can be made unreachable.
 type pingSwitch struct {
-	transports.Backend
+	transports.Broker
 	down atomic.Bool
 }
 
@@ -272,7 +272,7 @@ func (p *pingSwitch) Ping(ctx context.Context) error {
 	if p.down.Load() {
 		return errors.New("broker down")
 	}
-	return p.Backend.Ping(ctx)
+	return p.Broker.Ping(ctx)
 }
 
 // TestHealthStates checks each answer of /healthz: starting, consuming, broker unreachable,
@@ -291,8 +291,8 @@ func TestHealthStates(t *testing.T) {
 
 	broker := memory.NewBroker(memory.Config{})
 	defer broker.Close()
-	b := &pingSwitch{Backend: broker.Node("health")}
-	svc, err := service.NewWithBackend(b, nil)
+	b := &pingSwitch{Broker: broker.Node("health")}
+	svc, err := service.NewWithBroker(b, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

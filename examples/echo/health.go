@@ -47,7 +47,7 @@ func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status, body = http.StatusServiceUnavailable, "not consuming\n"
 	default:
 		ctx, cancel := context.WithTimeout(r.Context(), pingTimeout)
-		err := svc.Backend().Ping(ctx)
+		err := svc.Broker().Ping(ctx)
 		cancel()
 		if err != nil {
 			status, body = http.StatusServiceUnavailable, "broker unreachable\n"

@@ -162,12 +162,12 @@ func runEmbedded(ctx context.Context, cfg *configs.Config, group string, log *sl
 	}
 	broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL, MaxBytes: cfg.History.MaxBytes})
 	defer broker.Close()
-	g, err := gateway.New(cfg, gateway.WithLogger(log), gateway.WithBackend(broker.Node(cfg.TopicPrefix)))
+	g, err := gateway.New(cfg, gateway.WithLogger(log), gateway.WithBroker(broker.Node(cfg.TopicPrefix)))
 	if err != nil {
 		fmt.Fprintln(stderr, "echo:", err)
 		return 2
 	}
-	svc, err := service.NewWithBackend(broker.Node(cfg.TopicPrefix), log, service.WithSigningKeys(cfg.Router.SigningKeys...))
+	svc, err := service.NewWithBroker(broker.Node(cfg.TopicPrefix), log, service.WithSigningKeys(cfg.Router.SigningKeys...))
 	if err != nil {
 		_ = g.Close()
 		fmt.Fprintln(stderr, "echo:", err)

@@ -22,7 +22,7 @@ func TestCustomMiddleware(t *testing.T) {
 	}
 	broker := memory.NewBroker(memory.Config{})
 	t.Cleanup(broker.Close)
-	g, err := New(cfg, gateway.WithBackend(broker.Node("ex")))
+	g, err := New(cfg, gateway.WithBroker(broker.Node("ex")))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ const (
 	apiKey = "faults-api-key-0123456789"
 )
 
-// broker is one backend under test: the GATEWAY_* settings of its nodes.
+// broker is one broker under test: the GATEWAY_* settings of its nodes.
 type broker struct {
 	name    string
 	history bool

@@ -14,7 +14,7 @@ var ErrTimeout = errors.New("handler timed out")
 
 // Timeout bounds one run of the rest of the chain (one attempt). The handler runs on the calling
 // goroutine with the message's context cancelled after d, so nothing of the attempt outlives
-// it; the handler must respect that context or bound its own broker calls (every backend bounds
+// it; the handler must respect that context or bound its own broker calls (every broker bounds
 // a publish by websocket.publish_timeout, the default of d). A handler that fails once the
 // context is done returns ErrTimeout (with the handler's error as text), which the outer Retry
 // retries; one that succeeded returns its result even when late, since its message was

@@ -32,7 +32,7 @@ var errStopping = errors.New("subscription stopping")
 // "<epoch>-<stream sequence>" (stable across nodes and redeliveries), or "" on core NATS. Channel
 // messages get MetaPosition from their stream sequence.
 type codec struct {
-	b    *Backend
+	b    *Broker
 	gate *gate // nil except for a subscription through the adapter
 }
 
@@ -122,7 +122,7 @@ func (c *codec) decode(hdr nats.Header, data []byte, stream string, seq uint64) 
 }
 
 // epochFor is the known epoch of a stream, asked from the broker when the node has none yet.
-func (b *Backend) epochFor(stream string) string {
+func (b *Broker) epochFor(stream string) string {
 	if e := b.cachedEpoch(stream); e != "" {
 		return e
 	}

@@ -29,7 +29,7 @@ func epochOf(stream string, created time.Time) string {
 
 // noteStream records what a stream info says; a changed creation time means the stream was
 // recreated, and the subscriptions on it are restarted (their consumers went with the old one).
-func (b *Backend) noteStream(info *jetstream.StreamInfo) string {
+func (b *Broker) noteStream(info *jetstream.StreamInfo) string {
 	if info == nil {
 		return ""
 	}
@@ -65,7 +65,7 @@ func retentionSpan(st jetstream.StreamState) time.Duration {
 
 // streamSpan is the retentionSpan of the stream's info the node fetched last (every
 // CheckInterval at least), and whether there is one.
-func (b *Backend) streamSpan(stream string) (time.Duration, bool) {
+func (b *Broker) streamSpan(stream string) (time.Duration, bool) {
 	b.lineMu.Lock()
 	defer b.lineMu.Unlock()
 	span, ok := b.spans[stream]
@@ -73,7 +73,7 @@ func (b *Backend) streamSpan(stream string) (time.Duration, bool) {
 }
 
 // cachedEpoch is the last known epoch of a stream, "" when none is known yet.
-func (b *Backend) cachedEpoch(stream string) string {
+func (b *Broker) cachedEpoch(stream string) string {
 	b.lineMu.Lock()
 	defer b.lineMu.Unlock()
 	return b.epochs[stream].epoch
@@ -81,7 +81,7 @@ func (b *Backend) cachedEpoch(stream string) string {
 
 // lineageChanged returns a channel that is closed when stream is found recreated; nil (never
 // closed) for "" (core NATS).
-func (b *Backend) lineageChanged(stream string) <-chan struct{} {
+func (b *Broker) lineageChanged(stream string) <-chan struct{} {
 	if stream == "" {
 		return nil
 	}
@@ -96,7 +96,7 @@ func (b *Backend) lineageChanged(stream string) <-chan struct{} {
 }
 
 // streamInfo fetches a stream's info and notes its lineage.
-func (b *Backend) streamInfo(ctx context.Context, stream string) (*jetstream.StreamInfo, string, error) {
+func (b *Broker) streamInfo(ctx context.Context, stream string) (*jetstream.StreamInfo, string, error) {
 	s, err := b.js.Stream(ctx, stream)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -109,7 +109,7 @@ func (b *Backend) streamInfo(ctx context.Context, stream string) (*jetstream.Str
 	return info, b.noteStream(info), nil
 }
 
-func (b *Backend) historyTopic(topic string) (subject string, err error) {
+func (b *Broker) historyTopic(topic string) (subject string, err error) {
 	if b.closed() {
 		return "", transports.ErrClosed
 	}
@@ -123,7 +123,7 @@ func (b *Backend) historyTopic(topic string) (subject string, err error) {
 // Last implements transports.History: the stream sequence of the newest message of the channel,
 // or, when it has none, the stream's last sequence (any point of the stream is a valid start,
 // since Replay reads only the channel's subject).
-func (b *Backend) Last(ctx context.Context, topic string) (transports.Position, error) {
+func (b *Broker) Last(ctx context.Context, topic string) (transports.Position, error) {
 	subject, err := b.historyTopic(topic)
 	if err != nil {
 		return transports.Position{}, err
@@ -157,7 +157,7 @@ const replayChunk = 256
 //
 // Trimming is per stream, not per channel: a position older than the stream's first kept message
 // gives complete=false even when none of this channel's messages were dropped.
-func (b *Backend) Replay(ctx context.Context, topic string, since transports.Position, limit int) ([]*message.Message, bool, error) {
+func (b *Broker) Replay(ctx context.Context, topic string, since transports.Position, limit int) ([]*message.Message, bool, error) {
 	subject, err := b.historyTopic(topic)
 	if err != nil {
 		return nil, false, err
@@ -229,6 +229,6 @@ func (b *Backend) Replay(ctx context.Context, topic string, since transports.Pos
 }
 
 // reaches reports whether the stream (of epoch) still holds everything after since.
-func (b *Backend) reaches(info *jetstream.StreamInfo, epoch string, since transports.Position) bool {
+func (b *Broker) reaches(info *jetstream.StreamInfo, epoch string, since transports.Position) bool {
 	return since.Epoch == epoch && since.Hi == 0 && since.Lo+1 >= info.State.FirstSeq
 }

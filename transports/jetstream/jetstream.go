@@ -9,7 +9,7 @@
 //	subject P.ch.SafeName(channel)                             one channel topic
 //
 // Publishing goes through watermill-nats (pkg/nats, JetStream on, auto-provisioning off: the
-// streams are created by the backend, and every publish carries Nats-Msg-Id = the message UUID so
+// streams are created by the broker, and every publish carries Nats-Msg-Id = the message UUID so
 // the stream drops a retried duplicate). A node reads a channel's subject only while it has a local
 // subscriber, through an ordered consumer filtered on that subject; services compete through a
 // durable consumer per group. docs/brokers/jetstream.md describes the names, the encoding, the cost
@@ -52,7 +52,7 @@ const (
 	DefaultCheckInterval    = 30 * time.Second
 )
 
-// Config of the jetstream backend. The zero value of every field means its default.
+// Config of the jetstream broker. The zero value of every field means its default.
 type Config struct {
 	URL    string // nats.url: comma-separated server URLs; default DefaultURL
 	Prefix string // topic_prefix: first token of every subject and stream name; default "ws"
@@ -84,7 +84,7 @@ type Config struct {
 	// them); they are also checked on every reconnect.
 	CheckInterval time.Duration
 
-	// Options are extra nats.go options (credentials, TLS), applied after the backend's own.
+	// Options are extra nats.go options (credentials, TLS), applied after the broker's own.
 	Options []nats.Option
 }
 
@@ -148,8 +148,8 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Backend is one node's connection to NATS JetStream. Safe for concurrent use.
-type Backend struct {
+// Broker is one node's connection to NATS JetStream. Safe for concurrent use.
+type Broker struct {
 	cfg    Config
 	log    *slog.Logger
 	nc     *nats.Conn
@@ -178,19 +178,19 @@ type Backend struct {
 }
 
 var (
-	_ transports.Backend = (*Backend)(nil)
-	_ transports.History = (*Backend)(nil)
+	_ transports.Broker = (*Broker)(nil)
+	_ transports.History = (*Broker)(nil)
 )
 
 // New connects to NATS and provisions the streams. The broker may be down: New still returns a
-// Backend that reconnects by itself (with backoff), reports ErrUnavailable from Ping and Publish
+// Broker that reconnects by itself (with backoff), reports ErrUnavailable from Ping and Publish
 // meanwhile, and creates the streams once it is connected. A nil logger discards.
-func New(cfg Config, logger *slog.Logger) (*Backend, error) {
+func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b := newBackend(cfg, logger)
+	b := newBroker(cfg, logger)
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		nats.RetryOnFailedConnect(true),
@@ -220,16 +220,16 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 	return b, nil
 }
 
-// NewWithConn uses an existing connection, which the Backend does not close. The connection
+// NewWithConn uses an existing connection, which the Broker does not close. The connection
 // should have been made with nats.ReconnectBufSize(-1), or a publish during an outage waits
 // PublishTimeout before it fails. Reconnects are noticed through the connection's reconnect
 // handler (chained with the one already set).
-func NewWithConn(nc *nats.Conn, cfg Config, logger *slog.Logger) (*Backend, error) {
+func NewWithConn(nc *nats.Conn, cfg Config, logger *slog.Logger) (*Broker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b := newBackend(cfg, logger)
+	b := newBroker(cfg, logger)
 	prev := nc.Opts.ReconnectedCB
 	nc.SetReconnectHandler(func(c *nats.Conn) {
 		if prev != nil {
@@ -245,12 +245,12 @@ func NewWithConn(nc *nats.Conn, cfg Config, logger *slog.Logger) (*Backend, erro
 	return b, nil
 }
 
-func newBackend(cfg Config, logger *slog.Logger) *Backend {
+func newBroker(cfg Config, logger *slog.Logger) *Broker {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &Backend{
+	b := &Broker{
 		cfg:      cfg,
 		log:      logger,
 		wmLog:    watermill.NewSlogLogger(logger),
@@ -267,7 +267,7 @@ func newBackend(cfg Config, logger *slog.Logger) *Backend {
 	return b
 }
 
-func (b *Backend) start(nc *nats.Conn, owns bool) error {
+func (b *Broker) start(nc *nats.Conn, owns bool) error {
 	b.nc, b.ownsNC = nc, owns
 	var err error
 	if b.js, err = jetstream.New(nc, jetstream.WithDefaultTimeout(b.cfg.PublishTimeout)); err != nil {
@@ -304,7 +304,7 @@ func (b *Backend) start(nc *nats.Conn, owns bool) error {
 }
 
 // reconnectDelay doubles from ReconnectWait to MaxReconnectWait, with ±20% jitter.
-func (b *Backend) reconnectDelay(attempts int) time.Duration {
+func (b *Broker) reconnectDelay(attempts int) time.Duration {
 	d := b.cfg.ReconnectWait
 	for i := 1; i < attempts && d < b.cfg.MaxReconnectWait; i++ {
 		d *= 2
@@ -314,7 +314,7 @@ func (b *Backend) reconnectDelay(attempts int) time.Duration {
 }
 
 // onConnect runs on nats.go's callback goroutine, possibly before New has set b.nc.
-func (b *Backend) onConnect(nc *nats.Conn, what string) {
+func (b *Broker) onConnect(nc *nats.Conn, what string) {
 	if b.ctx.Err() != nil {
 		return
 	}
@@ -322,7 +322,7 @@ func (b *Backend) onConnect(nc *nats.Conn, what string) {
 	b.signal()
 }
 
-func (b *Backend) signal() {
+func (b *Broker) signal() {
 	select {
 	case b.kick <- struct{}{}:
 	default:
@@ -332,7 +332,7 @@ func (b *Backend) signal() {
 // keep provisions (creates or updates) the streams when the connection comes (back) or a publish
 // found a stream missing, and checks them every CheckInterval, so a stream deleted or lost by the
 // broker is recreated and a recreated stream is noticed.
-func (b *Backend) keep() {
+func (b *Broker) keep() {
 	defer b.wg.Done()
 	failures := 0
 	for {
@@ -378,7 +378,7 @@ func (b *Backend) keep() {
 }
 
 // streamConfigs are the two streams of the prefix.
-func (b *Backend) streamConfigs() []jetstream.StreamConfig {
+func (b *Broker) streamConfigs() []jetstream.StreamConfig {
 	base := jetstream.StreamConfig{
 		Retention:  jetstream.LimitsPolicy,
 		Discard:    jetstream.DiscardOld,
@@ -404,7 +404,7 @@ func (b *Backend) streamConfigs() []jetstream.StreamConfig {
 // but cannot be updated to our settings is used as it is, with a warning. Creating a stream that
 // exists with the same settings changes nothing on the server; an update always rewrites the
 // stream's configuration (and, in nats-server 2.15, races with consumers being created).
-func (b *Backend) ensureStreams(ctx context.Context) error {
+func (b *Broker) ensureStreams(ctx context.Context) error {
 	for _, sc := range b.streamConfigs() {
 		s, err := b.js.CreateStream(ctx, sc)
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
@@ -432,7 +432,7 @@ func (b *Backend) ensureStreams(ctx context.Context) error {
 
 // checkStreams is the periodic check: a stream info each (no update, which in a cluster goes
 // through the meta group); a missing stream is created again.
-func (b *Backend) checkStreams(ctx context.Context) error {
+func (b *Broker) checkStreams(ctx context.Context) error {
 	for _, name := range []string{b.channels, b.inbound} {
 		s, err := b.js.Stream(ctx, name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -449,12 +449,12 @@ func (b *Backend) checkStreams(ctx context.Context) error {
 
 // Subjects of the logical topics.
 
-func (b *Backend) subjectInbound() string { return b.cfg.Prefix + "." + transports.TopicInbound }
-func (b *Backend) subjectEvents() string  { return b.cfg.Prefix + "." + transports.TopicEvents }
-func (b *Backend) subjectDirect() string  { return b.cfg.Prefix + "." + transports.TopicDirect }
+func (b *Broker) subjectInbound() string { return b.cfg.Prefix + "." + transports.TopicInbound }
+func (b *Broker) subjectEvents() string  { return b.cfg.Prefix + "." + transports.TopicEvents }
+func (b *Broker) subjectDirect() string  { return b.cfg.Prefix + "." + transports.TopicDirect }
 
 // route maps a logical topic to its subject and to the stream that keeps it ("" for core NATS).
-func (b *Backend) route(topic string) (subject, stream string, err error) {
+func (b *Broker) route(topic string) (subject, stream string, err error) {
 	if ch, ok := transports.ChannelOf(topic); ok {
 		return b.cfg.Prefix + ".ch." + transports.SafeName(ch), b.channels, nil
 	}
@@ -469,7 +469,7 @@ func (b *Backend) route(topic string) (subject, stream string, err error) {
 	return "", "", fmt.Errorf("jetstream: unknown topic %q", topic)
 }
 
-func (b *Backend) closed() bool { return b.ctx.Err() != nil }
+func (b *Broker) closed() bool { return b.ctx.Err() != nil }
 
 // unavailable wraps err in transports.ErrUnavailable unless the broker answered it (an API error
 // such as a rejected message is not an outage).
@@ -482,7 +482,7 @@ func unavailable(what string, err error) error {
 	return fmt.Errorf("jetstream: %s: %w: %w", what, transports.ErrUnavailable, err)
 }
 
-func (b *Backend) checkUp() error {
+func (b *Broker) checkUp() error {
 	if b.closed() {
 		return transports.ErrClosed
 	}
@@ -492,10 +492,10 @@ func (b *Backend) checkUp() error {
 	return nil
 }
 
-// Publish implements transports.Backend: on a stream it returns after the PubAck of every
+// Publish implements transports.Broker: on a stream it returns after the PubAck of every
 // message (at most PublishTimeout each); on TopicDirect after a round trip proving the server
 // has the messages.
-func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
+func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	if err := b.checkUp(); err != nil {
 		return err
 	}
@@ -525,8 +525,8 @@ func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
 	return nil
 }
 
-// Ping implements transports.Backend: connected, streams provisioned, and a round trip.
-func (b *Backend) Ping(ctx context.Context) error {
+// Ping implements transports.Broker: connected, streams provisioned, and a round trip.
+func (b *Broker) Ping(ctx context.Context) error {
 	if err := b.checkUp(); err != nil {
 		return err
 	}
@@ -543,9 +543,9 @@ func (b *Backend) Ping(ctx context.Context) error {
 }
 
 // Close ends every subscription (deleting their consumers when the broker is reachable) and
-// closes the connection when the Backend made it. Bounded by about PublishTimeout; safe to call
+// closes the connection when the Broker made it. Bounded by about PublishTimeout; safe to call
 // twice.
-func (b *Backend) Close() error {
+func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.subMu.Lock()
 		b.cancel()

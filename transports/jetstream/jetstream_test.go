@@ -119,7 +119,7 @@ func testConfig(url, prefix string) Config {
 	}
 }
 
-func newNode(t *testing.T, cfg Config) *Backend {
+func newNode(t *testing.T, cfg Config) *Broker {
 	t.Helper()
 	b, err := New(cfg, testLogger(t))
 	if err != nil {
@@ -148,7 +148,7 @@ func dropStreams(t *testing.T, url, prefix string) {
 
 func suiteNodes(url string) transporttest.NewNode {
 	var seen sync.Map
-	return func(t *testing.T, prefix string) transports.Backend {
+	return func(t *testing.T, prefix string) transports.Broker {
 		if _, dup := seen.LoadOrStore(prefix, true); !dup {
 			dropStreams(t, url, prefix)
 		}
@@ -201,7 +201,7 @@ func position(t *testing.T, m *message.Message) transports.Position {
 	return p
 }
 
-func publishN(t *testing.T, b *Backend, topic, prefix string, n int) {
+func publishN(t *testing.T, b *Broker, topic, prefix string, n int) {
 	t.Helper()
 	for i := 0; i < n; i++ {
 		if err := b.Publish(topic, transporttest.NewMessage(fmt.Sprintf("%s%d", prefix, i))); err != nil {
@@ -615,7 +615,7 @@ func TestConfig(t *testing.T) {
 	}
 }
 
-// TestCloseStopsEverything: after Close no goroutine of the backend (nor of its connection, nor
+// TestCloseStopsEverything: after Close no goroutine of the broker (nor of its connection, nor
 // the server's side of it) is left.
 func TestCloseStopsEverything(t *testing.T) {
 	br := startBroker(t)
@@ -786,6 +786,6 @@ func TestNewWithConn(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !nc.IsConnected() {
-		t.Fatal("Close closed a connection the backend does not own")
+		t.Fatal("Close closed a connection the broker does not own")
 	}
 }

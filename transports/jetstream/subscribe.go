@@ -16,22 +16,22 @@ import (
 	"github.com/wsgateway/gateway/transports"
 )
 
-// Subscribe implements transports.Backend.
+// Subscribe implements transports.Broker.
 //
 // On a stream (channel topics, TopicInbound, TopicEvents) it creates, before returning, an
 // ordered consumer filtered on the topic's subject that starts after the stream's last message;
 // it is deleted when ctx ends and expires by itself (InactiveThreshold) if the node dies. On
 // TopicDirect it is a core NATS subscription, flushed before returning.
-func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	return b.subscribe(ctx, topic, "")
 }
 
-// SubscribeGroup implements transports.Backend. On a stream, members of a group share a durable
+// SubscribeGroup implements transports.Broker. On a stream, members of a group share a durable
 // push consumer named SafeName(group)__SafeName(topic) with a deliver group: it starts with the
 // messages published after it was first created and keeps its place while no member is
 // subscribed, until the stream drops the messages. It is never deleted by the gateway. On
 // TopicDirect it is a core NATS queue group (nothing is kept).
-func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
 	if group == "" {
 		return nil, errors.New("jetstream: empty group")
 	}
@@ -41,7 +41,7 @@ func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-ch
 // sub is one Subscribe or SubscribeGroup call. It hands out what an upstream (the broker-side
 // subscription) delivers, and replaces the upstream when the stream it reads is recreated.
 type sub struct {
-	b                      *Backend
+	b                      *Broker
 	topic, subject, stream string
 	group                  string
 	ctx                    context.Context // the caller's, also cancelled by Close
@@ -57,7 +57,7 @@ type upstream interface {
 	lost() <-chan struct{}
 }
 
-func (b *Backend) subscribe(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+func (b *Broker) subscribe(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
 	if b.closed() {
 		return nil, transports.ErrClosed
 	}
@@ -200,7 +200,7 @@ type orderedUp struct {
 const overtakeMargin = time.Second
 
 // consumerTimes are the pull expiry and inactive threshold of ordered consumers.
-func (b *Backend) consumerTimes() (expiry, inactive time.Duration) {
+func (b *Broker) consumerTimes() (expiry, inactive time.Duration) {
 	expiry = max(30*time.Second, 3*b.cfg.Heartbeat)
 	return expiry, 2 * expiry
 }

@@ -15,11 +15,11 @@ import (
 func BenchmarkChannelDelivery(b *testing.B) {
 	cl := newCluster(b)
 	prefix := transporttest.Prefix(b)
-	pub := newBackend(b, Config{Brokers: cl.addrs(), Prefix: prefix})
+	pub := newBroker(b, Config{Brokers: cl.addrs(), Prefix: prefix})
 	topic := transports.ChannelTopic("bench")
 	var chans []<-chan *message.Message
 	for range 3 {
-		n := newBackend(b, Config{Brokers: cl.addrs(), Prefix: prefix})
+		n := newBroker(b, Config{Brokers: cl.addrs(), Prefix: prefix})
 		ch, err := n.Subscribe(b.Context(), topic)
 		if err != nil {
 			b.Fatal(err)
@@ -54,7 +54,7 @@ func BenchmarkChannelDelivery(b *testing.B) {
 // what every resume on Kafka costs the node, b.N times.
 func BenchmarkReplay(b *testing.B) {
 	cl := newCluster(b)
-	n := newBackend(b, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(b)})
+	n := newBroker(b, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(b)})
 	topic := transports.ChannelTopic("bench")
 	since, err := n.Last(b.Context(), topic)
 	if err != nil {

@@ -75,7 +75,7 @@ func TestPartitionerMatchesSaramaAndLibrdkafka(t *testing.T) {
 func TestCLIRecord(t *testing.T) {
 	cl := newCluster(t)
 	prefix := transporttest.Prefix(t)
-	b := newBackend(t, Config{Brokers: cl.addrs(), Prefix: prefix})
+	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: prefix})
 	client, err := kgo.NewClient(kgo.SeedBrokers(cl.addrs()...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +113,7 @@ func TestCLIRecord(t *testing.T) {
 	}
 }
 
-func checkCLIMessage(t *testing.T, b *Backend, m *message.Message, channel, payload string, partition int32, offset int64) {
+func checkCLIMessage(t *testing.T, b *Broker, m *message.Message, channel, payload string, partition int32, offset int64) {
 	t.Helper()
 	if string(m.Payload) != payload || m.Metadata.Get(transports.MetaChannel) != channel {
 		t.Fatalf("got payload %q channel %q", m.Payload, m.Metadata.Get(transports.MetaChannel))
@@ -143,7 +143,7 @@ func TestKcat(t *testing.T) {
 		t.Skip("kcat is not installed")
 	}
 	cl := newCluster(t)
-	b := newBackend(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t)})
+	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t)})
 	for _, channel := range []string{"news", transports.UserChannel("alice")} {
 		topic := transports.ChannelTopic(channel)
 		before, err := b.Last(t.Context(), topic)
@@ -163,7 +163,7 @@ func TestKcat(t *testing.T) {
 	}
 }
 
-func subscribe(t *testing.T, b *Backend, topic string) <-chan *message.Message {
+func subscribe(t *testing.T, b *Broker, topic string) <-chan *message.Message {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

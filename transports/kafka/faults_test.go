@@ -63,7 +63,7 @@ func freePort(t *testing.T) int {
 func TestBrokerDownAtStart(t *testing.T) {
 	port := freePort(t)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	b := newBackend(t, Config{Brokers: []string{addr}, Prefix: transporttest.Prefix(t),
+	b := newBroker(t, Config{Brokers: []string{addr}, Prefix: transporttest.Prefix(t),
 		DialTimeout: 500 * time.Millisecond, PublishTimeout: time.Second, OperationTimeout: 2 * time.Second})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 	defer cancel()
@@ -118,7 +118,7 @@ func samePartition(n, partitions int) []string {
 // and another channel of the same partition keeps receiving.
 func TestSlowSubscription(t *testing.T) {
 	cl := newCluster(t)
-	b := newBackend(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t), SubscriptionBuffer: 5})
+	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t), SubscriptionBuffer: 5})
 	names := samePartition(2, DefaultPartitions)
 	slow := subscribe(t, b, transports.ChannelTopic(names[0]))
 	fast := subscribe(t, b, transports.ChannelTopic(names[1]))
@@ -173,7 +173,7 @@ func TestGroupBackoff(t *testing.T) {
 		resp.ErrorCode = kerr.GroupAuthorizationFailed.Code
 		return resp, nil, true
 	})
-	b := newBackend(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t), OperationTimeout: 3 * time.Second})
+	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t), OperationTimeout: 3 * time.Second})
 	ch, err := b.SubscribeGroup(t.Context(), transports.TopicInbound, "svc")
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +195,7 @@ func TestGroupBackoff(t *testing.T) {
 // nothing: the subscription goes on where it was and positions stay valid.
 func TestRestartKeepsHistory(t *testing.T) {
 	cl := newCluster(t, kfake.DataDir(t.TempDir()))
-	b := newBackend(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t)})
+	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t)})
 	topic := transports.ChannelTopic("r")
 	ch := subscribe(t, b, topic)
 	publish := func(p string) {
@@ -229,7 +229,7 @@ func TestRestartKeepsHistory(t *testing.T) {
 // TestHistoryLost: records deleted by retention, and a re-created topic, give complete=false.
 func TestHistoryLost(t *testing.T) {
 	cl := newCluster(t)
-	b := newBackend(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t)})
+	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t)})
 	topic := transports.ChannelTopic("t")
 	ch := subscribe(t, b, topic)
 	for i := range 5 {
@@ -282,7 +282,7 @@ func TestHistoryLost(t *testing.T) {
 // partition deliver what they hold, then close, rather than go on past the gap.
 func TestReaderOvertaken(t *testing.T) {
 	cl := newCluster(t)
-	b := newBackend(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t),
+	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t),
 		SubscriptionBuffer: 5, SlowTimeout: time.Minute})
 	topic := transports.ChannelTopic("t")
 	ch := subscribe(t, b, topic)
@@ -313,7 +313,7 @@ func TestReaderOvertaken(t *testing.T) {
 	}
 }
 
-// TestCloseStopsGoroutines: after Close nothing the backend started keeps running.
+// TestCloseStopsGoroutines: after Close nothing the broker started keeps running.
 func TestCloseStopsGoroutines(t *testing.T) {
 	cl := newCluster(t)
 	exercise := func() {

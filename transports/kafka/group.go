@@ -13,7 +13,7 @@ import (
 	"github.com/wsgateway/gateway/transports"
 )
 
-// SubscribeGroup implements transports.Backend with the Kafka consumer group
+// SubscribeGroup implements transports.Broker with the Kafka consumer group
 // <prefix>.<group>: competing consumers, committed offsets, and a new group starts at the oldest
 // retained record so messages published before its first member joined are delivered. It
 // returns once this member has its assignment (or after OperationTimeout; consumption goes on).
@@ -21,7 +21,7 @@ import (
 // It drives sarama's ConsumerGroup itself rather than through watermill-kafka's Subscriber,
 // whose reconnect loop runs again at once when Consume fails (a tight loop of new clients, see
 // LIBRARY-NOTES) and which does not tell when the assignment is done.
-func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
 	kt, _, err := b.kafkaTopic(topic)
 	if err != nil {
 		return nil, err
@@ -65,7 +65,7 @@ func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-ch
 
 // groupHandler is one SubscribeGroup: a sarama.ConsumerGroupHandler feeding one channel.
 type groupHandler struct {
-	b        *Backend
+	b        *Broker
 	ctx      context.Context
 	out      chan *message.Message
 	assigned chan struct{}
@@ -75,7 +75,7 @@ type groupHandler struct {
 }
 
 // run calls Consume again after each rebalance, with backoff when a call failed or ended
-// without reaching a session (no tight reconnect loop), until ctx ends or the backend closes.
+// without reaching a session (no tight reconnect loop), until ctx ends or the broker closes.
 func (h *groupHandler) run(cg sarama.ConsumerGroup, topic, name string) {
 	ctx, cancel := context.WithCancel(h.ctx)
 	var wg sync.WaitGroup

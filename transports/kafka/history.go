@@ -46,14 +46,14 @@ func epochOf(topic string, partition int32, id string) string {
 	return e
 }
 
-func (b *Backend) topicID(topic string) string {
+func (b *Broker) topicID(topic string) string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.topicIDs[topic]
 }
 
 // refreshTopicID asks the cluster for the id of topic (one metadata round trip) and remembers it.
-func (b *Backend) refreshTopicID(c *conn, topic string) (string, error) {
+func (b *Broker) refreshTopicID(c *conn, topic string) (string, error) {
 	ids, err := b.refreshTopicIDs(c, topic)
 	if err != nil {
 		return "", err
@@ -63,7 +63,7 @@ func (b *Backend) refreshTopicID(c *conn, topic string) (string, error) {
 
 // refreshTopicIDs asks the cluster for the ids of topics in one metadata round trip, remembers
 // them and tells the readers of topics whose id changed (the topic was re-created).
-func (b *Backend) refreshTopicIDs(c *conn, topics ...string) (map[string]string, error) {
+func (b *Broker) refreshTopicIDs(c *conn, topics ...string) (map[string]string, error) {
 	md, err := c.admin.DescribeTopics(topics)
 	if err != nil {
 		return nil, err
@@ -106,7 +106,7 @@ func (b *Backend) refreshTopicIDs(c *conn, topics ...string) (map[string]string,
 }
 
 // locate returns the partition of channel and the current epoch of that partition.
-func (b *Backend) locate(c *conn, channel string) (int32, string, error) {
+func (b *Broker) locate(c *conn, channel string) (int32, string, error) {
 	kt := b.names.channels
 	id, err := b.refreshTopicID(c, kt)
 	if err != nil {
@@ -126,7 +126,7 @@ func (b *Backend) locate(c *conn, channel string) (int32, string, error) {
 // Last implements transports.History: the high watermark of the channel's partition (a metadata
 // and a list-offsets round trip). It may be the position of a message of another channel of the
 // same partition; Replay from it returns what comes next all the same.
-func (b *Backend) Last(ctx context.Context, topic string) (transports.Position, error) {
+func (b *Broker) Last(ctx context.Context, topic string) (transports.Position, error) {
 	channel, ok := transports.ChannelOf(topic)
 	if !ok {
 		return transports.Position{}, fmt.Errorf("kafka: %q is not a channel topic", topic)
@@ -149,7 +149,7 @@ func (b *Backend) Last(ctx context.Context, topic string) (transports.Position, 
 // Replay implements transports.History. It reads the channel's partition from since up to its
 // high watermark as of the call and keeps the records of this channel: the cost is the traffic
 // of the whole partition since that position, bounded by OperationTimeout.
-func (b *Backend) Replay(ctx context.Context, topic string, since transports.Position, limit int) ([]*message.Message, bool, error) {
+func (b *Broker) Replay(ctx context.Context, topic string, since transports.Position, limit int) ([]*message.Message, bool, error) {
 	channel, ok := transports.ChannelOf(topic)
 	if !ok {
 		return nil, false, fmt.Errorf("kafka: %q is not a channel topic", topic)
@@ -181,7 +181,7 @@ func (b *Backend) Replay(ctx context.Context, topic string, since transports.Pos
 // high watermark of the first answer, and keeps the records of channel. A partition consumer
 // would cost a list-offsets round trip and sarama's 100 ms wait for more subscriptions before its
 // first fetch (partitionConsumersBatchTimeout), on every resume.
-func (b *Backend) fetchReplay(ctx context.Context, c *conn, p int32, since int64, channel, epoch string, limit int, version int16) ([]*message.Message, bool, error) {
+func (b *Broker) fetchReplay(ctx context.Context, c *conn, p int32, since int64, channel, epoch string, limit int, version int16) ([]*message.Message, bool, error) {
 	topic := b.names.channels
 	broker, err := c.client.Leader(topic, p)
 	if err != nil {

@@ -51,15 +51,15 @@ const (
 // the same ids.
 const lineageInterval = 5 * time.Second
 
-// Config configures the Kafka backend. Zero values take the defaults above.
+// Config configures the Kafka broker. Zero values take the defaults above.
 type Config struct {
 	Brokers []string // bootstrap addresses, host:port (kafka.brokers)
 	Prefix  string   // GATEWAY_TOPIC_PREFIX; every topic and group is named under it
 
 	Partitions        int           // partitions of <prefix>.channels (kafka.partitions)
 	ServicePartitions int           // partitions of <prefix>.inbound and <prefix>.events
-	Retention         time.Duration // retention.ms of the topics the backend creates (kafka.retention)
-	ReplicationFactor int           // of the topics the backend creates (kafka.replication_factor)
+	Retention         time.Duration // retention.ms of the topics the broker creates (kafka.retention)
+	ReplicationFactor int           // of the topics the broker creates (kafka.replication_factor)
 
 	KafkaVersion string // protocol version sarama speaks, e.g. "3.6.0", 0.11.0 or later; empty: sarama's default (2.8.0)
 	ClientID     string
@@ -182,8 +182,8 @@ func newNames(prefix string) names {
 	return names{prefix: p, channels: p + ".channels", direct: p + ".direct", inbound: p + ".inbound", events: p + ".events"}
 }
 
-// Backend is one node's connection to a Kafka cluster. Safe for concurrent use.
-type Backend struct {
+// Broker is one node's connection to a Kafka cluster. Safe for concurrent use.
+type Broker struct {
 	cfg     Config
 	log     *slog.Logger
 	wlog    watermill.LoggerAdapter
@@ -192,7 +192,7 @@ type Backend struct {
 
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
-	wg        sync.WaitGroup // every goroutine the backend started
+	wg        sync.WaitGroup // every goroutine the broker started
 
 	mu       sync.Mutex // guards the fields below and wg.Add against Close
 	closed   bool
@@ -223,14 +223,14 @@ type conn struct {
 }
 
 var (
-	_ transports.Backend = (*Backend)(nil)
-	_ transports.History = (*Backend)(nil)
+	_ transports.Broker = (*Broker)(nil)
+	_ transports.History = (*Broker)(nil)
 )
 
-// New returns a backend for cfg. It does not fail when the brokers are unreachable: it keeps
+// New returns a broker for cfg. It does not fail when the brokers are unreachable: it keeps
 // connecting in the background with backoff, Ping reports the failure, and Publish and
 // Subscribe fail with ErrUnavailable until the connection is made.
-func New(cfg Config, logger *slog.Logger) (*Backend, error) {
+func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -242,7 +242,7 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 	if cfg.KafkaVersion != "" {
 		version, _ = sarama.ParseKafkaVersion(cfg.KafkaVersion)
 	}
-	b := &Backend{
+	b := &Broker{
 		cfg:      cfg,
 		log:      logger.With("broker", "kafka"),
 		wlog:     watermill.NewSlogLogger(logger),
@@ -258,8 +258,8 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 	return b, nil
 }
 
-// goTrack runs fn in a goroutine that Close waits for; false when the backend is closed.
-func (b *Backend) goTrack(fn func()) bool {
+// goTrack runs fn in a goroutine that Close waits for; false when the broker is closed.
+func (b *Broker) goTrack(fn func()) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -273,7 +273,7 @@ func (b *Backend) goTrack(fn func()) bool {
 	return true
 }
 
-func (b *Backend) isClosed() bool {
+func (b *Broker) isClosed() bool {
 	select {
 	case <-b.done:
 		return true
@@ -283,7 +283,7 @@ func (b *Backend) isClosed() bool {
 }
 
 // saramaConfig is the base sarama configuration, tuned for low latency and bounded failures.
-func (b *Backend) saramaConfig() *sarama.Config {
+func (b *Broker) saramaConfig() *sarama.Config {
 	c := sarama.NewConfig()
 	c.ClientID = b.cfg.ClientID
 	c.Version = b.version
@@ -316,7 +316,7 @@ func (b *Backend) saramaConfig() *sarama.Config {
 }
 
 // connectLoop connects with backoff until it succeeds, then re-creates missing topics when asked.
-func (b *Backend) connectLoop() {
+func (b *Broker) connectLoop() {
 	var firstOnce sync.Once
 	bo := backoff{min: 200 * time.Millisecond, max: 10 * time.Second}
 	attempt := 0
@@ -379,7 +379,7 @@ func (b *Backend) connectLoop() {
 }
 
 // connect makes the shared client, the topics and the publisher.
-func (b *Backend) connect() (*conn, error) {
+func (b *Broker) connect() (*conn, error) {
 	cfg := b.saramaConfig()
 	cfg.Consumer.MaxWaitTime = 10 * time.Millisecond // Replay reads what exists: no long poll
 	client, err := sarama.NewClient(b.cfg.Brokers, cfg)
@@ -428,7 +428,7 @@ func (c *conn) close() {
 
 // ensureTopics creates the four topics when missing, with the configured partitions and
 // retention; existing topics are kept as they are.
-func (b *Backend) ensureTopics(admin sarama.ClusterAdmin) error {
+func (b *Broker) ensureTopics(admin sarama.ClusterAdmin) error {
 	retention := fmt.Sprint(b.cfg.Retention.Milliseconds())
 	for _, t := range []struct {
 		name       string
@@ -456,21 +456,21 @@ func (b *Backend) ensureTopics(admin sarama.ClusterAdmin) error {
 }
 
 // kickTopics asks the connection loop to check the topics.
-func (b *Backend) kickTopics() {
+func (b *Broker) kickTopics() {
 	select {
 	case b.kick <- struct{}{}:
 	default:
 	}
 }
 
-func (b *Backend) current() *conn {
+func (b *Broker) current() *conn {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.conn
 }
 
 // ready returns the connection, waiting at most wait for the first connection attempt.
-func (b *Backend) ready(ctx context.Context, wait time.Duration) (*conn, error) {
+func (b *Broker) ready(ctx context.Context, wait time.Duration) (*conn, error) {
 	if b.isClosed() {
 		return nil, transports.ErrClosed
 	}
@@ -498,7 +498,7 @@ func (b *Backend) ready(ctx context.Context, wait time.Duration) (*conn, error) 
 }
 
 // kafkaTopic maps a logical topic to its Kafka topic and, for channel topics, the channel.
-func (b *Backend) kafkaTopic(topic string) (name, channel string, err error) {
+func (b *Broker) kafkaTopic(topic string) (name, channel string, err error) {
 	if ch, ok := transports.ChannelOf(topic); ok {
 		return b.names.channels, ch, nil
 	}
@@ -513,9 +513,9 @@ func (b *Backend) kafkaTopic(topic string) (name, channel string, err error) {
 	return "", "", fmt.Errorf("kafka: unknown topic %q", topic)
 }
 
-// Publish implements transports.Backend: one produce round trip per message (acks from all
+// Publish implements transports.Broker: one produce round trip per message (acks from all
 // in-sync replicas), failing with ErrUnavailable after at most PublishTimeout.
-func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
+func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	kt, channel, err := b.kafkaTopic(topic)
 	if err != nil {
 		return err
@@ -565,11 +565,11 @@ func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
 	return fmt.Errorf("%w: kafka publish to %s: %w", transports.ErrUnavailable, kt, err)
 }
 
-// Subscribe implements transports.Backend. Channel topics are read by the node's one reader of
+// Subscribe implements transports.Broker. Channel topics are read by the node's one reader of
 // <prefix>.channels and handed out by channel; the other topics each have one reader per node.
 // Every reader starts at the newest offsets of all partitions of its topic before the first
 // Subscribe on it returns.
-func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	kt, channel, err := b.kafkaTopic(topic)
 	if err != nil {
 		return nil, err
@@ -581,7 +581,7 @@ func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.
 	return r.subscribe(ctx, channel)
 }
 
-func (b *Backend) reader(kt string) (*reader, error) {
+func (b *Broker) reader(kt string) (*reader, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -596,8 +596,8 @@ func (b *Backend) reader(kt string) (*reader, error) {
 	return r, nil
 }
 
-// Ping implements transports.Backend with one metadata round trip to the cluster.
-func (b *Backend) Ping(ctx context.Context) error {
+// Ping implements transports.Broker with one metadata round trip to the cluster.
+func (b *Broker) Ping(ctx context.Context) error {
 	c, err := b.ready(ctx, 0)
 	if err != nil {
 		return err
@@ -618,7 +618,7 @@ type pingFlight struct {
 	err  error
 }
 
-func (p *pingFlight) do(ctx context.Context, b *Backend, fn func() error) error {
+func (p *pingFlight) do(ctx context.Context, b *Broker, fn func() error) error {
 	p.mu.Lock()
 	w := p.wait
 	if w == nil {
@@ -647,9 +647,9 @@ func (p *pingFlight) do(ctx context.Context, b *Backend, fn func() error) error 
 	}
 }
 
-// Close implements transports.Backend: it ends every subscription, waits for the goroutines
-// the backend started (each bounded by sarama's timeouts) and closes the clients.
-func (b *Backend) Close() error {
+// Close implements transports.Broker: it ends every subscription, waits for the goroutines
+// the broker started (each bounded by sarama's timeouts) and closes the clients.
+func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.mu.Lock()
 		b.closed = true

@@ -85,7 +85,7 @@ func testLogger() *slog.Logger {
 	return nil
 }
 
-func newBackend(t testing.TB, cfg Config) *Backend {
+func newBroker(t testing.TB, cfg Config) *Broker {
 	t.Helper()
 	b, err := New(cfg, testLogger())
 	if err != nil {
@@ -97,7 +97,7 @@ func newBackend(t testing.TB, cfg Config) *Backend {
 
 func TestConformance(t *testing.T) {
 	cl := newCluster(t)
-	transporttest.Run(t, transporttest.Features{History: true, RestartBroker: cl.restart}, func(t *testing.T, prefix string) transports.Backend {
-		return newBackend(t, Config{Brokers: cl.addrs(), Prefix: prefix})
+	transporttest.Run(t, transporttest.Features{History: true, RestartBroker: cl.restart}, func(t *testing.T, prefix string) transports.Broker {
+		return newBroker(t, Config{Brokers: cl.addrs(), Prefix: prefix})
 	})
 }

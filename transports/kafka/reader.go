@@ -34,7 +34,7 @@ const nackDelay = 100 * time.Millisecond
 // skips older records: the reader may still be behind, and what was published before Subscribe
 // was called must not reach the new subscription.
 type reader struct {
-	b       *Backend
+	b       *Broker
 	topic   string
 	demux   bool // key records by channel
 	history bool // records carry positions
@@ -180,7 +180,7 @@ func (r *reader) close() {
 	r.closed = true
 }
 
-// consume reads one partition until the backend closes, starting over after the partition
+// consume reads one partition until the broker closes, starting over after the partition
 // consumer stopped by itself or the topic was re-created.
 func (r *reader) consume(consumer sarama.Consumer, p int32, pc sarama.PartitionConsumer, next int64, id string, changed <-chan struct{}) {
 	log := r.b.log.With("topic", r.topic, "partition", p)
@@ -229,7 +229,7 @@ func (r *reader) consume(consumer sarama.Consumer, p int32, pc sarama.PartitionC
 // closedChan is a closed channel.
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// resume starts the partition again, with backoff until it works or the backend closes.
+// resume starts the partition again, with backoff until it works or the broker closes.
 func (r *reader) resume(consumer sarama.Consumer, p int32, next int64, id string, log *slog.Logger) (sarama.PartitionConsumer, int64, string) {
 	bo := backoff{min: 200 * time.Millisecond, max: 5 * time.Second}
 	for {

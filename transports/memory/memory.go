@@ -195,8 +195,8 @@ func (b *Broker) release(t *topic) {
 
 // Node returns a Backend for one node of this broker. Closing it ends its own subscriptions
 // only. prefix namespaces topics, like a topic prefix on a real broker.
-func (b *Broker) Node(prefix string) *Backend {
-	n := &Backend{broker: b, prefix: prefix, done: make(chan struct{})}
+func (b *Broker) Node(prefix string) *Node {
+	n := &Node{broker: b, prefix: prefix, done: make(chan struct{})}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	return n
 }
@@ -308,8 +308,8 @@ func (t *topic) after(seq uint64) int {
 	return sort.Search(len(t.log), func(i int) bool { return t.log[i].seq > seq })
 }
 
-// Backend is one node's view of a Broker.
-type Backend struct {
+// Node is one node's view of a Broker.
+type Node struct {
 	broker *Broker
 	prefix string
 
@@ -321,14 +321,14 @@ type Backend struct {
 }
 
 var (
-	_ transports.Backend = (*Backend)(nil)
-	_ transports.History = (*Backend)(nil)
-	_ transports.Handoff = (*Backend)(nil)
+	_ transports.Broker = (*Node)(nil)
+	_ transports.History = (*Node)(nil)
+	_ transports.Handoff = (*Node)(nil)
 )
 
-func (n *Backend) name(topic string) string { return n.prefix + "/" + topic }
+func (n *Node) name(topic string) string { return n.prefix + "/" + topic }
 
-func (n *Backend) closed() bool {
+func (n *Node) closed() bool {
 	select {
 	case <-n.done:
 		return true
@@ -338,7 +338,7 @@ func (n *Backend) closed() bool {
 }
 
 // Publish implements transports.Backend.
-func (n *Backend) Publish(topicName string, msgs ...*message.Message) error {
+func (n *Node) Publish(topicName string, msgs ...*message.Message) error {
 	if n.closed() {
 		return transports.ErrClosed
 	}
@@ -402,13 +402,13 @@ func (t *topic) publish(b *Broker, msgs []*message.Message) bool {
 }
 
 // Subscribe implements transports.Backend.
-func (n *Backend) Subscribe(ctx context.Context, topicName string) (<-chan *message.Message, error) {
+func (n *Node) Subscribe(ctx context.Context, topicName string) (<-chan *message.Message, error) {
 	return transports.SubscribeChan(ctx, n, topicName)
 }
 
 // SubscribeFunc implements transports.Handoff. The subscription holds no goroutine while it has
 // nothing to deliver: a publish starts one, which calls deliver until the queue is empty.
-func (n *Backend) SubscribeFunc(ctx context.Context, topicName string, deliver func(*message.Message) bool, ended func()) error {
+func (n *Node) SubscribeFunc(ctx context.Context, topicName string, deliver func(*message.Message) bool, ended func()) error {
 	if n.closed() {
 		return transports.ErrClosed
 	}
@@ -434,7 +434,7 @@ func (n *Backend) SubscribeFunc(ctx context.Context, topicName string, deliver f
 // handoff is a subscription of SubscribeFunc: what is published is queued on its relay, whose
 // goroutine runs only while messages wait.
 type handoff struct {
-	n        *Backend
+	n        *Node
 	t        *topic
 	relay    *transports.Relay
 	ctx      context.Context
@@ -463,7 +463,7 @@ func (h *handoff) end() {
 }
 
 // SubscribeGroup implements transports.Backend. Members of a group share one queue.
-func (n *Backend) SubscribeGroup(ctx context.Context, topicName, group string) (<-chan *message.Message, error) {
+func (n *Node) SubscribeGroup(ctx context.Context, topicName, group string) (<-chan *message.Message, error) {
 	if n.closed() {
 		return nil, transports.ErrClosed
 	}
@@ -500,7 +500,7 @@ func (n *Backend) SubscribeGroup(ctx context.Context, topicName, group string) (
 }
 
 // Replay implements transports.History.
-func (n *Backend) Replay(_ context.Context, topicName string, since transports.Position, limit int) ([]*message.Message, bool, error) {
+func (n *Node) Replay(_ context.Context, topicName string, since transports.Position, limit int) ([]*message.Message, bool, error) {
 	if n.closed() {
 		return nil, false, transports.ErrClosed
 	}
@@ -554,7 +554,7 @@ func (t *topic) replay(b *Broker, since transports.Position, limit int) ([]*mess
 
 // Last implements transports.History. A channel without a message in its history gets the
 // broker's latest sequence number: whatever it receives next comes after it.
-func (n *Backend) Last(_ context.Context, topicName string) (transports.Position, error) {
+func (n *Node) Last(_ context.Context, topicName string) (transports.Position, error) {
 	if n.closed() {
 		return transports.Position{}, transports.ErrClosed
 	}
@@ -582,7 +582,7 @@ func (n *Backend) Last(_ context.Context, topicName string) (transports.Position
 }
 
 // Ping implements transports.Backend: the embedded broker is always reachable while open.
-func (n *Backend) Ping(context.Context) error {
+func (n *Node) Ping(context.Context) error {
 	if n.closed() {
 		return transports.ErrClosed
 	}
@@ -590,7 +590,7 @@ func (n *Backend) Ping(context.Context) error {
 }
 
 // Close ends this node's subscriptions. Safe to call twice.
-func (n *Backend) Close() error {
+func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		close(n.done)
 		n.cancel()

@@ -16,7 +16,7 @@ import (
 func TestConformance(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{HistorySize: 1000, HistoryTTL: time.Minute})
 	t.Cleanup(broker.Close)
-	transporttest.Run(t, transporttest.Features{History: true}, func(t *testing.T, prefix string) transports.Backend {
+	transporttest.Run(t, transporttest.Features{History: true}, func(t *testing.T, prefix string) transports.Broker {
 		return broker.Node(prefix)
 	})
 }

@@ -5,7 +5,7 @@
 // that have a local subscriber on it; SubscribeGroup is a NATS queue group. Metadata travels in
 // NATS headers, the payload as the message body, exactly as watermill-nats' NATSMarshaler
 // writes them, so `nats pub` can talk to the gateway. Nothing is stored on the server: the
-// backend does not implement transports.History and resuming clients get recovered:false.
+// broker does not implement transports.History and resuming clients get recovered:false.
 package nats
 
 import (
@@ -40,7 +40,7 @@ const (
 type Config struct {
 	// URL lists the servers, comma-separated ("nats://127.0.0.1:4222"). Required by New.
 	URL string
-	// Prefix starts every subject and queue group the backend uses (GATEWAY_TOPIC_PREFIX):
+	// Prefix starts every subject and queue group the broker uses (GATEWAY_TOPIC_PREFIX):
 	// one or more tokens of [A-Za-z0-9_-] separated by dots. Default "ws".
 	Prefix string
 	// Name is the connection name the server shows (the node id). Optional.
@@ -60,7 +60,7 @@ type Config struct {
 	// one more ends the subscription (slow consumer), so that its clients resume. Default
 	// DefaultPendingLimit.
 	PendingLimit int
-	// Options are more nats.go options (credentials, TLS), applied after the backend's own (a
+	// Options are more nats.go options (credentials, TLS), applied after the broker's own (a
 	// ClosedHandler given here makes Close wait Timeout for a signal that does not come).
 	Options []natsgo.Option
 }
@@ -146,8 +146,8 @@ func QueueGroup(prefix, group string) string {
 	return prefix + "." + transports.SafeName(group)
 }
 
-// Backend is one node's connection to NATS. Safe for concurrent use.
-type Backend struct {
+// Broker is one node's connection to NATS. Safe for concurrent use.
+type Broker struct {
 	cfg         Config
 	nc          *natsgo.Conn
 	owned       bool          // New made nc: Close closes it, and its handlers are ours
@@ -178,28 +178,28 @@ type Backend struct {
 }
 
 // linkLost ends the fan-out subscriptions of the connection that was just lost.
-func (b *Backend) linkLost() {
+func (b *Broker) linkLost() {
 	b.linkMu.Lock()
 	defer b.linkMu.Unlock()
 	b.linkCancel()
 	b.link, b.linkCancel = context.WithCancel(context.Background())
 }
 
-func (b *Backend) currentLink() context.Context {
+func (b *Broker) currentLink() context.Context {
 	b.linkMu.Lock()
 	defer b.linkMu.Unlock()
 	return b.link
 }
 
 var (
-	_ transports.Backend = (*Backend)(nil)
-	_ transports.Handoff = (*Backend)(nil)
+	_ transports.Broker = (*Broker)(nil)
+	_ transports.Handoff = (*Broker)(nil)
 )
 
-// New connects to cfg.URL and returns a Backend that owns the connection. A server that is
+// New connects to cfg.URL and returns a Broker that owns the connection. A server that is
 // down at start is not an error: the client keeps trying (ReconnectWait plus jitter between
 // rounds), Ping reports it and Publish fails with transports.ErrUnavailable meanwhile.
-func New(cfg Config, logger *slog.Logger) (*Backend, error) {
+func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -208,8 +208,8 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	connClosed := make(chan struct{})
-	var created atomic.Pointer[Backend] // the handlers below run only once it is set
-	backendOf := created.Load
+	var created atomic.Pointer[Broker] // the handlers below run only once it is set
+	brokerOf := created.Load
 	opts := []natsgo.Option{
 		natsgo.Name(cfg.Name),
 		natsgo.Timeout(cfg.Timeout),
@@ -227,7 +227,7 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 		natsgo.DisconnectErrHandler(func(nc *natsgo.Conn, err error) {
 			if !nc.IsClosed() { // Close reports a disconnect too
 				logger.Warn("nats disconnected, reconnecting; fan-out subscriptions end", "error", err)
-				if b := backendOf(); b != nil {
+				if b := brokerOf(); b != nil {
 					b.linkLost()
 				}
 			}
@@ -238,7 +238,7 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 		natsgo.ErrorHandler(func(_ *natsgo.Conn, sub *natsgo.Subscription, err error) {
 			if sub != nil {
 				logger.Warn("nats subscription error", "subject", sub.Subject, "error", err)
-				if b := backendOf(); b != nil && errors.Is(err, natsgo.ErrSlowConsumer) {
+				if b := brokerOf(); b != nil && errors.Is(err, natsgo.ErrSlowConsumer) {
 					b.dropped(sub)
 				}
 				return
@@ -251,7 +251,7 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nats: connect: %w", err)
 	}
-	b, err := newBackend(nc, cfg, logger, true)
+	b, err := newBroker(nc, cfg, logger, true)
 	created.Store(b)
 	if err != nil {
 		nc.Close()
@@ -261,10 +261,10 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 	return b, nil
 }
 
-// NewWithConn returns a Backend over a connection the caller owns and closes (after the
-// Backend). cfg.URL is ignored. For Publish to fail fast during an outage the connection should
-// not buffer while reconnecting (nats.ReconnectBufSize(-1)); the Backend also checks its status.
-func NewWithConn(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Backend, error) {
+// NewWithConn returns a Broker over a connection the caller owns and closes (after the
+// Broker). cfg.URL is ignored. For Publish to fail fast during an outage the connection should
+// not buffer while reconnecting (nats.ReconnectBufSize(-1)); the Broker also checks its status.
+func NewWithConn(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Broker, error) {
 	cfg.setDefaults()
 	if err := cfg.validateRest(); err != nil {
 		return nil, err
@@ -272,11 +272,11 @@ func NewWithConn(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Backend, er
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return newBackend(nc, cfg, logger, false)
+	return newBroker(nc, cfg, logger, false)
 }
 
-// newBackend: owned when New made nc (with the handlers above) and Close closes it.
-func newBackend(nc *natsgo.Conn, cfg Config, logger *slog.Logger, owned bool) (*Backend, error) {
+// newBroker: owned when New made nc (with the handlers above) and Close closes it.
+func newBroker(nc *natsgo.Conn, cfg Config, logger *slog.Logger, owned bool) (*Broker, error) {
 	marshaler := &wmnats.NATSMarshaler{}
 	pub, err := wmnats.NewPublisherWithNatsConn(nc, wmnats.PublisherPublishConfig{
 		Marshaler:         marshaler,
@@ -288,7 +288,7 @@ func newBackend(nc *natsgo.Conn, cfg Config, logger *slog.Logger, owned bool) (*
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	link, linkCancel := context.WithCancel(context.Background())
-	b := &Backend{
+	b := &Broker{
 		link:        link,
 		linkCancel:  linkCancel,
 		cfg:         cfg,
@@ -307,15 +307,15 @@ func newBackend(nc *natsgo.Conn, cfg Config, logger *slog.Logger, owned bool) (*
 	return b, nil
 }
 
-func (b *Backend) isClosed() bool {
+func (b *Broker) isClosed() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.closed
 }
 
-// unavailable wraps err as transports.ErrUnavailable, unless the backend was closed or err is
+// unavailable wraps err as transports.ErrUnavailable, unless the broker was closed or err is
 // about the message rather than the broker.
-func (b *Backend) unavailable(what string, err error) error {
+func (b *Broker) unavailable(what string, err error) error {
 	switch {
 	case b.isClosed():
 		return transports.ErrClosed
@@ -327,10 +327,10 @@ func (b *Backend) unavailable(what string, err error) error {
 	}
 }
 
-// Publish implements transports.Backend: one PUB per message through watermill-nats, then one
+// Publish implements transports.Broker: one PUB per message through watermill-nats, then one
 // PING/PONG round trip, so that nil means the server has read every message. While the client
 // is not connected it fails at once with transports.ErrUnavailable.
-func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
+func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	if b.isClosed() {
 		return transports.ErrClosed
 	}
@@ -350,9 +350,9 @@ func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
 	return nil
 }
 
-// Subscribe implements transports.Backend with one plain NATS subscription (SubscribeFunc),
+// Subscribe implements transports.Broker with one plain NATS subscription (SubscribeFunc),
 // ended when ctx is done. Every subscription of every node gets every message.
-func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	return transports.SubscribeChan(ctx, b, topic)
 }
 
@@ -361,16 +361,16 @@ func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.
 // subscription's transports.Relay, which hands it to deliver, the next only after an ack (a
 // nack hands it again). An idle subscription holds no goroutine and no buffer. It ends when ctx
 // is done, the node closes, the connection to the server is lost (core NATS drops what is
-// published meanwhile, see Backend.link), or when it fell too far behind: PendingLimit messages
+// published meanwhile, see Broker.link), or when it fell too far behind: PendingLimit messages
 // waiting for its consumer, or nats.go dropped messages of it (the node's dispatcher fell
 // behind). Its consumer then resumes and learns what was lost, instead of missing it.
-func (b *Backend) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
+func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
 	subject := Subject(b.cfg.Prefix, topic)
 	h := &handoff{b: b, log: b.logger.With("topic", topic, "subject", subject)}
 	h.ctx, h.cancel = context.WithCancel(ctx)
 	h.relay = transports.NewRelay(h.ctx, h.cancel, deliver, b.cfg.PendingLimit, &b.wg)
 	// The connection this subscription starts on: if it is lost, even before the subscription is
-	// fully set up, the subscription ends (see Backend.link).
+	// fully set up, the subscription ends (see Broker.link).
 	link := b.currentLink()
 	b.mu.Lock()
 	if b.closed {
@@ -416,7 +416,7 @@ func (b *Backend) SubscribeFunc(ctx context.Context, topic string, deliver func(
 
 // handoff is a subscription of SubscribeFunc.
 type handoff struct {
-	b      *Backend
+	b      *Broker
 	ctx    context.Context
 	cancel context.CancelFunc
 	relay  *transports.Relay
@@ -425,7 +425,7 @@ type handoff struct {
 }
 
 // dispatch hands each message of the shared channel to its subscription, until Close.
-func (b *Backend) dispatch() {
+func (b *Broker) dispatch() {
 	defer b.wg.Done()
 	for {
 		select {
@@ -446,7 +446,7 @@ const whyDropped = "nats dropped messages of this subscription (the node fell be
 
 // dropped ends the fan-out subscription sub, of which nats.go dropped messages (slow consumer):
 // the error handler of a connection New made reports it at once.
-func (b *Backend) dropped(sub *natsgo.Subscription) {
+func (b *Broker) dropped(sub *natsgo.Subscription) {
 	b.fanMu.Lock()
 	h := b.fanSubs[sub]
 	b.fanMu.Unlock()
@@ -497,9 +497,9 @@ func (h *handoff) stop() {
 	h.relay.Close()
 }
 
-// SubscribeGroup implements transports.Backend with a NATS queue group named by QueueGroup.
+// SubscribeGroup implements transports.Broker with a NATS queue group named by QueueGroup.
 // Core NATS keeps nothing: what is published while no member is subscribed is lost.
-func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
 	if group == "" {
 		return nil, errors.New("nats: empty group")
 	}
@@ -511,7 +511,7 @@ func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-ch
 // watermill-nats subscriber does not fit core NATS here: it drops a nacked message (Nack needs a
 // JetStream reply subject), never confirms its SUB with a flush, and can send on its closed
 // output channel when a subscription ends while a message is being handed over.
-func (b *Backend) subscribe(ctx context.Context, topic, queue string) (<-chan *message.Message, error) {
+func (b *Broker) subscribe(ctx context.Context, topic, queue string) (<-chan *message.Message, error) {
 	subject := Subject(b.cfg.Prefix, topic)
 	b.mu.Lock()
 	if b.closed {
@@ -551,7 +551,7 @@ func (b *Backend) subscribe(ctx context.Context, topic, queue string) (<-chan *m
 }
 
 // run hands the subscription's messages to out one at a time until ctx is done.
-func (b *Backend) run(ctx context.Context, sub *natsgo.Subscription, out chan<- *message.Message, log *slog.Logger) {
+func (b *Broker) run(ctx context.Context, sub *natsgo.Subscription, out chan<- *message.Message, log *slog.Logger) {
 	for {
 		nm, err := sub.NextMsgWithContext(ctx)
 		switch {
@@ -587,8 +587,8 @@ func (b *Backend) run(ctx context.Context, sub *natsgo.Subscription, out chan<- 
 	}
 }
 
-// Ping implements transports.Backend: the connection is up and the server answers a PING.
-func (b *Backend) Ping(ctx context.Context) error {
+// Ping implements transports.Broker: the connection is up and the server answers a PING.
+func (b *Broker) Ping(ctx context.Context) error {
 	if b.isClosed() {
 		return transports.ErrClosed
 	}
@@ -603,9 +603,9 @@ func (b *Backend) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close ends every subscription and closes the connection if the Backend owns it. Safe to call
+// Close ends every subscription and closes the connection if the Broker owns it. Safe to call
 // twice; bounded by Config.Timeout.
-func (b *Backend) Close() error {
+func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()

@@ -53,8 +53,8 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// newNode connects a Backend that reconnects quickly, as the tests restart servers.
-func newNode(t testing.TB, url, prefix string) *nats.Backend {
+// newNode connects a Broker that reconnects quickly, as the tests restart servers.
+func newNode(t testing.TB, url, prefix string) *nats.Broker {
 	t.Helper()
 	b, err := nats.New(nats.Config{
 		URL:             url,
@@ -81,7 +81,7 @@ func TestConformance(t *testing.T) {
 			stopServer(srv)
 			srv = startServer(t, port) // same port: the clients reconnect to the URL they know
 		},
-	}, func(t *testing.T, prefix string) transports.Backend {
+	}, func(t *testing.T, prefix string) transports.Broker {
 		return newNode(t, url, prefix)
 	})
 }
@@ -94,7 +94,7 @@ func TestConformanceLocalServer(t *testing.T) {
 		t.Skipf("no nats-server on %s: %v", addr, err)
 	}
 	_ = conn.Close()
-	transporttest.Run(t, transporttest.Features{EndsOnDisconnect: true}, func(t *testing.T, prefix string) transports.Backend {
+	transporttest.Run(t, transporttest.Features{EndsOnDisconnect: true}, func(t *testing.T, prefix string) transports.Broker {
 		return newNode(t, "nats://"+addr, prefix)
 	})
 }
@@ -205,7 +205,7 @@ func TestBrokerDown(t *testing.T) {
 	expectUnavailable(t, node)
 }
 
-func expectUnavailable(t *testing.T, b transports.Backend) {
+func expectUnavailable(t *testing.T, b transports.Broker) {
 	t.Helper()
 	start := time.Now()
 	err := b.Publish(transports.ChannelTopic("down"), transporttest.NewMessage("x"))
@@ -297,7 +297,7 @@ var cliExample = []struct {
 }
 
 // TestCLIExample sends the documented `nats pub` lines through the raw client (and through the
-// nats CLI when it is installed) and checks that the backend delivers them.
+// nats CLI when it is installed) and checks that the broker delivers them.
 func TestCLIExample(t *testing.T) {
 	srv := startServer(t, 0)
 	t.Cleanup(func() { stopServer(srv) })
@@ -376,7 +376,7 @@ func TestCLIExample(t *testing.T) {
 	})
 }
 
-// TestNewWithConn: the Backend leaves a connection it does not own open, and ends its
+// TestNewWithConn: the Broker leaves a connection it does not own open, and ends its
 // subscriptions on Close.
 func TestNewWithConn(t *testing.T) {
 	srv := startServer(t, 0)
@@ -412,7 +412,7 @@ func TestNewWithConn(t *testing.T) {
 	}
 }
 
-// TestOddMessages: messages the backend cannot turn into watermill messages are dropped and
+// TestOddMessages: messages the broker cannot turn into watermill messages are dropped and
 // the subscription goes on.
 func TestOddMessages(t *testing.T) {
 	srv := startServer(t, 0)

@@ -21,14 +21,14 @@ const (
 	maxShards = 1024
 )
 
-// Config is the redis backend's configuration. The gateway maps its redis.* settings and
+// Config is the redis broker's configuration. The gateway maps its redis.* settings and
 // topic_prefix onto it; every zero value is replaced by the default named beside it.
 type Config struct {
 	Addr     string // host:port of the Redis server; default 127.0.0.1:6379 (redis.addr)
 	Password string // AUTH password; empty for none (redis.password)
 	DB       int    // database number (redis.db)
 
-	// Prefix starts every key the backend uses ("<prefix>:ch:<shard>", "<prefix>:direct", ...);
+	// Prefix starts every key the broker uses ("<prefix>:ch:<shard>", "<prefix>:direct", ...);
 	// default "ws" (topic_prefix).
 	Prefix string
 	// Shards is the number of channel streams every node reads; a channel lives on shard

@@ -14,7 +14,7 @@ import (
 
 // lastScript returns the id of a stream's newest entry; on an empty or missing stream it first
 // adds a lineage marker entry (no channel field, so no subscriber sees it) and returns its id.
-// Every position the backend hands out is thereby the id of a real entry of the stream, and
+// Every position the broker hands out is thereby the id of a real entry of the stream, and
 // Replay can trust a position only while that entry is still in the stream (see kept): a "0-0"
 // for an empty stream could not tell an intact history from one lost with a restart.
 var lastScript = goredis.NewScript(`
@@ -25,7 +25,7 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'lineage', ARGV[
 
 // Last implements transports.History: the id of the newest entry of the channel's shard stream
 // (whichever channel it belongs to), so that Replay(Last()) returns what comes next.
-func (b *Backend) Last(ctx context.Context, topic string) (transports.Position, error) {
+func (b *Broker) Last(ctx context.Context, topic string) (transports.Position, error) {
 	if b.isClosed() {
 		return transports.Position{}, transports.ErrClosed
 	}
@@ -51,7 +51,7 @@ func (b *Backend) Last(ctx context.Context, topic string) (transports.Position, 
 // keeping the entries of this channel; the entries of the shard's other channels are read and
 // dropped. complete is false when more than limit match, or when the stream no longer holds
 // everything after since (see kept).
-func (b *Backend) Replay(ctx context.Context, topic string, since transports.Position, limit int) ([]*message.Message, bool, error) {
+func (b *Broker) Replay(ctx context.Context, topic string, since transports.Position, limit int) ([]*message.Message, bool, error) {
 	if b.isClosed() {
 		return nil, false, transports.ErrClosed
 	}
@@ -140,7 +140,7 @@ func kept(info *goredis.XInfoStream, since streamID) bool {
 	return true
 }
 
-func (b *Backend) channelRoute(topic string) (route, error) {
+func (b *Broker) channelRoute(topic string) (route, error) {
 	if !transports.IsChannelTopic(topic) {
 		return route{}, fmt.Errorf("redis: %q is not a channel topic: only channel topics keep history", topic)
 	}

@@ -33,7 +33,7 @@ const (
 // not expose the entry id, which is the message's position. One XREAD over every shard stream,
 // COUNT ReadCount, costs a node one round trip per batch for all its channels.
 type reader struct {
-	b        *Backend
+	b        *Broker
 	keys     []string        // streams read
 	epochs   []string        // Epoch of the positions of each stream
 	index    map[string]int  // key -> position in keys
@@ -46,7 +46,7 @@ type reader struct {
 	peak int                        // most keys subs held since it was made (transports.Shrink)
 }
 
-func newReader(b *Backend, keys, epochs, ids []string, channels bool) *reader {
+func newReader(b *Broker, keys, epochs, ids []string, channels bool) *reader {
 	r := &reader{b: b, keys: keys, epochs: epochs, ids: ids, channels: channels,
 		index: make(map[string]int, len(keys)), subs: map[string][]*subscription{}}
 	for i, k := range keys {

@@ -1,4 +1,4 @@
-// Package redis is the Redis Streams backend.
+// Package redis is the Redis Streams broker.
 //
 // Channel topics live on a fixed number of shard streams ("<prefix>:ch:<n>", n =
 // fnv32a(channel) % Shards) that every node reads with one XREAD loop, routing each entry by its
@@ -31,8 +31,8 @@ import (
 // pingTimeout bounds Ping.
 const pingTimeout = 2 * time.Second
 
-// Backend is a gateway node's (or a service's) connection to Redis. Safe for concurrent use.
-type Backend struct {
+// Broker is a gateway node's (or a service's) connection to Redis. Safe for concurrent use.
+type Broker struct {
 	cfg    Config
 	client goredis.UniversalClient
 	owned  bool // Close closes client
@@ -56,14 +56,14 @@ type Backend struct {
 }
 
 var (
-	_ transports.Backend = (*Backend)(nil)
-	_ transports.Handoff = (*Backend)(nil)
-	_ transports.History = (*Backend)(nil)
+	_ transports.Broker = (*Broker)(nil)
+	_ transports.Handoff = (*Broker)(nil)
+	_ transports.History = (*Broker)(nil)
 )
 
 // New connects to the Redis server of cfg. It does not fail when the server is down: go-redis
 // connects on first use and again after every failure, and Ping reports the state.
-func New(cfg Config, logger *slog.Logger) (*Backend, error) {
+func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -80,12 +80,12 @@ func New(cfg Config, logger *slog.Logger) (*Backend, error) {
 		DialerRetries:   1,
 		DisableIdentity: true,
 	})
-	return newBackend(cfg, client, true, logger), nil
+	return newBroker(cfg, client, true, logger), nil
 }
 
 // NewFromClient uses an existing client, which Close leaves open; cfg's Addr, Password and DB are
 // ignored. Enable the client's ContextTimeoutEnabled so that Timeout bounds socket I/O too.
-func NewFromClient(client goredis.UniversalClient, cfg Config, logger *slog.Logger) (*Backend, error) {
+func NewFromClient(client goredis.UniversalClient, cfg Config, logger *slog.Logger) (*Broker, error) {
 	if client == nil {
 		return nil, errors.New("redis: nil client")
 	}
@@ -93,14 +93,14 @@ func NewFromClient(client goredis.UniversalClient, cfg Config, logger *slog.Logg
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return newBackend(cfg, client, false, logger), nil
+	return newBroker(cfg, client, false, logger), nil
 }
 
-func newBackend(cfg Config, client goredis.UniversalClient, owned bool, logger *slog.Logger) *Backend {
+func newBroker(cfg Config, client goredis.UniversalClient, owned bool, logger *slog.Logger) *Broker {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	b := &Backend{cfg: cfg, client: client, owned: owned, logger: logger, readers: map[string]*reader{}}
+	b := &Broker{cfg: cfg, client: client, owned: owned, logger: logger, readers: map[string]*reader{}}
 	b.wlog = quietLogger{watermill.NewSlogLogger(logger), &b.quiet}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	for n := range cfg.Shards {
@@ -119,7 +119,7 @@ type route struct {
 	epoch   string // Epoch of positions on this stream (other topics: only in derived UUIDs)
 }
 
-func (b *Backend) route(topic string) route {
+func (b *Broker) route(topic string) route {
 	if channel, ok := transports.ChannelOf(topic); ok {
 		n := Shard(channel, b.cfg.Shards)
 		return route{key: b.shardKeys[n], channel: channel, isCh: true, epoch: b.shardEpochs[n]}
@@ -127,14 +127,14 @@ func (b *Backend) route(topic string) route {
 	return route{key: TopicKey(b.cfg.Prefix, topic), epoch: epochBase(b.cfg.Prefix) + "-" + transports.SafeName(topic)}
 }
 
-func (b *Backend) isClosed() bool {
+func (b *Broker) isClosed() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.closed
 }
 
-// track counts a goroutine about to start, unless the backend is closed.
-func (b *Backend) track() bool {
+// track counts a goroutine about to start, unless the broker is closed.
+func (b *Broker) track() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -144,13 +144,13 @@ func (b *Backend) track() bool {
 	return true
 }
 
-// Publish implements transports.Backend: one XADD per message, all of them pipelined in one
+// Publish implements transports.Broker: one XADD per message, all of them pipelined in one
 // round trip, bounded by Config.Timeout.
 //
 // It uses go-redis rather than redisstream's Publisher: that one writes one XADD per message
 // with the message's own context (no timeout can be set without modifying the caller's
 // messages), and its Marshaller only sees the stream key, not the channel each entry must name.
-func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
+func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	if b.isClosed() {
 		return transports.ErrClosed
 	}
@@ -180,17 +180,17 @@ func (b *Backend) Publish(topic string, msgs ...*message.Message) error {
 	return nil
 }
 
-// Subscribe implements transports.Backend. Channel topics are served by the node's channel
+// Subscribe implements transports.Broker. Channel topics are served by the node's channel
 // reader, other topics by a fan-out reader of their stream; the subscription receives the
 // entries added after Subscribe looked up the stream's last id, which it does before returning.
-func (b *Backend) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	return transports.SubscribeChan(ctx, b, topic)
 }
 
 // SubscribeFunc implements transports.Handoff, as Subscribe does. The subscription holds no
 // goroutine and no buffer while it has nothing to deliver: the reader queues entries on it, and
 // the first one queued while none runs starts a goroutine that delivers until the queue is empty.
-func (b *Backend) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
+func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
 	if b.isClosed() {
 		return transports.ErrClosed
 	}
@@ -226,7 +226,7 @@ func (b *Backend) SubscribeFunc(ctx context.Context, topic string, deliver func(
 
 // readerFor returns the running reader of rt's streams, starting it from the streams' current
 // last ids if needed.
-func (b *Backend) readerFor(rt route) (*reader, error) {
+func (b *Broker) readerFor(rt route) (*reader, error) {
 	name, keys, epochs := rt.key, []string{rt.key}, []string{rt.epoch}
 	if rt.isCh {
 		name, keys, epochs = "", b.shardKeys, b.shardEpochs
@@ -259,7 +259,7 @@ func (b *Backend) readerFor(rt route) (*reader, error) {
 
 // lastIDs returns the id of the newest entry of each stream ("0-0" when empty or missing), in
 // one round trip. Every entry added later has a greater id.
-func (b *Backend) lastIDs(ctx context.Context, keys []string) ([]string, error) {
+func (b *Broker) lastIDs(ctx context.Context, keys []string) ([]string, error) {
 	cmds := make([]*goredis.XMessageSliceCmd, len(keys))
 	_, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for i, k := range keys {
@@ -280,7 +280,7 @@ func (b *Backend) lastIDs(ctx context.Context, keys []string) ([]string, error) 
 	return ids, nil
 }
 
-// SubscribeGroup implements transports.Backend with a Redis consumer group named group on the
+// SubscribeGroup implements transports.Broker with a Redis consumer group named group on the
 // topic's stream, through watermill-redisstream (pending entries of a vanished member are
 // claimed by the others after a minute; idle members are removed after ten minutes). The group is
 // created, if new, at the stream's current end before SubscribeGroup returns; from then on the
@@ -288,7 +288,7 @@ func (b *Backend) lastIDs(ctx context.Context, keys []string) ([]string, error) 
 // MaxLen keeps it. When the group vanishes (Redis restarted without persistence, or XGROUP
 // DESTROY), it is created again from the start of the stream and consumption goes on. Channel
 // topics are not supported: their shard streams hold many channels.
-func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
+func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
 	if b.isClosed() {
 		return nil, transports.ErrClosed
 	}
@@ -343,7 +343,7 @@ func (b *Backend) SubscribeGroup(ctx context.Context, topic, group string) (<-ch
 
 // groupAttempt starts a redisstream subscriber of group. end stops it and waits until in is
 // closed. in also closes by itself when Redis answers NOGROUP: the group is gone.
-func (b *Backend) groupAttempt(ctx context.Context, key, group string) (in <-chan *message.Message, end func(), err error) {
+func (b *Broker) groupAttempt(ctx context.Context, key, group string) (in <-chan *message.Message, end func(), err error) {
 	actx, cancel := context.WithCancel(ctx)
 	sub, err := redisstream.NewSubscriber(redisstream.SubscriberConfig{
 		Client:                        sharedClient{b.client},
@@ -376,7 +376,7 @@ func (b *Backend) groupAttempt(ctx context.Context, key, group string) (in <-cha
 // regroup creates group again, from the start of the stream (after a restart without
 // persistence the stream holds only what was published since), and subscribes it, backing off
 // while Redis is unreachable. It returns nil when ctx ends first.
-func (b *Backend) regroup(ctx context.Context, key, group string) (<-chan *message.Message, func()) {
+func (b *Broker) regroup(ctx context.Context, key, group string) (<-chan *message.Message, func()) {
 	b.logger.Warn("redis: consumer group vanished, creating it again", "stream", key, "group", group)
 	for fails := 0; ; fails++ {
 		t := time.NewTimer(min(backoffMin<<min(fails, 10), backoffMax))
@@ -402,7 +402,7 @@ func (b *Backend) regroup(ctx context.Context, key, group string) (<-chan *messa
 }
 
 // createGroup creates group on stream key (and the stream) at id, unless it exists.
-func (b *Backend) createGroup(ctx context.Context, key, group, id string) error {
+func (b *Broker) createGroup(ctx context.Context, key, group, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()
 	err := b.client.XGroupCreateMkStream(ctx, key, group, id).Err()
@@ -412,8 +412,8 @@ func (b *Backend) createGroup(ctx context.Context, key, group, id string) error 
 	return nil
 }
 
-// Ping implements transports.Backend: a PING bounded by 2 s.
-func (b *Backend) Ping(ctx context.Context) error {
+// Ping implements transports.Broker: a PING bounded by 2 s.
+func (b *Broker) Ping(ctx context.Context) error {
 	if b.isClosed() {
 		return transports.ErrClosed
 	}
@@ -427,7 +427,7 @@ func (b *Backend) Ping(ctx context.Context) error {
 
 // Close ends every subscription and reader, and closes the client when New made it. Safe to
 // call twice.
-func (b *Backend) Close() error {
+func (b *Broker) Close() error {
 	var err error
 	b.once.Do(func() {
 		b.mu.Lock()
@@ -447,15 +447,15 @@ func (b *Backend) Close() error {
 		select {
 		case <-done:
 		case <-time.After(limit):
-			b.logger.Error("redis: backend goroutines still running after Close", "waited", limit)
+			b.logger.Error("redis: broker goroutines still running after Close", "waited", limit)
 		}
 	})
 	return err
 }
 
-// wrap makes err a backend error: ErrClosed after Close, ErrUnavailable when Redis could not be
+// wrap makes err a broker error: ErrClosed after Close, ErrUnavailable when Redis could not be
 // reached or cannot serve now, else the Redis error as it is.
-func (b *Backend) wrap(op string, err error) error {
+func (b *Broker) wrap(op string, err error) error {
 	if b.isClosed() || errors.Is(err, goredis.ErrClosed) {
 		return fmt.Errorf("redis: %s: %w", op, transports.ErrClosed)
 	}
@@ -479,8 +479,8 @@ func unavailable(err error) bool {
 	return false
 }
 
-// sharedClient hands the backend's client to redisstream, whose Subscriber.Close closes the
-// client it was given: the backend closes it itself.
+// sharedClient hands the broker's client to redisstream, whose Subscriber.Close closes the
+// client it was given: the broker closes it itself.
 type sharedClient struct{ goredis.UniversalClient }
 
 func (sharedClient) Close() error { return nil }

@@ -65,7 +65,7 @@ func dropKeys(t *testing.T, addr, prefix string) {
 	})
 }
 
-func newNode(t *testing.T, cfg redis.Config) *redis.Backend {
+func newNode(t *testing.T, cfg redis.Config) *redis.Broker {
 	t.Helper()
 	b, err := redis.New(cfg, testLogger())
 	if err != nil {
@@ -79,7 +79,7 @@ func newNode(t *testing.T, cfg redis.Config) *redis.Backend {
 func nodeMaker(addr string) transporttest.NewNode {
 	var mu sync.Mutex
 	seen := map[string]bool{}
-	return func(t *testing.T, prefix string) transports.Backend {
+	return func(t *testing.T, prefix string) transports.Broker {
 		mu.Lock()
 		if !seen[prefix] {
 			seen[prefix] = true
@@ -163,7 +163,7 @@ func channelKey(prefix, channel string) string {
 	return redis.ShardKey(prefix, redis.Shard(channel, redis.DefaultShards))
 }
 
-func subscribe(t *testing.T, b transports.Backend, topic string) <-chan *message.Message {
+func subscribe(t *testing.T, b transports.Broker, topic string) <-chan *message.Message {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -203,7 +203,7 @@ func TestShard(t *testing.T) {
 }
 
 // TestCLIEntry writes the entries of the documented redis-cli example through the raw client (and
-// through redis-cli itself when installed) and checks the backend delivers them.
+// through redis-cli itself when installed) and checks the broker delivers them.
 func TestCLIEntry(t *testing.T) {
 	addr := anyRedis(t)
 	prefix := transporttest.Prefix(t)
@@ -536,7 +536,7 @@ func TestGroupAfterRestart(t *testing.T) {
 	}
 }
 
-// testLogger shows the backend's warnings with -v.
+// testLogger shows the broker's warnings with -v.
 func testLogger() *slog.Logger {
 	if !testing.Verbose() {
 		return nil
@@ -574,7 +574,7 @@ func BenchmarkChannelDelivery(b *testing.B) {
 	prefix := transporttest.Prefix(b)
 	topic := transports.ChannelTopic("bench")
 	var subs []<-chan *message.Message
-	var nodes []*redis.Backend
+	var nodes []*redis.Broker
 	for range 3 {
 		n, err := redis.New(redis.Config{Addr: machineAddr, Prefix: prefix}, nil)
 		if err != nil {

@@ -1,5 +1,5 @@
-// Package transporttest is the conformance suite every transports.Backend passes, in the manner of
-// Watermill's pubsub/tests: each backend's test file calls Run with a constructor and the features
+// Package transporttest is the conformance suite every transports.Broker passes, in the manner of
+// Watermill's pubsub/tests: each broker's test file calls Run with a constructor and the features
 // its broker has.
 package transporttest
 
@@ -21,13 +21,13 @@ import (
 	"github.com/wsgateway/gateway/transports"
 )
 
-// Features says what the backend under test can do.
+// Features says what the broker under test can do.
 type Features struct {
-	// History: the backend implements transports.History.
+	// History: the broker implements transports.History.
 	History bool
 	// RestartBroker stops and starts the broker the nodes talk to; nil skips the restart test.
 	RestartBroker func(t *testing.T)
-	// EndsOnDisconnect: a backend without history ends its fan-out subscriptions when its link
+	// EndsOnDisconnect: a broker without history ends its fan-out subscriptions when its link
 	// to the broker breaks (what was published meanwhile is lost, and the node must tell its
 	// clients); after a broker restart, subscribing again must work.
 	EndsOnDisconnect bool
@@ -37,9 +37,9 @@ type Features struct {
 	Timeout time.Duration
 }
 
-// NewNode returns the Backend of a new node. Nodes made with the same prefix share one broker
+// NewNode returns the Broker of a new node. Nodes made with the same prefix share one broker
 // namespace (one cluster); the suite gives each test its own prefix and closes every node.
-type NewNode func(t *testing.T, prefix string) transports.Backend
+type NewNode func(t *testing.T, prefix string) transports.Broker
 
 // Run runs the whole suite.
 func Run(t *testing.T, f Features, newNode NewNode) {
@@ -50,9 +50,9 @@ func Run(t *testing.T, f Features, newNode NewNode) {
 		f.Timeout = 10 * time.Second
 	}
 	// Every node answers Ping before a test uses it, as a gateway node waits for its broker
-	// before it serves: a backend may answer unavailable while it sets up (JetStream provisions
+	// before it serves: a broker may answer unavailable while it sets up (JetStream provisions
 	// its streams, and retries in the background when the first attempt fails).
-	ready := func(t *testing.T, prefix string) transports.Backend {
+	ready := func(t *testing.T, prefix string) transports.Broker {
 		t.Helper()
 		b := newNode(t, prefix)
 		WaitFor(t, f.Timeout, func() error { return b.Ping(t.Context()) })
@@ -92,8 +92,8 @@ func Prefix(t testing.TB) string {
 	return "t" + hex.EncodeToString(b[:])
 }
 
-func (s *suite) nodes(t *testing.T, prefix string, n int) []transports.Backend {
-	out := make([]transports.Backend, n)
+func (s *suite) nodes(t *testing.T, prefix string, n int) []transports.Broker {
+	out := make([]transports.Broker, n)
 	for i := range out {
 		b := s.newNode(t, prefix)
 		t.Cleanup(func() { _ = b.Close() })
@@ -102,7 +102,7 @@ func (s *suite) nodes(t *testing.T, prefix string, n int) []transports.Backend {
 	return out
 }
 
-func subscribe(t *testing.T, b transports.Backend, topic string) <-chan *message.Message {
+func subscribe(t *testing.T, b transports.Broker, topic string) <-chan *message.Message {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -122,7 +122,7 @@ func NewMessage(payload string, kv ...string) *message.Message {
 	return m
 }
 
-func publish(t *testing.T, b transports.Backend, topic string, msgs ...*message.Message) {
+func publish(t *testing.T, b transports.Broker, topic string, msgs ...*message.Message) {
 	t.Helper()
 	if err := b.Publish(topic, msgs...); err != nil {
 		t.Fatalf("Publish(%q): %v", topic, err)
@@ -149,7 +149,7 @@ func Receive(t testing.TB, ch <-chan *message.Message, n int, timeout time.Durat
 	return out
 }
 
-// ReceiveUntilClosed reads ch, acking each message, until the backend closes it, and checks
+// ReceiveUntilClosed reads ch, acking each message, until the broker closes it, and checks
 // that no message is missing before that point: the i-th payload, up to its first space, is i.
 // It is for subscriptions that must end rather than go on past a gap. It fails when ch closes
 // only after all total messages, or neither delivers nor closes within timeout. It returns how
@@ -178,7 +178,7 @@ func ReceiveUntilClosed(t testing.TB, ch <-chan *message.Message, total int, tim
 
 // expectNothingBefore publishes a sentinel on topic through b and checks that the next message on
 // ch is that sentinel: nothing unexpected was queued before it.
-func (s *suite) expectNothingBefore(t *testing.T, b transports.Backend, topic string, chans ...<-chan *message.Message) {
+func (s *suite) expectNothingBefore(t *testing.T, b transports.Broker, topic string, chans ...<-chan *message.Message) {
 	t.Helper()
 	sentinel := NewMessage("sentinel")
 	publish(t, b, topic, sentinel)
@@ -455,13 +455,13 @@ func (s *suite) testPrefixIsolation(t *testing.T) {
 
 func (s *suite) testHistory(t *testing.T) {
 	if !s.f.History {
-		t.Skip("backend keeps no history")
+		t.Skip("broker keeps no history")
 	}
 	n := s.nodes(t, Prefix(t), 2)
 	h0, ok0 := n[0].(transports.History)
 	h1, ok1 := n[1].(transports.History)
 	if !ok0 || !ok1 {
-		t.Fatal("Features.History is set but the backend does not implement transports.History")
+		t.Fatal("Features.History is set but the broker does not implement transports.History")
 	}
 	ctx := context.Background()
 	topic := transports.ChannelTopic("hist")

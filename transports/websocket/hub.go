@@ -39,7 +39,7 @@ type Handler interface {
 // Interest opens the broker subscription of a channel: the hub calls Open when a channel gets
 // its first local subscriber and the returned stop when it loses its last one. Open must return
 // only once the subscription is established. If the subscription ends by itself (the broker or
-// the backend gave it up), the Interest calls lost, and the hub disconnects the channel's local
+// the broker gave it up), the Interest calls lost, and the hub disconnects the channel's local
 // subscribers so that they resume from their positions rather than silently miss messages.
 type Interest interface {
 	Open(channel string, lost func()) (stop func(), err error)

@@ -52,7 +52,7 @@ func (m *Inbound) Kind() string { return m.Metadata.Get(transports.MetaKind) }
 // Target is how the message was addressed: "services" for a send, "channel", "user", ...
 func (m *Inbound) Target() string { return m.Metadata.Get(transports.MetaTarget) }
 
-// Position is the broker position of a channel message ("" when the backend keeps no history).
+// Position is the broker position of a channel message ("" when the broker keeps no history).
 func (m *Inbound) Position() string { return m.Metadata.Get(transports.MetaPosition) }
 
 // Idempotent reports whether the UUID derives from the msg_id (the client gave one), so the same
@@ -80,7 +80,7 @@ func (m *Inbound) Reply(ctx context.Context, data any, opts ...EmitOption) (stri
 // channel closes when ctx ends or the Service is closed. Messages sent while no member of the
 // group was subscribed are delivered as far as the broker keeps them (core NATS keeps nothing).
 //
-// Inbound, ChannelMessages and Events wait while the broker is unavailable (the backend reports
+// Inbound, ChannelMessages and Events wait while the broker is unavailable (the broker reports
 // transports.ErrUnavailable: not connected yet, JetStream streams not provisioned yet), subscribing
 // again with backoff until they succeed or ctx ends; other errors return at once.
 func (s *Service) Inbound(ctx context.Context, group string) (<-chan *Inbound, error) {
@@ -88,7 +88,7 @@ func (s *Service) Inbound(ctx context.Context, group string) (<-chan *Inbound, e
 		return nil, fmt.Errorf("%w: group is required", ErrInvalid)
 	}
 	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
-		return s.backend.SubscribeGroup(ctx, transports.TopicInbound, group)
+		return s.broker.SubscribeGroup(ctx, transports.TopicInbound, group)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("service: consume inbound as %q: %w", group, err)
@@ -106,7 +106,7 @@ func (s *Service) ChannelMessages(ctx context.Context, channel string) (<-chan *
 		return nil, fmt.Errorf("%w: channel %q must match ^[A-Za-z0-9_:.\\-]{1,128}$ or be $user:<id>", ErrInvalid, channel)
 	}
 	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
-		return s.backend.Subscribe(ctx, transports.ChannelTopic(channel))
+		return s.broker.Subscribe(ctx, transports.ChannelTopic(channel))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("service: consume channel %q: %w", channel, err)
@@ -208,7 +208,7 @@ func (s *Service) Events(ctx context.Context, group string) (<-chan *Event, erro
 		return nil, fmt.Errorf("%w: group is required", ErrInvalid)
 	}
 	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
-		return s.backend.SubscribeGroup(ctx, transports.TopicEvents, group)
+		return s.broker.SubscribeGroup(ctx, transports.TopicEvents, group)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("service: consume events as %q: %w", group, err)
@@ -224,7 +224,7 @@ func (s *Service) Events(ctx context.Context, group string) (<-chan *Event, erro
 	}), nil
 }
 
-// subscribe calls sub until it succeeds, waiting while the backend reports the broker unavailable
+// subscribe calls sub until it succeeds, waiting while the broker reports the broker unavailable
 // (transports.ErrUnavailable: not connected yet, streams not provisioned yet), with backoff, until
 // ctx ends. Any other error is returned at once.
 func (s *Service) subscribe(ctx context.Context, sub func(context.Context) (<-chan *message.Message, error)) (<-chan *message.Message, error) {

@@ -2,8 +2,8 @@
 //
 // Services never hold WebSockets: they exchange Watermill messages with the gateway nodes through
 // the broker, following the contract of docs/services.md. A Service is built from the same
-// configuration as the gateway (New, with configs.Load) or over a backend of the caller's
-// (NewWithBackend, for example a memory broker node shared with an in-process gateway).
+// configuration as the gateway (New, with configs.Load) or over a broker of the caller's
+// (NewWithBroker, for example a memory broker node shared with an in-process gateway).
 //
 // # Emitting
 //
@@ -42,7 +42,7 @@
 // and Reply, which emits to the sender's session.
 //
 // Every message received must be acked (Ack) or nacked (Nack, to have it delivered again): the
-// backends hand a subscription its next message only after the previous one was acked.
+// brokers hand a subscription its next message only after the previous one was acked.
 //
 // # Lifecycle events
 //

@@ -176,7 +176,7 @@ func MsgUUID(key string) string {
 	return handlers.IdempotentUUID(handlers.DedupeKey(api))
 }
 
-// publish hands msg to the backend and waits for the broker's acceptance or for ctx. When ctx
+// publish hands msg to the broker and waits for the broker's acceptance or for ctx. When ctx
 // ends first the message may still be delivered (retry WithMsgID to be sure of once).
 func (s *Service) publish(ctx context.Context, topic string, msg *message.Message) error {
 	if err := ctx.Err(); err != nil {
@@ -187,7 +187,7 @@ func (s *Service) publish(ctx context.Context, topic string, msg *message.Messag
 	}
 	msg.SetContext(ctx)
 	done := make(chan error, 1)
-	go func() { done <- s.backend.Publish(topic, msg) }()
+	go func() { done <- s.broker.Publish(topic, msg) }()
 	select {
 	case err := <-done:
 		if err != nil {

@@ -48,11 +48,11 @@ func Example() {
 }
 
 // Services and gateway nodes of one process can share an in-process memory broker.
-func ExampleNewWithBackend() {
+func ExampleNewWithBroker() {
 	broker := memory.NewBroker(memory.Config{HistorySize: 100})
 	defer broker.Close()
-	// gateway.New(cfg, gateway.WithBackend(broker.Node("ws"))) would be a node of this broker.
-	svc, err := service.NewWithBackend(broker.Node("ws"), nil)
+	// gateway.New(cfg, gateway.WithBroker(broker.Node("ws"))) would be a node of this broker.
+	svc, err := service.NewWithBroker(broker.Node("ws"), nil)
 	if err != nil {
 		panic(err)
 	}

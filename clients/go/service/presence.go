@@ -24,7 +24,7 @@ func (s *Service) Presence(ctx context.Context, timeout time.Duration) (<-chan *
 		return nil, fmt.Errorf("%w: timeout must be positive", ErrInvalid)
 	}
 	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
-		return s.backend.Subscribe(ctx, transports.TopicEvents)
+		return s.broker.Subscribe(ctx, transports.TopicEvents)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("service: presence: %w", err)

@@ -17,8 +17,8 @@ func TestPresenceNoticesADeadNode(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{})
 	t.Cleanup(broker.Close)
 	link := broker.Node("pres")
-	url := startNode(t, testConfig(t, "GATEWAY_EVENTS_HEARTBEAT=50ms", "GATEWAY_NODE_ID=doomed"), gateway.WithBackend(link))
-	svc, err := service.NewWithBackend(broker.Node("pres"), nil)
+	url := startNode(t, testConfig(t, "GATEWAY_EVENTS_HEARTBEAT=50ms", "GATEWAY_NODE_ID=doomed"), gateway.WithBroker(link))
+	svc, err := service.NewWithBroker(broker.Node("pres"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/wsgateway/gateway/transports"
 )
 
-// Errors of the SDK. Broker failures are returned wrapped, as the backend reports them
+// Errors of the SDK. Broker failures are returned wrapped, as the broker reports them
 // (transports.ErrUnavailable, transports.ErrClosed).
 var (
 	// ErrClosed is returned after Close. It is transports.ErrClosed.
@@ -27,7 +27,7 @@ var (
 
 // Service is a connection of one service to the gateway's broker. Safe for concurrent use.
 type Service struct {
-	backend transports.Backend
+	broker transports.Broker
 	log     *slog.Logger
 	keys    *signing.Keys // nil: emits are not signed
 
@@ -40,7 +40,7 @@ type Service struct {
 	closeErr  error
 }
 
-// Option changes how New and NewWithBackend make a Service.
+// Option changes how New and NewWithBroker make a Service.
 type Option func(*options)
 
 type options struct {
@@ -55,10 +55,10 @@ func WithSigningKeys(entries ...string) Option {
 	return func(o *options) { o.signingKeys = entries }
 }
 
-// New connects to the broker that cfg names, building the backend exactly as a gateway node does
-// (gateway.NewBackend), so the same GATEWAY_* settings and topic prefix reach the same topics, and
+// New connects to the broker that cfg names, building the broker exactly as a gateway node does
+// (gateway.NewBroker), so the same GATEWAY_* settings and topic prefix reach the same topics, and
 // signs what it emits with cfg's router.signing_keys. logger may be nil (discard). With the memory
-// broker the Service owns a broker of its own, which reaches no gateway: see NewWithBackend.
+// broker the Service owns a broker of its own, which reaches no gateway: see NewWithBroker.
 func New(cfg *configs.Config, logger *slog.Logger, opts ...Option) (*Service, error) {
 	if cfg == nil {
 		return nil, fmt.Errorf("%w: nil config", ErrInvalid)
@@ -70,25 +70,25 @@ func New(cfg *configs.Config, logger *slog.Logger, opts ...Option) (*Service, er
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	logger = orDiscard(logger)
-	b, err := gateway.NewBackend(cfg, logger)
+	b, err := gateway.NewBroker(cfg, logger)
 	if err != nil {
 		return nil, fmt.Errorf("service: broker %s: %w", cfg.Broker, err)
 	}
-	return &Service{backend: b, log: logger, keys: keys, done: make(chan struct{})}, nil
+	return &Service{broker: b, log: logger, keys: keys, done: make(chan struct{})}, nil
 }
 
-// NewWithBackend makes a Service over b, which it owns: Close closes b. Use it to share an
+// NewWithBroker makes a Service over b, which it owns: Close closes b. Use it to share an
 // in-process memory broker with a gateway node (broker.Node(prefix) for each). It fails only on
 // malformed signing keys.
-func NewWithBackend(b transports.Backend, logger *slog.Logger, opts ...Option) (*Service, error) {
+func NewWithBroker(b transports.Broker, logger *slog.Logger, opts ...Option) (*Service, error) {
 	if b == nil {
-		return nil, fmt.Errorf("%w: nil backend", ErrInvalid)
+		return nil, fmt.Errorf("%w: nil broker", ErrInvalid)
 	}
 	keys, err := signing.ParseKeys(collect(opts).signingKeys)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	return &Service{backend: b, log: orDiscard(logger), keys: keys, done: make(chan struct{})}, nil
+	return &Service{broker: b, log: orDiscard(logger), keys: keys, done: make(chan struct{})}, nil
 }
 
 func collect(opts []Option) options {
@@ -106,18 +106,18 @@ func orDiscard(l *slog.Logger) *slog.Logger {
 	return l
 }
 
-// Backend is the broker backend the Service uses, for what the SDK does not cover.
-func (s *Service) Backend() transports.Backend { return s.backend }
+// Broker is the broker broker the Service uses, for what the SDK does not cover.
+func (s *Service) Broker() transports.Broker { return s.broker }
 
 // Close ends every subscription (their channels close; a message handed to no one is nacked) and
-// closes the backend. Safe to call more than once; later calls return the first result.
+// closes the broker. Safe to call more than once; later calls return the first result.
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
 		close(s.done)
 		s.mu.Unlock()
-		s.closeErr = s.backend.Close()
+		s.closeErr = s.broker.Close()
 		s.wg.Wait()
 	})
 	return s.closeErr

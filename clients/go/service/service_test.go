@@ -58,7 +58,7 @@ type cluster struct {
 	URL    string
 }
 
-// startNode starts a gateway node on cfg with backend b, served by an httptest server.
+// startNode starts a gateway node on cfg with broker b, served by an httptest server.
 func startNode(t *testing.T, cfg *configs.Config, opts ...gateway.Option) string {
 	t.Helper()
 	_, url := nodetest.InProcess(t, cfg, opts...)
@@ -70,14 +70,14 @@ func newCluster(t *testing.T, env ...string) *cluster {
 	broker := memory.NewBroker(memory.Config{HistorySize: 1000})
 	t.Cleanup(broker.Close)
 	c := &cluster{t: t, broker: broker, prefix: "svc"}
-	c.URL = startNode(t, testConfig(t, env...), gateway.WithBackend(broker.Node(c.prefix)))
+	c.URL = startNode(t, testConfig(t, env...), gateway.WithBroker(broker.Node(c.prefix)))
 	return c
 }
 
 // service is a Service on another node of the cluster's broker.
 func (c *cluster) service(opts ...service.Option) *service.Service {
 	c.t.Helper()
-	svc, err := service.NewWithBackend(c.broker.Node(c.prefix), nil, opts...)
+	svc, err := service.NewWithBroker(c.broker.Node(c.prefix), nil, opts...)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -570,7 +570,7 @@ func TestSignatures(t *testing.T) {
 	rotated := c.service(service.WithSigningKeys(old)) // an older key the node still accepts
 	unsigned := c.service()
 	stranger := c.service(service.WithSigningKeys("k9:0123456789abcdef-unknown"))
-	if _, err := service.NewWithBackend(c.broker.Node(c.prefix), nil, service.WithSigningKeys("no-secret")); !errors.Is(err, service.ErrInvalid) {
+	if _, err := service.NewWithBroker(c.broker.Node(c.prefix), nil, service.WithSigningKeys("no-secret")); !errors.Is(err, service.ErrInvalid) {
 		t.Fatalf("malformed key: %v", err)
 	}
 	cl, session := c.dial("alice")
@@ -682,7 +682,7 @@ func deleteStreams(t *testing.T, prefix string) {
 
 // flaky fails SubscribeGroup with failure until fails is used up.
 type flaky struct {
-	transports.Backend
+	transports.Broker
 	mu      sync.Mutex
 	fails   int
 	failure error
@@ -698,16 +698,16 @@ func (f *flaky) SubscribeGroup(ctx context.Context, topic, group string) (<-chan
 		return nil, f.failure
 	}
 	f.mu.Unlock()
-	return f.Backend.SubscribeGroup(ctx, topic, group)
+	return f.Broker.SubscribeGroup(ctx, topic, group)
 }
 
-// TestSubscribeWaitsForTheBroker: consuming waits while the backend reports the broker
-// unavailable (a JetStream backend whose streams are not provisioned yet), and no longer than ctx.
+// TestSubscribeWaitsForTheBroker: consuming waits while the broker reports the broker
+// unavailable (a JetStream broker whose streams are not provisioned yet), and no longer than ctx.
 func TestSubscribeWaitsForTheBroker(t *testing.T) {
 	c := newCluster(t)
 	unavailable := fmt.Errorf("test: %w: streams not provisioned yet", transports.ErrUnavailable)
-	fb := &flaky{Backend: c.broker.Node(c.prefix), fails: 3, failure: unavailable}
-	svc, err := service.NewWithBackend(fb, nil)
+	fb := &flaky{Broker: c.broker.Node(c.prefix), fails: 3, failure: unavailable}
+	svc, err := service.NewWithBroker(fb, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -751,7 +751,7 @@ func reachable(addr string) bool {
 }
 
 // TestNew builds the service from the gateway's configuration, as a separate service would, on
-// every broker that is reachable: the gateway node and the service each build their own backend.
+// every broker that is reachable: the gateway node and the service each build their own broker.
 func TestNew(t *testing.T) {
 	for _, tc := range []struct {
 		broker, addr string

@@ -169,7 +169,7 @@ func startNodeBuf(t *testing.T, broker *memory.Broker, prefix, id string, sendBu
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := gateway.New(cfg, gateway.WithBackend(broker.Node(prefix)))
+	g, err := gateway.New(cfg, gateway.WithBroker(broker.Node(prefix)))
 	if err != nil {
 		t.Fatal(err)
 	}

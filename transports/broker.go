@@ -1,9 +1,9 @@
 // Package transports defines how a gateway node talks to a message broker.
 //
-// A Backend is a Watermill publisher and subscriber over logical topic names (see topics.go); each
+// A Broker is a Watermill publisher and subscriber over logical topic names (see topics.go); each
 // broker package (memory, nats, jetstream, redis, kafka) maps those names to legal broker names
-// under the configured prefix. Backends that keep channel history also implement History, which
-// is what makes resuming after a reconnect possible. The conformance suite every backend runs is
+// under the configured prefix. Brokers that keep channel history also implement History, which
+// is what makes resuming after a reconnect possible. The conformance suite every broker runs is
 // in package transporttest.
 package transports
 
@@ -14,11 +14,11 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// Backend connects one gateway node (or one service) to a broker.
+// Broker connects one gateway node (or one service) to a broker.
 //
 // All methods are safe for concurrent use. Close is idempotent and bounded in time; after Close,
 // Publish fails with ErrClosed and every subscription channel is closed.
-type Backend interface {
+type Broker interface {
 	// Publish sends messages to a logical topic and returns once the broker has accepted all of
 	// them (an error means some may not have been). Messages are not modified.
 	Publish(topic string, messages ...*message.Message) error
@@ -26,8 +26,8 @@ type Backend interface {
 	// Subscribe delivers every message published to topic after Subscribe returned (fan-out:
 	// each subscription of each node receives all of them), in publish order per topic.
 	// The next message is sent only after the previous one was acked; a nacked message is
-	// delivered again. Messages of channel topics carry MetaPosition when the backend keeps
-	// history. The channel is closed when ctx is done or the backend is closed.
+	// delivered again. Messages of channel topics carry MetaPosition when the broker keeps
+	// history. The channel is closed when ctx is done or the broker is closed.
 	Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error)
 
 	// SubscribeGroup delivers each message of topic to only one of the subscriptions that share
@@ -39,11 +39,11 @@ type Backend interface {
 	// Ping reports whether the broker is reachable now.
 	Ping(ctx context.Context) error
 
-	// Close releases the broker clients the backend owns.
+	// Close releases the broker clients the broker owns.
 	Close() error
 }
 
-// History is implemented by backends that keep the messages of channel topics for a while, so a
+// History is implemented by brokers that keep the messages of channel topics for a while, so a
 // client can resume from a Position on any node.
 type History interface {
 	// Replay returns, oldest first, the messages of a channel topic published after since, at
@@ -58,22 +58,22 @@ type History interface {
 	Last(ctx context.Context, topic string) (Position, error)
 }
 
-// ErrClosed is returned by a backend that was closed.
-var ErrClosed = errors.New("transports: backend closed")
+// ErrClosed is returned by a broker that was closed.
+var ErrClosed = errors.New("transports: broker closed")
 
 // ErrUnavailable wraps errors of a broker that cannot be reached.
 var ErrUnavailable = errors.New("broker unavailable")
 
-// Handoff is implemented by backends whose subscriptions can hand each message of a topic to a
-// function on the backend's own goroutine, so that the Feed needs no goroutine of its own per
+// Handoff is implemented by brokers whose subscriptions can hand each message of a topic to a
+// function on the broker's own goroutine, so that the Feed needs no goroutine of its own per
 // channel (a node holds one subscription per channel with local subscribers: thousands). A
-// wrapper that embeds such a backend and changes Subscribe must change SubscribeFunc too: the
+// wrapper that embeds such a broker and changes Subscribe must change SubscribeFunc too: the
 // Feed uses SubscribeFunc when it is there.
 type Handoff interface {
 	// SubscribeFunc delivers the messages of topic to deliver, one at a time and in order, like
 	// Subscribe: the next one only after the previous was acked (a nacked one comes again).
 	// deliver returns false when it did not take the message (the subscriber is going away);
-	// the subscription then ends. ended is called once, on the backend's goroutine, when the
+	// the subscription then ends. ended is called once, on the broker's goroutine, when the
 	// subscription ends, through ctx or by itself.
 	SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error
 }

@@ -17,8 +17,8 @@ import (
 	"github.com/wsgateway/gateway/transports/redis"
 )
 
-// NewBackend builds the broker backend the configuration names.
-func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, error) {
+// NewBroker builds the broker broker the configuration names.
+func NewBroker(cfg *configs.Config, log *slog.Logger) (transports.Broker, error) {
 	switch cfg.Broker {
 	case configs.BrokerMemory:
 		broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL,
@@ -27,7 +27,7 @@ func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, erro
 				channel, _ := transports.ChannelOf(topic)
 				return cfg.History.Bounds(channel)
 			}})
-		return &ownedMemory{Backend: broker.Node(cfg.TopicPrefix), broker: broker}, nil
+		return &ownedMemory{Node: broker.Node(cfg.TopicPrefix), broker: broker}, nil
 	case configs.BrokerJetStream:
 		return jetstream.New(jetstreamConfig(cfg), log)
 	case configs.BrokerRedis:
@@ -40,9 +40,9 @@ func NewBackend(cfg *configs.Config, log *slog.Logger) (transports.Backend, erro
 	return nil, fmt.Errorf("unknown broker %q", cfg.Broker)
 }
 
-// checkBackend makes the checks of the configured broker package's New (defaults, then
+// checkBroker makes the checks of the configured broker package's New (defaults, then
 // Validate) without connecting.
-func checkBackend(cfg *configs.Config) error {
+func checkBroker(cfg *configs.Config) error {
 	switch cfg.Broker {
 	case configs.BrokerJetStream:
 		return jetstreamConfig(cfg).Check()
@@ -96,12 +96,12 @@ func dedupeStore(cfg *configs.Config) (middleware.DedupeStore, []func() error, e
 
 // ownedMemory is a memory node that owns its broker (the embedded default of a lone node).
 type ownedMemory struct {
-	*memory.Backend
+	*memory.Node
 	broker *memory.Broker
 }
 
 func (o *ownedMemory) Close() error {
-	err := o.Backend.Close()
+	err := o.Node.Close()
 	o.broker.Close()
 	return err
 }
