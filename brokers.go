@@ -8,6 +8,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/jetstream"
@@ -24,7 +25,7 @@ func NewBroker(cfg *configs.Config, log *slog.Logger) (transports.Broker, error)
 		broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL,
 			MaxBytes: cfg.History.MaxBytes, // -1 (no bound) is below 1 too
 			Bounds: func(topic string) (int, time.Duration) {
-				channel, _ := transports.ChannelOf(topic)
+				channel, _ := protocol.ChannelOf(topic)
 				return cfg.History.Bounds(channel)
 			}})
 		return &ownedMemory{Node: broker.Node(cfg.TopicPrefix), broker: broker}, nil

@@ -344,7 +344,7 @@ func subscribeAll(t *testing.T, b transports.Broker, channels []string) map[stri
 		if subs[ch] != nil {
 			continue
 		}
-		in, err := b.Subscribe(ctx, transports.ChannelTopic(ch))
+		in, err := b.Subscribe(ctx, protocol.ChannelTopic(ch))
 		if err != nil {
 			t.Fatal(err)
 		}

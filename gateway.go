@@ -42,7 +42,7 @@ type Option func(*options)
 
 type options struct {
 	log        *slog.Logger
-	broker    transports.Broker
+	broker     transports.Broker
 	dedupe     middleware.DedupeStore
 	middleware []message.HandlerMiddleware
 	handlers   []extraHandler
@@ -88,9 +88,9 @@ const HandlerInbound = router.HandlerInbound
 type Gateway struct {
 	cfg      *configs.Config
 	log      *slog.Logger
-	broker  transports.Broker
-	feed     *transports.Feed
-	inbox    *transports.Inbox
+	broker   transports.Broker
+	feed     *router.Feed
+	inbox    *router.Inbox
 	hub      *websocket.Hub
 	router   *message.Router
 	events   *handlers.Events // nil when disabled
@@ -157,15 +157,15 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	}
 	g := &Gateway{cfg: cfg, log: log, broker: broker, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers,
 		startedc: make(chan struct{})}
-	g.feed = transports.NewFeed(broker)
-	g.inbox = transports.NewInbox()
+	g.feed = router.NewFeed(broker)
+	g.inbox = router.NewInbox()
 	undo = append(undo, func() { _ = g.feed.Close() }, func() { _ = g.inbox.Close() })
 
 	deps := handlers.Deps{
 		NodeID:         cfg.NodeID,
 		History:        g.feed,
 		Inbox:          g.inbox,
-		Broker:        broker,
+		Broker:         broker,
 		Verifier:       verifier,
 		AllowAnonymous: cfg.Auth.AllowAnonymous,
 		PublicChannels: cfg.Auth.PublicChannels,
@@ -197,10 +197,10 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	sessions := handlers.NewSessions(deps, g.events)
 	g.hub.SetHandler(sessions)
 
-	rh := handlers.NewRouter(deps)
+	rh := handlers.NewMessages(deps)
 	g.router, err = router.New(
 		router.Sources{Inbox: g.inbox, Feed: g.feed, Direct: broker},
-		router.Handlers{Inbound: rh.Inbound, Channel: rh.Channel, Direct: rh.Direct, Authorize: sessions.Authorize,
+		router.Funcs{Inbound: rh.Inbound, Channel: rh.Channel, Direct: rh.Direct, Authorize: sessions.Authorize,
 			DedupeKey: handlers.DedupeKey, RateLimiters: handlers.RateLimiters},
 		router.Options{
 			Dedupe:           o.dedupe,

@@ -16,8 +16,8 @@ import (
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/internal/wstest"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/router/middleware"
-	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
@@ -30,7 +30,7 @@ type flakyBroker struct {
 }
 
 func (f *flakyBroker) Publish(topic string, msgs ...*message.Message) error {
-	if transports.IsChannelTopic(topic) {
+	if protocol.IsChannelTopic(topic) {
 		f.attempts.Add(1)
 		if f.failures.Add(-1) >= 0 {
 			return errors.New("broker hiccup")
@@ -125,7 +125,7 @@ func TestDedupeStoreInRedisAcrossNodes(t *testing.T) {
 	defer svc.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	inbound, err := svc.SubscribeGroup(ctx, transports.TopicInbound, "svc")
+	inbound, err := svc.SubscribeGroup(ctx, protocol.TopicInbound, "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,9 +163,9 @@ func TestSignaturesRequired(t *testing.T) {
 
 	emit := func(payload string, sign *signing.Keys) {
 		m := message.NewMessage(watermill.NewUUID(), []byte(payload))
-		m.Metadata.Set(transports.MetaChannel, "news")
-		sign.Sign(transports.ChannelTopic("news"), m)
-		if err := svc.Publish(transports.ChannelTopic("news"), m); err != nil {
+		m.Metadata.Set(protocol.MetaChannel, "news")
+		sign.Sign(protocol.ChannelTopic("news"), m)
+		if err := svc.Publish(protocol.ChannelTopic("news"), m); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
 )
@@ -193,7 +194,7 @@ func TestSendReachesServicesOnly(t *testing.T) {
 	defer service.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	inbound, err := service.SubscribeGroup(ctx, transports.TopicInbound, "svc")
+	inbound, err := service.SubscribeGroup(ctx, protocol.TopicInbound, "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -483,7 +484,7 @@ func TestResumeOnOneNode(t *testing.T) {
 	if f := r5.Expect("error"); f.Str("code") != "bad_request" {
 		t.Fatalf("position of another channel %v", f)
 	}
-	foreign := transports.Position{Epoch: "elsewhere", Lo: 3}.ForChannel("feed")
+	foreign := protocol.Position{Epoch: "elsewhere", Lo: 3}.ForChannel("feed")
 	if s := r5.Subscribe("feed", foreign); s.Bool("recovered") {
 		t.Fatalf("foreign position %v", s)
 	}
@@ -714,7 +715,7 @@ type failingBroker struct {
 }
 
 func (f *failingBroker) Publish(topic string, _ ...*message.Message) error {
-	if transports.IsChannelTopic(topic) {
+	if protocol.IsChannelTopic(topic) {
 		f.fails.Add(1)
 	}
 	return errors.New("connection refused")
@@ -746,7 +747,7 @@ func TestBrokerDownAnswersUnavailable(t *testing.T) {
 func TestPanicInMiddlewareAnswersInternal(t *testing.T) {
 	explode := func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
-			if msg.Metadata.Get(transports.MetaChannel) == "boom" {
+			if msg.Metadata.Get(protocol.MetaChannel) == "boom" {
 				panic("operator middleware bug")
 			}
 			return h(msg)
@@ -796,7 +797,7 @@ func (k *killable) Subscribe(ctx context.Context, topic string) (<-chan *message
 	return k.Node.Subscribe(k.killableContext(ctx), topic)
 }
 
-// SubscribeFunc is the subscription the Feed uses (transports.Handoff).
+// SubscribeFunc is the subscription the Feed uses (transports.FuncSubscriber).
 func (k *killable) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
 	return k.Node.SubscribeFunc(k.killableContext(ctx), topic, deliver, ended)
 }
@@ -854,7 +855,7 @@ func TestLifecycleEvents(t *testing.T) {
 	defer service.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	events, err := service.SubscribeGroup(ctx, transports.TopicEvents, "presence")
+	events, err := service.SubscribeGroup(ctx, protocol.TopicEvents, "presence")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,39 +10,15 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/protocol"
 )
-
-// Lifecycle event types, published on transports.TopicEvents.
-const (
-	EventConnected    = "connected"
-	EventDisconnected = "disconnected"
-	EventSubscribed   = "subscribed"
-	EventUnsubscribed = "unsubscribed"
-	// EventNodeAlive is the node's heartbeat: a service that stops hearing it knows the node died
-	// and that its sessions are gone, though no disconnected event came (see the SDK's Presence).
-	EventNodeAlive = "node_alive"
-	// EventNodeStopped says the node shut down cleanly (after its sessions' disconnected events).
-	EventNodeStopped = "node_stopped"
-)
-
-// Event is the JSON payload of a lifecycle event (docs/services.md).
-type Event struct {
-	Type    string    `json:"type"`
-	User    string    `json:"user"`
-	Session string    `json:"session"`
-	Node    string    `json:"node"`
-	Channel string    `json:"channel,omitempty"`
-	Reason  string    `json:"reason,omitempty"`
-	At      time.Time `json:"at"`
-}
 
 // Events publishes connection lifecycle events through the router (so they pass the same
 // middleware and retries as everything else) without making connections wait: Emit queues,
 // one goroutine (Run) submits. When the queue is full an event is dropped and counted.
 type Events struct {
 	d         Deps
-	q         chan Event
+	q         chan protocol.Event
 	heartbeat time.Duration // 0: none
 	mu        sync.Mutex
 	shut      bool // the queue is closed: Emit drops
@@ -60,12 +36,12 @@ func NewEvents(d Deps, size int, heartbeat time.Duration) *Events {
 	if size == 0 {
 		return nil
 	}
-	return &Events{d: d, q: make(chan Event, size), heartbeat: heartbeat, done: make(chan struct{}),
+	return &Events{d: d, q: make(chan protocol.Event, size), heartbeat: heartbeat, done: make(chan struct{}),
 		stopBeat: make(chan struct{}), beatDone: make(chan struct{})}
 }
 
 // Emit queues an event. Safe on a nil *Events (disabled) and after Close.
-func (e *Events) Emit(ev Event) {
+func (e *Events) Emit(ev protocol.Event) {
 	if e == nil {
 		return
 	}
@@ -105,11 +81,11 @@ func (e *Events) beat() {
 	}
 	t := time.NewTicker(e.heartbeat)
 	defer t.Stop()
-	e.Emit(Event{Type: EventNodeAlive})
+	e.Emit(protocol.Event{Type: protocol.EventNodeAlive})
 	for {
 		select {
 		case <-t.C:
-			e.Emit(Event{Type: EventNodeAlive})
+			e.Emit(protocol.Event{Type: protocol.EventNodeAlive})
 		case <-e.stopBeat:
 			return
 		}
@@ -122,14 +98,14 @@ func (e *Events) run() {
 		payload, _ := json.Marshal(ev)
 		msg := message.NewMessage(watermill.NewUUID(), payload)
 		md := msg.Metadata
-		md.Set(transports.MetaKind, "event")
-		md.Set(transports.MetaTarget, TargetEvents)
-		md.Set(transports.MetaUser, ev.User)
-		md.Set(transports.MetaSession, ev.Session)
-		md.Set(transports.MetaNode, ev.Node)
-		md.Set(transports.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+		md.Set(protocol.MetaKind, "event")
+		md.Set(protocol.MetaTarget, protocol.TargetEvents)
+		md.Set(protocol.MetaUser, ev.User)
+		md.Set(protocol.MetaSession, ev.Session)
+		md.Set(protocol.MetaNode, ev.Node)
+		md.Set(protocol.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
 		if ev.Channel != "" {
-			md.Set(transports.MetaChannel, ev.Channel)
+			md.Set(protocol.MetaChannel, ev.Channel)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), e.d.PublishTimeout)
 		if err := e.d.Inbox.Submit(ctx, msg); err != nil {
@@ -157,7 +133,7 @@ func (e *Events) close(timeout time.Duration) {
 	if running {
 		close(e.stopBeat)
 		<-e.beatDone
-		e.Emit(Event{Type: EventNodeStopped})
+		e.Emit(protocol.Event{Type: protocol.EventNodeStopped})
 	}
 	e.mu.Lock()
 	if !e.shut {

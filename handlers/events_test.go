@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // countingInbox accepts every message at once and counts them.
@@ -43,8 +44,8 @@ func TestEventsCloseTwice(t *testing.T) {
 			go func() { defer wg.Done(); e.Close(time.Minute) }()
 		}
 		wg.Wait()
-		e.Emit(Event{Type: EventConnected}) // dropped, no panic
-		e.Start()                           // starts nothing after Close
+		e.Emit(protocol.Event{Type: protocol.EventConnected}) // dropped, no panic
+		e.Start()                                             // starts nothing after Close
 		// started: the first heartbeat and node_stopped; never started: nothing was submitted.
 		if got, want := inbox.n.Load(), map[bool]int64{false: 0, true: 2}[started]; got != want {
 			t.Errorf("started=%v: %d events submitted, want %d", started, got, want)

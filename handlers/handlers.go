@@ -5,12 +5,9 @@ package handlers
 
 import (
 	"context"
-	"crypto/sha256"
 	"log/slog"
 	"sync"
 	"time"
-
-	"github.com/google/uuid"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -18,6 +15,7 @@ import (
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/signing"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/websocket"
 )
@@ -26,18 +24,18 @@ import (
 type Hub interface {
 	Join(ctx context.Context, c *websocket.Conn, channel string) error
 	Leave(c *websocket.Conn, channel string) bool
-	Deliver(channel string, pos transports.Position, frame []byte) int
+	Deliver(channel string, pos protocol.Position, frame []byte) int
 	Session(id string) (*websocket.Conn, bool)
 	Broadcast(frame []byte) int
 }
 
-// History is what the handlers need to resume a channel (transports.Feed).
+// History is what the handlers need to resume a channel (router.Feed).
 type History interface {
-	Last(ctx context.Context, channel string) (transports.Position, error)
-	Replay(ctx context.Context, channel string, since transports.Position, limit int) ([]*message.Message, bool, error)
+	Last(ctx context.Context, channel string) (protocol.Position, error)
+	Replay(ctx context.Context, channel string, since protocol.Position, limit int) ([]*message.Message, bool, error)
 }
 
-// Submitter hands a message to the router and waits for its outcome (transports.Inbox).
+// Submitter hands a message to the router and waits for its outcome (router.Inbox).
 type Submitter interface {
 	Submit(ctx context.Context, msg *message.Message) error
 }
@@ -48,7 +46,7 @@ type Deps struct {
 	Hub            Hub
 	History        History
 	Inbox          Submitter
-	Broker        transports.Broker
+	Broker         transports.Broker
 	Verifier       *auth.Verifier // nil: anonymous only
 	AllowAnonymous bool
 	PublicChannels []string // patterns anyone may subscribe to
@@ -65,32 +63,6 @@ type Deps struct {
 	Signatures     *signing.Keys // sign what the node publishes for clients; nil: no signing
 	Metrics        *metrics.Metrics
 	Log            *slog.Logger
-}
-
-// Message kinds on MetaKind.
-const (
-	KindPublish = "publish" // a client published to a channel
-	KindSend    = "send"    // a client sent to the services
-	KindAPI     = "api"     // the HTTP API published
-)
-
-// Targets on MetaTarget of submitted messages.
-const (
-	TargetChannel  = "channel"
-	TargetUser     = "user"
-	TargetSession  = "session"
-	TargetAll      = "all"
-	TargetServices = "services"
-	TargetEvents   = "events"
-)
-
-// IdempotentUUID is the message UUID for an idempotency key: the same key gives the same UUID on
-// every node, which is how nodes recognise a repeated msg_id that reached two of them.
-func IdempotentUUID(key string) string {
-	sum := sha256.Sum256([]byte(key))
-	sum[6] = sum[6]&0x0f | 0x50 // version 5 layout (name-based, SHA)
-	sum[8] = sum[8]&0x3f | 0x80
-	return uuid.UUID(sum[:16]).String()
 }
 
 // recent remembers message UUIDs for between one and two windows, so a node delivers a message

@@ -17,7 +17,6 @@ import (
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/protocol"
-	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/websocket"
 )
 
@@ -211,7 +210,7 @@ func (h *HTTP) publishOne(ctx context.Context, req *publishRequest) (*message.Me
 	if perr != nil {
 		return nil, http.StatusBadRequest, perr
 	}
-	msg.Metadata.Set(transports.MetaNode, h.d.NodeID)
+	msg.Metadata.Set(protocol.MetaNode, h.d.NodeID)
 	ctx, cancel := context.WithTimeout(ctx, h.d.PublishTimeout)
 	defer cancel()
 	if err := h.d.Inbox.Submit(ctx, msg); err != nil {
@@ -236,7 +235,7 @@ func (h *HTTP) Publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := map[string]string{"id": msg.UUID}
-	if id := msg.Metadata.Get(transports.MetaMsgID); id != "" {
+	if id := msg.Metadata.Get(protocol.MetaMsgID); id != "" {
 		out["msg_id"] = id
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -272,7 +271,7 @@ func (h *HTTP) Batch(w http.ResponseWriter, r *http.Request) {
 			results[i].Error = map[string]string{"code": perr.Code, "message": perr.Message}
 			continue
 		}
-		results[i] = result{ID: msg.UUID, MsgID: msg.Metadata.Get(transports.MetaMsgID)}
+		results[i] = result{ID: msg.UUID, MsgID: msg.Metadata.Get(protocol.MetaMsgID)}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"results": results})
@@ -297,34 +296,34 @@ func apiMessage(req *publishRequest) (*message.Message, *protocol.Error) {
 	}
 	msg := message.NewMessage(watermill.NewUUID(), []byte(req.Data))
 	md := msg.Metadata
-	md.Set(transports.MetaKind, KindAPI)
-	md.Set(transports.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+	md.Set(protocol.MetaKind, protocol.KindAPI)
+	md.Set(protocol.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
 	if req.MsgID != "" {
-		md.Set(transports.MetaMsgID, req.MsgID)
-		md.Set(transports.MetaIdempotent, "1")
-		msg.UUID = IdempotentUUID(DedupeKey(msg))
+		md.Set(protocol.MetaMsgID, req.MsgID)
+		md.Set(protocol.MetaIdempotent, "1")
+		msg.UUID = protocol.IdempotentUUID(DedupeKey(msg))
 	}
 	switch {
 	case req.Channel != nil:
 		if !protocol.ValidChannel(*req.Channel) {
 			return nil, protocol.Errorf(protocol.CodeBadRequest, "channel must match ^[A-Za-z0-9_:.\\-]{1,128}$")
 		}
-		md.Set(transports.MetaTarget, TargetChannel)
-		md.Set(transports.MetaChannel, *req.Channel)
+		md.Set(protocol.MetaTarget, protocol.TargetChannel)
+		md.Set(protocol.MetaChannel, *req.Channel)
 	case req.User != nil:
 		if *req.User == "" || len(*req.User) > 256 {
 			return nil, protocol.Errorf(protocol.CodeBadRequest, "user must be 1 to 256 bytes")
 		}
-		md.Set(transports.MetaTarget, TargetUser)
-		md.Set(transports.MetaUser, *req.User)
+		md.Set(protocol.MetaTarget, protocol.TargetUser)
+		md.Set(protocol.MetaUser, *req.User)
 	case req.Session != nil:
 		if *req.Session == "" || len(*req.Session) > 128 {
 			return nil, protocol.Errorf(protocol.CodeBadRequest, "session must be 1 to 128 bytes")
 		}
-		md.Set(transports.MetaTarget, TargetSession)
-		md.Set(transports.MetaSession, *req.Session)
+		md.Set(protocol.MetaTarget, protocol.TargetSession)
+		md.Set(protocol.MetaSession, *req.Session)
 	default:
-		md.Set(transports.MetaTarget, TargetAll)
+		md.Set(protocol.MetaTarget, protocol.TargetAll)
 	}
 	return msg, nil
 }

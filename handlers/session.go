@@ -16,7 +16,6 @@ import (
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/protocol"
-	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/websocket"
 )
 
@@ -86,7 +85,7 @@ func (s *Sessions) Open(c *websocket.Conn) {
 	st := stateOf(c)
 	st.opened.Store(true)
 	c.Send(protocol.Encode(protocol.Welcome{Type: "welcome", Session: c.ID, Node: s.d.NodeID, User: c.User}))
-	s.events.Emit(Event{Type: EventConnected, User: c.User, Session: c.ID})
+	s.events.Emit(protocol.Event{Type: protocol.EventConnected, User: c.User, Session: c.ID})
 	if exp := st.claims.ExpiresAt; !exp.IsZero() {
 		st.mu.Lock()
 		st.expiry = time.AfterFunc(time.Until(exp), func() {
@@ -105,7 +104,7 @@ func (s *Sessions) Close(c *websocket.Conn) {
 	}
 	st.mu.Unlock()
 	s.release(st)
-	s.events.Emit(Event{Type: EventDisconnected, User: c.User, Session: c.ID, Reason: c.Reason()})
+	s.events.Emit(protocol.Event{Type: protocol.EventDisconnected, User: c.User, Session: c.ID, Reason: c.Reason()})
 }
 
 // Frame handles one client frame. It runs on the connection's read goroutine, so frames of one
@@ -149,7 +148,7 @@ func channelName(c *websocket.Conn, name string) (string, error) {
 	if c.User == "" {
 		return "", protocol.Errorf(protocol.CodeForbidden, "anonymous connections have no $user channel")
 	}
-	return transports.UserChannel(c.User), nil
+	return protocol.UserChannelFor(c.User), nil
 }
 
 func (s *Sessions) canSubscribe(c *websocket.Conn, name string) bool {
@@ -174,10 +173,10 @@ func (s *Sessions) subscribe(c *websocket.Conn, f *protocol.Frame) error {
 	if err != nil {
 		return err
 	}
-	var since transports.Position
+	var since protocol.Position
 	resume := f.Since != nil && *f.Since != ""
 	if resume {
-		if since, err = transports.ParseClientPosition(channel, *f.Since); err != nil {
+		if since, err = protocol.ParseClientPosition(channel, *f.Since); err != nil {
 			return protocol.Errorf(protocol.CodeBadRequest, "since: %v", err)
 		}
 	}
@@ -201,13 +200,13 @@ func (s *Sessions) subscribe(c *websocket.Conn, f *protocol.Frame) error {
 	reply := protocol.Encode(protocol.Subscribed{Type: "subscribed", ID: f.ID, Channel: f.Channel,
 		Position: cut.ForChannel(channel), Recovered: recovered})
 	c.Activate(channel, cut, reply)
-	s.events.Emit(Event{Type: EventSubscribed, User: c.User, Session: c.ID, Channel: channel})
+	s.events.Emit(protocol.Event{Type: protocol.EventSubscribed, User: c.User, Session: c.ID, Channel: channel})
 	return nil
 }
 
 // replay sends what the channel had after since (when resuming and the history reaches back)
 // and returns the position after which live messages are new to the client.
-func (s *Sessions) replay(ctx context.Context, c *websocket.Conn, channel, clientName string, since transports.Position, resume bool) (transports.Position, bool, error) {
+func (s *Sessions) replay(ctx context.Context, c *websocket.Conn, channel, clientName string, since protocol.Position, resume bool) (protocol.Position, bool, error) {
 	if resume {
 		limit, ttl := s.d.MaxReplay, time.Duration(0)
 		if s.d.HistoryBounds != nil {
@@ -229,7 +228,7 @@ func (s *Sessions) replay(ctx context.Context, c *websocket.Conn, channel, clien
 			for _, m := range msgs {
 				frame, pos := channelFrame(m, channel, clientName)
 				cut = pos
-				if m.Metadata.Get(transports.MetaIdempotent) == "1" {
+				if m.Metadata.Get(protocol.MetaIdempotent) == "1" {
 					if sent[m.UUID] {
 						continue
 					}
@@ -253,7 +252,7 @@ func (s *Sessions) unsubscribe(c *websocket.Conn, f *protocol.Frame) error {
 		return protocol.Errorf(protocol.CodeNotFound, "not subscribed to %s", f.Channel)
 	}
 	c.Send(protocol.Encode(protocol.Reply{Type: "unsubscribed", ID: f.ID, Channel: f.Channel}))
-	s.events.Emit(Event{Type: EventUnsubscribed, User: c.User, Session: c.ID, Channel: channel})
+	s.events.Emit(protocol.Event{Type: protocol.EventUnsubscribed, User: c.User, Session: c.ID, Channel: channel})
 	return nil
 }
 
@@ -264,22 +263,22 @@ func (s *Sessions) publish(c *websocket.Conn, f *protocol.Frame) error {
 	}
 	msg := message.NewMessage(id, []byte(f.Data))
 	md := msg.Metadata
-	md.Set(transports.MetaUser, c.User)
-	md.Set(transports.MetaSession, c.ID)
-	md.Set(transports.MetaNode, s.d.NodeID)
-	md.Set(transports.MetaMsgID, msgID)
-	md.Set(transports.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+	md.Set(protocol.MetaUser, c.User)
+	md.Set(protocol.MetaSession, c.ID)
+	md.Set(protocol.MetaNode, s.d.NodeID)
+	md.Set(protocol.MetaMsgID, msgID)
+	md.Set(protocol.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
 	if f.Type == protocol.TypePublish {
-		md.Set(transports.MetaKind, KindPublish)
-		md.Set(transports.MetaTarget, TargetChannel)
-		md.Set(transports.MetaChannel, f.Channel)
+		md.Set(protocol.MetaKind, protocol.KindPublish)
+		md.Set(protocol.MetaTarget, protocol.TargetChannel)
+		md.Set(protocol.MetaChannel, f.Channel)
 	} else {
-		md.Set(transports.MetaKind, KindSend)
-		md.Set(transports.MetaTarget, TargetServices)
+		md.Set(protocol.MetaKind, protocol.KindSend)
+		md.Set(protocol.MetaTarget, protocol.TargetServices)
 	}
 	if f.MsgID != "" {
-		msg.UUID = IdempotentUUID(DedupeKey(msg))
-		md.Set(transports.MetaIdempotent, "1")
+		msg.UUID = protocol.IdempotentUUID(DedupeKey(msg))
+		md.Set(protocol.MetaIdempotent, "1")
 	}
 	ctx, cancel := context.WithTimeout(withState(context.Background(), stateOf(c)), s.d.PublishTimeout)
 	defer cancel()
@@ -314,15 +313,15 @@ func (s *Sessions) Authorize(msg *message.Message) error {
 	if !ok {
 		return nil
 	}
-	switch msg.Metadata.Get(transports.MetaKind) {
-	case KindSend:
+	switch msg.Metadata.Get(protocol.MetaKind) {
+	case protocol.KindSend:
 		return s.authorizeSend(st.claims)
-	case KindPublish:
+	case protocol.KindPublish:
 	default:
 		return nil
 	}
 	claims := st.claims
-	ch := msg.Metadata.Get(transports.MetaChannel)
+	ch := msg.Metadata.Get(protocol.MetaChannel)
 	if ch == protocol.UserChannel || ch == "" || (ch[0] == '$') {
 		return protocol.Errorf(protocol.CodeForbidden, "no client may publish to %s", ch)
 	}
@@ -368,17 +367,8 @@ func RateLimiters(msg *message.Message) []*rate.Limiter {
 
 // DedupeKey keys a submitted message by its sender and msg_id ("" when it has no msg_id).
 func DedupeKey(msg *message.Message) string {
-	id := msg.Metadata.Get(transports.MetaMsgID)
-	if id == "" {
-		return ""
-	}
-	if msg.Metadata.Get(transports.MetaKind) == KindAPI {
-		return "api\x00" + id
-	}
-	if user := msg.Metadata.Get(transports.MetaUser); user != "" {
-		return "u\x00" + user + "\x00" + id
-	}
-	return "s\x00" + msg.Metadata.Get(transports.MetaSession) + "\x00" + id // anonymous
+	md := msg.Metadata
+	return protocol.DedupeKey(md.Get(protocol.MetaKind), md.Get(protocol.MetaUser), md.Get(protocol.MetaSession), md.Get(protocol.MetaMsgID))
 }
 
 // tooOld reports whether the broker stored m longer ago than ttl. A message without a stored
@@ -386,9 +376,9 @@ func DedupeKey(msg *message.Message) string {
 // counts as young when neither is known.
 func tooOld(m *message.Message, ttl time.Duration) bool {
 	var at time.Time
-	if ms, err := strconv.ParseInt(m.Metadata.Get(transports.MetaStoredAt), 10, 64); err == nil {
+	if ms, err := strconv.ParseInt(m.Metadata.Get(protocol.MetaStoredAt), 10, 64); err == nil {
 		at = time.UnixMilli(ms)
-	} else if ns, err := strconv.ParseInt(m.Metadata.Get(transports.MetaSentAt), 10, 64); err == nil {
+	} else if ns, err := strconv.ParseInt(m.Metadata.Get(protocol.MetaSentAt), 10, 64); err == nil {
 		at = time.Unix(0, ns)
 	} else {
 		return false

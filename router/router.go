@@ -42,7 +42,6 @@ import (
 	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/router/middleware"
-	"github.com/wsgateway/gateway/transports"
 )
 
 // Handler names.
@@ -54,13 +53,13 @@ const (
 
 // Sources are the subscribers the router consumes.
 type Sources struct {
-	Inbox  message.Subscriber // transports.InboxTopic: what clients and the API submit
-	Feed   message.Subscriber // transports.FeedTopic: channel messages for local subscribers
-	Direct message.Subscriber // transports.TopicDirect: session and broadcast messages
+	Inbox  message.Subscriber // InboxTopic: what clients and the API submit
+	Feed   message.Subscriber // FeedTopic: channel messages for local subscribers
+	Direct message.Subscriber // protocol.TopicDirect: session and broadcast messages
 }
 
-// Handlers are the product's logic (package handlers).
-type Handlers struct {
+// Funcs are the product's logic (package handlers).
+type Funcs struct {
 	Inbound      message.NoPublishHandlerFunc
 	Channel      message.NoPublishHandlerFunc
 	Direct       message.NoPublishHandlerFunc
@@ -90,7 +89,7 @@ type Options struct {
 }
 
 // New builds the router; the caller runs it (Run) and closes it (Close).
-func New(src Sources, h Handlers, opt Options, log *slog.Logger) (*message.Router, error) {
+func New(src Sources, h Funcs, opt Options, log *slog.Logger) (*message.Router, error) {
 	logger := quietLogger{watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})}
 	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: opt.CloseTimeout}, logger)
 	if err != nil {
@@ -100,7 +99,7 @@ func New(src Sources, h Handlers, opt Options, log *slog.Logger) (*message.Route
 		middleware.Observe(opt.Metrics.RouterHandled, opt.Metrics.RouterDuration))
 	r.AddMiddleware(opt.Extra...)
 
-	inbound := r.AddConsumerHandler(HandlerInbound, transports.InboxTopic, src.Inbox, h.Inbound)
+	inbound := r.AddConsumerHandler(HandlerInbound, InboxTopic, src.Inbox, h.Inbound)
 	chain := []message.HandlerMiddleware{
 		middleware.RateLimit(h.RateLimiters), // first: a refused frame costs the client a token too
 		middleware.Authorize(h.Authorize),
@@ -135,8 +134,8 @@ func New(src Sources, h Handlers, opt Options, log *slog.Logger) (*message.Route
 	)
 	inbound.AddMiddleware(chain...)
 
-	channel := r.AddConsumerHandler(HandlerChannel, transports.FeedTopic, src.Feed, h.Channel)
-	direct := r.AddConsumerHandler(HandlerDirect, transports.TopicDirect, src.Direct, h.Direct)
+	channel := r.AddConsumerHandler(HandlerChannel, FeedTopic, src.Feed, h.Channel)
+	direct := r.AddConsumerHandler(HandlerDirect, protocol.TopicDirect, src.Direct, h.Direct)
 	if opt.RequireSignature {
 		quarantine := func(msg *message.Message, reason string) {
 			if opt.PoisonTopic != "" {
@@ -144,10 +143,10 @@ func New(src Sources, h Handlers, opt Options, log *slog.Logger) (*message.Route
 			}
 		}
 		channel.AddMiddleware(middleware.VerifySignature(opt.Signatures, func(m *message.Message) string {
-			return transports.ChannelTopic(m.Metadata.Get(transports.MetaChannel))
+			return protocol.ChannelTopic(m.Metadata.Get(protocol.MetaChannel))
 		}, opt.Metrics.Unsigned, quarantine, log))
 		direct.AddMiddleware(middleware.VerifySignature(opt.Signatures, func(*message.Message) string {
-			return transports.TopicDirect
+			return protocol.TopicDirect
 		}, opt.Metrics.Unsigned, quarantine, log))
 	}
 	return r, nil

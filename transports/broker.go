@@ -12,6 +12,8 @@ import (
 	"errors"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // Broker connects one gateway node (or one service) to a broker.
@@ -26,12 +28,12 @@ type Broker interface {
 	// Subscribe delivers every message published to topic after Subscribe returned (fan-out:
 	// each subscription of each node receives all of them), in publish order per topic.
 	// The next message is sent only after the previous one was acked; a nacked message is
-	// delivered again. Messages of channel topics carry MetaPosition when the broker keeps
+	// delivered again. Messages of channel topics carry protocol.MetaPosition when the broker keeps
 	// history. The channel is closed when ctx is done or the broker is closed.
 	Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error)
 
 	// SubscribeGroup delivers each message of topic to only one of the subscriptions that share
-	// group, across all nodes (competing consumers): how services consume TopicInbound.
+	// group, across all nodes (competing consumers): how services consume protocol.TopicInbound.
 	// Messages published while no member of the group was subscribed are delivered when one
 	// subscribes, as far as the broker retains them.
 	SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error)
@@ -44,18 +46,18 @@ type Broker interface {
 }
 
 // History is implemented by brokers that keep the messages of channel topics for a while, so a
-// client can resume from a Position on any node.
+// client can resume from a protocol.Position on any node.
 type History interface {
 	// Replay returns, oldest first, the messages of a channel topic published after since, at
-	// most limit of them, each carrying MetaPosition. complete is true when the result holds
+	// most limit of them, each carrying protocol.MetaPosition. complete is true when the result holds
 	// every message after since: the history still reaches back to since (same epoch, not
 	// trimmed past it) and there were no more than limit of them.
-	Replay(ctx context.Context, topic string, since Position, limit int) (msgs []*message.Message, complete bool, err error)
+	Replay(ctx context.Context, topic string, since protocol.Position, limit int) (msgs []*message.Message, complete bool, err error)
 
 	// Last returns the position of the newest message of a channel topic, or, when there is none,
 	// a position of the current epoch before anything that comes next (the zero position, or any
 	// later cut point), so that Replay(Last()) returns what comes next.
-	Last(ctx context.Context, topic string) (Position, error)
+	Last(ctx context.Context, topic string) (protocol.Position, error)
 }
 
 // ErrClosed is returned by a broker that was closed.
@@ -64,12 +66,12 @@ var ErrClosed = errors.New("transports: broker closed")
 // ErrUnavailable wraps errors of a broker that cannot be reached.
 var ErrUnavailable = errors.New("broker unavailable")
 
-// Handoff is implemented by brokers whose subscriptions can hand each message of a topic to a
+// FuncSubscriber is implemented by brokers whose subscriptions can hand each message of a topic to a
 // function on the broker's own goroutine, so that the Feed needs no goroutine of its own per
 // channel (a node holds one subscription per channel with local subscribers: thousands). A
 // wrapper that embeds such a broker and changes Subscribe must change SubscribeFunc too: the
 // Feed uses SubscribeFunc when it is there.
-type Handoff interface {
+type FuncSubscriber interface {
 	// SubscribeFunc delivers the messages of topic to deliver, one at a time and in order, like
 	// Subscribe: the next one only after the previous was acked (a nacked one comes again).
 	// deliver returns false when it did not take the message (the subscriber is going away);

@@ -12,7 +12,7 @@ import (
 // dispatcher for many subscriptions, or the memory broker's publish), which must not wait long
 // for any one subscriber. Offer
 // queues a message; the first one queued while the relay is idle starts a goroutine that hands
-// the queue to deliver, one message at a time (HandOver), and exits once the queue is empty. An
+// the queue to deliver, one message at a time (DeliverUntilAcked), and exits once the queue is empty. An
 // idle relay holds no goroutine and no buffer.
 //
 // Offer and Close may be called from any goroutine; call Close once the subscription's context
@@ -120,7 +120,7 @@ func (r *Relay) drain() {
 		if !ok {
 			return
 		}
-		switch HandOver(r.ctx, m, r.deliver) {
+		switch DeliverUntilAcked(r.ctx, m, r.deliver) {
 		case Refused:
 			r.cancel() // the subscriber is going away
 			return

@@ -10,7 +10,7 @@ import (
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/wstest"
-	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports/memory"
 )
 
@@ -36,7 +36,7 @@ func TestCustomMiddleware(t *testing.T) {
 	defer svc.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	seen, err := svc.Subscribe(ctx, transports.ChannelTopic("chat"))
+	seen, err := svc.Subscribe(ctx, protocol.ChannelTopic("chat"))
 	if err != nil {
 		t.Fatal(err)
 	}

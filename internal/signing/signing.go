@@ -15,7 +15,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // Keys are HMAC keys by id; Current signs.
@@ -54,9 +54,9 @@ func mac(key []byte, topic string, msg *message.Message) []byte {
 	h := hmac.New(sha256.New, key)
 	h.Write([]byte(topic))
 	h.Write([]byte{'\n'})
-	h.Write([]byte(msg.Metadata.Get(transports.MetaTarget)))
+	h.Write([]byte(msg.Metadata.Get(protocol.MetaTarget)))
 	h.Write([]byte{'\n'})
-	h.Write([]byte(msg.Metadata.Get(transports.MetaSession)))
+	h.Write([]byte(msg.Metadata.Get(protocol.MetaSession)))
 	h.Write([]byte{'\n'})
 	h.Write(msg.Payload)
 	return h.Sum(nil)
@@ -67,13 +67,13 @@ func (k *Keys) Sign(topic string, msg *message.Message) {
 	if k == nil {
 		return
 	}
-	msg.Metadata.Set(transports.MetaSig, k.Current+":"+hex.EncodeToString(mac(k.byID[k.Current], topic, msg)))
+	msg.Metadata.Set(protocol.MetaSig, k.Current+":"+hex.EncodeToString(mac(k.byID[k.Current], topic, msg)))
 }
 
 // Verify checks the signature of msg as consumed from topic, with any of the keys (rotation:
 // old keys keep verifying until they are removed).
 func (k *Keys) Verify(topic string, msg *message.Message) error {
-	sig := msg.Metadata.Get(transports.MetaSig)
+	sig := msg.Metadata.Get(protocol.MetaSig)
 	if sig == "" {
 		return ErrUnsigned
 	}

@@ -1,20 +1,49 @@
 package middleware
 
 import (
-	"github.com/ThreeDotsLabs/watermill/message"
+	"context"
+	"sync"
 
-	"github.com/wsgateway/gateway/transports"
+	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// Outcome records the error the rest of the chain returned on messages submitted through a
-// transports.Inbox, so the client that sent it gets that error (forbidden, unavailable, ...)
-// rather than a bare nack. It must be the outermost middleware.
+// Outcome records the error the rest of the chain returned on messages whose context came from
+// WithOutcome (what router.Inbox submits), so the client that sent it gets that error
+// (forbidden, unavailable, ...) rather than a bare nack. It must be the outermost middleware.
 func Outcome(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		out, err := h(msg)
 		if err != nil {
-			transports.RecordError(msg, err)
+			if o, ok := msg.Context().Value(outcomeKey{}).(*outcome); ok {
+				o.set(err)
+			}
 		}
 		return out, err
 	}
+}
+
+// WithOutcome returns a context for a message whose final error Outcome records, and the
+// function that returns that error (nil while none was recorded). Safe for concurrent use.
+func WithOutcome(ctx context.Context) (context.Context, func() error) {
+	o := &outcome{}
+	return context.WithValue(ctx, outcomeKey{}, o), o.get
+}
+
+type outcomeKey struct{}
+
+type outcome struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (o *outcome) set(err error) {
+	o.mu.Lock()
+	o.err = err
+	o.mu.Unlock()
+}
+
+func (o *outcome) get() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.err
 }

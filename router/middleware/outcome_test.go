@@ -8,8 +8,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/router"
 	"github.com/wsgateway/gateway/router/middleware"
-	"github.com/wsgateway/gateway/transports"
 )
 
 // submitThrough submits a message to an Inbox and handles it with h as the router would (nack
@@ -18,8 +18,8 @@ func submitThrough(t *testing.T, h func(*message.Message) ([]*message.Message, e
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	inbox := transports.NewInbox()
-	msgs, err := inbox.Subscribe(ctx, transports.InboxTopic)
+	inbox := router.NewInbox()
+	msgs, err := inbox.Subscribe(ctx, router.InboxTopic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestOutcomeReportsTheFinalErrorToTheSubmitter(t *testing.T) {
 		t.Fatalf("Submit returned %v, want the handler's %v", err, refusal)
 	}
 	// Without Outcome the submitter only learns that the message was nacked.
-	if err := submitThrough(t, h.handle); !errors.Is(err, transports.ErrNacked) {
+	if err := submitThrough(t, h.handle); !errors.Is(err, router.ErrNacked) {
 		t.Fatalf("Submit without Outcome returned %v, want ErrNacked", err)
 	}
 }

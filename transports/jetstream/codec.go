@@ -15,7 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // errBadHeader is returned by Publish for metadata that cannot travel as a NATS header.
@@ -45,7 +45,7 @@ func (c *codec) Marshal(subject string, m *message.Message) (*nats.Msg, error) {
 		hdr.Set(wmnats.WatermillUUIDHdr, m.UUID)
 	}
 	for k, v := range m.Metadata {
-		if k == transports.MetaPosition {
+		if k == protocol.MetaPosition {
 			continue
 		}
 		if !validHeaderKey(k) || strings.ContainsAny(v, "\r\n") {
@@ -92,8 +92,8 @@ func (c *codec) fromJetStream(m jetstream.Msg) *message.Message {
 		stream, seq, stored = md.Stream, md.Sequence.Stream, md.Timestamp
 	}
 	msg := c.decode(m.Headers(), m.Data(), stream, seq)
-	if !stored.IsZero() && msg.Metadata.Get(transports.MetaPosition) != "" {
-		msg.Metadata.Set(transports.MetaStoredAt, strconv.FormatInt(stored.UnixMilli(), 10))
+	if !stored.IsZero() && msg.Metadata.Get(protocol.MetaPosition) != "" {
+		msg.Metadata.Set(protocol.MetaStoredAt, strconv.FormatInt(stored.UnixMilli(), 10))
 	}
 	return msg
 }
@@ -101,7 +101,7 @@ func (c *codec) fromJetStream(m jetstream.Msg) *message.Message {
 func (c *codec) decode(hdr nats.Header, data []byte, stream string, seq uint64) *message.Message {
 	md := make(message.Metadata, len(hdr))
 	for k, v := range hdr {
-		if len(v) == 0 || k == wmnats.WatermillUUIDHdr || k == transports.MetaPosition || strings.HasPrefix(strings.ToLower(k), "nats-") {
+		if len(v) == 0 || k == wmnats.WatermillUUIDHdr || k == protocol.MetaPosition || strings.HasPrefix(strings.ToLower(k), "nats-") {
 			continue
 		}
 		md[k] = v[0]
@@ -110,7 +110,7 @@ func (c *codec) decode(hdr nats.Header, data []byte, stream string, seq uint64) 
 	if seq > 0 {
 		epoch := c.b.epochFor(stream)
 		if stream == c.b.channels {
-			md[transports.MetaPosition] = transports.Position{Epoch: epoch, Lo: seq}.String()
+			md[protocol.MetaPosition] = protocol.Position{Epoch: epoch, Lo: seq}.String()
 		}
 		if uuid == "" {
 			uuid = epoch + "-" + strconv.FormatUint(seq, 10)

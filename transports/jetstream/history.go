@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -22,7 +23,7 @@ type streamEpoch struct {
 
 // epochOf names a stream's lineage: its name and creation time, which the server keeps across
 // restarts and changes when the stream is deleted and created again. Only [A-Za-z0-9-], the
-// characters transports.ParsePosition accepts in an epoch.
+// characters protocol.ParsePosition accepts in an epoch.
 func epochOf(stream string, created time.Time) string {
 	return fmt.Sprintf("js%08x-%s", crc32.ChecksumIEEE([]byte(stream)), strconv.FormatInt(created.UnixNano(), 36))
 }
@@ -113,7 +114,7 @@ func (b *Broker) historyTopic(topic string) (subject string, err error) {
 	if b.closed() {
 		return "", transports.ErrClosed
 	}
-	if !transports.IsChannelTopic(topic) {
+	if !protocol.IsChannelTopic(topic) {
 		return "", fmt.Errorf("jetstream: %q is not a channel topic, it has no history", topic)
 	}
 	subject, _, err = b.route(topic)
@@ -123,25 +124,25 @@ func (b *Broker) historyTopic(topic string) (subject string, err error) {
 // Last implements transports.History: the stream sequence of the newest message of the channel,
 // or, when it has none, the stream's last sequence (any point of the stream is a valid start,
 // since Replay reads only the channel's subject).
-func (b *Broker) Last(ctx context.Context, topic string) (transports.Position, error) {
+func (b *Broker) Last(ctx context.Context, topic string) (protocol.Position, error) {
 	subject, err := b.historyTopic(topic)
 	if err != nil {
-		return transports.Position{}, err
+		return protocol.Position{}, err
 	}
 	s, err := b.js.Stream(ctx, b.channels)
 	if err != nil {
-		return transports.Position{}, unavailable("last", err)
+		return protocol.Position{}, unavailable("last", err)
 	}
 	info := s.CachedInfo()
 	epoch := b.noteStream(info)
 	last, err := s.GetLastMsgForSubject(ctx, subject)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return transports.Position{Epoch: epoch, Lo: info.State.LastSeq}, nil
+		return protocol.Position{Epoch: epoch, Lo: info.State.LastSeq}, nil
 	case err != nil:
-		return transports.Position{}, unavailable("last", err)
+		return protocol.Position{}, unavailable("last", err)
 	}
-	return transports.Position{Epoch: epoch, Lo: last.Sequence}, nil
+	return protocol.Position{Epoch: epoch, Lo: last.Sequence}, nil
 }
 
 // replayChunk is how many messages one pull request asks for during a replay.
@@ -157,7 +158,7 @@ const replayChunk = 256
 //
 // Trimming is per stream, not per channel: a position older than the stream's first kept message
 // gives complete=false even when none of this channel's messages were dropped.
-func (b *Broker) Replay(ctx context.Context, topic string, since transports.Position, limit int) ([]*message.Message, bool, error) {
+func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Position, limit int) ([]*message.Message, bool, error) {
 	subject, err := b.historyTopic(topic)
 	if err != nil {
 		return nil, false, err
@@ -229,6 +230,6 @@ func (b *Broker) Replay(ctx context.Context, topic string, since transports.Posi
 }
 
 // reaches reports whether the stream (of epoch) still holds everything after since.
-func (b *Broker) reaches(info *jetstream.StreamInfo, epoch string, since transports.Position) bool {
+func (b *Broker) reaches(info *jetstream.StreamInfo, epoch string, since protocol.Position) bool {
 	return since.Epoch == epoch && since.Hi == 0 && since.Lo+1 >= info.State.FirstSeq
 }

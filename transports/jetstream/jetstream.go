@@ -33,6 +33,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -178,7 +179,7 @@ type Broker struct {
 }
 
 var (
-	_ transports.Broker = (*Broker)(nil)
+	_ transports.Broker  = (*Broker)(nil)
 	_ transports.History = (*Broker)(nil)
 )
 
@@ -449,21 +450,21 @@ func (b *Broker) checkStreams(ctx context.Context) error {
 
 // Subjects of the logical topics.
 
-func (b *Broker) subjectInbound() string { return b.cfg.Prefix + "." + transports.TopicInbound }
-func (b *Broker) subjectEvents() string  { return b.cfg.Prefix + "." + transports.TopicEvents }
-func (b *Broker) subjectDirect() string  { return b.cfg.Prefix + "." + transports.TopicDirect }
+func (b *Broker) subjectInbound() string { return b.cfg.Prefix + "." + protocol.TopicInbound }
+func (b *Broker) subjectEvents() string  { return b.cfg.Prefix + "." + protocol.TopicEvents }
+func (b *Broker) subjectDirect() string  { return b.cfg.Prefix + "." + protocol.TopicDirect }
 
 // route maps a logical topic to its subject and to the stream that keeps it ("" for core NATS).
 func (b *Broker) route(topic string) (subject, stream string, err error) {
-	if ch, ok := transports.ChannelOf(topic); ok {
+	if ch, ok := protocol.ChannelOf(topic); ok {
 		return b.cfg.Prefix + ".ch." + transports.SafeName(ch), b.channels, nil
 	}
 	switch topic {
-	case transports.TopicInbound:
+	case protocol.TopicInbound:
 		return b.subjectInbound(), b.inbound, nil
-	case transports.TopicEvents:
+	case protocol.TopicEvents:
 		return b.subjectEvents(), b.inbound, nil
-	case transports.TopicDirect:
+	case protocol.TopicDirect:
 		return b.subjectDirect(), "", nil
 	}
 	return "", "", fmt.Errorf("jetstream: unknown topic %q", topic)

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
@@ -192,11 +193,11 @@ func TestConformanceLocalServer(t *testing.T) {
 	transporttest.Run(t, transporttest.Features{History: true}, suiteNodes(url))
 }
 
-func position(t *testing.T, m *message.Message) transports.Position {
+func position(t *testing.T, m *message.Message) protocol.Position {
 	t.Helper()
-	p, err := transports.ParsePosition(m.Metadata.Get(transports.MetaPosition))
+	p, err := protocol.ParsePosition(m.Metadata.Get(protocol.MetaPosition))
 	if err != nil {
-		t.Fatalf("position %q: %v", m.Metadata.Get(transports.MetaPosition), err)
+		t.Fatalf("position %q: %v", m.Metadata.Get(protocol.MetaPosition), err)
 	}
 	return p
 }
@@ -216,7 +217,7 @@ func TestReplayAfterTrim(t *testing.T) {
 	cfg.MaxMsgs = 5
 	n := newNode(t, cfg)
 	ctx := t.Context()
-	topic := transports.ChannelTopic("c")
+	topic := protocol.ChannelTopic("c")
 	start, err := n.Last(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
@@ -288,7 +289,7 @@ func TestConsumerOvertaken(t *testing.T) {
 	cfg := testConfig(br.url(), transporttest.Prefix(t))
 	cfg.MaxMsgs = 10
 	n := newNode(t, cfg)
-	topic := transports.ChannelTopic("lag")
+	topic := protocol.ChannelTopic("lag")
 	ch, err := n.Subscribe(t.Context(), topic)
 	if err != nil {
 		t.Fatal(err)
@@ -313,7 +314,7 @@ func TestRecreatedStream(t *testing.T) {
 	cfg.CheckInterval = 100 * time.Millisecond
 	n := newNode(t, cfg)
 	ctx := t.Context()
-	topic := transports.ChannelTopic("c")
+	topic := protocol.ChannelTopic("c")
 	ch, err := n.Subscribe(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
@@ -331,7 +332,7 @@ func TestRecreatedStream(t *testing.T) {
 	if err := js.DeleteStream(ctx, n.channels); err != nil {
 		t.Fatal(err)
 	}
-	var last transports.Position
+	var last protocol.Position
 	transporttest.WaitFor(t, wait, func() error {
 		var err error
 		last, err = n.Last(ctx, topic)
@@ -379,7 +380,7 @@ func TestHistorySurvivesRestart(t *testing.T) {
 	br := startBroker(t)
 	n := newNode(t, testConfig(br.url(), transporttest.Prefix(t)))
 	ctx := t.Context()
-	topic := transports.ChannelTopic("c")
+	topic := protocol.ChannelTopic("c")
 	start, err := n.Last(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
@@ -400,8 +401,8 @@ func TestBrokerDownAtStart(t *testing.T) {
 	if err := n.Ping(ctx); !errors.Is(err, transports.ErrUnavailable) {
 		t.Fatalf("Ping with the broker down: %v", err)
 	}
-	topic := transports.ChannelTopic("c")
-	for _, tp := range []string{topic, transports.TopicDirect} {
+	topic := protocol.ChannelTopic("c")
+	for _, tp := range []string{topic, protocol.TopicDirect} {
 		began := time.Now()
 		if err := n.Publish(tp, transporttest.NewMessage("x")); !errors.Is(err, transports.ErrUnavailable) {
 			t.Fatalf("Publish(%s) with the broker down: %v", tp, err)
@@ -442,9 +443,9 @@ func TestNackRedelivers(t *testing.T) {
 	for _, tc := range []struct {
 		topic, group string
 	}{
-		{transports.ChannelTopic("c"), ""},
-		{transports.TopicDirect, ""},
-		{transports.TopicInbound, "svc"},
+		{protocol.ChannelTopic("c"), ""},
+		{protocol.TopicDirect, ""},
+		{protocol.TopicInbound, "svc"},
 	} {
 		var ch <-chan *message.Message
 		var err error
@@ -484,7 +485,7 @@ func TestGroupKeepsMessages(t *testing.T) {
 	cfg.AckWait = time.Second
 	n := newNode(t, cfg)
 	sctx, cancel := context.WithCancel(t.Context())
-	ch, err := n.SubscribeGroup(sctx, transports.TopicEvents, "svc")
+	ch, err := n.SubscribeGroup(sctx, protocol.TopicEvents, "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,8 +510,8 @@ func TestGroupKeepsMessages(t *testing.T) {
 		}
 		return nil
 	})
-	publishN(t, n, transports.TopicEvents, "e", 3)
-	ch, err = n.SubscribeGroup(t.Context(), transports.TopicEvents, "svc")
+	publishN(t, n, protocol.TopicEvents, "e", 3)
+	ch, err = n.SubscribeGroup(t.Context(), protocol.TopicEvents, "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -533,11 +534,11 @@ func TestCLIExample(t *testing.T) {
 	const prefix = "ws"
 	n := newNode(t, testConfig(br.url(), prefix))
 	ctx := t.Context()
-	news, err := n.Subscribe(ctx, transports.ChannelTopic("news"))
+	news, err := n.Subscribe(ctx, protocol.ChannelTopic("news"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	alice, err := n.Subscribe(ctx, transports.ChannelTopic(transports.UserChannel("alice")))
+	alice, err := n.Subscribe(ctx, protocol.ChannelTopic(protocol.UserChannelFor("alice")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -551,8 +552,8 @@ func TestCLIExample(t *testing.T) {
 	}
 	check := func(how string, m *message.Message, channel string) {
 		t.Helper()
-		if string(m.Payload) != `{"text":"hello"}` || m.Metadata.Get(transports.MetaChannel) != channel ||
-			m.Metadata.Get(transports.MetaMsgID) != "m-1" || m.UUID == "" {
+		if string(m.Payload) != `{"text":"hello"}` || m.Metadata.Get(protocol.MetaChannel) != channel ||
+			m.Metadata.Get(protocol.MetaMsgID) != "m-1" || m.UUID == "" {
 			t.Fatalf("%s: got uuid %q payload %q metadata %v", how, m.UUID, m.Payload, m.Metadata)
 		}
 		position(t, m)
@@ -626,7 +627,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 	ctx := t.Context()
 	var chans []<-chan *message.Message
-	for _, topic := range []string{transports.ChannelTopic("c"), transports.TopicDirect, transports.TopicInbound} {
+	for _, topic := range []string{protocol.ChannelTopic("c"), protocol.TopicDirect, protocol.TopicInbound} {
 		ch, err := n.Subscribe(ctx, topic)
 		if err != nil {
 			t.Fatal(err)
@@ -635,12 +636,12 @@ func TestCloseStopsEverything(t *testing.T) {
 		transporttest.Receive(t, ch, 1, wait)
 		chans = append(chans, ch)
 	}
-	ch, err := n.SubscribeGroup(ctx, transports.TopicInbound, "svc")
+	ch, err := n.SubscribeGroup(ctx, protocol.TopicInbound, "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
 	chans = append(chans, ch)
-	if _, _, err := n.Replay(ctx, transports.ChannelTopic("c"), transports.Position{}, 10); err != nil {
+	if _, _, err := n.Replay(ctx, protocol.ChannelTopic("c"), protocol.Position{}, 10); err != nil {
 		t.Fatal(err)
 	}
 	if err := n.Close(); err != nil {
@@ -684,11 +685,11 @@ func TestRecreatedStreamGroup(t *testing.T) {
 	cfg.CheckInterval = 100 * time.Millisecond
 	n := newNode(t, cfg)
 	ctx := t.Context()
-	ch, err := n.SubscribeGroup(ctx, transports.TopicInbound, "svc")
+	ch, err := n.SubscribeGroup(ctx, protocol.TopicInbound, "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
-	publishN(t, n, transports.TopicInbound, "old", 1)
+	publishN(t, n, protocol.TopicInbound, "old", 1)
 	transporttest.Receive(t, ch, 1, wait)
 	nc, err := nats.Connect(br.url())
 	if err != nil {
@@ -706,7 +707,7 @@ func TestRecreatedStreamGroup(t *testing.T) {
 			t.Fatal("no delivery after the stream was recreated")
 		}
 		p := fmt.Sprintf("new%d", i)
-		if n.Publish(transports.TopicInbound, transporttest.NewMessage(p)) == nil && first == "" {
+		if n.Publish(protocol.TopicInbound, transporttest.NewMessage(p)) == nil && first == "" {
 			first = p
 		}
 		select {
@@ -735,7 +736,7 @@ func TestSlowSubscriber(t *testing.T) {
 	cfg := testConfig(br.url(), transporttest.Prefix(t))
 	cfg.Heartbeat = 500 * time.Millisecond
 	n := newNode(t, cfg)
-	topic := transports.ChannelTopic("slow")
+	topic := protocol.ChannelTopic("slow")
 	ch, err := n.Subscribe(t.Context(), topic)
 	if err != nil {
 		t.Fatal(err)
@@ -775,7 +776,7 @@ func TestNewWithConn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	topic := transports.ChannelTopic("c")
+	topic := protocol.ChannelTopic("c")
 	ch, err := n.Subscribe(t.Context(), topic)
 	if err != nil {
 		t.Fatal(err)

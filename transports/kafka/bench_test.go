@@ -6,7 +6,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
@@ -16,7 +16,7 @@ func BenchmarkChannelDelivery(b *testing.B) {
 	cl := newCluster(b)
 	prefix := transporttest.Prefix(b)
 	pub := newBroker(b, Config{Brokers: cl.addrs(), Prefix: prefix})
-	topic := transports.ChannelTopic("bench")
+	topic := protocol.ChannelTopic("bench")
 	var chans []<-chan *message.Message
 	for range 3 {
 		n := newBroker(b, Config{Brokers: cl.addrs(), Prefix: prefix})
@@ -55,7 +55,7 @@ func BenchmarkChannelDelivery(b *testing.B) {
 func BenchmarkReplay(b *testing.B) {
 	cl := newCluster(b)
 	n := newBroker(b, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(b)})
-	topic := transports.ChannelTopic("bench")
+	topic := protocol.ChannelTopic("bench")
 	since, err := n.Last(b.Context(), topic)
 	if err != nil {
 		b.Fatal(err)

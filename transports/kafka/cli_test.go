@@ -13,7 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
@@ -26,7 +26,7 @@ func cliRecord(topic, channel, payload string, partitions int) *kgo.Record {
 		Partition: librdkafkaFNV1a(channel, partitions),
 		Key:       []byte(channel),
 		Value:     []byte(payload),
-		Headers:   []kgo.RecordHeader{{Key: transports.MetaChannel, Value: []byte(channel)}},
+		Headers:   []kgo.RecordHeader{{Key: protocol.MetaChannel, Value: []byte(channel)}},
 	}
 }
 
@@ -54,7 +54,7 @@ func TestPartitionerMatchesSaramaAndLibrdkafka(t *testing.T) {
 		for i := range 2000 {
 			key := fmt.Sprintf("room:%d", i)
 			if i%7 == 0 {
-				key = transports.UserChannel(fmt.Sprint(i))
+				key = protocol.UserChannelFor(fmt.Sprint(i))
 			}
 			got, err := p.Partition(&sarama.ProducerMessage{Key: sarama.StringEncoder(key)}, int32(n))
 			if err != nil {
@@ -81,8 +81,8 @@ func TestCLIRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	for _, channel := range []string{"news", transports.UserChannel("alice")} {
-		topic := transports.ChannelTopic(channel)
+	for _, channel := range []string{"news", protocol.UserChannelFor("alice")} {
+		topic := protocol.ChannelTopic(channel)
 		before, err := b.Last(t.Context(), topic)
 		if err != nil {
 			t.Fatal(err)
@@ -101,7 +101,7 @@ func TestCLIRecord(t *testing.T) {
 		checkCLIMessage(t, b, msgs[0], channel, payload, rec.Partition, rec.Offset)
 	}
 	// A record on a partition that is not its channel's (another partitioner) is dropped.
-	ch := subscribe(t, b, transports.ChannelTopic("news"))
+	ch := subscribe(t, b, protocol.ChannelTopic("news"))
 	stray := cliRecord(b.names.channels, "news", `"stray"`, DefaultPartitions)
 	stray.Partition = (stray.Partition + 1) % DefaultPartitions
 	right := cliRecord(b.names.channels, "news", `"right"`, DefaultPartitions)
@@ -115,10 +115,10 @@ func TestCLIRecord(t *testing.T) {
 
 func checkCLIMessage(t *testing.T, b *Broker, m *message.Message, channel, payload string, partition int32, offset int64) {
 	t.Helper()
-	if string(m.Payload) != payload || m.Metadata.Get(transports.MetaChannel) != channel {
-		t.Fatalf("got payload %q channel %q", m.Payload, m.Metadata.Get(transports.MetaChannel))
+	if string(m.Payload) != payload || m.Metadata.Get(protocol.MetaChannel) != channel {
+		t.Fatalf("got payload %q channel %q", m.Payload, m.Metadata.Get(protocol.MetaChannel))
 	}
-	pos, err := transports.ParsePosition(m.Metadata.Get(transports.MetaPosition))
+	pos, err := protocol.ParsePosition(m.Metadata.Get(protocol.MetaPosition))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,8 +144,8 @@ func TestKcat(t *testing.T) {
 	}
 	cl := newCluster(t)
 	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t)})
-	for _, channel := range []string{"news", transports.UserChannel("alice")} {
-		topic := transports.ChannelTopic(channel)
+	for _, channel := range []string{"news", protocol.UserChannelFor("alice")} {
+		topic := protocol.ChannelTopic(channel)
 		before, err := b.Last(t.Context(), topic)
 		if err != nil {
 			t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
@@ -71,13 +72,13 @@ func TestBrokerDownAtStart(t *testing.T) {
 		t.Fatalf("Ping with no broker: %v", err)
 	}
 	start := time.Now()
-	if err := b.Publish(transports.ChannelTopic("x"), transporttest.NewMessage("x")); !errors.Is(err, transports.ErrUnavailable) {
+	if err := b.Publish(protocol.ChannelTopic("x"), transporttest.NewMessage("x")); !errors.Is(err, transports.ErrUnavailable) {
 		t.Fatalf("Publish with no broker: %v", err)
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("Publish took %v with no broker", d)
 	}
-	if _, err := b.Subscribe(t.Context(), transports.ChannelTopic("x")); !errors.Is(err, transports.ErrUnavailable) {
+	if _, err := b.Subscribe(t.Context(), protocol.ChannelTopic("x")); !errors.Is(err, transports.ErrUnavailable) {
 		t.Fatalf("Subscribe with no broker: %v", err)
 	}
 
@@ -91,7 +92,7 @@ func TestBrokerDownAtStart(t *testing.T) {
 		defer cancel()
 		return b.Ping(ctx)
 	})
-	topic := transports.ChannelTopic("x")
+	topic := protocol.ChannelTopic("x")
 	ch := subscribe(t, b, topic)
 	if err := b.Publish(topic, transporttest.NewMessage("up")); err != nil {
 		t.Fatal(err)
@@ -120,14 +121,14 @@ func TestSlowSubscription(t *testing.T) {
 	cl := newCluster(t)
 	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t), SubscriptionBuffer: 5})
 	names := samePartition(2, DefaultPartitions)
-	slow := subscribe(t, b, transports.ChannelTopic(names[0]))
-	fast := subscribe(t, b, transports.ChannelTopic(names[1]))
+	slow := subscribe(t, b, protocol.ChannelTopic(names[0]))
+	fast := subscribe(t, b, protocol.ChannelTopic(names[1]))
 	for i := range 20 {
-		if err := b.Publish(transports.ChannelTopic(names[0]), transporttest.NewMessage(fmt.Sprint(i))); err != nil {
+		if err := b.Publish(protocol.ChannelTopic(names[0]), transporttest.NewMessage(fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := b.Publish(transports.ChannelTopic(names[1]), transporttest.NewMessage("fast")); err != nil {
+	if err := b.Publish(protocol.ChannelTopic(names[1]), transporttest.NewMessage("fast")); err != nil {
 		t.Fatal(err)
 	}
 	if m := transporttest.Receive(t, fast, 1, 10*time.Second)[0]; string(m.Payload) != "fast" {
@@ -174,7 +175,7 @@ func TestGroupBackoff(t *testing.T) {
 		return resp, nil, true
 	})
 	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t), OperationTimeout: 3 * time.Second})
-	ch, err := b.SubscribeGroup(t.Context(), transports.TopicInbound, "svc")
+	ch, err := b.SubscribeGroup(t.Context(), protocol.TopicInbound, "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +184,7 @@ func TestGroupBackoff(t *testing.T) {
 		t.Fatalf("%d join attempts in 3 s: want a few, with backoff", n)
 	}
 	failing.Store(0)
-	if err := b.Publish(transports.TopicInbound, transporttest.NewMessage("in")); err != nil {
+	if err := b.Publish(protocol.TopicInbound, transporttest.NewMessage("in")); err != nil {
 		t.Fatal(err)
 	}
 	if m := transporttest.Receive(t, ch, 1, 15*time.Second)[0]; string(m.Payload) != "in" {
@@ -196,7 +197,7 @@ func TestGroupBackoff(t *testing.T) {
 func TestRestartKeepsHistory(t *testing.T) {
 	cl := newCluster(t, kfake.DataDir(t.TempDir()))
 	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t)})
-	topic := transports.ChannelTopic("r")
+	topic := protocol.ChannelTopic("r")
 	ch := subscribe(t, b, topic)
 	publish := func(p string) {
 		t.Helper()
@@ -216,13 +217,13 @@ func TestRestartKeepsHistory(t *testing.T) {
 			t.Fatalf("message %d: %q", i, m.Payload)
 		}
 	}
-	since, _ := transports.ParsePosition(first[0].Metadata.Get(transports.MetaPosition))
+	since, _ := protocol.ParsePosition(first[0].Metadata.Get(protocol.MetaPosition))
 	msgs, complete, err := b.Replay(t.Context(), topic, since, 100)
 	if err != nil || !complete || len(msgs) != 5 {
 		t.Fatalf("replay across the restart: %d msgs, complete %v, err %v", len(msgs), complete, err)
 	}
-	if got := msgs[4].Metadata.Get(transports.MetaPosition); got != rest[2].Metadata.Get(transports.MetaPosition) {
-		t.Fatalf("replayed position %s, live %s", got, rest[2].Metadata.Get(transports.MetaPosition))
+	if got := msgs[4].Metadata.Get(protocol.MetaPosition); got != rest[2].Metadata.Get(protocol.MetaPosition) {
+		t.Fatalf("replayed position %s, live %s", got, rest[2].Metadata.Get(protocol.MetaPosition))
 	}
 }
 
@@ -230,7 +231,7 @@ func TestRestartKeepsHistory(t *testing.T) {
 func TestHistoryLost(t *testing.T) {
 	cl := newCluster(t)
 	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t)})
-	topic := transports.ChannelTopic("t")
+	topic := protocol.ChannelTopic("t")
 	ch := subscribe(t, b, topic)
 	for i := range 5 {
 		if err := b.Publish(topic, transporttest.NewMessage(fmt.Sprint(i))); err != nil {
@@ -238,9 +239,9 @@ func TestHistoryLost(t *testing.T) {
 		}
 	}
 	got := transporttest.Receive(t, ch, 5, 10*time.Second)
-	pos := make([]transports.Position, len(got))
+	pos := make([]protocol.Position, len(got))
 	for i, m := range got {
-		pos[i], _ = transports.ParsePosition(m.Metadata.Get(transports.MetaPosition))
+		pos[i], _ = protocol.ParsePosition(m.Metadata.Get(protocol.MetaPosition))
 	}
 	admin, err := sarama.NewClusterAdmin(cl.addrs(), sarama.NewConfig())
 	if err != nil {
@@ -284,7 +285,7 @@ func TestReaderOvertaken(t *testing.T) {
 	cl := newCluster(t)
 	b := newBroker(t, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(t),
 		SubscriptionBuffer: 5, SlowTimeout: time.Minute})
-	topic := transports.ChannelTopic("t")
+	topic := protocol.ChannelTopic("t")
 	ch := subscribe(t, b, topic)
 	// Nobody reads ch: the partition's dispatch waits for room, and sarama holds at most its
 	// channel buffer and one fetch (1 MiB) of what follows; the rest stays on the broker.
@@ -323,22 +324,22 @@ func TestCloseStopsGoroutines(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
-		topic := transports.ChannelTopic("g")
+		topic := protocol.ChannelTopic("g")
 		ch, err := b.Subscribe(ctx, topic)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.Subscribe(ctx, transports.TopicDirect); err != nil {
+		if _, err := b.Subscribe(ctx, protocol.TopicDirect); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.SubscribeGroup(ctx, transports.TopicInbound, "svc"); err != nil {
+		if _, err := b.SubscribeGroup(ctx, protocol.TopicInbound, "svc"); err != nil {
 			t.Fatal(err)
 		}
 		if err := b.Publish(topic, transporttest.NewMessage("x")); err != nil {
 			t.Fatal(err)
 		}
 		transporttest.Receive(t, ch, 1, 10*time.Second)
-		if _, _, err := b.Replay(ctx, topic, transports.Position{}, 10); err != nil {
+		if _, _, err := b.Replay(ctx, topic, protocol.Position{}, 10); err != nil {
 			t.Fatal(err)
 		}
 		if err := b.Ping(ctx); err != nil {

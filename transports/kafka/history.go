@@ -11,6 +11,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -126,31 +127,31 @@ func (b *Broker) locate(c *conn, channel string) (int32, string, error) {
 // Last implements transports.History: the high watermark of the channel's partition (a metadata
 // and a list-offsets round trip). It may be the position of a message of another channel of the
 // same partition; Replay from it returns what comes next all the same.
-func (b *Broker) Last(ctx context.Context, topic string) (transports.Position, error) {
-	channel, ok := transports.ChannelOf(topic)
+func (b *Broker) Last(ctx context.Context, topic string) (protocol.Position, error) {
+	channel, ok := protocol.ChannelOf(topic)
 	if !ok {
-		return transports.Position{}, fmt.Errorf("kafka: %q is not a channel topic", topic)
+		return protocol.Position{}, fmt.Errorf("kafka: %q is not a channel topic", topic)
 	}
 	c, err := b.ready(ctx, b.cfg.OperationTimeout)
 	if err != nil {
-		return transports.Position{}, err
+		return protocol.Position{}, err
 	}
 	p, epoch, err := b.locate(c, channel)
 	if err != nil {
-		return transports.Position{}, fmt.Errorf("%w: kafka last of %s: %w", transports.ErrUnavailable, topic, err)
+		return protocol.Position{}, fmt.Errorf("%w: kafka last of %s: %w", transports.ErrUnavailable, topic, err)
 	}
 	newest, err := c.client.GetOffset(b.names.channels, p, sarama.OffsetNewest)
 	if err != nil {
-		return transports.Position{}, fmt.Errorf("%w: kafka last of %s: %w", transports.ErrUnavailable, topic, err)
+		return protocol.Position{}, fmt.Errorf("%w: kafka last of %s: %w", transports.ErrUnavailable, topic, err)
 	}
-	return transports.Position{Epoch: epoch, Lo: uint64(newest)}, nil
+	return protocol.Position{Epoch: epoch, Lo: uint64(newest)}, nil
 }
 
 // Replay implements transports.History. It reads the channel's partition from since up to its
 // high watermark as of the call and keeps the records of this channel: the cost is the traffic
 // of the whole partition since that position, bounded by OperationTimeout.
-func (b *Broker) Replay(ctx context.Context, topic string, since transports.Position, limit int) ([]*message.Message, bool, error) {
-	channel, ok := transports.ChannelOf(topic)
+func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Position, limit int) ([]*message.Message, bool, error) {
+	channel, ok := protocol.ChannelOf(topic)
 	if !ok {
 		return nil, false, fmt.Errorf("kafka: %q is not a channel topic", topic)
 	}

@@ -29,6 +29,7 @@ import (
 	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -223,7 +224,7 @@ type conn struct {
 }
 
 var (
-	_ transports.Broker = (*Broker)(nil)
+	_ transports.Broker  = (*Broker)(nil)
 	_ transports.History = (*Broker)(nil)
 )
 
@@ -499,15 +500,15 @@ func (b *Broker) ready(ctx context.Context, wait time.Duration) (*conn, error) {
 
 // kafkaTopic maps a logical topic to its Kafka topic and, for channel topics, the channel.
 func (b *Broker) kafkaTopic(topic string) (name, channel string, err error) {
-	if ch, ok := transports.ChannelOf(topic); ok {
+	if ch, ok := protocol.ChannelOf(topic); ok {
 		return b.names.channels, ch, nil
 	}
 	switch topic {
-	case transports.TopicDirect:
+	case protocol.TopicDirect:
 		return b.names.direct, "", nil
-	case transports.TopicInbound:
+	case protocol.TopicInbound:
 		return b.names.inbound, "", nil
-	case transports.TopicEvents:
+	case protocol.TopicEvents:
 		return b.names.events, "", nil
 	}
 	return "", "", fmt.Errorf("kafka: unknown topic %q", topic)
@@ -532,7 +533,7 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	for i, m := range msgs {
 		out[i] = m.Copy()
 		if kt == b.names.channels {
-			out[i].Metadata.Set(transports.MetaChannel, channel)
+			out[i].Metadata.Set(protocol.MetaChannel, channel)
 		}
 	}
 	b.pubMu.RLock()
@@ -688,11 +689,11 @@ func (m marshaler) Marshal(topic string, msg *message.Message) (*sarama.Producer
 	}
 	var key string
 	if topic == m.channels {
-		key = msg.Metadata.Get(transports.MetaChannel)
+		key = msg.Metadata.Get(protocol.MetaChannel)
 		pm.Key = sarama.StringEncoder(key) // "" too: channel "" is a channel
 		return pm, nil
 	}
-	for _, k := range []string{transports.MetaSession, transports.MetaUser} {
+	for _, k := range []string{protocol.MetaSession, protocol.MetaUser} {
 		if key = msg.Metadata.Get(k); key != "" {
 			pm.Key = sarama.StringEncoder(key)
 			break
@@ -710,12 +711,12 @@ func toMessage(km *sarama.ConsumerMessage, epoch, channel string) *message.Messa
 		msg.UUID = fmt.Sprintf("kafka-%s-%d-%d", km.Topic, km.Partition, km.Offset)
 	}
 	if epoch != "" {
-		msg.Metadata.Set(transports.MetaPosition, transports.Position{Epoch: epoch, Lo: uint64(km.Offset) + 1}.String())
+		msg.Metadata.Set(protocol.MetaPosition, protocol.Position{Epoch: epoch, Lo: uint64(km.Offset) + 1}.String())
 		if !km.Timestamp.IsZero() {
-			msg.Metadata.Set(transports.MetaStoredAt, strconv.FormatInt(km.Timestamp.UnixMilli(), 10))
+			msg.Metadata.Set(protocol.MetaStoredAt, strconv.FormatInt(km.Timestamp.UnixMilli(), 10))
 		}
-		if msg.Metadata.Get(transports.MetaChannel) == "" {
-			msg.Metadata.Set(transports.MetaChannel, channel)
+		if msg.Metadata.Get(protocol.MetaChannel) == "" {
+			msg.Metadata.Set(protocol.MetaChannel, channel)
 		}
 	}
 	return msg
@@ -724,7 +725,7 @@ func toMessage(km *sarama.ConsumerMessage, epoch, channel string) *message.Messa
 // channelOf is the channel of a record of <prefix>.channels: the "channel" header, else the key.
 func channelOf(km *sarama.ConsumerMessage) string {
 	for _, h := range km.Headers {
-		if string(h.Key) == transports.MetaChannel {
+		if string(h.Key) == protocol.MetaChannel {
 			return string(h.Value)
 		}
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -146,7 +147,7 @@ func (b *Broker) topic(name, logical string) (*topic, bool) {
 
 // newTopic makes the state of a topic. b.mu is held.
 func (b *Broker) newTopic(name, logical string) *topic {
-	t := &topic{name: name, history: transports.IsChannelTopic(logical),
+	t := &topic{name: name, history: protocol.IsChannelTopic(logical),
 		size: b.cfg.HistorySize, ttl: b.cfg.HistoryTTL}
 	// Every message of this topic comes after last; the ones of its earlier lives that are gone
 	// are at most b.forgotten.
@@ -321,9 +322,9 @@ type Node struct {
 }
 
 var (
-	_ transports.Broker = (*Node)(nil)
-	_ transports.History = (*Node)(nil)
-	_ transports.Handoff = (*Node)(nil)
+	_ transports.Broker         = (*Node)(nil)
+	_ transports.History        = (*Node)(nil)
+	_ transports.FuncSubscriber = (*Node)(nil)
 )
 
 func (n *Node) name(topic string) string { return n.prefix + "/" + topic }
@@ -377,7 +378,7 @@ func (t *topic) publish(b *Broker, msgs []*message.Message) bool {
 		t.last = seq
 		c := m.Copy()
 		if t.history {
-			c.Metadata.Set(transports.MetaPosition, transports.Position{Epoch: b.epoch, Lo: seq}.String())
+			c.Metadata.Set(protocol.MetaPosition, protocol.Position{Epoch: b.epoch, Lo: seq}.String())
 			if t.size > 0 {
 				t.log = append(t.log, &stored{msg: c, seq: seq, at: now, size: sizeOf(c), t: t})
 			} else {
@@ -406,13 +407,13 @@ func (n *Node) Subscribe(ctx context.Context, topicName string) (<-chan *message
 	return transports.SubscribeChan(ctx, n, topicName)
 }
 
-// SubscribeFunc implements transports.Handoff. The subscription holds no goroutine while it has
+// SubscribeFunc implements transports.FuncSubscriber. The subscription holds no goroutine while it has
 // nothing to deliver: a publish starts one, which calls deliver until the queue is empty.
 func (n *Node) SubscribeFunc(ctx context.Context, topicName string, deliver func(*message.Message) bool, ended func()) error {
 	if n.closed() {
 		return transports.ErrClosed
 	}
-	h := &handoff{n: n, ended: ended}
+	h := &funcSub{n: n, ended: ended}
 	h.ctx, h.cancel = context.WithCancel(ctx)
 	// Unbounded, as the broker's queues are: a publish never waits for a subscriber.
 	h.relay = transports.NewRelay(h.ctx, h.cancel, deliver, math.MaxInt, &n.wg)
@@ -431,9 +432,9 @@ func (n *Node) SubscribeFunc(ctx context.Context, topicName string, deliver func
 	return nil
 }
 
-// handoff is a subscription of SubscribeFunc: what is published is queued on its relay, whose
+// funcSub is a subscription of SubscribeFunc: what is published is queued on its relay, whose
 // goroutine runs only while messages wait.
-type handoff struct {
+type funcSub struct {
 	n        *Node
 	t        *topic
 	relay    *transports.Relay
@@ -443,12 +444,12 @@ type handoff struct {
 	ended    func()
 }
 
-func (h *handoff) push(m *message.Message) { h.relay.Offer(m, 0) } // never full
-func (h *handoff) close()                  { h.cancel() }
+func (h *funcSub) push(m *message.Message) { h.relay.Offer(m, 0) } // never full
+func (h *funcSub) close()                  { h.cancel() }
 
 // end ends the subscription once its context is done: ended comes after every delivery. The
 // topic's state goes with its last subscriber unless it has history to keep.
-func (h *handoff) end() {
+func (h *funcSub) end() {
 	h.relay.Close()
 	h.stopNode()
 	h.t.mu.Lock()
@@ -500,7 +501,7 @@ func (n *Node) SubscribeGroup(ctx context.Context, topicName, group string) (<-c
 }
 
 // Replay implements transports.History.
-func (n *Node) Replay(_ context.Context, topicName string, since transports.Position, limit int) ([]*message.Message, bool, error) {
+func (n *Node) Replay(_ context.Context, topicName string, since protocol.Position, limit int) ([]*message.Message, bool, error) {
 	if n.closed() {
 		return nil, false, transports.ErrClosed
 	}
@@ -534,7 +535,7 @@ func (n *Node) Replay(_ context.Context, topicName string, since transports.Posi
 
 // replay returns copies of what the history has after since (at most limit) and whether that
 // is everything after it. t.mu is held.
-func (t *topic) replay(b *Broker, since transports.Position, limit int) ([]*message.Message, bool) {
+func (t *topic) replay(b *Broker, since protocol.Position, limit int) ([]*message.Message, bool) {
 	t.trim(b.now(), &b.ledger)
 	if since.Lo < t.dropped {
 		return nil, false // trimmed past since
@@ -547,25 +548,25 @@ func (t *topic) replay(b *Broker, since transports.Position, limit int) ([]*mess
 	msgs := make([]*message.Message, len(rest))
 	for i, s := range rest {
 		msgs[i] = s.msg.Copy()
-		msgs[i].Metadata.Set(transports.MetaStoredAt, strconv.FormatInt(s.at.UnixMilli(), 10))
+		msgs[i].Metadata.Set(protocol.MetaStoredAt, strconv.FormatInt(s.at.UnixMilli(), 10))
 	}
 	return msgs, complete
 }
 
 // Last implements transports.History. A channel without a message in its history gets the
 // broker's latest sequence number: whatever it receives next comes after it.
-func (n *Node) Last(_ context.Context, topicName string) (transports.Position, error) {
+func (n *Node) Last(_ context.Context, topicName string) (protocol.Position, error) {
 	if n.closed() {
-		return transports.Position{}, transports.ErrClosed
+		return protocol.Position{}, transports.ErrClosed
 	}
 	b := n.broker
 	for {
 		t, _, ok := b.lookup(n.name(topicName))
 		if !ok {
-			return transports.Position{}, transports.ErrClosed
+			return protocol.Position{}, transports.ErrClosed
 		}
 		if t == nil {
-			return transports.Position{Epoch: b.epoch, Lo: b.seq.Load()}, nil
+			return protocol.Position{Epoch: b.epoch, Lo: b.seq.Load()}, nil
 		}
 		t.mu.Lock()
 		if t.freed {
@@ -577,7 +578,7 @@ func (n *Node) Last(_ context.Context, topicName string) (transports.Position, e
 			last = b.seq.Load() // read under t.mu: the topic's next message comes after it
 		}
 		t.mu.Unlock()
-		return transports.Position{Epoch: b.epoch, Lo: last}, nil
+		return protocol.Position{Epoch: b.epoch, Lo: last}, nil
 	}
 }
 

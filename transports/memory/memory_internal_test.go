@@ -6,8 +6,8 @@ import "testing"
 // behind the slice, where it would stay reachable (and with it its relay and context) for as
 // long as the topic lives.
 func TestRemoveSubLeavesNoReference(t *testing.T) {
-	a, b, c := &handoff{}, &handoff{}, &handoff{}
-	for _, gone := range []*handoff{a, b, c} {
+	a, b, c := &funcSub{}, &funcSub{}, &funcSub{}
+	for _, gone := range []*funcSub{a, b, c} {
 		tp := &topic{subs: []sink{a, b, c}}
 		tp.removeSub(gone)
 		if len(tp.subs) != 2 {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/transporttest"
@@ -26,7 +27,7 @@ func TestHistoryBounds(t *testing.T) {
 	t.Cleanup(broker.Close)
 	n := broker.Node("p")
 	defer n.Close()
-	topic := transports.ChannelTopic("c")
+	topic := protocol.ChannelTopic("c")
 	start, _ := n.Last(t.Context(), topic)
 	for i := 0; i < 5; i++ {
 		if err := n.Publish(topic, transporttest.NewMessage("x")); err != nil {
@@ -53,10 +54,10 @@ func TestHistoryBounds(t *testing.T) {
 // keep HistorySize and HistoryTTL.
 func TestBoundsPerTopic(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{HistorySize: 100, Bounds: func(topic string) (int, time.Duration) {
-		if topic == transports.ChannelTopic("small") {
+		if topic == protocol.ChannelTopic("small") {
 			return 2, 0
 		}
-		if topic == transports.ChannelTopic("brief") {
+		if topic == protocol.ChannelTopic("brief") {
 			return 0, time.Nanosecond
 		}
 		return 0, 0
@@ -66,7 +67,7 @@ func TestBoundsPerTopic(t *testing.T) {
 	defer n.Close()
 	kept := func(channel string) int {
 		t.Helper()
-		topic := transports.ChannelTopic(channel)
+		topic := protocol.ChannelTopic(channel)
 		start, _ := n.Last(t.Context(), topic)
 		for i := 0; i < 5; i++ {
 			if err := n.Publish(topic, transporttest.NewMessage("x")); err != nil {
@@ -108,14 +109,14 @@ func TestTopicStateIsFreed(t *testing.T) {
 	defer n.Close()
 	ctx, cancel := context.WithCancel(t.Context())
 	for i := range 1000 {
-		if _, err := n.Subscribe(ctx, transports.ChannelTopic(fmt.Sprint("room:", i))); err != nil {
+		if _, err := n.Subscribe(ctx, protocol.ChannelTopic(fmt.Sprint("room:", i))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if got := broker.Topics(); got != 1000 {
 		t.Fatalf("%d topics with subscribers, want 1000", got)
 	}
-	topic := transports.ChannelTopic("room:1")
+	topic := protocol.ChannelTopic("room:1")
 	since, _ := n.Last(t.Context(), topic)
 	cancel()
 	transporttest.WaitFor(t, 10*time.Second, func() error {
@@ -140,7 +141,7 @@ func TestFreedHistoryIsNotResumed(t *testing.T) {
 	t.Cleanup(broker.Close)
 	n := broker.Node("p")
 	defer n.Close()
-	topic := transports.ChannelTopic("c")
+	topic := protocol.ChannelTopic("c")
 	since, _ := n.Last(t.Context(), topic)
 	if err := n.Publish(topic, transporttest.NewMessage("expires")); err != nil {
 		t.Fatal(err)
@@ -174,7 +175,7 @@ func TestTTLFreesMemoryWithoutPublish(t *testing.T) {
 	payload := strings.Repeat("x", 60<<10)
 	for c := range 3 {
 		for range 300 {
-			if err := n.Publish(transports.ChannelTopic(fmt.Sprint("big:", c)), transporttest.NewMessage(payload)); err != nil {
+			if err := n.Publish(protocol.ChannelTopic(fmt.Sprint("big:", c)), transporttest.NewMessage(payload)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -206,14 +207,14 @@ func TestTrimmedHistoryFreesPayloads(t *testing.T) {
 	// Live messages ahead of the trimmed ones in the age bookkeeping, so that expiry, which
 	// frees from the oldest, cannot reach the trimmed ones.
 	for i := range 2000 {
-		if err := n.Publish(transports.ChannelTopic(fmt.Sprint("quiet:", i)), transporttest.NewMessage("x")); err != nil {
+		if err := n.Publish(protocol.ChannelTopic(fmt.Sprint("quiet:", i)), transporttest.NewMessage("x")); err != nil {
 			t.Fatal(err)
 		}
 	}
 	before := liveHeap()
 	payload := strings.Repeat("x", 60<<10)
 	for range 300 {
-		if err := n.Publish(transports.ChannelTopic("trimmed"), transporttest.NewMessage(payload)); err != nil {
+		if err := n.Publish(protocol.ChannelTopic("trimmed"), transporttest.NewMessage(payload)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -241,9 +242,9 @@ func TestMaxBytesEvictsOldestFirst(t *testing.T) {
 	t.Cleanup(broker.Close)
 	n := broker.Node("p")
 	defer n.Close()
-	start := map[string]transports.Position{}
+	start := map[string]protocol.Position{}
 	for _, c := range []string{"a", "b", "c"} {
-		topic := transports.ChannelTopic(c)
+		topic := protocol.ChannelTopic(c)
 		start[c], _ = n.Last(t.Context(), topic)
 		for range 5 {
 			if err := n.Publish(topic, transporttest.NewMessage(strings.Repeat("x", 1000))); err != nil {
@@ -254,8 +255,8 @@ func TestMaxBytesEvictsOldestFirst(t *testing.T) {
 	if got := broker.HistoryBytes(); got > one*10+one/2 {
 		t.Fatalf("history holds %d bytes, over MaxBytes %d", got, one*10+one/2)
 	}
-	replay := func(c string, since transports.Position) (int, bool) {
-		msgs, complete, err := n.Replay(t.Context(), transports.ChannelTopic(c), since, 100)
+	replay := func(c string, since protocol.Position) (int, bool) {
+		msgs, complete, err := n.Replay(t.Context(), protocol.ChannelTopic(c), since, 100)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -273,7 +274,7 @@ func TestMaxBytesEvictsOldestFirst(t *testing.T) {
 		t.Fatalf("%d topics kept, want 2: a lost all its history and has no subscriber", got)
 	}
 	// One more: b's oldest goes, and a resume from it (after it) is still complete.
-	if err := n.Publish(transports.ChannelTopic("c"), transporttest.NewMessage(strings.Repeat("x", 1000))); err != nil {
+	if err := n.Publish(protocol.ChannelTopic("c"), transporttest.NewMessage(strings.Repeat("x", 1000))); err != nil {
 		t.Fatal(err)
 	}
 	if _, complete := replay("b", start["b"]); complete {
@@ -292,7 +293,7 @@ func sizeOfOne(t *testing.T) int64 {
 	defer broker.Close()
 	n := broker.Node("p")
 	defer n.Close()
-	if err := n.Publish(transports.ChannelTopic("a"), transporttest.NewMessage(strings.Repeat("x", 1000))); err != nil {
+	if err := n.Publish(protocol.ChannelTopic("a"), transporttest.NewMessage(strings.Repeat("x", 1000))); err != nil {
 		t.Fatal(err)
 	}
 	return broker.HistoryBytes()
@@ -302,7 +303,7 @@ func sizeOfOne(t *testing.T) int64 {
 func TestCloseTwice(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{HistorySize: 10, HistoryTTL: time.Minute})
 	n := broker.Node("p")
-	if err := n.Publish(transports.ChannelTopic("c"), transporttest.NewMessage("x")); err != nil {
+	if err := n.Publish(protocol.ChannelTopic("c"), transporttest.NewMessage("x")); err != nil {
 		t.Fatal(err)
 	}
 	broker.Close()

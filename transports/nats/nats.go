@@ -23,6 +23,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	natsgo "github.com/nats-io/nats.go"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -131,7 +132,7 @@ func (c *Config) validateRest() error {
 // followed by the topic's dot-separated parts, each mapped with transports.SafeName
 // ("ws.direct", "ws.inbound", "ws.events"). The mapping is injective and never yields wildcards.
 func Subject(prefix, topic string) string {
-	if ch, ok := transports.ChannelOf(topic); ok {
+	if ch, ok := protocol.ChannelOf(topic); ok {
 		return prefix + ".ch." + transports.SafeName(ch)
 	}
 	parts := strings.Split(topic, ".")
@@ -167,7 +168,7 @@ type Broker struct {
 	// dispatcher goroutine, which queues each message on its subscription's relay.
 	fan     chan *natsgo.Msg
 	fanMu   sync.Mutex
-	fanSubs map[*natsgo.Subscription]*handoff
+	fanSubs map[*natsgo.Subscription]*funcSub
 
 	// link is cancelled when the connection to the server is lost: core NATS drops what is
 	// published meanwhile, so fan-out subscriptions end then, and the node tells its clients
@@ -192,8 +193,8 @@ func (b *Broker) currentLink() context.Context {
 }
 
 var (
-	_ transports.Broker = (*Broker)(nil)
-	_ transports.Handoff = (*Broker)(nil)
+	_ transports.Broker         = (*Broker)(nil)
+	_ transports.FuncSubscriber = (*Broker)(nil)
 )
 
 // New connects to cfg.URL and returns a Broker that owns the connection. A server that is
@@ -300,7 +301,7 @@ func newBroker(nc *natsgo.Conn, cfg Config, logger *slog.Logger, owned bool) (*B
 		ctx:         ctx,
 		cancel:      cancel,
 		fan:         make(chan *natsgo.Msg, natsgo.DefaultMaxChanLen),
-		fanSubs:     map[*natsgo.Subscription]*handoff{},
+		fanSubs:     map[*natsgo.Subscription]*funcSub{},
 	}
 	b.wg.Add(1)
 	go b.dispatch()
@@ -356,7 +357,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.M
 	return transports.SubscribeChan(ctx, b, topic)
 }
 
-// SubscribeFunc implements transports.Handoff with one nats.go subscription that delivers into
+// SubscribeFunc implements transports.FuncSubscriber with one nats.go subscription that delivers into
 // the node's shared channel: the node's one dispatcher goroutine queues each message on the
 // subscription's transports.Relay, which hands it to deliver, the next only after an ack (a
 // nack hands it again). An idle subscription holds no goroutine and no buffer. It ends when ctx
@@ -366,7 +367,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.M
 // behind). Its consumer then resumes and learns what was lost, instead of missing it.
 func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
 	subject := Subject(b.cfg.Prefix, topic)
-	h := &handoff{b: b, log: b.logger.With("topic", topic, "subject", subject)}
+	h := &funcSub{b: b, log: b.logger.With("topic", topic, "subject", subject)}
 	h.ctx, h.cancel = context.WithCancel(ctx)
 	h.relay = transports.NewRelay(h.ctx, h.cancel, deliver, b.cfg.PendingLimit, &b.wg)
 	// The connection this subscription starts on: if it is lost, even before the subscription is
@@ -414,8 +415,8 @@ func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*
 	return nil
 }
 
-// handoff is a subscription of SubscribeFunc.
-type handoff struct {
+// funcSub is a subscription of SubscribeFunc.
+type funcSub struct {
 	b      *Broker
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -456,7 +457,7 @@ func (b *Broker) dropped(sub *natsgo.Subscription) {
 }
 
 // handle queues one message of the subscription on its relay.
-func (h *handoff) handle(nm *natsgo.Msg) {
+func (h *funcSub) handle(nm *natsgo.Msg) {
 	if h.ctx.Err() != nil {
 		return
 	}
@@ -480,7 +481,7 @@ func (h *handoff) handle(nm *natsgo.Msg) {
 }
 
 // end ends the subscription after a loss, so that its clients resume.
-func (h *handoff) end(why string) {
+func (h *funcSub) end(why string) {
 	if h.ctx.Err() == nil {
 		h.log.Warn("nats subscription ended so that its clients resume: " + why)
 		h.cancel()
@@ -489,7 +490,7 @@ func (h *handoff) end(why string) {
 
 // stop unsubscribes and waits for the message being delivered, if any: nothing is delivered
 // after it returns.
-func (h *handoff) stop() {
+func (h *funcSub) stop() {
 	_ = h.sub.Unsubscribe()
 	h.b.fanMu.Lock()
 	delete(h.b.fanSubs, h.sub)
@@ -581,7 +582,7 @@ func (b *Broker) run(ctx context.Context, sub *natsgo.Subscription, out chan<- *
 				return false
 			}
 		}
-		if transports.HandOver(ctx, msg, send) != transports.Acked {
+		if transports.DeliverUntilAcked(ctx, msg, send) != transports.Acked {
 			return
 		}
 	}

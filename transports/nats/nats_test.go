@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	natsgo "github.com/nats-io/nats.go"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/nats"
 	"github.com/wsgateway/gateway/transports/transporttest"
@@ -101,13 +102,13 @@ func TestConformanceLocalServer(t *testing.T) {
 
 func TestSubjects(t *testing.T) {
 	for _, tc := range []struct{ topic, want string }{
-		{transports.ChannelTopic("news"), "ws.ch.news"},
-		{transports.ChannelTopic("room:1.a_b"), "ws.ch.room_3a1_2ea_5fb"},
-		{transports.ChannelTopic(transports.UserChannel("alice")), "ws.ch._24user_3aalice"},
-		{transports.ChannelTopic("a*>b c"), "ws.ch.a_2a_3eb_20c"},
-		{transports.TopicDirect, "ws.direct"},
-		{transports.TopicInbound, "ws.inbound"},
-		{transports.TopicEvents, "ws.events"},
+		{protocol.ChannelTopic("news"), "ws.ch.news"},
+		{protocol.ChannelTopic("room:1.a_b"), "ws.ch.room_3a1_2ea_5fb"},
+		{protocol.ChannelTopic(protocol.UserChannelFor("alice")), "ws.ch._24user_3aalice"},
+		{protocol.ChannelTopic("a*>b c"), "ws.ch.a_2a_3eb_20c"},
+		{protocol.TopicDirect, "ws.direct"},
+		{protocol.TopicInbound, "ws.inbound"},
+		{protocol.TopicEvents, "ws.events"},
 		{"ch", "ws.ch"},
 		{"x.y*", "ws.x.y_2a"},
 	} {
@@ -177,7 +178,7 @@ func TestBrokerDown(t *testing.T) {
 		t.Fatalf("Ping without a broker: %v, want ErrUnavailable", err)
 	}
 	expectUnavailable(t, node)
-	topic := transports.ChannelTopic("down")
+	topic := protocol.ChannelTopic("down")
 	ch, err := node.Subscribe(ctx, topic) // kept by the client, sent when it connects
 	if err != nil {
 		t.Fatalf("Subscribe without a broker: %v", err)
@@ -208,7 +209,7 @@ func TestBrokerDown(t *testing.T) {
 func expectUnavailable(t *testing.T, b transports.Broker) {
 	t.Helper()
 	start := time.Now()
-	err := b.Publish(transports.ChannelTopic("down"), transporttest.NewMessage("x"))
+	err := b.Publish(protocol.ChannelTopic("down"), transporttest.NewMessage("x"))
 	if !errors.Is(err, transports.ErrUnavailable) {
 		t.Fatalf("Publish without a broker: %v, want ErrUnavailable", err)
 	}
@@ -221,7 +222,7 @@ func TestNackRedelivers(t *testing.T) {
 	srv := startServer(t, 0)
 	t.Cleanup(func() { stopServer(srv) })
 	node := newNode(t, serverURL(srv), transporttest.Prefix(t))
-	topic := transports.TopicDirect
+	topic := protocol.TopicDirect
 	ch, err := node.Subscribe(t.Context(), topic)
 	if err != nil {
 		t.Fatal(err)
@@ -261,7 +262,7 @@ func TestSlowSubscriptionEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	topic := transports.ChannelTopic("slow")
+	topic := protocol.ChannelTopic("slow")
 	ch, err := b.Subscribe(t.Context(), topic)
 	if err != nil {
 		t.Fatal(err)
@@ -285,14 +286,14 @@ var cliExample = []struct {
 	topic   string
 	meta    map[string]string
 }{
-	{"ws.ch.news", `{"text":"hello"}`, nil, transports.ChannelTopic("news"), map[string]string{}},
+	{"ws.ch.news", `{"text":"hello"}`, nil, protocol.ChannelTopic("news"), map[string]string{}},
 	{
 		"ws.ch.news", `{"text":"hello"}`, [][2]string{{"channel", "news"}, {"msg_id", "news-1"}},
-		transports.ChannelTopic("news"), map[string]string{"channel": "news", "msg_id": "news-1"},
+		protocol.ChannelTopic("news"), map[string]string{"channel": "news", "msg_id": "news-1"},
 	},
 	{
 		"ws.ch._24user_3aalice", `{"text":"hi alice"}`, [][2]string{{"channel", "$user:alice"}, {"msg_id", "alice-1"}},
-		transports.ChannelTopic(transports.UserChannel("alice")), map[string]string{"channel": "$user:alice", "msg_id": "alice-1"},
+		protocol.ChannelTopic(protocol.UserChannelFor("alice")), map[string]string{"channel": "$user:alice", "msg_id": "alice-1"},
 	},
 }
 
@@ -390,11 +391,11 @@ func TestNewWithConn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err := b.Subscribe(context.Background(), transports.TopicEvents)
+	ch, err := b.Subscribe(context.Background(), protocol.TopicEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Publish(transports.TopicEvents, transporttest.NewMessage("e")); err != nil {
+	if err := b.Publish(protocol.TopicEvents, transporttest.NewMessage("e")); err != nil {
 		t.Fatal(err)
 	}
 	transporttest.Receive(t, ch, 1, 10*time.Second)
@@ -407,7 +408,7 @@ func TestNewWithConn(t *testing.T) {
 	if nc.IsClosed() || nc.NumSubscriptions() != 0 {
 		t.Fatalf("connection closed %v, %d subscriptions left", nc.IsClosed(), nc.NumSubscriptions())
 	}
-	if err := b.Publish(transports.TopicEvents, transporttest.NewMessage("x")); !errors.Is(err, transports.ErrClosed) {
+	if err := b.Publish(protocol.TopicEvents, transporttest.NewMessage("x")); !errors.Is(err, transports.ErrClosed) {
 		t.Fatalf("Publish after Close: %v", err)
 	}
 }
@@ -419,7 +420,7 @@ func TestOddMessages(t *testing.T) {
 	t.Cleanup(func() { stopServer(srv) })
 	prefix := transporttest.Prefix(t)
 	node := newNode(t, serverURL(srv), prefix)
-	topic := transports.TopicDirect
+	topic := protocol.TopicDirect
 	ch, err := node.Subscribe(t.Context(), topic)
 	if err != nil {
 		t.Fatal(err)
@@ -456,7 +457,7 @@ func TestOddMessages(t *testing.T) {
 		}
 	}
 	m := transporttest.Receive(t, ch, 1, 10*time.Second)[0]
-	if string(m.Payload) != "fine" || m.Metadata.Get(transports.MetaMsgID) != "ok" {
+	if string(m.Payload) != "fine" || m.Metadata.Get(protocol.MetaMsgID) != "ok" {
 		t.Fatalf("got %q %v, want the well-formed message", m.Payload, m.Metadata)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -91,13 +92,13 @@ func decode(values map[string]any) *message.Message {
 // its position), the same on every node and in a replay.
 func decodeAt(values map[string]any, epoch string, id streamID, position bool) *message.Message {
 	m := decode(values)
-	pos := transports.Position{Epoch: epoch, Hi: id.ms, Lo: id.seq}.String()
+	pos := protocol.Position{Epoch: epoch, Hi: id.ms, Lo: id.seq}.String()
 	if m.UUID == "" {
 		m.UUID = pos
 	}
 	if position {
-		m.Metadata.Set(transports.MetaPosition, pos)
-		m.Metadata.Set(transports.MetaStoredAt, strconv.FormatUint(id.ms, 10))
+		m.Metadata.Set(protocol.MetaPosition, pos)
+		m.Metadata.Set(protocol.MetaStoredAt, strconv.FormatUint(id.ms, 10))
 	}
 	return m
 }
@@ -148,7 +149,7 @@ func parseID(s string) (streamID, error) {
 	return streamID{a, b}, nil
 }
 
-func idOf(p transports.Position) streamID { return streamID{p.Hi, p.Lo} }
+func idOf(p protocol.Position) streamID { return streamID{p.Hi, p.Lo} }
 
 func (a streamID) less(b streamID) bool {
 	if a.ms != b.ms {

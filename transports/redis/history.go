@@ -9,6 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -25,25 +26,25 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'lineage', ARGV[
 
 // Last implements transports.History: the id of the newest entry of the channel's shard stream
 // (whichever channel it belongs to), so that Replay(Last()) returns what comes next.
-func (b *Broker) Last(ctx context.Context, topic string) (transports.Position, error) {
+func (b *Broker) Last(ctx context.Context, topic string) (protocol.Position, error) {
 	if b.isClosed() {
-		return transports.Position{}, transports.ErrClosed
+		return protocol.Position{}, transports.ErrClosed
 	}
 	rt, err := b.channelRoute(topic)
 	if err != nil {
-		return transports.Position{}, err
+		return protocol.Position{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()
 	s, err := lastScript.Run(ctx, b.client, []string{rt.key}, b.cfg.MaxLen, "start").Text()
 	if err != nil {
-		return transports.Position{}, b.wrap("last of "+rt.key, err)
+		return protocol.Position{}, b.wrap("last of "+rt.key, err)
 	}
 	id, err := parseID(s)
 	if err != nil {
-		return transports.Position{}, err
+		return protocol.Position{}, err
 	}
-	return transports.Position{Epoch: rt.epoch, Hi: id.ms, Lo: id.seq}, nil
+	return protocol.Position{Epoch: rt.epoch, Hi: id.ms, Lo: id.seq}, nil
 }
 
 // Replay implements transports.History. It scans the channel's shard stream with XRANGE from
@@ -51,7 +52,7 @@ func (b *Broker) Last(ctx context.Context, topic string) (transports.Position, e
 // keeping the entries of this channel; the entries of the shard's other channels are read and
 // dropped. complete is false when more than limit match, or when the stream no longer holds
 // everything after since (see kept).
-func (b *Broker) Replay(ctx context.Context, topic string, since transports.Position, limit int) ([]*message.Message, bool, error) {
+func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Position, limit int) ([]*message.Message, bool, error) {
 	if b.isClosed() {
 		return nil, false, transports.ErrClosed
 	}
@@ -141,7 +142,7 @@ func kept(info *goredis.XInfoStream, since streamID) bool {
 }
 
 func (b *Broker) channelRoute(topic string) (route, error) {
-	if !transports.IsChannelTopic(topic) {
+	if !protocol.IsChannelTopic(topic) {
 		return route{}, fmt.Errorf("redis: %q is not a channel topic: only channel topics keep history", topic)
 	}
 	return b.route(topic), nil

@@ -25,6 +25,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -56,9 +57,9 @@ type Broker struct {
 }
 
 var (
-	_ transports.Broker = (*Broker)(nil)
-	_ transports.Handoff = (*Broker)(nil)
-	_ transports.History = (*Broker)(nil)
+	_ transports.Broker         = (*Broker)(nil)
+	_ transports.FuncSubscriber = (*Broker)(nil)
+	_ transports.History        = (*Broker)(nil)
 )
 
 // New connects to the Redis server of cfg. It does not fail when the server is down: go-redis
@@ -120,7 +121,7 @@ type route struct {
 }
 
 func (b *Broker) route(topic string) route {
-	if channel, ok := transports.ChannelOf(topic); ok {
+	if channel, ok := protocol.ChannelOf(topic); ok {
 		n := Shard(channel, b.cfg.Shards)
 		return route{key: b.shardKeys[n], channel: channel, isCh: true, epoch: b.shardEpochs[n]}
 	}
@@ -187,7 +188,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.M
 	return transports.SubscribeChan(ctx, b, topic)
 }
 
-// SubscribeFunc implements transports.Handoff, as Subscribe does. The subscription holds no
+// SubscribeFunc implements transports.FuncSubscriber, as Subscribe does. The subscription holds no
 // goroutine and no buffer while it has nothing to deliver: the reader queues entries on it, and
 // the first one queued while none runs starts a goroutine that delivers until the queue is empty.
 func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
@@ -292,7 +293,7 @@ func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-cha
 	if b.isClosed() {
 		return nil, transports.ErrClosed
 	}
-	if transports.IsChannelTopic(topic) {
+	if protocol.IsChannelTopic(topic) {
 		return nil, fmt.Errorf("redis: SubscribeGroup on channel topic %q: channels share shard streams, use Subscribe", topic)
 	}
 	if group == "" {

@@ -18,6 +18,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/redis"
 	"github.com/wsgateway/gateway/transports/transporttest"
@@ -209,10 +210,10 @@ func TestCLIEntry(t *testing.T) {
 	prefix := transporttest.Prefix(t)
 	dropKeys(t, addr, prefix)
 	b := newNode(t, redis.Config{Addr: addr, Prefix: prefix})
-	news := subscribe(t, b, transports.ChannelTopic("news"))
-	alice := subscribe(t, b, transports.ChannelTopic(transports.UserChannel("alice")))
+	news := subscribe(t, b, protocol.ChannelTopic("news"))
+	alice := subscribe(t, b, protocol.ChannelTopic(protocol.UserChannelFor("alice")))
 
-	direct := subscribe(t, b, transports.TopicDirect)
+	direct := subscribe(t, b, protocol.TopicDirect)
 
 	raw := goredis.NewClient(&goredis.Options{Addr: addr})
 	defer raw.Close()
@@ -234,12 +235,12 @@ func TestCLIEntry(t *testing.T) {
 	check := func(ch <-chan *message.Message, payload, msgID string) {
 		t.Helper()
 		m := transporttest.Receive(t, ch, 1, 10*time.Second)[0]
-		if string(m.Payload) != payload || m.Metadata.Get(transports.MetaMsgID) != msgID {
+		if string(m.Payload) != payload || m.Metadata.Get(protocol.MetaMsgID) != msgID {
 			t.Fatalf("got %q %v, want %q msg_id %q", m.Payload, m.Metadata, payload, msgID)
 		}
-		pos, err := transports.ParsePosition(m.Metadata.Get(transports.MetaPosition))
+		pos, err := protocol.ParsePosition(m.Metadata.Get(protocol.MetaPosition))
 		if err != nil {
-			t.Fatalf("position %q: %v", m.Metadata.Get(transports.MetaPosition), err)
+			t.Fatalf("position %q: %v", m.Metadata.Get(protocol.MetaPosition), err)
 		}
 		if m.UUID != pos.String() {
 			t.Fatalf("uuid %q, want the position %q for an entry without uuid", m.UUID, pos)
@@ -253,7 +254,7 @@ func TestCLIEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	if m := transporttest.Receive(t, direct, 1, 10*time.Second)[0]; string(m.Payload) != `{"text":"to everyone"}` ||
-		m.Metadata.Get(transports.MetaTarget) != "all" || m.Metadata.Get(transports.MetaPosition) != "" || m.UUID == "" {
+		m.Metadata.Get(protocol.MetaTarget) != "all" || m.Metadata.Get(protocol.MetaPosition) != "" || m.UUID == "" {
 		t.Fatalf("direct: uuid %q payload %q metadata %v", m.UUID, m.Payload, m.Metadata)
 	}
 
@@ -284,7 +285,7 @@ func TestTrimmedReplay(t *testing.T) {
 	dropKeys(t, addr, prefix)
 	b := newNode(t, redis.Config{Addr: addr, Prefix: prefix, Shards: 1, MaxLen: 10})
 	ctx := context.Background()
-	topic := transports.ChannelTopic("trim")
+	topic := protocol.ChannelTopic("trim")
 	start, err := b.Last(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
@@ -326,7 +327,7 @@ func TestLineageLost(t *testing.T) {
 	dropKeys(t, addr, prefix)
 	b := newNode(t, redis.Config{Addr: addr, Prefix: prefix, Shards: 1})
 	ctx := context.Background()
-	topic := transports.ChannelTopic("lineage")
+	topic := protocol.ChannelTopic("lineage")
 	empty, err := b.Last(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
@@ -343,7 +344,7 @@ func TestLineageLost(t *testing.T) {
 	if err := raw.Del(ctx, redis.ShardKey(prefix, 0)).Err(); err != nil {
 		t.Fatal(err)
 	}
-	for _, since := range []transports.Position{empty, mid} {
+	for _, since := range []protocol.Position{empty, mid} {
 		if msgs, complete, err := b.Replay(ctx, topic, since, 100); err != nil || complete || len(msgs) != 0 {
 			t.Fatalf("replay from %v of a deleted stream: %d msgs, complete %v, err %v", since, len(msgs), complete, err)
 		}
@@ -368,7 +369,7 @@ func TestLineageLost(t *testing.T) {
 	if err := b.Publish(topic, transporttest.NewMessage("b")); err != nil {
 		t.Fatal(err)
 	}
-	for _, since := range []transports.Position{empty, mid} {
+	for _, since := range []protocol.Position{empty, mid} {
 		if _, complete, err := b.Replay(ctx, topic, since, 100); err != nil || complete {
 			t.Fatalf("replay from %v of a recreated stream: complete %v, err %v", since, complete, err)
 		}
@@ -382,7 +383,7 @@ func TestNackRedelivers(t *testing.T) {
 	prefix := transporttest.Prefix(t)
 	dropKeys(t, addr, prefix)
 	b := newNode(t, redis.Config{Addr: addr, Prefix: prefix})
-	topic := transports.ChannelTopic("nack")
+	topic := protocol.ChannelTopic("nack")
 	ch := subscribe(t, b, topic)
 	if err := b.Publish(topic, transporttest.NewMessage("one"), transporttest.NewMessage("two")); err != nil {
 		t.Fatal(err)
@@ -395,7 +396,7 @@ func TestNackRedelivers(t *testing.T) {
 	}
 	first.Nack()
 	got := transporttest.Receive(t, ch, 2, 10*time.Second)
-	if got[0].UUID != first.UUID || got[0].Metadata.Get(transports.MetaPosition) != first.Metadata.Get(transports.MetaPosition) ||
+	if got[0].UUID != first.UUID || got[0].Metadata.Get(protocol.MetaPosition) != first.Metadata.Get(protocol.MetaPosition) ||
 		string(got[1].Payload) != "two" {
 		t.Fatalf("after a nack got %q then %q", got[0].Payload, got[1].Payload)
 	}
@@ -408,14 +409,14 @@ func TestSlowConsumer(t *testing.T) {
 	prefix := transporttest.Prefix(t)
 	dropKeys(t, addr, prefix)
 	b := newNode(t, redis.Config{Addr: addr, Prefix: prefix, SubscriptionBuffer: 2})
-	slow := subscribe(t, b, transports.ChannelTopic("slow"))
-	fast := subscribe(t, b, transports.ChannelTopic("fast"))
+	slow := subscribe(t, b, protocol.ChannelTopic("slow"))
+	fast := subscribe(t, b, protocol.ChannelTopic("fast"))
 	for i := 0; i < 10; i++ {
-		if err := b.Publish(transports.ChannelTopic("slow"), transporttest.NewMessage("s")); err != nil {
+		if err := b.Publish(protocol.ChannelTopic("slow"), transporttest.NewMessage("s")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := b.Publish(transports.ChannelTopic("fast"), transporttest.NewMessage("f")); err != nil {
+	if err := b.Publish(protocol.ChannelTopic("fast"), transporttest.NewMessage("f")); err != nil {
 		t.Fatal(err)
 	}
 	transporttest.Receive(t, fast, 1, 10*time.Second)
@@ -438,7 +439,7 @@ func TestSlowConsumer(t *testing.T) {
 
 func TestSubscribeGroupOnChannel(t *testing.T) {
 	b := newNode(t, redis.Config{Addr: "127.0.0.1:1"})
-	if _, err := b.SubscribeGroup(context.Background(), transports.ChannelTopic("x"), "g"); err == nil {
+	if _, err := b.SubscribeGroup(context.Background(), protocol.ChannelTopic("x"), "g"); err == nil {
 		t.Fatal("SubscribeGroup on a channel topic succeeded")
 	}
 }
@@ -462,14 +463,14 @@ func TestBrokerDown(t *testing.T) {
 		}
 	}
 	check("Ping", b.Ping(ctx))
-	check("Publish", b.Publish(transports.ChannelTopic("x"), transporttest.NewMessage("x")))
-	_, err = b.Subscribe(ctx, transports.ChannelTopic("x"))
+	check("Publish", b.Publish(protocol.ChannelTopic("x"), transporttest.NewMessage("x")))
+	_, err = b.Subscribe(ctx, protocol.ChannelTopic("x"))
 	check("Subscribe", err)
-	_, err = b.SubscribeGroup(ctx, transports.TopicInbound, "g")
+	_, err = b.SubscribeGroup(ctx, protocol.TopicInbound, "g")
 	check("SubscribeGroup", err)
-	_, err = b.Last(ctx, transports.ChannelTopic("x"))
+	_, err = b.Last(ctx, protocol.ChannelTopic("x"))
 	check("Last", err)
-	_, _, err = b.Replay(ctx, transports.ChannelTopic("x"), transports.Position{Epoch: redis.ShardEpoch("ws", redis.Shard("x", redis.DefaultShards)), Lo: 1}, 10)
+	_, _, err = b.Replay(ctx, protocol.ChannelTopic("x"), protocol.Position{Epoch: redis.ShardEpoch("ws", redis.Shard("x", redis.DefaultShards)), Lo: 1}, 10)
 	check("Replay", err)
 	if d := time.Since(began); d > 15*time.Second {
 		t.Fatalf("failing took %v", d)
@@ -477,7 +478,7 @@ func TestBrokerDown(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Publish(transports.ChannelTopic("x"), transporttest.NewMessage("x")); !errors.Is(err, transports.ErrClosed) {
+	if err := b.Publish(protocol.ChannelTopic("x"), transporttest.NewMessage("x")); !errors.Is(err, transports.ErrClosed) {
 		t.Fatalf("Publish after Close: %v", err)
 	}
 }
@@ -507,11 +508,11 @@ func TestGroupAfterRestart(t *testing.T) {
 	b := newNode(t, redis.Config{Addr: srv.addr, Prefix: prefix, BlockTimeout: time.Second})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ch, err := b.SubscribeGroup(ctx, transports.TopicInbound, "svc")
+	ch, err := b.SubscribeGroup(ctx, protocol.TopicInbound, "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Publish(transports.TopicInbound, transporttest.NewMessage("before")); err != nil {
+	if err := b.Publish(protocol.TopicInbound, transporttest.NewMessage("before")); err != nil {
 		t.Fatal(err)
 	}
 	transporttest.Receive(t, ch, 1, 10*time.Second)
@@ -521,7 +522,7 @@ func TestGroupAfterRestart(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("no delivery to the group after the restart")
 		}
-		_ = b.Publish(transports.TopicInbound, transporttest.NewMessage(fmt.Sprintf("after-%d", i)))
+		_ = b.Publish(protocol.TopicInbound, transporttest.NewMessage(fmt.Sprintf("after-%d", i)))
 		select {
 		case m, ok := <-ch:
 			if !ok {
@@ -551,7 +552,7 @@ func TestReaderOvertaken(t *testing.T) {
 	prefix := transporttest.Prefix(t)
 	dropKeys(t, addr, prefix)
 	b := newNode(t, redis.Config{Addr: addr, Prefix: prefix, Shards: 1, MaxLen: 10, ReadCount: 5})
-	topic := transports.ChannelTopic("lag")
+	topic := protocol.ChannelTopic("lag")
 	ch := subscribe(t, b, topic)
 	batch := make([]*message.Message, 200)
 	for round := 0; round < 5; round++ {
@@ -572,7 +573,7 @@ func BenchmarkChannelDelivery(b *testing.B) {
 		b.Skipf("no Redis on %s", machineAddr)
 	}
 	prefix := transporttest.Prefix(b)
-	topic := transports.ChannelTopic("bench")
+	topic := protocol.ChannelTopic("bench")
 	var subs []<-chan *message.Message
 	var nodes []*redis.Broker
 	for range 3 {
@@ -605,7 +606,7 @@ func BenchmarkChannelDelivery(b *testing.B) {
 		}()
 	}
 	for range b.N {
-		if err := nodes[0].Publish(topic, transporttest.NewMessage(payload, transports.MetaMsgID, "x")); err != nil {
+		if err := nodes[0].Publish(topic, transporttest.NewMessage(payload, protocol.MetaMsgID, "x")); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -619,7 +620,7 @@ func TestReplayPages(t *testing.T) {
 	dropKeys(t, addr, prefix)
 	b := newNode(t, redis.Config{Addr: addr, Prefix: prefix, Shards: 1, ReplayCount: 3})
 	ctx := context.Background()
-	mine, other := transports.ChannelTopic("mine"), transports.ChannelTopic("other")
+	mine, other := protocol.ChannelTopic("mine"), protocol.ChannelTopic("other")
 	start, err := b.Last(ctx, mine)
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -216,11 +217,11 @@ func seq(prefix string, n int) []string {
 
 func (s *suite) testPublishSubscribe(t *testing.T) {
 	n := s.nodes(t, Prefix(t), 2)
-	topic := transports.ChannelTopic("news")
+	topic := protocol.ChannelTopic("news")
 	ch := subscribe(t, n[0], topic)
 	var sent []*message.Message
 	for _, p := range seq("m", 50) {
-		m := NewMessage(p, transports.MetaUser, "alice", transports.MetaMsgID, "id-"+p)
+		m := NewMessage(p, protocol.MetaUser, "alice", protocol.MetaMsgID, "id-"+p)
 		sent = append(sent, m)
 	}
 	publish(t, n[1], topic, sent[:10]...)
@@ -229,20 +230,20 @@ func (s *suite) testPublishSubscribe(t *testing.T) {
 	}
 	got := Receive(t, ch, len(sent), s.f.Timeout)
 	checkSeq(t, "order", got, seq("m", 50))
-	var prev transports.Position
+	var prev protocol.Position
 	for i, m := range got {
 		if m.UUID != sent[i].UUID {
 			t.Fatalf("message %d: uuid %q, want %q", i, m.UUID, sent[i].UUID)
 		}
-		if m.Metadata.Get(transports.MetaUser) != "alice" || m.Metadata.Get(transports.MetaMsgID) != "id-"+string(m.Payload) {
+		if m.Metadata.Get(protocol.MetaUser) != "alice" || m.Metadata.Get(protocol.MetaMsgID) != "id-"+string(m.Payload) {
 			t.Fatalf("message %d: metadata lost: %v", i, m.Metadata)
 		}
 		if !s.f.History {
 			continue
 		}
-		pos, err := transports.ParsePosition(m.Metadata.Get(transports.MetaPosition))
+		pos, err := protocol.ParsePosition(m.Metadata.Get(protocol.MetaPosition))
 		if err != nil {
-			t.Fatalf("message %d: position %q: %v", i, m.Metadata.Get(transports.MetaPosition), err)
+			t.Fatalf("message %d: position %q: %v", i, m.Metadata.Get(protocol.MetaPosition), err)
 		}
 		if i > 0 && (pos.Epoch != prev.Epoch || !prev.Less(pos)) {
 			t.Fatalf("message %d: position %v does not follow %v", i, pos, prev)
@@ -250,14 +251,14 @@ func (s *suite) testPublishSubscribe(t *testing.T) {
 		prev = pos
 	}
 	// Sent messages are not modified by Publish.
-	if sent[0].Metadata.Get(transports.MetaPosition) != "" {
+	if sent[0].Metadata.Get(protocol.MetaPosition) != "" {
 		t.Fatal("Publish modified the caller's message")
 	}
 }
 
 func (s *suite) testFanOut(t *testing.T) {
 	n := s.nodes(t, Prefix(t), 3)
-	topic := transports.TopicDirect
+	topic := protocol.TopicDirect
 	chans := make([]<-chan *message.Message, len(n))
 	for i := range n {
 		chans[i] = subscribe(t, n[i], topic)
@@ -278,7 +279,7 @@ func (s *suite) testFanOut(t *testing.T) {
 
 func (s *suite) testCompetingGroup(t *testing.T) {
 	n := s.nodes(t, Prefix(t), 4)
-	topic := transports.TopicInbound
+	topic := protocol.TopicInbound
 	var (
 		mu    sync.Mutex
 		seen  = map[string]int{}
@@ -334,7 +335,7 @@ func (s *suite) testCompetingGroup(t *testing.T) {
 
 func (s *suite) testUnsubscribe(t *testing.T) {
 	n := s.nodes(t, Prefix(t), 2)
-	topic := transports.ChannelTopic("room:1")
+	topic := protocol.ChannelTopic("room:1")
 	ctx, cancel := context.WithCancel(context.Background())
 	ch, err := n[0].Subscribe(ctx, topic)
 	if err != nil {
@@ -366,7 +367,7 @@ func (s *suite) testChannelOrder(t *testing.T) {
 	const channels, per = 8, 100
 	subs := make([]<-chan *message.Message, channels)
 	for c := range subs {
-		subs[c] = subscribe(t, n[0], transports.ChannelTopic(fmt.Sprintf("order.%d", c)))
+		subs[c] = subscribe(t, n[0], protocol.ChannelTopic(fmt.Sprintf("order.%d", c)))
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, channels)
@@ -376,7 +377,7 @@ func (s *suite) testChannelOrder(t *testing.T) {
 			defer wg.Done()
 			pub := n[1+c%2]
 			for i := 0; i < per; i++ {
-				if err := pub.Publish(transports.ChannelTopic(fmt.Sprintf("order.%d", c)), NewMessage(fmt.Sprintf("c%d-%d", c, i))); err != nil {
+				if err := pub.Publish(protocol.ChannelTopic(fmt.Sprintf("order.%d", c)), NewMessage(fmt.Sprintf("c%d-%d", c, i))); err != nil {
 					errs <- err
 					return
 				}
@@ -395,7 +396,7 @@ func (s *suite) testChannelOrder(t *testing.T) {
 
 func (s *suite) testPayloads(t *testing.T) {
 	n := s.nodes(t, Prefix(t), 2)
-	topic := transports.ChannelTopic("bin")
+	topic := protocol.ChannelTopic("bin")
 	ch := subscribe(t, n[0], topic)
 	all := make([]byte, 256)
 	for i := range all {
@@ -420,29 +421,29 @@ func (s *suite) testNames(t *testing.T) {
 		"AZaz09_:.-",
 		strings.Repeat("a.b:c-d_e", 15)[:128],
 		"a.b", "a_b", "a:b", "a-b", "a", "A",
-		transports.UserChannel("alice"),
-		transports.UserChannel("user with spaces/and*wild>cards.и.中"),
-		transports.UserChannel(""),
+		protocol.UserChannelFor("alice"),
+		protocol.UserChannelFor("user with spaces/and*wild>cards.и.中"),
+		protocol.UserChannelFor(""),
 	}
 	subs := make([]<-chan *message.Message, len(names))
 	for i, name := range names {
-		subs[i] = subscribe(t, n[0], transports.ChannelTopic(name))
+		subs[i] = subscribe(t, n[0], protocol.ChannelTopic(name))
 	}
 	for _, name := range names {
-		publish(t, n[1], transports.ChannelTopic(name), NewMessage(name))
+		publish(t, n[1], protocol.ChannelTopic(name), NewMessage(name))
 	}
 	for i, name := range names {
 		checkSeq(t, name, Receive(t, subs[i], 1, s.f.Timeout), []string{name})
 	}
 	for i, name := range names {
-		s.expectNothingBefore(t, n[1], transports.ChannelTopic(name), subs[i])
+		s.expectNothingBefore(t, n[1], protocol.ChannelTopic(name), subs[i])
 	}
 }
 
 func (s *suite) testPrefixIsolation(t *testing.T) {
 	a := s.nodes(t, Prefix(t), 1)[0]
 	b := s.nodes(t, Prefix(t), 1)[0]
-	topic := transports.ChannelTopic("shared")
+	topic := protocol.ChannelTopic("shared")
 	chA := subscribe(t, a, topic)
 	chB := subscribe(t, b, topic)
 	publish(t, a, topic, NewMessage("for-a"))
@@ -464,7 +465,7 @@ func (s *suite) testHistory(t *testing.T) {
 		t.Fatal("Features.History is set but the broker does not implement transports.History")
 	}
 	ctx := context.Background()
-	topic := transports.ChannelTopic("hist")
+	topic := protocol.ChannelTopic("hist")
 
 	empty, err := h0.Last(ctx, topic)
 	if err != nil {
@@ -480,9 +481,9 @@ func (s *suite) testHistory(t *testing.T) {
 		publish(t, n[1], topic, NewMessage(p))
 	}
 	live := Receive(t, ch, 10, s.f.Timeout)
-	pos := make([]transports.Position, len(live))
+	pos := make([]protocol.Position, len(live))
 	for i, m := range live {
-		if pos[i], err = transports.ParsePosition(m.Metadata.Get(transports.MetaPosition)); err != nil {
+		if pos[i], err = protocol.ParsePosition(m.Metadata.Get(protocol.MetaPosition)); err != nil {
 			t.Fatalf("live message %d: %v", i, err)
 		}
 	}
@@ -507,13 +508,13 @@ func (s *suite) testHistory(t *testing.T) {
 	checkSeq(t, "replay after the third", msgs, seq("h", 10)[3:])
 	for i, m := range msgs {
 		// The broker's storage time, for history bounds by age (a minute of clock skew allowed).
-		ms, err := strconv.ParseInt(m.Metadata.Get(transports.MetaStoredAt), 10, 64)
+		ms, err := strconv.ParseInt(m.Metadata.Get(protocol.MetaStoredAt), 10, 64)
 		if at := time.UnixMilli(ms); err != nil || time.Since(at) > time.Minute || time.Until(at) > time.Minute {
-			t.Fatalf("replayed message %d: %s %q is not the time it was stored", i, transports.MetaStoredAt, m.Metadata.Get(transports.MetaStoredAt))
+			t.Fatalf("replayed message %d: %s %q is not the time it was stored", i, protocol.MetaStoredAt, m.Metadata.Get(protocol.MetaStoredAt))
 		}
-		if m.Metadata.Get(transports.MetaPosition) != pos[3+i].String() || m.UUID != live[3+i].UUID {
+		if m.Metadata.Get(protocol.MetaPosition) != pos[3+i].String() || m.UUID != live[3+i].UUID {
 			t.Fatalf("replayed message %d: position %q uuid %s, live had %q %s", i,
-				m.Metadata.Get(transports.MetaPosition), m.UUID, pos[3+i], live[3+i].UUID)
+				m.Metadata.Get(protocol.MetaPosition), m.UUID, pos[3+i], live[3+i].UUID)
 		}
 	}
 
@@ -528,11 +529,11 @@ func (s *suite) testHistory(t *testing.T) {
 		t.Fatalf("replay from the last: %d msgs, complete %v, err %v", len(msgs), complete, err)
 	}
 
-	foreign := transports.Position{Epoch: "elsewhere", Lo: 1}
+	foreign := protocol.Position{Epoch: "elsewhere", Lo: 1}
 	if _, complete, err = h0.Replay(ctx, topic, foreign, 100); err != nil || complete {
 		t.Fatalf("replay from another epoch: complete %v, err %v", complete, err)
 	}
-	other := transports.ChannelTopic("hist-other")
+	other := protocol.ChannelTopic("hist-other")
 	if msgs, _, err = h0.Replay(ctx, other, pos[2], 100); err != nil || len(msgs) != 0 {
 		t.Fatalf("replay of another channel returned %d messages, err %v", len(msgs), err)
 	}
@@ -543,7 +544,7 @@ func (s *suite) testRestart(t *testing.T) {
 		t.Skip("the test cannot restart this broker")
 	}
 	n := s.nodes(t, Prefix(t), 2)
-	topic := transports.ChannelTopic("restart")
+	topic := protocol.ChannelTopic("restart")
 	ch := subscribe(t, n[0], topic)
 	publish(t, n[1], topic, NewMessage("before"))
 	checkSeq(t, "before", Receive(t, ch, 1, s.f.Timeout), []string{"before"})
@@ -577,7 +578,7 @@ func (s *suite) testClose(t *testing.T) {
 	b := s.newNode(t, Prefix(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ch, err := b.Subscribe(ctx, transports.ChannelTopic("close"))
+	ch, err := b.Subscribe(ctx, protocol.ChannelTopic("close"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -587,7 +588,7 @@ func (s *suite) testClose(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if err := b.Publish(transports.ChannelTopic("close"), NewMessage("x")); err == nil {
+	if err := b.Publish(protocol.ChannelTopic("close"), NewMessage("x")); err == nil {
 		t.Fatal("Publish after Close succeeded")
 	}
 	WaitFor(t, s.f.Timeout, func() error {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // Benchmarks of the channel index and of the fan-out path. Run with
@@ -75,13 +75,13 @@ func BenchmarkDeliverLookup(b *testing.B) {
 		if err := h.Join(context.Background(), c, names[i]); err != nil {
 			b.Fatal(err)
 		}
-		c.Activate(names[i], transports.Position{}, nil)
+		c.Activate(names[i], protocol.Position{}, nil)
 	}
 	frame := []byte(`{"type":"message"}`)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		h.Deliver(names[i%channels], transports.Position{Lo: uint64(i)}, frame)
+		h.Deliver(names[i%channels], protocol.Position{Lo: uint64(i)}, frame)
 		i++
 	}
 }
@@ -97,12 +97,12 @@ func BenchmarkDeliverLoop(b *testing.B) {
 				if err := h.Join(context.Background(), c, "bench"); err != nil {
 					b.Fatal(err)
 				}
-				c.Activate("bench", transports.Position{}, nil)
+				c.Activate("bench", protocol.Position{}, nil)
 			}
 			frame := []byte(`{"type":"message"}`)
 			b.ReportAllocs()
 			for b.Loop() {
-				h.Deliver("bench", transports.Position{}, frame)
+				h.Deliver("bench", protocol.Position{}, frame)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/delivery")
 		})
@@ -139,7 +139,7 @@ func benchFanout(b *testing.B, n, burst int) {
 		if err := h.Join(context.Background(), c, "bench"); err != nil {
 			b.Fatal(err)
 		}
-		c.Activate("bench", transports.Position{}, nil)
+		c.Activate("bench", protocol.Position{}, nil)
 	}
 	frame := []byte(`{"type":"message","channel":"bench","id":"0f8fad5b-d9cb-469f-a165-70867728950e","position":"17:3fa1c2","data":{"t":1764230400000000000,"seq":123456,"pad":"` +
 		strings.Repeat("x", 82) + `"}}`)
@@ -161,7 +161,7 @@ func benchFanout(b *testing.B, n, burst int) {
 		c0 := processCPU(b)
 		k := min(burst, b.N-i)
 		for j := range k {
-			if got := h.Deliver("bench", transports.Position{Lo: uint64(i + j)}, frame); got != n {
+			if got := h.Deliver("bench", protocol.Position{Lo: uint64(i + j)}, frame); got != n {
 				b.Fatalf("delivered to %d of %d", got, n)
 			}
 		}

@@ -10,7 +10,6 @@ import (
 	"github.com/olahol/melody"
 
 	"github.com/wsgateway/gateway/protocol"
-	"github.com/wsgateway/gateway/transports"
 )
 
 var errClosed = errors.New("connection closed")
@@ -77,7 +76,7 @@ type sub struct {
 }
 
 type heldFrame struct {
-	pos   transports.Position
+	pos   protocol.Position
 	frame []byte
 }
 
@@ -117,7 +116,7 @@ func (c *Conn) enqueue(frame []byte) bool {
 	case c.lead:
 		c.pending.push(frame)
 	case c.pending.len() == 0 && (d == nil || d.due(c.lastLead)):
-		if !c.handOver(frame) {
+		if !c.giveLead(frame) {
 			return false
 		}
 	default: // with a write delay, the connection wrote less than a delay ago: wait for the clock
@@ -131,10 +130,10 @@ func (c *Conn) enqueue(frame []byte) bool {
 	return true
 }
 
-// handOver gives melody frame as the lead; c.qmu is held. melody reports a full or closed queue
+// giveLead gives melody frame as the lead; c.qmu is held. melody reports a full or closed queue
 // to the error handler, which takes no lock of the connection; its queue holds at most a lead, a
 // disconnect and a close frame.
-func (c *Conn) handOver(frame []byte) bool {
+func (c *Conn) giveLead(frame []byte) bool {
 	if err := c.s.Write(frame); err != nil {
 		return false
 	}
@@ -158,7 +157,7 @@ func (c *Conn) kick(now int64) (later bool) {
 		return true
 	}
 	c.scheduled = false
-	if !c.handOver(c.pending.pop()) {
+	if !c.giveLead(c.pending.pop()) {
 		c.queued.Add(-int64(c.pending.len()) - 1)
 		c.pending = ring{}
 	}
@@ -437,7 +436,7 @@ func (c *Conn) channels() []string {
 
 // deliver queues a channel frame for subscription s, or holds it while s replays. The hub
 // calls it under the channel's shard lock, so s is still c's subscription.
-func (c *Conn) deliver(s *sub, pos transports.Position, frame []byte) bool {
+func (c *Conn) deliver(s *sub, pos protocol.Position, frame []byte) bool {
 	if s.live.Load() { // live for good: Activate sent what was held before setting it
 		return c.Send(frame)
 	}
@@ -460,7 +459,7 @@ func (c *Conn) deliver(s *sub, pos transports.Position, frame []byte) bool {
 // after (already replayed) when after has the same epoch, and the subscription goes live. The
 // first frame, if any, is sent before them (the reply that ends the replay), under the same lock
 // so that no live frame overtakes it.
-func (c *Conn) Activate(channel string, after transports.Position, first []byte) {
+func (c *Conn) Activate(channel string, after protocol.Position, first []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if first != nil {

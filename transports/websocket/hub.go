@@ -487,7 +487,7 @@ func (h *Hub) lost(channel string, e *entry) {
 
 // Deliver queues frame, the encoded message at pos on channel, to every local subscriber. It
 // returns how many connections it was queued to (or held for, during a replay).
-func (h *Hub) Deliver(channel string, pos transports.Position, frame []byte) int {
+func (h *Hub) Deliver(channel string, pos protocol.Position, frame []byte) int {
 	sh := h.shard(channel)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()

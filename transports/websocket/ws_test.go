@@ -19,7 +19,6 @@ import (
 
 	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/protocol"
-	"github.com/wsgateway/gateway/transports"
 )
 
 // recConn records what reaches the socket.
@@ -357,8 +356,8 @@ func TestAcceptReturnsWhileTheConnectionLives(t *testing.T) {
 	if err := h.Join(context.Background(), c, "news"); err != nil {
 		t.Fatal(err)
 	}
-	c.Activate("news", transports.Position{}, nil)
-	if n := h.Deliver("news", transports.Position{Lo: 1}, []byte(`{"type":"message"}`)); n != 1 {
+	c.Activate("news", protocol.Position{}, nil)
+	if n := h.Deliver("news", protocol.Position{Lo: 1}, []byte(`{"type":"message"}`)); n != 1 {
 		t.Fatalf("delivered to %d", n)
 	}
 	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))

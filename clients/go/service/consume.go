@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
@@ -32,35 +33,35 @@ type Inbound struct {
 
 // User is the sender's user id ("" for an anonymous client); on a message to a user's channel,
 // the user addressed.
-func (m *Inbound) User() string { return m.Metadata.Get(transports.MetaUser) }
+func (m *Inbound) User() string { return m.Metadata.Get(protocol.MetaUser) }
 
 // Session is the sender's session, the one Reply answers.
-func (m *Inbound) Session() string { return m.Metadata.Get(transports.MetaSession) }
+func (m *Inbound) Session() string { return m.Metadata.Get(protocol.MetaSession) }
 
 // Node is the gateway node that accepted the message from its client.
-func (m *Inbound) Node() string { return m.Metadata.Get(transports.MetaNode) }
+func (m *Inbound) Node() string { return m.Metadata.Get(protocol.MetaNode) }
 
 // Channel is the channel of a channel message ("$user:<id>" for a user's channel); "" for a send.
-func (m *Inbound) Channel() string { return m.Metadata.Get(transports.MetaChannel) }
+func (m *Inbound) Channel() string { return m.Metadata.Get(protocol.MetaChannel) }
 
 // MsgID is the idempotency key: the client's msg_id, or one the node made when it gave none.
-func (m *Inbound) MsgID() string { return m.Metadata.Get(transports.MetaMsgID) }
+func (m *Inbound) MsgID() string { return m.Metadata.Get(protocol.MetaMsgID) }
 
 // Kind is "send", "publish", "api" or "service".
-func (m *Inbound) Kind() string { return m.Metadata.Get(transports.MetaKind) }
+func (m *Inbound) Kind() string { return m.Metadata.Get(protocol.MetaKind) }
 
 // Target is how the message was addressed: "services" for a send, "channel", "user", ...
-func (m *Inbound) Target() string { return m.Metadata.Get(transports.MetaTarget) }
+func (m *Inbound) Target() string { return m.Metadata.Get(protocol.MetaTarget) }
 
 // Position is the broker position of a channel message ("" when the broker keeps no history).
-func (m *Inbound) Position() string { return m.Metadata.Get(transports.MetaPosition) }
+func (m *Inbound) Position() string { return m.Metadata.Get(protocol.MetaPosition) }
 
 // Idempotent reports whether the UUID derives from the msg_id (the client gave one), so the same
 // message published through two nodes has the same UUID.
-func (m *Inbound) Idempotent() bool { return m.Metadata.Get(transports.MetaIdempotent) == "1" }
+func (m *Inbound) Idempotent() bool { return m.Metadata.Get(protocol.MetaIdempotent) == "1" }
 
 // SentAt is when the node (or API, or service) published it; zero when unknown.
-func (m *Inbound) SentAt() time.Time { return unixNanos(m.Metadata.Get(transports.MetaSentAt)) }
+func (m *Inbound) SentAt() time.Time { return unixNanos(m.Metadata.Get(protocol.MetaSentAt)) }
 
 // Data is the payload: the client's "data" as JSON.
 func (m *Inbound) Data() []byte { return m.Payload }
@@ -88,7 +89,7 @@ func (s *Service) Inbound(ctx context.Context, group string) (<-chan *Inbound, e
 		return nil, fmt.Errorf("%w: group is required", ErrInvalid)
 	}
 	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
-		return s.broker.SubscribeGroup(ctx, transports.TopicInbound, group)
+		return s.broker.SubscribeGroup(ctx, protocol.TopicInbound, group)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("service: consume inbound as %q: %w", group, err)
@@ -101,12 +102,12 @@ func (s *Service) Inbound(ctx context.Context, group string) (<-chan *Inbound, e
 // is a channel name or a user's channel ("$user:<id>", transports.UserChannel). A message with a
 // msg_id published through two nodes may arrive twice with the same UUID (Idempotent).
 func (s *Service) ChannelMessages(ctx context.Context, channel string) (<-chan *Inbound, error) {
-	user, isUser := strings.CutPrefix(channel, transports.UserChannelPrefix)
+	user, isUser := strings.CutPrefix(channel, protocol.UserChannelPrefix)
 	if !configs.ValidChannel(channel) && !(isUser && user != "" && len(user) <= MaxUserLen) {
 		return nil, fmt.Errorf("%w: channel %q must match ^[A-Za-z0-9_:.\\-]{1,128}$ or be $user:<id>", ErrInvalid, channel)
 	}
 	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
-		return s.broker.Subscribe(ctx, transports.ChannelTopic(channel))
+		return s.broker.Subscribe(ctx, protocol.ChannelTopic(channel))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("service: consume channel %q: %w", channel, err)
@@ -208,7 +209,7 @@ func (s *Service) Events(ctx context.Context, group string) (<-chan *Event, erro
 		return nil, fmt.Errorf("%w: group is required", ErrInvalid)
 	}
 	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
-		return s.broker.SubscribeGroup(ctx, transports.TopicEvents, group)
+		return s.broker.SubscribeGroup(ctx, protocol.TopicEvents, group)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("service: consume events as %q: %w", group, err)

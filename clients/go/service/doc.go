@@ -20,7 +20,7 @@
 // Each message carries the metadata the gateway's own HTTP API sets: kind=service, target
 // (channel, user, session or all), channel / user / session as the target requires, and sent_at
 // (unix nanoseconds). WithMsgID makes an emit idempotent: the message UUID derives from the key
-// exactly as for POST /api/publish with that msg_id (handlers.IdempotentUUID of "api\x00"+key),
+// exactly as for POST /api/publish with that msg_id (protocol.IdempotentUUID of "api\x00"+key),
 // msg_id and idempotent=1 are set, and every node delivers the message once however many times
 // it was emitted within the node's dedupe window (router.dedupe_window), by any number of service
 // replicas, or by the HTTP API with the same msg_id. Retrying a failed or timed-out emit with the

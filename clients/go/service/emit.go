@@ -16,7 +16,6 @@ import (
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/handlers"
 	"github.com/wsgateway/gateway/protocol"
-	"github.com/wsgateway/gateway/transports"
 )
 
 // KindService is the kind (metadata "kind") of the messages a Service emits.
@@ -57,10 +56,10 @@ func WithMetadata(key, value string) EmitOption {
 }
 
 var reserved = map[string]bool{
-	transports.MetaChannel: true, transports.MetaUser: true, transports.MetaSession: true,
-	transports.MetaNode: true, transports.MetaMsgID: true, transports.MetaKind: true,
-	transports.MetaTarget: true, transports.MetaPosition: true, transports.MetaSentAt: true,
-	transports.MetaEncoding: true, transports.MetaIdempotent: true, transports.MetaSig: true,
+	protocol.MetaChannel: true, protocol.MetaUser: true, protocol.MetaSession: true,
+	protocol.MetaNode: true, protocol.MetaMsgID: true, protocol.MetaKind: true,
+	protocol.MetaTarget: true, protocol.MetaPosition: true, protocol.MetaSentAt: true,
+	protocol.MetaEncoding: true, protocol.MetaIdempotent: true, protocol.MetaSig: true,
 }
 
 // ToChannel emits data to the clients subscribed to channel (^[A-Za-z0-9_:.\-]{1,128}$). It
@@ -69,9 +68,9 @@ func (s *Service) ToChannel(ctx context.Context, channel string, data any, opts 
 	if !configs.ValidChannel(channel) {
 		return "", fmt.Errorf("%w: channel %q must match ^[A-Za-z0-9_:.\\-]{1,128}$ (use ToUser for a user's channel)", ErrInvalid, channel)
 	}
-	return s.emit(ctx, transports.ChannelTopic(channel), data, opts, map[string]string{
-		transports.MetaTarget:  handlers.TargetChannel,
-		transports.MetaChannel: channel,
+	return s.emit(ctx, protocol.ChannelTopic(channel), data, opts, map[string]string{
+		protocol.MetaTarget:  protocol.TargetChannel,
+		protocol.MetaChannel: channel,
 	})
 }
 
@@ -81,11 +80,11 @@ func (s *Service) ToUser(ctx context.Context, user string, data any, opts ...Emi
 	if user == "" || len(user) > MaxUserLen {
 		return "", fmt.Errorf("%w: user must be 1 to %d bytes", ErrInvalid, MaxUserLen)
 	}
-	channel := transports.UserChannel(user)
-	return s.emit(ctx, transports.ChannelTopic(channel), data, opts, map[string]string{
-		transports.MetaTarget:  handlers.TargetUser,
-		transports.MetaUser:    user,
-		transports.MetaChannel: channel,
+	channel := protocol.UserChannelFor(user)
+	return s.emit(ctx, protocol.ChannelTopic(channel), data, opts, map[string]string{
+		protocol.MetaTarget:  protocol.TargetUser,
+		protocol.MetaUser:    user,
+		protocol.MetaChannel: channel,
 	})
 }
 
@@ -95,16 +94,16 @@ func (s *Service) ToSession(ctx context.Context, session string, data any, opts 
 	if session == "" || len(session) > MaxSessionLen {
 		return "", fmt.Errorf("%w: session must be 1 to %d bytes", ErrInvalid, MaxSessionLen)
 	}
-	return s.emit(ctx, transports.TopicDirect, data, opts, map[string]string{
-		transports.MetaTarget:  handlers.TargetSession,
-		transports.MetaSession: session,
+	return s.emit(ctx, protocol.TopicDirect, data, opts, map[string]string{
+		protocol.MetaTarget:  protocol.TargetSession,
+		protocol.MetaSession: session,
 	})
 }
 
 // Broadcast emits data to every connection of every node. Clients see "to":"all".
 func (s *Service) Broadcast(ctx context.Context, data any, opts ...EmitOption) (string, error) {
-	return s.emit(ctx, transports.TopicDirect, data, opts, map[string]string{
-		transports.MetaTarget: handlers.TargetAll,
+	return s.emit(ctx, protocol.TopicDirect, data, opts, map[string]string{
+		protocol.MetaTarget: protocol.TargetAll,
 	})
 }
 
@@ -147,14 +146,14 @@ func (s *Service) emit(ctx context.Context, topic string, data any, opts []EmitO
 		}
 		md.Set(k, v)
 	}
-	md.Set(transports.MetaKind, KindService)
-	md.Set(transports.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+	md.Set(protocol.MetaKind, KindService)
+	md.Set(protocol.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
 	if o.msgID != "" {
 		if len(o.msgID) > MaxMsgIDLen || !utf8.ValidString(o.msgID) {
 			return "", fmt.Errorf("%w: msg_id must be at most %d bytes of UTF-8", ErrInvalid, MaxMsgIDLen)
 		}
-		md.Set(transports.MetaMsgID, o.msgID)
-		md.Set(transports.MetaIdempotent, "1")
+		md.Set(protocol.MetaMsgID, o.msgID)
+		md.Set(protocol.MetaIdempotent, "1")
 		msg.UUID = MsgUUID(o.msgID)
 	}
 	for k, v := range target {
@@ -168,12 +167,12 @@ func (s *Service) emit(ctx context.Context, topic string, data any, opts []EmitO
 }
 
 // MsgUUID is the message UUID of an emit WithMsgID(key): the one POST /api/publish gives a
-// message with that msg_id (handlers.IdempotentUUID of the API's dedupe key, "api\x00"+key).
+// message with that msg_id (protocol.IdempotentUUID of the API's dedupe key, "api\x00"+key).
 func MsgUUID(key string) string {
 	api := message.NewMessage("", nil)
-	api.Metadata.Set(transports.MetaKind, handlers.KindAPI)
-	api.Metadata.Set(transports.MetaMsgID, key)
-	return handlers.IdempotentUUID(handlers.DedupeKey(api))
+	api.Metadata.Set(protocol.MetaKind, protocol.KindAPI)
+	api.Metadata.Set(protocol.MetaMsgID, key)
+	return protocol.IdempotentUUID(handlers.DedupeKey(api))
 }
 
 // publish hands msg to the broker and waits for the broker's acceptance or for ctx. When ctx
@@ -200,8 +199,8 @@ func (s *Service) publish(ctx context.Context, topic string, msg *message.Messag
 }
 
 func topicName(topic string) string {
-	if ch, ok := transports.ChannelOf(topic); ok {
-		if user, ok := strings.CutPrefix(ch, transports.UserChannelPrefix); ok {
+	if ch, ok := protocol.ChannelOf(topic); ok {
+		if user, ok := strings.CutPrefix(ch, protocol.UserChannelPrefix); ok {
 			return "user " + strconv.Quote(user)
 		}
 		return "channel " + strconv.Quote(ch)

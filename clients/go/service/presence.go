@@ -7,7 +7,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // ReasonNodeLost is the Reason of the disconnected events Presence makes up for the sessions of
@@ -24,7 +24,7 @@ func (s *Service) Presence(ctx context.Context, timeout time.Duration) (<-chan *
 		return nil, fmt.Errorf("%w: timeout must be positive", ErrInvalid)
 	}
 	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
-		return s.broker.Subscribe(ctx, transports.TopicEvents)
+		return s.broker.Subscribe(ctx, protocol.TopicEvents)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("service: presence: %w", err)

@@ -28,8 +28,8 @@ var (
 // Service is a connection of one service to the gateway's broker. Safe for concurrent use.
 type Service struct {
 	broker transports.Broker
-	log     *slog.Logger
-	keys    *signing.Keys // nil: emits are not signed
+	log    *slog.Logger
+	keys   *signing.Keys // nil: emits are not signed
 
 	mu     sync.Mutex
 	closed bool

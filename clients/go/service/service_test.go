@@ -20,10 +20,10 @@ import (
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/clients/go/service"
 	"github.com/wsgateway/gateway/configs"
-	"github.com/wsgateway/gateway/handlers"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/transporttest"
@@ -206,7 +206,7 @@ func TestEmitMetadata(t *testing.T) {
 		t.Fatalf("metadata %v payload %s", md, m.Data())
 	}
 	// Without WithMsgID there is no msg_id, as on the API.
-	uw, err := svc.ChannelMessages(ctx(t), transports.UserChannel("alice"))
+	uw, err := svc.ChannelMessages(ctx(t), protocol.UserChannelFor("alice"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestEmitMetadata(t *testing.T) {
 		t.Fatalf("user message metadata %v", m.Metadata)
 	}
 	// The UUID of a msg_id is the one the HTTP API gives the same msg_id.
-	if got, want := service.MsgUUID("k-1"), handlers.IdempotentUUID("api\x00k-1"); got != want {
+	if got, want := service.MsgUUID("k-1"), protocol.IdempotentUUID("api\x00k-1"); got != want {
 		t.Fatalf("MsgUUID %s, want %s", got, want)
 	}
 }
@@ -497,7 +497,7 @@ func TestEvents(t *testing.T) {
 		`{"type":"subscribed","user":"alice","session":"s1","node":"node-a","channel":"$user:alice","at":"2026-01-02T15:04:05.123456789Z"}`,
 		fmt.Sprintf(`{"type":"disconnected","user":"","session":"s2","node":"node-b","reason":"token_expired","at":%d}`, at.UnixNano()),
 	} {
-		if err := pub.Publish(transports.TopicEvents, message.NewMessage("e", []byte(payload))); err != nil {
+		if err := pub.Publish(protocol.TopicEvents, message.NewMessage("e", []byte(payload))); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,4 +1,4 @@
-package transports
+package router
 
 import (
 	"context"
@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports"
 )
 
 // quietBroker subscribes anything and delivers nothing; its subscriptions end with their context.
@@ -27,15 +30,17 @@ func (quietBroker) Close() error               { return nil }
 // quietHistory is a quietBroker that also keeps (an empty) history.
 type quietHistory struct{ quietBroker }
 
-func (quietHistory) Replay(context.Context, string, Position, int) ([]*message.Message, bool, error) {
+func (quietHistory) Replay(context.Context, string, protocol.Position, int) ([]*message.Message, bool, error) {
 	return nil, true, nil
 }
-func (quietHistory) Last(context.Context, string) (Position, error) { return Position{}, nil }
+func (quietHistory) Last(context.Context, string) (protocol.Position, error) {
+	return protocol.Position{}, nil
+}
 
 // TestFeedKeepsNothingForClosedChannels: once the subscriptions of many channels are stopped,
 // the Feed holds no state for any of them, with or without the broker's history.
 func TestFeedKeepsNothingForClosedChannels(t *testing.T) {
-	for name, broker := range map[string]Broker{"history": quietHistory{}, "no history": quietBroker{}} {
+	for name, broker := range map[string]transports.Broker{"history": quietHistory{}, "no history": quietBroker{}} {
 		t.Run(name, func(t *testing.T) {
 			f := NewFeed(broker)
 			defer f.Close()

@@ -1,7 +1,10 @@
-package transports
+package protocol
 
 import (
+	"crypto/sha256"
 	"strings"
+
+	"github.com/google/uuid"
 )
 
 // Logical topics. A broker maps each to a broker name under its prefix (see SafeName).
@@ -40,8 +43,9 @@ const (
 // UserChannelPrefix starts the internal channel name of a user's personal channel ($user).
 const UserChannelPrefix = "$user:"
 
-// UserChannel is the internal channel name of the personal channel of user id.
-func UserChannel(user string) string { return UserChannelPrefix + user }
+// UserChannelFor is the internal channel name of the personal channel of user id (a client
+// calls it UserChannel, "$user").
+func UserChannelFor(user string) string { return UserChannelPrefix + user }
 
 // ChannelTopic is the logical topic of a channel (also of a user's channel, see UserChannel).
 func ChannelTopic(channel string) string { return channelTopicPrefix + channel }
@@ -54,26 +58,45 @@ func ChannelOf(topic string) (string, bool) {
 // IsChannelTopic reports whether topic is a channel topic (the ones that keep history).
 func IsChannelTopic(topic string) bool { return strings.HasPrefix(topic, channelTopicPrefix) }
 
-// SafeName maps any string to a non-empty one made only of [A-Za-z0-9-] and '_', injectively:
-// every other byte, and '_' itself, becomes '_' followed by two lower-case hex digits. The result
-// is a legal NATS subject token, JetStream stream or consumer name, Kafka topic and Redis key.
-func SafeName(s string) string {
-	const hex = "0123456789abcdef"
-	var b strings.Builder
-	b.Grow(len(s) + 8)
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-':
-			b.WriteByte(c)
-		default:
-			b.WriteByte('_')
-			b.WriteByte(hex[c>>4])
-			b.WriteByte(hex[c&0xf])
-		}
+// Message kinds on MetaKind.
+const (
+	KindPublish = "publish" // a client published to a channel
+	KindSend    = "send"    // a client sent to the services
+	KindAPI     = "api"     // the HTTP API published
+	KindService = "service" // a service emitted it (the Go SDK)
+	KindEvent   = "event"   // a lifecycle event of a node
+)
+
+// Targets on MetaTarget: how a submitted message is addressed.
+const (
+	TargetChannel  = "channel"
+	TargetUser     = "user"
+	TargetSession  = "session"
+	TargetAll      = "all"
+	TargetServices = "services"
+	TargetEvents   = "events"
+)
+
+// DedupeKey is the key under which a msg_id is deduplicated: per user (per session for an
+// anonymous client), and one space for the HTTP API. "" when there is no msg_id.
+func DedupeKey(kind, user, session, msgID string) string {
+	if msgID == "" {
+		return ""
 	}
-	if b.Len() == 0 {
-		return "_"
+	if kind == KindAPI {
+		return "api\x00" + msgID
 	}
-	return b.String()
+	if user != "" {
+		return "u\x00" + user + "\x00" + msgID
+	}
+	return "s\x00" + session + "\x00" + msgID // anonymous
+}
+
+// IdempotentUUID is the message UUID for an idempotency key: the same key gives the same UUID on
+// every node, which is how nodes recognise a repeated msg_id that reached two of them.
+func IdempotentUUID(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	sum[6] = sum[6]&0x0f | 0x50 // version 5 layout (name-based, SHA)
+	sum[8] = sum[8]&0x3f | 0x80
+	return uuid.UUID(sum[:16]).String()
 }

@@ -1,4 +1,4 @@
-package transports
+package router
 
 import (
 	"context"
@@ -10,6 +10,9 @@ import (
 	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports"
 )
 
 // FeedTopic is the only topic a Feed serves to the router.
@@ -19,15 +22,15 @@ const FeedTopic = "feed"
 // Watermill subscription that the node's router consumes. Open subscribes one channel on the
 // broker (the hub calls it for a channel's first local subscriber) and the returned stop ends it.
 //
-// For brokers without History it stamps each message with a position of its own (an epoch
+// For brokers without transports.History it stamps each message with a position of its own (an epoch
 // unique to this Feed and to the channel's current broker subscription, and a counter), so
 // clients always see positions; resuming from them answers recovered:false on any other node,
 // after a restart, and after the subscription was lost or reopened (messages may have passed
 // unseen meanwhile). The counter of a channel exists only while its subscription is open, so
 // a node keeps nothing for a channel it no longer subscribes.
 type Feed struct {
-	broker Broker
-	history History // nil when the broker keeps none
+	broker  transports.Broker
+	history transports.History // nil when the broker keeps none
 	epoch   string
 
 	out     chan *message.Message
@@ -36,16 +39,16 @@ type Feed struct {
 	wg      sync.WaitGroup
 
 	mu       sync.Mutex
-	counters map[string]*localSeq // channel -> its open subscription's counter (no History)
+	counters map[string]*localSeq // channel -> its open subscription's counter (no transports.History)
 	opens    atomic.Uint64        // subscriptions opened: numbers the epochs of the counters
 	cancels  map[*context.CancelFunc]struct{}
-	peaks    [2]int // of counters and cancels (Shrink)
+	peaks    [2]int // of counters and cancels (transports.Shrink)
 	taken    bool
 }
 
 // NewFeed makes a Feed over broker.
-func NewFeed(broker Broker) *Feed {
-	h, _ := broker.(History)
+func NewFeed(broker transports.Broker) *Feed {
+	h, _ := broker.(transports.History)
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return &Feed{broker: broker, history: h, epoch: "l" + hex.EncodeToString(b[:]),
@@ -62,7 +65,7 @@ func (f *Feed) Subscribe(ctx context.Context, topic string) (<-chan *message.Mes
 		return nil, errors.New("feed: only one subscription to the feed topic")
 	}
 	f.taken = true
-	return relay(ctx, f.out), nil
+	return forward(ctx, f.out), nil
 }
 
 // Open subscribes channel on the broker and forwards its messages to the merged channel. When
@@ -70,17 +73,17 @@ func (f *Feed) Subscribe(ctx context.Context, topic string) (<-chan *message.Mes
 func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	select {
 	case <-f.done:
-		return nil, ErrClosed
+		return nil, transports.ErrClosed
 	default:
 	}
-	topic := ChannelTopic(channel)
+	topic := protocol.ChannelTopic(channel)
 	ctx, cancel := context.WithCancel(context.Background())
-	counter := f.reopen(channel) // nil with History
+	counter := f.reopen(channel) // nil with transports.History
 	// forward hands one message of the channel to the router; false once the feed closed.
 	forward := func(m *message.Message) bool {
-		m.Metadata.Set(MetaChannel, channel)
+		m.Metadata.Set(protocol.MetaChannel, channel)
 		if f.history == nil {
-			m.Metadata.Set(MetaPosition, Position{Epoch: counter.epoch, Lo: counter.n.Add(1)}.String())
+			m.Metadata.Set(protocol.MetaPosition, protocol.Position{Epoch: counter.epoch, Lo: counter.n.Add(1)}.String())
 		}
 		select {
 		case f.out <- m:
@@ -96,10 +99,10 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 		cancel()
 		f.mu.Lock()
 		delete(f.cancels, &cancel)
-		f.cancels = Shrink(f.cancels, &f.peaks[1])
+		f.cancels = transports.Shrink(f.cancels, &f.peaks[1])
 		if counter != nil && f.counters[channel] == counter {
 			delete(f.counters, channel)
-			f.counters = Shrink(f.counters, &f.peaks[0])
+			f.counters = transports.Shrink(f.counters, &f.peaks[0])
 		}
 		f.mu.Unlock()
 	}
@@ -115,7 +118,7 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	}
 	var in <-chan *message.Message
 	var err error
-	if h, ok := f.broker.(Handoff); ok {
+	if h, ok := f.broker.(transports.FuncSubscriber); ok {
 		err = h.SubscribeFunc(ctx, topic, forward, ended) // no goroutine of the Feed's own
 	} else {
 		in, err = f.broker.Subscribe(ctx, topic)
@@ -129,12 +132,12 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	case <-f.done: // closed meanwhile
 		f.mu.Unlock()
 		release()
-		return nil, ErrClosed
+		return nil, transports.ErrClosed
 	default:
 	}
 	if ctx.Err() == nil { // not ended already (then it released itself)
 		f.cancels[&cancel] = struct{}{}
-		f.cancels = Shrink(f.cancels, &f.peaks[1])
+		f.cancels = transports.Shrink(f.cancels, &f.peaks[1])
 	}
 	f.mu.Unlock()
 	stop := release
@@ -151,7 +154,7 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	return stop, nil
 }
 
-// localSeq numbers the messages of one broker subscription of a channel (no History).
+// localSeq numbers the messages of one broker subscription of a channel (no transports.History).
 type localSeq struct {
 	epoch string
 	n     atomic.Uint64
@@ -172,33 +175,33 @@ func (f *Feed) reopen(channel string) *localSeq {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.counters[channel] = c
-	f.counters = Shrink(f.counters, &f.peaks[0])
+	f.counters = transports.Shrink(f.counters, &f.peaks[0])
 	return c
 }
 
 // Last returns the position of the newest message of channel: from the broker's history, or
 // this Feed's own counter. Without history and without an open subscription of the channel it
 // is a position of an epoch never used, which no replay completes.
-func (f *Feed) Last(ctx context.Context, channel string) (Position, error) {
+func (f *Feed) Last(ctx context.Context, channel string) (protocol.Position, error) {
 	if f.history != nil {
-		return f.history.Last(ctx, ChannelTopic(channel))
+		return f.history.Last(ctx, protocol.ChannelTopic(channel))
 	}
 	f.mu.Lock()
 	c := f.counters[channel]
 	f.mu.Unlock()
 	if c == nil {
-		return Position{Epoch: f.newEpoch()}, nil
+		return protocol.Position{Epoch: f.newEpoch()}, nil
 	}
-	return Position{Epoch: c.epoch, Lo: c.n.Load()}, nil
+	return protocol.Position{Epoch: c.epoch, Lo: c.n.Load()}, nil
 }
 
 // Replay returns what channel had after since, from the broker's history; without one it
 // returns nothing and complete only when since is this Feed's own latest position.
-func (f *Feed) Replay(ctx context.Context, channel string, since Position, limit int) ([]*message.Message, bool, error) {
+func (f *Feed) Replay(ctx context.Context, channel string, since protocol.Position, limit int) ([]*message.Message, bool, error) {
 	if f.history != nil {
-		msgs, complete, err := f.history.Replay(ctx, ChannelTopic(channel), since, limit)
+		msgs, complete, err := f.history.Replay(ctx, protocol.ChannelTopic(channel), since, limit)
 		for _, m := range msgs {
-			m.Metadata.Set(MetaChannel, channel)
+			m.Metadata.Set(protocol.MetaChannel, channel)
 		}
 		return msgs, complete, err
 	}

@@ -6,20 +6,20 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// Helpers for brokers that implement Handoff.
+// Helpers for brokers that implement FuncSubscriber.
 
-// Outcome is how HandOver ended.
-type Outcome int
+// Delivery is how DeliverUntilAcked ended.
+type Delivery int
 
 const (
-	Acked   Outcome = iota // a copy was acked
-	Refused                // deliver did not take a copy: the subscriber is going away
-	Ended                  // ctx ended first
+	Acked   Delivery = iota // a copy was acked
+	Refused                 // deliver did not take a copy: the subscriber is going away
+	Ended                   // ctx ended first
 )
 
-// HandOver hands copies of m, each with ctx as its context, to deliver until one is acked; a
+// DeliverUntilAcked hands copies of m, each with ctx as its context, to deliver until one is acked; a
 // nacked copy is followed at once by another.
-func HandOver(ctx context.Context, m *message.Message, deliver func(*message.Message) bool) Outcome {
+func DeliverUntilAcked(ctx context.Context, m *message.Message, deliver func(*message.Message) bool) Delivery {
 	for {
 		c := m.Copy()
 		c.SetContext(ctx)
@@ -37,9 +37,9 @@ func HandOver(ctx context.Context, m *message.Message, deliver func(*message.Mes
 }
 
 // SubscribeChan implements Broker.Subscribe with h's SubscribeFunc: the messages come on an
-// unbuffered channel that is closed when the subscription ends. It needs the contract HandOver
+// unbuffered channel that is closed when the subscription ends. It needs the contract DeliverUntilAcked
 // keeps: each message handed to deliver has the subscription's context, done once it ended.
-func SubscribeChan(ctx context.Context, h Handoff, topic string) (<-chan *message.Message, error) {
+func SubscribeChan(ctx context.Context, h FuncSubscriber, topic string) (<-chan *message.Message, error) {
 	out := make(chan *message.Message)
 	deliver := func(m *message.Message) bool {
 		select {

@@ -1,4 +1,4 @@
-package transports
+package router
 
 import (
 	"context"
@@ -6,6 +6,9 @@ import (
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/router/middleware"
+	"github.com/wsgateway/gateway/transports"
 )
 
 // InboxTopic is the only topic an Inbox serves to the router.
@@ -17,7 +20,7 @@ var ErrNacked = errors.New("message refused")
 // Inbox is how WebSocket sessions and the HTTP API hand messages to the node's router: an
 // in-process Watermill subscriber whose publishers wait for the outcome. Submit blocks until the
 // router acked the message (nil) or nacked it (the handler's error, as recorded by
-// RecordError), so the router's ack becomes the client's ack frame and a final nack its error.
+// middleware.Outcome), so the router's ack becomes the client's ack frame and a final nack its error.
 // Safe for concurrent use.
 type Inbox struct {
 	out       chan *message.Message
@@ -32,42 +35,23 @@ func NewInbox() *Inbox {
 
 var _ message.Subscriber = (*Inbox)(nil)
 
-type outcomeKey struct{}
-
-type outcome struct {
-	mu  sync.Mutex
-	err error
-}
-
-// RecordError stores the error a handler chain returned for a message submitted to an Inbox, so
-// Submit can return it. It does nothing for messages that did not come from an Inbox.
-func RecordError(msg *message.Message, err error) {
-	if o, ok := msg.Context().Value(outcomeKey{}).(*outcome); ok {
-		o.mu.Lock()
-		o.err = err
-		o.mu.Unlock()
-	}
-}
-
 // Submit hands msg to the router and waits for its outcome, at most until ctx ends.
 func (i *Inbox) Submit(ctx context.Context, msg *message.Message) error {
-	o := &outcome{}
-	msg.SetContext(context.WithValue(ctx, outcomeKey{}, o))
+	octx, recorded := middleware.WithOutcome(ctx)
+	msg.SetContext(octx)
 	select {
 	case i.out <- msg:
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-i.done:
-		return ErrClosed
+		return transports.ErrClosed
 	}
 	select {
 	case <-msg.Acked():
 		return nil
 	case <-msg.Nacked():
-		o.mu.Lock()
-		defer o.mu.Unlock()
-		if o.err != nil {
-			return o.err
+		if err := recorded(); err != nil {
+			return err
 		}
 		return ErrNacked
 	case <-ctx.Done():
@@ -81,12 +65,12 @@ func (i *Inbox) Subscribe(ctx context.Context, topic string) (<-chan *message.Me
 	if topic != InboxTopic {
 		return nil, errors.New("inbox: unknown topic " + topic)
 	}
-	return relay(ctx, i.out), nil
+	return forward(ctx, i.out), nil
 }
 
-// relay forwards in to a new channel that is closed when ctx ends, so that a router consuming a
+// forward forwards in to a new channel that is closed when ctx ends, so that a router consuming a
 // channel shared with publishers can stop.
-func relay(ctx context.Context, in <-chan *message.Message) <-chan *message.Message {
+func forward(ctx context.Context, in <-chan *message.Message) <-chan *message.Message {
 	out := make(chan *message.Message)
 	go func() {
 		defer close(out)
