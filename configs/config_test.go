@@ -481,6 +481,19 @@ func TestValidate(t *testing.T) {
 		{name: "subscribe burst follows subscriptions", environ: []string{"GATEWAY_LIMITS_SUBSCRIPTIONS_PER_CONNECTION=5000"}},
 		{name: "rate limited disconnect negative", environ: []string{"GATEWAY_LIMITS_RATE_LIMITED_DISCONNECT=-7"}, key: "limits.rate_limited_disconnect"},
 		{name: "rate limited window negative", environ: []string{"GATEWAY_LIMITS_RATE_LIMITED_WINDOW=-1s"}, key: "limits.rate_limited_window"},
+		{name: "user publish burst negative", environ: []string{"GATEWAY_LIMITS_USER_PUBLISH_BURST=-1"}, key: "limits.user_publish_burst"},
+		{name: "connections per node negative", environ: []string{"GATEWAY_LIMITS_CONNECTIONS_PER_NODE=-1"}, key: "limits.connections_per_node"},
+		{name: "connections per user negative", environ: []string{"GATEWAY_LIMITS_CONNECTIONS_PER_USER=-1"}, key: "limits.connections_per_user"},
+		{name: "bad dedupe store", environ: []string{"GATEWAY_ROUTER_DEDUPE_STORE=disk"}, key: "router.dedupe_store"},
+		{name: "router timeout negative", environ: []string{"GATEWAY_ROUTER_TIMEOUT=-1s"}, key: "router.timeout"},
+		{name: "breaker failures negative", environ: []string{"GATEWAY_ROUTER_BREAKER_FAILURES=-1"}, key: "router.breaker_failures"},
+		{name: "bad poison topic", environ: []string{"GATEWAY_ROUTER_POISON_TOPIC=a b"}, key: "router.poison_topic"},
+		{name: "signing key without id", environ: []string{"GATEWAY_ROUTER_SIGNING_KEYS=0123456789abcdef0"}, key: "router.signing_keys"},
+		{name: "signing key short", environ: []string{"GATEWAY_ROUTER_SIGNING_KEYS=k1:short"}, key: "router.signing_keys"},
+		{name: "signature required without keys", environ: []string{"GATEWAY_ROUTER_REQUIRE_SIGNATURE=true"}, key: "router.require_signature"},
+		{name: "events heartbeat too short", environ: []string{"GATEWAY_EVENTS_HEARTBEAT=1ms"}, key: "events.heartbeat"},
+		{name: "events queue negative", environ: []string{"GATEWAY_EVENTS_QUEUE=-1"}, key: "events.queue"},
+		{name: "events queue too long", environ: []string{"GATEWAY_EVENTS_QUEUE=1048577"}, key: "events.queue"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
