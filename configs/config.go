@@ -389,4 +389,3 @@ func nodeIDFor(host string) string {
 	}
 	return host + "-" + randomSuffix()
 }
-
