@@ -117,29 +117,32 @@ type NATSConfig struct {
 	URL string `yaml:"url" env:"URL"` // comma-separated server URLs
 }
 
-// JetStreamConfig bounds the stream the jetstream broker creates.
+// JetStreamConfig bounds the stream the jetstream broker creates. 0 is the broker's default
+// (package transports/jetstream), which also checks the values.
 type JetStreamConfig struct {
-	MaxAge     time.Duration `yaml:"max_age" env:"MAX_AGE"`                   // default 24h
-	MaxBytes   int64         `yaml:"max_bytes" env:"MAX_BYTES"`               // default 1 GiB
-	Replicas   int           `yaml:"replicas" env:"REPLICAS"`                 // default 1
-	DupeWindow time.Duration `yaml:"duplicate_window" env:"DUPLICATE_WINDOW"` // default 2m
+	MaxAge     time.Duration `yaml:"max_age" env:"MAX_AGE"`                   // 0: jetstream.DefaultMaxAge
+	MaxBytes   int64         `yaml:"max_bytes" env:"MAX_BYTES"`               // 0: jetstream.DefaultMaxBytes
+	Replicas   int           `yaml:"replicas" env:"REPLICAS"`                 // 0: jetstream.DefaultReplicas
+	DupeWindow time.Duration `yaml:"duplicate_window" env:"DUPLICATE_WINDOW"` // 0: jetstream.DefaultDuplicateWindow, at most max_age
 }
 
-// RedisConfig is for the redis broker.
+// RedisConfig is for the redis broker. Shards and MaxLen 0 are the broker's defaults (package
+// transports/redis), which also checks the values.
 type RedisConfig struct {
 	Addr     string `yaml:"addr" env:"ADDR"`
 	Password string `yaml:"password" env:"PASSWORD"`
 	DB       int    `yaml:"db" env:"DB"`
-	Shards   int    `yaml:"shards" env:"SHARDS"`   // channel streams every node reads; default 16
-	MaxLen   int64  `yaml:"max_len" env:"MAX_LEN"` // approximate entries kept per stream; default 100000
+	Shards   int    `yaml:"shards" env:"SHARDS"`   // channel streams every node reads; 0: redis.DefaultShards
+	MaxLen   int64  `yaml:"max_len" env:"MAX_LEN"` // approximate entries kept per stream; 0: redis.DefaultMaxLen
 }
 
-// KafkaConfig is for the kafka broker.
+// KafkaConfig is for the kafka broker. Partitions, Retention and Replicas 0 are the broker's
+// defaults (package transports/kafka), which also checks the values.
 type KafkaConfig struct {
 	Brokers    []string      `yaml:"brokers" env:"BROKERS"`
-	Partitions int           `yaml:"partitions" env:"PARTITIONS"`                 // partitions of the channel topic; default 16
-	Retention  time.Duration `yaml:"retention" env:"RETENTION"`                   // default 24h
-	Replicas   int           `yaml:"replication_factor" env:"REPLICATION_FACTOR"` // default 1
+	Partitions int           `yaml:"partitions" env:"PARTITIONS"`                 // partitions of the channel topic; 0: kafka.DefaultPartitions
+	Retention  time.Duration `yaml:"retention" env:"RETENTION"`                   // 0: kafka.DefaultRetention
+	Replicas   int           `yaml:"replication_factor" env:"REPLICATION_FACTOR"` // 0: kafka.DefaultReplicationFactor
 }
 
 // AuthConfig says who may connect and what they may do.
@@ -285,7 +288,10 @@ type AdminConfig struct {
 	Addr string `yaml:"addr" env:"ADDR"` // host:port; empty: no admin listener
 }
 
-// SetDefaults fills every zero setting with its default.
+// SetDefaults fills every zero setting with its default, but for the settings of the broker
+// sections that only the broker uses (jetstream.*, redis.shards, redis.max_len,
+// kafka.partitions, kafka.retention, kafka.replication_factor): their 0 means the broker
+// package's default (jetstream.DefaultMaxAge, redis.DefaultShards, kafka.DefaultPartitions, ...).
 func (c *Config) SetDefaults() {
 	setDefault(&c.Addr, DefaultAddr)
 	setDefault(&c.Broker, DefaultBroker)
@@ -294,19 +300,13 @@ func (c *Config) SetDefaults() {
 		c.NodeID = defaultNodeID()
 	}
 	setDefault(&c.NATS.URL, DefaultNATSURL)
-	setDefault(&c.JetStream.MaxAge, 24*time.Hour)
-	setDefault(&c.JetStream.MaxBytes, 1<<30)
-	setDefault(&c.JetStream.Replicas, 1)
-	setDefault(&c.JetStream.DupeWindow, DefaultDedupeWindow)
+	// Of the broker sections only the addresses have defaults here: the node uses them outside
+	// the broker too (the dedupe store, the log while it waits for the broker). The other
+	// settings stay 0, which the broker package's Config reads as its own default.
 	setDefault(&c.Redis.Addr, DefaultRedisAddr)
-	setDefault(&c.Redis.Shards, 16)
-	setDefault(&c.Redis.MaxLen, 100000)
 	if len(c.Kafka.Brokers) == 0 {
 		c.Kafka.Brokers = strings.Split(DefaultKafkaBrokers, ",")
 	}
-	setDefault(&c.Kafka.Partitions, 16)
-	setDefault(&c.Kafka.Retention, 24*time.Hour)
-	setDefault(&c.Kafka.Replicas, 1)
 	setDefault(&c.WebSocket.MaxFrameSize, DefaultMaxFrameSize)
 	setDefault(&c.WebSocket.SendBuffer, DefaultSendBuffer)
 	setDefault(&c.WebSocket.WriteTimeout, DefaultWriteTimeout)

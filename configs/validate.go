@@ -96,12 +96,10 @@ func (c *Config) validateBroker(v *validator) {
 		v.check(&c.NATS.URL, strings.TrimSpace(c.NATS.URL) != "", "must not be empty")
 	case BrokerRedis:
 		v.check(&c.Redis.Addr, hostPort(c.Redis.Addr), "%q is not host:port", c.Redis.Addr)
-		v.check(&c.Redis.Shards, c.Redis.Shards >= 1 && c.Redis.Shards <= 1024, "must be between 1 and 1024")
 	case BrokerKafka:
 		for _, b := range c.Kafka.Brokers {
 			v.check(&c.Kafka.Brokers, hostPort(strings.TrimSpace(b)), "%q is not host:port", b)
 		}
-		v.check(&c.Kafka.Partitions, c.Kafka.Partitions >= 1 && c.Kafka.Partitions <= 1024, "must be between 1 and 1024")
 	}
 }
 
