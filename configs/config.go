@@ -9,7 +9,8 @@ import (
 	"time"
 )
 
-// Defaults.
+// Defaults of the gateway's settings, which SetDefaults applies. The settings of the broker
+// sections that only the broker uses have their defaults in the broker packages.
 const (
 	DefaultAddr            = ":8080"
 	DefaultBroker          = BrokerMemory
@@ -27,6 +28,10 @@ const (
 	DefaultHistoryMaxBytes = 256 << 20
 	DefaultMaxReplay       = 1000
 	DefaultDedupeWindow    = 2 * time.Minute
+	DefaultDedupeStore     = "auto"
+	DefaultBreakerFailures = 20
+	DefaultBreakerOpenFor  = 5 * time.Second
+	DefaultEventsHeartbeat = 5 * time.Second
 	DefaultDrainPeriod     = 10 * time.Second
 	DefaultEventsQueue     = 10000
 	DefaultRetryAttempts   = 3
@@ -320,14 +325,14 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Router.RetryAttempts, DefaultRetryAttempts)
 	setDefault(&c.Router.RetryInitial, DefaultRetryInitial)
 	setDefault(&c.Router.RetryMaxElapsed, DefaultRetryMaxElapsed)
-	setDefault(&c.Router.DedupeStore, "auto")
+	setDefault(&c.Router.DedupeStore, DefaultDedupeStore)
 	setDefault(&c.Router.Timeout, c.WebSocket.PublishTimeout)
-	setDefault(&c.Router.BreakerFailures, 20)
-	setDefault(&c.Router.BreakerOpenFor, 5*time.Second)
+	setDefault(&c.Router.BreakerFailures, DefaultBreakerFailures)
+	setDefault(&c.Router.BreakerOpenFor, DefaultBreakerOpenFor)
 	c.Limits.setDefaults()
 	setDefault(&c.Drain.Period, DefaultDrainPeriod)
 	setDefault(&c.Events.Queue, DefaultEventsQueue)
-	setDefault(&c.Events.Heartbeat, 5*time.Second)
+	setDefault(&c.Events.Heartbeat, DefaultEventsHeartbeat)
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	setDefault(&c.Log.Format, DefaultLogFormat)
 	setDefault(&c.HTTP.ReadHeaderTimeout, DefaultReadHeaderTimeout)
