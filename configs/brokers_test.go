@@ -61,6 +61,15 @@ func TestBrokerSettingsCheckedByTheBroker(t *testing.T) {
 			t.Errorf("%s: the defaults do not pass the broker's check: %v", name, err)
 		}
 	}
+	// An unset duplicate window is the broker's default, which stays within a short max_age
+	// (configs once set 2m itself, and the broker then refused it as longer than max_age).
+	cfg, err = configs.Load("", []string{"GATEWAY_JWT_SECRET=0123456789abcdef", "GATEWAY_JETSTREAM_MAX_AGE=1m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := jetstreamCheck(cfg); err != nil {
+		t.Errorf("max_age 1m without duplicate_window: %v", err)
+	}
 }
 
 // The checks below give the broker packages the settings as the gateway does (brokers.go).
