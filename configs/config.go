@@ -4,19 +4,13 @@
 package configs
 
 import (
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
-	"errors"
-	"fmt"
-	"net"
-	"net/url"
 	"os"
 	"strings"
 	"time"
 )
 
-// Defaults.
+// Defaults of the gateway's settings, which SetDefaults applies. The settings of the broker
+// sections that only the broker uses have their defaults in the broker packages.
 const (
 	DefaultAddr            = ":8080"
 	DefaultBroker          = BrokerMemory
@@ -34,6 +28,10 @@ const (
 	DefaultHistoryMaxBytes = 256 << 20
 	DefaultMaxReplay       = 1000
 	DefaultDedupeWindow    = 2 * time.Minute
+	DefaultDedupeStore     = "auto"
+	DefaultBreakerFailures = 20
+	DefaultBreakerOpenFor  = 5 * time.Second
+	DefaultEventsHeartbeat = 5 * time.Second
 	DefaultDrainPeriod     = 10 * time.Second
 	DefaultEventsQueue     = 10000
 	DefaultRetryAttempts   = 3
@@ -124,29 +122,32 @@ type NATSConfig struct {
 	URL string `yaml:"url" env:"URL"` // comma-separated server URLs
 }
 
-// JetStreamConfig bounds the stream the jetstream broker creates.
+// JetStreamConfig bounds the stream the jetstream broker creates. 0 is the broker's default
+// (package transports/jetstream), which also checks the values.
 type JetStreamConfig struct {
-	MaxAge     time.Duration `yaml:"max_age" env:"MAX_AGE"`                   // default 24h
-	MaxBytes   int64         `yaml:"max_bytes" env:"MAX_BYTES"`               // default 1 GiB
-	Replicas   int           `yaml:"replicas" env:"REPLICAS"`                 // default 1
-	DupeWindow time.Duration `yaml:"duplicate_window" env:"DUPLICATE_WINDOW"` // default 2m
+	MaxAge     time.Duration `yaml:"max_age" env:"MAX_AGE"`                   // 0: jetstream.DefaultMaxAge
+	MaxBytes   int64         `yaml:"max_bytes" env:"MAX_BYTES"`               // 0: jetstream.DefaultMaxBytes
+	Replicas   int           `yaml:"replicas" env:"REPLICAS"`                 // 0: jetstream.DefaultReplicas
+	DupeWindow time.Duration `yaml:"duplicate_window" env:"DUPLICATE_WINDOW"` // 0: jetstream.DefaultDuplicateWindow, at most max_age
 }
 
-// RedisConfig is for the redis broker.
+// RedisConfig is for the redis broker. Shards and MaxLen 0 are the broker's defaults (package
+// transports/redis), which also checks the values.
 type RedisConfig struct {
 	Addr     string `yaml:"addr" env:"ADDR"`
 	Password string `yaml:"password" env:"PASSWORD"`
 	DB       int    `yaml:"db" env:"DB"`
-	Shards   int    `yaml:"shards" env:"SHARDS"`   // channel streams every node reads; default 16
-	MaxLen   int64  `yaml:"max_len" env:"MAX_LEN"` // approximate entries kept per stream; default 100000
+	Shards   int    `yaml:"shards" env:"SHARDS"`   // channel streams every node reads; 0: redis.DefaultShards
+	MaxLen   int64  `yaml:"max_len" env:"MAX_LEN"` // approximate entries kept per stream; 0: redis.DefaultMaxLen
 }
 
-// KafkaConfig is for the kafka broker.
+// KafkaConfig is for the kafka broker. Partitions, Retention and Replicas 0 are the broker's
+// defaults (package transports/kafka), which also checks the values.
 type KafkaConfig struct {
 	Brokers    []string      `yaml:"brokers" env:"BROKERS"`
-	Partitions int           `yaml:"partitions" env:"PARTITIONS"`                 // partitions of the channel topic; default 16
-	Retention  time.Duration `yaml:"retention" env:"RETENTION"`                   // default 24h
-	Replicas   int           `yaml:"replication_factor" env:"REPLICATION_FACTOR"` // default 1
+	Partitions int           `yaml:"partitions" env:"PARTITIONS"`                 // partitions of the channel topic; 0: kafka.DefaultPartitions
+	Retention  time.Duration `yaml:"retention" env:"RETENTION"`                   // 0: kafka.DefaultRetention
+	Replicas   int           `yaml:"replication_factor" env:"REPLICATION_FACTOR"` // 0: kafka.DefaultReplicationFactor
 }
 
 // AuthConfig says who may connect and what they may do.
@@ -292,7 +293,10 @@ type AdminConfig struct {
 	Addr string `yaml:"addr" env:"ADDR"` // host:port; empty: no admin listener
 }
 
-// SetDefaults fills every zero setting with its default.
+// SetDefaults fills every zero setting with its default, but for the settings of the broker
+// sections that only the broker uses (jetstream.*, redis.shards, redis.max_len,
+// kafka.partitions, kafka.retention, kafka.replication_factor): their 0 means the broker
+// package's default (jetstream.DefaultMaxAge, redis.DefaultShards, kafka.DefaultPartitions, ...).
 func (c *Config) SetDefaults() {
 	setDefault(&c.Addr, DefaultAddr)
 	setDefault(&c.Broker, DefaultBroker)
@@ -301,19 +305,13 @@ func (c *Config) SetDefaults() {
 		c.NodeID = defaultNodeID()
 	}
 	setDefault(&c.NATS.URL, DefaultNATSURL)
-	setDefault(&c.JetStream.MaxAge, 24*time.Hour)
-	setDefault(&c.JetStream.MaxBytes, 1<<30)
-	setDefault(&c.JetStream.Replicas, 1)
-	setDefault(&c.JetStream.DupeWindow, DefaultDedupeWindow)
+	// Of the broker sections only the addresses have defaults here: the node uses them outside
+	// the broker too (the dedupe store, the log while it waits for the broker). The other
+	// settings stay 0, which the broker package's Config reads as its own default.
 	setDefault(&c.Redis.Addr, DefaultRedisAddr)
-	setDefault(&c.Redis.Shards, 16)
-	setDefault(&c.Redis.MaxLen, 100000)
 	if len(c.Kafka.Brokers) == 0 {
 		c.Kafka.Brokers = strings.Split(DefaultKafkaBrokers, ",")
 	}
-	setDefault(&c.Kafka.Partitions, 16)
-	setDefault(&c.Kafka.Retention, 24*time.Hour)
-	setDefault(&c.Kafka.Replicas, 1)
 	setDefault(&c.WebSocket.MaxFrameSize, DefaultMaxFrameSize)
 	setDefault(&c.WebSocket.SendBuffer, DefaultSendBuffer)
 	setDefault(&c.WebSocket.WriteTimeout, DefaultWriteTimeout)
@@ -327,14 +325,14 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Router.RetryAttempts, DefaultRetryAttempts)
 	setDefault(&c.Router.RetryInitial, DefaultRetryInitial)
 	setDefault(&c.Router.RetryMaxElapsed, DefaultRetryMaxElapsed)
-	setDefault(&c.Router.DedupeStore, "auto")
+	setDefault(&c.Router.DedupeStore, DefaultDedupeStore)
 	setDefault(&c.Router.Timeout, c.WebSocket.PublishTimeout)
-	setDefault(&c.Router.BreakerFailures, 20)
-	setDefault(&c.Router.BreakerOpenFor, 5*time.Second)
+	setDefault(&c.Router.BreakerFailures, DefaultBreakerFailures)
+	setDefault(&c.Router.BreakerOpenFor, DefaultBreakerOpenFor)
 	c.Limits.setDefaults()
 	setDefault(&c.Drain.Period, DefaultDrainPeriod)
 	setDefault(&c.Events.Queue, DefaultEventsQueue)
-	setDefault(&c.Events.Heartbeat, 5*time.Second)
+	setDefault(&c.Events.Heartbeat, DefaultEventsHeartbeat)
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	setDefault(&c.Log.Format, DefaultLogFormat)
 	setDefault(&c.HTTP.ReadHeaderTimeout, DefaultReadHeaderTimeout)
@@ -395,366 +393,4 @@ func nodeIDFor(host string) string {
 		host = host[:maxHost]
 	}
 	return host + "-" + randomSuffix()
-}
-
-// KeyError is a setting that is not valid: Key is its YAML path, Env its variable.
-type KeyError struct {
-	Key, Env, Reason string
-}
-
-func (e *KeyError) Error() string {
-	return fmt.Sprintf("invalid setting %s (%s): %s", e.Key, e.Env, e.Reason)
-}
-
-// noAuthReason says why a node without a way to authenticate clients is refused, and what to set.
-const noAuthReason = "no way to authenticate clients: set auth.jwt_secret (GATEWAY_JWT_SECRET), auth.jwt_public_key " +
-	"(GATEWAY_JWT_PUBLIC_KEY), auth.jwks_url (GATEWAY_JWKS_URL) or auth.allow_anonymous (GATEWAY_ALLOW_ANONYMOUS=true); development mode, which makes up " +
-	"a secret, runs only on the embedded memory broker (GATEWAY_BROKER=memory), since nodes sharing a broker would each make up their own"
-
-func bad(key, env, format string, args ...any) error {
-	return &KeyError{Key: key, Env: "GATEWAY_" + env, Reason: fmt.Sprintf(format, args...)}
-}
-
-// Validate checks every setting and returns the first that is wrong, naming its key.
-func (c *Config) Validate() error {
-	if !hostPort(c.Addr) {
-		return bad("addr", "ADDR", "%q is not host:port", c.Addr)
-	}
-	if c.NodeID == "" || len(c.NodeID) > 64 || strings.ContainsAny(c.NodeID, " \t\n") {
-		return bad("node_id", "NODE_ID", "must be 1 to 64 characters without spaces")
-	}
-	switch c.Broker {
-	case BrokerMemory, BrokerNATS, BrokerJetStream, BrokerRedis, BrokerKafka:
-	default:
-		return bad("broker", "BROKER", "%q is not one of memory, nats, jetstream, redis, kafka", c.Broker)
-	}
-	if c.BrokerConnectTimeout < 0 {
-		return bad("broker_connect_timeout", "BROKER_CONNECT_TIMEOUT", "must not be negative (0 waits for ever)")
-	}
-	if c.TopicPrefix == "" || len(c.TopicPrefix) > 32 || strings.Trim(c.TopicPrefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
-		return bad("topic_prefix", "TOPIC_PREFIX", "%q must be 1 to 32 of [A-Za-z0-9-]", c.TopicPrefix)
-	}
-	switch c.Broker {
-	case BrokerNATS, BrokerJetStream:
-		if strings.TrimSpace(c.NATS.URL) == "" {
-			return bad("nats.url", "NATS_URL", "must not be empty")
-		}
-	case BrokerRedis:
-		if !hostPort(c.Redis.Addr) {
-			return bad("redis.addr", "REDIS_ADDR", "%q is not host:port", c.Redis.Addr)
-		}
-		if c.Redis.Shards < 1 || c.Redis.Shards > 1024 {
-			return bad("redis.shards", "REDIS_SHARDS", "must be between 1 and 1024")
-		}
-	case BrokerKafka:
-		for _, b := range c.Kafka.Brokers {
-			if !hostPort(strings.TrimSpace(b)) {
-				return bad("kafka.brokers", "KAFKA_BROKERS", "%q is not host:port", b)
-			}
-		}
-		if c.Kafka.Partitions < 1 || c.Kafka.Partitions > 1024 {
-			return bad("kafka.partitions", "KAFKA_PARTITIONS", "must be between 1 and 1024")
-		}
-	}
-	if c.Auth.JWTSecret != "" && len(c.Auth.JWTSecret) < 16 {
-		return bad("auth.jwt_secret", "JWT_SECRET", "must be at least 16 bytes")
-	}
-	if c.Auth.JWTPublicKey != "" {
-		if _, err := os.Stat(c.Auth.JWTPublicKey); err != nil {
-			return bad("auth.jwt_public_key", "JWT_PUBLIC_KEY", "cannot read %q: %v", c.Auth.JWTPublicKey, errors.Unwrap(err))
-		}
-	}
-	if err := c.Auth.validateTokens(); err != nil {
-		return err
-	}
-	if !c.Auth.Configured() && !c.Development {
-		return bad("auth.jwt_secret", "JWT_SECRET", "%s", noAuthReason)
-	}
-	for _, p := range c.Auth.PublicChannels {
-		if !validPattern(p) {
-			return bad("auth.public_channels", "PUBLIC_CHANNELS", "%q is not a channel name or a prefix ending in *", p)
-		}
-	}
-	for _, p := range c.Auth.AnonymousPublish {
-		if !validPattern(p) {
-			return bad("auth.anonymous_publish", "ANONYMOUS_PUBLISH", "%q is not a channel name or a prefix ending in *", p)
-		}
-	}
-	if c.API.Key != "" && len(c.API.Key) < 16 {
-		return bad("api.key", "API_KEY", "must be at least 16 characters")
-	}
-	for _, o := range c.WebSocket.AllowedOrigins {
-		if o != "*" && !strings.Contains(o, "://") {
-			return bad("websocket.allowed_origins", "ALLOWED_ORIGINS", "%q must be * or an origin like https://example.com", o)
-		}
-	}
-	if c.WebSocket.MaxFrameSize < 1024 || c.WebSocket.MaxFrameSize > 64<<20 {
-		return bad("websocket.max_frame_size", "WS_MAX_FRAME_SIZE", "must be between 1024 and 67108864 bytes")
-	}
-	if c.WebSocket.SendBuffer < 8 || c.WebSocket.SendBuffer > 1<<16 {
-		return bad("websocket.send_buffer", "WS_SEND_BUFFER", "must be between 8 and 65536 frames")
-	}
-	if c.WebSocket.WriteTimeout < time.Millisecond {
-		return bad("websocket.write_timeout", "WS_WRITE_TIMEOUT", "must be positive")
-	}
-	if c.WebSocket.WriteDelay < 0 || c.WebSocket.WriteDelay > time.Second {
-		return bad("websocket.write_delay", "WS_WRITE_DELAY", "must be between 0 and 1s")
-	}
-	if c.WebSocket.PingInterval < 100*time.Millisecond {
-		return bad("websocket.ping_interval", "WS_PING_INTERVAL", "must be at least 100ms")
-	}
-	if c.WebSocket.PublishTimeout < time.Millisecond {
-		return bad("websocket.publish_timeout", "WS_PUBLISH_TIMEOUT", "must be positive")
-	}
-	if c.History.Size < 0 {
-		return bad("history.size", "HISTORY_SIZE", "must not be negative")
-	}
-	if c.History.TTL < 0 {
-		return bad("history.ttl", "HISTORY_TTL", "must not be negative")
-	}
-	if c.History.MaxReplay < 1 {
-		return bad("history.max_replay", "HISTORY_MAX_REPLAY", "must be at least 1")
-	}
-	if c.History.MaxBytes < -1 {
-		return bad("history.max_bytes", "HISTORY_MAX_BYTES", "must be a number of bytes, or -1 for no bound")
-	}
-	if err := c.History.validateRules(); err != nil {
-		return err
-	}
-	if c.Router.DedupeWindow < time.Second {
-		return bad("router.dedupe_window", "ROUTER_DEDUPE_WINDOW", "must be at least 1s")
-	}
-	switch c.Router.DedupeStore {
-	case "auto", "memory", "redis":
-	default:
-		return bad("router.dedupe_store", "ROUTER_DEDUPE_STORE", "%q is not auto, memory or redis", c.Router.DedupeStore)
-	}
-	if c.Router.Timeout < time.Millisecond {
-		return bad("router.timeout", "ROUTER_TIMEOUT", "must be positive")
-	}
-	if c.Router.BreakerFailures < 1 {
-		return bad("router.breaker_failures", "ROUTER_BREAKER_FAILURES", "must be at least 1")
-	}
-	if c.Router.PoisonTopic != "" && !ValidChannel(c.Router.PoisonTopic) {
-		return bad("router.poison_topic", "ROUTER_POISON_TOPIC", "%q must match [A-Za-z0-9_:.-]{1,128}", c.Router.PoisonTopic)
-	}
-	for _, k := range c.Router.SigningKeys {
-		id, secret, ok := strings.Cut(k, ":")
-		if !ok || id == "" || len(secret) < 16 {
-			return bad("router.signing_keys", "ROUTER_SIGNING_KEYS", "entries must be id:secret with a secret of at least 16 bytes")
-		}
-	}
-	if c.Router.RequireSignature && len(c.Router.SigningKeys) == 0 {
-		return bad("router.require_signature", "ROUTER_REQUIRE_SIGNATURE", "needs router.signing_keys")
-	}
-	if err := c.Limits.validate(); err != nil {
-		return err
-	}
-	if c.Router.RetryAttempts < 0 || c.Router.RetryAttempts > 100 {
-		return bad("router.retry_attempts", "ROUTER_RETRY_ATTEMPTS", "must be between 0 and 100")
-	}
-	if c.Events.Heartbeat < 10*time.Millisecond {
-		return bad("events.heartbeat", "EVENTS_HEARTBEAT", "must be at least 10ms")
-	}
-	if c.Events.Queue < 1 || c.Events.Queue > 1<<20 {
-		return bad("events.queue", "EVENTS_QUEUE", "must be between 1 and 1048576")
-	}
-	if c.Drain.Period < 0 {
-		return bad("drain.period", "DRAIN_PERIOD", "must not be negative")
-	}
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		return bad("log.level", "LOG_LEVEL", "%q is not one of debug, info, warn, error", c.Log.Level)
-	}
-	switch c.Log.Format {
-	case "text", "json":
-	default:
-		return bad("log.format", "LOG_FORMAT", "%q is not text or json", c.Log.Format)
-	}
-	return c.validateServer()
-}
-
-// validateTokens checks the token settings: the JWKS URL and its durations, audience, issuer.
-func (a AuthConfig) validateTokens() error {
-	if a.JWKSURL != "" {
-		u, err := url.Parse(a.JWKSURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return bad("auth.jwks_url", "JWKS_URL", "%q is not an http:// or https:// URL", a.JWKSURL)
-		}
-	}
-	if a.JWKSRefresh < time.Second {
-		return bad("auth.jwks_refresh", "JWKS_REFRESH", "must be at least 1s")
-	}
-	if a.JWKSTimeout < time.Millisecond {
-		return bad("auth.jwks_timeout", "JWKS_TIMEOUT", "must be positive")
-	}
-	for _, aud := range a.Audience {
-		if aud == "" {
-			return bad("auth.audience", "AUDIENCE", "entries must not be empty")
-		}
-	}
-	if strings.TrimSpace(a.Issuer) != a.Issuer {
-		return bad("auth.issuer", "ISSUER", "%q has spaces around it", a.Issuer)
-	}
-	return nil
-}
-
-// validate checks the limits: no negative value but -1 (NoLimit) where it turns a limit off, and
-// a subscribe burst that lets a client resubscribe everything it may hold at once.
-func (l LimitsConfig) validate() error {
-	offOrPositive := func(v float64) bool { return v == NoLimit || v > 0 }
-	switch {
-	case !offOrPositive(l.PublishRate):
-		return bad("limits.publish_rate", "LIMITS_PUBLISH_RATE", "must be positive, or -1 for no limit")
-	case l.PublishBurst < 0:
-		return bad("limits.publish_burst", "LIMITS_PUBLISH_BURST", "must not be negative")
-	case l.UserPublishRate < 0 && l.UserPublishRate != NoLimit:
-		return bad("limits.user_publish_rate", "LIMITS_USER_PUBLISH_RATE", "must not be negative (0 or -1: no limit)")
-	case l.UserPublishBurst < 0:
-		return bad("limits.user_publish_burst", "LIMITS_USER_PUBLISH_BURST", "must not be negative")
-	case l.ConnectionsPerNode < 0 || l.ConnectionsPerUser < 0:
-		return bad("limits.connections_per_node", "LIMITS_CONNECTIONS_PER_NODE", "connection limits must not be negative")
-	case !offOrPositive(float64(l.SubscriptionsPerConnection)):
-		return bad("limits.subscriptions_per_connection", "LIMITS_SUBSCRIPTIONS_PER_CONNECTION", "must be positive, or -1 for no limit")
-	case !offOrPositive(l.SubscribeRate):
-		return bad("limits.subscribe_rate", "LIMITS_SUBSCRIBE_RATE", "must be positive, or -1 for no limit")
-	case l.SubscribeBurst < 1:
-		return bad("limits.subscribe_burst", "LIMITS_SUBSCRIBE_BURST", "must be positive")
-	case l.SubscribeRate > 0 && l.SubscriptionsPerConnection > 0 && l.SubscribeBurst < l.SubscriptionsPerConnection:
-		return bad("limits.subscribe_burst", "LIMITS_SUBSCRIBE_BURST", "%d is below limits.subscriptions_per_connection (%d): a reconnecting client could not resubscribe everything at once",
-			l.SubscribeBurst, l.SubscriptionsPerConnection)
-	case !offOrPositive(float64(l.RateLimitedDisconnect)):
-		return bad("limits.rate_limited_disconnect", "LIMITS_RATE_LIMITED_DISCONNECT", "must be positive, or -1 to never disconnect")
-	case l.RateLimitedWindow < time.Millisecond:
-		return bad("limits.rate_limited_window", "LIMITS_RATE_LIMITED_WINDOW", "must be positive")
-	}
-	return nil
-}
-
-// validateServer checks the listener's settings: TLS, HTTP timeouts and the admin listener.
-func (c *Config) validateServer() error {
-	if err := c.TLS.validate(); err != nil {
-		return err
-	}
-	if c.HTTP.ReadHeaderTimeout < time.Millisecond {
-		return bad("http.read_header_timeout", "HTTP_READ_HEADER_TIMEOUT", "must be positive")
-	}
-	if c.HTTP.IdleTimeout < time.Millisecond {
-		return bad("http.idle_timeout", "HTTP_IDLE_TIMEOUT", "must be positive")
-	}
-	if c.HTTP.ReadTimeout < time.Millisecond {
-		return bad("http.read_timeout", "HTTP_READ_TIMEOUT", "must be positive")
-	}
-	if c.Admin.Addr != "" {
-		if !hostPort(c.Admin.Addr) {
-			return bad("admin.addr", "ADMIN_ADDR", "%q is not host:port", c.Admin.Addr)
-		}
-		if sameListener(c.Admin.Addr, c.Addr) {
-			return bad("admin.addr", "ADMIN_ADDR", "%q is the main listener's address %q: the admin listener must have a port of its own", c.Admin.Addr, c.Addr)
-		}
-	}
-	return nil
-}
-
-// validate checks that the certificate and key are both set or both empty, readable, and a pair.
-func (t TLSConfig) validate() error {
-	switch {
-	case t.CertFile == "" && t.KeyFile == "":
-		return nil
-	case t.KeyFile == "":
-		return bad("tls.key_file", "TLS_KEY_FILE", "must be set together with tls.cert_file")
-	case t.CertFile == "":
-		return bad("tls.cert_file", "TLS_CERT_FILE", "must be set together with tls.key_file")
-	}
-	certPEM, err := os.ReadFile(t.CertFile)
-	if err != nil {
-		return bad("tls.cert_file", "TLS_CERT_FILE", "cannot read %q: %v", t.CertFile, errors.Unwrap(err))
-	}
-	keyPEM, err := os.ReadFile(t.KeyFile)
-	if err != nil {
-		return bad("tls.key_file", "TLS_KEY_FILE", "cannot read %q: %v", t.KeyFile, errors.Unwrap(err))
-	}
-	if _, err := LoadCertificate(certPEM, keyPEM); err != nil {
-		return err
-	}
-	return nil
-}
-
-// LoadCertificate parses a PEM certificate chain and its private key; the error is a *KeyError
-// naming tls.cert_file or tls.key_file.
-func LoadCertificate(certPEM, keyPEM []byte) (tls.Certificate, error) {
-	var certs int
-	for rest := certPEM; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
-			return tls.Certificate{}, bad("tls.cert_file", "TLS_CERT_FILE", "certificate %d: %v", certs+1, err)
-		}
-		certs++
-	}
-	if certs == 0 {
-		return tls.Certificate{}, bad("tls.cert_file", "TLS_CERT_FILE", "holds no PEM CERTIFICATE block")
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return tls.Certificate{}, bad("tls.key_file", "TLS_KEY_FILE", "not the private key of tls.cert_file: %v", err)
-	}
-	return cert, nil
-}
-
-// sameListener reports whether listening on a would take b's port: the same port (0 excepted,
-// a random one) on the same host or on all interfaces.
-func sameListener(a, b string) bool {
-	ha, pa, err1 := net.SplitHostPort(a)
-	hb, pb, err2 := net.SplitHostPort(b)
-	if err1 != nil || err2 != nil {
-		return false
-	}
-	na, err1 := net.LookupPort("tcp", pa)
-	nb, err2 := net.LookupPort("tcp", pb)
-	if err1 != nil || err2 != nil || na != nb || na == 0 {
-		return false
-	}
-	wildcard := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
-	return wildcard(ha) || wildcard(hb) || strings.EqualFold(ha, hb)
-}
-
-// hostPort reports whether s is host:port with a port that is a number from 0 to 65535 or a
-// service name, so a wrong port is refused here rather than when the node listens or dials.
-func hostPort(s string) bool {
-	_, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return false
-	}
-	_, err = net.LookupPort("tcp", port)
-	return err == nil
-}
-
-// validPattern reports whether p is a channel name, or a prefix of one followed by '*'.
-func validPattern(p string) bool {
-	name := strings.TrimSuffix(p, "*")
-	if name == "" {
-		return p == "*"
-	}
-	return ValidChannel(name) || name == "$user"
-}
-
-// ValidChannel reports whether name matches ^[A-Za-z0-9_:.\-]{1,128}$.
-func ValidChannel(name string) bool {
-	if len(name) == 0 || len(name) > 128 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == ':' || c == '.' || c == '-') {
-			return false
-		}
-	}
-	return true
 }

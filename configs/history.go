@@ -75,22 +75,17 @@ func (h HistoryConfig) Bounds(channel string) (size int, ttl time.Duration) {
 	return 0, 0
 }
 
-func (h HistoryConfig) validateRules() error {
-	for i, r := range h.Channels {
-		reason := ""
-		switch {
-		case !rulePattern.MatchString(r.Pattern):
-			reason = "pattern is not a channel name, a prefix ending in '*' or $user"
-		case r.Size < 0:
-			reason = "size must not be negative"
-		case r.TTL < 0:
-			reason = "ttl must not be negative"
-		case r.Size == 0 && r.TTL == 0:
-			reason = "sets neither size nor ttl"
-		default:
-			continue
-		}
-		return bad("history.channels", "HISTORY_CHANNELS", "rule %d (%q): %s", i+1, r.Pattern, reason)
+// problem says what is wrong with the rule, "" when nothing is.
+func (r HistoryRule) problem() string {
+	switch {
+	case !rulePattern.MatchString(r.Pattern):
+		return "pattern is not a channel name, a prefix ending in '*' or $user"
+	case r.Size < 0:
+		return "size must not be negative"
+	case r.TTL < 0:
+		return "ttl must not be negative"
+	case r.Size == 0 && r.TTL == 0:
+		return "sets neither size nor ttl"
 	}
-	return nil
+	return ""
 }

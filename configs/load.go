@@ -103,23 +103,14 @@ func firstEnvError(err error) error {
 	return err
 }
 
-// envKeys maps every environment variable of the struct type t to its YAML key, following the
-// same tags as caarlos0/env (env, envPrefix) and the YAML decoder (yaml).
+// envKeys maps every environment variable of the struct type t to its YAML key (see
+// walkSettings).
 func envKeys(t reflect.Type, envPrefix, yamlPrefix string, out map[string]string) {
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		y, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if y == "-" || !f.IsExported() {
-			continue
+	walkSettings(t, nil, envPrefix, yamlPrefix, func(_ reflect.StructField, _ []int, s setting) {
+		if s.env != "" {
+			out[s.env] = s.key
 		}
-		if f.Type.Kind() == reflect.Struct {
-			envKeys(f.Type, envPrefix+f.Tag.Get("envPrefix"), yamlPrefix+y+".", out)
-			continue
-		}
-		if e := f.Tag.Get("env"); e != "" && e != "-" {
-			out[envPrefix+e] = yamlPrefix + y
-		}
-	}
+	})
 }
 
 // trimLists drops the spaces around the entries of list settings, so that

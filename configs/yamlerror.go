@@ -3,7 +3,6 @@ package configs
 import (
 	"errors"
 	"fmt"
-	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -161,26 +160,21 @@ func pick(a, b string) string {
 
 // envOfKey is the environment variable of a YAML key path, "" when it has none.
 func envOfKey(key string) string {
-	if key == "" {
-		return ""
-	}
-	keys := map[string]string{}
-	envKeys(reflect.TypeOf(Config{}), EnvPrefix, "", keys)
-	for env, k := range keys {
-		if k == key {
-			return env
+	for _, f := range settingFields() {
+		if key != "" && f.key == key {
+			return f.env
 		}
 	}
 	return ""
 }
 
-// yamlKeys are the YAML key paths of every setting.
+// yamlKeys are the YAML key paths of every setting that has a variable.
 func yamlKeys() []string {
-	keys := map[string]string{}
-	envKeys(reflect.TypeOf(Config{}), EnvPrefix, "", keys)
-	out := make([]string, 0, len(keys))
-	for _, k := range keys {
-		out = append(out, k)
+	var out []string
+	for _, f := range settingFields() {
+		if f.env != "" {
+			out = append(out, f.key)
+		}
 	}
 	return out
 }

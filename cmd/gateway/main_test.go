@@ -179,6 +179,8 @@ func TestBinary(t *testing.T) {
 			"jetstream.duplicate_window": {"GATEWAY_BROKER=jetstream", "GATEWAY_JETSTREAM_DUPLICATE_WINDOW=48h"},
 			"kafka.retention":            {"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_RETENTION=-1h"},
 			"redis.max_len":              {"GATEWAY_BROKER=redis", "GATEWAY_REDIS_MAX_LEN=-5"},
+			"redis.shards":               {"GATEWAY_BROKER=redis", "GATEWAY_REDIS_SHARDS=1025"},
+			"kafka.partitions":           {"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_PARTITIONS=2000"},
 		} {
 			out, code := runBinary(t, bin, append(env, "GATEWAY_JWT_PUBLIC_KEY="+pub), "-check-config")
 			if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 2 || len(lines) != 1 || !strings.Contains(out, key) {

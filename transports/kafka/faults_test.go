@@ -33,6 +33,8 @@ func TestConfigValidate(t *testing.T) {
 		{"no brokers", Config{}, "kafka.brokers"},
 		{"empty broker", Config{Brokers: []string{" "}}, "kafka.brokers"},
 		{"partitions", Config{Brokers: []string{"k:9092"}, Partitions: -1}, "kafka.partitions"},
+		{"too many partitions", Config{Brokers: []string{"k:9092"}, Partitions: 1025}, "kafka.partitions"},
+		{"most partitions", Config{Brokers: []string{"k:9092"}, Partitions: 1024}, ""},
 		{"replication", Config{Brokers: []string{"k:9092"}, ReplicationFactor: -2}, "kafka.replication_factor"},
 		{"retention", Config{Brokers: []string{"k:9092"}, Retention: -time.Hour}, "kafka.retention"},
 		{"version", Config{Brokers: []string{"k:9092"}, KafkaVersion: "x"}, "kafka version"},

@@ -48,6 +48,9 @@ const (
 	DefaultSlowTimeout        = time.Second
 )
 
+// maxPartitions bounds Partitions: every node reads every partition of the channel topic.
+const maxPartitions = 1024
+
 // lineageInterval is how often a connected node checks that its topics still exist and have
 // the same ids.
 const lineageInterval = 5 * time.Second
@@ -57,7 +60,7 @@ type Config struct {
 	Brokers []string // bootstrap addresses, host:port (kafka.brokers)
 	Prefix  string   // GATEWAY_TOPIC_PREFIX; every topic and group is named under it
 
-	Partitions        int           // partitions of <prefix>.channels (kafka.partitions)
+	Partitions        int           // partitions of <prefix>.channels (kafka.partitions), at most 1024
 	ServicePartitions int           // partitions of <prefix>.inbound and <prefix>.events
 	Retention         time.Duration // retention.ms of the topics the broker creates (kafka.retention)
 	ReplicationFactor int           // of the topics the broker creates (kafka.replication_factor)
@@ -130,8 +133,8 @@ func (c Config) Validate() error {
 			return errors.New("kafka.brokers: empty broker address")
 		}
 	}
-	if c.Partitions < 1 || c.Partitions > 100000 {
-		return fmt.Errorf("kafka.partitions (%d) must be between 1 and 100000", c.Partitions)
+	if c.Partitions < 1 || c.Partitions > maxPartitions {
+		return fmt.Errorf("kafka.partitions (%d) must be between 1 and %d", c.Partitions, maxPartitions)
 	}
 	if c.ServicePartitions < 1 || c.ServicePartitions > 100000 {
 		return fmt.Errorf("kafka service partitions (%d) must be between 1 and 100000", c.ServicePartitions)

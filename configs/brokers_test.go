@@ -1,0 +1,89 @@
+package configs_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/transports/jetstream"
+	"github.com/wsgateway/gateway/transports/kafka"
+	"github.com/wsgateway/gateway/transports/redis"
+)
+
+// TestBrokerDefaults: the broker addresses that configs fills in are the ones the broker
+// packages would take themselves, so a node and a service that builds its broker without
+// configs meet on the same server.
+func TestBrokerDefaults(t *testing.T) {
+	if configs.DefaultRedisAddr != redis.DefaultAddr {
+		t.Errorf("configs.DefaultRedisAddr %q, redis.DefaultAddr %q", configs.DefaultRedisAddr, redis.DefaultAddr)
+	}
+	if configs.DefaultNATSURL != jetstream.DefaultURL {
+		t.Errorf("configs.DefaultNATSURL %q, jetstream.DefaultURL %q", configs.DefaultNATSURL, jetstream.DefaultURL)
+	}
+}
+
+// TestBrokerSettingsCheckedByTheBroker: the settings of a broker section that only the broker
+// uses are checked once, by the broker package's Config (which gateway.Check and gateway.New
+// run), and its error names the key. Load passes them through.
+func TestBrokerSettingsCheckedByTheBroker(t *testing.T) {
+	for _, tt := range []struct {
+		env   string
+		key   string
+		check func(c *configs.Config) error
+	}{
+		{"GATEWAY_REDIS_SHARDS=1025", "redis.shards", redisCheck},
+		{"GATEWAY_REDIS_SHARDS=-1", "redis.shards", redisCheck},
+		{"GATEWAY_REDIS_MAX_LEN=-5", "redis.max_len", redisCheck},
+		{"GATEWAY_KAFKA_PARTITIONS=2000", "kafka.partitions", kafkaCheck},
+		{"GATEWAY_KAFKA_PARTITIONS=-1", "kafka.partitions", kafkaCheck},
+		{"GATEWAY_KAFKA_RETENTION=-1h", "kafka.retention", kafkaCheck},
+		{"GATEWAY_KAFKA_REPLICATION_FACTOR=-1", "kafka.replication_factor", kafkaCheck},
+		{"GATEWAY_JETSTREAM_REPLICAS=9", "jetstream.replicas", jetstreamCheck},
+		{"GATEWAY_JETSTREAM_MAX_AGE=-1h", "jetstream.max_age", jetstreamCheck},
+		{"GATEWAY_JETSTREAM_MAX_BYTES=-2", "jetstream.max_bytes", jetstreamCheck},
+		{"GATEWAY_JETSTREAM_DUPLICATE_WINDOW=48h", "jetstream.duplicate_window", jetstreamCheck},
+	} {
+		cfg, err := configs.Load("", []string{"GATEWAY_JWT_SECRET=0123456789abcdef", tt.env})
+		if err != nil {
+			t.Errorf("%s: Load: %v", tt.env, err)
+			continue
+		}
+		if err := tt.check(cfg); err == nil || !strings.Contains(err.Error(), tt.key) {
+			t.Errorf("%s: the broker's check says %v, want an error naming %s", tt.env, err, tt.key)
+		}
+	}
+	cfg, err := configs.Load("", []string{"GATEWAY_JWT_SECRET=0123456789abcdef"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, check := range map[string]func(*configs.Config) error{"redis": redisCheck, "kafka": kafkaCheck, "jetstream": jetstreamCheck} {
+		if err := check(cfg); err != nil {
+			t.Errorf("%s: the defaults do not pass the broker's check: %v", name, err)
+		}
+	}
+	// An unset duplicate window is the broker's default, which stays within a short max_age
+	// (configs once set 2m itself, and the broker then refused it as longer than max_age).
+	cfg, err = configs.Load("", []string{"GATEWAY_JWT_SECRET=0123456789abcdef", "GATEWAY_JETSTREAM_MAX_AGE=1m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := jetstreamCheck(cfg); err != nil {
+		t.Errorf("max_age 1m without duplicate_window: %v", err)
+	}
+}
+
+// The checks below give the broker packages the settings as the gateway does (brokers.go).
+
+func redisCheck(c *configs.Config) error {
+	return redis.Config{Addr: c.Redis.Addr, DB: c.Redis.DB, Shards: c.Redis.Shards, MaxLen: c.Redis.MaxLen}.Check()
+}
+
+func kafkaCheck(c *configs.Config) error {
+	return kafka.Config{Brokers: c.Kafka.Brokers, Partitions: c.Kafka.Partitions, Retention: c.Kafka.Retention,
+		ReplicationFactor: c.Kafka.Replicas}.Check()
+}
+
+func jetstreamCheck(c *configs.Config) error {
+	return jetstream.Config{URL: c.NATS.URL, MaxAge: c.JetStream.MaxAge, MaxBytes: c.JetStream.MaxBytes,
+		Replicas: c.JetStream.Replicas, DuplicateWindow: c.JetStream.DupeWindow}.Check()
+}
