@@ -59,6 +59,7 @@ type Config struct {
 	// WriteDelay, when above 0, is the least time between two socket writes to one connection:
 	// what is queued meanwhile goes out together. A connection that wrote nothing for that long
 	// still gets its next frame at once. It trades latency (at most WriteDelay) for fewer writes.
+	// The clock that hands held frames over runs from Hub.Start to Hub.Close.
 	WriteDelay time.Duration
 	// CheckOrigin decides whether a browser's Origin is allowed; nil means same host only.
 	// Accept refuses a request it does not allow with ErrOriginRefused, before answering it.
