@@ -161,26 +161,6 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	g.inbox = router.NewInbox()
 	undo = append(undo, func() { _ = g.feed.Close() }, func() { _ = g.inbox.Close() })
 
-	deps := handlers.Deps{
-		NodeID:         cfg.NodeID,
-		History:        g.feed,
-		Inbox:          g.inbox,
-		Broker:         broker,
-		Verifier:       verifier,
-		AllowAnonymous: cfg.Auth.AllowAnonymous,
-		PublicChannels: cfg.Auth.PublicChannels,
-		AnonPublish:    cfg.Auth.AnonymousPublish,
-		DefaultSend:    cfg.Auth.DefaultSend,
-		MaxReplay:      cfg.History.MaxReplay,
-		HistoryBounds:  cfg.History.Bounds,
-		PublishTimeout: cfg.WebSocket.PublishTimeout,
-		APIKey:         cfg.API.Key,
-		DedupeWindow:   cfg.Router.DedupeWindow,
-		Limits:         cfg.Limits,
-		Signatures:     keys,
-		Metrics:        g.metrics,
-		Log:            log,
-	}
 	g.hub = websocket.NewHub(websocket.Config{
 		MaxFrameSize: cfg.WebSocket.MaxFrameSize,
 		SendBuffer:   cfg.WebSocket.SendBuffer,
@@ -188,16 +168,44 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		WriteDelay:   cfg.WebSocket.WriteDelay,
 		PingInterval: cfg.WebSocket.PingInterval,
 		CheckOrigin:  originChecker(cfg.WebSocket.AllowedOrigins),
-	}, g.feed, g.metrics, log)
-	undo = append(undo, g.hub.Close) // the write-delay clock
-	deps.Hub = g.hub
+	}, g.feed, g.metrics, log) // starts nothing: Start starts its write-delay clock
 	if !cfg.Events.Disabled {
-		g.events = handlers.NewEvents(deps, cfg.Events.Queue, cfg.Events.Heartbeat)
+		g.events = handlers.NewEvents(handlers.EventsConfig{
+			NodeID:         cfg.NodeID,
+			Inbox:          g.inbox,
+			Queue:          cfg.Events.Queue,
+			Heartbeat:      cfg.Events.Heartbeat,
+			PublishTimeout: cfg.WebSocket.PublishTimeout,
+			Metrics:        g.metrics,
+			Log:            log,
+		})
 	}
-	sessions := handlers.NewSessions(deps, g.events)
+	sessions := handlers.NewSessions(handlers.SessionsConfig{
+		NodeID:         cfg.NodeID,
+		Hub:            g.hub,
+		History:        g.feed,
+		Inbox:          g.inbox,
+		PublicChannels: cfg.Auth.PublicChannels,
+		AnonPublish:    cfg.Auth.AnonymousPublish,
+		DefaultSend:    cfg.Auth.DefaultSend,
+		MaxReplay:      cfg.History.MaxReplay,
+		HistoryBounds:  cfg.History.Bounds,
+		PublishTimeout: cfg.WebSocket.PublishTimeout,
+		Limits:         cfg.Limits,
+		Events:         g.events,
+		Metrics:        g.metrics,
+		Log:            log,
+	})
 	g.hub.SetHandler(sessions)
 
-	rh := handlers.NewMessages(deps)
+	rh := handlers.NewMessages(handlers.MessagesConfig{
+		Hub:          g.hub,
+		Broker:       broker,
+		DedupeWindow: cfg.Router.DedupeWindow,
+		Signatures:   keys,
+		Metrics:      g.metrics,
+		Log:          log,
+	})
 	g.router, err = router.New(
 		router.Sources{Inbox: g.inbox, Feed: g.feed, Direct: broker},
 		router.Funcs{Inbound: rh.Inbound, Channel: rh.Channel, Direct: rh.Direct, Authorize: sessions.Authorize,
@@ -226,7 +234,19 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	for _, eh := range o.handlers {
 		g.router.AddConsumerHandler(eh.name, eh.topic, broker, eh.h) // names checked: no panic
 	}
-	handlers.NewHTTP(deps, g.hub, sessions, g.ready).Routes(g.mux)
+	handlers.NewHTTP(handlers.HTTPConfig{
+		NodeID:         cfg.NodeID,
+		Acceptor:       g.hub,
+		Sessions:       sessions,
+		Ready:          g.ready,
+		Inbox:          g.inbox,
+		Verifier:       verifier,
+		AllowAnonymous: cfg.Auth.AllowAnonymous,
+		APIKey:         cfg.API.Key,
+		PublishTimeout: cfg.WebSocket.PublishTimeout,
+		Metrics:        g.metrics,
+		Log:            log,
+	}).Routes(g.mux)
 	g.verifier = verifier
 	return g, nil
 }
@@ -308,8 +328,9 @@ func (g *Gateway) Handler() http.Handler { return closeUnreadBodies(g.mux) }
 func (g *Gateway) Metrics() *metrics.Metrics { return g.metrics }
 
 // Start starts the admin listener (when admin.addr is set), waits until the broker answers
-// (awaitBroker: for ever, or broker_connect_timeout), starts the router, and returns once it
-// runs. Run calls it; tests that serve Handler themselves call it directly.
+// (awaitBroker: for ever, or broker_connect_timeout), starts the router and the hub's
+// write-delay clock, and returns once they run. Run calls it; tests that serve Handler
+// themselves call it directly.
 func (g *Gateway) Start(ctx context.Context) error {
 	if err := g.startAdmin(); err != nil {
 		return err
@@ -322,6 +343,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 		g.closeAdmin()
 		return err
 	}
+	g.hub.Start() // Close stops it
 	g.markStarted()
 	return nil
 }

@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/protocol"
 )
 
@@ -17,9 +19,8 @@ import (
 // middleware and retries as everything else) without making connections wait: Emit queues,
 // one goroutine (Run) submits. When the queue is full an event is dropped and counted.
 type Events struct {
-	d         Deps
+	cfg       EventsConfig
 	q         chan protocol.Event
-	heartbeat time.Duration // 0: none
 	mu        sync.Mutex
 	shut      bool // the queue is closed: Emit drops
 	closing   bool // Close began: Start starts nothing
@@ -30,13 +31,23 @@ type Events struct {
 	beatDone  chan struct{}
 }
 
-// NewEvents makes the publisher with a queue of size events and a heartbeat every heartbeat
-// (0: none); nil when size is 0 (disabled).
-func NewEvents(d Deps, size int, heartbeat time.Duration) *Events {
-	if size == 0 {
+// EventsConfig is what Events need.
+type EventsConfig struct {
+	NodeID         string
+	Inbox          Submitter
+	Queue          int           // events held for publishing; 0: events disabled
+	Heartbeat      time.Duration // 0: no node_alive heartbeat
+	PublishTimeout time.Duration // of each event's submit
+	Metrics        *metrics.Metrics
+	Log            *slog.Logger
+}
+
+// NewEvents makes the publisher; nil when cfg.Queue is 0 (disabled).
+func NewEvents(cfg EventsConfig) *Events {
+	if cfg.Queue == 0 {
 		return nil
 	}
-	return &Events{d: d, q: make(chan protocol.Event, size), heartbeat: heartbeat, done: make(chan struct{}),
+	return &Events{cfg: cfg, q: make(chan protocol.Event, cfg.Queue), done: make(chan struct{}),
 		stopBeat: make(chan struct{}), beatDone: make(chan struct{})}
 }
 
@@ -45,7 +56,7 @@ func (e *Events) Emit(ev protocol.Event) {
 	if e == nil {
 		return
 	}
-	ev.Node, ev.At = e.d.NodeID, time.Now().UTC()
+	ev.Node, ev.At = e.cfg.NodeID, time.Now().UTC()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.shut {
@@ -54,7 +65,7 @@ func (e *Events) Emit(ev protocol.Event) {
 	select {
 	case e.q <- ev:
 	default:
-		e.d.Metrics.EventsDropped.Inc()
+		e.cfg.Metrics.EventsDropped.Inc()
 	}
 }
 
@@ -75,11 +86,11 @@ func (e *Events) Start() {
 // beat emits the heartbeat until Close.
 func (e *Events) beat() {
 	defer close(e.beatDone)
-	if e.heartbeat <= 0 {
+	if e.cfg.Heartbeat <= 0 {
 		<-e.stopBeat
 		return
 	}
-	t := time.NewTicker(e.heartbeat)
+	t := time.NewTicker(e.cfg.Heartbeat)
 	defer t.Stop()
 	e.Emit(protocol.Event{Type: protocol.EventNodeAlive})
 	for {
@@ -107,10 +118,10 @@ func (e *Events) run() {
 		if ev.Channel != "" {
 			md.Set(protocol.MetaChannel, ev.Channel)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), e.d.PublishTimeout)
-		if err := e.d.Inbox.Submit(ctx, msg); err != nil {
-			e.d.Metrics.EventsDropped.Inc()
-			e.d.Log.Debug("lifecycle event not published", "type", ev.Type, "session_id", ev.Session, "error", err)
+		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.PublishTimeout)
+		if err := e.cfg.Inbox.Submit(ctx, msg); err != nil {
+			e.cfg.Metrics.EventsDropped.Inc()
+			e.cfg.Log.Debug("lifecycle event not published", "type", ev.Type, "session_id", ev.Session, "error", err)
 		}
 		cancel()
 	}

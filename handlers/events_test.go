@@ -21,8 +21,8 @@ type countingInbox struct{ n atomic.Int64 }
 func (c *countingInbox) Submit(context.Context, *message.Message) error { c.n.Add(1); return nil }
 
 func newTestEvents(inbox Submitter) *Events {
-	d := Deps{NodeID: "n1", Inbox: inbox, PublishTimeout: time.Second, Metrics: metrics.New(), Log: slog.New(slog.DiscardHandler)}
-	return NewEvents(d, 16, time.Hour)
+	return NewEvents(EventsConfig{NodeID: "n1", Inbox: inbox, Queue: 16, Heartbeat: time.Hour, PublishTimeout: time.Second,
+		Metrics: metrics.New(), Log: slog.New(slog.DiscardHandler)})
 }
 
 // TestEventsCloseTwice: Close may be called twice, and from several goroutines at once, whether

@@ -5,18 +5,12 @@ package handlers
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/wsgateway/gateway/configs"
-	"github.com/wsgateway/gateway/internal/auth"
-	"github.com/wsgateway/gateway/internal/metrics"
-	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/protocol"
-	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/websocket"
 )
 
@@ -40,29 +34,9 @@ type Submitter interface {
 	Submit(ctx context.Context, msg *message.Message) error
 }
 
-// Deps are everything the handlers share.
-type Deps struct {
-	NodeID         string
-	Hub            Hub
-	History        History
-	Inbox          Submitter
-	Broker         transports.Broker
-	Verifier       *auth.Verifier // nil: anonymous only
-	AllowAnonymous bool
-	PublicChannels []string // patterns anyone may subscribe to
-	AnonPublish    []string // patterns anonymous clients may publish to
-	DefaultSend    bool     // tokens without a send claim, and anonymous clients, may send
-	MaxReplay      int
-	// HistoryBounds gives the count and age a resume of channel may reach back (history.channels);
-	// zero for no bound of its own. Nil: none.
-	HistoryBounds  func(channel string) (size int, ttl time.Duration)
-	PublishTimeout time.Duration
-	APIKey         string
-	DedupeWindow   time.Duration
-	Limits         configs.LimitsConfig
-	Signatures     *signing.Keys // sign what the node publishes for clients; nil: no signing
-	Metrics        *metrics.Metrics
-	Log            *slog.Logger
+// Publisher publishes to the broker (transports.Broker).
+type Publisher interface {
+	Publish(topic string, messages ...*message.Message) error
 }
 
 // recent remembers message UUIDs for between one and two windows, so a node delivers a message

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports/websocket"
@@ -26,18 +28,31 @@ type Acceptor interface {
 	Draining() bool
 }
 
-// HTTP serves the node's HTTP endpoints.
-type HTTP struct {
-	d        Deps
-	acceptor Acceptor
-	sessions *Sessions
-	ready    func(ctx context.Context) error
-	rlog     *ratelog.Logger // refused upgrades
+// HTTPConfig is what the HTTP endpoints need.
+type HTTPConfig struct {
+	NodeID   string
+	Acceptor Acceptor
+	Sessions *Sessions // admits the connections Upgrade accepts
+	// Ready reports whether the node can serve (broker reachable).
+	Ready          func(ctx context.Context) error
+	Inbox          Submitter
+	Verifier       *auth.Verifier // nil: anonymous only
+	AllowAnonymous bool
+	APIKey         string        // "": the HTTP API is off
+	PublishTimeout time.Duration // of an API publish's submit
+	Metrics        *metrics.Metrics
+	Log            *slog.Logger
 }
 
-// NewHTTP makes the HTTP endpoints. ready reports whether the node can serve (broker reachable).
-func NewHTTP(d Deps, acceptor Acceptor, sessions *Sessions, ready func(ctx context.Context) error) *HTTP {
-	return &HTTP{d: d, acceptor: acceptor, sessions: sessions, ready: ready, rlog: ratelog.New(d.Log, ratelog.DefaultInterval)}
+// HTTP serves the node's HTTP endpoints.
+type HTTP struct {
+	cfg  HTTPConfig
+	rlog *ratelog.Logger // refused upgrades
+}
+
+// NewHTTP makes the HTTP endpoints.
+func NewHTTP(cfg HTTPConfig) *HTTP {
+	return &HTTP{cfg: cfg, rlog: ratelog.New(cfg.Log, ratelog.DefaultInterval)}
 }
 
 // Routes registers every endpoint on mux.
@@ -50,20 +65,20 @@ func (h *HTTP) Routes(mux *http.ServeMux) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", h.Ready)
-	mux.Handle("GET /metrics", h.d.Metrics.Handler())
+	mux.Handle("GET /metrics", h.cfg.Metrics.Handler())
 }
 
 // Ready answers 200 while the broker is reachable and the node accepts connections.
 func (h *HTTP) Ready(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain")
-	if h.acceptor.Draining() {
+	if h.cfg.Acceptor.Draining() {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = io.WriteString(w, "draining\n")
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := h.ready(ctx); err != nil {
+	if err := h.cfg.Ready(ctx); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = io.WriteString(w, "broker unreachable\n")
 		return
@@ -74,7 +89,7 @@ func (h *HTTP) Ready(w http.ResponseWriter, r *http.Request) {
 // Upgrade authenticates the request and hands it to the hub. Every refusal happens before the
 // upgrade, as an HTTP status with a JSON error body.
 func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
-	if h.acceptor.Draining() {
+	if h.cfg.Acceptor.Draining() {
 		h.refuse(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "node is shutting down")
 		return
 	}
@@ -83,23 +98,39 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 		return
 	}
-	value, done, err := h.sessions.Admit(claims)
+	value, done, err := h.cfg.Sessions.Admit(claims)
 	if err != nil {
 		h.refuseAdmit(w, r, err)
 		return
 	}
 	defer done()
 	id := websocket.Identity{Session: watermill.NewUUID(), User: claims.User, Value: value}
-	err = h.acceptor.Accept(w, r, id)
+	err = h.cfg.Acceptor.Accept(w, r, id)
+	var refused *websocket.UpgradeError
 	switch {
 	case errors.Is(err, websocket.ErrOriginRefused):
 		h.refuse(w, r, http.StatusForbidden, protocol.CodeForbidden, "origin not allowed")
 	case errors.Is(err, websocket.ErrHubClosed): // closed since the Draining check
 		h.refuse(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "node is shutting down")
-	case err != nil: // gorilla answered (not a WebSocket handshake...)
-		h.d.Metrics.UpgradesRefused.WithLabelValues("upgrade").Inc()
+	case errors.As(err, &refused): // gorilla refused it (not a WebSocket handshake, a wrong version...)
+		h.cfg.Metrics.UpgradesRefused.WithLabelValues("upgrade").Inc()
+		h.rlog.Info(logUpgrade, "upgrade refused", "error", err, "remote_addr", r.RemoteAddr)
+		writeError(w, refused.Status, upgradeCode(refused.Status), refused.Error())
+	case err != nil: // the upgrade failed once it had begun: nothing can be answered
+		h.cfg.Metrics.UpgradesRefused.WithLabelValues("upgrade").Inc()
 		h.rlog.Info(logUpgrade, "upgrade refused", "error", err, "remote_addr", r.RemoteAddr)
 	}
+}
+
+// upgradeCode is the error code of an upgrade gorilla refused with status.
+func upgradeCode(status int) string {
+	switch {
+	case status == http.StatusForbidden:
+		return protocol.CodeForbidden
+	case status >= 500:
+		return protocol.CodeInternal
+	}
+	return protocol.CodeBadRequest
 }
 
 // refuseAdmit answers an upgrade Admit refused: a *LimitError with its status (429:
@@ -123,21 +154,21 @@ const logUpgrade = "upgrade_refused"
 func (h *HTTP) authenticate(r *http.Request) (*auth.Claims, error) {
 	token := auth.TokenFromRequest(r)
 	if token == "" {
-		if h.d.AllowAnonymous {
+		if h.cfg.AllowAnonymous {
 			return &auth.Claims{}, nil
 		}
 		return nil, errors.New("a token is required")
 	}
-	if h.d.Verifier == nil {
+	if h.cfg.Verifier == nil {
 		return nil, errors.New("tokens are not accepted by this node")
 	}
-	return h.d.Verifier.Verify(token)
+	return h.cfg.Verifier.Verify(token)
 }
 
 // refuse answers an upgrade with status and the JSON error, counts it and logs it (at most once a
 // second, without the URL, whose query may hold a token).
 func (h *HTTP) refuse(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
-	h.d.Metrics.UpgradesRefused.WithLabelValues(strconv.Itoa(status)).Inc()
+	h.cfg.Metrics.UpgradesRefused.WithLabelValues(strconv.Itoa(status)).Inc()
 	h.rlog.Info(logUpgrade, "upgrade refused", "status", status, "code", code, "reason", msg, "remote_addr", r.RemoteAddr)
 	writeError(w, status, code, msg)
 }
@@ -161,12 +192,12 @@ const maxAPIBody = 1 << 20
 
 // apiAuth checks the API key; it answers and returns false when the call may not go on.
 func (h *HTTP) apiAuth(w http.ResponseWriter, r *http.Request) bool {
-	if h.d.APIKey == "" {
+	if h.cfg.APIKey == "" {
 		writeError(w, http.StatusNotFound, protocol.CodeNotFound, "the HTTP API is off (no API key configured)")
 		return false
 	}
 	key := auth.BearerToken(r.Header) // the scheme in any case, like /ws
-	if key == "" || subtle.ConstantTimeCompare([]byte(key), []byte(h.d.APIKey)) != 1 {
+	if key == "" || subtle.ConstantTimeCompare([]byte(key), []byte(h.cfg.APIKey)) != 1 {
 		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "a valid API key is required")
 		return false
 	}
@@ -210,10 +241,10 @@ func (h *HTTP) publishOne(ctx context.Context, req *publishRequest) (*message.Me
 	if perr != nil {
 		return nil, http.StatusBadRequest, perr
 	}
-	msg.Metadata.Set(protocol.MetaNode, h.d.NodeID)
-	ctx, cancel := context.WithTimeout(ctx, h.d.PublishTimeout)
+	msg.Metadata.Set(protocol.MetaNode, h.cfg.NodeID)
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.PublishTimeout)
 	defer cancel()
-	if err := h.d.Inbox.Submit(ctx, msg); err != nil {
+	if err := h.cfg.Inbox.Submit(ctx, msg); err != nil {
 		var pe *protocol.Error
 		if errors.As(err, &pe) && pe.Code == protocol.CodeBadRequest {
 			return nil, http.StatusBadRequest, pe

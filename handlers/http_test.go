@@ -21,9 +21,16 @@ func (f fakeAcceptor) Accept(http.ResponseWriter, *http.Request, websocket.Ident
 }
 func (fakeAcceptor) Draining() bool { return false }
 
+// newTestHTTP makes the HTTP endpoints of cfg with metrics, a silent log and Sessions.
+func newTestHTTP(cfg HTTPConfig) *HTTP {
+	cfg.Metrics, cfg.Log = metrics.New(), slog.New(slog.DiscardHandler)
+	cfg.Sessions = NewSessions(SessionsConfig{Metrics: cfg.Metrics, Log: cfg.Log})
+	return NewHTTP(cfg)
+}
+
 // TestUpgradeRefusalsAnswerJSON: an upgrade the hub refuses before writing anything (an Origin
-// not allowed, a hub closed since the drain check) is answered with the status and the JSON
-// error body of every other refusal, never an empty 200.
+// not allowed, a hub closed since the drain check, a request gorilla will not upgrade) is
+// answered with the status and the JSON error body of every other refusal, never an empty 200.
 func TestUpgradeRefusalsAnswerJSON(t *testing.T) {
 	for _, tc := range []struct {
 		err    error
@@ -32,9 +39,12 @@ func TestUpgradeRefusalsAnswerJSON(t *testing.T) {
 	}{
 		{websocket.ErrOriginRefused, http.StatusForbidden, "forbidden"},
 		{websocket.ErrHubClosed, http.StatusServiceUnavailable, "unavailable"},
+		{&websocket.UpgradeError{Status: http.StatusBadRequest, Err: errors.New("not a handshake")}, http.StatusBadRequest, "bad_request"},
+		{&websocket.UpgradeError{Status: http.StatusMethodNotAllowed, Err: errors.New("not GET")}, http.StatusMethodNotAllowed, "bad_request"},
+		{&websocket.UpgradeError{Status: http.StatusForbidden, Err: errors.New("origin")}, http.StatusForbidden, "forbidden"},
+		{&websocket.UpgradeError{Status: http.StatusInternalServerError, Err: errors.New("no hijack")}, http.StatusInternalServerError, "internal"},
 	} {
-		d := Deps{AllowAnonymous: true, Metrics: metrics.New(), Log: slog.New(slog.DiscardHandler)}
-		h := NewHTTP(d, fakeAcceptor{tc.err}, NewSessions(d, nil), nil)
+		h := newTestHTTP(HTTPConfig{AllowAnonymous: true, Acceptor: fakeAcceptor{tc.err}})
 		rec := httptest.NewRecorder()
 		h.Upgrade(rec, httptest.NewRequest("GET", "/ws", nil))
 		var body struct {
@@ -52,8 +62,7 @@ func TestUpgradeRefusalsAnswerJSON(t *testing.T) {
 // Upgrade cannot reach the last case today (Admit returns only *LimitError), so refuseAdmit is
 // called directly.
 func TestRefuseAdmit(t *testing.T) {
-	d := Deps{Metrics: metrics.New(), Log: slog.New(slog.DiscardHandler)}
-	h := NewHTTP(d, fakeAcceptor{}, NewSessions(d, nil), nil)
+	h := newTestHTTP(HTTPConfig{Acceptor: fakeAcceptor{}})
 	for _, tc := range []struct {
 		err    error
 		status int

@@ -53,7 +53,7 @@ func checkSubscribeRate(st *state) error {
 
 // checkSubscriptions refuses a new subscription of c beyond limits.subscriptions_per_connection.
 func (s *Sessions) checkSubscriptions(c *websocket.Conn) error {
-	if most := s.d.Limits.SubscriptionsPerConnection; most > 0 && c.Subscriptions() >= most {
+	if most := s.cfg.Limits.SubscriptionsPerConnection; most > 0 && c.Subscriptions() >= most {
 		return protocol.Errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d subscriptions", most)
 	}
 	return nil
@@ -67,15 +67,14 @@ const (
 
 // rateLimited follows a `rate_limited` answer to c: it is logged (at most once a second), and
 // takes one strike; a connection with none left is disconnected, behind the answer.
-func (s *Sessions) rateLimited(c *websocket.Conn, frameType string) {
+func (s *Sessions) rateLimited(c *websocket.Conn, st *state, frameType string) {
 	s.rlog.Info(logRateLimited, "frame rate limited", "session_id", c.ID, "frame", frameType)
-	st := stateOf(c)
 	if st.limits.strikes == nil {
-		st.limits.strikes = newStrikes(s.d.Limits)
+		st.limits.strikes = newStrikes(s.cfg.Limits)
 	}
 	if st.limits.strikes == nil || st.limits.strikes.Allow() {
 		return
 	}
 	s.rlog.Info(logAbuseDisconnect, "connection disconnected: it kept sending over its rate limits", "session_id", c.ID)
-	c.Disconnect(protocol.DisconnectRateLimited, "kept sending over the rate limits", false)
+	c.Disconnect(protocol.DisconnectRateLimited)
 }

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -9,6 +10,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
@@ -16,12 +19,24 @@ import (
 // Messages are the router handlers between the node and the broker: Inbound (client ->
 // broker), Channel and Direct (broker -> clients).
 type Messages struct {
-	d      Deps
+	cfg    MessagesConfig
 	recent *recent
 }
 
+// MessagesConfig is what Messages need.
+type MessagesConfig struct {
+	Hub          Hub
+	Broker       Publisher
+	DedupeWindow time.Duration // how long a delivered idempotency key is remembered
+	Signatures   *signing.Keys // sign what the node publishes for clients; nil: no signing
+	Metrics      *metrics.Metrics
+	Log          *slog.Logger
+}
+
 // NewMessages makes the message handlers.
-func NewMessages(d Deps) *Messages { return &Messages{d: d, recent: newRecent(d.DedupeWindow)} }
+func NewMessages(cfg MessagesConfig) *Messages {
+	return &Messages{cfg: cfg, recent: newRecent(cfg.DedupeWindow)}
+}
 
 // duplicate reports whether msg repeats an idempotency key this node delivered already.
 func (r *Messages) duplicate(msg *message.Message) bool {
@@ -54,13 +69,13 @@ func (r *Messages) Inbound(msg *message.Message) error {
 		out.Metadata.Set(k, v)
 	}
 	if protocol.IsChannelTopic(topic) || topic == protocol.TopicDirect {
-		r.d.Signatures.Sign(topic, out)
+		r.cfg.Signatures.Sign(topic, out)
 	}
-	if err := r.d.Broker.Publish(topic, out); err != nil {
-		r.d.Metrics.BrokerErrors.Inc()
+	if err := r.cfg.Broker.Publish(topic, out); err != nil {
+		r.cfg.Metrics.BrokerErrors.Inc()
 		return fmt.Errorf("%w: %w", transports.ErrUnavailable, err)
 	}
-	r.d.Metrics.Published.WithLabelValues(md.Get(protocol.MetaKind)).Inc()
+	r.cfg.Metrics.Published.WithLabelValues(md.Get(protocol.MetaKind)).Inc()
 	return nil
 }
 
@@ -76,8 +91,8 @@ func (r *Messages) Channel(msg *message.Message) error {
 		clientName = protocol.UserChannel
 	}
 	frame, pos := channelFrame(msg, channel, clientName)
-	if n := r.d.Hub.Deliver(channel, pos, frame); n > 0 {
-		r.d.Metrics.Delivered.Add(float64(n))
+	if n := r.cfg.Hub.Deliver(channel, pos, frame); n > 0 {
+		r.cfg.Metrics.Delivered.Add(float64(n))
 		r.observeLatency(msg)
 	}
 	return nil
@@ -88,28 +103,24 @@ func (r *Messages) Direct(msg *message.Message) error {
 	if r.duplicate(msg) {
 		return nil
 	}
-	f := protocol.Message{Type: "message", ID: messageID(msg, protocol.Position{})}
-	f.SetPayload(msg.Payload)
 	var n int
-	switch msg.Metadata.Get(protocol.MetaTarget) {
+	switch to := msg.Metadata.Get(protocol.MetaTarget); to {
 	case protocol.TargetSession:
-		c, ok := r.d.Hub.Session(msg.Metadata.Get(protocol.MetaSession))
+		c, ok := r.cfg.Hub.Session(msg.Metadata.Get(protocol.MetaSession))
 		if !ok {
 			return nil
 		}
-		f.To = protocol.TargetSession
-		if c.Send(protocol.Encode(f)) {
+		if c.Send(protocol.DirectMessageFrame(to, messageID(msg, protocol.Position{}), msg.Payload)) {
 			n = 1
 		}
 	case protocol.TargetAll:
-		f.To = protocol.TargetAll
-		n = r.d.Hub.Broadcast(protocol.Encode(f))
+		n = r.cfg.Hub.Broadcast(protocol.DirectMessageFrame(to, messageID(msg, protocol.Position{}), msg.Payload))
 	default:
-		r.d.Log.Warn("direct message without a valid target dropped", "message_uuid", msg.UUID, "target", msg.Metadata.Get(protocol.MetaTarget))
+		r.cfg.Log.Warn("direct message without a valid target dropped", "message_uuid", msg.UUID, "target", msg.Metadata.Get(protocol.MetaTarget))
 		return nil
 	}
 	if n > 0 {
-		r.d.Metrics.Delivered.Add(float64(n))
+		r.cfg.Metrics.Delivered.Add(float64(n))
 		r.observeLatency(msg)
 	}
 	return nil
@@ -117,7 +128,7 @@ func (r *Messages) Direct(msg *message.Message) error {
 
 func (r *Messages) observeLatency(msg *message.Message) {
 	if ns, err := strconv.ParseInt(msg.Metadata.Get(protocol.MetaSentAt), 10, 64); err == nil {
-		r.d.Metrics.DeliveryLatency.Observe(time.Since(time.Unix(0, ns)).Seconds())
+		r.cfg.Metrics.DeliveryLatency.Observe(time.Since(time.Unix(0, ns)).Seconds())
 	}
 }
 
@@ -125,12 +136,11 @@ func (r *Messages) observeLatency(msg *message.Message) {
 // the one the client subscribed with ($user for a user's channel).
 func channelFrame(msg *message.Message, channel, clientName string) ([]byte, protocol.Position) {
 	pos, _ := protocol.ParsePosition(msg.Metadata.Get(protocol.MetaPosition))
-	f := protocol.Message{Type: "message", Channel: clientName, ID: messageID(msg, pos), Position: pos.ForChannel(channel)}
-	f.SetPayload(msg.Payload)
+	var from *protocol.From
 	if msg.Metadata.Get(protocol.MetaKind) == protocol.KindPublish {
-		f.From = &protocol.From{User: msg.Metadata.Get(protocol.MetaUser), Session: msg.Metadata.Get(protocol.MetaSession)}
+		from = &protocol.From{User: msg.Metadata.Get(protocol.MetaUser), Session: msg.Metadata.Get(protocol.MetaSession)}
 	}
-	return protocol.Encode(f), pos
+	return protocol.ChannelMessageFrame(clientName, messageID(msg, pos), pos.ForChannel(channel), msg.Payload, from), pos
 }
 
 // messageID is the message's UUID; a message emitted without one (a broker CLI) gets an id

@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -13,23 +14,44 @@ import (
 	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"golang.org/x/time/rate"
 
+	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports/websocket"
 )
 
-// Sessions implements websocket.Handler: the protocol of one client connection.
-type Sessions struct {
-	d      Deps
-	events *Events // nil: lifecycle events disabled
-	users  *users
-	rlog   *ratelog.Logger // rate-limited frames and the disconnects they lead to
+// SessionsConfig is what Sessions need.
+type SessionsConfig struct {
+	NodeID         string
+	Hub            Hub
+	History        History
+	Inbox          Submitter
+	PublicChannels []string // patterns anyone may subscribe to
+	AnonPublish    []string // patterns anonymous clients may publish to
+	DefaultSend    bool     // tokens without a send claim, and anonymous clients, may send
+	MaxReplay      int
+	// HistoryBounds gives the count and age a resume of channel may reach back (history.channels);
+	// zero for no bound of its own. Nil: none.
+	HistoryBounds  func(channel string) (size int, ttl time.Duration)
+	PublishTimeout time.Duration // a subscribe's broker subscription and replay, a publish's ack
+	Limits         configs.LimitsConfig
+	Events         *Events // nil: lifecycle events disabled
+	Metrics        *metrics.Metrics
+	Log            *slog.Logger
 }
 
-// NewSessions makes the connection handler; events may be nil.
-func NewSessions(d Deps, events *Events) *Sessions {
-	return &Sessions{d: d, events: events, users: newUsers(d.Limits), rlog: ratelog.New(d.Log, ratelog.DefaultInterval)}
+// Sessions implements websocket.Handler: the protocol of one client connection.
+type Sessions struct {
+	cfg   SessionsConfig
+	users *users
+	rlog  *ratelog.Logger // rate-limited frames and the disconnects they lead to
+}
+
+// NewSessions makes the connection handler.
+func NewSessions(cfg SessionsConfig) *Sessions {
+	return &Sessions{cfg: cfg, users: newUsers(cfg.Limits), rlog: ratelog.New(cfg.Log, ratelog.DefaultInterval)}
 }
 
 var _ websocket.Handler = (*Sessions)(nil)
@@ -45,7 +67,12 @@ type state struct {
 	expiry *time.Timer
 }
 
-func stateOf(c *websocket.Conn) *state { return c.Value.(*state) }
+// stateOf is the state Admit made for c; false for a connection Admit did not make (a
+// programming error: Upgrade admits every connection it accepts).
+func stateOf(c *websocket.Conn) (*state, bool) {
+	st, ok := c.Value.(*state)
+	return st, ok
+}
 
 // LimitError refuses a connection before the upgrade.
 type LimitError struct {
@@ -66,7 +93,7 @@ func (s *Sessions) Admit(claims *auth.Claims) (value any, done func(), err error
 	case limitUser:
 		return nil, nil, &LimitError{Status: 429, Reason: "too many connections for this user"}
 	}
-	st := &state{claims: claims, user: us, limits: newConnLimits(s.d.Limits)}
+	st := &state{claims: claims, user: us, limits: newConnLimits(s.cfg.Limits)}
 	return st, func() {
 		if !st.opened.Load() {
 			s.release(st)
@@ -80,16 +107,22 @@ func (s *Sessions) release(st *state) {
 	}
 }
 
-// Open sends the welcome frame and arms the token expiry.
+// Open sends the welcome frame and arms the token expiry. A connection Admit did not make is
+// logged and disconnected (policy).
 func (s *Sessions) Open(c *websocket.Conn) {
-	st := stateOf(c)
+	st, ok := stateOf(c)
+	if !ok {
+		s.cfg.Log.Error("connection without session state; disconnecting it", "session_id", c.ID)
+		c.Disconnect(protocol.DisconnectPolicy)
+		return
+	}
 	st.opened.Store(true)
-	c.Send(protocol.Encode(protocol.Welcome{Type: "welcome", Session: c.ID, Node: s.d.NodeID, User: c.User}))
-	s.events.Emit(protocol.Event{Type: protocol.EventConnected, User: c.User, Session: c.ID})
+	c.Send(protocol.WelcomeFrame(c.ID, s.cfg.NodeID, c.User))
+	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventConnected, User: c.User, Session: c.ID})
 	if exp := st.claims.ExpiresAt; !exp.IsZero() {
 		st.mu.Lock()
 		st.expiry = time.AfterFunc(time.Until(exp), func() {
-			c.Disconnect(protocol.DisconnectTokenExpired, "token expired", true)
+			c.Disconnect(protocol.DisconnectTokenExpired)
 		})
 		st.mu.Unlock()
 	}
@@ -97,19 +130,26 @@ func (s *Sessions) Open(c *websocket.Conn) {
 
 // Close stops the expiry timer; the hub already left every channel.
 func (s *Sessions) Close(c *websocket.Conn) {
-	st := stateOf(c)
+	st, ok := stateOf(c)
+	if !ok { // Open disconnected it, and said nothing of it
+		return
+	}
 	st.mu.Lock()
 	if st.expiry != nil {
 		st.expiry.Stop()
 	}
 	st.mu.Unlock()
 	s.release(st)
-	s.events.Emit(protocol.Event{Type: protocol.EventDisconnected, User: c.User, Session: c.ID, Reason: c.Reason()})
+	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventDisconnected, User: c.User, Session: c.ID, Reason: c.Reason()})
 }
 
 // Frame handles one client frame. It runs on the connection's read goroutine, so frames of one
 // connection are handled in order and a publish is acked before the next frame is read.
 func (s *Sessions) Frame(c *websocket.Conn, data []byte) {
+	st, ok := stateOf(c)
+	if !ok { // Open disconnected it: no frame is acted on
+		return
+	}
 	f, perr := protocol.Decode(data)
 	if perr != nil {
 		s.fail(c, f.ID, perr)
@@ -118,25 +158,33 @@ func (s *Sessions) Frame(c *websocket.Conn, data []byte) {
 	var err error
 	switch f.Type {
 	case protocol.TypePing:
-		c.Send(protocol.Encode(protocol.Reply{Type: "pong", ID: f.ID}))
+		c.Send(protocol.PongFrame(f.ID))
 	case protocol.TypeSubscribe:
-		err = s.subscribe(c, f)
+		err = s.subscribe(c, st, f)
 	case protocol.TypeUnsubscribe:
 		err = s.unsubscribe(c, f)
 	case protocol.TypePublish, protocol.TypeSend:
-		err = s.publish(c, f)
+		err = s.publish(c, st, f)
 	}
 	if err != nil {
 		code, msg := protocol.CodeOf(err, protocol.CodeInternal)
 		s.fail(c, f.ID, &protocol.Error{Code: code, Message: msg})
 		if code == protocol.CodeRateLimited {
-			s.rateLimited(c, f.Type)
+			s.rateLimited(c, st, f.Type)
 		}
 	}
 }
 
+// errBinaryFrame answers a binary frame.
+var errBinaryFrame = protocol.Errorf(protocol.CodeBadRequest, "frames must be JSON text frames")
+
+// Binary answers a binary frame with bad_request: every frame is JSON text. The connection stays.
+func (s *Sessions) Binary(c *websocket.Conn) {
+	c.Send(protocol.ErrorReply("", errBinaryFrame))
+}
+
 func (s *Sessions) fail(c *websocket.Conn, id string, err *protocol.Error) {
-	s.d.Metrics.Rejected.WithLabelValues(err.Code).Inc()
+	s.cfg.Metrics.Rejected.WithLabelValues(err.Code).Inc()
 	c.Send(protocol.ErrorReply(id, err))
 }
 
@@ -151,22 +199,22 @@ func channelName(c *websocket.Conn, name string) (string, error) {
 	return protocol.UserChannelFor(c.User), nil
 }
 
-func (s *Sessions) canSubscribe(c *websocket.Conn, name string) bool {
+func (s *Sessions) canSubscribe(st *state, name string) bool {
 	if name == protocol.UserChannel {
 		return true
 	}
-	claims := stateOf(c).claims
+	claims := st.claims
 	if claims.HasChannels {
-		return auth.Match(claims.Channels, name) || auth.Match(s.d.PublicChannels, name)
+		return auth.Match(claims.Channels, name) || auth.Match(s.cfg.PublicChannels, name)
 	}
-	return auth.Match(s.d.PublicChannels, name)
+	return auth.Match(s.cfg.PublicChannels, name)
 }
 
-func (s *Sessions) subscribe(c *websocket.Conn, f *protocol.Frame) error {
-	if err := checkSubscribeRate(stateOf(c)); err != nil {
+func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) error {
+	if err := checkSubscribeRate(st); err != nil {
 		return err
 	}
-	if !s.canSubscribe(c, f.Channel) {
+	if !s.canSubscribe(st, f.Channel) {
 		return protocol.Errorf(protocol.CodeForbidden, "not allowed to subscribe to %s", f.Channel)
 	}
 	channel, err := channelName(c, f.Channel)
@@ -186,21 +234,19 @@ func (s *Sessions) subscribe(c *websocket.Conn, f *protocol.Frame) error {
 	if err := s.checkSubscriptions(c); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.d.PublishTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
-	if err := s.d.Hub.Join(ctx, c, channel); err != nil {
+	if err := s.cfg.Hub.Join(ctx, c, channel); err != nil {
 		return unavailable("subscribe", err)
 	}
 	// From here live messages of the channel are held for c until Activate.
 	cut, recovered, err := s.replay(ctx, c, channel, f.Channel, since, resume)
 	if err != nil {
-		s.d.Hub.Leave(c, channel)
+		s.cfg.Hub.Leave(c, channel)
 		return unavailable("replay", err)
 	}
-	reply := protocol.Encode(protocol.Subscribed{Type: "subscribed", ID: f.ID, Channel: f.Channel,
-		Position: cut.ForChannel(channel), Recovered: recovered})
-	c.Activate(channel, cut, reply)
-	s.events.Emit(protocol.Event{Type: protocol.EventSubscribed, User: c.User, Session: c.ID, Channel: channel})
+	c.Activate(channel, cut, protocol.SubscribedFrame(f.ID, f.Channel, cut.ForChannel(channel), recovered))
+	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventSubscribed, User: c.User, Session: c.ID, Channel: channel})
 	return nil
 }
 
@@ -208,14 +254,14 @@ func (s *Sessions) subscribe(c *websocket.Conn, f *protocol.Frame) error {
 // and returns the position after which live messages are new to the client.
 func (s *Sessions) replay(ctx context.Context, c *websocket.Conn, channel, clientName string, since protocol.Position, resume bool) (protocol.Position, bool, error) {
 	if resume {
-		limit, ttl := s.d.MaxReplay, time.Duration(0)
-		if s.d.HistoryBounds != nil {
+		limit, ttl := s.cfg.MaxReplay, time.Duration(0)
+		if s.cfg.HistoryBounds != nil {
 			var size int
-			if size, ttl = s.d.HistoryBounds(channel); size > 0 && size < limit {
+			if size, ttl = s.cfg.HistoryBounds(channel); size > 0 && size < limit {
 				limit = size // more missed than the channel's rule keeps: not recoverable
 			}
 		}
-		msgs, complete, err := s.d.History.Replay(ctx, channel, since, limit)
+		msgs, complete, err := s.cfg.History.Replay(ctx, channel, since, limit)
 		if err != nil {
 			return since, false, err
 		}
@@ -239,7 +285,7 @@ func (s *Sessions) replay(ctx context.Context, c *websocket.Conn, channel, clien
 			return cut, true, nil
 		}
 	}
-	cut, err := s.d.History.Last(ctx, channel)
+	cut, err := s.cfg.History.Last(ctx, channel)
 	return cut, false, err
 }
 
@@ -248,15 +294,15 @@ func (s *Sessions) unsubscribe(c *websocket.Conn, f *protocol.Frame) error {
 	if err != nil {
 		return err
 	}
-	if !s.d.Hub.Leave(c, channel) {
+	if !s.cfg.Hub.Leave(c, channel) {
 		return protocol.Errorf(protocol.CodeNotFound, "not subscribed to %s", f.Channel)
 	}
-	c.Send(protocol.Encode(protocol.Reply{Type: "unsubscribed", ID: f.ID, Channel: f.Channel}))
-	s.events.Emit(protocol.Event{Type: protocol.EventUnsubscribed, User: c.User, Session: c.ID, Channel: channel})
+	c.Send(protocol.UnsubscribedFrame(f.ID, f.Channel))
+	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventUnsubscribed, User: c.User, Session: c.ID, Channel: channel})
 	return nil
 }
 
-func (s *Sessions) publish(c *websocket.Conn, f *protocol.Frame) error {
+func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) error {
 	msgID, id := f.MsgID, watermill.NewUUID()
 	if msgID == "" {
 		msgID = id
@@ -265,7 +311,7 @@ func (s *Sessions) publish(c *websocket.Conn, f *protocol.Frame) error {
 	md := msg.Metadata
 	md.Set(protocol.MetaUser, c.User)
 	md.Set(protocol.MetaSession, c.ID)
-	md.Set(protocol.MetaNode, s.d.NodeID)
+	md.Set(protocol.MetaNode, s.cfg.NodeID)
 	md.Set(protocol.MetaMsgID, msgID)
 	md.Set(protocol.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
 	if f.Type == protocol.TypePublish {
@@ -280,12 +326,12 @@ func (s *Sessions) publish(c *websocket.Conn, f *protocol.Frame) error {
 		msg.UUID = protocol.IdempotentUUID(DedupeKey(msg))
 		md.Set(protocol.MetaIdempotent, "1")
 	}
-	ctx, cancel := context.WithTimeout(withState(context.Background(), stateOf(c)), s.d.PublishTimeout)
+	ctx, cancel := context.WithTimeout(withState(context.Background(), st), s.cfg.PublishTimeout)
 	defer cancel()
-	if err := s.d.Inbox.Submit(ctx, msg); err != nil {
+	if err := s.cfg.Inbox.Submit(ctx, msg); err != nil {
 		return unavailable("publish", err)
 	}
-	c.Send(protocol.Encode(protocol.Reply{Type: "ack", ID: f.ID, MsgID: msgID}))
+	c.Send(protocol.AckFrame(f.ID, msgID))
 	return nil
 }
 
@@ -327,7 +373,7 @@ func (s *Sessions) Authorize(msg *message.Message) error {
 	}
 	allowed := claims.Publish
 	if claims.User == "" {
-		allowed = s.d.AnonPublish
+		allowed = s.cfg.AnonPublish
 	}
 	if !auth.Match(allowed, ch) {
 		return protocol.Errorf(protocol.CodeForbidden, "not allowed to publish to %s", ch)
@@ -338,7 +384,7 @@ func (s *Sessions) Authorize(msg *message.Message) error {
 // authorizeSend lets a client send to the services when its token says "send": true, or, for
 // tokens without the claim and anonymous clients, when auth.default_send is set.
 func (s *Sessions) authorizeSend(claims *auth.Claims) error {
-	allowed := s.d.DefaultSend
+	allowed := s.cfg.DefaultSend
 	if claims.HasSend {
 		allowed = claims.Send
 	}

@@ -48,20 +48,6 @@ const (
 	CodeLimitExceeded = "limit_exceeded"
 )
 
-// Disconnect codes.
-const (
-	DisconnectShutdown     = "shutdown"
-	DisconnectSlowConsumer = "slow_consumer"
-	DisconnectTokenExpired = "token_expired"
-	DisconnectPolicy       = "policy"
-	// DisconnectResubscribe (an extension) tells a client to reconnect and resume: the node lost
-	// its broker subscription of a channel the client was on.
-	DisconnectResubscribe = "resubscribe"
-	// DisconnectRateLimited (an extension, reconnect false, close 1008): the connection kept
-	// sending frames over its rate limits (limits.rate_limited_disconnect).
-	DisconnectRateLimited = "rate_limited"
-)
-
 // Error is an error the protocol reports to a client with a code.
 type Error struct {
 	Code    string
@@ -264,8 +250,8 @@ type ErrorFrame struct {
 	Message string `json:"message"`
 }
 
-// Disconnect is sent just before the server closes a connection.
-type Disconnect struct {
+// DisconnectFrame is sent just before the server closes a connection (Disconnect.Frame).
+type DisconnectFrame struct {
 	Type      string `json:"type"`
 	Code      string `json:"code"`
 	Reason    string `json:"reason"`
@@ -311,12 +297,66 @@ func (m *Message) SetPayload(p []byte) {
 func Encode(v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
-		b, _ = json.Marshal(ErrorFrame{Type: "error", Code: CodeInternal, Message: "cannot encode frame"})
+		b, _ = json.Marshal(ErrorFrame{Type: TypeError, Code: CodeInternal, Message: "cannot encode frame"})
 	}
 	return b
 }
 
 // ErrorReply encodes an error frame for err answering id (empty when it answers no frame).
 func ErrorReply(id string, err *Error) []byte {
-	return Encode(ErrorFrame{Type: "error", ID: id, Code: err.Code, Message: err.Message})
+	return Encode(ErrorFrame{Type: TypeError, ID: id, Code: err.Code, Message: err.Message})
+}
+
+// Server frame types.
+const (
+	TypeWelcome      = "welcome"
+	TypeSubscribed   = "subscribed"
+	TypeUnsubscribed = "unsubscribed"
+	TypeAck          = "ack"
+	TypePong         = "pong"
+	TypeMessage      = "message"
+	TypeError        = "error"
+	TypeDisconnect   = "disconnect"
+)
+
+// WelcomeFrame encodes the first frame of a connection.
+func WelcomeFrame(session, node, user string) []byte {
+	return Encode(Welcome{Type: TypeWelcome, Session: session, Node: node, User: user})
+}
+
+// SubscribedFrame encodes the answer to subscribe id: channel as the client named it, the
+// position live messages follow, and whether the replay recovered everything missed.
+func SubscribedFrame(id, channel, position string, recovered bool) []byte {
+	return Encode(Subscribed{Type: TypeSubscribed, ID: id, Channel: channel, Position: position, Recovered: recovered})
+}
+
+// UnsubscribedFrame encodes the answer to unsubscribe id.
+func UnsubscribedFrame(id, channel string) []byte {
+	return Encode(Reply{Type: TypeUnsubscribed, ID: id, Channel: channel})
+}
+
+// AckFrame encodes the answer to publish or send id: the message was accepted with msgID.
+func AckFrame(id, msgID string) []byte {
+	return Encode(Reply{Type: TypeAck, ID: id, MsgID: msgID})
+}
+
+// PongFrame encodes the answer to ping id.
+func PongFrame(id string) []byte {
+	return Encode(Reply{Type: TypePong, ID: id})
+}
+
+// ChannelMessageFrame encodes a message on channel (the name the client subscribed with) at
+// position, with the publishing client (nil when a service published it).
+func ChannelMessageFrame(channel, id, position string, payload []byte, from *From) []byte {
+	m := Message{Type: TypeMessage, Channel: channel, ID: id, Position: position, From: from}
+	m.SetPayload(payload)
+	return Encode(m)
+}
+
+// DirectMessageFrame encodes a message addressed to one session (to TargetSession) or to every
+// connection (to TargetAll).
+func DirectMessageFrame(to, id string, payload []byte) []byte {
+	m := Message{Type: TypeMessage, To: to, ID: id}
+	m.SetPayload(payload)
+	return Encode(m)
 }

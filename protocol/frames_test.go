@@ -287,3 +287,60 @@ func TestErrorString(t *testing.T) {
 		t.Fatalf("Error() = %q", got)
 	}
 }
+
+// TestServerFrames pins the bytes of every server frame the gateway builds.
+func TestServerFrames(t *testing.T) {
+	tests := []struct {
+		name string
+		got  []byte
+		want string
+	}{
+		{"welcome", WelcomeFrame("s1", "n1", "alice"), `{"type":"welcome","session":"s1","node":"n1","user":"alice"}`},
+		{"welcome anonymous", WelcomeFrame("s1", "n1", ""), `{"type":"welcome","session":"s1","node":"n1","user":""}`},
+		{"subscribed", SubscribedFrame("1", "chat", "e:7", true), `{"type":"subscribed","id":"1","channel":"chat","position":"e:7","recovered":true}`},
+		{"subscribed no id", SubscribedFrame("", "$user", "", false), `{"type":"subscribed","id":"","channel":"$user","position":"","recovered":false}`},
+		{"unsubscribed", UnsubscribedFrame("2", "chat"), `{"type":"unsubscribed","id":"2","channel":"chat"}`},
+		{"ack", AckFrame("3", "m-1"), `{"type":"ack","id":"3","msg_id":"m-1"}`},
+		{"pong", PongFrame("4"), `{"type":"pong","id":"4"}`},
+		{"pong no id", PongFrame(""), `{"type":"pong","id":""}`},
+		{"channel message", ChannelMessageFrame("chat", "u1", "e:8", []byte(`{"a":1}`), &From{User: "bob", Session: "s2"}),
+			`{"type":"message","channel":"chat","id":"u1","position":"e:8","data":{"a":1},"from":{"user":"bob","session":"s2"}}`},
+		{"channel message from a service, not JSON", ChannelMessageFrame("chat", "u2", "e:9", []byte("hi"), nil),
+			`{"type":"message","channel":"chat","id":"u2","position":"e:9","data":"aGk=","encoding":"base64"}`},
+		{"direct message", DirectMessageFrame(TargetSession, "u3", []byte(`"x"`)), `{"type":"message","to":"session","id":"u3","data":"x"}`},
+		{"broadcast", DirectMessageFrame(TargetAll, "u4", []byte(`[1]`)), `{"type":"message","to":"all","id":"u4","data":[1]}`},
+	}
+	for _, tt := range tests {
+		if string(tt.got) != tt.want {
+			t.Errorf("%s\n got %s\nwant %s", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+// TestDisconnects pins every disconnect the gateway sends: its frame, and the close code after it.
+func TestDisconnects(t *testing.T) {
+	tests := []struct {
+		d     Disconnect
+		frame string
+		close int
+	}{
+		{DisconnectShutdown, `{"type":"disconnect","code":"shutdown","reason":"node is shutting down","reconnect":true}`, 1001},
+		{DisconnectSlowConsumer, `{"type":"disconnect","code":"slow_consumer","reason":"send buffer full","reconnect":true}`, 1013},
+		{DisconnectTokenExpired, `{"type":"disconnect","code":"token_expired","reason":"token expired","reconnect":true}`, 4001},
+		{DisconnectPolicy, `{"type":"disconnect","code":"policy","reason":"closed by policy","reconnect":false}`, 1008},
+		{DisconnectResubscribe, `{"type":"disconnect","code":"resubscribe","reason":"the node lost its broker subscription; resume","reconnect":true}`, 1000},
+		{DisconnectRateLimited, `{"type":"disconnect","code":"rate_limited","reason":"kept sending over the rate limits","reconnect":false}`, 1008},
+		{Disconnect{Code: "other", Reason: "r"}, `{"type":"disconnect","code":"other","reason":"r","reconnect":false}`, 1000},
+	}
+	for _, tt := range tests {
+		if got := string(tt.d.Frame()); got != tt.frame {
+			t.Errorf("%s frame\n got %s\nwant %s", tt.d.Code, got, tt.frame)
+		}
+		if got := tt.d.CloseCode(); got != tt.close {
+			t.Errorf("%s: close code %d, want %d", tt.d.Code, got, tt.close)
+		}
+		if got := tt.d.CloseReason(); got != tt.d.Code {
+			t.Errorf("%s: close reason %q, want the code", tt.d.Code, got)
+		}
+	}
+}

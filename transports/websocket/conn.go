@@ -14,17 +14,18 @@ import (
 
 var errClosed = errors.New("connection closed")
 
-// WebSocket close codes sent with a disconnect.
-const (
-	closeGoingAway  = 1001
-	closePolicy     = 1008
-	closeTryLater   = 1013
-	closeNormal     = 1000
-	closeTokenError = 4001
-	// closeInvalidData fails a connection that sent a text frame that is not UTF-8 (RFC 6455
-	// 8.1); no disconnect frame comes before it.
-	closeInvalidData = 1007
-)
+// closeInvalidData fails a connection that sent a text frame that is not UTF-8 (RFC 6455 8.1);
+// no last frame comes before it.
+const closeInvalidData = 1007
+
+// Goodbye is how the server ends a connection (protocol.Disconnect): a last frame, sent behind
+// what is queued, then a WebSocket close with a code and a reason. The reason is also what
+// Conn.Reason reports and the label of the disconnect metric.
+type Goodbye interface {
+	Frame() []byte // nil: none
+	CloseCode() int
+	CloseReason() string
+}
 
 // logSlowConsumer is the ratelog kind of slow-consumer disconnects.
 const logSlowConsumer = "slow_consumer"
@@ -285,25 +286,17 @@ func (c *Conn) slow() {
 	}
 	c.hub.metrics.SlowDisconnects.Inc()
 	c.hub.rlog.Info(logSlowConsumer, "slow consumer disconnected", "session_id", c.ID, "send_buffer", c.hub.cfg.SendBuffer)
-	c.Disconnect(protocol.DisconnectSlowConsumer, "send buffer full", true)
+	c.Disconnect(protocol.DisconnectSlowConsumer)
 }
 
-// Disconnect queues a disconnect frame, behind what is queued, and closes the connection after
-// it; later calls do nothing.
-func (c *Conn) Disconnect(code, reason string, reconnect bool) {
-	closeCode := closeNormal
-	switch code {
-	case protocol.DisconnectShutdown:
-		closeCode = closeGoingAway
-	case protocol.DisconnectSlowConsumer:
-		closeCode = closeTryLater
-	case protocol.DisconnectPolicy, protocol.DisconnectRateLimited:
-		closeCode = closePolicy
-	case protocol.DisconnectTokenExpired:
-		closeCode = closeTokenError
+// Disconnect queues g's last frame, behind what is queued, and closes the connection after it
+// with g's close code and reason; later calls do nothing.
+func (c *Conn) Disconnect(g Goodbye) {
+	if c.s == nil || c.closing.Load() { // ended already: encode nothing
+		return
 	}
-	frame := protocol.Encode(protocol.Disconnect{Type: "disconnect", Code: code, Reason: reason, Reconnect: reconnect})
-	c.end(code, frame, melody.FormatCloseMessage(closeCode, code))
+	reason := g.CloseReason()
+	c.end(reason, g.Frame(), melody.FormatCloseMessage(g.CloseCode(), reason))
 }
 
 // closeWith closes the connection with a WebSocket close code and reason, behind what is queued,
@@ -379,8 +372,8 @@ func (r *ring) pop() []byte {
 	return b
 }
 
-// Reason is the disconnect code the server closed the connection with, or "closed" when the
-// client (or the network) ended it.
+// Reason is the close reason the server ended the connection with (a Goodbye's, the disconnect
+// code), or "closed" when the client (or the network) ended it.
 func (c *Conn) Reason() string {
 	if r, ok := c.reason.Load().(string); ok {
 		return r

@@ -21,15 +21,29 @@ type delayClock struct {
 	waiting []*Conn // connections waiting for their next write
 	spare   []*Conn // spare slice, swapped with waiting on each tick
 
-	quit chan struct{}
-	done chan struct{}
+	runMu   sync.Mutex
+	running bool // start started run
+	stopped bool // stop was called: start starts nothing
+	quit    chan struct{}
+	done    chan struct{}
 }
 
-func startDelayClock(delay time.Duration) *delayClock {
+// newDelayClock makes the clock of delay; start starts it.
+func newDelayClock(delay time.Duration) *delayClock {
 	every := max(delay/16, time.Millisecond)
-	d := &delayClock{every: every, ticks: int64((delay + every - 1) / every), quit: make(chan struct{}), done: make(chan struct{})}
+	return &delayClock{every: every, ticks: int64((delay + every - 1) / every), quit: make(chan struct{}), done: make(chan struct{})}
+}
+
+// start starts the goroutine that ticks, until stop. Calls after the first, and after stop, do
+// nothing.
+func (d *delayClock) start() {
+	d.runMu.Lock()
+	defer d.runMu.Unlock()
+	if d.running || d.stopped {
+		return
+	}
+	d.running = true
 	go d.run()
-	return d
 }
 
 // now is the current tick.
@@ -75,11 +89,17 @@ func (d *delayClock) run() {
 	}
 }
 
+// stop stops the clock and waits for its goroutine to end. Safe to call twice, concurrently, and
+// on a clock that never started.
 func (d *delayClock) stop() {
-	select {
-	case <-d.quit:
-	default:
+	d.runMu.Lock()
+	if !d.stopped {
+		d.stopped = true
 		close(d.quit)
 	}
-	<-d.done
+	running := d.running
+	d.runMu.Unlock()
+	if running {
+		<-d.done
+	}
 }

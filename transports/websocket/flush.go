@@ -215,10 +215,12 @@ func frameLen(p []byte) int {
 	}
 }
 
-// hijacker hands gorilla the connection's flushConn instead of the bare socket.
+// hijacker hands gorilla the connection's flushConn instead of the bare socket, and takes
+// gorilla's refusal of a request it will not upgrade (refuseUpgrade).
 type hijacker struct {
 	http.ResponseWriter
-	fc *flushConn
+	fc      *flushConn
+	refused *UpgradeError
 }
 
 func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {

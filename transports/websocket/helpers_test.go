@@ -24,6 +24,7 @@ type nopHandler struct{}
 
 func (nopHandler) Open(*Conn)          {}
 func (nopHandler) Frame(*Conn, []byte) {}
+func (nopHandler) Binary(*Conn)        {}
 func (nopHandler) Close(*Conn)         {}
 
 // nopInterest opens broker subscriptions that never end by themselves.
@@ -46,6 +47,7 @@ func newTestHub(tb testing.TB, cfg Config) *Hub {
 	}
 	h := NewHub(cfg, nopInterest{}, metrics.New(), slog.New(slog.DiscardHandler))
 	h.SetHandler(nopHandler{})
+	h.Start()
 	return h
 }
 

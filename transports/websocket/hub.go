@@ -1,9 +1,12 @@
-// Package ws is the WebSocket side of a node, on melody: it accepts connections, keeps the index
-// of channel -> local connections (so a message is never matched against every session), asks
-// the broker for a channel only while it has a local subscriber, fans encoded frames out to
-// connections, disconnects slow consumers instead of dropping their messages, and drains.
+// Package websocket is the websocket transport of a node, on melody: it accepts connections,
+// keeps the index of channel -> local connections (so a message is never matched against every
+// session), asks the broker for a channel only while it has a local subscriber, fans encoded
+// frames out to connections, disconnects slow consumers instead of dropping their messages, and
+// drains.
 //
-// What frames mean is not its business: a Handler (package handlers) reads and answers them.
+// What frames mean is not its business: a Handler (package handlers) reads and answers them, and
+// every frame the hub sends is encoded by package protocol (the disconnects it sends itself are
+// protocol.Disconnect values, opaque to it as Goodbyes).
 package websocket
 
 import (
@@ -28,11 +31,13 @@ import (
 )
 
 // Handler is the protocol on top of connections. Open is called once a connection is upgraded,
-// Frame for each text frame, in order, on the connection's read goroutine, and Close once after
-// it ended. Implementations must be safe for concurrent use across connections.
+// Frame for each text frame and Binary for each binary frame, in order, on the connection's read
+// goroutine, and Close once after it ended. Implementations must be safe for concurrent use
+// across connections.
 type Handler interface {
 	Open(c *Conn)
 	Frame(c *Conn, data []byte)
+	Binary(c *Conn)
 	Close(c *Conn)
 }
 
@@ -54,6 +59,7 @@ type Config struct {
 	// WriteDelay, when above 0, is the least time between two socket writes to one connection:
 	// what is queued meanwhile goes out together. A connection that wrote nothing for that long
 	// still gets its next frame at once. It trades latency (at most WriteDelay) for fewer writes.
+	// The clock that hands held frames over runs from Hub.Start to Hub.Close.
 	WriteDelay time.Duration
 	// CheckOrigin decides whether a browser's Origin is allowed; nil means same host only.
 	// Accept refuses a request it does not allow with ErrOriginRefused, before answering it.
@@ -103,7 +109,7 @@ type Hub struct {
 	closed   bool           // Close was called: Accept refuses
 	served   sync.WaitGroup // the goroutines Accept starts, one per connection; Close waits for them
 
-	delay *delayClock // nil without a write delay
+	delay *delayClock // nil without a write delay; Start starts it, Close stops it
 }
 
 type shard struct {
@@ -186,8 +192,9 @@ func (e *entry) remove(c *Conn) bool {
 	return true
 }
 
-// NewHub makes a hub. Connections arrive through Accept, once SetHandler has been called. With a
-// write delay it starts the clock that hands delayed frames over; Close stops it.
+// NewHub makes a hub; it starts nothing. Connections arrive through Accept, once SetHandler has
+// been called; with a write delay, Start must have been called too, or frames held back by the
+// delay wait for it.
 func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger) *Hub {
 	if cfg.CheckOrigin == nil {
 		cfg.CheckOrigin = sameHost
@@ -195,7 +202,7 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	h := &Hub{cfg: cfg, interest: interest, log: log, rlog: ratelog.New(log, ratelog.DefaultInterval), metrics: m,
 		seed: maphash.MakeSeed(), sessions: map[string]*Conn{}}
 	if cfg.WriteDelay > 0 {
-		h.delay = startDelayClock(cfg.WriteDelay)
+		h.delay = newDelayClock(cfg.WriteDelay)
 	}
 	for i := range h.shards {
 		h.shards[i].channels = map[string]*entry{}
@@ -210,8 +217,8 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 		ReadBufferSize:  readBufferSize,
 		WriteBufferSize: writeBufferSize,
 		WriteBufferPool: &writeBufferPool,
-		CheckOrigin:     func(*http.Request) bool { return true }, // Accept checked it, to answer 403 in JSON
-		Error:           upgradeError,
+		CheckOrigin:     func(*http.Request) bool { return true }, // Accept checked it, for the caller to answer 403
+		Error:           refuseUpgrade,
 	}
 	mel.HandleConnect(h.onConnect)
 	mel.HandleDisconnect(h.onDisconnect)
@@ -230,7 +237,7 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	mel.HandleMessageBinary(func(s *melody.Session, _ []byte) {
 		if c := connOf(s); c != nil {
 			h.metrics.FramesIn.Inc()
-			c.Send(protocol.ErrorReply("", protocol.Errorf(protocol.CodeBadRequest, "frames must be JSON text frames")))
+			h.handler.Binary(c)
 		}
 	})
 	mel.HandleSentMessage(func(s *melody.Session, _ []byte) {
@@ -261,6 +268,19 @@ func (h *Hub) frame(c *Conn, b []byte) {
 // SetHandler sets the protocol handler; call it before the first Accept.
 func (h *Hub) SetHandler(handler Handler) { h.handler = handler }
 
+// Start starts what the hub runs besides its connections: the write-delay clock, when there is
+// a write delay. Close stops it. Calls after the first, and after Close, do nothing.
+func (h *Hub) Start() {
+	if h.delay == nil {
+		return
+	}
+	h.drainMu.Lock()
+	defer h.drainMu.Unlock()
+	if !h.closed {
+		h.delay.start()
+	}
+}
+
 // Identity is who a connection is, decided before the upgrade.
 type Identity struct {
 	Session string
@@ -271,7 +291,8 @@ type Identity struct {
 // Accept upgrades the request and returns once the connection is open (or the upgrade failed);
 // the connection is served on a goroutine of its own until it ends. Returning lets net/http
 // drop what it keeps for a request (its buffered reader and writers, some 8-10 KiB) for the
-// life of the connection.
+// life of the connection. Refusals come back before anything was written, for the caller to
+// answer: ErrOriginRefused, ErrHubClosed and *UpgradeError.
 func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, id Identity) error {
 	if !h.cfg.CheckOrigin(r) {
 		return ErrOriginRefused
@@ -287,7 +308,11 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, id Identity) error 
 	c.opened = make(chan error, 1)
 	go func() {
 		defer h.served.Done()
-		err := h.m.HandleRequestWithKeys(&hijacker{ResponseWriter: w, fc: c.fc}, r, map[string]any{connKey: c})
+		hj := &hijacker{ResponseWriter: w, fc: c.fc}
+		err := h.m.HandleRequestWithKeys(hj, r, map[string]any{connKey: c})
+		if hj.refused != nil {
+			err = hj.refused
+		}
 		select {
 		case c.opened <- err: // the upgrade failed (or the connection was never opened)
 		default:
@@ -307,17 +332,24 @@ func sameHost(r *http.Request) bool {
 	return err == nil && strings.EqualFold(u.Host, r.Host)
 }
 
-// upgradeError answers a request gorilla cannot upgrade (not a WebSocket handshake, a wrong
-// version) with the JSON error body of every other refusal.
-func upgradeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
-	code := protocol.CodeBadRequest
-	switch {
-	case status == http.StatusForbidden:
-		code = protocol.CodeForbidden
-	case status >= 500:
-		code = protocol.CodeInternal
+// UpgradeError is returned by Accept, before anything was written, for a request gorilla will
+// not upgrade (not a WebSocket handshake, a wrong version): the caller answers it with Status.
+type UpgradeError struct {
+	Status int
+	Err    error
+}
+
+func (e *UpgradeError) Error() string { return e.Err.Error() }
+
+func (e *UpgradeError) Unwrap() error { return e.Err }
+
+// refuseUpgrade is gorilla's answer to a request it will not upgrade: it answers nothing, and
+// hands the status to Accept (through the hijacker, the ResponseWriter gorilla was given), which
+// returns it as an *UpgradeError.
+func refuseUpgrade(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+	if hj, ok := w.(*hijacker); ok {
+		hj.refused = &UpgradeError{Status: status, Err: reason}
 	}
-	protocol.WriteHTTPError(w, status, code, reason.Error())
 }
 
 // Draining reports whether Drain has begun.
@@ -348,7 +380,7 @@ func (h *Hub) onConnect(s *melody.Session) {
 	h.metrics.Connections.Inc()
 	h.handler.Open(c) // the welcome frame comes first, even on a node that started draining
 	if h.Draining() {
-		c.Disconnect(protocol.DisconnectShutdown, "node is shutting down", true)
+		c.Disconnect(protocol.DisconnectShutdown)
 	}
 }
 
@@ -481,7 +513,7 @@ func (h *Hub) lost(channel string, e *entry) {
 	sh.mu.Unlock()
 	h.log.Warn("broker subscription lost; its subscribers will resume", "channel", channel, "sessions", len(conns))
 	for _, c := range conns {
-		c.Disconnect(protocol.DisconnectResubscribe, "the node lost its broker subscription; resume", true)
+		c.Disconnect(protocol.DisconnectResubscribe)
 	}
 }
 
@@ -557,7 +589,7 @@ func (h *Hub) Drain(ctx context.Context, period time.Duration) {
 	spread:
 		for i := 0; i < len(conns); i += perStep {
 			for _, c := range conns[i:min(i+perStep, len(conns))] {
-				c.Disconnect(protocol.DisconnectShutdown, "node is shutting down", true)
+				c.Disconnect(protocol.DisconnectShutdown)
 			}
 			if i+perStep >= len(conns) {
 				break
@@ -575,7 +607,7 @@ func (h *Hub) Drain(ctx context.Context, period time.Duration) {
 	defer wait.Stop()
 	for h.Len() > 0 {
 		for _, c := range h.conns() {
-			c.Disconnect(protocol.DisconnectShutdown, "node is shutting down", true)
+			c.Disconnect(protocol.DisconnectShutdown)
 		}
 		select {
 		case <-wait.C:

@@ -17,6 +17,7 @@ import (
 
 	gws "github.com/gorilla/websocket"
 
+	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/protocol"
 )
@@ -248,7 +249,7 @@ func TestQueuedFramesArriveWholeInOrderAndCoalesced(t *testing.T) {
 			t.Fatalf("Send %d refused", i)
 		}
 	}
-	cl.conn.Disconnect(protocol.DisconnectShutdown, "bye", true)
+	cl.conn.Disconnect(protocol.DisconnectShutdown)
 	for i := range n {
 		var m struct {
 			I   int    `json:"i"`
@@ -261,14 +262,14 @@ func TestQueuedFramesArriveWholeInOrderAndCoalesced(t *testing.T) {
 			t.Fatalf("frame %d: got i=%d with %d bytes of padding", i, m.I, len(m.Pad))
 		}
 	}
-	var d protocol.Disconnect
-	if err := json.Unmarshal(cl.read(t), &d); err != nil || d.Type != "disconnect" || d.Code != protocol.DisconnectShutdown {
+	var d protocol.DisconnectFrame
+	if err := json.Unmarshal(cl.read(t), &d); err != nil || d.Type != "disconnect" || d.Code != protocol.DisconnectShutdown.Code {
 		t.Fatalf("after the frames: %+v, %v; want disconnect shutdown", d, err)
 	}
 	_, _, err := cl.ws.ReadMessage()
 	var ce *gws.CloseError
-	if !errors.As(err, &ce) || ce.Code != closeGoingAway {
-		t.Fatalf("then %v; want close %d", err, closeGoingAway)
+	if !errors.As(err, &ce) || ce.Code != gws.CloseGoingAway {
+		t.Fatalf("then %v; want close %d", err, gws.CloseGoingAway)
 	}
 	if w := cl.conn.fc.socketWrites(); w >= n {
 		t.Fatalf("%d frames took %d socket writes; a backlog should share writes", n+1, w)
@@ -296,7 +297,7 @@ func TestSlowConsumerGetsItsFramesThenDisconnect(t *testing.T) {
 	if sent == 1000 {
 		t.Fatal("a client that reads nothing was never counted slow")
 	}
-	if r := cl.conn.Reason(); r != protocol.DisconnectSlowConsumer {
+	if r := cl.conn.Reason(); r != protocol.DisconnectSlowConsumer.Code {
 		t.Fatalf("reason %q, want slow_consumer", r)
 	}
 	if cl.conn.Send([]byte(`{"late":true}`)) {
@@ -313,14 +314,14 @@ func TestSlowConsumerGetsItsFramesThenDisconnect(t *testing.T) {
 			t.Fatalf("frame %d: i=%d, %v", i, m.I, err)
 		}
 	}
-	var d protocol.Disconnect
-	if err := json.Unmarshal(cl.read(t), &d); err != nil || d.Code != protocol.DisconnectSlowConsumer || !d.Reconnect {
+	var d protocol.DisconnectFrame
+	if err := json.Unmarshal(cl.read(t), &d); err != nil || d.Code != protocol.DisconnectSlowConsumer.Code || !d.Reconnect {
 		t.Fatalf("after %d frames: %+v, %v; want disconnect slow_consumer", sent, d, err)
 	}
 	_, _, err := cl.ws.ReadMessage()
 	var ce *gws.CloseError
-	if !errors.As(err, &ce) || ce.Code != closeTryLater {
-		t.Fatalf("then %v; want close %d", err, closeTryLater)
+	if !errors.As(err, &ce) || ce.Code != gws.CloseTryAgainLater {
+		t.Fatalf("then %v; want close %d", err, gws.CloseTryAgainLater)
 	}
 }
 
@@ -333,6 +334,9 @@ func TestAcceptReturnsWhileTheConnectionLives(t *testing.T) {
 	srv := httptestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := h.Accept(w, r, Identity{Session: r.URL.Query().Get("s")}); err != nil {
 			acceptErr.Store(err)
+			if ue := (*UpgradeError)(nil); errors.As(err, &ue) { // nothing was written: answer it
+				w.WriteHeader(ue.Status)
+			}
 		}
 		returned.Add(1)
 	}))
@@ -368,7 +372,7 @@ func TestAcceptReturnsWhileTheConnectionLives(t *testing.T) {
 		t.Fatalf("Accept: %v", v)
 	}
 
-	// A request that is not an upgrade gets gorilla's error from Accept.
+	// A request that is not an upgrade gets gorilla's refusal from Accept, with its status.
 	resp, err := http.Get(srv.URL + "/?s=b")
 	if err != nil {
 		t.Fatal(err)
@@ -382,6 +386,9 @@ func TestAcceptReturnsWhileTheConnectionLives(t *testing.T) {
 			t.Fatal("Accept of a plain GET returned no error")
 		}
 		time.Sleep(time.Millisecond)
+	}
+	if ue := (*UpgradeError)(nil); !errors.As(acceptErr.Load().(error), &ue) || ue.Status != http.StatusBadRequest {
+		t.Fatalf("Accept of a plain GET: %v, want an *UpgradeError with status 400", acceptErr.Load())
 	}
 }
 
@@ -519,7 +526,7 @@ func TestWriteDelayCoalesces(t *testing.T) {
 	for i := 1; i <= 3; i++ { // well within the delay after the first write
 		cl.conn.Send([]byte(fmt.Sprintf(`{"n":%d}`, i)))
 	}
-	cl.conn.Disconnect(protocol.DisconnectShutdown, "bye", true)
+	cl.conn.Disconnect(protocol.DisconnectShutdown)
 	for i := 1; i <= 3; i++ {
 		if b := cl.read(t); string(b) != fmt.Sprintf(`{"n":%d}`, i) {
 			t.Fatalf("frame %d: %s", i, b)
@@ -530,8 +537,8 @@ func TestWriteDelayCoalesces(t *testing.T) {
 	}
 	_, _, err := cl.ws.ReadMessage()
 	var ce *gws.CloseError
-	if !errors.As(err, &ce) || ce.Code != closeGoingAway {
-		t.Fatalf("then %v; want close %d", err, closeGoingAway)
+	if !errors.As(err, &ce) || ce.Code != gws.CloseGoingAway {
+		t.Fatalf("then %v; want close %d", err, gws.CloseGoingAway)
 	}
 	// The first frame, then the three and the disconnect together, then the close frame.
 	if w := cl.conn.fc.socketWrites() - w0; w != 3 {
@@ -584,5 +591,39 @@ func TestInvalidUTF8ClosesWith1007(t *testing.T) {
 	}
 	if r := cl.conn.Reason(); r != reasonInvalidUTF8 {
 		t.Fatalf("reason %q", r)
+	}
+}
+
+// TestHubStartsNothingUntilStart: NewHub starts no write-delay clock; Start does, once; Close
+// stops it, is safe twice, and a Start after it starts nothing. A hub closed without a Start
+// closes too.
+func TestHubStartsNothingUntilStart(t *testing.T) {
+	running := func(h *Hub) bool {
+		h.delay.runMu.Lock()
+		defer h.delay.runMu.Unlock()
+		return h.delay.running
+	}
+	h := NewHub(Config{WriteDelay: time.Millisecond}, nopInterest{}, metrics.New(), slog.New(slog.DiscardHandler))
+	if running(h) {
+		t.Fatal("NewHub started the write-delay clock")
+	}
+	h.Start()
+	h.Start()
+	if !running(h) {
+		t.Fatal("Start did not start the write-delay clock")
+	}
+	h.Close()
+	h.Close()
+	select {
+	case <-h.delay.done:
+	default:
+		t.Fatal("Close left the write-delay clock running")
+	}
+
+	never := NewHub(Config{WriteDelay: time.Millisecond}, nopInterest{}, metrics.New(), slog.New(slog.DiscardHandler))
+	never.Close()
+	never.Start()
+	if running(never) {
+		t.Fatal("Start after Close started the write-delay clock")
 	}
 }
