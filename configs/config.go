@@ -14,6 +14,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // Defaults.
@@ -535,7 +537,7 @@ func (c *Config) Validate() error {
 	if c.Router.BreakerFailures < 1 {
 		return bad("router.breaker_failures", "ROUTER_BREAKER_FAILURES", "must be at least 1")
 	}
-	if c.Router.PoisonTopic != "" && !ValidChannel(c.Router.PoisonTopic) {
+	if c.Router.PoisonTopic != "" && !protocol.ValidChannel(c.Router.PoisonTopic) {
 		return bad("router.poison_topic", "ROUTER_POISON_TOPIC", "%q must match [A-Za-z0-9_:.-]{1,128}", c.Router.PoisonTopic)
 	}
 	for _, k := range c.Router.SigningKeys {
@@ -742,19 +744,5 @@ func validPattern(p string) bool {
 	if name == "" {
 		return p == "*"
 	}
-	return ValidChannel(name) || name == "$user"
-}
-
-// ValidChannel reports whether name matches ^[A-Za-z0-9_:.\-]{1,128}$.
-func ValidChannel(name string) bool {
-	if len(name) == 0 || len(name) > 128 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == ':' || c == '.' || c == '-') {
-			return false
-		}
-	}
-	return true
+	return protocol.ValidChannel(name) || name == protocol.UserChannel
 }
