@@ -3,12 +3,10 @@ package gateway
 import (
 	"fmt"
 	"log/slog"
-	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/configs"
-	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/jetstream"
@@ -18,25 +16,21 @@ import (
 	"github.com/wsgateway/gateway/transports/redis"
 )
 
-// NewBroker builds the broker broker the configuration names.
+// NewBroker builds the broker the configuration names, from the broker package's ConfigFrom (a
+// service that uses one broker builds it the same way and links only that package).
 func NewBroker(cfg *configs.Config, log *slog.Logger) (transports.Broker, error) {
 	switch cfg.Broker {
 	case configs.BrokerMemory:
-		broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL,
-			MaxBytes: cfg.History.MaxBytes, // -1 (no bound) is below 1 too
-			Bounds: func(topic string) (int, time.Duration) {
-				channel, _ := protocol.ChannelOf(topic)
-				return cfg.History.Bounds(channel)
-			}})
+		broker := memory.NewBroker(memory.ConfigFrom(cfg))
 		return &ownedMemory{Node: broker.Node(cfg.TopicPrefix), broker: broker}, nil
 	case configs.BrokerJetStream:
-		return jetstream.New(jetstreamConfig(cfg), log)
+		return jetstream.New(jetstream.ConfigFrom(cfg), log)
 	case configs.BrokerRedis:
-		return redis.New(redisConfig(cfg), log)
+		return redis.New(redis.ConfigFrom(cfg), log)
 	case configs.BrokerKafka:
-		return kafka.New(kafkaConfig(cfg), log)
+		return kafka.New(kafka.ConfigFrom(cfg), log)
 	case configs.BrokerNATS:
-		return nats.New(natsConfig(cfg), log)
+		return nats.New(nats.ConfigFrom(cfg), log)
 	}
 	return nil, fmt.Errorf("unknown broker %q", cfg.Broker)
 }
@@ -46,42 +40,15 @@ func NewBroker(cfg *configs.Config, log *slog.Logger) (transports.Broker, error)
 func checkBroker(cfg *configs.Config) error {
 	switch cfg.Broker {
 	case configs.BrokerJetStream:
-		return jetstreamConfig(cfg).Check()
+		return jetstream.ConfigFrom(cfg).Check()
 	case configs.BrokerRedis:
-		return redisConfig(cfg).Check()
+		return redis.ConfigFrom(cfg).Check()
 	case configs.BrokerKafka:
-		return kafkaConfig(cfg).Check()
+		return kafka.ConfigFrom(cfg).Check()
 	case configs.BrokerNATS:
-		return natsConfig(cfg).Check()
+		return nats.ConfigFrom(cfg).Check()
 	}
 	return nil
-}
-
-func jetstreamConfig(cfg *configs.Config) jetstream.Config {
-	return jetstream.Config{
-		URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID,
-		MaxAge: cfg.JetStream.MaxAge, MaxBytes: cfg.JetStream.MaxBytes, Replicas: cfg.JetStream.Replicas,
-		DuplicateWindow: cfg.JetStream.DupeWindow, PublishTimeout: cfg.WebSocket.PublishTimeout,
-	}
-}
-
-func redisConfig(cfg *configs.Config) redis.Config {
-	return redis.Config{
-		Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
-		Shards: cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, Timeout: cfg.WebSocket.PublishTimeout,
-	}
-}
-
-func kafkaConfig(cfg *configs.Config) kafka.Config {
-	return kafka.Config{
-		Brokers: cfg.Kafka.Brokers, Prefix: cfg.TopicPrefix, Partitions: cfg.Kafka.Partitions,
-		Retention: cfg.Kafka.Retention, ReplicationFactor: cfg.Kafka.Replicas, ClientID: cfg.NodeID,
-		PublishTimeout: cfg.WebSocket.PublishTimeout,
-	}
-}
-
-func natsConfig(cfg *configs.Config) nats.Config {
-	return nats.Config{URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID, Timeout: cfg.WebSocket.PublishTimeout}
 }
 
 // dedupeStore is where msg_id keys are kept: Redis (shared by the nodes) with the redis broker or

@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // KeyError is a setting that is not valid: Key is its YAML path, Env its variable.
@@ -183,7 +185,7 @@ func (r *RouterConfig) validate(v *validator) {
 	}
 	v.check(&r.Timeout, r.Timeout >= time.Millisecond, "must be positive")
 	v.check(&r.BreakerFailures, r.BreakerFailures >= 1, "must be at least 1")
-	v.check(&r.PoisonTopic, r.PoisonTopic == "" || ValidChannel(r.PoisonTopic), "%q must match [A-Za-z0-9_:.-]{1,128}", r.PoisonTopic)
+	v.check(&r.PoisonTopic, r.PoisonTopic == "" || protocol.ValidChannel(r.PoisonTopic), "%q must match [A-Za-z0-9_:.-]{1,128}", r.PoisonTopic)
 	for _, k := range r.SigningKeys {
 		id, secret, ok := strings.Cut(k, ":")
 		v.check(&r.SigningKeys, ok && id != "" && len(secret) >= 16, "entries must be id:secret with a secret of at least 16 bytes")
@@ -343,19 +345,5 @@ func validPattern(p string) bool {
 	if name == "" {
 		return p == "*"
 	}
-	return ValidChannel(name) || name == "$user"
-}
-
-// ValidChannel reports whether name matches ^[A-Za-z0-9_:.\-]{1,128}$.
-func ValidChannel(name string) bool {
-	if len(name) == 0 || len(name) > 128 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == ':' || c == '.' || c == '-') {
-			return false
-		}
-	}
-	return true
+	return protocol.ValidChannel(name) || name == protocol.UserChannel
 }

@@ -9,22 +9,32 @@ type Disconnect struct {
 	Reconnect bool // whether the client should reconnect (and resume)
 }
 
+// Disconnect codes (Disconnect.Code), for clients that tell them apart.
+const (
+	DisconnectCodeShutdown     = "shutdown"
+	DisconnectCodeSlowConsumer = "slow_consumer"
+	DisconnectCodeTokenExpired = "token_expired"
+	DisconnectCodePolicy       = "policy"
+	DisconnectCodeResubscribe  = "resubscribe"
+	DisconnectCodeRateLimited  = "rate_limited"
+)
+
 // The disconnects the gateway sends.
 var (
 	// DisconnectShutdown: the node is draining.
-	DisconnectShutdown = Disconnect{Code: "shutdown", Reason: "node is shutting down", Reconnect: true}
+	DisconnectShutdown = Disconnect{Code: DisconnectCodeShutdown, Reason: "node is shutting down", Reconnect: true}
 	// DisconnectSlowConsumer: the connection's send buffer stayed full.
-	DisconnectSlowConsumer = Disconnect{Code: "slow_consumer", Reason: "send buffer full", Reconnect: true}
+	DisconnectSlowConsumer = Disconnect{Code: DisconnectCodeSlowConsumer, Reason: "send buffer full", Reconnect: true}
 	// DisconnectTokenExpired: the connection's token expired.
-	DisconnectTokenExpired = Disconnect{Code: "token_expired", Reason: "token expired", Reconnect: true}
+	DisconnectTokenExpired = Disconnect{Code: DisconnectCodeTokenExpired, Reason: "token expired", Reconnect: true}
 	// DisconnectPolicy: the server's policy ends the connection; the client should not come back.
-	DisconnectPolicy = Disconnect{Code: "policy", Reason: "closed by policy", Reconnect: false}
+	DisconnectPolicy = Disconnect{Code: DisconnectCodePolicy, Reason: "closed by policy", Reconnect: false}
 	// DisconnectResubscribe (an extension) tells a client to reconnect and resume: the node lost
 	// its broker subscription of a channel the client was on.
-	DisconnectResubscribe = Disconnect{Code: "resubscribe", Reason: "the node lost its broker subscription; resume", Reconnect: true}
+	DisconnectResubscribe = Disconnect{Code: DisconnectCodeResubscribe, Reason: "the node lost its broker subscription; resume", Reconnect: true}
 	// DisconnectRateLimited (an extension, close 1008): the connection kept sending frames over
 	// its rate limits (limits.rate_limited_disconnect).
-	DisconnectRateLimited = Disconnect{Code: "rate_limited", Reason: "kept sending over the rate limits", Reconnect: false}
+	DisconnectRateLimited = Disconnect{Code: DisconnectCodeRateLimited, Reason: "kept sending over the rate limits", Reconnect: false}
 )
 
 // WebSocket close codes that follow a disconnect frame.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/clients/go/service"
 	"github.com/wsgateway/gateway/configs"
 )
@@ -176,8 +177,15 @@ func newBench(o options) (*bench, error) {
 		if cfg.Broker == configs.BrokerMemory {
 			return nil, errors.New("-publish broker: the gateway's broker is memory, inside the gateway process; set GATEWAY_BROKER (nats, jetstream, redis, kafka) and its address as for the gateway, or publish with -publish http")
 		}
-		svc, err := service.New(cfg, nil)
+		// Any broker the gateway supports, built as a node builds it (a service on one broker
+		// would build just that one with its package's New and ConfigFrom).
+		broker, err := gateway.NewBroker(cfg, nil)
 		if err != nil {
+			return nil, fmt.Errorf("-publish broker: broker %s: %w", cfg.Broker, err)
+		}
+		svc, err := service.New(broker, nil, service.WithSigningKeys(cfg.Router.SigningKeys...))
+		if err != nil {
+			_ = broker.Close()
 			return nil, fmt.Errorf("-publish broker: %w", err)
 		}
 		b.svc = svc

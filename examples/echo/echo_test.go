@@ -292,7 +292,7 @@ func TestHealthStates(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{})
 	defer broker.Close()
 	b := &pingSwitch{Broker: broker.Node("health")}
-	svc, err := service.NewWithBroker(b, nil)
+	svc, err := service.New(b, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -125,8 +125,17 @@ func run(ctx context.Context, args, environ []string, stderr io.Writer, ready fu
 	if *embedded {
 		return runEmbedded(ctx, cfg, *group, log, stderr, hl, report)
 	}
-	svc, err := service.New(cfg, log)
+	// echo answers on whichever broker the gateway uses, so it builds the broker as a node does
+	// (gateway.NewBroker). A service on one broker builds just that one with its package's New
+	// and ConfigFrom, e.g. nats.New(nats.ConfigFrom(cfg), log), and links no other.
+	broker, err := gateway.NewBroker(cfg, log)
 	if err != nil {
+		fmt.Fprintf(stderr, "echo: service: broker %s: %v\n", cfg.Broker, err)
+		return 1
+	}
+	svc, err := service.New(broker, log, service.WithSigningKeys(cfg.Router.SigningKeys...))
+	if err != nil {
+		_ = broker.Close()
 		fmt.Fprintln(stderr, "echo:", err)
 		return 1
 	}
@@ -167,7 +176,7 @@ func runEmbedded(ctx context.Context, cfg *configs.Config, group string, log *sl
 		fmt.Fprintln(stderr, "echo:", err)
 		return 2
 	}
-	svc, err := service.NewWithBroker(broker.Node(cfg.TopicPrefix), log, service.WithSigningKeys(cfg.Router.SigningKeys...))
+	svc, err := service.New(broker.Node(cfg.TopicPrefix), log, service.WithSigningKeys(cfg.Router.SigningKeys...))
 	if err != nil {
 		_ = g.Close()
 		fmt.Fprintln(stderr, "echo:", err)

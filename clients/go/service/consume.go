@@ -11,16 +11,15 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
-// Kinds of consumed messages (Inbound.Kind).
+// Kinds of consumed messages (Inbound.Kind), the protocol's.
 const (
-	KindPublish = "publish" // a client published to a channel
-	KindSend    = "send"    // a client sent to the services
-	KindAPI     = "api"     // the HTTP API published
+	KindPublish = protocol.KindPublish // a client published to a channel
+	KindSend    = protocol.KindSend    // a client sent to the services
+	KindAPI     = protocol.KindAPI     // the HTTP API published
 	// KindService ("service") is what a Service emits.
 )
 
@@ -103,7 +102,7 @@ func (s *Service) Inbound(ctx context.Context, group string) (<-chan *Inbound, e
 // msg_id published through two nodes may arrive twice with the same UUID (Idempotent).
 func (s *Service) ChannelMessages(ctx context.Context, channel string) (<-chan *Inbound, error) {
 	user, isUser := strings.CutPrefix(channel, protocol.UserChannelPrefix)
-	if !configs.ValidChannel(channel) && !(isUser && user != "" && len(user) <= MaxUserLen) {
+	if !protocol.ValidChannel(channel) && !(isUser && user != "" && len(user) <= MaxUserLen) {
 		return nil, fmt.Errorf("%w: channel %q must match ^[A-Za-z0-9_:.\\-]{1,128}$ or be $user:<id>", ErrInvalid, channel)
 	}
 	in, err := s.subscribe(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
@@ -119,31 +118,26 @@ func (s *Service) wrap(m *message.Message) (*Inbound, bool) {
 	return &Inbound{Message: m, svc: s}, true
 }
 
-// EventType is the kind of a lifecycle event.
-type EventType string
+// EventType is the kind of a lifecycle event (Event.Type): one of the Event* constants.
+type EventType = string
 
-// Lifecycle event types.
+// Lifecycle event types, the protocol's.
 const (
-	EventConnected    EventType = "connected"
-	EventDisconnected EventType = "disconnected"
-	EventSubscribed   EventType = "subscribed"
-	EventUnsubscribed EventType = "unsubscribed"
+	EventConnected    = protocol.EventConnected
+	EventDisconnected = protocol.EventDisconnected
+	EventSubscribed   = protocol.EventSubscribed
+	EventUnsubscribed = protocol.EventUnsubscribed
 	// EventNodeAlive is a node's heartbeat (no user or session); EventNodeStopped its clean
 	// shutdown. Presence uses them to notice nodes that died without a word.
-	EventNodeAlive   EventType = "node_alive"
-	EventNodeStopped EventType = "node_stopped"
+	EventNodeAlive   = protocol.EventNodeAlive
+	EventNodeStopped = protocol.EventNodeStopped
 )
 
-// Event is a connection lifecycle event, decoded from the JSON payload described in the package
-// documentation. Ack or Nack every one.
+// Event is a connection lifecycle event: the payload the gateway publishes (protocol.Event: Type,
+// User, Session, Node, Channel, Reason, At, described in the package documentation) and the
+// message it came in. Ack or Nack every one.
 type Event struct {
-	Type    EventType `json:"type"`
-	User    string    `json:"user"`
-	Session string    `json:"session"`
-	Node    string    `json:"node"`
-	Channel string    `json:"channel,omitempty"`
-	Reason  string    `json:"reason,omitempty"`
-	At      time.Time `json:"at"`
+	protocol.Event
 
 	msg *message.Message
 }
@@ -184,7 +178,7 @@ func DecodeEvent(payload []byte) (*Event, error) {
 	if raw.Type == "" {
 		return nil, errors.New("event payload: no type")
 	}
-	e := &Event{Type: raw.Type, User: raw.User, Session: raw.Session, Node: raw.Node, Channel: raw.Channel, Reason: raw.Reason}
+	e := &Event{Event: protocol.Event{Type: raw.Type, User: raw.User, Session: raw.Session, Node: raw.Node, Channel: raw.Channel, Reason: raw.Reason}}
 	if len(raw.At) > 0 && string(raw.At) != "null" {
 		if raw.At[0] == '"' {
 			if err := json.Unmarshal(raw.At, &e.At); err != nil {

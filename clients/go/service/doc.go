@@ -1,9 +1,17 @@
 // Package service is the Go SDK for services behind the WebSocket gateway.
 //
 // Services never hold WebSockets: they exchange Watermill messages with the gateway nodes through
-// the broker, following the contract of docs/services.md. A Service is built from the same
-// configuration as the gateway (New, with configs.Load) or over a broker of the caller's
-// (NewWithBroker, for example a memory broker node shared with an in-process gateway).
+// the broker, following the contract of docs/services.md (package protocol).
+//
+// # Construction
+//
+// New makes a Service over a broker the service chooses and builds: build the broker of your
+// choice with its package's New and ConfigFrom (transports/nats, transports/jetstream,
+// transports/redis, transports/kafka), which translate the gateway's own settings
+// (configs.Load: a YAML file and GATEWAY_* variables) exactly as a gateway node does, so the same
+// settings reach the same topics. The SDK itself links no broker and no server code: a service
+// links only the broker it imports. For a service and a gateway node in one process, a node of a
+// shared memory broker (memory.Broker.Node(prefix)) will do.
 //
 // # Emitting
 //
@@ -27,8 +35,8 @@
 // same key is therefore safe. WithMetadata adds keys of your own; the keys of the contract are
 // reserved.
 //
-// With signing keys (router.signing_keys / GATEWAY_ROUTER_SIGNING_KEYS, "id:secret" entries, which
-// New takes from the configuration, or WithSigningKeys) every emit carries metadata "signature",
+// With signing keys (WithSigningKeys: "id:secret" entries, as in the gateway's router.signing_keys /
+// GATEWAY_ROUTER_SIGNING_KEYS, so pass cfg.Router.SigningKeys...) every emit carries metadata "signature",
 // an HMAC of the logical topic, target, session and payload with the first key, which nodes with
 // router.require_signature verify: unsigned or wrongly signed service messages never reach clients.
 //
@@ -69,9 +77,11 @@
 //
 //	cfg, err := configs.Load("", os.Environ()) // same GATEWAY_* settings as the gateway
 //	if err != nil { ... }
-//	svc, err := service.New(cfg, slog.Default())
+//	b, err := nats.New(nats.ConfigFrom(cfg), slog.Default()) // github.com/wsgateway/gateway/transports/nats
 //	if err != nil { ... }
-//	defer svc.Close()
+//	svc, err := service.New(b, slog.Default(), service.WithSigningKeys(cfg.Router.SigningKeys...))
+//	if err != nil { ... }
+//	defer svc.Close() // closes b too
 //
 //	_, err = svc.ToChannel(ctx, "news", map[string]any{"title": "hello"}, service.WithMsgID("news-1"))
 //

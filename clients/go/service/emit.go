@@ -13,13 +13,11 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/wsgateway/gateway/configs"
-	"github.com/wsgateway/gateway/handlers"
 	"github.com/wsgateway/gateway/protocol"
 )
 
 // KindService is the kind (metadata "kind") of the messages a Service emits.
-const KindService = "service"
+const KindService = protocol.KindService
 
 // Bounds of emit arguments, the same as the HTTP API's.
 const (
@@ -65,7 +63,7 @@ var reserved = map[string]bool{
 // ToChannel emits data to the clients subscribed to channel (^[A-Za-z0-9_:.\-]{1,128}$). It
 // returns the message id (the frame's "id").
 func (s *Service) ToChannel(ctx context.Context, channel string, data any, opts ...EmitOption) (string, error) {
-	if !configs.ValidChannel(channel) {
+	if !protocol.ValidChannel(channel) {
 		return "", fmt.Errorf("%w: channel %q must match ^[A-Za-z0-9_:.\\-]{1,128}$ (use ToUser for a user's channel)", ErrInvalid, channel)
 	}
 	return s.emit(ctx, protocol.ChannelTopic(channel), data, opts, map[string]string{
@@ -169,10 +167,7 @@ func (s *Service) emit(ctx context.Context, topic string, data any, opts []EmitO
 // MsgUUID is the message UUID of an emit WithMsgID(key): the one POST /api/publish gives a
 // message with that msg_id (protocol.IdempotentUUID of the API's dedupe key, "api\x00"+key).
 func MsgUUID(key string) string {
-	api := message.NewMessage("", nil)
-	api.Metadata.Set(protocol.MetaKind, protocol.KindAPI)
-	api.Metadata.Set(protocol.MetaMsgID, key)
-	return protocol.IdempotentUUID(handlers.DedupeKey(api))
+	return protocol.IdempotentUUID(protocol.DedupeKey(protocol.KindAPI, "", "", key))
 }
 
 // publish hands msg to the broker and waits for the broker's acceptance or for ctx. When ctx

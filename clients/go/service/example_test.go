@@ -9,19 +9,29 @@ import (
 
 	"github.com/wsgateway/gateway/clients/go/service"
 	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/transports/jetstream"
 	"github.com/wsgateway/gateway/transports/memory"
+	"github.com/wsgateway/gateway/transports/nats"
 )
 
-// A service built from the gateway's own settings answers what clients send.
+// A service built from the gateway's own settings answers what clients send. It builds the
+// broker it uses (here core NATS) with that broker package's New and ConfigFrom, and links no
+// other broker.
 func Example() {
-	cfg, err := configs.Load("", os.Environ()) // GATEWAY_BROKER, GATEWAY_NATS_URL, ... as for the gateway
+	cfg, err := configs.Load("", os.Environ()) // GATEWAY_NATS_URL, GATEWAY_TOPIC_PREFIX, ... as for the gateway
 	if err != nil {
 		slog.Error("configuration", "error", err)
 		return
 	}
-	svc, err := service.New(cfg, slog.Default())
+	b, err := nats.New(nats.ConfigFrom(cfg), slog.Default())
 	if err != nil {
 		slog.Error("broker", "error", err)
+		return
+	}
+	svc, err := service.New(b, slog.Default(), service.WithSigningKeys(cfg.Router.SigningKeys...))
+	if err != nil {
+		_ = b.Close()
+		slog.Error("service", "error", err)
 		return
 	}
 	defer svc.Close()
@@ -48,11 +58,11 @@ func Example() {
 }
 
 // Services and gateway nodes of one process can share an in-process memory broker.
-func ExampleNewWithBroker() {
+func ExampleNew_memory() {
 	broker := memory.NewBroker(memory.Config{HistorySize: 100})
 	defer broker.Close()
 	// gateway.New(cfg, gateway.WithBroker(broker.Node("ws"))) would be a node of this broker.
-	svc, err := service.NewWithBroker(broker.Node("ws"), nil)
+	svc, err := service.New(broker.Node("ws"), nil)
 	if err != nil {
 		panic(err)
 	}
@@ -78,8 +88,13 @@ func ExampleService_Events() {
 	if err != nil {
 		return
 	}
-	svc, err := service.New(cfg, nil)
+	b, err := jetstream.New(jetstream.ConfigFrom(cfg), nil)
 	if err != nil {
+		return
+	}
+	svc, err := service.New(b, nil, service.WithSigningKeys(cfg.Router.SigningKeys...))
+	if err != nil {
+		_ = b.Close()
 		return
 	}
 	defer svc.Close()

@@ -96,7 +96,7 @@ func (s *Service) Presence(ctx context.Context, timeout time.Duration) (<-chan *
 					}
 					delete(nodes, id)
 					for _, c := range n.sessions {
-						lost := &Event{Type: EventDisconnected, User: c.User, Session: c.Session, Node: id, Reason: ReasonNodeLost, At: now.UTC()}
+						lost := &Event{Event: protocol.Event{Type: EventDisconnected, User: c.User, Session: c.Session, Node: id, Reason: ReasonNodeLost, At: now.UTC()}}
 						if !emit(lost) {
 							return
 						}

@@ -18,7 +18,7 @@ func TestPresenceNoticesADeadNode(t *testing.T) {
 	t.Cleanup(broker.Close)
 	link := broker.Node("pres")
 	url := startNode(t, testConfig(t, "GATEWAY_EVENTS_HEARTBEAT=50ms", "GATEWAY_NODE_ID=doomed"), gateway.WithBroker(link))
-	svc, err := service.NewWithBroker(broker.Node("pres"), nil)
+	svc, err := service.New(broker.Node("pres"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

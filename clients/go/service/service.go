@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/wsgateway/gateway"
-	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/transports"
 )
@@ -40,7 +38,7 @@ type Service struct {
 	closeErr  error
 }
 
-// Option changes how New and NewWithBroker make a Service.
+// Option changes how New makes a Service.
 type Option func(*options)
 
 type options struct {
@@ -49,38 +47,26 @@ type options struct {
 
 // WithSigningKeys signs every emitted message with HMAC keys given as "id:secret" entries, the
 // first one signing, like the gateway's router.signing_keys (GATEWAY_ROUTER_SIGNING_KEYS); nodes
-// with router.require_signature drop unsigned service messages. New uses the configuration's keys
-// unless this option is given; none (no option, no keys) means unsigned.
+// with router.require_signature drop unsigned service messages. Without it (or with no keys)
+// emits are unsigned. A service configured like the gateway passes cfg.Router.SigningKeys...
 func WithSigningKeys(entries ...string) Option {
 	return func(o *options) { o.signingKeys = entries }
 }
 
-// New connects to the broker that cfg names, building the broker exactly as a gateway node does
-// (gateway.NewBroker), so the same GATEWAY_* settings and topic prefix reach the same topics, and
-// signs what it emits with cfg's router.signing_keys. logger may be nil (discard). With the memory
-// broker the Service owns a broker of its own, which reaches no gateway: see NewWithBroker.
-func New(cfg *configs.Config, logger *slog.Logger, opts ...Option) (*Service, error) {
-	if cfg == nil {
-		return nil, fmt.Errorf("%w: nil config", ErrInvalid)
-	}
-	opts = append([]Option{WithSigningKeys(cfg.Router.SigningKeys...)}, opts...)
-	o := collect(opts)
-	keys, err := signing.ParseKeys(o.signingKeys)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-	logger = orDiscard(logger)
-	b, err := gateway.NewBroker(cfg, logger)
-	if err != nil {
-		return nil, fmt.Errorf("service: broker %s: %w", cfg.Broker, err)
-	}
-	return &Service{broker: b, log: logger, keys: keys, done: make(chan struct{})}, nil
-}
-
-// NewWithBroker makes a Service over b, which it owns: Close closes b. Use it to share an
-// in-process memory broker with a gateway node (broker.Node(prefix) for each). It fails only on
+// New makes a Service over b, the broker the service chooses, which it owns: Close closes b.
+//
+// Build the broker of your choice with its package's New and ConfigFrom, which translate the
+// gateway's own settings (configs.Load, GATEWAY_* variables) exactly as a gateway node does, so
+// the same settings and topic prefix reach the same topics, and the service links only that
+// broker:
+//
+//	b, err := nats.New(nats.ConfigFrom(cfg), logger) // transports/nats
+//	svc, err := service.New(b, logger, service.WithSigningKeys(cfg.Router.SigningKeys...))
+//
+// A memory broker node (memory.Broker.Node(prefix)) shares an in-process broker with a gateway
+// node of the same process. logger may be nil (discard). New fails only on a nil broker or
 // malformed signing keys.
-func NewWithBroker(b transports.Broker, logger *slog.Logger, opts ...Option) (*Service, error) {
+func New(b transports.Broker, logger *slog.Logger, opts ...Option) (*Service, error) {
 	if b == nil {
 		return nil, fmt.Errorf("%w: nil broker", ErrInvalid)
 	}
@@ -106,7 +92,7 @@ func orDiscard(l *slog.Logger) *slog.Logger {
 	return l
 }
 
-// Broker is the broker broker the Service uses, for what the SDK does not cover.
+// Broker is the broker the Service uses, for what the SDK does not cover.
 func (s *Service) Broker() transports.Broker { return s.broker }
 
 // Close ends every subscription (their channels close; a message handed to no one is nacked) and

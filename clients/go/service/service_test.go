@@ -25,7 +25,10 @@ import (
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
+	jsbroker "github.com/wsgateway/gateway/transports/jetstream"
 	"github.com/wsgateway/gateway/transports/memory"
+	natsbroker "github.com/wsgateway/gateway/transports/nats"
+	"github.com/wsgateway/gateway/transports/redis"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
@@ -77,7 +80,7 @@ func newCluster(t *testing.T, env ...string) *cluster {
 // service is a Service on another node of the cluster's broker.
 func (c *cluster) service(opts ...service.Option) *service.Service {
 	c.t.Helper()
-	svc, err := service.NewWithBroker(c.broker.Node(c.prefix), nil, opts...)
+	svc, err := service.New(c.broker.Node(c.prefix), nil, opts...)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -502,9 +505,9 @@ func TestEvents(t *testing.T) {
 		}
 	}
 	want := []service.Event{
-		{Type: service.EventConnected, User: "alice", Session: "s1", Node: "node-a", At: at},
-		{Type: service.EventSubscribed, User: "alice", Session: "s1", Node: "node-a", Channel: "$user:alice", At: at},
-		{Type: service.EventDisconnected, Session: "s2", Node: "node-b", Reason: "token_expired", At: at},
+		{Event: protocol.Event{Type: service.EventConnected, User: "alice", Session: "s1", Node: "node-a", At: at}},
+		{Event: protocol.Event{Type: service.EventSubscribed, User: "alice", Session: "s1", Node: "node-a", Channel: "$user:alice", At: at}},
+		{Event: protocol.Event{Type: service.EventDisconnected, Session: "s2", Node: "node-b", Reason: "token_expired", At: at}},
 	}
 	for _, w := range want {
 		e := receive(t, events)
@@ -541,7 +544,7 @@ func TestEventsFromGateway(t *testing.T) {
 	cl.Send(`{"type":"unsubscribe","id":"u","channel":"room"}`)
 	cl.Expect("unsubscribed")
 	cl.Conn.Close()
-	for _, w := range []service.Event{
+	for _, w := range []protocol.Event{
 		{Type: service.EventConnected},
 		{Type: service.EventSubscribed, Channel: "room"},
 		{Type: service.EventSubscribed, Channel: "$user:alice"},
@@ -570,7 +573,7 @@ func TestSignatures(t *testing.T) {
 	rotated := c.service(service.WithSigningKeys(old)) // an older key the node still accepts
 	unsigned := c.service()
 	stranger := c.service(service.WithSigningKeys("k9:0123456789abcdef-unknown"))
-	if _, err := service.NewWithBroker(c.broker.Node(c.prefix), nil, service.WithSigningKeys("no-secret")); !errors.Is(err, service.ErrInvalid) {
+	if _, err := service.New(c.broker.Node(c.prefix), nil, service.WithSigningKeys("no-secret")); !errors.Is(err, service.ErrInvalid) {
 		t.Fatalf("malformed key: %v", err)
 	}
 	cl, session := c.dial("alice")
@@ -596,9 +599,9 @@ func TestSignatures(t *testing.T) {
 	}
 	nothingElse(t, cl)
 
-	// New signs with the configuration's keys.
+	// A service configured like the gateway signs with the configuration's keys.
 	cfg := testConfig(t, "GATEWAY_ROUTER_SIGNING_KEYS="+current)
-	self, err := service.New(cfg, nil)
+	self, err := service.New(newBroker(t, cfg), nil, service.WithSigningKeys(cfg.Router.SigningKeys...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -707,7 +710,7 @@ func TestSubscribeWaitsForTheBroker(t *testing.T) {
 	c := newCluster(t)
 	unavailable := fmt.Errorf("test: %w: streams not provisioned yet", transports.ErrUnavailable)
 	fb := &flaky{Broker: c.broker.Node(c.prefix), fails: 3, failure: unavailable}
-	svc, err := service.NewWithBroker(fb, nil)
+	svc, err := service.New(fb, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -750,6 +753,32 @@ func reachable(addr string) bool {
 	return true
 }
 
+// newBroker builds the broker cfg names as a separate service does, with the broker package's New
+// and ConfigFrom; on the memory broker, a broker of its own (which reaches only itself).
+func newBroker(t testing.TB, cfg *configs.Config) transports.Broker {
+	t.Helper()
+	var b transports.Broker
+	var err error
+	switch cfg.Broker {
+	case configs.BrokerNATS:
+		b, err = natsbroker.New(natsbroker.ConfigFrom(cfg), nil)
+	case configs.BrokerJetStream:
+		b, err = jsbroker.New(jsbroker.ConfigFrom(cfg), nil)
+	case configs.BrokerRedis:
+		b, err = redis.New(redis.ConfigFrom(cfg), nil)
+	case configs.BrokerMemory:
+		broker := memory.NewBroker(memory.ConfigFrom(cfg))
+		t.Cleanup(broker.Close)
+		b = broker.Node(cfg.TopicPrefix)
+	default:
+		t.Fatalf("no test broker %q", cfg.Broker)
+	}
+	if err != nil {
+		t.Fatalf("broker %s: %v", cfg.Broker, err)
+	}
+	return b
+}
+
 // TestNew builds the service from the gateway's configuration, as a separate service would, on
 // every broker that is reachable: the gateway node and the service each build their own broker.
 func TestNew(t *testing.T) {
@@ -772,7 +801,7 @@ func TestNew(t *testing.T) {
 				"GATEWAY_NATS_URL=nats://"+tc.addr, "GATEWAY_REDIS_ADDR="+tc.addr, "GATEWAY_REDIS_SHARDS=2",
 				"GATEWAY_WS_PUBLISH_TIMEOUT=20s", "GATEWAY_JETSTREAM_MAX_AGE=1h", "GATEWAY_JETSTREAM_MAX_BYTES=16777216")
 			url := startNode(t, cfg)
-			svc, err := service.New(cfg, nil)
+			svc, err := service.New(newBroker(t, cfg), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -802,8 +831,8 @@ func TestNew(t *testing.T) {
 		})
 	}
 	t.Run("memory", func(t *testing.T) {
-		// On the memory broker New makes a broker of its own: it reaches itself only.
-		svc, err := service.New(testConfig(t), nil)
+		// On a memory broker of its own, a service reaches itself only.
+		svc, err := service.New(newBroker(t, testConfig(t)), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,35 +3,37 @@ package wsclient
 import (
 	"errors"
 	"fmt"
+
+	"github.com/wsgateway/gateway/protocol"
 )
 
-// Error codes of `error` frames (docs/protocol.md section 3).
+// Error codes of `error` frames (docs/protocol.md section 3): the protocol package's.
 const (
-	CodeBadRequest   = "bad_request"
-	CodeUnauthorized = "unauthorized"
-	CodeForbidden    = "forbidden"
-	CodeNotFound     = "not_found"
-	CodeTooLarge     = "too_large"
-	CodeRateLimited  = "rate_limited"
-	CodeUnavailable  = "unavailable"
-	CodeInternal     = "internal"
+	CodeBadRequest   = protocol.CodeBadRequest
+	CodeUnauthorized = protocol.CodeUnauthorized
+	CodeForbidden    = protocol.CodeForbidden
+	CodeNotFound     = protocol.CodeNotFound
+	CodeTooLarge     = protocol.CodeTooLarge
+	CodeRateLimited  = protocol.CodeRateLimited
+	CodeUnavailable  = protocol.CodeUnavailable
+	CodeInternal     = protocol.CodeInternal
 	// CodeLimitExceeded (an extension of this gateway): a subscribe beyond the subscriptions
 	// one connection may hold; not retried.
-	CodeLimitExceeded = "limit_exceeded"
+	CodeLimitExceeded = protocol.CodeLimitExceeded
 )
 
-// Disconnect codes of `disconnect` frames.
+// Disconnect codes of `disconnect` frames: the protocol package's.
 const (
-	DisconnectShutdown     = "shutdown"
-	DisconnectSlowConsumer = "slow_consumer"
-	DisconnectTokenExpired = "token_expired"
-	DisconnectPolicy       = "policy"
+	DisconnectShutdown     = protocol.DisconnectCodeShutdown
+	DisconnectSlowConsumer = protocol.DisconnectCodeSlowConsumer
+	DisconnectTokenExpired = protocol.DisconnectCodeTokenExpired
+	DisconnectPolicy       = protocol.DisconnectCodePolicy
 	// DisconnectResubscribe (an extension of this gateway): the node lost its broker
 	// subscription of a channel; the client reconnects and resumes like after any break.
-	DisconnectResubscribe = "resubscribe"
+	DisconnectResubscribe = protocol.DisconnectCodeResubscribe
 	// DisconnectRateLimited (an extension of this gateway, reconnect false): the connection kept
 	// sending over its rate limits.
-	DisconnectRateLimited = "rate_limited"
+	DisconnectRateLimited = protocol.DisconnectCodeRateLimited
 )
 
 var (

@@ -1,52 +1,44 @@
 package wsclient
 
 import (
-	"strconv"
 	"strings"
+
+	"github.com/wsgateway/gateway/protocol"
 )
 
-// Positions are opaque to applications. This gateway writes them "epoch:hi:lo:check": positions
-// with the same epoch and check (the channel's checksum) are ordered by (hi, lo). The client
-// only uses that to drop duplicates; anything it cannot parse is never treated as a duplicate.
+// Positions are opaque to applications. This gateway writes them as protocol.Position.ForChannel
+// does, "epoch:hi:lo:check", where check is a checksum of the node's name of the channel (which
+// for "$user" the client does not know, so it compares checks instead of computing one with
+// protocol.ParseClientPosition). Positions with the same epoch and check are ordered by
+// Position.Less. The client only uses that to drop duplicates; anything it cannot parse is never
+// treated as a duplicate, nor is a position of another epoch or check, nor one without an epoch
+// (a broker that keeps no history gives every message the epoch "").
 
-type position struct {
-	epoch, check string
-	hi, lo       uint64
-}
-
-func parsePosition(s string) (position, bool) {
-	parts := strings.Split(s, ":")
-	if len(parts) != 4 || parts[0] == "" || parts[3] == "" {
-		return position{}, false
+// parsePosition splits a client position into its Position and its channel check.
+func parsePosition(s string) (p protocol.Position, check string, ok bool) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 || i == len(s)-1 {
+		return protocol.Position{}, "", false
 	}
-	hi, err := strconv.ParseUint(parts[1], 10, 64)
-	if err != nil {
-		return position{}, false
+	p, err := protocol.ParsePosition(s[:i])
+	if err != nil || p.Epoch == "" {
+		return protocol.Position{}, "", false
 	}
-	lo, err := strconv.ParseUint(parts[2], 10, 64)
-	if err != nil {
-		return position{}, false
-	}
-	return position{epoch: parts[0], check: parts[3], hi: hi, lo: lo}, true
+	return p, s[i+1:], true
 }
 
 // comparePositions returns -1, 0 or +1 when a is before, at or after b, and ok false when they
 // cannot be compared (unparsable, another epoch or another channel).
 func comparePositions(a, b string) (cmp int, ok bool) {
-	pa, okA := parsePosition(a)
-	pb, okB := parsePosition(b)
-	if !okA || !okB || pa.epoch != pb.epoch || pa.check != pb.check {
+	pa, checkA, okA := parsePosition(a)
+	pb, checkB, okB := parsePosition(b)
+	if !okA || !okB || pa.Epoch != pb.Epoch || checkA != checkB {
 		return 0, false
 	}
 	switch {
-	case pa.hi != pb.hi:
-		if pa.hi < pb.hi {
-			return -1, true
-		}
-		return 1, true
-	case pa.lo < pb.lo:
+	case pa.Less(pb):
 		return -1, true
-	case pa.lo > pb.lo:
+	case pb.Less(pa):
 		return 1, true
 	}
 	return 0, true

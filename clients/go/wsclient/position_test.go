@@ -1,6 +1,10 @@
 package wsclient
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/wsgateway/gateway/protocol"
+)
 
 func TestSeen(t *testing.T) {
 	for _, tc := range []struct {
@@ -22,6 +26,11 @@ func TestSeen(t *testing.T) {
 		{"m1:0:1", "m1:0:5", false},
 		{"m1:0:1:abc:extra", "m1:0:5:abc:extra", false},
 		{"m1:-1:1:abc", "m1:0:5:abc", false},
+		// As the gateway writes them.
+		{protocol.Position{Epoch: "m1", Lo: 4}.ForChannel("room"), protocol.Position{Epoch: "m1", Lo: 5}.ForChannel("room"), true},
+		{protocol.Position{Epoch: "m1", Lo: 6}.ForChannel("room"), protocol.Position{Epoch: "m1", Lo: 5}.ForChannel("room"), false},
+		{protocol.Position{Epoch: "m1", Lo: 4}.ForChannel("hall"), protocol.Position{Epoch: "m1", Lo: 5}.ForChannel("room"), false},
+		{protocol.Position{}.ForChannel("room"), protocol.Position{}.ForChannel("room"), false}, // no history
 	} {
 		if got := seen(tc.pos, tc.last); got != tc.want {
 			t.Errorf("seen(%q, %q) = %v, want %v", tc.pos, tc.last, got, tc.want)
