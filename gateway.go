@@ -1,5 +1,5 @@
 // Package gateway assembles one node of the WebSocket gateway from its configuration: the broker
-// broker (transports/...), the WebSocket hub (transports/ws), the Watermill router and its
+// (a package under transports), the websocket transport (transports/websocket), the Watermill router and its
 // middleware (router), the product's handlers (handlers) and the HTTP server.
 //
 // A Go program can build its own gateway with its own middleware:
@@ -51,7 +51,7 @@ type options struct {
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithBroker uses b instead of building the configured broker broker; the node closes it (New
+// WithBroker uses b instead of building the configured broker; the node closes it (New
 // too, when it fails).
 func WithBroker(b transports.Broker) Option { return func(o *options) { o.broker = b } }
 

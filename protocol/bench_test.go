@@ -8,7 +8,7 @@ import (
 // The codec benchmarks: encoding the message frame a node fans out (once per message per node)
 // and decoding the frames clients send. Run with
 //
-//	go test -run '^$' -bench . -benchmem ./internal/protocol
+//	go test -run '^$' -bench . -benchmem ./protocol
 
 // payload128 is a 128-byte JSON payload, the size the load tool publishes.
 var payload128 = []byte(`{"t":1764230400000000000,"seq":123456,"pad":"` + strings.Repeat("x", 128-47) + `"}`)

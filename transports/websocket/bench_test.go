@@ -13,7 +13,7 @@ import (
 
 // Benchmarks of the channel index and of the fan-out path. Run with
 //
-//	go test -run '^$' -bench . -benchmem ./transports/ws
+//	go test -run '^$' -bench . -benchmem ./transports/websocket
 //
 // The index benchmarks use connections without a socket (Send returns at once), so they measure
 // the index and the per-subscriber bookkeeping alone. BenchmarkFanout writes to real loopback
