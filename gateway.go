@@ -1,6 +1,7 @@
-// Package gateway assembles one node of the WebSocket gateway from its configuration: the broker
-// (a package under transports), the websocket transport (transports/websocket), the Watermill router and its
-// middleware (router), the product's handlers (handlers) and the HTTP server.
+// Package gateway assembles one node of the WebSocket gateway from its configuration: the
+// broker (a package under transports), the websocket transport (transports/websocket), the
+// Watermill router and its middleware (router), the product's handlers (handlers) and the HTTP
+// server.
 //
 // A Go program can build its own gateway with its own middleware:
 //
