@@ -15,21 +15,24 @@ import (
 // the queue to deliver, one message at a time (DeliverUntilAcked), and exits once the queue is empty. An
 // idle relay holds no goroutine and no buffer.
 //
-// Offer and Close may be called from any goroutine; call Close once the subscription's context
-// is done. The relay ends the subscription itself (cancel) when deliver refuses a message.
+// Offer, Finish and Close may be called from any goroutine; call Close once the subscription's
+// context is done. The relay ends the subscription itself (cancel) when deliver refuses a
+// message, and after Finish once the queue is empty.
 type Relay struct {
-	ctx     context.Context    // the subscription's: done when it ends
-	cancel  context.CancelFunc // ends the subscription
-	deliver func(*message.Message) bool
-	limit   int             // messages queued at most
-	wg      *sync.WaitGroup // the broker's, if any: counts the running drain too
+	ctx       context.Context    // the subscription's: done when it ends
+	cancel    context.CancelFunc // ends the subscription
+	deliver   func(*message.Message) bool
+	limit     int             // messages queued at most
+	wg        *sync.WaitGroup // the broker's, if any: counts the running drain too
+	nackDelay time.Duration   // wait before a nacked message is delivered again (SetNackDelay)
 
-	mu      sync.Mutex
-	items   []*message.Message // oldest first
-	busy    bool               // a drain goroutine runs
-	done    bool               // closed: nothing is queued or started anymore
-	space   chan struct{}      // closed when a message is taken, for an Offer waiting for room
-	running sync.WaitGroup     // the drain goroutine, while one runs
+	mu        sync.Mutex
+	items     []*message.Message // oldest first
+	busy      bool               // a drain goroutine runs
+	done      bool               // closed: nothing is queued or started anymore
+	finishing bool               // Finish was called: nothing more is queued
+	space     chan struct{}      // closed when a message is taken, for an Offer waiting for room
+	running   sync.WaitGroup     // the drain goroutine, while one runs
 }
 
 // NewRelay returns the relay of a subscription: ctx is its context and cancel ends it. wg, when
@@ -38,9 +41,13 @@ func NewRelay(ctx context.Context, cancel context.CancelFunc, deliver func(*mess
 	return &Relay{ctx: ctx, cancel: cancel, deliver: deliver, limit: max(limit, 1), wg: wg}
 }
 
+// SetNackDelay makes a nacked message wait d before it is delivered again; by default it is
+// delivered again at once. Call it before the first Offer.
+func (r *Relay) SetNackDelay(d time.Duration) { r.nackDelay = d }
+
 // Offer queues m. When the queue is full it waits up to wait for room, and reports false when
 // none came: the consumer is too slow, and the caller ends the subscription rather than skip
-// the message. A closed relay takes nothing and reports true.
+// the message. A closed or finishing relay takes nothing and reports true.
 func (r *Relay) Offer(m *message.Message, wait time.Duration) bool {
 	var t *time.Timer
 	defer func() {
@@ -48,9 +55,10 @@ func (r *Relay) Offer(m *message.Message, wait time.Duration) bool {
 			t.Stop()
 		}
 	}()
+	expired := false
 	for {
 		r.mu.Lock()
-		if r.done {
+		if r.done || r.finishing {
 			r.mu.Unlock()
 			return true
 		}
@@ -67,15 +75,16 @@ func (r *Relay) Offer(m *message.Message, wait time.Duration) bool {
 			r.mu.Unlock()
 			return true
 		}
+		if expired || wait <= 0 {
+			r.mu.Unlock()
+			return false
+		}
 		if r.space == nil {
 			r.space = make(chan struct{})
 		}
 		space := r.space
 		r.mu.Unlock()
 		if t == nil {
-			if wait <= 0 {
-				return false
-			}
 			t = time.NewTimer(wait)
 		}
 		select {
@@ -83,21 +92,21 @@ func (r *Relay) Offer(m *message.Message, wait time.Duration) bool {
 		case <-r.ctx.Done():
 			return true
 		case <-t.C:
-			return false
+			expired = true // one more look: room may have come as the time ran out
 		}
 	}
 }
 
 // take pops the next message for drain, or marks drain finished (false) when there is none or
-// the relay is closed.
-func (r *Relay) take() (*message.Message, bool) {
+// the relay is closed. finished reports that the queue of a finishing relay ran empty.
+func (r *Relay) take() (m *message.Message, ok, finished bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.done || len(r.items) == 0 || r.ctx.Err() != nil {
 		r.busy = false
-		return nil, false
+		return nil, false, r.finishing && !r.done
 	}
-	m := r.items[0]
+	m = r.items[0]
 	r.items[0] = nil
 	r.items = r.items[1:]
 	if len(r.items) == 0 {
@@ -107,7 +116,7 @@ func (r *Relay) take() (*message.Message, bool) {
 		close(r.space)
 		r.space = nil
 	}
-	return m, true
+	return m, true, false
 }
 
 func (r *Relay) drain() {
@@ -116,17 +125,73 @@ func (r *Relay) drain() {
 	}
 	defer r.running.Done()
 	for {
-		m, ok := r.take()
+		m, ok, finished := r.take()
+		if finished {
+			r.cancel() // Finish: everything queued was delivered
+		}
 		if !ok {
 			return
 		}
-		switch DeliverUntilAcked(r.ctx, m, r.deliver) {
+		switch r.deliverUntilAcked(m) {
 		case Refused:
 			r.cancel() // the subscriber is going away
 			return
 		case Ended:
 			return
 		}
+	}
+}
+
+// deliverUntilAcked is DeliverUntilAcked with the relay's nack delay.
+func (r *Relay) deliverUntilAcked(m *message.Message) Delivery {
+	if r.nackDelay <= 0 {
+		return DeliverUntilAcked(r.ctx, m, r.deliver)
+	}
+	for {
+		c := m.Copy()
+		c.SetContext(r.ctx)
+		if !r.deliver(c) {
+			return Refused
+		}
+		select {
+		case <-c.Acked():
+			return Acked
+		case <-c.Nacked():
+		case <-r.ctx.Done():
+			return Ended
+		}
+		t := time.NewTimer(r.nackDelay)
+		select {
+		case <-t.C:
+		case <-r.ctx.Done():
+		}
+		t.Stop()
+		if r.ctx.Err() != nil { // an ended subscription must not win the race with the timer
+			return Ended
+		}
+	}
+}
+
+// Finish stops queuing, as Close does, but lets what is queued be delivered (in order, each
+// until acked); then the relay ends the subscription (cancel), at once when nothing is queued.
+// It is for a subscription that the feeder drops (too slow, or what follows is lost) whose
+// consumer must still get what it was handed. It does not wait; Close is still called once the
+// subscription's context is done, and drops what is left then.
+func (r *Relay) Finish() {
+	r.mu.Lock()
+	if r.done || r.finishing {
+		r.mu.Unlock()
+		return
+	}
+	r.finishing = true
+	if r.space != nil { // an Offer waiting for room takes nothing now
+		close(r.space)
+		r.space = nil
+	}
+	idle := !r.busy
+	r.mu.Unlock()
+	if idle {
+		r.cancel()
 	}
 }
 

@@ -131,3 +131,102 @@ func TestRelayRefused(t *testing.T) {
 	}
 	r.Close()
 }
+
+func TestRelayFinish(t *testing.T) {
+	r, out, _ := chanRelay(t, 2)
+	r.Offer(message.NewMessage("0", nil), 0)
+	first := next(t, out) // "0" is handed over
+	r.Offer(message.NewMessage("1", nil), 0)
+	r.Offer(message.NewMessage("2", nil), 0)
+	// An offer waiting for room when Finish comes takes nothing.
+	waited := make(chan bool)
+	go func() { waited <- r.Offer(message.NewMessage("x", nil), time.Minute) }()
+	waitOfferWaits(t, r)
+	r.Finish()
+	select {
+	case ok := <-waited:
+		if !ok {
+			t.Fatal("an offer to a finishing relay reported a slow consumer")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting offer did not return on Finish")
+	}
+	if !r.Offer(message.NewMessage("y", nil), 0) {
+		t.Fatal("a finishing relay must take (and drop) what it is offered")
+	}
+	first.Nack() // still delivered again: the subscription goes on until the queue is empty
+	for _, want := range []string{"0", "1", "2"} {
+		m := next(t, out)
+		if m.UUID != want {
+			t.Fatalf("got %s, want %s", m.UUID, want)
+		}
+		if r.ctx.Err() != nil {
+			t.Fatal("the subscription ended before the queue was delivered")
+		}
+		m.Ack()
+	}
+	select {
+	case <-r.ctx.Done(): // the relay ended the subscription once the queue was empty
+	case <-time.After(10 * time.Second):
+		t.Fatal("a finished relay did not end the subscription")
+	}
+	select {
+	case m := <-out:
+		t.Fatalf("%s delivered after the queue of a finished relay", m.UUID)
+	default:
+	}
+}
+
+// waitOfferWaits waits until an Offer waits for room on r.
+func waitOfferWaits(t *testing.T, r *Relay) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r.mu.Lock()
+		waiting := r.space != nil
+		r.mu.Unlock()
+		if waiting {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no offer waits for room")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestRelayFinishIdle(t *testing.T) {
+	r, _, _ := chanRelay(t, 2)
+	r.Finish() // nothing queued, no drain running: the subscription ends at once
+	select {
+	case <-r.ctx.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("finishing an idle relay did not end the subscription")
+	}
+}
+
+func TestRelayNackDelay(t *testing.T) {
+	r, out, cancel := chanRelay(t, 10)
+	const delay = 50 * time.Millisecond
+	r.SetNackDelay(delay)
+	r.Offer(message.NewMessage("0", nil), 0)
+	m := next(t, out)
+	nacked := time.Now()
+	m.Nack()
+	m = next(t, out)
+	if d := time.Since(nacked); d < delay {
+		t.Fatalf("delivered again %v after the nack, want at least %v", d, delay)
+	}
+	if m.UUID != "0" {
+		t.Fatalf("got %s after a nack, want 0 again", m.UUID)
+	}
+	// A subscription that ends during the wait gets nothing more.
+	m.Nack()
+	cancel()
+	r.Close()
+	select {
+	case m := <-out:
+		t.Fatalf("%s delivered again after the subscription ended", m.UUID)
+	default:
+	}
+}

@@ -156,3 +156,44 @@ func (h *groupHandler) deliver(sess sarama.ConsumerGroupSession, m *message.Mess
 	defer h.mu.Unlock()
 	return deliver(h.ctx, h.out, m, sess.Context().Done(), h.b.done)
 }
+
+// deliver hands copies of m to out until one is acked (a nack delivers it again after
+// nackDelay); false when ctx or a stop channel ended first.
+func deliver(ctx context.Context, out chan<- *message.Message, m *message.Message, stop1, stop2 <-chan struct{}) bool {
+	for {
+		select { // an ended session or subscription must not win the race with a ready reader
+		case <-ctx.Done():
+			return false
+		case <-stop1:
+			return false
+		case <-stop2:
+			return false
+		default:
+		}
+		c := m.Copy()
+		c.SetContext(ctx)
+		select {
+		case out <- c:
+		case <-ctx.Done():
+			return false
+		case <-stop1:
+			return false
+		case <-stop2:
+			return false
+		}
+		select {
+		case <-c.Acked():
+			return true
+		case <-c.Nacked():
+			if !sleep(nackDelay, ctx.Done(), stop1, stop2) {
+				return false
+			}
+		case <-ctx.Done():
+			return false
+		case <-stop1:
+			return false
+		case <-stop2:
+			return false
+		}
+	}
+}

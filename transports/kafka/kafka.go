@@ -574,15 +574,25 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 // Every reader starts at the newest offsets of all partitions of its topic before the first
 // Subscribe on it returns.
 func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	return transports.SubscribeChan(ctx, b, topic)
+}
+
+var _ transports.FuncSubscriber = (*Broker)(nil)
+
+// SubscribeFunc implements transports.FuncSubscriber, as Subscribe does. The subscription holds
+// no goroutine and no buffer while it has nothing to deliver: the reader queues records on it,
+// and the first one queued while none runs starts a goroutine that delivers until the queue is
+// empty.
+func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
 	kt, channel, err := b.kafkaTopic(topic)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	r, err := b.reader(kt)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return r.subscribe(ctx, channel)
+	return r.subscribe(ctx, channel, deliver, ended)
 }
 
 func (b *Broker) reader(kt string) (*reader, error) {

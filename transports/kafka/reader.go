@@ -41,7 +41,8 @@ type reader struct {
 
 	startMu sync.Mutex
 	started bool
-	parts   []int32 // partitions read, set at start
+	parts   []int32         // partitions read, set at start
+	stopped context.Context // done once the broker closed; set at start
 	closed  bool
 
 	mu      sync.Mutex
@@ -66,19 +67,26 @@ func (r *reader) changes() <-chan struct{} {
 	return r.changed
 }
 
-// subscription is one Subscribe: a bounded queue drained by its run loop.
+// subscription is one Subscribe or SubscribeFunc: the reader offers it the records of its key,
+// queued on a transports.Relay (at most SubscriptionBuffer; no goroutine or buffer while idle).
 type subscription struct {
-	r      *reader
-	key    string
-	q      *queue
-	from   map[int32]int64 // per partition, the first offset this subscription takes...
-	fromID string          // ...in the topic of this id (a re-created topic is read whole)
+	r          *reader
+	key        string
+	from       map[int32]int64 // per partition, the first offset this subscription takes...
+	fromID     string          // ...in the topic of this id (a re-created topic is read whole)
+	ctx        context.Context
+	cancel     context.CancelFunc // ends the subscription (end runs then)
+	relay      *transports.Relay
+	ended      func()
+	stopReader func() bool
 }
 
-func (r *reader) subscribe(ctx context.Context, key string) (<-chan *message.Message, error) {
-	parts, err := r.start(ctx)
+// subscribe registers a subscription of key that hands its records to deliver (see
+// transports.FuncSubscriber); ended is called once it ended.
+func (r *reader) subscribe(ctx context.Context, key string, deliver func(*message.Message) bool, ended func()) error {
+	parts, stopped, err := r.start(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c := r.b.current()
 	if r.demux {
@@ -88,10 +96,19 @@ func (r *reader) subscribe(ctx context.Context, key string) (<-chan *message.Mes
 	from := make(map[int32]int64, len(parts))
 	for _, p := range parts {
 		if from[p], err = c.client.GetOffset(r.topic, p, sarama.OffsetNewest); err != nil {
-			return nil, fmt.Errorf("%w: kafka subscribe to %s: %w", transports.ErrUnavailable, r.topic, err)
+			return fmt.Errorf("%w: kafka subscribe to %s: %w", transports.ErrUnavailable, r.topic, err)
 		}
 	}
-	s := &subscription{r: r, key: key, q: newQueue(r.b.cfg.SubscriptionBuffer), from: from, fromID: fromID}
+	if !r.b.track() { // done when the subscription ends
+		return transports.ErrClosed
+	}
+	s := &subscription{r: r, key: key, from: from, fromID: fromID, ended: ended}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	// A closed broker delivers nothing more, even before its close reached s.ctx.
+	s.relay = transports.NewRelay(s.ctx, s.cancel, func(m *message.Message) bool {
+		return !r.b.isClosed() && deliver(m)
+	}, r.b.cfg.SubscriptionBuffer, &r.b.wg)
+	s.relay.SetNackDelay(nackDelay)
 	r.mu.Lock()
 	set := r.subs[key]
 	if set == nil {
@@ -101,30 +118,38 @@ func (r *reader) subscribe(ctx context.Context, key string) (<-chan *message.Mes
 	}
 	set[s] = struct{}{}
 	r.mu.Unlock()
-	out := make(chan *message.Message)
-	if !r.b.goTrack(func() { s.run(ctx, out) }) {
-		r.remove(s)
-		return nil, transports.ErrClosed
+	s.stopReader = context.AfterFunc(stopped, s.cancel) // the broker closed
+	context.AfterFunc(s.ctx, s.end)
+	return nil
+}
+
+// track counts a subscription in b.wg, which Close waits for; false when the broker is closed.
+func (b *Broker) track() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false
 	}
-	return out, nil
+	b.wg.Add(1)
+	return true
 }
 
 // start starts a partition consumer on every partition at its newest offset, once, and returns
-// the partitions.
-func (r *reader) start(ctx context.Context) ([]int32, error) {
+// the partitions and a context that is done once the broker closed.
+func (r *reader) start(ctx context.Context) ([]int32, context.Context, error) {
 	r.startMu.Lock()
 	defer r.startMu.Unlock()
 	if r.closed {
-		return nil, transports.ErrClosed
+		return nil, nil, transports.ErrClosed
 	}
 	if r.started {
-		return r.parts, nil
+		return r.parts, r.stopped, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.b.cfg.OperationTimeout)
 	defer cancel()
 	c, err := r.b.ready(ctx, r.b.cfg.OperationTimeout)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	unavailable := func(err error) error {
 		return fmt.Errorf("%w: kafka subscribe to %s: %w", transports.ErrUnavailable, r.topic, err)
@@ -136,7 +161,7 @@ func (r *reader) start(ctx context.Context) ([]int32, error) {
 	}
 	if err != nil {
 		r.b.kickTopics()
-		return nil, unavailable(err)
+		return nil, nil, unavailable(err)
 	}
 	consumer := c.consumer
 	type started struct {
@@ -155,7 +180,7 @@ func (r *reader) start(ctx context.Context) ([]int32, error) {
 			for _, s := range all {
 				_ = s.pc.Close()
 			}
-			return nil, unavailable(err)
+			return nil, nil, unavailable(err)
 		}
 		all = append(all, started{p, pc, next})
 	}
@@ -166,11 +191,17 @@ func (r *reader) start(ctx context.Context) ([]int32, error) {
 			_ = s.pc.Close() // the goroutines already started close their own
 		}
 	}
+	// The subscriptions end when the broker closes: one goroutine per reader tells them.
+	stopped, stop := context.WithCancel(context.Background())
+	if !r.b.goTrack(func() { <-r.b.done; stop() }) {
+		stop()
+	}
+	r.stopped = stopped
 	r.started = true
 	if r.b.isClosed() {
-		return nil, transports.ErrClosed
+		return nil, nil, transports.ErrClosed
 	}
-	return parts, nil
+	return parts, stopped, nil
 }
 
 // close keeps a start that comes after Close from starting anything.
@@ -283,7 +314,7 @@ func (r *reader) restartAt(consumer sarama.Consumer, p int32, next int64, id str
 	return pc, start, newID, nil
 }
 
-// dispatch hands a record to the subscriptions of its key. A subscription whose queue is full
+// dispatch queues a record on the subscriptions of its key. A subscription whose queue is full
 // holds up this partition for at most SlowTimeout; then it is closed (after delivering what it
 // holds) and the partition goes on: a stuck subscriber never blocks the others for long, and a
 // fast one that is only behind for a moment loses nothing.
@@ -318,9 +349,9 @@ func (r *reader) dispatch(km *sarama.ConsumerMessage, id, epoch string) {
 	}
 	msg := toMessage(km, epoch, key)
 	for _, s := range targets {
-		if !s.q.push(msg, r.b.cfg.SlowTimeout, r.b.done) {
+		if !s.relay.Offer(msg, r.b.cfg.SlowTimeout) {
 			r.remove(s)
-			s.q.close()
+			s.relay.Finish()
 			r.b.log.Warn("kafka subscription too slow, closed", "topic", r.topic, "channel", key,
 				"buffer", r.b.cfg.SubscriptionBuffer, "waited", r.b.cfg.SlowTimeout)
 		}
@@ -344,7 +375,7 @@ func (r *reader) lost(p int32) {
 	r.mu.Unlock()
 	for _, s := range victims {
 		r.remove(s)
-		s.q.close()
+		s.relay.Finish()
 	}
 }
 
@@ -360,155 +391,12 @@ func (r *reader) remove(s *subscription) {
 	}
 }
 
-func (s *subscription) run(ctx context.Context, out chan<- *message.Message) {
-	defer close(out)
-	defer s.q.close() // a dispatch waiting for room gives up at once
-	defer s.r.remove(s)
-	for {
-		m, ok := s.q.pop(ctx, s.r.b.done)
-		if !ok {
-			return
-		}
-		if !deliver(ctx, out, m, s.r.b.done, nil) {
-			return
-		}
-	}
-}
-
-// deliver hands copies of m to out until one is acked (a nack delivers it again after
-// nackDelay); false when ctx or a stop channel ended first.
-func deliver(ctx context.Context, out chan<- *message.Message, m *message.Message, stop1, stop2 <-chan struct{}) bool {
-	for {
-		select { // an ended session or subscription must not win the race with a ready reader
-		case <-ctx.Done():
-			return false
-		case <-stop1:
-			return false
-		case <-stop2:
-			return false
-		default:
-		}
-		c := m.Copy()
-		c.SetContext(ctx)
-		select {
-		case out <- c:
-		case <-ctx.Done():
-			return false
-		case <-stop1:
-			return false
-		case <-stop2:
-			return false
-		}
-		select {
-		case <-c.Acked():
-			return true
-		case <-c.Nacked():
-			if !sleep(nackDelay, ctx.Done(), stop1, stop2) {
-				return false
-			}
-		case <-ctx.Done():
-			return false
-		case <-stop1:
-			return false
-		case <-stop2:
-			return false
-		}
-	}
-}
-
-// queue is a bounded FIFO with one consumer.
-type queue struct {
-	mu     sync.Mutex
-	items  []*message.Message
-	limit  int
-	closed bool
-	signal chan struct{} // capacity 1: something was pushed, or the queue closed
-	space  chan struct{} // capacity 1: something was taken, or the queue closed
-}
-
-func newQueue(limit int) *queue {
-	return &queue{limit: limit, signal: make(chan struct{}, 1), space: make(chan struct{}, 1)}
-}
-
-func notify(c chan struct{}) {
-	select {
-	case c <- struct{}{}:
-	default:
-	}
-}
-
-// push adds m, waiting at most wait for room; false when there was none. A closed queue takes
-// nothing and reports true.
-func (q *queue) push(m *message.Message, wait time.Duration, stop <-chan struct{}) bool {
-	var timeout <-chan time.Time
-	for {
-		q.mu.Lock()
-		if q.closed {
-			q.mu.Unlock()
-			return true
-		}
-		if len(q.items) < q.limit {
-			q.items = append(q.items, m)
-			if len(q.items) < q.limit {
-				notify(q.space) // pass a wake-up on to another waiting pusher
-			}
-			q.mu.Unlock()
-			notify(q.signal)
-			return true
-		}
-		q.mu.Unlock()
-		if timeout == nil {
-			t := time.NewTimer(wait)
-			defer t.Stop()
-			timeout = t.C
-		}
-		select {
-		case <-q.space:
-		case <-timeout:
-			q.mu.Lock()
-			full := len(q.items) >= q.limit && !q.closed
-			q.mu.Unlock()
-			if !full {
-				continue
-			}
-			return false
-		case <-stop:
-			return true
-		}
-	}
-}
-
-// close lets pop return what is queued, then report the end; pushes become no-ops.
-func (q *queue) close() {
-	q.mu.Lock()
-	q.closed = true
-	q.mu.Unlock()
-	notify(q.signal)
-	notify(q.space)
-}
-
-func (q *queue) pop(ctx context.Context, stop <-chan struct{}) (*message.Message, bool) {
-	for {
-		q.mu.Lock()
-		if len(q.items) > 0 {
-			m := q.items[0]
-			q.items[0] = nil
-			q.items = q.items[1:]
-			q.mu.Unlock()
-			notify(q.space)
-			return m, true
-		}
-		closed := q.closed
-		q.mu.Unlock()
-		if closed {
-			return nil, false
-		}
-		select {
-		case <-q.signal:
-		case <-ctx.Done():
-			return nil, false
-		case <-stop:
-			return nil, false
-		}
-	}
+// end runs once the subscription's context is done: nothing is queued or delivered after it
+// starts, and ended comes after the last delivery.
+func (s *subscription) end() {
+	s.relay.Close()
+	s.r.remove(s)
+	s.stopReader()
+	s.ended()
+	s.r.b.wg.Done()
 }
