@@ -292,6 +292,20 @@ func (m *Message) SetPayload(p []byte) {
 	m.Encoding = "base64"
 }
 
+// Payload returns what SetPayload was given: Data itself when it is JSON, or the decoded bytes of
+// a base64 payload (binary true). A base64 payload that does not decode is returned as Data.
+func (m *Message) Payload() (p []byte, binary bool) {
+	if m.Encoding == "base64" {
+		var s string
+		if json.Unmarshal(m.Data, &s) == nil {
+			if b, err := base64.StdEncoding.DecodeString(s); err == nil {
+				return b, true
+			}
+		}
+	}
+	return m.Data, false
+}
+
 // Encode marshals a server frame. Server frames are plain structs, so this cannot fail for them;
 // a failure is a programming error reported as an internal error frame.
 func Encode(v any) []byte {

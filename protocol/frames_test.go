@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -341,6 +342,21 @@ func TestDisconnects(t *testing.T) {
 		}
 		if got := tt.d.CloseReason(); got != tt.d.Code {
 			t.Errorf("%s: close reason %q, want the code", tt.d.Code, got)
+		}
+	}
+}
+
+// TestPayloadRoundTrip: Payload gives back exactly what SetPayload was given, JSON or not.
+func TestPayloadRoundTrip(t *testing.T) {
+	for _, p := range [][]byte{[]byte(`{"a":1}`), []byte(`"text"`), {0xff, 0x00, 'x'}, []byte("not json"), {}} {
+		var m Message
+		m.SetPayload(p)
+		got, binary := m.Payload()
+		if !bytes.Equal(got, p) && !(len(p) == 0 && len(got) == 0) {
+			t.Errorf("SetPayload(%q) then Payload() = %q", p, got)
+		}
+		if binary != (m.Encoding == "base64") {
+			t.Errorf("SetPayload(%q): binary %v with encoding %q", p, binary, m.Encoding)
 		}
 	}
 }

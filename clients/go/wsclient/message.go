@@ -1,8 +1,9 @@
 package wsclient
 
 import (
-	"encoding/base64"
 	"encoding/json"
+
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // Message is a message from the server: on a subscribed channel (Channel, Position, From), or
@@ -30,10 +31,7 @@ type Message struct {
 func (m Message) Decode(v any) error { return json.Unmarshal(m.Bytes, v) }
 
 // From is the client that published a message.
-type From struct {
-	User    string `json:"user"`
-	Session string `json:"session"`
-}
+type From = protocol.From
 
 // frame is any frame from the server.
 type frame struct {
@@ -58,16 +56,10 @@ type frame struct {
 
 func (f *frame) message() Message {
 	m := Message{Channel: f.Channel, ID: f.ID, Position: f.Position, From: f.From, To: f.To}
-	if f.Encoding == "base64" {
-		var s string
-		if json.Unmarshal(f.Data, &s) == nil {
-			if b, err := base64.StdEncoding.DecodeString(s); err == nil {
-				m.Bytes, m.Binary = b, true
-				return m
-			}
-		}
+	pm := protocol.Message{Data: f.Data, Encoding: f.Encoding}
+	if m.Bytes, m.Binary = pm.Payload(); !m.Binary {
+		m.Data = f.Data
 	}
-	m.Data, m.Bytes = f.Data, f.Data
 	return m
 }
 
