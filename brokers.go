@@ -18,7 +18,9 @@ import (
 	"github.com/wsgateway/gateway/transports/redis"
 )
 
-// NewBroker builds the broker broker the configuration names.
+// NewBroker builds the broker the configuration names. Like each broker package's New, it starts
+// nothing: the caller calls the broker's Start (Gateway.Start does, for the broker it builds or
+// is given) and Close.
 func NewBroker(cfg *configs.Config, log *slog.Logger) (transports.Broker, error) {
 	switch cfg.Broker {
 	case configs.BrokerMemory:

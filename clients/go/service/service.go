@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -74,12 +75,17 @@ func New(cfg *configs.Config, logger *slog.Logger, opts ...Option) (*Service, er
 	if err != nil {
 		return nil, fmt.Errorf("service: broker %s: %w", cfg.Broker, err)
 	}
+	if err := b.Start(context.Background()); err != nil {
+		_ = b.Close()
+		return nil, fmt.Errorf("service: start broker %s: %w", cfg.Broker, err)
+	}
 	return &Service{broker: b, log: logger, keys: keys, done: make(chan struct{})}, nil
 }
 
 // NewWithBroker makes a Service over b, which it owns: Close closes b. Use it to share an
-// in-process memory broker with a gateway node (broker.Node(prefix) for each). It fails only on
-// malformed signing keys.
+// in-process memory broker with a gateway node (broker.Node(prefix) for each). It starts b
+// (nothing when b was started already), and fails only on malformed signing keys or when b
+// cannot start at all.
 func NewWithBroker(b transports.Broker, logger *slog.Logger, opts ...Option) (*Service, error) {
 	if b == nil {
 		return nil, fmt.Errorf("%w: nil broker", ErrInvalid)
@@ -87,6 +93,9 @@ func NewWithBroker(b transports.Broker, logger *slog.Logger, opts ...Option) (*S
 	keys, err := signing.ParseKeys(collect(opts).signingKeys)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := b.Start(context.Background()); err != nil { // nothing when b was started already
+		return nil, fmt.Errorf("service: start broker: %w", err)
 	}
 	return &Service{broker: b, log: orDiscard(logger), keys: keys, done: make(chan struct{})}, nil
 }
