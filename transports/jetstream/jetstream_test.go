@@ -127,6 +127,9 @@ func newNode(t *testing.T, cfg Config) *Broker {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	return b
 }
 
@@ -155,6 +158,9 @@ func suiteNodes(url string) transporttest.NewNode {
 		}
 		b, err := New(testConfig(url, prefix), testLogger(t))
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		return b
@@ -625,6 +631,9 @@ func TestCloseStopsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := n.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	ctx := t.Context()
 	var chans []<-chan *message.Message
 	for _, topic := range []string{protocol.ChannelTopic("c"), protocol.TopicDirect, protocol.TopicInbound} {
@@ -774,6 +783,9 @@ func TestNewWithConn(t *testing.T) {
 	defer nc.Close()
 	n, err := NewWithConn(nc, testConfig(br.url(), transporttest.Prefix(t)), testLogger(t))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	topic := protocol.ChannelTopic("c")

@@ -68,6 +68,9 @@ func newNode(t testing.TB, url, prefix string) *nats.Broker {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	return b
 }
 
@@ -262,6 +265,9 @@ func TestSlowSubscriptionEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
+	if err := b.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	topic := protocol.ChannelTopic("slow")
 	ch, err := b.Subscribe(t.Context(), topic)
 	if err != nil {
@@ -389,6 +395,9 @@ func TestNewWithConn(t *testing.T) {
 	defer nc.Close()
 	b, err := nats.NewWithConn(nc, nats.Config{Prefix: transporttest.Prefix(t)}, testLogger(t))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	ch, err := b.Subscribe(context.Background(), protocol.TopicEvents)
