@@ -59,10 +59,25 @@ type Cluster struct {
 	// Env are the GATEWAY_* settings of a node process on it, without the topic prefix; nil
 	// when InProcess.
 	Env []string
-	// New returns the started broker of one node under prefix (nodes with the same prefix share
-	// one broker namespace), closed when the test ends; a node given it with gateway.WithBroker
-	// may close it first. JetStream's streams of prefix are deleted when the test ends.
-	New func(t testing.TB, prefix string) transports.Broker
+	// Build returns the broker of one node under prefix as its package's New does: not started,
+	// not closed when the test ends. JetStream's streams of prefix are deleted when it ends.
+	Build func(t testing.TB, prefix string) (transports.Broker, error)
+}
+
+// New returns the started broker of one node under prefix (nodes with the same prefix share one
+// broker namespace), closed when the test ends; a node given it with gateway.WithBroker may
+// close it first.
+func (c *Cluster) New(t testing.TB, prefix string) transports.Broker {
+	t.Helper()
+	b, err := c.Build(t, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // Brokers are the brokers every cross-broker test runs on: memory, nats, jetstream, redis and
@@ -71,17 +86,16 @@ var Brokers = []Broker{
 	{Name: "memory", History: true, InProcess: true, Setup: func(t testing.TB) *Cluster {
 		broker := memory.NewBroker(memory.Config{HistorySize: 10000})
 		t.Cleanup(broker.Close)
-		return &Cluster{New: func(t testing.TB, prefix string) transports.Broker {
-			return started(t, broker.Node(prefix), nil)
+		return &Cluster{Build: func(_ testing.TB, prefix string) (transports.Broker, error) {
+			return broker.Node(prefix), nil
 		}}
 	}},
 	{Name: "nats", Setup: func(t testing.TB) *Cluster {
 		SkipUnreachable(t, "NATS", NATSAddr)
 		return &Cluster{
 			Env: []string{"GATEWAY_BROKER=nats"},
-			New: func(t testing.TB, prefix string) transports.Broker {
-				b, err := nats.New(nats.Config{URL: "nats://" + NATSAddr, Prefix: prefix}, nil)
-				return started(t, b, err)
+			Build: func(_ testing.TB, prefix string) (transports.Broker, error) {
+				return nats.New(nats.Config{URL: "nats://" + NATSAddr, Prefix: prefix}, nil)
 			},
 		}
 	}},
@@ -89,10 +103,9 @@ var Brokers = []Broker{
 		SkipUnreachable(t, "NATS", NATSAddr)
 		return &Cluster{
 			Env: []string{"GATEWAY_BROKER=jetstream", "GATEWAY_JETSTREAM_MAX_BYTES=16777216", "GATEWAY_JETSTREAM_MAX_AGE=10m"},
-			New: func(t testing.TB, prefix string) transports.Broker {
-				b, err := jetstream.New(jetstream.Config{URL: "nats://" + NATSAddr, Prefix: prefix, MaxAge: time.Hour, MaxBytes: 16 << 20}, nil)
+			Build: func(t testing.TB, prefix string) (transports.Broker, error) {
 				t.Cleanup(func() { DeleteStreams(prefix) })
-				return started(t, b, err)
+				return jetstream.New(jetstream.Config{URL: "nats://" + NATSAddr, Prefix: prefix, MaxAge: time.Hour, MaxBytes: 16 << 20}, nil)
 			},
 		}
 	}},
@@ -100,9 +113,8 @@ var Brokers = []Broker{
 		SkipUnreachable(t, "Redis", RedisAddr)
 		return &Cluster{
 			Env: []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_SHARDS=4"},
-			New: func(t testing.TB, prefix string) transports.Broker {
-				b, err := redis.New(redis.Config{Addr: RedisAddr, Prefix: prefix, Shards: 4, MaxLen: 10000}, nil)
-				return started(t, b, err)
+			Build: func(_ testing.TB, prefix string) (transports.Broker, error) {
+				return redis.New(redis.Config{Addr: RedisAddr, Prefix: prefix, Shards: 4, MaxLen: 10000}, nil)
 			},
 		}
 	}},
@@ -115,25 +127,11 @@ var Brokers = []Broker{
 		t.Cleanup(c.Close)
 		return &Cluster{
 			Env: []string{"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=" + strings.Join(c.ListenAddrs(), ","), "GATEWAY_KAFKA_PARTITIONS=4"},
-			New: func(t testing.TB, prefix string) transports.Broker {
-				b, err := kafka.New(kafka.Config{Brokers: c.ListenAddrs(), Prefix: prefix, Partitions: 4}, nil)
-				return started(t, b, err)
+			Build: func(_ testing.TB, prefix string) (transports.Broker, error) {
+				return kafka.New(kafka.Config{Brokers: c.ListenAddrs(), Prefix: prefix, Partitions: 4}, nil)
 			},
 		}
 	}},
-}
-
-// started fails t on err, else starts b and closes it when the test ends.
-func started[B transports.Broker](t testing.TB, b B, err error) transports.Broker {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	if err := b.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // DeleteStreams removes the JetStream streams of prefix from the shared NATS server, which keeps
