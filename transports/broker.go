@@ -37,7 +37,7 @@ import (
 //
 // All methods are safe for concurrent use. The broker's New starts nothing: Start does. Before
 // Start, Publish, Subscribe, SubscribeGroup and Ping fail with ErrNotStarted (History's methods
-// too, for brokers that have it). Close is idempotent and bounded in time; after Close, Publish
+// too, for brokers that have it); only memory.Node, which has nothing to start, works without. Close is idempotent and bounded in time; after Close, Publish
 // fails with ErrClosed and every subscription channel is closed.
 type Broker interface {
 	// Start connects and starts the broker's background work (connection, reconnects,
