@@ -659,7 +659,8 @@ func (b *Broker) Ping(ctx context.Context) error {
 }
 
 // Close ends every subscription and closes the connection if the Broker owns it. Safe to call
-// twice, and before Start; bounded by Config.Timeout (twice that when a Start is under way).
+// twice, and before Start; bounded by Config.Timeout, after a Start under way, whose first dial
+// takes at most Config.Timeout per server of the URL.
 func (b *Broker) Close() error {
 	b.startMu.Lock() // a Start under way finishes first (bounded by Config.Timeout)
 	defer b.startMu.Unlock()
