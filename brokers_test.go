@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
 	"github.com/wsgateway/gateway/internal/nodetest"
@@ -18,13 +19,13 @@ import (
 )
 
 // badStarts build, for the brokers whose Start can fail, a broker whose Start fails: nats.go
-// cannot parse the URL (New does no I/O, so only Start finds out).
+// refuses an option, a CA file that is not there (New does no I/O, so only Start finds out).
 var badStarts = map[string]func() (transports.Broker, error){
 	"nats": func() (transports.Broker, error) {
-		return nats.New(nats.Config{URL: "nats://bad host:4222"}, nil)
+		return nats.New(nats.Config{URL: "nats://" + nodetest.NATSAddr, Options: []natsgo.Option{natsgo.RootCAs("/no/such/ca.pem")}}, nil)
 	},
 	"jetstream": func() (transports.Broker, error) {
-		return jetstream.New(jetstream.Config{URL: "nats://bad host:4222"}, nil)
+		return jetstream.New(jetstream.Config{URL: "nats://" + nodetest.NATSAddr, Options: []natsgo.Option{natsgo.RootCAs("/no/such/ca.pem")}}, nil)
 	},
 }
 

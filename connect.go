@@ -30,8 +30,7 @@ var ErrBrokerUnreachable = errors.New("broker unreachable")
 // exponential backoff and jitter (connectRetryMin to connectRetryMax). It logs once that the
 // broker is unreachable (when a retry failed too), and once that it is reached. With
 // broker_connect_timeout set it gives up after that long, with an error naming the broker and its
-// address; it also returns when ctx ends. A broker that cannot start at all (a malformed
-// address) fails at once.
+// address; it also returns when ctx ends. A broker that cannot start at all fails at once.
 func (g *Gateway) awaitBroker(ctx context.Context) error {
 	broker, addr := g.cfg.Broker, brokerAddr(g.cfg)
 	start := time.Now()

@@ -35,6 +35,7 @@ import (
 
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
+	wsnats "github.com/wsgateway/gateway/transports/nats"
 )
 
 // Defaults of Config.
@@ -129,6 +130,8 @@ func (c *Config) Validate() error {
 	switch {
 	case strings.TrimSpace(c.URL) == "":
 		return errors.New("jetstream: nats.url must not be empty")
+	case wsnats.CheckURLs(c.URL) != nil:
+		return fmt.Errorf("jetstream: nats.url: %w", wsnats.CheckURLs(c.URL))
 	case c.Prefix == "" || strings.Trim(c.Prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != "":
 		return fmt.Errorf("jetstream: topic_prefix %q must be made of [A-Za-z0-9_-]", c.Prefix)
 	case c.MaxAge < 0:
@@ -241,7 +244,8 @@ func newBroker(cfg Config, logger *slog.Logger) *Broker {
 // the server answers within PublishTimeout, and starts the keeper, which provisions them later
 // otherwise and checks them every CheckInterval. The server may be down: the Broker reconnects
 // by itself (with backoff), reports ErrUnavailable from Ping and Publish meanwhile, and creates
-// the streams once it is connected. Start fails on a URL nats.go cannot use.
+// the streams once it is connected. Start fails when nats.go refuses the connection's options
+// (Config.Options: a TLS file that cannot be read).
 func (b *Broker) Start(ctx context.Context) error {
 	b.startMu.Lock()
 	defer b.startMu.Unlock()

@@ -609,10 +609,15 @@ func TestConfig(t *testing.T) {
 		{"negative age", Config{MaxAge: -time.Second}, false},
 		{"window over age", Config{MaxAge: time.Minute, DuplicateWindow: time.Hour}, false},
 		{"replicas", Config{Replicas: 7}, false},
+		{"url nats.go cannot parse", Config{URL: "nats://user:secret@bad host:4222"}, false},
 	} {
 		tc.cfg.setDefaults()
-		if err := tc.cfg.Validate(); (err == nil) != tc.ok {
+		err := tc.cfg.Validate()
+		if (err == nil) != tc.ok {
 			t.Errorf("%s: Validate() = %v", tc.name, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: Validate() = %v, which shows the URL's password", tc.name, err)
 		}
 	}
 	c := Config{MaxAge: time.Minute}

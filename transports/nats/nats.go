@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -98,7 +99,33 @@ func (c *Config) Validate() error {
 	if strings.TrimSpace(c.URL) == "" {
 		return errors.New("nats: Config.URL must not be empty")
 	}
+	if err := CheckURLs(c.URL); err != nil {
+		return fmt.Errorf("nats: Config.URL: %w", err)
+	}
 	return c.validateRest()
+}
+
+// CheckURLs parses a comma-separated server list as nats.go's Connect does ("nats://" is
+// implied), without connecting, so that New rejects what Start could not use. The error does
+// not repeat the URL, which may hold credentials.
+func CheckURLs(list string) error {
+	for _, u := range strings.Split(list, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		if !strings.Contains(u, "://") {
+			u = "nats://" + u
+		}
+		if _, err := url.Parse(u); err != nil {
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
+			return fmt.Errorf("a server address cannot be parsed: %w", err)
+		}
+	}
+	return nil
 }
 
 // validateRest checks everything but URL (NewWithConn has no use for it).
@@ -249,7 +276,8 @@ func newBroker(given *natsgo.Conn, cfg Config, logger *slog.Logger) *Broker {
 // Start implements transports.Broker: it connects (New's Broker) and starts the dispatcher of
 // the fan-out subscriptions. A server that is down is not an error: the client keeps trying
 // (ReconnectWait plus jitter between rounds), Ping reports it and Publish fails with
-// transports.ErrUnavailable meanwhile. Start fails on a URL nats.go cannot use.
+// transports.ErrUnavailable meanwhile. Start fails when nats.go refuses the connection's options
+// (Config.Options: a TLS file that cannot be read).
 func (b *Broker) Start(context.Context) error {
 	b.startMu.Lock()
 	defer b.startMu.Unlock()

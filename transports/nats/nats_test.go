@@ -139,6 +139,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative timeout", nats.Config{URL: "nats://h:1", Timeout: -time.Second}, false},
 		{"tight reconnect", nats.Config{URL: "nats://h:1", ReconnectWait: time.Nanosecond}, false},
 		{"negative pending limit", nats.Config{URL: "nats://h:1", PendingLimit: -1}, false},
+		{"url nats.go cannot parse", nats.Config{URL: "nats://h:1, nats://bad host:4222"}, false},
+		{"url without scheme", nats.Config{URL: "h:1,h2"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := nats.New(tc.cfg, nil)
