@@ -16,8 +16,9 @@ import (
 	"github.com/wsgateway/gateway/transports/redis"
 )
 
-// NewBroker builds the broker the configuration names, from the broker package's ConfigFrom (a
-// service that uses one broker builds it the same way and links only that package).
+// NewBroker builds the broker the configuration names. Like each broker package's New, it starts
+// nothing: the caller calls the broker's Start (Gateway.Start does, for the broker it builds or
+// is given) and Close.
 func NewBroker(cfg *configs.Config, log *slog.Logger) (transports.Broker, error) {
 	switch cfg.Broker {
 	case configs.BrokerMemory:

@@ -2,108 +2,23 @@ package gateway_test
 
 import (
 	"fmt"
-	"net"
 	"strconv"
 	"testing"
 	"time"
 
-	natsgo "github.com/nats-io/nats.go"
-
-	"github.com/twmb/franz-go/pkg/kfake"
-
 	"github.com/wsgateway/gateway"
+	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
-	"github.com/wsgateway/gateway/transports"
-
-	"github.com/wsgateway/gateway/transports/jetstream"
-	"github.com/wsgateway/gateway/transports/kafka"
-	"github.com/wsgateway/gateway/transports/memory"
-	"github.com/wsgateway/gateway/transports/nats"
-	"github.com/wsgateway/gateway/transports/redis"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
-// clusterBroker makes the broker of one node of a cluster whose nodes share prefix.
-type clusterBroker struct {
-	name    string
-	history bool // resume across nodes works
-	// setup returns the constructor of a node's broker, or skips the test.
-	setup func(t *testing.T) func(t *testing.T, prefix string) transports.Broker
-}
-
-func reachable(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
-}
-
-var clusterBrokers = []clusterBroker{
-	{name: "memory", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Broker {
-		broker := memory.NewBroker(memory.Config{HistorySize: 10000})
-		t.Cleanup(broker.Close)
-		return func(_ *testing.T, prefix string) transports.Broker { return broker.Node(prefix) }
-	}},
-	{name: "nats", setup: func(t *testing.T) func(*testing.T, string) transports.Broker {
-		if !reachable("127.0.0.1:4222") {
-			t.Skip("no NATS server on 127.0.0.1:4222 (scripts/test.sh starts one)")
-		}
-		return func(t *testing.T, prefix string) transports.Broker {
-			b, err := nats.New(nats.Config{URL: "nats://127.0.0.1:4222", Prefix: prefix}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		}
-	}},
-	{name: "jetstream", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Broker {
-		if !reachable("127.0.0.1:4222") {
-			t.Skip("no NATS server on 127.0.0.1:4222 (scripts/test.sh starts one)")
-		}
-		return func(t *testing.T, prefix string) transports.Broker {
-			b, err := jetstream.New(jetstream.Config{URL: "nats://127.0.0.1:4222", Prefix: prefix, MaxAge: time.Hour, MaxBytes: 16 << 20}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { deleteStreams(t, prefix) })
-			return b
-		}
-	}},
-	{name: "redis", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Broker {
-		if !reachable("127.0.0.1:6379") {
-			t.Skip("no Redis server on 127.0.0.1:6379 (scripts/test.sh starts one)")
-		}
-		return func(t *testing.T, prefix string) transports.Broker {
-			b, err := redis.New(redis.Config{Addr: "127.0.0.1:6379", Prefix: prefix, Shards: 4, MaxLen: 10000}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		}
-	}},
-	{name: "kafka", history: true, setup: func(t *testing.T) func(*testing.T, string) transports.Broker {
-		// A real Kafka-protocol broker, in process.
-		c, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(c.Close)
-		return func(t *testing.T, prefix string) transports.Broker {
-			b, err := kafka.New(kafka.Config{Brokers: c.ListenAddrs(), Prefix: prefix, Partitions: 4}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		}
-	}},
-}
+// clusterBrokers are the brokers the cluster tests run on (nodetest.Brokers).
+var clusterBrokers = nodetest.Brokers
 
 // cluster starts n nodes on one broker namespace.
-func cluster(t *testing.T, cb clusterBroker, n int) []*node {
+func cluster(t *testing.T, cb nodetest.Broker, n int) []*node {
 	t.Helper()
-	newBroker := cb.setup(t)
+	newBroker := cb.Setup(t).New
 	prefix := transporttest.Prefix(t)
 	nodes := make([]*node, n)
 	for i := range nodes {
@@ -122,25 +37,9 @@ func cluster(t *testing.T, cb clusterBroker, n int) []*node {
 	return nodes
 }
 
-// deleteStreams removes the JetStream streams a test made on the shared server.
-func deleteStreams(t *testing.T, prefix string) {
-	nc, err := natsgo.Connect("nats://127.0.0.1:4222")
-	if err != nil {
-		return
-	}
-	defer nc.Close()
-	js, err := nc.JetStream()
-	if err != nil {
-		return
-	}
-	for _, suffix := range []string{"_channels", "_inbound"} {
-		_ = js.DeleteStream(transports.SafeName(prefix) + suffix)
-	}
-}
-
 func TestCluster(t *testing.T) {
 	for _, cb := range clusterBrokers {
-		t.Run(cb.name, func(t *testing.T) {
+		t.Run(cb.Name, func(t *testing.T) {
 			t.Run("PublishReachesEveryNode", func(t *testing.T) { testClusterPublish(t, cb) })
 			t.Run("Targets", func(t *testing.T) { testClusterTargets(t, cb) })
 			t.Run("MsgIDThroughTwoNodes", func(t *testing.T) { testClusterDedupe(t, cb) })
@@ -164,7 +63,7 @@ func expectOnly(t *testing.T, c *wstest.Client, want string) wstest.Frame {
 	return m
 }
 
-func testClusterPublish(t *testing.T, cb clusterBroker) {
+func testClusterPublish(t *testing.T, cb nodetest.Broker) {
 	nodes := cluster(t, cb, 3)
 	var subs []*wstest.Client
 	for _, n := range nodes {
@@ -188,7 +87,7 @@ func testClusterPublish(t *testing.T, cb clusterBroker) {
 	}
 }
 
-func testClusterTargets(t *testing.T, cb clusterBroker) {
+func testClusterTargets(t *testing.T, cb nodetest.Broker) {
 	nodes := cluster(t, cb, 3)
 	var alices []*wstest.Client
 	var all []*wstest.Client
@@ -225,7 +124,7 @@ func testClusterTargets(t *testing.T, cb clusterBroker) {
 	}
 }
 
-func testClusterDedupe(t *testing.T, cb clusterBroker) {
+func testClusterDedupe(t *testing.T, cb nodetest.Broker) {
 	nodes := cluster(t, cb, 3)
 	sub, _ := wstest.Dial(t, nodes[2].URL, allowAll(t, "reader"))
 	sub.Subscribe("d")
@@ -241,7 +140,7 @@ func testClusterDedupe(t *testing.T, cb clusterBroker) {
 	expectOnly(t, sub, `"api"`)
 }
 
-func testClusterOrder(t *testing.T, cb clusterBroker) {
+func testClusterOrder(t *testing.T, cb nodetest.Broker) {
 	nodes := cluster(t, cb, 3)
 	sub, _ := wstest.Dial(t, nodes[2].URL, allowAll(t, "reader"))
 	sub.Subscribe("ordered")
@@ -273,10 +172,10 @@ func testClusterOrder(t *testing.T, cb clusterBroker) {
 		t.Fatal(err)
 	}
 	t.Logf("%s: %d messages through 3 nodes in order in %v (%.0f msg/s, one publishing connection, acked)",
-		cb.name, total, time.Since(start).Round(time.Millisecond), total/time.Since(start).Seconds())
+		cb.Name, total, time.Since(start).Round(time.Millisecond), total/time.Since(start).Seconds())
 }
 
-func testClusterResume(t *testing.T, cb clusterBroker) {
+func testClusterResume(t *testing.T, cb nodetest.Broker) {
 	nodes := cluster(t, cb, 2)
 	c, _ := wstest.Dial(t, nodes[0].URL, allowAll(t, "alice"))
 	c.Subscribe("r")
@@ -288,9 +187,9 @@ func testClusterResume(t *testing.T, cb clusterBroker) {
 
 	r, _ := wstest.Dial(t, nodes[1].URL, allowAll(t, "alice"))
 	r.Send(map[string]any{"type": "subscribe", "id": "r", "channel": "r", "since": last})
-	if !cb.history {
+	if !cb.History {
 		if s := r.Expect("subscribed"); s.Bool("recovered") {
-			t.Fatalf("%s keeps no history but answered %v", cb.name, s)
+			t.Fatalf("%s keeps no history but answered %v", cb.Name, s)
 		}
 		return
 	}

@@ -25,14 +25,18 @@ const (
 // within broker_connect_timeout.
 var ErrBrokerUnreachable = errors.New("broker unreachable")
 
-// awaitBroker pings the broker until it answers, waiting between pings with exponential backoff
-// and jitter (connectRetryMin to connectRetryMax). It logs once that the broker is unreachable
-// (when a retry failed too), and once that it is reached. With broker_connect_timeout set it
-// gives up after that long, with an error naming the broker and its address; it also returns
-// when ctx ends.
+// awaitBroker starts the broker (a broker given with WithBroker may have been started already:
+// Start then does nothing), then pings it until it answers, waiting between pings with
+// exponential backoff and jitter (connectRetryMin to connectRetryMax). It logs once that the
+// broker is unreachable (when a retry failed too), and once that it is reached. With
+// broker_connect_timeout set it gives up after that long, with an error naming the broker and its
+// address; it also returns when ctx ends. A broker that cannot start at all fails at once.
 func (g *Gateway) awaitBroker(ctx context.Context) error {
 	broker, addr := g.cfg.Broker, brokerAddr(g.cfg)
 	start := time.Now()
+	if err := g.broker.Start(ctx); err != nil {
+		return fmt.Errorf("start broker %s at %s: %w", broker, addr, err)
+	}
 	delay, failures := connectRetryMin, 0
 	for {
 		err := g.ping(ctx, start)

@@ -52,8 +52,8 @@ type options struct {
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithBroker uses b instead of building the configured broker; the node closes it (New
-// too, when it fails).
+// WithBroker uses b instead of building the configured broker; the node starts it in Start (b
+// may be started already) and closes it (New too, when it fails).
 func WithBroker(b transports.Broker) Option { return func(o *options) { o.broker = b } }
 
 // WithDedupeStore sets where msg_id keys are kept (default: in memory).

@@ -17,12 +17,12 @@ import (
 // another.
 func TestHistoryBoundsPerPattern(t *testing.T) {
 	for _, cb := range clusterBrokers {
-		if !cb.history {
+		if !cb.History {
 			continue
 		}
-		t.Run(cb.name, func(t *testing.T) {
+		t.Run(cb.Name, func(t *testing.T) {
 			t.Parallel()
-			newBroker := cb.setup(t)
+			newBroker := cb.Setup(t).New
 			prefix := transporttest.Prefix(t)
 			rules := "GATEWAY_HISTORY_CHANNELS=short:*=3,stale:*=/200ms,young:*=/1h,$user=2"
 			var nodes [2]*node

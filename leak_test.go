@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wsgateway/gateway"
+	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
@@ -49,11 +50,11 @@ func TestChannelStateIsFreed(t *testing.T) {
 		t.Skip("subscribes 80,000 channels per broker")
 	}
 	for _, cb := range clusterBrokers {
-		t.Run(cb.name, func(t *testing.T) {
+		t.Run(cb.Name, func(t *testing.T) {
 			names := leakNames
 			if raceEnabled {
 				names /= 4
-				if n := leakNamesRace[cb.name]; n > 0 {
+				if n := leakNamesRace[cb.Name]; n > 0 {
 					names = n
 				}
 			}
@@ -62,11 +63,11 @@ func TestChannelStateIsFreed(t *testing.T) {
 	}
 }
 
-func testChannelStateIsFreed(t *testing.T, cb clusterBroker, names int) {
+func testChannelStateIsFreed(t *testing.T, cb nodetest.Broker, names int) {
 	// Lifecycle events off: on Kafka they would pile up in the in-process broker's log, which
 	// this process's heap holds too.
 	cfg := testConfig(t, "GATEWAY_EVENTS_DISABLED=true")
-	n := startNode(t, cfg, gateway.WithBroker(cb.setup(t)(t, transporttest.Prefix(t))))
+	n := startNode(t, cfg, gateway.WithBroker(cb.Setup(t).New(t, transporttest.Prefix(t))))
 	wstest.WaitFor(t, func() error {
 		if s := readyStatus(n.URL); s != 200 {
 			return fmt.Errorf("/readyz %d", s)

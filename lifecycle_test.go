@@ -21,12 +21,15 @@ import (
 	"github.com/wsgateway/gateway/transports/nats"
 )
 
-// natsBroker is a broker with goroutines of its own (the NATS connection's), so that goleak
-// sees it when nobody closes it.
+// natsBroker is a started broker with goroutines of its own (the NATS connection's), so that
+// goleak sees it when nobody closes it.
 func natsBroker(t *testing.T) transports.Broker {
 	t.Helper()
 	b, err := nats.New(nats.Config{URL: "nats://127.0.0.1:4222", Prefix: "lifecycle-" + watermill.NewShortUUID()}, nil)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	return b

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/wsgateway/gateway"
+	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/protocol"
@@ -112,9 +113,7 @@ func TestPoisonTopicAndCircuitBreaker(t *testing.T) {
 }
 
 func TestDedupeStoreInRedisAcrossNodes(t *testing.T) {
-	if !reachable("127.0.0.1:6379") {
-		t.Skip("no Redis server on 127.0.0.1:6379 (scripts/test.sh starts one)")
-	}
+	nodetest.SkipUnreachable(t, "Redis", nodetest.RedisAddr)
 	broker := memory.NewBroker(memory.Config{})
 	t.Cleanup(broker.Close)
 	prefix := transporttest.Prefix(t)

@@ -15,6 +15,7 @@ import (
 // quietBroker subscribes anything and delivers nothing; its subscriptions end with their context.
 type quietBroker struct{}
 
+func (quietBroker) Start(context.Context) error               { return nil }
 func (quietBroker) Publish(string, ...*message.Message) error { return nil }
 func (quietBroker) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
 	out := make(chan *message.Message)

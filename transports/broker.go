@@ -5,11 +5,28 @@
 // under the configured prefix. Brokers that keep channel history also implement History, which
 // is what makes resuming after a reconnect possible. The conformance suite every broker runs is
 // in package transporttest.
+//
+// A broker's life has three steps. Its package's New (nats.New, jetstream.New, redis.New,
+// kafka.New) only checks the settings and applies their defaults: it does no I/O and starts no
+// goroutine. Start connects and starts the broker's background work. Close stops it all:
+//
+//	b, err := nats.New(nats.Config{URL: "nats://127.0.0.1:4222"}, logger)
+//	if err != nil {
+//		return err // a setting is wrong
+//	}
+//	defer b.Close()
+//	if err := b.Start(ctx); err != nil {
+//		return err // the work could not be started at all (the server being down is no error)
+//	}
+//	// Ping until the server answers, as the gateway does, then Publish and Subscribe.
+//
+// A memory.Node needs no Start (it has nothing to connect to), but takes it.
 package transports
 
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -18,9 +35,19 @@ import (
 
 // Broker connects one gateway node (or one service) to a broker.
 //
-// All methods are safe for concurrent use. Close is idempotent and bounded in time; after Close,
-// Publish fails with ErrClosed and every subscription channel is closed.
+// All methods are safe for concurrent use. The broker's New starts nothing: Start does. Before
+// Start, Publish, Subscribe, SubscribeGroup and Ping fail with ErrNotStarted (History's methods
+// too, for brokers that have it); only memory.Node, which has nothing to start, works without. Close is idempotent and bounded in time; after Close, Publish
+// fails with ErrClosed and every subscription channel is closed.
 type Broker interface {
+	// Start connects and starts the broker's background work (connection, reconnects,
+	// provisioning, dispatchers), owned by the broker and stopped by Close. It does not wait for
+	// the broker server to answer (Ping does; the gateway pings until it answers): it fails only
+	// when the work cannot be started at all, and then leaves nothing running. Safe to call
+	// twice (the second call does nothing); after Close it fails with ErrClosed. ctx bounds
+	// Start itself, not the work it starts.
+	Start(ctx context.Context) error
+
 	// Publish sends messages to a logical topic and returns once the broker has accepted all of
 	// them (an error means some may not have been). Messages are not modified.
 	Publish(topic string, messages ...*message.Message) error
@@ -41,7 +68,9 @@ type Broker interface {
 	// Ping reports whether the broker is reachable now.
 	Ping(ctx context.Context) error
 
-	// Close releases the broker clients the broker owns.
+	// Close stops what Start started and releases the broker clients the broker owns. It works
+	// whether or not Start ran or failed, is safe to call twice, is bounded in time, and leaves
+	// no goroutine of the broker behind.
 	Close() error
 }
 
@@ -65,6 +94,10 @@ var ErrClosed = errors.New("transports: broker closed")
 
 // ErrUnavailable wraps errors of a broker that cannot be reached.
 var ErrUnavailable = errors.New("broker unavailable")
+
+// ErrNotStarted is returned by a broker used before Start. It wraps ErrUnavailable, so /readyz
+// and callers treat it like an unreachable broker.
+var ErrNotStarted = fmt.Errorf("%w: broker not started", ErrUnavailable)
 
 // FuncSubscriber is implemented by brokers whose subscriptions can hand each message of a topic to a
 // function on the broker's own goroutine, so that the Feed needs no goroutine of its own per

@@ -188,6 +188,10 @@ func newBench(o options) (*bench, error) {
 			_ = broker.Close()
 			return nil, fmt.Errorf("-publish broker: %w", err)
 		}
+		if err := svc.Start(context.Background()); err != nil {
+			_ = svc.Close()
+			return nil, fmt.Errorf("-publish broker: %w", err)
+		}
 		b.svc = svc
 	}
 	if o.Reader == readerEpoll {

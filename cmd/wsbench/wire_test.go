@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -176,11 +175,7 @@ func TestReadersAndPings(t *testing.T) {
 // TestPublishThroughTheBroker publishes straight to NATS, with the gateway's own settings,
 // to a node on NATS (skipped without a NATS server on 127.0.0.1:4222).
 func TestPublishThroughTheBroker(t *testing.T) {
-	if c, err := net.DialTimeout("tcp", "127.0.0.1:4222", time.Second); err != nil {
-		t.Skip("no NATS server on 127.0.0.1:4222")
-	} else {
-		c.Close()
-	}
+	nodetest.SkipUnreachable(t, "NATS", nodetest.NATSAddr)
 	const secret = "wsbench-test-secret-0123456789abcdef"
 	prefix := fmt.Sprintf("wsbench%d", time.Now().UnixNano())
 	env := map[string]string{"GATEWAY_BROKER": "nats", "GATEWAY_NATS_URL": "nats://127.0.0.1:4222", "GATEWAY_TOPIC_PREFIX": prefix}

@@ -140,6 +140,10 @@ func run(ctx context.Context, args, environ []string, stderr io.Writer, ready fu
 		return 1
 	}
 	defer svc.Close()
+	if err := svc.Start(ctx); err != nil {
+		fmt.Fprintln(stderr, "echo:", err)
+		return 1
+	}
 	stopped, err := start(ctx, svc, *group, log)
 	if err != nil {
 		log.Error("echo cannot consume", "error", err)

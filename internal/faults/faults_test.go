@@ -14,13 +14,10 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	natsgo "github.com/nats-io/nats.go"
-	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/wsgateway/gateway/clients/go/wsclient"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/nodetest"
-	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
@@ -36,49 +33,24 @@ type broker struct {
 	env     func(t *testing.T) []string // skips when the broker is missing
 }
 
-func reachable(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return false
+// brokers are the shared test brokers (nodetest.Brokers) whose nodes can be processes: all but
+// memory.
+var brokers = func() []broker {
+	var out []broker
+	for _, b := range nodetest.Brokers {
+		if b.InProcess {
+			continue
+		}
+		out = append(out, broker{name: b.Name, history: b.History, env: func(t *testing.T) []string { return b.Setup(t).Env }})
 	}
-	c.Close()
-	return true
-}
-
-var brokers = []broker{
-	{name: "nats", env: func(t *testing.T) []string {
-		if !reachable("127.0.0.1:4222") {
-			t.Skip("no NATS server on 127.0.0.1:4222 (scripts/test.sh starts one)")
-		}
-		return []string{"GATEWAY_BROKER=nats"}
-	}},
-	{name: "jetstream", history: true, env: func(t *testing.T) []string {
-		if !reachable("127.0.0.1:4222") {
-			t.Skip("no NATS server on 127.0.0.1:4222 (scripts/test.sh starts one)")
-		}
-		return []string{"GATEWAY_BROKER=jetstream", "GATEWAY_JETSTREAM_MAX_BYTES=16777216", "GATEWAY_JETSTREAM_MAX_AGE=10m"}
-	}},
-	{name: "redis", history: true, env: func(t *testing.T) []string {
-		if !reachable("127.0.0.1:6379") {
-			t.Skip("no Redis server on 127.0.0.1:6379 (scripts/test.sh starts one)")
-		}
-		return []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_SHARDS=4"}
-	}},
-	{name: "kafka", history: true, env: func(t *testing.T) []string {
-		c, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(c.Close)
-		return []string{"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=" + strings.Join(c.ListenAddrs(), ","), "GATEWAY_KAFKA_PARTITIONS=4"}
-	}},
-}
+	return out
+}()
 
 // cluster starts n node processes on one broker namespace; extra adds settings.
 func cluster(t *testing.T, b broker, n int, extra ...string) []*nodetest.Node {
 	prefix := transporttest.Prefix(t)
 	if b.name == "jetstream" { // the shared server keeps streams: remove this test's
-		t.Cleanup(func() { deleteStreams(prefix) })
+		t.Cleanup(func() { nodetest.DeleteStreams(prefix) })
 	}
 	env := append(append(b.env(t), extra...), "GATEWAY_TOPIC_PREFIX="+prefix, "GATEWAY_JWT_SECRET="+secret,
 		"GATEWAY_API_KEY="+apiKey, "GATEWAY_DRAIN_PERIOD=500ms", "GATEWAY_LOG_LEVEL=warn", "GATEWAY_EVENTS_DISABLED=true")
@@ -439,18 +411,4 @@ func metric(t *testing.T, base, name string) int {
 		}
 	}
 	return 0
-}
-
-// deleteStreams removes the JetStream streams of a prefix from the shared server.
-func deleteStreams(prefix string) {
-	nc, err := natsgo.Connect("nats://127.0.0.1:4222")
-	if err != nil {
-		return
-	}
-	defer nc.Close()
-	if js, err := nc.JetStream(); err == nil {
-		for _, suffix := range []string{"_channels", "_inbound"} {
-			_ = js.DeleteStream(transports.SafeName(prefix) + suffix)
-		}
-	}
 }

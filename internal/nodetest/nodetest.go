@@ -1,5 +1,7 @@
 // Package nodetest runs gateway nodes as real processes for fault tests: build the binary once,
-// start nodes on free ports, wait until they are ready, kill or drain them.
+// start nodes on free ports, wait until they are ready, kill or drain them. It also holds the
+// table of brokers that the tests running on every broker share (Brokers: each broker's node
+// settings and a constructor of started brokers, skipped when its server is not reachable).
 package nodetest
 
 import (

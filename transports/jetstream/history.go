@@ -12,7 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsgateway/gateway/protocol"
-	"github.com/wsgateway/gateway/transports"
 )
 
 // streamEpoch is what the node knows of one stream's lineage.
@@ -111,8 +110,8 @@ func (b *Broker) streamInfo(ctx context.Context, stream string) (*jetstream.Stre
 }
 
 func (b *Broker) historyTopic(topic string) (subject string, err error) {
-	if b.closed() {
-		return "", transports.ErrClosed
+	if err := b.usable(); err != nil {
+		return "", err
 	}
 	if !protocol.IsChannelTopic(topic) {
 		return "", fmt.Errorf("jetstream: %q is not a channel topic, it has no history", topic)

@@ -35,6 +35,7 @@ import (
 
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
+	wsnats "github.com/wsgateway/gateway/transports/nats"
 )
 
 // Defaults of Config.
@@ -129,6 +130,8 @@ func (c *Config) Validate() error {
 	switch {
 	case strings.TrimSpace(c.URL) == "":
 		return errors.New("jetstream: nats.url must not be empty")
+	case wsnats.CheckURLs(c.URL) != nil:
+		return fmt.Errorf("jetstream: nats.url: %w", wsnats.CheckURLs(c.URL))
 	case c.Prefix == "" || strings.Trim(c.Prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != "":
 		return fmt.Errorf("jetstream: topic_prefix %q must be made of [A-Za-z0-9_-]", c.Prefix)
 	case c.MaxAge < 0:
@@ -151,15 +154,20 @@ func (c *Config) Validate() error {
 
 // Broker is one node's connection to NATS JetStream. Safe for concurrent use.
 type Broker struct {
-	cfg    Config
-	log    *slog.Logger
-	nc     *nats.Conn
-	ownsNC bool
-	js     jetstream.JetStream // stream management, channel subscriptions, history
+	cfg   Config
+	log   *slog.Logger
+	given *nats.Conn // NewWithConn's connection; nil: Start connects
 
-	pubJS   *wmnats.Publisher // channel and service topics: JetStream, waits for the PubAck
-	pubCore *wmnats.Publisher // TopicDirect: core NATS
-	wmLog   watermill.LoggerAdapter
+	// Set by Start before started is; read only after started was seen true.
+	nc      *nats.Conn
+	ownsNC  bool
+	js      jetstream.JetStream // stream management, channel subscriptions, history
+	pubJS   *wmnats.Publisher   // channel and service topics: JetStream, waits for the PubAck
+	pubCore *wmnats.Publisher   // TopicDirect: core NATS
+	started atomic.Bool
+	startMu sync.Mutex // held by Start, and by Close so that it waits for a Start under way
+
+	wmLog watermill.LoggerAdapter
 
 	channels, inbound string // stream names
 	codec             *codec
@@ -183,66 +191,30 @@ var (
 	_ transports.History = (*Broker)(nil)
 )
 
-// New connects to NATS and provisions the streams. The broker may be down: New still returns a
-// Broker that reconnects by itself (with backoff), reports ErrUnavailable from Ping and Publish
-// meanwhile, and creates the streams once it is connected. A nil logger discards.
+// New returns a Broker that connects to NATS, and owns the connection, once started. It only
+// checks cfg: no I/O, no goroutine until Start. A nil logger discards.
 func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b := newBroker(cfg, logger)
-	opts := []nats.Option{
-		nats.Name(cfg.Name),
-		nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1),
-		nats.CustomReconnectDelay(b.reconnectDelay),
-		nats.ReconnectBufSize(-1), // fail publishes at once while disconnected instead of buffering
-		nats.Timeout(2 * time.Second),
-		nats.PingInterval(10 * time.Second),
-		nats.MaxPingsOutstanding(3),
-		nats.ConnectHandler(func(c *nats.Conn) { b.onConnect(c, "connected") }),
-		nats.ReconnectHandler(func(c *nats.Conn) { b.onConnect(c, "reconnected") }),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if b.ctx.Err() == nil {
-				b.log.Warn("jetstream: disconnected from nats", "error", err)
-			}
-		}),
-	}
-	nc, err := nats.Connect(cfg.URL, append(opts, cfg.Options...)...)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: connect: %w", err)
-	}
-	if err := b.start(nc, true); err != nil {
-		b.cancel()
-		nc.Close()
-		return nil, err
-	}
-	return b, nil
+	return newBroker(cfg, logger), nil
 }
 
-// NewWithConn uses an existing connection, which the Broker does not close. The connection
-// should have been made with nats.ReconnectBufSize(-1), or a publish during an outage waits
-// PublishTimeout before it fails. Reconnects are noticed through the connection's reconnect
-// handler (chained with the one already set).
+// NewWithConn returns a Broker over an existing connection, which the Broker does not close.
+// The connection should have been made with nats.ReconnectBufSize(-1), or a publish during an
+// outage waits PublishTimeout before it fails. Like New it starts nothing; Start chains the
+// Broker's reconnect handler with the one already set, so that reconnects are noticed.
 func NewWithConn(nc *nats.Conn, cfg Config, logger *slog.Logger) (*Broker, error) {
+	if nc == nil {
+		return nil, errors.New("jetstream: nil connection")
+	}
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	b := newBroker(cfg, logger)
-	prev := nc.Opts.ReconnectedCB
-	nc.SetReconnectHandler(func(c *nats.Conn) {
-		if prev != nil {
-			prev(c)
-		}
-		b.onConnect(c, "reconnected")
-	})
-	if err := b.start(nc, false); err != nil {
-		b.cancel()
-		nc.SetReconnectHandler(prev) // the caller's connection, as it was
-		return nil, err
-	}
+	b.given = nc
 	return b, nil
 }
 
@@ -268,10 +240,68 @@ func newBroker(cfg Config, logger *slog.Logger) *Broker {
 	return b
 }
 
-func (b *Broker) start(nc *nats.Conn, owns bool) error {
-	b.nc, b.ownsNC = nc, owns
-	var err error
-	if b.js, err = jetstream.New(nc, jetstream.WithDefaultTimeout(b.cfg.PublishTimeout)); err != nil {
+// Start implements transports.Broker: it connects (New's Broker), provisions the streams when
+// the server answers within PublishTimeout, and starts the keeper, which provisions them later
+// otherwise and checks them every CheckInterval. The server may be down: the Broker reconnects
+// by itself (with backoff), reports ErrUnavailable from Ping and Publish meanwhile, and creates
+// the streams once it is connected. Start fails when nats.go refuses the connection's options
+// (Config.Options: a TLS file that cannot be read).
+func (b *Broker) Start(ctx context.Context) error {
+	b.startMu.Lock()
+	defer b.startMu.Unlock()
+	switch {
+	case b.closed():
+		return transports.ErrClosed
+	case b.started.Load():
+		return nil
+	}
+	if nc := b.given; nc != nil {
+		prev := nc.Opts.ReconnectedCB
+		nc.SetReconnectHandler(func(c *nats.Conn) {
+			if prev != nil {
+				prev(c)
+			}
+			b.onConnect(c, "reconnected")
+		})
+		if err := b.start(ctx, nc, false); err != nil {
+			nc.SetReconnectHandler(prev) // the caller's connection, as it was
+			return err
+		}
+		return nil
+	}
+	opts := []nats.Option{
+		nats.Name(b.cfg.Name),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.CustomReconnectDelay(b.reconnectDelay),
+		nats.ReconnectBufSize(-1), // fail publishes at once while disconnected instead of buffering
+		nats.Timeout(2 * time.Second),
+		nats.PingInterval(10 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.ConnectHandler(func(c *nats.Conn) { b.onConnect(c, "connected") }),
+		nats.ReconnectHandler(func(c *nats.Conn) { b.onConnect(c, "reconnected") }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if b.ctx.Err() == nil {
+				b.log.Warn("jetstream: disconnected from nats", "error", err)
+			}
+		}),
+	}
+	nc, err := nats.Connect(b.cfg.URL, append(opts, b.cfg.Options...)...)
+	if err != nil {
+		return fmt.Errorf("jetstream: connect: %w", err)
+	}
+	if err := b.start(ctx, nc, true); err != nil {
+		nc.Close()
+		return err
+	}
+	return nil
+}
+
+// start makes the JetStream context and the publishers over nc, provisions the streams once if
+// nc is connected, and starts the keeper. Nothing runs when it fails.
+func (b *Broker) start(ctx context.Context, nc *nats.Conn, owns bool) error {
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(b.cfg.PublishTimeout))
+	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	// Auto-provisioning stays off: it names the stream after the topic (a dotted subject is not a
@@ -284,22 +314,33 @@ func (b *Broker) start(nc *nats.Conn, owns bool) error {
 			ConnectOptions: []nats.JSOpt{nats.MaxWait(b.cfg.PublishTimeout)},
 		},
 	}
-	if b.pubJS, err = wmnats.NewPublisherWithNatsConn(nc, pubCfg, b.wmLog); err != nil {
+	pubJS, err := wmnats.NewPublisherWithNatsConn(nc, pubCfg, b.wmLog)
+	if err != nil {
 		return fmt.Errorf("jetstream: publisher: %w", err)
 	}
 	pubCfg.JetStream = wmnats.JetStreamConfig{Disabled: true}
-	if b.pubCore, err = wmnats.NewPublisherWithNatsConn(nc, pubCfg, b.wmLog); err != nil {
+	pubCore, err := wmnats.NewPublisherWithNatsConn(nc, pubCfg, b.wmLog)
+	if err != nil {
 		return fmt.Errorf("jetstream: publisher: %w", err)
 	}
+	b.nc, b.ownsNC, b.js, b.pubJS, b.pubCore = nc, owns, js, pubJS, pubCore
 	if nc.IsConnected() {
-		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
-		err := b.ensureStreams(ctx)
+		pctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
+		stop := context.AfterFunc(ctx, cancel) // Start's ctx bounds it too
+		err := b.ensureStreams(pctx)
+		stop()
 		cancel()
 		if err != nil {
 			b.log.Warn("jetstream: streams not ready yet, will retry", "error", err)
 		}
 	}
+	b.subMu.Lock()
+	defer b.subMu.Unlock()
+	if b.closed() { // Close waits for Start, but Close's cancel comes first
+		return transports.ErrClosed
+	}
 	b.wg.Add(1)
+	b.started.Store(true)
 	go b.keep()
 	return nil
 }
@@ -483,9 +524,20 @@ func unavailable(what string, err error) error {
 	return fmt.Errorf("jetstream: %s: %w: %w", what, transports.ErrUnavailable, err)
 }
 
-func (b *Broker) checkUp() error {
-	if b.closed() {
+// usable is nil once Start has run and until Close: ErrNotStarted before, ErrClosed after.
+func (b *Broker) usable() error {
+	switch {
+	case b.closed():
 		return transports.ErrClosed
+	case !b.started.Load():
+		return transports.ErrNotStarted
+	}
+	return nil
+}
+
+func (b *Broker) checkUp() error {
+	if err := b.usable(); err != nil {
+		return err
 	}
 	if st := b.nc.Status(); st != nats.CONNECTED {
 		return fmt.Errorf("jetstream: %w: connection %s", transports.ErrUnavailable, st)
@@ -544,13 +596,18 @@ func (b *Broker) Ping(ctx context.Context) error {
 }
 
 // Close ends every subscription (deleting their consumers when the broker is reachable) and
-// closes the connection when the Broker made it. Bounded by about PublishTimeout; safe to call
-// twice.
+// closes the connection when the Broker made it. Bounded by about PublishTimeout (twice that when
+// a Start is under way); safe to call twice, and before Start.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.subMu.Lock()
 		b.cancel()
 		b.subMu.Unlock()
+		b.startMu.Lock() // a Start under way ends (its provisioning was just cancelled)
+		defer b.startMu.Unlock()
+		if !b.started.Load() {
+			return
+		}
 		done := make(chan struct{})
 		go func() { b.wg.Wait(); close(done) }()
 		select {

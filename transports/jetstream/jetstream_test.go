@@ -127,6 +127,9 @@ func newNode(t *testing.T, cfg Config) *Broker {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	return b
 }
 
@@ -155,6 +158,9 @@ func suiteNodes(url string) transporttest.NewNode {
 		}
 		b, err := New(testConfig(url, prefix), testLogger(t))
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		return b
@@ -603,10 +609,15 @@ func TestConfig(t *testing.T) {
 		{"negative age", Config{MaxAge: -time.Second}, false},
 		{"window over age", Config{MaxAge: time.Minute, DuplicateWindow: time.Hour}, false},
 		{"replicas", Config{Replicas: 7}, false},
+		{"url nats.go cannot parse", Config{URL: "nats://user:secret@bad host:4222"}, false},
 	} {
 		tc.cfg.setDefaults()
-		if err := tc.cfg.Validate(); (err == nil) != tc.ok {
+		err := tc.cfg.Validate()
+		if (err == nil) != tc.ok {
 			t.Errorf("%s: Validate() = %v", tc.name, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: Validate() = %v, which shows the URL's password", tc.name, err)
 		}
 	}
 	c := Config{MaxAge: time.Minute}
@@ -623,6 +634,9 @@ func TestCloseStopsEverything(t *testing.T) {
 	before := ours()
 	n, err := New(testConfig(br.url(), transporttest.Prefix(t)), testLogger(t))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	ctx := t.Context()
@@ -774,6 +788,9 @@ func TestNewWithConn(t *testing.T) {
 	defer nc.Close()
 	n, err := NewWithConn(nc, testConfig(br.url(), transporttest.Prefix(t)), testLogger(t))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	topic := protocol.ChannelTopic("c")

@@ -324,6 +324,9 @@ func TestCloseStopsGoroutines(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if err := b.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		topic := protocol.ChannelTopic("g")

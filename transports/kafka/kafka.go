@@ -199,6 +199,7 @@ type Broker struct {
 	wg        sync.WaitGroup // every goroutine the broker started
 
 	mu       sync.Mutex // guards the fields below and wg.Add against Close
+	started  bool
 	closed   bool
 	conn     *conn // nil until the first successful connection
 	lastErr  error
@@ -231,9 +232,7 @@ var (
 	_ transports.History = (*Broker)(nil)
 )
 
-// New returns a broker for cfg. It does not fail when the brokers are unreachable: it keeps
-// connecting in the background with backoff, Ping reports the failure, and Publish and
-// Subscribe fail with ErrUnavailable until the connection is made.
+// New returns a broker for cfg. It only checks cfg: no I/O, no goroutine until Start.
 func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -258,8 +257,29 @@ func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 		firstTry: make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 	}
-	b.goTrack(b.connectLoop)
 	return b, nil
+}
+
+// Start implements transports.Broker: it starts the connection loop. It does not fail when the
+// brokers are unreachable: the loop keeps connecting in the background with backoff, Ping
+// reports the failure, and Publish and Subscribe fail with ErrUnavailable until the connection
+// is made.
+func (b *Broker) Start(context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return transports.ErrClosed
+	case b.started:
+		return nil
+	}
+	b.started = true
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.connectLoop()
+	}()
+	return nil
 }
 
 // goTrack runs fn in a goroutine that Close waits for; false when the broker is closed.
@@ -478,6 +498,12 @@ func (b *Broker) ready(ctx context.Context, wait time.Duration) (*conn, error) {
 	if b.isClosed() {
 		return nil, transports.ErrClosed
 	}
+	b.mu.Lock()
+	started := b.started
+	b.mu.Unlock()
+	if !started {
+		return nil, transports.ErrNotStarted
+	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
@@ -601,6 +627,9 @@ func (b *Broker) reader(kt string) (*reader, error) {
 	if b.closed {
 		return nil, transports.ErrClosed
 	}
+	if !b.started {
+		return nil, transports.ErrNotStarted
+	}
 	r := b.readers[kt]
 	if r == nil {
 		r = &reader{b: b, topic: kt, demux: kt == b.names.channels, history: kt == b.names.channels,
@@ -662,7 +691,8 @@ func (p *pingFlight) do(ctx context.Context, b *Broker, fn func() error) error {
 }
 
 // Close implements transports.Broker: it ends every subscription, waits for the goroutines
-// the broker started (each bounded by sarama's timeouts) and closes the clients.
+// the broker started (each bounded by sarama's timeouts) and closes the clients. Safe to call
+// twice, and before Start.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.mu.Lock()

@@ -194,7 +194,7 @@ func (b *Broker) release(t *topic) {
 	b.forgotten[i] = max(b.forgotten[i], t.dropped)
 }
 
-// Node returns a Backend for one node of this broker. Closing it ends its own subscriptions
+// Node returns a transports.Broker for one node of this broker. Closing it ends its own subscriptions
 // only. prefix namespaces topics, like a topic prefix on a real broker.
 func (b *Broker) Node(prefix string) *Node {
 	n := &Node{broker: b, prefix: prefix, done: make(chan struct{})}
@@ -338,7 +338,7 @@ func (n *Node) closed() bool {
 	}
 }
 
-// Publish implements transports.Backend.
+// Publish implements transports.Broker.
 func (n *Node) Publish(topicName string, msgs ...*message.Message) error {
 	if n.closed() {
 		return transports.ErrClosed
@@ -402,7 +402,7 @@ func (t *topic) publish(b *Broker, msgs []*message.Message) bool {
 	return len(added) > 0
 }
 
-// Subscribe implements transports.Backend.
+// Subscribe implements transports.Broker.
 func (n *Node) Subscribe(ctx context.Context, topicName string) (<-chan *message.Message, error) {
 	return transports.SubscribeChan(ctx, n, topicName)
 }
@@ -463,7 +463,7 @@ func (h *funcSub) end() {
 	h.n.wg.Done()
 }
 
-// SubscribeGroup implements transports.Backend. Members of a group share one queue.
+// SubscribeGroup implements transports.Broker. Members of a group share one queue.
 func (n *Node) SubscribeGroup(ctx context.Context, topicName, group string) (<-chan *message.Message, error) {
 	if n.closed() {
 		return nil, transports.ErrClosed
@@ -582,7 +582,18 @@ func (n *Node) Last(_ context.Context, topicName string) (protocol.Position, err
 	}
 }
 
-// Ping implements transports.Backend: the embedded broker is always reachable while open.
+// Start implements transports.Broker. It does nothing: a node of the in-process broker has
+// nothing to connect to and no background work (the broker's one goroutine, which expires
+// history, starts with the first message kept with an age limit and stops with Broker.Close). A
+// node works before Start too. After Close it returns transports.ErrClosed.
+func (n *Node) Start(context.Context) error {
+	if n.closed() {
+		return transports.ErrClosed
+	}
+	return nil
+}
+
+// Ping implements transports.Broker: the embedded broker is always reachable while open.
 func (n *Node) Ping(context.Context) error {
 	if n.closed() {
 		return transports.ErrClosed

@@ -13,9 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -99,7 +99,33 @@ func (c *Config) Validate() error {
 	if strings.TrimSpace(c.URL) == "" {
 		return errors.New("nats: Config.URL must not be empty")
 	}
+	if err := CheckURLs(c.URL); err != nil {
+		return fmt.Errorf("nats: Config.URL: %w", err)
+	}
 	return c.validateRest()
+}
+
+// CheckURLs parses a comma-separated server list as nats.go's Connect does ("nats://" is
+// implied), without connecting, so that New rejects what Start could not use. The error does
+// not repeat the URL, which may hold credentials.
+func CheckURLs(list string) error {
+	for _, u := range strings.Split(list, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		if !strings.Contains(u, "://") {
+			u = "nats://" + u
+		}
+		if _, err := url.Parse(u); err != nil {
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
+			return fmt.Errorf("a server address cannot be parsed: %w", err)
+		}
+	}
+	return nil
 }
 
 // validateRest checks everything but URL (NewWithConn has no use for it).
@@ -150,19 +176,24 @@ func QueueGroup(prefix, group string) string {
 // Broker is one node's connection to NATS. Safe for concurrent use.
 type Broker struct {
 	cfg         Config
-	nc          *natsgo.Conn
-	owned       bool          // New made nc: Close closes it, and its handlers are ours
-	connClosed  chan struct{} // closed by the ClosedHandler of an owned connection
-	pub         *wmnats.Publisher
+	given       *natsgo.Conn // NewWithConn's connection; nil: Start connects
 	unmarshaler wmnats.Unmarshaler
 	logger      *slog.Logger
+
+	// Set by Start, before started; read only after started was seen under mu.
+	nc         *natsgo.Conn
+	owned      bool          // Start made nc: Close closes it, and its handlers are ours
+	connClosed chan struct{} // closed by the ClosedHandler of an owned connection
+	pub        *wmnats.Publisher
 
 	ctx    context.Context // cancelled by Close; ends every subscription
 	cancel context.CancelFunc
 
-	mu     sync.Mutex // guards closed and wg.Add against Close
-	closed bool
-	wg     sync.WaitGroup // the dispatcher, and one per subscription and goroutine
+	startMu sync.Mutex // held by Start, and by Close so that it waits for a Start under way
+	mu      sync.Mutex // guards started, closed and wg.Add against Close
+	started bool
+	closed  bool
+	wg      sync.WaitGroup // the dispatcher, and one per subscription and goroutine
 
 	// Fan-out subscriptions are nats.go channel subscriptions that share fan, read by one
 	// dispatcher goroutine, which queues each message on its subscription's relay.
@@ -197,21 +228,101 @@ var (
 	_ transports.FuncSubscriber = (*Broker)(nil)
 )
 
-// New connects to cfg.URL and returns a Broker that owns the connection. A server that is
-// down at start is not an error: the client keeps trying (ReconnectWait plus jitter between
-// rounds), Ping reports it and Publish fails with transports.ErrUnavailable meanwhile.
+// New returns a Broker that connects to cfg.URL, and owns the connection, once started. It only
+// checks cfg: no I/O, no goroutine until Start.
 func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	return newBroker(nil, cfg, logger), nil
+}
+
+// NewWithConn returns a Broker over a connection the caller owns and closes (after the
+// Broker). cfg.URL is ignored. For Publish to fail fast during an outage the connection should
+// not buffer while reconnecting (nats.ReconnectBufSize(-1)); the Broker also checks its status.
+// Like New it starts nothing: Start makes the publisher and starts the dispatcher.
+func NewWithConn(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Broker, error) {
+	if nc == nil {
+		return nil, errors.New("nats: nil connection")
+	}
+	cfg.setDefaults()
+	if err := cfg.validateRest(); err != nil {
+		return nil, err
+	}
+	return newBroker(nc, cfg, logger), nil
+}
+
+func newBroker(given *natsgo.Conn, cfg Config, logger *slog.Logger) *Broker {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	connClosed := make(chan struct{})
-	var created atomic.Pointer[Broker] // the handlers below run only once it is set
-	brokerOf := created.Load
-	opts := []natsgo.Option{
+	ctx, cancel := context.WithCancel(context.Background())
+	link, linkCancel := context.WithCancel(context.Background())
+	return &Broker{
+		cfg:         cfg,
+		given:       given,
+		unmarshaler: &wmnats.NATSMarshaler{},
+		logger:      logger,
+		ctx:         ctx,
+		cancel:      cancel,
+		link:        link,
+		linkCancel:  linkCancel,
+		fan:         make(chan *natsgo.Msg, natsgo.DefaultMaxChanLen),
+		fanSubs:     map[*natsgo.Subscription]*funcSub{},
+	}
+}
+
+// Start implements transports.Broker: it connects (New's Broker) and starts the dispatcher of
+// the fan-out subscriptions. A server that is down is not an error: the client keeps trying
+// (ReconnectWait plus jitter between rounds), Ping reports it and Publish fails with
+// transports.ErrUnavailable meanwhile. Start fails when nats.go refuses the connection's options
+// (Config.Options: a TLS file that cannot be read).
+func (b *Broker) Start(context.Context) error {
+	b.startMu.Lock()
+	defer b.startMu.Unlock()
+	b.mu.Lock()
+	closed, started := b.closed, b.started
+	b.mu.Unlock()
+	switch {
+	case closed:
+		return transports.ErrClosed
+	case started:
+		return nil
+	}
+	nc, owned, connClosed := b.given, false, make(chan struct{})
+	if nc == nil {
+		var err error
+		if nc, err = natsgo.Connect(b.cfg.URL, append(b.options(connClosed), b.cfg.Options...)...); err != nil {
+			return fmt.Errorf("nats: connect: %w", err)
+		}
+		owned = true
+	}
+	pub, err := wmnats.NewPublisherWithNatsConn(nc, wmnats.PublisherPublishConfig{
+		Marshaler:         &wmnats.NATSMarshaler{},
+		SubjectCalculator: wmnats.DefaultSubjectCalculator,
+		JetStream:         wmnats.JetStreamConfig{Disabled: true},
+	}, watermill.NewSlogLogger(b.logger))
+	if err != nil {
+		if owned {
+			closeConn(nc, connClosed, b.cfg.Timeout)
+		}
+		return fmt.Errorf("nats: publisher: %w", err)
+	}
+	b.mu.Lock()
+	b.nc, b.owned, b.connClosed, b.pub = nc, owned, connClosed, pub
+	b.started = true
+	b.wg.Add(1)
+	b.mu.Unlock()
+	go b.dispatch()
+	return nil
+}
+
+// options are the nats.go options of a connection Start makes; connClosed is closed when the
+// connection is.
+func (b *Broker) options(connClosed chan struct{}) []natsgo.Option {
+	cfg, logger := b.cfg, b.logger
+	return []natsgo.Option{
 		natsgo.Name(cfg.Name),
 		natsgo.Timeout(cfg.Timeout),
 		natsgo.RetryOnFailedConnect(true),
@@ -228,9 +339,7 @@ func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 		natsgo.DisconnectErrHandler(func(nc *natsgo.Conn, err error) {
 			if !nc.IsClosed() { // Close reports a disconnect too
 				logger.Warn("nats disconnected, reconnecting; fan-out subscriptions end", "error", err)
-				if b := brokerOf(); b != nil {
-					b.linkLost()
-				}
+				b.linkLost()
 			}
 		}),
 		natsgo.ReconnectHandler(func(nc *natsgo.Conn) {
@@ -239,7 +348,7 @@ func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 		natsgo.ErrorHandler(func(_ *natsgo.Conn, sub *natsgo.Subscription, err error) {
 			if sub != nil {
 				logger.Warn("nats subscription error", "subject", sub.Subject, "error", err)
-				if b := brokerOf(); b != nil && errors.Is(err, natsgo.ErrSlowConsumer) {
+				if errors.Is(err, natsgo.ErrSlowConsumer) {
 					b.dropped(sub)
 				}
 				return
@@ -248,64 +357,31 @@ func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 		}),
 		natsgo.ClosedHandler(func(*natsgo.Conn) { close(connClosed) }),
 	}
-	nc, err := natsgo.Connect(cfg.URL, append(opts, cfg.Options...)...)
-	if err != nil {
-		return nil, fmt.Errorf("nats: connect: %w", err)
-	}
-	b, err := newBroker(nc, cfg, logger, true)
-	created.Store(b)
-	if err != nil {
-		nc.Close()
-		return nil, err
-	}
-	b.connClosed = connClosed
-	return b, nil
 }
 
-// NewWithConn returns a Broker over a connection the caller owns and closes (after the
-// Broker). cfg.URL is ignored. For Publish to fail fast during an outage the connection should
-// not buffer while reconnecting (nats.ReconnectBufSize(-1)); the Broker also checks its status.
-func NewWithConn(nc *natsgo.Conn, cfg Config, logger *slog.Logger) (*Broker, error) {
-	cfg.setDefaults()
-	if err := cfg.validateRest(); err != nil {
-		return nil, err
+// closeConn closes a connection Start made and waits (at most timeout) for the client's
+// callback goroutine to report it, so that nothing of it runs or logs after.
+func closeConn(nc *natsgo.Conn, connClosed <-chan struct{}, timeout time.Duration) {
+	nc.Close()
+	wait := time.NewTimer(timeout)
+	defer wait.Stop()
+	select {
+	case <-connClosed:
+	case <-wait.C:
 	}
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	return newBroker(nc, cfg, logger, false)
 }
 
-// newBroker: owned when New made nc (with the handlers above) and Close closes it.
-func newBroker(nc *natsgo.Conn, cfg Config, logger *slog.Logger, owned bool) (*Broker, error) {
-	marshaler := &wmnats.NATSMarshaler{}
-	pub, err := wmnats.NewPublisherWithNatsConn(nc, wmnats.PublisherPublishConfig{
-		Marshaler:         marshaler,
-		SubjectCalculator: wmnats.DefaultSubjectCalculator,
-		JetStream:         wmnats.JetStreamConfig{Disabled: true},
-	}, watermill.NewSlogLogger(logger))
-	if err != nil {
-		return nil, fmt.Errorf("nats: publisher: %w", err)
+// usable is nil once Start has run and until Close: ErrNotStarted before, ErrClosed after.
+func (b *Broker) usable() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return transports.ErrClosed
+	case !b.started:
+		return transports.ErrNotStarted
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	link, linkCancel := context.WithCancel(context.Background())
-	b := &Broker{
-		link:        link,
-		linkCancel:  linkCancel,
-		cfg:         cfg,
-		nc:          nc,
-		owned:       owned,
-		pub:         pub,
-		unmarshaler: marshaler,
-		logger:      logger,
-		ctx:         ctx,
-		cancel:      cancel,
-		fan:         make(chan *natsgo.Msg, natsgo.DefaultMaxChanLen),
-		fanSubs:     map[*natsgo.Subscription]*funcSub{},
-	}
-	b.wg.Add(1)
-	go b.dispatch()
-	return b, nil
+	return nil
 }
 
 func (b *Broker) isClosed() bool {
@@ -332,8 +408,8 @@ func (b *Broker) unavailable(what string, err error) error {
 // PING/PONG round trip, so that nil means the server has read every message. While the client
 // is not connected it fails at once with transports.ErrUnavailable.
 func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
-	if b.isClosed() {
-		return transports.ErrClosed
+	if err := b.usable(); err != nil {
+		return err
 	}
 	if len(msgs) == 0 {
 		return nil
@@ -374,10 +450,13 @@ func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*
 	// fully set up, the subscription ends (see Broker.link).
 	link := b.currentLink()
 	b.mu.Lock()
-	if b.closed {
+	if b.closed || !b.started {
 		b.mu.Unlock()
 		h.cancel()
-		return transports.ErrClosed
+		if b.closed {
+			return transports.ErrClosed
+		}
+		return transports.ErrNotStarted
 	}
 	b.fanMu.Lock() // the dispatcher finds h for the first message already
 	sub, err := b.nc.ChanSubscribe(subject, b.fan)
@@ -515,9 +594,12 @@ func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-cha
 func (b *Broker) subscribe(ctx context.Context, topic, queue string) (<-chan *message.Message, error) {
 	subject := Subject(b.cfg.Prefix, topic)
 	b.mu.Lock()
-	if b.closed {
+	if b.closed || !b.started {
 		b.mu.Unlock()
-		return nil, transports.ErrClosed
+		if b.closed {
+			return nil, transports.ErrClosed
+		}
+		return nil, transports.ErrNotStarted
 	}
 	sub, err := b.nc.QueueSubscribeSync(subject, queue)
 	if err != nil {
@@ -590,8 +672,8 @@ func (b *Broker) run(ctx context.Context, sub *natsgo.Subscription, out chan<- *
 
 // Ping implements transports.Broker: the connection is up and the server answers a PING.
 func (b *Broker) Ping(ctx context.Context) error {
-	if b.isClosed() {
-		return transports.ErrClosed
+	if err := b.usable(); err != nil {
+		return err
 	}
 	if st := b.nc.Status(); st != natsgo.CONNECTED {
 		return fmt.Errorf("%w: nats connection is %s", transports.ErrUnavailable, st)
@@ -605,16 +687,23 @@ func (b *Broker) Ping(ctx context.Context) error {
 }
 
 // Close ends every subscription and closes the connection if the Broker owns it. Safe to call
-// twice; bounded by Config.Timeout.
+// twice, and before Start; bounded by Config.Timeout, after a Start under way, whose first dial
+// takes at most Config.Timeout per server of the URL.
 func (b *Broker) Close() error {
+	b.startMu.Lock() // a Start under way finishes first (bounded by Config.Timeout)
+	defer b.startMu.Unlock()
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return nil
 	}
 	b.closed = true
+	started := b.started
 	b.mu.Unlock()
 	b.cancel()
+	if !started {
+		return nil
+	}
 
 	done := make(chan struct{})
 	go func() {
@@ -629,14 +718,7 @@ func (b *Broker) Close() error {
 		b.logger.Warn("nats subscriptions did not stop in time", "timeout", b.cfg.Timeout)
 	}
 	if b.owned {
-		b.nc.Close()
-		// Wait for the client's callback goroutine to report the close, so nothing logs after.
-		wait := time.NewTimer(b.cfg.Timeout)
-		defer wait.Stop()
-		select {
-		case <-b.connClosed:
-		case <-wait.C:
-		}
+		closeConn(b.nc, b.connClosed, b.cfg.Timeout)
 	}
 	return nil
 }

@@ -68,6 +68,9 @@ func newNode(t testing.TB, url, prefix string) *nats.Broker {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	return b
 }
 
@@ -136,6 +139,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative timeout", nats.Config{URL: "nats://h:1", Timeout: -time.Second}, false},
 		{"tight reconnect", nats.Config{URL: "nats://h:1", ReconnectWait: time.Nanosecond}, false},
 		{"negative pending limit", nats.Config{URL: "nats://h:1", PendingLimit: -1}, false},
+		{"url nats.go cannot parse", nats.Config{URL: "nats://h:1, nats://bad host:4222"}, false},
+		{"url without scheme", nats.Config{URL: "h:1,h2"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := nats.New(tc.cfg, nil)
@@ -262,6 +267,9 @@ func TestSlowSubscriptionEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
+	if err := b.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	topic := protocol.ChannelTopic("slow")
 	ch, err := b.Subscribe(t.Context(), topic)
 	if err != nil {
@@ -389,6 +397,9 @@ func TestNewWithConn(t *testing.T) {
 	defer nc.Close()
 	b, err := nats.NewWithConn(nc, nats.Config{Prefix: transporttest.Prefix(t)}, testLogger(t))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	ch, err := b.Subscribe(context.Background(), protocol.TopicEvents)

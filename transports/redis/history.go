@@ -10,7 +10,6 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/protocol"
-	"github.com/wsgateway/gateway/transports"
 )
 
 // lastScript returns the id of a stream's newest entry; on an empty or missing stream it first
@@ -27,8 +26,8 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'lineage', ARGV[
 // Last implements transports.History: the id of the newest entry of the channel's shard stream
 // (whichever channel it belongs to), so that Replay(Last()) returns what comes next.
 func (b *Broker) Last(ctx context.Context, topic string) (protocol.Position, error) {
-	if b.isClosed() {
-		return protocol.Position{}, transports.ErrClosed
+	if err := b.usable(); err != nil {
+		return protocol.Position{}, err
 	}
 	rt, err := b.channelRoute(topic)
 	if err != nil {
@@ -53,8 +52,8 @@ func (b *Broker) Last(ctx context.Context, topic string) (protocol.Position, err
 // dropped. complete is false when more than limit match, or when the stream no longer holds
 // everything after since (see kept).
 func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Position, limit int) ([]*message.Message, bool, error) {
-	if b.isClosed() {
-		return nil, false, transports.ErrClosed
+	if err := b.usable(); err != nil {
+		return nil, false, err
 	}
 	rt, err := b.channelRoute(topic)
 	if err != nil {

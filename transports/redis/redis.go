@@ -35,8 +35,9 @@ const pingTimeout = 2 * time.Second
 // Broker is a gateway node's (or a service's) connection to Redis. Safe for concurrent use.
 type Broker struct {
 	cfg    Config
-	client goredis.UniversalClient
-	owned  bool // Close closes client
+	given  goredis.UniversalClient // NewFromClient's client; nil: Start makes one
+	client goredis.UniversalClient // set by Start, before started
+	owned  bool                    // Start made client: Close closes it
 	logger *slog.Logger
 	wlog   watermill.LoggerAdapter
 
@@ -52,6 +53,7 @@ type Broker struct {
 	startMu sync.Mutex // serializes the start of readers
 
 	mu      sync.Mutex
+	started bool
 	closed  bool
 	readers map[string]*reader // "" for the channel reader, else a topic's stream key
 }
@@ -62,30 +64,19 @@ var (
 	_ transports.History        = (*Broker)(nil)
 )
 
-// New connects to the Redis server of cfg. It does not fail when the server is down: go-redis
-// connects on first use and again after every failure, and Ping reports the state.
+// New returns a Broker for the Redis server of cfg. It only checks cfg: no I/O, no goroutine
+// until Start.
 func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	client := goredis.NewClient(&goredis.Options{
-		Addr:     cfg.Addr,
-		Password: cfg.Password,
-		DB:       cfg.DB,
-		// Deadlines of our contexts reach the socket: Publish fails within Timeout even when
-		// the server does not answer.
-		ContextTimeoutEnabled: true,
-		// One dial attempt per try: go-redis already retries the command (MaxRetries), and a
-		// refused connection should fail a call in well under Timeout.
-		DialerRetries:   1,
-		DisableIdentity: true,
-	})
-	return newBroker(cfg, client, true, logger), nil
+	return newBroker(cfg, nil, logger), nil
 }
 
 // NewFromClient uses an existing client, which Close leaves open; cfg's Addr, Password and DB are
-// ignored. Enable the client's ContextTimeoutEnabled so that Timeout bounds socket I/O too.
+// ignored. Enable the client's ContextTimeoutEnabled so that Timeout bounds socket I/O too. Like
+// New it starts nothing until Start.
 func NewFromClient(client goredis.UniversalClient, cfg Config, logger *slog.Logger) (*Broker, error) {
 	if client == nil {
 		return nil, errors.New("redis: nil client")
@@ -94,14 +85,14 @@ func NewFromClient(client goredis.UniversalClient, cfg Config, logger *slog.Logg
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return newBroker(cfg, client, false, logger), nil
+	return newBroker(cfg, client, logger), nil
 }
 
-func newBroker(cfg Config, client goredis.UniversalClient, owned bool, logger *slog.Logger) *Broker {
+func newBroker(cfg Config, given goredis.UniversalClient, logger *slog.Logger) *Broker {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	b := &Broker{cfg: cfg, client: client, owned: owned, logger: logger, readers: map[string]*reader{}}
+	b := &Broker{cfg: cfg, given: given, logger: logger, readers: map[string]*reader{}}
 	b.wlog = quietLogger{watermill.NewSlogLogger(logger), &b.quiet}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	for n := range cfg.Shards {
@@ -110,6 +101,52 @@ func newBroker(cfg Config, client goredis.UniversalClient, owned bool, logger *s
 		b.shardEpochs = append(b.shardEpochs, ShardEpoch(cfg.Prefix, n))
 	}
 	return b
+}
+
+// Start implements transports.Broker: it makes the go-redis client (New's Broker). It does not
+// fail when the server is down: go-redis connects on first use and again after every failure,
+// and Ping reports the state. Readers start with the first subscriptions.
+func (b *Broker) Start(context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return transports.ErrClosed
+	case b.started:
+		return nil
+	}
+	if b.given != nil {
+		b.client = b.given
+	} else {
+		b.client = goredis.NewClient(&goredis.Options{
+			Addr:     b.cfg.Addr,
+			Password: b.cfg.Password,
+			DB:       b.cfg.DB,
+			// Deadlines of our contexts reach the socket: Publish fails within Timeout even when
+			// the server does not answer.
+			ContextTimeoutEnabled: true,
+			// One dial attempt per try: go-redis already retries the command (MaxRetries), and a
+			// refused connection should fail a call in well under Timeout.
+			DialerRetries:   1,
+			DisableIdentity: true,
+		})
+		b.owned = true
+	}
+	b.started = true
+	return nil
+}
+
+// usable is nil once Start has run and until Close: ErrNotStarted before, ErrClosed after.
+func (b *Broker) usable() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return transports.ErrClosed
+	case !b.started:
+		return transports.ErrNotStarted
+	}
+	return nil
 }
 
 // route is where a logical topic lives.
@@ -152,8 +189,8 @@ func (b *Broker) track() bool {
 // with the message's own context (no timeout can be set without modifying the caller's
 // messages), and its Marshaller only sees the stream key, not the channel each entry must name.
 func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
-	if b.isClosed() {
-		return transports.ErrClosed
+	if err := b.usable(); err != nil {
+		return err
 	}
 	if len(msgs) == 0 {
 		return nil
@@ -192,8 +229,8 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.M
 // goroutine and no buffer while it has nothing to deliver: the reader queues entries on it, and
 // the first one queued while none runs starts a goroutine that delivers until the queue is empty.
 func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
-	if b.isClosed() {
-		return transports.ErrClosed
+	if err := b.usable(); err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -290,8 +327,8 @@ func (b *Broker) lastIDs(ctx context.Context, keys []string) ([]string, error) {
 // DESTROY), it is created again from the start of the stream and consumption goes on. Channel
 // topics are not supported: their shard streams hold many channels.
 func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
-	if b.isClosed() {
-		return nil, transports.ErrClosed
+	if err := b.usable(); err != nil {
+		return nil, err
 	}
 	if protocol.IsChannelTopic(topic) {
 		return nil, fmt.Errorf("redis: SubscribeGroup on channel topic %q: channels share shard streams, use Subscribe", topic)
@@ -415,8 +452,8 @@ func (b *Broker) createGroup(ctx context.Context, key, group, id string) error {
 
 // Ping implements transports.Broker: a PING bounded by 2 s.
 func (b *Broker) Ping(ctx context.Context) error {
-	if b.isClosed() {
-		return transports.ErrClosed
+	if err := b.usable(); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, pingTimeout)
 	defer cancel()
@@ -426,8 +463,8 @@ func (b *Broker) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close ends every subscription and reader, and closes the client when New made it. Safe to
-// call twice.
+// Close ends every subscription and reader, and closes the client when Start made it. Safe to
+// call twice, and before Start.
 func (b *Broker) Close() error {
 	var err error
 	b.once.Do(func() {
@@ -436,7 +473,7 @@ func (b *Broker) Close() error {
 		b.mu.Unlock()
 		b.quiet.Store(true)
 		b.cancel()
-		if b.owned {
+		if b.owned { // set by Start, under mu: seen since closed was set
 			err = b.client.Close() // also ends the XREADs blocked on it
 		}
 		done := make(chan struct{})

@@ -73,6 +73,9 @@ func newNode(t *testing.T, cfg redis.Config) *redis.Broker {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	return b
 }
 
@@ -89,6 +92,9 @@ func nodeMaker(addr string) transporttest.NewNode {
 		mu.Unlock()
 		b, err := redis.New(redis.Config{Addr: addr, Prefix: prefix, BlockTimeout: time.Second}, nil)
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		return b
@@ -582,6 +588,9 @@ func BenchmarkChannelDelivery(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer n.Close()
+		if err := n.Start(b.Context()); err != nil {
+			b.Fatal(err)
+		}
 		ch, err := n.Subscribe(b.Context(), topic)
 		if err != nil {
 			b.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -38,8 +39,9 @@ type Features struct {
 	Timeout time.Duration
 }
 
-// NewNode returns the Broker of a new node. Nodes made with the same prefix share one broker
-// namespace (one cluster); the suite gives each test its own prefix and closes every node.
+// NewNode returns the started Broker of a new node (New, then Start). Nodes made with the same
+// prefix share one broker namespace (one cluster); the suite gives each test its own prefix and
+// closes every node.
 type NewNode func(t *testing.T, prefix string) transports.Broker
 
 // Run runs the whole suite.
@@ -74,6 +76,7 @@ func Run(t *testing.T, f Features, newNode NewNode) {
 		{"PrefixIsolation", s.testPrefixIsolation},
 		{"History", s.testHistory},
 		{"BrokerRestart", s.testRestart},
+		{"StartAgain", s.testStartAgain},
 		{"Close", s.testClose},
 	}
 	for _, tc := range tests {
@@ -574,6 +577,27 @@ func (s *suite) testRestart(t *testing.T) {
 	}
 }
 
+// testStartAgain: Start on a started broker does nothing, and the broker goes on working.
+func (s *suite) testStartAgain(t *testing.T) {
+	b := s.newNode(t, Prefix(t))
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatalf("second Start: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	topic := protocol.ChannelTopic("again")
+	ch, err := b.Subscribe(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(topic, NewMessage("a")); err != nil {
+		t.Fatal(err)
+	}
+	if m := Receive(t, ch, 1, s.f.Timeout)[0]; string(m.Payload) != "a" {
+		t.Fatalf("got %q, want a", m.Payload)
+	}
+}
+
 func (s *suite) testClose(t *testing.T) {
 	b := s.newNode(t, Prefix(t))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -590,6 +614,9 @@ func (s *suite) testClose(t *testing.T) {
 	}
 	if err := b.Publish(protocol.ChannelTopic("close"), NewMessage("x")); err == nil {
 		t.Fatal("Publish after Close succeeded")
+	}
+	if err := b.Start(context.Background()); !errors.Is(err, transports.ErrClosed) {
+		t.Fatalf("Start after Close: %v, want ErrClosed", err)
 	}
 	WaitFor(t, s.f.Timeout, func() error {
 		select {

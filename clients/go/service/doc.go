@@ -82,6 +82,7 @@
 //	svc, err := service.New(b, slog.Default(), service.WithSigningKeys(cfg.Router.SigningKeys...))
 //	if err != nil { ... }
 //	defer svc.Close() // closes b too
+//	if err := svc.Start(ctx); err != nil { ... } // starts b (New starts nothing)
 //
 //	_, err = svc.ToChannel(ctx, "news", map[string]any{"title": "hello"}, service.WithMsgID("news-1"))
 //

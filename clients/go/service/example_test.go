@@ -35,6 +35,10 @@ func Example() {
 		return
 	}
 	defer svc.Close()
+	if err := svc.Start(context.Background()); err != nil { // connects in the background
+		slog.Error("service", "error", err)
+		return
+	}
 	ctx := context.Background()
 
 	// To everyone subscribed to "news", once even if retried.
@@ -99,6 +103,9 @@ func ExampleService_Events() {
 	}
 	defer svc.Close()
 	ctx := context.Background()
+	if err := svc.Start(ctx); err != nil {
+		return
+	}
 	events, err := svc.Events(ctx, "presence")
 	if err != nil {
 		return

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -62,10 +63,11 @@ func WithSigningKeys(entries ...string) Option {
 //
 //	b, err := nats.New(nats.ConfigFrom(cfg), logger) // transports/nats
 //	svc, err := service.New(b, logger, service.WithSigningKeys(cfg.Router.SigningKeys...))
+//	err = svc.Start(ctx)
 //
 // A memory broker node (memory.Broker.Node(prefix)) shares an in-process broker with a gateway
-// node of the same process. logger may be nil (discard). New fails only on a nil broker or
-// malformed signing keys.
+// node of the same process. logger may be nil (discard). New starts nothing (Start does) and
+// fails only on a nil broker or malformed signing keys.
 func New(b transports.Broker, logger *slog.Logger, opts ...Option) (*Service, error) {
 	if b == nil {
 		return nil, fmt.Errorf("%w: nil broker", ErrInvalid)
@@ -75,6 +77,16 @@ func New(b transports.Broker, logger *slog.Logger, opts ...Option) (*Service, er
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return &Service{broker: b, log: orDiscard(logger), keys: keys, done: make(chan struct{})}, nil
+}
+
+// Start starts the Service's broker (its Start: the connection and the broker's background
+// work; it does not wait for the broker server to answer). Call it once before the Service is
+// used; a second call, or a broker started already, does nothing. Close stops what it started.
+func (s *Service) Start(ctx context.Context) error {
+	if err := s.broker.Start(ctx); err != nil {
+		return fmt.Errorf("service: start broker: %w", err)
+	}
+	return nil
 }
 
 func collect(opts []Option) options {

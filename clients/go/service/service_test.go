@@ -605,6 +605,9 @@ func TestSignatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := self.Start(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
 	defer self.Close()
 	watch, err := self.ChannelMessages(ctx(t), "x")
 	if err != nil {
@@ -803,6 +806,9 @@ func TestNew(t *testing.T) {
 			url := startNode(t, cfg)
 			svc, err := service.New(newBroker(t, cfg), nil)
 			if err != nil {
+				t.Fatal(err)
+			}
+			if err := svc.Start(ctx(t)); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = svc.Close() })
