@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/wsgateway/gateway/internal/poll"
 )
 
 // Timeout bounds every wait of these helpers.
@@ -198,19 +200,5 @@ func DialConn(t testing.TB, conn net.Conn, base, token string) (*Client, Frame) 
 // WaitFor polls fn until it returns nil, failing the test with its last error after Timeout.
 func WaitFor(t testing.TB, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(Timeout)
-	delay := time.Millisecond
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", Timeout, err)
-		}
-		time.Sleep(delay) // polling backoff, bounded by the deadline above
-		if delay < 50*time.Millisecond {
-			delay *= 2
-		}
-	}
+	poll.Until(t, Timeout, fn)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/wsgateway/gateway/internal/poll"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
@@ -633,19 +634,5 @@ func (s *suite) testClose(t *testing.T) {
 // WaitFor polls fn until it returns nil, failing the test with fn's last error after total.
 func WaitFor(t testing.TB, total time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(total)
-	delay := time.Millisecond
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", total, err)
-		}
-		time.Sleep(delay)
-		if delay < 50*time.Millisecond {
-			delay *= 2
-		}
-	}
+	poll.Until(t, total, fn)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/wsgateway/gateway/clients/go/wsclient"
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/poll"
 	"github.com/wsgateway/gateway/transports/memory"
 )
 
@@ -99,19 +100,7 @@ func expectData(t *testing.T, ch <-chan wsclient.Message, want ...string) []wscl
 // waitFor polls fn until it returns nil, failing with its last error after wait.
 func waitFor(t *testing.T, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(wait)
-	delay := time.Millisecond
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", wait, err)
-		}
-		time.Sleep(delay)
-		delay = min(delay*2, 50*time.Millisecond)
-	}
+	poll.Until(t, wait, fn)
 }
 
 func token(t *testing.T, user string, ttl time.Duration, channels, publish []string) string {
