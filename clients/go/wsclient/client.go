@@ -611,7 +611,7 @@ func (c *Client) roundTrip(ctx context.Context, cn *conn, f outFrame) (*frame, e
 	}
 	r, err := c.await(ctx, cn, reply)
 	if err == nil && r.Type == "error" {
-		return r, &Error{Code: r.Code, Message: r.Message}
+		return r, &Error{Code: r.Code, Message: r.Text}
 	}
 	return r, err
 }

@@ -230,7 +230,7 @@ func (cn *conn) handle(f *frame) {
 			return
 		}
 		if f.Type == "error" {
-			c.log.Warn("error from the server", "id", f.ID, "code", f.Code, "message", f.Message)
+			c.log.Warn("error from the server", "id", f.ID, "code", f.Code, "message", f.Text)
 		}
 	}
 }

@@ -33,31 +33,24 @@ func (m Message) Decode(v any) error { return json.Unmarshal(m.Bytes, v) }
 // From is the client that published a message.
 type From = protocol.From
 
-// frame is any frame from the server.
+// frame is any frame from the server: the fields of a message frame (protocol.Message) and those
+// of the other frames.
 type frame struct {
-	Type      string          `json:"type"`
-	ID        string          `json:"id"`
-	Channel   string          `json:"channel"`
-	Position  string          `json:"position"`
-	Recovered bool            `json:"recovered"`
-	Data      json.RawMessage `json:"data"`
-	Encoding  string          `json:"encoding"`
-	From      *From           `json:"from"`
-	To        string          `json:"to"`
-	MsgID     string          `json:"msg_id"`
-	Code      string          `json:"code"`
-	Message   string          `json:"message"`
-	Reason    string          `json:"reason"`
-	Reconnect bool            `json:"reconnect"`
-	Session   string          `json:"session"`
-	Node      string          `json:"node"`
-	User      string          `json:"user"`
+	protocol.Message
+	Recovered bool   `json:"recovered"`
+	MsgID     string `json:"msg_id"`
+	Code      string `json:"code"`
+	Text      string `json:"message"` // of an error frame
+	Reason    string `json:"reason"`
+	Reconnect bool   `json:"reconnect"`
+	Session   string `json:"session"`
+	Node      string `json:"node"`
+	User      string `json:"user"`
 }
 
 func (f *frame) message() Message {
 	m := Message{Channel: f.Channel, ID: f.ID, Position: f.Position, From: f.From, To: f.To}
-	pm := protocol.Message{Data: f.Data, Encoding: f.Encoding}
-	if m.Bytes, m.Binary = pm.Payload(); !m.Binary {
+	if m.Bytes, m.Binary = f.Payload(); !m.Binary {
 		m.Data = f.Data
 	}
 	return m

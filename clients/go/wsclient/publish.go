@@ -125,7 +125,7 @@ func (c *Client) submit(ctx context.Context, f outFrame, data any, opts []Publis
 			}
 			return ack, nil
 		case err == nil && reply.Type == "error":
-			e = &Error{Code: reply.Code, Message: reply.Message}
+			e = &Error{Code: reply.Code, Message: reply.Text}
 			if !retryable(e.Code) {
 				return ack, e
 			}

@@ -276,7 +276,7 @@ func (c *Client) subscribed(cn *conn, s *Subscription, since string, f *frame) {
 		}
 		return
 	}
-	e := &Error{Code: f.Code, Message: f.Message}
+	e := &Error{Code: f.Code, Message: f.Text}
 	if f.Type != "error" {
 		e = &Error{Code: CodeInternal, Message: fmt.Sprintf("subscribe answered by %q", f.Type)}
 	}
