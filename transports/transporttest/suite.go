@@ -59,6 +59,7 @@ func Run(t *testing.T, f Features, newNode NewNode) {
 	ready := func(t *testing.T, prefix string) transports.Broker {
 		t.Helper()
 		b := newNode(t, prefix)
+		t.Cleanup(func() { _ = b.Close() }) // Close is idempotent: tests may close first
 		WaitFor(t, f.Timeout, func() error { return b.Ping(t.Context()) })
 		return b
 	}
