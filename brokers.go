@@ -20,6 +20,9 @@ import (
 // nothing: the caller calls the broker's Start (Gateway.Start does, for the broker it builds or
 // is given) and Close.
 func NewBroker(cfg *configs.Config, log *slog.Logger) (transports.Broker, error) {
+	if err := checkBroker(cfg); err != nil {
+		return nil, err // a *configs.KeyError where the broker names the key
+	}
 	switch cfg.Broker {
 	case configs.BrokerMemory:
 		broker := memory.NewBroker(memory.ConfigFrom(cfg))
@@ -39,17 +42,18 @@ func NewBroker(cfg *configs.Config, log *slog.Logger) (transports.Broker, error)
 // checkBroker makes the checks of the configured broker package's New (defaults, then
 // Validate) without connecting.
 func checkBroker(cfg *configs.Config) error {
+	var err error
 	switch cfg.Broker {
 	case configs.BrokerJetStream:
-		return jetstream.ConfigFrom(cfg).Check()
+		err = jetstream.ConfigFrom(cfg).Check()
 	case configs.BrokerRedis:
-		return redis.ConfigFrom(cfg).Check()
+		err = redis.ConfigFrom(cfg).Check()
 	case configs.BrokerKafka:
-		return kafka.ConfigFrom(cfg).Check()
+		err = kafka.ConfigFrom(cfg).Check()
 	case configs.BrokerNATS:
-		return nats.ConfigFrom(cfg).Check()
+		err = nats.ConfigFrom(cfg).Check()
 	}
-	return nil
+	return configs.KeyErrorFrom(err) // the broker names the key; the error names the variable too
 }
 
 // dedupeStore is where msg_id keys are kept: Redis (shared by the nodes) with the redis broker or

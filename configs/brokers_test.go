@@ -1,6 +1,7 @@
 package configs_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -86,4 +87,22 @@ func kafkaCheck(c *configs.Config) error {
 func jetstreamCheck(c *configs.Config) error {
 	return jetstream.Config{URL: c.NATS.URL, MaxAge: c.JetStream.MaxAge, MaxBytes: c.JetStream.MaxBytes,
 		Replicas: c.JetStream.Replicas, DuplicateWindow: c.JetStream.DupeWindow}.Check()
+}
+
+// TestKeyErrorFrom: a broker's error that starts with a setting's key becomes a *KeyError naming
+// its variable too; others stay as they are.
+func TestKeyErrorFrom(t *testing.T) {
+	var ke *configs.KeyError
+	err := configs.KeyErrorFrom(errors.New("redis.shards: 1025 is not between 1 and 1024"))
+	if !errors.As(err, &ke) || ke.Key != "redis.shards" || ke.Env != "GATEWAY_REDIS_SHARDS" || ke.Reason != "1025 is not between 1 and 1024" {
+		t.Fatalf("got %#v", err)
+	}
+	for _, text := range []string{"no key here", "nosuch.key: reason"} {
+		if err := configs.KeyErrorFrom(errors.New(text)); errors.As(err, &ke) || err.Error() != text {
+			t.Errorf("%q became %#v", text, err)
+		}
+	}
+	if configs.KeyErrorFrom(nil) != nil {
+		t.Error("nil became an error")
+	}
 }

@@ -74,3 +74,23 @@ func (c *Config) settingOf(field any) setting {
 func (s setting) name() string {
 	return s.key + " (" + s.env + ")"
 }
+
+// KeyErrorFrom makes err a *KeyError when its text names a setting by its YAML key, as the broker
+// packages' checks do ("kafka.partitions (2000) must be ...", "jetstream: jetstream.replicas ..."),
+// so that it names the variable too; the first key named is the one at fault. Other errors are
+// returned as they are.
+func KeyErrorFrom(err error) error {
+	if err == nil {
+		return nil
+	}
+	text := err.Error()
+	for _, word := range strings.Fields(text) {
+		word = strings.Trim(word, ":,()")
+		for _, f := range settingFields() {
+			if f.key == word && f.env != "" {
+				return &KeyError{Key: f.key, Env: f.env, Reason: strings.TrimPrefix(text, f.key+": ")}
+			}
+		}
+	}
+	return err
+}

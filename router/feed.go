@@ -79,8 +79,9 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	topic := protocol.ChannelTopic(channel)
 	ctx, cancel := context.WithCancel(context.Background())
 	counter := f.reopen(channel) // nil with transports.History
-	// forward hands one message of the channel to the router; false once the feed closed.
-	forward := func(m *message.Message) bool {
+	// toRouter hands one message of the channel to the router; false once the feed closed or
+	// the subscription ended (m's context: the broker's Close must not wait for the router).
+	toRouter := func(m *message.Message) bool {
 		m.Metadata.Set(protocol.MetaChannel, channel)
 		if f.history == nil {
 			m.Metadata.Set(protocol.MetaPosition, protocol.Position{Epoch: counter.epoch, Lo: counter.n.Add(1)}.String())
@@ -91,6 +92,8 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 		case <-f.done:
 			m.Nack()
 			cancel()
+			return false
+		case <-m.Context().Done():
 			return false
 		}
 	}
@@ -119,7 +122,7 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 	var in <-chan *message.Message
 	var err error
 	if h, ok := f.broker.(transports.FuncSubscriber); ok {
-		err = h.SubscribeFunc(ctx, topic, forward, ended) // no goroutine of the Feed's own
+		err = h.SubscribeFunc(ctx, topic, toRouter, ended) // no goroutine of the Feed's own
 	} else {
 		in, err = f.broker.Subscribe(ctx, topic)
 	}
@@ -146,7 +149,7 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 		go func() {
 			defer f.wg.Done()
 			for m := range in {
-				forward(m) // once the feed closed, it nacks what still comes
+				toRouter(m) // once the feed closed, it nacks what still comes
 			}
 			ended()
 		}()

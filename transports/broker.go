@@ -108,7 +108,9 @@ type FuncSubscriber interface {
 	// SubscribeFunc delivers the messages of topic to deliver, one at a time and in order, like
 	// Subscribe: the next one only after the previous was acked (a nacked one comes again).
 	// deliver returns false when it did not take the message (the subscriber is going away);
-	// the subscription then ends. ended is called once, on the broker's goroutine, when the
+	// the subscription then ends. deliver must return once the message's context (the
+	// subscription's) is done, so that ending the subscription, or closing the broker, never
+	// waits for the subscriber. ended is called once, on the broker's goroutine, when the
 	// subscription ends, through ctx or by itself.
 	SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error
 }

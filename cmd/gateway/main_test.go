@@ -183,8 +183,9 @@ func TestBinary(t *testing.T) {
 			"kafka.partitions":           {"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_PARTITIONS=2000"},
 		} {
 			out, code := runBinary(t, bin, append(env, "GATEWAY_JWT_PUBLIC_KEY="+pub), "-check-config")
-			if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 2 || len(lines) != 1 || !strings.Contains(out, key) {
-				t.Errorf("%v: exit %d, output %q: want 2 and one line naming %s", env, code, out, key)
+			variable, _, _ := strings.Cut(env[1], "=")
+			if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 2 || len(lines) != 1 || !strings.Contains(out, key) || !strings.Contains(out, variable) {
+				t.Errorf("%v: exit %d, output %q: want 2 and one line naming %s and %s", env, code, out, key, variable)
 			}
 		}
 		if out, code := runBinary(t, bin, []string{"GATEWAY_JWT_PUBLIC_KEY=" + pub}, "-check-config"); code != 0 {

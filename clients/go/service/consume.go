@@ -242,8 +242,8 @@ func (s *Service) subscribe(ctx context.Context, sub func(context.Context) (<-ch
 		if err == nil {
 			return ch, nil
 		}
-		if !errors.Is(err, transports.ErrUnavailable) {
-			return nil, err
+		if !errors.Is(err, transports.ErrUnavailable) || errors.Is(err, transports.ErrNotStarted) {
+			return nil, err // a broker that was not started will not come back by waiting: Start it
 		}
 		if last == nil {
 			s.log.Warn("broker unavailable, subscribing again until it is back", "error", err)

@@ -747,6 +747,28 @@ func TestSubscribeWaitsForTheBroker(t *testing.T) {
 	}
 }
 
+// TestNotStarted: a Service whose broker was never started fails to subscribe at once with
+// ErrNotStarted (waiting would never help), and emits fail the same way.
+func TestNotStarted(t *testing.T) {
+	b, err := natsbroker.New(natsbroker.Config{URL: "nats://127.0.0.1:1"}, nil) // never started: no server needed
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := service.New(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	short, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := svc.Inbound(short, "g"); !errors.Is(err, transports.ErrNotStarted) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Inbound before Start: %v, want ErrNotStarted at once", err)
+	}
+	if _, err := svc.ToChannel(ctx(t), "news", "x"); !errors.Is(err, transports.ErrNotStarted) {
+		t.Fatalf("ToChannel before Start: %v, want ErrNotStarted", err)
+	}
+}
+
 func reachable(addr string) bool {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
