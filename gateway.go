@@ -110,8 +110,11 @@ type Gateway struct {
 	closeErr  error
 }
 
-// New builds a node. It starts nothing; Run does. When it fails it closes what it opened, and
-// a broker given with WithBroker too.
+// New builds a node. It starts nothing (Start and Run do: the broker, the router, the websocket
+// transport's write-delay clock), with one exception: with auth.jwks_url it fetches the key set
+// (at most auth.jwks_timeout), so that a wrong URL fails at once like a wrong key, and starts its
+// refresh, which Close stops. When it fails it closes what it opened, and a broker given with
+// WithBroker too.
 func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	o := options{}
 	for _, opt := range opts {
@@ -322,7 +325,9 @@ func originChecker(allowed []string) func(r *http.Request) bool {
 // Handler is the node's HTTP handler (for tests and for embedding in another server). It has
 // no pprof: that is served only by the admin listener (admin.addr). An answer sent before the
 // request's body was read closes the connection (see closeUnreadBodies); the embedding server
-// should bound reads itself, as Serve does with http.read_timeout.
+// should bound reads itself, as Serve does with http.read_timeout. Call Start before serving it:
+// Start starts the broker and the router, and the websocket transport's write-delay clock
+// (without which, with websocket.write_delay set, frames after a connection's first would wait).
 func (g *Gateway) Handler() http.Handler { return closeUnreadBodies(g.mux) }
 
 // Metrics are the node's collectors.

@@ -73,21 +73,11 @@ func TestBrokerSettingsCheckedByTheBroker(t *testing.T) {
 	}
 }
 
-// The checks below give the broker packages the settings as the gateway does (brokers.go).
+// The checks below give the broker packages the settings as the gateway does (ConfigFrom).
 
-func redisCheck(c *configs.Config) error {
-	return redis.Config{Addr: c.Redis.Addr, DB: c.Redis.DB, Shards: c.Redis.Shards, MaxLen: c.Redis.MaxLen}.Check()
-}
-
-func kafkaCheck(c *configs.Config) error {
-	return kafka.Config{Brokers: c.Kafka.Brokers, Partitions: c.Kafka.Partitions, Retention: c.Kafka.Retention,
-		ReplicationFactor: c.Kafka.Replicas}.Check()
-}
-
-func jetstreamCheck(c *configs.Config) error {
-	return jetstream.Config{URL: c.NATS.URL, MaxAge: c.JetStream.MaxAge, MaxBytes: c.JetStream.MaxBytes,
-		Replicas: c.JetStream.Replicas, DuplicateWindow: c.JetStream.DupeWindow}.Check()
-}
+func redisCheck(c *configs.Config) error     { return redis.ConfigFrom(c).Check() }
+func kafkaCheck(c *configs.Config) error     { return kafka.ConfigFrom(c).Check() }
+func jetstreamCheck(c *configs.Config) error { return jetstream.ConfigFrom(c).Check() }
 
 // TestKeyErrorFrom: a broker's error that starts with a setting's key becomes a *KeyError naming
 // its variable too; others stay as they are.

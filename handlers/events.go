@@ -17,7 +17,7 @@ import (
 
 // Events publishes connection lifecycle events through the router (so they pass the same
 // middleware and retries as everything else) without making connections wait: Emit queues,
-// one goroutine (Run) submits. When the queue is full an event is dropped and counted.
+// one goroutine (Start) submits. When the queue is full an event is dropped and counted.
 type Events struct {
 	cfg       EventsConfig
 	q         chan protocol.Event
@@ -109,7 +109,7 @@ func (e *Events) run() {
 		payload, _ := json.Marshal(ev)
 		msg := message.NewMessage(watermill.NewUUID(), payload)
 		md := msg.Metadata
-		md.Set(protocol.MetaKind, "event")
+		md.Set(protocol.MetaKind, protocol.KindEvent)
 		md.Set(protocol.MetaTarget, protocol.TargetEvents)
 		md.Set(protocol.MetaUser, ev.User)
 		md.Set(protocol.MetaSession, ev.Session)

@@ -342,14 +342,14 @@ func apiMessage(req *publishRequest) (*message.Message, *protocol.Error) {
 		md.Set(protocol.MetaTarget, protocol.TargetChannel)
 		md.Set(protocol.MetaChannel, *req.Channel)
 	case req.User != nil:
-		if *req.User == "" || len(*req.User) > 256 {
-			return nil, protocol.Errorf(protocol.CodeBadRequest, "user must be 1 to 256 bytes")
+		if *req.User == "" || len(*req.User) > protocol.MaxUserLen {
+			return nil, protocol.Errorf(protocol.CodeBadRequest, "user must be 1 to %d bytes", protocol.MaxUserLen)
 		}
 		md.Set(protocol.MetaTarget, protocol.TargetUser)
 		md.Set(protocol.MetaUser, *req.User)
 	case req.Session != nil:
-		if *req.Session == "" || len(*req.Session) > 128 {
-			return nil, protocol.Errorf(protocol.CodeBadRequest, "session must be 1 to 128 bytes")
+		if *req.Session == "" || len(*req.Session) > protocol.MaxSessionLen {
+			return nil, protocol.Errorf(protocol.CodeBadRequest, "session must be 1 to %d bytes", protocol.MaxSessionLen)
 		}
 		md.Set(protocol.MetaTarget, protocol.TargetSession)
 		md.Set(protocol.MetaSession, *req.Session)

@@ -1,5 +1,14 @@
-// Package protocol is the wire format between clients and the gateway (PROTOCOL.md section 3):
-// decoding client frames, with every check that answers bad_request, and encoding server frames.
+// Package protocol is the contract shared by the gateway, its clients and the services behind it
+// (docs/protocol.md, docs/services.md), and nothing else: it imports no other package of this
+// module, so the Go client (clients/go/wsclient) and the service SDK (clients/go/service) use it
+// instead of keeping copies.
+//
+// It holds the client frames (decoded with every check that answers bad_request) and the server
+// frames (encoded by its functions: WelcomeFrame, SubscribedFrame, ..., Disconnect values), the
+// error and disconnect codes, channel positions (Position, as brokers assign them and as clients
+// see them), the logical topics and the metadata keys of the messages exchanged with services,
+// message kinds and targets, lifecycle events, the dedupe key of a msg_id and the rules of
+// channel names.
 package protocol
 
 import (
@@ -31,6 +40,8 @@ const (
 	MaxMsgIDLen    = 64
 	MaxChannelLen  = 128
 	MaxPositionLen = 256
+	MaxUserLen     = 256 // a user id addressed by the API or a service
+	MaxSessionLen  = 128 // a session id addressed by the API or a service
 )
 
 // Error codes.

@@ -83,7 +83,7 @@ func (p Position) ForChannel(channel string) string {
 
 // ParseClientPosition parses what ForChannel made for channel.
 func ParseClientPosition(channel, s string) (Position, error) {
-	if len(s) > 256 {
+	if len(s) > MaxPositionLen {
 		return Position{}, ErrBadPosition
 	}
 	parts := strings.Split(s, ":")

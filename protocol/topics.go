@@ -7,7 +7,7 @@ import (
 	"github.com/google/uuid"
 )
 
-// Logical topics. A broker maps each to a broker name under its prefix (see SafeName).
+// Logical topics. A broker maps each to a broker name under its prefix (the broker packages use transports.SafeName).
 const (
 	// TopicInbound carries what clients publish and send, for services (competing consumers).
 	TopicInbound = "inbound"
@@ -47,7 +47,7 @@ const UserChannelPrefix = "$user:"
 // calls it UserChannel, "$user").
 func UserChannelFor(user string) string { return UserChannelPrefix + user }
 
-// ChannelTopic is the logical topic of a channel (also of a user's channel, see UserChannel).
+// ChannelTopic is the logical topic of a channel (also of a user's channel, see UserChannelFor).
 func ChannelTopic(channel string) string { return channelTopicPrefix + channel }
 
 // ChannelOf returns the channel of a logical channel topic.

@@ -1,4 +1,7 @@
-// Package router builds the node's Watermill router and its middleware chain, in one order.
+// Package router builds the node's Watermill router and its middleware chain, in one order, and
+// owns the router's in-process sources: Inbox (what sessions and the HTTP API submit; Submit
+// waits for the router's ack or nack) and Feed (the node's broker subscriptions of the channels it
+// has local subscribers for, merged into one Watermill subscription).
 //
 // Every handler (router level, outermost first):
 //  1. Outcome: the final error of a client's message becomes that client's error frame.

@@ -1,10 +1,12 @@
-// Package transports defines how a gateway node talks to a message broker.
+// Package transports holds the ways a message travels: the client side (transports/websocket;
+// more transports come beside it) and the broker side, defined here.
 //
-// A Broker is a Watermill publisher and subscriber over logical topic names (see topics.go); each
-// broker package (memory, nats, jetstream, redis, kafka) maps those names to legal broker names
-// under the configured prefix. Brokers that keep channel history also implement History, which
-// is what makes resuming after a reconnect possible. The conformance suite every broker runs is
-// in package transporttest.
+// A Broker is a Watermill publisher and subscriber over logical topic names (protocol.Topic*,
+// protocol.ChannelTopic); each broker package (memory, nats, jetstream, redis, kafka) maps those
+// names to legal broker names under the configured prefix (SafeName). Brokers that keep channel
+// history also implement History, which is what makes resuming after a reconnect possible. The
+// conformance suite every broker runs is in package transporttest. The helpers brokers share
+// (Relay, DeliverUntilAcked, SubscribeChan, Shrink) are here too.
 //
 // A broker's life has three steps. Its package's New (nats.New, jetstream.New, redis.New,
 // kafka.New) only checks the settings and applies their defaults: it does no I/O and starts no
@@ -37,15 +39,17 @@ import (
 //
 // All methods are safe for concurrent use. The broker's New starts nothing: Start does. Before
 // Start, Publish, Subscribe, SubscribeGroup and Ping fail with ErrNotStarted (History's methods
-// too, for brokers that have it); only memory.Node, which has nothing to start, works without. Close is idempotent and bounded in time; after Close, Publish
-// fails with ErrClosed and every subscription channel is closed.
+// too, for brokers that have it); only memory.Node, which has nothing to start, works without.
+// Close is idempotent and bounded in time; after Close, Publish fails with ErrClosed and every
+// subscription channel is closed.
 type Broker interface {
 	// Start connects and starts the broker's background work (connection, reconnects,
 	// provisioning, dispatchers), owned by the broker and stopped by Close. It does not wait for
-	// the broker server to answer (Ping does; the gateway pings until it answers): it fails only
-	// when the work cannot be started at all, and then leaves nothing running. Safe to call
-	// twice (the second call does nothing); after Close it fails with ErrClosed. ctx bounds
-	// Start itself, not the work it starts.
+	// the broker server to be reachable (Ping does; the gateway pings until it answers): it
+	// fails only when the work cannot be started at all, and then leaves nothing running. Where
+	// it waits (JetStream provisions its streams once when the server is already connected, for
+	// at most the publish timeout), ctx bounds the wait; ctx does not bound the work it starts.
+	// Safe to call twice (the second call does nothing); after Close it fails with ErrClosed.
 	Start(ctx context.Context) error
 
 	// Publish sends messages to a logical topic and returns once the broker has accepted all of

@@ -173,7 +173,7 @@ func runEmbedded(ctx context.Context, cfg *configs.Config, group string, log *sl
 		log.Warn("DEVELOPMENT MODE: no way to authenticate clients is configured, so this demo made up a JWT secret and an API key",
 			"jwt_secret", cfg.Auth.JWTSecret, "api_key", cfg.API.Key)
 	}
-	broker := memory.NewBroker(memory.Config{HistorySize: cfg.History.Size, HistoryTTL: cfg.History.TTL, MaxBytes: cfg.History.MaxBytes})
+	broker := memory.NewBroker(memory.ConfigFrom(cfg)) // as a node builds it: history.channels rules included
 	defer broker.Close()
 	g, err := gateway.New(cfg, gateway.WithLogger(log), gateway.WithBroker(broker.Node(cfg.TopicPrefix)))
 	if err != nil {

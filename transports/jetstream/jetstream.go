@@ -33,9 +33,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wsgateway/gateway/internal/natsurl"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
-	wsnats "github.com/wsgateway/gateway/transports/nats"
 )
 
 // Defaults of Config.
@@ -130,8 +130,8 @@ func (c *Config) Validate() error {
 	switch {
 	case strings.TrimSpace(c.URL) == "":
 		return errors.New("jetstream: nats.url must not be empty")
-	case wsnats.CheckURLs(c.URL) != nil:
-		return fmt.Errorf("jetstream: nats.url: %w", wsnats.CheckURLs(c.URL))
+	case natsurl.Check(c.URL) != nil:
+		return fmt.Errorf("jetstream: nats.url: %w", natsurl.Check(c.URL))
 	case c.Prefix == "" || strings.Trim(c.Prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != "":
 		return fmt.Errorf("jetstream: topic_prefix %q must be made of [A-Za-z0-9_-]", c.Prefix)
 	case c.MaxAge < 0:

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	natsgo "github.com/nats-io/nats.go"
 
+	"github.com/wsgateway/gateway/internal/natsurl"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
@@ -99,33 +99,10 @@ func (c *Config) Validate() error {
 	if strings.TrimSpace(c.URL) == "" {
 		return errors.New("nats: Config.URL must not be empty")
 	}
-	if err := CheckURLs(c.URL); err != nil {
+	if err := natsurl.Check(c.URL); err != nil {
 		return fmt.Errorf("nats: Config.URL: %w", err)
 	}
 	return c.validateRest()
-}
-
-// CheckURLs parses a comma-separated server list as nats.go's Connect does ("nats://" is
-// implied), without connecting, so that New rejects what Start could not use. The error does
-// not repeat the URL, which may hold credentials.
-func CheckURLs(list string) error {
-	for _, u := range strings.Split(list, ",") {
-		u = strings.TrimSpace(u)
-		if u == "" {
-			continue
-		}
-		if !strings.Contains(u, "://") {
-			u = "nats://" + u
-		}
-		if _, err := url.Parse(u); err != nil {
-			var ue *url.Error
-			if errors.As(err, &ue) {
-				err = ue.Err
-			}
-			return fmt.Errorf("a server address cannot be parsed: %w", err)
-		}
-	}
-	return nil
 }
 
 // validateRest checks everything but URL (NewWithConn has no use for it).

@@ -102,7 +102,7 @@ func (f *flushConn) writeFrame(payload []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.rem != 0 {
-		return errors.New("ws: frame written inside another") // cannot happen: see the type's comment
+		return errors.New("websocket: frame written inside another") // cannot happen: see the type's comment
 	}
 	if n := f.held() + len(hdr) + len(payload); n > maxCoalesce {
 		f.deadline = time.Now().Add(f.timeout)

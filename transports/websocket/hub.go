@@ -68,7 +68,7 @@ type Config struct {
 
 // ErrOriginRefused is returned by Accept, before anything was written, for a request whose
 // Origin Config.CheckOrigin does not allow: the caller answers it (403).
-var ErrOriginRefused = errors.New("ws: origin not allowed")
+var ErrOriginRefused = errors.New("websocket: origin not allowed")
 
 // melodyQueue is the size of melody's send queue (a channel allocated for every session): it
 // holds a connection's lead frame, a disconnect frame and a close frame at most (Conn.enqueue).
@@ -644,4 +644,4 @@ func (h *Hub) Close() {
 
 // ErrHubClosed is returned by Accept, before anything was written, once the hub is closed: the
 // caller answers it (503).
-var ErrHubClosed = errors.New("ws: the hub is closed")
+var ErrHubClosed = errors.New("websocket: the hub is closed")

@@ -98,7 +98,7 @@ func (s *Service) Inbound(ctx context.Context, group string) (<-chan *Inbound, e
 
 // ChannelMessages consumes everything published to channel (clients' `publish`, API and service
 // emits) from now on, fan-out: every subscription, of every replica, gets every message. channel
-// is a channel name or a user's channel ("$user:<id>", transports.UserChannel). A message with a
+// is a channel name or a user's channel ("$user:<id>", protocol.UserChannelFor). A message with a
 // msg_id published through two nodes may arrive twice with the same UUID (Idempotent).
 func (s *Service) ChannelMessages(ctx context.Context, channel string) (<-chan *Inbound, error) {
 	user, isUser := strings.CutPrefix(channel, protocol.UserChannelPrefix)

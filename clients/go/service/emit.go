@@ -21,9 +21,9 @@ const KindService = protocol.KindService
 
 // Bounds of emit arguments, the same as the HTTP API's.
 const (
-	MaxMsgIDLen   = protocol.MaxMsgIDLen // bytes of a msg_id
-	MaxUserLen    = 256                  // bytes of a user id
-	MaxSessionLen = 128                  // bytes of a session id
+	MaxMsgIDLen   = protocol.MaxMsgIDLen   // bytes of a msg_id
+	MaxUserLen    = protocol.MaxUserLen    // bytes of a user id
+	MaxSessionLen = protocol.MaxSessionLen // bytes of a session id
 )
 
 // EmitOption changes one emit.

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // Defaults of Options.
@@ -390,9 +392,9 @@ func (c *Client) connect(ctx context.Context) (*conn, error) {
 		return nil, fmt.Errorf("wsclient: waiting for welcome from %s: %w", u, err)
 	}
 	var f frame
-	if err := json.Unmarshal(b, &f); err != nil || f.Type != "welcome" {
+	if err := json.Unmarshal(b, &f); err != nil || f.Type != protocol.TypeWelcome {
 		ws.Close()
-		if f.Type == "disconnect" {
+		if f.Type == protocol.TypeDisconnect {
 			return nil, &DisconnectError{Code: f.Code, Reason: f.Reason, Reconnect: f.Reconnect}
 		}
 		return nil, fmt.Errorf("wsclient: %s sent %.200q instead of welcome", u, b)
@@ -587,11 +589,11 @@ func (c *Client) Ping(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	start := time.Now()
-	f, err := c.roundTrip(ctx, cn, outFrame{Type: "ping"})
+	f, err := c.roundTrip(ctx, cn, outFrame{Type: protocol.TypePing})
 	if err != nil {
 		return 0, err
 	}
-	if f.Type != "pong" {
+	if f.Type != protocol.TypePong {
 		return 0, fmt.Errorf("wsclient: ping answered by %q", f.Type)
 	}
 	return time.Since(start), nil
@@ -610,7 +612,7 @@ func (c *Client) roundTrip(ctx context.Context, cn *conn, f outFrame) (*frame, e
 		return nil, ErrConnectionLost
 	}
 	r, err := c.await(ctx, cn, reply)
-	if err == nil && r.Type == "error" {
+	if err == nil && r.Type == protocol.TypeError {
 		return r, &Error{Code: r.Code, Message: r.Text}
 	}
 	return r, err

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // conn is one WebSocket connection: a reader and a writer goroutine, and the requests waiting
@@ -203,7 +205,7 @@ func (cn *conn) read() {
 func (cn *conn) handle(f *frame) {
 	c := cn.c
 	switch f.Type {
-	case "message":
+	case protocol.TypeMessage:
 		if f.To != "" || f.Channel == "" {
 			c.deliverDirect(f.message())
 			return
@@ -219,17 +221,17 @@ func (cn *conn) handle(f *frame) {
 		if s.accept(&m) {
 			s.deliver(m, c.ctx.Done())
 		}
-	case "disconnect":
+	case protocol.TypeDisconnect:
 		c.log.Info("disconnect", "code", f.Code, "reason", f.Reason, "reconnect", f.Reconnect)
 		cn.mu.Lock()
 		cn.disc = &DisconnectError{Code: f.Code, Reason: f.Reason, Reconnect: f.Reconnect}
 		cn.mu.Unlock()
-	case "welcome":
+	case protocol.TypeWelcome:
 	default:
 		if f.ID != "" && cn.dispatch(f) {
 			return
 		}
-		if f.Type == "error" {
+		if f.Type == protocol.TypeError {
 			c.log.Warn("error from the server", "id", f.ID, "code", f.Code, "message", f.Text)
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // PublishOption changes a Publish or Send.
@@ -35,13 +37,13 @@ type Ack struct {
 // (CodeForbidden, CodeBadRequest, CodeTooLarge...). While the client is disconnected Publish
 // waits for the connection: bound it with ctx.
 func (c *Client) Publish(ctx context.Context, channel string, data any, opts ...PublishOption) (Ack, error) {
-	return c.submit(ctx, outFrame{Type: "publish", Channel: channel}, data, opts)
+	return c.submit(ctx, outFrame{Type: protocol.TypePublish, Channel: channel}, data, opts)
 }
 
 // Send sends data to the services (never to clients) and returns once the server acked it,
 // with the same retries as Publish.
 func (c *Client) Send(ctx context.Context, data any, opts ...PublishOption) (Ack, error) {
-	return c.submit(ctx, outFrame{Type: "send"}, data, opts)
+	return c.submit(ctx, outFrame{Type: protocol.TypeSend}, data, opts)
 }
 
 func encodeData(data any) (json.RawMessage, error) {
@@ -119,12 +121,12 @@ func (c *Client) submit(ctx context.Context, f outFrame, data any, opts []Publis
 		reply, err := c.await(ctx, cn, replies)
 		var e *Error
 		switch {
-		case err == nil && reply.Type == "ack":
+		case err == nil && reply.Type == protocol.TypeAck:
 			if reply.MsgID != "" {
 				ack.MsgID = reply.MsgID
 			}
 			return ack, nil
-		case err == nil && reply.Type == "error":
+		case err == nil && reply.Type == protocol.TypeError:
 			e = &Error{Code: reply.Code, Message: reply.Text}
 			if !retryable(e.Code) {
 				return ack, e

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // Subscription is the client's subscription to one channel. It lasts across reconnections until
@@ -244,7 +246,7 @@ func (c *Client) sendSubscribe(cn *conn, s *Subscription, fromReader bool) {
 	id := c.nextID()
 	since := s.Position()
 	cn.expectFn(id, func(f *frame) { c.subscribed(cn, s, since, f) })
-	b := encode(outFrame{Type: "subscribe", ID: id, Channel: s.channel, Since: since})
+	b := encode(outFrame{Type: protocol.TypeSubscribe, ID: id, Channel: s.channel, Since: since})
 	var ok bool
 	if fromReader {
 		ok = cn.tryEnqueue(b)
@@ -262,12 +264,12 @@ func (c *Client) subscribed(cn *conn, s *Subscription, since string, f *frame) {
 	current := c.subs[s.channel] == s
 	c.mu.Unlock()
 	if !current { // unsubscribed (or given up) meanwhile
-		if f.Type == "subscribed" {
-			cn.tryEnqueue(encode(outFrame{Type: "unsubscribe", ID: c.nextID(), Channel: s.channel}))
+		if f.Type == protocol.TypeSubscribed {
+			cn.tryEnqueue(encode(outFrame{Type: protocol.TypeUnsubscribe, ID: c.nextID(), Channel: s.channel}))
 		}
 		return
 	}
-	if f.Type == "subscribed" {
+	if f.Type == protocol.TypeSubscribed {
 		if first := s.confirm(since, f.Position, f.Recovered); !first {
 			c.log.Info("resubscribed", "channel", s.channel, "recovered", f.Recovered, "node", cn.welcome.node)
 			if c.opts.OnResubscribed != nil {
@@ -277,7 +279,7 @@ func (c *Client) subscribed(cn *conn, s *Subscription, since string, f *frame) {
 		return
 	}
 	e := &Error{Code: f.Code, Message: f.Text}
-	if f.Type != "error" {
+	if f.Type != protocol.TypeError {
 		e = &Error{Code: CodeInternal, Message: fmt.Sprintf("subscribe answered by %q", f.Type)}
 	}
 	if s.isConfirmed() {
@@ -332,7 +334,7 @@ func (c *Client) Unsubscribe(ctx context.Context, channel string) error {
 	if !sent || cn.isDone() {
 		return nil // the next connection will not subscribe it
 	}
-	_, err := c.roundTrip(ctx, cn, outFrame{Type: "unsubscribe", Channel: channel})
+	_, err := c.roundTrip(ctx, cn, outFrame{Type: protocol.TypeUnsubscribe, Channel: channel})
 	var e *Error
 	if err == nil || errors.Is(err, ErrConnectionLost) || errors.Is(err, ErrClosed) || (errors.As(err, &e) && e.Code == CodeNotFound) {
 		return nil
