@@ -2,6 +2,7 @@ package transports
 
 import (
 	"context"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 )
@@ -17,9 +18,15 @@ const (
 	Ended                   // ctx ended first
 )
 
-// DeliverUntilAcked hands copies of m, each with ctx as its context, to deliver until one is acked; a
-// nacked copy is followed at once by another.
+// DeliverUntilAcked hands copies of m, each with ctx as its context, to deliver until one is
+// acked; a nacked copy is followed at once by another.
 func DeliverUntilAcked(ctx context.Context, m *message.Message, deliver func(*message.Message) bool) Delivery {
+	return DeliverUntilAckedAfter(ctx, m, deliver, 0)
+}
+
+// DeliverUntilAckedAfter is DeliverUntilAcked with a pause of nackDelay after each nack (0: none),
+// for brokers that document one.
+func DeliverUntilAckedAfter(ctx context.Context, m *message.Message, deliver func(*message.Message) bool, nackDelay time.Duration) Delivery {
 	for {
 		c := m.Copy()
 		c.SetContext(ctx)
@@ -31,6 +38,18 @@ func DeliverUntilAcked(ctx context.Context, m *message.Message, deliver func(*me
 			return Acked
 		case <-c.Nacked():
 		case <-ctx.Done():
+			return Ended
+		}
+		if nackDelay <= 0 {
+			continue
+		}
+		t := time.NewTimer(nackDelay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		if ctx.Err() != nil { // an ended subscription must not win the race with the timer
 			return Ended
 		}
 	}

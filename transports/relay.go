@@ -144,32 +144,7 @@ func (r *Relay) drain() {
 
 // deliverUntilAcked is DeliverUntilAcked with the relay's nack delay.
 func (r *Relay) deliverUntilAcked(m *message.Message) Delivery {
-	if r.nackDelay <= 0 {
-		return DeliverUntilAcked(r.ctx, m, r.deliver)
-	}
-	for {
-		c := m.Copy()
-		c.SetContext(r.ctx)
-		if !r.deliver(c) {
-			return Refused
-		}
-		select {
-		case <-c.Acked():
-			return Acked
-		case <-c.Nacked():
-		case <-r.ctx.Done():
-			return Ended
-		}
-		t := time.NewTimer(r.nackDelay)
-		select {
-		case <-t.C:
-		case <-r.ctx.Done():
-		}
-		t.Stop()
-		if r.ctx.Err() != nil { // an ended subscription must not win the race with the timer
-			return Ended
-		}
-	}
+	return DeliverUntilAckedAfter(r.ctx, m, r.deliver, r.nackDelay)
 }
 
 // Finish stops queuing, as Close does, but lets what is queued be delivered (in order, each
