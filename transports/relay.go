@@ -10,21 +10,18 @@ import (
 
 // Relay is the queue of a SubscribeFunc subscription that something shared feeds (a reader or a
 // dispatcher for many subscriptions, or the memory broker's publish), which must not wait long
-// for any one subscriber. Offer
-// queues a message; the first one queued while the relay is idle starts a goroutine that hands
-// the queue to deliver, one message at a time (DeliverUntilAcked), and exits once the queue is empty. An
-// idle relay holds no goroutine and no buffer.
+// for any one subscriber. Offer queues a message; the first one queued while the relay is idle
+// starts a goroutine that hands the queue to RelayConfig.Deliver, one message at a time, each
+// until acked (DeliverUntilAckedAfter with RelayConfig.NackDelay), and exits once the queue is
+// empty. An idle relay holds no goroutine and no buffer.
 //
 // Offer, Finish and Close may be called from any goroutine; call Close once the subscription's
-// context is done. The relay ends the subscription itself (cancel) when deliver refuses a
+// context is done. The relay ends the subscription itself (cancel) when Deliver refuses a
 // message, and after Finish once the queue is empty.
 type Relay struct {
-	ctx       context.Context    // the subscription's: done when it ends
-	cancel    context.CancelFunc // ends the subscription
-	deliver   func(*message.Message) bool
-	limit     int             // messages queued at most
-	wg        *sync.WaitGroup // the broker's, if any: counts the running drain too
-	nackDelay time.Duration   // wait before a nacked message is delivered again (SetNackDelay)
+	ctx    context.Context    // the subscription's: done when it ends
+	cancel context.CancelFunc // ends the subscription
+	cfg    RelayConfig
 
 	mu        sync.Mutex
 	items     []*message.Message // oldest first
@@ -35,15 +32,25 @@ type Relay struct {
 	running   sync.WaitGroup     // the drain goroutine, while one runs
 }
 
-// NewRelay returns the relay of a subscription: ctx is its context and cancel ends it. wg, when
-// not nil, must be held above zero by the subscription until after Close.
-func NewRelay(ctx context.Context, cancel context.CancelFunc, deliver func(*message.Message) bool, limit int, wg *sync.WaitGroup) *Relay {
-	return &Relay{ctx: ctx, cancel: cancel, deliver: deliver, limit: max(limit, 1), wg: wg}
+// RelayConfig is how a Relay delivers.
+type RelayConfig struct {
+	// Deliver hands a message to the subscriber, as in FuncSubscriber.SubscribeFunc: false
+	// means the subscriber refused it, and the relay ends the subscription.
+	Deliver func(*message.Message) bool
+	// Limit is the most messages queued at once (at least 1); an Offer beyond it waits for room.
+	Limit int
+	// NackDelay is how long a nacked message waits before it is delivered again; 0: at once.
+	NackDelay time.Duration
+	// WG, when not nil, counts the running drain goroutine too (the broker's, so that its
+	// Close can wait for it). The subscription must hold it above zero until after Close.
+	WG *sync.WaitGroup
 }
 
-// SetNackDelay makes a nacked message wait d before it is delivered again; by default it is
-// delivered again at once. Call it before the first Offer.
-func (r *Relay) SetNackDelay(d time.Duration) { r.nackDelay = d }
+// NewRelay returns the relay of a subscription: ctx is its context and cancel ends it.
+func NewRelay(ctx context.Context, cancel context.CancelFunc, cfg RelayConfig) *Relay {
+	cfg.Limit = max(cfg.Limit, 1)
+	return &Relay{ctx: ctx, cancel: cancel, cfg: cfg}
+}
 
 // Offer queues m. When the queue is full it waits up to wait for room, and reports false when
 // none came: the consumer is too slow, and the caller ends the subscription rather than skip
@@ -62,12 +69,12 @@ func (r *Relay) Offer(m *message.Message, wait time.Duration) bool {
 			r.mu.Unlock()
 			return true
 		}
-		if len(r.items) < r.limit {
+		if len(r.items) < r.cfg.Limit {
 			r.items = append(r.items, m)
 			if !r.busy {
 				r.busy = true
-				if r.wg != nil {
-					r.wg.Add(1)
+				if r.cfg.WG != nil {
+					r.cfg.WG.Add(1)
 				}
 				r.running.Add(1)
 				go r.drain()
@@ -120,8 +127,8 @@ func (r *Relay) take() (m *message.Message, ok, finished bool) {
 }
 
 func (r *Relay) drain() {
-	if r.wg != nil {
-		defer r.wg.Done()
+	if r.cfg.WG != nil {
+		defer r.cfg.WG.Done()
 	}
 	defer r.running.Done()
 	for {
@@ -132,7 +139,7 @@ func (r *Relay) drain() {
 		if !ok {
 			return
 		}
-		switch r.deliverUntilAcked(m) {
+		switch DeliverUntilAckedAfter(r.ctx, m, r.cfg.Deliver, r.cfg.NackDelay) {
 		case Refused:
 			r.cancel() // the subscriber is going away
 			return
@@ -140,11 +147,6 @@ func (r *Relay) drain() {
 			return
 		}
 	}
-}
-
-// deliverUntilAcked is DeliverUntilAcked with the relay's nack delay.
-func (r *Relay) deliverUntilAcked(m *message.Message) Delivery {
-	return DeliverUntilAckedAfter(r.ctx, m, r.deliver, r.nackDelay)
 }
 
 // Finish stops queuing, as Close does, but lets what is queued be delivered (in order, each

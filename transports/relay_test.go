@@ -10,11 +10,12 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// chanRelay is a relay whose deliver puts messages on a channel, as SubscribeChan does.
-func chanRelay(t *testing.T, limit int) (*Relay, <-chan *message.Message, context.CancelFunc) {
+// chanRelay is a relay whose Deliver puts messages on a channel, as SubscribeChan does; cfg
+// gives the rest of its configuration.
+func chanRelay(t *testing.T, cfg RelayConfig) (*Relay, <-chan *message.Message, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(t.Context())
 	out := make(chan *message.Message)
-	deliver := func(m *message.Message) bool {
+	cfg.Deliver = func(m *message.Message) bool {
 		select {
 		case out <- m:
 			return true
@@ -22,7 +23,7 @@ func chanRelay(t *testing.T, limit int) (*Relay, <-chan *message.Message, contex
 			return false
 		}
 	}
-	r := NewRelay(ctx, cancel, deliver, limit, nil)
+	r := NewRelay(ctx, cancel, cfg)
 	t.Cleanup(func() { cancel(); r.Close() })
 	return r, out, cancel
 }
@@ -39,7 +40,7 @@ func next(t *testing.T, out <-chan *message.Message) *message.Message {
 }
 
 func TestRelayOrderAckNack(t *testing.T) {
-	r, out, _ := chanRelay(t, 10)
+	r, out, _ := chanRelay(t, RelayConfig{Limit: 10})
 	for i := range 3 {
 		if !r.Offer(message.NewMessage(strconv.Itoa(i), []byte(strconv.Itoa(i))), 0) {
 			t.Fatal("offer refused with room left")
@@ -69,7 +70,7 @@ func TestRelayOrderAckNack(t *testing.T) {
 }
 
 func TestRelayFull(t *testing.T) {
-	r, out, _ := chanRelay(t, 2)
+	r, out, _ := chanRelay(t, RelayConfig{Limit: 2})
 	// One message is being handed over (nobody reads out), two wait: the queue is full.
 	r.Offer(message.NewMessage("0", nil), 0)
 	first := next(t, out)
@@ -104,7 +105,7 @@ func TestRelayFull(t *testing.T) {
 }
 
 func TestRelayClose(t *testing.T) {
-	r, out, cancel := chanRelay(t, 10)
+	r, out, cancel := chanRelay(t, RelayConfig{Limit: 10})
 	r.Offer(message.NewMessage("0", nil), 0)
 	r.Offer(message.NewMessage("1", nil), 0)
 	next(t, out) // "0" is handed over; "1" waits
@@ -122,7 +123,7 @@ func TestRelayClose(t *testing.T) {
 
 func TestRelayRefused(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
-	r := NewRelay(ctx, cancel, func(*message.Message) bool { return false }, 10, nil)
+	r := NewRelay(ctx, cancel, RelayConfig{Deliver: func(*message.Message) bool { return false }, Limit: 10})
 	r.Offer(message.NewMessage("0", nil), 0)
 	select {
 	case <-ctx.Done(): // the relay ended the subscription
@@ -133,7 +134,7 @@ func TestRelayRefused(t *testing.T) {
 }
 
 func TestRelayFinish(t *testing.T) {
-	r, out, _ := chanRelay(t, 2)
+	r, out, _ := chanRelay(t, RelayConfig{Limit: 2})
 	r.Offer(message.NewMessage("0", nil), 0)
 	first := next(t, out) // "0" is handed over
 	r.Offer(message.NewMessage("1", nil), 0)
@@ -196,7 +197,7 @@ func waitOfferWaits(t *testing.T, r *Relay) {
 }
 
 func TestRelayFinishIdle(t *testing.T) {
-	r, _, _ := chanRelay(t, 2)
+	r, _, _ := chanRelay(t, RelayConfig{Limit: 2})
 	r.Finish() // nothing queued, no drain running: the subscription ends at once
 	select {
 	case <-r.ctx.Done():
@@ -206,9 +207,8 @@ func TestRelayFinishIdle(t *testing.T) {
 }
 
 func TestRelayNackDelay(t *testing.T) {
-	r, out, cancel := chanRelay(t, 10)
 	const delay = 50 * time.Millisecond
-	r.SetNackDelay(delay)
+	r, out, cancel := chanRelay(t, RelayConfig{Limit: 10, NackDelay: delay})
 	r.Offer(message.NewMessage("0", nil), 0)
 	m := next(t, out)
 	nacked := time.Now()

@@ -105,10 +105,14 @@ func (r *reader) subscribe(ctx context.Context, key string, deliver func(*messag
 	s := &subscription{r: r, key: key, from: from, fromID: fromID, ended: ended}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	// A closed broker delivers nothing more, even before its close reached s.ctx.
-	s.relay = transports.NewRelay(s.ctx, s.cancel, func(m *message.Message) bool {
-		return !r.b.isClosed() && deliver(m)
-	}, r.b.cfg.SubscriptionBuffer, &r.b.wg)
-	s.relay.SetNackDelay(nackDelay)
+	s.relay = transports.NewRelay(s.ctx, s.cancel, transports.RelayConfig{
+		Deliver: func(m *message.Message) bool {
+			return !r.b.isClosed() && deliver(m)
+		},
+		Limit:     r.b.cfg.SubscriptionBuffer,
+		NackDelay: nackDelay,
+		WG:        &r.b.wg,
+	})
 	r.mu.Lock()
 	set := r.subs[key]
 	if set == nil {

@@ -416,7 +416,7 @@ func (n *Node) SubscribeFunc(ctx context.Context, topicName string, deliver func
 	h := &funcSub{n: n, ended: ended}
 	h.ctx, h.cancel = context.WithCancel(ctx)
 	// Unbounded, as the broker's queues are: a publish never waits for a subscriber.
-	h.relay = transports.NewRelay(h.ctx, h.cancel, deliver, math.MaxInt, &n.wg)
+	h.relay = transports.NewRelay(h.ctx, h.cancel, transports.RelayConfig{Deliver: deliver, Limit: math.MaxInt, WG: &n.wg})
 	n.wg.Add(1) // done when the subscription ends
 	ok := n.broker.use(n.name(topicName), topicName, func(t *topic) {
 		h.t = t

@@ -422,7 +422,9 @@ func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*
 	subject := Subject(b.cfg.Prefix, topic)
 	h := &funcSub{b: b, log: b.logger.With("topic", topic, "subject", subject)}
 	h.ctx, h.cancel = context.WithCancel(ctx)
-	h.relay = transports.NewRelay(h.ctx, h.cancel, deliver, b.cfg.PendingLimit, &b.wg)
+	h.relay = transports.NewRelay(h.ctx, h.cancel, transports.RelayConfig{
+		Deliver: deliver, Limit: b.cfg.PendingLimit, WG: &b.wg,
+	})
 	// The connection this subscription starts on: if it is lost, even before the subscription is
 	// fully set up, the subscription ends (see Broker.link).
 	link := b.currentLink()

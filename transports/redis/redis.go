@@ -255,7 +255,9 @@ func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*
 	}
 	s := &subscription{r: r, key: rt.channel, after: after, ended: ended}
 	s.ctx, s.cancel = context.WithCancel(ctx)
-	s.relay = transports.NewRelay(s.ctx, s.cancel, deliver, b.cfg.SubscriptionBuffer, &b.wg)
+	s.relay = transports.NewRelay(s.ctx, s.cancel, transports.RelayConfig{
+		Deliver: deliver, Limit: b.cfg.SubscriptionBuffer, WG: &b.wg,
+	})
 	r.add(s)
 	s.stopNode = context.AfterFunc(b.ctx, s.cancel) // the node closed
 	context.AfterFunc(s.ctx, s.end)
