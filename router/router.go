@@ -106,10 +106,13 @@ func New(src Sources, h Funcs, opt Options, log *slog.Logger) (*message.Router, 
 	chain := []message.HandlerMiddleware{
 		middleware.RateLimit(h.RateLimiters), // first: a refused frame costs the client a token too
 		middleware.Authorize(h.Authorize),
-		middleware.Dedupe(opt.Dedupe, opt.DedupeWindow, opt.DedupeHold, h.DedupeKey),
+		middleware.Dedupe(middleware.DedupeConfig{
+			Store: opt.Dedupe, Window: opt.DedupeWindow, Hold: opt.DedupeHold, KeyOf: h.DedupeKey,
+		}),
 	}
+	poison := middleware.PoisonConfig{Topic: opt.PoisonTopic, Publish: opt.Publish, Poisoned: opt.Metrics.Poisoned}
 	if opt.PoisonTopic != "" {
-		chain = append(chain, middleware.Poison(opt.PoisonTopic, opt.Publish, opt.Metrics.Poisoned))
+		chain = append(chain, middleware.Poison(poison))
 	}
 	breaker := wmw.NewCircuitBreaker(gobreaker.Settings{
 		Name:        "broker-publish",
@@ -142,15 +145,18 @@ func New(src Sources, h Funcs, opt Options, log *slog.Logger) (*message.Router, 
 	if opt.RequireSignature {
 		quarantine := func(msg *message.Message, reason string) {
 			if opt.PoisonTopic != "" {
-				middleware.Quarantine(opt.PoisonTopic, opt.Publish, opt.Metrics.Poisoned, msg, reason)
+				poison.Quarantine(msg, reason)
 			}
 		}
-		channel.AddMiddleware(middleware.VerifySignature(opt.Signatures, func(m *message.Message) string {
+		verify := func(topicOf func(*message.Message) string) message.HandlerMiddleware {
+			return middleware.VerifySignature(middleware.SignatureConfig{
+				Keys: opt.Signatures, TopicOf: topicOf, Rejected: opt.Metrics.Unsigned, Quarantine: quarantine, Log: log,
+			})
+		}
+		channel.AddMiddleware(verify(func(m *message.Message) string {
 			return protocol.ChannelTopic(m.Metadata.Get(protocol.MetaChannel))
-		}, opt.Metrics.Unsigned, quarantine, log))
-		direct.AddMiddleware(middleware.VerifySignature(opt.Signatures, func(*message.Message) string {
-			return protocol.TopicDirect
-		}, opt.Metrics.Unsigned, quarantine, log))
+		}))
+		direct.AddMiddleware(verify(func(*message.Message) string { return protocol.TopicDirect }))
 	}
 	return r, nil
 }

@@ -30,18 +30,32 @@ type DedupeStore interface {
 	Abort(ctx context.Context, key string) error
 }
 
-// Dedupe drops messages whose key (from keyOf; "" means no key) was accepted within window:
-// they are acked without running the rest of the chain. A message whose key is held by an
-// attempt still running is refused with `unavailable`, so the client retries later.
-func Dedupe(store DedupeStore, window, hold time.Duration, keyOf func(*message.Message) string) message.HandlerMiddleware {
+// DedupeConfig is what Dedupe needs.
+type DedupeConfig struct {
+	// Store remembers the keys; shared by the nodes, it deduplicates across them.
+	Store DedupeStore
+	// Window is how long the key of an accepted message is kept: a message with the same key
+	// within it is a duplicate.
+	Window time.Duration
+	// Hold is how long an attempt holds its key at most, should it never commit nor abort (a
+	// node that died mid-attempt).
+	Hold time.Duration
+	// KeyOf gives a message's key; "" means it has none and is never deduplicated.
+	KeyOf func(*message.Message) string
+}
+
+// Dedupe drops messages whose key was accepted within the window: they are acked without
+// running the rest of the chain. A message whose key is held by an attempt still running is
+// refused with `unavailable`, so the client retries later.
+func Dedupe(cfg DedupeConfig) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
-			key := keyOf(msg)
+			key := cfg.KeyOf(msg)
 			if key == "" {
 				return h(msg)
 			}
 			ctx := msg.Context()
-			claim, err := store.Begin(ctx, key, hold)
+			claim, err := cfg.Store.Begin(ctx, key, cfg.Hold)
 			if err != nil {
 				return nil, protocol.Errorf(protocol.CodeUnavailable, "dedupe store: %v", err)
 			}
@@ -53,10 +67,10 @@ func Dedupe(store DedupeStore, window, hold time.Duration, keyOf func(*message.M
 			}
 			out, err := h(msg)
 			if err != nil {
-				_ = store.Abort(context.WithoutCancel(ctx), key)
+				_ = cfg.Store.Abort(context.WithoutCancel(ctx), key)
 				return out, err
 			}
-			if err := store.Commit(context.WithoutCancel(ctx), key, window); err != nil {
+			if err := cfg.Store.Commit(context.WithoutCancel(ctx), key, cfg.Window); err != nil {
 				return out, nil // accepted; only a later duplicate could slip through
 			}
 			return out, nil

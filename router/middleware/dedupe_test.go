@@ -14,6 +14,11 @@ import (
 
 func keyOfMetadata(m *message.Message) string { return m.Metadata.Get("key") }
 
+// dedupe is Dedupe with store, an hour's window and hold, and the key in metadata "key".
+func dedupe(store middleware.DedupeStore) message.HandlerMiddleware {
+	return middleware.Dedupe(middleware.DedupeConfig{Store: store, Window: time.Hour, Hold: time.Hour, KeyOf: keyOfMetadata})
+}
+
 func keyed(key string) *message.Message {
 	m := newMsg("x")
 	m.Metadata.Set("key", key)
@@ -22,7 +27,7 @@ func keyed(key string) *message.Message {
 
 func TestDedupeForgetsAKeyWhenTheHandlerFails(t *testing.T) {
 	h := &counting{err: errors.New("broker down")}
-	mw := middleware.Dedupe(middleware.NewMemoryDedupe(), time.Hour, time.Hour, keyOfMetadata)(h.handle)
+	mw := dedupe(middleware.NewMemoryDedupe())(h.handle)
 	for i := 1; i <= 2; i++ {
 		if _, err := mw(keyed("alice/1")); !errors.Is(err, h.err) {
 			t.Fatalf("attempt %d: error %v, want the handler's", i, err)
@@ -35,7 +40,7 @@ func TestDedupeForgetsAKeyWhenTheHandlerFails(t *testing.T) {
 
 func TestDedupeKeepsAKeyAfterSuccess(t *testing.T) {
 	h := &counting{}
-	mw := middleware.Dedupe(middleware.NewMemoryDedupe(), time.Hour, time.Hour, keyOfMetadata)(h.handle)
+	mw := dedupe(middleware.NewMemoryDedupe())(h.handle)
 	for i := 0; i < 3; i++ {
 		if _, err := mw(keyed("alice/1")); err != nil {
 			t.Fatalf("copy %d: error %v, want acked", i, err)
@@ -58,7 +63,7 @@ func TestDedupeKeepsAKeyAfterSuccess(t *testing.T) {
 func TestDedupeAnswersUnavailableWhileAnAttemptHoldsTheKey(t *testing.T) {
 	var mw message.HandlerFunc
 	var inner error
-	mw = middleware.Dedupe(middleware.NewMemoryDedupe(), time.Hour, time.Hour, keyOfMetadata)(
+	mw = dedupe(middleware.NewMemoryDedupe())(
 		func(m *message.Message) ([]*message.Message, error) {
 			if inner == nil { // a second copy arrives while the first attempt runs
 				_, inner = mw(keyed("alice/1"))
@@ -84,7 +89,7 @@ func (brokenStore) Abort(context.Context, string) error { return errors.New("sto
 
 func TestDedupeAnswersUnavailableWhenTheStoreFails(t *testing.T) {
 	h := &counting{}
-	_, err := middleware.Dedupe(brokenStore{}, time.Hour, time.Hour, keyOfMetadata)(h.handle)(keyed("alice/1"))
+	_, err := dedupe(brokenStore{})(h.handle)(keyed("alice/1"))
 	wantCode(t, err, protocol.CodeUnavailable)
 	if h.calls != 0 {
 		t.Fatal("published without knowing whether it was a duplicate")

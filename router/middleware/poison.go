@@ -18,30 +18,39 @@ const (
 	PoisonedHandlerKey = "poison_handler"
 )
 
+// PoisonConfig is where Poison and Quarantine put a message that must not be lost silently.
+type PoisonConfig struct {
+	// Topic is the poison topic (logical) the copies are published to.
+	Topic string
+	// Publish publishes a copy to Topic; an error is ignored (the copy is counted all the same).
+	Publish func(topic string, msg *message.Message) error
+	// Poisoned counts the copies, published or not.
+	Poisoned prometheus.Counter
+}
+
 // Poison publishes a copy of a message whose handling failed for good (not the client's fault)
-// to topic, with the reason in metadata ReasonForPoisonedKey and the handler in
-// PoisonedHandlerKey, and still returns the error, so the client is told. publish failing too
-// is only counted.
-func Poison(topic string, publish func(topic string, msg *message.Message) error, poisoned prometheus.Counter) message.HandlerMiddleware {
+// to the poison topic (Quarantine), and still returns the error, so the client is told.
+func Poison(cfg PoisonConfig) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			out, err := h(msg)
 			if err == nil || clientFault(err) {
 				return out, err
 			}
-			Quarantine(topic, publish, poisoned, msg, err.Error())
+			cfg.Quarantine(msg, err.Error())
 			return out, err
 		}
 	}
 }
 
-// Quarantine publishes a copy of msg to the poison topic with reason.
-func Quarantine(topic string, publish func(string, *message.Message) error, poisoned prometheus.Counter, msg *message.Message, reason string) {
+// Quarantine publishes a copy of msg to the poison topic, with reason in metadata
+// ReasonForPoisonedKey and the router handler in PoisonedHandlerKey.
+func (cfg PoisonConfig) Quarantine(msg *message.Message, reason string) {
 	c := msg.Copy()
 	c.Metadata.Set(ReasonForPoisonedKey, reason)
 	c.Metadata.Set(PoisonedHandlerKey, message.HandlerNameFromCtx(msg.Context()))
-	poisoned.Inc()
-	_ = publish(topic, c)
+	cfg.Poisoned.Inc()
+	_ = cfg.Publish(cfg.Topic, c)
 }
 
 // clientFault reports whether err is the sender's doing (not worth retrying or keeping).

@@ -33,7 +33,7 @@ func TestPoisonCopiesWhatFailedForGoodToTheTopicWithTheReason(t *testing.T) {
 		h := &counting{err: cause}
 		msg := newMsg(`{"n":1}`)
 		msg.Metadata.Set("channel", "doomed")
-		if _, err := middleware.Poison("poison", sink.publish, poisoned)(h.handle)(msg); !errors.Is(err, cause) {
+		if _, err := middleware.Poison(middleware.PoisonConfig{Topic: "poison", Publish: sink.publish, Poisoned: poisoned})(h.handle)(msg); !errors.Is(err, cause) {
 			t.Fatalf("error %v, want the handler's %v (the client is still told)", err, cause)
 		}
 		if len(sink.msgs) != 1 || sink.topics[0] != "poison" {
@@ -60,7 +60,7 @@ func TestPoisonLeavesSuccessAndTheClientsFaultsAlone(t *testing.T) {
 	sink, poisoned := &poisonSink{}, prometheus.NewCounter(prometheus.CounterOpts{Name: "poisoned"})
 	for _, err := range []error{nil, protocol.Errorf(protocol.CodeForbidden, "no"), protocol.Errorf(protocol.CodeRateLimited, "slow")} {
 		h := &counting{err: err}
-		if _, got := middleware.Poison("poison", sink.publish, poisoned)(h.handle)(newMsg("x")); !errors.Is(got, err) {
+		if _, got := middleware.Poison(middleware.PoisonConfig{Topic: "poison", Publish: sink.publish, Poisoned: poisoned})(h.handle)(newMsg("x")); !errors.Is(got, err) {
 			t.Fatalf("error %v, want %v", got, err)
 		}
 	}
@@ -71,7 +71,7 @@ func TestPoisonLeavesSuccessAndTheClientsFaultsAlone(t *testing.T) {
 
 func TestQuarantinePublishesACopyWithTheReason(t *testing.T) {
 	sink, poisoned := &poisonSink{}, prometheus.NewCounter(prometheus.CounterOpts{Name: "poisoned"})
-	middleware.Quarantine("poison", sink.publish, poisoned, newMsg("x"), "message is not signed")
+	middleware.PoisonConfig{Topic: "poison", Publish: sink.publish, Poisoned: poisoned}.Quarantine(newMsg("x"), "message is not signed")
 	if len(sink.msgs) != 1 || sink.msgs[0].Metadata.Get(middleware.ReasonForPoisonedKey) != "message is not signed" {
 		t.Fatalf("quarantined %v", sink.msgs)
 	}

@@ -42,9 +42,13 @@ func TestVerifySignatureDeliversOnlySignedMessages(t *testing.T) {
 			rejected := prometheus.NewCounter(prometheus.CounterOpts{Name: "unsigned"})
 			var quarantined []string
 			h := &counting{}
-			mw := middleware.VerifySignature(keys, func(*message.Message) string { return topic }, rejected,
-				func(_ *message.Message, reason string) { quarantined = append(quarantined, reason) },
-				slog.New(slog.NewTextHandler(io.Discard, nil)))(h.handle)
+			mw := middleware.VerifySignature(middleware.SignatureConfig{
+				Keys:       keys,
+				TopicOf:    func(*message.Message) string { return topic },
+				Rejected:   rejected,
+				Quarantine: func(_ *message.Message, reason string) { quarantined = append(quarantined, reason) },
+				Log:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+			})(h.handle)
 			if _, err := mw(tt.msg); err != nil {
 				t.Fatalf("error %v: a dropped message is acked, never nacked", err)
 			}
