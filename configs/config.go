@@ -7,6 +7,10 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/wsgateway/gateway/internal/natsurl"
+	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports"
 )
 
 // Defaults of the gateway's settings, which SetDefaults applies. The settings of the broker
@@ -14,15 +18,15 @@ import (
 const (
 	DefaultAddr            = ":8080"
 	DefaultBroker          = BrokerMemory
-	DefaultNATSURL         = "nats://127.0.0.1:4222"
+	DefaultNATSURL         = natsurl.Default
 	DefaultRedisAddr       = "127.0.0.1:6379"
 	DefaultKafkaBrokers    = "127.0.0.1:9092"
-	DefaultTopicPrefix     = "ws"
+	DefaultTopicPrefix     = protocol.DefaultTopicPrefix
 	DefaultMaxFrameSize    = 64 << 10
 	DefaultSendBuffer      = 256
 	DefaultWriteTimeout    = 10 * time.Second
 	DefaultPingInterval    = 25 * time.Second
-	DefaultPublishTimeout  = 5 * time.Second
+	DefaultPublishTimeout  = transports.DefaultPublishTimeout
 	DefaultHistorySize     = 1000
 	DefaultHistoryTTL      = 10 * time.Minute
 	DefaultHistoryMaxBytes = 256 << 20

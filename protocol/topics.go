@@ -7,6 +7,10 @@ import (
 	"github.com/google/uuid"
 )
 
+// DefaultTopicPrefix is the prefix of every broker name (subject, stream, key, topic) when none is
+// configured: a gateway and a service that both keep the default meet on the same topics.
+const DefaultTopicPrefix = "ws"
+
 // Logical topics. A broker maps each to a broker name under its prefix (the broker packages use transports.SafeName).
 const (
 	// TopicInbound carries what clients publish and send, for services (competing consumers).

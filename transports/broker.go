@@ -29,6 +29,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -92,6 +93,10 @@ type History interface {
 	// later cut point), so that Replay(Last()) returns what comes next.
 	Last(ctx context.Context, topic string) (protocol.Position, error)
 }
+
+// DefaultPublishTimeout is how long a broker's Publish waits for the broker by default (each
+// broker package's default, and the gateway's websocket.publish_timeout).
+const DefaultPublishTimeout = 5 * time.Second
 
 // ErrClosed is returned by a broker that was closed.
 var ErrClosed = errors.New("transports: broker closed")

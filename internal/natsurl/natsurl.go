@@ -9,6 +9,10 @@ import (
 	"strings"
 )
 
+// Default is the NATS server list of the nats and jetstream brokers, and of the gateway's
+// nats.url, when none is given.
+const Default = "nats://127.0.0.1:4222"
+
 // Check parses a comma-separated server list as nats.go's Connect does ("nats://" is
 // implied), without connecting, so that New rejects what Start could not use. The error does
 // not repeat the URL, which may hold credentials.

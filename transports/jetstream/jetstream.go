@@ -40,13 +40,13 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultURL              = "nats://127.0.0.1:4222"
-	DefaultPrefix           = "ws"
+	DefaultURL              = natsurl.Default
+	DefaultPrefix           = protocol.DefaultTopicPrefix
 	DefaultMaxAge           = 24 * time.Hour
 	DefaultMaxBytes         = 1 << 30
 	DefaultReplicas         = 1
 	DefaultDuplicateWindow  = 2 * time.Minute
-	DefaultPublishTimeout   = 5 * time.Second
+	DefaultPublishTimeout   = transports.DefaultPublishTimeout
 	DefaultAckWait          = 30 * time.Second
 	DefaultHeartbeat        = 5 * time.Second
 	DefaultReconnectWait    = time.Second

@@ -35,14 +35,14 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultPrefix             = "ws"
+	DefaultPrefix             = protocol.DefaultTopicPrefix
 	DefaultPartitions         = 16
 	DefaultServicePartitions  = 1
 	DefaultRetention          = 24 * time.Hour
 	DefaultReplicationFactor  = 1
 	DefaultClientID           = "wsgateway"
 	DefaultDialTimeout        = 3 * time.Second
-	DefaultPublishTimeout     = 5 * time.Second
+	DefaultPublishTimeout     = transports.DefaultPublishTimeout
 	DefaultOperationTimeout   = 10 * time.Second
 	DefaultSubscriptionBuffer = 1024
 	DefaultSlowTimeout        = time.Second

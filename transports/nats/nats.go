@@ -29,8 +29,8 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultPrefix          = "ws"
-	DefaultTimeout         = 5 * time.Second
+	DefaultPrefix          = protocol.DefaultTopicPrefix
+	DefaultTimeout         = transports.DefaultPublishTimeout
 	DefaultReconnectWait   = 2 * time.Second
 	DefaultReconnectJitter = time.Second
 	DefaultPingInterval    = 20 * time.Second

@@ -4,17 +4,20 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports"
 )
 
 // Defaults of Config. A zero field takes its default.
 const (
 	DefaultAddr               = "127.0.0.1:6379"
-	DefaultPrefix             = "ws"
+	DefaultPrefix             = protocol.DefaultTopicPrefix
 	DefaultShards             = 16
 	DefaultMaxLen             = 100000
 	DefaultReadCount          = 256
 	DefaultBlockTimeout       = 2 * time.Second
-	DefaultTimeout            = 5 * time.Second
+	DefaultTimeout            = transports.DefaultPublishTimeout
 	DefaultSubscriptionBuffer = 1024
 	DefaultReplayCount        = 512
 

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -769,15 +768,6 @@ func TestNotStarted(t *testing.T) {
 	}
 }
 
-func reachable(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
-}
-
 // newBroker builds the broker cfg names as a separate service does, with the broker package's New
 // and ConfigFrom; on the memory broker, a broker of its own (which reaches only itself).
 func newBroker(t testing.TB, cfg *configs.Config) transports.Broker {
@@ -815,7 +805,7 @@ func TestNew(t *testing.T) {
 		{"redis", "127.0.0.1:6379"},
 	} {
 		t.Run(tc.broker, func(t *testing.T) {
-			if !reachable(tc.addr) {
+			if !nodetest.Reachable(tc.addr) {
 				t.Skipf("no %s server on %s", tc.broker, tc.addr)
 			}
 			prefix := transporttest.Prefix(t)
