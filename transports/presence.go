@@ -18,8 +18,10 @@ import (
 // while it is started (every PresenceConfig.Heartbeat); the members of a node whose lease ran out
 // (2 heartbeats without renewal: the node died or lost its broker) are removed, and the function
 // given to OnReap is called for each of them on exactly one node of the cluster. A node whose
-// lease ran out while it was alive (a network cut) re-records its members when it is heard
-// again (Join is idempotent; the gateway re-joins what it holds).
+// lease ran out while it was alive (a network cut), or whose members the broker lost (a server
+// restart without persistence), has them recorded again when it is heard again: the broker's
+// presence keeps its own record of what the node joined and left through it (the node's truth)
+// and records it again by itself, so the gateway does nothing and no ghost comes back.
 //
 // Every method is safe for concurrent use and bounded by ctx. Before Start, and after Close,
 // they fail as the broker's other methods do (ErrNotStarted, ErrClosed).

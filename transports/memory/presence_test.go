@@ -19,7 +19,7 @@ import (
 func TestPresenceConformance(t *testing.T) {
 	var mu sync.Mutex
 	brokers := map[string]*memory.Broker{}
-	transporttest.RunPresence(t, transporttest.PresenceFeatures{}, func(t *testing.T, prefix, _ string, heartbeat time.Duration) transports.Broker {
+	transporttest.RunPresence(t, transporttest.PresenceFeatures{WorksBeforeStart: true}, func(t *testing.T, prefix, _ string, heartbeat time.Duration) transports.Broker {
 		mu.Lock()
 		defer mu.Unlock()
 		b := brokers[prefix]

@@ -27,6 +27,9 @@ type PresenceFeatures struct {
 	// it, the nodes' members must come back (recorded again by the nodes) and nothing else.
 	// Nil skips the restart test.
 	RestartBroker func(t *testing.T)
+	// WorksBeforeStart: the broker's presence works before Start (memory); otherwise every
+	// method must fail with transports.ErrNotStarted before it.
+	WorksBeforeStart bool
 	// Members is the size of the channel the paging test fills (default 10,000).
 	Members int
 	// Timeout bounds each wait (default 10 s, at least 10 heartbeats).
@@ -66,6 +69,7 @@ func RunPresence(t *testing.T, f PresenceFeatures, newNode NewPresenceNode) {
 		{"Channels", s.testChannels},
 		{"Reap", s.testReap},
 		{"BrokerRestart", s.testRestart},
+		{"NotStarted", s.testNotStarted},
 		{"Closed", s.testClosed},
 	}
 	for _, tc := range tests {
@@ -553,6 +557,29 @@ func (s *presenceSuite) testRestart(t *testing.T) {
 	s.expectMembers(t, ns[0], "r", []string{"a1", "b1"})
 	time.Sleep(3 * s.f.Heartbeat) // renewals after the leave bring back no ghost
 	s.expectMembers(t, ns[0], "r", []string{"a1", "b1"})
+}
+
+// testNotStarted: before Start every method fails with ErrNotStarted (or works, for a broker
+// that works before Start).
+func (s *presenceSuite) testNotStarted(t *testing.T) {
+	b := s.newNode(t, Prefix(t), "early", s.f.Heartbeat)
+	t.Cleanup(func() { _ = b.Close() })
+	p := b.(transports.Presence)
+	ctx := t.Context()
+	checks := map[string]error{}
+	_, checks["Join"] = p.Join(ctx, "c", protocol.Member{Session: "s", Node: "early"})
+	_, checks["Leave"] = p.Leave(ctx, "c", "s")
+	_, _, checks["Members"] = p.Members(ctx, "c", "", 10)
+	_, checks["Stats"] = p.Stats(ctx, "c")
+	_, _, checks["Channels"] = p.Channels(ctx, "", "", 10)
+	for name, err := range checks {
+		if s.f.WorksBeforeStart && err != nil {
+			t.Errorf("%s before Start: %v", name, err)
+		}
+		if !s.f.WorksBeforeStart && !errors.Is(err, transports.ErrNotStarted) {
+			t.Errorf("%s before Start: %v, want ErrNotStarted", name, err)
+		}
+	}
 }
 
 // testClosed: after Close every method fails with ErrClosed.
