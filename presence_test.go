@@ -24,7 +24,7 @@ import (
 
 // presenceHeartbeat is the memory broker's presence heartbeat in these tests: reaping takes
 // a few of them.
-const presenceHeartbeat = 100 * time.Millisecond
+const presenceHeartbeat = 250 * time.Millisecond
 
 // presenceCluster is nodes sharing one memory broker, with presence on room:* (join and leave
 // frames too) and on quiet:* (no join and leave frames).

@@ -74,22 +74,27 @@ func (p *Presence) Enabled(channel string) bool {
 	return p != nil && p.cfg.Presence != nil && !strings.HasPrefix(channel, "$") && auth.Match(p.cfg.Channels, channel)
 }
 
-// Join records m in channel, then announces it: member_joined (and channel_occupied when it was
-// the first member in the cluster), and a join into the channel's stream on join_leave channels.
-// A failure is logged: the subscribe it follows has succeeded already.
-func (p *Presence) Join(channel string, m protocol.Member) {
+// Join records m in channel and returns the function that announces it, to call once the
+// client has its `subscribed`: member_joined (and channel_occupied when it was the first member
+// in the cluster), and a join into the channel's stream on join_leave channels. It returns nil
+// when the record failed, which is logged (the subscribe itself has succeeded).
+func (p *Presence) Join(channel string, m protocol.Member) (announce func()) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
 	defer cancel()
 	occupied, err := p.cfg.Presence.Join(ctx, channel, m)
 	if err != nil {
 		p.cfg.Log.Warn("presence join failed", "channel", channel, "session_id", m.Session, "error", err)
-		return
+		return nil
 	}
-	if occupied {
-		p.cfg.Events.Emit(protocol.Event{Type: protocol.EventChannelOccupied, Channel: channel})
+	return func() {
+		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+		defer cancel()
+		if occupied {
+			p.cfg.Events.Emit(protocol.Event{Type: protocol.EventChannelOccupied, Channel: channel})
+		}
+		p.cfg.Events.Emit(protocol.Event{Type: protocol.EventMemberJoined, User: m.User, Session: m.Session, Channel: channel})
+		p.announce(ctx, protocol.KindJoin, channel, m)
 	}
-	p.cfg.Events.Emit(protocol.Event{Type: protocol.EventMemberJoined, User: m.User, Session: m.Session, Channel: channel})
-	p.announce(ctx, protocol.KindJoin, channel, m)
 }
 
 // Leave removes m from channel and announces it as Join does (member_left, channel_vacated, a

@@ -254,16 +254,23 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 		s.cfg.Hub.Leave(c, channel)
 		return unavailable("replay", err)
 	}
+	// A member of a presence channel is recorded before its subscribed (it can see itself in
+	// presence at once), and its join announced after (its own join frame follows subscribed).
+	var announce func()
+	if s.cfg.Presence.Enabled(f.Channel) {
+		if announce = s.cfg.Presence.Join(channel, s.member(c, st)); announce != nil {
+			st.mu.Lock()
+			if st.member == nil {
+				st.member = map[string]bool{}
+			}
+			st.member[channel] = true
+			st.mu.Unlock()
+		}
+	}
 	c.Activate(channel, cut, protocol.SubscribedFrame(f.ID, f.Channel, cut.ForChannel(channel), recovered))
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventSubscribed, User: c.User, Session: c.ID, Channel: channel})
-	if s.cfg.Presence.Enabled(f.Channel) {
-		st.mu.Lock()
-		if st.member == nil {
-			st.member = map[string]bool{}
-		}
-		st.member[channel] = true
-		st.mu.Unlock()
-		s.cfg.Presence.Join(channel, s.member(c, st))
+	if announce != nil {
+		announce()
 	}
 	return nil
 }

@@ -14,7 +14,7 @@ import (
 // Presence on the in-process broker: the Broker is the cluster, each Node one gateway node.
 //
 // The Broker keeps, per topic prefix (a cluster's namespace), the members of every channel and a
-// lease per Node that recorded members. A Node renews its lease every heartbeat from a goroutine
+// lease per Node that recorded members. A Node renews its lease twice per heartbeat from a goroutine
 // that starts with its first Join (the memory Node works without Start, so presence needs no
 // Start either) and stops with Node.Close. One reaper per Broker, started with the first lease
 // and stopped by Broker.Close, looks every heartbeat for leases not renewed for 2 heartbeats:
@@ -241,14 +241,16 @@ func (n *Node) heard(s *space) {
 	}
 }
 
-// startRenewal starts the goroutine that renews n's lease every heartbeat, unless it runs. The
+// startRenewal starts the goroutine that renews n's lease, unless it runs. The
 // node owns it: Close stops it and waits for it.
 func (n *Node) startRenewal() {
 	n.renewOnce.Do(func() {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			t := time.NewTicker(n.broker.heartbeat())
+			// Twice per heartbeat: a renewal late by up to a heartbeat and a half (a loaded
+			// machine) still finds its lease; the bound for a dead node is unchanged.
+			t := time.NewTicker(n.broker.heartbeat() / 2)
 			defer t.Stop()
 			for {
 				select {

@@ -18,8 +18,9 @@ import (
 
 // PresenceFeatures says what the presence suite can do with the broker under test.
 type PresenceFeatures struct {
-	// Heartbeat is the presence heartbeat the suite gives its nodes (default 200 ms): short, so
-	// that reaping takes a second or so.
+	// Heartbeat is the presence heartbeat the suite gives its nodes (default 250 ms): short, so
+	// that reaping takes a second or so, and long enough that a live node's renewal is not late
+	// on a loaded machine.
 	Heartbeat time.Duration
 	// Kill makes node stop as a SIGKILLed node would: no leave, no more lease renewal. Nil: Close.
 	Kill func(t *testing.T, node transports.Broker)
@@ -45,7 +46,7 @@ type NewPresenceNode func(t *testing.T, prefix, nodeID string, heartbeat time.Du
 // RunPresence runs the presence conformance suite.
 func RunPresence(t *testing.T, f PresenceFeatures, newNode NewPresenceNode) {
 	if f.Heartbeat == 0 {
-		f.Heartbeat = 200 * time.Millisecond
+		f.Heartbeat = 250 * time.Millisecond
 	}
 	if f.Members == 0 {
 		f.Members = 10000
