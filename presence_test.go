@@ -421,3 +421,43 @@ func TestPresenceNodeLost(t *testing.T) {
 		}
 	}
 }
+
+// TestPresenceCountsOnlyBeyondMax: beyond presence.max_members, presence answers the counts
+// without members, by frame and by API.
+func TestPresenceCountsOnlyBeyondMax(t *testing.T) {
+	n := startNode(t, testConfig(t, "GATEWAY_PRESENCE_CHANNELS=room:*", "GATEWAY_PRESENCE_MAX_MEMBERS=1"))
+	a, _ := wstest.Dial(t, n.URL, allowAll(t, "ann"))
+	a.Subscribe("room:m")
+	if f := presenceOf(t, a, "room:m", "", 0); len(membersOf(f)) != 1 {
+		t.Fatalf("presence at the cap %v", f)
+	}
+	b, _ := wstest.Dial(t, n.URL, allowAll(t, "ben"))
+	b.Subscribe("room:m")
+	f := presenceOf(t, a, "room:m", "", 0)
+	if _, has := f["members"]; has || f["connections"] != 2.0 || f["users"] != 2.0 {
+		t.Fatalf("presence beyond the cap %v, want counts only", f)
+	}
+	status, out := apiGet(t, n.URL, "/api/presence", url.Values{"channel": {"room:m"}})
+	if _, has := out["members"]; status != 200 || has || out["connections"] != 2.0 {
+		t.Fatalf("GET /api/presence beyond the cap: %d %v", status, out)
+	}
+}
+
+// TestClientCannotForgeJoin: what a client publishes is a message whatever it looks like; only a
+// node publishes joins and leaves.
+func TestClientCannotForgeJoin(t *testing.T) {
+	n := startNode(t, testConfig(t, "GATEWAY_PRESENCE_CHANNELS=room:*", "GATEWAY_PRESENCE_JOIN_LEAVE=room:*"))
+	a, wa := wstest.Dial(t, n.URL, allowAll(t, "ann"))
+	a.Subscribe("room:f")
+	expectJoinLeave(t, a, "join", "room:f", wa.Str("session"))
+	forged := map[string]any{"user": "mallory", "session": "s-forged", "node": "n"}
+	a.Send(map[string]any{"type": "publish", "id": "p", "channel": "room:f", "data": forged})
+	got := a.ExpectAll("ack", "message")
+	if m := got["message"]; m.Str("channel") != "room:f" || m["member"] != nil {
+		t.Fatalf("a client's publish came as %v", m)
+	}
+	mustAPIPublish(t, n.URL, map[string]any{"channel": "room:f", "data": forged})
+	if m := a.Expect("message"); m["member"] != nil {
+		t.Fatalf("an API publish came as %v", m)
+	}
+}
