@@ -67,6 +67,7 @@ type state struct {
 	mu     sync.Mutex
 	expiry *time.Timer
 	member map[string]bool // the presence channels the connection is a member of (mu)
+	gone   bool            // Close ran: a member recorded now must leave at once (mu)
 }
 
 // stateOf is the state Admit made for c; false for a connection Admit did not make (a
@@ -141,7 +142,7 @@ func (s *Sessions) Close(c *websocket.Conn) {
 		st.expiry.Stop()
 	}
 	member := st.member
-	st.member = nil
+	st.member, st.gone = nil, true
 	st.mu.Unlock()
 	for channel := range member {
 		s.cfg.Presence.Leave(channel, s.member(c, st))
@@ -260,11 +261,18 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 	if s.cfg.Presence.Enabled(f.Channel) {
 		if announce = s.cfg.Presence.Join(channel, s.member(c, st)); announce != nil {
 			st.mu.Lock()
-			if st.member == nil {
-				st.member = map[string]bool{}
+			gone := st.gone // Close runs after the last frame; should it not, leave no ghost
+			if !gone {
+				if st.member == nil {
+					st.member = map[string]bool{}
+				}
+				st.member[channel] = true
 			}
-			st.member[channel] = true
 			st.mu.Unlock()
+			if gone {
+				s.cfg.Presence.Leave(channel, s.member(c, st))
+				announce = nil
+			}
 		}
 	}
 	c.Activate(channel, cut, protocol.SubscribedFrame(f.ID, f.Channel, cut.ForChannel(channel), recovered))
