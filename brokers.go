@@ -40,8 +40,11 @@ func NewBroker(cfg *configs.Config, log *slog.Logger) (transports.Broker, error)
 }
 
 // checkBroker makes the checks of the configured broker package's New (defaults, then
-// Validate) without connecting.
+// Validate) without connecting, and refuses presence on a broker that keeps none.
 func checkBroker(cfg *configs.Config) error {
+	if err := checkPresence(cfg, brokerKeepsPresence(cfg.Broker)); err != nil {
+		return err
+	}
 	var err error
 	switch cfg.Broker {
 	case configs.BrokerJetStream:
@@ -54,6 +57,36 @@ func checkBroker(cfg *configs.Config) error {
 		err = nats.ConfigFrom(cfg).Check()
 	}
 	return configs.KeyErrorFrom(err) // the broker names the key; the error names the variable too
+}
+
+// brokerKeepsPresence reports whether the broker of that name implements transports.Presence
+// (asked of its type, so a broker package that adds presence needs nothing here).
+func brokerKeepsPresence(name string) bool {
+	var b any
+	switch name {
+	case configs.BrokerMemory:
+		b = (*memory.Node)(nil)
+	case configs.BrokerJetStream:
+		b = (*jetstream.Broker)(nil)
+	case configs.BrokerRedis:
+		b = (*redis.Broker)(nil)
+	case configs.BrokerKafka:
+		b = (*kafka.Broker)(nil)
+	case configs.BrokerNATS:
+		b = (*nats.Broker)(nil)
+	}
+	_, ok := b.(transports.Presence)
+	return ok
+}
+
+// checkPresence refuses presence.channels when the broker keeps no presence: a user would
+// otherwise think presence works.
+func checkPresence(cfg *configs.Config, keeps bool) error {
+	if len(cfg.Presence.Channels) == 0 || keeps {
+		return nil
+	}
+	return &configs.KeyError{Key: "presence.channels", Env: configs.EnvPrefix + "PRESENCE_CHANNELS",
+		Reason: fmt.Sprintf("the %s broker keeps no presence yet (docs/presence.md): remove it, or use a broker that does", cfg.Broker)}
 }
 
 // dedupeStore is where msg_id keys are kept: Redis (shared by the nodes) with the redis broker or

@@ -95,6 +95,7 @@ type Gateway struct {
 	hub      *websocket.Hub
 	router   *message.Router
 	events   *handlers.Events // nil when disabled
+	presence *handlers.Presence
 	metrics  *metrics.Metrics
 	mux      *http.ServeMux
 	tls      *tls.Config // nil: plain HTTP
@@ -159,6 +160,12 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		}
 		undo = append(undo, func() { _ = broker.Close() })
 	}
+	// Presence needs a broker that keeps it (Check refuses presence.channels otherwise; a broker
+	// given with WithBroker is asked here).
+	brokerPresence, _ := broker.(transports.Presence)
+	if err := checkPresence(cfg, brokerPresence != nil); err != nil {
+		return nil, err
+	}
 	g := &Gateway{cfg: cfg, log: log, broker: broker, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers,
 		startedc: make(chan struct{})}
 	g.feed = router.NewFeed(broker)
@@ -184,6 +191,18 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 			Log:            log,
 		})
 	}
+	g.presence = handlers.NewPresence(handlers.PresenceConfig{ // sets the broker's OnReap: before Start
+		NodeID:     cfg.NodeID,
+		Presence:   brokerPresence,
+		Channels:   cfg.Presence.Channels,
+		JoinLeave:  cfg.Presence.JoinLeave,
+		MaxMembers: cfg.Presence.MaxMembers,
+		Inbox:      g.inbox,
+		Events:     g.events,
+		Timeout:    cfg.WebSocket.PublishTimeout,
+		Log:        log,
+	})
+	undo = append(undo, g.presence.Close)
 	sessions := handlers.NewSessions(handlers.SessionsConfig{
 		NodeID:         cfg.NodeID,
 		Hub:            g.hub,
@@ -197,6 +216,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
 		Limits:         cfg.Limits,
 		Events:         g.events,
+		Presence:       g.presence,
 		Metrics:        g.metrics,
 		Log:            log,
 	})
@@ -248,6 +268,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		AllowAnonymous: cfg.Auth.AllowAnonymous,
 		APIKey:         cfg.API.Key,
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
+		Presence:       g.presence,
 		Metrics:        g.metrics,
 		Log:            log,
 	}).Routes(g.mux)
@@ -425,7 +446,8 @@ func (g *Gateway) Drain() {
 // Close stops the node at once: connections, router, broker, admin listener. Safe to call twice.
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
-		g.hub.Close()
+		g.hub.Close()                   // the sessions leave their presence channels
+		g.presence.Close()              // the leaves of reaped members being published
 		g.events.Close(2 * time.Second) // the disconnected events of the drain, while the router runs
 		_ = g.inbox.Close()
 		var errs []error

@@ -71,6 +71,13 @@ const (
 	DefaultRateLimitedDisconnect = 100 // rate_limited answers within the window before a disconnect
 	DefaultRateLimitedWindow     = 10 * time.Second
 
+	// DefaultPresenceMaxMembers is the most members a channel may have for `presence` to list
+	// them; beyond it, it answers the counts only.
+	DefaultPresenceMaxMembers = 10000
+	// DefaultPresenceHeartbeat is how often a node renews its presence lease (the broker's
+	// transports.DefaultPresenceHeartbeat): a node that dies loses its members within 2 of them.
+	DefaultPresenceHeartbeat = 5 * time.Second
+
 	// NoLimit turns off a limit whose zero value means its default.
 	NoLimit = -1
 )
@@ -108,6 +115,7 @@ type Config struct {
 	Limits    LimitsConfig    `yaml:"limits" envPrefix:"LIMITS_"`
 	Drain     DrainConfig     `yaml:"drain" envPrefix:"DRAIN_"`
 	Events    EventsConfig    `yaml:"events" envPrefix:"EVENTS_"`
+	Presence  PresenceConfig  `yaml:"presence" envPrefix:"PRESENCE_"`
 	Log       LogConfig       `yaml:"log" envPrefix:"LOG_"`
 	TLS       TLSConfig       `yaml:"tls" envPrefix:"TLS_"`
 	HTTP      HTTPConfig      `yaml:"http" envPrefix:"HTTP_"`
@@ -269,6 +277,19 @@ type EventsConfig struct {
 	Heartbeat time.Duration `yaml:"heartbeat" env:"HEARTBEAT"`
 }
 
+// PresenceConfig sets presence (who is in a channel: docs/presence.md), per channel pattern.
+// Patterns are as in auth.public_channels: a channel name, a prefix ending in *, or *.
+type PresenceConfig struct {
+	Channels []string `yaml:"channels" env:"CHANNELS"` // channels whose subscribers are members; empty: presence off
+	// JoinLeave are the channels whose subscribers also get join and leave frames, carried in
+	// the channel's stream; only channels that are presence channels too.
+	JoinLeave []string `yaml:"join_leave" env:"JOIN_LEAVE"`
+	// MaxMembers is the most members a channel may have for `presence` (frame and API) to list
+	// them; beyond it the answer has the counts only, no members. Default 10000; -1: no cap.
+	MaxMembers int           `yaml:"max_members" env:"MAX_MEMBERS"`
+	Heartbeat  time.Duration `yaml:"heartbeat" env:"HEARTBEAT"` // how often a node renews its members; default 5s
+}
+
 // LogConfig sets the structured log.
 type LogConfig struct {
 	Level  string `yaml:"level" env:"LEVEL"`   // debug, info, warn, error
@@ -337,6 +358,8 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Drain.Period, DefaultDrainPeriod)
 	setDefault(&c.Events.Queue, DefaultEventsQueue)
 	setDefault(&c.Events.Heartbeat, DefaultEventsHeartbeat)
+	setDefault(&c.Presence.MaxMembers, DefaultPresenceMaxMembers)
+	setDefault(&c.Presence.Heartbeat, DefaultPresenceHeartbeat)
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	setDefault(&c.Log.Format, DefaultLogFormat)
 	setDefault(&c.HTTP.ReadHeaderTimeout, DefaultReadHeaderTimeout)

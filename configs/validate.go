@@ -67,6 +67,7 @@ func (c *Config) Validate() error {
 	c.Router.validate(v)
 	c.Limits.validate(v)
 	c.Events.validate(v)
+	c.Presence.validate(v)
 	v.check(&c.Drain.Period, c.Drain.Period >= 0, "must not be negative")
 	c.Log.validate(v)
 	c.validateServer(v)
@@ -219,6 +220,20 @@ func (l *LimitsConfig) validate(v *validator) {
 func (e *EventsConfig) validate(v *validator) {
 	v.check(&e.Heartbeat, e.Heartbeat >= 10*time.Millisecond, "must be at least 10ms")
 	v.check(&e.Queue, e.Queue >= 1 && e.Queue <= 1<<20, "must be between 1 and 1048576")
+}
+
+// validate checks the presence settings. Whether the broker keeps presence is checked by the
+// gateway (gateway.Check and New), which knows the broker packages.
+func (p *PresenceConfig) validate(v *validator) {
+	for _, c := range p.Channels {
+		v.check(&p.Channels, validPattern(c), "%q is not a channel name or a prefix ending in *", c)
+	}
+	for _, c := range p.JoinLeave {
+		v.check(&p.JoinLeave, validPattern(c), "%q is not a channel name or a prefix ending in *", c)
+	}
+	v.check(&p.JoinLeave, len(p.JoinLeave) == 0 || len(p.Channels) > 0, "needs %s: join and leave are sent on presence channels only", v.key(&p.Channels))
+	v.check(&p.MaxMembers, p.MaxMembers >= 1 || p.MaxMembers == NoLimit, "must be positive, or -1 for no cap")
+	v.check(&p.Heartbeat, p.Heartbeat >= 10*time.Millisecond, "must be at least 10ms")
 }
 
 // validate checks the log's level and format.

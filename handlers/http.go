@@ -5,11 +5,13 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -40,6 +42,7 @@ type HTTPConfig struct {
 	AllowAnonymous bool
 	APIKey         string        // "": the HTTP API is off
 	PublishTimeout time.Duration // of an API publish's submit
+	Presence       *Presence     // nil: presence off (the presence API answers unavailable)
 	Metrics        *metrics.Metrics
 	Log            *slog.Logger
 }
@@ -60,6 +63,9 @@ func (h *HTTP) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /ws", h.Upgrade)
 	mux.HandleFunc("POST /api/publish", h.Publish)
 	mux.HandleFunc("POST /api/batch", h.Batch)
+	mux.HandleFunc("GET /api/presence", h.PresenceMembers)
+	mux.HandleFunc("GET /api/presence_stats", h.PresenceStats)
+	mux.HandleFunc("GET /api/channels", h.Channels)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "ok\n")
@@ -357,4 +363,145 @@ func apiMessage(req *publishRequest) (*message.Message, *protocol.Error) {
 		md.Set(protocol.MetaTarget, protocol.TargetAll)
 	}
 	return msg, nil
+}
+
+// PresenceMembers is GET /api/presence?channel=&after=&limit=: a page of a presence channel's
+// members, {"channel","members":[...],"next"} (next absent on the last page), or, beyond
+// presence.max_members, {"channel","connections","users"} without members.
+func (h *HTTP) PresenceMembers(w http.ResponseWriter, r *http.Request) {
+	if !h.apiAuth(w, r) {
+		return
+	}
+	q := r.URL.Query()
+	channel := q.Get("channel")
+	if !protocol.ValidChannel(channel) {
+		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "channel must match ^[A-Za-z0-9_:.\\-]{1,128}$")
+		return
+	}
+	limit, ok := pageLimit(w, q.Get("limit"))
+	if !ok {
+		return
+	}
+	page, err := h.cfg.Presence.Members(r.Context(), channel, q.Get("after"), limit)
+	if err != nil {
+		writeAPIError(w, err)
+		return
+	}
+	if page.Counts != nil {
+		writeJSON(w, protocol.ChannelStats{Channel: channel, PresenceStats: *page.Counts})
+		return
+	}
+	if page.Members == nil {
+		page.Members = []protocol.Member{}
+	}
+	writeJSON(w, struct {
+		Channel string            `json:"channel"`
+		Members []protocol.Member `json:"members"`
+		Next    string            `json:"next,omitempty"`
+	}{channel, page.Members, page.Next})
+}
+
+// PresenceStats is GET /api/presence_stats?channel=: {"channel","connections","users"}.
+func (h *HTTP) PresenceStats(w http.ResponseWriter, r *http.Request) {
+	if !h.apiAuth(w, r) {
+		return
+	}
+	channel := r.URL.Query().Get("channel")
+	if !protocol.ValidChannel(channel) {
+		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "channel must match ^[A-Za-z0-9_:.\\-]{1,128}$")
+		return
+	}
+	st, err := h.cfg.Presence.Stats(r.Context(), channel)
+	if err != nil {
+		writeAPIError(w, err)
+		return
+	}
+	writeJSON(w, protocol.ChannelStats{Channel: channel, PresenceStats: st})
+}
+
+// Channels is GET /api/channels?prefix=&after=&limit= (or pattern= instead of prefix: a
+// channel name, or a prefix ending in *): the channels that have members, by name, with their
+// counts, {"channels":[{"channel","connections","users"}],"next"}.
+func (h *HTTP) Channels(w http.ResponseWriter, r *http.Request) {
+	if !h.apiAuth(w, r) {
+		return
+	}
+	q := r.URL.Query()
+	prefix := q.Get("prefix")
+	exact := ""
+	if pattern := q.Get("pattern"); pattern != "" {
+		if prefix != "" {
+			writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "give prefix or pattern, not both")
+			return
+		}
+		name, star := strings.CutSuffix(pattern, "*")
+		if strings.Contains(name, "*") || (name != "" && !protocol.ValidChannel(name)) {
+			writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "pattern must be a channel name or a prefix ending in *")
+			return
+		}
+		prefix = name
+		if !star {
+			exact = name
+		}
+	}
+	limit, ok := pageLimit(w, q.Get("limit"))
+	if !ok {
+		return
+	}
+	if limit == 0 {
+		limit = protocol.PresencePage
+	}
+	cs, next, err := h.cfg.Presence.Channels(r.Context(), prefix, q.Get("after"), limit)
+	if err != nil {
+		writeAPIError(w, err)
+		return
+	}
+	if exact != "" { // a pattern without *: that one channel, if it has members
+		kept := cs[:0]
+		for _, c := range cs {
+			if c.Channel == exact {
+				kept = append(kept, c)
+			}
+		}
+		cs, next = kept, ""
+	}
+	if cs == nil {
+		cs = []protocol.ChannelStats{}
+	}
+	writeJSON(w, struct {
+		Channels []protocol.ChannelStats `json:"channels"`
+		Next     string                  `json:"next,omitempty"`
+	}{cs, next})
+}
+
+// pageLimit parses a page's limit (empty: 0, the default); it answers 400 and returns false
+// when it is not a number from 1 to protocol.MaxPresencePage.
+func pageLimit(w http.ResponseWriter, s string) (int, bool) {
+	if s == "" {
+		return 0, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > protocol.MaxPresencePage {
+		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, fmt.Sprintf("limit must be between 1 and %d", protocol.MaxPresencePage))
+		return 0, false
+	}
+	return n, true
+}
+
+// writeAPIError answers a presence query's error: 400 bad_request, 503 unavailable, 500 else.
+func writeAPIError(w http.ResponseWriter, err error) {
+	code, msg := protocol.CodeOf(err, protocol.CodeInternal)
+	status := http.StatusInternalServerError
+	switch code {
+	case protocol.CodeBadRequest:
+		status = http.StatusBadRequest
+	case protocol.CodeUnavailable:
+		status = http.StatusServiceUnavailable
+	}
+	writeError(w, status, code, msg)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
 }

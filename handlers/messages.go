@@ -132,12 +132,19 @@ func (r *Messages) observeLatency(msg *message.Message) {
 	}
 }
 
-// channelFrame encodes a channel message for clients. channel is the node's name, clientName
-// the one the client subscribed with ($user for a user's channel).
+// channelFrame encodes a channel message for clients: a join or leave (a node published it,
+// kind join or leave) as a join or leave frame, anything else as a message frame. channel is the
+// node's name, clientName the one the client subscribed with ($user for a user's channel).
 func channelFrame(msg *message.Message, channel, clientName string) ([]byte, protocol.Position) {
 	pos, _ := protocol.ParsePosition(msg.Metadata.Get(protocol.MetaPosition))
+	kind := msg.Metadata.Get(protocol.MetaKind)
+	if kind == protocol.KindJoin || kind == protocol.KindLeave {
+		if frame, ok := joinLeaveFrame(msg, kind, channel, clientName, pos); ok {
+			return frame, pos
+		}
+	}
 	var from *protocol.From
-	if msg.Metadata.Get(protocol.MetaKind) == protocol.KindPublish {
+	if kind == protocol.KindPublish {
 		from = &protocol.From{User: msg.Metadata.Get(protocol.MetaUser), Session: msg.Metadata.Get(protocol.MetaSession)}
 	}
 	return protocol.ChannelMessageFrame(clientName, messageID(msg, pos), pos.ForChannel(channel), msg.Payload, from), pos

@@ -37,7 +37,8 @@ type SessionsConfig struct {
 	HistoryBounds  func(channel string) (size int, ttl time.Duration)
 	PublishTimeout time.Duration // a subscribe's broker subscription and replay, a publish's ack
 	Limits         configs.LimitsConfig
-	Events         *Events // nil: lifecycle events disabled
+	Events         *Events   // nil: lifecycle events disabled
+	Presence       *Presence // nil: presence off
 	Metrics        *metrics.Metrics
 	Log            *slog.Logger
 }
@@ -65,6 +66,8 @@ type state struct {
 	freed  atomic.Bool // the reservation was released
 	mu     sync.Mutex
 	expiry *time.Timer
+	member map[string]bool // the presence channels the connection is a member of (mu)
+	gone   bool            // Close ran: a member recorded now must leave at once (mu)
 }
 
 // stateOf is the state Admit made for c; false for a connection Admit did not make (a
@@ -138,7 +141,12 @@ func (s *Sessions) Close(c *websocket.Conn) {
 	if st.expiry != nil {
 		st.expiry.Stop()
 	}
+	member := st.member
+	st.member, st.gone = nil, true
 	st.mu.Unlock()
+	for channel := range member {
+		s.cfg.Presence.Leave(channel, s.member(c, st))
+	}
 	s.release(st)
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventDisconnected, User: c.User, Session: c.ID, Reason: c.Reason()})
 }
@@ -162,9 +170,11 @@ func (s *Sessions) Frame(c *websocket.Conn, data []byte) {
 	case protocol.TypeSubscribe:
 		err = s.subscribe(c, st, f)
 	case protocol.TypeUnsubscribe:
-		err = s.unsubscribe(c, f)
+		err = s.unsubscribe(c, st, f)
 	case protocol.TypePublish, protocol.TypeSend:
 		err = s.publish(c, st, f)
+	case protocol.TypePresence, protocol.TypePresenceStats:
+		err = s.presence(c, st, f)
 	}
 	if err != nil {
 		code, msg := protocol.CodeOf(err, protocol.CodeInternal)
@@ -245,8 +255,67 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 		s.cfg.Hub.Leave(c, channel)
 		return unavailable("replay", err)
 	}
+	// A member of a presence channel is recorded before its subscribed (it can see itself in
+	// presence at once), and its join announced after (its own join frame follows subscribed).
+	var announce func()
+	if s.cfg.Presence.Enabled(f.Channel) {
+		if announce = s.cfg.Presence.Join(channel, s.member(c, st)); announce != nil {
+			st.mu.Lock()
+			gone := st.gone // Close runs after the last frame; should it not, leave no ghost
+			if !gone {
+				if st.member == nil {
+					st.member = map[string]bool{}
+				}
+				st.member[channel] = true
+			}
+			st.mu.Unlock()
+			if gone {
+				s.cfg.Presence.Leave(channel, s.member(c, st))
+				announce = nil
+			}
+		}
+	}
 	c.Activate(channel, cut, protocol.SubscribedFrame(f.ID, f.Channel, cut.ForChannel(channel), recovered))
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventSubscribed, User: c.User, Session: c.ID, Channel: channel})
+	if announce != nil {
+		announce()
+	}
+	return nil
+}
+
+// member is the connection's presence entry: its user (the token's sub), session, this node,
+// and the token's info claim; nothing else.
+func (s *Sessions) member(c *websocket.Conn, st *state) protocol.Member {
+	return protocol.Member{User: c.User, Session: c.ID, Node: s.cfg.NodeID, Info: st.claims.Info}
+}
+
+// presence answers a presence or presence_stats frame, for a channel the client may subscribe
+// to; it counts against the subscribe rate.
+func (s *Sessions) presence(c *websocket.Conn, st *state, f *protocol.Frame) error {
+	if err := checkSubscribeRate(st); err != nil {
+		return err
+	}
+	if !s.canSubscribe(st, f.Channel) {
+		return protocol.Errorf(protocol.CodeForbidden, "not allowed to subscribe to %s", f.Channel)
+	}
+	ctx := context.Background()
+	if f.Type == protocol.TypePresenceStats {
+		stats, err := s.cfg.Presence.Stats(ctx, f.Channel)
+		if err != nil {
+			return err
+		}
+		c.Send(protocol.PresenceCountsFrame(protocol.TypePresenceStats, f.ID, f.Channel, stats))
+		return nil
+	}
+	page, err := s.cfg.Presence.Members(ctx, f.Channel, f.After, f.Limit)
+	if err != nil {
+		return err
+	}
+	if page.Counts != nil {
+		c.Send(protocol.PresenceCountsFrame(protocol.TypePresence, f.ID, f.Channel, *page.Counts))
+		return nil
+	}
+	c.Send(protocol.PresenceFrame(f.ID, f.Channel, page.Members, page.Next))
 	return nil
 }
 
@@ -289,7 +358,7 @@ func (s *Sessions) replay(ctx context.Context, c *websocket.Conn, channel, clien
 	return cut, false, err
 }
 
-func (s *Sessions) unsubscribe(c *websocket.Conn, f *protocol.Frame) error {
+func (s *Sessions) unsubscribe(c *websocket.Conn, st *state, f *protocol.Frame) error {
 	channel, err := channelName(c, f.Channel)
 	if err != nil {
 		return err
@@ -299,6 +368,13 @@ func (s *Sessions) unsubscribe(c *websocket.Conn, f *protocol.Frame) error {
 	}
 	c.Send(protocol.UnsubscribedFrame(f.ID, f.Channel))
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventUnsubscribed, User: c.User, Session: c.ID, Channel: channel})
+	st.mu.Lock()
+	member := st.member[channel]
+	delete(st.member, channel)
+	st.mu.Unlock()
+	if member {
+		s.cfg.Presence.Leave(channel, s.member(c, st))
+	}
 	return nil
 }
 

@@ -13,6 +13,13 @@ const (
 	EventNodeAlive = "node_alive"
 	// EventNodeStopped says the node shut down cleanly (after its sessions' disconnected events).
 	EventNodeStopped = "node_stopped"
+	// Presence events (presence channels only), once per cluster: the first member of a channel
+	// in the whole cluster arrived (channel_occupied) or the last left (channel_vacated); a member
+	// (a connection) joined or left. A member_left of a node that died has Reason "reaped".
+	EventChannelOccupied = "channel_occupied"
+	EventChannelVacated  = "channel_vacated"
+	EventMemberJoined    = "member_joined"
+	EventMemberLeft      = "member_left"
 )
 
 // Event is the JSON payload of a lifecycle event (docs/services.md).

@@ -29,6 +29,17 @@ const (
 	TypePublish     = "publish"
 	TypeSend        = "send"
 	TypePing        = "ping"
+	// TypePresence asks for a page of a presence channel's members; TypePresenceStats for its
+	// counts (docs/presence.md). The answers have the same types.
+	TypePresence      = "presence"
+	TypePresenceStats = "presence_stats"
+)
+
+// Pages of presence members: a `presence` frame without limit gets PresencePage members, and
+// limit may ask for up to MaxPresencePage.
+const (
+	PresencePage    = 100
+	MaxPresencePage = 1000
 )
 
 // UserChannel is the reserved name of a connection's own user channel.
@@ -40,8 +51,9 @@ const (
 	MaxMsgIDLen    = 64
 	MaxChannelLen  = 128
 	MaxPositionLen = 256
-	MaxUserLen     = 256 // a user id addressed by the API or a service
-	MaxSessionLen  = 128 // a session id addressed by the API or a service
+	MaxUserLen     = 256           // a user id addressed by the API or a service
+	MaxSessionLen  = 128           // a session id addressed by the API or a service
+	MaxAfterLen    = MaxSessionLen // a presence page\'s after: a session id
 )
 
 // Error codes.
@@ -89,6 +101,8 @@ type Frame struct {
 	Since   *string         `json:"since"`
 	Data    json.RawMessage `json:"data"`
 	MsgID   string          `json:"msg_id"`
+	After   string          `json:"after"` // presence: the session id the page starts after
+	Limit   int             `json:"limit"` // presence: members per page; 0: PresencePage
 }
 
 // Decode parses one client frame and checks it. On error the returned frame still carries the
@@ -128,6 +142,19 @@ func Decode(b []byte) (*Frame, *Error) {
 	case TypeSend:
 		if err := checkData(f); err != nil {
 			return &f, err
+		}
+	case TypePresence, TypePresenceStats:
+		if err := checkChannel(f.Channel); err != nil {
+			return &f, err
+		}
+		if f.Channel == UserChannel {
+			return &f, Errorf(CodeBadRequest, "$user has no presence")
+		}
+		if len(f.After) > MaxAfterLen || !utf8.ValidString(f.After) {
+			return &f, Errorf(CodeBadRequest, "after must be at most %d characters", MaxAfterLen)
+		}
+		if f.Limit < 0 || f.Limit > MaxPresencePage {
+			return &f, Errorf(CodeBadRequest, "limit must be between 1 and %d", MaxPresencePage)
 		}
 	case TypePing:
 	case "":
@@ -342,7 +369,58 @@ const (
 	TypeMessage      = "message"
 	TypeError        = "error"
 	TypeDisconnect   = "disconnect"
+	// TypeJoin and TypeLeave tell the subscribers of a join_leave channel that a member joined
+	// or left (TypePresence and TypePresenceStats answer the client frames of those types).
+	TypeJoin  = "join"
+	TypeLeave = "leave"
 )
+
+// Presence answers a `presence` frame: a page of members, ordered by session id; Next, when
+// set, is the after of the next page. Members is never null.
+type Presence struct {
+	Type    string   `json:"type"`
+	ID      string   `json:"id"`
+	Channel string   `json:"channel"`
+	Members []Member `json:"members"`
+	Next    string   `json:"next,omitempty"`
+}
+
+// PresenceCounts answers `presence_stats`, and `presence` on a channel with more members than
+// presence.max_members (then Type is TypePresence and there is no members field).
+type PresenceCounts struct {
+	Type    string `json:"type"`
+	ID      string `json:"id"`
+	Channel string `json:"channel"`
+	PresenceStats
+}
+
+// JoinLeave tells a subscriber that member joined or left channel, at position in its stream.
+type JoinLeave struct {
+	Type     string `json:"type"`
+	Channel  string `json:"channel"`
+	Member   Member `json:"member"`
+	Position string `json:"position,omitempty"`
+}
+
+// PresenceFrame encodes a page of channel's members answering presence id.
+func PresenceFrame(id, channel string, members []Member, next string) []byte {
+	if members == nil {
+		members = []Member{}
+	}
+	return Encode(Presence{Type: TypePresence, ID: id, Channel: channel, Members: members, Next: next})
+}
+
+// PresenceCountsFrame encodes channel's counts answering typ (TypePresenceStats, or TypePresence
+// beyond presence.max_members) id.
+func PresenceCountsFrame(typ, id, channel string, st PresenceStats) []byte {
+	return Encode(PresenceCounts{Type: typ, ID: id, Channel: channel, PresenceStats: st})
+}
+
+// JoinLeaveFrame encodes a join or leave (typ TypeJoin or TypeLeave) of m in channel (the name
+// the client subscribed with) at position.
+func JoinLeaveFrame(typ, channel, position string, m Member) []byte {
+	return Encode(JoinLeave{Type: typ, Channel: channel, Member: m, Position: position})
+}
 
 // WelcomeFrame encodes the first frame of a connection.
 func WelcomeFrame(session, node, user string) []byte {

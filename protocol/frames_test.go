@@ -22,6 +22,15 @@ func TestDecode(t *testing.T) {
 		msg  string // substring of the error message
 	}{
 		// Every type.
+		{name: "presence", in: `{"type":"presence","id":"1","channel":"room:1","after":"s9","limit":1000}`,
+			want: Frame{Type: TypePresence, ID: "1", Channel: "room:1", After: "s9", Limit: 1000}},
+		{name: "presence_stats", in: `{"type":"presence_stats","id":"1","channel":"room:1"}`,
+			want: Frame{Type: TypePresenceStats, ID: "1", Channel: "room:1"}},
+		{name: "presence without channel", in: `{"type":"presence","id":"1"}`, code: CodeBadRequest, id: "1", msg: "channel"},
+		{name: "presence of $user", in: `{"type":"presence","id":"1","channel":"$user"}`, code: CodeBadRequest, id: "1", msg: "$user"},
+		{name: "presence limit too big", in: `{"type":"presence","id":"1","channel":"c","limit":1001}`, code: CodeBadRequest, id: "1", msg: "limit"},
+		{name: "presence negative limit", in: `{"type":"presence","id":"1","channel":"c","limit":-1}`, code: CodeBadRequest, id: "1", msg: "limit"},
+		{name: "presence after too long", in: `{"type":"presence","id":"1","channel":"c","after":"` + long(129) + `"}`, code: CodeBadRequest, id: "1", msg: "after"},
 		{name: "subscribe", in: `{"type":"subscribe","id":"1","channel":"room:42"}`,
 			want: Frame{Type: TypeSubscribe, ID: "1", Channel: "room:42"}},
 		{name: "subscribe since", in: `{"type":"subscribe","id":"1","channel":"room:42","since":"0-17"}`,
@@ -310,6 +319,17 @@ func TestServerFrames(t *testing.T) {
 			`{"type":"message","channel":"chat","id":"u2","position":"e:9","data":"aGk=","encoding":"base64"}`},
 		{"direct message", DirectMessageFrame(TargetSession, "u3", []byte(`"x"`)), `{"type":"message","to":"session","id":"u3","data":"x"}`},
 		{"broadcast", DirectMessageFrame(TargetAll, "u4", []byte(`[1]`)), `{"type":"message","to":"all","id":"u4","data":[1]}`},
+		{"presence", PresenceFrame("5", "room", []Member{{User: "ann", Session: "s1", Node: "n1", Info: json.RawMessage(`{"name":"Ann"}`)}, {Session: "s2", Node: "n2"}}, "s2"),
+			`{"type":"presence","id":"5","channel":"room","members":[{"user":"ann","session":"s1","node":"n1","info":{"name":"Ann"}},{"user":"","session":"s2","node":"n2"}],"next":"s2"}`},
+		{"presence empty", PresenceFrame("6", "room", nil, ""), `{"type":"presence","id":"6","channel":"room","members":[]}`},
+		{"presence counts only", PresenceCountsFrame(TypePresence, "7", "big", PresenceStats{Connections: 20000, Users: 15000}),
+			`{"type":"presence","id":"7","channel":"big","connections":20000,"users":15000}`},
+		{"presence_stats", PresenceCountsFrame(TypePresenceStats, "8", "room", PresenceStats{Connections: 3, Users: 2}),
+			`{"type":"presence_stats","id":"8","channel":"room","connections":3,"users":2}`},
+		{"join", JoinLeaveFrame(TypeJoin, "room", "e:10", Member{User: "ann", Session: "s1", Node: "n1"}),
+			`{"type":"join","channel":"room","member":{"user":"ann","session":"s1","node":"n1"},"position":"e:10"}`},
+		{"leave", JoinLeaveFrame(TypeLeave, "room", "e:11", Member{User: "ann", Session: "s1", Node: "n1"}),
+			`{"type":"leave","channel":"room","member":{"user":"ann","session":"s1","node":"n1"},"position":"e:11"}`},
 	}
 	for _, tt := range tests {
 		if string(tt.got) != tt.want {

@@ -44,6 +44,13 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"subscribe","id":"13","channel":"c","since":null,"data":null,"msg_id":null}`,
 		"{\"type\":\"ping\",\"id\":\"\xff\xfe\"}",
 		`{"TYPE":"PING","Id":"14"}`,
+		`{"type":"presence","id":"15","channel":"room:1"}`,
+		`{"type":"presence","id":"16","channel":"room:1","after":"s-42","limit":1000}`,
+		`{"type":"presence","id":"17","channel":"room:1","limit":-1}`,
+		`{"type":"presence","id":"18","channel":"$user"}`,
+		`{"type":"presence_stats","id":"19","channel":"room:1"}`,
+		`{"type":"presence_stats","id":"20"}`,
+		`{"type":"presence","id":"21","channel":"c","after":5}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -87,6 +94,13 @@ func FuzzDecode(f *testing.F) {
 		case TypeSend:
 			if len(fr.Data) == 0 || !json.Valid(fr.Data) {
 				t.Fatalf("Decode(%q): accepted data %q", b, fr.Data)
+			}
+		case TypePresence, TypePresenceStats:
+			if !ValidChannel(fr.Channel) {
+				t.Fatalf("Decode(%q): accepted presence of channel %q", b, fr.Channel)
+			}
+			if len(fr.After) > MaxAfterLen || fr.Limit < 0 || fr.Limit > MaxPresencePage {
+				t.Fatalf("Decode(%q): accepted after %q, limit %d", b, fr.After, fr.Limit)
 			}
 		case TypePing:
 		default:

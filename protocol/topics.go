@@ -32,7 +32,7 @@ const (
 	MetaSession  = "session"   // session id of the client that sent it; target of a session message
 	MetaNode     = "node"      // node that accepted it from a client
 	MetaMsgID    = "msg_id"    // idempotency key
-	MetaKind     = "kind"      // "publish", "send", "api", "service" (the Go SDK) or "event"
+	MetaKind     = "kind"      // "publish", "send", "api", "service" (the Go SDK), "event", "join" or "leave"
 	MetaTarget   = "target"    // on TopicDirect: "session" or "all"
 	MetaPosition = "position"  // set by brokers with history on consumed channel messages
 	MetaSentAt   = "sent_at"   // unix nanoseconds when the gateway or SDK published it (latency metric)
@@ -69,6 +69,10 @@ const (
 	KindAPI     = "api"     // the HTTP API published
 	KindService = "service" // a service emitted it (the Go SDK)
 	KindEvent   = "event"   // a lifecycle event of a node
+	// KindJoin and KindLeave are a member's join and leave, published by its node into the
+	// channel's stream (payload: the Member); never a client's.
+	KindJoin  = "join"
+	KindLeave = "leave"
 )
 
 // Targets on MetaTarget: how a submitted message is addressed.

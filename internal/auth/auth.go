@@ -65,6 +65,9 @@ type Claims struct {
 	Send        bool      // "send" claim: whether it may send to the services
 	HasSend     bool      // whether the "send" claim was present (without it, the node's default)
 	ExpiresAt   time.Time // zero when the token has no exp
+	// Info is the "info" claim, a JSON object (nil when absent or null): what the connection's
+	// presence entry shows others (protocol.Member.Info). Nothing else goes there.
+	Info json.RawMessage
 }
 
 // Verifier checks connection tokens. Its settings are fixed once built; it is
@@ -243,6 +246,7 @@ type tokenClaims struct {
 	Channels json.RawMessage `json:"channels,omitempty"`
 	Publish  json.RawMessage `json:"publish,omitempty"`
 	Send     json.RawMessage `json:"send,omitempty"`
+	Info     json.RawMessage `json:"info,omitempty"`
 }
 
 // invalid builds the error returned for a refused token. reason is short and
@@ -344,6 +348,12 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	}
 	if c.Publish, _, err = stringArray(tc.Publish); err != nil {
 		return nil, invalid("publish claim must be an array of strings")
+	}
+	if info := bytes.TrimSpace(tc.Info); len(info) > 0 && string(info) != "null" {
+		if info[0] != '{' {
+			return nil, invalid("info claim must be an object")
+		}
+		c.Info = json.RawMessage(info)
 	}
 	switch string(bytes.TrimSpace(tc.Send)) {
 	case "", "null":
@@ -456,6 +466,11 @@ type SignOption func(claims map[string]any)
 // AllowSend writes the claim "send": true.
 func AllowSend() SignOption {
 	return func(c map[string]any) { c["send"] = true }
+}
+
+// WithInfo adds the "info" claim (a JSON object).
+func WithInfo(info json.RawMessage) SignOption {
+	return func(claims map[string]any) { claims["info"] = info }
 }
 
 // SignHS256 makes an HS256 token (for the development mode and tests) with the

@@ -630,3 +630,38 @@ func TestVerifyConcurrent(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestInfoClaim: the info claim is kept as given when it is an object, absent when missing or
+// null, and any other type refuses the token.
+func TestInfoClaim(t *testing.T) {
+	v, err := NewVerifier(hsSecret, nil, RequireExp(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		info any
+		want string // "" : no info; "!" : refused
+	}{
+		{nil, ""},
+		{map[string]any{"name": "Ann"}, `{"name":"Ann"}`},
+		{"Ann", "!"},
+		{[]int{1}, "!"},
+		{7, "!"},
+	} {
+		claims := jwt.MapClaims{"sub": "ann"}
+		if tc.info != nil {
+			claims["info"] = tc.info
+		}
+		c, err := v.Verify(sign(t, jwt.SigningMethodHS256, hsSecret, claims))
+		switch {
+		case tc.want == "!":
+			if err == nil || !strings.Contains(err.Error(), "info claim") {
+				t.Errorf("info %v: err %v, want the info claim refused", tc.info, err)
+			}
+		case err != nil:
+			t.Errorf("info %v: %v", tc.info, err)
+		case string(c.Info) != tc.want:
+			t.Errorf("info %v: Info %s, want %q", tc.info, c.Info, tc.want)
+		}
+	}
+}

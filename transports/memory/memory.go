@@ -38,6 +38,9 @@ type Config struct {
 	// and a TTL of 0 fall back to HistorySize and HistoryTTL). It is called with the logical topic
 	// name whenever the topic's state is made (on first use, and again after it was freed).
 	Bounds func(topic string) (size int, ttl time.Duration)
+
+	// Presence sets how often a node renews its presence lease (see presence.go).
+	Presence transports.PresenceConfig
 }
 
 // Broker is an in-process broker. Safe for concurrent use.
@@ -66,6 +69,9 @@ type Broker struct {
 	janitorOn atomic.Bool // janitor is set
 
 	ledger ledger
+
+	presence presence
+	reaperOn bool // the presence reaper was started (b.mu)
 }
 
 // NewBroker returns an empty broker. It starts no goroutine: the one expiring history starts
@@ -98,6 +104,7 @@ func (b *Broker) Close() {
 		t.close()
 	}
 	b.ledger.reset()
+	b.stopReaper()
 }
 
 // HistoryBytes is the size of the history the broker keeps now, as MaxBytes counts it.
@@ -319,12 +326,19 @@ type Node struct {
 	ctx       context.Context // cancelled with done: ends the SubscribeFunc subscriptions
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+
+	// Presence: what this node joined (its truth, by channel and session; the broker's
+	// presence lock guards it), its lease renewal, and a test hook that pauses the renewal.
+	local     map[string]map[string]protocol.Member
+	renewOnce sync.Once
+	paused    atomic.Bool
 }
 
 var (
 	_ transports.Broker         = (*Node)(nil)
 	_ transports.History        = (*Node)(nil)
 	_ transports.FuncSubscriber = (*Node)(nil)
+	_ transports.Presence       = (*Node)(nil)
 )
 
 func (n *Node) name(topic string) string { return n.prefix + "/" + topic }
@@ -583,9 +597,11 @@ func (n *Node) Last(_ context.Context, topicName string) (protocol.Position, err
 }
 
 // Start implements transports.Broker. It does nothing: a node of the in-process broker has
-// nothing to connect to and no background work (the broker's one goroutine, which expires
-// history, starts with the first message kept with an age limit and stops with Broker.Close). A
-// node works before Start too. After Close it returns transports.ErrClosed.
+// nothing to connect to (the broker's goroutine that expires history starts with the first
+// message kept with an age limit, its presence reaper with the first Join, and both stop with
+// Broker.Close; a node's presence lease renewal starts with its first Join and stops with
+// Node.Close). A node works before Start too, presence included. After Close it returns
+// transports.ErrClosed.
 func (n *Node) Start(context.Context) error {
 	if n.closed() {
 		return transports.ErrClosed
@@ -601,11 +617,14 @@ func (n *Node) Ping(context.Context) error {
 	return nil
 }
 
-// Close ends this node's subscriptions. Safe to call twice.
+// Close ends this node's subscriptions and its presence lease renewal; it does not leave its
+// members, which the broker reaps once the lease ran out (as for a node that died). Safe to call
+// twice.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		close(n.done)
 		n.cancel()
+		n.forget()
 	})
 	n.wg.Wait()
 	return nil

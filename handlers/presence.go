@@ -1,0 +1,257 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports"
+)
+
+// PresenceConfig is what Presence needs.
+type PresenceConfig struct {
+	NodeID string
+	// Presence is the broker's; nil when the broker keeps none (every query answers
+	// `unavailable`, and nothing is joined).
+	Presence   transports.Presence
+	Channels   []string // patterns of presence channels (presence.channels)
+	JoinLeave  []string // patterns of the presence channels with join and leave frames
+	MaxMembers int      // most members a `presence` answer lists (beyond: counts only); -1: no cap
+	Inbox      Submitter
+	Events     *Events       // nil: lifecycle events disabled
+	Timeout    time.Duration // of each broker call and each join/leave publish
+	Log        *slog.Logger
+}
+
+// Presence records the members of presence channels in the broker, publishes their joins and
+// leaves into the channel's stream, emits the presence lifecycle events, and answers presence
+// queries (frames and HTTP API). Safe for concurrent use; a nil *Presence is presence off.
+type Presence struct {
+	cfg PresenceConfig
+
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup // the publishes of reaped members' leaves
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// NewPresence makes the presence handler and sets it as the broker's OnReap (before the broker
+// starts). Close ends its work.
+func NewPresence(cfg PresenceConfig) *Presence {
+	p := &Presence{cfg: cfg}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if cfg.Presence != nil && len(cfg.Channels) > 0 {
+		cfg.Presence.OnReap(p.reaped)
+	}
+	return p
+}
+
+// Close stops the publishes of reaped members' leaves and waits for them. Safe on nil and twice.
+func (p *Presence) Close() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.cancel()
+	p.wg.Wait()
+}
+
+// Enabled reports whether channel (a client's name for it) is a presence channel on a broker
+// that keeps presence. A user's own channel ($user) never is.
+func (p *Presence) Enabled(channel string) bool {
+	return p != nil && p.cfg.Presence != nil && !strings.HasPrefix(channel, "$") && auth.Match(p.cfg.Channels, channel)
+}
+
+// Join records m in channel and returns the function that announces it, to call once the
+// client has its `subscribed`: member_joined (and channel_occupied when it was the first member
+// in the cluster), and a join into the channel's stream on join_leave channels. It returns nil
+// when the record failed, which is logged (the subscribe itself has succeeded).
+func (p *Presence) Join(channel string, m protocol.Member) (announce func()) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+	defer cancel()
+	occupied, err := p.cfg.Presence.Join(ctx, channel, m)
+	if err != nil {
+		p.cfg.Log.Warn("presence join failed", "channel", channel, "session_id", m.Session, "error", err)
+		return nil
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+		defer cancel()
+		if occupied {
+			p.cfg.Events.Emit(protocol.Event{Type: protocol.EventChannelOccupied, Channel: channel})
+		}
+		p.cfg.Events.Emit(protocol.Event{Type: protocol.EventMemberJoined, User: m.User, Session: m.Session, Channel: channel})
+		p.announce(ctx, protocol.KindJoin, channel, m)
+	}
+}
+
+// Leave removes m from channel and announces it as Join does (member_left, channel_vacated, a
+// leave in the stream). A member that was not recorded (reaped meanwhile) announces nothing.
+func (p *Presence) Leave(channel string, m protocol.Member) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+	defer cancel()
+	vacated, err := p.cfg.Presence.Leave(ctx, channel, m.Session)
+	if err != nil {
+		p.cfg.Log.Warn("presence leave failed", "channel", channel, "session_id", m.Session, "error", err)
+		return
+	}
+	p.left(ctx, channel, m, vacated, "")
+}
+
+// left announces that m left channel (reason "reaped" when its node's lease ran out).
+func (p *Presence) left(ctx context.Context, channel string, m protocol.Member, vacated bool, reason string) {
+	p.cfg.Events.Emit(protocol.Event{Type: protocol.EventMemberLeft, User: m.User, Session: m.Session, Channel: channel, Reason: reason})
+	if vacated {
+		p.cfg.Events.Emit(protocol.Event{Type: protocol.EventChannelVacated, Channel: channel})
+	}
+	p.announce(ctx, protocol.KindLeave, channel, m)
+}
+
+// reaped is the broker's OnReap: it announces the leave of a member of a node that died, once
+// in the cluster (the broker calls it on one node). It must not block the broker: the announce
+// runs on a goroutine of its own, which Close waits for.
+func (p *Presence) reaped(channel string, m protocol.Member, vacated bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+		defer cancel()
+		p.left(ctx, channel, m, vacated, "reaped")
+	}()
+}
+
+// announce publishes a join or leave (kind) of m into channel's stream, on join_leave channels.
+func (p *Presence) announce(ctx context.Context, kind, channel string, m protocol.Member) {
+	if !auth.Match(p.cfg.JoinLeave, channel) {
+		return
+	}
+	payload, _ := json.Marshal(m)
+	msg := message.NewMessage(watermill.NewUUID(), payload)
+	md := msg.Metadata
+	md.Set(protocol.MetaKind, kind)
+	md.Set(protocol.MetaTarget, protocol.TargetChannel)
+	md.Set(protocol.MetaChannel, channel)
+	md.Set(protocol.MetaUser, m.User)
+	md.Set(protocol.MetaSession, m.Session)
+	md.Set(protocol.MetaNode, p.cfg.NodeID)
+	md.Set(protocol.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+	if err := p.cfg.Inbox.Submit(ctx, msg); err != nil {
+		p.cfg.Log.Warn("presence "+kind+" not published", "channel", channel, "session_id", m.Session, "error", err)
+	}
+}
+
+// errNoPresence answers presence queries on a broker that keeps no presence.
+var errNoPresence = protocol.Errorf(protocol.CodeUnavailable, "this broker keeps no presence yet (docs/presence.md)")
+
+// check refuses a query of channel: `unavailable` without a broker's presence, `bad_request`
+// on a channel that is not a presence channel.
+func (p *Presence) check(channel string) error {
+	if p == nil || p.cfg.Presence == nil {
+		return errNoPresence
+	}
+	if !p.Enabled(channel) {
+		return protocol.Errorf(protocol.CodeBadRequest, "%s is not a presence channel (presence.channels)", channel)
+	}
+	return nil
+}
+
+// Page is a page of members, or only the counts of a channel over the cap.
+type Page struct {
+	Members []protocol.Member
+	Next    string                  // after of the next page; "" on the last
+	Counts  *protocol.PresenceStats // set instead of Members beyond presence.max_members
+}
+
+// Members returns the page of channel's members after after (limit 0: protocol.PresencePage).
+func (p *Presence) Members(ctx context.Context, channel, after string, limit int) (Page, error) {
+	if err := p.check(channel); err != nil {
+		return Page{}, err
+	}
+	if limit <= 0 {
+		limit = protocol.PresencePage
+	}
+	limit = min(limit, protocol.MaxPresencePage)
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	if p.cfg.MaxMembers >= 0 {
+		st, err := p.cfg.Presence.Stats(ctx, channel)
+		if err != nil {
+			return Page{}, unavailable("presence", err)
+		}
+		if st.Connections > p.cfg.MaxMembers {
+			return Page{Counts: &st}, nil
+		}
+	}
+	ms, more, err := p.cfg.Presence.Members(ctx, channel, after, limit)
+	if err != nil {
+		return Page{}, unavailable("presence", err)
+	}
+	pg := Page{Members: ms}
+	if more && len(ms) > 0 {
+		pg.Next = ms[len(ms)-1].Session
+	}
+	return pg, nil
+}
+
+// Stats returns channel's counts.
+func (p *Presence) Stats(ctx context.Context, channel string) (protocol.PresenceStats, error) {
+	if err := p.check(channel); err != nil {
+		return protocol.PresenceStats{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	st, err := p.cfg.Presence.Stats(ctx, channel)
+	if err != nil {
+		return st, unavailable("presence_stats", err)
+	}
+	return st, nil
+}
+
+// Channels returns a page of the channels with members whose name starts with prefix.
+func (p *Presence) Channels(ctx context.Context, prefix, after string, limit int) ([]protocol.ChannelStats, string, error) {
+	if p == nil || p.cfg.Presence == nil {
+		return nil, "", errNoPresence
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	cs, more, err := p.cfg.Presence.Channels(ctx, prefix, after, limit)
+	if err != nil {
+		return nil, "", unavailable("channels", err)
+	}
+	next := ""
+	if more && len(cs) > 0 {
+		next = cs[len(cs)-1].Channel
+	}
+	return cs, next, nil
+}
+
+// joinLeaveFrame encodes a join or leave message of the channel's stream; false when its
+// payload is not a member.
+func joinLeaveFrame(msg *message.Message, kind, channel, clientName string, pos protocol.Position) ([]byte, bool) {
+	var m protocol.Member
+	if err := json.Unmarshal(msg.Payload, &m); err != nil || m.Session == "" {
+		return nil, false
+	}
+	typ := protocol.TypeJoin
+	if kind == protocol.KindLeave {
+		typ = protocol.TypeLeave
+	}
+	return protocol.JoinLeaveFrame(typ, clientName, pos.ForChannel(channel), m), true
+}

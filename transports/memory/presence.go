@@ -1,0 +1,452 @@
+package memory
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports"
+)
+
+// Presence on the in-process broker: the Broker is the cluster, each Node one gateway node.
+//
+// The Broker keeps, per topic prefix (a cluster's namespace), the members of every channel and a
+// lease per Node that recorded members. A Node renews its lease twice per heartbeat from a goroutine
+// that starts with its first Join (the memory Node works without Start, so presence needs no
+// Start either) and stops with Node.Close. One reaper per Broker, started with the first lease
+// and stopped by Broker.Close, looks every heartbeat for leases not renewed for 2 heartbeats:
+// it removes their Node's members and calls OnReap once per member, on one open Node of the
+// same prefix that set OnReap (none: the members are just removed).
+//
+// Each Node also keeps its own record of what it joined (the node's truth). When its lease ran
+// out while it lived (its renewal stalled), the Node's next renewal or Join finds the lease gone
+// and records its members again, so they come back without the gateway doing anything and
+// without ghosts (what it left is not in its record).
+
+// presence is the presence state of one Broker. Its own lock, pmu, guards everything in it and
+// every Node's local record; it is never held together with b.mu or a topic's lock.
+type presence struct {
+	pmu    sync.Mutex
+	spaces map[string]*space // by topic prefix
+	reaper *reaper
+}
+
+// space is one prefix's presence: one cluster's.
+type space struct {
+	channels map[string]*pchannel
+	names    []string                                      // the names of channels, sorted
+	leases   map[*Node]lease                               // the nodes that recorded members, with their lease
+	watchers map[*Node]func(string, protocol.Member, bool) // open nodes that set OnReap
+}
+
+// lease is a node's right to its members: it runs out at expires unless renewed.
+type lease struct{ expires time.Time }
+
+// pchannel is one channel's members.
+type pchannel struct {
+	members map[string]entry // by session id
+	order   []string         // session ids, sorted
+	users   map[string]int   // members per (non-empty) user id
+	anon    int              // members without a user id
+}
+
+type entry struct {
+	m     protocol.Member
+	owner *Node
+}
+
+// reaper is the Broker's goroutine that removes the members of expired leases.
+type reaper struct {
+	done    chan struct{}
+	stopped chan struct{}
+}
+
+// heartbeat is the broker's presence heartbeat.
+func (b *Broker) heartbeat() time.Duration {
+	if hb := b.cfg.Presence.Heartbeat; hb > 0 {
+		return hb
+	}
+	return transports.DefaultPresenceHeartbeat
+}
+
+func (b *Broker) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// space returns the space of prefix, making it. p.pmu is held.
+func (p *presence) space(prefix string) *space {
+	if p.spaces == nil {
+		p.spaces = map[string]*space{}
+	}
+	s := p.spaces[prefix]
+	if s == nil {
+		s = &space{channels: map[string]*pchannel{}, leases: map[*Node]lease{},
+			watchers: map[*Node]func(string, protocol.Member, bool){}}
+		p.spaces[prefix] = s
+	}
+	return s
+}
+
+// check fails as the node's other methods do: ErrClosed once the node or the broker closed.
+func (n *Node) check(ctx context.Context) error {
+	if n.closed() || n.broker.isClosed() {
+		return transports.ErrClosed
+	}
+	return ctx.Err()
+}
+
+// Join implements transports.Presence. The first Join of a Node starts its lease renewal.
+func (n *Node) Join(ctx context.Context, channel string, m protocol.Member) (bool, error) {
+	if err := n.check(ctx); err != nil {
+		return false, err
+	}
+	b := n.broker
+	p := &b.presence
+	p.pmu.Lock()
+	s := p.space(n.prefix)
+	n.heard(s)
+	if n.local == nil {
+		n.local = map[string]map[string]protocol.Member{}
+	}
+	mine := n.local[channel]
+	if mine == nil {
+		mine = map[string]protocol.Member{}
+		n.local[channel] = mine
+	}
+	mine[m.Session] = m
+	occupied := s.record(channel, m, n)
+	p.pmu.Unlock()
+	n.startRenewal()
+	b.startReaper()
+	return occupied, nil
+}
+
+// Leave implements transports.Presence.
+func (n *Node) Leave(ctx context.Context, channel, session string) (bool, error) {
+	if err := n.check(ctx); err != nil {
+		return false, err
+	}
+	p := &n.broker.presence
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	if mine := n.local[channel]; mine != nil {
+		delete(mine, session)
+		if len(mine) == 0 {
+			delete(n.local, channel)
+		}
+	}
+	s := p.space(n.prefix)
+	c := s.channels[channel]
+	if c == nil {
+		return false, nil
+	}
+	if _, ok := c.members[session]; !ok {
+		return false, nil
+	}
+	return s.remove(channel, c, session), nil
+}
+
+// Members implements transports.Presence. A page costs O(log members + limit).
+func (n *Node) Members(ctx context.Context, channel, after string, limit int) ([]protocol.Member, bool, error) {
+	if err := n.check(ctx); err != nil {
+		return nil, false, err
+	}
+	p := &n.broker.presence
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	c := p.space(n.prefix).channels[channel]
+	if c == nil || limit <= 0 {
+		return nil, false, nil
+	}
+	i := sort.SearchStrings(c.order, after)
+	if i < len(c.order) && c.order[i] == after && after != "" {
+		i++
+	}
+	end := min(i+limit, len(c.order))
+	out := make([]protocol.Member, 0, end-i)
+	for _, id := range c.order[i:end] {
+		out = append(out, c.members[id].m)
+	}
+	return out, end < len(c.order), nil
+}
+
+// Stats implements transports.Presence.
+func (n *Node) Stats(ctx context.Context, channel string) (protocol.PresenceStats, error) {
+	if err := n.check(ctx); err != nil {
+		return protocol.PresenceStats{}, err
+	}
+	p := &n.broker.presence
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	return p.space(n.prefix).channels[channel].stats(), nil
+}
+
+// Channels implements transports.Presence. A page costs O(log channels + limit).
+func (n *Node) Channels(ctx context.Context, prefix, after string, limit int) ([]protocol.ChannelStats, bool, error) {
+	if err := n.check(ctx); err != nil {
+		return nil, false, err
+	}
+	p := &n.broker.presence
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	s := p.space(n.prefix)
+	from := prefix
+	if after >= from {
+		from = after + "\x00" // the first name after after
+	}
+	var out []protocol.ChannelStats
+	for i := sort.SearchStrings(s.names, from); i < len(s.names) && strings.HasPrefix(s.names[i], prefix); i++ {
+		if len(out) == limit {
+			return out, true, nil
+		}
+		out = append(out, protocol.ChannelStats{Channel: s.names[i], PresenceStats: s.channels[s.names[i]].stats()})
+	}
+	return out, false, nil
+}
+
+// OnReap implements transports.Presence. The function is called on the Broker's reaper
+// goroutine, for members of nodes of this Node's prefix, while this Node is open.
+func (n *Node) OnReap(fn func(channel string, m protocol.Member, vacated bool)) {
+	p := &n.broker.presence
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	if n.closed() {
+		return
+	}
+	s := p.space(n.prefix)
+	if fn == nil {
+		delete(s.watchers, n)
+		return
+	}
+	s.watchers[n] = fn
+}
+
+// heard renews n's lease; when n had none (never, or it ran out and its members were reaped),
+// it records again every member of n's local record. p.pmu is held.
+func (n *Node) heard(s *space) {
+	_, had := s.leases[n]
+	s.leases[n] = lease{expires: n.broker.now().Add(2 * n.broker.heartbeat())}
+	if had {
+		return
+	}
+	for channel, mine := range n.local {
+		for _, m := range mine {
+			s.record(channel, m, n)
+		}
+	}
+}
+
+// startRenewal starts the goroutine that renews n's lease, unless it runs. The
+// node owns it: Close stops it and waits for it.
+func (n *Node) startRenewal() {
+	n.renewOnce.Do(func() {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			// Twice per heartbeat: a renewal late by up to a heartbeat and a half (a loaded
+			// machine) still finds its lease; the bound for a dead node is unchanged.
+			t := time.NewTicker(n.broker.heartbeat() / 2)
+			defer t.Stop()
+			for {
+				select {
+				case <-n.done:
+					return
+				case <-t.C:
+					if n.paused.Load() {
+						continue
+					}
+					p := &n.broker.presence
+					p.pmu.Lock()
+					n.heard(p.space(n.prefix))
+					p.pmu.Unlock()
+				}
+			}
+		}()
+	})
+}
+
+// forget takes n out of the presence: it calls OnReap no more. Its lease stays, to run out
+// (Close is not a leave: a node closed without leaving has its members reaped).
+func (n *Node) forget() {
+	p := &n.broker.presence
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	if s := p.spaces[n.prefix]; s != nil {
+		delete(s.watchers, n)
+	}
+}
+
+// record puts m in channel for owner and reports whether the channel was empty. p.pmu is held.
+func (s *space) record(channel string, m protocol.Member, owner *Node) bool {
+	c := s.channels[channel]
+	occupied := c == nil
+	if occupied {
+		c = &pchannel{members: map[string]entry{}, users: map[string]int{}}
+		s.channels[channel] = c
+		s.names = insertSorted(s.names, channel)
+	}
+	if old, ok := c.members[m.Session]; ok {
+		c.forgetUser(old.m.User)
+		if old.owner != owner && old.owner.local != nil {
+			delete(old.owner.local[channel], m.Session) // the session moved: one owner only
+		}
+	} else {
+		c.order = insertSorted(c.order, m.Session)
+	}
+	c.members[m.Session] = entry{m: m, owner: owner}
+	if m.User == "" {
+		c.anon++
+	} else {
+		c.users[m.User]++
+	}
+	return occupied
+}
+
+// remove takes session out of c, the channel named channel, and reports whether it was the
+// last member. p.pmu is held.
+func (s *space) remove(channel string, c *pchannel, session string) bool {
+	e := c.members[session]
+	delete(c.members, session)
+	c.forgetUser(e.m.User)
+	if i := sort.SearchStrings(c.order, session); i < len(c.order) && c.order[i] == session {
+		c.order = append(c.order[:i], c.order[i+1:]...)
+	}
+	if len(c.members) > 0 {
+		return false
+	}
+	delete(s.channels, channel)
+	if i := sort.SearchStrings(s.names, channel); i < len(s.names) && s.names[i] == channel {
+		s.names = append(s.names[:i], s.names[i+1:]...)
+	}
+	return true
+}
+
+func (c *pchannel) forgetUser(user string) {
+	if user == "" {
+		c.anon--
+		return
+	}
+	if c.users[user]--; c.users[user] <= 0 {
+		delete(c.users, user)
+	}
+}
+
+func (c *pchannel) stats() protocol.PresenceStats {
+	if c == nil {
+		return protocol.PresenceStats{}
+	}
+	return protocol.PresenceStats{Connections: len(c.members), Users: len(c.users) + c.anon}
+}
+
+func insertSorted(s []string, v string) []string {
+	i := sort.SearchStrings(s, v)
+	s = append(s, "")
+	copy(s[i+1:], s[i:])
+	s[i] = v
+	return s
+}
+
+// startReaper starts the reaper unless it runs or the broker is closed.
+func (b *Broker) startReaper() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed || b.reaperOn {
+		return
+	}
+	b.reaperOn = true
+	r := &reaper{done: make(chan struct{}), stopped: make(chan struct{})}
+	p := &b.presence
+	p.pmu.Lock()
+	p.reaper = r
+	p.pmu.Unlock()
+	go b.runReaper(r)
+}
+
+func (b *Broker) runReaper(r *reaper) {
+	defer close(r.stopped)
+	t := time.NewTicker(b.heartbeat())
+	defer t.Stop()
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-t.C:
+			b.reap()
+		}
+	}
+}
+
+// reaped is a member removed with its node's lease, and the function to tell.
+type reaped struct {
+	channel string
+	m       protocol.Member
+	vacated bool
+	tell    func(string, protocol.Member, bool)
+}
+
+// reap removes the members of every lease that ran out and calls OnReap for each, outside the
+// lock, on one open node of the prefix.
+func (b *Broker) reap() {
+	now := b.now()
+	p := &b.presence
+	var out []reaped
+	p.pmu.Lock()
+	for _, s := range p.spaces {
+		var tell func(string, protocol.Member, bool)
+		for w, fn := range s.watchers {
+			if l, ok := s.leases[w]; !ok || !l.expires.Before(now) { // a node about to be reaped tells no one
+				tell = fn
+				break
+			}
+		}
+		for n, l := range s.leases {
+			if !l.expires.Before(now) {
+				continue
+			}
+			delete(s.leases, n)
+			for channel, mine := range n.local {
+				c := s.channels[channel]
+				if c == nil {
+					continue
+				}
+				gone := make([]string, 0, len(mine))
+				for id := range mine {
+					if e, ok := c.members[id]; ok && e.owner == n {
+						gone = append(gone, id)
+					}
+				}
+				sort.Strings(gone)
+				for _, id := range gone {
+					m := c.members[id].m
+					vacated := s.remove(channel, c, id)
+					if tell != nil {
+						out = append(out, reaped{channel: channel, m: m, vacated: vacated, tell: tell})
+					}
+				}
+			}
+		}
+	}
+	p.pmu.Unlock()
+	for _, r := range out {
+		r.tell(r.channel, r.m, r.vacated)
+	}
+}
+
+// stopReaper ends the reaper and waits for it. Called by Broker.Close.
+func (b *Broker) stopReaper() {
+	p := &b.presence
+	p.pmu.Lock()
+	r := p.reaper
+	p.reaper = nil
+	p.spaces = nil
+	p.pmu.Unlock()
+	if r != nil {
+		close(r.done)
+		<-r.stopped
+	}
+}
