@@ -190,9 +190,9 @@ type presence struct {
 	record map[string]map[string]protocol.Member // what this broker joined and did not leave
 	onReap func(channel string, m protocol.Member, vacated bool)
 
-	reaping sync.Mutex // one reaping pass at a time
-
 	paused atomic.Bool // lease renewal stopped, as by a network cut (tests, export_test.go)
+
+	redo bool // a re-recording failed: do it again (the presence goroutine's own)
 }
 
 func newPresence(hb time.Duration) *presence {
@@ -382,13 +382,13 @@ func (b *Broker) Members(ctx context.Context, channel, after string, limit int) 
 	ctx, cancel := b.presenceCtx(ctx)
 	defer cancel()
 	m, e, _ := presenceChannelKeys(b.cfg.Prefix, channel)
-	min := "-"
+	from := "-"
 	if after != "" {
-		min = "(" + after
+		from = "(" + after
 	}
 	var page *goredis.Cmd
 	_, err := b.runScripts(ctx, func(p goredis.Pipeliner) []goredis.Cmder {
-		page = membersScript.EvalSha(ctx, p, []string{m, e}, min, limit+1)
+		page = membersScript.EvalSha(ctx, p, []string{m, e}, from, limit+1)
 		return []goredis.Cmder{page}
 	})
 	if err != nil {
@@ -457,12 +457,12 @@ func (b *Broker) Channels(ctx context.Context, prefix, after string, limit int) 
 	limit = max(limit, 0)
 	ctx, cancel := b.presenceCtx(ctx)
 	defer cancel()
-	min := "[" + prefix
+	from := "[" + prefix
 	if after != "" && after >= prefix {
-		min = "(" + after
+		from = "(" + after
 	}
 	names, err := b.client.ZRangeByLex(ctx, presenceNodeKey(b.cfg.Prefix, "channels"), &goredis.ZRangeBy{
-		Min: min, Max: "+", Count: int64(limit + 1),
+		Min: from, Max: "+", Count: int64(limit + 1),
 	}).Result()
 	if err != nil {
 		return nil, false, b.wrap("presence channels", err)
@@ -562,11 +562,15 @@ func (b *Broker) renew(registered bool) bool {
 		}
 		return true
 	}
-	if n, _ := renewed.Int64(); n == 1 {
+	if n, _ := renewed.Int64(); n == 1 && !p.redo {
 		return true
 	}
+	p.redo = false
 	if err := b.rerecord(ctx, lease); err != nil {
-		b.logger.Warn("redis: presence members not recorded again", "error", err)
+		p.redo = true // on the next heartbeat, with another new lease
+		if b.ctx.Err() == nil {
+			b.logger.Warn("redis: presence members not recorded again", "error", err)
+		}
 	}
 	return true
 }
@@ -583,14 +587,12 @@ func (b *Broker) register(ctx context.Context, lease, previous string) error {
 // rerecord replaces the lost lease previous with a new one and records again, under it, the
 // members of the node's local record. Join and Leave wait meanwhile, so none is recorded under
 // the lost lease afterwards. A member a reaper removed meanwhile comes back; one it has not
-// reached yet it leaves alone (its entry names the new lease).
+// reached yet it leaves alone (its entry names the new lease). When it fails midway, the next
+// heartbeat does it all again under yet another lease.
 func (b *Broker) rerecord(ctx context.Context, previous string) error {
 	p := b.presence
 	p.leaseMu.Lock()
 	defer p.leaseMu.Unlock()
-	if p.lease != previous {
-		return nil
-	}
 	lease := newLease()
 	if err := b.register(ctx, lease, previous); err != nil {
 		return err
@@ -616,13 +618,10 @@ func (b *Broker) rerecord(ctx context.Context, previous string) error {
 }
 
 // reap claims the expired leases, at most reapBatch per pass, and removes their members, each
-// channel's in one script, calling the OnReap function for each member removed.
+// channel's in one script, calling the OnReap function for each member removed. It runs on the
+// presence goroutine only.
 func (b *Broker) reap() {
 	p := b.presence
-	if !p.reaping.TryLock() {
-		return
-	}
-	defer p.reaping.Unlock()
 	claim := 4*p.hb + b.cfg.Timeout // a reaper that takes longer is relieved by another
 	ctx, cancel := context.WithTimeout(b.ctx, claim)
 	defer cancel()
