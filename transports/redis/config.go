@@ -133,7 +133,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("redis replay count: %d must be positive", c.ReplayCount)
 	}
 	if c.Presence.Heartbeat < time.Millisecond {
-		return fmt.Errorf("presence heartbeat: %v is below 1ms", c.Presence.Heartbeat)
+		return fmt.Errorf("presence.heartbeat: %v is below 1ms", c.Presence.Heartbeat)
 	}
 	return nil
 }
