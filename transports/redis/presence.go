@@ -190,7 +190,10 @@ type presence struct {
 	record map[string]map[string]protocol.Member // what this broker joined and did not leave
 	onReap func(channel string, m protocol.Member, vacated bool)
 
-	paused atomic.Bool // lease renewal stopped, as by a network cut (tests, export_test.go)
+	// registered is set by the first Join: a broker that never joins (a service's) writes
+	// no lease.
+	registered atomic.Bool
+	paused     atomic.Bool // lease renewal stopped, as by a network cut (tests, export_test.go)
 
 	redo bool // a re-recording failed: do it again (the presence goroutine's own)
 }
@@ -263,10 +266,11 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 	defer p.leaseMu.RUnlock()
 	ctx, cancel := b.presenceCtx(ctx)
 	defer cancel()
-	occupied, err := b.join(ctx, p.lease, []joinArgs{{channel, m}})
+	occupied, err := b.join(ctx, p.lease, []joinArgs{{channel, m}}, !p.registered.Load())
 	if err != nil {
 		return false, b.wrap("presence join "+channel, err)
 	}
+	p.registered.Store(true)
 	p.remember(channel, m)
 	return occupied[0], nil
 }
@@ -277,7 +281,8 @@ type joinArgs struct {
 }
 
 // join records joins under lease in one pipeline and reports whether each occupied its channel.
-func (b *Broker) join(ctx context.Context, lease string, joins []joinArgs) ([]bool, error) {
+// With register, the pipeline first registers the lease (the node's first Join).
+func (b *Broker) join(ctx context.Context, lease string, joins []joinArgs, register bool) ([]bool, error) {
 	own := presenceNodeKey(b.cfg.Prefix, "own:"+lease)
 	channels := presenceNodeKey(b.cfg.Prefix, "channels")
 	entries := make([]string, len(joins))
@@ -290,6 +295,9 @@ func (b *Broker) join(ctx context.Context, lease string, joins []joinArgs) ([]bo
 	}
 	cmds, err := b.runScripts(ctx, func(p goredis.Pipeliner) []goredis.Cmder {
 		var cmds []goredis.Cmder
+		if register {
+			b.queueRegister(ctx, p, lease, "")
+		}
 		for i, j := range joins {
 			// The node's set first: a member recorded in a channel is always one its reaper
 			// can find (a stale set entry is harmless, the reap script checks the lease).
@@ -506,12 +514,11 @@ func (b *Broker) OnReap(fn func(channel string, m protocol.Member, vacated bool)
 func (b *Broker) runPresence() {
 	defer b.wg.Done()
 	p := b.presence
-	registered := false
 	t := time.NewTicker(p.hb)
 	defer t.Stop()
 	for {
-		if !p.paused.Load() {
-			registered = b.renew(registered)
+		if p.registered.Load() && !p.paused.Load() {
+			b.renew()
 		}
 		if p.reaper() != nil {
 			b.reap()
@@ -527,23 +534,16 @@ func (b *Broker) runPresence() {
 // leaseTTL is how long a renewal keeps a lease: 2 heartbeats.
 func (p *presence) leaseTTL() int64 { return (2 * p.hb).Milliseconds() }
 
-// renew renews the node's lease, or registers it the first time. When the lease is lost (it
-// ran out and was reaped, or the server lost its data), the node takes a new lease and records
-// again every member it joined and did not leave. It reports whether the lease is registered.
-func (b *Broker) renew(registered bool) bool {
+// renew renews the node's lease. When the lease is lost (it ran out and was reaped, or the
+// server lost its data), the node takes a new lease and records again every member it joined
+// and did not leave.
+func (b *Broker) renew() {
 	p := b.presence
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	defer cancel()
 	p.leaseMu.RLock()
 	lease := p.lease
 	p.leaseMu.RUnlock()
-	if !registered {
-		err := b.register(ctx, lease, "")
-		if err != nil {
-			b.logger.Debug("redis: presence lease not registered", "error", err)
-		}
-		return err == nil
-	}
 	p.mu.Lock()
 	holds := len(p.record) > 0
 	p.mu.Unlock()
@@ -560,10 +560,10 @@ func (b *Broker) renew(registered bool) bool {
 		if b.ctx.Err() == nil {
 			b.logger.Warn("redis: presence lease not renewed", "error", err)
 		}
-		return true
+		return
 	}
 	if n, _ := renewed.Int64(); n == 1 && !p.redo {
-		return true
+		return
 	}
 	p.redo = false
 	if err := b.rerecord(ctx, lease); err != nil {
@@ -572,16 +572,20 @@ func (b *Broker) renew(registered bool) bool {
 			b.logger.Warn("redis: presence members not recorded again", "error", err)
 		}
 	}
-	return true
 }
 
+// register adds the lease (and drops the previous one unless it is being reaped).
 func (b *Broker) register(ctx context.Context, lease, previous string) error {
 	_, err := b.runScripts(ctx, func(pl goredis.Pipeliner) []goredis.Cmder {
-		return []goredis.Cmder{registerScript.EvalSha(ctx, pl,
-			[]string{presenceNodeKey(b.cfg.Prefix, "leases"), presenceNodeKey(b.cfg.Prefix, "reaping"), presenceNodeKey(b.cfg.Prefix, "own:"+previous)},
-			lease, b.presence.leaseTTL(), previous)}
+		return []goredis.Cmder{b.queueRegister(ctx, pl, lease, previous)}
 	})
 	return err
+}
+
+func (b *Broker) queueRegister(ctx context.Context, pl goredis.Pipeliner, lease, previous string) *goredis.Cmd {
+	return registerScript.EvalSha(ctx, pl,
+		[]string{presenceNodeKey(b.cfg.Prefix, "leases"), presenceNodeKey(b.cfg.Prefix, "reaping"), presenceNodeKey(b.cfg.Prefix, "own:"+previous)},
+		lease, b.presence.leaseTTL(), previous)
 }
 
 // rerecord replaces the lost lease previous with a new one and records again, under it, the
@@ -609,7 +613,7 @@ func (b *Broker) rerecord(ctx context.Context, previous string) error {
 	b.logger.Warn("redis: presence lease lost, recording the node's members again", "members", len(joins))
 	for len(joins) > 0 {
 		n := min(len(joins), reapBatch)
-		if _, err := b.join(ctx, lease, joins[:n]); err != nil {
+		if _, err := b.join(ctx, lease, joins[:n], false); err != nil {
 			return err
 		}
 		joins = joins[n:]
