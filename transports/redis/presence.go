@@ -195,7 +195,7 @@ type presence struct {
 	registered atomic.Bool
 	paused     atomic.Bool // lease renewal stopped, as by a network cut (tests, export_test.go)
 
-	redo bool // a re-recording failed: do it again (the presence goroutine's own)
+	redo bool // a re-recording failed: do it again (the renewal goroutine's own)
 }
 
 func newPresence(hb time.Duration) *presence {
@@ -510,19 +510,32 @@ func (b *Broker) OnReap(fn func(channel string, m protocol.Member, vacated bool)
 	b.presence.onReap = fn
 }
 
-// runPresence renews the node's lease and reaps the expired ones every heartbeat, until Close.
-func (b *Broker) runPresence() {
-	defer b.wg.Done()
+// startPresence starts the presence goroutines, which run every heartbeat until Close: the
+// renewal of the node's lease (once it joined a member) and, apart so that a long reap or a slow
+// OnReap function never delays the renewal, the reaping of expired leases (when OnReap was given
+// a function). Called by Start, under b.mu.
+func (b *Broker) startPresence() {
 	p := b.presence
-	t := time.NewTicker(p.hb)
-	defer t.Stop()
-	for {
+	b.wg.Add(2)
+	go b.every(func() {
 		if p.registered.Load() && !p.paused.Load() {
 			b.renew()
 		}
+	})
+	go b.every(func() {
 		if p.reaper() != nil {
 			b.reap()
 		}
+	})
+}
+
+// every calls fn now and every heartbeat until Close; it is a goroutine counted in b.wg.
+func (b *Broker) every(fn func()) {
+	defer b.wg.Done()
+	t := time.NewTicker(b.presence.hb)
+	defer t.Stop()
+	for {
+		fn()
 		select {
 		case <-t.C:
 		case <-b.ctx.Done():
@@ -623,7 +636,7 @@ func (b *Broker) rerecord(ctx context.Context, previous string) error {
 
 // reap claims the expired leases, at most reapBatch per pass, and removes their members, each
 // channel's in one script, calling the OnReap function for each member removed. It runs on the
-// presence goroutine only.
+// reaping goroutine only.
 func (b *Broker) reap() {
 	p := b.presence
 	claim := 4*p.hb + b.cfg.Timeout // a reaper that takes longer is relieved by another

@@ -138,8 +138,7 @@ func (b *Broker) Start(context.Context) error {
 		b.owned = true
 	}
 	b.started = true
-	b.wg.Add(1)
-	go b.runPresence()
+	b.startPresence()
 	return nil
 }
 
