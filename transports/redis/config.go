@@ -55,6 +55,10 @@ type Config struct {
 	SubscriptionBuffer int
 	// ReplayCount is how many entries one XRANGE takes while Replay scans a shard; default 512.
 	ReplayCount int64
+
+	// Presence are the settings of the broker's transports.Presence; Heartbeat defaults to
+	// transports.DefaultPresenceHeartbeat, at least 1 ms.
+	Presence transports.PresenceConfig
 }
 
 func (c *Config) setDefaults() {
@@ -84,6 +88,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReplayCount == 0 {
 		c.ReplayCount = DefaultReplayCount
+	}
+	if c.Presence.Heartbeat == 0 {
+		c.Presence.Heartbeat = transports.DefaultPresenceHeartbeat
 	}
 }
 
@@ -125,6 +132,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReplayCount < 1 {
 		return fmt.Errorf("redis replay count: %d must be positive", c.ReplayCount)
+	}
+	if c.Presence.Heartbeat < time.Millisecond {
+		return fmt.Errorf("presence.heartbeat: %v is below 1ms", c.Presence.Heartbeat)
 	}
 	return nil
 }

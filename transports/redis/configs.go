@@ -1,6 +1,9 @@
 package redis
 
-import "github.com/wsgateway/gateway/configs"
+import (
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/transports"
+)
 
 // ConfigFrom is the broker configuration a gateway node uses for cfg (GATEWAY_REDIS_*,
 // GATEWAY_TOPIC_PREFIX, ...), so that a service given the same settings reaches the same
@@ -9,5 +12,6 @@ func ConfigFrom(cfg *configs.Config) Config {
 	return Config{
 		Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
 		Shards: cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, Timeout: cfg.WebSocket.PublishTimeout,
+		Presence: transports.PresenceConfig{Heartbeat: cfg.Presence.Heartbeat},
 	}
 }

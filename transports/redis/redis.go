@@ -44,6 +44,8 @@ type Broker struct {
 	shardKeys   []string
 	shardEpochs []string
 
+	presence *presence // transports.Presence (presence.go)
+
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
 	quiet  atomic.Bool // set by Close: silences the Watermill goroutines Close cannot wait for
@@ -62,6 +64,7 @@ var (
 	_ transports.Broker         = (*Broker)(nil)
 	_ transports.FuncSubscriber = (*Broker)(nil)
 	_ transports.History        = (*Broker)(nil)
+	_ transports.Presence       = (*Broker)(nil)
 )
 
 // New returns a Broker for the Redis server of cfg. It only checks cfg: no I/O, no goroutine
@@ -92,7 +95,7 @@ func newBroker(cfg Config, given goredis.UniversalClient, logger *slog.Logger) *
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	b := &Broker{cfg: cfg, given: given, logger: logger, readers: map[string]*reader{}}
+	b := &Broker{cfg: cfg, given: given, logger: logger, readers: map[string]*reader{}, presence: newPresence(cfg.Presence.Heartbeat)}
 	b.wlog = quietLogger{watermill.NewSlogLogger(logger), &b.quiet}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	for n := range cfg.Shards {
@@ -103,9 +106,11 @@ func newBroker(cfg Config, given goredis.UniversalClient, logger *slog.Logger) *
 	return b
 }
 
-// Start implements transports.Broker: it makes the go-redis client (New's Broker). It does not
-// fail when the server is down: go-redis connects on first use and again after every failure,
-// and Ping reports the state. Readers start with the first subscriptions.
+// Start implements transports.Broker: it makes the go-redis client (New's Broker) and starts the
+// presence goroutine (every Config.Presence.Heartbeat: renewal of the node's lease once it
+// joined a member, and reaping when OnReap was given a function). It does not fail when the server is down: go-redis connects on first
+// use and again after every failure, and Ping reports the state. Readers start with the first
+// subscriptions.
 func (b *Broker) Start(context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -133,6 +138,7 @@ func (b *Broker) Start(context.Context) error {
 		b.owned = true
 	}
 	b.started = true
+	b.startPresence()
 	return nil
 }
 
@@ -465,8 +471,10 @@ func (b *Broker) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close ends every subscription and reader, and closes the client when Start made it. Safe to
-// call twice, and before Start.
+// Close ends every subscription and reader and the presence goroutine, and closes the client
+// when Start made it. Safe to call twice, and before Start. It leaves the node's presence
+// members recorded, as a crash would (they are reaped when its lease runs out): a clean
+// shutdown is expected to Leave them first (the gateway drains its sessions, which leave).
 func (b *Broker) Close() error {
 	var err error
 	b.once.Do(func() {

@@ -498,6 +498,7 @@ func TestConfig(t *testing.T) {
 		{redis.Config{Shards: 2000}, "redis.shards"},
 		{redis.Config{Shards: -1}, "redis.shards"},
 		{redis.Config{MaxLen: -5}, "redis.max_len"},
+		{redis.Config{Presence: transports.PresenceConfig{Heartbeat: -time.Second}}, "presence.heartbeat"},
 	} {
 		_, err := redis.New(tc.cfg, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
