@@ -86,6 +86,11 @@ type Config struct {
 	// them); they are also checked on every reconnect.
 	CheckInterval time.Duration
 
+	// Presence are the settings of the node's presence (transports.Presence), kept in the KV
+	// bucket SafeName(Prefix)_presence under the lease of node id Name (a random id when Name
+	// is empty).
+	Presence transports.PresenceConfig
+
 	// Options are extra nats.go options (credentials, TLS), applied after the broker's own.
 	Options []nats.Option
 }
@@ -116,6 +121,7 @@ func (c *Config) setDefaults() {
 	set(&c.ReconnectWait, DefaultReconnectWait)
 	set(&c.MaxReconnectWait, max(DefaultMaxReconnectWait, c.ReconnectWait))
 	set(&c.CheckInterval, DefaultCheckInterval)
+	set(&c.Presence.Heartbeat, transports.DefaultPresenceHeartbeat)
 }
 
 // Check applies the defaults to a copy of c and validates it, as New does, without connecting
@@ -146,6 +152,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("jetstream: jetstream.duplicate_window (%v) must be between 0 and jetstream.max_age (%v)", c.DuplicateWindow, c.MaxAge)
 	case c.PublishTimeout <= 0 || c.AckWait <= 0 || c.Heartbeat <= 0 || c.ReconnectWait <= 0 || c.CheckInterval <= 0:
 		return errors.New("jetstream: PublishTimeout, AckWait, Heartbeat, ReconnectWait and CheckInterval must be positive")
+	case c.Presence.Heartbeat < 0:
+		return fmt.Errorf("jetstream: presence.heartbeat (%v) must not be negative", c.Presence.Heartbeat)
 	case c.MaxReconnectWait < c.ReconnectWait:
 		return fmt.Errorf("jetstream: MaxReconnectWait (%v) must not be below ReconnectWait (%v)", c.MaxReconnectWait, c.ReconnectWait)
 	}
@@ -178,6 +186,9 @@ type Broker struct {
 	epochs  map[string]streamEpoch   // stream name -> what the node last saw of it
 	lineage map[string]chan struct{} // stream name -> closed when the stream was found recreated
 	spans   map[string]time.Duration // stream name -> retentionSpan of its last info
+
+	id string   // the node id of the presence lease: Config.Name or a random id
+	pr presence // presence.go
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -237,6 +248,16 @@ func newBroker(cfg Config, logger *slog.Logger) *Broker {
 		cancel:   cancel,
 	}
 	b.codec = &codec{b: b}
+	b.id = cfg.Name
+	if b.id == "" {
+		b.id = randomID()
+	}
+	b.pr = presence{
+		epoch:    randomID(),
+		local:    map[string]map[string]protocol.Member{},
+		rerecord: make(chan struct{}, 1),
+		seen:     map[string]leaseSeen{},
+	}
 	return b
 }
 
@@ -328,6 +349,9 @@ func (b *Broker) start(ctx context.Context, nc *nats.Conn, owns bool) error {
 		pctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
 		stop := context.AfterFunc(ctx, cancel) // Start's ctx bounds it too
 		err := b.ensureStreams(pctx)
+		if err == nil {
+			_, err = b.ensureBucket(pctx)
+		}
 		stop()
 		cancel()
 		if err != nil {
@@ -339,9 +363,12 @@ func (b *Broker) start(ctx context.Context, nc *nats.Conn, owns bool) error {
 	if b.closed() { // Close waits for Start, but Close's cancel comes first
 		return transports.ErrClosed
 	}
-	b.wg.Add(1)
+	b.wg.Add(4)
 	b.started.Store(true)
 	go b.keep()
+	go b.renewLoop()
+	go b.reapLoop()
+	go b.rerecordLoop()
 	return nil
 }
 

@@ -31,7 +31,7 @@ const wait = 10 * time.Second
 // broker is an in-process nats-server with JetStream that can be restarted on the same port and
 // store directory, so its streams survive the restart.
 type broker struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string
 	port int
 
@@ -39,7 +39,7 @@ type broker struct {
 	srv *natsserver.Server
 }
 
-func startBroker(t *testing.T) *broker {
+func startBroker(t testing.TB) *broker {
 	b := &broker{t: t, dir: t.TempDir(), port: -1}
 	b.start()
 	b.port = b.srv.Addr().(*net.TCPAddr).Port
