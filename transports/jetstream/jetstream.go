@@ -7,6 +7,7 @@
 //	stream SafeName(P)_inbound    subjects P.inbound, P.events what services consume
 //	core subject P.direct                                      TopicDirect (fan-out, no history)
 //	subject P.ch.SafeName(channel)                             one channel topic
+//	KV bucket SafeName(P)_presence                             presence (presence.go)
 //
 // Publishing goes through watermill-nats (pkg/nats, JetStream on, auto-provisioning off: the
 // streams are created by the broker, and every publish carries Nats-Msg-Id = the message UUID so
@@ -622,8 +623,11 @@ func (b *Broker) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close ends every subscription (deleting their consumers when the broker is reachable) and
-// closes the connection when the Broker made it. Bounded by about PublishTimeout (twice that when
+// Close ends every subscription (deleting their consumers when the broker is reachable), stops
+// the presence lease renewal and reaper, and closes the connection when the Broker made it. It
+// does not remove the node's presence members: a clean shutdown leaves them first (Leave), and
+// those of a node that stopped without leaving are reaped by the other nodes once its lease ran
+// out. Bounded by about PublishTimeout (twice that when
 // a Start is under way); safe to call twice, and before Start.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {

@@ -59,6 +59,7 @@ type presence struct {
 
 	rerecord chan struct{}        // wakes the re-recorder
 	seen     map[string]leaseSeen // the reaper's; only reapLoop uses it
+	swept    time.Time            // the reaper's: when it last removed old delete markers
 	paused   atomic.Bool          // set by tests: the node neither renews nor reaps (it hangs)
 }
 
@@ -576,10 +577,11 @@ func (b *Broker) renewLoop() {
 	}
 }
 
-// reapLoop looks for expired leases of other nodes every half Heartbeat.
+// reapLoop looks for expired leases of other nodes every quarter Heartbeat (a reaping pass): a
+// node's members are removed at most 2 heartbeats and 2 passes after its last renewal.
 func (b *Broker) reapLoop() {
 	defer b.wg.Done()
-	t := time.NewTicker(b.cfg.Presence.Heartbeat / 2)
+	t := time.NewTicker(b.cfg.Presence.Heartbeat / 4)
 	defer t.Stop()
 	for {
 		select {
@@ -744,6 +746,13 @@ func (b *Broker) reapPass() {
 		return
 	}
 	now := time.Now()
+	if len(nodes) > 0 && nodes[0] == b.id && now.Sub(b.pr.swept) >= sweepEvery*b.cfg.Presence.Heartbeat {
+		// One node, the first by id, sweeps (its lease is listed: it is alive).
+		b.pr.swept = now
+		if err := b.sweep(ctx, kv, now.Add(-sweepEvery*b.cfg.Presence.Heartbeat)); err != nil && b.ctx.Err() == nil {
+			b.log.Warn("jetstream: removing old presence delete markers failed", "error", err)
+		}
+	}
 	alive := map[string]bool{}
 	for _, node := range nodes {
 		if node == b.id {
@@ -780,6 +789,45 @@ func (b *Broker) reapPass() {
 			delete(b.pr.seen, node)
 		}
 	}
+}
+
+// sweepEvery is how often, in heartbeats, old delete markers are removed, and how old they are.
+const sweepEvery = 10
+
+// sweep removes the delete markers written before limit. A deleted key keeps a marker in the
+// bucket, which listings read (a channel where sessions come and go would list every session it
+// ever had); each is purged up to its own revision, so that a key written again since is kept.
+// Its cost is a headers-only read of the whole bucket and a purge per marker, every sweepEvery
+// heartbeats on one node.
+func (b *Broker) sweep(ctx context.Context, kv jetstream.KeyValue, limit time.Time) error {
+	w, err := kv.WatchAll(ctx, jetstream.MetaOnly())
+	if err != nil {
+		return err
+	}
+	var old []jetstream.KeyValueEntry
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		if op := e.Operation(); (op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge) && e.Created().Before(limit) {
+			old = append(old, e)
+		}
+	}
+	_ = w.Stop()
+	if len(old) == 0 {
+		return ctx.Err()
+	}
+	st, err := b.js.Stream(ctx, "KV_"+kv.Bucket())
+	if err != nil {
+		return err
+	}
+	for _, e := range old {
+		err := st.Purge(ctx, jetstream.WithPurgeSubject("$KV."+kv.Bucket()+"."+e.Key()), jetstream.WithPurgeSequence(e.Revision()+1))
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // reapNode removes the members in node's index whose record match accepts, and the index keys of

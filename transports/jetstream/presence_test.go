@@ -556,6 +556,38 @@ func TestPresenceNodeRestart(t *testing.T) {
 	wantMembers(t, again, "room")
 }
 
+// TestPresenceSweep: the delete markers that leaves write are removed after a while, so a
+// channel's listing does not grow with every session it ever had; live keys are kept.
+func TestPresenceSweep(t *testing.T) {
+	br := startBroker(t)
+	n, _ := reapNodes(t, br.url())
+	for i := range 20 {
+		join(t, n[1], "room", member("n1", fmt.Sprint("s", i), "u"))
+		if i > 0 {
+			if _, err := n[1].Leave(t.Context(), "room", fmt.Sprint("s", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	kv, err := n[0].bucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	transporttest.WaitFor(t, 30*time.Second, func() error {
+		st, err := kv.Status(t.Context())
+		if err != nil {
+			return err
+		}
+		// Live: s0's member and index keys, the channel and user counts, 3 leases.
+		if st.Values() != 7 {
+			return fmt.Errorf("%d messages in the bucket, want 7", st.Values())
+		}
+		return nil
+	})
+	wantMembers(t, n[2], "room", "n1/s0/u")
+	wantStats(t, n[2], "room", 1, 1)
+}
+
 // TestPresenceNotStarted: ErrNotStarted before Start, ErrClosed after Close.
 func TestPresenceNotStarted(t *testing.T) {
 	br := startBroker(t)
