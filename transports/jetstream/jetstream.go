@@ -153,8 +153,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("jetstream: jetstream.duplicate_window (%v) must be between 0 and jetstream.max_age (%v)", c.DuplicateWindow, c.MaxAge)
 	case c.PublishTimeout <= 0 || c.AckWait <= 0 || c.Heartbeat <= 0 || c.ReconnectWait <= 0 || c.CheckInterval <= 0:
 		return errors.New("jetstream: PublishTimeout, AckWait, Heartbeat, ReconnectWait and CheckInterval must be positive")
-	case c.Presence.Heartbeat < 0:
-		return fmt.Errorf("jetstream: presence.heartbeat (%v) must not be negative", c.Presence.Heartbeat)
+	case c.Presence.Heartbeat < 10*time.Millisecond:
+		return fmt.Errorf("jetstream: presence.heartbeat (%v) must be at least 10ms", c.Presence.Heartbeat)
 	case c.MaxReconnectWait < c.ReconnectWait:
 		return fmt.Errorf("jetstream: MaxReconnectWait (%v) must not be below ReconnectWait (%v)", c.MaxReconnectWait, c.ReconnectWait)
 	}
@@ -254,10 +254,11 @@ func newBroker(cfg Config, logger *slog.Logger) *Broker {
 		b.id = randomID()
 	}
 	b.pr = presence{
-		epoch:    randomID(),
-		local:    map[string]map[string]protocol.Member{},
-		rerecord: make(chan struct{}, 1),
-		seen:     map[string]leaseSeen{},
+		epoch:     randomID(),
+		local:     map[string]map[string]protocol.Member{},
+		rerecord:  make(chan struct{}, 1),
+		activated: make(chan struct{}),
+		seen:      map[string]leaseSeen{},
 	}
 	return b
 }

@@ -57,10 +57,12 @@ type presence struct {
 	// member that left meanwhile.
 	stripes [64]sync.Mutex
 
-	rerecord chan struct{}        // wakes the re-recorder
-	seen     map[string]leaseSeen // the reaper's; only reapLoop uses it
-	swept    time.Time            // the reaper's: when it last removed old delete markers
-	paused   atomic.Bool          // set by tests: the node neither renews nor reaps (it hangs)
+	rerecord  chan struct{}        // wakes the re-recorder
+	seen      map[string]leaseSeen // the reaper's; only reapLoop uses it
+	swept     time.Time            // the reaper's: when it last removed old delete markers
+	active    atomic.Bool          // the node takes part in presence: see renewLoop
+	activated chan struct{}        // closed when active is set
+	paused    atomic.Bool          // set by tests: the node neither renews nor reaps (it hangs)
 }
 
 // stripe is the lock of a member's writes.
@@ -229,8 +231,16 @@ func addUser(ctx context.Context, kv jetstream.KeyValue, channel, user string, d
 	return changed, err
 }
 
+// presenceCtx bounds a presence call by ctx, Close and PublishTimeout.
 func presenceCtx(ctx context.Context, b *Broker) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
+	return boundCtx(ctx, b, b.cfg.PublishTimeout)
+}
+
+// listTimeout bounds a call that lists keys (Members, Channels): their number is not bounded.
+func (b *Broker) listTimeout() time.Duration { return 4 * b.cfg.PublishTimeout }
+
+func boundCtx(ctx context.Context, b *Broker, d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, d)
 	stop := context.AfterFunc(b.ctx, cancel)
 	return ctx, func() { stop(); cancel() }
 }
@@ -244,6 +254,7 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 	}
 	ctx, cancel := presenceCtx(ctx, b)
 	defer cancel()
+	b.activate()
 	mu := b.pr.stripe(channel, m.Session)
 	mu.Lock()
 	defer mu.Unlock()
@@ -424,7 +435,7 @@ func (b *Broker) Members(ctx context.Context, channel, after string, limit int) 
 	if limit <= 0 {
 		return nil, false, nil
 	}
-	ctx, cancel := presenceCtx(ctx, b)
+	ctx, cancel := boundCtx(ctx, b, b.listTimeout())
 	defer cancel()
 	pfx := "m." + transports.SafeName(channel) + "."
 	names, err := listKeys(ctx, kv, pfx+"*", pfx, func(s string) bool { return s > after })
@@ -525,7 +536,7 @@ func (b *Broker) Channels(ctx context.Context, prefix, after string, limit int) 
 	if limit <= 0 {
 		return nil, false, nil
 	}
-	ctx, cancel := presenceCtx(ctx, b)
+	ctx, cancel := boundCtx(ctx, b, b.listTimeout())
 	defer cancel()
 	names, err := listKeys(ctx, kv, "c.*", "c.", func(s string) bool { return strings.HasPrefix(s, prefix) && s > after })
 	if err != nil {
@@ -556,24 +567,40 @@ func (b *Broker) OnReap(f func(channel string, m protocol.Member, vacated bool))
 	b.pr.mu.Lock()
 	b.pr.onReap = f
 	b.pr.mu.Unlock()
+	b.activate()
 }
 
 // renewLoop renews the node's lease every Heartbeat. When the lease was lost (reaped, deleted,
 // or the bucket lost) renew takes a new epoch and has the re-recorder write the node's members
 // again.
+//
+// It writes nothing until the node takes part in presence (activate): a Broker that only
+// publishes and subscribes (a service's) has no lease, reaps nothing and cleans nothing, even when
+// it was given the node id of a gateway node.
 func (b *Broker) renewLoop() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.cfg.Presence.Heartbeat)
 	defer t.Stop()
+	activated := b.pr.activated
 	for {
-		if !b.pr.paused.Load() {
+		if b.pr.active.Load() && !b.pr.paused.Load() {
 			b.renew()
 		}
 		select {
 		case <-b.ctx.Done():
 			return
+		case <-activated:
+			activated = nil // once
 		case <-t.C:
 		}
+	}
+}
+
+// activate makes the node take part in presence (OnReap, or a first Join): its lease is written
+// at once, and its reaper runs.
+func (b *Broker) activate() {
+	if !b.pr.active.Swap(true) {
+		close(b.pr.activated)
 	}
 }
 
@@ -588,7 +615,7 @@ func (b *Broker) reapLoop() {
 		case <-b.ctx.Done():
 			return
 		case <-t.C:
-			if !b.pr.paused.Load() {
+			if b.pr.active.Load() && !b.pr.paused.Load() {
 				b.reapPass()
 			}
 		}
@@ -743,13 +770,17 @@ func (b *Broker) reapPass() {
 	defer cancel()
 	nodes, err := listKeys(ctx, kv, "l.*", "l.", func(string) bool { return true })
 	if err != nil {
+		b.log.Debug("jetstream: presence reaping pass: cannot list the leases", "error", err)
 		return
 	}
 	now := time.Now()
 	if len(nodes) > 0 && nodes[0] == b.id && now.Sub(b.pr.swept) >= sweepEvery*b.cfg.Presence.Heartbeat {
 		// One node, the first by id, sweeps (its lease is listed: it is alive).
 		b.pr.swept = now
-		if err := b.sweep(ctx, kv, now.Add(-sweepEvery*b.cfg.Presence.Heartbeat)); err != nil && b.ctx.Err() == nil {
+		sctx, scancel := boundCtx(b.ctx, b, b.listTimeout())
+		err := b.sweep(sctx, kv, now.Add(-sweepEvery*b.cfg.Presence.Heartbeat))
+		scancel()
+		if err != nil && b.ctx.Err() == nil {
 			b.log.Warn("jetstream: removing old presence delete markers failed", "error", err)
 		}
 	}
@@ -804,16 +835,23 @@ func (b *Broker) sweep(ctx context.Context, kv jetstream.KeyValue, limit time.Ti
 	if err != nil {
 		return err
 	}
+	defer func() { _ = w.Stop() }()
 	var old []jetstream.KeyValueEntry
-	for e := range w.Updates() {
-		if e == nil {
-			break
+	for done := false; !done; {
+		var e jetstream.KeyValueEntry
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e = <-w.Updates():
+		}
+		if e == nil { // all read (or the watch ended)
+			done = true
+			continue
 		}
 		if op := e.Operation(); (op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge) && e.Created().Before(limit) {
 			old = append(old, e)
 		}
 	}
-	_ = w.Stop()
 	if len(old) == 0 {
 		return ctx.Err()
 	}
@@ -833,7 +871,7 @@ func (b *Broker) sweep(ctx context.Context, kv jetstream.KeyValue, limit time.Ti
 // reapNode removes the members in node's index whose record match accepts, and the index keys of
 // members that are gone, calling OnReap for each member it removed.
 func (b *Broker) reapNode(kv jetstream.KeyValue, node string, match func(channel string, r memberRecord) bool) error {
-	ctx, cancel := presenceCtx(context.Background(), b)
+	ctx, cancel := boundCtx(context.Background(), b, b.listTimeout())
 	pfx := "n." + transports.SafeName(node) + "."
 	l, err := kv.ListKeysFiltered(ctx, pfx+">")
 	var keys []string

@@ -24,7 +24,7 @@ import (
 // presenceNodes starts n nodes (node ids n0, n1, ...) sharing a new prefix on the server at url,
 // with the given heartbeat (0: the default), and removes the prefix's bucket and streams after
 // the test.
-func presenceNodes(t testing.TB, url string, n int, heartbeat time.Duration) []*Broker {
+func presenceNodes(t testing.TB, url string, n int, heartbeat time.Duration, opts ...func(*Config)) []*Broker {
 	t.Helper()
 	prefix := transporttest.Prefix(t)
 	dropPresence(t, url, prefix)
@@ -33,6 +33,9 @@ func presenceNodes(t testing.TB, url string, n int, heartbeat time.Duration) []*
 		cfg := testConfig(url, prefix)
 		cfg.Name = fmt.Sprintf("n%d", i)
 		cfg.Presence.Heartbeat = heartbeat
+		for _, o := range opts {
+			o(&cfg)
+		}
 		b, err := New(cfg, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -292,7 +295,8 @@ func seed(t testing.TB, b *Broker, channel string, count int) {
 // pages; other channels' members do not show.
 func TestPresencePaging(t *testing.T) {
 	br := startBroker(t)
-	n := presenceNodes(t, br.url(), 1, 0)[0]
+	// A listing of 10,000 keys under -race on a loaded machine takes seconds.
+	n := presenceNodes(t, br.url(), 1, 0, func(c *Config) { c.PublishTimeout = 10 * time.Second })[0]
 	const count = 10000
 	seed(t, n, "big", count)
 	seed(t, n, "big2", 50) // a channel whose name extends "big"
