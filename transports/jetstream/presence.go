@@ -60,6 +60,7 @@ type presence struct {
 	rerecord  chan struct{}        // wakes the re-recorder
 	seen      map[string]leaseSeen // the reaper's; only reapLoop uses it
 	swept     time.Time            // the reaper's: when it last removed old delete markers
+	lastPass  time.Time            // the reaper's: when it last listed the leases
 	active    atomic.Bool          // the node takes part in presence: see renewLoop
 	activated chan struct{}        // closed when active is set
 	paused    atomic.Bool          // set by tests: the node neither renews nor reaps (it hangs)
@@ -579,13 +580,16 @@ func (b *Broker) OnReap(f func(channel string, m protocol.Member, vacated bool))
 // it was given the node id of a gateway node.
 func (b *Broker) renewLoop() {
 	defer b.wg.Done()
-	t := time.NewTicker(b.cfg.Presence.Heartbeat)
+	hb := b.cfg.Presence.Heartbeat
+	t := time.NewTimer(hb)
 	defer t.Stop()
 	activated := b.pr.activated
 	for {
-		if b.pr.active.Load() && !b.pr.paused.Load() {
-			b.renew()
+		wait := hb
+		if b.pr.active.Load() && !b.pr.paused.Load() && !b.renew() {
+			wait = hb / 4 // not renewed (disconnected, or the server failed): try again soon
 		}
+		t.Reset(wait)
 		select {
 		case <-b.ctx.Done():
 			return
@@ -622,11 +626,12 @@ func (b *Broker) reapLoop() {
 	}
 }
 
-// renew rewrites the lease with a compare-and-set on its last revision. A mismatch (a reaper
-// claimed it, or it is gone) or a lost bucket starts a new epoch and a re-recording.
-func (b *Broker) renew() {
+// renew rewrites the lease with a compare-and-set on its last revision, and reports whether it
+// did. A mismatch (a reaper claimed it, or it is gone) or a lost bucket starts a new epoch and a
+// re-recording.
+func (b *Broker) renew() bool {
 	if !b.nc.IsConnected() {
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
 	defer cancel()
@@ -637,7 +642,7 @@ func (b *Broker) renew() {
 		var err error
 		if kv, err = b.ensureBucket(ctx); err != nil {
 			b.log.Warn("jetstream: presence bucket not ready, will retry", "error", err)
-			return
+			return false
 		}
 	}
 	var err error
@@ -657,23 +662,23 @@ func (b *Broker) renew() {
 		if rev == 0 {
 			b.wakeRerecord()
 		}
-		return
+		return true
 	case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 		b.log.Warn("jetstream: presence lease lost, recording the node's members again", "node", b.id)
 	default:
 		if _, gerr := b.js.KeyValue(ctx, b.bucketName()); !errors.Is(gerr, jetstream.ErrBucketNotFound) {
 			b.log.Warn("jetstream: cannot renew the presence lease", "error", err)
-			return
+			return false
 		}
 		b.log.Warn("jetstream: presence bucket is gone, creating it again", "bucket", b.bucketName())
 		if _, err := b.ensureBucket(ctx); err != nil {
 			b.log.Warn("jetstream: cannot create the presence bucket", "error", err)
 			b.newEpoch()
-			return
+			return false
 		}
 	}
 	b.newEpoch()
-	b.renew()
+	return b.renew()
 }
 
 // newEpoch forgets the lease; the next renewal writes one with a new epoch.
@@ -774,6 +779,13 @@ func (b *Broker) reapPass() {
 		return
 	}
 	now := time.Now()
+	if now.Sub(b.pr.lastPass) > b.cfg.Presence.Heartbeat/2 {
+		// This node did not look for a while (it was cut off from the server, the server was
+		// down, or a reaping took long): the leases it saw may not have been renewable meanwhile.
+		// Their time starts again now, so that an outage reaps no one.
+		clear(b.pr.seen)
+	}
+	b.pr.lastPass = now
 	if len(nodes) > 0 && nodes[0] == b.id && now.Sub(b.pr.swept) >= sweepEvery*b.cfg.Presence.Heartbeat {
 		// One node, the first by id, sweeps (its lease is listed: it is alive).
 		b.pr.swept = now

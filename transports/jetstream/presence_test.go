@@ -527,16 +527,20 @@ func TestPresenceServerRestart(t *testing.T) {
 	br := startBroker(t)
 	n, r := reapNodes(t, br.url())
 	join(t, n[0], "room", member("n0", "a", "ann"))
+	join(t, n[1], "room", member("n1", "c", "cid"))
 	join(t, n[2], "room", member("n2", "b", "bob"))
 	br.stop()
 	_ = n[2].Close() // dies while the server is down
+	// The outage lasts longer than 2 heartbeats: no lease could be renewed meanwhile, and the
+	// live nodes must not be reaped for it.
+	time.Sleep(3 * n[0].cfg.Presence.Heartbeat)
 	br.start()
-	wantMembers(t, n[1], "room", "n0/a/ann")
+	wantMembers(t, n[1], "room", "n0/a/ann", "n1/c/cid")
 	r.wait(t, "room/b/false")
 	if !join(t, n[1], "new", member("n1", "c", "")) {
 		t.Error("join after the restart: occupied false")
 	}
-	wantStats(t, n[0], "room", 1, 1)
+	wantStats(t, n[0], "room", 2, 2)
 }
 
 // TestPresenceNodeRestart: a node that comes back with the same id after dying (a restarted
