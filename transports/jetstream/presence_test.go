@@ -148,8 +148,8 @@ func TestPresenceNodes(t *testing.T) {
 	testPresenceNodes(t, br.url())
 }
 
-// TestPresenceLocalServer runs TestPresenceNodes and TestPresenceOnce against the machine's
-// nats-server (2.9) when one listens on 127.0.0.1:4222.
+// TestPresenceLocalServer runs TestPresenceNodes, TestPresenceOnce, TestPresenceSweep and
+// TestPresenceReap against the machine's nats-server (2.9) when one listens on 127.0.0.1:4222.
 func TestPresenceLocalServer(t *testing.T) {
 	const url = "nats://127.0.0.1:4222"
 	c, err := net.DialTimeout("tcp", "127.0.0.1:4222", 200*time.Millisecond)
@@ -159,6 +159,8 @@ func TestPresenceLocalServer(t *testing.T) {
 	_ = c.Close()
 	t.Run("nodes", func(t *testing.T) { testPresenceNodes(t, url) })
 	t.Run("once", func(t *testing.T) { testPresenceOnce(t, url) })
+	t.Run("sweep", func(t *testing.T) { testPresenceSweep(t, url) })
+	t.Run("reap", func(t *testing.T) { testPresenceReap(t, url) })
 }
 
 func testPresenceNodes(t *testing.T, url string) {
@@ -456,7 +458,11 @@ func reapNodes(t *testing.T, url string) ([]*Broker, *reaps) {
 // called once in the cluster for each, with vacated for a channel it leaves empty.
 func TestPresenceReap(t *testing.T) {
 	br := startBroker(t)
-	n, r := reapNodes(t, br.url())
+	testPresenceReap(t, br.url())
+}
+
+func testPresenceReap(t *testing.T, url string) {
+	n, r := reapNodes(t, url)
 	join(t, n[0], "shared", member("n0", "a", "ann"))
 	join(t, n[2], "shared", member("n2", "b", "bob"))
 	join(t, n[2], "shared", member("n2", "c", "bob"))
@@ -568,7 +574,11 @@ func TestPresenceNodeRestart(t *testing.T) {
 // channel's listing does not grow with every session it ever had; live keys are kept.
 func TestPresenceSweep(t *testing.T) {
 	br := startBroker(t)
-	n, _ := reapNodes(t, br.url())
+	testPresenceSweep(t, br.url())
+}
+
+func testPresenceSweep(t *testing.T, url string) {
+	n, _ := reapNodes(t, url)
 	for i := range 20 {
 		join(t, n[1], "room", member("n1", fmt.Sprint("s", i), "u"))
 		if i > 0 {
