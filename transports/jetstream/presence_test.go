@@ -665,3 +665,51 @@ func TestUnsafeName(t *testing.T) {
 		}
 	}
 }
+
+// TestPresencePassive: a Broker that neither joins nor sets OnReap (a service's), even with the
+// node id of a gateway node, writes no lease and removes nothing.
+func TestPresencePassive(t *testing.T) {
+	br := startBroker(t)
+	n, r := reapNodes(t, br.url())
+	join(t, n[0], "room", member("n0", "a", "ann"))
+	passive, err := New(n[0].cfg, testLogger(t)) // same prefix, same node id "n0"
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = passive.Close() })
+	if err := passive.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := n[1].bucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Let n0 renew its lease 3 times meanwhile (revisions are the bucket's sequence: count the
+	// changes), each time with its own epoch.
+	n[0].pr.mu.Lock()
+	epoch := n[0].pr.epoch
+	n[0].pr.mu.Unlock()
+	var last uint64
+	renewals := -1
+	transporttest.WaitFor(t, wait, func() error {
+		e, err := kv.Get(t.Context(), leaseKey("n0"))
+		if err != nil {
+			return err
+		}
+		if string(e.Value()) != epoch {
+			t.Fatalf("lease of n0 is %q, n0's epoch %q", e.Value(), epoch)
+		}
+		if e.Revision() != last {
+			last, renewals = e.Revision(), renewals+1
+		}
+		if renewals < 3 {
+			return fmt.Errorf("%d renewals seen", renewals)
+		}
+		return nil
+	})
+	if passive.pr.active.Load() {
+		t.Error("the passive Broker takes part in presence")
+	}
+	wantMembers(t, n[2], "room", "n0/a/ann")
+	r.wait(t)
+}
