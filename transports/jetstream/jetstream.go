@@ -258,6 +258,8 @@ func newBroker(cfg Config, logger *slog.Logger) *Broker {
 		local:     map[string]map[string]protocol.Member{},
 		rerecord:  make(chan struct{}, 1),
 		activated: make(chan struct{}),
+		retryGone: make(chan struct{}, 1),
+		gone:      map[string]map[string]struct{}{},
 		seen:      map[string]leaseSeen{},
 	}
 	return b

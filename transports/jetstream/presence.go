@@ -57,13 +57,15 @@ type presence struct {
 	// member that left meanwhile.
 	stripes [64]sync.Mutex
 
-	rerecord  chan struct{}        // wakes the re-recorder
-	seen      map[string]leaseSeen // the reaper's; only reapLoop uses it
-	swept     time.Time            // the reaper's: when it last removed old delete markers
-	lastPass  time.Time            // the reaper's: when it last listed the leases
-	active    atomic.Bool          // the node takes part in presence: see renewLoop
-	activated chan struct{}        // closed when active is set
-	paused    atomic.Bool          // set by tests: the node neither renews nor reaps (it hangs)
+	gone      map[string]map[string]struct{} // left here, but the bucket could not be told yet
+	rerecord  chan struct{}                  // wakes the re-recorder
+	retryGone chan struct{}                  // wakes the re-recorder for gone
+	seen      map[string]leaseSeen           // the reaper's; only reapLoop uses it
+	swept     time.Time                      // the reaper's: when it last removed old delete markers
+	lastPass  time.Time                      // the reaper's: when it last listed the leases
+	active    atomic.Bool                    // the node takes part in presence: see renewLoop
+	activated chan struct{}                  // closed when active is set
+	paused    atomic.Bool                    // set by tests: the node neither renews nor reaps (it hangs)
 }
 
 // stripe is the lock of a member's writes.
@@ -267,6 +269,7 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 		b.pr.local[channel] = map[string]protocol.Member{}
 	}
 	b.pr.local[channel][m.Session] = m
+	delete(b.pr.gone[channel], m.Session)
 	epoch := b.pr.epoch
 	b.pr.mu.Unlock()
 	occupied, err := b.record(ctx, kv, channel, m, epoch)
@@ -378,6 +381,14 @@ func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, erro
 	b.pr.mu.Unlock()
 	vacated, _, err := b.remove(ctx, kv, channel, session, nil)
 	if err != nil {
+		// The node's truth is that the member left: the re-recorder removes it from the bucket
+		// after the next renewal (without OnReap: this Leave reported the error).
+		b.pr.mu.Lock()
+		if b.pr.gone[channel] == nil {
+			b.pr.gone[channel] = map[string]struct{}{}
+		}
+		b.pr.gone[channel][session] = struct{}{}
+		b.pr.mu.Unlock()
 		return false, unavailable("presence leave", err)
 	}
 	return vacated, nil
@@ -662,6 +673,15 @@ func (b *Broker) renew() bool {
 		if rev == 0 {
 			b.wakeRerecord()
 		}
+		b.pr.mu.Lock()
+		pending := len(b.pr.gone) > 0
+		b.pr.mu.Unlock()
+		if pending {
+			select {
+			case b.pr.retryGone <- struct{}{}:
+			default:
+			}
+		}
 		return true
 	case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 		b.log.Warn("jetstream: presence lease lost, recording the node's members again", "node", b.id)
@@ -707,6 +727,9 @@ func (b *Broker) rerecordLoop() {
 			return
 		case <-b.pr.rerecord:
 		case <-retry:
+		case <-b.pr.retryGone:
+			b.removeGone()
+			continue
 		}
 		retry = nil
 		if err := b.rerecord(); err != nil && b.ctx.Err() == nil {
@@ -758,6 +781,46 @@ func (b *Broker) rerecord() error {
 		b.pr.mu.Unlock()
 		return !held
 	})
+}
+
+// removeGone removes from the bucket the members whose Leave failed, unless they joined again.
+func (b *Broker) removeGone() {
+	b.pr.mu.Lock()
+	kv := b.pr.kv
+	type entry struct{ channel, session string }
+	var all []entry
+	for ch, ss := range b.pr.gone {
+		for s := range ss {
+			all = append(all, entry{ch, s})
+		}
+	}
+	b.pr.mu.Unlock()
+	mine := func(_ string, r memberRecord) bool { return r.Owner == b.id }
+	for _, e := range all {
+		mu := b.pr.stripe(e.channel, e.session)
+		mu.Lock()
+		b.pr.mu.Lock()
+		_, still := b.pr.gone[e.channel][e.session]
+		b.pr.mu.Unlock()
+		var err error
+		if still {
+			ctx, cancel := presenceCtx(context.Background(), b)
+			_, _, err = b.remove(ctx, kv, e.channel, e.session, mine)
+			cancel()
+		}
+		if err == nil {
+			b.pr.mu.Lock()
+			delete(b.pr.gone[e.channel], e.session)
+			if len(b.pr.gone[e.channel]) == 0 {
+				delete(b.pr.gone, e.channel)
+			}
+			b.pr.mu.Unlock()
+		}
+		mu.Unlock()
+		if err != nil {
+			return // the next renewal tries again
+		}
+	}
 }
 
 // reapPass reads every lease; a lease of another node whose revision did not change for 2

@@ -713,3 +713,21 @@ func TestPresencePassive(t *testing.T) {
 	wantMembers(t, n[2], "room", "n0/a/ann")
 	r.wait(t)
 }
+
+// TestPresenceLeaveRetried: a Leave that fails (the server is down) is the node's truth all the
+// same: the member is removed from the bucket once the node renews its lease again.
+func TestPresenceLeaveRetried(t *testing.T) {
+	br := startBroker(t)
+	n, r := reapNodes(t, br.url())
+	join(t, n[0], "room", member("n0", "a", "ann"))
+	join(t, n[0], "room", member("n0", "b", "bob"))
+	join(t, n[1], "room", member("n1", "c", "cid"))
+	br.stop()
+	if _, err := n[0].Leave(t.Context(), "room", "a"); !errors.Is(err, transports.ErrUnavailable) {
+		t.Fatalf("Leave with the server down: %v, want ErrUnavailable", err)
+	}
+	br.start()
+	wantMembers(t, n[2], "room", "n0/b/bob", "n1/c/cid")
+	wantStats(t, n[2], "room", 2, 2)
+	r.wait(t)
+}
