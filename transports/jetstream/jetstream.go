@@ -630,8 +630,8 @@ func (b *Broker) Ping(ctx context.Context) error {
 // the presence lease renewal and reaper, and closes the connection when the Broker made it. It
 // does not remove the node's presence members: a clean shutdown leaves them first (Leave), and
 // those of a node that stopped without leaving are reaped by the other nodes once its lease ran
-// out. Bounded by about PublishTimeout (twice that when
-// a Start is under way); safe to call twice, and before Start.
+// out. Bounded by about PublishTimeout (twice that when a Start is under way); safe to call
+// twice, and before Start.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.subMu.Lock()
