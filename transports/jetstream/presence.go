@@ -248,8 +248,8 @@ func boundCtx(ctx context.Context, b *Broker, d time.Duration) (context.Context,
 	return ctx, func() { stop(); cancel() }
 }
 
-// Join implements transports.Presence: three to four KV writes (index, member, user count,
-// channel count), each a PubAck round trip.
+// Join implements transports.Presence: four KV writes (index, member, user count, channel
+// count; three for an anonymous member) and the counts' reads.
 func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (bool, error) {
 	kv, err := b.bucket()
 	if err != nil {
@@ -887,7 +887,11 @@ func (b *Broker) reapPass() {
 			b.log.Warn("jetstream: reaping a node's presence failed; another pass will", "node", node, "error", err)
 			continue
 		}
-		_ = kv.Delete(ctx, leaseKey(node), jetstream.LastRevision(claim))
+		// The pass's ctx may be spent by a long reaping. Should the delete fail, the claim stops
+		// changing and is claimed again, with nothing left to remove.
+		dctx, dcancel := presenceCtx(context.Background(), b)
+		_ = kv.Delete(dctx, leaseKey(node), jetstream.LastRevision(claim))
+		dcancel()
 		delete(b.pr.seen, node)
 	}
 	for node := range b.pr.seen {
