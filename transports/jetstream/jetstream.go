@@ -7,6 +7,7 @@
 //	stream SafeName(P)_inbound    subjects P.inbound, P.events what services consume
 //	core subject P.direct                                      TopicDirect (fan-out, no history)
 //	subject P.ch.SafeName(channel)                             one channel topic
+//	KV bucket SafeName(P)_presence                             presence (presence.go)
 //
 // Publishing goes through watermill-nats (pkg/nats, JetStream on, auto-provisioning off: the
 // streams are created by the broker, and every publish carries Nats-Msg-Id = the message UUID so
@@ -86,6 +87,11 @@ type Config struct {
 	// them); they are also checked on every reconnect.
 	CheckInterval time.Duration
 
+	// Presence are the settings of the node's presence (transports.Presence), kept in the KV
+	// bucket SafeName(Prefix)_presence under the lease of node id Name (a random id when Name
+	// is empty).
+	Presence transports.PresenceConfig
+
 	// Options are extra nats.go options (credentials, TLS), applied after the broker's own.
 	Options []nats.Option
 }
@@ -116,6 +122,7 @@ func (c *Config) setDefaults() {
 	set(&c.ReconnectWait, DefaultReconnectWait)
 	set(&c.MaxReconnectWait, max(DefaultMaxReconnectWait, c.ReconnectWait))
 	set(&c.CheckInterval, DefaultCheckInterval)
+	set(&c.Presence.Heartbeat, transports.DefaultPresenceHeartbeat)
 }
 
 // Check applies the defaults to a copy of c and validates it, as New does, without connecting
@@ -146,6 +153,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("jetstream: jetstream.duplicate_window (%v) must be between 0 and jetstream.max_age (%v)", c.DuplicateWindow, c.MaxAge)
 	case c.PublishTimeout <= 0 || c.AckWait <= 0 || c.Heartbeat <= 0 || c.ReconnectWait <= 0 || c.CheckInterval <= 0:
 		return errors.New("jetstream: PublishTimeout, AckWait, Heartbeat, ReconnectWait and CheckInterval must be positive")
+	case c.Presence.Heartbeat < 10*time.Millisecond:
+		return fmt.Errorf("jetstream: presence.heartbeat (%v) must be at least 10ms", c.Presence.Heartbeat)
 	case c.MaxReconnectWait < c.ReconnectWait:
 		return fmt.Errorf("jetstream: MaxReconnectWait (%v) must not be below ReconnectWait (%v)", c.MaxReconnectWait, c.ReconnectWait)
 	}
@@ -178,6 +187,9 @@ type Broker struct {
 	epochs  map[string]streamEpoch   // stream name -> what the node last saw of it
 	lineage map[string]chan struct{} // stream name -> closed when the stream was found recreated
 	spans   map[string]time.Duration // stream name -> retentionSpan of its last info
+
+	id string   // the node id of the presence lease: Config.Name or a random id
+	pr presence // presence.go
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -237,6 +249,19 @@ func newBroker(cfg Config, logger *slog.Logger) *Broker {
 		cancel:   cancel,
 	}
 	b.codec = &codec{b: b}
+	b.id = cfg.Name
+	if b.id == "" {
+		b.id = randomID()
+	}
+	b.pr = presence{
+		epoch:     randomID(),
+		local:     map[string]map[string]protocol.Member{},
+		rerecord:  make(chan struct{}, 1),
+		activated: make(chan struct{}),
+		retryGone: make(chan struct{}, 1),
+		gone:      map[string]map[string]struct{}{},
+		seen:      map[string]leaseSeen{},
+	}
 	return b
 }
 
@@ -328,6 +353,9 @@ func (b *Broker) start(ctx context.Context, nc *nats.Conn, owns bool) error {
 		pctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
 		stop := context.AfterFunc(ctx, cancel) // Start's ctx bounds it too
 		err := b.ensureStreams(pctx)
+		if err == nil {
+			_, err = b.ensureBucket(pctx)
+		}
 		stop()
 		cancel()
 		if err != nil {
@@ -339,9 +367,12 @@ func (b *Broker) start(ctx context.Context, nc *nats.Conn, owns bool) error {
 	if b.closed() { // Close waits for Start, but Close's cancel comes first
 		return transports.ErrClosed
 	}
-	b.wg.Add(1)
+	b.wg.Add(4)
 	b.started.Store(true)
 	go b.keep()
+	go b.renewLoop()
+	go b.reapLoop()
+	go b.rerecordLoop()
 	return nil
 }
 
@@ -595,9 +626,12 @@ func (b *Broker) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close ends every subscription (deleting their consumers when the broker is reachable) and
-// closes the connection when the Broker made it. Bounded by about PublishTimeout (twice that when
-// a Start is under way); safe to call twice, and before Start.
+// Close ends every subscription (deleting their consumers when the broker is reachable), stops
+// the presence lease renewal and reaper, and closes the connection when the Broker made it. It
+// does not remove the node's presence members: a clean shutdown leaves them first (Leave), and
+// those of a node that stopped without leaving are reaped by the other nodes once its lease ran
+// out. Bounded by about PublishTimeout (twice that when a Start is under way); safe to call
+// twice, and before Start.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.subMu.Lock()

@@ -31,7 +31,7 @@ const wait = 10 * time.Second
 // broker is an in-process nats-server with JetStream that can be restarted on the same port and
 // store directory, so its streams survive the restart.
 type broker struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string
 	port int
 
@@ -39,7 +39,7 @@ type broker struct {
 	srv *natsserver.Server
 }
 
-func startBroker(t *testing.T) *broker {
+func startBroker(t testing.TB) *broker {
 	b := &broker{t: t, dir: t.TempDir(), port: -1}
 	b.start()
 	b.port = b.srv.Addr().(*net.TCPAddr).Port
@@ -609,6 +609,7 @@ func TestConfig(t *testing.T) {
 		{"negative age", Config{MaxAge: -time.Second}, false},
 		{"window over age", Config{MaxAge: time.Minute, DuplicateWindow: time.Hour}, false},
 		{"replicas", Config{Replicas: 7}, false},
+		{"presence heartbeat", Config{Presence: transports.PresenceConfig{Heartbeat: time.Millisecond}}, false},
 		{"url nats.go cannot parse", Config{URL: "nats://user:secret@bad host:4222"}, false},
 	} {
 		tc.cfg.setDefaults()
@@ -622,7 +623,7 @@ func TestConfig(t *testing.T) {
 	}
 	c := Config{MaxAge: time.Minute}
 	c.setDefaults()
-	if c.DuplicateWindow != time.Minute || c.MaxBytes != DefaultMaxBytes || c.Prefix != "ws" {
+	if c.DuplicateWindow != time.Minute || c.MaxBytes != DefaultMaxBytes || c.Prefix != "ws" || c.Presence.Heartbeat != transports.DefaultPresenceHeartbeat {
 		t.Errorf("defaults: %+v", c)
 	}
 }

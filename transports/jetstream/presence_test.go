@@ -1,0 +1,733 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/transporttest"
+)
+
+// presenceNodes starts n nodes (node ids n0, n1, ...) sharing a new prefix on the server at url,
+// with the given heartbeat (0: the default), and removes the prefix's bucket and streams after
+// the test.
+func presenceNodes(t testing.TB, url string, n int, heartbeat time.Duration, opts ...func(*Config)) []*Broker {
+	t.Helper()
+	prefix := transporttest.Prefix(t)
+	dropPresence(t, url, prefix)
+	out := make([]*Broker, n)
+	for i := range out {
+		cfg := testConfig(url, prefix)
+		cfg.Name = fmt.Sprintf("n%d", i)
+		cfg.Presence.Heartbeat = heartbeat
+		for _, o := range opts {
+			o(&cfg)
+		}
+		b, err := New(cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		if err := b.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		out[i] = b
+	}
+	return out
+}
+
+func dropPresence(t testing.TB, url, prefix string) {
+	t.Cleanup(func() {
+		nc, err := nats.Connect(url)
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		js, _ := jetstream.New(nc)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = js.DeleteKeyValue(ctx, transports.SafeName(prefix)+"_presence")
+		for _, s := range []string{"_channels", "_inbound"} {
+			_ = js.DeleteStream(ctx, transports.SafeName(prefix)+s)
+		}
+	})
+}
+
+func member(node, session, user string) protocol.Member {
+	return protocol.Member{User: user, Session: session, Node: node, Info: json.RawMessage(`{"s":"` + session + `"}`)}
+}
+
+func join(t testing.TB, b *Broker, channel string, m protocol.Member) bool {
+	t.Helper()
+	occupied, err := b.Join(t.Context(), channel, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return occupied
+}
+
+// allMembers pages through channel with pages of limit and checks the order.
+func allMembers(t testing.TB, b *Broker, channel string, limit int) ([]protocol.Member, error) {
+	var out []protocol.Member
+	after := ""
+	for {
+		page, more, err := b.Members(t.Context(), channel, after, limit)
+		if err != nil {
+			return nil, err
+		}
+		if len(page) > limit {
+			return nil, fmt.Errorf("page of %d, limit %d", len(page), limit)
+		}
+		for _, m := range page {
+			if m.Session <= after {
+				return nil, fmt.Errorf("session %q after %q: out of order", m.Session, after)
+			}
+			after = m.Session
+		}
+		out = append(out, page...)
+		if !more {
+			return out, nil
+		}
+	}
+}
+
+func sessions(ms []protocol.Member) []string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.Node+"/"+m.Session+"/"+m.User)
+	}
+	return out
+}
+
+// wantMembers waits until channel's members are want (node/session/user, in session order).
+func wantMembers(t *testing.T, b *Broker, channel string, want ...string) {
+	t.Helper()
+	transporttest.WaitFor(t, wait, func() error {
+		ms, err := allMembers(t, b, channel, 2)
+		if err != nil {
+			return err
+		}
+		if got := sessions(ms); !slices.Equal(got, want) {
+			return fmt.Errorf("members %v, want %v", got, want)
+		}
+		return nil
+	})
+}
+
+func wantStats(t *testing.T, b *Broker, channel string, conns, users int) {
+	t.Helper()
+	transporttest.WaitFor(t, wait, func() error {
+		st, err := b.Stats(t.Context(), channel)
+		if err != nil {
+			return err
+		}
+		if st != (protocol.PresenceStats{Connections: conns, Users: users}) {
+			return fmt.Errorf("stats %+v, want %d connections %d users", st, conns, users)
+		}
+		return nil
+	})
+}
+
+// TestPresenceNodes: members of 3 nodes, in session order with their node and info; a user on
+// two nodes counts once; Join of a recorded session replaces it; leaves.
+func TestPresenceNodes(t *testing.T) {
+	br := startBroker(t)
+	testPresenceNodes(t, br.url())
+}
+
+// TestPresenceLocalServer runs TestPresenceNodes, TestPresenceOnce, TestPresenceSweep and
+// TestPresenceReap against the machine's nats-server (2.9) when one listens on 127.0.0.1:4222.
+func TestPresenceLocalServer(t *testing.T) {
+	const url = "nats://127.0.0.1:4222"
+	c, err := net.DialTimeout("tcp", "127.0.0.1:4222", 200*time.Millisecond)
+	if err != nil {
+		t.Skip("no nats-server on 127.0.0.1:4222")
+	}
+	_ = c.Close()
+	t.Run("nodes", func(t *testing.T) { testPresenceNodes(t, url) })
+	t.Run("once", func(t *testing.T) { testPresenceOnce(t, url) })
+	t.Run("sweep", func(t *testing.T) { testPresenceSweep(t, url) })
+	t.Run("reap", func(t *testing.T) { testPresenceReap(t, url) })
+}
+
+func testPresenceNodes(t *testing.T, url string) {
+	n := presenceNodes(t, url, 3, 0)
+	if !join(t, n[0], "room", member("n0", "s3", "ann")) {
+		t.Error("first join: occupied false")
+	}
+	if join(t, n[1], "room", member("n1", "s1", "ann")) {
+		t.Error("second join: occupied true")
+	}
+	join(t, n[2], "room", member("n2", "s2", "")) // anonymous: a user of its own
+	join(t, n[2], "room.b", member("n2", "s4", "bob"))
+	wantMembers(t, n[1], "room", "n1/s1/ann", "n2/s2/", "n0/s3/ann")
+	wantStats(t, n[0], "room", 3, 2)
+	wantStats(t, n[0], "room.b", 1, 1)
+	ms, _, err := n[0].Members(t.Context(), "room", "", 10)
+	if err != nil || len(ms) != 3 || string(ms[0].Info) != `{"s":"s1"}` {
+		t.Fatalf("members %+v, %v", ms, err)
+	}
+
+	// Join again: the entry is replaced (here with another user), nothing is occupied.
+	if join(t, n[0], "room", member("n0", "s3", "cid")) {
+		t.Error("join of a recorded session: occupied true")
+	}
+	wantMembers(t, n[2], "room", "n1/s1/ann", "n2/s2/", "n0/s3/cid")
+	wantStats(t, n[2], "room", 3, 3)
+
+	for i, s := range []string{"s1", "s2", "s3"} {
+		vacated, err := n[(i+1)%3].Leave(t.Context(), "room", s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vacated != (s == "s3") {
+			t.Errorf("leave %s: vacated %v", s, vacated)
+		}
+	}
+	if vacated, err := n[0].Leave(t.Context(), "room", "s3"); vacated || err != nil {
+		t.Errorf("leave of a session not recorded: %v, %v", vacated, err)
+	}
+	wantMembers(t, n[0], "room")
+	wantStats(t, n[0], "room", 0, 0)
+}
+
+// TestPresenceOnce: concurrent joins of one channel from 3 nodes report occupied once, the
+// concurrent leaves vacated once, round after round.
+func TestPresenceOnce(t *testing.T) {
+	br := startBroker(t)
+	testPresenceOnce(t, br.url())
+}
+
+func testPresenceOnce(t *testing.T, url string) {
+	n := presenceNodes(t, url, 3, 0)
+	const perNode = 4
+	for round := range 3 {
+		channel := fmt.Sprintf("r%d", round)
+		var occupied, vacated atomic.Int32
+		run := func(f func(node, i int) (bool, error), count *atomic.Int32) {
+			var wg sync.WaitGroup
+			errs := make(chan error, 3*perNode)
+			for node := range 3 {
+				for i := range perNode {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						once, err := f(node, i)
+						if err != nil {
+							errs <- err
+						}
+						if once {
+							count.Add(1)
+						}
+					}()
+				}
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+		}
+		run(func(node, i int) (bool, error) {
+			return n[node].Join(t.Context(), channel, member(fmt.Sprintf("n%d", node), fmt.Sprintf("s%d-%d", node, i), fmt.Sprintf("u%d", i)))
+		}, &occupied)
+		wantStats(t, n[0], channel, 3*perNode, perNode)
+		run(func(node, i int) (bool, error) {
+			return n[node].Leave(t.Context(), channel, fmt.Sprintf("s%d-%d", node, i))
+		}, &vacated)
+		if occupied.Load() != 1 || vacated.Load() != 1 {
+			st, err := n[0].Stats(t.Context(), channel)
+			ms, _, err2 := n[0].Members(t.Context(), channel, "", 100)
+			t.Logf("now: %+v %v, members %v %v", st, err, sessions(ms), err2)
+			t.Fatalf("round %d: occupied %d times, vacated %d times; want once each", round, occupied.Load(), vacated.Load())
+		}
+		wantStats(t, n[1], channel, 0, 0)
+	}
+}
+
+// seed records count members of channel as node's, writing the member keys straight into the
+// bucket (Join's four writes each would make the test slow); Members reads only those.
+func seed(t testing.TB, b *Broker, channel string, count int) {
+	kv, err := b.bucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(b.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const batch = 500
+	for i := 0; i < count; i += batch {
+		var acks []jetstream.PubAckFuture
+		for j := i; j < min(i+batch, count); j++ {
+			m := member(b.id, fmt.Sprintf("s%05d", j), fmt.Sprintf("u%d", j))
+			v, _ := json.Marshal(memberRecord{Member: m, Owner: b.id, Epoch: "seed"})
+			a, err := js.PublishAsync("$KV."+kv.Bucket()+"."+memberKey(channel, m.Session), v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			acks = append(acks, a)
+		}
+		for _, a := range acks {
+			select {
+			case <-a.Ok():
+			case err := <-a.Err():
+				t.Fatal(err)
+			case <-time.After(wait):
+				t.Fatal("no PubAck")
+			}
+		}
+	}
+}
+
+// TestPresencePaging: 10,000 members of one channel come exactly once, in session order, over
+// pages; other channels' members do not show.
+func TestPresencePaging(t *testing.T) {
+	br := startBroker(t)
+	// A listing of 10,000 keys under -race on a loaded machine takes seconds.
+	n := presenceNodes(t, br.url(), 1, 0, func(c *Config) { c.PublishTimeout = 10 * time.Second })[0]
+	const count = 10000
+	seed(t, n, "big", count)
+	seed(t, n, "big2", 50) // a channel whose name extends "big"
+	for _, limit := range []int{1000, 777} {
+		ms, err := allMembers(t, n, "big", limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ms) != count {
+			t.Fatalf("limit %d: %d members, want %d", limit, len(ms), count)
+		}
+		for i, m := range ms {
+			if want := fmt.Sprintf("s%05d", i); m.Session != want || m.User != fmt.Sprintf("u%d", i) {
+				t.Fatalf("limit %d: member %d is %+v, want session %s", limit, i, m, want)
+			}
+		}
+	}
+	ms, more, err := n.Members(t.Context(), "big", "s09998", 10)
+	if err != nil || more || len(ms) != 1 || ms[0].Session != "s09999" {
+		t.Fatalf("last page: %v %v %v", sessions(ms), more, err)
+	}
+}
+
+// BenchmarkPresenceMembersPage: a page of 100 from the middle of a 10,000-member channel. Its
+// cost is the listing of the channel's keys plus 100 reads; compare with -bench at 1,000.
+func BenchmarkPresenceMembersPage(b *testing.B) {
+	for _, count := range []int{1000, 10000} {
+		b.Run(fmt.Sprint(count), func(b *testing.B) {
+			br := startBroker(b)
+			n := presenceNodes(b, br.url(), 1, 0)[0]
+			seed(b, n, "big", count)
+			after := fmt.Sprintf("s%05d", count/2)
+			b.ResetTimer()
+			for b.Loop() {
+				ms, _, err := n.Members(b.Context(), "big", after, 100)
+				if err != nil || len(ms) != 100 {
+					b.Fatal(len(ms), err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPresenceJoin: Join and Leave of one member in a channel of 100.
+func BenchmarkPresenceJoin(b *testing.B) {
+	br := startBroker(b)
+	n := presenceNodes(b, br.url(), 1, 0)[0]
+	for i := range 100 {
+		join(b, n, "room", member(n.id, fmt.Sprintf("x%d", i), fmt.Sprintf("u%d", i)))
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := n.Join(b.Context(), "room", member(n.id, "s", "u")); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := n.Leave(b.Context(), "room", "s"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestPresenceChannels: channels by prefix, paged, with their counts; an emptied channel goes.
+func TestPresenceChannels(t *testing.T) {
+	br := startBroker(t)
+	n := presenceNodes(t, br.url(), 2, 0)
+	for i, ch := range []string{"chat.b", "chat.a", "chat.c", "news", "chat.a"} {
+		join(t, n[i%2], ch, member(fmt.Sprintf("n%d", i%2), fmt.Sprintf("s%d", i), "u"))
+	}
+	var got []string
+	after := ""
+	for {
+		page, more, err := n[1].Channels(t.Context(), "chat.", after, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range page {
+			got = append(got, fmt.Sprintf("%s:%d:%d", c.Channel, c.Connections, c.Users))
+			after = c.Channel
+		}
+		if !more {
+			break
+		}
+	}
+	if want := []string{"chat.a:2:1", "chat.b:1:1", "chat.c:1:1"}; !slices.Equal(got, want) {
+		t.Fatalf("channels %v, want %v", got, want)
+	}
+	if _, err := n[0].Leave(t.Context(), "chat.b", "s0"); err != nil {
+		t.Fatal(err)
+	}
+	all, more, err := n[0].Channels(t.Context(), "", "", 10)
+	if err != nil || more || len(all) != 3 || all[0].Channel != "chat.a" || all[2].Channel != "news" {
+		t.Fatalf("all channels: %+v %v %v", all, more, err)
+	}
+}
+
+// reaps counts OnReap calls across nodes.
+type reaps struct {
+	mu  sync.Mutex
+	got map[string]int // channel/session/vacated -> calls
+}
+
+func (r *reaps) on(b *Broker) {
+	b.OnReap(func(channel string, m protocol.Member, vacated bool) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.got[fmt.Sprintf("%s/%s/%v", channel, m.Session, vacated)]++
+	})
+}
+
+func (r *reaps) wait(t *testing.T, want ...string) {
+	t.Helper()
+	transporttest.WaitFor(t, wait, func() error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		var got []string
+		for k, n := range r.got {
+			for range n {
+				got = append(got, k)
+			}
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("reaped %v, want %v", got, want)
+		}
+		return nil
+	})
+}
+
+// reapNodes are 3 nodes with a short heartbeat whose OnReap is counted; the nodes are not
+// started (OnReap is set before Start).
+func reapNodes(t *testing.T, url string) ([]*Broker, *reaps) {
+	prefix := transporttest.Prefix(t)
+	dropPresence(t, url, prefix)
+	r := &reaps{got: map[string]int{}}
+	var out []*Broker
+	for i := range 3 {
+		cfg := testConfig(url, prefix)
+		cfg.Name = fmt.Sprintf("n%d", i)
+		cfg.Presence.Heartbeat = 250 * time.Millisecond
+		b, err := New(cfg, testLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		r.on(b)
+		if err := b.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+	}
+	return out, r
+}
+
+// TestPresenceReap: a node that stops renewing its lease (closed without leaving: a SIGKILL as
+// seen from the broker) loses its members within 2 heartbeats and a reaping pass; OnReap is
+// called once in the cluster for each, with vacated for a channel it leaves empty.
+func TestPresenceReap(t *testing.T) {
+	br := startBroker(t)
+	testPresenceReap(t, br.url())
+}
+
+func testPresenceReap(t *testing.T, url string) {
+	n, r := reapNodes(t, url)
+	join(t, n[0], "shared", member("n0", "a", "ann"))
+	join(t, n[2], "shared", member("n2", "b", "bob"))
+	join(t, n[2], "shared", member("n2", "c", "bob"))
+	join(t, n[2], "alone", member("n2", "d", ""))
+	stopped := time.Now()
+	if err := n[2].Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantMembers(t, n[0], "shared", "n0/a/ann")
+	wantMembers(t, n[1], "alone")
+	t.Logf("reaped %v after the node stopped (heartbeat 250ms)", time.Since(stopped).Round(10*time.Millisecond))
+	r.wait(t, "shared/b/false", "shared/c/false", "alone/d/true")
+	wantStats(t, n[1], "shared", 1, 1)
+	wantStats(t, n[1], "alone", 0, 0)
+}
+
+// TestPresenceLeaseLost: a node that hangs (renews nothing) is reaped; when it renews again it
+// finds its lease lost and records its members again, under a new epoch, by itself.
+func TestPresenceLeaseLost(t *testing.T) {
+	br := startBroker(t)
+	n, r := reapNodes(t, br.url())
+	join(t, n[1], "room", member("n1", "a", "ann"))
+	join(t, n[1], "room", member("n1", "b", ""))
+	join(t, n[0], "room", member("n0", "c", "cid"))
+	n[1].pr.paused.Store(true)
+	r.wait(t, "room/a/false", "room/b/false")
+	wantMembers(t, n[0], "room", "n0/c/cid")
+	n[1].pr.paused.Store(false)
+	wantMembers(t, n[2], "room", "n1/a/ann", "n1/b/", "n0/c/cid")
+	wantStats(t, n[2], "room", 3, 3)
+	// Its members are its own again: they leave normally, and nothing more is reaped.
+	if _, err := n[1].Leave(t.Context(), "room", "a"); err != nil {
+		t.Fatal(err)
+	}
+	wantMembers(t, n[2], "room", "n1/b/", "n0/c/cid")
+	r.wait(t, "room/a/false", "room/b/false")
+}
+
+// TestPresenceBucketLost: the bucket deleted (a server restarted without its storage) is
+// created again and every node records its members again from its own record.
+func TestPresenceBucketLost(t *testing.T) {
+	br := startBroker(t)
+	n, r := reapNodes(t, br.url())
+	join(t, n[0], "room", member("n0", "a", "ann"))
+	join(t, n[1], "room", member("n1", "b", "ann"))
+	join(t, n[2], "other", member("n2", "c", ""))
+	if _, err := n[0].Leave(t.Context(), "room", "a"); err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(n[0].nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteKeyValue(t.Context(), n[0].bucketName()); err != nil {
+		t.Fatal(err)
+	}
+	wantMembers(t, n[0], "room", "n1/b/ann")
+	wantMembers(t, n[0], "other", "n2/c/")
+	wantStats(t, n[2], "room", 1, 1)
+	wantStats(t, n[2], "other", 1, 1)
+	r.wait(t) // nothing reaped: the nodes were alive all along
+}
+
+// TestPresenceServerRestart: the server restarts with its storage; presence is as it was, the
+// nodes go on renewing (nothing is reaped), and a node that died while the server was down is
+// reaped after.
+func TestPresenceServerRestart(t *testing.T) {
+	br := startBroker(t)
+	n, r := reapNodes(t, br.url())
+	join(t, n[0], "room", member("n0", "a", "ann"))
+	join(t, n[1], "room", member("n1", "c", "cid"))
+	join(t, n[2], "room", member("n2", "b", "bob"))
+	br.stop()
+	_ = n[2].Close() // dies while the server is down
+	// The outage lasts longer than 2 heartbeats: no lease could be renewed meanwhile, and the
+	// live nodes must not be reaped for it.
+	time.Sleep(3 * n[0].cfg.Presence.Heartbeat)
+	br.start()
+	wantMembers(t, n[1], "room", "n0/a/ann", "n1/c/cid")
+	r.wait(t, "room/b/false")
+	if !join(t, n[1], "new", member("n1", "c", "")) {
+		t.Error("join after the restart: occupied false")
+	}
+	wantStats(t, n[0], "room", 2, 2)
+}
+
+// TestPresenceNodeRestart: a node that comes back with the same id after dying (a restarted
+// process) removes what its earlier process left, through OnReap, before a reaper has to.
+func TestPresenceNodeRestart(t *testing.T) {
+	br := startBroker(t)
+	n := presenceNodes(t, br.url(), 1, time.Minute)
+	join(t, n[0], "room", member("n0", "a", "ann"))
+	_ = n[0].Close()
+	again, err := New(n[0].cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = again.Close() })
+	r := &reaps{got: map[string]int{}}
+	r.on(again)
+	if err := again.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	r.wait(t, "room/a/true")
+	wantMembers(t, again, "room")
+}
+
+// TestPresenceSweep: the delete markers that leaves write are removed after a while, so a
+// channel's listing does not grow with every session it ever had; live keys are kept.
+func TestPresenceSweep(t *testing.T) {
+	br := startBroker(t)
+	testPresenceSweep(t, br.url())
+}
+
+func testPresenceSweep(t *testing.T, url string) {
+	n, _ := reapNodes(t, url)
+	for i := range 20 {
+		join(t, n[1], "room", member("n1", fmt.Sprint("s", i), "u"))
+		if i > 0 {
+			if _, err := n[1].Leave(t.Context(), "room", fmt.Sprint("s", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	kv, err := n[0].bucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	transporttest.WaitFor(t, 30*time.Second, func() error {
+		st, err := kv.Status(t.Context())
+		if err != nil {
+			return err
+		}
+		// Live: s0's member and index keys, the channel and user counts, 3 leases.
+		if st.Values() != 7 {
+			return fmt.Errorf("%d messages in the bucket, want 7", st.Values())
+		}
+		return nil
+	})
+	wantMembers(t, n[2], "room", "n1/s0/u")
+	wantStats(t, n[2], "room", 1, 1)
+}
+
+// TestPresenceNotStarted: ErrNotStarted before Start, ErrClosed after Close.
+func TestPresenceNotStarted(t *testing.T) {
+	br := startBroker(t)
+	b, err := New(testConfig(br.url(), transporttest.Prefix(t)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := func() []error {
+		ctx := t.Context()
+		_, e1 := b.Join(ctx, "c", member("n", "s", "u"))
+		_, e2 := b.Leave(ctx, "c", "s")
+		_, _, e3 := b.Members(ctx, "c", "", 1)
+		_, e4 := b.Stats(ctx, "c")
+		_, _, e5 := b.Channels(ctx, "", "", 1)
+		return []error{e1, e2, e3, e4, e5}
+	}
+	for i, err := range calls() {
+		if !errors.Is(err, transports.ErrNotStarted) {
+			t.Errorf("call %d before Start: %v", i, err)
+		}
+	}
+	_ = b.Close()
+	for i, err := range calls() {
+		if !errors.Is(err, transports.ErrClosed) {
+			t.Errorf("call %d after Close: %v", i, err)
+		}
+	}
+}
+
+// TestPresenceCloseStopsEverything: the lease renewal, the reaper and the re-recorder end with
+// Close, which is safe twice.
+func TestPresenceCloseStopsEverything(t *testing.T) {
+	br := startBroker(t)
+	before := ours()
+	n, _ := reapNodes(t, br.url())
+	join(t, n[0], "c", member("n0", "s", "u"))
+	if _, _, err := n[1].Members(t.Context(), "c", "", 10); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range n {
+		_ = b.Close()
+		_ = b.Close()
+	}
+	transporttest.WaitFor(t, wait, func() error {
+		if now := ours(); len(now) > len(before) {
+			return fmt.Errorf("%d goroutines, %d before:\n%s", len(now), len(before), strings.Join(now, "\n\n"))
+		}
+		return nil
+	})
+}
+
+// TestUnsafeName: unsafeName inverts SafeName.
+func TestUnsafeName(t *testing.T) {
+	for _, s := range []string{"", "a", "_", "a.b", "héllo wörld", "x_2e", "-Z9"} {
+		if got, ok := unsafeName(transports.SafeName(s)); !ok || got != s {
+			t.Errorf("unsafeName(SafeName(%q)) = %q, %v", s, got, ok)
+		}
+	}
+}
+
+// TestPresencePassive: a Broker that neither joins nor sets OnReap (a service's), even with the
+// node id of a gateway node, writes no lease and removes nothing.
+func TestPresencePassive(t *testing.T) {
+	br := startBroker(t)
+	n, r := reapNodes(t, br.url())
+	join(t, n[0], "room", member("n0", "a", "ann"))
+	passive, err := New(n[0].cfg, testLogger(t)) // same prefix, same node id "n0"
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = passive.Close() })
+	if err := passive.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := n[1].bucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Let n0 renew its lease 3 times meanwhile (revisions are the bucket's sequence: count the
+	// changes), each time with its own epoch.
+	n[0].pr.mu.Lock()
+	epoch := n[0].pr.epoch
+	n[0].pr.mu.Unlock()
+	var last uint64
+	renewals := -1
+	transporttest.WaitFor(t, wait, func() error {
+		e, err := kv.Get(t.Context(), leaseKey("n0"))
+		if err != nil {
+			return err
+		}
+		if string(e.Value()) != epoch {
+			t.Fatalf("lease of n0 is %q, n0's epoch %q", e.Value(), epoch)
+		}
+		if e.Revision() != last {
+			last, renewals = e.Revision(), renewals+1
+		}
+		if renewals < 3 {
+			return fmt.Errorf("%d renewals seen", renewals)
+		}
+		return nil
+	})
+	if passive.pr.active.Load() {
+		t.Error("the passive Broker takes part in presence")
+	}
+	wantMembers(t, n[2], "room", "n0/a/ann")
+	r.wait(t)
+}
+
+// TestPresenceLeaveRetried: a Leave that fails (the server is down) is the node's truth all the
+// same: the member is removed from the bucket once the node renews its lease again.
+func TestPresenceLeaveRetried(t *testing.T) {
+	br := startBroker(t)
+	n, r := reapNodes(t, br.url())
+	join(t, n[0], "room", member("n0", "a", "ann"))
+	join(t, n[0], "room", member("n0", "b", "bob"))
+	join(t, n[1], "room", member("n1", "c", "cid"))
+	br.stop()
+	if _, err := n[0].Leave(t.Context(), "room", "a"); !errors.Is(err, transports.ErrUnavailable) {
+		t.Fatalf("Leave with the server down: %v, want ErrUnavailable", err)
+	}
+	br.start()
+	wantMembers(t, n[2], "room", "n0/b/bob", "n1/c/cid")
+	wantStats(t, n[2], "room", 2, 2)
+	r.wait(t)
+}
