@@ -1,6 +1,9 @@
 package jetstream
 
-import "github.com/wsgateway/gateway/configs"
+import (
+	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/transports"
+)
 
 // ConfigFrom is the broker configuration a gateway node uses for cfg (GATEWAY_NATS_URL,
 // GATEWAY_TOPIC_PREFIX, GATEWAY_JETSTREAM_*, ...), so that a service given the same settings
@@ -10,5 +13,6 @@ func ConfigFrom(cfg *configs.Config) Config {
 		URL: cfg.NATS.URL, Prefix: cfg.TopicPrefix, Name: cfg.NodeID,
 		MaxAge: cfg.JetStream.MaxAge, MaxBytes: cfg.JetStream.MaxBytes, Replicas: cfg.JetStream.Replicas,
 		DuplicateWindow: cfg.JetStream.DupeWindow, PublishTimeout: cfg.WebSocket.PublishTimeout,
+		Presence: transports.PresenceConfig{Heartbeat: cfg.Presence.Heartbeat},
 	}
 }

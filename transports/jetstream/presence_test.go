@@ -731,3 +731,32 @@ func TestPresenceLeaveRetried(t *testing.T) {
 	wantStats(t, n[2], "room", 2, 2)
 	r.wait(t)
 }
+
+// presenceSuiteNodes is the presence suite's node constructor on url: nodes not started, named by
+// the suite's node ids, each prefix's bucket and streams deleted when its test ends.
+func presenceSuiteNodes(url string) transporttest.NewPresenceNode {
+	var seen sync.Map
+	return func(t *testing.T, prefix, nodeID string, heartbeat time.Duration) transports.Broker {
+		if _, dup := seen.LoadOrStore(prefix, true); !dup {
+			dropPresence(t, url, prefix)
+		}
+		cfg := testConfig(url, prefix)
+		cfg.Name = nodeID
+		cfg.Presence.Heartbeat = heartbeat
+		b, err := New(cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+}
+
+// TestPresenceConformance runs the presence conformance suite on an in-process server that it
+// restarts (keeping its storage).
+func TestPresenceConformance(t *testing.T) {
+	br := startBroker(t)
+	// 2,000 members in the paging test: a JetStream page lists the channel's keys (O(members));
+	// TestPresencePaging pages 10,000.
+	transporttest.RunPresence(t, transporttest.PresenceFeatures{RestartBroker: br.restart, Members: 2000},
+		presenceSuiteNodes(br.url()))
+}
