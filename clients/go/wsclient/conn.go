@@ -221,6 +221,18 @@ func (cn *conn) handle(f *frame) {
 		if s.accept(&m) {
 			s.deliver(m, c.ctx.Done())
 		}
+	case protocol.TypeJoin, protocol.TypeLeave:
+		c.mu.Lock()
+		s := c.subs[f.Channel]
+		c.mu.Unlock()
+		if s == nil || f.Member == nil {
+			c.log.Debug("join or leave for a channel not subscribed", "channel", f.Channel)
+			return
+		}
+		m := Message{Channel: f.Channel, Position: f.Position, Kind: f.Type, Member: f.Member}
+		if s.accept(&m) {
+			s.deliver(m, c.ctx.Done())
+		}
 	case protocol.TypeDisconnect:
 		c.log.Info("disconnect", "code", f.Code, "reason", f.Reason, "reconnect", f.Reconnect)
 		cn.mu.Lock()

@@ -25,7 +25,21 @@ type Message struct {
 	// Gap is true on the first message after a resubscription the server could not recover
 	// (recovered:false): messages may be missing before this one.
 	Gap bool
+	// Kind is what the message is: protocol.TypeMessage for a published message, or, on a
+	// channel with presence.join_leave, protocol.TypeJoin or protocol.TypeLeave when a member
+	// joined or left (then Member is set, and ID, Data and Bytes are empty). Joins and leaves
+	// have positions like messages: a resumed subscription gets those it missed, in order.
+	Kind string
+	// Member is who joined or left (Kind TypeJoin or TypeLeave); nil otherwise.
+	Member *Member
 }
+
+// Member is a member of a presence channel: a connection (User, Session, the Node that holds
+// it, and the Info of its token).
+type Member = protocol.Member
+
+// PresenceStats counts a presence channel's members: connections, and distinct users.
+type PresenceStats = protocol.PresenceStats
 
 // Decode unmarshals the JSON payload into v.
 func (m Message) Decode(v any) error { return json.Unmarshal(m.Bytes, v) }
@@ -46,10 +60,17 @@ type frame struct {
 	Session   string `json:"session"`
 	Node      string `json:"node"`
 	User      string `json:"user"`
+	// join and leave
+	Member *protocol.Member `json:"member"`
+	// presence and presence_stats
+	Members     []protocol.Member `json:"members"`
+	Next        string            `json:"next"`
+	Connections *int              `json:"connections"`
+	Users       int               `json:"users"`
 }
 
 func (f *frame) message() Message {
-	m := Message{Channel: f.Channel, ID: f.ID, Position: f.Position, From: f.From, To: f.To}
+	m := Message{Channel: f.Channel, ID: f.ID, Position: f.Position, From: f.From, To: f.To, Kind: protocol.TypeMessage}
 	if m.Bytes, m.Binary = f.Payload(); !m.Binary {
 		m.Data = f.Data
 	}
@@ -64,6 +85,8 @@ type outFrame struct {
 	Since   string          `json:"since,omitempty"`
 	Data    json.RawMessage `json:"data,omitempty"`
 	MsgID   string          `json:"msg_id,omitempty"`
+	After   string          `json:"after,omitempty"`
+	Limit   int             `json:"limit,omitempty"`
 }
 
 func encode(f outFrame) []byte {
