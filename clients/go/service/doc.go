@@ -73,6 +73,13 @@
 // Unknown members are ignored (new ones may be added); "at" may also be a number of unix
 // nanoseconds. A payload that is not such an object is logged, acked and skipped.
 //
+// # Channel presence
+//
+// Members, PresenceStats and Channels read the gateway nodes' channel presence
+// (presence.channels) from the Service's broker, without a node (ErrNoPresence on a broker that
+// keeps none). The Service only reads it: its broker holds no lease and reaps nothing. Presence,
+// by contrast, follows every session of every node from the lifecycle events.
+//
 // # Example
 //
 //	cfg, err := configs.Load("", os.Environ()) // same GATEWAY_* settings as the gateway

@@ -45,4 +45,11 @@
 //     msg_id, so the server delivers it once (within its dedupe window, 2 minutes by default).
 //   - Messages addressed to the session or broadcast (Direct) are not resumable: those sent
 //     while the client is disconnected are lost.
+//
+// # Presence
+//
+// Presence, PresenceAll and PresenceStats read who is in a presence channel (the server's
+// presence.channels). On a channel with presence.join_leave, joins and leaves come on
+// Subscription.Messages in order with the messages, Kind protocol.TypeJoin or TypeLeave and
+// Member set; they have positions, so the guarantees above hold for them too.
 package wsclient
