@@ -2,12 +2,14 @@ package wsclient_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/wsgateway/gateway/clients/go/wsclient"
+	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/protocol"
 )
 
@@ -200,11 +202,16 @@ func TestPresenceOnGateway(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 
-	alice := dial(t, wsclient.Options{URL: a.URL, Token: allowAll(t, "alice"),
+	aliceToken, err := auth.SignHS256([]byte(testSecret), "alice", time.Hour, []string{"*"}, []string{"*"}, auth.WithInfo(json.RawMessage(`{"name":"Alice"}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := dial(t, wsclient.Options{URL: a.URL, Token: aliceToken,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	sub := subscribe(t, alice, "room:1")
 	m := next(t, sub.Messages())
-	if m.Kind != protocol.TypeJoin || m.Member == nil || m.Member.Session != alice.Session() || m.Member.User != "alice" || m.Member.Node != "node-a" {
+	if m.Kind != protocol.TypeJoin || m.Member == nil || m.Member.Session != alice.Session() || m.Member.User != "alice" || m.Member.Node != "node-a" ||
+		string(m.Member.Info) != `{"name":"Alice"}` {
 		t.Fatalf("own join: %+v", m)
 	}
 	bob := dial(t, wsclient.Options{URL: b.URL, Token: allowAll(t, "bob")})
@@ -274,6 +281,9 @@ func TestPresenceOnGateway(t *testing.T) {
 	}
 	if want := fmt.Sprint([]string{"join carol", "leave carol", `"end"`}); fmt.Sprint(got) != want {
 		t.Fatalf("after the resume %v, want %s", got, want)
+	}
+	// Her own new join comes right after her `subscribed`, which said recovered.
+	for m := next(t, sub.Messages()); !(m.Kind == protocol.TypeJoin && m.Member.Session == alice.Session()); m = next(t, sub.Messages()) {
 	}
 	if !sub.Recovered() {
 		t.Fatal("not recovered")
