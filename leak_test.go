@@ -65,8 +65,10 @@ func TestChannelStateIsFreed(t *testing.T) {
 
 func testChannelStateIsFreed(t *testing.T, cb nodetest.Broker, names int) {
 	// Lifecycle events off: on Kafka they would pile up in the in-process broker's log, which
-	// this process's heap holds too.
-	cfg := testConfig(t, "GATEWAY_EVENTS_DISABLED=true")
+	// this process's heap holds too. A long publish timeout: the test is about memory, and a
+	// broker server shared with other work can take more than the default 5 s to answer one of
+	// 80,000 subscribes (it failed once so, "replay: the broker did not answer in time").
+	cfg := testConfig(t, "GATEWAY_EVENTS_DISABLED=true", "GATEWAY_WS_PUBLISH_TIMEOUT=30s")
 	n := startNode(t, cfg, gateway.WithBroker(cb.Setup(t).New(t, transporttest.Prefix(t))))
 	wstest.WaitFor(t, func() error {
 		if s := readyStatus(n.URL); s != 200 {
