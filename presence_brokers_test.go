@@ -21,12 +21,14 @@ import (
 )
 
 // brokerPresenceCluster is gateway nodes on one broker namespace of a broker that keeps
-// presence, each node with a broker of its own (as separate processes have), presence on room:*
-// with join and leave frames, and presence.heartbeat of presenceHeartbeat.
+// presence, each node with a broker of its own, presence on room:* with join and leave frames,
+// and presence.heartbeat of presenceHeartbeat. On a broker with a server the last node is a
+// process of its own, which kill ends with SIGKILL; on memory kill closes that node's broker (a
+// node that lost its broker: no leave, no more lease renewal).
 type brokerPresenceCluster struct {
-	nodes   []*node
-	brokers []transports.Broker                 // each node's broker: closing one is the node dying
-	newOne  func(node string) transports.Broker // a broker for the node of that id
+	urls   []string
+	kill   func()                              // the last node dies without leaving
+	newOne func(node string) transports.Broker // a broker for the node of that id
 }
 
 // newBrokerPresenceCluster starts n nodes p1..pn on cb, or skips t when cb keeps no presence or
@@ -67,15 +69,22 @@ func newBrokerPresenceCluster(t *testing.T, cb nodetest.Broker, n int) *brokerPr
 	}
 	for i := range n {
 		id := fmt.Sprintf("p%d", i+1)
+		nodeEnv := append([]string{"GATEWAY_NODE_ID=" + id}, env...)
+		if i == n-1 && !cb.InProcess {
+			proc := nodetest.Start(t, append(append([]string{"GATEWAY_JWT_SECRET=" + testSecret, "GATEWAY_API_KEY=" + testAPIKey,
+				"GATEWAY_NATS_URL=nats://" + nodetest.NATSAddr, "GATEWAY_REDIS_ADDR=" + nodetest.RedisAddr}, cluster.Env...), nodeEnv...)...)
+			pc.urls = append(pc.urls, proc.URL)
+			pc.kill = proc.Kill
+			continue
+		}
 		b := pc.newOne(id)
-		pc.brokers = append(pc.brokers, b)
-		cfg := testConfig(t, append([]string{"GATEWAY_NODE_ID=" + id}, env...)...)
-		pc.nodes = append(pc.nodes, startNode(t, cfg, gateway.WithBroker(b)))
+		pc.urls = append(pc.urls, startNode(t, testConfig(t, nodeEnv...), gateway.WithBroker(b)).URL)
+		pc.kill = func() { _ = b.Close() }
 	}
-	for _, n := range pc.nodes { // as a load balancer would (JetStream provisions its streams)
+	for _, u := range pc.urls { // as a load balancer would (JetStream provisions its streams)
 		wstest.WaitFor(t, func() error {
-			if s := readyStatus(n.URL); s != 200 {
-				return fmt.Errorf("node %s: /readyz %d", n.URL, s)
+			if s := readyStatus(u); s != 200 {
+				return fmt.Errorf("node %s: /readyz %d", u, s)
 			}
 			return nil
 		})
@@ -180,12 +189,12 @@ func TestPresenceOnBrokers(t *testing.T) {
 func testPresenceOnBroker(t *testing.T, cb nodetest.Broker) {
 	pc := newBrokerPresenceCluster(t, cb, 3)
 	events := pc.events(t)
-	p1, p2, p3 := pc.nodes[0], pc.nodes[1], pc.nodes[2]
+	p1, p2, p3 := pc.urls[0], pc.urls[1], pc.urls[2]
 	const room = "room:e"
 
 	// Members from 3 nodes; alice has a tab on p1 and one on p2. subs are the subscribers, each
 	// of which reads every join, leave and message in the channel.
-	w, ww := wstest.Dial(t, p1.URL, allowAll(t, "watcher"))
+	w, ww := wstest.Dial(t, p1, allowAll(t, "watcher"))
 	w.Subscribe(room)
 	expectJoinLeave(t, w, "join", room, ww.Str("session"))
 	subs := []*wstest.Client{w}
@@ -201,9 +210,9 @@ func testPresenceOnBroker(t *testing.T, cb nodetest.Broker) {
 		}
 		return f
 	}
-	join := func(n *node, name, user string) (*wstest.Client, string, wstest.Frame) {
+	join := func(url, name, user string) (*wstest.Client, string, wstest.Frame) {
 		t.Helper()
-		c, wc := wstest.Dial(t, n.URL, allowAll(t, user))
+		c, wc := wstest.Dial(t, url, allowAll(t, user))
 		s := wc.Str("session")
 		c.Subscribe(room)
 		expectJoinLeave(t, c, "join", room, s)
@@ -242,7 +251,7 @@ func testPresenceOnBroker(t *testing.T, cb nodetest.Broker) {
 	delete(nodeOf, sc)
 
 	// Alice resumes on p3: the same frames, in the same order, at the same positions.
-	r, wr := wstest.Dial(t, p3.URL, allowAll(t, "alice"))
+	r, wr := wstest.Dial(t, p3, allowAll(t, "alice"))
 	r.Send(map[string]any{"type": "subscribe", "id": "r", "channel": room, "since": since})
 	for i, want := range missed {
 		got := r.Next()
@@ -260,10 +269,11 @@ func testPresenceOnBroker(t *testing.T, cb nodetest.Broker) {
 	nodeOf[sr] = "p3"
 	agreeOnPresence(t, []*wstest.Client{w, d, b}, room, nodeOf, 4) // watcher, alice (2 tabs), bob, dave
 
-	// p3 dies without leaving: bob and alice's resumed tab are reaped.
+	// p3 dies without leaving (SIGKILLed, on a broker with a server): bob and alice's resumed tab
+	// are reaped.
 	lost := []string{sb, sr}
 	slices.Sort(lost)
-	_ = pc.brokers[2].Close()
+	pc.kill()
 	survivors := []*wstest.Client{w, a2, d} // the subscribers on p1 and p2
 	for i, s := range survivors {
 		var left []string
