@@ -37,6 +37,7 @@ func newBrokerPresenceCluster(t *testing.T, cb nodetest.Broker, n int) *brokerPr
 	t.Helper()
 	cluster := cb.Setup(t)
 	prefix := transporttest.Prefix(t)
+	t.Logf("prefix %s", prefix)
 	env := []string{"GATEWAY_PRESENCE_CHANNELS=room:*", "GATEWAY_PRESENCE_JOIN_LEAVE=room:*",
 		"GATEWAY_PRESENCE_HEARTBEAT=" + presenceHeartbeat.String(), "GATEWAY_EVENTS_HEARTBEAT=50ms",
 		"GATEWAY_TOPIC_PREFIX=" + prefix}
@@ -111,11 +112,9 @@ func dropBrokerPrefix(broker, prefix string) {
 	case "redis":
 		c := goredis.NewClient(&goredis.Options{Addr: nodetest.RedisAddr})
 		defer c.Close()
-		for _, pattern := range []string{prefix + "*", "{" + prefix + "*"} {
-			iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
-			for iter.Next(ctx) {
-				_ = c.Del(ctx, iter.Val()).Err()
-			}
+		iter := c.Scan(ctx, 0, "*"+prefix+"*", 1000).Iterator() // streams, groups, {<prefix>:presence...}
+		for iter.Next(ctx) {
+			_ = c.Del(ctx, iter.Val()).Err()
 		}
 	}
 }
