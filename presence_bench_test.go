@@ -130,8 +130,9 @@ func joinMembers(b *testing.B, p transports.Presence, channel string, count int)
 	})
 }
 
-// BenchmarkPresenceJoinStorm: N clients subscribe to one join_leave presence channel of one node
-// (memory broker) as fast as they can; it reports the node's CPU (this process's rusage: the
+// BenchmarkPresenceJoinStorm: N clients (PRESENCE_STORM_SIZES, default 1000,2000) subscribe to one
+// join_leave presence channel of one node (memory broker, or PRESENCE_STORM_BROKER: redis,
+// jetstream) as fast as they can; it reports the node's CPU (this process's rusage: the
 // clients run in a child process, TestPresenceStormClients), the join frames the clients got
 // and the wall time, in total and per join. Run with -benchtime 1x: one storm per size.
 func BenchmarkPresenceJoinStorm(b *testing.B) {
@@ -156,7 +157,18 @@ func BenchmarkPresenceJoinStorm(b *testing.B) {
 }
 
 func presenceStorm(b *testing.B, clients int) {
-	n := startNode(b, testConfig(b, "GATEWAY_PRESENCE_CHANNELS=room:*", "GATEWAY_PRESENCE_JOIN_LEAVE=room:*"))
+	env := []string{"GATEWAY_PRESENCE_CHANNELS=room:*", "GATEWAY_PRESENCE_JOIN_LEAVE=room:*"}
+	var opts []gateway.Option
+	if name := os.Getenv("PRESENCE_STORM_BROKER"); name != "" && name != "memory" {
+		i := slices.IndexFunc(nodetest.Brokers, func(bk nodetest.Broker) bool { return bk.Name == name })
+		if i < 0 {
+			b.Fatalf("PRESENCE_STORM_BROKER %q: no such broker", name)
+		}
+		cluster := nodetest.Brokers[i].Setup(b)
+		env = append(env, cluster.Env...)
+		opts = append(opts, gateway.WithBroker(cluster.New(b, transporttest.Prefix(b))))
+	}
+	n := startNode(b, testConfig(b, env...), opts...)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPresenceStormClients$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "PRESENCE_STORM_URL="+n.URL, "PRESENCE_STORM_CLIENTS="+strconv.Itoa(clients))
 	out, err := cmd.StdoutPipe()
