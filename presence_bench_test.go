@@ -184,7 +184,7 @@ func presenceStorm(b *testing.B, clients int) {
 	// The child prints "joins <total> <nanoseconds since it started dialling>" whenever its
 	// count changed, "ready <nanoseconds>" once every client is subscribed, then "done" when the
 	// count has not moved for a second after the node counts every member.
-	var joins, lastNs, readyNs int64
+	var joins, lastNs, readyNs, disconnected int64
 	lines := bufio.NewScanner(out)
 	deadline := time.AfterFunc(5*time.Minute, func() { _ = cmd.Process.Kill() })
 	defer deadline.Stop()
@@ -197,6 +197,8 @@ func presenceStorm(b *testing.B, clients int) {
 		case "joins":
 			joins, _ = strconv.ParseInt(f[1], 10, 64)
 			lastNs, _ = strconv.ParseInt(f[2], 10, 64)
+		case "disconnected":
+			disconnected, _ = strconv.ParseInt(f[1], 10, 64)
 		case "ready":
 			readyNs, _ = strconv.ParseInt(f[1], 10, 64)
 		}
@@ -212,6 +214,7 @@ func presenceStorm(b *testing.B, clients int) {
 	if readyNs == 0 {
 		b.Fatalf("the storm's clients did not finish (joins seen %d)", joins)
 	}
+	b.ReportMetric(float64(disconnected), "disconnected")
 	b.ReportMetric(float64(joins), "join-frames")
 	b.ReportMetric(float64(joins)/float64(clients), "frames/join")
 	b.ReportMetric(cpu.Seconds()*1000, "node-cpu-ms")
@@ -273,7 +276,8 @@ func TestPresenceStormClients(t *testing.T) {
 	dialers.Wait()
 	subscribed.Wait()
 	fmt.Printf("ready %d\n", time.Since(start).Nanoseconds())
-	// Every member recorded: then the count settles once the node's last join frames are read.
+	// Every member recorded (or some disconnected): then the count settles once the node's last
+	// join frames are read.
 	stats := func() float64 {
 		req, _ := http.NewRequest("GET", base+"/api/presence_stats?channel=room:storm", nil)
 		req.Header.Set("Authorization", "Bearer "+testAPIKey)
@@ -296,13 +300,18 @@ func TestPresenceStormClients(t *testing.T) {
 			fmt.Printf("joins %d %d\n", last, lastNs)
 			continue
 		}
-		if time.Since(quietSince) > time.Second && stats() == float64(clients) {
+		if d := stormDisconnected.Load(); time.Since(quietSince) > time.Second && (d > 0 || stats() == float64(clients)) {
+			fmt.Printf("disconnected %d\n", d)
 			fmt.Println("done")
 			return
 		}
 	}
 	t.Fatal("the join count did not settle within 4 minutes")
 }
+
+// stormDisconnected counts the storm's clients the node disconnected (as slow consumers): they
+// are members no more, and the storm ends without them.
+var stormDisconnected atomic.Int64
 
 // countJoins reads conn until it closes, counting join frames in joins and marking subscribed
 // done at its subscribed frame.
@@ -318,7 +327,11 @@ func countJoins(conn *websocket.Conn, i int, joins *atomic.Int64, subscribed *sy
 			joins.Add(1)
 		case bytes.HasPrefix(head, []byte(`{"type":"subscribed"`)):
 			subscribed.Done()
-		case bytes.HasPrefix(head, []byte(`{"type":"error"`)), bytes.HasPrefix(head, []byte(`{"type":"disconnect"`)):
+		case bytes.HasPrefix(head, []byte(`{"type":"disconnect"`)):
+			if stormDisconnected.Add(1) == 1 {
+				fmt.Fprintf(os.Stderr, "client %d: %s\n", i, data)
+			}
+		case bytes.HasPrefix(head, []byte(`{"type":"error"`)):
 			fmt.Fprintf(os.Stderr, "client %d: %s\n", i, data)
 		}
 	}
