@@ -316,6 +316,14 @@ var stormDisconnected atomic.Int64
 // countJoins reads conn until it closes, counting join frames in joins and marking subscribed
 // done at its subscribed frame.
 func countJoins(conn *websocket.Conn, i int, joins *atomic.Int64, subscribed *sync.WaitGroup) {
+	done := false // subscribed.Done called: at the subscribed frame, or when it will not come
+	markDone := func() {
+		if !done {
+			done = true
+			subscribed.Done()
+		}
+	}
+	defer markDone()
 	for {
 		_, data, err := conn.ReadMessage()
 		if err != nil {
@@ -326,8 +334,9 @@ func countJoins(conn *websocket.Conn, i int, joins *atomic.Int64, subscribed *sy
 		case bytes.HasPrefix(head, []byte(`{"type":"join"`)):
 			joins.Add(1)
 		case bytes.HasPrefix(head, []byte(`{"type":"subscribed"`)):
-			subscribed.Done()
+			markDone()
 		case bytes.HasPrefix(head, []byte(`{"type":"disconnect"`)):
+			markDone()
 			if stormDisconnected.Add(1) == 1 {
 				fmt.Fprintf(os.Stderr, "client %d: %s\n", i, data)
 			}
