@@ -97,7 +97,7 @@ func membersOf(f wstest.Frame) []map[string]any {
 	return out
 }
 
-func apiGet(t *testing.T, base, path string, q url.Values) (int, map[string]any) {
+func apiGet(t testing.TB, base, path string, q url.Values) (int, map[string]any) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", base+path+"?"+q.Encode(), nil)
 	req.Header.Set("Authorization", "Bearer "+testAPIKey)
