@@ -81,27 +81,7 @@ func join(t testing.TB, b *Broker, channel string, m protocol.Member) bool {
 
 // allMembers pages through channel with pages of limit and checks the order.
 func allMembers(t testing.TB, b *Broker, channel string, limit int) ([]protocol.Member, error) {
-	var out []protocol.Member
-	after := ""
-	for {
-		page, more, err := b.Members(t.Context(), channel, after, limit)
-		if err != nil {
-			return nil, err
-		}
-		if len(page) > limit {
-			return nil, fmt.Errorf("page of %d, limit %d", len(page), limit)
-		}
-		for _, m := range page {
-			if m.Session <= after {
-				return nil, fmt.Errorf("session %q after %q: out of order", m.Session, after)
-			}
-			after = m.Session
-		}
-		out = append(out, page...)
-		if !more {
-			return out, nil
-		}
-	}
+	return transporttest.AllMembers(context.Background(), b, channel, limit)
 }
 
 func sessions(ms []protocol.Member) []string {

@@ -88,39 +88,10 @@ func leave(t testing.TB, b *redis.Broker, channel, session string) bool {
 
 // allMembers reads every page of channel, checking that pages are ordered and never repeat.
 func allMembers(t testing.TB, b *redis.Broker, channel string, limit int) ([]protocol.Member, error) {
-	var out []protocol.Member
-	after := ""
-	for {
-		page, more, err := b.Members(context.Background(), channel, after, limit)
-		if err != nil {
-			return nil, err
-		}
-		if len(page) > limit {
-			return nil, fmt.Errorf("page of %d members, limit %d", len(page), limit)
-		}
-		for _, m := range page {
-			if m.Session <= after {
-				return nil, fmt.Errorf("member %q after %q: out of order or repeated", m.Session, after)
-			}
-			after = m.Session
-		}
-		out = append(out, page...)
-		if !more {
-			return out, nil
-		}
-		if len(page) == 0 {
-			return nil, errors.New("more with an empty page")
-		}
-	}
+	return transporttest.AllMembers(context.Background(), b, channel, limit)
 }
 
-func sessions(ms []protocol.Member) []string {
-	out := make([]string, len(ms))
-	for i, m := range ms {
-		out[i] = m.Session
-	}
-	return out
-}
+func sessions(ms []protocol.Member) []string { return transporttest.Sessions(ms) }
 
 // wantMembers polls until channel's members are exactly want (session ids, sorted).
 func wantMembers(t *testing.T, b *redis.Broker, channel string, want []string) {

@@ -139,8 +139,9 @@ func (n presenceNode) leave(t *testing.T, channel, session string) bool {
 	return vacated
 }
 
-// all reads every member of channel, page by page.
-func all(ctx context.Context, p transports.Presence, channel string, limit int) ([]protocol.Member, error) {
+// AllMembers reads every member of channel, page by page, and fails on a page larger than
+// limit, a member out of order or repeated, or an empty page that says there is more.
+func AllMembers(ctx context.Context, p transports.Presence, channel string, limit int) ([]protocol.Member, error) {
 	var out []protocol.Member
 	after := ""
 	for {
@@ -151,6 +152,12 @@ func all(ctx context.Context, p transports.Presence, channel string, limit int) 
 		if len(page) > limit {
 			return nil, fmt.Errorf("a page of %d members, limit %d", len(page), limit)
 		}
+		for _, m := range page {
+			if m.Session <= after {
+				return nil, fmt.Errorf("member %q after %q: out of order or repeated", m.Session, after)
+			}
+			after = m.Session
+		}
 		out = append(out, page...)
 		if !more {
 			return out, nil
@@ -158,12 +165,11 @@ func all(ctx context.Context, p transports.Presence, channel string, limit int) 
 		if len(page) == 0 {
 			return nil, errors.New("an empty page with more")
 		}
-		after = page[len(page)-1].Session
 	}
 }
 
-// sessions are the session ids of ms.
-func sessions(ms []protocol.Member) []string {
+// Sessions are the session ids of ms.
+func Sessions(ms []protocol.Member) []string {
 	out := make([]string, len(ms))
 	for i, m := range ms {
 		out[i] = m.Session
@@ -176,11 +182,11 @@ func (s *presenceSuite) expectMembers(t *testing.T, p transports.Presence, chann
 	t.Helper()
 	want = slices.Sorted(slices.Values(want))
 	WaitFor(t, s.f.Timeout, func() error {
-		ms, err := all(t.Context(), p, channel, 7)
+		ms, err := AllMembers(t.Context(), p, channel, 7)
 		if err != nil {
 			return err
 		}
-		if got := sessions(ms); !slices.Equal(got, want) {
+		if got := Sessions(ms); !slices.Equal(got, want) {
 			return fmt.Errorf("members of %s: %v, want %v", channel, got, want)
 		}
 		return nil
@@ -204,7 +210,7 @@ func (s *presenceSuite) testMembers(t *testing.T) {
 	for _, n := range ns {
 		s.expectMembers(t, n, "room", want)
 	}
-	ms, err := all(t.Context(), ns[1], "room", 100)
+	ms, err := AllMembers(t.Context(), ns[1], "room", 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,11 +323,11 @@ func (s *presenceSuite) testPaging(t *testing.T) {
 	joinAll(t, ns, "big", want)
 	sorted := slices.Sorted(slices.Values(want))
 	for _, limit := range []int{1000, 333, 100} {
-		ms, err := all(t.Context(), ns[1], "big", limit)
+		ms, err := AllMembers(t.Context(), ns[1], "big", limit)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := sessions(ms); !slices.Equal(got, sorted) {
+		if got := Sessions(ms); !slices.Equal(got, sorted) {
 			t.Fatalf("pages of %d: %d members, want %d, in order, each once", limit, len(got), len(sorted))
 		}
 	}
@@ -329,12 +335,12 @@ func (s *presenceSuite) testPaging(t *testing.T) {
 	mid := len(sorted)/2 - 1
 	ms, more, err := ns[0].Members(t.Context(), "big", sorted[mid], 2)
 	if err != nil || !more || len(ms) != 2 || ms[0].Session != sorted[mid+1] || ms[1].Session != sorted[mid+2] {
-		t.Fatalf("the page after %s: %v, more %v, err %v", sorted[mid], sessions(ms), more, err)
+		t.Fatalf("the page after %s: %v, more %v, err %v", sorted[mid], Sessions(ms), more, err)
 	}
 	// The last page says there is no more.
 	last := sorted[len(sorted)-1]
 	if ms, more, err := ns[0].Members(t.Context(), "big", sorted[len(sorted)-2], 5); err != nil || more || len(ms) != 1 || ms[0].Session != last {
-		t.Fatalf("the last page: %v, more %v, err %v", sessions(ms), more, err)
+		t.Fatalf("the last page: %v, more %v, err %v", Sessions(ms), more, err)
 	}
 	if st, err := ns[0].Stats(t.Context(), "big"); err != nil || st.Connections != len(want) {
 		t.Fatalf("stats of the big channel: %+v, %v", st, err)
