@@ -15,13 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/clients/go/service"
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
@@ -86,25 +84,10 @@ func command(t *testing.T, args []string, env ...string) addrs {
 	return addrs{}
 }
 
-// deleteStreams removes the JetStream streams of prefix when the test ends, so that tests do not
-// fill the server (each stream reserves its max_bytes).
+// deleteStreams removes the JetStream streams (and presence bucket) of prefix when the test
+// ends, so that tests do not fill the server (each stream reserves its max_bytes).
 func deleteStreams(t *testing.T, prefix string) {
-	t.Cleanup(func() {
-		nc, err := nats.Connect("nats://127.0.0.1:4222")
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		defer cancel()
-		for _, name := range []string{"_channels", "_inbound"} {
-			_ = js.DeleteStream(ctx, transports.SafeName(prefix)+name)
-		}
-	})
+	t.Cleanup(func() { nodetest.DeleteStreams(prefix) })
 }
 
 func dial(t *testing.T, base, user string) (*wstest.Client, string) {

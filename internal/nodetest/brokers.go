@@ -146,5 +146,6 @@ func DeleteStreams(prefix string) {
 		for _, suffix := range []string{"_channels", "_inbound"} {
 			_ = js.DeleteStream(transports.SafeName(prefix) + suffix)
 		}
+		_ = js.DeleteKeyValue(transports.SafeName(prefix) + "_presence") // every node makes it at start
 	}
 }

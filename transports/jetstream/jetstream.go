@@ -352,10 +352,7 @@ func (b *Broker) start(ctx context.Context, nc *nats.Conn, owns bool) error {
 	if nc.IsConnected() {
 		pctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
 		stop := context.AfterFunc(ctx, cancel) // Start's ctx bounds it too
-		err := b.ensureStreams(pctx)
-		if err == nil {
-			_, err = b.ensureBucket(pctx)
-		}
+		err := b.ensureStreams(pctx)           // and the presence bucket
 		stop()
 		cancel()
 		if err != nil {
@@ -477,6 +474,7 @@ func (b *Broker) streamConfigs() []jetstream.StreamConfig {
 // but cannot be updated to our settings is used as it is, with a warning. Creating a stream that
 // exists with the same settings changes nothing on the server; an update always rewrites the
 // stream's configuration (and, in nats-server 2.15, races with consumers being created).
+// It also creates (or opens) the presence bucket: ready means both streams and the bucket.
 func (b *Broker) ensureStreams(ctx context.Context) error {
 	for _, sc := range b.streamConfigs() {
 		s, err := b.js.CreateStream(ctx, sc)
@@ -496,6 +494,12 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 			b.log.Warn("jetstream: stream exists with other settings, using it as it is", "stream", sc.Name, "error", apiErr)
 		}
 		b.noteStream(s.CachedInfo())
+	}
+	// The presence bucket belongs to what must exist before the broker is ready: a node whose
+	// Ping answered would otherwise refuse presence joins until a later renewal made it.
+	if _, err := b.ensureBucket(ctx); err != nil {
+		b.ready.Store(false)
+		return err
 	}
 	if !b.ready.Swap(true) {
 		b.log.Info("jetstream: streams ready", "streams", b.channels+","+b.inbound)

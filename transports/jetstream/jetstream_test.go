@@ -147,6 +147,7 @@ func dropStreams(t *testing.T, url, prefix string) {
 		for _, s := range []string{"_channels", "_inbound"} {
 			_ = js.DeleteStream(ctx, transports.SafeName(prefix)+s)
 		}
+		_ = js.DeleteKeyValue(ctx, transports.SafeName(prefix)+"_presence") // Start makes it
 	})
 }
 

@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/clients/go/service"
@@ -664,25 +662,10 @@ func TestClose(t *testing.T) {
 	}
 }
 
-// deleteStreams removes the JetStream streams of prefix when the test ends, so that tests do not
-// fill the server (each stream reserves its max_bytes).
+// deleteStreams removes the JetStream streams (and presence bucket) of prefix when the test
+// ends, so that tests do not fill the server (each stream reserves its max_bytes).
 func deleteStreams(t *testing.T, prefix string) {
-	t.Cleanup(func() {
-		nc, err := nats.Connect("nats://127.0.0.1:4222")
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		defer cancel()
-		for _, name := range []string{"_channels", "_inbound"} {
-			_ = js.DeleteStream(ctx, transports.SafeName(prefix)+name)
-		}
-	})
+	t.Cleanup(func() { nodetest.DeleteStreams(prefix) })
 }
 
 // flaky fails SubscribeGroup with failure until fails is used up.
