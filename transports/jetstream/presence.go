@@ -451,6 +451,16 @@ func (b *Broker) Members(ctx context.Context, channel, after string, limit int) 
 	defer cancel()
 	pfx := "m." + transports.SafeName(channel) + "."
 	names, err := listKeys(ctx, kv, pfx+"*", pfx, func(s string) bool { return s > after })
+	// A KV listing (a watcher over the bucket) has once come back empty for a channel that had
+	// members: when the first page is empty but the channel's counts say it has members, list
+	// again, a few times.
+	for try := 0; err == nil && len(names) == 0 && after == "" && try < 3; try++ {
+		st, serr := b.Stats(ctx, channel)
+		if serr != nil || st.Connections == 0 {
+			break
+		}
+		names, err = listKeys(ctx, kv, pfx+"*", pfx, func(s string) bool { return s > after })
+	}
 	if err != nil {
 		return nil, false, unavailable("presence members", err)
 	}
