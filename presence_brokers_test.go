@@ -2,7 +2,6 @@ package gateway_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"testing"
@@ -130,20 +129,7 @@ func (pc *brokerPresenceCluster) events(t *testing.T) <-chan protocol.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(chan protocol.Event, 10000)
-	go func() { // ends when the test's context does
-		for m := range msgs {
-			m.Ack()
-			var ev protocol.Event
-			if json.Unmarshal(m.Payload, &ev) == nil {
-				select {
-				case out <- ev:
-				default:
-				}
-			}
-		}
-	}()
-	return out
+	return decodeEvents(msgs, 10000)
 }
 
 // agreeOnPresence checks that presence and presence_stats from each client (on different nodes)

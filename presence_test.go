@@ -323,8 +323,14 @@ func eventLog(t *testing.T, pc *presenceCluster) <-chan protocol.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(chan protocol.Event, 1000)
-	go func() { // ends when the test's context does
+	return decodeEvents(msgs, 1000)
+}
+
+// decodeEvents acks every message of msgs and passes on the lifecycle events they carry (at most
+// size waiting; more are dropped); it ends when msgs closes (the test's context ends).
+func decodeEvents(msgs <-chan *message.Message, size int) <-chan protocol.Event {
+	out := make(chan protocol.Event, size)
+	go func() {
 		for m := range msgs {
 			m.Ack()
 			var ev protocol.Event

@@ -133,8 +133,9 @@ func newNode(t *testing.T, cfg Config) *Broker {
 	return b
 }
 
-// dropStreams deletes the streams of a prefix once the test is over (a shared server keeps them).
-func dropStreams(t *testing.T, url, prefix string) {
+// dropStreams deletes the streams and the presence bucket of a prefix once the test is over (a
+// shared server keeps them).
+func dropStreams(t testing.TB, url, prefix string) {
 	t.Cleanup(func() {
 		nc, err := nats.Connect(url)
 		if err != nil {

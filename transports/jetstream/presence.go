@@ -91,6 +91,15 @@ func randomID() string {
 	return hex.EncodeToString(p[:])
 }
 
+// unmarkGone forgets that session left channel unannounced (it joined again, or the bucket was
+// told), with the channel's entry once it is empty; p.mu is held.
+func (p *presence) unmarkGone(channel, session string) {
+	delete(p.gone[channel], session)
+	if len(p.gone[channel]) == 0 {
+		delete(p.gone, channel)
+	}
+}
+
 func (b *Broker) bucketName() string { return transports.SafeName(b.cfg.Prefix) + "_presence" }
 
 func (b *Broker) bucket() (jetstream.KeyValue, error) {
@@ -269,7 +278,7 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 		b.pr.local[channel] = map[string]protocol.Member{}
 	}
 	b.pr.local[channel][m.Session] = m
-	delete(b.pr.gone[channel], m.Session)
+	b.pr.unmarkGone(channel, m.Session)
 	epoch := b.pr.epoch
 	b.pr.mu.Unlock()
 	occupied, err := b.record(ctx, kv, channel, m, epoch)
@@ -820,10 +829,7 @@ func (b *Broker) removeGone() {
 		}
 		if err == nil {
 			b.pr.mu.Lock()
-			delete(b.pr.gone[e.channel], e.session)
-			if len(b.pr.gone[e.channel]) == 0 {
-				delete(b.pr.gone, e.channel)
-			}
+			b.pr.unmarkGone(e.channel, e.session)
 			b.pr.mu.Unlock()
 		}
 		mu.Unlock()

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsgateway/gateway/protocol"
@@ -27,7 +26,7 @@ import (
 func presenceNodes(t testing.TB, url string, n int, heartbeat time.Duration, opts ...func(*Config)) []*Broker {
 	t.Helper()
 	prefix := transporttest.Prefix(t)
-	dropPresence(t, url, prefix)
+	dropStreams(t, url, prefix)
 	out := make([]*Broker, n)
 	for i := range out {
 		cfg := testConfig(url, prefix)
@@ -47,23 +46,6 @@ func presenceNodes(t testing.TB, url string, n int, heartbeat time.Duration, opt
 		out[i] = b
 	}
 	return out
-}
-
-func dropPresence(t testing.TB, url, prefix string) {
-	t.Cleanup(func() {
-		nc, err := nats.Connect(url)
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		js, _ := jetstream.New(nc)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = js.DeleteKeyValue(ctx, transports.SafeName(prefix)+"_presence")
-		for _, s := range []string{"_channels", "_inbound"} {
-			_ = js.DeleteStream(ctx, transports.SafeName(prefix)+s)
-		}
-	})
 }
 
 func member(node, session, user string) protocol.Member {
@@ -412,7 +394,7 @@ func (r *reaps) wait(t *testing.T, want ...string) {
 // started (OnReap is set before Start).
 func reapNodes(t *testing.T, url string) ([]*Broker, *reaps) {
 	prefix := transporttest.Prefix(t)
-	dropPresence(t, url, prefix)
+	dropStreams(t, url, prefix)
 	r := &reaps{got: map[string]int{}}
 	var out []*Broker
 	for i := range 3 {
@@ -718,7 +700,7 @@ func presenceSuiteNodes(url string) transporttest.NewPresenceNode {
 	var seen sync.Map
 	return func(t *testing.T, prefix, nodeID string, heartbeat time.Duration) transports.Broker {
 		if _, dup := seen.LoadOrStore(prefix, true); !dup {
-			dropPresence(t, url, prefix)
+			dropStreams(t, url, prefix)
 		}
 		cfg := testConfig(url, prefix)
 		cfg.Name = nodeID

@@ -294,6 +294,9 @@ func (s *space) record(channel string, m protocol.Member, owner *Node) bool {
 		c.forgetUser(old.m.User)
 		if old.owner != owner && old.owner.local != nil {
 			delete(old.owner.local[channel], m.Session) // the session moved: one owner only
+			if len(old.owner.local[channel]) == 0 {
+				delete(old.owner.local, channel)
+			}
 		}
 	} else {
 		c.order = insertSorted(c.order, m.Session)
