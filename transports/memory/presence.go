@@ -3,12 +3,12 @@ package memory
 import (
 	"context"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/internal/roster"
 )
 
 // Presence on the in-process broker: the Broker is the cluster, each Node one gateway node.
@@ -36,27 +36,13 @@ type presence struct {
 
 // space is one prefix's presence: one cluster's.
 type space struct {
-	channels map[string]*pchannel
-	names    []string                                      // the names of channels, sorted
+	members  roster.Roster[*Node]                          // with the node that recorded each
 	leases   map[*Node]lease                               // the nodes that recorded members, with their lease
 	watchers map[*Node]func(string, protocol.Member, bool) // open nodes that set OnReap
 }
 
 // lease is a node's right to its members: it runs out at expires unless renewed.
 type lease struct{ expires time.Time }
-
-// pchannel is one channel's members.
-type pchannel struct {
-	members map[string]entry // by session id
-	order   []string         // session ids, sorted
-	users   map[string]int   // members per (non-empty) user id
-	anon    int              // members without a user id
-}
-
-type entry struct {
-	m     protocol.Member
-	owner *Node
-}
 
 // reaper is the Broker's goroutine that removes the members of expired leases.
 type reaper struct {
@@ -85,7 +71,7 @@ func (p *presence) space(prefix string) *space {
 	}
 	s := p.spaces[prefix]
 	if s == nil {
-		s = &space{channels: map[string]*pchannel{}, leases: map[*Node]lease{},
+		s = &space{leases: map[*Node]lease{},
 			watchers: map[*Node]func(string, protocol.Member, bool){}}
 		p.spaces[prefix] = s
 	}
@@ -140,15 +126,8 @@ func (n *Node) Leave(ctx context.Context, channel, session string) (bool, error)
 			delete(n.local, channel)
 		}
 	}
-	s := p.space(n.prefix)
-	c := s.channels[channel]
-	if c == nil {
-		return false, nil
-	}
-	if _, ok := c.members[session]; !ok {
-		return false, nil
-	}
-	return s.remove(channel, c, session), nil
+	_, _, vacated := p.space(n.prefix).members.Remove(channel, session)
+	return vacated, nil
 }
 
 // Members implements transports.Presence. A page costs O(log members + limit).
@@ -159,20 +138,8 @@ func (n *Node) Members(ctx context.Context, channel, after string, limit int) ([
 	p := &n.broker.presence
 	p.pmu.Lock()
 	defer p.pmu.Unlock()
-	c := p.space(n.prefix).channels[channel]
-	if c == nil || limit <= 0 {
-		return nil, false, nil
-	}
-	i := sort.SearchStrings(c.order, after)
-	if i < len(c.order) && c.order[i] == after && after != "" {
-		i++
-	}
-	end := min(i+limit, len(c.order))
-	out := make([]protocol.Member, 0, end-i)
-	for _, id := range c.order[i:end] {
-		out = append(out, c.members[id].m)
-	}
-	return out, end < len(c.order), nil
+	ms, more := p.space(n.prefix).members.Members(channel, after, limit)
+	return ms, more, nil
 }
 
 // Stats implements transports.Presence.
@@ -183,7 +150,7 @@ func (n *Node) Stats(ctx context.Context, channel string) (protocol.PresenceStat
 	p := &n.broker.presence
 	p.pmu.Lock()
 	defer p.pmu.Unlock()
-	return p.space(n.prefix).channels[channel].stats(), nil
+	return p.space(n.prefix).members.Stats(channel), nil
 }
 
 // Channels implements transports.Presence. A page costs O(log channels + limit).
@@ -194,19 +161,8 @@ func (n *Node) Channels(ctx context.Context, prefix, after string, limit int) ([
 	p := &n.broker.presence
 	p.pmu.Lock()
 	defer p.pmu.Unlock()
-	s := p.space(n.prefix)
-	from := prefix
-	if after >= from {
-		from = after + "\x00" // the first name after after
-	}
-	var out []protocol.ChannelStats
-	for i := sort.SearchStrings(s.names, from); i < len(s.names) && strings.HasPrefix(s.names[i], prefix); i++ {
-		if len(out) == limit {
-			return out, true, nil
-		}
-		out = append(out, protocol.ChannelStats{Channel: s.names[i], PresenceStats: s.channels[s.names[i]].stats()})
-	}
-	return out, false, nil
+	cs, more := p.space(n.prefix).members.Channels(prefix, after, limit)
+	return cs, more, nil
 }
 
 // OnReap implements transports.Presence. The function is called on the Broker's reaper
@@ -283,75 +239,14 @@ func (n *Node) forget() {
 
 // record puts m in channel for owner and reports whether the channel was empty. p.pmu is held.
 func (s *space) record(channel string, m protocol.Member, owner *Node) bool {
-	c := s.channels[channel]
-	occupied := c == nil
-	if occupied {
-		c = &pchannel{members: map[string]entry{}, users: map[string]int{}}
-		s.channels[channel] = c
-		s.names = insertSorted(s.names, channel)
-	}
-	if old, ok := c.members[m.Session]; ok {
-		c.forgetUser(old.m.User)
-		if old.owner != owner && old.owner.local != nil {
-			delete(old.owner.local[channel], m.Session) // the session moved: one owner only
-			if len(old.owner.local[channel]) == 0 {
-				delete(old.owner.local, channel)
-			}
+	occupied, old, had := s.members.Put(channel, roster.Entry[*Node]{M: m, X: owner})
+	if had && old.X != owner && old.X.local != nil {
+		delete(old.X.local[channel], m.Session) // the session moved: one owner only
+		if len(old.X.local[channel]) == 0 {
+			delete(old.X.local, channel)
 		}
-	} else {
-		c.order = insertSorted(c.order, m.Session)
-	}
-	c.members[m.Session] = entry{m: m, owner: owner}
-	if m.User == "" {
-		c.anon++
-	} else {
-		c.users[m.User]++
 	}
 	return occupied
-}
-
-// remove takes session out of c, the channel named channel, and reports whether it was the
-// last member. p.pmu is held.
-func (s *space) remove(channel string, c *pchannel, session string) bool {
-	e := c.members[session]
-	delete(c.members, session)
-	c.forgetUser(e.m.User)
-	if i := sort.SearchStrings(c.order, session); i < len(c.order) && c.order[i] == session {
-		c.order = append(c.order[:i], c.order[i+1:]...)
-	}
-	if len(c.members) > 0 {
-		return false
-	}
-	delete(s.channels, channel)
-	if i := sort.SearchStrings(s.names, channel); i < len(s.names) && s.names[i] == channel {
-		s.names = append(s.names[:i], s.names[i+1:]...)
-	}
-	return true
-}
-
-func (c *pchannel) forgetUser(user string) {
-	if user == "" {
-		c.anon--
-		return
-	}
-	if c.users[user]--; c.users[user] <= 0 {
-		delete(c.users, user)
-	}
-}
-
-func (c *pchannel) stats() protocol.PresenceStats {
-	if c == nil {
-		return protocol.PresenceStats{}
-	}
-	return protocol.PresenceStats{Connections: len(c.members), Users: len(c.users) + c.anon}
-}
-
-func insertSorted(s []string, v string) []string {
-	i := sort.SearchStrings(s, v)
-	s = append(s, "")
-	copy(s[i+1:], s[i:])
-	s[i] = v
-	return s
 }
 
 // startReaper starts the reaper unless it runs or the broker is closed.
@@ -413,20 +308,16 @@ func (b *Broker) reap() {
 			}
 			delete(s.leases, n)
 			for channel, mine := range n.local {
-				c := s.channels[channel]
-				if c == nil {
-					continue
-				}
 				gone := make([]string, 0, len(mine))
 				for id := range mine {
-					if e, ok := c.members[id]; ok && e.owner == n {
+					if e, ok := s.members.Get(channel, id); ok && e.X == n {
 						gone = append(gone, id)
 					}
 				}
 				sort.Strings(gone)
 				for _, id := range gone {
-					m := c.members[id].m
-					vacated := s.remove(channel, c, id)
+					e, _, vacated := s.members.Remove(channel, id)
+					m := e.M
 					if tell != nil {
 						out = append(out, reaped{channel: channel, m: m, vacated: vacated, tell: tell})
 					}
