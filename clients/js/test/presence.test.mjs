@@ -95,13 +95,18 @@ describe('presence on one node (memory)', () => {
     await eventually(() => got.length === 1, () => `alice's own join, got ${show(got)}`);
     assert.deepEqual(got[0], { channel: room, kind: 'join', member: { user: a.user, session: a.session, node: node.id }, position: got[0].position });
 
+    // Each step waits for the frame before it to reach alice: a join is published after the
+    // subscriber's `subscribed`, a leave after `unsubscribed`, so changes of two connections made
+    // one right after the other could be in the stream in either order.
     const b = client(node.ws, token(uniq('bob-')));
     await b.subscribe(room);
-    await b.publish(room, 'hello');
+    await b.publish(room, 'hello'); // after bob's join: his frames are handled in order
     await b.unsubscribe(room);
+    await eventually(() => got.length === 3, () => `bob's join and leave, got ${show(got)}`);
     const c = client(node.ws, token(uniq('carol-')));
     await c.subscribe(room);
     const cSession = c.session;
+    await eventually(() => got.length === 4, () => `carol's join, got ${show(got)}`);
     c.close();
     await eventually(() => got.length === 5, () => `5 joins and leaves, got ${show(got)}`);
     assert.deepEqual(stream, [
@@ -175,18 +180,25 @@ describe('presence across two nodes on redis', () => {
     const alice = uniq('alice-');
     const bob = uniq('bob-');
 
+    // Each one subscribes once the one before has its own join: a join is published after the
+    // subscriber's `subscribed`, so joins of two connections subscribing one right after the
+    // other could be in the stream in either order.
     const a = client(na.ws, token(alice));
     const got = presenceEvents(a);
     await a.subscribe(room);
+    await eventually(() => got.length === 1, () => `alice's own join, got ${show(got)}`);
     const b = client(nb.ws, token(bob));
     const gotB = presenceEvents(b);
     await b.subscribe(room);
     assert.equal(b.node, nb.id);
+    await eventually(() => gotB.length === 1, () => `bob's own join, got ${show(gotB)}`);
     // alice's second tab, on node b, moving to node a when b dies.
     const a2 = client([nb.ws, na.ws], token(alice));
+    const got2 = presenceEvents(a2);
     await a2.subscribe(room);
     const a2First = a2.session;
     assert.equal(a2.node, nb.id);
+    await eventually(() => got2.length === 1, () => `the second tab's own join, got ${show(got2)}`);
 
     await eventually(() => got.length === 3, () => `alice's join, bob's and her second tab's, got ${show(got)}`);
     assert.deepEqual(
