@@ -9,7 +9,7 @@ package kafka
 //
 //	m <channel> <session>  a member: JSON {"m": member, "i": owner incarnation}; null (a tombstone): it left
 //	h <node id>            a heartbeat: JSON {"i": incarnation, "r": the node reaps (OnReap set)}
-//	r <incarnation>        that incarnation is reaped: JSON {"by": the reaper's process id, "n": its node}
+//	r <incarnation>        that incarnation is reaped: JSON {"by": the reaper's process id, "n": the reaped node}
 //
 // An incarnation is a random id a Broker takes at New and again when it finds itself reaped
 // (its lease ran out while it lived); a member is owned by the incarnation that put it. A put by
@@ -69,30 +69,31 @@ type presence struct {
 	stripes [64]sync.Mutex // a member's writes by this node, in order: Join, Leave, reconcile
 	paused  atomic.Bool    // set by tests: the node stops heartbeating (it hangs)
 
-	mu        sync.Mutex
-	inc       string                                // this process's current incarnation
-	view      roster.Roster[string]                 // every member, with its owner incarnation
-	owned     map[string]map[memberKey]struct{}     // owner incarnation -> its members
-	dead      map[string]struct{}                   // reaped incarnations
-	peers     map[string]*peer                      // other incarnations, live or with members
-	next      int64                                 // the next offset to apply; -1 before the first read
-	topicID   string                                // of the topic the view was read from
-	progress  chan struct{}                         // closed and replaced when next moves or the view is reset
-	changed   chan struct{}                         // closed and replaced when the topic was re-created
-	local     map[string]map[string]protocol.Member // what this node joined: channel -> session -> member
-	pending   map[memberKey]int                     // this node's writes not applied yet, per member
-	ops       map[string]*op                        // by id
-	opSeq     uint64
-	beats     int            // this incarnation's heartbeats applied
-	asked     map[string]int // incarnations this node wrote a reap for: beats then
-	onReap    func(channel string, m protocol.Member, vacated bool)
-	want      bool // OnReap was set: start with the connection
-	started   bool
-	active    bool          // the node heartbeats and reaps: it joined or set OnReap
-	activated chan struct{} // closed when active is set
-	wake      chan struct{} // wakes the heartbeat loop (a new incarnation)
-	reaps     []reapCall    // OnReap calls waiting for the notifier
-	reapWake  chan struct{}
+	mu          sync.Mutex
+	inc         string                                // this process's current incarnation
+	view        roster.Roster[string]                 // every member, with its owner incarnation
+	owned       map[string]map[memberKey]struct{}     // owner incarnation -> its members
+	dead        map[string]struct{}                   // reaped incarnations
+	peers       map[string]*peer                      // other incarnations, live or with members
+	next        int64                                 // the next offset to apply; -1 before the first read
+	topicID     string                                // of the topic the view was read from
+	progress    chan struct{}                         // closed and replaced when next moves or the view is reset
+	changed     chan struct{}                         // closed and replaced when the topic was re-created
+	local       map[string]map[string]protocol.Member // what this node joined: channel -> session -> member
+	pending     map[memberKey]int                     // this node's writes not applied yet, per member
+	ops         map[string]*op                        // by id
+	opSeq       uint64
+	beats       int            // this incarnation's heartbeats applied
+	asked       map[string]int // incarnations this node wrote a reap for: beats then
+	onReap      func(channel string, m protocol.Member, vacated bool)
+	want        bool // OnReap was set: start with the connection
+	started     bool
+	active      bool          // the node heartbeats and reaps: it joined or set OnReap
+	activated   chan struct{} // closed when active is set
+	wake        chan struct{} // wakes the heartbeat loop (a new incarnation)
+	reaps       []reapCall    // members this process reaped, for OnReap and their tombstones
+	reapedNodes []string      // nodes this process reaped, for the tombstones of their heartbeats
+	reapWake    chan struct{}
 }
 
 type memberKey struct{ channel, session string }
@@ -140,8 +141,8 @@ type beatValue struct {
 }
 
 type reapValue struct {
-	By string `json:"by"`
-	N  string `json:"n"`
+	By string `json:"by"` // the reaper's process id
+	N  string `json:"n"`  // the reaped node's id
 }
 
 func randomID() string {
@@ -416,14 +417,15 @@ func (p *presence) reap(inc string, v reapValue) {
 	slices.SortFunc(keys, func(a, b memberKey) int {
 		return cmp.Or(strings.Compare(a.channel, b.channel), strings.Compare(a.session, b.session))
 	})
-	tell := v.By == p.proc && p.onReap != nil
+	mine := v.By == p.proc
 	for _, k := range keys {
 		e, _, vacated := p.remove(k.channel, k.session)
-		if tell {
+		if mine {
 			p.reaps = append(p.reaps, reapCall{fn: p.onReap, channel: k.channel, m: e.M, vacated: vacated})
 		}
 	}
-	if tell && len(keys) > 0 {
+	if mine {
+		p.reapedNodes = append(p.reapedNodes, v.N)
 		signal(p.reapWake)
 	}
 	if inc == p.inc {
@@ -816,7 +818,11 @@ func (b *Broker) OnReap(fn func(channel string, m protocol.Member, vacated bool)
 	}
 }
 
-// presenceNotifier calls OnReap for the members this node reaped, off the reader's goroutine.
+// presenceNotifier calls OnReap for the members this node reaped, off the reader's goroutine,
+// then writes their tombstones (and the reaped node's heartbeat's), so that compaction drops
+// their records: the reap record removed them from the views already, the tombstones only keep
+// the topic small. A member its node recorded again meanwhile (it lived) is left as it is; should
+// a tombstone land after such a record all the same, that node's reconcile writes it again.
 func (b *Broker) presenceNotifier() {
 	p := &b.pr
 	for {
@@ -826,15 +832,50 @@ func (b *Broker) presenceNotifier() {
 		case <-p.reapWake:
 		}
 		p.mu.Lock()
-		calls := p.reaps
-		p.reaps = nil
+		calls, nodes := p.reaps, p.reapedNodes
+		p.reaps, p.reapedNodes = nil, nil
 		p.mu.Unlock()
 		for _, c := range calls {
 			if b.isClosed() {
 				return
 			}
-			c.fn(c.channel, c.m, c.vacated)
+			if c.fn != nil {
+				c.fn(c.channel, c.m, c.vacated)
+			}
 		}
+		b.tombstones(calls, nodes)
+	}
+}
+
+// tombstones writes the tombstones of reaped members still absent from the view, and of the
+// heartbeats of reaped nodes that have no live incarnation.
+func (b *Broker) tombstones(calls []reapCall, nodes []string) {
+	p := &b.pr
+	var msgs []*sarama.ProducerMessage
+	p.mu.Lock()
+	for _, c := range calls {
+		if _, back := p.view.Get(c.channel, c.m.Session); !back {
+			k := memberKey{c.channel, c.m.Session}
+			msgs = append(msgs, &sarama.ProducerMessage{Topic: b.names.presence, Key: sarama.StringEncoder(k.record())})
+		}
+	}
+	for _, node := range nodes {
+		live := node == p.node
+		for _, pe := range p.peers {
+			live = live || pe.node == node && pe.beat && pe.since < reapAfter
+		}
+		if !live {
+			msgs = append(msgs, &sarama.ProducerMessage{Topic: b.names.presence, Key: sarama.StringEncoder("h\x00" + node)})
+		}
+	}
+	p.mu.Unlock()
+	if len(msgs) == 0 {
+		return
+	}
+	ctx, cancel := b.presenceCtx(context.Background())
+	defer cancel()
+	if err := b.produceBatch(ctx, msgs); err != nil {
+		b.log.Debug("kafka presence: tombstones of reaped members not written (their records stay in the topic, without effect)", "error", err)
 	}
 }
 
@@ -926,7 +967,7 @@ func (b *Broker) reapPass(ctx context.Context) {
 	p.mu.Unlock()
 	for _, v := range victims {
 		b.log.Info("kafka presence lease expired, reaping the node's members", "node", v.node, "incarnation", v.inc)
-		val, _ := json.Marshal(reapValue{By: p.proc, N: p.node})
+		val, _ := json.Marshal(reapValue{By: p.proc, N: v.node})
 		if err := b.produce(ctx, "r\x00"+v.inc, val, nil); err != nil {
 			b.log.Warn("kafka presence reap not written; the next heartbeat tries again", "node", v.node, "error", err)
 			p.mu.Lock()
