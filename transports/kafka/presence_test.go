@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -343,4 +344,64 @@ func viewOf(log []*sarama.ConsumerMessage) []string {
 		})
 	}
 	return out
+}
+
+// BenchmarkPresenceMembersPage reads a page of 100 members from the middle of a channel of
+// 1,000 and of 10,000 members (kfake in process): a list-offsets round trip to catch up, then
+// the node's view; the page's cost does not grow with the channel.
+func BenchmarkPresenceMembersPage(b *testing.B) {
+	for _, count := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("members=%d", count), func(b *testing.B) {
+			cl := newCluster(b)
+			n := newBroker(b, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(b), NodeID: "bench"})
+			joinMany(b, n, "big", count)
+			after := fmt.Sprintf("s%06d", count/2)
+			b.ResetTimer()
+			for b.Loop() {
+				ms, _, err := n.Members(b.Context(), "big", after, 100)
+				if err != nil || len(ms) != 100 {
+					b.Fatal(len(ms), err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPresenceJoin: a Join and a Leave of one member in a channel of 100, one at a time:
+// each is a record written and read back by the node's reader.
+func BenchmarkPresenceJoin(b *testing.B) {
+	cl := newCluster(b)
+	n := newBroker(b, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(b), NodeID: "bench"})
+	joinMany(b, n, "room", 100)
+	m := protocol.Member{User: "u", Session: "s", Node: "bench"}
+	for b.Loop() {
+		if _, err := n.Join(b.Context(), "room", m); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := n.Leave(b.Context(), "room", "s"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// joinMany joins count members (sessions s000000…) to channel, 16 at a time.
+func joinMany(b *testing.B, n *Broker, channel string, count int) {
+	b.Helper()
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for w := range 16 {
+		wg.Go(func() {
+			for i := w; i < count; i += 16 {
+				s := fmt.Sprintf("s%06d", i)
+				if _, err := n.Join(b.Context(), channel, protocol.Member{User: "u" + s, Session: s, Node: "bench"}); err != nil {
+					failed.Store(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
+	}
 }
