@@ -20,9 +20,9 @@ package kafka
 //
 // Leases: an active node (one that joined, or set OnReap) heartbeats twice per Heartbeat. Each
 // node counts, per other incarnation, its own heartbeats applied since that incarnation's last
-// one: reapAfter of them span 2 heartbeats of silence on the counting node's clock, whatever the
-// lag of its reader (its own heartbeats come through the same log). The live node first by
-// (reaps, node id, incarnation) then writes "r <incarnation>"; the first such record applied
+// one: reapAfter of them span at least 2 heartbeats of silence on the counting node's clock,
+// whatever the lag of its reader (its own heartbeats come through the same log). The live node
+// first by (reaps, node id, incarnation) then writes "r <incarnation>"; the first such record applied
 // removes the members on every node, and its writer alone calls OnReap. After each of its
 // heartbeats a node also compares its own record of what it joined and left (the node's truth)
 // with the view and writes what differs: a node that was reaped, or whose records a broker lost,
@@ -53,8 +53,10 @@ import (
 
 const (
 	// reapAfter is how many of its own heartbeats (two per Heartbeat) a node applies after an
-	// incarnation's last heartbeat before it reaps that incarnation: 2 heartbeats of silence.
-	reapAfter = 5
+	// incarnation's last heartbeat before it reaps that incarnation: the first may have been
+	// written up to half a heartbeat late, so the silence is at least 2 heartbeats (2.5 usually),
+	// and at most 3 when the incarnation died right after a heartbeat.
+	reapAfter = 6
 	// opHeader names the operation a record answers (process id "." sequence), so that its
 	// writer learns what applying it changed.
 	opHeader = "op"
