@@ -350,6 +350,9 @@ func (p *presence) put(channel string, m protocol.Member, inc string) bool {
 	k := memberKey{channel, m.Session}
 	if had && old.X != inc {
 		p.disown(old.X, k)
+		if old.X == p.inc && p.pending[k] == 0 {
+			p.unhold(channel, m.Session) // the session moved to another node: one owner only
+		}
 	}
 	set := p.owned[inc]
 	if set == nil {

@@ -405,3 +405,22 @@ func joinMany(b *testing.B, n *Broker, channel string, count int) {
 		b.Fatal(err)
 	}
 }
+
+// TestPresenceSessionMoves: a session joined on one node and then on another has one owner, the
+// second: the first node does not record it again, and the second's leave removes it.
+func TestPresenceSessionMoves(t *testing.T) {
+	cl := newCluster(t)
+	prefix := transporttest.Prefix(t)
+	a := presenceNode(t, cl, prefix, "a", nil)
+	b := presenceNode(t, cl, prefix, "b", nil)
+	joinT(t, a, "c", "s")
+	joinT(t, b, "c", "s")
+	wantMembers(t, a, "c", "b/s")
+	time.Sleep(3 * testHeartbeat) // a's reconcile runs: it must not take the session back
+	wantMembers(t, a, "c", "b/s")
+	if vacated, err := b.Leave(t.Context(), "c", "s"); err != nil || !vacated {
+		t.Fatalf("Leave: vacated %v, %v", vacated, err)
+	}
+	time.Sleep(3 * testHeartbeat)
+	wantMembers(t, b, "c")
+}
