@@ -324,7 +324,9 @@ func (p *presence) apply(km *sarama.ConsumerMessage) {
 		out.occupied = p.put(channel, v.M, v.I)
 	case strings.HasPrefix(key, "h\x00"):
 		var v beatValue
-		if json.Unmarshal(km.Value, &v) == nil {
+		if km.Value == nil {
+			p.forget(key[2:])
+		} else if json.Unmarshal(km.Value, &v) == nil {
 			p.beat(key[2:], v)
 		}
 	case strings.HasPrefix(key, "r\x00"):
@@ -391,10 +393,8 @@ func (p *presence) beat(node string, v beatValue) {
 	}
 	if v.I == p.inc {
 		p.beats++
-		for inc, pe := range p.peers {
-			if pe.since++; pe.since >= reapAfter && len(p.owned[inc]) == 0 {
-				delete(p.peers, inc) // silent and owns nothing: forgotten
-			}
+		for _, pe := range p.peers {
+			pe.since++
 		}
 		return
 	}
@@ -404,6 +404,16 @@ func (p *presence) beat(node string, v beatValue) {
 		p.peers[v.I] = pe
 	}
 	pe.node, pe.reaps, pe.beat, pe.since = node, v.R, true, 0
+}
+
+// forget applies the tombstone of node's heartbeat: its incarnations that own nothing are
+// forgotten (a live one is seen again at its next heartbeat); p.mu is held.
+func (p *presence) forget(node string) {
+	for inc, pe := range p.peers {
+		if pe.node == node && len(p.owned[inc]) == 0 {
+			delete(p.peers, inc)
+		}
+	}
 }
 
 // reap applies the reap of inc: the first one removes what inc owns, and its writer (if it is
@@ -931,7 +941,8 @@ func (b *Broker) heartbeat() {
 // reapPass writes a reap for each incarnation that owns members and has been silent for
 // reapAfter of this node's heartbeats, when this node is the live node first by (reaps, node
 // id, incarnation). A reap written and not applied after reapAfter more heartbeats is written
-// again.
+// again. A silent incarnation that owns nothing is forgotten, and (by that node) the tombstone
+// of its heartbeat written unless its node id lives on in another incarnation.
 func (b *Broker) reapPass(ctx context.Context) {
 	p := &b.pr
 	type who struct {
@@ -948,14 +959,21 @@ func (b *Broker) reapPass(ctx context.Context) {
 	me := who{p.onReap != nil, p.node, p.inc}
 	best := me
 	var victims []who
+	var silent []string // nodes of forgotten incarnations
+	live := map[string]bool{p.node: true}
 	for inc, pe := range p.peers {
 		if pe.since < reapAfter {
 			if c := (who{pe.reaps, pe.node, inc}); pe.beat && first(c, best) {
 				best = c
 			}
+			live[pe.node] = live[pe.node] || pe.beat
 			continue
 		}
 		if len(p.owned[inc]) == 0 {
+			delete(p.peers, inc)
+			if pe.beat {
+				silent = append(silent, pe.node)
+			}
 			continue
 		}
 		if at, ok := p.asked[inc]; ok && p.beats-at < reapAfter {
@@ -964,12 +982,23 @@ func (b *Broker) reapPass(ctx context.Context) {
 		victims = append(victims, who{node: pe.node, inc: inc})
 	}
 	if best != me {
-		victims = nil
+		victims, silent = nil, nil
 	}
 	for _, v := range victims {
 		p.asked[v.inc] = p.beats
 	}
+	var beats []*sarama.ProducerMessage
+	for _, node := range silent {
+		if !live[node] {
+			beats = append(beats, &sarama.ProducerMessage{Topic: b.names.presence, Key: sarama.StringEncoder("h\x00" + node)})
+		}
+	}
 	p.mu.Unlock()
+	if len(beats) > 0 {
+		if err := b.produceBatch(ctx, beats); err != nil {
+			b.log.Debug("kafka presence: tombstones of silent nodes' heartbeats not written", "error", err)
+		}
+	}
 	for _, v := range victims {
 		b.log.Info("kafka presence lease expired, reaping the node's members", "node", v.node, "incarnation", v.inc)
 		val, _ := json.Marshal(reapValue{By: p.proc, N: v.node})

@@ -160,6 +160,12 @@ func TestPresenceLateNodeCatchesUp(t *testing.T) {
 	log := &reapLog{}
 	a := presenceNode(t, cl, prefix, "a", log)
 	dying := presenceNode(t, cl, prefix, "dying", nil)
+	idle := presenceNode(t, cl, prefix, "idle", nil) // joins and leaves, then stops: owns nothing
+	joinT(t, idle, "room:9", "i")
+	if _, err := idle.Leave(t.Context(), "room:9", "i"); err != nil {
+		t.Fatal(err)
+	}
+	_ = idle.Close()
 	for i := range 6 {
 		joinT(t, a, "room:"+strconv.Itoa(i%3), "a"+strconv.Itoa(i))
 		joinT(t, dying, "room:"+strconv.Itoa(i%2), "d"+strconv.Itoa(i))
@@ -191,25 +197,31 @@ func TestPresenceLateNodeCatchesUp(t *testing.T) {
 	check(a)
 	check(presenceNode(t, cl, prefix, "late", nil))
 
-	// The reaped members' tombstones are written after OnReap; wait until the late node applied
-	// them (the reaper wrote 6 member tombstones and the heartbeat's).
-	records := func() map[string][][]byte {
-		t.Helper()
-		return topicRecords(t, a)
+	// The reaper writes the reaped members' tombstones after OnReap, and the heartbeats' of the
+	// dead nodes (dying, reaped, and idle, silent with no member).
+	gone := func(key string) bool {
+		return strings.HasPrefix(key, "m\x00") && strings.Contains(key, "\x00d") || key == "h\x00dying" || key == "h\x00idle"
 	}
 	transporttest.WaitFor(t, 10*time.Second, func() error {
-		for key, vals := range records() {
-			if strings.HasPrefix(key, "m\x00") && strings.Contains(key, "\x00d") && vals[len(vals)-1] != nil {
+		for key, vals := range topicRecords(t, a) {
+			if gone(key) && vals[len(vals)-1] != nil {
 				return fmt.Errorf("no tombstone yet for %q", key)
 			}
 		}
 		return nil
 	})
 	cl.compact()
-	for key, vals := range records() {
-		if strings.HasPrefix(key, "m\x00") && strings.Contains(key, "\x00d") && (len(vals) != 1 || vals[0] != nil) {
-			t.Fatalf("after compaction, %q has %d records, want its tombstone only", key, len(vals))
+	n := 0
+	for key, vals := range topicRecords(t, a) {
+		if gone(key) {
+			n++
+			if len(vals) != 1 || vals[0] != nil {
+				t.Fatalf("after compaction, %q has %d records, want its tombstone only", key, len(vals))
+			}
 		}
+	}
+	if n != 8 {
+		t.Fatalf("%d tombstones of the dead nodes' records, want 8 (6 members, 2 heartbeats)", n)
 	}
 	check(presenceNode(t, cl, prefix, "later", nil))
 	check(a)
