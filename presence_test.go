@@ -401,7 +401,7 @@ func TestPresenceNodeLost(t *testing.T) {
 	z, _ := wstest.Dial(t, n2.URL, allowAll(t, "z"))
 	z.Subscribe("quiet:alone")
 
-	_ = pc.links[1].Close() // node 2 loses its broker: no leave, no more lease renewal
+	_ = pc.links[1].Close()        // node 2 loses its broker: no leave, no more lease renewal
 	expectLeaves(t, w, "p2", lost) // in one frame when the reaping fell in one window
 	wstest.WaitFor(t, func() error {
 		if ms := membersOf(presenceOf(t, w, "room:k", "", 0)); len(ms) != 1 || ms[0]["session"] != ww.Str("session") {

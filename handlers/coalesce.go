@@ -25,9 +25,11 @@ type publishChanges func(channel, kind string, members []protocol.Member)
 // coalescer gathers the joins and leaves a node announces, per channel, for a window
 // (presence.coalesce), and publishes them as few messages: each run of changes of one kind, in
 // the order they came, is one message (at most coalesceMaxMembers members, coalesceMaxBytes
-// bytes). A join and a leave of the same session in one window cancel: the subscribers end with
-// the same members as if both had been sent. A channel's messages are published one at a time,
-// in order. It starts nothing until a change comes: a window's timer and the flush it runs are
+// bytes). Of several changes of one session in a window only the last is sent, at its place in
+// the order: a subscriber that applies them ends with the right members, whenever in the window
+// it read `presence` (a join and a leave that cancelled instead would leave a ghost in the set
+// of one that read it between them). A channel's messages are published one at a time, in
+// order. It starts nothing until a change comes: a window's timer and the flush it runs are
 // its only goroutines, and Close flushes what is pending and waits for them.
 type coalescer struct {
 	window  time.Duration
@@ -76,12 +78,7 @@ func (c *coalescer) add(channel, kind string, m protocol.Member) bool {
 		c.chans = transports.Shrink(c.chans, &c.peak) // notes the peak
 	}
 	if i, ok := pc.index[m.Session]; ok {
-		prev := pc.changes[i].kind
-		pc.cancel(i)
-		if prev != kind { // a join and a leave of one session in one window: nothing changed
-			return true
-		}
-		// the same change twice (not expected): the later stands, at its place in the order
+		pc.cancel(i) // the session's last change stands, at its place in the order
 	}
 	if pc.live == 0 {
 		pc.first = time.Now()

@@ -3,6 +3,8 @@ package handlers
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -129,40 +131,66 @@ func TestCoalescerHoldsForTheWindow(t *testing.T) {
 	equal(t, p.all(), []string{"room join a,b", "room leave z"})
 }
 
-// TestCoalescerCancels: a join and a leave of one session in one window (either order) cancel,
-// and the changes around them keep their order; what a window ends with is what the
-// subscribers would have after every change.
-func TestCoalescerCancels(t *testing.T) {
+// TestCoalescerLastChangeStands: of several changes of one session in a window only the last is
+// sent, at its place in the order; the changes around it keep theirs. Whenever in the window a
+// subscriber read the members (any prefix of the changes), applying what is sent to what it read
+// gives the members after every change.
+func TestCoalescerLastChangeStands(t *testing.T) {
 	var p published
 	c := newCoalescer(time.Hour, p.publish)
-	c.add("room", protocol.KindJoin, member("a"))
-	c.add("room", protocol.KindLeave, member("old"))
-	c.add("room", protocol.KindLeave, member("a")) // joined and left: nothing
-	c.add("room", protocol.KindLeave, member("b"))
-	c.add("room", protocol.KindJoin, member("b")) // left and came back: nothing
-	c.add("room", protocol.KindJoin, member("c"))
-	c.add("room", protocol.KindJoin, member("a")) // a again: a join of its own
+	before := map[string]bool{"old": true, "b": true, "stay": true}
+	changes := []struct{ kind, session string }{
+		{protocol.KindJoin, "a"},
+		{protocol.KindLeave, "old"},
+		{protocol.KindLeave, "a"}, // joined and left
+		{protocol.KindLeave, "b"},
+		{protocol.KindJoin, "b"}, // left and came back
+		{protocol.KindJoin, "c"},
+		{protocol.KindJoin, "a"}, // and a again
+	}
+	for _, ch := range changes {
+		c.add("room", ch.kind, member(ch.session))
+	}
 	c.add("solo", protocol.KindJoin, member("s"))
 	c.add("solo", protocol.KindLeave, member("s"))
 	c.Close()
-	equal(t, p.all(), []string{"room leave old", "room join c,a"})
-
-	// The set a subscriber keeps, applying the messages to the members it had before the
-	// window, is the set after the changes one by one.
-	before := map[string]bool{"old": true, "b": true}
+	var room []string
 	for _, m := range p.all() {
-		f := strings.Fields(m)
-		for _, s := range strings.Split(f[2], ",") {
-			before[s] = f[1] == protocol.KindJoin
+		if strings.HasPrefix(m, "room ") {
+			room = append(room, m)
 		}
 	}
-	var got []string
-	for _, s := range []string{"a", "b", "c", "old"} {
-		if before[s] {
-			got = append(got, s)
+	equal(t, room, []string{"room leave old", "room join b,c,a"})
+	if !slices.Contains(p.all(), "solo leave s") {
+		t.Fatalf("solo: %q, want its last change, the leave", p.all())
+	}
+
+	apply := func(set map[string]bool, kind, session string) {
+		if kind == protocol.KindJoin {
+			set[session] = true
+		} else {
+			delete(set, session)
 		}
 	}
-	equal(t, got, []string{"a", "b", "c"})
+	truth := maps.Clone(before)
+	for _, ch := range changes {
+		apply(truth, ch.kind, ch.session)
+	}
+	for k := 0; k <= len(changes); k++ { // a subscriber that read presence after k changes
+		read := maps.Clone(before)
+		for _, ch := range changes[:k] {
+			apply(read, ch.kind, ch.session)
+		}
+		for _, m := range room {
+			f := strings.Fields(m)
+			for _, s := range strings.Split(f[2], ",") {
+				apply(read, f[1], s)
+			}
+		}
+		if !maps.Equal(read, truth) {
+			t.Fatalf("read after %d changes, ends with %v, want %v", k, slices.Sorted(maps.Keys(read)), slices.Sorted(maps.Keys(truth)))
+		}
+	}
 }
 
 // TestCoalescerBound: a window that gathers more than a message holds is published in full

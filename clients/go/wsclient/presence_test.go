@@ -270,8 +270,8 @@ func TestPresenceOnGateway(t *testing.T) {
 	waitDisconnected(t, alice)
 	carol := dial(t, wsclient.Options{URL: b.URL, Token: allowAll(t, "carol")})
 	carolSub := subscribe(t, carol, "room:1")
-	// Bob sees carol's join before she leaves (a join and a leave within one coalescing window,
-	// presence.coalesce, would cancel: neither would be sent).
+	// Bob sees carol's join before she leaves (of a join and a leave within one coalescing
+	// window, presence.coalesce, only the leave would be sent).
 	for m := next(t, bobSub.Messages()); !told(m, protocol.TypeJoin, "carol"); m = next(t, bobSub.Messages()) {
 	}
 	if err := carolSub.Unsubscribe(ctx); err != nil {
