@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -137,6 +138,7 @@ func joinMembers(b *testing.B, p transports.Presence, channel string, count int)
 // node's CPU (this process's rusage: the clients run in a child process,
 // TestPresenceStormClients), the join frames the clients got and the members those frames told
 // of, and the wall time, in total and per join. Run with -benchtime 1x: one storm per size.
+// PRESENCE_STORM_LOG=1 writes the node's warnings to stderr (joins the broker refused, ...).
 func BenchmarkPresenceJoinStorm(b *testing.B) {
 	sizes := []int{1000, 2000}
 	if s := os.Getenv("PRESENCE_STORM_SIZES"); s != "" {
@@ -175,6 +177,9 @@ func presenceStorm(b *testing.B, clients int, window string) {
 		cluster := nodetest.Brokers[i].Setup(b)
 		env = append(env, cluster.Env...)
 		opts = append(opts, gateway.WithBroker(cluster.New(b, transporttest.Prefix(b))))
+	}
+	if os.Getenv("PRESENCE_STORM_LOG") != "" { // the node's warnings on stderr: failed joins, publishes
+		opts = append(opts, gateway.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 	}
 	n := startNode(b, testConfig(b, env...), opts...)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPresenceStormClients$", "-test.count=1")
