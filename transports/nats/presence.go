@@ -608,7 +608,7 @@ func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 		}
 	}
 	if len(p.waiting) == 0 {
-		return p.complete()
+		return p.complete(b)
 	}
 	return nil
 }
@@ -701,12 +701,19 @@ func (p *presence) finishSync(from peerKey) {
 	delete(p.seenB, from)
 }
 
-// complete ends a sync: the node answers for every channel it owns, and removes the members
-// of the peers no longer in the view (with the backup copies of a dead owner's own members of
-// the channels it now owns): the reaped. p.mu is held.
-func (p *presence) complete() []reaped {
+// complete ends a sync: the node answers for every channel it owns, and reaps the members of
+// the peers no longer in the view. p.mu is held.
+func (p *presence) complete(b *Broker) []reaped {
 	p.waiting, p.seen, p.seenB = nil, nil, nil
 	p.views = [][]peerKey{p.view}
+	return p.reapDead(b)
+}
+
+// reapDead removes the members of the peers not in the view from the channels this node owns,
+// with the backup copies of a dead owner's own members of the channels it now owns; it returns
+// them, for OnReap. The backup copies of a channel another node owns now (the dead owner came
+// back with another incarnation, and owns the channel again) are sent to that node. p.mu is held.
+func (p *presence) reapDead(b *Broker) []reaped {
 	live := map[peerKey]bool{}
 	for _, k := range p.view {
 		live[k] = true
@@ -716,7 +723,8 @@ func (p *presence) complete() []reaped {
 			continue
 		}
 		for ch, ms := range chans {
-			if ownerOf(p.view, ch) != p.self {
+			if to := ownerOf(p.view, ch); to != p.self {
+				b.sendOrphans(to, owner, ch, ms)
 				continue
 			}
 			for _, m := range ms {
@@ -747,6 +755,18 @@ func (p *presence) complete() []reaped {
 		delete(p.byNode, k)
 	}
 	return out
+}
+
+// sendOrphans sends the backup copies of dead's own members of ch to the channel's owner now.
+// p.mu is held.
+func (b *Broker) sendOrphans(to, dead peerKey, ch string, ms map[string]protocol.Member) {
+	r := rec{Ch: ch, Ms: make([]protocol.Member, 0, len(ms))}
+	for _, m := range ms {
+		r.Ms = append(r.Ms, m)
+	}
+	if err := b.publish(b.nodeSubject(to), "", wire{Op: "orphans", From: b.pr.self, View: []peerKey{dead}, Recs: []rec{r}}); err != nil {
+		b.logger.Debug("nats presence: orphans not sent", "node_id", to.ID, "error", err)
+	}
 }
 
 // put records m in ch for node k. p.mu is held.
@@ -885,7 +905,21 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 			p.finishSync(w.From)
 			delete(p.waiting, w.From)
 			if len(p.waiting) == 0 {
-				reaps = p.complete()
+				reaps = p.complete(b)
+			}
+		}
+	case "orphans": // the backup copies of a dead node's own members of channels this node owns
+		if len(w.View) == 1 {
+			for _, r := range w.Recs {
+				if ownerOf(p.view, r.Ch) != p.self {
+					continue
+				}
+				for _, m := range r.Ms {
+					p.putBackup(w.View[0], r.Ch, m)
+				}
+			}
+			if p.waiting == nil {
+				reaps = p.reapDead(b)
 			}
 		}
 	case "bjoin":

@@ -1,7 +1,11 @@
 package nats_test
 
 import (
+	"fmt"
+	"maps"
 	"net"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,4 +54,219 @@ func TestPresenceConformance(t *testing.T) {
 	}, func(t *testing.T, prefix, nodeID string, heartbeat time.Duration) transports.Broker {
 		return presenceNode(t, url, prefix, nodeID, heartbeat)
 	})
+}
+
+// reapCounter counts the OnReap calls of the nodes of a test.
+type reapCounter struct {
+	mu      sync.Mutex
+	calls   map[string]int // channel/session -> calls
+	vacated map[string]int // channel -> calls with vacated
+}
+
+func newReapCounter() *reapCounter {
+	return &reapCounter{calls: map[string]int{}, vacated: map[string]int{}}
+}
+
+func (r *reapCounter) fn(channel string, m protocol.Member, vacated bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls[channel+"/"+m.Session]++
+	if vacated {
+		r.vacated[channel]++
+	}
+}
+
+func (r *reapCounter) check(calls, vacated map[string]int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !maps.Equal(r.calls, calls) {
+		return fmt.Errorf("OnReap calls %v, want %v", r.calls, calls)
+	}
+	if !maps.Equal(r.vacated, vacated) {
+		return fmt.Errorf("OnReap vacated %v, want %v", r.vacated, vacated)
+	}
+	return nil
+}
+
+// startPresenceNode starts a presence node whose OnReap counts into r.
+func startPresenceNode(t *testing.T, url, prefix, id string, r *reapCounter) *nats.Broker {
+	t.Helper()
+	b := presenceNode(t, url, prefix, id, presenceHB)
+	b.OnReap(r.fn)
+	if err := b.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+const presenceHB = 250 * time.Millisecond
+
+// wantMembers waits until channel's members read from p are exactly want.
+func wantMembers(t *testing.T, p transports.Presence, channel string, want ...string) {
+	t.Helper()
+	want = slices.Sorted(slices.Values(want))
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		ms, err := transporttest.AllMembers(t.Context(), p, channel, 3)
+		if err != nil {
+			return err
+		}
+		if got := transporttest.Sessions(ms); !slices.Equal(got, want) {
+			return fmt.Errorf("members of %s: %v, want %v", channel, got, want)
+		}
+		return nil
+	})
+}
+
+func mustJoin(t *testing.T, b *nats.Broker, channel, session string) bool {
+	t.Helper()
+	occupied, err := b.Join(t.Context(), channel, protocol.Member{User: "u-" + session, Session: session, Node: b.NodeID()})
+	if err != nil {
+		t.Fatalf("Join %s %s: %v", channel, session, err)
+	}
+	return occupied
+}
+
+// TestPresenceOwnerMoves: a node that joins the cluster takes over the channels it wins and
+// one that dies hands them back, members listed once throughout; the dead node's members are
+// reaped once each, also in the channels it owned itself (from their backup copies).
+func TestPresenceOwnerMoves(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	b := startPresenceNode(t, url, prefix, "b", reaps)
+	var shared, solo []string
+	for i := range 20 {
+		shared = append(shared, fmt.Sprintf("shared-%02d", i))
+		solo = append(solo, fmt.Sprintf("solo-%02d", i))
+	}
+	for _, ch := range shared {
+		mustJoin(t, a, ch, "a@"+ch)
+		mustJoin(t, b, ch, "b@"+ch)
+	}
+	owned := func(chs []string) (n int) {
+		for _, ch := range chs {
+			if nats.Owner([]string{"a", "b", "c"}, ch) == "c" {
+				n++
+			}
+		}
+		return n
+	}
+	if owned(shared) == 0 || owned(solo) == 0 || owned(solo) == len(solo) {
+		t.Fatalf("the test needs channels that c owns and others: c owns %d shared and %d solo", owned(shared), owned(solo))
+	}
+
+	c := startPresenceNode(t, url, prefix, "c", reaps) // takes over the channels it wins
+	for _, ch := range shared {
+		if mustJoin(t, c, ch, "c@"+ch) {
+			t.Fatalf("a join of %s, which had members, reported occupied after the owner moved", ch)
+		}
+	}
+	for _, ch := range solo {
+		if !mustJoin(t, c, ch, "c@"+ch) {
+			t.Fatalf("the first join of %s did not report occupied", ch)
+		}
+	}
+	for _, n := range []*nats.Broker{a, b, c} {
+		for _, ch := range shared {
+			wantMembers(t, n, ch, "a@"+ch, "b@"+ch, "c@"+ch)
+		}
+		for _, ch := range solo {
+			wantMembers(t, n, ch, "c@"+ch)
+		}
+	}
+
+	_ = c.Close() // as SIGKILLed: it tells no one
+	wantCalls, wantVacated := map[string]int{}, map[string]int{}
+	for _, ch := range shared {
+		wantCalls[ch+"/c@"+ch] = 1
+	}
+	for _, ch := range solo {
+		wantCalls[ch+"/c@"+ch] = 1
+		wantVacated[ch] = 1
+	}
+	transporttest.WaitFor(t, 10*time.Second, func() error { return reaps.check(wantCalls, wantVacated) })
+	for _, n := range []*nats.Broker{a, b} {
+		for _, ch := range shared {
+			wantMembers(t, n, ch, "a@"+ch, "b@"+ch)
+		}
+		for _, ch := range solo {
+			wantMembers(t, n, ch)
+		}
+	}
+	time.Sleep(3 * presenceHB) // a wait for what must not happen: a second reap
+	if err := reaps.check(wantCalls, wantVacated); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := b.Stats(t.Context(), shared[0]); err != nil || st != (protocol.PresenceStats{Connections: 2, Users: 2}) {
+		t.Fatalf("stats after the reaping: %+v, %v", st, err)
+	}
+}
+
+// TestPresenceNodeRestart: a node that comes back with the same id is another incarnation: the
+// members of the one that died are reaped once, those of the new one listed.
+func TestPresenceNodeRestart(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	old := startPresenceNode(t, url, prefix, "b", reaps)
+	channels := []string{"r0", "r1", "r2", "r3", "r4", "r5"}
+	for _, ch := range channels {
+		mustJoin(t, a, ch, "a1")
+		mustJoin(t, old, ch, "b-old")
+	}
+	_ = old.Close()
+	b := startPresenceNode(t, url, prefix, "b", reaps) // at once: before the old one is found dead
+	for _, ch := range channels {
+		mustJoin(t, b, ch, "b-new")
+	}
+	want := map[string]int{}
+	for _, ch := range channels {
+		want[ch+"/b-old"] = 1
+	}
+	transporttest.WaitFor(t, 10*time.Second, func() error { return reaps.check(want, map[string]int{}) })
+	for _, ch := range channels {
+		wantMembers(t, a, ch, "a1", "b-new")
+		wantMembers(t, b, ch, "a1", "b-new")
+	}
+}
+
+// TestPresenceAsker: a broker that never joined a member nor set OnReap (a service's) asks the
+// owners without taking part; its first Join makes it take part.
+func TestPresenceAsker(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	mustJoin(t, a, "room", "a1")
+	svc, err := nats.New(nats.Config{URL: url, Prefix: prefix, Name: "service",
+		Presence: transports.PresenceConfig{Heartbeat: presenceHB}}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	if err := svc.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	wantMembers(t, svc, "room", "a1")
+	if st, err := svc.Stats(t.Context(), "room"); err != nil || st != (protocol.PresenceStats{Connections: 1, Users: 1}) {
+		t.Fatalf("stats from the service: %+v, %v", st, err)
+	}
+	if chs, more, err := svc.Channels(t.Context(), "", "", 10); err != nil || more || len(chs) != 1 || chs[0].Channel != "room" {
+		t.Fatalf("channels from the service: %v, %v, %v", chs, more, err)
+	}
+	late := presenceNode(t, url, prefix, "late", presenceHB)
+	late.OnReap(nil) // takes no part until it joins
+	if err := late.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mustJoin(t, late, "room", "l1")
+	wantMembers(t, a, "room", "a1", "l1")
+	_ = svc.Close() // a service that goes away takes nothing with it
+	_ = late.Close()
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		return reaps.check(map[string]int{"room/l1": 1}, map[string]int{})
+	})
+	wantMembers(t, a, "room", "a1")
 }
