@@ -60,6 +60,9 @@ const (
 	maxPage = 1000
 	// syncChunk is how many members one sync message carries.
 	syncChunk = 200
+	// maxOrphanHops bounds how often a dead owner's backup copies are sent on to the node that
+	// owns their channel (nodes whose views differ for a moment could otherwise pass them round).
+	maxOrphanHops = 4
 )
 
 // peerKey is one incarnation of a node: its id and a random id made by its Broker.
@@ -138,6 +141,7 @@ type presence struct {
 	owned  roster.Roster[peerKey]                            // the channels it owns, with the node of each entry
 	byNode map[peerKey]map[string]sessions                   // owned's entries by node
 	backup map[peerKey]map[string]map[string]protocol.Member // owners' own members of the channels this node backs
+	hops   map[peerKey]uint64                                // how often a dead owner's copies were sent on
 
 	wasDown    bool
 	reconnects uint64
@@ -734,6 +738,7 @@ func (p *presence) reapDead(b *Broker) []reaped {
 			}
 		}
 		delete(p.backup, owner)
+		delete(p.hops, owner)
 	}
 	var out []reaped
 	for k, chans := range p.byNode {
@@ -764,7 +769,9 @@ func (b *Broker) sendOrphans(to, dead peerKey, ch string, ms map[string]protocol
 	for _, m := range ms {
 		r.Ms = append(r.Ms, m)
 	}
-	if err := b.publish(b.nodeSubject(to), "", wire{Op: "orphans", From: b.pr.self, View: []peerKey{dead}, Recs: []rec{r}}); err != nil {
+	// Epoch counts the hops.
+	w := wire{Op: "orphans", From: b.pr.self, Epoch: b.pr.hops[dead], View: []peerKey{dead}, Recs: []rec{r}}
+	if err := b.publish(b.nodeSubject(to), "", w); err != nil {
 		b.logger.Debug("nats presence: orphans not sent", "node_id", to.ID, "error", err)
 	}
 }
@@ -909,16 +916,19 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 			}
 		}
 	case "orphans": // the backup copies of a dead node's own members of channels this node owns
-		if len(w.View) == 1 {
+		// Kept as backup copies, reaped (or sent on, a few times at most, while views differ)
+		// once this node is active and its sync complete.
+		if len(w.View) == 1 && w.Epoch < maxOrphanHops {
 			for _, r := range w.Recs {
-				if ownerOf(p.view, r.Ch) != p.self {
-					continue
-				}
 				for _, m := range r.Ms {
 					p.putBackup(w.View[0], r.Ch, m)
 				}
+				if p.hops == nil {
+					p.hops = map[peerKey]uint64{}
+				}
+				p.hops[w.View[0]] = max(p.hops[w.View[0]], w.Epoch+1)
 			}
-			if p.waiting == nil {
+			if p.active && p.waiting == nil {
 				reaps = p.reapDead(b)
 			}
 		}

@@ -1,6 +1,7 @@
 package nats_test
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"net"
@@ -269,4 +270,81 @@ func TestPresenceAsker(t *testing.T) {
 		return reaps.check(map[string]int{"room/l1": 1}, map[string]int{})
 	})
 	wantMembers(t, a, "room", "a1")
+}
+
+// BenchmarkPresence measures, between two nodes on an in-process nats-server, what a node asks
+// of the owner of a channel that is the other node: a page of 100 members from the middle of a
+// channel of 1,000 and of 10,000 members, Stats, a Join, and Channels (a scatter to both nodes).
+func BenchmarkPresence(b *testing.B) {
+	srv := startServer(b, 0)
+	defer stopServer(srv)
+	url, prefix := serverURL(srv), transporttest.Prefix(b)
+	nodes := map[string]*nats.Broker{}
+	for _, id := range []string{"x", "y"} {
+		n := presenceNode(b, url, prefix, id, transports.DefaultPresenceHeartbeat)
+		if err := n.Start(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		nodes[id] = n
+	}
+	// asker is the node that does not own ch: each call is a request to the other.
+	asker := func(ch string) (owner, asker *nats.Broker) {
+		if nats.Owner([]string{"x", "y"}, ch) == "x" {
+			return nodes["x"], nodes["y"]
+		}
+		return nodes["y"], nodes["x"]
+	}
+	ctx := context.Background()
+	for _, size := range []int{1000, 10000} {
+		ch := fmt.Sprintf("big%d", size)
+		owner, ask := asker(ch)
+		var wg sync.WaitGroup
+		for w := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < size; i += 16 {
+					s := fmt.Sprintf("s%06d", i)
+					if _, err := owner.Join(ctx, ch, protocol.Member{User: "u" + s, Session: s, Node: "x"}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		after := fmt.Sprintf("s%06d", size/2)
+		b.Run(fmt.Sprintf("members_page/members=%d", size), func(b *testing.B) {
+			for b.Loop() {
+				if ms, _, err := ask.Members(ctx, ch, after, 100); err != nil || len(ms) != 100 {
+					b.Fatal(len(ms), err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("stats/members=%d", size), func(b *testing.B) {
+			for b.Loop() {
+				if st, err := ask.Stats(ctx, ch); err != nil || st.Connections != size {
+					b.Fatal(st, err)
+				}
+			}
+		})
+	}
+	b.Run("join", func(b *testing.B) {
+		_, ask := asker("joins")
+		i := 0
+		for b.Loop() {
+			s := fmt.Sprintf("j%08d", i)
+			if _, err := ask.Join(ctx, "joins", protocol.Member{User: "u", Session: s, Node: ask.NodeID()}); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("channels", func(b *testing.B) {
+		for b.Loop() {
+			if chs, _, err := nodes["x"].Channels(ctx, "big", "", 100); err != nil || len(chs) != 2 {
+				b.Fatal(chs, err)
+			}
+		}
+	})
 }
