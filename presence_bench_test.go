@@ -39,7 +39,7 @@ const presenceBenchMembers = 10000
 // sockets would need ~20,000 descriptors, the process's limit. One client asks.
 func BenchmarkPresenceQuery(b *testing.B) {
 	for _, bk := range nodetest.Brokers {
-		if bk.Name != "memory" && bk.Name != "redis" && bk.Name != "jetstream" {
+		if bk.Name != "memory" && bk.Name != "redis" && bk.Name != "jetstream" && bk.Name != "nats" {
 			continue
 		}
 		b.Run(bk.Name, func(b *testing.B) {

@@ -5,7 +5,8 @@
 // that have a local subscriber on it; SubscribeGroup is a NATS queue group. Metadata travels in
 // NATS headers, the payload as the message body, exactly as watermill-nats' NATSMarshaler
 // writes them, so `nats pub` can talk to the gateway. Nothing is stored on the server: the
-// broker does not implement transports.History and resuming clients get recovered:false.
+// broker does not implement transports.History and resuming clients get recovered:false. It
+// implements transports.Presence between its nodes, which hold the members (presence.go).
 package nats
 
 import (
