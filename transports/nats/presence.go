@@ -145,6 +145,13 @@ type presence struct {
 
 	wasDown    bool
 	reconnects uint64
+	lastTick   time.Time
+	hbSub      *natsgo.Subscription
+
+	// When each peer was last heard. Its own lock, so that a heartbeat is noted at once even
+	// while mu is held long (a sync of many members).
+	hmu     sync.Mutex
+	heardAt map[peerKey]time.Time
 
 	// Replies to this node's requests: <inbox>.<token>.
 	inbox   string
@@ -154,8 +161,7 @@ type presence struct {
 }
 
 type peer struct {
-	key   peerKey
-	heard time.Time
+	key peerKey
 }
 
 func newPresence(id string, hb time.Duration) *presence {
@@ -163,6 +169,7 @@ func newPresence(id string, hb time.Duration) *presence {
 		self:    peerKey{ID: id, Inc: strings.TrimPrefix(natsgo.NewInbox(), natsgo.InboxPrefix)},
 		hb:      hb,
 		peers:   map[string]*peer{},
+		heardAt: map[peerKey]time.Time{},
 		local:   map[string]map[string]protocol.Member{},
 		byNode:  map[peerKey]map[string]sessions{},
 		backup:  map[peerKey]map[string]map[string]protocol.Member{},
@@ -237,6 +244,7 @@ func (b *Broker) startPresence() error {
 	}
 	p.mu.Lock()
 	p.subs = append(p.subs, rs, hs)
+	p.hbSub, p.lastTick = hs, time.Now()
 	p.wasDown = b.nc.Status() != natsgo.CONNECTED
 	p.reconnects = b.nc.Stats().Reconnects
 	p.mu.Unlock()
@@ -435,6 +443,9 @@ func (b *Broker) tick(beat bool) {
 	p := b.pr
 	up := b.nc.Status() == natsgo.CONNECTED
 	rc := b.nc.Stats().Reconnects
+	if up && beat && p.activated.Load() {
+		b.beat() // before taking mu, which a long sync may hold
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -443,26 +454,35 @@ func (b *Broker) tick(beat bool) {
 	var reaps []reaped
 	now := time.Now()
 	if up && (p.wasDown || rc != p.reconnects) {
-		for _, pe := range p.peers {
-			pe.heard = now
+		p.hmu.Lock()
+		for k := range p.heardAt {
+			p.heardAt[k] = now
 		}
+		p.hmu.Unlock()
 		if p.active {
 			reaps = p.adopt(b, p.view)
 		}
 	}
 	p.wasDown, p.reconnects = !up, rc
+	// This node judges no one when it is behind itself: its loop ran late (the process stalled)
+	// or heartbeats wait to be handled; they are judged at the next pass.
+	lagging := now.Sub(p.lastTick) > p.hb/2
+	if n, _, err := p.hbSub.Pending(); err == nil && n > 0 {
+		lagging = true
+	}
+	p.lastTick = now
 	if up {
-		if p.active && beat {
-			b.beat()
-		}
 		changed := false
+		p.hmu.Lock()
 		for id, pe := range p.peers {
-			if now.Sub(pe.heard) > 2*p.hb {
+			if !lagging && now.Sub(p.heardAt[pe.key]) > 2*p.hb {
 				delete(p.peers, id)
+				delete(p.heardAt, pe.key)
 				changed = true
-				b.logger.Info("nats presence: peer not heard for 2 heartbeats, dropped", "node_id", id)
+				b.logger.Warn("nats presence: peer not heard for 2 heartbeats, dropped", "node_id", id)
 			}
 		}
+		p.hmu.Unlock()
 		if changed {
 			reaps = append(reaps, p.viewChanged(b)...)
 		}
@@ -476,7 +496,7 @@ func (b *Broker) tick(beat bool) {
 	b.tell(reaps)
 }
 
-// beat publishes a heartbeat. p.mu is held.
+// beat publishes a heartbeat.
 func (b *Broker) beat() {
 	if err := b.publish(b.hbSubject(), "", wire{Op: "hb", From: b.pr.self}); err != nil {
 		b.logger.Debug("nats presence: heartbeat not sent", "error", err)
@@ -522,6 +542,9 @@ func (b *Broker) onHeartbeat(m *natsgo.Msg) {
 		return
 	}
 	p := b.pr
+	if p.heardKnown(w.From) {
+		return
+	}
 	p.mu.Lock()
 	var reaps []reaped
 	if p.heard(w.From) {
@@ -553,12 +576,29 @@ func (p *presence) heard(k peerKey) bool {
 	if k.ID == p.self.ID {
 		return false // this node's id: itself, or an earlier incarnation of it
 	}
+	p.hmu.Lock()
+	defer p.hmu.Unlock()
+	p.heardAt[k] = time.Now()
 	pe := p.peers[k.ID]
 	if pe != nil && pe.key == k {
-		pe.heard = time.Now()
 		return false
 	}
-	p.peers[k.ID] = &peer{key: k, heard: time.Now()}
+	if pe != nil {
+		delete(p.heardAt, pe.key)
+	}
+	p.peers[k.ID] = &peer{key: k}
+	return true
+}
+
+// heardKnown notes a heartbeat of a peer already in p.peers, without p.mu, and reports whether
+// it was one.
+func (p *presence) heardKnown(k peerKey) bool {
+	p.hmu.Lock()
+	defer p.hmu.Unlock()
+	if _, ok := p.heardAt[k]; !ok {
+		return false
+	}
+	p.heardAt[k] = time.Now()
 	return true
 }
 
@@ -1014,6 +1054,11 @@ var errNoResponders = errors.New("no responders")
 // await waits for the reply of token.
 func (b *Broker) await(ctx context.Context, token string, c chan *natsgo.Msg) (answer, error) {
 	defer b.pr.unregister(token)
+	return b.awaitKeep(ctx, token, c)
+}
+
+// awaitKeep waits for the reply of token, which stays registered.
+func (b *Broker) awaitKeep(ctx context.Context, token string, c chan *natsgo.Msg) (answer, error) {
 	select {
 	case <-ctx.Done():
 		return answer{}, ctx.Err()
@@ -1028,6 +1073,33 @@ func (b *Broker) await(ctx context.Context, token string, c chan *natsgo.Msg) (a
 			return answer{}, err
 		}
 		return a, nil
+	}
+}
+
+// errOwnerGone: the node asked is no longer the channel's owner in this node's view (it died,
+// or the view changed) and has not answered: ask the owner now.
+var errOwnerGone = errors.New("no longer the owner, no answer")
+
+// awaitOwner waits for the answer of token from owner, the owner of ch, as long as owner stays
+// ch's owner in this node's view (a node that died answers nothing: once it is dropped from the
+// view, the request goes to the new owner).
+func (b *Broker) awaitOwner(ctx context.Context, token string, c chan *natsgo.Msg, ch string, owner peerKey) (answer, error) {
+	p := b.pr
+	for {
+		sctx, cancel := context.WithTimeout(ctx, p.hb/2)
+		a, err := b.awaitKeep(sctx, token, c)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			p.unregister(token)
+			return a, err
+		}
+		p.mu.Lock()
+		still := ownerOf(p.view, ch) == owner
+		p.mu.Unlock()
+		if !still {
+			p.unregister(token)
+			return answer{}, errOwnerGone
+		}
 	}
 }
 
@@ -1081,7 +1153,7 @@ func (b *Broker) ask(ctx context.Context, w wire, first func()) (answer, error) 
 				p.unregister(token)
 				return answer{}, b.unavailable("presence "+w.Op, err)
 			}
-			a, err := b.await(ctx, token, c)
+			a, err := b.awaitOwner(ctx, token, c, w.Ch, owner)
 			switch {
 			case errors.Is(err, transports.ErrClosed):
 				return answer{}, err
