@@ -143,6 +143,10 @@ type presence struct {
 	backup map[peerKey]map[string]map[string]protocol.Member // owners' own members of the channels this node backs
 	hops   map[peerKey]uint64                                // how often a dead owner's copies were sent on
 
+	dirty   map[string]uint64 // channels whose owner may be wrong about this node's members
+	gen     uint64
+	pushing bool
+
 	wasDown    bool
 	reconnects uint64
 	lastTick   time.Time
@@ -490,6 +494,11 @@ func (b *Broker) tick(beat bool) {
 			for k := range p.waiting {
 				b.askSync(k)
 			}
+		}
+		if p.active && beat && len(p.dirty) > 0 && !p.pushing {
+			p.pushing = true
+			b.wg.Add(1) // the loop's own count holds the group open
+			go b.push()
 		}
 	}
 	p.mu.Unlock()
@@ -911,6 +920,19 @@ func (p *presence) serve(w wire) answer {
 		return answer{Ms: ms, More: more}
 	case "stats":
 		return answer{Stats: p.owned.Stats(w.Ch)}
+	case "push": // the sender's members of the channel, all of them: a join or leave of it failed
+		keep := sessions{}
+		for _, r := range w.Recs {
+			for _, m := range r.Ms {
+				keep[m.Session] = struct{}{}
+				p.put(w.From, w.Ch, m)
+			}
+		}
+		for s := range p.byNode[w.From][w.Ch] {
+			if _, ok := keep[s]; !ok {
+				p.remove(w.Ch, s)
+			}
+		}
 	}
 	return answer{}
 }
@@ -926,7 +948,7 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 	p.mu.Lock()
 	var reaps []reaped
 	switch w.Op {
-	case "join", "leave", "members", "stats":
+	case "join", "leave", "members", "stats", "push":
 		var a answer
 		if p.servable(w.Ch) {
 			a = p.serve(w)
@@ -1014,6 +1036,49 @@ func (b *Broker) sendSync(w wire) {
 	if err := b.publish(subject, "", wire{Op: "done", From: p.self, Epoch: w.Epoch}); err != nil {
 		b.logger.Debug("nats presence: sync not sent", "node_id", w.From.ID, "error", err)
 	}
+}
+
+// markDirty notes that ch's owner may be wrong about this node's members. p.mu is held.
+func (p *presence) markDirty(ch string) {
+	if p.dirty == nil {
+		p.dirty = map[string]uint64{}
+	}
+	p.gen++
+	p.dirty[ch] = p.gen
+}
+
+// push sends this node's members of each dirty channel to its owner, which replaces this node's
+// entries there with them. Started by the loop, one at a time; Close ends it.
+func (b *Broker) push() {
+	defer b.wg.Done()
+	p := b.pr
+	p.mu.Lock()
+	todo := make(map[string]uint64, len(p.dirty))
+	for ch, gen := range p.dirty {
+		todo[ch] = gen
+	}
+	p.mu.Unlock()
+	for ch, gen := range todo {
+		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+		_, err := b.ask(ctx, wire{Op: "push", Ch: ch}, func(w *wire, _ int) { // what it has now, each time
+			r := rec{Ch: ch, Ms: []protocol.Member{}}
+			for _, m := range p.local[ch] {
+				r.Ms = append(r.Ms, m)
+			}
+			w.Recs = []rec{r}
+		})
+		cancel()
+		if err == nil {
+			p.mu.Lock()
+			if p.dirty[ch] == gen {
+				delete(p.dirty, ch)
+			}
+			p.mu.Unlock()
+		}
+	}
+	p.mu.Lock()
+	p.pushing = false
+	p.mu.Unlock()
 }
 
 // --- Requests ---
@@ -1113,10 +1178,10 @@ func (b *Broker) opCtx(ctx context.Context) (context.Context, context.CancelFunc
 
 // ask sends w about channel w.Ch to the channel's owner (itself: answered in place) and waits
 // for the answer, asking again (the owner as this node's view has it now) while the owner says
-// retry, or is gone, until ctx is done. first runs under p.mu with the first attempt, so that a
-// change of this node's own members and its request to the owner are in the same order as its
-// syncs.
-func (b *Broker) ask(ctx context.Context, w wire, first func()) (answer, error) {
+// retry, or is gone, until ctx is done. each runs under p.mu before each attempt is sent, so that
+// a change of this node's own members (made with attempt 0) and its request to the owner are in
+// the same order as its syncs.
+func (b *Broker) ask(ctx context.Context, w wire, each func(w *wire, attempt int)) (answer, error) {
 	p := b.pr
 	w.From = p.self
 	ctx, cancel := b.opCtx(ctx)
@@ -1128,8 +1193,8 @@ func (b *Broker) ask(ctx context.Context, w wire, first func()) (answer, error) 
 			return answer{}, fmt.Errorf("%w: nats connection is %s", transports.ErrUnavailable, b.nc.Status())
 		}
 		p.mu.Lock()
-		if attempt == 0 && first != nil {
-			first()
+		if each != nil {
+			each(&w, attempt)
 		}
 		owner, backup, ok := rank(p.view, w.Ch)
 		switch {
@@ -1210,7 +1275,10 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 	p := b.pr
 	var old protocol.Member
 	var had bool
-	a, err := b.ask(ctx, wire{Op: "join", Ch: channel, M: &m}, func() {
+	a, err := b.ask(ctx, wire{Op: "join", Ch: channel, M: &m}, func(_ *wire, attempt int) {
+		if attempt > 0 {
+			return
+		}
 		mine := p.local[channel]
 		if mine == nil {
 			mine = map[string]protocol.Member{}
@@ -1231,6 +1299,7 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 				}
 			}
 		}
+		p.markDirty(channel) // the owner may have recorded it all the same
 		p.mu.Unlock()
 		return false, err
 	}
@@ -1238,14 +1307,18 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 }
 
 // Leave implements transports.Presence: one request to the channel's owner. A leave that fails
-// is taken out of this node's own members all the same; the owner drops the entry at its next
-// sync.
+// is taken out of this node's own members all the same, and the node pushes its members of the
+// channel to the owner until one push succeeds (or a sync does it): the owner drops the entry
+// then, silently.
 func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, error) {
 	if err := b.presenceReady(ctx); err != nil {
 		return false, err
 	}
 	p := b.pr
-	a, err := b.ask(ctx, wire{Op: "leave", Ch: channel, S: session}, func() {
+	a, err := b.ask(ctx, wire{Op: "leave", Ch: channel, S: session}, func(_ *wire, attempt int) {
+		if attempt > 0 {
+			return
+		}
 		if mine := p.local[channel]; mine != nil {
 			delete(mine, session)
 			if len(mine) == 0 {
@@ -1254,6 +1327,9 @@ func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, erro
 		}
 	})
 	if err != nil {
+		p.mu.Lock()
+		p.markDirty(channel)
+		p.mu.Unlock()
 		return false, err
 	}
 	return a.Flag, nil

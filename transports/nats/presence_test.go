@@ -348,3 +348,24 @@ func BenchmarkPresence(b *testing.B) {
 		}
 	})
 }
+
+// TestPresenceLostLeave: a leave whose request to the owner was lost (the Leave failed) leaves
+// no ghost: the node pushes its members of the channel to the owner, which drops the entry.
+func TestPresenceLostLeave(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	b := startPresenceNode(t, url, prefix, "b", reaps)
+	for _, ch := range []string{"l0", "l1", "l2", "l3"} { // some owned by a, some by b
+		mustJoin(t, b, ch, "b1")
+		mustJoin(t, b, ch, "b2")
+		mustJoin(t, a, ch, "a1")
+		b.LoseLeave(ch, "b1")
+		wantMembers(t, a, ch, "a1", "b2")
+		wantMembers(t, b, ch, "a1", "b2")
+	}
+	if err := reaps.check(map[string]int{}, map[string]int{}); err != nil {
+		t.Fatal(err)
+	}
+}
