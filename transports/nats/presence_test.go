@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/nats"
@@ -366,6 +367,23 @@ func TestPresenceLostLeave(t *testing.T) {
 		wantMembers(t, b, ch, "a1", "b2")
 	}
 	if err := reaps.check(map[string]int{}, map[string]int{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPresenceConfigFrom: a gateway node's broker takes its presence heartbeat and its node id
+// from the node's configuration.
+func TestPresenceConfigFrom(t *testing.T) {
+	cfg, err := configs.Load("", []string{"GATEWAY_JWT_SECRET=0123456789abcdef", "GATEWAY_BROKER=nats",
+		"GATEWAY_NODE_ID=n7", "GATEWAY_PRESENCE_HEARTBEAT=750ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := nats.ConfigFrom(cfg)
+	if c.Name != "n7" || c.Presence.Heartbeat != 750*time.Millisecond {
+		t.Fatalf("ConfigFrom: name %q, presence heartbeat %v", c.Name, c.Presence.Heartbeat)
+	}
+	if err := c.Check(); err != nil {
 		t.Fatal(err)
 	}
 }
