@@ -60,9 +60,9 @@ const (
 	maxPage = 1000
 	// syncChunk is how many members one sync message carries.
 	syncChunk = 200
-	// maxOrphanHops bounds how often a dead owner's backup copies are sent on to the node that
+	// maxCopyHops bounds how often copies of a dead node's members are sent on to the node that
 	// owns their channel (nodes whose views differ for a moment could otherwise pass them round).
-	maxOrphanHops = 4
+	maxCopyHops = 4
 )
 
 // peerKey is one incarnation of a node: its id and a random id made by its Broker.
@@ -645,8 +645,8 @@ func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 		p.views = append(p.views, v)
 	}
 	for _, ch := range slices.Clone(p.owned.Names()) {
-		if ownerOf(v, ch) != p.self {
-			p.dropChannel(ch)
+		if to := ownerOf(v, ch); to != p.self {
+			p.dropChannel(b, ch, to)
 		}
 	}
 	p.waiting = map[peerKey]bool{}
@@ -673,13 +673,26 @@ func (b *Broker) askSync(k peerKey) {
 	}
 }
 
-// dropChannel forgets ch (no longer owned). p.mu is held.
-func (p *presence) dropChannel(ch string) {
+// dropChannel forgets ch, which to owns now. Copies of the other nodes' members go to it: a
+// live node's come to it by sync, which replaces the copies, but a node that died (or dies
+// before it synced with to) can only be reaped from them, since no one else knows them. p.mu is
+// held.
+func (p *presence) dropChannel(b *Broker, ch string, to peerKey) {
 	var gone []roster.Entry[peerKey]
 	p.owned.Each(ch, func(e roster.Entry[peerKey]) bool { gone = append(gone, e); return true })
+	others := map[peerKey]map[string]protocol.Member{}
 	for _, e := range gone {
 		p.owned.Remove(ch, e.M.Session)
 		p.unindex(e.X, ch, e.M.Session)
+		if e.X != p.self && e.X != to {
+			if others[e.X] == nil {
+				others[e.X] = map[string]protocol.Member{}
+			}
+			others[e.X][e.M.Session] = e.M
+		}
+	}
+	for k, ms := range others {
+		b.sendCopies(to, k, ch, ms)
 	}
 }
 
@@ -777,7 +790,7 @@ func (p *presence) reapDead(b *Broker) []reaped {
 		}
 		for ch, ms := range chans {
 			if to := ownerOf(p.view, ch); to != p.self {
-				b.sendOrphans(to, owner, ch, ms)
+				b.sendCopies(to, owner, ch, ms)
 				continue
 			}
 			for _, m := range ms {
@@ -811,17 +824,17 @@ func (p *presence) reapDead(b *Broker) []reaped {
 	return out
 }
 
-// sendOrphans sends the backup copies of dead's own members of ch to the channel's owner now.
-// p.mu is held.
-func (b *Broker) sendOrphans(to, dead peerKey, ch string, ms map[string]protocol.Member) {
+// sendCopies sends copies of node's members of ch to the channel's owner now, to reap them if
+// node turns out dead before it synced with that owner. p.mu is held.
+func (b *Broker) sendCopies(to, node peerKey, ch string, ms map[string]protocol.Member) {
 	r := rec{Ch: ch, Ms: make([]protocol.Member, 0, len(ms))}
 	for _, m := range ms {
 		r.Ms = append(r.Ms, m)
 	}
 	// Epoch counts the hops.
-	w := wire{Op: "orphans", From: b.pr.self, Epoch: b.pr.hops[dead], View: []peerKey{dead}, Recs: []rec{r}}
+	w := wire{Op: "copies", From: b.pr.self, Epoch: b.pr.hops[node], View: []peerKey{node}, Recs: []rec{r}}
 	if err := b.publish(b.nodeSubject(to), "", w); err != nil {
-		b.logger.Debug("nats presence: orphans not sent", "node_id", to.ID, "error", err)
+		b.logger.Debug("nats presence: copies not sent", "node_id", to.ID, "error", err)
 	}
 }
 
@@ -977,10 +990,17 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 				reaps = p.complete(b)
 			}
 		}
-	case "orphans": // the backup copies of a dead node's own members of channels this node owns
-		// Kept as backup copies, reaped (or sent on, a few times at most, while views differ)
-		// once this node is active and its sync complete.
-		if len(w.View) == 1 && w.Epoch < maxOrphanHops {
+	case "copies":
+		// Copies of a node's members of channels this node owns now, from their owner before
+		// (or a dead owner's backup): kept as backup copies unless the node has synced with this
+		// one already (its sync is the truth), and reaped once the node is found dead (sent on,
+		// a few times at most, while views differ).
+		k := peerKey{}
+		if len(w.View) == 1 {
+			k = w.View[0]
+		}
+		synced := slices.Contains(p.view, k) && !p.waiting[k]
+		if k.ID != "" && k != p.self && !synced && w.Epoch < maxCopyHops {
 			for _, r := range w.Recs {
 				for _, m := range r.Ms {
 					p.putBackup(w.View[0], r.Ch, m)

@@ -387,3 +387,42 @@ func TestPresenceConfigFrom(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPresenceOwnerMovesAsNodeDies: a node dies and, before it is found dead, another comes and
+// takes over channels where the dead one had members: they are reaped once all the same (the
+// owner before hands copies of them to the new owner).
+func TestPresenceOwnerMovesAsNodeDies(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	x := startPresenceNode(t, url, prefix, "x", reaps)
+	d := startPresenceNode(t, url, prefix, "d", reaps)
+	var chs []string
+	moved := 0
+	for i := range 24 {
+		ch := fmt.Sprintf("m%02d", i)
+		chs = append(chs, ch)
+		if nats.Owner([]string{"x", "d"}, ch) == "x" && nats.Owner([]string{"x", "d", "n"}, ch) == "n" {
+			moved++
+		}
+		mustJoin(t, x, ch, "x@"+ch)
+		mustJoin(t, d, ch, "d@"+ch)
+	}
+	if moved == 0 {
+		t.Fatal("no channel moves from x to n: the test needs some")
+	}
+	_ = d.Close()
+	n := startPresenceNode(t, url, prefix, "n", reaps) // before d is found dead
+	want := map[string]int{}
+	for _, ch := range chs {
+		want[ch+"/d@"+ch] = 1
+	}
+	transporttest.WaitFor(t, 10*time.Second, func() error { return reaps.check(want, map[string]int{}) })
+	for _, ch := range chs {
+		wantMembers(t, n, ch, "x@"+ch)
+	}
+	time.Sleep(3 * presenceHB) // a wait for what must not happen: a second reap
+	if err := reaps.check(want, map[string]int{}); err != nil {
+		t.Fatal(err)
+	}
+}
