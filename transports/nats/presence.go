@@ -151,6 +151,7 @@ type presence struct {
 	reconnects uint64
 	lastTick   time.Time
 	hbSub      *natsgo.Subscription
+	nodeSub    *natsgo.Subscription
 
 	// When each peer was last heard. Its own lock, so that a heartbeat is noted at once even
 	// while mu is held long (a sync of many members).
@@ -309,6 +310,7 @@ func (b *Broker) activate(ctx context.Context) error {
 		return transports.ErrClosed
 	}
 	p.subs = append(p.subs, ns, hs)
+	p.nodeSub = ns
 	p.mu.Unlock()
 	if b.nc.Status() == natsgo.CONNECTED {
 		_ = b.nc.FlushTimeout(b.cfg.Timeout) // the server has both subscriptions before the hello
@@ -471,8 +473,13 @@ func (b *Broker) tick(beat bool) {
 	// This node judges no one when it is behind itself: its loop ran late (the process stalled)
 	// or heartbeats wait to be handled; they are judged at the next pass.
 	lagging := now.Sub(p.lastTick) > p.hb/2
-	if n, _, err := p.hbSub.Pending(); err == nil && n > 0 {
-		lagging = true
+	for _, sub := range []*natsgo.Subscription{p.hbSub, p.nodeSub} {
+		if sub == nil {
+			continue
+		}
+		if n, _, err := sub.Pending(); err == nil && n > 0 {
+			lagging = true // heartbeats, or messages from the peers, wait to be handled
+		}
 	}
 	p.lastTick = now
 	if up {
@@ -918,8 +925,9 @@ func (p *presence) servable(ch string) bool {
 	return true
 }
 
-// serve answers a request for a channel this node owns. p.mu is held.
-func (p *presence) serve(w wire) answer {
+// serve answers a request for a channel this node owns; budget bounds the bytes of a page of
+// members. p.mu is held.
+func (p *presence) serve(w wire, budget int) answer {
 	switch w.Op {
 	case "join":
 		if w.M == nil {
@@ -930,6 +938,12 @@ func (p *presence) serve(w wire) answer {
 		return answer{Flag: p.remove(w.Ch, w.S)}
 	case "members":
 		ms, more := p.owned.Members(w.Ch, w.After, min(w.Limit, maxPage))
+		size := 0
+		for i, m := range ms { // a page of large infos is cut to what one message carries
+			if size += memberSize(m); i > 0 && size > budget {
+				return answer{Ms: ms[:i], More: true}
+			}
+		}
 		return answer{Ms: ms, More: more}
 	case "stats":
 		return answer{Stats: p.owned.Stats(w.Ch)}
@@ -958,13 +972,14 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 		return
 	}
 	p := b.pr
+	p.heardKnown(w.From) // any message of a peer says it lives (a long sync delays its heartbeats)
 	p.mu.Lock()
 	var reaps []reaped
 	switch w.Op {
 	case "join", "leave", "members", "stats", "push":
 		var a answer
 		if p.servable(w.Ch) {
-			a = p.serve(w)
+			a = p.serve(w, b.budget())
 		} else {
 			a = answer{Retry: true}
 		}
@@ -1034,28 +1049,48 @@ func (p *presence) inRound(w wire) bool {
 func (b *Broker) sendSync(w wire) {
 	p := b.pr
 	subject := b.nodeSubject(w.From)
+	budget := b.budget()
 	var batch []rec
-	n := 0
+	n, size := 0, 0
 	flush := func() {
 		if len(batch) > 0 {
-			_ = b.publish(subject, "", wire{Op: "rec", From: p.self, Epoch: w.Epoch, Recs: batch})
+			if err := b.publish(subject, "", wire{Op: "rec", From: p.self, Epoch: w.Epoch, Recs: batch}); err != nil {
+				b.logger.Warn("nats presence: sync message not sent", "node_id", w.From.ID, "error", err)
+			}
 		}
-		batch, n = nil, 0
+		batch, n, size = nil, 0, 0
 	}
 	for _, r := range p.syncRecs(w.View, w.From) {
-		for len(r.Ms) > 0 {
-			k := min(len(r.Ms), syncChunk-n)
-			batch = append(batch, rec{Ch: r.Ch, Backup: r.Backup, Ms: r.Ms[:k]})
-			r.Ms = r.Ms[k:]
-			if n += k; n == syncChunk {
+		batch = append(batch, rec{Ch: r.Ch, Backup: r.Backup})
+		size += len(r.Ch) + 32
+		for _, m := range r.Ms {
+			if ms := memberSize(m); n > 0 && (n == syncChunk || size+ms > budget) {
 				flush()
+				batch, size = append(batch, rec{Ch: r.Ch, Backup: r.Backup}), len(r.Ch)+32
 			}
+			last := &batch[len(batch)-1]
+			last.Ms = append(last.Ms, m)
+			n, size = n+1, size+memberSize(m)
 		}
 	}
 	flush()
 	if err := b.publish(subject, "", wire{Op: "done", From: p.self, Epoch: w.Epoch}); err != nil {
 		b.logger.Debug("nats presence: sync not sent", "node_id", w.From.ID, "error", err)
 	}
+}
+
+// budget is how many bytes of members one presence message may carry: half the server's
+// payload limit (1 MB by default), so that the rest of the message fits.
+func (b *Broker) budget() int {
+	if mp := b.nc.MaxPayload(); mp > 0 {
+		return int(mp / 2)
+	}
+	return 512 << 10
+}
+
+// memberSize is about the bytes of m in JSON.
+func memberSize(m protocol.Member) int {
+	return len(m.User) + len(m.Session) + len(m.Node) + len(m.Info) + 48
 }
 
 // markDirty notes that ch's owner may be wrong about this node's members. p.mu is held.
@@ -1223,7 +1258,7 @@ func (b *Broker) ask(ctx context.Context, w wire, each func(w *wire, attempt int
 			p.mu.Unlock()
 		case owner == p.self:
 			if p.servable(w.Ch) {
-				a := p.serve(w)
+				a := p.serve(w, b.budget())
 				b.toBackup(w, backup)
 				p.mu.Unlock()
 				return a, nil

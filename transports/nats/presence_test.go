@@ -2,10 +2,12 @@ package nats_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -424,5 +426,48 @@ func TestPresenceOwnerMovesAsNodeDies(t *testing.T) {
 	time.Sleep(3 * presenceHB) // a wait for what must not happen: a second reap
 	if err := reaps.check(want, map[string]int{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPresenceLargeInfo: members whose info is large (100 KB each, 3 MB in all, beyond NATS's
+// 1 MB payload) move to a new owner in several sync messages and are listed in pages cut to what
+// a message carries.
+func TestPresenceLargeInfo(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	ch := ""
+	for i := 0; ch == ""; i++ {
+		if c := fmt.Sprintf("big%d", i); nats.Owner([]string{"a", "b"}, c) == "b" {
+			ch = c
+		}
+	}
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	info := json.RawMessage(`{"bio":"` + strings.Repeat("x", 100<<10) + `"}`)
+	var want []string
+	for i := range 30 {
+		s := fmt.Sprintf("s%02d", i)
+		if _, err := a.Join(t.Context(), ch, protocol.Member{User: "u", Session: s, Node: "a", Info: info}); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, s)
+	}
+	b := startPresenceNode(t, url, prefix, "b", reaps) // owns ch: a syncs the 30 members to it
+	for _, n := range []*nats.Broker{a, b} {
+		transporttest.WaitFor(t, 10*time.Second, func() error {
+			ms, err := transporttest.AllMembers(t.Context(), n, ch, 100)
+			if err != nil {
+				return err
+			}
+			if got := transporttest.Sessions(ms); !slices.Equal(got, want) {
+				return fmt.Errorf("members %v, want %v", got, want)
+			}
+			for _, m := range ms {
+				if string(m.Info) != string(info) {
+					return fmt.Errorf("member %s: info of %d bytes", m.Session, len(m.Info))
+				}
+			}
+			return nil
+		})
 	}
 }
