@@ -122,7 +122,8 @@ type presence struct {
 
 	mu        sync.Mutex
 	closed    bool
-	calls     sync.WaitGroup // handlers under way; Close waits for them
+	shut      atomic.Bool  // Close began: handlers do nothing
+	gate      sync.RWMutex // held (read) by each handler under way; Close waits for them
 	onReap    func(string, protocol.Member, bool)
 	active    bool // takes part: heartbeats, owns channels
 	activeMu  sync.Mutex
@@ -396,18 +397,15 @@ func noResponders(m *natsgo.Msg) bool {
 }
 
 // handler wraps a subscription callback: nothing runs once Close began, and Close waits for
-// what runs.
+// what runs. It takes no lock that a handler waits on long (heartbeats are noted at once).
 func (b *Broker) handler(fn func(*natsgo.Msg)) natsgo.MsgHandler {
 	return func(m *natsgo.Msg) {
 		p := b.pr
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
+		p.gate.RLock()
+		defer p.gate.RUnlock()
+		if p.shut.Load() {
 			return
 		}
-		p.calls.Add(1)
-		p.mu.Unlock()
-		defer p.calls.Done()
 		fn(m)
 	}
 }
@@ -416,6 +414,7 @@ func (b *Broker) handler(fn func(*natsgo.Msg)) natsgo.MsgHandler {
 // after b.ctx is cancelled (which ends the loop and the waits of requests).
 func (b *Broker) closePresence() {
 	p := b.pr
+	p.shut.Store(true)
 	p.mu.Lock()
 	p.closed = true
 	subs := p.subs
@@ -424,7 +423,8 @@ func (b *Broker) closePresence() {
 	for _, s := range subs {
 		_ = s.Unsubscribe()
 	}
-	p.calls.Wait()
+	p.gate.Lock() // the handlers under way are done
+	p.gate.Unlock()
 }
 
 // presenceLoop beats every Heartbeat/2 and judges the peers every Heartbeat/4, until Close.
