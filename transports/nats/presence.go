@@ -470,8 +470,8 @@ func (b *Broker) tick(beat bool) {
 		}
 	}
 	p.wasDown, p.reconnects = !up, rc
-	// This node judges no one when it is behind itself: its loop ran late (the process stalled)
-	// or heartbeats wait to be handled; they are judged at the next pass.
+	// This node judges no one before 4 heartbeats of silence when it is behind itself: its loop
+	// ran late (the process stalled), or heartbeats or messages of the peers wait to be handled.
 	lagging := now.Sub(p.lastTick) > p.hb/2
 	for _, sub := range []*natsgo.Subscription{p.hbSub, p.nodeSub} {
 		if sub == nil {
@@ -486,7 +486,7 @@ func (b *Broker) tick(beat bool) {
 		changed := false
 		p.hmu.Lock()
 		for id, pe := range p.peers {
-			if !lagging && now.Sub(p.heardAt[pe.key]) > 2*p.hb {
+			if silent := now.Sub(p.heardAt[pe.key]); silent > 2*p.hb && (!lagging || silent > 4*p.hb) {
 				delete(p.peers, id)
 				delete(p.heardAt, pe.key)
 				changed = true
