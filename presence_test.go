@@ -256,6 +256,9 @@ func TestPresenceAuthorization(t *testing.T) {
 	if err := gateway.Check(testConfig(t, "GATEWAY_BROKER=nats", "GATEWAY_PRESENCE_CHANNELS=room:*")); err != nil {
 		t.Fatalf("Check of presence.channels on nats: %v", err)
 	}
+	if err := gateway.Check(testConfig(t, "GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=127.0.0.1:9092", "GATEWAY_PRESENCE_CHANNELS=room:*")); err != nil {
+		t.Fatalf("Check of presence.channels on kafka, which keeps presence: %v", err)
+	}
 }
 
 // noPresence is a broker that keeps no presence (it hides memory.Node's).

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the browser end-to-end test of the chat demo (examples/chat/e2e): two gateway nodes on the
 # Redis broker, the chat server, and two pages in headless Chromium; one node is killed and the
-# page on it must resume on the other with no message missing. See examples/chat/README.md.
+# page on it must resume on the other with no message missing; each page's list of who is online
+# must follow (both users, one gone with her node and back on the other, one gone with his page).
+# See examples/chat/README.md.
 #
 # Needs go, node >= 20 with npm, Chromium and a Redis server on 127.0.0.1:6379 (or REDIS_ADDR).
 # As root on Debian it installs what is missing (nodejs npm, chromium, redis-server), and starts

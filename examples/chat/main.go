@@ -1,28 +1,36 @@
 // Command chat is a small chat demo of the WebSocket gateway in the browser: a tiny HTTP server
 // that serves a static chat page, the JavaScript client (clients/js, built into clients/js/dist)
 // and the connection tokens the page needs. The page itself talks straight to the gateway nodes
-// with the client: name and room in, messages of channel "chat:<room>" out, and it resumes after
-// a lost connection, on another node if need be.
+// with the client: name and room in, messages of channel "chat:<room>" out, who is online in the
+// room (presence), and it resumes after a lost connection, on another node if need be.
 //
 // Usage:
 //
 //	chat [-addr :8090] [-nodes ws://localhost:8081/ws,ws://localhost:8082/ws] [-client DIR]
 //
+// Without -nodes it runs a gateway node of its own, in this process on the embedded memory
+// broker, at /ws on -addr, with presence and joins and leaves on chat:* (`go run ./examples/chat`
+// is the whole demo on one machine). With -nodes the page connects to those nodes instead, which
+// must share GATEWAY_JWT_SECRET with this server and have presence on chat:* for the online list.
+//
 // It serves:
 //
 //	GET /                  the chat page (static/, embedded)
 //	GET /client/...        the built JS client (clients/js/dist, or -client DIR)
-//	GET /config            {"nodes": [...]}: the gateway URLs offered to the page (-nodes); the
-//	                       page's ?nodes=URL,URL overrides them
+//	GET /config            {"nodes": [...]}: the gateway URLs offered to the page (-nodes, or the
+//	                       embedded node's /ws); the page's ?nodes=URL,URL overrides them
 //	GET /token?user=NAME   {"token","user","expires_at"}: an HS256 token for NAME signed with
-//	                       GATEWAY_JWT_SECRET (the gateway's), valid 1 h, allowed to subscribe to
-//	                       chat:* and $user and to publish to chat:*
+//	                       GATEWAY_JWT_SECRET (the gateway's; made up for the embedded node when
+//	                       unset), valid 1 h, allowed to subscribe to chat:* and $user and to
+//	                       publish to chat:*
+//	/ws                    the embedded node's WebSocket endpoint (without -nodes only)
 //
 // The token endpoint hands a token to anybody for any name: that is what makes this a demo. A
 // real application mints tokens only for users it has authenticated.
 //
-// The gateway nodes must allow the page's origin: GATEWAY_ALLOWED_ORIGINS=http://localhost:8090
-// (the address the browser uses, exactly). See README.md for a complete walk-through.
+// Gateway nodes given with -nodes must allow the page's origin:
+// GATEWAY_ALLOWED_ORIGINS=http://localhost:8090 (the address the browser uses, exactly). See
+// README.md for a complete walk-through.
 package main
 
 import (
@@ -47,6 +55,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/wsgateway/gateway"
 )
 
 //go:embed static
@@ -83,8 +93,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", ":8090", "listen address of this server")
-	nodesFlag := fs.String("nodes", "ws://localhost:8081/ws,ws://localhost:8082/ws",
-		"comma-separated WebSocket URLs (ws:// or wss://, path /ws) of the gateway nodes offered to the page")
+	nodesFlag := fs.String("nodes", "",
+		"comma-separated WebSocket URLs (ws:// or wss://, path /ws) of the gateway nodes offered to the page; none: a node runs in this process, on the embedded memory broker")
 	clientDir := fs.String("client", "", "directory of the built JS client (default: clients/js/dist, looked up from the working directory upwards)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -95,15 +105,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
+	embedded := *nodesFlag == ""
 	secret := getenv("GATEWAY_JWT_SECRET")
+	if secret == "" && embedded {
+		secret = madeUpSecret()
+		log.Info("no GATEWAY_JWT_SECRET: made one up, for the tokens of the embedded node")
+	}
 	if len(secret) < minSecretLen {
 		fmt.Fprintf(stderr, "chat: GATEWAY_JWT_SECRET must be set to the gateway's secret (at least %d characters)\n", minSecretLen)
 		return 2
 	}
-	nodes, err := parseNodes(*nodesFlag)
-	if err != nil {
-		fmt.Fprintln(stderr, "chat: -nodes:", err)
-		return 2
+	var nodes []string
+	if !embedded {
+		var err error
+		if nodes, err = parseNodes(*nodesFlag); err != nil {
+			fmt.Fprintln(stderr, "chat: -nodes:", err)
+			return 2
+		}
 	}
 	dir, err := findClientDir(*clientDir)
 	if err != nil {
@@ -111,7 +129,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return 2
 	}
 
-	handler, err := newHandler([]byte(secret), nodes, os.DirFS(dir), time.Now, log)
+	var node *gateway.Gateway
+	if embedded {
+		if node, err = newEmbedded(secret, log); err != nil {
+			fmt.Fprintln(stderr, "chat:", err)
+			return 1
+		}
+		defer node.Close()
+		if err := node.Start(ctx); err != nil {
+			fmt.Fprintln(stderr, "chat: the embedded gateway node:", err)
+			return 1
+		}
+	}
+	var gw http.Handler
+	if node != nil {
+		gw = node.Handler()
+	}
+	handler, err := newHandler([]byte(secret), nodes, gw, os.DirFS(dir), time.Now, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "chat:", err)
 		return 1
@@ -133,9 +167,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	go func() { served <- srv.Serve(ln) }()
 
 	listening := ln.Addr().String()
-	log.Info("chat server listening", "addr", listening, "client", dir, "nodes", strings.Join(nodes, ","))
 	_, port, _ := net.SplitHostPort(listening)
-	fmt.Fprintf(stderr, "\n  Open http://localhost:%s/ in two tabs (the gateways must allow that origin:\n  GATEWAY_ALLOWED_ORIGINS=http://localhost:%s).\n\n", port, port)
+	if embedded {
+		log.Info("chat server listening, with a gateway node of its own at /ws (memory broker)", "addr", listening, "client", dir, "node_id", embeddedNodeID)
+		fmt.Fprintf(stderr, "\n  Open http://localhost:%s/ in two tabs.\n\n", port)
+	} else {
+		log.Info("chat server listening", "addr", listening, "client", dir, "nodes", strings.Join(nodes, ","))
+		fmt.Fprintf(stderr, "\n  Open http://localhost:%s/ in two tabs (the gateways must allow that origin:\n  GATEWAY_ALLOWED_ORIGINS=http://localhost:%s).\n\n", port, port)
+	}
 	if ready != nil {
 		ready(listening)
 	}
@@ -145,6 +184,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		log.Error("chat server stopped", "error", err)
 		return 1
 	case <-ctx.Done():
+	}
+	if node != nil {
+		node.Drain() // the pages get `shutdown` (and would resume elsewhere, had they anywhere)
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -209,7 +251,9 @@ func findClientDir(dir string) (string, error) {
 }
 
 // newHandler builds the server's routes. client is the built JS client, served under /client/.
-func newHandler(secret []byte, nodes []string, client fs.FS, now func() time.Time, log *slog.Logger) (http.Handler, error) {
+// gw, when not nil, is the embedded gateway node, served at /ws and offered by /config (then
+// nodes is empty).
+func newHandler(secret []byte, nodes []string, gw http.Handler, client fs.FS, now func() time.Time, log *slog.Logger) (http.Handler, error) {
 	static, err := fs.Sub(staticFiles, "static")
 	if err != nil {
 		return nil, err
@@ -218,8 +262,15 @@ func newHandler(secret []byte, nodes []string, client fs.FS, now func() time.Tim
 	mux.Handle("GET /", http.FileServerFS(static))
 	mux.Handle("GET /client/", http.StripPrefix("/client/", http.FileServerFS(client)))
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, r *http.Request) {
+		if gw != nil {
+			writeJSON(w, http.StatusOK, map[string]any{"nodes": []string{sameHostNode(r)}})
+			return
+		}
 		writeJSON(w, http.StatusOK, map[string]any{"nodes": nodes})
 	})
+	if gw != nil {
+		mux.Handle("GET /ws", gw) // a WebSocket upgrade is a GET
+	}
 	mux.Handle("GET /token", tokenHandler(secret, now, log))
 	return securityHeaders(mux), nil
 }

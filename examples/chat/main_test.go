@@ -11,11 +11,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
 	"time"
 
 	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/wstest"
 )
 
 const testSecret = "chat-test-secret-0123456789"
@@ -23,7 +25,7 @@ const testSecret = "chat-test-secret-0123456789"
 func newTestServer(t *testing.T, now func() time.Time) *httptest.Server {
 	t.Helper()
 	client := fstest.MapFS{"index.js": {Data: []byte("export class Client {}\n")}}
-	h, err := newHandler([]byte(testSecret), []string{"ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws"}, client, now,
+	h, err := newHandler([]byte(testSecret), []string{"ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws"}, nil, client, now,
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -179,8 +181,8 @@ func TestParseNodes(t *testing.T) {
 	}
 }
 
-// The command refuses to start without the secret, with bad nodes or without the built client,
-// saying why, and serves until its context ends otherwise.
+// The command refuses to start without the secret of the nodes it is given, with bad nodes or
+// without the built client, saying why, and serves until its context ends otherwise.
 func TestRun(t *testing.T) {
 	dist := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dist, "index.js"), []byte("export class Client {}\n"), 0o644); err != nil {
@@ -200,8 +202,9 @@ func TestRun(t *testing.T) {
 		secret string
 		want   string
 	}{
-		{"no secret", []string{"-client", dist}, "", "GATEWAY_JWT_SECRET"},
-		{"short secret", []string{"-client", dist}, "short", "GATEWAY_JWT_SECRET"},
+		{"no secret", []string{"-client", dist, "-nodes", "ws://127.0.0.1:1/ws"}, "", "GATEWAY_JWT_SECRET"},
+		{"short secret", []string{"-client", dist, "-nodes", "ws://127.0.0.1:1/ws"}, "short", "GATEWAY_JWT_SECRET"},
+		{"short secret, embedded node", []string{"-client", dist}, "short", "GATEWAY_JWT_SECRET"},
 		{"bad nodes", []string{"-client", dist, "-nodes", "http://x/ws"}, testSecret, "-nodes"},
 		{"no client", []string{"-client", t.TempDir()}, testSecret, "npm run build"},
 		{"stray argument", []string{"-client", dist, "extra"}, testSecret, "unexpected argument"},
@@ -218,7 +221,7 @@ func TestRun(t *testing.T) {
 	done := make(chan int, 1)
 	var stderr bytes.Buffer
 	go func() {
-		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-client", dist}, env(testSecret), &stderr, func(a string) { addrc <- a })
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-client", dist, "-nodes", "ws://127.0.0.1:1/ws"}, env(testSecret), &stderr, func(a string) { addrc <- a })
 	}()
 	var addr string
 	select {
@@ -240,4 +243,110 @@ func TestRun(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("still running 10s after the context ended")
 	}
+}
+
+// Without -nodes the command runs a gateway node of its own (memory broker) at /ws on its own
+// address, offered by /config, accepting the tokens of /token (a secret made up when none is
+// set), with presence and joins and leaves on the chat rooms; it stops cleanly with its context.
+func TestEmbeddedNode(t *testing.T) {
+	dist := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dist, "index.js"), []byte("export class Client {}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrc := make(chan string, 1)
+	done := make(chan int, 1)
+	var stderr syncBuffer
+	go func() {
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-client", dist}, func(string) string { return "" }, &stderr, func(a string) { addrc <- a })
+	}()
+	var addr string
+	select {
+	case addr = <-addrc:
+	case code := <-done:
+		t.Fatalf("exited %d before listening: %s", code, stderr.String())
+	case <-time.After(20 * time.Second):
+		t.Fatal("not listening after 20s")
+	}
+	base := "http://" + addr
+
+	_, body := get(t, base+"/config")
+	if want := `{"nodes":["ws://` + addr + `/ws"]}`; strings.TrimSpace(string(body)) != want {
+		t.Errorf("/config: %s, want %s", body, want)
+	}
+	tokenFor := func(user string) string {
+		t.Helper()
+		resp, body := get(t, base+"/token?user="+user)
+		var tok struct{ Token string }
+		if resp.StatusCode != 200 || json.Unmarshal(body, &tok) != nil {
+			t.Fatalf("/token: %d %s", resp.StatusCode, body)
+		}
+		return tok.Token
+	}
+
+	alice, w := wstest.Dial(t, base, tokenFor("alice"))
+	if w.Str("node") != embeddedNodeID || w.Str("user") != "alice" {
+		t.Fatalf("welcome %v", w)
+	}
+	alice.Subscribe("chat:lobby")
+	if j := alice.Expect("join"); member(j)["user"] != "alice" || member(j)["session"] != w.Str("session") {
+		t.Fatalf("alice's own join: %v", j)
+	}
+	bob, wb := wstest.Dial(t, base, tokenFor("bob"))
+	bob.Subscribe("chat:lobby")
+	if j := alice.Expect("join"); member(j)["user"] != "bob" || member(j)["node"] != embeddedNodeID {
+		t.Fatalf("bob's join at alice: %v", j)
+	}
+	bob.Expect("join") // his own
+	alice.Send(map[string]any{"type": "presence", "id": "p", "channel": "chat:lobby"})
+	p := alice.Expect("presence")
+	ms, _ := p["members"].([]any)
+	if len(ms) != 2 {
+		t.Fatalf("presence: %v, want alice and bob", p)
+	}
+	alice.Send(map[string]any{"type": "presence_stats", "id": "s", "channel": "chat:lobby"})
+	if st := alice.Expect("presence_stats"); st["connections"] != 2.0 || st["users"] != 2.0 {
+		t.Fatalf("presence_stats: %v", st)
+	}
+	bob.Conn.Close()
+	if l := alice.Expect("leave"); member(l)["session"] != wb.Str("session") {
+		t.Fatalf("bob's leave at alice: %v", l)
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d after the context ended: %s", code, stderr.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("still running 15s after the context ended")
+	}
+	if f, err := alice.Read(wstest.Timeout); err != nil || f.Str("type") != "disconnect" || f.Str("code") != "shutdown" {
+		t.Errorf("alice after the stop: %v, %v; want a disconnect frame with code shutdown", f, err)
+	}
+}
+
+func member(f wstest.Frame) map[string]any {
+	m, _ := f["member"].(map[string]any)
+	return m
+}
+
+// syncBuffer is a bytes.Buffer the command's logger and the test may use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -6,7 +6,11 @@ import type {
   DirectMessage,
   Disconnect,
   EventMap,
+  Member,
   Message,
+  PresenceEvent,
+  PresencePage,
+  PresenceStats,
   State,
   Subscribed,
   WebSocketConstructor,
@@ -27,6 +31,9 @@ export const defaults = {
 
 /** How many message ids a subscription remembers to drop repeats. */
 const recentIDs = 1024;
+
+/** The largest page presence() may ask for (the server's limit). */
+export const maxPresencePage = 1000;
 
 const channelPattern = /^[A-Za-z0-9_:.\-]{1,128}$/;
 
@@ -51,6 +58,13 @@ interface InFrame {
   session?: string;
   node?: string;
   user?: string;
+  // join and leave: one member, or several joined or left in one window (coalesced)
+  member?: unknown;
+  members?: unknown[];
+  // presence and presence_stats
+  next?: string;
+  connections?: number;
+  users?: number;
 }
 
 type Timer = ReturnType<typeof setTimeout>;
@@ -371,6 +385,74 @@ export class Client {
     return this.request({ type: 'ping' }, 'pong', this.maxAttempts).then(() => undefined);
   }
 
+  /**
+   * Reads a page of the members of channel, a presence channel (the server's `presence.channels`)
+   * the client may subscribe to; it need not be subscribed. The first page is without `after`;
+   * the next one with `after` = the page's `next`, until `next` is absent. `limit`: 1 to 1000
+   * (the server's default page is 100). Rejects with the server's error: `forbidden`,
+   * `bad_request` (not a presence channel), `unavailable` (a broker that keeps no presence, or that
+   * did not answer: sent again like a ping, up to maxAttempts). Waits for the connection while
+   * disconnected.
+   */
+  presence(channel: string, opts: { after?: string; limit?: number } = {}): Promise<PresencePage> {
+    const bad = presenceChannelError(channel);
+    if (bad) return Promise.reject(bad);
+    const frame: Record<string, unknown> = { type: 'presence', channel };
+    const after = opts?.after;
+    if (after !== undefined && after !== '') {
+      if (typeof after !== 'string') return Promise.reject(new GatewayError('bad_request', 'after must be a string'));
+      frame.after = after;
+    }
+    const limit = opts?.limit;
+    if (limit !== undefined) {
+      if (!Number.isInteger(limit) || limit < 1 || limit > maxPresencePage) {
+        return Promise.reject(new GatewayError('bad_request', `limit must be an integer from 1 to ${maxPresencePage}`));
+      }
+      frame.limit = limit;
+    }
+    return this.request(frame, 'presence', this.maxAttempts).then((r) => {
+      const f = r.frame;
+      const page: PresencePage = { channel, members: [] };
+      if (Array.isArray(f.members)) {
+        page.members = f.members.map(toMember).filter((m): m is Member => m !== undefined);
+      } else if (typeof f.connections === 'number') {
+        page.stats = { connections: f.connections, users: Number(f.users ?? 0) };
+      }
+      if (typeof f.next === 'string' && f.next !== '') page.next = f.next;
+      return page;
+    });
+  }
+
+  /**
+   * Reads every member of channel, page after page (see presence()). Members that join or leave
+   * meanwhile may or may not be in it. When the server answers with the counts only (more
+   * members than `presence.max_members`), `members` is empty and `stats` holds the counts.
+   */
+  async presenceAll(channel: string): Promise<{ members: Member[]; stats?: PresenceStats }> {
+    const members: Member[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.presence(channel, { after, limit: maxPresencePage });
+      if (page.stats) return { members: [], stats: page.stats };
+      members.push(...page.members);
+      if (!page.next) return { members };
+      after = page.next;
+    }
+  }
+
+  /** Reads the number of members (connections) of channel and of distinct users among them; errors as presence(). */
+  presenceStats(channel: string): Promise<PresenceStats> {
+    const bad = presenceChannelError(channel);
+    if (bad) return Promise.reject(bad);
+    return this.request({ type: 'presence_stats', channel }, 'presence_stats', this.maxAttempts).then((r) => {
+      const f = r.frame;
+      if (typeof f.connections !== 'number') {
+        throw new GatewayError('internal', 'presence_stats answered without counts');
+      }
+      return { connections: f.connections, users: Number(f.users ?? 0) };
+    });
+  }
+
   /** The position of the last message seen on channel (or of its subscription): what a resume starts after. */
   position(channel: string): string | undefined {
     return this.subs.get(channel)?.last || undefined;
@@ -514,6 +596,10 @@ export class Client {
         return;
       case 'message':
         if (conn.welcome) this.onMessage(f);
+        return;
+      case 'join':
+      case 'leave':
+        if (conn.welcome) this.onJoinLeave(f.type, f);
         return;
     }
     if (!conn.welcome) return;
@@ -756,6 +842,24 @@ export class Client {
     this.emit('message', m);
   }
 
+  // onJoinLeave delivers a join or leave frame: one event per member, in the frame's order (a
+  // coalesced frame carries `members`, a single change `member`). Like a message, a frame at a
+  // position already delivered is dropped.
+  private onJoinLeave(kind: 'join' | 'leave', f: InFrame): void {
+    if (!f.channel) return;
+    const sub = this.subs.get(f.channel);
+    if (!sub) return;
+    const raw = Array.isArray(f.members) ? f.members : f.member !== undefined ? [f.member] : [];
+    const members = raw.map(toMember).filter((m): m is Member => m !== undefined);
+    if (members.length === 0) return;
+    const position = String(f.position ?? '');
+    if (!sub.accept(position, '')) return;
+    for (const member of members) {
+      const e: PresenceEvent = { channel: f.channel, kind, member, position };
+      this.emit(kind, e);
+    }
+  }
+
   // ---- requests ----------------------------------------------------------------------------
 
   private nextID(): string {
@@ -906,6 +1010,24 @@ export class Client {
     if (err || !frame) r.reject(err ?? new GatewayError('internal', 'no reply'));
     else r.resolve({ frame, attempts: r.attempts });
   }
+}
+
+// presenceChannelError refuses, before anything is sent, a channel that cannot have presence.
+function presenceChannelError(channel: string): GatewayError | undefined {
+  if (typeof channel !== 'string' || !channelPattern.test(channel)) {
+    return new GatewayError('bad_request', `invalid presence channel ${JSON.stringify(channel)}: must match ${channelPattern}`);
+  }
+  return undefined;
+}
+
+// toMember copies a member of the wire; undefined when it has no session.
+function toMember(v: unknown): Member | undefined {
+  if (!v || typeof v !== 'object') return undefined;
+  const o = v as Record<string, unknown>;
+  if (typeof o.session !== 'string' || o.session === '') return undefined;
+  const m: Member = { user: String(o.user ?? ''), session: o.session, node: String(o.node ?? '') };
+  if (o.info && typeof o.info === 'object' && !Array.isArray(o.info)) m.info = o.info as Record<string, unknown>;
+  return m;
 }
 
 function errText(err: unknown): string {

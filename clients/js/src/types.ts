@@ -117,8 +117,60 @@ export interface Disconnect {
   reconnect: boolean;
 }
 
+/**
+ * A member of a presence channel (the server's `presence.channels`): one connection. A user with
+ * two tabs is two members.
+ */
+export interface Member {
+  /** The token's `sub`; '' for an anonymous connection. */
+  user: string;
+  /** The connection's session id. */
+  session: string;
+  /** The id of the node that holds the connection. */
+  node: string;
+  /** The token's `info` claim as the token's issuer put it there; absent without one. */
+  info?: Record<string, unknown>;
+}
+
+/** The counts of a presence channel's members: connections, and distinct users among them. */
+export interface PresenceStats {
+  connections: number;
+  users: number;
+}
+
+/** A page of a presence channel's members: the answer to presence(). */
+export interface PresencePage {
+  channel: string;
+  /** Ordered by session id; empty when `stats` is set. */
+  members: Member[];
+  /** Where the next page starts (pass it as `after`); absent on the last page. */
+  next?: string;
+  /**
+   * Set, and `members` empty, when the channel has more members than the server lists
+   * (`presence.max_members`): the server answered with the counts only.
+   */
+  stats?: PresenceStats;
+}
+
+/**
+ * A member that joined or left a channel with joins and leaves (the server's
+ * `presence.join_leave`), delivered in order with the channel's messages.
+ */
+export interface PresenceEvent {
+  channel: string;
+  kind: 'join' | 'leave';
+  member: Member;
+  /**
+   * The position of the frame that carried it in the channel's stream (a resume starts after it).
+   * Several members joined or left in one frame share its position.
+   */
+  position: string;
+}
+
 export interface EventMap {
   message: (m: Message) => void;
+  join: (e: PresenceEvent) => void;
+  leave: (e: PresenceEvent) => void;
   state: (s: State, prev: State) => void;
   subscribed: (s: Subscribed) => void;
   welcome: (w: Welcome) => void;

@@ -4,17 +4,19 @@ import assert from 'node:assert/strict';
 import { after, afterEach, describe, test } from 'node:test';
 
 import { Client } from '../dist/index.js';
-import { apiPublish, collect, deliveredOnce, eventually, killAll, nextEvent, startNode, startProxy, token, uniq } from './helpers.mjs';
+import { apiPublish, collect, deliveredOnce, eventually, killAll, nextEvent, redisDropPrefix, startNode, startProxy, token, uniq } from './helpers.mjs';
 
 const redis = process.env.GATEWAY_REDIS_ADDR || '127.0.0.1:6379';
 const clients = new Set();
 const proxies = new Set();
 
 let running = []; // the nodes of the current test, whose logs a failure shows
+const prefixes = []; // the topic prefixes of the current test, whose Redis keys are deleted after it
 
 /** cluster starts n nodes on Redis with a topic prefix of their own. */
 async function cluster(n, env = {}) {
   const prefix = uniq('jsclient-');
+  prefixes.push(prefix);
   const nodes = [];
   running = nodes;
   for (let i = 0; i < n; i++) {
@@ -57,6 +59,7 @@ afterEach(async (t) => {
   await Promise.all([...proxies].map((p) => p.close()));
   proxies.clear();
   await killAll();
+  for (const p of prefixes.splice(0)) await redisDropPrefix(redis, p);
 });
 
 after(async () => {

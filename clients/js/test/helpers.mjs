@@ -145,10 +145,12 @@ const b64url = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v))
 
 /**
  * token makes an HS256 connection token for sub. channels and publish default to everything, send
- * to true (the gateway refuses sends of tokens without "send": true by default); ttl is in seconds.
+ * to true (the gateway refuses sends of tokens without "send": true by default); ttl is in seconds;
+ * info, when given, is the `info` claim presence shows of the connection.
  */
-export function token(sub, { channels = ['*'], publish = ['*'], send = true, ttl = 3600 } = {}) {
+export function token(sub, { channels = ['*'], publish = ['*'], send = true, ttl = 3600, info } = {}) {
   const claims = { sub, exp: Math.floor(Date.now() / 1000) + ttl };
+  if (info !== undefined) claims.info = info;
   if (channels) claims.channels = channels;
   if (publish) claims.publish = publish;
   if (send !== undefined) claims.send = send;
@@ -201,6 +203,88 @@ export async function rejection(p) {
     throw new Error(`expected a rejection, got ${JSON.stringify(v)}`);
   } catch (err) {
     return err;
+  }
+}
+
+// ---- Redis: deleting what a test's nodes wrote ------------------------------------------------
+
+/**
+ * redisDropPrefix deletes every Redis key of a topic prefix: `<prefix>...` (streams) and
+ * `{<prefix>...` (presence keys, whose hash tag starts with a brace). A minimal RESP client: SCAN
+ * and DEL are all it needs.
+ */
+export async function redisDropPrefix(addr, prefix) {
+  const i = addr.lastIndexOf(':');
+  const sock = net.connect({ host: addr.slice(0, i), port: Number(addr.slice(i + 1)) });
+  sock.setTimeout(3000, () => sock.destroy(new Error(`redis ${addr}: no answer in 3 s`)));
+  await new Promise((resolve, reject) => {
+    sock.once('connect', resolve);
+    sock.once('error', reject);
+  });
+  const waiting = [];
+  let buf = Buffer.alloc(0);
+  sock.on('data', (d) => {
+    buf = Buffer.concat([buf, d]);
+    for (let r; waiting.length && (r = parseRESP(buf, 0)); ) {
+      buf = buf.subarray(r[1]);
+      const w = waiting.shift();
+      if (r[0] instanceof Error) w.reject(r[0]);
+      else w.resolve(r[0]);
+    }
+  });
+  sock.on('error', (e) => {
+    for (const w of waiting.splice(0)) w.reject(e);
+  });
+  const command = (...args) =>
+    new Promise((resolve, reject) => {
+      waiting.push({ resolve, reject });
+      sock.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('')}`);
+    });
+  try {
+    for (const pattern of [`${prefix}*`, `{${prefix}*`]) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await command('SCAN', cursor, 'MATCH', pattern, 'COUNT', 1000);
+        if (keys.length) await command('DEL', ...keys);
+        cursor = next;
+      } while (cursor !== '0');
+    }
+  } finally {
+    sock.destroy();
+  }
+}
+
+// parseRESP reads one Redis reply at buf[i:]: [value, end], or null when it is not all there.
+function parseRESP(buf, i) {
+  const eol = buf.indexOf('\r\n', i);
+  if (eol < 0) return null;
+  const line = buf.toString('utf8', i + 1, eol);
+  switch (String.fromCharCode(buf[i])) {
+    case '+':
+      return [line, eol + 2];
+    case '-':
+      return [new Error(`redis: ${line}`), eol + 2];
+    case ':':
+      return [Number(line), eol + 2];
+    case '$': {
+      const n = Number(line);
+      if (n < 0) return [null, eol + 2];
+      if (buf.length < eol + 2 + n + 2) return null;
+      return [buf.toString('utf8', eol + 2, eol + 2 + n), eol + 2 + n + 2];
+    }
+    case '*': {
+      const out = [];
+      let j = eol + 2;
+      for (let k = 0; k < Number(line); k++) {
+        const r = parseRESP(buf, j);
+        if (!r) return null;
+        out.push(r[0]);
+        j = r[1];
+      }
+      return [out, j];
+    }
+    default:
+      throw new Error(`redis: unexpected reply ${JSON.stringify(line)}`);
   }
 }
 

@@ -321,6 +321,121 @@ describe('protocol details (fake WebSocket)', () => {
     assert.deepEqual(got, [{ channel: 'bin', id: 'b1', position: 'e:0:1:c', data: 'AAE=', encoding: 'base64' }]);
   });
 
+  test('join and leave frames: one event per member, in order, a coalesced `members` frame too; repeats at a resume seam dropped', async () => {
+    const server = fakeServer();
+    answer(server, { room: 'e:0:1:c' });
+    const c = client(server);
+    const got = [];
+    c.on('join', (e) => got.push(e));
+    c.on('leave', (e) => got.push(e));
+    const messages = collect(c);
+    c.connect();
+    (await server.socket(1)).accept();
+    await c.subscribe('room');
+    const ws = server.last();
+    const m = (n) => ({ user: `u${n}`, session: `s${n}`, node: 'n1' });
+    ws.push({ type: 'join', channel: 'room', member: { ...m(1), info: { name: 'One' } }, position: 'e:0:2:c' });
+    ws.push({ type: 'message', channel: 'room', id: 'x', position: 'e:0:3:c', data: 'hi' });
+    ws.push({ type: 'join', channel: 'room', members: [m(2), m(3), m(4)], position: 'e:0:4:c' });
+    ws.push({ type: 'leave', channel: 'room', members: [m(3), m(1)], position: 'e:0:5:c' });
+    ws.push({ type: 'leave', channel: 'room', member: m(2), position: 'e:0:6:c' });
+    ws.push({ type: 'join', channel: 'other', member: m(9), position: 'e:0:7:c' }); // not subscribed
+    ws.push({ type: 'join', channel: 'room', members: [], position: 'e:0:7:c' }); // nothing in it
+    const show = () => got.map((e) => `${e.kind} ${e.member.session} ${e.position}`);
+    assert.deepEqual(show(), [
+      'join s1 e:0:2:c',
+      'join s2 e:0:4:c',
+      'join s3 e:0:4:c',
+      'join s4 e:0:4:c',
+      'leave s3 e:0:5:c',
+      'leave s1 e:0:5:c',
+      'leave s2 e:0:6:c',
+    ]);
+    assert.deepEqual(got[0], { channel: 'room', kind: 'join', member: { user: 'u1', session: 's1', node: 'n1', info: { name: 'One' } }, position: 'e:0:2:c' });
+    assert.deepEqual(messages.map((x) => x.id), ['x']);
+    assert.equal(c.position('room'), 'e:0:6:c', 'a join or leave moves the position a resume starts after');
+
+    // The resume asks from the last join or leave, and a frame replayed twice is delivered once.
+    ws.drop();
+    const ws2 = await server.socket(2);
+    ws2.accept();
+    const again = await eventually(() => ws2.sent.find((f) => f.type === 'subscribe'), 'the resubscription');
+    assert.equal(again.since, 'e:0:6:c');
+    ws2.push({ type: 'leave', channel: 'room', member: m(2), position: 'e:0:6:c' });
+    ws2.push({ type: 'leave', channel: 'room', members: [m(4)], position: 'e:0:8:c' });
+    assert.deepEqual(show().slice(7), ['leave s4 e:0:8:c']);
+  });
+
+  test('presence, presenceAll and presenceStats: frames sent, pages and counts read, refusals', async () => {
+    const server = fakeServer();
+    const members = Array.from({ length: 5 }, (_, i) => ({ user: `u${i}`, session: `s${i}`, node: 'n1' }));
+    const asked = [];
+    let overCap = false;
+    server.onFrame = (ws, f) => {
+      if (f.type === 'presence') {
+        asked.push({ after: f.after, limit: f.limit });
+        if (f.channel === 'nope') return ws.push({ type: 'error', id: f.id, code: 'forbidden', message: 'not yours' });
+        if (overCap) return ws.push({ type: 'presence', id: f.id, channel: f.channel, connections: 12000, users: 11000 });
+        const from = f.after ? members.findIndex((m) => m.session === f.after) + 1 : 0;
+        const page = members.slice(from, from + 2); // the fake's page is 2, whatever the limit
+        const reply = { type: 'presence', id: f.id, channel: f.channel, members: page };
+        if (from + 2 < members.length) reply.next = page.at(-1).session;
+        ws.push(reply);
+      } else if (f.type === 'presence_stats') {
+        ws.push({ type: 'presence_stats', id: f.id, channel: f.channel, connections: 5, users: 4 });
+      }
+    };
+    const c = client(server);
+    c.connect();
+    (await server.socket(1)).accept();
+
+    const first = await c.presence('room', { limit: 2 });
+    assert.deepEqual(first, { channel: 'room', members: members.slice(0, 2), next: 's1' });
+    const last = await c.presence('room', { after: 's3' });
+    assert.deepEqual(last, { channel: 'room', members: [members[4]] });
+    assert.deepEqual(asked, [{ after: undefined, limit: 2 }, { after: 's3', limit: undefined }]);
+    asked.length = 0;
+    assert.deepEqual(await c.presenceAll('room'), { members });
+    assert.deepEqual(asked, [
+      { after: undefined, limit: 1000 },
+      { after: 's1', limit: 1000 },
+      { after: 's3', limit: 1000 },
+    ]);
+    assert.deepEqual(await c.presenceStats('room'), { connections: 5, users: 4 });
+    overCap = true;
+    assert.deepEqual(await c.presence('room'), { channel: 'room', members: [], stats: { connections: 12000, users: 11000 } });
+    assert.deepEqual(await c.presenceAll('room'), { members: [], stats: { connections: 12000, users: 11000 } });
+
+    const forbidden = await rejection(c.presence('nope'));
+    assert.equal(forbidden.code, 'forbidden');
+    const sent = server.frames.length;
+    for (const [p, why] of [
+      [c.presence('room', { limit: 0 }), 'limit 0'],
+      [c.presence('room', { limit: 1001 }), 'limit 1001'],
+      [c.presence('$user'), '$user'],
+      [c.presenceStats('bad channel'), 'a bad name'],
+    ]) {
+      const e = await rejection(p);
+      assert.equal(e.code, 'bad_request', why);
+    }
+    assert.equal(server.frames.length, sent, 'refused before anything was sent');
+  });
+
+  test('a presence query answered unavailable is sent again, then rejects with unavailable', async () => {
+    const server = fakeServer();
+    server.onFrame = (ws, f) => {
+      if (f.type === 'presence_stats') ws.push({ type: 'error', id: f.id, code: 'unavailable', message: 'this broker keeps no presence yet' });
+    };
+    const c = client(server, { maxAttempts: 3 });
+    c.connect();
+    (await server.socket(1)).accept();
+    const e = await rejection(c.presenceStats('room'));
+    assert.ok(e instanceof GatewayError);
+    assert.equal(e.code, 'unavailable');
+    assert.match(e.message, /keeps no presence/);
+    assert.equal(server.frames.filter((f) => f.type === 'presence_stats').length, 3);
+  });
+
   test('positions compare within one epoch and channel only', () => {
     assert.equal(comparePositions('e:1:2:c', 'e:1:3:c'), -1);
     assert.equal(comparePositions('e:2:0:c', 'e:1:9:c'), 1);

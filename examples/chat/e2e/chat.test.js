@@ -3,7 +3,9 @@
 // first (nodes list node1,node2) and page B bound to node 2. They exchange messages both ways;
 // node 1 is SIGKILLed; while it is dead and page A is disconnected, page B sends more; page A must
 // reconnect to node 2, resume the room and show every message exactly once, in order, with no
-// "messages may be missing" banner.
+// "messages may be missing" banner. Who is online (the gateway's presence, across both nodes):
+// each page lists both users on their nodes; while node 1 is dead page B sees alice go (her
+// member reaped), then come back on node 2; when page B is closed, bob goes from page A's list.
 //
 // Needs: go, node >= 20, chromium (CHROMIUM, default /usr/bin/chromium) and Redis (REDIS_ADDR,
 // default 127.0.0.1:6379). Run: cd examples/chat/e2e && npm ci && npm test
@@ -186,12 +188,15 @@ async function redisConnect(addr) {
 async function redisDropPrefix(addr, prefix) {
   const r = await redisConnect(addr);
   try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await r.command('SCAN', cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-      if (keys.length) await r.command('DEL', ...keys);
-      cursor = next;
-    } while (cursor !== '0');
+    // Streams are `<prefix>...`; presence keys `{<prefix>:presence...}` (a hash tag first).
+    for (const pattern of [`${prefix}*`, `{${prefix}*`]) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await r.command('SCAN', cursor, 'MATCH', pattern, 'COUNT', 1000);
+        if (keys.length) await r.command('DEL', ...keys);
+        cursor = next;
+      } while (cursor !== '0');
+    }
   } finally {
     r.close();
   }
@@ -212,6 +217,8 @@ function snapshot(page) {
       messages: [...document.querySelectorAll('#messages li.msg')].map((li) => ({
         id: li.dataset.id, from: li.dataset.from, text: li.querySelector('.text').textContent,
       })),
+      presence: $('presence').dataset.state,
+      online: [...document.querySelectorAll('#online li')].map((li) => `${li.dataset.user}@${li.dataset.nodes}×${li.dataset.sessions}`),
       subscribed: [...document.querySelectorAll('#log li[data-event="subscribed"]')].map((li) => ({
         recovered: li.dataset.recovered === 'true', resumed: li.dataset.resumed === 'true', position: li.dataset.position,
       })),
@@ -250,6 +257,18 @@ async function waitLines(page, who, expected, ms) {
   });
   assert.deepEqual(lines(s), expected, `${who}: the messages shown`);
   return s;
+}
+
+// waitOnline waits until the page's online list is exactly want (entries user@nodes×tabs, by user).
+async function waitOnline(page, who, want, ms = 20_000) {
+  let last;
+  await waitFor(`${who} to list online ${JSON.stringify(want)}`, async () => {
+    last = await snapshot(page);
+    return last.presence === 'live' && JSON.stringify(last.online) === JSON.stringify(want);
+  }, ms).catch((e) => {
+    e.message += `\n${who} lists (presence ${last?.presence}): ${JSON.stringify(last?.online)}`;
+    throw e;
+  });
 }
 
 // ---- the test ----------------------------------------------------------------------------------
@@ -306,6 +325,10 @@ test('chat: a page whose node is killed resumes on the other node with no messag
       GATEWAY_JWT_SECRET: secret,
       GATEWAY_ALLOWED_ORIGINS: origin,
       GATEWAY_DRAIN_PERIOD: '500ms',
+      // Who is online in the rooms; a dead node's members are reaped within 2 heartbeats and a pass.
+      GATEWAY_PRESENCE_CHANNELS: 'chat:*',
+      GATEWAY_PRESENCE_JOIN_LEAVE: 'chat:*',
+      GATEWAY_PRESENCE_HEARTBEAT: '300ms',
     });
 
     step(`starting gateway nodes on :${p1} and :${p2} (redis, prefix ${prefix}) and the chat server on :${pc}`);
@@ -347,6 +370,11 @@ test('chat: a page whose node is killed resumes on the other node with no messag
     await join(A, `${origin}/?nodes=${ws1},${ws2}`, 'alice', room, 'chat-node-1');
     await join(B, `${origin}/?nodes=${ws2}`, 'bob', room, 'chat-node-2');
 
+    step('each page lists both users online, each on its node');
+    const both = ['alice@chat-node-1×1', 'bob@chat-node-2×1'];
+    await waitOnline(A, 'page A', both);
+    await waitOnline(B, 'page B', both);
+
     step('exchanging messages both ways');
     const expected = [];
     for (const [page, who, text] of [[A, 'alice', 'hello from alice'], [B, 'bob', 'hi alice, bob here'], [A, 'alice', 'how is node 1?']]) {
@@ -363,6 +391,9 @@ test('chat: a page whose node is killed resumes on the other node with no messag
       const s = await snapshot(A);
       return s.state !== 'connected' && gate.held.length > 0;
     });
+
+    step('page B sees alice go: her member on the dead node is reaped');
+    await waitOnline(B, 'page B', ['bob@chat-node-2×1']);
 
     step('page B sends while node 1 is dead and page A is disconnected');
     const missed = [];
@@ -391,6 +422,10 @@ test('chat: a page whose node is killed resumes on the other node with no messag
     assert.ok(a.subscribed.slice(1).every((s) => s.resumed && s.recovered),
       `every resubscription of page A recovered: ${JSON.stringify(a.subscribed)}`);
     assert.equal(a.banner, false, 'page A shows no "messages may be missing" banner');
+    step('both pages list alice back online, now on node 2');
+    const again = ['alice@chat-node-2×1', 'bob@chat-node-2×1'];
+    await waitOnline(A, 'page A', again);
+    await waitOnline(B, 'page B', again);
 
     step('page A writes again, through node 2');
     await say(A, 'alice is back');
@@ -409,6 +444,12 @@ test('chat: a page whose node is killed resumes on the other node with no messag
     assert.equal((await snapshot(B)).error, '', 'page B shows no error');
     assert.deepEqual(consoleLines.filter((l) => l.includes('uncaught')), [], 'no uncaught error in the pages');
     step(`page A shows all ${expected.length} messages exactly once, in order, after resuming on node 2`);
+
+    step('page B is closed: bob goes from page A\'s list');
+    await B.close();
+    delete pages.B;
+    await waitOnline(A, 'page A', ['alice@chat-node-2×1']);
+    assert.equal((await snapshot(A)).error, '', 'page A shows no error');
     failed = false;
   } catch (e) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chat-e2e-failure-'));

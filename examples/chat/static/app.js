@@ -1,6 +1,7 @@
 // The chat page: a plain ES module, no build step. It loads the gateway's JS client from
 // /client/index.js (clients/js/dist, served by the chat server), asks the chat server for a token
-// before every (re)connect, subscribes to "chat:<room>" and shows what arrives.
+// before every (re)connect, subscribes to "chat:<room>" and shows what arrives, and who is online
+// in the room (the gateway's presence: presence.channels and presence.join_leave on chat:*).
 //
 // Query parameters: ?user=NAME&room=ROOM join at once; ?nodes=ws://host:port/ws,ws://... replaces
 // the gateway URLs the server offers (GET /config). The client tries them in turn, moving to the
@@ -14,7 +15,7 @@ const MAX_LOG = 200;
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
-let session = null; // { client, channel, user, unsubscribe: [] }
+let session = null; // { client, channel, user, subscriptions, off: [], presence }
 
 function showError(text) {
   const el = $('error');
@@ -73,6 +74,130 @@ function addMessage(m, me) {
   if (atBottom) list.scrollTop = list.scrollHeight;
 }
 
+// ---- who is online ----------------------------------------------------------------------------
+// The list is the room's presence read with presenceAll after every `subscribed` (the first one,
+// and every resume, which may have missed joins and leaves), with the join and leave events applied
+// on top, by session: a join adds the member, a leave removes it. The events come in order, so
+// replaying those that came since the read began over its answer leaves the list right, whichever
+// of the two the gateway saw first.
+
+const STATS_DELAY = 1000; // ms between two reads of the counts, when the room has too many to list
+
+function newPresence() {
+  // state: off (no presence on this room, or not read yet), loading, live, counts
+  return { state: 'off', members: new Map(), since: null, gen: 0, counts: null, note: '', statsTimer: 0 };
+}
+
+function applyPresence(p, e) {
+  if (e.kind === 'join') p.members.set(e.member.session, e.member);
+  else p.members.delete(e.member.session);
+}
+
+async function refreshPresence(s) {
+  const p = s.presence;
+  const gen = ++p.gen;
+  p.since = [];
+  if (p.state === 'off') p.state = 'loading';
+  renderPresence(s);
+  let res;
+  try {
+    res = await s.client.presenceAll(s.channel);
+  } catch (e) {
+    if (session !== s || gen !== p.gen) return;
+    p.since = null;
+    p.members.clear();
+    p.state = 'off';
+    p.note = e.code === 'bad_request'
+      ? 'Presence is off for this room: start the gateways with GATEWAY_PRESENCE_CHANNELS=chat:* and GATEWAY_PRESENCE_JOIN_LEAVE=chat:*.'
+      : `Cannot read who is online: ${e.code ? `${e.code}: ` : ''}${e.message}`;
+    log('presence', p.note, { state: 'off' });
+    renderPresence(s);
+    return;
+  }
+  if (session !== s || gen !== p.gen) return; // a later read (or another room) took over
+  const since = p.since;
+  p.since = null;
+  p.note = '';
+  if (res.stats) {
+    p.state = 'counts';
+    p.counts = res.stats;
+    p.members.clear();
+  } else {
+    p.state = 'live';
+    p.members = new Map(res.members.map((m) => [m.session, m]));
+    for (const e of since) applyPresence(p, e);
+  }
+  renderPresence(s);
+}
+
+function onPresenceEvent(s, e) {
+  if (e.channel !== s.channel) return;
+  const p = s.presence;
+  log(e.kind, `${e.member.user || '(anonymous)'} ${e.kind === 'join' ? 'joined' : 'left'} (node ${e.member.node})`,
+    { user: e.member.user, session: e.member.session, node: e.member.node });
+  if (p.since) p.since.push(e);
+  if (p.state === 'counts') {
+    // Too many to list: read the counts again, at most once a STATS_DELAY.
+    if (!p.statsTimer) {
+      p.statsTimer = setTimeout(async () => {
+        p.statsTimer = 0;
+        try {
+          const counts = await s.client.presenceStats(s.channel);
+          if (session === s && p.state === 'counts') { p.counts = counts; renderPresence(s); }
+        } catch { /* the next event or resume tries again */ }
+      }, STATS_DELAY);
+    }
+    return;
+  }
+  applyPresence(p, e);
+  renderPresence(s);
+}
+
+function renderPresence(s) {
+  const p = s.presence;
+  $('presence').dataset.state = p.state;
+  const list = $('online');
+  const note = $('presence-note');
+  if (p.state === 'counts') {
+    list.replaceChildren();
+    $('online-count').textContent = `(${p.counts.users})`;
+    note.textContent = `${p.counts.users} people in ${p.counts.connections} tabs: too many to list.`;
+    return;
+  }
+  if (p.state !== 'live') {
+    list.replaceChildren();
+    $('online-count').textContent = '';
+    note.textContent = p.state === 'loading' ? 'Reading who is online…' : p.note;
+    return;
+  }
+  const users = new Map(); // user -> { sessions, nodes }
+  for (const m of p.members.values()) {
+    const u = users.get(m.user) ?? { sessions: 0, nodes: new Set() };
+    u.sessions++;
+    u.nodes.add(m.node);
+    users.set(m.user, u);
+  }
+  const items = [...users.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([user, u]) => {
+    const li = document.createElement('li');
+    if (user === s.user) li.classList.add('me');
+    li.dataset.user = user;
+    li.dataset.sessions = String(u.sessions);
+    const nodes = [...u.nodes].sort();
+    li.dataset.nodes = nodes.join(',');
+    const name = document.createElement('span');
+    name.className = 'user';
+    name.textContent = (user || '(anonymous)') + (user === s.user ? ' (you)' : '');
+    const where = document.createElement('span');
+    where.className = 'where';
+    where.textContent = `${nodes.join(', ')}${u.sessions > 1 ? ` · ${u.sessions} tabs` : ''}`;
+    li.append(name, where);
+    return li;
+  });
+  list.replaceChildren(...items);
+  $('online-count').textContent = `(${users.size})`;
+  note.textContent = '';
+}
+
 let pending = 0;
 function setPending(delta) {
   pending += delta;
@@ -121,7 +246,7 @@ async function join(user, room) {
 
   const channel = `chat:${room}`;
   const client = new Client({ url: nodes, token: () => fetchToken(user) });
-  const s = { client, channel, user, subscriptions: 0, off: [] };
+  const s = { client, channel, user, subscriptions: 0, off: [], presence: newPresence() };
   session = s;
 
   $('join').hidden = true;
@@ -131,6 +256,7 @@ async function join(user, room) {
   $('messages').replaceChildren();
   $('log').replaceChildren();
   $('banner').hidden = true;
+  renderPresence(s);
   document.title = `${room} — wsgateway chat`;
 
   s.off.push(client.on('state', (state, prev) => {
@@ -151,7 +277,10 @@ async function join(user, room) {
     // The first subscribe asks for nothing to be recovered; any later one is a resume, and
     // recovered:false there means the gateway could not replay everything that was missed.
     if (resumed && !sub.recovered) $('banner').hidden = false;
+    refreshPresence(s);
   }));
+  s.off.push(client.on('join', (e) => onPresenceEvent(s, e)));
+  s.off.push(client.on('leave', (e) => onPresenceEvent(s, e)));
   s.off.push(client.on('message', (m) => {
     if (m.channel === channel) addMessage(m, user);
   }));
@@ -176,8 +305,13 @@ async function join(user, room) {
 function leave() {
   if (!session) return;
   for (const off of session.off) off();
+  clearTimeout(session.presence.statsTimer);
   session.client.close();
   session = null;
+  $('online').replaceChildren();
+  $('online-count').textContent = '';
+  $('presence-note').textContent = '';
+  $('presence').dataset.state = 'off';
   setStatus('disconnected', '');
   $('chat').hidden = true;
   $('join').hidden = false;
