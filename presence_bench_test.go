@@ -39,10 +39,7 @@ const presenceBenchMembers = 10000
 // prefix (transports.Presence.Join), not by 10,000 WebSocket clients: those and the node's own
 // sockets would need ~20,000 descriptors, the process's limit. One client asks.
 func BenchmarkPresenceQuery(b *testing.B) {
-	for _, bk := range nodetest.Brokers {
-		if bk.Name != "memory" && bk.Name != "redis" && bk.Name != "jetstream" && bk.Name != "kafka" {
-			continue
-		}
+	for _, bk := range nodetest.Brokers { // every broker keeps presence
 		b.Run(bk.Name, func(b *testing.B) {
 			cluster := bk.Setup(b)
 			prefix := transporttest.Prefix(b)
