@@ -68,8 +68,10 @@ type presence struct {
 	node string // Config.NodeID, or a random id
 	proc string // this process's id: the reaps it wrote, the operations it waits for
 
-	stripes [64]sync.Mutex // a member's writes by this node, in order: Join, Leave, reconcile
-	paused  atomic.Bool    // set by tests: the node stops heartbeating (it hangs)
+	// stripes order a member's writes by this node: Join, Leave, reconcile. They are held across
+	// network writes (a Join's produce, the reconcile's batch), so they are taken within a ctx.
+	stripes [64]stripe
+	paused  atomic.Bool // set by tests: the node stops heartbeating (it hangs)
 
 	mu          sync.Mutex
 	inc         string                                // this process's current incarnation
@@ -163,15 +165,35 @@ func (p *presence) init(node string) {
 	p.activated, p.wake, p.reapWake = make(chan struct{}), make(chan struct{}, 1), make(chan struct{}, 1)
 	p.local, p.pending, p.ops, p.asked = map[string]map[string]protocol.Member{}, map[memberKey]int{}, map[string]*op{}, map[string]int{}
 	p.owned, p.dead, p.peers = map[string]map[memberKey]struct{}{}, map[string]struct{}{}, map[string]*peer{}
+	for i := range p.stripes {
+		p.stripes[i] = newStripe()
+	}
 }
 
-func (p *presence) stripe(k memberKey) *sync.Mutex {
+func (p *presence) stripe(k memberKey) stripe {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(k.channel))
 	_, _ = h.Write([]byte{0})
 	_, _ = h.Write([]byte(k.session))
-	return &p.stripes[h.Sum32()%uint32(len(p.stripes))]
+	return p.stripes[h.Sum32()%uint32(len(p.stripes))]
 }
+
+// stripe is a lock that is taken within a ctx: a Join or Leave does not wait past its deadline
+// for a write of another (a slow Kafka), it fails with the ctx's error.
+type stripe chan struct{}
+
+func newStripe() stripe { return make(stripe, 1) }
+
+func (s stripe) lock(ctx context.Context) error {
+	select {
+	case s <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s stripe) unlock() { <-s }
 
 func (p *presence) wanted() bool {
 	p.mu.Lock()
@@ -635,11 +657,20 @@ func (b *Broker) await(ctx context.Context, o *op) (outcome, error) {
 }
 
 // write writes the record of a member of this node (m nil: its leave) after running update on
-// the node's own record, both under the member's stripe, and waits until it was applied.
-func (b *Broker) write(ctx context.Context, k memberKey, m *protocol.Member, update func()) (outcome, error) {
+// the node's own record, both under the member's stripe, and waits until it was applied. When
+// the stripe is not free by ctx's end it fails with ctx's error, having run update all the same
+// when always is set (a Leave: the node's truth is that the member left).
+func (b *Broker) write(ctx context.Context, k memberKey, m *protocol.Member, update func(), always bool) (outcome, error) {
 	p := &b.pr
 	mu := p.stripe(k)
-	mu.Lock()
+	if err := mu.lock(ctx); err != nil {
+		if always && update != nil {
+			p.mu.Lock()
+			update()
+			p.mu.Unlock()
+		}
+		return outcome{}, unavailable("presence", fmt.Errorf("a write of the member is under way: %w", err))
+	}
 	p.mu.Lock()
 	if update != nil {
 		update()
@@ -651,13 +682,13 @@ func (b *Broker) write(ctx context.Context, k memberKey, m *protocol.Member, upd
 	if m != nil {
 		var err error
 		if val, err = json.Marshal(memberValue{M: *m, I: inc}); err != nil {
-			mu.Unlock()
+			mu.unlock()
 			p.drop(o)
 			return outcome{}, err
 		}
 	}
 	err := b.produce(ctx, k.record(), val, o)
-	mu.Unlock()
+	mu.unlock()
 	if err != nil {
 		p.drop(o)
 		return outcome{}, err
@@ -681,25 +712,26 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 	p := &b.pr
 	k := memberKey{channel, m.Session}
 	var prev protocol.Member
-	var had bool
+	var had, held bool
 	update := func() {
 		p.activate()
 		prev, had = p.local[channel][m.Session]
 		p.hold(channel, m)
+		held = true
 	}
 	for try := 0; ; try++ {
-		out, err := b.write(ctx, k, &m, update)
+		out, err := b.write(ctx, k, &m, update, false)
 		update = nil
 		if err == nil && out.dead && try < 3 {
 			continue // written under an incarnation reaped meanwhile: again under the new one
 		}
 		if err != nil {
 			// Not recorded, as far as the caller knows: the node's record says so too, and its
-			// reconcile removes the record if it was written after all.
-			mu := p.stripe(k)
-			mu.Lock()
+			// reconcile removes the record if it was written after all. Not under the stripe,
+			// which a slow write may hold past ctx's end: should a write of the member be
+			// under way, the next heartbeat's reconcile writes what the node's record says.
 			p.mu.Lock()
-			if cur, ok := p.local[channel][m.Session]; ok && sameMember(cur, m) {
+			if cur, ok := p.local[channel][m.Session]; held && ok && sameMember(cur, m) {
 				if had {
 					p.hold(channel, prev)
 				} else {
@@ -707,24 +739,28 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 				}
 			}
 			p.mu.Unlock()
-			mu.Unlock()
 			return false, err
 		}
 		return out.occupied, nil
 	}
 }
 
-// Leave implements transports.Presence: one tombstone written and read back. When it fails, the
-// member is out of the node's record all the same (the node's truth), and its next heartbeat's
-// reconcile writes the tombstone again.
+// Leave implements transports.Presence: one tombstone written and read back. When it fails (but
+// for ErrNotStarted and ErrClosed), the member is out of the node's record all the same (the
+// node's truth), and a reconcile after a heartbeat writes the tombstone, silently.
 func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, error) {
+	p := &b.pr
 	if err := b.presenceReady(ctx); err != nil {
+		if !errors.Is(err, transports.ErrClosed) && !errors.Is(err, transports.ErrNotStarted) {
+			p.mu.Lock()
+			p.unhold(channel, session)
+			p.mu.Unlock()
+		}
 		return false, err
 	}
 	ctx, cancel := b.presenceCtx(ctx)
 	defer cancel()
-	p := &b.pr
-	out, err := b.write(ctx, memberKey{channel, session}, nil, func() { p.unhold(channel, session) })
+	out, err := b.write(ctx, memberKey{channel, session}, nil, func() { p.unhold(channel, session) }, true)
 	return out.vacated, err
 }
 
@@ -1019,15 +1055,20 @@ func (b *Broker) reconcile(ctx context.Context) {
 	if len(b.differences()) == 0 {
 		return
 	}
-	// Under every stripe (Joins and Leaves wait a moment), the differences are taken again and
-	// written in one batch.
+	// Under every stripe (Joins and Leaves wait, within their ctx), the differences are taken
+	// again and written in one batch.
 	p := &b.pr
 	for i := range p.stripes {
-		p.stripes[i].Lock()
+		if err := p.stripes[i].lock(ctx); err != nil {
+			for j := range i {
+				p.stripes[j].unlock()
+			}
+			return // the next heartbeat tries again
+		}
 	}
 	defer func() {
 		for i := range p.stripes {
-			p.stripes[i].Unlock()
+			p.stripes[i].unlock()
 		}
 	}()
 	diffs := b.differences()
