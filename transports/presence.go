@@ -34,6 +34,15 @@ type Presence interface {
 	// Leave removes the member with session id session from channel. vacated is true when it
 	// was the channel's last member in the cluster. Leaving a session that is not recorded does
 	// nothing and reports vacated false.
+	//
+	// A Leave that returns an error other than ErrNotStarted and ErrClosed has all the same
+	// removed the member from the node's own record (the node's truth): the broker removes it
+	// from the cluster's record later (memory: at once; redis and jetstream: after the node's
+	// next renewal; kafka: the reconcile after its next heartbeat; nats: the node's next push
+	// of its members to the channel's owner) and reports nothing then, neither to the caller nor
+	// to OnReap. The caller announces the leave when Leave returns, error or not; whether it
+	// vacated the channel is not known after an error. After ErrNotStarted or ErrClosed nothing
+	// was removed: the node is going away, and its members are reaped by another node.
 	Leave(ctx context.Context, channel, session string) (vacated bool, err error)
 
 	// Members returns at most limit members of channel, ordered by session id, those after the
