@@ -20,13 +20,15 @@ package kafka
 //
 // Leases: an active node (one that joined, or set OnReap) heartbeats twice per Heartbeat. Each
 // node counts, per other incarnation, its own heartbeats applied since that incarnation's last
-// one: reapAfter of them span at least 2 heartbeats of silence on the counting node's clock,
-// whatever the lag of its reader (its own heartbeats come through the same log). The live node
-// first by (reaps, node id, incarnation) then writes "r <incarnation>"; the first such record applied
-// removes the members on every node, and its writer alone calls OnReap. After each of its
-// heartbeats a node also compares its own record of what it joined and left (the node's truth)
-// with the view and writes what differs: a node that was reaped, or whose records a broker lost,
-// records its members again by itself, silently. docs/brokers/kafka.md describes the costs.
+// one, and notes when (on its own clock) it applied that last one. An incarnation is silent once
+// reapAfter of those heartbeats were applied (the log shows it silent for that span, whatever the
+// lag of the node's reader: its own heartbeats come through the same log) and 2 heartbeats have
+// passed since its last one was seen. The live node first by (reaps, node id, incarnation) then
+// writes "r <incarnation>"; the first such record applied removes the members on every node, and
+// its writer alone calls OnReap. After each of its heartbeats a node also compares its own record
+// of what it joined and left (the node's truth) with the view and writes what differs: a node that
+// was reaped, or whose records a broker lost, records its members again by itself, silently.
+// docs/brokers/kafka.md describes the costs.
 
 import (
 	"cmp"
@@ -53,10 +55,12 @@ import (
 
 const (
 	// reapAfter is how many of its own heartbeats (two per Heartbeat) a node applies after an
-	// incarnation's last heartbeat before it reaps that incarnation: the first may have been
-	// written up to half a heartbeat late, so the silence is at least 2 heartbeats (2.5 usually),
-	// and at most 3 when the incarnation died right after a heartbeat.
-	reapAfter = 6
+	// incarnation's last heartbeat before it reaps that incarnation, once 2 heartbeats have also
+	// passed on its clock since it saw that last heartbeat (peer.seen): 4 span about 1.5 to 2
+	// heartbeats, so the clock decides, and the reap comes at the node's first heartbeat after
+	// those 2, within 2.5 heartbeats of the last one seen; the count keeps a node whose reader
+	// lags (which sees its own heartbeats late too) from reaping a live one.
+	reapAfter = 4
 	// opHeader names the operation a record answers (process id "." sequence), so that its
 	// writer learns what applying it changed.
 	opHeader = "op"
@@ -108,8 +112,14 @@ func (k memberKey) record() string { return "m\x00" + k.channel + "\x00" + k.ses
 type peer struct {
 	node  string
 	reaps bool
-	beat  bool // it heartbeated (since this view began)
-	since int  // this node's heartbeats applied since its last one (or since it was first seen)
+	beat  bool      // it heartbeated (since this view began)
+	since int       // this node's heartbeats applied since its last one (or since it was first seen)
+	seen  time.Time // when this node applied its last heartbeat (or first saw it), on its clock
+}
+
+// silent reports whether the incarnation of pe is to be reaped at now (hb: Heartbeat).
+func (pe *peer) silent(now time.Time, hb time.Duration) bool {
+	return pe.since >= reapAfter && now.Sub(pe.seen) >= 2*hb
 }
 
 // op is a record this node wrote and waits to see applied.
@@ -385,7 +395,7 @@ func (p *presence) put(channel string, m protocol.Member, inc string) bool {
 	}
 	set[k] = struct{}{}
 	if _, known := p.peers[inc]; !known && inc != p.inc {
-		p.peers[inc] = &peer{node: m.Node}
+		p.peers[inc] = &peer{node: m.Node, seen: time.Now()}
 	}
 	return occupied
 }
@@ -425,7 +435,7 @@ func (p *presence) beat(node string, v beatValue) {
 		pe = &peer{}
 		p.peers[v.I] = pe
 	}
-	pe.node, pe.reaps, pe.beat, pe.since = node, v.R, true, 0
+	pe.node, pe.reaps, pe.beat, pe.since, pe.seen = node, v.R, true, 0, time.Now()
 }
 
 // forget applies the tombstone of node's heartbeat: its incarnations that own nothing are
@@ -910,10 +920,11 @@ func (b *Broker) tombstones(calls []reapCall, nodes []string) {
 			msgs = append(msgs, &sarama.ProducerMessage{Topic: b.names.presence, Key: sarama.StringEncoder(k.record())})
 		}
 	}
+	now := time.Now()
 	for _, node := range nodes {
 		live := node == p.node
 		for _, pe := range p.peers {
-			live = live || pe.node == node && pe.beat && pe.since < reapAfter
+			live = live || pe.node == node && pe.beat && !pe.silent(now, b.cfg.Presence.Heartbeat)
 		}
 		if !live {
 			msgs = append(msgs, &sarama.ProducerMessage{Topic: b.names.presence, Key: sarama.StringEncoder("h\x00" + node)})
@@ -974,9 +985,9 @@ func (b *Broker) heartbeat() {
 	b.reconcile(ctx)
 }
 
-// reapPass writes a reap for each incarnation that owns members and has been silent for
-// reapAfter of this node's heartbeats, when this node is the live node first by (reaps, node
-// id, incarnation). A reap written and not applied after reapAfter more heartbeats is written
+// reapPass writes a reap for each incarnation that owns members and is silent (peer.silent:
+// reapAfter of this node's heartbeats and 2 heartbeats on its clock), when this node is the live
+// node first by (reaps, node id, incarnation). A reap written and not applied after reapAfter more heartbeats is written
 // again. A silent incarnation that owns nothing is forgotten, and (by that node) the tombstone
 // of its heartbeat written unless its node id lives on in another incarnation.
 func (b *Broker) reapPass(ctx context.Context) {
@@ -997,8 +1008,9 @@ func (b *Broker) reapPass(ctx context.Context) {
 	var victims []who
 	var silent []string // nodes of forgotten incarnations
 	live := map[string]bool{p.node: true}
+	now := time.Now()
 	for inc, pe := range p.peers {
-		if pe.since < reapAfter {
+		if !pe.silent(now, b.cfg.Presence.Heartbeat) {
 			if c := (who{pe.reaps, pe.node, inc}); pe.beat && first(c, best) {
 				best = c
 			}

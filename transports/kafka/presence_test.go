@@ -500,3 +500,32 @@ func TestPresenceSessionMoves(t *testing.T) {
 	time.Sleep(3 * testHeartbeat)
 	wantMembers(t, b, "c")
 }
+
+// TestPresenceSilentRule (review 13, finding 4): an incarnation is reaped once both 2 heartbeats
+// passed since its last heartbeat was seen and reapAfter of the node's own heartbeats were applied
+// after it: not before 2 heartbeats whatever the count, and not while the node's own heartbeats
+// do not come back (its reader lags), however long ago the last one was seen.
+func TestPresenceSilentRule(t *testing.T) {
+	const hb = time.Second
+	now := time.Now()
+	for _, tc := range []struct {
+		since  int
+		ago    time.Duration
+		silent bool
+	}{
+		{reapAfter, 2 * hb, true},
+		{reapAfter + 3, 5 * hb, true},
+		{reapAfter, 2*hb - time.Millisecond, false},
+		{reapAfter + 10, hb, false},
+		{reapAfter - 1, time.Hour, false},
+		{0, time.Hour, false},
+	} {
+		pe := &peer{since: tc.since, seen: now.Add(-tc.ago)}
+		if got := pe.silent(now, hb); got != tc.silent {
+			t.Errorf("since %d, last seen %v ago: silent %v, want %v", tc.since, tc.ago, got, tc.silent)
+		}
+	}
+	if reapAfter > 4 { // 4 own heartbeats (two per heartbeat) span at most 2 heartbeats
+		t.Errorf("reapAfter %d: the count would keep the reap past 2 heartbeats and a pass", reapAfter)
+	}
+}
