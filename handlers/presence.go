@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -117,14 +118,21 @@ func (p *Presence) Join(channel string, m protocol.Member) (announce func()) {
 }
 
 // Leave removes m from channel and announces it as Join does (member_left, channel_vacated, a
-// leave in the stream). A member that was not recorded (reaped meanwhile) announces nothing.
+// leave in the stream). A Leave the broker failed is announced all the same, but for
+// channel_vacated, which is not known then: the broker has taken the member out of the node's
+// own record and removes it from the cluster's later, silently (transports.Presence). Only a
+// broker not started or closed (the node is going away: its members are reaped, and announced,
+// by another node) announces nothing.
 func (p *Presence) Leave(channel string, m protocol.Member) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
 	defer cancel()
 	vacated, err := p.cfg.Presence.Leave(ctx, channel, m.Session)
 	if err != nil {
 		p.cfg.Log.Warn("presence leave failed", "channel", channel, "session_id", m.Session, "error", err)
-		return
+		if errors.Is(err, transports.ErrClosed) || errors.Is(err, transports.ErrNotStarted) {
+			return
+		}
+		vacated = false
 	}
 	p.left(ctx, channel, m, vacated, "")
 }

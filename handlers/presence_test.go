@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -152,5 +153,69 @@ func TestJoinLeaveFrameRefusesBadMembers(t *testing.T) {
 		if _, ok := joinLeaveFrame(m, protocol.KindJoin, "room", "room", protocol.Position{}); ok {
 			t.Errorf("payload %s made a join frame", payload)
 		}
+	}
+}
+
+// failingLeave is a broker presence whose Leave fails with err, vacated true (which a failed
+// Leave must not be taken to mean).
+type failingLeave struct {
+	joinAll
+	err error
+}
+
+func (f *failingLeave) Leave(context.Context, string, string) (bool, error) { return true, f.err }
+
+// TestPresenceFailedLeaveAnnounced (review 13, finding 2): a Leave the broker failed is announced
+// once all the same, member_left and the leave in the stream, without channel_vacated (not known);
+// one failed because the broker is closed or not started announces nothing (the member is reaped,
+// and announced, by another node).
+func TestPresenceFailedLeaveAnnounced(t *testing.T) {
+	for _, tc := range []struct {
+		err      error
+		announce bool
+	}{
+		{fmt.Errorf("%w: broker slow: %w", transports.ErrUnavailable, context.DeadlineExceeded), true},
+		{errors.New("some broker error"), true},
+		{transports.ErrClosed, false},
+		{fmt.Errorf("kafka: %w", transports.ErrNotStarted), false},
+	} {
+		t.Run(tc.err.Error(), func(t *testing.T) {
+			stream, events := &recordingInbox{}, &recordingInbox{}
+			ev := newTestEvents(events)
+			ev.Start()
+			p := NewPresence(PresenceConfig{NodeID: "n1", Presence: &failingLeave{err: tc.err}, Channels: []string{"room:*"},
+				JoinLeave: []string{"room:*"}, Inbox: stream, Events: ev, Timeout: time.Second, Log: slog.New(slog.DiscardHandler)})
+			p.Join("room:1", member("a"))()
+			p.Leave("room:1", member("a"))
+			p.Close()
+			ev.Close(time.Second) // delivers the queued events
+
+			leaves := stream.of(protocol.KindLeave)
+			var lifecycle []string
+			for _, m := range events.of(protocol.KindEvent) {
+				var e protocol.Event
+				_ = json.Unmarshal(m.Payload, &e)
+				if strings.HasPrefix(e.Type, "member_") || strings.HasPrefix(e.Type, "channel_") {
+					lifecycle = append(lifecycle, e.Type+" "+e.Session)
+				}
+			}
+			want := []string{"member_joined a"}
+			wantLeaves := 0
+			if tc.announce {
+				want, wantLeaves = append(want, "member_left a"), 1
+			}
+			if !slices.Equal(lifecycle, want) {
+				t.Fatalf("lifecycle events %q, want %q", lifecycle, want)
+			}
+			if len(leaves) != wantLeaves {
+				t.Fatalf("%d leave messages, want %d", len(leaves), wantLeaves)
+			}
+			if wantLeaves == 1 {
+				frame, _ := channelFrame(leaves[0], "room:1", "room:1")
+				if want := `{"type":"leave","channel":"room:1","member":{"user":"u-a","session":"a","node":"n1"}`; !strings.HasPrefix(string(frame), want) {
+					t.Fatalf("frame %s, want it to start %s", frame, want)
+				}
+			}
+		})
 	}
 }

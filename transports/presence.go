@@ -16,8 +16,12 @@ import (
 // Ownership and liveness: a node records only its own connections (Member.Node is the node's
 // id, the same for every member it joins). The broker keeps a lease per node that it renews
 // while it is started (every PresenceConfig.Heartbeat); the members of a node whose lease ran out
-// (2 heartbeats without renewal: the node died or lost its broker) are removed, and the function
-// given to OnReap is called for each of them on exactly one node of the cluster. A node whose
+// (2 heartbeats without renewal: the node died or lost its broker) are removed by the next
+// reaping pass, and the function given to OnReap is called for each of them on exactly one node
+// of the cluster. So a node that stops loses its members within 2 heartbeats of its last renewal
+// plus one pass: memory and redis reap every heartbeat (at most 3 heartbeats in all), jetstream
+// every quarter heartbeat and takes 2 passes (2.5), kafka at each of its heartbeats, twice per
+// Heartbeat (2.5, from the last heartbeat its reader saw); core NATS: docs/brokers/nats.md. A node whose
 // lease ran out while it was alive (a network cut), or whose members the broker lost (a server
 // restart without persistence), has them recorded again when it is heard again: the broker's
 // presence keeps its own record of what the node joined and left through it (the node's truth)
@@ -34,6 +38,15 @@ type Presence interface {
 	// Leave removes the member with session id session from channel. vacated is true when it
 	// was the channel's last member in the cluster. Leaving a session that is not recorded does
 	// nothing and reports vacated false.
+	//
+	// A Leave that returns an error other than ErrNotStarted and ErrClosed has all the same
+	// removed the member from the node's own record (the node's truth): the broker removes it
+	// from the cluster's record later (memory: at once; redis and jetstream: after the node's
+	// next renewal; kafka: the reconcile after its next heartbeat; nats: the node's next push
+	// of its members to the channel's owner) and reports nothing then, neither to the caller nor
+	// to OnReap. The caller announces the leave when Leave returns, error or not; whether it
+	// vacated the channel is not known after an error. After ErrNotStarted or ErrClosed nothing
+	// was removed: the node is going away, and its members are reaped by another node.
 	Leave(ctx context.Context, channel, session string) (vacated bool, err error)
 
 	// Members returns at most limit members of channel, ordered by session id, those after the
@@ -58,7 +71,9 @@ type Presence interface {
 // PresenceConfig are the settings of a broker's presence.
 type PresenceConfig struct {
 	// Heartbeat is how often a node renews its lease. A node that stops (SIGKILL) loses its
-	// members within 2 heartbeats plus one reaping pass. Default DefaultPresenceHeartbeat.
+	// members within 2 heartbeats plus one reaping pass, whose period depends on the broker
+	// (Presence: 3 heartbeats at most on memory and redis, 2.5 on jetstream and kafka; core
+	// NATS: docs/brokers/nats.md). Default DefaultPresenceHeartbeat.
 	Heartbeat time.Duration
 }
 

@@ -20,13 +20,15 @@ package kafka
 //
 // Leases: an active node (one that joined, or set OnReap) heartbeats twice per Heartbeat. Each
 // node counts, per other incarnation, its own heartbeats applied since that incarnation's last
-// one: reapAfter of them span at least 2 heartbeats of silence on the counting node's clock,
-// whatever the lag of its reader (its own heartbeats come through the same log). The live node
-// first by (reaps, node id, incarnation) then writes "r <incarnation>"; the first such record applied
-// removes the members on every node, and its writer alone calls OnReap. After each of its
-// heartbeats a node also compares its own record of what it joined and left (the node's truth)
-// with the view and writes what differs: a node that was reaped, or whose records a broker lost,
-// records its members again by itself, silently. docs/brokers/kafka.md describes the costs.
+// one, and notes when (on its own clock) it applied that last one. An incarnation is silent once
+// reapAfter of those heartbeats were applied (the log shows it silent for that span, whatever the
+// lag of the node's reader: its own heartbeats come through the same log) and 2 heartbeats have
+// passed since its last one was seen. The live node first by (reaps, node id, incarnation) then
+// writes "r <incarnation>"; the first such record applied removes the members on every node, and
+// its writer alone calls OnReap. After each of its heartbeats a node also compares its own record
+// of what it joined and left (the node's truth) with the view and writes what differs: a node that
+// was reaped, or whose records a broker lost, records its members again by itself, silently.
+// docs/brokers/kafka.md describes the costs.
 
 import (
 	"cmp"
@@ -53,10 +55,12 @@ import (
 
 const (
 	// reapAfter is how many of its own heartbeats (two per Heartbeat) a node applies after an
-	// incarnation's last heartbeat before it reaps that incarnation: the first may have been
-	// written up to half a heartbeat late, so the silence is at least 2 heartbeats (2.5 usually),
-	// and at most 3 when the incarnation died right after a heartbeat.
-	reapAfter = 6
+	// incarnation's last heartbeat before it reaps that incarnation, once 2 heartbeats have also
+	// passed on its clock since it saw that last heartbeat (peer.seen): 4 span about 1.5 to 2
+	// heartbeats, so the clock decides, and the reap comes at the node's first heartbeat after
+	// those 2, within 2.5 heartbeats of the last one seen; the count keeps a node whose reader
+	// lags (which sees its own heartbeats late too) from reaping a live one.
+	reapAfter = 4
 	// opHeader names the operation a record answers (process id "." sequence), so that its
 	// writer learns what applying it changed.
 	opHeader = "op"
@@ -68,8 +72,10 @@ type presence struct {
 	node string // Config.NodeID, or a random id
 	proc string // this process's id: the reaps it wrote, the operations it waits for
 
-	stripes [64]sync.Mutex // a member's writes by this node, in order: Join, Leave, reconcile
-	paused  atomic.Bool    // set by tests: the node stops heartbeating (it hangs)
+	// stripes order a member's writes by this node: Join, Leave, reconcile. They are held across
+	// network writes (a Join's produce, the reconcile's batch), so they are taken within a ctx.
+	stripes [64]stripe
+	paused  atomic.Bool // set by tests: the node stops heartbeating (it hangs)
 
 	mu          sync.Mutex
 	inc         string                                // this process's current incarnation
@@ -106,8 +112,14 @@ func (k memberKey) record() string { return "m\x00" + k.channel + "\x00" + k.ses
 type peer struct {
 	node  string
 	reaps bool
-	beat  bool // it heartbeated (since this view began)
-	since int  // this node's heartbeats applied since its last one (or since it was first seen)
+	beat  bool      // it heartbeated (since this view began)
+	since int       // this node's heartbeats applied since its last one (or since it was first seen)
+	seen  time.Time // when this node applied its last heartbeat (or first saw it), on its clock
+}
+
+// silent reports whether the incarnation of pe is to be reaped at now (hb: Heartbeat).
+func (pe *peer) silent(now time.Time, hb time.Duration) bool {
+	return pe.since >= reapAfter && now.Sub(pe.seen) >= 2*hb
 }
 
 // op is a record this node wrote and waits to see applied.
@@ -163,15 +175,35 @@ func (p *presence) init(node string) {
 	p.activated, p.wake, p.reapWake = make(chan struct{}), make(chan struct{}, 1), make(chan struct{}, 1)
 	p.local, p.pending, p.ops, p.asked = map[string]map[string]protocol.Member{}, map[memberKey]int{}, map[string]*op{}, map[string]int{}
 	p.owned, p.dead, p.peers = map[string]map[memberKey]struct{}{}, map[string]struct{}{}, map[string]*peer{}
+	for i := range p.stripes {
+		p.stripes[i] = newStripe()
+	}
 }
 
-func (p *presence) stripe(k memberKey) *sync.Mutex {
+func (p *presence) stripe(k memberKey) stripe {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(k.channel))
 	_, _ = h.Write([]byte{0})
 	_, _ = h.Write([]byte(k.session))
-	return &p.stripes[h.Sum32()%uint32(len(p.stripes))]
+	return p.stripes[h.Sum32()%uint32(len(p.stripes))]
 }
+
+// stripe is a lock that is taken within a ctx: a Join or Leave does not wait past its deadline
+// for a write of another (a slow Kafka), it fails with the ctx's error.
+type stripe chan struct{}
+
+func newStripe() stripe { return make(stripe, 1) }
+
+func (s stripe) lock(ctx context.Context) error {
+	select {
+	case s <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s stripe) unlock() { <-s }
 
 func (p *presence) wanted() bool {
 	p.mu.Lock()
@@ -363,7 +395,7 @@ func (p *presence) put(channel string, m protocol.Member, inc string) bool {
 	}
 	set[k] = struct{}{}
 	if _, known := p.peers[inc]; !known && inc != p.inc {
-		p.peers[inc] = &peer{node: m.Node}
+		p.peers[inc] = &peer{node: m.Node, seen: time.Now()}
 	}
 	return occupied
 }
@@ -403,7 +435,7 @@ func (p *presence) beat(node string, v beatValue) {
 		pe = &peer{}
 		p.peers[v.I] = pe
 	}
-	pe.node, pe.reaps, pe.beat, pe.since = node, v.R, true, 0
+	pe.node, pe.reaps, pe.beat, pe.since, pe.seen = node, v.R, true, 0, time.Now()
 }
 
 // forget applies the tombstone of node's heartbeat: its incarnations that own nothing are
@@ -635,11 +667,20 @@ func (b *Broker) await(ctx context.Context, o *op) (outcome, error) {
 }
 
 // write writes the record of a member of this node (m nil: its leave) after running update on
-// the node's own record, both under the member's stripe, and waits until it was applied.
-func (b *Broker) write(ctx context.Context, k memberKey, m *protocol.Member, update func()) (outcome, error) {
+// the node's own record, both under the member's stripe, and waits until it was applied. When
+// the stripe is not free by ctx's end it fails with ctx's error, having run update all the same
+// when always is set (a Leave: the node's truth is that the member left).
+func (b *Broker) write(ctx context.Context, k memberKey, m *protocol.Member, update func(), always bool) (outcome, error) {
 	p := &b.pr
 	mu := p.stripe(k)
-	mu.Lock()
+	if err := mu.lock(ctx); err != nil {
+		if always && update != nil {
+			p.mu.Lock()
+			update()
+			p.mu.Unlock()
+		}
+		return outcome{}, unavailable("presence", fmt.Errorf("a write of the member is under way: %w", err))
+	}
 	p.mu.Lock()
 	if update != nil {
 		update()
@@ -651,13 +692,13 @@ func (b *Broker) write(ctx context.Context, k memberKey, m *protocol.Member, upd
 	if m != nil {
 		var err error
 		if val, err = json.Marshal(memberValue{M: *m, I: inc}); err != nil {
-			mu.Unlock()
+			mu.unlock()
 			p.drop(o)
 			return outcome{}, err
 		}
 	}
 	err := b.produce(ctx, k.record(), val, o)
-	mu.Unlock()
+	mu.unlock()
 	if err != nil {
 		p.drop(o)
 		return outcome{}, err
@@ -681,25 +722,26 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 	p := &b.pr
 	k := memberKey{channel, m.Session}
 	var prev protocol.Member
-	var had bool
+	var had, held bool
 	update := func() {
 		p.activate()
 		prev, had = p.local[channel][m.Session]
 		p.hold(channel, m)
+		held = true
 	}
 	for try := 0; ; try++ {
-		out, err := b.write(ctx, k, &m, update)
+		out, err := b.write(ctx, k, &m, update, false)
 		update = nil
 		if err == nil && out.dead && try < 3 {
 			continue // written under an incarnation reaped meanwhile: again under the new one
 		}
 		if err != nil {
 			// Not recorded, as far as the caller knows: the node's record says so too, and its
-			// reconcile removes the record if it was written after all.
-			mu := p.stripe(k)
-			mu.Lock()
+			// reconcile removes the record if it was written after all. Not under the stripe,
+			// which a slow write may hold past ctx's end: should a write of the member be
+			// under way, the next heartbeat's reconcile writes what the node's record says.
 			p.mu.Lock()
-			if cur, ok := p.local[channel][m.Session]; ok && sameMember(cur, m) {
+			if cur, ok := p.local[channel][m.Session]; held && ok && sameMember(cur, m) {
 				if had {
 					p.hold(channel, prev)
 				} else {
@@ -707,24 +749,28 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 				}
 			}
 			p.mu.Unlock()
-			mu.Unlock()
 			return false, err
 		}
 		return out.occupied, nil
 	}
 }
 
-// Leave implements transports.Presence: one tombstone written and read back. When it fails, the
-// member is out of the node's record all the same (the node's truth), and its next heartbeat's
-// reconcile writes the tombstone again.
+// Leave implements transports.Presence: one tombstone written and read back. When it fails (but
+// for ErrNotStarted and ErrClosed), the member is out of the node's record all the same (the
+// node's truth), and a reconcile after a heartbeat writes the tombstone, silently.
 func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, error) {
+	p := &b.pr
 	if err := b.presenceReady(ctx); err != nil {
+		if !errors.Is(err, transports.ErrClosed) && !errors.Is(err, transports.ErrNotStarted) {
+			p.mu.Lock()
+			p.unhold(channel, session)
+			p.mu.Unlock()
+		}
 		return false, err
 	}
 	ctx, cancel := b.presenceCtx(ctx)
 	defer cancel()
-	p := &b.pr
-	out, err := b.write(ctx, memberKey{channel, session}, nil, func() { p.unhold(channel, session) })
+	out, err := b.write(ctx, memberKey{channel, session}, nil, func() { p.unhold(channel, session) }, true)
 	return out.vacated, err
 }
 
@@ -874,10 +920,11 @@ func (b *Broker) tombstones(calls []reapCall, nodes []string) {
 			msgs = append(msgs, &sarama.ProducerMessage{Topic: b.names.presence, Key: sarama.StringEncoder(k.record())})
 		}
 	}
+	now := time.Now()
 	for _, node := range nodes {
 		live := node == p.node
 		for _, pe := range p.peers {
-			live = live || pe.node == node && pe.beat && pe.since < reapAfter
+			live = live || pe.node == node && pe.beat && !pe.silent(now, b.cfg.Presence.Heartbeat)
 		}
 		if !live {
 			msgs = append(msgs, &sarama.ProducerMessage{Topic: b.names.presence, Key: sarama.StringEncoder("h\x00" + node)})
@@ -938,9 +985,9 @@ func (b *Broker) heartbeat() {
 	b.reconcile(ctx)
 }
 
-// reapPass writes a reap for each incarnation that owns members and has been silent for
-// reapAfter of this node's heartbeats, when this node is the live node first by (reaps, node
-// id, incarnation). A reap written and not applied after reapAfter more heartbeats is written
+// reapPass writes a reap for each incarnation that owns members and is silent (peer.silent:
+// reapAfter of this node's heartbeats and 2 heartbeats on its clock), when this node is the live
+// node first by (reaps, node id, incarnation). A reap written and not applied after reapAfter more heartbeats is written
 // again. A silent incarnation that owns nothing is forgotten, and (by that node) the tombstone
 // of its heartbeat written unless its node id lives on in another incarnation.
 func (b *Broker) reapPass(ctx context.Context) {
@@ -961,8 +1008,9 @@ func (b *Broker) reapPass(ctx context.Context) {
 	var victims []who
 	var silent []string // nodes of forgotten incarnations
 	live := map[string]bool{p.node: true}
+	now := time.Now()
 	for inc, pe := range p.peers {
-		if pe.since < reapAfter {
+		if !pe.silent(now, b.cfg.Presence.Heartbeat) {
 			if c := (who{pe.reaps, pe.node, inc}); pe.beat && first(c, best) {
 				best = c
 			}
@@ -1019,15 +1067,20 @@ func (b *Broker) reconcile(ctx context.Context) {
 	if len(b.differences()) == 0 {
 		return
 	}
-	// Under every stripe (Joins and Leaves wait a moment), the differences are taken again and
-	// written in one batch.
+	// Under every stripe (Joins and Leaves wait, within their ctx), the differences are taken
+	// again and written in one batch.
 	p := &b.pr
 	for i := range p.stripes {
-		p.stripes[i].Lock()
+		if err := p.stripes[i].lock(ctx); err != nil {
+			for j := range i {
+				p.stripes[j].unlock()
+			}
+			return // the next heartbeat tries again
+		}
 	}
 	defer func() {
 		for i := range p.stripes {
-			p.stripes[i].Unlock()
+			p.stripes[i].unlock()
 		}
 	}()
 	diffs := b.differences()

@@ -1,7 +1,9 @@
 package kafka
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -294,6 +296,68 @@ func TestPresenceLeaseLostWhileAlive(t *testing.T) {
 	}
 }
 
+// TestPresenceJoinLeaveWithinCtx (review 13, finding 5): while the member locks are held, as a
+// reconcile stuck on a slow Kafka holds them all across its batch, a Join and a Leave with a short
+// ctx fail with the ctx's error by its end instead of waiting for the locks; the failed Join is
+// not in the node's record, the failed Leave's member is out of it, and once the locks are free
+// the reconcile writes the leave: the view ends with neither.
+func TestPresenceJoinLeaveWithinCtx(t *testing.T) {
+	cl := newCluster(t)
+	b := presenceNode(t, cl, transporttest.Prefix(t), "a", nil)
+	joinT(t, b, "c", "stays")
+	joinT(t, b, "c", "leaves")
+	wantMembers(t, b, "c", "a/leaves", "a/stays")
+	p := &b.pr
+	for i := range p.stripes {
+		if err := p.stripes[i].lock(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := true
+	release := func() {
+		if held {
+			held = false
+			for i := range p.stripes {
+				p.stripes[i].unlock()
+			}
+		}
+	}
+	defer release()
+	const short = 200 * time.Millisecond
+	call := func(name string, f func(ctx context.Context) error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), short)
+		defer cancel()
+		done := make(chan error, 1)
+		go func() { done <- f(ctx) }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, transports.ErrUnavailable) {
+				t.Fatalf("%s while the locks are held: %v, want unavailable: deadline exceeded", name, err)
+			}
+		case <-time.After(10 * short):
+			t.Fatalf("%s still waiting 10× past its ctx", name)
+		}
+	}
+	call("Join", func(ctx context.Context) error {
+		_, err := b.Join(ctx, "c", protocol.Member{User: "u", Session: "late", Node: "a"})
+		return err
+	})
+	call("Leave", func(ctx context.Context) error {
+		_, err := b.Leave(ctx, "c", "leaves")
+		return err
+	})
+	p.mu.Lock()
+	_, late := p.local["c"]["late"]
+	_, leaves := p.local["c"]["leaves"]
+	p.mu.Unlock()
+	if late || leaves {
+		t.Fatalf("node's record after the failed calls: holds late %v, holds leaves %v; want neither", late, leaves)
+	}
+	release()
+	wantMembers(t, b, "c", "a/stays")
+}
+
 // TestPresenceCompactionKeepsTheView: the view a node reads from the whole log is the view it
 // reads from the log compacted (the newest record of each key, in their order), for logs of
 // puts by three incarnations, leaves, reaps (some written twice, some before a late put of their
@@ -435,4 +499,33 @@ func TestPresenceSessionMoves(t *testing.T) {
 	}
 	time.Sleep(3 * testHeartbeat)
 	wantMembers(t, b, "c")
+}
+
+// TestPresenceSilentRule (review 13, finding 4): an incarnation is reaped once both 2 heartbeats
+// passed since its last heartbeat was seen and reapAfter of the node's own heartbeats were applied
+// after it: not before 2 heartbeats whatever the count, and not while the node's own heartbeats
+// do not come back (its reader lags), however long ago the last one was seen.
+func TestPresenceSilentRule(t *testing.T) {
+	const hb = time.Second
+	now := time.Now()
+	for _, tc := range []struct {
+		since  int
+		ago    time.Duration
+		silent bool
+	}{
+		{reapAfter, 2 * hb, true},
+		{reapAfter + 3, 5 * hb, true},
+		{reapAfter, 2*hb - time.Millisecond, false},
+		{reapAfter + 10, hb, false},
+		{reapAfter - 1, time.Hour, false},
+		{0, time.Hour, false},
+	} {
+		pe := &peer{since: tc.since, seen: now.Add(-tc.ago)}
+		if got := pe.silent(now, hb); got != tc.silent {
+			t.Errorf("since %d, last seen %v ago: silent %v, want %v", tc.since, tc.ago, got, tc.silent)
+		}
+	}
+	if reapAfter > 4 { // 4 own heartbeats (two per heartbeat) span at most 2 heartbeats
+		t.Errorf("reapAfter %d: the count would keep the reap past 2 heartbeats and a pass", reapAfter)
+	}
 }

@@ -188,6 +188,7 @@ type presence struct {
 
 	mu     sync.Mutex
 	record map[string]map[string]protocol.Member // what this broker joined and did not leave
+	gone   map[string]map[string]struct{}        // left here, but Redis could not be told yet
 	onReap func(channel string, m protocol.Member, vacated bool)
 
 	// registered is set by the first Join: a broker that never joins (a service's) writes
@@ -199,7 +200,8 @@ type presence struct {
 }
 
 func newPresence(hb time.Duration) *presence {
-	return &presence{hb: hb, lease: newLease(), record: map[string]map[string]protocol.Member{}}
+	return &presence{hb: hb, lease: newLease(), record: map[string]map[string]protocol.Member{},
+		gone: map[string]map[string]struct{}{}}
 }
 
 func newLease() string {
@@ -337,11 +339,81 @@ func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, erro
 		return []goredis.Cmder{leave}
 	})
 	if err != nil {
+		// The node's truth is that the member left: out of its record (a re-recording does not
+		// bring it back), and removed from Redis after the next renewal, silently.
+		p.forget(channel, session)
+		p.markGone(channel, session)
 		return false, b.wrap("presence leave "+channel, err)
 	}
 	p.forget(channel, session)
 	code, _, err := leaveResult(leave)
 	return code == 2, err
+}
+
+// markGone notes that session left channel but Redis could not be told.
+func (p *presence) markGone(channel, session string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gone[channel] == nil {
+		p.gone[channel] = map[string]struct{}{}
+	}
+	p.gone[channel][session] = struct{}{}
+}
+
+// removeGone removes from Redis, in one round trip, up to reapBatch members whose Leave failed
+// and that did not join again; Join and Leave wait meanwhile (as for a re-recording), so that
+// none joins again between the reading of gone and the removal. Run after a renewal.
+func (b *Broker) removeGone(ctx context.Context) {
+	p := b.presence
+	p.mu.Lock()
+	none := len(p.gone) == 0
+	p.mu.Unlock()
+	if none {
+		return
+	}
+	p.leaseMu.Lock()
+	defer p.leaseMu.Unlock()
+	type entry struct{ channel, session string }
+	var gone []entry
+	p.mu.Lock()
+	for c, ss := range p.gone {
+		for s := range ss {
+			if len(gone) < reapBatch {
+				gone = append(gone, entry{c, s})
+			}
+		}
+	}
+	p.mu.Unlock()
+	channels, own := presenceNodeKey(b.cfg.Prefix, "channels"), presenceNodeKey(b.cfg.Prefix, "own:"+p.lease)
+	_, err := b.runScripts(ctx, func(pl goredis.Pipeliner) []goredis.Cmder {
+		var cmds []goredis.Cmder
+		for _, e := range gone {
+			m, en, u := presenceChannelKeys(b.cfg.Prefix, e.channel)
+			cmds = append(cmds, leaveScript.EvalSha(ctx, pl, []string{m, en, u, channels}, e.channel, e.session, ""))
+			pl.SRem(ctx, own, ownEntry(e.channel, e.session))
+		}
+		return cmds
+	})
+	if err != nil {
+		if b.ctx.Err() == nil {
+			b.logger.Warn("redis: presence members that left not removed yet; the next renewal tries again", "error", err)
+		}
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range gone {
+		p.unmarkGone(e.channel, e.session)
+	}
+}
+
+// unmarkGone forgets that session left channel unannounced (it joined again, or Redis was
+// told); p.mu is held.
+func (p *presence) unmarkGone(channel, session string) {
+	delete(p.gone[channel], session)
+	if len(p.gone[channel]) == 0 {
+		delete(p.gone, channel)
+	}
 }
 
 func leaveResult(c *goredis.Cmd) (code int64, member string, err error) {
@@ -363,6 +435,7 @@ func (p *presence) remember(channel string, m protocol.Member) {
 		p.record[channel] = map[string]protocol.Member{}
 	}
 	p.record[channel][m.Session] = m
+	p.unmarkGone(channel, m.Session)
 }
 
 func (p *presence) forget(channel, session string) {
@@ -576,6 +649,7 @@ func (b *Broker) renew() {
 		return
 	}
 	if n, _ := renewed.Int64(); n == 1 && !p.redo {
+		b.removeGone(ctx)
 		return
 	}
 	p.redo = false
@@ -584,7 +658,9 @@ func (b *Broker) renew() {
 		if b.ctx.Err() == nil {
 			b.logger.Warn("redis: presence members not recorded again", "error", err)
 		}
+		return
 	}
+	b.removeGone(ctx) // their entries name the lost lease, which no reaper will claim
 }
 
 // register adds the lease (and drops the previous one unless it is being reaped).

@@ -547,6 +547,30 @@ func TestPresenceRerecordLostKeys(t *testing.T) {
 	}
 }
 
+// TestPresenceFailedLeaveRemovedLater (review 13, finding 2): a Leave that fails (here its ctx is
+// done before the round trip) has taken the member out of the node's record: the next renewal
+// removes it from Redis, and a re-recording (keys lost) does not bring it back; a member whose
+// failed Leave is followed by a Join of the same session stays.
+func TestPresenceFailedLeaveRemovedLater(t *testing.T) {
+	addr := anyRedis(t)
+	prefix := transporttest.Prefix(t)
+	nodes := presenceNodes(t, addr, prefix, 2)
+	for _, s := range []string{"a1", "a2", "a3"} {
+		join(t, nodes[0], "room", member("a", "alice", s))
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, s := range []string{"a1", "a3"} {
+		if _, err := nodes[0].Leave(done, "room", s); err == nil {
+			t.Fatalf("Leave %s with a done ctx succeeded", s)
+		}
+	}
+	join(t, nodes[0], "room", member("a", "alice", "a3")) // joined again: not removed
+	wantMembers(t, nodes[1], "room", []string{"a2", "a3"})
+	deletePresenceKeys(t, addr, prefix)
+	wantMembers(t, nodes[1], "room", []string{"a2", "a3"}) // recorded again, without a1
+}
+
 // A node whose lease ran out while it lived (its renewal paused, as by a network cut) is reaped
 // by another node, which reports each of its members once; when the node renews again it finds
 // its lease lost and records its members again.
