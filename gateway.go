@@ -213,6 +213,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		Channels:   cfg.Presence.Channels,
 		JoinLeave:  cfg.Presence.JoinLeave,
 		MaxMembers: cfg.Presence.MaxMembers,
+		Sessions:   cfg.Events.NodeLost && !cfg.Events.Disabled,
 		Inbox:      g.inbox,
 		Events:     g.events,
 		Timeout:    cfg.WebSocket.PublishTimeout,
