@@ -155,7 +155,8 @@ func (p *Presence) LeaveSession(session string) {
 // of its own, which Close waits for.
 func (p *Presence) reaped(channel string, m protocol.Member, vacated bool) {
 	if channel == SessionsChannel {
-		p.cfg.Events.Emit(protocol.Event{Type: protocol.EventDisconnected, User: m.User, Session: m.Session, Reason: protocol.ReasonNodeLost})
+		p.cfg.Events.Emit(protocol.Event{Type: protocol.EventDisconnected, User: m.User, Session: m.Session, Node: m.Node,
+			Reason: protocol.ReasonNodeLost})
 		return
 	}
 	p.mu.Lock()

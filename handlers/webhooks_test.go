@@ -219,13 +219,14 @@ func TestWebhooksBatch(t *testing.T) {
 			}
 		}
 	}
-	if got := value(e.m.WebhookDelivered); got != 20 {
-		t.Errorf("delivered metric %v, want 20", got)
-	}
-	var h dto.Metric
-	if err := e.m.WebhookBatchLatency.Write(&h); err != nil || h.GetHistogram().GetSampleCount() != 2 {
-		t.Errorf("latency histogram: %v samples (%v), want 2 batches", h.GetHistogram().GetSampleCount(), err)
-	}
+	poll.Until(t, 10*time.Second, func() error { // counted once the 2xx is read, after the receiver has it
+		var h dto.Metric
+		_ = e.m.WebhookBatchLatency.Write(&h)
+		if got, n := value(e.m.WebhookDelivered), h.GetHistogram().GetSampleCount(); got != 20 || n != 2 {
+			return fmt.Errorf("delivered metric %v, want 20; latency histogram %d samples, want 2 batches", got, n)
+		}
+		return nil
+	})
 }
 
 // TestWebhooksBatchWait: fewer events than a batch holds are POSTed once batch_wait has passed.
@@ -315,9 +316,12 @@ func TestWebhooksPoison(t *testing.T) {
 			t.Fatalf("not poisoned: %v", want)
 		}
 	}
-	if got := value(e.m.WebhookPoisoned); got != 3 {
-		t.Errorf("poisoned metric %v, want 3", got)
-	}
+	poll.Until(t, 10*time.Second, func() error { // counted just after the poison topic took it
+		if got := value(e.m.WebhookPoisoned); got != 3 {
+			return fmt.Errorf("poisoned metric %v, want 3", got)
+		}
+		return nil
+	})
 	r.mu.Lock()
 	down = false
 	r.mu.Unlock()
