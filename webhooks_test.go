@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -276,6 +278,13 @@ func testWebhooksAcrossNodes(t *testing.T, cb nodetest.Broker) {
 	if _, ok := links[2].(transports.Presence); !ok {
 		return
 	}
+	// The connections' internal presence channel is not listed to the API.
+	for _, q := range []url.Values{{}, {"prefix": {"$"}}, {"limit": {"1"}}} {
+		status, out := apiGet(t, nodes[0].URL, "/api/channels", q)
+		if b, _ := json.Marshal(out); status != 200 || strings.Contains(string(b), "$sessions") {
+			t.Errorf("GET /api/channels?%s: %d %s", q.Encode(), status, b)
+		}
+	}
 	// Node w3 loses its broker, as if it died: its connections are told node_lost by another.
 	for _, cl := range clients {
 		if cl.node == 2 && cl.c.Conn != nil && !slices.Contains([]string{clients[2].session, clients[3].session}, cl.session) {
@@ -310,4 +319,19 @@ func sumCounter(nodes []*node, get func(*node) *dto.Metric) float64 {
 		sum += get(n).GetCounter().GetValue()
 	}
 	return sum
+}
+
+// TestNodeLostNeedsPresence: events.node_lost is refused, naming it, on a broker that keeps no
+// presence: by New (a broker given without it) and by Check (nats).
+func TestNodeLostNeedsPresence(t *testing.T) {
+	b := memory.NewBroker(memory.Config{})
+	t.Cleanup(b.Close)
+	_, err := gateway.New(testConfig(t, "GATEWAY_EVENTS_NODE_LOST=true"), gateway.WithBroker(noPresence{b.Node("x")}))
+	if err == nil || !strings.Contains(err.Error(), "events.node_lost") {
+		t.Fatalf("New with events.node_lost on a broker without presence: %v", err)
+	}
+	if err := gateway.Check(testConfig(t, "GATEWAY_BROKER=nats", "GATEWAY_EVENTS_NODE_LOST=true")); err == nil ||
+		!strings.Contains(err.Error(), "events.node_lost") {
+		t.Fatalf("Check of events.node_lost on nats: %v", err)
+	}
 }
