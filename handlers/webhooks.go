@@ -96,7 +96,6 @@ type Webhooks struct {
 	cfg    WebhooksConfig
 	events map[string]bool
 	in     chan pending
-	sent   *recent // UUIDs this node delivered lately: a redelivered copy is acked, not POSTed
 
 	mu      sync.Mutex
 	started bool
@@ -124,7 +123,7 @@ func NewWebhooks(cfg WebhooksConfig) *Webhooks {
 		cfg.Client = &http.Client{}
 	}
 	cfg.Batch = max(cfg.Batch, 1)
-	w := &Webhooks{cfg: cfg, events: map[string]bool{}, in: make(chan pending), sent: newRecent(10 * time.Minute)}
+	w := &Webhooks{cfg: cfg, events: map[string]bool{}, in: make(chan pending)}
 	for _, e := range cfg.Events {
 		w.events[e] = true
 	}
@@ -166,10 +165,10 @@ func (w *Webhooks) Close() {
 	if w == nil {
 		return
 	}
+	w.cancel() // first: it ends a Start waiting for the broker, which holds mu
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()
-	w.cancel()
 	w.wg.Wait()
 }
 
@@ -207,6 +206,9 @@ func (w *Webhooks) feed(ch <-chan *message.Message) {
 		if ch == nil {
 			var err error
 			if ch, err = w.subscribe(w.ctx); err != nil {
+				if errors.Is(err, transports.ErrClosed) {
+					return // the broker is closed: the node is going away
+				}
 				if w.ctx.Err() == nil {
 					w.cfg.Log.Error("webhooks: cannot subscribe to the events topic", "group", w.cfg.Group, "error", err)
 					w.pause(time.Second)
@@ -294,19 +296,8 @@ func (w *Webhooks) collect() ([]pending, bool) {
 }
 
 // deliver POSTs batch until a 2xx, with backoff, for at most RetryBudget; then it sends its
-// events to the poison topic. Events this node delivered already (a redelivered copy) are
-// acked without a POST. On Close the batch is nacked.
+// events to the poison topic. On Close the batch is nacked.
 func (w *Webhooks) deliver(batch []pending) {
-	batch = slices.DeleteFunc(batch, func(p pending) bool {
-		if w.sent.has(p.msg.UUID) {
-			p.msg.Ack()
-			return true
-		}
-		return false
-	})
-	if len(batch) == 0 {
-		return
-	}
 	slices.SortStableFunc(batch, func(a, b pending) int { return a.ev.At.Compare(b.ev.At) })
 	body := protocol.WebhookBatch{ID: watermill.NewUUID(), Events: make([]protocol.WebhookEvent, len(batch))}
 	for i, p := range batch {
@@ -317,10 +308,7 @@ func (w *Webhooks) deliver(batch []pending) {
 	for attempt := 1; ; attempt++ {
 		err := w.post(body)
 		if err == nil {
-			for _, p := range batch {
-				w.sent.seen(p.msg.UUID)
-				p.msg.Ack()
-			}
+			ackAll(batch)
 			w.cfg.Metrics.WebhookDelivered.Add(float64(len(batch)))
 			w.cfg.Metrics.WebhookBatchLatency.Observe(time.Since(start).Seconds())
 			return
@@ -410,13 +398,4 @@ func ackAll(batch []pending) {
 	for _, p := range batch {
 		p.msg.Ack()
 	}
-}
-
-// has reports whether id was seen within the window, without remembering it.
-func (r *recent) has(id string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	_, cur := r.cur[id]
-	_, prev := r.prev[id]
-	return cur || prev
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +29,7 @@ import (
 	"github.com/wsgateway/gateway/internal/poll"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/router/middleware"
+	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
 )
 
@@ -384,4 +387,34 @@ func TestWebhooksStartClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close()
+}
+
+// downBroker is a broker that is never reachable; it counts the subscribe attempts.
+type downBroker struct{ tries atomic.Int64 }
+
+func (d *downBroker) SubscribeGroup(context.Context, string, string) (<-chan *message.Message, error) {
+	d.tries.Add(1)
+	return nil, fmt.Errorf("down: %w", transports.ErrUnavailable)
+}
+func (*downBroker) Publish(string, ...*message.Message) error { return transports.ErrUnavailable }
+
+// TestWebhooksCloseWhileStarting: Start waits while the broker is unavailable, and Close ends
+// that wait (Start then fails) rather than waiting for it.
+func TestWebhooksCloseWhileStarting(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	broker := &downBroker{}
+	w := NewWebhooks(WebhooksConfig{URL: "http://127.0.0.1:1/", Format: GatewayWebhookFormat{Secret: []byte(hookSecret)},
+		Batch: 2, Broker: broker, Metrics: metrics.New(), Log: slog.New(slog.DiscardHandler)})
+	errc := make(chan error, 1)
+	go func() { errc <- w.Start(context.Background()) }()
+	poll.Until(t, 10*time.Second, func() error { // Start is waiting, trying again
+		if n := broker.tries.Load(); n < 2 {
+			return fmt.Errorf("%d subscribe attempts", n)
+		}
+		return nil
+	})
+	w.Close()
+	if err := <-errc; err == nil || !errors.Is(err, transports.ErrUnavailable) {
+		t.Fatalf("Start: %v, want it to give up with the broker's error", err)
+	}
 }
