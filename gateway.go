@@ -196,7 +196,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		URL:          cfg.Webhooks.URL,
 		Format:       handlers.GatewayWebhookFormat{Secret: []byte(cfg.Webhooks.Secret)},
 		Events:       cfg.Webhooks.Events,
-		Batch:        cfg.Webhooks.Batch,
+		Batch:        webhooksBatch(cfg),
 		BatchWait:    cfg.Webhooks.BatchWait,
 		Timeout:      cfg.Webhooks.Timeout,
 		RetryInitial: cfg.Webhooks.RetryInitial,
@@ -291,6 +291,16 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	}).Routes(g.mux)
 	g.verifier = verifier
 	return g, nil
+}
+
+// webhooksBatch is webhooks.batch, but 1 on kafka: the events topic has one partition there, so
+// a group has one event in flight at a time, and each extra subscription would only be one more
+// idle group member (and a rebalance that hands held events to another member).
+func webhooksBatch(cfg *configs.Config) int {
+	if cfg.Broker == configs.BrokerKafka {
+		return 1
+	}
+	return cfg.Webhooks.Batch
 }
 
 // checkHandlerNames refuses WithHandler names that are given twice or are a built-in handler's

@@ -37,7 +37,7 @@ type WebhooksConfig struct {
 	// type but node_alive.
 	Events []string `yaml:"events" env:"EVENTS"`
 	// Batch is the most events one POST carries, and how many events a node holds unacknowledged
-	// at once (one group subscription each); default 10.
+	// at once (one group subscription each); default 10. A node on kafka uses 1 (one partition).
 	Batch     int           `yaml:"batch" env:"BATCH"`
 	BatchWait time.Duration `yaml:"batch_wait" env:"BATCH_WAIT"` // longest a batch waits to fill once it has an event; default 500ms
 	Timeout   time.Duration `yaml:"timeout" env:"TIMEOUT"`       // longest one POST may take; default 10s
