@@ -217,6 +217,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		Inbox:      g.inbox,
 		Events:     g.events,
 		Timeout:    cfg.WebSocket.PublishTimeout,
+		Coalesce:   cfg.Presence.CoalesceWindow(),
 		Log:        log,
 	})
 	undo = append(undo, g.presence.Close)

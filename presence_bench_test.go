@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -38,10 +39,7 @@ const presenceBenchMembers = 10000
 // prefix (transports.Presence.Join), not by 10,000 WebSocket clients: those and the node's own
 // sockets would need ~20,000 descriptors, the process's limit. One client asks.
 func BenchmarkPresenceQuery(b *testing.B) {
-	for _, bk := range nodetest.Brokers {
-		if bk.Name != "memory" && bk.Name != "redis" && bk.Name != "jetstream" {
-			continue
-		}
+	for _, bk := range nodetest.Brokers { // every broker keeps presence
 		b.Run(bk.Name, func(b *testing.B) {
 			cluster := bk.Setup(b)
 			prefix := transporttest.Prefix(b)
@@ -132,9 +130,12 @@ func joinMembers(b *testing.B, p transports.Presence, channel string, count int)
 
 // BenchmarkPresenceJoinStorm: N clients (PRESENCE_STORM_SIZES, default 1000,2000) subscribe to one
 // join_leave presence channel of one node (memory broker, or PRESENCE_STORM_BROKER: redis,
-// jetstream) as fast as they can; it reports the node's CPU (this process's rusage: the
-// clients run in a child process, TestPresenceStormClients), the join frames the clients got
-// and the wall time, in total and per join. Run with -benchtime 1x: one storm per size.
+// jetstream) as fast as they can, once per coalescing window (PRESENCE_STORM_COALESCE, default
+// 0,100ms: without coalescing and with the default window, in the same run); it reports the
+// node's CPU (this process's rusage: the clients run in a child process,
+// TestPresenceStormClients), the join frames the clients got and the members those frames told
+// of, and the wall time, in total and per join. Run with -benchtime 1x: one storm per size.
+// PRESENCE_STORM_LOG=1 writes the node's warnings to stderr (joins the broker refused, ...).
 func BenchmarkPresenceJoinStorm(b *testing.B) {
 	sizes := []int{1000, 2000}
 	if s := os.Getenv("PRESENCE_STORM_SIZES"); s != "" {
@@ -147,17 +148,23 @@ func BenchmarkPresenceJoinStorm(b *testing.B) {
 			sizes = append(sizes, v)
 		}
 	}
+	windows := []string{"0", "100ms"}
+	if s := os.Getenv("PRESENCE_STORM_COALESCE"); s != "" {
+		windows = strings.Split(s, ",")
+	}
 	for _, size := range sizes {
-		b.Run(fmt.Sprint(size), func(b *testing.B) {
-			for b.Loop() {
-				presenceStorm(b, size)
-			}
-		})
+		for _, window := range windows {
+			b.Run(fmt.Sprintf("%d/coalesce=%s", size, window), func(b *testing.B) {
+				for b.Loop() {
+					presenceStorm(b, size, window)
+				}
+			})
+		}
 	}
 }
 
-func presenceStorm(b *testing.B, clients int) {
-	env := []string{"GATEWAY_PRESENCE_CHANNELS=room:*", "GATEWAY_PRESENCE_JOIN_LEAVE=room:*"}
+func presenceStorm(b *testing.B, clients int, window string) {
+	env := []string{"GATEWAY_PRESENCE_CHANNELS=room:*", "GATEWAY_PRESENCE_JOIN_LEAVE=room:*", "GATEWAY_PRESENCE_COALESCE=" + window}
 	var opts []gateway.Option
 	if name := os.Getenv("PRESENCE_STORM_BROKER"); name != "" && name != "memory" {
 		i := slices.IndexFunc(nodetest.Brokers, func(bk nodetest.Broker) bool { return bk.Name == name })
@@ -167,6 +174,9 @@ func presenceStorm(b *testing.B, clients int) {
 		cluster := nodetest.Brokers[i].Setup(b)
 		env = append(env, cluster.Env...)
 		opts = append(opts, gateway.WithBroker(cluster.New(b, transporttest.Prefix(b))))
+	}
+	if os.Getenv("PRESENCE_STORM_LOG") != "" { // the node's warnings on stderr: failed joins, publishes
+		opts = append(opts, gateway.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 	}
 	n := startNode(b, testConfig(b, env...), opts...)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPresenceStormClients$", "-test.count=1")
@@ -181,10 +191,10 @@ func presenceStorm(b *testing.B, clients int) {
 		b.Fatal(err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	// The child prints "joins <total> <nanoseconds since it started dialling>" whenever its
-	// count changed, "ready <nanoseconds>" once every client is subscribed, then "done" when the
+	// The child prints "joins <frames> <nanoseconds since it started dialling> <members>"
+	// whenever its count changed, "ready <nanoseconds>" once every client is subscribed, then "done" when the
 	// count has not moved for a second after the node counts every member.
-	var joins, lastNs, readyNs, disconnected int64
+	var joins, members, lastNs, readyNs, disconnected int64
 	lines := bufio.NewScanner(out)
 	deadline := time.AfterFunc(5*time.Minute, func() { _ = cmd.Process.Kill() })
 	defer deadline.Stop()
@@ -197,6 +207,7 @@ func presenceStorm(b *testing.B, clients int) {
 		case "joins":
 			joins, _ = strconv.ParseInt(f[1], 10, 64)
 			lastNs, _ = strconv.ParseInt(f[2], 10, 64)
+			members, _ = strconv.ParseInt(f[3], 10, 64)
 		case "disconnected":
 			disconnected, _ = strconv.ParseInt(f[1], 10, 64)
 		case "ready":
@@ -217,6 +228,7 @@ func presenceStorm(b *testing.B, clients int) {
 	b.ReportMetric(float64(disconnected), "disconnected")
 	b.ReportMetric(float64(joins), "join-frames")
 	b.ReportMetric(float64(joins)/float64(clients), "frames/join")
+	b.ReportMetric(float64(members)/float64(clients), "members-told/join")
 	b.ReportMetric(cpu.Seconds()*1000, "node-cpu-ms")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(clients), "node-cpu-µs/join")
 	b.ReportMetric(float64(readyNs)/1e6, "subscribed-ms")
@@ -232,8 +244,8 @@ func processCPU() time.Duration {
 
 // TestPresenceStormClients is the client side of BenchmarkPresenceJoinStorm, run in a child
 // process (skipped otherwise): it dials PRESENCE_STORM_CLIENTS clients to PRESENCE_STORM_URL from
-// 64 goroutines, each subscribing to room:storm and counting the join frames it gets, and reports on
-// stdout (see presenceStorm).
+// 64 goroutines, each subscribing to room:storm and counting the join frames it gets and the
+// members they tell of, and reports on stdout (see presenceStorm).
 func TestPresenceStormClients(t *testing.T) {
 	base := os.Getenv("PRESENCE_STORM_URL")
 	if base == "" {
@@ -244,7 +256,7 @@ func TestPresenceStormClients(t *testing.T) {
 	for i := range tokens {
 		tokens[i] = allowAll(t, fmt.Sprintf("u%d", i))
 	}
-	var joins atomic.Int64
+	var joins, members atomic.Int64
 	var subscribed sync.WaitGroup
 	subscribed.Add(clients)
 	var readers sync.WaitGroup
@@ -269,7 +281,7 @@ func TestPresenceStormClients(t *testing.T) {
 					fmt.Fprintf(os.Stderr, "client %d: %v\n", i, err)
 					os.Exit(1)
 				}
-				readers.Go(func() { countJoins(conn, i, &joins, &subscribed) })
+				readers.Go(func() { countJoins(conn, i, &joins, &members, &subscribed) })
 			}
 		})
 	}
@@ -291,13 +303,13 @@ func TestPresenceStormClients(t *testing.T) {
 		n, _ := out["connections"].(float64)
 		return n
 	}
-	var last int64 = -1
+	var last, lastMembers int64 = -1, -1
 	var lastNs int64
 	quietSince := time.Now()
 	for deadline := time.Now().Add(4 * time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if j := joins.Load(); j != last {
-			last, lastNs, quietSince = j, time.Since(start).Nanoseconds(), time.Now()
-			fmt.Printf("joins %d %d\n", last, lastNs)
+		if j, m := joins.Load(), members.Load(); j != last || m != lastMembers {
+			last, lastMembers, lastNs, quietSince = j, m, time.Since(start).Nanoseconds(), time.Now()
+			fmt.Printf("joins %d %d %d\n", last, lastNs, lastMembers)
 			continue
 		}
 		if d := stormDisconnected.Load(); time.Since(quietSince) > time.Second && (d > 0 || stats() == float64(clients)) {
@@ -313,9 +325,10 @@ func TestPresenceStormClients(t *testing.T) {
 // are members no more, and the storm ends without them.
 var stormDisconnected atomic.Int64
 
-// countJoins reads conn until it closes, counting join frames in joins and marking subscribed
-// done at its subscribed frame.
-func countJoins(conn *websocket.Conn, i int, joins *atomic.Int64, subscribed *sync.WaitGroup) {
+// countJoins reads conn until it closes, counting join frames in joins and the members they
+// tell of in members (one a "member", or each of "members": one "session" key each), and
+// marking subscribed done at its subscribed frame.
+func countJoins(conn *websocket.Conn, i int, joins, members *atomic.Int64, subscribed *sync.WaitGroup) {
 	done := false // subscribed.Done called: at the subscribed frame, or when it will not come
 	markDone := func() {
 		if !done {
@@ -333,6 +346,7 @@ func countJoins(conn *websocket.Conn, i int, joins *atomic.Int64, subscribed *sy
 		switch head := data[:min(len(data), 24)]; {
 		case bytes.HasPrefix(head, []byte(`{"type":"join"`)):
 			joins.Add(1)
+			members.Add(int64(bytes.Count(data, []byte(`"session":`))))
 		case bytes.HasPrefix(head, []byte(`{"type":"subscribed"`)):
 			markDone()
 		case bytes.HasPrefix(head, []byte(`{"type":"disconnect"`)):

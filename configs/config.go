@@ -77,6 +77,11 @@ const (
 	// DefaultPresenceHeartbeat is how often a node renews its presence lease (the broker's
 	// transports.DefaultPresenceHeartbeat): a node that dies loses its members within 2 of them.
 	DefaultPresenceHeartbeat = 5 * time.Second
+	// DefaultPresenceCoalesce is the window for which a node gathers the joins and leaves it
+	// announces in a channel (presence.coalesce): short enough that a member list lags by less
+	// than people notice, long enough that a storm of N joins a second sends about 10 messages a
+	// second instead of N.
+	DefaultPresenceCoalesce = 100 * time.Millisecond
 
 	// NoLimit turns off a limit whose zero value means its default.
 	NoLimit = -1
@@ -293,6 +298,18 @@ type PresenceConfig struct {
 	// them; beyond it the answer has the counts only, no members. Default 10000; -1: no cap.
 	MaxMembers int           `yaml:"max_members" env:"MAX_MEMBERS"`
 	Heartbeat  time.Duration `yaml:"heartbeat" env:"HEARTBEAT"` // how often a node renews its members; default 5s
+	// Coalesce is the window for which a node gathers the joins and leaves it announces in a
+	// channel and publishes them as few messages (docs/presence.md); default 100ms (nil:
+	// default), 0: each join and leave its own message, at once.
+	Coalesce *time.Duration `yaml:"coalesce" env:"COALESCE"`
+}
+
+// CoalesceWindow is presence.coalesce with its default applied.
+func (p PresenceConfig) CoalesceWindow() time.Duration {
+	if p.Coalesce == nil {
+		return DefaultPresenceCoalesce
+	}
+	return *p.Coalesce
 }
 
 // LogConfig sets the structured log.

@@ -89,6 +89,7 @@ func TestDefaults(t *testing.T) {
 		{"Presence.JoinLeave", len(cfg.Presence.JoinLeave), 0},
 		{"Presence.MaxMembers", cfg.Presence.MaxMembers, DefaultPresenceMaxMembers},
 		{"Presence.Heartbeat", cfg.Presence.Heartbeat, DefaultPresenceHeartbeat},
+		{"Presence.CoalesceWindow()", cfg.Presence.CoalesceWindow(), DefaultPresenceCoalesce},
 		{"Limits.PublishRate", cfg.Limits.PublishRate, float64(DefaultPublishRate)},
 		{"Limits.PublishBurst", cfg.Limits.PublishBurst, DefaultPublishBurst},
 		{"Limits.UserPublishRate", cfg.Limits.UserPublishRate, 0.0},
@@ -503,6 +504,9 @@ func TestValidate(t *testing.T) {
 		{name: "presence max_members zero", environ: []string{"GATEWAY_PRESENCE_MAX_MEMBERS=-2"}, key: "presence.max_members"},
 		{name: "presence good", environ: []string{"GATEWAY_PRESENCE_CHANNELS=room:*,news", "GATEWAY_PRESENCE_JOIN_LEAVE=room:*", "GATEWAY_PRESENCE_MAX_MEMBERS=-1"}},
 		{name: "presence heartbeat too short", environ: []string{"GATEWAY_PRESENCE_HEARTBEAT=1ms"}, key: "presence.heartbeat"},
+		{name: "presence coalesce negative", environ: []string{"GATEWAY_PRESENCE_COALESCE=-1ms"}, key: "presence.coalesce"},
+		{name: "presence coalesce off", environ: []string{"GATEWAY_PRESENCE_COALESCE=0"}},
+		{name: "presence coalesce bad", environ: []string{"GATEWAY_PRESENCE_COALESCE=soon"}, key: "presence.coalesce"},
 		{name: "webhooks url not http", environ: []string{"GATEWAY_WEBHOOKS_URL=ftp://h/x", "GATEWAY_WEBHOOKS_SECRET=0123456789abcdef"}, key: "webhooks.url"},
 		{name: "webhooks without secret", environ: []string{"GATEWAY_WEBHOOKS_URL=http://h/x"}, key: "webhooks.secret"},
 		{name: "webhooks short secret", environ: []string{"GATEWAY_WEBHOOKS_URL=http://h/x", "GATEWAY_WEBHOOKS_SECRET=short"}, key: "webhooks.secret"},
@@ -804,6 +808,35 @@ func TestPublishBurstFollowsRate(t *testing.T) {
 		}
 		if cfg.Limits.PublishBurst != tt.burst {
 			t.Errorf("publish_rate %s: burst %d, want %d", tt.rate, cfg.Limits.PublishBurst, tt.burst)
+		}
+	}
+}
+
+// TestPresenceCoalesce: presence.coalesce defaults to 100ms when it is not set, and an explicit
+// 0 (YAML or environment) stays 0: no coalescing.
+func TestPresenceCoalesce(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "gateway.yaml")
+	if err := os.WriteFile(file, []byte("presence:\n  coalesce: 0s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, path string
+		environ    []string
+		want       time.Duration
+	}{
+		{"unset", "", nil, DefaultPresenceCoalesce},
+		{"env 0", "", []string{"GATEWAY_PRESENCE_COALESCE=0"}, 0},
+		{"env 250ms", "", []string{"GATEWAY_PRESENCE_COALESCE=250ms"}, 250 * time.Millisecond},
+		{"yaml 0s", file, nil, 0},
+		{"env beats yaml", file, []string{"GATEWAY_PRESENCE_COALESCE=50ms"}, 50 * time.Millisecond},
+	} {
+		cfg, err := Load(tt.path, append([]string{secret}, tt.environ...))
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if got := cfg.Presence.CoalesceWindow(); got != tt.want {
+			t.Errorf("%s: window %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }

@@ -235,6 +235,7 @@ func (p *PresenceConfig) validate(v *validator) {
 	v.check(&p.JoinLeave, len(p.JoinLeave) == 0 || len(p.Channels) > 0, "needs %s: join and leave are sent on presence channels only", v.key(&p.Channels))
 	v.check(&p.MaxMembers, p.MaxMembers >= 1 || p.MaxMembers == NoLimit, "must be positive, or -1 for no cap")
 	v.check(&p.Heartbeat, p.Heartbeat >= 10*time.Millisecond, "must be at least 10ms")
+	v.check(&p.Coalesce, p.CoalesceWindow() >= 0, "must not be negative (0: no coalescing)")
 }
 
 // validate checks the log's level and format.

@@ -1,9 +1,11 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,12 +28,16 @@ type PresenceConfig struct {
 	Channels   []string // patterns of presence channels (presence.channels)
 	JoinLeave  []string // patterns of the presence channels with join and leave frames
 	MaxMembers int      // most members a `presence` answer lists (beyond: counts only); -1: no cap
+	Inbox      Submitter
+	Events     *Events       // nil: lifecycle events disabled
+	Timeout    time.Duration // of each broker call and each join/leave publish
+	// Coalesce is the window for which this node gathers the joins and leaves it announces in a
+	// channel before it publishes them, as few messages (presence.coalesce); 0: one message
+	// per join or leave, published at once.
+	Coalesce time.Duration
 	// Sessions records every connection as a member of SessionsChannel, so that a node that dies
 	// has its connections told disconnected (reason node_lost) by a surviving one (events.node_lost).
 	Sessions bool
-	Inbox    Submitter
-	Events   *Events       // nil: lifecycle events disabled
-	Timeout  time.Duration // of each broker call and each join/leave publish
 	Log      *slog.Logger
 }
 
@@ -41,25 +47,32 @@ type PresenceConfig struct {
 type Presence struct {
 	cfg PresenceConfig
 
+	coalesce *coalescer // nil: presence.coalesce 0
+
 	mu     sync.Mutex
 	closed bool
-	wg     sync.WaitGroup // the publishes of reaped members' leaves
+	wg     sync.WaitGroup // the announces of reaped members' leaves
 	ctx    context.Context
 	cancel context.CancelFunc
 }
 
 // NewPresence makes the presence handler and sets it as the broker's OnReap (before the broker
-// starts). Close ends its work.
+// starts). It starts nothing; Close ends its work.
 func NewPresence(cfg PresenceConfig) *Presence {
 	p := &Presence{cfg: cfg}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if cfg.Coalesce > 0 {
+		p.coalesce = newCoalescer(cfg.Coalesce, p.publish)
+	}
 	if cfg.Presence != nil && (len(cfg.Channels) > 0 || cfg.Sessions) {
 		cfg.Presence.OnReap(p.reaped)
 	}
 	return p
 }
 
-// Close stops the publishes of reaped members' leaves and waits for them. Safe on nil and twice.
+// Close announces no more reaped members, publishes the joins and leaves gathered by the
+// coalescing window at once (a node closing after its drain tells its members' leaves; the
+// publishes are given the broker timeout, together), and waits for it. Safe on nil and twice.
 func (p *Presence) Close() {
 	if p == nil {
 		return
@@ -67,6 +80,12 @@ func (p *Presence) Close() {
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
+	if p.coalesce != nil {
+		p.wg.Wait() // the reaped members' leaves, gathered
+		giveUp := time.AfterFunc(p.cfg.Timeout, p.cancel)
+		p.coalesce.Close()
+		giveUp.Stop()
+	}
 	p.cancel()
 	p.wg.Wait()
 }
@@ -173,23 +192,50 @@ func (p *Presence) reaped(channel string, m protocol.Member, vacated bool) {
 	}()
 }
 
-// announce publishes a join or leave (kind) of m into channel's stream, on join_leave channels.
+// announce publishes a join or leave (kind) of m into channel's stream, on join_leave channels:
+// at once, or gathered with the others of the coalescing window.
 func (p *Presence) announce(ctx context.Context, kind, channel string, m protocol.Member) {
 	if !auth.Match(p.cfg.JoinLeave, channel) {
 		return
 	}
-	payload, _ := json.Marshal(m)
+	if p.coalesce != nil {
+		p.coalesce.add(channel, kind, m) // dropped after Close: the node is going away
+		return
+	}
+	p.submit(ctx, kind, channel, []protocol.Member{m})
+}
+
+// publish is the coalescer's: it publishes members joining or leaving (kind) channel as one
+// message, within the broker timeout.
+func (p *Presence) publish(channel, kind string, members []protocol.Member) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+	defer cancel()
+	p.submit(ctx, kind, channel, members)
+}
+
+// submit publishes members (one or more) joining or leaving (kind) channel as one message of
+// its stream: its payload is the member (one), or the array of members in order (several).
+func (p *Presence) submit(ctx context.Context, kind, channel string, members []protocol.Member) {
+	var payload []byte
+	if len(members) == 1 {
+		payload, _ = json.Marshal(members[0])
+	} else {
+		payload, _ = json.Marshal(members)
+	}
 	msg := message.NewMessage(watermill.NewUUID(), payload)
 	md := msg.Metadata
 	md.Set(protocol.MetaKind, kind)
 	md.Set(protocol.MetaTarget, protocol.TargetChannel)
 	md.Set(protocol.MetaChannel, channel)
-	md.Set(protocol.MetaUser, m.User)
-	md.Set(protocol.MetaSession, m.Session)
+	if len(members) == 1 {
+		md.Set(protocol.MetaUser, members[0].User)
+		md.Set(protocol.MetaSession, members[0].Session)
+	}
 	md.Set(protocol.MetaNode, p.cfg.NodeID)
 	md.Set(protocol.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
 	if err := p.cfg.Inbox.Submit(ctx, msg); err != nil {
-		p.cfg.Log.Warn("presence "+kind+" not published", "channel", channel, "session_id", m.Session, "error", err)
+		p.cfg.Log.Warn("presence "+kind+" not published", "channel", channel, "session_id", members[0].Session,
+			"members", len(members), "error", err)
 	}
 }
 
@@ -284,16 +330,24 @@ func (p *Presence) Channels(ctx context.Context, prefix, after string, limit int
 	return cs, next, nil
 }
 
-// joinLeaveFrame encodes a join or leave message of the channel's stream; false when its
-// payload is not a member.
+// joinLeaveFrame encodes a join or leave message of the channel's stream: a member (the
+// `member` frame) or an array of members (coalesced: the `members` frame); false when its payload
+// is neither.
 func joinLeaveFrame(msg *message.Message, kind, channel, clientName string, pos protocol.Position) ([]byte, bool) {
-	var m protocol.Member
-	if err := json.Unmarshal(msg.Payload, &m); err != nil || m.Session == "" {
-		return nil, false
-	}
 	typ := protocol.TypeJoin
 	if kind == protocol.KindLeave {
 		typ = protocol.TypeLeave
+	}
+	if p := bytes.TrimLeft(msg.Payload, " \t\r\n"); len(p) > 0 && p[0] == '[' {
+		var ms []protocol.Member
+		if err := json.Unmarshal(p, &ms); err != nil || len(ms) == 0 || slices.ContainsFunc(ms, func(m protocol.Member) bool { return m.Session == "" }) {
+			return nil, false
+		}
+		return protocol.JoinLeaveManyFrame(typ, clientName, pos.ForChannel(channel), ms), true
+	}
+	var m protocol.Member
+	if err := json.Unmarshal(msg.Payload, &m); err != nil || m.Session == "" {
+		return nil, false
 	}
 	return protocol.JoinLeaveFrame(typ, clientName, pos.ForChannel(channel), m), true
 }

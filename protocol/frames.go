@@ -394,12 +394,15 @@ type PresenceCounts struct {
 	PresenceStats
 }
 
-// JoinLeave tells a subscriber that member joined or left channel, at position in its stream.
+// JoinLeave tells a subscriber that a member joined or left channel (Member), or several did
+// (Members, in the order they did: the changes a node gathered in one presence.coalesce
+// window), at position in its stream. One of Member and Members is set.
 type JoinLeave struct {
-	Type     string `json:"type"`
-	Channel  string `json:"channel"`
-	Member   Member `json:"member"`
-	Position string `json:"position,omitempty"`
+	Type     string   `json:"type"`
+	Channel  string   `json:"channel"`
+	Member   *Member  `json:"member,omitempty"`
+	Members  []Member `json:"members,omitempty"`
+	Position string   `json:"position,omitempty"`
 }
 
 // PresenceFrame encodes a page of channel's members answering presence id.
@@ -419,7 +422,13 @@ func PresenceCountsFrame(typ, id, channel string, st PresenceStats) []byte {
 // JoinLeaveFrame encodes a join or leave (typ TypeJoin or TypeLeave) of m in channel (the name
 // the client subscribed with) at position.
 func JoinLeaveFrame(typ, channel, position string, m Member) []byte {
-	return Encode(JoinLeave{Type: typ, Channel: channel, Member: m, Position: position})
+	return Encode(JoinLeave{Type: typ, Channel: channel, Member: &m, Position: position})
+}
+
+// JoinLeaveManyFrame encodes a join or leave (typ) of several members of channel, in order, at
+// position: one frame for one message of the stream that carried them all.
+func JoinLeaveManyFrame(typ, channel, position string, ms []Member) []byte {
+	return Encode(JoinLeave{Type: typ, Channel: channel, Members: ms, Position: position})
 }
 
 // WelcomeFrame encodes the first frame of a connection.

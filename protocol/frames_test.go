@@ -330,6 +330,8 @@ func TestServerFrames(t *testing.T) {
 			`{"type":"join","channel":"room","member":{"user":"ann","session":"s1","node":"n1"},"position":"e:10"}`},
 		{"leave", JoinLeaveFrame(TypeLeave, "room", "e:11", Member{User: "ann", Session: "s1", Node: "n1"}),
 			`{"type":"leave","channel":"room","member":{"user":"ann","session":"s1","node":"n1"},"position":"e:11"}`},
+		{"join of several", JoinLeaveManyFrame(TypeJoin, "room", "e:12", []Member{{User: "ann", Session: "s1", Node: "n1"}, {Session: "s2", Node: "n2"}}),
+			`{"type":"join","channel":"room","members":[{"user":"ann","session":"s1","node":"n1"},{"user":"","session":"s2","node":"n2"}],"position":"e:12"}`},
 	}
 	for _, tt := range tests {
 		if string(tt.got) != tt.want {

@@ -40,6 +40,7 @@ func TestConfigValidate(t *testing.T) {
 		{"version", Config{Brokers: []string{"k:9092"}, KafkaVersion: "x"}, "kafka version"},
 		{"version before headers", Config{Brokers: []string{"k:9092"}, KafkaVersion: "0.10.2.0"}, "0.11.0 or later"},
 		{"long prefix", Config{Brokers: []string{"k:9092"}, Prefix: string(make([]byte, 240))}, "topic_prefix"},
+		{"presence heartbeat", Config{Brokers: []string{"k:9092"}, Presence: transports.PresenceConfig{Heartbeat: time.Millisecond}}, "presence.heartbeat"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.setDefaults()
@@ -350,6 +351,22 @@ func TestCloseStopsGoroutines(t *testing.T) {
 		if err := b.Ping(ctx); err != nil {
 			t.Fatal(err)
 		}
+		// Presence: its reader, heartbeats (with a reaping pass and a reconcile) and notifier.
+		b.OnReap(func(string, protocol.Member, bool) {})
+		if _, err := b.Join(ctx, "p", protocol.Member{Session: "s"}); err != nil {
+			t.Fatal(err)
+		}
+		b.pr.mu.Lock()
+		beats := b.pr.beats
+		b.pr.mu.Unlock()
+		transporttest.WaitFor(t, 10*time.Second, func() error {
+			b.pr.mu.Lock()
+			defer b.pr.mu.Unlock()
+			if b.pr.beats < beats+2 {
+				return errors.New("no heartbeat read back yet")
+			}
+			return nil
+		})
 		start := time.Now()
 		if err := b.Close(); err != nil {
 			t.Fatal(err)

@@ -84,6 +84,7 @@ func (b *Broker) refreshTopicIDs(c *conn, topics ...string) (map[string]string, 
 		ids[t.Name] = id
 	}
 	var changed []*reader
+	presenceChanged := false
 	b.mu.Lock()
 	for _, topic := range topics {
 		id, ok := ids[topic]
@@ -95,6 +96,9 @@ func (b *Broker) refreshTopicIDs(c *conn, topics ...string) (map[string]string, 
 			if r := b.readers[topic]; r != nil {
 				changed = append(changed, r)
 			}
+			if topic == b.names.presence {
+				presenceChanged = true
+			}
 		}
 		b.topicIDs[topic] = id
 	}
@@ -102,6 +106,10 @@ func (b *Broker) refreshTopicIDs(c *conn, topics ...string) (map[string]string, 
 	for _, r := range changed {
 		b.log.Warn("kafka topic was re-created: a new history epoch", "topic", r.topic)
 		r.lineageChanged()
+	}
+	if presenceChanged {
+		b.log.Warn("kafka presence topic was re-created: the nodes record their members again", "topic", b.names.presence)
+		b.pr.lineageChanged()
 	}
 	return ids, nil
 }

@@ -7,6 +7,7 @@
 //	p.direct    TopicDirect (1 partition, every node reads all of it)
 //	p.inbound   TopicInbound (ServicePartitions partitions; services read it in groups)
 //	p.events    TopicEvents  (ServicePartitions partitions)
+//	p.presence  presence: 1 partition, cleanup.policy=compact (presence.go)
 //
 // A position is the partition offset of the channel's partition: Epoch names the topic, the
 // partition and the topic's id (a re-created topic is a new epoch), Lo = offset + 1, so the zero
@@ -78,6 +79,12 @@ type Config struct {
 	// subscriber resumes from its last position) and the partition goes on.
 	SubscriptionBuffer int
 	SlowTimeout        time.Duration
+
+	// NodeID names the node in its presence heartbeats (node_id); a random id when empty.
+	NodeID string
+	// Presence are the settings of the node's presence (transports.Presence), kept in the
+	// compacted topic <prefix>.presence; Heartbeat defaults to transports.DefaultPresenceHeartbeat.
+	Presence transports.PresenceConfig
 }
 
 func (c *Config) setDefaults() {
@@ -114,6 +121,9 @@ func (c *Config) setDefaults() {
 	if c.SlowTimeout == 0 {
 		c.SlowTimeout = DefaultSlowTimeout
 	}
+	if c.Presence.Heartbeat == 0 {
+		c.Presence.Heartbeat = transports.DefaultPresenceHeartbeat
+	}
 }
 
 // Check applies the defaults to a copy of c and validates it, as New does, without connecting
@@ -145,7 +155,7 @@ func (c Config) Validate() error {
 	if c.ReplicationFactor < 1 || c.ReplicationFactor > 32767 {
 		return fmt.Errorf("kafka.replication_factor (%d) must be between 1 and 32767", c.ReplicationFactor)
 	}
-	// The longest name is <prefix>.channels; Kafka allows 249 characters.
+	// The longest names are <prefix>.channels and <prefix>.presence; Kafka allows 249 characters.
 	if n := len(transports.SafeName(c.Prefix)) + len(".channels"); n > 249 {
 		return fmt.Errorf("topic_prefix is too long: topic names would have %d characters, Kafka allows 249", n)
 	}
@@ -167,6 +177,9 @@ func (c Config) Validate() error {
 	if c.SubscriptionBuffer < 1 {
 		return fmt.Errorf("kafka subscription buffer (%d) must be positive", c.SubscriptionBuffer)
 	}
+	if c.Presence.Heartbeat < 10*time.Millisecond {
+		return fmt.Errorf("presence.heartbeat (%v) must be at least 10ms", c.Presence.Heartbeat)
+	}
 	return nil
 }
 
@@ -177,13 +190,15 @@ type names struct {
 	direct   string
 	inbound  string
 	events   string
+	presence string
 }
 
-func (n names) all() []string { return []string{n.channels, n.direct, n.inbound, n.events} }
+func (n names) all() []string { return []string{n.channels, n.direct, n.inbound, n.events, n.presence} }
 
 func newNames(prefix string) names {
 	p := transports.SafeName(prefix)
-	return names{prefix: p, channels: p + ".channels", direct: p + ".direct", inbound: p + ".inbound", events: p + ".events"}
+	return names{prefix: p, channels: p + ".channels", direct: p + ".direct", inbound: p + ".inbound", events: p + ".events",
+		presence: p + ".presence"}
 }
 
 // Broker is one node's connection to a Kafka cluster. Safe for concurrent use.
@@ -214,6 +229,8 @@ type Broker struct {
 	pubMu sync.RWMutex
 
 	ping pingFlight
+
+	pr presence // presence.go
 }
 
 // conn is what a successful connection attempt made. Kafka answers the requests of one
@@ -225,11 +242,13 @@ type conn struct {
 	readClient sarama.Client       // the live readers' fetches
 	consumer   sarama.Consumer     // over readClient: one fetch per broker for every reader
 	pub        *wmkafka.Publisher  // has its own sarama client (SyncProducer)
+	records    sarama.SyncProducer // over client: the presence records
 }
 
 var (
-	_ transports.Broker  = (*Broker)(nil)
-	_ transports.History = (*Broker)(nil)
+	_ transports.Broker   = (*Broker)(nil)
+	_ transports.History  = (*Broker)(nil)
+	_ transports.Presence = (*Broker)(nil)
 )
 
 // New returns a broker for cfg. It only checks cfg: no I/O, no goroutine until Start.
@@ -257,6 +276,7 @@ func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 		firstTry: make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 	}
+	b.pr.init(cfg.NodeID)
 	return b, nil
 }
 
@@ -358,6 +378,9 @@ func (b *Broker) connectLoop() {
 		firstOnce.Do(func() { close(b.firstTry) })
 		if err == nil {
 			b.log.Info("kafka connected", "brokers", strings.Join(b.cfg.Brokers, ","))
+			if b.pr.wanted() { // OnReap was set: a gateway node takes part in presence from the start
+				b.startPresence()
+			}
 			break
 		}
 		if c != nil {
@@ -426,6 +449,9 @@ func (b *Broker) connect() (*conn, error) {
 	if c.consumer, err = sarama.NewConsumerFromClient(c.readClient); err != nil {
 		return c, err
 	}
+	if c.records, err = sarama.NewSyncProducerFromClient(client); err != nil {
+		return c, err
+	}
 	c.pub, err = wmkafka.NewPublisher(wmkafka.PublisherConfig{
 		Brokers:               b.cfg.Brokers,
 		Marshaler:             marshaler{channels: b.names.channels},
@@ -444,29 +470,36 @@ func (c *conn) close() {
 	if c.consumer != nil {
 		_ = c.consumer.Close()
 	}
+	if c.records != nil {
+		_ = c.records.Close()
+	}
 	if c.readClient != nil {
 		_ = c.readClient.Close()
 	}
 	_ = c.client.Close()
 }
 
-// ensureTopics creates the four topics when missing, with the configured partitions and
-// retention; existing topics are kept as they are.
+// ensureTopics creates the five topics when missing, with the configured partitions and
+// retention (the presence topic: one partition, compacted); existing topics are kept as they are.
 func (b *Broker) ensureTopics(admin sarama.ClusterAdmin) error {
 	retention := fmt.Sprint(b.cfg.Retention.Milliseconds())
+	compact := "compact"
+	deleted := map[string]*string{"retention.ms": &retention}
 	for _, t := range []struct {
 		name       string
 		partitions int
+		config     map[string]*string
 	}{
-		{b.names.channels, b.cfg.Partitions},
-		{b.names.direct, 1},
-		{b.names.inbound, b.cfg.ServicePartitions},
-		{b.names.events, b.cfg.ServicePartitions},
+		{b.names.channels, b.cfg.Partitions, deleted},
+		{b.names.direct, 1, deleted},
+		{b.names.inbound, b.cfg.ServicePartitions, deleted},
+		{b.names.events, b.cfg.ServicePartitions, deleted},
+		{b.names.presence, 1, map[string]*string{"cleanup.policy": &compact}},
 	} {
 		err := admin.CreateTopic(t.name, &sarama.TopicDetail{
 			NumPartitions:     int32(t.partitions),
 			ReplicationFactor: int16(b.cfg.ReplicationFactor),
-			ConfigEntries:     map[string]*string{"retention.ms": &retention},
+			ConfigEntries:     t.config,
 		}, false)
 		switch {
 		case err == nil:

@@ -70,6 +70,13 @@ func (cl *cluster) stop() {
 	}
 }
 
+// compact has kfake compact its compacted topics now.
+func (cl *cluster) compact() {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	cl.c.Compact()
+}
+
 func (cl *cluster) restart(t *testing.T) {
 	cl.stop()
 	cl.start()

@@ -5,7 +5,8 @@
 // that have a local subscriber on it; SubscribeGroup is a NATS queue group. Metadata travels in
 // NATS headers, the payload as the message body, exactly as watermill-nats' NATSMarshaler
 // writes them, so `nats pub` can talk to the gateway. Nothing is stored on the server: the
-// broker does not implement transports.History and resuming clients get recovered:false.
+// broker does not implement transports.History and resuming clients get recovered:false. It
+// implements transports.Presence between its nodes, which hold the members (presence.go).
 package nats
 
 import (
@@ -61,6 +62,10 @@ type Config struct {
 	// one more ends the subscription (slow consumer), so that its clients resume. Default
 	// DefaultPendingLimit.
 	PendingLimit int
+	// Presence are the settings of the node's presence (transports.Presence): its Heartbeat
+	// (default transports.DefaultPresenceHeartbeat, at least 10ms). The node's id in presence is
+	// Name (a random one when Name is empty).
+	Presence transports.PresenceConfig
 	// Options are more nats.go options (credentials, TLS), applied after the broker's own (a
 	// ClosedHandler given here makes Close wait Timeout for a signal that does not come).
 	Options []natsgo.Option
@@ -84,6 +89,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PendingLimit == 0 {
 		c.PendingLimit = DefaultPendingLimit
+	}
+	if c.Presence.Heartbeat == 0 {
+		c.Presence.Heartbeat = transports.DefaultPresenceHeartbeat
 	}
 }
 
@@ -126,6 +134,9 @@ func (c *Config) validateRest() error {
 	}
 	if c.PingInterval < 100*time.Millisecond {
 		return errors.New("nats: Config.PingInterval must be at least 100ms")
+	}
+	if c.Presence.Heartbeat < 10*time.Millisecond {
+		return fmt.Errorf("nats: presence.heartbeat (%v) must be at least 10ms", c.Presence.Heartbeat)
 	}
 	return nil
 }
@@ -184,6 +195,8 @@ type Broker struct {
 	linkMu     sync.Mutex
 	link       context.Context
 	linkCancel context.CancelFunc
+
+	pr *presence // transports.Presence (presence.go)
 }
 
 // linkLost ends the fan-out subscriptions of the connection that was just lost.
@@ -236,7 +249,12 @@ func newBroker(given *natsgo.Conn, cfg Config, logger *slog.Logger) *Broker {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	link, linkCancel := context.WithCancel(context.Background())
+	id := cfg.Name
+	if id == "" {
+		id = "nats-" + strings.TrimPrefix(natsgo.NewInbox(), natsgo.InboxPrefix)
+	}
 	return &Broker{
+		pr:          newPresence(id, cfg.Presence.Heartbeat),
 		cfg:         cfg,
 		given:       given,
 		unmarshaler: &wmnats.NATSMarshaler{},
@@ -255,7 +273,7 @@ func newBroker(given *natsgo.Conn, cfg Config, logger *slog.Logger) *Broker {
 // (ReconnectWait plus jitter between rounds), Ping reports it and Publish fails with
 // transports.ErrUnavailable meanwhile. Start fails when nats.go refuses the connection's options
 // (Config.Options: a TLS file that cannot be read).
-func (b *Broker) Start(context.Context) error {
+func (b *Broker) Start(ctx context.Context) error {
 	b.startMu.Lock()
 	defer b.startMu.Unlock()
 	b.mu.Lock()
@@ -288,10 +306,18 @@ func (b *Broker) Start(context.Context) error {
 	}
 	b.mu.Lock()
 	b.nc, b.owned, b.connClosed, b.pub = nc, owned, connClosed, pub
+	if err := b.startPresence(); err != nil {
+		b.mu.Unlock()
+		if owned {
+			closeConn(nc, connClosed, b.cfg.Timeout)
+		}
+		return fmt.Errorf("nats: presence: %w", err)
+	}
 	b.started = true
 	b.wg.Add(1)
 	b.mu.Unlock()
 	go b.dispatch()
+	b.afterStart(ctx)
 	return nil
 }
 
@@ -683,6 +709,7 @@ func (b *Broker) Close() error {
 	if !started {
 		return nil
 	}
+	b.closePresence()
 
 	done := make(chan struct{})
 	go func() {

@@ -141,6 +141,7 @@ func TestConfigValidate(t *testing.T) {
 		{"negative pending limit", nats.Config{URL: "nats://h:1", PendingLimit: -1}, false},
 		{"url nats.go cannot parse", nats.Config{URL: "nats://h:1, nats://bad host:4222"}, false},
 		{"url without scheme", nats.Config{URL: "h:1,h2"}, true},
+		{"presence heartbeat", nats.Config{URL: "nats://h:1", Presence: transports.PresenceConfig{Heartbeat: time.Millisecond}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := nats.New(tc.cfg, nil)

@@ -10,7 +10,7 @@ import (
 )
 
 // ErrNoPresence is returned by Members, PresenceStats and Channels when the Service's broker
-// keeps no presence (it does not implement transports.Presence: nats and kafka, for now).
+// keeps no presence (it does not implement transports.Presence; every broker of the gateway does).
 var ErrNoPresence = errors.New("service: this broker keeps no presence")
 
 // The channel presence of the gateway nodes (presence.channels, docs/presence.md) is read from

@@ -225,11 +225,14 @@ func (cn *conn) handle(f *frame) {
 		c.mu.Lock()
 		s := c.subs[f.Channel]
 		c.mu.Unlock()
-		if s == nil || f.Member == nil {
-			c.log.Debug("join or leave for a channel not subscribed", "channel", f.Channel)
+		if s == nil || (f.Member == nil && len(f.Members) == 0) {
+			c.log.Debug("join or leave for a channel not subscribed, or of nobody", "channel", f.Channel)
 			return
 		}
-		m := Message{Channel: f.Channel, Position: f.Position, Kind: f.Type, Member: f.Member}
+		m := Message{Channel: f.Channel, Position: f.Position, Kind: f.Type, Member: f.Member, Members: f.Members}
+		if f.Member != nil {
+			m.Members = []Member{*f.Member}
+		}
 		if s.accept(&m) {
 			s.deliver(m, c.ctx.Done())
 		}

@@ -51,5 +51,7 @@
 // Presence, PresenceAll and PresenceStats read who is in a presence channel (the server's
 // presence.channels). On a channel with presence.join_leave, joins and leaves come on
 // Subscription.Messages in order with the messages, Kind protocol.TypeJoin or TypeLeave and
-// Member set; they have positions, so the guarantees above hold for them too.
+// Members set (several when the server gathered a window's joins or leaves into one frame,
+// presence.coalesce; Member too when there is one); they have positions, so the guarantees above
+// hold for them too.
 package wsclient

@@ -26,11 +26,16 @@ type Message struct {
 	// (recovered:false): messages may be missing before this one.
 	Gap bool
 	// Kind is what the message is: protocol.TypeMessage for a published message, or, on a
-	// channel with presence.join_leave, protocol.TypeJoin or protocol.TypeLeave when a member
-	// joined or left (then Member is set, and ID, Data and Bytes are empty). Joins and leaves
+	// channel with presence.join_leave, protocol.TypeJoin or protocol.TypeLeave when members
+	// joined or left (then Members is set, and ID, Data and Bytes are empty). Joins and leaves
 	// have positions like messages: a resumed subscription gets those it missed, in order.
 	Kind string
-	// Member is who joined or left (Kind TypeJoin or TypeLeave); nil otherwise.
+	// Members are who joined or left (Kind TypeJoin or TypeLeave), in the order they did: one,
+	// or several when the server gathered the joins or leaves of a window (presence.coalesce)
+	// into one frame. nil for other kinds.
+	Members []Member
+	// Member is the one who joined or left when the frame told of one member (then it is
+	// Members[0]); nil when it told of several, and for other kinds. Read Members to see all.
 	Member *Member
 }
 
@@ -60,9 +65,9 @@ type frame struct {
 	Session   string `json:"session"`
 	Node      string `json:"node"`
 	User      string `json:"user"`
-	// join and leave
+	// join and leave: member (one), or members (several, as presence answers)
 	Member *protocol.Member `json:"member"`
-	// presence and presence_stats
+	// presence and presence_stats; join and leave of several
 	Members     []protocol.Member `json:"members"`
 	Next        string            `json:"next"`
 	Connections *int              `json:"connections"`

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -127,6 +128,11 @@ func TestPresenceFrames(t *testing.T) {
 	}
 }
 
+// told reports whether m is a join or leave (kind) of one of user's connections.
+func told(m wsclient.Message, kind, user string) bool {
+	return m.Kind == kind && slices.ContainsFunc(m.Members, func(w wsclient.Member) bool { return w.User == user })
+}
+
 func joinLeave(typ, channel, pos, session string) obj {
 	return obj{"type": typ, "channel": channel, "position": pos, "member": obj{"user": "u-" + session, "session": session, "node": "n"}}
 }
@@ -156,7 +162,8 @@ func TestJoinLeaveInStream(t *testing.T) {
 			}
 			return
 		}
-		if m.Member == nil || m.Member.Session != session || m.Member.User != "u-"+session || m.ID != "" || m.Bytes != nil {
+		if m.Member == nil || m.Member.Session != session || m.Member.User != "u-"+session || m.ID != "" || m.Bytes != nil ||
+			len(m.Members) != 1 || m.Members[0].Session != session {
 			t.Fatalf("%s: %+v (member %+v)", kind, m, m.Member)
 		}
 	}
@@ -190,6 +197,19 @@ func TestJoinLeaveInStream(t *testing.T) {
 	fc.send(joinLeave("join", "other", "e:0:1:cc", "s3"))
 	fc.send(msg("room:1", "e:0:6:cc", 6))
 	check(next(t, sub.Messages()), protocol.TypeMessage, "e:0:6:cc", "")
+
+	// Several members in one frame (a coalesced window): Members in order, no Member, one
+	// position; and a join of nobody is dropped.
+	fc.send(obj{"type": "leave", "channel": "room:1", "position": "e:0:7:cc", "members": []obj{
+		{"user": "u-s2", "session": "s2", "node": "n"}, {"user": "u-s4", "session": "s4", "node": "n"}}})
+	fc.send(obj{"type": "join", "channel": "room:1", "position": "e:0:8:cc", "members": []obj{}})
+	fc.send(msg("room:1", "e:0:9:cc", 9))
+	m = next(t, sub.Messages())
+	if m.Kind != protocol.TypeLeave || m.Position != "e:0:7:cc" || m.Member != nil || len(m.Members) != 2 ||
+		m.Members[0].Session != "s2" || m.Members[1].Session != "s4" || m.Members[1].User != "u-s4" {
+		t.Fatalf("leave of several: %+v", m)
+	}
+	check(next(t, sub.Messages()), protocol.TypeMessage, "e:0:9:cc", "")
 }
 
 // TestPresenceOnGateway: two nodes on one memory broker; presence pages and stats across them,
@@ -250,11 +270,15 @@ func TestPresenceOnGateway(t *testing.T) {
 	waitDisconnected(t, alice)
 	carol := dial(t, wsclient.Options{URL: b.URL, Token: allowAll(t, "carol")})
 	carolSub := subscribe(t, carol, "room:1")
+	// Bob sees carol's join before she leaves (of a join and a leave within one coalescing
+	// window, presence.coalesce, only the leave would be sent).
+	for m := next(t, bobSub.Messages()); !told(m, protocol.TypeJoin, "carol"); m = next(t, bobSub.Messages()) {
+	}
 	if err := carolSub.Unsubscribe(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// Bob sees carol's leave: it is in the stream before the message.
-	for m := next(t, bobSub.Messages()); !(m.Kind == protocol.TypeLeave && m.Member.User == "carol"); m = next(t, bobSub.Messages()) {
+	for m := next(t, bobSub.Messages()); !told(m, protocol.TypeLeave, "carol"); m = next(t, bobSub.Messages()) {
 	}
 	apiPublish(t, a.AltURL, map[string]any{"channel": "room:1", "data": "end"})
 	a.Tap.SetDown(false)
@@ -275,7 +299,7 @@ func TestPresenceOnGateway(t *testing.T) {
 			got = append(got, string(m.Data))
 			break
 		}
-		if m.Member.User == "carol" {
+		if told(m, m.Kind, "carol") {
 			got = append(got, m.Kind+" carol")
 		}
 	}
@@ -283,7 +307,9 @@ func TestPresenceOnGateway(t *testing.T) {
 		t.Fatalf("after the resume %v, want %s", got, want)
 	}
 	// Her own new join comes right after her `subscribed`, which said recovered.
-	for m := next(t, sub.Messages()); !(m.Kind == protocol.TypeJoin && m.Member.Session == alice.Session()); m = next(t, sub.Messages()) {
+	for m := next(t, sub.Messages()); !(m.Kind == protocol.TypeJoin && slices.ContainsFunc(m.Members, func(w wsclient.Member) bool {
+		return w.Session == alice.Session()
+	})); m = next(t, sub.Messages()) {
 	}
 	if !sub.Recovered() {
 		t.Fatal("not recovered")

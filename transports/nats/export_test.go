@@ -1,0 +1,26 @@
+package nats
+
+// Owner returns which of the node ids owns channel, as every node of that view computes it.
+func Owner(ids []string, channel string) string {
+	v := make([]peerKey, len(ids))
+	for i, id := range ids {
+		v[i] = peerKey{ID: id}
+	}
+	return ownerOf(v, channel).ID
+}
+
+// NodeID is the node's id in presence.
+func (b *Broker) NodeID() string { return b.pr.self.ID }
+
+// LoseLeave takes session out of this node's own members of channel as a Leave does, but its
+// request to the owner is lost: the owner still lists it, until the node's push.
+func (b *Broker) LoseLeave(channel, session string) {
+	p := b.pr
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.local[channel], session)
+	if len(p.local[channel]) == 0 {
+		delete(p.local, channel)
+	}
+	p.markDirty(channel)
+}

@@ -1,0 +1,1507 @@
+package nats
+
+// Presence on core NATS: nothing is stored on the server. Each node keeps its own members (its
+// truth) in memory, and each channel has an owner node, which keeps the channel's whole member
+// list and answers for it; the nodes talk by request/reply. Subjects (P = Config.Prefix):
+//
+//	P.presence.hb               heartbeats: every node that takes part, every Heartbeat/2
+//	P.presence.hello            a starting node asks who takes part (request, many replies)
+//	P.presence.node.<id>.<inc>  one node: joins, leaves and queries of the channels it owns,
+//	                            and the syncs that rebuild them
+//
+// Liveness: a node that takes part (its OnReap was set, or it joined a member) publishes a
+// heartbeat with its id and incarnation (a random id per Broker, so that a restarted node with
+// the same id is another peer) every Heartbeat/2. Every node keeps the peers it heard; one not
+// heard for 2 Heartbeats is dead. The live peers (the view) change when a peer appears, dies or
+// comes back with another incarnation.
+//
+// Ownership: the owner of a channel is the peer of the view with the highest rendezvous hash of
+// (peer id, channel); the second highest is its backup. Adding a peer moves to it only the
+// channels it wins; removing one moves only its channels, each to its backup.
+//
+// Rebuild: a node that adopts a new view drops the channels it no longer owns and asks every
+// other peer of the view to sync (a new epoch): each answers, in order on one connection, with
+// its own members of each channel the asker owns in that view, its own members of the channels
+// it owns itself whose backup is the asker, and "done". The asker replaces that peer's entries
+// with what it sent (what a peer did not send is gone: a leave that was lost). A channel the
+// node owned in every view since its last complete sync is answered at once; one it gained waits
+// ("retry") until every peer answered. Once all have, the members of peers no longer in the
+// view, and the backup copies of a dead owner's own members in the channels it now owns, are
+// removed and given to OnReap: once in the cluster, since one node owns each channel.
+//
+// A server restart loses nothing (the nodes hold everything); while its connection is down a
+// node judges no peer, and after it reconnects it syncs its channels again.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/internal/roster"
+)
+
+var _ transports.Presence = (*Broker)(nil)
+
+// Presence limits.
+const (
+	// maxPage bounds the members or channels one request asks of a node (a page of 1,000
+	// members is about 100 KB, far below NATS's 1 MB payload limit).
+	maxPage = 1000
+	// syncChunk is how many members one sync message carries.
+	syncChunk = 200
+	// maxCopyHops bounds how often copies of a dead node's members are sent on to the node that
+	// owns their channel (nodes whose views differ for a moment could otherwise pass them round).
+	maxCopyHops = 4
+)
+
+// peerKey is one incarnation of a node: its id and a random id made by its Broker.
+type peerKey struct {
+	ID  string `json:"id"`
+	Inc string `json:"inc"`
+}
+
+// wire is a presence message between nodes.
+type wire struct {
+	Op     string           `json:"op"`
+	From   peerKey          `json:"from"`
+	Epoch  uint64           `json:"epoch,omitempty"`
+	View   []peerKey        `json:"view,omitempty"`
+	Active bool             `json:"active,omitempty"`
+	Ch     string           `json:"ch,omitempty"`
+	M      *protocol.Member `json:"m,omitempty"`
+	S      string           `json:"s,omitempty"`
+	After  string           `json:"after,omitempty"`
+	Limit  int              `json:"limit,omitempty"`
+	Recs   []rec            `json:"recs,omitempty"`
+}
+
+// rec is a node's own members of one channel, in a sync: for the owner, or (Backup) for the
+// backup of a channel the sender owns.
+type rec struct {
+	Ch     string            `json:"ch"`
+	Backup bool              `json:"backup,omitempty"`
+	Ms     []protocol.Member `json:"ms"`
+}
+
+// answer is a node's reply to a request.
+type answer struct {
+	Retry bool                    `json:"retry,omitempty"` // not the owner, or not rebuilt yet: ask again
+	Flag  bool                    `json:"flag,omitempty"`  // occupied (join), vacated (leave)
+	Ms    []protocol.Member       `json:"ms,omitempty"`
+	More  bool                    `json:"more,omitempty"`
+	Stats protocol.PresenceStats  `json:"stats"`
+	Chs   []protocol.ChannelStats `json:"chs,omitempty"`
+	From  peerKey                 `json:"from"`            // hello: who answers
+	Peers []peerKey               `json:"peers,omitempty"` // hello: its view
+}
+
+// reaped is a member removed because its node died, for OnReap.
+type reaped struct {
+	ch      string
+	m       protocol.Member
+	vacated bool
+}
+
+type sessions = map[string]struct{}
+
+// presence is the presence state of a Broker. mu guards everything but the reply table.
+type presence struct {
+	self peerKey
+	hb   time.Duration
+
+	mu        sync.Mutex
+	closed    bool
+	shut      atomic.Bool  // Close began: handlers do nothing
+	gate      sync.RWMutex // held (read) by each handler under way; Close waits for them
+	onReap    func(string, protocol.Member, bool)
+	active    bool // takes part: heartbeats, owns channels
+	activeMu  sync.Mutex
+	activated atomic.Bool
+	subs      []*natsgo.Subscription
+
+	peers   map[string]*peer // the other peers heard, by id
+	view    []peerKey        // the live peers (this one too once active), by id
+	epoch   uint64           // of the last view adopted (or resync)
+	waiting map[peerKey]bool // peers whose sync of epoch has not come; nil: complete
+	views   [][]peerKey      // the view of the last complete sync, then those adopted since
+	seen    map[peerKey]map[string]sessions
+	seenB   map[peerKey]map[string]sessions
+
+	local  map[string]map[string]protocol.Member             // this node's own members (its truth)
+	owned  roster.Roster[peerKey]                            // the channels it owns, with the node of each entry
+	byNode map[peerKey]map[string]sessions                   // owned's entries by node
+	backup map[peerKey]map[string]map[string]protocol.Member // owners' own members of the channels this node backs
+	hops   map[peerKey]uint64                                // how often a dead owner's copies were sent on
+
+	dirty   map[string]uint64 // channels whose owner may be wrong about this node's members
+	gen     uint64
+	pushing bool
+
+	wasDown    bool
+	reconnects uint64
+	lastTick   time.Time
+	hbSub      *natsgo.Subscription
+	nodeSub    *natsgo.Subscription
+
+	// When each peer was last heard. Its own lock, so that a heartbeat is noted at once even
+	// while mu is held long (a sync of many members).
+	hmu     sync.Mutex
+	heardAt map[peerKey]time.Time
+
+	// Replies to this node's requests: <inbox>.<token>.
+	inbox   string
+	rmu     sync.Mutex
+	pending map[string]chan *natsgo.Msg
+	next    uint64
+}
+
+type peer struct {
+	key peerKey
+}
+
+func newPresence(id string, hb time.Duration) *presence {
+	return &presence{
+		self:    peerKey{ID: id, Inc: strings.TrimPrefix(natsgo.NewInbox(), natsgo.InboxPrefix)},
+		hb:      hb,
+		peers:   map[string]*peer{},
+		heardAt: map[peerKey]time.Time{},
+		local:   map[string]map[string]protocol.Member{},
+		byNode:  map[peerKey]map[string]sessions{},
+		backup:  map[peerKey]map[string]map[string]protocol.Member{},
+		pending: map[string]chan *natsgo.Msg{},
+	}
+}
+
+func (b *Broker) hbSubject() string    { return b.cfg.Prefix + ".presence.hb" }
+func (b *Broker) helloSubject() string { return b.cfg.Prefix + ".presence.hello" }
+func (b *Broker) nodeSubject(k peerKey) string {
+	return b.cfg.Prefix + ".presence.node." + transports.SafeName(k.ID) + "." + k.Inc
+}
+
+// weight is the rendezvous hash of (id, channel): FNV-1a, then a 64-bit finalizer.
+func weight(id, ch string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint64(id[i])) * 1099511628211
+	}
+	h = (h ^ 0) * 1099511628211
+	for i := 0; i < len(ch); i++ {
+		h = (h ^ uint64(ch[i])) * 1099511628211
+	}
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	return h
+}
+
+// rank returns the owner and the backup of ch in view (ok false: empty view; backup zero: alone).
+func rank(view []peerKey, ch string) (owner, backup peerKey, ok bool) {
+	var w1, w2 uint64
+	n := 0
+	for _, k := range view {
+		w := weight(k.ID, ch)
+		switch {
+		case n == 0 || w > w1 || w == w1 && k.ID > owner.ID:
+			if n > 0 {
+				backup, w2 = owner, w1
+			}
+			owner, w1 = k, w
+		case n == 1 || w > w2 || w == w2 && k.ID > backup.ID:
+			backup, w2 = k, w
+		}
+		n++
+	}
+	return owner, backup, n > 0
+}
+
+func ownerOf(view []peerKey, ch string) peerKey {
+	o, _, _ := rank(view, ch)
+	return o
+}
+
+// --- The node's part: start, close, heartbeats, views ---
+
+// startPresence subscribes to the heartbeats and the replies, and starts the loop (heartbeats,
+// liveness). Called by Start with b.mu held, before started is set.
+func (b *Broker) startPresence() error {
+	p := b.pr
+	p.inbox = natsgo.NewInbox()
+	rs, err := b.nc.Subscribe(p.inbox+".*", b.onReply)
+	if err != nil {
+		return err
+	}
+	hs, err := b.nc.Subscribe(b.hbSubject(), b.handler(b.onHeartbeat))
+	if err != nil {
+		_ = rs.Unsubscribe()
+		return err
+	}
+	p.mu.Lock()
+	p.subs = append(p.subs, rs, hs)
+	p.hbSub, p.lastTick = hs, time.Now()
+	p.wasDown = b.nc.Status() != natsgo.CONNECTED
+	p.reconnects = b.nc.Stats().Reconnects
+	p.mu.Unlock()
+	b.wg.Add(1)
+	go b.presenceLoop()
+	return nil
+}
+
+// afterStart takes part in presence when OnReap was set, else learns the peers (a node that only
+// asks, as a service's).
+func (b *Broker) afterStart(ctx context.Context) {
+	b.pr.mu.Lock()
+	reap := b.pr.onReap != nil
+	b.pr.mu.Unlock()
+	if reap {
+		_ = b.activate(ctx)
+		return
+	}
+	keys := b.hello(ctx, false)
+	b.pr.mu.Lock()
+	for _, k := range keys {
+		b.pr.heard(k)
+	}
+	b.pr.computeView()
+	b.pr.mu.Unlock()
+}
+
+// activate makes the node take part: it subscribes to its own subject and the hellos, asks who
+// takes part (the peers add it to their view as they answer), adopts the view and beats.
+func (b *Broker) activate(ctx context.Context) error {
+	p := b.pr
+	if p.activated.Load() {
+		return nil
+	}
+	p.activeMu.Lock()
+	defer p.activeMu.Unlock()
+	if p.activated.Load() {
+		return nil
+	}
+	if err := b.usable(); err != nil {
+		return err
+	}
+	ns, err := b.nc.Subscribe(b.nodeSubject(p.self), b.handler(b.onNode))
+	if err != nil {
+		return b.unavailable("presence subscribe", err)
+	}
+	ns.SetPendingLimits(-1, 256<<20) // a sync of 10,000 members is 50 messages; a join storm many
+	hs, err := b.nc.Subscribe(b.helloSubject(), b.handler(b.onHello))
+	if err != nil {
+		_ = ns.Unsubscribe()
+		return b.unavailable("presence subscribe", err)
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		_ = ns.Unsubscribe()
+		_ = hs.Unsubscribe()
+		return transports.ErrClosed
+	}
+	p.subs = append(p.subs, ns, hs)
+	p.nodeSub = ns
+	p.mu.Unlock()
+	if b.nc.Status() == natsgo.CONNECTED {
+		_ = b.nc.FlushTimeout(b.cfg.Timeout) // the server has both subscriptions before the hello
+	}
+	keys := b.hello(ctx, true)
+	p.mu.Lock()
+	p.active = true
+	for _, k := range keys {
+		p.heard(k)
+	}
+	reaps := p.viewChanged(b)
+	b.beat()
+	p.mu.Unlock()
+	p.activated.Store(true)
+	b.tell(reaps)
+	return nil
+}
+
+// hello asks who takes part and returns those who answered: it waits until every peer that an
+// answer names has answered, no one can (the server says no one listens), or min(Timeout,
+// Heartbeat).
+func (b *Broker) hello(ctx context.Context, active bool) []peerKey {
+	p := b.pr
+	if b.nc.Status() != natsgo.CONNECTED {
+		return nil
+	}
+	token, replies := p.register(256)
+	defer p.unregister(token)
+	if err := b.publish(b.helloSubject(), p.inbox+"."+token, wire{Op: "hello", From: p.self, Active: active}); err != nil {
+		return nil
+	}
+	wait := time.NewTimer(min(b.cfg.Timeout, p.hb))
+	defer wait.Stop()
+	heard, named := map[peerKey]bool{}, map[peerKey]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return keysOf(heard)
+		case <-b.ctx.Done():
+			return nil
+		case <-wait.C:
+			return keysOf(heard)
+		case m := <-replies:
+			if noResponders(m) {
+				return keysOf(heard)
+			}
+			var a answer
+			if json.Unmarshal(m.Data, &a) != nil || a.From.ID == "" {
+				continue
+			}
+			heard[a.From] = true
+			for _, k := range a.Peers {
+				if k != p.self {
+					named[k] = true
+				}
+			}
+			if len(heard) > 0 && subset(named, heard) {
+				return keysOf(heard)
+			}
+		}
+	}
+}
+
+func keysOf(m map[peerKey]bool) []peerKey {
+	out := make([]peerKey, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func subset(a, b map[peerKey]bool) bool {
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
+
+func noResponders(m *natsgo.Msg) bool {
+	return len(m.Data) == 0 && m.Header.Get("Status") == "503"
+}
+
+// handler wraps a subscription callback: nothing runs once Close began, and Close waits for
+// what runs. It takes no lock that a handler waits on long (heartbeats are noted at once).
+func (b *Broker) handler(fn func(*natsgo.Msg)) natsgo.MsgHandler {
+	return func(m *natsgo.Msg) {
+		p := b.pr
+		p.gate.RLock()
+		defer p.gate.RUnlock()
+		if p.shut.Load() {
+			return
+		}
+		fn(m)
+	}
+}
+
+// closePresence ends the presence subscriptions and waits for their handlers. Called by Close
+// after b.ctx is cancelled (which ends the loop and the waits of requests).
+func (b *Broker) closePresence() {
+	p := b.pr
+	p.shut.Store(true)
+	p.mu.Lock()
+	p.closed = true
+	subs := p.subs
+	p.subs = nil
+	p.mu.Unlock()
+	for _, s := range subs {
+		_ = s.Unsubscribe()
+	}
+	p.gate.Lock() // the handlers under way are done
+	p.gate.Unlock()
+}
+
+// presenceLoop beats every Heartbeat/2 and judges the peers every Heartbeat/4, until Close.
+func (b *Broker) presenceLoop() {
+	defer b.wg.Done()
+	t := time.NewTicker(b.pr.hb / 4)
+	defer t.Stop()
+	for tick := 0; ; tick++ {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+			b.tick(tick%2 == 0)
+		}
+	}
+}
+
+// tick is one pass of the loop: after a reconnection the peers get 2 Heartbeats again and the
+// node syncs its channels anew; a peer not heard for 2 Heartbeats is dropped (never while this
+// node's own connection is down: then it hears no one, through no fault of theirs).
+func (b *Broker) tick(beat bool) {
+	p := b.pr
+	up := b.nc.Status() == natsgo.CONNECTED
+	rc := b.nc.Stats().Reconnects
+	if up && beat && p.activated.Load() {
+		b.beat() // before taking mu, which a long sync may hold
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	var reaps []reaped
+	now := time.Now()
+	if up && (p.wasDown || rc != p.reconnects) {
+		p.hmu.Lock()
+		for k := range p.heardAt {
+			p.heardAt[k] = now
+		}
+		p.hmu.Unlock()
+		if p.active {
+			reaps = p.adopt(b, p.view)
+		}
+	}
+	p.wasDown, p.reconnects = !up, rc
+	// This node judges no one before 4 heartbeats of silence when it is behind itself: its loop
+	// ran late (the process stalled), or heartbeats or messages of the peers wait to be handled.
+	lagging := now.Sub(p.lastTick) > p.hb/2
+	for _, sub := range []*natsgo.Subscription{p.hbSub, p.nodeSub} {
+		if sub == nil {
+			continue
+		}
+		if n, _, err := sub.Pending(); err == nil && n > 0 {
+			lagging = true // heartbeats, or messages from the peers, wait to be handled
+		}
+	}
+	p.lastTick = now
+	if up {
+		changed := false
+		p.hmu.Lock()
+		for id, pe := range p.peers {
+			if silent := now.Sub(p.heardAt[pe.key]); silent > 2*p.hb && (!lagging || silent > 4*p.hb) {
+				delete(p.peers, id)
+				delete(p.heardAt, pe.key)
+				changed = true
+				b.logger.Warn("nats presence: peer not heard for 2 heartbeats, dropped", "node_id", id)
+			}
+		}
+		p.hmu.Unlock()
+		if changed {
+			reaps = append(reaps, p.viewChanged(b)...)
+		}
+		if p.active && beat && p.waiting != nil {
+			for k := range p.waiting {
+				b.askSync(k)
+			}
+		}
+		if p.active && beat && len(p.dirty) > 0 && !p.pushing {
+			p.pushing = true
+			b.wg.Add(1) // the loop's own count holds the group open
+			go b.push()
+		}
+	}
+	p.mu.Unlock()
+	b.tell(reaps)
+}
+
+// beat publishes a heartbeat.
+func (b *Broker) beat() {
+	if err := b.publish(b.hbSubject(), "", wire{Op: "hb", From: b.pr.self}); err != nil {
+		b.logger.Debug("nats presence: heartbeat not sent", "error", err)
+	}
+}
+
+func (b *Broker) publish(subject, reply string, w any) error {
+	data, err := json.Marshal(w)
+	if err != nil {
+		return err
+	}
+	return b.nc.PublishMsg(&natsgo.Msg{Subject: subject, Reply: reply, Data: data})
+}
+
+func (b *Broker) respond(m *natsgo.Msg, a answer) {
+	if m.Reply == "" {
+		return
+	}
+	if err := b.publish(m.Reply, "", a); err != nil {
+		b.logger.Debug("nats presence: answer not sent", "error", err)
+	}
+}
+
+// tell gives reaped members to OnReap, outside p.mu.
+func (b *Broker) tell(reaps []reaped) {
+	if len(reaps) == 0 {
+		return
+	}
+	b.pr.mu.Lock()
+	fn, closed := b.pr.onReap, b.pr.closed
+	b.pr.mu.Unlock()
+	if fn == nil || closed {
+		return
+	}
+	for _, r := range reaps {
+		fn(r.ch, r.m, r.vacated)
+	}
+}
+
+func (b *Broker) onHeartbeat(m *natsgo.Msg) {
+	var w wire
+	if json.Unmarshal(m.Data, &w) != nil || w.From.ID == "" || w.From == b.pr.self {
+		return
+	}
+	p := b.pr
+	if p.heardKnown(w.From) {
+		return
+	}
+	p.mu.Lock()
+	var reaps []reaped
+	if p.heard(w.From) {
+		reaps = p.viewChanged(b)
+	}
+	p.mu.Unlock()
+	b.tell(reaps)
+}
+
+func (b *Broker) onHello(m *natsgo.Msg) {
+	var w wire
+	if json.Unmarshal(m.Data, &w) != nil || w.From.ID == "" || w.From == b.pr.self {
+		return
+	}
+	p := b.pr
+	p.mu.Lock()
+	var reaps []reaped
+	if w.Active && p.heard(w.From) {
+		reaps = p.viewChanged(b)
+	}
+	a := answer{From: p.self, Peers: slices.Clone(p.view)}
+	p.mu.Unlock()
+	b.respond(m, a)
+	b.tell(reaps)
+}
+
+// heard notes that k is alive and reports whether it is new (or a new incarnation). p.mu is held.
+func (p *presence) heard(k peerKey) bool {
+	if k.ID == p.self.ID {
+		return false // this node's id: itself, or an earlier incarnation of it
+	}
+	p.hmu.Lock()
+	defer p.hmu.Unlock()
+	p.heardAt[k] = time.Now()
+	pe := p.peers[k.ID]
+	if pe != nil && pe.key == k {
+		return false
+	}
+	if pe != nil {
+		delete(p.heardAt, pe.key)
+	}
+	p.peers[k.ID] = &peer{key: k}
+	return true
+}
+
+// heardKnown notes a heartbeat of a peer already in p.peers, without p.mu, and reports whether
+// it was one.
+func (p *presence) heardKnown(k peerKey) bool {
+	p.hmu.Lock()
+	defer p.hmu.Unlock()
+	if _, ok := p.heardAt[k]; !ok {
+		return false
+	}
+	p.heardAt[k] = time.Now()
+	return true
+}
+
+// computeView returns the live peers, this node too once active, by id. p.mu is held.
+func (p *presence) computeView() []peerKey {
+	v := make([]peerKey, 0, len(p.peers)+1)
+	for _, pe := range p.peers {
+		v = append(v, pe.key)
+	}
+	if p.active {
+		v = append(v, p.self)
+	}
+	slices.SortFunc(v, func(a, b peerKey) int { return strings.Compare(a.ID, b.ID) })
+	if !p.active {
+		p.view = v
+	}
+	return v
+}
+
+// viewChanged adopts the live peers as the view if they changed. p.mu is held.
+func (p *presence) viewChanged(b *Broker) []reaped {
+	v := p.computeView()
+	if !p.active || slices.Equal(v, p.view) {
+		return nil
+	}
+	return p.adopt(b, v)
+}
+
+// adopt makes v the view under a new epoch: the node drops the channels it no longer owns,
+// records its own members in those it owns, and asks every other peer to sync. p.mu is held.
+func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
+	p.epoch++
+	p.view = v
+	if p.views != nil {
+		p.views = append(p.views, v)
+	}
+	for _, ch := range slices.Clone(p.owned.Names()) {
+		if to := ownerOf(v, ch); to != p.self {
+			p.dropChannel(b, ch, to)
+		}
+	}
+	p.waiting = map[peerKey]bool{}
+	p.seen = map[peerKey]map[string]sessions{}
+	p.seenB = map[peerKey]map[string]sessions{}
+	p.applyRecs(p.self, p.syncRecs(v, p.self))
+	p.finishSync(p.self)
+	for _, k := range v {
+		if k != p.self {
+			p.waiting[k] = true
+			b.askSync(k)
+		}
+	}
+	if len(p.waiting) == 0 {
+		return p.complete(b)
+	}
+	return nil
+}
+
+func (b *Broker) askSync(k peerKey) {
+	p := b.pr
+	if err := b.publish(b.nodeSubject(k), "", wire{Op: "sync", From: p.self, Epoch: p.epoch, View: p.view}); err != nil {
+		b.logger.Debug("nats presence: sync request not sent", "node_id", k.ID, "error", err)
+	}
+}
+
+// dropChannel forgets ch, which to owns now. Copies of the other nodes' members go to it: a
+// live node's come to it by sync, which replaces the copies, but a node that died (or dies
+// before it synced with to) can only be reaped from them, since no one else knows them. p.mu is
+// held.
+func (p *presence) dropChannel(b *Broker, ch string, to peerKey) {
+	var gone []roster.Entry[peerKey]
+	p.owned.Each(ch, func(e roster.Entry[peerKey]) bool { gone = append(gone, e); return true })
+	others := map[peerKey]map[string]protocol.Member{}
+	for _, e := range gone {
+		p.owned.Remove(ch, e.M.Session)
+		p.unindex(e.X, ch, e.M.Session)
+		if e.X != p.self && e.X != to {
+			if others[e.X] == nil {
+				others[e.X] = map[string]protocol.Member{}
+			}
+			others[e.X][e.M.Session] = e.M
+		}
+	}
+	for k, ms := range others {
+		b.sendCopies(to, k, ch, ms)
+	}
+}
+
+// syncRecs are this node's own members that asker must have in view v: those of the channels
+// asker owns, and (Backup) those of the channels this node owns whose backup asker is. p.mu is
+// held.
+func (p *presence) syncRecs(v []peerKey, asker peerKey) []rec {
+	var out []rec
+	for ch, mine := range p.local {
+		owner, backup, _ := rank(v, ch)
+		isBackup := owner == p.self && backup == asker && asker != p.self
+		if owner != asker && !isBackup {
+			continue
+		}
+		ms := make([]protocol.Member, 0, len(mine))
+		for _, m := range mine {
+			ms = append(ms, m)
+		}
+		out = append(out, rec{Ch: ch, Backup: isBackup, Ms: ms})
+	}
+	return out
+}
+
+// applyRecs records what from sent in a sync. p.mu is held.
+func (p *presence) applyRecs(from peerKey, recs []rec) {
+	for _, r := range recs {
+		seen := &p.seen
+		if r.Backup {
+			seen = &p.seenB
+		}
+		if (*seen)[from] == nil {
+			(*seen)[from] = map[string]sessions{}
+		}
+		if (*seen)[from][r.Ch] == nil {
+			(*seen)[from][r.Ch] = sessions{}
+		}
+		for _, m := range r.Ms {
+			(*seen)[from][r.Ch][m.Session] = struct{}{}
+			if r.Backup {
+				p.putBackup(from, r.Ch, m)
+			} else if ownerOf(p.view, r.Ch) == p.self {
+				p.put(from, r.Ch, m)
+			}
+		}
+	}
+}
+
+// finishSync removes from's entries and backup copies that its sync did not send: leaves that
+// were lost on the way. p.mu is held.
+func (p *presence) finishSync(from peerKey) {
+	for ch, ss := range p.byNode[from] {
+		for s := range ss {
+			if _, ok := p.seen[from][ch][s]; !ok {
+				p.remove(ch, s)
+			}
+		}
+	}
+	for ch, ms := range p.backup[from] {
+		for s := range ms {
+			if _, ok := p.seenB[from][ch][s]; !ok {
+				delete(ms, s)
+			}
+		}
+		if len(ms) == 0 {
+			delete(p.backup[from], ch)
+		}
+	}
+	if len(p.backup[from]) == 0 {
+		delete(p.backup, from)
+	}
+	delete(p.seen, from)
+	delete(p.seenB, from)
+}
+
+// complete ends a sync: the node answers for every channel it owns, and reaps the members of
+// the peers no longer in the view. p.mu is held.
+func (p *presence) complete(b *Broker) []reaped {
+	p.waiting, p.seen, p.seenB = nil, nil, nil
+	p.views = [][]peerKey{p.view}
+	return p.reapDead(b)
+}
+
+// reapDead removes the members of the peers not in the view from the channels this node owns,
+// with the backup copies of a dead owner's own members of the channels it now owns; it returns
+// them, for OnReap. The backup copies of a channel another node owns now (the dead owner came
+// back with another incarnation, and owns the channel again) are sent to that node. p.mu is held.
+func (p *presence) reapDead(b *Broker) []reaped {
+	live := map[peerKey]bool{}
+	for _, k := range p.view {
+		live[k] = true
+	}
+	for owner, chans := range p.backup {
+		if live[owner] {
+			continue
+		}
+		for ch, ms := range chans {
+			if to := ownerOf(p.view, ch); to != p.self {
+				b.sendCopies(to, owner, ch, ms)
+				continue
+			}
+			for _, m := range ms {
+				if _, had := p.owned.Get(ch, m.Session); !had {
+					p.put(owner, ch, m)
+				}
+			}
+		}
+		delete(p.backup, owner)
+		delete(p.hops, owner)
+	}
+	var out []reaped
+	for k, chans := range p.byNode {
+		if live[k] {
+			continue
+		}
+		for ch, ss := range chans {
+			ids := make([]string, 0, len(ss))
+			for s := range ss {
+				ids = append(ids, s)
+			}
+			slices.Sort(ids)
+			for _, s := range ids {
+				if e, ok, vacated := p.owned.Remove(ch, s); ok {
+					out = append(out, reaped{ch: ch, m: e.M, vacated: vacated})
+				}
+			}
+		}
+		delete(p.byNode, k)
+	}
+	return out
+}
+
+// sendCopies sends copies of node's members of ch to the channel's owner now, to reap them if
+// node turns out dead before it synced with that owner. p.mu is held.
+func (b *Broker) sendCopies(to, node peerKey, ch string, ms map[string]protocol.Member) {
+	r := rec{Ch: ch, Ms: make([]protocol.Member, 0, len(ms))}
+	for _, m := range ms {
+		r.Ms = append(r.Ms, m)
+	}
+	// Epoch counts the hops.
+	w := wire{Op: "copies", From: b.pr.self, Epoch: b.pr.hops[node], View: []peerKey{node}, Recs: []rec{r}}
+	if err := b.publish(b.nodeSubject(to), "", w); err != nil {
+		b.logger.Debug("nats presence: copies not sent", "node_id", to.ID, "error", err)
+	}
+}
+
+// put records m in ch for node k. p.mu is held.
+func (p *presence) put(k peerKey, ch string, m protocol.Member) (occupied bool) {
+	occupied, old, had := p.owned.Put(ch, roster.Entry[peerKey]{M: m, X: k})
+	if had && old.X != k {
+		p.unindex(old.X, ch, m.Session)
+	}
+	if p.byNode[k] == nil {
+		p.byNode[k] = map[string]sessions{}
+	}
+	if p.byNode[k][ch] == nil {
+		p.byNode[k][ch] = sessions{}
+	}
+	p.byNode[k][ch][m.Session] = struct{}{}
+	return occupied
+}
+
+// remove takes session out of ch. p.mu is held.
+func (p *presence) remove(ch, session string) (vacated bool) {
+	e, ok, vacated := p.owned.Remove(ch, session)
+	if ok {
+		p.unindex(e.X, ch, session)
+	}
+	return vacated
+}
+
+func (p *presence) unindex(k peerKey, ch, session string) {
+	if chans := p.byNode[k]; chans != nil {
+		delete(chans[ch], session)
+		if len(chans[ch]) == 0 {
+			delete(chans, ch)
+		}
+		if len(chans) == 0 {
+			delete(p.byNode, k)
+		}
+	}
+}
+
+func (p *presence) putBackup(owner peerKey, ch string, m protocol.Member) {
+	if p.backup[owner] == nil {
+		p.backup[owner] = map[string]map[string]protocol.Member{}
+	}
+	if p.backup[owner][ch] == nil {
+		p.backup[owner][ch] = map[string]protocol.Member{}
+	}
+	p.backup[owner][ch][m.Session] = m
+}
+
+func (p *presence) removeBackup(owner peerKey, ch, session string) {
+	if chans := p.backup[owner]; chans != nil {
+		delete(chans[ch], session)
+		if len(chans[ch]) == 0 {
+			delete(chans, ch)
+		}
+		if len(chans) == 0 {
+			delete(p.backup, owner)
+		}
+	}
+}
+
+// servable reports whether this node answers for ch now: it owns ch, and has all of it (its
+// last sync is complete, or it owned ch in every view since the last complete one). p.mu is
+// held.
+func (p *presence) servable(ch string) bool {
+	if !p.active || ownerOf(p.view, ch) != p.self {
+		return false
+	}
+	if p.waiting == nil {
+		return true
+	}
+	if p.views == nil {
+		return false
+	}
+	for _, v := range p.views {
+		if ownerOf(v, ch) != p.self {
+			return false
+		}
+	}
+	return true
+}
+
+// serve answers a request for a channel this node owns; budget bounds the bytes of a page of
+// members. p.mu is held.
+func (p *presence) serve(w wire, budget int) answer {
+	switch w.Op {
+	case "join":
+		if w.M == nil {
+			return answer{}
+		}
+		return answer{Flag: p.put(w.From, w.Ch, *w.M)}
+	case "leave":
+		return answer{Flag: p.remove(w.Ch, w.S)}
+	case "members":
+		ms, more := p.owned.Members(w.Ch, w.After, min(w.Limit, maxPage))
+		size := 0
+		for i, m := range ms { // a page of large infos is cut to what one message carries
+			if size += memberSize(m); i > 0 && size > budget {
+				return answer{Ms: ms[:i], More: true}
+			}
+		}
+		return answer{Ms: ms, More: more}
+	case "stats":
+		return answer{Stats: p.owned.Stats(w.Ch)}
+	case "push": // the sender's members of the channel, all of them: a join or leave of it failed
+		keep := sessions{}
+		for _, r := range w.Recs {
+			for _, m := range r.Ms {
+				keep[m.Session] = struct{}{}
+				p.put(w.From, w.Ch, m)
+			}
+		}
+		for s := range p.byNode[w.From][w.Ch] {
+			if _, ok := keep[s]; !ok {
+				p.remove(w.Ch, s)
+			}
+		}
+	}
+	return answer{}
+}
+
+// onNode handles what comes to this node's own subject.
+func (b *Broker) onNode(m *natsgo.Msg) {
+	var w wire
+	if err := json.Unmarshal(m.Data, &w); err != nil {
+		b.logger.Warn("nats presence: message dropped", "error", err)
+		return
+	}
+	p := b.pr
+	p.heardKnown(w.From) // any message of a peer says it lives (a long sync delays its heartbeats)
+	p.mu.Lock()
+	var reaps []reaped
+	switch w.Op {
+	case "join", "leave", "members", "stats", "push":
+		var a answer
+		if p.servable(w.Ch) {
+			a = p.serve(w, b.budget())
+		} else {
+			a = answer{Retry: true}
+		}
+		p.mu.Unlock()
+		b.respond(m, a)
+		return
+	case "channels":
+		chs, more := p.owned.Channels(w.Ch, w.After, min(w.Limit, maxPage))
+		p.mu.Unlock()
+		b.respond(m, answer{Chs: chs, More: more})
+		return
+	case "sync":
+		b.sendSync(w)
+	case "rec":
+		if p.inRound(w) {
+			p.applyRecs(w.From, w.Recs)
+		}
+	case "done":
+		if p.inRound(w) {
+			p.finishSync(w.From)
+			delete(p.waiting, w.From)
+			if len(p.waiting) == 0 {
+				reaps = p.complete(b)
+			}
+		}
+	case "copies":
+		// Copies of a node's members of channels this node owns now, from their owner before
+		// (or a dead owner's backup): kept as backup copies unless the node has synced with this
+		// one already (its sync is the truth), and reaped once the node is found dead (sent on,
+		// a few times at most, while views differ).
+		k := peerKey{}
+		if len(w.View) == 1 {
+			k = w.View[0]
+		}
+		synced := slices.Contains(p.view, k) && !p.waiting[k]
+		if k.ID != "" && k != p.self && !synced && w.Epoch < maxCopyHops {
+			for _, r := range w.Recs {
+				for _, m := range r.Ms {
+					p.putBackup(w.View[0], r.Ch, m)
+				}
+				if p.hops == nil {
+					p.hops = map[peerKey]uint64{}
+				}
+				p.hops[w.View[0]] = max(p.hops[w.View[0]], w.Epoch+1)
+			}
+			if p.active && p.waiting == nil {
+				reaps = p.reapDead(b)
+			}
+		}
+	case "bjoin":
+		if w.M != nil {
+			p.putBackup(w.From, w.Ch, *w.M)
+		}
+	case "bleave":
+		p.removeBackup(w.From, w.Ch, w.S)
+	}
+	p.mu.Unlock()
+	b.tell(reaps)
+}
+
+func (p *presence) inRound(w wire) bool {
+	return p.waiting != nil && w.Epoch == p.epoch && p.waiting[w.From]
+}
+
+// sendSync answers a sync request: this node's records for the asker, in chunks, then done,
+// all published under p.mu so that no join or leave of this node falls between them.
+func (b *Broker) sendSync(w wire) {
+	p := b.pr
+	subject := b.nodeSubject(w.From)
+	budget := b.budget()
+	var batch []rec
+	n, size := 0, 0
+	flush := func() {
+		if len(batch) > 0 {
+			if err := b.publish(subject, "", wire{Op: "rec", From: p.self, Epoch: w.Epoch, Recs: batch}); err != nil {
+				b.logger.Warn("nats presence: sync message not sent", "node_id", w.From.ID, "error", err)
+			}
+		}
+		batch, n, size = nil, 0, 0
+	}
+	for _, r := range p.syncRecs(w.View, w.From) {
+		batch = append(batch, rec{Ch: r.Ch, Backup: r.Backup})
+		size += len(r.Ch) + 32
+		for _, m := range r.Ms {
+			if ms := memberSize(m); n > 0 && (n == syncChunk || size+ms > budget) {
+				flush()
+				batch, size = append(batch, rec{Ch: r.Ch, Backup: r.Backup}), len(r.Ch)+32
+			}
+			last := &batch[len(batch)-1]
+			last.Ms = append(last.Ms, m)
+			n, size = n+1, size+memberSize(m)
+		}
+	}
+	flush()
+	if err := b.publish(subject, "", wire{Op: "done", From: p.self, Epoch: w.Epoch}); err != nil {
+		b.logger.Debug("nats presence: sync not sent", "node_id", w.From.ID, "error", err)
+	}
+}
+
+// budget is how many bytes of members one presence message may carry: half the server's
+// payload limit (1 MB by default), so that the rest of the message fits.
+func (b *Broker) budget() int {
+	if mp := b.nc.MaxPayload(); mp > 0 {
+		return int(mp / 2)
+	}
+	return 512 << 10
+}
+
+// memberSize is about the bytes of m in JSON.
+func memberSize(m protocol.Member) int {
+	return len(m.User) + len(m.Session) + len(m.Node) + len(m.Info) + 48
+}
+
+// markDirty notes that ch's owner may be wrong about this node's members. p.mu is held.
+func (p *presence) markDirty(ch string) {
+	if p.dirty == nil {
+		p.dirty = map[string]uint64{}
+	}
+	p.gen++
+	p.dirty[ch] = p.gen
+}
+
+// push sends this node's members of each dirty channel to its owner, which replaces this node's
+// entries there with them. Started by the loop, one at a time; Close ends it.
+func (b *Broker) push() {
+	defer b.wg.Done()
+	p := b.pr
+	p.mu.Lock()
+	todo := make(map[string]uint64, len(p.dirty))
+	for ch, gen := range p.dirty {
+		todo[ch] = gen
+	}
+	p.mu.Unlock()
+	for ch, gen := range todo {
+		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+		_, err := b.ask(ctx, wire{Op: "push", Ch: ch}, func(w *wire, _ int) { // what it has now, each time
+			r := rec{Ch: ch, Ms: []protocol.Member{}}
+			for _, m := range p.local[ch] {
+				r.Ms = append(r.Ms, m)
+			}
+			w.Recs = []rec{r}
+		})
+		cancel()
+		if err == nil {
+			p.mu.Lock()
+			if p.dirty[ch] == gen {
+				delete(p.dirty, ch)
+			}
+			p.mu.Unlock()
+		}
+	}
+	p.mu.Lock()
+	p.pushing = false
+	p.mu.Unlock()
+}
+
+// --- Requests ---
+
+func (p *presence) register(buf int) (string, chan *natsgo.Msg) {
+	p.rmu.Lock()
+	defer p.rmu.Unlock()
+	p.next++
+	token := strconv.FormatUint(p.next, 36)
+	c := make(chan *natsgo.Msg, buf)
+	p.pending[token] = c
+	return token, c
+}
+
+func (p *presence) unregister(token string) {
+	p.rmu.Lock()
+	delete(p.pending, token)
+	p.rmu.Unlock()
+}
+
+// onReply hands a reply to the request waiting for it.
+func (b *Broker) onReply(m *natsgo.Msg) {
+	p := b.pr
+	token := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	p.rmu.Lock()
+	c := p.pending[token]
+	p.rmu.Unlock()
+	if c != nil {
+		select {
+		case c <- m:
+		default:
+		}
+	}
+}
+
+var errNoResponders = errors.New("no responders")
+
+// await waits for the reply of token.
+func (b *Broker) await(ctx context.Context, token string, c chan *natsgo.Msg) (answer, error) {
+	defer b.pr.unregister(token)
+	return b.awaitKeep(ctx, token, c)
+}
+
+// awaitKeep waits for the reply of token, which stays registered.
+func (b *Broker) awaitKeep(ctx context.Context, token string, c chan *natsgo.Msg) (answer, error) {
+	select {
+	case <-ctx.Done():
+		return answer{}, ctx.Err()
+	case <-b.ctx.Done():
+		return answer{}, transports.ErrClosed
+	case m := <-c:
+		if noResponders(m) {
+			return answer{}, errNoResponders
+		}
+		var a answer
+		if err := json.Unmarshal(m.Data, &a); err != nil {
+			return answer{}, err
+		}
+		return a, nil
+	}
+}
+
+// errOwnerGone: the node asked is no longer the channel's owner in this node's view (it died,
+// or the view changed) and has not answered: ask the owner now.
+var errOwnerGone = errors.New("no longer the owner, no answer")
+
+// awaitOwner waits for the answer of token from owner, the owner of ch, as long as owner stays
+// ch's owner in this node's view (a node that died answers nothing: once it is dropped from the
+// view, the request goes to the new owner).
+func (b *Broker) awaitOwner(ctx context.Context, token string, c chan *natsgo.Msg, ch string, owner peerKey) (answer, error) {
+	p := b.pr
+	for {
+		sctx, cancel := context.WithTimeout(ctx, p.hb/2)
+		a, err := b.awaitKeep(sctx, token, c)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			p.unregister(token)
+			return a, err
+		}
+		p.mu.Lock()
+		still := ownerOf(p.view, ch) == owner
+		p.mu.Unlock()
+		if !still {
+			p.unregister(token)
+			return answer{}, errOwnerGone
+		}
+	}
+}
+
+// opCtx bounds a presence call by Config.Timeout when ctx has no deadline.
+func (b *Broker) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, b.cfg.Timeout)
+}
+
+// ask sends w about channel w.Ch to the channel's owner (itself: answered in place) and waits
+// for the answer, asking again (the owner as this node's view has it now) while the owner says
+// retry, or is gone, until ctx is done. each runs under p.mu before each attempt is sent, so that
+// a change of this node's own members (made with attempt 0) and its request to the owner are in
+// the same order as its syncs.
+func (b *Broker) ask(ctx context.Context, w wire, each func(w *wire, attempt int)) (answer, error) {
+	p := b.pr
+	w.From = p.self
+	ctx, cancel := b.opCtx(ctx)
+	defer cancel()
+	delay := time.Millisecond
+	var last error
+	for attempt := 0; ; attempt++ {
+		if b.nc.Status() != natsgo.CONNECTED {
+			return answer{}, fmt.Errorf("%w: nats connection is %s", transports.ErrUnavailable, b.nc.Status())
+		}
+		p.mu.Lock()
+		if each != nil {
+			each(&w, attempt)
+		}
+		owner, backup, ok := rank(p.view, w.Ch)
+		switch {
+		case !ok:
+			last = errors.New("no presence node known yet")
+			p.mu.Unlock()
+		case owner == p.self:
+			if p.servable(w.Ch) {
+				a := p.serve(w, b.budget())
+				b.toBackup(w, backup)
+				p.mu.Unlock()
+				return a, nil
+			}
+			last = errors.New("this node is rebuilding the channel")
+			p.mu.Unlock()
+		default:
+			token, c := p.register(1)
+			err := b.publish(b.nodeSubject(owner), p.inbox+"."+token, w)
+			p.mu.Unlock()
+			if err != nil {
+				p.unregister(token)
+				return answer{}, b.unavailable("presence "+w.Op, err)
+			}
+			a, err := b.awaitOwner(ctx, token, c, w.Ch, owner)
+			switch {
+			case errors.Is(err, transports.ErrClosed):
+				return answer{}, err
+			case err == nil && !a.Retry:
+				return a, nil
+			case err == nil:
+				last = fmt.Errorf("node %s is not ready for the channel", owner.ID)
+			default:
+				last = fmt.Errorf("node %s: %w", owner.ID, err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return answer{}, fmt.Errorf("%w: nats presence %s %q: %w", transports.ErrUnavailable, w.Op, w.Ch, last)
+		case <-b.ctx.Done():
+			return answer{}, transports.ErrClosed
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, p.hb/4)
+	}
+}
+
+// toBackup copies a join or leave of this node's own member, in a channel it owns, to the
+// channel's backup, which gives it to OnReap if this node dies. p.mu is held.
+func (b *Broker) toBackup(w wire, backup peerKey) {
+	if backup.ID == "" || w.Op != "join" && w.Op != "leave" {
+		return
+	}
+	op := "b" + w.Op
+	if err := b.publish(b.nodeSubject(backup), "", wire{Op: op, From: w.From, Ch: w.Ch, M: w.M, S: w.S}); err != nil {
+		b.logger.Debug("nats presence: backup not sent", "error", err)
+	}
+}
+
+// --- transports.Presence ---
+
+// presenceReady fails before Start and after Close.
+func (b *Broker) presenceReady(ctx context.Context) error {
+	if err := b.usable(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// Join implements transports.Presence: one request to the channel's owner (none when this node
+// owns it, then a message to the channel's backup). The first Join makes the node take part.
+func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (bool, error) {
+	if err := b.presenceReady(ctx); err != nil {
+		return false, err
+	}
+	if err := b.activate(ctx); err != nil {
+		return false, err
+	}
+	p := b.pr
+	var old protocol.Member
+	var had bool
+	a, err := b.ask(ctx, wire{Op: "join", Ch: channel, M: &m}, func(_ *wire, attempt int) {
+		if attempt > 0 {
+			return
+		}
+		mine := p.local[channel]
+		if mine == nil {
+			mine = map[string]protocol.Member{}
+			p.local[channel] = mine
+		}
+		old, had = mine[m.Session]
+		mine[m.Session] = m
+	})
+	if err != nil {
+		p.mu.Lock()
+		if mine := p.local[channel]; mine != nil {
+			if had {
+				mine[m.Session] = old
+			} else {
+				delete(mine, m.Session)
+				if len(mine) == 0 {
+					delete(p.local, channel)
+				}
+			}
+		}
+		p.markDirty(channel) // the owner may have recorded it all the same
+		p.mu.Unlock()
+		return false, err
+	}
+	return a.Flag, nil
+}
+
+// Leave implements transports.Presence: one request to the channel's owner. A leave that fails
+// is taken out of this node's own members all the same, and the node pushes its members of the
+// channel to the owner until one push succeeds (or a sync does it): the owner drops the entry
+// then, silently.
+func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, error) {
+	if err := b.presenceReady(ctx); err != nil {
+		return false, err
+	}
+	p := b.pr
+	a, err := b.ask(ctx, wire{Op: "leave", Ch: channel, S: session}, func(_ *wire, attempt int) {
+		if attempt > 0 {
+			return
+		}
+		if mine := p.local[channel]; mine != nil {
+			delete(mine, session)
+			if len(mine) == 0 {
+				delete(p.local, channel)
+			}
+		}
+	})
+	if err != nil {
+		p.mu.Lock()
+		p.markDirty(channel)
+		p.mu.Unlock()
+		return false, err
+	}
+	return a.Flag, nil
+}
+
+// Members implements transports.Presence: one request to the channel's owner, which pages its
+// sorted index (O(log members + limit)); at most 1,000 members per call.
+func (b *Broker) Members(ctx context.Context, channel, after string, limit int) ([]protocol.Member, bool, error) {
+	if err := b.presenceReady(ctx); err != nil {
+		return nil, false, err
+	}
+	if limit <= 0 {
+		return nil, false, nil
+	}
+	a, err := b.ask(ctx, wire{Op: "members", Ch: channel, After: after, Limit: min(limit, maxPage)}, nil)
+	if err != nil {
+		return nil, false, err
+	}
+	return a.Ms, a.More, nil
+}
+
+// Stats implements transports.Presence: one request to the channel's owner.
+func (b *Broker) Stats(ctx context.Context, channel string) (protocol.PresenceStats, error) {
+	if err := b.presenceReady(ctx); err != nil {
+		return protocol.PresenceStats{}, err
+	}
+	a, err := b.ask(ctx, wire{Op: "stats", Ch: channel}, nil)
+	if err != nil {
+		return protocol.PresenceStats{}, err
+	}
+	return a.Stats, nil
+}
+
+// Channels implements transports.Presence by scatter-gather: every peer of the view answers
+// with the channels it owns (at most limit, at most 1,000, after after, with the prefix), and
+// the answers are merged. It fails when a peer does not answer (one that died and is not yet
+// dropped from the view: its channels would be missing).
+func (b *Broker) Channels(ctx context.Context, prefix, after string, limit int) ([]protocol.ChannelStats, bool, error) {
+	if err := b.presenceReady(ctx); err != nil {
+		return nil, false, err
+	}
+	if limit <= 0 {
+		return nil, false, nil
+	}
+	limit = min(limit, maxPage)
+	if b.nc.Status() != natsgo.CONNECTED {
+		return nil, false, fmt.Errorf("%w: nats connection is %s", transports.ErrUnavailable, b.nc.Status())
+	}
+	ctx, cancel := b.opCtx(ctx)
+	defer cancel()
+	p := b.pr
+	w := wire{Op: "channels", From: p.self, Ch: prefix, After: after, Limit: limit}
+	type call struct {
+		peer  peerKey
+		token string
+		c     chan *natsgo.Msg
+	}
+	var calls []call
+	var all []protocol.ChannelStats
+	more := false
+	p.mu.Lock()
+	for _, k := range p.view {
+		if k == p.self {
+			chs, m := p.owned.Channels(prefix, after, limit)
+			all, more = append(all, chs...), more || m
+			continue
+		}
+		token, c := p.register(1)
+		calls = append(calls, call{k, token, c})
+		if err := b.publish(b.nodeSubject(k), p.inbox+"."+token, w); err != nil {
+			p.mu.Unlock()
+			for _, c := range calls {
+				p.unregister(c.token)
+			}
+			return nil, false, b.unavailable("presence channels", err)
+		}
+	}
+	p.mu.Unlock()
+	var failed error
+	for _, c := range calls {
+		a, err := b.await(ctx, c.token, c.c)
+		if err != nil {
+			failed = cmpOr(failed, fmt.Errorf("node %s: %w", c.peer.ID, err))
+			continue
+		}
+		all, more = append(all, a.Chs...), more || a.More
+	}
+	if errors.Is(failed, transports.ErrClosed) {
+		return nil, false, transports.ErrClosed
+	}
+	if failed != nil {
+		return nil, false, fmt.Errorf("%w: nats presence channels: %w", transports.ErrUnavailable, failed)
+	}
+	slices.SortFunc(all, func(a, b protocol.ChannelStats) int { return strings.Compare(a.Channel, b.Channel) })
+	all = slices.CompactFunc(all, func(a, b protocol.ChannelStats) bool { return a.Channel == b.Channel })
+	if len(all) > limit {
+		return all[:limit], true, nil
+	}
+	return all, more, nil
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// OnReap implements transports.Presence. Set before Start, it makes Start take part in presence
+// at once (a gateway node with presence channels does so); set after, it takes part now.
+func (b *Broker) OnReap(fn func(channel string, m protocol.Member, vacated bool)) {
+	b.pr.mu.Lock()
+	b.pr.onReap = fn
+	b.pr.mu.Unlock()
+	if fn != nil && b.usable() == nil {
+		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+		defer cancel()
+		_ = b.activate(ctx)
+	}
+}
