@@ -82,7 +82,14 @@ func brokerKeepsPresence(name string) bool {
 // checkPresence refuses presence.channels when the broker keeps no presence: a user would
 // otherwise think presence works.
 func checkPresence(cfg *configs.Config, keeps bool) error {
-	if len(cfg.Presence.Channels) == 0 || keeps {
+	if keeps {
+		return nil
+	}
+	if cfg.Events.NodeLost {
+		return &configs.KeyError{Key: "events.node_lost", Env: configs.EnvPrefix + "EVENTS_NODE_LOST",
+			Reason: fmt.Sprintf("the %s broker keeps no presence yet (docs/presence.md), which node_lost needs", cfg.Broker)}
+	}
+	if len(cfg.Presence.Channels) == 0 {
 		return nil
 	}
 	return &configs.KeyError{Key: "presence.channels", Env: configs.EnvPrefix + "PRESENCE_CHANNELS",

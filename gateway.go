@@ -94,7 +94,8 @@ type Gateway struct {
 	inbox    *router.Inbox
 	hub      *websocket.Hub
 	router   *message.Router
-	events   *handlers.Events // nil when disabled
+	events   *handlers.Events   // nil when disabled
+	webhooks *handlers.Webhooks // nil when webhooks.url is empty
 	presence *handlers.Presence
 	metrics  *metrics.Metrics
 	mux      *http.ServeMux
@@ -191,12 +192,28 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 			Log:            log,
 		})
 	}
+	g.webhooks = handlers.NewWebhooks(handlers.WebhooksConfig{ // starts nothing: Start does
+		URL:          cfg.Webhooks.URL,
+		Format:       handlers.GatewayWebhookFormat{Secret: []byte(cfg.Webhooks.Secret)},
+		Events:       cfg.Webhooks.Events,
+		Batch:        webhooksBatch(cfg),
+		BatchWait:    cfg.Webhooks.BatchWait,
+		Timeout:      cfg.Webhooks.Timeout,
+		RetryInitial: cfg.Webhooks.RetryInitial,
+		RetryMax:     cfg.Webhooks.RetryMax,
+		RetryBudget:  cfg.Webhooks.RetryBudget,
+		Broker:       broker,
+		PoisonTopic:  cfg.Router.PoisonTopic,
+		Metrics:      g.metrics,
+		Log:          log,
+	})
 	g.presence = handlers.NewPresence(handlers.PresenceConfig{ // sets the broker's OnReap: before Start
 		NodeID:     cfg.NodeID,
 		Presence:   brokerPresence,
 		Channels:   cfg.Presence.Channels,
 		JoinLeave:  cfg.Presence.JoinLeave,
 		MaxMembers: cfg.Presence.MaxMembers,
+		Sessions:   cfg.Events.NodeLost && !cfg.Events.Disabled,
 		Inbox:      g.inbox,
 		Events:     g.events,
 		Timeout:    cfg.WebSocket.PublishTimeout,
@@ -275,6 +292,16 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	}).Routes(g.mux)
 	g.verifier = verifier
 	return g, nil
+}
+
+// webhooksBatch is webhooks.batch, but 1 on kafka: the events topic has one partition there, so
+// a group has one event in flight at a time, and each extra subscription would only be one more
+// idle group member (and a rebalance that hands held events to another member).
+func webhooksBatch(cfg *configs.Config) int {
+	if cfg.Broker == configs.BrokerKafka {
+		return 1
+	}
+	return cfg.Webhooks.Batch
 }
 
 // checkHandlerNames refuses WithHandler names that are given twice or are a built-in handler's
@@ -371,6 +398,10 @@ func (g *Gateway) Start(ctx context.Context) error {
 		g.closeAdmin()
 		return err
 	}
+	if err := g.webhooks.Start(ctx); err != nil { // Close stops them
+		g.closeAdmin()
+		return err
+	}
 	g.hub.Start() // Close stops it
 	g.markStarted()
 	return nil
@@ -450,6 +481,7 @@ func (g *Gateway) Close() error {
 		g.hub.Close()                   // the sessions leave their presence channels
 		g.presence.Close()              // the leaves of reaped members being published
 		g.events.Close(2 * time.Second) // the disconnected events of the drain, while the router runs
+		g.webhooks.Close()              // a batch not delivered yet is left to the other nodes
 		_ = g.inbox.Close()
 		var errs []error
 		// A router that never ran would wait its whole close timeout for handlers that never start.

@@ -121,6 +121,7 @@ type Config struct {
 	Drain     DrainConfig     `yaml:"drain" envPrefix:"DRAIN_"`
 	Events    EventsConfig    `yaml:"events" envPrefix:"EVENTS_"`
 	Presence  PresenceConfig  `yaml:"presence" envPrefix:"PRESENCE_"`
+	Webhooks  WebhooksConfig  `yaml:"webhooks" envPrefix:"WEBHOOKS_"`
 	Log       LogConfig       `yaml:"log" envPrefix:"LOG_"`
 	TLS       TLSConfig       `yaml:"tls" envPrefix:"TLS_"`
 	HTTP      HTTPConfig      `yaml:"http" envPrefix:"HTTP_"`
@@ -280,6 +281,10 @@ type EventsConfig struct {
 	// Heartbeat is how often the node publishes a node_alive event, so services notice a node
 	// that died without saying goodbye; default 5s.
 	Heartbeat time.Duration `yaml:"heartbeat" env:"HEARTBEAT"`
+	// NodeLost records every connection in the broker's presence, so that when a node dies
+	// without a word one surviving node tells a disconnected event (reason node_lost) for each of
+	// its connections. Needs a broker that keeps presence.
+	NodeLost bool `yaml:"node_lost" env:"NODE_LOST"`
 }
 
 // PresenceConfig sets presence (who is in a channel: docs/presence.md), per channel pattern.
@@ -377,6 +382,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Events.Heartbeat, DefaultEventsHeartbeat)
 	setDefault(&c.Presence.MaxMembers, DefaultPresenceMaxMembers)
 	setDefault(&c.Presence.Heartbeat, DefaultPresenceHeartbeat)
+	c.Webhooks.setDefaults()
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	setDefault(&c.Log.Format, DefaultLogFormat)
 	setDefault(&c.HTTP.ReadHeaderTimeout, DefaultReadHeaderTimeout)

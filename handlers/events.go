@@ -51,12 +51,16 @@ func NewEvents(cfg EventsConfig) *Events {
 		stopBeat: make(chan struct{}), beatDone: make(chan struct{})}
 }
 
-// Emit queues an event. Safe on a nil *Events (disabled) and after Close.
+// Emit queues an event, from this node unless ev.Node names another (a node_lost disconnect
+// names the session's node, which died). Safe on a nil *Events (disabled) and after Close.
 func (e *Events) Emit(ev protocol.Event) {
 	if e == nil {
 		return
 	}
-	ev.Node, ev.At = e.cfg.NodeID, time.Now().UTC()
+	if ev.Node == "" {
+		ev.Node = e.cfg.NodeID
+	}
+	ev.At = time.Now().UTC()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.shut {

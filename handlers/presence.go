@@ -36,6 +36,9 @@ type PresenceConfig struct {
 	// channel before it publishes them, as few messages (presence.coalesce); 0: one message
 	// per join or leave, published at once.
 	Coalesce time.Duration
+	// Sessions records every connection as a member of SessionsChannel, so that a node that dies
+	// has its connections told disconnected (reason node_lost) by a surviving one (events.node_lost).
+	Sessions bool
 	Log      *slog.Logger
 }
 
@@ -62,7 +65,7 @@ func NewPresence(cfg PresenceConfig) *Presence {
 	if cfg.Coalesce > 0 {
 		p.coalesce = newCoalescer(cfg.Coalesce, p.publish)
 	}
-	if cfg.Presence != nil && len(cfg.Channels) > 0 {
+	if cfg.Presence != nil && (len(cfg.Channels) > 0 || cfg.Sessions) {
 		cfg.Presence.OnReap(p.reaped)
 	}
 	return p
@@ -146,10 +149,43 @@ func (p *Presence) left(ctx context.Context, channel string, m protocol.Member, 
 	p.announce(ctx, protocol.KindLeave, channel, m)
 }
 
+// SessionsChannel is the internal presence channel of every connection of the cluster
+// (events.node_lost). No client can name it (channel names never start with '$' but $user), and
+// it is left out of the channels the API lists.
+const SessionsChannel = "$sessions"
+
+// Sessions reports whether connections are recorded in SessionsChannel (events.node_lost).
+func (p *Presence) Sessions() bool { return p != nil && p.cfg.Presence != nil && p.cfg.Sessions }
+
+// JoinSession records connection m in SessionsChannel; a failure is logged (the connection
+// stays, but would not be told node_lost).
+func (p *Presence) JoinSession(m protocol.Member) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+	defer cancel()
+	if _, err := p.cfg.Presence.Join(ctx, SessionsChannel, m); err != nil {
+		p.cfg.Log.Warn("presence: connection not recorded for node_lost", "session_id", m.Session, "error", err)
+	}
+}
+
+// LeaveSession removes connection session from SessionsChannel.
+func (p *Presence) LeaveSession(session string) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+	defer cancel()
+	if _, err := p.cfg.Presence.Leave(ctx, SessionsChannel, session); err != nil {
+		p.cfg.Log.Warn("presence: connection record not removed", "session_id", session, "error", err)
+	}
+}
+
 // reaped is the broker's OnReap: it announces the leave of a member of a node that died, once
-// in the cluster (the broker calls it on one node). It must not block the broker: the announce
-// runs on a goroutine of its own, which Close waits for.
+// in the cluster (the broker calls it on one node), or, for SessionsChannel, the connection's
+// disconnect (reason node_lost). It must not block the broker: the announce runs on a goroutine
+// of its own, which Close waits for.
 func (p *Presence) reaped(channel string, m protocol.Member, vacated bool) {
+	if channel == SessionsChannel {
+		p.cfg.Events.Emit(protocol.Event{Type: protocol.EventDisconnected, User: m.User, Session: m.Session, Node: m.Node,
+			Reason: protocol.ReasonNodeLost})
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -288,6 +324,12 @@ func (p *Presence) Channels(ctx context.Context, prefix, after string, limit int
 	cs, more, err := p.cfg.Presence.Channels(ctx, prefix, after, limit)
 	if err != nil {
 		return nil, "", unavailable("channels", err)
+	}
+	if len(cs) > 0 && cs[0].Channel == SessionsChannel { // '$' sorts first: only ever the first
+		cs = cs[1:]
+		if len(cs) == 0 && more { // it was the page's only channel
+			return p.Channels(ctx, prefix, SessionsChannel, limit)
+		}
 	}
 	next := ""
 	if more && len(cs) > 0 {

@@ -120,6 +120,9 @@ func (s *Sessions) Open(c *websocket.Conn) {
 		return
 	}
 	st.opened.Store(true)
+	if s.cfg.Presence.Sessions() {
+		s.cfg.Presence.JoinSession(s.member(c, st))
+	}
 	c.Send(protocol.WelcomeFrame(c.ID, s.cfg.NodeID, c.User))
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventConnected, User: c.User, Session: c.ID})
 	if exp := st.claims.ExpiresAt; !exp.IsZero() {
@@ -146,6 +149,9 @@ func (s *Sessions) Close(c *websocket.Conn) {
 	st.mu.Unlock()
 	for channel := range member {
 		s.cfg.Presence.Leave(channel, s.member(c, st))
+	}
+	if s.cfg.Presence.Sessions() {
+		s.cfg.Presence.LeaveSession(c.ID)
 	}
 	s.release(st)
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventDisconnected, User: c.User, Session: c.ID, Reason: c.Reason()})

@@ -22,6 +22,15 @@ const (
 	EventMemberLeft      = "member_left"
 )
 
+// EventTypes are every lifecycle event type, in the order of the constants above.
+var EventTypes = []string{EventConnected, EventDisconnected, EventSubscribed, EventUnsubscribed, EventNodeAlive,
+	EventNodeStopped, EventChannelOccupied, EventChannelVacated, EventMemberJoined, EventMemberLeft}
+
+// ReasonNodeLost is the Reason of a disconnected event told by another node for a session whose
+// node died without a word (its presence lease ran out; events.node_lost). Node is the session's
+// node, the one that died (as in the disconnected events the service SDK's Presence makes up).
+const ReasonNodeLost = "node_lost"
+
 // Event is the JSON payload of a lifecycle event (docs/services.md).
 type Event struct {
 	Type    string    `json:"type"`

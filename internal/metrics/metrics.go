@@ -32,6 +32,11 @@ type Metrics struct {
 	Poisoned        prometheus.Counter
 	RouterRetries   prometheus.Counter // broker publish attempts after the first
 	Unsigned        prometheus.Counter
+
+	WebhookDelivered    prometheus.Counter   // events POSTed and answered 2xx
+	WebhookFailed       prometheus.Counter   // POST attempts that failed (error or non-2xx)
+	WebhookPoisoned     prometheus.Counter   // events whose batch ran out of retry budget
+	WebhookBatchLatency prometheus.Histogram // from a batch's first POST to its 2xx, retries included
 }
 
 // New registers every collector, plus the Go and process collectors, in a new registry.
@@ -58,9 +63,16 @@ func New() *Metrics {
 		Unsigned:        prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_signature_rejected_total", Help: "Service messages dropped for a missing or wrong signature."}),
 		EventsDropped:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_dropped_total", Help: "Lifecycle events not published (queue full or broker refused)."}),
 		UpgradesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_upgrades_refused_total", Help: "WebSocket upgrades refused, by HTTP status."}, []string{"status"}),
+
+		WebhookDelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_webhook_events_delivered_total", Help: "Lifecycle events POSTed to webhooks.url and answered 2xx."}),
+		WebhookFailed:    prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_webhook_attempts_failed_total", Help: "Webhook POSTs that failed (no answer, or not 2xx)."}),
+		WebhookPoisoned:  prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_webhook_events_poisoned_total", Help: "Lifecycle events whose webhook batch ran out of retry budget (sent to the poison topic)."}),
+		WebhookBatchLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gateway_webhook_batch_seconds", Help: "From a webhook batch's first POST to its 2xx, retries included.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 600}}),
 	}
 	for _, c := range []prometheus.Collector{m.Connections, m.Subscriptions, m.FramesIn, m.FramesOut, m.Published, m.Delivered,
 		m.SlowDisconnects, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped, m.RouterHandled, m.RouterDuration, m.Poisoned, m.RouterRetries, m.Unsigned,
+		m.WebhookDelivered, m.WebhookFailed, m.WebhookPoisoned, m.WebhookBatchLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

@@ -12,7 +12,7 @@ import (
 
 // ReasonNodeLost is the Reason of the disconnected events Presence makes up for the sessions of
 // a node that stopped sending heartbeats (killed, cut off) without saying goodbye.
-const ReasonNodeLost = "node_lost"
+const ReasonNodeLost = protocol.ReasonNodeLost
 
 // Presence consumes every lifecycle event (fan-out: each replica of a service sees all of them,
 // so each can keep the same view) and passes them on, adding what a node that died cannot send:
