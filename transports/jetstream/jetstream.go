@@ -191,6 +191,8 @@ type Broker struct {
 	id string   // the node id of the presence lease: Config.Name or a random id
 	pr presence // presence.go
 
+	ctl controlBucket // control.go
+
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
 	closeOnce sync.Once
