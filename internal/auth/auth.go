@@ -479,6 +479,16 @@ func WithInfo(info json.RawMessage) SignOption {
 	return func(claims map[string]any) { claims["info"] = info }
 }
 
+// IssuedAt writes the claim "iat".
+func IssuedAt(t time.Time) SignOption {
+	return func(c map[string]any) { c["iat"] = jwt.NewNumericDate(t) }
+}
+
+// WithJTI writes the claim "jti".
+func WithJTI(id string) SignOption {
+	return func(c map[string]any) { c["jti"] = id }
+}
+
 // SignHS256 makes an HS256 token (for the development mode and tests) with the
 // claims sub, exp (if ttl > 0), channels and publish (each omitted when nil;
 // an empty non-nil slice is written as []), and those of opts.

@@ -5,6 +5,7 @@
 //
 //	p.channels  every channel topic; key = channel name, header "channel" = channel name
 //	p.direct    TopicDirect (1 partition, every node reads all of it)
+//	p.control   TopicControl (1 partition, every node reads all of it)
 //	p.inbound   TopicInbound (ServicePartitions partitions; services read it in groups)
 //	p.events    TopicEvents  (ServicePartitions partitions)
 //	p.presence  presence: 1 partition, cleanup.policy=compact (presence.go)
@@ -188,16 +189,19 @@ type names struct {
 	prefix   string // SafeName(Config.Prefix)
 	channels string
 	direct   string
+	control  string
 	inbound  string
 	events   string
 	presence string
 }
 
-func (n names) all() []string { return []string{n.channels, n.direct, n.inbound, n.events, n.presence} }
+func (n names) all() []string {
+	return []string{n.channels, n.direct, n.control, n.inbound, n.events, n.presence}
+}
 
 func newNames(prefix string) names {
 	p := transports.SafeName(prefix)
-	return names{prefix: p, channels: p + ".channels", direct: p + ".direct", inbound: p + ".inbound", events: p + ".events",
+	return names{prefix: p, channels: p + ".channels", direct: p + ".direct", control: p + ".control", inbound: p + ".inbound", events: p + ".events",
 		presence: p + ".presence"}
 }
 
@@ -479,7 +483,7 @@ func (c *conn) close() {
 	_ = c.client.Close()
 }
 
-// ensureTopics creates the five topics when missing, with the configured partitions and
+// ensureTopics creates the six topics when missing, with the configured partitions and
 // retention (the presence topic: one partition, compacted); existing topics are kept as they are.
 func (b *Broker) ensureTopics(admin sarama.ClusterAdmin) error {
 	retention := fmt.Sprint(b.cfg.Retention.Milliseconds())
@@ -492,6 +496,7 @@ func (b *Broker) ensureTopics(admin sarama.ClusterAdmin) error {
 	}{
 		{b.names.channels, b.cfg.Partitions, deleted},
 		{b.names.direct, 1, deleted},
+		{b.names.control, 1, deleted},
 		{b.names.inbound, b.cfg.ServicePartitions, deleted},
 		{b.names.events, b.cfg.ServicePartitions, deleted},
 		{b.names.presence, 1, map[string]*string{"cleanup.policy": &compact}},
@@ -568,6 +573,8 @@ func (b *Broker) kafkaTopic(topic string) (name, channel string, err error) {
 	switch topic {
 	case protocol.TopicDirect:
 		return b.names.direct, "", nil
+	case protocol.TopicControl:
+		return b.names.control, "", nil
 	case protocol.TopicInbound:
 		return b.names.inbound, "", nil
 	case protocol.TopicEvents:
