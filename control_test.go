@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wsgateway/gateway"
+	"github.com/wsgateway/gateway/clients/go/service"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
@@ -240,4 +242,129 @@ func errorCode(out map[string]any) string {
 	e, _ := out["error"].(map[string]any)
 	code, _ := e["code"].(string)
 	return code
+}
+
+// The control store of every broker that has one: put, replace, delete, list, seen by another
+// node of the prefix and not by another prefix; keys of any bytes.
+func TestControlStore(t *testing.T) {
+	for _, cb := range clusterBrokers {
+		t.Run(cb.Name, func(t *testing.T) {
+			cluster := cb.Setup(t)
+			prefix := transporttest.Prefix(t)
+			t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) })
+			b := cluster.New(t, prefix)
+			store, ok := b.(transports.ControlStore)
+			if !ok {
+				t.Skipf("the %s broker keeps no control state", cb.Name)
+			}
+			other := cluster.New(t, prefix).(transports.ControlStore)
+			elsewhere := cluster.New(t, prefix+"x").(transports.ControlStore)
+			t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix+"x") })
+			ctx := t.Context()
+			odd := "subscribe/ü ser/room:1.a-b_c"
+			for k, v := range map[string]string{"revoke/user/alice": "1", odd: "2", "gone": "3"} {
+				if err := store.PutControl(ctx, k, []byte(v)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := store.PutControl(ctx, "revoke/user/alice", []byte("1b")); err != nil { // replaces
+				t.Fatal(err)
+			}
+			if err := other.DeleteControl(ctx, "gone"); err != nil {
+				t.Fatal(err)
+			}
+			if err := other.DeleteControl(ctx, "never-there"); err != nil {
+				t.Fatalf("deleting a missing key: %v", err)
+			}
+			want := map[string]string{"revoke/user/alice": "1b", odd: "2"}
+			for name, s := range map[string]transports.ControlStore{"the node": store, "another node": other} {
+				got, err := s.ListControl(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(got) != len(want) {
+					t.Fatalf("%s lists %q, want %q", name, got, want)
+				}
+				for k, v := range want {
+					if string(got[k]) != v {
+						t.Fatalf("%s lists %q, want %q", name, got, want)
+					}
+				}
+			}
+			if got, err := elsewhere.ListControl(ctx); err != nil || len(got) != 0 {
+				t.Fatalf("another prefix lists %q, %v", got, err)
+			}
+		})
+	}
+}
+
+// A command applies once per connection: the same id again changes nothing (a session that
+// unsubscribed itself is not subscribed again), a new id applies.
+func TestControlOncePerConnection(t *testing.T) {
+	cc := newControlCluster(t, clusterBrokers[0], 2) // memory
+	a, _ := wstest.Dial(t, cc.nodes[0].URL, allowAll(t, "alice"))
+	body := map[string]any{"id": "cmd-1", "user": "alice", "channel": "room:once"}
+	if id := mustControl(t, cc.nodes[1].URL, "/api/subscribe", body); id != "cmd-1" {
+		t.Fatalf("answered id %s", id)
+	}
+	expectServerSubscribed(t, a, "room:once")
+	a.Send(`{"type":"unsubscribe","id":"u","channel":"room:once"}`)
+	a.Expect("unsubscribed")
+	mustControl(t, cc.nodes[1].URL, "/api/subscribe", body) // the same command again
+	a.Send(`{"type":"ping","id":"p"}`)
+	if f := a.Next(); f.Str("type") != "pong" {
+		t.Fatalf("the same command applied twice: %v", f)
+	}
+	body["id"] = "cmd-2"
+	mustControl(t, cc.nodes[1].URL, "/api/subscribe", body)
+	expectServerSubscribed(t, a, "room:once")
+}
+
+// The service SDK's commands reach the nodes like the API's; on a broker without a control
+// store the standing ones fail with ErrNoControlStore and nothing is published.
+func TestControlSDK(t *testing.T) {
+	for _, cb := range clusterBrokers {
+		t.Run(cb.Name, func(t *testing.T) {
+			cluster := cb.Setup(t)
+			prefix := transporttest.Prefix(t)
+			t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) })
+			nb := cluster.New(t, prefix)
+			_, stored := nb.(transports.ControlStore)
+			nd := startNode(t, testConfig(t, "GATEWAY_NODE_ID=n1"), gateway.WithBroker(nb))
+			wstest.WaitFor(t, func() error {
+				if s := readyStatus(nd.URL); s != 200 {
+					return fmt.Errorf("/readyz %d", s)
+				}
+				return nil
+			})
+			svc, err := service.New(cluster.New(t, prefix), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = svc.Close() })
+			ctx := t.Context()
+			a, _ := wstest.Dial(t, nd.URL, allowAll(t, "alice"))
+			_, err = svc.SubscribeUser(ctx, "alice", "room:sdk")
+			if !stored {
+				if !errors.Is(err, service.ErrNoControlStore) {
+					t.Fatalf("SubscribeUser on %s: %v", cb.Name, err)
+				}
+				if _, err := svc.Revoke(ctx, service.Revocation{User: "alice", Until: time.Now().Add(time.Hour)}); !errors.Is(err, service.ErrNoControlStore) {
+					t.Fatalf("Revoke on %s: %v", cb.Name, err)
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				expectServerSubscribed(t, a, "room:sdk")
+			}
+			if _, err := svc.DisconnectUser(ctx, "alice", service.Disconnect{}); err != nil {
+				t.Fatal(err)
+			}
+			expectDisconnect(t, a, protocol.DisconnectCodeControl, false, protocol.CloseNormal)
+			if _, err := svc.SubscribeUser(ctx, "", "room:sdk"); !errors.Is(err, service.ErrInvalid) {
+				t.Fatalf("no user: %v", err)
+			}
+		})
+	}
 }

@@ -124,11 +124,11 @@ func (c *Control) Prepare(now time.Time) error {
 
 // Standing reports whether the command leaves a record in the control store (revoke,
 // subscribe) or removes one (unsubscribe).
-func (c *Control) Standing() bool { return c.Kind != ControlDisconnect }
+func (c Control) Standing() bool { return c.Kind != ControlDisconnect }
 
 // StoreKey is the control store key of a standing command: one record per revoked user, per
 // revoked jti, per (user, channel) subscription; a later command of the same key replaces it.
-func (c *Control) StoreKey() string {
+func (c Control) StoreKey() string {
 	switch {
 	case c.Kind == ControlRevoke && c.JTI != "":
 		return "revoke/jti/" + c.JTI
@@ -141,17 +141,17 @@ func (c *Control) StoreKey() string {
 }
 
 // Expired reports whether a revocation's Until has passed at now (its record may be dropped).
-func (c *Control) Expired(now time.Time) bool {
+func (c Control) Expired(now time.Time) bool {
 	return c.Kind == ControlRevoke && !c.Until.After(now)
 }
 
 // Disconnect is the disconnect a disconnect command sends.
-func (c *Control) Disconnect() Disconnect {
+func (c Control) Disconnect() Disconnect {
 	return Disconnect{Code: c.Code, Reason: c.Reason, Reconnect: c.Reconnect}
 }
 
 // Encode is the command's JSON.
-func (c *Control) Encode() []byte {
+func (c Control) Encode() []byte {
 	b, _ := json.Marshal(c) // plain strings and times: cannot fail
 	return b
 }
