@@ -187,6 +187,9 @@ func (c *Control) Handle(msg *message.Message) error {
 // Issue checks cmd, records it in the store when it stands, and publishes it to every node (the
 // HTTP API's commands). Its error is a *protocol.Error: bad_request, or unavailable.
 func (c *Control) Issue(ctx context.Context, cmd *protocol.Control) error {
+	if c == nil {
+		return protocol.Errorf(protocol.CodeUnavailable, "this node takes no control commands")
+	}
 	if err := cmd.Prepare(time.Now()); err != nil {
 		return err
 	}

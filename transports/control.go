@@ -13,8 +13,9 @@ import (
 
 // ControlStore is implemented by brokers that keep the standing control state (revocations and
 // server-side subscriptions, protocol.Control records) where every node, including one started
-// later, reads it: memory (in the shared memory.Broker), redis (a hash), jetstream (a KV bucket).
-// Core NATS and Kafka do not implement it: there the control API refuses standing commands.
+// later, reads it: memory (in the shared memory.Broker), redis (a hash), jetstream (a KV bucket),
+// kafka (a compacted topic read whole).
+// Core NATS does not implement it: there the control API refuses standing commands.
 //
 // All methods are safe for concurrent use, and fail with ErrNotStarted before the broker's Start.
 type ControlStore interface {
@@ -27,8 +28,8 @@ type ControlStore interface {
 }
 
 // ErrNoControlStore is returned by IssueControl for a standing command on a broker without a
-// ControlStore (core NATS, Kafka).
-var ErrNoControlStore = errors.New("this broker keeps no control state (core NATS and Kafka do not): revoke, subscribe and unsubscribe need memory, redis or jetstream")
+// ControlStore (core NATS).
+var ErrNoControlStore = errors.New("this broker keeps no control state (core NATS does not): revoke, subscribe and unsubscribe need memory, redis, jetstream or kafka")
 
 // IssueControl records a standing command in the broker's control store (a subscribe or
 // revoke is put, an unsubscribe deletes its subscribe) and then publishes it on

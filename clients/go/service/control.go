@@ -10,7 +10,7 @@ import (
 )
 
 // ErrNoControlStore is returned by SubscribeUser, UnsubscribeUser and Revoke on a broker that
-// keeps no control state (core NATS, Kafka): nodes started later could not know the command.
+// keeps no control state (core NATS): nodes started later could not know the command.
 var ErrNoControlStore = transports.ErrNoControlStore
 
 // ControlOption changes one control command.
