@@ -368,3 +368,46 @@ func TestControlSDK(t *testing.T) {
 		})
 	}
 }
+
+// A node that missed the control messages (here: records put in the store only) applies the
+// standing commands to its open connections at its next read of the store.
+func TestControlStoreRefresh(t *testing.T) {
+	for _, cb := range clusterBrokers {
+		t.Run(cb.Name, func(t *testing.T) {
+			cluster := cb.Setup(t)
+			prefix := transporttest.Prefix(t)
+			t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) })
+			b := cluster.New(t, prefix)
+			store, ok := b.(transports.ControlStore)
+			if !ok {
+				t.Skipf("the %s broker keeps no control state", cb.Name)
+			}
+			nd := startNode(t, testConfig(t, "GATEWAY_NODE_ID=n1"), gateway.WithBroker(b), gateway.WithControlRefresh(50*time.Millisecond))
+			wstest.WaitFor(t, func() error {
+				if s := readyStatus(nd.URL); s != 200 {
+					return fmt.Errorf("/readyz %d", s)
+				}
+				return nil
+			})
+			alice, _ := wstest.Dial(t, nd.URL, allowAll(t, "alice"))
+			carol, _ := wstest.Dial(t, nd.URL, allowAll(t, "carol"))
+			put := func(c protocol.Control) {
+				t.Helper()
+				if err := c.Prepare(time.Now()); err != nil {
+					t.Fatal(err)
+				}
+				if err := store.PutControl(t.Context(), c.StoreKey(), c.Encode()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			put(protocol.Control{Kind: protocol.ControlSubscribe, User: "alice", Channel: "room:missed"})
+			expectServerSubscribed(t, alice, "room:missed")
+			put(protocol.Control{Kind: protocol.ControlRevoke, User: "carol", Until: time.Now().Add(time.Hour)})
+			expectDisconnect(t, carol, protocol.DisconnectCodeRevoked, false, protocol.CloseRevoked)
+			alice.Send(`{"type":"ping","id":"once"}`) // read again and again, the subscribe applied once
+			if f := alice.Next(); f.Str("type") != "pong" {
+				t.Fatalf("alice got %v", f)
+			}
+		})
+	}
+}

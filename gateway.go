@@ -47,6 +47,7 @@ type options struct {
 	dedupe     middleware.DedupeStore
 	middleware []message.HandlerMiddleware
 	handlers   []extraHandler
+	refresh    time.Duration // of the control store; 0: handlers.DefaultControlRefresh
 }
 
 // WithLogger sets the logger (default: discard).
@@ -58,6 +59,11 @@ func WithBroker(b transports.Broker) Option { return func(o *options) { o.broker
 
 // WithDedupeStore sets where msg_id keys are kept (default: in memory).
 func WithDedupeStore(s middleware.DedupeStore) Option { return func(o *options) { o.dedupe = s } }
+
+// WithControlRefresh sets how often the node reads the control store again (default
+// handlers.DefaultControlRefresh, 10 s): the bound within which a node that missed a control
+// message applies the standing commands to its open connections.
+func WithControlRefresh(d time.Duration) Option { return func(o *options) { o.refresh = d } }
 
 // WithMiddleware adds router middleware, run on every message after the built-in outer chain
 // (see package router), in the order given.
@@ -229,6 +235,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		Hub:      g.hub,
 		Broker:   broker,
 		Store:    controlStore,
+		Refresh:  o.refresh,
 		Timeout:  cfg.WebSocket.PublishTimeout,
 		Log:      log,
 	})
