@@ -47,6 +47,7 @@ type options struct {
 	dedupe     middleware.DedupeStore
 	middleware []message.HandlerMiddleware
 	handlers   []extraHandler
+	refresh    time.Duration // of the control store; 0: handlers.DefaultControlRefresh
 }
 
 // WithLogger sets the logger (default: discard).
@@ -58,6 +59,11 @@ func WithBroker(b transports.Broker) Option { return func(o *options) { o.broker
 
 // WithDedupeStore sets where msg_id keys are kept (default: in memory).
 func WithDedupeStore(s middleware.DedupeStore) Option { return func(o *options) { o.dedupe = s } }
+
+// WithControlRefresh sets how often the node reads the control store again (default
+// handlers.DefaultControlRefresh, 10 s): the bound within which a node that missed a control
+// message applies the standing commands to its open connections.
+func WithControlRefresh(d time.Duration) Option { return func(o *options) { o.refresh = d } }
 
 // WithMiddleware adds router middleware, run on every message after the built-in outer chain
 // (see package router), in the order given.
@@ -97,6 +103,7 @@ type Gateway struct {
 	events   *handlers.Events   // nil when disabled
 	webhooks *handlers.Webhooks // nil when webhooks.url is empty
 	presence *handlers.Presence
+	control  *handlers.Control
 	metrics  *metrics.Metrics
 	mux      *http.ServeMux
 	tls      *tls.Config // nil: plain HTTP
@@ -239,6 +246,16 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		Log:            log,
 	})
 	g.hub.SetHandler(sessions)
+	controlStore, _ := broker.(transports.ControlStore)
+	g.control = handlers.NewControl(handlers.ControlConfig{
+		Sessions: sessions,
+		Hub:      g.hub,
+		Broker:   broker,
+		Store:    controlStore,
+		Refresh:  o.refresh,
+		Timeout:  cfg.WebSocket.PublishTimeout,
+		Log:      log,
+	})
 
 	rh := handlers.NewMessages(handlers.MessagesConfig{
 		Hub:          g.hub,
@@ -273,6 +290,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
+	g.router.AddConsumerHandler(handlerControl, protocol.TopicControl, broker, g.control.Handle)
 	for _, eh := range o.handlers {
 		g.router.AddConsumerHandler(eh.name, eh.topic, broker, eh.h) // names checked: no panic
 	}
@@ -287,6 +305,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		APIKey:         cfg.API.Key,
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
 		Presence:       g.presence,
+		Control:        g.control,
 		Metrics:        g.metrics,
 		Log:            log,
 	}).Routes(g.mux)
@@ -304,10 +323,13 @@ func webhooksBatch(cfg *configs.Config) int {
 	return cfg.Webhooks.Batch
 }
 
+// handlerControl names the router handler of protocol.TopicControl (handlers.Control.Handle).
+const handlerControl = "control"
+
 // checkHandlerNames refuses WithHandler names that are given twice or are a built-in handler's
 // (Watermill's AddConsumerHandler panics on them).
 func checkHandlerNames(hs []extraHandler) error {
-	seen := map[string]bool{router.HandlerInbound: true, router.HandlerChannel: true, router.HandlerDirect: true}
+	seen := map[string]bool{router.HandlerInbound: true, router.HandlerChannel: true, router.HandlerDirect: true, handlerControl: true}
 	for _, h := range hs {
 		if seen[h.name] {
 			return fmt.Errorf("gateway: WithHandler %q: a router handler of that name exists", h.name)
@@ -413,7 +435,8 @@ func (g *Gateway) startRouter(ctx context.Context) error {
 	go func() { errc <- g.router.Run(context.WithoutCancel(ctx)) }()
 	select {
 	case <-g.router.Running():
-		g.events.Start() // ends when Close closes the events
+		g.events.Start()     // ends when Close closes the events
+		g.control.Start(ctx) // the stored revocations, before the first upgrade; Close stops its refresh
 		return nil
 	case err := <-errc:
 		return fmt.Errorf("router: %w", err)
@@ -478,6 +501,7 @@ func (g *Gateway) Drain() {
 // Close stops the node at once: connections, router, broker, admin listener. Safe to call twice.
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
+		g.control.Close()               // its store refresh, which acts on sessions
 		g.hub.Close()                   // the sessions leave their presence channels
 		g.presence.Close()              // the leaves of reaped members being published
 		g.events.Close(2 * time.Second) // the disconnected events of the drain, while the router runs

@@ -43,6 +43,7 @@ type HTTPConfig struct {
 	APIKey         string        // "": the HTTP API is off
 	PublishTimeout time.Duration // of an API publish's submit
 	Presence       *Presence     // nil: presence off (the presence API answers unavailable)
+	Control        *Control      // the control API's commands; revocations checked at upgrade
 	Metrics        *metrics.Metrics
 	Log            *slog.Logger
 }
@@ -66,6 +67,10 @@ func (h *HTTP) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/presence", h.PresenceMembers)
 	mux.HandleFunc("GET /api/presence_stats", h.PresenceStats)
 	mux.HandleFunc("GET /api/channels", h.Channels)
+	mux.HandleFunc("POST /api/disconnect", h.Disconnect)
+	mux.HandleFunc("POST /api/subscribe", h.Subscribe)
+	mux.HandleFunc("POST /api/unsubscribe", h.Unsubscribe)
+	mux.HandleFunc("POST /api/revoke", h.Revoke)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "ok\n")
@@ -102,6 +107,10 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 	claims, err := h.authenticate(r)
 	if err != nil {
 		h.refuse(w, r, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
+		return
+	}
+	if h.cfg.Control.Revoked(claims) {
+		h.refuse(w, r, http.StatusUnauthorized, protocol.CodeUnauthorized, "token revoked")
 		return
 	}
 	value, done, err := h.cfg.Sessions.Admit(claims)

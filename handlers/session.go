@@ -45,9 +45,10 @@ type SessionsConfig struct {
 
 // Sessions implements websocket.Handler: the protocol of one client connection.
 type Sessions struct {
-	cfg   SessionsConfig
-	users *users
-	rlog  *ratelog.Logger // rate-limited frames and the disconnects they lead to
+	cfg     SessionsConfig
+	users   *users
+	rlog    *ratelog.Logger // rate-limited frames and the disconnects they lead to
+	control *Control        // set by NewControl; nil: no control commands
 }
 
 // NewSessions makes the connection handler.
@@ -68,6 +69,27 @@ type state struct {
 	expiry *time.Timer
 	member map[string]bool // the presence channels the connection is a member of (mu)
 	gone   bool            // Close ran: a member recorded now must leave at once (mu)
+	// applied holds the ids of the control commands applied to the connection (mu): each
+	// takes effect once per connection.
+	applied map[string]bool
+	// subMu serializes the connection's subscribes and unsubscribes: its own frames' and
+	// the server-side ones of control commands, which run on the router's goroutine.
+	subMu sync.Mutex
+}
+
+// apply reports whether the control command id was not applied to the connection yet, and
+// marks it applied.
+func (st *state) apply(id string) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.applied[id] {
+		return false
+	}
+	if st.applied == nil {
+		st.applied = map[string]bool{}
+	}
+	st.applied[id] = true
+	return true
 }
 
 // stateOf is the state Admit made for c; false for a connection Admit did not make (a
@@ -123,6 +145,7 @@ func (s *Sessions) Open(c *websocket.Conn) {
 	if s.cfg.Presence.Sessions() {
 		s.cfg.Presence.JoinSession(s.member(c, st))
 	}
+	s.users.open(st.user, c, st) // from here control commands find the connection
 	c.Send(protocol.WelcomeFrame(c.ID, s.cfg.NodeID, c.User))
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventConnected, User: c.User, Session: c.ID})
 	if exp := st.claims.ExpiresAt; !exp.IsZero() {
@@ -132,6 +155,7 @@ func (s *Sessions) Open(c *websocket.Conn) {
 		})
 		st.mu.Unlock()
 	}
+	s.control.opened(c, st) // a revocation made since the upgrade; standing subscriptions
 }
 
 // Close stops the expiry timer; the hub already left every channel.
@@ -153,6 +177,7 @@ func (s *Sessions) Close(c *websocket.Conn) {
 	if s.cfg.Presence.Sessions() {
 		s.cfg.Presence.LeaveSession(c.ID)
 	}
+	s.users.close(st.user, c)
 	s.release(st)
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventDisconnected, User: c.User, Session: c.ID, Reason: c.Reason()})
 }
@@ -244,19 +269,28 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 			return protocol.Errorf(protocol.CodeBadRequest, "since: %v", err)
 		}
 	}
+	st.subMu.Lock()
+	defer st.subMu.Unlock()
 	if c.Subscribed(channel) {
 		return protocol.Errorf(protocol.CodeBadRequest, "already subscribed to %s", f.Channel)
 	}
 	if err := s.checkSubscriptions(c); err != nil {
 		return err
 	}
+	return s.join(c, st, f.ID, f.Channel, channel, since, resume)
+}
+
+// join subscribes c to channel (clientName is the name the client knows it by), replays what
+// it missed after since when resuming, records its presence and says subscribed with id. The
+// caller holds st.subMu and checked the subscription is allowed.
+func (s *Sessions) join(c *websocket.Conn, st *state, id, clientName, channel string, since protocol.Position, resume bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
 	if err := s.cfg.Hub.Join(ctx, c, channel); err != nil {
 		return unavailable("subscribe", err)
 	}
 	// From here live messages of the channel are held for c until Activate.
-	cut, recovered, err := s.replay(ctx, c, channel, f.Channel, since, resume)
+	cut, recovered, err := s.replay(ctx, c, channel, clientName, since, resume)
 	if err != nil {
 		s.cfg.Hub.Leave(c, channel)
 		return unavailable("replay", err)
@@ -264,7 +298,7 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 	// A member of a presence channel is recorded before its subscribed (it can see itself in
 	// presence at once), and its join announced after (its own join frame follows subscribed).
 	var announce func()
-	if s.cfg.Presence.Enabled(f.Channel) {
+	if s.cfg.Presence.Enabled(clientName) {
 		if announce = s.cfg.Presence.Join(channel, s.member(c, st)); announce != nil {
 			st.mu.Lock()
 			gone := st.gone // Close runs after the last frame; should it not, leave no ghost
@@ -281,7 +315,7 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 			}
 		}
 	}
-	c.Activate(channel, cut, protocol.SubscribedFrame(f.ID, f.Channel, cut.ForChannel(channel), recovered))
+	c.Activate(channel, cut, protocol.SubscribedFrame(id, clientName, cut.ForChannel(channel), recovered))
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventSubscribed, User: c.User, Session: c.ID, Channel: channel})
 	if announce != nil {
 		announce()
@@ -369,10 +403,21 @@ func (s *Sessions) unsubscribe(c *websocket.Conn, st *state, f *protocol.Frame) 
 	if err != nil {
 		return err
 	}
-	if !s.cfg.Hub.Leave(c, channel) {
+	st.subMu.Lock()
+	defer st.subMu.Unlock()
+	if !s.leave(c, st, f.ID, f.Channel, channel) {
 		return protocol.Errorf(protocol.CodeNotFound, "not subscribed to %s", f.Channel)
 	}
-	c.Send(protocol.UnsubscribedFrame(f.ID, f.Channel))
+	return nil
+}
+
+// leave unsubscribes c from channel, says unsubscribed with id and leaves its presence; false
+// when c was not subscribed. The caller holds st.subMu.
+func (s *Sessions) leave(c *websocket.Conn, st *state, id, clientName, channel string) bool {
+	if !s.cfg.Hub.Leave(c, channel) {
+		return false
+	}
+	c.Send(protocol.UnsubscribedFrame(id, clientName))
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventUnsubscribed, User: c.User, Session: c.ID, Channel: channel})
 	st.mu.Lock()
 	member := st.member[channel]
@@ -381,7 +426,7 @@ func (s *Sessions) unsubscribe(c *websocket.Conn, st *state, f *protocol.Frame) 
 	if member {
 		s.cfg.Presence.Leave(channel, s.member(c, st))
 	}
-	return nil
+	return true
 }
 
 func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) error {

@@ -6,6 +6,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/transports/websocket"
 )
 
 // users counts the connections of each user on this node (for limits.connections_per_user) and
@@ -21,6 +22,7 @@ type userState struct {
 	id      string
 	conns   int
 	limiter *rate.Limiter
+	open    map[*websocket.Conn]*state // the user's open connections (users.mu), for control commands
 }
 
 func newUsers(l configs.LimitsConfig) *users {
@@ -71,4 +73,58 @@ func (u *users) release(us *userState) {
 	if us.conns == 0 {
 		delete(u.byID, us.id)
 	}
+}
+
+// open records c, an open connection of us, for control commands (conns, all).
+func (u *users) open(us *userState, c *websocket.Conn, st *state) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if us.open == nil {
+		us.open = map[*websocket.Conn]*state{}
+	}
+	us.open[c] = st
+}
+
+// close forgets what open recorded. Safe with nil.
+func (u *users) close(us *userState, c *websocket.Conn) {
+	if us == nil {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	delete(us.open, c)
+}
+
+// connState is an open connection and its state.
+type connState struct {
+	c  *websocket.Conn
+	st *state
+}
+
+// conns returns the open connections of user on this node.
+func (u *users) conns(user string) []connState {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	us := u.byID[user]
+	if us == nil {
+		return nil
+	}
+	out := make([]connState, 0, len(us.open))
+	for c, st := range us.open {
+		out = append(out, connState{c, st})
+	}
+	return out
+}
+
+// all returns every open connection of the node.
+func (u *users) all() []connState {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := make([]connState, 0, u.total)
+	for _, us := range u.byID {
+		for c, st := range us.open {
+			out = append(out, connState{c, st})
+		}
+	}
+	return out
 }

@@ -47,7 +47,7 @@ const (
 )
 
 // CloseCode is the WebSocket close code that follows the disconnect frame: 1001 for shutdown,
-// 1013 for slow_consumer, 4001 for token_expired, 1008 for policy and rate_limited, 1000 for
+// 1013 for slow_consumer, 4001 for token_expired, 4003 for revoked, 1008 for policy and rate_limited, 1000 for
 // any other code.
 func (d Disconnect) CloseCode() int {
 	switch d.Code {
@@ -59,6 +59,8 @@ func (d Disconnect) CloseCode() int {
 		return ClosePolicy
 	case DisconnectTokenExpired.Code:
 		return CloseTokenError
+	case DisconnectCodeRevoked:
+		return CloseRevoked
 	}
 	return CloseNormal
 }

@@ -65,6 +65,8 @@ type Claims struct {
 	Send        bool      // "send" claim: whether it may send to the services
 	HasSend     bool      // whether the "send" claim was present (without it, the node's default)
 	ExpiresAt   time.Time // zero when the token has no exp
+	IssuedAt    time.Time // zero when the token has no iat
+	JTI         string    // the jti claim, "" when absent (revocation by jti)
 	// Info is the "info" claim, a JSON object (nil when absent or null): what the connection's
 	// presence entry shows others (protocol.Member.Info). Nothing else goes there.
 	Info json.RawMessage
@@ -343,6 +345,10 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	if tc.ExpiresAt != nil {
 		c.ExpiresAt = tc.ExpiresAt.Time
 	}
+	if tc.IssuedAt != nil {
+		c.IssuedAt = tc.IssuedAt.Time
+	}
+	c.JTI = tc.ID
 	if c.Channels, c.HasChannels, err = stringArray(tc.Channels); err != nil {
 		return nil, invalid("channels claim must be an array of strings")
 	}
@@ -471,6 +477,16 @@ func AllowSend() SignOption {
 // WithInfo adds the "info" claim (a JSON object).
 func WithInfo(info json.RawMessage) SignOption {
 	return func(claims map[string]any) { claims["info"] = info }
+}
+
+// IssuedAt writes the claim "iat".
+func IssuedAt(t time.Time) SignOption {
+	return func(c map[string]any) { c["iat"] = jwt.NewNumericDate(t) }
+}
+
+// WithJTI writes the claim "jti".
+func WithJTI(id string) SignOption {
+	return func(c map[string]any) { c["jti"] = id }
 }
 
 // SignHS256 makes an HS256 token (for the development mode and tests) with the

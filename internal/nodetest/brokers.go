@@ -147,5 +147,6 @@ func DeleteStreams(prefix string) {
 			_ = js.DeleteStream(transports.SafeName(prefix) + suffix)
 		}
 		_ = js.DeleteKeyValue(transports.SafeName(prefix) + "_presence") // every node makes it at start
+		_ = js.DeleteKeyValue(transports.SafeName(prefix) + "_control")  // made by the first control command
 	}
 }

@@ -6,8 +6,10 @@
 //	stream SafeName(P)_channels   subjects P.ch.>              every channel topic, with history
 //	stream SafeName(P)_inbound    subjects P.inbound, P.events what services consume
 //	core subject P.direct                                      TopicDirect (fan-out, no history)
+//	core subject P.control                                     TopicControl (fan-out, no history)
 //	subject P.ch.SafeName(channel)                             one channel topic
 //	KV bucket SafeName(P)_presence                             presence (presence.go)
+//	KV bucket SafeName(P)_control                              control records (control.go)
 //
 // Publishing goes through watermill-nats (pkg/nats, JetStream on, auto-provisioning off: the
 // streams are created by the broker, and every publish carries Nats-Msg-Id = the message UUID so
@@ -190,6 +192,8 @@ type Broker struct {
 
 	id string   // the node id of the presence lease: Config.Name or a random id
 	pr presence // presence.go
+
+	ctl controlBucket // control.go
 
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
@@ -542,6 +546,8 @@ func (b *Broker) route(topic string) (subject, stream string, err error) {
 		return b.subjectEvents(), b.inbound, nil
 	case protocol.TopicDirect:
 		return b.subjectDirect(), "", nil
+	case protocol.TopicControl:
+		return b.cfg.Prefix + "." + protocol.TopicControl, "", nil
 	}
 	return "", "", fmt.Errorf("jetstream: unknown topic %q", topic)
 }

@@ -5,6 +5,8 @@
 //
 //	p.channels  every channel topic; key = channel name, header "channel" = channel name
 //	p.direct    TopicDirect (1 partition, every node reads all of it)
+//	p.control   TopicControl (1 partition, every node reads all of it)
+//	p.control-state the control store (1 partition, compacted, read whole: control.go)
 //	p.inbound   TopicInbound (ServicePartitions partitions; services read it in groups)
 //	p.events    TopicEvents  (ServicePartitions partitions)
 //	p.presence  presence: 1 partition, cleanup.policy=compact (presence.go)
@@ -188,16 +190,21 @@ type names struct {
 	prefix   string // SafeName(Config.Prefix)
 	channels string
 	direct   string
-	inbound  string
-	events   string
-	presence string
+	control  string
+	// controlState is the control store (control.go).
+	controlState string
+	inbound      string
+	events       string
+	presence     string
 }
 
-func (n names) all() []string { return []string{n.channels, n.direct, n.inbound, n.events, n.presence} }
+func (n names) all() []string {
+	return []string{n.channels, n.direct, n.control, n.controlState, n.inbound, n.events, n.presence}
+}
 
 func newNames(prefix string) names {
 	p := transports.SafeName(prefix)
-	return names{prefix: p, channels: p + ".channels", direct: p + ".direct", inbound: p + ".inbound", events: p + ".events",
+	return names{prefix: p, channels: p + ".channels", direct: p + ".direct", control: p + ".control", controlState: p + ".control-state", inbound: p + ".inbound", events: p + ".events",
 		presence: p + ".presence"}
 }
 
@@ -227,6 +234,8 @@ type Broker struct {
 	// pubMu is held (read) by every Publish in flight and (write) by Close before it closes the
 	// publisher: watermill-kafka's Publisher does not synchronize Publish with Close.
 	pubMu sync.RWMutex
+
+	ctlMu sync.Mutex // serializes the control store's reads (control.go)
 
 	ping pingFlight
 
@@ -479,8 +488,8 @@ func (c *conn) close() {
 	_ = c.client.Close()
 }
 
-// ensureTopics creates the five topics when missing, with the configured partitions and
-// retention (the presence topic: one partition, compacted); existing topics are kept as they are.
+// ensureTopics creates the seven topics when missing, with the configured partitions and
+// retention (the presence and control-state topics: one partition, compacted); existing topics are kept as they are.
 func (b *Broker) ensureTopics(admin sarama.ClusterAdmin) error {
 	retention := fmt.Sprint(b.cfg.Retention.Milliseconds())
 	compact := "compact"
@@ -492,9 +501,11 @@ func (b *Broker) ensureTopics(admin sarama.ClusterAdmin) error {
 	}{
 		{b.names.channels, b.cfg.Partitions, deleted},
 		{b.names.direct, 1, deleted},
+		{b.names.control, 1, deleted},
 		{b.names.inbound, b.cfg.ServicePartitions, deleted},
 		{b.names.events, b.cfg.ServicePartitions, deleted},
 		{b.names.presence, 1, map[string]*string{"cleanup.policy": &compact}},
+		{b.names.controlState, 1, map[string]*string{"cleanup.policy": &compact}},
 	} {
 		err := admin.CreateTopic(t.name, &sarama.TopicDetail{
 			NumPartitions:     int32(t.partitions),
@@ -568,6 +579,8 @@ func (b *Broker) kafkaTopic(topic string) (name, channel string, err error) {
 	switch topic {
 	case protocol.TopicDirect:
 		return b.names.direct, "", nil
+	case protocol.TopicControl:
+		return b.names.control, "", nil
 	case protocol.TopicInbound:
 		return b.names.inbound, "", nil
 	case protocol.TopicEvents:

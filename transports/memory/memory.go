@@ -72,6 +72,8 @@ type Broker struct {
 
 	presence presence
 	reaperOn bool // the presence reaper was started (b.mu)
+
+	control control // the control store of every prefix (control.go)
 }
 
 // NewBroker returns an empty broker. It starts no goroutine: the one expiring history starts

@@ -1,0 +1,107 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsgateway/gateway/transports"
+)
+
+var _ transports.ControlStore = (*Broker)(nil)
+
+// controlBucket is the KV bucket of the control records, opened (or created) on first use.
+type controlBucket struct {
+	mu sync.Mutex
+	kv jetstream.KeyValue
+}
+
+func (b *Broker) controlBucketName() string { return transports.SafeName(b.cfg.Prefix) + "_control" }
+
+func (b *Broker) controlKV(ctx context.Context) (jetstream.KeyValue, error) {
+	if err := b.usable(); err != nil {
+		return nil, err
+	}
+	b.ctl.mu.Lock()
+	defer b.ctl.mu.Unlock()
+	if b.ctl.kv != nil {
+		return b.ctl.kv, nil
+	}
+	kv, err := b.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      b.controlBucketName(),
+		Description: "wsgateway control records (revocations, server-side subscriptions) of prefix " + b.cfg.Prefix,
+		History:     1,
+		Replicas:    b.cfg.Replicas,
+		Storage:     jetstream.FileStorage,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = b.js.KeyValue(ctx, b.controlBucketName())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("control bucket %s: %w", b.controlBucketName(), err)
+	}
+	b.ctl.kv = kv
+	return kv, nil
+}
+
+// KV keys allow few characters: a record's key is its base64url form.
+func controlKVKey(key string) string { return base64.RawURLEncoding.EncodeToString([]byte(key)) }
+
+// PutControl implements transports.ControlStore: one key of the prefix's control bucket.
+func (b *Broker) PutControl(ctx context.Context, key string, value []byte) error {
+	kv, err := b.controlKV(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = kv.Put(ctx, controlKVKey(key), value)
+	return err
+}
+
+// DeleteControl implements transports.ControlStore (a purge: the bucket keeps no tombstone history).
+func (b *Broker) DeleteControl(ctx context.Context, key string) error {
+	kv, err := b.controlKV(ctx)
+	if err != nil {
+		return err
+	}
+	err = kv.Purge(ctx, controlKVKey(key))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	return err
+}
+
+// ListControl implements transports.ControlStore: every live key of the bucket.
+func (b *Broker) ListControl(ctx context.Context) (map[string][]byte, error) {
+	kv, err := b.controlKV(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	out := map[string][]byte{}
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return out, nil
+			}
+			if e == nil { // the initial values are all delivered
+				return out, nil
+			}
+			raw, err := base64.RawURLEncoding.DecodeString(e.Key())
+			if err != nil {
+				continue // not a key of ours
+			}
+			out[string(raw)] = e.Value()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
