@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -721,4 +722,57 @@ func TestPresenceConformance(t *testing.T) {
 	// TestPresencePaging pages 10,000.
 	transporttest.RunPresence(t, transporttest.PresenceFeatures{RestartBroker: br.restart, Members: 2000},
 		presenceSuiteNodes(br.url()))
+}
+
+// BenchmarkPresenceJoinStorm: N Joins at once on one channel of one node (as many as a join
+// storm of N clients makes: every connection's subscribe joins on its own goroutine), then N
+// Leaves at once. It reports the joins and leaves that failed (timed out: PublishTimeout 2 s),
+// the node's requests to the server per join and per leave (messages the connection sent: KV
+// reads, writes and compare-and-sets, retries included) and the time per join.
+func BenchmarkPresenceJoinStorm(b *testing.B) {
+	for _, size := range []int{1000, 5000} {
+		b.Run(strconv.Itoa(size), func(b *testing.B) {
+			br := startBroker(b)
+			n := presenceNodes(b, br.url(), 1, 0)[0]
+			var failedJoins, failedLeaves atomic.Int64
+			var joinReqs, leaveReqs uint64
+			var joinTime time.Duration
+			storm := func(f func(i int) error, failed *atomic.Int64) (uint64, time.Duration) {
+				out0 := n.nc.Stats().OutMsgs
+				start := time.Now()
+				var wg sync.WaitGroup
+				for i := range size {
+					wg.Go(func() {
+						if err := f(i); err != nil {
+							failed.Add(1)
+						}
+					})
+				}
+				wg.Wait()
+				return n.nc.Stats().OutMsgs - out0, time.Since(start)
+			}
+			round := 0
+			for b.Loop() {
+				channel := fmt.Sprintf("storm%d", round)
+				round++
+				r, d := storm(func(i int) error {
+					_, err := n.Join(context.Background(), channel, member(n.id, fmt.Sprintf("s%d", i), fmt.Sprintf("u%d", i)))
+					return err
+				}, &failedJoins)
+				joinReqs += r
+				joinTime += d
+				r, _ = storm(func(i int) error {
+					_, err := n.Leave(context.Background(), channel, fmt.Sprintf("s%d", i))
+					return err
+				}, &failedLeaves)
+				leaveReqs += r
+			}
+			joins := float64(b.N * size)
+			b.ReportMetric(float64(failedJoins.Load()), "failed-joins")
+			b.ReportMetric(float64(failedLeaves.Load()), "failed-leaves")
+			b.ReportMetric(float64(joinReqs)/joins, "requests/join")
+			b.ReportMetric(float64(leaveReqs)/joins, "requests/leave")
+			b.ReportMetric(float64(joinTime.Microseconds())/joins, "µs/join")
+		})
+	}
 }
