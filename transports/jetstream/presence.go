@@ -11,6 +11,8 @@ package jetstream
 //
 // Counts change by compare-and-set on their key (Create for the first, Update with the revision
 // read), so concurrent joins and leaves on several nodes see each transition 0->1 and 1->0 once.
+// A node combines its concurrent changes of one channel's counts into one compare-and-set at a
+// time (presencecounts.go).
 // docs/brokers/jetstream.md describes the costs and the guarantees.
 
 import (
@@ -56,6 +58,9 @@ type presence struct {
 	// by the stripe of its channel and session, so that a re-recording does not bring back a
 	// member that left meanwhile.
 	stripes [64]sync.Mutex
+
+	countMu sync.Mutex
+	counts  map[string]*countQueue // channel -> its count changes in flight and waiting (presencecounts.go)
 
 	gone      map[string]map[string]struct{} // left here, but the bucket could not be told yet
 	rerecord  chan struct{}                  // wakes the re-recorder
@@ -210,22 +215,6 @@ func parseCounts(v []byte) (conns, users int) {
 	return conns, users
 }
 
-// addCounts changes the channel's counts by dc connections and du users; first reports that the
-// channel had no connection before, last that it has none after.
-func addCounts(ctx context.Context, kv jetstream.KeyValue, channel string, dc, du int) (first, last bool, err error) {
-	err = update(ctx, kv, chanKey(channel), func(old []byte) []byte {
-		c, u := parseCounts(old)
-		first = c <= 0
-		c, u = max(c+dc, 0), max(u+du, 0)
-		last = c == 0
-		if c == 0 {
-			return nil
-		}
-		return []byte(strconv.Itoa(c) + " " + strconv.Itoa(u))
-	})
-	return first, last, err
-}
-
 // addUser changes the number of connections of user in channel by d and reports whether the
 // user was new to it (d > 0) or left it (d < 0). An anonymous member is a user of its own.
 func addUser(ctx context.Context, kv jetstream.KeyValue, channel, user string, d int) (changed bool, err error) {
@@ -352,14 +341,14 @@ func (b *Broker) record(ctx context.Context, kv jetstream.KeyValue, channel stri
 		if err != nil {
 			return false, err
 		}
-		_, _, err = addCounts(ctx, kv, channel, 0, boolInt(joined)-boolInt(left))
+		_, _, err = b.addCounts(ctx, kv, channel, 0, boolInt(joined)-boolInt(left))
 		return false, err
 	}
 	newUser, err := addUser(ctx, kv, channel, m.User, 1)
 	if err != nil {
 		return false, err
 	}
-	occupied, _, err = addCounts(ctx, kv, channel, 1, boolInt(newUser))
+	occupied, _, err = b.addCounts(ctx, kv, channel, 1, boolInt(newUser))
 	return occupied, err
 }
 
@@ -440,7 +429,7 @@ func (b *Broker) remove(ctx context.Context, kv jetstream.KeyValue, channel, ses
 		if err != nil {
 			return false, nil, err
 		}
-		_, vacated, err = addCounts(ctx, kv, channel, -1, -boolInt(lastUser))
+		_, vacated, err = b.addCounts(ctx, kv, channel, -1, -boolInt(lastUser))
 		return vacated, &r, err
 	}
 }
