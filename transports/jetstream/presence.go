@@ -56,8 +56,15 @@ type presence struct {
 
 	// A member's writes by Join, Leave, the re-recorder and the node's own clean-up are ordered
 	// by the stripe of its channel and session, so that a re-recording does not bring back a
-	// member that left meanwhile.
-	stripes [64]sync.Mutex
+	// member that left meanwhile. Many, so that the members of a join storm seldom share one: a
+	// Join waits for its stripe within its ctx (with 64 stripes, 5,000 joins at once queued 78
+	// deep on each and most timed out waiting).
+	stripes [4096]sync.Mutex
+
+	// writers bounds the Joins and Leaves writing to the bucket at once (maxWriters); the others
+	// wait their turn in the order they came. Thousands at once would share the server's time,
+	// each round trip waiting behind all the others', and time out together.
+	writers chan struct{}
 
 	countMu sync.Mutex
 	counts  map[string]*countQueue // channel -> its count changes in flight and waiting (presencecounts.go)
@@ -71,6 +78,19 @@ type presence struct {
 	active    atomic.Bool                    // the node takes part in presence: see renewLoop
 	activated chan struct{}                  // closed when active is set
 	paused    atomic.Bool                    // set by tests: the node neither renews nor reaps (it hangs)
+}
+
+// maxWriters is how many Joins and Leaves of a node write to the bucket at once.
+const maxWriters = 128
+
+// write waits for a turn to write, within ctx; done ends it.
+func (p *presence) write(ctx context.Context) (done func(), err error) {
+	select {
+	case p.writers <- struct{}{}:
+		return func() { <-p.writers }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // stripe is the lock of a member's writes.
@@ -178,32 +198,59 @@ func unsafeName(s string) (string, bool) {
 // update applies f to the value of key by compare-and-set until it sticks: f gets the current
 // value (nil when absent) and returns the new one, or nil to delete the key.
 func update(ctx context.Context, kv jetstream.KeyValue, key string, f func(old []byte) []byte) error {
+	_, err := updateFrom(ctx, kv, key, nil, f)
+	return err
+}
+
+// kvState is a key's value and revision as last seen; revision 0 when absent.
+type kvState struct {
+	value []byte
+	rev   uint64
+}
+
+// updateFrom is update starting from guess, the key's state as the caller last saw it (nil: read
+// it first), which saves the read when it is still right: the compare-and-set checks it. It
+// returns the state it left the key in.
+func updateFrom(ctx context.Context, kv jetstream.KeyValue, key string, guess *kvState, f func(old []byte) []byte) (kvState, error) {
 	for {
-		var old []byte
+		var cur kvState
+		guessed := guess != nil
+		if guessed {
+			cur, guess = *guess, nil
+		} else {
+			e, err := kv.Get(ctx, key)
+			switch {
+			case err == nil:
+				cur = kvState{value: e.Value(), rev: e.Revision()}
+			case !errors.Is(err, jetstream.ErrKeyNotFound):
+				return kvState{}, err
+			}
+		}
+		nv := f(cur.value)
 		var rev uint64
-		e, err := kv.Get(ctx, key)
+		var err error
 		switch {
-		case err == nil:
-			old, rev = e.Value(), e.Revision()
-		case !errors.Is(err, jetstream.ErrKeyNotFound):
-			return err
-		}
-		nv := f(old)
-		switch {
-		case nv == nil && rev == 0:
-			return nil
+		case nv == nil && cur.rev == 0:
+			if guessed {
+				continue // nothing to write: only a read tells that the key is still absent
+			}
+			return kvState{}, nil
 		case nv == nil:
-			err = kv.Delete(ctx, key, jetstream.LastRevision(rev))
-		case rev == 0:
-			_, err = kv.Create(ctx, key, nv)
+			err = kv.Delete(ctx, key, jetstream.LastRevision(cur.rev))
+		case cur.rev == 0:
+			rev, err = kv.Create(ctx, key, nv)
 		default:
-			_, err = kv.Update(ctx, key, nv, rev)
+			rev, err = kv.Update(ctx, key, nv, cur.rev)
 		}
-		if err == nil || !(errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)) {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		switch {
+		case err == nil && nv == nil:
+			return kvState{}, nil
+		case err == nil:
+			return kvState{value: nv, rev: rev}, nil
+		case !(errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)):
+			return kvState{}, err
+		case ctx.Err() != nil:
+			return kvState{}, ctx.Err()
 		}
 	}
 }
@@ -220,6 +267,14 @@ func parseCounts(v []byte) (conns, users int) {
 func addUser(ctx context.Context, kv jetstream.KeyValue, channel, user string, d int) (changed bool, err error) {
 	if user == "" {
 		return true, nil
+	}
+	if d > 0 {
+		// Most often the user is new to the channel: one Create, without reading first.
+		if _, err := kv.Create(ctx, userKey(channel, user), []byte(strconv.Itoa(d))); err == nil {
+			return true, nil
+		} else if !errors.Is(err, jetstream.ErrKeyExists) {
+			return false, err
+		}
 	}
 	err = update(ctx, kv, userKey(channel, user), func(old []byte) []byte {
 		n, _ := strconv.Atoi(string(old))
@@ -259,6 +314,11 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 	mu := b.pr.stripe(channel, m.Session)
 	mu.Lock()
 	defer mu.Unlock()
+	done, err := b.pr.write(ctx)
+	if err != nil {
+		return false, unavailable("presence join", err)
+	}
+	defer done()
 	// The local record first, so that a re-recording under way sees the member (and its clean-up
 	// of older epochs leaves it); undone when the write fails.
 	b.pr.mu.Lock()
@@ -377,7 +437,12 @@ func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, erro
 		delete(b.pr.local, channel)
 	}
 	b.pr.mu.Unlock()
-	vacated, _, err := b.remove(ctx, kv, channel, session, nil)
+	done, err := b.pr.write(ctx)
+	var vacated bool
+	if err == nil {
+		vacated, _, err = b.remove(ctx, kv, channel, session, nil)
+		done()
+	}
 	if err != nil {
 		// The node's truth is that the member left: the re-recorder removes it from the bucket
 		// after the next renewal (without OnReap: this Leave reported the error).

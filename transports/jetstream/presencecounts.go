@@ -35,6 +35,10 @@ func (c *countChange) leaves() bool { return c.dc < 0 }
 // flight.
 type countQueue struct {
 	pending []*countChange
+	// The count key as the last batch left it (nil: unknown), which the next batch's
+	// compare-and-set starts from: one round trip, not two, while no other node changed it.
+	// Only the caller applying a batch uses it.
+	last *kvState
 }
 
 // addCounts changes the channel's counts by dc connections and du users; first reports that the
@@ -94,7 +98,7 @@ func (b *Broker) addCounts(ctx context.Context, kv jetstream.KeyValue, channel s
 	batch := slices.Clone(q.pending[:n])
 	q.pending = slices.Delete(q.pending, 0, n)
 	p.countMu.Unlock()
-	first, last, err = applyCounts(ctx, kv, channel, batch)
+	first, last, err = applyCounts(ctx, kv, channel, q, batch)
 	// occupied goes to the batch's first join, vacated to its last leave.
 	var firstJoin, lastLeave *countChange
 	for _, o := range batch {
@@ -134,13 +138,15 @@ func (p *presence) handOn(channel string, q *countQueue) {
 
 // applyCounts applies the sum of batch's changes to the channel's counts in one compare-and-set
 // (retried on a conflict) and reports whether the count was 0 before and whether it is 0 after.
-func applyCounts(ctx context.Context, kv jetstream.KeyValue, channel string, batch []*countChange) (first, last bool, err error) {
+func applyCounts(ctx context.Context, kv jetstream.KeyValue, channel string, q *countQueue, batch []*countChange) (first, last bool, err error) {
 	var dc, du int
 	for _, c := range batch {
 		dc += c.dc
 		du += c.du
 	}
-	err = update(ctx, kv, chanKey(channel), func(old []byte) []byte {
+	guess := q.last
+	q.last = nil
+	st, err := updateFrom(ctx, kv, chanKey(channel), guess, func(old []byte) []byte {
 		c, u := parseCounts(old)
 		first = c <= 0
 		c, u = max(c+dc, 0), max(u+du, 0)
@@ -150,5 +156,8 @@ func applyCounts(ctx context.Context, kv jetstream.KeyValue, channel string, bat
 		}
 		return []byte(strconv.Itoa(c) + " " + strconv.Itoa(u))
 	})
+	if err == nil {
+		q.last = &st
+	}
 	return first, last, err
 }
