@@ -301,8 +301,9 @@ func boundCtx(ctx context.Context, b *Broker, d time.Duration) (context.Context,
 	return ctx, func() { stop(); cancel() }
 }
 
-// Join implements transports.Presence: four KV writes (index, member, user count, channel
-// count; three for an anonymous member) and the counts' reads.
+// Join implements transports.Presence: three KV writes (index, member, user count; two for an
+// anonymous member) and its share of a compare-and-set of the channel's counts
+// (presencecounts.go), once it has its turn to write (at most maxWriters at once).
 func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (bool, error) {
 	kv, err := b.bucket()
 	if err != nil {

@@ -784,7 +784,7 @@ func BenchmarkPresenceJoinStorm(b *testing.B) {
 func TestPresenceStorm(t *testing.T) {
 	br := startBroker(t)
 	// 600 concurrent Joins under -race on a loaded machine: the default 2 s is too short for the
-	// last of them, which wait for their stripe.
+	// last of them, which wait for their turn to write.
 	n := presenceNodes(t, br.url(), 3, 0, func(c *Config) { c.PublishTimeout = wait })
 	const perNode, users = 200, 50
 	const channel = "storm"
