@@ -265,6 +265,7 @@ func newBroker(cfg Config, logger *slog.Logger) *Broker {
 		retryGone: make(chan struct{}, 1),
 		gone:      map[string]map[string]struct{}{},
 		seen:      map[string]leaseSeen{},
+		writers:   make(chan struct{}, maxWriters),
 	}
 	return b
 }

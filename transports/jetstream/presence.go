@@ -11,6 +11,8 @@ package jetstream
 //
 // Counts change by compare-and-set on their key (Create for the first, Update with the revision
 // read), so concurrent joins and leaves on several nodes see each transition 0->1 and 1->0 once.
+// A node combines its concurrent changes of one channel's counts into one compare-and-set at a
+// time (presencecounts.go).
 // docs/brokers/jetstream.md describes the costs and the guarantees.
 
 import (
@@ -54,8 +56,18 @@ type presence struct {
 
 	// A member's writes by Join, Leave, the re-recorder and the node's own clean-up are ordered
 	// by the stripe of its channel and session, so that a re-recording does not bring back a
-	// member that left meanwhile.
-	stripes [64]sync.Mutex
+	// member that left meanwhile. Many, so that the members of a join storm seldom share one: a
+	// Join waits for its stripe within its ctx (with 64 stripes, 5,000 joins at once queued 78
+	// deep on each and most timed out waiting).
+	stripes [4096]sync.Mutex
+
+	// writers bounds the Joins and Leaves writing to the bucket at once (maxWriters); the others
+	// wait their turn in the order they came. Thousands at once would share the server's time,
+	// each round trip waiting behind all the others', and time out together.
+	writers chan struct{}
+
+	countMu sync.Mutex
+	counts  map[string]*countQueue // channel -> its count changes in flight and waiting (presencecounts.go)
 
 	gone      map[string]map[string]struct{} // left here, but the bucket could not be told yet
 	rerecord  chan struct{}                  // wakes the re-recorder
@@ -66,6 +78,19 @@ type presence struct {
 	active    atomic.Bool                    // the node takes part in presence: see renewLoop
 	activated chan struct{}                  // closed when active is set
 	paused    atomic.Bool                    // set by tests: the node neither renews nor reaps (it hangs)
+}
+
+// maxWriters is how many Joins and Leaves of a node write to the bucket at once.
+const maxWriters = 128
+
+// write waits for a turn to write, within ctx; done ends it.
+func (p *presence) write(ctx context.Context) (done func(), err error) {
+	select {
+	case p.writers <- struct{}{}:
+		return func() { <-p.writers }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // stripe is the lock of a member's writes.
@@ -173,32 +198,59 @@ func unsafeName(s string) (string, bool) {
 // update applies f to the value of key by compare-and-set until it sticks: f gets the current
 // value (nil when absent) and returns the new one, or nil to delete the key.
 func update(ctx context.Context, kv jetstream.KeyValue, key string, f func(old []byte) []byte) error {
+	_, err := updateFrom(ctx, kv, key, nil, f)
+	return err
+}
+
+// kvState is a key's value and revision as last seen; revision 0 when absent.
+type kvState struct {
+	value []byte
+	rev   uint64
+}
+
+// updateFrom is update starting from guess, the key's state as the caller last saw it (nil: read
+// it first), which saves the read when it is still right: the compare-and-set checks it. It
+// returns the state it left the key in.
+func updateFrom(ctx context.Context, kv jetstream.KeyValue, key string, guess *kvState, f func(old []byte) []byte) (kvState, error) {
 	for {
-		var old []byte
+		var cur kvState
+		guessed := guess != nil
+		if guessed {
+			cur, guess = *guess, nil
+		} else {
+			e, err := kv.Get(ctx, key)
+			switch {
+			case err == nil:
+				cur = kvState{value: e.Value(), rev: e.Revision()}
+			case !errors.Is(err, jetstream.ErrKeyNotFound):
+				return kvState{}, err
+			}
+		}
+		nv := f(cur.value)
 		var rev uint64
-		e, err := kv.Get(ctx, key)
+		var err error
 		switch {
-		case err == nil:
-			old, rev = e.Value(), e.Revision()
-		case !errors.Is(err, jetstream.ErrKeyNotFound):
-			return err
-		}
-		nv := f(old)
-		switch {
-		case nv == nil && rev == 0:
-			return nil
+		case nv == nil && cur.rev == 0:
+			if guessed {
+				continue // nothing to write: only a read tells that the key is still absent
+			}
+			return kvState{}, nil
 		case nv == nil:
-			err = kv.Delete(ctx, key, jetstream.LastRevision(rev))
-		case rev == 0:
-			_, err = kv.Create(ctx, key, nv)
+			err = kv.Delete(ctx, key, jetstream.LastRevision(cur.rev))
+		case cur.rev == 0:
+			rev, err = kv.Create(ctx, key, nv)
 		default:
-			_, err = kv.Update(ctx, key, nv, rev)
+			rev, err = kv.Update(ctx, key, nv, cur.rev)
 		}
-		if err == nil || !(errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)) {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		switch {
+		case err == nil && nv == nil:
+			return kvState{}, nil
+		case err == nil:
+			return kvState{value: nv, rev: rev}, nil
+		case !(errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)):
+			return kvState{}, err
+		case ctx.Err() != nil:
+			return kvState{}, ctx.Err()
 		}
 	}
 }
@@ -210,27 +262,19 @@ func parseCounts(v []byte) (conns, users int) {
 	return conns, users
 }
 
-// addCounts changes the channel's counts by dc connections and du users; first reports that the
-// channel had no connection before, last that it has none after.
-func addCounts(ctx context.Context, kv jetstream.KeyValue, channel string, dc, du int) (first, last bool, err error) {
-	err = update(ctx, kv, chanKey(channel), func(old []byte) []byte {
-		c, u := parseCounts(old)
-		first = c <= 0
-		c, u = max(c+dc, 0), max(u+du, 0)
-		last = c == 0
-		if c == 0 {
-			return nil
-		}
-		return []byte(strconv.Itoa(c) + " " + strconv.Itoa(u))
-	})
-	return first, last, err
-}
-
 // addUser changes the number of connections of user in channel by d and reports whether the
 // user was new to it (d > 0) or left it (d < 0). An anonymous member is a user of its own.
 func addUser(ctx context.Context, kv jetstream.KeyValue, channel, user string, d int) (changed bool, err error) {
 	if user == "" {
 		return true, nil
+	}
+	if d > 0 {
+		// Most often the user is new to the channel: one Create, without reading first.
+		if _, err := kv.Create(ctx, userKey(channel, user), []byte(strconv.Itoa(d))); err == nil {
+			return true, nil
+		} else if !errors.Is(err, jetstream.ErrKeyExists) {
+			return false, err
+		}
 	}
 	err = update(ctx, kv, userKey(channel, user), func(old []byte) []byte {
 		n, _ := strconv.Atoi(string(old))
@@ -257,8 +301,9 @@ func boundCtx(ctx context.Context, b *Broker, d time.Duration) (context.Context,
 	return ctx, func() { stop(); cancel() }
 }
 
-// Join implements transports.Presence: four KV writes (index, member, user count, channel
-// count; three for an anonymous member) and the counts' reads.
+// Join implements transports.Presence: three KV writes (index, member, user count; two for an
+// anonymous member) and its share of a compare-and-set of the channel's counts
+// (presencecounts.go), once it has its turn to write (at most maxWriters at once).
 func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (bool, error) {
 	kv, err := b.bucket()
 	if err != nil {
@@ -270,6 +315,11 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 	mu := b.pr.stripe(channel, m.Session)
 	mu.Lock()
 	defer mu.Unlock()
+	done, err := b.pr.write(ctx)
+	if err != nil {
+		return false, unavailable("presence join", err)
+	}
+	defer done()
 	// The local record first, so that a re-recording under way sees the member (and its clean-up
 	// of older epochs leaves it); undone when the write fails.
 	b.pr.mu.Lock()
@@ -352,14 +402,14 @@ func (b *Broker) record(ctx context.Context, kv jetstream.KeyValue, channel stri
 		if err != nil {
 			return false, err
 		}
-		_, _, err = addCounts(ctx, kv, channel, 0, boolInt(joined)-boolInt(left))
+		_, _, err = b.addCounts(ctx, kv, channel, 0, boolInt(joined)-boolInt(left))
 		return false, err
 	}
 	newUser, err := addUser(ctx, kv, channel, m.User, 1)
 	if err != nil {
 		return false, err
 	}
-	occupied, _, err = addCounts(ctx, kv, channel, 1, boolInt(newUser))
+	occupied, _, err = b.addCounts(ctx, kv, channel, 1, boolInt(newUser))
 	return occupied, err
 }
 
@@ -388,7 +438,12 @@ func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, erro
 		delete(b.pr.local, channel)
 	}
 	b.pr.mu.Unlock()
-	vacated, _, err := b.remove(ctx, kv, channel, session, nil)
+	done, err := b.pr.write(ctx)
+	var vacated bool
+	if err == nil {
+		vacated, _, err = b.remove(ctx, kv, channel, session, nil)
+		done()
+	}
 	if err != nil {
 		// The node's truth is that the member left: the re-recorder removes it from the bucket
 		// after the next renewal (without OnReap: this Leave reported the error).
@@ -440,7 +495,7 @@ func (b *Broker) remove(ctx context.Context, kv jetstream.KeyValue, channel, ses
 		if err != nil {
 			return false, nil, err
 		}
-		_, vacated, err = addCounts(ctx, kv, channel, -1, -boolInt(lastUser))
+		_, vacated, err = b.addCounts(ctx, kv, channel, -1, -boolInt(lastUser))
 		return vacated, &r, err
 	}
 }

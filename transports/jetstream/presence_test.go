@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -721,4 +722,263 @@ func TestPresenceConformance(t *testing.T) {
 	// TestPresencePaging pages 10,000.
 	transporttest.RunPresence(t, transporttest.PresenceFeatures{RestartBroker: br.restart, Members: 2000},
 		presenceSuiteNodes(br.url()))
+}
+
+// BenchmarkPresenceJoinStorm: N Joins at once on one channel of one node (as many as a join
+// storm of N clients makes: every connection's subscribe joins on its own goroutine), then N
+// Leaves at once. It reports the joins and leaves that failed (timed out: PublishTimeout 2 s),
+// the node's requests to the server per join and per leave (messages the connection sent: KV
+// reads, writes and compare-and-sets, retries included) and the time per join.
+func BenchmarkPresenceJoinStorm(b *testing.B) {
+	for _, size := range []int{1000, 5000} {
+		b.Run(strconv.Itoa(size), func(b *testing.B) {
+			br := startBroker(b)
+			n := presenceNodes(b, br.url(), 1, 0)[0]
+			var failedJoins, failedLeaves atomic.Int64
+			var joinReqs, leaveReqs uint64
+			var joinTime time.Duration
+			storm := func(f func(i int) error, failed *atomic.Int64) (uint64, time.Duration) {
+				out0 := n.nc.Stats().OutMsgs
+				start := time.Now()
+				var wg sync.WaitGroup
+				for i := range size {
+					wg.Go(func() {
+						if err := f(i); err != nil {
+							failed.Add(1)
+						}
+					})
+				}
+				wg.Wait()
+				return n.nc.Stats().OutMsgs - out0, time.Since(start)
+			}
+			round := 0
+			for b.Loop() {
+				channel := fmt.Sprintf("storm%d", round)
+				round++
+				r, d := storm(func(i int) error {
+					_, err := n.Join(context.Background(), channel, member(n.id, fmt.Sprintf("s%d", i), fmt.Sprintf("u%d", i)))
+					return err
+				}, &failedJoins)
+				joinReqs += r
+				joinTime += d
+				r, _ = storm(func(i int) error {
+					_, err := n.Leave(context.Background(), channel, fmt.Sprintf("s%d", i))
+					return err
+				}, &failedLeaves)
+				leaveReqs += r
+			}
+			joins := float64(b.N * size)
+			b.ReportMetric(float64(failedJoins.Load()), "failed-joins")
+			b.ReportMetric(float64(failedLeaves.Load()), "failed-leaves")
+			b.ReportMetric(float64(joinReqs)/joins, "requests/join")
+			b.ReportMetric(float64(leaveReqs)/joins, "requests/leave")
+			b.ReportMetric(float64(joinTime.Microseconds())/joins, "µs/join")
+		})
+	}
+}
+
+// TestPresenceStorm: 3 nodes join 200 members each to one channel at once, then leave them at
+// once, then churn (every member joins and leaves 3 times, all at once): occupied and vacated
+// come once per time the channel filled and emptied (once each for the storms, as many of one
+// as of the other in the churn), and counts and members are right after each phase.
+func TestPresenceStorm(t *testing.T) {
+	br := startBroker(t)
+	// 600 concurrent Joins under -race on a loaded machine: the default 2 s is too short for the
+	// last of them, which wait for their turn to write.
+	n := presenceNodes(t, br.url(), 3, 0, func(c *Config) { c.PublishTimeout = wait })
+	const perNode, users = 200, 50
+	const channel = "storm"
+	var occupied, vacated atomic.Int32
+	session := func(node, i int) string { return fmt.Sprintf("s%d-%03d", node, i) }
+	each := func(f func(node, i int) error) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 3*perNode)
+		for node := range 3 {
+			for i := range perNode {
+				wg.Go(func() {
+					if err := f(node, i); err != nil {
+						errs <- err
+					}
+				})
+			}
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	joinOne := func(node, i int) error {
+		m := member(fmt.Sprintf("n%d", node), session(node, i), fmt.Sprintf("u%d", i%users))
+		once, err := n[node].Join(t.Context(), channel, m)
+		if once {
+			occupied.Add(1)
+		}
+		return err
+	}
+	leaveOne := func(node, i int) error {
+		once, err := n[node].Leave(t.Context(), channel, session(node, i))
+		if once {
+			vacated.Add(1)
+		}
+		return err
+	}
+
+	each(joinOne)
+	if got := occupied.Load(); got != 1 {
+		t.Fatalf("storm of joins: occupied %d times, want once", got)
+	}
+	wantStats(t, n[1], channel, 3*perNode, users)
+	ms, err := allMembers(t, n[2], channel, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for node := range 3 {
+		for i := range perNode {
+			want = append(want, fmt.Sprintf("n%d/%s/u%d", node, session(node, i), i%users))
+		}
+	}
+	if got := sessions(ms); !slices.Equal(got, want) {
+		t.Fatalf("members after the storm of joins: %d, want %d\n got %v\nwant %v", len(got), len(want), got, want)
+	}
+
+	each(leaveOne)
+	if got := vacated.Load(); got != 1 {
+		t.Fatalf("storm of leaves: vacated %d times, want once", got)
+	}
+	wantStats(t, n[0], channel, 0, 0)
+	wantMembers(t, n[0], channel)
+
+	occupied.Store(0)
+	vacated.Store(0)
+	each(func(node, i int) error {
+		for range 3 {
+			if err := joinOne(node, i); err != nil {
+				return err
+			}
+			if err := leaveOne(node, i); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if o, v := occupied.Load(), vacated.Load(); o == 0 || o != v {
+		t.Fatalf("churn: occupied %d times, vacated %d times; want as many of each, at least once", o, v)
+	}
+	t.Logf("churn: the channel filled and emptied %d times", occupied.Load())
+	wantStats(t, n[2], channel, 0, 0)
+	wantMembers(t, n[1], channel)
+}
+
+// TestPresenceCountsCombined: changes of a channel's counts that queue while one is in flight
+// are applied by one compare-and-set (one write of the count key, their sum), with occupied to
+// one join only; a change whose ctx ends while it waits is withdrawn, not applied.
+func TestPresenceCountsCombined(t *testing.T) {
+	br := startBroker(t)
+	n := presenceNodes(t, br.url(), 1, 0)[0]
+	bucket, err := n.bucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := &writesKV{KeyValue: bucket}
+	const channel = "combined"
+	// A change in flight: the channel's queue exists, as while its leader's compare-and-set runs.
+	n.pr.countMu.Lock()
+	n.pr.counts = map[string]*countQueue{channel: {}}
+	q := n.pr.counts[channel]
+	n.pr.countMu.Unlock()
+	pending := func(want int) {
+		t.Helper()
+		transporttest.WaitFor(t, wait, func() error {
+			n.pr.countMu.Lock()
+			defer n.pr.countMu.Unlock()
+			if len(q.pending) != want {
+				return fmt.Errorf("%d changes waiting, want %d", len(q.pending), want)
+			}
+			return nil
+		})
+	}
+
+	// Withdrawn: its ctx ends while it waits.
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	_, _, err = n.addCounts(ctx, kv, channel, 1, 1)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a change whose ctx ended while it waited: %v, want context.DeadlineExceeded", err)
+	}
+	pending(0)
+
+	type result struct {
+		first bool
+		err   error
+	}
+	results := make(chan result, 3)
+	for range 3 {
+		go func() {
+			first, _, err := n.addCounts(t.Context(), kv, channel, 1, 1)
+			results <- result{first, err}
+		}()
+	}
+	pending(3)
+	n.pr.countMu.Lock()
+	n.pr.handOn(channel, q) // the change in flight is done
+	n.pr.countMu.Unlock()
+	firsts := 0
+	for range 3 {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.first {
+			firsts++
+		}
+	}
+	if firsts != 1 {
+		t.Fatalf("occupied (first) reported %d times, want once", firsts)
+	}
+	if got := kv.written(); !slices.Equal(got, []string{chanKey(channel) + "=3 3"}) {
+		t.Fatalf("writes %q, want one of the count key with the sum of the 3 changes", got)
+	}
+	n.pr.countMu.Lock()
+	left := len(n.pr.counts)
+	n.pr.countMu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d channel queues left after the changes were applied, want none", left)
+	}
+	wantStats(t, n, channel, 3, 3)
+}
+
+// writesKV records the writes made through it.
+type writesKV struct {
+	jetstream.KeyValue
+	mu     sync.Mutex
+	writes []string // key=value
+}
+
+func (w *writesKV) record(key string, value []byte) {
+	w.mu.Lock()
+	w.writes = append(w.writes, key+"="+string(value))
+	w.mu.Unlock()
+}
+
+func (w *writesKV) written() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.writes)
+}
+
+func (w *writesKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	w.record(key, value)
+	return w.KeyValue.Create(ctx, key, value, opts...)
+}
+
+func (w *writesKV) Update(ctx context.Context, key string, value []byte, revision uint64) (uint64, error) {
+	w.record(key, value)
+	return w.KeyValue.Update(ctx, key, value, revision)
+}
+
+func (w *writesKV) Delete(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error {
+	w.record(key, nil)
+	return w.KeyValue.Delete(ctx, key, opts...)
 }
