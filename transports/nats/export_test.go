@@ -9,6 +9,9 @@ func Owner(ids []string, channel string) string {
 	return ownerOf(v, channel).ID
 }
 
+// Incarnation is the random part of the node's presence subject.
+func (b *Broker) Incarnation() string { return b.pr.self.Inc }
+
 // NodeID is the node's id in presence.
 func (b *Broker) NodeID() string { return b.pr.self.ID }
 

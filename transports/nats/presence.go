@@ -134,6 +134,7 @@ type presence struct {
 	view    []peerKey        // the live peers (this one too once active), by id
 	epoch   uint64           // of the last view adopted (or resync)
 	waiting map[peerKey]bool // peers whose sync of epoch has not come; nil: complete
+	moved   map[peerKey]bool // waited-for peers whose sync sent something since they were last asked
 	views   [][]peerKey      // the view of the last complete sync, then those adopted since
 	seen    map[peerKey]map[string]sessions
 	seenB   map[peerKey]map[string]sessions
@@ -499,6 +500,10 @@ func (b *Broker) tick(beat bool) {
 		}
 		if p.active && beat && p.waiting != nil {
 			for k := range p.waiting {
+				if p.moved[k] { // its sync is under way (a large one takes a while): no second
+					p.moved[k] = false
+					continue
+				}
 				b.askSync(k)
 			}
 		}
@@ -657,6 +662,7 @@ func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 		}
 	}
 	p.waiting = map[peerKey]bool{}
+	p.moved = map[peerKey]bool{}
 	p.seen = map[peerKey]map[string]sessions{}
 	p.seenB = map[peerKey]map[string]sessions{}
 	p.applyRecs(p.self, p.syncRecs(v, p.self))
@@ -777,7 +783,7 @@ func (p *presence) finishSync(from peerKey) {
 // complete ends a sync: the node answers for every channel it owns, and reaps the members of
 // the peers no longer in the view. p.mu is held.
 func (p *presence) complete(b *Broker) []reaped {
-	p.waiting, p.seen, p.seenB = nil, nil, nil
+	p.waiting, p.moved, p.seen, p.seenB = nil, nil, nil, nil
 	p.views = [][]peerKey{p.view}
 	return p.reapDead(b)
 }
@@ -996,6 +1002,7 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 	case "rec":
 		if p.inRound(w) {
 			p.applyRecs(w.From, w.Recs)
+			p.moved[w.From] = true
 		}
 	case "done":
 		if p.inRound(w) {

@@ -9,8 +9,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/protocol"
@@ -469,5 +472,130 @@ func TestPresenceLargeInfo(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// fakeWire is what TestPresenceSyncAskedAgainOnlyWhenStalled reads and writes as a peer.
+type fakeWire struct {
+	Op   string `json:"op"`
+	From struct {
+		ID  string `json:"id"`
+		Inc string `json:"inc"`
+	} `json:"from"`
+	Epoch uint64 `json:"epoch,omitempty"`
+}
+
+// TestPresenceSyncAskedAgainOnlyWhenStalled: a node waiting for a peer's sync asks again only
+// when nothing of that sync came since it last asked: a large sync under way is not asked for
+// again (and sent again) every half heartbeat. The peer is the test, over its own connection.
+func TestPresenceSyncAskedAgainOnlyWhenStalled(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix := serverURL(srv), transporttest.Prefix(t)
+	nc, err := natsgo.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	var z fakeWire
+	z.From.ID, z.From.Inc = "z", "zinc"
+	syncs, beats := make(chan fakeWire, 100), make(chan struct{}, 100)
+	read := func(fn func(fakeWire)) natsgo.MsgHandler {
+		return func(m *natsgo.Msg) {
+			var w fakeWire
+			if json.Unmarshal(m.Data, &w) == nil {
+				fn(w)
+			}
+		}
+	}
+	if _, err := nc.Subscribe(prefix+".presence.node.z.zinc", read(func(w fakeWire) {
+		if w.Op == "sync" {
+			syncs <- w
+		}
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Subscribe(prefix+".presence.hb", read(func(w fakeWire) {
+		if w.From.ID == "b" {
+			select {
+			case beats <- struct{}{}:
+			default:
+			}
+		}
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	const hb = time.Second
+	b := presenceNode(t, url, prefix, "b", hb)
+	if err := b.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// z beats every quarter heartbeat and, while feeding holds an epoch, sends b a part of its
+	// sync of that epoch every 50 ms (never "done").
+	var feeding atomic.Uint64
+	send := func(w fakeWire, subject string) {
+		data, _ := json.Marshal(w)
+		_ = nc.Publish(subject, data)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+			if i%5 == 0 {
+				w := z
+				w.Op = "hb"
+				send(w, prefix+".presence.hb")
+			}
+			if e := feeding.Load(); e > 0 {
+				w := z
+				w.Op, w.Epoch = "rec", e
+				send(w, prefix+".presence.node.b."+b.Incarnation())
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); wg.Wait() })
+
+	next := func(c <-chan fakeWire) fakeWire {
+		t.Helper()
+		select {
+		case w := <-c:
+			return w
+		case <-time.After(10 * time.Second):
+			t.Fatal("b sent no sync request in 10s")
+			return fakeWire{}
+		}
+	}
+	first := next(syncs)
+	feeding.Store(first.Epoch)
+	// While z's sync comes, b does not ask again: 4 of its beats (2 heartbeats) after 2 to
+	// begin with (an ask before the first part came is right).
+	for n := 0; n < 6; {
+		select {
+		case <-beats:
+			n++
+		case w := <-syncs:
+			if w.Epoch == first.Epoch && n >= 2 {
+				t.Fatalf("b asked z again for the sync of epoch %d while it came (after %d beats)", w.Epoch, n)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("b did not beat in 10s")
+		}
+	}
+	feeding.Store(0) // z's sync stalls: b asks again
+	if w := next(syncs); w.Epoch != first.Epoch || w.From.ID != "b" {
+		t.Fatalf("b asked %+v, want the sync of epoch %d again", w, first.Epoch)
 	}
 }
