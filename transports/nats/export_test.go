@@ -27,3 +27,21 @@ func (b *Broker) LoseLeave(channel, session string) {
 	}
 	p.markDirty(channel)
 }
+
+// Stall holds the node's presence lock (its loop and handlers stop, as in a stalled process)
+// until the returned func is called.
+func (b *Broker) Stall() (resume func()) {
+	b.pr.mu.Lock()
+	return b.pr.mu.Unlock
+}
+
+// ViewIDs is the ids of the node's view.
+func (b *Broker) ViewIDs() []string {
+	b.pr.mu.Lock()
+	defer b.pr.mu.Unlock()
+	out := make([]string, 0, len(b.pr.view))
+	for _, k := range b.pr.view {
+		out = append(out, k.ID)
+	}
+	return out
+}

@@ -76,6 +76,7 @@ type wire struct {
 	Op     string           `json:"op"`
 	From   peerKey          `json:"from"`
 	Epoch  uint64           `json:"epoch,omitempty"`
+	Back   bool             `json:"back,omitempty"` // sync: the asker had a view without the one asked
 	View   []peerKey        `json:"view,omitempty"`
 	Active bool             `json:"active,omitempty"`
 	Ch     string           `json:"ch,omitempty"`
@@ -138,6 +139,8 @@ type presence struct {
 	views   [][]peerKey      // the view of the last complete sync, then those adopted since
 	seen    map[peerKey]map[string]sessions
 	seenB   map[peerKey]map[string]sessions
+	back    map[peerKey]bool   // peers asked to sync with Back, until one of their syncs is done
+	backAt  map[peerKey]uint64 // the asker's epoch of the last sync with Back this node acted on
 
 	local  map[string]map[string]protocol.Member             // this node's own members (its truth)
 	owned  roster.Roster[peerKey]                            // the channels it owns, with the node of each entry
@@ -650,8 +653,35 @@ func (p *presence) viewChanged(b *Broker) []reaped {
 
 // adopt makes v the view under a new epoch: the node drops the channels it no longer owns,
 // records its own members in those it owns, and asks every other peer to sync. p.mu is held.
+//
+// A peer that was not in the view before gets its sync requests with Back (until it answers
+// one): it may have kept this node in its own view all along (this node stalled, or its network
+// was cut one way), and then holds a list of this node's members from before, which no view
+// change of its own would renew. A resync (the same view again) sends no Back: it adds no one,
+// so the syncs that Back starts start no more.
 func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 	p.epoch++
+	if slices.Equal(v, p.view) {
+		clear(p.back)
+	}
+	for k := range p.back {
+		if !slices.Contains(v, k) {
+			delete(p.back, k)
+		}
+	}
+	for k := range p.backAt {
+		if !slices.Contains(v, k) {
+			delete(p.backAt, k)
+		}
+	}
+	for _, k := range v {
+		if k != p.self && !slices.Contains(p.view, k) {
+			if p.back == nil {
+				p.back = map[peerKey]bool{}
+			}
+			p.back[k] = true
+		}
+	}
 	p.view = v
 	if p.views != nil {
 		p.views = append(p.views, v)
@@ -681,7 +711,8 @@ func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 
 func (b *Broker) askSync(k peerKey) {
 	p := b.pr
-	if err := b.publish(b.nodeSubject(k), "", wire{Op: "sync", From: p.self, Epoch: p.epoch, View: p.view}); err != nil {
+	w := wire{Op: "sync", From: p.self, Epoch: p.epoch, View: p.view, Back: p.back[k]}
+	if err := b.publish(b.nodeSubject(k), "", w); err != nil {
 		b.logger.Debug("nats presence: sync request not sent", "node_id", k.ID, "error", err)
 	}
 }
@@ -999,6 +1030,17 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 		return
 	case "sync":
 		b.sendSync(w)
+		if w.Back && p.active && slices.Contains(p.view, w.From) && w.Epoch > p.backAt[w.From] {
+			// The asker dropped this node and took it back, while this node kept it: what this
+			// node has of the asker's members may be from before (joins and leaves made
+			// meanwhile went to another owner), and its view did not change. Sync anew, once per
+			// such request.
+			if p.backAt == nil {
+				p.backAt = map[peerKey]uint64{}
+			}
+			p.backAt[w.From] = w.Epoch
+			reaps = p.adopt(b, p.view)
+		}
 	case "rec":
 		if p.inRound(w) {
 			p.applyRecs(w.From, w.Recs)
@@ -1008,6 +1050,7 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 		if p.inRound(w) {
 			p.finishSync(w.From)
 			delete(p.waiting, w.From)
+			delete(p.back, w.From)
 			if len(p.waiting) == 0 {
 				reaps = p.complete(b)
 			}

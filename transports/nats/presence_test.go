@@ -475,6 +475,55 @@ func TestPresenceLargeInfo(t *testing.T) {
 	}
 }
 
+// wantView waits until the ids of n's view are ids.
+func wantView(t *testing.T, n *nats.Broker, ids ...string) {
+	t.Helper()
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		if v := n.ViewIDs(); !slices.Equal(v, ids) {
+			return fmt.Errorf("view of %s: %v, want %v", n.NodeID(), v, ids)
+		}
+		return nil
+	})
+}
+
+// TestPresenceStalledOwnerResyncs: an owner that stalled long enough for the others to drop it,
+// but dropped no one itself (it heard their heartbeats), syncs its channels again when they take
+// it back: the joins and leaves made elsewhere meanwhile are in its list, not the list from
+// before the stall.
+func TestPresenceStalledOwnerResyncs(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	b := startPresenceNode(t, url, prefix, "b", reaps)
+	ch := ""
+	for i := 0; ch == ""; i++ {
+		if c := fmt.Sprintf("st-%d", i); nats.Owner([]string{"a", "b"}, c) == "b" {
+			ch = c
+		}
+	}
+	wantView(t, a, "a", "b")
+	mustJoin(t, a, ch, "a1")
+	mustJoin(t, a, ch, "a2")
+	wantMembers(t, b, ch, "a1", "a2")
+
+	resume := b.Stall()
+	wantView(t, a, "a") // a dropped b and owns ch now
+	if _, err := a.Leave(t.Context(), ch, "a1"); err != nil {
+		resume()
+		t.Fatal(err)
+	}
+	if _, err := a.Join(t.Context(), ch, protocol.Member{User: "u-a3", Session: "a3", Node: "a"}); err != nil {
+		resume()
+		t.Fatal(err)
+	}
+	resume()
+	wantView(t, a, "a", "b") // b owns ch again
+	wantView(t, b, "a", "b") // b never dropped a
+	wantMembers(t, b, ch, "a2", "a3")
+	wantMembers(t, a, ch, "a2", "a3")
+}
+
 // fakeWire is what TestPresenceSyncAskedAgainOnlyWhenStalled reads and writes as a peer.
 type fakeWire struct {
 	Op   string `json:"op"`
