@@ -45,3 +45,17 @@ func (b *Broker) ViewIDs() []string {
 	}
 	return out
 }
+
+// FailSyncRecs makes the next n sync record messages this node sends fail to publish, as a
+// publish fails when the connection drops or its buffer is full.
+func (b *Broker) FailSyncRecs(n int32) { b.pr.failRecs.Store(n) }
+
+// SyncFaultsLeft is how many of the failures FailSyncRecs asked for are still to come.
+func (b *Broker) SyncFaultsLeft() int32 { return b.pr.failRecs.Load() }
+
+// Synced reports whether the node's last sync round is complete.
+func (b *Broker) Synced() bool {
+	b.pr.mu.Lock()
+	defer b.pr.mu.Unlock()
+	return b.pr.waiting == nil
+}

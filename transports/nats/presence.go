@@ -152,6 +152,8 @@ type presence struct {
 	gen     uint64
 	pushing bool
 
+	failRecs atomic.Int32 // tests only (export_test.go): how many sync records fail to publish
+
 	wasDown    bool
 	reconnects uint64
 	lastTick   time.Time
@@ -1095,17 +1097,25 @@ func (p *presence) inRound(w wire) bool {
 }
 
 // sendSync answers a sync request: this node's records for the asker, in chunks, then done,
-// all published under p.mu so that no join or leave of this node falls between them.
+// all published under p.mu so that no join or leave of this node falls between them. When a
+// record message cannot be published, nothing more is sent, done neither: the asker would drop
+// every member it did not get; it asks again instead.
 func (b *Broker) sendSync(w wire) {
 	p := b.pr
 	subject := b.nodeSubject(w.From)
 	budget := b.budget()
 	var batch []rec
 	n, size := 0, 0
+	failed := false
 	flush := func() {
-		if len(batch) > 0 {
-			if err := b.publish(subject, "", wire{Op: "rec", From: p.self, Epoch: w.Epoch, Recs: batch}); err != nil {
-				b.logger.Warn("nats presence: sync message not sent", "node_id", w.From.ID, "error", err)
+		if len(batch) > 0 && !failed {
+			err := b.publish(subject, "", wire{Op: "rec", From: p.self, Epoch: w.Epoch, Recs: batch})
+			if err == nil && p.failRecs.Load() > 0 && p.failRecs.Add(-1) >= 0 {
+				err = errors.New("a fault of the test")
+			}
+			if err != nil {
+				failed = true
+				b.logger.Warn("nats presence: sync message not sent, the node will ask again", "node_id", w.From.ID, "error", err)
 			}
 		}
 		batch, n, size = nil, 0, 0
@@ -1124,6 +1134,9 @@ func (b *Broker) sendSync(w wire) {
 		}
 	}
 	flush()
+	if failed {
+		return
+	}
 	if err := b.publish(subject, "", wire{Op: "done", From: p.self, Epoch: w.Epoch}); err != nil {
 		b.logger.Debug("nats presence: sync not sent", "node_id", w.From.ID, "error", err)
 	}

@@ -3,6 +3,7 @@ package nats_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -646,5 +647,56 @@ func TestPresenceSyncAskedAgainOnlyWhenStalled(t *testing.T) {
 	feeding.Store(0) // z's sync stalls: b asks again
 	if w := next(syncs); w.Epoch != first.Epoch || w.From.ID != "b" {
 		t.Fatalf("b asked %+v, want the sync of epoch %d again", w, first.Epoch)
+	}
+}
+
+// TestPresenceFailedSyncKeepsMembers: a sync whose records could not all be sent is not ended
+// with "done" (the owner would drop every member it did not get): the owner asks again, and
+// the members stay listed.
+func TestPresenceFailedSyncKeepsMembers(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	ch := ""
+	for i := 0; ch == ""; i++ { // owned by b, also once c is there
+		c := fmt.Sprintf("fs-%d", i)
+		if nats.Owner([]string{"a", "b"}, c) == "b" && nats.Owner([]string{"a", "b", "c"}, c) == "b" {
+			ch = c
+		}
+	}
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	b := startPresenceNode(t, url, prefix, "b", reaps)
+	wantView(t, a, "a", "b")
+	wantView(t, b, "a", "b")
+	mustJoin(t, a, ch, "a1")
+	mustJoin(t, a, ch, "a2")
+	wantMembers(t, b, ch, "a1", "a2")
+
+	// a's records fail until the test lifts the fault: b's sync rounds (its new view with c,
+	// and the one c's request starts) cannot complete; b must keep a's members and ask again.
+	const faults = 1 << 20
+	a.FailSyncRecs(faults)
+	c := startPresenceNode(t, url, prefix, "c", reaps)
+	wantView(t, b, "a", "b", "c")
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		if n := faults - a.SyncFaultsLeft(); n < 3 {
+			return fmt.Errorf("a's records for b failed %d times, want b to ask again until they come", n)
+		}
+		return nil
+	})
+	if b.Synced() {
+		t.Fatal("b's sync completed though a's records never came")
+	}
+	a.FailSyncRecs(0)
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		if !b.Synced() {
+			return errors.New("b's sync is not complete")
+		}
+		return nil
+	})
+	wantMembers(t, b, ch, "a1", "a2")
+	wantMembers(t, c, ch, "a1", "a2")
+	if err := reaps.check(map[string]int{}, map[string]int{}); err != nil {
+		t.Fatal(err)
 	}
 }
