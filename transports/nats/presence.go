@@ -159,6 +159,7 @@ type presence struct {
 	lastTick   time.Time
 	hbSub      *natsgo.Subscription
 	nodeSub    *natsgo.Subscription
+	nodeLag    backlog // of nodeSub, sampled by the loop
 
 	// When each peer was last heard. Its own lock, so that a heartbeat is noted at once even
 	// while mu is held long (a sync of many members).
@@ -477,14 +478,20 @@ func (b *Broker) tick(beat bool) {
 	}
 	p.wasDown, p.reconnects = !up, rc
 	// This node judges no one before 4 heartbeats of silence when it is behind itself: its loop
-	// ran late (the process stalled), or heartbeats or messages of the peers wait to be handled.
+	// ran late (the process stalled), heartbeats wait to be handled, or a message of the peers
+	// (each says its sender lives) has waited half a heartbeat. Messages that wait less, as at
+	// an owner during a join storm, are no lag: the bound stays 2 heartbeats.
 	lagging := now.Sub(p.lastTick) > p.hb/2
-	for _, sub := range []*natsgo.Subscription{p.hbSub, p.nodeSub} {
-		if sub == nil {
-			continue
+	if p.hbSub != nil {
+		if n, _, err := p.hbSub.Pending(); err == nil && n > 0 {
+			lagging = true
 		}
-		if n, _, err := sub.Pending(); err == nil && n > 0 {
-			lagging = true // heartbeats, or messages from the peers, wait to be handled
+	}
+	if p.nodeSub != nil {
+		d, err1 := p.nodeSub.Delivered()
+		n, _, err2 := p.nodeSub.Pending()
+		if err1 == nil && err2 == nil && p.nodeLag.behind(d, int64(n)) {
+			lagging = true
 		}
 	}
 	p.lastTick = now
@@ -520,6 +527,25 @@ func (b *Broker) tick(beat bool) {
 	}
 	p.mu.Unlock()
 	b.tell(reaps)
+}
+
+// backlog tells, from samples of a subscription taken every quarter heartbeat, whether a
+// message waits for its handler since half a heartbeat or more: whether the handler has not yet
+// been handed every message that was there two samples ago.
+type backlog struct {
+	samples [2]struct{ delivered, pending int64 } // the sample before the last, and the last
+	n       int
+}
+
+// behind takes a sample (the messages handed to the handler so far, and those not yet handled,
+// the one being handled included) and reports whether one of the messages there at the sample
+// before the last still waits.
+func (q *backlog) behind(delivered, pending int64) bool {
+	old := q.samples[0]
+	q.samples[0] = q.samples[1]
+	q.samples[1].delivered, q.samples[1].pending = delivered, pending
+	q.n++
+	return q.n > 2 && delivered < old.delivered+old.pending
 }
 
 // beat publishes a heartbeat.
