@@ -43,6 +43,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	natsgo "github.com/nats-io/nats.go"
 
@@ -1177,9 +1178,30 @@ func (b *Broker) budget() int {
 	return 512 << 10
 }
 
-// memberSize is about the bytes of m in JSON.
+// memberSize bounds the bytes of m in JSON from above (encoding/json writes <, > and & as
+// \u003c, \u003e and \u0026, even inside Info: six bytes for one), so that a sync message or a
+// page cut by it stays under the server's payload limit.
 func memberSize(m protocol.Member) int {
-	return len(m.User) + len(m.Session) + len(m.Node) + len(m.Info) + 48
+	return jsonSize(m.User) + jsonSize(m.Session) + jsonSize(m.Node) + jsonSize(string(m.Info)) + 48
+}
+
+// jsonSize bounds the bytes of s written as JSON (as a string, or s itself when it is JSON).
+func jsonSize(s string) int {
+	if !utf8.ValidString(s) {
+		return 6 * len(s) // each bad byte becomes \ufffd
+	}
+	n := len(s)
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '<', c == '>', c == '&', c < 0x20:
+			n += 5
+		case c == '"', c == '\\':
+			n++
+		case c == 0xe2 && i+2 < len(s) && s[i+1] == 0x80 && s[i+2]&0xfe == 0xa8: // U+2028, U+2029
+			n += 3
+		}
+	}
+	return n
 }
 
 // markDirty notes that ch's owner may be wrong about this node's members. p.mu is held.
