@@ -154,6 +154,7 @@ type presence struct {
 	pushing bool
 
 	failRecs atomic.Int32 // tests only (export_test.go): how many sync records fail to publish
+	out      outbox       // messages to other nodes' subjects, published by sendLoop
 
 	wasDown    bool
 	reconnects uint64
@@ -188,6 +189,7 @@ func newPresence(id string, hb time.Duration) *presence {
 		byNode:  map[peerKey]map[string]sessions{},
 		backup:  map[peerKey]map[string]map[string]protocol.Member{},
 		pending: map[string]chan *natsgo.Msg{},
+		out:     outbox{wake: make(chan struct{}, 1)},
 	}
 }
 
@@ -243,7 +245,7 @@ func ownerOf(view []peerKey, ch string) peerKey {
 // --- The node's part: start, close, heartbeats, views ---
 
 // startPresence subscribes to the heartbeats and the replies, and starts the loop (heartbeats,
-// liveness). Called by Start with b.mu held, before started is set.
+// liveness) and the sender of the outbox. Called by Start with b.mu held, before started is set.
 func (b *Broker) startPresence() error {
 	p := b.pr
 	p.inbox = natsgo.NewInbox()
@@ -262,8 +264,9 @@ func (b *Broker) startPresence() error {
 	p.wasDown = b.nc.Status() != natsgo.CONNECTED
 	p.reconnects = b.nc.Stats().Reconnects
 	p.mu.Unlock()
-	b.wg.Add(1)
+	b.wg.Add(2)
 	go b.presenceLoop()
+	go b.sendLoop()
 	return nil
 }
 
@@ -741,7 +744,7 @@ func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 func (b *Broker) askSync(k peerKey) {
 	p := b.pr
 	w := wire{Op: "sync", From: p.self, Epoch: p.epoch, View: p.view, Back: p.back[k]}
-	if err := b.publish(b.nodeSubject(k), "", w); err != nil {
+	if err := b.toNode(b.nodeSubject(k), "", w, k.ID); err != nil {
 		b.logger.Debug("nats presence: sync request not sent", "node_id", k.ID, "error", err)
 	}
 }
@@ -906,7 +909,7 @@ func (b *Broker) sendCopies(to, node peerKey, ch string, ms map[string]protocol.
 	}
 	// Epoch counts the hops.
 	w := wire{Op: "copies", From: b.pr.self, Epoch: b.pr.hops[node], View: []peerKey{node}, Recs: []rec{r}}
-	if err := b.publish(b.nodeSubject(to), "", w); err != nil {
+	if err := b.toNode(b.nodeSubject(to), "", w, to.ID); err != nil {
 		b.logger.Debug("nats presence: copies not sent", "node_id", to.ID, "error", err)
 	}
 }
@@ -1124,26 +1127,30 @@ func (p *presence) inRound(w wire) bool {
 }
 
 // sendSync answers a sync request: this node's records for the asker, in chunks, then done,
-// all published under p.mu so that no join or leave of this node falls between them. When a
-// record message cannot be published, nothing more is sent, done neither: the asker would drop
-// every member it did not get; it asks again instead.
+// encoded under p.mu and queued as one job, so that no join or leave of this node falls
+// between them; the outbox publishes them without the lock. When a record message cannot be
+// published, the rest is not sent, done neither: the asker would drop every member it did not
+// get; it asks again instead.
 func (b *Broker) sendSync(w wire) {
 	p := b.pr
 	subject := b.nodeSubject(w.From)
 	budget := b.budget()
+	job := outJob{sync: true, to: w.From.ID}
+	add := func(m wire) bool {
+		data, err := json.Marshal(m)
+		if err != nil {
+			b.logger.Warn("nats presence: sync not sent", "node_id", w.From.ID, "error", err)
+			return false
+		}
+		job.msgs = append(job.msgs, &natsgo.Msg{Subject: subject, Data: data})
+		return true
+	}
 	var batch []rec
 	n, size := 0, 0
-	failed := false
+	ok := true
 	flush := func() {
-		if len(batch) > 0 && !failed {
-			err := b.publish(subject, "", wire{Op: "rec", From: p.self, Epoch: w.Epoch, Recs: batch})
-			if err == nil && p.failRecs.Load() > 0 && p.failRecs.Add(-1) >= 0 {
-				err = errors.New("a fault of the test")
-			}
-			if err != nil {
-				failed = true
-				b.logger.Warn("nats presence: sync message not sent, the node will ask again", "node_id", w.From.ID, "error", err)
-			}
+		if len(batch) > 0 && ok {
+			ok = add(wire{Op: "rec", From: p.self, Epoch: w.Epoch, Recs: batch})
 		}
 		batch, n, size = nil, 0, 0
 	}
@@ -1161,11 +1168,8 @@ func (b *Broker) sendSync(w wire) {
 		}
 	}
 	flush()
-	if failed {
-		return
-	}
-	if err := b.publish(subject, "", wire{Op: "done", From: p.self, Epoch: w.Epoch}); err != nil {
-		b.logger.Debug("nats presence: sync not sent", "node_id", w.From.ID, "error", err)
+	if ok && add(wire{Op: "done", From: p.self, Epoch: w.Epoch}) {
+		b.queue(job)
 	}
 }
 
@@ -1378,7 +1382,7 @@ func (b *Broker) ask(ctx context.Context, w wire, each func(w *wire, attempt int
 			p.mu.Unlock()
 		default:
 			token, c := p.register(1)
-			err := b.publish(b.nodeSubject(owner), p.inbox+"."+token, w)
+			err := b.toNode(b.nodeSubject(owner), p.inbox+"."+token, w, owner.ID)
 			p.mu.Unlock()
 			if err != nil {
 				p.unregister(token)
@@ -1414,7 +1418,7 @@ func (b *Broker) toBackup(w wire, backup peerKey) {
 		return
 	}
 	op := "b" + w.Op
-	if err := b.publish(b.nodeSubject(backup), "", wire{Op: op, From: w.From, Ch: w.Ch, M: w.M, S: w.S}); err != nil {
+	if err := b.toNode(b.nodeSubject(backup), "", wire{Op: op, From: w.From, Ch: w.Ch, M: w.M, S: w.S}, backup.ID); err != nil {
 		b.logger.Debug("nats presence: backup not sent", "error", err)
 	}
 }
@@ -1565,7 +1569,7 @@ func (b *Broker) Channels(ctx context.Context, prefix, after string, limit int) 
 		}
 		token, c := p.register(1)
 		calls = append(calls, call{k, token, c})
-		if err := b.publish(b.nodeSubject(k), p.inbox+"."+token, w); err != nil {
+		if err := b.toNode(b.nodeSubject(k), p.inbox+"."+token, w, k.ID); err != nil {
 			p.mu.Unlock()
 			for _, c := range calls {
 				p.unregister(c.token)
