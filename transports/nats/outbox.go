@@ -27,11 +27,15 @@ type outJob struct {
 	to   string // the node's id, for the log
 }
 
-// toNode queues w for a node's subject.
+// toNode queues w for a node's subject. A message larger than the server takes fails at once,
+// as a direct publish did (the other publish errors are logged by the sender).
 func (b *Broker) toNode(subject, reply string, w wire, to string) error {
 	data, err := json.Marshal(w)
 	if err != nil {
 		return err
+	}
+	if mp := b.nc.MaxPayload(); mp > 0 && int64(len(data)) > mp {
+		return natsgo.ErrMaxPayload
 	}
 	b.queue(outJob{msgs: []*natsgo.Msg{{Subject: subject, Reply: reply, Data: data}}, to: to})
 	return nil

@@ -700,3 +700,27 @@ func TestPresenceFailedSyncKeepsMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPresenceJoinTooLarge: a member larger than the server takes fails its Join with
+// nats.go's ErrMaxPayload (not a timeout), though requests to other nodes are queued.
+func TestPresenceJoinTooLarge(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	ch := ""
+	for i := 0; ch == ""; i++ {
+		if c := fmt.Sprintf("tl-%d", i); nats.Owner([]string{"a", "b"}, c) == "b" {
+			ch = c
+		}
+	}
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	b := startPresenceNode(t, url, prefix, "b", reaps)
+	wantView(t, a, "a", "b")
+	info := json.RawMessage(`{"bio":"` + strings.Repeat("x", 2<<20) + `"}`)
+	_, err := a.Join(t.Context(), ch, protocol.Member{User: "u", Session: "big", Node: "a", Info: info})
+	if !errors.Is(err, natsgo.ErrMaxPayload) {
+		t.Fatalf("Join of a 2 MB member: %v, want ErrMaxPayload", err)
+	}
+	mustJoin(t, a, ch, "a1")
+	wantMembers(t, b, ch, "a1")
+}
