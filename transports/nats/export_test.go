@@ -9,6 +9,9 @@ func Owner(ids []string, channel string) string {
 	return ownerOf(v, channel).ID
 }
 
+// Incarnation is the random part of the node's presence subject.
+func (b *Broker) Incarnation() string { return b.pr.self.Inc }
+
 // NodeID is the node's id in presence.
 func (b *Broker) NodeID() string { return b.pr.self.ID }
 
@@ -23,4 +26,36 @@ func (b *Broker) LoseLeave(channel, session string) {
 		delete(p.local, channel)
 	}
 	p.markDirty(channel)
+}
+
+// Stall holds the node's presence lock (its loop and handlers stop, as in a stalled process)
+// until the returned func is called.
+func (b *Broker) Stall() (resume func()) {
+	b.pr.mu.Lock()
+	return b.pr.mu.Unlock
+}
+
+// ViewIDs is the ids of the node's view.
+func (b *Broker) ViewIDs() []string {
+	b.pr.mu.Lock()
+	defer b.pr.mu.Unlock()
+	out := make([]string, 0, len(b.pr.view))
+	for _, k := range b.pr.view {
+		out = append(out, k.ID)
+	}
+	return out
+}
+
+// FailSyncRecs makes the next n sync record messages this node sends fail to publish, as a
+// publish fails when the connection drops or its buffer is full.
+func (b *Broker) FailSyncRecs(n int32) { b.pr.failRecs.Store(n) }
+
+// SyncFaultsLeft is how many of the failures FailSyncRecs asked for are still to come.
+func (b *Broker) SyncFaultsLeft() int32 { return b.pr.failRecs.Load() }
+
+// Synced reports whether the node's last sync round is complete.
+func (b *Broker) Synced() bool {
+	b.pr.mu.Lock()
+	defer b.pr.mu.Unlock()
+	return b.pr.waiting == nil
 }

@@ -43,6 +43,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	natsgo "github.com/nats-io/nats.go"
 
@@ -76,6 +77,7 @@ type wire struct {
 	Op     string           `json:"op"`
 	From   peerKey          `json:"from"`
 	Epoch  uint64           `json:"epoch,omitempty"`
+	Back   bool             `json:"back,omitempty"` // sync: the asker had a view without the one asked
 	View   []peerKey        `json:"view,omitempty"`
 	Active bool             `json:"active,omitempty"`
 	Ch     string           `json:"ch,omitempty"`
@@ -134,9 +136,12 @@ type presence struct {
 	view    []peerKey        // the live peers (this one too once active), by id
 	epoch   uint64           // of the last view adopted (or resync)
 	waiting map[peerKey]bool // peers whose sync of epoch has not come; nil: complete
+	moved   map[peerKey]bool // waited-for peers whose sync sent something since they were last asked
 	views   [][]peerKey      // the view of the last complete sync, then those adopted since
 	seen    map[peerKey]map[string]sessions
 	seenB   map[peerKey]map[string]sessions
+	back    map[peerKey]bool   // peers asked to sync with Back, until one of their syncs is done
+	backAt  map[peerKey]uint64 // the asker's epoch of the last sync with Back this node acted on
 
 	local  map[string]map[string]protocol.Member             // this node's own members (its truth)
 	owned  roster.Roster[peerKey]                            // the channels it owns, with the node of each entry
@@ -148,11 +153,15 @@ type presence struct {
 	gen     uint64
 	pushing bool
 
+	failRecs atomic.Int32 // tests only (export_test.go): how many sync records fail to publish
+	out      outbox       // messages to other nodes' subjects, published by sendLoop
+
 	wasDown    bool
 	reconnects uint64
 	lastTick   time.Time
 	hbSub      *natsgo.Subscription
 	nodeSub    *natsgo.Subscription
+	nodeLag    backlog // of nodeSub, sampled by the loop
 
 	// When each peer was last heard. Its own lock, so that a heartbeat is noted at once even
 	// while mu is held long (a sync of many members).
@@ -180,6 +189,7 @@ func newPresence(id string, hb time.Duration) *presence {
 		byNode:  map[peerKey]map[string]sessions{},
 		backup:  map[peerKey]map[string]map[string]protocol.Member{},
 		pending: map[string]chan *natsgo.Msg{},
+		out:     outbox{wake: make(chan struct{}, 1)},
 	}
 }
 
@@ -235,7 +245,7 @@ func ownerOf(view []peerKey, ch string) peerKey {
 // --- The node's part: start, close, heartbeats, views ---
 
 // startPresence subscribes to the heartbeats and the replies, and starts the loop (heartbeats,
-// liveness). Called by Start with b.mu held, before started is set.
+// liveness) and the sender of the outbox. Called by Start with b.mu held, before started is set.
 func (b *Broker) startPresence() error {
 	p := b.pr
 	p.inbox = natsgo.NewInbox()
@@ -254,8 +264,9 @@ func (b *Broker) startPresence() error {
 	p.wasDown = b.nc.Status() != natsgo.CONNECTED
 	p.reconnects = b.nc.Stats().Reconnects
 	p.mu.Unlock()
-	b.wg.Add(1)
+	b.wg.Add(2)
 	go b.presenceLoop()
+	go b.sendLoop()
 	return nil
 }
 
@@ -471,14 +482,20 @@ func (b *Broker) tick(beat bool) {
 	}
 	p.wasDown, p.reconnects = !up, rc
 	// This node judges no one before 4 heartbeats of silence when it is behind itself: its loop
-	// ran late (the process stalled), or heartbeats or messages of the peers wait to be handled.
+	// ran late (the process stalled), heartbeats wait to be handled, or a message of the peers
+	// (each says its sender lives) has waited half a heartbeat. Messages that wait less, as at
+	// an owner during a join storm, are no lag: the bound stays 2 heartbeats.
 	lagging := now.Sub(p.lastTick) > p.hb/2
-	for _, sub := range []*natsgo.Subscription{p.hbSub, p.nodeSub} {
-		if sub == nil {
-			continue
+	if p.hbSub != nil {
+		if n, _, err := p.hbSub.Pending(); err == nil && n > 0 {
+			lagging = true
 		}
-		if n, _, err := sub.Pending(); err == nil && n > 0 {
-			lagging = true // heartbeats, or messages from the peers, wait to be handled
+	}
+	if p.nodeSub != nil {
+		d, err1 := p.nodeSub.Delivered()
+		n, _, err2 := p.nodeSub.Pending()
+		if err1 == nil && err2 == nil && p.nodeLag.behind(d, int64(n)) {
+			lagging = true
 		}
 	}
 	p.lastTick = now
@@ -499,6 +516,10 @@ func (b *Broker) tick(beat bool) {
 		}
 		if p.active && beat && p.waiting != nil {
 			for k := range p.waiting {
+				if p.moved[k] { // its sync is under way (a large one takes a while): no second
+					p.moved[k] = false
+					continue
+				}
 				b.askSync(k)
 			}
 		}
@@ -510,6 +531,25 @@ func (b *Broker) tick(beat bool) {
 	}
 	p.mu.Unlock()
 	b.tell(reaps)
+}
+
+// backlog tells, from samples of a subscription taken every quarter heartbeat, whether a
+// message waits for its handler since half a heartbeat or more: whether the handler has not yet
+// been handed every message that was there two samples ago.
+type backlog struct {
+	samples [2]struct{ delivered, pending int64 } // the sample before the last, and the last
+	n       int
+}
+
+// behind takes a sample (the messages handed to the handler so far, and those not yet handled,
+// the one being handled included) and reports whether one of the messages there at the sample
+// before the last still waits.
+func (q *backlog) behind(delivered, pending int64) bool {
+	old := q.samples[0]
+	q.samples[0] = q.samples[1]
+	q.samples[1].delivered, q.samples[1].pending = delivered, pending
+	q.n++
+	return q.n > 2 && delivered < old.delivered+old.pending
 }
 
 // beat publishes a heartbeat.
@@ -645,8 +685,35 @@ func (p *presence) viewChanged(b *Broker) []reaped {
 
 // adopt makes v the view under a new epoch: the node drops the channels it no longer owns,
 // records its own members in those it owns, and asks every other peer to sync. p.mu is held.
+//
+// A peer that was not in the view before gets its sync requests with Back (until it answers
+// one): it may have kept this node in its own view all along (this node stalled, or its network
+// was cut one way), and then holds a list of this node's members from before, which no view
+// change of its own would renew. A resync (the same view again) sends no Back: it adds no one,
+// so the syncs that Back starts start no more.
 func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 	p.epoch++
+	if slices.Equal(v, p.view) {
+		clear(p.back)
+	}
+	for k := range p.back {
+		if !slices.Contains(v, k) {
+			delete(p.back, k)
+		}
+	}
+	for k := range p.backAt {
+		if !slices.Contains(v, k) {
+			delete(p.backAt, k)
+		}
+	}
+	for _, k := range v {
+		if k != p.self && !slices.Contains(p.view, k) {
+			if p.back == nil {
+				p.back = map[peerKey]bool{}
+			}
+			p.back[k] = true
+		}
+	}
 	p.view = v
 	if p.views != nil {
 		p.views = append(p.views, v)
@@ -657,6 +724,7 @@ func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 		}
 	}
 	p.waiting = map[peerKey]bool{}
+	p.moved = map[peerKey]bool{}
 	p.seen = map[peerKey]map[string]sessions{}
 	p.seenB = map[peerKey]map[string]sessions{}
 	p.applyRecs(p.self, p.syncRecs(v, p.self))
@@ -675,7 +743,8 @@ func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 
 func (b *Broker) askSync(k peerKey) {
 	p := b.pr
-	if err := b.publish(b.nodeSubject(k), "", wire{Op: "sync", From: p.self, Epoch: p.epoch, View: p.view}); err != nil {
+	w := wire{Op: "sync", From: p.self, Epoch: p.epoch, View: p.view, Back: p.back[k]}
+	if err := b.toNode(b.nodeSubject(k), "", w, k.ID); err != nil {
 		b.logger.Debug("nats presence: sync request not sent", "node_id", k.ID, "error", err)
 	}
 }
@@ -777,7 +846,7 @@ func (p *presence) finishSync(from peerKey) {
 // complete ends a sync: the node answers for every channel it owns, and reaps the members of
 // the peers no longer in the view. p.mu is held.
 func (p *presence) complete(b *Broker) []reaped {
-	p.waiting, p.seen, p.seenB = nil, nil, nil
+	p.waiting, p.moved, p.seen, p.seenB = nil, nil, nil, nil
 	p.views = [][]peerKey{p.view}
 	return p.reapDead(b)
 }
@@ -840,7 +909,7 @@ func (b *Broker) sendCopies(to, node peerKey, ch string, ms map[string]protocol.
 	}
 	// Epoch counts the hops.
 	w := wire{Op: "copies", From: b.pr.self, Epoch: b.pr.hops[node], View: []peerKey{node}, Recs: []rec{r}}
-	if err := b.publish(b.nodeSubject(to), "", w); err != nil {
+	if err := b.toNode(b.nodeSubject(to), "", w, to.ID); err != nil {
 		b.logger.Debug("nats presence: copies not sent", "node_id", to.ID, "error", err)
 	}
 }
@@ -993,14 +1062,27 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 		return
 	case "sync":
 		b.sendSync(w)
+		if w.Back && p.active && slices.Contains(p.view, w.From) && w.Epoch > p.backAt[w.From] {
+			// The asker dropped this node and took it back, while this node kept it: what this
+			// node has of the asker's members may be from before (joins and leaves made
+			// meanwhile went to another owner), and its view did not change. Sync anew, once per
+			// such request.
+			if p.backAt == nil {
+				p.backAt = map[peerKey]uint64{}
+			}
+			p.backAt[w.From] = w.Epoch
+			reaps = p.adopt(b, p.view)
+		}
 	case "rec":
 		if p.inRound(w) {
 			p.applyRecs(w.From, w.Recs)
+			p.moved[w.From] = true
 		}
 	case "done":
 		if p.inRound(w) {
 			p.finishSync(w.From)
 			delete(p.waiting, w.From)
+			delete(p.back, w.From)
 			if len(p.waiting) == 0 {
 				reaps = p.complete(b)
 			}
@@ -1045,18 +1127,30 @@ func (p *presence) inRound(w wire) bool {
 }
 
 // sendSync answers a sync request: this node's records for the asker, in chunks, then done,
-// all published under p.mu so that no join or leave of this node falls between them.
+// encoded under p.mu and queued as one job, so that no join or leave of this node falls
+// between them; the outbox publishes them without the lock. When a record message cannot be
+// published, the rest is not sent, done neither: the asker would drop every member it did not
+// get; it asks again instead.
 func (b *Broker) sendSync(w wire) {
 	p := b.pr
 	subject := b.nodeSubject(w.From)
 	budget := b.budget()
+	job := outJob{sync: true, to: w.From.ID}
+	add := func(m wire) bool {
+		data, err := json.Marshal(m)
+		if err != nil {
+			b.logger.Warn("nats presence: sync not sent", "node_id", w.From.ID, "error", err)
+			return false
+		}
+		job.msgs = append(job.msgs, &natsgo.Msg{Subject: subject, Data: data})
+		return true
+	}
 	var batch []rec
 	n, size := 0, 0
+	ok := true
 	flush := func() {
-		if len(batch) > 0 {
-			if err := b.publish(subject, "", wire{Op: "rec", From: p.self, Epoch: w.Epoch, Recs: batch}); err != nil {
-				b.logger.Warn("nats presence: sync message not sent", "node_id", w.From.ID, "error", err)
-			}
+		if len(batch) > 0 && ok {
+			ok = add(wire{Op: "rec", From: p.self, Epoch: w.Epoch, Recs: batch})
 		}
 		batch, n, size = nil, 0, 0
 	}
@@ -1074,8 +1168,8 @@ func (b *Broker) sendSync(w wire) {
 		}
 	}
 	flush()
-	if err := b.publish(subject, "", wire{Op: "done", From: p.self, Epoch: w.Epoch}); err != nil {
-		b.logger.Debug("nats presence: sync not sent", "node_id", w.From.ID, "error", err)
+	if ok && add(wire{Op: "done", From: p.self, Epoch: w.Epoch}) {
+		b.queue(job)
 	}
 }
 
@@ -1088,9 +1182,30 @@ func (b *Broker) budget() int {
 	return 512 << 10
 }
 
-// memberSize is about the bytes of m in JSON.
+// memberSize bounds the bytes of m in JSON from above (encoding/json writes <, > and & as
+// \u003c, \u003e and \u0026, even inside Info: six bytes for one), so that a sync message or a
+// page cut by it stays under the server's payload limit.
 func memberSize(m protocol.Member) int {
-	return len(m.User) + len(m.Session) + len(m.Node) + len(m.Info) + 48
+	return jsonSize(m.User) + jsonSize(m.Session) + jsonSize(m.Node) + jsonSize(string(m.Info)) + 48
+}
+
+// jsonSize bounds the bytes of s written as JSON (as a string, or s itself when it is JSON).
+func jsonSize(s string) int {
+	if !utf8.ValidString(s) {
+		return 6 * len(s) // each bad byte becomes \ufffd
+	}
+	n := len(s)
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '<', c == '>', c == '&', c < 0x20:
+			n += 5
+		case c == '"', c == '\\':
+			n++
+		case c == 0xe2 && i+2 < len(s) && s[i+1] == 0x80 && s[i+2]&0xfe == 0xa8: // U+2028, U+2029
+			n += 3
+		}
+	}
+	return n
 }
 
 // markDirty notes that ch's owner may be wrong about this node's members. p.mu is held.
@@ -1267,7 +1382,7 @@ func (b *Broker) ask(ctx context.Context, w wire, each func(w *wire, attempt int
 			p.mu.Unlock()
 		default:
 			token, c := p.register(1)
-			err := b.publish(b.nodeSubject(owner), p.inbox+"."+token, w)
+			err := b.toNode(b.nodeSubject(owner), p.inbox+"."+token, w, owner.ID)
 			p.mu.Unlock()
 			if err != nil {
 				p.unregister(token)
@@ -1303,7 +1418,7 @@ func (b *Broker) toBackup(w wire, backup peerKey) {
 		return
 	}
 	op := "b" + w.Op
-	if err := b.publish(b.nodeSubject(backup), "", wire{Op: op, From: w.From, Ch: w.Ch, M: w.M, S: w.S}); err != nil {
+	if err := b.toNode(b.nodeSubject(backup), "", wire{Op: op, From: w.From, Ch: w.Ch, M: w.M, S: w.S}, backup.ID); err != nil {
 		b.logger.Debug("nats presence: backup not sent", "error", err)
 	}
 }
@@ -1454,7 +1569,7 @@ func (b *Broker) Channels(ctx context.Context, prefix, after string, limit int) 
 		}
 		token, c := p.register(1)
 		calls = append(calls, call{k, token, c})
-		if err := b.publish(b.nodeSubject(k), p.inbox+"."+token, w); err != nil {
+		if err := b.toNode(b.nodeSubject(k), p.inbox+"."+token, w, k.ID); err != nil {
 			p.mu.Unlock()
 			for _, c := range calls {
 				p.unregister(c.token)

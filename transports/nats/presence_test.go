@@ -3,14 +3,18 @@ package nats_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/protocol"
@@ -470,4 +474,253 @@ func TestPresenceLargeInfo(t *testing.T) {
 			return nil
 		})
 	}
+}
+
+// wantView waits until the ids of n's view are ids.
+func wantView(t *testing.T, n *nats.Broker, ids ...string) {
+	t.Helper()
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		if v := n.ViewIDs(); !slices.Equal(v, ids) {
+			return fmt.Errorf("view of %s: %v, want %v", n.NodeID(), v, ids)
+		}
+		return nil
+	})
+}
+
+// TestPresenceStalledOwnerResyncs: an owner that stalled long enough for the others to drop it,
+// but dropped no one itself (it heard their heartbeats), syncs its channels again when they take
+// it back: the joins and leaves made elsewhere meanwhile are in its list, not the list from
+// before the stall.
+func TestPresenceStalledOwnerResyncs(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	b := startPresenceNode(t, url, prefix, "b", reaps)
+	ch := ""
+	for i := 0; ch == ""; i++ {
+		if c := fmt.Sprintf("st-%d", i); nats.Owner([]string{"a", "b"}, c) == "b" {
+			ch = c
+		}
+	}
+	wantView(t, a, "a", "b")
+	mustJoin(t, a, ch, "a1")
+	mustJoin(t, a, ch, "a2")
+	wantMembers(t, b, ch, "a1", "a2")
+
+	resume := b.Stall()
+	wantView(t, a, "a") // a dropped b and owns ch now
+	if _, err := a.Leave(t.Context(), ch, "a1"); err != nil {
+		resume()
+		t.Fatal(err)
+	}
+	if _, err := a.Join(t.Context(), ch, protocol.Member{User: "u-a3", Session: "a3", Node: "a"}); err != nil {
+		resume()
+		t.Fatal(err)
+	}
+	resume()
+	wantView(t, a, "a", "b") // b owns ch again
+	wantView(t, b, "a", "b") // b never dropped a
+	wantMembers(t, b, ch, "a2", "a3")
+	wantMembers(t, a, ch, "a2", "a3")
+}
+
+// fakeWire is what TestPresenceSyncAskedAgainOnlyWhenStalled reads and writes as a peer.
+type fakeWire struct {
+	Op   string `json:"op"`
+	From struct {
+		ID  string `json:"id"`
+		Inc string `json:"inc"`
+	} `json:"from"`
+	Epoch uint64 `json:"epoch,omitempty"`
+}
+
+// TestPresenceSyncAskedAgainOnlyWhenStalled: a node waiting for a peer's sync asks again only
+// when nothing of that sync came since it last asked: a large sync under way is not asked for
+// again (and sent again) every half heartbeat. The peer is the test, over its own connection.
+func TestPresenceSyncAskedAgainOnlyWhenStalled(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix := serverURL(srv), transporttest.Prefix(t)
+	nc, err := natsgo.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	var z fakeWire
+	z.From.ID, z.From.Inc = "z", "zinc"
+	syncs, beats := make(chan fakeWire, 100), make(chan struct{}, 100)
+	read := func(fn func(fakeWire)) natsgo.MsgHandler {
+		return func(m *natsgo.Msg) {
+			var w fakeWire
+			if json.Unmarshal(m.Data, &w) == nil {
+				fn(w)
+			}
+		}
+	}
+	if _, err := nc.Subscribe(prefix+".presence.node.z.zinc", read(func(w fakeWire) {
+		if w.Op == "sync" {
+			syncs <- w
+		}
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Subscribe(prefix+".presence.hb", read(func(w fakeWire) {
+		if w.From.ID == "b" {
+			select {
+			case beats <- struct{}{}:
+			default:
+			}
+		}
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	const hb = time.Second
+	b := presenceNode(t, url, prefix, "b", hb)
+	if err := b.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// z beats every quarter heartbeat and, while feeding holds an epoch, sends b a part of its
+	// sync of that epoch every 50 ms (never "done").
+	var feeding atomic.Uint64
+	send := func(w fakeWire, subject string) {
+		data, _ := json.Marshal(w)
+		_ = nc.Publish(subject, data)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+			if i%5 == 0 {
+				w := z
+				w.Op = "hb"
+				send(w, prefix+".presence.hb")
+			}
+			if e := feeding.Load(); e > 0 {
+				w := z
+				w.Op, w.Epoch = "rec", e
+				send(w, prefix+".presence.node.b."+b.Incarnation())
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); wg.Wait() })
+
+	next := func(c <-chan fakeWire) fakeWire {
+		t.Helper()
+		select {
+		case w := <-c:
+			return w
+		case <-time.After(10 * time.Second):
+			t.Fatal("b sent no sync request in 10s")
+			return fakeWire{}
+		}
+	}
+	first := next(syncs)
+	feeding.Store(first.Epoch)
+	// While z's sync comes, b does not ask again: 4 of its beats (2 heartbeats) after 2 to
+	// begin with (an ask before the first part came is right).
+	for n := 0; n < 6; {
+		select {
+		case <-beats:
+			n++
+		case w := <-syncs:
+			if w.Epoch == first.Epoch && n >= 2 {
+				t.Fatalf("b asked z again for the sync of epoch %d while it came (after %d beats)", w.Epoch, n)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("b did not beat in 10s")
+		}
+	}
+	feeding.Store(0) // z's sync stalls: b asks again
+	if w := next(syncs); w.Epoch != first.Epoch || w.From.ID != "b" {
+		t.Fatalf("b asked %+v, want the sync of epoch %d again", w, first.Epoch)
+	}
+}
+
+// TestPresenceFailedSyncKeepsMembers: a sync whose records could not all be sent is not ended
+// with "done" (the owner would drop every member it did not get): the owner asks again, and
+// the members stay listed.
+func TestPresenceFailedSyncKeepsMembers(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	ch := ""
+	for i := 0; ch == ""; i++ { // owned by b, also once c is there
+		c := fmt.Sprintf("fs-%d", i)
+		if nats.Owner([]string{"a", "b"}, c) == "b" && nats.Owner([]string{"a", "b", "c"}, c) == "b" {
+			ch = c
+		}
+	}
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	b := startPresenceNode(t, url, prefix, "b", reaps)
+	wantView(t, a, "a", "b")
+	wantView(t, b, "a", "b")
+	mustJoin(t, a, ch, "a1")
+	mustJoin(t, a, ch, "a2")
+	wantMembers(t, b, ch, "a1", "a2")
+
+	// a's records fail until the test lifts the fault: b's sync rounds (its new view with c,
+	// and the one c's request starts) cannot complete; b must keep a's members and ask again.
+	const faults = 1 << 20
+	a.FailSyncRecs(faults)
+	c := startPresenceNode(t, url, prefix, "c", reaps)
+	wantView(t, b, "a", "b", "c")
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		if n := faults - a.SyncFaultsLeft(); n < 3 {
+			return fmt.Errorf("a's records for b failed %d times, want b to ask again until they come", n)
+		}
+		return nil
+	})
+	if b.Synced() {
+		t.Fatal("b's sync completed though a's records never came")
+	}
+	a.FailSyncRecs(0)
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		if !b.Synced() {
+			return errors.New("b's sync is not complete")
+		}
+		return nil
+	})
+	wantMembers(t, b, ch, "a1", "a2")
+	wantMembers(t, c, ch, "a1", "a2")
+	if err := reaps.check(map[string]int{}, map[string]int{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPresenceJoinTooLarge: a member larger than the server takes fails its Join with
+// nats.go's ErrMaxPayload (not a timeout), though requests to other nodes are queued.
+func TestPresenceJoinTooLarge(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	ch := ""
+	for i := 0; ch == ""; i++ {
+		if c := fmt.Sprintf("tl-%d", i); nats.Owner([]string{"a", "b"}, c) == "b" {
+			ch = c
+		}
+	}
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	b := startPresenceNode(t, url, prefix, "b", reaps)
+	wantView(t, a, "a", "b")
+	info := json.RawMessage(`{"bio":"` + strings.Repeat("x", 2<<20) + `"}`)
+	_, err := a.Join(t.Context(), ch, protocol.Member{User: "u", Session: "big", Node: "a", Info: info})
+	if !errors.Is(err, natsgo.ErrMaxPayload) {
+		t.Fatalf("Join of a 2 MB member: %v, want ErrMaxPayload", err)
+	}
+	mustJoin(t, a, ch, "a1")
+	wantMembers(t, b, ch, "a1")
 }

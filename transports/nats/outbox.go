@@ -1,0 +1,98 @@
+package nats
+
+import (
+	"encoding/json"
+	"errors"
+	"sync"
+
+	natsgo "github.com/nats-io/nats.go"
+)
+
+// outbox holds the presence messages to other nodes' subjects until the Broker's sender
+// goroutine publishes them, in the order they were queued: what a node queues under the
+// presence lock (a sync's records and its done, then a join) reaches a peer in that order, and
+// the writes, a large sync's megabytes included, happen without the lock (nats.go writes to the
+// socket itself when its buffer fills). Heartbeats, hellos and answers are published directly.
+type outbox struct {
+	mu   sync.Mutex
+	jobs []outJob
+	wake chan struct{} // capacity 1
+}
+
+// outJob is messages published in order; once one fails, the rest of the job is not sent (a
+// sync's done must not follow a record that was lost).
+type outJob struct {
+	msgs []*natsgo.Msg
+	sync bool   // a sync: records, then done
+	to   string // the node's id, for the log
+}
+
+// toNode queues w for a node's subject. A message larger than the server takes fails at once,
+// as a direct publish did (the other publish errors are logged by the sender).
+func (b *Broker) toNode(subject, reply string, w wire, to string) error {
+	data, err := json.Marshal(w)
+	if err != nil {
+		return err
+	}
+	if mp := b.nc.MaxPayload(); mp > 0 && int64(len(data)) > mp {
+		return natsgo.ErrMaxPayload
+	}
+	b.queue(outJob{msgs: []*natsgo.Msg{{Subject: subject, Reply: reply, Data: data}}, to: to})
+	return nil
+}
+
+func (b *Broker) queue(j outJob) {
+	o := &b.pr.out
+	o.mu.Lock()
+	o.jobs = append(o.jobs, j)
+	o.mu.Unlock()
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sendLoop publishes what is queued, until Close; then it hands nats.go what was queued before
+// (as a direct publish had), which Close flushes when it closes the connection.
+func (b *Broker) sendLoop() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.ctx.Done():
+			b.sendQueued()
+			return
+		case <-b.pr.out.wake:
+			b.sendQueued()
+		}
+	}
+}
+
+func (b *Broker) sendQueued() {
+	o := &b.pr.out
+	o.mu.Lock()
+	jobs := o.jobs
+	o.jobs = nil
+	o.mu.Unlock()
+	for _, j := range jobs {
+		b.send(j)
+	}
+}
+
+func (b *Broker) send(j outJob) {
+	p := b.pr
+	for i, m := range j.msgs {
+		err := b.nc.PublishMsg(m)
+		if err == nil && j.sync && i < len(j.msgs)-1 && p.failRecs.Load() > 0 && p.failRecs.Add(-1) >= 0 {
+			err = errors.New("a fault of the test")
+		}
+		if err == nil {
+			continue
+		}
+		if j.sync {
+			b.logger.Warn("nats presence: sync message not sent, the node will ask again", "node_id", j.to, "error", err)
+		} else {
+			b.logger.Debug("nats presence: message not sent", "node_id", j.to, "error", err)
+		}
+		return
+	}
+}
