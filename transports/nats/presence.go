@@ -1481,23 +1481,29 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 // channel to the owner until one push succeeds (or a sync does it): the owner drops the entry
 // then, silently.
 func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, error) {
-	if err := b.presenceReady(ctx); err != nil {
+	if err := b.usable(); err != nil { // closed or not started: nothing is left (the others reap)
 		return false, err
 	}
 	p := b.pr
-	a, err := b.ask(ctx, wire{Op: "leave", Ch: channel, S: session}, func(_ *wire, attempt int) {
-		if attempt > 0 {
-			return
-		}
+	// forget takes session out of this node's own members; p.mu is held. It runs before the
+	// first request, and on every error path (a request never sent: the connection down, ctx
+	// done), so that the next push drops the entry at the owner whatever happened.
+	forget := func() {
 		if mine := p.local[channel]; mine != nil {
 			delete(mine, session)
 			if len(mine) == 0 {
 				delete(p.local, channel)
 			}
 		}
+	}
+	a, err := b.ask(ctx, wire{Op: "leave", Ch: channel, S: session}, func(_ *wire, attempt int) {
+		if attempt == 0 {
+			forget()
+		}
 	})
 	if err != nil {
 		p.mu.Lock()
+		forget()
 		p.markDirty(channel)
 		p.mu.Unlock()
 		return false, err

@@ -377,6 +377,26 @@ func TestPresenceLostLeave(t *testing.T) {
 	}
 }
 
+// TestPresenceLeaveAfterDeadline: a Leave whose ctx has ended may fail, but the member leaves
+// all the same (the Presence contract: a failed Leave took it out of the node's own members, and
+// the broker drops it later), whichever node owns the channel.
+func TestPresenceLeaveAfterDeadline(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	a := startPresenceNode(t, url, prefix, "a", reaps)
+	b := startPresenceNode(t, url, prefix, "b", reaps)
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, ch := range []string{"d0", "d1", "d2", "d3"} { // some owned by a, some by b
+		mustJoin(t, b, ch, "b1")
+		mustJoin(t, b, ch, "b2")
+		_, _ = b.Leave(done, ch, "b1")
+		wantMembers(t, a, ch, "b2")
+		wantMembers(t, b, ch, "b2")
+	}
+}
+
 // TestPresenceConfigFrom: a gateway node's broker takes its presence heartbeat and its node id
 // from the node's configuration.
 func TestPresenceConfigFrom(t *testing.T) {
