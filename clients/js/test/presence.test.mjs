@@ -38,6 +38,40 @@ after(async () => {
   await killAll();
 });
 
+describe('presence with coalescing (the default window, 100ms)', () => {
+  let node;
+  before(async () => {
+    node = await startNode({
+      GATEWAY_BROKER: 'memory',
+      GATEWAY_PRESENCE_CHANNELS: 'pres-*',
+      GATEWAY_PRESENCE_JOIN_LEAVE: 'pres-*',
+    });
+  });
+
+  test('joins and leaves of a burst reach a subscriber once each, one event per member, and leave it with the right set', async () => {
+    const room = uniq('pres-');
+    const a = client(node.ws, token(uniq('alice-')));
+    const got = presenceEvents(a);
+    await a.subscribe(room);
+    await eventually(() => got.length === 1, () => `alice's own join, got ${show(got)}`);
+    const others = Array.from({ length: 6 }, () => client(node.ws, token(uniq('bob-'))));
+    await Promise.all(others.map((c) => c.subscribe(room)));
+    const want = sorted(others.map((c) => c.session));
+    const joined = () => sorted(got.filter((e) => e.kind === 'join' && e.member.session !== a.session).map((e) => e.member.session));
+    await eventually(() => joined().length === others.length, () => `6 joins, got ${show(got)}`);
+    assert.deepEqual(joined(), want, 'each member joined once');
+    await Promise.all(others.slice(0, 3).map((c) => c.unsubscribe(room)));
+    const left = () => sorted(got.filter((e) => e.kind === 'leave').map((e) => e.member.session));
+    await eventually(() => left().length === 3, () => `3 leaves, got ${show(got)}`);
+    assert.deepEqual(left(), sorted(others.slice(0, 3).map((c) => c.session)), 'each leaver left once');
+    // what alice holds now, from her own joins and leaves, is what the node lists
+    const online = new Set();
+    for (const e of got) e.kind === 'join' ? online.add(e.member.session) : online.delete(e.member.session);
+    assert.deepEqual(sorted([...online]), sessions((await a.presenceAll(room)).members));
+    for (const c of others) c.close();
+  });
+});
+
 describe('presence on one node (memory)', () => {
   let node;
   before(async () => {
@@ -46,6 +80,9 @@ describe('presence on one node (memory)', () => {
       GATEWAY_PRESENCE_CHANNELS: 'pres-*,quiet-*',
       GATEWAY_PRESENCE_JOIN_LEAVE: 'pres-*',
       GATEWAY_PRESENCE_MAX_MEMBERS: '3',
+      // one frame per join and leave, so that their order among messages is exact (a window
+      // keeps only a connection's last change: see the coalescing suite below)
+      GATEWAY_PRESENCE_COALESCE: '0',
     });
   });
 
