@@ -810,3 +810,12 @@ func TestNewWithConn(t *testing.T) {
 		t.Fatal("Close closed a connection the broker does not own")
 	}
 }
+
+// TestHeldGroupMessage: a group message a member holds longer than AckWait is reported in
+// progress, so no other member gets it; a member that stops without acking loses it to another.
+func TestHeldGroupMessage(t *testing.T) {
+	br := startBroker(t)
+	cfg := testConfig(br.url(), transporttest.Prefix(t))
+	cfg.AckWait = time.Second
+	transporttest.HeldGroupMessage(t, newNode(t, cfg), newNode(t, cfg), cfg.AckWait, wait)
+}

@@ -149,26 +149,59 @@ func (s *sub) run(up upstream, lineage <-chan struct{}) {
 
 // deliver hands m to the subscriber, one copy at a time, until one is acked (true) or ctx ends
 // (false). A nack hands it again when local, else it returns false so the caller nacks it to
-// the broker.
-func (s *sub) deliver(ctx context.Context, m *message.Message, local bool) bool {
+// the broker. While it waits, hold (when not nil) keeps the broker from redelivering m elsewhere.
+func (s *sub) deliver(ctx context.Context, m *message.Message, local bool, hold *holder) bool {
+	var renew <-chan time.Time
+	if hold != nil {
+		t := time.NewTicker(hold.every)
+		defer t.Stop()
+		renew = t.C
+	}
 	for {
 		c := m.Copy()
 		c.SetContext(ctx)
-		select {
-		case s.out <- c:
-		case <-ctx.Done():
-			return false
-		}
-		select {
-		case <-c.Acked():
-			return true
-		case <-c.Nacked():
-			if !local {
+	send:
+		for {
+			select {
+			case s.out <- c:
+				break send
+			case <-renew:
+				hold.renew()
+			case <-ctx.Done():
 				return false
 			}
-		case <-ctx.Done():
-			return false
 		}
+		for wait := true; wait; {
+			select {
+			case <-c.Acked():
+				return true
+			case <-c.Nacked():
+				if !local {
+					return false
+				}
+				wait = false
+			case <-renew:
+				hold.renew()
+			case <-ctx.Done():
+				return false
+			}
+		}
+	}
+}
+
+// holder keeps a group message held by this member while its subscriber has it: a message neither
+// acked nor nacked is reported in progress every AckWait/3, so JetStream does not redeliver it to
+// another member after AckWait. A member that stops (its node dies) stops reporting, and the
+// message goes to another member AckWait after the last report.
+type holder struct {
+	nm    *nats.Msg
+	every time.Duration
+	log   *slog.Logger
+}
+
+func (h *holder) renew() {
+	if err := h.nm.InProgress(); err != nil {
+		h.log.Debug("jetstream: cannot report a held group message in progress", "error", err)
 	}
 }
 
@@ -245,7 +278,7 @@ func (s *sub) openOrdered(again bool) (upstream, error) {
 			}
 			return
 		}
-		s.deliver(dctx, s.b.codec.fromJetStream(m), true)
+		s.deliver(dctx, s.b.codec.fromJetStream(m), true, nil)
 		u.lastAt = time.Now()
 	},
 		jetstream.PullMaxMessages(64),
@@ -330,6 +363,10 @@ func (u *orderedUp) deleteConsumer() {
 
 // Groups, and TopicDirect: the watermill-nats subscriber.
 
+// holdForever is the adapter's AckWaitTimeout on a stream: the subscription, not the adapter,
+// decides how long a message is held (until acked, nacked or the subscription ends).
+const holdForever = time.Duration(1<<63 - 1)
+
 type adapterUp struct {
 	nc     *nats.Conn
 	gate   *gate
@@ -389,6 +426,9 @@ func (s *sub) openAdapter(again bool) (upstream, error) {
 			cfg.QueueGroupPrefix = s.durableName()
 		}
 	} else {
+		// The adapter forgets a message not acked within AckWaitTimeout (its ack would be lost);
+		// deliver reports it in progress instead, as long as the subscriber holds it.
+		cfg.AckWaitTimeout = holdForever
 		durable := s.durableName()
 		ctx, cancel := context.WithTimeout(s.ctx, s.b.cfg.PublishTimeout)
 		err := s.ensureDurable(ctx, durable, again)
@@ -426,7 +466,11 @@ func (s *sub) openAdapter(again bool) (upstream, error) {
 			}
 			// On a stream a nack goes back to the broker, which may hand the message to another
 			// member; core NATS has no redelivery, so it is handed again here.
-			if s.deliver(dctx, m, s.stream == "") {
+			var hold *holder
+			if nm := g.take(m); nm != nil && s.stream != "" {
+				hold = &holder{nm: nm, every: max(s.b.cfg.AckWait/3, time.Millisecond), log: s.log}
+			}
+			if s.deliver(dctx, m, s.stream == "", hold) {
 				m.Ack()
 			} else {
 				m.Nack()
