@@ -43,25 +43,34 @@ func HeldGroupMessage(t *testing.T, a, b transports.Broker, redelivery, timeout 
 		case <-hold.C:
 		}
 		got.Ack()
-		// Whatever either member still had coming arrives before a sentinel published after it.
-		sentinel := NewMessage("sentinel")
-		publish(t, a, topic, sentinel)
-		for seen := false; !seen; {
-			var m *message.Message
-			select {
-			case m = <-holder:
-			case m = <-other:
-			case <-time.After(timeout):
-				t.Fatalf("the sentinel did not arrive within %v", timeout)
+		// Whatever a member still had coming arrives before a sentinel published after it: publish
+		// sentinels until each member got one.
+		got1 := map[<-chan *message.Message]bool{}
+		deadline := time.After(timeout)
+		for len(got1) < 2 {
+			sentinel := NewMessage("sentinel")
+			publish(t, a, topic, sentinel)
+			for seen := false; !seen; {
+				var m *message.Message
+				from := holder
+				select {
+				case m = <-holder:
+				case m = <-other:
+					from = other
+				case <-deadline:
+					t.Fatalf("sentinels did not reach both members within %v", timeout)
+				}
+				if m == nil {
+					t.Fatal("a subscription closed")
+				}
+				m.Ack()
+				if m.UUID == held.UUID {
+					t.Fatal("the held message was delivered a second time")
+				}
+				if seen = m.UUID == sentinel.UUID; seen {
+					got1[from] = true
+				}
 			}
-			if m == nil {
-				t.Fatal("a subscription closed")
-			}
-			m.Ack()
-			if m.UUID == held.UUID {
-				t.Fatal("the held message was delivered a second time")
-			}
-			seen = m.UUID == sentinel.UUID
 		}
 	})
 	t.Run("member stops", func(t *testing.T) {
