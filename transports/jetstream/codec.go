@@ -80,11 +80,7 @@ func (c *codec) Unmarshal(nm *nats.Msg) (*message.Message, error) {
 			stream, seq = md.Stream, md.Sequence.Stream
 		}
 	}
-	m := c.decode(nm.Header, nm.Data, stream, seq)
-	if c.gate != nil && stream != "" {
-		c.gate.keep(m, nm)
-	}
-	return m, nil
+	return c.decode(nm.Header, nm.Data, stream, seq), nil
 }
 
 // fromJetStream decodes what a consumer of the nats.go jetstream package delivers.
@@ -143,33 +139,11 @@ func (b *Broker) epochFor(stream string) string {
 // unmarshalled may still be on its way to that channel, which would panic. So a subscription
 // first closes its gate (the codec then refuses new messages), takes every message that got
 // through, and only then cancels the adapter's context.
-//
-// The gate also keeps, for each message on a stream, the *nats.Msg it came from until the
-// subscription takes it (take), so that it can be reported in progress while it is held.
 type gate struct {
 	mu       sync.Mutex
 	drained  *sync.Cond
 	closed   bool
 	inflight int
-	raw      map[*message.Message]*nats.Msg
-}
-
-func (g *gate) keep(m *message.Message, nm *nats.Msg) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.raw == nil {
-		g.raw = map[*message.Message]*nats.Msg{}
-	}
-	g.raw[m] = nm
-}
-
-// take returns and forgets the *nats.Msg m came from (nil when not on a stream).
-func (g *gate) take(m *message.Message) *nats.Msg {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	nm := g.raw[m]
-	delete(g.raw, m)
-	return nm
 }
 
 func newGate() *gate {

@@ -107,10 +107,14 @@ func (b *Broker) subscribe(ctx context.Context, topic, group string) (<-chan *me
 // open starts an upstream. After the stream was recreated (again), it reads the new stream from its
 // start: all of it was published after the subscriber's last message from the old one.
 func (s *sub) open(again bool) (upstream, error) {
-	if s.stream != "" && s.group == "" {
+	switch {
+	case s.stream == "":
+		return s.openAdapter()
+	case s.group == "":
 		return s.openOrdered(again)
+	default:
+		return s.openGroup(again)
 	}
-	return s.openAdapter(again)
 }
 
 // run keeps the sub going until its context ends, or until its upstream is lost: the sub's
@@ -149,59 +153,26 @@ func (s *sub) run(up upstream, lineage <-chan struct{}) {
 
 // deliver hands m to the subscriber, one copy at a time, until one is acked (true) or ctx ends
 // (false). A nack hands it again when local, else it returns false so the caller nacks it to
-// the broker. While it waits, hold (when not nil) keeps the broker from redelivering m elsewhere.
-func (s *sub) deliver(ctx context.Context, m *message.Message, local bool, hold *holder) bool {
-	var renew <-chan time.Time
-	if hold != nil {
-		t := time.NewTicker(hold.every)
-		defer t.Stop()
-		renew = t.C
-	}
+// the broker.
+func (s *sub) deliver(ctx context.Context, m *message.Message, local bool) bool {
 	for {
 		c := m.Copy()
 		c.SetContext(ctx)
-	send:
-		for {
-			select {
-			case s.out <- c:
-				break send
-			case <-renew:
-				hold.renew()
-			case <-ctx.Done():
+		select {
+		case s.out <- c:
+		case <-ctx.Done():
+			return false
+		}
+		select {
+		case <-c.Acked():
+			return true
+		case <-c.Nacked():
+			if !local {
 				return false
 			}
+		case <-ctx.Done():
+			return false
 		}
-		for wait := true; wait; {
-			select {
-			case <-c.Acked():
-				return true
-			case <-c.Nacked():
-				if !local {
-					return false
-				}
-				wait = false
-			case <-renew:
-				hold.renew()
-			case <-ctx.Done():
-				return false
-			}
-		}
-	}
-}
-
-// holder keeps a group message held by this member while its subscriber has it: a message neither
-// acked nor nacked is reported in progress every AckWait/3, so JetStream does not redeliver it to
-// another member after AckWait. A member that stops (its node dies) stops reporting, and the
-// message goes to another member AckWait after the last report.
-type holder struct {
-	nm    *nats.Msg
-	every time.Duration
-	log   *slog.Logger
-}
-
-func (h *holder) renew() {
-	if err := h.nm.InProgress(); err != nil {
-		h.log.Debug("jetstream: cannot report a held group message in progress", "error", err)
 	}
 }
 
@@ -278,7 +249,7 @@ func (s *sub) openOrdered(again bool) (upstream, error) {
 			}
 			return
 		}
-		s.deliver(dctx, s.b.codec.fromJetStream(m), true, nil)
+		s.deliver(dctx, s.b.codec.fromJetStream(m), true)
 		u.lastAt = time.Now()
 	},
 		jetstream.PullMaxMessages(64),
@@ -361,11 +332,7 @@ func (u *orderedUp) deleteConsumer() {
 	_ = u.s.b.js.DeleteConsumer(ctx, u.s.stream, info.Name)
 }
 
-// Groups, and TopicDirect: the watermill-nats subscriber.
-
-// holdForever is the adapter's AckWaitTimeout on a stream: the subscription, not the adapter,
-// decides how long a message is held (until acked, nacked or the subscription ends).
-const holdForever = time.Duration(1<<63 - 1)
+// TopicDirect (fan-out and groups): the watermill-nats subscriber.
 
 type adapterUp struct {
 	nc     *nats.Conn
@@ -382,7 +349,8 @@ func (s *sub) durableName() string {
 
 // ensureDurable creates the group's consumer unless it exists. Creating it here, rather than
 // letting nats.go do it on subscribe, keeps nats.go from deleting it when the subscription ends.
-func (s *sub) ensureDurable(ctx context.Context, durable string, again bool) error {
+// It returns the consumer's deliver subject and group.
+func (s *sub) ensureDurable(ctx context.Context, durable string, again bool) (subject, group string, err error) {
 	policy := jetstream.DeliverNewPolicy
 	if again {
 		policy = jetstream.DeliverAllPolicy
@@ -398,19 +366,24 @@ func (s *sub) ensureDurable(ctx context.Context, durable string, again bool) err
 		AckWait:        s.b.cfg.AckWait,
 		MaxDeliver:     -1,
 	}
-	_, err := s.b.js.CreateOrUpdatePushConsumer(ctx, s.stream, cfg)
+	c, err := s.b.js.CreateOrUpdatePushConsumer(ctx, s.stream, cfg)
 	var apiErr *jetstream.APIError
 	if err != nil && errors.As(err, &apiErr) {
 		// An older server, or settings that cannot change: use the consumer as it is.
-		if _, err2 := s.b.js.PushConsumer(ctx, s.stream, durable); err2 == nil {
+		var err2 error
+		if c, err2 = s.b.js.PushConsumer(ctx, s.stream, durable); err2 == nil {
 			s.log.Warn("jetstream: group consumer exists with other settings, using it as it is", "consumer", durable, "error", err)
-			return nil
+			err = nil
 		}
 	}
-	return err
+	if err != nil {
+		return "", "", err
+	}
+	info := c.CachedInfo()
+	return info.Config.DeliverSubject, info.Config.DeliverGroup, nil
 }
 
-func (s *sub) openAdapter(again bool) (upstream, error) {
+func (s *sub) openAdapter() (upstream, error) {
 	g := newGate()
 	cfg := wmnats.SubscriberSubscriptionConfig{
 		Unmarshaler:       &codec{b: s.b, gate: g},
@@ -420,30 +393,9 @@ func (s *sub) openAdapter(again bool) (upstream, error) {
 		SubscribeTimeout:  s.b.cfg.PublishTimeout,
 		SubjectCalculator: wmnats.DefaultSubjectCalculator,
 	}
-	if s.stream == "" {
-		cfg.JetStream.Disabled = true
-		if s.group != "" {
-			cfg.QueueGroupPrefix = s.durableName()
-		}
-	} else {
-		// The adapter forgets a message not acked within AckWaitTimeout (its ack would be lost);
-		// deliver reports it in progress instead, as long as the subscriber holds it.
-		cfg.AckWaitTimeout = holdForever
-		durable := s.durableName()
-		ctx, cancel := context.WithTimeout(s.ctx, s.b.cfg.PublishTimeout)
-		err := s.ensureDurable(ctx, durable, again)
-		cancel()
-		if err != nil {
-			return nil, unavailable("subscribe", err)
-		}
-		cfg.QueueGroupPrefix = durable
-		cfg.JetStream = wmnats.JetStreamConfig{
-			DurablePrefix:     durable,
-			DurableCalculator: func(prefix, _ string) string { return prefix },
-			SubscribeOptions:  []nats.SubOpt{nats.BindStream(s.stream), nats.ManualAck(), nats.AckExplicit()},
-			ConnectOptions:    []nats.JSOpt{nats.MaxWait(s.b.cfg.PublishTimeout)},
-			AckAsync:          true,
-		}
+	cfg.JetStream.Disabled = true
+	if s.group != "" {
+		cfg.QueueGroupPrefix = s.durableName()
 	}
 	wsub, err := wmnats.NewSubscriberWithNatsConn(s.b.nc, cfg, quietLogger{s.b.wmLog})
 	if err != nil {
@@ -464,25 +416,18 @@ func (s *sub) openAdapter(again bool) (upstream, error) {
 				m.Nack()
 				continue
 			}
-			// On a stream a nack goes back to the broker, which may hand the message to another
-			// member; core NATS has no redelivery, so it is handed again here.
-			var hold *holder
-			if nm := g.take(m); nm != nil && s.stream != "" {
-				hold = &holder{nm: nm, every: max(s.b.cfg.AckWait/3, time.Millisecond), log: s.log}
-			}
-			if s.deliver(dctx, m, s.stream == "", hold) {
+			// Core NATS has no redelivery: a nacked message is handed again here.
+			if s.deliver(dctx, m, true) {
 				m.Ack()
 			} else {
 				m.Nack()
 			}
 		}
 	}()
-	if s.stream == "" {
-		// The SUB must have reached the server before Subscribe returns.
-		if err := s.b.nc.FlushTimeout(s.b.cfg.PublishTimeout); err != nil {
-			u.stop()
-			return nil, unavailable("subscribe", err)
-		}
+	// The SUB must have reached the server before Subscribe returns.
+	if err := s.b.nc.FlushTimeout(s.b.cfg.PublishTimeout); err != nil {
+		u.stop()
+		return nil, unavailable("subscribe", err)
 	}
 	return u, nil
 }
@@ -494,8 +439,6 @@ func (u *adapterUp) stop() {
 	u.gate.closeAndWait()
 	u.cancel()
 	<-u.done
-	// Once the server has the UNSUB it stops pushing to this member; a message pushed before
-	// that is dropped by nats.go and redelivered by the broker after AckWait.
 	if u.nc.IsConnected() {
 		_ = u.nc.FlushTimeout(u.wait)
 	}
