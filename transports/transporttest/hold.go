@@ -23,8 +23,9 @@ func HeldGroupMessage(t *testing.T, a, b transports.Broker, redelivery, timeout 
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		holder := subscribeGroup(t, ctx, a, topic, "hold")
-		held := NewMessage("held")
-		publish(t, a, topic, held)
+		// queued waits at the holder behind held (pushed to it, or read by it): it is held too.
+		held, queued := NewMessage("held"), NewMessage("queued")
+		publish(t, a, topic, held, queued)
 		got := take(t, holder, timeout)
 		if got.UUID != held.UUID {
 			t.Fatalf("holder got %s %q, want the held message", got.UUID, got.Payload)
@@ -39,13 +40,14 @@ func HeldGroupMessage(t *testing.T, a, b transports.Broker, redelivery, timeout 
 			if !ok {
 				t.Fatal("the other member's subscription closed")
 			}
-			t.Fatalf("the other member got %s %q while the holder held the message", m.UUID, m.Payload)
+			t.Fatalf("the other member got %s %q while the holder held the messages", m.UUID, m.Payload)
 		case <-hold.C:
 		}
 		got.Ack()
 		// Whatever a member still had coming arrives before a sentinel published after it: publish
 		// sentinels until each member got one.
 		got1 := map[<-chan *message.Message]bool{}
+		queuedSeen := 0
 		deadline := time.After(timeout)
 		for len(got1) < 2 {
 			sentinel := NewMessage("sentinel")
@@ -67,10 +69,18 @@ func HeldGroupMessage(t *testing.T, a, b transports.Broker, redelivery, timeout 
 				if m.UUID == held.UUID {
 					t.Fatal("the held message was delivered a second time")
 				}
+				if m.UUID == queued.UUID {
+					if queuedSeen++; queuedSeen > 1 {
+						t.Fatal("the queued message was delivered twice")
+					}
+				}
 				if seen = m.UUID == sentinel.UUID; seen {
 					got1[from] = true
 				}
 			}
+		}
+		if queuedSeen != 1 {
+			t.Fatalf("the queued message arrived %d times, want once", queuedSeen)
 		}
 	})
 	t.Run("member stops", func(t *testing.T) {
