@@ -29,8 +29,9 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.M
 // SubscribeGroup implements transports.Broker. On a stream, members of a group share a durable
 // push consumer named SafeName(group)__SafeName(topic) with a deliver group: it starts with the
 // messages published after it was first created and keeps its place while no member is
-// subscribed, until the stream drops the messages. It is never deleted by the gateway. On
-// TopicDirect it is a core NATS queue group (nothing is kept).
+// subscribed, until the stream drops the messages. It is never deleted by the gateway. A message
+// stays with the member it was pushed to until that member's subscriber acks or nacks it, or the
+// member ends (group.go). On TopicDirect it is a core NATS queue group (nothing is kept).
 func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
 	if group == "" {
 		return nil, errors.New("jetstream: empty group")
