@@ -810,3 +810,46 @@ func TestNewWithConn(t *testing.T) {
 		t.Fatal("Close closed a connection the broker does not own")
 	}
 }
+
+// TestHeldGroupMessage: a group message a member holds longer than AckWait is reported in
+// progress, so no other member gets it; a member that stops without acking loses it to another.
+func TestHeldGroupMessage(t *testing.T) {
+	br := startBroker(t)
+	cfg := testConfig(br.url(), transporttest.Prefix(t))
+	cfg.AckWait = time.Second
+	transporttest.HeldGroupMessage(t, newNode(t, cfg), newNode(t, cfg), cfg.AckWait, wait)
+}
+
+// TestHeldGroupMessageNodeDies: a node that dies while it holds a group message neither naks it
+// nor reports it in progress anymore; the message goes to another member after AckWait.
+func TestHeldGroupMessageNodeDies(t *testing.T) {
+	br := startBroker(t)
+	cfg := testConfig(br.url(), transporttest.Prefix(t))
+	cfg.AckWait = time.Second
+	a, b := newNode(t, cfg), newNode(t, cfg)
+	holder, err := a.SubscribeGroup(t.Context(), protocol.TopicEvents, "dies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := transporttest.NewMessage("lost")
+	if err := a.Publish(protocol.TopicEvents, lost); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-holder:
+		if m.UUID != lost.UUID {
+			t.Fatalf("holder got %s %q", m.UUID, m.Payload)
+		}
+	case <-time.After(wait):
+		t.Fatal("the holder got nothing")
+	}
+	other, err := b.SubscribeGroup(t.Context(), protocol.TopicEvents, "dies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.nc.Close() // the node is gone: no nak, no more in-progress reports
+	got := transporttest.Receive(t, other, 1, cfg.AckWait+wait)[0]
+	if got.UUID != lost.UUID {
+		t.Fatalf("the other member got %s %q, want the dead node's message", got.UUID, got.Payload)
+	}
+}

@@ -29,8 +29,9 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.M
 // SubscribeGroup implements transports.Broker. On a stream, members of a group share a durable
 // push consumer named SafeName(group)__SafeName(topic) with a deliver group: it starts with the
 // messages published after it was first created and keeps its place while no member is
-// subscribed, until the stream drops the messages. It is never deleted by the gateway. On
-// TopicDirect it is a core NATS queue group (nothing is kept).
+// subscribed, until the stream drops the messages. It is never deleted by the gateway. A message
+// stays with the member it was pushed to until that member's subscriber acks or nacks it, or the
+// member ends (group.go). On TopicDirect it is a core NATS queue group (nothing is kept).
 func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-chan *message.Message, error) {
 	if group == "" {
 		return nil, errors.New("jetstream: empty group")
@@ -107,10 +108,14 @@ func (b *Broker) subscribe(ctx context.Context, topic, group string) (<-chan *me
 // open starts an upstream. After the stream was recreated (again), it reads the new stream from its
 // start: all of it was published after the subscriber's last message from the old one.
 func (s *sub) open(again bool) (upstream, error) {
-	if s.stream != "" && s.group == "" {
+	switch {
+	case s.stream == "":
+		return s.openAdapter()
+	case s.group == "":
 		return s.openOrdered(again)
+	default:
+		return s.openGroup(again)
 	}
-	return s.openAdapter(again)
 }
 
 // run keeps the sub going until its context ends, or until its upstream is lost: the sub's
@@ -328,7 +333,7 @@ func (u *orderedUp) deleteConsumer() {
 	_ = u.s.b.js.DeleteConsumer(ctx, u.s.stream, info.Name)
 }
 
-// Groups, and TopicDirect: the watermill-nats subscriber.
+// TopicDirect (fan-out and groups): the watermill-nats subscriber.
 
 type adapterUp struct {
 	nc     *nats.Conn
@@ -345,7 +350,8 @@ func (s *sub) durableName() string {
 
 // ensureDurable creates the group's consumer unless it exists. Creating it here, rather than
 // letting nats.go do it on subscribe, keeps nats.go from deleting it when the subscription ends.
-func (s *sub) ensureDurable(ctx context.Context, durable string, again bool) error {
+// It returns the consumer's deliver subject and group.
+func (s *sub) ensureDurable(ctx context.Context, durable string, again bool) (subject, group string, err error) {
 	policy := jetstream.DeliverNewPolicy
 	if again {
 		policy = jetstream.DeliverAllPolicy
@@ -361,19 +367,24 @@ func (s *sub) ensureDurable(ctx context.Context, durable string, again bool) err
 		AckWait:        s.b.cfg.AckWait,
 		MaxDeliver:     -1,
 	}
-	_, err := s.b.js.CreateOrUpdatePushConsumer(ctx, s.stream, cfg)
+	c, err := s.b.js.CreateOrUpdatePushConsumer(ctx, s.stream, cfg)
 	var apiErr *jetstream.APIError
 	if err != nil && errors.As(err, &apiErr) {
 		// An older server, or settings that cannot change: use the consumer as it is.
-		if _, err2 := s.b.js.PushConsumer(ctx, s.stream, durable); err2 == nil {
+		var err2 error
+		if c, err2 = s.b.js.PushConsumer(ctx, s.stream, durable); err2 == nil {
 			s.log.Warn("jetstream: group consumer exists with other settings, using it as it is", "consumer", durable, "error", err)
-			return nil
+			err = nil
 		}
 	}
-	return err
+	if err != nil {
+		return "", "", err
+	}
+	info := c.CachedInfo()
+	return info.Config.DeliverSubject, info.Config.DeliverGroup, nil
 }
 
-func (s *sub) openAdapter(again bool) (upstream, error) {
+func (s *sub) openAdapter() (upstream, error) {
 	g := newGate()
 	cfg := wmnats.SubscriberSubscriptionConfig{
 		Unmarshaler:       &codec{b: s.b, gate: g},
@@ -383,27 +394,9 @@ func (s *sub) openAdapter(again bool) (upstream, error) {
 		SubscribeTimeout:  s.b.cfg.PublishTimeout,
 		SubjectCalculator: wmnats.DefaultSubjectCalculator,
 	}
-	if s.stream == "" {
-		cfg.JetStream.Disabled = true
-		if s.group != "" {
-			cfg.QueueGroupPrefix = s.durableName()
-		}
-	} else {
-		durable := s.durableName()
-		ctx, cancel := context.WithTimeout(s.ctx, s.b.cfg.PublishTimeout)
-		err := s.ensureDurable(ctx, durable, again)
-		cancel()
-		if err != nil {
-			return nil, unavailable("subscribe", err)
-		}
-		cfg.QueueGroupPrefix = durable
-		cfg.JetStream = wmnats.JetStreamConfig{
-			DurablePrefix:     durable,
-			DurableCalculator: func(prefix, _ string) string { return prefix },
-			SubscribeOptions:  []nats.SubOpt{nats.BindStream(s.stream), nats.ManualAck(), nats.AckExplicit()},
-			ConnectOptions:    []nats.JSOpt{nats.MaxWait(s.b.cfg.PublishTimeout)},
-			AckAsync:          true,
-		}
+	cfg.JetStream.Disabled = true
+	if s.group != "" {
+		cfg.QueueGroupPrefix = s.durableName()
 	}
 	wsub, err := wmnats.NewSubscriberWithNatsConn(s.b.nc, cfg, quietLogger{s.b.wmLog})
 	if err != nil {
@@ -424,21 +417,18 @@ func (s *sub) openAdapter(again bool) (upstream, error) {
 				m.Nack()
 				continue
 			}
-			// On a stream a nack goes back to the broker, which may hand the message to another
-			// member; core NATS has no redelivery, so it is handed again here.
-			if s.deliver(dctx, m, s.stream == "") {
+			// Core NATS has no redelivery: a nacked message is handed again here.
+			if s.deliver(dctx, m, true) {
 				m.Ack()
 			} else {
 				m.Nack()
 			}
 		}
 	}()
-	if s.stream == "" {
-		// The SUB must have reached the server before Subscribe returns.
-		if err := s.b.nc.FlushTimeout(s.b.cfg.PublishTimeout); err != nil {
-			u.stop()
-			return nil, unavailable("subscribe", err)
-		}
+	// The SUB must have reached the server before Subscribe returns.
+	if err := s.b.nc.FlushTimeout(s.b.cfg.PublishTimeout); err != nil {
+		u.stop()
+		return nil, unavailable("subscribe", err)
 	}
 	return u, nil
 }
@@ -450,8 +440,6 @@ func (u *adapterUp) stop() {
 	u.gate.closeAndWait()
 	u.cancel()
 	<-u.done
-	// Once the server has the UNSUB it stops pushing to this member; a message pushed before
-	// that is dropped by nats.go and redelivered by the broker after AckWait.
 	if u.nc.IsConnected() {
 		_ = u.nc.FlushTimeout(u.wait)
 	}

@@ -20,6 +20,7 @@ const (
 	DefaultTimeout            = transports.DefaultPublishTimeout
 	DefaultSubscriptionBuffer = 1024
 	DefaultReplayCount        = 512
+	DefaultClaimIdle          = 60 * time.Second
 
 	maxShards = 1024
 )
@@ -55,6 +56,10 @@ type Config struct {
 	SubscriptionBuffer int
 	// ReplayCount is how many entries one XRANGE takes while Replay scans a shard; default 512.
 	ReplayCount int64
+	// ClaimIdle is how long an entry of a consumer group stays pending, not renewed, before
+	// another member claims it: a member renews the entries it holds every ClaimIdle/3, so only
+	// those of a member that stopped (its node died) go to another. Default 60 s, at least 3 ms.
+	ClaimIdle time.Duration
 
 	// Presence are the settings of the broker's transports.Presence; Heartbeat defaults to
 	// transports.DefaultPresenceHeartbeat, at least 1 ms.
@@ -88,6 +93,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReplayCount == 0 {
 		c.ReplayCount = DefaultReplayCount
+	}
+	if c.ClaimIdle == 0 {
+		c.ClaimIdle = DefaultClaimIdle
 	}
 	if c.Presence.Heartbeat == 0 {
 		c.Presence.Heartbeat = transports.DefaultPresenceHeartbeat
@@ -132,6 +140,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReplayCount < 1 {
 		return fmt.Errorf("redis replay count: %d must be positive", c.ReplayCount)
+	}
+	if c.ClaimIdle < 3*time.Millisecond {
+		return fmt.Errorf("redis claim idle: %v is below 3ms", c.ClaimIdle)
 	}
 	if c.Presence.Heartbeat < time.Millisecond {
 		return fmt.Errorf("presence.heartbeat: %v is below 1ms", c.Presence.Heartbeat)

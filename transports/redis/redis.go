@@ -327,8 +327,10 @@ func (b *Broker) lastIDs(ctx context.Context, keys []string) ([]string, error) {
 }
 
 // SubscribeGroup implements transports.Broker with a Redis consumer group named group on the
-// topic's stream, through watermill-redisstream (pending entries of a vanished member are
-// claimed by the others after a minute; idle members are removed after ten minutes). The group is
+// topic's stream, through watermill-redisstream. An entry stays with the member that read it
+// while its subscriber holds it (neither acked nor nacked; the member renews it, hold.go); the
+// entries of a member that stopped are claimed by the others after ClaimIdle (a minute); idle
+// members are removed after ten minutes. The group is
 // created, if new, at the stream's current end before SubscribeGroup returns; from then on the
 // group keeps its place, so what is published while no member runs is delivered later, as far as
 // MaxLen keeps it. When the group vanishes (Redis restarted without persistence, or XGROUP
@@ -391,10 +393,14 @@ func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-cha
 // closed. in also closes by itself when Redis answers NOGROUP: the group is gone.
 func (b *Broker) groupAttempt(ctx context.Context, key, group string) (in <-chan *message.Message, end func(), err error) {
 	actx, cancel := context.WithCancel(ctx)
+	consumer := watermill.NewShortUUID()
 	sub, err := redisstream.NewSubscriber(redisstream.SubscriberConfig{
 		Client:                        sharedClient{b.client},
 		Unmarshaller:                  codec{},
+		Consumer:                      consumer,
 		ConsumerGroup:                 group,
+		MaxIdleTime:                   b.cfg.ClaimIdle,
+		ClaimInterval:                 min(redisstream.DefaultClaimInterval, b.cfg.ClaimIdle/2),
 		OldestId:                      "$",
 		BlockTime:                     b.cfg.BlockTimeout,
 		DisableIndefiniteInitialBlock: true,
@@ -416,7 +422,8 @@ func (b *Broker) groupAttempt(ctx context.Context, key, group string) (in <-chan
 		_ = sub.Close()
 		return nil, nil, b.wrap("subscribe group "+group+" on "+key, err)
 	}
-	return in, func() { cancel(); _ = sub.Close() }, nil
+	hold := b.startRenewer(actx, key, group, consumer) // see hold.go
+	return in, func() { cancel(); hold.stop(); _ = sub.Close() }, nil
 }
 
 // regroup creates group again, from the start of the stream (after a restart without

@@ -659,3 +659,13 @@ func TestReplayPages(t *testing.T) {
 		t.Fatalf("replay over the limit: %d msgs, complete %v", len(msgs), complete)
 	}
 }
+
+// TestHeldGroupMessage: a group entry a member holds longer than ClaimIdle is renewed, so no other
+// member claims it; a member that stops without acking loses it to another.
+func TestHeldGroupMessage(t *testing.T) {
+	addr := anyRedis(t)
+	prefix := transporttest.Prefix(t)
+	dropKeys(t, addr, prefix)
+	cfg := redis.Config{Addr: addr, Prefix: prefix, BlockTimeout: 100 * time.Millisecond, ClaimIdle: time.Second}
+	transporttest.HeldGroupMessage(t, newNode(t, cfg), newNode(t, cfg), cfg.ClaimIdle, 10*time.Second)
+}
