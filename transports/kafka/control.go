@@ -2,7 +2,6 @@ package kafka
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/IBM/sarama"
@@ -35,31 +34,7 @@ func (b *Broker) controlRecord(ctx context.Context, key string, value []byte) er
 	if value != nil {
 		msg.Value = sarama.ByteEncoder(value)
 	}
-	b.pubMu.RLock()
-	if b.isClosed() {
-		b.pubMu.RUnlock()
-		return transports.ErrClosed
-	}
-	errc := make(chan error, 1)
-	go func() { // the read lock goes with it, so that Close waits for it (sarama bounds it)
-		defer b.pubMu.RUnlock()
-		_, _, err := c.records.SendMessage(msg)
-		errc <- err
-	}()
-	select {
-	case err := <-errc:
-		if err != nil {
-			if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
-				b.kickTopics()
-			}
-			return unavailable("control write", err)
-		}
-		return nil
-	case <-ctx.Done():
-		return unavailable("control write", ctx.Err())
-	case <-b.done:
-		return transports.ErrClosed
-	}
+	return b.sendRecord(ctx, c, msg, "control write")
 }
 
 // ListControl implements transports.ControlStore: the topic read whole.

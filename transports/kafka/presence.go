@@ -618,29 +618,8 @@ func (b *Broker) produce(ctx context.Context, key string, value []byte, o *op) e
 	if o != nil {
 		msg.Headers = []sarama.RecordHeader{{Key: []byte(opHeader), Value: []byte(o.id)}}
 	}
-	b.pubMu.RLock()
-	if b.isClosed() {
-		b.pubMu.RUnlock()
-		return transports.ErrClosed
-	}
-	errc := make(chan error, 1)
-	go func() { // the read lock goes with it, so that Close waits for it (sarama bounds it)
-		defer b.pubMu.RUnlock()
-		_, _, err := c.records.SendMessage(msg)
-		errc <- err
-	}()
-	select {
-	case err := <-errc:
-		if err != nil {
-			if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
-				b.kickTopics()
-			}
-			return unavailable("presence write", err)
-		}
-	case <-ctx.Done():
-		return unavailable("presence write", ctx.Err())
-	case <-b.done:
-		return transports.ErrClosed
+	if err := b.sendRecord(ctx, c, msg, "presence write"); err != nil {
+		return err
 	}
 	if o != nil {
 		b.pr.mu.Lock()
@@ -1168,6 +1147,37 @@ func (b *Broker) produceBatch(ctx context.Context, msgs []*sarama.ProducerMessag
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-b.done:
+		return transports.ErrClosed
+	}
+}
+
+// sendRecord writes msg with c's synchronous producer, bounded by ctx (what names the write in
+// errors): the writes of the presence and control-state topics. The publish read lock goes with
+// the send, so that Close waits for it (sarama bounds it); msg.Offset is set once it returns nil.
+func (b *Broker) sendRecord(ctx context.Context, c *conn, msg *sarama.ProducerMessage, what string) error {
+	b.pubMu.RLock()
+	if b.isClosed() {
+		b.pubMu.RUnlock()
+		return transports.ErrClosed
+	}
+	errc := make(chan error, 1)
+	go func() {
+		defer b.pubMu.RUnlock()
+		_, _, err := c.records.SendMessage(msg)
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		if err != nil {
+			if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+				b.kickTopics()
+			}
+			return unavailable(what, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return unavailable(what, ctx.Err())
 	case <-b.done:
 		return transports.ErrClosed
 	}
