@@ -31,18 +31,9 @@ func (b *Broker) controlKV(ctx context.Context) (jetstream.KeyValue, error) {
 	if b.ctl.kv != nil {
 		return b.ctl.kv, nil
 	}
-	kv, err := b.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      b.controlBucketName(),
-		Description: "wsgateway control records (revocations, server-side subscriptions) of prefix " + b.cfg.Prefix,
-		History:     1,
-		Replicas:    b.cfg.Replicas,
-		Storage:     jetstream.FileStorage,
-	})
-	if errors.Is(err, jetstream.ErrBucketExists) {
-		kv, err = b.js.KeyValue(ctx, b.controlBucketName())
-	}
+	kv, err := b.openBucket(ctx, b.controlBucketName(), "control")
 	if err != nil {
-		return nil, fmt.Errorf("control bucket %s: %w", b.controlBucketName(), err)
+		return nil, err
 	}
 	b.ctl.kv = kv
 	return kv, nil
@@ -104,4 +95,23 @@ func (b *Broker) ListControl(ctx context.Context) (map[string][]byte, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// openBucket creates the KV bucket name of this prefix (what: "presence", "control"), or opens it
+// when it exists: one value per key, file storage, the streams' replicas.
+func (b *Broker) openBucket(ctx context.Context, name, what string) (jetstream.KeyValue, error) {
+	kv, err := b.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      name,
+		Description: "wsgateway " + what + " records of prefix " + b.cfg.Prefix,
+		History:     1,
+		Replicas:    b.cfg.Replicas,
+		Storage:     jetstream.FileStorage,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = b.js.KeyValue(ctx, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s bucket %s: %w", what, name, err)
+	}
+	return kv, nil
 }

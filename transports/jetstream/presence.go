@@ -142,18 +142,9 @@ func (b *Broker) bucket() (jetstream.KeyValue, error) {
 
 // ensureBucket creates the bucket (or opens it when it exists).
 func (b *Broker) ensureBucket(ctx context.Context) (jetstream.KeyValue, error) {
-	kv, err := b.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      b.bucketName(),
-		Description: "wsgateway presence of prefix " + b.cfg.Prefix,
-		History:     1,
-		Replicas:    b.cfg.Replicas,
-		Storage:     jetstream.FileStorage,
-	})
-	if errors.Is(err, jetstream.ErrBucketExists) {
-		kv, err = b.js.KeyValue(ctx, b.bucketName())
-	}
+	kv, err := b.openBucket(ctx, b.bucketName(), "presence")
 	if err != nil {
-		return nil, fmt.Errorf("presence bucket %s: %w", b.bucketName(), err)
+		return nil, err
 	}
 	b.pr.mu.Lock()
 	b.pr.kv = kv
