@@ -613,3 +613,77 @@ func (s *presenceSuite) testClosed(t *testing.T) {
 		}
 	}
 }
+
+// ReapBoundFeatures says how RunReapBound runs on the broker under test.
+type ReapBoundFeatures struct {
+	// Heartbeat is the presence heartbeat of the nodes (default 1 s: long against a loaded
+	// machine's scheduling delays, so that the bound, not the machine, is what is measured).
+	Heartbeat time.Duration
+	// Kill makes node stop as a SIGKILLed node would (nil: Close), as in PresenceFeatures.
+	Kill func(t *testing.T, node transports.Broker)
+	// Trials is how many nodes are killed, each at another point of its renewal cycle (default 4).
+	Trials int
+}
+
+// ReapBound is the bound transports.Presence promises: a node that stops loses its members
+// within 2 heartbeats of the moment it stopped.
+const ReapBound = 2
+
+// RunReapBound kills nodes, each at another point of its renewal cycle, and asserts that a
+// survivor no longer lists the dead node's member, and that OnReap was called for it once,
+// within ReapBound heartbeats of the kill. It logs each kill-to-reap time (docs/presence.md
+// quotes them). It asserts a time: run it outside the race detector, which slows the nodes
+// down by an unbounded factor.
+func RunReapBound(t *testing.T, f ReapBoundFeatures, newNode NewPresenceNode) {
+	if f.Heartbeat == 0 {
+		f.Heartbeat = time.Second
+	}
+	if f.Trials == 0 {
+		f.Trials = 4
+	}
+	if f.Kill == nil {
+		f.Kill = func(t *testing.T, node transports.Broker) { _ = node.Close() }
+	}
+	s := &presenceSuite{f: PresenceFeatures{Heartbeat: f.Heartbeat, Kill: f.Kill, Timeout: max(10*time.Second, 10*f.Heartbeat)}, newNode: newNode}
+	prefix := Prefix(t)
+	log := &reapLog{calls: map[string]int{}, vac: map[string]int{}}
+	a := s.node(t, prefix, "a", log.setup)
+	b := s.node(t, prefix, "b", log.setup)
+	a.join(t, "bound", a.member("ann", "a1"))
+	bound := ReapBound * f.Heartbeat
+	want := map[string]int{}
+	var took []string
+	for i := range f.Trials {
+		id := "dying" + strconv.Itoa(i)
+		dying := s.node(t, prefix, id, log.setup)
+		session := "d" + strconv.Itoa(i)
+		dying.join(t, "bound", dying.member("dan", session))
+		s.expectMembers(t, b, "bound", []string{"a1", session})
+		// Kill at another phase of the node's renewals each time.
+		time.Sleep(time.Duration(i) * f.Heartbeat / time.Duration(f.Trials)) // a phase, not a wait for something
+		f.Kill(t, dying.Broker)
+		killed := time.Now()
+		want["bound/"+session] = 1
+		var gone time.Duration
+		WaitFor(t, s.f.Timeout, func() error {
+			ms, err := AllMembers(t.Context(), b, "bound", 1000)
+			if err != nil {
+				return err
+			}
+			if slices.Contains(Sessions(ms), session) {
+				return fmt.Errorf("%s still listed %v after the kill", session, time.Since(killed).Round(time.Millisecond))
+			}
+			if err := log.check(want, nil); err != nil {
+				return err
+			}
+			gone = time.Since(killed)
+			return nil
+		})
+		took = append(took, gone.Round(time.Millisecond).String())
+		if gone > bound {
+			t.Errorf("trial %d: %s was reaped %v after its node was killed; the bound is %v (%d heartbeats of %v)", i, session, gone.Round(time.Millisecond), bound, ReapBound, f.Heartbeat)
+		}
+	}
+	t.Logf("kill to reap, heartbeat %v: %v (bound %v)", f.Heartbeat, took, bound)
+	s.expectMembers(t, a, "bound", []string{"a1"})
+}
