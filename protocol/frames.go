@@ -101,8 +101,10 @@ type Frame struct {
 	Since   *string         `json:"since"`
 	Data    json.RawMessage `json:"data"`
 	MsgID   string          `json:"msg_id"`
-	After   string          `json:"after"` // presence: the session id the page starts after
-	Limit   int             `json:"limit"` // presence: members per page; 0: PresencePage
+	After   string          `json:"after"`  // presence: the session id the page starts after
+	Limit   int             `json:"limit"`  // presence: members per page; 0: PresencePage
+	Method  string          `json:"method"` // rpc: the method called
+	Token   string          `json:"token"`  // refresh: the new token ("" asks the refresh hook)
 }
 
 // Decode parses one client frame and checks it. On error the returned frame still carries the
@@ -155,6 +157,14 @@ func Decode(b []byte) (*Frame, *Error) {
 		}
 		if f.Limit < 0 || f.Limit > MaxPresencePage {
 			return &f, Errorf(CodeBadRequest, "limit must be between 1 and %d", MaxPresencePage)
+		}
+	case TypeRPC:
+		if f.Method == "" || len(f.Method) > MaxMethodLen || !utf8.ValidString(f.Method) {
+			return &f, Errorf(CodeBadRequest, "method is required, at most %d characters", MaxMethodLen)
+		}
+	case TypeRefresh:
+		if len(f.Token) > MaxTokenLen {
+			return &f, Errorf(CodeBadRequest, "token is longer than %d bytes", MaxTokenLen)
 		}
 	case TypePing:
 	case "":
@@ -261,6 +271,8 @@ type Welcome struct {
 	Session string `json:"session"`
 	Node    string `json:"node"`
 	User    string `json:"user"`
+	// Data is what the connect hook gave the client (absent without one).
+	Data json.RawMessage `json:"data,omitempty"`
 }
 
 // Subscribed answers subscribe.
@@ -270,6 +282,10 @@ type Subscribed struct {
 	Channel   string `json:"channel"`
 	Position  string `json:"position"`
 	Recovered bool   `json:"recovered"`
+	// Data is what the subscribe hook gave the client for this channel (absent without one).
+	Data json.RawMessage `json:"data,omitempty"`
+	// Expires (unix seconds) is when the subscribe hook ends the subscription (0: never).
+	Expires int64 `json:"expires,omitempty"`
 }
 
 // Reply answers unsubscribe (Channel), publish and send (MsgID), ping.
@@ -278,6 +294,8 @@ type Reply struct {
 	ID      string `json:"id"`
 	Channel string `json:"channel,omitempty"`
 	MsgID   string `json:"msg_id,omitempty"`
+	// Reason says why the server unsubscribed the client on its own (UnsubscribeExpired, …).
+	Reason string `json:"reason,omitempty"`
 }
 
 // ErrorFrame reports an error; ID is set when it answers a frame.

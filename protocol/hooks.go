@@ -172,3 +172,10 @@ func RPCResultFrame(id string, data json.RawMessage) []byte {
 func RefreshedFrame(id string, expires int64) []byte {
 	return Encode(Refreshed{Type: TypeRefreshed, ID: id, Expires: expires})
 }
+
+// MaxTokenLen bounds a refresh frame's token (the node refuses longer tokens at the upgrade too).
+const MaxTokenLen = 64 << 10
+
+// UnsubscribeExpired is the reason of the unsubscribed frame a subscription gets when the expiry
+// its subscribe hook set has come.
+const UnsubscribeExpired = "expired"
