@@ -47,7 +47,7 @@ type SessionsConfig struct {
 	// Verifier checks the tokens of refresh frames (nil: refresh frames need the refresh hook).
 	Verifier *auth.Verifier
 	Metrics  *metrics.Metrics
-	Log            *slog.Logger
+	Log      *slog.Logger
 }
 
 // Sessions implements websocket.Handler: the protocol of one client connection.
@@ -68,10 +68,10 @@ var _ websocket.Handler = (*Sessions)(nil)
 // state is what a connection carries (websocket.Conn.Value).
 type state struct {
 	tok    atomic.Pointer[auth.Claims] // the claims the connection holds now (a refresh replaces them): claims()
-	limits connLimits  // of this connection
-	user   *userState  // shared by the user's connections on this node
-	opened atomic.Bool // Open ran: Close releases the reservation
-	freed  atomic.Bool // the reservation was released
+	limits connLimits                  // of this connection
+	user   *userState                  // shared by the user's connections on this node
+	opened atomic.Bool                 // Open ran: Close releases the reservation
+	freed  atomic.Bool                 // the reservation was released
 	mu     sync.Mutex
 	expiry *time.Timer
 	member map[string]bool // the presence channels the connection is a member of (mu)
@@ -89,7 +89,7 @@ type state struct {
 	cancel context.CancelFunc
 	// inflight bounds the connection's rpc and refresh calls answered asynchronously.
 	inflight chan struct{}
-	expires  time.Time            // the connection's expiry now (mu); zero: none
+	expires  time.Time             // the connection's expiry now (mu); zero: none
 	subs     map[string]*subHooked // what the subscribe hook gave each channel (mu)
 }
 
