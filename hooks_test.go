@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wsgateway/gateway"
+	"github.com/wsgateway/gateway/handlers"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/protocol"
 )
@@ -379,5 +381,35 @@ func TestHooksViaBroker(t *testing.T) {
 	defer fake.mu.Unlock()
 	if len(fake.calls) != 1 || fake.calls[0].Method != "anything" || string(fake.calls[0].Data) != `{"x":1}` || fake.calls[0].User != "alice" {
 		t.Errorf("calls %+v", fake.calls)
+	}
+}
+
+// TestRPCInFlightBound: a connection has at most 16 rpc calls waiting; the 17th is answered
+// rate_limited at once, and the 16 are answered once the backend answers.
+func TestRPCInFlightBound(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free()
+	b := newHookBackend(t, func(req protocol.HookRequest) *protocol.HookReply {
+		<-release
+		return &protocol.HookReply{Data: json.RawMessage(`"done"`)}
+	})
+	n := startNode(t, testConfig(t, append(hookEnv(b.URL, "rpc"), "GATEWAY_HOOKS_RPC_TIMEOUT=20s")...))
+	c, _ := wstest.Dial(t, n.URL, allowAll(t, "alice"))
+	for i := range handlers.MaxCallsInFlight + 1 {
+		c.Send(map[string]any{"type": "rpc", "id": fmt.Sprint(i), "method": "wait"})
+	}
+	if e := c.Expect("error"); e.Str("code") != protocol.CodeRateLimited || e.Str("id") != fmt.Sprint(handlers.MaxCallsInFlight) {
+		t.Fatalf("rpc beyond the bound: %v, want rate_limited", e)
+	}
+	free()
+	seen := map[string]bool{}
+	for range handlers.MaxCallsInFlight {
+		r := c.Expect("rpc_result")
+		seen[r.Str("id")] = true
+	}
+	if len(seen) != handlers.MaxCallsInFlight {
+		t.Errorf("results for %d distinct calls, want %d", len(seen), handlers.MaxCallsInFlight)
 	}
 }

@@ -121,6 +121,9 @@ func (h *Hooks) Decide(ctx context.Context, req protocol.HookRequest) (*protocol
 	}
 	hk := h.cfg.Hooks[req.Hook]
 	cache, key := h.caches[req.Hook], req.User+"\x00"+req.Channel
+	if req.User == "" {
+		cache = nil // anonymous connections are not one user: their decisions are not shared
+	}
 	if cache != nil {
 		if r, ok := cache.Get(key); ok {
 			h.cfg.Metrics.HookCalls.WithLabelValues(req.Hook, hookCached).Inc()

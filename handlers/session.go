@@ -192,7 +192,7 @@ func (s *Sessions) Close(c *websocket.Conn) {
 	st.member, st.gone = nil, true
 	st.mu.Unlock()
 	for channel := range member {
-		s.cfg.Presence.Leave(channel, s.member(c, st))
+		s.cfg.Presence.Leave(channel, s.memberIn(c, st, channel))
 	}
 	if s.cfg.Presence.Sessions() {
 		s.cfg.Presence.LeaveSession(c.ID)
