@@ -83,14 +83,6 @@ func (h *Hooks) Covers(hook, name string) bool {
 	return len(p) == 0 || auth.Match(p, name)
 }
 
-// Timeout is the hook's timeout (0 when it is off).
-func (h *Hooks) Timeout(hook string) time.Duration {
-	if h == nil {
-		return 0
-	}
-	return h.cfg.Hooks[hook].Timeout
-}
-
 // Outcomes of hook calls (the metric's outcome label).
 const (
 	hookAllowed = "allowed"

@@ -57,6 +57,8 @@ func NewHTTPHookCaller(cfg HTTPHookConfig) *HTTPHookCaller {
 		Name:        "hook " + cfg.URL,
 		Timeout:     cfg.BreakerOpenFor,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(max(cfg.BreakerFailures, 1)) },
+		// A call given up by its caller (the client left) says nothing of the backend.
+		IsSuccessful: func(err error) bool { return err == nil || errors.Is(err, context.Canceled) },
 	})
 	retry := wmw.Retry{
 		MaxRetries:          cfg.Retries,
