@@ -28,7 +28,7 @@ type hookBackend struct {
 	reqs []protocol.HookRequest
 }
 
-func newHookBackend(t *testing.T, answer func(req protocol.HookRequest) *protocol.HookReply) *hookBackend {
+func newHookBackend(t testing.TB, answer func(req protocol.HookRequest) *protocol.HookReply) *hookBackend {
 	t.Helper()
 	b := &hookBackend{}
 	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
