@@ -6,6 +6,7 @@ import (
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/auth"
+	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/internal/signing"
 )
 
@@ -19,6 +20,10 @@ func Check(cfg *configs.Config) error {
 	p, err := prepare(cfg, slog.New(slog.DiscardHandler))
 	p.verifier.Close() // a JWKS URL's refresh: Check serves nothing
 	if err != nil {
+		return err
+	}
+	// TODO(hookbus): a hook with via broker is accepted here once New builds its caller.
+	if _, err := newHooks(cfg, nil, metrics.New(), slog.New(slog.DiscardHandler)); err != nil {
 		return err
 	}
 	return checkBroker(cfg)

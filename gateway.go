@@ -48,6 +48,7 @@ type options struct {
 	middleware []message.HandlerMiddleware
 	handlers   []extraHandler
 	refresh    time.Duration // of the control store; 0: handlers.DefaultControlRefresh
+	hookBroker handlers.HookCaller
 }
 
 // WithLogger sets the logger (default: discard).
@@ -64,6 +65,13 @@ func WithDedupeStore(s middleware.DedupeStore) Option { return func(o *options) 
 // handlers.DefaultControlRefresh, 10 s): the bound within which a node that missed a control
 // message applies the standing commands to its open connections.
 func WithControlRefresh(d time.Duration) Option { return func(o *options) { o.refresh = d } }
+
+// WithHookBroker sets how the hooks whose via is broker are called: Watermill request/reply over
+// the node's broker. Without it, a hook with via broker makes New fail.
+//
+// TODO(hookbus): New builds the caller of transports/hookbus itself (hookbus.Call over the
+// node's broker) once that package lands; this option then stays for tests and embedders.
+func WithHookBroker(c handlers.HookCaller) Option { return func(o *options) { o.hookBroker = c } }
 
 // WithMiddleware adds router middleware, run on every message after the built-in outer chain
 // (see package router), in the order given.
@@ -228,6 +236,10 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		Log:        log,
 	})
 	undo = append(undo, g.presence.Close)
+	hooks, err := newHooks(cfg, o.hookBroker, g.metrics, log)
+	if err != nil {
+		return nil, err
+	}
 	sessions := handlers.NewSessions(handlers.SessionsConfig{
 		NodeID:         cfg.NodeID,
 		Hub:            g.hub,
@@ -242,6 +254,9 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		Limits:         cfg.Limits,
 		Events:         g.events,
 		Presence:       g.presence,
+		Hooks:          hooks,
+		ConnectHeaders: cfg.Hooks.Connect.Headers,
+		Verifier:       verifier,
 		Metrics:        g.metrics,
 		Log:            log,
 	})
@@ -311,6 +326,46 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	}).Routes(g.mux)
 	g.verifier = verifier
 	return g, nil
+}
+
+// newHooks builds the hooks of cfg.Hooks: each hook that is on is called over HTTP (its own
+// caller: retries, circuit breaker) or over the broker (viaBroker).
+func newHooks(cfg *configs.Config, viaBroker handlers.HookCaller, m *metrics.Metrics, log *slog.Logger) (*handlers.Hooks, error) {
+	hc := cfg.Hooks
+	type hook struct {
+		name     string
+		c        configs.HookConfig
+		patterns []string
+		cache    time.Duration
+	}
+	all := []hook{
+		{protocol.HookConnect, hc.Connect.HookConfig, nil, 0},
+		{protocol.HookSubscribe, hc.Subscribe.HookConfig, hc.Subscribe.Channels, hc.Subscribe.Cache},
+		{protocol.HookPublish, hc.Publish.HookConfig, hc.Publish.Channels, hc.Publish.Cache},
+		{protocol.HookRefresh, hc.Refresh, nil, 0},
+		{protocol.HookRPC, hc.RPC.HookConfig, hc.RPC.Methods, 0},
+	}
+	out := map[string]handlers.Hook{}
+	for _, h := range all {
+		var caller handlers.HookCaller
+		switch h.c.Via {
+		case "":
+			continue
+		case configs.HookViaHTTP:
+			caller = handlers.NewHTTPHookCaller(handlers.HTTPHookConfig{
+				URL: h.c.URL, Secret: []byte(hc.Secret), Retries: h.c.RetryCount(),
+				BreakerFailures: hc.BreakerFailures, BreakerOpenFor: hc.BreakerOpenFor,
+			})
+		case configs.HookViaBroker:
+			if viaBroker == nil { // TODO(hookbus): the broker's request/reply caller, built here
+				return nil, &configs.KeyError{Key: "hooks." + h.name + ".via", Env: "GATEWAY_HOOKS_" + strings.ToUpper(h.name) + "_VIA",
+					Reason: "broker: hooks over the broker are not built into this node yet (transports/hookbus); use http"}
+			}
+			caller = viaBroker
+		}
+		out[h.name] = handlers.Hook{Caller: caller, Patterns: h.patterns, Timeout: h.c.Timeout, FailOpen: h.c.FailOpen(), Cache: h.cache}
+	}
+	return handlers.NewHooks(handlers.HooksConfig{NodeID: cfg.NodeID, Hooks: out, CacheSize: hc.CacheSize, Metrics: m, Log: log}), nil
 }
 
 // webhooksBatch is webhooks.batch, but 1 on kafka: the events topic has one partition there, so

@@ -31,18 +31,23 @@ var settingFields = sync.OnceValue(func() []settingField {
 
 // walkSettings calls fn for every setting of the struct type t, following the same tags as
 // caarlos0/env (env, envPrefix) and the YAML decoder (yaml): a nested struct is a section whose
-// yaml key and envPrefix start the keys and variables of its fields. A setting without an env tag
+// yaml key and envPrefix start the keys and variables of its fields (an embedded struct tagged
+// yaml:",inline" adds neither). A setting without an env tag
 // has no variable (env "").
 func walkSettings(t reflect.Type, index []int, envPrefix, yamlPrefix string, fn func(f reflect.StructField, index []int, s setting)) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
-		y, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		y, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
 		if y == "-" || !f.IsExported() {
 			continue
 		}
 		at := append(append([]int(nil), index...), i)
 		if f.Type.Kind() == reflect.Struct {
-			walkSettings(f.Type, at, envPrefix+f.Tag.Get("envPrefix"), yamlPrefix+y+".", fn)
+			section := yamlPrefix + y + "."
+			if y == "" && opts == "inline" { // an embedded struct whose fields are the enclosing section's
+				section = yamlPrefix
+			}
+			walkSettings(f.Type, at, envPrefix+f.Tag.Get("envPrefix"), section, fn)
 			continue
 		}
 		s := setting{key: yamlPrefix + y}

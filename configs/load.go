@@ -116,7 +116,8 @@ func envKeys(t reflect.Type, envPrefix, yamlPrefix string, out map[string]string
 // trimLists drops the spaces around the entries of list settings, so that
 // "https://a.example, https://b.example" means two origins rather than one with a leading space.
 func (c *Config) trimLists() {
-	for _, l := range [][]string{c.Kafka.Brokers, c.Auth.PublicChannels, c.Auth.AnonymousPublish, c.Auth.Audience, c.WebSocket.AllowedOrigins, c.Router.SigningKeys, c.Webhooks.Events} {
+	for _, l := range [][]string{c.Kafka.Brokers, c.Auth.PublicChannels, c.Auth.AnonymousPublish, c.Auth.Audience, c.WebSocket.AllowedOrigins, c.Router.SigningKeys, c.Webhooks.Events,
+		c.Hooks.Subscribe.Channels, c.Hooks.Publish.Channels, c.Hooks.RPC.Methods, c.Hooks.Connect.Headers} {
 		for i := range l {
 			l[i] = strings.TrimSpace(l[i])
 		}

@@ -246,7 +246,7 @@ func (c *Control) subscribeConn(conn *websocket.Conn, st *state, cmd protocol.Co
 		c.cfg.Log.Warn("server-side subscribe skipped", "session_id", conn.ID, "channel", cmd.Channel, "error", err)
 		return
 	}
-	if err := s.join(conn, st, "", cmd.Channel, cmd.Channel, protocol.Position{}, false); err != nil {
+	if err := s.join(conn, st, "", cmd.Channel, cmd.Channel, protocol.Position{}, false, nil); err != nil {
 		c.cfg.Log.Warn("server-side subscribe failed", "session_id", conn.ID, "channel", cmd.Channel, "error", err)
 		return
 	}
@@ -288,7 +288,7 @@ func (c *Control) revoke(cmd protocol.Control) {
 		conns = c.cfg.Sessions.users.conns(cmd.User)
 	}
 	for _, cs := range conns {
-		if c.Revoked(cs.st.claims) {
+		if c.Revoked(cs.st.claims()) {
 			cs.c.Disconnect(protocol.DisconnectRevoked)
 		}
 	}
@@ -321,7 +321,7 @@ func (c *Control) opened(conn *websocket.Conn, st *state) {
 	if c == nil {
 		return
 	}
-	if c.Revoked(st.claims) {
+	if c.Revoked(st.claims()) {
 		conn.Disconnect(protocol.DisconnectRevoked)
 		return
 	}

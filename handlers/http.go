@@ -113,12 +113,20 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, http.StatusUnauthorized, protocol.CodeUnauthorized, "token revoked")
 		return
 	}
+	claims, welcome, status, perr := h.cfg.Sessions.connectHook(r, claims)
+	if perr != nil {
+		h.refuse(w, r, status, perr.Code, perr.Message)
+		return
+	}
 	value, done, err := h.cfg.Sessions.Admit(claims)
 	if err != nil {
 		h.refuseAdmit(w, r, err)
 		return
 	}
 	defer done()
+	if st, ok := value.(*state); ok {
+		st.welcome = welcome
+	}
 	id := websocket.Identity{Session: watermill.NewUUID(), User: claims.User, Value: value}
 	err = h.cfg.Acceptor.Accept(w, r, id)
 	var refused *websocket.UpgradeError

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strconv"
@@ -39,8 +40,14 @@ type SessionsConfig struct {
 	Limits         configs.LimitsConfig
 	Events         *Events   // nil: lifecycle events disabled
 	Presence       *Presence // nil: presence off
-	Metrics        *metrics.Metrics
-	Log            *slog.Logger
+	// Hooks asks the backend (connect, subscribe, publish, refresh, rpc); nil: no hooks.
+	Hooks *Hooks
+	// ConnectHeaders are the upgrade request's headers the connect hook is given.
+	ConnectHeaders []string
+	// Verifier checks the tokens of refresh frames (nil: refresh frames need the refresh hook).
+	Verifier *auth.Verifier
+	Metrics  *metrics.Metrics
+	Log      *slog.Logger
 }
 
 // Sessions implements websocket.Handler: the protocol of one client connection.
@@ -60,11 +67,11 @@ var _ websocket.Handler = (*Sessions)(nil)
 
 // state is what a connection carries (websocket.Conn.Value).
 type state struct {
-	claims *auth.Claims
-	limits connLimits  // of this connection
-	user   *userState  // shared by the user's connections on this node
-	opened atomic.Bool // Open ran: Close releases the reservation
-	freed  atomic.Bool // the reservation was released
+	tok    atomic.Pointer[auth.Claims] // the claims the connection holds now (a refresh replaces them): claims()
+	limits connLimits                  // of this connection
+	user   *userState                  // shared by the user's connections on this node
+	opened atomic.Bool                 // Open ran: Close releases the reservation
+	freed  atomic.Bool                 // the reservation was released
 	mu     sync.Mutex
 	expiry *time.Timer
 	member map[string]bool // the presence channels the connection is a member of (mu)
@@ -75,7 +82,19 @@ type state struct {
 	// subMu serializes the connection's subscribes and unsubscribes: its own frames' and
 	// the server-side ones of control commands, which run on the router's goroutine.
 	subMu sync.Mutex
+
+	welcome json.RawMessage // the connect hook's data, for the welcome frame (set before Open)
+	// ctx ends when the connection closes: the hook calls made for it (rpc, refresh) stop.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// inflight bounds the connection's rpc and refresh calls answered asynchronously.
+	inflight chan struct{}
+	expires  time.Time             // the connection's expiry now (mu); zero: none
+	subs     map[string]*subHooked // what the subscribe hook gave each channel (mu)
 }
+
+// claims are the connection's claims now.
+func (st *state) claims() *auth.Claims { return st.tok.Load() }
 
 // apply reports whether the control command id was not applied to the connection yet, and
 // marks it applied.
@@ -118,9 +137,12 @@ func (s *Sessions) Admit(claims *auth.Claims) (value any, done func(), err error
 	case limitUser:
 		return nil, nil, &LimitError{Status: 429, Reason: "too many connections for this user"}
 	}
-	st := &state{claims: claims, user: us, limits: newConnLimits(s.cfg.Limits)}
+	st := &state{user: us, limits: newConnLimits(s.cfg.Limits), inflight: make(chan struct{}, MaxCallsInFlight)}
+	st.tok.Store(claims)
+	st.ctx, st.cancel = context.WithCancel(context.Background())
 	return st, func() {
 		if !st.opened.Load() {
+			st.cancel()
 			s.release(st)
 		}
 	}, nil
@@ -146,15 +168,9 @@ func (s *Sessions) Open(c *websocket.Conn) {
 		s.cfg.Presence.JoinSession(s.member(c, st))
 	}
 	s.users.open(st.user, c, st) // from here control commands find the connection
-	c.Send(protocol.WelcomeFrame(c.ID, s.cfg.NodeID, c.User))
+	c.Send(protocol.Encode(protocol.Welcome{Type: protocol.TypeWelcome, Session: c.ID, Node: s.cfg.NodeID, User: c.User, Data: st.welcome}))
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventConnected, User: c.User, Session: c.ID})
-	if exp := st.claims.ExpiresAt; !exp.IsZero() {
-		st.mu.Lock()
-		st.expiry = time.AfterFunc(time.Until(exp), func() {
-			c.Disconnect(protocol.DisconnectTokenExpired)
-		})
-		st.mu.Unlock()
-	}
+	s.armExpiry(c, st, st.claims().ExpiresAt)
 	s.control.opened(c, st) // a revocation made since the upgrade; standing subscriptions
 }
 
@@ -164,15 +180,19 @@ func (s *Sessions) Close(c *websocket.Conn) {
 	if !ok { // Open disconnected it, and said nothing of it
 		return
 	}
+	st.cancel() // the connection's hook calls
 	st.mu.Lock()
 	if st.expiry != nil {
 		st.expiry.Stop()
+	}
+	for _, sh := range st.subs {
+		sh.stop()
 	}
 	member := st.member
 	st.member, st.gone = nil, true
 	st.mu.Unlock()
 	for channel := range member {
-		s.cfg.Presence.Leave(channel, s.member(c, st))
+		s.cfg.Presence.Leave(channel, s.memberIn(c, st, channel))
 	}
 	if s.cfg.Presence.Sessions() {
 		s.cfg.Presence.LeaveSession(c.ID)
@@ -206,6 +226,10 @@ func (s *Sessions) Frame(c *websocket.Conn, data []byte) {
 		err = s.publish(c, st, f)
 	case protocol.TypePresence, protocol.TypePresenceStats:
 		err = s.presence(c, st, f)
+	case protocol.TypeRPC:
+		err = s.rpc(c, st, f)
+	case protocol.TypeRefresh:
+		err = s.refresh(c, st, f)
 	}
 	if err != nil {
 		code, msg := protocol.CodeOf(err, protocol.CodeInternal)
@@ -244,7 +268,7 @@ func (s *Sessions) canSubscribe(st *state, name string) bool {
 	if name == protocol.UserChannel {
 		return true
 	}
-	claims := st.claims
+	claims := st.claims()
 	if claims.HasChannels {
 		return auth.Match(claims.Channels, name) || auth.Match(s.cfg.PublicChannels, name)
 	}
@@ -254,9 +278,6 @@ func (s *Sessions) canSubscribe(st *state, name string) bool {
 func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) error {
 	if err := checkSubscribeRate(st); err != nil {
 		return err
-	}
-	if !s.canSubscribe(st, f.Channel) {
-		return protocol.Errorf(protocol.CodeForbidden, "not allowed to subscribe to %s", f.Channel)
 	}
 	channel, err := channelName(c, f.Channel)
 	if err != nil {
@@ -269,6 +290,15 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 			return protocol.Errorf(protocol.CodeBadRequest, "since: %v", err)
 		}
 	}
+	// The subscribe hook is the authority for the channels it covers; without its answer (no
+	// hook, or a failed call of a hook that fails open) the token and public channels decide.
+	hooked, err := s.subscribeHook(c, st, f.Channel)
+	if err != nil {
+		return err
+	}
+	if hooked == nil && !s.canSubscribe(st, f.Channel) {
+		return protocol.Errorf(protocol.CodeForbidden, "not allowed to subscribe to %s", f.Channel)
+	}
 	st.subMu.Lock()
 	defer st.subMu.Unlock()
 	if c.Subscribed(channel) {
@@ -277,13 +307,14 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 	if err := s.checkSubscriptions(c); err != nil {
 		return err
 	}
-	return s.join(c, st, f.ID, f.Channel, channel, since, resume)
+	return s.join(c, st, f.ID, f.Channel, channel, since, resume, hooked)
 }
 
 // join subscribes c to channel (clientName is the name the client knows it by), replays what
 // it missed after since when resuming, records its presence and says subscribed with id. The
-// caller holds st.subMu and checked the subscription is allowed.
-func (s *Sessions) join(c *websocket.Conn, st *state, id, clientName, channel string, since protocol.Position, resume bool) error {
+// caller holds st.subMu and checked the subscription is allowed; hooked is what the subscribe
+// hook answered (nil: none), whose info, data and expiry the subscription takes.
+func (s *Sessions) join(c *websocket.Conn, st *state, id, clientName, channel string, since protocol.Position, resume bool, hooked *protocol.HookReply) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
 	if err := s.cfg.Hub.Join(ctx, c, channel); err != nil {
@@ -297,9 +328,10 @@ func (s *Sessions) join(c *websocket.Conn, st *state, id, clientName, channel st
 	}
 	// A member of a presence channel is recorded before its subscribed (it can see itself in
 	// presence at once), and its join announced after (its own join frame follows subscribed).
+	s.hookedJoin(st, channel, hooked) // before the presence join: the member carries the hook's info
 	var announce func()
 	if s.cfg.Presence.Enabled(clientName) {
-		if announce = s.cfg.Presence.Join(channel, s.member(c, st)); announce != nil {
+		if announce = s.cfg.Presence.Join(channel, s.memberIn(c, st, channel)); announce != nil {
 			st.mu.Lock()
 			gone := st.gone // Close runs after the last frame; should it not, leave no ghost
 			if !gone {
@@ -310,12 +342,17 @@ func (s *Sessions) join(c *websocket.Conn, st *state, id, clientName, channel st
 			}
 			st.mu.Unlock()
 			if gone {
-				s.cfg.Presence.Leave(channel, s.member(c, st))
+				s.cfg.Presence.Leave(channel, s.memberIn(c, st, channel))
 				announce = nil
 			}
 		}
 	}
-	c.Activate(channel, cut, protocol.SubscribedFrame(id, clientName, cut.ForChannel(channel), recovered))
+	sub := protocol.Subscribed{Type: protocol.TypeSubscribed, ID: id, Channel: clientName, Position: cut.ForChannel(channel), Recovered: recovered}
+	if hooked != nil {
+		sub.Data, sub.Expires = hooked.Data, hooked.Expires
+	}
+	c.Activate(channel, cut, protocol.Encode(sub))
+	s.armSubExpiry(c, st, clientName, channel, hooked)
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventSubscribed, User: c.User, Session: c.ID, Channel: channel})
 	if announce != nil {
 		announce()
@@ -326,7 +363,19 @@ func (s *Sessions) join(c *websocket.Conn, st *state, id, clientName, channel st
 // member is the connection's presence entry: its user (the token's sub), session, this node,
 // and the token's info claim; nothing else.
 func (s *Sessions) member(c *websocket.Conn, st *state) protocol.Member {
-	return protocol.Member{User: c.User, Session: c.ID, Node: s.cfg.NodeID, Info: st.claims.Info}
+	return protocol.Member{User: c.User, Session: c.ID, Node: s.cfg.NodeID, Info: st.claims().Info}
+}
+
+// memberIn is the connection's presence entry in channel: with the info the subscribe hook
+// gave it there, if any.
+func (s *Sessions) memberIn(c *websocket.Conn, st *state, channel string) protocol.Member {
+	m := s.member(c, st)
+	st.mu.Lock()
+	if sh := st.subs[channel]; sh != nil && len(sh.info) > 0 {
+		m.Info = sh.info
+	}
+	st.mu.Unlock()
+	return m
 }
 
 // presence answers a presence or presence_stats frame, for a channel the client may subscribe
@@ -335,7 +384,7 @@ func (s *Sessions) presence(c *websocket.Conn, st *state, f *protocol.Frame) err
 	if err := checkSubscribeRate(st); err != nil {
 		return err
 	}
-	if !s.canSubscribe(st, f.Channel) {
+	if !s.canSubscribe(st, f.Channel) && !c.Subscribed(f.Channel) { // a channel the subscribe hook let it into
 		return protocol.Errorf(protocol.CodeForbidden, "not allowed to subscribe to %s", f.Channel)
 	}
 	ctx := context.Background()
@@ -414,27 +463,50 @@ func (s *Sessions) unsubscribe(c *websocket.Conn, st *state, f *protocol.Frame) 
 // leave unsubscribes c from channel, says unsubscribed with id and leaves its presence; false
 // when c was not subscribed. The caller holds st.subMu.
 func (s *Sessions) leave(c *websocket.Conn, st *state, id, clientName, channel string) bool {
+	return s.leaveFor(c, st, id, clientName, channel, "")
+}
+
+// leaveFor is leave, saying reason in the unsubscribed frame ("" for none).
+func (s *Sessions) leaveFor(c *websocket.Conn, st *state, id, clientName, channel, reason string) bool {
 	if !s.cfg.Hub.Leave(c, channel) {
 		return false
 	}
-	c.Send(protocol.UnsubscribedFrame(id, clientName))
+	c.Send(protocol.Encode(protocol.Reply{Type: protocol.TypeUnsubscribed, ID: id, Channel: clientName, Reason: reason}))
 	s.cfg.Events.Emit(protocol.Event{Type: protocol.EventUnsubscribed, User: c.User, Session: c.ID, Channel: channel})
+	m := s.memberIn(c, st, channel)
 	st.mu.Lock()
 	member := st.member[channel]
 	delete(st.member, channel)
+	if sh := st.subs[channel]; sh != nil {
+		sh.stop()
+		delete(st.subs, channel)
+	}
 	st.mu.Unlock()
 	if member {
-		s.cfg.Presence.Leave(channel, s.member(c, st))
+		s.cfg.Presence.Leave(channel, m)
 	}
 	return true
 }
 
 func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) error {
+	data, hooked := []byte(f.Data), false
+	if f.Type == protocol.TypePublish {
+		reply, err := s.publishHook(c, st, f)
+		if err != nil {
+			return err
+		}
+		if reply != nil {
+			hooked = true
+			if len(reply.Data) > 0 {
+				data = reply.Data
+			}
+		}
+	}
 	msgID, id := f.MsgID, watermill.NewUUID()
 	if msgID == "" {
 		msgID = id
 	}
-	msg := message.NewMessage(id, []byte(f.Data))
+	msg := message.NewMessage(id, data)
 	md := msg.Metadata
 	md.Set(protocol.MetaUser, c.User)
 	md.Set(protocol.MetaSession, c.ID)
@@ -453,7 +525,11 @@ func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) erro
 		msg.UUID = protocol.IdempotentUUID(DedupeKey(msg))
 		md.Set(protocol.MetaIdempotent, "1")
 	}
-	ctx, cancel := context.WithTimeout(withState(context.Background(), st), s.cfg.PublishTimeout)
+	ctx := withState(context.Background(), st)
+	if hooked {
+		ctx = context.WithValue(ctx, ctxHooked{}, true)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
 	defer cancel()
 	if err := s.cfg.Inbox.Submit(ctx, msg); err != nil {
 		return unavailable("publish", err)
@@ -488,15 +564,18 @@ func (s *Sessions) Authorize(msg *message.Message) error {
 	}
 	switch msg.Metadata.Get(protocol.MetaKind) {
 	case protocol.KindSend:
-		return s.authorizeSend(st.claims)
+		return s.authorizeSend(st.claims())
 	case protocol.KindPublish:
 	default:
 		return nil
 	}
-	claims := st.claims
+	claims := st.claims()
 	ch := msg.Metadata.Get(protocol.MetaChannel)
 	if ch == protocol.UserChannel || ch == "" || (ch[0] == '$') {
 		return protocol.Errorf(protocol.CodeForbidden, "no client may publish to %s", ch)
+	}
+	if hooked, _ := msg.Context().Value(ctxHooked{}).(bool); hooked {
+		return nil // the publish hook, the authority for this channel, allowed it
 	}
 	allowed := claims.Publish
 	if claims.User == "" {

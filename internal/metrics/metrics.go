@@ -37,6 +37,9 @@ type Metrics struct {
 	WebhookFailed       prometheus.Counter   // POST attempts that failed (error or non-2xx)
 	WebhookPoisoned     prometheus.Counter   // events whose batch ran out of retry budget
 	WebhookBatchLatency prometheus.Histogram // from a batch's first POST to its 2xx, retries included
+
+	HookCalls   *prometheus.CounterVec   // by hook and outcome: allowed, denied, failed, cached
+	HookLatency *prometheus.HistogramVec // by hook: one call to the backend, retries included (cache hits not)
 }
 
 // New registers every collector, plus the Go and process collectors, in a new registry.
@@ -69,10 +72,15 @@ func New() *Metrics {
 		WebhookPoisoned:  prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_webhook_events_poisoned_total", Help: "Lifecycle events whose webhook batch ran out of retry budget (sent to the poison topic)."}),
 		WebhookBatchLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gateway_webhook_batch_seconds", Help: "From a webhook batch's first POST to its 2xx, retries included.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 600}}),
+
+		HookCalls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_hook_calls_total",
+			Help: "Hook decisions, by hook and outcome (allowed, denied, failed: no valid answer in time; cached: from the cache)."}, []string{"hook", "outcome"}),
+		HookLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "gateway_hook_seconds", Help: "Time a hook call to the backend took, retries included.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"hook"}),
 	}
 	for _, c := range []prometheus.Collector{m.Connections, m.Subscriptions, m.FramesIn, m.FramesOut, m.Published, m.Delivered,
 		m.SlowDisconnects, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped, m.RouterHandled, m.RouterDuration, m.Poisoned, m.RouterRetries, m.Unsigned,
-		m.WebhookDelivered, m.WebhookFailed, m.WebhookPoisoned, m.WebhookBatchLatency,
+		m.WebhookDelivered, m.WebhookFailed, m.WebhookPoisoned, m.WebhookBatchLatency, m.HookCalls, m.HookLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
