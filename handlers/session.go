@@ -249,7 +249,11 @@ func (s *Sessions) Binary(c *websocket.Conn) {
 }
 
 func (s *Sessions) fail(c *websocket.Conn, id string, err *protocol.Error) {
-	s.cfg.Metrics.Rejected.WithLabelValues(err.Code).Inc()
+	label := err.Code
+	if !protocol.GatewayCode(label) {
+		label = "hook_deny" // the backend's own codes would make the label's values unbounded
+	}
+	s.cfg.Metrics.Rejected.WithLabelValues(label).Inc()
 	c.Send(protocol.ErrorReply(id, err))
 }
 

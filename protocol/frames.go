@@ -71,6 +71,17 @@ const (
 	CodeLimitExceeded = "limit_exceeded"
 )
 
+// GatewayCode reports whether code is one of the gateway's own error codes (the others are a
+// hook's deny codes, the backend's own).
+func GatewayCode(code string) bool {
+	switch code {
+	case CodeBadRequest, CodeUnauthorized, CodeForbidden, CodeNotFound, CodeTooLarge,
+		CodeRateLimited, CodeUnavailable, CodeInternal, CodeLimitExceeded:
+		return true
+	}
+	return false
+}
+
 // Error is an error the protocol reports to a client with a code.
 type Error struct {
 	Code    string
