@@ -473,3 +473,13 @@ func TestOddMessages(t *testing.T) {
 		t.Fatalf("got %q %v, want the well-formed message", m.Payload, m.Metadata)
 	}
 }
+
+// TestHookCalls runs the hook calls suite on an embedded server.
+func TestHookCalls(t *testing.T) {
+	srv := startServer(t, 0)
+	url := serverURL(srv)
+	t.Cleanup(func() { stopServer(srv) })
+	transporttest.RunHookCalls(t, transporttest.HookFeatures{}, func(t *testing.T, prefix string) transports.Broker {
+		return newNode(t, url, prefix)
+	})
+}
