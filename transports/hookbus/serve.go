@@ -96,6 +96,9 @@ type ServeConfig struct {
 	Log *slog.Logger
 	// Now is the clock deadlines are checked against; nil is time.Now (tests).
 	Now func() time.Time
+	// Subscribe, when set, replaces Broker.SubscribeGroup(ctx, TopicHooks, HooksGroup) (the
+	// service SDK's subscribes again while the broker is unavailable).
+	Subscribe func(ctx context.Context) (<-chan *message.Message, error)
 }
 
 // Serve consumes hook requests as one member of group HooksGroup (competing consumers: each
@@ -121,7 +124,12 @@ func Serve(ctx context.Context, cfg ServeConfig) (done <-chan struct{}, err erro
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	msgs, err := cfg.Broker.SubscribeGroup(ctx, protocol.TopicHooks, protocol.HooksGroup)
+	if cfg.Subscribe == nil {
+		cfg.Subscribe = func(ctx context.Context) (<-chan *message.Message, error) {
+			return cfg.Broker.SubscribeGroup(ctx, protocol.TopicHooks, protocol.HooksGroup)
+		}
+	}
+	msgs, err := cfg.Subscribe(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("hookbus: subscribe to %s: %w", protocol.TopicHooks, err)
 	}
