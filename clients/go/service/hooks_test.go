@@ -190,7 +190,9 @@ func TestOnHooksArguments(t *testing.T) {
 		t.Fatalf("no handlers: %v, want ErrInvalid", err)
 	}
 	_ = svc.Close()
-	rpc := func(context.Context, *protocol.HookRequest) (protocol.HookReply, error) { return protocol.HookReply{}, nil }
+	rpc := func(context.Context, *protocol.HookRequest) (protocol.HookReply, error) {
+		return protocol.HookReply{}, nil
+	}
 	if err := svc.OnHooks(t.Context(), service.HookHandlers{RPC: rpc}); !errors.Is(err, service.ErrClosed) {
 		t.Fatalf("after Close: %v, want ErrClosed", err)
 	}
