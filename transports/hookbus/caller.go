@@ -79,7 +79,8 @@ type Caller struct {
 
 	ctx    context.Context // the subscription's; cancelled by Close
 	cancel context.CancelFunc
-	done   chan struct{} // closed when the subscription goroutine ended
+	done   chan struct{}  // closed when the subscription goroutine ended
+	sends  sync.WaitGroup // publishes of requests whose call gave up first (Close waits)
 }
 
 const (
@@ -101,7 +102,7 @@ func NewCaller(cfg CallerConfig) (*Caller, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Caller{cfg: cfg, log: log, waiting: map[requestreply.OperationID]chan requestreply.Reply[protocol.HookReply]{}}
-	c.bus = commandBus{broker: cfg.Broker, node: cfg.NodeID}
+	c.bus = commandBus{c: c}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
@@ -153,12 +154,14 @@ func (c *Caller) Close() error {
 	if started {
 		<-c.done
 	}
+	c.sends.Wait() // each bounded by the broker's publish timeout
 	return nil
 }
 
 // Call publishes req on TopicHooks and returns the service's reply. ctx's deadline (DefaultTimeout
 // when it has none) bounds the call and is the request's MetaDeadline; a reply that comes later
-// is dropped. The error wraps ErrNoReply when no reply came in time, ErrHandler when the
+// is dropped, and a publish of the request that outlasts the deadline does not hold the call. The
+// error wraps ErrNoReply (and ctx's error) when no reply came in time, ErrHandler when the
 // service's handler failed (returned at once), ErrInvalidReply when the reply fails
 // HookReply.Check, transports.ErrClosed after Close, transports.ErrNotStarted before Start, or
 // the broker's error when the request could not be published. req.Node is set to the Caller's
@@ -182,6 +185,9 @@ func (c *Caller) Call(ctx context.Context, req protocol.HookRequest) (protocol.H
 		req.Node = c.cfg.NodeID
 	}
 	start := time.Now()
+	if err := ctx.Err(); err != nil { // nobody would answer a request past its deadline
+		return protocol.HookReply{}, noReply(req.Hook, start, err)
+	}
 	reply, err := requestreply.SendWithReply[protocol.HookReply](ctx, c.bus, backend{c}, req)
 	if err == nil {
 		err = reply.Error
@@ -192,11 +198,28 @@ func (c *Caller) Call(ctx context.Context, req protocol.HookRequest) (protocol.H
 	case errors.Is(err, transports.ErrClosed):
 		return protocol.HookReply{}, transports.ErrClosed
 	case ctx.Err() != nil && !errors.Is(err, ErrHandler) && !errors.Is(err, ErrInvalidReply):
-		timeout := requestreply.ReplyTimeoutError{Duration: time.Since(start), Err: ctx.Err()}
-		return protocol.HookReply{}, fmt.Errorf("%w: %s hook: %w", ErrNoReply, req.Hook, timeout)
+		return protocol.HookReply{}, noReply(req.Hook, start, ctx.Err())
 	}
 	return protocol.HookReply{}, fmt.Errorf("%s hook: %w", req.Hook, err)
 }
+
+// noReplyError is a call's ErrNoReply: it matches ErrNoReply, requestreply.ReplyTimeoutError
+// (errors.As) and the context's error (context.DeadlineExceeded, or context.Canceled when the
+// caller gave up before the deadline).
+type noReplyError struct {
+	hook    string
+	timeout requestreply.ReplyTimeoutError
+}
+
+func noReply(hook string, start time.Time, ctxErr error) error {
+	return &noReplyError{hook: hook, timeout: requestreply.ReplyTimeoutError{Duration: time.Since(start), Err: ctxErr}}
+}
+
+func (e *noReplyError) Error() string {
+	return fmt.Sprintf("%s: %s hook: %s", ErrNoReply, e.hook, e.timeout.Error())
+}
+
+func (e *noReplyError) Unwrap() []error { return []error{ErrNoReply, e.timeout, e.timeout.Err} }
 
 // listen registers a call waiting for the reply with operation id op; the entry goes when ctx
 // ends (the call gave up: a later reply is dropped) or when the reply is handed over.
@@ -313,11 +336,10 @@ func (b backend) OnCommandProcessed(context.Context, requestreply.BackendOnComma
 	return errors.New("hookbus: a Caller does not answer requests (a Responder does)")
 }
 
-// commandBus is the Caller's requestreply.CommandBus: it publishes a HookRequest on TopicHooks.
-type commandBus struct {
-	broker transports.Broker
-	node   string
-}
+// commandBus is the Caller's requestreply.CommandBus: it publishes a HookRequest on TopicHooks,
+// returning at ctx's end at the latest (the publish goes on, bounded by the broker's publish
+// timeout, and Close waits for it).
+type commandBus struct{ c *Caller }
 
 func (b commandBus) SendWithModifiedMessage(ctx context.Context, cmd any, modify func(*message.Message) error) error {
 	req, ok := cmd.(protocol.HookRequest)
@@ -330,12 +352,29 @@ func (b commandBus) SendWithModifiedMessage(ctx context.Context, cmd any, modify
 	}
 	m := message.NewMessage(watermill.NewUUID(), payload)
 	m.Metadata.Set(protocol.MetaHook, req.Hook)
-	m.Metadata.Set(protocol.MetaReplyNode, b.node)
+	m.Metadata.Set(protocol.MetaReplyNode, b.c.cfg.NodeID)
 	if d, ok := ctx.Deadline(); ok {
 		m.Metadata.Set(protocol.MetaDeadline, strconv.FormatInt(d.UnixMilli(), 10))
 	}
 	if err := modify(m); err != nil {
 		return err
 	}
-	return b.broker.Publish(protocol.TopicHooks, m)
+	errc := make(chan error, 1)
+	b.c.mu.Lock()
+	if b.c.state == stateClosed {
+		b.c.mu.Unlock()
+		return transports.ErrClosed
+	}
+	b.c.sends.Add(1) // under mu, before Close's Wait
+	b.c.mu.Unlock()
+	go func() {
+		defer b.c.sends.Done()
+		errc <- b.c.cfg.Broker.Publish(protocol.TopicHooks, m)
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -138,3 +138,49 @@ func TestCallerLifecycle(t *testing.T) {
 	}
 	_ = c.Close()
 }
+
+// stuck is a broker whose Publish on TopicHooks waits until release is closed.
+type stuck struct {
+	transports.Broker
+	release chan struct{}
+}
+
+func (s *stuck) Publish(topic string, msgs ...*message.Message) error {
+	if topic == protocol.TopicHooks {
+		<-s.release
+	}
+	return s.Broker.Publish(topic, msgs...)
+}
+
+// TestCallBoundedByDeadline: a publish that does not return in time does not hold the call past
+// its deadline; the error is ErrNoReply, and matches context.DeadlineExceeded.
+func TestCallBoundedByDeadline(t *testing.T) {
+	broker := memory.NewBroker(memory.Config{})
+	t.Cleanup(broker.Close)
+	b := &stuck{Broker: broker.Node("p"), release: make(chan struct{})}
+	c := newCaller(t, b, "n")
+	if err := c.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := c.Call(ctx, protocol.HookRequest{Hook: protocol.HookConnect})
+	if !errors.Is(err, hookbus.ErrNoReply) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want ErrNoReply and DeadlineExceeded", err)
+	}
+	close(b.release) // the publish ends; Close waits for it
+	_ = c.Close()
+	// A call whose context already ended publishes nothing.
+	if _, err := newCallerStarted(t, broker.Node("p")).Call(ctx, protocol.HookRequest{Hook: protocol.HookRPC}); !errors.Is(err, hookbus.ErrNoReply) {
+		t.Fatalf("call past its deadline: %v", err)
+	}
+}
+
+func newCallerStarted(t *testing.T, b transports.Broker) *hookbus.Caller {
+	t.Helper()
+	c := newCaller(t, b, "n2")
+	if err := c.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
