@@ -104,7 +104,8 @@ type ServeConfig struct {
 // Serve consumes hook requests as one member of group HooksGroup (competing consumers: each
 // request goes to one member, of this process or another) and answers each with cfg.Handler
 // through a Responder, until ctx ends; it returns once the subscription is up (the consumption
-// goes on in the background, owned by ctx) and done is closed when every handler has returned.
+// goes on in the background, owned by ctx: it subscribes again, with a back-off, when the broker
+// ends the subscription) and done is closed once ctx ended and every handler has returned.
 //
 // A request is acked when taken (hooks are answered at most once: a service that dies while
 // handling one leaves its call to fail by the deadline). A request whose MetaDeadline has passed
@@ -140,10 +141,33 @@ func Serve(ctx context.Context, cfg ServeConfig) (done <-chan struct{}, err erro
 	go func() {
 		defer close(out)
 		defer s.wg.Wait()
-		for m := range msgs {
-			if !s.take(ctx, m) {
-				m.Nack()
-				return
+		backoff := 100 * time.Millisecond
+		for {
+			for m := range msgs {
+				if !s.take(ctx, m) {
+					m.Nack()
+					return
+				}
+				backoff = 100 * time.Millisecond
+			}
+			// The broker ended the subscription (core NATS on a lost connection): again.
+			for msgs = nil; msgs == nil; {
+				if ctx.Err() != nil {
+					return
+				}
+				cfg.Log.Warn("hookbus: the hooks subscription ended, subscribing again", "retry_in", backoff)
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return
+				}
+				backoff = min(2*backoff, 5*time.Second)
+				if msgs, err = cfg.Subscribe(ctx); err != nil {
+					msgs = nil
+					cfg.Log.Warn("hookbus: subscribe to hooks failed", "error", err)
+				}
 			}
 		}
 	}()

@@ -857,5 +857,5 @@ func TestHeldGroupMessageNodeDies(t *testing.T) {
 // TestHookCalls runs the hook calls suite on an embedded server.
 func TestHookCalls(t *testing.T) {
 	br := startBroker(t)
-	transporttest.RunHookCalls(t, transporttest.HookFeatures{}, suiteNodes(br.url()))
+	transporttest.RunHookCalls(t, transporttest.HookFeatures{RestartBroker: br.restart}, suiteNodes(br.url()))
 }

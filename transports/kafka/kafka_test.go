@@ -117,7 +117,7 @@ func TestConformance(t *testing.T) {
 // replicas of the group get requests.
 func TestHookCalls(t *testing.T) {
 	cl := newCluster(t)
-	transporttest.RunHookCalls(t, transporttest.HookFeatures{}, func(t *testing.T, prefix string) transports.Broker {
+	transporttest.RunHookCalls(t, transporttest.HookFeatures{RestartBroker: cl.restart}, func(t *testing.T, prefix string) transports.Broker {
 		return newBroker(t, Config{Brokers: cl.addrs(), Prefix: prefix, ServicePartitions: 2})
 	})
 }

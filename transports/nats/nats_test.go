@@ -477,9 +477,13 @@ func TestOddMessages(t *testing.T) {
 // TestHookCalls runs the hook calls suite on an embedded server.
 func TestHookCalls(t *testing.T) {
 	srv := startServer(t, 0)
+	port := srv.Addr().(*net.TCPAddr).Port
 	url := serverURL(srv)
 	t.Cleanup(func() { stopServer(srv) })
-	transporttest.RunHookCalls(t, transporttest.HookFeatures{}, func(t *testing.T, prefix string) transports.Broker {
+	transporttest.RunHookCalls(t, transporttest.HookFeatures{RestartBroker: func(t *testing.T) {
+		stopServer(srv)
+		srv = startServer(t, port)
+	}}, func(t *testing.T, prefix string) transports.Broker {
 		return newNode(t, url, prefix)
 	})
 }

@@ -21,6 +21,8 @@ import (
 type HookFeatures struct {
 	// Timeout bounds each wait (default 20 s).
 	Timeout time.Duration
+	// RestartBroker stops and starts the broker the nodes talk to; nil skips the restart test.
+	RestartBroker func(t *testing.T)
 }
 
 // RunHookCalls is the conformance suite of hook calls over the broker (transports/hookbus): two
@@ -42,6 +44,7 @@ func RunHookCalls(t *testing.T, f HookFeatures, newNode NewNode) {
 	t.Run("HandlerError", h.testHandlerError)
 	t.Run("NoService", h.testNoService)
 	t.Run("LateServiceSkipsExpired", h.testLateService)
+	t.Run("BrokerRestart", h.testRestart)
 }
 
 type hookSuite struct {
@@ -302,4 +305,23 @@ func (h *hookSuite) testLateService(t *testing.T) {
 	if got := late.count("expired") + first.count("expired"); got != 0 {
 		t.Fatalf("the request past its deadline was handled %d times", got)
 	}
+}
+
+// testRestart: after the broker restarted, calls are answered again (the Caller's replies
+// subscription and the service's hooks subscription come back, however the broker ended them).
+func (h *hookSuite) testRestart(t *testing.T) {
+	if h.f.RestartBroker == nil {
+		t.Skip("the broker cannot be restarted here")
+	}
+	prefix := Prefix(t)
+	r, _ := h.serve(t, h.newNode(t, prefix), "replica")
+	c := h.caller(t, h.newNode(t, prefix), "node")
+	h.warm(t, c, r)
+	h.f.RestartBroker(t)
+	n := 0
+	WaitFor(t, h.f.Timeout, func() error {
+		n++
+		_, err := echoCall(c, 2*time.Second, fmt.Sprintf("after-restart-%d", n))
+		return err
+	})
 }
