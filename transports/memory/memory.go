@@ -2,7 +2,10 @@
 //
 // A Broker holds topics, their subscribers and a bounded history of every channel topic (per
 // channel by count and age, for all channels together by bytes); a topic's state is freed once it
-// has neither subscribers nor history left. Nodes that share one Broker (tests, or several
+// has neither subscribers nor history left. Groups share an unbounded queue per (topic, group),
+// kept while no member is subscribed; the queue of protocol.TopicHooks drops hook requests past
+// their deadline (protocol.MetaDeadline), so it keeps only what somebody still waits for.
+// protocol.TopicReplies is a fan-out topic like the others. Nodes that share one Broker (tests, or several
 // gateways in one process) form a cluster; separate processes each have their own Broker, so
 // positions from another process belong to another epoch and resume answers recovered:false.
 package memory
