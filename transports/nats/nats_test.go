@@ -112,6 +112,8 @@ func TestSubjects(t *testing.T) {
 		{protocol.TopicDirect, "ws.direct"},
 		{protocol.TopicInbound, "ws.inbound"},
 		{protocol.TopicEvents, "ws.events"},
+		{protocol.TopicHooks, "ws.hooks"},
+		{protocol.TopicReplies, "ws.replies"},
 		{"ch", "ws.ch"},
 		{"x.y*", "ws.x.y_2a"},
 	} {
