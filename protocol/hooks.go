@@ -179,3 +179,12 @@ const MaxTokenLen = 64 << 10
 // UnsubscribeExpired is the reason of the unsubscribed frame a subscription gets when the expiry
 // its subscribe hook set has come.
 const UnsubscribeExpired = "expired"
+
+// Metadata keys of a hook reply that carries the service handler's error instead of a
+// HookReply: Watermill request/reply's own (requestreply.HasErrorMetadataKey, ErrorMetadataKey).
+// MetaHookHasError is "1" on such a reply ("0" on others), MetaHookError the error's text; the
+// node's call fails at once with it.
+const (
+	MetaHookHasError = "_watermill_requestreply_has_error"
+	MetaHookError    = "_watermill_requestreply_error"
+)

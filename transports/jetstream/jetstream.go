@@ -7,6 +7,8 @@
 //	stream SafeName(P)_inbound    subjects P.inbound, P.events what services consume
 //	core subject P.direct                                      TopicDirect (fan-out, no history)
 //	core subject P.control                                     TopicControl (fan-out, no history)
+//	core subject P.hooks                                       TopicHooks (queue group per group, nothing kept)
+//	core subject P.replies                                     TopicReplies (fan-out, nothing kept)
 //	subject P.ch.SafeName(channel)                             one channel topic
 //	KV bucket SafeName(P)_presence                             presence (presence.go)
 //	KV bucket SafeName(P)_control                              control records (control.go)
@@ -549,6 +551,10 @@ func (b *Broker) route(topic string) (subject, stream string, err error) {
 		return b.subjectDirect(), "", nil
 	case protocol.TopicControl:
 		return b.cfg.Prefix + "." + protocol.TopicControl, "", nil
+	case protocol.TopicHooks: // worthless after their deadline: a queue group keeps nothing
+		return b.cfg.Prefix + "." + protocol.TopicHooks, "", nil
+	case protocol.TopicReplies:
+		return b.cfg.Prefix + "." + protocol.TopicReplies, "", nil
 	}
 	return "", "", fmt.Errorf("jetstream: unknown topic %q", topic)
 }

@@ -853,3 +853,9 @@ func TestHeldGroupMessageNodeDies(t *testing.T) {
 		t.Fatalf("the other member got %s %q, want the dead node's message", got.UUID, got.Payload)
 	}
 }
+
+// TestHookCalls runs the hook calls suite on an embedded server.
+func TestHookCalls(t *testing.T) {
+	br := startBroker(t)
+	transporttest.RunHookCalls(t, transporttest.HookFeatures{RestartBroker: br.restart}, suiteNodes(br.url()))
+}

@@ -6,6 +6,8 @@
 //	p.channels  every channel topic; key = channel name, header "channel" = channel name
 //	p.direct    TopicDirect (1 partition, every node reads all of it)
 //	p.control   TopicControl (1 partition, every node reads all of it)
+//	p.hooks     TopicHooks   (ServicePartitions partitions, read in the services' group; short retention)
+//	p.replies   TopicReplies (1 partition, every node reads all of it from its newest offset; short retention)
 //	p.control-state the control store (1 partition, compacted, read whole: control.go)
 //	p.inbound   TopicInbound (ServicePartitions partitions; services read it in groups)
 //	p.events    TopicEvents  (ServicePartitions partitions)
@@ -50,6 +52,10 @@ const (
 	DefaultSubscriptionBuffer = 1024
 	DefaultSlowTimeout        = time.Second
 )
+
+// HookRetention is the longest retention.ms of the hooks and replies topics (Retention when
+// shorter): a hook request or reply is worthless after its deadline, seconds away.
+const HookRetention = 10 * time.Minute
 
 // maxPartitions bounds Partitions: every node reads every partition of the channel topic.
 const maxPartitions = 1024
@@ -191,6 +197,8 @@ type names struct {
 	channels string
 	direct   string
 	control  string
+	hooks    string // TopicHooks
+	replies  string // TopicReplies
 	// controlState is the control store (control.go).
 	controlState string
 	inbound      string
@@ -199,13 +207,13 @@ type names struct {
 }
 
 func (n names) all() []string {
-	return []string{n.channels, n.direct, n.control, n.controlState, n.inbound, n.events, n.presence}
+	return []string{n.channels, n.direct, n.control, n.controlState, n.inbound, n.events, n.presence, n.hooks, n.replies}
 }
 
 func newNames(prefix string) names {
 	p := transports.SafeName(prefix)
 	return names{prefix: p, channels: p + ".channels", direct: p + ".direct", control: p + ".control", controlState: p + ".control-state", inbound: p + ".inbound", events: p + ".events",
-		presence: p + ".presence"}
+		presence: p + ".presence", hooks: p + ".hooks", replies: p + ".replies"}
 }
 
 // Broker is one node's connection to a Kafka cluster. Safe for concurrent use.
@@ -488,12 +496,16 @@ func (c *conn) close() {
 	_ = c.client.Close()
 }
 
-// ensureTopics creates the seven topics when missing, with the configured partitions and
-// retention (the presence and control-state topics: one partition, compacted); existing topics are kept as they are.
+// ensureTopics creates the nine topics when missing, with the configured partitions and
+// retention (the presence and control-state topics: one partition, compacted; hooks and replies:
+// HookRetention at most); existing topics are kept as they are.
 func (b *Broker) ensureTopics(admin sarama.ClusterAdmin) error {
 	retention := fmt.Sprint(b.cfg.Retention.Milliseconds())
 	compact := "compact"
 	deleted := map[string]*string{"retention.ms": &retention}
+	// Hook requests and replies are worthless after their deadline: kept HookRetention at most.
+	brief := fmt.Sprint(min(b.cfg.Retention, HookRetention).Milliseconds())
+	short := map[string]*string{"retention.ms": &brief}
 	for _, t := range []struct {
 		name       string
 		partitions int
@@ -504,6 +516,8 @@ func (b *Broker) ensureTopics(admin sarama.ClusterAdmin) error {
 		{b.names.control, 1, deleted},
 		{b.names.inbound, b.cfg.ServicePartitions, deleted},
 		{b.names.events, b.cfg.ServicePartitions, deleted},
+		{b.names.hooks, b.cfg.ServicePartitions, short},
+		{b.names.replies, 1, short},
 		{b.names.presence, 1, map[string]*string{"cleanup.policy": &compact}},
 		{b.names.controlState, 1, map[string]*string{"cleanup.policy": &compact}},
 	} {
@@ -585,6 +599,10 @@ func (b *Broker) kafkaTopic(topic string) (name, channel string, err error) {
 		return b.names.inbound, "", nil
 	case protocol.TopicEvents:
 		return b.names.events, "", nil
+	case protocol.TopicHooks:
+		return b.names.hooks, "", nil
+	case protocol.TopicReplies:
+		return b.names.replies, "", nil
 	}
 	return "", "", fmt.Errorf("kafka: unknown topic %q", topic)
 }

@@ -112,3 +112,12 @@ func TestConformance(t *testing.T) {
 		return newBroker(t, Config{Brokers: cl.addrs(), Prefix: prefix})
 	})
 }
+
+// TestHookCalls runs the hook calls suite on kfake, with two service partitions so that both
+// replicas of the group get requests.
+func TestHookCalls(t *testing.T) {
+	cl := newCluster(t)
+	transporttest.RunHookCalls(t, transporttest.HookFeatures{RestartBroker: cl.restart}, func(t *testing.T, prefix string) transports.Broker {
+		return newBroker(t, Config{Brokers: cl.addrs(), Prefix: prefix, ServicePartitions: 2})
+	})
+}

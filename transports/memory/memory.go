@@ -2,7 +2,10 @@
 //
 // A Broker holds topics, their subscribers and a bounded history of every channel topic (per
 // channel by count and age, for all channels together by bytes); a topic's state is freed once it
-// has neither subscribers nor history left. Nodes that share one Broker (tests, or several
+// has neither subscribers nor history left. Groups share an unbounded queue per (topic, group),
+// kept while no member is subscribed; the queue of protocol.TopicHooks drops hook requests past
+// their deadline (protocol.MetaDeadline), so it keeps only what somebody still waits for.
+// protocol.TopicReplies is a fan-out topic like the others. Nodes that share one Broker (tests, or several
 // gateways in one process) form a cluster; separate processes each have their own Broker, so
 // positions from another process belong to another epoch and resume answers recovered:false.
 package memory
@@ -488,6 +491,7 @@ func (n *Node) SubscribeGroup(ctx context.Context, topicName, group string) (<-c
 	ok := n.broker.use(n.name(topicName), topicName, func(t *topic) {
 		if q = t.groups[group]; q == nil {
 			q = newQueue()
+			q.expiring = topicName == protocol.TopicHooks
 			if t.groups == nil {
 				t.groups = map[string]*queue{}
 			}
@@ -632,12 +636,34 @@ func (n *Node) Close() error {
 	return nil
 }
 
-// queue is a group's unbounded FIFO, drained by one run loop per member.
+// queue is a group's unbounded FIFO, drained by one run loop per member. The queue of a group on
+// protocol.TopicHooks is expiring: requests past their deadline (protocol.MetaDeadline) are
+// dropped from its front on every push and skipped by pop, so a group without members keeps only
+// the requests somebody still waits for.
 type queue struct {
-	mu     sync.Mutex
-	items  []*message.Message
-	signal chan struct{} // closed and replaced whenever items are added or the queue closes
-	closed bool
+	mu       sync.Mutex
+	items    []*message.Message
+	signal   chan struct{} // closed and replaced whenever items are added or the queue closes
+	closed   bool
+	expiring bool
+}
+
+// expired reports whether m is a request past its deadline.
+func expired(m *message.Message, now time.Time) bool {
+	ms, err := strconv.ParseInt(m.Metadata.Get(protocol.MetaDeadline), 10, 64)
+	return err == nil && now.UnixMilli() >= ms
+}
+
+// dropExpired drops the expired requests at the front of an expiring queue. q.mu is held.
+func (q *queue) dropExpired() {
+	if !q.expiring {
+		return
+	}
+	now := time.Now()
+	for len(q.items) > 0 && expired(q.items[0], now) {
+		q.items[0] = nil
+		q.items = q.items[1:]
+	}
 }
 
 func newQueue() *queue { return &queue{signal: make(chan struct{})} }
@@ -648,6 +674,7 @@ func (q *queue) push(m *message.Message) {
 	if q.closed {
 		return
 	}
+	q.dropExpired()
 	q.items = append(q.items, m)
 	close(q.signal)
 	q.signal = make(chan struct{})
@@ -666,6 +693,7 @@ func (q *queue) close() {
 func (q *queue) pop() (*message.Message, <-chan struct{}, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.dropExpired()
 	if len(q.items) > 0 {
 		m := q.items[0]
 		q.items[0] = nil

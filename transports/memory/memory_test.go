@@ -312,3 +312,11 @@ func TestCloseTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestHookCalls(t *testing.T) {
+	broker := memory.NewBroker(memory.Config{})
+	t.Cleanup(broker.Close)
+	transporttest.RunHookCalls(t, transporttest.HookFeatures{}, func(t *testing.T, prefix string) transports.Broker {
+		return broker.Node(prefix)
+	})
+}

@@ -2,9 +2,12 @@
 //
 // Every logical topic is one subject under the prefix (see Subject). A node holds one NATS
 // subscription per Subscribe call, so the server routes a channel's messages only to the nodes
-// that have a local subscriber on it; SubscribeGroup is a NATS queue group. Metadata travels in
-// NATS headers, the payload as the message body, exactly as watermill-nats' NATSMarshaler
-// writes them, so `nats pub` can talk to the gateway. Nothing is stored on the server: the
+// that have a local subscriber on it; SubscribeGroup is a NATS queue group. Hook calls: requests
+// on P.hooks, consumed by the services' queue group P.hooks (protocol.HooksGroup), and replies on
+// P.replies, which every node subscribes to once; nothing is kept, so a request nobody is
+// subscribed for is gone at once. Metadata travels in NATS headers, the payload as the message
+// body, exactly as watermill-nats' NATSMarshaler writes them, so `nats pub` can talk to the
+// gateway. Nothing is stored on the server: the
 // broker does not implement transports.History and resuming clients get recovered:false. It
 // implements transports.Presence between its nodes, which hold the members (presence.go).
 package nats

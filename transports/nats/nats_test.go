@@ -112,6 +112,8 @@ func TestSubjects(t *testing.T) {
 		{protocol.TopicDirect, "ws.direct"},
 		{protocol.TopicInbound, "ws.inbound"},
 		{protocol.TopicEvents, "ws.events"},
+		{protocol.TopicHooks, "ws.hooks"},
+		{protocol.TopicReplies, "ws.replies"},
 		{"ch", "ws.ch"},
 		{"x.y*", "ws.x.y_2a"},
 	} {
@@ -472,4 +474,18 @@ func TestOddMessages(t *testing.T) {
 	if string(m.Payload) != "fine" || m.Metadata.Get(protocol.MetaMsgID) != "ok" {
 		t.Fatalf("got %q %v, want the well-formed message", m.Payload, m.Metadata)
 	}
+}
+
+// TestHookCalls runs the hook calls suite on an embedded server.
+func TestHookCalls(t *testing.T) {
+	srv := startServer(t, 0)
+	port := srv.Addr().(*net.TCPAddr).Port
+	url := serverURL(srv)
+	t.Cleanup(func() { stopServer(srv) })
+	transporttest.RunHookCalls(t, transporttest.HookFeatures{RestartBroker: func(t *testing.T) {
+		stopServer(srv)
+		srv = startServer(t, port)
+	}}, func(t *testing.T, prefix string) transports.Broker {
+		return newNode(t, url, prefix)
+	})
 }

@@ -4,9 +4,12 @@
 // fnv32a(channel) % Shards) that every node reads with one XREAD loop, routing each entry by its
 // channel field to the node's local subscriptions; the entry id is the message's position, so
 // any node can replay a channel from the shard (History). Other topics are one stream each
-// ("<prefix>:inbound", "<prefix>:direct", "<prefix>:events"): SubscribeGroup consumes them with
-// watermill-redisstream consumer groups, Subscribe reads them in fan-out from the current end.
-// Every stream is trimmed with XADD MAXLEN ~ MaxLen. docs/brokers/redis.md has the entry format
+// ("<prefix>:inbound", "<prefix>:direct", "<prefix>:events", "<prefix>:control", "<prefix>:hooks",
+// "<prefix>:replies"): SubscribeGroup consumes them with watermill-redisstream consumer groups,
+// Subscribe reads them in fan-out from the current end. Every stream is trimmed with XADD
+// MAXLEN ~ MaxLen; the hooks and replies streams, whose entries are worthless after their
+// deadline, with MAXLEN ~ HookMaxLen (the services' group on hooks is TopicHooks' competing
+// consumers). docs/brokers/redis.md has the entry format
 // services write with redis-cli, and the costs.
 package redis
 
@@ -161,14 +164,23 @@ type route struct {
 	channel string // channel name, for channel topics
 	isCh    bool
 	epoch   string // Epoch of positions on this stream (other topics: only in derived UUIDs)
+	maxLen  int64  // XADD MAXLEN ~ of the stream
 }
+
+// HookMaxLen is the MAXLEN of the hooks and replies streams (Config.MaxLen when smaller): a hook
+// request or reply is worthless after its deadline, so the streams are trimmed short.
+const HookMaxLen = 1000
 
 func (b *Broker) route(topic string) route {
 	if channel, ok := protocol.ChannelOf(topic); ok {
 		n := Shard(channel, b.cfg.Shards)
-		return route{key: b.shardKeys[n], channel: channel, isCh: true, epoch: b.shardEpochs[n]}
+		return route{key: b.shardKeys[n], channel: channel, isCh: true, epoch: b.shardEpochs[n], maxLen: b.cfg.MaxLen}
 	}
-	return route{key: TopicKey(b.cfg.Prefix, topic), epoch: epochBase(b.cfg.Prefix) + "-" + transports.SafeName(topic)}
+	rt := route{key: TopicKey(b.cfg.Prefix, topic), epoch: epochBase(b.cfg.Prefix) + "-" + transports.SafeName(topic), maxLen: b.cfg.MaxLen}
+	if topic == protocol.TopicHooks || topic == protocol.TopicReplies {
+		rt.maxLen = min(b.cfg.MaxLen, HookMaxLen)
+	}
+	return rt
 }
 
 func (b *Broker) isClosed() bool {
@@ -205,7 +217,7 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	defer cancel()
 	args := func(m *message.Message) *goredis.XAddArgs {
-		return &goredis.XAddArgs{Stream: rt.key, MaxLen: b.cfg.MaxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)}
+		return &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)}
 	}
 	var err error
 	if len(msgs) == 1 {

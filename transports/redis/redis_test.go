@@ -669,3 +669,7 @@ func TestHeldGroupMessage(t *testing.T) {
 	cfg := redis.Config{Addr: addr, Prefix: prefix, BlockTimeout: 100 * time.Millisecond, ClaimIdle: time.Second}
 	transporttest.HeldGroupMessage(t, newNode(t, cfg), newNode(t, cfg), cfg.ClaimIdle, 10*time.Second)
 }
+
+func TestHookCalls(t *testing.T) {
+	transporttest.RunHookCalls(t, transporttest.HookFeatures{}, nodeMaker(machineRedis(t)))
+}

@@ -73,6 +73,14 @@
 // Unknown members are ignored (new ones may be added); "at" may also be a number of unix
 // nanoseconds. A payload that is not such an object is logged, acked and skipped.
 //
+// # Hooks
+//
+// OnHooks answers the gateway nodes' hook requests (connect, subscribe, publish, refresh, rpc:
+// docs/hooks.md) with one HookHandler per hook, as a member of the services' group on the hooks
+// topic: each request is answered by one replica. Requests past their deadline are skipped; a
+// hook without a handler, a handler's error or panic is answered with an error that fails the
+// node's call at once. Up to HookHandlers.Concurrency (64) requests are handled at once.
+//
 // # Channel presence
 //
 // Members, PresenceStats and Channels read the gateway nodes' channel presence

@@ -3,12 +3,17 @@ package service_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/wsgateway/gateway/clients/go/service"
 	"github.com/wsgateway/gateway/configs"
+	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports/hookbus"
 	"github.com/wsgateway/gateway/transports/jetstream"
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/nats"
@@ -116,4 +121,65 @@ func ExampleService_Events() {
 		}
 		e.Ack()
 	}
+}
+
+// A service answers the gateway's hooks through the broker: here it authenticates connections
+// from a cookie, lets only members into "room:" channels, and answers the rpc method "time".
+// Any replica of the service may answer any request; a hook without a handler (publish,
+// refresh here) is answered with an error at once.
+func ExampleService_OnHooks() {
+	broker := memory.NewBroker(memory.Config{})
+	defer broker.Close()
+	svc, err := service.New(broker.Node("ws"), nil) // or nats.New(nats.ConfigFrom(cfg), log), ...
+	if err != nil {
+		panic(err)
+	}
+	defer svc.Close()
+	ctx := context.Background()
+
+	err = svc.OnHooks(ctx, service.HookHandlers{
+		Connect: func(ctx context.Context, req *protocol.HookRequest) (protocol.HookReply, error) {
+			user, ok := strings.CutPrefix(req.Headers["Cookie"], "session=")
+			if !ok {
+				return protocol.HookReply{Deny: &protocol.HookDeny{Code: "login_required", Message: "log in first"}}, nil
+			}
+			return protocol.HookReply{User: user, Info: json.RawMessage(`{"plan":"free"}`)}, nil
+		},
+		Subscribe: func(ctx context.Context, req *protocol.HookRequest) (protocol.HookReply, error) {
+			if strings.HasPrefix(req.Channel, "room:") && req.User == "" {
+				return protocol.HookReply{Deny: &protocol.HookDeny{Code: "members_only"}}, nil
+			}
+			return protocol.HookReply{}, nil // allowed, nothing changed
+		},
+		RPC: func(ctx context.Context, req *protocol.HookRequest) (protocol.HookReply, error) {
+			if req.Method != "time" {
+				return protocol.HookReply{Deny: &protocol.HookDeny{Code: "unknown_method", Message: req.Method}}, nil
+			}
+			return protocol.HookReply{Data: json.RawMessage(`"12:00"`)}, nil
+		},
+	})
+	if err != nil {
+		panic(err)
+	}
+
+	// What a gateway node does for a client's rpc frame (the node's side is hookbus.Caller).
+	node := broker.Node("ws")
+	defer node.Close()
+	caller, err := hookbus.NewCaller(hookbus.CallerConfig{Broker: node, NodeID: "node-1"})
+	if err != nil {
+		panic(err)
+	}
+	defer caller.Close()
+	if err := caller.Start(ctx); err != nil {
+		panic(err)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	reply, err := caller.Call(callCtx, protocol.HookRequest{Hook: protocol.HookRPC, ID: "r1", Method: "time"})
+	fmt.Println(string(reply.Data), err)
+	_, err = caller.Call(callCtx, protocol.HookRequest{Hook: protocol.HookRefresh, ID: "r2"})
+	fmt.Println(errors.Is(err, hookbus.ErrHandler))
+	// Output:
+	// "12:00" <nil>
+	// true
 }
