@@ -35,6 +35,7 @@ import (
 	"github.com/wsgateway/gateway/router"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/hookbus"
 	"github.com/wsgateway/gateway/transports/websocket"
 )
 
@@ -66,11 +67,9 @@ func WithDedupeStore(s middleware.DedupeStore) Option { return func(o *options) 
 // message applies the standing commands to its open connections.
 func WithControlRefresh(d time.Duration) Option { return func(o *options) { o.refresh = d } }
 
-// WithHookBroker sets how the hooks whose via is broker are called: Watermill request/reply over
-// the node's broker. Without it, a hook with via broker makes New fail.
-//
-// TODO(hookbus): New builds the caller of transports/hookbus itself (hookbus.Call over the
-// node's broker) once that package lands; this option then stays for tests and embedders.
+// WithHookBroker sets how the hooks whose via is broker are called. Without it, New builds a
+// transports/hookbus Caller (Watermill request/reply over the node's broker), started with the
+// node and closed with it; tests and embedders may give their own.
 func WithHookBroker(c handlers.HookCaller) Option { return func(o *options) { o.hookBroker = c } }
 
 // WithMiddleware adds router middleware, run on every message after the built-in outer chain
@@ -112,6 +111,7 @@ type Gateway struct {
 	webhooks *handlers.Webhooks // nil when webhooks.url is empty
 	presence *handlers.Presence
 	control  *handlers.Control
+	hookbus  *hookbus.Caller // the hooks over the broker; nil when none is, or WithHookBroker gave one
 	metrics  *metrics.Metrics
 	mux      *http.ServeMux
 	tls      *tls.Config // nil: plain HTTP
@@ -236,7 +236,14 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		Log:        log,
 	})
 	undo = append(undo, g.presence.Close)
-	hooks, err := newHooks(cfg, o.hookBroker, g.metrics, log)
+	viaBroker := o.hookBroker
+	if viaBroker == nil && cfg.Hooks.ViaBroker() {
+		if g.hookbus, err = hookbus.NewCaller(hookbus.CallerConfig{Broker: broker, NodeID: cfg.NodeID, Log: log}); err != nil {
+			return nil, err
+		}
+		viaBroker = g.hookbus
+	}
+	hooks, err := newHooks(cfg, viaBroker, g.metrics, log)
 	if err != nil {
 		return nil, err
 	}
@@ -357,11 +364,7 @@ func newHooks(cfg *configs.Config, viaBroker handlers.HookCaller, m *metrics.Met
 				BreakerFailures: hc.BreakerFailures, BreakerOpenFor: hc.BreakerOpenFor,
 			})
 		case configs.HookViaBroker:
-			if viaBroker == nil { // TODO(hookbus): the broker's request/reply caller, built here
-				return nil, &configs.KeyError{Key: "hooks." + h.name + ".via", Env: "GATEWAY_HOOKS_" + strings.ToUpper(h.name) + "_VIA",
-					Reason: "broker: hooks over the broker are not built into this node yet (transports/hookbus); use http"}
-			}
-			caller = viaBroker
+			caller = viaBroker // nil in Check, which builds no caller
 		}
 		out[h.name] = handlers.Hook{Caller: caller, Patterns: h.patterns, Timeout: h.c.Timeout, FailOpen: h.c.FailOpen(), Cache: h.cache}
 	}
@@ -471,6 +474,12 @@ func (g *Gateway) Start(ctx context.Context) error {
 		g.closeAdmin()
 		return err
 	}
+	if g.hookbus != nil { // the replies subscription, before the first connection; Close stops it
+		if err := g.hookbus.Start(ctx); err != nil {
+			g.closeAdmin()
+			return err
+		}
+	}
 	if err := g.startRouter(ctx); err != nil {
 		g.closeAdmin()
 		return err
@@ -561,6 +570,9 @@ func (g *Gateway) Close() error {
 		g.presence.Close()              // the leaves of reaped members being published
 		g.events.Close(2 * time.Second) // the disconnected events of the drain, while the router runs
 		g.webhooks.Close()              // a batch not delivered yet is left to the other nodes
+		if g.hookbus != nil {
+			_ = g.hookbus.Close() // after the sessions: their calls end with ErrClosed
+		}
 		_ = g.inbox.Close()
 		var errs []error
 		// A router that never ran would wait its whole close timeout for handlers that never start.

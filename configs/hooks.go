@@ -123,6 +123,16 @@ func (h *HooksConfig) setDefaults() {
 	}
 }
 
+// ViaBroker reports whether some hook is called over the broker.
+func (h *HooksConfig) ViaBroker() bool {
+	for _, hc := range h.all() {
+		if hc.Via == HookViaBroker {
+			return true
+		}
+	}
+	return false
+}
+
 // all are the five hooks' common settings.
 func (h *HooksConfig) all() []*HookConfig {
 	return []*HookConfig{&h.Connect.HookConfig, &h.Subscribe.HookConfig, &h.Publish.HookConfig, &h.Refresh, &h.RPC.HookConfig}
