@@ -514,8 +514,8 @@ func mapsEqual(a, b map[string]int) bool {
 	return true
 }
 
-// testReap: a node that stops without leaving loses its members (within 2 heartbeats and a
-// reaping pass; the test waits longer, not to assert a timing), and OnReap is called once in the
+// testReap: a node that stops without leaving loses its members (within the broker's bound,
+// RunReapBound; the test waits longer, not to assert a timing), and OnReap is called once in the
 // cluster for each, vacated for the channel it emptied; the other nodes' members stay.
 func (s *presenceSuite) testReap(t *testing.T) {
 	prefix := Prefix(t)
