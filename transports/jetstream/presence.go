@@ -689,8 +689,8 @@ func (b *Broker) activate() {
 // reaper, before the reaper claims it: at the 6th pass after the one that first saw it.
 const leaseTTL = 1.5
 
-// leaseExpired reports whether a lease whose revision this node first saw unchanged since
-// since is to be claimed at now. Passes are a quarter heartbeat apart, and each reads the clock
+// leaseExpired reports whether a lease whose revision this node first saw at since, and has
+// seen unchanged since, is to be claimed at now. Passes are a quarter heartbeat apart, and each reads the clock
 // after listing the leases, which takes its time: the eighth of a heartbeat of tolerance keeps
 // a pass that reads it a little early from moving the claim to the next pass. A live node
 // renewing every half heartbeat may thus be late by about a heartbeat (its next renewal must
@@ -700,8 +700,8 @@ func leaseExpired(now, since time.Time, hb time.Duration) bool {
 }
 
 // reapLoop looks for expired leases of other nodes every quarter Heartbeat (a reaping pass): a
-// node's members are removed at most leaseTTL and 2 passes (1.75 heartbeats) after its last
-// renewal, plus the reaping's round trips.
+// node's members are removed at most a pass (to see its last renewal) and leaseTTL after it,
+// 1.75 heartbeats, plus the reaping's round trips.
 func (b *Broker) reapLoop() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.cfg.Presence.Heartbeat / 4)
