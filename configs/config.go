@@ -74,8 +74,9 @@ const (
 	// DefaultPresenceMaxMembers is the most members a channel may have for `presence` to list
 	// them; beyond it, it answers the counts only.
 	DefaultPresenceMaxMembers = 10000
-	// DefaultPresenceHeartbeat is how often a node renews its presence lease (the broker's
-	// transports.DefaultPresenceHeartbeat): a node that dies loses its members within 2 of them.
+	// DefaultPresenceHeartbeat is the presence heartbeat (the broker's
+	// transports.DefaultPresenceHeartbeat; leases are renewed twice per heartbeat): a node that
+	// dies loses its members within 2 of them.
 	DefaultPresenceHeartbeat = 5 * time.Second
 	// DefaultPresenceCoalesce is the window for which a node gathers the joins and leaves it
 	// announces in a channel (presence.coalesce): short enough that a member list lags by less
@@ -298,7 +299,7 @@ type PresenceConfig struct {
 	// MaxMembers is the most members a channel may have for `presence` (frame and API) to list
 	// them; beyond it the answer has the counts only, no members. Default 10000; -1: no cap.
 	MaxMembers int           `yaml:"max_members" env:"MAX_MEMBERS"`
-	Heartbeat  time.Duration `yaml:"heartbeat" env:"HEARTBEAT"` // how often a node renews its members; default 5s
+	Heartbeat  time.Duration `yaml:"heartbeat" env:"HEARTBEAT"` // the presence heartbeat (members renewed twice per heartbeat); default 5s
 	// Coalesce is the window for which a node gathers the joins and leaves it announces in a
 	// channel and publishes them as few messages (docs/presence.md); default 100ms (nil:
 	// default), 0: each join and leave its own message, at once.

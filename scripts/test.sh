@@ -32,6 +32,9 @@ go test -count=1 -run 'TestRecreatedStreamGroup' ./transports/jetstream/
 go test -count=1 -run 'TestCluster' .
 # Per-channel state freed, 4 rounds of 20,000 channel names on every broker (under -race, fewer).
 go test -count=1 -run 'TestChannelStateIsFreed' .
+# A dead node's presence members reaped within 2 heartbeats, on every broker that has the test:
+# it asserts a time, which the race detector's slowness would stretch.
+go test -count=1 -run 'TestPresenceReapBound' ./transports/...
 # The JavaScript client against real nodes, then the chat demo in headless Chromium.
 ./scripts/test-js.sh
 ./scripts/test-browser.sh

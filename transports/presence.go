@@ -15,13 +15,14 @@ import (
 //
 // Ownership and liveness: a node records only its own connections (Member.Node is the node's
 // id, the same for every member it joins). The broker keeps a lease per node that it renews
-// while it is started (every PresenceConfig.Heartbeat); the members of a node whose lease ran out
-// (2 heartbeats without renewal: the node died or lost its broker) are removed by the next
-// reaping pass, and the function given to OnReap is called for each of them on exactly one node
-// of the cluster. So a node that stops loses its members within 2 heartbeats of its last renewal
-// plus one pass: memory and redis reap every heartbeat (at most 3 heartbeats in all), jetstream
-// every quarter heartbeat and takes 2 passes (2.5), kafka at each of its heartbeats, twice per
-// Heartbeat (2.5, from the last heartbeat its reader saw); core NATS: docs/brokers/nats.md. A node whose
+// while it is started (twice per PresenceConfig.Heartbeat); the members of a node whose lease
+// ran out (1.5 heartbeats without renewal: the node died or lost its broker; a live node's
+// renewal may thus be a whole heartbeat late) are removed by the next reaping pass, every
+// quarter heartbeat, and the function given to OnReap is called for each of them on exactly one
+// node of the cluster. So a node that stops loses its members within 1.75 heartbeats of its
+// stop, plus the reaping's round trips, on memory, redis, jetstream (1.5 heartbeats from the
+// pass that saw its last renewal) and kafka (from the moment a reaper read its last heartbeat);
+// transporttest.RunReapBound holds them to 2 (ReapBound); core NATS: docs/brokers/nats.md. A node whose
 // lease ran out while it was alive (a network cut), or whose members the broker lost (a server
 // restart without persistence), has them recorded again when it is heard again: the broker's
 // presence keeps its own record of what the node joined and left through it (the node's truth)
@@ -70,10 +71,10 @@ type Presence interface {
 
 // PresenceConfig are the settings of a broker's presence.
 type PresenceConfig struct {
-	// Heartbeat is how often a node renews its lease. A node that stops (SIGKILL) loses its
-	// members within 2 heartbeats plus one reaping pass, whose period depends on the broker
-	// (Presence: 3 heartbeats at most on memory and redis, 2.5 on jetstream and kafka; core
-	// NATS: docs/brokers/nats.md). Default DefaultPresenceHeartbeat.
+	// Heartbeat is the presence heartbeat: a node renews its lease twice per heartbeat. A node
+	// that stops (SIGKILL) loses its members within 1.75 heartbeats plus the reaping's round
+	// trips on memory, redis, jetstream and kafka (Presence; core NATS: docs/brokers/nats.md).
+	// Default DefaultPresenceHeartbeat.
 	Heartbeat time.Duration
 }
 

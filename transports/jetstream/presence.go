@@ -7,7 +7,7 @@ package jetstream
 //	n.N.C.S the node's index of what it recorded (empty value): what a reaper removes
 //	c.C     a channel's counts, "connections users"; absent or 0 when the channel is empty
 //	u.C.U   how many connections the named user has in the channel
-//	l.N     the node's lease: its epoch, rewritten every heartbeat ("r"+epoch while reaped)
+//	l.N     the node's lease: its epoch, rewritten every half heartbeat ("r"+epoch while reaped)
 //
 // Counts change by compare-and-set on their key (Create for the first, Update with the revision
 // read), so concurrent joins and leaves on several nodes see each transition 0->1 and 1->0 once.
@@ -647,9 +647,10 @@ func (b *Broker) OnReap(f func(channel string, m protocol.Member, vacated bool))
 	b.activate()
 }
 
-// renewLoop renews the node's lease every Heartbeat. When the lease was lost (reaped, deleted,
-// or the bucket lost) renew takes a new epoch and has the re-recorder write the node's members
-// again.
+// renewLoop renews the node's lease every half Heartbeat (a lease is reaped when it did not
+// change for leaseTTL: a renewal may be a whole heartbeat late). When the lease was lost
+// (reaped, deleted, or the bucket lost) renew takes a new epoch and has the re-recorder write
+// the node's members again.
 //
 // It writes nothing until the node takes part in presence (activate): a Broker that only
 // publishes and subscribes (a service's) has no lease, reaps nothing and cleans nothing, even when
@@ -657,11 +658,11 @@ func (b *Broker) OnReap(f func(channel string, m protocol.Member, vacated bool))
 func (b *Broker) renewLoop() {
 	defer b.wg.Done()
 	hb := b.cfg.Presence.Heartbeat
-	t := time.NewTimer(hb)
+	t := time.NewTimer(hb / 2)
 	defer t.Stop()
 	activated := b.pr.activated
 	for {
-		wait := hb
+		wait := hb / 2
 		if b.pr.active.Load() && !b.pr.paused.Load() && !b.renew() {
 			wait = hb / 4 // not renewed (disconnected, or the server failed): try again soon
 		}
@@ -684,8 +685,23 @@ func (b *Broker) activate() {
 	}
 }
 
+// leaseTTL is how long, in heartbeats, a lease's revision must stay unchanged, as seen by a
+// reaper, before the reaper claims it: at the 6th pass after the one that first saw it.
+const leaseTTL = 1.5
+
+// leaseExpired reports whether a lease whose revision this node first saw at since, and has
+// seen unchanged since, is to be claimed at now. Passes are a quarter heartbeat apart, and each reads the clock
+// after listing the leases, which takes its time: the eighth of a heartbeat of tolerance keeps
+// a pass that reads it a little early from moving the claim to the next pass. A live node
+// renewing every half heartbeat may thus be late by about a heartbeat (its next renewal must
+// be seen by the claiming pass, leaseTTL after the pass that saw the previous one).
+func leaseExpired(now, since time.Time, hb time.Duration) bool {
+	return now.Sub(since) >= time.Duration(leaseTTL*float64(hb))-hb/8
+}
+
 // reapLoop looks for expired leases of other nodes every quarter Heartbeat (a reaping pass): a
-// node's members are removed at most 2 heartbeats and 2 passes after its last renewal.
+// node's members are removed at most a pass (to see its last renewal) and leaseTTL after it,
+// 1.75 heartbeats, plus the reaping's round trips.
 func (b *Broker) reapLoop() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.cfg.Presence.Heartbeat / 4)
@@ -885,7 +901,7 @@ func (b *Broker) removeGone() {
 	}
 }
 
-// reapPass reads every lease; a lease of another node whose revision did not change for 2
+// reapPass reads every lease; a lease of another node whose revision did not change for leaseTTL
 // heartbeats (as seen by this node) is claimed by a compare-and-set, and its node's members are
 // removed. Of several reapers one wins the claim; one that dies while reaping leaves a claim that
 // stops changing, which is claimed again.
@@ -936,7 +952,7 @@ func (b *Broker) reapPass() {
 			b.pr.seen[node] = leaseSeen{rev: e.Revision(), since: now}
 			continue
 		}
-		if now.Sub(s.since) < 2*b.cfg.Presence.Heartbeat {
+		if !leaseExpired(now, s.since, b.cfg.Presence.Heartbeat) {
 			continue
 		}
 		epoch := strings.TrimPrefix(string(e.Value()), "r")

@@ -22,8 +22,10 @@ package kafka
 // node counts, per other incarnation, its own heartbeats applied since that incarnation's last
 // one, and notes when (on its own clock) it applied that last one. An incarnation is silent once
 // reapAfter of those heartbeats were applied (the log shows it silent for that span, whatever the
-// lag of the node's reader: its own heartbeats come through the same log) and 2 heartbeats have
-// passed since its last one was seen. The live node first by (reaps, node id, incarnation) then
+// lag of the node's reader: its own heartbeats come through the same log) and leaseTTL (1.5)
+// heartbeats have passed since its last one was seen, so that a heartbeat may be a whole
+// Heartbeat late. At its next reaping pass (every quarter Heartbeat, and after each of its
+// heartbeats), the live node first by (reaps, node id, incarnation) then
 // writes "r <incarnation>"; the first such record applied removes the members on every node, and
 // its writer alone calls OnReap. After each of its heartbeats a node also compares its own record
 // of what it joined and left (the node's truth) with the view and writes what differs: a node that
@@ -55,12 +57,16 @@ import (
 
 const (
 	// reapAfter is how many of its own heartbeats (two per Heartbeat) a node applies after an
-	// incarnation's last heartbeat before it reaps that incarnation, once 2 heartbeats have also
-	// passed on its clock since it saw that last heartbeat (peer.seen): 4 span about 1.5 to 2
-	// heartbeats, so the clock decides, and the reap comes at the node's first heartbeat after
-	// those 2, within 2.5 heartbeats of the last one seen; the count keeps a node whose reader
-	// lags (which sees its own heartbeats late too) from reaping a live one.
-	reapAfter = 4
+	// incarnation's last heartbeat before it reaps that incarnation, once leaseTTL heartbeats
+	// have also passed on its clock since it saw that last heartbeat (peer.seen): 3 span about 1
+	// to 1.5 heartbeats, so the clock decides, and the reap comes at the node's first reaping
+	// pass (every quarter heartbeat) after those 1.5, within 1.75 heartbeats of the last one
+	// seen; the count keeps a node whose reader lags (which sees its own heartbeats late too)
+	// from reaping a live one.
+	reapAfter = 3
+	// leaseTTL is how long, in heartbeats, an incarnation's heartbeat keeps it alive on the
+	// reader's clock.
+	leaseTTL = 1.5
 	// opHeader names the operation a record answers (process id "." sequence), so that its
 	// writer learns what applying it changed.
 	opHeader = "op"
@@ -119,7 +125,7 @@ type peer struct {
 
 // silent reports whether the incarnation of pe is to be reaped at now (hb: Heartbeat).
 func (pe *peer) silent(now time.Time, hb time.Duration) bool {
-	return pe.since >= reapAfter && now.Sub(pe.seen) >= 2*hb
+	return pe.since >= reapAfter && now.Sub(pe.seen) >= time.Duration(leaseTTL*float64(hb))
 }
 
 // op is a record this node wrote and waits to see applied.
@@ -921,7 +927,9 @@ func (b *Broker) tombstones(calls []reapCall, nodes []string) {
 }
 
 // presenceBeats heartbeats twice per Heartbeat once the node is active; after each heartbeat it
-// reads back, it reaps what it must and reconciles the view with the node's own record.
+// reads back, it reaps what it must and reconciles the view with the node's own record. Between
+// heartbeats it makes a reaping pass every quarter Heartbeat, so that a silent incarnation is
+// reaped within a quarter heartbeat of its turning silent.
 func (b *Broker) presenceBeats() {
 	p := &b.pr
 	select {
@@ -929,17 +937,31 @@ func (b *Broker) presenceBeats() {
 		return
 	case <-p.activated:
 	}
-	t := time.NewTicker(b.cfg.Presence.Heartbeat / 2)
-	defer t.Stop()
+	hb := b.cfg.Presence.Heartbeat
+	beats := time.NewTicker(hb / 2)
+	defer beats.Stop()
+	passes := time.NewTicker(hb / 4)
+	defer passes.Stop()
+	beat := true
 	for {
 		if !p.paused.Load() {
-			b.heartbeat()
+			if beat {
+				b.heartbeat()
+			} else {
+				ctx, cancel := b.presenceCtx(context.Background())
+				b.reapPass(ctx)
+				cancel()
+			}
 		}
 		select {
 		case <-b.done:
 			return
-		case <-t.C:
+		case <-beats.C:
+			beat = true
 		case <-p.wake:
+			beat = true
+		case <-passes.C:
+			beat = false
 		}
 	}
 }
@@ -965,7 +987,7 @@ func (b *Broker) heartbeat() {
 }
 
 // reapPass writes a reap for each incarnation that owns members and is silent (peer.silent:
-// reapAfter of this node's heartbeats and 2 heartbeats on its clock), when this node is the live
+// reapAfter of this node's heartbeats and leaseTTL heartbeats on its clock), when this node is the live
 // node first by (reaps, node id, incarnation). A reap written and not applied after reapAfter more heartbeats is written
 // again. A silent incarnation that owns nothing is forgotten, and (by that node) the tombstone
 // of its heartbeat written unless its node id lives on in another incarnation.

@@ -16,10 +16,12 @@ import (
 // The Broker keeps, per topic prefix (a cluster's namespace), the members of every channel and a
 // lease per Node that recorded members. A Node renews its lease twice per heartbeat from a goroutine
 // that starts with its first Join (the memory Node works without Start, so presence needs no
-// Start either) and stops with Node.Close. One reaper per Broker, started with the first lease
-// and stopped by Broker.Close, looks every heartbeat for leases not renewed for 2 heartbeats:
-// it removes their Node's members and calls OnReap once per member, on one open Node of the
-// same prefix that set OnReap (none: the members are just removed).
+// Start either) and stops with Node.Close; each renewal makes it run 1.5 heartbeats (leaseTTL),
+// so a renewal may come a whole heartbeat late. One reaper per Broker, started with the first
+// lease and stopped by Broker.Close, looks every quarter heartbeat for leases that ran out: it
+// removes their Node's members and calls OnReap once per member, on one open Node of the same
+// prefix that set OnReap (none: the members are just removed). A Node that stops is reaped
+// within 1.75 heartbeats (leaseTTL after its last renewal, plus a pass).
 //
 // Each Node also keeps its own record of what it joined (the node's truth). When its lease ran
 // out while it lived (its renewal stalled), the Node's next renewal or Join finds the lease gone
@@ -49,6 +51,9 @@ type reaper struct {
 	done    chan struct{}
 	stopped chan struct{}
 }
+
+// leaseTTL is how long, in heartbeats, a renewal keeps a lease.
+const leaseTTL = 1.5
 
 // heartbeat is the broker's presence heartbeat.
 func (b *Broker) heartbeat() time.Duration {
@@ -187,7 +192,7 @@ func (n *Node) OnReap(fn func(channel string, m protocol.Member, vacated bool)) 
 // it records again every member of n's local record. p.pmu is held.
 func (n *Node) heard(s *space) {
 	_, had := s.leases[n]
-	s.leases[n] = lease{expires: n.broker.now().Add(2 * n.broker.heartbeat())}
+	s.leases[n] = lease{expires: n.broker.now().Add(time.Duration(leaseTTL * float64(n.broker.heartbeat())))}
 	if had {
 		return
 	}
@@ -205,8 +210,8 @@ func (n *Node) startRenewal() {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			// Twice per heartbeat: a renewal late by up to a heartbeat and a half (a loaded
-			// machine) still finds its lease; the bound for a dead node is unchanged.
+			// Twice per heartbeat: a renewal late by up to a heartbeat (a loaded machine)
+			// still finds its lease (leaseTTL).
 			t := time.NewTicker(n.broker.heartbeat() / 2)
 			defer t.Stop()
 			for {
@@ -268,7 +273,7 @@ func (b *Broker) startReaper() {
 
 func (b *Broker) runReaper(r *reaper) {
 	defer close(r.stopped)
-	t := time.NewTicker(b.heartbeat())
+	t := time.NewTicker(b.heartbeat() / 4) // a reaping pass every quarter heartbeat
 	defer t.Stop()
 	for {
 		select {

@@ -14,12 +14,17 @@ import (
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
-// TestPresenceConformance runs the presence suite with one Broker per test prefix (the heartbeat
-// is the broker's), its nodes that prefix's Nodes.
+// TestPresenceConformance runs the presence suite (nodes: presenceNodeMaker).
 func TestPresenceConformance(t *testing.T) {
+	transporttest.RunPresence(t, transporttest.PresenceFeatures{WorksBeforeStart: true}, presenceNodeMaker())
+}
+
+// presenceNodeMaker makes the nodes of the presence suites: one Broker per test prefix (the
+// heartbeat is the broker's), its nodes that prefix's Nodes.
+func presenceNodeMaker() transporttest.NewPresenceNode {
 	var mu sync.Mutex
 	brokers := map[string]*memory.Broker{}
-	transporttest.RunPresence(t, transporttest.PresenceFeatures{WorksBeforeStart: true}, func(t *testing.T, prefix, _ string, heartbeat time.Duration) transports.Broker {
+	return func(t *testing.T, prefix, _ string, heartbeat time.Duration) transports.Broker {
 		mu.Lock()
 		defer mu.Unlock()
 		b := brokers[prefix]
@@ -29,7 +34,7 @@ func TestPresenceConformance(t *testing.T) {
 			t.Cleanup(b.Close)
 		}
 		return b.Node(prefix)
-	})
+	}
 }
 
 // TestPresenceLeavesNoGoroutine: the renewal of a node and the broker's reaper end with Close.

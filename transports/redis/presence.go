@@ -583,29 +583,31 @@ func (b *Broker) OnReap(fn func(channel string, m protocol.Member, vacated bool)
 	b.presence.onReap = fn
 }
 
-// startPresence starts the presence goroutines, which run every heartbeat until Close: the
-// renewal of the node's lease (once it joined a member) and, apart so that a long reap or a slow
-// OnReap function never delays the renewal, the reaping of expired leases (when OnReap was given
-// a function). Called by Start, under b.mu.
+// startPresence starts the presence goroutines, which run until Close: the renewal of the
+// node's lease (once it joined a member), twice per heartbeat, and, apart so that a long reap or
+// a slow OnReap function never delays the renewal, the reaping of expired leases (when OnReap
+// was given a function), every quarter heartbeat. A lease runs 1.5 heartbeats from its renewal
+// (leaseTTL): a renewal may come a whole heartbeat late, and a node that stops is reaped within
+// 1.75 heartbeats plus the reaping's round trips. Called by Start, under b.mu.
 func (b *Broker) startPresence() {
 	p := b.presence
 	b.wg.Add(2)
-	go b.every(func() {
+	go b.every(p.hb/2, func() {
 		if p.registered.Load() && !p.paused.Load() {
 			b.renew()
 		}
 	})
-	go b.every(func() {
+	go b.every(p.hb/4, func() {
 		if p.reaper() != nil {
 			b.reap()
 		}
 	})
 }
 
-// every calls fn now and every heartbeat until Close; it is a goroutine counted in b.wg.
-func (b *Broker) every(fn func()) {
+// every calls fn now and every period until Close; it is a goroutine counted in b.wg.
+func (b *Broker) every(period time.Duration, fn func()) {
 	defer b.wg.Done()
-	t := time.NewTicker(b.presence.hb)
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		fn()
@@ -617,8 +619,9 @@ func (b *Broker) every(fn func()) {
 	}
 }
 
-// leaseTTL is how long a renewal keeps a lease: 2 heartbeats.
-func (p *presence) leaseTTL() int64 { return (2 * p.hb).Milliseconds() }
+// leaseTTL is how long a renewal keeps a lease: 1.5 heartbeats (renewals come every half
+// heartbeat, so one may be a whole heartbeat late).
+func (p *presence) leaseTTL() int64 { return (3 * p.hb / 2).Milliseconds() }
 
 // renew renews the node's lease. When the lease is lost (it ran out and was reaped, or the
 // server lost its data), the node takes a new lease and records again every member it joined

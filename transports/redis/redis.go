@@ -110,8 +110,9 @@ func newBroker(cfg Config, given goredis.UniversalClient, logger *slog.Logger) *
 }
 
 // Start implements transports.Broker: it makes the go-redis client (New's Broker) and starts the
-// presence goroutine (every Config.Presence.Heartbeat: renewal of the node's lease once it
-// joined a member, and reaping when OnReap was given a function). It does not fail when the server is down: go-redis connects on first
+// presence goroutines (renewal of the node's lease once it joined a member, twice per
+// Config.Presence.Heartbeat, and reaping when OnReap was given a function, every quarter
+// heartbeat). It does not fail when the server is down: go-redis connects on first
 // use and again after every failure, and Ping reports the state. Readers start with the first
 // subscriptions.
 func (b *Broker) Start(context.Context) error {

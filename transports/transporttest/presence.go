@@ -514,8 +514,8 @@ func mapsEqual(a, b map[string]int) bool {
 	return true
 }
 
-// testReap: a node that stops without leaving loses its members (within 2 heartbeats and a
-// reaping pass; the test waits longer, not to assert a timing), and OnReap is called once in the
+// testReap: a node that stops without leaving loses its members (within the broker's bound,
+// RunReapBound; the test waits longer, not to assert a timing), and OnReap is called once in the
 // cluster for each, vacated for the channel it emptied; the other nodes' members stay.
 func (s *presenceSuite) testReap(t *testing.T) {
 	prefix := Prefix(t)
@@ -661,8 +661,11 @@ func RunReapBound(t *testing.T, f ReapBoundFeatures, newNode NewPresenceNode) {
 		s.expectMembers(t, b, "bound", []string{"a1", session})
 		// Kill at another phase of the node's renewals each time.
 		time.Sleep(time.Duration(i) * f.Heartbeat / time.Duration(f.Trials)) // a phase, not a wait for something
-		f.Kill(t, dying.Broker)
+		// The clock starts before Kill: a node stops renewing when its Kill begins (a Close
+		// stops its renewals first, then waits for its goroutines and connections, which may
+		// take a while), so a clock started once Kill returned would leave that time out.
 		killed := time.Now()
+		f.Kill(t, dying.Broker)
 		want["bound/"+session] = 1
 		var gone time.Duration
 		WaitFor(t, s.f.Timeout, func() error {
