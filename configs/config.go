@@ -122,6 +122,7 @@ type Config struct {
 	Events    EventsConfig    `yaml:"events" envPrefix:"EVENTS_"`
 	Presence  PresenceConfig  `yaml:"presence" envPrefix:"PRESENCE_"`
 	Webhooks  WebhooksConfig  `yaml:"webhooks" envPrefix:"WEBHOOKS_"`
+	Pusher    PusherConfig    `yaml:"pusher" envPrefix:"PUSHER_"`
 	Log       LogConfig       `yaml:"log" envPrefix:"LOG_"`
 	TLS       TLSConfig       `yaml:"tls" envPrefix:"TLS_"`
 	HTTP      HTTPConfig      `yaml:"http" envPrefix:"HTTP_"`
@@ -383,6 +384,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Presence.MaxMembers, DefaultPresenceMaxMembers)
 	setDefault(&c.Presence.Heartbeat, DefaultPresenceHeartbeat)
 	c.Webhooks.setDefaults()
+	c.Pusher.setDefaults()
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	setDefault(&c.Log.Format, DefaultLogFormat)
 	setDefault(&c.HTTP.ReadHeaderTimeout, DefaultReadHeaderTimeout)
