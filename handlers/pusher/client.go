@@ -98,8 +98,11 @@ func (s *Server) subscribe(c *websocket.Conn, st *conn, d subscribeData) {
 			signed = d.ChannelData
 		}
 		if d.Auth == "" || !checkChannelAuth(st.app, d.Auth, c.ID, name, signed) {
-			fail("AuthError", "Invalid signature: expected HMAC SHA256 hex digest of "+c.ID+":"+name+
-				map[bool]string{true: ":<channel_data>", false: ""}[presence], 401)
+			what := c.ID + ":" + name
+			if presence {
+				what += ":<channel_data>"
+			}
+			fail("AuthError", "Invalid signature: expected the HMAC SHA256 hex digest of "+what, 401)
 			return
 		}
 	}

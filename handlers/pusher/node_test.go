@@ -30,7 +30,14 @@ const (
 // and app2 (off).
 func node(t *testing.T, opts ...gateway.Option) string {
 	t.Helper()
+	_, base := nodeGateway(t, opts...)
+	return base
+}
+
+func nodeGateway(t *testing.T, opts ...gateway.Option) (*gateway.Gateway, string) {
+	t.Helper()
 	cfg, err := configs.Load("", []string{
+		"GATEWAY_DRAIN_PERIOD=10ms",
 		"GATEWAY_JWT_SECRET=" + jwtSecret,
 		"GATEWAY_LOG_LEVEL=warn",
 		"GATEWAY_PUSHER_APPS=app1:key1:" + secret1 + ",app2:key2:secret-of-app-two-0123",
@@ -40,8 +47,7 @@ func node(t *testing.T, opts ...gateway.Option) string {
 	}
 	ce := true
 	cfg.Pusher.Apps[0].ClientEvents = &ce
-	_, base := nodetest.InProcess(t, cfg, opts...)
-	return base
+	return nodetest.InProcess(t, cfg, opts...)
 }
 
 // pclient is a Pusher protocol client: JSON frames with an event.
@@ -294,4 +300,25 @@ func TestAPIRefusals(t *testing.T) {
 			t.Errorf("%s: %d, want %d", name, resp.StatusCode, tc.status)
 		}
 	}
+}
+
+// TestDrainSaysReconnect: a draining node tells its Pusher connections pusher:error 4200 and
+// closes them with 4200, which pusher-js reconnects after at once.
+func TestDrainSaysReconnect(t *testing.T) {
+	g, base := nodeGateway(t)
+	p := dialPusher(t, base, "key1", "?protocol=7")
+	p.socketID()
+	done := make(chan struct{})
+	go func() { defer close(done); g.Drain() }()
+	f := p.expect("pusher:error")
+	var d struct{ Code int }
+	if json.Unmarshal(f.Data, &d) != nil || d.Code != pusher.CodeReconnect {
+		t.Errorf("drain: %s", f.Data)
+	}
+	_, err := p.next()
+	var ce *gws.CloseError
+	if !asClose(err, &ce) || ce.Code != pusher.CodeReconnect {
+		t.Errorf("drain closed with %v, want %d", err, pusher.CodeReconnect)
+	}
+	<-done
 }
