@@ -176,10 +176,6 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	if err := checkPresence(cfg, brokerPresence != nil); err != nil {
 		return nil, err
 	}
-	if cfg.Pusher.Enabled() && brokerPresence == nil {
-		return nil, &configs.KeyError{Key: "pusher.apps", Env: configs.EnvPrefix + "PUSHER_APPS",
-			Reason: fmt.Sprintf("the %s broker keeps no presence, which the Pusher protocol needs (docs/pusher.md)", cfg.Broker)}
-	}
 	pusherChannels, pusherJoinLeave := pusher.PresencePatterns(cfg.Pusher.Apps)
 	g := &Gateway{cfg: cfg, log: log, broker: broker, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers,
 		startedc: make(chan struct{})}

@@ -49,13 +49,18 @@ type PusherApp struct {
 	MaxEventSize int `yaml:"max_event_size"`
 	// MaxPresenceMembers is the most members a presence channel may have (default 100).
 	MaxPresenceMembers int `yaml:"max_presence_members"`
+
+	// malformed is set by UnmarshalText for an entry that is not id:key:secret; validate reports
+	// it without the entry's text, which holds a secret.
+	malformed int
 }
 
 // UnmarshalText reads an app of GATEWAY_PUSHER_APPS, id:key:secret.
 func (a *PusherApp) UnmarshalText(b []byte) error {
 	parts := strings.Split(strings.TrimSpace(string(b)), ":")
 	if len(parts) != 3 {
-		return fmt.Errorf("%q is not id:key:secret", string(b))
+		*a = PusherApp{malformed: len(parts)}
+		return nil
 	}
 	*a = PusherApp{ID: parts[0], Key: parts[1], Secret: parts[2]}
 	return nil
@@ -84,6 +89,7 @@ func (p *PusherConfig) validate(v *validator) {
 	ids, keys := map[string]bool{}, map[string]bool{}
 	for i, a := range p.Apps {
 		app := fmt.Sprintf("apps[%d] (id %q)", i, a.ID)
+		v.check(&p.Apps, a.malformed == 0, "apps[%d] is not id:key:secret (%d parts separated by ':')", i, a.malformed)
 		v.check(&p.Apps, a.ID != "" && len(a.ID) <= MaxPusherAppID && strings.Trim(a.ID, pusherIDChars) == "",
 			"%s: id must be 1 to %d of [A-Za-z0-9_.-]", app, MaxPusherAppID)
 		v.check(&p.Apps, a.Key != "" && len(a.Key) <= 128 && strings.Trim(a.Key, pusherIDChars) == "",

@@ -70,6 +70,10 @@ func TestPusherValidation(t *testing.T) {
 			t.Errorf("%s: %v, want it to name pusher.apps and say %q", apps, err, want)
 		}
 	}
+	// A malformed entry's text (it holds a secret) is not in the error.
+	if _, err := Load("", []string{"GATEWAY_PUSHER_APPS=a:k:secret-one-0123456:extra"}); err == nil || strings.Contains(err.Error(), "secret-one") {
+		t.Errorf("the malformed entry's secret is in the error: %v", err)
+	}
 	_, err := Load("", []string{"GATEWAY_PUSHER_ACTIVITY_TIMEOUT=10ms"})
 	if err == nil || !strings.Contains(err.Error(), "pusher.activity_timeout") {
 		t.Errorf("activity_timeout 10ms: %v", err)
