@@ -36,6 +36,12 @@ func node(t *testing.T, opts ...gateway.Option) string {
 
 func nodeGateway(t *testing.T, opts ...gateway.Option) (*gateway.Gateway, string) {
 	t.Helper()
+	return nodeWith(t, func(*configs.Config) {}, opts...)
+}
+
+// nodeWith is nodeGateway with a change to the configuration.
+func nodeWith(t *testing.T, change func(*configs.Config), opts ...gateway.Option) (*gateway.Gateway, string) {
+	t.Helper()
 	cfg, err := configs.Load("", []string{
 		"GATEWAY_DRAIN_PERIOD=10ms",
 		"GATEWAY_JWT_SECRET=" + jwtSecret,
@@ -47,6 +53,7 @@ func nodeGateway(t *testing.T, opts ...gateway.Option) (*gateway.Gateway, string
 	}
 	ce := true
 	cfg.Pusher.Apps[0].ClientEvents = &ce
+	change(cfg)
 	return nodetest.InProcess(t, cfg, opts...)
 }
 
@@ -321,4 +328,38 @@ func TestDrainSaysReconnect(t *testing.T) {
 		t.Errorf("drain closed with %v, want %d", err, pusher.CodeReconnect)
 	}
 	<-done
+}
+
+// subscribePresence subscribes p (socket sid) to a presence channel as user and returns the
+// event answered.
+func subscribePresence(p *pclient, sid, channel, user string) pframe {
+	data := `{"user_id":"` + user + `","user_info":{"name":"` + user + `"}}`
+	p.send("pusher:subscribe", map[string]string{"channel": channel, "channel_data": data,
+		"auth": pusher.ChannelAuth("key1", secret1, sid, channel, data)}, "")
+	f, err := p.next()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return f
+}
+
+// TestPresenceLimit: with max_presence_members 1, a second user is refused LimitReached, and the
+// first user may open a second connection.
+func TestPresenceLimit(t *testing.T) {
+	_, base := nodeWith(t, func(c *configs.Config) { c.Pusher.Apps[0].MaxPresenceMembers = 1 })
+	a := dialPusher(t, base, "key1", "?protocol=7")
+	if f := subscribePresence(a, a.socketID(), "presence-one", "alice"); f.Event != "pusher_internal:subscription_succeeded" {
+		t.Fatalf("alice: %s %s", f.Event, f.Data)
+	}
+	b := dialPusher(t, base, "key1", "?protocol=7")
+	if f := subscribePresence(b, b.socketID(), "presence-one", "bob"); f.Event != "pusher:subscription_error" ||
+		!strings.Contains(string(f.Data), "LimitReached") {
+		t.Fatalf("bob: %s %s", f.Event, f.Data)
+	}
+	a2 := dialPusher(t, base, "key1", "?protocol=7")
+	f := subscribePresence(a2, a2.socketID(), "presence-one", "alice")
+	var s string
+	if f.Event != "pusher_internal:subscription_succeeded" || json.Unmarshal(f.Data, &s) != nil || !strings.Contains(s, `"count":1`) {
+		t.Fatalf("alice's second connection: %s %s", f.Event, f.Data)
+	}
 }

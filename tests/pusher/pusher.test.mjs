@@ -19,7 +19,8 @@ const clients = [];
 
 before(async () => {
   const env = {
-    GATEWAY_BROKER: 'redis',
+    // Another broker for a manual run: PUSHER_TEST_BROKER=nats (or jetstream) npm test.
+    GATEWAY_BROKER: process.env.PUSHER_TEST_BROKER ?? 'redis',
     GATEWAY_REDIS_ADDR: redis,
     GATEWAY_TOPIC_PREFIX: uniq('pt'),
     GATEWAY_PUSHER_APPS: `${appId}:${key}:${secret}`,
