@@ -79,8 +79,8 @@ func brokerKeepsPresence(name string) bool {
 	return ok
 }
 
-// checkPresence refuses presence.channels when the broker keeps no presence: a user would
-// otherwise think presence works.
+// checkPresence refuses presence.channels (and pusher.apps, which needs presence) when the
+// broker keeps no presence: a user would otherwise think presence works.
 func checkPresence(cfg *configs.Config, keeps bool) error {
 	if keeps {
 		return nil
@@ -88,6 +88,10 @@ func checkPresence(cfg *configs.Config, keeps bool) error {
 	if cfg.Events.NodeLost {
 		return &configs.KeyError{Key: "events.node_lost", Env: configs.EnvPrefix + "EVENTS_NODE_LOST",
 			Reason: fmt.Sprintf("the %s broker keeps no presence yet (docs/presence.md), which node_lost needs", cfg.Broker)}
+	}
+	if cfg.Pusher.Enabled() {
+		return &configs.KeyError{Key: "pusher.apps", Env: configs.EnvPrefix + "PUSHER_APPS",
+			Reason: fmt.Sprintf("the %s broker keeps no presence, which the Pusher protocol needs (docs/pusher.md)", cfg.Broker)}
 	}
 	if len(cfg.Presence.Channels) == 0 {
 		return nil

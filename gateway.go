@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/handlers"
+	"github.com/wsgateway/gateway/handlers/pusher"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/metrics"
 	"github.com/wsgateway/gateway/protocol"
@@ -182,6 +184,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	if err := checkPresence(cfg, brokerPresence != nil); err != nil {
 		return nil, err
 	}
+	pusherChannels, pusherJoinLeave := pusher.PresencePatterns(cfg.Pusher.Apps)
 	g := &Gateway{cfg: cfg, log: log, broker: broker, metrics: metrics.New(), mux: http.NewServeMux(), tls: serverTLS, closers: closers,
 		startedc: make(chan struct{})}
 	g.feed = router.NewFeed(broker)
@@ -225,8 +228,8 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	g.presence = handlers.NewPresence(handlers.PresenceConfig{ // sets the broker's OnReap: before Start
 		NodeID:     cfg.NodeID,
 		Presence:   brokerPresence,
-		Channels:   cfg.Presence.Channels,
-		JoinLeave:  cfg.Presence.JoinLeave,
+		Channels:   slices.Concat(cfg.Presence.Channels, pusherChannels),
+		JoinLeave:  slices.Concat(cfg.Presence.JoinLeave, pusherJoinLeave),
 		MaxMembers: cfg.Presence.MaxMembers,
 		Sessions:   cfg.Events.NodeLost && !cfg.Events.Disabled,
 		Inbox:      g.inbox,
@@ -279,8 +282,24 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		Log:      log,
 	})
 
+	var pusherServer *pusher.Server
+	if cfg.Pusher.Enabled() {
+		pusherServer = pusher.New(pusher.Config{
+			NodeID:          cfg.NodeID,
+			Apps:            cfg.Pusher.Apps,
+			ActivityTimeout: cfg.Pusher.ActivityTimeout,
+			Hub:             g.hub,
+			Inbox:           g.inbox,
+			Presence:        g.presence,
+			Timeout:         cfg.WebSocket.PublishTimeout,
+			Metrics:         g.metrics,
+			Log:             log,
+		})
+		pusherServer.Routes(g.mux)
+	}
 	rh := handlers.NewMessages(handlers.MessagesConfig{
 		Hub:          g.hub,
+		Encode:       pusherServer.Encoder(),
 		Broker:       broker,
 		DedupeWindow: cfg.Router.DedupeWindow,
 		Signatures:   keys,

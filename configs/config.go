@@ -124,6 +124,7 @@ type Config struct {
 	Presence  PresenceConfig  `yaml:"presence" envPrefix:"PRESENCE_"`
 	Webhooks  WebhooksConfig  `yaml:"webhooks" envPrefix:"WEBHOOKS_"`
 	Hooks     HooksConfig     `yaml:"hooks" envPrefix:"HOOKS_"`
+	Pusher    PusherConfig    `yaml:"pusher" envPrefix:"PUSHER_"`
 	Log       LogConfig       `yaml:"log" envPrefix:"LOG_"`
 	TLS       TLSConfig       `yaml:"tls" envPrefix:"TLS_"`
 	HTTP      HTTPConfig      `yaml:"http" envPrefix:"HTTP_"`
@@ -386,6 +387,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.Presence.Heartbeat, DefaultPresenceHeartbeat)
 	c.Webhooks.setDefaults()
 	c.Hooks.setDefaults()
+	c.Pusher.setDefaults()
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	setDefault(&c.Log.Format, DefaultLogFormat)
 	setDefault(&c.HTTP.ReadHeaderTimeout, DefaultReadHeaderTimeout)

@@ -70,6 +70,7 @@ func (c *Config) Validate() error {
 	c.Presence.validate(v)
 	c.Webhooks.validate(v, c.Events.Disabled)
 	c.Hooks.validate(v)
+	c.Pusher.validate(v)
 	v.check(&c.Drain.Period, c.Drain.Period >= 0, "must not be negative")
 	c.Log.validate(v)
 	c.validateServer(v)

@@ -18,7 +18,7 @@ import (
 type Hub interface {
 	Join(ctx context.Context, c *websocket.Conn, channel string) error
 	Leave(c *websocket.Conn, channel string) bool
-	Deliver(channel string, pos protocol.Position, frame []byte) int
+	Deliver(channel string, pos protocol.Position, native []byte, other websocket.Encoder) int
 	Session(id string) (*websocket.Conn, bool)
 	Broadcast(frame []byte) int
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/wsgateway/gateway/internal/signing"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/websocket"
 )
 
 // Messages are the router handlers between the node and the broker: Inbound (client ->
@@ -29,8 +30,11 @@ type MessagesConfig struct {
 	Broker       Publisher
 	DedupeWindow time.Duration // how long a delivered idempotency key is remembered
 	Signatures   *signing.Keys // sign what the node publishes for clients; nil: no signing
-	Metrics      *metrics.Metrics
-	Log          *slog.Logger
+	// Encode encodes a channel message for the connections of another frame format than the
+	// native one (Pusher's; see websocket.Encoder); nil: only native connections are served.
+	Encode  func(f websocket.Format, msg *message.Message, channel string, pos protocol.Position) websocket.Encoded
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
 }
 
 // NewMessages makes the message handlers.
@@ -91,7 +95,11 @@ func (r *Messages) Channel(msg *message.Message) error {
 		clientName = protocol.UserChannel
 	}
 	frame, pos := channelFrame(msg, channel, clientName)
-	if n := r.cfg.Hub.Deliver(channel, pos, frame); n > 0 {
+	var other websocket.Encoder
+	if r.cfg.Encode != nil {
+		other = func(f websocket.Format) websocket.Encoded { return r.cfg.Encode(f, msg, channel, pos) }
+	}
+	if n := r.cfg.Hub.Deliver(channel, pos, frame, other); n > 0 {
 		r.cfg.Metrics.Delivered.Add(float64(n))
 		r.observeLatency(msg)
 	}

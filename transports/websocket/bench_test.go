@@ -81,7 +81,7 @@ func BenchmarkDeliverLookup(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		h.Deliver(names[i%channels], protocol.Position{Lo: uint64(i)}, frame)
+		h.Deliver(names[i%channels], protocol.Position{Lo: uint64(i)}, frame, nil)
 		i++
 	}
 }
@@ -102,7 +102,7 @@ func BenchmarkDeliverLoop(b *testing.B) {
 			frame := []byte(`{"type":"message"}`)
 			b.ReportAllocs()
 			for b.Loop() {
-				h.Deliver("bench", protocol.Position{}, frame)
+				h.Deliver("bench", protocol.Position{}, frame, nil)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/delivery")
 		})
@@ -161,7 +161,7 @@ func benchFanout(b *testing.B, n, burst int) {
 		c0 := processCPU(b)
 		k := min(burst, b.N-i)
 		for j := range k {
-			if got := h.Deliver("bench", protocol.Position{Lo: uint64(i + j)}, frame); got != n {
+			if got := h.Deliver("bench", protocol.Position{Lo: uint64(i + j)}, frame, nil); got != n {
 				b.Fatalf("delivered to %d of %d", got, n)
 			}
 		}

@@ -27,6 +27,13 @@ type Goodbye interface {
 	CloseReason() string
 }
 
+// Translator is implemented by a Handler whose connections speak another protocol: Disconnect
+// hands it every Goodbye (protocol.Disconnect values: shutdown, slow consumer...) for a
+// connection it reads, and sends the one it returns instead.
+type Translator interface {
+	Goodbye(c *Conn, g Goodbye) Goodbye
+}
+
 // logSlowConsumer is the ratelog kind of slow-consumer disconnects.
 const logSlowConsumer = "slow_consumer"
 
@@ -41,6 +48,9 @@ type Conn struct {
 	ID    string // session id
 	User  string // user id ("" for anonymous)
 	Value any    // the handler's data for this connection
+
+	handler Handler // reads its frames: Identity.Handler, or the hub's
+	format  Format  // of the channel messages it receives (Hub.Deliver)
 
 	queued  atomic.Int64  // frames queued and not yet handed to the socket: the lead and pending
 	waiters atomic.Int32  // Sends waiting for room
@@ -64,7 +74,11 @@ type Conn struct {
 }
 
 func newConn(h *Hub, id Identity) *Conn {
-	c := &Conn{hub: h, ID: id.Session, User: id.User, Value: id.Value, subs: map[string]*sub{}, room: make(chan struct{}, 1)}
+	c := &Conn{hub: h, ID: id.Session, User: id.User, Value: id.Value, subs: map[string]*sub{}, room: make(chan struct{}, 1),
+		handler: id.Handler, format: id.Format}
+	if c.handler == nil {
+		c.handler = h.handler
+	}
 	c.fc = &flushConn{timeout: h.cfg.WriteTimeout}
 	c.lastLead = math.MinInt64 / 2 // long ago: the first frame goes out at once
 	return c
@@ -295,6 +309,9 @@ func (c *Conn) Disconnect(g Goodbye) {
 	if c.s == nil || c.closing.Load() { // ended already: encode nothing
 		return
 	}
+	if t, ok := c.handler.(Translator); ok {
+		g = t.Goodbye(c, g)
+	}
 	reason := g.CloseReason()
 	c.end(reason, g.Frame(), melody.FormatCloseMessage(g.CloseCode(), reason))
 }
@@ -380,6 +397,9 @@ func (c *Conn) Reason() string {
 	}
 	return "closed"
 }
+
+// Format is the frame format of the channel messages c receives.
+func (c *Conn) Format() Format { return c.format }
 
 // Closing reports whether the connection is closing or closed.
 func (c *Conn) Closing() bool { return c.closing.Load() }

@@ -237,7 +237,7 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	mel.HandleMessageBinary(func(s *melody.Session, _ []byte) {
 		if c := connOf(s); c != nil {
 			h.metrics.FramesIn.Inc()
-			h.handler.Binary(c)
+			c.handler.Binary(c)
 		}
 	})
 	mel.HandleSentMessage(func(s *melody.Session, _ []byte) {
@@ -260,7 +260,7 @@ func (h *Hub) frame(c *Conn, b []byte) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		h.handler.Frame(c, b)
+		c.handler.Frame(c, b)
 	}()
 	<-done
 }
@@ -286,6 +286,11 @@ type Identity struct {
 	Session string
 	User    string
 	Value   any // the handler's per-connection data (claims)
+	// Handler reads the connection's frames instead of the hub's handler (SetHandler), for a
+	// connection that speaks another protocol (Pusher's); nil: the hub's.
+	Handler Handler
+	// Format is the frame format the connection receives channel messages in (Deliver).
+	Format Format
 }
 
 // Accept upgrades the request and returns once the connection is open (or the upgrade failed);
@@ -378,7 +383,7 @@ func (h *Hub) onConnect(s *melody.Session) {
 	h.sessions[c.ID] = c
 	h.sessMu.Unlock()
 	h.metrics.Connections.Inc()
-	h.handler.Open(c) // the welcome frame comes first, even on a node that started draining
+	c.handler.Open(c) // the welcome frame comes first, even on a node that started draining
 	if h.Draining() {
 		c.Disconnect(protocol.DisconnectShutdown)
 	}
@@ -395,7 +400,7 @@ func (h *Hub) onDisconnect(s *melody.Session) {
 	delete(h.sessions, c.ID)
 	h.sessMu.Unlock()
 	h.metrics.Connections.Dec()
-	h.handler.Close(c)
+	c.handler.Close(c)
 }
 
 func (h *Hub) onError(s *melody.Session, err error) {
@@ -517,9 +522,36 @@ func (h *Hub) lost(channel string, e *entry) {
 	}
 }
 
-// Deliver queues frame, the encoded message at pos on channel, to every local subscriber. It
-// returns how many connections it was queued to (or held for, during a replay).
-func (h *Hub) Deliver(channel string, pos protocol.Position, frame []byte) int {
+// Format is a frame format: how a channel message is encoded for a connection. The native
+// protocol's is the zero value; each other protocol served on the hub (Pusher's) has its own.
+type Format uint8
+
+// The frame formats.
+const (
+	FormatNative Format = iota // the gateway's own protocol (docs/protocol.md)
+	FormatPusher               // the Pusher Channels protocol (docs/pusher.md)
+	formatCount
+)
+
+// Encoded is a channel message encoded in one format for Deliver.
+type Encoded struct {
+	Frame  []byte // nil: nothing to send in this format
+	Except string // a session that is not sent Frame (the sender of a client event); "": none
+	// More are frames sent after Frame (the members of a coalesced join, one frame each).
+	More []Encoded
+}
+
+// Encoder encodes a channel message in a format other than the native one. Deliver calls it at
+// most once per format and message, on the delivering goroutine, under the channel's read lock
+// (so it must not call the hub); it need not be safe for concurrent use.
+type Encoder func(f Format) Encoded
+
+// Deliver queues a channel message at pos on channel to every local subscriber: native, its
+// native frame (encoded by the caller, once for the node), to a connection of the native format,
+// and what other encodes for the connection's format to any other (encoded once per format, on
+// the first subscriber of that format; other nil: such connections get nothing). It returns how
+// many frames it queued (or held for connections that are replaying).
+func (h *Hub) Deliver(channel string, pos protocol.Position, native []byte, other Encoder) int {
 	sh := h.shard(channel)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
@@ -528,10 +560,35 @@ func (h *Hub) Deliver(channel string, pos protocol.Position, frame []byte) int {
 		return 0
 	}
 	n := 0
+	var memo [formatCount]*Encoded
 	for _, m := range e.members {
-		if m.c.deliver(m.s, pos, frame) {
-			n++
+		if m.c.format == FormatNative {
+			if m.c.deliver(m.s, pos, native) {
+				n++
+			}
+			continue
 		}
+		x := memo[m.c.format]
+		if x == nil {
+			x = &Encoded{}
+			if other != nil {
+				*x = other(m.c.format)
+			}
+			memo[m.c.format] = x
+		}
+		n += deliverEncoded(m, pos, x)
+	}
+	return n
+}
+
+// deliverEncoded queues x and what follows it to m; it returns how many frames it queued.
+func deliverEncoded(m member, pos protocol.Position, x *Encoded) int {
+	n := 0
+	if x.Frame != nil && (x.Except == "" || x.Except != m.c.ID) && m.c.deliver(m.s, pos, x.Frame) {
+		n++
+	}
+	for i := range x.More {
+		n += deliverEncoded(m, pos, &x.More[i])
 	}
 	return n
 }
@@ -544,11 +601,12 @@ func (h *Hub) Session(id string) (*Conn, bool) {
 	return c, ok
 }
 
-// Broadcast queues frame to every connection of the node and returns how many.
+// Broadcast queues frame to every connection of the node of the native format and returns how
+// many.
 func (h *Hub) Broadcast(frame []byte) int {
 	n := 0
 	for _, c := range h.conns() {
-		if c.Send(frame) {
+		if c.format == FormatNative && c.Send(frame) {
 			n++
 		}
 	}

@@ -361,7 +361,7 @@ func TestAcceptReturnsWhileTheConnectionLives(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Activate("news", protocol.Position{}, nil)
-	if n := h.Deliver("news", protocol.Position{Lo: 1}, []byte(`{"type":"message"}`)); n != 1 {
+	if n := h.Deliver("news", protocol.Position{Lo: 1}, []byte(`{"type":"message"}`), nil); n != 1 {
 		t.Fatalf("delivered to %d", n)
 	}
 	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
