@@ -21,7 +21,8 @@ import (
 // of the cluster. So a node that stops loses its members within 2 heartbeats of its last renewal
 // plus one pass: memory and redis reap every heartbeat (at most 3 heartbeats in all), jetstream
 // every quarter heartbeat and takes 2 passes (2.5), kafka at each of its heartbeats, twice per
-// Heartbeat (2.5, from the last heartbeat its reader saw); core NATS: docs/brokers/nats.md. A node whose
+// Heartbeat (2.5, from the last heartbeat its reader saw); core NATS 1.75 from the death, plus a
+// sync where the dead node owned the channel (docs/brokers/nats.md). A node whose
 // lease ran out while it was alive (a network cut), or whose members the broker lost (a server
 // restart without persistence), has them recorded again when it is heard again: the broker's
 // presence keeps its own record of what the node joined and left through it (the node's truth)
@@ -73,7 +74,7 @@ type PresenceConfig struct {
 	// Heartbeat is how often a node renews its lease. A node that stops (SIGKILL) loses its
 	// members within 2 heartbeats plus one reaping pass, whose period depends on the broker
 	// (Presence: 3 heartbeats at most on memory and redis, 2.5 on jetstream and kafka; core
-	// NATS: docs/brokers/nats.md). Default DefaultPresenceHeartbeat.
+	// NATS: 1.75 and a sync, docs/brokers/nats.md). Default DefaultPresenceHeartbeat.
 	Heartbeat time.Duration
 }
 
