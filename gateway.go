@@ -291,11 +291,15 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 			Hub:             g.hub,
 			Inbox:           g.inbox,
 			Presence:        g.presence,
+			Control:         g.control,
+			Limits:          cfg.Limits,
+			Reserve:         sessions.Reserve,
 			Timeout:         cfg.WebSocket.PublishTimeout,
 			Metrics:         g.metrics,
 			Log:             log,
 		})
 		pusherServer.Routes(g.mux)
+		g.control.Also(pusherServer) // terminate_connections
 	}
 	rh := handlers.NewMessages(handlers.MessagesConfig{
 		Hub:          g.hub,
