@@ -303,5 +303,10 @@ func (s *Server) clientEvent(c *websocket.Conn, st *conn, f inFrame) {
 	defer cancel()
 	if err := s.cfg.Inbox.Submit(ctx, msg); err != nil {
 		c.Send(errorFrame(0, "Client event not published: "+err.Error()))
+		return
+	}
+	if st.app.WebhookURL != "" { // for the client_event webhook
+		s.cfg.Events.Emit(protocol.Event{Type: protocol.EventPusherClientEvent, Channel: sub.native, Session: c.ID,
+			User: sub.userID, Name: f.Event, Data: payload})
 	}
 }

@@ -40,6 +40,7 @@ type Config struct {
 	Inbox           handlers.Submitter
 	Presence        *handlers.Presence // must keep presence: every app channel is a presence channel of the node's
 	Control         *handlers.Control  // terminate_connections issues its disconnect commands; nil: 503
+	Events          *handlers.Events   // client_event lifecycle events, for apps with webhooks; nil: none
 	Limits          configs.LimitsConfig
 	// Reserve counts a connection against limits.connections_per_node (handlers.Sessions.Reserve);
 	// nil: no count.
