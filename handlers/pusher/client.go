@@ -92,10 +92,6 @@ func (s *Server) subscribe(c *websocket.Conn, st *conn, d subscribeData) {
 		fail("InvalidChannel", err.Error(), 400)
 		return
 	}
-	if strings.HasPrefix(name, prefixEncrypted) {
-		fail("UnsupportedChannel", "private-encrypted channels are not served yet (docs/pusher.md)", 400)
-		return
-	}
 	presence := isPresence(name)
 	member := protocol.Member{Session: c.ID, Node: s.cfg.NodeID}
 	if id, ok := serverToUser(name); ok {
@@ -265,6 +261,10 @@ func (s *Server) clientEvent(c *websocket.Conn, st *conn, f inFrame) {
 	}
 	if !isPrivate(f.Channel) && !isPresence(f.Channel) {
 		c.Send(errorFrame(0, "Client event rejected - only supported on private and presence channels"))
+		return
+	}
+	if strings.HasPrefix(f.Channel, prefixEncrypted) {
+		c.Send(errorFrame(0, "Client event rejected - not supported on private-encrypted channels"))
 		return
 	}
 	st.mu.Lock()

@@ -196,3 +196,30 @@ func TestRefusedPresenceNoLeave(t *testing.T) {
 		}
 	}
 }
+
+// TestEncryptedChannel: a private-encrypted- channel is subscribed with a private channel's
+// signature (a wrong one is refused), passes what is triggered through as it is (the ciphertext),
+// and refuses client events.
+func TestEncryptedChannel(t *testing.T) {
+	base := node(t)
+	p := dialPusher(t, base, "key1", "?protocol=7")
+	sid := p.socketID()
+	const ch = "private-encrypted-vault"
+	p.send("pusher:subscribe", map[string]string{"channel": ch, "auth": pusher.ChannelAuth("key1", "not-the-secret-0123", sid, ch, "")}, "")
+	p.expect("pusher:subscription_error")
+	p.send("pusher:subscribe", map[string]string{"channel": ch, "auth": pusher.ChannelAuth("key1", secret1, sid, ch, "")}, "")
+	p.expect("pusher_internal:subscription_succeeded")
+	cipher := `{"nonce":"bm9uY2Vub25jZQ==","ciphertext":"c2VjcmV0"}`
+	if resp := trigger(t, base, map[string]any{"name": "ev", "channel": ch, "data": cipher}); resp.StatusCode != 200 {
+		t.Fatalf("trigger: %d", resp.StatusCode)
+	}
+	f := p.expect("ev")
+	var s string
+	if json.Unmarshal(f.Data, &s) != nil || s != cipher {
+		t.Fatalf("got %s", f.Data)
+	}
+	p.send("client-x", map[string]int{}, ch)
+	if f := p.expect("pusher:error"); !strings.Contains(string(f.Data), "encrypted") {
+		t.Fatalf("client event: %s", f.Data)
+	}
+}
