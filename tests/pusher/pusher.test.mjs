@@ -4,6 +4,10 @@
 // triggered by the server library (single, batch, several channels, socket_id exclusion, to a
 // user), channel queries, user sign-in and termination, webhooks checked by the library's own
 // verification, and refused signatures.
+//
+// npm test runs it with --test-force-exit (Node 20.14+): after a connection the server closed
+// with 4009, pusher-js closes the socket again and its bundled faye-websocket arms a 30 s close
+// timer that nothing clears, which would keep the process alive that long after the tests.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { randomBytes } from 'node:crypto';
