@@ -128,7 +128,7 @@ func (s *Server) signin(c *websocket.Conn, st *conn, raw json.RawMessage) {
 	if ok {
 		id, ok = userIDString(ud.ID)
 	}
-	if !ok || len(id) > maxUserIDLen || !validName(id) {
+	if !ok || !validUserID(id) {
 		refuse("user_data must be a JSON object with an id of 1 to 128 of [A-Za-z0-9_-=@,.;]")
 		return
 	}
@@ -164,6 +164,11 @@ func (s *Server) signin(c *websocket.Conn, st *conn, raw json.RawMessage) {
 	c.Send(encode(frame{Event: evSigninSuccess, Data: stringData(map[string]string{"user_data": d.UserData})}))
 }
 
+// validUserID reports whether id is a user id: 1 to 128 of [A-Za-z0-9_\-=@,.;].
+func validUserID(id string) bool {
+	return id != "" && len(id) <= maxUserIDLen && id[0] != '#' && validName(id)
+}
+
 // serverToUser reports whether name is a #server-to-user- channel, and its user id.
 func serverToUser(name string) (string, bool) {
 	return strings.CutPrefix(name, prefixServerToUser)
@@ -177,7 +182,7 @@ func (s *Server) TerminateConnections(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user := r.PathValue("user")
-	if user == "" || len(user) > maxUserIDLen || !validName(user) {
+	if !validUserID(user) {
 		apiError(w, http.StatusBadRequest, "Invalid user id")
 		return
 	}
