@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,11 +24,17 @@ type hookEvent struct {
 
 // TestWebhooks: an app's webhook_url gets channel_occupied, member_added (once per user),
 // client_event, member_removed and channel_vacated in Pusher's format, with X-Pusher-Key and a
-// valid X-Pusher-Signature; another app's channels are not told to it.
+// valid X-Pusher-Signature; another app's channels are not told to it. The first POST is answered
+// 503: its events come again (the webhooks' retries).
 func TestWebhooks(t *testing.T) {
 	got := make(chan hookEvent, 100)
+	var posts atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
+		if posts.Add(1) == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
 		if r.Header.Get(pusher.HeaderWebhookKey) != "key1" || r.Header.Get(pusher.HeaderWebhookSignature) != pusher.WebhookSignature(secret1, body) ||
 			r.Header.Get("Content-Type") != "application/json" {
 			t.Errorf("webhook headers %v", r.Header)
@@ -49,6 +56,7 @@ func TestWebhooks(t *testing.T) {
 	_, base := nodeWith(t, func(c *configs.Config) {
 		c.Pusher.Apps[0].WebhookURL = srv.URL
 		c.Webhooks.BatchWait = 10 * time.Millisecond
+		c.Webhooks.RetryInitial = 10 * time.Millisecond
 	})
 	want := func(name, user string) hookEvent {
 		t.Helper()
