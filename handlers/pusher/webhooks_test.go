@@ -9,8 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/handlers/pusher"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 type hookEvent struct {
@@ -53,11 +57,20 @@ func TestWebhooks(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
+	// left sees the member_left events on the events topic.
+	left := make(chan string, 100)
 	_, base := nodeWith(t, func(c *configs.Config) {
 		c.Pusher.Apps[0].WebhookURL = srv.URL
 		c.Webhooks.BatchWait = 10 * time.Millisecond
 		c.Webhooks.RetryInitial = 10 * time.Millisecond
-	})
+		c.Webhooks.Batch = 1 // one event read at a time, in the topic's order
+	}, gateway.WithHandler("left", protocol.TopicEvents, func(m *message.Message) error {
+		var ev protocol.Event
+		if json.Unmarshal(m.Payload, &ev) == nil && ev.Type == protocol.EventMemberLeft {
+			left <- ev.Session
+		}
+		return nil
+	}))
 	want := func(name, user string) hookEvent {
 		t.Helper()
 		select {
@@ -77,16 +90,35 @@ func TestWebhooks(t *testing.T) {
 	want("channel_occupied", "")
 	want("member_added", "alice")
 	a2 := dialPusher(t, base, "key1", "?protocol=7")
-	subscribePresence(a2, a2.socketID(), "presence-hooked", "alice") // no second member_added
+	sa2 := a2.socketID()
+	subscribePresence(a2, sa2, "presence-hooked", "alice") // no second member_added
 	a.send("client-hi", map[string]int{"n": 1}, "presence-hooked")
 	if e := want("client_event", "alice"); e.Event != "client-hi" || e.Data != `{"n":1}` || e.SocketID != sa {
 		t.Fatalf("client_event %+v", e)
 	}
-	a2.conn.Close() // alice stays: no member_removed
 	q := dialPusher(t, base, "key2", "?protocol=7")
 	q.socketID()
 	q.send("pusher:subscribe", map[string]string{"channel": "other-app"}, "") // app2's: not told
 	q.expect("pusher_internal:subscription_succeeded")
+	// One of alice's connections goes: alice stays, no member_removed. The webhooks read its
+	// member_left (one event at a time, in order) before the client event that follows it, and
+	// alice's other connection is still there then.
+	a2.conn.Close()
+	for deadline := time.After(10 * time.Second); ; {
+		select {
+		case s := <-left:
+			if s != sa2 {
+				continue
+			}
+		case <-deadline:
+			t.Fatal("no member_left for alice's second connection")
+		}
+		break
+	}
+	a.send("client-bye", map[string]int{}, "presence-hooked")
+	if e := want("client_event", "alice"); e.Event != "client-bye" {
+		t.Fatalf("client_event %+v", e)
+	}
 	a.conn.Close()
 	want("member_removed", "alice")
 	want("channel_vacated", "")
