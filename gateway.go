@@ -111,15 +111,17 @@ type Gateway struct {
 	router   *message.Router
 	events   *handlers.Events   // nil when disabled
 	webhooks *handlers.Webhooks // nil when webhooks.url is empty
-	presence *handlers.Presence
-	control  *handlers.Control
-	hookbus  *hookbus.Caller // the hooks over the broker; nil when none is, or WithHookBroker gave one
-	hooks    *handlers.Hooks // the hooks; Close empties their caches
-	metrics  *metrics.Metrics
-	mux      *http.ServeMux
-	tls      *tls.Config // nil: plain HTTP
-	admin    admin
-	verifier *auth.Verifier // nil without token keys; Close stops its JWKS refresh
+	// pusherHooks are the Pusher-format webhooks of the Pusher apps with a webhook_url.
+	pusherHooks []*handlers.Webhooks
+	presence    *handlers.Presence
+	control     *handlers.Control
+	hookbus     *hookbus.Caller // the hooks over the broker; nil when none is, or WithHookBroker gave one
+	hooks       *handlers.Hooks // the hooks; Close empties their caches
+	metrics     *metrics.Metrics
+	mux         *http.ServeMux
+	tls         *tls.Config // nil: plain HTTP
+	admin       admin
+	verifier    *auth.Verifier // nil without token keys; Close stops its JWKS refresh
 
 	routerRan atomic.Bool   // Start ran the router: Close must close it
 	started   atomic.Bool   // Start returned: the broker answered and the router runs
@@ -293,11 +295,35 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 			Hub:             g.hub,
 			Inbox:           g.inbox,
 			Presence:        g.presence,
+			Control:         g.control,
+			Events:          g.events,
+			Limits:          cfg.Limits,
+			Reserve:         sessions.Reserve,
 			Timeout:         cfg.WebSocket.PublishTimeout,
 			Metrics:         g.metrics,
 			Log:             log,
 		})
 		pusherServer.Routes(g.mux)
+		g.control.Also(pusherServer) // terminate_connections
+		for _, a := range pusherServer.WebhookApps() {
+			g.pusherHooks = append(g.pusherHooks, handlers.NewWebhooks(handlers.WebhooksConfig{ // starts nothing
+				URL:          a.URL,
+				Format:       a.Format,
+				Events:       pusher.WebhookEvents,
+				Accept:       a.Accept,
+				Group:        pusher.WebhookGroup(a.ID),
+				Batch:        webhooksBatch(cfg),
+				BatchWait:    cfg.Webhooks.BatchWait,
+				Timeout:      cfg.Webhooks.Timeout,
+				RetryInitial: cfg.Webhooks.RetryInitial,
+				RetryMax:     cfg.Webhooks.RetryMax,
+				RetryBudget:  cfg.Webhooks.RetryBudget,
+				Broker:       broker,
+				PoisonTopic:  cfg.Router.PoisonTopic,
+				Metrics:      g.metrics,
+				Log:          log.With("pusher_app", a.ID),
+			}))
+		}
 	}
 	rh := handlers.NewMessages(handlers.MessagesConfig{
 		Hub:          g.hub,
@@ -509,6 +535,12 @@ func (g *Gateway) Start(ctx context.Context) error {
 		g.closeAdmin()
 		return err
 	}
+	for _, w := range g.pusherHooks {
+		if err := w.Start(ctx); err != nil { // Close stops them
+			g.closeAdmin()
+			return err
+		}
+	}
 	g.hub.Start() // Close stops it
 	g.markStarted()
 	return nil
@@ -591,6 +623,9 @@ func (g *Gateway) Close() error {
 		g.presence.Close()              // the leaves of reaped members being published
 		g.events.Close(2 * time.Second) // the disconnected events of the drain, while the router runs
 		g.webhooks.Close()              // a batch not delivered yet is left to the other nodes
+		for _, w := range g.pusherHooks {
+			w.Close()
+		}
 		if g.hookbus != nil {
 			_ = g.hookbus.Close() // after the sessions: their calls end with ErrClosed
 		}

@@ -26,8 +26,7 @@ type PusherConfig struct {
 	// ClientEvents is client_events for the apps that do not set it (every app of
 	// GATEWAY_PUSHER_APPS).
 	ClientEvents bool `yaml:"client_events" env:"CLIENT_EVENTS"`
-	// WebhookURL is webhook_url for the apps that do not set it (stored: Pusher-format webhooks
-	// are not served yet).
+	// WebhookURL is webhook_url for the apps that do not set it.
 	WebhookURL string `yaml:"webhook_url" env:"WEBHOOK_URL"`
 	// ActivityTimeout is the activity_timeout told to clients: they ping after that long without
 	// a frame; default 120s.
@@ -41,8 +40,11 @@ type PusherApp struct {
 	Secret string `yaml:"secret"`
 	// ClientEvents lets its clients trigger client-* events on private and presence channels;
 	// unset: pusher.client_events.
-	ClientEvents *bool  `yaml:"client_events"`
-	WebhookURL   string `yaml:"webhook_url"` // stored for Pusher-format webhooks (not yet served)
+	ClientEvents *bool `yaml:"client_events"`
+	// WebhookURL receives the app's webhooks in Pusher's format (channel_occupied,
+	// channel_vacated, member_added, member_removed, client_event), signed with its secret, once
+	// per cluster, batched and retried as webhooks.* sets; empty: none.
+	WebhookURL string `yaml:"webhook_url"`
 	// ClientEventRate is the most client events per second per connection (default 10).
 	ClientEventRate int `yaml:"client_event_rate"`
 	// MaxEventSize is the largest event data in bytes, client or API (default 10 KiB).
@@ -102,6 +104,7 @@ func (p *PusherConfig) validate(v *validator) {
 			u, err := url.Parse(a.WebhookURL)
 			v.check(&p.Apps, err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "",
 				"%s: webhook_url %q is not an http:// or https:// URL", app, a.WebhookURL)
+			v.check(&p.Apps, !v.c.Events.Disabled, "%s: webhook_url needs lifecycle events (%s is true)", app, v.key(&v.c.Events.Disabled))
 		}
 		v.check(&p.Apps, a.ClientEventRate >= 1, "%s: client_event_rate must be positive", app)
 		v.check(&p.Apps, a.MaxEventSize >= 1 && a.MaxEventSize <= 1<<20, "%s: max_event_size must be between 1 and 1048576", app)

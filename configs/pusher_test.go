@@ -74,7 +74,13 @@ func TestPusherValidation(t *testing.T) {
 	if _, err := Load("", []string{"GATEWAY_PUSHER_APPS=a:k:secret-one-0123456:extra"}); err == nil || strings.Contains(err.Error(), "secret-one") {
 		t.Errorf("the malformed entry's secret is in the error: %v", err)
 	}
-	_, err := Load("", []string{"GATEWAY_PUSHER_ACTIVITY_TIMEOUT=10ms"})
+	// Pusher-format webhooks are read from the lifecycle events.
+	_, err := Load("", []string{"GATEWAY_PUSHER_APPS=app1:key1:secret-one-0123456", "GATEWAY_PUSHER_WEBHOOK_URL=http://hooks.example/p",
+		"GATEWAY_EVENTS_DISABLED=true"})
+	if err == nil || !strings.Contains(err.Error(), "webhook_url needs lifecycle events") {
+		t.Errorf("webhook_url without events: %v", err)
+	}
+	_, err = Load("", []string{"GATEWAY_PUSHER_ACTIVITY_TIMEOUT=10ms"})
 	if err == nil || !strings.Contains(err.Error(), "pusher.activity_timeout") {
 		t.Errorf("activity_timeout 10ms: %v", err)
 	}

@@ -45,9 +45,26 @@ type Control struct {
 	jtis  map[string]protocol.Control            // revocations by jti
 	subs  map[string]map[string]protocol.Control // standing subscriptions: user -> channel -> subscribe
 
+	others []UserDisconnecter // connections Sessions does not hold (Also)
+
 	startOnce, closeOnce sync.Once
 	stop                 chan struct{}
 	wg                   sync.WaitGroup
+}
+
+// UserDisconnecter disconnects a user's connections that Sessions does not hold (the Pusher
+// protocol's signed-in connections): Control calls it for every disconnect command naming a
+// user. Safe for concurrent use.
+type UserDisconnecter interface {
+	DisconnectUser(user string, d protocol.Disconnect)
+}
+
+// Also adds connections that Sessions does not hold to the disconnect commands. Call it before
+// Start (it is not safe concurrently with commands).
+func (c *Control) Also(d UserDisconnecter) {
+	if c != nil && d != nil {
+		c.others = append(c.others, d)
+	}
 }
 
 // NewControl makes the control of the node of cfg.Sessions. It starts nothing.
@@ -216,6 +233,9 @@ func (c *Control) disconnect(cmd protocol.Control) {
 		if cs.st.apply(cmd.ID) {
 			cs.c.Disconnect(d)
 		}
+	}
+	for _, o := range c.others {
+		o.DisconnectUser(cmd.User, d)
 	}
 }
 

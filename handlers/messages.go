@@ -118,7 +118,14 @@ func (r *Messages) Direct(msg *message.Message) error {
 		if !ok {
 			return nil
 		}
-		if c.Send(protocol.DirectMessageFrame(to, messageID(msg, protocol.Position{}), msg.Payload)) {
+		frame := protocol.DirectMessageFrame(to, messageID(msg, protocol.Position{}), msg.Payload)
+		if f := c.Format(); f != websocket.FormatNative { // a Pusher session: its own encoding, or nothing
+			frame = nil
+			if r.cfg.Encode != nil {
+				frame = r.cfg.Encode(f, msg, "", protocol.Position{}).Frame
+			}
+		}
+		if frame != nil && c.Send(frame) {
 			n = 1
 		}
 	case protocol.TargetAll:

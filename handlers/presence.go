@@ -140,6 +140,17 @@ func (p *Presence) Leave(channel string, m protocol.Member) {
 	p.left(ctx, channel, m, vacated, "")
 }
 
+// Withdraw removes m from channel without a word: for a member whose Join was never announced
+// (a subscribe refused after the record), so that nobody is told of a leave without its join.
+// A failure is logged; the broker removes the member with its node's lease at the latest.
+func (p *Presence) Withdraw(channel string, m protocol.Member) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+	defer cancel()
+	if _, err := p.cfg.Presence.Leave(ctx, channel, m.Session); err != nil {
+		p.cfg.Log.Warn("presence withdraw failed", "channel", channel, "session_id", m.Session, "error", err)
+	}
+}
+
 // left announces that m left channel (reason "reaped" when its node's lease ran out).
 func (p *Presence) left(ctx context.Context, channel string, m protocol.Member, vacated bool, reason string) {
 	p.cfg.Events.Emit(protocol.Event{Type: protocol.EventMemberLeft, User: m.User, Session: m.Session, Channel: channel, Reason: reason})

@@ -176,6 +176,16 @@ func (s *Sessions) rebind(value any, claims *auth.Claims) error {
 	return nil
 }
 
+// Reserve counts a connection that Sessions does not hold (a Pusher protocol one) against
+// limits.connections_per_node; release gives it back (call it once). Its error is a *LimitError.
+func (s *Sessions) Reserve() (release func(), err error) {
+	us, limit := s.users.reserve("")
+	if limit != "" {
+		return nil, &LimitError{Status: 503, Reason: "this node holds the most connections it may"}
+	}
+	return sync.OnceFunc(func() { s.users.release(us) }), nil
+}
+
 func (s *Sessions) release(st *state) {
 	if st.freed.CompareAndSwap(false, true) {
 		s.users.release(st.user)

@@ -67,6 +67,9 @@ type WebhooksConfig struct {
 	URL    string
 	Format WebhookFormat // how a batch is encoded and signed
 	Events []string      // event types POSTed; the others are acked and dropped
+	// Accept, when set, is asked of each event of those types too: false acks and drops it (the
+	// events of one Pusher app, say). Called on the feeding goroutines, one event at a time each.
+	Accept func(protocol.Event) bool
 	// Batch is the most events per POST, and the group subscriptions the node holds (each holds
 	// one unacknowledged event).
 	Batch        int
@@ -251,7 +254,7 @@ func (w *Webhooks) decode(msg *message.Message) (pending, bool) {
 		w.cfg.Log.Warn("webhooks: event skipped, its payload is no lifecycle event", "message_uuid", msg.UUID, "error", err)
 		return pending{}, false
 	}
-	if !w.events[ev.Type] {
+	if !w.events[ev.Type] || (w.cfg.Accept != nil && !w.cfg.Accept(ev)) {
 		return pending{}, false
 	}
 	return pending{msg: msg, ev: protocol.WebhookEvent{ID: msg.UUID, Event: ev}}, true

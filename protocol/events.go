@@ -1,6 +1,9 @@
 package protocol
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Lifecycle event types (Event.Type), published on TopicEvents.
 const (
@@ -40,4 +43,8 @@ type Event struct {
 	Channel string    `json:"channel,omitempty"`
 	Reason  string    `json:"reason,omitempty"`
 	At      time.Time `json:"at"`
+	// Name and Data are a Pusher client event's (EventPusherClientEvent): its client-* name and
+	// its payload.
+	Name string          `json:"name,omitempty"`
+	Data json.RawMessage `json:"data,omitempty"`
 }

@@ -9,3 +9,9 @@ const (
 	// client event, or the socket_id of an HTTP API trigger.
 	MetaExcept = "except"
 )
+
+// EventPusherClientEvent is the lifecycle event (on TopicEvents) of a Pusher client event, made
+// only for an app with a webhook_url, for its client_event webhook: Channel, Session, User
+// (presence channels), Name (the client-* event) and Data (the message payload). It is not one
+// of EventTypes: the gateway's own webhooks never POST it.
+const EventPusherClientEvent = "client_event"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the browser end-to-end test of the chat demo (examples/chat/e2e): two gateway nodes on the
+# Runs the browser end-to-end tests: pusher-js and Laravel Echo in a page against a node
+# (tests/pusher/browser.test.mjs, docs/pusher.md), then the chat demo (examples/chat/e2e): two gateway nodes on the
 # Redis broker, the chat server, and two pages in headless Chromium; one node is killed and the
 # page on it must resume on the other with no message missing; each page's list of who is online
 # must follow (both users, one gone with her node and back on the other, one gone with his page).
@@ -35,6 +36,8 @@ if [ -d clients/js ] && { [ ! -f clients/js/dist/index.js ] ||
   [ -n "$(find clients/js/src clients/js/package.json clients/js/tsconfig.json -newer clients/js/dist/index.js 2>/dev/null | head -1)" ]; }; then
   (cd clients/js && { [ -x node_modules/.bin/tsc ] || npm ci --no-audit --no-fund; } && npm run build)
 fi
+
+(cd tests/pusher && npm ci --no-audit --no-fund && GATEWAY_REDIS_ADDR="$REDIS_ADDR" npm run test:browser)
 
 cd examples/chat/e2e
 npm ci --no-audit --no-fund

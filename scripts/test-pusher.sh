@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the real pusher-js client and pusher server library (tests/pusher, from the npm registry,
-# pinned by its lockfile) unmodified against two gateway nodes on Redis (docs/pusher.md):
+# Runs the real pusher-js client, pusher server library and Laravel Echo (tests/pusher, from the
+# npm registry, pinned by its lockfile) unmodified against two gateway nodes on Redis, and a
+# third node it SIGKILLs (docs/pusher.md; the browser test, tests/pusher/browser.test.mjs, is
+# scripts/test-browser.sh's):
 # installs Node.js and npm when they are missing (Debian, as root), builds the gateway once, then
 # `npm ci` and `npm test`. Expects Redis on 127.0.0.1:6379 (or $GATEWAY_REDIS_ADDR), which
 # scripts/test.sh starts. Takes a few seconds once Go's build cache is warm.

@@ -3,8 +3,9 @@
 # Redis servers the broker tests talk to when they are not already listening, then runs vet,
 # gofmt and the whole suite under the race detector. Kafka tests need nothing: they start an
 # in-process Kafka-protocol broker (kfake). Then the JavaScript client's tests, the Pusher
-# protocol's tests with the real pusher-js and pusher packages, and the chat demo's
-# headless-Chromium test (each script installs Node.js or Chromium when missing).
+# protocol's tests with the real pusher-js, pusher and laravel-echo packages, and the
+# headless-Chromium tests of pusher-js, Laravel Echo and the chat demo (each script installs
+# Node.js or Chromium when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,8 +37,8 @@ go test -count=1 -run 'TestChannelStateIsFreed' .
 # A dead node's presence members reaped within 2 heartbeats, on every broker that has the test:
 # it asserts a time, which the race detector's slowness would stretch.
 go test -count=1 -run 'TestPresenceReapBound' ./transports/...
-# The JavaScript client against real nodes, the real pusher-js and pusher packages against two
-# nodes, then the chat demo in headless Chromium.
+# The JavaScript client against real nodes, the real pusher-js, pusher and laravel-echo packages
+# against two nodes, then pusher-js, Laravel Echo and the chat demo in headless Chromium.
 ./scripts/test-js.sh
 ./scripts/test-pusher.sh
 ./scripts/test-browser.sh

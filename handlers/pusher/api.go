@@ -210,7 +210,7 @@ func (s *Server) Channels(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, c := range cs {
 			_, name, ok := PusherChannel(c.Channel)
-			if !ok || c.Connections == 0 {
+			if !ok || c.Connections == 0 || strings.HasPrefix(name, prefixServerToUser) {
 				continue
 			}
 			attrsOut := map[string]int{}

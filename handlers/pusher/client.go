@@ -55,6 +55,8 @@ func (s *Server) Frame(c *websocket.Conn, data []byte) {
 		} else {
 			c.Send(errorFrame(0, "pusher:subscribe needs data with a channel"))
 		}
+	case f.Event == evSignin:
+		s.signin(c, st, f.Data)
 	case f.Event == evUnsubscribe:
 		if d, ok := readData(f.Data); ok {
 			s.unsubscribe(c, st, d.Channel)
@@ -81,18 +83,26 @@ func readData(raw json.RawMessage) (subscribeData, bool) {
 func (s *Server) subscribe(c *websocket.Conn, st *conn, d subscribeData) {
 	name := d.Channel
 	fail := func(typ, msg string, status int) { c.Send(subscriptionErrorFrame(name, typ, msg, status)) }
+	if !allow(st.limits.subscribe) {
+		fail("LimitReached", "too many subscribes; slow down (limits.subscribe_rate)", 4301)
+		return
+	}
 	native, err := NativeChannel(st.app.ID, name)
 	if err != nil {
 		fail("InvalidChannel", err.Error(), 400)
 		return
 	}
-	if strings.HasPrefix(name, prefixEncrypted) {
-		fail("UnsupportedChannel", "private-encrypted channels are not served yet (docs/pusher.md)", 400)
-		return
-	}
 	presence := isPresence(name)
 	member := protocol.Member{Session: c.ID, Node: s.cfg.NodeID}
-	if isPrivate(name) || presence {
+	if id, ok := serverToUser(name); ok {
+		st.mu.Lock()
+		user := st.user
+		st.mu.Unlock()
+		if user == "" || user != id {
+			fail("AuthError", "a #server-to-user- channel is its signed-in user's only (pusher:signin first)", 401)
+			return
+		}
+	} else if isPrivate(name) || presence {
 		signed := ""
 		if presence {
 			signed = d.ChannelData
@@ -124,6 +134,10 @@ func (s *Server) subscribe(c *websocket.Conn, st *conn, d subscribeData) {
 	if dup {
 		return // subscribed already: pusher-js never asks twice
 	}
+	if most := s.cfg.Limits.SubscriptionsPerConnection; most > 0 && c.Subscriptions() >= most {
+		fail("LimitReached", "a connection may hold at most "+strconv.Itoa(most)+" subscriptions (limits.subscriptions_per_connection)", 4100)
+		return
+	}
 	sub := &subscription{native: native, userID: member.User, member: member}
 	if presence {
 		s.roster.acquire(native)
@@ -145,7 +159,7 @@ func (s *Server) subscribe(c *websocket.Conn, st *conn, d subscribeData) {
 		pd, over, err = s.presenceList(ctx, native, member, st.app.MaxPresenceMembers)
 		if err != nil || over {
 			s.cfg.Hub.Leave(c, native)
-			s.left(sub)
+			s.withdraw(sub) // never announced: no leave either
 			if over {
 				fail("LimitReached", "the presence channel has the most members it may ("+strconv.Itoa(st.app.MaxPresenceMembers)+")", 4100)
 			} else {
@@ -162,7 +176,7 @@ func (s *Server) subscribe(c *websocket.Conn, st *conn, d subscribeData) {
 	st.mu.Unlock()
 	if gone {
 		s.cfg.Hub.Leave(c, native)
-		s.left(sub)
+		s.withdraw(sub)
 		return
 	}
 	c.Activate(native, protocol.Position{}, subscribedFrame(name, pd))
@@ -249,6 +263,10 @@ func (s *Server) clientEvent(c *websocket.Conn, st *conn, f inFrame) {
 		c.Send(errorFrame(0, "Client event rejected - only supported on private and presence channels"))
 		return
 	}
+	if strings.HasPrefix(f.Channel, prefixEncrypted) {
+		c.Send(errorFrame(0, "Client event rejected - not supported on private-encrypted channels"))
+		return
+	}
 	st.mu.Lock()
 	sub := st.subs[f.Channel]
 	st.mu.Unlock()
@@ -260,7 +278,7 @@ func (s *Server) clientEvent(c *websocket.Conn, st *conn, f inFrame) {
 		c.Send(errorFrame(0, "Client event rejected - the event name is over 200 characters"))
 		return
 	}
-	if !st.limiter.allow() {
+	if !st.limiter.allow() || !allow(st.limits.publish) {
 		c.Send(errorFrame(CodeClientEventLimit, "Client event rejected - over the rate limit of "+
 			strconv.Itoa(st.app.ClientEventRate)+" a second"))
 		return
@@ -285,5 +303,10 @@ func (s *Server) clientEvent(c *websocket.Conn, st *conn, f inFrame) {
 	defer cancel()
 	if err := s.cfg.Inbox.Submit(ctx, msg); err != nil {
 		c.Send(errorFrame(0, "Client event not published: "+err.Error()))
+		return
+	}
+	if st.app.WebhookURL != "" { // for the client_event webhook
+		s.cfg.Events.Emit(protocol.Event{Type: protocol.EventPusherClientEvent, Channel: sub.native, Session: c.ID,
+			User: sub.userID, Name: f.Event, Data: payload})
 	}
 }

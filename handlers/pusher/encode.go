@@ -14,10 +14,18 @@ import (
 // MessagesConfig.Encode): once per message and node, on the delivering goroutine. A join or
 // leave of a presence channel is member_added or member_removed, when it is its user's first
 // or last connection; anything else is the event its metadata names (protocol.MetaPusherEvent,
-// else "message"), not sent to protocol.MetaExcept.
+// else "message"), not sent to protocol.MetaExcept. A message to one session (channel "") is
+// the event its metadata names, without a channel (pusher-js: pusher.bind, bind_global).
 func (s *Server) Encode(f websocket.Format, msg *message.Message, channel string, _ protocol.Position) websocket.Encoded {
 	if f != websocket.FormatPusher {
 		return websocket.Encoded{}
+	}
+	if channel == "" { // a service's message to the session (protocol.TargetSession): an event without a channel
+		event := msg.Metadata.Get(protocol.MetaPusherEvent)
+		if event == "" {
+			event = defaultEvent
+		}
+		return websocket.Encoded{Frame: eventFrame(event, "", msg.Payload, "")}
 	}
 	_, name, ok := PusherChannel(channel)
 	if !ok {

@@ -12,6 +12,7 @@ import (
 //
 //	pusher:<app id>:<NAME with each of = @ , ; written as :e :a :c :s>
 //
+// (and the # of a user's #server-to-user-<id> channel as :h).
 // Pusher names are [A-Za-z0-9_\-=@,.;]; native names [A-Za-z0-9_:.\-]. The four characters only
 // Pusher allows are written as ':' and a letter, and ':' never occurs in a Pusher name, so the
 // rule is reversible and apps are apart (no app id holds ':'). A mapped name must fit the
@@ -30,15 +31,23 @@ var (
 	errTooLong = errors.New("the channel name is too long for this gateway (docs/pusher.md, Channel names)")
 )
 
-var escapes = map[byte]byte{'=': 'e', '@': 'a', ',': 'c', ';': 's'}
-var unescapes = map[byte]byte{'e': '=', 'a': '@', 'c': ',', 's': ';'}
+var escapes = map[byte]byte{'=': 'e', '@': 'a', ',': 'c', ';': 's', '#': 'h'}
+var unescapes = map[byte]byte{'e': '=', 'a': '@', 'c': ',', 's': ';', 'h': '#'}
 
-// validName reports whether name is a Pusher channel name.
+// validName reports whether name is a Pusher channel name: [A-Za-z0-9_\-=@,.;], or a user's
+// #server-to-user-<id>.
 func validName(name string) bool {
 	if name == "" || len(name) > MaxNameLen {
 		return false
 	}
-	for i := 0; i < len(name); i++ {
+	start := 0
+	if strings.HasPrefix(name, prefixServerToUser) {
+		start = len(prefixServerToUser)
+		if start == len(name) {
+			return false
+		}
+	}
+	for i := start; i < len(name); i++ {
 		b := name[i]
 		switch {
 		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9':

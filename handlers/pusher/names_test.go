@@ -13,6 +13,7 @@ func TestNativeChannel(t *testing.T) {
 		"private-chat.room_1-a":  "pusher:app1:private-chat.room_1-a",
 		"presence-a=b@c,d;e":     "pusher:app1:presence-a:eb:ac:cd:se",
 		"=@,;":                   "pusher:app1::e:a:c:s",
+		"#server-to-user-a=b":    "pusher:app1::hserver-to-user-a:eb",
 		strings.Repeat("x", 116): "pusher:app1:" + strings.Repeat("x", 116), // 128 in all
 	}
 	for name, want := range cases {
@@ -37,7 +38,11 @@ func TestNativeChannelRefuses(t *testing.T) {
 		"a b":                     errBadName,
 		"a:b":                     errBadName, // ':' is the escape: never in a Pusher name
 		"é":                       errBadName,
-		"#server-to-user-1":       errBadName,
+		"#server-to-user-":        errBadName, // a user's channel names its user
+		"#other-1":                errBadName, // '#' starts a user's channel only
+		"a#server-to-user-1":      errBadName,
+		"#server-to-user-a#b":     errBadName,
+		"#server-to-user-1":       nil,
 		strings.Repeat("x", 165):  errBadName,
 		strings.Repeat("x", 117):  errTooLong, // 129 mapped
 		strings.Repeat("=", 59):   errTooLong, // 12 + 118 mapped

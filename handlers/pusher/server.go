@@ -39,10 +39,16 @@ type Config struct {
 	Hub             Hub
 	Inbox           handlers.Submitter
 	Presence        *handlers.Presence // must keep presence: every app channel is a presence channel of the node's
-	Timeout         time.Duration      // of a subscribe's broker calls, a publish's ack
-	Metrics         *metrics.Metrics
-	Log             *slog.Logger
-	Now             func() time.Time // the clock of request signatures; nil: time.Now
+	Control         *handlers.Control  // terminate_connections issues its disconnect commands; nil: 503
+	Events          *handlers.Events   // client_event lifecycle events, for apps with webhooks; nil: none
+	Limits          configs.LimitsConfig
+	// Reserve counts a connection against limits.connections_per_node (handlers.Sessions.Reserve);
+	// nil: no count.
+	Reserve func() (release func(), err error)
+	Timeout time.Duration // of a subscribe's broker calls, a publish's ack
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
+	Now     func() time.Time // the clock of request signatures; nil: time.Now
 }
 
 // app is a configured app.
@@ -59,6 +65,7 @@ type Server struct {
 	byKey  map[string]*app
 	byID   map[string]*app
 	roster *roster
+	users  *userIndex
 }
 
 // New makes the server; it starts nothing.
@@ -66,7 +73,7 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, byKey: map[string]*app{}, byID: map[string]*app{}, roster: newRoster()}
+	s := &Server{cfg: cfg, byKey: map[string]*app{}, byID: map[string]*app{}, roster: newRoster(), users: newUserIndex()}
 	for _, a := range cfg.Apps {
 		x := &app{PusherApp: a, clientEvents: a.ClientEvents != nil && *a.ClientEvents}
 		s.byKey[a.Key], s.byID[a.ID] = x, x
@@ -99,6 +106,7 @@ func (s *Server) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /apps/{id}/channels", s.Channels)
 	mux.HandleFunc("GET /apps/{id}/channels/{name}", s.Channel)
 	mux.HandleFunc("GET /apps/{id}/channels/{name}/users", s.Users)
+	mux.HandleFunc("POST /apps/{id}/users/{user}/terminate_connections", s.TerminateConnections)
 }
 
 // newSocketID is a Pusher socket_id, \d+\.\d+: two random numbers.
@@ -117,9 +125,12 @@ type conn struct {
 	message string // its message
 
 	limiter *eventLimiter
+	limits  connLimits
+	release func() // gives back the node's connection count (Close)
 
 	mu   sync.Mutex
 	subs map[string]*subscription // by Pusher name
+	user string                   // the signed-in user's id (pusher:signin); "": not signed in
 	gone bool                     // Close ran
 }
 
@@ -158,9 +169,26 @@ func (s *Server) Upgrade(w http.ResponseWriter, r *http.Request) {
 	default:
 		st.app = a
 		st.limiter = newEventLimiter(a.ClientEventRate)
+		st.limits = newConnLimits(s.cfg.Limits)
+	}
+	if st.app != nil && s.cfg.Reserve != nil {
+		release, err := s.cfg.Reserve()
+		if err != nil {
+			var le *handlers.LimitError
+			status := http.StatusServiceUnavailable
+			if errors.As(err, &le) {
+				status = le.Status
+			}
+			http.Error(w, err.Error(), status)
+			return
+		}
+		st.release = release
 	}
 	id := websocket.Identity{Session: newSocketID(), Value: st, Handler: s, Format: websocket.FormatPusher}
 	err := s.cfg.Hub.Accept(w, r, id)
+	if err != nil && st.release != nil {
+		st.release() // never opened: Close will not run
+	}
 	var refused *websocket.UpgradeError
 	switch {
 	case errors.Is(err, websocket.ErrOriginRefused):
@@ -229,10 +257,16 @@ func (s *Server) Close(c *websocket.Conn) {
 	if st == nil {
 		return
 	}
+	if st.release != nil {
+		st.release()
+	}
 	st.mu.Lock()
-	subs := st.subs
+	subs, user := st.subs, st.user
 	st.subs, st.gone = nil, true
 	st.mu.Unlock()
+	if user != "" {
+		s.users.remove(UserKey(st.app.ID, user), c)
+	}
 	for _, sub := range subs {
 		s.left(sub)
 	}
@@ -241,6 +275,14 @@ func (s *Server) Close(c *websocket.Conn) {
 // left undoes what a subscription recorded, once the hub left its channel.
 func (s *Server) left(sub *subscription) {
 	s.cfg.Presence.Leave(sub.native, sub.member)
+	if sub.roster {
+		s.roster.release(sub.native)
+	}
+}
+
+// withdraw undoes what a subscription recorded but never announced (a refused subscribe).
+func (s *Server) withdraw(sub *subscription) {
+	s.cfg.Presence.Withdraw(sub.native, sub.member)
 	if sub.roster {
 		s.roster.release(sub.native)
 	}
