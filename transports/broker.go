@@ -94,6 +94,28 @@ type History interface {
 	Last(ctx context.Context, topic string) (protocol.Position, error)
 }
 
+// PositionPublisher is implemented by brokers with History that can say where each message they
+// publish to a channel topic landed: what POST /api/publish and the SDK's emit return.
+type PositionPublisher interface {
+	// PublishPositions publishes like Publish and returns, for a channel topic, the position
+	// the broker assigned to each message, in order (the position its subscribers see in
+	// protocol.MetaPosition, and from which Replay returns exactly what came next). For any
+	// other topic it returns nil positions. A message the broker took for a duplicate of one it
+	// already has (JetStream's Nats-Msg-Id window) gets the position of the one it has.
+	PublishPositions(topic string, messages ...*message.Message) ([]protocol.Position, error)
+}
+
+// ReverseHistory is implemented by brokers with History that can read a channel's history
+// backwards: the history API's reverse pages and subscribe's rewind.
+type ReverseHistory interface {
+	// Before returns, newest first, at most limit messages of a channel topic that came before
+	// before (strictly; the zero position: the newest messages), each carrying
+	// protocol.MetaPosition (and protocol.MetaStoredAt where the broker says when it stored it).
+	// Fewer than limit means the history holds no older message. A before of another epoch
+	// returns nothing.
+	Before(ctx context.Context, topic string, before protocol.Position, limit int) ([]*message.Message, error)
+}
+
 // DefaultPublishTimeout is how long a broker's Publish waits for the broker by default (each
 // broker package's default, and the gateway's websocket.publish_timeout).
 const DefaultPublishTimeout = 5 * time.Second
