@@ -250,6 +250,8 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The one reader of channel history: resumes, rewinds, history frames and the history API.
+	history := handlers.NewHistoryReader(handlers.HistoryConfig{History: g.feed, MaxReplay: cfg.History.MaxReplay, Bounds: cfg.History.Bounds})
 	sessions := handlers.NewSessions(handlers.SessionsConfig{
 		NodeID:         cfg.NodeID,
 		Hub:            g.hub,
@@ -260,6 +262,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		DefaultSend:    cfg.Auth.DefaultSend,
 		MaxReplay:      cfg.History.MaxReplay,
 		HistoryBounds:  cfg.History.Bounds,
+		Reader:         history,
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
 		Limits:         cfg.Limits,
 		Events:         g.events,
@@ -347,6 +350,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
 		Presence:       g.presence,
 		Control:        g.control,
+		History:        history,
 		Metrics:        g.metrics,
 		Log:            log,
 	}).Routes(g.mux)

@@ -126,6 +126,10 @@ var ErrClosed = errors.New("transports: broker closed")
 // ErrUnavailable wraps errors of a broker that cannot be reached.
 var ErrUnavailable = errors.New("broker unavailable")
 
+// ErrNoHistory is returned where a channel's history is asked of a broker that keeps none (core
+// NATS) or cannot read it backwards.
+var ErrNoHistory = errors.New("this broker keeps no history")
+
 // ErrNotStarted is returned by a broker used before Start. It wraps ErrUnavailable, so /readyz
 // and callers treat it like an unreachable broker.
 var ErrNotStarted = fmt.Errorf("%w: broker not started", ErrUnavailable)
