@@ -88,9 +88,11 @@ func newConn(h *Hub, id Identity) *Conn {
 type sub struct {
 	live atomic.Bool // set (under Conn.mu) once the replay ended and held frames were sent
 	held []heldFrame // what arrived while the subscription was replaying, under Conn.mu
-	// after is the position the replay ended at (set under Conn.mu before live; read after
-	// live): a frame at or before it that reaches the node late (it was on its way from the
-	// broker while the replay read it from the history) is dropped even once live.
+	// after is the position the replay ended at (set under Conn.mu before live; once live,
+	// read and cleared by deliver, which the hub calls under the channel's shard lock): a frame
+	// at or before it that reaches the node late (it was on its way from the broker while the
+	// replay read it from the history) is dropped even once live. It is cleared at the first
+	// frame after it, since frames come in position order.
 	after protocol.Position
 }
 
@@ -461,8 +463,13 @@ func (c *Conn) channels() []string {
 // calls it under the channel's shard lock, so s is still c's subscription.
 func (c *Conn) deliver(s *sub, pos protocol.Position, frame []byte) bool {
 	if s.live.Load() { // live for good: Activate sent what was held before setting it
-		if s.replayed(pos) {
-			return true
+		if s.after.Epoch != "" {
+			if s.replayed(pos) {
+				return true
+			}
+			if pos.Epoch == s.after.Epoch {
+				s.after = protocol.Position{} // past the replay for good: no more checks
+			}
 		}
 		return c.Send(frame)
 	}
