@@ -20,7 +20,7 @@ import (
 
 // historyNodes starts two nodes on one cluster of cb, with env added to their settings, and
 // waits until both are ready.
-func historyNodes(t *testing.T, newBroker func(t testing.TB, prefix string) transports.Broker, env ...string) [2]*node {
+func historyNodes(t testing.TB, newBroker func(t testing.TB, prefix string) transports.Broker, env ...string) [2]*node {
 	t.Helper()
 	prefix := transporttest.Prefix(t)
 	var nodes [2]*node
