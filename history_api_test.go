@@ -190,13 +190,16 @@ func TestHistoryAPIAndFrame(t *testing.T) {
 				t.Fatalf("forward from beyond the count rule: %d %v; want 404 not_found", status, out)
 			}
 			// The age rule (stale:* keeps 300 ms): once older, nothing is read.
-			publishN(t, a, "stale:a", 2)
+			stale := publishN(t, a, "stale:a", 2)
 			wstest.WaitFor(t, func() error {
 				if status, data, _, _ := historyPage(t, b, q("channel", "stale:a")); status != 200 || len(data) != 0 {
 					return fmt.Errorf("stale:a: %d %v; want nothing once older than 300ms", status, data)
 				}
 				return nil
 			})
+			if status, out := apiGet(t, b, "/api/history", q("channel", "stale:a", "since", stale[0])); status != 404 {
+				t.Fatalf("forward from before messages past the age rule: %d %v; want 404 not_found", status, out)
+			}
 
 			// The history frame: the same pages, for channels the client may subscribe to.
 			c, _ := wstest.Dial(t, b, token(t, "carol", time.Hour, []string{"page", "room:*"}, nil))

@@ -141,8 +141,8 @@ type HistoryPage struct {
 // Reverse: the messages before since (without since: from the newest), newest first; Next is set
 // when the page is full and older messages may remain within the rules. A read never reaches
 // past the channel's rule: no message older than its ttl, none beyond its newest size messages.
-// A forward since the history or the rule no longer reaches gives not_found; a reverse one an
-// empty page. On a broker without history: unavailable.
+// A forward since the history or the rules no longer reach (what follows it is not all there,
+// as for a resume) gives not_found; a reverse one an empty page. On a broker without history: unavailable.
 func (h *HistoryReader) Page(ctx context.Context, channel string, since protocol.Position, limit int, reverse bool) (HistoryPage, error) {
 	if !h.Keeps() {
 		return HistoryPage{}, errNoHistory
@@ -210,16 +210,12 @@ func (h *HistoryReader) forward(ctx context.Context, channel string, since proto
 	if err != nil {
 		return HistoryPage{}, err
 	}
-	// Out of reach: the broker's history no longer reaches since, or (with a count rule) more
-	// than size messages followed it, so the oldest of them are beyond the rule.
-	if !complete && (len(msgs) == 0 || size > 0) {
+	// Out of reach: the broker's history no longer reaches since (fewer than asked and not all
+	// of them), or more than the count rule's size messages followed it, or the first of them
+	// is older than the age rule: as for a resume, what follows since is not all there.
+	if !complete && (len(msgs) < want || size > 0) || ttl > 0 && len(msgs) > 0 && tooOld(msgs[0], ttl) {
 		return HistoryPage{}, errOutOfReach
 	}
-	start := 0
-	for start < len(msgs) && ttl > 0 && tooOld(msgs[start], ttl) {
-		start++
-	}
-	msgs = msgs[start:]
 	more := !complete
 	if len(msgs) > limit {
 		msgs, more = msgs[:limit], true

@@ -85,7 +85,9 @@ type History interface {
 	// Replay returns, oldest first, the messages of a channel topic published after since, at
 	// most limit of them, each carrying protocol.MetaPosition. complete is true when the result holds
 	// every message after since: the history still reaches back to since (same epoch, not
-	// trimmed past it) and there were no more than limit of them.
+	// trimmed past it) and there were no more than limit of them. When the history no longer
+	// reaches back to since, it returns no message (complete false): a result is never what is
+	// left after a gap.
 	Replay(ctx context.Context, topic string, since protocol.Position, limit int) (msgs []*message.Message, complete bool, err error)
 
 	// Last returns the position of the newest message of a channel topic, or, when there is none,

@@ -97,6 +97,15 @@ func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Positi
 			}
 			msgs = append(msgs, decodeAt(e.Values, rt.epoch, id, true))
 			if len(msgs) > limit {
+				// More than limit: still none unless the stream reaches back to since (a
+				// page of what is left after a trim would hide the gap before it).
+				info, err := b.client.XInfoStream(ctx, rt.key).Result()
+				if err != nil && !noSuchKey(err) {
+					return nil, false, b.wrap("replay of "+rt.key, err)
+				}
+				if err != nil || !kept(info, from) {
+					return nil, false, nil
+				}
 				return msgs[:limit], false, nil
 			}
 		}
@@ -108,12 +117,15 @@ func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Positi
 	// Checked after the scan: if nothing after since had been deleted by now, the scan saw all.
 	info, err = b.client.XInfoStream(ctx, rt.key).Result()
 	if noSuchKey(err) {
-		return msgs, false, nil
+		return nil, false, nil
 	}
 	if err != nil {
 		return nil, false, b.wrap("replay of "+rt.key, err)
 	}
-	return msgs, kept(info, from), nil
+	if !kept(info, from) {
+		return nil, false, nil
+	}
+	return msgs, true, nil
 }
 
 // kept reports whether the stream described by info still holds every entry it ever had after
