@@ -322,9 +322,10 @@ func apiBatch(t *testing.T, base string, messages []map[string]any) []string {
 	return pos
 }
 
-// TestRewindSeam: on every broker with history, clients subscribe with rewind on one node while
-// a service publishes through the other without pause: each gets the newest messages, then
-// live, every message once and none missing between them.
+// TestRewindSeam: on every broker with history, clients subscribe with rewind (and one resumes
+// with since) on one node while a service publishes through the other without pause: each gets
+// the newest messages (or what it missed), then live, every message once and none missing
+// between them.
 func TestRewindSeam(t *testing.T) {
 	for _, cb := range clusterBrokers {
 		if !cb.History {
@@ -337,6 +338,7 @@ func TestRewindSeam(t *testing.T) {
 			var (
 				mu        sync.Mutex
 				published int
+				positions []string
 				failed    error
 			)
 			done := make(chan struct{})
@@ -347,7 +349,9 @@ func TestRewindSeam(t *testing.T) {
 					req, _ := http.NewRequest("POST", nodes[0].URL+"/api/publish", bytes.NewReader(b))
 					req.Header.Set("Authorization", "Bearer "+testAPIKey)
 					resp, err := http.DefaultClient.Do(req)
+					var out struct{ Position string }
 					if err == nil {
+						err = json.NewDecoder(resp.Body).Decode(&out)
 						resp.Body.Close()
 						if resp.StatusCode != 200 {
 							err = fmt.Errorf("status %d", resp.StatusCode)
@@ -357,18 +361,21 @@ func TestRewindSeam(t *testing.T) {
 					if err != nil && failed == nil {
 						failed = err
 					}
+					positions = append(positions, out.Position)
 					published = i + 1
 					mu.Unlock()
 				}
 			}()
-			// Subscribers join at several moments of the stream, and read concurrently.
+			// Subscribers join at several moments of the stream, and read concurrently: three
+			// with rewind, one resuming (since) from 10 messages back, the same seam.
 			type result struct {
 				got     []int
 				rewound int
+				from    int // the first message expected (-1: any, with rewind)
 				err     error
 			}
-			results := make(chan result, 3)
-			for _, at := range []int{20, 100, 200} {
+			results := make(chan result, 4)
+			for k, at := range []int{20, 100, 150, 200} {
 				wstest.WaitFor(t, func() error {
 					mu.Lock()
 					defer mu.Unlock()
@@ -378,9 +385,17 @@ func TestRewindSeam(t *testing.T) {
 					return nil
 				})
 				c, _ := wstest.Dial(t, nodes[1].URL, allowAll(t, "alice"))
-				c.Send(map[string]any{"type": "subscribe", "id": "s", "channel": "seam", "rewind": rewind})
+				frame := map[string]any{"type": "subscribe", "id": "s", "channel": "seam", "rewind": rewind}
+				from := -1
+				if k == 2 {
+					mu.Lock()
+					from = published - 10
+					frame = map[string]any{"type": "subscribe", "id": "s", "channel": "seam", "since": positions[from-1]}
+					mu.Unlock()
+				}
+				c.Send(frame)
 				go func() {
-					r := result{rewound: -1}
+					r := result{rewound: -1, from: from}
 					defer func() { results <- r }()
 					for r.rewound < 0 || len(r.got) == 0 || r.got[len(r.got)-1] != total-1 {
 						f, err := c.Read(wstest.Timeout)
@@ -405,12 +420,15 @@ func TestRewindSeam(t *testing.T) {
 					}
 				}()
 			}
-			for range 3 {
+			for range 4 {
 				r := <-results
 				if r.err != nil {
 					t.Fatal(r.err)
 				}
-				if r.rewound != rewind {
+				if r.from >= 0 && (r.got[0] != r.from || r.rewound < 10) {
+					t.Fatalf("resumed from message %d: first %d, %d replayed: %v", r.from-1, r.got[0], r.rewound, r.got)
+				}
+				if r.from < 0 && r.rewound != rewind {
 					t.Fatalf("%d messages before subscribed; want %d: %v", r.rewound, rewind, r.got)
 				}
 				for i := 1; i < len(r.got); i++ {
