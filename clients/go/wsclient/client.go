@@ -45,7 +45,9 @@ type Options struct {
 	URLs []string
 
 	// Token is sent as "Authorization: Bearer <token>". TokenFunc, when set, is called before
-	// each connection attempt instead, so an expired token is replaced by a fresh one.
+	// each connection attempt instead, so an expired token is replaced by a fresh one. A token
+	// Client.Refresh got accepted replaces Token for every later connection, and with TokenFunc
+	// is the token of the next connection attempt (TokenFunc gives those after it).
 	Token     string
 	TokenFunc func(ctx context.Context) (string, error)
 	// Header is added to the upgrade request of every connection.
@@ -147,6 +149,10 @@ type Client struct {
 	closed   bool // no more subscriptions (set when shutting down)
 	err      error
 	welcome  welcome
+	// token is the token of the next connection attempt when TokenFunc is nil or useToken is
+	// set (a refreshed token, used once before TokenFunc again).
+	token    string
+	useToken bool
 
 	direct       chan Message
 	directMu     sync.Mutex
@@ -155,6 +161,7 @@ type Client struct {
 
 type welcome struct {
 	session, node, user string
+	data                json.RawMessage
 }
 
 // Dial connects to the gateway and returns once the welcome frame arrived. It tries each URL
@@ -223,6 +230,7 @@ func newClient(opts Options) (*Client, error) {
 		state:    -1, // so that Dial reports StateConnecting
 		connWait: make(chan struct{}), subs: map[string]*Subscription{},
 		direct: make(chan Message, opts.BufferSize),
+		token:  opts.Token,
 	}, nil
 }
 
@@ -267,6 +275,14 @@ func (c *Client) Node() string { c.mu.Lock(); defer c.mu.Unlock(); return c.welc
 
 // User is the user id the server gave the connection (the token's sub; "" if anonymous).
 func (c *Client) User() string { c.mu.Lock(); defer c.mu.Unlock(); return c.welcome.user }
+
+// WelcomeData is the data of the welcome of the current (or last) connection: what the server's
+// connect hook gave the client (docs/hooks.md); nil without one.
+func (c *Client) WelcomeData() json.RawMessage {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.welcome.data
+}
 
 // State is the current state.
 func (c *Client) State() State { c.mu.Lock(); defer c.mu.Unlock(); return c.state }
@@ -354,8 +370,11 @@ func (c *Client) connect(ctx context.Context) (*conn, error) {
 	for k, v := range c.opts.Header {
 		header[k] = append([]string(nil), v...)
 	}
-	token := c.opts.Token
-	if c.opts.TokenFunc != nil {
+	c.mu.Lock()
+	token, useToken := c.token, c.useToken
+	c.useToken = false
+	c.mu.Unlock()
+	if c.opts.TokenFunc != nil && !useToken {
 		var err error
 		if token, err = c.opts.TokenFunc(ctx); err != nil {
 			return nil, fmt.Errorf("wsclient: token: %w", err)
@@ -401,7 +420,7 @@ func (c *Client) connect(ctx context.Context) (*conn, error) {
 	}
 	_ = ws.SetReadDeadline(time.Time{})
 	c.log.Info("connected", "url", u, "node", f.Node, "session", f.Session)
-	return newConn(c, ws, u, welcome{session: f.Session, node: f.Node, user: f.User}), nil
+	return newConn(c, ws, u, welcome{session: f.Session, node: f.Node, user: f.User, data: f.Data}), nil
 }
 
 // permanent reports whether a failed reconnect cannot succeed by trying again.

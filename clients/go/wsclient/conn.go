@@ -243,6 +243,10 @@ func (cn *conn) handle(f *frame) {
 		if f.ID != "" && cn.dispatch(f) {
 			return
 		}
+		if f.Type == protocol.TypeUnsubscribed && f.ID == "" && f.Channel != "" {
+			c.serverUnsubscribed(f.Channel, f.Reason)
+			return
+		}
 		if f.Type == protocol.TypeError {
 			c.log.Warn("error from the server", "id", f.ID, "code", f.Code, "message", f.Text)
 		}

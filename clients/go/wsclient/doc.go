@@ -54,4 +54,13 @@
 // Members set (several when the server gathered a window's joins or leaves into one frame,
 // presence.coalesce; Member too when there is one); they have positions, so the guarantees above
 // hold for them too.
+//
+// # Hooks
+//
+// With a server that calls the application's backend (docs/hooks.md): RPC calls a method and
+// returns its result, sent once and never again; Refresh extends the connection with a new token
+// (kept for the reconnections) or asks the refresh hook; WelcomeData, Subscription.Data and
+// Subscription.Expires are what the connect and subscribe hooks gave the client. A subscription
+// the server ends on its own (its expiry came, or the backend unsubscribed the user) ends with
+// an *UnsubscribedError and is not renewed.
 package wsclient

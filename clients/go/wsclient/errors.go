@@ -43,7 +43,8 @@ var (
 	ErrNotSubscribed = errors.New("wsclient: not subscribed")
 	// ErrAlreadySubscribed is returned by Subscribe for a channel the client is subscribed to.
 	ErrAlreadySubscribed = errors.New("wsclient: already subscribed")
-	// ErrUnsubscribed is what Subscription.Err returns after Unsubscribe.
+	// ErrUnsubscribed is what Subscription.Err returns after Unsubscribe (and what an
+	// *UnsubscribedError, the server's own unsubscribe, is).
 	ErrUnsubscribed = errors.New("wsclient: unsubscribed")
 	// ErrAckTimeout is wrapped by the error of a publish whose last attempt got no reply in
 	// Options.AckTimeout.
@@ -65,6 +66,30 @@ func (e *Error) Error() string { return "wsclient: " + e.Code + ": " + e.Message
 func retryable(code string) bool {
 	return code == CodeUnavailable || code == CodeRateLimited
 }
+
+// UnsubscribeExpired is the Reason of an UnsubscribedError when the expiry the server's subscribe
+// hook gave the subscription came (Subscription.Expires).
+const UnsubscribeExpired = protocol.UnsubscribeExpired
+
+// UnsubscribedError ends a subscription the server ended on its own (an `unsubscribed` frame
+// the client did not ask for): Reason is UnsubscribeExpired when the subscription's expiry came,
+// "" when the backend unsubscribed the user (POST /api/unsubscribe), or another reason the
+// server gave. The client does not subscribe the channel again; Subscribe does, if the
+// application wants to. errors.Is(err, ErrUnsubscribed) is true.
+type UnsubscribedError struct {
+	Channel string
+	Reason  string
+}
+
+func (e *UnsubscribedError) Error() string {
+	if e.Reason == "" {
+		return "wsclient: unsubscribed from " + e.Channel + " by the server"
+	}
+	return "wsclient: unsubscribed from " + e.Channel + " by the server: " + e.Reason
+}
+
+// Is makes errors.Is(err, ErrUnsubscribed) true.
+func (e *UnsubscribedError) Is(target error) bool { return target == ErrUnsubscribed }
 
 // DisconnectError is a `disconnect` frame of the server: the reason a connection ended. With
 // Reconnect false the client stops and Client.Err returns it.

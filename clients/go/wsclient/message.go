@@ -65,6 +65,9 @@ type frame struct {
 	Session   string `json:"session"`
 	Node      string `json:"node"`
 	User      string `json:"user"`
+	// subscribed (the subscription's end) and refreshed (the connection's expiry): unix seconds,
+	// 0 for none
+	Expires int64 `json:"expires"`
 	// join and leave: member (one), or members (several, as presence answers)
 	Member *protocol.Member `json:"member"`
 	// presence and presence_stats; join and leave of several
@@ -103,6 +106,8 @@ type outFrame struct {
 	MsgID   string          `json:"msg_id,omitempty"`
 	After   string          `json:"after,omitempty"`
 	Limit   int             `json:"limit,omitempty"`
+	Method  string          `json:"method,omitempty"`
+	Token   string          `json:"token,omitempty"`
 	Rewind  int             `json:"rewind,omitempty"`
 	Reverse bool            `json:"reverse,omitempty"`
 }

@@ -28,13 +28,17 @@ type fakeServer struct {
 }
 
 type fakeConn struct {
-	t  *testing.T
-	ws *websocket.Conn
+	t      *testing.T
+	ws     *websocket.Conn
+	header http.Header // of the upgrade request
 }
 
 type obj = map[string]any
 
-func newFakeServer(t *testing.T) *fakeServer {
+func newFakeServer(t *testing.T) *fakeServer { return newFakeServerWelcome(t, nil) }
+
+// newFakeServerWelcome is newFakeServer whose welcome frames carry the fields of extra too.
+func newFakeServerWelcome(t *testing.T, extra obj) *fakeServer {
 	fs := &fakeServer{conns: make(chan *fakeConn, 16)}
 	up := websocket.Upgrader{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -43,8 +47,12 @@ func newFakeServer(t *testing.T) *fakeServer {
 			return
 		}
 		n := fs.n.Add(1)
-		fc := &fakeConn{t: t, ws: ws}
-		fc.send(obj{"type": "welcome", "session": fmt.Sprintf("s%d", n), "node": "fake", "user": "u"})
+		fc := &fakeConn{t: t, ws: ws, header: r.Header.Clone()}
+		welcome := obj{"type": "welcome", "session": fmt.Sprintf("s%d", n), "node": "fake", "user": "u"}
+		for k, v := range extra {
+			welcome[k] = v
+		}
+		fc.send(welcome)
 		fs.conns <- fc
 	}))
 	t.Cleanup(func() {
@@ -476,4 +484,360 @@ func TestRepeatedIDDropped(t *testing.T) {
 	fc.send(obj{"type": "message", "channel": "ch", "id": "same", "position": "e:0:2:cc", "data": 1})
 	fc.send(obj{"type": "message", "channel": "ch", "id": "other", "position": "e:0:3:cc", "data": 2})
 	expectData(t, sub.Messages(), "1", "2")
+}
+
+type rpcResult struct {
+	data json.RawMessage
+	err  error
+}
+
+// rpcAsync runs RPC in a goroutine, bounded by ctx; the result comes on the returned channel.
+func rpcAsync(ctx context.Context, c *wsclient.Client, method string, data any) <-chan rpcResult {
+	out := make(chan rpcResult, 1)
+	go func() {
+		d, err := c.RPC(ctx, method, data)
+		out <- rpcResult{d, err}
+	}()
+	return out
+}
+
+func TestRPC(t *testing.T) {
+	fs := newFakeServer(t)
+	c := dial(t, wsclient.Options{URL: fs.URL, MinBackoff: 10 * time.Millisecond})
+	fc := fs.next(t)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+
+	t.Run("Result", func(t *testing.T) {
+		res := rpcAsync(ctx, c, "rooms.list", obj{"page": 2})
+		f := fc.expect("rpc")
+		if d, _ := json.Marshal(f["data"]); f["method"] != "rooms.list" || string(d) != `{"page":2}` || f["id"] == "" {
+			t.Fatalf("rpc frame %v", f)
+		}
+		fc.send(obj{"type": "rpc_result", "id": f["id"], "data": obj{"rooms": []string{"a", "b"}}})
+		if r := recvResult(t, res); r.err != nil || string(r.data) != `{"rooms":["a","b"]}` {
+			t.Fatalf("rpc: %s %v", r.data, r.err)
+		}
+		// No data: no data field sent; a result without data is nil.
+		res = rpcAsync(ctx, c, "ping.backend", nil)
+		f = fc.expect("rpc")
+		if _, ok := f["data"]; ok {
+			t.Fatalf("rpc frame without data %v", f)
+		}
+		fc.send(obj{"type": "rpc_result", "id": f["id"]})
+		if r := recvResult(t, res); r.err != nil || r.data != nil {
+			t.Fatalf("rpc: %q %v", r.data, r.err)
+		}
+	})
+
+	t.Run("Errors", func(t *testing.T) {
+		// Every refusal is an *Error with the server's code, and none is sent again (the next
+		// frame the server reads is the next call's).
+		for _, code := range []string{"not_member", wsclient.CodeUnavailable, wsclient.CodeNotFound, wsclient.CodeRateLimited} {
+			res := rpcAsync(ctx, c, "m."+code, 1)
+			f := fc.expect("rpc")
+			if f["method"] != "m."+code {
+				t.Fatalf("rpc frame %v: a refused rpc was sent again", f)
+			}
+			fc.send(obj{"type": "error", "id": f["id"], "code": code, "message": "no " + code})
+			var e *wsclient.Error
+			if r := recvResult(t, res); !errors.As(r.err, &e) || e.Code != code || e.Message != "no "+code || r.data != nil {
+				t.Fatalf("rpc refused with %s: %q %v", code, r.data, r.err)
+			}
+		}
+		// Refused before anything is sent.
+		var e *wsclient.Error
+		if _, err := c.RPC(ctx, "big", string(make([]byte, 70<<10))); !errors.As(err, &e) || e.Code != wsclient.CodeTooLarge {
+			t.Fatalf("big rpc: %v", err)
+		}
+		if _, err := c.RPC(ctx, "", 1); !errors.As(err, &e) || e.Code != wsclient.CodeBadRequest {
+			t.Fatalf("rpc without method: %v", err)
+		}
+		if _, err := c.RPC(ctx, "m", json.RawMessage("{bad")); !errors.As(err, &e) || e.Code != wsclient.CodeBadRequest {
+			t.Fatalf("rpc with invalid raw JSON: %v", err)
+		}
+	})
+
+	t.Run("Timeout", func(t *testing.T) {
+		short, stop := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer stop()
+		res := rpcAsync(short, c, "slow", 1)
+		f := fc.expect("rpc")
+		r := recvResult(t, res)
+		if !errors.Is(r.err, context.DeadlineExceeded) {
+			t.Fatalf("rpc past its ctx: %q %v", r.data, r.err)
+		}
+		// Its late result is dropped; the next call gets its own.
+		fc.send(obj{"type": "rpc_result", "id": f["id"], "data": "late"})
+		res = rpcAsync(ctx, c, "next", 1)
+		f = fc.expect("rpc")
+		fc.send(obj{"type": "rpc_result", "id": f["id"], "data": "mine"})
+		if r := recvResult(t, res); r.err != nil || string(r.data) != `"mine"` {
+			t.Fatalf("rpc after a late result: %s %v", r.data, r.err)
+		}
+	})
+
+	t.Run("Concurrent", func(t *testing.T) {
+		// Many calls at once, answered in the reverse order: each gets the result of its id.
+		const n = 20
+		results := make([]<-chan rpcResult, n)
+		for i := range n {
+			results[i] = rpcAsync(ctx, c, fmt.Sprintf("m%d", i), i)
+		}
+		frames := make([]obj, n)
+		for i := range n {
+			frames[i] = fc.expect("rpc")
+		}
+		for i := n - 1; i >= 0; i-- {
+			f := frames[i]
+			fc.send(obj{"type": "rpc_result", "id": f["id"], "data": obj{"method": f["method"], "data": f["data"]}})
+		}
+		for i, ch := range results {
+			r := recvResult(t, ch)
+			want := fmt.Sprintf(`{"data":%d,"method":"m%d"}`, i, i)
+			if r.err != nil || string(r.data) != want {
+				t.Fatalf("rpc %d: %s %v, want %s", i, r.data, r.err, want)
+			}
+		}
+	})
+
+	t.Run("ConnectionLost", func(t *testing.T) {
+		// The connection breaks before the result: the call fails and is not sent again.
+		res := rpcAsync(ctx, c, "charge", obj{"cents": 100})
+		fc.expect("rpc")
+		fc.ws.Close()
+		if r := recvResult(t, res); !errors.Is(r.err, wsclient.ErrConnectionLost) {
+			t.Fatalf("rpc cut by a lost connection: %q %v", r.data, r.err)
+		}
+		fc = fs.next(t)
+		pinged := make(chan error, 1)
+		go func() { _, err := c.Ping(ctx); pinged <- err }()
+		f := fc.read()
+		if f["type"] != "ping" {
+			t.Fatalf("first frame on the new connection %v, want the ping (the rpc must not be sent again)", f)
+		}
+		fc.send(obj{"type": "pong", "id": f["id"]})
+		if err := recvResult(t, pinged); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestRefresh(t *testing.T) {
+	bearer := func(fc *fakeConn) string { return fc.header.Get("Authorization") }
+	refreshAsync := func(ctx context.Context, c *wsclient.Client, token string) <-chan error {
+		out := make(chan error, 1)
+		go func() {
+			exp, err := c.Refresh(ctx, token)
+			if err == nil && !exp.IsZero() && exp.Unix() != 1900000000 {
+				err = fmt.Errorf("expires %v", exp)
+			}
+			out <- err
+		}()
+		return out
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+
+	t.Run("StaticToken", func(t *testing.T) {
+		fs := newFakeServer(t)
+		c := dial(t, wsclient.Options{URL: fs.URL, Token: "t1", MinBackoff: 10 * time.Millisecond})
+		fc := fs.next(t)
+		if got := bearer(fc); got != "Bearer t1" {
+			t.Fatalf("first connection with %q", got)
+		}
+		var exp time.Time
+		done := make(chan error, 1)
+		go func() {
+			var err error
+			exp, err = c.Refresh(ctx, "t2")
+			done <- err
+		}()
+		f := fc.expect("refresh")
+		if f["token"] != "t2" {
+			t.Fatalf("refresh frame %v", f)
+		}
+		fc.send(obj{"type": "refreshed", "id": f["id"], "expires": 1900000000})
+		if err := recvResult(t, done); err != nil || !exp.Equal(time.Unix(1900000000, 0)) {
+			t.Fatalf("refresh: %v %v", exp, err)
+		}
+
+		// Without a token the server's hook decides; no expiry is the zero time.
+		go func() {
+			var err error
+			exp, err = c.Refresh(ctx, "")
+			done <- err
+		}()
+		f = fc.expect("refresh")
+		if _, ok := f["token"]; ok {
+			t.Fatalf("refresh frame without a token %v", f)
+		}
+		fc.send(obj{"type": "refreshed", "id": f["id"], "expires": 0})
+		if err := recvResult(t, done); err != nil || !exp.IsZero() {
+			t.Fatalf("refresh: %v %v", exp, err)
+		}
+
+		// A refused token is an *Error and is not kept.
+		res := refreshAsync(ctx, c, "t-bad")
+		f = fc.expect("refresh")
+		fc.send(obj{"type": "error", "id": f["id"], "code": "unauthorized", "message": "token expired"})
+		var e *wsclient.Error
+		if err := recvResult(t, res); !errors.As(err, &e) || e.Code != wsclient.CodeUnauthorized {
+			t.Fatalf("refused refresh: %v", err)
+		}
+
+		// Every reconnection uses the token refreshed last.
+		for range 2 {
+			fc.ws.Close()
+			fc = fs.next(t)
+			if got := bearer(fc); got != "Bearer t2" {
+				t.Fatalf("reconnected with %q, want the refreshed token", got)
+			}
+		}
+	})
+
+	t.Run("TokenFunc", func(t *testing.T) {
+		fs := newFakeServer(t)
+		var calls atomic.Int64
+		c := dial(t, wsclient.Options{URL: fs.URL, MinBackoff: 10 * time.Millisecond,
+			TokenFunc: func(context.Context) (string, error) { return fmt.Sprintf("f%d", calls.Add(1)), nil }})
+		fc := fs.next(t)
+		if got := bearer(fc); got != "Bearer f1" {
+			t.Fatalf("first connection with %q", got)
+		}
+		res := refreshAsync(ctx, c, "r1")
+		f := fc.expect("refresh")
+		fc.send(obj{"type": "refreshed", "id": f["id"], "expires": 1900000000})
+		if err := recvResult(t, res); err != nil {
+			t.Fatal(err)
+		}
+		// The next attempt uses the refreshed token, without asking TokenFunc; the one after asks.
+		fc.ws.Close()
+		fc = fs.next(t)
+		if got := bearer(fc); got != "Bearer r1" || calls.Load() != 1 {
+			t.Fatalf("reconnected with %q after %d TokenFunc calls, want the refreshed token", got, calls.Load())
+		}
+		fc.ws.Close()
+		fc = fs.next(t)
+		if got := bearer(fc); got != "Bearer f2" {
+			t.Fatalf("reconnected with %q, want TokenFunc's", got)
+		}
+	})
+
+	t.Run("ContextAndLoss", func(t *testing.T) {
+		fs := newFakeServer(t)
+		c := dial(t, wsclient.Options{URL: fs.URL, Token: "t1", MinBackoff: 10 * time.Millisecond})
+		fc := fs.next(t)
+		short, stop := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer stop()
+		res := refreshAsync(short, c, "t2")
+		fc.expect("refresh")
+		if err := recvResult(t, res); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("refresh past its ctx: %v", err)
+		}
+		res = refreshAsync(ctx, c, "t3")
+		fc.expect("refresh")
+		fc.ws.Close()
+		if err := recvResult(t, res); !errors.Is(err, wsclient.ErrConnectionLost) {
+			t.Fatalf("refresh cut by a lost connection: %v", err)
+		}
+		// Neither was accepted: the reconnection keeps the token it had.
+		fc = fs.next(t)
+		if got := bearer(fc); got != "Bearer t1" {
+			t.Fatalf("reconnected with %q", got)
+		}
+	})
+}
+
+func TestHookData(t *testing.T) {
+	fs := newFakeServerWelcome(t, obj{"data": obj{"plan": "pro"}})
+	c := dial(t, wsclient.Options{URL: fs.URL, MinBackoff: 10 * time.Millisecond})
+	fc := fs.next(t)
+	if got := string(c.WelcomeData()); got != `{"plan":"pro"}` {
+		t.Fatalf("welcome data %q", got)
+	}
+	res := subscribeAsync(c, "room")
+	f := fc.expect("subscribe")
+	fc.send(obj{"type": "subscribed", "id": f["id"], "channel": "room", "position": "e:0:0:cc",
+		"data": obj{"topic": "hi"}, "expires": 1900000000})
+	room := recvResult(t, res).get(t)
+	if string(room.Data()) != `{"topic":"hi"}` || !room.Expires().Equal(time.Unix(1900000000, 0)) {
+		t.Fatalf("subscription data %q expires %v", room.Data(), room.Expires())
+	}
+	res = subscribeAsync(c, "plain")
+	f = fc.expect("subscribe")
+	fc.send(obj{"type": "subscribed", "id": f["id"], "channel": "plain", "position": "e:0:0:cc"})
+	plain := recvResult(t, res).get(t)
+	if plain.Data() != nil || !plain.Expires().IsZero() {
+		t.Fatalf("subscription without hook: data %q expires %v", plain.Data(), plain.Expires())
+	}
+	// A resubscription asks the hook again: its answer replaces the first.
+	fc.ws.Close()
+	fc = fs.next(t)
+	for range 2 {
+		f := fc.expect("subscribe")
+		r := obj{"type": "subscribed", "id": f["id"], "channel": f["channel"], "position": "e:0:0:cc", "recovered": true}
+		if f["channel"] == "room" {
+			r["data"] = obj{"topic": "new"}
+		}
+		fc.send(r)
+	}
+	waitFor(t, func() error {
+		if string(room.Data()) != `{"topic":"new"}` || !room.Expires().IsZero() {
+			return fmt.Errorf("after the resubscription: data %q expires %v", room.Data(), room.Expires())
+		}
+		return nil
+	})
+}
+
+func TestServerUnsubscribe(t *testing.T) {
+	fs := newFakeServer(t)
+	c := dial(t, wsclient.Options{URL: fs.URL, MinBackoff: 10 * time.Millisecond})
+	fc := fs.next(t)
+	subs := map[string]*wsclient.Subscription{}
+	for _, ch := range []string{"a", "b", "c"} {
+		res := subscribeAsync(c, ch)
+		f := fc.expect("subscribe")
+		fc.send(obj{"type": "subscribed", "id": f["id"], "channel": ch, "position": "e:0:0:" + ch, "expires": 1900000000})
+		subs[ch] = recvResult(t, res).get(t)
+	}
+	// a: its expiry came; b: the backend unsubscribed the user (no reason).
+	fc.send(obj{"type": "unsubscribed", "channel": "a", "reason": "expired"})
+	fc.send(obj{"type": "unsubscribed", "channel": "b"})
+	fc.send(msg("c", "e:0:1:c", "still here"))
+	expectData(t, subs["c"].Messages(), `"still here"`)
+	for ch, reason := range map[string]string{"a": wsclient.UnsubscribeExpired, "b": ""} {
+		select {
+		case <-subs[ch].Done():
+		case <-time.After(wait):
+			t.Fatalf("%s: the subscription did not end", ch)
+		}
+		if _, ok := <-subs[ch].Messages(); ok {
+			t.Fatalf("%s: a message after the server unsubscribed it", ch)
+		}
+		var ue *wsclient.UnsubscribedError
+		err := subs[ch].Err()
+		if !errors.As(err, &ue) || ue.Channel != ch || ue.Reason != reason || !errors.Is(err, wsclient.ErrUnsubscribed) {
+			t.Fatalf("%s ended with %v", ch, err)
+		}
+	}
+	if err := subs["c"].Err(); err != nil {
+		t.Fatalf("c ended with %v", err)
+	}
+	// Neither is renewed on the next connection; c is.
+	fc.ws.Close()
+	fc = fs.next(t)
+	f := fc.expect("subscribe")
+	if f["channel"] != "c" {
+		t.Fatalf("resubscribed %v", f)
+	}
+	fc.send(obj{"type": "subscribed", "id": f["id"], "channel": "c", "position": "e:0:1:c", "recovered": true})
+	// The application may subscribe again.
+	res := subscribeAsync(c, "a")
+	f = fc.expect("subscribe")
+	if f["channel"] != "a" {
+		t.Fatalf("client sent %v", f)
+	}
+	fc.send(obj{"type": "subscribed", "id": f["id"], "channel": "a", "position": "e:0:5:a"})
+	recvResult(t, res).get(t)
 }

@@ -63,6 +63,20 @@ func encodeData(data any) (json.RawMessage, error) {
 	return b, nil
 }
 
+// checkSize refuses (CodeTooLarge) a frame the server would close the connection for: larger
+// than Options.MaxFrameSize with the longest id.
+func (c *Client) checkSize(f outFrame) error {
+	limit := c.opts.MaxFrameSize
+	if limit <= 0 {
+		return nil
+	}
+	f.ID = "18446744073709551615" // the longest frame id
+	if n := len(encode(f)); n > limit {
+		return &Error{Code: CodeTooLarge, Message: fmt.Sprintf("frame of %d bytes, over the limit of %d", n, limit)}
+	}
+	return nil
+}
+
 func (c *Client) submit(ctx context.Context, f outFrame, data any, opts []PublishOption) (Ack, error) {
 	var o publishOptions
 	for _, opt := range opts {
@@ -76,12 +90,8 @@ func (c *Client) submit(ctx context.Context, f outFrame, data any, opts []Publis
 	if f.MsgID == "" {
 		f.MsgID = newMsgID()
 	}
-	if limit := c.opts.MaxFrameSize; limit > 0 {
-		sized := f
-		sized.ID = "18446744073709551615" // the longest frame id
-		if n := len(encode(sized)); n > limit {
-			return Ack{}, &Error{Code: CodeTooLarge, Message: fmt.Sprintf("frame of %d bytes, over the limit of %d", n, limit)}
-		}
+	if err := c.checkSize(f); err != nil {
+		return Ack{}, err
 	}
 	ack := Ack{MsgID: f.MsgID}
 	// Every attempt has its own frame id; a reply to any of them answers the call (a late ack
@@ -163,8 +173,17 @@ func (c *Client) submit(ctx context.Context, f outFrame, data any, opts []Publis
 
 // await waits for a reply on replies while cn lasts, AckTimeout at most.
 func (c *Client) await(ctx context.Context, cn *conn, replies <-chan *frame) (*frame, error) {
-	t := time.NewTimer(c.opts.AckTimeout)
-	defer t.Stop()
+	return c.awaitFor(ctx, cn, replies, c.opts.AckTimeout)
+}
+
+// awaitFor waits for a reply on replies while cn lasts, timeout at most (0: as long as ctx).
+func (c *Client) awaitFor(ctx context.Context, cn *conn, replies <-chan *frame, timeout time.Duration) (*frame, error) {
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
 	select {
 	case r := <-replies:
 		return r, nil
@@ -175,7 +194,7 @@ func (c *Client) await(ctx context.Context, cn *conn, replies <-chan *frame) (*f
 		default:
 		}
 		return nil, fmt.Errorf("%w: %v", ErrConnectionLost, cn.cause())
-	case <-t.C:
+	case <-expired:
 		return nil, ErrAckTimeout
 	case <-ctx.Done():
 		return nil, ctx.Err()

@@ -2,9 +2,11 @@ package wsclient
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/wsgateway/gateway/protocol"
 )
@@ -28,7 +30,9 @@ type Subscription struct {
 	last      string // position of the last message delivered (or of the last `subscribed`)
 	confirmed bool
 	recovered bool
-	gap       bool // the next message follows a resubscription that did not recover
+	data      json.RawMessage // of the latest `subscribed`
+	expires   int64           // of the latest `subscribed`: unix seconds, 0 for none
+	gap       bool            // the next message follows a resubscription that did not recover
 	err       error
 	// recent are the ids of the last recentIDs messages delivered: a message published twice
 	// with one msg_id (through two nodes) has one id, and may reach a client once live and once
@@ -89,11 +93,26 @@ func (s *Subscription) Position() string { s.mu.Lock(); defer s.mu.Unlock(); ret
 // Subscribe WithSince), whether the server replayed everything that was missed.
 func (s *Subscription) Recovered() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.recovered }
 
+// Data is the data of the latest `subscribed` reply: what the server's subscribe hook gave the
+// client for this channel (docs/hooks.md); nil without one. Each resubscription asks the hook
+// again, so it may change after a reconnect.
+func (s *Subscription) Data() json.RawMessage { s.mu.Lock(); defer s.mu.Unlock(); return s.data }
+
+// Expires is when the server ends the subscription, as the subscribe hook set it in the latest
+// `subscribed` reply; the zero time when it does not. When it comes the server unsubscribes the
+// client: the subscription ends with an *UnsubscribedError of reason UnsubscribeExpired, and is
+// not renewed.
+func (s *Subscription) Expires() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return unixTime(s.expires)
+}
+
 // Done is closed when the subscription has ended.
 func (s *Subscription) Done() <-chan struct{} { return s.stop }
 
 // Err is why the subscription ended (ErrUnsubscribed, ErrClosed, an *Error of a refused
-// resubscription, ...); nil while it lasts.
+// resubscription, an *UnsubscribedError when the server ended it, ...); nil while it lasts.
 func (s *Subscription) Err() error {
 	select {
 	case <-s.stop:
@@ -164,9 +183,11 @@ func (s *Subscription) deliver(m Message, closing <-chan struct{}) {
 
 // confirm applies a `subscribed` reply to a subscribe sent with since; it reports whether it
 // was the first.
-func (s *Subscription) confirm(since, pos string, recovered bool) (first bool) {
+func (s *Subscription) confirm(since string, f *frame) (first bool) {
+	pos, recovered := f.Position, f.Recovered
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.data, s.expires = f.Data, f.Expires
 	// Adopt the server's position unless it is before what was delivered already.
 	if cmp, ok := comparePositions(pos, s.last); pos != "" && (!ok || cmp >= 0) {
 		s.last = pos
@@ -286,7 +307,7 @@ func (c *Client) subscribed(cn *conn, s *Subscription, since string, f *frame) {
 		return
 	}
 	if f.Type == protocol.TypeSubscribed {
-		if first := s.confirm(since, f.Position, f.Recovered); !first {
+		if first := s.confirm(since, f); !first {
 			c.log.Info("resubscribed", "channel", s.channel, "recovered", f.Recovered, "node", cn.welcome.node)
 			if c.opts.OnResubscribed != nil {
 				c.opts.OnResubscribed(s.channel, f.Recovered)
@@ -318,6 +339,23 @@ func (c *Client) subscribed(cn *conn, s *Subscription, since string, f *frame) {
 	}
 	c.remove(s)
 	s.close(e)
+}
+
+// serverUnsubscribed ends the subscription of channel the server ended on its own (an
+// `unsubscribed` frame the client did not ask for), on the reader goroutine: it is not renewed.
+func (c *Client) serverUnsubscribed(channel, reason string) {
+	c.mu.Lock()
+	s := c.subs[channel]
+	if s != nil {
+		delete(c.subs, channel)
+	}
+	c.mu.Unlock()
+	if s == nil {
+		c.log.Debug("unsubscribed from a channel not subscribed", "channel", channel, "reason", reason)
+		return
+	}
+	c.log.Info("unsubscribed by the server", "channel", channel, "reason", reason)
+	s.close(&UnsubscribedError{Channel: channel, Reason: reason})
 }
 
 // remove forgets s if it is still the subscription of its channel.

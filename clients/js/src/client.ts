@@ -2,6 +2,7 @@ import { GatewayError, retryable } from './errors.js';
 import { comparePositions, seen } from './position.js';
 import type {
   Ack,
+  CallOptions,
   ClientOptions,
   DirectMessage,
   Disconnect,
@@ -14,6 +15,7 @@ import type {
   PresenceStats,
   State,
   Subscribed,
+  Unsubscribed,
   WebSocketConstructor,
   WebSocketLike,
   Welcome,
@@ -71,6 +73,8 @@ interface InFrame {
   next?: string;
   connections?: number;
   users?: number;
+  // subscribed (the subscription's end) and refreshed (the connection's expiry): unix seconds
+  expires?: number;
 }
 
 type Timer = ReturnType<typeof setTimeout>;
@@ -148,6 +152,10 @@ class Request {
   retryTimer?: Timer; // delay before the next attempt after `unavailable` / `rate_limited`
   lastCode = 'timeout'; // why the last attempt failed
   lastWhy = '';
+  // rpc and refresh: one timeout for the whole call, from the call on, instead of ackTimeout per
+  // attempt (0: none)
+  total = 0;
+  totalTimer?: Timer;
 
   constructor(
     readonly frame: Record<string, unknown>, // without id
@@ -235,6 +243,10 @@ export class Client {
   private readonly WS: WebSocketConstructor;
   private readonly urlOpt: ClientOptions['url'];
   private readonly tokenOpt: ClientOptions['token'];
+  // The token of the next connection attempt when tokenOpt is no function or useToken is set (a
+  // token refresh() got accepted, used once before the function again).
+  private token = '';
+  private useToken = false;
   private readonly minDelay: number;
   private readonly maxDelay: number;
   private readonly ackTimeout: number;
@@ -286,6 +298,7 @@ export class Client {
       throw new TypeError('@wsgateway/client: token must be a string or a function');
     }
     this.tokenOpt = t;
+    if (typeof t === 'string') this.token = t;
     this.minDelay = toNumber(opts.minReconnectDelay, defaults.minReconnectDelay, 'minReconnectDelay');
     this.maxDelay = Math.max(this.minDelay, toNumber(opts.maxReconnectDelay, defaults.maxReconnectDelay, 'maxReconnectDelay'));
     this.ackTimeout = toNumber(opts.ackTimeout, defaults.ackTimeout, 'ackTimeout');
@@ -310,6 +323,11 @@ export class Client {
   /** The user id the server gave the connection (the token's `sub`; '' when anonymous). */
   get user(): string | undefined {
     return this.info?.user;
+  }
+
+  /** What the server's connect hook gave the client in the welcome of the current (or last) connection; undefined without one. */
+  get welcomeData(): unknown {
+    return this.info?.data;
   }
 
   /** Starts connecting, and keeps reconnecting until close(). Calling it again does nothing. */
@@ -470,6 +488,58 @@ export class Client {
   }
 
   /**
+   * Calls method on the application's backend through the server's rpc hook and resolves with the
+   * data of its `rpc_result` (undefined when it has none). data is any JSON value (undefined: none
+   * sent). Rejects with the backend's own code (`not_member`, ...) or the gateway's
+   * (`unavailable` when the backend did not answer in time, `not_found`, `rate_limited`,
+   * `bad_request`, ...); with `timeout` when no answer came within opts.timeout (default
+   * ackTimeout, counted from the call, the wait for a connection included); with `unavailable`
+   * when the connection was lost before the answer. An rpc is sent once, never again: after
+   * `timeout` or a lost connection the method may or may not have run.
+   */
+  rpc(method: string, data?: unknown, opts: CallOptions = {}): Promise<unknown> {
+    if (this.closed) return Promise.reject(new GatewayError('closed', 'client closed'));
+    if (typeof method !== 'string' || method === '' || method.length > 128) {
+      return Promise.reject(new GatewayError('bad_request', 'method must be a string of 1 to 128 characters'));
+    }
+    const timeout = callTimeout(opts, this.ackTimeout);
+    if (timeout instanceof GatewayError) return Promise.reject(timeout);
+    const f: Record<string, unknown> = { type: 'rpc', method };
+    if (data !== undefined) {
+      const bad = encodeData(f, data);
+      if (bad) return Promise.reject(bad);
+    }
+    const big = this.tooLarge(f);
+    if (big) return Promise.reject(big);
+    return this.request(f, 'rpc_result', 1, false, timeout).then((r) => r.frame.data);
+  }
+
+  /**
+   * Extends the connection without reconnecting: sends token (a new token of the same user,
+   * checked as at the upgrade) or, without one, asks the server's refresh hook to decide.
+   * Resolves with the connection's new expiry (unix seconds; 0: none). Rejects like rpc():
+   * `unauthorized` for a bad token, the hook's own code, `timeout`, `unavailable`. A token the
+   * server accepted is kept for the reconnections (see the `token` option).
+   */
+  refresh(token?: string, opts: CallOptions = {}): Promise<number> {
+    if (this.closed) return Promise.reject(new GatewayError('closed', 'client closed'));
+    if (token !== undefined && typeof token !== 'string') {
+      return Promise.reject(new GatewayError('bad_request', 'token must be a string'));
+    }
+    const timeout = callTimeout(opts, this.ackTimeout);
+    if (timeout instanceof GatewayError) return Promise.reject(timeout);
+    const f: Record<string, unknown> = { type: 'refresh' };
+    if (token) f.token = token;
+    return this.request(f, 'refreshed', 1, false, timeout).then((r) => {
+      if (token) {
+        this.token = token;
+        this.useToken = typeof this.tokenOpt === 'function';
+      }
+      return Number(r.frame.expires ?? 0);
+    });
+  }
+
+  /**
    * Reads a page of channel's history, for a channel the client may subscribe to; it need not be
    * subscribed. Without `since`: the channel's newest messages; with it, those after it. Oldest
    * first, or, with `reverse`, newest first and before `since`. `next`, when present, is the
@@ -583,14 +653,14 @@ export class Client {
       this.attemptFailed({ code: 'connect_failed', reason: errText(err), reconnect: true });
       return;
     }
-    let token = '';
+    let token = this.token;
+    const useToken = this.useToken;
+    this.useToken = false;
     try {
-      if (typeof this.tokenOpt === 'function') {
+      if (typeof this.tokenOpt === 'function' && !useToken) {
         token = await this.tokenOpt();
         if (this.closed || seq !== this.connectSeq) return;
         if (typeof token !== 'string') throw new TypeError(`the token function returned ${typeof token}, not a string`);
-      } else if (typeof this.tokenOpt === 'string') {
-        token = this.tokenOpt;
       }
     } catch (err) {
       if (this.closed || seq !== this.connectSeq) return;
@@ -678,6 +748,10 @@ export class Client {
       h(f);
       return;
     }
+    if (f.type === 'unsubscribed' && !f.id && f.channel) {
+      this.onServerUnsubscribed(f.channel, String(f.reason ?? ''));
+      return;
+    }
     if (f.type === 'error') {
       this.emit('error', new GatewayError(String(f.code ?? 'internal'), f.message));
     }
@@ -687,6 +761,7 @@ export class Client {
   private activate(conn: Conn, f: InFrame): void {
     clearTimeout(conn.handshakeTimer);
     const w: Welcome = { session: String(f.session ?? ''), node: String(f.node ?? ''), user: String(f.user ?? '') };
+    if (f.data !== undefined) w.data = f.data;
     conn.welcome = w;
     conn.openedAt = Date.now();
     this.info = w;
@@ -848,6 +923,8 @@ export class Client {
       sub.recovered = f.recovered === true;
       sub.confirmed = true;
       const s: Subscribed = { channel: sub.channel, position: pos, recovered: sub.recovered };
+      if (f.data !== undefined) s.data = f.data;
+      if (typeof f.expires === 'number' && f.expires > 0) s.expires = f.expires;
       const first = sub.first;
       if (first) {
         sub.first = undefined;
@@ -881,6 +958,16 @@ export class Client {
     } else {
       this.emit('error', new GatewayError(e.code, `resubscribe ${sub.channel} refused; the subscription ended: ${e.message}`));
     }
+  }
+
+  // onServerUnsubscribed ends the subscription the server ended on its own: it is not renewed.
+  private onServerUnsubscribed(channel: string, reason: string): void {
+    const sub = this.subs.get(channel);
+    if (!sub) return;
+    this.subs.delete(channel);
+    this.settleFirst(sub, new GatewayError('closed', `unsubscribed from ${channel} by the server${reason ? `: ${reason}` : ''}`));
+    const e: Unsubscribed = { channel, reason };
+    this.emit('unsubscribed', e);
   }
 
   private settleFirst(sub: Sub, err: GatewayError): void {
@@ -951,12 +1038,8 @@ export class Client {
       return Promise.reject(new GatewayError('bad_request', 'msgId must be a string of 1 to 64 characters'));
     }
     const f = { ...frame, data: JSON.parse(json) as unknown, msg_id: msgId ?? newMsgID() };
-    if (this.maxFrameSize > 0) {
-      const n = encoder.encode(JSON.stringify({ ...f, id: '9007199254740991' })).length;
-      if (n > this.maxFrameSize) {
-        return Promise.reject(new GatewayError('too_large', `frame of ${n} bytes, over the limit of ${this.maxFrameSize}`));
-      }
-    }
+    const big = this.tooLarge(f);
+    if (big) return Promise.reject(big);
     return this.request(f, 'ack', this.maxAttempts).then((r) => ({
       msg_id: String(r.frame.msg_id || f.msg_id),
       attempts: r.attempts,
@@ -964,11 +1047,34 @@ export class Client {
     }));
   }
 
-  // request sends frame until its reply of type expect comes (or the attempts run out).
-  private request(frame: Record<string, unknown>, expect: string, maxAttempts: number, lossIsSuccess = false): Promise<Reply> {
+  // tooLarge refuses a frame the server would close the connection for: over maxFrameSize with
+  // the longest id.
+  private tooLarge(f: Record<string, unknown>): GatewayError | undefined {
+    if (this.maxFrameSize <= 0) return undefined;
+    const n = encoder.encode(JSON.stringify({ ...f, id: '9007199254740991' })).length;
+    if (n <= this.maxFrameSize) return undefined;
+    return new GatewayError('too_large', `frame of ${n} bytes, over the limit of ${this.maxFrameSize}`);
+  }
+
+  // request sends frame until its reply of type expect comes (or the attempts run out). With
+  // total > 0 the whole call has that long, instead of ackTimeout per attempt.
+  private request(
+    frame: Record<string, unknown>,
+    expect: string,
+    maxAttempts: number,
+    lossIsSuccess = false,
+    total = 0,
+  ): Promise<Reply> {
     if (this.closed) return Promise.reject(new GatewayError('closed', 'client closed'));
     return new Promise<Reply>((resolve, reject) => {
       const r = new Request(frame, expect, maxAttempts, resolve, reject, lossIsSuccess);
+      if (total > 0) {
+        r.total = total;
+        r.totalTimer = setTimeout(() => {
+          r.totalTimer = undefined;
+          this.finish(r, undefined, new GatewayError('timeout', `no answer to ${String(frame.type)} within ${total} ms`));
+        }, total);
+      }
       this.requests.add(r);
       this.dispatch(r);
     });
@@ -989,7 +1095,7 @@ export class Client {
     r.attempts++;
     r.current = { conn, id };
     clearTimeout(r.timer);
-    r.timer = setTimeout(() => this.onTimeout(r, id), this.ackTimeout);
+    r.timer = r.total > 0 ? undefined : setTimeout(() => this.onTimeout(r, id), this.ackTimeout);
     if (!this.write(conn, { ...r.frame, id })) {
       // Not handed over: not an attempt.
       conn.pending.delete(id);
@@ -1036,7 +1142,7 @@ export class Client {
         this.finish(r, { type: r.expect });
         return;
       }
-      if (!retryable(e.code)) {
+      if (!retryable(e.code) || r.maxAttempts === 1) {
         this.finish(r, undefined, e);
         return;
       }
@@ -1076,11 +1182,35 @@ export class Client {
     r.done = true;
     clearTimeout(r.timer);
     clearTimeout(r.retryTimer);
+    clearTimeout(r.totalTimer);
     this.queue.delete(r);
     this.requests.delete(r);
     if (err || !frame) r.reject(err ?? new GatewayError('internal', 'no reply'));
     else r.resolve({ frame, attempts: r.attempts });
   }
+}
+
+// encodeData sets f.data to data as JSON; an error when data cannot be encoded.
+function encodeData(f: Record<string, unknown>, data: unknown): GatewayError | undefined {
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(data);
+  } catch (err) {
+    return new GatewayError('bad_request', `data cannot be encoded as JSON: ${errText(err)}`);
+  }
+  if (json === undefined) return new GatewayError('bad_request', `data cannot be encoded as JSON (${typeof data})`);
+  f.data = JSON.parse(json) as unknown;
+  return undefined;
+}
+
+// callTimeout reads the timeout of rpc() and refresh(): opts.timeout, else def.
+function callTimeout(opts: CallOptions | undefined, def: number): number | GatewayError {
+  const t = opts?.timeout;
+  if (t === undefined) return def;
+  if (typeof t !== 'number' || !Number.isFinite(t) || t <= 0) {
+    return new GatewayError('bad_request', `timeout must be a number > 0, got ${String(t)}`);
+  }
+  return t;
 }
 
 // presenceChannelError refuses, before anything is sent, a channel that cannot have presence.

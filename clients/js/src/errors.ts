@@ -4,10 +4,12 @@
  * `code` is the code of the server's `error` frame (`bad_request`, `unauthorized`, `forbidden`,
  * `not_found`, `too_large`, `rate_limited`, `unavailable`, `internal`), or one the client sets
  * itself:
- * - `timeout`: no reply within `ackTimeout` (for a publish or send: to the last attempt);
+ * - `timeout`: no reply within `ackTimeout` (for a publish or send: to the last attempt; for an
+ *   rpc or refresh: within its `timeout`);
  * - `closed`: the client was closed (by `close()`, or by a server `disconnect` with
  *   `reconnect: false`) before the call completed;
- * - `unavailable` also when a publish or send lost its connection on every attempt;
+ * - `unavailable` also when a publish or send lost its connection on every attempt, and when an
+ *   rpc or refresh lost its connection before the answer (neither is sent again);
  * - `bad_request` / `too_large` / `not_found` also for calls refused before anything is sent
  *   (data that is not JSON, a frame over `maxFrameSize`, unsubscribing a channel not subscribed).
  */

@@ -3,6 +3,7 @@ export { GatewayError, ErrorCodes } from './errors.js';
 export { comparePositions } from './position.js';
 export type {
   Ack,
+  CallOptions,
   ClientOptions,
   DirectMessage,
   Disconnect,
@@ -15,6 +16,7 @@ export type {
   PresenceStats,
   State,
   Subscribed,
+  Unsubscribed,
   WebSocketConstructor,
   WebSocketLike,
   Welcome,

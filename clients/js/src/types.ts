@@ -31,7 +31,9 @@ export interface ClientOptions {
   url: string | string[] | (() => string);
   /**
    * The connection token (a JWT), sent as `?token=` (browsers cannot set headers on a WebSocket).
-   * A function is called before every (re)connect, so an expiring token can be refreshed.
+   * A function is called before every (re)connect, so an expiring token can be refreshed. A token
+   * `refresh(token)` got accepted replaces a string token for every later connection, and with a
+   * function is the token of the next connection attempt (the function gives those after it).
    */
   token?: string | (() => string | Promise<string>);
   /** The WebSocket constructor; default `globalThis.WebSocket` (Node 20: `--experimental-websocket`). */
@@ -88,6 +90,34 @@ export interface Subscribed {
   position: string;
   /** True when `since` was given and everything after it was replayed; false: messages may be missing. */
   recovered: boolean;
+  /** What the server's subscribe hook gave the client for this channel; absent without one. */
+  data?: unknown;
+  /**
+   * When the server ends the subscription (unix seconds), as its subscribe hook set it; absent:
+   * never. Then an `unsubscribed` event comes with reason `expired`, and the client does not
+   * subscribe again by itself.
+   */
+  expires?: number;
+}
+
+/**
+ * The server ended a subscription on its own (an `unsubscribed` frame the client did not ask
+ * for): the client forgets it and does not subscribe again; subscribe() does, if the application
+ * wants to.
+ */
+export interface Unsubscribed {
+  channel: string;
+  /**
+   * `expired`: the expiry the subscribe hook gave the subscription came; '' when the backend
+   * unsubscribed the user (`POST /api/unsubscribe`); or another reason the server gave.
+   */
+  reason: string;
+}
+
+/** Options of rpc() and refresh(). */
+export interface CallOptions {
+  /** How long to wait for the answer, ms (default: the client's ackTimeout), from the call on. */
+  timeout?: number;
 }
 
 /** The server's acceptance of a publish or send (the broker has the message). */
@@ -115,6 +145,8 @@ export interface Welcome {
   session: string;
   node: string;
   user: string;
+  /** What the server's connect hook gave the client; absent without one. */
+  data?: unknown;
 }
 
 /** Why a connection ended (or a connection attempt failed). */
@@ -186,6 +218,7 @@ export interface EventMap {
   leave: (e: PresenceEvent) => void;
   state: (s: State, prev: State) => void;
   subscribed: (s: Subscribed) => void;
+  unsubscribed: (e: Unsubscribed) => void;
   welcome: (w: Welcome) => void;
   disconnect: (d: Disconnect) => void;
   error: (e: GatewayError) => void;

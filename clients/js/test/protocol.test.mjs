@@ -447,3 +447,238 @@ describe('protocol details (fake WebSocket)', () => {
     assert.equal(comparePositions('e:x:2:c', 'e:1:2:c'), undefined);
   });
 });
+
+describe('rpc, refresh and hook data (fake WebSocket)', () => {
+  test('rpc resolves with the result data; the data is sent as given, or not at all', async () => {
+    const server = fakeServer();
+    server.onFrame = (ws, f) => {
+      if (f.type === 'rpc' && f.method === 'rooms.list') ws.push({ type: 'rpc_result', id: f.id, data: { rooms: ['a', 'b'], got: f.data } });
+      else if (f.type === 'rpc') ws.push({ type: 'rpc_result', id: f.id });
+    };
+    const c = client(server);
+    c.connect();
+    (await server.socket(1)).accept();
+    assert.deepEqual(await c.rpc('rooms.list', { page: 2 }), { rooms: ['a', 'b'], got: { page: 2 } });
+    assert.equal(await c.rpc('ping.backend'), undefined);
+    const rpcs = server.frames.filter((f) => f.type === 'rpc');
+    assert.equal(rpcs.length, 2);
+    assert.equal(rpcs[1].method, 'ping.backend');
+    assert.ok(!('data' in rpcs[1]), 'an rpc without data sends no data field');
+  });
+
+  test('an rpc refused rejects with the code, once, whatever the code', async () => {
+    const server = fakeServer();
+    server.onFrame = (ws, f) => {
+      if (f.type === 'rpc') ws.push({ type: 'error', id: f.id, code: f.method, message: `no ${f.method}` });
+    };
+    const c = client(server, { maxAttempts: 5 });
+    c.connect();
+    (await server.socket(1)).accept();
+    for (const code of ['not_member', 'unavailable', 'not_found', 'rate_limited']) {
+      const e = await rejection(c.rpc(code, 1));
+      assert.ok(e instanceof GatewayError);
+      assert.equal(e.code, code);
+      assert.match(e.message, new RegExp(`no ${code}`));
+    }
+    assert.deepEqual(
+      server.frames.map((f) => f.method),
+      ['not_member', 'unavailable', 'not_found', 'rate_limited'],
+      'a refused rpc is not sent again',
+    );
+    // Refused before anything is sent.
+    const sent = server.frames.length;
+    assert.equal((await rejection(c.rpc('', 1))).code, 'bad_request');
+    assert.equal((await rejection(c.rpc('m', 1n))).code, 'bad_request');
+    assert.equal((await rejection(c.rpc('m', 'x'.repeat(70 << 10)))).code, 'too_large');
+    assert.equal((await rejection(c.rpc('m', 1, { timeout: -1 }))).code, 'bad_request');
+    assert.equal(server.frames.length, sent);
+  });
+
+  test('an rpc times out by its timeout, counted from the call; a late result is dropped', async () => {
+    const server = fakeServer();
+    const c = client(server, { ackTimeout: 60_000 });
+    // Not connected yet: the call waits for the connection within its timeout.
+    let e = await rejection(c.rpc('early', 1, { timeout: 20 }));
+    assert.equal(e.code, 'timeout');
+    c.connect();
+    (await server.socket(1)).accept();
+    assert.equal(server.frames.filter((f) => f.type === 'rpc').length, 0, 'a call that timed out is not sent later');
+    e = await rejection(c.rpc('slow', 1, { timeout: 20 }));
+    assert.ok(e instanceof GatewayError);
+    assert.equal(e.code, 'timeout');
+    const slow = server.frames.find((f) => f.method === 'slow');
+    server.onFrame = (ws, f) => {
+      if (f.type === 'rpc') ws.push({ type: 'rpc_result', id: f.id, data: 'mine' });
+    };
+    const errors = collect(c, 'error');
+    server.last().push({ type: 'rpc_result', id: slow.id, data: 'late' });
+    assert.equal(await c.rpc('next', 1), 'mine');
+    assert.deepEqual(errors, []);
+  });
+
+  test('concurrent rpcs each get the result of their own id', async () => {
+    const server = fakeServer();
+    const held = [];
+    server.onFrame = (ws, f) => {
+      if (f.type === 'rpc') held.push([ws, f]);
+    };
+    const c = client(server);
+    c.connect();
+    (await server.socket(1)).accept();
+    const calls = Array.from({ length: 20 }, (_, i) => c.rpc(`m${i}`, i));
+    await eventually(() => held.length === 20, 'the 20 rpc frames');
+    assert.equal(new Set(held.map(([, f]) => f.id)).size, 20);
+    for (const [ws, f] of held.reverse()) ws.push({ type: 'rpc_result', id: f.id, data: { method: f.method, data: f.data } });
+    const results = await Promise.all(calls);
+    results.forEach((r, i) => assert.deepEqual(r, { method: `m${i}`, data: i }));
+  });
+
+  test('an rpc cut by a lost connection rejects with unavailable and is not sent again', async () => {
+    const server = fakeServer();
+    answer(server);
+    const c = client(server);
+    c.connect();
+    (await server.socket(1)).accept();
+    const p = c.rpc('charge', { cents: 100 });
+    server.last().drop();
+    const e = await rejection(p);
+    assert.equal(e.code, 'unavailable');
+    (await server.socket(2)).accept();
+    await c.ping();
+    assert.deepEqual(
+      server.last().sent.map((f) => f.type),
+      ['ping'],
+    );
+    assert.equal(server.frames.filter((f) => f.type === 'rpc').length, 1);
+  });
+
+  test('refresh sends the token (or none), resolves with expires; an accepted token is used on every reconnect', async () => {
+    const server = fakeServer();
+    server.onFrame = (ws, f) => {
+      if (f.type !== 'refresh') return;
+      if (f.token === 't-bad') ws.push({ type: 'error', id: f.id, code: 'unauthorized', message: 'token expired' });
+      else ws.push({ type: 'refreshed', id: f.id, expires: f.token ? 1900000000 : 0 });
+    };
+    const c = client(server, { token: 't1' });
+    c.connect();
+    const s1 = await server.socket(1);
+    assert.match(s1.url, /token=t1$/);
+    s1.accept();
+    assert.equal(await c.refresh('t2'), 1900000000);
+    assert.equal(await c.refresh(), 0);
+    const e = await rejection(c.refresh('t-bad'));
+    assert.ok(e instanceof GatewayError);
+    assert.equal(e.code, 'unauthorized');
+    assert.deepEqual(
+      s1.sent.map((f) => f.token),
+      ['t2', undefined, 't-bad'],
+    );
+    assert.ok(!('token' in s1.sent[1]), 'a refresh without a token sends no token field');
+    s1.drop();
+    const s2 = await server.socket(2);
+    assert.match(s2.url, /token=t2$/);
+    s2.accept();
+    s2.drop();
+    assert.match((await server.socket(3)).url, /token=t2$/);
+  });
+
+  test('with a token function, a refreshed token is used on the next attempt, the function after it', async () => {
+    const server = fakeServer();
+    server.onFrame = (ws, f) => {
+      if (f.type === 'refresh') ws.push({ type: 'refreshed', id: f.id, expires: 1900000000 });
+    };
+    let n = 0;
+    const c = client(server, { token: () => `f${++n}` });
+    c.connect();
+    const s1 = await server.socket(1);
+    assert.match(s1.url, /token=f1$/);
+    s1.accept();
+    assert.equal(await c.refresh('r1'), 1900000000);
+    s1.drop();
+    const s2 = await server.socket(2);
+    assert.match(s2.url, /token=r1$/);
+    assert.equal(n, 1);
+    s2.accept();
+    s2.drop();
+    assert.match((await server.socket(3)).url, /token=f2$/);
+  });
+
+  test('refresh times out by its timeout and a token it did not get accepted is not kept', async () => {
+    const server = fakeServer();
+    const c = client(server, { token: 't1' });
+    c.connect();
+    (await server.socket(1)).accept();
+    assert.equal((await rejection(c.refresh('t2', { timeout: 20 }))).code, 'timeout');
+    const p = c.refresh('t3');
+    server.last().drop();
+    assert.equal((await rejection(p)).code, 'unavailable');
+    assert.match((await server.socket(2)).url, /token=t1$/);
+  });
+
+  test('welcome data, and subscribed data and expires, from the hooks', async () => {
+    const server = fakeServer();
+    let roomData = { topic: 'hi' };
+    server.onFrame = (ws, f) => {
+      if (f.type !== 'subscribe') return;
+      const r = { type: 'subscribed', id: f.id, channel: f.channel, position: 'e:0:0:c', recovered: !!f.since };
+      if (f.channel === 'room') Object.assign(r, { data: roomData, expires: 1900000000 });
+      ws.push(r);
+    };
+    const c = client(server);
+    const welcome = nextEvent(c, 'welcome');
+    c.connect();
+    (await server.socket(1)).accept({ data: { plan: 'pro' } });
+    assert.deepEqual((await welcome).data, { plan: 'pro' });
+    assert.deepEqual(c.welcomeData, { plan: 'pro' });
+    assert.deepEqual(await c.subscribe('room'), {
+      channel: 'room',
+      position: 'e:0:0:c',
+      recovered: false,
+      data: { topic: 'hi' },
+      expires: 1900000000,
+    });
+    assert.deepEqual(await c.subscribe('plain'), { channel: 'plain', position: 'e:0:0:c', recovered: false });
+    // A resubscription asks the hook again: the event carries its new answer.
+    roomData = { topic: 'new' };
+    const again = nextEvent(c, 'subscribed', (s) => s.channel === 'room');
+    server.last().drop();
+    (await server.socket(2)).accept();
+    assert.deepEqual((await again).data, { topic: 'new' });
+    assert.equal(c.welcomeData, undefined);
+  });
+
+  test('an unsubscribed the server sends on its own ends the subscription with an event; it is not renewed', async () => {
+    const server = fakeServer();
+    answer(server);
+    const c = client(server);
+    c.connect();
+    (await server.socket(1)).accept();
+    for (const ch of ['a', 'b', 'c']) await c.subscribe(ch);
+    const events = collect(c, 'unsubscribed');
+    const messages = collect(c, 'message');
+    const ws = server.last();
+    ws.push({ type: 'unsubscribed', channel: 'a', reason: 'expired' });
+    ws.push({ type: 'unsubscribed', channel: 'b' });
+    ws.push({ type: 'unsubscribed', channel: 'nope', reason: 'expired' }); // not subscribed: no event
+    ws.push({ type: 'message', channel: 'a', id: 'x', position: 'e:0:1:c', data: 'after' });
+    ws.push({ type: 'message', channel: 'c', id: 'y', position: 'e:0:1:c', data: 'still here' });
+    assert.deepEqual(events, [
+      { channel: 'a', reason: 'expired' },
+      { channel: 'b', reason: '' },
+    ]);
+    assert.deepEqual(
+      messages.map((m) => m.data),
+      ['still here'],
+    );
+    assert.equal(c.position('a'), undefined);
+    assert.equal((await rejection(c.unsubscribe('a'))).code, 'not_found');
+    ws.drop();
+    (await server.socket(2)).accept();
+    await eventually(() => server.last().sent.length >= 1, 'the resubscription');
+    assert.deepEqual(
+      server.last().sent.map((f) => [f.type, f.channel]),
+      [['subscribe', 'c']],
+    );
+    await c.subscribe('a'); // the application may subscribe again
+  });
+});
