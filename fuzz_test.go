@@ -38,7 +38,7 @@ var knownCodes = map[string]bool{
 }
 
 // replyTypes are the frames that answer a client frame (one each).
-var replyTypes = map[string]bool{"subscribed": true, "unsubscribed": true, "ack": true, "pong": true, "error": true}
+var replyTypes = map[string]bool{"subscribed": true, "unsubscribed": true, "ack": true, "pong": true, "error": true, "history": true}
 
 // frameSeeds start the frame fuzzer: every frame type, valid and not.
 var frameSeeds = []string{
@@ -53,6 +53,10 @@ var frameSeeds = []string{
 	`{"type":"ping"}`,
 	`{"type":"subscribe","id":"8","channel":"a b"}`,
 	`{"type":"nope","id":"10"}`,
+	`{"type":"history","id":"13","channel":"room:42","limit":5,"reverse":true}`,
+	`{"type":"history","id":"14","channel":"room:42","since":"garbage","limit":-1}`,
+	`{"type":"subscribe","id":"15","channel":"room:43","rewind":3}`,
+	`{"type":"subscribe","id":"16","channel":"room:44","rewind":-1,"since":"x"}`,
 	`{"id":"11","type":"ping"`,
 	`[]`, `null`, ``, `{}`, `"x"`,
 	"{\"type\":\"ping\",\"id\":\"\xff\xfe\"}",

@@ -254,6 +254,8 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		return nil, err
 	}
 	g.hooks = hooks
+	// The one reader of channel history: resumes, rewinds, history frames and the history API.
+	history := handlers.NewHistoryReader(handlers.HistoryConfig{History: g.feed, MaxReplay: cfg.History.MaxReplay, Bounds: cfg.History.Bounds})
 	sessions := handlers.NewSessions(handlers.SessionsConfig{
 		NodeID:         cfg.NodeID,
 		Hub:            g.hub,
@@ -264,6 +266,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		DefaultSend:    cfg.Auth.DefaultSend,
 		MaxReplay:      cfg.History.MaxReplay,
 		HistoryBounds:  cfg.History.Bounds,
+		Reader:         history,
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
 		Limits:         cfg.Limits,
 		Events:         g.events,
@@ -375,6 +378,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		PublishTimeout: cfg.WebSocket.PublishTimeout,
 		Presence:       g.presence,
 		Control:        g.control,
+		History:        history,
 		Metrics:        g.metrics,
 		Log:            log,
 	}).Routes(g.mux)

@@ -266,7 +266,7 @@ func (c *Control) subscribeConn(conn *websocket.Conn, st *state, cmd protocol.Co
 		c.cfg.Log.Warn("server-side subscribe skipped", "session_id", conn.ID, "channel", cmd.Channel, "error", err)
 		return
 	}
-	if err := s.join(conn, st, "", cmd.Channel, cmd.Channel, protocol.Position{}, false, nil); err != nil {
+	if err := s.join(conn, st, "", cmd.Channel, cmd.Channel, replayFrom{}, nil); err != nil {
 		c.cfg.Log.Warn("server-side subscribe failed", "session_id", conn.ID, "channel", cmd.Channel, "error", err)
 		return
 	}

@@ -23,10 +23,14 @@ type Hub interface {
 	Broadcast(frame []byte) int
 }
 
-// History is what the handlers need to resume a channel (router.Feed).
+// History is what the handlers need to read a channel's history (router.Feed): Last and Replay
+// as transports.History, Before as transports.ReverseHistory (transports.ErrNoHistory when the
+// broker cannot), all by channel name. Safe for concurrent use.
 type History interface {
 	Last(ctx context.Context, channel string) (protocol.Position, error)
 	Replay(ctx context.Context, channel string, since protocol.Position, limit int) ([]*message.Message, bool, error)
+	Before(ctx context.Context, channel string, before protocol.Position, limit int) ([]*message.Message, error)
+	KeepsHistory() bool
 }
 
 // Submitter hands a message to the router and waits for its outcome (router.Inbox).
@@ -68,6 +72,36 @@ func (r *recent) seen(id string) bool {
 	}
 	r.cur[id] = struct{}{}
 	return false
+}
+
+// positionKey carries, on a submitted message's context, where Inbound leaves the position the
+// broker gave the message (withPosition).
+type positionKey struct{}
+
+type positionSlot struct {
+	mu  sync.Mutex
+	pos protocol.Position
+}
+
+func (p *positionSlot) set(pos protocol.Position) {
+	p.mu.Lock()
+	p.pos = pos
+	p.mu.Unlock()
+}
+
+func (p *positionSlot) get() protocol.Position {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pos
+}
+
+// withPosition returns a context for a message to submit, and the function that returns the
+// position the broker gave it once the submit returned: zero when the message went to no
+// channel, the broker keeps no history, or the router acked it without publishing (a repeated
+// msg_id).
+func withPosition(ctx context.Context) (context.Context, func() protocol.Position) {
+	p := &positionSlot{}
+	return context.WithValue(ctx, positionKey{}, p), p.get
 }
 
 // ctxState carries a client's connection state (claims, limiters) on the messages it submits,

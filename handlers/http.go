@@ -43,10 +43,11 @@ type HTTPConfig struct {
 	Inbox          Submitter
 	Verifier       *auth.Verifier // nil: anonymous only
 	AllowAnonymous bool
-	APIKey         string        // "": the HTTP API is off
-	PublishTimeout time.Duration // of an API publish's submit
-	Presence       *Presence     // nil: presence off (the presence API answers unavailable)
-	Control        *Control      // the control API's commands; revocations checked at upgrade
+	APIKey         string         // "": the HTTP API is off
+	PublishTimeout time.Duration  // of an API publish's submit
+	Presence       *Presence      // nil: presence off (the presence API answers unavailable)
+	Control        *Control       // the control API's commands; revocations checked at upgrade
+	History        *HistoryReader // the history and position API; nil: they answer unavailable
 	Metrics        *metrics.Metrics
 	Log            *slog.Logger
 }
@@ -70,6 +71,8 @@ func (h *HTTP) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/presence", h.PresenceMembers)
 	mux.HandleFunc("GET /api/presence_stats", h.PresenceStats)
 	mux.HandleFunc("GET /api/channels", h.Channels)
+	mux.HandleFunc("GET /api/history", h.History)
+	mux.HandleFunc("GET /api/position", h.Position)
 	mux.HandleFunc("POST /api/disconnect", h.Disconnect)
 	mux.HandleFunc("POST /api/subscribe", h.Subscribe)
 	mux.HandleFunc("POST /api/unsubscribe", h.Unsubscribe)
@@ -276,24 +279,45 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	return false
 }
 
-// publishOne checks and submits one publish request; it returns the message and, on failure,
-// the HTTP status and protocol error.
-func (h *HTTP) publishOne(ctx context.Context, req *publishRequest) (*message.Message, int, *protocol.Error) {
+// apiPublished is what the API answers for a message the broker accepted: its id, its msg_id (when
+// one was given) and, for a channel or user message on a broker with history, its position in
+// the channel (the client form, as in its message frames; absent otherwise).
+type apiPublished struct {
+	ID       string `json:"id"`
+	MsgID    string `json:"msg_id,omitempty"`
+	Position string `json:"position,omitempty"`
+}
+
+// publishOne checks and submits one publish request; it returns what to answer and, on
+// failure, the HTTP status and protocol error.
+func (h *HTTP) publishOne(ctx context.Context, req *publishRequest) (apiPublished, int, *protocol.Error) {
 	msg, perr := apiMessage(req)
 	if perr != nil {
-		return nil, http.StatusBadRequest, perr
+		return apiPublished{}, http.StatusBadRequest, perr
 	}
 	msg.Metadata.Set(protocol.MetaNode, h.cfg.NodeID)
+	ctx, position := withPosition(ctx)
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.PublishTimeout)
 	defer cancel()
 	if err := h.cfg.Inbox.Submit(ctx, msg); err != nil {
 		var pe *protocol.Error
 		if errors.As(err, &pe) && pe.Code == protocol.CodeBadRequest {
-			return nil, http.StatusBadRequest, pe
+			return apiPublished{}, http.StatusBadRequest, pe
 		}
-		return nil, http.StatusServiceUnavailable, protocol.Errorf(protocol.CodeUnavailable, "the broker did not accept the message: %v", err)
+		return apiPublished{}, http.StatusServiceUnavailable, protocol.Errorf(protocol.CodeUnavailable, "the broker did not accept the message: %v", err)
 	}
-	return msg, http.StatusOK, nil
+	out := apiPublished{ID: msg.UUID, MsgID: msg.Metadata.Get(protocol.MetaMsgID)}
+	if p := position(); !p.IsZero() {
+		var channel string
+		switch {
+		case req.Channel != nil:
+			channel = *req.Channel
+		case req.User != nil:
+			channel = protocol.UserChannelFor(*req.User)
+		}
+		out.Position = p.ForChannel(channel)
+	}
+	return out, http.StatusOK, nil
 }
 
 // Publish is POST /api/publish: it publishes through the broker, so a target on any node is reached.
@@ -302,17 +326,12 @@ func (h *HTTP) Publish(w http.ResponseWriter, r *http.Request) {
 	if !h.apiAuth(w, r) || !decodeBody(w, r, &req) {
 		return
 	}
-	msg, status, perr := h.publishOne(r.Context(), &req)
+	out, status, perr := h.publishOne(r.Context(), &req)
 	if perr != nil {
 		writeError(w, status, perr.Code, perr.Message)
 		return
 	}
-	out := map[string]string{"id": msg.UUID}
-	if id := msg.Metadata.Get(protocol.MetaMsgID); id != "" {
-		out["msg_id"] = id
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(out)
+	writeJSON(w, out)
 }
 
 // maxBatch bounds the messages of one batch.
@@ -333,18 +352,19 @@ func (h *HTTP) Batch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	type result struct {
-		ID    string            `json:"id,omitempty"`
-		MsgID string            `json:"msg_id,omitempty"`
-		Error map[string]string `json:"error,omitempty"`
+		ID       string            `json:"id,omitempty"`
+		MsgID    string            `json:"msg_id,omitempty"`
+		Position string            `json:"position,omitempty"`
+		Error    map[string]string `json:"error,omitempty"`
 	}
 	results := make([]result, len(req.Messages))
 	for i := range req.Messages {
-		msg, _, perr := h.publishOne(r.Context(), &req.Messages[i])
+		out, _, perr := h.publishOne(r.Context(), &req.Messages[i])
 		if perr != nil {
 			results[i].Error = map[string]string{"code": perr.Code, "message": perr.Message}
 			continue
 		}
-		results[i] = result{ID: msg.UUID, MsgID: msg.Metadata.Get(protocol.MetaMsgID)}
+		results[i] = result{ID: out.ID, MsgID: out.MsgID, Position: out.Position}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"results": results})
@@ -533,6 +553,8 @@ func writeAPIError(w http.ResponseWriter, err error) {
 		status = http.StatusBadRequest
 	case protocol.CodeUnavailable:
 		status = http.StatusServiceUnavailable
+	case protocol.CodeNotFound:
+		status = http.StatusNotFound
 	}
 	writeError(w, status, code, msg)
 }
@@ -540,4 +562,93 @@ func writeAPIError(w http.ResponseWriter, err error) {
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// History is GET /api/history?channel=&since=&limit=&reverse=: a page of the channel's history,
+// {"channel","messages":[...],"next"}, each message exactly as a live `message` frame (see
+// HistoryReader.Page for the order, next and the bounds).
+func (h *HTTP) History(w http.ResponseWriter, r *http.Request) {
+	if !h.apiAuth(w, r) {
+		return
+	}
+	q := r.URL.Query()
+	channel := q.Get("channel")
+	if !protocol.ValidChannel(channel) {
+		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "channel must match ^[A-Za-z0-9_:.\\-]{1,128}$")
+		return
+	}
+	var since protocol.Position
+	if s := q.Get("since"); s != "" {
+		var err error
+		if since, err = protocol.ParseClientPosition(channel, s); err != nil {
+			writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "since: "+err.Error())
+			return
+		}
+	}
+	limit := 0
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > protocol.MaxHistoryPage {
+			writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, fmt.Sprintf("limit must be between 1 and %d", protocol.MaxHistoryPage))
+			return
+		}
+		limit = n
+	}
+	reverse := false
+	if s := q.Get("reverse"); s != "" {
+		var err error
+		if reverse, err = strconv.ParseBool(s); err != nil {
+			writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "reverse must be true or false")
+			return
+		}
+	}
+	if h.cfg.History == nil || !h.cfg.History.Keeps() {
+		writeAPIError(w, errNoHistory)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.PublishTimeout)
+	defer cancel()
+	page, err := h.cfg.History.Page(ctx, channel, since, limit, reverse)
+	if err != nil {
+		writeAPIError(w, unavailable("history", err))
+		return
+	}
+	next := ""
+	if !page.Next.IsZero() {
+		next = page.Next.ForChannel(channel)
+	}
+	writeJSON(w, struct {
+		Channel  string            `json:"channel"`
+		Messages []json.RawMessage `json:"messages"`
+		Next     string            `json:"next,omitempty"`
+	}{channel, page.Frames(channel, channel), next})
+}
+
+// Position is GET /api/position?channel=: the channel's current position,
+// {"channel","position"}: a subscribe or history read with since set to it gets what is
+// published after this call (store it as "read up to here").
+func (h *HTTP) Position(w http.ResponseWriter, r *http.Request) {
+	if !h.apiAuth(w, r) {
+		return
+	}
+	channel := r.URL.Query().Get("channel")
+	if !protocol.ValidChannel(channel) {
+		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, "channel must match ^[A-Za-z0-9_:.\\-]{1,128}$")
+		return
+	}
+	if h.cfg.History == nil || !h.cfg.History.Keeps() {
+		writeAPIError(w, errNoHistory)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.PublishTimeout)
+	defer cancel()
+	pos, err := h.cfg.History.Last(ctx, channel)
+	if err != nil {
+		writeAPIError(w, unavailable("position", err))
+		return
+	}
+	writeJSON(w, struct {
+		Channel  string `json:"channel"`
+		Position string `json:"position"`
+	}{channel, pos.ForChannel(channel)})
 }

@@ -75,12 +75,28 @@ func (r *Messages) Inbound(msg *message.Message) error {
 	if protocol.IsChannelTopic(topic) || topic == protocol.TopicDirect {
 		r.cfg.Signatures.Sign(topic, out)
 	}
-	if err := r.cfg.Broker.Publish(topic, out); err != nil {
+	if err := r.publish(msg, topic, out); err != nil {
 		r.cfg.Metrics.BrokerErrors.Inc()
 		return fmt.Errorf("%w: %w", transports.ErrUnavailable, err)
 	}
 	r.cfg.Metrics.Published.WithLabelValues(md.Get(protocol.MetaKind)).Inc()
 	return nil
+}
+
+// publish publishes out to topic. For a channel topic, on a broker that says where it put it
+// (transports.PositionPublisher), the position goes to whoever submitted msg and asked
+// (withPosition): the API's answer and the client's ack.
+func (r *Messages) publish(msg *message.Message, topic string, out *message.Message) error {
+	slot, asked := msg.Context().Value(positionKey{}).(*positionSlot)
+	pp, ok := r.cfg.Broker.(transports.PositionPublisher)
+	if !asked || !ok || !protocol.IsChannelTopic(topic) {
+		return r.cfg.Broker.Publish(topic, out)
+	}
+	pos, err := pp.PublishPositions(topic, out)
+	if err == nil && len(pos) == 1 {
+		slot.set(pos[0])
+	}
+	return err
 }
 
 // Channel delivers a channel message from the broker to the local subscribers of its channel,

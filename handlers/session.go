@@ -35,7 +35,10 @@ type SessionsConfig struct {
 	MaxReplay      int
 	// HistoryBounds gives the count and age a resume of channel may reach back (history.channels);
 	// zero for no bound of its own. Nil: none.
-	HistoryBounds  func(channel string) (size int, ttl time.Duration)
+	HistoryBounds func(channel string) (size int, ttl time.Duration)
+	// Reader reads the history for resumes, rewinds and history frames; nil: one made of
+	// History, MaxReplay and HistoryBounds.
+	Reader         *HistoryReader
 	PublishTimeout time.Duration // a subscribe's broker subscription and replay, a publish's ack
 	Limits         configs.LimitsConfig
 	Events         *Events   // nil: lifecycle events disabled
@@ -53,6 +56,7 @@ type SessionsConfig struct {
 // Sessions implements websocket.Handler: the protocol of one client connection.
 type Sessions struct {
 	cfg     SessionsConfig
+	history *HistoryReader
 	users   *users
 	rlog    *ratelog.Logger // rate-limited frames and the disconnects they lead to
 	control *Control        // set by NewControl; nil: no control commands
@@ -60,7 +64,11 @@ type Sessions struct {
 
 // NewSessions makes the connection handler.
 func NewSessions(cfg SessionsConfig) *Sessions {
-	return &Sessions{cfg: cfg, users: newUsers(cfg.Limits), rlog: ratelog.New(cfg.Log, ratelog.DefaultInterval)}
+	reader := cfg.Reader
+	if reader == nil {
+		reader = NewHistoryReader(HistoryConfig{History: cfg.History, MaxReplay: cfg.MaxReplay, Bounds: cfg.HistoryBounds})
+	}
+	return &Sessions{cfg: cfg, history: reader, users: newUsers(cfg.Limits), rlog: ratelog.New(cfg.Log, ratelog.DefaultInterval)}
 }
 
 var _ websocket.Handler = (*Sessions)(nil)
@@ -262,6 +270,8 @@ func (s *Sessions) Frame(c *websocket.Conn, data []byte) {
 		err = s.publish(c, st, f)
 	case protocol.TypePresence, protocol.TypePresenceStats:
 		err = s.presence(c, st, f)
+	case protocol.TypeHistory:
+		err = s.historyFrame(c, st, f)
 	case protocol.TypeRPC:
 		err = s.rpc(c, st, f)
 	case protocol.TypeRefresh:
@@ -323,6 +333,9 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 	if err != nil {
 		return err
 	}
+	if f.Rewind > s.cfg.MaxReplay {
+		return protocol.Errorf(protocol.CodeBadRequest, "rewind must be at most %d (history.max_replay)", s.cfg.MaxReplay)
+	}
 	var since protocol.Position
 	resume := f.Since != nil && *f.Since != ""
 	if resume {
@@ -355,21 +368,29 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 	if err := s.checkSubscriptions(c); err != nil {
 		return err
 	}
-	return s.join(c, st, f.ID, f.Channel, channel, since, resume, hooked)
+	return s.join(c, st, f.ID, f.Channel, channel, replayFrom{since: since, resume: resume, rewind: f.Rewind}, hooked)
+}
+
+// replayFrom is what a subscribe asks to have sent before live messages: what came after since
+// (resume), or the newest rewind messages; neither when both are zero.
+type replayFrom struct {
+	since  protocol.Position
+	resume bool
+	rewind int
 }
 
 // join subscribes c to channel (clientName is the name the client knows it by), replays what
 // it missed after since when resuming, records its presence and says subscribed with id. The
 // caller holds st.subMu and checked the subscription is allowed; hooked is what the subscribe
 // hook answered (nil: none), whose info, data and expiry the subscription takes.
-func (s *Sessions) join(c *websocket.Conn, st *state, id, clientName, channel string, since protocol.Position, resume bool, hooked *protocol.HookReply) error {
+func (s *Sessions) join(c *websocket.Conn, st *state, id, clientName, channel string, from replayFrom, hooked *protocol.HookReply) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
 	if err := s.cfg.Hub.Join(ctx, c, channel); err != nil {
 		return unavailable("subscribe", err)
 	}
 	// From here live messages of the channel are held for c until Activate.
-	cut, recovered, err := s.replay(ctx, c, channel, clientName, since, resume)
+	cut, recovered, err := s.replay(ctx, c, channel, clientName, from)
 	if err != nil {
 		s.cfg.Hub.Leave(c, channel)
 		return unavailable("replay", err)
@@ -466,43 +487,74 @@ func (s *Sessions) presence(c *websocket.Conn, st *state, f *protocol.Frame) err
 	return nil
 }
 
-// replay sends what the channel had after since (when resuming and the history reaches back)
-// and returns the position after which live messages are new to the client.
-func (s *Sessions) replay(ctx context.Context, c *websocket.Conn, channel, clientName string, since protocol.Position, resume bool) (protocol.Position, bool, error) {
-	if resume {
-		limit, ttl := s.cfg.MaxReplay, time.Duration(0)
-		if s.cfg.HistoryBounds != nil {
-			var size int
-			if size, ttl = s.cfg.HistoryBounds(channel); size > 0 && size < limit {
-				limit = size // more missed than the channel's rule keeps: not recoverable
-			}
-		}
-		msgs, complete, err := s.cfg.History.Replay(ctx, channel, since, limit)
+// replay sends what the channel had after since (when resuming and the history reaches back),
+// or its newest messages (rewind), and returns the position after which live messages are new
+// to the client, and whether it recovered what was asked.
+func (s *Sessions) replay(ctx context.Context, c *websocket.Conn, channel, clientName string, from replayFrom) (protocol.Position, bool, error) {
+	switch {
+	case from.resume:
+		replayed, complete, err := s.history.Resume(ctx, channel, from.since)
 		if err != nil {
-			return since, false, err
-		}
-		if complete && ttl > 0 && len(msgs) > 0 && tooOld(msgs[0], ttl) {
-			complete = false // the first missed message is past the channel's age bound
+			return from.since, false, err
 		}
 		if complete {
-			cut := since
-			sent := map[string]bool{} // a msg_id published through two nodes is in the history twice
-			for _, m := range msgs {
-				frame, pos := channelFrame(m, channel, clientName)
-				cut = pos
-				if m.Metadata.Get(protocol.MetaIdempotent) == "1" {
-					if sent[m.UUID] {
-						continue
-					}
-					sent[m.UUID] = true
-				}
-				c.SendWait(frame)
+			s.sendReplay(c, replayed, channel, clientName)
+			if len(replayed) > 0 {
+				return positionOf(replayed[len(replayed)-1]), true, nil
 			}
-			return cut, true, nil
+			return from.since, true, nil
+		}
+	case from.rewind > 0:
+		msgs, cut, kept, err := s.history.Rewind(ctx, channel, from.rewind)
+		if err != nil {
+			return cut, false, err
+		}
+		s.sendReplay(c, msgs, channel, clientName)
+		return cut, kept, nil
+	}
+	cut, err := s.history.Last(ctx, channel)
+	return cut, false, err
+}
+
+// sendReplay sends msgs (oldest first) to c before its subscribed, a msg_id published through
+// two nodes (in the history twice) once.
+func (s *Sessions) sendReplay(c *websocket.Conn, msgs []*message.Message, channel, clientName string) {
+	for _, frame := range (HistoryPage{Messages: msgs}).Frames(channel, clientName) {
+		c.SendWait(frame)
+	}
+}
+
+// historyFrame answers a history frame: a page of the channel's history, for a channel the
+// client may subscribe to. It counts against the subscribe rate.
+func (s *Sessions) historyFrame(c *websocket.Conn, st *state, f *protocol.Frame) error {
+	if err := checkSubscribeRate(st); err != nil {
+		return err
+	}
+	channel, err := channelName(c, f.Channel)
+	if err != nil {
+		return err
+	}
+	if !s.canSubscribe(st, f.Channel) && !c.Subscribed(channel) { // a channel the subscribe hook let it into
+		return protocol.Errorf(protocol.CodeForbidden, "not allowed to subscribe to %s", f.Channel)
+	}
+	var since protocol.Position
+	if f.Since != nil && *f.Since != "" {
+		if since, err = protocol.ParseClientPosition(channel, *f.Since); err != nil {
+			return protocol.Errorf(protocol.CodeBadRequest, "since: %v", err)
 		}
 	}
-	cut, err := s.cfg.History.Last(ctx, channel)
-	return cut, false, err
+	ctx, cancel := context.WithTimeout(st.ctx, s.cfg.PublishTimeout)
+	defer cancel()
+	page, err := s.history.Page(ctx, channel, since, f.Limit, f.Reverse)
+	if err != nil {
+		return unavailable("history", err)
+	}
+	next := ""
+	if !page.Next.IsZero() {
+		next = page.Next.ForChannel(channel)
+	}
+	c.Send(protocol.HistoryFrame(f.ID, f.Channel, page.Frames(channel, f.Channel), next))
+	return nil
 }
 
 func (s *Sessions) unsubscribe(c *websocket.Conn, st *state, f *protocol.Frame) error {
@@ -588,7 +640,7 @@ func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) erro
 		msg.UUID = protocol.IdempotentUUID(DedupeKey(msg))
 		md.Set(protocol.MetaIdempotent, "1")
 	}
-	ctx := withState(context.Background(), st)
+	ctx, position := withPosition(withState(context.Background(), st))
 	if hooked {
 		ctx = context.WithValue(ctx, ctxHooked{}, true)
 	}
@@ -600,7 +652,11 @@ func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) erro
 	if err := s.cfg.Inbox.Submit(ctx, msg); err != nil {
 		return unavailable("publish", err)
 	}
-	c.Send(protocol.AckFrame(f.ID, msgID))
+	pos := ""
+	if p := position(); !p.IsZero() {
+		pos = p.ForChannel(f.Channel)
+	}
+	c.Send(protocol.AckPositionFrame(f.ID, msgID, pos))
 	return nil
 }
 

@@ -33,6 +33,15 @@ const (
 	// counts (docs/presence.md). The answers have the same types.
 	TypePresence      = "presence"
 	TypePresenceStats = "presence_stats"
+	// TypeHistory asks for a page of a channel's history; the answer has the same type.
+	TypeHistory = "history"
+)
+
+// Pages of history: a `history` frame (or GET /api/history) without limit gets HistoryPage
+// messages, and limit may ask for up to MaxHistoryPage.
+const (
+	HistoryPage    = 100
+	MaxHistoryPage = 1000
 )
 
 // Pages of presence members: a `presence` frame without limit gets PresencePage members, and
@@ -116,6 +125,10 @@ type Frame struct {
 	Limit   int             `json:"limit"`  // presence: members per page; 0: PresencePage
 	Method  string          `json:"method"` // rpc: the method called
 	Token   string          `json:"token"`  // refresh: the new token ("" asks the refresh hook)
+	// Rewind (subscribe): the channel's newest messages, at most this many, come before live.
+	Rewind int `json:"rewind"`
+	// Reverse (history): the page goes backwards from since (or from the newest), newest first.
+	Reverse bool `json:"reverse"`
 }
 
 // Decode parses one client frame and checks it. On error the returned frame still carries the
@@ -141,6 +154,22 @@ func Decode(b []byte) (*Frame, *Error) {
 		}
 		if f.Since != nil && len(*f.Since) > MaxPositionLen {
 			return &f, Errorf(CodeBadRequest, "since is too long")
+		}
+		if f.Rewind < 0 {
+			return &f, Errorf(CodeBadRequest, "rewind must not be negative")
+		}
+		if f.Rewind > 0 && f.Since != nil && *f.Since != "" {
+			return &f, Errorf(CodeBadRequest, "give since or rewind, not both")
+		}
+	case TypeHistory:
+		if err := checkChannel(f.Channel); err != nil {
+			return &f, err
+		}
+		if f.Since != nil && len(*f.Since) > MaxPositionLen {
+			return &f, Errorf(CodeBadRequest, "since is too long")
+		}
+		if f.Limit < 0 || f.Limit > MaxHistoryPage {
+			return &f, Errorf(CodeBadRequest, "limit must be between 1 and %d", MaxHistoryPage)
 		}
 	case TypePublish:
 		if err := checkChannel(f.Channel); err != nil {
@@ -307,6 +336,20 @@ type Reply struct {
 	MsgID   string `json:"msg_id,omitempty"`
 	// Reason says why the server unsubscribed the client on its own (UnsubscribeExpired, …).
 	Reason string `json:"reason,omitempty"`
+	// Position (ack of a publish) is where the broker put the message in the channel's history,
+	// on brokers that keep one; absent otherwise.
+	Position string `json:"position,omitempty"`
+}
+
+// History answers a `history` frame: a page of a channel's messages, each a frame exactly as
+// live (`message`, or `join`/`leave`), oldest first (newest first when reverse); Next, when
+// set, is the since of the next page. Messages is never null.
+type History struct {
+	Type     string            `json:"type"`
+	ID       string            `json:"id"`
+	Channel  string            `json:"channel"`
+	Messages []json.RawMessage `json:"messages"`
+	Next     string            `json:"next,omitempty"`
 }
 
 // ErrorFrame reports an error; ID is set when it answers a frame.
@@ -479,6 +522,20 @@ func UnsubscribedFrame(id, channel string) []byte {
 // AckFrame encodes the answer to publish or send id: the message was accepted with msgID.
 func AckFrame(id, msgID string) []byte {
 	return Encode(Reply{Type: TypeAck, ID: id, MsgID: msgID})
+}
+
+// AckPositionFrame encodes the answer to publish id with the message's position in its
+// channel (AckFrame when position is empty).
+func AckPositionFrame(id, msgID, position string) []byte {
+	return Encode(Reply{Type: TypeAck, ID: id, MsgID: msgID, Position: position})
+}
+
+// HistoryFrame encodes a page of channel's history answering history id.
+func HistoryFrame(id, channel string, messages []json.RawMessage, next string) []byte {
+	if messages == nil {
+		messages = []json.RawMessage{}
+	}
+	return Encode(History{Type: TypeHistory, ID: id, Channel: channel, Messages: messages, Next: next})
 }
 
 // PongFrame encodes the answer to ping id.

@@ -212,6 +212,24 @@ func (f *Feed) Replay(ctx context.Context, channel string, since protocol.Positi
 	return nil, since == last, nil
 }
 
+// KeepsHistory reports whether the broker keeps channel history (transports.History).
+func (f *Feed) KeepsHistory() bool { return f.history != nil }
+
+// Before returns, newest first, at most limit messages of channel before the position before
+// (the zero position: the newest), from the broker's history read backwards
+// (transports.ReverseHistory); transports.ErrNoHistory when the broker cannot.
+func (f *Feed) Before(ctx context.Context, channel string, before protocol.Position, limit int) ([]*message.Message, error) {
+	rh, ok := f.broker.(transports.ReverseHistory)
+	if f.history == nil || !ok {
+		return nil, transports.ErrNoHistory
+	}
+	msgs, err := rh.Before(ctx, protocol.ChannelTopic(channel), before, limit)
+	for _, m := range msgs {
+		m.Metadata.Set(protocol.MetaChannel, channel)
+	}
+	return msgs, err
+}
+
 // Close stops forwarding. The router must be closed before (it owns the merged channel's
 // consumer); the broker subscriptions end with their contexts. Safe to call twice.
 func (f *Feed) Close() error {

@@ -85,13 +85,37 @@ type History interface {
 	// Replay returns, oldest first, the messages of a channel topic published after since, at
 	// most limit of them, each carrying protocol.MetaPosition. complete is true when the result holds
 	// every message after since: the history still reaches back to since (same epoch, not
-	// trimmed past it) and there were no more than limit of them.
+	// trimmed past it) and there were no more than limit of them. When the history no longer
+	// reaches back to since, it returns no message (complete false): a result is never what is
+	// left after a gap.
 	Replay(ctx context.Context, topic string, since protocol.Position, limit int) (msgs []*message.Message, complete bool, err error)
 
 	// Last returns the position of the newest message of a channel topic, or, when there is none,
 	// a position of the current epoch before anything that comes next (the zero position, or any
 	// later cut point), so that Replay(Last()) returns what comes next.
 	Last(ctx context.Context, topic string) (protocol.Position, error)
+}
+
+// PositionPublisher is implemented by brokers with History that can say where each message they
+// publish to a channel topic landed: what POST /api/publish and the SDK's emit return.
+type PositionPublisher interface {
+	// PublishPositions publishes like Publish and returns, for a channel topic, the position
+	// the broker assigned to each message, in order (the position its subscribers see in
+	// protocol.MetaPosition, and from which Replay returns exactly what came next). For any
+	// other topic it returns nil positions. A message the broker took for a duplicate of one it
+	// already has (JetStream's Nats-Msg-Id window) gets the position of the one it has.
+	PublishPositions(topic string, messages ...*message.Message) ([]protocol.Position, error)
+}
+
+// ReverseHistory is implemented by brokers with History that can read a channel's history
+// backwards: the history API's reverse pages and subscribe's rewind.
+type ReverseHistory interface {
+	// Before returns, newest first, at most limit messages of a channel topic that came before
+	// before (strictly; the zero position: the newest messages), each carrying
+	// protocol.MetaPosition (and protocol.MetaStoredAt where the broker says when it stored it).
+	// Fewer than limit means the history holds no older message. A before of another epoch
+	// returns nothing.
+	Before(ctx context.Context, topic string, before protocol.Position, limit int) ([]*message.Message, error)
 }
 
 // DefaultPublishTimeout is how long a broker's Publish waits for the broker by default (each
@@ -103,6 +127,10 @@ var ErrClosed = errors.New("transports: broker closed")
 
 // ErrUnavailable wraps errors of a broker that cannot be reached.
 var ErrUnavailable = errors.New("broker unavailable")
+
+// ErrNoHistory is returned where a channel's history is asked of a broker that keeps none (core
+// NATS) or cannot read it backwards.
+var ErrNoHistory = errors.New("this broker keeps no history")
 
 // ErrNotStarted is returned by a broker used before Start. It wraps ErrUnavailable, so /readyz
 // and callers treat it like an unreachable broker.

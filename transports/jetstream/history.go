@@ -232,3 +232,100 @@ func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Positi
 func (b *Broker) reaches(info *jetstream.StreamInfo, epoch string, since protocol.Position) bool {
 	return since.Epoch == epoch && since.Hi == 0 && since.Lo+1 >= info.State.FirstSeq
 }
+
+// Before implements transports.ReverseHistory. It reads the channel's subject backwards by
+// windows of stream sequences, from before (or the stream's last sequence) down to the stream's
+// first: each window is read forward through an ephemeral pull consumer filtered on the subject
+// (the server sends only the channel's messages), and the windows double, so a channel whose
+// messages are sparse in a busy stream costs a few round trips per page, not one per message.
+func (b *Broker) Before(ctx context.Context, topic string, before protocol.Position, limit int) ([]*message.Message, error) {
+	subject, err := b.historyTopic(topic)
+	if err != nil {
+		return nil, err
+	}
+	info, epoch, err := b.streamInfo(ctx, b.channels)
+	if err != nil {
+		return nil, err
+	}
+	end, first := info.State.LastSeq, max(info.State.FirstSeq, 1)
+	if !before.IsZero() {
+		if before.Epoch != epoch || before.Hi != 0 || before.Lo == 0 {
+			return nil, nil
+		}
+		end = min(end, before.Lo-1)
+	}
+	var out []*message.Message // newest first
+	window := uint64(max(4*limit, replayChunk))
+	for limit > 0 && end >= first && len(out) < limit {
+		start := first
+		if end-first+1 > window {
+			start = end - window + 1
+		}
+		msgs, err := b.readRange(ctx, subject, start, end)
+		if err != nil {
+			return nil, err
+		}
+		for i := len(msgs) - 1; i >= 0 && len(out) < limit; i-- {
+			out = append(out, msgs[i])
+		}
+		if start == first {
+			break
+		}
+		end, window = start-1, 2*window
+	}
+	return out, nil
+}
+
+// readRange returns, oldest first, the messages of subject with stream sequences from start to
+// end, read through an ephemeral pull consumer (deleted when done).
+func (b *Broker) readRange(ctx context.Context, subject string, start, end uint64) ([]*message.Message, error) {
+	cons, err := b.js.CreateConsumer(ctx, b.channels, jetstream.ConsumerConfig{
+		Description:       "wsgateway history",
+		FilterSubject:     subject,
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       start,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: 10 * time.Second,
+		MemoryStorage:     true,
+		Replicas:          1,
+	})
+	if err != nil {
+		return nil, unavailable("history", err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
+		defer cancel()
+		_ = b.js.DeleteConsumer(dctx, b.channels, cons.CachedInfo().Name)
+	}()
+	pending := cons.CachedInfo().NumPending
+	var msgs []*message.Message
+	for read := uint64(0); read < pending; {
+		batch, err := cons.FetchNoWait(int(min(pending-read, replayChunk)))
+		if err != nil {
+			return nil, unavailable("history", err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			if md.Sequence.Stream > end {
+				return msgs, nil // past the window (the rest is newer still)
+			}
+			msgs = append(msgs, b.codec.fromJetStream(m))
+		}
+		if err := batch.Error(); err != nil {
+			return nil, unavailable("history", err)
+		}
+		if got == 0 {
+			break // trimmed meanwhile
+		}
+		read += uint64(got)
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return msgs, nil
+}

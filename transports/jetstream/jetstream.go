@@ -626,6 +626,59 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	return nil
 }
 
+var (
+	_ transports.PositionPublisher = (*Broker)(nil)
+	_ transports.ReverseHistory    = (*Broker)(nil)
+)
+
+// PublishPositions implements transports.PositionPublisher. A channel topic's messages are
+// published one by one, each waiting for its PubAck, whose stream sequence is the position (a
+// duplicate within the stream's duplicate window gets the sequence of the message it repeats);
+// other topics go through Publish.
+func (b *Broker) PublishPositions(topic string, msgs ...*message.Message) ([]protocol.Position, error) {
+	if !protocol.IsChannelTopic(topic) {
+		return nil, b.Publish(topic, msgs...)
+	}
+	if err := b.checkUp(); err != nil {
+		return nil, err
+	}
+	subject, _, err := b.route(topic)
+	if err != nil {
+		return nil, err
+	}
+	if !b.ready.Load() {
+		b.signal()
+		return nil, fmt.Errorf("jetstream: %w: streams not provisioned yet", transports.ErrUnavailable)
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
+	defer cancel()
+	epoch := b.cachedEpoch(b.channels)
+	if epoch == "" {
+		if _, epoch, err = b.streamInfo(ctx, b.channels); err != nil {
+			return nil, err
+		}
+	}
+	pos := make([]protocol.Position, len(msgs))
+	for i, m := range msgs {
+		nm, err := b.codec.Marshal(subject, m)
+		if err != nil {
+			return nil, fmt.Errorf("jetstream: publish: %w", err)
+		}
+		if m.UUID != "" {
+			nm.Header.Set(nats.MsgIdHdr, m.UUID) // as the Watermill publisher's TrackMsgId
+		}
+		ack, err := b.js.PublishMsg(ctx, nm)
+		if err != nil {
+			if errors.Is(err, nats.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+				b.signal()
+			}
+			return nil, unavailable("publish", err)
+		}
+		pos[i] = protocol.Position{Epoch: epoch, Lo: ack.Sequence}
+	}
+	return pos, nil
+}
+
 // Ping implements transports.Broker: connected, streams provisioned, and a round trip.
 func (b *Broker) Ping(ctx context.Context) error {
 	if err := b.checkUp(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"strings"
 
 	"github.com/IBM/sarama"
@@ -179,7 +180,7 @@ func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Positi
 	if since.Epoch != epoch || since.Hi != 0 || since.Lo > 1<<62 {
 		return nil, false, nil // another lineage (or another partition count): no wrong replay
 	}
-	msgs, complete, err := b.fetchReplay(ctx, c, p, int64(since.Lo), channel, epoch, limit, fetchVersion(c.client.Config().Version))
+	msgs, complete, err := b.fetchReplay(ctx, c, p, int64(since.Lo), -1, channel, epoch, limit, fetchVersion(c.client.Config().Version))
 	if err != nil {
 		return nil, false, unavailable(err)
 	}
@@ -187,10 +188,11 @@ func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Positi
 }
 
 // fetchReplay reads partition p from since with plain Fetch requests to its leader, up to the
-// high watermark of the first answer, and keeps the records of channel. A partition consumer
+// high watermark of the first answer (or upTo, exclusive, when that is lower and not negative),
+// and keeps the records of channel. A partition consumer
 // would cost a list-offsets round trip and sarama's 100 ms wait for more subscriptions before its
 // first fetch (partitionConsumersBatchTimeout), on every resume.
-func (b *Broker) fetchReplay(ctx context.Context, c *conn, p int32, since int64, channel, epoch string, limit int, version int16) ([]*message.Message, bool, error) {
+func (b *Broker) fetchReplay(ctx context.Context, c *conn, p int32, since, upTo int64, channel, epoch string, limit int, version int16) ([]*message.Message, bool, error) {
 	topic := b.names.channels
 	broker, err := c.client.Leader(topic, p)
 	if err != nil {
@@ -226,6 +228,9 @@ func (b *Broker) fetchReplay(ctx context.Context, c *conn, p int32, since int64,
 		}
 		if end < 0 {
 			end = block.HighWaterMarkOffset // as of the first answer
+			if upTo >= 0 {
+				end = min(end, upTo)
+			}
 		}
 		if offset >= end {
 			return msgs, true, nil
@@ -275,6 +280,60 @@ func (b *Broker) fetchReplay(ctx context.Context, c *conn, p int32, since int64,
 			size *= 2
 		}
 	}
+}
+
+// Before implements transports.ReverseHistory. It reads the channel's partition backwards by
+// windows of offsets, from before (or the high watermark) down to the partition's oldest kept
+// offset, each window forward with plain Fetch requests, keeping the records of this channel;
+// the windows double, so the cost is the partition's traffic back to the oldest message returned.
+func (b *Broker) Before(ctx context.Context, topic string, before protocol.Position, limit int) ([]*message.Message, error) {
+	channel, ok := protocol.ChannelOf(topic)
+	if !ok {
+		return nil, fmt.Errorf("kafka: %q is not a channel topic", topic)
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.OperationTimeout)
+	defer cancel()
+	c, err := b.ready(ctx, b.cfg.OperationTimeout)
+	if err != nil {
+		return nil, err
+	}
+	unavailable := func(err error) error {
+		return fmt.Errorf("%w: kafka history of %s: %w", transports.ErrUnavailable, topic, err)
+	}
+	p, epoch, err := b.locate(c, channel)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	kt := b.names.channels
+	end, err := c.client.GetOffset(kt, p, sarama.OffsetNewest)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	first, err := c.client.GetOffset(kt, p, sarama.OffsetOldest)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if !before.IsZero() {
+		if before.Epoch != epoch || before.Hi != 0 || before.Lo == 0 || before.Lo > 1<<62 {
+			return nil, nil
+		}
+		end = min(end, int64(before.Lo)-1)
+	}
+	version := fetchVersion(c.client.Config().Version)
+	var out []*message.Message // newest first
+	window := int64(max(4*limit, 256))
+	for limit > 0 && end > first && len(out) < limit {
+		start := max(first, end-window)
+		msgs, _, err := b.fetchReplay(ctx, c, p, start, end, channel, epoch, math.MaxInt, version)
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		for i := len(msgs) - 1; i >= 0 && len(out) < limit; i-- {
+			out = append(out, msgs[i])
+		}
+		end, window = start, 2*window
+	}
+	return out, nil
 }
 
 // fetchVersion is the Fetch request version for a Kafka version (0.11 or later: Config.Validate),

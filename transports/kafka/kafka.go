@@ -610,29 +610,60 @@ func (b *Broker) kafkaTopic(topic string) (name, channel string, err error) {
 // Publish implements transports.Broker: one produce round trip per message (acks from all
 // in-sync replicas), failing with ErrUnavailable after at most PublishTimeout.
 func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
+	_, err := b.publish(topic, msgs, false)
+	return err
+}
+
+var (
+	_ transports.PositionPublisher = (*Broker)(nil)
+	_ transports.ReverseHistory    = (*Broker)(nil)
+)
+
+// PublishPositions implements transports.PositionPublisher: for a channel topic, the offset the
+// partition gave each record (plus one, as in positions) in the epoch of its partition; nil
+// positions for other topics.
+func (b *Broker) PublishPositions(topic string, msgs ...*message.Message) ([]protocol.Position, error) {
+	return b.publish(topic, msgs, true)
+}
+
+// produced is where marshaler.Marshal leaves the record it made for a message whose context
+// carries one, so that PublishPositions reads the partition and offset sarama set on it.
+type produced struct{ pm *sarama.ProducerMessage }
+
+type producedKey struct{}
+
+func (b *Broker) publish(topic string, msgs []*message.Message, positions bool) ([]protocol.Position, error) {
 	kt, channel, err := b.kafkaTopic(topic)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	positions = positions && kt == b.names.channels
+	var slots []produced
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
 	defer cancel()
 	c, err := b.ready(ctx, b.cfg.PublishTimeout)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// The marshaler takes the routing key from the metadata, so it works on copies: the
 	// caller's messages are not modified.
 	out := make([]*message.Message, len(msgs))
+	if positions {
+		slots = make([]produced, len(msgs))
+	}
 	for i, m := range msgs {
 		out[i] = m.Copy()
 		if kt == b.names.channels {
 			out[i].Metadata.Set(protocol.MetaChannel, channel)
 		}
+		if positions {
+			out[i].SetContext(context.WithValue(context.Background(), producedKey{}, &slots[i]))
+		}
 	}
 	b.pubMu.RLock()
 	if b.isClosed() {
 		b.pubMu.RUnlock()
-		return transports.ErrClosed
+		return nil, transports.ErrClosed
 	}
 	// The read lock goes with the goroutine, so Close waits for it (sarama bounds it) even when
 	// the caller gave up at the deadline.
@@ -644,19 +675,30 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
-		return fmt.Errorf("%w: kafka publish to %s: no answer within %v", transports.ErrUnavailable, kt, b.cfg.PublishTimeout)
+		return nil, fmt.Errorf("%w: kafka publish to %s: no answer within %v", transports.ErrUnavailable, kt, b.cfg.PublishTimeout)
 	}
 	if err == nil {
-		return nil
+		if !positions {
+			return nil, nil
+		}
+		id := b.topicID(kt)
+		pos := make([]protocol.Position, len(slots))
+		for i, s := range slots {
+			if s.pm == nil || s.pm.Offset < 0 {
+				return nil, fmt.Errorf("kafka publish to %s: no offset for message %s", kt, msgs[i].UUID)
+			}
+			pos[i] = protocol.Position{Epoch: epochOf(kt, s.pm.Partition, id), Lo: uint64(s.pm.Offset) + 1}
+		}
+		return pos, nil
 	}
 	if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
 		b.kickTopics()
 	}
 	if errors.Is(err, sarama.ErrMessageSizeTooLarge) || errors.Is(err, sarama.ErrInvalidMessage) ||
 		errors.Is(err, sarama.ErrInvalidMessageSize) {
-		return fmt.Errorf("kafka publish to %s: %w", kt, err)
+		return nil, fmt.Errorf("kafka publish to %s: %w", kt, err)
 	}
-	return fmt.Errorf("%w: kafka publish to %s: %w", transports.ErrUnavailable, kt, err)
+	return nil, fmt.Errorf("%w: kafka publish to %s: %w", transports.ErrUnavailable, kt, err)
 }
 
 // Subscribe implements transports.Broker. Channel topics are read by the node's one reader of
@@ -793,6 +835,9 @@ func (m marshaler) Marshal(topic string, msg *message.Message) (*sarama.Producer
 	pm, err := m.DefaultMarshaler.Marshal(topic, msg)
 	if err != nil {
 		return nil, err
+	}
+	if slot, ok := msg.Context().Value(producedKey{}).(*produced); ok {
+		slot.pm = pm // PublishPositions reads the partition and offset sarama sets on it
 	}
 	var key string
 	if topic == m.channels {

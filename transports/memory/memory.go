@@ -340,10 +340,12 @@ type Node struct {
 }
 
 var (
-	_ transports.Broker         = (*Node)(nil)
-	_ transports.History        = (*Node)(nil)
-	_ transports.FuncSubscriber = (*Node)(nil)
-	_ transports.Presence       = (*Node)(nil)
+	_ transports.Broker            = (*Node)(nil)
+	_ transports.History           = (*Node)(nil)
+	_ transports.FuncSubscriber    = (*Node)(nil)
+	_ transports.Presence          = (*Node)(nil)
+	_ transports.PositionPublisher = (*Node)(nil)
+	_ transports.ReverseHistory    = (*Node)(nil)
 )
 
 func (n *Node) name(topic string) string { return n.prefix + "/" + topic }
@@ -359,9 +361,21 @@ func (n *Node) closed() bool {
 
 // Publish implements transports.Broker.
 func (n *Node) Publish(topicName string, msgs ...*message.Message) error {
+	_, err := n.publish(topicName, msgs, false)
+	return err
+}
+
+// PublishPositions implements transports.PositionPublisher: the broker's counter of each
+// message, for topics with history (channel topics).
+func (n *Node) PublishPositions(topicName string, msgs ...*message.Message) ([]protocol.Position, error) {
+	return n.publish(topicName, msgs, true)
+}
+
+func (n *Node) publish(topicName string, msgs []*message.Message, positions bool) ([]protocol.Position, error) {
 	if n.closed() {
-		return transports.ErrClosed
+		return nil, transports.ErrClosed
 	}
+	var pos []protocol.Position
 	b := n.broker
 	var (
 		t          *topic
@@ -369,11 +383,14 @@ func (n *Node) Publish(topicName string, msgs ...*message.Message) error {
 	)
 	ok := b.use(n.name(topicName), topicName, func(locked *topic) {
 		t = locked
-		kept = t.publish(b, msgs)
+		if positions && t.history {
+			pos = make([]protocol.Position, len(msgs))
+		}
+		kept = t.publish(b, msgs, pos)
 		idle = t.idle()
 	})
 	if !ok {
-		return transports.ErrClosed
+		return nil, transports.ErrClosed
 	}
 	if kept {
 		if t.ttl > 0 {
@@ -384,20 +401,25 @@ func (n *Node) Publish(topicName string, msgs ...*message.Message) error {
 	if idle {
 		b.release(t)
 	}
-	return nil
+	return pos, nil
 }
 
-// publish numbers msgs, keeps them in the history and hands them to the subscribers. It
-// reports whether any was kept. t.mu is held.
-func (t *topic) publish(b *Broker, msgs []*message.Message) bool {
+// publish numbers msgs, keeps them in the history and hands them to the subscribers, and
+// writes each one's position into pos when pos is not nil. It reports whether any was kept.
+// t.mu is held.
+func (t *topic) publish(b *Broker, msgs []*message.Message, pos []protocol.Position) bool {
 	now := b.now()
 	first := len(t.log)
-	for _, m := range msgs {
+	for i, m := range msgs {
 		seq := b.seq.Add(1)
 		t.last = seq
 		c := m.Copy()
 		if t.history {
-			c.Metadata.Set(protocol.MetaPosition, protocol.Position{Epoch: b.epoch, Lo: seq}.String())
+			p := protocol.Position{Epoch: b.epoch, Lo: seq}
+			if pos != nil {
+				pos[i] = p
+			}
+			c.Metadata.Set(protocol.MetaPosition, p.String())
 			if t.size > 0 {
 				t.log = append(t.log, &stored{msg: c, seq: seq, at: now, size: sizeOf(c), t: t})
 			} else {
@@ -571,6 +593,50 @@ func (t *topic) replay(b *Broker, since protocol.Position, limit int) ([]*messag
 		msgs[i].Metadata.Set(protocol.MetaStoredAt, strconv.FormatInt(s.at.UnixMilli(), 10))
 	}
 	return msgs, complete
+}
+
+// Before implements transports.ReverseHistory: the history kept for the channel, newest first,
+// within its size and TTL.
+func (n *Node) Before(_ context.Context, topicName string, before protocol.Position, limit int) ([]*message.Message, error) {
+	if n.closed() {
+		return nil, transports.ErrClosed
+	}
+	b := n.broker
+	if !before.IsZero() && (before.Epoch != b.epoch || before.Hi != 0) {
+		return nil, nil
+	}
+	for {
+		t, _, ok := b.lookup(n.name(topicName))
+		if !ok {
+			return nil, transports.ErrClosed
+		}
+		if t == nil {
+			return nil, nil
+		}
+		t.mu.Lock()
+		if t.freed {
+			t.mu.Unlock()
+			continue
+		}
+		t.trim(b.now(), &b.ledger)
+		end := len(t.log)
+		if !before.IsZero() {
+			end = t.after(before.Lo - min(before.Lo, 1)) // the first at or after before
+		}
+		var msgs []*message.Message
+		for i := end - 1; i >= 0 && len(msgs) < limit; i-- {
+			s := t.log[i]
+			m := s.msg.Copy()
+			m.Metadata.Set(protocol.MetaStoredAt, strconv.FormatInt(s.at.UnixMilli(), 10))
+			msgs = append(msgs, m)
+		}
+		idle := t.idle()
+		t.mu.Unlock()
+		if idle {
+			b.release(t)
+		}
+		return msgs, nil
+	}
 }
 
 // Last implements transports.History. A channel without a message in its history gets the

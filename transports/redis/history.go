@@ -97,6 +97,15 @@ func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Positi
 			}
 			msgs = append(msgs, decodeAt(e.Values, rt.epoch, id, true))
 			if len(msgs) > limit {
+				// More than limit: still none unless the stream reaches back to since (a
+				// page of what is left after a trim would hide the gap before it).
+				info, err := b.client.XInfoStream(ctx, rt.key).Result()
+				if err != nil && !noSuchKey(err) {
+					return nil, false, b.wrap("replay of "+rt.key, err)
+				}
+				if err != nil || !kept(info, from) {
+					return nil, false, nil
+				}
 				return msgs[:limit], false, nil
 			}
 		}
@@ -108,12 +117,15 @@ func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Positi
 	// Checked after the scan: if nothing after since had been deleted by now, the scan saw all.
 	info, err = b.client.XInfoStream(ctx, rt.key).Result()
 	if noSuchKey(err) {
-		return msgs, false, nil
+		return nil, false, nil
 	}
 	if err != nil {
 		return nil, false, b.wrap("replay of "+rt.key, err)
 	}
-	return msgs, kept(info, from), nil
+	if !kept(info, from) {
+		return nil, false, nil
+	}
+	return msgs, true, nil
 }
 
 // kept reports whether the stream described by info still holds every entry it ever had after
@@ -150,4 +162,52 @@ func (b *Broker) channelRoute(topic string) (route, error) {
 func noSuchKey(err error) bool {
 	var rerr goredis.Error
 	return errors.As(err, &rerr) && strings.Contains(rerr.Error(), "no such key")
+}
+
+// Before implements transports.ReverseHistory. It scans the channel's shard stream backwards
+// with XREVRANGE from before (exclusive; the zero position: the newest entry), ReplayCount
+// entries per round trip, keeping the entries of this channel; those of the shard's other
+// channels are read and dropped.
+func (b *Broker) Before(ctx context.Context, topic string, before protocol.Position, limit int) ([]*message.Message, error) {
+	if err := b.usable(); err != nil {
+		return nil, err
+	}
+	rt, err := b.channelRoute(topic)
+	if err != nil {
+		return nil, err
+	}
+	end := "+"
+	if !before.IsZero() {
+		if before.Epoch != rt.epoch {
+			return nil, nil
+		}
+		end = "(" + idOf(before).String()
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
+	defer cancel()
+	var msgs []*message.Message
+	for limit > 0 {
+		page, err := b.client.XRevRangeN(ctx, rt.key, end, "-", b.cfg.ReplayCount).Result()
+		if err != nil {
+			return nil, b.wrap("history of "+rt.key, err)
+		}
+		for _, e := range page {
+			if ch, ok := e.Values[fieldChannel]; !ok || str(ch) != rt.channel {
+				continue
+			}
+			id, err := parseID(e.ID)
+			if err != nil {
+				continue
+			}
+			msgs = append(msgs, decodeAt(e.Values, rt.epoch, id, true))
+			if len(msgs) == limit {
+				return msgs, nil
+			}
+		}
+		if int64(len(page)) < b.cfg.ReplayCount {
+			break
+		}
+		end = "(" + page[len(page)-1].ID
+	}
+	return msgs, nil
 }

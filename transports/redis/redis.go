@@ -237,6 +237,46 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	return nil
 }
 
+var (
+	_ transports.PositionPublisher = (*Broker)(nil)
+	_ transports.ReverseHistory    = (*Broker)(nil)
+)
+
+// PublishPositions implements transports.PositionPublisher: the entry id XADD returned for each
+// message of a channel topic (pipelined as Publish does); nil positions for other topics.
+func (b *Broker) PublishPositions(topic string, msgs ...*message.Message) ([]protocol.Position, error) {
+	if err := b.usable(); err != nil {
+		return nil, err
+	}
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	rt := b.route(topic)
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+	defer cancel()
+	cmds, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for _, m := range msgs {
+			p.XAdd(ctx, &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, b.wrap("publish to "+rt.key, err)
+	}
+	if !rt.isCh {
+		return nil, nil
+	}
+	pos := make([]protocol.Position, len(cmds))
+	for i, c := range cmds {
+		id, err := parseID(c.(*goredis.StringCmd).Val())
+		if err != nil {
+			return nil, fmt.Errorf("redis: publish to %s: %w", rt.key, err)
+		}
+		pos[i] = protocol.Position{Epoch: rt.epoch, Hi: id.ms, Lo: id.seq}
+	}
+	return pos, nil
+}
+
 // Subscribe implements transports.Broker. Channel topics are served by the node's channel
 // reader, other topics by a fan-out reader of their stream; the subscription receives the
 // entries added after Subscribe looked up the stream's last id, which it does before returning.

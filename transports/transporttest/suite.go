@@ -77,6 +77,8 @@ func Run(t *testing.T, f Features, newNode NewNode) {
 		{"Names", s.testNames},
 		{"PrefixIsolation", s.testPrefixIsolation},
 		{"History", s.testHistory},
+		{"PublishPositions", s.testPublishPositions},
+		{"Before", s.testBefore},
 		{"BrokerRestart", s.testRestart},
 		{"StartAgain", s.testStartAgain},
 		{"Close", s.testClose},

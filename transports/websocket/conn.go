@@ -88,6 +88,18 @@ func newConn(h *Hub, id Identity) *Conn {
 type sub struct {
 	live atomic.Bool // set (under Conn.mu) once the replay ended and held frames were sent
 	held []heldFrame // what arrived while the subscription was replaying, under Conn.mu
+	// after is the position the replay ended at (set under Conn.mu before live; once live,
+	// read and cleared by deliver, which the hub calls under the channel's shard lock): a frame
+	// at or before it that reaches the node late (it was on its way from the broker while the
+	// replay read it from the history) is dropped even once live. It is cleared at the first
+	// frame after it, since frames come in position order.
+	after protocol.Position
+}
+
+// replayed reports whether a frame at pos was replayed already: at or before the position
+// the replay ended at, in the same epoch.
+func (s *sub) replayed(pos protocol.Position) bool {
+	return pos.Epoch == s.after.Epoch && pos.Epoch != "" && !s.after.Less(pos)
 }
 
 type heldFrame struct {
@@ -451,6 +463,14 @@ func (c *Conn) channels() []string {
 // calls it under the channel's shard lock, so s is still c's subscription.
 func (c *Conn) deliver(s *sub, pos protocol.Position, frame []byte) bool {
 	if s.live.Load() { // live for good: Activate sent what was held before setting it
+		if s.after.Epoch != "" {
+			if s.replayed(pos) {
+				return true
+			}
+			if pos.Epoch == s.after.Epoch {
+				s.after = protocol.Position{} // past the replay for good: no more checks
+			}
+		}
 		return c.Send(frame)
 	}
 	c.mu.Lock()
@@ -465,11 +485,15 @@ func (c *Conn) deliver(s *sub, pos protocol.Position, frame []byte) bool {
 		return true
 	}
 	c.mu.Unlock()
+	if s.replayed(pos) {
+		return true
+	}
 	return c.Send(frame)
 }
 
 // Activate ends the replay of channel: frames held meanwhile are sent, except those at or before
-// after (already replayed) when after has the same epoch, and the subscription goes live. The
+// after (already replayed) when after has the same epoch, and the subscription goes live (a
+// frame at or before after that reaches the node later is dropped too). The
 // first frame, if any, is sent before them (the reply that ends the replay), under the same lock
 // so that no live frame overtakes it.
 func (c *Conn) Activate(channel string, after protocol.Position, first []byte) {
@@ -482,8 +506,9 @@ func (c *Conn) Activate(channel string, after protocol.Position, first []byte) {
 	if s == nil {
 		return
 	}
+	s.after = after
 	for _, h := range s.held {
-		if h.pos.Epoch == after.Epoch && h.pos.Epoch != "" && !after.Less(h.pos) {
+		if s.replayed(h.pos) {
 			continue // replayed already
 		}
 		c.Send(h.frame)

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports"
 )
 
 // KindService is the kind (metadata "kind") of the messages a Service emits.
@@ -72,6 +73,44 @@ func (s *Service) ToChannel(ctx context.Context, channel string, data any, opts 
 	})
 }
 
+// ToChannelPosition is ToChannel that also returns the position the broker gave the message in
+// the channel (the client form, as in the clients' message frames: a subscribe or history read
+// with since set to it gets what came after it), on a broker with history (memory, jetstream,
+// redis, kafka); "" on core NATS.
+func (s *Service) ToChannelPosition(ctx context.Context, channel string, data any, opts ...EmitOption) (id, position string, err error) {
+	if !protocol.ValidChannel(channel) {
+		return "", "", fmt.Errorf("%w: channel %q must match ^[A-Za-z0-9_:.\\-]{1,128}$ (use ToUserPosition for a user's channel)", ErrInvalid, channel)
+	}
+	return s.emitAt(ctx, channel, data, opts, map[string]string{
+		protocol.MetaTarget:  protocol.TargetChannel,
+		protocol.MetaChannel: channel,
+	})
+}
+
+// ToUserPosition is ToUser that also returns the message's position in the user's channel, as
+// ToChannelPosition does (clients see that channel as "$user").
+func (s *Service) ToUserPosition(ctx context.Context, user string, data any, opts ...EmitOption) (id, position string, err error) {
+	if user == "" || len(user) > MaxUserLen {
+		return "", "", fmt.Errorf("%w: user must be 1 to %d bytes", ErrInvalid, MaxUserLen)
+	}
+	channel := protocol.UserChannelFor(user)
+	return s.emitAt(ctx, channel, data, opts, map[string]string{
+		protocol.MetaTarget:  protocol.TargetUser,
+		protocol.MetaUser:    user,
+		protocol.MetaChannel: channel,
+	})
+}
+
+// emitAt emits to channel and returns the message's position there ("" without one).
+func (s *Service) emitAt(ctx context.Context, channel string, data any, opts []EmitOption, target map[string]string) (string, string, error) {
+	var pos protocol.Position
+	id, err := s.emitWith(ctx, protocol.ChannelTopic(channel), data, opts, target, &pos)
+	if err != nil || pos.IsZero() {
+		return id, "", err
+	}
+	return id, pos.ForChannel(channel), nil
+}
+
 // ToUser emits data to every connection of user that subscribed to its "$user" channel, on any
 // node. Clients see it on channel "$user".
 func (s *Service) ToUser(ctx context.Context, user string, data any, opts ...EmitOption) (string, error) {
@@ -128,6 +167,12 @@ func Payload(data any) ([]byte, error) {
 
 // emit builds the message as the HTTP API does and publishes it to topic.
 func (s *Service) emit(ctx context.Context, topic string, data any, opts []EmitOption, target map[string]string) (string, error) {
+	return s.emitWith(ctx, topic, data, opts, target, nil)
+}
+
+// emitWith is emit; when pos is not nil and the broker says where it put the message
+// (transports.PositionPublisher), that position is written to pos.
+func (s *Service) emitWith(ctx context.Context, topic string, data any, opts []EmitOption, target map[string]string, pos *protocol.Position) (string, error) {
 	var o emitOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -158,7 +203,7 @@ func (s *Service) emit(ctx context.Context, topic string, data any, opts []EmitO
 		md.Set(k, v)
 	}
 	s.keys.Sign(topic, msg) // last: it covers the target, the session and the payload
-	if err := s.publish(ctx, topic, msg); err != nil {
+	if err := s.publish(ctx, topic, msg, pos); err != nil {
 		return "", err
 	}
 	return msg.UUID, nil
@@ -172,7 +217,7 @@ func MsgUUID(key string) string {
 
 // publish hands msg to the broker and waits for the broker's acceptance or for ctx. When ctx
 // ends first the message may still be delivered (retry WithMsgID to be sure of once).
-func (s *Service) publish(ctx context.Context, topic string, msg *message.Message) error {
+func (s *Service) publish(ctx context.Context, topic string, msg *message.Message, pos *protocol.Position) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -181,11 +226,26 @@ func (s *Service) publish(ctx context.Context, topic string, msg *message.Messag
 	}
 	msg.SetContext(ctx)
 	done := make(chan error, 1)
-	go func() { done <- s.broker.Publish(topic, msg) }()
+	var got protocol.Position // written by the goroutine before done
+	go func() {
+		pp, ok := s.broker.(transports.PositionPublisher)
+		if pos == nil || !ok {
+			done <- s.broker.Publish(topic, msg)
+			return
+		}
+		ps, err := pp.PublishPositions(topic, msg)
+		if err == nil && len(ps) == 1 {
+			got = ps[0]
+		}
+		done <- err
+	}()
 	select {
 	case err := <-done:
 		if err != nil {
 			return fmt.Errorf("service: publish to %s: %w", topicName(topic), err)
+		}
+		if pos != nil {
+			*pos = got
 		}
 		return nil
 	case <-ctx.Done():

@@ -229,10 +229,7 @@ func (cn *conn) handle(f *frame) {
 			c.log.Debug("join or leave for a channel not subscribed, or of nobody", "channel", f.Channel)
 			return
 		}
-		m := Message{Channel: f.Channel, Position: f.Position, Kind: f.Type, Member: f.Member, Members: f.Members}
-		if f.Member != nil {
-			m.Members = []Member{*f.Member}
-		}
+		m := f.joinLeave()
 		if s.accept(&m) {
 			s.deliver(m, c.ctx.Done())
 		}

@@ -75,12 +75,23 @@ type frame struct {
 	Next        string            `json:"next"`
 	Connections *int              `json:"connections"`
 	Users       int               `json:"users"`
+	// history: the page's frames
+	Messages []json.RawMessage `json:"messages"`
 }
 
 func (f *frame) message() Message {
 	m := Message{Channel: f.Channel, ID: f.ID, Position: f.Position, From: f.From, To: f.To, Kind: protocol.TypeMessage}
 	if m.Bytes, m.Binary = f.Payload(); !m.Binary {
 		m.Data = f.Data
+	}
+	return m
+}
+
+// joinLeave is the Message of a join or leave frame.
+func (f *frame) joinLeave() Message {
+	m := Message{Channel: f.Channel, Position: f.Position, Kind: f.Type, Member: f.Member, Members: f.Members}
+	if f.Member != nil {
+		m.Members = []Member{*f.Member}
 	}
 	return m
 }
@@ -97,6 +108,8 @@ type outFrame struct {
 	Limit   int             `json:"limit,omitempty"`
 	Method  string          `json:"method,omitempty"`
 	Token   string          `json:"token,omitempty"`
+	Rewind  int             `json:"rewind,omitempty"`
+	Reverse bool            `json:"reverse,omitempty"`
 }
 
 func encode(f outFrame) []byte {

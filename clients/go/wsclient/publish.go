@@ -27,6 +27,9 @@ func WithMsgID(id string) PublishOption { return func(o *publishOptions) { o.msg
 type Ack struct {
 	MsgID    string // the idempotency key the message was sent with
 	Attempts int    // how many times it was sent
+	// Position is where the broker put the message in the channel (a publish, on a broker with
+	// history); "" otherwise, and for a repeat of a msg_id the server had already.
+	Position string
 }
 
 // Publish publishes data on channel and returns once the server acked it (the broker has it).
@@ -135,6 +138,7 @@ func (c *Client) submit(ctx context.Context, f outFrame, data any, opts []Publis
 			if reply.MsgID != "" {
 				ack.MsgID = reply.MsgID
 			}
+			ack.Position = reply.Position
 			return ack, nil
 		case err == nil && reply.Type == protocol.TypeError:
 			e = &Error{Code: reply.Code, Message: reply.Text}

@@ -22,6 +22,9 @@ type Subscription struct {
 
 	// sentOn is the connection the last subscribe frame went on (guarded by c.mu).
 	sentOn *conn
+	// rewind is how many of the channel's newest messages a subscribe without a position asks
+	// for (WithRewind); once it has a position, a resubscription resumes from it instead.
+	rewind int
 
 	mu        sync.Mutex
 	last      string // position of the last message delivered (or of the last `subscribed`)
@@ -48,6 +51,15 @@ type SubscribeOption func(*subscribeOptions)
 type subscribeOptions struct {
 	since  string
 	buffer int
+	rewind int
+}
+
+// WithRewind asks for the channel's newest n messages (at most the server's
+// history.max_replay) before the live ones, with no gap and no duplicate between them: "show
+// the last 50 chat messages on join". Without a position only: WithSince wins; after a
+// reconnection the subscription resumes from its position instead.
+func WithRewind(n int) SubscribeOption {
+	return func(o *subscribeOptions) { o.rewind = n }
 }
 
 // WithSince resumes from a position the application kept (Message.Position or
@@ -221,7 +233,7 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts ...Subscrib
 		opt(&o)
 	}
 	s := &Subscription{c: c, channel: channel, msgs: make(chan Message, o.buffer), ready: make(chan struct{}),
-		stop: make(chan struct{}), last: o.since}
+		stop: make(chan struct{}), last: o.since, rewind: o.rewind}
 	c.mu.Lock()
 	if c.closed || c.ctx.Err() != nil {
 		c.mu.Unlock()
@@ -267,7 +279,11 @@ func (c *Client) sendSubscribe(cn *conn, s *Subscription, fromReader bool) {
 	id := c.nextID()
 	since := s.Position()
 	cn.expectFn(id, func(f *frame) { c.subscribed(cn, s, since, f) })
-	b := encode(outFrame{Type: protocol.TypeSubscribe, ID: id, Channel: s.channel, Since: since})
+	rewind := 0
+	if since == "" {
+		rewind = s.rewind
+	}
+	b := encode(outFrame{Type: protocol.TypeSubscribe, ID: id, Channel: s.channel, Since: since, Rewind: rewind})
 	var ok bool
 	if fromReader {
 		ok = cn.tryEnqueue(b)

@@ -7,6 +7,7 @@ import type {
   DirectMessage,
   Disconnect,
   EventMap,
+  HistoryPage,
   Member,
   Message,
   PresenceEvent,
@@ -33,6 +34,9 @@ export const defaults = {
 
 /** How many message ids a subscription remembers to drop repeats. */
 const recentIDs = 1024;
+
+/** The largest page history() may ask for (the server's limit). */
+export const maxHistoryPage = 1000;
 
 /** The largest page presence() may ask for (the server's limit). */
 export const maxPresencePage = 1000;
@@ -63,6 +67,8 @@ interface InFrame {
   // join and leave: one member, or several joined or left in one window (coalesced)
   member?: unknown;
   members?: unknown[];
+  // history: the page's frames
+  messages?: unknown[];
   // presence and presence_stats
   next?: string;
   connections?: number;
@@ -103,6 +109,9 @@ class Conn {
 // One subscription, alive across reconnections until unsubscribe or close.
 class Sub {
   last: string; // position of the last message delivered (or of the last `subscribed`)
+  // The channel's newest messages a subscribe without a position asks for (the rewind option);
+  // once it has a position, a resubscription resumes from it instead.
+  rewind = 0;
   confirmed = false;
   recovered = false;
   sentOn?: Conn; // the connection the last subscribe frame went on
@@ -339,11 +348,13 @@ export class Client {
   /**
    * Subscribes to channel (`$user` for the user's own channel) and resolves once the server
    * confirmed it. The subscription is renewed on every reconnection, resuming after the last
-   * message seen. `since` resumes from a position kept by the application. Rejects with the
+   * message seen. `since` resumes from a position kept by the application; `rewind: N` (without
+   * `since`) first delivers the channel's newest N messages (at most the server's
+   * `history.max_replay`), then the live ones, with no gap and no duplicate. Rejects with the
    * server's error (`forbidden`, ...), `bad_request` when already subscribed, `timeout` when
    * the server did not answer in ackTimeout. While disconnected it waits for the connection.
    */
-  subscribe(channel: string, opts: { since?: string } = {}): Promise<Subscribed> {
+  subscribe(channel: string, opts: { since?: string; rewind?: number } = {}): Promise<Subscribed> {
     if (this.closed) return Promise.reject(new GatewayError('closed', 'client closed'));
     if (typeof channel !== 'string' || (channel !== '$user' && !channelPattern.test(channel))) {
       return Promise.reject(
@@ -355,7 +366,12 @@ export class Client {
     if (this.subs.has(channel)) {
       return Promise.reject(new GatewayError('bad_request', `already subscribed to ${channel}`));
     }
+    const rewind = opts?.rewind ?? 0;
+    if (!Number.isInteger(rewind) || rewind < 0) {
+      return Promise.reject(new GatewayError('bad_request', 'rewind must be a non-negative integer'));
+    }
     const sub = new Sub(channel, since);
+    sub.rewind = rewind;
     this.subs.set(channel, sub);
     const p = new Promise<Subscribed>((resolve, reject) => {
       sub.first = { resolve, reject };
@@ -520,6 +536,59 @@ export class Client {
         this.useToken = typeof this.tokenOpt === 'function';
       }
       return Number(r.frame.expires ?? 0);
+    });
+  }
+
+  /**
+   * Reads a page of channel's history, for a channel the client may subscribe to; it need not be
+   * subscribed. Without `since`: the channel's newest messages; with it, those after it. Oldest
+   * first, or, with `reverse`, newest first and before `since`. `next`, when present, is the
+   * `since` of the next page. `limit`: 1 to 1000 (the server's default page is 100, and its
+   * `history.max_replay` caps it). Joins and leaves of the channel's stream come in `presence`.
+   * Rejects with the server's error: `forbidden`, `not_found` (the history no longer reaches
+   * `since`), `unavailable` (a broker that keeps no history).
+   */
+  history(channel: string, opts: { since?: string; limit?: number; reverse?: boolean } = {}): Promise<HistoryPage> {
+    if (typeof channel !== 'string' || (channel !== '$user' && !channelPattern.test(channel))) {
+      return Promise.reject(
+        new GatewayError('bad_request', `invalid channel ${JSON.stringify(channel)}: must match ${channelPattern} or be $user`),
+      );
+    }
+    const frame: Record<string, unknown> = { type: 'history', channel };
+    const since = opts?.since;
+    if (since !== undefined && since !== '') {
+      if (typeof since !== 'string') return Promise.reject(new GatewayError('bad_request', 'since must be a string'));
+      frame.since = since;
+    }
+    const limit = opts?.limit;
+    if (limit !== undefined) {
+      if (!Number.isInteger(limit) || limit < 1 || limit > maxHistoryPage) {
+        return Promise.reject(new GatewayError('bad_request', `limit must be an integer from 1 to ${maxHistoryPage}`));
+      }
+      frame.limit = limit;
+    }
+    if (opts?.reverse) frame.reverse = true;
+    return this.request(frame, 'history', this.maxAttempts).then((r) => {
+      const f = r.frame;
+      const page: HistoryPage = { channel, messages: [], presence: [] };
+      for (const raw of Array.isArray(f.messages) ? (f.messages as InFrame[]) : []) {
+        if (raw.type === 'join' || raw.type === 'leave') {
+          const list = Array.isArray(raw.members) ? raw.members : raw.member !== undefined ? [raw.member] : [];
+          for (const member of list.map(toMember)) {
+            if (member) page.presence.push({ channel, kind: raw.type, member, position: String(raw.position ?? '') });
+          }
+          continue;
+        }
+        const m: Message = { channel, id: String(raw.id ?? ''), position: String(raw.position ?? ''), data: raw.data };
+        if (raw.from) {
+          m.from = String(raw.from.user ?? '');
+          m.fromSession = String(raw.from.session ?? '');
+        }
+        if (raw.encoding === 'base64') m.encoding = 'base64';
+        page.messages.push(m);
+      }
+      if (typeof f.next === 'string' && f.next !== '') page.next = f.next;
+      return page;
     });
   }
 
@@ -809,6 +878,7 @@ export class Client {
     sub.sentOn = conn;
     const frame: Record<string, unknown> = { type: 'subscribe', id, channel: sub.channel };
     if (since) frame.since = since;
+    else if (sub.rewind > 0) frame.rewind = sub.rewind;
     conn.pending.set(id, (f) => this.onSubscribeReply(conn, sub, since, f));
     if (!this.write(conn, frame)) {
       conn.pending.delete(id);
@@ -973,6 +1043,7 @@ export class Client {
     return this.request(f, 'ack', this.maxAttempts).then((r) => ({
       msg_id: String(r.frame.msg_id || f.msg_id),
       attempts: r.attempts,
+      ...(typeof r.frame.position === 'string' && r.frame.position !== '' ? { position: r.frame.position } : {}),
     }));
   }
 

@@ -1,4 +1,4 @@
-export { Client, defaults, normalizeURL } from './client.js';
+export { Client, defaults, maxHistoryPage, normalizeURL } from './client.js';
 export { GatewayError, ErrorCodes } from './errors.js';
 export { comparePositions } from './position.js';
 export type {
@@ -8,6 +8,7 @@ export type {
   DirectMessage,
   Disconnect,
   EventMap,
+  HistoryPage,
   Member,
   Message,
   PresenceEvent,

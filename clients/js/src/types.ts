@@ -126,6 +126,19 @@ export interface Ack {
   msg_id: string;
   /** How many times it was sent. */
   attempts: number;
+  /** Where the broker put a published message in its channel (brokers with history); absent otherwise. */
+  position?: string;
+}
+
+/** A page of a channel's history: the answer to history(). */
+export interface HistoryPage {
+  channel: string;
+  /** The channel's messages, as `message` events carry them: oldest first (newest first with `reverse`). */
+  messages: Message[];
+  /** The joins and leaves among them (channels with `presence.join_leave`), in the same order. */
+  presence: PresenceEvent[];
+  /** Where the next page starts (pass it as `since`); absent when there is none. */
+  next?: string;
 }
 
 export interface Welcome {
