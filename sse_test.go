@@ -1,0 +1,227 @@
+package gateway_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsgateway/gateway/internal/nodetest"
+	"github.com/wsgateway/gateway/internal/wstest"
+)
+
+// streamEvent is one event of a one-way stream: a frame with the event id it carried ("" for
+// none), or a heartbeat, or the end of the stream (err).
+type streamEvent struct {
+	id        string
+	frame     wstest.Frame
+	heartbeat bool
+	err       error
+}
+
+// streamClient reads GET /sse (Server-Sent Events) or GET /stream (NDJSON) like a browser's
+// EventSource would: it keeps the last event id.
+type streamClient struct {
+	t      testing.TB
+	resp   *http.Response
+	events chan streamEvent
+	lastID string
+}
+
+// tryStream opens path (/sse or /stream) on base with the query q, the token in the
+// Authorization header (none when empty), and header.
+func tryStream(t testing.TB, base, path string, q url.Values, token string, header http.Header) (*streamClient, *http.Response) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", base+path+"?"+q.Encode(), nil)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		resp.Body.Close()
+		return nil, resp
+	}
+	c := &streamClient{t: t, resp: resp, events: make(chan streamEvent, 1024)}
+	t.Cleanup(func() { resp.Body.Close() })
+	go c.read(path == "/sse")
+	return c, resp
+}
+
+func openStream(t testing.TB, base, path string, q url.Values, token string, header http.Header) *streamClient {
+	t.Helper()
+	c, resp := tryStream(t, base, path, q, token, header)
+	if c == nil {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("%s: status %d %s", path, resp.StatusCode, b)
+	}
+	return c
+}
+
+func (c *streamClient) read(sse bool) {
+	defer close(c.events)
+	sc := bufio.NewScanner(c.resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	id, data := "", ""
+	for sc.Scan() {
+		line := sc.Text()
+		if !sse {
+			var f wstest.Frame
+			if err := json.Unmarshal([]byte(line), &f); err != nil {
+				c.events <- streamEvent{err: err}
+				return
+			}
+			if f.Str("type") == "heartbeat" {
+				c.events <- streamEvent{heartbeat: true}
+				continue
+			}
+			c.events <- streamEvent{id: f.Str("event_id"), frame: f}
+			continue
+		}
+		switch {
+		case line == "":
+			if data != "" {
+				var f wstest.Frame
+				if err := json.Unmarshal([]byte(data), &f); err != nil {
+					c.events <- streamEvent{err: err}
+					return
+				}
+				c.events <- streamEvent{id: id, frame: f}
+			}
+			id, data = "", ""
+		case strings.HasPrefix(line, ":"):
+			c.events <- streamEvent{heartbeat: true}
+		case strings.HasPrefix(line, "id: "):
+			id = line[len("id: "):]
+		case strings.HasPrefix(line, "data: "):
+			data = line[len("data: "):]
+		}
+	}
+	c.events <- streamEvent{err: io.EOF}
+}
+
+// next returns the next event; heartbeats too when beats is set.
+func (c *streamClient) next(beats bool) streamEvent {
+	c.t.Helper()
+	timeout := time.After(wstest.Timeout)
+	for {
+		select {
+		case e, ok := <-c.events:
+			if !ok {
+				return streamEvent{err: io.EOF}
+			}
+			if e.heartbeat && !beats {
+				continue
+			}
+			if e.id != "" {
+				c.lastID = e.id
+			}
+			return e
+		case <-timeout:
+			c.t.Fatal("no stream event in time")
+		}
+	}
+}
+
+// expect reads the next frame and fails unless it is of type typ.
+func (c *streamClient) expect(typ string) wstest.Frame {
+	c.t.Helper()
+	e := c.next(false)
+	if e.err != nil || e.frame.Str("type") != typ {
+		c.t.Fatalf("got %v (%v), want a %s frame", e.frame, e.err, typ)
+	}
+	return e.frame
+}
+
+func TestStreamResume(t *testing.T) {
+	for _, cb := range nodetest.Brokers {
+		t.Run(cb.Name, func(t *testing.T) {
+			t.Run("SSE", func(t *testing.T) { testStreamResume(t, cb, "/sse") })
+			t.Run("NDJSON", func(t *testing.T) { testStreamResume(t, cb, "/stream") })
+		})
+	}
+}
+
+// testStreamResume: a stream of a channel and $user on one node, closed abruptly; the client
+// resumes on the other node from the last event id with every message once, or is told
+// recovered:false on a broker without history.
+func testStreamResume(t *testing.T, cb nodetest.Broker, path string) {
+	nodes := cluster(t, cb, 2)
+	tok := allowAll(t, "alice")
+	q := url.Values{"channel": {"r", "$user"}}
+	c := openStream(t, nodes[0].URL, path, q, tok, nil)
+	c.expect("welcome")
+	c.expect("subscribed")
+	c.expect("subscribed")
+	mustAPIPublish(t, nodes[1].URL, map[string]any{"channel": "r", "data": "r1"})
+	mustAPIPublish(t, nodes[1].URL, map[string]any{"user": "alice", "data": "u1"})
+	got := map[string]bool{}
+	for range 2 {
+		got[c.expect("message").Data()] = true
+	}
+	if !got[`"r1"`] || !got[`"u1"`] {
+		t.Fatalf("got %v", got)
+	}
+	last := c.lastID
+	if err := nodes[0].Close(); err != nil { // abruptly: no last event
+		t.Fatal(err)
+	}
+	mustAPIPublish(t, nodes[1].URL, map[string]any{"channel": "r", "data": "r2"})
+	mustAPIPublish(t, nodes[1].URL, map[string]any{"user": "alice", "data": "u2"})
+	mustAPIPublish(t, nodes[1].URL, map[string]any{"channel": "r", "data": "r3"})
+
+	q2 := url.Values{"channel": q["channel"]}
+	var header http.Header
+	if path == "/sse" {
+		header = http.Header{"Last-Event-Id": {last}}
+	} else {
+		q2.Set("since", last)
+	}
+	r := openStream(t, nodes[1].URL, path, q2, tok, header)
+	r.expect("welcome")
+	var replayed []string
+	for subscribed := 0; subscribed < 2; {
+		f := r.expect2("message", "subscribed")
+		if f.Str("type") == "message" {
+			replayed = append(replayed, f.Str("channel")+"="+f.Data())
+			continue
+		}
+		subscribed++
+		if f.Bool("recovered") != cb.History {
+			t.Fatalf("%s: %v", cb.Name, f)
+		}
+	}
+	want := []string{`r="r2"`, `r="r3"`, `$user="u2"`}
+	if !cb.History {
+		want = nil
+	}
+	if strings.Join(replayed, " ") != strings.Join(want, " ") {
+		t.Fatalf("replayed %v, want %v", replayed, want)
+	}
+	// Live, once each.
+	for _, d := range []string{"r4", "r5"} {
+		mustAPIPublish(t, nodes[1].URL, map[string]any{"channel": "r", "data": d})
+		if m := r.expect("message"); m.Data() != `"`+d+`"` {
+			t.Fatalf("got %v, want %s", m, d)
+		}
+	}
+}
+
+// expect2 reads the next frame and fails unless it is of type a or b.
+func (c *streamClient) expect2(a, b string) wstest.Frame {
+	c.t.Helper()
+	e := c.next(false)
+	if e.err != nil || (e.frame.Str("type") != a && e.frame.Str("type") != b) {
+		c.t.Fatalf("got %v (%v), want a %s or %s frame", e.frame, e.err, a, b)
+	}
+	return e.frame
+}
