@@ -33,7 +33,8 @@ type streamClient struct {
 }
 
 // tryStream opens path (/sse or /stream) on base with the query q, the token in the
-// Authorization header (none when empty), and header.
+// Authorization header (none when empty), and header; a refused request is returned as the
+// response, with its body for the caller to close.
 func tryStream(t testing.TB, base, path string, q url.Values, token string, header http.Header) (*streamClient, *http.Response) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", base+path+"?"+q.Encode(), nil)
@@ -47,8 +48,7 @@ func tryStream(t testing.TB, base, path string, q url.Values, token string, head
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != 200 {
-		resp.Body.Close()
+	if resp.StatusCode != 200 { // the caller reads the body and closes it
 		return nil, resp
 	}
 	c := &streamClient{t: t, resp: resp, events: make(chan streamEvent, 1024)}
@@ -62,6 +62,7 @@ func openStream(t testing.TB, base, path string, q url.Values, token string, hea
 	c, resp := tryStream(t, base, path, q, token, header)
 	if c == nil {
 		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
 		t.Fatalf("%s: status %d %s", path, resp.StatusCode, b)
 	}
 	return c
@@ -224,4 +225,94 @@ func (c *streamClient) expect2(a, b string) wstest.Frame {
 		c.t.Fatalf("got %v (%v), want a %s or %s frame", e.frame, e.err, a, b)
 	}
 	return e.frame
+}
+
+// Every refusal of a stream comes before it starts, as a status with a JSON error.
+func TestStreamRefusals(t *testing.T) {
+	n := startNode(t, testConfig(t, "GATEWAY_LIMITS_CONNECTIONS_PER_USER=1", "GATEWAY_STREAM_MAX_CHANNELS=2"))
+	newsOnly := token(t, "bob", time.Hour, []string{"news"}, nil)
+	for _, tc := range []struct {
+		name   string
+		q      url.Values
+		token  string
+		header http.Header
+		status int
+		code   string
+	}{
+		{"no channel", url.Values{}, newsOnly, nil, 400, "bad_request"},
+		{"too many channels", url.Values{"channel": {"news", "public", "$user"}}, newsOnly, nil, 400, "bad_request"},
+		{"a bad name", url.Values{"channel": {"no spaces"}}, newsOnly, nil, 400, "bad_request"},
+		{"a channel twice", url.Values{"channel": {"news", "news"}}, newsOnly, nil, 400, "bad_request"},
+		{"no token", url.Values{"channel": {"news"}}, "", nil, 401, "unauthorized"},
+		{"a bad token", url.Values{"channel": {"news"}, "token": {"x.y.z"}}, "", nil, 401, "unauthorized"},
+		{"a forbidden channel", url.Values{"channel": {"news", "secret"}}, newsOnly, nil, 403, "forbidden"},
+		{"an origin not allowed", url.Values{"channel": {"news"}}, newsOnly, http.Header{"Origin": {"https://evil.example"}}, 403, "forbidden"},
+	} {
+		for _, path := range []string{"/sse", "/stream"} {
+			c, resp := tryStream(t, n.URL, path, tc.q, tc.token, tc.header)
+			if c != nil {
+				t.Fatalf("%s %s: the stream started", path, tc.name)
+			}
+			var body struct {
+				Error struct{ Code string } `json:"error"`
+			}
+			_ = json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || body.Error.Code != tc.code || resp.Header.Get("Content-Type") != "application/json" {
+				t.Errorf("%s %s: %d %q (%s), want %d %q", path, tc.name, resp.StatusCode, body.Error.Code, resp.Header.Get("Content-Type"), tc.status, tc.code)
+			}
+		}
+	}
+	// A public channel and $user need no claim; the token may come in the query (EventSource).
+	c := openStream(t, n.URL, "/sse", url.Values{"channel": {"news", "public"}, "token": {newsOnly}}, "", nil)
+	c.expect("welcome")
+	c.expect("subscribed")
+	c.expect("subscribed")
+	// The connection limit counts streams and WebSockets alike.
+	if _, resp := tryStream(t, n.URL, "/stream", url.Values{"channel": {"news"}}, newsOnly, nil); resp.Body.Close() != nil || resp.StatusCode != 429 {
+		t.Fatalf("a second connection of bob: %d, want 429", resp.StatusCode)
+	}
+	if _, resp, err := wstest.TryDial(t, n.URL, newsOnly, nil); err == nil || resp.StatusCode != 429 {
+		t.Fatalf("a WebSocket beside bob's stream: %v", err)
+	}
+}
+
+// A draining node ends a stream with a disconnect event (shutdown, reconnect) and refuses new
+// ones; heartbeats keep an idle stream alive past the HTTP read timeout.
+func TestStreamDrainAndHeartbeat(t *testing.T) {
+	n := startNode(t, testConfig(t, "GATEWAY_STREAM_HEARTBEAT=20ms", "GATEWAY_HTTP_READ_TIMEOUT=100ms"))
+	sse := openStream(t, n.URL, "/sse", url.Values{"channel": {"$user"}}, allowAll(t, "alice"), nil)
+	nd := openStream(t, n.URL, "/stream", url.Values{"channel": {"$user"}}, allowAll(t, "bob"), nil)
+	for _, c := range []*streamClient{sse, nd} {
+		c.expect("welcome")
+		c.expect("subscribed")
+		// Heartbeats come for longer than the read timeout, and the stream still works.
+		deadline := time.Now().Add(300 * time.Millisecond)
+		for beats := 0; beats < 3 || time.Now().Before(deadline); beats++ {
+			if e := c.next(true); !e.heartbeat {
+				t.Fatalf("got %v (%v), want a heartbeat", e.frame, e.err)
+			}
+		}
+	}
+	mustAPIPublish(t, n.URL, map[string]any{"user": "alice", "data": "still"})
+	if m := sse.expect("message"); m.Data() != `"still"` {
+		t.Fatalf("got %v", m)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); n.Drain() }()
+	for _, c := range []*streamClient{sse, nd} {
+		d := c.expect("disconnect")
+		if d.Str("code") != "shutdown" || !d.Bool("reconnect") {
+			t.Fatalf("disconnect %v", d)
+		}
+		for e := c.next(true); e.err == nil; e = c.next(true) {
+			if !e.heartbeat {
+				t.Fatalf("after the disconnect: %v", e.frame)
+			}
+		}
+	}
+	if _, resp := tryStream(t, n.URL, "/sse", url.Values{"channel": {"$user"}}, allowAll(t, "carol"), nil); resp.Body.Close() != nil || resp.StatusCode != 503 {
+		t.Fatalf("a stream while draining: %d, want 503", resp.StatusCode)
+	}
+	<-done
 }
