@@ -239,7 +239,6 @@ func TestStreamRefusals(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"no channel", url.Values{}, newsOnly, nil, 400, "bad_request"},
 		{"too many channels", url.Values{"channel": {"news", "public", "$user"}}, newsOnly, nil, 400, "bad_request"},
 		{"a bad name", url.Values{"channel": {"no spaces"}}, newsOnly, nil, 400, "bad_request"},
 		{"a channel twice", url.Values{"channel": {"news", "news"}}, newsOnly, nil, 400, "bad_request"},

@@ -126,11 +126,9 @@ func (h *HTTP) serveStream(w http.ResponseWriter, r *http.Request, f stream.Form
 }
 
 // checkStreamChannels says what is wrong with the channel list of a stream ("" when nothing).
+// None is fine: such a stream gets the messages addressed to its session and to everyone.
 func (h *HTTP) checkStreamChannels(channels []string) string {
-	switch {
-	case len(channels) == 0:
-		return "name at least one channel: ?channel=a&channel=b"
-	case len(channels) > h.cfg.Stream.MaxChannels:
+	if len(channels) > h.cfg.Stream.MaxChannels {
 		return "a stream may name at most " + strconv.Itoa(h.cfg.Stream.MaxChannels) + " channels"
 	}
 	seen := make(map[string]bool, len(channels))

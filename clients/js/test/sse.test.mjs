@@ -1,0 +1,138 @@
+// Server-Sent Events against two real gateway nodes sharing Redis (127.0.0.1:6379, or
+// $GATEWAY_REDIS_ADDR): the npm `eventsource` package resuming with its own Last-Event-ID after a
+// SIGKILL, and the client's SSE fallback when the WebSocket upgrade fails.
+import assert from 'node:assert/strict';
+import { after, afterEach, describe, test } from 'node:test';
+
+import { EventSource } from 'eventsource';
+
+import { Client, GatewayError } from '../dist/index.js';
+import { apiPublish, collect, eventually, killAll, nextEvent, redisDropPrefix, startNode, startProxy, token, uniq } from './helpers.mjs';
+
+const redis = process.env.GATEWAY_REDIS_ADDR || '127.0.0.1:6379';
+const closers = new Set();
+let running = [];
+const prefixes = [];
+
+async function cluster(n) {
+  const prefix = uniq('jssse-');
+  prefixes.push(prefix);
+  const nodes = [];
+  running = nodes;
+  for (let i = 0; i < n; i++) {
+    nodes.push(await startNode({ GATEWAY_BROKER: 'redis', GATEWAY_REDIS_ADDR: redis, GATEWAY_TOPIC_PREFIX: prefix }));
+  }
+  return nodes;
+}
+
+const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+afterEach(async (t) => {
+  if (t.passed === false || process.env.JS_TEST_LOGS) {
+    for (const n of running) console.error(`--- logs of node ${n.id}:\n${n.logs.slice(-4000)}`);
+  }
+  running = [];
+  for (const c of closers) await c();
+  closers.clear();
+  await killAll();
+  for (const p of prefixes.splice(0)) await redisDropPrefix(redis, p);
+});
+
+after(async () => {
+  await killAll();
+});
+
+describe('Server-Sent Events on two nodes on redis', () => {
+  test('EventSource resumes with its own Last-Event-ID on another node after a SIGKILL: every message once', async () => {
+    const [a, b] = await cluster(2);
+    const lb = await startProxy(a.port); // the load balancer in front of both nodes
+    closers.add(() => lb.close());
+    const room = uniq('sse-');
+    const user = uniq('sue-');
+    const q = new URLSearchParams([['channel', room], ['channel', '$user'], ['token', token(user)]]);
+    const es = new EventSource(`http://127.0.0.1:${lb.port}/sse?${q}`);
+    closers.add(() => es.close());
+    const frames = [];
+    es.onmessage = (e) => frames.push(JSON.parse(e.data));
+    const of = (type) => frames.filter((f) => f.type === type);
+    await eventually(() => of('subscribed').length === 2, 'two subscribed events');
+
+    for (const i of range(1, 5)) await apiPublish(b, { channel: room, data: i });
+    await apiPublish(b, { user, data: 'u1' });
+    await eventually(() => of('message').length === 6, () => `six messages, got ${JSON.stringify(of('message'))}`);
+
+    await a.kill('SIGKILL');
+    lb.setTarget(b.port);
+    for (const i of range(6, 10)) await apiPublish(b, { channel: room, data: i });
+    await apiPublish(b, { user, data: 'u2' });
+    // EventSource reconnects by itself (the stream's retry: 1 s), to b, with Last-Event-ID.
+    await eventually(() => of('subscribed').length === 4, 'the two subscribed events of the resume', 15000);
+    for (const i of range(11, 12)) await apiPublish(b, { channel: room, data: i });
+    await eventually(() => of('message').length === 14, () => `14 messages, got ${JSON.stringify(of('message'))}`);
+
+    const msgs = of('message');
+    assert.deepEqual(msgs.filter((m) => m.channel === room).map((m) => m.data), range(1, 12));
+    assert.deepEqual(msgs.filter((m) => m.channel === '$user').map((m) => m.data), ['u1', 'u2']);
+    assert.equal(new Set(msgs.map((m) => m.id)).size, msgs.length, 'no message twice');
+    assert.deepEqual(of('subscribed').slice(2).map((s) => [s.channel, s.recovered]), [[room, true], ['$user', true]]);
+    assert.equal(of('welcome')[1].node, b.id);
+  });
+
+  test('the client falls back to SSE when the WebSocket fails, resumes on another node, and refuses to publish', async () => {
+    const [a, b] = await cluster(2);
+    let node = a;
+    // A WebSocket a proxy blocks: every attempt errors.
+    class BlockedWebSocket {
+      readyState = 0;
+      onopen = null;
+      onmessage = null;
+      onclose = null;
+      onerror = null;
+      constructor() {
+        setTimeout(() => this.onerror?.({}), 1);
+      }
+      send() {}
+      close() {}
+    }
+    const user = uniq('tom-');
+    const room = uniq('fb-');
+    const c = new Client({
+      url: () => node.ws,
+      token: token(user),
+      transports: ['websocket', 'sse'],
+      WebSocket: BlockedWebSocket,
+      EventSource,
+      minReconnectDelay: 20,
+    });
+    closers.add(() => c.close());
+    c.connect();
+    await nextEvent(c, 'state', (s) => s === 'connected');
+    assert.equal(c.transport, 'sse');
+    const got = collect(c);
+    const subscribed = collect(c, 'subscribed');
+    await c.subscribe(room); // the stream reconnects with the channel
+    await c.subscribe('$user');
+    for (const i of range(1, 5)) await apiPublish(b, { channel: room, data: i });
+    await apiPublish(b, { user, data: 'u1' });
+    await eventually(() => got.length === 6, () => `six messages, got ${JSON.stringify(got)}`);
+    const refused = await c.publish(room, 'x').then(
+      () => assert.fail('publish over SSE resolved'),
+      (e) => e,
+    );
+    assert.ok(refused instanceof GatewayError && refused.code === 'bad_request', String(refused));
+
+    const lost = nextEvent(c, 'disconnect');
+    await a.kill('SIGKILL');
+    node = b;
+    await lost;
+    for (const i of range(6, 10)) await apiPublish(b, { channel: room, data: i });
+    await apiPublish(b, { user, data: 'u2' });
+    await eventually(() => got.length === 12, () => `12 messages, got ${JSON.stringify(got)}`, 15000);
+    assert.equal(c.node, b.id);
+    assert.equal(c.transport, 'sse');
+    assert.deepEqual(got.filter((m) => m.channel === room).map((m) => m.data), range(1, 10));
+    assert.deepEqual(got.filter((m) => m.channel === '$user').map((m) => m.data), ['u1', 'u2']);
+    assert.equal(new Set(got.map((m) => m.id)).size, got.length, 'no message twice');
+    assert.deepEqual(subscribed.slice(-2).map((s) => [s.channel, s.recovered]).sort(), [['$user', true], [room, true]].sort());
+  });
+});
