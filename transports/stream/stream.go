@@ -7,6 +7,7 @@
 package stream
 
 import (
+	"bytes"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -79,6 +80,9 @@ func (w *Writer) Start() error {
 
 // Write writes one frame.
 func (w *Writer) Write(frame []byte) error {
+	if bytes.IndexByte(frame, '\n') >= 0 || bytes.IndexByte(frame, '\r') >= 0 {
+		frame = oneLine(frame)
+	}
 	id := ""
 	if ch, pos, ok := protocol.FramePosition(frame); ok && w.cur.Update(ch, pos) {
 		id = w.cur.ID()
@@ -110,6 +114,20 @@ func (w *Writer) Write(frame []byte) error {
 		err = w.write("\n")
 	}
 	return err
+}
+
+// oneLine is frame with its line breaks made spaces. A frame is JSON, where a line break can
+// only be whitespace between tokens (inside strings they are escaped): a payload a service
+// published pretty-printed. An event's data and an NDJSON line must be one line.
+func oneLine(frame []byte) []byte {
+	out := make([]byte, len(frame))
+	for i, c := range frame {
+		if c == '\n' || c == '\r' {
+			c = ' '
+		}
+		out[i] = c
+	}
+	return out
 }
 
 // heartbeatLine is the NDJSON stream's keep-alive line.
