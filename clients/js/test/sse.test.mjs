@@ -6,7 +6,7 @@ import { after, afterEach, describe, test } from 'node:test';
 
 import { EventSource } from 'eventsource';
 
-import { Client, GatewayError } from '../dist/index.js';
+import { Client, GatewayError, eventID, sseURL } from '../dist/index.js';
 import { apiPublish, collect, eventually, killAll, nextEvent, redisDropPrefix, startNode, startProxy, token, uniq } from './helpers.mjs';
 
 const redis = process.env.GATEWAY_REDIS_ADDR || '127.0.0.1:6379';
@@ -134,5 +134,75 @@ describe('Server-Sent Events on two nodes on redis', () => {
     assert.deepEqual(got.filter((m) => m.channel === '$user').map((m) => m.data), ['u1', 'u2']);
     assert.equal(new Set(got.map((m) => m.id)).size, got.length, 'no message twice');
     assert.deepEqual(subscribed.slice(-2).map((s) => [s.channel, s.recovered]).sort(), [['$user', true], [room, true]].sort());
+  });
+});
+
+// A scripted EventSource: the test plays the server.
+class FakeEventSource {
+  static all = [];
+  readyState = 0;
+  onopen = null;
+  onmessage = null;
+  onerror = null;
+  constructor(url) {
+    this.url = new URL(url);
+    FakeEventSource.all.push(this);
+  }
+  emit(frame) {
+    this.readyState = 1;
+    this.onmessage?.({ data: JSON.stringify(frame), lastEventId: '' });
+  }
+  close() {
+    this.readyState = 2;
+  }
+}
+
+describe('the sse transport, against a scripted EventSource', () => {
+  test('sseURL and eventID', () => {
+    assert.equal(
+      sseURL('wss://gw.example/base/ws?token=t', ['a', '$user'], '1.p..q'),
+      'https://gw.example/base/sse?token=t&channel=a&channel=%24user&last_event_id=1.p..q',
+    );
+    assert.equal(eventID(['', '']), '');
+    assert.equal(eventID(['e:0:1:x', '']), '1.e:0:1:x.');
+  });
+
+  test('subscribe reconnects the stream with the channel and resumes from the positions; publish is refused', async () => {
+    FakeEventSource.all = [];
+    const c = new Client({ url: 'ws://gw.test/ws', token: 'tok', transports: ['sse'], EventSource: FakeEventSource, minReconnectDelay: 1, pingInterval: 0 });
+    closers.add(() => c.close());
+    c.connect();
+    await eventually(() => FakeEventSource.all.length === 1, 'the first stream');
+    let es = FakeEventSource.all[0];
+    assert.equal(es.url.pathname, '/sse');
+    assert.deepEqual(es.url.searchParams.getAll('channel'), []);
+    assert.equal(es.url.searchParams.get('token'), 'tok');
+    es.emit({ type: 'welcome', session: 's1', node: 'n1', user: 'u' });
+    assert.equal(c.state, 'connected');
+    const sub = c.subscribe('a');
+    await eventually(() => FakeEventSource.all.length === 2, 'a stream with channel a');
+    es = FakeEventSource.all[1];
+    assert.deepEqual(es.url.searchParams.getAll('channel'), ['a']);
+    assert.equal(es.url.searchParams.get('last_event_id'), null);
+    es.emit({ type: 'welcome', session: 's2', node: 'n1', user: 'u' });
+    es.emit({ type: 'subscribed', id: '1', channel: 'a', position: 'e:0:4:x', recovered: false });
+    assert.deepEqual(await sub, { channel: 'a', position: 'e:0:4:x', recovered: false });
+    const got = collect(c);
+    es.emit({ type: 'message', channel: 'a', id: 'm5', position: 'e:0:5:x', data: 5 });
+    assert.deepEqual(got.map((m) => m.data), [5]);
+    const e = await c.publish('a', 1).then(() => assert.fail('published over SSE'), (err) => err);
+    assert.equal(e.code, 'bad_request');
+    await c.ping(); // answered by the client itself
+    // The stream breaks: the next one resumes a from its last position.
+    es.onerror?.({});
+    await eventually(() => FakeEventSource.all.length === 3, 'the stream after the break');
+    es = FakeEventSource.all[2];
+    assert.deepEqual(es.url.searchParams.getAll('channel'), ['a']);
+    assert.equal(es.url.searchParams.get('last_event_id'), '1.e:0:5:x');
+    es.emit({ type: 'welcome', session: 's3', node: 'n2', user: 'u' });
+    es.emit({ type: 'message', channel: 'a', id: 'm5', position: 'e:0:5:x', data: 5 }); // a repeat at the seam
+    es.emit({ type: 'message', channel: 'a', id: 'm6', position: 'e:0:6:x', data: 6 });
+    es.emit({ type: 'subscribed', id: '1', channel: 'a', position: 'e:0:6:x', recovered: true });
+    assert.deepEqual(got.map((m) => m.data), [5, 6]);
   });
 });
