@@ -183,12 +183,13 @@ func testControlSubscribe(t *testing.T, cb nodetest.Broker) {
 	}
 }
 
-// A revocation disconnects the user's open connections at once, is enforced at upgrade by a
-// node started after it, and spares tokens issued after its before; a jti's likewise.
+// On 3 nodes, a revocation disconnects the user's open connections at once, is enforced at
+// upgrade by a node started after it, and spares tokens issued after its before; a jti's likewise.
 func testControlRevoke(t *testing.T, cb nodetest.Broker) {
-	cc := newControlCluster(t, cb, 2)
+	cc := newControlCluster(t, cb, 3)
 	nodes := cc.nodes
 	open, _ := wstest.Dial(t, nodes[0].URL, allowAll(t, "alice"))
+	open2, _ := wstest.Dial(t, nodes[2].URL, allowAll(t, "alice"))
 	bob, _ := wstest.Dial(t, nodes[0].URL, allowAll(t, "bob"))
 	before := time.Now().Add(-time.Minute)
 	revoke := map[string]any{"user": "alice", "before": before.Format(time.RFC3339), "until": time.Now().Add(time.Hour).Format(time.RFC3339)}
@@ -201,6 +202,7 @@ func testControlRevoke(t *testing.T, cb nodetest.Broker) {
 	}
 	mustControl(t, nodes[1].URL, "/api/revoke", revoke)
 	expectDisconnect(t, open, protocol.DisconnectCodeRevoked, false, protocol.CloseRevoked)
+	expectDisconnect(t, open2, protocol.DisconnectCodeRevoked, false, protocol.CloseRevoked)
 	mustControl(t, nodes[1].URL, "/api/revoke", map[string]any{"jti": "stolen-1", "until": time.Now().Add(time.Hour).Format(time.RFC3339)})
 
 	late := cc.add() // started after both revocations

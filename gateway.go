@@ -114,6 +114,7 @@ type Gateway struct {
 	presence *handlers.Presence
 	control  *handlers.Control
 	hookbus  *hookbus.Caller // the hooks over the broker; nil when none is, or WithHookBroker gave one
+	hooks    *handlers.Hooks // the hooks; Close empties their caches
 	metrics  *metrics.Metrics
 	mux      *http.ServeMux
 	tls      *tls.Config // nil: plain HTTP
@@ -250,6 +251,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
+	g.hooks = hooks
 	sessions := handlers.NewSessions(handlers.SessionsConfig{
 		NodeID:         cfg.NodeID,
 		Hub:            g.hub,
@@ -594,6 +596,7 @@ func (g *Gateway) Close() error {
 		if g.hookbus != nil {
 			_ = g.hookbus.Close() // after the sessions: their calls end with ErrClosed
 		}
+		g.hooks.Close() // their caches
 		_ = g.inbox.Close()
 		var errs []error
 		// A router that never ran would wait its whole close timeout for handlers that never start.

@@ -69,7 +69,11 @@ const (
 	DefaultSubscribeRate              = 50 // subscribe frames per second per connection
 	// DefaultSubscribeBurst is twice the subscriptions a connection may hold by default: it
 	// can subscribe everything, drop it all and subscribe it all again at once.
-	DefaultSubscribeBurst        = 2 * DefaultSubscriptionsPerConnection
+	DefaultSubscribeBurst = 2 * DefaultSubscriptionsPerConnection
+	// DefaultRPCRate and DefaultRPCBurst bound the rpc and refresh frames of a connection (each
+	// may call a hook): a client calls a few methods on a page load, then now and then.
+	DefaultRPCRate               = 20 // rpc and refresh frames per second per connection
+	DefaultRPCBurst              = 100
 	DefaultRateLimitedDisconnect = 100 // rate_limited answers within the window before a disconnect
 	DefaultRateLimitedWindow     = 10 * time.Second
 
@@ -275,6 +279,10 @@ type LimitsConfig struct {
 	SubscriptionsPerConnection int     `yaml:"subscriptions_per_connection" env:"SUBSCRIPTIONS_PER_CONNECTION"`
 	SubscribeRate              float64 `yaml:"subscribe_rate" env:"SUBSCRIBE_RATE"`   // subscribe frames per second per connection; default 50; -1: no limit
 	SubscribeBurst             int     `yaml:"subscribe_burst" env:"SUBSCRIBE_BURST"` // default twice subscriptions_per_connection (2048); at least subscriptions_per_connection
+	// RPCRate bounds the rpc and refresh frames of a connection (taken before any hook call;
+	// over: `rate_limited`); default 20 per second; -1: no limit.
+	RPCRate  float64 `yaml:"rpc_rate" env:"RPC_RATE"`
+	RPCBurst int     `yaml:"rpc_burst" env:"RPC_BURST"` // default 100 with the default rate, else the rate rounded up, at least 1
 	// RateLimitedDisconnect is the strikes of a connection: each `rate_limited` answer takes one,
 	// they come back at this many per RateLimitedWindow, and a connection answered `rate_limited`
 	// with none left is disconnected (`rate_limited`, close 1008); default 100; -1: never.
@@ -431,6 +439,15 @@ func (l *LimitsConfig) setDefaults() {
 		l.SubscribeBurst = DefaultSubscribeBurst
 		if l.SubscriptionsPerConnection > 0 {
 			l.SubscribeBurst = 2 * l.SubscriptionsPerConnection
+		}
+	}
+	setDefault(&l.RPCRate, DefaultRPCRate)
+	if l.RPCBurst == 0 {
+		switch {
+		case l.RPCRate == DefaultRPCRate:
+			l.RPCBurst = DefaultRPCBurst
+		case l.RPCRate > 0:
+			l.RPCBurst = max(1, int(l.RPCRate+0.999))
 		}
 	}
 	setDefault(&l.RateLimitedDisconnect, DefaultRateLimitedDisconnect)

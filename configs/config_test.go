@@ -96,6 +96,8 @@ func TestDefaults(t *testing.T) {
 		{"Limits.SubscriptionsPerConnection", cfg.Limits.SubscriptionsPerConnection, DefaultSubscriptionsPerConnection},
 		{"Limits.SubscribeRate", cfg.Limits.SubscribeRate, float64(DefaultSubscribeRate)},
 		{"Limits.SubscribeBurst", cfg.Limits.SubscribeBurst, DefaultSubscribeBurst},
+		{"Limits.RPCRate", cfg.Limits.RPCRate, float64(DefaultRPCRate)},
+		{"Limits.RPCBurst", cfg.Limits.RPCBurst, DefaultRPCBurst},
 		{"Limits.RateLimitedDisconnect", cfg.Limits.RateLimitedDisconnect, DefaultRateLimitedDisconnect},
 		{"Limits.RateLimitedWindow", cfg.Limits.RateLimitedWindow, DefaultRateLimitedWindow},
 		{"Drain.Period", cfg.Drain.Period, DefaultDrainPeriod},
@@ -332,7 +334,7 @@ func TestOtherEnv(t *testing.T) {
 		DedupeStore: "redis", Timeout: 3 * time.Second, PoisonTopic: "poison", BreakerFailures: 3, BreakerOpenFor: 2 * time.Second,
 		SigningKeys: []string{"k2:0123456789abcdefXYZ", "k1:0123456789abcdefOLD"}, RequireSignature: true}
 	want.Limits = LimitsConfig{PublishRate: 2.5, PublishBurst: 3, UserPublishRate: 10, UserPublishBurst: 20, ConnectionsPerNode: 1000, ConnectionsPerUser: 5,
-		SubscriptionsPerConnection: 10, SubscribeRate: 2, SubscribeBurst: 20, RateLimitedDisconnect: 7, RateLimitedWindow: 3 * time.Second}
+		SubscriptionsPerConnection: 10, SubscribeRate: 2, SubscribeBurst: 20, RPCRate: 20, RPCBurst: 100, RateLimitedDisconnect: 7, RateLimitedWindow: 3 * time.Second}
 	want.Events = EventsConfig{Disabled: true, Queue: 50, Heartbeat: 2 * time.Second}
 	want.Drain = DrainConfig{Period: 30 * time.Second}
 	want.Log = LogConfig{Level: "warn", Format: "json"}
@@ -485,6 +487,9 @@ func TestValidate(t *testing.T) {
 		{name: "subscribe burst negative", environ: []string{"GATEWAY_LIMITS_SUBSCRIBE_BURST=-1"}, key: "limits.subscribe_burst"},
 		{name: "subscribe burst below subscriptions", environ: []string{"GATEWAY_LIMITS_SUBSCRIPTIONS_PER_CONNECTION=100", "GATEWAY_LIMITS_SUBSCRIBE_BURST=99"}, key: "limits.subscribe_burst"},
 		{name: "subscribe burst follows subscriptions", environ: []string{"GATEWAY_LIMITS_SUBSCRIPTIONS_PER_CONNECTION=5000"}},
+		{name: "rpc rate negative", environ: []string{"GATEWAY_LIMITS_RPC_RATE=-2"}, key: "limits.rpc_rate"},
+		{name: "rpc rate off", environ: []string{"GATEWAY_LIMITS_RPC_RATE=-1"}},
+		{name: "rpc burst negative", environ: []string{"GATEWAY_LIMITS_RPC_BURST=-1"}, key: "limits.rpc_burst"},
 		{name: "rate limited disconnect negative", environ: []string{"GATEWAY_LIMITS_RATE_LIMITED_DISCONNECT=-7"}, key: "limits.rate_limited_disconnect"},
 		{name: "rate limited window negative", environ: []string{"GATEWAY_LIMITS_RATE_LIMITED_WINDOW=-1s"}, key: "limits.rate_limited_window"},
 		{name: "user publish burst negative", environ: []string{"GATEWAY_LIMITS_USER_PUBLISH_BURST=-1"}, key: "limits.user_publish_burst"},
@@ -808,6 +813,22 @@ func TestPublishBurstFollowsRate(t *testing.T) {
 		}
 		if cfg.Limits.PublishBurst != tt.burst {
 			t.Errorf("publish_rate %s: burst %d, want %d", tt.rate, cfg.Limits.PublishBurst, tt.burst)
+		}
+	}
+}
+
+// TestRPCBurstFollowsRate: as the publish burst, for limits.rpc_rate.
+func TestRPCBurstFollowsRate(t *testing.T) {
+	for _, tt := range []struct {
+		rate  string
+		burst int
+	}{{"20", DefaultRPCBurst}, {"2.5", 3}, {"500", 500}, {"-1", 0}} {
+		cfg, err := Load("", []string{"GATEWAY_JWT_SECRET=0123456789abcdef0123", "GATEWAY_LIMITS_RPC_RATE=" + tt.rate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Limits.RPCBurst != tt.burst {
+			t.Errorf("rpc_rate %s: burst %d, want %d", tt.rate, cfg.Limits.RPCBurst, tt.burst)
 		}
 	}
 }

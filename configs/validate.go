@@ -215,6 +215,8 @@ func (l *LimitsConfig) validate(v *validator) {
 	v.check(&l.SubscribeBurst, l.SubscribeRate <= 0 || l.SubscriptionsPerConnection <= 0 || l.SubscribeBurst >= l.SubscriptionsPerConnection,
 		"%d is below %s (%d): a reconnecting client could not resubscribe everything at once",
 		l.SubscribeBurst, v.key(&l.SubscriptionsPerConnection), l.SubscriptionsPerConnection)
+	v.check(&l.RPCRate, offOrPositive(l.RPCRate), "must be positive, or -1 for no limit")
+	v.check(&l.RPCBurst, l.RPCBurst >= 0, "must not be negative")
 	v.check(&l.RateLimitedDisconnect, offOrPositive(float64(l.RateLimitedDisconnect)), "must be positive, or -1 to never disconnect")
 	v.check(&l.RateLimitedWindow, l.RateLimitedWindow >= time.Millisecond, "must be positive")
 }

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/hashicorp/golang-lru/v2/expirable"
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/metrics"
@@ -32,6 +32,9 @@ type Hook struct {
 	Timeout  time.Duration // of a whole call (retries included)
 	FailOpen bool          // a failed call counts as no hook (else the client gets unavailable)
 	// Cache keeps a decision per (user, channel) this long (subscribe and publish); 0: none.
+	// The key is the user and the channel only: a decision is reused for every session and
+	// token of the user, and a cached publish allow skips the hook for the user's later data
+	// on that channel (so a publish hook that moderates content must not cache).
 	Cache time.Duration
 }
 
@@ -45,11 +48,19 @@ type HooksConfig struct {
 }
 
 // Hooks asks the backend, for each hook that is on, and applies the timeout, the fail mode and
-// the cache. A nil *Hooks has every hook off. Safe for concurrent use; it starts nothing.
+// the cache. A nil *Hooks has every hook off. Safe for concurrent use; it starts nothing (its
+// caches are plain LRUs whose entries carry their end), and Close empties the caches.
 type Hooks struct {
 	cfg    HooksConfig
-	caches map[string]*expirable.LRU[string, protocol.HookReply]
+	caches map[string]*lru.Cache[string, cached]
 	rlog   *ratelog.Logger
+	now    func() time.Time // the caches' clock (tests)
+}
+
+// cached is a decision kept in a hook's cache until its end.
+type cached struct {
+	reply protocol.HookReply
+	until time.Time
 }
 
 // NewHooks makes the hooks of cfg.
@@ -60,13 +71,28 @@ func NewHooks(cfg HooksConfig) *Hooks {
 	if cfg.CacheSize <= 0 {
 		cfg.CacheSize = 100000
 	}
-	h := &Hooks{cfg: cfg, caches: map[string]*expirable.LRU[string, protocol.HookReply]{}, rlog: ratelog.New(cfg.Log, ratelog.DefaultInterval)}
+	h := &Hooks{cfg: cfg, caches: map[string]*lru.Cache[string, cached]{}, rlog: ratelog.New(cfg.Log, ratelog.DefaultInterval), now: time.Now}
 	for name, hk := range cfg.Hooks {
 		if hk.Caller != nil && hk.Cache > 0 {
-			h.caches[name] = expirable.NewLRU[string, protocol.HookReply](cfg.CacheSize, nil, hk.Cache)
+			c, err := lru.New[string, cached](cfg.CacheSize)
+			if err != nil { // only for a size <= 0, made positive above
+				panic(err)
+			}
+			h.caches[name] = c
 		}
 	}
 	return h
+}
+
+// Close empties the hooks' caches. Safe twice, and with a nil *Hooks; the hooks still answer
+// after it (without what was cached).
+func (h *Hooks) Close() {
+	if h == nil {
+		return
+	}
+	for _, c := range h.caches {
+		c.Purge()
+	}
 }
 
 // On reports whether the hook is on.
@@ -97,6 +123,19 @@ const (
 // unavailable *protocol.Error when the call failed and the hook fails closed. It never waits
 // longer than the hook's timeout.
 func (h *Hooks) Decide(ctx context.Context, req protocol.HookRequest) (*protocol.HookReply, error) {
+	return h.decide(ctx, req, nil)
+}
+
+// decide is Decide; ended, when not nil, is called once nothing runs for the call any more:
+// at once when no call was made, else when the caller returned (later than decide when a
+// caller ignores its context). A bound on calls in flight holds a slot until then.
+func (h *Hooks) decide(ctx context.Context, req protocol.HookRequest, ended func()) (*protocol.HookReply, error) {
+	handed := false // ended was given to the call, which calls it
+	defer func() {
+		if !handed && ended != nil {
+			ended()
+		}
+	}()
 	name := req.Channel
 	if req.Hook == protocol.HookRPC {
 		name = req.Method
@@ -117,9 +156,13 @@ func (h *Hooks) Decide(ctx context.Context, req protocol.HookRequest) (*protocol
 		cache = nil // anonymous connections are not one user: their decisions are not shared
 	}
 	if cache != nil {
-		if r, ok := cache.Get(key); ok {
-			h.cfg.Metrics.HookCalls.WithLabelValues(req.Hook, hookCached).Inc()
-			return &r, nil
+		if e, ok := cache.Get(key); ok {
+			if h.now().Before(e.until) {
+				h.cfg.Metrics.HookCalls.WithLabelValues(req.Hook, hookCached).Inc()
+				r := e.reply
+				return &r, nil
+			}
+			cache.Remove(key)
 		}
 	}
 	if req.ID == "" {
@@ -132,7 +175,8 @@ func (h *Hooks) Decide(ctx context.Context, req protocol.HookRequest) (*protocol
 	ctx, cancel := context.WithTimeout(ctx, hk.Timeout)
 	defer cancel()
 	start := time.Now()
-	reply, err := callBounded(ctx, hk.Caller, req)
+	handed = true
+	reply, err := callBounded(ctx, hk.Caller, req, ended)
 	if err == nil {
 		err = reply.Check()
 	}
@@ -154,30 +198,34 @@ func (h *Hooks) Decide(ctx context.Context, req protocol.HookRequest) (*protocol
 		outcome = hookDenied
 	}
 	h.cfg.Metrics.HookCalls.WithLabelValues(req.Hook, outcome).Inc()
-	if cache != nil && cacheable(req.Hook, &reply, hk.Cache) {
-		cache.Add(key, reply)
+	if now := h.now(); cache != nil && cacheable(req.Hook, &reply, now.Add(hk.Cache)) {
+		cache.Add(key, cached{reply: reply, until: now.Add(hk.Cache)})
 	}
 	return &reply, nil
 }
 
-// cacheable reports whether reply may be kept for ttl: not a publish answer that replaces the
-// data, nor a subscription whose expiry comes before the entry's.
-func cacheable(hook string, reply *protocol.HookReply, ttl time.Duration) bool {
+// cacheable reports whether reply may be kept until until: not a publish answer that replaces
+// the data, nor a subscription whose expiry comes before the entry's end.
+func cacheable(hook string, reply *protocol.HookReply, until time.Time) bool {
 	if hook == protocol.HookPublish && len(reply.Data) > 0 {
 		return false
 	}
-	return reply.Expires == 0 || time.Unix(reply.Expires, 0).After(time.Now().Add(ttl))
+	return reply.Expires == 0 || time.Unix(reply.Expires, 0).After(until)
 }
 
 // callBounded calls c, but returns when ctx ends even if c does not (a caller that ignores its
-// context never holds a client's frame past the timeout).
-func callBounded(ctx context.Context, c HookCaller, req protocol.HookRequest) (protocol.HookReply, error) {
+// context never holds a client's frame past the timeout). ended, when not nil, is called once
+// c returned, which may be after callBounded did.
+func callBounded(ctx context.Context, c HookCaller, req protocol.HookRequest, ended func()) (protocol.HookReply, error) {
 	type result struct {
 		reply protocol.HookReply
 		err   error
 	}
 	done := make(chan result, 1)
 	go func() { // ends when c returns; c is given ctx, so a well-behaved caller returns with it
+		if ended != nil {
+			defer ended()
+		}
 		r, err := c.Call(ctx, req)
 		done <- result{r, err}
 	}()

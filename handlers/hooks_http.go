@@ -26,12 +26,15 @@ type HTTPHookConfig struct {
 	// at once, without a POST, until one trial call succeeds.
 	BreakerFailures int
 	BreakerOpenFor  time.Duration
-	Client          *http.Client // nil: a client of its own
+	// Client does the POSTs (nil: a client of its own); a copy of it is used, which follows no
+	// redirect.
+	Client *http.Client
 }
 
 // HTTPHookCaller calls a hook with an HTTP POST: the JSON HookRequest, signed, whose 2xx answer's
-// body is the HookReply. Another status, no answer, or a body that is not a HookReply is an
-// error. Retries and the circuit breaker are Watermill's router middleware (Retry inside
+// body is the HookReply. Another status (a 3xx too: redirects are not followed, so the signed
+// body and its cookies never go to another URL), no answer, or a body that is not a HookReply is
+// an error. Retries and the circuit breaker are Watermill's router middleware (Retry inside
 // CircuitBreaker) around a handler that does one POST. Safe for concurrent use.
 type HTTPHookCaller struct {
 	cfg    HTTPHookConfig
@@ -49,10 +52,12 @@ func (e errHookStatus) Error() string { return fmt.Sprintf("hook answered HTTP %
 
 // NewHTTPHookCaller makes the caller of one hook's URL; it starts nothing.
 func NewHTTPHookCaller(cfg HTTPHookConfig) *HTTPHookCaller {
-	h := &HTTPHookCaller{cfg: cfg, client: cfg.Client}
-	if h.client == nil {
-		h.client = &http.Client{}
+	client := http.Client{}
+	if cfg.Client != nil {
+		client = *cfg.Client
 	}
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	h := &HTTPHookCaller{cfg: cfg, client: &client}
 	breaker := wmw.NewCircuitBreaker(gobreaker.Settings{
 		Name:        "hook " + cfg.URL,
 		Timeout:     cfg.BreakerOpenFor,

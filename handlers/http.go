@@ -26,6 +26,9 @@ import (
 
 // Acceptor upgrades a request to a WebSocket connection (websocket.Hub).
 type Acceptor interface {
+	// Check makes Accept's cheap checks (origin, handshake headers) without answering, with
+	// Accept's errors.
+	Check(r *http.Request) error
 	Accept(w http.ResponseWriter, r *http.Request, id websocket.Identity) error
 	Draining() bool
 }
@@ -103,7 +106,9 @@ func (h *HTTP) Ready(w http.ResponseWriter, r *http.Request) {
 }
 
 // Upgrade authenticates the request and hands it to the hub. Every refusal happens before the
-// upgrade, as an HTTP status with a JSON error body.
+// upgrade, as an HTTP status with a JSON error body. The cheap checks (token, revocation,
+// origin, handshake, connection limits for the token's user) come before the connect hook is
+// called; the limit of the user the hook sets is checked after it.
 func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 	if h.cfg.Acceptor.Draining() {
 		h.refuse(w, r, http.StatusServiceUnavailable, protocol.CodeUnavailable, "node is shutting down")
@@ -118,9 +123,8 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, http.StatusUnauthorized, protocol.CodeUnauthorized, "token revoked")
 		return
 	}
-	claims, welcome, status, perr := h.cfg.Sessions.connectHook(r, claims)
-	if perr != nil {
-		h.refuse(w, r, status, perr.Code, perr.Message)
+	if err := h.cfg.Acceptor.Check(r); err != nil {
+		h.refuseAccept(w, r, err)
 		return
 	}
 	value, done, err := h.cfg.Sessions.Admit(claims)
@@ -129,11 +133,26 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer done()
-	if st, ok := value.(*state); ok {
-		st.welcome = welcome
+	hooked, status, perr := h.cfg.Sessions.connectHook(r, claims)
+	if perr != nil {
+		h.refuse(w, r, status, perr.Code, perr.Message)
+		return
 	}
-	id := websocket.Identity{Session: watermill.NewUUID(), User: claims.User, Value: value}
-	err = h.cfg.Acceptor.Accept(w, r, id)
+	if hooked.claims != claims {
+		if err := h.cfg.Sessions.rebind(value, hooked.claims); err != nil {
+			h.refuseAdmit(w, r, err)
+			return
+		}
+	}
+	if st, ok := value.(*state); ok {
+		st.welcome, st.expiryCap = hooked.welcome, hooked.expiryCap
+	}
+	id := websocket.Identity{Session: watermill.NewUUID(), User: hooked.claims.User, Value: value}
+	h.refuseAccept(w, r, h.cfg.Acceptor.Accept(w, r, id))
+}
+
+// refuseAccept answers an upgrade Check or Accept refused with err (nil: nothing to answer).
+func (h *HTTP) refuseAccept(w http.ResponseWriter, r *http.Request, err error) {
 	var refused *websocket.UpgradeError
 	switch {
 	case errors.Is(err, websocket.ErrOriginRefused):

@@ -21,6 +21,9 @@ func (f fakeAcceptor) Accept(http.ResponseWriter, *http.Request, websocket.Ident
 }
 func (fakeAcceptor) Draining() bool { return false }
 
+// Check passes every request: Accept refuses it.
+func (fakeAcceptor) Check(*http.Request) error { return nil }
+
 // newTestHTTP makes the HTTP endpoints of cfg with metrics, a silent log and Sessions.
 func newTestHTTP(cfg HTTPConfig) *HTTP {
 	cfg.Metrics, cfg.Log = metrics.New(), slog.New(slog.DiscardHandler)

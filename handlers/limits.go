@@ -15,6 +15,7 @@ import (
 type connLimits struct {
 	publish   *rate.Limiter // publish and send frames (counted by the router's RateLimit)
 	subscribe *rate.Limiter // subscribe frames
+	rpc       *rate.Limiter // rpc and refresh frames (limits.rpc_rate), before any hook call
 	// strikes counts rate_limited answers (none left: the connection is disconnected). It is
 	// made at the first one (most connections never get one) and used only by the
 	// connection's frames, which are handled one at a time.
@@ -29,6 +30,9 @@ func newConnLimits(l configs.LimitsConfig) connLimits {
 	}
 	if l.SubscribeRate > 0 {
 		cl.subscribe = rate.NewLimiter(rate.Limit(l.SubscribeRate), l.SubscribeBurst)
+	}
+	if l.RPCRate > 0 {
+		cl.rpc = rate.NewLimiter(rate.Limit(l.RPCRate), max(l.RPCBurst, 1))
 	}
 	return cl
 }
@@ -47,6 +51,27 @@ func newStrikes(l configs.LimitsConfig) *rate.Limiter {
 func checkSubscribeRate(st *state) error {
 	if l := st.limits.subscribe; l != nil && !l.Allow() {
 		return protocol.Errorf(protocol.CodeRateLimited, "too many subscribes; slow down")
+	}
+	return nil
+}
+
+// checkRPCRate applies limits.rpc_rate to an rpc or refresh frame: every such frame counts,
+// refused or not, before any hook call.
+func checkRPCRate(st *state) error {
+	if l := st.limits.rpc; l != nil && !l.Allow() {
+		return protocol.Errorf(protocol.CodeRateLimited, "too many rpc and refresh frames; slow down")
+	}
+	return nil
+}
+
+// checkPublishRate takes a publish frame's tokens (the connection's publish rate and its user's)
+// before the publish hook is called, as the router's RateLimit would after it.
+func checkPublishRate(st *state) error {
+	if l := st.limits.publish; l != nil && !l.Allow() {
+		return protocol.Errorf(protocol.CodeRateLimited, "too many messages; slow down")
+	}
+	if st.user != nil && st.user.limiter != nil && !st.user.limiter.Allow() {
+		return protocol.Errorf(protocol.CodeRateLimited, "too many messages; slow down")
 	}
 	return nil
 }

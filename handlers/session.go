@@ -73,9 +73,12 @@ type state struct {
 	opened atomic.Bool                 // Open ran: Close releases the reservation
 	freed  atomic.Bool                 // the reservation was released
 	mu     sync.Mutex
-	expiry *time.Timer
-	member map[string]bool // the presence channels the connection is a member of (mu)
-	gone   bool            // Close ran: a member recorded now must leave at once (mu)
+	expiry *time.Timer // the expiry's next step: the refresh hook's call, or the disconnect (mu)
+	// expiryEnd disconnects at the expiry while the refresh hook is asked before it (mu): a
+	// hook slower than the lead does not keep the connection past its expiry.
+	expiryEnd *time.Timer
+	member    map[string]bool // the presence channels the connection is a member of (mu)
+	gone      bool            // Close ran: a member recorded now must leave at once (mu)
 	// applied holds the ids of the control commands applied to the connection (mu): each
 	// takes effect once per connection.
 	applied map[string]bool
@@ -84,6 +87,12 @@ type state struct {
 	subMu sync.Mutex
 
 	welcome json.RawMessage // the connect hook's data, for the welcome frame (set before Open)
+	// tokenUser is the user of the token the connection was opened with ("" without one), the
+	// user a refresh frame's token must be for (the connect hook may have set another).
+	tokenUser string
+	// expiryCap is the connect hook's expires (zero: none), set before Open: a refresh token
+	// does not move the expiry past it.
+	expiryCap time.Time
 	// ctx ends when the connection closes: the hook calls made for it (rpc, refresh) stop.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -137,7 +146,7 @@ func (s *Sessions) Admit(claims *auth.Claims) (value any, done func(), err error
 	case limitUser:
 		return nil, nil, &LimitError{Status: 429, Reason: "too many connections for this user"}
 	}
-	st := &state{user: us, limits: newConnLimits(s.cfg.Limits), inflight: make(chan struct{}, MaxCallsInFlight)}
+	st := &state{user: us, limits: newConnLimits(s.cfg.Limits), inflight: make(chan struct{}, MaxCallsInFlight), tokenUser: claims.User}
 	st.tok.Store(claims)
 	st.ctx, st.cancel = context.WithCancel(context.Background())
 	return st, func() {
@@ -146,6 +155,25 @@ func (s *Sessions) Admit(claims *auth.Claims) (value any, done func(), err error
 			s.release(st)
 		}
 	}, nil
+}
+
+// rebind moves the reservation Admit made for value to claims' user (the connect hook set
+// another user), applying limits.connections_per_user to that user; value and claims become
+// the connection's. Called before the upgrade, once Admit succeeded.
+func (s *Sessions) rebind(value any, claims *auth.Claims) error {
+	st, ok := value.(*state)
+	if !ok {
+		return errors.New("handlers: rebind of a value Admit did not make")
+	}
+	if st.user != nil && st.user.id != claims.User {
+		us, limit := s.users.move(st.user, claims.User)
+		if limit != "" {
+			return &LimitError{Status: 429, Reason: "too many connections for this user"}
+		}
+		st.user = us
+	}
+	st.tok.Store(claims)
+	return nil
 }
 
 func (s *Sessions) release(st *state) {
@@ -182,9 +210,7 @@ func (s *Sessions) Close(c *websocket.Conn) {
 	}
 	st.cancel() // the connection's hook calls
 	st.mu.Lock()
-	if st.expiry != nil {
-		st.expiry.Stop()
-	}
+	st.stopExpiry()
 	for _, sh := range st.subs {
 		sh.stop()
 	}
@@ -294,6 +320,14 @@ func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) er
 			return protocol.Errorf(protocol.CodeBadRequest, "since: %v", err)
 		}
 	}
+	// The cheap checks before the hook (again below, under subMu: a control command may
+	// subscribe meanwhile).
+	if c.Subscribed(channel) {
+		return protocol.Errorf(protocol.CodeBadRequest, "already subscribed to %s", f.Channel)
+	}
+	if err := s.checkSubscriptions(c); err != nil {
+		return err
+	}
 	// The subscribe hook is the authority for the channels it covers; without its answer (no
 	// hook, or a failed call of a hook that fails open) the token and public channels decide.
 	hooked, err := s.subscribeHook(c, st, f.Channel)
@@ -382,13 +416,23 @@ func (s *Sessions) memberIn(c *websocket.Conn, st *state, channel string) protoc
 	return m
 }
 
+// mayWatch reports whether c may ask for channel's presence: on a channel the subscribe hook
+// covers (the authority there), only while subscribed to it (the hook let it in); elsewhere
+// when it may subscribe (token, public channels) or is subscribed.
+func (s *Sessions) mayWatch(c *websocket.Conn, st *state, channel string) bool {
+	if channel != protocol.UserChannel && s.cfg.Hooks.Covers(protocol.HookSubscribe, channel) {
+		return c.Subscribed(channel)
+	}
+	return s.canSubscribe(st, channel) || c.Subscribed(channel)
+}
+
 // presence answers a presence or presence_stats frame, for a channel the client may subscribe
 // to; it counts against the subscribe rate.
 func (s *Sessions) presence(c *websocket.Conn, st *state, f *protocol.Frame) error {
 	if err := checkSubscribeRate(st); err != nil {
 		return err
 	}
-	if !s.canSubscribe(st, f.Channel) && !c.Subscribed(f.Channel) { // a channel the subscribe hook let it into
+	if !s.mayWatch(c, st, f.Channel) {
 		return protocol.Errorf(protocol.CodeForbidden, "not allowed to subscribe to %s", f.Channel)
 	}
 	ctx := context.Background()
@@ -493,8 +537,13 @@ func (s *Sessions) leaveFor(c *websocket.Conn, st *state, id, clientName, channe
 }
 
 func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) error {
-	data, hooked := []byte(f.Data), false
-	if f.Type == protocol.TypePublish {
+	data, hooked, charged := []byte(f.Data), false, false
+	if f.Type == protocol.TypePublish && s.cfg.Hooks.Covers(protocol.HookPublish, f.Channel) {
+		// The publish rate before the hook call (the router's RateLimit then takes nothing).
+		if err := checkPublishRate(st); err != nil {
+			return err
+		}
+		charged = true
 		reply, err := s.publishHook(c, st, f)
 		if err != nil {
 			return err
@@ -532,6 +581,9 @@ func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) erro
 	ctx := withState(context.Background(), st)
 	if hooked {
 		ctx = context.WithValue(ctx, ctxHooked{}, true)
+	}
+	if charged {
+		ctx = context.WithValue(ctx, ctxCharged{}, true)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
 	defer cancel()
@@ -605,11 +657,15 @@ func (s *Sessions) authorizeSend(claims *auth.Claims) error {
 }
 
 // RateLimiters are the limiters a submitted message counts against: its connection's and its
-// user's (none for the API and lifecycle events).
+// user's (none for the API and lifecycle events, nor for a publish that took its tokens before
+// the publish hook).
 func RateLimiters(msg *message.Message) []*rate.Limiter {
 	st, ok := stateFrom(msg.Context())
 	if !ok {
 		return nil
+	}
+	if charged, _ := msg.Context().Value(ctxCharged{}).(bool); charged {
+		return nil // taken before the publish hook
 	}
 	var out []*rate.Limiter
 	if st.limits.publish != nil {

@@ -26,6 +26,10 @@ func refreshLead(lifetime time.Duration) time.Duration {
 // ctxHooked marks a client's publish the publish hook allowed (for Authorize).
 type ctxHooked struct{}
 
+// ctxCharged marks a client's publish whose rate tokens were taken before the publish hook
+// (RateLimiters gives none then).
+type ctxCharged struct{}
+
 // subHooked is what the subscribe hook gave one subscription: the member's info and the
 // subscription's end.
 type subHooked struct {
@@ -137,20 +141,31 @@ func (s *Sessions) armExpiryLocked(c *websocket.Conn, st *state, exp time.Time, 
 	if st.gone {
 		return
 	}
-	if st.expiry != nil {
-		st.expiry.Stop()
-		st.expiry = nil
-	}
+	st.stopExpiry()
 	st.expires = exp
 	if exp.IsZero() {
 		return
 	}
 	left := time.Until(exp)
+	disconnect := func() { c.Disconnect(protocol.DisconnectTokenExpired) }
 	if ask && left > 0 {
 		st.expiry = time.AfterFunc(left-refreshLead(left), func() { s.autoRefresh(c, st, exp) })
+		// The disconnect stays armed while the hook is asked: an answer that extends the
+		// expiry in time stops it, a slow one does not keep the connection past exp.
+		st.expiryEnd = time.AfterFunc(left, disconnect)
 		return
 	}
-	st.expiry = time.AfterFunc(left, func() { c.Disconnect(protocol.DisconnectTokenExpired) })
+	st.expiry = time.AfterFunc(left, disconnect)
+}
+
+// stopExpiry stops the expiry's timers. The caller holds st.mu.
+func (st *state) stopExpiry() {
+	for _, t := range []**time.Timer{&st.expiry, &st.expiryEnd} {
+		if *t != nil {
+			(*t).Stop()
+			*t = nil
+		}
+	}
 }
 
 // autoRefresh asks the refresh hook to extend the connection expiring at exp. An expiry later
@@ -164,11 +179,13 @@ func (s *Sessions) autoRefresh(c *websocket.Conn, st *state, exp time.Time) {
 	if !st.expires.Equal(exp) { // a refresh frame moved it meanwhile
 		return
 	}
-	if err == nil && reply != nil && reply.Deny == nil && reply.Expires > exp.Unix() {
+	if err == nil && reply != nil && reply.Deny == nil && reply.Expires > exp.Unix() && time.Now().Before(exp) {
 		s.armExpiryLocked(c, st, time.Unix(reply.Expires, 0), true)
 		return
 	}
-	s.armExpiryLocked(c, st, exp, false)
+	if st.expiryEnd == nil { // the disconnect at exp is armed already otherwise
+		s.armExpiryLocked(c, st, exp, false)
+	}
 }
 
 // take reserves one of the connection's calls in flight; false when all are taken.
@@ -188,6 +205,9 @@ var errTooManyCalls = protocol.Errorf(protocol.CodeRateLimited, "more than %d rp
 // rpc answers an rpc frame with the rpc hook's answer, asynchronously (the connection's next
 // frames are read meanwhile): rpc_result with the reply's data, or an error frame.
 func (s *Sessions) rpc(c *websocket.Conn, st *state, f *protocol.Frame) error {
+	if err := checkRPCRate(st); err != nil {
+		return err
+	}
 	if !s.cfg.Hooks.Covers(protocol.HookRPC, f.Method) {
 		return protocol.Errorf(protocol.CodeNotFound, "no rpc hook answers method %s", f.Method)
 	}
@@ -198,8 +218,9 @@ func (s *Sessions) rpc(c *websocket.Conn, st *state, f *protocol.Frame) error {
 	req.Method, req.Data = f.Method, f.Data
 	id := f.ID
 	go func() { // owned by the connection: st.ctx ends it at Close, the hook's timeout before
-		defer st.done()
-		reply, err := s.cfg.Hooks.Decide(st.ctx, req)
+		// The slot is given back once the hook's caller returned, even when it outlives the
+		// timeout (a caller that ignores its context).
+		reply, err := s.cfg.Hooks.decide(st.ctx, req, st.done)
 		switch {
 		case err != nil:
 			s.failWith(c, id, err)
@@ -223,6 +244,9 @@ func (s *Sessions) failWith(c *websocket.Conn, id string, err error) {
 // refresh extends the connection: with a token, checked as at the upgrade (same user, not
 // revoked), synchronously; without, by the refresh hook, asynchronously.
 func (s *Sessions) refresh(c *websocket.Conn, st *state, f *protocol.Frame) error {
+	if err := checkRPCRate(st); err != nil {
+		return err
+	}
 	if f.Token == "" {
 		return s.refreshByHook(c, st, f.ID)
 	}
@@ -233,14 +257,21 @@ func (s *Sessions) refresh(c *websocket.Conn, st *state, f *protocol.Frame) erro
 	if err != nil {
 		return protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
 	}
-	if claims.User != c.User {
+	// The same user as the token the connection was opened with (not the connect hook's user,
+	// which the token does not know); a connection opened without a token has none.
+	if st.tokenUser == "" || claims.User != st.tokenUser {
 		return protocol.Errorf(protocol.CodeForbidden, "the token is for another user")
 	}
 	if s.control.Revoked(claims) {
 		return protocol.Errorf(protocol.CodeUnauthorized, "token revoked")
 	}
 	fresh := *claims
+	fresh.User = c.User           // the connection's user (the connect hook's, if it set one) stays
 	fresh.Info = st.claims().Info // the connection's info (presence entries) stays
+	// The connect hook's expires stays a cap: the expiry is the sooner of it and the token's.
+	if !st.expiryCap.IsZero() && (fresh.ExpiresAt.IsZero() || st.expiryCap.Before(fresh.ExpiresAt)) {
+		fresh.ExpiresAt = st.expiryCap
+	}
 	st.tok.Store(&fresh)
 	s.armExpiry(c, st, fresh.ExpiresAt)
 	c.Send(protocol.RefreshedFrame(f.ID, unixOrZero(fresh.ExpiresAt)))
@@ -260,8 +291,7 @@ func (s *Sessions) refreshByHook(c *websocket.Conn, st *state, id string) error 
 	req.Expires = unixOrZero(st.expires)
 	st.mu.Unlock()
 	go func() { // owned by the connection: st.ctx ends it at Close
-		defer st.done()
-		reply, err := s.cfg.Hooks.Decide(st.ctx, req)
+		reply, err := s.cfg.Hooks.decide(st.ctx, req, st.done) // the slot as in rpc
 		switch {
 		case err != nil:
 			s.failWith(c, id, err)
@@ -289,12 +319,19 @@ func unixOrZero(t time.Time) int64 {
 	return t.Unix()
 }
 
-// connectHook asks the connect hook about an upgrade with claims. It returns the claims to
-// connect with (the hook's user, info and expiry applied) and the welcome's data; or the HTTP
-// status and error that refuse the upgrade (403 with the deny's code, 503 unavailable).
-func (s *Sessions) connectHook(r *http.Request, claims *auth.Claims) (*auth.Claims, json.RawMessage, int, *protocol.Error) {
+// connected is what the connect hook made of an upgrade.
+type connected struct {
+	claims    *auth.Claims    // to connect with: the token's, or a copy with the hook's user, info and expiry
+	welcome   json.RawMessage // the welcome's data
+	expiryCap time.Time       // the hook's expires (zero: none)
+}
+
+// connectHook asks the connect hook about an upgrade with claims. It returns what to connect
+// with; or the HTTP status and error that refuse the upgrade (403 with the deny's code, 503
+// unavailable).
+func (s *Sessions) connectHook(r *http.Request, claims *auth.Claims) (connected, int, *protocol.Error) {
 	if !s.cfg.Hooks.On(protocol.HookConnect) {
-		return claims, nil, 0, nil
+		return connected{claims: claims}, 0, nil
 	}
 	req := protocol.HookRequest{Hook: protocol.HookConnect, User: claims.User, Transport: "websocket", Info: claims.Info,
 		Headers: hookHeaders(r.Header.Get, s.cfg.ConnectHeaders)}
@@ -304,17 +341,18 @@ func (s *Sessions) connectHook(r *http.Request, claims *auth.Claims) (*auth.Clai
 	reply, err := s.cfg.Hooks.Decide(r.Context(), req)
 	if err != nil {
 		code, msg := protocol.CodeOf(err, protocol.CodeUnavailable)
-		return nil, nil, http.StatusServiceUnavailable, &protocol.Error{Code: code, Message: msg}
+		return connected{}, http.StatusServiceUnavailable, &protocol.Error{Code: code, Message: msg}
 	}
 	if reply == nil { // failed, and the hook fails open
-		return claims, nil, 0, nil
+		return connected{claims: claims}, 0, nil
 	}
 	if perr := reply.Err(); perr != nil {
-		return nil, nil, http.StatusForbidden, perr
+		return connected{}, http.StatusForbidden, perr
 	}
 	if len(reply.User) > protocol.MaxUserLen {
-		return nil, nil, http.StatusServiceUnavailable, protocol.Errorf(protocol.CodeUnavailable, "the connect hook's user is longer than %d bytes", protocol.MaxUserLen)
+		return connected{}, http.StatusServiceUnavailable, protocol.Errorf(protocol.CodeUnavailable, "the connect hook's user is longer than %d bytes", protocol.MaxUserLen)
 	}
+	var expiryCap time.Time
 	out := *claims
 	if reply.User != "" && reply.User != claims.User {
 		out.User = reply.User
@@ -324,6 +362,7 @@ func (s *Sessions) connectHook(r *http.Request, claims *auth.Claims) (*auth.Clai
 	}
 	if reply.Expires > 0 {
 		out.ExpiresAt = time.Unix(reply.Expires, 0)
+		expiryCap = out.ExpiresAt
 	}
-	return &out, reply.Data, 0, nil
+	return connected{claims: &out, welcome: reply.Data, expiryCap: expiryCap}, 0, nil
 }

@@ -61,6 +61,33 @@ func (u *users) reserve(user string) (*userState, string) {
 	return us, ""
 }
 
+// move counts the connection reserved for from as one of user's instead, unless user's limit is
+// reached (it then returns limitUser and keeps from's reservation). The node's count is unchanged.
+func (u *users) move(from *userState, user string) (*userState, string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if from.id == user {
+		return from, ""
+	}
+	us := u.byID[user]
+	if us == nil {
+		us = &userState{id: user}
+		if u.limits.UserPublishRate > 0 && user != "" {
+			us.limiter = rate.NewLimiter(rate.Limit(u.limits.UserPublishRate), u.limits.UserPublishBurst)
+		}
+	}
+	if u.limits.ConnectionsPerUser > 0 && user != "" && us.conns >= u.limits.ConnectionsPerUser {
+		return nil, limitUser
+	}
+	u.byID[user] = us
+	us.conns++
+	from.conns--
+	if from.conns == 0 {
+		delete(u.byID, from.id)
+	}
+	return us, ""
+}
+
 // release gives back what reserve counted. Safe with nil.
 func (u *users) release(us *userState) {
 	if us == nil {

@@ -22,7 +22,8 @@ import (
 // node of the cluster. So a node that stops loses its members within 1.75 heartbeats of its
 // stop, plus the reaping's round trips, on memory, redis, jetstream (1.5 heartbeats from the
 // pass that saw its last renewal) and kafka (from the moment a reaper read its last heartbeat);
-// transporttest.RunReapBound holds them to 2 (ReapBound); core NATS: docs/brokers/nats.md. A node whose
+// transporttest.RunReapBound holds them to 2 (ReapBound); core NATS within 1.75 heartbeats of
+// the death, plus a sync where the dead node owned the channel (docs/brokers/nats.md). A node whose
 // lease ran out while it was alive (a network cut), or whose members the broker lost (a server
 // restart without persistence), has them recorded again when it is heard again: the broker's
 // presence keeps its own record of what the node joined and left through it (the node's truth)
@@ -73,7 +74,8 @@ type Presence interface {
 type PresenceConfig struct {
 	// Heartbeat is the presence heartbeat: a node renews its lease twice per heartbeat. A node
 	// that stops (SIGKILL) loses its members within 1.75 heartbeats plus the reaping's round
-	// trips on memory, redis, jetstream and kafka (Presence; core NATS: docs/brokers/nats.md).
+	// trips on memory, redis, jetstream and kafka (Presence; core NATS 1.75 and a sync where the
+	// dead node owned the channel, docs/brokers/nats.md).
 	// Default DefaultPresenceHeartbeat.
 	Heartbeat time.Duration
 }

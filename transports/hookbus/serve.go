@@ -83,6 +83,11 @@ type Handler func(ctx context.Context, req *protocol.HookRequest) (protocol.Hook
 // DefaultConcurrency is how many requests Serve handles at once by default.
 const DefaultConcurrency = 64
 
+// DefaultClockSkew is how far the service's clock may be from the node's by default: a request's
+// deadline is the node's clock, so Serve drops a request only once its own clock is this far
+// past the deadline, and a handler's context ends this long after it.
+const DefaultClockSkew = time.Second
+
 // ServeConfig configures Serve.
 type ServeConfig struct {
 	// Broker is consumed (TopicHooks, group HooksGroup) and replied through (TopicReplies).
@@ -96,6 +101,9 @@ type ServeConfig struct {
 	Log *slog.Logger
 	// Now is the clock deadlines are checked against; nil is time.Now (tests).
 	Now func() time.Time
+	// ClockSkew is the skew between the nodes' clocks and this one tolerated; default
+	// DefaultClockSkew, negative: none.
+	ClockSkew time.Duration
 	// Subscribe, when set, replaces Broker.SubscribeGroup(ctx, TopicHooks, HooksGroup) (the
 	// service SDK's subscribes again while the broker is unavailable).
 	Subscribe func(ctx context.Context) (<-chan *message.Message, error)
@@ -109,9 +117,11 @@ type ServeConfig struct {
 //
 // A request is acked when taken (hooks are answered at most once: a service that dies while
 // handling one leaves its call to fail by the deadline). A request whose MetaDeadline has passed
-// is dropped unanswered (nobody waits for it); one without a deadline is handled within
-// DefaultTimeout; one without operation id or reply node, or whose payload is not a HookRequest,
-// is dropped with a warning.
+// by more than ClockSkew (of this process's clock: the deadline is the node's) is dropped
+// unanswered (nobody waits for it); its handler's context ends ClockSkew after the deadline; one
+// without a deadline is handled within DefaultTimeout. One without operation id or reply node is
+// dropped with a warning (nobody could be answered); one whose payload is not a HookRequest is
+// answered with an error (the node's call fails at once).
 func Serve(ctx context.Context, cfg ServeConfig) (done <-chan struct{}, err error) {
 	if cfg.Broker == nil || cfg.Handler == nil {
 		return nil, errors.New("hookbus: Serve needs a broker and a handler")
@@ -124,6 +134,12 @@ func Serve(ctx context.Context, cfg ServeConfig) (done <-chan struct{}, err erro
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	switch {
+	case cfg.ClockSkew == 0:
+		cfg.ClockSkew = DefaultClockSkew
+	case cfg.ClockSkew < 0:
+		cfg.ClockSkew = 0
 	}
 	if cfg.Subscribe == nil {
 		cfg.Subscribe = func(ctx context.Context) (<-chan *message.Message, error) {
@@ -184,6 +200,9 @@ type server struct {
 // take acks m and starts handling it, waiting for a free slot; false when ctx ended first.
 func (s *server) take(ctx context.Context, m *message.Message) bool {
 	deadline, hasDeadline := deadlineOf(m)
+	if hasDeadline {
+		deadline = deadline.Add(s.cfg.ClockSkew)
+	}
 	if hasDeadline && !s.cfg.Now().Before(deadline) {
 		m.Ack()
 		s.cfg.Log.Debug("hookbus: request past its deadline, dropped", "hook", m.Metadata.Get(protocol.MetaHook), "uuid", m.UUID)
@@ -214,7 +233,8 @@ func (s *server) take(ctx context.Context, m *message.Message) bool {
 		defer cancel()
 		var req protocol.HookRequest
 		if err := json.Unmarshal(m.Payload, &req); err != nil {
-			s.cfg.Log.Warn("hookbus: request is not a HookRequest, dropped", "uuid", m.UUID, "error", err)
+			s.cfg.Log.Warn("hookbus: request is not a HookRequest, answered with an error", "uuid", m.UUID, "error", err)
+			s.refuse(hctx, m, fmt.Errorf("hookbus: the request is not a HookRequest: %w", err))
 			return
 		}
 		if err := s.handler.Handle(cqrs.CtxWithOriginalMessage(hctx, m), &req); err != nil {
@@ -222,6 +242,15 @@ func (s *server) take(ctx context.Context, m *message.Message) bool {
 		}
 	}()
 	return true
+}
+
+// refuse answers the request m with err (the reply's error metadata), without a handler.
+func (s *server) refuse(ctx context.Context, m *message.Message, err error) {
+	if rerr := NewResponder(s.cfg.Broker).OnCommandProcessed(ctx, requestreply.BackendOnCommandProcessedParams[protocol.HookReply]{
+		CommandMessage: m, HandleErr: err,
+	}); rerr != nil {
+		s.cfg.Log.Warn("hookbus: reply not sent", "uuid", m.UUID, "error", rerr)
+	}
 }
 
 // handle runs the handler, turning a panic into an error for the node.

@@ -1,5 +1,13 @@
 package nats
 
+import (
+	"encoding/json"
+
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/wsgateway/gateway/protocol"
+)
+
 // Owner returns which of the node ids owns channel, as every node of that view computes it.
 func Owner(ids []string, channel string) string {
 	v := make([]peerKey, len(ids))
@@ -58,4 +66,15 @@ func (b *Broker) Synced() bool {
 	b.pr.mu.Lock()
 	defer b.pr.mu.Unlock()
 	return b.pr.waiting == nil
+}
+
+// Inject hands the node a message on its own presence subject as if the node of id and
+// incarnation inc had sent it: a "join" (a request, unanswered here) or a "bjoin" (a backup
+// copy) of m in channel. It is how a message of a dead node that comes late is played.
+func (b *Broker) Inject(op, id, inc, channel string, m protocol.Member) {
+	data, err := json.Marshal(wire{Op: op, From: peerKey{ID: id, Inc: inc}, Ch: channel, M: &m})
+	if err != nil {
+		panic(err)
+	}
+	b.handler(b.onNode)(&natsgo.Msg{Subject: b.nodeSubject(b.pr.self), Data: data})
 }

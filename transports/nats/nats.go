@@ -727,6 +727,12 @@ func (b *Broker) Close() error {
 		b.logger.Warn("nats subscriptions did not stop in time", "timeout", b.cfg.Timeout)
 	}
 	if b.owned {
+		// What the node published last (a backup copy of its last join) reaches the server
+		// before the socket closes: a socket closed with unread data sends a reset, and the
+		// server may lose what it had not yet read.
+		if b.nc.Status() == natsgo.CONNECTED {
+			_ = b.nc.FlushTimeout(b.cfg.Timeout)
+		}
 		closeConn(b.nc, b.connClosed, b.cfg.Timeout)
 	}
 	return nil

@@ -3,6 +3,7 @@ package nats
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"sync"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -13,18 +14,40 @@ import (
 // presence lock (a sync's records and its done, then a join) reaches a peer in that order, and
 // the writes, a large sync's megabytes included, happen without the lock (nats.go writes to the
 // socket itself when its buffer fills). Heartbeats, hellos and answers are published directly.
+//
+// A sync queued for a node replaces the one queued for it before and not yet sent (the asker
+// reads only the sync of its last request), and a node asked again for the sync it is still
+// sending sends no second one (syncing): a large sync that a loaded asker waits long for is not
+// sent again and again, behind itself.
 type outbox struct {
-	mu   sync.Mutex
-	jobs []outJob
-	wake chan struct{} // capacity 1
+	mu      sync.Mutex
+	jobs    []outJob
+	sending []outJob      // taken by the sender, being published
+	wake    chan struct{} // capacity 1
 }
 
 // outJob is messages published in order; once one fails, the rest of the job is not sent (a
 // sync's done must not follow a record that was lost).
 type outJob struct {
-	msgs []*natsgo.Msg
-	sync bool   // a sync: records, then done
-	to   string // the node's id, for the log
+	msgs    []*natsgo.Msg
+	sync    bool   // a sync: records, then done
+	to      string // the node's id, for the log
+	subject string // a sync: the asker's subject
+	epoch   uint64 // a sync: the asker's epoch
+}
+
+// syncing reports whether a sync of epoch to subject is queued or being sent.
+func (o *outbox) syncing(subject string, epoch uint64) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, js := range [][]outJob{o.jobs, o.sending} {
+		for _, j := range js {
+			if j.sync && j.subject == subject && j.epoch == epoch {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // toNode queues w for a node's subject. A message larger than the server takes fails at once,
@@ -44,6 +67,9 @@ func (b *Broker) toNode(subject, reply string, w wire, to string) error {
 func (b *Broker) queue(j outJob) {
 	o := &b.pr.out
 	o.mu.Lock()
+	if j.sync {
+		o.jobs = slices.DeleteFunc(o.jobs, func(q outJob) bool { return q.sync && q.subject == j.subject })
+	}
 	o.jobs = append(o.jobs, j)
 	o.mu.Unlock()
 	select {
@@ -71,10 +97,13 @@ func (b *Broker) sendQueued() {
 	o := &b.pr.out
 	o.mu.Lock()
 	jobs := o.jobs
-	o.jobs = nil
+	o.jobs, o.sending = nil, jobs
 	o.mu.Unlock()
-	for _, j := range jobs {
+	for i, j := range jobs {
 		b.send(j)
+		o.mu.Lock()
+		o.sending = jobs[i+1:]
+		o.mu.Unlock()
 	}
 }
 

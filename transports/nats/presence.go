@@ -11,9 +11,10 @@ package nats
 //
 // Liveness: a node that takes part (its OnReap was set, or it joined a member) publishes a
 // heartbeat with its id and incarnation (a random id per Broker, so that a restarted node with
-// the same id is another peer) every Heartbeat/2. Every node keeps the peers it heard; one not
-// heard for 2 Heartbeats is dead. The live peers (the view) change when a peer appears, dies or
-// comes back with another incarnation.
+// the same id is another peer) every Heartbeat/2. Every node keeps the peers it heard, and every
+// Heartbeat/4 drops one not heard for more than 1.5 Heartbeats: dead (a node behind itself skips
+// those checks while it is, up to 4 Heartbeats of silence). The live peers (the view) change
+// when a peer appears, dies or comes back with another incarnation.
 //
 // Ownership: the owner of a channel is the peer of the view with the highest rendezvous hash of
 // (peer id, channel); the second highest is its backup. Adding a peer moves to it only the
@@ -25,9 +26,16 @@ package nats
 // it owns itself whose backup is the asker, and "done". The asker replaces that peer's entries
 // with what it sent (what a peer did not send is gone: a leave that was lost). A channel the
 // node owned in every view since its last complete sync is answered at once; one it gained waits
-// ("retry") until every peer answered. Once all have, the members of peers no longer in the
-// view, and the backup copies of a dead owner's own members in the channels it now owns, are
-// removed and given to OnReap: once in the cluster, since one node owns each channel.
+// ("retry") until every peer answered. The members of peers no longer in the view are removed
+// and given to OnReap at once in the channels the node kept (it has them whole), and at the end
+// of the sync in those it gained, with the backup copies of a dead owner's own members there
+// (the vacated of the last needs the whole channel): once in the cluster, since one node owns
+// each channel, and once on the node, which remembers what it reaped of a dead incarnation (a
+// late join or backup copy of it lists no ghost and is not reaped twice).
+//
+// So a SIGKILLed node's members are reaped within 1¾ Heartbeats of its death (its last message
+// was at its death or before; 1.5 of silence and a quarter to the next check), plus the sync
+// of the new view in a channel the dead node owned (a round trip to each live node).
 //
 // A server restart loses nothing (the nodes hold everything); while its connection is down a
 // node judges no peer, and after it reconnects it syncs its channels again.
@@ -37,6 +45,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,6 +74,15 @@ const (
 	// owns their channel (nodes whose views differ for a moment could otherwise pass them round).
 	maxCopyHops = 4
 )
+
+// Liveness, in heartbeats (Config.Presence.Heartbeat). A node beats every half heartbeat and
+// judges its peers every quarter heartbeat; a peer silent for more than dropAfter is dropped
+// from the view at the next check, so at most dropAfter + ¼ heartbeat after its last message:
+// 1¾ heartbeats after its death, under the bound of 2. A node behind itself (tick) skips the
+// checks while it is, up to lagAfter of silence.
+func (p *presence) dropAfter() time.Duration   { return p.hb * 3 / 2 }
+func (p *presence) lagAfter() time.Duration    { return p.hb * 4 }
+func (p *presence) forgetAfter() time.Duration { return max(20*p.hb, time.Minute) }
 
 // peerKey is one incarnation of a node: its id and a random id made by its Broker.
 type peerKey struct {
@@ -132,12 +150,13 @@ type presence struct {
 	activated atomic.Bool
 	subs      []*natsgo.Subscription
 
-	peers   map[string]*peer // the other peers heard, by id
-	view    []peerKey        // the live peers (this one too once active), by id
-	epoch   uint64           // of the last view adopted (or resync)
-	waiting map[peerKey]bool // peers whose sync of epoch has not come; nil: complete
-	moved   map[peerKey]bool // waited-for peers whose sync sent something since they were last asked
-	views   [][]peerKey      // the view of the last complete sync, then those adopted since
+	peers   map[string]*peer      // the other peers heard, by id
+	view    []peerKey             // the live peers (this one too once active), by id
+	epoch   uint64                // of the last view adopted (or resync)
+	waiting map[peerKey]bool      // peers whose sync of epoch has not come; nil: complete
+	moved   map[peerKey]bool      // waited-for peers whose sync sent something since they were last asked
+	askedAt map[peerKey]time.Time // when each waited-for peer was last asked
+	views   [][]peerKey           // the view of the last complete sync, then those adopted since
 	seen    map[peerKey]map[string]sessions
 	seenB   map[peerKey]map[string]sessions
 	back    map[peerKey]bool   // peers asked to sync with Back, until one of their syncs is done
@@ -148,6 +167,15 @@ type presence struct {
 	byNode map[peerKey]map[string]sessions                   // owned's entries by node
 	backup map[peerKey]map[string]map[string]protocol.Member // owners' own members of the channels this node backs
 	hops   map[peerKey]uint64                                // how often a dead owner's copies were sent on
+
+	// Incarnations dropped from the view (not heard for dropAfter, or replaced by a new
+	// incarnation of their id), until they are heard again or forgetAfter has passed; with the
+	// members this node reaped of each, so that a late message of a dead node (its join, its
+	// backup copy, copies of its members sent on by another node) neither lists a ghost nor
+	// makes a second OnReap.
+	dead    map[peerKey]time.Time
+	reapedM map[peerKey]map[string]sessions
+	viewCh  chan struct{} // closed when the view changes, then replaced
 
 	dirty   map[string]uint64 // channels whose owner may be wrong about this node's members
 	gen     uint64
@@ -190,6 +218,7 @@ func newPresence(id string, hb time.Duration) *presence {
 		backup:  map[peerKey]map[string]map[string]protocol.Member{},
 		pending: map[string]chan *natsgo.Msg{},
 		out:     outbox{wake: make(chan struct{}, 1)},
+		viewCh:  make(chan struct{}),
 	}
 }
 
@@ -453,8 +482,8 @@ func (b *Broker) presenceLoop() {
 	}
 }
 
-// tick is one pass of the loop: after a reconnection the peers get 2 Heartbeats again and the
-// node syncs its channels anew; a peer not heard for 2 Heartbeats is dropped (never while this
+// tick is one pass of the loop: after a reconnection the peers get 1.5 Heartbeats again and the
+// node syncs its channels anew; a peer not heard for 1.5 Heartbeats is dropped (never while this
 // node's own connection is down: then it hears no one, through no fault of theirs).
 func (b *Broker) tick(beat bool) {
 	p := b.pr
@@ -484,30 +513,39 @@ func (b *Broker) tick(beat bool) {
 	// This node judges no one before 4 heartbeats of silence when it is behind itself: its loop
 	// ran late (the process stalled), heartbeats wait to be handled, or a message of the peers
 	// (each says its sender lives) has waited half a heartbeat. Messages that wait less, as at
-	// an owner during a join storm, are no lag: the bound stays 2 heartbeats.
+	// an owner during a join storm, are no lag: the bound stays 1¾ heartbeats.
 	lagging := now.Sub(p.lastTick) > p.hb/2
 	if p.hbSub != nil {
 		if n, _, err := p.hbSub.Pending(); err == nil && n > 0 {
 			lagging = true
 		}
 	}
+	queued := false // messages of the peers wait for this node's handler
 	if p.nodeSub != nil {
 		d, err1 := p.nodeSub.Delivered()
 		n, _, err2 := p.nodeSub.Pending()
 		if err1 == nil && err2 == nil && p.nodeLag.behind(d, int64(n)) {
 			lagging = true
 		}
+		queued = err2 == nil && n > 0
 	}
 	p.lastTick = now
+	for k, at := range p.dead {
+		if now.Sub(at) > p.forgetAfter() {
+			delete(p.dead, k)
+			delete(p.reapedM, k)
+		}
+	}
 	if up {
 		changed := false
 		p.hmu.Lock()
 		for id, pe := range p.peers {
-			if silent := now.Sub(p.heardAt[pe.key]); silent > 2*p.hb && (!lagging || silent > 4*p.hb) {
+			if silent := now.Sub(p.heardAt[pe.key]); silent > p.dropAfter() && (!lagging || silent > p.lagAfter()) {
 				delete(p.peers, id)
 				delete(p.heardAt, pe.key)
+				p.markDead(pe.key, now)
 				changed = true
-				b.logger.Warn("nats presence: peer not heard for 2 heartbeats, dropped", "node_id", id)
+				b.logger.Warn("nats presence: peer not heard for 1.5 heartbeats, dropped", "node_id", id, "silent", silent.Round(time.Millisecond))
 			}
 		}
 		p.hmu.Unlock()
@@ -519,6 +557,9 @@ func (b *Broker) tick(beat bool) {
 				if p.moved[k] { // its sync is under way (a large one takes a while): no second
 					p.moved[k] = false
 					continue
+				}
+				if queued && now.Sub(p.askedAt[k]) < 2*p.hb {
+					continue // what waits for the handler may be its sync (a loaded node)
 				}
 				b.askSync(k)
 			}
@@ -641,9 +682,40 @@ func (p *presence) heard(k peerKey) bool {
 	}
 	if pe != nil {
 		delete(p.heardAt, pe.key)
+		p.markDead(pe.key, time.Now())
+	}
+	if _, ok := p.dead[k]; ok { // dropped, but it lived (it stalled): its members come back by sync
+		delete(p.dead, k)
+		delete(p.reapedM, k)
 	}
 	p.peers[k.ID] = &peer{key: k}
 	return true
+}
+
+// markDead notes that k left the view as dead. p.mu is held.
+func (p *presence) markDead(k peerKey, now time.Time) {
+	if p.dead == nil {
+		p.dead = map[peerKey]time.Time{}
+	}
+	p.dead[k] = now
+}
+
+// isDead reports whether k is an incarnation dropped from the view. p.mu is held.
+func (p *presence) isDead(k peerKey) bool {
+	_, ok := p.dead[k]
+	return ok
+}
+
+// wasReaped reports whether this node reaped k's member session of ch. p.mu is held.
+func (p *presence) wasReaped(k peerKey, ch, session string) bool {
+	_, ok := p.reapedM[k][ch][session]
+	return ok
+}
+
+// viewMoved tells the requests waiting for an owner that the view changed. p.mu is held.
+func (p *presence) viewMoved() {
+	close(p.viewCh)
+	p.viewCh = make(chan struct{})
 }
 
 // heardKnown notes a heartbeat of a peer already in p.peers, without p.mu, and reports whether
@@ -668,8 +740,9 @@ func (p *presence) computeView() []peerKey {
 		v = append(v, p.self)
 	}
 	slices.SortFunc(v, func(a, b peerKey) int { return strings.Compare(a.ID, b.ID) })
-	if !p.active {
+	if !p.active && !slices.Equal(v, p.view) {
 		p.view = v
+		p.viewMoved()
 	}
 	return v
 }
@@ -714,7 +787,10 @@ func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 			p.back[k] = true
 		}
 	}
-	p.view = v
+	if !slices.Equal(v, p.view) {
+		p.view = v
+		p.viewMoved()
+	}
 	if p.views != nil {
 		p.views = append(p.views, v)
 	}
@@ -725,6 +801,7 @@ func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 	}
 	p.waiting = map[peerKey]bool{}
 	p.moved = map[peerKey]bool{}
+	p.askedAt = map[peerKey]time.Time{}
 	p.seen = map[peerKey]map[string]sessions{}
 	p.seenB = map[peerKey]map[string]sessions{}
 	p.applyRecs(p.self, p.syncRecs(v, p.self))
@@ -738,11 +815,16 @@ func (p *presence) adopt(b *Broker, v []peerKey) []reaped {
 	if len(p.waiting) == 0 {
 		return p.complete(b)
 	}
-	return nil
+	// The channels this node kept (it owned them in every view since its last complete sync)
+	// are whole here: the members of a dead node are reaped from them now, not after the sync.
+	return p.reapDead(b, true)
 }
 
 func (b *Broker) askSync(k peerKey) {
 	p := b.pr
+	if p.askedAt != nil {
+		p.askedAt[k] = time.Now()
+	}
 	w := wire{Op: "sync", From: p.self, Epoch: p.epoch, View: p.view, Back: p.back[k]}
 	if err := b.toNode(b.nodeSubject(k), "", w, k.ID); err != nil {
 		b.logger.Debug("nats presence: sync request not sent", "node_id", k.ID, "error", err)
@@ -846,22 +928,25 @@ func (p *presence) finishSync(from peerKey) {
 // complete ends a sync: the node answers for every channel it owns, and reaps the members of
 // the peers no longer in the view. p.mu is held.
 func (p *presence) complete(b *Broker) []reaped {
-	p.waiting, p.moved, p.seen, p.seenB = nil, nil, nil, nil
+	p.waiting, p.moved, p.askedAt, p.seen, p.seenB = nil, nil, nil, nil, nil
 	p.views = [][]peerKey{p.view}
-	return p.reapDead(b)
+	return p.reapDead(b, false)
 }
 
 // reapDead removes the members of the peers not in the view from the channels this node owns,
 // with the backup copies of a dead owner's own members of the channels it now owns; it returns
 // them, for OnReap. The backup copies of a channel another node owns now (the dead owner came
-// back with another incarnation, and owns the channel again) are sent to that node. p.mu is held.
-func (p *presence) reapDead(b *Broker) []reaped {
+// back with another incarnation, and owns the channel again) are sent to that node. With kept,
+// during a sync, it reaps only in the channels this node has whole (servable), and leaves the
+// backup copies (the channels they are of were gained: their other members are still coming)
+// for the end of the sync. A member this node reaped already is not reaped again. p.mu is held.
+func (p *presence) reapDead(b *Broker, kept bool) []reaped {
 	live := map[peerKey]bool{}
 	for _, k := range p.view {
 		live[k] = true
 	}
 	for owner, chans := range p.backup {
-		if live[owner] {
+		if live[owner] || kept {
 			continue
 		}
 		for ch, ms := range chans {
@@ -870,7 +955,7 @@ func (p *presence) reapDead(b *Broker) []reaped {
 				continue
 			}
 			for _, m := range ms {
-				if _, had := p.owned.Get(ch, m.Session); !had {
+				if _, had := p.owned.Get(ch, m.Session); !had && !p.wasReaped(owner, ch, m.Session) {
 					p.put(owner, ch, m)
 				}
 			}
@@ -883,21 +968,37 @@ func (p *presence) reapDead(b *Broker) []reaped {
 		if live[k] {
 			continue
 		}
-		for ch, ss := range chans {
-			ids := make([]string, 0, len(ss))
-			for s := range ss {
-				ids = append(ids, s)
+		for _, ch := range slices.Sorted(maps.Keys(chans)) {
+			if kept && !p.servable(ch) {
+				continue
 			}
-			slices.Sort(ids)
-			for _, s := range ids {
+			for _, s := range slices.Sorted(maps.Keys(chans[ch])) {
 				if e, ok, vacated := p.owned.Remove(ch, s); ok {
+					p.noteReaped(k, ch, s)
 					out = append(out, reaped{ch: ch, m: e.M, vacated: vacated})
 				}
+				p.unindex(k, ch, s)
 			}
 		}
-		delete(p.byNode, k)
 	}
 	return out
+}
+
+// noteReaped records that this node reaped k's member session of ch. p.mu is held.
+func (p *presence) noteReaped(k peerKey, ch, session string) {
+	if p.reapedM == nil {
+		p.reapedM = map[peerKey]map[string]sessions{}
+	}
+	if p.reapedM[k] == nil {
+		p.reapedM[k] = map[string]sessions{}
+	}
+	if p.reapedM[k][ch] == nil {
+		p.reapedM[k][ch] = sessions{}
+	}
+	p.reapedM[k][ch][session] = struct{}{}
+	if _, ok := p.dead[k]; !ok {
+		p.markDead(k, time.Now())
+	}
 }
 
 // sendCopies sends copies of node's members of ch to the channel's owner now, to reap them if
@@ -1047,9 +1148,14 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 	switch w.Op {
 	case "join", "leave", "members", "stats", "push":
 		var a answer
-		if p.servable(w.Ch) {
+		switch {
+		case (w.Op == "join" || w.Op == "push") && p.isDead(w.From):
+			// Sent before its node was dropped (it died, or stalled: then it asks again once
+			// it is heard, and is served): no ghost of a dead node.
+			a = answer{Retry: true}
+		case p.servable(w.Ch):
 			a = p.serve(w, b.budget())
-		} else {
+		default:
 			a = answer{Retry: true}
 		}
 		p.mu.Unlock()
@@ -1108,12 +1214,17 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 				p.hops[w.View[0]] = max(p.hops[w.View[0]], w.Epoch+1)
 			}
 			if p.active && p.waiting == nil {
-				reaps = p.reapDead(b)
+				reaps = p.reapDead(b, false)
 			}
 		}
 	case "bjoin":
-		if w.M != nil {
+		if w.M != nil && !p.wasReaped(w.From, w.Ch, w.M.Session) {
 			p.putBackup(w.From, w.Ch, *w.M)
+			if p.isDead(w.From) && p.active && p.waiting == nil {
+				// A dead owner's copy that came after its node was reaped here: reaped now
+				// (at the end of the sync under way, else).
+				reaps = p.reapDead(b, false)
+			}
 		}
 	case "bleave":
 		p.removeBackup(w.From, w.Ch, w.S)
@@ -1134,8 +1245,11 @@ func (p *presence) inRound(w wire) bool {
 func (b *Broker) sendSync(w wire) {
 	p := b.pr
 	subject := b.nodeSubject(w.From)
+	if p.out.syncing(subject, w.Epoch) {
+		return // the answer to this request is still on its way out: not a second one
+	}
 	budget := b.budget()
-	job := outJob{sync: true, to: w.From.ID}
+	job := outJob{sync: true, to: w.From.ID, subject: subject, epoch: w.Epoch}
 	add := func(m wire) bool {
 		data, err := json.Marshal(m)
 		if err != nil {
@@ -1289,16 +1403,21 @@ var errNoResponders = errors.New("no responders")
 // await waits for the reply of token.
 func (b *Broker) await(ctx context.Context, token string, c chan *natsgo.Msg) (answer, error) {
 	defer b.pr.unregister(token)
-	return b.awaitKeep(ctx, token, c)
+	return b.awaitKeep(ctx, c, nil)
 }
 
-// awaitKeep waits for the reply of token, which stays registered.
-func (b *Broker) awaitKeep(ctx context.Context, token string, c chan *natsgo.Msg) (answer, error) {
+// errViewMoved: the view changed while a request waited.
+var errViewMoved = errors.New("the view changed")
+
+// awaitKeep waits for a reply on c, until ctx is done or moved is closed (nil: never).
+func (b *Broker) awaitKeep(ctx context.Context, c chan *natsgo.Msg, moved <-chan struct{}) (answer, error) {
 	select {
 	case <-ctx.Done():
 		return answer{}, ctx.Err()
 	case <-b.ctx.Done():
 		return answer{}, transports.ErrClosed
+	case <-moved:
+		return answer{}, errViewMoved
 	case m := <-c:
 		if noResponders(m) {
 			return answer{}, errNoResponders
@@ -1317,23 +1436,20 @@ var errOwnerGone = errors.New("no longer the owner, no answer")
 
 // awaitOwner waits for the answer of token from owner, the owner of ch, as long as owner stays
 // ch's owner in this node's view (a node that died answers nothing: once it is dropped from the
-// view, the request goes to the new owner).
+// view, the request goes at once to the new owner).
 func (b *Broker) awaitOwner(ctx context.Context, token string, c chan *natsgo.Msg, ch string, owner peerKey) (answer, error) {
 	p := b.pr
+	defer p.unregister(token)
 	for {
-		sctx, cancel := context.WithTimeout(ctx, p.hb/2)
-		a, err := b.awaitKeep(sctx, token, c)
-		cancel()
-		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
-			p.unregister(token)
-			return a, err
-		}
 		p.mu.Lock()
-		still := ownerOf(p.view, ch) == owner
+		still, moved := ownerOf(p.view, ch) == owner, p.viewCh
 		p.mu.Unlock()
 		if !still {
-			p.unregister(token)
 			return answer{}, errOwnerGone
+		}
+		a, err := b.awaitKeep(ctx, c, moved)
+		if !errors.Is(err, errViewMoved) {
+			return a, err
 		}
 	}
 }
@@ -1407,7 +1523,7 @@ func (b *Broker) ask(ctx context.Context, w wire, each func(w *wire, attempt int
 			return answer{}, transports.ErrClosed
 		case <-time.After(delay):
 		}
-		delay = min(2*delay, p.hb/4)
+		delay = min(2*delay, p.hb/16) // a new owner answers once synced: ask again soon
 	}
 }
 

@@ -744,3 +744,61 @@ func TestPresenceJoinTooLarge(t *testing.T) {
 	mustJoin(t, a, ch, "a1")
 	wantMembers(t, b, ch, "a1")
 }
+
+// TestPresenceLateMessageOfDeadNode: messages of a dead node that come after it was reaped (a
+// join it sent before it died, the backup copy of a join) list no ghost and reap no member
+// twice, also at the next view change; a backup copy of a member not reaped yet is reaped once.
+func TestPresenceLateMessageOfDeadNode(t *testing.T) {
+	srv := startServer(t, 0)
+	t.Cleanup(func() { stopServer(srv) })
+	url, prefix, reaps := serverURL(srv), transporttest.Prefix(t), newReapCounter()
+	pick := func(owner string, not ...string) string {
+		for i := 0; ; i++ {
+			c := fmt.Sprintf("late-%d", i)
+			if nats.Owner([]string{"d", "x"}, c) == owner && !slices.Contains(not, c) {
+				return c
+			}
+		}
+	}
+	dch := pick("d") // d owns it, x backs it
+	xch := pick("x") // x owns it
+	x := startPresenceNode(t, url, prefix, "x", reaps)
+	d := startPresenceNode(t, url, prefix, "d", reaps)
+	wantView(t, x, "d", "x")
+	wantView(t, d, "d", "x")
+	mustJoin(t, d, dch, "d1")
+	mustJoin(t, d, xch, "d2")
+	wantMembers(t, x, dch, "d1")
+	wantMembers(t, x, xch, "d2")
+	inc := d.Incarnation()
+	_ = d.Close() // as SIGKILLed
+	want := map[string]int{dch + "/d1": 1, xch + "/d2": 1}
+	transporttest.WaitFor(t, 10*time.Second, func() error { return reaps.check(want, map[string]int{dch: 1, xch: 1}) })
+
+	member := func(s string) protocol.Member { return protocol.Member{User: "u-" + s, Session: s, Node: "d"} }
+	x.Inject("bjoin", "d", inc, dch, member("d1")) // reaped already
+	x.Inject("join", "d", inc, xch, member("d3"))  // a join d sent before it died
+	x.Inject("bjoin", "d", inc, dch, member("d4")) // a copy of a member x never had: reaped now
+	want[dch+"/d4"] = 1
+	transporttest.WaitFor(t, 10*time.Second, func() error { return reaps.check(want, map[string]int{dch: 2, xch: 1}) })
+	wantMembers(t, x, xch)
+	wantMembers(t, x, dch)
+
+	// A view change makes x reap what it holds of the dead: nothing is left to reap twice.
+	n := startPresenceNode(t, url, prefix, "n", reaps)
+	wantView(t, x, "n", "x")
+	wantView(t, n, "n", "x")
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		if !x.Synced() || !n.Synced() {
+			return errors.New("x and n have not synced")
+		}
+		return nil
+	})
+	for _, node := range []*nats.Broker{x, n} {
+		wantMembers(t, node, xch)
+		wantMembers(t, node, dch)
+	}
+	if err := reaps.check(want, map[string]int{dch: 2, xch: 1}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -92,7 +92,9 @@ func (h *hookSuite) serve(t *testing.T, b transports.Broker, name string) (*repl
 	t.Helper()
 	r := &replica{name: name, handled: map[string]int{}, release: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
-	done, err := hookbus.Serve(ctx, hookbus.ServeConfig{Broker: b, Handler: func(ctx context.Context, req *protocol.HookRequest) (protocol.HookReply, error) {
+	// One clock for the node and the replicas: no skew tolerated, so a request past its deadline
+	// is dropped at once (testLateService).
+	done, err := hookbus.Serve(ctx, hookbus.ServeConfig{Broker: b, ClockSkew: -1, Handler: func(ctx context.Context, req *protocol.HookRequest) (protocol.HookReply, error) {
 		r.mu.Lock()
 		r.handled[req.ID]++
 		r.mu.Unlock()

@@ -326,6 +326,35 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, id Identity) error 
 	return <-c.opened
 }
 
+// Check makes the checks of Accept that cost nothing, without answering: the Origin
+// (ErrOriginRefused) and the handshake's headers (an *UpgradeError: Connection and Upgrade
+// tokens, Sec-WebSocket-Version 13). A caller checks before its own costly steps (a hook call);
+// Accept checks again.
+func (h *Hub) Check(r *http.Request) error {
+	if !h.cfg.CheckOrigin(r) {
+		return ErrOriginRefused
+	}
+	if !gws.IsWebSocketUpgrade(r) {
+		return &UpgradeError{Status: http.StatusBadRequest, Err: errors.New("websocket: not a websocket handshake: 'Connection: upgrade' and 'Upgrade: websocket' are required")}
+	}
+	if !hasToken(r.Header.Values("Sec-Websocket-Version"), "13") {
+		return &UpgradeError{Status: http.StatusBadRequest, Err: errors.New("websocket: unsupported version: 13 not found in 'Sec-Websocket-Version' header")}
+	}
+	return nil
+}
+
+// hasToken reports whether one of the comma-separated lists in values holds token.
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // sameHost allows requests without an Origin (not browsers) and pages served from the host
 // the request was sent to.
 func sameHost(r *http.Request) bool {
