@@ -35,7 +35,8 @@ func (h *HTTP) SSE(w http.ResponseWriter, r *http.Request) { h.serveStream(w, r,
 // Stream serves GET /stream: the same, as NDJSON.
 func (h *HTTP) Stream(w http.ResponseWriter, r *http.Request) { h.serveStream(w, r, stream.NDJSON) }
 
-// serveStream authenticates a one-way stream, checks its channels, and hands it to the hub as a
+// serveStream authenticates a one-way stream, checks its channels (the cheap checks first, then
+// the connection limits, then the connect hook, as Upgrade), and hands it to the hub as a
 // connection whose only client frames are a subscribe per channel, each resuming from the
 // position the last event id holds for it. Every refusal comes before the response starts, as
 // for an upgrade (401, 403, 429, 503, and 400 for a bad channel list).
@@ -75,20 +76,27 @@ func (h *HTTP) serveStream(w http.ResponseWriter, r *http.Request, f stream.Form
 			return
 		}
 	}
-	claims, welcome, status, perr := h.cfg.Sessions.connectHook(r, claims)
-	if perr != nil {
-		h.refuse(w, r, status, perr.Code, perr.Message)
-		return
-	}
 	value, done, err := h.cfg.Sessions.Admit(claims)
 	if err != nil {
 		h.refuseAdmit(w, r, err)
 		return
 	}
 	defer done()
-	if st, ok := value.(*state); ok {
-		st.welcome = welcome
+	hooked, status, perr := h.cfg.Sessions.connectHook(r, claims)
+	if perr != nil {
+		h.refuse(w, r, status, perr.Code, perr.Message)
+		return
 	}
+	if hooked.claims != claims {
+		if err := h.cfg.Sessions.rebind(value, hooked.claims); err != nil {
+			h.refuseAdmit(w, r, err)
+			return
+		}
+	}
+	if st, ok := value.(*state); ok {
+		st.welcome, st.expiryCap = hooked.welcome, hooked.expiryCap
+	}
+	user := hooked.claims.User
 
 	last := r.Header.Get("Last-Event-ID")
 	for _, k := range []string{"last_event_id", "since"} {
@@ -102,7 +110,7 @@ func (h *HTTP) serveStream(w http.ResponseWriter, r *http.Request, f stream.Form
 		sub := protocol.Frame{Type: protocol.TypeSubscribe, ID: strconv.Itoa(i + 1), Channel: ch}
 		name := ch
 		if ch == protocol.UserChannel {
-			name = protocol.UserChannelFor(claims.User)
+			name = protocol.UserChannelFor(user)
 		}
 		if _, err := protocol.ParseClientPosition(name, since[i]); since[i] != "" && err == nil {
 			sub.Since = &since[i]
@@ -118,7 +126,7 @@ func (h *HTTP) serveStream(w http.ResponseWriter, r *http.Request, f stream.Form
 	if err := sw.Start(); err != nil {
 		return
 	}
-	id := websocket.Identity{Session: watermill.NewUUID(), User: claims.User, Value: value}
+	id := websocket.Identity{Session: watermill.NewUUID(), User: user, Value: value}
 	if err := h.cfg.Streamer.Serve(r.Context(), sw, id, frames, h.cfg.Stream.Heartbeat); errors.Is(err, websocket.ErrHubClosed) {
 		_ = sw.Write(protocol.DisconnectShutdown.Frame())
 		_ = sw.Flush()
