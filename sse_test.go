@@ -12,6 +12,7 @@ import (
 
 	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
+	"github.com/wsgateway/gateway/protocol"
 )
 
 // streamEvent is one event of a one-way stream: a frame with the event id it carried ("" for
@@ -314,4 +315,41 @@ func TestStreamDrainAndHeartbeat(t *testing.T) {
 		t.Fatalf("a stream while draining: %d, want 503", resp.StatusCode)
 	}
 	<-done
+}
+
+// The hooks are asked about a stream as about a WebSocket, told its transport; a channel the
+// subscribe hook refuses comes as an error event answering that channel's subscribe, and the
+// other channels stream.
+func TestStreamHooks(t *testing.T) {
+	b := newHookBackend(t, func(req protocol.HookRequest) *protocol.HookReply {
+		if req.Hook == protocol.HookSubscribe && req.Channel == "room:closed" {
+			return deny("closed", "the room is closed")
+		}
+		return nil
+	})
+	n := startNode(t, testConfig(t, append(hookEnv(b.URL, "connect", "subscribe"), "GATEWAY_HOOKS_SUBSCRIBE_CHANNELS=room:*")...))
+	tok := token(t, "alice", time.Hour, []string{"news"}, nil) // not room:*: the hook decides there
+	for _, path := range []string{"/sse", "/stream"} {
+		c := openStream(t, n.URL, path, url.Values{"channel": {"news", "room:closed", "room:open"}}, tok, nil)
+		c.expect("welcome")
+		got := map[string]string{}
+		for range 3 {
+			f := c.expect2("subscribed", "error")
+			got[f.Str("id")] = f.Str("type") + " " + f.Str("channel") + f.Str("code")
+		}
+		if got["1"] != "subscribed news" || got["2"] != "error closed" || got["3"] != "subscribed room:open" {
+			t.Fatalf("%s: %v", path, got)
+		}
+		mustAPIPublish(t, n.URL, map[string]any{"channel": "room:open", "data": path})
+		if m := c.expect("message"); m.Data() != `"`+path+`"` {
+			t.Fatalf("%s: %v", path, m)
+		}
+		want := map[string]string{"/sse": "sse", "/stream": "stream"}[path]
+		for _, hook := range []string{protocol.HookConnect, protocol.HookSubscribe} {
+			reqs := b.requests(hook)
+			if last := reqs[len(reqs)-1]; last.Transport != want {
+				t.Errorf("%s: the %s hook was told transport %q", path, hook, last.Transport)
+			}
+		}
+	}
 }

@@ -95,6 +95,7 @@ func (h *HTTP) serveStream(w http.ResponseWriter, r *http.Request, f stream.Form
 	}
 	if st, ok := value.(*state); ok {
 		st.welcome, st.expiryCap = hooked.welcome, hooked.expiryCap
+		st.transport = transportOf(r)
 	}
 	user := hooked.claims.User
 
@@ -158,4 +159,30 @@ func (s *Sessions) mayStream(claims *auth.Claims, channel string) bool {
 	st := &state{}
 	st.tok.Store(claims)
 	return s.canSubscribe(st, channel)
+}
+
+// The transports hook requests name (protocol.HookRequest.Transport).
+const (
+	transportWebSocket = "websocket"
+	transportSSE       = "sse"
+	transportStream    = "stream"
+)
+
+// transportOf is the transport a connection request asks for, by its path.
+func transportOf(r *http.Request) string {
+	switch r.URL.Path {
+	case "/sse":
+		return transportSSE
+	case "/stream":
+		return transportStream
+	}
+	return transportWebSocket
+}
+
+// transportName is the connection's transport, for hook requests.
+func (st *state) transportName() string {
+	if st.transport == "" {
+		return transportWebSocket
+	}
+	return st.transport
 }
