@@ -353,3 +353,48 @@ func TestStreamHooks(t *testing.T) {
 		}
 	}
 }
+
+// An event id given as ?last_event_id= resumes like the header; one that is not an id of this
+// stream (garbage, another channel list) resumes nothing: recovered:false, no replay.
+func TestStreamEventIDs(t *testing.T) {
+	n := startNode(t, testConfig(t))
+	tok := allowAll(t, "alice")
+	c := openStream(t, n.URL, "/sse", url.Values{"channel": {"a", "b"}}, tok, nil)
+	c.expect("welcome")
+	c.expect("subscribed")
+	c.expect("subscribed")
+	mustAPIPublish(t, n.URL, map[string]any{"channel": "a", "data": 1})
+	c.expect("message")
+	id := c.lastID
+	mustAPIPublish(t, n.URL, map[string]any{"channel": "a", "data": 2})
+	mustAPIPublish(t, n.URL, map[string]any{"channel": "b", "data": 3})
+	for _, tc := range []struct {
+		name     string
+		channels []string
+		id       string
+		replay   []string
+	}{
+		{"the query", []string{"a", "b"}, id, []string{"2", "3"}},
+		{"garbage", []string{"a", "b"}, "1.x:y.z", nil},
+		{"the channels swapped", []string{"b", "a"}, id, nil},
+		{"another channel list", []string{"a"}, id, nil},
+	} {
+		r := openStream(t, n.URL, "/sse", url.Values{"channel": tc.channels, "last_event_id": {tc.id}}, tok, nil)
+		r.expect("welcome")
+		var replay []string
+		for subscribed := 0; subscribed < len(tc.channels); {
+			f := r.expect2("message", "subscribed")
+			if f.Str("type") == "message" {
+				replay = append(replay, f.Data())
+				continue
+			}
+			subscribed++
+			if f.Bool("recovered") != (tc.replay != nil) {
+				t.Fatalf("%s: %v", tc.name, f)
+			}
+		}
+		if strings.Join(replay, ",") != strings.Join(tc.replay, ",") {
+			t.Fatalf("%s: replayed %v, want %v", tc.name, replay, tc.replay)
+		}
+	}
+}
