@@ -369,6 +369,8 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	handlers.NewHTTP(handlers.HTTPConfig{
 		NodeID:         cfg.NodeID,
 		Acceptor:       g.hub,
+		Streamer:       g.hub,
+		Stream:         handlers.StreamConfig{Heartbeat: cfg.Stream.Heartbeat, MaxChannels: cfg.Stream.MaxChannels, WriteTimeout: cfg.WebSocket.WriteTimeout},
 		Sessions:       sessions,
 		Ready:          g.ready,
 		Inbox:          g.inbox,

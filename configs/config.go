@@ -38,6 +38,8 @@ const (
 	DefaultEventsHeartbeat = 5 * time.Second
 	DefaultDrainPeriod     = 10 * time.Second
 	DefaultEventsQueue     = 10000
+	DefaultStreamHeartbeat = 15 * time.Second
+	DefaultStreamChannels  = 32
 	DefaultRetryAttempts   = 3
 	DefaultRetryInitial    = 50 * time.Millisecond
 	DefaultRetryMaxElapsed = 3 * time.Second
@@ -129,6 +131,7 @@ type Config struct {
 	Webhooks  WebhooksConfig  `yaml:"webhooks" envPrefix:"WEBHOOKS_"`
 	Hooks     HooksConfig     `yaml:"hooks" envPrefix:"HOOKS_"`
 	Pusher    PusherConfig    `yaml:"pusher" envPrefix:"PUSHER_"`
+	Stream    StreamConfig    `yaml:"stream" envPrefix:"STREAM_"`
 	Log       LogConfig       `yaml:"log" envPrefix:"LOG_"`
 	TLS       TLSConfig       `yaml:"tls" envPrefix:"TLS_"`
 	HTTP      HTTPConfig      `yaml:"http" envPrefix:"HTTP_"`
@@ -223,6 +226,13 @@ type WebSocketConfig struct {
 	WriteDelay     time.Duration `yaml:"write_delay" env:"WS_WRITE_DELAY"` // least time between two writes to one connection (0: none)
 	PingInterval   time.Duration `yaml:"ping_interval" env:"WS_PING_INTERVAL"`
 	PublishTimeout time.Duration `yaml:"publish_timeout" env:"WS_PUBLISH_TIMEOUT"` // longest wait for the broker before `unavailable`
+}
+
+// StreamConfig sets the one-way transports, Server-Sent Events (GET /sse) and NDJSON streaming
+// (GET /stream); their send buffer, write timeout and limits are the WebSocket connections'.
+type StreamConfig struct {
+	Heartbeat   time.Duration `yaml:"heartbeat" env:"HEARTBEAT"`       // a keep-alive (SSE comment, heartbeat line) every this long
+	MaxChannels int           `yaml:"max_channels" env:"MAX_CHANNELS"` // most channels one stream names (this bounds its event id)
 }
 
 // HistoryConfig bounds what the embedded broker keeps per channel, what one subscribe replays,
@@ -375,6 +385,8 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.WebSocket.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.WebSocket.PingInterval, DefaultPingInterval)
 	setDefault(&c.WebSocket.PublishTimeout, DefaultPublishTimeout)
+	setDefault(&c.Stream.Heartbeat, DefaultStreamHeartbeat)
+	setDefault(&c.Stream.MaxChannels, DefaultStreamChannels)
 	setDefault(&c.History.Size, DefaultHistorySize)
 	setDefault(&c.History.TTL, DefaultHistoryTTL)
 	setDefault(&c.History.MaxReplay, DefaultMaxReplay)

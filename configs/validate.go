@@ -263,6 +263,8 @@ func (c *Config) validateServer(v *validator) {
 	v.check(&h.ReadHeaderTimeout, h.ReadHeaderTimeout >= time.Millisecond, "must be positive")
 	v.check(&h.IdleTimeout, h.IdleTimeout >= time.Millisecond, "must be positive")
 	v.check(&h.ReadTimeout, h.ReadTimeout >= time.Millisecond, "must be positive")
+	v.check(&c.Stream.Heartbeat, c.Stream.Heartbeat >= time.Millisecond, "must be positive")
+	v.check(&c.Stream.MaxChannels, c.Stream.MaxChannels >= 1 && c.Stream.MaxChannels <= 1024, "must be between 1 and 1024")
 	if c.Admin.Addr != "" {
 		v.check(&c.Admin.Addr, hostPort(c.Admin.Addr), "%q is not host:port", c.Admin.Addr)
 		v.check(&c.Admin.Addr, !sameListener(c.Admin.Addr, c.Addr),

@@ -37,6 +37,9 @@ type Acceptor interface {
 type HTTPConfig struct {
 	NodeID   string
 	Acceptor Acceptor
+	// Streamer serves GET /sse and GET /stream (the hub); nil: they answer 503.
+	Streamer Streamer
+	Stream   StreamConfig
 	Sessions *Sessions // admits the connections Upgrade accepts
 	// Ready reports whether the node can serve (broker reachable).
 	Ready          func(ctx context.Context) error
@@ -66,6 +69,8 @@ func NewHTTP(cfg HTTPConfig) *HTTP {
 // Routes registers every endpoint on mux.
 func (h *HTTP) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /ws", h.Upgrade)
+	mux.HandleFunc("GET /sse", h.SSE)
+	mux.HandleFunc("GET /stream", h.Stream)
 	mux.HandleFunc("POST /api/publish", h.Publish)
 	mux.HandleFunc("POST /api/batch", h.Batch)
 	mux.HandleFunc("GET /api/presence", h.PresenceMembers)

@@ -95,6 +95,8 @@ type state struct {
 	subMu sync.Mutex
 
 	welcome json.RawMessage // the connect hook's data, for the welcome frame (set before Open)
+	// transport is how the client is connected, for hook requests: "sse", "stream"; "": websocket.
+	transport string
 	// tokenUser is the user of the token the connection was opened with ("" without one), the
 	// user a refresh frame's token must be for (the connect hook may have set another).
 	tokenUser string

@@ -46,7 +46,7 @@ func (sh *subHooked) stop() {
 
 // hookRequest is a request of hook for the connection c.
 func hookRequest(hook string, c *websocket.Conn, st *state) protocol.HookRequest {
-	return protocol.HookRequest{Hook: hook, User: c.User, Session: c.ID, Transport: "websocket", Info: st.claims().Info}
+	return protocol.HookRequest{Hook: hook, User: c.User, Session: c.ID, Transport: st.transportName(), Info: st.claims().Info}
 }
 
 // subscribeHook asks the subscribe hook about channel (the client's name of it). It returns
@@ -333,7 +333,7 @@ func (s *Sessions) connectHook(r *http.Request, claims *auth.Claims) (connected,
 	if !s.cfg.Hooks.On(protocol.HookConnect) {
 		return connected{claims: claims}, 0, nil
 	}
-	req := protocol.HookRequest{Hook: protocol.HookConnect, User: claims.User, Transport: "websocket", Info: claims.Info,
+	req := protocol.HookRequest{Hook: protocol.HookConnect, User: claims.User, Transport: transportOf(r), Info: claims.Info,
 		Headers: hookHeaders(r.Header.Get, s.cfg.ConnectHeaders)}
 	if !claims.ExpiresAt.IsZero() {
 		req.Expires = claims.ExpiresAt.Unix()

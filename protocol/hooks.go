@@ -58,7 +58,8 @@ type HookRequest struct {
 	Node    string `json:"node"`
 	User    string `json:"user"`              // "" for an anonymous connection
 	Session string `json:"session,omitempty"` // absent on connect (the session starts after it)
-	// Transport is how the client is connected: "websocket" (more transports come).
+	// Transport is how the client is connected: "websocket", "sse" (GET /sse) or "stream"
+	// (GET /stream).
 	Transport string          `json:"transport"`
 	Channel   string          `json:"channel,omitempty"` // subscribe, publish
 	Method    string          `json:"method,omitempty"`  // rpc

@@ -13,6 +13,8 @@
 #   idle      resident memory per idle subscribed connection: IDLE_CONNS (10000), one channel each
 #   fanout    FANOUT_CONNS (5000) subscribers of one channel, 50 msg/s: p99 latency and loss, and
 #             the server's CPU per 1,000 deliveries (two rows of the table, one run)
+#   ssefanout the fanout row over Server-Sent Events (wsbench -transport sse: GET /sse instead of
+#             /ws); run it beside fanout (`scripts/perf.sh memory fanout ssefanout`) to compare
 #   pinned    the gateway pinned to CPU 0 (taskset), wsbench to CPU 1; FANOUT_CONNS subscribers
 #             of one channel offered 200 msg/s: deliveries/s sustained (needs 2 CPUs)
 #   channels  2,000 clients on 2,000 channels, 500 msg/s: server CPU per 1,000 deliveries
@@ -46,7 +48,7 @@ esac
 rows=("$@")
 [ ${#rows[@]} -gt 0 ] || rows=(idle fanout pinned channels scale)
 for r in "${rows[@]}"; do
-  case $r in idle | fanout | pinned | channels | scale) ;; *) echo "perf.sh: unknown row '$r'" >&2; exit 2 ;; esac
+  case $r in idle | fanout | ssefanout | pinned | channels | scale) ;; *) echo "perf.sh: unknown row '$r'" >&2; exit 2 ;; esac
 done
 for tool in go curl jq; do
   command -v $tool >/dev/null || { echo "perf.sh: $tool is required" >&2; exit 1; }
@@ -152,6 +154,7 @@ for ((i = 1; i <= RUNS; i++)); do
     case $r in
       idle) run "idle-$i" - -conns "$IDLE_CONNS" -channels 0 -idle -duration 15s -source-ips 4 ;;
       fanout) run "fanout-$i" - -conns "$FANOUT_CONNS" -channels 1 -rate 50 -duration "$DURATION" -publishers 4 ;;
+      ssefanout) run "ssefanout-$i" - -conns "$FANOUT_CONNS" -channels 1 -rate 50 -duration "$DURATION" -publishers 4 -transport sse ;;
       pinned) run "pinned-$i" pinned -conns "$FANOUT_CONNS" -channels 1 -rate 200 -duration "$DURATION" -publishers 16 ;;
       channels) run "channels-$i" - -conns 2000 -channels 0 -rate 500 -duration "$DURATION" -publishers 16 ;;
       scale) run "scale-$i" - -conns "$SCALE_CONNS" -channels 0 -idle -duration 20s -inflight 128 -source-ips 4 ;;
@@ -179,14 +182,15 @@ for r in "${rows[@]}"; do
     idle)
       v=$(fig idle '.server.rss_per_connection_kib // null')
       line idle "RSS per idle subscribed connection ($IDLE_CONNS)" "$v" KiB "<= 24" "$(verdict "$(jq -n "$v != null and $v <= 24")")" "$other" ;;
-    fanout)
-      p99=$(fig fanout '.latency_ms.p99 // null')
-      lost=$(fig fanout '.deliveries_lost // null')
-      cpu=$(fig fanout '.server.cpu_ms_per_1000_deliveries // null')
-      wr=$(fig fanout '.server.write_syscalls_per_1000_deliveries // null')
-      line fanout "$FANOUT_CONNS subs, 50 msg/s: p99 latency (lost)" "$p99 ($lost)" ms "<= 120, 0 lost" "$(verdict "$(jq -n "$p99 != null and $p99 <= 120 and $lost == 0")")" "$other"
-      line fanout "  same: server CPU per 1,000 deliveries" "$cpu" ms "<= 3.0" "$(verdict "$(jq -n "$cpu != null and $cpu <= 3.0")")" "$other"
-      line fanout "  same: server write syscalls per 1,000" "$wr" "" "" "" "" ;;
+    fanout | ssefanout)
+      p99=$(fig "$r" '.latency_ms.p99 // null')
+      lost=$(fig "$r" '.deliveries_lost // null')
+      cpu=$(fig "$r" '.server.cpu_ms_per_1000_deliveries // null')
+      wr=$(fig "$r" '.server.write_syscalls_per_1000_deliveries // null')
+      what="$FANOUT_CONNS subs"; [ "$r" = ssefanout ] && what="$FANOUT_CONNS SSE subs"
+      line "$r" "$what, 50 msg/s: p99 latency (lost)" "$p99 ($lost)" ms "<= 120, 0 lost" "$(verdict "$(jq -n "$p99 != null and $p99 <= 120 and $lost == 0")")" "$other"
+      line "$r" "  same: server CPU per 1,000 deliveries" "$cpu" ms "<= 3.0" "$(verdict "$(jq -n "$cpu != null and $cpu <= 3.0")")" "$other"
+      line "$r" "  same: server write syscalls per 1,000" "$wr" "" "" "" "" ;;
     pinned)
       d=$(fig pinned '.deliveries_per_second // null')
       lost=$(fig pinned '.deliveries_lost // null')

@@ -4,6 +4,8 @@
 # Redis broker, the chat server, and two pages in headless Chromium; one node is killed and the
 # page on it must resume on the other with no message missing; each page's list of who is online
 # must follow (both users, one gone with her node and back on the other, one gone with his page).
+# Then Chromium's EventSource on GET /sse of two nodes behind a balancer, one SIGKILLed: the
+# browser's own reconnect with Last-Event-ID resumes on the other with every message once.
 # See examples/chat/README.md.
 #
 # Needs go, node >= 20 with npm, Chromium and a Redis server on 127.0.0.1:6379 (or REDIS_ADDR).

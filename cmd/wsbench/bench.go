@@ -40,6 +40,7 @@ type shard struct {
 type bench struct {
 	o       options
 	wsURL   *url.URL
+	sseURL  *url.URL // -transport sse: the http(s) URL of /sse
 	pubURL  string
 	shards  [shards]shard
 	subsPer []atomic.Int64 // subscribed connections per channel index
@@ -159,9 +160,12 @@ func newBench(o options) (*bench, error) {
 	ws := *u
 	ws.Scheme = map[string]string{"http": "ws", "https": "wss"}[u.Scheme]
 	ws.Path = strings.TrimRight(ws.Path, "/") + "/ws"
+	sse := *u
+	sse.Path = strings.TrimRight(sse.Path, "/") + "/sse"
 	b := &bench{
 		o:           o,
 		wsURL:       &ws,
+		sseURL:      &sse,
 		pubURL:      base + "/api/publish",
 		subsPer:     make([]atomic.Int64, o.Channels),
 		connErrors:  map[string]int64{},
@@ -295,6 +299,7 @@ type conn struct {
 	fd    int      // the socket, with the epoll reader
 	sh    *shard
 	p     frameParser
+	sse   *sseParser // -transport sse: the event stream's parser instead of p
 	state connState
 	seen  int  // frames read while subscribing
 	dead  bool // the epoll worker closed it (read by closeAll once the workers stopped)
@@ -308,6 +313,14 @@ const (
 	stateSubscribing
 	stateLive
 )
+
+// feed parses what the server sent: WebSocket frames, or an event stream's events.
+func (c *conn) feed(p []byte, fn func(op byte, payload []byte) error) error {
+	if c.sse != nil {
+		return c.sse.feed(p, fn)
+	}
+	return c.p.feed(p, fn)
+}
 
 // errOpened stops the frame loop of open once the connection is subscribed.
 var errOpened = errors.New("subscribed")
@@ -327,14 +340,24 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 	if b.o.SourceIPs > 0 {
 		local = sourceAddr(i, b.o.SourceIPs)
 	}
-	nc, rest, err := dialWS(ctx, b.wsURL, token, local, 15*time.Second)
+	var nc net.Conn
+	var rest []byte
+	var err error
+	var sse *sseParser
+	if b.o.Transport == transportSSE {
+		var chunked bool
+		nc, rest, chunked, err = dialSSE(ctx, b.sseURL, b.o.channelOf(i), token, local, 15*time.Second)
+		sse = &sseParser{chunked: chunked}
+	} else {
+		nc, rest, err = dialWS(ctx, b.wsURL, token, local, 15*time.Second)
+	}
 	if err != nil {
 		b.failed.Add(1)
 		b.countErr(b.connErrors, shorten(err.Error()))
 		return nil, false
 	}
 	b.opened.Add(1)
-	c := &conn{i: i, nc: nc, fd: -1, sh: &b.shards[i%shards]}
+	c := &conn{i: i, nc: nc, fd: -1, sh: &b.shards[i%shards], sse: sse}
 	if !b.register(c) {
 		nc.Close()
 		return nil, false
@@ -345,12 +368,12 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 	}
 	_ = nc.SetReadDeadline(deadline)
 	buf := make([]byte, 4096)
-	err = c.p.feed(rest, func(op byte, p []byte) error { return b.frame(c, op, p) })
+	err = c.feed(rest, func(op byte, p []byte) error { return b.frame(c, op, p) })
 	for err == nil {
 		var n int
 		n, err = nc.Read(buf)
 		if n > 0 {
-			if ferr := c.p.feed(buf[:n], func(op byte, p []byte) error { return b.frame(c, op, p) }); ferr != nil {
+			if ferr := c.feed(buf[:n], func(op byte, p []byte) error { return b.frame(c, op, p) }); ferr != nil {
 				err = ferr
 			}
 		}
@@ -391,6 +414,10 @@ func (b *bench) frame(c *conn, op byte, p []byte) error {
 	case stateWelcome:
 		if t := frameType(p); string(t) != "welcome" {
 			return &openError{kind: "first frame " + string(t)}
+		}
+		if c.sse != nil { // the stream's URL named the channel: the server subscribes it
+			c.state = stateSubscribing
+			return nil
 		}
 		ch := b.o.channelOf(c.i)
 		sub := `{"type":"subscribe","id":"s","channel":` + strconv.Quote(ch) + `}`
@@ -473,7 +500,7 @@ func (b *bench) read(c *conn) {
 	for {
 		n, err := c.nc.Read(buf)
 		if n > 0 {
-			if ferr := c.p.feed(buf[:n], fn); ferr != nil {
+			if ferr := c.feed(buf[:n], fn); ferr != nil {
 				err = ferr
 			}
 		}

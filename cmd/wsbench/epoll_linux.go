@@ -103,7 +103,7 @@ func (e *epollReaders) drain(set int, c *conn, buf []byte) {
 	for range 4 {
 		n, err := syscall.Read(c.fd, buf)
 		if n > 0 {
-			if ferr := c.p.feed(buf[:n], fn); ferr != nil {
+			if ferr := c.feed(buf[:n], fn); ferr != nil {
 				e.end(set, c, ferr)
 				return
 			}

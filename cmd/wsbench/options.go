@@ -37,6 +37,7 @@ type options struct {
 	Quiet         bool          // no progress lines
 	Reader        string        // "epoll" (a few goroutines read every socket) or "goroutine" (one per connection)
 	Readers       int           // epoll reader goroutines
+	Transport     string        // "websocket" (GET /ws) or "sse" (GET /sse, Server-Sent Events)
 	Progress      io.Writer     // where progress lines go (nil: none)
 }
 
@@ -47,6 +48,9 @@ const (
 
 	publishHTTP   = "http"
 	publishBroker = "broker"
+
+	transportWebSocket = "websocket"
+	transportSSE       = "sse"
 
 	readerEpoll     = "epoll"
 	readerGoroutine = "goroutine"
@@ -62,6 +66,7 @@ func defaults() options {
 		Publishers:    4,
 		Publish:       publishHTTP,
 		Readers:       1,
+		Transport:     transportWebSocket,
 		Duration:      10 * time.Second,
 		Payload:       128,
 		MaxInflight:   64,
@@ -102,6 +107,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.Quiet, "quiet", false, "no progress line every second")
 	fs.StringVar(&o.Config, "config", "", "with -publish broker: the gateway's YAML configuration `file` (GATEWAY_* variables apply on top, as for the gateway)")
 	fs.StringVar(&o.Reader, "reader", "", "`how` to read the connections: epoll (a few goroutines with an epoll set each; Linux, plain http) or goroutine (one per connection, like most clients); default epoll where it works")
+	fs.StringVar(&o.Transport, "transport", o.Transport, "`how` clients connect: websocket (GET /ws, a subscribe frame each) or sse (GET /sse?channel=…, Server-Sent Events: the same frames as events)")
 	fs.IntVar(&o.Readers, "readers", o.Readers, "epoll reader goroutines (each reads its share of the connections on one core at most)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -176,6 +182,9 @@ func (o *options) normalize() error {
 		}
 	default:
 		bad("-reader must be epoll or goroutine, not %q", o.Reader)
+	}
+	if o.Transport != transportWebSocket && o.Transport != transportSSE {
+		bad("-transport must be websocket or sse, not %q", o.Transport)
 	}
 	if o.Readers < 1 || o.Readers > 64 {
 		bad("-readers must be 1 to 64")

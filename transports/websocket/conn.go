@@ -43,7 +43,8 @@ const reasonInvalidUTF8 = "invalid_utf8"
 // Conn is one client connection. Its methods are safe for concurrent use.
 type Conn struct {
 	hub   *Hub
-	s     *melody.Session
+	s     *melody.Session // the WebSocket; nil for a stream connection, and until it is open
+	link  *streamLink     // a stream connection's (Hub.Serve); nil for a WebSocket
 	fc    *flushConn
 	ID    string // session id
 	User  string // user id ("" for anonymous)
@@ -115,7 +116,7 @@ const slowGrace = 100 * time.Millisecond
 // is disconnected as a slow consumer (it can resume) rather than losing the frame silently.
 // Send reports whether it was queued.
 func (c *Conn) Send(frame []byte) bool {
-	if c.closing.Load() || c.s == nil {
+	if c.closing.Load() || !c.open() {
 		return false
 	}
 	limit := int64(c.hub.cfg.SendBuffer)
@@ -139,6 +140,12 @@ func (c *Conn) Send(frame []byte) bool {
 
 // enqueue queues frame behind what is queued; c.qmu is held.
 func (c *Conn) enqueue(frame []byte) bool {
+	if c.link != nil { // Serve's goroutine writes it
+		c.pending.push(frame)
+		c.queued.Add(1)
+		c.link.signal()
+		return true
+	}
 	switch d := c.hub.delay; {
 	case c.lead:
 		c.pending.push(frame)
@@ -318,7 +325,7 @@ func (c *Conn) slow() {
 // Disconnect queues g's last frame, behind what is queued, and closes the connection after it
 // with g's close code and reason; later calls do nothing.
 func (c *Conn) Disconnect(g Goodbye) {
-	if c.s == nil || c.closing.Load() { // ended already: encode nothing
+	if !c.open() || c.closing.Load() { // ended already: encode nothing
 		return
 	}
 	if t, ok := c.handler.(Translator); ok {
@@ -338,13 +345,22 @@ func (c *Conn) closeWith(code int, reason string) {
 // end sends frame (none when nil) and then closeMsg behind what is queued, once: later calls do
 // nothing. reason is what Reason reports and the label of the disconnect metric.
 func (c *Conn) end(reason string, frame, closeMsg []byte) {
-	if c.s == nil || !c.closing.CompareAndSwap(false, true) {
+	if !c.open() || !c.closing.CompareAndSwap(false, true) {
 		return
 	}
 	c.reason.Store(reason)
 	c.hub.metrics.Disconnects.WithLabelValues(reason).Inc()
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
+	if c.link != nil { // a stream: the frame is its last, then the response ends
+		if frame != nil {
+			c.pending.push(frame)
+			c.queued.Add(1)
+		}
+		c.link.finish = true
+		c.link.signal()
+		return
+	}
 	if c.lead || c.pending.len() > 0 { // behind what is queued; the close once it is written
 		if frame != nil {
 			c.pending.push(frame)
@@ -359,6 +375,9 @@ func (c *Conn) end(reason string, frame, closeMsg []byte) {
 	}
 	_ = c.s.CloseWithMsg(closeMsg)
 }
+
+// open reports whether the connection is open: a stream, or a WebSocket once upgraded.
+func (c *Conn) open() bool { return c.s != nil || c.link != nil }
 
 // dropQueue forgets what is still queued, once the connection ended.
 func (c *Conn) dropQueue() {

@@ -408,28 +408,11 @@ func (h *Hub) onConnect(s *melody.Session) {
 	c.fc.more = c.more // from now on writes are frames: coalesce them
 	s.Request = nil    // nothing reads it; keeping it would keep its headers and context
 	defer func() { c.opened <- nil }()
-	h.sessMu.Lock()
-	h.sessions[c.ID] = c
-	h.sessMu.Unlock()
-	h.metrics.Connections.Inc()
-	c.handler.Open(c) // the welcome frame comes first, even on a node that started draining
-	if h.Draining() {
-		c.Disconnect(protocol.DisconnectShutdown)
-	}
+	h.opened(c)
 }
 
 func (h *Hub) onDisconnect(s *melody.Session) {
-	c := connOf(s)
-	c.closing.Store(true)
-	c.dropQueue()
-	for _, ch := range c.channels() {
-		h.Leave(c, ch)
-	}
-	h.sessMu.Lock()
-	delete(h.sessions, c.ID)
-	h.sessMu.Unlock()
-	h.metrics.Connections.Dec()
-	c.handler.Close(c)
+	h.ended(connOf(s))
 }
 
 func (h *Hub) onError(s *melody.Session, err error) {
@@ -708,7 +691,9 @@ func (h *Hub) Drain(ctx context.Context, period time.Duration) {
 // closeAll closes every socket at once (when draining ran out of time).
 func (h *Hub) closeAll() {
 	for _, c := range h.conns() {
-		if c.s != nil {
+		if c.link != nil {
+			c.link.abort()
+		} else if c.s != nil {
 			_ = c.s.WebsocketConnection().Close()
 		}
 	}

@@ -1,5 +1,7 @@
 import { GatewayError, retryable } from './errors.js';
 import { comparePositions, seen } from './position.js';
+import { SSESocket, eventID, sseURL } from './sse.js';
+import type { EventSourceConstructor } from './sse.js';
 import type {
   Ack,
   CallOptions,
@@ -15,6 +17,7 @@ import type {
   PresenceStats,
   State,
   Subscribed,
+  Transport,
   Unsubscribed,
   WebSocketConstructor,
   WebSocketLike,
@@ -240,7 +243,11 @@ function report(err: unknown): void {
  * again (same msg_id) until it is acked.
  */
 export class Client {
-  private readonly WS: WebSocketConstructor;
+  private readonly WS?: WebSocketConstructor;
+  private readonly ES?: EventSourceConstructor;
+  private readonly transports: Transport[];
+  private transportIndex = 0; // the transport of the next attempt
+  private lastTransport: Transport;
   private readonly urlOpt: ClientOptions['url'];
   private readonly tokenOpt: ClientOptions['token'];
   // The token of the next connection attempt when tokenOpt is no function or useToken is set (a
@@ -273,13 +280,24 @@ export class Client {
 
   constructor(opts: ClientOptions) {
     if (!opts || typeof opts !== 'object') throw new TypeError('@wsgateway/client: options are required');
+    const transports = opts.transports ?? ['websocket'];
+    if (!Array.isArray(transports) || transports.length === 0 || transports.some((t) => t !== 'websocket' && t !== 'sse')) {
+      throw new TypeError("@wsgateway/client: transports must be a non-empty array of 'websocket' and 'sse'");
+    }
+    this.transports = [...transports];
+    this.lastTransport = this.transports[0];
     const ws = opts.WebSocket ?? (globalThis as any).WebSocket;
-    if (typeof ws !== 'function') {
+    if (transports.includes('websocket') && typeof ws !== 'function') {
       throw new TypeError(
         '@wsgateway/client: no WebSocket: pass the WebSocket option (on Node 20, or run node with --experimental-websocket)',
       );
     }
     this.WS = ws;
+    const es = opts.EventSource ?? (globalThis as any).EventSource;
+    if (transports.includes('sse') && typeof es !== 'function') {
+      throw new TypeError("@wsgateway/client: no EventSource for the 'sse' transport: pass the EventSource option (on Node, the eventsource package)");
+    }
+    this.ES = es;
     const u = opts.url;
     if (Array.isArray(u)) {
       if (u.length === 0) throw new TypeError('@wsgateway/client: url is an empty array');
@@ -315,6 +333,10 @@ export class Client {
   /** The session id of the current (or last) connection. */
   get session(): string | undefined {
     return this.info?.session;
+  }
+  /** The transport of the current (or last) connection attempt. */
+  get transport(): Transport {
+    return this.lastTransport;
   }
   /** The id of the node of the current (or last) connection. */
   get node(): string | undefined {
@@ -668,16 +690,26 @@ export class Client {
       this.attemptFailed({ code: 'connect_failed', reason: errText(err), reconnect: true });
       return;
     }
+    const transport = this.transports[this.transportIndex % this.transports.length];
+    this.lastTransport = transport;
     let full = url;
+    let channels: string[] = [];
+    if (transport === 'sse') {
+      // The stream's channels, resuming each from its last position (the event id's form).
+      const subs = [...this.subs.values()];
+      channels = subs.map((s) => s.channel);
+      full = sseURL(url, channels, eventID(subs.map((s) => s.last)));
+    }
     if (token) {
-      const u = new URL(url);
+      const u = new URL(full);
       u.searchParams.set('token', token);
       full = u.toString();
     }
     let ws: WebSocketLike;
     try {
-      ws = new this.WS(full);
+      ws = transport === 'sse' ? new SSESocket(this.ES as EventSourceConstructor, full, channels) : new (this.WS as WebSocketConstructor)(full);
     } catch (err) {
+      this.transportIndex++;
       this.attemptFailed({ code: 'connect_failed', reason: `${url}: ${errText(err)}`, reconnect: true });
       return;
     }
@@ -826,6 +858,7 @@ export class Client {
       // closing or closed already
     }
     const wasLive = conn.welcome !== undefined;
+    if (current && !wasLive && !conn.disc) this.transportIndex++; // the next attempt tries the next transport
     if (current) {
       this.conn = undefined;
       this.live = false;

@@ -1,6 +1,8 @@
 export { Client, defaults, maxHistoryPage, normalizeURL } from './client.js';
 export { GatewayError, ErrorCodes } from './errors.js';
 export { comparePositions } from './position.js';
+export { SSESocket, sseURL, eventID } from './sse.js';
+export type { EventSourceConstructor, EventSourceLike } from './sse.js';
 export type {
   Ack,
   CallOptions,
@@ -15,6 +17,7 @@ export type {
   PresencePage,
   PresenceStats,
   State,
+  Transport,
   Subscribed,
   Unsubscribed,
   WebSocketConstructor,

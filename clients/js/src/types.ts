@@ -55,7 +55,21 @@ export interface ClientOptions {
   pingInterval?: number;
   /** publish/send refuse (`too_large`) a frame over this many bytes (default 65536, the server's default; 0: no check). */
   maxFrameSize?: number;
+  /**
+   * The transports to connect with, in order (default `['websocket']`). After an attempt that
+   * failed before the welcome frame (the WebSocket upgrade refused or blocked by a proxy) the next
+   * attempt uses the next transport, round the list. `'sse'` is Server-Sent Events (GET /sse):
+   * receive-only (subscribe, messages, presence events, resume); publish, send, rpc, refresh and
+   * presence() reject with `bad_request` (publish through the application's backend, the HTTP
+   * API), and a subscribe() to a channel the stream does not carry reconnects it with that channel.
+   */
+  transports?: Transport[];
+  /** The EventSource constructor for `'sse'`; default `globalThis.EventSource` (Node: the npm `eventsource` package). */
+  EventSource?: any;
 }
+
+/** A way to connect: a WebSocket, or Server-Sent Events (receive-only). */
+export type Transport = 'websocket' | 'sse';
 
 /** A message on a subscribed channel. */
 export interface Message {

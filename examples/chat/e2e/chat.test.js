@@ -7,6 +7,10 @@
 // each page lists both users on their nodes; while node 1 is dead page B sees alice go (her
 // member reaped), then come back on node 2; when page B is closed, bob goes from page A's list.
 //
+// A second test has Chromium's own EventSource read GET /sse of two nodes behind a balancer: node 1
+// is SIGKILLed and the browser's reconnect, with its Last-Event-ID, resumes on node 2 with every
+// message once (docs/protocol.md, Server-Sent Events).
+//
 // Needs: go, node >= 20, chromium (CHROMIUM, default /usr/bin/chromium) and Redis (REDIS_ADDR,
 // default 127.0.0.1:6379). Run: cd examples/chat/e2e && npm ci && npm test
 // (or scripts/test-browser.sh from the repository root, which installs what is missing).
@@ -470,5 +474,134 @@ test('chat: a page whose node is killed resumes on the other node with no messag
     if (redisUsed) await redisDropPrefix(REDIS_ADDR, prefix).catch((e) => step(`cleaning up Redis: ${e.message}`));
     fs.rmSync(tmp, { recursive: true, force: true });
     if (!failed) step('done');
+  }
+});
+
+// ---- EventSource ---------------------------------------------------------------------------------
+
+// hs256 signs a connection token for sub with secret (what a backend would give the page).
+function hs256(secret, claims) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const unsigned = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${unsigned}.${crypto.createHmac('sha256', secret).update(unsigned).digest('base64url')}`;
+}
+
+// startBalancer forwards 127.0.0.1:<port> to the port target() gives at each new connection: a
+// load balancer in front of the nodes.
+async function startBalancer(target) {
+  const socks = new Set();
+  const srv = net.createServer((down) => {
+    const up = net.connect({ host: '127.0.0.1', port: target() });
+    for (const s of [down, up]) {
+      socks.add(s);
+      s.on('close', () => socks.delete(s));
+      s.on('error', () => { down.destroy(); up.destroy(); });
+    }
+    down.pipe(up).pipe(down);
+  });
+  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  return {
+    port: srv.address().port,
+    close: () => { for (const s of socks) s.destroy(); return new Promise((r) => srv.close(r)); },
+  };
+}
+
+test('EventSource: the browser resumes with its own Last-Event-ID on another node after a SIGKILL', { timeout: 120_000 }, async () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sse-e2e-'));
+  const run_ = crypto.randomBytes(4).toString('hex');
+  const prefix = `sse-e2e-${run_}`;
+  const secret = crypto.randomBytes(24).toString('hex');
+  const apiKey = crypto.randomBytes(24).toString('hex');
+  const room = `news-${run_}`;
+  let context;
+  let lb;
+  let page;
+  const consoleLines = [];
+  try {
+    step('SSE: building the gateway');
+    const bin = path.join(tmp, 'bin');
+    await run('go', ['build', '-o', `${bin}${path.sep}`, './cmd/gateway'], { cwd: ROOT });
+    const [p1, p2] = await Promise.all([freePort(), freePort()]);
+    let target = p1;
+    lb = await startBalancer(() => target);
+    const origin = `http://127.0.0.1:${lb.port}`;
+    const baseEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GATEWAY_')));
+    const nodeEnv = (n, port) => ({
+      ...baseEnv,
+      GATEWAY_ADDR: `127.0.0.1:${port}`,
+      GATEWAY_NODE_ID: `sse-node-${n}`,
+      GATEWAY_BROKER: 'redis',
+      GATEWAY_REDIS_ADDR: REDIS_ADDR,
+      GATEWAY_TOPIC_PREFIX: prefix,
+      GATEWAY_JWT_SECRET: secret,
+      GATEWAY_API_KEY: apiKey,
+    });
+    const nodes = [new Proc('sse node 1', path.join(bin, 'gateway'), [], { env: nodeEnv(1, p1) }),
+      new Proc('sse node 2', path.join(bin, 'gateway'), [], { env: nodeEnv(2, p2) })];
+    for (const [p, port] of [[nodes[0], p1], [nodes[1], p2]]) {
+      await waitFor(`${p.name} to be ready`, async () => {
+        if (!p.running) throw new Error(`${p.name} exited: ${JSON.stringify(p.exit)}\n${p.logs()}`);
+        return httpOK(`http://127.0.0.1:${port}/readyz`);
+      }, 30_000);
+    }
+    const publish = async (body) => {
+      const r = await fetch(`http://127.0.0.1:${p2}/api/publish`, {
+        method: 'POST', headers: { Authorization: `Bearer ${apiKey}` }, body: JSON.stringify(body),
+      });
+      assert.equal(r.status, 200, await r.text());
+    };
+
+    step('SSE: a page on the balancer\'s origin opens an EventSource of a channel and $user');
+    context = await chromium.launchPersistentContext(path.join(tmp, 'chromium-profile'), {
+      executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS,
+    });
+    page = context.pages()[0] ?? await context.newPage();
+    page.on('console', (m) => consoleLines.push(`console ${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => consoleLines.push(`uncaught: ${e.message}`));
+    await page.route(`${origin}/page`, (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>sse</title>' }));
+    await page.goto(`${origin}/page`);
+    const tok = hs256(secret, { sub: 'sally', exp: Math.floor(Date.now() / 1000) + 3600, channels: ['news-*'] });
+    await page.evaluate(({ room, tok }) => {
+      window.frames_ = [];
+      window.ids_ = [];
+      const q = new URLSearchParams([['channel', room], ['channel', '$user'], ['token', tok]]);
+      const es = new EventSource(`/sse?${q}`);
+      es.onmessage = (e) => { window.frames_.push(JSON.parse(e.data)); window.ids_.push(e.lastEventId); };
+    }, { room, tok });
+    const frames = () => page.evaluate(() => window.frames_);
+    const of = async (type) => (await frames()).filter((f) => f.type === type);
+    await waitFor('two subscribed events', async () => (await of('subscribed')).length === 2);
+
+    for (const i of [1, 2, 3]) await publish({ channel: room, data: i });
+    await publish({ user: 'sally', data: 'u1' });
+    await waitFor('four messages', async () => (await of('message')).length === 4);
+
+    step('SSE: node 1 is SIGKILLed; the balancer sends new connections to node 2');
+    nodes[0].child.kill('SIGKILL');
+    await nodes[0].exited;
+    target = p2;
+    for (const i of [4, 5, 6]) await publish({ channel: room, data: i });
+    await publish({ user: 'sally', data: 'u2' });
+    await waitFor('the resume\'s two subscribed events', async () => (await of('subscribed')).length === 4, 20_000);
+    await publish({ channel: room, data: 7 });
+    await waitFor('nine messages', async () => (await of('message')).length >= 9);
+
+    const msgs = await of('message');
+    assert.deepEqual(msgs.filter((m) => m.channel === room).map((m) => m.data), [1, 2, 3, 4, 5, 6, 7]);
+    assert.deepEqual(msgs.filter((m) => m.channel === '$user').map((m) => m.data), ['u1', 'u2']);
+    assert.equal(new Set(msgs.map((m) => m.id)).size, msgs.length, 'no message twice');
+    assert.deepEqual((await of('subscribed')).slice(2).map((s) => [s.channel, s.recovered]), [[room, true], ['$user', true]]);
+    assert.equal((await of('welcome'))[1].node, 'sse-node-2');
+    assert.deepEqual(consoleLines.filter((l) => l.startsWith('uncaught')), []);
+    step('SSE: every message once, the resume recovered on node 2');
+  } catch (e) {
+    process.stderr.write(`${[...procs].map((p) => `---- ${p.name} ----\n${p.logs().slice(-4000)}`).join('\n')}\n${consoleLines.join('\n')}\n`);
+    throw e;
+  } finally {
+    if (context) await context.close().catch(() => {});
+    if (lb) await lb.close();
+    await Promise.all([...procs].map((p) => p.stop('SIGTERM', 5000)));
+    await redisDropPrefix(REDIS_ADDR, prefix).catch((e) => step(`cleaning up Redis: ${e.message}`));
+    fs.rmSync(tmp, { recursive: true, force: true });
   }
 });
