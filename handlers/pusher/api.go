@@ -16,8 +16,12 @@ import (
 	"github.com/wsgateway/gateway/protocol"
 )
 
-// maxAPIBody bounds an HTTP API request body (10 events of at most 1 MiB of data, with room).
-const maxAPIBody = 12 << 20
+// maxBody bounds the body of an HTTP API request to a: a batch of the most events, each of
+// the largest data escaped at worst (6 bytes a byte, \u00XX) and 32 KiB of names and channels
+// (100 channels of at most 164 characters).
+func maxBody(a *app) int64 {
+	return int64(maxBatch) * (6*int64(a.MaxEventSize) + 32<<10)
+}
 
 // apiError answers as Pusher does: the status and a line of text.
 func apiError(w http.ResponseWriter, status int, msg string) {
@@ -31,25 +35,40 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// authorized reads the body and checks the request's signature; it answers and returns nil,
-// false when the call may not go on.
+// authorized checks the request's signature, then reads its body (GET: none; POST: at most
+// maxBody) and checks it against body_md5; it answers and returns nil, false when the call may
+// not go on. Nothing of the body is read before the query's signature is checked.
 func (s *Server) authorized(w http.ResponseWriter, r *http.Request) (*app, []byte, bool) {
 	a := s.byID[r.PathValue("id")]
 	if a == nil {
 		apiError(w, http.StatusNotFound, "Unknown app id "+r.PathValue("id"))
 		return nil, nil, false
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAPIBody))
+	q := r.URL.Query()
+	if err := checkQuery(a, r.Method, r.URL.Path, q, s.cfg.Now()); err != nil {
+		var re *requestError
+		errors.As(err, &re)
+		apiError(w, re.status, re.msg)
+		return nil, nil, false
+	}
+	limit := maxBody(a)
+	if r.Method == http.MethodGet {
+		limit = 0
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			apiError(w, http.StatusRequestEntityTooLarge, "Request body too large")
-		} else {
+		switch {
+		case errors.As(err, &tooLarge) && r.Method == http.MethodGet:
+			apiError(w, http.StatusBadRequest, "A GET request has no body")
+		case errors.As(err, &tooLarge):
+			apiError(w, http.StatusRequestEntityTooLarge, "Request body too large (more than "+strconv.FormatInt(limit, 10)+" bytes)")
+		default:
 			apiError(w, http.StatusBadRequest, "Request body not read: "+err.Error())
 		}
 		return nil, nil, false
 	}
-	if err := checkRequest(a, r.Method, r.URL.Path, r.URL.Query(), body, s.cfg.Now()); err != nil {
+	if err := checkBody(q, body); err != nil {
 		var re *requestError
 		errors.As(err, &re)
 		apiError(w, re.status, re.msg)

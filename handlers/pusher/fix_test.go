@@ -1,6 +1,12 @@
 package pusher_test
 
 import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,4 +57,59 @@ func TestNativeNeedsPusherPattern(t *testing.T) {
 	token, _ = auth.SignHS256([]byte(jwtSecret), "svc", time.Hour, []string{"pusher:app1:*"}, nil)
 	ok, _ := wstest.Dial(t, base, token)
 	ok.Subscribe(private)
+}
+
+// TestAPIBodyAfterSignature: the HTTP API checks the query's signature before it reads the body
+// (a wrongly signed request is answered while its body is still unsent), reads at most the
+// app's bound (413 beyond), and refuses a body on GET.
+func TestAPIBodyAfterSignature(t *testing.T) {
+	base := node(t)
+	host := strings.TrimPrefix(base, "http://")
+
+	// Headers announcing 1 MiB of body, none of it sent: the answer must come without it.
+	q := pusher.SignRequest("key1", "not-the-secret-0123", "POST", "/apps/app1/events", nil, []byte("x"), time.Now())
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /apps/app1/events?%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", q.Encode(), host, 1<<20)
+	_ = conn.SetReadDeadline(time.Now().Add(wstest.Timeout)) // fails the test; never reached when right
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer before the body was sent: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("wrong signature: %d, want 401", resp.StatusCode)
+	}
+
+	// Rightly signed, over the bound (10 events of 6 × 10 KiB + 32 KiB: 940 KiB): 413.
+	big := []byte(`{"name":"e","channel":"c","data":"` + strings.Repeat("x", 1<<20) + `"}`)
+	if resp := post(t, base, "/apps/app1/events", big); resp.StatusCode != 413 {
+		t.Fatalf("a 1 MiB body: %d, want 413", resp.StatusCode)
+	}
+
+	// A GET with a body, body_md5 rightly signed: 400.
+	body := []byte(`{"a":1}`)
+	q = pusher.SignRequest("key1", secret1, "GET", "/apps/app1/channels", nil, body, time.Now())
+	req, _ := http.NewRequest("GET", base+"/apps/app1/channels?"+q.Encode(), bytes.NewReader(body))
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("a GET with a body: %d, want 400", resp.StatusCode)
+	}
+	// Without one, the same call is answered.
+	q = pusher.SignRequest("key1", secret1, "GET", "/apps/app1/channels", nil, nil, time.Now())
+	resp, err = http.Get(base + "/apps/app1/channels?" + q.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("a GET: %d, want 200", resp.StatusCode)
+	}
 }
