@@ -3,6 +3,7 @@ package pusher_test
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -111,5 +112,32 @@ func TestAPIBodyAfterSignature(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("a GET: %d, want 200", resp.StatusCode)
+	}
+}
+
+// TestBatchAllOrNothing: a batch with one bad event is refused whole, before any of it is
+// published: a subscriber of the good event's channel next gets a later marker, not that event.
+func TestBatchAllOrNothing(t *testing.T) {
+	base := node(t)
+	p := dialPusher(t, base, "key1", "?protocol=7")
+	p.socketID()
+	p.send("pusher:subscribe", map[string]string{"channel": "c"}, "")
+	p.expect("pusher_internal:subscription_succeeded")
+	for name, bad := range map[string]map[string]any{
+		"a bad channel": {"name": "e", "channel": "a b", "data": "x"},
+		"no name":       {"channel": "c", "data": "x"},
+		"too much data": {"name": "e", "channel": "c", "data": strings.Repeat("x", 10<<10+1)},
+	} {
+		b, _ := json.Marshal(map[string]any{"batch": []any{
+			map[string]any{"name": "first", "channel": "c", "data": "x"}, bad}})
+		if resp := post(t, base, "/apps/app1/batch_events", b); resp.StatusCode/100 != 4 {
+			t.Fatalf("%s: %d, want 4xx", name, resp.StatusCode)
+		}
+	}
+	if resp := trigger(t, base, map[string]any{"name": "marker", "channel": "c", "data": "m"}); resp.StatusCode != 200 {
+		t.Fatalf("marker: %d", resp.StatusCode)
+	}
+	if f := p.expect("marker"); f.Channel != "c" {
+		t.Fatalf("marker on %s", f.Channel)
 	}
 }
