@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	gws "github.com/gorilla/websocket"
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/handlers/pusher"
@@ -140,4 +143,55 @@ func TestBatchAllOrNothing(t *testing.T) {
 	if f := p.expect("marker"); f.Channel != "c" {
 		t.Fatalf("marker on %s", f.Channel)
 	}
+}
+
+// TestStrikes: refusals for a rate take the native strikes (limits.rate_limited_disconnect): a
+// Pusher connection that keeps subscribing, or sending client events, over its rates is told
+// pusher:error 4009 and closed with it once it has none left.
+func TestStrikes(t *testing.T) {
+	_, base := nodeWith(t, func(c *configs.Config) {
+		// One at once, the next in 1000 s: every later one is over the rate.
+		c.Limits.SubscribeRate, c.Limits.SubscribeBurst = 0.001, 1
+		c.Limits.PublishRate, c.Limits.PublishBurst = 0.001, 1
+		c.Limits.RateLimitedDisconnect, c.Limits.RateLimitedWindow = 2, time.Hour
+	})
+	closed := func(p *pclient, what string) {
+		t.Helper()
+		f := p.expect("pusher:error")
+		var d struct{ Code int }
+		if json.Unmarshal(f.Data, &d) != nil || d.Code != pusher.CodeUnauthorized {
+			t.Fatalf("%s: %s", what, f.Data)
+		}
+		var ce *gws.CloseError
+		if _, err := p.next(); !asClose(err, &ce) || ce.Code != pusher.CodeUnauthorized {
+			t.Fatalf("%s: closed with %v", what, err)
+		}
+	}
+
+	p := dialPusher(t, base, "key1", "?protocol=7")
+	p.socketID()
+	p.send("pusher:subscribe", map[string]string{"channel": "s0"}, "")
+	p.expect("pusher_internal:subscription_succeeded")
+	for i := 1; i <= 3; i++ { // two strikes, then none left
+		p.send("pusher:subscribe", map[string]string{"channel": "s" + strconv.Itoa(i)}, "")
+		if f := p.expect("pusher:subscription_error"); !strings.Contains(string(f.Data), "4301") {
+			t.Fatalf("subscribe %d: %s", i, f.Data)
+		}
+	}
+	closed(p, "the third subscribe over the rate")
+
+	e := dialPusher(t, base, "key1", "?protocol=7")
+	sid := e.socketID()
+	e.send("pusher:subscribe", map[string]string{"channel": "private-x", "auth": pusher.ChannelAuth("key1", secret1, sid, "private-x", "")}, "")
+	e.expect("pusher_internal:subscription_succeeded")
+	e.send("client-a", map[string]int{}, "private-x") // the one at once
+	for i := 1; i <= 3; i++ {
+		e.send("client-a", map[string]int{}, "private-x")
+		f := e.expect("pusher:error")
+		var d struct{ Code int }
+		if json.Unmarshal(f.Data, &d) != nil || d.Code != pusher.CodeClientEventLimit {
+			t.Fatalf("client event %d: %s", i, f.Data)
+		}
+	}
+	closed(e, "the third client event over the rate")
 }
