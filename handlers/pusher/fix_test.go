@@ -195,3 +195,24 @@ func TestStrikes(t *testing.T) {
 	}
 	closed(e, "the third client event over the rate")
 }
+
+// TestNodeSlotReleased: a Pusher connection holds one of limits.connections_per_node from its
+// upgrade to its close: a node of one refuses a second connection, and takes one again once
+// the first has closed.
+func TestNodeSlotReleased(t *testing.T) {
+	_, base := nodeWith(t, func(c *configs.Config) { c.Limits.ConnectionsPerNode = 1 })
+	u := "ws" + strings.TrimPrefix(base, "http") + "/app/key1?protocol=7"
+	p := dialPusher(t, base, "key1", "?protocol=7")
+	p.socketID()
+	if _, resp, err := gws.DefaultDialer.Dial(u, nil); err == nil || resp == nil || resp.StatusCode != 503 {
+		t.Fatalf("a second connection on a node of 1: %v %v", err, resp)
+	}
+	p.conn.Close()
+	wstest.WaitFor(t, func() error {
+		c, _, err := gws.DefaultDialer.Dial(u, nil)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+}
