@@ -216,3 +216,50 @@ func TestNodeSlotReleased(t *testing.T) {
 		return err
 	})
 }
+
+// TestUnsubscribe: after pusher:unsubscribe a connection gets no more of the channel's events
+// (the next it gets is a later one of a channel it kept), and leaving a presence channel tells
+// the others member_removed.
+func TestUnsubscribe(t *testing.T) {
+	base := node(t)
+	p := dialPusher(t, base, "key1", "?protocol=7")
+	sid := p.socketID()
+	for _, ch := range []string{"gone", "kept"} {
+		p.send("pusher:subscribe", map[string]string{"channel": ch}, "")
+		p.expect("pusher_internal:subscription_succeeded")
+	}
+	p.send("pusher:unsubscribe", map[string]string{"channel": "gone"}, "")
+	// The unsubscribe is handled before the next frame: a ping answered means it is done.
+	p.send("pusher:ping", map[string]string{}, "")
+	p.expect("pusher:pong")
+	// q is still on "gone": once q has its event, the node has fanned it out (to p too, were p
+	// still on it); only then is "kept" triggered.
+	q := dialPusher(t, base, "key1", "?protocol=7")
+	q.socketID()
+	q.send("pusher:subscribe", map[string]string{"channel": "gone"}, "")
+	q.expect("pusher_internal:subscription_succeeded")
+	for _, ch := range []string{"gone", "kept"} {
+		if resp := trigger(t, base, map[string]any{"name": "ev", "channel": ch, "data": ch}); resp.StatusCode != 200 {
+			t.Fatalf("trigger %s: %d", ch, resp.StatusCode)
+		}
+		if ch == "gone" {
+			q.expect("ev")
+		}
+	}
+	if f := p.expect("ev"); f.Channel != "kept" {
+		t.Fatalf("after unsubscribing: an event of %s", f.Channel)
+	}
+
+	if f := subscribePresence(p, sid, "presence-u", "alice"); f.Event != "pusher_internal:subscription_succeeded" {
+		t.Fatalf("alice: %s %s", f.Event, f.Data)
+	}
+	b := dialPusher(t, base, "key1", "?protocol=7")
+	if f := subscribePresence(b, b.socketID(), "presence-u", "bob"); f.Event != "pusher_internal:subscription_succeeded" {
+		t.Fatalf("bob: %s %s", f.Event, f.Data)
+	}
+	p.expect("pusher_internal:member_added")
+	b.send("pusher:unsubscribe", map[string]string{"channel": "presence-u"}, "")
+	if f := p.expect("pusher_internal:member_removed"); !strings.Contains(string(f.Data), "bob") {
+		t.Fatalf("member_removed %s", f.Data)
+	}
+}
