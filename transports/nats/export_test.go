@@ -36,11 +36,15 @@ func (b *Broker) LoseLeave(channel, session string) {
 	p.markDirty(channel)
 }
 
-// Stall holds the node's presence lock (its loop and handlers stop, as in a stalled process)
-// until the returned func is called.
+// Stall holds the node's presence lock and stops its heartbeats (its loops and handlers stop,
+// as in a stalled process) until the returned func is called.
 func (b *Broker) Stall() (resume func()) {
 	b.pr.mu.Lock()
-	return b.pr.mu.Unlock
+	b.pr.stalled.Store(true)
+	return func() {
+		b.pr.stalled.Store(false)
+		b.pr.mu.Unlock()
+	}
 }
 
 // ViewIDs is the ids of the node's view.
