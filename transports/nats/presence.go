@@ -618,12 +618,8 @@ func (b *Broker) tick(half bool) {
 	// Messages that wait less, as at an owner during a join storm, are no lag: the bound stays
 	// 1¾ heartbeats.
 	lagging := now.Sub(p.lastTick) > p.hb/2
-	if p.activated.Load() {
-		p.hmu.Lock()
-		if now.Sub(p.echoAt) > p.hb || now.Sub(p.slowEchoAt) <= p.dropAfter() {
-			lagging = true
-		}
-		p.hmu.Unlock()
+	if p.activated.Load() && p.echoLate(now) {
+		lagging = true
 	}
 	if p.hbSub != nil {
 		if n, _, err := p.hbSub.Pending(); err == nil && n > 0 {
@@ -755,7 +751,7 @@ func (b *Broker) onHeartbeat(m *natsgo.Msg) {
 	}
 	p := b.pr
 	if w.From == p.self {
-		p.echo(time.Unix(0, w.At))
+		p.echo(time.Unix(0, w.At), time.Now())
 		return
 	}
 	if p.heardKnown(w.From) {
@@ -837,15 +833,22 @@ func (p *presence) viewMoved() {
 	p.viewCh = make(chan struct{})
 }
 
-// echo notes that one of this node's own heartbeats, sent at sent, came back.
-func (p *presence) echo(sent time.Time) {
-	now := time.Now()
+// echo notes that one of this node's own heartbeats, sent at sent, came back (now).
+func (p *presence) echo(sent, now time.Time) {
 	p.hmu.Lock()
 	defer p.hmu.Unlock()
 	p.echoAt = now
 	if now.Sub(sent) > p.hb/2 {
 		p.slowEchoAt = now
 	}
+}
+
+// echoLate reports whether this node's own heartbeats came back late: one took more than half
+// a heartbeat within the last 1.5 heartbeats, or none came for a heartbeat.
+func (p *presence) echoLate(now time.Time) bool {
+	p.hmu.Lock()
+	defer p.hmu.Unlock()
+	return now.Sub(p.echoAt) > p.hb || now.Sub(p.slowEchoAt) <= p.dropAfter()
 }
 
 // heardKnown notes a heartbeat of a peer already in p.peers, without p.mu, and reports whether
