@@ -11,10 +11,13 @@ package nats
 //
 // Liveness: a node that takes part (its OnReap was set, or it joined a member) publishes a
 // heartbeat with its id and incarnation (a random id per Broker, so that a restarted node with
-// the same id is another peer) every Heartbeat/2. Every node keeps the peers it heard, and every
-// Heartbeat/4 drops one not heard for more than 1.5 Heartbeats: dead (a node behind itself skips
-// those checks while it is, up to 4 Heartbeats of silence). The live peers (the view) change
-// when a peer appears, dies or comes back with another incarnation.
+// the same id is another peer) every Heartbeat/2, from a goroutine that takes no lock held long,
+// on a connection of its own (heartbeats only; a Broker given its connection has that one only),
+// so that heartbeats wait neither for the presence lock nor behind a large sync. Every node
+// keeps the peers it heard, and every Heartbeat/4 drops one not heard for more than 1.5
+// Heartbeats: dead (a node behind itself, or whose own heartbeats come back late, skips those
+// checks while it is, up to 4 Heartbeats of silence). The live peers (the view) change when a
+// peer appears, dies or comes back with another incarnation.
 //
 // Ownership: the owner of a channel is the peer of the view with the highest rendezvous hash of
 // (peer id, channel); the second highest is its backup. Adding a peer moves to it only the
