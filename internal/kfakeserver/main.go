@@ -7,8 +7,8 @@
 //	/tmp/kfakeserver -addr 127.0.0.1:0    # prints the address it listens on, one line
 //
 // It prints that address (GATEWAY_KAFKA_BROKERS for the nodes) on stdout once listening, and
-// runs until SIGINT, SIGTERM or the end of its stdin (so a script that dies takes it along when
-// it holds its stdin). It is a test tool under internal/: never part of the gateway binary.
+// runs until SIGINT or SIGTERM (with -stdin, also until its stdin ends: a script that dies then
+// takes it along). It is a test tool under internal/: never part of the gateway binary.
 package main
 
 import (
