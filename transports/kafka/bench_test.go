@@ -73,3 +73,26 @@ func BenchmarkReplay(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkGroupDelivery consumes b.N records, published beforehand, in a consumer group of one
+// member (kfake in process), acking each as it comes: the group's delivery and commit cost.
+func BenchmarkGroupDelivery(b *testing.B) {
+	cl := newCluster(b)
+	n := newBroker(b, Config{Brokers: cl.addrs(), Prefix: transporttest.Prefix(b)})
+	msg := transporttest.NewMessage(`{"type":"connected"}`)
+	for range b.N {
+		if err := n.Publish(protocol.TopicEvents, msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	start := time.Now()
+	ch, err := n.SubscribeGroup(b.Context(), protocol.TopicEvents, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range b.N {
+		(<-ch).Ack()
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}

@@ -18,6 +18,13 @@ import (
 // retained record so messages published before its first member joined are delivered. It
 // returns once this member has its assignment (or after OperationTimeout; consumption goes on).
 //
+// The group rebalances cooperatively (the cooperative-sticky assignor, Kafka 2.4 and later): a
+// member joining or leaving takes no partition from a member that keeps it, so a message held
+// there (handed out, not acked yet) stays held, however long. A partition that does move is
+// given up only once the message it has out, and those sarama had fetched for it, are acked
+// (within the group's rebalance timeout, sarama's 60 s), their offsets committed first. See
+// groupHandler.
+//
 // It drives sarama's ConsumerGroup itself rather than through watermill-kafka's Subscriber,
 // whose reconnect loop runs again at once when Consume fails (a tight loop of new clients, see
 // LIBRARY-NOTES) and which does not tell when the assignment is done.
@@ -35,13 +42,19 @@ func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-cha
 	}
 	cfg := b.saramaConfig()
 	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
+	if b.groupAutoCommit > 0 {
+		cfg.Consumer.Offsets.AutoCommit.Interval = b.groupAutoCommit
+	}
+	if cfg.Version.IsAtLeast(sarama.V2_4_0_0) { // KIP-429's owned partitions; older: range, eager
+		cfg.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategyCooperativeSticky()}
+	}
 	name := b.names.prefix + "." + group
 	cg, err := sarama.NewConsumerGroup(b.cfg.Brokers, name, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: kafka group %s: %w", transports.ErrUnavailable, name, err)
 	}
 	gctx, cancel := context.WithCancel(ctx)
-	h := &groupHandler{b: b, ctx: gctx, out: make(chan *message.Message), assigned: make(chan struct{})}
+	h := &groupHandler{b: b, ctx: gctx, out: make(chan *message.Message), assigned: make(chan struct{}), marked: make(chan struct{}, 1)}
 	started := b.goTrack(func() {
 		defer cancel()
 		h.run(cg, kt, name)
@@ -63,7 +76,14 @@ func (b *Broker) SubscribeGroup(ctx context.Context, topic, group string) (<-cha
 	return h.out, nil
 }
 
-// groupHandler is one SubscribeGroup: a sarama.ConsumerGroupHandler feeding one channel.
+// groupHandler is one SubscribeGroup: a sarama.ConsumerGroupHandler feeding one channel, one
+// message at a time across its partitions. A record's offset is marked once its message is
+// acked and committed at once by the session's committer (one commit in flight, covering every
+// mark made before it began); sarama also commits what is marked every second, and
+// synchronously before this member gives up a partition (a cooperative revoke, after
+// ConsumeClaim returned) or its session (an eager rebalance, Close, the end of the
+// subscription). So what was acked is never delivered again, but by a member that dies: then
+// the message it had out comes again, and the ones acked while its last commit was under way.
 type groupHandler struct {
 	b        *Broker
 	ctx      context.Context
@@ -71,7 +91,12 @@ type groupHandler struct {
 	assigned chan struct{}
 	once     sync.Once
 	sessions atomic.Int64
-	mu       sync.Mutex // one message out at a time, across partitions, until acked
+	mu       sync.Mutex    // one message out at a time, across partitions, until acked
+	marked   chan struct{} // buffered 1: an offset was marked that no commit under way covers
+
+	// The committer of the current session: started by Setup, stopped by Cleanup. sarama calls
+	// both from the goroutine of Consume, which run calls one at a time.
+	stopCommits, commitsDone chan struct{}
 }
 
 // run calls Consume again after each rebalance, with backoff when a call failed or ended
@@ -123,17 +148,42 @@ func (h *groupHandler) run(cg sarama.ConsumerGroup, topic, name string) {
 	}
 }
 
-// Setup is called once the member has its assignment.
-func (h *groupHandler) Setup(sarama.ConsumerGroupSession) error {
+// Setup is called once the member has its assignment: it starts the session's committer.
+func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 	h.sessions.Add(1)
+	h.stopCommits, h.commitsDone = make(chan struct{}), make(chan struct{})
+	go h.commits(sess, h.stopCommits, h.commitsDone)
 	h.once.Do(func() { close(h.assigned) })
 	return nil
 }
 
-func (h *groupHandler) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+// Cleanup is called once every ConsumeClaim of the session returned, before sarama's last
+// commit of the session: it stops the committer.
+func (h *groupHandler) Cleanup(sarama.ConsumerGroupSession) error {
+	close(h.stopCommits)
+	<-h.commitsDone
+	return nil
+}
 
-// ConsumeClaim delivers the records of one partition; an acked record's offset is marked and
-// committed by sarama's auto-commit (every second, and when the session ends).
+// commits commits what was marked, one commit at a time (a synchronous round trip to the
+// group's coordinator; a failure is reported on the group's errors and the next commit, or
+// sarama's every second, covers the offset again), until stop.
+func (h *groupHandler) commits(sess sarama.ConsumerGroupSession, stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	for {
+		select {
+		case <-h.marked:
+			sess.Commit()
+		case <-stop:
+			return
+		}
+	}
+}
+
+// ConsumeClaim delivers the records of one partition; an acked record's offset is marked. It
+// returns when sarama closes the claim (the partition is revoked: it may have delivered records
+// sarama had already fetched, each acked and marked before the partition goes) or the session
+// ends, after the message it had out was acked (see deliver).
 func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
 	for {
 		select {
@@ -145,6 +195,10 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 				return nil
 			}
 			sess.MarkMessage(km, "")
+			select {
+			case h.marked <- struct{}{}:
+			default: // a commit is already due: it will cover this mark
+			}
 		case <-sess.Context().Done():
 			return nil
 		}
@@ -157,8 +211,14 @@ func (h *groupHandler) deliver(sess sarama.ConsumerGroupSession, m *message.Mess
 	return deliver(h.ctx, h.out, m, sess.Context().Done(), h.b.done)
 }
 
+// holdGrace is how long a member that must stop (its session ended, its subscription ended, the
+// broker is closing) waits for the ack of the message its consumer holds, so that an ack given
+// meanwhile is committed rather than the message delivered again.
+const holdGrace = 5 * time.Second
+
 // deliver hands copies of m to out until one is acked (a nack delivers it again after
-// nackDelay); false when ctx or a stop channel ended first.
+// nackDelay); false when ctx or a stop channel ended first. When one ends while the consumer
+// holds a copy, deliver waits holdGrace for its ack: true when it came.
 func deliver(ctx context.Context, out chan<- *message.Message, m *message.Message, stop1, stop2 <-chan struct{}) bool {
 	for {
 		select { // an ended session or subscription must not win the race with a ready reader
@@ -189,11 +249,25 @@ func deliver(ctx context.Context, out chan<- *message.Message, m *message.Messag
 				return false
 			}
 		case <-ctx.Done():
-			return false
+			return awaitAck(c, holdGrace)
 		case <-stop1:
-			return false
+			return awaitAck(c, holdGrace)
 		case <-stop2:
-			return false
+			return awaitAck(c, holdGrace)
 		}
+	}
+}
+
+// awaitAck waits at most grace for c's ack (true) or nack.
+func awaitAck(c *message.Message, grace time.Duration) bool {
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-c.Acked():
+		return true
+	case <-c.Nacked():
+		return false
+	case <-t.C:
+		return false
 	}
 }

@@ -248,6 +248,10 @@ type Broker struct {
 	ping pingFlight
 
 	pr presence // presence.go
+
+	// groupAutoCommit replaces sarama's auto-commit interval (1 s) of SubscribeGroup when set: a
+	// test sets it long to see the commit made after each ack.
+	groupAutoCommit time.Duration
 }
 
 // conn is what a successful connection attempt made. Kafka answers the requests of one
