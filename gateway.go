@@ -38,6 +38,7 @@ import (
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/hookbus"
+	"github.com/wsgateway/gateway/transports/kafka"
 	"github.com/wsgateway/gateway/transports/websocket"
 )
 
@@ -217,7 +218,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		URL:          cfg.Webhooks.URL,
 		Format:       handlers.GatewayWebhookFormat{Secret: []byte(cfg.Webhooks.Secret)},
 		Events:       cfg.Webhooks.Events,
-		Batch:        webhooksBatch(cfg),
+		Batch:        webhooksBatch(cfg, broker),
 		BatchWait:    cfg.Webhooks.BatchWait,
 		Timeout:      cfg.Webhooks.Timeout,
 		RetryInitial: cfg.Webhooks.RetryInitial,
@@ -315,7 +316,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 				Events:       pusher.WebhookEvents,
 				Accept:       a.Accept,
 				Group:        pusher.WebhookGroup(a.ID),
-				Batch:        webhooksBatch(cfg),
+				Batch:        webhooksBatch(cfg, broker),
 				BatchWait:    cfg.Webhooks.BatchWait,
 				Timeout:      cfg.Webhooks.Timeout,
 				RetryInitial: cfg.Webhooks.RetryInitial,
@@ -426,9 +427,10 @@ func newHooks(cfg *configs.Config, viaBroker handlers.HookCaller, m *metrics.Met
 
 // webhooksBatch is webhooks.batch, but 1 on kafka: the events topic has one partition there, so
 // a group has one event in flight at a time, and each extra subscription would only be one more
-// idle group member (and a rebalance that hands held events to another member).
-func webhooksBatch(cfg *configs.Config) int {
-	if cfg.Broker == configs.BrokerKafka {
+// idle group member (and a rebalance that hands held events to another member). The broker
+// decides, not the setting: a kafka broker given with WithBroker counts too.
+func webhooksBatch(cfg *configs.Config, broker transports.Broker) int {
+	if _, ok := broker.(*kafka.Broker); ok || cfg.Broker == configs.BrokerKafka {
 		return 1
 	}
 	return cfg.Webhooks.Batch
