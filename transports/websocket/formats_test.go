@@ -15,7 +15,7 @@ func held(c *Conn, channel string) []string {
 	defer c.mu.Unlock()
 	var out []string
 	for _, h := range c.subs[channel].held {
-		out = append(out, string(h.frame))
+		out = append(out, string(h.frame.b))
 	}
 	return out
 }
