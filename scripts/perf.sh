@@ -21,7 +21,7 @@
 #   scale     SCALE_CONNS (19000) idle connections on their own channels: does one node hold
 #             them (the table's 50,000 need a `nofile` hard limit above 50,000 for both processes;
 #             this machine's is 20,000, so the default is what fits)
-#   deflate   permessage-deflate off against on: DEFLATE_CONNS (2000) subscribers of one channel,
+#   deflate   permessage-deflate off against on: DEFLATE_CONNS (1000) subscribers of one channel,
 #             50 msg/s, payloads of 128 B and 4 KiB padded with words (wsbench -pad words); four
 #             runs, each with a fresh gateway: compression off (default) and plain clients, then
 #             GATEWAY_WS_COMPRESSION=true and clients offering it (-compression), per size: the
@@ -65,7 +65,7 @@ PUBLISH=${PUBLISH:-http}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 FANOUT_CONNS=${FANOUT_CONNS:-5000}
 SCALE_CONNS=${SCALE_CONNS:-19000}
-DEFLATE_CONNS=${DEFLATE_CONNS:-2000}
+DEFLATE_CONNS=${DEFLATE_CONNS:-1000}
 OUT=${OUT:-perf-results/$broker-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/bin"
 if [ "$PUBLISH" = broker ] && [ "$broker" = memory ]; then

@@ -286,6 +286,7 @@ func (f *frameParser) inflated(op byte, payload []byte) ([]byte, error) {
 // takeover: each on its own). Its buffer is reused: a result is valid until the next call.
 type inflater struct {
 	r   io.ReadCloser
+	in  []byte // the message and deflateEnd
 	src bytes.Reader
 	out bytes.Buffer
 }
@@ -295,11 +296,13 @@ type inflater struct {
 var deflateEnd = []byte{0, 0, 0xff, 0xff, 1, 0, 0, 0xff, 0xff}
 
 func (z *inflater) inflate(p []byte) ([]byte, error) {
-	z.src.Reset(p)
-	src := io.MultiReader(&z.src, bytes.NewReader(deflateEnd))
+	// One bytes.Reader over the message and the end: flate reads an io.ByteReader as it is,
+	// anything else through a bufio.Reader of its own, made for every message.
+	z.in = append(append(z.in[:0], p...), deflateEnd...)
+	z.src.Reset(z.in)
 	if z.r == nil {
-		z.r = flate.NewReader(src)
-	} else if err := z.r.(flate.Resetter).Reset(src, nil); err != nil {
+		z.r = flate.NewReader(&z.src)
+	} else if err := z.r.(flate.Resetter).Reset(&z.src, nil); err != nil {
 		return nil, err
 	}
 	z.out.Reset()

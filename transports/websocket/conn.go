@@ -40,9 +40,6 @@ const logSlowConsumer = "slow_consumer"
 // reasonInvalidUTF8 is the close reason with closeInvalidData, and the connection's Reason.
 const reasonInvalidUTF8 = "invalid_utf8"
 
-// reasonTooLarge is the close reason of a client frame that inflated beyond max_frame_size.
-const reasonTooLarge = "frame_too_large"
-
 // Conn is one client connection. Its methods are safe for concurrent use.
 type Conn struct {
 	hub   *Hub

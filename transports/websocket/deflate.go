@@ -32,7 +32,7 @@ import (
 //
 // Reading: a client that negotiated compression may send compressed frames; gorilla inflates
 // them. Its read limit (max_frame_size) applies to the bytes on the wire, so the hub checks the
-// inflated size too (Hub.NewHub's message handler).
+// inflated size before gorilla reads the frame (inflate.go).
 
 // minDeflate is the least frame size compressed: below it deflate saves a few bytes at best
 // and costs a compression per message.

@@ -53,6 +53,9 @@ type flushConn struct {
 	// leadDeflated says the next text frame gorilla writes (the lead: Conn.giveLead) carries a
 	// deflated payload: Write sets its RSV1 bit. Set before melody is handed the frame.
 	leadDeflated atomic.Bool
+	// guard bounds what the client's compressed frames inflate to (inflate.go); nil without
+	// compression. Only gorilla's reader (one goroutine) reads.
+	guard *inflateGuard
 
 	mu       sync.Mutex
 	buf      *[]byte       // pending bytes; nil when empty
@@ -60,6 +63,15 @@ type flushConn struct {
 	deadline time.Time     // the write deadline set last, applied when bytes go out
 	timeout  time.Duration // the write timeout of the hub's own writes (writeFrame, flushAll)
 	writes   atomic.Int64
+}
+
+// Read reads from the socket, through the inflate guard once the connection negotiated
+// compression (set before gorilla reads its first frame).
+func (f *flushConn) Read(p []byte) (int, error) {
+	if f.guard == nil {
+		return f.Conn.Read(p)
+	}
+	return f.guard.read(f.Conn, p)
 }
 
 // socketWrites is how many write calls reached the socket once the connection was open.

@@ -239,10 +239,6 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 			h.metrics.FramesIn.Inc()
 			switch {
 			case c.Closing(): // the server said goodbye (disconnect, failed frame): nothing more is acted on
-			case int64(len(b)) > h.cfg.MaxFrameSize && h.cfg.MaxFrameSize > 0:
-				// A compressed frame within the limit that inflated beyond it (gorilla's read
-				// limit counts the bytes on the wire): as a frame too large.
-				c.closeWith(gws.CloseMessageTooBig, reasonTooLarge)
 			case !utf8.Valid(b): // RFC 6455 8.1: fail the connection with 1007
 				c.closeWith(closeInvalidData, reasonInvalidUTF8)
 			default:
@@ -425,6 +421,9 @@ func (h *Hub) onConnect(s *melody.Session) {
 	// compressed once (or plain). Before melody's write goroutine starts: no race.
 	s.WebsocketConnection().EnableWriteCompression(false)
 	c.deflate = h.deflate != nil && c.fc.negotiated
+	if c.deflate {
+		c.fc.guard = newInflateGuard(h.cfg.MaxFrameSize)
+	}
 	c.fc.more = c.more // from now on writes are frames: coalesce them
 	s.Request = nil    // nothing reads it; keeping it would keep its headers and context
 	defer func() { c.opened <- nil }()
