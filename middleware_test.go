@@ -40,6 +40,18 @@ func (f *flakyBroker) Publish(topic string, msgs ...*message.Message) error {
 	return f.Node.Publish(topic, msgs...)
 }
 
+// PublishPositions fails like Publish: the node publishes channel messages through it when the
+// broker has it (transports.PositionPublisher), and the embedded Node's would bypass Publish.
+func (f *flakyBroker) PublishPositions(topic string, msgs ...*message.Message) ([]protocol.Position, error) {
+	if protocol.IsChannelTopic(topic) {
+		f.attempts.Add(1)
+		if f.failures.Add(-1) >= 0 {
+			return nil, errors.New("broker hiccup")
+		}
+	}
+	return f.Node.PublishPositions(topic, msgs...)
+}
+
 func TestRetryOfAFlakyBroker(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{HistorySize: 10})
 	t.Cleanup(broker.Close)

@@ -13,6 +13,7 @@ import (
 	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 // streamEvent is one event of a one-way stream: a frame with the event id it carried ("" for
@@ -158,14 +159,53 @@ func TestStreamResume(t *testing.T) {
 // recovered:false on a broker without history.
 func testStreamResume(t *testing.T, cb nodetest.Broker, path string) {
 	nodes := cluster(t, cb, 2)
+	streamResume(t, cb, path, nodes[0].URL, nodes[1].URL, func() {
+		if err := nodes[0].Close(); err != nil { // abruptly: no last event
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestStreamResumeAfterSIGKILL is issue 16's "HTTP streaming the same way from Go": two gateway
+// node processes on each broker that has a server of its own (jetstream, redis, kafka on an
+// in-process kfake, nats), a stream on the first, SIGKILLed; the client resumes on the second from
+// its last event id with every message once (recovered:false on nats).
+func TestStreamResumeAfterSIGKILL(t *testing.T) {
+	for _, cb := range nodetest.Brokers {
+		if cb.InProcess {
+			continue // memory: its nodes cannot be processes (TestStreamResume covers it)
+		}
+		t.Run(cb.Name, func(t *testing.T) {
+			for _, path := range []string{"/stream", "/sse"} {
+				t.Run(path[1:], func(t *testing.T) {
+					cluster := cb.Setup(t)
+					prefix := transporttest.Prefix(t)
+					t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) }) // after the nodes died
+					env := append([]string{"GATEWAY_JWT_SECRET=" + testSecret, "GATEWAY_API_KEY=" + testAPIKey,
+						"GATEWAY_NATS_URL=nats://" + nodetest.NATSAddr, "GATEWAY_REDIS_ADDR=" + nodetest.RedisAddr,
+						"GATEWAY_TOPIC_PREFIX=" + prefix}, cluster.Env...)
+					a := nodetest.Start(t, append(env, "GATEWAY_NODE_ID=n1")...)
+					b := nodetest.Start(t, append(env, "GATEWAY_NODE_ID=n2")...)
+					streamResume(t, cb, path, a.URL, b.URL, a.Kill)
+				})
+			}
+		})
+	}
+}
+
+// streamResume opens a stream of a channel and $user on node a, reads two messages, kills a, and
+// resumes on node b from the last event id: every message it missed once (or recovered:false
+// with no replay on a broker without history), then live.
+func streamResume(t *testing.T, cb nodetest.Broker, path, a, b string, kill func()) {
+	t.Helper()
 	tok := allowAll(t, "alice")
 	q := url.Values{"channel": {"r", "$user"}}
-	c := openStream(t, nodes[0].URL, path, q, tok, nil)
+	c := openStream(t, a, path, q, tok, nil)
 	c.expect("welcome")
 	c.expect("subscribed")
 	c.expect("subscribed")
-	mustAPIPublish(t, nodes[1].URL, map[string]any{"channel": "r", "data": "r1"})
-	mustAPIPublish(t, nodes[1].URL, map[string]any{"user": "alice", "data": "u1"})
+	mustAPIPublish(t, b, map[string]any{"channel": "r", "data": "r1"})
+	mustAPIPublish(t, b, map[string]any{"user": "alice", "data": "u1"})
 	got := map[string]bool{}
 	for range 2 {
 		got[c.expect("message").Data()] = true
@@ -174,12 +214,13 @@ func testStreamResume(t *testing.T, cb nodetest.Broker, path string) {
 		t.Fatalf("got %v", got)
 	}
 	last := c.lastID
-	if err := nodes[0].Close(); err != nil { // abruptly: no last event
-		t.Fatal(err)
+	kill()
+	if e := c.next(false); e.err == nil { // the stream ends with its node, with no last event
+		t.Fatalf("the stream of the node killed went on: %v", e.frame)
 	}
-	mustAPIPublish(t, nodes[1].URL, map[string]any{"channel": "r", "data": "r2"})
-	mustAPIPublish(t, nodes[1].URL, map[string]any{"user": "alice", "data": "u2"})
-	mustAPIPublish(t, nodes[1].URL, map[string]any{"channel": "r", "data": "r3"})
+	mustAPIPublish(t, b, map[string]any{"channel": "r", "data": "r2"})
+	mustAPIPublish(t, b, map[string]any{"user": "alice", "data": "u2"})
+	mustAPIPublish(t, b, map[string]any{"channel": "r", "data": "r3"})
 
 	q2 := url.Values{"channel": q["channel"]}
 	var header http.Header
@@ -188,7 +229,7 @@ func testStreamResume(t *testing.T, cb nodetest.Broker, path string) {
 	} else {
 		q2.Set("since", last)
 	}
-	r := openStream(t, nodes[1].URL, path, q2, tok, header)
+	r := openStream(t, b, path, q2, tok, header)
 	r.expect("welcome")
 	var replayed []string
 	for subscribed := 0; subscribed < 2; {
@@ -211,7 +252,7 @@ func testStreamResume(t *testing.T, cb nodetest.Broker, path string) {
 	}
 	// Live, once each.
 	for _, d := range []string{"r4", "r5"} {
-		mustAPIPublish(t, nodes[1].URL, map[string]any{"channel": "r", "data": d})
+		mustAPIPublish(t, b, map[string]any{"channel": "r", "data": d})
 		if m := r.expect("message"); m.Data() != `"`+d+`"` {
 			t.Fatalf("got %v, want %s", m, d)
 		}

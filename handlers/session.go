@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -322,9 +323,28 @@ func (s *Sessions) canSubscribe(st *state, name string) bool {
 	}
 	claims := st.claims()
 	if claims.HasChannels {
-		return auth.Match(claims.Channels, name) || auth.Match(s.cfg.PublicChannels, name)
+		return matchChannel(claims.Channels, name) || matchChannel(s.cfg.PublicChannels, name)
 	}
-	return auth.Match(s.cfg.PublicChannels, name)
+	return matchChannel(s.cfg.PublicChannels, name)
+}
+
+// PusherPrefix starts the native names of Pusher apps' channels (handlers/pusher.NativePrefix).
+const PusherPrefix = "pusher:"
+
+// matchChannel is auth.Match for a native client's access (token channels and publish,
+// public_channels, anonymous_publish): a Pusher app's channel (pusher:…) is matched only by a
+// pattern that starts with "pusher:", so that "*" or "p*" never opens an app's channels (its
+// private- and presence- ones are the app's auth endpoint's to grant) to native clients.
+func matchChannel(patterns []string, channel string) bool {
+	if !strings.HasPrefix(channel, PusherPrefix) {
+		return auth.Match(patterns, channel)
+	}
+	for _, p := range patterns {
+		if strings.HasPrefix(p, PusherPrefix) && auth.Match([]string{p}, channel) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Sessions) subscribe(c *websocket.Conn, st *state, f *protocol.Frame) error {
@@ -705,7 +725,7 @@ func (s *Sessions) Authorize(msg *message.Message) error {
 	if claims.User == "" {
 		allowed = s.cfg.AnonPublish
 	}
-	if !auth.Match(allowed, ch) {
+	if !matchChannel(allowed, ch) {
 		return protocol.Errorf(protocol.CodeForbidden, "not allowed to publish to %s", ch)
 	}
 	return nil

@@ -97,7 +97,9 @@ type History interface {
 }
 
 // PositionPublisher is implemented by brokers with History that can say where each message they
-// publish to a channel topic landed: what POST /api/publish and the SDK's emit return.
+// publish to a channel topic landed: what POST /api/publish and the SDK's emit return. A wrapper
+// that embeds such a broker and changes Publish must change PublishPositions too: the node and
+// the SDK publish channel messages through PublishPositions when it is there.
 type PositionPublisher interface {
 	// PublishPositions publishes like Publish and returns, for a channel topic, the position
 	// the broker assigned to each message, in order (the position its subscribers see in

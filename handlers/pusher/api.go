@@ -16,8 +16,12 @@ import (
 	"github.com/wsgateway/gateway/protocol"
 )
 
-// maxAPIBody bounds an HTTP API request body (10 events of at most 1 MiB of data, with room).
-const maxAPIBody = 12 << 20
+// maxBody bounds the body of an HTTP API request to a: a batch of the most events, each of
+// the largest data escaped at worst (6 bytes a byte, \u00XX) and 32 KiB of names and channels
+// (100 channels of at most 164 characters).
+func maxBody(a *app) int64 {
+	return int64(maxBatch) * (6*int64(a.MaxEventSize) + 32<<10)
+}
 
 // apiError answers as Pusher does: the status and a line of text.
 func apiError(w http.ResponseWriter, status int, msg string) {
@@ -31,25 +35,40 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// authorized reads the body and checks the request's signature; it answers and returns nil,
-// false when the call may not go on.
+// authorized checks the request's signature, then reads its body (GET: none; POST: at most
+// maxBody) and checks it against body_md5; it answers and returns nil, false when the call may
+// not go on. Nothing of the body is read before the query's signature is checked.
 func (s *Server) authorized(w http.ResponseWriter, r *http.Request) (*app, []byte, bool) {
 	a := s.byID[r.PathValue("id")]
 	if a == nil {
 		apiError(w, http.StatusNotFound, "Unknown app id "+r.PathValue("id"))
 		return nil, nil, false
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAPIBody))
+	q := r.URL.Query()
+	if err := checkQuery(a, r.Method, r.URL.Path, q, s.cfg.Now()); err != nil {
+		var re *requestError
+		errors.As(err, &re)
+		apiError(w, re.status, re.msg)
+		return nil, nil, false
+	}
+	limit := maxBody(a)
+	if r.Method == http.MethodGet {
+		limit = 0
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			apiError(w, http.StatusRequestEntityTooLarge, "Request body too large")
-		} else {
+		switch {
+		case errors.As(err, &tooLarge) && r.Method == http.MethodGet:
+			apiError(w, http.StatusBadRequest, "A GET request has no body")
+		case errors.As(err, &tooLarge):
+			apiError(w, http.StatusRequestEntityTooLarge, "Request body too large (more than "+strconv.FormatInt(limit, 10)+" bytes)")
+		default:
 			apiError(w, http.StatusBadRequest, "Request body not read: "+err.Error())
 		}
 		return nil, nil, false
 	}
-	if err := checkRequest(a, r.Method, r.URL.Path, r.URL.Query(), body, s.cfg.Now()); err != nil {
+	if err := checkBody(q, body); err != nil {
 		var re *requestError
 		errors.As(err, &re)
 		apiError(w, re.status, re.msg)
@@ -68,49 +87,63 @@ type event struct {
 	Info     string   `json:"info"`
 }
 
-// publish checks ev and publishes it into each of its channels.
-func (s *Server) publish(ctx context.Context, a *app, ev event) (int, string) {
+// checked is an event that passed check: its channels' native names.
+type checked struct {
+	event
+	natives []string
+}
+
+// check checks ev for app a; status is 200 when it may be published.
+func check(a *app, ev event) (checked, int, string) {
 	channels := ev.Channels
 	if ev.Channel != "" {
 		channels = append(channels, ev.Channel)
 	}
 	switch {
 	case ev.Name == "":
-		return http.StatusBadRequest, "Missing event name"
+		return checked{}, http.StatusBadRequest, "Missing event name"
 	case len(ev.Name) > maxEventNameLen:
-		return http.StatusBadRequest, "Event name too long (more than 200 characters)"
+		return checked{}, http.StatusBadRequest, "Event name too long (more than 200 characters)"
 	case len(channels) == 0:
-		return http.StatusBadRequest, "Missing channels"
+		return checked{}, http.StatusBadRequest, "Missing channels"
 	case len(channels) > maxChannelsPerTrigger:
-		return http.StatusBadRequest, "Too many channels (more than 100)"
+		return checked{}, http.StatusBadRequest, "Too many channels (more than 100)"
 	case len(ev.Data) > a.MaxEventSize:
-		return http.StatusRequestEntityTooLarge, "Payload too large (more than " + strconv.Itoa(a.MaxEventSize) + " bytes)"
+		return checked{}, http.StatusRequestEntityTooLarge, "Payload too large (more than " + strconv.Itoa(a.MaxEventSize) + " bytes)"
 	}
 	natives := make([]string, len(channels))
 	for i, ch := range channels {
 		n, err := NativeChannel(a.ID, ch)
 		if err != nil {
-			return http.StatusBadRequest, "Invalid channel name " + strconv.Quote(ch) + ": " + err.Error()
+			return checked{}, http.StatusBadRequest, "Invalid channel name " + strconv.Quote(ch) + ": " + err.Error()
 		}
 		natives[i] = n
 	}
-	payload := payloadOf(ev.Data)
+	return checked{ev, natives}, http.StatusOK, ""
+}
+
+// publish publishes checked events into each of their channels, in order. Only the broker can
+// fail it then (503): what it took before is published.
+func (s *Server) publish(ctx context.Context, evs []checked) (int, string) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	for _, native := range natives {
-		msg := message.NewMessage(watermill.NewUUID(), payload)
-		md := msg.Metadata
-		md.Set(protocol.MetaKind, protocol.KindAPI)
-		md.Set(protocol.MetaTarget, protocol.TargetChannel)
-		md.Set(protocol.MetaChannel, native)
-		md.Set(protocol.MetaNode, s.cfg.NodeID)
-		md.Set(protocol.MetaPusherEvent, ev.Name)
-		if ev.SocketID != "" {
-			md.Set(protocol.MetaExcept, ev.SocketID)
-		}
-		md.Set(protocol.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
-		if err := s.cfg.Inbox.Submit(ctx, msg); err != nil {
-			return http.StatusServiceUnavailable, "The event was not published: " + err.Error()
+	for _, ev := range evs {
+		payload := payloadOf(ev.Data)
+		for _, native := range ev.natives {
+			msg := message.NewMessage(watermill.NewUUID(), payload)
+			md := msg.Metadata
+			md.Set(protocol.MetaKind, protocol.KindAPI)
+			md.Set(protocol.MetaTarget, protocol.TargetChannel)
+			md.Set(protocol.MetaChannel, native)
+			md.Set(protocol.MetaNode, s.cfg.NodeID)
+			md.Set(protocol.MetaPusherEvent, ev.Name)
+			if ev.SocketID != "" {
+				md.Set(protocol.MetaExcept, ev.SocketID)
+			}
+			md.Set(protocol.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+			if err := s.cfg.Inbox.Submit(ctx, msg); err != nil {
+				return http.StatusServiceUnavailable, "The event was not published: " + err.Error()
+			}
 		}
 	}
 	return http.StatusOK, ""
@@ -127,7 +160,11 @@ func (s *Server) Events(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, "Body is not a JSON event: "+err.Error())
 		return
 	}
-	if status, msg := s.publish(r.Context(), a, ev); status != http.StatusOK {
+	c, status, msg := check(a, ev)
+	if status == http.StatusOK {
+		status, msg = s.publish(r.Context(), []checked{c})
+	}
+	if status != http.StatusOK {
 		apiError(w, status, msg)
 		return
 	}
@@ -151,19 +188,24 @@ func (s *Server) BatchEvents(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, "Batch too large (more than 10 events)")
 		return
 	}
-	for i, ev := range req.Batch {
+	evs := make([]checked, len(req.Batch))
+	for i, ev := range req.Batch { // every event is checked before any is published
 		if len(ev.Channels) > 0 {
 			apiError(w, http.StatusBadRequest, "Batch event "+strconv.Itoa(i)+": one channel per event")
 			return
 		}
-	}
-	results := make([]struct{}, len(req.Batch))
-	for _, ev := range req.Batch {
-		if status, msg := s.publish(r.Context(), a, ev); status != http.StatusOK {
-			apiError(w, status, msg)
+		c, status, msg := check(a, ev)
+		if status != http.StatusOK {
+			apiError(w, status, "Batch event "+strconv.Itoa(i)+": "+msg)
 			return
 		}
+		evs[i] = c
 	}
+	if status, msg := s.publish(r.Context(), evs); status != http.StatusOK {
+		apiError(w, status, msg)
+		return
+	}
+	results := make([]struct{}, len(req.Batch))
 	writeJSON(w, map[string]any{"batch": results})
 }
 

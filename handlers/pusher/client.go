@@ -85,6 +85,7 @@ func (s *Server) subscribe(c *websocket.Conn, st *conn, d subscribeData) {
 	fail := func(typ, msg string, status int) { c.Send(subscriptionErrorFrame(name, typ, msg, status)) }
 	if !allow(st.limits.subscribe) {
 		fail("LimitReached", "too many subscribes; slow down (limits.subscribe_rate)", 4301)
+		s.rateLimited(c, st, evSubscribe)
 		return
 	}
 	native, err := NativeChannel(st.app.ID, name)
@@ -281,6 +282,7 @@ func (s *Server) clientEvent(c *websocket.Conn, st *conn, f inFrame) {
 	if !st.limiter.allow() || !allow(st.limits.publish) {
 		c.Send(errorFrame(CodeClientEventLimit, "Client event rejected - over the rate limit of "+
 			strconv.Itoa(st.app.ClientEventRate)+" a second"))
+		s.rateLimited(c, st, "client event")
 		return
 	}
 	payload := payloadOfValue(f.Data)

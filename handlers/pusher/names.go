@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/wsgateway/gateway/handlers"
 	"github.com/wsgateway/gateway/protocol"
 )
 
@@ -20,7 +21,7 @@ import (
 // counting two.
 
 // NativePrefix starts every native channel that is a Pusher app's.
-const NativePrefix = "pusher:"
+const NativePrefix = handlers.PusherPrefix
 
 // MaxNameLen is the longest Pusher channel name (Pusher's own limit).
 const MaxNameLen = 164

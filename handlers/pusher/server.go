@@ -19,6 +19,7 @@ import (
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/handlers"
 	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports/websocket"
 )
@@ -66,6 +67,7 @@ type Server struct {
 	byID   map[string]*app
 	roster *roster
 	users  *userIndex
+	rlog   *ratelog.Logger // refusals for a rate and the disconnects they lead to
 }
 
 // New makes the server; it starts nothing.
@@ -73,7 +75,8 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, byKey: map[string]*app{}, byID: map[string]*app{}, roster: newRoster(), users: newUserIndex()}
+	s := &Server{cfg: cfg, byKey: map[string]*app{}, byID: map[string]*app{}, roster: newRoster(), users: newUserIndex(),
+		rlog: ratelog.New(cfg.Log, ratelog.DefaultInterval)}
 	for _, a := range cfg.Apps {
 		x := &app{PusherApp: a, clientEvents: a.ClientEvents != nil && *a.ClientEvents}
 		s.byKey[a.Key], s.byID[a.ID] = x, x
@@ -286,4 +289,20 @@ func (s *Server) withdraw(sub *subscription) {
 	if sub.roster {
 		s.roster.release(sub.native)
 	}
+}
+
+// rateLimited follows a refusal of c's frame for a rate (a subscribe over limits.subscribe_rate,
+// a client event over client_event_rate or limits.publish_rate): it is logged (at most once a
+// second) and takes one strike, as a native rate_limited answer does; a connection with none
+// left is disconnected (pusher:error 4009, behind the refusal).
+func (s *Server) rateLimited(c *websocket.Conn, st *conn, frame string) {
+	s.rlog.Info("pusher_rate_limited", "pusher frame rate limited", "session_id", c.ID, "frame", frame)
+	if st.limits.strikes == nil {
+		st.limits.strikes = newStrikes(s.cfg.Limits)
+	}
+	if st.limits.strikes == nil || st.limits.strikes.Allow() {
+		return
+	}
+	s.rlog.Info("pusher_rate_limited_disconnect", "pusher connection disconnected: it kept sending over its rate limits", "session_id", c.ID)
+	c.Disconnect(protocol.DisconnectRateLimited)
 }

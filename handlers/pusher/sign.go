@@ -85,9 +85,19 @@ func SignRequest(key, secret, method, path string, params url.Values, body []byt
 }
 
 // checkRequest checks the signature of an HTTP API request to app (body: its body), as Pusher
-// does: the key is app's, the timestamp within MaxClockSkew of now, body_md5 the body's, and
-// auth_signature right (compared in constant time).
+// does: checkQuery, then checkBody.
 func checkRequest(a *app, method, path string, q url.Values, body []byte, now time.Time) error {
+	if err := checkQuery(a, method, path, q, now); err != nil {
+		return err
+	}
+	return checkBody(q, body)
+}
+
+// checkQuery checks what an HTTP API request's query signs, before its body is read: the key
+// is app's, the timestamp within MaxClockSkew of now, and auth_signature right (compared in
+// constant time). The body_md5 parameter is signed with the rest; checkBody compares it with
+// the body.
+func checkQuery(a *app, method, path string, q url.Values, now time.Time) error {
 	key := q.Get("auth_key")
 	if key == "" {
 		return &requestError{401, "Missing auth_key"}
@@ -105,15 +115,22 @@ func checkRequest(a *app, method, path string, q url.Values, body []byte, now ti
 	if d := now.Sub(time.Unix(ts, 0)); d > MaxClockSkew || d < -MaxClockSkew {
 		return &requestError{401, fmt.Sprintf("Timestamp expired: Given timestamp (%d) not within 600s of server time (%d)", ts, now.Unix())}
 	}
-	if len(body) > 0 {
-		sum := md5.Sum(body)
-		if subtle.ConstantTimeCompare([]byte(q.Get("body_md5")), []byte(hex.EncodeToString(sum[:]))) != 1 {
-			return &requestError{401, "Invalid body_md5: it is not the MD5 of the body"}
-		}
-	}
 	s := stringToSign(method, path, q)
 	if subtle.ConstantTimeCompare([]byte(q.Get("auth_signature")), []byte(sign(a.Secret, s))) != 1 {
 		return &requestError{401, fmt.Sprintf("Invalid signature: you should have sent HmacSHA256Hex(%q, your_secret)", s)}
+	}
+	return nil
+}
+
+// checkBody checks a signed request's body against its body_md5: a body that is not empty,
+// or a body_md5 that is given, must be the MD5 of the body.
+func checkBody(q url.Values, body []byte) error {
+	if len(body) == 0 && !q.Has("body_md5") {
+		return nil
+	}
+	sum := md5.Sum(body)
+	if subtle.ConstantTimeCompare([]byte(q.Get("body_md5")), []byte(hex.EncodeToString(sum[:]))) != 1 {
+		return &requestError{401, "Invalid body_md5: it is not the MD5 of the body"}
 	}
 	return nil
 }

@@ -2,6 +2,8 @@ package nats
 
 import (
 	"encoding/json"
+	"slices"
+	"time"
 
 	natsgo "github.com/nats-io/nats.go"
 
@@ -36,11 +38,65 @@ func (b *Broker) LoseLeave(channel, session string) {
 	p.markDirty(channel)
 }
 
-// Stall holds the node's presence lock (its loop and handlers stop, as in a stalled process)
-// until the returned func is called.
+// Stall holds the node's presence lock and stops its heartbeats (its loops and handlers stop,
+// as in a stalled process) until the returned func is called.
 func (b *Broker) Stall() (resume func()) {
 	b.pr.mu.Lock()
+	b.pr.stalled.Store(true)
+	return func() {
+		b.pr.stalled.Store(false)
+		b.pr.mu.Unlock()
+	}
+}
+
+// Busy holds the node's presence lock, as a long piece of work under it does (encoding a large
+// sync), until the returned func is called; its heartbeats go on.
+func (b *Broker) Busy() (done func()) {
+	b.pr.mu.Lock()
 	return b.pr.mu.Unlock
+}
+
+// HeardAt is when the node last heard the peer of id (zero: not in its peers).
+func (b *Broker) HeardAt(id string) time.Time {
+	p := b.pr
+	p.hmu.Lock()
+	defer p.hmu.Unlock()
+	for k, at := range p.heardAt {
+		if k.ID == id {
+			return at
+		}
+	}
+	return time.Time{}
+}
+
+// Resync makes the node start a sync round of its view anew, as after a reconnection.
+func (b *Broker) Resync() {
+	p := b.pr
+	p.mu.Lock()
+	reaps := p.adopt(b, p.view)
+	p.mu.Unlock()
+	b.tell(reaps)
+}
+
+// Epoch is the epoch of the node's last round.
+func (b *Broker) Epoch() uint64 {
+	b.pr.mu.Lock()
+	defer b.pr.mu.Unlock()
+	return b.pr.epoch
+}
+
+// InjectBackSync hands the node a sync request with Back, as if the node of id and incarnation
+// inc had sent it at its epoch (it had dropped this node, and took it back).
+func (b *Broker) InjectBackSync(id, inc string, epoch uint64) {
+	p := b.pr
+	p.mu.Lock()
+	view := slices.Clone(p.view)
+	p.mu.Unlock()
+	data, err := json.Marshal(wire{Op: "sync", From: peerKey{ID: id, Inc: inc}, Epoch: epoch, View: view, Back: true})
+	if err != nil {
+		panic(err)
+	}
+	b.handler(b.onNode)(&natsgo.Msg{Subject: b.nodeSubject(p.self), Data: data})
 }
 
 // ViewIDs is the ids of the node's view.

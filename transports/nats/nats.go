@@ -365,6 +365,40 @@ func (b *Broker) options(connClosed chan struct{}) []natsgo.Option {
 	}
 }
 
+// hbOptions are the nats.go options of the heartbeat connection (presence.go), which a Broker
+// that takes part makes as its own: the connection's settings, none of the main connection's
+// duties (its loss ends no fan-out subscription); connClosed is closed when it is.
+func (b *Broker) hbOptions(connClosed chan struct{}) []natsgo.Option {
+	cfg, logger := b.cfg, b.logger.With("connection", "heartbeats")
+	return []natsgo.Option{
+		natsgo.Name(cfg.Name + " heartbeats"),
+		natsgo.Timeout(cfg.Timeout),
+		natsgo.RetryOnFailedConnect(true),
+		natsgo.MaxReconnects(-1),
+		natsgo.ReconnectWait(cfg.ReconnectWait),
+		natsgo.ReconnectJitter(cfg.ReconnectJitter, cfg.ReconnectJitter),
+		natsgo.ReconnectBufSize(-1),
+		natsgo.PingInterval(cfg.PingInterval),
+		natsgo.MaxPingsOutstanding(2),
+		natsgo.DisconnectErrHandler(func(nc *natsgo.Conn, err error) {
+			if !nc.IsClosed() {
+				logger.Warn("nats disconnected, reconnecting", "error", err)
+			}
+		}),
+		natsgo.ReconnectHandler(func(nc *natsgo.Conn) {
+			logger.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+		natsgo.ErrorHandler(func(_ *natsgo.Conn, sub *natsgo.Subscription, err error) {
+			if sub != nil {
+				logger.Warn("nats subscription error", "subject", sub.Subject, "error", err)
+				return
+			}
+			logger.Warn("nats error", "error", err)
+		}),
+		natsgo.ClosedHandler(func(*natsgo.Conn) { close(connClosed) }),
+	}
+}
+
 // closeConn closes a connection Start made and waits (at most timeout) for the client's
 // callback goroutine to report it, so that nothing of it runs or logs after.
 func closeConn(nc *natsgo.Conn, connClosed <-chan struct{}, timeout time.Duration) {
@@ -678,13 +712,17 @@ func (b *Broker) run(ctx context.Context, sub *natsgo.Subscription, out chan<- *
 	}
 }
 
-// Ping implements transports.Broker: the connection is up and the server answers a PING.
+// Ping implements transports.Broker: the connection is up and the server answers a PING, and
+// the heartbeat connection of a node that takes part in presence is up.
 func (b *Broker) Ping(ctx context.Context) error {
 	if err := b.usable(); err != nil {
 		return err
 	}
 	if st := b.nc.Status(); st != natsgo.CONNECTED {
 		return fmt.Errorf("%w: nats connection is %s", transports.ErrUnavailable, st)
+	}
+	if hc := b.pr.hbc.Load(); hc != nil && hc.Status() != natsgo.CONNECTED {
+		return fmt.Errorf("%w: nats heartbeat connection is %s", transports.ErrUnavailable, hc.Status())
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()
@@ -735,5 +773,6 @@ func (b *Broker) Close() error {
 		}
 		closeConn(b.nc, b.connClosed, b.cfg.Timeout)
 	}
+	b.closeHeartbeatConn()
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"time"
 
 	natsgo "github.com/nats-io/nats.go"
 )
@@ -17,13 +18,21 @@ import (
 //
 // A sync queued for a node replaces the one queued for it before and not yet sent (the asker
 // reads only the sync of its last request), and a node asked again for the sync it is still
-// sending sends no second one (syncing): a large sync that a loaded asker waits long for is not
-// sent again and again, behind itself.
+// sending, or sent less than a heartbeat ago, sends no second one (syncing): a large sync that a
+// loaded asker waits long for is not sent again and again, behind itself (the asker asks every
+// half heartbeat while nothing of it has come; one that was lost is sent again at the next).
 type outbox struct {
 	mu      sync.Mutex
 	jobs    []outJob
-	sending []outJob      // taken by the sender, being published
-	wake    chan struct{} // capacity 1
+	sending []outJob            // taken by the sender, being published
+	sent    map[string]sentSync // the last sync sent whole to each subject
+	wake    chan struct{}       // capacity 1
+}
+
+// sentSync is a sync sent whole: its epoch, and when its last message was handed to nats.go.
+type sentSync struct {
+	epoch uint64
+	at    time.Time
 }
 
 // outJob is messages published in order; once one fails, the rest of the job is not sent (a
@@ -36,10 +45,14 @@ type outJob struct {
 	epoch   uint64 // a sync: the asker's epoch
 }
 
-// syncing reports whether a sync of epoch to subject is queued or being sent.
-func (o *outbox) syncing(subject string, epoch uint64) bool {
+// syncing reports whether a sync of epoch to subject is queued, being sent, or was sent whole
+// less than within ago.
+func (o *outbox) syncing(subject string, epoch uint64, within time.Duration) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if s, ok := o.sent[subject]; ok && s.epoch == epoch && time.Since(s.at) < within {
+		return true
+	}
 	for _, js := range [][]outJob{o.jobs, o.sending} {
 		for _, j := range js {
 			if j.sync && j.subject == subject && j.epoch == epoch {
@@ -100,14 +113,27 @@ func (b *Broker) sendQueued() {
 	o.jobs, o.sending = nil, jobs
 	o.mu.Unlock()
 	for i, j := range jobs {
-		b.send(j)
+		ok := b.send(j)
 		o.mu.Lock()
 		o.sending = jobs[i+1:]
+		if ok && j.sync {
+			if o.sent == nil {
+				o.sent = map[string]sentSync{}
+			}
+			now := time.Now()
+			for k, s := range o.sent { // those that no longer hold anything back
+				if now.Sub(s.at) >= b.pr.hb {
+					delete(o.sent, k)
+				}
+			}
+			o.sent[j.subject] = sentSync{epoch: j.epoch, at: now}
+		}
 		o.mu.Unlock()
 	}
 }
 
-func (b *Broker) send(j outJob) {
+// send publishes j's messages and reports whether all were handed to nats.go.
+func (b *Broker) send(j outJob) bool {
 	p := b.pr
 	for i, m := range j.msgs {
 		err := b.nc.PublishMsg(m)
@@ -122,6 +148,7 @@ func (b *Broker) send(j outJob) {
 		} else {
 			b.logger.Debug("nats presence: message not sent", "node_id", j.to, "error", err)
 		}
-		return
+		return false
 	}
+	return true
 }

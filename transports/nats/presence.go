@@ -11,10 +11,13 @@ package nats
 //
 // Liveness: a node that takes part (its OnReap was set, or it joined a member) publishes a
 // heartbeat with its id and incarnation (a random id per Broker, so that a restarted node with
-// the same id is another peer) every Heartbeat/2. Every node keeps the peers it heard, and every
-// Heartbeat/4 drops one not heard for more than 1.5 Heartbeats: dead (a node behind itself skips
-// those checks while it is, up to 4 Heartbeats of silence). The live peers (the view) change
-// when a peer appears, dies or comes back with another incarnation.
+// the same id is another peer) every Heartbeat/2, from a goroutine that takes no lock held long,
+// on a connection of its own (heartbeats only; a Broker given its connection has that one only),
+// so that heartbeats wait neither for the presence lock nor behind a large sync. Every node
+// keeps the peers it heard, and every Heartbeat/4 drops one not heard for more than 1.5
+// Heartbeats: dead (a node behind itself, or whose own heartbeats come back late, skips those
+// checks while it is, up to 4 Heartbeats of silence). The live peers (the view) change when a
+// peer appears, dies or comes back with another incarnation.
 //
 // Ownership: the owner of a channel is the peer of the view with the highest rendezvous hash of
 // (peer id, channel); the second highest is its backup. Adding a peer moves to it only the
@@ -104,6 +107,7 @@ type wire struct {
 	After  string           `json:"after,omitempty"`
 	Limit  int              `json:"limit,omitempty"`
 	Recs   []rec            `json:"recs,omitempty"`
+	At     int64            `json:"at,omitempty"` // heartbeat: when it was sent (Unix ns), read by its sender only
 }
 
 // rec is a node's own members of one channel, in a sync: for the owner, or (Backup) for the
@@ -154,8 +158,8 @@ type presence struct {
 	view    []peerKey             // the live peers (this one too once active), by id
 	epoch   uint64                // of the last view adopted (or resync)
 	waiting map[peerKey]bool      // peers whose sync of epoch has not come; nil: complete
-	moved   map[peerKey]bool      // waited-for peers whose sync sent something since they were last asked
-	askedAt map[peerKey]time.Time // when each waited-for peer was last asked
+	moved   map[peerKey]bool      // waited-for peers that sent sync messages (of any epoch) since the last check
+	askedAt map[peerKey]time.Time // when each waited-for peer was last asked, or last sent sync messages
 	views   [][]peerKey           // the view of the last complete sync, then those adopted since
 	seen    map[peerKey]map[string]sessions
 	seenB   map[peerKey]map[string]sessions
@@ -182,6 +186,7 @@ type presence struct {
 	pushing bool
 
 	failRecs atomic.Int32 // tests only (export_test.go): how many sync records fail to publish
+	stalled  atomic.Bool  // tests only (export_test.go): no heartbeats, as in a stalled process
 	out      outbox       // messages to other nodes' subjects, published by sendLoop
 
 	wasDown    bool
@@ -191,10 +196,22 @@ type presence struct {
 	nodeSub    *natsgo.Subscription
 	nodeLag    backlog // of nodeSub, sampled by the loop
 
+	// The heartbeat connection: heartbeats are published and received on it, nothing else, so
+	// that they never wait behind a large sync on the main connection (in nats.go's writer, the
+	// server's queue to a peer, the peer's reader). Set once, when the node takes part (before
+	// activated); a Broker given its connection (NewWithConn) has no other: hbc is then nc.
+	hbc      atomic.Pointer[natsgo.Conn]
+	hbOwned  bool          // hbc is the Broker's own: Close closes it (under mu)
+	hbClosed chan struct{} // closed by hbc's ClosedHandler, when hbOwned
+
 	// When each peer was last heard. Its own lock, so that a heartbeat is noted at once even
 	// while mu is held long (a sync of many members).
 	hmu     sync.Mutex
 	heardAt map[peerKey]time.Time
+	// When this node's own heartbeats last came back, and when one last came back late (more
+	// than half a heartbeat after it was sent): the way of the peers' heartbeats (the server,
+	// this node's reader) was behind then.
+	echoAt, slowEchoAt time.Time
 
 	// Replies to this node's requests: <inbox>.<token>.
 	inbox   string
@@ -293,8 +310,9 @@ func (b *Broker) startPresence() error {
 	p.wasDown = b.nc.Status() != natsgo.CONNECTED
 	p.reconnects = b.nc.Stats().Reconnects
 	p.mu.Unlock()
-	b.wg.Add(2)
+	b.wg.Add(3)
 	go b.presenceLoop()
+	go b.beatLoop()
 	go b.sendLoop()
 	return nil
 }
@@ -343,22 +361,40 @@ func (b *Broker) activate(ctx context.Context) error {
 		_ = ns.Unsubscribe()
 		return b.unavailable("presence subscribe", err)
 	}
+	hc, hbs, hcClosed := b.heartbeatConn()
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		_ = ns.Unsubscribe()
 		_ = hs.Unsubscribe()
+		if hc != b.nc {
+			closeConn(hc, hcClosed, b.cfg.Timeout)
+		}
 		return transports.ErrClosed
 	}
 	p.subs = append(p.subs, ns, hs)
 	p.nodeSub = ns
+	old := p.hbSub
+	if hbs != nil { // the heartbeats come on the heartbeat connection now, not twice
+		p.subs = slices.DeleteFunc(p.subs, func(s *natsgo.Subscription) bool { return s == old })
+		p.subs = append(p.subs, hbs)
+		p.hbSub = hbs
+	}
+	p.hbOwned, p.hbClosed = hc != b.nc, hcClosed
+	p.hbc.Store(hc)
 	p.mu.Unlock()
+	if hbs != nil {
+		_ = old.Unsubscribe()
+	}
 	if b.nc.Status() == natsgo.CONNECTED {
 		_ = b.nc.FlushTimeout(b.cfg.Timeout) // the server has both subscriptions before the hello
 	}
 	keys := b.hello(ctx, true)
 	p.mu.Lock()
 	p.active = true
+	p.hmu.Lock()
+	p.echoAt = time.Now() // its first heartbeat is on its way
+	p.hmu.Unlock()
 	for _, k := range keys {
 		p.heard(k)
 	}
@@ -368,6 +404,46 @@ func (b *Broker) activate(ctx context.Context) error {
 	p.activated.Store(true)
 	b.tell(reaps)
 	return nil
+}
+
+// heartbeatConn makes the heartbeat connection of a node that starts to take part, and
+// subscribes it to the heartbeats (the server has the subscription when it returns, if it is
+// up). A Broker given its connection (NewWithConn) makes none, and one that cannot make it
+// (nats.go refuses the options, or the subscription fails) logs why: it returns the main
+// connection then, and no subscription (the main one's goes on).
+func (b *Broker) heartbeatConn() (hc *natsgo.Conn, hbs *natsgo.Subscription, closed chan struct{}) {
+	if !b.owned {
+		return b.nc, nil, nil
+	}
+	closed = make(chan struct{})
+	hc, err := natsgo.Connect(b.cfg.URL, append(b.hbOptions(closed), b.cfg.Options...)...)
+	if err == nil {
+		hbs, err = hc.Subscribe(b.hbSubject(), b.handler(b.onHeartbeat))
+		if err != nil {
+			closeConn(hc, closed, b.cfg.Timeout)
+		}
+	}
+	if err != nil {
+		b.logger.Warn("nats presence: no heartbeat connection, heartbeats share the main one", "error", err)
+		return b.nc, nil, nil
+	}
+	if hc.Status() == natsgo.CONNECTED {
+		_ = hc.FlushTimeout(b.cfg.Timeout)
+	}
+	return hc, hbs, closed
+}
+
+// closeHeartbeatConn closes the heartbeat connection if the Broker made it. Called by Close
+// after closePresence, when no activate can make one any more.
+func (b *Broker) closeHeartbeatConn() {
+	p := b.pr
+	p.mu.Lock()
+	hc, owned, closed := p.hbc.Load(), p.hbOwned, p.hbClosed
+	p.hbOwned = false
+	p.mu.Unlock()
+	if owned {
+		closeConn(hc, closed, b.cfg.Timeout)
+	}
 }
 
 // hello asks who takes part and returns those who answered: it waits until every peer that an
@@ -467,7 +543,31 @@ func (b *Broker) closePresence() {
 	p.gate.Unlock()
 }
 
-// presenceLoop beats every Heartbeat/2 and judges the peers every Heartbeat/4, until Close.
+// beatLoop publishes a heartbeat every Heartbeat/2 while the node takes part and its
+// connections are up, until Close. It takes no lock that anything holds long: a node busy
+// under the presence lock (encoding a large sync, serving a page of large infos) still beats
+// on time, and its peers judge it alive, which it is.
+func (b *Broker) beatLoop() {
+	defer b.wg.Done()
+	p := b.pr
+	t := time.NewTicker(p.hb / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+			// Not while the main connection is down: a node that cannot be asked anything is
+			// not alive to its peers.
+			if p.activated.Load() && !p.stalled.Load() && b.nc.Status() == natsgo.CONNECTED &&
+				p.hbc.Load().Status() == natsgo.CONNECTED {
+				b.beat()
+			}
+		}
+	}
+}
+
+// presenceLoop judges the peers every Heartbeat/4, until Close.
 func (b *Broker) presenceLoop() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.pr.hb / 4)
@@ -484,13 +584,15 @@ func (b *Broker) presenceLoop() {
 
 // tick is one pass of the loop: after a reconnection the peers get 1.5 Heartbeats again and the
 // node syncs its channels anew; a peer not heard for 1.5 Heartbeats is dropped (never while this
-// node's own connection is down: then it hears no one, through no fault of theirs).
-func (b *Broker) tick(beat bool) {
+// node's own connection is down: then it hears no one, through no fault of theirs). Every other
+// pass (half) asks again for the syncs that did not come and pushes the dirty channels.
+func (b *Broker) tick(half bool) {
 	p := b.pr
 	up := b.nc.Status() == natsgo.CONNECTED
 	rc := b.nc.Stats().Reconnects
-	if up && beat && p.activated.Load() {
-		b.beat() // before taking mu, which a long sync may hold
+	if hc := p.hbc.Load(); hc != nil && hc != b.nc { // it hears no heartbeat while that is down
+		up = up && hc.Status() == natsgo.CONNECTED
+		rc += hc.Stats().Reconnects
 	}
 	p.mu.Lock()
 	if p.closed {
@@ -504,6 +606,7 @@ func (b *Broker) tick(beat bool) {
 		for k := range p.heardAt {
 			p.heardAt[k] = now
 		}
+		p.echoAt = now
 		p.hmu.Unlock()
 		if p.active {
 			reaps = p.adopt(b, p.view)
@@ -511,10 +614,16 @@ func (b *Broker) tick(beat bool) {
 	}
 	p.wasDown, p.reconnects = !up, rc
 	// This node judges no one before 4 heartbeats of silence when it is behind itself: its loop
-	// ran late (the process stalled), heartbeats wait to be handled, or a message of the peers
-	// (each says its sender lives) has waited half a heartbeat. Messages that wait less, as at
-	// an owner during a join storm, are no lag: the bound stays 1¾ heartbeats.
+	// ran late (the process stalled), heartbeats wait to be handled, a message of the peers
+	// (each says its sender lives) has waited half a heartbeat, or its own heartbeats came back
+	// late (one took more than half a heartbeat in the last 1.5, or none came for a heartbeat:
+	// the peers' heartbeats come the same way, through the server and this node's reader).
+	// Messages that wait less, as at an owner during a join storm, are no lag: the bound stays
+	// 1¾ heartbeats.
 	lagging := now.Sub(p.lastTick) > p.hb/2
+	if p.activated.Load() && p.echoLate(now) {
+		lagging = true
+	}
 	if p.hbSub != nil {
 		if n, _, err := p.hbSub.Pending(); err == nil && n > 0 {
 			lagging = true
@@ -552,10 +661,11 @@ func (b *Broker) tick(beat bool) {
 		if changed {
 			reaps = append(reaps, p.viewChanged(b)...)
 		}
-		if p.active && beat && p.waiting != nil {
+		if p.active && half && p.waiting != nil {
 			for k := range p.waiting {
 				if p.moved[k] { // its sync is under way (a large one takes a while): no second
 					p.moved[k] = false
+					p.askedAt[k] = now
 					continue
 				}
 				if queued && now.Sub(p.askedAt[k]) < 2*p.hb {
@@ -564,7 +674,7 @@ func (b *Broker) tick(beat bool) {
 				b.askSync(k)
 			}
 		}
-		if p.active && beat && len(p.dirty) > 0 && !p.pushing {
+		if p.active && half && len(p.dirty) > 0 && !p.pushing {
 			p.pushing = true
 			b.wg.Add(1) // the loop's own count holds the group open
 			go b.push()
@@ -593,9 +703,13 @@ func (q *backlog) behind(delivered, pending int64) bool {
 	return q.n > 2 && delivered < old.delivered+old.pending
 }
 
-// beat publishes a heartbeat.
+// beat publishes a heartbeat on the heartbeat connection.
 func (b *Broker) beat() {
-	if err := b.publish(b.hbSubject(), "", wire{Op: "hb", From: b.pr.self}); err != nil {
+	data, err := json.Marshal(wire{Op: "hb", From: b.pr.self, At: time.Now().UnixNano()})
+	if err == nil {
+		err = b.pr.hbc.Load().Publish(b.hbSubject(), data)
+	}
+	if err != nil {
 		b.logger.Debug("nats presence: heartbeat not sent", "error", err)
 	}
 }
@@ -635,10 +749,14 @@ func (b *Broker) tell(reaps []reaped) {
 
 func (b *Broker) onHeartbeat(m *natsgo.Msg) {
 	var w wire
-	if json.Unmarshal(m.Data, &w) != nil || w.From.ID == "" || w.From == b.pr.self {
+	if json.Unmarshal(m.Data, &w) != nil || w.From.ID == "" {
 		return
 	}
 	p := b.pr
+	if w.From == p.self {
+		p.echo(time.Unix(0, w.At), time.Now())
+		return
+	}
 	if p.heardKnown(w.From) {
 		return
 	}
@@ -716,6 +834,24 @@ func (p *presence) wasReaped(k peerKey, ch, session string) bool {
 func (p *presence) viewMoved() {
 	close(p.viewCh)
 	p.viewCh = make(chan struct{})
+}
+
+// echo notes that one of this node's own heartbeats, sent at sent, came back (now).
+func (p *presence) echo(sent, now time.Time) {
+	p.hmu.Lock()
+	defer p.hmu.Unlock()
+	p.echoAt = now
+	if now.Sub(sent) > p.hb/2 {
+		p.slowEchoAt = now
+	}
+}
+
+// echoLate reports whether this node's own heartbeats came back late: one took more than half
+// a heartbeat within the last 1.5 heartbeats, or none came for a heartbeat.
+func (p *presence) echoLate(now time.Time) bool {
+	p.hmu.Lock()
+	defer p.hmu.Unlock()
+	return now.Sub(p.echoAt) > p.hb || now.Sub(p.slowEchoAt) <= p.dropAfter()
 }
 
 // heardKnown notes a heartbeat of a peer already in p.peers, without p.mu, and reports whether
@@ -1172,19 +1308,29 @@ func (b *Broker) onNode(m *natsgo.Msg) {
 			// The asker dropped this node and took it back, while this node kept it: what this
 			// node has of the asker's members may be from before (joins and leaves made
 			// meanwhile went to another owner), and its view did not change. Sync anew, once per
-			// such request.
+			// such request; unless the asker's sync of this node's round has not come yet: the
+			// asker sent this request before it (in order, on one connection, to this subject),
+			// so it is newer than the asker's return (a node that starts, which both take in
+			// at once, is synced once, not twice).
 			if p.backAt == nil {
 				p.backAt = map[peerKey]uint64{}
 			}
 			p.backAt[w.From] = w.Epoch
-			reaps = p.adopt(b, p.view)
+			if !p.waiting[w.From] {
+				reaps = p.adopt(b, p.view)
+			}
 		}
 	case "rec":
 		if p.inRound(w) {
 			p.applyRecs(w.From, w.Recs)
+		}
+		if p.waiting[w.From] { // its syncs are coming: the answer to this round is this one, or after it
 			p.moved[w.From] = true
 		}
 	case "done":
+		if p.waiting[w.From] {
+			p.moved[w.From] = true
+		}
 		if p.inRound(w) {
 			p.finishSync(w.From)
 			delete(p.waiting, w.From)
@@ -1245,8 +1391,8 @@ func (p *presence) inRound(w wire) bool {
 func (b *Broker) sendSync(w wire) {
 	p := b.pr
 	subject := b.nodeSubject(w.From)
-	if p.out.syncing(subject, w.Epoch) {
-		return // the answer to this request is still on its way out: not a second one
+	if p.out.syncing(subject, w.Epoch, p.hb) {
+		return // the answer to this request is still on its way: not a second one
 	}
 	budget := b.budget()
 	job := outJob{sync: true, to: w.From.ID, subject: subject, epoch: w.Epoch}

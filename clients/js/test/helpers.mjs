@@ -254,6 +254,45 @@ export async function redisDropPrefix(addr, prefix) {
   }
 }
 
+// ---- JetStream: deleting what a test's nodes made ---------------------------------------------
+
+/**
+ * jetstreamDropPrefix deletes the JetStream streams and KV buckets the nodes of a topic prefix
+ * made on the NATS server at url (nats://host:port): <prefix>_channels, <prefix>_inbound and the
+ * buckets <prefix>_presence and <prefix>_control (a prefix of letters, digits and dashes is its own
+ * safe name). A minimal NATS client: one request per stream on $JS.API.STREAM.DELETE, answered
+ * (deleted, or not found) before it returns; at most 3 s.
+ */
+export async function jetstreamDropPrefix(url, prefix) {
+  if (!/^[A-Za-z0-9-]+$/.test(prefix)) throw new Error(`jetstreamDropPrefix: ${prefix} is not its own safe name`);
+  const u = new URL(url);
+  const names = [`${prefix}_channels`, `${prefix}_inbound`, `KV_${prefix}_presence`, `KV_${prefix}_control`];
+  const sock = net.connect({ host: u.hostname, port: Number(u.port || 4222) });
+  try {
+    await new Promise((resolve, reject) => {
+      let text = '';
+      const timer = setTimeout(() => reject(new Error(`nats ${url}: ${names.length} deletes not answered in 3 s`)), 3000);
+      sock.on('error', reject);
+      sock.on('data', (d) => {
+        text += d.toString();
+        if (text.includes('-ERR')) reject(new Error(`nats ${url}: ${text}`));
+        if (text.includes('PING\r\n')) sock.write('PONG\r\n');
+        if ((text.match(/^MSG /gm) || []).length >= names.length) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      sock.once('connect', () => {
+        const inbox = `_INBOX.jsdrop.${randomBytes(6).toString('hex')}`;
+        sock.write(`CONNECT {"verbose":false,"pedantic":false}\r\nSUB ${inbox} 1\r\n`);
+        for (const n of names) sock.write(`PUB $JS.API.STREAM.DELETE.${n} ${inbox} 0\r\n\r\n`);
+      });
+    });
+  } finally {
+    sock.destroy();
+  }
+}
+
 // parseRESP reads one Redis reply at buf[i:]: [value, end], or null when it is not all there.
 function parseRESP(buf, i) {
   const eol = buf.indexOf('\r\n', i);

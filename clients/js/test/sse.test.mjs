@@ -1,19 +1,23 @@
-// Server-Sent Events against two real gateway nodes sharing Redis (127.0.0.1:6379, or
-// $GATEWAY_REDIS_ADDR): the npm `eventsource` package resuming with its own Last-Event-ID after a
-// SIGKILL, and the client's SSE fallback when the WebSocket upgrade fails.
+// Server-Sent Events against two real gateway nodes sharing a broker (Redis on 127.0.0.1:6379, or
+// $GATEWAY_REDIS_ADDR, by default; SSE_TEST_BROKER below): the npm `eventsource` package resuming
+// with its own Last-Event-ID after a SIGKILL, and the client's SSE fallback when the WebSocket
+// upgrade fails.
 import assert from 'node:assert/strict';
 import { after, afterEach, describe, test } from 'node:test';
 
 import { EventSource } from 'eventsource';
 
 import { Client, GatewayError, eventID, sseURL } from '../dist/index.js';
-import { apiPublish, collect, eventually, killAll, nextEvent, redisDropPrefix, startNode, startProxy, token, uniq } from './helpers.mjs';
+import { apiPublish, collect, eventually, jetstreamDropPrefix, killAll, nextEvent, redisDropPrefix, startNode, startProxy, token, uniq } from './helpers.mjs';
 
 const redis = process.env.GATEWAY_REDIS_ADDR || '127.0.0.1:6379';
-// Another broker for a manual run: SSE_TEST_BROKER=jetstream (NATS on 127.0.0.1:4222, or
-// $GATEWAY_NATS_URL; its streams, kept one minute, stay on the server) or nats (no history:
-// the resume says recovered:false).
+// The broker: SSE_TEST_BROKER=redis (the default), jetstream (NATS on 127.0.0.1:4222, or
+// $GATEWAY_NATS_URL; the streams of the test's prefix are deleted after each test), kafka (the
+// brokers in $GATEWAY_KAFKA_BROKERS: scripts/test-js.sh starts internal/kfakeserver) or nats (no
+// history: the resume says recovered:false). scripts/test-js.sh runs this file on each.
 const broker = process.env.SSE_TEST_BROKER || 'redis';
+const natsURL = process.env.GATEWAY_NATS_URL || 'nats://127.0.0.1:4222';
+if (broker === 'kafka' && !process.env.GATEWAY_KAFKA_BROKERS) throw new Error('SSE_TEST_BROKER=kafka needs GATEWAY_KAFKA_BROKERS');
 const closers = new Set();
 let running = [];
 const prefixes = [];
@@ -28,7 +32,9 @@ async function cluster(n) {
       await startNode({
         GATEWAY_BROKER: broker,
         GATEWAY_REDIS_ADDR: redis,
-        GATEWAY_NATS_URL: process.env.GATEWAY_NATS_URL || 'nats://127.0.0.1:4222',
+        GATEWAY_NATS_URL: natsURL,
+        GATEWAY_KAFKA_BROKERS: process.env.GATEWAY_KAFKA_BROKERS || '127.0.0.1:9092',
+        GATEWAY_KAFKA_PARTITIONS: '4',
         GATEWAY_JETSTREAM_MAX_AGE: '1m',
         GATEWAY_JETSTREAM_MAX_BYTES: '1048576',
         GATEWAY_TOPIC_PREFIX: prefix,
@@ -48,7 +54,10 @@ afterEach(async (t) => {
   for (const c of closers) await c();
   closers.clear();
   await killAll();
-  for (const p of prefixes.splice(0)) if (broker === 'redis') await redisDropPrefix(redis, p);
+  for (const p of prefixes.splice(0)) {
+    if (broker === 'redis') await redisDropPrefix(redis, p);
+    if (broker === 'jetstream') await jetstreamDropPrefix(natsURL, p);
+  }
 });
 
 after(async () => {

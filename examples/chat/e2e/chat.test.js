@@ -7,12 +7,14 @@
 // each page lists both users on their nodes; while node 1 is dead page B sees alice go (her
 // member reaped), then come back on node 2; when page B is closed, bob goes from page A's list.
 //
-// A second test has Chromium's own EventSource read GET /sse of two nodes behind a balancer: node 1
-// is SIGKILLed and the browser's reconnect, with its Last-Event-ID, resumes on node 2 with every
-// message once (docs/protocol.md, Server-Sent Events).
+// Then Chromium's own EventSource reads GET /sse of two nodes behind a balancer: node 1 is
+// SIGKILLed and the browser's reconnect, with its Last-Event-ID, resumes on node 2 with every
+// message once (docs/protocol.md, Server-Sent Events), on each broker of SSE_BROKERS (default
+// redis,jetstream,kafka; kafka is internal/kfakeserver, started by the test).
 //
-// Needs: go, node >= 20, chromium (CHROMIUM, default /usr/bin/chromium) and Redis (REDIS_ADDR,
-// default 127.0.0.1:6379). Run: cd examples/chat/e2e && npm ci && npm test
+// Needs: go, node >= 20, chromium (CHROMIUM, default /usr/bin/chromium), Redis (REDIS_ADDR,
+// default 127.0.0.1:6379) and, for jetstream, NATS with JetStream (NATS_URL, default
+// nats://127.0.0.1:4222). Run: cd examples/chat/e2e && npm ci && npm test
 // (or scripts/test-browser.sh from the repository root, which installs what is missing).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -25,9 +27,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
+import { jetstreamDropPrefix } from '../../../clients/js/test/helpers.mjs';
+
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const REDIS_ADDR = process.env.REDIS_ADDR || '127.0.0.1:6379';
+const NATS_URL = process.env.NATS_URL || 'nats://127.0.0.1:4222';
+const SSE_BROKERS = (process.env.SSE_BROKERS || 'redis,jetstream,kafka').split(',').filter(Boolean);
 const CHROMIUM_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
@@ -506,10 +512,14 @@ async function startBalancer(target) {
   };
 }
 
-test('EventSource: the browser resumes with its own Last-Event-ID on another node after a SIGKILL', { timeout: 120_000 }, async () => {
+for (const broker of SSE_BROKERS) {
+  test(`EventSource on ${broker}: the browser resumes with its own Last-Event-ID on another node after a SIGKILL`, { timeout: 120_000 }, () => eventSourceResume(broker));
+}
+
+async function eventSourceResume(broker) {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sse-e2e-'));
   const run_ = crypto.randomBytes(4).toString('hex');
-  const prefix = `sse-e2e-${run_}`;
+  const prefix = `sse-e2e-${broker}-${run_}`;
   const secret = crypto.randomBytes(24).toString('hex');
   const apiKey = crypto.randomBytes(24).toString('hex');
   const room = `news-${run_}`;
@@ -518,9 +528,17 @@ test('EventSource: the browser resumes with its own Last-Event-ID on another nod
   let page;
   const consoleLines = [];
   try {
-    step('SSE: building the gateway');
+    step(`SSE on ${broker}: building the gateway`);
     const bin = path.join(tmp, 'bin');
-    await run('go', ['build', '-o', `${bin}${path.sep}`, './cmd/gateway'], { cwd: ROOT });
+    await run('go', ['build', '-o', `${bin}${path.sep}`, './cmd/gateway', './internal/kfakeserver'], { cwd: ROOT });
+    let kafka = '';
+    if (broker === 'kafka') { // an in-memory Kafka-protocol broker of this test
+      const k = new Proc('kfakeserver', path.join(bin, 'kfakeserver'), ['-addr', '127.0.0.1:0']);
+      kafka = await waitFor('kfakeserver to listen', async () => {
+        if (!k.running) throw new Error(`kfakeserver exited: ${JSON.stringify(k.exit)}\n${k.logs()}`);
+        return k.logs().split('\n')[0].match(/^\S+:\d+$/)?.[0];
+      }, 10_000);
+    }
     const [p1, p2] = await Promise.all([freePort(), freePort()]);
     let target = p1;
     lb = await startBalancer(() => target);
@@ -530,8 +548,12 @@ test('EventSource: the browser resumes with its own Last-Event-ID on another nod
       ...baseEnv,
       GATEWAY_ADDR: `127.0.0.1:${port}`,
       GATEWAY_NODE_ID: `sse-node-${n}`,
-      GATEWAY_BROKER: 'redis',
+      GATEWAY_BROKER: broker,
       GATEWAY_REDIS_ADDR: REDIS_ADDR,
+      GATEWAY_NATS_URL: NATS_URL,
+      GATEWAY_JETSTREAM_MAX_AGE: '1m',
+      GATEWAY_KAFKA_BROKERS: kafka,
+      GATEWAY_KAFKA_PARTITIONS: '4',
       GATEWAY_TOPIC_PREFIX: prefix,
       GATEWAY_JWT_SECRET: secret,
       GATEWAY_API_KEY: apiKey,
@@ -551,7 +573,7 @@ test('EventSource: the browser resumes with its own Last-Event-ID on another nod
       assert.equal(r.status, 200, await r.text());
     };
 
-    step('SSE: a page on the balancer\'s origin opens an EventSource of a channel and $user');
+    step(`SSE on ${broker}: a page on the balancer's origin opens an EventSource of a channel and $user`);
     context = await chromium.launchPersistentContext(path.join(tmp, 'chromium-profile'), {
       executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS,
     });
@@ -576,7 +598,7 @@ test('EventSource: the browser resumes with its own Last-Event-ID on another nod
     await publish({ user: 'sally', data: 'u1' });
     await waitFor('four messages', async () => (await of('message')).length === 4);
 
-    step('SSE: node 1 is SIGKILLed; the balancer sends new connections to node 2');
+    step(`SSE on ${broker}: node 1 is SIGKILLed; the balancer sends new connections to node 2`);
     nodes[0].child.kill('SIGKILL');
     await nodes[0].exited;
     target = p2;
@@ -593,7 +615,7 @@ test('EventSource: the browser resumes with its own Last-Event-ID on another nod
     assert.deepEqual((await of('subscribed')).slice(2).map((s) => [s.channel, s.recovered]), [[room, true], ['$user', true]]);
     assert.equal((await of('welcome'))[1].node, 'sse-node-2');
     assert.deepEqual(consoleLines.filter((l) => l.startsWith('uncaught')), []);
-    step('SSE: every message once, the resume recovered on node 2');
+    step(`SSE on ${broker}: every message once, the resume recovered on node 2`);
   } catch (e) {
     process.stderr.write(`${[...procs].map((p) => `---- ${p.name} ----\n${p.logs().slice(-4000)}`).join('\n')}\n${consoleLines.join('\n')}\n`);
     throw e;
@@ -601,7 +623,8 @@ test('EventSource: the browser resumes with its own Last-Event-ID on another nod
     if (context) await context.close().catch(() => {});
     if (lb) await lb.close();
     await Promise.all([...procs].map((p) => p.stop('SIGTERM', 5000)));
-    await redisDropPrefix(REDIS_ADDR, prefix).catch((e) => step(`cleaning up Redis: ${e.message}`));
+    if (broker === 'redis') await redisDropPrefix(REDIS_ADDR, prefix).catch((e) => step(`cleaning up Redis: ${e.message}`));
+    if (broker === 'jetstream') await jetstreamDropPrefix(NATS_URL, prefix).catch((e) => step(`cleaning up JetStream: ${e.message}`));
     fs.rmSync(tmp, { recursive: true, force: true });
   }
-});
+}
