@@ -192,9 +192,16 @@ func TestCompressionOffByDefault(t *testing.T) {
 
 // TestCompressionQueuedFramesAndDrain: frames queued behind each other (coalesced into shared
 // writes, framed by the hub), compressed and not, large and small, to a compressing and a plain
-// client of the same channel, arrive whole and in order; then Drain's disconnect and close.
+// client of the same channel, arrive whole and in order, with and without a write delay (whose
+// clock hands over the lead); then Drain's disconnect and close.
 func TestCompressionQueuedFramesAndDrain(t *testing.T) {
-	h := newTestHub(t, Config{Compression: true, CompressionLevel: 6, SendBuffer: 4096, WriteTimeout: 20 * time.Second})
+	for _, delay := range []time.Duration{0, 5 * time.Millisecond} {
+		t.Run(fmt.Sprint("write_delay=", delay), func(t *testing.T) { testCompressionQueued(t, delay) })
+	}
+}
+
+func testCompressionQueued(t *testing.T, delay time.Duration) {
+	h := newTestHub(t, Config{Compression: true, CompressionLevel: 6, SendBuffer: 4096, WriteTimeout: 20 * time.Second, WriteDelay: delay})
 	srv := h.serve(t)
 	z, zs, _ := dialDeflate(t, h, srv.URL, true)
 	p, ps, _ := dialDeflate(t, h, srv.URL, false)
