@@ -196,12 +196,14 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	undo = append(undo, func() { _ = g.feed.Close() }, func() { _ = g.inbox.Close() })
 
 	g.hub = websocket.NewHub(websocket.Config{
-		MaxFrameSize: cfg.WebSocket.MaxFrameSize,
-		SendBuffer:   cfg.WebSocket.SendBuffer,
-		WriteTimeout: cfg.WebSocket.WriteTimeout,
-		WriteDelay:   cfg.WebSocket.WriteDelay,
-		PingInterval: cfg.WebSocket.PingInterval,
-		CheckOrigin:  originChecker(cfg.WebSocket.AllowedOrigins),
+		MaxFrameSize:     cfg.WebSocket.MaxFrameSize,
+		SendBuffer:       cfg.WebSocket.SendBuffer,
+		WriteTimeout:     cfg.WebSocket.WriteTimeout,
+		WriteDelay:       cfg.WebSocket.WriteDelay,
+		Compression:      cfg.WebSocket.Compression,
+		CompressionLevel: cfg.WebSocket.CompressionLevel,
+		PingInterval:     cfg.WebSocket.PingInterval,
+		CheckOrigin:      originChecker(cfg.WebSocket.AllowedOrigins),
 	}, g.feed, g.metrics, log) // starts nothing: Start starts its write-delay clock
 	if !cfg.Events.Disabled {
 		g.events = handlers.NewEvents(handlers.EventsConfig{

@@ -16,35 +16,36 @@ import (
 // Defaults of the gateway's settings, which SetDefaults applies. The settings of the broker
 // sections that only the broker uses have their defaults in the broker packages.
 const (
-	DefaultAddr            = ":8080"
-	DefaultBroker          = BrokerMemory
-	DefaultNATSURL         = natsurl.Default
-	DefaultRedisAddr       = "127.0.0.1:6379"
-	DefaultKafkaBrokers    = "127.0.0.1:9092"
-	DefaultTopicPrefix     = protocol.DefaultTopicPrefix
-	DefaultMaxFrameSize    = 64 << 10
-	DefaultSendBuffer      = 256
-	DefaultWriteTimeout    = 10 * time.Second
-	DefaultPingInterval    = 25 * time.Second
-	DefaultPublishTimeout  = transports.DefaultPublishTimeout
-	DefaultHistorySize     = 1000
-	DefaultHistoryTTL      = 10 * time.Minute
-	DefaultHistoryMaxBytes = 256 << 20
-	DefaultMaxReplay       = 1000
-	DefaultDedupeWindow    = 2 * time.Minute
-	DefaultDedupeStore     = "auto"
-	DefaultBreakerFailures = 20
-	DefaultBreakerOpenFor  = 5 * time.Second
-	DefaultEventsHeartbeat = 5 * time.Second
-	DefaultDrainPeriod     = 10 * time.Second
-	DefaultEventsQueue     = 10000
-	DefaultStreamHeartbeat = 15 * time.Second
-	DefaultStreamChannels  = 32
-	DefaultRetryAttempts   = 3
-	DefaultRetryInitial    = 50 * time.Millisecond
-	DefaultRetryMaxElapsed = 3 * time.Second
-	DefaultLogLevel        = "info"
-	DefaultLogFormat       = "text"
+	DefaultAddr             = ":8080"
+	DefaultBroker           = BrokerMemory
+	DefaultNATSURL          = natsurl.Default
+	DefaultRedisAddr        = "127.0.0.1:6379"
+	DefaultKafkaBrokers     = "127.0.0.1:9092"
+	DefaultTopicPrefix      = protocol.DefaultTopicPrefix
+	DefaultMaxFrameSize     = 64 << 10
+	DefaultSendBuffer       = 256
+	DefaultWriteTimeout     = 10 * time.Second
+	DefaultPingInterval     = 25 * time.Second
+	DefaultCompressionLevel = 1
+	DefaultPublishTimeout   = transports.DefaultPublishTimeout
+	DefaultHistorySize      = 1000
+	DefaultHistoryTTL       = 10 * time.Minute
+	DefaultHistoryMaxBytes  = 256 << 20
+	DefaultMaxReplay        = 1000
+	DefaultDedupeWindow     = 2 * time.Minute
+	DefaultDedupeStore      = "auto"
+	DefaultBreakerFailures  = 20
+	DefaultBreakerOpenFor   = 5 * time.Second
+	DefaultEventsHeartbeat  = 5 * time.Second
+	DefaultDrainPeriod      = 10 * time.Second
+	DefaultEventsQueue      = 10000
+	DefaultStreamHeartbeat  = 15 * time.Second
+	DefaultStreamChannels   = 32
+	DefaultRetryAttempts    = 3
+	DefaultRetryInitial     = 50 * time.Millisecond
+	DefaultRetryMaxElapsed  = 3 * time.Second
+	DefaultLogLevel         = "info"
+	DefaultLogFormat        = "text"
 
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultReadTimeout       = 30 * time.Second
@@ -224,8 +225,12 @@ type WebSocketConfig struct {
 	SendBuffer     int           `yaml:"send_buffer" env:"WS_SEND_BUFFER"`       // frames queued per connection before it counts as slow
 	WriteTimeout   time.Duration `yaml:"write_timeout" env:"WS_WRITE_TIMEOUT"`
 	WriteDelay     time.Duration `yaml:"write_delay" env:"WS_WRITE_DELAY"` // least time between two writes to one connection (0: none)
-	PingInterval   time.Duration `yaml:"ping_interval" env:"WS_PING_INTERVAL"`
-	PublishTimeout time.Duration `yaml:"publish_timeout" env:"WS_PUBLISH_TIMEOUT"` // longest wait for the broker before `unavailable`
+	// Compression negotiates permessage-deflate with clients that offer it; CompressionLevel is
+	// the flate level (1 fastest to 9 smallest). Frames under 128 bytes always go plain.
+	Compression      bool          `yaml:"compression" env:"WS_COMPRESSION"`
+	CompressionLevel int           `yaml:"compression_level" env:"WS_COMPRESSION_LEVEL"`
+	PingInterval     time.Duration `yaml:"ping_interval" env:"WS_PING_INTERVAL"`
+	PublishTimeout   time.Duration `yaml:"publish_timeout" env:"WS_PUBLISH_TIMEOUT"` // longest wait for the broker before `unavailable`
 }
 
 // StreamConfig sets the one-way transports, Server-Sent Events (GET /sse) and NDJSON streaming
@@ -384,6 +389,7 @@ func (c *Config) SetDefaults() {
 	setDefault(&c.WebSocket.SendBuffer, DefaultSendBuffer)
 	setDefault(&c.WebSocket.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.WebSocket.PingInterval, DefaultPingInterval)
+	setDefault(&c.WebSocket.CompressionLevel, DefaultCompressionLevel)
 	setDefault(&c.WebSocket.PublishTimeout, DefaultPublishTimeout)
 	setDefault(&c.Stream.Heartbeat, DefaultStreamHeartbeat)
 	setDefault(&c.Stream.MaxChannels, DefaultStreamChannels)

@@ -71,6 +71,8 @@ func TestDefaults(t *testing.T) {
 		{"WebSocket.SendBuffer", cfg.WebSocket.SendBuffer, DefaultSendBuffer},
 		{"WebSocket.WriteTimeout", cfg.WebSocket.WriteTimeout, DefaultWriteTimeout},
 		{"WebSocket.PingInterval", cfg.WebSocket.PingInterval, DefaultPingInterval},
+		{"WebSocket.Compression", cfg.WebSocket.Compression, false},
+		{"WebSocket.CompressionLevel", cfg.WebSocket.CompressionLevel, DefaultCompressionLevel},
 		{"WebSocket.PublishTimeout", cfg.WebSocket.PublishTimeout, DefaultPublishTimeout},
 		{"History.Size", cfg.History.Size, DefaultHistorySize},
 		{"History.TTL", cfg.History.TTL, DefaultHistoryTTL},
@@ -328,7 +330,7 @@ func TestOtherEnv(t *testing.T) {
 	want.Auth.PublicChannels = []string{"news", "room:*"}
 	want.Auth.AnonymousPublish = []string{"guest:*"}
 	want.WebSocket = WebSocketConfig{MaxFrameSize: 1 << 20, SendBuffer: 32, WriteTimeout: 2 * time.Second,
-		PingInterval: 500 * time.Millisecond, PublishTimeout: 1500 * time.Millisecond}
+		PingInterval: 500 * time.Millisecond, PublishTimeout: 1500 * time.Millisecond, CompressionLevel: DefaultCompressionLevel}
 	want.History = HistoryConfig{Size: 10, TTL: time.Minute, MaxReplay: 20, MaxBytes: 1 << 20}
 	want.Router = RouterConfig{DedupeWindow: 5 * time.Minute, RetryAttempts: 7, RetryInitial: 10 * time.Millisecond, RetryMaxElapsed: time.Second,
 		DedupeStore: "redis", Timeout: 3 * time.Second, PoisonTopic: "poison", BreakerFailures: 3, BreakerOpenFor: 2 * time.Second,
@@ -453,6 +455,8 @@ func TestValidate(t *testing.T) {
 		{name: "ping interval too short", environ: []string{"GATEWAY_WS_PING_INTERVAL=50ms"}, key: "websocket.ping_interval"},
 		{name: "write delay too long", environ: []string{"GATEWAY_WS_WRITE_DELAY=2s"}, key: "websocket.write_delay"},
 		{name: "negative write delay", environ: []string{"GATEWAY_WS_WRITE_DELAY=-1ms"}, key: "websocket.write_delay"},
+		{name: "compression level above 9", environ: []string{"GATEWAY_WS_COMPRESSION=true", "GATEWAY_WS_COMPRESSION_LEVEL=10"}, key: "websocket.compression_level"},
+		{name: "negative compression level", environ: []string{"GATEWAY_WS_COMPRESSION_LEVEL=-2"}, key: "websocket.compression_level"},
 		{name: "publish timeout negative", environ: []string{"GATEWAY_WS_PUBLISH_TIMEOUT=-5s"}, key: "websocket.publish_timeout"},
 		{name: "negative history size", environ: []string{"GATEWAY_HISTORY_SIZE=-1"}, key: "history.size"},
 		{name: "negative history ttl", environ: []string{"GATEWAY_HISTORY_TTL=-1m"}, key: "history.ttl"},

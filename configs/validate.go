@@ -162,6 +162,7 @@ func (w *WebSocketConfig) validate(v *validator) {
 	v.check(&w.SendBuffer, w.SendBuffer >= 8 && w.SendBuffer <= 1<<16, "must be between 8 and 65536 frames")
 	v.check(&w.WriteTimeout, w.WriteTimeout >= time.Millisecond, "must be positive")
 	v.check(&w.WriteDelay, w.WriteDelay >= 0 && w.WriteDelay <= time.Second, "must be between 0 and 1s")
+	v.check(&w.CompressionLevel, w.CompressionLevel >= 1 && w.CompressionLevel <= 9, "must be a flate level, 1 (fastest) to 9 (smallest)")
 	v.check(&w.PingInterval, w.PingInterval >= 100*time.Millisecond, "must be at least 100ms")
 	v.check(&w.PublishTimeout, w.PublishTimeout >= time.Millisecond, "must be positive")
 }

@@ -21,6 +21,13 @@
 #   scale     SCALE_CONNS (19000) idle connections on their own channels: does one node hold
 #             them (the table's 50,000 need a `nofile` hard limit above 50,000 for both processes;
 #             this machine's is 20,000, so the default is what fits)
+#   deflate   permessage-deflate off against on, 50 msg/s to the subscribers of one channel:
+#             DEFLATE_CONNS (1000) with payloads of 128 B, a quarter of them with 4 KiB (wsbench
+#             inflating 50,000 messages of 4 KiB a second needs more than this machine's spare
+#             core), padded with words (wsbench -pad words); four runs, each with a fresh
+#             gateway: compression off (default) and plain clients, then
+#             GATEWAY_WS_COMPRESSION=true and clients offering it (-compression), per size: the
+#             server's CPU per 1,000 deliveries and bytes written per delivery
 #
 # Environment:
 #   OUT           results directory (default perf-results/<broker>-<date>)
@@ -48,7 +55,7 @@ esac
 rows=("$@")
 [ ${#rows[@]} -gt 0 ] || rows=(idle fanout pinned channels scale)
 for r in "${rows[@]}"; do
-  case $r in idle | fanout | ssefanout | pinned | channels | scale) ;; *) echo "perf.sh: unknown row '$r'" >&2; exit 2 ;; esac
+  case $r in idle | fanout | ssefanout | pinned | channels | scale | deflate) ;; *) echo "perf.sh: unknown row '$r'" >&2; exit 2 ;; esac
 done
 for tool in go curl jq; do
   command -v $tool >/dev/null || { echo "perf.sh: $tool is required" >&2; exit 1; }
@@ -60,6 +67,7 @@ PUBLISH=${PUBLISH:-http}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 FANOUT_CONNS=${FANOUT_CONNS:-5000}
 SCALE_CONNS=${SCALE_CONNS:-19000}
+DEFLATE_CONNS=${DEFLATE_CONNS:-1000}
 OUT=${OUT:-perf-results/$broker-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/bin"
 if [ "$PUBLISH" = broker ] && [ "$broker" = memory ]; then
@@ -158,6 +166,12 @@ for ((i = 1; i <= RUNS; i++)); do
       pinned) run "pinned-$i" pinned -conns "$FANOUT_CONNS" -channels 1 -rate 200 -duration "$DURATION" -publishers 16 ;;
       channels) run "channels-$i" - -conns 2000 -channels 0 -rate 500 -duration "$DURATION" -publishers 16 ;;
       scale) run "scale-$i" - -conns "$SCALE_CONNS" -channels 0 -idle -duration 20s -inflight 128 -source-ips 4 ;;
+      deflate)
+        for size in 128 4096; do
+          conns=$DEFLATE_CONNS; [ $size = 4096 ] && conns=$((DEFLATE_CONNS / 4))
+          GATEWAY_WS_COMPRESSION=false run "deflate-off-$size-$i" - -conns "$conns" -channels 1 -rate 50 -duration "$DURATION" -publishers 4 -payload $size -pad words
+          GATEWAY_WS_COMPRESSION=true run "deflate-on-$size-$i" - -conns "$conns" -channels 1 -rate 50 -duration "$DURATION" -publishers 4 -payload $size -pad words -compression
+        done ;;
     esac
   done
 done
@@ -205,5 +219,20 @@ for r in "${rows[@]}"; do
       closed=$(fig scale '.connections_closed_during_run // null')
       rss=$(fig scale '.server.rss_per_connection_kib // null')
       line scale "idle connections held ($SCALE_CONNS asked; $rss KiB each)" "$sub" conns "50,000" "$(verdict "$(jq -n "$sub != null and $sub >= 50000 and $closed == 0")")" "$other" ;;
+    deflate)
+      for size in 128 4096; do
+        for mode in off on; do
+          n="deflate-$mode-$size"
+          other=$(fig "$n" '.host.other_cores // null')
+          cpu=$(fig "$n" '.server.cpu_ms_per_1000_deliveries // null')
+          by=$(fig "$n" '.server.write_bytes_per_delivery // null')
+          p99=$(fig "$n" '.latency_ms.p99 // null')
+          lost=$(fig "$n" '.deliveries_lost // null')
+          z=$(fig "$n" '.connections_compressed // 0')
+          line deflate "$size B, compression $mode ($z compressing): CPU/1,000" "$cpu" ms "" "" "$other"
+          line deflate "  same: bytes written per delivery" "$by" B "" "" ""
+          line deflate "  same: p99 latency (lost)" "$p99 ($lost)" ms "" "" ""
+        done
+      done ;;
   esac
 done

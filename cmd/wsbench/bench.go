@@ -46,6 +46,7 @@ type bench struct {
 	subsPer []atomic.Int64 // subscribed connections per channel index
 
 	opened, failed, subscribed, subFailed, closedEarly atomic.Int64
+	compressed                                         atomic.Int64 // connections that negotiated permessage-deflate
 	published, pubErrors, pubSkipped, expected         atomic.Int64
 
 	measuring atomic.Bool // deliveries count only while measuring
@@ -344,12 +345,18 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 	var rest []byte
 	var err error
 	var sse *sseParser
+	var zr bool // permessage-deflate was negotiated
 	if b.o.Transport == transportSSE {
 		var chunked bool
 		nc, rest, chunked, err = dialSSE(ctx, b.sseURL, b.o.channelOf(i), token, local, 15*time.Second)
 		sse = &sseParser{chunked: chunked}
 	} else {
-		nc, rest, err = dialWS(ctx, b.wsURL, token, local, 15*time.Second)
+		var deflate bool
+		nc, rest, deflate, err = dialWS(ctx, b.wsURL, token, local, 15*time.Second, b.o.Compression)
+		if deflate {
+			b.compressed.Add(1)
+		}
+		zr = deflate
 	}
 	if err != nil {
 		b.failed.Add(1)
@@ -358,6 +365,9 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 	}
 	b.opened.Add(1)
 	c := &conn{i: i, nc: nc, fd: -1, sh: &b.shards[i%shards], sse: sse}
+	if zr {
+		c.p.inflate = &inflater{}
+	}
 	if !b.register(c) {
 		nc.Close()
 		return nil, false
@@ -662,7 +672,7 @@ func (b *bench) httpPublisher() publishFunc {
 		},
 	}
 	return func(ctx context.Context, buf []byte, channel string, seq uint64) ([]byte, error) {
-		buf = appendPublishBody(buf, channel, time.Now().UnixNano(), seq, b.o.Payload)
+		buf = appendPublishBody(buf, channel, time.Now().UnixNano(), seq, b.o.Payload, b.o.Pad)
 		return buf, b.post(ctx, client, buf)
 	}
 }
@@ -672,7 +682,7 @@ func (b *bench) httpPublisher() publishFunc {
 // HTTP server, router and inbound path.
 func (b *bench) brokerPublisher() publishFunc {
 	return func(ctx context.Context, buf []byte, channel string, seq uint64) ([]byte, error) {
-		buf = appendPayload(buf, time.Now().UnixNano(), seq, b.o.Payload)
+		buf = appendPayload(buf, time.Now().UnixNano(), seq, b.o.Payload, b.o.Pad)
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		_, err := b.svc.ToChannel(pctx, channel, json.RawMessage(buf))

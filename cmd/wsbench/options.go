@@ -38,6 +38,8 @@ type options struct {
 	Reader        string        // "epoll" (a few goroutines read every socket) or "goroutine" (one per connection)
 	Readers       int           // epoll reader goroutines
 	Transport     string        // "websocket" (GET /ws) or "sse" (GET /sse, Server-Sent Events)
+	Compression   bool          // offer permessage-deflate (WebSocket)
+	Pad           string        // how payloads are padded: "x" or "words"
 	Progress      io.Writer     // where progress lines go (nil: none)
 }
 
@@ -69,6 +71,7 @@ func defaults() options {
 		Transport:     transportWebSocket,
 		Duration:      10 * time.Second,
 		Payload:       128,
+		Pad:           padX,
 		MaxInflight:   64,
 		Grace:         5 * time.Second,
 	}
@@ -108,6 +111,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.Config, "config", "", "with -publish broker: the gateway's YAML configuration `file` (GATEWAY_* variables apply on top, as for the gateway)")
 	fs.StringVar(&o.Reader, "reader", "", "`how` to read the connections: epoll (a few goroutines with an epoll set each; Linux, plain http) or goroutine (one per connection, like most clients); default epoll where it works")
 	fs.StringVar(&o.Transport, "transport", o.Transport, "`how` clients connect: websocket (GET /ws, a subscribe frame each) or sse (GET /sse?channel=…, Server-Sent Events: the same frames as events)")
+	fs.BoolVar(&o.Compression, "compression", false, "offer permessage-deflate (RFC 7692) on every WebSocket connection; compressed messages are inflated to read them (the server compresses only with websocket.compression on)")
+	fs.StringVar(&o.Pad, "pad", padX, "`how` payloads are padded to -payload bytes: x (one letter repeated: deflate makes it almost nothing) or words (words drawn from a small vocabulary, different per message: deflate shrinks it 3-4 times, like common JSON)")
 	fs.IntVar(&o.Readers, "readers", o.Readers, "epoll reader goroutines (each reads its share of the connections on one core at most)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -185,6 +190,12 @@ func (o *options) normalize() error {
 	}
 	if o.Transport != transportWebSocket && o.Transport != transportSSE {
 		bad("-transport must be websocket or sse, not %q", o.Transport)
+	}
+	if o.Pad != padX && o.Pad != padWords {
+		bad("-pad must be x or words, not %q", o.Pad)
+	}
+	if o.Compression && o.Transport == transportSSE {
+		bad("-compression is for -transport websocket")
 	}
 	if o.Readers < 1 || o.Readers > 64 {
 		bad("-readers must be 1 to 64")

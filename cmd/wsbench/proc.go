@@ -17,6 +17,7 @@ type procSample struct {
 	RSSKiB int64         // VmRSS
 	CPU    time.Duration // utime + stime
 	SyscW  int64         // write(2)-family calls so far (syscw of /proc/PID/io); -1 when unreadable
+	WChar  int64         // bytes written by them so far (wchar); -1 when unreadable
 }
 
 // clockTick is USER_HZ, the unit of utime and stime in /proc/PID/stat: 100 on every Linux
@@ -40,23 +41,29 @@ func sampleProc(pid int) (procSample, error) {
 	if s.CPU, err = parseStatCPU(stat); err != nil {
 		return s, err
 	}
-	s.SyscW = -1 // /proc/PID/io needs the right to trace the process (same user, or root)
+	s.SyscW, s.WChar = -1, -1 // /proc/PID/io needs the right to trace the process (same user, or root)
 	if io, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid)); err == nil {
 		if v, err := parseSyscW(io); err == nil {
 			s.SyscW = v
+		}
+		if v, err := parseIOField(io, "wchar:"); err == nil {
+			s.WChar = v
 		}
 	}
 	return s, nil
 }
 
 // parseSyscW returns syscw from the text of /proc/PID/io.
-func parseSyscW(io []byte) (int64, error) {
+func parseSyscW(io []byte) (int64, error) { return parseIOField(io, "syscw:") }
+
+// parseIOField returns the field named key ("wchar:") from the text of /proc/PID/io.
+func parseIOField(io []byte, key string) (int64, error) {
 	for _, line := range bytes.Split(io, []byte{'\n'}) {
-		if rest, ok := bytes.CutPrefix(line, []byte("syscw:")); ok {
+		if rest, ok := bytes.CutPrefix(line, []byte(key)); ok {
 			return strconv.ParseInt(string(bytes.TrimSpace(rest)), 10, 64)
 		}
 	}
-	return 0, errors.New("no syscw line in /proc/PID/io")
+	return 0, errors.New("no " + key + " line in /proc/PID/io")
 }
 
 // parseVmRSS returns VmRSS in KiB from the text of /proc/PID/status.

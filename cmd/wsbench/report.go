@@ -21,6 +21,7 @@ type Report struct {
 	Failed           int64            `json:"connections_failed"`
 	Subscribed       int64            `json:"subscribed"`
 	SubscribeFailed  int64            `json:"subscribe_failed"`
+	Compressed       int64            `json:"connections_compressed,omitempty"`
 	ConnectErrors    map[string]int64 `json:"connect_errors,omitempty"`
 	ClosedEarly      int64            `json:"connections_closed_during_run"`
 	Disconnects      map[string]int64 `json:"disconnects_by_code,omitempty"`
@@ -61,6 +62,8 @@ type ReportOptions struct {
 	PID          int     `json:"pid,omitempty"`
 	Publish      string  `json:"publish"`
 	Reader       string  `json:"reader"`
+	Compression  bool    `json:"compression,omitempty"`
+	Pad          string  `json:"pad"`
 }
 
 // LatencyReport holds latency percentiles in milliseconds, from the payload's publish time to
@@ -90,6 +93,9 @@ type ServerReport struct {
 	// WritesPer1000 is the server's write(2)/writev(2) calls per 1,000 deliveries while measuring
 	// (syscw of /proc/PID/io): how well it coalesces frames into socket writes.
 	WritesPer1000 float64 `json:"write_syscalls_per_1000_deliveries,omitempty"`
+	// BytesPerDelivery is the bytes the server wrote (wchar of /proc/PID/io: TCP payload, frame
+	// headers included, TLS records when https) per delivery while measuring.
+	BytesPerDelivery float64 `json:"write_bytes_per_delivery,omitempty"`
 }
 
 // HostReport is the whole machine's CPU while measuring, to tell a quiet machine from a shared
@@ -117,7 +123,7 @@ func (r *Report) fillHost(busy, wall time.Duration) {
 func reportOptions(o options) ReportOptions {
 	return ReportOptions{URL: o.URL, Conns: o.Conns, Channels: o.Channels, Rate: o.Rate, Publishers: o.Publishers,
 		DurationSec: o.Duration.Seconds(), PayloadBytes: o.Payload, Idle: o.Idle, Ramp: o.Ramp, SourceIPs: o.SourceIPs, PID: o.PID,
-		Publish: o.Publish, Reader: o.Reader}
+		Publish: o.Publish, Reader: o.Reader, Compression: o.Compression, Pad: o.Pad}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -128,6 +134,7 @@ func (b *bench) fill(rep *Report, pubDur, holdDur, clientCPU time.Duration, s0, 
 	rep.Opened = b.opened.Load()
 	rep.Failed = b.failed.Load()
 	rep.Subscribed = b.subscribed.Load()
+	rep.Compressed = b.compressed.Load()
 	rep.SubscribeFailed = b.subFailed.Load()
 	rep.ClosedEarly = b.closedEarly.Load()
 	rep.HoldSeconds = holdDur.Seconds()
@@ -188,6 +195,9 @@ func (b *bench) fill(rep *Report, pubDur, holdDur, clientCPU time.Duration, s0, 
 				if s1.SyscW >= 0 && s2.SyscW >= s1.SyscW {
 					sr.WritesPer1000 = float64(s2.SyscW-s1.SyscW) / (float64(rep.Received) / 1000)
 				}
+				if s1.WChar >= 0 && s2.WChar >= s1.WChar {
+					sr.BytesPerDelivery = float64(s2.WChar-s1.WChar) / float64(rep.Received)
+				}
 			}
 		}
 		rep.Server = sr
@@ -206,6 +216,9 @@ func printTable(w io.Writer, r *Report) {
 	row("target", "%s", o.URL)
 	row("run", "%d conns on %d channel(s), %s, %s reader", o.Conns, o.Channels, mode, o.Reader)
 	row("connections", "opened %d, failed %d, subscribed %d, subscribe failed %d (%.1fs)", r.Opened, r.Failed, r.Subscribed, r.SubscribeFailed, r.ConnectSeconds)
+	if o.Compression {
+		row("compression", "permessage-deflate offered by %d, accepted on %d", r.Opened, r.Compressed)
+	}
 	for _, k := range slices.Sorted(maps.Keys(r.ConnectErrors)) {
 		row("  connect error", "%d × %s", r.ConnectErrors[k], k)
 	}
@@ -240,6 +253,9 @@ func printTable(w io.Writer, r *Report) {
 		}
 		if s.WritesPer1000 > 0 {
 			row("server writes/1000 deliv.", "%.0f write syscalls", s.WritesPer1000)
+		}
+		if s.BytesPerDelivery > 0 {
+			row("server bytes/delivery", "%.1f bytes written", s.BytesPerDelivery)
 		}
 	}
 	if h := r.Host; h != nil && r.Server == nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha1"
@@ -9,11 +10,14 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/klauspost/compress/flate"
 )
 
 // The client side of the WebSocket protocol, by hand: the upgrade request, masked client
@@ -38,10 +42,11 @@ const maxFrame = 16 << 20
 var errFrame = errors.New("malformed frame")
 
 // dialWS opens a WebSocket connection to u (ws or wss) with an optional bearer token, from local
-// (nil: the kernel's choice). It returns the connection and the bytes that followed the
-// server's 101 response (the start of the first frames), or, for a refused upgrade, an error
-// naming the HTTP status ("http 401").
-func dialWS(ctx context.Context, u *url.URL, token string, local *net.TCPAddr, timeout time.Duration) (net.Conn, []byte, error) {
+// (nil: the kernel's choice), offering permessage-deflate when deflate is set. It returns the
+// connection, the bytes that followed the server's 101 response (the start of the first frames)
+// and whether the server accepted permessage-deflate, or, for a refused upgrade, an error naming
+// the HTTP status ("http 401").
+func dialWS(ctx context.Context, u *url.URL, token string, local *net.TCPAddr, timeout time.Duration, deflate bool) (net.Conn, []byte, bool, error) {
 	host := u.Host
 	if u.Port() == "" {
 		host = net.JoinHostPort(u.Hostname(), map[string]string{"ws": "80", "wss": "443"}[u.Scheme])
@@ -52,7 +57,7 @@ func dialWS(ctx context.Context, u *url.URL, token string, local *net.TCPAddr, t
 	}
 	nc, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	deadline := time.Now().Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
@@ -63,7 +68,7 @@ func dialWS(ctx context.Context, u *url.URL, token string, local *net.TCPAddr, t
 		tc := tls.Client(nc, &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}})
 		if err := tc.HandshakeContext(ctx); err != nil {
 			nc.Close()
-			return nil, nil, err
+			return nil, nil, false, err
 		}
 		nc = tc
 	}
@@ -74,32 +79,36 @@ func dialWS(ctx context.Context, u *url.URL, token string, local *net.TCPAddr, t
 	var req strings.Builder
 	req.WriteString("GET " + path + " HTTP/1.1\r\nHost: " + u.Host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
 	req.WriteString("Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\nUser-Agent: wsbench\r\n")
+	if deflate { // no context takeover either way: each message inflates on its own
+		req.WriteString("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n")
+	}
 	if token != "" {
 		req.WriteString("Authorization: Bearer " + token + "\r\n")
 	}
 	req.WriteString("\r\n")
 	if _, err := nc.Write([]byte(req.String())); err != nil {
 		nc.Close()
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	br := bufio.NewReaderSize(nc, 4096)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("upgrade: %w", err)
+		return nil, nil, false, fmt.Errorf("upgrade: %w", err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		resp.Body.Close()
 		nc.Close()
-		return nil, nil, &statusError{resp.StatusCode}
+		return nil, nil, false, &statusError{resp.StatusCode}
 	}
 	if got := resp.Header.Get("Sec-WebSocket-Accept"); got != acceptKey(key) {
 		nc.Close()
-		return nil, nil, fmt.Errorf("upgrade: bad Sec-WebSocket-Accept %q", got)
+		return nil, nil, false, fmt.Errorf("upgrade: bad Sec-WebSocket-Accept %q", got)
 	}
 	rest, _ := br.Peek(br.Buffered())
 	_ = nc.SetDeadline(time.Time{})
-	return nc, append([]byte(nil), rest...), nil
+	accepted := strings.HasPrefix(strings.TrimSpace(resp.Header.Get("Sec-WebSocket-Extensions")), "permessage-deflate")
+	return nc, append([]byte(nil), rest...), accepted, nil
 }
 
 // statusError is an upgrade the server refused.
@@ -145,6 +154,10 @@ type frameParser struct {
 	acc       []byte // data frame payload spanning reads, or a fragmented message so far
 	ctl       []byte // control frame payload spanning reads
 	mop       byte   // opcode of the fragmented message being assembled (0: none)
+	// inflate is set when permessage-deflate was negotiated: a message whose first frame has
+	// RSV1 set is inflated before it is handed over. Without it, RSV1 is an error.
+	inflate *inflater
+	mz      bool // the message being assembled is compressed
 }
 
 // feed parses p and calls fn with each complete frame (a fragmented message once, whole). The
@@ -163,7 +176,13 @@ func (f *frameParser) feed(p []byte, fn func(op byte, payload []byte) error) err
 						return errFrame // control frames are short
 					}
 					if int64(len(p)-hl) >= n {
-						if err := fn(p[0]&0x0f, p[hl:hl+int(n)]); err != nil {
+						payload := p[hl : hl+int(n)]
+						if p[0]&rsv1 != 0 {
+							if payload, err = f.inflated(p[0]&0x0f, payload); err != nil {
+								return err
+							}
+						}
+						if err := fn(p[0]&0x0f, payload); err != nil {
 							return err
 						}
 						p = p[hl+int(n):]
@@ -186,6 +205,12 @@ func (f *frameParser) feed(p []byte, fn func(op byte, payload []byte) error) err
 				return err
 			}
 			f.op, f.fin, f.left, f.inPayload, f.hn = f.hdr[0]&0x0f, f.hdr[0]&0x80 != 0, n, true, 0
+			if f.hdr[0]&rsv1 != 0 {
+				if f.inflate == nil || f.op == opContinuation || f.op >= opClose {
+					return errFrame // RSV1 only on the first frame of a data message, when negotiated
+				}
+				f.mz = true
+			}
 			if f.op >= opClose && (!f.fin || n > 125) {
 				return errFrame // control frames are short and never fragmented
 			}
@@ -233,9 +258,61 @@ func (f *frameParser) complete(fn func(op byte, payload []byte) error) error {
 		return nil
 	}
 	f.mop = 0
-	err := fn(op, f.acc)
+	payload := f.acc
+	if f.mz {
+		f.mz = false
+		var err error
+		if payload, err = f.inflate.inflate(payload); err != nil {
+			return err
+		}
+	}
+	err := fn(op, payload)
 	f.acc = nil // hold no buffer between frames
 	return err
+}
+
+// rsv1 marks the first frame of a compressed message (RFC 7692).
+const rsv1 = 0x40
+
+// inflated is the payload of a whole compressed frame of type op, inflated.
+func (f *frameParser) inflated(op byte, payload []byte) ([]byte, error) {
+	if f.inflate == nil || op >= opClose {
+		return nil, errFrame
+	}
+	return f.inflate.inflate(payload)
+}
+
+// inflater inflates the messages of one connection (permessage-deflate without context
+// takeover: each on its own). Its buffer is reused: a result is valid until the next call.
+type inflater struct {
+	r   io.ReadCloser
+	in  []byte // the message and deflateEnd
+	src bytes.Reader
+	out bytes.Buffer
+}
+
+// deflateEnd is what RFC 7692 has the receiver append to a message: the empty stored block the
+// sender dropped, then a final empty block so that the reader ends cleanly.
+var deflateEnd = []byte{0, 0, 0xff, 0xff, 1, 0, 0, 0xff, 0xff}
+
+func (z *inflater) inflate(p []byte) ([]byte, error) {
+	// One bytes.Reader over the message and the end: flate reads an io.ByteReader as it is,
+	// anything else through a bufio.Reader of its own, made for every message.
+	z.in = append(append(z.in[:0], p...), deflateEnd...)
+	z.src.Reset(z.in)
+	if z.r == nil {
+		z.r = flate.NewReader(&z.src)
+	} else if err := z.r.(flate.Resetter).Reset(&z.src, nil); err != nil {
+		return nil, err
+	}
+	z.out.Reset()
+	if _, err := io.Copy(&z.out, io.LimitReader(z.r, maxFrame+1)); err != nil {
+		return nil, fmt.Errorf("inflate: %w", err)
+	}
+	if z.out.Len() > maxFrame {
+		return nil, errFrame
+	}
+	return z.out.Bytes(), nil
 }
 
 // headerLen is the length of the frame header that starts with h, as far as h tells (2 until
@@ -255,7 +332,7 @@ func headerLen(h []byte) int {
 
 // payloadLen reads the payload length from a complete server (unmasked) frame header.
 func payloadLen(h []byte) (int64, error) {
-	if h[1]&0x80 != 0 || h[0]&0x70 != 0 { // masked, or extension bits the gateway never sets
+	if h[1]&0x80 != 0 || h[0]&0x30 != 0 { // masked, or extension bits the gateway never sets (RSV1: the caller's check)
 		return 0, errFrame
 	}
 	var n uint64

@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/flate"
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/nodetest"
@@ -209,5 +212,39 @@ func TestPublishThroughTheBroker(t *testing.T) {
 	t.Setenv("GATEWAY_BROKER", "memory")
 	if _, err := newBench(o); err == nil || !strings.Contains(err.Error(), "memory") {
 		t.Fatalf("broker publishing with the memory broker: %v", err)
+	}
+}
+
+// TestFrameParserInflates: with permessage-deflate negotiated, a compressed message (RSV1) is
+// inflated, whole in one read or split over reads (one byte at a time), beside plain ones;
+// without it, RSV1 is a malformed frame.
+func TestFrameParserInflates(t *testing.T) {
+	msg := bytes.Repeat([]byte(`{"type":"message","data":{"t":1,"pad":"abc"}}`), 100)
+	var z bytes.Buffer
+	fw, _ := flate.NewWriter(&z, 1)
+	_, _ = fw.Write(msg)
+	_ = fw.Flush()
+	payload := bytes.TrimSuffix(z.Bytes(), []byte{0, 0, 0xff, 0xff})
+	compressed := append([]byte{0xc1, 126, byte(len(payload) >> 8), byte(len(payload))}, payload...)
+	plain := []byte{0x81, 2, 'h', 'i'}
+	stream := slices.Concat(compressed, plain, compressed)
+	for _, step := range []int{len(stream), 1, 7} {
+		p := frameParser{inflate: &inflater{}}
+		var got [][]byte
+		for i := 0; i < len(stream); i += step {
+			if err := p.feed(stream[i:min(i+step, len(stream))], func(op byte, b []byte) error {
+				got = append(got, bytes.Clone(b))
+				return nil
+			}); err != nil {
+				t.Fatalf("step %d: %v", step, err)
+			}
+		}
+		if len(got) != 3 || !bytes.Equal(got[0], msg) || string(got[1]) != "hi" || !bytes.Equal(got[2], msg) {
+			t.Fatalf("step %d: got %d messages", step, len(got))
+		}
+	}
+	var p frameParser // not negotiated
+	if err := p.feed(compressed, func(byte, []byte) error { return nil }); !errors.Is(err, errFrame) {
+		t.Fatalf("RSV1 without negotiation: %v", err)
 	}
 }

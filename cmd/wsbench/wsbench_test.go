@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/flate"
 
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/internal/nodetest"
@@ -82,8 +85,12 @@ func TestHistogramQuantiles(t *testing.T) {
 
 func TestPayload(t *testing.T) {
 	const ts = int64(1767225600123456789)
-	for _, size := range []int{0, 10, 64, 128, 1000} {
-		p := appendPayload(nil, ts, 42, size)
+	for _, c := range []struct {
+		size int
+		pad  string
+	}{{0, padX}, {10, padX}, {64, padX}, {128, padX}, {1000, padX}, {0, padWords}, {64, padWords}, {128, padWords}, {4096, padWords}} {
+		size := c.size
+		p := appendPayload(nil, ts, 42, size, c.pad)
 		var v struct {
 			T   int64  `json:"t"`
 			Seq uint64 `json:"seq"`
@@ -99,7 +106,21 @@ func TestPayload(t *testing.T) {
 			t.Fatalf("size %d: payload is %d bytes", size, len(p))
 		}
 	}
-	body := appendPublishBody(nil, "bench.3", ts, 7, 128)
+	// Words differ per message and deflate shrinks them about as much as common JSON text.
+	w1, w2 := appendPayload(nil, ts, 1, 4096, padWords), appendPayload(nil, ts, 2, 4096, padWords)
+	if bytes.Equal(w1[40:], w2[40:]) {
+		t.Fatal("two messages have the same words")
+	}
+	var z bytes.Buffer
+	fw, _ := flate.NewWriter(&z, 1)
+	_, _ = fw.Write(w1)
+	_ = fw.Close()
+	if r := float64(len(w1)) / float64(z.Len()); r < 2 || r > 6 {
+		t.Fatalf("deflate shrinks the words %.1f times", r)
+	} else {
+		t.Logf("deflate (level 1) shrinks 4 KiB of words %.1f times", r)
+	}
+	body := appendPublishBody(nil, "bench.3", ts, 7, 128, padX)
 	var req struct {
 		Channel string          `json:"channel"`
 		Data    json.RawMessage `json:"data"`
@@ -111,7 +132,7 @@ func TestPayload(t *testing.T) {
 
 func TestPayloadTime(t *testing.T) {
 	const ts = int64(1767225600123456789)
-	p := string(appendPayload(nil, ts, 1, 128))
+	p := string(appendPayload(nil, ts, 1, 128, padX))
 	for _, c := range []struct {
 		frame string
 		want  int64
@@ -343,4 +364,56 @@ func (l *lockedWriter) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.(*strings.Builder).String()
+}
+
+// TestEndToEndCompression: against a node with websocket.compression on, a run with
+// -compression negotiates permessage-deflate on every connection, reads every message (large
+// ones compressed, inflated) and the server writes fewer bytes per delivery than to a run without.
+func TestEndToEndCompression(t *testing.T) {
+	const secret, apiKey = "wsbench-test-secret-0123456789abcdef", "wsbench-api-key-0123456789"
+	cfg, err := configs.Load("", []string{
+		"GATEWAY_JWT_SECRET=" + secret,
+		"GATEWAY_API_KEY=" + apiKey,
+		"GATEWAY_ADDR=127.0.0.1:0",
+		"GATEWAY_DRAIN_PERIOD=200ms",
+		"GATEWAY_WS_COMPRESSION=true",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, url := nodetest.InProcess(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	bytesPer := map[bool]float64{}
+	for _, offer := range []bool{true, false} {
+		for _, reader := range []string{readerEpoll, readerGoroutine} {
+			o := defaults()
+			o.URL, o.Secret, o.APIKey = url, secret, apiKey
+			o.Conns, o.Channels, o.Rate, o.Duration, o.Payload = 10, 1, 40, time.Second, 4096
+			o.Compression, o.Reader = offer, reader
+			o.PID = syscallGetpid()
+			rep, err := run(ctx, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := int64(0)
+			if offer {
+				want = 10
+			}
+			if rep.Subscribed != 10 || rep.Compressed != want {
+				t.Fatalf("offer %v, %s: subscribed %d, compressed %d", offer, reader, rep.Subscribed, rep.Compressed)
+			}
+			if rep.Published == 0 || rep.Lost != 0 || rep.Received != 10*rep.Published || rep.ClosedEarly != 0 {
+				t.Fatalf("offer %v, %s: published %d received %d lost %d closed %d", offer, reader, rep.Published, rep.Received, rep.Lost, rep.ClosedEarly)
+			}
+			if rep.Server == nil || rep.Server.BytesPerDelivery <= 0 {
+				t.Fatalf("offer %v: no bytes per delivery: %+v", offer, rep.Server)
+			}
+			bytesPer[offer] = rep.Server.BytesPerDelivery
+		}
+	}
+	if bytesPer[true] >= bytesPer[false]/2 {
+		t.Fatalf("bytes per delivery compressed %.0f, plain %.0f", bytesPer[true], bytesPer[false])
+	}
+	t.Logf("bytes per delivery of a 4 KiB payload: compressed %.0f, plain %.0f", bytesPer[true], bytesPer[false])
 }

@@ -52,6 +52,7 @@ type Conn struct {
 
 	handler Handler // reads its frames: Identity.Handler, or the hub's
 	format  Format  // of the channel messages it receives (Hub.Deliver)
+	deflate bool    // it negotiated permessage-deflate with a hub that compresses (set before it opens)
 
 	queued  atomic.Int64  // frames queued and not yet handed to the socket: the lead and pending
 	waiters atomic.Int32  // Sends waiting for room
@@ -105,7 +106,7 @@ func (s *sub) replayed(pos protocol.Position) bool {
 
 type heldFrame struct {
 	pos   protocol.Position
-	frame []byte
+	frame qframe
 }
 
 // slowGrace is how long Send waits for room in a full queue before it counts the connection
@@ -116,6 +117,18 @@ const slowGrace = 100 * time.Millisecond
 // is disconnected as a slow consumer (it can resume) rather than losing the frame silently.
 // Send reports whether it was queued.
 func (c *Conn) Send(frame []byte) bool {
+	if c.closing.Load() || !c.open() {
+		return false
+	}
+	f := qframe{b: frame}
+	if c.deflate {
+		f = c.hub.deflate.frame(frame)
+	}
+	return c.send(f)
+}
+
+// send is Send of a frame ready for c (compressed or not).
+func (c *Conn) send(frame qframe) bool {
 	if c.closing.Load() || !c.open() {
 		return false
 	}
@@ -139,7 +152,7 @@ func (c *Conn) Send(frame []byte) bool {
 }
 
 // enqueue queues frame behind what is queued; c.qmu is held.
-func (c *Conn) enqueue(frame []byte) bool {
+func (c *Conn) enqueue(frame qframe) bool {
 	if c.link != nil { // Serve's goroutine writes it
 		c.pending.push(frame)
 		c.queued.Add(1)
@@ -167,8 +180,9 @@ func (c *Conn) enqueue(frame []byte) bool {
 // giveLead gives melody frame as the lead; c.qmu is held. melody reports a full or closed queue
 // to the error handler, which takes no lock of the connection; its queue holds at most a lead, a
 // disconnect and a close frame.
-func (c *Conn) giveLead(frame []byte) bool {
-	if err := c.s.Write(frame); err != nil {
+func (c *Conn) giveLead(frame qframe) bool {
+	c.fc.leadDeflated.Store(frame.z) // read when gorilla writes it, after melody took it from its queue
+	if err := c.s.Write(frame.b); err != nil {
 		return false
 	}
 	c.lead = true
@@ -229,7 +243,7 @@ func (c *Conn) sent() {
 		}
 		frame := c.pending.pop()
 		c.qmu.Unlock()
-		if err := c.fc.writeFrame(frame); err != nil {
+		if err := c.fc.writeFrame(frame.b, frame.z); err != nil {
 			c.writeFailed()
 			break
 		}
@@ -354,7 +368,7 @@ func (c *Conn) end(reason string, frame, closeMsg []byte) {
 	defer c.qmu.Unlock()
 	if c.link != nil { // a stream: the frame is its last, then the response ends
 		if frame != nil {
-			c.pending.push(frame)
+			c.pending.push(qframe{b: frame})
 			c.queued.Add(1)
 		}
 		c.link.finish = true
@@ -363,12 +377,13 @@ func (c *Conn) end(reason string, frame, closeMsg []byte) {
 	}
 	if c.lead || c.pending.len() > 0 { // behind what is queued; the close once it is written
 		if frame != nil {
-			c.pending.push(frame)
+			c.pending.push(qframe{b: frame})
 			c.queued.Add(1)
 		}
 		c.closeMsg = closeMsg
 		return
 	}
+	c.fc.leadDeflated.Store(false)               // the last frame goes plain
 	if frame != nil && c.s.Write(frame) == nil { // melody's queue has room for these two
 		c.lead = true
 		c.queued.Add(1)
@@ -390,16 +405,16 @@ func (c *Conn) dropQueue() {
 
 // ring is a FIFO of frames that grows as needed and gives its memory back once empty.
 type ring struct {
-	buf  [][]byte
+	buf  []qframe
 	head int
 	n    int
 }
 
 func (r *ring) len() int { return r.n }
 
-func (r *ring) push(b []byte) {
+func (r *ring) push(b qframe) {
 	if r.n == len(r.buf) {
-		nb := make([][]byte, max(16, 2*len(r.buf)))
+		nb := make([]qframe, max(16, 2*len(r.buf)))
 		for i := range r.n {
 			nb[i] = r.buf[(r.head+i)%len(r.buf)]
 		}
@@ -409,9 +424,9 @@ func (r *ring) push(b []byte) {
 	r.n++
 }
 
-func (r *ring) pop() []byte {
+func (r *ring) pop() qframe {
 	b := r.buf[r.head]
-	r.buf[r.head] = nil
+	r.buf[r.head] = qframe{}
 	r.head = (r.head + 1) % len(r.buf)
 	r.n--
 	if r.n == 0 {
@@ -480,7 +495,7 @@ func (c *Conn) channels() []string {
 
 // deliver queues a channel frame for subscription s, or holds it while s replays. The hub
 // calls it under the channel's shard lock, so s is still c's subscription.
-func (c *Conn) deliver(s *sub, pos protocol.Position, frame []byte) bool {
+func (c *Conn) deliver(s *sub, pos protocol.Position, frame qframe) bool {
 	if s.live.Load() { // live for good: Activate sent what was held before setting it
 		if s.after.Epoch != "" {
 			if s.replayed(pos) {
@@ -490,7 +505,7 @@ func (c *Conn) deliver(s *sub, pos protocol.Position, frame []byte) bool {
 				s.after = protocol.Position{} // past the replay for good: no more checks
 			}
 		}
-		return c.Send(frame)
+		return c.send(frame)
 	}
 	c.mu.Lock()
 	if !s.live.Load() {
@@ -507,7 +522,7 @@ func (c *Conn) deliver(s *sub, pos protocol.Position, frame []byte) bool {
 	if s.replayed(pos) {
 		return true
 	}
-	return c.Send(frame)
+	return c.send(frame)
 }
 
 // Activate ends the replay of channel: frames held meanwhile are sent, except those at or before
@@ -530,7 +545,7 @@ func (c *Conn) Activate(channel string, after protocol.Position, first []byte) {
 		if s.replayed(h.pos) {
 			continue // replayed already
 		}
-		c.Send(h.frame)
+		c.send(h.frame)
 	}
 	s.held = nil
 	s.live.Store(true)

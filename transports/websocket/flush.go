@@ -2,6 +2,7 @@ package websocket
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"net"
 	"net/http"
@@ -46,6 +47,15 @@ type flushConn struct {
 	// connection. nil until the connection is open: before that (the handshake) every write
 	// goes straight through.
 	more func() bool
+	// negotiated is set during the handshake when gorilla's 101 answer accepted
+	// permessage-deflate (read once the upgrade returned, on the same goroutine).
+	negotiated bool
+	// leadDeflated says the next text frame gorilla writes (the lead: Conn.giveLead) carries a
+	// deflated payload: Write sets its RSV1 bit. Set before melody is handed the frame.
+	leadDeflated atomic.Bool
+	// guard bounds what the client's compressed frames inflate to (inflate.go); nil without
+	// compression. Only gorilla's reader (one goroutine) reads.
+	guard *inflateGuard
 
 	mu       sync.Mutex
 	buf      *[]byte       // pending bytes; nil when empty
@@ -53,6 +63,15 @@ type flushConn struct {
 	deadline time.Time     // the write deadline set last, applied when bytes go out
 	timeout  time.Duration // the write timeout of the hub's own writes (writeFrame, flushAll)
 	writes   atomic.Int64
+}
+
+// Read reads from the socket, through the inflate guard once the connection negotiated
+// compression (set before gorilla reads its first frame).
+func (f *flushConn) Read(p []byte) (int, error) {
+	if f.guard == nil {
+		return f.Conn.Read(p)
+	}
+	return f.guard.read(f.Conn, p)
 }
 
 // socketWrites is how many write calls reached the socket once the connection was open.
@@ -73,16 +92,39 @@ func (f *flushConn) SetWriteDeadline(t time.Time) error {
 // Write takes a frame, or the first or second part of one, from gorilla.
 func (f *flushConn) Write(p []byte) (int, error) {
 	if f.more == nil {
+		if bytes.Contains(p, deflateAccepted) { // the handshake's answer (gorilla writes it whole)
+			f.negotiated = true
+		}
 		return f.Conn.Write(p)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	rsv1 := false
 	if f.rem == 0 {
 		f.rem = frameLen(p)
+		// A text message's first (and only) frame: gorilla writes melody's messages whole.
+		rsv1 = len(p) > 0 && p[0] == 0x81 && f.leadDeflated.Swap(false)
 	}
 	f.rem -= len(p)
 	if f.rem < 0 { // not a frame boundary we understand: never hold such bytes back
 		f.rem = 0
+	}
+	if rsv1 { // the header is gorilla's buffer: set the bit in a copy
+		if f.held()+len(p) > maxCoalesce {
+			if err := f.flush(nil, nil); err != nil {
+				return 0, err
+			}
+		}
+		start := f.held()
+		f.hold(p)
+		(*f.buf)[start] |= rsv1Bit
+		if f.rem > 0 || f.more() {
+			return len(p), nil
+		}
+		if err := f.flush(nil, nil); err != nil {
+			return 0, err
+		}
+		return len(p), nil
 	}
 	if (f.rem > 0 || f.more()) && f.held()+len(p) <= maxCoalesce {
 		f.hold(p)
@@ -94,11 +136,21 @@ func (f *flushConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// deflateAccepted is in gorilla's handshake answer when it negotiated permessage-deflate.
+var deflateAccepted = []byte("\r\nSec-WebSocket-Extensions: permessage-deflate")
+
+// rsv1Bit marks a frame of a compressed message (RFC 7692).
+const rsv1Bit = 0x40
+
 // writeFrame appends a text frame with payload to the buffer (writing out what the buffer holds
 // first when the frame would not fit), to go out with the next flushAll or gorilla's next frame.
-func (f *flushConn) writeFrame(payload []byte) error {
+// deflated marks a deflated payload (RSV1).
+func (f *flushConn) writeFrame(payload []byte, deflated bool) error {
 	var h [10]byte
 	hdr := appendHeader(h[:0], len(payload))
+	if deflated {
+		hdr[0] |= rsv1Bit
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.rem != 0 {

@@ -3,6 +3,7 @@ package websocket
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/wsgateway/gateway/protocol"
@@ -15,7 +16,7 @@ func held(c *Conn, channel string) []string {
 	defer c.mu.Unlock()
 	var out []string
 	for _, h := range c.subs[channel].held {
-		out = append(out, string(h.frame))
+		out = append(out, string(h.frame.b))
 	}
 	return out
 }
@@ -76,5 +77,49 @@ func TestConnFormat(t *testing.T) {
 	}
 	if c := h.detachedConn("n"); c.Format() != FormatNative {
 		t.Fatalf("format %d, want FormatNative", c.Format())
+	}
+}
+
+// TestDeliverPerFormatCompressed: with compression, each format's frames (the native one, and
+// the other format's Frame and More) are compressed once per message for all the connections of
+// that format that negotiated it; the others of the same format get the plain frames.
+func TestDeliverPerFormatCompressed(t *testing.T) {
+	h := newTestHub(t, Config{Compression: true})
+	long := func(s string) []byte { return []byte(strings.Repeat(s, 200)) }
+	var conns []*Conn
+	for i, f := range []Format{FormatNative, FormatNative, FormatNative, FormatPusher, FormatPusher, FormatPusher} {
+		c := newConn(h, Identity{Session: fmt.Sprint("c", i), Format: f})
+		c.deflate = i%3 != 0 // c0 and c3 did not negotiate it
+		if err := h.Join(context.Background(), c, "ch"); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	enc := func(Format) Encoded {
+		return Encoded{Frame: long("P1"), More: []Encoded{{Frame: long("P2")}, {Frame: []byte("short")}}}
+	}
+	if n := h.Deliver("ch", protocol.Position{}, long("N"), enc); n != 3+3*3 {
+		t.Fatalf("%d frames, want 12", n)
+	}
+	if c := h.deflate.count.Load(); c != 3 { // N, P1 and P2: "short" is under minDeflate
+		t.Fatalf("%d compressions, want 3", c)
+	}
+	for _, c := range conns {
+		c.mu.Lock()
+		fs := c.subs["ch"].held
+		c.mu.Unlock()
+		for j, f := range fs {
+			want := c.deflate && len(f.frame.b) > 5
+			if f.frame.z != want {
+				t.Fatalf("%s frame %d: compressed %v, want %v", c.ID, j, f.frame.z, want)
+			}
+		}
+	}
+	// The compressing connections of one format share the bytes.
+	if a, b := conns[1].subs["ch"].held[0].frame.b, conns[2].subs["ch"].held[0].frame.b; &a[0] != &b[0] {
+		t.Fatal("two native connections got two compressions")
+	}
+	if a, b := conns[4].subs["ch"].held[1].frame.b, conns[5].subs["ch"].held[1].frame.b; &a[0] != &b[0] {
+		t.Fatal("two Pusher connections got two compressions of More")
 	}
 }

@@ -94,8 +94,14 @@ type countingClient struct {
 }
 
 func dialCounting(tb testing.TB, srv *httptest.Server) *countingClient {
+	return dialCountingWith(tb, srv, gws.DefaultDialer)
+}
+
+// dialCountingWith is dialCounting with a dialer of its own (one that offers compression: the
+// client counts compressed frames without inflating them).
+func dialCountingWith(tb testing.TB, srv *httptest.Server, d *gws.Dialer) *countingClient {
 	tb.Helper()
-	c, _, err := gws.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	c, _, err := d.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -189,13 +195,19 @@ func processCPU(tb testing.TB) time.Duration {
 }
 
 // writeSyscalls is this process's write(2)-family calls so far (syscw of /proc/self/io).
-func writeSyscalls(tb testing.TB) int64 {
+func writeSyscalls(tb testing.TB) int64 { return procIO(tb, "syscw:") }
+
+// writtenBytes is the bytes this process's write(2)-family calls wrote so far (wchar).
+func writtenBytes(tb testing.TB) int64 { return procIO(tb, "wchar:") }
+
+// procIO is the field key of /proc/self/io.
+func procIO(tb testing.TB, key string) int64 {
 	b, err := os.ReadFile("/proc/self/io")
 	if err != nil {
 		tb.Skip("no /proc/self/io:", err)
 	}
 	for _, line := range bytes.Split(b, []byte{'\n'}) {
-		if v, ok := bytes.CutPrefix(line, []byte("syscw:")); ok {
+		if v, ok := bytes.CutPrefix(line, []byte(key)); ok {
 			n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
 			if err != nil {
 				tb.Fatal(err)
@@ -203,6 +215,6 @@ func writeSyscalls(tb testing.TB) int64 {
 			return n
 		}
 	}
-	tb.Skip("no syscw in /proc/self/io")
+	tb.Skip("no " + key + " in /proc/self/io")
 	return 0
 }

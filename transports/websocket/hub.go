@@ -61,6 +61,11 @@ type Config struct {
 	// still gets its next frame at once. It trades latency (at most WriteDelay) for fewer writes.
 	// The clock that hands held frames over runs from Hub.Start to Hub.Close.
 	WriteDelay time.Duration
+	// Compression negotiates permessage-deflate with the clients that offer it (RFC 7692, no
+	// context takeover): what they receive is compressed, each channel message once per node
+	// (deflate.go). CompressionLevel is the flate level, 1 (fastest) to 9 (smallest); 0 means 1.
+	Compression      bool
+	CompressionLevel int
 	// CheckOrigin decides whether a browser's Origin is allowed; nil means same host only.
 	// Accept refuses a request it does not allow with ErrOriginRefused, before answering it.
 	CheckOrigin func(r *http.Request) bool
@@ -109,7 +114,8 @@ type Hub struct {
 	closed   bool           // Close was called: Accept refuses
 	served   sync.WaitGroup // the goroutines Accept starts, one per connection; Close waits for them
 
-	delay *delayClock // nil without a write delay; Start starts it, Close stops it
+	delay   *delayClock // nil without a write delay; Start starts it, Close stops it
+	deflate *deflater   // nil without compression
 }
 
 type shard struct {
@@ -204,6 +210,9 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 	if cfg.WriteDelay > 0 {
 		h.delay = newDelayClock(cfg.WriteDelay)
 	}
+	if cfg.Compression {
+		h.deflate = newDeflater(max(cfg.CompressionLevel, 1))
+	}
 	for i := range h.shards {
 		h.shards[i].channels = map[string]*entry{}
 	}
@@ -219,6 +228,9 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 		WriteBufferPool: &writeBufferPool,
 		CheckOrigin:     func(*http.Request) bool { return true }, // Accept checked it, for the caller to answer 403
 		Error:           refuseUpgrade,
+		// gorilla only negotiates; it never compresses itself (onConnect): the hub does, once
+		// per message (deflate.go).
+		EnableCompression: cfg.Compression,
 	}
 	mel.HandleConnect(h.onConnect)
 	mel.HandleDisconnect(h.onDisconnect)
@@ -405,6 +417,13 @@ func connOf(s *melody.Session) *Conn {
 func (h *Hub) onConnect(s *melody.Session) {
 	c := connOf(s)
 	c.s = s
+	// gorilla would compress every frame again, per connection: the hub hands it frames
+	// compressed once (or plain). Before melody's write goroutine starts: no race.
+	s.WebsocketConnection().EnableWriteCompression(false)
+	c.deflate = h.deflate != nil && c.fc.negotiated
+	if c.deflate {
+		c.fc.guard = newInflateGuard(h.cfg.MaxFrameSize)
+	}
 	c.fc.more = c.more // from now on writes are frames: coalesce them
 	s.Request = nil    // nothing reads it; keeping it would keep its headers and context
 	defer func() { c.opened <- nil }()
@@ -551,6 +570,8 @@ type Encoded struct {
 	Except string // a session that is not sent Frame (the sender of a client event); "": none
 	// More are frames sent after Frame (the members of a coalesced join, one frame each).
 	More []Encoded
+
+	z *lazyFrame // Frame compressed, once per Deliver (set by Deliver)
 }
 
 // Encoder encodes a channel message in a format other than the native one. Deliver calls it at
@@ -573,9 +594,10 @@ func (h *Hub) Deliver(channel string, pos protocol.Position, native []byte, othe
 	}
 	n := 0
 	var memo [formatCount]*Encoded
+	nf := lazyFrame{plain: native} // compressed once, for the connections that negotiated it
 	for _, m := range e.members {
 		if m.c.format == FormatNative {
-			if m.c.deliver(m.s, pos, native) {
+			if m.c.deliver(m.s, pos, nf.to(m.c)) {
 				n++
 			}
 			continue
@@ -596,8 +618,13 @@ func (h *Hub) Deliver(channel string, pos protocol.Position, native []byte, othe
 // deliverEncoded queues x and what follows it to m; it returns how many frames it queued.
 func deliverEncoded(m member, pos protocol.Position, x *Encoded) int {
 	n := 0
-	if x.Frame != nil && (x.Except == "" || x.Except != m.c.ID) && m.c.deliver(m.s, pos, x.Frame) {
-		n++
+	if x.Frame != nil && (x.Except == "" || x.Except != m.c.ID) {
+		if x.z == nil {
+			x.z = &lazyFrame{plain: x.Frame}
+		}
+		if m.c.deliver(m.s, pos, x.z.to(m.c)) {
+			n++
+		}
 	}
 	for i := range x.More {
 		n += deliverEncoded(m, pos, &x.More[i])
@@ -617,8 +644,9 @@ func (h *Hub) Session(id string) (*Conn, bool) {
 // many.
 func (h *Hub) Broadcast(frame []byte) int {
 	n := 0
+	f := lazyFrame{plain: frame}
 	for _, c := range h.conns() {
-		if c.format == FormatNative && c.Send(frame) {
+		if c.format == FormatNative && c.send(f.to(c)) {
 			n++
 		}
 	}

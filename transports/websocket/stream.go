@@ -106,7 +106,7 @@ func (h *Hub) writeStream(ctx context.Context, c *Conn, heartbeat time.Duration)
 		defer t.Stop()
 		beat = t.C
 	}
-	var batch [][]byte
+	var batch []qframe
 	for {
 		select {
 		case <-ctx.Done():
@@ -133,8 +133,8 @@ func (h *Hub) writeStream(ctx context.Context, c *Conn, heartbeat time.Duration)
 				break
 			}
 			for i, f := range batch {
-				batch[i] = nil
-				if l.s.Write(f) != nil {
+				batch[i] = qframe{}
+				if l.s.Write(f.b) != nil {
 					return
 				}
 			}

@@ -163,7 +163,7 @@ func TestFlushConnOwnFrames(t *testing.T) {
 	if _, err := f.Write(gorilla[:100]); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.writeFrame([]byte("x")); err == nil {
+	if err := f.writeFrame([]byte("x"), false); err == nil {
 		t.Fatal("writeFrame inside one of gorilla's frames succeeded")
 	}
 	if _, err := f.Write(gorilla[100:]); err != nil {
@@ -172,7 +172,7 @@ func TestFlushConnOwnFrames(t *testing.T) {
 	want = append(want, gorilla...)
 	for i, n := range []int{10, 200, 70_000, 5} {
 		p := bytes.Repeat([]byte{byte('b' + i)}, n)
-		if err := f.writeFrame(p); err != nil {
+		if err := f.writeFrame(p, false); err != nil {
 			t.Fatal(err)
 		}
 		want = append(want, frame(n, byte('b'+i))...)
@@ -427,21 +427,21 @@ func TestRing(t *testing.T) {
 	next, want := 0, 0
 	for round := range 50 {
 		for range round % 37 {
-			r.push([]byte{byte(next)})
+			r.push(qframe{b: []byte{byte(next)}})
 			next++
 		}
 		for range round % 23 {
 			if r.len() == 0 {
 				break
 			}
-			if b := r.pop(); int(b[0]) != want%256 {
+			if b := r.pop().b; int(b[0]) != want%256 {
 				t.Fatalf("popped %d, want %d", b[0], want%256)
 			}
 			want++
 		}
 	}
 	for r.len() > 0 {
-		if b := r.pop(); int(b[0]) != want%256 {
+		if b := r.pop().b; int(b[0]) != want%256 {
 			t.Fatalf("popped %d, want %d", b[0], want%256)
 		}
 		want++
