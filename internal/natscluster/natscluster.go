@@ -232,3 +232,14 @@ func (c *Cluster) StreamInfo(stream string) (*jetstream.StreamInfo, error) {
 	}
 	return nil, errors.New("no server runs")
 }
+
+// MetaLeader is the index of the server leading the JetStream meta group (where streams are
+// created and updated), or -1 if no running server does now.
+func (c *Cluster) MetaLeader() int {
+	for i := range c.ports {
+		if s := c.server(i); s != nil && s.JetStreamIsLeader() {
+			return i
+		}
+	}
+	return -1
+}
