@@ -82,7 +82,11 @@ func TestClusterServerLoss(t *testing.T) {
 			}
 		}
 	}()
-	<-subscribed
+	select {
+	case <-subscribed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("node b could not subscribe")
+	}
 
 	var published []string
 	pctx, stopPublishing := context.WithCancel(ctx)
