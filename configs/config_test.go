@@ -428,6 +428,8 @@ func TestValidate(t *testing.T) {
 		{name: "prefix 33 chars", environ: []string{"GATEWAY_TOPIC_PREFIX=" + strings.Repeat("p", 33)}, key: "topic_prefix"},
 		{name: "nats url blank", file: "broker: nats\nnats:\n  url: \" \"\n", key: "nats.url"},
 		{name: "jetstream url blank", file: "broker: jetstream\nnats:\n  url: \" \"\n", key: "nats.url"},
+		{name: "nats url list unparsable", environ: []string{"GATEWAY_BROKER=nats", "GATEWAY_NATS_URL=nats://a:4222,nats://bad host:1"}, key: "nats.url"},
+		{name: "jetstream url list unparsable", environ: []string{"GATEWAY_BROKER=jetstream", "GATEWAY_NATS_URL=nats://a:4222, nats://b:%zz"}, key: "nats.url"},
 		{name: "redis addr without port", environ: []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_ADDR=redis"}, key: "redis.addr"},
 		{name: "kafka broker without port", environ: []string{"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=k1:9092,k2"}, key: "kafka.brokers"},
 		{name: "kafka empty broker", environ: []string{"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=k1:9092,"}, key: "kafka.brokers"},

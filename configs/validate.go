@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wsgateway/gateway/internal/natsurl"
 	"github.com/wsgateway/gateway/protocol"
 )
 
@@ -100,6 +101,9 @@ func (c *Config) validateBroker(v *validator) {
 	switch c.Broker {
 	case BrokerNATS, BrokerJetStream:
 		v.check(&c.NATS.URL, strings.TrimSpace(c.NATS.URL) != "", "must not be empty")
+		if err := natsurl.Check(c.NATS.URL); err != nil {
+			v.check(&c.NATS.URL, false, "%v", err)
+		}
 	case BrokerRedis:
 		v.check(&c.Redis.Addr, hostPort(c.Redis.Addr), "%q is not host:port", c.Redis.Addr)
 	case BrokerKafka:

@@ -406,9 +406,9 @@ func (b *Broker) signal() {
 	}
 }
 
-// keep provisions (creates or updates) the streams when the connection comes (back) or a publish
-// found a stream missing, and checks them every CheckInterval, so a stream deleted or lost by the
-// broker is recreated and a recreated stream is noticed.
+// keep provisions (creates or updates) the streams until they are ready, checks them when the
+// connection comes back or a publish found a stream missing, and every CheckInterval, so a stream
+// deleted or lost by the broker is recreated and a recreated stream is noticed.
 func (b *Broker) keep() {
 	defer b.wg.Done()
 	failures := 0
@@ -418,13 +418,11 @@ func (b *Broker) keep() {
 			wait = min(b.cfg.ReconnectWait<<min(failures, 5), b.cfg.MaxReconnectWait)
 		}
 		t := time.NewTimer(wait)
-		kicked := false
 		select {
 		case <-b.ctx.Done():
 			t.Stop()
 			return
 		case <-b.kick:
-			kicked = true
 		case <-t.C:
 		}
 		t.Stop()
@@ -434,9 +432,14 @@ func (b *Broker) keep() {
 		}
 		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
 		var err error
-		if kicked || !b.ready.Load() {
+		if !b.ready.Load() {
 			err = b.ensureStreams(ctx)
 		} else {
+			// Provisioned before: a stream info (answered by the stream's leader) tells whether
+			// the streams are still there, and creates them again if not. A create or update goes
+			// through the cluster's meta leader: after a reconnect caused by a server lost, it
+			// may time out while the meta group elects, which must not make a node whose
+			// streams work refuse publishes (TestClusterLeaderLoss).
 			err = b.checkStreams(ctx)
 		}
 		cancel()
