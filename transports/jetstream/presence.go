@@ -580,8 +580,10 @@ func listKeys(ctx context.Context, kv jetstream.KeyValue, filter, pfx string, ke
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	// A key written while the listing runs (a member recorded again, a count updated) can come
+	// twice: once from the snapshot, once as the update.
 	slices.Sort(names)
-	return names, nil
+	return slices.Compact(names), nil
 }
 
 // Stats implements transports.Presence: one read of the channel's counts.

@@ -394,6 +394,11 @@ func (r *reaps) wait(t *testing.T, want ...string) {
 // reapNodes are 3 nodes with a short heartbeat whose OnReap is counted; the nodes are not
 // started (OnReap is set before Start).
 func reapNodes(t *testing.T, url string) ([]*Broker, *reaps) {
+	return reapNodesBeating(t, url, 250*time.Millisecond)
+}
+
+// reapNodesBeating is reapNodes with another presence heartbeat.
+func reapNodesBeating(t *testing.T, url string, heartbeat time.Duration) ([]*Broker, *reaps) {
 	prefix := transporttest.Prefix(t)
 	dropStreams(t, url, prefix)
 	r := &reaps{got: map[string]int{}}
@@ -401,7 +406,7 @@ func reapNodes(t *testing.T, url string) ([]*Broker, *reaps) {
 	for i := range 3 {
 		cfg := testConfig(url, prefix)
 		cfg.Name = fmt.Sprintf("n%d", i)
-		cfg.Presence.Heartbeat = 250 * time.Millisecond
+		cfg.Presence.Heartbeat = heartbeat
 		b, err := New(cfg, testLogger(t))
 		if err != nil {
 			t.Fatal(err)
@@ -494,13 +499,16 @@ func TestPresenceBucketLost(t *testing.T) {
 // reaped after.
 func TestPresenceServerRestart(t *testing.T) {
 	br := startBroker(t)
-	n, r := reapNodes(t, br.url())
+	// After the restart each node reconnects at its own time (its reconnect wait doubles up to
+	// 500 ms in these tests, with jitter): a live node is not reaped if it renews within 1.5
+	// heartbeats of the first reaper's return, so the heartbeat must outlast that spread.
+	n, r := reapNodesBeating(t, br.url(), time.Second)
 	join(t, n[0], "room", member("n0", "a", "ann"))
 	join(t, n[1], "room", member("n1", "c", "cid"))
 	join(t, n[2], "room", member("n2", "b", "bob"))
 	br.stop()
 	_ = n[2].Close() // dies while the server is down
-	// The outage lasts longer than 2 heartbeats: no lease could be renewed meanwhile, and the
+	// The outage lasts longer than 1.5 heartbeats: no lease could be renewed meanwhile, and the
 	// live nodes must not be reaped for it.
 	time.Sleep(3 * n[0].cfg.Presence.Heartbeat)
 	br.start()
