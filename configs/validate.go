@@ -101,7 +101,9 @@ func (c *Config) validateBroker(v *validator) {
 	case BrokerNATS, BrokerJetStream:
 		v.check(&c.NATS.URL, strings.TrimSpace(c.NATS.URL) != "", "must not be empty")
 	case BrokerRedis:
-		v.check(&c.Redis.Addr, hostPort(c.Redis.Addr), "%q is not host:port", c.Redis.Addr)
+		if c.Redis.Mode == DefaultRedisMode {
+			v.check(&c.Redis.Addr, hostPort(c.Redis.Addr), "%q is not host:port", c.Redis.Addr)
+		}
 	case BrokerKafka:
 		for _, b := range c.Kafka.Brokers {
 			v.check(&c.Kafka.Brokers, hostPort(strings.TrimSpace(b)), "%q is not host:port", b)

@@ -10,7 +10,9 @@ import (
 // streams: redis.New(redis.ConfigFrom(cfg), log).
 func ConfigFrom(cfg *configs.Config) Config {
 	return Config{
-		Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
+		Mode: cfg.Redis.Mode, Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
+		MasterName: cfg.Redis.MasterName, SentinelAddrs: cfg.Redis.SentinelAddrs, SentinelPassword: cfg.Redis.SentinelPassword,
+		MinReplicas: cfg.Redis.MinReplicas,
 		Shards: cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, Timeout: cfg.WebSocket.PublishTimeout,
 		Presence: transports.PresenceConfig{Heartbeat: cfg.Presence.Heartbeat},
 	}

@@ -127,23 +127,36 @@ func (b *Broker) Start(context.Context) error {
 	if b.given != nil {
 		b.client = b.given
 	} else {
-		b.client = goredis.NewClient(&goredis.Options{
-			Addr:     b.cfg.Addr,
-			Password: b.cfg.Password,
-			DB:       b.cfg.DB,
-			// Deadlines of our contexts reach the socket: Publish fails within Timeout even when
-			// the server does not answer.
-			ContextTimeoutEnabled: true,
-			// One dial attempt per try: go-redis already retries the command (MaxRetries), and a
-			// refused connection should fail a call in well under Timeout.
-			DialerRetries:   1,
-			DisableIdentity: true,
-		})
+		b.client = NewClient(b.cfg)
 		b.owned = true
 	}
 	b.started = true
 	b.startPresence()
 	return nil
+}
+
+// NewClient returns the go-redis client the broker makes for cfg: a plain client in ModeSingle,
+// a failover client in ModeSentinel, which asks the Sentinels for the primary and again after
+// a failover. The gateway's Redis dedupe store uses it too. It connects on first use; cfg is
+// expected to be valid (Config.Check). Close it when done.
+func NewClient(cfg Config) goredis.UniversalClient {
+	opts := &goredis.UniversalOptions{
+		Addrs:    []string{cfg.Addr},
+		Password: cfg.Password,
+		DB:       cfg.DB,
+		// Deadlines of our contexts reach the socket: Publish fails within Timeout even when
+		// the server does not answer.
+		ContextTimeoutEnabled: true,
+		// One dial attempt per try: go-redis already retries the command (MaxRetries), and a
+		// refused connection should fail a call in well under Timeout.
+		DialerRetries:   1,
+		DisableIdentity: true,
+	}
+	if cfg.Mode == ModeSentinel {
+		opts.Addrs, opts.MasterName, opts.SentinelPassword = cfg.SentinelAddrs, cfg.MasterName, cfg.SentinelPassword
+		return goredis.NewFailoverClient(opts.Failover())
+	}
+	return goredis.NewClient(opts.Simple())
 }
 
 // usable is nil once Start has run and until Close: ErrNotStarted before, ErrClosed after.
