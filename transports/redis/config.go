@@ -59,8 +59,8 @@ type Config struct {
 	SentinelAddrs    []string // ModeSentinel: host:port of each Sentinel (redis.sentinel_addrs)
 	SentinelPassword string   // ModeSentinel: the Sentinels' AUTH password; empty for none (redis.sentinel_password)
 
-	// MinReplicas, when positive, makes every Publish wait (WAIT MinReplicas, within Timeout)
-	// until that many replicas hold its entries; fewer is a failed publish (ErrUnavailable),
+	// MinReplicas, when positive, makes every Publish wait (WAIT MinReplicas, up to half of
+	// Timeout) until that many replicas hold its entries; fewer is a failed publish (ErrUnavailable),
 	// although the entries may still be on the primary and delivered. 0 (default): a publish
 	// is acked once the primary has it (redis.min_replicas; docs/brokers/redis.md, Production).
 	MinReplicas int
