@@ -140,7 +140,8 @@ func TestMinReplicas(t *testing.T) {
 }
 
 // TestSentinelFailover: a node in sentinel mode publishes under load (4 publishers, one message
-// per publish) while its primary is SIGKILLed; the Sentinels promote the replica, the old
+// per publish); replication is cut (the replica's link killed, its user switched off) and the
+// primary SIGKILLed once publishes went on for a while; the Sentinels promote the replica, the old
 // primary comes back (empty, no persistence) as a replica of the new one. The node must serve again
 // (publishes acked, a subscription made before the failover delivers what is published after),
 // and the test counts the acked messages the new primary does not hold: with min_replicas 1
@@ -157,9 +158,14 @@ func TestSentinelFailover(t *testing.T) {
 	}
 }
 
+// replArgs make every server of the failover test replicate as user repl, whom the test
+// switches off on the primary to cut replication (no full-sync delay: the test is quicker).
+var replArgs = []string{"--user", "repl", "on", ">replpw", "+psync", "+replconf", "+ping", "--masteruser", "repl", "--masterauth", "replpw",
+	"--repl-diskless-sync-delay", "0"}
+
 func sentinelFailover(t *testing.T, minReplicas int) {
-	primary := startServer(t)
-	replica := startServer(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.port))
+	primary := startServer(t, replArgs...)
+	replica := startServer(t, append([]string{"--replicaof", "127.0.0.1", strconv.Itoa(primary.port)}, replArgs...)...)
 	transporttest.WaitFor(t, 20*time.Second, func() error {
 		if s := info(replica.addr, "master_link_status"); s != "up" {
 			return fmt.Errorf("replica link %q", s)
@@ -234,6 +240,25 @@ func sentinelFailover(t *testing.T, minReplicas int) {
 		return nil
 	})
 
+	// Cut replication (repl may not log in again), then kill the primary once publishes were
+	// acked (min_replicas 0) or refused (1) meanwhile: what the replica lacks then is what a
+	// failover after a network cut between primary and replica loses.
+	pc := goredis.NewClient(&goredis.Options{Addr: primary.addr})
+	ctx := context.Background()
+	if err := pc.Do(ctx, "ACL", "SETUSER", "repl", "off").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.ClientKillByFilter(ctx, "TYPE", "replica").Err(); err != nil {
+		t.Fatal(err)
+	}
+	_ = pc.Close()
+	cutAcked, cutFailed := count(), failed.Load()
+	transporttest.WaitFor(t, 10*time.Second, func() error {
+		if a, f := count()-cutAcked, failed.Load()-cutFailed; a < 200 && f < 4 {
+			return fmt.Errorf("since the cut: %d acked, %d failed", a, f)
+		}
+		return nil
+	})
 	killed := time.Now()
 	primary.stop() // SIGKILL
 	beforeKill := count()
@@ -251,7 +276,7 @@ func sentinelFailover(t *testing.T, minReplicas int) {
 	promoted := time.Since(killed)
 	// Back empty (no persistence), as a replica of the new primary, as its operator (or the
 	// Sentinels, after their next look at it, some 10 s) would make it.
-	primary.args = []string{"--replicaof", "127.0.0.1", strconv.Itoa(replica.port)}
+	primary.args = append([]string{"--replicaof", "127.0.0.1", strconv.Itoa(replica.port)}, replArgs...)
 	primary.start(t)
 	transporttest.WaitFor(t, 30*time.Second, func() error {
 		if s := info(primary.addr, "master_link_status"); s != "up" || info(primary.addr, "master_port") != strconv.Itoa(replica.port) {
@@ -306,8 +331,8 @@ func sentinelFailover(t *testing.T, minReplicas int) {
 			lost++
 		}
 	}
-	t.Logf("min_replicas=%d: %d acked (%d before the kill), %d publishes failed, %d acked messages lost; primary promoted %v after the kill, old primary a replica after %v",
-		minReplicas, len(acked), beforeKill, failed.Load(), lost, promoted.Round(time.Millisecond), rejoined.Round(time.Millisecond))
+	t.Logf("min_replicas=%d: %d acked (%d before the replication cut, %d before the kill), %d publishes failed, %d acked messages lost; primary promoted %v after the kill, old primary a replica after %v",
+		minReplicas, len(acked), cutAcked, beforeKill, failed.Load(), lost, promoted.Round(time.Millisecond), rejoined.Round(time.Millisecond))
 	if minReplicas > 0 && lost > 0 {
 		t.Errorf("min_replicas=%d: %d acked messages lost", minReplicas, lost)
 	}
