@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 
-
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
