@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports"
@@ -105,7 +103,7 @@ func checkPresence(cfg *configs.Config, keeps bool) error {
 // a msg_id published through two nodes, since its message UUID derives from the key.)
 func dedupeStore(cfg *configs.Config) (middleware.DedupeStore, []func() error, error) {
 	if cfg.Router.DedupeStore == "redis" || cfg.Router.DedupeStore == "auto" && cfg.Broker == configs.BrokerRedis {
-		client := goredis.NewClient(&goredis.Options{Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB})
+		client := redis.NewClient(redis.ConfigFrom(cfg))
 		return middleware.NewRedisDedupe(client, cfg.TopicPrefix), []func() error{client.Close}, nil
 	}
 	return middleware.NewMemoryDedupe(), nil, nil

@@ -103,6 +103,9 @@ func brokerAddr(cfg *configs.Config) string {
 	case configs.BrokerNATS, configs.BrokerJetStream:
 		return redactURLs(cfg.NATS.URL)
 	case configs.BrokerRedis:
+		if cfg.Redis.Mode == configs.RedisModeSentinel {
+			return "sentinels " + strings.Join(cfg.Redis.SentinelAddrs, ",") + " master " + cfg.Redis.MasterName
+		}
 		return cfg.Redis.Addr
 	case configs.BrokerKafka:
 		return strings.Join(cfg.Kafka.Brokers, ",")

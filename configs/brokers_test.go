@@ -18,6 +18,9 @@ func TestBrokerDefaults(t *testing.T) {
 	if configs.DefaultRedisAddr != redis.DefaultAddr {
 		t.Errorf("configs.DefaultRedisAddr %q, redis.DefaultAddr %q", configs.DefaultRedisAddr, redis.DefaultAddr)
 	}
+	if configs.DefaultRedisMode != redis.DefaultMode || configs.RedisModeSentinel != redis.ModeSentinel {
+		t.Errorf("configs' redis modes %q, %q; redis' %q, %q", configs.DefaultRedisMode, configs.RedisModeSentinel, redis.DefaultMode, redis.ModeSentinel)
+	}
 	if configs.DefaultNATSURL != jetstream.DefaultURL {
 		t.Errorf("configs.DefaultNATSURL %q, jetstream.DefaultURL %q", configs.DefaultNATSURL, jetstream.DefaultURL)
 	}
@@ -35,6 +38,10 @@ func TestBrokerSettingsCheckedByTheBroker(t *testing.T) {
 		{"GATEWAY_REDIS_SHARDS=1025", "redis.shards", redisCheck},
 		{"GATEWAY_REDIS_SHARDS=-1", "redis.shards", redisCheck},
 		{"GATEWAY_REDIS_MAX_LEN=-5", "redis.max_len", redisCheck},
+		{"GATEWAY_REDIS_MIN_REPLICAS=-1", "redis.min_replicas", redisCheck},
+		{"GATEWAY_REDIS_MODE=cluster", "redis.mode", redisCheck},
+		{"GATEWAY_REDIS_MODE=sentinels", "redis.mode", redisCheck},
+		{"GATEWAY_REDIS_MODE=sentinel", "redis.master_name", redisCheck},
 		{"GATEWAY_KAFKA_PARTITIONS=2000", "kafka.partitions", kafkaCheck},
 		{"GATEWAY_KAFKA_PARTITIONS=-1", "kafka.partitions", kafkaCheck},
 		{"GATEWAY_KAFKA_RETENTION=-1h", "kafka.retention", kafkaCheck},
@@ -94,5 +101,53 @@ func TestKeyErrorFrom(t *testing.T) {
 	}
 	if configs.KeyErrorFrom(nil) != nil {
 		t.Error("nil became an error")
+	}
+}
+
+// TestRedisSentinelSettings: sentinel mode needs a master name and Sentinel addresses, each
+// host:port, and then ignores redis.addr; single mode checks redis.addr; cluster mode is refused
+// with the reason.
+func TestRedisSentinelSettings(t *testing.T) {
+	base := []string{"GATEWAY_JWT_SECRET=0123456789abcdef", "GATEWAY_BROKER=redis"}
+	for _, tt := range []struct {
+		env []string
+		key string // "": valid
+	}{
+		{[]string{"GATEWAY_REDIS_MODE=sentinel", "GATEWAY_REDIS_MASTER_NAME=main"}, "redis.sentinel_addrs"},
+		{[]string{"GATEWAY_REDIS_MODE=sentinel", "GATEWAY_REDIS_MASTER_NAME=main", "GATEWAY_REDIS_SENTINEL_ADDRS=a:26379,b"}, "redis.sentinel_addrs"},
+		{[]string{"GATEWAY_REDIS_MODE=sentinel", "GATEWAY_REDIS_SENTINEL_ADDRS=a:26379"}, "redis.master_name"},
+		{[]string{"GATEWAY_REDIS_MODE=sentinel", "GATEWAY_REDIS_MASTER_NAME=main", "GATEWAY_REDIS_SENTINEL_ADDRS=a:26379,b:26379", "GATEWAY_REDIS_ADDR=unused"}, ""},
+		{[]string{"GATEWAY_REDIS_MIN_REPLICAS=1"}, ""},
+		{[]string{"GATEWAY_REDIS_MODE=cluster"}, "redis.mode"},
+	} {
+		cfg, err := configs.Load("", append(base, tt.env...))
+		if err != nil {
+			t.Errorf("%v: Load: %v", tt.env, err)
+			continue
+		}
+		err = redisCheck(cfg)
+		switch {
+		case tt.key == "" && err != nil:
+			t.Errorf("%v: %v, want valid", tt.env, err)
+		case tt.key != "" && (err == nil || !strings.HasPrefix(err.Error(), tt.key+":")):
+			t.Errorf("%v: %v, want an error naming %s", tt.env, err, tt.key)
+		}
+	}
+	cfg, err := configs.Load("", append(base, "GATEWAY_REDIS_MODE=cluster"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := redisCheck(cfg); err == nil || !strings.Contains(err.Error(), "CROSSSLOT") {
+		t.Errorf("cluster mode: %v, want the reason (CROSSSLOT)", err)
+	}
+	if _, err := configs.Load("", append(base, "GATEWAY_REDIS_ADDR=nohostport")); err == nil || !strings.Contains(err.Error(), "redis.addr") {
+		t.Errorf("single mode with a bad redis.addr: %v, want an error naming redis.addr", err)
+	}
+	cfg, err = configs.Load("", append(base, "GATEWAY_REDIS_MODE=sentinel", "GATEWAY_REDIS_MASTER_NAME=main", "GATEWAY_REDIS_SENTINEL_ADDRS=a:1, b:2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := redis.ConfigFrom(cfg); got.Mode != redis.ModeSentinel || got.MasterName != "main" || len(got.SentinelAddrs) != 2 {
+		t.Errorf("ConfigFrom: mode %q, master %q, sentinels %q", got.Mode, got.MasterName, got.SentinelAddrs)
 	}
 }

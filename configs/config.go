@@ -20,6 +20,8 @@ const (
 	DefaultBroker           = BrokerMemory
 	DefaultNATSURL          = natsurl.Default
 	DefaultRedisAddr        = "127.0.0.1:6379"
+	DefaultRedisMode        = "single"
+	RedisModeSentinel       = "sentinel" // redis.mode of a primary found through Sentinels
 	DefaultKafkaBrokers     = "127.0.0.1:9092"
 	DefaultTopicPrefix      = protocol.DefaultTopicPrefix
 	DefaultMaxFrameSize     = 64 << 10
@@ -163,11 +165,16 @@ type JetStreamConfig struct {
 // RedisConfig is for the redis broker. Shards and MaxLen 0 are the broker's defaults (package
 // transports/redis), which also checks the values.
 type RedisConfig struct {
-	Addr     string `yaml:"addr" env:"ADDR"`
-	Password string `yaml:"password" env:"PASSWORD"`
-	DB       int    `yaml:"db" env:"DB"`
-	Shards   int    `yaml:"shards" env:"SHARDS"`   // channel streams every node reads; 0: redis.DefaultShards
-	MaxLen   int64  `yaml:"max_len" env:"MAX_LEN"` // approximate entries kept per stream; 0: redis.DefaultMaxLen
+	Mode             string   `yaml:"mode" env:"MODE"`                           // single (Addr) or sentinel (MasterName, SentinelAddrs); cluster is refused
+	Addr             string   `yaml:"addr" env:"ADDR"`                           // single mode
+	MasterName       string   `yaml:"master_name" env:"MASTER_NAME"`             // sentinel mode: the primary's name at the Sentinels
+	SentinelAddrs    []string `yaml:"sentinel_addrs" env:"SENTINEL_ADDRS"`       // sentinel mode: the Sentinels, host:port
+	SentinelPassword string   `yaml:"sentinel_password" env:"SENTINEL_PASSWORD"` // sentinel mode: the Sentinels' password
+	MinReplicas      int      `yaml:"min_replicas" env:"MIN_REPLICAS"`           // a publish is acked once this many replicas have it (WAIT); 0: once the primary has it
+	Password         string   `yaml:"password" env:"PASSWORD"`
+	DB               int      `yaml:"db" env:"DB"`
+	Shards           int      `yaml:"shards" env:"SHARDS"`   // channel streams every node reads; 0: redis.DefaultShards
+	MaxLen           int64    `yaml:"max_len" env:"MAX_LEN"` // approximate entries kept per stream; 0: redis.DefaultMaxLen
 }
 
 // KafkaConfig is for the kafka broker. Partitions, Retention and Replicas 0 are the broker's
@@ -382,6 +389,7 @@ func (c *Config) SetDefaults() {
 	// the broker too (the dedupe store, the log while it waits for the broker). The other
 	// settings stay 0, which the broker package's Config reads as its own default.
 	setDefault(&c.Redis.Addr, DefaultRedisAddr)
+	setDefault(&c.Redis.Mode, DefaultRedisMode)
 	if len(c.Kafka.Brokers) == 0 {
 		c.Kafka.Brokers = strings.Split(DefaultKafkaBrokers, ",")
 	}

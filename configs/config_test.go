@@ -325,7 +325,7 @@ func TestOtherEnv(t *testing.T) {
 	}
 	want := *cfg
 	want.JetStream = JetStreamConfig{MaxAge: time.Hour, MaxBytes: 2048, Replicas: 3, DupeWindow: 30 * time.Second}
-	want.Redis = RedisConfig{Addr: DefaultRedisAddr, Password: "pw", DB: 2, Shards: 4, MaxLen: 500}
+	want.Redis = RedisConfig{Mode: DefaultRedisMode, Addr: DefaultRedisAddr, Password: "pw", DB: 2, Shards: 4, MaxLen: 500}
 	want.Kafka = KafkaConfig{Brokers: []string{DefaultKafkaBrokers}, Partitions: 6, Retention: 72 * time.Hour, Replicas: 2}
 	want.Auth.PublicChannels = []string{"news", "room:*"}
 	want.Auth.AnonymousPublish = []string{"guest:*"}

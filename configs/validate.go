@@ -105,7 +105,9 @@ func (c *Config) validateBroker(v *validator) {
 			v.check(&c.NATS.URL, false, "%v", err)
 		}
 	case BrokerRedis:
-		v.check(&c.Redis.Addr, hostPort(c.Redis.Addr), "%q is not host:port", c.Redis.Addr)
+		if c.Redis.Mode == DefaultRedisMode {
+			v.check(&c.Redis.Addr, hostPort(c.Redis.Addr), "%q is not host:port", c.Redis.Addr)
+		}
 	case BrokerKafka:
 		for _, b := range c.Kafka.Brokers {
 			v.check(&c.Kafka.Brokers, hostPort(strings.TrimSpace(b)), "%q is not host:port", b)

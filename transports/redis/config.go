@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -21,16 +22,48 @@ const (
 	DefaultSubscriptionBuffer = 1024
 	DefaultReplayCount        = 512
 	DefaultClaimIdle          = 60 * time.Second
+	DefaultMode               = ModeSingle
 
 	maxShards = 1024
 )
 
+// Modes of Config.Mode: how the broker finds its Redis primary.
+const (
+	// ModeSingle talks to the one server at Addr.
+	ModeSingle = "single"
+	// ModeSentinel asks the Sentinels at SentinelAddrs for the primary named MasterName, and asks
+	// again after a failover (go-redis's failover client).
+	ModeSentinel = "sentinel"
+	// ModeCluster (Redis Cluster) is refused by Validate: see errCluster.
+	ModeCluster = "cluster"
+)
+
+// errCluster is why Redis Cluster is refused rather than half supported: a cluster answers
+// CROSSSLOT to a command or script whose keys lie in different hash slots, and the broker has
+// two: the channel reader's one XREAD names every shard stream (each in its own slot), and the
+// presence join, leave and reap scripts also update the node-wide index of channels with members
+// ({<prefix>:presence}:channels), in another slot than the channel's keys.
+const errCluster = "cluster is not supported: the channel reader reads every shard stream in one XREAD and the presence join, leave and reap scripts touch the index of channels, keys in different hash slots, which Redis Cluster refuses (CROSSSLOT); use single or sentinel"
+
 // Config is the redis broker's configuration. The gateway maps its redis.* settings and
 // topic_prefix onto it; every zero value is replaced by the default named beside it.
 type Config struct {
-	Addr     string // host:port of the Redis server; default 127.0.0.1:6379 (redis.addr)
-	Password string // AUTH password; empty for none (redis.password)
+	// Mode is how the primary is found: ModeSingle (default; Addr) or ModeSentinel (MasterName
+	// from SentinelAddrs). ModeCluster is refused (redis.mode).
+	Mode     string
+	Addr     string // host:port of the Redis server in ModeSingle; default 127.0.0.1:6379 (redis.addr)
+	Password string // AUTH password of the Redis servers; empty for none (redis.password)
 	DB       int    // database number (redis.db)
+
+	MasterName       string   // ModeSentinel: the name the Sentinels monitor the primary by (redis.master_name)
+	SentinelAddrs    []string // ModeSentinel: host:port of each Sentinel (redis.sentinel_addrs)
+	SentinelPassword string   // ModeSentinel: the Sentinels' AUTH password; empty for none (redis.sentinel_password)
+
+	// MinReplicas, when positive, makes every Publish wait (WAIT MinReplicas, up to half of
+	// Timeout) until that many replicas hold its entries; fewer is a failed publish (ErrUnavailable),
+	// although the entries may still be on the primary and delivered. 0 (default): a publish
+	// is acked once the primary has it (redis.min_replicas; docs/brokers/redis.md, Production).
+	MinReplicas int
 
 	// Prefix starts every key the broker uses ("<prefix>:ch:<shard>", "<prefix>:direct", ...);
 	// default "ws" (topic_prefix).
@@ -67,6 +100,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
+	if c.Mode == "" {
+		c.Mode = DefaultMode
+	}
 	if c.Addr == "" {
 		c.Addr = DefaultAddr
 	}
@@ -111,8 +147,30 @@ func (c Config) Check() error {
 
 // Validate checks a Config after defaults were applied, naming the setting at fault.
 func (c *Config) Validate() error {
-	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
-		return fmt.Errorf("redis.addr: %q is not host:port", c.Addr)
+	switch c.Mode {
+	case ModeSingle:
+		if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+			return fmt.Errorf("redis.addr: %q is not host:port", c.Addr)
+		}
+	case ModeSentinel:
+		if c.MasterName == "" {
+			return errors.New("redis.master_name: must be set in sentinel mode (the name in the Sentinels' 'sentinel monitor' line)")
+		}
+		if len(c.SentinelAddrs) == 0 {
+			return errors.New("redis.sentinel_addrs: must list at least one Sentinel host:port in sentinel mode")
+		}
+		for _, a := range c.SentinelAddrs {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				return fmt.Errorf("redis.sentinel_addrs: %q is not host:port", a)
+			}
+		}
+	case ModeCluster:
+		return errors.New("redis.mode: " + errCluster)
+	default:
+		return fmt.Errorf("redis.mode: %q is not one of single, sentinel", c.Mode)
+	}
+	if c.MinReplicas < 0 {
+		return fmt.Errorf("redis.min_replicas: %d is negative", c.MinReplicas)
 	}
 	if c.DB < 0 {
 		return fmt.Errorf("redis.db: %d is negative", c.DB)

@@ -10,8 +10,9 @@ import (
 // streams: redis.New(redis.ConfigFrom(cfg), log).
 func ConfigFrom(cfg *configs.Config) Config {
 	return Config{
-		Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
-		Shards: cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, Timeout: cfg.WebSocket.PublishTimeout,
+		Mode: cfg.Redis.Mode, Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
+		MasterName: cfg.Redis.MasterName, SentinelAddrs: cfg.Redis.SentinelAddrs, SentinelPassword: cfg.Redis.SentinelPassword,
+		Shards: cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, MinReplicas: cfg.Redis.MinReplicas, Timeout: cfg.WebSocket.PublishTimeout,
 		Presence: transports.PresenceConfig{Heartbeat: cfg.Presence.Heartbeat},
 	}
 }

@@ -80,9 +80,10 @@ func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 	return newBroker(cfg, nil, logger), nil
 }
 
-// NewFromClient uses an existing client, which Close leaves open; cfg's Addr, Password and DB are
-// ignored. Enable the client's ContextTimeoutEnabled so that Timeout bounds socket I/O too. Like
-// New it starts nothing until Start.
+// NewFromClient uses an existing client, which Close leaves open; cfg's Mode, Addr, Password,
+// DB and Sentinel settings are ignored. Enable the client's ContextTimeoutEnabled so that
+// Timeout bounds socket I/O too; with MinReplicas, its ReadTimeout must be at least Timeout (a
+// publish's WAIT lasts nearly Timeout). Like New it starts nothing until Start.
 func NewFromClient(client goredis.UniversalClient, cfg Config, logger *slog.Logger) (*Broker, error) {
 	if client == nil {
 		return nil, errors.New("redis: nil client")
@@ -127,23 +128,39 @@ func (b *Broker) Start(context.Context) error {
 	if b.given != nil {
 		b.client = b.given
 	} else {
-		b.client = goredis.NewClient(&goredis.Options{
-			Addr:     b.cfg.Addr,
-			Password: b.cfg.Password,
-			DB:       b.cfg.DB,
-			// Deadlines of our contexts reach the socket: Publish fails within Timeout even when
-			// the server does not answer.
-			ContextTimeoutEnabled: true,
-			// One dial attempt per try: go-redis already retries the command (MaxRetries), and a
-			// refused connection should fail a call in well under Timeout.
-			DialerRetries:   1,
-			DisableIdentity: true,
-		})
+		b.client = NewClient(b.cfg)
 		b.owned = true
 	}
 	b.started = true
 	b.startPresence()
 	return nil
+}
+
+// NewClient returns the go-redis client the broker makes for cfg: a plain client in ModeSingle,
+// a failover client in ModeSentinel, which asks the Sentinels for the primary and again after
+// a failover. The gateway's Redis dedupe store uses it too. It connects on first use; cfg is
+// expected to be valid (Config.Check). Close it when done.
+func NewClient(cfg Config) goredis.UniversalClient {
+	opts := &goredis.UniversalOptions{
+		Addrs:    []string{cfg.Addr},
+		Password: cfg.Password,
+		DB:       cfg.DB,
+		// Deadlines of our contexts reach the socket: Publish fails within Timeout even when
+		// the server does not answer.
+		ContextTimeoutEnabled: true,
+		// One dial attempt per try: go-redis already retries the command (MaxRetries), and a
+		// refused connection should fail a call in well under Timeout.
+		DialerRetries:   1,
+		DisableIdentity: true,
+		// Reads end at our contexts' deadlines (above), not earlier: a publish's WAIT
+		// (MinReplicas) may take nearly Timeout.
+		ReadTimeout: max(cfg.Timeout, 5*time.Second),
+	}
+	if cfg.Mode == ModeSentinel {
+		opts.Addrs, opts.MasterName, opts.SentinelPassword = cfg.SentinelAddrs, cfg.MasterName, cfg.SentinelPassword
+		return goredis.NewFailoverClient(opts.Failover())
+	}
+	return goredis.NewClient(opts.Simple())
 }
 
 // usable is nil once Start has run and until Close: ErrNotStarted before, ErrClosed after.
@@ -202,7 +219,7 @@ func (b *Broker) track() bool {
 }
 
 // Publish implements transports.Broker: one XADD per message, all of them pipelined in one
-// round trip, bounded by Config.Timeout.
+// round trip, bounded by Config.Timeout; with Config.MinReplicas, a WAIT in the same pipeline.
 //
 // It uses go-redis rather than redisstream's Publisher: that one writes one XADD per message
 // with the message's own context (no timeout can be set without modifying the caller's
@@ -214,27 +231,8 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	rt := b.route(topic)
-	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
-	defer cancel()
-	args := func(m *message.Message) *goredis.XAddArgs {
-		return &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)}
-	}
-	var err error
-	if len(msgs) == 1 {
-		err = b.client.XAdd(ctx, args(msgs[0])).Err()
-	} else {
-		_, err = b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-			for _, m := range msgs {
-				p.XAdd(ctx, args(m))
-			}
-			return nil
-		})
-	}
-	if err != nil {
-		return b.wrap("publish to "+rt.key, err)
-	}
-	return nil
+	_, err := b.add(b.route(topic), msgs)
+	return err
 }
 
 var (
@@ -252,29 +250,57 @@ func (b *Broker) PublishPositions(topic string, msgs ...*message.Message) ([]pro
 		return nil, nil
 	}
 	rt := b.route(topic)
-	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
-	defer cancel()
-	cmds, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		for _, m := range msgs {
-			p.XAdd(ctx, &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)})
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, b.wrap("publish to "+rt.key, err)
+	ids, err := b.add(rt, msgs)
+	if err != nil || !rt.isCh {
+		return nil, err
 	}
-	if !rt.isCh {
-		return nil, nil
-	}
-	pos := make([]protocol.Position, len(cmds))
-	for i, c := range cmds {
-		id, err := parseID(c.(*goredis.StringCmd).Val())
+	pos := make([]protocol.Position, len(ids))
+	for i, s := range ids {
+		id, err := parseID(s)
 		if err != nil {
 			return nil, fmt.Errorf("redis: publish to %s: %w", rt.key, err)
 		}
 		pos[i] = protocol.Position{Epoch: rt.epoch, Hi: id.ms, Lo: id.seq}
 	}
 	return pos, nil
+}
+
+// add appends msgs to rt's stream, in one pipeline on one connection and within Timeout, and
+// returns their entry ids. With MinReplicas, the pipeline ends with WAIT MinReplicas, which
+// counts the replicas that acknowledged this connection's writes so far, waiting up to half of
+// Timeout: fewer than MinReplicas then fails the publish (ErrUnavailable), though the entries
+// are on the primary.
+func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+	defer cancel()
+	xadds := make([]*goredis.StringCmd, len(msgs))
+	var wait *goredis.Cmd
+	_, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i, m := range msgs {
+			xadds[i] = p.XAdd(ctx, &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)})
+		}
+		if b.cfg.MinReplicas > 0 {
+			// Half of Timeout, so that WAIT's answer (Redis ends the wait on its own clock,
+			// which ticks coarsely) arrives before our deadline; 0 would wait for ever.
+			ms := max(b.cfg.Timeout/2, time.Millisecond).Milliseconds()
+			wait = p.Do(ctx, "WAIT", b.cfg.MinReplicas, ms)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, b.wrap("publish to "+rt.key, err)
+	}
+	if wait != nil {
+		if n, _ := wait.Int64(); n < int64(b.cfg.MinReplicas) {
+			return nil, fmt.Errorf("redis: publish to %s: %w: %d of %d replicas acknowledged within %v (redis.min_replicas)",
+				rt.key, transports.ErrUnavailable, n, b.cfg.MinReplicas, b.cfg.Timeout/2)
+		}
+	}
+	ids := make([]string, len(xadds))
+	for i, c := range xadds {
+		ids[i] = c.Val()
+	}
+	return ids, nil
 }
 
 // Subscribe implements transports.Broker. Channel topics are served by the node's channel

@@ -117,10 +117,11 @@ func TestConformanceOwnServer(t *testing.T) {
 type server struct {
 	bin, dir, addr string
 	port           int
+	args           []string // more arguments of redis-server (sentinel_test.go)
 	cmd            *exec.Cmd
 }
 
-func startServer(t *testing.T) *server {
+func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -132,7 +133,7 @@ func startServer(t *testing.T) *server {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	_ = l.Close()
-	s := &server{bin: bin, dir: t.TempDir(), port: port, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	s := &server{bin: bin, dir: t.TempDir(), port: port, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), args: args}
 	s.start(t)
 	t.Cleanup(s.stop)
 	return s
@@ -140,8 +141,9 @@ func startServer(t *testing.T) *server {
 
 func (s *server) start(t *testing.T) {
 	t.Helper()
-	s.cmd = exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"))
+	args := append([]string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log")}, s.args...)
+	s.cmd = exec.Command(s.bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
