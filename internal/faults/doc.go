@@ -1,6 +1,7 @@
 // Package faults holds the fault tests of the whole product (issue 4, "no silent loss"): real
 // gateway processes on each broker, resuming clients (clients/go/wsclient), and faults injected
 // while messages flow: a node killed with SIGKILL, nodes drained and restarted one by one, a
-// broker restarted, a client too slow to keep up. Each test asserts that every client ends with
+// broker restarted, a client too slow to keep up, a Kafka partition's leader moved and a broker of a
+// 3-broker cluster stopped (TestKafkaClusterFailover). Each test asserts that every client ends with
 // every message exactly once and in order, or was told recovered:false (core NATS).
 package faults

@@ -473,10 +473,18 @@ func (b *Broker) connect() (*conn, error) {
 	if c.records, err = sarama.NewSyncProducerFromClient(client); err != nil {
 		return c, err
 	}
+	// The publisher of messages is idempotent: a produce that sarama retries after a lost or
+	// failed answer (a leader moved, a broker stopped, NOT_ENOUGH_REPLICAS_AFTER_APPEND) carries
+	// the same producer id and sequence, and the leader stores it once, so a message published
+	// once has one position. It has its own client, with one request in flight per broker as
+	// sarama's idempotent producer requires.
+	pubCfg := b.saramaConfig()
+	pubCfg.Producer.Idempotent = true
+	pubCfg.Net.MaxOpenRequests = 1
 	c.pub, err = wmkafka.NewPublisher(wmkafka.PublisherConfig{
 		Brokers:               b.cfg.Brokers,
 		Marshaler:             marshaler{channels: b.names.channels},
-		OverwriteSaramaConfig: b.saramaConfig(),
+		OverwriteSaramaConfig: pubCfg,
 	}, b.wlog)
 	if err != nil {
 		return c, err
@@ -510,6 +518,17 @@ func (b *Broker) ensureTopics(admin sarama.ClusterAdmin) error {
 	// Hook requests and replies are worthless after their deadline: kept HookRetention at most.
 	brief := fmt.Sprint(min(b.cfg.Retention, HookRetention).Milliseconds())
 	short := map[string]*string{"retention.ms": &brief}
+	compacted := map[string]*string{"cleanup.policy": &compact}
+	// With 3 replicas or more a write needs a majority of them in sync (min.insync.replicas 2
+	// of 3, 3 of 5): with acks=all a record acknowledged is then on at least two brokers, and a
+	// partition with fewer in sync refuses writes (NOT_ENOUGH_REPLICAS, a Publish that fails)
+	// rather than acknowledge what one more failure would lose. Fewer replicas: the broker's default.
+	if b.cfg.ReplicationFactor >= 3 {
+		insync := fmt.Sprint(b.cfg.ReplicationFactor/2 + 1)
+		for _, m := range []map[string]*string{deleted, short, compacted} {
+			m["min.insync.replicas"] = &insync
+		}
+	}
 	for _, t := range []struct {
 		name       string
 		partitions int
@@ -522,8 +541,8 @@ func (b *Broker) ensureTopics(admin sarama.ClusterAdmin) error {
 		{b.names.events, b.cfg.ServicePartitions, deleted},
 		{b.names.hooks, b.cfg.ServicePartitions, short},
 		{b.names.replies, 1, short},
-		{b.names.presence, 1, map[string]*string{"cleanup.policy": &compact}},
-		{b.names.controlState, 1, map[string]*string{"cleanup.policy": &compact}},
+		{b.names.presence, 1, compacted},
+		{b.names.controlState, 1, compacted},
 	} {
 		err := admin.CreateTopic(t.name, &sarama.TopicDetail{
 			NumPartitions:     int32(t.partitions),
