@@ -1,0 +1,192 @@
+package faults
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/wsgateway/gateway/internal/netns"
+	"github.com/wsgateway/gateway/internal/nodetest"
+	"github.com/wsgateway/gateway/transports/transporttest"
+)
+
+// cutFor is how long TestBrokerCut cuts the node off: 5 s, or GATEWAY_NETFAULT_CUT (30s, 5m:
+// the long variants, not run in CI).
+func cutFor(t *testing.T) time.Duration {
+	if s := os.Getenv("GATEWAY_NETFAULT_CUT"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("GATEWAY_NETFAULT_CUT: %v", err)
+		}
+		return d
+	}
+	return 5 * time.Second
+}
+
+// cutBrokers are brokers on a port of the test's own, listening on every address: the node in
+// the namespace reaches them at the broker link's host address, the host's node on loopback.
+var cutBrokers = []struct {
+	name  string
+	start func(t *testing.T) (host, ns []string)
+}{
+	{"redis", func(t *testing.T) ([]string, []string) {
+		bin, err := exec.LookPath("redis-server")
+		if err != nil {
+			t.Skip("redis-server is not installed (scripts/test.sh installs it)")
+		}
+		port := nodetest.FreePort(t)
+		cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "0.0.0.0", "--protected-mode", "no",
+			"--dir", t.TempDir(), "--save", "", "--appendonly", "no")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		transporttest.WaitFor(t, 10*time.Second, func() error {
+			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		return []string{"GATEWAY_BROKER=redis", fmt.Sprintf("GATEWAY_REDIS_ADDR=127.0.0.1:%d", port), "GATEWAY_REDIS_SHARDS=4"},
+			[]string{"GATEWAY_BROKER=redis", fmt.Sprintf("GATEWAY_REDIS_ADDR=%%s:%d", port), "GATEWAY_REDIS_SHARDS=4"}
+	}},
+	{"jetstream", func(t *testing.T) ([]string, []string) {
+		port := nodetest.FreePort(t)
+		s, err := server.NewServer(&server.Options{Host: "0.0.0.0", Port: port, NoLog: true, NoSigs: true, JetStream: true, StoreDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatal("nats-server did not start")
+		}
+		t.Cleanup(s.Shutdown)
+		return []string{"GATEWAY_BROKER=jetstream", fmt.Sprintf("GATEWAY_NATS_URL=nats://127.0.0.1:%d", port), "GATEWAY_JETSTREAM_MAX_BYTES=16777216"},
+			[]string{"GATEWAY_BROKER=jetstream", fmt.Sprintf("GATEWAY_NATS_URL=nats://%%s:%d", port), "GATEWAY_JETSTREAM_MAX_BYTES=16777216"}
+	}},
+}
+
+// A node cut off from its broker (its broker link down, its clients' link up): its clients keep
+// every message published meanwhile through another node, or are told recovered:false; a
+// publish to the cut node is acked only if the broker has it; the node is ready again by itself.
+func TestBrokerCut(t *testing.T) {
+	for _, cb := range cutBrokers {
+		t.Run(cb.name, func(t *testing.T) {
+			ns := netns.New(t)
+			brokerLink, clientLink := ns.Link(), ns.Link()
+			hostEnv, nsEnv := cb.start(t)
+			for i := range nsEnv {
+				if bytes.Contains([]byte(nsEnv[i]), []byte("%s")) {
+					nsEnv[i] = fmt.Sprintf(nsEnv[i], brokerLink.HostIP)
+				}
+			}
+			common := []string{"GATEWAY_TOPIC_PREFIX=" + transporttest.Prefix(t), "GATEWAY_JWT_SECRET=" + secret,
+				"GATEWAY_API_KEY=" + apiKey, "GATEWAY_DRAIN_PERIOD=500ms", "GATEWAY_LOG_LEVEL=warn", "GATEWAY_EVENTS_DISABLED=true"}
+			cut := nodetest.StartAt(t, fmt.Sprintf("%s:%d", clientLink.NSIP, 8080),
+				func(bin string) *exec.Cmd { return ns.Command(bin) }, append(append(nsEnv, common...), "GATEWAY_NODE_ID=cut")...)
+			other := nodetest.Start(t, append(append(hostEnv, common...), "GATEWAY_NODE_ID=other")...)
+			readers := startReaders(t, []*nodetest.Node{cut}, 5)
+
+			d := cutFor(t)
+			const total = 150
+			var acked []int
+			failed := 0
+			var wg sync.WaitGroup
+			publishAll(t, other.URL, 0, total, map[int]func(){
+				50: func() {
+					brokerLink.Cut()
+					t.Logf("cut at message 50 for %v", d)
+					wg.Add(1)
+					go func() { // publishes to the cut node, one after another, while it is cut
+						defer wg.Done()
+						for seq := 0; ; seq++ {
+							if readyStatus(cut.URL) == 200 && seq > 0 && !brokerLinkDown(brokerLink) {
+								return
+							}
+							if publishTo(cut.URL, "acks", seq) == nil {
+								acked = append(acked, seq)
+							} else {
+								failed++
+							}
+						}
+					}()
+				},
+				100: func() {
+					// The rest of the cut passes with messages 50..99 published meanwhile.
+					time.Sleep(d) // the fault's length, not a wait for a result
+					brokerLink.Heal()
+					t.Logf("healed")
+				},
+			})
+			wg.Wait()
+			if err := cut.WaitReady(60 * time.Second); err != nil {
+				t.Fatalf("the cut node is not ready again: %v", err)
+			}
+			publishUntilAllReach(t, other.URL, readers, total)
+			gaps := checkEveryMessageOrGap(t, readers, total)
+			stored := historySeqs(t, other.URL, "acks")
+			for _, seq := range acked {
+				if !stored[seq] {
+					t.Errorf("publish %d to the cut node was acked but the broker does not have it", seq)
+				}
+			}
+			t.Logf("%s, cut %v: %d of %d clients told recovered:false; %d publishes to the cut node acked, all stored: %v; %d failed",
+				cb.name, d, gaps, len(readers), len(acked), !t.Failed(), failed)
+		})
+	}
+}
+
+func brokerLinkDown(l *netns.Link) bool {
+	out, _ := exec.Command("ip", "-o", "link", "show", l.HostDev).Output()
+	return !bytes.Contains(out, []byte("state UP")) && !bytes.Contains(out, []byte(",UP"))
+}
+
+func publishTo(base, channel string, seq int) error {
+	body, _ := json.Marshal(map[string]any{"channel": channel, "data": map[string]any{"seq": seq}, "msg_id": fmt.Sprintf("%s%d", channel, seq)})
+	req, _ := http.NewRequest("POST", base+"/api/publish", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// historySeqs are the seqs of channel's history, read through base.
+func historySeqs(t *testing.T, base, channel string) map[int]bool {
+	req, _ := http.NewRequestWithContext(context.Background(), "GET", base+"/api/history?channel="+channel+"&limit=1000", nil)
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page struct {
+		Messages []struct {
+			Data struct{ Seq int } `json:"data"`
+		} `json:"messages"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("history: %d %v", resp.StatusCode, err)
+	}
+	out := map[int]bool{}
+	for _, m := range page.Messages {
+		out[m.Data.Seq] = true
+	}
+	return out
+}
