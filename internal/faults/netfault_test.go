@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -13,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/wsgateway/gateway/clients/go/wsclient"
+	"github.com/wsgateway/gateway/internal/auth"
 
 	"github.com/wsgateway/gateway/internal/netns"
 	"github.com/wsgateway/gateway/internal/nodetest"
@@ -189,4 +194,104 @@ func historySeqs(t *testing.T, base, channel string) map[int]bool {
 		out[m.Data.Seq] = true
 	}
 	return out
+}
+
+// A client cut off (its link down: packets dropped, nothing closed) is found dead by the node's
+// pings: melody's read deadline is websocket.ping_interval*2 + websocket.write_timeout after the
+// last pong (transports/websocket/hub.go: PongWait), so the node drops the connection at most
+// that long after the cut (plus a scheduling moment), and frees it: presence leave, the
+// gateway_connections gauge. After the heal the client resumes and has every message or is told
+// recovered:false.
+func TestClientCut(t *testing.T) {
+	nodetest.SkipUnreachable(t, "Redis", nodetest.RedisAddr)
+	ns := netns.New(t)
+	link := ns.Link()
+	const ping, write = 500 * time.Millisecond, time.Second
+	bound := 2*ping + write
+	admin := nodetest.FreeAddr(t)
+	node := nodetest.StartAt(t, fmt.Sprintf("%s:%d", link.HostIP, nodetest.FreePort(t)), func(bin string) *exec.Cmd { return exec.Command(bin) },
+		"GATEWAY_BROKER=redis", "GATEWAY_REDIS_ADDR="+nodetest.RedisAddr, "GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t),
+		"GATEWAY_JWT_SECRET="+secret, "GATEWAY_API_KEY="+apiKey, "GATEWAY_LOG_LEVEL=warn", "GATEWAY_ADMIN_ADDR="+admin,
+		"GATEWAY_PRESENCE_CHANNELS=feed", "GATEWAY_WS_PING_INTERVAL="+ping.String(), "GATEWAY_WS_WRITE_TIMEOUT="+write.String())
+
+	r := &reader{}
+	tok, _ := auth.SignHS256([]byte(secret), "cut-client", time.Hour, []string{"*"}, nil)
+	opts := wsclient.Options{URLs: []string{node.URL}, Token: tok, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
+		Dialer: &websocket.Dialer{NetDialContext: ns.DialContext, HandshakeTimeout: 2 * time.Second},
+		OnResubscribed: func(_ string, recovered bool) {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if !recovered {
+				r.gaps++
+			}
+		}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := wsclient.Dial(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.c = c
+	sub, err := c.Subscribe(ctx, "feed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m := range sub.Messages() {
+			var d struct{ Seq int }
+			_ = json.Unmarshal(m.Data, &d)
+			r.mu.Lock()
+			r.got = append(r.got, d.Seq)
+			r.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { _ = c.Close(); <-done })
+	transporttest.WaitFor(t, 10*time.Second, func() error { return connections(node.URL, admin, 1) })
+
+	const total = 60
+	var detected time.Duration
+	publishAll(t, node.URL, 0, total, map[int]func(){
+		20: func() {
+			link.Cut()
+			start := time.Now()
+			transporttest.WaitFor(t, 30*time.Second, func() error { return connections(node.URL, admin, 0) })
+			detected = time.Since(start)
+		},
+		40: func() { link.Heal() },
+	})
+	publishUntilAllReach(t, node.URL, []*reader{r}, total)
+	gaps := checkEveryMessageOrGap(t, []*reader{r}, total)
+	t.Logf("client cut: freed %v after the cut (bound %v = 2*ping_interval + write_timeout); resumed with %d recovered:false", detected.Round(time.Millisecond), bound, gaps)
+	checkDetection(t, detected, bound)
+}
+
+// connections checks that the node holds want connections: the gateway_connections gauge and the
+// presence of channel feed.
+func connections(base, admin string, want int) error {
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + admin + "/metrics")
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(body, []byte(fmt.Sprintf("\ngateway_connections %d\n", want))) {
+		return fmt.Errorf("gateway_connections is not %d", want)
+	}
+	req, _ := http.NewRequest("GET", base+"/api/presence_stats?channel=feed", nil)
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	resp, err = (&http.Client{Timeout: 2 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var st struct{ Connections int }
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return err
+	}
+	if st.Connections != want {
+		return fmt.Errorf("presence of feed has %d connections, want %d", st.Connections, want)
+	}
+	return nil
 }
