@@ -90,6 +90,7 @@ type Node struct {
 	URL  string
 	env  []string
 	t    testing.TB
+	cmdf func(bin string) *exec.Cmd
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	logs *bytes.Buffer
@@ -107,9 +108,22 @@ func Start(t testing.TB, env ...string) *Node {
 	return n
 }
 
+// StartAt is Start with the node listening on addr (host:port) and its process made by command
+// from the binary's path (in a network namespace, say: internal/netns).
+func StartAt(t testing.TB, addr string, command func(bin string) *exec.Cmd, env ...string) *Node {
+	t.Helper()
+	n := &Node{Addr: addr, URL: "http://" + addr, env: env, t: t, cmdf: command}
+	n.start()
+	t.Cleanup(func() { n.Kill() })
+	return n
+}
+
 func (n *Node) start() {
 	n.t.Helper()
 	cmd := exec.Command(Binary(n.t))
+	if n.cmdf != nil {
+		cmd = n.cmdf(Binary(n.t))
+	}
 	environ := []string{}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "GATEWAY_") {
