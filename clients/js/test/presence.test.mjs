@@ -164,8 +164,10 @@ describe('presence on one node (memory)', () => {
     await a.subscribe(room);
     const b = client(node.ws, token(uniq('bob-')));
     await b.subscribe(room);
+    // Listen first: the message can reach a before b's ack does.
+    const delivered = nextEvent(a, 'message', (m) => m.channel === room);
     await b.publish(room, 'after bob joined');
-    await nextEvent(a, 'message', (m) => m.channel === room);
+    await delivered;
     assert.deepEqual(sorted(sessions((await a.presenceAll(room)).members)), sorted([a.session, b.session]));
     assert.deepEqual(got, [], 'no join or leave on a channel without join_leave');
   });
