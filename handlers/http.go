@@ -130,28 +130,42 @@ func (h *HTTP) Upgrade(w http.ResponseWriter, r *http.Request) {
 		h.refuseAccept(w, r, err)
 		return
 	}
-	value, done, err := h.cfg.Sessions.Admit(claims)
-	if err != nil {
-		h.refuseAdmit(w, r, err)
+	value, hooked, done, ok := h.admit(w, r, claims)
+	if !ok {
 		return
 	}
 	defer done()
+	id := websocket.Identity{Session: watermill.NewUUID(), User: hooked.claims.User, Value: value}
+	h.refuseAccept(w, r, h.cfg.Acceptor.Accept(w, r, id))
+}
+
+// admit reserves a connection of claims (Sessions.Admit), asks the connect hook, and moves the
+// reservation to the user the hook set; the connection's state takes what the hook said. When
+// it refuses, it has answered the client and ok is false; otherwise done must be called once the
+// connection attempt is over. The WebSocket upgrade and the streams both start with it.
+func (h *HTTP) admit(w http.ResponseWriter, r *http.Request, claims *auth.Claims) (value any, hooked connected, done func(), ok bool) {
+	value, done, err := h.cfg.Sessions.Admit(claims)
+	if err != nil {
+		h.refuseAdmit(w, r, err)
+		return nil, connected{}, nil, false
+	}
 	hooked, status, perr := h.cfg.Sessions.connectHook(r, claims)
 	if perr != nil {
+		done()
 		h.refuse(w, r, status, perr.Code, perr.Message)
-		return
+		return nil, connected{}, nil, false
 	}
 	if hooked.claims != claims {
 		if err := h.cfg.Sessions.rebind(value, hooked.claims); err != nil {
+			done()
 			h.refuseAdmit(w, r, err)
-			return
+			return nil, connected{}, nil, false
 		}
 	}
 	if st, ok := value.(*state); ok {
 		st.welcome, st.expiryCap = hooked.welcome, hooked.expiryCap
 	}
-	id := websocket.Identity{Session: watermill.NewUUID(), User: hooked.claims.User, Value: value}
-	h.refuseAccept(w, r, h.cfg.Acceptor.Accept(w, r, id))
+	return value, hooked, done, true
 }
 
 // refuseAccept answers an upgrade Check or Accept refused with err (nil: nothing to answer).

@@ -76,25 +76,12 @@ func (h *HTTP) serveStream(w http.ResponseWriter, r *http.Request, f stream.Form
 			return
 		}
 	}
-	value, done, err := h.cfg.Sessions.Admit(claims)
-	if err != nil {
-		h.refuseAdmit(w, r, err)
+	value, hooked, done, ok := h.admit(w, r, claims)
+	if !ok {
 		return
 	}
 	defer done()
-	hooked, status, perr := h.cfg.Sessions.connectHook(r, claims)
-	if perr != nil {
-		h.refuse(w, r, status, perr.Code, perr.Message)
-		return
-	}
-	if hooked.claims != claims {
-		if err := h.cfg.Sessions.rebind(value, hooked.claims); err != nil {
-			h.refuseAdmit(w, r, err)
-			return
-		}
-	}
 	if st, ok := value.(*state); ok {
-		st.welcome, st.expiryCap = hooked.welcome, hooked.expiryCap
 		st.transport = transportOf(r)
 	}
 	user := hooked.claims.User
