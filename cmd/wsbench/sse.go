@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -22,30 +21,9 @@ import (
 // followed the response's headers, and whether the body is chunked; a refused request is an
 // error naming the HTTP status ("http 403").
 func dialSSE(ctx context.Context, u *url.URL, channel, token string, local *net.TCPAddr, timeout time.Duration) (net.Conn, []byte, bool, error) {
-	host := u.Host
-	if u.Port() == "" {
-		host = net.JoinHostPort(u.Hostname(), map[string]string{"http": "80", "https": "443"}[u.Scheme])
-	}
-	d := &net.Dialer{Timeout: timeout, KeepAlive: -1}
-	if local != nil {
-		d.LocalAddr = local
-	}
-	nc, err := d.DialContext(ctx, "tcp", host)
+	nc, err := dialHTTP(ctx, u, local, timeout)
 	if err != nil {
 		return nil, nil, false, err
-	}
-	deadline := time.Now().Add(timeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	_ = nc.SetDeadline(deadline)
-	if u.Scheme == "https" {
-		tc := tls.Client(nc, &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}})
-		if err := tc.HandshakeContext(ctx); err != nil {
-			nc.Close()
-			return nil, nil, false, err
-		}
-		nc = tc
 	}
 	q := url.Values{"channel": {channel}}
 	req := "GET " + u.Path + "?" + q.Encode() + " HTTP/1.1\r\nHost: " + u.Host + "\r\nAccept: text/event-stream\r\nUser-Agent: wsbench\r\n"

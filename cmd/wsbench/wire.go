@@ -47,30 +47,9 @@ var errFrame = errors.New("malformed frame")
 // and whether the server accepted permessage-deflate, or, for a refused upgrade, an error naming
 // the HTTP status ("http 401").
 func dialWS(ctx context.Context, u *url.URL, token string, local *net.TCPAddr, timeout time.Duration, deflate bool) (net.Conn, []byte, bool, error) {
-	host := u.Host
-	if u.Port() == "" {
-		host = net.JoinHostPort(u.Hostname(), map[string]string{"ws": "80", "wss": "443"}[u.Scheme])
-	}
-	d := &net.Dialer{Timeout: timeout, KeepAlive: -1}
-	if local != nil {
-		d.LocalAddr = local
-	}
-	nc, err := d.DialContext(ctx, "tcp", host)
+	nc, err := dialHTTP(ctx, u, local, timeout)
 	if err != nil {
 		return nil, nil, false, err
-	}
-	deadline := time.Now().Add(timeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	_ = nc.SetDeadline(deadline)
-	if u.Scheme == "wss" {
-		tc := tls.Client(nc, &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}})
-		if err := tc.HandshakeContext(ctx); err != nil {
-			nc.Close()
-			return nil, nil, false, err
-		}
-		nc = tc
 	}
 	var k [16]byte
 	_, _ = rand.Read(k[:])
@@ -350,4 +329,40 @@ func payloadLen(h []byte) (int64, error) {
 		return 0, errFrame
 	}
 	return int64(n), nil
+}
+
+// dialHTTP opens the TCP connection (TLS for wss and https) a handshake of u starts on, from
+// local (nil: the kernel's choice), with a deadline of timeout or ctx's, whichever comes first.
+func dialHTTP(ctx context.Context, u *url.URL, local *net.TCPAddr, timeout time.Duration) (net.Conn, error) {
+	secure := u.Scheme == "wss" || u.Scheme == "https"
+	host := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if secure {
+			port = "443"
+		}
+		host = net.JoinHostPort(u.Hostname(), port)
+	}
+	d := &net.Dialer{Timeout: timeout, KeepAlive: -1}
+	if local != nil {
+		d.LocalAddr = local
+	}
+	nc, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	_ = nc.SetDeadline(deadline)
+	if secure {
+		tc := tls.Client(nc, &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, err
+		}
+		nc = tc
+	}
+	return nc, nil
 }
