@@ -506,12 +506,13 @@ func (b *Broker) Members(ctx context.Context, channel, after string, limit int) 
 	defer cancel()
 	pfx := "m." + transports.SafeName(channel) + "."
 	names, err := listKeys(ctx, kv, pfx+"*", pfx, func(s string) bool { return s > after })
-	// A KV listing (a watcher over the bucket) has once come back empty for a channel that had
-	// members: when the first page is empty but the channel's counts say it has members, list
-	// again, a few times.
-	for try := 0; err == nil && len(names) == 0 && after == "" && try < 3; try++ {
+	// A KV listing (a watcher over the bucket, whose ordered consumer may be reset on a loaded
+	// machine) has come back empty, or short of a key, for a channel that had members: when the
+	// first page holds fewer members than the channel's counts say it has, list again, a few
+	// times (counts and keys written by joins running now may differ for a moment too).
+	for try := 0; err == nil && after == "" && len(names) <= limit && try < 3; try++ {
 		st, serr := b.Stats(ctx, channel)
-		if serr != nil || st.Connections == 0 {
+		if serr != nil || len(names) >= st.Connections {
 			break
 		}
 		names, err = listKeys(ctx, kv, pfx+"*", pfx, func(s string) bool { return s > after })
