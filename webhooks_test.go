@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -80,14 +81,20 @@ func (r *hookReceiver) handle(w http.ResponseWriter, req *http.Request) {
 	r.mu.Unlock()
 }
 
-// stop closes the listener and every connection: the receiver is down.
+// stop closes the listener and every connection: the receiver is down. A POST being handled
+// finishes and its 200 is written first (Shutdown, not Close): a receiver that counted a batch and
+// then lost its answer would see the node's retry as a duplicate that is the test's own making.
 func (r *hookReceiver) stop() {
 	r.mu.Lock()
 	srv := r.srv
 	r.srv = nil
 	r.mu.Unlock()
 	if srv != nil {
-		_ = srv.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			_ = srv.Close()
+		}
 	}
 }
 
