@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -138,7 +139,10 @@ func (b *Broker) Start(context.Context) error {
 
 // NewClient returns the go-redis client the broker makes for cfg: a plain client in ModeSingle,
 // a failover client in ModeSentinel, which asks the Sentinels for the primary and again after
-// a failover. The gateway's Redis dedupe store uses it too. It connects on first use; cfg is
+// a failover, a cluster client in ModeCluster, which routes each command to the primary of its
+// key's slot, follows MOVED and ASK, and reloads the slot map after a failover; its pool per
+// cluster node has room for the shard readers' blocked XREADs besides the default 10 per CPU.
+// The gateway's Redis dedupe store uses it too. It connects on first use; cfg is
 // expected to be valid (Config.Check). Close it when done.
 func NewClient(cfg Config) goredis.UniversalClient {
 	opts := &goredis.UniversalOptions{
@@ -156,9 +160,14 @@ func NewClient(cfg Config) goredis.UniversalClient {
 		// (MinReplicas) may take nearly Timeout.
 		ReadTimeout: max(cfg.Timeout, 5*time.Second),
 	}
-	if cfg.Mode == ModeSentinel {
+	switch cfg.Mode {
+	case ModeSentinel:
 		opts.Addrs, opts.MasterName, opts.SentinelPassword = cfg.SentinelAddrs, cfg.MasterName, cfg.SentinelPassword
 		return goredis.NewFailoverClient(opts.Failover())
+	case ModeCluster:
+		opts.Addrs = cfg.ClusterAddrs
+		opts.PoolSize = 10*runtime.GOMAXPROCS(0) + cfg.Shards
+		return goredis.NewClusterClient(opts.Cluster())
 	}
 	return goredis.NewClient(opts.Simple())
 }
@@ -270,25 +279,35 @@ func (b *Broker) PublishPositions(topic string, msgs ...*message.Message) ([]pro
 // counts the replicas that acknowledged this connection's writes so far, waiting up to half of
 // Timeout: fewer than MinReplicas then fails the publish (ErrUnavailable), though the entries
 // are on the primary.
+//
+// On a Redis Cluster, WAIT counts the replicas of the primary the connection is on, so the
+// pipeline goes to the primary of the stream's slot through its own client; when the slot moved
+// (MOVED or ASK: the entries were not added), the slot map is reloaded and the pipeline sent once
+// more. Without MinReplicas the cluster client routes the pipeline itself.
 func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	defer cancel()
 	xadds := make([]*goredis.StringCmd, len(msgs))
 	var wait *goredis.Cmd
-	_, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		for i, m := range msgs {
-			xadds[i] = p.XAdd(ctx, &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)})
+	var client goredis.Cmdable = b.client
+	cluster, _ := b.client.(*goredis.ClusterClient)
+	for try := 0; ; try++ {
+		if cluster != nil && b.cfg.MinReplicas > 0 {
+			primary, err := cluster.MasterForKey(ctx, rt.key)
+			if err != nil {
+				return nil, b.wrap("publish to "+rt.key, err)
+			}
+			client = primary
 		}
-		if b.cfg.MinReplicas > 0 {
-			// Half of Timeout, so that WAIT's answer (Redis ends the wait on its own clock,
-			// which ticks coarsely) arrives before our deadline; 0 would wait for ever.
-			ms := max(b.cfg.Timeout/2, time.Millisecond).Milliseconds()
-			wait = p.Do(ctx, "WAIT", b.cfg.MinReplicas, ms)
+		err := b.pipelineAdd(ctx, client, rt, msgs, xadds, &wait)
+		if cluster != nil && try == 0 && (goredis.HasErrorPrefix(err, "MOVED") || goredis.HasErrorPrefix(err, "ASK")) {
+			cluster.ReloadState(ctx)
+			continue
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, b.wrap("publish to "+rt.key, err)
+		if err != nil {
+			return nil, b.wrap("publish to "+rt.key, err)
+		}
+		break
 	}
 	if wait != nil {
 		if n, _ := wait.Int64(); n < int64(b.cfg.MinReplicas) {
@@ -301,6 +320,24 @@ func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
 		ids[i] = c.Val()
 	}
 	return ids, nil
+}
+
+// pipelineAdd sends add's pipeline (the XADDs, and WAIT with MinReplicas) on client.
+func (b *Broker) pipelineAdd(ctx context.Context, client goredis.Cmdable, rt route, msgs []*message.Message, xadds []*goredis.StringCmd, wait **goredis.Cmd) error {
+	*wait = nil
+	_, err := client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i, m := range msgs {
+			xadds[i] = p.XAdd(ctx, &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)})
+		}
+		if b.cfg.MinReplicas > 0 {
+			// Half of Timeout, so that WAIT's answer (Redis ends the wait on its own clock,
+			// which ticks coarsely) arrives before our deadline; 0 would wait for ever.
+			ms := max(b.cfg.Timeout/2, time.Millisecond).Milliseconds()
+			*wait = p.Do(ctx, "WAIT", b.cfg.MinReplicas, ms)
+		}
+		return nil
+	})
+	return err
 }
 
 // Subscribe implements transports.Broker. Channel topics are served by the node's channel
@@ -377,8 +414,10 @@ func (b *Broker) readerFor(rt route) (*reader, error) {
 		return nil, transports.ErrClosed
 	}
 	b.readers[name] = r
-	b.wg.Add(1)
-	go r.run()
+	for _, part := range r.parts() {
+		b.wg.Add(1)
+		go r.run(part)
+	}
 	return r, nil
 }
 
@@ -605,7 +644,7 @@ func unavailable(err error) bool {
 		return true // network error, timeout, full pool
 	}
 	msg := rerr.Error()
-	for _, p := range []string{"LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "OOM", "BUSY ", "NOAUTH", "WRONGPASS", "NOPERM"} {
+	for _, p := range []string{"LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "OOM", "BUSY ", "NOAUTH", "WRONGPASS", "NOPERM", "MOVED", "ASK"} {
 		if strings.HasPrefix(msg, p) {
 			return true
 		}
