@@ -355,3 +355,78 @@ func (c *Cluster) DeleteKeys(ctx context.Context, pattern string) error {
 		return errors.Join(append(errs, iter.Err())...)
 	})
 }
+
+// MoveSlot moves slot, with its keys, from its primary to primary to, as `redis-cli --cluster
+// reshard` does: the slot IMPORTING on to and MIGRATING on its owner, its keys MIGRATEd a few
+// at a time (clients are redirected meanwhile with ASK), then the slot given to to on every
+// primary (clients then get MOVED).
+func (c *Cluster) MoveSlot(slot, to int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	from := -1
+	asked := goredis.NewClient(&goredis.Options{Addr: c.Addr(to)})
+	slots, err := asked.ClusterSlots(ctx).Result()
+	_ = asked.Close()
+	if err != nil {
+		return err
+	}
+	var primaries []int
+	for _, s := range slots {
+		p := c.Index(s.Nodes[0].Addr)
+		primaries = append(primaries, p)
+		if s.Start <= slot && slot <= s.End {
+			from = p
+		}
+	}
+	if from < 0 || from == to {
+		return fmt.Errorf("slot %d is on server %d, cannot move it to %d", slot, from, to)
+	}
+	src := goredis.NewClient(&goredis.Options{Addr: c.Addr(from)})
+	defer src.Close()
+	dst := goredis.NewClient(&goredis.Options{Addr: c.Addr(to)})
+	defer dst.Close()
+	srcID, err := src.Do(ctx, "CLUSTER", "MYID").Text()
+	if err != nil {
+		return err
+	}
+	dstID, err := dst.Do(ctx, "CLUSTER", "MYID").Text()
+	if err != nil {
+		return err
+	}
+	if err := dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err(); err != nil {
+		return err
+	}
+	if err := src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err(); err != nil {
+		return err
+	}
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 10).Result()
+		if err != nil {
+			return err
+		}
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", "127.0.0.1", c.nodes[to].port, "", 0, 5000, "REPLACE", "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		if err := src.Do(ctx, args...).Err(); err != nil {
+			return fmt.Errorf("migrate %d keys of slot %d: %w", len(keys), slot, err)
+		}
+	}
+	seen := map[int]bool{}
+	for _, p := range append([]int{to, from}, primaries...) {
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		pc := goredis.NewClient(&goredis.Options{Addr: c.Addr(p)})
+		err := pc.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err()
+		_ = pc.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -147,6 +147,9 @@ func TestRedisCluster(t *testing.T) {
 			}
 		}
 	})
+	for _, minReplicas := range []int{0, 1} {
+		t.Run(fmt.Sprintf("SlotMoved/min_replicas=%d", minReplicas), func(t *testing.T) { slotMoved(t, c, minReplicas) })
+	}
 	t.Run("MinReplicasUnmet", func(t *testing.T) {
 		prefix := transporttest.Prefix(t)
 		dropClusterKeys(t, c, prefix)
@@ -385,5 +388,133 @@ func clusterFailover(t *testing.T, c *rediscluster.Cluster, minReplicas int) {
 		minReplicas, len(acked), cutAcked, beforeKill, failed.Load(), lost, promoted.Round(time.Millisecond), rejoined.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	if minReplicas > 0 && lost > 0 {
 		t.Errorf("min_replicas=%d: %d acked messages lost", minReplicas, lost)
+	}
+}
+
+// slotMoved: while a node publishes to a channel (2 publishers) and a subscription of that node
+// reads it, the slot of the channel's shard stream moves to another primary (ASK during the
+// migration, MOVED after). No publish fails, every acked message reaches the subscription, and a
+// resume from the first position replays all of them completely.
+func slotMoved(t *testing.T, c *rediscluster.Cluster, minReplicas int) {
+	prefix := transporttest.Prefix(t)
+	dropClusterKeys(t, c, prefix)
+	cfg := clusterConfig(c, prefix)
+	cfg.MinReplicas, cfg.BlockTimeout = minReplicas, 200*time.Millisecond
+	b := newNode(t, cfg)
+	topic := protocol.ChannelTopic("moving")
+	key := channelKey(prefix, "moving")
+	sub := subscribe(t, b, topic)
+	var (
+		mu     sync.Mutex
+		seen   = map[string]bool{}
+		acked  = map[string]protocol.Position{}
+		first  protocol.Position
+		failed atomic.Int64
+		stop   = make(chan struct{})
+		wg     sync.WaitGroup
+	)
+	go func() {
+		for m := range sub {
+			m.Ack()
+			mu.Lock()
+			seen[m.UUID] = true
+			mu.Unlock()
+		}
+	}()
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				m := message.NewMessage(watermill.NewUUID(), []byte("x"))
+				pos, err := b.PublishPositions(topic, m)
+				if err != nil {
+					failed.Add(1)
+					time.Sleep(10 * time.Millisecond) // a retrying publisher's backoff
+					continue
+				}
+				mu.Lock()
+				acked[m.UUID] = pos[0]
+				if p := pos[0]; first.IsZero() || p.Hi < first.Hi || p.Hi == first.Hi && p.Lo < first.Lo {
+					first = p
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	transporttest.WaitFor(t, 20*time.Second, func() error {
+		if n := count(); n < 300 {
+			return fmt.Errorf("%d acked before the move", n)
+		}
+		return nil
+	})
+	from, err := c.PrimaryOf(0, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := c.Nodes(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	to := -1
+	for _, n := range nodes {
+		if n.Primary && n.Slots > 0 && n.Index != from {
+			to = n.Index
+		}
+	}
+	slot, err := c.Client().ClusterKeySlot(context.Background(), key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.MoveSlot(int(slot), to); err != nil {
+		t.Fatal(err)
+	}
+	moved := count()
+	transporttest.WaitFor(t, 20*time.Second, func() error {
+		if n := count() - moved; n < 300 {
+			return fmt.Errorf("%d acked after the move of slot %d from server %d to %d", n, slot, from, to)
+		}
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+	transporttest.WaitFor(t, 20*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		missing := 0
+		for id := range acked {
+			if !seen[id] {
+				missing++
+			}
+		}
+		if missing > 0 {
+			return fmt.Errorf("the subscription misses %d of the %d acked messages", missing, len(acked))
+		}
+		return nil
+	})
+	// (A publish that failed may have its entry in the stream too: failed WAIT.)
+	msgs, complete, err := b.Replay(context.Background(), topic, first, len(acked)+int(failed.Load())+10)
+	if err != nil || !complete {
+		t.Fatalf("resume from the first position: %d messages, complete %v, %v", len(msgs), complete, err)
+	}
+	replayed := make(map[string]bool, len(msgs))
+	for _, m := range msgs {
+		replayed[m.UUID] = true
+	}
+	for id, p := range acked {
+		if p != first && !replayed[id] {
+			t.Fatalf("resume from %v: %s (at %v) missing from the %d replayed", first, id, p, len(msgs))
+		}
+	}
+	t.Logf("min_replicas=%d: slot %d moved from server %d to %d; %d acked (%d before the move), %d publishes failed, none lost",
+		minReplicas, slot, from, to, len(acked), moved, failed.Load())
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d publishes failed while the slot moved: a redirected publish is sent again within the timeout", n)
 	}
 }

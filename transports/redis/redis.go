@@ -281,9 +281,11 @@ func (b *Broker) PublishPositions(topic string, msgs ...*message.Message) ([]pro
 // are on the primary.
 //
 // On a Redis Cluster, WAIT counts the replicas of the primary the connection is on, so the
-// pipeline goes to the primary of the stream's slot through its own client; when the slot moved
-// (MOVED or ASK: the entries were not added), the slot map is reloaded and the pipeline sent once
-// more. Without MinReplicas the cluster client routes the pipeline itself.
+// pipeline goes to the primary of the stream's slot through its own client. When every XADD was
+// redirected (ASK: the slot is being migrated and the stream has moved; MOVED: the slot has
+// moved), none was added: the pipeline is sent again after a short pause (and a reload of the
+// slot map after MOVED), until Timeout. Without MinReplicas the cluster client follows the
+// redirections itself.
 func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	defer cancel()
@@ -300,9 +302,17 @@ func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
 			client = primary
 		}
 		err := b.pipelineAdd(ctx, client, rt, msgs, xadds, &wait)
-		if cluster != nil && try == 0 && (goredis.HasErrorPrefix(err, "MOVED") || goredis.HasErrorPrefix(err, "ASK")) {
-			cluster.ReloadState(ctx)
-			continue
+		if err != nil && cluster != nil && redirected(xadds) {
+			if goredis.HasErrorPrefix(err, "MOVED") {
+				cluster.ReloadState(ctx)
+			}
+			t := time.NewTimer(min(time.Millisecond<<min(try, 7), 100*time.Millisecond))
+			select {
+			case <-t.C:
+				continue
+			case <-ctx.Done():
+				t.Stop()
+			}
 		}
 		if err != nil {
 			return nil, b.wrap("publish to "+rt.key, err)
@@ -320,6 +330,16 @@ func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
 		ids[i] = c.Val()
 	}
 	return ids, nil
+}
+
+// redirected reports whether every command of cmds was answered MOVED or ASK: none ran.
+func redirected(cmds []*goredis.StringCmd) bool {
+	for _, c := range cmds {
+		if err := c.Err(); !goredis.HasErrorPrefix(err, "MOVED") && !goredis.HasErrorPrefix(err, "ASK") {
+			return false
+		}
+	}
+	return true
 }
 
 // pipelineAdd sends add's pipeline (the XADDs, and WAIT with MinReplicas) on client.
