@@ -114,6 +114,25 @@ func TestRedisCluster(t *testing.T) {
 		cfg.BlockTimeout, cfg.ClaimIdle = 100*time.Millisecond, time.Second
 		transporttest.HeldGroupMessage(t, newNode(t, cfg), newNode(t, cfg), cfg.ClaimIdle, 10*time.Second)
 	})
+	t.Run("Control", func(t *testing.T) {
+		prefix := transporttest.Prefix(t)
+		dropClusterKeys(t, c, prefix)
+		b := newNode(t, clusterConfig(c, prefix))
+		ctx := context.Background()
+		if err := b.PutControl(ctx, "k1", []byte("v1")); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.PutControl(ctx, "k2", []byte("v2")); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.DeleteControl(ctx, "k1"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := b.ListControl(ctx)
+		if err != nil || len(got) != 1 || string(got["k2"]) != "v2" {
+			t.Fatalf("control records %q %v, want k2=v2 alone", got, err)
+		}
+	})
 	t.Run("MinReplicas", func(t *testing.T) {
 		prefix := transporttest.Prefix(t)
 		dropClusterKeys(t, c, prefix)
@@ -291,6 +310,8 @@ func clusterFailover(t *testing.T, c *rediscluster.Cluster, minReplicas int) {
 		}
 		return nil
 	})
+	replOffset := c.Info(replica, "replication", "slave_repl_offset") + " link " + c.Info(replica, "replication", "master_link_status") +
+		" primary offset " + c.Info(primary, "replication", "master_repl_offset")
 	killed := time.Now()
 	c.Kill(primary)
 	beforeKill := count()
@@ -379,10 +400,23 @@ func clusterFailover(t *testing.T, c *rediscluster.Cluster, minReplicas int) {
 		held[e.ID] = true
 	}
 	lost := 0
+	var firstLost, lastLost string
 	for _, id := range acked {
 		if !held[id] {
+			if lost == 0 {
+				firstLost = id
+			}
+			lastLost = id
 			lost++
 		}
+	}
+	if lost > 0 {
+		first := ""
+		if len(entries) > 0 {
+			first = entries[0].ID
+		}
+		t.Logf("lost ids %s .. %s; the new primary (server %d, was the replica of %d) holds %d entries from %s; replica offset at the kill %s",
+			firstLost, lastLost, replica, primary, len(entries), first, replOffset)
 	}
 	t.Logf("min_replicas=%d: %d acked (%d before the replication cut, %d before the kill), %d publishes failed, %d acked messages lost; replica promoted %v after the kill, old primary a replica in sync after %v; run took %v",
 		minReplicas, len(acked), cutAcked, beforeKill, failed.Load(), lost, promoted.Round(time.Millisecond), rejoined.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
