@@ -114,6 +114,25 @@ func TestRedisCluster(t *testing.T) {
 		cfg.BlockTimeout, cfg.ClaimIdle = 100*time.Millisecond, time.Second
 		transporttest.HeldGroupMessage(t, newNode(t, cfg), newNode(t, cfg), cfg.ClaimIdle, 10*time.Second)
 	})
+	t.Run("FromClient", func(t *testing.T) {
+		prefix := transporttest.Prefix(t)
+		dropClusterKeys(t, c, prefix)
+		b, err := redis.NewFromClient(c.Client(), redis.Config{Prefix: prefix, BlockTimeout: 100 * time.Millisecond}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		if err := b.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		sub := subscribe(t, b, protocol.ChannelTopic("given"))
+		if err := b.Publish(protocol.ChannelTopic("given"), transporttest.NewMessage("g")); err != nil {
+			t.Fatal(err)
+		}
+		if m := transporttest.Receive(t, sub, 1, 10*time.Second)[0]; string(m.Payload) != "g" {
+			t.Fatalf("got %q", m.Payload)
+		}
+	})
 	t.Run("Control", func(t *testing.T) {
 		prefix := transporttest.Prefix(t)
 		dropClusterKeys(t, c, prefix)

@@ -82,12 +82,17 @@ func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 }
 
 // NewFromClient uses an existing client, which Close leaves open; cfg's Mode, Addr, Password,
-// DB and Sentinel settings are ignored. Enable the client's ContextTimeoutEnabled so that
+// DB, Sentinel and cluster settings are ignored: a *goredis.ClusterClient makes the broker work
+// as in ModeCluster, any other client as on one server. Enable the client's ContextTimeoutEnabled so that
 // Timeout bounds socket I/O too; with MinReplicas, its ReadTimeout must be at least Timeout (a
 // publish's WAIT lasts nearly Timeout). Like New it starts nothing until Start.
 func NewFromClient(client goredis.UniversalClient, cfg Config, logger *slog.Logger) (*Broker, error) {
 	if client == nil {
 		return nil, errors.New("redis: nil client")
+	}
+	cfg.Mode, cfg.DB = ModeSingle, 0
+	if cluster, ok := client.(*goredis.ClusterClient); ok {
+		cfg.Mode, cfg.ClusterAddrs = ModeCluster, cluster.Options().Addrs
 	}
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
