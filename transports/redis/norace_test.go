@@ -16,9 +16,9 @@ func TestPresenceReapBound(t *testing.T) {
 	transporttest.RunReapBound(t, transporttest.ReapBoundFeatures{}, presenceNodeMaker(machineRedis(t)))
 }
 
-// TestRedisClusterReapBound: as TestPresenceReapBound, in cluster mode on a Redis Cluster of 3
+// TestPresenceReapBoundCluster: as TestPresenceReapBound, in cluster mode on a Redis Cluster of 3
 // primaries and 3 replicas.
-func TestRedisClusterReapBound(t *testing.T) {
+func TestPresenceReapBoundCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a Redis Cluster of 6 servers")
 	}
