@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -46,7 +47,8 @@ type Cluster struct {
 type node struct {
 	port, bus int
 	dir       string
-	cmd       *exec.Cmd // nil: down
+	cmd       *exec.Cmd     // nil: down
+	exited    chan struct{} // closed once cmd has exited and was waited for
 }
 
 // Start starts primaries*(1+replicas) servers (args are more redis-server arguments for each),
@@ -65,8 +67,9 @@ func Start(t testing.TB, primaries, replicas int, args ...string) *Cluster {
 	}
 	c := &Cluster{t: t, bin: bin, args: args}
 	n := primaries * (1 + replicas)
-	for range n {
-		c.nodes = append(c.nodes, &node{port: freePort(t), bus: freePort(t), dir: t.TempDir()})
+	ports := freePorts(t, 2*n)
+	for i := range n {
+		c.nodes = append(c.nodes, &node{port: ports[2*i], bus: ports[2*i+1], dir: t.TempDir()})
 	}
 	t.Cleanup(func() {
 		for i := range n {
@@ -88,14 +91,20 @@ func Start(t testing.TB, primaries, replicas int, args ...string) *Cluster {
 	return c
 }
 
-func freePort(t testing.TB) int {
+// freePorts returns n distinct free loopback ports: all are held until all are chosen, so that
+// none is handed out twice.
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // Addrs are host:port of every server, up or down, in the order of their index.
@@ -131,7 +140,7 @@ func (c *Cluster) Kill(i int) {
 		return
 	}
 	_ = n.cmd.Process.Kill()
-	_ = n.cmd.Wait()
+	<-n.exited
 	n.cmd = nil
 }
 
@@ -153,20 +162,33 @@ func (c *Cluster) Restart(i int) {
 		"--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"}
 	cmd := exec.Command(c.bin, append(args, c.args...)...)
 	err := cmd.Start()
+	exited := make(chan struct{})
 	if err == nil {
-		n.cmd = cmd
+		n.cmd, n.exited = cmd, exited
+		go func() { _ = cmd.Wait(); close(exited) }()
 	}
 	c.mu.Unlock()
 	if err != nil {
 		c.t.Fatalf("start redis-server %d: %v", i, err)
 	}
-	client := goredis.NewClient(&goredis.Options{Addr: c.Addr(i), MaxRetries: -1})
+	client := goredis.NewClient(&goredis.Options{Addr: c.Addr(i), MaxRetries: -1, DialerRetries: 1})
 	defer client.Close()
 	poll.Until(c.t, wait, func() error {
+		select {
+		case <-exited:
+			c.t.Fatalf("redis-server %d (port %d) exited: %s", i, n.port, c.logTail(i))
+		default:
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		return client.Ping(ctx).Err()
 	})
+}
+
+// logTail is the end of server i's log file.
+func (c *Cluster) logTail(i int) string {
+	b, _ := os.ReadFile(filepath.Join(c.nodes[i].dir, "redis.log"))
+	return string(b[max(0, len(b)-1000):])
 }
 
 // Up reports whether server i runs.
