@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -131,6 +132,49 @@ func TestRedisCluster(t *testing.T) {
 		}
 		if m := transporttest.Receive(t, sub, 1, 10*time.Second)[0]; string(m.Payload) != "g" {
 			t.Fatalf("got %q", m.Payload)
+		}
+	})
+	t.Run("Connections", func(t *testing.T) {
+		prefix := transporttest.Prefix(t)
+		dropClusterKeys(t, c, prefix)
+		clients := func() (total int, per []string) {
+			nodes, err := c.Nodes(0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range nodes {
+				if n.Primary && n.Slots > 0 {
+					v := c.Info(n.Index, "clients", "connected_clients")
+					k, _ := strconv.Atoi(v)
+					total += k
+					per = append(per, fmt.Sprintf("server %d: %s", n.Index, v))
+				}
+			}
+			return total, per
+		}
+		before, _ := clients()
+		b := newNode(t, clusterConfig(c, prefix))
+		// A channel on every shard, and the direct stream: every reader runs.
+		var subs []<-chan *message.Message
+		for n := range redis.DefaultShards {
+			subs = append(subs, subscribe(t, b, protocol.ChannelTopic(channelOfShard(n))))
+		}
+		direct := subscribe(t, b, protocol.TopicDirect)
+		for n := range redis.DefaultShards {
+			if err := b.Publish(protocol.ChannelTopic(channelOfShard(n)), transporttest.NewMessage("c")); err != nil {
+				t.Fatal(err)
+			}
+			transporttest.Receive(t, subs[n], 1, 10*time.Second)
+		}
+		if err := b.Publish(protocol.TopicDirect, transporttest.NewMessage("d")); err != nil {
+			t.Fatal(err)
+		}
+		transporttest.Receive(t, direct, 1, 10*time.Second)
+		after, per := clients()
+		t.Logf("one node reading %d shard streams and direct: %d connections to the primaries (%v)", redis.DefaultShards, after-before, per)
+		// One blocked XREAD per shard stream and one for direct, plus a few idle in the pools.
+		if after-before > redis.DefaultShards+1+6 {
+			t.Errorf("%d connections for %d shard streams and direct", after-before, redis.DefaultShards)
 		}
 	})
 	t.Run("Control", func(t *testing.T) {
