@@ -24,7 +24,7 @@ func TestRedisClusterNodes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a Redis Cluster of 6 servers and 3 node processes")
 	}
-	c := rediscluster.Start(t, 3, 1)
+	c := rediscluster.Start(t, 3, 1, rediscluster.FastFailover...)
 	prefix := transporttest.Prefix(t)
 	env := []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_MODE=cluster", "GATEWAY_REDIS_CLUSTER_ADDRS=" + strings.Join(c.Addrs(), ","),
 		"GATEWAY_REDIS_MIN_REPLICAS=1", "GATEWAY_TOPIC_PREFIX=" + prefix, "GATEWAY_JWT_SECRET=" + secret, "GATEWAY_API_KEY=" + apiKey,

@@ -30,9 +30,15 @@ import (
 // wait bounds the start of a server and the cluster's agreement on its slots.
 const wait = 30 * time.Second
 
-// NodeTimeout is the servers' cluster-node-timeout: a primary unreachable this long is failed
-// over to one of its replicas (a second or so later).
-const NodeTimeout = time.Second
+// NodeTimeout is the servers' cluster-node-timeout unless Start's args give another: a primary
+// unreachable this long is failed over to one of its replicas (a second or so later). Long
+// enough that a server starved of CPU on a loaded machine is not failed over; tests that fail a
+// primary over give a shorter one (FastFailover).
+const NodeTimeout = 5 * time.Second
+
+// FastFailover are Start args for tests that fail primaries over: cluster-node-timeout 1 s, so
+// that a replica is promoted some 2 s after its primary died.
+var FastFailover = []string{"--cluster-node-timeout", "1000"}
 
 // Cluster is a Redis Cluster; Start starts it and the test's cleanup stops it.
 type Cluster struct {
@@ -51,7 +57,8 @@ type node struct {
 	exited    chan struct{} // closed once cmd has exited and was waited for
 }
 
-// Start starts primaries*(1+replicas) servers (args are more redis-server arguments for each),
+// Start starts primaries*(1+replicas) servers (args are more redis-server arguments for each,
+// after and so over the helper's own),
 // makes them a cluster whose primaries share the 16384 slots, each with replicas replicas, and
 // waits until every server reports the cluster ok and every replica is in sync. It skips the
 // test when redis-server or redis-cli is not installed.

@@ -268,7 +268,7 @@ func TestRedisClusterFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a Redis Cluster of 6 servers and fails primaries over")
 	}
-	c := rediscluster.Start(t, 3, 1, replArgs...)
+	c := rediscluster.Start(t, 3, 1, append(append([]string{}, rediscluster.FastFailover...), replArgs...)...)
 	for _, minReplicas := range []int{0, 1} {
 		t.Run(fmt.Sprintf("min_replicas=%d", minReplicas), func(t *testing.T) { clusterFailover(t, c, minReplicas) })
 	}
