@@ -39,7 +39,7 @@ func TestBrokerSettingsCheckedByTheBroker(t *testing.T) {
 		{"GATEWAY_REDIS_SHARDS=-1", "redis.shards", redisCheck},
 		{"GATEWAY_REDIS_MAX_LEN=-5", "redis.max_len", redisCheck},
 		{"GATEWAY_REDIS_MIN_REPLICAS=-1", "redis.min_replicas", redisCheck},
-		{"GATEWAY_REDIS_MODE=cluster", "redis.mode", redisCheck},
+		{"GATEWAY_REDIS_MODE=cluster", "redis.cluster_addrs", redisCheck},
 		{"GATEWAY_REDIS_MODE=sentinels", "redis.mode", redisCheck},
 		{"GATEWAY_REDIS_MODE=sentinel", "redis.master_name", redisCheck},
 		{"GATEWAY_KAFKA_PARTITIONS=2000", "kafka.partitions", kafkaCheck},
