@@ -106,6 +106,9 @@ func brokerAddr(cfg *configs.Config) string {
 		if cfg.Redis.Mode == configs.RedisModeSentinel {
 			return "sentinels " + strings.Join(cfg.Redis.SentinelAddrs, ",") + " master " + cfg.Redis.MasterName
 		}
+		if cfg.Redis.Mode == configs.RedisModeCluster {
+			return "cluster " + strings.Join(cfg.Redis.ClusterAddrs, ",")
+		}
 		return cfg.Redis.Addr
 	case configs.BrokerKafka:
 		return strings.Join(cfg.Kafka.Brokers, ",")

@@ -18,7 +18,7 @@ func TestBrokerDefaults(t *testing.T) {
 	if configs.DefaultRedisAddr != redis.DefaultAddr {
 		t.Errorf("configs.DefaultRedisAddr %q, redis.DefaultAddr %q", configs.DefaultRedisAddr, redis.DefaultAddr)
 	}
-	if configs.DefaultRedisMode != redis.DefaultMode || configs.RedisModeSentinel != redis.ModeSentinel {
+	if configs.DefaultRedisMode != redis.DefaultMode || configs.RedisModeSentinel != redis.ModeSentinel || configs.RedisModeCluster != redis.ModeCluster {
 		t.Errorf("configs' redis modes %q, %q; redis' %q, %q", configs.DefaultRedisMode, configs.RedisModeSentinel, redis.DefaultMode, redis.ModeSentinel)
 	}
 	if configs.DefaultNATSURL != jetstream.DefaultURL {
@@ -39,7 +39,7 @@ func TestBrokerSettingsCheckedByTheBroker(t *testing.T) {
 		{"GATEWAY_REDIS_SHARDS=-1", "redis.shards", redisCheck},
 		{"GATEWAY_REDIS_MAX_LEN=-5", "redis.max_len", redisCheck},
 		{"GATEWAY_REDIS_MIN_REPLICAS=-1", "redis.min_replicas", redisCheck},
-		{"GATEWAY_REDIS_MODE=cluster", "redis.mode", redisCheck},
+		{"GATEWAY_REDIS_MODE=cluster", "redis.cluster_addrs", redisCheck},
 		{"GATEWAY_REDIS_MODE=sentinels", "redis.mode", redisCheck},
 		{"GATEWAY_REDIS_MODE=sentinel", "redis.master_name", redisCheck},
 		{"GATEWAY_KAFKA_PARTITIONS=2000", "kafka.partitions", kafkaCheck},
@@ -105,8 +105,8 @@ func TestKeyErrorFrom(t *testing.T) {
 }
 
 // TestRedisSentinelSettings: sentinel mode needs a master name and Sentinel addresses, each
-// host:port, and then ignores redis.addr; single mode checks redis.addr; cluster mode is refused
-// with the reason.
+// host:port, and then ignores redis.addr; single mode checks redis.addr; cluster mode needs
+// redis.cluster_addrs, each host:port, and database 0.
 func TestRedisSentinelSettings(t *testing.T) {
 	base := []string{"GATEWAY_JWT_SECRET=0123456789abcdef", "GATEWAY_BROKER=redis"}
 	for _, tt := range []struct {
@@ -118,7 +118,11 @@ func TestRedisSentinelSettings(t *testing.T) {
 		{[]string{"GATEWAY_REDIS_MODE=sentinel", "GATEWAY_REDIS_SENTINEL_ADDRS=a:26379"}, "redis.master_name"},
 		{[]string{"GATEWAY_REDIS_MODE=sentinel", "GATEWAY_REDIS_MASTER_NAME=main", "GATEWAY_REDIS_SENTINEL_ADDRS=a:26379,b:26379", "GATEWAY_REDIS_ADDR=unused"}, ""},
 		{[]string{"GATEWAY_REDIS_MIN_REPLICAS=1"}, ""},
-		{[]string{"GATEWAY_REDIS_MODE=cluster"}, "redis.mode"},
+		{[]string{"GATEWAY_REDIS_MODE=cluster"}, "redis.cluster_addrs"},
+		{[]string{"GATEWAY_REDIS_MODE=cluster", "GATEWAY_REDIS_CLUSTER_ADDRS=a:7000,b"}, "redis.cluster_addrs"},
+		{[]string{"GATEWAY_REDIS_MODE=cluster", "GATEWAY_REDIS_CLUSTER_ADDRS=a:7000", "GATEWAY_REDIS_DB=1"}, "redis.db"},
+		{[]string{"GATEWAY_REDIS_MODE=cluster", "GATEWAY_REDIS_CLUSTER_ADDRS=a:7000,b:7001", "GATEWAY_REDIS_ADDR=unused"}, ""},
+		{[]string{"GATEWAY_REDIS_MODE=bogus"}, "redis.mode"},
 	} {
 		cfg, err := configs.Load("", append(base, tt.env...))
 		if err != nil {
@@ -133,12 +137,12 @@ func TestRedisSentinelSettings(t *testing.T) {
 			t.Errorf("%v: %v, want an error naming %s", tt.env, err, tt.key)
 		}
 	}
-	cfg, err := configs.Load("", append(base, "GATEWAY_REDIS_MODE=cluster"))
+	cfg, err := configs.Load("", append(base, "GATEWAY_REDIS_MODE=cluster", "GATEWAY_REDIS_CLUSTER_ADDRS=a:1, b:2"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := redisCheck(cfg); err == nil || !strings.Contains(err.Error(), "CROSSSLOT") {
-		t.Errorf("cluster mode: %v, want the reason (CROSSSLOT)", err)
+	if got := redis.ConfigFrom(cfg); got.Mode != redis.ModeCluster || len(got.ClusterAddrs) != 2 {
+		t.Errorf("ConfigFrom: mode %q, cluster nodes %q", got.Mode, got.ClusterAddrs)
 	}
 	if _, err := configs.Load("", append(base, "GATEWAY_REDIS_ADDR=nohostport")); err == nil || !strings.Contains(err.Error(), "redis.addr") {
 		t.Errorf("single mode with a bad redis.addr: %v, want an error naming redis.addr", err)

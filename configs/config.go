@@ -22,6 +22,7 @@ const (
 	DefaultRedisAddr        = "127.0.0.1:6379"
 	DefaultRedisMode        = "single"
 	RedisModeSentinel       = "sentinel" // redis.mode of a primary found through Sentinels
+	RedisModeCluster        = "cluster"  // redis.mode of a Redis Cluster found from redis.cluster_addrs
 	DefaultKafkaBrokers     = "127.0.0.1:9092"
 	DefaultTopicPrefix      = protocol.DefaultTopicPrefix
 	DefaultMaxFrameSize     = 64 << 10
@@ -165,11 +166,12 @@ type JetStreamConfig struct {
 // RedisConfig is for the redis broker. Shards and MaxLen 0 are the broker's defaults (package
 // transports/redis), which also checks the values.
 type RedisConfig struct {
-	Mode             string   `yaml:"mode" env:"MODE"`                           // single (Addr) or sentinel (MasterName, SentinelAddrs); cluster is refused
+	Mode             string   `yaml:"mode" env:"MODE"`                           // single (Addr), sentinel (MasterName, SentinelAddrs) or cluster (ClusterAddrs)
 	Addr             string   `yaml:"addr" env:"ADDR"`                           // single mode
 	MasterName       string   `yaml:"master_name" env:"MASTER_NAME"`             // sentinel mode: the primary's name at the Sentinels
 	SentinelAddrs    []string `yaml:"sentinel_addrs" env:"SENTINEL_ADDRS"`       // sentinel mode: the Sentinels, host:port
 	SentinelPassword string   `yaml:"sentinel_password" env:"SENTINEL_PASSWORD"` // sentinel mode: the Sentinels' password
+	ClusterAddrs     []string `yaml:"cluster_addrs" env:"CLUSTER_ADDRS"`         // cluster mode: some nodes of the Redis Cluster, host:port
 	MinReplicas      int      `yaml:"min_replicas" env:"MIN_REPLICAS"`           // a publish is acked once this many replicas have it (WAIT); 0: once the primary has it
 	Password         string   `yaml:"password" env:"PASSWORD"`
 	DB               int      `yaml:"db" env:"DB"`

@@ -34,22 +34,19 @@ const (
 	// ModeSentinel asks the Sentinels at SentinelAddrs for the primary named MasterName, and asks
 	// again after a failover (go-redis's failover client).
 	ModeSentinel = "sentinel"
-	// ModeCluster (Redis Cluster) is refused by Validate: see errCluster.
+	// ModeCluster talks to a Redis Cluster found from ClusterAddrs (go-redis's cluster client,
+	// which follows MOVED and ASK and reloads the slot map after a failover). Every command and
+	// script of the broker names keys of one hash slot: the channel reader reads each shard
+	// stream with an XREAD of its own, and presence keeps one index of channels per shard, in
+	// the slot of the channels of that shard (presence.go).
 	ModeCluster = "cluster"
 )
-
-// errCluster is why Redis Cluster is refused rather than half supported: a cluster answers
-// CROSSSLOT to a command or script whose keys lie in different hash slots, and the broker has
-// two: the channel reader's one XREAD names every shard stream (each in its own slot), and the
-// presence join, leave and reap scripts also update the node-wide index of channels with members
-// ({<prefix>:presence}:channels), in another slot than the channel's keys.
-const errCluster = "cluster is not supported: the channel reader reads every shard stream in one XREAD and the presence join, leave and reap scripts touch the index of channels, keys in different hash slots, which Redis Cluster refuses (CROSSSLOT); use single or sentinel"
 
 // Config is the redis broker's configuration. The gateway maps its redis.* settings and
 // topic_prefix onto it; every zero value is replaced by the default named beside it.
 type Config struct {
-	// Mode is how the primary is found: ModeSingle (default; Addr) or ModeSentinel (MasterName
-	// from SentinelAddrs). ModeCluster is refused (redis.mode).
+	// Mode is how the primary is found: ModeSingle (default; Addr), ModeSentinel (MasterName
+	// from SentinelAddrs) or ModeCluster (ClusterAddrs) (redis.mode).
 	Mode     string
 	Addr     string // host:port of the Redis server in ModeSingle; default 127.0.0.1:6379 (redis.addr)
 	Password string // AUTH password of the Redis servers; empty for none (redis.password)
@@ -58,6 +55,11 @@ type Config struct {
 	MasterName       string   // ModeSentinel: the name the Sentinels monitor the primary by (redis.master_name)
 	SentinelAddrs    []string // ModeSentinel: host:port of each Sentinel (redis.sentinel_addrs)
 	SentinelPassword string   // ModeSentinel: the Sentinels' AUTH password; empty for none (redis.sentinel_password)
+
+	// ClusterAddrs are host:port of some nodes of the Redis Cluster in ModeCluster, primaries or
+	// replicas: the client asks them for the cluster's slot map and finds the others from it
+	// (redis.cluster_addrs).
+	ClusterAddrs []string
 
 	// MinReplicas, when positive, makes every Publish wait (WAIT MinReplicas, up to half of
 	// Timeout) until that many replicas hold its entries; fewer is a failed publish (ErrUnavailable),
@@ -165,9 +167,19 @@ func (c *Config) Validate() error {
 			}
 		}
 	case ModeCluster:
-		return errors.New("redis.mode: " + errCluster)
+		if len(c.ClusterAddrs) == 0 {
+			return errors.New("redis.cluster_addrs: must list at least one node host:port of the cluster in cluster mode")
+		}
+		for _, a := range c.ClusterAddrs {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				return fmt.Errorf("redis.cluster_addrs: %q is not host:port", a)
+			}
+		}
+		if c.DB != 0 {
+			return fmt.Errorf("redis.db: %d in cluster mode, where Redis has database 0 only", c.DB)
+		}
 	default:
-		return fmt.Errorf("redis.mode: %q is not one of single, sentinel", c.Mode)
+		return fmt.Errorf("redis.mode: %q is not one of single, sentinel, cluster", c.Mode)
 	}
 	if c.MinReplicas < 0 {
 		return fmt.Errorf("redis.min_replicas: %d is negative", c.MinReplicas)

@@ -12,7 +12,8 @@ func ConfigFrom(cfg *configs.Config) Config {
 	return Config{
 		Mode: cfg.Redis.Mode, Addr: cfg.Redis.Addr, Password: cfg.Redis.Password, DB: cfg.Redis.DB, Prefix: cfg.TopicPrefix,
 		MasterName: cfg.Redis.MasterName, SentinelAddrs: cfg.Redis.SentinelAddrs, SentinelPassword: cfg.Redis.SentinelPassword,
-		Shards: cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, MinReplicas: cfg.Redis.MinReplicas, Timeout: cfg.WebSocket.PublishTimeout,
+		ClusterAddrs: cfg.Redis.ClusterAddrs,
+		Shards:       cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, MinReplicas: cfg.Redis.MinReplicas, Timeout: cfg.WebSocket.PublishTimeout,
 		Presence: transports.PresenceConfig{Heartbeat: cfg.Presence.Heartbeat},
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,10 +20,10 @@ import (
 	"github.com/wsgateway/gateway/transports"
 )
 
-// Presence keys (docs/brokers/redis.md, Presence). The keys of one channel share the hash tag
-// {<prefix>:presence:<channel>}, the node-wide keys the hash tag {<prefix>:presence}, so that
-// every script touches one slot, except the join, leave and reap scripts, which also keep the
-// index of channels with members (issue #17 will have to move it for Redis Cluster).
+// Presence keys (docs/brokers/redis.md, Presence). The keys of one channel share a hash tag,
+// the node-wide keys the hash tag {<prefix>:presence}, so that every script touches one slot.
+// In single and sentinel mode the channel's tag is {<prefix>:presence:<channel>} and one index
+// of channels with members is node-wide:
 //
 //	{P:presence:C}:m     sorted set of the session ids of channel C, all scored 0 (paged by lex)
 //	{P:presence:C}:e     hash session id → "<lease>\n<member JSON>\n<user key>"
@@ -32,6 +33,14 @@ import (
 //	{P:presence}:leases    sorted set of live leases, scored by their expiry (ms, server time)
 //	{P:presence}:reaping   sorted set of expired leases being reaped, scored by the claim's end
 //	{P:presence}:own:<lease>  set of "<len(C)>:<C><session>" the lease's node joined
+//
+// (the join, leave and reap scripts then touch two slots, which one server does not mind). In
+// cluster mode a channel's keys take the tag of its shard n (Shard(C, Shards), as its messages),
+// with the index of that shard's channels in the same slot, so that those scripts touch one
+// slot; Channels merges the Shards indexes:
+//
+//	{P:presence:shard<n>}:m:C, {P:presence:shard<n>}:e:C, {P:presence:shard<n>}:u:C
+//	{P:presence:shard<n>}:channels  sorted set of the channels of shard n with members
 func presenceChannelKeys(prefix, channel string) (members, entries, users string) {
 	tag := "{" + prefix + ":presence:" + channel + "}"
 	return tag + ":m", tag + ":e", tag + ":u"
@@ -39,6 +48,33 @@ func presenceChannelKeys(prefix, channel string) (members, entries, users string
 
 func presenceNodeKey(prefix, name string) string {
 	return "{" + prefix + ":presence}:" + name
+}
+
+func presenceShardTag(prefix string, shard int) string {
+	return "{" + prefix + ":presence:shard" + strconv.Itoa(shard) + "}"
+}
+
+// presenceKeys are the keys of channel's presence and the index of channels that its join,
+// leave and reap scripts keep.
+func (b *Broker) presenceKeys(channel string) (members, entries, users, index string) {
+	if b.cfg.Mode == ModeCluster {
+		tag := presenceShardTag(b.cfg.Prefix, Shard(channel, b.cfg.Shards))
+		return tag + ":m:" + channel, tag + ":e:" + channel, tag + ":u:" + channel, tag + ":channels"
+	}
+	m, e, u := presenceChannelKeys(b.cfg.Prefix, channel)
+	return m, e, u, presenceNodeKey(b.cfg.Prefix, "channels")
+}
+
+// presenceIndexes are the indexes of channels with members: one, or one per shard in cluster mode.
+func (b *Broker) presenceIndexes() []string {
+	if b.cfg.Mode != ModeCluster {
+		return []string{presenceNodeKey(b.cfg.Prefix, "channels")}
+	}
+	out := make([]string, b.cfg.Shards)
+	for n := range out {
+		out[n] = presenceShardTag(b.cfg.Prefix, n) + ":channels"
+	}
+	return out
 }
 
 // userKey is the key a member counts under in its channel's users hash.
@@ -242,6 +278,22 @@ func (b *Broker) runScripts(ctx context.Context, queue func(p goredis.Pipeliner)
 	}
 }
 
+// inOrder runs the commands of first, then those of then, and returns then's: in one pipeline
+// on one server (commands run in the order sent), in two on a Redis Cluster, whose client sends
+// the commands of one pipeline to their slots' primaries at once. first failing, then is not run.
+func (b *Broker) inOrder(ctx context.Context, first, then func(p goredis.Pipeliner) []goredis.Cmder) ([]goredis.Cmder, error) {
+	if b.cfg.Mode != ModeCluster {
+		return b.runScripts(ctx, func(p goredis.Pipeliner) []goredis.Cmder {
+			first(p)
+			return then(p)
+		})
+	}
+	if _, err := b.runScripts(ctx, first); err != nil {
+		return nil, err
+	}
+	return b.runScripts(ctx, then)
+}
+
 func noScript(cmds []goredis.Cmder, err error) bool {
 	if goredis.HasErrorPrefix(err, "NOSCRIPT") {
 		return true
@@ -286,7 +338,6 @@ type joinArgs struct {
 // With register, the pipeline first registers the lease (the node's first Join).
 func (b *Broker) join(ctx context.Context, lease string, joins []joinArgs, register bool) ([]bool, error) {
 	own := presenceNodeKey(b.cfg.Prefix, "own:"+lease)
-	channels := presenceNodeKey(b.cfg.Prefix, "channels")
 	entries := make([]string, len(joins))
 	for i, j := range joins {
 		data, err := json.Marshal(j.m) // compact: no newline
@@ -295,17 +346,21 @@ func (b *Broker) join(ctx context.Context, lease string, joins []joinArgs, regis
 		}
 		entries[i] = lease + "\n" + string(data) + "\n" + userKey(j.m)
 	}
-	cmds, err := b.runScripts(ctx, func(p goredis.Pipeliner) []goredis.Cmder {
-		var cmds []goredis.Cmder
+	// The node's set first: a member recorded in a channel is always one its reaper can find
+	// (a stale set entry is harmless, the reap script checks the lease).
+	cmds, err := b.inOrder(ctx, func(p goredis.Pipeliner) []goredis.Cmder {
 		if register {
 			b.queueRegister(ctx, p, lease, "")
 		}
-		for i, j := range joins {
-			// The node's set first: a member recorded in a channel is always one its reaper
-			// can find (a stale set entry is harmless, the reap script checks the lease).
+		for _, j := range joins {
 			p.SAdd(ctx, own, ownEntry(j.channel, j.m.Session))
-			m, e, u := presenceChannelKeys(b.cfg.Prefix, j.channel)
-			cmds = append(cmds, joinScript.EvalSha(ctx, p, []string{m, e, u, channels}, j.channel, j.m.Session, entries[i], userKey(j.m)))
+		}
+		return nil
+	}, func(p goredis.Pipeliner) []goredis.Cmder {
+		var cmds []goredis.Cmder
+		for i, j := range joins {
+			m, e, u, index := b.presenceKeys(j.channel)
+			cmds = append(cmds, joinScript.EvalSha(ctx, p, []string{m, e, u, index}, j.channel, j.m.Session, entries[i], userKey(j.m)))
 		}
 		return cmds
 	})
@@ -331,12 +386,14 @@ func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, erro
 	defer p.leaseMu.RUnlock()
 	ctx, cancel := b.presenceCtx(ctx)
 	defer cancel()
-	m, e, u := presenceChannelKeys(b.cfg.Prefix, channel)
+	m, e, u, index := b.presenceKeys(channel)
 	var leave *goredis.Cmd
-	_, err := b.runScripts(ctx, func(pl goredis.Pipeliner) []goredis.Cmder {
-		leave = leaveScript.EvalSha(ctx, pl, []string{m, e, u, presenceNodeKey(b.cfg.Prefix, "channels")}, channel, session, "")
-		pl.SRem(ctx, presenceNodeKey(b.cfg.Prefix, "own:"+p.lease), ownEntry(channel, session))
+	_, err := b.inOrder(ctx, func(pl goredis.Pipeliner) []goredis.Cmder {
+		leave = leaveScript.EvalSha(ctx, pl, []string{m, e, u, index}, channel, session, "")
 		return []goredis.Cmder{leave}
+	}, func(pl goredis.Pipeliner) []goredis.Cmder {
+		pl.SRem(ctx, presenceNodeKey(b.cfg.Prefix, "own:"+p.lease), ownEntry(channel, session))
+		return nil
 	})
 	if err != nil {
 		// The node's truth is that the member left: out of its record (a re-recording does not
@@ -384,15 +441,19 @@ func (b *Broker) removeGone(ctx context.Context) {
 		}
 	}
 	p.mu.Unlock()
-	channels, own := presenceNodeKey(b.cfg.Prefix, "channels"), presenceNodeKey(b.cfg.Prefix, "own:"+p.lease)
-	_, err := b.runScripts(ctx, func(pl goredis.Pipeliner) []goredis.Cmder {
+	own := presenceNodeKey(b.cfg.Prefix, "own:"+p.lease)
+	_, err := b.inOrder(ctx, func(pl goredis.Pipeliner) []goredis.Cmder {
 		var cmds []goredis.Cmder
 		for _, e := range gone {
-			m, en, u := presenceChannelKeys(b.cfg.Prefix, e.channel)
-			cmds = append(cmds, leaveScript.EvalSha(ctx, pl, []string{m, en, u, channels}, e.channel, e.session, ""))
-			pl.SRem(ctx, own, ownEntry(e.channel, e.session))
+			m, en, u, index := b.presenceKeys(e.channel)
+			cmds = append(cmds, leaveScript.EvalSha(ctx, pl, []string{m, en, u, index}, e.channel, e.session, ""))
 		}
 		return cmds
+	}, func(pl goredis.Pipeliner) []goredis.Cmder {
+		for _, e := range gone {
+			pl.SRem(ctx, own, ownEntry(e.channel, e.session))
+		}
+		return nil
 	})
 	if err != nil {
 		if b.ctx.Err() == nil {
@@ -462,7 +523,7 @@ func (b *Broker) Members(ctx context.Context, channel, after string, limit int) 
 	limit = max(limit, 0)
 	ctx, cancel := b.presenceCtx(ctx)
 	defer cancel()
-	m, e, _ := presenceChannelKeys(b.cfg.Prefix, channel)
+	m, e, _, _ := b.presenceKeys(channel)
 	from := "-"
 	if after != "" {
 		from = "(" + after
@@ -513,7 +574,7 @@ func (b *Broker) stats(ctx context.Context, channels []string) ([]protocol.Prese
 	users := make([]*goredis.IntCmd, len(channels))
 	_, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for i, c := range channels {
-			m, _, u := presenceChannelKeys(b.cfg.Prefix, c)
+			m, _, u, _ := b.presenceKeys(c)
 			conns[i] = p.ZCard(ctx, m)
 			users[i] = p.HLen(ctx, u)
 		}
@@ -530,7 +591,8 @@ func (b *Broker) stats(ctx context.Context, channels []string) ([]protocol.Prese
 }
 
 // Channels implements transports.Presence: two round trips, ZRANGEBYLEX on the index of
-// channels (O(log C + limit)) and ZCARD and HLEN per channel returned.
+// channels (O(log C + limit)) and ZCARD and HLEN per channel returned. In cluster mode the
+// first is a ZRANGEBYLEX on each shard's index, pipelined, whose names are merged.
 func (b *Broker) Channels(ctx context.Context, prefix, after string, limit int) ([]protocol.ChannelStats, bool, error) {
 	if err := b.usable(); err != nil {
 		return nil, false, err
@@ -542,11 +604,24 @@ func (b *Broker) Channels(ctx context.Context, prefix, after string, limit int) 
 	if after != "" && after >= prefix {
 		from = "(" + after
 	}
-	names, err := b.client.ZRangeByLex(ctx, presenceNodeKey(b.cfg.Prefix, "channels"), &goredis.ZRangeBy{
-		Min: from, Max: "+", Count: int64(limit + 1),
-	}).Result()
+	indexes := b.presenceIndexes()
+	pages := make([]*goredis.StringSliceCmd, len(indexes))
+	_, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i, index := range indexes {
+			pages[i] = p.ZRangeByLex(ctx, index, &goredis.ZRangeBy{Min: from, Max: "+", Count: int64(limit + 1)})
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, false, b.wrap("presence channels", err)
+	}
+	var names []string
+	for _, page := range pages {
+		names = append(names, page.Val()...)
+	}
+	if len(pages) > 1 { // the limit+1 first of the merged pages, each sorted
+		slices.Sort(names)
+		names = names[:min(len(names), limit+1)]
 	}
 	// The names with prefix are contiguous in lex order: stop at the first without it.
 	for i, n := range names {
@@ -745,7 +820,6 @@ func (b *Broker) reap() {
 
 func (b *Broker) reapLease(ctx context.Context, lease string) error {
 	own := presenceNodeKey(b.cfg.Prefix, "own:"+lease)
-	channels := presenceNodeKey(b.cfg.Prefix, "channels")
 	for {
 		batch, err := b.client.SRandMemberN(ctx, own, reapBatch).Result()
 		if err != nil {
@@ -767,8 +841,8 @@ func (b *Broker) reapLease(ctx context.Context, lease string) error {
 				if !ok {
 					continue
 				}
-				m, e, u := presenceChannelKeys(b.cfg.Prefix, c)
-				cmd := leaveScript.EvalSha(ctx, pl, []string{m, e, u, channels}, c, s, lease)
+				m, e, u, index := b.presenceKeys(c)
+				cmd := leaveScript.EvalSha(ctx, pl, []string{m, e, u, index}, c, s, lease)
 				rs = append(rs, reaped{c, cmd})
 				cmds = append(cmds, cmd)
 			}

@@ -28,18 +28,26 @@ const (
 // (entries routed by their channel field), started by the first channel Subscribe, and one
 // reader per other topic subscribed in fan-out mode (direct, ...). Readers stop on Close.
 //
+// On a Redis Cluster each shard stream has an XREAD loop of its own (see parts): one XREAD may
+// name keys of one hash slot only, and every shard stream is in a slot of its own. The cluster
+// client sends each to the primary of its slot, so a node holds Shards blocked connections
+// spread over the primaries, and a moved slot or a failover is followed by the client (MOVED,
+// then a reload of the slot map) without anything to re-plan here.
+//
 // The reader uses go-redis directly rather than redisstream's fan-out subscriber: that one reads
 // one stream per goroutine with COUNT 1 (a round trip per message and per subscription) and does
 // not expose the entry id, which is the message's position. One XREAD over every shard stream,
 // COUNT ReadCount, costs a node one round trip per batch for all its channels.
 type reader struct {
 	b        *Broker
-	keys     []string        // streams read
-	epochs   []string        // Epoch of the positions of each stream
-	index    map[string]int  // key -> position in keys
-	channels bool            // route by the channel field; else every entry to every subscription
-	ids      []string        // id after which the next XREAD reads each stream; owned by run
-	warned   map[string]bool // channels of misplaced entries already logged; owned by run
+	keys     []string       // streams read
+	epochs   []string       // Epoch of the positions of each stream
+	index    map[string]int // key -> position in keys
+	channels bool           // route by the channel field; else every entry to every subscription
+	ids      []string       // id after which the next XREAD reads each stream; ids[i] owned by the run of i
+
+	warnMu sync.Mutex
+	warned map[string]bool // channels of misplaced entries already logged
 
 	mu   sync.Mutex
 	subs map[string][]*subscription // channel (or "") -> subscriptions; slices are copy-on-write
@@ -86,16 +94,38 @@ func (r *reader) lookup(key string) []*subscription {
 	return r.subs[key]
 }
 
-// run is the XREAD loop. Errors (broker down, restarting) back off exponentially; go-redis
-// reconnects by itself on the next call.
-func (r *reader) run() {
+// parts are the sets of streams read by one XREAD loop each: all of them, or on a Redis
+// Cluster one stream per loop.
+func (r *reader) parts() [][]int {
+	all := make([]int, len(r.keys))
+	for i := range all {
+		all[i] = i
+	}
+	if r.b.cfg.Mode != ModeCluster {
+		return [][]int{all}
+	}
+	out := make([][]int, len(all))
+	for i := range all {
+		out[i] = all[i : i+1]
+	}
+	return out
+}
+
+// run is the XREAD loop of the streams part. Errors (broker down, restarting, a slot moving)
+// back off exponentially; go-redis reconnects by itself on the next call.
+func (r *reader) run(part []int) {
 	defer r.b.wg.Done()
-	n := len(r.keys)
+	n := len(part)
 	args := &goredis.XReadArgs{Streams: make([]string, 2*n), Count: r.b.cfg.ReadCount, Block: r.b.cfg.BlockTimeout}
-	copy(args.Streams, r.keys)
+	for j, i := range part {
+		args.Streams[j] = r.keys[i]
+	}
+	first := r.keys[part[0]]
 	fails := 0
 	for {
-		copy(args.Streams[n:], r.ids)
+		for j, i := range part {
+			args.Streams[n+j] = r.ids[i]
+		}
 		res, err := r.b.client.XRead(r.b.ctx, args).Result()
 		if r.b.ctx.Err() != nil {
 			return
@@ -108,7 +138,7 @@ func (r *reader) run() {
 				level = slog.LevelWarn
 			}
 			r.b.logger.Log(r.b.ctx, level, "redis: reading streams failed, retrying",
-				"stream", r.keys[0], "streams", n, "error", err, "retry_in", delay, "failures", fails)
+				"stream", first, "streams", n, "error", err, "retry_in", delay, "failures", fails)
 			t := time.NewTimer(delay)
 			select {
 			case <-t.C:
@@ -125,7 +155,7 @@ func (r *reader) run() {
 			}
 		}
 		if fails > 0 {
-			r.b.logger.Info("redis: reading streams again", "stream", r.keys[0], "streams", n, "failures", fails)
+			r.b.logger.Info("redis: reading streams again", "stream", first, "streams", n, "failures", fails)
 			fails = 0
 		}
 		if len(check) > 0 {
@@ -233,6 +263,8 @@ func (r *reader) dispatch(xs goredis.XStream) {
 // to: Replay looks for a channel's messages on its own shard only, so they are not delivered
 // either (a service computed the shard wrongly, or runs with another Shards setting).
 func (r *reader) misplaced(channel string, shard int) {
+	r.warnMu.Lock()
+	defer r.warnMu.Unlock()
 	if r.warned == nil {
 		r.warned = map[string]bool{}
 	}

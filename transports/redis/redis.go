@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -81,12 +82,17 @@ func New(cfg Config, logger *slog.Logger) (*Broker, error) {
 }
 
 // NewFromClient uses an existing client, which Close leaves open; cfg's Mode, Addr, Password,
-// DB and Sentinel settings are ignored. Enable the client's ContextTimeoutEnabled so that
+// DB, Sentinel and cluster settings are ignored: a *goredis.ClusterClient makes the broker work
+// as in ModeCluster, any other client as on one server. Enable the client's ContextTimeoutEnabled so that
 // Timeout bounds socket I/O too; with MinReplicas, its ReadTimeout must be at least Timeout (a
 // publish's WAIT lasts nearly Timeout). Like New it starts nothing until Start.
 func NewFromClient(client goredis.UniversalClient, cfg Config, logger *slog.Logger) (*Broker, error) {
 	if client == nil {
 		return nil, errors.New("redis: nil client")
+	}
+	cfg.Mode, cfg.DB = ModeSingle, 0
+	if cluster, ok := client.(*goredis.ClusterClient); ok {
+		cfg.Mode, cfg.ClusterAddrs = ModeCluster, cluster.Options().Addrs
 	}
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -138,7 +144,10 @@ func (b *Broker) Start(context.Context) error {
 
 // NewClient returns the go-redis client the broker makes for cfg: a plain client in ModeSingle,
 // a failover client in ModeSentinel, which asks the Sentinels for the primary and again after
-// a failover. The gateway's Redis dedupe store uses it too. It connects on first use; cfg is
+// a failover, a cluster client in ModeCluster, which routes each command to the primary of its
+// key's slot, follows MOVED and ASK, and reloads the slot map after a failover; its pool per
+// cluster node has room for the shard readers' blocked XREADs besides the default 10 per CPU.
+// The gateway's Redis dedupe store uses it too. It connects on first use; cfg is
 // expected to be valid (Config.Check). Close it when done.
 func NewClient(cfg Config) goredis.UniversalClient {
 	opts := &goredis.UniversalOptions{
@@ -156,9 +165,14 @@ func NewClient(cfg Config) goredis.UniversalClient {
 		// (MinReplicas) may take nearly Timeout.
 		ReadTimeout: max(cfg.Timeout, 5*time.Second),
 	}
-	if cfg.Mode == ModeSentinel {
+	switch cfg.Mode {
+	case ModeSentinel:
 		opts.Addrs, opts.MasterName, opts.SentinelPassword = cfg.SentinelAddrs, cfg.MasterName, cfg.SentinelPassword
 		return goredis.NewFailoverClient(opts.Failover())
+	case ModeCluster:
+		opts.Addrs = cfg.ClusterAddrs
+		opts.PoolSize = 10*runtime.GOMAXPROCS(0) + cfg.Shards
+		return goredis.NewClusterClient(opts.Cluster())
 	}
 	return goredis.NewClient(opts.Simple())
 }
@@ -270,25 +284,45 @@ func (b *Broker) PublishPositions(topic string, msgs ...*message.Message) ([]pro
 // counts the replicas that acknowledged this connection's writes so far, waiting up to half of
 // Timeout: fewer than MinReplicas then fails the publish (ErrUnavailable), though the entries
 // are on the primary.
+//
+// On a Redis Cluster, WAIT counts the replicas of the primary the connection is on, so the
+// pipeline goes to the primary of the stream's slot through its own client. When every XADD was
+// redirected (ASK: the slot is being migrated and the stream has moved; MOVED: the slot has
+// moved), none was added: the pipeline is sent again after a short pause (and a reload of the
+// slot map after MOVED), until Timeout. Without MinReplicas the cluster client follows the
+// redirections itself.
 func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	defer cancel()
 	xadds := make([]*goredis.StringCmd, len(msgs))
 	var wait *goredis.Cmd
-	_, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		for i, m := range msgs {
-			xadds[i] = p.XAdd(ctx, &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)})
+	var client goredis.Cmdable = b.client
+	cluster, _ := b.client.(*goredis.ClusterClient)
+	for try := 0; ; try++ {
+		if cluster != nil && b.cfg.MinReplicas > 0 {
+			primary, err := cluster.MasterForKey(ctx, rt.key)
+			if err != nil {
+				return nil, b.wrap("publish to "+rt.key, err)
+			}
+			client = primary
 		}
-		if b.cfg.MinReplicas > 0 {
-			// Half of Timeout, so that WAIT's answer (Redis ends the wait on its own clock,
-			// which ticks coarsely) arrives before our deadline; 0 would wait for ever.
-			ms := max(b.cfg.Timeout/2, time.Millisecond).Milliseconds()
-			wait = p.Do(ctx, "WAIT", b.cfg.MinReplicas, ms)
+		err := b.pipelineAdd(ctx, client, rt, msgs, xadds, &wait)
+		if err != nil && cluster != nil && redirected(xadds) {
+			if goredis.HasErrorPrefix(err, "MOVED") {
+				cluster.ReloadState(ctx)
+			}
+			t := time.NewTimer(min(time.Millisecond<<min(try, 7), 100*time.Millisecond))
+			select {
+			case <-t.C:
+				continue
+			case <-ctx.Done():
+				t.Stop()
+			}
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, b.wrap("publish to "+rt.key, err)
+		if err != nil {
+			return nil, b.wrap("publish to "+rt.key, err)
+		}
+		break
 	}
 	if wait != nil {
 		if n, _ := wait.Int64(); n < int64(b.cfg.MinReplicas) {
@@ -301,6 +335,34 @@ func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
 		ids[i] = c.Val()
 	}
 	return ids, nil
+}
+
+// redirected reports whether every command of cmds was answered MOVED or ASK: none ran.
+func redirected(cmds []*goredis.StringCmd) bool {
+	for _, c := range cmds {
+		if err := c.Err(); !goredis.HasErrorPrefix(err, "MOVED") && !goredis.HasErrorPrefix(err, "ASK") {
+			return false
+		}
+	}
+	return true
+}
+
+// pipelineAdd sends add's pipeline (the XADDs, and WAIT with MinReplicas) on client.
+func (b *Broker) pipelineAdd(ctx context.Context, client goredis.Cmdable, rt route, msgs []*message.Message, xadds []*goredis.StringCmd, wait **goredis.Cmd) error {
+	*wait = nil
+	_, err := client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i, m := range msgs {
+			xadds[i] = p.XAdd(ctx, &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)})
+		}
+		if b.cfg.MinReplicas > 0 {
+			// Half of Timeout, so that WAIT's answer (Redis ends the wait on its own clock,
+			// which ticks coarsely) arrives before our deadline; 0 would wait for ever.
+			ms := max(b.cfg.Timeout/2, time.Millisecond).Milliseconds()
+			*wait = p.Do(ctx, "WAIT", b.cfg.MinReplicas, ms)
+		}
+		return nil
+	})
+	return err
 }
 
 // Subscribe implements transports.Broker. Channel topics are served by the node's channel
@@ -377,8 +439,10 @@ func (b *Broker) readerFor(rt route) (*reader, error) {
 		return nil, transports.ErrClosed
 	}
 	b.readers[name] = r
-	b.wg.Add(1)
-	go r.run()
+	for _, part := range r.parts() {
+		b.wg.Add(1)
+		go r.run(part)
+	}
 	return r, nil
 }
 
@@ -605,7 +669,7 @@ func unavailable(err error) bool {
 		return true // network error, timeout, full pool
 	}
 	msg := rerr.Error()
-	for _, p := range []string{"LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "OOM", "BUSY ", "NOAUTH", "WRONGPASS", "NOPERM"} {
+	for _, p := range []string{"LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "OOM", "BUSY ", "NOAUTH", "WRONGPASS", "NOPERM", "MOVED", "ASK"} {
 		if strings.HasPrefix(msg, p) {
 			return true
 		}
