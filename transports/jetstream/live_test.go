@@ -211,4 +211,3 @@ func checkPayloads(t *testing.T, msgs []*message.Message, want ...string) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
-
