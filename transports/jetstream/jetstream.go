@@ -10,14 +10,16 @@
 //	core subject P.hooks                                       TopicHooks (queue group per group, nothing kept)
 //	core subject P.replies                                     TopicReplies (fan-out, nothing kept)
 //	subject P.ch.SafeName(channel)                             one channel topic
+//	core subject P.live.SafeName(channel)                      the channel stream's RePublish of it
 //	KV bucket SafeName(P)_presence                             presence (presence.go)
 //	KV bucket SafeName(P)_control                              control records (control.go)
 //
 // Publishing goes through watermill-nats (pkg/nats, JetStream on, auto-provisioning off: the
 // streams are created by the broker, and every publish carries Nats-Msg-Id = the message UUID so
-// the stream drops a retried duplicate). A node reads a channel's subject only while it has a local
-// subscriber, through an ordered consumer filtered on that subject; services compete through a
-// durable consumer per group. docs/brokers/jetstream.md describes the names, the encoding, the cost
+// the stream drops a retried duplicate). A node reads a channel only while it has a local
+// subscriber, through a core NATS subscription on the stream's republication of it, and reads
+// the stream itself only to fill a gap (live.go); services compete through a durable consumer per
+// group. docs/brokers/jetstream.md describes the names, the encoding, the cost
 // of a message and what is left on the broker.
 package jetstream
 
@@ -80,7 +82,8 @@ type Config struct {
 	PublishTimeout time.Duration
 	// AckWait is how long a service group's consumer waits for an ack before redelivering.
 	AckWait time.Duration
-	// Heartbeat is the idle heartbeat of a channel subscription's consumer: a subscription whose
+	// Heartbeat is the idle heartbeat of the consumer of a plain (not group) Subscribe on
+	// TopicInbound or TopicEvents (channels have no consumer): a subscription whose
 	// consumer vanished (broker restart) is recreated after two missed heartbeats.
 	Heartbeat time.Duration
 	// ReconnectWait is the first delay between reconnect attempts; it doubles up to

@@ -19,10 +19,11 @@ import (
 
 // Subscribe implements transports.Broker.
 //
-// On a stream (channel topics, TopicInbound, TopicEvents) it creates, before returning, an
-// ordered consumer filtered on the topic's subject that starts after the stream's last message;
-// it is deleted when ctx ends and expires by itself (InactiveThreshold) if the node dies. On
-// TopicDirect it is a core NATS subscription, flushed before returning.
+// A channel topic goes through SubscribeFunc (live.go). On TopicInbound and TopicEvents it
+// creates, before returning, an ordered consumer filtered on the topic's subject that starts
+// after the stream's last message; it is deleted when ctx ends and expires by itself
+// (InactiveThreshold) if the node dies. On TopicDirect it is a core NATS subscription, flushed
+// before returning.
 func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	if protocol.IsChannelTopic(topic) {
 		return transports.SubscribeChan(ctx, b, topic)
@@ -225,7 +226,7 @@ func (s *sub) deliver(ctx context.Context, m *message.Message, local bool) bool 
 	}
 }
 
-// Fan-out on a stream: an ordered consumer of the nats.go jetstream package, not the watermill
+// Fan-out on TopicInbound and TopicEvents: an ordered consumer of the nats.go jetstream package, not the watermill
 // adapter. The adapter's JetStream subscriber is nats.go's older push API, whose ordered consumer,
 // when it is recreated (broker restart, missed heartbeats) before it delivered a first message,
 // starts again at stream sequence 1 and so replays the channel's whole history to a live
