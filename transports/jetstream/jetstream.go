@@ -188,12 +188,13 @@ type Broker struct {
 	channels, inbound string // stream names
 	codec             *codec
 
-	ready   atomic.Bool // both streams exist
-	kick    chan struct{}
-	lineMu  sync.Mutex
-	epochs  map[string]streamEpoch   // stream name -> what the node last saw of it
-	lineage map[string]chan struct{} // stream name -> closed when the stream was found recreated
-	spans   map[string]time.Duration // stream name -> retentionSpan of its last info
+	ready    atomic.Bool // both streams exist
+	kick     chan struct{}
+	lineMu   sync.Mutex
+	epochs   map[string]streamEpoch   // stream name -> what the node last saw of it
+	lineage  map[string]chan struct{} // stream name -> closed when the stream was found recreated
+	spans    map[string]time.Duration // stream name -> retentionSpan of its last info
+	chStream jetstream.Stream         // the channel stream's handle, once fetched (live.go)
 
 	// Channel subscriptions (live.go): core NATS subscriptions on the republished subjects that
 	// share fan, read by the dispatcher.

@@ -131,21 +131,34 @@ func (b *Broker) subscribeLive(ctx context.Context, topic, channel string, deliv
 		return err
 	}
 	// The SUB reaches the server before the channel's last message is read: every message
-	// stored after that read is republished to this subscription.
-	rctx, rcancel := context.WithTimeout(ls.ctx, b.cfg.PublishTimeout)
-	defer rcancel()
-	if err := b.nc.FlushWithContext(rctx); err != nil {
-		return fail(unavailable("subscribe", err))
+	// stored after that read is republished to this subscription. The requests run on a
+	// goroutine of their own, which ends with them: decoding their answers needs a deeper stack
+	// than the caller's (a connection's goroutine) would otherwise keep for as long as it lives.
+	type start struct {
+		epoch string
+		last  uint64
+		err   error
 	}
-	s, err := b.js.Stream(rctx, b.channels)
-	if err != nil {
-		return fail(unavailable("subscribe", err))
+	started := make(chan start, 1)
+	go func() {
+		var st start
+		defer func() { started <- st }()
+		ctx, cancel := context.WithTimeout(ls.ctx, b.cfg.PublishTimeout)
+		defer cancel()
+		if st.err = b.nc.FlushWithContext(ctx); st.err != nil {
+			return
+		}
+		var s jetstream.Stream
+		if s, st.epoch, st.err = b.channelStream(ctx); st.err != nil {
+			return
+		}
+		st.last, st.err = lastOf(ctx, s, subject)
+	}()
+	st := <-started
+	if st.err != nil {
+		return fail(unavailable("subscribe", st.err))
 	}
-	epoch := b.noteStream(s.CachedInfo())
-	last, err := lastOf(rctx, s, subject)
-	if err != nil {
-		return fail(unavailable("subscribe", err))
-	}
+	epoch, last := st.epoch, st.last
 	ls.mu.Lock()
 	ls.epoch, ls.last = epoch, last
 	catchUp := ls.want > last // republished after the read, before the subscription was set
@@ -162,6 +175,27 @@ func (b *Broker) subscribeLive(ctx context.Context, topic, channel string, deliv
 		b.goCatchUp(ls)
 	}
 	return nil
+}
+
+// channelStream is the channel stream and its epoch as the node knows them (a stream info the
+// first time only): a subscription does not need a fresh stream info, since a recreated stream
+// is found by the keeper and its subscriptions then restart on it (probe).
+func (b *Broker) channelStream(ctx context.Context) (jetstream.Stream, string, error) {
+	b.lineMu.Lock()
+	s, epoch := b.chStream, b.epochs[b.channels].epoch
+	b.lineMu.Unlock()
+	if s != nil && epoch != "" {
+		return s, epoch, nil
+	}
+	s, err := b.js.Stream(ctx, b.channels)
+	if err != nil {
+		return nil, "", err
+	}
+	epoch = b.noteStream(s.CachedInfo())
+	b.lineMu.Lock()
+	b.chStream = s // its methods name the stream, whatever its lineage
+	b.lineMu.Unlock()
+	return s, epoch, nil
 }
 
 // lastOf is the stream sequence of subject's last message in s, 0 when it has none.
