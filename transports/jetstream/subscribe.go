@@ -226,11 +226,11 @@ func (s *sub) deliver(ctx context.Context, m *message.Message, local bool) bool 
 	}
 }
 
-// Fan-out on TopicInbound and TopicEvents: an ordered consumer of the nats.go jetstream package, not the watermill
-// adapter. The adapter's JetStream subscriber is nats.go's older push API, whose ordered consumer,
-// when it is recreated (broker restart, missed heartbeats) before it delivered a first message,
-// starts again at stream sequence 1 and so replays the channel's whole history to a live
-// subscriber; a plain ephemeral push consumer does not come back after a broker restart at all.
+// Fan-out on TopicInbound and TopicEvents: an ordered consumer of the nats.go jetstream package,
+// not the watermill adapter. The adapter's JetStream subscriber is nats.go's older push API, whose
+// ordered consumer, when it is recreated (broker restart, missed heartbeats) before it delivered a
+// first message, starts again at stream sequence 1 and so replays the topic's whole history to a
+// live subscriber; a plain ephemeral push consumer does not come back after a broker restart.
 
 type orderedUp struct {
 	ctx    context.Context // ends with stop
