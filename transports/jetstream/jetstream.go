@@ -544,7 +544,7 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 			cfg.RePublish = sc.RePublish
 			if s, err = b.js.UpdateStream(ctx, cfg); err != nil {
 				b.ready.Store(false)
-				return fmt.Errorf("stream %s does not republish on %s and cannot be updated to (nats-server before 2.10 cannot add RePublish to a stream: remove the stream, or upgrade the server): %w",
+				return fmt.Errorf("stream %s does not republish on %s and the server refused to add it (nats-server before 2.10 cannot change a stream's RePublish: remove the stream once, which drops its history, or upgrade the server): %w",
 					sc.Name, sc.RePublish.Destination, err)
 			}
 		}

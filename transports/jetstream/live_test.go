@@ -2,6 +2,7 @@ package jetstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsgateway/gateway/protocol"
+	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
@@ -215,5 +217,43 @@ func checkPayloads(t *testing.T, msgs []*message.Message, want ...string) {
 	}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+// TestLiveStreamNotUpgradable: on a nats-server before 2.10 (the machine's, on 127.0.0.1:4222),
+// which cannot add a RePublish to an existing stream, a node facing a channel stream without it
+// stays not ready and says why, rather than subscribe to channels it would never hear from.
+func TestLiveStreamNotUpgradable(t *testing.T) {
+	const url = "nats://127.0.0.1:4222"
+	nc, err := nats.Connect(url, nats.Timeout(200*time.Millisecond))
+	if err != nil {
+		t.Skip("no nats-server on 127.0.0.1:4222")
+	}
+	defer nc.Close()
+	if !strings.HasPrefix(nc.ConnectedServerVersion(), "2.9.") && !strings.HasPrefix(nc.ConnectedServerVersion(), "2.8.") {
+		t.Skipf("nats-server %s can add a RePublish (TestLiveStreamUpgraded)", nc.ConnectedServerVersion())
+	}
+	js, _ := jetstream.New(nc)
+	prefix := transporttest.Prefix(t)
+	dropStreams(t, url, prefix)
+	cfg := testConfig(url, prefix)
+	probe, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := probe.streamConfigs()[0]
+	sc.RePublish = nil
+	if _, err := js.CreateStream(t.Context(), sc); err != nil {
+		t.Skipf("no JetStream on 127.0.0.1:4222: %v", err)
+	}
+	n := newNode(t, cfg)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	err = n.ensureStreams(ctx)
+	if err == nil || !strings.Contains(err.Error(), "does not republish") {
+		t.Fatalf("provisioning a stream without RePublish on nats-server %s: %v", nc.ConnectedServerVersion(), err)
+	}
+	if err := n.Ping(t.Context()); !errors.Is(err, transports.ErrUnavailable) {
+		t.Fatalf("Ping: %v, want unavailable", err)
 	}
 }
