@@ -575,8 +575,14 @@ func (b *Broker) checkStreams(ctx context.Context) error {
 			return fmt.Errorf("stream %s: %w", name, err)
 		}
 		if name == b.channels && !b.republishes(s.CachedInfo().Config) {
+			// Someone took it away (a node of an earlier build updating the stream to its own
+			// settings): messages stored meanwhile were not republished.
 			b.log.Warn("jetstream: stream does not republish its messages anymore, updating it", "stream", name)
-			return b.ensureStreams(ctx)
+			if err := b.ensureStreams(ctx); err != nil {
+				return err
+			}
+			b.goProbeAll()
+			return nil
 		}
 		b.noteStream(s.CachedInfo())
 	}

@@ -257,3 +257,36 @@ func TestLiveStreamNotUpgradable(t *testing.T) {
 		t.Fatalf("Ping: %v, want unavailable", err)
 	}
 }
+
+// TestLiveRePublishRemoved: when the channel stream loses its RePublish (a node of an earlier
+// build updated it to its own settings), the node puts it back at its next check and reads what
+// was stored meanwhile from the stream.
+func TestLiveRePublishRemoved(t *testing.T) {
+	br := startBroker(t)
+	cfg := testConfig(br.url(), transporttest.Prefix(t))
+	cfg.CheckInterval = 100 * time.Millisecond
+	n := newNode(t, cfg)
+	topic := protocol.ChannelTopic("removed")
+	ch, err := n.Subscribe(t.Context(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(br.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	sc := n.streamConfigs()[0]
+	sc.RePublish = nil
+	if _, err := js.UpdateStream(t.Context(), sc); err != nil {
+		t.Fatal(err)
+	}
+	// Straight into the stream, so that the publish cannot wait for the RePublish to come back.
+	if _, err := js.Publish(t.Context(), cfg.Prefix+".ch.removed", []byte("while-removed")); err != nil {
+		t.Fatal(err)
+	}
+	checkPayloads(t, transporttest.Receive(t, ch, 1, wait), "while-removed")
+	publishN(t, n, topic, "after", 1)
+	checkPayloads(t, transporttest.Receive(t, ch, 1, wait), "after0")
+}
