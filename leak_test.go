@@ -38,9 +38,9 @@ const (
 // with history keeps its state until the history expires; that is tested in transports/memory).
 // leakNamesRace is the names per round under the race detector, which makes subscribing
 // several times slower: a quarter of leakNames, and fewer on the brokers where subscribing a
-// channel costs a round trip to the broker that the others do not make (JetStream makes a
-// consumer per channel subscription, Kafka asks for the partition's high watermark), so that each
-// broker's test stays well under a minute. The tolerance is the same, so a leak must be larger
+// channel costs a round trip to the broker that the others do not make (JetStream reads the
+// channel's last message, Kafka asks for the partition's high watermark), so that each broker's
+// test stays well under a minute. The tolerance is the same, so a leak must be larger
 // per name to show: memory's still does. Without -race (scripts/test.sh runs it so) every broker
 // gets the full leakNames.
 var leakNamesRace = map[string]int{"jetstream": 750, "kafka": 2500}

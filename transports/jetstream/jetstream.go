@@ -10,14 +10,16 @@
 //	core subject P.hooks                                       TopicHooks (queue group per group, nothing kept)
 //	core subject P.replies                                     TopicReplies (fan-out, nothing kept)
 //	subject P.ch.SafeName(channel)                             one channel topic
+//	core subject P.live.SafeName(channel)                      the channel stream's RePublish of it
 //	KV bucket SafeName(P)_presence                             presence (presence.go)
 //	KV bucket SafeName(P)_control                              control records (control.go)
 //
 // Publishing goes through watermill-nats (pkg/nats, JetStream on, auto-provisioning off: the
 // streams are created by the broker, and every publish carries Nats-Msg-Id = the message UUID so
-// the stream drops a retried duplicate). A node reads a channel's subject only while it has a local
-// subscriber, through an ordered consumer filtered on that subject; services compete through a
-// durable consumer per group. docs/brokers/jetstream.md describes the names, the encoding, the cost
+// the stream drops a retried duplicate). A node reads a channel only while it has a local
+// subscriber, through a core NATS subscription on the stream's republication of it, and reads
+// the stream itself only to fill a gap (live.go); services compete through a durable consumer per
+// group. docs/brokers/jetstream.md describes the names, the encoding, the cost
 // of a message and what is left on the broker.
 package jetstream
 
@@ -80,7 +82,8 @@ type Config struct {
 	PublishTimeout time.Duration
 	// AckWait is how long a service group's consumer waits for an ack before redelivering.
 	AckWait time.Duration
-	// Heartbeat is the idle heartbeat of a channel subscription's consumer: a subscription whose
+	// Heartbeat is the idle heartbeat of the consumer of a plain (not group) Subscribe on
+	// TopicInbound or TopicEvents (channels have no consumer): a subscription whose
 	// consumer vanished (broker restart) is recreated after two missed heartbeats.
 	Heartbeat time.Duration
 	// ReconnectWait is the first delay between reconnect attempts; it doubles up to
@@ -185,12 +188,22 @@ type Broker struct {
 	channels, inbound string // stream names
 	codec             *codec
 
-	ready   atomic.Bool // both streams exist
-	kick    chan struct{}
-	lineMu  sync.Mutex
-	epochs  map[string]streamEpoch   // stream name -> what the node last saw of it
-	lineage map[string]chan struct{} // stream name -> closed when the stream was found recreated
-	spans   map[string]time.Duration // stream name -> retentionSpan of its last info
+	ready    atomic.Bool // both streams exist
+	kick     chan struct{}
+	lineMu   sync.Mutex
+	epochs   map[string]streamEpoch   // stream name -> what the node last saw of it
+	lineage  map[string]chan struct{} // stream name -> closed when the stream was found recreated
+	spans    map[string]time.Duration // stream name -> retentionSpan of its last info
+	chStream jetstream.Stream         // the channel stream's handle, once fetched (live.go)
+
+	// Channel subscriptions (live.go): core NATS subscriptions on the republished subjects that
+	// share fan, read by the dispatcher.
+	fan    chan *nats.Msg
+	liveMu sync.Mutex
+	live   map[*nats.Subscription]*liveSub
+	// dropLive, in tests, drops republished messages before the dispatcher sees them (as core
+	// NATS does while the node is disconnected).
+	dropLive func(*nats.Msg) bool
 
 	id string   // the node id of the presence lease: Config.Name or a random id
 	pr presence // presence.go
@@ -251,6 +264,8 @@ func newBroker(cfg Config, logger *slog.Logger) *Broker {
 		epochs:   map[string]streamEpoch{},
 		lineage:  map[string]chan struct{}{},
 		spans:    map[string]time.Duration{},
+		fan:      make(chan *nats.Msg, nats.DefaultMaxChanLen),
+		live:     map[*nats.Subscription]*liveSub{},
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -288,15 +303,25 @@ func (b *Broker) Start(ctx context.Context) error {
 		return nil
 	}
 	if nc := b.given; nc != nil {
-		prev := nc.Opts.ReconnectedCB
+		prev, prevErr := nc.Opts.ReconnectedCB, nc.Opts.AsyncErrorCB
 		nc.SetReconnectHandler(func(c *nats.Conn) {
 			if prev != nil {
 				prev(c)
 			}
 			b.onConnect(c, "reconnected")
 		})
+		nc.SetErrorHandler(func(c *nats.Conn, sub *nats.Subscription, err error) {
+			if prevErr != nil {
+				prevErr(c, sub, err)
+			}
+			if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
+				b.slowConsumer(sub)
+			}
+		})
 		if err := b.start(ctx, nc, false); err != nil {
-			nc.SetReconnectHandler(prev) // the caller's connection, as it was
+			// the caller's connection, as it was
+			nc.SetReconnectHandler(prev)
+			nc.SetErrorHandler(prevErr)
 			return err
 		}
 		return nil
@@ -312,6 +337,11 @@ func (b *Broker) Start(ctx context.Context) error {
 		nats.MaxPingsOutstanding(3),
 		nats.ConnectHandler(func(c *nats.Conn) { b.onConnect(c, "connected") }),
 		nats.ReconnectHandler(func(c *nats.Conn) { b.onConnect(c, "reconnected") }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
+				b.slowConsumer(sub) // nats.go dropped republished messages of a channel
+			}
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if b.ctx.Err() == nil {
 				b.log.Warn("jetstream: disconnected from nats", "error", err)
@@ -371,8 +401,9 @@ func (b *Broker) start(ctx context.Context, nc *nats.Conn, owns bool) error {
 	if b.closed() { // Close waits for Start, but Close's cancel comes first
 		return transports.ErrClosed
 	}
-	b.wg.Add(4)
+	b.wg.Add(5)
 	b.started.Store(true)
+	go b.dispatch()
 	go b.keep()
 	go b.renewLoop()
 	go b.reapLoop()
@@ -397,6 +428,9 @@ func (b *Broker) onConnect(nc *nats.Conn, what string) {
 	}
 	b.log.Info("jetstream: "+what+" to nats", "url", nc.ConnectedUrlRedacted())
 	b.signal()
+	if what == "reconnected" && b.started.Load() {
+		b.goProbeAll() // what was republished while disconnected is lost: read it from the stream
+	}
 }
 
 func (b *Broker) signal() {
@@ -475,6 +509,7 @@ func (b *Broker) streamConfigs() []jetstream.StreamConfig {
 	ch, in := base, base
 	ch.Name, ch.Subjects = b.channels, []string{b.cfg.Prefix + ".ch.>"}
 	ch.Description = "wsgateway channel topics of prefix " + b.cfg.Prefix
+	ch.RePublish = b.rePublish() // what nodes read (live.go)
 	in.Name, in.Subjects = b.inbound, []string{b.subjectInbound(), b.subjectEvents()}
 	in.Description = "wsgateway service topics of prefix " + b.cfg.Prefix
 	return []jetstream.StreamConfig{ch, in}
@@ -503,6 +538,16 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 			}
 			b.log.Warn("jetstream: stream exists with other settings, using it as it is", "stream", sc.Name, "error", apiErr)
 		}
+		if sc.RePublish != nil && !b.republishes(s.CachedInfo().Config) {
+			// Channel subscriptions need the RePublish: add it to the stream as it is.
+			cfg := s.CachedInfo().Config
+			cfg.RePublish = sc.RePublish
+			if s, err = b.js.UpdateStream(ctx, cfg); err != nil {
+				b.ready.Store(false)
+				return fmt.Errorf("stream %s does not republish on %s and the server refused to add it (nats-server before 2.10 cannot change a stream's RePublish: remove the stream once, which drops its history, or upgrade the server): %w",
+					sc.Name, sc.RePublish.Destination, err)
+			}
+		}
 		b.noteStream(s.CachedInfo())
 	}
 	// The presence bucket belongs to what must exist before the broker is ready: a node whose
@@ -528,6 +573,16 @@ func (b *Broker) checkStreams(ctx context.Context) error {
 		}
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", name, err)
+		}
+		if name == b.channels && !b.republishes(s.CachedInfo().Config) {
+			// Someone took it away (a node of an earlier build updating the stream to its own
+			// settings): messages stored meanwhile were not republished.
+			b.log.Warn("jetstream: stream does not republish its messages anymore, updating it", "stream", name)
+			if err := b.ensureStreams(ctx); err != nil {
+				return err
+			}
+			b.goProbeAll()
+			return nil
 		}
 		b.noteStream(s.CachedInfo())
 	}

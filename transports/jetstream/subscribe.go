@@ -13,17 +13,66 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 )
 
 // Subscribe implements transports.Broker.
 //
-// On a stream (channel topics, TopicInbound, TopicEvents) it creates, before returning, an
-// ordered consumer filtered on the topic's subject that starts after the stream's last message;
-// it is deleted when ctx ends and expires by itself (InactiveThreshold) if the node dies. On
-// TopicDirect it is a core NATS subscription, flushed before returning.
+// A channel topic goes through SubscribeFunc (live.go). On TopicInbound and TopicEvents it
+// creates, before returning, an ordered consumer filtered on the topic's subject that starts
+// after the stream's last message; it is deleted when ctx ends and expires by itself
+// (InactiveThreshold) if the node dies. On TopicDirect it is a core NATS subscription, flushed
+// before returning.
 func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if protocol.IsChannelTopic(topic) {
+		return transports.SubscribeChan(ctx, b, topic)
+	}
 	return b.subscribe(ctx, topic, "")
+}
+
+var _ transports.FuncSubscriber = (*Broker)(nil)
+
+// SubscribeFunc implements transports.FuncSubscriber. A channel topic is read through the
+// stream's republication (live.go): an idle subscription holds no goroutine and no consumer.
+// Other topics go through Subscribe, with a goroutine that hands its messages to deliver.
+func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
+	if ch, ok := protocol.ChannelOf(topic); ok {
+		return b.subscribeLive(ctx, topic, ch, deliver, ended)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	in, err := b.subscribe(sctx, topic, "")
+	if err != nil {
+		cancel()
+		return err
+	}
+	b.subMu.Lock()
+	if b.closed() {
+		b.subMu.Unlock()
+		cancel()
+		for range in {
+		}
+		return transports.ErrClosed
+	}
+	b.wg.Add(1)
+	b.subMu.Unlock()
+	go func() {
+		defer b.wg.Done()
+		defer ended()
+		defer cancel()
+		for m := range in {
+			switch transports.DeliverUntilAcked(sctx, m, deliver) {
+			case transports.Acked:
+				m.Ack()
+			case transports.Refused:
+				m.Nack()
+				cancel()
+			default:
+				m.Nack()
+			}
+		}
+	}()
+	return nil
 }
 
 // SubscribeGroup implements transports.Broker. On a stream, members of a group share a durable
@@ -177,11 +226,11 @@ func (s *sub) deliver(ctx context.Context, m *message.Message, local bool) bool 
 	}
 }
 
-// Fan-out on a stream: an ordered consumer of the nats.go jetstream package, not the watermill
-// adapter. The adapter's JetStream subscriber is nats.go's older push API, whose ordered consumer,
-// when it is recreated (broker restart, missed heartbeats) before it delivered a first message,
-// starts again at stream sequence 1 and so replays the channel's whole history to a live
-// subscriber; a plain ephemeral push consumer does not come back after a broker restart at all.
+// Fan-out on TopicInbound and TopicEvents: an ordered consumer of the nats.go jetstream package,
+// not the watermill adapter. The adapter's JetStream subscriber is nats.go's older push API, whose
+// ordered consumer, when it is recreated (broker restart, missed heartbeats) before it delivered a
+// first message, starts again at stream sequence 1 and so replays the topic's whole history to a
+// live subscriber; a plain ephemeral push consumer does not come back after a broker restart.
 
 type orderedUp struct {
 	ctx    context.Context // ends with stop
