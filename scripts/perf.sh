@@ -40,7 +40,9 @@
 #   tree's) loads both builds, so that a change to the load tool does not show as one to the
 #   gateway; COMPARE_WSBENCH=ref uses the one built at REF for REF's runs.
 #
-# table [ROW...] (default idle fanout channels pinned): the table of issue 18 in one command.
+# table [ROW...] (default idle fanout channels channelsdk pinned): the table of issue 18 in one
+#   command; channelsdk is the channels row published by a service through the SDK straight on
+#   the broker (PUBLISH=broker), run for the gateway on redis, nats and jetstream only.
 #   Every column is run once per round, ROUNDS (3) rounds, columns in a rotating order: Centrifugo
 #   with its memory and its Redis engine (needs CENTRIFUGO_BIN, see docs/performance.md for how to
 #   build v6.9.1; left out without it), bare melody (cmd/baremelody), and the gateway on memory,
@@ -66,10 +68,13 @@
 #   RUNS          runs of each row (default 1); the summary shows the median
 #   ROUNDS        rounds of compare and table (default 3)
 #   CENTRIFUGO_BIN  a Centrifugo binary for table (not built by this script)
+#   FIRST_ROUND   table: the first round's number (default 1), to add rounds to an OUT later;
+#                 SUMMARY_ONLY=1 prints the summary of the ROUNDS rounds already in OUT
 #   DURATION      publishing time of the fan-out rows (default 20s)
 #   IDLE_CONNS, FANOUT_CONNS, CHANNELS_CONNS (2000), SCALE_CONNS, DEFLATE_CONNS  rows' sizes
 #   PUBLISH       http (default: POST /api/publish, as in the issue) or broker (straight to the
-#                 broker through the service SDK; not with memory)
+#                 broker through the service SDK; not with memory: table and compare publish
+#                 to the memory broker, Centrifugo and bare melody through HTTP whatever it says)
 #   GATEWAY_*     passed to the gateway as usual (e.g. GATEWAY_WS_SEND_BUFFER); the script sets
 #                 GATEWAY_BROKER, GATEWAY_ADDR, GATEWAY_TOPIC_PREFIX, GATEWAY_JWT_SECRET,
 #                 GATEWAY_API_KEY and GATEWAY_LOG_LEVEL=warn itself. NATS and Redis default to
@@ -104,7 +109,7 @@ if [ -z "${BROKER_SERVER:-}" ]; then
   command -v nats-server >/dev/null && command -v redis-server >/dev/null && BROKER_SERVER=own
 fi
 
-valid_row() { case $1 in idle | fanout | ssefanout | pinned | channels | scale | deflate) ;; *) echo "perf.sh: unknown row '$1'" >&2; exit 2 ;; esac; }
+valid_row() { case $1 in idle | fanout | ssefanout | pinned | channels | channelsdk | scale | deflate) ;; *) echo "perf.sh: unknown row '$1'" >&2; exit 2 ;; esac; }
 valid_broker() { case $1 in memory | nats | redis | jetstream) ;; *) echo "perf.sh: unknown broker '$1' (memory, nats, redis, jetstream)" >&2; exit 2 ;; esac; }
 
 # Both processes may hold many sockets: raise the soft file limit to the hard one.
@@ -263,7 +268,7 @@ JSON
     return 0
   fi
   local args=(-api-key "$API_KEY")
-  [ "$PUBLISH" = broker ] && [ "$kind" = gateway ] && args=(-publish broker)
+  [ "$PUBLISH" = broker ] && [ "$kind" = gateway ] && [ "$broker" != memory ] && args=(-publish broker)
   [ "$kind" = centrifugo ] && args+=(-server centrifugo)
   [ -n "$broker_pid" ] && args+=(-broker-pid "$broker_pid")
   local conns=0 idle=0 a
@@ -290,7 +295,7 @@ row_args() {
     fanout) echo "- -conns $FANOUT_CONNS -channels 1 -rate 50 -duration $DURATION -publishers 4" ;;
     ssefanout) echo "- -conns $FANOUT_CONNS -channels 1 -rate 50 -duration $DURATION -publishers 4 -transport sse" ;;
     pinned) echo "pinned -conns $FANOUT_CONNS -channels 1 -rate 200 -duration $DURATION -publishers 16" ;;
-    channels) echo "- -conns $CHANNELS_CONNS -channels 0 -rate 500 -duration $DURATION -publishers 16" ;;
+    channels | channelsdk) echo "- -conns $CHANNELS_CONNS -channels 0 -rate 500 -duration $DURATION -publishers 16" ;;
     scale) echo "- -conns $SCALE_CONNS -channels 0 -idle -duration 20s -inflight 128 -source-ips 4" ;;
     *) echo "perf.sh: row $1 is not for compare or table" >&2; exit 2 ;;
   esac
@@ -304,12 +309,13 @@ figures() {
       echo 'p99 latency|.latency_ms.p99|ms'
       echo 'deliveries lost|.deliveries_lost|'
       echo 'server CPU per 1,000 deliveries|.server.cpu_ms_per_1000_deliveries|ms'
-      echo 'broker CPU per 1,000 deliveries|.broker.cpu_ms_per_1000_deliveries|ms' ;;
+      echo 'broker CPU per 1,000 deliveries|.broker.cpu_ms_per_1000_deliveries|ms'
+      echo 'broker CPU per message published|.broker.cpu_us_per_message|µs' ;;
     pinned)
       echo 'deliveries per second sustained|.deliveries_per_second|/s'
       echo 'p99 latency|.latency_ms.p99|ms'
       echo 'deliveries lost|.deliveries_lost|' ;;
-    channels)
+    channels | channelsdk)
       echo 'server CPU per delivery|.server.cpu_ms_per_1000_deliveries|µs'
       echo 'broker CPU per delivery|.broker.cpu_ms_per_1000_deliveries|µs'
       echo 'broker CPU per message published|.broker.cpu_us_per_message|µs'
@@ -343,7 +349,10 @@ compare)
   ref=$1 broker=${3:-memory}
   IFS=, read -r -a rows <<<"$2"
   valid_broker "$broker"
-  for r in "${rows[@]}"; do valid_row "$r"; row_args "$r" >/dev/null; done
+  for r in "${rows[@]}"; do
+    valid_row "$r"; row_args "$r" >/dev/null
+    if [ "$r" = channelsdk ] && [ "$broker" = memory ]; then echo "perf.sh: channelsdk publishes on the broker: not memory" >&2; exit 2; fi
+  done
   command -v git >/dev/null || { echo "perf.sh: git is required" >&2; exit 1; }
   sha=$(git rev-parse --verify "$ref^{commit}") || { echo "perf.sh: unknown git ref '$ref'" >&2; exit 2; }
   OUT=${OUT:-perf-results/compare-$broker-$(date +%Y%m%d-%H%M%S)}
@@ -363,13 +372,14 @@ compare)
       read -r pin args <<<"$(row_args "$r")"
       for build in $order; do
         wb=$OUT/new/wsbench; [ $build = old ] && wb=$old_wb
+        pub=$PUBLISH; [ "$r" = channelsdk ] && pub=broker
         # shellcheck disable=SC2086 # args are words
-        run_one "$OUT/$build-$broker-$r-$i" gateway "$broker" "$OUT/$build/gateway" "$wb" "$pin" $args
+        PUBLISH=$pub run_one "$OUT/$build-$broker-$r-$i" gateway "$broker" "$OUT/$build/gateway" "$wb" "$pin" $args
       done
     done
   done
   echo
-  echo "perf.sh: $ref (${sha:0:12}, old) against the work tree (new) on $broker, $ROUNDS rounds, interleaved; results in $OUT"
+  echo "perf.sh: $ref (${sha:0:12}, old) against the work tree (new) on $broker, $ROUNDS rounds, interleaved, publishing through $PUBLISH; results in $OUT"
   printf '%-9s %-36s %-22s %-22s %s\n' row figure old new "new/old: median of rounds (range)"
   for r in "${rows[@]}"; do
     while IFS='|' read -r label expr unit; do
@@ -387,11 +397,10 @@ compare)
 
 table)
   rows=("$@")
-  [ ${#rows[@]} -gt 0 ] || rows=(idle fanout channels pinned)
+  [ ${#rows[@]} -gt 0 ] || rows=(idle fanout channels channelsdk pinned)
   for r in "${rows[@]}"; do valid_row "$r"; row_args "$r" >/dev/null; done
   OUT=${OUT:-perf-results/table-$(date +%Y%m%d-%H%M%S)}
-  echo "perf.sh: building into $OUT/bin"
-  build_here "$OUT/bin"
+  [ "${SUMMARY_ONLY:-0}" = 1 ] || { echo "perf.sh: building into $OUT/bin"; build_here "$OUT/bin"; }
   if [ -z "${PERF_COLUMNS:-}" ]; then
     cols=()
     if [ -n "${CENTRIFUGO_BIN:-}" ]; then
@@ -404,7 +413,9 @@ table)
   else
     read -r -a cols <<<"$PERF_COLUMNS"
   fi
-  for ((i = 1; i <= ROUNDS; i++)); do
+  first=${FIRST_ROUND:-1}
+  [ "${SUMMARY_ONLY:-0}" = 1 ] && first=$((ROUNDS + 1))
+  for ((i = first; i <= ROUNDS; i++)); do
     for r in "${rows[@]}"; do
       read -r pin args <<<"$(row_args "$r")"
       n=${#cols[@]}
@@ -412,13 +423,17 @@ table)
         c=${cols[$(((k + i - 1) % n))]}
         kind=${c%%:*} broker=${c#*:}; [ "$c" = melody ] && broker=-
         case $kind in gateway) bin=$OUT/bin/gateway ;; melody) bin=$OUT/bin/baremelody ;; centrifugo) bin=$CENTRIFUGO_BIN ;; esac
+        pub=$PUBLISH
+        if [ "$r" = channelsdk ]; then # the service SDK on the broker: gateway columns outside the process only
+          case $c in gateway:redis | gateway:nats | gateway:jetstream) pub=broker ;; *) continue ;; esac
+        fi
         # shellcheck disable=SC2086 # args are words
-        QUIET_RUNS=1 run_one "$OUT/${c/:/-}-$r-$i" "$kind" "$broker" "$bin" "$OUT/bin/wsbench" "$pin" $args
+        PUBLISH=$pub QUIET_RUNS=1 run_one "$OUT/${c/:/-}-$r-$i" "$kind" "$broker" "$bin" "$OUT/bin/wsbench" "$pin" $args
       done
     done
   done
   echo
-  echo "perf.sh: table, $ROUNDS rounds, median (min–max); results in $OUT"
+  echo "perf.sh: table, $ROUNDS rounds, median (min–max), publishing through $PUBLISH; results in $OUT"
   hdr="%-9s %-36s"; for c in "${cols[@]}"; do hdr+=" %-20s"; done
   # shellcheck disable=SC2059 # the format is built above
   printf "$hdr\n" row figure "${cols[@]}"
@@ -430,19 +445,19 @@ table)
       printf "$hdr\n" "$r" "$label${unit:+ ($unit)}" "${cells[@]}"
     done < <(figures "$r")
   done
-  if [ -n "${CENTRIFUGO_BIN:-}" ]; then
+  if [ -n "${CENTRIFUGO_BIN:-}" ] && [[ " ${cols[*]}" == *" gateway:"* ]]; then
     echo
     echo "perf.sh: each gateway column over Centrifugo with the same engine (memory for nats, jetstream): ratio of medians"
     for r in "${rows[@]}"; do
       while IFS='|' read -r label expr unit; do
-        [ "$label" = "other processes (cores)" ] && continue
+        case $label in "other processes (cores)" | "deliveries lost") continue ;; esac
         line=$(printf '%-9s %-36s' "$r" "$label")
         for c in "${cols[@]}"; do
           case $c in gateway:*) ;; *) continue ;; esac
           eng=memory; [ "$c" = gateway:redis ] && eng=redis
           med() { values "$1" "$expr" | jq -s 'map(select(. != null)) | sort | if length == 0 then null else .[(length - 1) / 2 | floor] end'; }
           x=$(med "$OUT/${c/:/-}-$r-*.json") y=$(med "$OUT/centrifugo-$eng-$r-*.json")
-          line+=$(printf ' %-20s' "${c#gateway:} $(jq -nr "if $x == null or $y == null or $y == 0 then \"-\" else ($x / $y * 100 | round / 100 | tostring) end")")
+          line+=$(printf ' %-20s' "${c#gateway:} $(jq -nr --argjson x "$x" --argjson y "$y" 'if $x == null or $y == null or $y == 0 then "-" else ($x / $y * 100 | round / 100 | tostring) end')")
         done
         echo "$line"
       done < <(figures "$r")
@@ -478,8 +493,9 @@ for ((i = 1; i <= RUNS; i++)); do
         done ;;
       *)
         read -r pin args <<<"$(row_args "$r")"
+        pub=$PUBLISH; [ "$r" = channelsdk ] && pub=broker
         # shellcheck disable=SC2086 # args are words
-        run "$r-$i" "$pin" $args ;;
+        PUBLISH=$pub run "$r-$i" "$pin" $args ;;
     esac
   done
 done
@@ -519,9 +535,12 @@ for r in "${rows[@]}"; do
       pub=$(fig pinned '.publish_rate // null')
       line pinned "1 core, $FANOUT_CONNS subs offered 200 msg/s: deliv/s (lost)" "$d ($lost)" "/s" ">= 900k, 0 lost" "$(verdict "$(jq -n "$d != null and $d >= 900000 and $lost == 0")")" "$other"
       line pinned "  same: messages published per second" "$pub" "/s" "200" "" "" ;;
-    channels)
-      cpu=$(fig channels '.server.cpu_ms_per_1000_deliveries // null')
-      line channels "2,000 channels, 500 msg/s: CPU per 1,000 deliveries" "$cpu" ms "<= 150" "$(verdict "$(jq -n "$cpu != null and $cpu <= 150")")" "$other" ;;
+    channels | channelsdk)
+      cpu=$(fig "$r" '.server.cpu_ms_per_1000_deliveries // null')
+      bcpu=$(fig "$r" '.broker.cpu_ms_per_1000_deliveries // null')
+      how=HTTP; [ "$r" = channelsdk ] && how=SDK
+      line "$r" "2,000 channels, 500 msg/s ($how): CPU per 1,000 deliv." "$cpu" ms "<= 150" "$(verdict "$(jq -n "$cpu != null and $cpu <= 150")")" "$other"
+      line "$r" "  same: broker server CPU per 1,000 deliveries" "$bcpu" ms "" "" "" ;;
     scale)
       sub=$(fig scale '.subscribed // null')
       closed=$(fig scale '.connections_closed_during_run // null')
