@@ -278,7 +278,8 @@ JSON
     profile "$base" "$admin" "$bin" "$conns" "$idle" &
     prof_pid=$!
   fi
-  echo "perf.sh: $(basename "$base"): wsbench $*"
+  local how=http; [ "${args[0]}" = -publish ] && how=broker
+  echo "perf.sh: $(basename "$base"): wsbench $* (publishing through $how)"
   env "${env[@]}" GATEWAY_TOPIC_PREFIX="$prefix" "${wb[@]}" -url "http://127.0.0.1:$port" -secret "$JWT_SECRET" \
     -pid "$srv_pid" -quiet -json "$base.json" "${args[@]}" "$@" >"$base.txt" || true
   [ "${QUIET_RUNS:-0}" = 1 ] || cat "$base.txt"
