@@ -97,6 +97,18 @@ func run(ctx context.Context, o options) (*Report, error) {
 		*s = v
 	}
 	sample(&s0)
+	var bs1, bs2 procSample // the broker's, around the measured phase
+	sampleBroker := func(s *procSample) {
+		if o.BrokerPID == 0 {
+			return
+		}
+		v, err := sampleProc(o.BrokerPID)
+		if err != nil {
+			rep.Notes = append(rep.Notes, "sampling broker pid: "+err.Error())
+			return
+		}
+		*s = v
+	}
 
 	// Phase 1: connect and subscribe.
 	progressDone := b.startProgress(ctx, rep.Started)
@@ -106,6 +118,7 @@ func run(ctx context.Context, o options) (*Report, error) {
 	rep.ConnectSeconds = time.Since(t0).Seconds()
 	b.progressLine("connected", rep.Started)
 	sample(&s1)
+	sampleBroker(&bs1)
 
 	// Phase 2: publish, or hold.
 	var tPub time.Time
@@ -134,6 +147,7 @@ func run(ctx context.Context, o options) (*Report, error) {
 		}
 	}
 	sample(&s2)
+	sampleBroker(&bs2)
 	b.measuring.Store(false)
 	progressDone()
 
@@ -146,6 +160,7 @@ func run(ctx context.Context, o options) (*Report, error) {
 	sample(&s3)
 	b.fill(rep, pubDur, holdDur, clientCPU, s0, s1, s2, s3)
 	rep.fillHost(hostBusy, holdDur)
+	rep.fillBroker(o.BrokerPID, bs1, bs2)
 	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.Canceled) {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("hard cap %v reached before the run completed", o.Timeout))
 	}
@@ -161,6 +176,9 @@ func newBench(o options) (*bench, error) {
 	ws := *u
 	ws.Scheme = map[string]string{"http": "ws", "https": "wss"}[u.Scheme]
 	ws.Path = strings.TrimRight(ws.Path, "/") + "/ws"
+	if o.Server == serverCentrifugo {
+		ws.Path = strings.TrimRight(u.Path, "/") + "/connection/websocket"
+	}
 	sse := *u
 	sse.Path = strings.TrimRight(sse.Path, "/") + "/sse"
 	b := &bench{
@@ -249,7 +267,7 @@ loop:
 		token := o.Token
 		if o.Secret != "" {
 			var err error
-			token, err = mintToken(o.Secret, i, now, exp)
+			token, err = mintToken(o.Secret, i, now, exp, o.Server)
 			if err != nil {
 				tokenErr = err
 				<-sem
@@ -274,13 +292,17 @@ loop:
 	pending.Wait() // each open is bounded by cctx and the handshake timeout
 }
 
-// mintToken signs the HS256 token of connection i.
-func mintToken(secret string, i int, now, exp time.Time) (string, error) {
+// mintToken signs the HS256 token of connection i. Centrifugo's token has no "channels" claim:
+// there it would subscribe the connection to those channels on the server's side.
+func mintToken(secret string, i int, now, exp time.Time, server string) (string, error) {
 	claims := jwt.MapClaims{
 		"sub":      "bench-" + strconv.Itoa(i),
 		"channels": []string{"*"},
 		"iat":      jwt.NewNumericDate(now),
 		"exp":      jwt.NewNumericDate(exp),
+	}
+	if server == serverCentrifugo {
+		delete(claims, "channels")
 	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(secret))
 }
@@ -352,7 +374,11 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 		sse = &sseParser{chunked: chunked}
 	} else {
 		var deflate bool
-		nc, rest, deflate, err = dialWS(ctx, b.wsURL, token, local, 15*time.Second, b.o.Compression)
+		header := token // Centrifugo takes the token in its connect command, not a header
+		if b.o.Server == serverCentrifugo {
+			header = ""
+		}
+		nc, rest, deflate, err = dialWS(ctx, b.wsURL, header, local, 15*time.Second, b.o.Compression)
 		if deflate {
 			b.compressed.Add(1)
 		}
@@ -377,6 +403,15 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 		deadline = dl
 	}
 	_ = nc.SetReadDeadline(deadline)
+	if b.o.Server == serverCentrifugo { // no welcome there: the client speaks first
+		_ = nc.SetWriteDeadline(deadline)
+		if err := c.write(opText, centrifugoConnect(token)); err != nil {
+			b.subFailed.Add(1)
+			b.countErr(b.connErrors, shorten("connect: "+err.Error()))
+			nc.Close()
+			return nil, false
+		}
+	}
 	buf := make([]byte, 4096)
 	err = c.feed(rest, func(op byte, p []byte) error { return b.frame(c, op, p) })
 	for err == nil {
@@ -419,6 +454,9 @@ func (b *bench) frame(c *conn, op byte, p []byte) error {
 	case opText, opBinary:
 	default:
 		return nil
+	}
+	if b.o.Server == serverCentrifugo {
+		return b.centrifugoFrame(c, p)
 	}
 	switch c.state {
 	case stateWelcome:
@@ -696,7 +734,11 @@ func (b *bench) post(ctx context.Context, client *http.Client, body []byte) erro
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+b.o.APIKey)
+	if b.o.Server == serverCentrifugo {
+		req.Header.Set("X-API-Key", b.o.APIKey)
+	} else {
+		req.Header.Set("Authorization", "Bearer "+b.o.APIKey)
+	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
@@ -707,7 +749,14 @@ func (b *bench) post(ctx context.Context, client *http.Client, body []byte) erro
 		return err
 	}
 	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if b.o.Server == serverCentrifugo { // its API answers 200 with {"error":{…}} when it refuses
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if resp.StatusCode == http.StatusOK && bytes.Contains(body, []byte(`"error":`)) {
+			return fmt.Errorf("api error %s", shorten(string(body)))
+		}
+	} else {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("http %d", resp.StatusCode)
 	}

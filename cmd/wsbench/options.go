@@ -27,6 +27,7 @@ type options struct {
 	Duration      time.Duration // publishing time, or holding time with Idle
 	Payload       int           // payload bytes
 	PID           int           // server process to sample (0: none)
+	BrokerPID     int           // broker server process to sample (0: none)
 	SourceIPs     int           // spread source addresses over 127.0.0.2 .. 127.0.0.(1+N); 0: kernel's choice
 	Idle          bool          // connect, subscribe and hold; no publishing
 	Ramp          float64       // connections opened per second (0: as fast as MaxInflight allows)
@@ -40,6 +41,7 @@ type options struct {
 	Transport     string        // "websocket" (GET /ws) or "sse" (GET /sse, Server-Sent Events)
 	Compression   bool          // offer permessage-deflate (WebSocket)
 	Pad           string        // how payloads are padded: "x" or "words"
+	Server        string        // "gateway" (this project's protocol) or "centrifugo" (Centrifugo's JSON protocol)
 	Progress      io.Writer     // where progress lines go (nil: none)
 }
 
@@ -53,6 +55,9 @@ const (
 
 	transportWebSocket = "websocket"
 	transportSSE       = "sse"
+
+	serverGateway    = "gateway"
+	serverCentrifugo = "centrifugo"
 
 	readerEpoll     = "epoll"
 	readerGoroutine = "goroutine"
@@ -69,6 +74,7 @@ func defaults() options {
 		Publish:       publishHTTP,
 		Readers:       1,
 		Transport:     transportWebSocket,
+		Server:        serverGateway,
 		Duration:      10 * time.Second,
 		Payload:       128,
 		Pad:           padX,
@@ -100,6 +106,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.Duration, "duration", o.Duration, "how long to publish (or, with -idle, to hold the connections)")
 	fs.IntVar(&o.Payload, "payload", o.Payload, "payload size in `bytes` (JSON {\"t\":…,\"seq\":…,\"pad\":\"…\"})")
 	fs.IntVar(&o.PID, "pid", 0, "server `PID` to sample (VmRSS, utime+stime from /proc) for memory per connection and CPU per 1,000 deliveries")
+	fs.IntVar(&o.BrokerPID, "broker-pid", 0, "broker server `PID` (nats-server, redis-server) to sample like -pid: its CPU per 1,000 deliveries and per message published, beside the server's")
 	fs.IntVar(&o.SourceIPs, "source-ips", 0, "spread client source addresses over `N` loopback addresses 127.0.0.2.. (loopback targets only; needed beyond ~28k connections per address); 0 with more than 25,000 connections to loopback picks enough")
 	fs.BoolVar(&o.Idle, "idle", false, "connect, subscribe and hold for -duration without publishing (memory measurement)")
 	fs.Float64Var(&o.Ramp, "ramp", 0, "connections opened per second (0: as fast as -inflight allows)")
@@ -113,6 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.Transport, "transport", o.Transport, "`how` clients connect: websocket (GET /ws, a subscribe frame each) or sse (GET /sse?channel=…, Server-Sent Events: the same frames as events)")
 	fs.BoolVar(&o.Compression, "compression", false, "offer permessage-deflate (RFC 7692) on every WebSocket connection; compressed messages are inflated to read them (the server compresses only with websocket.compression on)")
 	fs.StringVar(&o.Pad, "pad", padX, "`how` payloads are padded to -payload bytes: x (one letter repeated: deflate makes it almost nothing) or words (words drawn from a small vocabulary, different per message: deflate shrinks it 3-4 times, like common JSON)")
+	fs.StringVar(&o.Server, "server", o.Server, "the `protocol` of the server measured: gateway (this project's, also spoken by cmd/baremelody) or centrifugo (Centrifugo v6's JSON protocol on /connection/websocket: connect with the token, subscribe; publishing through its HTTP API /api/publish with X-API-Key: -api-key); only -transport websocket, -publish http")
 	fs.IntVar(&o.Readers, "readers", o.Readers, "epoll reader goroutines (each reads its share of the connections on one core at most)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -197,6 +205,21 @@ func (o *options) normalize() error {
 	if o.Compression && o.Transport == transportSSE {
 		bad("-compression is for -transport websocket")
 	}
+	switch o.Server {
+	case serverGateway:
+	case serverCentrifugo:
+		if o.Transport != transportWebSocket {
+			bad("-server centrifugo works with -transport websocket only")
+		}
+		if o.Publish != publishHTTP {
+			bad("-server centrifugo publishes through its HTTP API only (-publish http)")
+		}
+		if o.Compression {
+			bad("-server centrifugo: -compression is not supported")
+		}
+	default:
+		bad("-server must be gateway or centrifugo, not %q", o.Server)
+	}
 	if o.Readers < 1 || o.Readers > 64 {
 		bad("-readers must be 1 to 64")
 	}
@@ -211,6 +234,9 @@ func (o *options) normalize() error {
 	}
 	if o.PID < 0 {
 		bad("-pid must be a process id")
+	}
+	if o.BrokerPID < 0 {
+		bad("-broker-pid must be a process id")
 	}
 	if o.Ramp < 0 {
 		bad("-ramp must be 0 or more connections/s")

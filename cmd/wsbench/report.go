@@ -43,6 +43,7 @@ type Report struct {
 	ClientCPUPer1000 float64          `json:"client_cpu_ms_per_1000_deliveries,omitempty"`
 	Latency          LatencyReport    `json:"latency_ms"`
 	Server           *ServerReport    `json:"server,omitempty"`
+	Broker           *BrokerReport    `json:"broker,omitempty"`
 	Host             *HostReport      `json:"host,omitempty"`
 	Notes            []string         `json:"notes,omitempty"`
 }
@@ -96,6 +97,37 @@ type ServerReport struct {
 	// BytesPerDelivery is the bytes the server wrote (wchar of /proc/PID/io: TCP payload, frame
 	// headers included, TLS records when https) per delivery while measuring.
 	BytesPerDelivery float64 `json:"write_bytes_per_delivery,omitempty"`
+}
+
+// BrokerReport is the broker server's CPU (-broker-pid) while measuring.
+type BrokerReport struct {
+	PID               int     `json:"pid"`
+	CPUMillis         float64 `json:"cpu_ms"`
+	CPUPer1000Deliver float64 `json:"cpu_ms_per_1000_deliveries,omitempty"`
+	CPUPerMessageUS   float64 `json:"cpu_us_per_message,omitempty"`
+	CPUCoresUsed      float64 `json:"cpu_cores_used"`
+}
+
+// fillBroker adds the broker's CPU between samples s1 and s2.
+func (r *Report) fillBroker(pid int, s1, s2 procSample) {
+	if pid == 0 || s1.At.IsZero() || s2.At.IsZero() {
+		return
+	}
+	cpu := s2.CPU - s1.CPU
+	br := &BrokerReport{PID: pid, CPUMillis: ms(cpu)}
+	if wall := s2.At.Sub(s1.At); wall > 0 {
+		br.CPUCoresUsed = cpu.Seconds() / wall.Seconds()
+	}
+	if r.Received > 0 {
+		br.CPUPer1000Deliver = br.CPUMillis / (float64(r.Received) / 1000)
+	}
+	if r.Published > 0 {
+		br.CPUPerMessageUS = br.CPUMillis * 1000 / float64(r.Published)
+	}
+	r.Broker = br
+	if r.Host != nil { // the broker is not "other processes"
+		r.Host.OtherCores = max(0, r.Host.OtherCores-br.CPUCoresUsed)
+	}
 }
 
 // HostReport is the whole machine's CPU while measuring, to tell a quiet machine from a shared
@@ -257,6 +289,10 @@ func printTable(w io.Writer, r *Report) {
 		if s.BytesPerDelivery > 0 {
 			row("server bytes/delivery", "%.1f bytes written", s.BytesPerDelivery)
 		}
+	}
+	if br := r.Broker; br != nil {
+		row("broker cpu", "%.0f ms (%.2f cores), %.2f ms per 1000 deliveries, %.1f µs per message published (pid %d)",
+			br.CPUMillis, br.CPUCoresUsed, br.CPUPer1000Deliver, br.CPUPerMessageUS, br.PID)
 	}
 	if h := r.Host; h != nil && r.Server == nil {
 		row("host cpu (cores busy)", "%.2f of %d: wsbench %.2f, everything else (server included) %.2f", h.BusyCores, h.Cores, h.WsbenchCores, h.OtherCores)

@@ -310,7 +310,7 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("ChannelsAndToken", func(t *testing.T) {
-		tok, err := mintToken(secret, 0, time.Now(), time.Now().Add(time.Hour))
+		tok, err := mintToken(secret, 0, time.Now(), time.Now().Add(time.Hour), serverGateway)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,154 @@
+// Command baremelody is the reference point of the performance table (docs/performance.md): a
+// WebSocket fan-out server of about a hundred lines on melody alone, with no broker, no
+// authentication, no positions, history or presence. It speaks just enough of the gateway's
+// protocol for cmd/wsbench to measure it like a gateway node. GET /ws upgrades (any Authorization
+// header is ignored) and sends {"type":"welcome"}. A {"type":"subscribe","id":…,"channel":…}
+// frame joins the channel (one per connection) and is answered {"type":"subscribed",…}.
+// POST /api/publish with {"channel":…,"data":…} and "Authorization: Bearer <-api-key>" sends
+// {"type":"message","channel":…,"data":…} to every connection on the channel through melody's
+// BroadcastMultiple (one write queue and one write goroutine per connection). GET /readyz
+// answers 200. It stops on SIGINT or SIGTERM.
+//
+//	go build -o bin/ ./cmd/baremelody && bin/baremelody -addr 127.0.0.1:8090 -api-key K
+//
+// What it costs beside the gateway, on the same machine in the same minutes, says how much of
+// the gateway's cost is melody's own floor and how this day's machine compares with another's.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/olahol/melody"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:8090", "listen `address`")
+	apiKey := flag.String("api-key", "", "bearer `key` of POST /api/publish (required)")
+	flag.Parse()
+	if *apiKey == "" {
+		fmt.Fprintln(os.Stderr, "baremelody: -api-key is required")
+		os.Exit(2)
+	}
+	srv := &http.Server{Addr: *addr, Handler: newServer(*apiKey).mux(), ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() { // stopped by SIGINT/SIGTERM: Close ends ListenAndServe
+		defer close(done)
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		<-sig
+		_ = srv.Close()
+	}()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Fatal("baremelody: ", err)
+	}
+	<-done
+}
+
+// server is the channel index over melody.
+type server struct {
+	m      *melody.Melody
+	apiKey string
+
+	mu       sync.RWMutex
+	channels map[string]map[*melody.Session]struct{}
+}
+
+const chanKey = "channel"
+
+func newServer(apiKey string) *server {
+	s := &server{m: melody.New(), apiKey: apiKey, channels: map[string]map[*melody.Session]struct{}{}}
+	s.m.Config.MaxMessageSize = 64 << 10
+	s.m.HandleConnect(func(ss *melody.Session) { _ = ss.Write([]byte(`{"type":"welcome"}`)) })
+	s.m.HandleMessage(s.message)
+	s.m.HandleDisconnect(s.leave)
+	return s
+}
+
+func (s *server) mux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ws", func(w http.ResponseWriter, r *http.Request) { _ = s.m.HandleRequest(w, r) })
+	mux.HandleFunc("POST /api/publish", s.publish)
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	return mux
+}
+
+// message handles a client frame: only subscribe (to one channel per connection) is understood.
+func (s *server) message(ss *melody.Session, p []byte) {
+	var f struct{ Type, ID, Channel string }
+	if json.Unmarshal(p, &f) != nil || f.Type != "subscribe" || f.Channel == "" {
+		_ = ss.Write([]byte(`{"type":"error","code":"bad_request"}`))
+		return
+	}
+	s.leave(ss)
+	ss.Set(chanKey, f.Channel)
+	s.mu.Lock()
+	set := s.channels[f.Channel]
+	if set == nil {
+		set = map[*melody.Session]struct{}{}
+		s.channels[f.Channel] = set
+	}
+	set[ss] = struct{}{}
+	s.mu.Unlock()
+	_ = ss.Write([]byte(`{"type":"subscribed","id":` + strconv.Quote(f.ID) + `,"channel":` + strconv.Quote(f.Channel) + `}`))
+}
+
+// leave removes the session from its channel.
+func (s *server) leave(ss *melody.Session) {
+	v, ok := ss.Get(chanKey)
+	if !ok {
+		return
+	}
+	ch := v.(string)
+	s.mu.Lock()
+	if set := s.channels[ch]; set != nil {
+		delete(set, ss)
+		if len(set) == 0 {
+			delete(s.channels, ch)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// publish sends the request's data to the channel's connections.
+func (s *server) publish(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "Bearer "+s.apiKey {
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		return
+	}
+	var req struct {
+		Channel string          `json:"channel"`
+		Data    json.RawMessage `json:"data"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || req.Channel == "" || len(req.Data) == 0 {
+		http.Error(w, "want {\"channel\":…,\"data\":…}", http.StatusBadRequest)
+		return
+	}
+	msg := make([]byte, 0, len(req.Data)+len(req.Channel)+40)
+	msg = append(msg, `{"type":"message","channel":`...)
+	msg = strconv.AppendQuote(msg, req.Channel)
+	msg = append(msg, `,"data":`...)
+	msg = append(msg, req.Data...)
+	msg = append(msg, '}')
+	s.mu.RLock()
+	set := s.channels[req.Channel]
+	sessions := make([]*melody.Session, 0, len(set))
+	for ss := range set {
+		sessions = append(sessions, ss)
+	}
+	s.mu.RUnlock()
+	_ = s.m.BroadcastMultiple(msg, sessions)
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = io.WriteString(w, "{}\n")
+}
