@@ -74,7 +74,7 @@ func TestNewLeavesNothingRunningWhenItFails(t *testing.T) {
 		}},
 		{"a WithHandler name is taken", func(t *testing.T, cfg *configs.Config, idp string) []gateway.Option {
 			cfg.Auth.JWKSURL = idp
-			cfg.WebSocket.WriteDelay = cfg.WebSocket.WriteTimeout // the hub's delay clock, were it built
+			cfg.WebSocket.LatencyBudget = &cfg.WebSocket.WriteTimeout // the hub's budget clock, were it built
 			return []gateway.Option{gateway.WithBroker(natsBroker(t)), gateway.WithHandler("mine", "events", nop),
 				gateway.WithHandler("mine", "events", nop)}
 		}},
