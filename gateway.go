@@ -134,7 +134,7 @@ type Gateway struct {
 }
 
 // New builds a node. It starts nothing (Start and Run do: the broker, the router, the websocket
-// transport's write-delay clock), with one exception: with auth.jwks_url it fetches the key set
+// transport's budget clock), with one exception: with auth.jwks_url it fetches the key set
 // (at most auth.jwks_timeout), so that a wrong URL fails at once like a wrong key, and starts its
 // refresh, which Close stops. When it fails it closes what it opened, and a broker given with
 // WithBroker too.

@@ -124,7 +124,7 @@ func TestCloseTwiceAndAfterAFailedStart(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-			cfg := testConfig(t, "GATEWAY_WS_WRITE_DELAY=5ms") // the hub's delay clock runs from New
+			cfg := testConfig(t, "GATEWAY_WS_LATENCY_BUDGET=5ms") // the hub's budget clock runs from Start
 			var opts []gateway.Option
 			if tc.start != nil {
 				opts = tc.start(t, cfg)

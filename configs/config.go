@@ -28,9 +28,11 @@ const (
 	DefaultSendBuffer   = 256
 	DefaultWriteTimeout = 10 * time.Second
 	// DefaultLatencyBudget is how long a busy node may hold a connection's frames to write them
-	// together (websocket.latency_budget), measured in docs/performance.md: at 5,000 subscribers
-	// × 50 msg/s it takes the CPU per delivery to about 0.6× that of writing each frame at once.
-	DefaultLatencyBudget    = 50 * time.Millisecond
+	// together (websocket.latency_budget). A busy node writes to a connection once per budget:
+	// at 50 msg/s, about 4 frames per write where writing at once made 2, which takes the CPU
+	// per delivery to about 0.6× (docs/performance.md); a shorter budget saves little (50 ms:
+	// 2.5 frames per write).
+	DefaultLatencyBudget    = 75 * time.Millisecond
 	DefaultPingInterval     = 25 * time.Second
 	DefaultCompressionLevel = 1
 	DefaultPublishTimeout   = transports.DefaultPublishTimeout
