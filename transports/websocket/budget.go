@@ -52,6 +52,7 @@ type budgetClock struct {
 	leads   atomic.Int64 // leads in flight, node-wide (Conn.giveLead to Conn.endLead)
 	frames  atomic.Int64 // frames delivered (Hub.Deliver, Hub.Broadcast)
 	load    busyState    // the clock goroutine's
+	onBusy  func(bool)   // told each change of busy (the hub's metric); called by the clock goroutine
 	forced  atomic.Bool  // tests: busy for good
 	waiting []*Conn      // connections waiting for their next write, under mu
 	spare   []*Conn      // spare slice, swapped with waiting on each tick
@@ -112,8 +113,10 @@ func (d *budgetClock) run() {
 			behind++
 		}
 		if n++; n == busyWindow {
-			busy := d.load.observe(behind, n, d.frames.Swap(0))
-			d.busy.Store(busy || d.forced.Load())
+			busy := d.load.observe(behind, n, d.frames.Swap(0)) || d.forced.Load()
+			if d.busy.Swap(busy) != busy && d.onBusy != nil {
+				d.onBusy(busy)
+			}
 			behind, n = 0, 0
 		}
 		now := d.tick.Add(1)

@@ -211,6 +211,13 @@ func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger)
 		seed: maphash.MakeSeed(), sessions: map[string]*Conn{}}
 	if cfg.LatencyBudget > 0 {
 		h.budget = newBudgetClock(cfg.LatencyBudget)
+		h.budget.onBusy = func(busy bool) {
+			if busy {
+				m.WriteBusy.Set(1)
+			} else {
+				m.WriteBusy.Set(0)
+			}
+		}
 	}
 	if cfg.Compression {
 		h.deflate = newDeflater(max(cfg.CompressionLevel, 1))

@@ -686,3 +686,37 @@ func TestHubStartsNothingUntilStart(t *testing.T) {
 		t.Fatal("Start after Close started the budget clock")
 	}
 }
+
+// TestWriteBusyMetric: gateway_write_busy follows the budget clock's decision: 1 once the node
+// counts as busy (here forced, without a load), 0 again once it does not.
+func TestWriteBusyMetric(t *testing.T) {
+	h := newTestHub(t, Config{LatencyBudget: 16 * time.Millisecond}) // a window every 16 ms
+	gauge := func() float64 {
+		families, err := h.metrics.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() == "gateway_write_busy" {
+				return f.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no gateway_write_busy")
+		return 0
+	}
+	waitGauge := func(want float64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for gauge() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("gateway_write_busy is %v, want %v", gauge(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitGauge(0)
+	h.budget.forced.Store(true)
+	waitGauge(1)
+	h.budget.forced.Store(false) // no load: idle at the next window
+	waitGauge(0)
+}
