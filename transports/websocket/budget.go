@@ -18,9 +18,10 @@ import (
 // flight (frames handed to melody and not yet written, node-wide: how far the write goroutines
 // are behind) and the frames delivered. Over each window of busyWindow ticks:
 //
-//   - an idle node becomes busy when the write goroutines were behind (more than busyLeads leads
-//     in flight) on at least half of the window's ticks: the node cannot write what it is
-//     given as it comes;
+//   - an idle node becomes busy when the write goroutines were behind on at least half of the
+//     window's ticks: more than busyLeads leads in flight at that tick and at the one before, a
+//     backlog that lasted a tick or more (the burst of a fan-out that the writers drain within a
+//     tick does not count): the node cannot write what it is given as it comes;
 //   - a busy node becomes idle again once it delivers less than half the frames per window it
 //     delivered when it became busy (holding frames takes the backlog away, so the backlog cannot
 //     say when to stop; the load that caused it can).
@@ -102,22 +103,17 @@ func (d *budgetClock) run() {
 	defer close(d.done)
 	t := time.NewTicker(d.every)
 	defer t.Stop()
-	var behind, n int
 	for {
 		select {
 		case <-t.C:
 		case <-d.quit:
 			return
 		}
-		if d.leads.Load() > busyLeads {
-			behind++
-		}
-		if n++; n == busyWindow {
-			busy := d.load.observe(behind, n, d.frames.Swap(0)) || d.forced.Load()
+		if d.load.sample(d.leads.Load()) == busyWindow {
+			busy := d.load.observe(d.frames.Swap(0)) || d.forced.Load()
 			if d.busy.Swap(busy) != busy && d.onBusy != nil {
 				d.onBusy(busy)
 			}
-			behind, n = 0, 0
 		}
 		now := d.tick.Add(1)
 		d.mu.Lock()
@@ -140,19 +136,34 @@ func (d *budgetClock) run() {
 
 // busyState decides, window after window, whether the node is busy (see the top of the file).
 type busyState struct {
-	busy  bool
-	entry int64 // frames in the window that made the node busy
+	busy   bool
+	entry  int64 // frames in the window that made the node busy
+	over   bool  // more than busyLeads leads were in flight at the last tick
+	behind int   // ticks of this window at which the writers were behind
+	ticks  int   // ticks of this window so far
 }
 
-// observe takes one window: on how many of its ticks the write goroutines were behind, and how
-// many frames were delivered in it. It reports whether the node is busy from now on.
-func (s *busyState) observe(behind, ticks int, frames int64) bool {
+// sample takes the leads in flight at one tick and returns the ticks of the window so far.
+func (s *busyState) sample(leads int64) int {
+	over := leads > busyLeads
+	if over && s.over {
+		s.behind++
+	}
+	s.over = over
+	s.ticks++
+	return s.ticks
+}
+
+// observe ends the window, in which frames were delivered, and reports whether the node is
+// busy from now on.
+func (s *busyState) observe(frames int64) bool {
 	switch {
-	case !s.busy && 2*behind >= ticks:
+	case !s.busy && 2*s.behind >= s.ticks:
 		s.busy, s.entry = true, max(frames, 1)
 	case s.busy && 2*frames < s.entry:
 		s.busy = false
 	}
+	s.behind, s.ticks = 0, 0
 	return s.busy
 }
 

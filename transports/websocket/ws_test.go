@@ -577,30 +577,42 @@ func TestLatencyBudgetIdleWritesAtOnce(t *testing.T) {
 	}
 }
 
-// TestBusyState: the node becomes busy once the write goroutines were behind on half a
-// window's ticks or more, stays busy while it delivers at least half the frames it delivered
-// then (the backlog goes away while frames are held), and becomes idle below that.
+// TestBusyState: the writers are behind at a tick when more than busyLeads leads were in flight
+// at it and at the tick before; the node becomes busy once they were behind on half a window's
+// ticks or more, stays busy while it delivers at least half the frames it delivered then (the
+// backlog goes away while frames are held), and becomes idle below that.
 func TestBusyState(t *testing.T) {
 	var s busyState
+	window := func(leads []int64, frames int64) bool {
+		for i := range busyWindow {
+			if n := s.sample(leads[i%len(leads)]); n != i+1 {
+				t.Fatalf("sample %d of the window says %d", i+1, n)
+			}
+		}
+		return s.observe(frames)
+	}
+	const over = busyLeads + 1
 	steps := []struct {
-		behind int
+		name   string
+		leads  []int64 // at each tick, repeated over the window
 		frames int64
 		want   bool
 	}{
-		{0, 100000, false}, // many frames, but written as they come: not busy
-		{7, 100000, false}, // behind on fewer than half the ticks
-		{8, 40000, true},   // behind on half: busy, at 40,000 frames a window
-		{0, 30000, true},   // no backlog (frames held), the load is still there
-		{0, 20000, true},   // half the load that made it busy: still busy
-		{0, 19999, false},  // below half: idle, frames written at once again
-		{16, 0, true},      // behind with no deliveries (replies, replays): busy...
-		{0, 0, false},      // ...for a window, until a window with no backlog and no frames
-		{16, 500, true},
-		{16, 10, false}, // the load went away while still behind (a drain): idle
+		{"frames written as they come", []int64{0}, 100000, false},
+		{"a burst drained within a tick, every other tick", []int64{1000, 0}, 100000, false},
+		{"behind on 7 of 16 ticks (8 over, the first not behind)", []int64{over, over, over, over, over, over, over, over, 0, 0, 0, 0, 0, 0, 0, 0}, 100000, false},
+		{"behind on 8 of 16 (9 ticks over, the first not behind): busy at 40,000 frames a window", []int64{0, over, over, over, over, over, over, over, over, over, 0, 0, 0, 0, 0, 0}, 40000, true},
+		{"no backlog (frames held), the load is still there", []int64{0}, 30000, true},
+		{"half the load that made it busy", []int64{0}, 20000, true},
+		{"below half: idle, frames written at once again", []int64{0}, 19999, false},
+		{"behind with no deliveries (replies, replays): busy...", []int64{over}, 0, true},
+		{"...until a window with no frames", []int64{0}, 0, false},
+		{"behind again", []int64{over}, 500, true},
+		{"the load went away while still behind (a drain): idle", []int64{over}, 10, false},
 	}
 	for i, st := range steps {
-		if got := s.observe(st.behind, busyWindow, st.frames); got != st.want {
-			t.Fatalf("step %d (behind %d, %d frames): busy %v, want %v", i, st.behind, st.frames, got, st.want)
+		if got := window(st.leads, st.frames); got != st.want {
+			t.Fatalf("step %d (%s): busy %v, want %v", i, st.name, got, st.want)
 		}
 	}
 }
