@@ -134,7 +134,7 @@ type Gateway struct {
 }
 
 // New builds a node. It starts nothing (Start and Run do: the broker, the router, the websocket
-// transport's write-delay clock), with one exception: with auth.jwks_url it fetches the key set
+// transport's budget clock), with one exception: with auth.jwks_url it fetches the key set
 // (at most auth.jwks_timeout), so that a wrong URL fails at once like a wrong key, and starts its
 // refresh, which Close stops. When it fails it closes what it opened, and a broker given with
 // WithBroker too.
@@ -199,12 +199,12 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		MaxFrameSize:     cfg.WebSocket.MaxFrameSize,
 		SendBuffer:       cfg.WebSocket.SendBuffer,
 		WriteTimeout:     cfg.WebSocket.WriteTimeout,
-		WriteDelay:       cfg.WebSocket.WriteDelay,
+		LatencyBudget:    cfg.WebSocket.Budget(),
 		Compression:      cfg.WebSocket.Compression,
 		CompressionLevel: cfg.WebSocket.CompressionLevel,
 		PingInterval:     cfg.WebSocket.PingInterval,
 		CheckOrigin:      originChecker(cfg.WebSocket.AllowedOrigins),
-	}, g.feed, g.metrics, log) // starts nothing: Start starts its write-delay clock
+	}, g.feed, g.metrics, log) // starts nothing: Start starts its budget clock
 	if !cfg.Events.Disabled {
 		g.events = handlers.NewEvents(handlers.EventsConfig{
 			NodeID:         cfg.NodeID,
@@ -512,8 +512,8 @@ func originChecker(allowed []string) func(r *http.Request) bool {
 // no pprof: that is served only by the admin listener (admin.addr). An answer sent before the
 // request's body was read closes the connection (see closeUnreadBodies); the embedding server
 // should bound reads itself, as Serve does with http.read_timeout. Call Start before serving it:
-// Start starts the broker and the router, and the websocket transport's write-delay clock
-// (without which, with websocket.write_delay set, frames after a connection's first would wait).
+// Start starts the broker and the router, and the websocket transport's budget clock (without
+// which frames a busy node held back for websocket.latency_budget would wait).
 func (g *Gateway) Handler() http.Handler { return closeUnreadBodies(g.mux) }
 
 // Metrics are the node's collectors.
@@ -521,7 +521,7 @@ func (g *Gateway) Metrics() *metrics.Metrics { return g.metrics }
 
 // Start starts the admin listener (when admin.addr is set), waits until the broker answers
 // (awaitBroker: for ever, or broker_connect_timeout), starts the router and the hub's
-// write-delay clock, and returns once they run. Run calls it; tests that serve Handler
+// budget clock, and returns once they run. Run calls it; tests that serve Handler
 // themselves call it directly.
 func (g *Gateway) Start(ctx context.Context) error {
 	if err := g.startAdmin(); err != nil {

@@ -74,7 +74,7 @@ func TestNewLeavesNothingRunningWhenItFails(t *testing.T) {
 		}},
 		{"a WithHandler name is taken", func(t *testing.T, cfg *configs.Config, idp string) []gateway.Option {
 			cfg.Auth.JWKSURL = idp
-			cfg.WebSocket.WriteDelay = cfg.WebSocket.WriteTimeout // the hub's delay clock, were it built
+			cfg.WebSocket.LatencyBudget = &cfg.WebSocket.WriteTimeout // the hub's budget clock, were it built
 			return []gateway.Option{gateway.WithBroker(natsBroker(t)), gateway.WithHandler("mine", "events", nop),
 				gateway.WithHandler("mine", "events", nop)}
 		}},
@@ -124,7 +124,7 @@ func TestCloseTwiceAndAfterAFailedStart(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-			cfg := testConfig(t, "GATEWAY_WS_WRITE_DELAY=5ms") // the hub's delay clock runs from New
+			cfg := testConfig(t, "GATEWAY_WS_LATENCY_BUDGET=5ms") // the hub's budget clock runs from Start
 			var opts []gateway.Option
 			if tc.start != nil {
 				opts = tc.start(t, cfg)

@@ -167,7 +167,9 @@ func (w *WebSocketConfig) validate(v *validator) {
 	v.check(&w.MaxFrameSize, w.MaxFrameSize >= 1024 && w.MaxFrameSize <= 64<<20, "must be between 1024 and 67108864 bytes")
 	v.check(&w.SendBuffer, w.SendBuffer >= 8 && w.SendBuffer <= 1<<16, "must be between 8 and 65536 frames")
 	v.check(&w.WriteTimeout, w.WriteTimeout >= time.Millisecond, "must be positive")
-	v.check(&w.WriteDelay, w.WriteDelay >= 0 && w.WriteDelay <= time.Second, "must be between 0 and 1s")
+	v.check(&w.LatencyBudget, w.Budget() >= 0 && w.Budget() <= time.Second, "must be between 0 and 1s (0: every frame written at once)")
+	v.check(&w.WriteDelay, w.WriteDelay == 0, "was replaced by websocket.latency_budget (GATEWAY_WS_LATENCY_BUDGET, default %s): "+
+		"frames now wait only while the node is busy, at most the budget; remove write_delay and set latency_budget instead", DefaultLatencyBudget)
 	v.check(&w.CompressionLevel, w.CompressionLevel >= 1 && w.CompressionLevel <= 9, "must be a flate level, 1 (fastest) to 9 (smallest)")
 	v.check(&w.PingInterval, w.PingInterval >= 100*time.Millisecond, "must be at least 100ms")
 	v.check(&w.PublishTimeout, w.PublishTimeout >= time.Millisecond, "must be positive")

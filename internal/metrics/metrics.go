@@ -21,6 +21,7 @@ type Metrics struct {
 	Published       *prometheus.CounterVec // by kind: publish, send, api
 	Delivered       prometheus.Counter
 	SlowDisconnects prometheus.Counter
+	WriteBusy       prometheus.Gauge       // 1 while the node holds frames for websocket.latency_budget
 	Rejected        *prometheus.CounterVec // client frames answered with an error, by code
 	BrokerErrors    prometheus.Counter
 	DeliveryLatency prometheus.Histogram
@@ -55,6 +56,7 @@ func New() *Metrics {
 		Published:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_messages_published_total", Help: "Messages accepted by the broker, by kind (publish, send, api)."}, []string{"kind"}),
 		Delivered:       prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_messages_delivered_total", Help: "Messages queued to client connections."}),
 		SlowDisconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_slow_consumer_disconnects_total", Help: "Connections closed because their send buffer was full (no message is dropped silently)."}),
+		WriteBusy:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_write_busy", Help: "1 while the node is busy and holds frames up to websocket.latency_budget to write them together; 0 while it writes every frame at once."}),
 		Rejected:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_frames_rejected_total", Help: "Client frames answered with an error, by code."}, []string{"code"}),
 		BrokerErrors:    prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_broker_errors_total", Help: "Failed broker operations (publish, subscribe, replay)."}),
 		DeliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gateway_delivery_latency_seconds", Help: "From publish to queueing on the connection.", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}),
@@ -79,7 +81,7 @@ func New() *Metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"hook"}),
 	}
 	for _, c := range []prometheus.Collector{m.Connections, m.Subscriptions, m.FramesIn, m.FramesOut, m.Published, m.Delivered,
-		m.SlowDisconnects, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped, m.RouterHandled, m.RouterDuration, m.Poisoned, m.RouterRetries, m.Unsigned,
+		m.SlowDisconnects, m.WriteBusy, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped, m.RouterHandled, m.RouterDuration, m.Poisoned, m.RouterRetries, m.Unsigned,
 		m.WebhookDelivered, m.WebhookFailed, m.WebhookPoisoned, m.WebhookBatchLatency, m.HookCalls, m.HookLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)

@@ -66,10 +66,10 @@ type Conn struct {
 	// once the lead is written (sent). pending holds memory only while the connection is behind.
 	qmu       sync.Mutex
 	lead      bool   // a frame is in melody's queue or being written
-	pending   ring   // frames behind the lead (or, with a write delay, waiting for it), in order
+	pending   ring   // frames behind the lead (or, held by the latency budget, waiting for it), in order
 	closeMsg  []byte // close frame to hand melody once pending is written (a disconnect is in it)
-	lastLead  int64  // with a write delay: the delay clock's tick when the last lead was handed over
-	scheduled bool   // with a write delay: the clock will hand over the first pending frame
+	lastLead  int64  // with a latency budget: the budget clock's tick when the last lead was handed over
+	scheduled bool   // with a latency budget: the clock will hand over the first pending frame
 
 	mu   sync.Mutex
 	subs map[string]*sub
@@ -159,14 +159,14 @@ func (c *Conn) enqueue(frame qframe) bool {
 		c.link.signal()
 		return true
 	}
-	switch d := c.hub.delay; {
+	switch d := c.hub.budget; {
 	case c.lead:
 		c.pending.push(frame)
 	case c.pending.len() == 0 && (d == nil || d.due(c.lastLead)):
 		if !c.giveLead(frame) {
 			return false
 		}
-	default: // with a write delay, the connection wrote less than a delay ago: wait for the clock
+	default: // the node is busy and the connection wrote less than a budget ago: wait for the clock
 		c.pending.push(frame)
 		if !c.scheduled {
 			c.scheduled = true
@@ -185,15 +185,35 @@ func (c *Conn) giveLead(frame qframe) bool {
 	if err := c.s.Write(frame.b); err != nil {
 		return false
 	}
-	c.lead = true
-	if d := c.hub.delay; d != nil {
+	c.setLead()
+	if d := c.hub.budget; d != nil {
 		c.lastLead = d.now()
 	}
 	return true
 }
 
-// kick hands the first pending frame over as the lead, at tick now of the write-delay clock. It
-// reports whether c is to be kicked again later (it wrote less than a delay ago).
+// setLead marks a frame handed to melody; c.qmu is held.
+func (c *Conn) setLead() {
+	if !c.lead {
+		c.lead = true
+		if d := c.hub.budget; d != nil {
+			d.leads.Add(1)
+		}
+	}
+}
+
+// endLead marks the lead written, or gone with the connection; c.qmu is held.
+func (c *Conn) endLead() {
+	if c.lead {
+		c.lead = false
+		if d := c.hub.budget; d != nil {
+			d.leads.Add(-1)
+		}
+	}
+}
+
+// kick hands the first pending frame over as the lead, at tick now of the budget clock. It
+// reports whether c is to be kicked again later (it wrote less than a budget ago).
 func (c *Conn) kick(now int64) (later bool) {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
@@ -201,7 +221,7 @@ func (c *Conn) kick(now int64) (later bool) {
 		c.scheduled = false
 		return false
 	}
-	if now-c.lastLead < c.hub.delay.ticks {
+	if now-c.lastLead < c.hub.budget.ticks {
 		return true
 	}
 	c.scheduled = false
@@ -268,7 +288,7 @@ func (c *Conn) sent() {
 // endBurst marks the lead written and nothing queued behind it, and hands melody the close frame
 // a disconnect left behind; c.qmu is held.
 func (c *Conn) endBurst() {
-	c.lead = false
+	c.endLead()
 	if c.closeMsg != nil {
 		_ = c.s.CloseWithMsg(c.closeMsg)
 		c.closeMsg = nil
@@ -385,7 +405,7 @@ func (c *Conn) end(reason string, frame, closeMsg []byte) {
 	}
 	c.fc.leadDeflated.Store(false)               // the last frame goes plain
 	if frame != nil && c.s.Write(frame) == nil { // melody's queue has room for these two
-		c.lead = true
+		c.setLead()
 		c.queued.Add(1)
 	}
 	_ = c.s.CloseWithMsg(closeMsg)
@@ -401,6 +421,7 @@ func (c *Conn) dropQueue() {
 	c.queued.Add(-int64(c.pending.len()))
 	c.pending = ring{}
 	c.closeMsg = nil
+	c.endLead() // melody will not report it written
 }
 
 // ring is a FIFO of frames that grows as needed and gives its memory back once empty.

@@ -192,16 +192,19 @@ func TestCompressionOffByDefault(t *testing.T) {
 
 // TestCompressionQueuedFramesAndDrain: frames queued behind each other (coalesced into shared
 // writes, framed by the hub), compressed and not, large and small, to a compressing and a plain
-// client of the same channel, arrive whole and in order, with and without a write delay (whose
-// clock hands over the lead); then Drain's disconnect and close.
+// client of the same channel, arrive whole and in order, without a latency budget and with one
+// on a node held busy (the budget clock hands over the lead); then Drain's disconnect and close.
 func TestCompressionQueuedFramesAndDrain(t *testing.T) {
 	for _, delay := range []time.Duration{0, 5 * time.Millisecond} {
-		t.Run(fmt.Sprint("write_delay=", delay), func(t *testing.T) { testCompressionQueued(t, delay) })
+		t.Run(fmt.Sprint("latency_budget=", delay), func(t *testing.T) { testCompressionQueued(t, delay) })
 	}
 }
 
 func testCompressionQueued(t *testing.T, delay time.Duration) {
-	h := newTestHub(t, Config{Compression: true, CompressionLevel: 6, SendBuffer: 4096, WriteTimeout: 20 * time.Second, WriteDelay: delay})
+	h := newTestHub(t, Config{Compression: true, CompressionLevel: 6, SendBuffer: 4096, WriteTimeout: 20 * time.Second, LatencyBudget: delay})
+	if delay > 0 {
+		forceBusy(h)
+	}
 	srv := h.serve(t)
 	z, zs, _ := dialDeflate(t, h, srv.URL, true)
 	p, ps, _ := dialDeflate(t, h, srv.URL, false)

@@ -32,6 +32,13 @@ type nopInterest struct{}
 
 func (nopInterest) Open(string, func()) (func(), error) { return func() {}, nil }
 
+// forceBusy makes h's budget clock count the node as busy for good, so that frames are held
+// for the budget whatever the load (before h.Start, or at any time: both are atomics).
+func forceBusy(h *Hub) {
+	h.budget.forced.Store(true)
+	h.budget.busy.Store(true)
+}
+
 func newTestHub(tb testing.TB, cfg Config) *Hub {
 	if cfg.MaxFrameSize == 0 {
 		cfg.MaxFrameSize = 64 << 10

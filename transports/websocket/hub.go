@@ -56,11 +56,13 @@ type Config struct {
 	SendBuffer   int
 	WriteTimeout time.Duration
 	PingInterval time.Duration
-	// WriteDelay, when above 0, is the least time between two socket writes to one connection:
-	// what is queued meanwhile goes out together. A connection that wrote nothing for that long
-	// still gets its next frame at once. It trades latency (at most WriteDelay) for fewer writes.
-	// The clock that hands held frames over runs from Hub.Start to Hub.Close.
-	WriteDelay time.Duration
+	// LatencyBudget, when above 0, is how long the hub may hold a connection's frames while the
+	// node is busy, so that they go out together in one write (budget.go): an idle node writes
+	// every frame at once; a busy one writes to a connection at most once per budget. A
+	// connection that wrote nothing for a budget gets its next frame at once. The clock that
+	// decides and hands held frames over runs from Hub.Start to Hub.Close. 0: every frame is
+	// written at once.
+	LatencyBudget time.Duration
 	// Compression negotiates permessage-deflate with the clients that offer it (RFC 7692, no
 	// context takeover): what they receive is compressed, each channel message once per node
 	// (deflate.go). CompressionLevel is the flate level, 1 (fastest) to 9 (smallest); 0 means 1.
@@ -114,8 +116,8 @@ type Hub struct {
 	closed   bool           // Close was called: Accept refuses
 	served   sync.WaitGroup // the goroutines Accept starts, one per connection; Close waits for them
 
-	delay   *delayClock // nil without a write delay; Start starts it, Close stops it
-	deflate *deflater   // nil without compression
+	budget  *budgetClock // nil without a latency budget; Start starts it, Close stops it
+	deflate *deflater    // nil without compression
 }
 
 type shard struct {
@@ -199,16 +201,23 @@ func (e *entry) remove(c *Conn) bool {
 }
 
 // NewHub makes a hub; it starts nothing. Connections arrive through Accept, once SetHandler has
-// been called; with a write delay, Start must have been called too, or frames held back by the
-// delay wait for it.
+// been called; with a latency budget, Start must have been called too, or frames held back by
+// the budget wait for it.
 func NewHub(cfg Config, interest Interest, m *metrics.Metrics, log *slog.Logger) *Hub {
 	if cfg.CheckOrigin == nil {
 		cfg.CheckOrigin = sameHost
 	}
 	h := &Hub{cfg: cfg, interest: interest, log: log, rlog: ratelog.New(log, ratelog.DefaultInterval), metrics: m,
 		seed: maphash.MakeSeed(), sessions: map[string]*Conn{}}
-	if cfg.WriteDelay > 0 {
-		h.delay = newDelayClock(cfg.WriteDelay)
+	if cfg.LatencyBudget > 0 {
+		h.budget = newBudgetClock(cfg.LatencyBudget)
+		h.budget.onBusy = func(busy bool) {
+			if busy {
+				m.WriteBusy.Set(1)
+			} else {
+				m.WriteBusy.Set(0)
+			}
+		}
 	}
 	if cfg.Compression {
 		h.deflate = newDeflater(max(cfg.CompressionLevel, 1))
@@ -280,16 +289,16 @@ func (h *Hub) frame(c *Conn, b []byte) {
 // SetHandler sets the protocol handler; call it before the first Accept.
 func (h *Hub) SetHandler(handler Handler) { h.handler = handler }
 
-// Start starts what the hub runs besides its connections: the write-delay clock, when there is
-// a write delay. Close stops it. Calls after the first, and after Close, do nothing.
+// Start starts what the hub runs besides its connections: the budget clock, when there is a
+// latency budget. Close stops it. Calls after the first, and after Close, do nothing.
 func (h *Hub) Start() {
-	if h.delay == nil {
+	if h.budget == nil {
 		return
 	}
 	h.drainMu.Lock()
 	defer h.drainMu.Unlock()
 	if !h.closed {
-		h.delay.start()
+		h.budget.start()
 	}
 }
 
@@ -612,7 +621,15 @@ func (h *Hub) Deliver(channel string, pos protocol.Position, native []byte, othe
 		}
 		n += deliverEncoded(m, pos, x)
 	}
+	h.delivered(n)
 	return n
+}
+
+// delivered counts n frames delivered, for the budget clock's load figure.
+func (h *Hub) delivered(n int) {
+	if h.budget != nil && n > 0 {
+		h.budget.frames.Add(int64(n))
+	}
 }
 
 // deliverEncoded queues x and what follows it to m; it returns how many frames it queued.
@@ -650,6 +667,7 @@ func (h *Hub) Broadcast(frame []byte) int {
 			n++
 		}
 	}
+	h.delivered(n)
 	return n
 }
 
@@ -728,7 +746,7 @@ func (h *Hub) closeAll() {
 }
 
 // Close closes every remaining connection at once, waits until their goroutines have ended and
-// stops the write-delay clock. Connections still upgrading are told to go (drain) as they open.
+// stops the budget clock. Connections still upgrading are told to go (drain) as they open.
 // Safe to call twice.
 func (h *Hub) Close() {
 	h.drainMu.Lock()
@@ -737,8 +755,8 @@ func (h *Hub) Close() {
 	h.drainMu.Unlock()
 	h.closeAll()
 	h.served.Wait()
-	if h.delay != nil {
-		h.delay.stop()
+	if h.budget != nil {
+		h.budget.stop()
 	}
 }
 

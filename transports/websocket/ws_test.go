@@ -499,11 +499,12 @@ func TestEntryMembers(t *testing.T) {
 	}
 }
 
-// TestWriteDelayCoalesces: with a write delay, a connection's first frame goes out at once, and
-// frames queued less than a delay after a write wait for the delay and go out together, in one
-// socket write; a disconnect queued behind them still comes after them.
-func TestWriteDelayCoalesces(t *testing.T) {
-	h := newTestHub(t, Config{WriteDelay: 2 * time.Second}) // long: the three Sends below must come within it, even on a loaded machine
+// TestLatencyBudgetCoalescesWhenBusy: on a busy node, a connection's first frame goes out at
+// once, and frames queued less than a budget after a write wait for the budget and go out
+// together, in one socket write; a disconnect queued behind them still comes after them.
+func TestLatencyBudgetCoalescesWhenBusy(t *testing.T) {
+	h := newTestHub(t, Config{LatencyBudget: 2 * time.Second}) // long: the three Sends below must come within it, even on a loaded machine
+	forceBusy(h)
 	srv := h.serve(t)
 	cl := dialHub(t, h, srv.URL)
 	w0 := cl.conn.fc.socketWrites()
@@ -515,7 +516,7 @@ func TestWriteDelayCoalesces(t *testing.T) {
 		t.Fatalf("first frame took %d socket writes", w)
 	}
 	// melody reports the first frame written (the connection idle again) only after the client
-	// may have read it: frames sent before that would queue behind it rather than wait the delay.
+	// may have read it: frames sent before that would queue behind it rather than wait the budget.
 	deadline := time.Now().Add(10 * time.Second)
 	for !cl.conn.idle() {
 		if time.Now().After(deadline) {
@@ -523,7 +524,7 @@ func TestWriteDelayCoalesces(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	for i := 1; i <= 3; i++ { // well within the delay after the first write
+	for i := 1; i <= 3; i++ { // well within the budget after the first write
 		cl.conn.Send([]byte(fmt.Sprintf(`{"n":%d}`, i)))
 	}
 	cl.conn.Disconnect(protocol.DisconnectShutdown)
@@ -543,6 +544,76 @@ func TestWriteDelayCoalesces(t *testing.T) {
 	// The first frame, then the three and the disconnect together, then the close frame.
 	if w := cl.conn.fc.socketWrites() - w0; w != 3 {
 		t.Fatalf("%d socket writes, want 3", w)
+	}
+}
+
+// TestLatencyBudgetIdleWritesAtOnce: with a latency budget, a node that is not busy writes each
+// frame at once, one socket write per frame, even frames that come right after a write: none
+// waits the budget (a minute here, far beyond the test's deadlines).
+func TestLatencyBudgetIdleWritesAtOnce(t *testing.T) {
+	h := newTestHub(t, Config{LatencyBudget: time.Minute})
+	srv := h.serve(t)
+	cl := dialHub(t, h, srv.URL)
+	w0 := cl.conn.fc.socketWrites()
+	for i := range 5 {
+		want := fmt.Sprintf(`{"n":%d}`, i)
+		cl.conn.Send([]byte(want))
+		if b := cl.read(t); string(b) != want { // read's deadline is seconds: a held frame fails it
+			t.Fatalf("frame %d: %s", i, b)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for !cl.conn.idle() { // written and reported: the next Send finds no lead
+			if time.Now().After(deadline) {
+				t.Fatal("the frame is never reported written")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if w := cl.conn.fc.socketWrites() - w0; w != 5 {
+		t.Fatalf("%d socket writes for 5 frames sent one at a time, want 5", w)
+	}
+	if n := h.budget.leads.Load(); n != 0 {
+		t.Fatalf("%d leads in flight once everything was written, want 0", n)
+	}
+}
+
+// TestBusyState: the writers are behind at a tick when more than busyLeads leads were in flight
+// at it and at the tick before; the node becomes busy once they were behind on half a window's
+// ticks or more, stays busy while it delivers at least half the frames it delivered then (the
+// backlog goes away while frames are held), and becomes idle below that.
+func TestBusyState(t *testing.T) {
+	var s busyState
+	window := func(leads []int64, frames int64) bool {
+		for i := range busyWindow {
+			if n := s.sample(leads[i%len(leads)]); n != i+1 {
+				t.Fatalf("sample %d of the window says %d", i+1, n)
+			}
+		}
+		return s.observe(frames)
+	}
+	const over = busyLeads + 1
+	steps := []struct {
+		name   string
+		leads  []int64 // at each tick, repeated over the window
+		frames int64
+		want   bool
+	}{
+		{"frames written as they come", []int64{0}, 100000, false},
+		{"a burst drained within a tick, every other tick", []int64{1000, 0}, 100000, false},
+		{"behind on 7 of 16 ticks (8 over, the first not behind)", []int64{over, over, over, over, over, over, over, over, 0, 0, 0, 0, 0, 0, 0, 0}, 100000, false},
+		{"behind on 8 of 16 (9 ticks over, the first not behind): busy at 40,000 frames a window", []int64{0, over, over, over, over, over, over, over, over, over, 0, 0, 0, 0, 0, 0}, 40000, true},
+		{"no backlog (frames held), the load is still there", []int64{0}, 30000, true},
+		{"half the load that made it busy", []int64{0}, 20000, true},
+		{"below half: idle, frames written at once again", []int64{0}, 19999, false},
+		{"behind with no deliveries (replies, replays): busy...", []int64{over}, 0, true},
+		{"...until a window with no frames", []int64{0}, 0, false},
+		{"behind again", []int64{over}, 500, true},
+		{"the load went away while still behind (a drain): idle", []int64{over}, 10, false},
+	}
+	for i, st := range steps {
+		if got := window(st.leads, st.frames); got != st.want {
+			t.Fatalf("step %d (%s): busy %v, want %v", i, st.name, got, st.want)
+		}
 	}
 }
 
@@ -594,36 +665,70 @@ func TestInvalidUTF8ClosesWith1007(t *testing.T) {
 	}
 }
 
-// TestHubStartsNothingUntilStart: NewHub starts no write-delay clock; Start does, once; Close
+// TestHubStartsNothingUntilStart: NewHub starts no budget clock; Start does, once; Close
 // stops it, is safe twice, and a Start after it starts nothing. A hub closed without a Start
 // closes too.
 func TestHubStartsNothingUntilStart(t *testing.T) {
 	running := func(h *Hub) bool {
-		h.delay.runMu.Lock()
-		defer h.delay.runMu.Unlock()
-		return h.delay.running
+		h.budget.runMu.Lock()
+		defer h.budget.runMu.Unlock()
+		return h.budget.running
 	}
-	h := NewHub(Config{WriteDelay: time.Millisecond}, nopInterest{}, metrics.New(), slog.New(slog.DiscardHandler))
+	h := NewHub(Config{LatencyBudget: time.Millisecond}, nopInterest{}, metrics.New(), slog.New(slog.DiscardHandler))
 	if running(h) {
-		t.Fatal("NewHub started the write-delay clock")
+		t.Fatal("NewHub started the budget clock")
 	}
 	h.Start()
 	h.Start()
 	if !running(h) {
-		t.Fatal("Start did not start the write-delay clock")
+		t.Fatal("Start did not start the budget clock")
 	}
 	h.Close()
 	h.Close()
 	select {
-	case <-h.delay.done:
+	case <-h.budget.done:
 	default:
-		t.Fatal("Close left the write-delay clock running")
+		t.Fatal("Close left the budget clock running")
 	}
 
-	never := NewHub(Config{WriteDelay: time.Millisecond}, nopInterest{}, metrics.New(), slog.New(slog.DiscardHandler))
+	never := NewHub(Config{LatencyBudget: time.Millisecond}, nopInterest{}, metrics.New(), slog.New(slog.DiscardHandler))
 	never.Close()
 	never.Start()
 	if running(never) {
-		t.Fatal("Start after Close started the write-delay clock")
+		t.Fatal("Start after Close started the budget clock")
 	}
+}
+
+// TestWriteBusyMetric: gateway_write_busy follows the budget clock's decision: 1 once the node
+// counts as busy (here forced, without a load), 0 again once it does not.
+func TestWriteBusyMetric(t *testing.T) {
+	h := newTestHub(t, Config{LatencyBudget: 16 * time.Millisecond}) // a window every 16 ms
+	gauge := func() float64 {
+		families, err := h.metrics.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() == "gateway_write_busy" {
+				return f.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no gateway_write_busy")
+		return 0
+	}
+	waitGauge := func(want float64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for gauge() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("gateway_write_busy is %v, want %v", gauge(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitGauge(0)
+	h.budget.forced.Store(true)
+	waitGauge(1)
+	h.budget.forced.Store(false) // no load: idle at the next window
+	waitGauge(0)
 }
