@@ -167,7 +167,10 @@ func agreeOnPresence(t *testing.T, clients []*wstest.Client, channel string, wan
 // leaving reaped: each remaining subscriber gets each leave once, services one member_left each.
 func TestPresenceOnBrokers(t *testing.T) {
 	for _, cb := range nodetest.Brokers {
-		t.Run(cb.Name, func(t *testing.T) { testPresenceOnBroker(t, cb) })
+		t.Run(cb.Name, func(t *testing.T) {
+			t.Parallel() // the brokers are independent: each its own prefix (kafka: its own kfake)
+			testPresenceOnBroker(t, cb)
+		})
 	}
 }
 
