@@ -216,6 +216,7 @@ func publishAll(t *testing.T, base string, from, to int, at map[int]func()) {
 func TestNodeKilled(t *testing.T) {
 	for _, b := range brokers {
 		t.Run(b.name, func(t *testing.T) {
+			t.Parallel() // the brokers are independent: own prefix, own node processes
 			nodes := cluster(t, b, 3)
 			readers := startReaders(t, nodes, 30)
 			var killed time.Time
@@ -259,6 +260,7 @@ func TestRollingRestart(t *testing.T) {
 			continue
 		}
 		t.Run(b.name, func(t *testing.T) {
+			t.Parallel() // the brokers are independent: own prefix, own node processes
 			nodes := cluster(t, b, 3)
 			readers := startReaders(t, nodes, 15)
 			const total = 240
