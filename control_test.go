@@ -107,6 +107,7 @@ func expectServerSubscribed(t *testing.T, c *wstest.Client, channel string) {
 func TestControl(t *testing.T) {
 	for _, cb := range clusterBrokers {
 		t.Run(cb.Name, func(t *testing.T) {
+			t.Parallel() // the brokers are independent: each its own prefix (kafka: its own kfake)
 			t.Run("Disconnect", func(t *testing.T) { testControlDisconnect(t, cb) })
 			t.Run("Subscribe", func(t *testing.T) { testControlSubscribe(t, cb) })
 			t.Run("Revoke", func(t *testing.T) { testControlRevoke(t, cb) })

@@ -36,30 +36,19 @@ const (
 // the subscriptions, its live heap is back where it was after the first round, on every broker.
 // No message is published, so no broker keeps history of these channels (on memory, a channel
 // with history keeps its state until the history expires; that is tested in transports/memory).
-// leakNamesRace is the names per round under the race detector, which makes subscribing
-// several times slower: a quarter of leakNames, and fewer on the brokers where subscribing a
-// channel costs a round trip to the broker that the others do not make (JetStream reads the
-// channel's last message, Kafka asks for the partition's high watermark), so that each broker's
-// test stays well under a minute. The tolerance is the same, so a leak must be larger
-// per name to show: memory's still does. Without -race (scripts/test.sh runs it so) every broker
-// gets the full leakNames.
-var leakNamesRace = map[string]int{"jetstream": 750, "kafka": 2500}
-
 func TestChannelStateIsFreed(t *testing.T) {
 	if testing.Short() {
 		t.Skip("subscribes 80,000 channels per broker")
 	}
+	if raceEnabled {
+		// Under -race it took 137 s of the root package's run on a shared machine, with a
+		// quarter of the names (fewer on jetstream and kafka), which weakens what it detects;
+		// scripts/test.sh runs it without -race with every name, and the subscribe and release
+		// paths it drives run under -race in the cluster and control tests.
+		t.Skip("asserts heap sizes at full size: scripts/test.sh runs it without -race")
+	}
 	for _, cb := range clusterBrokers {
-		t.Run(cb.Name, func(t *testing.T) {
-			names := leakNames
-			if raceEnabled {
-				names /= 4
-				if n := leakNamesRace[cb.Name]; n > 0 {
-					names = n
-				}
-			}
-			testChannelStateIsFreed(t, cb, names)
-		})
+		t.Run(cb.Name, func(t *testing.T) { testChannelStateIsFreed(t, cb, leakNames) })
 	}
 }
 

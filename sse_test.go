@@ -148,6 +148,7 @@ func (c *streamClient) expect(typ string) wstest.Frame {
 func TestStreamResume(t *testing.T) {
 	for _, cb := range nodetest.Brokers {
 		t.Run(cb.Name, func(t *testing.T) {
+			t.Parallel() // the brokers are independent: each its own prefix (kafka: its own kfake)
 			t.Run("SSE", func(t *testing.T) { testStreamResume(t, cb, "/sse") })
 			t.Run("NDJSON", func(t *testing.T) { testStreamResume(t, cb, "/stream") })
 		})
@@ -176,6 +177,7 @@ func TestStreamResumeAfterSIGKILL(t *testing.T) {
 			continue // memory: its nodes cannot be processes (TestStreamResume covers it)
 		}
 		t.Run(cb.Name, func(t *testing.T) {
+			t.Parallel() // the brokers are independent: each its own prefix (kafka: its own kfake)
 			for _, path := range []string{"/stream", "/sse"} {
 				t.Run(path[1:], func(t *testing.T) {
 					cluster := cb.Setup(t)

@@ -177,7 +177,10 @@ func nodeLostOnly(reason string) string {
 // node_lost, once for each of its connections, naming the node that died.
 func TestWebhooksAcrossNodes(t *testing.T) {
 	for _, cb := range nodetest.Brokers {
-		t.Run(cb.Name, func(t *testing.T) { testWebhooksAcrossNodes(t, cb) })
+		t.Run(cb.Name, func(t *testing.T) {
+			t.Parallel() // the brokers are independent: each its own prefix (kafka: its own kfake)
+			testWebhooksAcrossNodes(t, cb)
+		})
 	}
 }
 

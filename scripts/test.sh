@@ -32,7 +32,8 @@ go test -count=1 -run 'TestRecreatedStreamGroup' ./transports/jetstream/
 # The cluster tests once more without -race: at full speed brokers deliver in bursts the race
 # detector's slowness hides.
 go test -count=1 -run 'TestCluster' .
-# Per-channel state freed, 4 rounds of 20,000 channel names on every broker (under -race, fewer).
+# Per-channel state freed, 4 rounds of 20,000 channel names on every broker (it skips itself
+# under -race: it asserts heap sizes, at full size).
 go test -count=1 -run 'TestChannelStateIsFreed' .
 # A dead node's presence members reaped within 2 heartbeats, on every broker that has the test:
 # it asserts a time, which the race detector's slowness would stretch.

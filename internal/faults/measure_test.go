@@ -54,6 +54,7 @@ func TestManyClientsResume(t *testing.T) {
 	}
 	for _, b := range brokers {
 		t.Run(b.name, func(t *testing.T) {
+			t.Parallel() // the brokers are independent: own prefix, own node processes
 			nodes := cluster(t, b, 3)
 			readers := startReaders(t, nodes, n)
 			publishAll(t, nodes[2].URL, 0, 10, nil)

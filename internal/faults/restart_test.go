@@ -114,6 +114,7 @@ var restartables = []restartable{
 func TestBrokerRestart(t *testing.T) {
 	for _, rb := range restartables {
 		t.Run(rb.name, func(t *testing.T) {
+			t.Parallel() // the brokers are independent: each its own server on its own port
 			env, stop, restart := rb.start(t)
 			b := broker{name: rb.name, env: func(*testing.T) []string { return env }}
 			nodes := cluster(t, b, 2)

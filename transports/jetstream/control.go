@@ -71,30 +71,19 @@ func (b *Broker) ListControl(ctx context.Context) (map[string][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	entries, err := b.listKV(ctx, kv, ">", true, false)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = w.Stop() }()
 	out := map[string][]byte{}
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return out, nil
-			}
-			if e == nil { // the initial values are all delivered
-				return out, nil
-			}
-			raw, err := base64.RawURLEncoding.DecodeString(e.Key())
-			if err != nil {
-				continue // not a key of ours
-			}
-			out[string(raw)] = e.Value()
-		case <-ctx.Done():
-			return nil, ctx.Err()
+	for _, e := range entries {
+		raw, err := base64.RawURLEncoding.DecodeString(e.key)
+		if err != nil {
+			continue // not a key of ours
 		}
+		out[string(raw)] = e.value
 	}
+	return out, nil
 }
 
 // openBucket creates the KV bucket name of this prefix (what: "presence", "control"), or opens it

@@ -210,6 +210,8 @@ type Broker struct {
 
 	ctl controlBucket // control.go
 
+	listTest listTest // kvlist.go; set by tests only
+
 	ctx       context.Context // cancelled by Close
 	cancel    context.CancelFunc
 	closeOnce sync.Once

@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -505,18 +504,7 @@ func (b *Broker) Members(ctx context.Context, channel, after string, limit int) 
 	ctx, cancel := boundCtx(ctx, b, b.listTimeout())
 	defer cancel()
 	pfx := "m." + transports.SafeName(channel) + "."
-	names, err := listKeys(ctx, kv, pfx+"*", pfx, func(s string) bool { return s > after })
-	// A KV listing (a watcher over the bucket, whose ordered consumer may be reset on a loaded
-	// machine) has come back empty, or short of a key, for a channel that had members: when the
-	// first page holds fewer members than the channel's counts say it has, list again, a few
-	// times (counts and keys written by joins running now may differ for a moment too).
-	for try := 0; err == nil && after == "" && len(names) <= limit && try < 3; try++ {
-		st, serr := b.Stats(ctx, channel)
-		if serr != nil || len(names) >= st.Connections {
-			break
-		}
-		names, err = listKeys(ctx, kv, pfx+"*", pfx, func(s string) bool { return s > after })
-	}
+	names, err := b.listKeys(ctx, kv, pfx+"*", pfx, func(s string) bool { return s > after })
 	if err != nil {
 		return nil, false, unavailable("presence members", err)
 	}
@@ -560,33 +548,6 @@ func (b *Broker) Members(ctx context.Context, channel, after string, limit int) 
 	return out, more, nil
 }
 
-// listKeys lists the keys matching filter, decodes what follows pfx, keeps the names keep
-// accepts and returns them sorted.
-func listKeys(ctx context.Context, kv jetstream.KeyValue, filter, pfx string, keep func(string) bool) ([]string, error) {
-	l, err := kv.ListKeysFiltered(ctx, filter)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	defer func() { _ = l.Stop() }()
-	var names []string
-	for k := range l.Keys() {
-		name, ok := unsafeName(strings.TrimPrefix(k, pfx))
-		if ok && keep(name) {
-			names = append(names, name)
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	// A key written while the listing runs (a member recorded again, a count updated) can come
-	// twice: once from the snapshot, once as the update.
-	slices.Sort(names)
-	return slices.Compact(names), nil
-}
-
 // Stats implements transports.Presence: one read of the channel's counts.
 func (b *Broker) Stats(ctx context.Context, channel string) (protocol.PresenceStats, error) {
 	kv, err := b.bucket()
@@ -618,7 +579,7 @@ func (b *Broker) Channels(ctx context.Context, prefix, after string, limit int) 
 	}
 	ctx, cancel := boundCtx(ctx, b, b.listTimeout())
 	defer cancel()
-	names, err := listKeys(ctx, kv, "c.*", "c.", func(s string) bool { return strings.HasPrefix(s, prefix) && s > after })
+	names, err := b.listKeys(ctx, kv, "c.*", "c.", func(s string) bool { return strings.HasPrefix(s, prefix) && s > after })
 	if err != nil {
 		return nil, false, unavailable("presence channels", err)
 	}
@@ -917,7 +878,7 @@ func (b *Broker) reapPass() {
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.PublishTimeout)
 	defer cancel()
-	nodes, err := listKeys(ctx, kv, "l.*", "l.", func(string) bool { return true })
+	nodes, err := b.listKeys(ctx, kv, "l.*", "l.", func(string) bool { return true })
 	if err != nil {
 		b.log.Debug("jetstream: presence reaping pass: cannot list the leases", "error", err)
 		return
@@ -991,24 +952,13 @@ const sweepEvery = 10
 // Its cost is a headers-only read of the whole bucket and a purge per marker, every sweepEvery
 // heartbeats on one node.
 func (b *Broker) sweep(ctx context.Context, kv jetstream.KeyValue, limit time.Time) error {
-	w, err := kv.WatchAll(ctx, jetstream.MetaOnly())
+	all, err := b.listKV(ctx, kv, ">", false, true)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = w.Stop() }()
-	var old []jetstream.KeyValueEntry
-	for done := false; !done; {
-		var e jetstream.KeyValueEntry
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case e = <-w.Updates():
-		}
-		if e == nil { // all read (or the watch ended)
-			done = true
-			continue
-		}
-		if op := e.Operation(); (op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge) && e.Created().Before(limit) {
+	var old []kvEntry
+	for _, e := range all {
+		if e.deleted && e.created.Before(limit) {
 			old = append(old, e)
 		}
 	}
@@ -1020,7 +970,7 @@ func (b *Broker) sweep(ctx context.Context, kv jetstream.KeyValue, limit time.Ti
 		return err
 	}
 	for _, e := range old {
-		err := st.Purge(ctx, jetstream.WithPurgeSubject("$KV."+kv.Bucket()+"."+e.Key()), jetstream.WithPurgeSequence(e.Revision()+1))
+		err := st.Purge(ctx, jetstream.WithPurgeSubject("$KV."+kv.Bucket()+"."+e.key), jetstream.WithPurgeSequence(e.rev+1))
 		if err != nil {
 			return err
 		}
@@ -1033,23 +983,16 @@ func (b *Broker) sweep(ctx context.Context, kv jetstream.KeyValue, limit time.Ti
 func (b *Broker) reapNode(kv jetstream.KeyValue, node string, match func(channel string, r memberRecord) bool) error {
 	ctx, cancel := boundCtx(context.Background(), b, b.listTimeout())
 	pfx := "n." + transports.SafeName(node) + "."
-	l, err := kv.ListKeysFiltered(ctx, pfx+">")
-	var keys []string
-	if err == nil {
-		for k := range l.Keys() {
-			keys = append(keys, k)
-		}
-		_ = l.Stop()
-		err = ctx.Err()
-	}
+	entries, err := b.listKV(ctx, kv, pfx+">", false, false)
 	cancel()
-	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+	if err != nil {
 		return err
 	}
 	b.pr.mu.Lock()
 	onReap := b.pr.onReap
 	b.pr.mu.Unlock()
-	for _, k := range keys {
+	for _, e := range entries {
+		k := e.key
 		c, s, ok := strings.Cut(strings.TrimPrefix(k, pfx), ".")
 		channel, ok1 := unsafeName(c)
 		session, ok2 := unsafeName(s)
