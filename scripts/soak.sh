@@ -14,9 +14,10 @@
 # since=<last position> (wsbench -churn), and at the end it checks by sequence number that
 # every message published after a connection's first subscribe reached it once (-gaps).
 #
-# Every SOAK_SAMPLE seconds it writes a row to $OUT/samples.csv: for each node its RSS (/proc),
-# goroutines and connections (/metrics), open file descriptors (/proc/PID/fd), and the broker's
-# memory (redis INFO used_memory, or nats-server /varz mem and /jsz storage) and RSS. At the end:
+# Every SOAK_SAMPLE seconds it writes a row to $OUT/samples.csv: for each node its RSS and the
+# cores it used since the previous sample (/proc), goroutines and connections (/metrics), open
+# file descriptors (/proc/PID/fd), and the broker's memory (redis INFO used_memory, or
+# nats-server /jsz storage, and its JetStream consumers), RSS and cores. At the end:
 # PNG charts of the samples (scripts/soakplot) in $OUT/plots, each wsbench report in
 # $OUT/wsbench-N.{txt,json}, and $OUT/summary.txt (the sums of the reports and the first and last
 # samples). With SOAK_DOCS=DIR the PNGs, the CSV and the summary are copied to DIR.
@@ -136,14 +137,26 @@ metric() { # metric PORT NAME: the sum of a Prometheus metric's samples on a nod
 }
 rss_mib() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null; }
 fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; } # utime+stime, clock ticks
+hz=$(getconf CLK_TCK)
+declare -A last_ticks=()
+cores() { # cores PID: cores used by PID since the previous call for it (empty the first time)
+  local now t
+  now=$(date +%s.%N); t=$(ticks "$1")
+  if [ -n "${last_ticks[$1]:-}" ]; then
+    awk -v t="$t" -v p="${last_ticks[$1]% *}" -v n="$now" -v q="${last_ticks[$1]#* }" -v hz="$hz" 'BEGIN { if (n > q) printf "%.3f", (t - p) / hz / (n - q) }'
+  fi
+  last_ticks[$1]="$t $now"
+}
 header="t_min"
 for k in 1 2 3; do header+=",node$k:rss_mib"; done
 for k in 1 2 3; do header+=",node$k:goroutines"; done
 for k in 1 2 3; do header+=",node$k:open_fds"; done
 for k in 1 2 3; do header+=",node$k:connections"; done
+for k in 1 2 3; do header+=",node$k:cpu_cores"; done
 case $broker in
-  jetstream) header+=",broker:rss_mib,broker:stored_mib" ;;
-  redis) header+=",broker:rss_mib,broker:used_memory_mib" ;;
+  jetstream) header+=",broker:rss_mib,broker:stored_mib,broker:cpu_cores,broker:consumers" ;;
+  redis) header+=",broker:rss_mib,broker:used_memory_mib,broker:cpu_cores" ;;
 esac
 echo "$header" >"$OUT/samples.csv"
 t0=$(date +%s)
@@ -154,11 +167,14 @@ sample() {
   for k in 0 1 2; do row+=",$(metric "${node_ports[k]}" go_goroutines)"; done
   for k in 0 1 2; do row+=",$(fds "${node_pids[k]}")"; done
   for k in 0 1 2; do row+=",$(metric "${node_ports[k]}" gateway_connections)"; done
+  for k in 0 1 2; do cores "${node_pids[k]}" >"$OUT/.c"; row+=",$(cat "$OUT/.c")"; done
   row+=",$(rss_mib "$broker_pid")"
   case $broker in
     jetstream) row+=",$(curl -sf --max-time 5 "http://127.0.0.1:$mport/jsz" | jq -r '(.storage + .memory) / 1048576 * 10 | round / 10' 2>/dev/null)" ;;
     redis) row+=",$(redis-cli -p "$bport" info memory | awk -F: '/^used_memory:/ { printf "%.1f", $2 / 1048576 }')" ;;
   esac
+  cores "$broker_pid" >"$OUT/.c"; row+=",$(cat "$OUT/.c")"
+  [ "$broker" = jetstream ] && row+=",$(curl -sf --max-time 5 "http://127.0.0.1:$mport/jsz" | jq -r '.consumers' 2>/dev/null)"
   echo "$row" >>"$OUT/samples.csv"
 }
 sample
