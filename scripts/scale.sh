@@ -16,7 +16,9 @@
 # stopped (SIGTERM: each writes its report) and $OUT/summary.txt says: connections held per
 # node, connect time, RSS per connection (nodes' RSS once connected minus before, over the
 # connections), goroutines and open files per node, the messages published, the deliveries
-# owed (messages × subscribers) and received, and the latency percentiles of each process.
+# owed (messages × subscribers) and received, the nodes' CPU time from the start of the fan-out
+# to its end (/proc utime+stime: with the holders' idle upkeep, but it is small) per 1,000
+# deliveries, and the latency percentiles of each process.
 #
 # Environment (defaults in brackets):
 #   SCALE_CONNS    connections in all [50000]         SCALE_PROCS    holding processes [4]
@@ -119,6 +121,8 @@ metric() { # metric PORT NAME: the sum of a Prometheus metric's samples on a nod
   curl -sf --max-time 10 "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2; n++ } END { printf "%d", s }'
 }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # utime+stime, clock ticks
+node_ticks() { local k t=0; for k in 0 1 2; do t=$((t + $(ticks "${node_pids[k]}"))); done; echo $t; }
 fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 nodes_line() { # one line per node: connections, subscriptions, RSS, goroutines, open files
   local k
@@ -162,10 +166,12 @@ connected=$(nodes_line)
 echo "$connected"
 
 # The fan-out: one more process, one connection on the channel, publishing.
+ticks0=$(node_ticks); tf0=$(date +%s.%N)
 "$OUT/bin/wsbench" -url "$urls" -conns 1 -channels 1 -channel-prefix scale -secret "$GATEWAY_JWT_SECRET" \
   -api-key "$GATEWAY_API_KEY" -rate "$SCALE_RATE" -duration "$SCALE_PUBLISH" -publishers 1 -grace 30s \
   -json "$OUT/publisher.json" >"$OUT/publisher.txt" 2>"$OUT/publisher.log" || true
 sleep 10 # the holders' last deliveries (the publisher waited for its own)
+ticks1=$(node_ticks); tf1=$(date +%s.%N)
 during=$(nodes_line)
 for h in "${holders[@]}"; do kill -TERM "$h" 2>/dev/null || true; done
 for h in "${holders[@]}"; do
@@ -190,6 +196,10 @@ done
       deliveries_received: ((map(.deliveries_received) | add) + $p.deliveries_received),
       latency_ms_per_holder: map(.latency_ms | {p50, p99, max})
     }' "$OUT"/holder-*.json
+  recv=$(jq -s 'map(.deliveries_received) | add' "$OUT"/holder-*.json)
+  awk -v a="$ticks0" -v b="$ticks1" -v hz="$(getconf CLK_TCK)" -v r="$recv" -v t0="$tf0" -v t1="$tf1" 'BEGIN {
+    ms = (b - a) * 1000 / hz
+    printf "nodes CPU during the fan-out (%.0f s): %.0f ms, %.2f ms per 1,000 deliveries to the holders (%d)\n", t1 - t0, ms, ms / (r / 1000), r }'
   echo "publisher (one connection):"
   grep -E 'published|deliveries|latency' "$OUT/publisher.txt" || true
 } | tee "$OUT/summary.txt"

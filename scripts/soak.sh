@@ -28,6 +28,10 @@
 #   SOAK_RATE      messages/s per process [25]    SOAK_CHURN     resumes/s per process [5]
 #   SOAK_SAMPLE    seconds between samples [10]   OUT            results [/tmp/soak-<broker>-<date>]
 #   SOAK_MAX_LEN   GATEWAY_REDIS_MAX_LEN [2000]   SOAK_MAX_AGE   GATEWAY_JETSTREAM_MAX_AGE [5m]
+#   NATS_SERVER    the nats-server binary [nats-server from PATH]
+#   NATS_CONF      a nats-server configuration file, passed with -c [none]; nats-server 2.11 and
+#                  later allow 1,000 consumers per stream by default, fewer than the soak's
+#                  channels × nodes: give it `jetstream { limits { default_max_consumers: -1 } }`
 #   (the history is bounded so that the broker's memory reaches its plateau within the run;
 #   a resume needs seconds of it)
 #
@@ -42,7 +46,7 @@ usage() { sed -n '5,5p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -eq 1 ] || usage
 broker=$1
 case $broker in
-  jetstream) command -v nats-server >/dev/null || { echo "soak.sh: nats-server is required" >&2; exit 1; } ;;
+  jetstream) command -v "${NATS_SERVER:-nats-server}" >/dev/null || { echo "soak.sh: nats-server is required" >&2; exit 1; } ;;
   redis) command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "soak.sh: redis-server and redis-cli are required" >&2; exit 1; } ;;
   *) usage ;;
 esac
@@ -98,7 +102,8 @@ bport=$(free_port)
 case $broker in
   jetstream)
     mport=$(free_port)
-    nats-server -js -a 127.0.0.1 -p "$bport" -m "$mport" -sd "$OUT/js" >"$OUT/broker.log" 2>&1 &
+    conf=(); [ -n "${NATS_CONF:-}" ] && conf=(-c "$NATS_CONF")
+    "${NATS_SERVER:-nats-server}" "${conf[@]}" -js -a 127.0.0.1 -p "$bport" -m "$mport" -sd "$OUT/js" >"$OUT/broker.log" 2>&1 &
     pids+=($!); broker_pid=$!
     export GATEWAY_NATS_URL=nats://127.0.0.1:$bport GATEWAY_JETSTREAM_MAX_AGE=$SOAK_MAX_AGE ;;
   redis)
