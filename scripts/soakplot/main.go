@@ -106,6 +106,7 @@ func run(in, out, title string) error {
 		p.Y.Label.Text = m
 		p.Y.Min = 0
 		p.Legend.Top = true
+		p.Legend.Left = true // the lines rise in the first minute: the top left is free
 		p.Add(plotter.NewGrid())
 		for i, s := range metrics[m] {
 			if len(s.pts) == 0 {
@@ -120,7 +121,7 @@ func run(in, out, title string) error {
 			p.Add(l)
 			p.Legend.Add(s.name, l)
 		}
-		p.Y.Max = max(p.Y.Max*1.1, 1)
+		p.Y.Max = max(p.Y.Max*1.4, 1) // room for the legend above the lines
 		p.BackgroundColor = color.White
 		path := filepath.Join(out, m+".png")
 		if err := p.Save(8*vg.Inch, 3.5*vg.Inch, path); err != nil {
