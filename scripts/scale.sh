@@ -23,7 +23,9 @@
 # Environment (defaults in brackets):
 #   SCALE_CONNS    connections in all [50000]         SCALE_PROCS    holding processes [4]
 #   SCALE_RATE     messages/s of the fan-out [1]      SCALE_PUBLISH  publishing time [10s]
-#   SCALE_RAMP     connections/s per process [400]    SCALE_CONNECT_WAIT  seconds [300]
+#   SCALE_RAMP     connections/s per process [150]    SCALE_CONNECT_WAIT  seconds [300]
+#   (wsbench stops opening connections after conns/ramp + 30 s: on a busy machine a Redis
+#   node subscribes fewer than 200 a second per process, so a faster ramp leaves some unopened)
 #   OUT            results [/tmp/scale-<broker>-<date>]
 #
 # Every wait is bounded; the nodes, the broker and the wsbench processes are stopped on exit.
@@ -48,7 +50,7 @@ SCALE_CONNS=${SCALE_CONNS:-50000}
 SCALE_PROCS=${SCALE_PROCS:-4}
 SCALE_RATE=${SCALE_RATE:-1}
 SCALE_PUBLISH=${SCALE_PUBLISH:-10s}
-SCALE_RAMP=${SCALE_RAMP:-400}
+SCALE_RAMP=${SCALE_RAMP:-150}
 SCALE_CONNECT_WAIT=${SCALE_CONNECT_WAIT:-300}
 OUT=${OUT:-/tmp/scale-$broker-$(date +%Y%m%d-%H%M%S)}
 per=$((SCALE_CONNS / SCALE_PROCS))
