@@ -39,9 +39,9 @@ type shard struct {
 // bench is the state of one run.
 type bench struct {
 	o       options
-	wsURL   *url.URL
-	sseURL  *url.URL // -transport sse: the http(s) URL of /sse
-	pubURL  string
+	wsURLs  []*url.URL // /ws of each node
+	sseURLs []*url.URL // -transport sse: the http(s) URL of /sse of each node
+	pubURLs []string   // /api/publish of each node
 	shards  [shards]shard
 	subsPer []atomic.Int64 // subscribed connections per channel index
 
@@ -58,11 +58,20 @@ type bench struct {
 
 	connsMu sync.Mutex
 	conns   []*conn // open connections, for closeAll; nil once it ran
+	closed  []*conn // the connections closeAll closed, for the gap check
 	epoll   *epollReaders
 	svc     *service.Service // -publish broker
 
 	rateMu sync.Mutex
 	last   rateState // of the previous progress line
+
+	// With -gaps: the publish time of each message by seq (0: not published or failed), read
+	// against each connection's first subscribe.
+	pubT []atomic.Int64
+	// With -churn: the run's context (a resume dials within it) and the resume counters.
+	runCtx                                                       context.Context
+	closing                                                      atomic.Bool // closeAll started: no more resumes
+	resumes, resumesRecovered, resumesNotRecovered, resumeFailed atomic.Int64
 }
 
 // run performs one benchmark: open and subscribe o.Conns connections, then either hold them
@@ -80,6 +89,7 @@ func run(ctx context.Context, o options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	b.runCtx = ctx
 	if b.svc != nil {
 		defer b.svc.Close()
 	}
@@ -133,7 +143,9 @@ func run(ctx context.Context, o options) (*Report, error) {
 		if o.Idle {
 			sleepCtx(ctx, o.Duration)
 		} else {
+			stopChurn := b.startChurn(ctx)
 			b.publish(ctx)
+			stopChurn()
 			pubDur = time.Since(tPub)
 			b.awaitDeliveries(ctx)
 		}
@@ -171,26 +183,30 @@ func run(ctx context.Context, o options) (*Report, error) {
 }
 
 func newBench(o options) (*bench, error) {
-	u, _ := url.Parse(o.URL)
-	base := strings.TrimRight(u.String(), "/")
-	ws := *u
-	ws.Scheme = map[string]string{"http": "ws", "https": "wss"}[u.Scheme]
-	ws.Path = strings.TrimRight(ws.Path, "/") + "/ws"
-	if o.Server == serverCentrifugo {
-		ws.Path = strings.TrimRight(u.Path, "/") + "/connection/websocket"
-	}
-	sse := *u
-	sse.Path = strings.TrimRight(sse.Path, "/") + "/sse"
 	b := &bench{
 		o:           o,
-		wsURL:       &ws,
-		sseURL:      &sse,
-		pubURL:      base + "/api/publish",
 		subsPer:     make([]atomic.Int64, o.Channels),
 		connErrors:  map[string]int64{},
 		disconnects: map[string]int64{},
 		pubErrKinds: map[string]int64{},
 		conns:       make([]*conn, 0, o.Conns),
+	}
+	for _, n := range o.Nodes {
+		u, _ := url.Parse(n)
+		ws := *u
+		ws.Scheme = map[string]string{"http": "ws", "https": "wss"}[u.Scheme]
+		ws.Path = strings.TrimRight(ws.Path, "/") + "/ws"
+		if o.Server == serverCentrifugo {
+			ws.Path = strings.TrimRight(u.Path, "/") + "/connection/websocket"
+		}
+		sse := *u
+		sse.Path = strings.TrimRight(sse.Path, "/") + "/sse"
+		b.wsURLs = append(b.wsURLs, &ws)
+		b.sseURLs = append(b.sseURLs, &sse)
+		b.pubURLs = append(b.pubURLs, strings.TrimRight(u.String(), "/")+"/api/publish")
+	}
+	if o.Gaps && !o.Idle {
+		b.pubT = make([]atomic.Int64, uint64(o.Rate*o.Duration.Seconds()+0.5))
 	}
 	if o.Publish == publishBroker && !o.Idle {
 		cfg, err := configs.Load(o.Config, brokerEnviron(os.Environ()))
@@ -327,6 +343,22 @@ type conn struct {
 	seen  int  // frames read while subscribing
 	dead  bool // the epoll worker closed it (read by closeAll once the workers stopped)
 	wbuf  []byte
+
+	node  int    // index of the node (-url) it is on
+	token string // to resume with
+	// With -gaps (owned by its reader): the time of its first subscribe, the position of the last
+	// message (or of that subscribe), and which messages of its channel arrived: bit k is seq
+	// channel+k*channels. With -churn, resuming is set while it subscribes again with since.
+	subAt    int64
+	lastPos  []byte
+	got      []uint64
+	dups     int64
+	resuming bool
+	// mu guards nc against closeAll and the churn (which close it from other goroutines) while
+	// its reader replaces it on a resume; closed is set by closeAll.
+	mu      sync.Mutex
+	closed  bool
+	churned atomic.Bool // closed by the churn: resume it
 }
 
 type connState uint8
@@ -345,7 +377,7 @@ func (c *conn) feed(p []byte, fn func(op byte, payload []byte) error) error {
 	return c.p.feed(p, fn)
 }
 
-// errOpened stops the frame loop of open once the connection is subscribed.
+// errOpened is what handshake returns once the connection is subscribed.
 var errOpened = errors.New("subscribed")
 
 // openError is why opening a connection failed, as counted in the report.
@@ -368,9 +400,10 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 	var err error
 	var sse *sseParser
 	var zr bool // permessage-deflate was negotiated
+	node := i % len(b.wsURLs)
 	if b.o.Transport == transportSSE {
 		var chunked bool
-		nc, rest, chunked, err = dialSSE(ctx, b.sseURL, b.o.channelOf(i), token, local, 15*time.Second)
+		nc, rest, chunked, err = dialSSE(ctx, b.sseURLs[node], b.o.channelOf(i), token, local, 15*time.Second)
 		sse = &sseParser{chunked: chunked}
 	} else {
 		var deflate bool
@@ -378,7 +411,7 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 		if b.o.Server == serverCentrifugo {
 			header = ""
 		}
-		nc, rest, deflate, err = dialWS(ctx, b.wsURL, header, local, 15*time.Second, b.o.Compression)
+		nc, rest, deflate, err = dialWS(ctx, b.wsURLs[node], header, local, 15*time.Second, b.o.Compression)
 		if deflate {
 			b.compressed.Add(1)
 		}
@@ -390,7 +423,7 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 		return nil, false
 	}
 	b.opened.Add(1)
-	c := &conn{i: i, nc: nc, fd: -1, sh: &b.shards[i%shards], sse: sse}
+	c := &conn{i: i, nc: nc, fd: -1, sh: &b.shards[i%shards], sse: sse, node: node, token: token}
 	if zr {
 		c.p.inflate = &inflater{}
 	}
@@ -398,31 +431,7 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 		nc.Close()
 		return nil, false
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	_ = nc.SetReadDeadline(deadline)
-	if b.o.Server == serverCentrifugo { // no welcome there: the client speaks first
-		_ = nc.SetWriteDeadline(deadline)
-		if err := c.write(opText, centrifugoConnect(token)); err != nil {
-			b.subFailed.Add(1)
-			b.countErr(b.connErrors, shorten("connect: "+err.Error()))
-			nc.Close()
-			return nil, false
-		}
-	}
-	buf := make([]byte, 4096)
-	err = c.feed(rest, func(op byte, p []byte) error { return b.frame(c, op, p) })
-	for err == nil {
-		var n int
-		n, err = nc.Read(buf)
-		if n > 0 {
-			if ferr := c.feed(buf[:n], func(op byte, p []byte) error { return b.frame(c, op, p) }); ferr != nil {
-				err = ferr
-			}
-		}
-	}
+	err = b.handshake(ctx, c, rest)
 	if err != errOpened && c.state != stateLive {
 		kind := err.Error()
 		var oe *openError
@@ -440,6 +449,42 @@ func (b *bench) open(ctx context.Context, i int, token string) (*conn, bool) {
 	}
 	_ = nc.SetReadDeadline(time.Time{})
 	return c, true
+}
+
+// handshake reads connection c's frames from what followed the upgrade (rest) on until it is
+// subscribed (errOpened) or fails, within 15 s and ctx's deadline.
+func (b *bench) handshake(ctx context.Context, c *conn, rest []byte) error {
+	nc := c.nc
+	deadline := time.Now().Add(15 * time.Second)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	_ = nc.SetReadDeadline(deadline)
+	if b.o.Server == serverCentrifugo { // no welcome there: the client speaks first
+		_ = nc.SetWriteDeadline(deadline)
+		if err := c.write(opText, centrifugoConnect(c.token)); err != nil {
+			return &openError{kind: "connect: " + err.Error()}
+		}
+	}
+	buf := make([]byte, 4096)
+	fn := func(op byte, p []byte) error { return b.frame(c, op, p) }
+	// The frames that follow "subscribed" in the same read are live ones: the whole buffer is
+	// fed before the handshake ends, so none is dropped.
+	err := c.feed(rest, fn)
+	for err == nil && c.state != stateLive {
+		var n int
+		n, err = nc.Read(buf)
+		if n > 0 {
+			if ferr := c.feed(buf[:n], fn); ferr != nil {
+				err = ferr
+			}
+		}
+	}
+	if err == nil {
+		_ = nc.SetReadDeadline(time.Time{})
+		return errOpened
+	}
+	return err
 }
 
 // frame handles one frame of connection c: the welcome and the subscribe reply while it opens,
@@ -469,6 +514,9 @@ func (b *bench) frame(c *conn, op byte, p []byte) error {
 		}
 		ch := b.o.channelOf(c.i)
 		sub := `{"type":"subscribe","id":"s","channel":` + strconv.Quote(ch) + `}`
+		if c.resuming && len(c.lastPos) > 0 {
+			sub = `{"type":"subscribe","id":"s","channel":` + strconv.Quote(ch) + `,"since":` + strconv.Quote(string(c.lastPos)) + `}`
+		}
 		if err := c.write(opText, []byte(sub)); err != nil {
 			return &openError{kind: "subscribe: " + err.Error()}
 		}
@@ -478,9 +526,22 @@ func (b *bench) frame(c *conn, op byte, p []byte) error {
 		switch string(frameType(p)) {
 		case "subscribed":
 			c.state = stateLive
+			if c.resuming {
+				b.resumed(c, p)
+				return nil
+			}
+			if b.o.Gaps {
+				c.subAt = time.Now().UnixNano()
+				c.lastPos = append(c.lastPos[:0], stringField(p, keyPosition)...)
+			}
 			b.subscribed.Add(1)
 			b.subsPer[c.i%b.o.Channels].Add(1)
-			return errOpened
+			return nil
+		case "message":
+			if c.resuming { // the replay of a resume
+				b.deliver(c, p, time.Now().UnixNano(), false)
+				return nil
+			}
 		case "error":
 			return &openError{kind: "subscribe refused: " + string(stringField(p, keyCode))}
 		case "disconnect":
@@ -495,15 +556,7 @@ func (b *bench) frame(c *conn, op byte, p []byte) error {
 	typ := frameType(p)
 	switch {
 	case bytes.Equal(typ, []byte("message")):
-		t, ok := payloadTime(p)
-		if !ok {
-			c.sh.other.Add(1)
-			return nil
-		}
-		if b.measuring.Load() {
-			c.sh.received.Add(1)
-			c.sh.hist.Record(time.Duration(now - t))
-		}
+		b.deliver(c, p, now, true)
 	case bytes.Equal(typ, []byte("disconnect")):
 		b.countErr(b.disconnects, string(stringField(p, keyCode)))
 	default:
@@ -553,6 +606,15 @@ func (b *bench) read(c *conn) {
 			}
 		}
 		if err != nil {
+			if b.o.Churn > 0 { // counted by resume
+				if b.resume(c, err) {
+					continue
+				}
+				if errors.Is(err, errFrame) {
+					b.countErr(b.connErrors, "malformed frame from the server")
+				}
+				return
+			}
 			b.ended(c, err)
 			return
 		}
@@ -581,20 +643,25 @@ func (b *bench) register(c *conn) bool {
 
 // closeAll stops the readers and closes every connection.
 func (b *bench) closeAll() {
+	b.closing.Store(true)
 	b.connsMu.Lock()
 	conns := b.conns
 	b.conns = nil
+	b.closed = conns
 	b.connsMu.Unlock()
 	if b.epoll != nil {
 		b.epoll.stop() // the workers own the sockets until they have stopped
 	}
 	for _, c := range conns {
+		c.mu.Lock()
+		c.closed = true
 		switch {
 		case c.nc != nil:
 			_ = c.nc.Close()
 		case c.fd >= 0 && !c.dead:
 			closeFD(c.fd)
 		}
+		c.mu.Unlock()
 	}
 }
 
@@ -642,11 +709,15 @@ func (b *bench) publish(ctx context.Context) {
 			var buf []byte
 			for seq := range tokens {
 				c := int(seq % uint64(len(names)))
+				t := time.Now().UnixNano()
 				var err error
-				if buf, err = send(ctx, buf[:0], names[c], seq); err != nil {
+				if buf, err = send(ctx, buf[:0], names[c], seq, t); err != nil {
 					b.pubErrors.Add(1)
 					b.countErr(b.pubErrKinds, shorten(err.Error()))
 					continue
+				}
+				if b.pubT != nil && seq < uint64(len(b.pubT)) {
+					b.pubT[seq].Store(t)
 				}
 				b.published.Add(1)
 				b.expected.Add(b.subsPer[c].Load())
@@ -694,8 +765,9 @@ func brokerEnviron(env []string) []string {
 	return append(env[:len(env):len(env)], "GATEWAY_ALLOW_ANONYMOUS=true")
 }
 
-// publishFunc publishes message seq to channel, using buf for its bytes (returned for reuse).
-type publishFunc func(ctx context.Context, buf []byte, channel string, seq uint64) ([]byte, error)
+// publishFunc publishes message seq, stamped t (unix nanos), to channel, using buf for its bytes
+// (returned for reuse).
+type publishFunc func(ctx context.Context, buf []byte, channel string, seq uint64, t int64) ([]byte, error)
 
 // httpPublisher publishes through POST /api/publish on keep-alive connections.
 func (b *bench) httpPublisher() publishFunc {
@@ -709,9 +781,9 @@ func (b *bench) httpPublisher() publishFunc {
 			DisableCompression:  true,
 		},
 	}
-	return func(ctx context.Context, buf []byte, channel string, seq uint64) ([]byte, error) {
-		buf = appendPublishBody(buf, channel, time.Now().UnixNano(), seq, b.o.Payload, b.o.Pad)
-		return buf, b.post(ctx, client, buf)
+	return func(ctx context.Context, buf []byte, channel string, seq uint64, t int64) ([]byte, error) {
+		buf = appendPublishBody(buf, channel, t, seq, b.o.Payload, b.o.Pad)
+		return buf, b.post(ctx, client, b.pubURLs[seq%uint64(len(b.pubURLs))], buf)
 	}
 }
 
@@ -719,8 +791,8 @@ func (b *bench) httpPublisher() publishFunc {
 // the gateway's HTTP API would publish (same topic, metadata and signature), without the node's
 // HTTP server, router and inbound path.
 func (b *bench) brokerPublisher() publishFunc {
-	return func(ctx context.Context, buf []byte, channel string, seq uint64) ([]byte, error) {
-		buf = appendPayload(buf, time.Now().UnixNano(), seq, b.o.Payload, b.o.Pad)
+	return func(ctx context.Context, buf []byte, channel string, seq uint64, t int64) ([]byte, error) {
+		buf = appendPayload(buf, t, seq, b.o.Payload, b.o.Pad)
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		_, err := b.svc.ToChannel(pctx, channel, json.RawMessage(buf))
@@ -729,8 +801,8 @@ func (b *bench) brokerPublisher() publishFunc {
 }
 
 // post sends one publish request.
-func (b *bench) post(ctx context.Context, client *http.Client, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.pubURL, bytes.NewReader(body))
+func (b *bench) post(ctx context.Context, client *http.Client, target string, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,10 @@ import (
 
 // options are the settings of one run (the command-line flags).
 type options struct {
-	URL           string        // base http(s) URL of the gateway
+	URL           string        // base http(s) URL of the gateway, or several separated by commas (the nodes)
+	Nodes         []string      // the base URLs of URL, split (filled by normalize)
+	Churn         float64       // connections per second closed and resumed on the next node (0: none)
+	Gaps          bool          // check every delivery by its seq: gaps and duplicates per connection
 	Conns         int           // WebSocket connections
 	Channels      int           // distinct channels; 0 means one per connection
 	ChannelPrefix string        // channel names: prefix (one channel) or prefix.<i mod Channels>
@@ -49,6 +52,7 @@ const (
 	maxConns     = 1_000_000
 	maxPayload   = 60 << 10 // below the gateway's default 64 KiB frame limit
 	maxSourceIPs = 65_000
+	maxTracked   = 50_000_000 // messages -gaps tracks (8 bytes each)
 
 	publishHTTP   = "http"
 	publishBroker = "broker"
@@ -93,7 +97,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		fmt.Fprintln(stderr, "usage: wsbench -url http://host:port -conns N [-channels N] (-secret S | -token T) [-api-key K -rate R | -idle] [flags]")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&o.URL, "url", o.URL, "base `URL` of the gateway (http or https); /ws and /api/publish are appended")
+	fs.StringVar(&o.URL, "url", o.URL, "base `URL` of the gateway (http or https); /ws and /api/publish are appended. Several nodes: URLs separated by commas; connection i opens on node i mod n and publishing goes round-robin over them")
+	fs.Float64Var(&o.Churn, "churn", 0, "while publishing, close this many `connections per second` (in turn) and resume each on the next node of -url with since=<last position>; implies -gaps and -reader goroutine")
+	fs.BoolVar(&o.Gaps, "gaps", false, "check every delivery by its seq: each message published after a connection's first subscribe must reach it once (gaps and duplicates per connection)")
 	fs.IntVar(&o.Conns, "conns", o.Conns, "WebSocket connections to open")
 	fs.IntVar(&o.Channels, "channels", o.Channels, "distinct `count` of channels: 1 puts every connection on the channel named by -channel-prefix; N>1 puts connection i on <prefix>.<i mod N>; 0 gives each connection its own channel")
 	fs.StringVar(&o.ChannelPrefix, "channel-prefix", o.ChannelPrefix, "channel name `prefix`")
@@ -138,7 +144,23 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 func (o *options) normalize() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	u, err := url.Parse(o.URL)
+	o.Nodes = o.Nodes[:0]
+	for _, n := range strings.Split(o.URL, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			o.Nodes = append(o.Nodes, n)
+		}
+	}
+	if len(o.Nodes) == 0 {
+		o.Nodes = []string{""}
+	}
+	u, err := url.Parse(o.Nodes[0])
+	for _, n := range o.Nodes[1:] {
+		if v, verr := url.Parse(n); verr != nil {
+			err = verr
+		} else if v.Scheme != u.Scheme {
+			bad("-url: every node needs the same scheme (%q, %q)", u.Scheme, v.Scheme)
+		}
+	}
 	switch {
 	case err != nil:
 		bad("-url: %v", err)
@@ -179,6 +201,25 @@ func (o *options) normalize() error {
 	case publishBroker:
 	default:
 		bad("-publish must be http or broker, not %q", o.Publish)
+	}
+	if o.Churn < 0 || o.Churn > 10_000 {
+		bad("-churn must be 0 to 10000 connections/s")
+	}
+	if o.Churn > 0 {
+		o.Gaps = true
+		if o.Idle {
+			bad("-churn resumes while publishing: drop -idle")
+		}
+		if o.Transport == transportSSE {
+			bad("-churn is for -transport websocket")
+		}
+		if o.Reader == readerEpoll {
+			bad("-churn needs -reader goroutine (a resumed connection is read by its own goroutine)")
+		}
+		o.Reader = readerGoroutine
+	}
+	if o.Gaps && o.Rate*o.Duration.Seconds() > maxTracked {
+		bad("-gaps tracks every message: -rate × -duration must stay below %d", maxTracked)
 	}
 	switch o.Reader {
 	case "":

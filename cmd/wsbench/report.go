@@ -42,15 +42,36 @@ type Report struct {
 	ClientCPUMillis  float64          `json:"client_cpu_ms"`
 	ClientCPUPer1000 float64          `json:"client_cpu_ms_per_1000_deliveries,omitempty"`
 	Latency          LatencyReport    `json:"latency_ms"`
+	Churn            *ChurnReport     `json:"churn,omitempty"`
+	Gaps             *GapReport       `json:"gaps,omitempty"`
 	Server           *ServerReport    `json:"server,omitempty"`
 	Broker           *BrokerReport    `json:"broker,omitempty"`
 	Host             *HostReport      `json:"host,omitempty"`
 	Notes            []string         `json:"notes,omitempty"`
 }
 
+// ChurnReport counts the resumes of -churn (and of connections lost by themselves).
+type ChurnReport struct {
+	Resumes      int64 `json:"resumes"`
+	Recovered    int64 `json:"recovered"`     // "subscribed" said recovered:true
+	NotRecovered int64 `json:"not_recovered"` // recovered:false: the node could not replay
+	Failed       int64 `json:"failed"`        // the dial or the subscribe failed: the connection is gone
+	Unfinished   int64 `json:"unfinished"`    // still resuming when the run closed its connections
+}
+
+// GapReport is the -gaps check: each message published after a connection's first subscribe
+// (by its seq) must reach it once.
+type GapReport struct {
+	Checked       int64 `json:"checked"`         // deliveries owed
+	Missing       int64 `json:"missing"`         // owed and never received
+	Duplicates    int64 `json:"duplicates"`      // received more than once
+	ConnsWithGaps int64 `json:"conns_with_gaps"` // connections missing at least one
+}
+
 // ReportOptions are the settings a report was made with (no secrets).
 type ReportOptions struct {
 	URL          string  `json:"url"`
+	Churn        float64 `json:"churn,omitempty"`
 	Conns        int     `json:"conns"`
 	Channels     int     `json:"channels"`
 	Rate         float64 `json:"rate"`
@@ -153,7 +174,7 @@ func (r *Report) fillHost(busy, wall time.Duration) {
 }
 
 func reportOptions(o options) ReportOptions {
-	return ReportOptions{URL: o.URL, Conns: o.Conns, Channels: o.Channels, Rate: o.Rate, Publishers: o.Publishers,
+	return ReportOptions{URL: o.URL, Churn: o.Churn, Conns: o.Conns, Channels: o.Channels, Rate: o.Rate, Publishers: o.Publishers,
 		DurationSec: o.Duration.Seconds(), PayloadBytes: o.Payload, Idle: o.Idle, Ramp: o.Ramp, SourceIPs: o.SourceIPs, PID: o.PID,
 		Publish: o.Publish, Reader: o.Reader, Compression: o.Compression, Pad: o.Pad}
 }
@@ -196,6 +217,15 @@ func (b *bench) fill(rep *Report, pubDur, holdDur, clientCPU time.Duration, s0, 
 			rep.DeliveriesPerSec = float64(rep.Received) / pubDur.Seconds()
 		}
 	}
+	if b.o.Churn > 0 {
+		rep.Churn = &ChurnReport{Resumes: b.resumes.Load(), Recovered: b.resumesRecovered.Load(),
+			NotRecovered: b.resumesNotRecovered.Load(), Failed: b.resumeFailed.Load()}
+		rep.Churn.Unfinished = rep.Churn.Resumes - rep.Churn.Recovered - rep.Churn.NotRecovered - rep.Churn.Failed
+	}
+	b.connsMu.Lock()
+	conns := b.closed
+	b.connsMu.Unlock()
+	rep.Gaps = b.gapReport(conns)
 	rep.ClientCPUMillis = ms(clientCPU)
 	if rep.Received > 0 {
 		rep.ClientCPUPer1000 = rep.ClientCPUMillis / (float64(rep.Received) / 1000)
@@ -267,6 +297,12 @@ func printTable(w io.Writer, r *Report) {
 		row("deliveries/s", "%.0f", r.DeliveriesPerSec)
 		l := r.Latency
 		row("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  mean %.2f  (n=%d)", l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean, l.Count)
+		if c := r.Churn; c != nil {
+			row("resumes", "%d (%.1f/s asked): recovered %d, not recovered %d, failed %d, unfinished at the end %d", c.Resumes, o.Churn, c.Recovered, c.NotRecovered, c.Failed, c.Unfinished)
+		}
+		if g := r.Gaps; g != nil {
+			row("gap check", "owed %d, missing %d (on %d connections), duplicates %d", g.Checked, g.Missing, g.ConnsWithGaps, g.Duplicates)
+		}
 	}
 	if r.ClientCPUPer1000 > 0 {
 		row("wsbench cpu", "%.0f ms while measuring (%.2f ms per 1000 deliveries)", r.ClientCPUMillis, r.ClientCPUPer1000)

@@ -256,6 +256,14 @@ func TestFlags(t *testing.T) {
 	bad("loopback", "-idle", "-url", "http://gw.example.com", "-source-ips", "2")
 	bad("-channel-prefix", "-idle", "-channel-prefix", "a b")
 	bad("unexpected arguments", "-idle", "extra")
+	o = ok("-url", "http://127.0.0.1:1, http://127.0.0.1:2", "-rate", "5", "-api-key", "k", "-churn", "2")
+	if len(o.Nodes) != 2 || o.Nodes[1] != "http://127.0.0.1:2" || !o.Gaps || o.Reader != readerGoroutine {
+		t.Fatalf("nodes and churn: %+v", o)
+	}
+	bad("same scheme", "-idle", "-url", "http://127.0.0.1:1,https://127.0.0.1:2")
+	bad("-churn resumes while publishing", "-idle", "-churn", "1")
+	bad("-churn needs -reader goroutine", "-rate", "5", "-api-key", "k", "-churn", "1", "-reader", "epoll")
+	bad("-churn is for -transport websocket", "-rate", "5", "-api-key", "k", "-churn", "1", "-transport", "sse")
 }
 
 // TestEndToEnd runs the tool's core against an in-process gateway on the embedded broker.
