@@ -138,14 +138,15 @@ func TestClientFrameIsMasked(t *testing.T) {
 	}
 }
 
-// TestReadersAndPings runs both readers against a node that pings every 100 ms and drops a
-// connection that does not answer within 2 × ping + write timeout: the run outlives that many
-// times over, so a reader that did not answer pings would lose its connections.
+// TestReadersAndPings runs both readers against a node that pings every 200 ms and drops a
+// connection that does not answer within 2 × ping + write timeout (1.4 s): the run outlives that
+// twice over, so a reader that did not answer pings would lose its connections. (A 400 ms window
+// once dropped a connection whose reader was starved of CPU under CI's parallel race runs.)
 func TestReadersAndPings(t *testing.T) {
 	const secret, apiKey = "wsbench-test-secret-0123456789abcdef", "wsbench-api-key-0123456789"
 	cfg, err := configs.Load("", []string{
 		"GATEWAY_JWT_SECRET=" + secret, "GATEWAY_API_KEY=" + apiKey, "GATEWAY_ADDR=127.0.0.1:0",
-		"GATEWAY_DRAIN_PERIOD=200ms", "GATEWAY_WS_PING_INTERVAL=100ms", "GATEWAY_WS_WRITE_TIMEOUT=200ms",
+		"GATEWAY_DRAIN_PERIOD=200ms", "GATEWAY_WS_PING_INTERVAL=200ms", "GATEWAY_WS_WRITE_TIMEOUT=1s",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +156,7 @@ func TestReadersAndPings(t *testing.T) {
 		t.Run(reader, func(t *testing.T) {
 			o := defaults()
 			o.URL, o.Secret, o.APIKey, o.Reader, o.Readers = url, secret, apiKey, reader, 2
-			o.Conns, o.Channels, o.Rate, o.Duration = 30, 3, 40, 2*time.Second
+			o.Conns, o.Channels, o.Rate, o.Duration = 30, 3, 40, 3*time.Second
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			rep, err := run(ctx, o)
