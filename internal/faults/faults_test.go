@@ -71,6 +71,7 @@ func startNodes(t *testing.T, prefix string, n int, env ...string) []*nodetest.N
 // serving), running the fault at an index first; a refused publish is retried every 20 ms for
 // 30 s. It returns the refused attempts and the longest publish, and logs those over 200 ms.
 func publishThroughNodes(t *testing.T, nodes []*nodetest.Node, total int, faults map[int]func()) (failed int, longest time.Duration) {
+	t.Helper()
 	for seq := range total {
 		if f := faults[seq]; f != nil {
 			f()
