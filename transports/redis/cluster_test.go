@@ -210,21 +210,14 @@ func TestRedisCluster(t *testing.T) {
 			}
 			// Acked means on the replica of the stream's primary: read it there.
 			key := channelKey(prefix, channel)
-			primary, err := c.PrimaryOf(0, key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			replicas, err := c.ReplicasOf(primary)
-			if err != nil || len(replicas) != 1 {
-				t.Fatalf("replicas of %d: %v %v", primary, replicas, err)
-			}
-			rc := goredis.NewClient(&goredis.Options{Addr: c.Addr(replicas[0])})
+			_, replica := primaryAndReplica(t, c, key)
+			rc := goredis.NewClient(&goredis.Options{Addr: c.Addr(replica)})
 			id := fmt.Sprintf("%d-%d", pos[0].Hi, pos[0].Lo)
 			rc.ReadOnly(context.Background())
 			got, err := rc.XRange(context.Background(), key, id, id).Result()
 			_ = rc.Close()
 			if err != nil || len(got) != 1 {
-				t.Fatalf("the acked entry %s of %s on replica %d: %v %v", id, key, replicas[0], got, err)
+				t.Fatalf("the acked entry %s of %s on replica %d: %v %v", id, key, replica, got, err)
 			}
 		}
 	})
@@ -242,6 +235,21 @@ func TestRedisCluster(t *testing.T) {
 			t.Fatalf("publish with min_replicas 2 on primaries with 1 replica: %v, want ErrUnavailable", err)
 		}
 	})
+}
+
+// primaryAndReplica are the primary holding key on cluster c (of one replica per primary) and
+// its replica.
+func primaryAndReplica(t *testing.T, c *rediscluster.Cluster, key string) (primary, replica int) {
+	t.Helper()
+	primary, err := c.PrimaryOf(0, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicas, err := c.ReplicasOf(primary)
+	if err != nil || len(replicas) != 1 {
+		t.Fatalf("replicas of %d: %v %v", primary, replicas, err)
+	}
+	return primary, replicas[0]
 }
 
 // channelOfShard is a channel name that lives on shard n of redis.DefaultShards.
@@ -284,15 +292,7 @@ func clusterFailover(t *testing.T, c *rediscluster.Cluster, minReplicas int) {
 	channel := "failover"
 	topic := protocol.ChannelTopic(channel)
 	key := channelKey(prefix, channel)
-	primary, err := c.PrimaryOf(0, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replicas, err := c.ReplicasOf(primary)
-	if err != nil || len(replicas) != 1 {
-		t.Fatalf("replicas of %d: %v %v", primary, replicas, err)
-	}
-	replica := replicas[0]
+	primary, replica := primaryAndReplica(t, c, key)
 
 	var replOffset string
 	r := failOver(t, b, topic, failoverSteps{
