@@ -61,31 +61,10 @@ echo "scale.sh: results in $OUT"
 go build -o "$OUT/bin/" ./cmd/gateway ./cmd/wsbench
 ulimit -n "$(ulimit -Hn)"
 
-pids=() # everything this script started, stopped in reverse order on exit
-stop_all() {
-  local i p
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  pids=()
-}
-trap stop_all EXIT INT TERM
+stop_wait=30 # seconds for each process to stop
+trap stop_all EXIT INT TERM # stops everything this script started (pids, scripts/lib.sh)
 
-used_ports=" "
-free_port() { # below the kernel's ephemeral range (32768 and up), where client sockets take ports
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 12000))
-    case $used_ports in *" $p "*) continue ;; esac
-    listening "$p" || { used_ports+="$p "; echo "$p"; return; }
-  done
-  echo "scale.sh: no free port" >&2; exit 1
-}
-
-bport=$(free_port)
+free_port bport
 case $broker in
   nats)
     nats-server -a 127.0.0.1 -p "$bport" >"$OUT/broker.log" 2>&1 &
@@ -103,21 +82,7 @@ export GATEWAY_JWT_SECRET=${SCALE_JWT_SECRET:-scale-secret-0123456789abcdef01234
 export GATEWAY_API_KEY=${SCALE_API_KEY:-scale-api-key-0123456789}
 export GATEWAY_LOG_LEVEL=warn GATEWAY_TOPIC_PREFIX=scale$$
 
-node_pids=() node_ports=()
-for k in 1 2 3; do
-  port=$(free_port)
-  GATEWAY_ADDR=127.0.0.1:$port GATEWAY_NODE_ID=scale-$k "$OUT/bin/gateway" 2>"$OUT/node$k.log" &
-  pids+=($!); node_pids+=($!); node_ports+=("$port")
-done
-for k in 0 1 2; do
-  ready=
-  for _ in $(seq 150); do
-    if curl -sf "http://127.0.0.1:${node_ports[k]}/readyz" >/dev/null; then ready=1; break; fi
-    sleep 0.1
-  done
-  [ -n "$ready" ] || { echo "scale.sh: node $((k + 1)) did not become ready; its log:" >&2; tail -5 "$OUT/node$((k + 1)).log" >&2; exit 1; }
-done
-urls=$(printf 'http://127.0.0.1:%s,' "${node_ports[@]}"); urls=${urls%,}
+start_nodes scale
 
 metric() { # metric PORT NAME: the sum of a Prometheus metric's samples on a node
   curl -sf --max-time 10 "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2; n++ } END { printf "%d", s }'

@@ -73,35 +73,13 @@ go build -o "$OUT/bin/" ./cmd/gateway ./cmd/wsbench
 (cd scripts/soakplot && go build -o "$OUT/bin/soakplot" .)
 ulimit -n "$(ulimit -Hn)"
 
-pids=() # everything this script started, stopped in reverse order on exit
-stop_all() {
-  local i p
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  pids=()
-}
-trap stop_all EXIT INT TERM
-
-used_ports=" "
-free_port() { # below the kernel's ephemeral range (32768 and up), where client sockets take ports
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 12000))
-    case $used_ports in *" $p "*) continue ;; esac
-    listening "$p" || { used_ports+="$p "; echo "$p"; return; }
-  done
-  echo "soak.sh: no free port" >&2; exit 1
-}
+trap stop_all EXIT INT TERM # stops everything this script started (pids, scripts/lib.sh)
 
 # The broker, this run's own.
-bport=$(free_port)
+free_port bport
 case $broker in
   jetstream)
-    mport=$(free_port)
+    free_port mport
     conf=(); [ -n "${NATS_CONF:-}" ] && conf=(-c "$NATS_CONF")
     "${NATS_SERVER:-nats-server}" "${conf[@]}" -js -a 127.0.0.1 -p "$bport" -m "$mport" -sd "$OUT/js" >"$OUT/broker.log" 2>&1 &
     pids+=($!); broker_pid=$!
@@ -119,21 +97,7 @@ export GATEWAY_API_KEY=${SOAK_API_KEY:-soak-api-key-0123456789}
 export GATEWAY_LOG_LEVEL=warn GATEWAY_TOPIC_PREFIX=soak$$
 
 # Three nodes.
-node_pids=() node_ports=()
-for k in 1 2 3; do
-  port=$(free_port)
-  GATEWAY_ADDR=127.0.0.1:$port GATEWAY_NODE_ID=soak-$k "$OUT/bin/gateway" 2>"$OUT/node$k.log" &
-  pids+=($!); node_pids+=($!); node_ports+=("$port")
-done
-for k in 0 1 2; do
-  ready=
-  for _ in $(seq 150); do
-    if curl -sf "http://127.0.0.1:${node_ports[k]}/readyz" >/dev/null; then ready=1; break; fi
-    sleep 0.1
-  done
-  [ -n "$ready" ] || { echo "soak.sh: node $((k + 1)) did not become ready; its log:" >&2; tail -5 "$OUT/node$((k + 1)).log" >&2; exit 1; }
-done
-urls=$(printf 'http://127.0.0.1:%s,' "${node_ports[@]}"); urls=${urls%,}
+start_nodes soak
 echo "soak.sh: $broker on 127.0.0.1:$bport, nodes $urls"
 
 # The samples.

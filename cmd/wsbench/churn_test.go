@@ -6,31 +6,18 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/wsgateway/gateway/configs"
-	"github.com/wsgateway/gateway/internal/nodetest"
 )
 
 // TestChurn closes connections while publishing and resumes each on the "next node" (the same
 // in-process node listed twice: the embedded broker's history spans one node only): every resume
 // recovers, and the gap check finds every message published after a first subscribe, once.
 func TestChurn(t *testing.T) {
-	const secret, apiKey = "wsbench-test-secret-0123456789abcdef", "wsbench-api-key-0123456789"
-	cfg, err := configs.Load("", []string{
-		"GATEWAY_JWT_SECRET=" + secret,
-		"GATEWAY_API_KEY=" + apiKey,
-		"GATEWAY_ADDR=127.0.0.1:0",
-		"GATEWAY_DRAIN_PERIOD=200ms",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, url := nodetest.InProcess(t, cfg)
+	url := startGateway(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
 	o := defaults()
-	o.URL, o.Secret, o.APIKey = url+","+url, secret, apiKey
+	o.URL, o.Secret, o.APIKey = url+","+url, testSecret, testAPIKey
 	o.Conns, o.Channels, o.Rate, o.Duration, o.Churn = 20, 4, 100, 2*time.Second, 20
 	rep, err := run(ctx, o)
 	if err != nil {

@@ -143,19 +143,11 @@ func TestClientFrameIsMasked(t *testing.T) {
 // twice over, so a reader that did not answer pings would lose its connections. (A 400 ms window
 // once dropped a connection whose reader was starved of CPU under CI's parallel race runs.)
 func TestReadersAndPings(t *testing.T) {
-	const secret, apiKey = "wsbench-test-secret-0123456789abcdef", "wsbench-api-key-0123456789"
-	cfg, err := configs.Load("", []string{
-		"GATEWAY_JWT_SECRET=" + secret, "GATEWAY_API_KEY=" + apiKey, "GATEWAY_ADDR=127.0.0.1:0",
-		"GATEWAY_DRAIN_PERIOD=200ms", "GATEWAY_WS_PING_INTERVAL=200ms", "GATEWAY_WS_WRITE_TIMEOUT=1s",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, url := nodetest.InProcess(t, cfg)
+	url := startGateway(t, "GATEWAY_WS_PING_INTERVAL=200ms", "GATEWAY_WS_WRITE_TIMEOUT=1s")
 	for _, reader := range []string{readerEpoll, readerGoroutine} {
 		t.Run(reader, func(t *testing.T) {
 			o := defaults()
-			o.URL, o.Secret, o.APIKey, o.Reader, o.Readers = url, secret, apiKey, reader, 2
+			o.URL, o.Secret, o.APIKey, o.Reader, o.Readers = url, testSecret, testAPIKey, reader, 2
 			o.Conns, o.Channels, o.Rate, o.Duration = 30, 3, 40, 3*time.Second
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()

@@ -266,25 +266,35 @@ func TestFlags(t *testing.T) {
 	bad("-churn is for -transport websocket", "-rate", "5", "-api-key", "k", "-churn", "1", "-transport", "sse")
 }
 
-// TestEndToEnd runs the tool's core against an in-process gateway on the embedded broker.
-func TestEndToEnd(t *testing.T) {
-	const secret, apiKey = "wsbench-test-secret-0123456789abcdef", "wsbench-api-key-0123456789"
-	cfg, err := configs.Load("", []string{
-		"GATEWAY_JWT_SECRET=" + secret,
-		"GATEWAY_API_KEY=" + apiKey,
+// testSecret and testAPIKey are the JWT secret and API key of startGateway's node.
+const testSecret, testAPIKey = "wsbench-test-secret-0123456789abcdef", "wsbench-api-key-0123456789"
+
+// startGateway starts an in-process gateway on the embedded broker with testSecret, testAPIKey, a
+// free port, a 200 ms drain and the extra settings (GATEWAY_*=value), and returns its URL.
+func startGateway(t *testing.T, extra ...string) string {
+	t.Helper()
+	cfg, err := configs.Load("", append([]string{
+		"GATEWAY_JWT_SECRET=" + testSecret,
+		"GATEWAY_API_KEY=" + testAPIKey,
 		"GATEWAY_ADDR=127.0.0.1:0",
 		"GATEWAY_DRAIN_PERIOD=200ms",
-	})
+	}, extra...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, url := nodetest.InProcess(t, cfg)
+	return url
+}
+
+// TestEndToEnd runs the tool's core against an in-process gateway on the embedded broker.
+func TestEndToEnd(t *testing.T) {
+	url := startGateway(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
 	t.Run("OneChannel", func(t *testing.T) {
 		o := defaults()
-		o.URL, o.Secret, o.APIKey = url, secret, apiKey
+		o.URL, o.Secret, o.APIKey = url, testSecret, testAPIKey
 		o.Conns, o.Channels, o.Rate, o.Duration = 20, 1, 50, 2*time.Second
 		o.PID = syscallGetpid() // the gateway runs in this process
 		rep, err := run(ctx, o)
@@ -318,13 +328,13 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("ChannelsAndToken", func(t *testing.T) {
-		tok, err := mintToken(secret, 0, time.Now(), time.Now().Add(time.Hour), serverGateway)
+		tok, err := mintToken(testSecret, 0, time.Now(), time.Now().Add(time.Hour), serverGateway)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var progress strings.Builder
 		o := defaults()
-		o.URL, o.Token, o.APIKey = url, tok, apiKey
+		o.URL, o.Token, o.APIKey = url, tok, testAPIKey
 		o.Conns, o.Channels, o.Rate, o.Duration, o.Ramp = 12, 4, 40, time.Second, 100
 		o.Progress = &lockedWriter{w: &progress}
 		rep, err := run(ctx, o)
@@ -378,25 +388,14 @@ func (l *lockedWriter) String() string {
 // -compression negotiates permessage-deflate on every connection, reads every message (large
 // ones compressed, inflated) and the server writes fewer bytes per delivery than to a run without.
 func TestEndToEndCompression(t *testing.T) {
-	const secret, apiKey = "wsbench-test-secret-0123456789abcdef", "wsbench-api-key-0123456789"
-	cfg, err := configs.Load("", []string{
-		"GATEWAY_JWT_SECRET=" + secret,
-		"GATEWAY_API_KEY=" + apiKey,
-		"GATEWAY_ADDR=127.0.0.1:0",
-		"GATEWAY_DRAIN_PERIOD=200ms",
-		"GATEWAY_WS_COMPRESSION=true",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, url := nodetest.InProcess(t, cfg)
+	url := startGateway(t, "GATEWAY_WS_COMPRESSION=true")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	bytesPer := map[bool]float64{}
 	for _, offer := range []bool{true, false} {
 		for _, reader := range []string{readerEpoll, readerGoroutine} {
 			o := defaults()
-			o.URL, o.Secret, o.APIKey = url, secret, apiKey
+			o.URL, o.Secret, o.APIKey = url, testSecret, testAPIKey
 			o.Conns, o.Channels, o.Rate, o.Duration, o.Payload = 10, 1, 40, time.Second, 4096
 			o.Compression, o.Reader = offer, reader
 			o.PID = syscallGetpid()

@@ -52,13 +52,51 @@ func cluster(t *testing.T, b broker, n int, extra ...string) []*nodetest.Node {
 	if b.name == "jetstream" { // the shared server keeps streams: remove this test's
 		t.Cleanup(func() { nodetest.DeleteStreams(prefix) })
 	}
-	env := append(append(b.env(t), extra...), "GATEWAY_TOPIC_PREFIX="+prefix, "GATEWAY_JWT_SECRET="+secret,
+	return startNodes(t, prefix, n, append(b.env(t), extra...)...)
+}
+
+// startNodes starts n node processes, n1 to nN, with env and the settings every test here
+// shares: topic prefix, secrets, a 500 ms drain, warn logs, no events.
+func startNodes(t *testing.T, prefix string, n int, env ...string) []*nodetest.Node {
+	env = append(env, "GATEWAY_TOPIC_PREFIX="+prefix, "GATEWAY_JWT_SECRET="+secret,
 		"GATEWAY_API_KEY="+apiKey, "GATEWAY_DRAIN_PERIOD=500ms", "GATEWAY_LOG_LEVEL=warn", "GATEWAY_EVENTS_DISABLED=true")
 	nodes := make([]*nodetest.Node, n)
 	for i := range nodes {
 		nodes[i] = nodetest.Start(t, append(env, fmt.Sprintf("GATEWAY_NODE_ID=n%d", i+1))...)
 	}
 	return nodes
+}
+
+// publishThroughNodes publishes 0..total-1 through each node in turn (every node keeps
+// serving), running the fault at an index first; a refused publish is retried every 20 ms for
+// 30 s. It returns the refused attempts and the longest publish, and logs those over 200 ms.
+func publishThroughNodes(t *testing.T, nodes []*nodetest.Node, total int, faults map[int]func()) (failed int, longest time.Duration) {
+	t.Helper()
+	for seq := range total {
+		if f := faults[seq]; f != nil {
+			f()
+		}
+		base := nodes[seq%len(nodes)].URL
+		began := time.Now()
+		deadline := began.Add(30 * time.Second)
+		for {
+			err := publish(base, seq)
+			if err == nil {
+				break
+			}
+			failed++
+			if time.Now().After(deadline) {
+				t.Fatalf("publish %d through %s: %v", seq, base, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		d := time.Since(began)
+		longest = max(longest, d)
+		if d > 200*time.Millisecond {
+			t.Logf("publish %d took %v", seq, d.Round(time.Millisecond))
+		}
+	}
+	return failed, longest
 }
 
 func publish(base string, seq int) error {

@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -13,7 +12,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/transporttest"
 )
@@ -94,14 +92,8 @@ func TestKafkaClusterFailover(t *testing.T) {
 	k := newKafkaCluster(t, 3)
 	addrs := k.c.ListenAddrs()
 	prefix := transporttest.Prefix(t)
-	env := []string{"GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS=" + strings.Join(addrs, ","),
-		"GATEWAY_KAFKA_PARTITIONS=4", "GATEWAY_KAFKA_REPLICATION_FACTOR=3",
-		"GATEWAY_TOPIC_PREFIX=" + prefix, "GATEWAY_JWT_SECRET=" + secret, "GATEWAY_API_KEY=" + apiKey,
-		"GATEWAY_DRAIN_PERIOD=500ms", "GATEWAY_LOG_LEVEL=warn", "GATEWAY_EVENTS_DISABLED=true"}
-	nodes := make([]*nodetest.Node, 3)
-	for i := range nodes {
-		nodes[i] = nodetest.Start(t, append(env, fmt.Sprintf("GATEWAY_NODE_ID=n%d", i+1))...)
-	}
+	nodes := startNodes(t, prefix, 3, "GATEWAY_BROKER=kafka", "GATEWAY_KAFKA_BROKERS="+strings.Join(addrs, ","),
+		"GATEWAY_KAFKA_PARTITIONS=4", "GATEWAY_KAFKA_REPLICATION_FACTOR=3")
 
 	// The gateway created its topics with 3 replicas, 2 of them in sync for a write.
 	channels := transports.SafeName(prefix) + ".channels"
@@ -163,35 +155,8 @@ func TestKafkaClusterFailover(t *testing.T) {
 		},
 	}
 	const total = 300
-	var failed int
-	var longest time.Duration
 	start := time.Now()
-	for seq := range total {
-		if f := faults[seq]; f != nil {
-			f()
-		}
-		// Through each node in turn: every node keeps serving.
-		base := nodes[seq%len(nodes)].URL
-		began := time.Now()
-		deadline := began.Add(30 * time.Second)
-		for {
-			err := publish(base, seq)
-			if err == nil {
-				break
-			}
-			failed++
-			if time.Now().After(deadline) {
-				t.Fatalf("publish %d through %s: %v", seq, base, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if d := time.Since(began); d > longest {
-			longest = d
-		}
-		if d := time.Since(began); d > 200*time.Millisecond {
-			t.Logf("publish %d took %v", seq, d.Round(time.Millisecond))
-		}
-	}
+	failed, longest := publishThroughNodes(t, nodes, total, faults)
 	checkComplete(t, readers, total, true)
 	client, err := sarama.NewClient(k.c.ListenAddrs(), sarama.NewConfig())
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/poll"
 	"github.com/wsgateway/gateway/internal/rediscluster"
 	"github.com/wsgateway/gateway/transports/redis"
@@ -26,13 +25,8 @@ func TestRedisClusterNodes(t *testing.T) {
 	}
 	c := rediscluster.Start(t, 3, 1, rediscluster.FastFailover...)
 	prefix := transporttest.Prefix(t)
-	env := []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_MODE=cluster", "GATEWAY_REDIS_CLUSTER_ADDRS=" + strings.Join(c.Addrs(), ","),
-		"GATEWAY_REDIS_MIN_REPLICAS=1", "GATEWAY_TOPIC_PREFIX=" + prefix, "GATEWAY_JWT_SECRET=" + secret, "GATEWAY_API_KEY=" + apiKey,
-		"GATEWAY_DRAIN_PERIOD=500ms", "GATEWAY_LOG_LEVEL=warn", "GATEWAY_EVENTS_DISABLED=true"}
-	nodes := make([]*nodetest.Node, 3)
-	for i := range nodes {
-		nodes[i] = nodetest.Start(t, append(env, fmt.Sprintf("GATEWAY_NODE_ID=n%d", i+1))...)
-	}
+	nodes := startNodes(t, prefix, 3, "GATEWAY_BROKER=redis", "GATEWAY_REDIS_MODE=cluster",
+		"GATEWAY_REDIS_CLUSTER_ADDRS="+strings.Join(c.Addrs(), ","), "GATEWAY_REDIS_MIN_REPLICAS=1")
 	key := redis.ShardKey(prefix, redis.Shard("feed", redis.DefaultShards))
 	readers := startReaders(t, nodes, 30)
 	var from, to int
@@ -84,29 +78,8 @@ func TestRedisClusterNodes(t *testing.T) {
 		},
 	}
 	const total = 300
-	var failed int
-	var longest time.Duration
 	start := time.Now()
-	for seq := range total {
-		if f := faults[seq]; f != nil {
-			f()
-		}
-		base := nodes[seq%len(nodes)].URL
-		began := time.Now()
-		deadline := began.Add(30 * time.Second)
-		for {
-			err := publish(base, seq)
-			if err == nil {
-				break
-			}
-			failed++
-			if time.Now().After(deadline) {
-				t.Fatalf("publish %d through %s: %v", seq, base, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		longest = max(longest, time.Since(began))
-	}
+	failed, longest := publishThroughNodes(t, nodes, total, faults)
 	checkComplete(t, readers, total, true)
 	t.Logf("redis cluster 3+3, min_replicas 1: %d messages acked in %v, %d publish attempts refused and retried, longest publish %v; "+
 		"30 clients: %d of %d messages each, 0 lost, 0 duplicated, 0 unrecovered resubscriptions",

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -211,21 +210,14 @@ func TestRedisCluster(t *testing.T) {
 			}
 			// Acked means on the replica of the stream's primary: read it there.
 			key := channelKey(prefix, channel)
-			primary, err := c.PrimaryOf(0, key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			replicas, err := c.ReplicasOf(primary)
-			if err != nil || len(replicas) != 1 {
-				t.Fatalf("replicas of %d: %v %v", primary, replicas, err)
-			}
-			rc := goredis.NewClient(&goredis.Options{Addr: c.Addr(replicas[0])})
+			_, replica := primaryAndReplica(t, c, key)
+			rc := goredis.NewClient(&goredis.Options{Addr: c.Addr(replica)})
 			id := fmt.Sprintf("%d-%d", pos[0].Hi, pos[0].Lo)
 			rc.ReadOnly(context.Background())
 			got, err := rc.XRange(context.Background(), key, id, id).Result()
 			_ = rc.Close()
 			if err != nil || len(got) != 1 {
-				t.Fatalf("the acked entry %s of %s on replica %d: %v %v", id, key, replicas[0], got, err)
+				t.Fatalf("the acked entry %s of %s on replica %d: %v %v", id, key, replica, got, err)
 			}
 		}
 	})
@@ -243,6 +235,21 @@ func TestRedisCluster(t *testing.T) {
 			t.Fatalf("publish with min_replicas 2 on primaries with 1 replica: %v, want ErrUnavailable", err)
 		}
 	})
+}
+
+// primaryAndReplica are the primary holding key on cluster c (of one replica per primary) and
+// its replica.
+func primaryAndReplica(t *testing.T, c *rediscluster.Cluster, key string) (primary, replica int) {
+	t.Helper()
+	primary, err := c.PrimaryOf(0, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicas, err := c.ReplicasOf(primary)
+	if err != nil || len(replicas) != 1 {
+		t.Fatalf("replicas of %d: %v %v", primary, replicas, err)
+	}
+	return primary, replicas[0]
 }
 
 // channelOfShard is a channel name that lives on shard n of redis.DefaultShards.
@@ -285,162 +292,35 @@ func clusterFailover(t *testing.T, c *rediscluster.Cluster, minReplicas int) {
 	channel := "failover"
 	topic := protocol.ChannelTopic(channel)
 	key := channelKey(prefix, channel)
-	primary, err := c.PrimaryOf(0, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replicas, err := c.ReplicasOf(primary)
-	if err != nil || len(replicas) != 1 {
-		t.Fatalf("replicas of %d: %v %v", primary, replicas, err)
-	}
-	replica := replicas[0]
+	primary, replica := primaryAndReplica(t, c, key)
 
-	sub := subscribe(t, b, topic)
-	var (
-		seenMu sync.Mutex
-		seen   = map[string]bool{}
-		ended  atomic.Bool
-	)
-	go func() { // drains sub: a subscription that stays full is closed as slow
-		for m := range sub {
-			m.Ack()
-			seenMu.Lock()
-			seen[m.UUID] = true
-			seenMu.Unlock()
-		}
-		ended.Store(true)
-	}()
-
-	var (
-		mu        sync.Mutex
-		acked     []string                         // entry ids of acked publishes
-		after     = map[string]protocol.Position{} // uuid -> position, acked once the failover was over
-		recovered atomic.Bool
-		failed    atomic.Int64
-		stop      = make(chan struct{})
-		wg        sync.WaitGroup
-	)
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				m := message.NewMessage(watermill.NewUUID(), []byte("x"))
-				rec := recovered.Load()
-				pos, err := b.PublishPositions(topic, m)
-				if err != nil {
-					failed.Add(1)
-					time.Sleep(10 * time.Millisecond) // a retrying publisher's backoff, not a wait for a state
-					continue
-				}
-				mu.Lock()
-				acked = append(acked, fmt.Sprintf("%d-%d", pos[0].Hi, pos[0].Lo))
-				if rec {
-					after[m.UUID] = pos[0]
-				}
-				mu.Unlock()
+	var replOffset string
+	r := failOver(t, b, topic, failoverSteps{
+		primary: c.Addr(primary),
+		kill: func() {
+			replOffset = c.Info(replica, "replication", "slave_repl_offset") + " link " + c.Info(replica, "replication", "master_link_status") +
+				" primary offset " + c.Info(primary, "replication", "master_repl_offset")
+			c.Kill(primary)
+		},
+		promoted: func() error {
+			if p, err := c.PrimaryOf(replica, key); err != nil || p != replica {
+				return fmt.Errorf("server %d says the primary of %s is server %d (%v)", replica, key, p, err)
 			}
-		}()
-	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
-	transporttest.WaitFor(t, 20*time.Second, func() error {
-		if n := count(); n < 2000 {
-			return fmt.Errorf("%d acked before the failover", n)
-		}
-		return nil
-	})
-
-	// Cut replication of the stream's primary (repl may not log in again), then kill it once
-	// publishes were acked (min_replicas 0) or refused (1) meanwhile.
-	pc := goredis.NewClient(&goredis.Options{Addr: c.Addr(primary)})
-	ctx := context.Background()
-	if err := pc.Do(ctx, "ACL", "SETUSER", "repl", "off").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := pc.ClientKillByFilter(ctx, "TYPE", "replica").Err(); err != nil {
-		t.Fatal(err)
-	}
-	_ = pc.Close()
-	cutAcked, cutFailed := count(), failed.Load()
-	transporttest.WaitFor(t, 10*time.Second, func() error {
-		if a, f := count()-cutAcked, failed.Load()-cutFailed; a < 200 && f < 4 {
-			return fmt.Errorf("since the cut: %d acked, %d failed", a, f)
-		}
-		return nil
-	})
-	replOffset := c.Info(replica, "replication", "slave_repl_offset") + " link " + c.Info(replica, "replication", "master_link_status") +
-		" primary offset " + c.Info(primary, "replication", "master_repl_offset")
-	killed := time.Now()
-	c.Kill(primary)
-	beforeKill := count()
-	transporttest.WaitFor(t, 30*time.Second, func() error {
-		if p, err := c.PrimaryOf(replica, key); err != nil || p != replica {
-			return fmt.Errorf("server %d says the primary of %s is server %d (%v)", replica, key, p, err)
-		}
-		return nil
-	})
-	promoted := time.Since(killed)
-	// Back empty, with its cluster identity: the cluster makes it a replica of the new primary.
-	c.Restart(primary)
-	c.WaitHealthy(3, 1)
-	rejoined := time.Since(killed)
-	recovered.Store(true)
-	transporttest.WaitFor(t, 30*time.Second, func() error {
-		mu.Lock()
-		n := len(after)
-		mu.Unlock()
-		if n < 1000 {
-			return fmt.Errorf("%d acked after the failover: the node does not serve", n)
-		}
-		return nil
-	})
-	close(stop)
-	wg.Wait()
-
-	// Every message acked after the failover reaches the subscription made before it.
-	transporttest.WaitFor(t, 20*time.Second, func() error {
-		seenMu.Lock()
-		defer seenMu.Unlock()
-		missing := 0
-		for id := range after {
-			if !seen[id] {
-				missing++
-			}
-		}
-		if missing > 0 {
-			return fmt.Errorf("the subscription made before the failover misses %d of the %d messages acked after it (ended: %v)", missing, len(after), ended.Load())
-		}
-		return nil
+			return nil
+		},
+		// Back empty, with its cluster identity: the cluster makes it a replica of the new primary.
+		rejoin: func(*testing.T) {
+			c.Restart(primary)
+			c.WaitHealthy(3, 1)
+		},
 	})
 
 	// A client resuming from the first position acked after the failover replays everything
 	// acked after it, completely.
-	var since protocol.Position
-	for _, p := range after {
-		if since.IsZero() || p.Hi < since.Hi || p.Hi == since.Hi && p.Lo < since.Lo {
-			since = p
-		}
-	}
-	msgs, complete, err := b.Replay(ctx, topic, since, count()+10)
-	if err != nil || !complete {
-		t.Fatalf("resuming after the failover: %d messages, complete %v, %v", len(msgs), complete, err)
-	}
-	replayed := make(map[string]bool, len(msgs))
-	for _, m := range msgs {
-		replayed[m.UUID] = true
-	}
-	for id, p := range after {
-		if p != since && !replayed[id] {
-			t.Fatalf("resuming after the failover from %v: %s (at %v) missing from the %d replayed", since, id, p, len(msgs))
-		}
-	}
+	replayAll(t, b, topic, r.after, r.count()+10, "resuming after the failover")
 
 	// Presence keeps working on the new layout.
+	ctx := context.Background()
 	if _, err := b.Join(ctx, channel, member("n", "u", "s1")); err != nil {
 		t.Fatalf("presence join after the failover: %v", err)
 	}
@@ -452,39 +332,15 @@ func clusterFailover(t *testing.T, c *rediscluster.Cluster, minReplicas int) {
 	}
 
 	// Acked but not on the new primary: lost.
-	nc := goredis.NewClient(&goredis.Options{Addr: c.Addr(replica)})
-	defer nc.Close()
-	entries, err := nc.XRange(ctx, key, "-", "+").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	held := make(map[string]bool, len(entries))
-	for _, e := range entries {
-		held[e.ID] = true
-	}
-	lost := 0
-	var firstLost, lastLost string
-	for _, id := range acked {
-		if !held[id] {
-			if lost == 0 {
-				firstLost = id
-			}
-			lastLost = id
-			lost++
-		}
-	}
-	if lost > 0 {
-		first := ""
-		if len(entries) > 0 {
-			first = entries[0].ID
-		}
+	lost := r.lost(t, c.Addr(replica), key)
+	if lost.count > 0 {
 		t.Logf("lost ids %s .. %s; the new primary (server %d, was the replica of %d) holds %d entries from %s; replica offset at the kill %s",
-			firstLost, lastLost, replica, primary, len(entries), first, replOffset)
+			lost.first, lost.last, replica, primary, lost.held, lost.firstHeld, replOffset)
 	}
 	t.Logf("min_replicas=%d: %d acked (%d before the replication cut, %d before the kill), %d publishes failed, %d acked messages lost; replica promoted %v after the kill, old primary a replica in sync after %v; run took %v",
-		minReplicas, len(acked), cutAcked, beforeKill, failed.Load(), lost, promoted.Round(time.Millisecond), rejoined.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
-	if minReplicas > 0 && lost > 0 {
-		t.Errorf("min_replicas=%d: %d acked messages lost", minReplicas, lost)
+		minReplicas, len(r.acked), r.cutAcked, r.beforeKill, r.failed.Load(), lost.count, r.promoted.Round(time.Millisecond), r.rejoined.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	if minReplicas > 0 && lost.count > 0 {
+		t.Errorf("min_replicas=%d: %d acked messages lost", minReplicas, lost.count)
 	}
 }
 
@@ -500,57 +356,8 @@ func slotMoved(t *testing.T, c *rediscluster.Cluster, minReplicas int) {
 	b := newNode(t, cfg)
 	topic := protocol.ChannelTopic("moving")
 	key := channelKey(prefix, "moving")
-	sub := subscribe(t, b, topic)
-	var (
-		mu     sync.Mutex
-		seen   = map[string]bool{}
-		acked  = map[string]protocol.Position{}
-		first  protocol.Position
-		failed atomic.Int64
-		stop   = make(chan struct{})
-		wg     sync.WaitGroup
-	)
-	go func() {
-		for m := range sub {
-			m.Ack()
-			mu.Lock()
-			seen[m.UUID] = true
-			mu.Unlock()
-		}
-	}()
-	for range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				m := message.NewMessage(watermill.NewUUID(), []byte("x"))
-				pos, err := b.PublishPositions(topic, m)
-				if err != nil {
-					failed.Add(1)
-					time.Sleep(10 * time.Millisecond) // a retrying publisher's backoff
-					continue
-				}
-				mu.Lock()
-				acked[m.UUID] = pos[0]
-				if p := pos[0]; first.IsZero() || p.Hi < first.Hi || p.Hi == first.Hi && p.Lo < first.Lo {
-					first = p
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
-	transporttest.WaitFor(t, 20*time.Second, func() error {
-		if n := count(); n < 300 {
-			return fmt.Errorf("%d acked before the move", n)
-		}
-		return nil
-	})
+	l := startLoad(t, b, topic, 2)
+	l.waitAcked(t, 0, 300, "before the move")
 	from, err := c.PrimaryOf(0, key)
 	if err != nil {
 		t.Fatal(err)
@@ -572,46 +379,15 @@ func slotMoved(t *testing.T, c *rediscluster.Cluster, minReplicas int) {
 	if err := c.MoveSlot(int(slot), to); err != nil {
 		t.Fatal(err)
 	}
-	moved := count()
-	transporttest.WaitFor(t, 20*time.Second, func() error {
-		if n := count() - moved; n < 300 {
-			return fmt.Errorf("%d acked after the move of slot %d from server %d to %d", n, slot, from, to)
-		}
-		return nil
-	})
-	close(stop)
-	wg.Wait()
-	transporttest.WaitFor(t, 20*time.Second, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		missing := 0
-		for id := range acked {
-			if !seen[id] {
-				missing++
-			}
-		}
-		if missing > 0 {
-			return fmt.Errorf("the subscription misses %d of the %d acked messages", missing, len(acked))
-		}
-		return nil
-	})
+	moved := l.count()
+	l.waitAcked(t, moved, 300, fmt.Sprintf("after the move of slot %d from server %d to %d", slot, from, to))
+	l.stopPublishers()
+	l.waitDelivered(t, l.positions, "", "acked messages")
 	// (A publish that failed may have its entry in the stream too: failed WAIT.)
-	msgs, complete, err := b.Replay(context.Background(), topic, first, len(acked)+int(failed.Load())+10)
-	if err != nil || !complete {
-		t.Fatalf("resume from the first position: %d messages, complete %v, %v", len(msgs), complete, err)
-	}
-	replayed := make(map[string]bool, len(msgs))
-	for _, m := range msgs {
-		replayed[m.UUID] = true
-	}
-	for id, p := range acked {
-		if p != first && !replayed[id] {
-			t.Fatalf("resume from %v: %s (at %v) missing from the %d replayed", first, id, p, len(msgs))
-		}
-	}
+	replayAll(t, b, topic, l.positions, len(l.positions)+int(l.failed.Load())+10, "resuming from the first position")
 	t.Logf("min_replicas=%d: slot %d moved from server %d to %d; %d acked (%d before the move), %d publishes failed, none lost",
-		minReplicas, slot, from, to, len(acked), moved, failed.Load())
-	if n := failed.Load(); n > 0 {
+		minReplicas, slot, from, to, len(l.positions), moved, l.failed.Load())
+	if n := l.failed.Load(); n > 0 {
 		t.Errorf("%d publishes failed while the slot moved: a redirected publish is sent again within the timeout", n)
 	}
 }

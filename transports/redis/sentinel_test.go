@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -180,159 +178,38 @@ func sentinelFailover(t *testing.T, minReplicas int) {
 		MinReplicas: minReplicas, MaxLen: 1 << 40, Timeout: time.Second, BlockTimeout: 200 * time.Millisecond,
 	})
 	topic := protocol.ChannelTopic("failover")
-	sub := subscribe(t, b, topic)
-	var (
-		seenMu sync.Mutex
-		seen   = map[string]bool{}
-		ended  atomic.Bool
-	)
-	go func() { // drains sub: a subscription that stays full is closed as slow
-		for m := range sub {
-			m.Ack()
-			seenMu.Lock()
-			seen[m.UUID] = true
-			seenMu.Unlock()
-		}
-		ended.Store(true)
-	}()
-
-	var (
-		mu        sync.Mutex
-		acked     []string            // entry ids of acked publishes
-		after     = map[string]bool{} // uuids acked once the failover was over
-		recovered atomic.Bool
-		failed    atomic.Int64
-		stop      = make(chan struct{})
-		wg        sync.WaitGroup
-	)
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				m := message.NewMessage(watermill.NewUUID(), []byte("x"))
-				rec := recovered.Load()
-				pos, err := b.PublishPositions(topic, m)
-				if err != nil {
-					failed.Add(1)
-					time.Sleep(10 * time.Millisecond) // a retrying publisher's backoff, not a wait for a state
-					continue
-				}
-				mu.Lock()
-				acked = append(acked, fmt.Sprintf("%d-%d", pos[0].Hi, pos[0].Lo))
-				if rec {
-					after[m.UUID] = true
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
-	transporttest.WaitFor(t, 20*time.Second, func() error {
-		if n := count(); n < 2000 {
-			return fmt.Errorf("%d acked before the failover", n)
-		}
-		return nil
-	})
-
-	// Cut replication (repl may not log in again), then kill the primary once publishes were
-	// acked (min_replicas 0) or refused (1) meanwhile: what the replica lacks then is what a
-	// failover after a network cut between primary and replica loses.
-	pc := goredis.NewClient(&goredis.Options{Addr: primary.addr})
-	ctx := context.Background()
-	if err := pc.Do(ctx, "ACL", "SETUSER", "repl", "off").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := pc.ClientKillByFilter(ctx, "TYPE", "replica").Err(); err != nil {
-		t.Fatal(err)
-	}
-	_ = pc.Close()
-	cutAcked, cutFailed := count(), failed.Load()
-	transporttest.WaitFor(t, 10*time.Second, func() error {
-		if a, f := count()-cutAcked, failed.Load()-cutFailed; a < 200 && f < 4 {
-			return fmt.Errorf("since the cut: %d acked, %d failed", a, f)
-		}
-		return nil
-	})
-	killed := time.Now()
-	primary.stop() // SIGKILL
-	beforeKill := count()
 	sc := goredis.NewSentinelClient(&goredis.Options{Addr: sentinels[0]})
 	defer sc.Close()
-	transporttest.WaitFor(t, 30*time.Second, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		addr, err := sc.GetMasterAddrByName(ctx, masterName).Result()
-		if err != nil || len(addr) != 2 || addr[1] != strconv.Itoa(replica.port) {
-			return fmt.Errorf("sentinel says the primary is %v (%v)", addr, err)
-		}
-		return nil
-	})
-	promoted := time.Since(killed)
-	// Back empty (no persistence), as a replica of the new primary, as its operator (or the
-	// Sentinels, after their next look at it, some 10 s) would make it.
-	primary.args = append([]string{"--replicaof", "127.0.0.1", strconv.Itoa(replica.port)}, replArgs...)
-	primary.start(t)
-	transporttest.WaitFor(t, 30*time.Second, func() error {
-		if s := info(primary.addr, "master_link_status"); s != "up" || info(primary.addr, "master_port") != strconv.Itoa(replica.port) {
-			return fmt.Errorf("old primary: link %q to port %q", s, info(primary.addr, "master_port"))
-		}
-		return nil
-	})
-	rejoined := time.Since(killed)
-	recovered.Store(true)
-	transporttest.WaitFor(t, 30*time.Second, func() error {
-		mu.Lock()
-		n := len(after)
-		mu.Unlock()
-		if n < 1000 {
-			return fmt.Errorf("%d acked after the failover: the node does not serve", n)
-		}
-		return nil
-	})
-	close(stop)
-	wg.Wait()
-
-	// Every message acked after the failover reaches the subscription made before it.
-	transporttest.WaitFor(t, 20*time.Second, func() error {
-		seenMu.Lock()
-		defer seenMu.Unlock()
-		missing := 0
-		for id := range after {
-			if !seen[id] {
-				missing++
+	r := failOver(t, b, topic, failoverSteps{
+		primary: primary.addr,
+		kill:    primary.stop, // SIGKILL
+		promoted: func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			addr, err := sc.GetMasterAddrByName(ctx, masterName).Result()
+			if err != nil || len(addr) != 2 || addr[1] != strconv.Itoa(replica.port) {
+				return fmt.Errorf("sentinel says the primary is %v (%v)", addr, err)
 			}
-		}
-		if missing > 0 {
-			return fmt.Errorf("the subscription made before the failover misses %d of the %d messages acked after it (ended: %v)", missing, len(after), ended.Load())
-		}
-		return nil
+			return nil
+		},
+		// Back empty (no persistence), as a replica of the new primary, as its operator (or the
+		// Sentinels, after their next look at it, some 10 s) would make it.
+		rejoin: func(t *testing.T) {
+			primary.args = append([]string{"--replicaof", "127.0.0.1", strconv.Itoa(replica.port)}, replArgs...)
+			primary.start(t)
+			transporttest.WaitFor(t, 30*time.Second, func() error {
+				if s := info(primary.addr, "master_link_status"); s != "up" || info(primary.addr, "master_port") != strconv.Itoa(replica.port) {
+					return fmt.Errorf("old primary: link %q to port %q", s, info(primary.addr, "master_port"))
+				}
+				return nil
+			})
+		},
 	})
 
 	// Acked but not on the new primary: lost.
-	nc := goredis.NewClient(&goredis.Options{Addr: replica.addr})
-	defer nc.Close()
-	entries, err := nc.XRange(context.Background(), channelKey(prefix, "failover"), "-", "+").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	held := make(map[string]bool, len(entries))
-	for _, e := range entries {
-		held[e.ID] = true
-	}
-	lost := 0
-	for _, id := range acked {
-		if !held[id] {
-			lost++
-		}
-	}
+	lost := r.lost(t, replica.addr, channelKey(prefix, "failover")).count
 	t.Logf("min_replicas=%d: %d acked (%d before the replication cut, %d before the kill), %d publishes failed, %d acked messages lost; primary promoted %v after the kill, old primary a replica after %v",
-		minReplicas, len(acked), cutAcked, beforeKill, failed.Load(), lost, promoted.Round(time.Millisecond), rejoined.Round(time.Millisecond))
+		minReplicas, len(r.acked), r.cutAcked, r.beforeKill, r.failed.Load(), lost, r.promoted.Round(time.Millisecond), r.rejoined.Round(time.Millisecond))
 	if minReplicas > 0 && lost > 0 {
 		t.Errorf("min_replicas=%d: %d acked messages lost", minReplicas, lost)
 	}
