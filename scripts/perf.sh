@@ -330,7 +330,7 @@ figures() {
 # values PATTERN EXPR: EXPR of each JSON file matching PATTERN, in round order ("null" if none).
 values() {
   local f
-  for f in $1; do [ -e "$f" ] && jq -c "$2 // null" "$f"; done
+  for f in $1; do if [ -e "$f" ]; then jq -c "$2 // null" "$f"; fi; done # no file (a row a column does not run): nothing, not a failure
 }
 # stats: "median (min–max)" of the numbers on stdin.
 stats() { jq -rs 'map(select(. != null)) | sort | if length == 0 then "-" else
