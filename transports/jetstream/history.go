@@ -173,24 +173,11 @@ func (b *Broker) Replay(ctx context.Context, topic string, since protocol.Positi
 	if since.Lo == info.State.LastSeq {
 		return nil, true, nil
 	}
-	cons, err := b.js.CreateConsumer(ctx, b.channels, jetstream.ConsumerConfig{
-		Description:       "wsgateway replay",
-		FilterSubject:     subject,
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       since.Lo + 1,
-		AckPolicy:         jetstream.AckNonePolicy,
-		InactiveThreshold: 10 * time.Second, // it is deleted below; this covers a node that died meanwhile
-		MemoryStorage:     true,
-		Replicas:          1,
-	})
+	cons, done, err := b.readConsumer(ctx, "replay", subject, since.Lo+1)
 	if err != nil {
-		return nil, false, unavailable("replay", err)
+		return nil, false, err
 	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
-		defer cancel()
-		_ = b.js.DeleteConsumer(dctx, b.channels, cons.CachedInfo().Name)
-	}()
+	defer done()
 	pending := int(min(cons.CachedInfo().NumPending, uint64(limit)+1))
 	msgs := make([]*message.Message, 0, pending)
 	for len(msgs) < pending {
@@ -328,4 +315,28 @@ func (b *Broker) readRange(ctx context.Context, subject string, start, end uint6
 		}
 	}
 	return msgs, nil
+}
+
+// readConsumer creates an ephemeral consumer that reads the channel stream's subject from
+// sequence start, for one read (what names it: replay, catch-up); done deletes it. Its inactive
+// threshold covers a node that died before calling done.
+func (b *Broker) readConsumer(ctx context.Context, what, subject string, start uint64) (jetstream.Consumer, func(), error) {
+	cons, err := b.js.CreateConsumer(ctx, b.channels, jetstream.ConsumerConfig{
+		Description:       "wsgateway " + what,
+		FilterSubject:     subject,
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       start,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: 10 * time.Second,
+		MemoryStorage:     true,
+		Replicas:          1,
+	})
+	if err != nil {
+		return nil, nil, unavailable(what, err)
+	}
+	return cons, func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
+		defer cancel()
+		_ = b.js.DeleteConsumer(dctx, b.channels, cons.CachedInfo().Name)
+	}, nil
 }

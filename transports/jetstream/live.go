@@ -293,7 +293,11 @@ func (ls *liveSub) startCatchUp(want uint64) {
 }
 
 // goCatchUp runs ls's catch-up on a goroutine of the broker's.
-func (b *Broker) goCatchUp(ls *liveSub) {
+func (b *Broker) goCatchUp(ls *liveSub) { b.goOwned(ls.catchUp) }
+
+// goOwned runs fn on a goroutine the broker owns (Close waits for it), unless the broker is
+// closed.
+func (b *Broker) goOwned(fn func()) {
 	b.subMu.Lock()
 	defer b.subMu.Unlock()
 	if b.closed() {
@@ -302,7 +306,7 @@ func (b *Broker) goCatchUp(ls *liveSub) {
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		ls.catchUp()
+		fn()
 	}()
 }
 
@@ -394,24 +398,11 @@ func (ls *liveSub) catchStep() (done, gap bool, err error) {
 // readChunk returns, oldest first, up to n messages of subject from stream sequence start on,
 // with their sequences, read through an ephemeral pull consumer (deleted when done).
 func (b *Broker) readChunk(ctx context.Context, subject string, start uint64, n int) ([]*message.Message, []uint64, error) {
-	cons, err := b.js.CreateConsumer(ctx, b.channels, jetstream.ConsumerConfig{
-		Description:       "wsgateway catch-up",
-		FilterSubject:     subject,
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       start,
-		AckPolicy:         jetstream.AckNonePolicy,
-		InactiveThreshold: 10 * time.Second,
-		MemoryStorage:     true,
-		Replicas:          1,
-	})
+	cons, done, err := b.readConsumer(ctx, "catch-up", subject, start)
 	if err != nil {
-		return nil, nil, unavailable("catch-up", err)
+		return nil, nil, err
 	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
-		defer cancel()
-		_ = b.js.DeleteConsumer(dctx, b.channels, cons.CachedInfo().Name)
-	}()
+	defer done()
 	want := int(min(cons.CachedInfo().NumPending, uint64(n)))
 	var msgs []*message.Message
 	var seqs []uint64
@@ -461,18 +452,7 @@ func (ls *liveSub) probe(ctx context.Context, s jetstream.Stream, epoch string) 
 // goProbeAll probes every channel subscription, on a goroutine of the broker's: after a
 // reconnect (core NATS drops what is republished while the node is disconnected) and when the
 // channel stream was found recreated.
-func (b *Broker) goProbeAll() {
-	b.subMu.Lock()
-	defer b.subMu.Unlock()
-	if b.closed() {
-		return
-	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		b.probeAll()
-	}()
-}
+func (b *Broker) goProbeAll() { b.goOwned(b.probeAll) }
 
 func (b *Broker) probeAll() {
 	b.liveMu.Lock()
@@ -546,14 +526,7 @@ func (b *Broker) slowConsumer(sub *nats.Subscription) {
 	if ls == nil {
 		return
 	}
-	b.subMu.Lock()
-	defer b.subMu.Unlock()
-	if b.closed() {
-		return
-	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
+	b.goOwned(func() {
 		ctx, cancel := context.WithTimeout(ls.ctx, b.cfg.PublishTimeout)
 		defer cancel()
 		s, err := b.js.Stream(ctx, b.channels)
@@ -565,5 +538,5 @@ func (b *Broker) slowConsumer(sub *nats.Subscription) {
 			ls.startCatchUp(0) // it retries until it can read
 			ls.mu.Unlock()
 		}
-	}()
+	})
 }
