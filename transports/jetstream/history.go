@@ -266,24 +266,11 @@ func (b *Broker) Before(ctx context.Context, topic string, before protocol.Posit
 // readRange returns, oldest first, the messages of subject with stream sequences from start to
 // end, read through an ephemeral pull consumer (deleted when done).
 func (b *Broker) readRange(ctx context.Context, subject string, start, end uint64) ([]*message.Message, error) {
-	cons, err := b.js.CreateConsumer(ctx, b.channels, jetstream.ConsumerConfig{
-		Description:       "wsgateway history",
-		FilterSubject:     subject,
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       start,
-		AckPolicy:         jetstream.AckNonePolicy,
-		InactiveThreshold: 10 * time.Second,
-		MemoryStorage:     true,
-		Replicas:          1,
-	})
+	cons, done, err := b.readConsumer(ctx, "history", subject, start)
 	if err != nil {
-		return nil, unavailable("history", err)
+		return nil, err
 	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
-		defer cancel()
-		_ = b.js.DeleteConsumer(dctx, b.channels, cons.CachedInfo().Name)
-	}()
+	defer done()
 	pending := cons.CachedInfo().NumPending
 	var msgs []*message.Message
 	for read := uint64(0); read < pending; {
