@@ -281,6 +281,10 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.fc.Conn = conn
+	// The server's ResponseWriter holds its connection's 4 KiB read and write buffers (and
+	// gorilla keeps neither: it has its own small reader and a pooled writer). The hijacker
+	// lives as long as the connection, so it lets go of them: ~8 KiB per idle connection.
+	h.ResponseWriter = nil
 	return h.fc, brw, nil
 }
 

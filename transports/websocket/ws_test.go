@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -732,3 +733,37 @@ func TestWriteBusyMetric(t *testing.T) {
 	h.budget.forced.Store(false) // no load: idle at the next window
 	waitGauge(0)
 }
+
+// TestServerBuffersReleasedWhileOpen: once a connection is open, nothing of ours holds the HTTP
+// server's ResponseWriter, which holds the server connection's 4 KiB read and write buffers
+// (the hijacker lives as long as the connection and used to keep it: 8 KiB per connection).
+func TestServerBuffersReleasedWhileOpen(t *testing.T) {
+	h := newTestHub(t, Config{})
+	var released atomic.Bool
+	srv := httptestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tw := &trackedWriter{w} // holding it holds w (a cleanup on w itself would never run: w and its connection point at each other)
+		runtime.AddCleanup(tw, func(*atomic.Bool) { released.Store(true) }, &released)
+		_ = h.Accept(tw, r, Identity{Session: "a"})
+	}))
+	t.Cleanup(h.Close)
+	ws, _, err := gws.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !released.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the server's ResponseWriter is still held while the connection is open")
+		}
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, ok := h.Session("a"); !ok {
+		t.Fatal("the connection is not in the hub")
+	}
+}
+
+type trackedWriter struct{ http.ResponseWriter }
+
+func (w *trackedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
