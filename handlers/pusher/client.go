@@ -285,6 +285,14 @@ func (s *Server) clientEvent(c *websocket.Conn, st *conn, f inFrame) {
 		s.rateLimited(c, st, "client event")
 		return
 	}
+	st.mu.Lock()
+	user := st.user
+	st.mu.Unlock()
+	if user != "" && !s.users.allowPublish(UserKey(st.app.ID, user)) {
+		c.Send(errorFrame(CodeClientEventLimit, "Client event rejected - over the user's rate limit (limits.user_publish_rate)"))
+		s.rateLimited(c, st, "client event of the user")
+		return
+	}
 	payload := payloadOfValue(f.Data)
 	if len(payload) > st.app.MaxEventSize {
 		c.Send(errorFrame(0, "Client event rejected - the data is over "+strconv.Itoa(st.app.MaxEventSize)+" bytes"))

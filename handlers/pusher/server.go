@@ -75,7 +75,7 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, byKey: map[string]*app{}, byID: map[string]*app{}, roster: newRoster(), users: newUserIndex(),
+	s := &Server{cfg: cfg, byKey: map[string]*app{}, byID: map[string]*app{}, roster: newRoster(), users: newUserIndex(cfg.Limits),
 		rlog: ratelog.New(cfg.Log, ratelog.DefaultInterval)}
 	for _, a := range cfg.Apps {
 		x := &app{PusherApp: a, clientEvents: a.ClientEvents != nil && *a.ClientEvents}

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/time/rate"
+
+	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports/websocket"
 )
@@ -48,38 +51,50 @@ func UserAuth(key, secret, socketID, userData string) string {
 	return key + ":" + sign(secret, socketID+"::user::"+userData)
 }
 
-// userIndex is the node's signed-in Pusher connections by UserKey. Safe for concurrent use.
+// userIndex is the node's signed-in Pusher connections by UserKey, and the publish rate each
+// user shares over them (limits.user_publish_rate). Safe for concurrent use.
 type userIndex struct {
-	mu    sync.Mutex
-	conns map[string]map[*websocket.Conn]struct{}
+	limits configs.LimitsConfig
+	mu     sync.Mutex
+	users  map[string]*signedIn
 }
 
-func newUserIndex() *userIndex { return &userIndex{conns: map[string]map[*websocket.Conn]struct{}{}} }
+type signedIn struct {
+	conns   map[*websocket.Conn]struct{}
+	publish *rate.Limiter // the user's client events on this node; nil: no limit
+}
+
+func newUserIndex(l configs.LimitsConfig) *userIndex {
+	return &userIndex{limits: l, users: map[string]*signedIn{}}
+}
 
 // add records c as a connection of key, unless the node holds most of key's connections
 // already (most 0: no limit).
 func (u *userIndex) add(key string, c *websocket.Conn, most int) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	m := u.conns[key]
-	if most > 0 && len(m) >= most {
+	e := u.users[key]
+	if most > 0 && e != nil && len(e.conns) >= most {
 		return false
 	}
-	if m == nil {
-		m = map[*websocket.Conn]struct{}{}
-		u.conns[key] = m
+	if e == nil {
+		e = &signedIn{conns: map[*websocket.Conn]struct{}{}}
+		if u.limits.UserPublishRate > 0 {
+			e.publish = rate.NewLimiter(rate.Limit(u.limits.UserPublishRate), u.limits.UserPublishBurst)
+		}
+		u.users[key] = e
 	}
-	m[c] = struct{}{}
+	e.conns[c] = struct{}{}
 	return true
 }
 
 func (u *userIndex) remove(key string, c *websocket.Conn) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if m := u.conns[key]; m != nil {
-		delete(m, c)
-		if len(m) == 0 {
-			delete(u.conns, key)
+	if e := u.users[key]; e != nil {
+		delete(e.conns, c)
+		if len(e.conns) == 0 {
+			delete(u.users, key)
 		}
 	}
 }
@@ -87,11 +102,24 @@ func (u *userIndex) remove(key string, c *websocket.Conn) {
 func (u *userIndex) list(key string) []*websocket.Conn {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	out := make([]*websocket.Conn, 0, len(u.conns[key]))
-	for c := range u.conns[key] {
+	e := u.users[key]
+	if e == nil {
+		return nil
+	}
+	out := make([]*websocket.Conn, 0, len(e.conns))
+	for c := range e.conns {
 		out = append(out, c)
 	}
 	return out
+}
+
+// allowPublish takes one of key's client events from the rate its signed-in connections on the
+// node share (limits.user_publish_rate); true for a user not signed in here, or without a limit.
+func (u *userIndex) allowPublish(key string) bool {
+	u.mu.Lock()
+	e := u.users[key]
+	u.mu.Unlock()
+	return e == nil || allow(e.publish)
 }
 
 // DisconnectUser is handlers.UserDisconnecter: a terminate command (or any disconnect command

@@ -223,3 +223,39 @@ func TestEncryptedChannel(t *testing.T) {
 		t.Fatalf("client event: %s", f.Data)
 	}
 }
+
+// TestUserPublishRate: limits.user_publish_rate is shared by a signed-in user's connections on
+// the node: alice's second connection is refused (4301) the client event her first one used up,
+// while bob's and an anonymous connection's events still go through.
+func TestUserPublishRate(t *testing.T) {
+	_, base := nodeWith(t, func(c *configs.Config) {
+		c.Limits.UserPublishRate, c.Limits.UserPublishBurst = 0.001, 1 // one at once, the next in 1000 s
+	})
+	subscribed := func(id string) *pclient {
+		p := dialPusher(t, base, "key1", "?protocol=7")
+		sid := p.socketID()
+		if id != "" {
+			signin(t, p, sid, id)
+		}
+		p.send("pusher:subscribe", map[string]string{"channel": "private-x", "auth": pusher.ChannelAuth("key1", secret1, sid, "private-x", "")}, "")
+		p.expect("pusher_internal:subscription_succeeded")
+		return p
+	}
+	listener := subscribed("")
+	a1, a2, b, anon := subscribed("alice"), subscribed("alice"), subscribed("bob"), subscribed("")
+	a1.send("client-a1", map[string]int{}, "private-x")
+	listener.expect("client-a1")
+	a2.expect("client-a1") // a client event goes to every other connection on the channel
+	a2.send("client-a2", map[string]int{}, "private-x")
+	f := a2.expect("pusher:error")
+	var d struct{ Code int }
+	if json.Unmarshal(f.Data, &d) != nil || d.Code != pusher.CodeClientEventLimit {
+		t.Fatalf("alice's second connection: %s", f.Data)
+	}
+	b.send("client-b", map[string]int{}, "private-x")
+	if f := listener.expect("client-b"); f.Event != "client-b" { // client-a2 never came
+		t.Fatalf("got %s", f.Event)
+	}
+	anon.send("client-anon", map[string]int{}, "private-x")
+	listener.expect("client-anon")
+}
