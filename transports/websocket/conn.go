@@ -81,7 +81,7 @@ func newConn(h *Hub, id Identity) *Conn {
 	if c.handler == nil {
 		c.handler = h.handler
 	}
-	c.fc = &flushConn{timeout: h.cfg.WriteTimeout}
+	c.fc = &flushConn{conn: c, timeout: h.cfg.WriteTimeout}
 	c.lastLead = math.MinInt64 / 2 // long ago: the first frame goes out at once
 	return c
 }

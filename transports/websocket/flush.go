@@ -43,6 +43,9 @@ var coalescePool = sync.Pool{New: func() any { b := make([]byte, 0, maxCoalesce)
 // be called at any time and does not touch the buffer.
 type flushConn struct {
 	net.Conn
+	// conn is the connection this socket carries (connOf finds it from melody's session
+	// through gorilla's NetConn). Set before the handshake, never changed.
+	conn *Conn
 	// more reports whether, besides the frame being written, another frame is queued for the
 	// connection. nil until the connection is open: before that (the handshake) every write
 	// goes straight through.

@@ -335,7 +335,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, id Identity) error 
 	go func() {
 		defer h.served.Done()
 		hj := &hijacker{ResponseWriter: w, fc: c.fc}
-		err := h.m.HandleRequestWithKeys(hj, r, map[string]any{connKey: c})
+		err := h.m.HandleRequest(hj, r) // connOf finds c through the socket: no Keys map per session
 		if hj.refused != nil {
 			err = hj.refused
 		}
@@ -414,13 +414,15 @@ func (h *Hub) Draining() bool {
 	return h.draining
 }
 
-const connKey = "conn"
-
-// connOf is the Conn of a session. Its Keys are set when melody makes it and never changed
-// (the hub never calls Set), so they are read without melody's lock.
+// connOf is the Conn of a session: gorilla's socket is the Conn's flushConn (hijacker), which
+// points back at it. Nothing of the session changes after melody made it, so no lock.
 func connOf(s *melody.Session) *Conn {
-	c, _ := s.Keys[connKey].(*Conn)
-	return c
+	if ws := s.WebsocketConnection(); ws != nil {
+		if fc, ok := ws.NetConn().(*flushConn); ok {
+			return fc.conn
+		}
+	}
+	return nil
 }
 
 func (h *Hub) onConnect(s *melody.Session) {
