@@ -22,8 +22,8 @@ var ErrTimeout = errors.New("handler timed out")
 //
 // When the message's context already ends no later than d from now (an API publish or a
 // client's publish waits for its ack for websocket.publish_timeout, the default of d), that
-// deadline bounds the attempt as it is: the handler runs with the message's own context and no
-// context or timer is made for the attempt.
+// deadline bounds the attempt as it is: the handler runs with the message's own context (which
+// its submitter cancels once it has the outcome) and no context or timer is made for the attempt.
 func Timeout(d time.Duration) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
