@@ -30,6 +30,7 @@
 package router
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"time"
@@ -93,7 +94,7 @@ type Options struct {
 
 // New builds the router; the caller runs it (Run) and closes it (Close).
 func New(src Sources, h Funcs, opt Options, log *slog.Logger) (*message.Router, error) {
-	logger := quietLogger{watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})}
+	logger := quietLogger{watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}), log}
 	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: opt.CloseTimeout}, logger)
 	if err != nil {
 		return nil, err
@@ -162,8 +163,32 @@ func New(src Sources, h Funcs, opt Options, log *slog.Logger) (*message.Router, 
 }
 
 // quietLogger logs at debug level the errors that are the client's doing (a forbidden publish),
-// which Watermill's router would log as errors.
-type quietLogger struct{ watermill.LoggerAdapter }
+// which Watermill's router would log as errors. It drops Info (logged at debug level), Debug and
+// Trace calls at once when log would not write them: Watermill's router makes two Trace calls
+// per message, and its slog adapter turns their fields into attributes before slog looks at
+// the level.
+type quietLogger struct {
+	watermill.LoggerAdapter
+	log *slog.Logger // what the adapter writes to, for its levels
+}
+
+func (l quietLogger) Info(msg string, fields watermill.LogFields) {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.LoggerAdapter.Info(msg, fields)
+	}
+}
+
+func (l quietLogger) Debug(msg string, fields watermill.LogFields) {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.LoggerAdapter.Debug(msg, fields)
+	}
+}
+
+func (l quietLogger) Trace(msg string, fields watermill.LogFields) {
+	if l.log.Enabled(context.Background(), watermill.LevelTrace) {
+		l.LoggerAdapter.Trace(msg, fields)
+	}
+}
 
 func (l quietLogger) Error(msg string, err error, fields watermill.LogFields) {
 	var pe *protocol.Error
@@ -175,7 +200,7 @@ func (l quietLogger) Error(msg string, err error, fields watermill.LogFields) {
 }
 
 func (l quietLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
-	return quietLogger{l.LoggerAdapter.With(fields)}
+	return quietLogger{l.LoggerAdapter.With(fields), l.log}
 }
 
 // countRetries is the retry middleware, counting every attempt after the first of a message.

@@ -86,3 +86,56 @@ func TestTimeoutGivesTheMessageItsContextBack(t *testing.T) {
 		t.Fatal("the next attempt would start with the cancelled context of this one")
 	}
 }
+
+func TestTimeoutKeepsAnEarlierDeadlineOfTheMessage(t *testing.T) {
+	parent, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	msg := newMsg("x")
+	msg.SetContext(parent)
+	var seen context.Context
+	_, _ = middleware.Timeout(time.Hour)(func(m *message.Message) ([]*message.Message, error) {
+		seen = m.Context()
+		return nil, nil
+	})(msg)
+	want, _ := parent.Deadline()
+	if got, ok := seen.Deadline(); !ok || !got.Equal(want) {
+		t.Fatalf("the handler's deadline is %v (%v), want the message's own %v", got, ok, want)
+	}
+}
+
+func TestTimeoutReturnsErrTimeoutAtTheMessagesOwnDeadline(t *testing.T) {
+	stop := make(chan struct{})
+	defer close(stop)
+	parent, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	msg := newMsg("x")
+	msg.SetContext(parent)
+	_, err := middleware.Timeout(time.Hour)(untilDone(stop, context.DeadlineExceeded))(msg)
+	if !errors.Is(err, middleware.ErrTimeout) {
+		t.Fatalf("handler failing at the message's deadline: error %v, want ErrTimeout", err)
+	}
+}
+
+// BenchmarkTimeout is one attempt of a message whose own deadline comes first (an API
+// publish's) and of one without a deadline.
+func BenchmarkTimeout(b *testing.B) {
+	h := middleware.Timeout(5 * time.Second)(func(*message.Message) ([]*message.Message, error) { return nil, nil })
+	for _, bc := range []struct {
+		name     string
+		deadline bool
+	}{{"earlier-deadline", true}, {"no-deadline", false}} {
+		b.Run(bc.name, func(b *testing.B) {
+			ctx, cancel := context.WithCancel(context.Background())
+			if bc.deadline {
+				ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+			}
+			defer cancel()
+			msg := newMsg("x")
+			msg.SetContext(ctx)
+			b.ReportAllocs()
+			for b.Loop() {
+				_, _ = h(msg)
+			}
+		})
+	}
+}
