@@ -426,9 +426,9 @@ func (c *Conn) dropQueue() {
 
 // ring is a FIFO of frames that grows as needed and gives its memory back once empty: its
 // first buffer (ringMin frames) goes back to ringPool, whence the connection's next burst, or
-// another connection's, takes it. A busy node fans out in bursts of a few frames per connection
-// (the latency budget), so each connection empties its ring some ten times a second: allocating
-// the buffer anew each time was two thirds of the bytes a fan-out node allocated.
+// another connection's, takes it. A busy node writes to a connection once per latency budget
+// (13 times a second at 75 ms), emptying its ring each time: allocating the buffer anew each
+// time was two thirds of the bytes a fan-out node allocated.
 type ring struct {
 	buf  []qframe
 	head int
