@@ -57,6 +57,7 @@ type budgetClock struct {
 	forced  atomic.Bool  // tests: busy for good
 	waiting []*Conn      // connections waiting for their next write, under mu
 	spare   []*Conn      // spare slice, swapped with waiting on each tick
+	later   []*Conn      // the run goroutine's: connections of a tick to kick again, kept for the next tick
 	mu      sync.Mutex
 
 	runMu   sync.Mutex
@@ -120,7 +121,7 @@ func (d *budgetClock) run() {
 		list := d.waiting
 		d.waiting, d.spare = d.spare[:0], nil
 		d.mu.Unlock()
-		var later []*Conn
+		later := d.later[:0]
 		for i, c := range list {
 			if c.kick(now) {
 				later = append(later, c)
@@ -131,6 +132,8 @@ func (d *budgetClock) run() {
 		d.waiting = append(d.waiting, later...)
 		d.spare = list[:0]
 		d.mu.Unlock()
+		clear(later)
+		d.later = later[:0]
 	}
 }
 

@@ -767,3 +767,35 @@ func TestServerBuffersReleasedWhileOpen(t *testing.T) {
 type trackedWriter struct{ http.ResponseWriter }
 
 func (w *trackedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// TestRingGivesBufferBack: a ring that empties, or is reset, holds no memory and leaves its first
+// buffer cleared (the buffer goes back to ringPool, which must keep no frame reachable).
+func TestRingGivesBufferBack(t *testing.T) {
+	frame := func(i int) qframe { return qframe{b: []byte{byte(i)}} }
+	for _, empty := range []func(*ring){
+		func(r *ring) {
+			for r.len() > 0 {
+				r.pop()
+			}
+		},
+		(*ring).reset,
+	} {
+		var r ring
+		for i := range 3 {
+			r.push(frame(i))
+		}
+		first := r.buf
+		if len(first) != ringMin {
+			t.Fatalf("first buffer of %d frames, want %d", len(first), ringMin)
+		}
+		empty(&r)
+		if r.len() != 0 || r.buf != nil {
+			t.Fatalf("ring holds %d frames, a buffer of %d, want none", r.len(), len(r.buf))
+		}
+		for i, f := range first {
+			if f.b != nil {
+				t.Fatalf("frame %d (%q) still in the buffer given back", i, f.b)
+			}
+		}
+	}
+}
