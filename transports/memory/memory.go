@@ -457,15 +457,12 @@ func (n *Node) SubscribeFunc(ctx context.Context, topicName string, deliver func
 		return transports.ErrClosed
 	}
 	h := &funcSub{n: n, ended: ended}
-	// The subscription's context has ctx's values; ctx's end reaches it through the AfterFunc
-	// below, which also ends the subscription, so that its context needs no AfterFunc of its own
-	// (each costs a map and a channel in the context watched): an idle subscription is smaller.
-	h.ctx, h.stopCtx = context.WithCancel(context.WithoutCancel(ctx))
-	cancel := h.cancel
+	h.Init(ctx)
+	cancel := h.Cancel
 	// Unbounded, as the broker's queues are: a publish never waits for a subscriber.
-	h.relay = transports.NewRelay(h.ctx, cancel, transports.RelayConfig{Deliver: deliver, Limit: math.MaxInt, WG: &n.wg})
+	h.relay = transports.NewRelay(h.Context(), cancel, transports.RelayConfig{Deliver: deliver, Limit: math.MaxInt, WG: &n.wg})
 	if !n.add(h) { // counts h in n.wg until it ended
-		h.stopCtx()
+		h.Cancel()
 		return transports.ErrClosed
 	}
 	ok := n.broker.use(n.name(topicName), topicName, func(t *topic) {
@@ -473,13 +470,12 @@ func (n *Node) SubscribeFunc(ctx context.Context, topicName string, deliver func
 		t.subs = append(t.subs, h)
 	})
 	if !ok {
-		h.stopCtx()
+		h.Cancel()
 		n.remove(h)
 		n.wg.Done()
 		return transports.ErrClosed
 	}
-	h.stopParent = context.AfterFunc(ctx, cancel)
-	h.arm()
+	h.Start(ctx, h.end)
 	return nil
 }
 
@@ -508,57 +504,23 @@ func (n *Node) remove(h *funcSub) {
 }
 
 // funcSub is a subscription of SubscribeFunc: what is published is queued on its relay, whose
-// goroutine runs only while messages wait. It ends when its context is cancelled (cancel):
-// by the caller's context (stopParent), the node's Close, the broker's Close, or the relay
-// (the subscriber refused a message).
+// goroutine runs only while messages wait. It ends (Cancel) when the caller's context ends, the
+// node or the broker closes, or the subscriber refuses a message (the relay).
 type funcSub struct {
-	n          *Node
-	t          *topic
-	relay      *transports.Relay
-	ctx        context.Context
-	stopCtx    context.CancelFunc // cancels ctx only: cancel ends the subscription
-	stopParent func() bool
-	ended      func()
-
-	mu     sync.Mutex
-	armed  bool // SubscribeFunc set the subscription up: once cancelled, end runs
-	ending bool // end was started
+	transports.Ending
+	n     *Node
+	t     *topic
+	relay *transports.Relay
+	ended func()
 }
 
 func (h *funcSub) push(m *message.Message) { h.relay.Offer(m, 0) } // never full
-func (h *funcSub) close()                  { h.cancel() }
-
-// cancel ends the subscription: its context is done at once, and end runs on a goroutine of
-// its own (the relay's drain may be the caller, and end waits for it), once, as soon as the
-// subscription is set up (arm).
-func (h *funcSub) cancel() {
-	h.stopCtx()
-	h.mu.Lock()
-	start := h.armed && !h.ending
-	h.ending = h.ending || start
-	h.mu.Unlock()
-	if start {
-		go h.end()
-	}
-}
-
-// arm marks the subscription set up, and starts end if it was cancelled meanwhile.
-func (h *funcSub) arm() {
-	h.mu.Lock()
-	h.armed = true
-	start := h.ctx.Err() != nil && !h.ending
-	h.ending = h.ending || start
-	h.mu.Unlock()
-	if start {
-		go h.end()
-	}
-}
+func (h *funcSub) close()                  { h.Cancel() }
 
 // end ends the subscription once its context is done: ended comes after every delivery. The
 // topic's state goes with its last subscriber unless it has history to keep.
 func (h *funcSub) end() {
 	h.relay.Close()
-	h.stopParent()
 	h.n.remove(h)
 	h.t.mu.Lock()
 	h.t.removeSub(h)
@@ -767,7 +729,7 @@ func (n *Node) Close() error {
 		n.subs, n.subsPeak = nil, 0
 		n.subsMu.Unlock()
 		for h := range subs {
-			h.cancel()
+			h.Cancel()
 		}
 		n.forget()
 	})
