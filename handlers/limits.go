@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -10,31 +11,49 @@ import (
 	"github.com/wsgateway/gateway/transports/websocket"
 )
 
-// connLimits are the per-connection limiters of limits.*; a nil limiter is no limit. Each
-// rate.Limiter is safe for concurrent use.
+// connLimits are the per-connection limiters of limits.*, made at their first use: most
+// connections never publish nor call, and hold none (a new rate.Limiter is full, so one made
+// late allows exactly what one made at connect would). A rate of 0 or less is no limit (nil).
+// Safe for concurrent use.
 type connLimits struct {
-	publish   *rate.Limiter // publish and send frames (counted by the router's RateLimit)
-	subscribe *rate.Limiter // subscribe frames
-	rpc       *rate.Limiter // rpc and refresh frames (limits.rpc_rate), before any hook call
+	cfg       *configs.LimitsConfig // the Sessions' own: never changes
+	publish   lazyLimiter           // publish and send frames (counted by the router's RateLimit)
+	subscribe lazyLimiter           // subscribe frames
+	rpc       lazyLimiter           // rpc and refresh frames (limits.rpc_rate), before any hook call
 	// strikes counts rate_limited answers (none left: the connection is disconnected). It is
 	// made at the first one (most connections never get one) and used only by the
 	// connection's frames, which are handled one at a time.
 	strikes *rate.Limiter
 }
 
-// newConnLimits makes the limiters of one connection from l.
-func newConnLimits(l configs.LimitsConfig) connLimits {
-	var cl connLimits
-	if l.PublishRate > 0 {
-		cl.publish = rate.NewLimiter(rate.Limit(l.PublishRate), l.PublishBurst)
+func (cl *connLimits) publishLimiter() *rate.Limiter {
+	return cl.publish.get(cl.cfg.PublishRate, cl.cfg.PublishBurst)
+}
+
+func (cl *connLimits) subscribeLimiter() *rate.Limiter {
+	return cl.subscribe.get(cl.cfg.SubscribeRate, cl.cfg.SubscribeBurst)
+}
+
+func (cl *connLimits) rpcLimiter() *rate.Limiter {
+	return cl.rpc.get(cl.cfg.RPCRate, max(cl.cfg.RPCBurst, 1))
+}
+
+// lazyLimiter is a rate.Limiter made by its first get.
+type lazyLimiter struct{ p atomic.Pointer[rate.Limiter] }
+
+// get returns the limiter, making it at the first call; nil when r is not above 0.
+func (l *lazyLimiter) get(r float64, burst int) *rate.Limiter {
+	if r <= 0 {
+		return nil
 	}
-	if l.SubscribeRate > 0 {
-		cl.subscribe = rate.NewLimiter(rate.Limit(l.SubscribeRate), l.SubscribeBurst)
+	if lim := l.p.Load(); lim != nil {
+		return lim
 	}
-	if l.RPCRate > 0 {
-		cl.rpc = rate.NewLimiter(rate.Limit(l.RPCRate), max(l.RPCBurst, 1))
+	lim := rate.NewLimiter(rate.Limit(r), burst)
+	if l.p.CompareAndSwap(nil, lim) {
+		return lim
 	}
-	return cl
+	return l.p.Load() // another goroutine made it first
 }
 
 // newStrikes is a full strikes limiter for l, nil when a connection is never disconnected.
@@ -49,7 +68,7 @@ func newStrikes(l configs.LimitsConfig) *rate.Limiter {
 // checkSubscribeRate applies the subscribe rate to a subscribe frame of c: every subscribe
 // frame counts, refused or not.
 func checkSubscribeRate(st *state) error {
-	if l := st.limits.subscribe; l != nil && !l.Allow() {
+	if l := st.limits.subscribeLimiter(); l != nil && !l.Allow() {
 		return protocol.Errorf(protocol.CodeRateLimited, "too many subscribes; slow down")
 	}
 	return nil
@@ -58,7 +77,7 @@ func checkSubscribeRate(st *state) error {
 // checkRPCRate applies limits.rpc_rate to an rpc or refresh frame: every such frame counts,
 // refused or not, before any hook call.
 func checkRPCRate(st *state) error {
-	if l := st.limits.rpc; l != nil && !l.Allow() {
+	if l := st.limits.rpcLimiter(); l != nil && !l.Allow() {
 		return protocol.Errorf(protocol.CodeRateLimited, "too many rpc and refresh frames; slow down")
 	}
 	return nil
@@ -67,7 +86,7 @@ func checkRPCRate(st *state) error {
 // checkPublishRate takes a publish frame's tokens (the connection's publish rate and its user's)
 // before the publish hook is called, as the router's RateLimit would after it.
 func checkPublishRate(st *state) error {
-	if l := st.limits.publish; l != nil && !l.Allow() {
+	if l := st.limits.publishLimiter(); l != nil && !l.Allow() {
 		return protocol.Errorf(protocol.CodeRateLimited, "too many messages; slow down")
 	}
 	if st.user != nil && st.user.limiter != nil && !st.user.limiter.Allow() {

@@ -157,7 +157,7 @@ func (s *Sessions) Admit(claims *auth.Claims) (value any, done func(), err error
 	case limitUser:
 		return nil, nil, &LimitError{Status: 429, Reason: "too many connections for this user"}
 	}
-	st := &state{user: us, limits: newConnLimits(s.cfg.Limits), inflight: make(chan struct{}, MaxCallsInFlight), tokenUser: claims.User}
+	st := &state{user: us, limits: connLimits{cfg: &s.cfg.Limits}, inflight: make(chan struct{}, MaxCallsInFlight), tokenUser: claims.User}
 	st.tok.Store(claims)
 	st.ctx, st.cancel = context.WithCancel(context.Background())
 	return st, func() {
@@ -756,8 +756,8 @@ func RateLimiters(msg *message.Message) []*rate.Limiter {
 		return nil // taken before the publish hook
 	}
 	var out []*rate.Limiter
-	if st.limits.publish != nil {
-		out = append(out, st.limits.publish)
+	if l := st.limits.publishLimiter(); l != nil {
+		out = append(out, l)
 	}
 	if st.user != nil && st.user.limiter != nil {
 		out = append(out, st.user.limiter)

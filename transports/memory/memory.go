@@ -209,9 +209,7 @@ func (b *Broker) release(t *topic) {
 // Node returns a transports.Broker for one node of this broker. Closing it ends its own subscriptions
 // only. prefix namespaces topics, like a topic prefix on a real broker.
 func (b *Broker) Node(prefix string) *Node {
-	n := &Node{broker: b, prefix: prefix, done: make(chan struct{})}
-	n.ctx, n.cancel = context.WithCancel(context.Background())
-	return n
+	return &Node{broker: b, prefix: prefix, done: make(chan struct{})}
 }
 
 // stored is one message of a topic's history.
@@ -328,9 +326,13 @@ type Node struct {
 
 	closeOnce sync.Once
 	done      chan struct{}
-	ctx       context.Context // cancelled with done: ends the SubscribeFunc subscriptions
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	wg        sync.WaitGroup // the open SubscribeFunc subscriptions and groups' goroutines
+
+	// subs are the open SubscribeFunc subscriptions, which Close ends (subsMu). A set rather
+	// than an AfterFunc of a node context per subscription: an entry here is a few bytes.
+	subsMu   sync.Mutex
+	subs     map[*funcSub]struct{}
+	subsPeak int // transports.Shrink
 
 	// Presence: what this node joined (its truth, by channel and session; the broker's
 	// presence lock guards it), its lease renewal, and a test hook that pauses the renewal.
@@ -455,44 +457,71 @@ func (n *Node) SubscribeFunc(ctx context.Context, topicName string, deliver func
 		return transports.ErrClosed
 	}
 	h := &funcSub{n: n, ended: ended}
-	h.ctx, h.cancel = context.WithCancel(ctx)
+	h.Init(ctx)
+	cancel := h.Cancel
 	// Unbounded, as the broker's queues are: a publish never waits for a subscriber.
-	h.relay = transports.NewRelay(h.ctx, h.cancel, transports.RelayConfig{Deliver: deliver, Limit: math.MaxInt, WG: &n.wg})
-	n.wg.Add(1) // done when the subscription ends
+	h.relay = transports.NewRelay(h.Context(), cancel, transports.RelayConfig{Deliver: deliver, Limit: math.MaxInt, WG: &n.wg})
+	if !n.add(h) { // counts h in n.wg until it ended
+		h.Cancel()
+		return transports.ErrClosed
+	}
 	ok := n.broker.use(n.name(topicName), topicName, func(t *topic) {
 		h.t = t
 		t.subs = append(t.subs, h)
 	})
 	if !ok {
-		h.cancel()
+		h.Cancel()
+		n.remove(h)
 		n.wg.Done()
 		return transports.ErrClosed
 	}
-	h.stopNode = context.AfterFunc(n.ctx, h.cancel) // the node closed
-	context.AfterFunc(h.ctx, h.end)
+	h.Start(ctx, h.end)
 	return nil
 }
 
+// add counts h among the node's open subscriptions (and in n.wg); false once the node closed.
+func (n *Node) add(h *funcSub) bool {
+	n.subsMu.Lock()
+	defer n.subsMu.Unlock()
+	if n.closed() { // Close closes done before it takes the subscriptions to end
+		return false
+	}
+	if n.subs == nil {
+		n.subs = map[*funcSub]struct{}{}
+	}
+	n.subs[h] = struct{}{}
+	n.subs = transports.Shrink(n.subs, &n.subsPeak)
+	n.wg.Add(1)
+	return true
+}
+
+// remove forgets h (it ended); n.wg is the caller's.
+func (n *Node) remove(h *funcSub) {
+	n.subsMu.Lock()
+	defer n.subsMu.Unlock()
+	delete(n.subs, h)
+	n.subs = transports.Shrink(n.subs, &n.subsPeak)
+}
+
 // funcSub is a subscription of SubscribeFunc: what is published is queued on its relay, whose
-// goroutine runs only while messages wait.
+// goroutine runs only while messages wait. It ends (Cancel) when the caller's context ends, the
+// node or the broker closes, or the subscriber refuses a message (the relay).
 type funcSub struct {
-	n        *Node
-	t        *topic
-	relay    *transports.Relay
-	ctx      context.Context
-	cancel   context.CancelFunc
-	stopNode func() bool
-	ended    func()
+	transports.Ending
+	n     *Node
+	t     *topic
+	relay *transports.Relay
+	ended func()
 }
 
 func (h *funcSub) push(m *message.Message) { h.relay.Offer(m, 0) } // never full
-func (h *funcSub) close()                  { h.cancel() }
+func (h *funcSub) close()                  { h.Cancel() }
 
 // end ends the subscription once its context is done: ended comes after every delivery. The
 // topic's state goes with its last subscriber unless it has history to keep.
 func (h *funcSub) end() {
 	h.relay.Close()
-	h.stopNode()
+	h.n.remove(h)
 	h.t.mu.Lock()
 	h.t.removeSub(h)
 	idle := h.t.idle()
@@ -695,7 +724,13 @@ func (n *Node) Ping(context.Context) error {
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		close(n.done)
-		n.cancel()
+		n.subsMu.Lock() // no subscription is added now (add sees done closed)
+		subs := n.subs
+		n.subs, n.subsPeak = nil, 0
+		n.subsMu.Unlock()
+		for h := range subs {
+			h.Cancel()
+		}
 		n.forget()
 	})
 	n.wg.Wait()

@@ -484,8 +484,9 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.M
 func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
 	subject := Subject(b.cfg.Prefix, topic)
 	h := &funcSub{b: b, log: b.logger.With("topic", topic, "subject", subject)}
-	h.ctx, h.cancel = context.WithCancel(ctx)
-	h.relay = transports.NewRelay(h.ctx, h.cancel, transports.RelayConfig{
+	h.Init(ctx)
+	cancel := h.Cancel
+	h.relay = transports.NewRelay(h.Context(), cancel, transports.RelayConfig{
 		Deliver: deliver, Limit: b.cfg.PendingLimit, WG: &b.wg,
 	})
 	// The connection this subscription starts on: if it is lost, even before the subscription is
@@ -494,7 +495,7 @@ func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*
 	b.mu.Lock()
 	if b.closed || !b.started {
 		b.mu.Unlock()
-		h.cancel()
+		h.Cancel()
 		if b.closed {
 			return transports.ErrClosed
 		}
@@ -505,7 +506,7 @@ func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*
 	if err != nil {
 		b.fanMu.Unlock()
 		b.mu.Unlock()
-		h.cancel()
+		h.Cancel()
 		return b.unavailable("subscribe to "+subject, err)
 	}
 	h.sub = sub
@@ -518,15 +519,15 @@ func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*
 	// disconnected there is no server to ask: nats.go sends the SUB again when it reconnects.
 	if b.nc.Status() == natsgo.CONNECTED {
 		if err := b.nc.FlushTimeout(b.cfg.Timeout); err != nil && b.nc.Status() == natsgo.CONNECTED {
-			h.cancel()
+			h.Cancel()
 			h.stop()
 			b.wg.Done()
 			return b.unavailable("confirm subscription to "+subject, err)
 		}
 	}
-	stopNode := context.AfterFunc(b.ctx, h.cancel)
-	stopLink := context.AfterFunc(link, h.cancel)
-	context.AfterFunc(h.ctx, func() {
+	stopNode := context.AfterFunc(b.ctx, cancel)
+	stopLink := context.AfterFunc(link, cancel)
+	h.Start(ctx, func() {
 		h.stop()
 		stopNode()
 		stopLink()
@@ -538,12 +539,11 @@ func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*
 
 // funcSub is a subscription of SubscribeFunc.
 type funcSub struct {
-	b      *Broker
-	ctx    context.Context
-	cancel context.CancelFunc
-	relay  *transports.Relay
-	sub    *natsgo.Subscription
-	log    *slog.Logger
+	transports.Ending // Cancel ends the subscription
+	b                 *Broker
+	relay             *transports.Relay
+	sub               *natsgo.Subscription
+	log               *slog.Logger
 }
 
 // dispatch hands each message of the shared channel to its subscription, until Close.
@@ -579,7 +579,7 @@ func (b *Broker) dropped(sub *natsgo.Subscription) {
 
 // handle queues one message of the subscription on its relay.
 func (h *funcSub) handle(nm *natsgo.Msg) {
-	if h.ctx.Err() != nil {
+	if h.Context().Err() != nil {
 		return
 	}
 	if !h.b.owned { // no error handler of ours reports drops: look at each message
@@ -603,9 +603,9 @@ func (h *funcSub) handle(nm *natsgo.Msg) {
 
 // end ends the subscription after a loss, so that its clients resume.
 func (h *funcSub) end(why string) {
-	if h.ctx.Err() == nil {
+	if h.Context().Err() == nil {
 		h.log.Warn("nats subscription ended so that its clients resume: " + why)
-		h.cancel()
+		h.Cancel()
 	}
 }
 

@@ -279,14 +279,13 @@ func (r *reader) misplaced(channel string, shard int) {
 // subscription is one Subscribe or SubscribeFunc of a reader's topic: the reader offers it the
 // entries of its key, queued on a transports.Relay (no goroutine or buffer while idle).
 type subscription struct {
-	r        *reader
-	key      string   // channel, or "" for a whole stream
-	after    streamID // entries up to this id were added before Subscribe
-	ctx      context.Context
-	cancel   context.CancelFunc // ends the subscription (end runs then)
-	relay    *transports.Relay
-	ended    func()
-	stopNode func() bool
+	transports.Ending // Cancel ends the subscription (end runs then)
+	r                 *reader
+	key               string   // channel, or "" for a whole stream
+	after             streamID // entries up to this id were added before Subscribe
+	relay             *transports.Relay
+	ended             func()
+	stopNode          func() bool
 }
 
 // offer queues m. When the consumer is so far behind that the queue is full and stays full for
@@ -302,7 +301,7 @@ func (s *subscription) offer(m *message.Message) {
 }
 
 // close ends the subscription from the reader's side: its channel closes.
-func (s *subscription) close() { s.cancel() }
+func (s *subscription) close() { s.Cancel() }
 
 // end runs once the subscription's context is done: nothing is queued or delivered after it
 // starts, and ended comes after the last delivery.

@@ -401,13 +401,14 @@ func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*
 		return transports.ErrClosed
 	}
 	s := &subscription{r: r, key: rt.channel, after: after, ended: ended}
-	s.ctx, s.cancel = context.WithCancel(ctx)
-	s.relay = transports.NewRelay(s.ctx, s.cancel, transports.RelayConfig{
+	s.Init(ctx)
+	cancelSub := s.Cancel
+	s.relay = transports.NewRelay(s.Context(), cancelSub, transports.RelayConfig{
 		Deliver: deliver, Limit: b.cfg.SubscriptionBuffer, WG: &b.wg,
 	})
 	r.add(s)
-	s.stopNode = context.AfterFunc(b.ctx, s.cancel) // the node closed
-	context.AfterFunc(s.ctx, s.end)
+	s.stopNode = context.AfterFunc(b.ctx, cancelSub) // the node closed
+	s.Start(ctx, s.end)
 	return nil
 }
 
