@@ -68,13 +68,12 @@ func (b *Broker) republishes(cfg jetstream.StreamConfig) bool {
 
 // liveSub is one channel subscription (SubscribeFunc on a channel topic).
 type liveSub struct {
-	b       *Broker
-	topic   string
-	subject string // the channel's subject in the stream
-	ctx     context.Context
-	cancel  context.CancelFunc
-	relay   *transports.Relay
-	ns      *nats.Subscription
+	b                 *Broker
+	topic             string
+	subject           string // the channel's subject in the stream
+	transports.Ending        // Cancel ends the subscription
+	relay             *transports.Relay
+	ns                *nats.Subscription
 
 	mu    sync.Mutex
 	epoch string // the stream lineage last refers to
@@ -102,12 +101,12 @@ func (b *Broker) subscribeLive(ctx context.Context, topic, channel string, deliv
 		return err
 	}
 	ls := &liveSub{b: b, topic: topic, subject: subject, catching: true}
-	ls.ctx, ls.cancel = context.WithCancel(ctx)
-	ls.relay = transports.NewRelay(ls.ctx, ls.cancel, transports.RelayConfig{Deliver: deliver, Limit: liveQueue, WG: &b.wg})
+	ls.Init(ctx)
+	ls.relay = transports.NewRelay(ls.Context(), ls.Cancel, transports.RelayConfig{Deliver: deliver, Limit: liveQueue, WG: &b.wg})
 	b.subMu.Lock()
 	if b.closed() {
 		b.subMu.Unlock()
-		ls.cancel()
+		ls.Cancel()
 		return transports.ErrClosed
 	}
 	b.wg.Add(1) // done once the subscription ended
@@ -120,12 +119,12 @@ func (b *Broker) subscribeLive(ctx context.Context, topic, channel string, deliv
 	b.liveMu.Unlock()
 	b.subMu.Unlock()
 	if err != nil {
-		ls.cancel()
+		ls.Cancel()
 		b.wg.Done()
 		return unavailable("subscribe", err)
 	}
 	fail := func(err error) error {
-		ls.cancel()
+		ls.Cancel()
 		ls.stop()
 		b.wg.Done()
 		return err
@@ -143,7 +142,7 @@ func (b *Broker) subscribeLive(ctx context.Context, topic, channel string, deliv
 	go func() {
 		var st start
 		defer func() { started <- st }()
-		ctx, cancel := context.WithTimeout(ls.ctx, b.cfg.PublishTimeout)
+		ctx, cancel := context.WithTimeout(ls.Context(), b.cfg.PublishTimeout)
 		defer cancel()
 		if st.err = b.nc.FlushWithContext(ctx); st.err != nil {
 			return
@@ -164,8 +163,8 @@ func (b *Broker) subscribeLive(ctx context.Context, topic, channel string, deliv
 	catchUp := ls.want > last // republished after the read, before the subscription was set
 	ls.catching = catchUp
 	ls.mu.Unlock()
-	stopNode := context.AfterFunc(b.ctx, ls.cancel)
-	context.AfterFunc(ls.ctx, func() {
+	stopNode := context.AfterFunc(b.ctx, ls.Cancel)
+	ls.Start(ctx, func() {
 		ls.stop()
 		stopNode()
 		ended()
@@ -248,7 +247,7 @@ func (b *Broker) dispatch() {
 
 // handle takes one republished message.
 func (ls *liveSub) handle(nm *nats.Msg) {
-	if ls.ctx.Err() != nil || nm.Header.Get(hdrStream) != ls.b.channels {
+	if ls.Context().Err() != nil || nm.Header.Get(hdrStream) != ls.b.channels {
 		return // not the stream's (someone published on the subject)
 	}
 	seq, err1 := strconv.ParseUint(nm.Header.Get(hdrSequence), 10, 64)
@@ -316,10 +315,10 @@ func (b *Broker) goOwned(fn func()) {
 // delivered.
 func (ls *liveSub) catchUp() {
 	delay := 250 * time.Millisecond
-	for ls.ctx.Err() == nil {
+	for ls.Context().Err() == nil {
 		done, gap, err := ls.catchStep()
 		switch {
-		case ls.ctx.Err() != nil:
+		case ls.Context().Err() != nil:
 			return
 		case gap:
 			ls.b.log.Warn("jetstream: the stream dropped messages this node had not read yet, closing the channel subscription; its clients resume",
@@ -330,7 +329,7 @@ func (ls *liveSub) catchUp() {
 			ls.b.log.Debug("jetstream: channel catch-up, retrying", "topic", ls.topic, "error", err)
 			t := time.NewTimer(delay)
 			select {
-			case <-ls.ctx.Done():
+			case <-ls.Context().Done():
 			case <-t.C:
 			}
 			t.Stop()
@@ -348,7 +347,7 @@ func (ls *liveSub) catchUp() {
 // again. gap: the stream dropped the message after ls.last.
 func (ls *liveSub) catchStep() (done, gap bool, err error) {
 	b := ls.b
-	ctx, cancel := context.WithTimeout(ls.ctx, 4*b.cfg.PublishTimeout)
+	ctx, cancel := context.WithTimeout(ls.Context(), 4*b.cfg.PublishTimeout)
 	defer cancel()
 	info, epoch, err := b.streamInfo(ctx, b.channels)
 	if err != nil {
@@ -377,7 +376,7 @@ func (ls *liveSub) catchStep() (done, gap bool, err error) {
 		return false, true, nil
 	}
 	for i, m := range msgs {
-		if !ls.relay.Offer(m, time.Duration(1<<62)) || ls.ctx.Err() != nil {
+		if !ls.relay.Offer(m, time.Duration(1<<62)) || ls.Context().Err() != nil {
 			return false, false, nil
 		}
 		ls.mu.Lock()
@@ -496,13 +495,13 @@ func (b *Broker) probeEach(s jetstream.Stream, epoch string, subs []*liveSub) []
 	for range probeWorkers {
 		wg.Go(func() {
 			for ls := range next {
-				if ls.ctx.Err() != nil {
+				if ls.Context().Err() != nil {
 					continue
 				}
-				ctx, cancel := context.WithTimeout(ls.ctx, b.cfg.PublishTimeout)
+				ctx, cancel := context.WithTimeout(ls.Context(), b.cfg.PublishTimeout)
 				err := ls.probe(ctx, s, epoch)
 				cancel()
-				if err != nil && ls.ctx.Err() == nil {
+				if err != nil && ls.Context().Err() == nil {
 					mu.Lock()
 					failed = append(failed, ls)
 					mu.Unlock()
@@ -527,13 +526,13 @@ func (b *Broker) slowConsumer(sub *nats.Subscription) {
 		return
 	}
 	b.goOwned(func() {
-		ctx, cancel := context.WithTimeout(ls.ctx, b.cfg.PublishTimeout)
+		ctx, cancel := context.WithTimeout(ls.Context(), b.cfg.PublishTimeout)
 		defer cancel()
 		s, err := b.js.Stream(ctx, b.channels)
 		if err == nil {
 			err = ls.probe(ctx, s, b.noteStream(s.CachedInfo()))
 		}
-		if err != nil && ls.ctx.Err() == nil {
+		if err != nil && ls.Context().Err() == nil {
 			ls.mu.Lock()
 			ls.startCatchUp(0) // it retries until it can read
 			ls.mu.Unlock()

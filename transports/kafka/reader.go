@@ -70,15 +70,14 @@ func (r *reader) changes() <-chan struct{} {
 // subscription is one Subscribe or SubscribeFunc: the reader offers it the records of its key,
 // queued on a transports.Relay (at most SubscriptionBuffer; no goroutine or buffer while idle).
 type subscription struct {
-	r          *reader
-	key        string
-	from       map[int32]int64 // per partition, the first offset this subscription takes...
-	fromID     string          // ...in the topic of this id (a re-created topic is read whole)
-	ctx        context.Context
-	cancel     context.CancelFunc // ends the subscription (end runs then)
-	relay      *transports.Relay
-	ended      func()
-	stopReader func() bool
+	r                 *reader
+	key               string
+	from              map[int32]int64 // per partition, the first offset this subscription takes...
+	fromID            string          // ...in the topic of this id (a re-created topic is read whole)
+	transports.Ending                 // Cancel ends the subscription (end runs then)
+	relay             *transports.Relay
+	ended             func()
+	stopReader        func() bool
 }
 
 // subscribe registers a subscription of key that hands its records to deliver (see
@@ -103,9 +102,9 @@ func (r *reader) subscribe(ctx context.Context, key string, deliver func(*messag
 		return transports.ErrClosed
 	}
 	s := &subscription{r: r, key: key, from: from, fromID: fromID, ended: ended}
-	s.ctx, s.cancel = context.WithCancel(ctx)
-	// A closed broker delivers nothing more, even before its close reached s.ctx.
-	s.relay = transports.NewRelay(s.ctx, s.cancel, transports.RelayConfig{
+	s.Init(ctx)
+	// A closed broker delivers nothing more, even before its close reached the subscription.
+	s.relay = transports.NewRelay(s.Context(), s.Cancel, transports.RelayConfig{
 		Deliver: func(m *message.Message) bool {
 			return !r.b.isClosed() && deliver(m)
 		},
@@ -122,8 +121,8 @@ func (r *reader) subscribe(ctx context.Context, key string, deliver func(*messag
 	}
 	set[s] = struct{}{}
 	r.mu.Unlock()
-	s.stopReader = context.AfterFunc(stopped, s.cancel) // the broker closed
-	context.AfterFunc(s.ctx, s.end)
+	s.stopReader = context.AfterFunc(stopped, s.Cancel) // the broker closed
+	s.Start(ctx, s.end)
 	return nil
 }
 
