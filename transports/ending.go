@@ -41,20 +41,21 @@ func (e *Ending) Start(parent context.Context, end func()) {
 	e.stopParent = context.AfterFunc(parent, e.Cancel)
 	e.mu.Lock()
 	e.started = true
-	run := e.ctx.Err() != nil && !e.ending
-	e.ending = e.ending || run
 	e.mu.Unlock()
-	if run {
-		go e.finish()
-	}
+	e.finishIfDone()
 }
 
 // Cancel ends the subscription: its context is done at once, and end runs on a goroutine of its
 // own (the caller may be the relay's drain, which end waits for), once Start was called.
 func (e *Ending) Cancel() {
 	e.stopCtx()
+	e.finishIfDone()
+}
+
+// finishIfDone starts end, once, when Start was called and the context is done.
+func (e *Ending) finishIfDone() {
 	e.mu.Lock()
-	run := e.started && !e.ending
+	run := e.started && e.ctx.Err() != nil && !e.ending
 	e.ending = e.ending || run
 	e.mu.Unlock()
 	if run {

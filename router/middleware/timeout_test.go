@@ -70,8 +70,9 @@ func TestTimeoutKeepsALateSuccess(t *testing.T) {
 
 type ctxKey struct{}
 
-func TestTimeoutGivesTheMessageItsContextBack(t *testing.T) {
-	parent := context.WithValue(context.Background(), ctxKey{}, "outcome")
+// contextSeen runs a message with context parent through Timeout(time.Hour): the message, and
+// the context its handler saw.
+func contextSeen(parent context.Context) (*message.Message, context.Context) {
 	msg := newMsg("x")
 	msg.SetContext(parent)
 	var seen context.Context
@@ -79,6 +80,12 @@ func TestTimeoutGivesTheMessageItsContextBack(t *testing.T) {
 		seen = m.Context()
 		return nil, nil
 	})(msg)
+	return msg, seen
+}
+
+func TestTimeoutGivesTheMessageItsContextBack(t *testing.T) {
+	parent := context.WithValue(context.Background(), ctxKey{}, "outcome")
+	msg, seen := contextSeen(parent)
 	if _, ok := seen.Deadline(); !ok || seen.Value(ctxKey{}) != "outcome" {
 		t.Fatal("the handler did not get a deadline derived from the message's context")
 	}
@@ -90,13 +97,7 @@ func TestTimeoutGivesTheMessageItsContextBack(t *testing.T) {
 func TestTimeoutKeepsAnEarlierDeadlineOfTheMessage(t *testing.T) {
 	parent, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	msg := newMsg("x")
-	msg.SetContext(parent)
-	var seen context.Context
-	_, _ = middleware.Timeout(time.Hour)(func(m *message.Message) ([]*message.Message, error) {
-		seen = m.Context()
-		return nil, nil
-	})(msg)
+	_, seen := contextSeen(parent)
 	want, _ := parent.Deadline()
 	if got, ok := seen.Deadline(); !ok || !got.Equal(want) {
 		t.Fatalf("the handler's deadline is %v (%v), want the message's own %v", got, ok, want)
