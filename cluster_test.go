@@ -9,7 +9,6 @@ import (
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 // clusterBrokers are the brokers the cluster tests run on (nodetest.Brokers).
@@ -18,8 +17,8 @@ var clusterBrokers = nodetest.Brokers
 // cluster starts n nodes on one broker namespace.
 func cluster(t *testing.T, cb nodetest.Broker, n int) []*node {
 	t.Helper()
-	newBroker := cb.Setup(t).New
-	prefix := transporttest.Prefix(t)
+	cl := cb.Setup(t)
+	newBroker, prefix := cl.New, cl.Prefix(t)
 	nodes := make([]*node, n)
 	for i := range nodes {
 		cfg := testConfig(t, "GATEWAY_NODE_ID=n"+strconv.Itoa(i+1))

@@ -17,7 +17,6 @@ import (
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 // controlCluster is nodes on one broker namespace; add starts one more (a node started later).
@@ -29,9 +28,8 @@ type controlCluster struct {
 
 func newControlCluster(t *testing.T, cb nodetest.Broker, n int) *controlCluster {
 	t.Helper()
-	newBroker := cb.Setup(t).New
-	prefix := transporttest.Prefix(t)
-	t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) }) // runs after the nodes closed: the control hash or bucket too
+	cl := cb.Setup(t)
+	newBroker, prefix := cl.New, cl.Prefix(t) // the control hash or bucket goes too, after the nodes closed
 	cc := &controlCluster{}
 	cc.add = func() *node {
 		t.Helper()
@@ -253,8 +251,7 @@ func TestControlStore(t *testing.T) {
 	for _, cb := range clusterBrokers {
 		t.Run(cb.Name, func(t *testing.T) {
 			cluster := cb.Setup(t)
-			prefix := transporttest.Prefix(t)
-			t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) })
+			prefix := cluster.Prefix(t)
 			b := cluster.New(t, prefix)
 			store, ok := b.(transports.ControlStore)
 			if !ok {
@@ -262,7 +259,6 @@ func TestControlStore(t *testing.T) {
 			}
 			other := cluster.New(t, prefix).(transports.ControlStore)
 			elsewhere := cluster.New(t, prefix+"x").(transports.ControlStore)
-			t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix+"x") })
 			ctx := t.Context()
 			odd := "subscribe/ü ser/room:1.a-b_c"
 			for k, v := range map[string]string{"revoke/user/alice": "1", odd: "2", "gone": "3"} {
@@ -329,8 +325,7 @@ func TestControlSDK(t *testing.T) {
 	for _, cb := range clusterBrokers {
 		t.Run(cb.Name, func(t *testing.T) {
 			cluster := cb.Setup(t)
-			prefix := transporttest.Prefix(t)
-			t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) })
+			prefix := cluster.Prefix(t)
 			nb := cluster.New(t, prefix)
 			_, stored := nb.(transports.ControlStore)
 			nd := startNode(t, testConfig(t, "GATEWAY_NODE_ID=n1"), gateway.WithBroker(nb))
@@ -378,8 +373,7 @@ func TestControlStoreRefresh(t *testing.T) {
 	for _, cb := range clusterBrokers {
 		t.Run(cb.Name, func(t *testing.T) {
 			cluster := cb.Setup(t)
-			prefix := transporttest.Prefix(t)
-			t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) })
+			prefix := cluster.Prefix(t)
 			b := cluster.New(t, prefix)
 			store, ok := b.(transports.ControlStore)
 			if !ok {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/internal/wstest"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 // TestHistoryBoundsPerPattern: history.channels bounds, per channel pattern, how many messages
@@ -22,8 +21,8 @@ func TestHistoryBoundsPerPattern(t *testing.T) {
 		}
 		t.Run(cb.Name, func(t *testing.T) {
 			t.Parallel()
-			newBroker := cb.Setup(t).New
-			prefix := transporttest.Prefix(t)
+			cl := cb.Setup(t)
+			newBroker, prefix := cl.New, cl.Prefix(t)
 			rules := "GATEWAY_HISTORY_CHANNELS=short:*=3,stale:*=/200ms,young:*=/1h,$user=2"
 			var nodes [2]*node
 			for i := range nodes {

@@ -17,7 +17,6 @@ import (
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/kafka"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 // hookReplica is one replica of the service answering the hooks over the broker: the rpc
@@ -88,8 +87,7 @@ type hooksCluster struct {
 func hookBrokers(t testing.TB, cb nodetest.Broker) func() transports.Broker {
 	t.Helper()
 	cl := cb.Setup(t)
-	prefix := transporttest.Prefix(t)
-	t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) }) // after the nodes and services closed
+	prefix := cl.Prefix(t) // its keys and streams go after the nodes and services closed
 	if cb.Name != "kafka" {
 		return func() transports.Broker { return cl.New(t, prefix) }
 	}

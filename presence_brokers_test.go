@@ -1,14 +1,10 @@
 package gateway_test
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
-
-	natsgo "github.com/nats-io/nats.go"
-	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway"
 	"github.com/wsgateway/gateway/internal/nodetest"
@@ -16,7 +12,6 @@ import (
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 // brokerPresenceCluster is gateway nodes on one broker namespace of a broker that keeps
@@ -35,7 +30,7 @@ type brokerPresenceCluster struct {
 func newBrokerPresenceCluster(t *testing.T, cb nodetest.Broker, n int) *brokerPresenceCluster {
 	t.Helper()
 	cluster := cb.Setup(t)
-	prefix := transporttest.Prefix(t)
+	prefix := cluster.Prefix(t)
 	t.Logf("prefix %s", prefix)
 	env := []string{"GATEWAY_PRESENCE_CHANNELS=room:*", "GATEWAY_PRESENCE_JOIN_LEAVE=room:*",
 		"GATEWAY_PRESENCE_HEARTBEAT=" + presenceHeartbeat.String(), "GATEWAY_EVENTS_HEARTBEAT=50ms",
@@ -62,7 +57,6 @@ func newBrokerPresenceCluster(t *testing.T, cb nodetest.Broker, n int) *brokerPr
 			t.Cleanup(func() { _ = b.Close() })
 			return b
 		}
-		t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) }) // after the brokers closed
 	}
 	if _, ok := pc.newOne("probe").(transports.Presence); !ok { // closed when t ends, never started
 		t.Skipf("the %s broker keeps no presence", cb.Name)
@@ -90,32 +84,6 @@ func newBrokerPresenceCluster(t *testing.T, cb nodetest.Broker, n int) *brokerPr
 		})
 	}
 	return pc
-}
-
-// dropBrokerPrefix deletes what nodes under prefix left on the shared server of broker: the
-// JetStream streams and presence bucket, the Redis keys.
-func dropBrokerPrefix(broker, prefix string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	switch broker {
-	case "jetstream":
-		nodetest.DeleteStreams(prefix)
-		nc, err := natsgo.Connect("nats://" + nodetest.NATSAddr)
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		if js, err := nc.JetStream(); err == nil {
-			_ = js.DeleteKeyValue(transports.SafeName(prefix) + "_presence")
-		}
-	case "redis":
-		c := goredis.NewClient(&goredis.Options{Addr: nodetest.RedisAddr})
-		defer c.Close()
-		iter := c.Scan(ctx, 0, "*"+prefix+"*", 1000).Iterator() // streams, groups, {<prefix>:presence...}
-		for iter.Next(ctx) {
-			_ = c.Del(ctx, iter.Val()).Err()
-		}
-	}
 }
 
 // events reads the cluster's lifecycle events through a broker of its own (as a service does).

@@ -13,7 +13,6 @@ import (
 	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/internal/wstest"
 	"github.com/wsgateway/gateway/protocol"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 // streamEvent is one event of a one-way stream: a frame with the event id it carried ("" for
@@ -181,8 +180,7 @@ func TestStreamResumeAfterSIGKILL(t *testing.T) {
 			for _, path := range []string{"/stream", "/sse"} {
 				t.Run(path[1:], func(t *testing.T) {
 					cluster := cb.Setup(t)
-					prefix := transporttest.Prefix(t)
-					t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) }) // after the nodes died
+					prefix := cluster.Prefix(t) // its keys and streams go after the nodes died
 					env := append([]string{"GATEWAY_JWT_SECRET=" + testSecret, "GATEWAY_API_KEY=" + testAPIKey,
 						"GATEWAY_NATS_URL=nats://" + nodetest.NATSAddr, "GATEWAY_REDIS_ADDR=" + nodetest.RedisAddr,
 						"GATEWAY_TOPIC_PREFIX=" + prefix}, cluster.Env...)

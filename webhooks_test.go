@@ -24,7 +24,6 @@ import (
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 const webhookSecret = "webhook-secret-0123456789"
@@ -186,7 +185,7 @@ func TestWebhooksAcrossNodes(t *testing.T) {
 
 func testWebhooksAcrossNodes(t *testing.T, cb nodetest.Broker) {
 	cluster := cb.Setup(t)
-	prefix := transporttest.Prefix(t)
+	prefix := cluster.Prefix(t)
 	recv := newHookReceiver(t)
 	const heartbeat = time.Second // a node's lease outlives a loaded machine's late renewals
 	// noDups fails the test on duplicates, on every broker. On kafka the nodes' members join the
@@ -220,7 +219,6 @@ func testWebhooksAcrossNodes(t *testing.T, cb nodetest.Broker) {
 			}
 			return b
 		}
-		t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) }) // after the nodes closed
 	}
 	var nodes []*node
 	var links []transports.Broker
@@ -359,7 +357,7 @@ func TestWebhooksLongOutage(t *testing.T) {
 	for _, cb := range nodetest.Brokers {
 		t.Run(cb.Name, func(t *testing.T) {
 			cluster := cb.Setup(t)
-			prefix := transporttest.Prefix(t)
+			prefix := cluster.Prefix(t)
 			recv := newHookReceiver(t)
 			env := []string{"GATEWAY_TOPIC_PREFIX=" + prefix, "GATEWAY_EVENTS_HEARTBEAT=1h", "GATEWAY_WS_PING_INTERVAL=1h",
 				"GATEWAY_WEBHOOKS_URL=" + recv.url(), "GATEWAY_WEBHOOKS_SECRET=" + webhookSecret, "GATEWAY_WEBHOOKS_RETRY_MAX=5s"}
@@ -378,7 +376,6 @@ func TestWebhooksLongOutage(t *testing.T) {
 					}
 					return b
 				}
-				t.Cleanup(func() { dropBrokerPrefix(cb.Name, prefix) })
 			}
 			var nodes []*node
 			for i := range 3 {

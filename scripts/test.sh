@@ -26,6 +26,13 @@ if [ -n "$unformatted" ]; then
   exit 1
 fi
 go vet ./...
+# Tests delete what they make on the shared servers (nodetest.Cluster.Prefix, dropPrefix in the
+# JavaScript tests): the Redis keys there before the tests, to compare with those after.
+redis_keys() { redis-cli -h 127.0.0.1 -p 6379 --scan 2>/dev/null | LC_ALL=C sort; }
+have_cli=$(command -v redis-cli || true)
+keys_before=$(mktemp)
+trap 'rm -f "$keys_before"' EXIT
+[ -z "$have_cli" ] || redis_keys >"$keys_before"
 go test -race -count=1 -timeout 25m "$@" ./...
 # The one test that cannot run under -race (a data race inside the embedded nats-server).
 go test -count=1 -run 'TestRecreatedStreamGroup' ./transports/jetstream/
@@ -43,3 +50,13 @@ go test -count=1 -run 'TestPresenceReapBound' ./transports/...
 ./scripts/test-js.sh
 ./scripts/test-pusher.sh
 ./scripts/test-browser.sh
+# No Redis key made by the tests is left (CI's server starts empty; elsewhere another user of the
+# shared server may write meanwhile, so there it is a warning).
+if [ -n "$have_cli" ]; then
+  left=$(redis_keys | LC_ALL=C comm -13 "$keys_before" -)
+  if [ -n "$left" ]; then
+    echo "test.sh: the tests left $(echo "$left" | wc -l) Redis keys, by prefix:" >&2
+    echo "$left" | sed -E 's/^\{?([^:}]*).*/\1/' | sort | uniq -c | sort -rn | head -20 >&2
+    [ "${CI:-}" != true ] || exit 1
+  fi
+fi

@@ -18,7 +18,6 @@ import (
 	"github.com/wsgateway/gateway/clients/go/wsclient"
 	"github.com/wsgateway/gateway/internal/auth"
 	"github.com/wsgateway/gateway/internal/nodetest"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 const (
@@ -30,7 +29,7 @@ const (
 type broker struct {
 	name    string
 	history bool
-	env     func(t *testing.T) []string // skips when the broker is missing
+	setup   func(t testing.TB) *nodetest.Cluster // skips when the broker is missing
 }
 
 // brokers are the shared test brokers (nodetest.Brokers) whose nodes can be processes: all but
@@ -41,18 +40,16 @@ var brokers = func() []broker {
 		if b.InProcess {
 			continue
 		}
-		out = append(out, broker{name: b.Name, history: b.History, env: func(t *testing.T) []string { return b.Setup(t).Env }})
+		out = append(out, broker{name: b.Name, history: b.History, setup: b.Setup})
 	}
 	return out
 }()
 
 // cluster starts n node processes on one broker namespace; extra adds settings.
 func cluster(t *testing.T, b broker, n int, extra ...string) []*nodetest.Node {
-	prefix := transporttest.Prefix(t)
-	if b.name == "jetstream" { // the shared server keeps streams: remove this test's
-		t.Cleanup(func() { nodetest.DeleteStreams(prefix) })
-	}
-	return startNodes(t, prefix, n, append(b.env(t), extra...)...)
+	c := b.setup(t)
+	prefix := c.Prefix(t) // what the nodes keep on the shared server goes when the test ends
+	return startNodes(t, prefix, n, append(c.Env, extra...)...)
 }
 
 // startNodes starts n node processes, n1 to nN, with env and the settings every test here

@@ -116,7 +116,7 @@ func TestBrokerRestart(t *testing.T) {
 		t.Run(rb.name, func(t *testing.T) {
 			t.Parallel() // the brokers are independent: each its own server on its own port
 			env, stop, restart := rb.start(t)
-			b := broker{name: rb.name, env: func(*testing.T) []string { return env }}
+			b := broker{name: rb.name, setup: func(testing.TB) *nodetest.Cluster { return &nodetest.Cluster{Env: env} }}
 			nodes := cluster(t, b, 2)
 			readers := startReaders(t, nodes, 10)
 			const total = 200

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/wsgateway/gateway/transports"
@@ -16,6 +17,7 @@ import (
 	"github.com/wsgateway/gateway/transports/memory"
 	"github.com/wsgateway/gateway/transports/nats"
 	"github.com/wsgateway/gateway/transports/redis"
+	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 // Where the shared brokers of the tests listen (scripts/test.sh and CI start them).
@@ -60,8 +62,24 @@ type Cluster struct {
 	// when InProcess.
 	Env []string
 	// Build returns the broker of one node under prefix as its package's New does: not started,
-	// not closed when the test ends. JetStream's streams of prefix are deleted when it ends.
+	// not closed when the test ends. What it keeps on a shared server under prefix (JetStream's
+	// streams and buckets, Redis keys) is deleted when the test ends, after it closed.
 	Build func(t testing.TB, prefix string) (transports.Broker, error)
+	// drop deletes what nodes under a prefix keep on the shared server; nil where nothing
+	// outlives the test (memory, and kfake, which ends with it; core NATS keeps nothing).
+	drop func(prefix string)
+}
+
+// Prefix returns a topic prefix of t's own for nodes on c. What they keep under it on the
+// shared server (JetStream streams and buckets, Redis keys) is deleted when t ends, after what t
+// starts from now on has stopped (cleanups run last in, first out): node processes that t kills
+// leave nothing behind either.
+func (c *Cluster) Prefix(t testing.TB) string {
+	prefix := transporttest.Prefix(t)
+	if c.drop != nil {
+		t.Cleanup(func() { c.drop(prefix) })
+	}
+	return prefix
 }
 
 // New returns the started broker of one node under prefix (nodes with the same prefix share one
@@ -102,7 +120,8 @@ var Brokers = []Broker{
 	{Name: "jetstream", History: true, Setup: func(t testing.TB) *Cluster {
 		SkipUnreachable(t, "NATS", NATSAddr)
 		return &Cluster{
-			Env: []string{"GATEWAY_BROKER=jetstream", "GATEWAY_JETSTREAM_MAX_BYTES=16777216", "GATEWAY_JETSTREAM_MAX_AGE=10m"},
+			Env:  []string{"GATEWAY_BROKER=jetstream", "GATEWAY_JETSTREAM_MAX_BYTES=16777216", "GATEWAY_JETSTREAM_MAX_AGE=10m"},
+			drop: DeleteStreams,
 			Build: func(t testing.TB, prefix string) (transports.Broker, error) {
 				t.Cleanup(func() { DeleteStreams(prefix) })
 				return jetstream.New(jetstream.Config{URL: "nats://" + NATSAddr, Prefix: prefix, MaxAge: time.Hour, MaxBytes: 16 << 20}, nil)
@@ -112,8 +131,10 @@ var Brokers = []Broker{
 	{Name: "redis", History: true, Setup: func(t testing.TB) *Cluster {
 		SkipUnreachable(t, "Redis", RedisAddr)
 		return &Cluster{
-			Env: []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_SHARDS=4"},
-			Build: func(_ testing.TB, prefix string) (transports.Broker, error) {
+			Env:  []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_SHARDS=4"},
+			drop: DeleteRedisKeys,
+			Build: func(t testing.TB, prefix string) (transports.Broker, error) {
+				t.Cleanup(func() { DeleteRedisKeys(prefix) })
 				return redis.New(redis.Config{Addr: RedisAddr, Prefix: prefix, Shards: 4, MaxLen: 10000}, nil)
 			},
 		}
@@ -134,8 +155,8 @@ var Brokers = []Broker{
 	}},
 }
 
-// DeleteStreams removes the JetStream streams of prefix from the shared NATS server, which keeps
-// them after the test.
+// DeleteStreams removes the JetStream streams and key-value buckets of prefix from the shared
+// NATS server, which keeps them after the test.
 func DeleteStreams(prefix string) {
 	nc, err := natsgo.Connect("nats://" + NATSAddr)
 	if err != nil {
@@ -148,5 +169,22 @@ func DeleteStreams(prefix string) {
 		}
 		_ = js.DeleteKeyValue(transports.SafeName(prefix) + "_presence") // every node makes it at start
 		_ = js.DeleteKeyValue(transports.SafeName(prefix) + "_control")  // made by the first control command
+	}
+}
+
+// DeleteRedisKeys removes every key of prefix from the shared Redis server: the streams
+// ("<prefix>:…") and the presence and control keys ("{<prefix>:…", whose hash tag starts with a
+// brace). A prefix of the tests is its own (transporttest.Prefix: one letter, 8 hex digits), so
+// "<prefix>:" matches no other test's keys.
+func DeleteRedisKeys(prefix string) {
+	c := goredis.NewClient(&goredis.Options{Addr: RedisAddr})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, pattern := range []string{prefix + ":*", "{" + prefix + ":*"} {
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			_ = c.Del(ctx, iter.Val()).Err()
+		}
 	}
 }

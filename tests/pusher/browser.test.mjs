@@ -15,7 +15,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import PusherServer from 'pusher';
 import { chromium } from 'playwright-core';
-import { killAll, startNode, uniq } from '../../clients/js/test/helpers.mjs';
+import { dropPrefix, killAll, startNode, uniq } from '../../clients/js/test/helpers.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -25,6 +25,7 @@ const appId = uniq('app');
 const key = uniq('key');
 const secret = 'pusher-browser-secret-' + randomBytes(8).toString('hex');
 
+const prefix = uniq('pb'); // its Redis keys go after the last test
 let node, app, origin, browser, server;
 
 // The app: the page, the two client libraries, and the auth endpoint (form-encoded socket_id and
@@ -76,7 +77,7 @@ before(async () => {
   node = await startNode({
     GATEWAY_BROKER: 'redis',
     GATEWAY_REDIS_ADDR: process.env.GATEWAY_REDIS_ADDR ?? '127.0.0.1:6379',
-    GATEWAY_TOPIC_PREFIX: uniq('pb'),
+    GATEWAY_TOPIC_PREFIX: prefix,
     GATEWAY_PUSHER_APPS: `${appId}:${key}:${secret}`,
     GATEWAY_PUSHER_CLIENT_EVENTS: 'true',
     GATEWAY_ALLOWED_ORIGINS: origin,
@@ -89,6 +90,7 @@ after(async () => {
   await browser?.close();
   await killAll();
   app?.close();
+  await dropPrefix('redis', prefix);
 });
 
 async function open(user) {

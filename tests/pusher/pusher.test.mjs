@@ -15,7 +15,7 @@ import http from 'node:http';
 import PusherClient from 'pusher-js';
 import PusherServer from 'pusher';
 import Echo from 'laravel-echo';
-import { eventually, killAll, startNode, uniq } from '../../clients/js/test/helpers.mjs';
+import { dropPrefix, eventually, killAll, startNode, uniq } from '../../clients/js/test/helpers.mjs';
 
 const appId = uniq('app');
 const key = uniq('key');
@@ -24,6 +24,16 @@ const redis = process.env.GATEWAY_REDIS_ADDR ?? '127.0.0.1:6379';
 // The key end-to-end encrypted channels are encrypted with, by the server library (and the app's
 // auth endpoint, which gives each client its channel's shared secret).
 const encryptionMasterKeyBase64 = randomBytes(32).toString('base64');
+
+const broker = process.env.PUSHER_TEST_BROKER ?? 'redis'; // another for a manual run: PUSHER_TEST_BROKER=nats npm test
+const prefixes = []; // the topic prefixes of this file's nodes: what they left on the broker goes at the end
+
+/** prefix returns a topic prefix of its own, whose keys or streams are deleted after the last test. */
+function prefix(p) {
+  const u = uniq(p);
+  prefixes.push(u);
+  return u;
+}
 
 let node1, node2, server1, server2, hookServer;
 const clients = [];
@@ -58,10 +68,9 @@ before(async () => {
   const env = {
     GATEWAY_PUSHER_WEBHOOK_URL: hookURL,
     GATEWAY_WEBHOOKS_BATCH_WAIT: '20ms',
-    // Another broker for a manual run: PUSHER_TEST_BROKER=nats (or jetstream) npm test.
-    GATEWAY_BROKER: process.env.PUSHER_TEST_BROKER ?? 'redis',
+    GATEWAY_BROKER: broker,
     GATEWAY_REDIS_ADDR: redis,
-    GATEWAY_TOPIC_PREFIX: uniq('pt'),
+    GATEWAY_TOPIC_PREFIX: prefix('pt'),
     GATEWAY_PUSHER_APPS: `${appId}:${key}:${secret}`,
     GATEWAY_PUSHER_CLIENT_EVENTS: 'true',
   };
@@ -74,6 +83,7 @@ after(async () => {
   for (const c of clients) c.disconnect();
   await killAll();
   hookServer?.close();
+  for (const p of prefixes.splice(0)) await dropPrefix(broker, p);
 });
 
 function serverLib(node, s = secret) {
@@ -431,9 +441,9 @@ test('Laravel Echo: public, private (whisper) and presence (here, joining, leavi
 test('SIGKILL: a node process dies, the members it held are removed on the other within the reap bound', async (t) => {
   const heartbeat = 1000;
   const env = {
-    GATEWAY_BROKER: process.env.PUSHER_TEST_BROKER ?? 'redis',
+    GATEWAY_BROKER: broker,
     GATEWAY_REDIS_ADDR: redis,
-    GATEWAY_TOPIC_PREFIX: uniq('pk'),
+    GATEWAY_TOPIC_PREFIX: prefix('pk'),
     GATEWAY_PUSHER_APPS: `${appId}:${key}:${secret}`,
     GATEWAY_PRESENCE_HEARTBEAT: `${heartbeat}ms`,
   };

@@ -52,25 +52,34 @@ func reachable(addr string) bool {
 	return c.Ping(ctx).Err() == nil
 }
 
-// dropKeys deletes every key under prefix when the test ends, after its nodes are closed.
-func dropKeys(t *testing.T, addr, prefix string) {
+// dropKeys deletes every key of prefix on addr when the test ends, after the nodes it starts
+// from now on closed: the streams ("<prefix>:…") and the presence and control keys
+// ("{<prefix>:…").
+func dropKeys(t testing.TB, addr, prefix string) {
 	t.Cleanup(func() {
 		c := goredis.NewClient(&goredis.Options{Addr: addr})
 		defer c.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		iter := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
+		for _, pattern := range []string{prefix + ":*", "{" + prefix + ":*"} {
+			iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+			for iter.Next(ctx) {
+				c.Del(ctx, iter.Val())
+			}
 		}
 	})
 }
 
+// newNode returns a started node of cfg, closed when the test ends, and then the keys of its
+// prefix on a single server deleted.
 func newNode(t *testing.T, cfg redis.Config) *redis.Broker {
 	t.Helper()
 	b, err := redis.New(cfg, testLogger())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.Addr != "" && cfg.Mode != redis.ModeCluster {
+		dropKeys(t, cfg.Addr, cfg.Prefix)
 	}
 	t.Cleanup(func() { _ = b.Close() })
 	if err := b.Start(context.Background()); err != nil {

@@ -254,6 +254,17 @@ export async function redisDropPrefix(addr, prefix) {
   }
 }
 
+/**
+ * dropPrefix deletes what the nodes of a topic prefix left on the shared server of their broker:
+ * Redis keys ($GATEWAY_REDIS_ADDR, else 127.0.0.1:6379), JetStream streams and buckets
+ * ($GATEWAY_NATS_URL, else nats://127.0.0.1:4222). The other brokers keep nothing after their
+ * nodes.
+ */
+export async function dropPrefix(broker, prefix) {
+  if (broker === 'redis') await redisDropPrefix(process.env.GATEWAY_REDIS_ADDR || '127.0.0.1:6379', prefix);
+  if (broker === 'jetstream') await jetstreamDropPrefix(process.env.GATEWAY_NATS_URL || 'nats://127.0.0.1:4222', prefix);
+}
+
 // ---- JetStream: deleting what a test's nodes made ---------------------------------------------
 
 /**
