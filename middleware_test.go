@@ -20,7 +20,6 @@ import (
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/router/middleware"
 	"github.com/wsgateway/gateway/transports/memory"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 // flakyBroker fails the first failures channel publishes, then works.
@@ -128,7 +127,7 @@ func TestDedupeStoreInRedisAcrossNodes(t *testing.T) {
 	nodetest.SkipUnreachable(t, "Redis", nodetest.RedisAddr)
 	broker := memory.NewBroker(memory.Config{})
 	t.Cleanup(broker.Close)
-	prefix := transporttest.Prefix(t)
+	prefix := nodetest.SharedPrefix(t)
 	env := []string{"GATEWAY_ROUTER_DEDUPE_STORE=redis", "GATEWAY_TOPIC_PREFIX=" + prefix}
 	n1 := startNode(t, testConfig(t, env...), gateway.WithBroker(broker.Node(prefix)))
 	n2 := startNode(t, testConfig(t, env...), gateway.WithBroker(broker.Node(prefix)))

@@ -42,7 +42,7 @@ func BenchmarkPresenceQuery(b *testing.B) {
 	for _, bk := range nodetest.Brokers { // every broker keeps presence
 		b.Run(bk.Name, func(b *testing.B) {
 			cluster := bk.Setup(b)
-			prefix := transporttest.Prefix(b)
+			prefix := cluster.Prefix(b)
 			n := startNode(b, testConfig(b, append(cluster.Env, "GATEWAY_PRESENCE_CHANNELS=room:*",
 				"GATEWAY_LIMITS_SUBSCRIBE_RATE=1000000", "GATEWAY_LIMITS_SUBSCRIBE_BURST=1000000")...),
 				gateway.WithBroker(cluster.New(b, prefix)))

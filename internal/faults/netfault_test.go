@@ -220,7 +220,7 @@ func TestClientCut(t *testing.T) {
 	bound := 2*ping + write
 	admin := nodetest.FreeAddr(t)
 	node := nodetest.StartAt(t, fmt.Sprintf("%s:%d", link.HostIP, nodetest.FreePort(t)), func(bin string) *exec.Cmd { return exec.Command(bin) },
-		"GATEWAY_BROKER=redis", "GATEWAY_REDIS_ADDR="+nodetest.RedisAddr, "GATEWAY_TOPIC_PREFIX="+transporttest.Prefix(t),
+		"GATEWAY_BROKER=redis", "GATEWAY_REDIS_ADDR="+nodetest.RedisAddr, "GATEWAY_TOPIC_PREFIX="+nodetest.SharedPrefix(t),
 		"GATEWAY_JWT_SECRET="+secret, "GATEWAY_API_KEY="+apiKey, "GATEWAY_LOG_LEVEL=warn", "GATEWAY_ADMIN_ADDR="+admin,
 		"GATEWAY_PRESENCE_CHANNELS=feed", "GATEWAY_WS_PING_INTERVAL="+ping.String(), "GATEWAY_WS_WRITE_TIMEOUT="+write.String())
 

@@ -172,6 +172,19 @@ func DeleteStreams(prefix string) {
 	}
 }
 
+// SharedPrefix returns a topic prefix of t's own for nodes and services that t puts on the shared
+// servers (NATS on NATSAddr, Redis on RedisAddr) without a Cluster. Whatever they keep there
+// under it, JetStream streams and buckets and Redis keys, is deleted when t ends, after what t
+// starts from now on has stopped.
+func SharedPrefix(t testing.TB) string {
+	prefix := transporttest.Prefix(t)
+	t.Cleanup(func() {
+		DeleteStreams(prefix)
+		DeleteRedisKeys(prefix)
+	})
+	return prefix
+}
+
 // DeleteRedisKeys removes every key of prefix from the shared Redis server: the streams
 // ("<prefix>:…") and the presence and control keys ("{<prefix>:…", whose hash tag starts with a
 // brace). A prefix of the tests is its own (transporttest.Prefix: one letter, 8 hex digits), so

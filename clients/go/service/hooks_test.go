@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/wsgateway/gateway/clients/go/service"
 	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/protocol"
@@ -157,12 +155,7 @@ func TestOnHooksRedis(t *testing.T) {
 	if !nodetest.Reachable(addr) {
 		t.Skipf("no redis server on %s", addr)
 	}
-	prefix := transporttest.Prefix(t)
-	t.Cleanup(func() {
-		rc := goredis.NewClient(&goredis.Options{Addr: addr})
-		defer rc.Close()
-		rc.Del(context.Background(), redis.TopicKey(prefix, protocol.TopicHooks), redis.TopicKey(prefix, protocol.TopicReplies))
-	})
+	prefix := nodetest.SharedPrefix(t)
 	mk := func() transports.Broker {
 		b, err := redis.New(redis.Config{Addr: addr, Prefix: prefix, BlockTimeout: time.Second}, nil)
 		if err != nil {

@@ -1,14 +1,11 @@
 package service_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/wsgateway/gateway/clients/go/service"
@@ -19,7 +16,6 @@ import (
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/memory"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 var presenceEnv = []string{"GATEWAY_PRESENCE_CHANNELS=room:*"}
@@ -154,11 +150,7 @@ func TestMembersOnBrokers(t *testing.T) {
 			if !nodetest.Reachable(tc.addr) {
 				t.Skipf("no %s server on %s", tc.broker, tc.addr)
 			}
-			prefix := transporttest.Prefix(t)
-			if tc.broker == "jetstream" {
-				deleteStreams(t, prefix)
-				deletePresenceBucket(t, prefix)
-			}
+			prefix := nodetest.SharedPrefix(t)
 			cfg := testConfig(t, append([]string{"GATEWAY_BROKER=" + tc.broker, "GATEWAY_TOPIC_PREFIX=" + prefix,
 				"GATEWAY_NATS_URL=nats://" + tc.addr, "GATEWAY_REDIS_ADDR=" + tc.addr,
 				"GATEWAY_JETSTREAM_MAX_AGE=1h", "GATEWAY_JETSTREAM_MAX_BYTES=16777216",
@@ -183,22 +175,4 @@ func TestMembersOnBrokers(t *testing.T) {
 			}
 		})
 	}
-}
-
-// deletePresenceBucket removes the presence KV bucket of prefix when the test ends.
-func deletePresenceBucket(t *testing.T, prefix string) {
-	t.Cleanup(func() {
-		nc, err := nats.Connect("nats://127.0.0.1:4222")
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		defer cancel()
-		_ = js.DeleteKeyValue(ctx, transports.SafeName(prefix)+"_presence")
-	})
 }

@@ -26,7 +26,6 @@ import (
 	"github.com/wsgateway/gateway/transports/memory"
 	natsbroker "github.com/wsgateway/gateway/transports/nats"
 	"github.com/wsgateway/gateway/transports/redis"
-	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 const (
@@ -662,12 +661,6 @@ func TestClose(t *testing.T) {
 	}
 }
 
-// deleteStreams removes the JetStream streams (and presence bucket) of prefix when the test
-// ends, so that tests do not fill the server (each stream reserves its max_bytes).
-func deleteStreams(t *testing.T, prefix string) {
-	t.Cleanup(func() { nodetest.DeleteStreams(prefix) })
-}
-
 // flaky fails SubscribeGroup with failure until fails is used up.
 type flaky struct {
 	transports.Broker
@@ -791,10 +784,7 @@ func TestNew(t *testing.T) {
 			if !nodetest.Reachable(tc.addr) {
 				t.Skipf("no %s server on %s", tc.broker, tc.addr)
 			}
-			prefix := transporttest.Prefix(t)
-			if tc.broker == "jetstream" {
-				deleteStreams(t, prefix)
-			}
+			prefix := nodetest.SharedPrefix(t)
 			cfg := testConfig(t, "GATEWAY_BROKER="+tc.broker, "GATEWAY_TOPIC_PREFIX="+prefix,
 				"GATEWAY_NATS_URL=nats://"+tc.addr, "GATEWAY_REDIS_ADDR="+tc.addr, "GATEWAY_REDIS_SHARDS=2",
 				"GATEWAY_WS_PUBLISH_TIMEOUT=20s", "GATEWAY_JETSTREAM_MAX_AGE=1h", "GATEWAY_JETSTREAM_MAX_BYTES=16777216")
