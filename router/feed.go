@@ -33,7 +33,7 @@ type Feed struct {
 	history transports.History // nil when the broker keeps none
 	epoch   string
 
-	out     chan *message.Message
+	out     *handoff // the merged channel, sent on by each subscription's delivery
 	done    chan struct{}
 	closeMu sync.Once
 	wg      sync.WaitGroup
@@ -52,7 +52,7 @@ func NewFeed(broker transports.Broker) *Feed {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return &Feed{broker: broker, history: h, epoch: "l" + hex.EncodeToString(b[:]),
-		out: make(chan *message.Message), done: make(chan struct{}),
+		out: newHandoff(), done: make(chan struct{}),
 		counters: map[string]*localSeq{}, cancels: map[*context.CancelFunc]struct{}{}}
 }
 
@@ -65,7 +65,7 @@ func (f *Feed) Subscribe(ctx context.Context, topic string) (<-chan *message.Mes
 		return nil, errors.New("feed: only one subscription to the feed topic")
 	}
 	f.taken = true
-	return forward(ctx, f.out), nil
+	return f.out.subscribe(ctx)
 }
 
 // Open subscribes channel on the broker and forwards its messages to the merged channel. When
@@ -86,16 +86,12 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 		if f.history == nil {
 			m.Metadata.Set(protocol.MetaPosition, protocol.Position{Epoch: counter.epoch, Lo: counter.n.Add(1)}.String())
 		}
-		select {
-		case f.out <- m:
-			return true
-		case <-f.done:
+		sent, stop := f.out.send(m, f.done, m.Context().Done())
+		if !sent && stop == f.done {
 			m.Nack()
 			cancel()
-			return false
-		case <-m.Context().Done():
-			return false
 		}
+		return sent
 	}
 	// release forgets the subscription: once stopped, or once the broker ended it.
 	release := func() {
