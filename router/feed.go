@@ -33,7 +33,7 @@ type Feed struct {
 	history transports.History // nil when the broker keeps none
 	epoch   string
 
-	out     *handoff // the merged channel, sent on by each subscription's delivery
+	out     chan *message.Message
 	done    chan struct{}
 	closeMu sync.Once
 	wg      sync.WaitGroup
@@ -52,7 +52,7 @@ func NewFeed(broker transports.Broker) *Feed {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return &Feed{broker: broker, history: h, epoch: "l" + hex.EncodeToString(b[:]),
-		out: newHandoff(), done: make(chan struct{}),
+		out: make(chan *message.Message), done: make(chan struct{}),
 		counters: map[string]*localSeq{}, cancels: map[*context.CancelFunc]struct{}{}}
 }
 
@@ -65,7 +65,7 @@ func (f *Feed) Subscribe(ctx context.Context, topic string) (<-chan *message.Mes
 		return nil, errors.New("feed: only one subscription to the feed topic")
 	}
 	f.taken = true
-	return f.out.subscribe(ctx)
+	return forward(ctx, f.out), nil
 }
 
 // Open subscribes channel on the broker and forwards its messages to the merged channel. When
@@ -86,12 +86,16 @@ func (f *Feed) Open(channel string, lost func()) (func(), error) {
 		if f.history == nil {
 			m.Metadata.Set(protocol.MetaPosition, protocol.Position{Epoch: counter.epoch, Lo: counter.n.Add(1)}.String())
 		}
-		sent, stop := f.out.send(m, f.done, m.Context().Done())
-		if !sent && stop == f.done {
+		select {
+		case f.out <- m:
+			return true
+		case <-f.done:
 			m.Nack()
 			cancel()
+			return false
+		case <-m.Context().Done():
+			return false
 		}
-		return sent
 	}
 	// release forgets the subscription: once stopped, or once the broker ended it.
 	release := func() {

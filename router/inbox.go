@@ -21,31 +21,30 @@ var ErrNacked = errors.New("message refused")
 // in-process Watermill subscriber whose publishers wait for the outcome. Submit blocks until the
 // router acked the message (nil) or nacked it (the handler's error, as recorded by
 // middleware.Outcome), so the router's ack becomes the client's ack frame and a final nack its error.
-// Submit sends on the channel the router reads itself (handoff); one subscription reads the
-// inbox at a time. Safe for concurrent use.
+// Safe for concurrent use.
 type Inbox struct {
-	out       *handoff
+	out       chan *message.Message
 	done      chan struct{}
 	closeOnce sync.Once
 }
 
 // NewInbox makes an empty inbox.
 func NewInbox() *Inbox {
-	return &Inbox{out: newHandoff(), done: make(chan struct{})}
+	return &Inbox{out: make(chan *message.Message), done: make(chan struct{})}
 }
 
 var _ message.Subscriber = (*Inbox)(nil)
 
-// Submit hands msg to the router and waits for its outcome, at most until ctx ends. With no
-// subscription (the router not running yet), it waits for one.
+// Submit hands msg to the router and waits for its outcome, at most until ctx ends.
 func (i *Inbox) Submit(ctx context.Context, msg *message.Message) error {
 	octx, recorded := middleware.WithOutcome(ctx)
 	msg.SetContext(octx)
-	if sent, stop := i.out.send(msg, ctx.Done(), i.done); !sent {
-		if stop == i.done {
-			return transports.ErrClosed
-		}
+	select {
+	case i.out <- msg:
+	case <-ctx.Done():
 		return ctx.Err()
+	case <-i.done:
+		return transports.ErrClosed
 	}
 	select {
 	case <-msg.Acked():
@@ -61,12 +60,35 @@ func (i *Inbox) Submit(ctx context.Context, msg *message.Message) error {
 }
 
 // Subscribe implements message.Subscriber for the router. The returned channel closes when ctx
-// ends (the router closing); until then, another subscription is refused.
+// ends (the router closing).
 func (i *Inbox) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	if topic != InboxTopic {
 		return nil, errors.New("inbox: unknown topic " + topic)
 	}
-	return i.out.subscribe(ctx)
+	return forward(ctx, i.out), nil
+}
+
+// forward forwards in to a new channel that is closed when ctx ends, so that a router consuming a
+// channel shared with publishers can stop.
+func forward(ctx context.Context, in <-chan *message.Message) <-chan *message.Message {
+	out := make(chan *message.Message)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case m := <-in:
+				select {
+				case out <- m:
+				case <-ctx.Done():
+					m.Nack()
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
 }
 
 // Close makes Submit fail from now on. Safe to call twice.
