@@ -33,10 +33,10 @@ import (
 // busyLeads leads are in flight (the first sign of a backlog, seen by the connection that hands
 // one over) or a connection is put on the list. A ticking clock woke a thread of the process
 // every sixteenth of the budget, whatever the load: on the channels row (500 messages a second,
-// one delivery each) that was 213 wake-ups a second, and the node's context switches per message
-// went from 9 to 14 with it (docs/performance.md, "The publish path's floor"). The window after a
-// wake starts afresh, and the tick counter moves on by the ticks slept, so that a connection's
-// last write is as old in ticks as it is in time.
+// one delivery each) that was 213 wake-ups a second, and 12–14 context switches of the node per
+// message where a sleeping clock makes 8–10 (docs/performance.md, "The publish path's floor").
+// The window after a wake starts afresh, and the tick counter moves on by the ticks slept, so
+// that a connection's last write is as old in ticks as it is in time.
 
 // busyLeads is how many leads in flight count as the write goroutines being behind: more than a
 // few hundred microseconds of writes on this kind of machine.
