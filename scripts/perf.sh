@@ -47,6 +47,9 @@
 #   with its memory and its Redis engine (needs CENTRIFUGO_BIN, see docs/performance.md for how to
 #   build v6.9.1; left out without it), bare melody (cmd/baremelody), and the gateway on memory,
 #   redis, nats and jetstream (PERF_COLUMNS overrides the list: PERF_COLUMNS="melody gateway:memory").
+#   Two more columns only through PERF_COLUMNS: melody:watermill, bare melody publishing through
+#   a Watermill router (baremelody -watermill: the floor the design card imposes), and
+#   melody:watermill-mw, the same behind Watermill's Recoverer and Retry (-watermill -middleware).
 #   It prints each figure's median (min–max) per column, then each gateway column over
 #   Centrifugo's with the same engine (memory for nats and jetstream).
 #
@@ -167,7 +170,7 @@ broker_url=
 start_broker() {
   local b=$1 log=$2 port
   broker_url=
-  case $b in memory | -) return 0 ;; esac
+  case $b in memory | - | watermill | watermill-mw) return 0 ;; esac
   if [ "$BROKER_SERVER" != own ]; then
     case $b in nats | jetstream) broker_url=$SHARED_NATS_URL ;; redis) broker_url=$SHARED_REDIS_ADDR ;; esac
     return 0
@@ -243,7 +246,8 @@ run_one() {
         srv_pid=$!
         wait_ready "$srv_pid" curl -sf "http://127.0.0.1:$port/readyz" && ready=1 ;;
       melody)
-        "${srv[@]}" -addr "127.0.0.1:$port" -api-key "$API_KEY" 2>"$base.srv.log" &
+        case $broker in watermill) extra=(-watermill) ;; watermill-mw) extra=(-watermill -middleware) ;; *) extra=() ;; esac
+        "${srv[@]}" -addr "127.0.0.1:$port" -api-key "$API_KEY" "${extra[@]}" 2>"$base.srv.log" &
         srv_pid=$!
         wait_ready "$srv_pid" curl -sf "http://127.0.0.1:$port/readyz" && ready=1 ;;
       centrifugo)

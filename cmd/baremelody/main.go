@@ -11,11 +11,19 @@
 //
 //	go build -o bin/ ./cmd/baremelody && bin/baremelody -addr 127.0.0.1:8090 -api-key K
 //
+// With -watermill, POST /api/publish goes the way the gateway's design card has it go: the HTTP
+// handler publishes the message into a Watermill router through Watermill's own in-process
+// pub/sub (gochannel, blocking until the subscriber acked), the router's handler broadcasts it
+// through melody, and the HTTP answer waits for that ack, as the gateway's Inbox.Submit does. No
+// middleware, or with -middleware Watermill's stock Recoverer and Retry. This is the floor the
+// design imposes on the publish path: what it costs above bare melody is Watermill's, not ours.
+//
 // What it costs beside the gateway, on the same machine in the same minutes, says how much of
 // the gateway's cost is melody's own floor and how this day's machine compares with another's.
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -30,18 +38,31 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/olahol/melody"
 )
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8090", "listen `address`")
 	apiKey := flag.String("api-key", "", "bearer `key` of POST /api/publish (required)")
+	wm := flag.Bool("watermill", false, "publish through a Watermill router (gochannel pub/sub) instead of broadcasting in the HTTP handler")
+	mw := flag.Bool("middleware", false, "with -watermill: the router's handler behind Watermill's Recoverer and Retry")
 	flag.Parse()
 	if *apiKey == "" {
 		fmt.Fprintln(os.Stderr, "baremelody: -api-key is required")
 		os.Exit(2)
 	}
-	srv := &http.Server{Addr: *addr, Handler: newServer(*apiKey).mux(), ReadHeaderTimeout: 10 * time.Second}
+	s := newServer(*apiKey)
+	if *wm {
+		if err := s.startWatermill(*mw); err != nil {
+			log.Fatal("baremelody: ", err)
+		}
+	}
+	defer s.close()
+	srv := &http.Server{Addr: *addr, Handler: s.mux(), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() { // stopped by SIGINT/SIGTERM: Close ends ListenAndServe
 		defer close(done)
@@ -63,6 +84,56 @@ type server struct {
 
 	mu       sync.RWMutex
 	channels map[string]map[*melody.Session]struct{}
+
+	// With startWatermill: where publish sends messages, and the router's end.
+	pubsub *gochannel.GoChannel
+	stop   context.CancelFunc
+	ended  chan struct{} // closed when the router's Run returned
+}
+
+// The Watermill topic of published messages, and the metadata key of their channel.
+const (
+	wmTopic   = "publish"
+	wmChannel = "channel"
+)
+
+// startWatermill makes publish go through a Watermill router: gochannel pub/sub (Publish blocks
+// until the handler acked) into one consumer handler that broadcasts through melody; with
+// middleware, behind Watermill's Recoverer and Retry. The router runs until close.
+func (s *server) startWatermill(middleware bool) error {
+	logger := watermill.NopLogger{}
+	s.pubsub = gochannel.NewGoChannel(gochannel.Config{BlockPublishUntilSubscriberAck: true}, logger)
+	r, err := message.NewRouter(message.RouterConfig{}, logger)
+	if err != nil {
+		return err
+	}
+	if middleware {
+		r.AddMiddleware(wmw.Recoverer, wmw.Retry{MaxRetries: 3, InitialInterval: 10 * time.Millisecond, Multiplier: 2}.Middleware)
+	}
+	r.AddConsumerHandler("broadcast", wmTopic, s.pubsub, func(msg *message.Message) error {
+		s.broadcast(msg.Metadata.Get(wmChannel), msg.Payload)
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stop, s.ended = cancel, make(chan struct{})
+	go func() { // ends with close: the context's end closes the router
+		defer close(s.ended)
+		if err := r.Run(ctx); err != nil {
+			log.Print("baremelody: router: ", err)
+		}
+	}()
+	<-r.Running()
+	return nil
+}
+
+// close stops the router started by startWatermill, if any, and waits for it.
+func (s *server) close() {
+	if s.stop == nil {
+		return
+	}
+	s.stop()
+	<-s.ended
+	_ = s.pubsub.Close()
 }
 
 const chanKey = "channel"
@@ -141,14 +212,28 @@ func (s *server) publish(w http.ResponseWriter, r *http.Request) {
 	msg = append(msg, `,"data":`...)
 	msg = append(msg, req.Data...)
 	msg = append(msg, '}')
+	if s.pubsub != nil {
+		m := message.NewMessage(watermill.NewUUID(), msg)
+		m.Metadata.Set(wmChannel, req.Channel)
+		if err := s.pubsub.Publish(wmTopic, m); err != nil { // returns once the handler acked
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+	} else {
+		s.broadcast(req.Channel, msg)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = io.WriteString(w, "{}\n")
+}
+
+// broadcast sends msg to the channel's connections.
+func (s *server) broadcast(channel string, msg []byte) {
 	s.mu.RLock()
-	set := s.channels[req.Channel]
+	set := s.channels[channel]
 	sessions := make([]*melody.Session, 0, len(set))
 	for ss := range set {
 		sessions = append(sessions, ss)
 	}
 	s.mu.RUnlock()
 	_ = s.m.BroadcastMultiple(msg, sessions)
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = io.WriteString(w, "{}\n")
 }

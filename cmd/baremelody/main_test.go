@@ -11,9 +11,28 @@ import (
 )
 
 // TestBareMelody: a connection is welcomed, subscribes, and receives what POST /api/publish
-// sends to its channel and nothing sent to another; a publish without the key is refused.
+// sends to its channel and nothing sent to another; a publish without the key is refused. The
+// same with -watermill (through a Watermill router), with and without -middleware.
 func TestBareMelody(t *testing.T) {
-	srv := httptest.NewServer(newServer("k").mux())
+	for _, mode := range []string{"plain", "watermill", "watermill+middleware"} {
+		t.Run(mode, func(t *testing.T) {
+			s := newServer("k")
+			if mode != "plain" {
+				if err := s.startWatermill(mode == "watermill+middleware"); err != nil {
+					t.Fatal(err)
+				}
+				if s.pubsub == nil {
+					t.Fatal("no pub/sub: publish would not go through the router")
+				}
+			}
+			defer s.close()
+			testServer(t, s)
+		})
+	}
+}
+
+func testServer(t *testing.T, s *server) {
+	srv := httptest.NewServer(s.mux())
 	defer srv.Close()
 	dial := func(channel string) *websocket.Conn {
 		ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", nil)

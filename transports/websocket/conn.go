@@ -197,7 +197,7 @@ func (c *Conn) setLead() {
 	if !c.lead {
 		c.lead = true
 		if d := c.hub.budget; d != nil {
-			d.leads.Add(1)
+			d.addLead()
 		}
 	}
 }

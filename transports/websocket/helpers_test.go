@@ -35,8 +35,8 @@ func (nopInterest) Open(string, func()) (func(), error) { return func() {}, nil 
 // forceBusy makes h's budget clock count the node as busy for good, so that frames are held
 // for the budget whatever the load (before h.Start, or at any time: both are atomics).
 func forceBusy(h *Hub) {
-	h.budget.forced.Store(true)
 	h.budget.busy.Store(true)
+	h.budget.force(true)
 }
 
 func newTestHub(tb testing.TB, cfg Config) *Hub {

@@ -728,9 +728,9 @@ func TestWriteBusyMetric(t *testing.T) {
 		}
 	}
 	waitGauge(0)
-	h.budget.forced.Store(true)
+	h.budget.force(true)
 	waitGauge(1)
-	h.budget.forced.Store(false) // no load: idle at the next window
+	h.budget.force(false) // no load: idle at the next window
 	waitGauge(0)
 }
 
@@ -798,4 +798,37 @@ func TestRingGivesBufferBack(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestBudgetClockSleepsWhenIdle: a clock with nothing to do (not busy, nobody waiting, the
+// writers not behind) stops ticking at the end of a window; more than busyLeads leads in flight
+// wake it, it ticks while they last, and it sleeps again once they are written.
+func TestBudgetClockSleepsWhenIdle(t *testing.T) {
+	d := newBudgetClock(16 * time.Millisecond) // a tick every millisecond
+	d.start()
+	defer d.stop()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatal(what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitFor("an idle clock never sleeps", d.parked.Load)
+	for range busyLeads + 1 {
+		d.addLead()
+	}
+	if d.parked.Load() {
+		t.Fatal("more than busyLeads leads in flight did not wake the clock")
+	}
+	from := d.now()
+	waitFor("the woken clock does not tick", func() bool { return d.now() > from+busyWindow })
+	if d.parked.Load() {
+		t.Fatal("the clock slept while the writers were behind")
+	}
+	d.leads.Add(-(busyLeads + 1))
+	waitFor("the clock never sleeps again", d.parked.Load)
 }
