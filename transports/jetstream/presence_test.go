@@ -851,6 +851,19 @@ func TestPresenceStorm(t *testing.T) {
 		}
 	}
 	if got := sessions(ms); !slices.Equal(got, want) {
+		// Which read missed: the listing of the member keys, or the read of a listed key? (It
+		// failed once in CI, 599 of 600, not reproduced in 120 runs under load.)
+		kv, _ := n[2].bucket()
+		pfx := "m." + channel + "."
+		names, lerr := n[2].listKeys(t.Context(), kv, pfx+"*", pfx, func(string) bool { return true })
+		for _, w := range want {
+			if slices.Contains(got, w) {
+				continue
+			}
+			s := strings.Split(w, "/")[1]
+			_, gerr := kv.Get(t.Context(), memberKey(channel, s))
+			t.Logf("missing %s: listed again: %v (%d keys, error %v); its key read again: error %v", w, slices.Contains(names, s), len(names), lerr, gerr)
+		}
 		t.Fatalf("members after the storm of joins: %d, want %d\n got %v\nwant %v", len(got), len(want), got, want)
 	}
 
