@@ -176,7 +176,6 @@ type Broker struct {
 	owned      bool          // Start made nc: Close closes it, and its handlers are ours
 	connClosed chan struct{} // closed by the ClosedHandler of an owned connection
 	pub        *wmnats.Publisher
-	confirm    confirmer // shares the server's confirmation among concurrent publishes
 
 	ctx    context.Context // cancelled by Close; ends every subscription
 	cancel context.CancelFunc
@@ -445,12 +444,9 @@ func (b *Broker) unavailable(what string, err error) error {
 	}
 }
 
-// Publish implements transports.Broker: one PUB per message through watermill-nats, then a
-// PING/PONG round trip that started after them, so that nil means the server has read every
-// message. Concurrent publishes share round trips (confirmer): one waits for at most the round
-// trip under way and the next. A publish whose PUBs may have gone out on a connection that was
-// lost and made again meanwhile fails. While the client is not connected it fails at once with
-// transports.ErrUnavailable.
+// Publish implements transports.Broker: one PUB per message through watermill-nats, then one
+// PING/PONG round trip, so that nil means the server has read every message. While the client
+// is not connected it fails at once with transports.ErrUnavailable.
 func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	if err := b.usable(); err != nil {
 		return err
@@ -462,25 +458,13 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 		return fmt.Errorf("%w: nats connection is %s", transports.ErrUnavailable, st)
 	}
 	subject := Subject(b.cfg.Prefix, topic)
-	epoch := b.nc.Stats().Reconnects
 	if err := b.pub.Publish(subject, msgs...); err != nil {
 		return b.unavailable("publish to "+subject, err)
 	}
-	if err := b.confirm.confirm(b.flush); err != nil {
+	if err := b.nc.FlushTimeout(b.cfg.Timeout); err != nil {
 		return b.unavailable("confirm publish to "+subject, err)
 	}
-	if b.nc.Stats().Reconnects != epoch {
-		// The PONG came over a newer connection than the one the PUBs went out on, which may
-		// have been lost before the server read them.
-		return fmt.Errorf("%w: nats: confirm publish to %s: the connection was lost and made again", transports.ErrUnavailable, subject)
-	}
 	return nil
-}
-
-// flush is one PING/PONG round trip on the connection: nil means the server has read everything
-// written before the PING (a round of Broker.confirm).
-func (b *Broker) flush() error {
-	return b.nc.FlushTimeout(b.cfg.Timeout)
 }
 
 // Subscribe implements transports.Broker with one plain NATS subscription (SubscribeFunc),
