@@ -61,8 +61,9 @@
 # the row's connections are open, records a CPU profile of PROFILE_SECONDS (10) and the
 # allocations made meanwhile (allocs, before and after); the top functions go to
 # <run>.cpu.top and <run>.alloc.top (flat and cumulative), the profiles to .cpu.pprof and
-# .allocs.pprof beside the run's JSON; with TRACE_SECONDS (default 0: none) an execution trace of
-# that many seconds follows, into <run>.trace (go tool trace). The idle row records the heap in use instead (.heap.top).
+# .allocs.pprof beside the run's JSON; with TRACE_SECONDS (default 0: none) an execution trace
+# of that many seconds follows, into <run>.trace (go tool trace). The idle row records the heap
+# in use instead (.heap.top).
 #
 # Environment:
 #   OUT           results directory (default perf-results/<broker>-<date>)
