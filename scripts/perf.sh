@@ -64,7 +64,9 @@
 # the row's connections are open, records a CPU profile of PROFILE_SECONDS (10) and the
 # allocations made meanwhile (allocs, before and after); the top functions go to
 # <run>.cpu.top and <run>.alloc.top (flat and cumulative), the profiles to .cpu.pprof and
-# .allocs.pprof beside the run's JSON. The idle row records the heap in use instead (.heap.top).
+# .allocs.pprof beside the run's JSON; with TRACE_SECONDS (default 0: none) an execution trace
+# of that many seconds follows, into <run>.trace (go tool trace). The idle row records the heap
+# in use instead (.heap.top).
 #
 # Environment:
 #   OUT           results directory (default perf-results/<broker>-<date>)
@@ -218,6 +220,7 @@ profile() {
   curl -sf -o "$base.allocs0.pprof" "http://$admin/debug/pprof/allocs" || return 0
   curl -sf -o "$base.cpu.pprof" "http://$admin/debug/pprof/profile?seconds=$PROFILE_SECONDS" || return 0
   curl -sf -o "$base.allocs.pprof" "http://$admin/debug/pprof/allocs" || return 0
+  [ "${TRACE_SECONDS:-0}" = 0 ] || curl -sf -o "$base.trace" "http://$admin/debug/pprof/trace?seconds=$TRACE_SECONDS" || true
   { go tool pprof -top -nodecount=25 "$bin" "$base.cpu.pprof"; echo; echo "cumulative:"
     go tool pprof -top -cum -nodecount=40 "$bin" "$base.cpu.pprof"; } >"$base.cpu.top" 2>/dev/null || true
   { go tool pprof -top -nodecount=25 -sample_index=alloc_space -base "$base.allocs0.pprof" "$bin" "$base.allocs.pprof"; echo; echo "cumulative:"

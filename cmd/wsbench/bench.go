@@ -48,6 +48,7 @@ type bench struct {
 	opened, failed, subscribed, subFailed, closedEarly atomic.Int64
 	compressed                                         atomic.Int64 // connections that negotiated permessage-deflate
 	published, pubErrors, pubSkipped, expected         atomic.Int64
+	pubHist                                            Histogram // each successful publish, from send to answer
 
 	measuring atomic.Bool // deliveries count only while measuring
 
@@ -716,6 +717,7 @@ func (b *bench) publish(ctx context.Context) {
 					b.countErr(b.pubErrKinds, shorten(err.Error()))
 					continue
 				}
+				b.pubHist.Record(time.Duration(time.Now().UnixNano() - t))
 				if b.pubT != nil && seq < uint64(len(b.pubT)) {
 					b.pubT[seq].Store(t)
 				}

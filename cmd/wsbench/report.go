@@ -32,6 +32,7 @@ type Report struct {
 	PublishErrors    int64            `json:"publish_errors"`
 	PublishErrKinds  map[string]int64 `json:"publish_errors_by_kind,omitempty"`
 	PublishSkipped   int64            `json:"publish_skipped"`
+	PublishLatency   *LatencyReport   `json:"publish_latency_ms,omitempty"`
 	Expected         int64            `json:"deliveries_expected"`
 	Received         int64            `json:"deliveries_received"`
 	Lost             int64            `json:"deliveries_lost"`
@@ -98,6 +99,12 @@ type LatencyReport struct {
 	P99   float64 `json:"p99"`
 	P999  float64 `json:"p999"`
 	Max   float64 `json:"max"`
+}
+
+// latencyReport summarizes h in milliseconds.
+func latencyReport(h *Histogram) LatencyReport {
+	return LatencyReport{Count: h.Count(), Mean: ms(h.Mean()), P50: ms(h.Quantile(0.50)), P90: ms(h.Quantile(0.90)),
+		P99: ms(h.Quantile(0.99)), P999: ms(h.Quantile(0.999)), Max: ms(h.Max())}
 }
 
 // ServerReport is what /proc said about the server process.
@@ -231,8 +238,11 @@ func (b *bench) fill(rep *Report, pubDur, holdDur, clientCPU time.Duration, s0, 
 		rep.ClientCPUPer1000 = rep.ClientCPUMillis / (float64(rep.Received) / 1000)
 	}
 	h := b.mergedHist()
-	rep.Latency = LatencyReport{Count: h.Count(), Mean: ms(h.Mean()), P50: ms(h.Quantile(0.50)), P90: ms(h.Quantile(0.90)),
-		P99: ms(h.Quantile(0.99)), P999: ms(h.Quantile(0.999)), Max: ms(h.Max())}
+	rep.Latency = latencyReport(h)
+	if b.pubHist.Count() > 0 {
+		pl := latencyReport(&b.pubHist)
+		rep.PublishLatency = &pl
+	}
 	b.mu.Lock()
 	rep.ConnectErrors = maps.Clone(b.connErrors)
 	rep.Disconnects = maps.Clone(b.disconnects)
@@ -292,6 +302,9 @@ func printTable(w io.Writer, r *Report) {
 		row("published", "%d (%.1f/s), errors %d, skipped (publishers busy) %d", r.Published, r.PublishRate, r.PublishErrors, r.PublishSkipped)
 		for _, k := range slices.Sorted(maps.Keys(r.PublishErrKinds)) {
 			row("  publish error", "%d × %s", r.PublishErrKinds[k], k)
+		}
+		if l := r.PublishLatency; l != nil {
+			row("publish latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  mean %.2f  (n=%d; request to answer)", l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean, l.Count)
 		}
 		row("deliveries", "expected %d, received %d, lost %d (%.4f%%; missing at the end of -grace), extra %d", r.Expected, r.Received, r.Lost, 100*r.LossRatio, r.Extra)
 		row("deliveries/s", "%.0f", r.DeliveriesPerSec)

@@ -134,3 +134,6 @@ func (b *Broker) Inject(op, id, inc, channel string, m protocol.Member) {
 	}
 	b.handler(b.onNode)(&natsgo.Msg{Subject: b.nodeSubject(b.pr.self), Data: data})
 }
+
+// AfterPub makes Publish call f between writing its PUBs and sending its PING.
+func (b *Broker) AfterPub(f func()) { b.afterPub = f }

@@ -176,6 +176,7 @@ type Broker struct {
 	owned      bool          // Start made nc: Close closes it, and its handlers are ours
 	connClosed chan struct{} // closed by the ClosedHandler of an owned connection
 	pub        *wmnats.Publisher
+	afterPub   func() // tests only: runs in Publish between the PUBs and the PING
 
 	ctx    context.Context // cancelled by Close; ends every subscription
 	cancel context.CancelFunc
@@ -445,8 +446,9 @@ func (b *Broker) unavailable(what string, err error) error {
 }
 
 // Publish implements transports.Broker: one PUB per message through watermill-nats, then one
-// PING/PONG round trip, so that nil means the server has read every message. While the client
-// is not connected it fails at once with transports.ErrUnavailable.
+// PING/PONG round trip, so that nil means the server has read every message. If the connection
+// was lost and made again meanwhile, the PONG does not say so, and Publish fails. While the
+// client is not connected it fails at once with transports.ErrUnavailable.
 func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	if err := b.usable(); err != nil {
 		return err
@@ -458,11 +460,21 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 		return fmt.Errorf("%w: nats connection is %s", transports.ErrUnavailable, st)
 	}
 	subject := Subject(b.cfg.Prefix, topic)
+	epoch := b.nc.Stats().Reconnects
 	if err := b.pub.Publish(subject, msgs...); err != nil {
 		return b.unavailable("publish to "+subject, err)
 	}
+	if b.afterPub != nil {
+		b.afterPub()
+	}
 	if err := b.nc.FlushTimeout(b.cfg.Timeout); err != nil {
 		return b.unavailable("confirm publish to "+subject, err)
+	}
+	if b.nc.Stats().Reconnects != epoch {
+		// The PONG came over a newer connection than the PUBs went out on: that one may have
+		// been lost before the server read them (a PING written while nats.go reconnects waits
+		// in its pending buffer and is answered by the next server).
+		return fmt.Errorf("%w: nats: confirm publish to %s: the connection was lost and made again", transports.ErrUnavailable, subject)
 	}
 	return nil
 }
