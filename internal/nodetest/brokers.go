@@ -132,9 +132,9 @@ var Brokers = []Broker{
 		SkipUnreachable(t, "Redis", RedisAddr)
 		return &Cluster{
 			Env:  []string{"GATEWAY_BROKER=redis", "GATEWAY_REDIS_SHARDS=4"},
-			drop: DeleteRedisKeys,
+			drop: func(prefix string) { DeleteRedisKeys(RedisAddr, prefix) },
 			Build: func(t testing.TB, prefix string) (transports.Broker, error) {
-				t.Cleanup(func() { DeleteRedisKeys(prefix) })
+				t.Cleanup(func() { DeleteRedisKeys(RedisAddr, prefix) })
 				return redis.New(redis.Config{Addr: RedisAddr, Prefix: prefix, Shards: 4, MaxLen: 10000}, nil)
 			},
 		}
@@ -180,17 +180,17 @@ func SharedPrefix(t testing.TB) string {
 	prefix := transporttest.Prefix(t)
 	t.Cleanup(func() {
 		DeleteStreams(prefix)
-		DeleteRedisKeys(prefix)
+		DeleteRedisKeys(RedisAddr, prefix)
 	})
 	return prefix
 }
 
-// DeleteRedisKeys removes every key of prefix from the shared Redis server: the streams
+// DeleteRedisKeys removes every key of prefix from the Redis server at addr: the streams
 // ("<prefix>:…") and the presence and control keys ("{<prefix>:…", whose hash tag starts with a
 // brace). A prefix of the tests is its own (transporttest.Prefix: one letter, 8 hex digits), so
 // "<prefix>:" matches no other test's keys.
-func DeleteRedisKeys(prefix string) {
-	c := goredis.NewClient(&goredis.Options{Addr: RedisAddr})
+func DeleteRedisKeys(addr, prefix string) {
+	c := goredis.NewClient(&goredis.Options{Addr: addr})
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -18,6 +18,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/wsgateway/gateway/internal/nodetest"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
 	"github.com/wsgateway/gateway/transports/redis"
@@ -56,18 +57,7 @@ func reachable(addr string) bool {
 // from now on closed: the streams ("<prefix>:…") and the presence and control keys
 // ("{<prefix>:…").
 func dropKeys(t testing.TB, addr, prefix string) {
-	t.Cleanup(func() {
-		c := goredis.NewClient(&goredis.Options{Addr: addr})
-		defer c.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		for _, pattern := range []string{prefix + ":*", "{" + prefix + ":*"} {
-			iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
-			for iter.Next(ctx) {
-				c.Del(ctx, iter.Val())
-			}
-		}
-	})
+	t.Cleanup(func() { nodetest.DeleteRedisKeys(addr, prefix) })
 }
 
 // newNode returns a started node of cfg, closed when the test ends, and then the keys of its
