@@ -18,12 +18,13 @@
 # printed beside, "rate"). RATE (500) sets the row's rate; RATE=0 holds the CONNS (2000) clients
 # connected and subscribed without publishing (wsbench -idle) and prints the counts per second of
 # the window instead ("msgs" is then the window's seconds); CONNS=0 starts no wsbench at all (the
-# bare node's own wake-ups). Needs perf with the syscalls tracepoints (root or perf_event_paranoid <= 1),
+# bare node's own wake-ups). PRIME=N publishes N messages through the API to a channel of its own
+# before the window (with RATE=0: an idle node that keeps some history). Needs perf with the syscalls tracepoints (root or perf_event_paranoid <= 1),
 # go and curl. Wrap it in `flock /tmp/perf.lock` like any measurement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-ROUNDS=${ROUNDS:-1} RATE=${RATE:-500} CONNS=${CONNS:-2000} DURATION=${DURATION:-25s} WARMUP=${WARMUP:-3} WINDOW=${WINDOW:-10}
+ROUNDS=${ROUNDS:-1} RATE=${RATE:-500} CONNS=${CONNS:-2000} PRIME=${PRIME:-0} DURATION=${DURATION:-25s} WARMUP=${WARMUP:-3} WINDOW=${WINDOW:-10}
 OUT=${OUT:-perf-results/counts-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/bin"
 go build -o "$OUT/bin/" ./cmd/gateway ./cmd/wsbench ./cmd/baremelody
@@ -61,6 +62,9 @@ for ((i = 1; i <= ROUNDS; i++)); do
       wb=$!
       for _ in $(seq 600); do grep -q connected "$base.progress" && break; sleep 0.1; done
     fi
+    for ((k = 0; k < PRIME; k++)); do
+      curl -sf -H "Authorization: Bearer $KEY" -d '{"channel":"counts-prime","data":1}' "http://127.0.0.1:$port/api/publish" >/dev/null || true
+    done
     sleep "$WARMUP"
     t0=$(cpu_ticks "$srv")
     perf stat -x, -e "$EVENTS" -p "$srv" -- sleep "$WINDOW" 2>"$base.perf"
