@@ -15,12 +15,16 @@
 # read, futex, epoll_pwait, nanosleep, getrandom), and the server's CPU time (/proc, utime+stime).
 # It prints each divided by the messages published during the window, taken as the row's rate
 # times the window (wsbench paces its publishers; the rate it reached over the whole run is
-# printed beside, "rate"). Needs perf with the syscalls tracepoints (root or perf_event_paranoid <= 1),
+# printed beside, "rate"). RATE (500) sets the row's rate; RATE=0 holds the CONNS (2000) clients
+# connected and subscribed without publishing (wsbench -idle) and prints the counts per second of
+# the window instead ("msgs" is then the window's seconds); CONNS=0 starts no wsbench at all (the
+# bare node's own wake-ups). PRIME=N publishes N messages through the API to a channel of its own
+# before the window (with RATE=0: an idle node that keeps some history). Needs perf with the syscalls tracepoints (root or perf_event_paranoid <= 1),
 # go and curl. Wrap it in `flock /tmp/perf.lock` like any measurement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-25s} WARMUP=${WARMUP:-3} WINDOW=${WINDOW:-10}
+ROUNDS=${ROUNDS:-1} RATE=${RATE:-500} CONNS=${CONNS:-2000} PRIME=${PRIME:-0} DURATION=${DURATION:-25s} WARMUP=${WARMUP:-3} WINDOW=${WINDOW:-10}
 OUT=${OUT:-perf-results/counts-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/bin"
 go build -o "$OUT/bin/" ./cmd/gateway ./cmd/wsbench ./cmd/baremelody
@@ -51,17 +55,23 @@ for ((i = 1; i <= ROUNDS; i++)); do
     esac
     srv=$!
     for _ in $(seq 150); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-    "$OUT/bin/wsbench" -url "http://127.0.0.1:$port" -secret $SECRET -api-key $KEY -pid "$srv" -json "$base.json" \
-      -conns 2000 -channels 0 -rate 500 -duration "$DURATION" -publishers 16 >"$base.txt" 2>"$base.progress" &
-    wb=$!
-    for _ in $(seq 600); do grep -q connected "$base.progress" && break; sleep 0.1; done
+    load=(-rate "$RATE" -publishers 16); [ "$RATE" = 0 ] && load=(-idle)
+    if [ "$CONNS" != 0 ]; then
+      "$OUT/bin/wsbench" -url "http://127.0.0.1:$port" -secret $SECRET -api-key $KEY -pid "$srv" -json "$base.json" \
+        -conns "$CONNS" -channels 0 "${load[@]}" -duration "$DURATION" >"$base.txt" 2>"$base.progress" &
+      wb=$!
+      for _ in $(seq 600); do grep -q connected "$base.progress" && break; sleep 0.1; done
+    fi
+    for ((k = 0; k < PRIME; k++)); do
+      curl -sf -H "Authorization: Bearer $KEY" -d '{"channel":"counts-prime","data":1}' "http://127.0.0.1:$port/api/publish" >/dev/null || true
+    done
     sleep "$WARMUP"
     t0=$(cpu_ticks "$srv")
     perf stat -x, -e "$EVENTS" -p "$srv" -- sleep "$WINDOW" 2>"$base.perf"
     t1=$(cpu_ticks "$srv")
-    wait "$wb" || true; wb=
+    [ -z "$wb" ] || wait "$wb" || true; wb=
     stop
-    n=$((500 * WINDOW))
+    n=$((RATE * WINDOW)); [ "$RATE" = 0 ] && n=$WINDOW
     ev() { awk -F, -v e="$1" '$3 == e {print $1}' "$base.perf"; }
     per() { awk -v x="$1" -v n="$n" 'BEGIN {printf "%.2f", x / n}'; }
     printf '%-22s %6d %6s %8s %8s %8s %8s %8s %8s %8s %8s %8s %9s\n' "$c" "$n" "$(jq -r '.publish_rate // "-" | if type == "number" then round else . end' "$base.json" 2>/dev/null || echo -)" \

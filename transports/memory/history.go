@@ -8,8 +8,12 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
-// Background expiry: every expireEvery the janitor drops the history older than its TTL,
-// looking at no more than expireBudget messages per tick (the rest waits for the next tick).
+// Background expiry: the janitor drops the history older than its TTL at most expireEvery after
+// it expired, looking at no more than expireBudget messages per pass (the rest waits for the
+// next pass, expireEvery later). It sleeps until the oldest kept message expires, or with no
+// deadline while no message is kept with a TTL, rather than ticking every expireEvery: a node
+// whose history is younger than its TTL (the first TTL of a node's life, 10 minutes by default,
+// or one that stopped publishing) is not woken 4 times a second for nothing.
 const (
 	expireEvery  = 250 * time.Millisecond
 	expireBudget = 20000
@@ -34,6 +38,12 @@ type ledger struct {
 	mu     sync.Mutex
 	bytes  atomic.Int64
 	queues map[time.Duration]*ageQueue
+
+	// until is when the janitor's next pass is planned, the zero time while it sleeps with no
+	// deadline; wake (one slot) wakes it sooner, when add keeps a message that expires more
+	// than expireEvery before until. Both are the janitor's (wake is made once, by init).
+	until time.Time
+	wake  chan struct{}
 }
 
 // ageQueue is the kept messages of one TTL, oldest first from head.
@@ -43,7 +53,12 @@ type ageQueue struct {
 	live  int // items not gone
 }
 
-func (l *ledger) init() { l.queues = map[time.Duration]*ageQueue{} }
+func (l *ledger) init() {
+	l.queues = map[time.Duration]*ageQueue{}
+	if l.wake == nil {
+		l.wake = make(chan struct{}, 1)
+	}
+}
 
 func (l *ledger) total() int64 { return l.bytes.Load() }
 
@@ -69,6 +84,18 @@ func (l *ledger) add(kept []*stored) {
 	q.live += len(kept)
 	for _, s := range kept {
 		l.bytes.Add(s.size)
+	}
+	// The first of kept expires first. A message kept after one of the same TTL expires after
+	// it, so once the janitor planned its pass, only a message of a shorter TTL, or the first
+	// one kept while it sleeps with no deadline, wakes it.
+	if ttl > 0 {
+		if due := kept[0].at.Add(ttl).Add(expireEvery); l.until.IsZero() || due.Before(l.until) {
+			l.until = due // woken: add signals no more until the janitor plans again
+			select {
+			case l.wake <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
@@ -146,16 +173,29 @@ func (l *ledger) oldest() *stored {
 }
 
 // expired takes off their queues the messages older than their TTL at now, looking at budget
-// items at most, and returns them: their topics still have to drop them.
-func (l *ledger) expired(now time.Time, budget int) []*stored {
+// items at most, and returns them: their topics still have to drop them. It also plans the
+// janitor's next pass and returns it (l.until): when the oldest message left expires, but not
+// sooner than expireEvery after now (expireEvery after now when the budget ran out first), or
+// the zero time when no message is kept with a TTL.
+func (l *ledger) expired(now time.Time, budget int) ([]*stored, time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []*stored
+	var (
+		out  []*stored
+		next time.Time
+	)
 	for ttl, q := range l.queues {
-		for ttl > 0 && budget > 0 && q.head < len(q.items) {
+		for ttl > 0 && q.head < len(q.items) {
+			if budget == 0 {
+				next = now
+				break
+			}
 			s := q.items[q.head]
 			if !s.gone.Load() {
-				if now.Sub(s.at) <= ttl {
+				if at := s.at.Add(ttl); now.Sub(s.at) <= ttl {
+					if next.IsZero() || at.Before(next) {
+						next = at
+					}
 					break
 				}
 				out = append(out, s)
@@ -164,7 +204,19 @@ func (l *ledger) expired(now time.Time, budget int) []*stored {
 			budget--
 		}
 	}
-	return out
+	if !next.IsZero() {
+		next = later(next, now.Add(expireEvery))
+	}
+	l.until = next
+	return out, next
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // evict drops the oldest history, across topics, while the broker keeps more than MaxBytes.
@@ -187,10 +239,11 @@ func (b *Broker) evict() {
 }
 
 // expire drops the history older than its TTL (budget messages at most) and frees the topics
-// left with nothing to keep.
-func (b *Broker) expire(budget int) {
+// left with nothing to keep. It returns when the janitor's next pass is due (ledger.expired).
+func (b *Broker) expire(budget int) time.Time {
 	now := b.now()
-	for _, s := range b.ledger.expired(now, budget) {
+	gone, next := b.ledger.expired(now, budget)
+	for _, s := range gone {
 		t := s.t
 		t.mu.Lock()
 		t.trim(now, &b.ledger)
@@ -201,6 +254,7 @@ func (b *Broker) expire(budget int) {
 			b.release(t)
 		}
 	}
+	return next
 }
 
 // janitor is the goroutine that expires history in the background. The broker owns it: it
@@ -208,6 +262,7 @@ func (b *Broker) expire(budget int) {
 type janitor struct {
 	done    chan struct{}
 	stopped chan struct{}
+	sleep   atomic.Int64 // the time.Duration it last set its timer to, -1 for none (tests read it)
 }
 
 // startJanitor starts the janitor unless it runs or the broker is closed.
@@ -226,17 +281,27 @@ func (b *Broker) startJanitor() {
 	go b.runJanitor(j)
 }
 
+// runJanitor makes a pass at once, then one whenever the pass before planned it (expire) or
+// the ledger wakes it, until j is stopped. While it sleeps with no deadline its timer is off.
 func (b *Broker) runJanitor(j *janitor) {
 	defer close(j.stopped)
-	tick := time.NewTicker(expireEvery)
-	defer tick.Stop()
+	t := time.NewTimer(0)
+	defer t.Stop()
 	for {
 		select {
 		case <-j.done:
 			return
-		case <-tick.C:
-			b.expire(expireBudget)
+		case <-t.C:
+		case <-b.ledger.wake:
 		}
+		next := b.expire(expireBudget)
+		t.Stop() // since Go 1.23 Stop and Reset leave no stale tick in t.C
+		sleep := time.Duration(-1)
+		if !next.IsZero() {
+			sleep = next.Sub(b.now())
+			t.Reset(sleep)
+		}
+		j.sleep.Store(int64(sleep))
 	}
 }
 

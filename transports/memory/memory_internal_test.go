@@ -9,6 +9,7 @@ import (
 	"github.com/wsgateway/gateway/internal/poll"
 	"github.com/wsgateway/gateway/protocol"
 	"github.com/wsgateway/gateway/transports"
+	"github.com/wsgateway/gateway/transports/transporttest"
 )
 
 // TestRemoveSubLeavesNoReference: a subscription taken out of a topic is not left in the array
@@ -87,4 +88,70 @@ func TestPresenceRecordsAgain(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// slept is the time the janitor last set its timer to after a pass, -1 for no deadline, 0
+// before its first pass.
+func (b *Broker) slept() time.Duration {
+	b.mu.Lock()
+	j := b.janitor
+	b.mu.Unlock()
+	if j == nil {
+		return 0
+	}
+	return time.Duration(j.sleep.Load())
+}
+
+// TestJanitorSleepsUntilExpiry: the history janitor plans its next pass for when the oldest kept
+// message expires (an hour away here), not every expireEvery; a message of a shorter TTL kept
+// meanwhile wakes it and is dropped in the background as before; with nothing kept it sleeps
+// with no deadline, and the next message kept wakes it again.
+func TestJanitorSleepsUntilExpiry(t *testing.T) {
+	b := NewBroker(Config{HistorySize: 10, HistoryTTL: time.Hour, Bounds: func(topic string) (int, time.Duration) {
+		if topic == protocol.ChannelTopic("short") {
+			return 0, time.Millisecond
+		}
+		return 0, 0
+	}})
+	defer b.Close()
+	n := b.Node("p")
+	defer n.Close()
+	sleepsLong := func() error {
+		if d := b.slept(); d < 30*time.Minute {
+			return fmt.Errorf("the janitor set its timer to %v, want about an hour", d)
+		}
+		return nil
+	}
+	if err := n.Publish(protocol.ChannelTopic("long"), transporttest.NewMessage("an hour")); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 5*time.Second, sleepsLong)
+	if err := n.Publish(protocol.ChannelTopic("short"), transporttest.NewMessage("a millisecond")); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 5*time.Second, func() error {
+		if got := b.Topics(); got != 1 {
+			return fmt.Errorf("%d topics kept, want 1 (short's history expired, nothing read it)", got)
+		}
+		return sleepsLong()
+	})
+
+	empty := NewBroker(Config{HistorySize: 10, HistoryTTL: time.Millisecond})
+	defer empty.Close()
+	e := empty.Node("p")
+	defer e.Close()
+	for round := range 2 {
+		if err := e.Publish(protocol.ChannelTopic("c"), transporttest.NewMessage("brief")); err != nil {
+			t.Fatal(err)
+		}
+		poll.Until(t, 5*time.Second, func() error {
+			if got := empty.Topics(); got != 0 {
+				return fmt.Errorf("round %d: %d topics kept after the history expired", round, got)
+			}
+			if d := empty.slept(); d != -1 {
+				return fmt.Errorf("round %d: the janitor set its timer to %v with nothing kept, want none", round, d)
+			}
+			return nil
+		})
+	}
 }
