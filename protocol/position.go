@@ -34,22 +34,7 @@ func (p Position) IsZero() bool { return p == Position{} }
 
 // String is the form kept in MetaPosition: "epoch:hi:lo".
 func (p Position) String() string {
-	var buf [formBuf]byte // on the stack while the form fits: the string is the one allocation
-	return string(p.append(buf[:0]))
-}
-
-// formBuf fits the String form of an epoch of up to 40 bytes with two 20-digit numbers, and
-// the checksum of ForChannel.
-const formBuf = 40 + 2*20 + 3 + 8
-
-// append adds the String form to b. String and ForChannel build their text with it in one
-// allocation (they run for every message delivered and every API publish answered).
-func (p Position) append(b []byte) []byte {
-	b = append(b, p.Epoch...)
-	b = append(b, ':')
-	b = strconv.AppendUint(b, p.Hi, 10)
-	b = append(b, ':')
-	return strconv.AppendUint(b, p.Lo, 10)
+	return p.Epoch + ":" + strconv.FormatUint(p.Hi, 10) + ":" + strconv.FormatUint(p.Lo, 10)
 }
 
 // ErrBadPosition is returned for a position that cannot be parsed or belongs to another channel.
@@ -57,28 +42,26 @@ var ErrBadPosition = errors.New("malformed position")
 
 // ParsePosition parses the String form.
 func ParsePosition(s string) (Position, error) {
-	// Cut rather than Split: no slice of parts for a form read off every message delivered.
-	epoch, rest, ok1 := strings.Cut(s, ":")
-	hi, lo, ok2 := strings.Cut(rest, ":")
-	if !ok1 || !ok2 || strings.Contains(lo, ":") {
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 {
 		return Position{}, ErrBadPosition
 	}
-	return parsePositionParts(epoch, hi, lo)
+	return parsePositionParts(parts)
 }
 
-func parsePositionParts(epoch, hiText, loText string) (Position, error) {
-	if !validEpoch(epoch) {
+func parsePositionParts(parts []string) (Position, error) {
+	if !validEpoch(parts[0]) {
 		return Position{}, ErrBadPosition
 	}
-	hi, err := strconv.ParseUint(hiText, 10, 64)
+	hi, err := strconv.ParseUint(parts[1], 10, 64)
 	if err != nil {
 		return Position{}, ErrBadPosition
 	}
-	lo, err := strconv.ParseUint(loText, 10, 64)
+	lo, err := strconv.ParseUint(parts[2], 10, 64)
 	if err != nil {
 		return Position{}, ErrBadPosition
 	}
-	return Position{Epoch: epoch, Hi: hi, Lo: lo}, nil
+	return Position{Epoch: parts[0], Hi: hi, Lo: lo}, nil
 }
 
 // validEpoch reports whether s is made only of [A-Za-z0-9_-] (empty is valid).
@@ -95,10 +78,7 @@ func validEpoch(s string) bool {
 // ForChannel is the opaque form given to clients: the String form plus a checksum of the channel
 // name, so that a position sent back for another channel is refused.
 func (p Position) ForChannel(channel string) string {
-	var buf [formBuf]byte
-	b := p.append(buf[:0])
-	b = append(b, ':')
-	return string(appendChannelCheck(b, channel))
+	return p.String() + ":" + channelCheck(channel)
 }
 
 // ParseClientPosition parses what ForChannel made for channel.
@@ -113,22 +93,9 @@ func ParseClientPosition(channel, s string) (Position, error) {
 	if parts[3] != channelCheck(channel) {
 		return Position{}, fmt.Errorf("%w: position belongs to another channel", ErrBadPosition)
 	}
-	return parsePositionParts(parts[0], parts[1], parts[2])
+	return parsePositionParts(parts[:3])
 }
 
-// channelCheck is the channel's checksum in a client position: its CRC-32 (IEEE) in 8 lower-case
-// hex digits.
 func channelCheck(channel string) string {
-	var b [8]byte
-	return string(appendChannelCheck(b[:0], channel))
-}
-
-// appendChannelCheck adds channelCheck(channel) to b, without fmt.
-func appendChannelCheck(b []byte, channel string) []byte {
-	const hex = "0123456789abcdef"
-	sum := crc32.ChecksumIEEE([]byte(channel))
-	for shift := 28; shift >= 0; shift -= 4 {
-		b = append(b, hex[sum>>uint(shift)&0xf])
-	}
-	return b
+	return fmt.Sprintf("%08x", crc32.ChecksumIEEE([]byte(channel)))
 }
