@@ -136,7 +136,7 @@ func New(src Sources, h Funcs, opt Options, log *slog.Logger) (*message.Router, 
 				var pe *protocol.Error
 				return !errors.As(p.Err, &pe)
 			},
-		}, opt.Metrics.RouterRetries),
+		}.Middleware, opt.Metrics.RouterRetries),
 		middleware.Timeout(opt.Timeout),
 	)
 	inbound.AddMiddleware(chain...)
@@ -203,36 +203,15 @@ func (l quietLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
 	return quietLogger{l.LoggerAdapter.With(fields), l.log}
 }
 
-// countRetries is Watermill's retry middleware, counting every attempt after the first of a
-// message. The first attempt runs without it: Watermill's middleware allocates its backoff, its
-// options and closures (some ten objects) for every message, and nearly every message succeeds
-// at once. Only a failure that retry.ShouldRetry lets be retried enters the middleware, which is
-// handed the first attempt's result as its own first attempt and so retries as it would have,
-// within what is left of retry.MaxElapsedTime.
-func countRetries(retry wmw.Retry, retries prometheus.Counter) message.HandlerMiddleware {
+// countRetries is the retry middleware, counting every attempt after the first of a message.
+func countRetries(retry message.HandlerMiddleware, retries prometheus.Counter) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
-			if err := msg.Context().Err(); err != nil { // as the middleware checks before each attempt
-				return nil, err
-			}
-			start := time.Now()
-			out, err := h(msg)
-			if err == nil || retry.MaxRetries < 1 || retry.ShouldRetry != nil && !retry.ShouldRetry(wmw.RetryParams{Err: err}) {
-				return out, err
-			}
-			rest := retry
-			if rest.MaxElapsedTime > 0 {
-				if rest.MaxElapsedTime -= time.Since(start); rest.MaxElapsedTime <= 0 {
-					return out, err
+			attempts := 0
+			return retry(func(m *message.Message) ([]*message.Message, error) {
+				if attempts++; attempts > 1 {
+					retries.Inc()
 				}
-			}
-			first := true
-			return rest.Middleware(func(m *message.Message) ([]*message.Message, error) {
-				if first {
-					first = false
-					return out, err
-				}
-				retries.Inc()
 				return h(m)
 			})(msg)
 		}
