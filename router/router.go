@@ -99,7 +99,7 @@ func New(src Sources, h Funcs, opt Options, log *slog.Logger) (*message.Router, 
 	if err != nil {
 		return nil, err
 	}
-	r.AddMiddleware(middleware.Outcome, growStack, wmw.Recoverer, wmw.CorrelationID,
+	r.AddMiddleware(middleware.Outcome, wmw.Recoverer, wmw.CorrelationID,
 		middleware.Observe(opt.Metrics.RouterHandled, opt.Metrics.RouterDuration))
 	r.AddMiddleware(opt.Extra...)
 
@@ -160,30 +160,6 @@ func New(src Sources, h Funcs, opt Options, log *slog.Logger) (*message.Router, 
 		direct.AddMiddleware(verify(func(*message.Message) string { return protocol.TopicDirect }))
 	}
 	return r, nil
-}
-
-// handlerStack is what growStack makes room for: the deepest handler chain (the inbound one,
-// some 25 frames through the middleware, the handler and the broker's publish) fits in it.
-const handlerStack = 12 << 10
-
-// growStack grows the stack of a message's goroutine once, at its start, to hold handlerStack
-// more: Watermill runs every message on a new goroutine, which starts on the runtime's average
-// stack size (some 2 KiB on a node whose idle connection goroutines are most of its stacks) and
-// otherwise grows it two or three times down the chain, copying the frames each time.
-func growStack(h message.HandlerFunc) message.HandlerFunc {
-	return func(msg *message.Message) ([]*message.Message, error) {
-		reserveStack(0)
-		return h(msg)
-	}
-}
-
-// reserveStack has a frame of handlerStack bytes, so that calling it grows the stack in one step.
-//
-//go:noinline
-func reserveStack(i int) byte {
-	var pad [handlerStack]byte
-	pad[i] = 1
-	return pad[i]
 }
 
 // quietLogger logs at debug level the errors that are the client's doing (a forbidden publish),
