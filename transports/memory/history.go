@@ -41,7 +41,8 @@ type ledger struct {
 
 	// until is when the janitor's next pass is planned, the zero time while it sleeps with no
 	// deadline; wake (one slot) wakes it sooner, when add keeps a message that expires more
-	// than expireEvery before until. Both are the janitor's (wake is made once, by init).
+	// than expireEvery before until. until is under mu, set by expired and by add; wake is made
+	// once, by init.
 	until time.Time
 	wake  chan struct{}
 }

@@ -19,6 +19,7 @@ import (
 	gws "github.com/gorilla/websocket"
 
 	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/internal/poll"
 	"github.com/wsgateway/gateway/internal/ratelog"
 	"github.com/wsgateway/gateway/protocol"
 )
@@ -809,13 +810,12 @@ func TestBudgetClockSleepsWhenIdle(t *testing.T) {
 	defer d.stop()
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatal(what)
+		poll.Until(t, 10*time.Second, func() error {
+			if !cond() {
+				return errors.New(what)
 			}
-			time.Sleep(time.Millisecond)
-		}
+			return nil
+		})
 	}
 	waitFor("an idle clock never sleeps", d.parked.Load)
 	for range busyLeads + 1 {
