@@ -47,7 +47,7 @@ const (
 	DefaultBreakerOpenFor   = 5 * time.Second
 	DefaultEventsHeartbeat  = 5 * time.Second
 	DefaultDrainPeriod      = 10 * time.Second
-	DefaultEventsQueue      = 10000
+	DefaultEventsQueue      = 100000
 	DefaultStreamHeartbeat  = 15 * time.Second
 	DefaultStreamChannels   = 32
 	DefaultRetryAttempts    = 3
@@ -334,7 +334,7 @@ type DrainConfig struct {
 // EventsConfig sets the connection lifecycle events published for services.
 type EventsConfig struct {
 	Disabled bool `yaml:"disabled" env:"DISABLED"` // publish no lifecycle events
-	Queue    int  `yaml:"queue" env:"QUEUE"`       // events waiting for the broker before new ones are dropped; default 10000
+	Queue    int  `yaml:"queue" env:"QUEUE"`       // events waiting for the broker (memory taken as they come) before new ones are dropped; default 100000
 	// Heartbeat is how often the node publishes a node_alive event, so services notice a node
 	// that died without saying goodbye; default 5s.
 	Heartbeat time.Duration `yaml:"heartbeat" env:"HEARTBEAT"`

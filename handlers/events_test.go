@@ -2,7 +2,12 @@ package handlers
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/wsgateway/gateway/internal/metrics"
+	"github.com/wsgateway/gateway/internal/poll"
 	"github.com/wsgateway/gateway/protocol"
 )
 
@@ -66,4 +72,171 @@ func TestEventsConcurrentClose(t *testing.T) {
 	wg.Wait()
 	var nilEvents *Events
 	nilEvents.Close(time.Minute) // disabled events: no-op
+}
+
+// eventsInbox records the events submitted, in the order their Submit returned, after
+// holding each for hold (if set), and counts the submits in flight at once.
+type eventsInbox struct {
+	mu       sync.Mutex
+	got      []protocol.Event
+	hold     func(protocol.Event)
+	inFlight atomic.Int64
+	most     atomic.Int64
+}
+
+func (r *eventsInbox) Submit(_ context.Context, msg *message.Message) error {
+	var ev protocol.Event
+	if err := json.Unmarshal(msg.Payload, &ev); err != nil {
+		return err
+	}
+	n := r.inFlight.Add(1)
+	for m := r.most.Load(); n > m && !r.most.CompareAndSwap(m, n); m = r.most.Load() {
+	}
+	if r.hold != nil {
+		r.hold(ev)
+	}
+	r.inFlight.Add(-1)
+	r.mu.Lock()
+	r.got = append(r.got, ev)
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *eventsInbox) events() []protocol.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
+}
+
+// sessionsInLanes returns two session ids whose events go to different lanes.
+func sessionsInLanes(t *testing.T, e *Events) (string, string) {
+	t.Helper()
+	a := protocol.Event{Session: "a"}
+	for i := range 1000 {
+		b := protocol.Event{Session: "b" + strconv.Itoa(i)}
+		if e.lane(&a) != e.lane(&b) {
+			return a.Session, b.Session
+		}
+	}
+	t.Fatal("no two lanes found")
+	return "", ""
+}
+
+// TestEventsSubmitLanesAtOnce: while one session's event waits for the broker, another
+// session's event is submitted (a connect storm's events are not one round trip after another).
+// One lane at a time, the first Submit would wait for the second forever.
+func TestEventsSubmitLanesAtOnce(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	inbox := &eventsInbox{}
+	e := NewEvents(EventsConfig{NodeID: "n1", Inbox: inbox, Queue: 16, PublishTimeout: time.Minute,
+		Metrics: metrics.New(), Log: slog.New(slog.DiscardHandler)})
+	a, b := sessionsInLanes(t, e)
+	arrived := map[string]chan struct{}{a: make(chan struct{}), b: make(chan struct{})}
+	inbox.hold = func(ev protocol.Event) { // each connected event waits for the other's submit to begin
+		if ev.Type != protocol.EventConnected {
+			return
+		}
+		close(arrived[ev.Session])
+		other := map[string]string{a: b, b: a}[ev.Session]
+		select {
+		case <-arrived[other]:
+		case <-time.After(time.Minute):
+			t.Errorf("the event of session %s was not submitted while that of %s waited", other, ev.Session)
+		}
+	}
+	e.Start()
+	e.Emit(protocol.Event{Type: protocol.EventConnected, Session: a})
+	e.Emit(protocol.Event{Type: protocol.EventConnected, Session: b})
+	e.Close(2 * time.Minute)
+	if got := inbox.most.Load(); got < 2 {
+		t.Errorf("at most %d submits in flight, want 2", got)
+	}
+	if got := inbox.events(); len(got) != 3 || got[2].Type != protocol.EventNodeStopped {
+		t.Errorf("submitted %+v, want both connected events then node_stopped", got)
+	}
+}
+
+// TestEventsKeepOrder: with submits taking random times in sixteen lanes, the events of each
+// session arrive in the order emitted, as do the presence events of each channel, and
+// node_stopped comes last.
+func TestEventsKeepOrder(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	inbox := &eventsInbox{hold: func(protocol.Event) { time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond) }}
+	e := NewEvents(EventsConfig{NodeID: "n1", Inbox: inbox, Queue: 10000, PublishTimeout: time.Minute,
+		Metrics: metrics.New(), Log: slog.New(slog.DiscardHandler)})
+	e.Start()
+	const sessions, channels = 40, 10
+	for i := range 20 {
+		for s := range sessions {
+			// Reason carries the step, per session and per channel.
+			e.Emit(protocol.Event{Type: protocol.EventSubscribed, Session: "s" + strconv.Itoa(s), Channel: "c", Reason: strconv.Itoa(i)})
+		}
+		for c := range channels {
+			e.Emit(protocol.Event{Type: protocol.EventMemberJoined, Session: "m" + strconv.Itoa(i), Channel: "p" + strconv.Itoa(c), Reason: strconv.Itoa(i)})
+		}
+	}
+	e.Close(time.Minute)
+	got := inbox.events()
+	if want := 20*(sessions+channels) + 1; len(got) != want {
+		t.Fatalf("%d events submitted, want %d", len(got), want)
+	}
+	if got[len(got)-1].Type != protocol.EventNodeStopped {
+		t.Errorf("last event %+v, want node_stopped", got[len(got)-1])
+	}
+	next := map[string]int{}
+	for _, ev := range got[:len(got)-1] {
+		key := "session " + ev.Session
+		if ev.Type == protocol.EventMemberJoined {
+			key = "channel " + ev.Channel
+		}
+		if step, _ := strconv.Atoi(ev.Reason); step != next[key] {
+			t.Fatalf("%s: step %d submitted when %d was next", key, step, next[key])
+		}
+		next[key]++
+	}
+	if inbox.most.Load() < 2 {
+		t.Errorf("never more than one submit in flight")
+	}
+}
+
+// TestEventsQueueLimit: Queue bounds the events waiting and in flight over all lanes; the
+// ones past it are dropped and counted; the rest are submitted once the broker answers, and the
+// lanes give their memory back once drained.
+func TestEventsQueueLimit(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	release := make(chan struct{})
+	inbox := &eventsInbox{hold: func(ev protocol.Event) {
+		if ev.Type != protocol.EventNodeStopped {
+			<-release
+		}
+	}}
+	m := metrics.New()
+	e := NewEvents(EventsConfig{NodeID: "n1", Inbox: inbox, Queue: 100, PublishTimeout: time.Minute,
+		Metrics: m, Log: slog.New(slog.DiscardHandler)})
+	e.Start()
+	for i := range 130 {
+		e.Emit(protocol.Event{Type: protocol.EventConnected, Session: "s" + strconv.Itoa(i)})
+	}
+	if got := value(m.EventsDropped); got != 30 {
+		t.Errorf("%v events dropped, want 30", got)
+	}
+	close(release)
+	poll.Until(t, time.Minute, func() error {
+		if n := len(inbox.events()); n != 100 {
+			return fmt.Errorf("%d events submitted, want 100", n)
+		}
+		return nil
+	})
+	for i := range e.lanes {
+		l := &e.lanes[i]
+		l.mu.Lock()
+		if l.q != nil {
+			t.Errorf("lane %d holds an array of %d after draining", i, cap(l.q))
+		}
+		l.mu.Unlock()
+	}
+	e.Close(time.Minute)
+	if got := len(inbox.events()); got != 101 {
+		t.Errorf("%d events submitted, want 100 and node_stopped", got)
+	}
 }
