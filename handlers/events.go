@@ -153,6 +153,7 @@ func (e *Events) Emit(ev protocol.Event) {
 		e.cfg.Metrics.EventsDropped.Inc()
 		return
 	}
+	e.cfg.Metrics.EventsQueued.Inc()
 	e.lane(&ev).push(ev)
 }
 
@@ -204,6 +205,7 @@ func (e *Events) run(l *lane) {
 		}
 		e.submit(ev, e.cfg.PublishTimeout)
 		e.queued.Add(-1)
+		e.cfg.Metrics.EventsQueued.Dec()
 	}
 }
 

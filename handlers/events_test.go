@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
 	"github.com/wsgateway/gateway/internal/metrics"
@@ -220,6 +222,9 @@ func TestEventsQueueLimit(t *testing.T) {
 	if got := value(m.EventsDropped); got != 30 {
 		t.Errorf("%v events dropped, want 30", got)
 	}
+	if got := gauge(m.EventsQueued); got != 100 {
+		t.Errorf("gateway_events_queued %v, want 100", got)
+	}
 	close(release)
 	poll.Until(t, time.Minute, func() error {
 		if n := len(inbox.events()); n != 100 {
@@ -235,8 +240,21 @@ func TestEventsQueueLimit(t *testing.T) {
 		}
 		l.mu.Unlock()
 	}
+	poll.Until(t, time.Minute, func() error {
+		if got := gauge(m.EventsQueued); got != 0 {
+			return fmt.Errorf("gateway_events_queued %v once every event was submitted", got)
+		}
+		return nil
+	})
 	e.Close(time.Minute)
 	if got := len(inbox.events()); got != 101 {
 		t.Errorf("%d events submitted, want 100 and node_stopped", got)
 	}
+}
+
+// gauge is a gauge's value.
+func gauge(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	_ = g.Write(&m)
+	return m.GetGauge().GetValue()
 }

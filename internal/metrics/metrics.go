@@ -28,6 +28,7 @@ type Metrics struct {
 	Disconnects     *prometheus.CounterVec // by code
 	UpgradesRefused *prometheus.CounterVec // by status
 	EventsDropped   prometheus.Counter
+	EventsQueued    prometheus.Gauge         // lifecycle events waiting for the broker or in flight
 	RouterHandled   *prometheus.CounterVec   // by handler and outcome
 	RouterDuration  *prometheus.HistogramVec // by handler
 	Poisoned        prometheus.Counter
@@ -67,6 +68,7 @@ func New() *Metrics {
 		RouterRetries:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_router_retries_total", Help: "Broker publishes of the inbound handler attempted again after a failure."}),
 		Unsigned:        prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_signature_rejected_total", Help: "Service messages dropped for a missing or wrong signature."}),
 		EventsDropped:   prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_events_dropped_total", Help: "Lifecycle events not published (queue full or broker refused)."}),
+		EventsQueued:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "gateway_events_queued", Help: "Lifecycle events waiting for the broker, or being published (at most events.queue)."}),
 		UpgradesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gateway_upgrades_refused_total", Help: "WebSocket upgrades refused, by HTTP status."}, []string{"status"}),
 
 		WebhookDelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "gateway_webhook_events_delivered_total", Help: "Lifecycle events POSTed to webhooks.url and answered 2xx."}),
@@ -81,7 +83,7 @@ func New() *Metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"hook"}),
 	}
 	for _, c := range []prometheus.Collector{m.Connections, m.Subscriptions, m.FramesIn, m.FramesOut, m.Published, m.Delivered,
-		m.SlowDisconnects, m.WriteBusy, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped, m.RouterHandled, m.RouterDuration, m.Poisoned, m.RouterRetries, m.Unsigned,
+		m.SlowDisconnects, m.WriteBusy, m.Rejected, m.BrokerErrors, m.DeliveryLatency, m.Disconnects, m.UpgradesRefused, m.EventsDropped, m.EventsQueued, m.RouterHandled, m.RouterDuration, m.Poisoned, m.RouterRetries, m.Unsigned,
 		m.WebhookDelivered, m.WebhookFailed, m.WebhookPoisoned, m.WebhookBatchLatency, m.HookCalls, m.HookLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
