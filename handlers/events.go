@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -25,15 +26,27 @@ import (
 // trip after another.
 const EventLanes = 16
 
+// EventsMaxBytes bounds the memory of the events waiting, whatever events.queue allows: a Pusher
+// client event carries up to its app's max_event_size of data.
+const EventsMaxBytes = 64 << 20
+
+// eventSize is about what ev holds in memory while it waits.
+func eventSize(ev *protocol.Event) int64 {
+	return int64(unsafe.Sizeof(*ev)) + int64(len(ev.Type)+len(ev.User)+len(ev.Session)+len(ev.Node)+
+		len(ev.Channel)+len(ev.Reason)+len(ev.Name)+len(ev.Data))
+}
+
 // Events publishes connection lifecycle events through the router (so they pass the same
 // middleware and retries as everything else) without making connections wait: Emit queues, one
-// goroutine per lane (Start) submits. The queues hold at most cfg.Queue events in all, in memory
-// taken as they fill and given back as they drain; past that an event is dropped and counted.
+// goroutine per lane (Start) submits. The queues hold at most cfg.Queue events, and
+// EventsMaxBytes, in all, in memory taken as they fill and given back as they drain; past that
+// an event is dropped and counted.
 type Events struct {
 	cfg       EventsConfig
 	lanes     [EventLanes]lane
 	seed      maphash.Seed
-	queued    atomic.Int64 // events in the lanes' queues
+	queued    atomic.Int64 // events in the lanes' queues or being submitted
+	bytes     atomic.Int64 // their eventSize
 	mu        sync.Mutex
 	shut      bool // the queues are closed: Emit drops
 	closing   bool // Close began: Start starts nothing
@@ -148,8 +161,11 @@ func (e *Events) Emit(ev protocol.Event) {
 	if e.shut {
 		return
 	}
-	if e.queued.Add(1) > int64(e.cfg.Queue) {
+	size := eventSize(&ev)
+	n, bytes := e.queued.Add(1), e.bytes.Add(size)
+	if n > int64(e.cfg.Queue) || bytes > EventsMaxBytes {
 		e.queued.Add(-1)
+		e.bytes.Add(-size)
 		e.cfg.Metrics.EventsDropped.Inc()
 		return
 	}
@@ -205,6 +221,7 @@ func (e *Events) run(l *lane) {
 		}
 		e.submit(ev, e.cfg.PublishTimeout)
 		e.queued.Add(-1)
+		e.bytes.Add(-eventSize(&ev))
 		e.cfg.Metrics.EventsQueued.Dec()
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -257,4 +258,37 @@ func gauge(g prometheus.Gauge) float64 {
 	var m dto.Metric
 	_ = g.Write(&m)
 	return m.GetGauge().GetValue()
+}
+
+// TestEventsQueueBytes: however many events.queue allows, the events waiting hold at most
+// EventsMaxBytes: Pusher client events of 10 KiB each are dropped past it, and counted.
+func TestEventsQueueBytes(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	release := make(chan struct{})
+	inbox := &eventsInbox{hold: func(ev protocol.Event) {
+		if ev.Type != protocol.EventNodeStopped {
+			<-release
+		}
+	}}
+	m := metrics.New()
+	e := NewEvents(EventsConfig{NodeID: "n1", Inbox: inbox, Queue: 1 << 20, PublishTimeout: time.Minute,
+		Metrics: m, Log: slog.New(slog.DiscardHandler)})
+	e.Start()
+	data := json.RawMessage(`"` + strings.Repeat("x", 10<<10) + `"`)
+	per := eventSize(&protocol.Event{Type: protocol.EventPusherClientEvent, Session: "s0000", Node: "n1", Channel: "private-c", Name: "client-x", Data: data})
+	fit := EventsMaxBytes / per
+	for i := range fit + 50 {
+		e.Emit(protocol.Event{Type: protocol.EventPusherClientEvent, Session: fmt.Sprintf("s%04d", i%10000), Channel: "private-c", Name: "client-x", Data: data})
+	}
+	if got := value(m.EventsDropped); got != 50 {
+		t.Errorf("%v events dropped, want 50 (%d fit in %d bytes)", got, fit, EventsMaxBytes)
+	}
+	close(release)
+	e.Close(time.Minute)
+	if got, want := len(inbox.events()), int(fit)+1; got != want {
+		t.Errorf("%d events submitted, want %d", got, want)
+	}
+	if e.bytes.Load() != 0 || e.queued.Load() != 0 {
+		t.Errorf("%d bytes and %d events left counted after every event was submitted", e.bytes.Load(), e.queued.Load())
+	}
 }
