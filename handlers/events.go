@@ -47,6 +47,7 @@ type Events struct {
 	seed      maphash.Seed
 	queued    atomic.Int64 // events in the lanes' queues or being submitted
 	bytes     atomic.Int64 // their eventSize
+	maxBytes  int64        // EventsMaxBytes; smaller in tests
 	mu        sync.Mutex
 	shut      bool // the queues are closed: Emit drops
 	closing   bool // Close began: Start starts nothing
@@ -124,7 +125,7 @@ func NewEvents(cfg EventsConfig) *Events {
 	if cfg.Queue == 0 {
 		return nil
 	}
-	e := &Events{cfg: cfg, seed: maphash.MakeSeed(), done: make(chan struct{}),
+	e := &Events{cfg: cfg, seed: maphash.MakeSeed(), maxBytes: EventsMaxBytes, done: make(chan struct{}),
 		stopBeat: make(chan struct{}), beatDone: make(chan struct{})}
 	for i := range e.lanes {
 		e.lanes[i].wake = make(chan struct{}, 1)
@@ -163,7 +164,7 @@ func (e *Events) Emit(ev protocol.Event) {
 	}
 	size := eventSize(&ev)
 	n, bytes := e.queued.Add(1), e.bytes.Add(size)
-	if n > int64(e.cfg.Queue) || bytes > EventsMaxBytes {
+	if n > int64(e.cfg.Queue) || bytes > e.maxBytes {
 		e.queued.Add(-1)
 		e.bytes.Add(-size)
 		e.cfg.Metrics.EventsDropped.Inc()

@@ -261,7 +261,8 @@ func gauge(g prometheus.Gauge) float64 {
 }
 
 // TestEventsQueueBytes: however many events.queue allows, the events waiting hold at most
-// EventsMaxBytes: Pusher client events of 10 KiB each are dropped past it, and counted.
+// EventsMaxBytes (made 512 KiB here): Pusher client events of 10 KiB each are dropped past it,
+// and counted.
 func TestEventsQueueBytes(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	release := make(chan struct{})
@@ -273,15 +274,16 @@ func TestEventsQueueBytes(t *testing.T) {
 	m := metrics.New()
 	e := NewEvents(EventsConfig{NodeID: "n1", Inbox: inbox, Queue: 1 << 20, PublishTimeout: time.Minute,
 		Metrics: m, Log: slog.New(slog.DiscardHandler)})
+	e.maxBytes = 512 << 10
 	e.Start()
 	data := json.RawMessage(`"` + strings.Repeat("x", 10<<10) + `"`)
 	per := eventSize(&protocol.Event{Type: protocol.EventPusherClientEvent, Session: "s0000", Node: "n1", Channel: "private-c", Name: "client-x", Data: data})
-	fit := EventsMaxBytes / per
+	fit := e.maxBytes / per
 	for i := range fit + 50 {
 		e.Emit(protocol.Event{Type: protocol.EventPusherClientEvent, Session: fmt.Sprintf("s%04d", i%10000), Channel: "private-c", Name: "client-x", Data: data})
 	}
 	if got := value(m.EventsDropped); got != 50 {
-		t.Errorf("%v events dropped, want 50 (%d fit in %d bytes)", got, fit, EventsMaxBytes)
+		t.Errorf("%v events dropped, want 50 (%d fit in %d bytes)", got, fit, e.maxBytes)
 	}
 	close(release)
 	e.Close(time.Minute)
