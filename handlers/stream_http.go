@@ -80,7 +80,6 @@ func (h *HTTP) serveStream(w http.ResponseWriter, r *http.Request, f stream.Form
 	if !ok {
 		return
 	}
-	defer done()
 	if st, ok := value.(*state); ok {
 		st.transport = transportOf(r)
 	}
@@ -110,12 +109,33 @@ func (h *HTTP) serveStream(w http.ResponseWriter, r *http.Request, f stream.Form
 		w.Header().Set("Access-Control-Allow-Origin", origin)
 		w.Header().Add("Vary", "Origin")
 	}
-	sw := stream.NewWriter(w, f, stream.NewCursor(channels), h.cfg.Stream.WriteTimeout)
+	id := websocket.Identity{Session: watermill.NewUUID(), User: user, Value: value}
+	cur := stream.NewCursor(channels)
+	// An HTTP/1.x stream takes its connection: the request, the response and the server's
+	// buffers go once this handler returns, and a goroutine of the stream's serves it.
+	hj, ctx, err := stream.Hijack(r.Context(), w, r, f, cur, h.cfg.Stream.WriteTimeout)
+	switch {
+	case err == nil:
+		go func() {
+			defer done()
+			defer hj.Close()
+			h.serveOn(ctx, hj.Writer, id, frames)
+		}()
+		return
+	case !errors.Is(err, stream.ErrNotHijackable):
+		done() // the connection was taken, and closed
+		return
+	}
+	defer done()
+	h.serveOn(r.Context(), stream.NewWriter(w, f, cur, h.cfg.Stream.WriteTimeout), id, frames)
+}
+
+// serveOn starts the stream sw and serves it until it ends.
+func (h *HTTP) serveOn(ctx context.Context, sw *stream.Writer, id websocket.Identity, frames [][]byte) {
 	if err := sw.Start(); err != nil {
 		return
 	}
-	id := websocket.Identity{Session: watermill.NewUUID(), User: user, Value: value}
-	if err := h.cfg.Streamer.Serve(r.Context(), sw, id, frames, h.cfg.Stream.Heartbeat); errors.Is(err, websocket.ErrHubClosed) {
+	if err := h.cfg.Streamer.Serve(ctx, sw, id, frames, h.cfg.Stream.Heartbeat); errors.Is(err, websocket.ErrHubClosed) {
 		_ = sw.Write(protocol.DisconnectShutdown.Frame())
 		_ = sw.Flush()
 	}

@@ -41,10 +41,9 @@ func (f Format) ContentType() string {
 const Retry = time.Second
 
 // Writer writes frames into one HTTP response; it is a websocket.Stream. Not safe for
-// concurrent use: the hub calls it from one goroutine.
+// concurrent use: the hub calls it from one goroutine, but Abort.
 type Writer struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
+	out     sink
 	f       Format
 	cur     *Cursor
 	timeout time.Duration // of each batch of writes, up to its Flush
@@ -54,22 +53,27 @@ type Writer struct {
 
 var _ websocket.Stream = (*Writer)(nil)
 
+// sink is where a Writer's bytes go: the server's ResponseWriter, or a hijacked connection.
+type sink interface {
+	start(contentType string) error // the status line and headers, written on the next flush
+	write(p []byte) error
+	flush() error
+	setWriteDeadline(t time.Time) error
+}
+
 // NewWriter writes frames in format f into w, keeping the positions of channels (the names the
 // client asked for, in its order) from cur; each batch of writes must be flushed within timeout
 // (0: no bound) or the connection ends.
 func NewWriter(w http.ResponseWriter, f Format, cur *Cursor, timeout time.Duration) *Writer {
-	return &Writer{w: w, rc: http.NewResponseController(w), f: f, cur: cur, timeout: timeout}
+	return &Writer{out: &response{w: w, rc: http.NewResponseController(w)}, f: f, cur: cur, timeout: timeout}
 }
 
 // Start answers 200 with the stream's headers (and, for SSE, its retry time) and flushes them.
 // The request's read deadline (http.Server.ReadTimeout) is lifted: a stream outlives it.
 func (w *Writer) Start() error {
-	h := w.w.Header()
-	h.Set("Content-Type", w.f.ContentType())
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
-	_ = w.rc.SetReadDeadline(time.Time{})
-	w.w.WriteHeader(http.StatusOK)
+	if err := w.out.start(w.f.ContentType()); err != nil {
+		return err
+	}
 	if w.f == SSE {
 		if err := w.write("retry: " + itoa(int(Retry/time.Millisecond)) + "\n\n"); err != nil {
 			return err
@@ -87,6 +91,7 @@ func (w *Writer) Write(frame []byte) error {
 	if ch, pos, ok := protocol.FramePosition(frame); ok && w.cur.Update(ch, pos) {
 		id = w.cur.ID()
 	}
+	w.arm()
 	var err error
 	if w.f == SSE {
 		if id != "" {
@@ -96,7 +101,7 @@ func (w *Writer) Write(frame []byte) error {
 			err = w.write("data: ")
 		}
 		if err == nil {
-			_, err = w.w.Write(frame)
+			err = w.out.write(frame)
 		}
 		if err == nil {
 			err = w.write("\n\n")
@@ -108,7 +113,7 @@ func (w *Writer) Write(frame []byte) error {
 		frame = frame[1:]
 	}
 	if err == nil {
-		_, err = w.w.Write(frame)
+		err = w.out.write(frame)
 	}
 	if err == nil {
 		err = w.write("\n")
@@ -145,29 +150,52 @@ func (w *Writer) Heartbeat() error {
 func (w *Writer) Flush() error {
 	w.arm()
 	w.armed = false
-	return w.rc.Flush()
+	return w.out.flush()
 }
 
 // Abort makes the write under way, and every later one, fail at once: their deadline passed.
 // Safe to call from any goroutine.
 func (w *Writer) Abort() {
-	_ = w.rc.SetWriteDeadline(time.Unix(1, 0))
+	_ = w.out.setWriteDeadline(time.Unix(1, 0))
 	w.aborted.Store(true)
 }
 
 func (w *Writer) write(s string) error {
 	w.arm()
-	_, err := w.w.Write([]byte(s))
-	return err
+	return w.out.write([]byte(s))
 }
 
 // arm sets the write deadline of a batch once, at its first write.
 func (w *Writer) arm() {
 	if !w.armed && w.timeout > 0 && !w.aborted.Load() {
-		_ = w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+		_ = w.out.setWriteDeadline(time.Now().Add(w.timeout))
 		w.armed = true
 	}
 }
+
+// response is the sink of a stream served through the server's ResponseWriter.
+type response struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func (r *response) start(contentType string) error {
+	h := r.w.Header()
+	h.Set("Content-Type", contentType)
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	_ = r.rc.SetReadDeadline(time.Time{})
+	r.w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func (r *response) write(p []byte) error {
+	_, err := r.w.Write(p)
+	return err
+}
+
+func (r *response) flush() error                       { return r.rc.Flush() }
+func (r *response) setWriteDeadline(t time.Time) error { return r.rc.SetWriteDeadline(t) }
 
 func itoa(n int) string {
 	var b [20]byte
