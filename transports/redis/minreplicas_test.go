@@ -272,3 +272,22 @@ func TestRetryWindowFrom(t *testing.T) {
 		t.Fatalf("ConfigFrom with the defaults: retry window %v, want 23s", got)
 	}
 }
+
+// TestConformanceMinReplicas runs the suite with min_replicas 1 against a primary with a replica
+// of its own: every publish goes through the append script (fields, binary payloads, batches,
+// positions and history as without it).
+func TestConformanceMinReplicas(t *testing.T) {
+	primary := startServer(t)
+	startServer(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.port))
+	replicaOnline(t, primary)
+	transporttest.Run(t, transporttest.Features{History: true}, func(t *testing.T, prefix string) transports.Broker {
+		b, err := redis.New(redis.Config{Addr: primary.addr, Prefix: prefix, MinReplicas: 1, BlockTimeout: time.Second}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	})
+}
