@@ -221,6 +221,36 @@ func TestRedisCluster(t *testing.T) {
 			}
 		}
 	})
+	// A message published again (a retry: same UUID) is not added again: its entry's key lies in
+	// the stream's slot (no CROSSSLOT), and the position answered is the first one's.
+	t.Run("MinReplicasRepeat", func(t *testing.T) {
+		prefix := transporttest.Prefix(t)
+		dropClusterKeys(t, c, prefix)
+		cfg := clusterConfig(c, prefix)
+		cfg.MinReplicas = 1
+		b := newNode(t, cfg)
+		for _, n := range []int{0, 5, 11} {
+			channel := channelOfShard(n)
+			msg := message.NewMessage(watermill.NewUUID(), []byte("r"))
+			var first protocol.Position
+			for i := range 3 {
+				pos, err := b.PublishPositions(protocol.ChannelTopic(channel), message.NewMessage(msg.UUID, msg.Payload))
+				if err != nil {
+					t.Fatalf("publish %d to shard %d with min_replicas 1: %v", i, n, err)
+				}
+				if i == 0 {
+					first = pos[0]
+				} else if pos[0] != first {
+					t.Fatalf("publish %d of the same message to shard %d at %v, want the first's %v", i, n, pos[0], first)
+				}
+			}
+			key := channelKey(prefix, channel)
+			got, err := c.Client().XRange(context.Background(), key, "-", "+").Result()
+			if err != nil || len(got) != 1 {
+				t.Fatalf("%s after 3 publishes of one message: %d entries (%v), want 1", key, len(got), err)
+			}
+		}
+	})
 	for _, minReplicas := range []int{0, 1} {
 		t.Run(fmt.Sprintf("SlotMoved/min_replicas=%d", minReplicas), func(t *testing.T) { slotMoved(t, c, minReplicas) })
 	}

@@ -63,9 +63,17 @@ type Config struct {
 
 	// MinReplicas, when positive, makes every Publish wait (WAIT MinReplicas, up to half of
 	// Timeout) until that many replicas hold its entries; fewer is a failed publish (ErrUnavailable),
-	// although the entries may still be on the primary and delivered. 0 (default): a publish
+	// although the entries may still be on the primary and delivered; publishing the same
+	// messages again within RetryWindow adds no second entry. 0 (default): a publish
 	// is acked once the primary has it (redis.min_replicas; docs/brokers/redis.md, Production).
 	MinReplicas int
+	// RetryWindow is, with MinReplicas, how long the broker remembers where it put each message
+	// (by stream, channel and UUID), so that publishing the same message again within it (a
+	// retry of a publish that failed while its entry was on the primary) adds no second entry:
+	// it waits for the replicas again and answers the first entry's id. Default 4 × Timeout;
+	// the gateway sets (router.retry_attempts + 1) × websocket.publish_timeout +
+	// router.retry_max_elapsed (ConfigFrom). Unused without MinReplicas.
+	RetryWindow time.Duration
 
 	// Prefix starts every key the broker uses ("<prefix>:ch:<shard>", "<prefix>:direct", ...);
 	// default "ws" (topic_prefix).
@@ -126,6 +134,9 @@ func (c *Config) setDefaults() {
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout
 	}
+	if c.RetryWindow == 0 {
+		c.RetryWindow = 4 * c.Timeout
+	}
 	if c.SubscriptionBuffer == 0 {
 		c.SubscriptionBuffer = DefaultSubscriptionBuffer
 	}
@@ -183,6 +194,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MinReplicas < 0 {
 		return fmt.Errorf("redis.min_replicas: %d is negative", c.MinReplicas)
+	}
+	if c.RetryWindow < 0 {
+		return fmt.Errorf("redis retry window: %v is negative", c.RetryWindow)
 	}
 	if c.DB < 0 {
 		return fmt.Errorf("redis.db: %d is negative", c.DB)

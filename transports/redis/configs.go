@@ -1,6 +1,8 @@
 package redis
 
 import (
+	"time"
+
 	"github.com/wsgateway/gateway/configs"
 	"github.com/wsgateway/gateway/transports"
 )
@@ -14,6 +16,9 @@ func ConfigFrom(cfg *configs.Config) Config {
 		MasterName: cfg.Redis.MasterName, SentinelAddrs: cfg.Redis.SentinelAddrs, SentinelPassword: cfg.Redis.SentinelPassword,
 		ClusterAddrs: cfg.Redis.ClusterAddrs,
 		Shards:       cfg.Redis.Shards, MaxLen: cfg.Redis.MaxLen, MinReplicas: cfg.Redis.MinReplicas, Timeout: cfg.WebSocket.PublishTimeout,
-		Presence: transports.PresenceConfig{Heartbeat: cfg.Presence.Heartbeat},
+		// A retry of a publish comes within the router's attempts, each bounded by the publish
+		// timeout, and their backoff (within retry_max_elapsed).
+		RetryWindow: time.Duration(cfg.Router.RetryAttempts+1)*cfg.WebSocket.PublishTimeout + cfg.Router.RetryMaxElapsed,
+		Presence:    transports.PresenceConfig{Heartbeat: cfg.Presence.Heartbeat},
 	}
 }

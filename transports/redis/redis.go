@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,6 +48,8 @@ type Broker struct {
 
 	shardKeys   []string
 	shardEpochs []string
+	retryWindow string   // Config.RetryWindow in ms, addScript's ARGV[1]
+	scripts     sync.Map // address (a cluster primary's; "" for the one server) -> true: it holds addScript
 
 	presence *presence // transports.Presence (presence.go)
 
@@ -108,6 +111,7 @@ func newBroker(cfg Config, given goredis.UniversalClient, logger *slog.Logger) *
 	b := &Broker{cfg: cfg, given: given, logger: logger, readers: map[string]*reader{}, presence: newPresence(cfg.Presence.Heartbeat)}
 	b.wlog = quietLogger{watermill.NewSlogLogger(logger), &b.quiet}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.retryWindow = strconv.FormatInt(max(cfg.RetryWindow.Milliseconds(), 1), 10)
 	for n := range cfg.Shards {
 		key := ShardKey(cfg.Prefix, n)
 		b.shardKeys = append(b.shardKeys, key)
@@ -233,7 +237,9 @@ func (b *Broker) track() bool {
 }
 
 // Publish implements transports.Broker: one XADD per message, all of them pipelined in one
-// round trip, bounded by Config.Timeout; with Config.MinReplicas, a WAIT in the same pipeline.
+// round trip, bounded by Config.Timeout; with Config.MinReplicas, one append script per message
+// (which adds a message published again within Config.RetryWindow only once) and a WAIT in the
+// same pipeline (see add).
 //
 // It uses go-redis rather than redisstream's Publisher: that one writes one XADD per message
 // with the message's own context (no timeout can be set without modifying the caller's
@@ -280,23 +286,27 @@ func (b *Broker) PublishPositions(topic string, msgs ...*message.Message) ([]pro
 }
 
 // add appends msgs to rt's stream, in one pipeline on one connection and within Timeout, and
-// returns their entry ids. With MinReplicas, the pipeline ends with WAIT MinReplicas, which
-// counts the replicas that acknowledged this connection's writes so far, waiting up to half of
-// Timeout: fewer than MinReplicas then fails the publish (ErrUnavailable), though the entries
-// are on the primary.
+// returns their entry ids. With MinReplicas, each message is appended by addScript (at most once
+// per RetryWindow, see there), and the pipeline ends with WAIT MinReplicas, which counts the
+// replicas that acknowledged this connection's writes so far, waiting up to half of the time
+// left (waitFor): fewer than MinReplicas then fails the publish (ErrUnavailable), though the
+// entries are on the primary; a retry of the same messages finds them there and waits for the
+// replicas again.
 //
 // On a Redis Cluster, WAIT counts the replicas of the primary the connection is on, so the
-// pipeline goes to the primary of the stream's slot through its own client. When every XADD was
-// redirected (ASK: the slot is being migrated and the stream has moved; MOVED: the slot has
-// moved), none was added: the pipeline is sent again after a short pause (and a reload of the
-// slot map after MOVED), until Timeout. Without MinReplicas the cluster client follows the
-// redirections itself.
+// pipeline goes to the primary of the stream's slot through its own client. When every command
+// was redirected (ASK: the slot is being migrated and the stream has moved; MOVED: the slot has
+// moved) or refused with TRYAGAIN (the slot is being migrated and the script's keys are split
+// between the two primaries), none ran: the pipeline is sent again after a short pause (and a
+// reload of the slot map after MOVED), until Timeout. Without MinReplicas the cluster client
+// follows the redirections itself.
 func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	defer cancel()
-	xadds := make([]*goredis.StringCmd, len(msgs))
+	cmds := make([]goredis.Cmder, len(msgs))
 	var wait *goredis.Cmd
 	var client goredis.Cmdable = b.client
+	server := "" // the server's address in b.scripts
 	cluster, _ := b.client.(*goredis.ClusterClient)
 	for try := 0; ; try++ {
 		if cluster != nil && b.cfg.MinReplicas > 0 {
@@ -304,10 +314,23 @@ func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
 			if err != nil {
 				return nil, b.wrap("publish to "+rt.key, err)
 			}
-			client = primary
+			client, server = primary, primary.Options().Addr
 		}
-		err := b.pipelineAdd(ctx, client, rt, msgs, xadds, &wait)
-		if err != nil && cluster != nil && redirected(xadds) {
+		_, known := b.scripts.Load(server)
+		err := b.pipelineAdd(ctx, client, rt, msgs, cmds, &wait, known)
+		if b.cfg.MinReplicas > 0 {
+			if noScript(cmds, err) {
+				// The server lost addScript (it restarted, or is a replica just promoted):
+				// nothing was added; EVAL sends it again.
+				b.scripts.Delete(server)
+				if known {
+					continue
+				}
+			} else if !known && err == nil {
+				b.scripts.Store(server, true)
+			}
+		}
+		if err != nil && cluster != nil && redirected(cmds) {
 			if goredis.HasErrorPrefix(err, "MOVED") {
 				cluster.ReloadState(ctx)
 			}
@@ -326,43 +349,124 @@ func (b *Broker) add(rt route, msgs []*message.Message) ([]string, error) {
 	}
 	if wait != nil {
 		if n, _ := wait.Int64(); n < int64(b.cfg.MinReplicas) {
+			ms, _ := wait.Args()[2].(int64)
 			return nil, fmt.Errorf("redis: publish to %s: %w: %d of %d replicas acknowledged within %v (redis.min_replicas)",
-				rt.key, transports.ErrUnavailable, n, b.cfg.MinReplicas, b.cfg.Timeout/2)
+				rt.key, transports.ErrUnavailable, n, b.cfg.MinReplicas, time.Duration(ms)*time.Millisecond)
 		}
 	}
-	ids := make([]string, len(xadds))
-	for i, c := range xadds {
-		ids[i] = c.Val()
+	ids := make([]string, len(cmds))
+	for i, c := range cmds {
+		ids[i] = entryID(c)
 	}
 	return ids, nil
 }
 
-// redirected reports whether every command of cmds was answered MOVED or ASK: none ran.
-func redirected(cmds []*goredis.StringCmd) bool {
+// entryID is the entry id a command of pipelineAdd answered: XADD's, or addScript's.
+func entryID(c goredis.Cmder) string {
+	switch c := c.(type) {
+	case *goredis.StringCmd:
+		return c.Val()
+	case *goredis.Cmd:
+		s, _ := c.Text()
+		return s
+	}
+	return ""
+}
+
+// redirected reports whether every command of cmds was answered MOVED, ASK or TRYAGAIN: none ran.
+func redirected(cmds []goredis.Cmder) bool {
 	for _, c := range cmds {
-		if err := c.Err(); !goredis.HasErrorPrefix(err, "MOVED") && !goredis.HasErrorPrefix(err, "ASK") {
+		if err := c.Err(); !goredis.HasErrorPrefix(err, "MOVED") && !goredis.HasErrorPrefix(err, "ASK") && !goredis.HasErrorPrefix(err, "TRYAGAIN") {
 			return false
 		}
 	}
 	return true
 }
 
-// pipelineAdd sends add's pipeline (the XADDs, and WAIT with MinReplicas) on client.
-func (b *Broker) pipelineAdd(ctx context.Context, client goredis.Cmdable, rt route, msgs []*message.Message, xadds []*goredis.StringCmd, wait **goredis.Cmd) error {
+// pipelineAdd sends add's pipeline on client: an XADD per message, or with MinReplicas an
+// addScript per message (by EVALSHA when the server is known to hold it, else by EVAL) and
+// WAIT.
+func (b *Broker) pipelineAdd(ctx context.Context, client goredis.Cmdable, rt route, msgs []*message.Message, cmds []goredis.Cmder, wait **goredis.Cmd, known bool) error {
 	*wait = nil
 	_, err := client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for i, m := range msgs {
-			xadds[i] = p.XAdd(ctx, &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)})
+			if b.cfg.MinReplicas == 0 {
+				cmds[i] = p.XAdd(ctx, &goredis.XAddArgs{Stream: rt.key, MaxLen: rt.maxLen, Approx: true, Values: encode(rt.channel, rt.isCh, m)})
+				continue
+			}
+			window := b.retryWindow
+			if m.UUID == "" {
+				window = "" // nothing tells a retry of it from another message
+			}
+			keys, args := []string{rt.key, retryKey(rt, m.UUID)}, append([]any{window, rt.maxLen}, encode(rt.channel, rt.isCh, m)...)
+			if known {
+				cmds[i] = addScript.EvalSha(ctx, p, keys, args...)
+			} else {
+				cmds[i] = addScript.Eval(ctx, p, keys, args...) // and the server keeps it
+			}
 		}
 		if b.cfg.MinReplicas > 0 {
-			// Half of Timeout, so that WAIT's answer (Redis ends the wait on its own clock,
-			// which ticks coarsely) arrives before our deadline; 0 would wait for ever.
-			ms := max(b.cfg.Timeout/2, time.Millisecond).Milliseconds()
-			*wait = p.Do(ctx, "WAIT", b.cfg.MinReplicas, ms)
+			*wait = p.Do(ctx, "WAIT", b.cfg.MinReplicas, waitFor(ctx).Milliseconds())
 		}
 		return nil
 	})
 	return err
+}
+
+// waitFor is how long WAIT may wait within ctx: half of the time left (half of Timeout in a
+// first attempt), so that its answer (Redis ends the wait on its own clock, which ticks
+// coarsely) arrives before the deadline, and a second attempt (after NOSCRIPT or a redirection)
+// still has time for its own WAIT; at least 1 ms, since 0 would wait for ever.
+func waitFor(ctx context.Context) time.Duration {
+	d, _ := ctx.Deadline() // add's context has one
+	return max(time.Until(d)/2, time.Millisecond)
+}
+
+// addScript appends one message to stream KEYS[1] (XADD MAXLEN ~ ARGV[2], fields ARGV[3..]) and
+// returns its entry id, remembering the id in KEYS[2] (retryKey) for ARGV[1] ms: while KEYS[2]
+// exists, it returns the id it holds instead, adding nothing, and renews it. That renewal is a
+// write, so that the connection's WAIT then counts the replicas that caught up with the
+// primary's current offset, hence with that entry: a connection that wrote nothing would have
+// WAIT count every connected replica at once. ARGV[1] empty: always append, remember nothing
+// (a message without UUID). Both writes replicate together (a script's effects are one
+// transaction): a replica, promoted or not, holds the entry and its key or neither. Lua's
+// unpack takes up to about 8,000 values: a message of more than ~3,990 metadata keys fails.
+var addScript = goredis.NewScript(`
+if ARGV[1] ~= '' then
+  local id = redis.call('GET', KEYS[2])
+  if id then
+    redis.call('PEXPIRE', KEYS[2], ARGV[1])
+    return id
+  end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[2], id, 'PX', ARGV[1])
+end
+return id
+`)
+
+// retryKey is the key in which addScript remembers the entry of the message of that UUID on rt's
+// stream: "{<stream key>}:dup:<uuid>", or on a channel's shard stream
+// "{<stream key>}:dup:<len(channel)>:<channel>:<uuid>" (the same message may be published to
+// several channels of one shard). Its hash tag is the stream key's, so that it lies in the
+// stream's slot on a Redis Cluster, and under the prefix: "{ws:ch:6}:dup:4:news:<uuid>".
+func retryKey(rt route, uuid string) string {
+	if !rt.isCh {
+		return "{" + slotTag(rt.key) + "}:dup:" + uuid
+	}
+	return "{" + slotTag(rt.key) + "}:dup:" + strconv.Itoa(len(rt.channel)) + ":" + rt.channel + ":" + uuid
+}
+
+// slotTag is the part of key a Redis Cluster hashes to find its slot: the content of its first
+// "{...}" when not empty, else the whole key.
+func slotTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
 }
 
 // Subscribe implements transports.Broker. Channel topics are served by the node's channel

@@ -499,6 +499,7 @@ func TestConfig(t *testing.T) {
 		{redis.Config{Shards: 2000}, "redis.shards"},
 		{redis.Config{Shards: -1}, "redis.shards"},
 		{redis.Config{MaxLen: -5}, "redis.max_len"},
+		{redis.Config{RetryWindow: -time.Second}, "redis retry window"},
 		{redis.Config{Presence: transports.PresenceConfig{Heartbeat: -time.Second}}, "presence.heartbeat"},
 	} {
 		_, err := redis.New(tc.cfg, nil)
