@@ -53,17 +53,14 @@ func Hijack(ctx context.Context, w http.ResponseWriter, r *http.Request, f Forma
 	return h, sctx, nil
 }
 
-// read waits for the client to close the connection (a stream's client sends nothing), then
-// ends the stream's context.
+// read waits for the client to close the connection, then ends the stream's context. A
+// stream's client sends nothing after its request: one that does (another request, or anything)
+// ends the stream too.
 func (h *Hijacked) read() {
 	defer close(h.done)
 	var b [1]byte
-	for {
-		if _, err := h.conn.Read(b[:]); err != nil {
-			h.cancel()
-			return
-		}
-	}
+	_, _ = h.conn.Read(b[:])
+	h.cancel()
 }
 
 // Close ends the body (the last chunk, within the write timeout) and the connection, and waits

@@ -185,3 +185,33 @@ func TestHijackRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestHijackedStreamEndsWhenClientSends: a client that sends anything after its request (a
+// stream's client sends nothing) ends its stream.
+func TestHijackedStreamEndsWhenClientSends(t *testing.T) {
+	hijacked, ended := make(chan error, 1), make(chan struct{})
+	srv := hijackServer(t, false, hijacked, ended)
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-hijacked; err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: "GET"})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("response %v (%v)", resp, err)
+	}
+	if _, err := io.WriteString(conn, "GET /more HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ended:
+	case <-time.After(time.Minute):
+		t.Fatal("the stream goes on while its client sends")
+	}
+}
