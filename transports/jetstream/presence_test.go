@@ -124,6 +124,7 @@ func TestPresenceLocalServer(t *testing.T) {
 	t.Run("once", func(t *testing.T) { testPresenceOnce(t, url) })
 	t.Run("sweep", func(t *testing.T) { testPresenceSweep(t, url) })
 	t.Run("reap", func(t *testing.T) { testPresenceReap(t, url) })
+	t.Run("listing", func(t *testing.T) { testKVListingPendingLow(t, url) })
 }
 
 func testPresenceNodes(t *testing.T, url string) {
