@@ -856,7 +856,7 @@ func TestPresenceStorm(t *testing.T) {
 		// failed once in CI, 599 of 600, not reproduced in 120 runs under load.)
 		kv, _ := n[2].bucket()
 		pfx := "m." + channel + "."
-		names, lerr := n[2].listKeys(t.Context(), kv, pfx+"*", pfx, func(string) bool { return true })
+		names, lerr := n[2].listKeys(t.Context(), kv, pfx+"*", pfx, true, func(string) bool { return true })
 		for _, w := range want {
 			if slices.Contains(got, w) {
 				continue
