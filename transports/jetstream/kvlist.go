@@ -30,6 +30,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -272,31 +273,14 @@ func (l *kvListing) reconcile(ctx context.Context) error {
 }
 
 // lastEntry reads the last entry of the keys matching filter (one key, or a pattern): a direct
-// get (KV streams allow them) of the last message of their subjects; ok is false when there is
-// none.
+// get (KV streams allow them) of the last message of their subjects, through the JetStream API
+// when the stream takes no direct gets; ok is false when there is none.
 func (l *kvListing) lastEntry(ctx context.Context, filter string) (e kvEntry, ok bool, err error) {
-	req, err := json.Marshal(struct {
-		LastFor string `json:"last_by_subj"`
-	}{l.pfx + filter})
-	if err != nil {
+	m, err := l.lastMsg(ctx, l.pfx+filter)
+	if err != nil || m == nil {
 		return kvEntry{}, false, err
 	}
-	m, err := l.b.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+l.stream, req)
-	if err != nil {
-		return kvEntry{}, false, fmt.Errorf("the last entry of %s: %w", filter, err)
-	}
-	switch status := m.Header.Get("Status"); status {
-	case "":
-	case "404":
-		return kvEntry{}, false, nil
-	default:
-		return kvEntry{}, false, fmt.Errorf("the last entry of %s: status %s %s", filter, status, m.Header.Get("Description"))
-	}
-	e.key = strings.TrimPrefix(m.Header.Get(jetstream.SubjectHeader), l.pfx)
-	if e.rev, err = strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64); err != nil {
-		return kvEntry{}, false, fmt.Errorf("the last entry of %s: sequence: %w", filter, err)
-	}
-	e.created, _ = time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
+	e = kvEntry{key: strings.TrimPrefix(m.Subject, l.pfx), rev: m.Sequence, created: m.Time}
 	switch m.Header.Get("KV-Operation") {
 	case "DEL", "PURGE":
 		e.deleted = true
@@ -305,6 +289,46 @@ func (l *kvListing) lastEntry(ctx context.Context, filter string) (e kvEntry, ok
 		e.value = m.Data
 	}
 	return e, true, nil
+}
+
+// lastMsg is the last message of subject (a pattern or not) in the listing's stream, nil when
+// there is none.
+func (l *kvListing) lastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
+	req, err := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{subject})
+	if err != nil {
+		return nil, err
+	}
+	m, err := l.b.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+l.stream, req)
+	if errors.Is(err, nats.ErrNoResponders) {
+		// A stream without direct gets (AllowDirect false: a bucket some other client made).
+		st, err := l.b.js.Stream(ctx, l.stream)
+		if err != nil {
+			return nil, err
+		}
+		rm, err := st.GetLastMsgForSubject(ctx, subject)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, nil
+		}
+		return rm, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the last message of %s: %w", subject, err)
+	}
+	switch status := m.Header.Get("Status"); status {
+	case "":
+	case "404":
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("the last message of %s: status %s %s", subject, status, m.Header.Get("Description"))
+	}
+	rm := &jetstream.RawStreamMsg{Subject: m.Header.Get(jetstream.SubjectHeader), Header: m.Header, Data: m.Data}
+	if rm.Sequence, err = strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64); err != nil {
+		return nil, fmt.Errorf("the last message of %s: sequence: %w", subject, err)
+	}
+	rm.Time, _ = time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
+	return rm, nil
 }
 
 // listKeys lists the live keys matching filter, decodes what follows pfx, keeps the names keep

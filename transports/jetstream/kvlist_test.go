@@ -193,6 +193,48 @@ func TestKVListingUnderRewrites(t *testing.T) {
 	}
 }
 
+// TestKVListingWithoutDirectGets: on a bucket whose stream takes no direct gets, a listing
+// whose num_pending ran low reads the last entry through the JetStream API and still lists
+// every key, with its value.
+func TestKVListingWithoutDirectGets(t *testing.T) {
+	br := startBroker(t)
+	n := listingNode(t, br.url(), listTest{
+		pull: 2,
+		low: func(filter string, cseq, pending uint64) uint64 {
+			if filter == "d.*" && cseq == 2 {
+				return 0
+			}
+			return pending
+		},
+	})
+	kv, err := n.bucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	st, err := n.js.Stream(ctx, "KV_"+kv.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.AllowDirect = false
+	if _, err := n.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"d.a", "d.b", "d.c", "d.d", "d.e"} {
+		if _, err := kv.Put(ctx, k, []byte("v"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	es, err := n.listKV(ctx, kv, "d.*", true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(entryKeys(es)); got != "[d.a=vd.a d.b=vd.b d.c=vd.c d.d=vd.d d.e=vd.e]" {
+		t.Fatalf("listed %s", got)
+	}
+}
+
 // TestKVListingDeletedKeys: a listing leaves out deleted keys unless asked for them, and reads
 // values when asked.
 func TestKVListingDeletedKeys(t *testing.T) {
