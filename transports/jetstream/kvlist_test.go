@@ -101,6 +101,140 @@ func TestKVListingSurvivesResets(t *testing.T) {
 	}
 }
 
+// TestKVListingPendingLow: the server's num_pending runs low (it says nothing is pending after
+// the 100th of 300 members, as it does while a key's entry written meanwhile is not counted
+// yet); the listing does not end there: the bucket's last entry of its keys is unread, so it
+// looks for the keys it missed and lists every member. (TestPresenceLocalServer runs it against
+// the machine's nats-server 2.9 too.)
+func TestKVListingPendingLow(t *testing.T) {
+	testKVListingPendingLow(t, startBroker(t).url())
+}
+
+func testKVListingPendingLow(t *testing.T, url string) {
+	const count = 300
+	members := "m." + transports.SafeName("big") + ".*"
+	var lowered, added, resets atomic.Int32
+	n := listingNode(t, url, listTest{
+		pull: 50,
+		low: func(filter string, cseq, pending uint64) uint64 {
+			if filter == members && cseq == 100 && lowered.CompareAndSwap(0, 1) {
+				return 0
+			}
+			return pending
+		},
+		reconciled: func(filter string, n int) {
+			if filter == members {
+				added.Add(int32(n))
+			}
+		},
+		resets: func(filter string, _ error) {
+			if filter == members {
+				resets.Add(1)
+			}
+		},
+	})
+	seed(t, n, "big", count)
+	ms, err := allMembers(t, n, "big", 1000) // one page: one listing
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lowered.Load() == 0 {
+		t.Fatal("the listing never heard a low num_pending")
+	}
+	if len(ms) != count {
+		t.Fatalf("%d members listed, want %d", len(ms), count)
+	}
+	for i, m := range ms {
+		if want := fmt.Sprintf("s%05d", i); m.Session != want {
+			t.Fatalf("member %d is %s, want %s", i, m.Session, want)
+		}
+	}
+	if a, r := added.Load(), resets.Load(); a != count-100 || r != 0 {
+		t.Fatalf("the listing added %d keys it missed and was reset %d times; want %d and none", a, r, count-100)
+	}
+}
+
+// TestKVListingUnderRewrites: listings of 600 keys while other clients rewrite random keys of
+// them (each rewrite moves a key to the end of the stream; the server counts the new entry
+// after it acked it): every listing has all 600. Before the listings confirmed their end with
+// the bucket's last entry, a few listings in a hundred missed one or more keys.
+func TestKVListingUnderRewrites(t *testing.T) {
+	br := startBroker(t)
+	n := listingNode(t, br.url(), listTest{})
+	kv, err := n.bucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const count, listings = 600, 150
+	for i := range count {
+		if _, err := kv.Put(t.Context(), fmt.Sprintf("r.k%03d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for w := range 2 {
+		wg.Go(func() {
+			for i := w; ctx.Err() == nil; i += 7 {
+				_, _ = kv.Put(ctx, fmt.Sprintf("r.k%03d", i%count), []byte("w"))
+			}
+		})
+	}
+	for i := range listings {
+		es, err := n.listKV(t.Context(), kv, "r.*", false, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(es) != count {
+			t.Fatalf("listing %d of %d: %d keys, want %d", i+1, listings, len(es), count)
+		}
+	}
+}
+
+// TestKVListingWithoutDirectGets: on a bucket whose stream takes no direct gets, a listing
+// whose num_pending ran low reads the last entry through the JetStream API and still lists
+// every key, with its value.
+func TestKVListingWithoutDirectGets(t *testing.T) {
+	br := startBroker(t)
+	n := listingNode(t, br.url(), listTest{
+		pull: 2,
+		low: func(filter string, cseq, pending uint64) uint64 {
+			if filter == "d.*" && cseq == 2 {
+				return 0
+			}
+			return pending
+		},
+	})
+	kv, err := n.bucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	st, err := n.js.Stream(ctx, "KV_"+kv.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.AllowDirect = false
+	if _, err := n.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"d.a", "d.b", "d.c", "d.d", "d.e"} {
+		if _, err := kv.Put(ctx, k, []byte("v"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	es, err := n.listKV(ctx, kv, "d.*", true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(entryKeys(es)); got != "[d.a=vd.a d.b=vd.b d.c=vd.c d.d=vd.d d.e=vd.e]" {
+		t.Fatalf("listed %s", got)
+	}
+}
+
 // TestKVListingDeletedKeys: a listing leaves out deleted keys unless asked for them, and reads
 // values when asked.
 func TestKVListingDeletedKeys(t *testing.T) {

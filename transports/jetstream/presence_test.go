@@ -124,6 +124,7 @@ func TestPresenceLocalServer(t *testing.T) {
 	t.Run("once", func(t *testing.T) { testPresenceOnce(t, url) })
 	t.Run("sweep", func(t *testing.T) { testPresenceSweep(t, url) })
 	t.Run("reap", func(t *testing.T) { testPresenceReap(t, url) })
+	t.Run("listing", func(t *testing.T) { testKVListingPendingLow(t, url) })
 }
 
 func testPresenceNodes(t *testing.T, url string) {
@@ -855,7 +856,7 @@ func TestPresenceStorm(t *testing.T) {
 		// failed once in CI, 599 of 600, not reproduced in 120 runs under load.)
 		kv, _ := n[2].bucket()
 		pfx := "m." + channel + "."
-		names, lerr := n[2].listKeys(t.Context(), kv, pfx+"*", pfx, func(string) bool { return true })
+		names, lerr := n[2].listKeys(t.Context(), kv, pfx+"*", pfx, true, func(string) bool { return true })
 		for _, w := range want {
 			if slices.Contains(got, w) {
 				continue
