@@ -85,7 +85,7 @@ func (r *Messages) Inbound(msg *message.Message) error {
 
 // publish publishes out to topic. For a channel topic, on a broker that says where it put it
 // (transports.PositionPublisher), the position goes to whoever submitted msg and asked
-// (withPosition): the API's answer and the client's ack.
+// (withSubmission): the API's answer and the client's ack.
 func (r *Messages) publish(msg *message.Message, topic string, out *message.Message) error {
 	slot, asked := msg.Context().Value(positionKey{}).(*positionSlot)
 	pp, ok := r.cfg.Broker.(transports.PositionPublisher)

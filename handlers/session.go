@@ -662,7 +662,7 @@ func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) erro
 		msg.UUID = protocol.IdempotentUUID(DedupeKey(msg))
 		md.Set(protocol.MetaIdempotent, "1")
 	}
-	ctx, position := withPosition(withState(context.Background(), st))
+	ctx, position := withSubmission(context.Background(), st)
 	if hooked {
 		ctx = context.WithValue(ctx, ctxHooked{}, true)
 	}

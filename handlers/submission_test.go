@@ -1,0 +1,45 @@
+package handlers
+
+import (
+	"context"
+	"testing"
+
+	"github.com/wsgateway/gateway/protocol"
+)
+
+type otherKey struct{}
+
+// TestSubmissionContext: a submitted message's context carries the client's state (none for the
+// API), the position slot Inbound fills and its parent's values, in one allocation.
+func TestSubmissionContext(t *testing.T) {
+	parent := context.WithValue(context.Background(), otherKey{}, "parent's")
+	st := &state{}
+	ctx, position := withSubmission(parent, st)
+	if got, ok := stateFrom(ctx); !ok || got != st {
+		t.Fatalf("stateFrom: %p %v, want %p", got, ok, st)
+	}
+	if ctx.Value(otherKey{}) != "parent's" {
+		t.Fatal("the parent's value is lost")
+	}
+	ctx.Value(positionKey{}).(*positionSlot).set(protocol.Position{Epoch: "e7", Lo: 9})
+	if p := position(); p != (protocol.Position{Epoch: "e7", Lo: 9}) {
+		t.Fatalf("position %v", p)
+	}
+	api, _ := withSubmission(parent, nil)
+	if _, ok := stateFrom(api); ok {
+		t.Fatal("the API's submission carries a client state")
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		ctx, position := withSubmission(context.Background(), st)
+		if _, ok := stateFrom(ctx); !ok {
+			t.Fatal("no state")
+		}
+		ctx.Value(positionKey{}).(*positionSlot).set(protocol.Position{Lo: 1})
+		if position().IsZero() {
+			t.Fatal("no position")
+		}
+	})
+	if allocs != 1 {
+		t.Fatalf("%v allocations per submission, want 1", allocs)
+	}
+}
