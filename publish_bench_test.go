@@ -21,7 +21,8 @@ import (
 // message before the next. One op is one message: its frame read and decoded, the inbound
 // router trip (rate limit, authorization, dedupe, breaker, retry, timeout), the broker's
 // publish, the channel trip, the encoded frame written to the subscriber, the ack. ns/op,
-// B/op and allocs/op are per message and include the in-process clients' own work (gorilla's
+// cpu-ns/op (the process's CPU time: server and clients), B/op and allocs/op are per message
+// and include the in-process clients' own work (gorilla's
 // frame write and read into reused buffers: see docs/performance.md, *Publish path
 // allocations*). The publish rate limit is on, set far above what the benchmark reaches.
 //
@@ -59,6 +60,7 @@ func benchPublishPath(b *testing.B, broker nodetest.Broker, k int) {
 		}
 	}
 	b.ReportAllocs()
+	cpu0 := processCPU()
 	b.ResetTimer()
 	var wg sync.WaitGroup
 	errs := make(chan error, k)
@@ -80,6 +82,7 @@ func benchPublishPath(b *testing.B, broker nodetest.Broker, k int) {
 	}
 	wg.Wait()
 	b.StopTimer()
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
 	close(errs)
 	for err := range errs {
 		b.Fatal(err)
