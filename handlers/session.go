@@ -644,6 +644,7 @@ func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) erro
 		msgID = id
 	}
 	msg := message.NewMessage(id, data)
+	msg.Metadata = make(message.Metadata, 9) // the most set below: made at its size, not grown
 	md := msg.Metadata
 	md.Set(protocol.MetaUser, c.User)
 	md.Set(protocol.MetaSession, c.ID)
