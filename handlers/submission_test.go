@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+
 	"github.com/wsgateway/gateway/protocol"
 )
 
@@ -41,5 +43,24 @@ func TestSubmissionContext(t *testing.T) {
 	})
 	if allocs != 1 {
 		t.Fatalf("%v allocations per submission, want 1", allocs)
+	}
+}
+
+// TestPublishIDs: a client message with a msg_id gets the UUID of its idempotency key, as
+// DedupeKey computes it from the message, without drawing a random UUID first; without a
+// msg_id, a random UUID that is its msg_id too.
+func TestPublishIDs(t *testing.T) {
+	id, msgID := publishIDs(protocol.KindPublish, "alice", "s-1", "m-1")
+	msg := message.NewMessage(id, nil)
+	msg.Metadata = message.Metadata{protocol.MetaKind: protocol.KindPublish, protocol.MetaUser: "alice", protocol.MetaSession: "s-1", protocol.MetaMsgID: "m-1"}
+	if msgID != "m-1" || id != protocol.IdempotentUUID(DedupeKey(msg)) {
+		t.Fatalf("publishIDs with a msg_id: %s %s", id, msgID)
+	}
+	if id, msgID := publishIDs(protocol.KindSend, "alice", "s-1", ""); id == "" || msgID != id {
+		t.Fatalf("publishIDs without a msg_id: %s %s", id, msgID)
+	}
+	// The UUID's text only (the key stays on the stack): no random UUID drawn and dropped.
+	if n := testing.AllocsPerRun(100, func() { publishIDs(protocol.KindPublish, "alice", "s-1", "m-1") }); n > 1 {
+		t.Fatalf("publishIDs with a msg_id: %v allocations, want 1", n)
 	}
 }
