@@ -315,7 +315,7 @@ func (h *HTTP) publishOne(ctx context.Context, req *publishRequest) (apiPublishe
 		return apiPublished{}, http.StatusBadRequest, perr
 	}
 	msg.Metadata.Set(protocol.MetaNode, h.cfg.NodeID)
-	ctx, position := withPosition(ctx)
+	ctx, position := withSubmission(ctx, nil)
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.PublishTimeout)
 	defer cancel()
 	if err := h.cfg.Inbox.Submit(ctx, msg); err != nil {

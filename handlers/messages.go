@@ -68,14 +68,14 @@ func (r *Messages) Inbound(msg *message.Message) error {
 	default:
 		return protocol.Errorf(protocol.CodeBadRequest, "unknown target %q", md.Get(protocol.MetaTarget))
 	}
-	out := message.NewMessage(msg.UUID, msg.Payload)
-	for k, v := range md {
-		out.Metadata.Set(k, v)
-	}
+	// The submitted message itself goes to the broker, not a copy: a broker reads what it is
+	// given only until Publish returns and modifies nothing (transports.Broker), and nothing
+	// else reads or writes msg meanwhile (its submitter waits for the router's ack). An attempt
+	// that the retry middleware repeats signs it again, over the same fields.
 	if protocol.IsChannelTopic(topic) || topic == protocol.TopicDirect {
-		r.cfg.Signatures.Sign(topic, out)
+		r.cfg.Signatures.Sign(topic, msg)
 	}
-	if err := r.publish(msg, topic, out); err != nil {
+	if err := r.publish(msg, topic); err != nil {
 		r.cfg.Metrics.BrokerErrors.Inc()
 		return fmt.Errorf("%w: %w", transports.ErrUnavailable, err)
 	}
@@ -83,16 +83,16 @@ func (r *Messages) Inbound(msg *message.Message) error {
 	return nil
 }
 
-// publish publishes out to topic. For a channel topic, on a broker that says where it put it
+// publish publishes msg to topic. For a channel topic, on a broker that says where it put it
 // (transports.PositionPublisher), the position goes to whoever submitted msg and asked
-// (withPosition): the API's answer and the client's ack.
-func (r *Messages) publish(msg *message.Message, topic string, out *message.Message) error {
+// (withSubmission): the API's answer and the client's ack.
+func (r *Messages) publish(msg *message.Message, topic string) error {
 	slot, asked := msg.Context().Value(positionKey{}).(*positionSlot)
 	pp, ok := r.cfg.Broker.(transports.PositionPublisher)
 	if !asked || !ok || !protocol.IsChannelTopic(topic) {
-		return r.cfg.Broker.Publish(topic, out)
+		return r.cfg.Broker.Publish(topic, msg)
 	}
-	pos, err := pp.PublishPositions(topic, out)
+	pos, err := pp.PublishPositions(topic, msg)
 	if err == nil && len(pos) == 1 {
 		slot.set(pos[0])
 	}

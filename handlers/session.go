@@ -639,30 +639,30 @@ func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) erro
 			}
 		}
 	}
-	msgID, id := f.MsgID, watermill.NewUUID()
-	if msgID == "" {
-		msgID = id
+	kind := protocol.KindSend
+	if f.Type == protocol.TypePublish {
+		kind = protocol.KindPublish
 	}
+	id, msgID := publishIDs(kind, c.User, c.ID, f.MsgID)
 	msg := message.NewMessage(id, data)
+	msg.Metadata = make(message.Metadata, 9) // the most set below: made at its size, not grown
 	md := msg.Metadata
 	md.Set(protocol.MetaUser, c.User)
 	md.Set(protocol.MetaSession, c.ID)
 	md.Set(protocol.MetaNode, s.cfg.NodeID)
 	md.Set(protocol.MetaMsgID, msgID)
 	md.Set(protocol.MetaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+	md.Set(protocol.MetaKind, kind)
 	if f.Type == protocol.TypePublish {
-		md.Set(protocol.MetaKind, protocol.KindPublish)
 		md.Set(protocol.MetaTarget, protocol.TargetChannel)
 		md.Set(protocol.MetaChannel, f.Channel)
 	} else {
-		md.Set(protocol.MetaKind, protocol.KindSend)
 		md.Set(protocol.MetaTarget, protocol.TargetServices)
 	}
 	if f.MsgID != "" {
-		msg.UUID = protocol.IdempotentUUID(DedupeKey(msg))
 		md.Set(protocol.MetaIdempotent, "1")
 	}
-	ctx, position := withPosition(withState(context.Background(), st))
+	ctx, position := withSubmission(context.Background(), st)
 	if hooked {
 		ctx = context.WithValue(ctx, ctxHooked{}, true)
 	}
@@ -680,6 +680,18 @@ func (s *Sessions) publish(c *websocket.Conn, st *state, f *protocol.Frame) erro
 	}
 	c.Send(protocol.AckPositionFrame(f.ID, msgID, pos))
 	return nil
+}
+
+// publishIDs are a client message's UUID and msg_id: with the client's msg_id, the UUID derived
+// from its idempotency key (DedupeKey: kind, user, session and msg_id), the same on every
+// attempt; without, a random UUID, which is its msg_id too (no random UUID is drawn for a
+// message that has a msg_id).
+func publishIDs(kind, user, session, msgID string) (id, outMsgID string) {
+	if msgID != "" {
+		return protocol.IdempotentUUID(protocol.DedupeKey(kind, user, session, msgID)), msgID
+	}
+	id = watermill.NewUUID()
+	return id, id
 }
 
 // unavailable keeps protocol errors as they are and turns anything else into `unavailable`.

@@ -116,13 +116,10 @@ func New(src Sources, h Funcs, opt Options, log *slog.Logger) (*message.Router, 
 		chain = append(chain, middleware.Poison(poison))
 	}
 	breaker := wmw.NewCircuitBreaker(gobreaker.Settings{
-		Name:        "broker-publish",
-		Timeout:     opt.BreakerOpenFor,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(opt.BreakerFailures) },
-		IsSuccessful: func(err error) bool {
-			var pe *protocol.Error // a refusal of the client's is not a broker failure
-			return err == nil || errors.As(err, &pe) && pe.Code != protocol.CodeUnavailable
-		},
+		Name:         "broker-publish",
+		Timeout:      opt.BreakerOpenFor,
+		ReadyToTrip:  func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(opt.BreakerFailures) },
+		IsSuccessful: brokerSucceeded,
 	})
 	chain = append(chain, breaker.Middleware,
 		countRetries(wmw.Retry{
@@ -201,6 +198,18 @@ func (l quietLogger) Error(msg string, err error, fields watermill.LogFields) {
 
 func (l quietLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
 	return quietLogger{l.LoggerAdapter.With(fields), l.log}
+}
+
+// brokerSucceeded is the circuit breaker's success: no error, or a refusal of the client's
+// (forbidden, rate_limited, ...), which is no broker failure. The error's inspection is in a
+// function of its own: its target would otherwise be allocated for every message, errors or not.
+func brokerSucceeded(err error) bool {
+	return err == nil || clientRefusal(err)
+}
+
+func clientRefusal(err error) bool {
+	var pe *protocol.Error
+	return errors.As(err, &pe) && pe.Code != protocol.CodeUnavailable
 }
 
 // countRetries is the retry middleware, counting every attempt after the first of a message.

@@ -54,7 +54,8 @@ type Broker interface {
 	Start(ctx context.Context) error
 
 	// Publish sends messages to a logical topic and returns once the broker has accepted all of
-	// them (an error means some may not have been). Messages are not modified.
+	// them (an error means some may not have been). Messages are not modified, nor read after
+	// Publish returned (the node hands over the messages its router handles, not copies).
 	Publish(topic string, messages ...*message.Message) error
 
 	// Subscribe delivers every message published to topic after Subscribe returned (fan-out:

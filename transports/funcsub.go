@@ -9,6 +9,19 @@ import (
 
 // Helpers for brokers that implement FuncSubscriber.
 
+// CopyMessage is m.Copy() with the copy's metadata map made at its final size: m's entries and
+// extra more that the caller adds. Watermill's Copy grows an empty map entry by entry, and a
+// message's metadata (nine to eleven entries) outgrows a map's first group of eight: a fifth
+// more bytes and a rehash per copy.
+func CopyMessage(m *message.Message, extra int) *message.Message {
+	c := message.NewMessage(m.UUID, m.Payload)
+	c.Metadata = make(message.Metadata, len(m.Metadata)+extra)
+	for k, v := range m.Metadata {
+		c.Metadata[k] = v
+	}
+	return c
+}
+
 // Delivery is how DeliverUntilAcked ended.
 type Delivery int
 
@@ -28,7 +41,7 @@ func DeliverUntilAcked(ctx context.Context, m *message.Message, deliver func(*me
 // for brokers that document one.
 func DeliverUntilAckedAfter(ctx context.Context, m *message.Message, deliver func(*message.Message) bool, nackDelay time.Duration) Delivery {
 	for {
-		c := m.Copy()
+		c := CopyMessage(m, 0)
 		c.SetContext(ctx)
 		if !deliver(c) {
 			return Refused

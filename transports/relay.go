@@ -24,12 +24,13 @@ type Relay struct {
 	cfg    RelayConfig
 
 	mu        sync.Mutex
-	items     []*message.Message // oldest first
-	busy      bool               // a drain goroutine runs
-	done      bool               // closed: nothing is queued or started anymore
-	finishing bool               // Finish was called: nothing more is queued
-	space     chan struct{}      // closed when a message is taken, for an Offer waiting for room
-	running   sync.WaitGroup     // the drain goroutine, while one runs
+	items     []*message.Message  // oldest first
+	one       [1]*message.Message // the array of a queue of one, which the usual message finds: none allocated
+	busy      bool                // a drain goroutine runs
+	done      bool                // closed: nothing is queued or started anymore
+	finishing bool                // Finish was called: nothing more is queued
+	space     chan struct{}       // closed when a message is taken, for an Offer waiting for room
+	running   sync.WaitGroup      // the drain goroutine, while one runs
 }
 
 // RelayConfig is how a Relay delivers.
@@ -70,6 +71,9 @@ func (r *Relay) Offer(m *message.Message, wait time.Duration) bool {
 			return true
 		}
 		if len(r.items) < r.cfg.Limit {
+			if r.items == nil {
+				r.items = r.one[:0]
+			}
 			r.items = append(r.items, m)
 			if !r.busy {
 				r.busy = true
@@ -117,7 +121,7 @@ func (r *Relay) take() (m *message.Message, ok, finished bool) {
 	r.items[0] = nil
 	r.items = r.items[1:]
 	if len(r.items) == 0 {
-		r.items = nil // an idle relay keeps no array
+		r.items, r.one[0] = nil, nil // an idle relay keeps no array, nor a message
 	}
 	if r.space != nil {
 		close(r.space)

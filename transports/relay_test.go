@@ -230,3 +230,36 @@ func TestRelayNackDelay(t *testing.T) {
 	default:
 	}
 }
+
+// TestRelayQueueOfOneAllocatesNothing: a message offered to an idle relay, the usual case, is
+// queued without allocating an array (the drain goroutine is left out here: busy is set).
+func TestRelayQueueOfOneAllocatesNothing(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := NewRelay(ctx, cancel, RelayConfig{Deliver: func(*message.Message) bool { return true }, Limit: 10})
+	r.busy = true
+	m := message.NewMessage("1", nil)
+	if n := testing.AllocsPerRun(100, func() {
+		if !r.Offer(m, 0) {
+			t.Fatal("refused")
+		}
+		if got, ok, _ := r.take(); !ok || got != m {
+			t.Fatal("not queued")
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per message queued and taken, want 0", n)
+	}
+	// Two queued: in order, and nothing kept once taken.
+	m2 := message.NewMessage("2", nil)
+	r.Offer(m, 0)
+	r.Offer(m2, 0)
+	if a, _, _ := r.take(); a != m {
+		t.Fatal("out of order")
+	}
+	if b, _, _ := r.take(); b != m2 {
+		t.Fatal("out of order")
+	}
+	if r.items != nil || r.one[0] != nil {
+		t.Fatal("an empty queue keeps an array or a message")
+	}
+}

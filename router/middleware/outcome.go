@@ -25,15 +25,25 @@ func Outcome(h message.HandlerFunc) message.HandlerFunc {
 // WithOutcome returns a context for a message whose final error Outcome records, and the
 // function that returns that error (nil while none was recorded). Safe for concurrent use.
 func WithOutcome(ctx context.Context) (context.Context, func() error) {
-	o := &outcome{}
-	return context.WithValue(ctx, outcomeKey{}, o), o.get
+	o := &outcome{Context: ctx}
+	return o, o.get
 }
 
 type outcomeKey struct{}
 
+// outcome is the context WithOutcome returns and the error recorded in it, in one value: one
+// allocation per submitted message instead of a context value and what it carries.
 type outcome struct {
+	context.Context
 	mu  sync.Mutex
 	err error
+}
+
+func (o *outcome) Value(key any) any {
+	if _, ok := key.(outcomeKey); ok {
+		return o
+	}
+	return o.Context.Value(key)
 }
 
 func (o *outcome) set(err error) {

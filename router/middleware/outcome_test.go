@@ -56,3 +56,25 @@ func TestOutcomeLeavesAnAckedMessageAlone(t *testing.T) {
 		t.Fatalf("Submit returned %v after %d handler calls, want nil after 1", err, h.calls)
 	}
 }
+
+type parentKey struct{}
+
+// TestWithOutcomeContext: the context WithOutcome returns keeps its parent's values, deadline
+// and cancellation, and costs one allocation.
+func TestWithOutcomeContext(t *testing.T) {
+	parent, cancel := context.WithCancel(context.WithValue(context.Background(), parentKey{}, "v"))
+	ctx, recorded := middleware.WithOutcome(parent)
+	if ctx.Value(parentKey{}) != "v" || recorded() != nil {
+		t.Fatal("the parent's value is lost, or an outcome was recorded already")
+	}
+	cancel()
+	if ctx.Err() == nil {
+		t.Fatal("the parent's cancellation did not reach the outcome's context")
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		_, recorded := middleware.WithOutcome(context.Background())
+		_ = recorded()
+	}); n != 1 {
+		t.Fatalf("WithOutcome: %v allocations, want 1", n)
+	}
+}

@@ -415,7 +415,7 @@ func (t *topic) publish(b *Broker, msgs []*message.Message, pos []protocol.Posit
 	for i, m := range msgs {
 		seq := b.seq.Add(1)
 		t.last = seq
-		c := m.Copy()
+		c := transports.CopyMessage(m, 1) // and its position
 		if t.history {
 			p := protocol.Position{Epoch: b.epoch, Lo: seq}
 			if pos != nil {
@@ -829,7 +829,7 @@ func (q *queue) run(ctx context.Context, done <-chan struct{}, deliver func(*mes
 				return
 			}
 		}
-		c := m.Copy()
+		c := transports.CopyMessage(m, 0)
 		c.SetContext(ctx)
 		if !deliver(c) {
 			q.unpop(m)

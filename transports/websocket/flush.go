@@ -66,6 +66,7 @@ type flushConn struct {
 	deadline time.Time     // the write deadline set last, applied when bytes go out
 	timeout  time.Duration // the write timeout of the hub's own writes (writeFrame, flushAll)
 	writes   atomic.Int64
+	hdr      [10]byte // writeFrame's frame header; f.mu is held
 }
 
 // Read reads from the socket, through the inflate guard once the connection negotiated
@@ -149,15 +150,14 @@ const rsv1Bit = 0x40
 // first when the frame would not fit), to go out with the next flushAll or gorilla's next frame.
 // deflated marks a deflated payload (RSV1).
 func (f *flushConn) writeFrame(payload []byte, deflated bool) error {
-	var h [10]byte
-	hdr := appendHeader(h[:0], len(payload))
-	if deflated {
-		hdr[0] |= rsv1Bit
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.rem != 0 {
 		return errors.New("websocket: frame written inside another") // cannot happen: see the type's comment
+	}
+	hdr := appendHeader(f.hdr[:0], len(payload)) // in the struct: a local array would escape to the heap (flush)
+	if deflated {
+		hdr[0] |= rsv1Bit
 	}
 	if n := f.held() + len(hdr) + len(payload); n > maxCoalesce {
 		f.deadline = time.Now().Add(f.timeout)
