@@ -42,6 +42,10 @@ type memberRecord struct {
 	protocol.Member
 	Owner string `json:"owner"` // the lease id of the node that recorded it
 	Epoch string `json:"epoch"` // the owner's lease epoch when it recorded it
+	// Pending: the owner is still changing the counts for this record (a new member, or a new
+	// user). A reaper that removes a pending record leaves the counts alone: the owner, finding
+	// its record gone when it clears the mark, takes the member out of the counts itself.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // presence is the Broker's presence state.
@@ -77,6 +81,15 @@ type presence struct {
 	active    atomic.Bool                    // the node takes part in presence: see renewLoop
 	activated chan struct{}                  // closed when active is set
 	paused    atomic.Bool                    // set by tests: the node neither renews nor reaps (it hangs)
+	step      atomic.Pointer[func(string)]   // set by tests: called at the steps of record (recordStep)
+}
+
+// recordStep calls the test hook, if any, at a step of record: "recorded" once the member key
+// is written, "counted" once the counts are.
+func (p *presence) recordStep(step string) {
+	if f := p.step.Load(); f != nil {
+		(*f)(step)
+	}
 }
 
 // maxWriters is how many Joins and Leaves of a node write to the bucket at once.
@@ -350,8 +363,21 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 }
 
 // record writes m into channel under epoch: Join, and the re-recording after a lost lease.
+//
+// A record whose counts change (a new member, or a new user) is written pending, then the
+// counts, then the record again without the mark (a compare-and-set on the revision written). A
+// reaper (the node's lease ran out while it lived) may remove the member at any point between:
+// one that removes the pending record leaves the counts to this node, which finds the record gone
+// when it clears the mark and takes the member out of the counts again; one that removes it
+// after the mark was cleared takes it out itself. So the counts stay exact either way (a reaper
+// that changed the counts before this node did lost its decrement of a user key not written yet,
+// or of a channel count at 0).
 func (b *Broker) record(ctx context.Context, kv jetstream.KeyValue, channel string, m protocol.Member, epoch string) (occupied bool, err error) {
 	val, err := json.Marshal(memberRecord{Member: m, Owner: b.id, Epoch: epoch})
+	if err != nil {
+		return false, err
+	}
+	pendingVal, err := json.Marshal(memberRecord{Member: m, Owner: b.id, Epoch: epoch, Pending: true})
 	if err != nil {
 		return false, err
 	}
@@ -360,8 +386,9 @@ func (b *Broker) record(ctx context.Context, kv jetstream.KeyValue, channel stri
 		return false, err
 	}
 	key := memberKey(channel, m.Session)
+	var rev uint64 // of the pending record written
 	for {
-		if _, err := kv.Create(ctx, key, val); err == nil {
+		if rev, err = kv.Create(ctx, key, pendingVal); err == nil {
 			break
 		} else if !errors.Is(err, jetstream.ErrKeyExists) {
 			return false, err
@@ -376,31 +403,70 @@ func (b *Broker) record(ctx context.Context, kv jetstream.KeyValue, channel stri
 		}
 		var old memberRecord
 		_ = json.Unmarshal(e.Value(), &old)
-		if _, err := kv.Update(ctx, key, val, e.Revision()); errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		if old.User == m.User {
+			// The counts stay: written without the mark.
+			if _, err := kv.Update(ctx, key, val, e.Revision()); errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				continue
+			} else if err != nil {
+				return false, err
+			}
+			return false, nil
+		}
+		if rev, err = kv.Update(ctx, key, pendingVal, e.Revision()); errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			continue
 		} else if err != nil {
 			return false, err
 		}
-		if old.User == m.User {
-			return false, nil
+		if old.User != m.User {
+			b.pr.recordStep("recorded")
+			left, err := addUser(ctx, kv, channel, old.User, -1)
+			if err != nil {
+				return false, err
+			}
+			joined, err := addUser(ctx, kv, channel, m.User, 1)
+			if err != nil {
+				return false, err
+			}
+			b.pr.recordStep("user")
+			if _, _, err = b.addCounts(ctx, kv, channel, 0, boolInt(joined)-boolInt(left)); err != nil {
+				return false, err
+			}
+			b.pr.recordStep("counted")
 		}
-		left, err := addUser(ctx, kv, channel, old.User, -1)
-		if err != nil {
-			return false, err
-		}
-		joined, err := addUser(ctx, kv, channel, m.User, 1)
-		if err != nil {
-			return false, err
-		}
-		_, _, err = b.addCounts(ctx, kv, channel, 0, boolInt(joined)-boolInt(left))
-		return false, err
+		return false, b.settle(ctx, kv, channel, m, key, val, rev)
 	}
+	b.pr.recordStep("recorded")
 	newUser, err := addUser(ctx, kv, channel, m.User, 1)
 	if err != nil {
 		return false, err
 	}
+	b.pr.recordStep("user")
 	occupied, _, err = b.addCounts(ctx, kv, channel, 1, boolInt(newUser))
-	return occupied, err
+	if err != nil {
+		return false, err
+	}
+	b.pr.recordStep("counted")
+	return occupied, b.settle(ctx, kv, channel, m, key, val, rev)
+}
+
+// settle clears the pending mark of m's record, written at rev, once its counts were changed:
+// when a reaper removed the record meanwhile (it left the counts to this node), it takes the
+// member out of the counts. The member is the node's still: it records it again when it renews
+// its lost lease.
+func (b *Broker) settle(ctx context.Context, kv jetstream.KeyValue, channel string, m protocol.Member, key string, val []byte, rev uint64) error {
+	_, err := kv.Update(ctx, key, val, rev)
+	if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return err
+	}
+	// Only a reaper changes a member's record while its node writes it (the stripe orders the
+	// node's own writes).
+	b.log.Info("jetstream: presence member reaped while it was recorded, taking it out of the counts", "channel", channel, "session", m.Session)
+	left, err := addUser(ctx, kv, channel, m.User, -1)
+	if err != nil {
+		return err
+	}
+	_, _, err = b.addCounts(ctx, kv, channel, -1, -boolInt(left))
+	return err
 }
 
 func boolInt(b bool) int {
@@ -431,7 +497,7 @@ func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, erro
 	done, err := b.pr.write(ctx)
 	var vacated bool
 	if err == nil {
-		vacated, _, err = b.remove(ctx, kv, channel, session, nil)
+		vacated, _, err = b.remove(ctx, kv, channel, session, nil, false)
 		done()
 	}
 	if err != nil {
@@ -450,7 +516,8 @@ func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, erro
 
 // remove deletes the member session of channel if match accepts its record (nil: any), with a
 // compare-and-delete so that of concurrent removers one does it; then its index key and counts.
-func (b *Broker) remove(ctx context.Context, kv jetstream.KeyValue, channel, session string, match func(channel string, r memberRecord) bool) (vacated bool, rec *memberRecord, err error) {
+// A reaper of another node (reaper) leaves the counts of a pending record to its node (record).
+func (b *Broker) remove(ctx context.Context, kv jetstream.KeyValue, channel, session string, match func(channel string, r memberRecord) bool, reaper bool) (vacated bool, rec *memberRecord, err error) {
 	key := memberKey(channel, session)
 	for {
 		e, err := kv.Get(ctx, key)
@@ -468,9 +535,8 @@ func (b *Broker) remove(ctx context.Context, kv jetstream.KeyValue, channel, ses
 			return false, nil, nil
 		}
 		if err := kv.Delete(ctx, key, jetstream.LastRevision(e.Revision())); errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			if match != nil {
-				return false, nil, nil // changed meanwhile: not the record to remove any more
-			}
+			// Changed meanwhile: read it again (re-recorded under a new epoch, match no longer
+			// takes it; its pending mark cleared by its node, it is still to be removed).
 			continue
 		} else if err != nil {
 			return false, nil, err
@@ -480,6 +546,9 @@ func (b *Broker) remove(ctx context.Context, kv jetstream.KeyValue, channel, ses
 			if err := kv.Delete(ctx, indexKey(r.Owner, channel, session)); err != nil {
 				return false, nil, err
 			}
+		}
+		if reaper && r.Pending {
+			return false, &r, nil
 		}
 		lastUser, err := addUser(ctx, kv, channel, r.User, -1)
 		if err != nil {
@@ -850,7 +919,7 @@ func (b *Broker) removeGone() {
 		var err error
 		if still {
 			ctx, cancel := presenceCtx(context.Background(), b)
-			_, _, err = b.remove(ctx, kv, e.channel, e.session, mine)
+			_, _, err = b.remove(ctx, kv, e.channel, e.session, mine, false)
 			cancel()
 		}
 		if err == nil {
@@ -1030,7 +1099,7 @@ func (b *Broker) reapOne(ctx context.Context, kv jetstream.KeyValue, key, node, 
 		return err
 	}
 	owned := func(ch string, r memberRecord) bool { return r.Owner == node && match(ch, r) }
-	vacated, rec, err := b.remove(ctx, kv, channel, session, owned)
+	vacated, rec, err := b.remove(ctx, kv, channel, session, owned, node != b.id)
 	if err != nil {
 		return err
 	}
