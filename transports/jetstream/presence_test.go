@@ -474,23 +474,28 @@ func TestPresenceLeaseLost(t *testing.T) {
 }
 
 // TestPresenceReapDuringJoin: a node's lease runs out while it is recording a Join, and a reaper
-// removes the member between the Join's steps: after the member key is written and before its
-// user and channel counts are ("recorded"), between the two ("user"), or after the counts and
-// before the Join is done ("counted"); the Join then completes and the node, renewing, records its members again. The
-// counts are exact (with another user in the channel, and alone), and nothing is left of them
-// once every member left: no user key, no channel key.
+// claims the lease between the Join's steps: after the member key is written and before its user
+// and channel counts are ("recorded"), between the two ("user"), or after the counts and before
+// the Join is done ("counted"); the Join then completes and the node, renewing, records its
+// members again. The counts are exact (with another user in the channel, and alone), and nothing
+// is left of them once every member left: no user key, no channel key.
 func TestPresenceReapDuringJoin(t *testing.T) {
 	br := startBroker(t)
 	for _, step := range []string{"recorded", "user", "counted"} {
 		for _, others := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/others=%v", step, others), func(t *testing.T) {
-				testPresenceReapDuringJoin(t, br.url(), step, others)
+				testPresenceReapDuringJoin(t, br.url(), step, others, false)
 			})
 		}
 	}
+	// The node dies (it renews nothing, and its Join never completes) once it wrote the counts:
+	// its member is removed with them, when its lease is claimed again.
+	t.Run("counted/dies", func(t *testing.T) {
+		testPresenceReapDuringJoin(t, br.url(), "counted", true, true)
+	})
 }
 
-func testPresenceReapDuringJoin(t *testing.T, url, step string, others bool) {
+func testPresenceReapDuringJoin(t *testing.T, url, step string, others, dies bool) {
 	// The Join waits for the reap: its timeout is the test's.
 	n, r := reapNodesBeating(t, url, 250*time.Millisecond, func(c *Config) { c.PublishTimeout = wait })
 	want := []string{"n1/a/ann"}
@@ -508,9 +513,19 @@ func testPresenceReapDuringJoin(t *testing.T, url, step string, others bool) {
 		}
 	}
 	n[1].pr.step.Store(&hook)
+	claimed := make(chan struct{})
+	var claimedOnce sync.Once
+	onClaim := func(node string) {
+		if node == "n1" {
+			claimedOnce.Do(func() { close(claimed) })
+		}
+	}
+	for _, b := range n {
+		b.pr.reaped.Store(&onClaim)
+	}
 	joined := make(chan error, 1)
 	go func() {
-		_, err := n[1].Join(t.Context(), "room", member("n1", "a", "ann"))
+		_, err := n[1].Join(context.Background(), "room", member("n1", "a", "ann"))
 		joined <- err
 	}()
 	select {
@@ -518,20 +533,41 @@ func testPresenceReapDuringJoin(t *testing.T, url, step string, others bool) {
 	case err := <-joined:
 		t.Fatalf("the Join ended before its step %q: %v", step, err)
 	}
-	// The node hangs: its lease runs out and another node reaps the member of the Join.
+	// The node hangs: its lease runs out and another node claims it while the Join is at step.
 	n[1].pr.paused.Store(true)
-	transporttest.WaitFor(t, wait, func() error {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if r.got["room/a/false"]+r.got["room/a/true"] == 0 {
-			return errors.New("the member of the Join in flight is not reaped yet")
+	select {
+	case <-claimed:
+	case <-time.After(wait):
+		t.Fatal("the lease of the hung node was not claimed")
+	}
+	reaped := func() {
+		t.Helper()
+		transporttest.WaitFor(t, wait, func() error {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if r.got["room/a/false"]+r.got["room/a/true"] == 0 {
+				return errors.New("the member of the Join is not reaped yet")
+			}
+			return nil
+		})
+	}
+	if dies {
+		t.Cleanup(func() { close(release); <-joined })
+		reaped() // when the lease is claimed again
+		if others {
+			wantMembers(t, n[2], "room", "n0/x/xena")
+			wantStats(t, n[2], "room", 1, 1)
+		} else {
+			wantMembers(t, n[2], "room")
+			wantStats(t, n[2], "room", 0, 0)
 		}
-		return nil
-	})
+		return
+	}
 	close(release)
 	if err := <-joined; err != nil {
 		t.Fatal(err)
 	}
+	reaped()                    // at the first claim (before the pending mark), or when the lease is claimed again
 	n[1].pr.paused.Store(false) // it renews, finds its lease lost and records its members again
 	wantMembers(t, n[2], "room", want...)
 	wantStats(t, n[2], "room", conns, users)
