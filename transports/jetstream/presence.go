@@ -42,6 +42,11 @@ type memberRecord struct {
 	protocol.Member
 	Owner string `json:"owner"` // the lease id of the node that recorded it
 	Epoch string `json:"epoch"` // the owner's lease epoch when it recorded it
+	// Pending: the owner is still changing the counts for this record (a new member, or a new
+	// user). A reaper leaves a pending record to the owner at its first claim of the owner's lease
+	// (the owner lives, its Join completes), and removes it with its counts at a claim again (the
+	// owner is dead, or still stuck).
+	Pending bool `json:"pending,omitempty"`
 }
 
 // presence is the Broker's presence state.
@@ -77,6 +82,16 @@ type presence struct {
 	active    atomic.Bool                    // the node takes part in presence: see renewLoop
 	activated chan struct{}                  // closed when active is set
 	paused    atomic.Bool                    // set by tests: the node neither renews nor reaps (it hangs)
+	step      atomic.Pointer[func(string)]   // set by tests: called at the steps of record (recordStep)
+	reaped    atomic.Pointer[func(string)]   // set by tests: called with the node when a claim's reaping is done
+}
+
+// recordStep calls the test hook, if any, at a step of record: "recorded" once the pending
+// member key is written, "user" once the user counts are, "counted" once the channel's are.
+func (p *presence) recordStep(step string) {
+	if f := p.step.Load(); f != nil {
+		(*f)(step)
+	}
 }
 
 // maxWriters is how many Joins and Leaves of a node write to the bucket at once.
@@ -350,8 +365,20 @@ func (b *Broker) Join(ctx context.Context, channel string, m protocol.Member) (b
 }
 
 // record writes m into channel under epoch: Join, and the re-recording after a lost lease.
+//
+// A record whose counts change (a new member, or a new user) is written pending, then the
+// counts, then the record again without the mark (a compare-and-set on the revision written). A
+// reaper (the node's lease ran out while it lived) leaves a pending record at its claim, so it
+// removes the member only once its counts are written, and the counts stay exact (a reaper that
+// changed the counts before this node did would lose its decrement of a user key not written yet,
+// or of a channel count at 0). A pending record still there when the lease is claimed again (1.5
+// heartbeats later: the node died while recording) is removed with its counts.
 func (b *Broker) record(ctx context.Context, kv jetstream.KeyValue, channel string, m protocol.Member, epoch string) (occupied bool, err error) {
 	val, err := json.Marshal(memberRecord{Member: m, Owner: b.id, Epoch: epoch})
+	if err != nil {
+		return false, err
+	}
+	pendingVal, err := json.Marshal(memberRecord{Member: m, Owner: b.id, Epoch: epoch, Pending: true})
 	if err != nil {
 		return false, err
 	}
@@ -360,8 +387,9 @@ func (b *Broker) record(ctx context.Context, kv jetstream.KeyValue, channel stri
 		return false, err
 	}
 	key := memberKey(channel, m.Session)
+	var rev uint64 // of the pending record written
 	for {
-		if _, err := kv.Create(ctx, key, val); err == nil {
+		if rev, err = kv.Create(ctx, key, pendingVal); err == nil {
 			break
 		} else if !errors.Is(err, jetstream.ErrKeyExists) {
 			return false, err
@@ -376,14 +404,22 @@ func (b *Broker) record(ctx context.Context, kv jetstream.KeyValue, channel stri
 		}
 		var old memberRecord
 		_ = json.Unmarshal(e.Value(), &old)
-		if _, err := kv.Update(ctx, key, val, e.Revision()); errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		if old.User == m.User {
+			// The counts stay: written without the mark.
+			if _, err := kv.Update(ctx, key, val, e.Revision()); errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				continue
+			} else if err != nil {
+				return false, err
+			}
+			return false, nil
+		}
+		if rev, err = kv.Update(ctx, key, pendingVal, e.Revision()); errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			continue
 		} else if err != nil {
 			return false, err
 		}
-		if old.User == m.User {
-			return false, nil
-		}
+		// Another user: the user counts move.
+		b.pr.recordStep("recorded")
 		left, err := addUser(ctx, kv, channel, old.User, -1)
 		if err != nil {
 			return false, err
@@ -392,15 +428,40 @@ func (b *Broker) record(ctx context.Context, kv jetstream.KeyValue, channel stri
 		if err != nil {
 			return false, err
 		}
-		_, _, err = b.addCounts(ctx, kv, channel, 0, boolInt(joined)-boolInt(left))
-		return false, err
+		b.pr.recordStep("user")
+		if _, _, err = b.addCounts(ctx, kv, channel, 0, boolInt(joined)-boolInt(left)); err != nil {
+			return false, err
+		}
+		b.pr.recordStep("counted")
+		return false, b.settle(ctx, kv, channel, m, key, val, rev)
 	}
+	b.pr.recordStep("recorded")
 	newUser, err := addUser(ctx, kv, channel, m.User, 1)
 	if err != nil {
 		return false, err
 	}
+	b.pr.recordStep("user")
 	occupied, _, err = b.addCounts(ctx, kv, channel, 1, boolInt(newUser))
-	return occupied, err
+	if err != nil {
+		return false, err
+	}
+	b.pr.recordStep("counted")
+	return occupied, b.settle(ctx, kv, channel, m, key, val, rev)
+}
+
+// settle clears the pending mark of m's record, written at rev, once its counts were changed.
+// The record is gone when a reaper's second claim of the lease removed it (with its counts: the
+// node hung for 3 heartbeats or so while recording); the node records it again when it renews
+// its lost lease.
+func (b *Broker) settle(ctx context.Context, kv jetstream.KeyValue, channel string, m protocol.Member, key string, val []byte, rev uint64) error {
+	_, err := kv.Update(ctx, key, val, rev)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		// Only a reaper changes a member's record while its node writes it (the stripe orders the
+		// node's own writes).
+		b.log.Warn("jetstream: presence member reaped while it was recorded, its counts may be off by one", "channel", channel, "session", m.Session)
+		return nil
+	}
+	return err
 }
 
 func boolInt(b bool) int {
@@ -431,7 +492,7 @@ func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, erro
 	done, err := b.pr.write(ctx)
 	var vacated bool
 	if err == nil {
-		vacated, _, err = b.remove(ctx, kv, channel, session, nil)
+		vacated, _, err = b.remove(ctx, kv, channel, session, nil, false)
 		done()
 	}
 	if err != nil {
@@ -448,9 +509,14 @@ func (b *Broker) Leave(ctx context.Context, channel, session string) (bool, erro
 	return vacated, nil
 }
 
+// errPending is remove's answer for a pending record it was told to leave.
+var errPending = errors.New("jetstream: presence member still being recorded")
+
 // remove deletes the member session of channel if match accepts its record (nil: any), with a
 // compare-and-delete so that of concurrent removers one does it; then its index key and counts.
-func (b *Broker) remove(ctx context.Context, kv jetstream.KeyValue, channel, session string, match func(channel string, r memberRecord) bool) (vacated bool, rec *memberRecord, err error) {
+// With leavePending (a reaper's first claim of another node's lease), a pending record is left
+// (errPending): its node is writing its counts (record).
+func (b *Broker) remove(ctx context.Context, kv jetstream.KeyValue, channel, session string, match func(channel string, r memberRecord) bool, leavePending bool) (vacated bool, rec *memberRecord, err error) {
 	key := memberKey(channel, session)
 	for {
 		e, err := kv.Get(ctx, key)
@@ -467,10 +533,12 @@ func (b *Broker) remove(ctx context.Context, kv jetstream.KeyValue, channel, ses
 		if match != nil && !match(channel, r) {
 			return false, nil, nil
 		}
+		if leavePending && r.Pending {
+			return false, nil, errPending
+		}
 		if err := kv.Delete(ctx, key, jetstream.LastRevision(e.Revision())); errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			if match != nil {
-				return false, nil, nil // changed meanwhile: not the record to remove any more
-			}
+			// Changed meanwhile: read it again (re-recorded under a new epoch, match no longer
+			// takes it; its pending mark cleared by its node, it is still to be removed).
 			continue
 		} else if err != nil {
 			return false, nil, err
@@ -817,7 +885,7 @@ func (b *Broker) rerecord() error {
 	}
 	// What the node recorded under older epochs and holds no more (left while the lease was
 	// lost, or an earlier process's with the same id) is removed, through OnReap.
-	return b.reapNode(kv, b.id, func(channel string, r memberRecord) bool {
+	_, err := b.reapNode(kv, b.id, false, func(channel string, r memberRecord) bool {
 		if r.Epoch == epoch {
 			return false
 		}
@@ -826,6 +894,7 @@ func (b *Broker) rerecord() error {
 		b.pr.mu.Unlock()
 		return !held
 	})
+	return err
 }
 
 // removeGone removes from the bucket the members whose Leave failed, unless they joined again.
@@ -850,7 +919,7 @@ func (b *Broker) removeGone() {
 		var err error
 		if still {
 			ctx, cancel := presenceCtx(context.Background(), b)
-			_, _, err = b.remove(ctx, kv, e.channel, e.session, mine)
+			_, _, err = b.remove(ctx, kv, e.channel, e.session, mine, false)
 			cancel()
 		}
 		if err == nil {
@@ -928,8 +997,21 @@ func (b *Broker) reapPass() {
 			continue // another reaper won, or the node came back
 		}
 		b.log.Info("jetstream: presence lease expired, removing the node's members", "node", node)
-		if err := b.reapNode(kv, node, func(_ string, r memberRecord) bool { return r.Epoch == epoch }); err != nil {
+		// A claim again (the value is a claim already: the node still did not renew, or a reaper
+		// died while reaping) also removes the members the node was still recording.
+		again := strings.HasPrefix(string(e.Value()), "r")
+		left, err := b.reapNode(kv, node, !again, func(_ string, r memberRecord) bool { return r.Epoch == epoch })
+		if err != nil {
 			b.log.Warn("jetstream: reaping a node's presence failed; another pass will", "node", node, "error", err)
+			continue
+		}
+		if f := b.pr.reaped.Load(); f != nil {
+			(*f)(node)
+		}
+		if left > 0 {
+			// The claim stays: it stops changing and is claimed again (1.5 heartbeats), unless the
+			// node renews (it lives, and its Joins complete).
+			b.log.Info("jetstream: presence members still being recorded by an expired node, left until its lease is claimed again", "node", node, "members", left)
 			continue
 		}
 		// The pass's ctx may be spent by a long reaping. Should the delete fail, the claim stops
@@ -984,14 +1066,15 @@ func (b *Broker) sweep(ctx context.Context, kv jetstream.KeyValue, limit time.Ti
 }
 
 // reapNode removes the members in node's index whose record match accepts, and the index keys of
-// members that are gone, calling OnReap for each member it removed.
-func (b *Broker) reapNode(kv jetstream.KeyValue, node string, match func(channel string, r memberRecord) bool) error {
+// members that are gone, calling OnReap for each member it removed. With leavePending it leaves
+// the pending records (errPending) and reports how many.
+func (b *Broker) reapNode(kv jetstream.KeyValue, node string, leavePending bool, match func(channel string, r memberRecord) bool) (left int, err error) {
 	ctx, cancel := boundCtx(context.Background(), b, b.listTimeout())
 	pfx := "n." + transports.SafeName(node) + "."
 	entries, err := b.listKV(ctx, kv, pfx+">", false, false)
 	cancel()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	b.pr.mu.Lock()
 	onReap := b.pr.onReap
@@ -1005,16 +1088,20 @@ func (b *Broker) reapNode(kv jetstream.KeyValue, node string, match func(channel
 			continue
 		}
 		ctx, cancel := presenceCtx(context.Background(), b)
-		err := b.reapOne(ctx, kv, k, node, channel, session, match, onReap)
+		err := b.reapOne(ctx, kv, k, node, channel, session, leavePending, match, onReap)
 		cancel()
+		if errors.Is(err, errPending) {
+			left++
+			continue
+		}
 		if err != nil {
-			return err
+			return left, err
 		}
 	}
-	return nil
+	return left, nil
 }
 
-func (b *Broker) reapOne(ctx context.Context, kv jetstream.KeyValue, key, node, channel, session string, match func(channel string, r memberRecord) bool, onReap func(string, protocol.Member, bool)) error {
+func (b *Broker) reapOne(ctx context.Context, kv jetstream.KeyValue, key, node, channel, session string, leavePending bool, match func(channel string, r memberRecord) bool, onReap func(string, protocol.Member, bool)) error {
 	if node == b.id {
 		mu := b.pr.stripe(channel, session)
 		mu.Lock()
@@ -1030,7 +1117,7 @@ func (b *Broker) reapOne(ctx context.Context, kv jetstream.KeyValue, key, node, 
 		return err
 	}
 	owned := func(ch string, r memberRecord) bool { return r.Owner == node && match(ch, r) }
-	vacated, rec, err := b.remove(ctx, kv, channel, session, owned)
+	vacated, rec, err := b.remove(ctx, kv, channel, session, owned, leavePending)
 	if err != nil {
 		return err
 	}

@@ -399,7 +399,7 @@ func reapNodes(t *testing.T, url string) ([]*Broker, *reaps) {
 }
 
 // reapNodesBeating is reapNodes with another presence heartbeat.
-func reapNodesBeating(t *testing.T, url string, heartbeat time.Duration) ([]*Broker, *reaps) {
+func reapNodesBeating(t *testing.T, url string, heartbeat time.Duration, opts ...func(*Config)) ([]*Broker, *reaps) {
 	prefix := transporttest.Prefix(t)
 	dropStreams(t, url, prefix)
 	r := &reaps{got: map[string]int{}}
@@ -408,6 +408,9 @@ func reapNodesBeating(t *testing.T, url string, heartbeat time.Duration) ([]*Bro
 		cfg := testConfig(url, prefix)
 		cfg.Name = fmt.Sprintf("n%d", i)
 		cfg.Presence.Heartbeat = heartbeat
+		for _, o := range opts {
+			o(&cfg)
+		}
 		b, err := New(cfg, testLogger(t))
 		if err != nil {
 			t.Fatal(err)
@@ -468,6 +471,130 @@ func TestPresenceLeaseLost(t *testing.T) {
 	}
 	wantMembers(t, n[2], "room", "n1/b/", "n0/c/cid")
 	r.wait(t, "room/a/false", "room/b/false")
+}
+
+// TestPresenceReapDuringJoin: a node's lease runs out while it is recording a Join, and a reaper
+// claims the lease between the Join's steps: after the member key is written and before its user
+// and channel counts are ("recorded"), between the two ("user"), or after the counts and before
+// the Join is done ("counted"); the Join then completes and the node, renewing, records its
+// members again. The counts are exact (with another user in the channel, and alone), and nothing
+// is left of them once every member left: no user key, no channel key.
+func TestPresenceReapDuringJoin(t *testing.T) {
+	br := startBroker(t)
+	for _, step := range []string{"recorded", "user", "counted"} {
+		for _, others := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/others=%v", step, others), func(t *testing.T) {
+				testPresenceReapDuringJoin(t, br.url(), step, others, false)
+			})
+		}
+	}
+	// The node dies (it renews nothing, and its Join never completes) once it wrote the counts:
+	// its member is removed with them, when its lease is claimed again.
+	t.Run("counted/dies", func(t *testing.T) {
+		testPresenceReapDuringJoin(t, br.url(), "counted", true, true)
+	})
+}
+
+func testPresenceReapDuringJoin(t *testing.T, url, step string, others, dies bool) {
+	// The Join waits for the reap: its timeout is the test's.
+	n, r := reapNodesBeating(t, url, 250*time.Millisecond, func(c *Config) { c.PublishTimeout = wait })
+	want := []string{"n1/a/ann"}
+	conns, users := 1, 1
+	if others {
+		join(t, n[0], "room", member("n0", "x", "xena"))
+		want = append(want, "n0/x/xena")
+		conns, users = 2, 2
+	}
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func(s string) {
+		if s == step {
+			once.Do(func() { close(reached); <-release })
+		}
+	}
+	n[1].pr.step.Store(&hook)
+	claimed := make(chan struct{})
+	var claimedOnce sync.Once
+	onClaim := func(node string) {
+		if node == "n1" {
+			claimedOnce.Do(func() { close(claimed) })
+		}
+	}
+	for _, b := range n {
+		b.pr.reaped.Store(&onClaim)
+	}
+	joined := make(chan error, 1)
+	go func() {
+		_, err := n[1].Join(context.Background(), "room", member("n1", "a", "ann"))
+		joined <- err
+	}()
+	select {
+	case <-reached:
+	case err := <-joined:
+		t.Fatalf("the Join ended before its step %q: %v", step, err)
+	}
+	// The node hangs: its lease runs out and another node claims it while the Join is at step.
+	n[1].pr.paused.Store(true)
+	select {
+	case <-claimed:
+	case <-time.After(wait):
+		t.Fatal("the lease of the hung node was not claimed")
+	}
+	reaped := func() {
+		t.Helper()
+		transporttest.WaitFor(t, wait, func() error {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if r.got["room/a/false"]+r.got["room/a/true"] == 0 {
+				return errors.New("the member of the Join is not reaped yet")
+			}
+			return nil
+		})
+	}
+	if dies {
+		t.Cleanup(func() { close(release); <-joined })
+		reaped() // when the lease is claimed again
+		if others {
+			wantMembers(t, n[2], "room", "n0/x/xena")
+			wantStats(t, n[2], "room", 1, 1)
+		} else {
+			wantMembers(t, n[2], "room")
+			wantStats(t, n[2], "room", 0, 0)
+		}
+		return
+	}
+	close(release)
+	if err := <-joined; err != nil {
+		t.Fatal(err)
+	}
+	reaped()                    // at the first claim (before the pending mark), or when the lease is claimed again
+	n[1].pr.paused.Store(false) // it renews, finds its lease lost and records its members again
+	wantMembers(t, n[2], "room", want...)
+	wantStats(t, n[2], "room", conns, users)
+	// A Leave waits for the re-recording of its member (the stripe): the counts are exact after.
+	if _, err := n[1].Leave(t.Context(), "room", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if others {
+		wantStats(t, n[2], "room", 1, 1)
+		if _, err := n[0].Leave(t.Context(), "room", "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantStats(t, n[2], "room", 0, 0)
+	kv, err := n[2].bucket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{userKey("room", "ann"), userKey("room", "xena"), chanKey("room")} {
+		if e, err := kv.Get(t.Context(), key); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			var v string
+			if e != nil {
+				v = string(e.Value())
+			}
+			t.Errorf("%s = %q (%v) once every member left, want no key", key, v, err)
+		}
+	}
 }
 
 // TestPresenceBucketLost: the bucket deleted (a server restarted without its storage) is
