@@ -111,6 +111,15 @@ func (r *eventsInbox) events() []protocol.Event {
 	return slices.Clone(r.got)
 }
 
+// heldInbox is an eventsInbox whose submits wait for release, but node_stopped's.
+func heldInbox(release <-chan struct{}) *eventsInbox {
+	return &eventsInbox{hold: func(ev protocol.Event) {
+		if ev.Type != protocol.EventNodeStopped {
+			<-release
+		}
+	}}
+}
+
 // sessionsInLanes returns two session ids whose events go to different lanes.
 func sessionsInLanes(t *testing.T, e *Events) (string, string) {
 	t.Helper()
@@ -208,11 +217,7 @@ func TestEventsKeepOrder(t *testing.T) {
 func TestEventsQueueLimit(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	release := make(chan struct{})
-	inbox := &eventsInbox{hold: func(ev protocol.Event) {
-		if ev.Type != protocol.EventNodeStopped {
-			<-release
-		}
-	}}
+	inbox := heldInbox(release)
 	m := metrics.New()
 	e := NewEvents(EventsConfig{NodeID: "n1", Inbox: inbox, Queue: 100, PublishTimeout: time.Minute,
 		Metrics: m, Log: slog.New(slog.DiscardHandler)})
@@ -266,11 +271,7 @@ func gauge(g prometheus.Gauge) float64 {
 func TestEventsQueueBytes(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	release := make(chan struct{})
-	inbox := &eventsInbox{hold: func(ev protocol.Event) {
-		if ev.Type != protocol.EventNodeStopped {
-			<-release
-		}
-	}}
+	inbox := heldInbox(release)
 	m := metrics.New()
 	e := NewEvents(EventsConfig{NodeID: "n1", Inbox: inbox, Queue: 1 << 20, PublishTimeout: time.Minute,
 		Metrics: m, Log: slog.New(slog.DiscardHandler)})
