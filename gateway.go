@@ -109,6 +109,7 @@ type Gateway struct {
 	feed     *router.Feed
 	inbox    *router.Inbox
 	hub      *websocket.Hub
+	http     *handlers.HTTP // its streams' goroutines end after the hub
 	router   *message.Router
 	events   *handlers.Events   // nil when disabled
 	webhooks *handlers.Webhooks // nil when webhooks.url is empty
@@ -369,7 +370,7 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 	for _, eh := range o.handlers {
 		g.router.AddConsumerHandler(eh.name, eh.topic, broker, eh.h) // names checked: no panic
 	}
-	handlers.NewHTTP(handlers.HTTPConfig{
+	g.http = handlers.NewHTTP(handlers.HTTPConfig{
 		NodeID:         cfg.NodeID,
 		Acceptor:       g.hub,
 		Streamer:       g.hub,
@@ -386,7 +387,8 @@ func New(cfg *configs.Config, opts ...Option) (_ *Gateway, err error) {
 		History:        history,
 		Metrics:        g.metrics,
 		Log:            log,
-	}).Routes(g.mux)
+	})
+	g.http.Routes(g.mux)
 	g.verifier = verifier
 	return g, nil
 }
@@ -628,8 +630,11 @@ func (g *Gateway) Drain() {
 // Close stops the node at once: connections, router, broker, admin listener. Safe to call twice.
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
-		g.control.Close()               // its store refresh, which acts on sessions
-		g.hub.Close()                   // the sessions leave their presence channels
+		g.control.Close() // its store refresh, which acts on sessions
+		g.hub.Close()     // the sessions leave their presence channels
+		if g.http != nil {
+			g.http.Close() // the streams' goroutines, ended by the hub's close, close their connections
+		}
 		g.presence.Close()              // the leaves of reaped members being published
 		g.events.Close(2 * time.Second) // the disconnected events of the drain, while the router runs
 		g.webhooks.Close()              // a batch not delivered yet is left to the other nodes

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -437,5 +438,27 @@ func TestStreamEventIDs(t *testing.T) {
 		if strings.Join(replay, ",") != strings.Join(tc.replay, ",") {
 			t.Fatalf("%s: replayed %v, want %v", tc.name, replay, tc.replay)
 		}
+	}
+}
+
+// TestStreamEndsWithNode: the node's Close returns once the streams that took their connection
+// over have ended: no goroutine of theirs (the writer, the reader waiting for the client) is
+// left, and the client sees its stream end.
+func TestStreamEndsWithNode(t *testing.T) {
+	n := startNode(t, testConfig(t))
+	sse := openStream(t, n.URL, "/sse", url.Values{"channel": {"$user"}}, allowAll(t, "alice"), nil)
+	sse.expect("welcome")
+	sse.expect("subscribed")
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	for _, f := range []string{"stream.(*Hijacked)", "handlers.(*HTTP).goStream", "handlers.(*HTTP).serveOn"} {
+		if strings.Contains(stacks, f) {
+			t.Errorf("a goroutine in %s is left after the node's Close", f)
+		}
+	}
+	for e := sse.next(true); e.err == nil; e = sse.next(true) {
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -57,13 +58,42 @@ type HTTPConfig struct {
 
 // HTTP serves the node's HTTP endpoints.
 type HTTP struct {
-	cfg  HTTPConfig
-	rlog *ratelog.Logger // refused upgrades
+	cfg     HTTPConfig
+	rlog    *ratelog.Logger // refused upgrades
+	mu      sync.Mutex
+	closed  bool           // Close was called: streams are served on their request's goroutine
+	streams sync.WaitGroup // the goroutines of the streams that took their connection (goStream)
 }
 
 // NewHTTP makes the HTTP endpoints.
 func NewHTTP(cfg HTTPConfig) *HTTP {
 	return &HTTP{cfg: cfg, rlog: ratelog.New(cfg.Log, ratelog.DefaultInterval)}
+}
+
+// Close returns once the streams that took their connection over have ended: call it after the
+// hub's Close, which ends them, for the goroutines that then close their connections. Safe to
+// call twice.
+func (h *HTTP) Close() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	h.streams.Wait()
+}
+
+// goStream runs serve on a goroutine that Close waits for; once closed, on the caller's.
+func (h *HTTP) goStream(serve func()) {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		serve() // the hub is closed: the stream ends at once
+		return
+	}
+	h.streams.Add(1)
+	h.mu.Unlock()
+	go func() {
+		defer h.streams.Done()
+		serve()
+	}()
 }
 
 // Routes registers every endpoint on mux.

@@ -116,11 +116,11 @@ func (h *HTTP) serveStream(w http.ResponseWriter, r *http.Request, f stream.Form
 	hj, ctx, err := stream.Hijack(r.Context(), w, r, f, cur, h.cfg.Stream.WriteTimeout)
 	switch {
 	case err == nil:
-		go func() {
+		h.goStream(func() {
 			defer done()
 			defer hj.Close()
 			h.serveOn(ctx, hj.Writer, id, frames)
-		}()
+		})
 		return
 	case !errors.Is(err, stream.ErrNotHijackable):
 		done() // the connection was taken, and closed
