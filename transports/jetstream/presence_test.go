@@ -814,10 +814,13 @@ func TestPresencePassive(t *testing.T) {
 }
 
 // TestPresenceLeaveRetried: a Leave that fails (the server is down) is the node's truth all the
-// same: the member is removed from the bucket once the node renews its lease again.
+// same: the member is removed from the bucket once the node renews its lease again. The server's
+// restart reaps no one: the heartbeat is 2 s, so that the nodes may reconnect up to 1.5 heartbeats
+// apart (with 250 ms, a node reconnecting 375 ms after the others on a loaded machine lost its
+// lease and its members were reaped, as they should be then: CI, once).
 func TestPresenceLeaveRetried(t *testing.T) {
 	br := startBroker(t)
-	n, r := reapNodes(t, br.url())
+	n, r := reapNodesBeating(t, br.url(), 2*time.Second)
 	join(t, n[0], "room", member("n0", "a", "ann"))
 	join(t, n[0], "room", member("n0", "b", "bob"))
 	join(t, n[1], "room", member("n1", "c", "cid"))
