@@ -1,11 +1,11 @@
 package stream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -18,7 +18,7 @@ import (
 // response's headers, a chunked body (HTTP/1.1; an HTTP/1.0 client reads to the close).
 type Hijacked struct {
 	*Writer
-	conn   net.Conn
+	c      *conned       // the Writer's sink
 	done   chan struct{} // the reader ended
 	cancel context.CancelFunc
 }
@@ -48,7 +48,7 @@ func Hijack(ctx context.Context, w http.ResponseWriter, r *http.Request, f Forma
 	}
 	out := &conned{conn: conn, chunked: r.ProtoAtLeast(1, 1), header: header}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	h := &Hijacked{Writer: &Writer{out: out, f: f, cur: cur, timeout: timeout}, conn: conn, done: make(chan struct{}), cancel: cancel}
+	h := &Hijacked{Writer: &Writer{out: out, f: f, cur: cur, timeout: timeout}, c: out, done: make(chan struct{}), cancel: cancel}
 	go h.read()
 	return h, sctx, nil
 }
@@ -59,7 +59,7 @@ func Hijack(ctx context.Context, w http.ResponseWriter, r *http.Request, f Forma
 func (h *Hijacked) read() {
 	defer close(h.done)
 	var b [1]byte
-	_, _ = h.conn.Read(b[:])
+	_, _ = h.c.conn.Read(b[:])
 	h.cancel()
 }
 
@@ -67,13 +67,12 @@ func (h *Hijacked) read() {
 // for the reader. Call it once, after the stream was served.
 func (h *Hijacked) Close() {
 	h.cancel()
-	if c := h.out.(*conned); c.started && c.chunked && !h.aborted.Load() {
+	if h.c.started && h.c.chunked && !h.aborted.Load() {
 		h.arm()
-		_ = c.write(nil)
-		c.last = true
-		_ = c.flush()
+		h.c.last = true
+		_ = h.c.flush()
 	}
-	h.conn.Close()
+	h.c.conn.Close()
 	<-h.done
 }
 
@@ -87,8 +86,8 @@ const chunkRoom = 10
 type conned struct {
 	conn    net.Conn
 	chunked bool
-	header  http.Header // with the status line, written before the first chunk
-	head    []byte
+	header  http.Header // the response's, until start
+	head    []byte      // the status line and the headers, written before the first chunk
 	started bool
 	last    bool    // the next flush ends the body
 	buf     *[]byte // the batch, after chunkRoom bytes; nil between batches
@@ -106,19 +105,11 @@ func (c *conned) start(contentType string) error {
 	} else {
 		h.Set("Connection", "close")
 	}
-	head := []byte("HTTP/1.1 200 OK\r\n")
-	for _, k := range slices.Sorted(func(yield func(string) bool) {
-		for k := range h {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
-		for _, v := range h[k] {
-			head = append(append(append(append(head, k...), ": "...), v...), "\r\n"...)
-		}
-	}
-	c.head = append(head, "\r\n"...)
+	var head bytes.Buffer
+	head.WriteString("HTTP/1.1 200 OK\r\n")
+	_ = h.Write(&head) // sorted by key, line breaks in values made spaces, as the server writes them
+	head.WriteString("\r\n")
+	c.head = head.Bytes()
 	c.header = nil
 	c.started = true
 	return nil

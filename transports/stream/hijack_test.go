@@ -84,14 +84,7 @@ func TestHijackedStream(t *testing.T) {
 func TestHijackedStreamHTTP10(t *testing.T) {
 	hijacked, ended := make(chan error, 1), make(chan struct{})
 	srv := hijackServer(t, true, hijacked, ended)
-	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := io.WriteString(conn, "GET /sse HTTP/1.0\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	conn := rawRequest(t, srv, "GET /sse HTTP/1.0\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: "GET"})
 	if err != nil {
 		t.Fatal(err)
@@ -149,6 +142,20 @@ func TestHijackedStreamEndsWithClient(t *testing.T) {
 	}
 }
 
+// rawRequest sends request, as it is, on a connection of its own to srv, closed when t ends.
+func rawRequest(t *testing.T, srv *httptest.Server, request string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := io.WriteString(conn, request); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
 type trackedWriter struct{ http.ResponseWriter }
 
 func (w *trackedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -191,14 +198,7 @@ func TestHijackRefused(t *testing.T) {
 func TestHijackedStreamEndsWhenClientSends(t *testing.T) {
 	hijacked, ended := make(chan error, 1), make(chan struct{})
 	srv := hijackServer(t, false, hijacked, ended)
-	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := io.WriteString(conn, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	conn := rawRequest(t, srv, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
 	if err := <-hijacked; err != nil {
 		t.Fatal(err)
 	}
