@@ -49,7 +49,10 @@
 #   redis, nats and jetstream (PERF_COLUMNS overrides the list: PERF_COLUMNS="melody gateway:memory").
 #   Two more columns only through PERF_COLUMNS: melody:watermill, bare melody publishing through
 #   a Watermill router (baremelody -watermill: the floor the design card imposes), and
-#   melody:watermill-mw, the same behind Watermill's Recoverer and Retry (-watermill -middleware).
+#   melody:watermill-mw, the same behind Watermill's Recoverer and Retry (-watermill -middleware);
+#   melody:trips-gochannel and melody:trips-redis, the design's floor with a broker: two trips
+#   through the router (baremelody -broker gochannel|redis: inbound handler -> broker -> deliver
+#   handler), Redis Streams through watermill-redisstream on a redis-server of the run's own.
 #   It prints each figure's median (min–max) per column, then each gateway column over
 #   Centrifugo's with the same engine (memory for nats and jetstream).
 #
@@ -172,7 +175,7 @@ broker_url=
 start_broker() {
   local b=$1 log=$2 port
   broker_url=
-  case $b in memory | - | watermill | watermill-mw) return 0 ;; esac
+  case $b in memory | - | watermill | watermill-mw | trips-gochannel) return 0 ;; trips-redis) b=redis ;; esac
   if [ "$BROKER_SERVER" != own ]; then
     case $b in nats | jetstream) broker_url=$SHARED_NATS_URL ;; redis) broker_url=$SHARED_REDIS_ADDR ;; esac
     return 0
@@ -249,7 +252,13 @@ run_one() {
         srv_pid=$!
         wait_ready "$srv_pid" curl -sf "http://127.0.0.1:$port/readyz" && ready=1 ;;
       melody)
-        case $broker in watermill) extra=(-watermill) ;; watermill-mw) extra=(-watermill -middleware) ;; *) extra=() ;; esac
+        case $broker in
+          watermill) extra=(-watermill) ;;
+          watermill-mw) extra=(-watermill -middleware) ;;
+          trips-gochannel) extra=(-broker gochannel) ;;
+          trips-redis) extra=(-broker redis -redis-addr "$broker_url") ;;
+          *) extra=() ;;
+        esac
         "${srv[@]}" -addr "127.0.0.1:$port" -api-key "$API_KEY" "${extra[@]}" 2>"$base.srv.log" &
         srv_pid=$!
         wait_ready "$srv_pid" curl -sf "http://127.0.0.1:$port/readyz" && ready=1 ;;

@@ -18,6 +18,17 @@
 // middleware, or with -middleware Watermill's stock Recoverer and Retry. This is the floor the
 // design imposes on the publish path: what it costs above bare melody is Watermill's, not ours.
 //
+// With -broker gochannel or -broker redis (implying -watermill), the message makes the two trips
+// through the router that the design card gives a gateway node, whose clients may be on another
+// node: the HTTP handler submits it to the router as above; the router's first handler
+// ("inbound") publishes it to a broker topic and acks once the broker accepted it, which is when
+// the HTTP answer goes; the router's second handler ("deliver"), subscribed to that topic,
+// broadcasts it through melody. The broker is Watermill's own: a second gochannel (publish does
+// not wait for the subscriber), or Redis Streams through watermill-redisstream (one stream of
+// its own, -redis-addr, read in fan-out mode). This is the floor of the design with a broker:
+// nothing of the gateway's (no authentication of clients, positions, history, middleware,
+// presence, lifecycle events), only melody, Watermill's router both ways and the broker.
+//
 // What it costs beside the gateway, on the same machine in the same minutes, says how much of
 // the gateway's cost is melody's own floor and how this day's machine compares with another's.
 package main
@@ -39,10 +50,12 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmw "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/olahol/melody"
+	goredis "github.com/redis/go-redis/v9"
 )
 
 func main() {
@@ -50,12 +63,23 @@ func main() {
 	apiKey := flag.String("api-key", "", "bearer `key` of POST /api/publish (required)")
 	wm := flag.Bool("watermill", false, "publish through a Watermill router (gochannel pub/sub) instead of broadcasting in the HTTP handler")
 	mw := flag.Bool("middleware", false, "with -watermill: the router's handler behind Watermill's Recoverer and Retry")
+	broker := flag.String("broker", "", "`gochannel` or `redis`: two trips through the router with this broker between them (implies -watermill)")
+	redisAddr := flag.String("redis-addr", "127.0.0.1:6379", "Redis `address` of -broker redis")
 	flag.Parse()
 	if *apiKey == "" {
 		fmt.Fprintln(os.Stderr, "baremelody: -api-key is required")
 		os.Exit(2)
 	}
 	s := newServer(*apiKey)
+	if *broker != "" {
+		b, err := newBroker(*broker, *redisAddr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "baremelody:", err)
+			os.Exit(2)
+		}
+		s.broker = b
+		*wm = true
+	}
 	if *wm {
 		if err := s.startWatermill(*mw); err != nil {
 			log.Fatal("baremelody: ", err)
@@ -87,8 +111,49 @@ type server struct {
 
 	// With startWatermill: where publish sends messages, and the router's end.
 	pubsub *gochannel.GoChannel
+	broker *broker // with -broker: between the router's two handlers
 	stop   context.CancelFunc
 	ended  chan struct{} // closed when the router's Run returned
+}
+
+// broker is what the router's inbound handler publishes to and its deliver handler consumes.
+type broker struct {
+	pub   message.Publisher
+	sub   message.Subscriber
+	topic string
+	close func()
+}
+
+// newBroker makes the broker of -broker: gochannel, or Redis Streams on one stream of its own
+// (deleted on close).
+func newBroker(kind, redisAddr string) (*broker, error) {
+	logger := watermill.NopLogger{}
+	switch kind {
+	case "gochannel":
+		ps := gochannel.NewGoChannel(gochannel.Config{}, logger)
+		return &broker{pub: ps, sub: ps, topic: "channels", close: func() { _ = ps.Close() }}, nil
+	case "redis":
+		rdb := goredis.NewClient(&goredis.Options{Addr: redisAddr})
+		if err := rdb.Ping(context.Background()).Err(); err != nil {
+			return nil, fmt.Errorf("redis %s: %w", redisAddr, err)
+		}
+		pub, err := redisstream.NewPublisher(redisstream.PublisherConfig{Client: rdb}, logger)
+		if err != nil {
+			return nil, err
+		}
+		// The stream is the server's own (a new name): read it from its start.
+		sub, err := redisstream.NewSubscriber(redisstream.SubscriberConfig{Client: rdb, FanOutOldestId: "0"}, logger)
+		if err != nil {
+			return nil, err
+		}
+		topic := "baremelody-" + watermill.NewShortUUID()
+		return &broker{pub: pub, sub: sub, topic: topic, close: func() {
+			_ = rdb.Del(context.Background(), topic).Err()
+			_ = sub.Close()
+			_ = pub.Close() // closes rdb too
+		}}, nil
+	}
+	return nil, fmt.Errorf("-broker %q: want gochannel or redis", kind)
 }
 
 // The Watermill topic of published messages, and the metadata key of their channel.
@@ -110,10 +175,18 @@ func (s *server) startWatermill(middleware bool) error {
 	if middleware {
 		r.AddMiddleware(wmw.Recoverer, wmw.Retry{MaxRetries: 3, InitialInterval: 10 * time.Millisecond, Multiplier: 2}.Middleware)
 	}
-	r.AddConsumerHandler("broadcast", wmTopic, s.pubsub, func(msg *message.Message) error {
+	deliver := func(msg *message.Message) error {
 		s.broadcast(msg.Metadata.Get(wmChannel), msg.Payload)
 		return nil
-	})
+	}
+	if b := s.broker; b != nil {
+		r.AddConsumerHandler("inbound", wmTopic, s.pubsub, func(msg *message.Message) error {
+			return b.pub.Publish(b.topic, msg)
+		})
+		r.AddConsumerHandler("deliver", b.topic, b.sub, deliver)
+	} else {
+		r.AddConsumerHandler("broadcast", wmTopic, s.pubsub, deliver)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop, s.ended = cancel, make(chan struct{})
 	go func() { // ends with close: the context's end closes the router
@@ -134,6 +207,9 @@ func (s *server) close() {
 	s.stop()
 	<-s.ended
 	_ = s.pubsub.Close()
+	if s.broker != nil {
+		s.broker.close()
+	}
 }
 
 const chanKey = "channel"

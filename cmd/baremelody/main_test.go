@@ -3,6 +3,7 @@ package main
 import (
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -12,11 +13,19 @@ import (
 
 // TestBareMelody: a connection is welcomed, subscribes, and receives what POST /api/publish
 // sends to its channel and nothing sent to another; a publish without the key is refused. The
-// same with -watermill (through a Watermill router), with and without -middleware.
+// same with -watermill (through a Watermill router), with and without -middleware, and with
+// -broker gochannel and -broker redis (two trips through the router, a broker between them).
 func TestBareMelody(t *testing.T) {
-	for _, mode := range []string{"plain", "watermill", "watermill+middleware"} {
+	for _, mode := range []string{"plain", "watermill", "watermill+middleware", "gochannel", "redis"} {
 		t.Run(mode, func(t *testing.T) {
 			s := newServer("k")
+			if mode == "gochannel" || mode == "redis" {
+				b, err := newBroker(mode, redisAddr())
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.broker = b
+			}
 			if mode != "plain" {
 				if err := s.startWatermill(mode == "watermill+middleware"); err != nil {
 					t.Fatal(err)
@@ -29,6 +38,14 @@ func TestBareMelody(t *testing.T) {
 			testServer(t, s)
 		})
 	}
+}
+
+// redisAddr is the Redis of the tests (GATEWAY_REDIS_ADDR, as the gateway's own tests use).
+func redisAddr() string {
+	if a := os.Getenv("GATEWAY_REDIS_ADDR"); a != "" {
+		return a
+	}
+	return "127.0.0.1:6379"
 }
 
 func testServer(t *testing.T, s *server) {
