@@ -77,3 +77,37 @@ func BenchmarkDecodeSubscribe(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkChannelMessageFrame is the frame a node encodes once per channel message it delivers
+// (ChannelMessageFrame), against the same frame through Message and Encode (via=Message).
+func BenchmarkChannelMessageFrame(b *testing.B) {
+	m := benchMessage()
+	for _, via := range []string{"frame", "Message"} {
+		b.Run("via="+via, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(payload128)))
+			for b.Loop() {
+				var f []byte
+				if via == "frame" {
+					f = ChannelMessageFrame(m.Channel, m.ID, m.Position, payload128, m.From)
+				} else {
+					f = encodeMessage(m.Channel, "", m.ID, m.Position, payload128, m.From)
+				}
+				if len(f) == 0 {
+					b.Fatal("empty frame")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkForChannel is the position form of every channel message frame.
+func BenchmarkForChannel(b *testing.B) {
+	p := Position{Epoch: "m0123456789ab", Lo: 123456}
+	b.ReportAllocs()
+	for b.Loop() {
+		if p.ForChannel("bench:1234") == "" {
+			b.Fatal("empty")
+		}
+	}
+}

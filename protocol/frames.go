@@ -546,6 +546,9 @@ func PongFrame(id string) []byte {
 // ChannelMessageFrame encodes a message on channel (the name the client subscribed with) at
 // position, with the publishing client (nil when a service published it).
 func ChannelMessageFrame(channel, id, position string, payload []byte, from *From) []byte {
+	if b, ok := appendMessageFrame(channel, "", id, position, payload, from); ok {
+		return b
+	}
 	m := Message{Type: TypeMessage, Channel: channel, ID: id, Position: position, From: from}
 	m.SetPayload(payload)
 	return Encode(m)
@@ -554,7 +557,73 @@ func ChannelMessageFrame(channel, id, position string, payload []byte, from *Fro
 // DirectMessageFrame encodes a message addressed to one session (to TargetSession) or to every
 // connection (to TargetAll).
 func DirectMessageFrame(to, id string, payload []byte) []byte {
+	if b, ok := appendMessageFrame("", to, id, "", payload, nil); ok {
+		return b
+	}
 	m := Message{Type: TypeMessage, To: to, ID: id}
 	m.SetPayload(payload)
 	return Encode(m)
+}
+
+// appendMessageFrame writes the message frame that Encode would make of a Message with these
+// fields and SetPayload(payload), byte for byte, without reflection and with one pass over the
+// payload (json.Compact, which checks it too) instead of three (utf8.Valid, json.Valid and
+// Marshal's own compaction). It does so only where the result is plainly the same: the strings
+// need no escaping and the payload is ASCII without '<', '>' or '&' (which Marshal escapes);
+// otherwise, and for a payload that is not JSON (base64), it returns false and the caller
+// encodes the frame through Message.
+func appendMessageFrame(channel, to, id, position string, payload []byte, from *From) ([]byte, bool) {
+	if len(payload) == 0 || !literalString(channel) || !literalString(to) || !literalString(id) || !literalString(position) ||
+		from != nil && (!literalString(from.User) || !literalString(from.Session)) {
+		return nil, false
+	}
+	for _, c := range payload {
+		if c >= 0x80 || c == '<' || c == '>' || c == '&' {
+			return nil, false
+		}
+	}
+	n := len(`{"type":"message","channel":"","to":"","id":"","position":"","data":,"from":{"user":"","session":""}}`) +
+		len(channel) + len(to) + len(id) + len(position) + len(payload)
+	if from != nil {
+		n += len(from.User) + len(from.Session)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, `{"type":"message"`...)
+	b = appendField(b, `,"channel":"`, channel, true)
+	b = appendField(b, `,"to":"`, to, true)
+	b = appendField(b, `,"id":"`, id, false)
+	b = appendField(b, `,"position":"`, position, true)
+	b = append(b, `,"data":`...)
+	buf := bytes.NewBuffer(b)
+	if json.Compact(buf, payload) != nil {
+		return nil, false
+	}
+	b = buf.Bytes()
+	if from != nil {
+		b = appendField(b, `,"from":{"user":"`, from.User, false)
+		b = appendField(b, `,"session":"`, from.Session, false)
+		b = append(b, '}')
+	}
+	return append(b, '}'), true
+}
+
+// appendField appends a string field (key holds its opening quote) unless omitEmpty and s is empty.
+func appendField(b []byte, key, s string, omitEmpty bool) []byte {
+	if omitEmpty && s == "" {
+		return b
+	}
+	b = append(b, key...)
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// literalString reports whether s goes into a JSON string as it is with json.Marshal: printable
+// ASCII without '"', '\\', '<', '>' or '&'.
+func literalString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }

@@ -382,3 +382,35 @@ func TestPayloadRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// encodeMessage is the reference encoding of a message frame: Message, SetPayload, Encode.
+func encodeMessage(channel, to, id, position string, payload []byte, from *From) []byte {
+	m := Message{Type: TypeMessage, Channel: channel, To: to, ID: id, Position: position, From: from}
+	m.SetPayload(payload)
+	return Encode(m)
+}
+
+// TestMessageFrameSameAsEncode: ChannelMessageFrame and DirectMessageFrame write, byte for byte,
+// what encoding a Message writes, for payloads and strings on either side of their direct path
+// (escapes, HTML characters, non-ASCII, whitespace to compact, invalid JSON, empty).
+func TestMessageFrameSameAsEncode(t *testing.T) {
+	payloads := []string{`{"a":1}`, "{ \"a\" : [1, 2,\n3] }", `"x"`, `1`, `[]`, `null`, `{"h":"<b>&"}`, `{"u":"é"}`,
+		"{\"ls\":\"\u2028\"}", `{"a":`, `hi`, ``, "\xff", `{"e":"\u00e9 \n"}`, `{"t":1764230400000000000,"seq":7,"pad":"xxxx"}`,
+		"\t[1]\r\n", `{"a":"b\"c"}`}
+	strs := []string{"", "chat", "a\"b", `a\b`, "<x>", "a&b", "é", "\x01", "0:0:5:abc", "user-1", "\x7f"}
+	froms := []*From{nil, {}, {User: "bob", Session: "s2"}, {User: "<b>", Session: "\""}}
+	for _, p := range payloads {
+		for _, s := range strs {
+			for _, f := range froms {
+				want := encodeMessage(s, "", "id-"+s, s, []byte(p), f)
+				if got := ChannelMessageFrame(s, "id-"+s, s, []byte(p), f); string(got) != string(want) {
+					t.Fatalf("channel frame of %q, %q, %+v:\n got %s\nwant %s", p, s, f, got, want)
+				}
+			}
+			want := encodeMessage("", s, s, "", []byte(p), nil)
+			if got := DirectMessageFrame(s, s, []byte(p)); string(got) != string(want) {
+				t.Fatalf("direct frame of %q, %q:\n got %s\nwant %s", p, s, got, want)
+			}
+		}
+	}
+}

@@ -182,3 +182,22 @@ func decodeJSON(b []byte) (any, error) {
 	}
 	return v, nil
 }
+
+// FuzzMessageFrame: the message frames are what encoding a Message makes of the same fields.
+func FuzzMessageFrame(f *testing.F) {
+	f.Add("chat", "0f8fad5b", "m1:0:5:abc", []byte(`{"a": [1, 2]}`), "bob", "s2", true)
+	f.Add("c", "a\"b", "", []byte("<x>"), "", "", false)
+	f.Add("", "", "", []byte("\"\u2028\""), "é", "\x00", true)
+	f.Fuzz(func(t *testing.T, channel, id, position string, payload []byte, user, session string, withFrom bool) {
+		var from *From
+		if withFrom {
+			from = &From{User: user, Session: session}
+		}
+		if got, want := ChannelMessageFrame(channel, id, position, payload, from), encodeMessage(channel, "", id, position, payload, from); string(got) != string(want) {
+			t.Fatalf("channel frame:\n got %s\nwant %s", got, want)
+		}
+		if got, want := DirectMessageFrame(channel, id, payload), encodeMessage("", channel, id, "", payload, nil); string(got) != string(want) {
+			t.Fatalf("direct frame:\n got %s\nwant %s", got, want)
+		}
+	})
+}

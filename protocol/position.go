@@ -34,7 +34,16 @@ func (p Position) IsZero() bool { return p == Position{} }
 
 // String is the form kept in MetaPosition: "epoch:hi:lo".
 func (p Position) String() string {
-	return p.Epoch + ":" + strconv.FormatUint(p.Hi, 10) + ":" + strconv.FormatUint(p.Lo, 10)
+	return string(p.appendTo(make([]byte, 0, len(p.Epoch)+2+2*20)))
+}
+
+// appendTo appends the String form to b.
+func (p Position) appendTo(b []byte) []byte {
+	b = append(b, p.Epoch...)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, p.Hi, 10)
+	b = append(b, ':')
+	return strconv.AppendUint(b, p.Lo, 10)
 }
 
 // ErrBadPosition is returned for a position that cannot be parsed or belongs to another channel.
@@ -78,7 +87,9 @@ func validEpoch(s string) bool {
 // ForChannel is the opaque form given to clients: the String form plus a checksum of the channel
 // name, so that a position sent back for another channel is refused.
 func (p Position) ForChannel(channel string) string {
-	return p.String() + ":" + channelCheck(channel)
+	b := p.appendTo(make([]byte, 0, len(p.Epoch)+3+2*20+8))
+	b = append(b, ':')
+	return string(appendChannelCheck(b, channel))
 }
 
 // ParseClientPosition parses what ForChannel made for channel.
@@ -97,5 +108,16 @@ func ParseClientPosition(channel, s string) (Position, error) {
 }
 
 func channelCheck(channel string) string {
-	return fmt.Sprintf("%08x", crc32.ChecksumIEEE([]byte(channel)))
+	var b [8]byte
+	return string(appendChannelCheck(b[:0], channel))
+}
+
+// appendChannelCheck appends the checksum of channel's name to b: 8 hex digits.
+func appendChannelCheck(b []byte, channel string) []byte {
+	const digits = "0123456789abcdef"
+	c := crc32.ChecksumIEEE([]byte(channel))
+	for shift := 28; shift >= 0; shift -= 4 {
+		b = append(b, digits[c>>shift&0xf])
+	}
+	return b
 }
