@@ -546,7 +546,7 @@ func PongFrame(id string) []byte {
 // ChannelMessageFrame encodes a message on channel (the name the client subscribed with) at
 // position, with the publishing client (nil when a service published it).
 func ChannelMessageFrame(channel, id, position string, payload []byte, from *From) []byte {
-	if b, ok := appendMessageFrame(channel, "", id, position, payload, from); ok {
+	if b, ok := plainMessageFrame(channel, "", id, position, payload, from); ok {
 		return b
 	}
 	m := Message{Type: TypeMessage, Channel: channel, ID: id, Position: position, From: from}
@@ -557,7 +557,7 @@ func ChannelMessageFrame(channel, id, position string, payload []byte, from *Fro
 // DirectMessageFrame encodes a message addressed to one session (to TargetSession) or to every
 // connection (to TargetAll).
 func DirectMessageFrame(to, id string, payload []byte) []byte {
-	if b, ok := appendMessageFrame("", to, id, "", payload, nil); ok {
+	if b, ok := plainMessageFrame("", to, id, "", payload, nil); ok {
 		return b
 	}
 	m := Message{Type: TypeMessage, To: to, ID: id}
@@ -565,14 +565,14 @@ func DirectMessageFrame(to, id string, payload []byte) []byte {
 	return Encode(m)
 }
 
-// appendMessageFrame writes the message frame that Encode would make of a Message with these
+// plainMessageFrame makes the message frame that Encode would make of a Message with these
 // fields and SetPayload(payload), byte for byte, without reflection and with one pass over the
 // payload (json.Compact, which checks it too) instead of three (utf8.Valid, json.Valid and
 // Marshal's own compaction). It does so only where the result is plainly the same: the strings
 // need no escaping and the payload is ASCII without '<', '>' or '&' (which Marshal escapes);
 // otherwise, and for a payload that is not JSON (base64), it returns false and the caller
 // encodes the frame through Message.
-func appendMessageFrame(channel, to, id, position string, payload []byte, from *From) ([]byte, bool) {
+func plainMessageFrame(channel, to, id, position string, payload []byte, from *From) ([]byte, bool) {
 	if len(payload) == 0 || !literalString(channel) || !literalString(to) || !literalString(id) || !literalString(position) ||
 		from != nil && (!literalString(from.User) || !literalString(from.Session)) {
 		return nil, false
