@@ -495,7 +495,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (<-chan *message.M
 // behind). Its consumer then resumes and learns what was lost, instead of missing it.
 func (b *Broker) SubscribeFunc(ctx context.Context, topic string, deliver func(*message.Message) bool, ended func()) error {
 	subject := Subject(b.cfg.Prefix, topic)
-	h := &funcSub{b: b, log: b.logger.With("topic", topic, "subject", subject)}
+	h := &funcSub{b: b, topic: topic}
 	h.Init(ctx)
 	cancel := h.Cancel
 	h.relay = transports.NewRelay(h.Context(), cancel, transports.RelayConfig{
@@ -555,7 +555,14 @@ type funcSub struct {
 	b                 *Broker
 	relay             *transports.Relay
 	sub               *natsgo.Subscription
-	log               *slog.Logger
+	topic             string
+}
+
+// log is the subscription's logger, made when it has something to say (a lost message, its
+// end): a logger with attributes costs a few hundred bytes, which every channel subscription of
+// a node would otherwise hold for its life.
+func (h *funcSub) log() *slog.Logger {
+	return h.b.logger.With("topic", h.topic, "subject", Subject(h.b.cfg.Prefix, h.topic))
 }
 
 // dispatch hands each message of the shared channel to its subscription, until Close.
@@ -605,7 +612,7 @@ func (h *funcSub) handle(nm *natsgo.Msg) {
 	}
 	msg, err := h.b.unmarshaler.Unmarshal(nm)
 	if err != nil {
-		h.log.Warn("nats message dropped: cannot decode headers", "error", err.Error())
+		h.log().Warn("nats message dropped: cannot decode headers", "error", err.Error())
 		return
 	}
 	if !h.relay.Offer(msg, 0) {
@@ -616,7 +623,7 @@ func (h *funcSub) handle(nm *natsgo.Msg) {
 // end ends the subscription after a loss, so that its clients resume.
 func (h *funcSub) end(why string) {
 	if h.Context().Err() == nil {
-		h.log.Warn("nats subscription ended so that its clients resume: " + why)
+		h.log().Warn("nats subscription ended so that its clients resume: " + why)
 		h.Cancel()
 	}
 }
