@@ -20,11 +20,7 @@ import (
 // it with -cpu 1 against a nats-server in another process (NATS_URL, default
 // nats://127.0.0.1:4222; skipped when none answers).
 func BenchmarkPublishBusy(b *testing.B) {
-	url := os.Getenv("NATS_URL")
-	if url == "" {
-		url = "nats://127.0.0.1:4222"
-	}
-	node, err := nats.New(nats.Config{URL: url, Prefix: transporttest.Prefix(b), Name: "bench-busy"}, nil)
+	node, err := nats.New(nats.Config{URL: outsideURL(), Prefix: transporttest.Prefix(b), Name: "bench-busy"}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -35,7 +31,7 @@ func BenchmarkPublishBusy(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := node.Ping(ctx); err != nil {
-		b.Skipf("no nats-server at %s: %v", url, err)
+		b.Skipf("no nats-server at %s: %v", outsideURL(), err)
 	}
 	var stop atomic.Bool
 	var wg sync.WaitGroup
@@ -65,4 +61,13 @@ func BenchmarkPublishBusy(b *testing.B) {
 			}
 		}
 	})
+}
+
+// outsideURL is the nats-server in another process the benchmarks use: NATS_URL, default
+// nats://127.0.0.1:4222.
+func outsideURL() string {
+	if url := os.Getenv("NATS_URL"); url != "" {
+		return url
+	}
+	return "nats://127.0.0.1:4222"
 }

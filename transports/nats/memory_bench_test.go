@@ -2,7 +2,6 @@ package nats_test
 
 import (
 	"context"
-	"os"
 	"runtime"
 	"strconv"
 	"testing"
@@ -21,11 +20,7 @@ import (
 //
 //	go test -run '^$' -bench SubscriptionMemory -count 6 ./transports/nats
 func BenchmarkSubscriptionMemory(b *testing.B) {
-	url := os.Getenv("NATS_URL")
-	if url == "" {
-		url = "nats://127.0.0.1:4222"
-	}
-	node := newNode(b, url, transporttest.Prefix(b))
+	node := newNode(b, outsideURL(), transporttest.Prefix(b))
 	const n = 2000
 	var perSub float64
 	for b.Loop() {
