@@ -16,7 +16,8 @@ import (
 // connection on a channel of its own costs the node on core NATS, besides the connection): the
 // live heap after 2,000 SubscribeFunc, less the heap before, per subscription, in B/sub. The
 // nats-server is another process (NATS_URL, default nats://127.0.0.1:4222), so that its own
-// state for the subscriptions is not counted.
+// state for the subscriptions is not counted. The figure is the last round's: the first also
+// grows the client's maps of subscriptions, which later rounds reuse (-benchtime 1x shows it).
 //
 //	go test -run '^$' -bench SubscriptionMemory -count 6 ./transports/nats
 func BenchmarkSubscriptionMemory(b *testing.B) {
