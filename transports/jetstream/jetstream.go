@@ -767,6 +767,7 @@ func (b *Broker) Close() error {
 		b.subMu.Lock()
 		b.cancel()
 		b.subMu.Unlock()
+		b.endLive()
 		b.startMu.Lock() // a Start under way ends (its provisioning was just cancelled)
 		defer b.startMu.Unlock()
 		if !b.started.Load() {

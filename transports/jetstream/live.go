@@ -163,10 +163,9 @@ func (b *Broker) subscribeLive(ctx context.Context, topic, channel string, deliv
 	catchUp := ls.want > last // republished after the read, before the subscription was set
 	ls.catching = catchUp
 	ls.mu.Unlock()
-	stopNode := context.AfterFunc(b.ctx, ls.Cancel)
+	// The node's Close ends it (endLive): it is in b.live from now until its end.
 	ls.Start(ctx, func() {
 		ls.stop()
-		stopNode()
 		ended()
 		b.wg.Done()
 	})
@@ -453,13 +452,29 @@ func (ls *liveSub) probe(ctx context.Context, s jetstream.Stream, epoch string) 
 // channel stream was found recreated.
 func (b *Broker) goProbeAll() { b.goOwned(b.probeAll) }
 
-func (b *Broker) probeAll() {
+// liveSubs are the channel subscriptions of the node.
+func (b *Broker) liveSubs() []*liveSub {
 	b.liveMu.Lock()
+	defer b.liveMu.Unlock()
 	subs := make([]*liveSub, 0, len(b.live))
 	for _, ls := range b.live {
 		subs = append(subs, ls)
 	}
-	b.liveMu.Unlock()
+	return subs
+}
+
+// endLive ends every channel subscription of the node (Close, once b.ctx is done: no new one is
+// added to b.live after that). A subscription ends with its own context otherwise: one
+// registration on b.ctx per subscription would cost an idle node's every channel a few hundred
+// bytes.
+func (b *Broker) endLive() {
+	for _, ls := range b.liveSubs() {
+		ls.Cancel()
+	}
+}
+
+func (b *Broker) probeAll() {
+	subs := b.liveSubs()
 	if len(subs) == 0 {
 		return
 	}
