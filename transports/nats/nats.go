@@ -562,7 +562,7 @@ type funcSub struct {
 // end): a logger with attributes costs a few hundred bytes, which every channel subscription of
 // a node would otherwise hold for its life.
 func (h *funcSub) log() *slog.Logger {
-	return h.b.logger.With("topic", h.topic, "subject", Subject(h.b.cfg.Prefix, h.topic))
+	return h.b.logger.With("topic", h.topic, "subject", h.sub.Subject) // h.sub is set before any message
 }
 
 // dispatch hands each message of the shared channel to its subscription, until Close.
